@@ -1,0 +1,396 @@
+"""Typed, validated configuration for every stage, loaded from YAML with ``key=value`` overrides.
+
+One YAML file holds a section per stage (``data``, ``diffusion``, ``sampling``, ``synthesis``,
+``student``, ``eval``); a job reads the sections it needs. Overrides use dotted paths relative to
+the root (``student.lr=3e-4``, ``diffusion.unet.block_out_channels=[32,64]``); values are parsed as
+YAML. Unknown keys and ill-typed values raise ``ConfigError`` naming the key and the file. The
+resolved config is written next to every output with ``save_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which real data, and how a training sample is cut from it."""
+
+    spec: str = "synthetic:64"  # osd:PATH | sos:PATH | synthetic:N[?size=S&test=M&seed=X]
+    resolution: int = 64  # side of the square patch every model sees
+    crop: int = 0  # side of the random crop taken before resizing to `resolution`; 0 = whole image
+    scale_min: float = 1.0  # random rescale of the crop side, as in common OSD practice (0.5 - 1.5)
+    scale_max: float = 1.0
+    flip: bool = True  # random horizontal and vertical flips
+    stats_max_images: int = 2000  # images read to compute b = "auto" and the class fractions
+
+    def validate(self) -> None:
+        _check(bool(self.spec), "data.spec", "must name a dataset, e.g. synthetic:64 or osd:/path")
+        _check(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", f"must be a multiple of 8 and >= 8, got {self.resolution}")
+        _check(self.crop >= 0, "data.crop", f"must be >= 0, got {self.crop}")
+        _check(0 < self.scale_min <= self.scale_max, "data.scale_min/scale_max", f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        _check(self.stats_max_images > 0, "data.stats_max_images", "must be > 0")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The diffusers UNet2DModel over 1 + K channels."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = False  # self-attention blocks at the lowest resolution
+    norm_num_groups: int = 8
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        _check(len(self.block_out_channels) >= 1, "diffusion.unet.block_out_channels", "needs at least one level")
+        for c in self.block_out_channels:
+            _check(c > 0 and c % self.norm_num_groups == 0, "diffusion.unet.block_out_channels", f"{c} is not a positive multiple of norm_num_groups={self.norm_num_groups}")
+        _check(self.layers_per_block >= 1, "diffusion.unet.layers_per_block", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The balanced joint DDPM and how it is trained."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    b: Union[str, float] = "auto"  # "auto" (RMS of images), "auto-std", or a number; 1.0 = no balancing
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
+    prediction_type: str = "epsilon"  # epsilon | v_prediction | sample
+    rescale_zero_terminal_snr: bool = False
+    label_loss_weight: float = 1.0  # weight of the K label channels in the denoising MSE
+    label_ce_weight: float = 0.0  # auxiliary CE between the decoded x0 label and the true mask
+    max_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay grows as 1 - (1 + step) / (10 + step) until ema_decay
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else no) | no | bf16 | fp16
+    checkpoint_every: int = 0  # steps; 0 = only the final model folder
+    checkpoints_total_limit: int = 2
+    num_workers: int = 0
+    seed: int = 0
+    log_every: int = 50
+
+    def validate(self) -> None:
+        from dakter_scale.core.joint import resolve_b
+        from dakter_scale.core.schedule import PREDICTION_TYPES
+
+        self.unet.validate()
+        if not (isinstance(self.b, str) and self.b in ("auto", "auto-std")):
+            try:
+                resolve_b(self.b, None)
+            except ValueError as e:
+                raise ConfigError(f"diffusion.b: {e}") from None
+        _check(self.prediction_type in PREDICTION_TYPES, "diffusion.prediction_type", f"{self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        _check(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "diffusion.beta_schedule", f"{self.beta_schedule!r} is not linear, scaled_linear or squaredcos_cap_v2")
+        _check(self.num_train_timesteps >= 10, "diffusion.num_train_timesteps", "must be >= 10")
+        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):
+            _check(getattr(self, key) >= 1, f"diffusion.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, "diffusion.lr", "must be > 0")
+        _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
+        _check(self.checkpoint_every >= 0, "diffusion.checkpoint_every", "must be >= 0")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "diffusion.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
+        _check(self.label_loss_weight >= 0 and self.label_ce_weight >= 0, "diffusion.label_*_weight", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How pairs are drawn from a trained model and how soft labels are read out."""
+
+    sampler: str = "ddim"  # ddpm | ddim
+    steps: int = 50  # denoising steps (ddpm: usually num_train_timesteps)
+    eta: float = 0.0  # DDIM stochasticity
+    clip: bool = True  # clip x0 per modality: image to [-1, 1], labels to [-b, b]
+    decode: str = "mean"  # mean (posterior mean) | softmax
+    decode_tau: float = 0.5  # softmax decode temperature
+    decode_last: int = 1  # average the decoded label over the last N steps
+
+    def validate(self) -> None:
+        _check(self.sampler in ("ddpm", "ddim"), "sampling.sampler", f"{self.sampler!r} is not ddpm or ddim")
+        _check(self.steps >= 1, "sampling.steps", f"must be >= 1, got {self.steps}")
+        _check(self.decode in ("mean", "softmax"), "sampling.decode", f"{self.decode!r} is not mean or softmax")
+        _check(self.decode_tau > 0, "sampling.decode_tau", "must be > 0")
+        _check(1 <= self.decode_last <= self.steps, "sampling.decode_last", f"must be in [1, steps={self.steps}]")
+        _check(0 <= self.eta <= 1, "sampling.eta", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Sharded generation of image / soft-label pairs."""
+
+    n: int = 64
+    samples_per_shard: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    actors: Union[int, str] = "auto"  # a number, or auto (one per GPU, else cpus // threads_per_actor)
+    threads_per_actor: int = 1
+    max_in_flight: int = 0  # shards submitted at once; 0 = 2 per actor
+    retries: int = 2  # extra attempts per shard after a failure
+    verify: str = "size"  # how a rerun checks finished shards: size | sha256
+    divergence_threshold: float = 0.1  # warn when generated class fractions or confidence drift past this
+
+    def validate(self) -> None:
+        _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
+        _check(self.samples_per_shard >= 1, "synthesis.samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        _check(self.batch_size >= 1, "synthesis.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.actors == "auto" or (isinstance(self.actors, int) and self.actors >= 1), "synthesis.actors", f"must be auto or >= 1, got {self.actors!r}")
+        _check(self.threads_per_actor >= 1, "synthesis.threads_per_actor", "must be >= 1")
+        _check(self.retries >= 0, "synthesis.retries", "must be >= 0")
+        _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
+        _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
+        _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A segmentation-models-pytorch student trained on real + generated pairs."""
+
+    arch: str = "unet"  # unet | deeplabv3plus | segformer | fpn | ... (any smp architecture)
+    encoder: str = "auto"  # auto = a small encoder suited to the architecture
+    encoder_weights: Union[str, None] = None  # None here: nothing can be downloaded; "imagenet" where it can
+    encoder_depth: int = 5
+    max_steps: int = 500
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    ratio: float = 0.0  # generated samples per real sample (2.0 = 200 %)
+    labels: str = "soft"  # soft (KD loss, DAKTer) | hard (argmax + CE, the DDPM / SatSynth baseline)
+    kd_temperature: float = 1.0
+    kd_weight: float = 1.0
+    ce_weight: float = 1.0
+    min_confidence: float = 0.0  # drop generated samples whose mean max-probability is below this
+    shuffle_buffer: int = 256
+    on_bad_shard: str = "warn"  # warn (skip it, count it) | raise
+    num_workers: int = 0
+    mixed_precision: str = "auto"
+    checkpoint_every: int = 0
+    checkpoints_total_limit: int = 2
+    seed: int = 0
+    log_every: int = 50
+
+    def validate(self) -> None:
+        _check(self.labels in ("soft", "hard"), "student.labels", f"{self.labels!r} is not soft or hard")
+        _check(self.ratio >= 0 and math.isfinite(self.ratio), "student.ratio", f"must be >= 0, got {self.ratio}")
+        for key in ("max_steps", "batch_size", "log_every", "checkpoints_total_limit", "shuffle_buffer"):
+            _check(getattr(self, key) >= 1, f"student.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, "student.lr", "must be > 0")
+        _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
+        _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
+        _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
+        _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "student.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
+        _check(3 <= self.encoder_depth <= 5, "student.encoder_depth", "must be in [3, 5]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"
+    batch_size: int = 4
+    pad_multiple: int = 32  # full images are reflect-padded to a multiple of this
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(self.pad_multiple >= 1, "eval.pad_multiple", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def replace(self, **sections: Any) -> "Config":
+        """A copy with whole sections or dotted keys replaced: cfg.replace(**{"student.lr": 1e-3})."""
+        return from_dict(merge(to_dict(self), _dotted_to_nested(sections)), "replace()").validate()
+
+
+# -- dict <-> dataclass --------------------------------------------------------------------------
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({source})")
+        return _build(tp, value, key, source)
+    if origin in (Union, types.UnionType):
+        errors = []
+        # Try the more specific members first so "0.5" -> float and "auto" -> str.
+        for member in sorted(typing.get_args(tp), key=lambda t: t is str):
+            try:
+                return _coerce(value, member, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} matches none of {tp} ({source})")
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r} ({source})")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({source})")
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(v, inner, key, source) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r} ({source})")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({source})")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f.is_integer():
+                return int(f)
+        raise ConfigError(f"{key}: expected an integer, got {value!r} ({source})")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({source})")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({source})") from None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r} ({source})")
+    raise ConfigError(f"{key}: unsupported config type {tp}")  # an internal error: extend _coerce
+
+
+def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]} ({source}); known keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key, source)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict, source: str = "<dict>") -> Config:
+    return _build(Config, values or {}, "", source)
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _dotted_to_nested(flat: dict) -> dict:
+    nested: dict = {}
+    for dotted, value in flat.items():
+        parts = dotted.split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """["student.lr=1e-3", "data.flip=false"] -> nested dict; values parsed as YAML."""
+    flat = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. student.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        flat[key] = value
+    return _dotted_to_nested(flat)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- overrides, validated."""
+    values: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        values = loaded or {}
+        source = str(p)
+    if overrides:
+        values = merge(values, parse_overrides(overrides))
+        source += " + overrides"
+    return from_dict(values, source).validate()
+
+
+def save_config(cfg: Config, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to an output (a local folder)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / name
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

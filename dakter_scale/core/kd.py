@@ -1,0 +1,90 @@
+"""Losses of the student: cross-entropy on real masks, knowledge distillation on generated soft labels.
+
+kd_loss is the soft cross-entropy between the generated soft label q (the teacher: the diffusion
+model) and the student's tempered softmax, scaled by T^2 so that its gradient magnitude does not
+depend on T (Hinton et al., 2015). It differs from KL(q || p) by the entropy of q, a constant for
+the student, so both have the same gradients; kd_loss returns the KL form, which is 0 exactly when
+the student equals the teacher.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss_per_sample(logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T^2 * KL(q_T || softmax(logits / T)) averaged over pixels, one value per sample.
+
+    logits: (N, K, H, W) student outputs. q: (N, K, H, W) soft labels (sum to 1 over K).
+    With T != 1 the teacher is tempered as well: q_T proportional to q^(1/T).
+    Returns (N,) non-negative values.
+    """
+    if logits.shape != q.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and soft labels {tuple(q.shape)} differ in shape")
+    if temperature <= 0:
+        raise ValueError(f"KD temperature must be > 0, got {temperature}")
+    q = q.to(torch.float32)
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    if temperature != 1.0:
+        q = F.softmax(q.clamp_min(1e-8).log() / temperature, dim=1)
+    # xlogy gives 0 * log 0 = 0 for classes the teacher rules out.
+    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
+    return kl.flatten(1).mean(dim=1) * temperature**2
+
+
+def kd_loss(logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Batch mean of kd_loss_per_sample: a scalar."""
+    return kd_loss_per_sample(logits, q, temperature).mean()
+
+
+def ce_loss_per_sample(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel-mean cross-entropy against an integer mask (N, H, W), one value per sample (N,).
+
+    Pixels equal to ignore_index (e.g. padding) count for nothing.
+    """
+    pixel = F.cross_entropy(logits.float(), mask.long(), ignore_index=ignore_index, reduction="none")
+    valid = (mask != ignore_index).flatten(1).sum(dim=1).clamp_min(1)
+    return pixel.flatten(1).sum(dim=1) / valid
+
+
+def mixed_loss(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    q: torch.Tensor,
+    is_generated: torch.Tensor,
+    *,
+    labels: str = "soft",
+    ce_weight: float = 1.0,
+    kd_weight: float = 1.0,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The student's loss over a batch mixing real and generated samples.
+
+    Real sample: ce_weight * CE(logits, mask). Generated sample: kd_weight * KD(logits, q) with
+    labels="soft" (DAKTer), or ce_weight * CE(logits, argmax q) with labels="hard" (the DDPM /
+    SatSynth-style baseline on the same pairs). The batch loss is the mean over samples, so the
+    share of generated samples in a batch is the augmentation ratio's weight.
+
+    mask: (N, H, W) integer mask (ignored for generated samples). q: (N, K, H, W) soft labels
+    (ignored for real samples). is_generated: (N,) bool.
+    """
+    if labels not in ("soft", "hard"):
+        raise ValueError(f"labels must be 'soft' or 'hard', got {labels!r}")
+    gen = is_generated.to(torch.bool)
+    per_sample = torch.zeros(logits.shape[0], device=logits.device)
+    parts: dict[str, float] = {}
+    if (~gen).any():
+        ce_real = ce_loss_per_sample(logits[~gen], mask[~gen])
+        per_sample[~gen] = ce_weight * ce_real
+        parts["ce_real"] = float(ce_real.detach().mean())
+    if gen.any():
+        if labels == "soft":
+            kd = kd_loss_per_sample(logits[gen], q[gen], temperature)
+            per_sample[gen] = kd_weight * kd
+            parts["kd"] = float(kd.detach().mean())
+        else:
+            ce_gen = ce_loss_per_sample(logits[gen], q[gen].argmax(dim=1))
+            per_sample[gen] = ce_weight * ce_gen
+            parts["ce_generated"] = float(ce_gen.detach().mean())
+    return per_sample.mean(), parts

@@ -1,0 +1,244 @@
+"""The shard schema: the one module that knows how generated pairs are laid out in storage.
+
+A dataset of generated pairs is a folder or bucket prefix holding
+  shard-000000.tar      WebDataset tar, one sample per key, members sorted, fixed mtime
+  shard-000000.parquet  per-sample manifest: key, shard, index, seed, class_fractions, mean_entropy, mean_confidence
+  shard-000000.json     done marker, written last: count, tar bytes and sha256, per-shard sums
+  dataset.json          model hash, b, classes, sampler, steps, seed, count, code version, statistics
+A shard exists for readers only once its marker does.
+
+Per sample (key ``SSSSSS-IIIIII``: shard id, index in shard):
+  KEY.image.png  the SAR image, 8-bit grayscale PNG (the radiometry of the training data)
+  KEY.soft.png   the soft label, K probability maps stacked vertically as one (K*H, W) 8-bit PNG;
+                 each pixel's K values are integers summing to exactly 255 (largest-remainder
+                 rounding), so the decoded probabilities sum to 1 and err by less than 1/255
+  KEY.json       seed, shard, index, class names, class_fractions, mean_entropy, mean_confidence
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from dakter_scale.data import storage
+
+FORMAT = "dakter-shards/1"
+DATASET_FILE = "dataset.json"
+QUANT_LEVELS = 255
+_SHARD_RE = re.compile(r"shard-(\d{6,})\.json$")
+
+
+class ShardError(ValueError):
+    """A shard or sample that does not follow the schema; the message names it."""
+
+
+def shard_name(shard: int, ext: str = "tar") -> str:
+    return f"shard-{shard:06d}.{ext}"
+
+
+def sample_key(shard: int, index: int) -> str:
+    return f"{shard:06d}-{index:06d}"
+
+
+def parse_key(key: str) -> tuple[int, int]:
+    try:
+        s, i = key.split("-")
+        return int(s), int(i)
+    except ValueError:
+        raise ShardError(f"sample key {key!r} is not SHARD-INDEX") from None
+
+
+# -- soft-label quantisation ------------------------------------------------------------------
+
+
+def quantise(q: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(K, H, W) probabilities -> uint8 levels summing to exactly 255 per pixel (largest remainder)."""
+    q = torch.as_tensor(q, dtype=torch.float64)
+    q = q.clamp_min(0)
+    q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-12)
+    scaled = q * QUANT_LEVELS
+    base = scaled.floor()
+    remainder = scaled - base
+    need = (QUANT_LEVELS - base.sum(dim=0)).round().long()  # in [0, K-1]
+    rank = remainder.argsort(dim=0, descending=True).argsort(dim=0)
+    levels = base + (rank < need.unsqueeze(0)).to(base.dtype)
+    return levels.to(torch.uint8).numpy()
+
+
+def dequantise(levels: np.ndarray) -> np.ndarray:
+    """uint8 levels (K, H, W) -> float32 probabilities."""
+    return levels.astype(np.float32) / QUANT_LEVELS
+
+
+# -- one sample ---------------------------------------------------------------------------------
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    # Fixed compression settings: same array -> same bytes, so shards are byte-identical on rerun.
+    Image.fromarray(array, mode="L").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def encode_sample(key: str, image: np.ndarray, q: torch.Tensor | np.ndarray, meta: dict[str, Any]) -> dict[str, bytes]:
+    """Serialise one pair. image: uint8 (H, W). q: (K, H, W) probabilities. meta: JSON-able dict."""
+    parse_key(key)
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ShardError(f"sample {key}: image must be uint8 (H, W), got {image.dtype} {image.shape}")
+    levels = quantise(q)
+    k, h, w = levels.shape
+    if (h, w) != image.shape:
+        raise ShardError(f"sample {key}: soft label {(h, w)} and image {image.shape} differ in size")
+    record = dict(meta, key=key, num_classes=k)
+    return {
+        "image.png": _png(image),
+        "soft.png": _png(levels.reshape(k * h, w)),
+        "json": json.dumps(record, sort_keys=True).encode(),
+    }
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Inverse of encode_sample over a sample dict whose values are bytes (webdataset without a decoder).
+
+    Returns image uint8 (H, W), q float32 (K, H, W) summing to 1, and the metadata.
+    """
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["json"])
+        with Image.open(io.BytesIO(sample["image.png"])) as im:
+            image = np.asarray(im, dtype=np.uint8)
+        with Image.open(io.BytesIO(sample["soft.png"])) as im:
+            stacked = np.asarray(im, dtype=np.uint8)
+    except KeyError as e:
+        raise ShardError(f"sample {key}: missing member {e.args[0]!r}") from None
+    except (OSError, ValueError) as e:
+        raise ShardError(f"sample {key}: undecodable member ({e})") from None
+    k = int(meta["num_classes"])
+    h, w = image.shape
+    if stacked.shape != (k * h, w):
+        raise ShardError(f"sample {key}: soft label of shape {stacked.shape} does not hold {k} maps of {h}x{w}")
+    return image, dequantise(stacked.reshape(k, h, w)), meta
+
+
+# -- tars -------------------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """A write-only file wrapper that counts and hashes what passes through."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        self.f.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def write_tar(f: BinaryIO, samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
+    """Stream samples into a tar (no seeking, so it can go straight to object storage).
+
+    Members are written in key order as given with extensions sorted, mtime 0, uid/gid 0, mode 0644:
+    the same samples give the same bytes. Returns (bytes written, sha256 hex).
+    """
+    writer = _HashingWriter(f)
+    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext in sorted(members):
+                data = members[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return writer.bytes, writer.sha256.hexdigest()
+
+
+# -- manifests ----------------------------------------------------------------------------------
+
+
+def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Per-sample manifest rows -> an Arrow table with the schema below."""
+    schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("shard", pa.int32()),
+            ("index", pa.int32()),
+            ("seed", pa.uint64()),
+            ("class_fractions", pa.list_(pa.float32())),
+            ("mean_entropy", pa.float32()),
+            ("mean_confidence", pa.float32()),
+        ]
+    )
+    cols = {name: [r[name] for r in rows] for name in schema.names}
+    return pa.table(cols, schema=schema)
+
+
+def write_parquet(fs, path: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(fs, path, buf.getvalue())
+
+
+# -- listing a dataset -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    tar: str  # full URL of the tar
+    count: int
+    marker: dict
+
+
+def done_shards(url: str) -> list[ShardInfo]:
+    """Every finished shard (its marker exists) of a generated dataset, in shard order."""
+    fs, root = storage.url_to_fs(url)
+    if not fs.exists(root):
+        return []
+    out = []
+    for path in sorted(fs.ls(root, detail=False)):
+        m = _SHARD_RE.search(path)
+        if not m:
+            continue
+        marker = storage.read_json(fs, path)
+        shard = int(m.group(1))
+        out.append(ShardInfo(shard, storage.full_url(fs, storage.join(root, shard_name(shard))), int(marker["count"]), marker))
+    return out
+
+
+def read_dataset_info(url: str) -> dict | None:
+    fs, root = storage.url_to_fs(url)
+    path = storage.join(root, DATASET_FILE)
+    return storage.read_json(fs, path) if fs.exists(path) else None
+
+
+def read_manifest(url: str) -> pa.Table:
+    """The per-sample manifest of all finished shards as one Arrow table."""
+    fs, root = storage.url_to_fs(url)
+    tables = []
+    for info in done_shards(url):
+        with fs.open(storage.join(root, shard_name(info.shard, "parquet")), "rb") as f:
+            tables.append(pq.read_table(f))
+    if not tables:
+        return manifest_table([])
+    return pa.concat_tables(tables)

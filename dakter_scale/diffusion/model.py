@@ -1,0 +1,160 @@
+"""The joint diffusion model and its folder.
+
+A model folder is a diffusers-format folder plus the DAKTer metadata:
+  DIR/unet/config.json, DIR/unet/diffusion_pytorch_model.safetensors   UNet2DModel (EMA weights)
+  DIR/scheduler/scheduler_config.json                                  the training noise schedule
+  DIR/dakter.json    b, classes, resolution, prediction type, normalisation, radiometry, data spec,
+                     training-set statistics (class fractions, image moments), sampling defaults
+  DIR/config.yaml    the resolved config that trained it
+Weights are safetensors only: loading a model folder never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from dakter_scale import __version__
+from dakter_scale.config import UNetConfig
+
+FORMAT = "dakter-model/1"
+INFO_FILE = "dakter.json"
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used; the message names the folder and the missing part."""
+
+
+def build_unet(cfg: UNetConfig, resolution: int, channels: int) -> UNet2DModel:
+    """A UNet2DModel over `channels` = 1 + K input and output channels."""
+    levels = len(cfg.block_out_channels)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:
+        down[-1] = "AttnDownBlock2D"
+        up[0] = "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=cfg.norm_num_groups,
+        dropout=cfg.dropout,
+    )
+
+
+def build_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str, rescale_zero_terminal_snr: bool = False) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type=prediction_type,
+        clip_sample=False,
+        rescale_betas_zero_snr=rescale_zero_terminal_snr,
+    )
+
+
+@dataclass
+class JointDiffusion:
+    """A loaded model folder: the UNet, its training scheduler and the DAKTer metadata."""
+
+    unet: UNet2DModel
+    scheduler: DDPMScheduler
+    info: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def b(self) -> float:
+        return float(self.info["b"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info["classes"])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.info["prediction_type"])
+
+
+def model_info(*, b: float, b_mode: str, classes, resolution: int, prediction_type: str, data_spec: str, radiometry: str, train_stats: dict, sampling: dict, steps_trained: int) -> dict:
+    return {
+        "format": FORMAT,
+        "b": float(b),
+        "b_mode": str(b_mode),
+        "classes": list(classes),
+        "resolution": int(resolution),
+        "channels": 1 + len(classes),
+        "prediction_type": prediction_type,
+        "normalisation": {"image": "x = uint8 / 127.5 - 1", "label": "y = b * (2 * onehot - 1)"},
+        "radiometry": radiometry,
+        "data_spec": data_spec,
+        "train_stats": train_stats,
+        "sampling": sampling,
+        "steps_trained": int(steps_trained),
+        "code_version": __version__,
+    }
+
+
+def save_model_folder(directory: str | Path, unet: UNet2DModel, scheduler: DDPMScheduler, info: dict) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(d / "unet", safe_serialization=True)
+    scheduler.save_pretrained(d / "scheduler")
+    (d / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return d
+
+
+def check_model_folder(directory: str | Path) -> Path:
+    """Raise ModelFolderError naming what is missing; cheap (no weights are read)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ModelFolderError(f"model folder {d} does not exist")
+    for part in (INFO_FILE, WEIGHTS, "unet/config.json", "scheduler/scheduler_config.json"):
+        if not (d / part).is_file():
+            raise ModelFolderError(f"model folder {d} has no {part}; train one with jobs/train_diffusion.py")
+    try:
+        info = json.loads((d / INFO_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(f"{d / INFO_FILE} is not valid JSON: {e}") from None
+    for key in ("b", "classes", "resolution", "prediction_type"):
+        if key not in info:
+            raise ModelFolderError(f"{d / INFO_FILE} lacks the field {key!r}")
+    return d
+
+
+def load_model_folder(directory: str | Path, device: str | torch.device = "cpu") -> JointDiffusion:
+    d = check_model_folder(directory)
+    info = json.loads((d / INFO_FILE).read_text())
+    unet = UNet2DModel.from_pretrained(d / "unet", use_safetensors=True).to(device).eval()
+    scheduler = DDPMScheduler.from_pretrained(d / "scheduler")
+    if unet.config.in_channels != 1 + len(info["classes"]):
+        raise ModelFolderError(f"{d}: the UNet has {unet.config.in_channels} channels but dakter.json lists {len(info['classes'])} classes")
+    return JointDiffusion(unet=unet, scheduler=scheduler, info=info, path=d)
+
+
+def model_hash(directory: str | Path) -> str:
+    """sha256 over the weights and dakter.json: what identifies the model a dataset came from."""
+    d = check_model_folder(directory)
+    h = hashlib.sha256()
+    for part in (WEIGHTS, INFO_FILE, "scheduler/scheduler_config.json"):
+        with open(d / part, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,87 @@
+"""Draw (SAR image, soft label) pairs from a joint diffusion model.
+
+Every sample owns a ``torch.Generator`` seeded from its own seed: its starting noise and every
+step's noise come from it alone, so a pair does not depend on which batch it was drawn in and can
+be regenerated on its own from its seed.
+
+At each step the network output is turned into a clean-sample estimate x0_hat, clipped per
+modality (image to [-1, 1], labels to [-b, b]; without it epsilon-prediction samplers diverge, see
+PAPER.md pitfalls), and handed to the diffusers scheduler as the noise consistent with the clipped
+x0_hat. The soft label is the decoded label part of x0_hat at the last step, or its average over
+the last ``decode_last`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from dakter_scale.config import SamplingConfig
+from dakter_scale.core.joint import clip_x0
+from dakter_scale.core.schedule import eps_from_x0, to_x0_eps
+from dakter_scale.core.soft_labels import decode
+from dakter_scale.diffusion.model import JointDiffusion
+
+
+@dataclass
+class Samples:
+    images: torch.Tensor  # (N, 1, H, W) float in [-1, 1]
+    q: torch.Tensor  # (N, K, H, W) probabilities, sum to 1 over K
+
+
+def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
+    """A fresh scheduler for one batch, stepping with epsilon (the clipped-x0-consistent noise)."""
+    common = dict(prediction_type="epsilon", clip_sample=False)
+    if cfg.sampler == "ddim":
+        sched = DDIMScheduler.from_config(model.scheduler.config, set_alpha_to_one=True, timestep_spacing="trailing", **common)
+    elif cfg.sampler == "ddpm":
+        sched = DDPMScheduler.from_config(model.scheduler.config, timestep_spacing="trailing", **common)
+    else:
+        raise ValueError(f"unknown sampler {cfg.sampler!r}; expected ddpm or ddim")
+    steps = min(cfg.steps, model.scheduler.config.num_train_timesteps)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfig, device: str | torch.device | None = None) -> Samples:
+    """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model and cfg."""
+    device = torch.device(device) if device is not None else next(model.unet.parameters()).device
+    unet = model.unet
+    b, k, r = model.b, model.num_classes, model.resolution
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    z = torch.stack([torch.randn((1 + k, r, r), generator=g, device=device) for g in gens])
+    sched = sampling_scheduler(model, cfg)
+    alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    timesteps = list(sched.timesteps)
+    decoded: list[torch.Tensor] = []
+    for i, t in enumerate(timesteps):
+        with _autocast(device):
+            output = unet(z, t.to(device)).sample.float()
+        a = alpha_bar[t].expand(z.shape[0])
+        x0, eps = to_x0_eps(output, z, a, model.prediction_type)
+        if cfg.clip:
+            x0 = clip_x0(x0, b)
+            eps = eps_from_x0(x0, z, a)
+        if i >= len(timesteps) - cfg.decode_last:
+            decoded.append(decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau))
+        if cfg.sampler == "ddim":
+            noise = None
+            if cfg.eta > 0:
+                noise = torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens])
+            z = sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise).prev_sample
+        else:
+            z = sched.step(eps, t, z, generator=gens).prev_sample
+    q = torch.stack(decoded).mean(dim=0)
+    q = q / q.sum(dim=1, keepdim=True)
+    return Samples(images=z[:, :1].clamp(-1.0, 1.0), q=q)

@@ -1,0 +1,163 @@
+"""Train the balanced joint DDPM with accelerate: 1 process, N processes, or M nodes, unchanged.
+
+Each rank reads its own disjoint positions of a seeded sample stream (training.StreamPositions),
+re-seeds its noise at every step, and accumulates gradients over
+``gradient_accumulation_steps`` micro-batches. The EMA of the weights is what gets saved as the
+model folder. ``resume="latest"`` continues from the newest checkpoint exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from dakter_scale.config import Config, save_config, to_dict
+from dakter_scale.core.joint import one_hot, pack, resolve_b
+from dakter_scale.core.schedule import add_noise, joint_denoising_loss
+from dakter_scale.data.real import open_source, patch_dataset, split_stats
+from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
+from dakter_scale.training import (
+    EMA,
+    StreamPositions,
+    available_tracker,
+    load_checkpoint,
+    lr_factor,
+    make_accelerator,
+    resolve_resume,
+    save_checkpoint,
+    seed_step,
+    set_lr,
+    setup_logging,
+)
+
+log = logging.getLogger("dakter_scale")
+
+
+class _PositionBatches(torch.utils.data.Sampler):
+    """Batch sampler over StreamPositions starting at a micro-batch, endless."""
+
+    def __init__(self, positions: StreamPositions, first_micro_batch: int):
+        self.positions, self.first = positions, first_micro_batch
+
+    def __iter__(self):
+        return self.positions.batches(self.first)
+
+
+def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, progress: bool = True, accelerator=None) -> Path:
+    """Train, checkpoint, and write the model folder to `out`. Returns `out`."""
+    out = Path(out)
+    d = cfg.diffusion
+    accelerator = accelerator or make_accelerator(d.mixed_precision, log_with=available_tracker(), project_dir=str(out / "logs"))
+    setup_logging(accelerator.is_main_process)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+
+    source = open_source(cfg.data.spec)
+    stats = split_stats(source, "train", cfg.data.stats_max_images)
+    b = resolve_b(d.b, stats.image_stats)
+    k = source.num_classes
+    if accelerator.is_main_process:
+        save_config(cfg, out)
+        log.info("data %s: %d train images, class fractions %s; b = %.4f (%s)", cfg.data.spec, stats.images, [round(f, 4) for f in stats.class_fractions], b, d.b)
+
+    unet = build_unet(d.unet, cfg.data.resolution, 1 + k)
+    scheduler = build_scheduler(d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.rescale_zero_terminal_snr)
+    alpha_bar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
+
+    start = 0
+    checkpoint = resolve_resume(out, resume)
+    if checkpoint is not None:
+        start = int(load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)["step"])
+        log.info("resumed from %s at step %d", checkpoint, start)
+    elif resume == "latest":
+        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
+
+    dataset = patch_dataset(source, cfg.data, "train", seed=d.seed)
+    accumulation = d.gradient_accumulation_steps
+    positions = StreamPositions(len(dataset), d.batch_size, d.seed, rank, world)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_PositionBatches(positions, start * accumulation),
+        num_workers=d.num_workers,
+        persistent_workers=d.num_workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    batches = iter(loader)
+    if accelerator.is_main_process and accelerator.trackers:
+        accelerator.init_trackers("diffusion", config={k_: str(v) for k_, v in to_dict(cfg.diffusion).items()})
+
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=d.max_steps, initial=start, desc="diffusion", unit="step", dynamic_ncols=True)
+    unet.train()
+    t0, last_log = time.time(), {}
+    for step in range(start, d.max_steps):
+        set_lr(optimizer, d.lr * lr_factor(step, d.warmup_steps, d.max_steps, "constant"))
+        for micro in range(accumulation):
+            x, mask = next(batches)
+            x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            seed_step(d.seed, rank, step, micro)
+            z0 = pack(x, one_hot(mask, k), b)
+            t = torch.randint(0, d.num_train_timesteps, (z0.shape[0],), device=device)
+            eps = torch.randn_like(z0)
+            z_t = add_noise(z0, eps, alpha_bar[t])
+            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(unet)
+            with sync:
+                with accelerator.autocast():
+                    output = unet(z_t, t).sample
+                loss, parts = joint_denoising_loss(output, z0, eps, z_t, alpha_bar[t], d.prediction_type, b, mask, d.label_loss_weight, d.label_ce_weight)
+                accelerator.backward(loss / accumulation)
+        if d.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(unet.parameters(), d.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(unet))
+        done = step + 1
+        if done % d.log_every == 0 or done == d.max_steps:
+            last_log = {"loss": float(loss.detach()), **{n: float(v) for n, v in parts.items()}, "lr": optimizer.param_groups[0]["lr"]}
+            accelerator.log(last_log, step=done)
+            if bar is None and accelerator.is_main_process:
+                log.info("step %d/%d loss %.4f (%.2f s/step)", done, d.max_steps, last_log["loss"], (time.time() - t0) / max(1, done - start))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        if d.checkpoint_every and done % d.checkpoint_every == 0 and done < d.max_steps:
+            save_checkpoint(accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema)
+    if bar is not None:
+        bar.close()
+
+    if accelerator.is_main_process:
+        final = build_unet(d.unet, cfg.data.resolution, 1 + k)
+        ema.copy_to(final)
+        info = model_info(
+            b=b,
+            b_mode=str(d.b),
+            classes=source.classes,
+            resolution=cfg.data.resolution,
+            prediction_type=d.prediction_type,
+            data_spec=cfg.data.spec,
+            radiometry=source.radiometry,
+            train_stats={
+                "images": stats.images,
+                "class_fractions": list(stats.class_fractions),
+                "image_mean": stats.image_stats.mean,
+                "image_rms": stats.image_stats.rms,
+                "image_std": stats.image_stats.std,
+            },
+            sampling=to_dict(cfg.sampling),
+            steps_trained=d.max_steps,
+        )
+        save_model_folder(out, final, scheduler, info)
+        log.info("model folder written to %s (b = %.4f, %d steps%s)", out, b, d.max_steps, f", last loss {last_log.get('loss', float('nan')):.4f}" if last_log else "")
+    accelerator.wait_for_everyone()
+    return out

@@ -1,0 +1,65 @@
+"""Evaluate a student on full test images with one confusion matrix over the whole split.
+
+The image is brought to the scale the student trained at (resolution / crop, or resized to
+resolution x resolution when it trained on whole resized images), reflect-padded to a multiple of
+``pad_multiple``, segmented, and the logits are resized back to the label's size: metrics are
+computed at the label's native resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dakter_scale.config import EvalConfig
+from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
+from dakter_scale.data.real import DataError, normalise, open_source
+from dakter_scale.student.models import load_student
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, image: torch.Tensor, info: dict, pad_multiple: int) -> torch.Tensor:
+    """image: (1, 1, H, W) in [-1, 1] -> logits (1, K, H, W) at the image's own size."""
+    h, w = image.shape[-2:]
+    resolution, crop = int(info["resolution"]), int(info.get("crop", 0))
+    if crop > 0:
+        scale = resolution / crop
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    else:
+        size = (resolution, resolution)
+    x = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    ph = (-x.shape[-2]) % pad_multiple
+    pw = (-x.shape[-1]) % pad_multiple
+    if ph or pw:
+        mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    logits = model(x)[..., : size[0], : size[1]]
+    if size != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits
+
+
+def evaluate_student(student_dir: str, spec: str, split: str = "test", cfg: EvalConfig | None = None, device: str | None = None, progress: bool = False) -> dict:
+    """Metrics of a student folder on a data spec's split (see core.metrics for the definitions)."""
+    cfg = cfg or EvalConfig()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, info = load_student(student_dir, device)
+    source = open_source(spec)
+    if list(source.classes) != list(info["classes"]):
+        raise DataError(f"{spec}: classes {list(source.classes)} differ from the student's {info['classes']}")
+    k = source.num_classes
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    items = source.split_items(split)
+    it = items
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(items, desc=f"evaluate {split}", unit="img", leave=False)
+    for item in it:
+        image, mask = source.load(item)
+        x = normalise(image)[None, None].to(device)
+        logits = predict_logits(model, x, info, cfg.pad_multiple)
+        cm += confusion_matrix(logits.argmax(dim=1)[0].cpu(), torch.as_tensor(mask), k)
+    metrics = metrics_from_confusion(cm, list(source.classes))
+    metrics.update({"student": str(student_dir), "data": spec, "split": split, "images": len(items), "averaging": "one confusion matrix over the split"})
+    return metrics

@@ -1,0 +1,76 @@
+"""Student segmentation models from segmentation-models-pytorch, and their folder.
+
+A student folder holds model.safetensors, student.json (architecture, encoder, classes,
+resolution, how it was trained) and config.yaml. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import load_model, save_model
+
+ARCHS = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "fpn": "FPN",
+    "pspnet": "PSPNet",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+    "dpt": "DPT",
+}
+# Small encoders that train on a CPU; any smp encoder name can be given instead.
+DEFAULT_ENCODERS = {"segformer": "mit_b0", "dpt": "tu-vit_tiny_patch16_224"}
+DEFAULT_ENCODER = "resnet18"
+STUDENT_FILE = "student.json"
+
+
+class StudentError(ValueError):
+    """A student that cannot be built or loaded; the message names the architecture or file."""
+
+
+def resolve_encoder(arch: str, encoder: str) -> str:
+    return DEFAULT_ENCODERS.get(arch, DEFAULT_ENCODER) if encoder == "auto" else encoder
+
+
+def build_student(arch: str, encoder: str = "auto", num_classes: int = 5, encoder_weights: str | None = None, encoder_depth: int = 5) -> torch.nn.Module:
+    """An smp model over 1-channel SAR input in [-1, 1] producing K logits per pixel."""
+    if arch not in ARCHS:
+        raise StudentError(f"unknown student architecture {arch!r}; expected one of {', '.join(sorted(ARCHS))}")
+    encoder = resolve_encoder(arch, encoder)
+    kwargs = dict(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=1, classes=num_classes)
+    if arch not in ("segformer", "dpt", "upernet") and encoder_depth != 5:
+        kwargs["encoder_depth"] = encoder_depth
+        if arch in ("unet", "unetplusplus", "manet"):
+            kwargs["decoder_channels"] = (256, 128, 64, 32, 16)[5 - encoder_depth :]
+    try:
+        return getattr(smp, ARCHS[arch])(**kwargs)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise StudentError(f"cannot build {arch} with encoder {encoder!r}: {e}") from None
+
+
+def save_student(directory: str | Path, model: torch.nn.Module, info: dict) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(d / "model.safetensors"))
+    (d / STUDENT_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return d
+
+
+def load_student(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    d = Path(directory)
+    for part in (STUDENT_FILE, "model.safetensors"):
+        if not (d / part).is_file():
+            raise StudentError(f"student folder {d} has no {part}; train one with jobs/train_student.py")
+    info = json.loads((d / STUDENT_FILE).read_text())
+    model = build_student(info["arch"], info["encoder"], len(info["classes"]), None, info.get("encoder_depth", 5))
+    load_model(model, str(d / "model.safetensors"), device=str(device))
+    return model.to(device).eval(), info

@@ -1,0 +1,154 @@
+"""Train a student: CE on real pairs, KD on generated soft labels (or CE on their argmax), mixed at a ratio.
+
+Runs under plain ``python``, ``torchrun`` and ``accelerate launch`` alike; every rank reads its own
+slots of both streams (see data/stream.py) so no sample is read twice within a pass. Checkpoints
+hold the model and optimiser; the streams are deterministic, so ``resume="latest"`` skips what was
+consumed and continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from dakter_scale.config import Config, save_config, to_dict
+from dakter_scale.core.kd import mixed_loss
+from dakter_scale.data import shards
+from dakter_scale.data.real import open_source, patch_dataset
+from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
+from dakter_scale.student.models import build_student, resolve_encoder, save_student
+from dakter_scale.training import (
+    available_tracker,
+    load_checkpoint,
+    lr_factor,
+    make_accelerator,
+    resolve_resume,
+    save_checkpoint,
+    seed_step,
+    set_lr,
+    setup_logging,
+)
+
+log = logging.getLogger("dakter_scale")
+
+
+def check_generated(url: str, classes: tuple[str, ...], resolution: int) -> dict:
+    """The generated dataset's header, checked against the real data: same classes, same resolution."""
+    info = shards.read_dataset_info(url)
+    if info is None:
+        if not shards.done_shards(url):
+            raise StreamError(f"--synthetic {url}: no generated dataset there (no dataset.json, no finished shards)")
+        return {}
+    if list(info.get("classes", classes)) != list(classes):
+        raise StreamError(f"--synthetic {url}: its classes {info.get('classes')} differ from the real data's {list(classes)}")
+    if int(info.get("resolution", resolution)) != resolution:
+        raise StreamError(f"--synthetic {url}: pairs are {info.get('resolution')} px but data.resolution is {resolution}; set data.resolution={info.get('resolution')}")
+    for warning in info.get("warnings", []):
+        log.warning("generated dataset %s: %s", url, warning)
+    return info
+
+
+def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, resume: str | None = None, progress: bool = True, accelerator=None) -> Path:
+    """Train a student on cfg.data.spec (+ generated pairs at cfg.student.ratio); write its folder to `out`."""
+    out = Path(out)
+    s = cfg.student
+    accelerator = accelerator or make_accelerator(s.mixed_precision, log_with=available_tracker(), project_dir=str(out / "logs"))
+    setup_logging(accelerator.is_main_process)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if s.ratio > 0 and not synthetic:
+        raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
+    source = open_source(cfg.data.spec)
+    k = source.num_classes
+    gen_info = check_generated(synthetic, source.classes, cfg.data.resolution) if synthetic and s.ratio > 0 else {}
+    if accelerator.is_main_process:
+        save_config(cfg, out)
+
+    model = build_student(s.arch, s.encoder, k, s.encoder_weights, s.encoder_depth)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start = 0
+    checkpoint = resolve_resume(out, resume)
+    if checkpoint is not None:
+        start = int(load_checkpoint(accelerator, checkpoint, model, optimizer)["step"])
+        log.info("resumed from %s at step %d", checkpoint, start)
+
+    real_used, gen_used = consumed(start, s.batch_size, s.ratio)
+    real_iter = gen_iter = None
+    if not math.isinf(s.ratio):
+        real = RealStream(patch_dataset(source, cfg.data, "train", seed=s.seed), rank, world, s.seed, skip=real_used)
+        real_iter = stream_loader(real, s.num_workers)
+    if s.ratio > 0:
+        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, skip=gen_used)
+        gen.check_slots(s.num_workers)
+        gen_iter = stream_loader(gen, s.num_workers)
+    batches = MixedBatches(real_iter, gen_iter, s.batch_size, s.ratio, k, start_batch=start)
+
+    if accelerator.is_main_process and accelerator.trackers:
+        accelerator.init_trackers("student", config={k_: str(v) for k_, v in to_dict(s).items()})
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.max_steps, initial=start, desc=f"student {s.arch}", unit="step", dynamic_ncols=True)
+    model.train()
+    seen_generated = seen_total = 0
+    t0 = time.time()
+    for step in range(start, s.max_steps):
+        set_lr(optimizer, s.lr * lr_factor(step, s.warmup_steps, s.max_steps, "cosine", floor=0.01))
+        batch = next(batches)
+        seed_step(s.seed, rank, step)
+        x = batch["x"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        q = batch["q"].to(device, non_blocking=True)
+        generated = batch["generated"].to(device)
+        with accelerator.autocast():
+            logits = model(x)
+        loss, parts = mixed_loss(logits, mask, q, generated, labels=s.labels, ce_weight=s.ce_weight, kd_weight=s.kd_weight, temperature=s.kd_temperature)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen_generated += int(batch["generated"].sum())
+        seen_total += len(batch["keys"])
+        done = step + 1
+        if done % s.log_every == 0 or done == s.max_steps:
+            accelerator.log({"loss": float(loss.detach()), **parts}, step=done)
+            if bar is None and accelerator.is_main_process:
+                log.info("step %d/%d loss %.4f (%.2f s/step)", done, s.max_steps, float(loss.detach()), (time.time() - t0) / max(1, done - start))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        if s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.max_steps:
+            save_checkpoint(accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra={"bad_shards": batches.bad_shards})
+    if bar is not None:
+        bar.close()
+    if batches.bad_shards:
+        log.warning("%d bad shard(s) skipped while streaming: %s", len(batches.bad_shards), "; ".join(sorted(set(batches.bad_shards))[:5]))
+
+    if accelerator.is_main_process:
+        info = {
+            "arch": s.arch,
+            "encoder": resolve_encoder(s.arch, s.encoder),
+            "encoder_depth": s.encoder_depth,
+            "classes": list(source.classes),
+            "resolution": cfg.data.resolution,
+            "crop": cfg.data.crop,
+            "real": cfg.data.spec,
+            "synthetic": synthetic if s.ratio > 0 else None,
+            "synthetic_fingerprint": gen_info.get("fingerprint"),
+            "ratio": s.ratio,
+            "labels": s.labels if s.ratio > 0 else "none",
+            "steps": s.max_steps,
+            "batch_size_per_rank": s.batch_size,
+            "ranks": world,
+            "generated_share": seen_generated / seen_total if seen_total else 0.0,
+            "bad_shards": len(batches.bad_shards),
+        }
+        save_student(out, accelerator.unwrap_model(model), info)
+        log.info("student written to %s (generated share %.3f)", out, info["generated_share"])
+    accelerator.wait_for_everyone()
+    return out
