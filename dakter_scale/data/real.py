@@ -191,13 +191,14 @@ class OSDSource(Source):
             return self._cache[split]
         base = posixpath.join(self.root, split)
         images = [p for p in _list_files(self.fs, posixpath.join(base, "images")) if p.lower().endswith(IMAGE_EXTS)]
-        index_dir = posixpath.join(base, "labels_1D")
-        colour_dir = posixpath.join(base, "labels")
-        label_dir = index_dir if self.fs.isdir(index_dir) else colour_dir
+        # Class-id masks (labels_1D) when there are any, else the RGB colour masks (labels).
+        label_dir = posixpath.join(base, "labels_1D")
         labels = [p for p in _list_files(self.fs, label_dir) if p.lower().endswith(".png")]
+        if not labels:
+            label_dir = posixpath.join(base, "labels")
+            labels = [p for p in _list_files(self.fs, label_dir) if p.lower().endswith(".png")]
         if not images and not labels:
             raise DataError(f"{self.spec}: split {split!r} is empty (no files in {base}/images)")
-        self._index_labels = label_dir == index_dir
         items = _pair(images, labels, label_dir, _stem, _stem)
         self._cache[split] = items
         return items

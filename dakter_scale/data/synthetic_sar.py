@@ -4,8 +4,9 @@ Every scene is a pure function of ``(seed, height, width)``. It mimics the Oil S
 dataset: C-band, VV, 8-bit dB-scaled images with a five-class mask (sea, oil, look-alike, ship,
 land), see :data:`CLASSES` and :data:`OSD_COLOURS`.
 
-Physics model (all backscatter work is done on linear sigma0; dB only to compose offsets)
-------------------------------------------------------------------------------------------
+Physics model (levels and dampings are composed in dB, then converted to linear sigma0, where the
+noise floor, ship side lobes and speckle are applied; the image is quantised from linear intensity)
+---------------------------------------------------------------------------------------------------
 * **Sea** -- wind-driven Bragg scattering. A smooth log-wind-speed field (scene mean 2.5..11 m/s,
   so some scenes calm, some windy, plus low-frequency variation) goes through a CMOD-like
   power law ``sigma0_dB = -16 + 17 log10(U / 5)`` and an incidence-angle gradient across range
@@ -18,7 +19,8 @@ Physics model (all backscatter work is done on linear sigma0; dB only to compose
   core region. Some slicks are trails behind a ship (narrow at the ship, spreading behind it).
 * **Look-alikes (class 2)** -- natural dark features, less dark (2..5 dB, a few up to 6.5 dB):
   broad irregular low-wind areas with diffuse edges, thin sinuous biogenic filament networks
-  (zero-level contours of a smooth noise field inside a patch), and now and then an elongated
+  (bands of constant pixel width around the zero contours of a smooth noise field inside a patch;
+  1 dB more contrast so that they stay visible), and now and then an elongated
   natural slick with the same shape model as oil -- deliberate ambiguity.
 * **Ships (class 3)** -- bright (+15..25 dB) small elongated targets (>= 2 px) with a faint
   range/azimuth side-lobe cross; never on land.
@@ -36,7 +38,9 @@ fractions of ``min(height, width)`` (with pixel floors), so 32x32 .. 650x1250 sc
 Determinism: one ``np.random.Generator(np.random.PCG64(seed))`` per scene, no global RNG, and the
 per-pixel maths uses only IEEE-exact operations (+, -, *, /, sqrt, comparisons, table look-ups via
 ``np.interp``, exact frexp/ldexp); dB<->linear conversions use tables built with scalar
-Python arithmetic, so SIMD-dependent ``np.exp``/``np.log10`` never decide a pixel, and no BLAS.
+Python arithmetic, so SIMD-dependent ``np.exp``/``np.log10``/``np.power`` never decide a pixel, and no
+BLAS. Scalar transcendentals (``math``, the Generator's own samplers) come from the platform libm.
+Golden digests in tests/test_synthetic_sar.py pin the dataset bit for bit.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ __all__ = [
     "scene_seed",
     "write_osd_layout",
     "write_sos_layout",
+    "colour_mask",
+    "uint8_to_linear",
 ]
 
 CLASSES = ("sea", "oil", "look-alike", "ship", "land")
@@ -80,19 +86,28 @@ _CODE_TO_LINEAR = np.array([10.0 ** ((DB_MIN + k * _CODE_STEP_DB) / 10.0) for k 
 
 def _db_to_linear(db: np.ndarray) -> np.ndarray:
     """10 ** (db / 10) = 2 ** k * 2 ** f with f interpolated in a table (relative error < 1e-8)."""
-    q = np.asarray(db, dtype=np.float64) * (1.0 / _DB_PER_OCTAVE)
-    k = np.floor(q)
-    x = (q - k) * _TABLE_N
+    x = np.asarray(db, dtype=np.float64) * (1.0 / _DB_PER_OCTAVE)
+    k = np.floor(x)
+    x -= k
+    x *= _TABLE_N  # table position of the fractional octave
     i = x.astype(np.intp)
-    return np.ldexp(_POW2[i] + (x - i) * _POW2_SLOPE[i], k.astype(np.int32))
+    x -= i
+    x *= _POW2_SLOPE.take(i)
+    x += _POW2.take(i)
+    return np.ldexp(x, k.astype(np.int32), out=x)
 
 
 def _linear_to_db(intensity: np.ndarray) -> np.ndarray:
     """10 log10(I) from I = m * 2 ** e (exact split) and a table of 10 log10(m) (error < 1e-7 dB)."""
-    m, e = np.frexp(np.maximum(intensity, 1e-30))
-    x = (m - 0.5) * (2 * _TABLE_N)
+    x, e = np.frexp(np.maximum(intensity, 1e-30))
+    x -= 0.5
+    x *= 2 * _TABLE_N  # table position of the mantissa
     i = x.astype(np.intp)
-    return _LOG_MANT[i] + (x - i) * _LOG_MANT_SLOPE[i] + e * _DB_PER_OCTAVE
+    x -= i
+    x *= _LOG_MANT_SLOPE.take(i)
+    x += _LOG_MANT.take(i)
+    x += e * _DB_PER_OCTAVE
+    return x
 
 
 def _to_uint8(intensity: np.ndarray) -> np.ndarray:
@@ -104,6 +119,12 @@ def _to_uint8(intensity: np.ndarray) -> np.ndarray:
 def uint8_to_linear(image: np.ndarray) -> np.ndarray:
     """Inverse of the 8-bit mapping: code -> linear intensity at the code's dB centre."""
     return _CODE_TO_LINEAR[np.asarray(image, dtype=np.uint8)]
+
+
+def _scalar_pow(x: np.ndarray, p: float) -> np.ndarray:
+    """x ** p with scalar math.pow, for small 1-D tables: numpy's array power may be SIMD-dispatched
+    and differ in the last bit between CPUs."""
+    return np.array([math.pow(float(v), p) for v in x])
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -124,7 +145,8 @@ def _bspline_weights(n: int, cell: float, phase: float):
     t = p - i
     t2 = t * t
     t3 = t2 * t
-    w = np.stack([(1.0 - t) ** 3, 3.0 * t3 - 6.0 * t2 + 4.0, -3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0, t3]) / 6.0
+    u = 1.0 - t
+    w = np.stack([u * u * u, 3.0 * t3 - 6.0 * t2 + 4.0, -3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0, t3]) / 6.0
     w /= np.sqrt((w * w).sum(axis=0))
     return i, w, int(i[-1]) + 4
 
@@ -149,18 +171,27 @@ class _Noise:
         k = self._knots[:, ix[0] : ix[-1] + 4] if len(ix) else self._knots[:, :0]
         ix = ix - (ix[0] if len(ix) else 0)
         rows = wy[0, :, None] * k[iy] + wy[1, :, None] * k[iy + 1] + wy[2, :, None] * k[iy + 2] + wy[3, :, None] * k[iy + 3]
-        return wx[0] * rows[:, ix] + wx[1] * rows[:, ix + 1] + wx[2] * rows[:, ix + 2] + wx[3] * rows[:, ix + 3]
+        out = rows.take(ix, axis=1)
+        out *= wx[0]
+        for j in (1, 2, 3):  # in place, same summation order as the plain expression
+            term = rows.take(ix + j, axis=1)
+            term *= wx[j]
+            out += term
+        return out
 
 
 def _fractal_noise(rng: np.random.Generator, h: int, w: int, cell: float, octaves: int = 3, gain: float = 0.5,
-                   stretch: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+                   stretch: tuple[float, float] = (1.0, 1.0), window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Sum of `octaves` smooth fields with halving cell size and amplitude `gain` ** k; unit variance.
-    `stretch` multiplies the (rows, columns) correlation lengths."""
-    total = np.zeros((h, w))
+    `stretch` multiplies the (rows, columns) correlation lengths; `window` = (y0, y1, x0, x1) evaluates
+    only that part of the h x w field (same random draws either way)."""
+    window = window or (0, h, 0, w)
+    total = None
     norm = 0.0
     for k in range(octaves):
         amp = gain**k
-        total += amp * _Noise(rng, h, w, (cell * stretch[0] / 2**k, cell * stretch[1] / 2**k))()
+        octave = amp * _Noise(rng, h, w, (cell * stretch[0] / 2**k, cell * stretch[1] / 2**k))(*window)
+        total = octave if total is None else total + octave
         norm += amp * amp
     return total / math.sqrt(norm)
 
@@ -215,12 +246,16 @@ def _land(rng: np.random.Generator, h: int, w: int, probability: float = 0.4):
     mask = u + rough * _fractal_noise(rng, h, w, cell=0.35 * s, octaves=3, gain=0.55) < cover
     if not mask.any():
         return None, None
-    # bright textured terrain: base level + mid-scale relief + fine texture + built-up patches
-    relief = _Noise(rng, h, w, cell=max(2.0, s / 10))()
-    fine = _Noise(rng, h, w, cell=max(1.0, s / 60))()
-    land = rng.uniform(-6.5, -2.5) + 1.8 * relief + 1.6 * fine
-    land = land + 5.0 * _smoothstep((relief - 1.2) / 0.6)
-    return mask, np.clip(land, -14.0, 4.0)
+    # bright textured terrain: base level + mid-scale relief + fine texture + built-up patches,
+    # evaluated on the bounding box of the land only
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    win = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    relief = _Noise(rng, h, w, cell=max(2.0, s / 10))(*win)
+    fine = _Noise(rng, h, w, cell=max(1.0, s / 60))(*win)
+    land_db = np.zeros((h, w))
+    texture = rng.uniform(-6.5, -2.5) + 1.8 * relief + 1.6 * fine + 5.0 * _smoothstep((relief - 1.2) / 0.6)
+    land_db[win[0] : win[1], win[2] : win[3]] = np.clip(texture, -14.0, 4.0)
+    return mask, land_db
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,17 +264,19 @@ def _land(rng: np.random.Generator, h: int, w: int, probability: float = 0.4):
 def _width_profile(rng: np.random.Generator, t: np.ndarray, kind: str) -> np.ndarray:
     """Relative half-width (0..~1) along the slick axis t in [-1, 1]."""
     if kind == "comet":  # narrow at t = -1 (source, e.g. a ship), spreading towards t = +1
-        prof = ((t + 1.0) / 2.0) ** 0.6 * np.sqrt(np.clip(1.0 - t**8, 0.0, None))
+        t8 = np.square(np.square(t * t))
+        prof = _scalar_pow((t + 1.0) / 2.0, 0.6) * np.sqrt(np.clip(1.0 - t8, 0.0, None))
     elif kind == "fragments":  # a chain of pieces along one line
         n = int(rng.integers(2, 5))
         centres = np.linspace(-1.0, 1.0, 2 * n + 1)[1::2] + rng.uniform(-0.3, 0.3, n) / n
         half = rng.uniform(0.35, 0.8, n) / n
         prof = np.zeros_like(t)
         for c0, hw in zip(centres, half):
-            prof = np.maximum(prof, np.sqrt(np.clip(1.0 - ((t - c0) / hw) ** 2, 0.0, None)))
+            z = (t - c0) / hw
+            prof = np.maximum(prof, np.sqrt(np.clip(1.0 - z * z, 0.0, None)))
     else:  # "lens": blunt or pointed ends
         p = rng.uniform(1.5, 4.0)
-        prof = np.sqrt(np.clip(1.0 - np.abs(t) ** p, 0.0, None))
+        prof = np.sqrt(np.clip(1.0 - _scalar_pow(np.abs(t), p), 0.0, None))
     wobble = np.clip(1.0 + rng.uniform(0.15, 0.45) * _smooth_curve(rng, int(rng.integers(3, 8)), len(t)), 0.25, 2.0)
     return prof * wobble
 
@@ -251,7 +288,7 @@ def _slick(rng: np.random.Generator, h: int, w: int, cy: float, cx: float, angle
     Depth is 1 on the (curved) centre line, 0 on the boundary, negative outside; the boundary is
     roughened with `edge_noise`. Returns ((y0, y1, x0, x1), depth) or None when off-scene."""
     t = np.linspace(-1.0, 1.0, 257)
-    bend = length * (rng.normal(0.0, 0.12) * t**2 + rng.normal(0.0, 0.06) * t**3)
+    bend = length * (rng.normal(0.0, 0.12) * t * t + rng.normal(0.0, 0.06) * t * t * t)
     meander = rng.uniform(0.3, 1.2) * half_width * _smooth_curve(rng, int(rng.integers(2, 6)), len(t))
     centre = bend + meander
     width = half_width * _width_profile(rng, t, kind)
@@ -292,12 +329,16 @@ def _oil(rng: np.random.Generator, h: int, w: int, ships: list, probability: flo
     s = min(h, w)
     damping = np.zeros((h, w))
     mask = np.zeros((h, w), dtype=bool)
+    free_slicks = rng.random() < probability
+    trail = bool(ships) and rng.random() < 0.4  # illegal discharge behind one ship
+    if not (free_slicks or trail):
+        return damping, mask
     edge, inner = _Noise(rng, h, w, cell=max(1.5, s / 25)), _Noise(rng, h, w, cell=max(2.0, s / 15))
 
     def strength() -> float:
         return rng.uniform(4.0, 6.0) if rng.random() < 0.1 else rng.uniform(5.5, 10.0)
 
-    if rng.random() < probability:
+    if free_slicks:
         for _ in range(int(rng.choice([1, 2, 2, 3]))):
             kind = str(rng.choice(["lens", "lens", "comet", "fragments"]))
             length = s * rng.uniform(0.3, 0.9)
@@ -305,8 +346,7 @@ def _oil(rng: np.random.Generator, h: int, w: int, ships: list, probability: flo
             placed = _slick(rng, h, w, rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w,
                             rng.uniform(0.0, math.pi), length, half_width, kind, edge)
             _stamp_slick(damping, mask, placed, strength(), inner)
-    # illegal discharge: a trail spreading behind one ship
-    if ships and rng.random() < 0.4:
+    if trail:  # narrow at the ship, spreading behind it
         cy, cx, heading, ship_len, _, _ = ships[int(rng.integers(len(ships)))]
         length = s * rng.uniform(0.25, 0.7)
         back = heading + math.pi
@@ -320,46 +360,55 @@ def _oil(rng: np.random.Generator, h: int, w: int, ships: list, probability: flo
 # ----------------------------------------------------------------------------------------------
 # Look-alikes
 # ----------------------------------------------------------------------------------------------
-def _blob_field(rng: np.random.Generator, h: int, w: int, radius: float, aspect: float):
-    """Smooth elliptical bump 1 - r^2 (r: normalised elliptical distance) at a random position."""
+def _blob(rng: np.random.Generator, h: int, w: int, radius: float, aspect: float, reach: float):
+    """Random elliptical bump at a random position: returns (window, r2) where r2 is the squared
+    normalised elliptical distance on the window (y0, y1, x0, x1) covering r <= reach."""
     cy, cx = rng.uniform(0.0, h), rng.uniform(0.0, w)
     ang = rng.uniform(0.0, math.pi)
     ca, sa = math.cos(ang), math.sin(ang)
-    dx = (np.arange(w) + 0.5 - cx)[None, :]
-    dy = (np.arange(h) + 0.5 - cy)[:, None]
-    a = (dx * ca + dy * sa) / (radius * aspect)
-    b = (dy * ca - dx * sa) / radius
-    return 1.0 - (a * a + b * b)
+    ra, rb = radius * aspect, radius
+    ey = reach * math.sqrt((ra * sa) ** 2 + (rb * ca) ** 2) + 1.0  # half extents of the rotated ellipse
+    ex = reach * math.sqrt((ra * ca) ** 2 + (rb * sa) ** 2) + 1.0
+    y0, y1 = max(0, int(cy - ey)), min(h, int(cy + ey) + 1)
+    x0, x1 = max(0, int(cx - ex)), min(w, int(cx + ex) + 1)
+    dx = (np.arange(x0, x1) + 0.5 - cx)[None, :]
+    dy = (np.arange(y0, y1) + 0.5 - cy)[:, None]
+    a = (dx * ca + dy * sa) / ra
+    b = (dy * ca - dx * sa) / rb
+    return (y0, y1, x0, x1), a * a + b * b
 
 
 def _low_wind_area(rng: np.random.Generator, h: int, w: int, strength_db: float):
-    """Broad irregular low-wind patch with diffuse edges: (damping dB, core mask)."""
+    """Broad irregular low-wind patch with diffuse edges: (window, damping dB, core mask) on the window."""
     s = min(h, w)
-    field = _blob_field(rng, h, w, s * rng.uniform(0.12, 0.3), rng.uniform(1.0, 1.8))
-    field = field + rng.uniform(0.4, 0.7) * _fractal_noise(rng, h, w, cell=0.15 * s, octaves=3, gain=0.6)
+    win, r2 = _blob(rng, h, w, s * rng.uniform(0.12, 0.3), rng.uniform(1.0, 1.8), reach=1.8)
+    field = 1.0 - r2 + rng.uniform(0.4, 0.7) * _fractal_noise(rng, h, w, 0.15 * s, octaves=3, gain=0.6, window=win)
+    field = field - 10.0 * _smoothstep((r2 - 2.25) / 0.9)  # fade out before the window edge (r = 1.5..1.8)
     level, feather = rng.uniform(0.2, 0.5), rng.uniform(0.1, 0.3)
-    return strength_db * _smoothstep((field - level + feather) / (2.0 * feather)), field > level
+    return win, strength_db * _smoothstep((field - level + feather) / (2.0 * feather)), field > level
 
 
 def _filaments(rng: np.random.Generator, h: int, w: int, strength_db: float):
     """Thin sinuous biogenic films: a band around the zero contours of a smooth noise field n, inside a
     patch. The distance to the contour is |n| / |grad n|, so lines keep their pixel width at any
-    scale. Isotropic noise gives eddy-like loops, stretched noise streaks along one image axis."""
+    scale. Isotropic noise gives eddy-like loops, stretched noise streaks along one image axis.
+    Returns (window, damping dB, core mask) on the window."""
     s = min(h, w)
-    patch = _blob_field(rng, h, w, s * rng.uniform(0.2, 0.4), rng.uniform(1.0, 2.0))
-    patch = np.clip((patch + 0.3 * _Noise(rng, h, w, cell=0.15 * s)()) / 0.3, 0.0, 1.0)
+    win, r2 = _blob(rng, h, w, s * rng.uniform(0.2, 0.4), rng.uniform(1.0, 2.0), reach=1.5)
+    patch = 1.0 - r2 + 0.3 * _Noise(rng, h, w, cell=0.15 * s)(*win)
+    patch = np.clip(patch / 0.3, 0.0, 1.0) * (1.0 - _smoothstep((r2 - 1.44) / 0.81))  # zero for r >= 1.5
     stretch = [1.0, 1.0]
     if rng.random() < 0.5:
-        stretch[int(rng.integers(2))] = rng.uniform(2.0, 4.0)
+        stretch[int(rng.integers(2))] = rng.uniform(1.5, 2.5)
     cell = max(6.0, s * rng.uniform(0.06, 0.12))
-    n = _fractal_noise(rng, h, w, cell=cell, octaves=2, gain=0.4, stretch=(stretch[0], stretch[1]))
+    n = _fractal_noise(rng, h, w, cell, octaves=2, gain=0.4, stretch=(stretch[0], stretch[1]), window=win)
     p = np.pad(n, 1, mode="edge")
     gy = (p[2:, 1:-1] - p[:-2, 1:-1]) * 0.5
     gx = (p[1:-1, 2:] - p[1:-1, :-2]) * 0.5
     dist = np.abs(n) / (np.sqrt(gx * gx + gy * gy) + 1e-6)  # px to the zero contour
     half_width = max(0.6, s * rng.uniform(0.003, 0.008)) * patch
-    d = strength_db * _smoothstep((half_width + 0.75 - dist) / 1.5)
-    return d, dist < half_width
+    d = strength_db * _smoothstep((half_width + 0.75 - dist) / 1.5) * (patch > 0.0)
+    return win, d, dist < half_width
 
 
 def _lookalikes(rng: np.random.Generator, h: int, w: int, probability: float = 0.72):
@@ -376,17 +425,17 @@ def _lookalikes(rng: np.random.Generator, h: int, w: int, probability: float = 0
     for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
         kind = rng.random()
         if kind < 0.45:
-            d, core = _low_wind_area(rng, h, w, strength())
-        elif kind < 0.8:
-            d, core = _filaments(rng, h, w, strength() + 1.0)  # thin: needs a little more contrast to show
+            (y0, y1, x0, x1), d, core = _low_wind_area(rng, h, w, strength())
+        elif kind < 0.8:  # thin filaments need a little more contrast to show
+            (y0, y1, x0, x1), d, core = _filaments(rng, h, w, strength() + 1.0)
         else:  # natural elongated slick: same shape model as oil, weaker damping
             edge = _Noise(rng, h, w, cell=max(1.5, s / 25))
             placed = _slick(rng, h, w, rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w, rng.uniform(0.0, math.pi),
                             s * rng.uniform(0.3, 0.8), max(1.0, s * rng.uniform(0.02, 0.05)), "lens", edge)
             _stamp_slick(damping, mask, placed, strength(), _Noise(rng, h, w, cell=max(2.0, s / 15)))
             continue
-        np.maximum(damping, d, out=damping)
-        mask |= core
+        np.maximum(damping[y0:y1, x0:x1], d, out=damping[y0:y1, x0:x1])
+        mask[y0:y1, x0:x1] |= core
     return damping, mask
 
 

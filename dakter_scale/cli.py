@@ -1,0 +1,78 @@
+"""What every job in jobs/ shares: config flags, overrides, and turning bad input into one line.
+
+A job's main() builds its parser with ``parser(...)``, parses, and runs its body inside
+``run(...)``: expected user errors (bad config, data, flags, model folders, storage) print
+``error: <one line>`` on stderr and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+from dakter_scale.config import Config, ConfigError, load_config
+
+EPILOG = (
+    "Any config key can be overridden as key=value after the flags, e.g. student.lr=3e-4 "
+    "diffusion.unet.block_out_channels=[32,64]. Run with --print-config to see every key."
+)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from dakter_scale.data.real import DataError
+    from dakter_scale.data.shards import ShardError
+    from dakter_scale.data.stream import StreamError
+    from dakter_scale.diffusion.model import ModelFolderError
+    from dakter_scale.student.models import StudentError
+    from dakter_scale.synth.plan import PlanError
+    from dakter_scale.training import LaunchError
+
+    return (ConfigError, DataError, ShardError, StreamError, ModelFolderError, StudentError, PlanError, LaunchError, PermissionError, FileNotFoundError, FileExistsError)
+
+
+def parser(description: str, config: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, epilog=EPILOG if config else None, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        p.add_argument("--config", metavar="YAML", help="config file (configs/demo.yaml, configs/osd.yaml, ...); defaults apply to missing keys")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p
+
+
+def config_from(args: argparse.Namespace, extra: dict[str, object] | None = None) -> Config:
+    """Config file <- positional overrides <- the job's explicit flags (given as dotted keys)."""
+    overrides = list(args.overrides or [])
+    for key, value in (extra or {}).items():
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    cfg = load_config(args.config, overrides)
+    if getattr(args, "print_config", False):
+        from dakter_scale.config import dump_config
+
+        sys.stdout.write(dump_config(cfg))
+        sys.exit(0)
+    return cfg
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run(body: Callable[[], int | None]) -> None:
+    """Run a job body; user errors become one line on stderr and exit status 2."""
+    try:
+        code = body()
+    except user_errors() as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    sys.exit(code or 0)
+
+
+def progress_enabled() -> bool:
+    """Progress bars on, unless DAKTER_PROGRESS=0 (quiet logs in CI and tests)."""
+    return os.environ.get("DAKTER_PROGRESS", "1") not in ("0", "false", "no")

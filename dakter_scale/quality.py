@@ -1,0 +1,75 @@
+"""Generation quality without downloaded weights.
+
+* label alignment: a segmenter trained on the real set segments the generated images; its argmax
+  is scored against the argmax of the generated soft labels (mIoU, pixel agreement) - do the
+  labels describe the images?
+* class-frequency match: total variation between generated and real class pixel fractions.
+* SAR statistics: equivalent number of looks (ENL = mean^2 / var of linear intensity) over
+  homogeneous sea windows, and the distance between 8-bit intensity histograms of generated and
+  real images (total variation and 1-Wasserstein in grey levels).
+Inputs are uint8 images (N, H, W) in the training radiometry (8-bit, dB-scaled) and soft labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
+
+DB_WINDOW = (-35.0, 5.0)  # the 8-bit <-> dB mapping of the built-in data (see data/synthetic_sar.py)
+
+
+def to_linear(images: np.ndarray, window: tuple[float, float] = DB_WINDOW) -> np.ndarray:
+    """8-bit dB-scaled images -> linear intensity."""
+    lo, hi = window
+    db = lo + images.astype(np.float64) / 255.0 * (hi - lo)
+    return 10.0 ** (db / 10.0)
+
+
+def enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = 0, window_db: tuple[float, float] = DB_WINDOW) -> float:
+    """Median ENL over non-overlapping window x window patches that are all sea (or all pixels when
+    masks is None). Speckle with L looks has ENL L on a homogeneous area."""
+    lin = to_linear(images, window_db)
+    n, h, w = lin.shape
+    values = []
+    for i in range(n):
+        for y in range(0, h - window + 1, window):
+            for x in range(0, w - window + 1, window):
+                if masks is not None and not (masks[i, y : y + window, x : x + window] == sea_class).all():
+                    continue
+                patch = lin[i, y : y + window, x : x + window]
+                var = patch.var()
+                if var > 0:
+                    values.append(patch.mean() ** 2 / var)
+    return float(np.median(values)) if values else float("nan")
+
+
+def histogram(images: np.ndarray) -> np.ndarray:
+    h = np.bincount(images.reshape(-1).astype(np.int64), minlength=256).astype(np.float64)
+    return h / h.sum()
+
+
+def histogram_distance(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Total variation and 1-Wasserstein (grey levels) between the 8-bit histograms of two image sets."""
+    ha, hb = histogram(a), histogram(b)
+    return {"tv": float(0.5 * np.abs(ha - hb).sum()), "w1": float(np.abs(np.cumsum(ha) - np.cumsum(hb)).sum())}
+
+
+def class_fraction_tv(generated: np.ndarray, real: np.ndarray) -> float:
+    return float(0.5 * np.abs(np.asarray(generated, dtype=np.float64) - np.asarray(real, dtype=np.float64)).sum())
+
+
+@torch.no_grad()
+def label_alignment(segmenter: torch.nn.Module, images: np.ndarray, q: np.ndarray, class_names: list[str], batch_size: int = 32) -> dict:
+    """Score a real-trained segmenter's prediction on generated images against the generated labels."""
+    k = q.shape[1]
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    device = next(segmenter.parameters()).device
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size].astype(np.float32) / 127.5 - 1.0)[:, None].to(device)
+        pred = segmenter(x).argmax(dim=1).cpu()
+        target = torch.from_numpy(q[i : i + batch_size]).argmax(dim=1)
+        cm += confusion_matrix(pred, target, k)
+    m = metrics_from_confusion(cm, class_names)
+    return {"miou": m["miou"], "pixel_agreement": m["pixel_accuracy"], "iou": m["iou"]}

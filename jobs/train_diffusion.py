@@ -1,0 +1,38 @@
+"""Train the balanced joint DDPM (SAR image + K label channels) and write a model folder.
+
+    python jobs/train_diffusion.py --data synthetic:64 --out runs/model --config configs/demo.yaml
+    accelerate launch --num_processes 8 jobs/train_diffusion.py --data osd:/data/osd --out runs/osd --config configs/osd.yaml
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 jobs/train_diffusion.py ...      (2 CPU processes)
+    python jobs/train_diffusion.py ... --resume latest                                 (continue after a stop)
+
+The model folder (diffusers format, safetensors weights, dakter.json) is what jobs/synthesize.py --model reads.
+"""
+
+from __future__ import annotations
+
+from dakter_scale.cli import config_from, parser, progress_enabled, run
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
+    p.add_argument("--out", required=True, help="model folder to write (checkpoints go to OUT/checkpoints)")
+    p.add_argument("--max-steps", type=int, help="training steps (overrides diffusion.max_steps)")
+    p.add_argument("--resume", help="'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder")
+    args = p.parse_args()
+
+    def body() -> int:
+        from dakter_scale.diffusion.train import train_diffusion
+        from dakter_scale.training import available_tracker, finish, make_accelerator
+
+        cfg = config_from(args, {"data.spec": args.data, "diffusion.max_steps": args.max_steps})
+        accelerator = make_accelerator(cfg.diffusion.mixed_precision, log_with=available_tracker(), project_dir=f"{args.out}/logs")
+        train_diffusion(cfg, args.out, resume=args.resume, progress=progress_enabled(), accelerator=accelerator)
+        finish(accelerator)
+        return 0
+
+    run(body)
+
+
+if __name__ == "__main__":
+    main()

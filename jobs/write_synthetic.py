@@ -1,0 +1,43 @@
+"""Write the built-in simulated SAR scenes to disk in the OSD or SOS folder layout.
+
+    python jobs/write_synthetic.py --layout osd --out data/osd_sim --train 1002 --test 110
+    python jobs/write_synthetic.py --layout sos --out data/sos_sim --train 3101 --test 776 --size 256
+
+The result reads back with the osd:PATH / sos:PATH specs like the real datasets.
+"""
+
+from __future__ import annotations
+
+from dakter_scale.cli import parser, progress_enabled, run
+
+
+def main() -> None:
+    p = parser(__doc__, config=False)
+    p.add_argument("--layout", choices=["osd", "sos"], required=True)
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--train", type=int, required=True, help="training scenes")
+    p.add_argument("--test", type=int, required=True, help="test scenes")
+    p.add_argument("--height", type=int, default=650, help="OSD scene height (default 650, as OSD)")
+    p.add_argument("--width", type=int, default=1250, help="OSD scene width (default 1250, as OSD)")
+    p.add_argument("--size", type=int, default=256, help="SOS patch side (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    def body() -> int:
+        from dakter_scale.data.real import DataError
+        from dakter_scale.data.synthetic_sar import write_osd_layout, write_sos_layout
+
+        if args.train < 1 or args.test < 1:
+            raise DataError(f"--train and --test must be >= 1, got {args.train}, {args.test}")
+        if args.layout == "osd":
+            write_osd_layout(args.out, args.train, args.test, args.height, args.width, args.seed, progress=progress_enabled())
+        else:
+            write_sos_layout(args.out, args.train, args.test, args.size, args.seed, progress=progress_enabled())
+        print(f"wrote {args.train} train and {args.test} test scenes in the {args.layout.upper()} layout to {args.out}")
+        return 0
+
+    run(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Core maths: joint packing and b, soft-label decoding, KD loss, metrics, schedule conversions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dakter_scale.core import joint, kd, metrics, schedule, soft_labels
+
+
+def _alpha_bar(n=1000):
+    betas = torch.linspace(1e-4, 0.02, n, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+# -- b and SNR ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(2, 6),
+    offset=st.floats(-0.8, 0.8),
+    spread=st.floats(0.01, 0.9),
+)
+def test_b_auto_equalises_snr_at_every_timestep(seed, k, offset, spread):
+    gen = torch.Generator().manual_seed(seed)
+    x = (offset + spread * torch.randn(4, 1, 16, 16, generator=gen, dtype=torch.float64)).clamp(-1, 1)
+    mask = torch.randint(0, k, (4, 16, 16), generator=gen)
+    b = joint.resolve_b("auto", joint.ImageStats.of(x))
+    z0 = joint.pack(x, joint.one_hot(mask, k).double(), b)
+    img, lab = joint.unpack(z0)
+    power_x = float((img**2).mean())
+    power_y = float((lab**2).mean())
+    alpha_bar = _alpha_bar()
+    snr_x = joint.snr(alpha_bar, power_x)
+    snr_y = joint.snr(alpha_bar, power_y)
+    assert torch.allclose(snr_x, snr_y, rtol=1e-9, atol=0)
+    # Unbalanced (b = 1) the label's SNR is higher at every timestep whenever E[x^2] < 1.
+    unbalanced = joint.snr(alpha_bar, float((joint.pack(x, joint.one_hot(mask, k).double(), 1.0)[:, 1:] ** 2).mean()))
+    if power_x < 0.999:
+        assert bool((unbalanced > snr_x).all())
+
+
+def test_b_modes_and_errors():
+    stats = joint.ImageStats(mean=-0.3, mean_sq=0.25, pixels=100)
+    assert joint.resolve_b("auto", stats) == pytest.approx(0.5)
+    assert joint.resolve_b("auto-std", stats) == pytest.approx(math.sqrt(0.25 - 0.09))
+    assert joint.resolve_b(0.528, None) == 0.528
+    assert joint.resolve_b("0.7", None) == 0.7
+    for bad in ("banana", -1, 0, float("inf")):
+        with pytest.raises(ValueError):
+            joint.resolve_b(bad, stats)
+    with pytest.raises(ValueError, match="statistics"):
+        joint.resolve_b("auto", None)
+
+
+def test_image_stats_merge_matches_whole():
+    x = torch.rand(1000, dtype=torch.float64) * 2 - 1
+    a, b = joint.ImageStats.of(x[:300]), joint.ImageStats.of(x[300:])
+    whole = joint.ImageStats.of(x)
+    merged = a.merge(b)
+    assert merged.mean == pytest.approx(whole.mean) and merged.mean_sq == pytest.approx(whole.mean_sq)
+
+
+def test_pack_shapes_and_errors():
+    x = torch.zeros(2, 1, 8, 8)
+    y = joint.one_hot(torch.zeros(2, 8, 8, dtype=torch.long), 3)
+    z = joint.pack(x, y, 0.5)
+    assert z.shape == (2, 4, 8, 8)
+    assert set(z[:, 1:].unique().tolist()) == {-0.5, 0.5}
+    with pytest.raises(ValueError):
+        joint.pack(torch.zeros(2, 2, 8, 8), y, 0.5)
+    with pytest.raises(ValueError, match="outside"):
+        joint.one_hot(torch.full((1, 2, 2), 3), 3)
+
+
+def test_clip_x0_per_modality():
+    z = torch.tensor([3.0, 2.0, -2.0]).reshape(1, 3, 1, 1)
+    clipped = joint.clip_x0(z, 0.3)
+    assert clipped.flatten().tolist() == pytest.approx([1.0, 0.3, -0.3])
+
+
+# -- soft labels ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(2, 6), b=st.floats(0.05, 1.5), scale=st.floats(0.1, 30))
+def test_decoded_soft_labels_are_distributions(seed, k, b, scale):
+    y0 = torch.randn(2, k, 5, 5, generator=torch.Generator().manual_seed(seed)) * scale
+    for method in soft_labels.DECODES:
+        q = soft_labels.decode(y0, b, method)
+        assert bool(((q >= 0) & (q <= 1)).all())
+        assert torch.allclose(q.sum(dim=1), torch.ones(2, 5, 5), atol=1e-5)
+
+
+@pytest.mark.parametrize("b", [0.25, 0.528, 1.0])
+def test_decoding_a_clean_packed_one_hot_gives_it_back(b):
+    mask = torch.randint(0, 5, (3, 7, 7), generator=torch.Generator().manual_seed(1))
+    onehot = joint.one_hot(mask, 5)
+    _, y = joint.unpack(joint.pack(torch.zeros(3, 1, 7, 7), onehot, b))
+    assert torch.equal(soft_labels.decode_mean(y, b), onehot)
+
+
+def test_decode_mean_of_posterior_mean_recovers_probabilities():
+    p = torch.tensor([0.7, 0.2, 0.1]).reshape(1, 3, 1, 1)
+    b = 0.4
+    y0 = b * (2 * p - 1)  # the posterior mean E[y0] of a pixel with these class probabilities
+    assert torch.allclose(soft_labels.decode_mean(y0, b), p, atol=1e-6)
+
+
+def test_decode_all_clamped_pixel_is_uniform():
+    y0 = torch.full((1, 4, 1, 1), -5.0)
+    assert torch.allclose(soft_labels.decode_mean(y0, 0.5), torch.full((1, 4, 1, 1), 0.25))
+
+
+def test_sample_stats_hand_computed():
+    q = torch.tensor([[1.0, 0.0], [0.5, 0.5]]).T.reshape(1, 2, 1, 2)  # pixel 0 certain class 0, pixel 1 split
+    s = soft_labels.sample_stats(q)
+    assert s["mean_confidence"].item() == pytest.approx(0.75)
+    assert s["mean_entropy"].item() == pytest.approx(math.log(2) / 2, rel=1e-5)
+    assert s["class_fractions"][0].tolist() == pytest.approx([1.0, 0.0])  # ties go to the first class
+
+
+# -- KD loss --------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), t=st.sampled_from([0.5, 1.0, 2.0, 4.0]))
+def test_kd_loss_nonnegative_and_minimal_at_teacher(seed, t):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.softmax(torch.randn(2, 4, 3, 3, generator=gen) * 2, dim=1)
+    logits = torch.randn(2, 4, 3, 3, generator=gen) * 3
+    loss = kd.kd_loss(logits, q, t)
+    assert float(loss) >= 0
+    # The student whose tempered softmax equals the (tempered) teacher: logits = log q.
+    at_teacher = kd.kd_loss(q.log(), q, t)
+    assert float(at_teacher) == pytest.approx(0.0, abs=1e-5)
+    assert float(at_teacher) <= float(loss) + 1e-6
+    # A small step away from the teacher increases the loss.
+    nudged = kd.kd_loss(q.log() + 0.3 * torch.randn(2, 4, 3, 3, generator=gen), q, t)
+    assert float(nudged) > float(at_teacher)
+
+
+def test_kd_loss_hand_computed():
+    q = torch.tensor([0.5, 0.5]).reshape(1, 2, 1, 1)
+    logits = torch.tensor([math.log(0.25), math.log(0.75)]).reshape(1, 2, 1, 1)
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert float(kd.kd_loss(logits, q)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_zero_probability_classes_are_fine():
+    q = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1)
+    logits = torch.tensor([2.0, 0.0, -1.0]).reshape(1, 3, 1, 1)
+    ce = torch.nn.functional.cross_entropy(logits, torch.zeros(1, 1, 1, dtype=torch.long))
+    assert float(kd.kd_loss(logits, q)) == pytest.approx(float(ce), rel=1e-5)  # one-hot teacher: KD == CE
+
+
+def test_mixed_loss_soft_vs_hard():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 2, 2, generator=gen)
+    mask = torch.randint(0, 3, (4, 2, 2), generator=gen)
+    q = torch.softmax(torch.randn(4, 3, 2, 2, generator=gen), dim=1)
+    is_gen = torch.tensor([False, False, True, True])
+    soft, parts = kd.mixed_loss(logits, mask, q, is_gen, labels="soft")
+    hard, hparts = kd.mixed_loss(logits, mask, q, is_gen, labels="hard")
+    ce_real = kd.ce_loss_per_sample(logits[:2], mask[:2])
+    kd_gen = kd.kd_loss_per_sample(logits[2:], q[2:])
+    ce_gen = kd.ce_loss_per_sample(logits[2:], q[2:].argmax(dim=1))
+    assert float(soft) == pytest.approx(float(torch.cat([ce_real, kd_gen]).mean()), rel=1e-6)
+    assert float(hard) == pytest.approx(float(torch.cat([ce_real, ce_gen]).mean()), rel=1e-6)
+    assert set(parts) == {"ce_real", "kd"} and set(hparts) == {"ce_real", "ce_generated"}
+    with pytest.raises(ValueError):
+        kd.mixed_loss(logits, mask, q, is_gen, labels="fuzzy")
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_confusion_matrix_counts_and_ignore():
+    pred = torch.tensor([0, 1, 1, 2, 2, 0])
+    target = torch.tensor([0, 1, 2, 2, 255, 1])
+    cm = metrics.confusion_matrix(pred, target, 3)
+    assert cm.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+
+
+def test_metrics_hand_computed():
+    cm = np.array([[50, 10], [5, 35]])  # rows true, columns predicted
+    m = metrics.metrics_from_confusion(cm, ["sea", "oil"])
+    iou0, iou1 = 50 / (50 + 10 + 5), 35 / (35 + 5 + 10)
+    assert m["iou"] == pytest.approx([iou0, iou1])
+    assert m["miou"] == pytest.approx((iou0 + iou1) / 2)
+    assert m["precision"] == pytest.approx([50 / 55, 35 / 45])
+    assert m["recall"] == pytest.approx([50 / 60, 35 / 40])
+    assert m["f1"] == pytest.approx([2 * 50 / (100 + 15), 2 * 35 / (70 + 15)])
+    assert m["pixel_accuracy"] == pytest.approx(85 / 100)
+    assert m["pixels"] == 100
+
+
+def test_metrics_absent_class_is_null_and_excluded():
+    cm = np.array([[4, 0, 0], [0, 4, 0], [0, 0, 0]])
+    m = metrics.metrics_from_confusion(cm)
+    assert m["iou"] == [1.0, 1.0, None]
+    assert m["miou"] == 1.0
+    # Predicted but absent from the truth: IoU 0, counted.
+    m2 = metrics.metrics_from_confusion(np.array([[3, 1], [0, 0]]))
+    assert m2["iou"] == [0.75, 0.0] and m2["miou"] == pytest.approx(0.375)
+
+
+def test_perfect_and_worst_bounds():
+    assert metrics.metrics_from_confusion(np.diag([5, 7, 9]))["miou"] == 1.0
+    worst = metrics.metrics_from_confusion(np.array([[0, 5], [5, 0]]))
+    assert worst["miou"] == 0.0 and worst["mean_f1"] == 0.0
+
+
+# -- schedule conversions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction_type", schedule.PREDICTION_TYPES)
+def test_x0_eps_round_trip(prediction_type):
+    gen = torch.Generator().manual_seed(3)
+    z0 = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64)
+    eps = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64)
+    a = torch.tensor([0.9, 0.5, 0.01], dtype=torch.float64)
+    z_t = schedule.add_noise(z0, eps, a)
+    out = schedule.target(z0, eps, a, prediction_type)
+    x0_hat, eps_hat = schedule.to_x0_eps(out, z_t, a, prediction_type)
+    assert torch.allclose(x0_hat, z0, atol=1e-9) and torch.allclose(eps_hat, eps, atol=1e-9)
+    assert torch.allclose(schedule.eps_from_x0(z0, z_t, a), eps, atol=1e-9)
+
+
+def test_joint_loss_zero_at_target_and_label_weighting():
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2, 3, 4, 4, generator=gen)
+    eps = torch.randn(2, 3, 4, 4, generator=gen)
+    a = torch.tensor([0.5, 0.9])
+    z_t = schedule.add_noise(z0, eps, a)
+    loss, _ = schedule.joint_denoising_loss(eps, z0, eps, z_t, a, "epsilon", 0.5)
+    assert float(loss) == 0.0
+    out = eps.clone()
+    out[:, 1:] += 1.0  # error only in the label channels
+    plain, _ = schedule.joint_denoising_loss(out, z0, eps, z_t, a, "epsilon", 0.5)
+    assert float(plain) == pytest.approx(float(((out - eps) ** 2).mean()))  # weight 1 = the plain joint MSE
+    heavy, _ = schedule.joint_denoising_loss(out, z0, eps, z_t, a, "epsilon", 0.5, label_loss_weight=3.0)
+    assert float(heavy) > float(plain)
