@@ -1,0 +1,75 @@
+"""One tiny end-to-end run through the job CLIs: train 2 steps -> synthesize 8 pairs (Ray) ->
+train a student 2 steps -> evaluate; plus each job's --help and one-line errors."""
+
+import json
+import subprocess
+
+import pytest
+import webdataset as wds
+
+from conftest import job
+
+TINY = [
+    "data.spec=synthetic:8?size=32&test=4",
+    "data.resolution=32",
+    "diffusion.unet.block_out_channels=[8,16]",
+    "diffusion.batch_size=4",
+    "sampling.steps=3",
+    "student.batch_size=4",
+    "student.shuffle_buffer=2",
+    "student.encoder_depth=3",
+]
+
+
+def run(argv, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_end_to_end_smoke(tmp_path):
+    model, shards_dir, student = tmp_path / "model", tmp_path / "shards", tmp_path / "student"
+    r = run(job("train_diffusion.py") + ["--out", str(model), "--max-steps", "2"] + TINY)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((model / "dakter.json").read_text())
+    assert info["classes"] == ["sea", "oil", "look-alike", "ship", "land"] and 0 < info["b"] < 1
+    assert (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+    r = run(job("synthesize.py") + ["--model", str(model), "--n", "8", "--out", str(shards_dir), "--samples-per-shard", "4", "--batch-size", "4", "--actors", "2", "--json"] + TINY)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["ok"] and summary["pairs_written"] == 8 and sorted(summary["written"]) == [0, 1]
+    keys = [s["__key__"] for s in wds.WebDataset(str(shards_dir / "shard-{000000..000001}.tar"), shardshuffle=False)]
+    assert sorted(keys) == [f"{s:06d}-{i:06d}" for s in range(2) for i in range(4)]
+    dataset = json.loads((shards_dir / "dataset.json").read_text())
+    assert dataset["count"] == 8 and dataset["status"] == "complete" and dataset["b"] == info["b"]
+
+    r = run(job("train_student.py") + ["--out", str(student), "--synthetic", str(shards_dir), "--ratio", "100%", "--labels", "soft", "--max-steps", "2"] + TINY)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((student / "student.json").read_text())["ratio"] == 1.0
+
+    r = run(job("evaluate.py") + ["--student", str(student), "--data", TINY[0].split("=", 1)[1], "--json"])
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert 0 <= metrics["miou"] <= 1 and metrics["images"] == 4 and len(metrics["iou"]) == 5
+    assert sum(map(sum, metrics["confusion_matrix"])) == 4 * 32 * 32
+
+
+@pytest.mark.parametrize("name", ["inspect_data.py", "train_diffusion.py", "synthesize.py", "train_student.py", "evaluate.py", "demo.py", "write_synthetic.py"])
+def test_every_job_has_help(name):
+    r = run(job(name) + ["--help"])
+    assert r.returncode == 0 and "usage:" in r.stdout and len(r.stdout) > 300
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["inspect_data.py", "osd:/no/such/folder"], "is not a folder"),
+        (["train_diffusion.py", "--out", "/tmp/x", "student.lrr=1"], "unknown config key student.lrr"),
+        (["train_student.py", "--out", "/tmp/x", "--ratio", "lots"], "--ratio must be a number"),
+        (["train_student.py", "--out", "/tmp/x", "--ratio", "2"], "needs --synthetic"),
+        (["evaluate.py", "--student", "/no/student", "--data", "synthetic:4"], "has no student.json"),
+    ],
+)
+def test_bad_input_is_one_line(argv, message):
+    r = run(job(argv[0]) + argv[1:])
+    assert r.returncode == 2
+    assert message in r.stderr and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
