@@ -183,6 +183,7 @@ class StudentConfig:
     kd_weight: float = 1.0
     ce_weight: float = 1.0
     min_confidence: float = 0.0  # drop generated samples whose mean max-probability is below this
+    max_generated: int = 0  # use only the first N generated pairs (0 = all): the paper's r * |D| distinct pairs
     shuffle_buffer: int = 256
     on_bad_shard: str = "warn"  # warn (skip it, count it) | raise
     num_workers: int = 0
@@ -201,6 +202,7 @@ class StudentConfig:
         _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
         _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
         _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
+        _check(self.max_generated >= 0, "student.max_generated", "must be >= 0")
         _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "student.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
         _check(3 <= self.encoder_depth <= 5, "student.encoder_depth", "must be in [3, 5]")
@@ -218,6 +220,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """The paper's comparison (jobs/experiment.py): methods x students x ratios x seeds, plus studies."""
+
+    archs: tuple[str, ...] = ("deeplabv3plus", "segformer", "unet")
+    methods: tuple[str, ...] = ("none", "hard", "dakter", "dakter_b1")  # none | hard | dakter | dakter_b1
+    ratio: float = 2.0  # the main table's augmentation ratio (2.0 = 200 %)
+    sweep_archs: tuple[str, ...] = ("segformer",)  # students that get the full ratio sweep
+    sweep_methods: tuple[str, ...] = ("hard", "dakter")
+    sweep_ratios: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 5.0, 10.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    quality_pairs: int = 256  # generated pairs scored for label alignment and SAR statistics
+    study_arch: str = "unet"  # the student of the sampler and decode studies
+    study_ratio: float = 2.0
+    study_seeds: tuple[int, ...] = (0,)
+    sampler_study: tuple[str, ...] = ()  # e.g. [ddpm:1000, ddim:250, ddim:100, ddim:50, ddim:20]
+    decode_study: tuple[str, ...] = ()  # e.g. [mean:1, softmax:1, mean:5, softmax:5] (decode:last-N steps)
+    figure_samples: int = 6
+
+    def validate(self) -> None:
+        known = ("none", "hard", "dakter", "dakter_b1")
+        for m in self.methods + self.sweep_methods:
+            _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
+        _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
+        _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
+        for entry in self.sampler_study:
+            name, _, steps = entry.partition(":")
+            _check(name in ("ddpm", "ddim") and steps.isdigit() and int(steps) >= 1, "experiment.sampler_study", f"{entry!r} is not ddpm:STEPS or ddim:STEPS")
+        for entry in self.decode_study:
+            name, _, last = entry.partition(":")
+            _check(name in ("mean", "softmax") and last.isdigit() and int(last) >= 1, "experiment.decode_study", f"{entry!r} is not mean:N or softmax:N")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -225,6 +260,7 @@ class Config:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
