@@ -74,7 +74,8 @@ class DiffusionConfig:
     b: Union[str, float] = "auto"  # "auto" (RMS of images), "auto-std", or a number; 1.0 = no balancing
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
-    prediction_type: str = "epsilon"  # epsilon | v_prediction | sample
+    prediction_type: str = "epsilon"  # epsilon | v_prediction | sample: what the network predicts for the image channel
+    label_prediction_type: str = "same"  # same | epsilon | v_prediction | sample: for the K label channels
     rescale_zero_terminal_snr: bool = False
     label_loss_weight: float = 1.0  # weight of the K label channels in the denoising MSE
     label_ce_weight: float = 0.0  # auxiliary CE between the decoded x0 label and the true mask
@@ -105,6 +106,7 @@ class DiffusionConfig:
             except ValueError as e:
                 raise ConfigError(f"diffusion.b: {e}") from None
         _check(self.prediction_type in PREDICTION_TYPES, "diffusion.prediction_type", f"{self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        _check(self.label_prediction_type in PREDICTION_TYPES + ("same",), "diffusion.label_prediction_type", f"{self.label_prediction_type!r} is not same or one of {PREDICTION_TYPES}")
         _check(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "diffusion.beta_schedule", f"{self.beta_schedule!r} is not linear, scaled_linear or squaredcos_cap_v2")
         _check(self.num_train_timesteps >= 10, "diffusion.num_train_timesteps", "must be >= 10")
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):

@@ -246,3 +246,17 @@ def test_joint_loss_zero_at_target_and_label_weighting():
     assert float(plain) == pytest.approx(float(((out - eps) ** 2).mean()))  # weight 1 = the plain joint MSE
     heavy, _ = schedule.joint_denoising_loss(out, z0, eps, z_t, a, "epsilon", 0.5, label_loss_weight=3.0)
     assert float(heavy) > float(plain)
+
+
+@pytest.mark.parametrize("image_type,label_type", [("epsilon", "sample"), ("v_prediction", "sample"), ("epsilon", "v_prediction")])
+def test_per_modality_parameterisation_round_trip(image_type, label_type):
+    gen = torch.Generator().manual_seed(5)
+    z0 = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)
+    a = torch.tensor([0.7, 0.05], dtype=torch.float64)
+    z_t = schedule.add_noise(z0, eps, a)
+    out = schedule.joint_target(z0, eps, a, image_type, label_type)
+    assert torch.allclose(out[:, :1], schedule.target(z0, eps, a, image_type)[:, :1])
+    assert torch.allclose(out[:, 1:], schedule.target(z0, eps, a, label_type)[:, 1:])
+    x0_hat, eps_hat = schedule.joint_to_x0_eps(out, z_t, a, image_type, label_type)
+    assert torch.allclose(x0_hat, z0, atol=1e-9) and torch.allclose(eps_hat, eps, atol=1e-9)

@@ -59,6 +59,27 @@ def eps_from_x0(x0: torch.Tensor, z_t: torch.Tensor, alpha_bar_t: torch.Tensor) 
     return (z_t - a.sqrt() * x0) / (1 - a).sqrt()
 
 
+# Per-modality parameterisation: the image channel (index 0) and the K label channels may use
+# different prediction types, e.g. epsilon for the speckled image (which keeps its texture) and
+# sample (x0) for the labels (whose x0 estimate is the soft label itself).
+
+
+def joint_target(z0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, image_type: str, label_type: str) -> torch.Tensor:
+    """Training target of the joint tensor: channel 0 by image_type, channels 1.. by label_type."""
+    if image_type == label_type:
+        return target(z0, eps, alpha_bar_t, image_type)
+    return torch.cat([target(z0[:, :1], eps[:, :1], alpha_bar_t, image_type), target(z0[:, 1:], eps[:, 1:], alpha_bar_t, label_type)], dim=1)
+
+
+def joint_to_x0_eps(output: torch.Tensor, z_t: torch.Tensor, alpha_bar_t: torch.Tensor, image_type: str, label_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) of the joint tensor from a network output with per-modality prediction types."""
+    if image_type == label_type:
+        return to_x0_eps(output, z_t, alpha_bar_t, image_type)
+    x0_i, eps_i = to_x0_eps(output[:, :1], z_t[:, :1], alpha_bar_t, image_type)
+    x0_l, eps_l = to_x0_eps(output[:, 1:], z_t[:, 1:], alpha_bar_t, label_type)
+    return torch.cat([x0_i, x0_l], dim=1), torch.cat([eps_i, eps_l], dim=1)
+
+
 def joint_denoising_loss(
     model_output: torch.Tensor,
     z0: torch.Tensor,
@@ -70,16 +91,19 @@ def joint_denoising_loss(
     mask: torch.Tensor | None = None,
     label_loss_weight: float = 1.0,
     label_ce_weight: float = 0.0,
+    label_prediction_type: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The joint DDPM objective on z = [x, y] (1 image channel, K label channels).
 
-    MSE to the parameterisation's target, the image channel weighted 1 and each label channel
-    `label_loss_weight` (1 = the plain joint MSE). With label_ce_weight > 0, an auxiliary
+    MSE to the parameterisation's target (`prediction_type` for the image channel,
+    `label_prediction_type` for the label channels, the same when None), the image channel weighted
+    1 and each label channel `label_loss_weight` (1 = the plain joint MSE). With label_ce_weight > 0, an auxiliary
     cross-entropy between the clean-label estimate read as logits 2 * y0_hat / b and the true
     mask, weighted per sample by abar_t (at high noise the estimate carries little, and for
     epsilon prediction it is unbounded). Returns the scalar loss and its parts (detached).
     """
-    tgt = target(z0, eps, alpha_bar_t, prediction_type)
+    label_type = label_prediction_type or prediction_type
+    tgt = joint_target(z0, eps, alpha_bar_t, prediction_type, label_type)
     sq = (model_output.float() - tgt.float()) ** 2
     loss_x = sq[:, :1].mean()
     loss_y = sq[:, 1:].mean()
@@ -89,7 +113,7 @@ def joint_denoising_loss(
     if label_ce_weight > 0:
         if mask is None:
             raise ValueError("label_ce_weight > 0 needs the true mask")
-        x0_hat, _ = to_x0_eps(model_output.float(), z_t.float(), alpha_bar_t, prediction_type)
+        x0_hat, _ = joint_to_x0_eps(model_output.float(), z_t.float(), alpha_bar_t, prediction_type, label_type)
         logits = 2.0 * x0_hat[:, 1:].clamp(-b, b) / b
         ce = torch.nn.functional.cross_entropy(logits, mask.long(), reduction="none").flatten(1).mean(dim=1)
         ce = (alpha_bar_t.to(ce.device, ce.dtype) * ce).mean()

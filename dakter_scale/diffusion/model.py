@@ -90,10 +90,16 @@ class JointDiffusion:
 
     @property
     def prediction_type(self) -> str:
+        """What the network predicts for the image channel."""
         return str(self.info["prediction_type"])
 
+    @property
+    def label_prediction_type(self) -> str:
+        """What it predicts for the label channels (older folders: the same as the image)."""
+        return str(self.info.get("label_prediction_type", self.info["prediction_type"]))
 
-def model_info(*, b: float, b_mode: str, classes, resolution: int, prediction_type: str, data_spec: str, radiometry: str, train_stats: dict, sampling: dict, steps_trained: int) -> dict:
+
+def model_info(*, b: float, b_mode: str, classes, resolution: int, prediction_type: str, label_prediction_type: str, data_spec: str, radiometry: str, train_stats: dict, sampling: dict, steps_trained: int) -> dict:
     return {
         "format": FORMAT,
         "b": float(b),
@@ -102,6 +108,7 @@ def model_info(*, b: float, b_mode: str, classes, resolution: int, prediction_ty
         "resolution": int(resolution),
         "channels": 1 + len(classes),
         "prediction_type": prediction_type,
+        "label_prediction_type": label_prediction_type,
         "normalisation": {"image": "x = uint8 / 127.5 - 1", "label": "y = b * (2 * onehot - 1)"},
         "radiometry": radiometry,
         "data_spec": data_spec,

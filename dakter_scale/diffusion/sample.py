@@ -22,7 +22,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from dakter_scale.config import SamplingConfig
 from dakter_scale.core.joint import clip_x0
-from dakter_scale.core.schedule import eps_from_x0, to_x0_eps
+from dakter_scale.core.schedule import eps_from_x0, joint_to_x0_eps
 from dakter_scale.core.soft_labels import decode
 from dakter_scale.diffusion.model import JointDiffusion
 
@@ -69,7 +69,7 @@ def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfi
         with _autocast(device):
             output = unet(z, t.to(device)).sample.float()
         a = alpha_bar[t].expand(z.shape[0])
-        x0, eps = to_x0_eps(output, z, a, model.prediction_type)
+        x0, eps = joint_to_x0_eps(output, z, a, model.prediction_type, model.label_prediction_type)
         if cfg.clip:
             x0 = clip_x0(x0, b)
             eps = eps_from_x0(x0, z, a)
