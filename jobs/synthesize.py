@@ -2,22 +2,32 @@
 
     python jobs/synthesize.py --model runs/model --n 1000 --out runs/shards
     python jobs/synthesize.py --model runs/model --n 1e6 --out s3://bucket/dakter/v1 --dry-run
-    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/synthesize.py --model runs/model --n 1e6 --out s3://bucket/dakter/v1
+    ray job submit --address http://HEAD:8265 -- python jobs/synthesize.py --model runs/model --n 1e6 --out s3://bucket/dakter/v1
 
 Shards are written by Ray actors (one per GPU, else CPU actors of --threads-per-actor threads; --actors 0
-runs in this process without Ray). A rerun skips finished shards; a failed shard is retried and reported.
-Layout: OUT/shard-NNNNNN.{tar,parquet,json} and OUT/dataset.json (see docs/architecture.md).
-Pair INDEX of shard SHARD is drawn from seed SeedSequence([--seed, SHARD, INDEX]); --only-key SHARD-INDEX
-regenerates that one pair into OUT as KEY.image.png, KEY.soft.npy and KEY.json.
+runs in this process without Ray). Ray: RAY_ADDRESS (set by `ray job submit`), else the latest `ray start`
+cluster on this machine, else a new local one. A rerun skips finished shards; a failed shard is retried
+and reported; the exit status is 1 if any shard failed for good, 2 on bad input (before any actor starts).
+Layout: OUT/shard-NNNNNN.{tar,parquet,json} and OUT/dataset.json (docs/synthesis.md).
+Pair INDEX of shard SHARD is drawn from seed SeedSequence([--seed, SHARD, INDEX]); the same command plus
+--only-key SHARD-INDEX regenerates that one pair into OUT/regenerated/ as KEY.image.png, KEY.soft.npy, KEY.json.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
-from dakter_scale.cli import config_from, fail, parser, progress_enabled, run
+from dakter_scale.cli import config_from, parser, progress_enabled, run
+
+
+def _positive(flag: str, value: int | None) -> None:
+    from dakter_scale.synth.plan import PlanError
+
+    if value is not None and value <= 0:
+        raise PlanError(f"{flag} must be >= 1, got {value}")
 
 
 def main() -> None:
@@ -26,18 +36,31 @@ def main() -> None:
     p.add_argument("--n", help="number of pairs; accepts 1e6 (overrides synthesis.n)")
     p.add_argument("--out", required=True, help="output folder or URL: ./shards, s3://bucket/prefix, gs://bucket/prefix")
     p.add_argument("--samples-per-shard", type=int, help="pairs per shard (default 1000)")
-    p.add_argument("--batch-size", type=int, help="pairs sampled together on one device")
+    p.add_argument("--batch-size", type=int, help="pairs sampled together on one device (part of the dataset's identity)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], help="reverse process (default ddim)")
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--seed", type=int, help="run seed; pair seeds derive from (seed, shard, index)")
     p.add_argument("--actors", help="number of Ray actors, 'auto' (one per GPU, else cpus / threads), or 0 for no Ray")
-    p.add_argument("--threads-per-actor", type=int, help="torch threads per CPU actor (default 1)")
-    p.add_argument("--verify", choices=["size", "sha256"], help="how a rerun checks finished shards (default size)")
+    p.add_argument("--threads-per-actor", type=int, help="torch threads per actor (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="actor device: auto (GPU actors when the cluster has GPUs), cpu, or cuda (GPU actors even before an autoscaler has added GPU nodes)")
+    p.add_argument("--verify", choices=["size", "sha256"], help="how a rerun checks finished shards (default size; sha256 reads every tar)")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor")
-    p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into --out")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing")
+    p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
     args = p.parse_args()
+
+    # --json: stdout carries the one JSON object alone. Ray forwards worker and raylet messages to this
+    # process's stdout, so until the end everything written to file descriptor 1 goes to stderr instead.
+    json_out = None
+    if args.json:
+        json_out = os.fdopen(os.dup(1), "w")
+        sys.stdout.flush()
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def emit(obj: dict) -> None:
+        print(json.dumps(obj), file=json_out, flush=True)
 
     def body() -> int:
         from dakter_scale.synth.plan import PlanError, parse_count
@@ -51,11 +74,10 @@ def main() -> None:
                 raise PlanError(f"--actors must be a number or auto, got {args.actors!r}") from None
             if actors < 0:
                 raise PlanError(f"--actors must be >= 0, got {actors}")
-        if args.samples_per_shard is not None and args.samples_per_shard <= 0:
-            raise PlanError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
-        if args.batch_size is not None and args.batch_size <= 0:
-            raise PlanError(f"--batch-size must be >= 1, got {args.batch_size}")
-        use_ray = actors != 0
+        _positive("--samples-per-shard", args.samples_per_shard)
+        _positive("--batch-size", args.batch_size)
+        _positive("--steps", args.steps)
+        _positive("--threads-per-actor", args.threads_per_actor)
         cfg = config_from(
             args,
             {
@@ -77,29 +99,40 @@ def main() -> None:
         if args.only_key:
             from dakter_scale.synth.regenerate import regenerate_to
 
-            record = regenerate_to(args.model, args.only_key, cfg.synthesis.seed, cfg.sampling, args.out)
-            print(json.dumps(record) if args.json else f"wrote {args.only_key} to {args.out}: {record}")
+            record = regenerate_to(args.model, args.only_key, cfg.synthesis, cfg.sampling, args.out)
+            if args.json:
+                emit(record)
+            else:
+                print(f"wrote {args.only_key} to {record['written_to']}: {record}")
             return 0
         if args.dry_run:
             plan = synth.dry_run(args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite)
             if args.json:
-                print(json.dumps(plan))
+                emit(plan)
             else:
-                print(
-                    f"plan: {plan['pairs']} pairs in {plan['shards']} shards of {plan['samples_per_shard']} -> {plan['out']}\n"
-                    f"  to write: {plan['shards_to_write']} shards ({plan['pairs_to_write']} pairs); already done: {plan['shards_already_done']}\n"
-                    f"  {plan['resolution']} px, {len(plan['classes'])} classes, {plan['sampler']} x {plan['steps']} steps\n"
-                    f"  estimated size: {plan['estimated_bytes'] / 1e9:.3f} GB ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)"
-                )
+                lines = [
+                    f"plan: {plan['pairs']} pairs in {plan['shards']} shards of {plan['samples_per_shard']} -> {plan['out']}",
+                    f"  to write: {plan['shards_to_write']} shards ({plan['pairs_to_write']} pairs); already done: {plan['shards_already_done']}; corrupt: {len(plan['shards_corrupt'])}",
+                    f"  {plan['resolution']} px, {len(plan['classes'])} classes, {plan['sampler']} x {plan['steps']} steps, batch {plan['batch_size']}, seed {plan['seed']}",
+                    f"  estimated size: {plan['typical_bytes'] / 1e9:.3f} GB typical ({plan['typical_bytes_per_pair'] / 1e3:.1f} kB per pair), "
+                    f"{plan['estimated_bytes'] / 1e9:.3f} GB at most ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)",
+                ]
+                if plan["conflict"]:
+                    action = "a run would refuse it (pass --overwrite or a new prefix)" if plan["would_refuse"] else "--overwrite would delete it"
+                    lines.append(f"  the output holds {plan['conflict']}: {action}")
+                print("\n".join(lines))
             return 0
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-        summary = synth.synthesize(args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite, progress=progress_enabled(), use_ray=use_ray)
+        summary = synth.synthesize(
+            args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device
+        )
         for line in summary.lines():
-            print(line, file=sys.stderr if args.json else sys.stdout)
+            print(line)  # stderr under --json
         if args.json:
-            print(json.dumps(summary.to_json()))
+            emit(summary.to_json())
         if not summary.ok:
-            fail(f"{len(summary.failed)} shard(s) failed for good: " + "; ".join(f"{s}: {r}" for s, r in sorted(summary.failed.items())), 1)
+            print(f"error: {len(summary.failed)} shard(s) failed for good: " + "; ".join(f"{s}: {r}" for s, r in sorted(summary.failed.items())), file=sys.stderr)
+            return 1
         return 0
 
     run(body)

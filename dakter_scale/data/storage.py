@@ -1,8 +1,14 @@
 """fsspec helpers: one place that knows how to write a file so that a reader never sees half of it.
 
-On a local file system a file is written under a temporary name in the same folder and renamed
-into place (atomic on POSIX). On object stores (s3://, gs://, ...) an object only becomes visible
-when its upload completes, so it is written directly, streaming (multipart) as it goes.
+On a local file system a file is written under a temporary name in the same folder
+(``NAME.tmp-XXXXXXXXXXXX``) and renamed into place (atomic on POSIX). On object stores (s3://,
+gs://, ...) an object only becomes visible when its upload completes, so it is written directly,
+streaming as it goes: s3fs sends parts of ``default_block_size`` (50 MiB; set e.g.
+``FSSPEC_S3='{"default_block_size": 8388608}'``) as a multipart upload that is completed on close.
+A writer that dies before close leaves no object, only an incomplete multipart upload that is
+invisible to readers but stored (and billed) until it is aborted: give the bucket a lifecycle rule
+that aborts incomplete multipart uploads after a day (docs/synthesis.md).
+
 Credentials come from the usual environment (AWS_* variables, ~/.aws, gcloud); nothing here logs them.
 """
 
@@ -11,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
+import re
 import uuid
 from typing import Any, Iterator
 
 import fsspec
+
+TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
 
 
 def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -37,12 +46,25 @@ def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
+def list_dir(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
+    """{name: info} of the files directly under root, read fresh from storage.
+
+    Object-store file systems cache listings per process; other processes (actors) write here, so
+    the cache is dropped first, or a rerun in the same process would miss finished shards.
+    """
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return {}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(root, detail=True)}
+
+
 @contextlib.contextmanager
 def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
     """Open ``path`` for binary writing so that it appears whole or not at all.
 
-    On error the partial file is removed (local) or the upload aborted (object stores discard an
-    unfinished multipart upload when the file object is not committed).
+    On error the partial file is removed (local) or the multipart upload aborted (object stores).
+    A process killed outright leaves a ``.tmp-`` file (local; ``remove_temporaries`` clears them)
+    or an incomplete multipart upload (object stores; a bucket lifecycle rule clears them).
     """
     if is_local(fs):
         fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
@@ -60,13 +82,25 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
         try:
             yield f
         except BaseException:
-            # fsspec's buffered files upload on close(); discard() drops a pending multipart upload.
+            # Buffered object-store files upload on close(); discard() aborts a started multipart upload.
             with contextlib.suppress(Exception):
                 if hasattr(f, "discard"):
                     f.discard()
             raise
         else:
             f.close()
+
+
+def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefix: str = "") -> list[str]:
+    """Remove the ``.tmp-`` files that killed local writers left under root; returns their names.
+    Call only when no writer is active (they would lose their file)."""
+    removed = []
+    for name in list_dir(fs, root):
+        if name.startswith(prefix) and TEMP_RE.search(name):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(join(root, name))
+            removed.append(name)
+    return removed
 
 
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -84,7 +118,8 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 
 
 def check_writable(url: str) -> None:
-    """Fail early, naming the URL, when an output location cannot be written (writes and removes a probe)."""
+    """Fail early, naming the URL, when an output location cannot be written (writes and removes a probe).
+    The message never includes credentials: only the URL and the backend's error class and text."""
     try:
         fs, root = url_to_fs(url)
         if is_local(fs):
@@ -93,4 +128,5 @@ def check_writable(url: str) -> None:
         fs.pipe_file(probe, b"ok")
         fs.rm(probe)
     except Exception as e:  # any backend error means: not writable
-        raise PermissionError(f"output {url} is not writable: {type(e).__name__}: {e}") from None
+        text = str(e).splitlines()[0][:200] if str(e) else ""
+        raise PermissionError(f"output {url} is not writable: {type(e).__name__}: {text}") from None

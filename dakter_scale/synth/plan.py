@@ -1,12 +1,19 @@
 """N pairs -> shard tasks with deterministic seeds.
 
-Pair ``index`` of shard ``shard`` in a run with seed ``seed`` is drawn from
+Shard s holds the global samples [s * S, min((s + 1) * S, N)) for samples_per_shard S; its sample
+i (0 <= i < S) has the key ``SSSSSS-IIIIII`` (shard, index) and is drawn from its own seed
 
     pair_seed(seed, shard, index) = SeedSequence([seed, shard, index]) -> 63-bit integer
 
-(``training.derive_seed``). Shard s holds the global samples [s * S, min((s + 1) * S, N)) for
-samples_per_shard S. The plan's fingerprint covers what makes a shard's bytes (model hash,
-sampling settings, seed, S, code format) but not N: growing N reuses every full shard.
+(``training.derive_seed``): the initial noise and every step's noise come from a torch.Generator
+seeded with it, so any pair can be regenerated alone (``synth.regenerate``, ``--only-key``).
+
+A shard is sampled in batches fixed by the plan: [0, B), [B, 2B), ... of its indices for
+batch_size B (``batch_indices``). Batch composition changes a pair's floats in the last bits (the
+convolution kernels block differently), so the batches are part of what makes a shard's bytes.
+
+The plan's fingerprint covers everything that makes a shard's bytes (model hash, sampling
+settings, seed, S, B, shard format) but not N: growing N reuses every full shard.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ def parse_count(text: str | int | float, flag: str = "--n") -> int:
 
 
 def pair_seed(seed: int, shard: int, index: int) -> int:
+    """The seed of pair `index` of shard `shard` in a run with seed `seed` (module docstring)."""
     return derive_seed(seed, shard, index)
+
+
+def batch_indices(count: int, batch_size: int) -> list[list[int]]:
+    """The in-shard indices of each batch: [[0..B-1], [B..2B-1], ..., [.., count-1]]."""
+    return [list(range(first, min(first + batch_size, count))) for first in range(0, count, batch_size)]
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,9 @@ class ShardTask:
 
     def seeds(self, seed: int) -> list[int]:
         return [pair_seed(seed, self.shard, i) for i in range(self.count)]
+
+    def retry(self) -> "ShardTask":
+        return ShardTask(self.shard, self.start, self.count, self.attempt + 1)
 
 
 @dataclass(frozen=True)
@@ -75,19 +91,29 @@ class Plan:
         return [self.task(s) for s in range(self.num_shards)]
 
 
-def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str) -> str:
-    """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards."""
+def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int) -> str:
+    """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
+    (on the same kind of device and torch build)."""
     blob = json.dumps(
-        {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "format": shard_format},
+        {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def estimate_bytes_per_pair(resolution: int, num_classes: int) -> int:
-    """Rough upper estimate: speckled 8-bit image PNG (~ incompressible) + soft-label PNG + tar headers.
+# Bytes per pair in a shard, measured (bench/bench_synthesis.py, bench/results/synthesis.json):
+# - 256 x 256, 5 classes, simulated SAR scenes with soft labels like a trained model's (blurred one-hot):
+#   image PNG 0.86 byte per pixel (speckle barely compresses), soft-label PNG 0.055-0.077 byte per pixel
+#   per class (smooth maps): 77-84 kB per pair with the tar headers and the JSON record;
+# - an untrained model's noisy soft labels compress far worse: 0.56 byte per pixel per class (32 px).
+TYPICAL_IMAGE_BYTES_PER_PIXEL, TYPICAL_SOFT_BYTES_PER_PIXEL_PER_CLASS = 0.9, 0.08
+MAX_IMAGE_BYTES_PER_PIXEL, MAX_SOFT_BYTES_PER_PIXEL_PER_CLASS = 1.0, 0.6
+TAR_AND_RECORD_BYTES = 3 * 512 + 3 * 512 + 400  # 3 member headers, their padding at most, the JSON record
 
-    Soft labels are smooth and compress well; 0.35 of raw is what 64 px demo shards measured.
-    """
+
+def estimate_bytes_per_pair(resolution: int, num_classes: int, typical: bool = False) -> int:
+    """One pair's bytes in a shard: an upper estimate (noisy soft labels of an under-trained model), or
+    with typical=True what a trained model's smooth soft labels take."""
     pixels = resolution * resolution
-    return int(pixels * 1.0 + pixels * num_classes * 0.35 + 3 * 512 + 300)
+    image, soft = (TYPICAL_IMAGE_BYTES_PER_PIXEL, TYPICAL_SOFT_BYTES_PER_PIXEL_PER_CLASS) if typical else (MAX_IMAGE_BYTES_PER_PIXEL, MAX_SOFT_BYTES_PER_PIXEL_PER_CLASS)
+    return int(pixels * image + pixels * num_classes * soft + TAR_AND_RECORD_BYTES)

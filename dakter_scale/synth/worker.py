@@ -3,6 +3,10 @@
 A ShardWriter is built once (it loads the model) and called once per shard. It streams the
 shard's tar to storage as it samples, then writes the shard's Parquet manifest, then, last, the
 done marker. A reader that trusts only markers never sees a partial shard.
+
+Sampling and writing overlap: this thread samples batch after batch while a helper thread encodes
+the previous batch (PNG, soft-label quantisation, statistics) and streams it into the tar, so the
+device waits for neither compression nor uploads. Zlib and network I/O release the GIL.
 """
 
 from __future__ import annotations
@@ -10,10 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import shutil
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -24,11 +33,13 @@ from dakter_scale.data import shards, storage
 from dakter_scale.data.real import denormalise
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import sample_pairs
-from dakter_scale.synth.plan import ShardTask, pair_seed
+from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
 
 log = logging.getLogger("dakter_scale")
 
 FAULT_ENV = "DAKTER_FAULT_FILE"  # testing hook: see _maybe_fault
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def pack_model_folder(directory: str | Path) -> dict[str, bytes]:
@@ -64,6 +75,78 @@ def _maybe_fault(shard: int, written: int) -> None:
         os._exit(17)
 
 
+class _Aborted(Exception):
+    """The producer failed; the consumer stops without finishing its output."""
+
+
+_END, _ABORT = object(), object()
+
+
+def pipelined(produce: Iterator[T], consume: Callable[[Iterator[T]], R], depth: int = 2) -> tuple[R, float]:
+    """consume(items) on a helper thread while this thread runs the producer; at most `depth` items wait
+    between them. An error on either side stops the other and is raised here. Returns (consume's result,
+    seconds this thread waited for the consumer)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    failed = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def items() -> Iterator[T]:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if item is _ABORT:
+                raise _Aborted()
+            yield item
+
+    def target() -> None:
+        try:
+            outcome["value"] = consume(items())
+        except BaseException as e:  # re-raised in the producer's thread
+            outcome["error"] = e
+            failed.set()
+
+    def put(item: object) -> float:
+        t0 = time.perf_counter()
+        while not failed.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return time.perf_counter() - t0
+            except queue.Full:
+                if not thread.is_alive() and not failed.is_set():  # an invariant: consume reads to the end
+                    raise AssertionError("the consumer returned before the producer finished")
+        raise outcome["error"]
+
+    waited = 0.0
+    thread = threading.Thread(target=target, name="shard-writer", daemon=True)
+    thread.start()
+    try:
+        for item in produce:
+            waited += put(item)
+        waited += put(_END)
+    except BaseException:
+        while not failed.is_set():
+            try:
+                q.put(_ABORT, timeout=0.05)
+                break
+            except queue.Full:
+                continue
+        thread.join()
+        raise
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"], waited
+
+
+@dataclass
+class _Batch:
+    indices: list[int]
+    seeds: list[int]
+    images: np.ndarray  # (B, H, W) uint8
+    q: torch.Tensor  # (B, K, H, W) float32 probabilities, on the CPU
+
+
 class ShardWriter:
     """Samples and writes whole shards. Build once per process; call per shard."""
 
@@ -78,51 +161,80 @@ class ShardWriter:
         device: str | None = None,
         fingerprint: str = "",
     ):
-        if threads > 0:
-            torch.set_num_threads(threads)
+        t0 = time.time()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model_dir = unpack_model_folder(model) if isinstance(model, dict) else Path(model)
-        self.model = load_model_folder(model_dir, self.device)
+        # `threads` CPU threads per writer: on a CPU they run the sampler (torch's intra-op pool) and one
+        # helper thread encodes; on a GPU the sampler needs no CPU threads and `threads` encoder threads
+        # compress in parallel (PNG and quantisation release the GIL), so one GPU is not held up by one core.
+        torch.set_num_threads(max(1, threads) if self.device.type == "cpu" else 1)
+        self.encoder_threads = max(1, threads) if self.device.type != "cpu" else 1
+        self._pool = ThreadPoolExecutor(self.encoder_threads, thread_name_prefix="encode") if self.encoder_threads > 1 else None
+        if isinstance(model, dict):  # shipped through Ray's object store: unpack, load, remove the copy
+            model_dir = unpack_model_folder(model)
+            try:
+                self.model = load_model_folder(model_dir, self.device)
+            finally:
+                shutil.rmtree(model_dir, ignore_errors=True)
+        else:
+            self.model = load_model_folder(model, self.device)
         self.sampling = SamplingConfig(**sampling)
         self.sampling.validate()
         self.batch_size, self.seed, self.fingerprint = batch_size, seed, fingerprint
         self.fs, self.root = storage.url_to_fs(out_url)
+        self.load_seconds = time.time() - t0
 
-    def ready(self) -> str:
-        return str(self.device)
+    def ready(self) -> dict[str, Any]:
+        """Where this writer runs and how long building it took (model load); a cheap call that
+        returns once the actor exists."""
+        return {"device": str(self.device), "pid": os.getpid(), "load_seconds": round(self.load_seconds, 3), "torch_threads": torch.get_num_threads(), "encoder_threads": self.encoder_threads, "niceness": os.nice(0)}
 
-    def _samples(self, task: ShardTask, rows: list[dict]) -> Iterator[tuple[str, dict[str, bytes]]]:
-        classes = self.model.classes
-        for first in range(0, task.count, self.batch_size):
-            indices = list(range(first, min(first + self.batch_size, task.count)))
+    def _batches(self, task: ShardTask, timing: dict[str, float]) -> Iterator[_Batch]:
+        """The shard's batches, in order; the batches are fixed by the plan (batch_indices), so the
+        float results (which depend slightly on batch composition) are the same on every rerun."""
+        for indices in batch_indices(task.count, self.batch_size):
+            t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
             out = sample_pairs(self.model, seeds, self.sampling, self.device)
-            images = denormalise(out.images[:, 0]).cpu().numpy()
-            q = out.q.float().cpu()
-            stats = sample_stats(q)
-            for j, i in enumerate(indices):
-                key = shards.sample_key(task.shard, i)
-                row = {
-                    "key": key,
+            images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
+            batch = _Batch(indices, seeds, images, out.q.float().cpu())
+            timing["sample"] += time.perf_counter() - t0
+            yield batch
+
+    def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict]) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order."""
+        classes = self.model.classes
+        for batch in batches:
+            stats = sample_stats(batch.q)
+            batch_rows = [
+                {
+                    "key": shards.sample_key(task.shard, i),
                     "shard": task.shard,
                     "index": i,
-                    "seed": seeds[j],
+                    "seed": batch.seeds[j],
                     "class_fractions": [float(v) for v in stats["class_fractions"][j]],
                     "mean_entropy": float(stats["mean_entropy"][j]),
                     "mean_confidence": float(stats["mean_confidence"][j]),
                 }
+                for j, i in enumerate(batch.indices)
+            ]
+
+            def encode(j: int) -> dict[str, bytes]:
+                return shards.encode_sample(batch_rows[j]["key"], batch.images[j], batch.q[j], dict(batch_rows[j], classes=classes))
+
+            encoded = self._pool.map(encode, range(len(batch_rows))) if self._pool else map(encode, range(len(batch_rows)))
+            for row, members in zip(batch_rows, encoded):
                 rows.append(row)
-                meta = dict(row, classes=classes)
-                yield key, shards.encode_sample(key, images[j], q[j], meta)
+                yield row["key"], members
                 _maybe_fault(task.shard, len(rows))
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         tar_path = storage.join(self.root, shards.shard_name(task.shard, "tar"))
         rows: list[dict] = []
+        timing = {"sample": 0.0}
         with storage.open_atomic(self.fs, tar_path) as f:
-            nbytes, sha = shards.write_tar(f, self._samples(task, rows))
-        if len(rows) != task.count:  # an invariant of _samples, not user input
+            (nbytes, sha), waited = pipelined(self._batches(task, timing), lambda batches: shards.write_tar(f, self._encode(task, batches, rows)))
+        if len(rows) != task.count:  # an invariant of _encode, not user input
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
         shards.write_parquet(self.fs, storage.join(self.root, shards.shard_name(task.shard, "parquet")), shards.manifest_table(rows))
         fractions = np.array([r["class_fractions"] for r in rows], dtype=np.float64)
@@ -138,6 +250,9 @@ class ShardWriter:
             "sum_mean_confidence": float(sum(r["mean_confidence"] for r in rows)),
             "sum_mean_entropy": float(sum(r["mean_entropy"] for r in rows)),
             "seconds": round(time.time() - t0, 3),
+            "sample_seconds": round(timing["sample"], 3),
+            "writer_wait_seconds": round(waited, 3),  # sampling stalled on encoding / upload
+            "cpu_seconds": round(time.process_time() - cpu0, 3),  # this process, all threads
             "device": str(self.device),
         }
         storage.write_json(self.fs, storage.join(self.root, shards.shard_name(task.shard, "json")), marker)

@@ -1,0 +1,440 @@
+"""Synthesis without Ray: the plan and its seeds, the shard writer, exactly-once reruns, corruption
+handling, --only-key regeneration, determinism, the CLI's checks, and object storage on a real S3 API
+server (moto on loopback) through s3fs. The Ray strategy is in test_synth_ray.py."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from conftest import ROOT, job
+from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
+from dakter_scale.data import shards, storage
+from dakter_scale.synth import run as synth_run
+from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count
+from dakter_scale.synth.regenerate import regenerate, regenerate_to
+from dakter_scale.synth.worker import pipelined
+from dakter_scale.training import derive_seed
+
+TINY = [
+    "data.spec=synthetic:8?size=32&test=4",
+    "data.resolution=32",
+    "diffusion.unet.block_out_channels=[8,16]",
+    "diffusion.batch_size=4",
+    "sampling.steps=3",
+]
+SAMPLING = SamplingConfig(steps=3)
+
+
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-step model, trained once per session (shared with test_synth_ray.py through the base temp dir)."""
+    out = tmp_path_factory.getbasetemp() / "synth-tiny-model"
+    if not (out / "dakter.json").is_file():
+        from dakter_scale.diffusion.train import train_diffusion
+
+        threads = torch.get_num_threads()
+        train_diffusion(load_config(None, TINY + ["diffusion.max_steps=2"]), out, progress=False)
+        torch.set_num_threads(threads)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory):
+    return tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The in-process writer sets torch's thread count (as an actor would); give it back after each test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def cfg(n=8, samples_per_shard=4, batch_size=3, seed=5, **kw) -> SynthesisConfig:
+    return SynthesisConfig(n=n, samples_per_shard=samples_per_shard, batch_size=batch_size, seed=seed, **kw)
+
+
+def synthesize(model, out, config=None, **kw):
+    return synth_run.synthesize(model, str(out), config or cfg(), SAMPLING, progress=False, use_ray=False, **kw)
+
+
+def read_keys(urls: list[str]) -> list[str]:
+    """Every sample key, through the stock webdataset reader."""
+    return [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+
+def test_pair_seed_is_the_documented_rule_and_plan_covers_n_once():
+    assert pair_seed(7, 3, 45) == derive_seed(7, 3, 45)
+    expected = np.random.SeedSequence([7, 3, 45]).generate_state(2, dtype=np.uint32)
+    assert pair_seed(7, 3, 45) == (int(expected[0]) | int(expected[1]) << 32) & (2**63 - 1)
+    assert len({pair_seed(0, s, i) for s in range(20) for i in range(50)}) == 1000
+    plan = Plan(2500, 1000, 0)
+    assert plan.num_shards == 3 and [t.count for t in plan.tasks()] == [1000, 1000, 500]
+    assert [t.start for t in plan.tasks()] == [0, 1000, 2000]
+    assert batch_indices(8, 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert parse_count("1e6") == 10**6 and parse_count("1000") == 1000
+    for bad in ("0", "-3", "abc", "1.5", "nan", "inf"):
+        with pytest.raises(PlanError, match="--n must be a positive whole number"):
+            parse_count(bad)
+
+
+def test_pipelined_passes_items_in_order_and_raises_either_sides_error():
+    got, waited = pipelined(iter(range(50)), lambda items: list(items), depth=2)
+    assert got == list(range(50)) and waited >= 0
+
+    def bad_producer():
+        yield 1
+        raise OSError("sampler broke")
+
+    seen = []
+    with pytest.raises(OSError, match="sampler broke"):
+        pipelined(bad_producer(), lambda items: seen.extend(items))
+
+    def bad_consumer(items):
+        next(items)
+        raise ValueError("upload broke")
+
+    with pytest.raises(ValueError, match="upload broke"):
+        pipelined(iter(range(1000)), bad_consumer, depth=1)  # the producer must not block on a full queue
+
+
+def test_progress_line_has_shards_pairs_rate_and_eta():
+    progress = synth_run.Progress(total_pairs=4000, total_shards=4, bar=False)
+    progress.window[0] = (progress.window[0][0] - 10.0, 0)  # the first shard took 10 s
+    progress.update(1000)
+    line = progress.line()
+    assert line.startswith("synthesize: shards 1/4, pairs 1000/4000, ")
+    rate = float(line.split(", ")[2].split()[0])
+    assert 90 < rate <= 100.5 and line.split("ETA ")[1] in ("00:00:29", "00:00:30")  # 3000 pairs at ~100/s
+
+
+def test_divergence_thresholds_by_hand():
+    div, warnings = synth_run.divergence({"class_fractions": [0.7, 0.3], "mean_confidence": 0.9}, [0.9, 0.1], threshold=0.1)
+    assert div["class_fraction_tv"] == pytest.approx(0.2) and div["diverged"] and len(warnings) == 1 and "0.200 > 0.1" in warnings[0]
+    div, warnings = synth_run.divergence({"class_fractions": [0.85, 0.15], "mean_confidence": 0.4}, [0.9, 0.1], threshold=0.1)
+    assert div["class_fraction_tv"] == pytest.approx(0.05) and len(warnings) == 1 and "max-probability" in warnings[0]
+
+
+# -- a local run ----------------------------------------------------------------------------------
+
+
+def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
+    out = tmp_path / "shards"
+    summary = synthesize(model, out, cfg(n=10))
+    assert summary.ok and sorted(summary.written) == [0, 1, 2] and summary.pairs_written == 10
+    keys = read_keys([str(out / shards.shard_name(s)) for s in range(3)])
+    assert len(keys) == len(set(keys)) == 10 and keys[0] == "000000-000000" and keys[-1] == "000002-000001"
+    manifest = shards.read_manifest(str(out))
+    assert manifest.num_rows == 10 and manifest.column_names == ["key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence"]
+    assert manifest.column("seed").to_pylist()[5] == pair_seed(5, 1, 1)
+    assert all(abs(sum(f) - 1) < 1e-5 for f in manifest.column("class_fractions").to_pylist())
+    info = json.loads((out / "dataset.json").read_text())
+    for key in ("model_hash", "b", "classes", "sampler", "steps", "seed", "count", "code_version", "generated_stats", "train_stats", "divergence", "warnings"):
+        assert key in info, key
+    assert info["count"] == 10 and info["status"] == "complete" and info["seed"] == 5 and info["batch_size"] == 3
+    assert len(info["generated_stats"]["class_fractions"]) == 5 and len(info["train_stats"]["class_fractions"]) == 5
+    assert info["divergence"]["threshold"] == 0.1 and "class_fraction_tv" in info["divergence"]
+    for s in range(3):  # the marker is written last and describes the tar exactly
+        marker = json.loads((out / shards.shard_name(s, "json")).read_text())
+        tar = out / shards.shard_name(s)
+        assert marker["tar_bytes"] == tar.stat().st_size and marker["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
+        assert (out / shards.shard_name(s, "json")).stat().st_mtime_ns >= (out / shards.shard_name(s, "parquet")).stat().st_mtime_ns >= tar.stat().st_mtime_ns
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_rerun_writes_nothing_and_reports_every_shard_done(model, tmp_path):
+    out = tmp_path / "shards"
+    synthesize(model, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("shard-")}
+    again = synthesize(model, out)
+    assert again.ok and again.written == [] and sorted(again.skipped) == [0, 1] and again.pairs_written == 0
+    assert any("skipped as already done: 2 shards" in line for line in again.lines())
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("shard-")}
+
+
+def test_same_plan_model_and_seed_give_byte_identical_tars(model, tmp_path):
+    synthesize(model, tmp_path / "a")
+    synthesize(model, tmp_path / "b")
+    for s in range(2):
+        assert (tmp_path / "a" / shards.shard_name(s)).read_bytes() == (tmp_path / "b" / shards.shard_name(s)).read_bytes()
+    synthesize(model, tmp_path / "c", cfg(seed=6))
+    assert (tmp_path / "a" / shards.shard_name(0)).read_bytes() != (tmp_path / "c" / shards.shard_name(0)).read_bytes()
+
+
+def test_growing_n_reuses_full_shards_and_rewrites_the_partial_one(model, tmp_path):
+    out = tmp_path / "shards"
+    synthesize(model, out, cfg(n=6))  # shards of 4 and 2
+    first = (out / shards.shard_name(0)).read_bytes()
+    grown = synthesize(model, out, cfg(n=8))
+    assert grown.skipped == [0] and grown.written == [1] and (out / shards.shard_name(0)).read_bytes() == first
+    keys = read_keys([str(out / shards.shard_name(s)) for s in range(2)])
+    assert sorted(keys) == [shards.sample_key(s, i) for s in range(2) for i in range(4)]
+    with pytest.raises(PlanError, match="plans only 1"):
+        synthesize(model, out, cfg(n=3))
+
+
+def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path):
+    """The pair is rebuilt by re-running its batch (plan.batch_indices): bit-identical on the same CPU."""
+    out = tmp_path / "shards"
+    synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3))
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(out / shards.shard_name(0)), shardshuffle=False)}
+    for index in (4, 7):  # the middle of a full batch, and the last, partial batch [6, 7]
+        key = shards.sample_key(0, index)
+        image, soft, meta = shards.decode_sample(samples[key])
+        regen_image, regen_q, record = regenerate(model, key, 5, SAMPLING, batch_size=3, shard_count=8)
+        assert np.array_equal(regen_image, image)
+        assert np.array_equal(shards.quantise(torch.from_numpy(regen_q)), (soft * 255).round().astype(np.uint8))
+        assert record["seed"] == meta["seed"] == pair_seed(5, 0, index)
+        assert record["mean_confidence"] == pytest.approx(meta["mean_confidence"], abs=1e-7)
+
+    written = regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=3), SAMPLING, str(out))
+    folder = out / "regenerated"
+    with Image.open(folder / "000000-000004.image.png") as im:
+        assert np.array_equal(np.asarray(im), shards.decode_sample(samples["000000-000004"])[0])
+    assert np.load(folder / "000000-000004.soft.npy").dtype == np.float32 and written["written_to"] == str(folder)
+    with pytest.raises(PlanError, match="other settings"):
+        regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=4), SAMPLING, str(out))
+    assert synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3)).skipped == [0]  # regenerated/ is ignored
+
+
+# -- broken shards and other datasets ----------------------------------------------------------------
+
+
+def test_truncated_tar_without_marker_is_rewritten(model, tmp_path):
+    out = tmp_path / "shards"
+    synthesize(model, out)
+    good = (out / shards.shard_name(1)).read_bytes()
+    (out / shards.shard_name(1)).write_bytes(good[: len(good) // 3])  # a writer that died; no marker
+    (out / shards.shard_name(1, "json")).unlink()
+    assert [d.shard for d in shards.done_shards(str(out))] == [0]  # readers ignore it
+    again = synthesize(model, out)
+    assert again.written == [1] and again.skipped == [0] and again.corrupt == {}
+    assert (out / shards.shard_name(1)).read_bytes() == good
+
+
+def test_marker_with_corrupt_tar_is_reported_and_rewritten(model, tmp_path, caplog):
+    out = tmp_path / "shards"
+    synthesize(model, out)
+    good = (out / shards.shard_name(1)).read_bytes()
+    (out / shards.shard_name(1)).write_bytes(good[:1000])  # marker kept
+    again = synthesize(model, out)
+    assert "tar has 1000 bytes, the marker records" in again.corrupt[1]
+    assert "shard 1 is corrupt" in caplog.text and any("found corrupt" in line for line in again.lines())
+    assert again.written == [1] and (out / shards.shard_name(1)).read_bytes() == good
+
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF  # same size: only the sha256 check sees it
+    (out / shards.shard_name(1)).write_bytes(bytes(flipped))
+    assert synthesize(model, out).skipped == [0, 1]  # verify=size (the default) cannot tell
+    checked = synthesize(model, out, cfg(verify="sha256"))
+    assert checked.corrupt == {1: "marker present but the tar's sha256 differs from the marker's"} and checked.written == [1]
+    assert (out / shards.shard_name(1)).read_bytes() == good
+
+
+def test_another_dataset_in_the_prefix_is_refused_unless_overwrite(model, tmp_path):
+    out = tmp_path / "shards"
+    synthesize(model, out)
+    with pytest.raises(PlanError, match=r"differs in seed .*--overwrite"):
+        synthesize(model, out, cfg(seed=6))
+    plan = synth_run.dry_run(model, str(out), cfg(seed=6), SAMPLING, overwrite=True)
+    assert plan["would_refuse"] is False and "differs in seed" in plan["conflict"]
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 5  # a dry run deletes nothing
+    replaced = synthesize(model, out, cfg(seed=6), overwrite=True)
+    assert replaced.ok and sorted(replaced.written) == [0, 1] and json.loads((out / "dataset.json").read_text())["seed"] == 6
+
+
+def test_dry_run_plans_without_writing(model, tmp_path):
+    out = tmp_path / "never"
+    plan = synth_run.dry_run(model, str(out), cfg(n=10**6, samples_per_shard=1000), SAMPLING)
+    assert plan["shards"] == 1000 and plan["pairs"] == 10**6 and plan["shards_to_write"] == 1000
+    assert plan["estimated_bytes"] == plan["estimated_bytes_per_pair"] * 10**6 > 0
+    assert not out.exists()
+
+
+# -- the CLI's checks -----------------------------------------------------------------------------
+
+
+def cli(argv, capsys, monkeypatch):
+    """Run jobs/synthesize.py in this process; no worker may start."""
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker started")
+
+    monkeypatch.setattr(synth_run, "run_ray", no_worker)
+    monkeypatch.setattr(synth_run, "run_local", no_worker)
+    monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="__main__")
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--n", "0"], "--n must be a positive whole number like 1000 or 1e6, got '0'"),
+        (["--n", "-5"], "--n must be a positive whole number like 1000 or 1e6, got '-5'"),
+        (["--n", "lots"], "--n must be a positive whole number like 1000 or 1e6, got 'lots'"),
+        (["--n", "8", "--samples-per-shard", "0"], "--samples-per-shard must be >= 1, got 0"),
+        (["--n", "8", "--samples-per-shard", "-2"], "--samples-per-shard must be >= 1, got -2"),
+        (["--n", "8", "--actors", "many"], "--actors must be a number or auto, got 'many'"),
+    ],
+)
+def test_bad_flags_fail_with_one_line_before_any_worker(model, tmp_path, capsys, monkeypatch, args, message):
+    code, err = cli(["--model", model, "--out", str(tmp_path / "o"), *args], capsys, monkeypatch)
+    assert code == 2 and err == f"error: {message}\n"
+
+
+def test_bad_model_folder_fails_with_one_line(model, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    broken = tmp_path / "no-weights"
+    shutil.copytree(model, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    code, err = cli(["--model", str(broken), "--n", "8", "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert code == 2 and err == f"error: model folder {broken} has no unet/diffusion_pytorch_model.safetensors; train one with jobs/train_diffusion.py\n"
+    (broken / "dakter.json").unlink()
+    code, err = cli(["--model", str(broken), "--n", "8", "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert code == 2 and err == f"error: model folder {broken} has no dakter.json; train one with jobs/train_diffusion.py\n"
+
+
+def test_unwritable_output_fails_with_one_line(model, tmp_path, capsys, monkeypatch, s3_server):
+    (tmp_path / "file").write_text("x")
+    code, err = cli(["--model", model, "--n", "8", "--out", str(tmp_path / "file" / "sub"), "--actors", "2"], capsys, monkeypatch)
+    assert code == 2 and err.startswith(f"error: output {tmp_path / 'file' / 'sub'} is not writable: ") and err.count("\n") == 1
+    code, err = cli(["--model", model, "--n", "8", "--out", "s3://no-such-bucket-dakter/run1", "--actors", "2"], capsys, monkeypatch)
+    assert code == 2 and err.startswith("error: output s3://no-such-bucket-dakter/run1 is not writable: ") and err.count("\n") == 1
+    assert "testing" not in err  # the credentials are never echoed
+
+
+def test_cli_json_dry_run(model, tmp_path):
+    """The real CLI in a subprocess: --dry-run --json prints one JSON object and starts nothing."""
+    r = subprocess.run(job("synthesize.py") + ["--model", model, "--n", "1e6", "--out", str(tmp_path / "o"), "--dry-run", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["pairs"] == 10**6 and plan["shards"] == 1000 and not (tmp_path / "o").exists()
+
+
+# -- object storage: a real S3 API server on loopback ----------------------------------------------
+
+
+def presigned(url: str, count: int) -> list[str]:
+    """HTTP URLs of the tars, as a reader outside the cluster would get them (the stock reader uses curl)."""
+    fs, root = storage.url_to_fs(url)
+    return [fs.url(storage.join(root, shards.shard_name(s)), expires=600) for s in range(count)]
+
+
+def test_s3_run_exactly_n_pairs_and_rerun_writes_nothing(model, s3_bucket):
+    url = f"{s3_bucket}/run"
+    summary = synthesize(model, url, cfg(n=10))
+    assert summary.ok and summary.pairs_written == 10
+    keys = read_keys(presigned(url, 3))
+    assert len(keys) == len(set(keys)) == 10
+    assert shards.read_manifest(url).num_rows == 10 and shards.read_dataset_info(url)["count"] == 10
+    again = synthesize(model, url, cfg(n=10))  # same process: the s3fs listing cache must not hide the shards
+    assert again.written == [] and sorted(again.skipped) == [0, 1, 2]
+
+
+def test_s3_killed_writer_leaves_no_visible_partial_shard(model, s3_bucket, tmp_path):
+    url = f"{s3_bucket}/run"
+    fault = tmp_path / "fault.json"
+    fault.write_text(json.dumps({"shard": 1, "after": 3}))
+    args = ["--model", model, "--n", "12", "--out", url, "--samples-per-shard", "4", "--batch-size", "3", "--seed", "5", "--actors", "0"] + TINY
+    r = subprocess.run(job("synthesize.py") + args, capture_output=True, text=True, timeout=300, env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)))
+    assert r.returncode == 17, r.stderr  # died in the middle of shard 1
+    fs, root = storage.url_to_fs(url)
+    names = set(storage.list_dir(fs, root))
+    assert {shards.shard_name(0, e) for e in ("tar", "parquet", "json")} <= names
+    assert not [n for n in names if n.startswith("shard-000001") or n.startswith("shard-000002")]
+    assert [d.shard for d in shards.done_shards(url)] == [0]
+    resumed = synth_run.synthesize(model, url, cfg(n=12, samples_per_shard=4, batch_size=3), SAMPLING, progress=False, use_ray=False)
+    assert resumed.skipped == [0] and sorted(resumed.written) == [1, 2]
+    keys = read_keys(presigned(url, 3))
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_s3_unfinished_multipart_upload_is_invisible(s3_bucket):
+    """A writer killed after its first 5 MiB part leaves no object, only an incomplete multipart upload
+    (which a bucket lifecycle rule should abort: docs/synthesis.md)."""
+    code = textwrap.dedent(
+        f"""
+        import os
+        from dakter_scale.data import storage
+        fs, path = storage.url_to_fs("{s3_bucket}/big.tar")
+        with storage.open_atomic(fs, path) as f:
+            f.write(os.urandom(6 * 2**20))
+            f.flush()  # the first part is uploaded here
+            os._exit(17)
+        """
+    )
+    env = dict(os.environ, FSSPEC_S3=json.dumps({"default_block_size": 5 * 2**20}))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 17, r.stderr
+    fs, root = storage.url_to_fs(s3_bucket)
+    assert storage.list_dir(fs, root) == {}
+    uploads = fs.call_s3("list_multipart_uploads", Bucket=root).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == ["big.tar"]
+
+
+def test_tar_members_are_sorted_with_fixed_metadata(model, tmp_path):
+    synthesize(model, tmp_path / "a", cfg(n=4))
+    with tarfile.open(tmp_path / "a" / shards.shard_name(0)) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members][:3] == ["000000-000000.image.png", "000000-000000.json", "000000-000000.soft.png"]
+    assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
+    table = pq.read_table(io.BytesIO((tmp_path / "a" / shards.shard_name(0, "parquet")).read_bytes()))
+    assert table.column("key").to_pylist() == [shards.sample_key(0, i) for i in range(4)]
+
+
+def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
+    """GPU writers encode a batch on a thread pool; the tar must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dakter_scale.synth.worker import ShardWriter
+
+    args = synth_run._writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
+    task = Plan(6, 6, 5).task(0)
+    serial = ShardWriter(**args, device="cpu")(task)
+    pooled = ShardWriter(**dict(args, out_url=str(tmp_path / "b")), device="cpu")
+    pooled._pool = ThreadPoolExecutor(3)
+    assert pooled(task)["sha256"] == serial["sha256"]
+    assert (tmp_path / "a" / shards.shard_name(0)).read_bytes() == (tmp_path / "b" / shards.shard_name(0)).read_bytes()
+
+
+def test_leftover_temporary_files_are_removed_after_a_run(model, tmp_path):
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / "shard-000001.tar.tmp-0123456789ab").write_bytes(b"half a shard")  # a killed local writer's
+    assert shards.done_shards(str(out)) == []
+    synthesize(model, out)
+    assert sorted(p.name for p in out.iterdir() if ".tmp-" in p.name) == []
+
+
+def test_ray_cluster_yaml_is_a_valid_autoscaler_config_with_token_auth():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    validate_config(prepare_config(raw))  # Ray's own schema; no cloud is contacted
+    assert raw["provider"]["type"] == "aws" and raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("pip install" in c and "-e ~/dakter-scale" in c for c in raw["setup_commands"])
+    starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert "--dashboard-host=127.0.0.1" in raw["head_start_ray_commands"][-1]
