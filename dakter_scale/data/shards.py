@@ -213,6 +213,7 @@ class ShardInfo:
 def done_shards(url: str) -> list[ShardInfo]:
     """Every finished shard (its marker exists) of a generated dataset, in shard order."""
     fs, root = storage.url_to_fs(url)
+    fs.invalidate_cache(root)  # s3fs and friends cache listings per process: see shards written since
     if not fs.exists(root):
         return []
     out = []

@@ -15,13 +15,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 
 from dakter_scale import __version__
 from dakter_scale.config import UNetConfig
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
 
 FORMAT = "dakter-model/1"
 INFO_FILE = "dakter.json"
@@ -32,8 +34,10 @@ class ModelFolderError(ValueError):
     """A model folder that cannot be used; the message names the folder and the missing part."""
 
 
-def build_unet(cfg: UNetConfig, resolution: int, channels: int) -> UNet2DModel:
+def build_unet(cfg: UNetConfig, resolution: int, channels: int) -> "UNet2DModel":
     """A UNet2DModel over `channels` = 1 + K input and output channels."""
+    from diffusers import UNet2DModel  # imported here: drivers that only check folders start seconds faster
+
     levels = len(cfg.block_out_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
@@ -53,7 +57,9 @@ def build_unet(cfg: UNetConfig, resolution: int, channels: int) -> UNet2DModel:
     )
 
 
-def build_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str, rescale_zero_terminal_snr: bool = False) -> DDPMScheduler:
+def build_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str, rescale_zero_terminal_snr: bool = False) -> "DDPMScheduler":
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,
@@ -67,8 +73,8 @@ def build_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_typ
 class JointDiffusion:
     """A loaded model folder: the UNet, its training scheduler and the DAKTer metadata."""
 
-    unet: UNet2DModel
-    scheduler: DDPMScheduler
+    unet: "UNet2DModel"
+    scheduler: "DDPMScheduler"
     info: dict[str, Any]
     path: Path | None = None
 
@@ -119,7 +125,7 @@ def model_info(*, b: float, b_mode: str, classes, resolution: int, prediction_ty
     }
 
 
-def save_model_folder(directory: str | Path, unet: UNet2DModel, scheduler: DDPMScheduler, info: dict) -> Path:
+def save_model_folder(directory: str | Path, unet: "UNet2DModel", scheduler: "DDPMScheduler", info: dict) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(d / "unet", safe_serialization=True)
@@ -147,6 +153,8 @@ def check_model_folder(directory: str | Path) -> Path:
 
 
 def load_model_folder(directory: str | Path, device: str | torch.device = "cpu") -> JointDiffusion:
+    from diffusers import DDPMScheduler, UNet2DModel
+
     d = check_model_folder(directory)
     info = json.loads((d / INFO_FILE).read_text())
     unet = UNet2DModel.from_pretrained(d / "unet", use_safetensors=True).to(device).eval()
