@@ -1,20 +1,24 @@
 """What both trainers share: the Accelerator, deterministic data positions, checkpoints, exit.
 
 Determinism and exact resume rest on one rule: everything random at a step is a function of
-(seed, rank, step). The data a rank reads at a step is a position in a seeded stream of
-permutations (``StreamPositions``); the noise and dropout come from the global RNG re-seeded at
-every step (``seed_step``). A checkpoint therefore needs only the step, the model, the optimiser,
-the EMA and the LR schedule to continue exactly as an uninterrupted run would.
+(seed, rank, step). Initial weights come from ``seed_init``; the data a rank reads at a step is a
+position in a seeded stream of permutations (``StreamPositions``; the student's generated shards:
+data/stream.py); the noise and dropout come from the global RNG re-seeded at every step
+(``seed_step``); the learning rate is a function of the step. A checkpoint therefore needs only the
+step, the model, the optimiser, the EMA (and the student's reader positions) to continue exactly as
+an uninterrupted run would (tests/test_resume.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,24 +40,55 @@ def derive_seed(*parts: int) -> int:
 
 
 def resolve_mixed_precision(setting: str) -> str:
-    """auto -> bf16 on a CUDA device that has it, fp16 on older CUDA devices, no on CPU."""
+    """auto -> what `accelerate launch --mixed_precision` asked for (when not "no"), else bf16 on a CUDA
+    device that has it, fp16 on older CUDA devices, and no (fp32) on CPU."""
     if setting != "auto":
         return setting
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched in ("bf16", "fp16"):
+        return launched
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
 
 
-def make_accelerator(mixed_precision: str = "auto", log_with: str | None = None, project_dir: str | None = None):
+LAUNCH_HELP = (
+    "on CPU launch N processes with `torchrun --nproc_per_node N jobs/...` (gloo); "
+    "on GPUs with `accelerate launch --num_processes N jobs/...` (or torchrun)"
+)
+
+
+def check_launch() -> None:
+    """Refuse, before any work, a launch known to start fewer processes than asked for.
+
+    `accelerate launch --num_processes N` (N > 1) starts ONE process when it does not use torchrun
+    underneath: with --cpu (it wants mpirun for several CPU processes) and on a machine without
+    GPUs (measured with accelerate 1.15). That process has MASTER_ADDR and accelerate's launch
+    variables but no WORLD_SIZE.
+    """
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by every `accelerate launch`
+    mpi = any(os.environ.get(k) for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if launched_by_accelerate and os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ and not mpi:
+        raise LaunchError(
+            "`accelerate launch --num_processes N` started a single process (with --cpu, or without GPUs, accelerate "
+            f"needs mpirun to start several): {LAUNCH_HELP}"
+        )
+
+
+def make_accelerator(mixed_precision: str = "auto", log_with: Any = None, project_dir: str | None = None, cpu: bool | None = None):
     """An Accelerator that works the same under `python`, `torchrun` and `accelerate launch`.
 
-    Without a CUDA device it runs in accelerate's CPU mode, which under torchrun forms a real gloo
-    process group. A launch that sets WORLD_SIZE > 1 but ends in a single-process Accelerator
-    (every process would believe it is rank 0 and train alone) is refused with LaunchError.
+    cpu=None (auto) runs in accelerate's CPU mode when there is no CUDA device; under torchrun that
+    forms a real gloo process group. A launch that sets WORLD_SIZE > 1 but ends in fewer accelerate
+    processes (each would believe it is rank 0 and train alone: what plain torchrun gives with
+    cpu=False on a machine without CUDA) is refused with LaunchError, as is the single process that
+    `accelerate launch --cpu --num_processes N` starts (``check_launch``).
     """
     from accelerate import Accelerator
 
-    cpu = not torch.cuda.is_available()
+    check_launch()
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
     if cpu:
         os.environ.setdefault("ACCELERATE_USE_CPU", "1")
     kwargs: dict[str, Any] = {"cpu": cpu, "mixed_precision": resolve_mixed_precision(mixed_precision)}
@@ -65,8 +100,7 @@ def make_accelerator(mixed_precision: str = "auto", log_with: str | None = None,
     if world > 1 and accelerator.num_processes != world:
         raise LaunchError(
             f"launched with WORLD_SIZE={world} but accelerate formed {accelerator.num_processes} process(es): "
-            "each process would train alone as rank 0. On CPU launch with "
-            "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N jobs/...`; on GPUs with `accelerate launch --num_processes N jobs/...`."
+            f"each process would train alone as rank 0; {LAUNCH_HELP}"
         )
     return accelerator
 
@@ -90,6 +124,12 @@ def seed_step(seed: int, rank: int, step: int, micro: int = 0) -> None:
     """Re-seed the global RNGs so that a step's noise depends only on (seed, rank, step, micro)."""
     s = derive_seed(seed, rank, step, micro)
     torch.manual_seed(s)
+
+
+def seed_init(seed: int) -> None:
+    """Seed the global RNGs for building a model: the same seed gives the same initial weights on
+    every run and rank (DDP would copy rank 0's anyway; an exact resume test needs them per run)."""
+    torch.manual_seed(derive_seed(seed, 1 << 62))
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", floor: float = 0.1) -> float:
@@ -137,6 +177,30 @@ class StreamPositions:
         while True:
             yield self.batch(g)
             g += 1
+
+
+def freeze_unused(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
+    """Set requires_grad=False on parameters the forward pass never uses; returns their names.
+
+    DDP expects a gradient for every trainable parameter at every step; an smp encoder cut to
+    encoder_depth < 5 keeps its deeper stages as unused parameters, which stops a multi-process run
+    with "Expected to have finished reduction in the prior iteration". Without a gradient the
+    optimiser never touches them, so freezing changes nothing else. The probe runs in eval mode
+    (BatchNorm statistics stay as they are) on `example`, e.g. zeros of one batch's shape.
+    """
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    out = model(example)
+    out = out.sample if hasattr(out, "sample") else out
+    out.float().sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in model.named_parameters():
+        p.grad = None
+        if name in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -207,8 +271,10 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, ema: "EMA | None"
     from safetensors.torch import load_file, load_model
 
     state = json.loads((path / "state.json").read_text())
-    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), device=str(accelerator.device))
-    blob = torch.load(path / "optimizer.pt", map_location=accelerator.device, weights_only=True)
+    # safetensors refuses "cpu:0", the device accelerate reports for a multi-process CPU run.
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), device=device)
+    blob = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scaler = getattr(accelerator, "scaler", None)
     if scaler is not None and blob.get("scaler") is not None:
@@ -262,7 +328,7 @@ class EMA:
         self.updates = int(state["updates"])
 
 
-# -- logging and exit --------------------------------------------------------------------------
+# -- logging, cross-rank records, exit ------------------------------------------------------
 
 
 def setup_logging(is_main: bool = True) -> None:
@@ -270,20 +336,83 @@ def setup_logging(is_main: bool = True) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
-def finish(accelerator) -> None:
-    """End a run. In a multi-process run, flush, tear the process group down and leave with os._exit(0).
+def gather_objects(accelerator, obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (a collective: every rank must call it)."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    out: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
-    Measured here (accelerate 1.15, torch 2.14.1, 2 CPU processes under torchrun): about 1 run in
-    8 aborted at interpreter exit with "terminate called without an active exception" after all
-    work was done and written; destroying the group and leaving with os._exit avoided it. Only
-    used after every output is on disk.
+
+def check_resume_agrees(accelerator, start: int, out: Path) -> None:
+    """Every rank must continue from the same step: a checkpoint folder that only some nodes can see
+    (OUT not on a shared file system) would otherwise desynchronise the ranks (a collective)."""
+    starts = gather_objects(accelerator, start)
+    if len(set(starts)) > 1:
+        raise LaunchError(f"ranks would resume at different steps {starts}: {out}/checkpoints must be on a file system every node shares")
+
+
+def layout_changes(saved: dict, current: dict) -> list[str]:
+    """Differences between the data layout a checkpoint was written with and this run's, as text."""
+    return [f"{k} {saved[k]} -> {current[k]}" for k in sorted(current) if k in saved and saved[k] != current[k]]
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """sha256 over the model's parameters (names and bytes; buffers such as BatchNorm statistics are
+    per rank under DDP and left out)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_rank_report(accelerator, out: Path, model: torch.nn.Module) -> dict:
+    """Check that every rank ends with the same parameters; record it in OUT/logs/ranks.json (collective)."""
+    digests = gather_objects(accelerator, parameter_digest(accelerator.unwrap_model(model)))
+    report = {"ranks": accelerator.num_processes, "parameter_sha256": digests, "identical": len(set(digests)) == 1}
+    if accelerator.is_main_process:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "logs" / "ranks.json").write_text(json.dumps(report, indent=2) + "\n")
+        if not report["identical"]:
+            log.error("ranks ended with different parameters: %s", digests)
+    return report
+
+
+KILL_ENV = "DAKTER_KILL_AFTER_STEP"  # testing hook: see maybe_kill
+
+
+def maybe_kill(step: int, rank: int) -> None:
+    """Testing hook for exact-resume tests: with DAKTER_KILL_AFTER_STEP=N, rank 0 SIGKILLs itself
+    once step N is done (after its checkpoint, if one falls on N) -- a real, unclean death."""
+    if rank == 0 and os.environ.get(KILL_ENV) == str(step):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def finish(accelerator) -> None:
+    """End a run: finish the trackers, destroy the process group, and leave a multi-process run
+    with os._exit(0). Call it after every output is written (the trainers also stop their
+    DataLoader workers before returning, so none is orphaned by os._exit).
+
+    Why: a 2-process CPU run was measured once to abort about 1 time in 8 at interpreter exit with
+    "terminate called without an active exception" after all work was written. That message is
+    std::terminate from a C++ thread object destroyed while still joinable; in a gloo run the
+    likely owner is the process group's worker threads, torn down during interpreter finalization
+    when the group was not destroyed while Python was fully alive (pytorch/pytorch#179291). The
+    abort did not reproduce here with this code (0 in 103 two-process runs, 53 of them without
+    destroying the group), so the cause is not proven; destroying the group explicitly and then
+    skipping finalization with os._exit removes both candidate paths at no cost.
     """
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    accelerator.end_training()  # finishes trackers, destroys the process group
     if accelerator.num_processes > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
         with contextlib.suppress(Exception):
-            torch.distributed.destroy_process_group()
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
         os._exit(0)

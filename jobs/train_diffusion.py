@@ -2,9 +2,11 @@
 
     python jobs/train_diffusion.py --data synthetic:64 --out runs/model --config configs/demo.yaml
     accelerate launch --num_processes 8 jobs/train_diffusion.py --data osd:/data/osd --out runs/osd --config configs/osd.yaml
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 jobs/train_diffusion.py ...      (2 CPU processes)
-    python jobs/train_diffusion.py ... --resume latest                                 (continue after a stop)
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 jobs/train_diffusion.py ...          (2 CPU processes, gloo)
+    python jobs/train_diffusion.py ... diffusion.checkpoint_every=500 --resume latest (continue after a stop)
 
+On CPU launch several processes with torchrun: `accelerate launch --cpu --num_processes N` starts
+only one (the job stops with an error saying so). Batch size is per process; see docs/training.md.
 The model folder (diffusers format, safetensors weights, dakter.json) is what jobs/synthesize.py --model reads.
 """
 

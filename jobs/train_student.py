@@ -2,10 +2,14 @@
 
     python jobs/train_student.py --real synthetic:64 --out runs/student --config configs/demo.yaml
     python jobs/train_student.py --real osd:/data/osd --synthetic s3://bucket/dakter/v1 --ratio 2 --labels soft --arch segformer --out runs/s
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 jobs/train_student.py ...        (2 CPU processes)
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 jobs/train_student.py ...            (2 CPU processes, gloo)
+    accelerate launch --num_processes 8 jobs/train_student.py ... student.num_workers=4 (8 GPUs)
+    python jobs/train_student.py ... student.checkpoint_every=200 --resume latest     (continue after a stop)
 
 --ratio is generated samples per real sample: 0.5 = 50 %, 2 = 200 %, 100 = 10,000 %; "200%" is accepted too.
 --labels soft is DAKTer (KD loss on the soft labels); hard trains on their argmax with CE (the DDPM / SatSynth baseline).
+--synthetic takes any fsspec URL (a folder, s3://, gs://); S3 credentials and endpoint come from AWS_* variables.
+Bad shards: student.on_bad_shard=warn (skip, count, name them at the end) or raise. See docs/training.md.
 """
 
 from __future__ import annotations

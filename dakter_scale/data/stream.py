@@ -1,41 +1,52 @@
 """Streaming input of the student: real patches and generated shards, mixed at a ratio.
 
-Slots. A run has world = ranks x DataLoader workers reading slots; slot = rank * workers + worker.
+Slots. A run has slots = ranks x DataLoader workers readers; slot = rank * workers + worker
+(workers = 0 counts as one reader, the main process).
 
-Generated shards -> slots (``assign_shards``), per epoch:
-  * shards >= slots: shard i (in the epoch's seeded order) goes to slot i % slots; every slot gets
-    at least one shard, and every sample of every shard is read exactly once per epoch.
+Generated shards -> slots (``assign_shards``), per pass (epoch) over the dataset:
+  * shards >= slots: shard i (in the pass's seeded order) goes to slot i % slots; every slot gets
+    at least one shard, and every sample of every shard is read exactly once per pass.
   * shards < slots (the stated rule for few shards): each shard is shared by the slots
     s = i, i + shards, i + 2 * shards, ...; a slot sharing a shard with m slots reads the samples
     whose index in the shard is congruent to its position among them modulo m. Again each sample
-    is read exactly once per epoch and no slot is left without data (as long as shards have at least
-    ceil(slots / shards) samples, which ``GeneratedStream`` checks up front instead of hanging).
-Each slot's stream repeats over epochs (a new seeded shard order each epoch) and is shuffled in a
-buffer, so training length is set in steps.
+    is read exactly once per pass and no slot is left without data, provided every shard has at
+    least ceil(slots / shards) samples: ``GeneratedStream.check_slots`` refuses the run up front
+    otherwise (it never hangs waiting for data a slot cannot get).
+Each slot shuffles its pass in a buffer of ``shuffle_buffer`` samples, drained at the end of the
+pass, and then starts the next pass (a new seeded shard order), so training length is set in steps.
 
-Real patches: a slot reads positions slot, slot + slots, ... of the seeded permutation stream
-(``training.StreamPositions``), so ranks and workers never read the same position.
+Real patches: slot s reads positions s, s + slots, ... of a seeded permutation stream
+(``training.StreamPositions``): ranks and workers never read the same position.
+
+Order. Whatever order the DataLoader's workers deliver in, ``RoundRobin`` hands item i of a rank to
+the consumer from worker i % workers, so the sequence a rank consumes is a function of (seed,
+slot layout) only. A resumed run therefore continues exactly: the real stream starts each worker at
+its position, the generated stream starts each slot at the (pass, index) recorded in the
+checkpoint (re-reading at most the current pass of that slot, without decoding it).
 
 Mixing: batch i holds n_gen(i) = floor((i+1) B rho) - floor(i B rho) generated samples, rho =
-R / (1 + R) for ratio R, and B - n_gen(i) real ones: over any window the generated share is rho
-within 1 / B per batch. Both streams are deterministic functions of (seed, slot, position), so a
-resumed run skips what was consumed and continues exactly.
+R / (1 + R) for ratio R, and B - n_gen(i) real ones: each batch's generated share is within 1 / B
+of rho, and the share over the first n batches within 1 / (n B).
+
+Bad shards (a missing object, a truncated or corrupt tar, fewer samples than the marker records,
+an undecodable sample) follow ``on_bad_shard``: "raise" stops with StreamError naming the shard;
+"warn" logs it, keeps what was read before the damage, and reports it on the next item it
+delivers (``item["bad_shards"]``) so the trainer can count it and name it in its final log.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import fsspec
 import numpy as np
 import torch
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from dakter_scale.data import shards
 from dakter_scale.data.real import PatchDataset, normalise
@@ -43,7 +54,12 @@ from dakter_scale.training import StreamPositions, derive_seed
 
 log = logging.getLogger("dakter_scale")
 
-BAD_SHARD = "__bad_shard__"
+BAD_SHARDS = "bad_shards"  # item key: bad shards met since the previous item (a list of reasons)
+MEMBERS = ("image.png", "soft.png", "json")  # what every sample of a shard must hold
+POLICIES = ("warn", "raise")
+# An endless reader gives up after this many passes in a row without a usable sample instead of
+# spinning: one bad shard among few can leave a reader empty for a pass, rarely for 8 in a row.
+EMPTY_PASSES = 8
 
 
 class StreamError(RuntimeError):
@@ -55,13 +71,13 @@ class StreamError(RuntimeError):
 
 @dataclass(frozen=True)
 class Assignment:
-    shard: int  # position in the shard list
+    shard: int  # position in the pass's shard order
     stride: int  # read samples with index % stride == offset
     offset: int
 
 
 def assign_shards(num_shards: int, slots: int, slot: int) -> list[Assignment]:
-    """What `slot` of `slots` reads in one epoch over `num_shards` shards (see the module docstring)."""
+    """What `slot` of `slots` reads in one pass over `num_shards` shards (see the module docstring)."""
     if not 0 <= slot < slots:
         raise ValueError(f"slot {slot} outside [0, {slots})")
     if num_shards < 1:
@@ -69,7 +85,7 @@ def assign_shards(num_shards: int, slots: int, slot: int) -> list[Assignment]:
     if num_shards >= slots:
         return [Assignment(i, 1, 0) for i in range(slot, num_shards, slots)]
     shard = slot % num_shards
-    sharing = [s for s in range(slots) if s % num_shards == shard]
+    sharing = list(range(shard, slots, num_shards))
     return [Assignment(shard, len(sharing), sharing.index(slot))]
 
 
@@ -82,29 +98,123 @@ def slot_info() -> tuple[int, int]:
 # -- generated samples -------------------------------------------------------------------------
 
 
-def _open_shards(urls: list[str]) -> Iterator[dict]:
-    for url in urls:
-        yield {"url": url, "stream": fsspec.open(url, "rb").open()}
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def _tar_number(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 (sizes past 8 GiB)
+        return int.from_bytes(field[1:], "big")
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def tar_samples(stream: Any, url: str) -> Iterator[dict]:
+    """The samples of a WebDataset tar read front to back: {"__key__", "__url__", ext: bytes}.
+
+    The same grouping as webdataset (key = file name up to its first dot, consecutive members
+    form a sample) in a lean reader: Python's tarfile costs about 7x more per sample here, a large
+    share of the loader's time. USTAR, GNU long names and PAX paths are read; other member types
+    (directories, links) are skipped. A torn or corrupt tar raises ShardError: a header whose
+    checksum does not add up, a member cut short, or an end without the end-of-archive block
+    (a cut exactly between members, which tarfile itself reads as a valid shorter archive).
+    """
+    current: dict | None = None
+    long_name: str | None = None
+    error: str | None = None
+    while True:
+        header = stream.read(_BLOCK)
+        if len(header) < _BLOCK:
+            error = "tar ends without its end-of-archive block" if not header else "tar ends inside a member header"
+            break
+        if header == _ZERO_BLOCK:
+            break
+        if _tar_number(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+            error = "tar member header fails its checksum (corrupt data)"
+            break
+        size = _tar_number(header[124:136])
+        data = stream.read(size)
+        pad = -size % _BLOCK
+        if len(data) < size or (pad and len(stream.read(pad)) < pad):
+            error = "tar ends inside a member"
+            break
+        kind = header[156:157]
+        if kind == b"L":  # GNU long name of the next member
+            long_name = data.split(b"\0", 1)[0].decode()
+            continue
+        if kind == b"x":  # PAX extended header: only the path matters here
+            for record in data.decode().splitlines():
+                key, _, value = record.partition(" ")[2].partition("=")
+                if key == "path":
+                    long_name = value
+            continue
+        if kind not in (b"0", b"\0", b"7"):
+            continue
+        name = long_name or header[:100].split(b"\0", 1)[0].decode()
+        if not long_name and header[257:262] == b"ustar" and header[345] != 0:
+            name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+        long_name = None
+        folder, _, base = name.rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue
+        key = f"{folder}/{stem}" if folder else stem
+        if current is not None and current["__key__"] != key:
+            yield current
+            current = None
+        if current is None:
+            current = {"__key__": key, "__url__": url}
+        ext = ext.lower()
+        if ext in current:
+            error = f"tar holds {name} twice"
+            break
+        current[ext] = data
+    if current is not None:
+        yield current  # whole members before any damage; a sample missing some is the caller's to refuse
+    if error:
+        raise shards.ShardError(error)
+
+
+def class_argmax(q: np.ndarray) -> np.ndarray:
+    """argmax over the class axis of (K, H, W), the first maximum on ties (as np.argmax), as int64.
+
+    K passes of elementwise maximum: several times faster than np.argmax(axis=0), which walks the
+    non-contiguous class axis pixel by pixel (and torch's argmax(0) is slower still on one thread).
+    """
+    best = q[0].copy()
+    index = np.zeros(q.shape[1:], dtype=np.int64)
+    for k in range(1, q.shape[0]):
+        index[q[k] > best] = k
+        np.maximum(best, q[k], out=best)
+    return index
 
 
 def decode_generated(sample: dict) -> dict:
+    """A raw shard sample (bytes per member) -> the tensors the student trains on."""
     image, q, meta = shards.decode_sample(sample)
     return {
         "key": sample["__key__"],
         "x": normalise(image)[None],
         "q": torch.from_numpy(q),
-        "mask": torch.from_numpy(q.argmax(axis=0).astype(np.int64)),
+        "mask": torch.from_numpy(class_argmax(q)),
         "generated": True,
         "confidence": float(meta.get("mean_confidence", 1.0)),
     }
 
 
-class GeneratedStream(torch.utils.data.IterableDataset):
-    """Endless, shuffled stream of generated pairs from finished shards, split across rank x worker.
+@dataclass(frozen=True)
+class _BadShard:
+    reason: str
 
-    on_bad_shard: "warn" skips a missing or corrupt shard (what was read before the damage stays),
-    logs it and emits a BAD_SHARD record the mixer counts; "raise" stops with StreamError naming
-    the shard. A slot that finds no usable sample in a whole epoch raises instead of spinning.
+
+class GeneratedStream(torch.utils.data.IterableDataset):
+    """Shuffled stream of generated pairs from finished shards, split across rank x worker slots.
+
+    start: {slot: (pass, samples of that pass already consumed)} to resume from (default: the
+        beginning). passes: stop after this many passes (None: endless, for training).
+    min_confidence: keep only samples whose manifest statistic mean_confidence reaches it.
+    on_bad_shard: "warn" or "raise" (see the module docstring). An endless reader that finds no
+        usable sample in EMPTY_PASSES passes in a row raises StreamError instead of spinning.
+    Items carry "slot", "pass" and "index" (position in the slot's pass) for checkpoints.
     """
 
     def __init__(
@@ -116,18 +226,24 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 256,
         min_confidence: float = 0.0,
         on_bad_shard: str = "warn",
-        skip: int = 0,
+        start: dict[int, tuple[int, int]] | None = None,
+        passes: int | None = None,
         infos: list[shards.ShardInfo] | None = None,
     ):
+        if on_bad_shard not in POLICIES:
+            raise ValueError(f"on_bad_shard must be one of {POLICIES}, got {on_bad_shard!r}")
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
         self.infos = infos if infos is not None else shards.done_shards(url)
         if not self.infos:
             raise StreamError(f"{url}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first")
         self.url, self.rank, self.world, self.seed = url, rank, world, seed
         self.shuffle_buffer, self.min_confidence, self.on_bad_shard = shuffle_buffer, min_confidence, on_bad_shard
-        self.skip = skip  # samples this rank already consumed (resume)
-        self.dataset_info = shards.read_dataset_info(url) or {}
+        self.start = dict(start or {})
+        self.passes = passes
 
     def check_slots(self, workers: int) -> None:
+        """Refuse a layout in which some slot would get no sample (the few-shards rule's limit)."""
         slots = self.world * max(1, workers)
         smallest = min(i.count for i in self.infos)
         if len(self.infos) < slots and smallest < math.ceil(slots / len(self.infos)):
@@ -136,81 +252,112 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 f"(ranks x workers); use fewer DataLoader workers or generate more pairs"
             )
 
-    def _slot_stream(self, slot: int, slots: int) -> Iterator[dict]:
-        epoch = 0
-        while True:
-            order = list(range(len(self.infos)))
-            random.Random(derive_seed(self.seed, epoch)).shuffle(order)
-            produced = 0
-            for a in assign_shards(len(order), slots, slot):
-                info = self.infos[order[a.shard]]
-                for sample in self._read_shard(info):
-                    if BAD_SHARD in sample:
-                        yield sample
-                        continue
-                    _, index = shards.parse_key(sample["__key__"])
-                    if index % a.stride == a.offset:
-                        produced += 1
-                        yield sample
-            if produced == 0:
-                raise StreamError(f"{self.url}: slot {slot}/{slots} read no usable sample in a whole pass (all its shards bad?)")
-            epoch += 1
+    # A pass of one slot: its shards in the pass's order, filtered, with bad-shard notices in line.
+    def _pass_samples(self, slot: int, slots: int, pass_: int) -> Iterator[dict | _BadShard]:
+        order = list(range(len(self.infos)))
+        random.Random(derive_seed(self.seed, pass_)).shuffle(order)
+        for a in assign_shards(len(order), slots, slot):
+            yield from self._read_shard(self.infos[order[a.shard]], a)
 
-    def _read_shard(self, info: shards.ShardInfo) -> Iterator[dict]:
+    def _read_shard(self, info: shards.ShardInfo, a: Assignment) -> Iterator[dict | _BadShard]:
         failure: list[str] = []
-
-        def handler(exn: Exception) -> bool:
-            failure.append(f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
-            return False  # stop this shard; the policy is applied below
-
+        incomplete: list[str] = []
+        seen = 0
+        stream = None
         try:
-            streams = _open_shards([info.tar])
-            files = tar_file_expander(streams, handler=handler)
-            yield from group_by_keys(files, handler=handler)
-        except Exception as e:  # opening failed (missing object, permissions)
+            stream = fsspec.open(info.tar, "rb").open()
+            for sample in tar_samples(stream, info.tar):
+                missing = [m for m in MEMBERS if m not in sample]
+                if missing:
+                    incomplete.append(f"sample {sample['__key__']} lacks {', '.join(missing)}")
+                    continue
+                seen += 1
+                _, index = shards.parse_key(sample["__key__"])
+                if index % a.stride != a.offset:
+                    continue
+                if self.min_confidence > 0 and json.loads(sample["json"]).get("mean_confidence", 1.0) < self.min_confidence:
+                    continue
+                yield sample
+        except shards.ShardError as e:
+            failure.append(str(e))
+        except Exception as e:  # opening or reading failed (missing object, permissions, network)
             failure.append(f"{type(e).__name__}: {e}")
+        finally:
+            if stream is not None:
+                stream.close()
+        failure += incomplete  # after the tar's own error, which names the cause
+        if not failure and seen != info.count:
+            failure.append(f"holds {seen} samples, its marker records {info.count}")
         if failure:
-            reason = f"shard {info.tar}: {failure[0]}"
-            if self.on_bad_shard == "raise":
-                raise StreamError(reason)
-            log.warning("skipping bad shard %s", reason)
-            yield {BAD_SHARD: reason}
+            yield self._bad(f"shard {info.tar}: {failure[0]}")
+
+    def _bad(self, reason: str) -> _BadShard:
+        if self.on_bad_shard == "raise":
+            raise StreamError(f"{reason} (student.on_bad_shard=raise; use warn to skip bad shards)")
+        log.warning("skipping bad shard: %s", reason)
+        return _BadShard(reason)
+
+    def _shuffled_pass(self, slot: int, slots: int, pass_: int) -> Iterator[dict | _BadShard]:
+        """The pass through a shuffle buffer, drained at the end (so a pass's order depends on it alone)."""
+        rng = random.Random(derive_seed(self.seed, 7, slot, pass_))
+        buffer: list[dict] = []
+
+        def take() -> dict:  # a uniformly random element, in O(1)
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            return buffer.pop()
+
+        for raw in self._pass_samples(slot, slots, pass_):
+            if isinstance(raw, _BadShard):
+                yield raw
+                continue
+            buffer.append(raw)
+            if len(buffer) >= self.shuffle_buffer:
+                yield take()
+        while buffer:
+            yield take()
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = slot_info()
         slot, slots = self.rank * workers + worker, self.world * workers
-        rng = random.Random(derive_seed(self.seed, 7, slot))
-        skip = self.skip // workers + (1 if worker < self.skip % workers else 0)
-        buffer: list[dict] = []
-        for raw in self._slot_stream(slot, slots):
-            if BAD_SHARD in raw:
-                yield raw
-                continue
-            buffer.append(raw)
-            if len(buffer) < self.shuffle_buffer:
-                continue
-            item = buffer.pop(rng.randrange(len(buffer)))
-            out = self._emit(item)
-            if out is None:
-                continue
-            if skip > 0:
-                skip -= 1
-                continue
-            yield out
-
-    def _emit(self, raw: dict) -> dict | None:
-        if self.min_confidence > 0:
-            meta = json.loads(raw["json"])
-            if meta.get("mean_confidence", 1.0) < self.min_confidence:
-                return None
-        return decode_generated(raw)
+        pass_, skip = self.start.get(slot, (0, 0))
+        notices: list[str] = []
+        empty = 0  # passes in a row without a usable sample
+        while self.passes is None or pass_ < self.passes:
+            index = 0
+            for raw in self._shuffled_pass(slot, slots, pass_):
+                if isinstance(raw, _BadShard):
+                    notices.append(raw.reason)
+                    continue
+                index += 1
+                if index <= skip:
+                    continue  # consumed before the checkpoint: not decoded again
+                try:
+                    item = decode_generated(raw)
+                except shards.ShardError as e:
+                    notices.append(self._bad(f"shard {raw.get('__url__', '?')}: {e}").reason)
+                    continue
+                item.update(slot=slot, worker=worker, index=index, **{"pass": pass_})
+                if notices:
+                    item[BAD_SHARDS], notices = notices, []
+                yield item
+            empty = empty + 1 if index == 0 else 0
+            if empty >= EMPTY_PASSES and self.passes is None:
+                raise StreamError(f"{self.url}: reader {slot} of {slots} found no usable sample in {empty} passes in a row (all its shards bad, or every sample filtered out?)")
+            pass_, skip = pass_ + 1, 0
+        if notices:  # only reachable with a finite number of passes
+            yield {"key": None, "worker": worker, BAD_SHARDS: notices}
 
 
 # -- real samples ------------------------------------------------------------------------------
 
 
 class RealStream(torch.utils.data.IterableDataset):
-    """Endless stream of real training patches; slot s reads positions s, s + slots, ... ."""
+    """Endless stream of real training patches; slot s reads positions s, s + slots, ... .
+
+    skip: samples this rank consumed already (resume); with RoundRobin delivery worker w consumed
+    skip // workers of them, plus one when w < skip % workers.
+    """
 
     def __init__(self, dataset: PatchDataset, rank: int = 0, world: int = 1, seed: int = 0, skip: int = 0):
         self.dataset, self.rank, self.world, self.seed, self.skip = dataset, rank, world, seed, skip
@@ -220,13 +367,78 @@ class RealStream(torch.utils.data.IterableDataset):
         worker, workers = slot_info()
         slot, slots = self.rank * workers + worker, self.world * workers
         positions = StreamPositions(len(self.dataset), 1, self.seed, slot, slots)
-        # Samples are handed out round-robin over workers, so worker w has consumed its share of skip.
         g = self.skip // workers + (1 if worker < self.skip % workers else 0)
         while True:
-            (index, epoch), = positions.batch(g)
+            ((index, epoch),) = positions.batch(g)
             x, mask = self.dataset[(index, epoch)]
-            yield {"key": f"real-{index}-{epoch}", "x": x, "mask": mask, "q": None, "generated": False, "confidence": 1.0}
+            yield {"key": f"real-{index}-{epoch}", "x": x, "mask": mask, "q": None, "generated": False, "worker": worker}
             g += 1
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+class RoundRobin:
+    """Items of a DataLoader over W workers in the fixed order: item i from worker i % W.
+
+    `consumed` items were taken before (a resumed run), so the next comes from worker consumed % W.
+    Items arriving early wait in a per-worker queue (at most a few per worker with the DataLoader's
+    in-order round robin), which makes the order independent of how the DataLoader interleaves.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, workers: int, consumed: int = 0):
+        self.loader = loader
+        self.iterator = iter(loader)
+        self.workers = max(1, workers)
+        self.next_worker = consumed % self.workers
+        self.pending: list[deque] = [deque() for _ in range(self.workers)]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        w = self.next_worker
+        while not self.pending[w]:
+            try:
+                item = next(self.iterator)
+            except StopIteration:
+                raise
+            except Exception as e:
+                raise _unwrapped(e) from e
+            self.pending[item["worker"]].append(item)
+        self.next_worker = (w + 1) % self.workers
+        return self.pending[w].popleft()
+
+    def close(self) -> None:
+        """Stop the worker processes now (os._exit at the end of a run would orphan them)."""
+        shutdown = getattr(self.iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _unwrapped(e: Exception) -> Exception:
+    """A DataLoader worker's exception re-raised in the main process reads "Caught StreamError in
+    DataLoader worker process 1. Original Traceback ..."; give it back its own one-line message
+    (the job prints that line), keeping the type."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = text.strip().splitlines()[-1]
+    message = last.split(": ", 1)[1] if ": " in last else last
+    try:
+        return type(e)(message)
+    except Exception:  # an exception type that cannot be rebuilt from a message
+        return e
+
+
+def stream_loader(dataset: torch.utils.data.IterableDataset, num_workers: int, consumed: int = 0) -> RoundRobin:
+    """An iterator over an IterableDataset through a DataLoader (one sample at a time), in RoundRobin order."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity)
+    return RoundRobin(loader, num_workers, consumed)
+
+
+def _identity(item):
+    return item
 
 
 # -- mixing ------------------------------------------------------------------------------------
@@ -247,6 +459,8 @@ def consumed(batches: int, batch_size: int, ratio: float) -> tuple[int, int]:
     """(real, generated) samples one rank consumed in its first `batches` batches."""
     if ratio <= 0:
         return batches * batch_size, 0
+    if math.isinf(ratio):
+        return 0, batches * batch_size
     rho = ratio / (1.0 + ratio)
     gen = math.floor(batches * batch_size * rho)
     return batches * batch_size - gen, gen
@@ -261,25 +475,40 @@ def collate(items: list[dict], num_classes: int) -> dict[str, Any]:
 
 
 class MixedBatches:
-    """Batches of real + generated samples at a ratio; counts the bad shards the stream reports."""
+    """Batches of real + generated samples at a ratio.
 
-    def __init__(self, real: Iterator[dict] | None, generated: Iterator[dict] | None, batch_size: int, ratio: float, num_classes: int, start_batch: int = 0):
+    Keeps what a checkpoint needs: the (pass, index) each generated slot reached, and the bad
+    shards the stream reported (a set of reasons: a bad shard met again in a later pass counts once).
+    """
+
+    def __init__(
+        self,
+        real: Iterator[dict] | None,
+        generated: Iterator[dict] | None,
+        batch_size: int,
+        ratio: float,
+        num_classes: int,
+        start_batch: int = 0,
+        positions: dict[int, tuple[int, int]] | None = None,
+        bad_shards: set[str] | None = None,
+    ):
         if ratio > 0 and generated is None:
             raise StreamError(f"ratio {ratio} needs generated data (--synthetic URL)")
-        if (ratio == 0 or not math.isinf(ratio)) and real is None:
+        if not math.isinf(ratio) and real is None:
             raise StreamError("real data is needed unless ratio is infinite")
         self.real, self.generated = real, generated
         self.batch_size, self.ratio, self.num_classes = batch_size, ratio, num_classes
         self.index = start_batch
-        self.bad_shards: list[str] = []
+        self.positions: dict[int, tuple[int, int]] = dict(positions or {})
+        self.bad_shards: set[str] = set(bad_shards or ())
 
     def _next_generated(self) -> dict:
         while True:
             item = next(self.generated)
-            if BAD_SHARD in item:
-                self.bad_shards.append(item[BAD_SHARD])
-                continue
-            return item
+            self.bad_shards.update(item.get(BAD_SHARDS, ()))
+            if item["key"] is not None:
+                self.positions[item["slot"]] = (item["pass"], item["index"])
+                return item
 
     def __iter__(self):
         return self
@@ -291,12 +520,7 @@ class MixedBatches:
         self.index += 1
         return collate(items, self.num_classes)
 
-
-def stream_loader(dataset: torch.utils.data.IterableDataset, num_workers: int) -> Iterator[dict]:
-    """An endless iterator over an IterableDataset through a DataLoader (one sample at a time)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=_identity)
-    return iter(loader)
-
-
-def _identity(item):
-    return item
+    def close(self) -> None:
+        for stream in (self.real, self.generated):
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()

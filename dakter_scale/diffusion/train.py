@@ -25,14 +25,19 @@ from dakter_scale.training import (
     EMA,
     StreamPositions,
     available_tracker,
+    check_resume_agrees,
+    layout_changes,
     load_checkpoint,
     lr_factor,
     make_accelerator,
+    maybe_kill,
     resolve_resume,
     save_checkpoint,
+    seed_init,
     seed_step,
     set_lr,
     setup_logging,
+    write_rank_report,
 )
 
 log = logging.getLogger("dakter_scale")
@@ -57,6 +62,7 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
 
+    checkpoint = resolve_resume(out, resume)  # a bad --resume fails before any work
     source = open_source(cfg.data.spec)
     stats = split_stats(source, "train", cfg.data.stats_max_images)
     b = resolve_b(d.b, stats.image_stats)
@@ -65,20 +71,29 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
         save_config(cfg, out)
         log.info("data %s: %d train images, class fractions %s; b = %.4f (%s)", cfg.data.spec, stats.images, [round(f, 4) for f in stats.class_fractions], b, d.b)
 
+    log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    seed_init(d.seed)
     unet = build_unet(d.unet, cfg.data.resolution, 1 + k)
     scheduler = build_scheduler(d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.rescale_zero_terminal_snr)
+    label_type = d.prediction_type if d.label_prediction_type == "same" else d.label_prediction_type
     alpha_bar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
 
+    # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
+    layout = {"ranks": world, "batch_size": d.batch_size, "gradient_accumulation_steps": d.gradient_accumulation_steps, "seed": d.seed}
     start = 0
-    checkpoint = resolve_resume(out, resume)
     if checkpoint is not None:
-        start = int(load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)["step"])
+        state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
+        start = int(state["step"])
         log.info("resumed from %s at step %d", checkpoint, start)
+        changed = layout_changes(state.get("layout", {}), layout)
+        if changed:
+            log.warning("resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have", ", ".join(changed))
     elif resume == "latest":
         log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
+    check_resume_agrees(accelerator, start, out)
 
     dataset = patch_dataset(source, cfg.data, "train", seed=d.seed)
     accumulation = d.gradient_accumulation_steps
@@ -87,11 +102,10 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
         dataset,
         batch_sampler=_PositionBatches(positions, start * accumulation),
         num_workers=d.num_workers,
-        persistent_workers=d.num_workers > 0,
         pin_memory=device.type == "cuda",
     )
     batches = iter(loader)
-    if accelerator.is_main_process and accelerator.trackers:
+    if accelerator.log_with:
         accelerator.init_trackers("diffusion", config={k_: str(v) for k_, v in to_dict(cfg.diffusion).items()})
 
     bar = None
@@ -115,7 +129,7 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
             with sync:
                 with accelerator.autocast():
                     output = unet(z_t, t).sample
-                loss, parts = joint_denoising_loss(output, z0, eps, z_t, alpha_bar[t], d.prediction_type, b, mask, d.label_loss_weight, d.label_ce_weight)
+                loss, parts = joint_denoising_loss(output, z0, eps, z_t, alpha_bar[t], d.prediction_type, b, mask, d.label_loss_weight, d.label_ce_weight, label_type)
                 accelerator.backward(loss / accumulation)
         if d.max_grad_norm > 0:
             accelerator.clip_grad_norm_(unet.parameters(), d.max_grad_norm)
@@ -132,9 +146,13 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         if d.checkpoint_every and done % d.checkpoint_every == 0 and done < d.max_steps:
-            save_checkpoint(accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema)
+            save_checkpoint(accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema, extra={"layout": layout})
+        maybe_kill(done, rank)
     if bar is not None:
         bar.close()
+    # Worker processes stop now rather than at garbage collection: a multi-process run ends in os._exit.
+    getattr(batches, "_shutdown_workers", lambda: None)()
+    write_rank_report(accelerator, out, unet)
 
     if accelerator.is_main_process:
         final = build_unet(d.unet, cfg.data.resolution, 1 + k)
@@ -145,6 +163,7 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
             classes=source.classes,
             resolution=cfg.data.resolution,
             prediction_type=d.prediction_type,
+            label_prediction_type=label_type,
             data_spec=cfg.data.spec,
             radiometry=source.radiometry,
             train_stats={

@@ -2,8 +2,8 @@
 
 Runs under plain ``python``, ``torchrun`` and ``accelerate launch`` alike; every rank reads its own
 slots of both streams (see data/stream.py) so no sample is read twice within a pass. Checkpoints
-hold the model and optimiser; the streams are deterministic, so ``resume="latest"`` skips what was
-consumed and continues exactly.
+hold the model, the optimiser, the position each generated-data reader reached and the bad shards
+met so far; the streams are deterministic, so ``resume="latest"`` continues exactly.
 """
 
 from __future__ import annotations
@@ -23,14 +23,21 @@ from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, 
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
 from dakter_scale.training import (
     available_tracker,
+    check_resume_agrees,
+    freeze_unused,
+    gather_objects,
+    layout_changes,
     load_checkpoint,
     lr_factor,
     make_accelerator,
+    maybe_kill,
     resolve_resume,
     save_checkpoint,
+    seed_init,
     seed_step,
     set_lr,
     setup_logging,
+    write_rank_report,
 )
 
 log = logging.getLogger("dakter_scale")
@@ -59,35 +66,69 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
     accelerator = accelerator or make_accelerator(s.mixed_precision, log_with=available_tracker(), project_dir=str(out / "logs"))
     setup_logging(accelerator.is_main_process)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    checkpoint = resolve_resume(out, resume)  # a bad --resume fails before any work
     if s.ratio > 0 and not synthetic:
         raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
     source = open_source(cfg.data.spec)
     k = source.num_classes
     gen_info = check_generated(synthetic, source.classes, cfg.data.resolution) if synthetic and s.ratio > 0 else {}
+    gen = None
+    if s.ratio > 0:  # lists the finished shards and checks they can feed every reader, before any work
+        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard)
+        gen.check_slots(s.num_workers)
+    log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     if accelerator.is_main_process:
         save_config(cfg, out)
 
+    seed_init(s.seed)
     model = build_student(s.arch, s.encoder, k, s.encoder_weights, s.encoder_depth)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    unused = freeze_unused(model, torch.zeros(2, 1, cfg.data.resolution, cfg.data.resolution))
+    if unused:
+        log.info("%d parameter tensors take no part in the forward pass (e.g. %s): frozen", len(unused), unused[0])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    start = 0
-    checkpoint = resolve_resume(out, resume)
+    # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
+    layout = {"ranks": world, "num_workers": s.num_workers, "batch_size": s.batch_size, "ratio": s.ratio, "seed": s.seed, "shuffle_buffer": s.shuffle_buffer, "min_confidence": s.min_confidence}
+    start, positions, bad_shards = 0, {}, set()
     if checkpoint is not None:
-        start = int(load_checkpoint(accelerator, checkpoint, model, optimizer)["step"])
+        state = load_checkpoint(accelerator, checkpoint, model, optimizer)
+        start = int(state["step"])
+        bad_shards = set(state.get("bad_shards", []))
+        positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
+        changed = layout_changes(state.get("layout", {}), layout)
+        if changed:
+            log.warning("resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have", ", ".join(changed))
+            # Slots no longer match: every reader restarts at the earliest pass any reader was in.
+            first_pass = min((p[0] for p in positions.values()), default=0)
+            positions = {slot: (first_pass, 0) for slot in range(world * max(1, s.num_workers))}
         log.info("resumed from %s at step %d", checkpoint, start)
+    elif resume == "latest":
+        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
+    check_resume_agrees(accelerator, start, out)
 
     real_used, gen_used = consumed(start, s.batch_size, s.ratio)
     real_iter = gen_iter = None
     if not math.isinf(s.ratio):
         real = RealStream(patch_dataset(source, cfg.data, "train", seed=s.seed), rank, world, s.seed, skip=real_used)
-        real_iter = stream_loader(real, s.num_workers)
-    if s.ratio > 0:
-        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, skip=gen_used)
-        gen.check_slots(s.num_workers)
-        gen_iter = stream_loader(gen, s.num_workers)
-    batches = MixedBatches(real_iter, gen_iter, s.batch_size, s.ratio, k, start_batch=start)
+        real_iter = stream_loader(real, s.num_workers, consumed=real_used)
+    if gen is not None:
+        gen.start = dict(positions)
+        gen_iter = stream_loader(gen, s.num_workers, consumed=gen_used)
+    batches = MixedBatches(real_iter, gen_iter, s.batch_size, s.ratio, k, start_batch=start, positions=positions, bad_shards=bad_shards)
 
-    if accelerator.is_main_process and accelerator.trackers:
+    def data_state() -> dict:
+        """The streams' state over all ranks (a collective: every rank calls it)."""
+        ranks = gather_objects(accelerator, (batches.positions, sorted(batches.bad_shards)))
+        merged: dict[int, tuple[int, int]] = {}
+        for rank_positions, _ in ranks:
+            merged.update(rank_positions)
+        return {
+            "layout": layout,
+            "generated_positions": {str(slot): list(p) for slot, p in sorted(merged.items())},
+            "bad_shards": sorted(set().union(*(set(b) for _, b in ranks))),
+        }
+
+    if accelerator.log_with:
         accelerator.init_trackers("student", config={k_: str(v) for k_, v in to_dict(s).items()})
     bar = None
     if progress and accelerator.is_main_process:
@@ -116,18 +157,25 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
         seen_total += len(batch["keys"])
         done = step + 1
         if done % s.log_every == 0 or done == s.max_steps:
-            accelerator.log({"loss": float(loss.detach()), **parts}, step=done)
+            accelerator.log({"loss": float(loss.detach()), "generated_share": seen_generated / seen_total, **parts}, step=done)
             if bar is None and accelerator.is_main_process:
                 log.info("step %d/%d loss %.4f (%.2f s/step)", done, s.max_steps, float(loss.detach()), (time.time() - t0) / max(1, done - start))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         if s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.max_steps:
-            save_checkpoint(accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra={"bad_shards": batches.bad_shards})
+            save_checkpoint(accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra=data_state())
+        maybe_kill(done, rank)
     if bar is not None:
         bar.close()
-    if batches.bad_shards:
-        log.warning("%d bad shard(s) skipped while streaming: %s", len(batches.bad_shards), "; ".join(sorted(set(batches.bad_shards))[:5]))
+    batches.close()  # stop DataLoader workers now: a multi-process run ends in os._exit
+    final_state = data_state()
+    write_rank_report(accelerator, out, model)
+    shares = gather_objects(accelerator, (seen_generated, seen_total))
+    seen_generated, seen_total = sum(g for g, _ in shares), sum(t for _, t in shares)
+    bad = final_state["bad_shards"]
+    if bad and accelerator.is_main_process:
+        log.warning("%d bad shard(s) skipped while streaming (student.on_bad_shard=warn): %s", len(bad), "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
 
     if accelerator.is_main_process:
         info = {
@@ -146,7 +194,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "batch_size_per_rank": s.batch_size,
             "ranks": world,
             "generated_share": seen_generated / seen_total if seen_total else 0.0,
-            "bad_shards": len(batches.bad_shards),
+            "bad_shards": bad,
         }
         save_student(out, accelerator.unwrap_model(model), info)
         log.info("student written to %s (generated share %.3f)", out, info["generated_share"])

@@ -1,0 +1,135 @@
+"""Generated-shard datasets for tests and benchmarks, written without a trained model.
+
+Pairs are simulated SAR scenes with softened one-hot labels, written through the shard schema's own
+functions (data/shards.py), so readers see exactly what jobs/synthesize.py would have written:
+shard-NNNNNN.tar, .parquet, the .json done marker (last), and dataset.json.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dakter_scale.core.soft_labels import sample_stats
+from dakter_scale.data import shards, storage
+from dakter_scale.data.synthetic_sar import CLASSES, simulate_scene
+
+
+def soft_label(mask: np.ndarray, num_classes: int, confidence: float) -> torch.Tensor:
+    """(K, H, W): `confidence` on the mask's class, the rest spread evenly over the others."""
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(mask.astype(np.int64)), num_classes).permute(2, 0, 1).float()
+    return onehot * confidence + (1 - onehot) * (1 - confidence) / (num_classes - 1)
+
+
+def write_dataset(
+    url: str,
+    counts: Sequence[int],
+    size: int = 32,
+    seed: int = 0,
+    confidences: Sequence[float] | None = None,
+) -> list[str]:
+    """Write len(counts) shards (shard i holds counts[i] pairs) to `url`; returns every sample key.
+
+    Sample j (over the whole dataset) gets confidence confidences[j % len(confidences)]
+    (default 0.9), so tests can filter on the manifest's mean_confidence.
+    """
+    fs, root = storage.url_to_fs(url)
+    if storage.is_local(fs):
+        fs.makedirs(root, exist_ok=True)
+    confidences = list(confidences or [0.9])
+    keys, j = [], 0
+    for shard, count in enumerate(counts):
+        rows, samples = [], []
+        for index in range(count):
+            key = shards.sample_key(shard, index)
+            pair_seed = seed * 1_000_003 + shard * 10_007 + index
+            image, mask = simulate_scene(pair_seed, size, size)
+            q = soft_label(mask, len(CLASSES), confidences[j % len(confidences)])
+            stats = sample_stats(q[None])
+            row = {
+                "key": key,
+                "shard": shard,
+                "index": index,
+                "seed": pair_seed,
+                "class_fractions": [float(v) for v in stats["class_fractions"][0]],
+                "mean_entropy": float(stats["mean_entropy"][0]),
+                "mean_confidence": float(stats["mean_confidence"][0]),
+            }
+            rows.append(row)
+            samples.append((key, shards.encode_sample(key, image, q, dict(row, classes=list(CLASSES)))))
+            keys.append(key)
+            j += 1
+        buf = io.BytesIO()
+        nbytes, sha = shards.write_tar(buf, samples)
+        storage.write_bytes(fs, storage.join(root, shards.shard_name(shard, "tar")), buf.getvalue())
+        shards.write_parquet(fs, storage.join(root, shards.shard_name(shard, "parquet")), shards.manifest_table(rows))
+        marker = {"shard": shard, "count": count, "tar_bytes": nbytes, "sha256": sha}
+        storage.write_json(fs, storage.join(root, shards.shard_name(shard, "json")), marker)
+    storage.write_json(
+        fs,
+        storage.join(root, shards.DATASET_FILE),
+        {"format": shards.FORMAT, "classes": list(CLASSES), "resolution": size, "count": sum(counts), "status": "complete", "fingerprint": f"test-{seed}"},
+    )
+    return keys
+
+
+def truncate_shard(url: str, shard: int, keep_fraction: float = 0.5) -> None:
+    """Cut a shard's tar short (a torn upload), leaving its marker in place."""
+    fs, root = storage.url_to_fs(url)
+    path = storage.join(root, shards.shard_name(shard, "tar"))
+    data = fs.cat_file(path)
+    fs.pipe_file(path, data[: int(len(data) * keep_fraction)])
+
+
+def remove_shard_tar(url: str, shard: int) -> None:
+    """Delete a shard's tar but keep its marker (a missing object)."""
+    fs, root = storage.url_to_fs(url)
+    fs.rm(storage.join(root, shards.shard_name(shard, "tar")))
+
+
+# -- running the training jobs in tests -------------------------------------------------------------
+
+TINY_DATA = ["data.spec=synthetic:8?size=32&test=4", "data.resolution=32"]
+TINY_DIFFUSION = TINY_DATA + ["diffusion.unet.block_out_channels=[8,16]", "diffusion.batch_size=4", "diffusion.log_every=1"]
+TINY_STUDENT = TINY_DATA + ["student.batch_size=4", "student.encoder_depth=3", "student.shuffle_buffer=3", "student.log_every=1"]
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment a test job runs in: one thread per process (2 cores here), no progress bars."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", DAKTER_PROGRESS="0")
+    env.pop("DAKTER_KILL_AFTER_STEP", None)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int) -> list[str]:
+    """argv prefix launching `nproc` CPU processes: the command README documents (plain torchrun;
+    without CUDA, make_accelerator puts accelerate in CPU mode, so they form one gloo group)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"

@@ -1,0 +1,115 @@
+"""Exact resume: a run SIGKILLed after a checkpoint and continued with --resume latest ends with the
+same parameters, bit for bit, as an uninterrupted run with the same seed (CPU, one thread).
+
+The kill is real (DAKTER_KILL_AFTER_STEP makes rank 0 SIGKILL itself once that step is done, one
+step after the last checkpoint), so the resumed run redoes lost work from the checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from conftest import job
+from dakter_scale.training import EMA, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from shardgen import TINY_DIFFUSION, TINY_STUDENT, assert_same_tensors, job_env, load_tensors, torchrun, write_dataset
+
+
+def run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=job_env(**env))
+
+
+def killed_then_resumed(launch, out, kill_after: int, last_checkpoint: int) -> None:
+    """launch(): a fresh argv (a new rendezvous port each time). Both launches pass --resume latest,
+    as a job on preemptible machines would: the first finds no checkpoint and starts fresh."""
+    r = run(launch() + ["--out", str(out), "--resume", "latest"], DAKTER_KILL_AFTER_STEP=str(kill_after))
+    assert r.returncode != 0, "the run was meant to be killed"
+    assert "starting fresh" in r.stderr
+    assert not (out / "logs" / "ranks.json").exists(), "the killed run got to the end"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s:08d}" for s in (last_checkpoint - 2, last_checkpoint)]
+    r = run(launch() + ["--out", str(out), "--resume", "latest"])
+    assert r.returncode == 0, r.stderr
+    assert f"at step {last_checkpoint}" in r.stderr
+
+
+def test_student_resume_is_exact_with_workers_across_a_pass(tmp_path):
+    """Ratio 1.5 with 2 DataLoader workers: at the step-4 checkpoint 9 generated samples were
+    consumed (the next comes from worker 1, not 0), and 14 of the 12-sample dataset are read in
+    6 steps, so the resumed readers continue mid-pass and cross into the next pass."""
+    shards = tmp_path / "shards"
+    write_dataset(str(shards), [4, 3, 5], size=32)
+    argv = job("train_student.py") + ["--synthetic", str(shards), "--ratio", "1.5", "--max-steps", "6", *TINY_STUDENT, "student.num_workers=2", "student.checkpoint_every=2"]
+    r = run(argv + ["--out", str(tmp_path / "whole")])
+    assert r.returncode == 0, r.stderr
+    killed_then_resumed(lambda: argv, tmp_path / "resumed", kill_after=5, last_checkpoint=4)
+    assert_same_tensors(load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_diffusion_resume_is_exact_with_ema_accumulation_and_workers(tmp_path):
+    argv = job("train_diffusion.py") + [
+        "--max-steps", "6", *TINY_DIFFUSION,
+        "diffusion.num_workers=2", "diffusion.gradient_accumulation_steps=2", "diffusion.checkpoint_every=2", "diffusion.warmup_steps=3",
+    ]  # fmt: skip
+    r = run(argv + ["--out", str(tmp_path / "whole")])
+    assert r.returncode == 0, r.stderr
+    killed_then_resumed(lambda: argv, tmp_path / "resumed", kill_after=5, last_checkpoint=4)
+    weights = "unet/diffusion_pytorch_model.safetensors"  # the EMA weights
+    assert_same_tensors(load_tensors(tmp_path / "whole" / weights), load_tensors(tmp_path / "resumed" / weights))
+
+
+@pytest.mark.slow
+def test_two_process_student_resume_is_exact(tmp_path):
+    """The same with 2 CPU ranks x 2 workers: the checkpoint holds all four readers' positions."""
+    shards = tmp_path / "shards"
+    write_dataset(str(shards), [5, 4, 6, 3], size=32)
+    args = [str(job("train_student.py")[1]), "--synthetic", str(shards), "--ratio", "3", "--max-steps", "6", *TINY_STUDENT, "student.num_workers=2", "student.checkpoint_every=2"]
+    r = run(torchrun(2) + args + ["--out", str(tmp_path / "whole")])
+    assert r.returncode == 0, r.stderr
+    killed_then_resumed(lambda: torchrun(2) + args, tmp_path / "resumed", kill_after=5, last_checkpoint=4)
+    assert_same_tensors(load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors"))
+
+
+class _OneProcess:
+    """What save_checkpoint / load_checkpoint use of an Accelerator. The device is what accelerate
+    reports in a multi-process CPU run, "cpu:0" (which safetensors and torch.load refuse as is)."""
+
+    is_main_process, device, scaler = True, torch.device("cpu", 0), None
+
+    def wait_for_everyone(self):
+        pass
+
+    def unwrap_model(self, model):
+        return model
+
+
+def test_checkpoints_round_trip_keep_the_newest_and_ignore_partial_ones(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema = EMA(model, 0.9)
+    acc = _OneProcess()
+    for step in range(1, 4):
+        model(torch.randn(16, 4)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update(model)
+        save_checkpoint(acc, tmp_path, step, limit=2, model=model, optimizer=opt, ema=ema, extra={"layout": {"ranks": 1}})
+    (tmp_path / "checkpoints" / "step-00000009.tmp").mkdir()  # a write cut short
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    latest = resolve_resume(tmp_path, "latest")
+    assert latest.name == "step-00000003" and resolve_resume(tmp_path / "empty", "latest") is None
+
+    torch.manual_seed(1)
+    model2 = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    ema2 = EMA(model2, 0.9)
+    state = load_checkpoint(acc, latest, model2, opt2, ema2)
+    assert state["step"] == 3 and state["layout"] == {"ranks": 1} and ema2.updates == 3
+    assert_same_tensors(model.state_dict(), model2.state_dict())
+    assert_same_tensors(ema.shadow, ema2.shadow)
+    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert_same_tensors(a, b)
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        resolve_resume(tmp_path, str(tmp_path / "nowhere"))
