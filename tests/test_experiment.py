@@ -26,6 +26,7 @@ TINY = [
     "experiment.quality_pairs=6",
     "experiment.figure_samples=2",
     "experiment.decode_study=[softmax:1]",
+    "experiment.study_ratio=1.0",
 ]
 
 

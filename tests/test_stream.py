@@ -104,6 +104,18 @@ def test_two_ranks_two_workers_read_disjoint_sets_covering_the_dataset(tmp_path,
     assert slots_used == {0, 1, 2, 3}, "a rank x worker slot got no data"
 
 
+@pytest.mark.parametrize("max_samples", [1, 9, 13, 24, 100])
+def test_max_samples_uses_the_first_pairs_in_key_order(tmp_path, max_samples):
+    url = str(tmp_path / "shards")
+    keys = write_dataset(url, [9, 8, 7], size=16)  # 24 pairs
+    seen = []
+    for rank in range(2):
+        items, notices = read_one_pass(url, rank, 2, workers=0, max_samples=max_samples)
+        assert notices == []
+        seen += [it["key"] for it in items]
+    assert sorted(seen) == sorted(keys)[: min(max_samples, len(keys))]
+
+
 def test_too_few_samples_for_the_readers_is_refused_up_front(tmp_path):
     url = str(tmp_path / "shards")
     write_dataset(url, [2, 1], size=32)

@@ -206,12 +206,32 @@ class _BadShard:
     reason: str
 
 
+def limit_shards(infos: list[shards.ShardInfo], max_samples: int, url: str = "") -> tuple[list[shards.ShardInfo], dict[int, int]]:
+    """The shards holding the first max_samples pairs in key order, and the per-shard index limit
+    of the last, partly used one. Fewer pairs than asked: all of them, with a warning."""
+    total = sum(i.count for i in infos)
+    if total < max_samples:
+        log.warning("%s holds %d generated pairs, fewer than the %d asked for: using all of them", url, total, max_samples)
+        return list(infos), {}
+    kept, limits, left = [], {}, max_samples
+    for info in sorted(infos, key=lambda i: i.shard):
+        if left <= 0:
+            break
+        kept.append(info)
+        if info.count > left:
+            limits[info.shard] = left
+        left -= info.count
+    return kept, limits
+
+
 class GeneratedStream(torch.utils.data.IterableDataset):
     """Shuffled stream of generated pairs from finished shards, split across rank x worker slots.
 
     start: {slot: (pass, samples of that pass already consumed)} to resume from (default: the
         beginning). passes: stop after this many passes (None: endless, for training).
     min_confidence: keep only samples whose manifest statistic mean_confidence reaches it.
+    max_samples: use only the first max_samples pairs in key order (0: all): the paper's
+        "augmentation ratio r" uses r * |D| distinct generated pairs.
     on_bad_shard: "warn" or "raise" (see the module docstring). An endless reader that finds no
         usable sample in EMPTY_PASSES passes in a row raises StreamError instead of spinning.
     Items carry "slot", "pass" and "index" (position in the slot's pass) for checkpoints.
@@ -229,6 +249,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         start: dict[int, tuple[int, int]] | None = None,
         passes: int | None = None,
         infos: list[shards.ShardInfo] | None = None,
+        max_samples: int = 0,
     ):
         if on_bad_shard not in POLICIES:
             raise ValueError(f"on_bad_shard must be one of {POLICIES}, got {on_bad_shard!r}")
@@ -237,6 +258,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         self.infos = infos if infos is not None else shards.done_shards(url)
         if not self.infos:
             raise StreamError(f"{url}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first")
+        self.limits: dict[int, int] = {}  # shard id -> samples with index below this are used
+        if max_samples > 0:
+            self.infos, self.limits = limit_shards(self.infos, max_samples, url)
         self.url, self.rank, self.world, self.seed = url, rank, world, seed
         self.shuffle_buffer, self.min_confidence, self.on_bad_shard = shuffle_buffer, min_confidence, on_bad_shard
         self.start = dict(start or {})
@@ -245,7 +269,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
     def check_slots(self, workers: int) -> None:
         """Refuse a layout in which some slot would get no sample (the few-shards rule's limit)."""
         slots = self.world * max(1, workers)
-        smallest = min(i.count for i in self.infos)
+        smallest = min(self.limits.get(i.shard, i.count) for i in self.infos)
         if len(self.infos) < slots and smallest < math.ceil(slots / len(self.infos)):
             raise StreamError(
                 f"{self.url}: {len(self.infos)} shard(s) of as few as {smallest} samples cannot feed {slots} readers "
@@ -263,6 +287,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         failure: list[str] = []
         incomplete: list[str] = []
         seen = 0
+        limit = self.limits.get(info.shard, info.count)
         stream = None
         try:
             stream = fsspec.open(info.tar, "rb").open()
@@ -273,7 +298,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                     continue
                 seen += 1
                 _, index = shards.parse_key(sample["__key__"])
-                if index % a.stride != a.offset:
+                if index >= limit or index % a.stride != a.offset:
                     continue
                 if self.min_confidence > 0 and json.loads(sample["json"]).get("mean_confidence", 1.0) < self.min_confidence:
                     continue

@@ -74,7 +74,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
     gen_info = check_generated(synthetic, source.classes, cfg.data.resolution) if synthetic and s.ratio > 0 else {}
     gen = None
     if s.ratio > 0:  # lists the finished shards and checks they can feed every reader, before any work
-        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard)
+        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, max_samples=s.max_generated)
         gen.check_slots(s.num_workers)
     log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     if accelerator.is_main_process:
