@@ -128,7 +128,8 @@ def tar_samples(stream: Any, url: str) -> Iterator[dict]:
             break
         if header == _ZERO_BLOCK:
             break
-        if _tar_number(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+        # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
+        if _tar_number(header[148:156]) != int(np.frombuffer(header, dtype=np.uint8).sum(dtype=np.int64)) - sum(header[148:156]) + 256:
             error = "tar member header fails its checksum (corrupt data)"
             break
         size = _tar_number(header[124:136])
@@ -180,6 +181,13 @@ def class_argmax(q: np.ndarray) -> np.ndarray:
     K passes of elementwise maximum: several times faster than np.argmax(axis=0), which walks the
     non-contiguous class axis pixel by pixel (and torch's argmax(0) is slower still on one thread).
     """
+    k = q.shape[0]
+    if q.dtype == np.uint8 and k <= 256:
+        # Integer levels: pack (level, K-1-k) into one number and take the elementwise max over the
+        # contiguous class planes; ties go to the lowest k, as np.argmax. About 4x faster again.
+        shift = max(1, (k - 1).bit_length())
+        packed = (q.astype(np.uint16 if shift <= 8 else np.uint32) << shift) | np.arange(k - 1, -1, -1, dtype=np.uint16).reshape(k, 1, 1)
+        return (k - 1) - (packed.max(axis=0) & ((1 << shift) - 1)).astype(np.int64)
     best = q[0].copy()
     index = np.zeros(q.shape[1:], dtype=np.int64)
     for k in range(1, q.shape[0]):
@@ -190,12 +198,12 @@ def class_argmax(q: np.ndarray) -> np.ndarray:
 
 def decode_generated(sample: dict) -> dict:
     """A raw shard sample (bytes per member) -> the tensors the student trains on."""
-    image, q, meta = shards.decode_sample(sample)
+    image, levels, meta = shards.decode_sample(sample, levels=True)
     return {
         "key": sample["__key__"],
         "x": normalise(image)[None],
-        "q": torch.from_numpy(q),
-        "mask": torch.from_numpy(class_argmax(q)),
+        "q": torch.from_numpy(shards.dequantise(levels)),
+        "mask": torch.from_numpy(class_argmax(levels)),  # on the uint8 levels: same order, 4x less memory
         "generated": True,
         "confidence": float(meta.get("mean_confidence", 1.0)),
     }
@@ -411,7 +419,7 @@ class RoundRobin:
     in-order round robin), which makes the order independent of how the DataLoader interleaves.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, workers: int, consumed: int = 0):
+    def __init__(self, loader: torch.utils.data.DataLoader | torch.utils.data.IterableDataset, workers: int, consumed: int = 0):
         self.loader = loader
         self.iterator = iter(loader)
         self.workers = max(1, workers)
@@ -457,7 +465,11 @@ def _unwrapped(e: Exception) -> Exception:
 
 
 def stream_loader(dataset: torch.utils.data.IterableDataset, num_workers: int, consumed: int = 0) -> RoundRobin:
-    """An iterator over an IterableDataset through a DataLoader (one sample at a time), in RoundRobin order."""
+    """An iterator over an IterableDataset, one sample at a time, in RoundRobin order: through a
+    DataLoader with worker processes, or, with num_workers=0, the dataset itself (a DataLoader in
+    the main process only adds about 50 us per sample of machinery)."""
+    if num_workers == 0:
+        return RoundRobin(dataset, 0, consumed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity)
     return RoundRobin(loader, num_workers, consumed)
 
