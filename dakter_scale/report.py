@@ -17,6 +17,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
 def sample_figure(images: np.ndarray, q: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """One row per generated pair: the SAR image, then the probability map of each class (as the
     paper's Figure 2). images: (N, H, W) uint8; q: (N, K, H, W) probabilities."""
@@ -36,11 +44,7 @@ def sample_figure(images: np.ndarray, q: np.ndarray, classes: Sequence[str], pat
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01)
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pct(v: float | None, std: float | None = None) -> str:
@@ -71,11 +75,7 @@ def curve_figure(series: dict[str, tuple[Sequence[float], Sequence[float], Seque
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def bar_figure(groups: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float] | None]], path: str | Path, ylabel: str, title: str = "") -> Path:
@@ -92,8 +92,4 @@ def bar_figure(groups: Sequence[str], series: dict[str, tuple[Sequence[float], S
         ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)

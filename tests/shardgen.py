@@ -95,6 +95,8 @@ def remove_shard_tar(url: str, shard: int) -> None:
 TINY_DATA = ["data.spec=synthetic:8?size=32&test=4", "data.resolution=32"]
 TINY_DIFFUSION = TINY_DATA + ["diffusion.unet.block_out_channels=[8,16]", "diffusion.batch_size=4", "diffusion.log_every=1"]
 TINY_STUDENT = TINY_DATA + ["student.batch_size=4", "student.encoder_depth=3", "student.shuffle_buffer=3", "student.log_every=1"]
+TINY_SAMPLING = ["sampling.steps=3"]
+TINY_PIPELINE = TINY_DIFFUSION + TINY_SAMPLING + TINY_STUDENT[len(TINY_DATA) :]
 
 
 def job_env(**extra: str) -> dict[str, str]:

@@ -8,17 +8,9 @@ import pytest
 import webdataset as wds
 
 from conftest import job
+from shardgen import TINY_PIPELINE
 
-TINY = [
-    "data.spec=synthetic:8?size=32&test=4",
-    "data.resolution=32",
-    "diffusion.unet.block_out_channels=[8,16]",
-    "diffusion.batch_size=4",
-    "sampling.steps=3",
-    "student.batch_size=4",
-    "student.shuffle_buffer=2",
-    "student.encoder_depth=3",
-]
+TINY = TINY_PIPELINE
 
 
 def run(argv, **kw):

@@ -29,14 +29,9 @@ from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, p
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
 from dakter_scale.synth.worker import pipelined
 from dakter_scale.training import derive_seed
+from shardgen import TINY_DIFFUSION, TINY_SAMPLING
 
-TINY = [
-    "data.spec=synthetic:8?size=32&test=4",
-    "data.resolution=32",
-    "diffusion.unet.block_out_channels=[8,16]",
-    "diffusion.batch_size=4",
-    "sampling.steps=3",
-]
+TINY = TINY_DIFFUSION + TINY_SAMPLING
 SAMPLING = SamplingConfig(steps=3)
 
 
