@@ -1,0 +1,141 @@
+"""Method probes: how the joint DDPM's parameterisation and the student regime change the outcome.
+
+Exploratory runs behind docs/RESULTS.md's "what was tried"; the committed comparison itself is
+jobs/experiment.py. Two modes:
+
+    # one diffusion variant: train (if missing), synthesize 256 pairs, measure generation quality,
+    # train real-only / hard / soft unet students at ratio 1 (600 steps)
+    python bench/method_probe.py model NAME STEPS [key=value ...]
+    python bench/method_probe.py model eps_base 1500
+    python bench/method_probe.py model x0_ce 1500 diffusion.prediction_type=sample diffusion.label_ce_weight=1
+    python bench/method_probe.py model mixed_ce 1500 diffusion.label_prediction_type=sample diffusion.label_ce_weight=1
+
+    # student variants over one trained probe model and N generated pairs (variants as JSON)
+    python bench/method_probe.py students NAME TAG N '[{"student.ratio": 0}, {"student.ratio": 2, "student.labels": "hard"}]'
+
+Results append to runs/probe/results.jsonl and runs/probe/students.jsonl (THREADS=1 to run two at once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(os.environ.get("PROBE_ROOT", Path(__file__).resolve().parents[1] / "runs" / "probe"))
+BASE = [
+    "data.spec=synthetic:100?size=32&test=200",
+    "data.resolution=32",
+    "diffusion.batch_size=32",
+    "diffusion.lr=5e-4",
+    "diffusion.warmup_steps=100",
+    "diffusion.log_every=100",
+    "synthesis.samples_per_shard=128",
+    "synthesis.batch_size=64",
+    "sampling.steps=50",
+    "student.max_steps=600",
+    "student.batch_size=16",
+    "student.ratio=1.0",
+    "student.log_every=200",
+    "student.lr=1e-3",
+]
+
+
+def model_probe(name: str, steps: int, overrides: list[str]) -> dict:
+    from dakter_scale import quality
+    from dakter_scale.config import load_config
+    from dakter_scale.data.real import open_source
+    from dakter_scale.diffusion.train import train_diffusion
+    from dakter_scale.pipeline import read_generated
+    from dakter_scale.student.evaluate import evaluate_student
+    from dakter_scale.student.models import load_student
+    from dakter_scale.student.train import train_student
+    from dakter_scale.synth.run import synthesize
+
+    root = ROOT / name
+    cfg = load_config(None, BASE + [f"diffusion.max_steps={steps}", "synthesis.n=256"] + overrides)
+    t = time.time()
+    if not (root / "model" / "dakter.json").is_file():
+        train_diffusion(cfg, root / "model", progress=False)
+    t_train = time.time() - t
+    t = time.time()
+    summary = synthesize(root / "model", str(root / "shards"), cfg.synthesis, cfg.sampling, use_ray=False, progress=False, overwrite=True)
+    t_synth = time.time() - t
+    segmenter = root / "student_real"
+    if not (segmenter / "student.json").is_file():
+        train_student(cfg.replace(**{"student.ratio": 0.0}), segmenter, progress=False)
+    images, q = read_generated(str(root / "shards"), 256)
+    source = open_source(cfg.data.spec)
+    real = [source.load(it) for it in source.split_items("train")[:100]]
+    seg, _ = load_student(segmenter)
+    result = {
+        "name": name,
+        "steps": steps,
+        "overrides": overrides,
+        "t_train": t_train,
+        "t_synth": t_synth,
+        "generated": summary.dataset["generated_stats"],
+        "alignment": quality.label_alignment(seg, images, q, list(source.classes)),
+        "enl_generated": quality.enl(images, q.argmax(1), window=4),
+        "enl_real": quality.enl(np.stack([r[0] for r in real]), np.stack([r[1] for r in real]), window=4),
+        "histogram": quality.histogram_distance(images, np.stack([r[0] for r in real])),
+        "real_only": evaluate_student(str(segmenter), cfg.data.spec)["miou"],
+    }
+    for labels in ("hard", "soft"):
+        d = root / f"student_{labels}"
+        train_student(cfg.replace(**{"student.labels": labels}), d, synthetic=str(root / "shards"), progress=False)
+        result[labels] = evaluate_student(str(d), cfg.data.spec)["miou"]
+    return result
+
+
+def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dict]:
+    from dakter_scale.config import load_config
+    from dakter_scale.student.evaluate import evaluate_student
+    from dakter_scale.student.train import train_student
+    from dakter_scale.synth.run import synthesize
+
+    root = ROOT / name
+    cfg = load_config(None, BASE + [f"synthesis.n={n}", "synthesis.samples_per_shard=200", "synthesis.batch_size=50"])
+    url = str(root / f"shards_{n}")
+    info = Path(url) / "dataset.json"
+    if not info.is_file() or json.loads(info.read_text()).get("status") != "complete":
+        synthesize(root / "model", url, cfg.synthesis, cfg.sampling, use_ray=False, progress=False, overwrite=True)
+    out = []
+    for v in variants:
+        t = time.time()
+        c = cfg.replace(**v)
+        d = root / ("st_" + tag + "_" + "_".join(f"{k.split('.')[-1]}{val}" for k, val in v.items()))
+        if not (d / "metrics.json").is_file():
+            train_student(c, d, synthetic=url if c.student.ratio > 0 else None, progress=False)
+            (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec)))
+        m = json.loads((d / "metrics.json").read_text())
+        rec = {"model": name, "tag": tag, "pairs": n, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
+        print("RESULT", json.dumps(rec), flush=True)
+        with open(ROOT / "students.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        out.append(rec)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    ROOT.mkdir(parents=True, exist_ok=True)
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "model":
+        result = model_probe(args[0], int(args[1]), args[2:])
+        print("RESULT", json.dumps(result), flush=True)
+        with open(ROOT / "results.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+    elif mode == "students":
+        student_probe(args[0], args[1], int(args[2]), json.loads(args[3]))
+    else:
+        sys.exit(f"usage: {__doc__}")
+
+
+if __name__ == "__main__":
+    main()
