@@ -232,6 +232,7 @@ class ExperimentConfig:
     sweep_methods: tuple[str, ...] = ("hard", "dakter")
     sweep_ratios: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 5.0, 10.0)
     seeds: tuple[int, ...] = (0, 1, 2)
+    sweep_seeds: tuple[int, ...] = ()  # seeds of the ratio sweep; empty = the same as seeds
     quality_pairs: int = 256  # generated pairs scored for label alignment and SAR statistics
     study_arch: str = "unet"  # the student of the sampler and decode studies
     study_ratio: float = 2.0

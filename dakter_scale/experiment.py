@@ -141,7 +141,7 @@ class Experiment:
     def sweep_runs(self) -> list[StudentRun]:
         runs = []
         for arch in self.e.sweep_archs:
-            for seed in self.e.seeds:
+            for seed in self.e.sweep_seeds or self.e.seeds:
                 for m in self.e.sweep_methods:
                     for r in self.e.sweep_ratios:
                         runs.append(self._run(m, arch, r, seed))

@@ -52,3 +52,15 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     Experiment(cfg, tmp_path, progress=False).run()
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "students").rglob("model.safetensors")}
     assert before == after
+
+
+def test_plan_sweep_seeds_and_generated_size():
+    cfg = load_config(None, TINY + ["experiment.sweep_archs=[unet]", "experiment.sweep_ratios=[0.5,3.0]", "experiment.sweep_seeds=[1]"])
+    exp = Experiment(cfg, "unused", progress=False)
+    sweep = exp.sweep_runs()
+    assert {r.seed for r in sweep} == {1}  # sweep_seeds overrides seeds
+    assert sorted({r.ratio for r in sweep}) == [0.5, 3.0]
+    assert exp.gen_size() == 18  # the largest ratio (3.0) x 6 training images
+    main = exp.main_runs()
+    assert {r.seed for r in main} == {0, 1} and len(main) == 2 * 4  # 2 seeds x 4 methods
+    assert {r.generated for r in main if r.method == "dakter_b1"} == {"b_1"}
