@@ -13,6 +13,9 @@ jobs/experiment.py. Two modes:
     # student variants over one trained probe model and N generated pairs (variants as JSON)
     python bench/method_probe.py students NAME TAG N '[{"student.ratio": 0}, {"student.ratio": 2, "student.labels": "hard"}]'
 
+    # student variants over a finished jobs/experiment.py folder: its config, its b_cfg shards
+    python bench/method_probe.py followup runs/exp TAG '[{"student.arch": "segformer", "student.ratio": 2, "student.labels": "soft", "student.kd_temperature": 2, "student.seed": 0}]'
+
 Results append to runs/probe/results.jsonl and runs/probe/students.jsonl (THREADS=1 to run two at once).
 """
 
@@ -122,6 +125,34 @@ def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dic
     return out
 
 
+def followup_probe(exp: str, tag: str, variants: list[dict]) -> list[dict]:
+    """Student variants on an experiment's own config and generated pairs (model b_cfg)."""
+    from dakter_scale.config import load_config
+    from dakter_scale.data.real import open_source
+    from dakter_scale.student.evaluate import evaluate_student
+    from dakter_scale.student.train import train_student
+
+    cfg = load_config(str(Path(exp) / "config.yaml"), [])
+    url = str(Path(exp) / "generated" / "b_cfg")
+    n_train = len(open_source(cfg.data.spec).split_items("train"))
+    out = []
+    for v in variants:
+        t = time.time()
+        c = cfg.replace(**v)
+        c = c.replace(**{"student.max_generated": int(round(c.student.ratio * n_train))})
+        d = ROOT / "followup" / ("st_" + tag + "_" + "_".join(f"{k.split('.')[-1]}{val}" for k, val in v.items()))
+        if not (d / "metrics.json").is_file():
+            train_student(c, d, synthetic=url if c.student.ratio > 0 else None, progress=False)
+            (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec, "test", c.eval)))
+        m = json.loads((d / "metrics.json").read_text())
+        rec = {"experiment": exp, "tag": tag, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
+        print("RESULT", json.dumps(rec), flush=True)
+        with open(ROOT / "students.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        out.append(rec)
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -133,6 +164,8 @@ def main() -> None:
             f.write(json.dumps(result) + "\n")
     elif mode == "students":
         student_probe(args[0], args[1], int(args[2]), json.loads(args[3]))
+    elif mode == "followup":
+        followup_probe(args[0], args[1], json.loads(args[2]))
     else:
         sys.exit(f"usage: {__doc__}")
 
