@@ -96,10 +96,35 @@ def model_probe(name: str, steps: int, overrides: list[str]) -> dict:
     return result
 
 
-def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dict]:
-    from dakter_scale.config import load_config
+def _student_variants(cfg, url: str, folder: Path, tag: str, variants: list[dict], record: dict, n_train: int | None = None) -> list[dict]:
+    """Train and evaluate one student per variant (skipping finished ones); append each result to students.jsonl.
+
+    With n_train, a variant uses the first ratio * n_train generated pairs, as jobs/experiment.py does."""
     from dakter_scale.student.evaluate import evaluate_student
     from dakter_scale.student.train import train_student
+
+    out = []
+    for v in variants:
+        t = time.time()
+        c = cfg.replace(**v)
+        if n_train is not None:
+            c = c.replace(**{"student.max_generated": int(round(c.student.ratio * n_train))})
+        d = folder / ("st_" + tag + "_" + "_".join(f"{k.split('.')[-1]}{val}" for k, val in v.items()))
+        if not (d / "metrics.json").is_file():
+            train_student(c, d, synthetic=url if c.student.ratio > 0 else None, progress=False)
+            (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec, "test", c.eval)))
+        m = json.loads((d / "metrics.json").read_text())
+        rec = {**record, "tag": tag, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
+        print("RESULT", json.dumps(rec), flush=True)
+        with open(ROOT / "students.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        out.append(rec)
+    return out
+
+
+def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dict]:
+    """Student variants over one probe model and n pairs generated from it."""
+    from dakter_scale.config import load_config
     from dakter_scale.synth.run import synthesize
 
     root = ROOT / name
@@ -108,49 +133,17 @@ def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dic
     info = Path(url) / "dataset.json"
     if not info.is_file() or json.loads(info.read_text()).get("status") != "complete":
         synthesize(root / "model", url, cfg.synthesis, cfg.sampling, use_ray=False, progress=False, overwrite=True)
-    out = []
-    for v in variants:
-        t = time.time()
-        c = cfg.replace(**v)
-        d = root / ("st_" + tag + "_" + "_".join(f"{k.split('.')[-1]}{val}" for k, val in v.items()))
-        if not (d / "metrics.json").is_file():
-            train_student(c, d, synthetic=url if c.student.ratio > 0 else None, progress=False)
-            (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec)))
-        m = json.loads((d / "metrics.json").read_text())
-        rec = {"model": name, "tag": tag, "pairs": n, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
-        print("RESULT", json.dumps(rec), flush=True)
-        with open(ROOT / "students.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        out.append(rec)
-    return out
+    return _student_variants(cfg, url, root, tag, variants, {"model": name, "pairs": n})
 
 
 def followup_probe(exp: str, tag: str, variants: list[dict]) -> list[dict]:
     """Student variants on an experiment's own config and generated pairs (model b_cfg)."""
     from dakter_scale.config import load_config
     from dakter_scale.data.real import open_source
-    from dakter_scale.student.evaluate import evaluate_student
-    from dakter_scale.student.train import train_student
 
     cfg = load_config(str(Path(exp) / "config.yaml"), [])
-    url = str(Path(exp) / "generated" / "b_cfg")
     n_train = len(open_source(cfg.data.spec).split_items("train"))
-    out = []
-    for v in variants:
-        t = time.time()
-        c = cfg.replace(**v)
-        c = c.replace(**{"student.max_generated": int(round(c.student.ratio * n_train))})
-        d = ROOT / "followup" / ("st_" + tag + "_" + "_".join(f"{k.split('.')[-1]}{val}" for k, val in v.items()))
-        if not (d / "metrics.json").is_file():
-            train_student(c, d, synthetic=url if c.student.ratio > 0 else None, progress=False)
-            (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec, "test", c.eval)))
-        m = json.loads((d / "metrics.json").read_text())
-        rec = {"experiment": exp, "tag": tag, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
-        print("RESULT", json.dumps(rec), flush=True)
-        with open(ROOT / "students.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        out.append(rec)
-    return out
+    return _student_variants(cfg, str(Path(exp) / "generated" / "b_cfg"), ROOT / "followup", tag, variants, {"experiment": exp}, n_train)
 
 
 def main() -> None:
