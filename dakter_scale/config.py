@@ -240,9 +240,15 @@ class ExperimentConfig:
     sampler_study: tuple[str, ...] = ()  # e.g. [ddpm:1000, ddim:250, ddim:100, ddim:50, ddim:20]
     decode_study: tuple[str, ...] = ()  # e.g. [mean:1, softmax:1, mean:5, softmax:5] (decode:last-N steps)
     figure_samples: int = 6
+    # Label-alignment filter (dakter_scale/synth/filter.py): draw n / filter_keep pairs and keep the n
+    # whose images the real-only filter_arch student (first seed) segments most like their labels.
+    # 0 = no filter. The hard and soft students get the same kept pairs.
+    filter_keep: float = 0.0
+    filter_arch: str = "unet"
 
     def validate(self) -> None:
         known = ("none", "hard", "dakter", "dakter_b1")
+        _check(0.0 <= self.filter_keep < 1.0, "experiment.filter_keep", f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)")
         for m in self.methods + self.sweep_methods:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")

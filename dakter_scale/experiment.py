@@ -30,6 +30,7 @@ from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.pipeline import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.train import train_student
+from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
 
 log = logging.getLogger("dakter_scale")
@@ -88,8 +89,24 @@ class Experiment:
         return d
 
     def generated(self, tag: str, n: int, name: str | None = None, sampling: dict | None = None) -> str:
-        """A complete set of n generated pairs from model `tag` (resumes a partial set)."""
+        """The n generated pairs from model `tag` that the students use: with experiment.filter_keep,
+        the n best-aligned of ceil(n / filter_keep) drawn pairs (the draw is kept as NAME_all)."""
         name = name or tag
+        if self.e.filter_keep <= 0:
+            return self.drawn(tag, n, name, sampling)
+        drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), name + "_all", sampling)
+        url = str(self.out / "generated" / name)
+        filter_shards(drawn, url, self.aligner(), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
+        return url
+
+    def aligner(self) -> Path:
+        """The real-only student that scores label alignment for the filter (trained here if missing)."""
+        run = self._run("none", self.e.filter_arch, 0, self.e.seeds[0])
+        self.student(run, None)
+        return self.out / "students" / run.name
+
+    def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
+        """A complete set of n pairs drawn from model `tag` (resumes a partial set)."""
         url = str(self.out / "generated" / name)
         info_path = Path(url) / "dataset.json"
         if info_path.is_file():
@@ -169,6 +186,9 @@ class Experiment:
         if not (segmenter / "student.json").is_file():
             self.student(self._run("none", self.e.archs[0], 0, self.e.seeds[0]), None)
         quality = {tag: generation_quality(self.cfg, url, str(segmenter), n=min(self.e.quality_pairs, n_gen)) for tag, url in urls.items()}
+        if self.e.filter_keep > 0:  # the draw before the filter, for comparison
+            for tag in urls:
+                quality[tag + "_all"] = generation_quality(self.cfg, str(self.out / "generated" / (tag + "_all")), str(segmenter), n=min(self.e.quality_pairs, n_gen))
         for tag, url in urls.items():
             images, q = read_generated(url, self.e.figure_samples)
             report.sample_figure(images, q, self.source.classes, self.out / f"samples_{tag}.png", title=f"generated pairs, model {tag}")
@@ -189,7 +209,8 @@ class Experiment:
         for kind, entry, sampling in variants:
             name = f"{kind}_{entry.replace(':', '_')}"
             url = self.generated("b_cfg", n, name=name, sampling=sampling)
-            throughput = json.loads((Path(url) / "throughput.json").read_text()) if (Path(url) / "throughput.json").is_file() else {}
+            drawn = Path(url + "_all") if self.e.filter_keep > 0 else Path(url)
+            throughput = json.loads((drawn / "throughput.json").read_text()) if (drawn / "throughput.json").is_file() else {}
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, n))
             mious = []
             for seed in self.e.study_seeds:
@@ -283,11 +304,17 @@ class Experiment:
         for tag, q in p["quality"].items():
             hd = q.get("histogram_distance", {})
             lines.append(
-                f"| {tag} | {p['b'][tag]:.3f} | {report.pct(q['label_alignment']['miou'])} | {report.pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
+                f"| {tag} | {p['b'][tag.removesuffix('_all')]:.3f} | {report.pct(q['label_alignment']['miou'])} | {report.pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
                 f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
             )
         lines += ["", "Label alignment: the real-only " + e.archs[0] + " student (seed " + str(e.seeds[0]) + ") segments the generated images; its argmax is scored against the generated labels.", ""]
-        for tag in p["quality"]:
+        if e.filter_keep > 0:
+            lines += [
+                f"Filter: the students use the {p['generated_pairs']} best-aligned of {int(math.ceil(p['generated_pairs'] / e.filter_keep))} drawn pairs per model, scored by the real-only "
+                f"{e.filter_arch} student (seed {e.seeds[0]}); rows TAG_all are the draw before the filter.",
+                "",
+            ]
+        for tag in p["b"]:
             lines += [f"![samples {tag}](samples_{tag}.png)", ""]
         for kind, title in (("sampler", "Sampler study"), ("decode", "Soft-label decode study")):
             rows = p["studies"].get(kind) or []

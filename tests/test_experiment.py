@@ -31,7 +31,7 @@ TINY = [
 
 
 def test_tiny_experiment_runs_and_resumes(tmp_path):
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, TINY + ["experiment.filter_keep=0.5"])
     exp = Experiment(cfg, tmp_path, progress=False)
     assert exp.gen_size() == 6  # ratio 1 x 6 training images
     path = exp.run()
@@ -41,7 +41,14 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     assert "DAKTer > hard > none in mean mIoU for" in text
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["runs"]) == 2 * 4  # seeds x methods
-    assert set(payload["quality"]) == {"b_cfg", "b_1"} and payload["b"]["b_1"] == 1.0
+    assert set(payload["quality"]) == {"b_cfg", "b_1", "b_cfg_all", "b_1_all"} and payload["b"]["b_1"] == 1.0
+    # the filter drew 2 x 6 pairs per model and kept the 6 best-aligned, scored by the real-only unet
+    for tag in ("b_cfg", "b_1"):
+        drawn = json.loads((tmp_path / "generated" / f"{tag}_all" / "dataset.json").read_text())
+        kept = json.loads((tmp_path / "generated" / tag / "dataset.json").read_text())
+        assert drawn["count"] == 12 and kept["count"] == 6 and kept["filter"]["source_count"] == 12
+        assert kept["filter"]["segmenter"].endswith("none-unet-r0-s0")
+    assert "best-aligned of 12 drawn pairs" in text
     assert payload["studies"]["decode"][0]["variant"] == "softmax:1"
     for fig in ("per_class_iou.png", "samples_b_cfg.png", "samples_b_1.png"):
         assert (tmp_path / fig).stat().st_size > 1000

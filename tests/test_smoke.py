@@ -45,7 +45,7 @@ def test_end_to_end_smoke(tmp_path):
     assert sum(map(sum, metrics["confusion_matrix"])) == 4 * 32 * 32
 
 
-@pytest.mark.parametrize("name", ["inspect_data.py", "train_diffusion.py", "synthesize.py", "train_student.py", "evaluate.py", "demo.py", "write_synthetic.py"])
+@pytest.mark.parametrize("name", ["inspect_data.py", "train_diffusion.py", "synthesize.py", "train_student.py", "evaluate.py", "demo.py", "write_synthetic.py", "filter_generated.py", "experiment.py"])
 def test_every_job_has_help(name):
     r = run(job(name) + ["--help"])
     assert r.returncode == 0 and "usage:" in r.stdout and len(r.stdout) > 300

@@ -1,0 +1,231 @@
+"""Keep the generated pairs whose image and label agree: a label-alignment filter.
+
+A segmenter trained on the real set only (any student folder) segments every generated image;
+a pair's alignment is the mean IoU between that prediction and the argmax of the generated soft
+label over the classes present in either map. The filter keeps the `keep` best-aligned pairs (or
+every pair at or above `min_alignment`) and writes them, in their original key order, as a new
+shard set in the same layout: the stock reader, the student stream and `r * |D|` selection work
+on it unchanged. Image and soft-label members are copied byte for byte; each kept pair's JSON
+gains `source_key` and `alignment`, so it can still be regenerated from the source run.
+
+The same pairs go to the hard-label baseline and to DAKTer, so the filter changes what both
+learn from, not the comparison between them. It is the check the paper asks for on every
+generated set ("label alignment with a segmenter trained on real data"), turned into a
+selection, as FreeMask (Yang et al., NeurIPS 2023) filters synthetic masks with a real-trained
+model. One process reads the source twice (score, then copy) and holds one batch of images at a
+time and one float per pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dakter_scale.data import shards, storage
+from dakter_scale.data.stream import tar_samples
+from dakter_scale.student.models import load_student
+
+log = logging.getLogger("dakter_scale")
+
+SCORES_FILE = "alignment.parquet"
+
+
+class FilterError(ValueError):
+    pass
+
+
+def pair_alignment(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-pair mean IoU over the classes present in the prediction or the target: (N, H, W) -> (N,)."""
+    n = len(pred)
+    p = pred.reshape(n, -1)
+    t = target.reshape(n, -1)
+    inter = np.zeros((n, num_classes))
+    union = np.zeros((n, num_classes))
+    for c in range(num_classes):
+        pc, tc = p == c, t == c
+        inter[:, c] = (pc & tc).sum(axis=1)
+        union[:, c] = (pc | tc).sum(axis=1)
+    present = union > 0
+    return np.where(present, inter / np.maximum(union, 1), 0.0).sum(axis=1) / present.sum(axis=1)
+
+
+def _samples(url: str) -> Iterator[dict]:
+    """Every sample of every finished shard, in key order, as raw members."""
+    for info in shards.done_shards(url):
+        with fsspec.open(info.tar, "rb") as f:
+            seen = 0
+            for sample in tar_samples(f, info.tar):
+                seen += 1
+                yield sample
+        if seen != info.count:
+            raise FilterError(f"shard {info.tar} holds {seen} samples, its marker records {info.count}")
+
+
+def _batches(url: str, batch_size: int) -> Iterator[list[tuple[dict, np.ndarray, np.ndarray]]]:
+    batch = []
+    for sample in _samples(url):
+        image, q, _ = shards.decode_sample(sample)
+        batch.append((sample, image, q))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def score_shards(url: str, segmenter: torch.nn.Module, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+    """(keys, per-pair alignment) of every pair of a generated set."""
+    device = next(segmenter.parameters()).device
+    keys, scores = [], []
+    for batch in _batches(url, batch_size):
+        images = np.stack([b[1] for b in batch])
+        q = np.stack([b[2] for b in batch])
+        x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None].to(device)
+        pred = segmenter(x).argmax(dim=1).cpu().numpy()
+        scores.append(pair_alignment(pred, q.argmax(axis=1), q.shape[1]))
+        keys += [b[0]["__key__"] for b in batch]
+    return keys, (np.concatenate(scores) if scores else np.zeros(0))
+
+
+def _fingerprint(src_info: dict, segmenter_dir: Path, keep: int | None, min_alignment: float | None) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"source": src_info.get("fingerprint"), "source_count": src_info.get("count"), "keep": keep, "min_alignment": min_alignment}, sort_keys=True).encode())
+    h.update((segmenter_dir / "model.safetensors").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def filter_shards(
+    src_url: str,
+    dst_url: str,
+    segmenter_dir: str | Path,
+    keep: int | None = None,
+    min_alignment: float | None = None,
+    samples_per_shard: int | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Write the best-aligned pairs of src_url to dst_url; returns dst's dataset.json.
+
+    keep: the number of pairs to keep (the top ones by alignment; ties by key order).
+    min_alignment: keep every pair at or above this alignment. Exactly one of the two.
+    A finished dst made by the same source, segmenter and rule is reused as it is.
+    """
+    if (keep is None) == (min_alignment is None):
+        raise FilterError("give exactly one of keep (a pair count) and min_alignment (a score in [0, 1])")
+    if keep is not None and keep < 1:
+        raise FilterError(f"keep must be >= 1 pair, got {keep}")
+    if min_alignment is not None and not 0.0 <= min_alignment <= 1.0:
+        raise FilterError(f"min_alignment must be in [0, 1], got {min_alignment}")
+    src_info = shards.read_dataset_info(src_url)
+    if src_info is None or src_info.get("status") != "complete":
+        raise FilterError(f"{src_url}: not a complete generated set (dataset.json missing or not complete); finish jobs/synthesize.py first")
+    segmenter_dir = Path(segmenter_dir)
+    segmenter, seg_info = load_student(segmenter_dir)
+    if list(seg_info["classes"]) != list(src_info["classes"]):
+        raise FilterError(f"segmenter {segmenter_dir} has classes {seg_info['classes']}, the generated set {src_info['classes']}")
+    fp = _fingerprint(src_info, segmenter_dir, keep, min_alignment)
+    dst_info = shards.read_dataset_info(dst_url)
+    if dst_info is not None and dst_info.get("status") == "complete" and dst_info.get("filter", {}).get("fingerprint") == fp:
+        log.info("filter: %s already holds this selection; reusing it", dst_url)
+        return dst_info
+    fs, root = storage.url_to_fs(dst_url)
+    if fs.exists(root) and fs.ls(root, detail=False):
+        fs.rm(root, recursive=True)  # a different or unfinished selection: start over
+    fs.makedirs(root, exist_ok=True)
+
+    t0 = time.time()
+    keys, scores = score_shards(src_url, segmenter, batch_size)
+    if keep is not None:
+        if keep > len(keys):
+            raise FilterError(f"{src_url} holds {len(keys)} pairs, fewer than the {keep} to keep")
+        order = np.argsort(-scores, kind="stable")
+        chosen = set(order[:keep].tolist())
+    else:
+        chosen = {i for i, s in enumerate(scores) if s >= min_alignment}
+        if not chosen:
+            raise FilterError(f"no pair of {src_url} reaches alignment {min_alignment} (best {scores.max():.3f})")
+    threshold = float(min(scores[i] for i in chosen))
+    shards.write_parquet(fs, storage.join(root, SCORES_FILE), pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": [i in chosen for i in range(len(keys))]}))
+
+    per_shard = samples_per_shard or int(src_info.get("samples_per_shard") or 1000)
+    score_of = dict(zip(keys, scores.tolist()))
+    kept_keys = {keys[i] for i in chosen}
+    written = _write_kept(fs, root, src_url, kept_keys, score_of, per_shard, fp)
+    info = dict(
+        src_info,
+        status="complete",
+        count=written,
+        planned=written,
+        samples_per_shard=per_shard,
+        num_shards=-(-written // per_shard),
+        fingerprint=fp,
+        filter={
+            "fingerprint": fp,
+            "source": src_url,
+            "source_count": len(keys),
+            "source_fingerprint": src_info.get("fingerprint"),
+            "segmenter": str(segmenter_dir),
+            "segmenter_arch": seg_info.get("arch"),
+            "rule": f"top {keep}" if keep is not None else f"alignment >= {min_alignment}",
+            "kept": written,
+            "threshold": threshold,
+            "alignment_mean_source": float(scores.mean()),
+            "alignment_mean_kept": float(np.mean([scores[i] for i in chosen])),
+            "seconds": round(time.time() - t0, 2),
+        },
+    )
+    storage.write_json(fs, storage.join(root, shards.DATASET_FILE), info)
+    log.info("filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s", written, len(keys), src_url, threshold, info["filter"]["alignment_mean_source"], info["filter"]["alignment_mean_kept"], dst_url)
+    return info
+
+
+def _write_kept(fs, root: str, src_url: str, kept: set[str], score_of: dict[str, float], per_shard: int, fp: str) -> int:
+    """Copy the kept samples into shards of per_shard pairs: tar, then manifest, then marker."""
+    shard, buffer, total = 0, [], 0
+
+    def flush() -> None:
+        nonlocal shard, buffer
+        rows, members = [], []
+        for index, (sample, meta) in enumerate(buffer):
+            key = shards.sample_key(shard, index)
+            record = dict(meta, key=key, shard=shard, index=index, source_key=sample["__key__"], alignment=round(score_of[sample["__key__"]], 6))
+            members.append((key, {"image.png": sample["image.png"], "soft.png": sample["soft.png"], "json": json.dumps(record, sort_keys=True).encode()}))
+            rows.append({"key": key, "shard": shard, "index": index, "seed": int(meta["seed"]), "class_fractions": meta["class_fractions"], "mean_entropy": meta["mean_entropy"], "mean_confidence": meta["mean_confidence"]})
+        with storage.open_atomic(fs, storage.join(root, shards.shard_name(shard, "tar"))) as f:
+            nbytes, sha = shards.write_tar(f, members)
+        shards.write_parquet(fs, storage.join(root, shards.shard_name(shard, "parquet")), shards.manifest_table(rows))
+        fractions = np.array([r["class_fractions"] for r in rows], dtype=np.float64)
+        marker = {
+            "shard": shard,
+            "count": len(rows),
+            "first_key": rows[0]["key"],
+            "last_key": rows[-1]["key"],
+            "tar_bytes": nbytes,
+            "sha256": sha,
+            "fingerprint": fp,
+            "sum_class_fractions": fractions.sum(axis=0).tolist(),
+            "sum_mean_confidence": float(sum(r["mean_confidence"] for r in rows)),
+            "sum_mean_entropy": float(sum(r["mean_entropy"] for r in rows)),
+        }
+        storage.write_json(fs, storage.join(root, shards.shard_name(shard, "json")), marker)
+        shard, buffer = shard + 1, []
+
+    for sample in _samples(src_url):
+        if sample["__key__"] not in kept:
+            continue
+        buffer.append((sample, json.loads(sample["json"])))
+        total += 1
+        if len(buffer) == per_shard:
+            flush()
+    if buffer:
+        flush()
+    return total

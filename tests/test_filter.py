@@ -1,0 +1,103 @@
+"""The label-alignment filter: per-pair scores, the top-n selection, byte-exact copies in the shard
+layout the stock webdataset reader and the student stream read, reuse, and its errors."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import webdataset as wds
+
+from dakter_scale.data import shards
+from dakter_scale.data.stream import GeneratedStream, tar_samples
+from dakter_scale.data.synthetic_sar import CLASSES
+from dakter_scale.student.models import build_student, save_student
+from dakter_scale.synth.filter import SCORES_FILE, FilterError, filter_shards, pair_alignment
+from tests.shardgen import write_dataset
+
+
+def test_pair_alignment_values():
+    t = np.zeros((3, 2, 2), dtype=np.int64)
+    t[:, 0, 0] = 1  # class 1 at one pixel, class 0 elsewhere
+    p = t.copy()
+    p[1] = 0  # misses class 1: IoU 0 for class 1, 3/4 for class 0
+    p[2] = 2  # nothing right: classes 0, 1, 2 present, all IoU 0
+    np.testing.assert_allclose(pair_alignment(p, t, 5), [1.0, (0.75 + 0.0) / 2, 0.0])
+
+
+@pytest.fixture
+def segmenter(tmp_path):
+    torch.manual_seed(0)
+    model = build_student("unet", "resnet18", len(CLASSES), None, encoder_depth=3)
+    return save_student(tmp_path / "seg", model, {"arch": "unet", "encoder": "resnet18", "classes": list(CLASSES), "encoder_depth": 3})
+
+
+def _members(url):
+    out = {}
+    for info in shards.done_shards(url):
+        with open(info.tar, "rb") as f:
+            for s in tar_samples(f, info.tar):
+                out[s["__key__"]] = s
+    return out
+
+
+def test_filter_keeps_the_best_aligned_pairs_byte_for_byte(tmp_path, segmenter):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    write_dataset(src, [5, 4, 3], size=32)
+    info = filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3)
+    assert info["count"] == 7 and info["num_shards"] == 3 and info["status"] == "complete"
+    scores = pq.read_table(f"{dst}/{SCORES_FILE}").to_pydict()
+    assert len(scores["key"]) == 12 and sum(scores["kept"]) == 7
+    kept = [k for k, keep in zip(scores["key"], scores["kept"]) if keep]
+    dropped = [a for a, keep in zip(scores["alignment"], scores["kept"]) if not keep]
+    assert min(a for a, keep in zip(scores["alignment"], scores["kept"]) if keep) >= max(dropped)
+    source, out = _members(src), _members(dst)
+    assert sorted(out) == [shards.sample_key(s, i) for s in range(3) for i in range(3)][:7]
+    for new_key in sorted(out):  # original key order, members copied unchanged, provenance kept
+        sample = out[new_key]
+        meta = json.loads(sample["json"])
+        old = source[meta["source_key"]]
+        assert meta["source_key"] == kept[sorted(out).index(new_key)]
+        assert sample["image.png"] == old["image.png"] and sample["soft.png"] == old["soft.png"]
+        assert meta["key"] == new_key and meta["seed"] == json.loads(old["json"])["seed"]
+        assert meta["alignment"] == pytest.approx(scores["alignment"][scores["key"].index(meta["source_key"])], abs=1e-5)
+    # the stock webdataset reader and the student stream read the result
+    tars = [i.tar for i in shards.done_shards(dst)]
+    assert sum(1 for _ in wds.WebDataset(tars, shardshuffle=False)) == 7
+    assert sum(1 for _ in GeneratedStream(dst, shuffle_buffer=1, passes=1)) == 7
+    assert len(shards.read_manifest(dst)) == 7
+    # a rerun with the same source, segmenter and rule reuses the output
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
+    assert filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3)["filter"]["fingerprint"] == info["filter"]["fingerprint"]
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
+    # another rule replaces it
+    again = filter_shards(src, dst, segmenter, min_alignment=info["filter"]["threshold"])
+    assert again["count"] >= 7 and len(_members(dst)) == again["count"]
+
+
+def test_filter_errors(tmp_path, segmenter):
+    src = str(tmp_path / "src")
+    write_dataset(src, [4], size=32)
+    with pytest.raises(FilterError, match="exactly one"):
+        filter_shards(src, str(tmp_path / "a"), segmenter)
+    with pytest.raises(FilterError, match="fewer than the 9"):
+        filter_shards(src, str(tmp_path / "a"), segmenter, keep=9)
+    with pytest.raises(FilterError, match="min_alignment"):
+        filter_shards(src, str(tmp_path / "a"), segmenter, min_alignment=1.5)
+    with pytest.raises(FilterError, match="not a complete generated set"):
+        filter_shards(str(tmp_path / "missing"), str(tmp_path / "a"), segmenter, keep=1)
+
+
+def test_filter_job_cli(tmp_path, segmenter):
+    import subprocess
+
+    from conftest import job
+
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    write_dataset(src, [6], size=32)
+    r = subprocess.run(job("filter_generated.py") + ["--shards", src, "--segmenter", str(segmenter), "--out", dst, "--keep", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "kept 4 of 6 pairs" in r.stdout and len(_members(dst)) == 4
+    r = subprocess.run(job("filter_generated.py") + ["--shards", str(tmp_path / "nothing"), "--segmenter", str(segmenter), "--out", dst, "--keep", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "not a complete generated set" in r.stderr and "Traceback" not in r.stderr
