@@ -71,3 +71,12 @@ def test_plan_sweep_seeds_and_generated_size():
     main = exp.main_runs()
     assert {r.seed for r in main} == {0, 1} and len(main) == 2 * 4  # 2 seeds x 4 methods
     assert {r.generated for r in main if r.method == "dakter_b1"} == {"b_1"}
+
+
+def test_filter_keep_is_checked():
+    import pytest
+
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="experiment.filter_keep"):
+        load_config(None, TINY + ["experiment.filter_keep=1.0"])
