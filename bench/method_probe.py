@@ -1,7 +1,7 @@
 """Method probes: how the joint DDPM's parameterisation and the student regime change the outcome.
 
 Exploratory runs behind docs/RESULTS.md's "what was tried"; the committed comparison itself is
-jobs/experiment.py. Two modes:
+jobs/experiment.py. Four modes:
 
     # one diffusion variant: train (if missing), synthesize 256 pairs, measure generation quality,
     # train real-only / hard / soft unet students at ratio 1 (600 steps)
@@ -15,6 +15,9 @@ jobs/experiment.py. Two modes:
 
     # student variants over a finished jobs/experiment.py folder: its config, its b_cfg shards
     python bench/method_probe.py followup runs/exp TAG '[{"student.arch": "segformer", "student.ratio": 2, "student.labels": "soft", "student.kd_temperature": 2, "student.seed": 0}]'
+
+    # generation quality of any model folder: N DDIM pairs (the config's sampler), scored by real-only students
+    python bench/method_probe.py quality runs/exp2/models/b_cfg configs/experiment_demo.yaml 200 runs/exp/students/none-deeplabv3plus-r0-s0 runs/exp/students/none-unet-r0-s0
 
 Results append to runs/probe/results.jsonl and runs/probe/students.jsonl (THREADS=1 to run two at once).
 """
@@ -146,6 +149,26 @@ def followup_probe(exp: str, tag: str, variants: list[dict]) -> list[dict]:
     return _student_variants(cfg, str(Path(exp) / "generated" / "b_cfg"), ROOT / "followup", tag, variants, {"experiment": exp}, n_train)
 
 
+def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[dict]:
+    """Draw n pairs from a model folder (in-process) and score them with each real-only aligner."""
+    from dakter_scale.config import load_config
+    from dakter_scale.pipeline import generation_quality
+    from dakter_scale.synth.run import synthesize
+
+    cfg = load_config(config, [f"synthesis.n={n}", "synthesis.samples_per_shard=100"])
+    url = str(ROOT / "quality" / Path(model).name / f"pairs_{n}")
+    synthesize(model, url, cfg.synthesis, cfg.sampling, use_ray=False, progress=False, overwrite=True)
+    out = []
+    for aligner in aligners:
+        q = generation_quality(cfg, url, aligner, n=n)
+        rec = {"model": model, "pairs": n, "aligner": aligner, "label_alignment": q["label_alignment"], "class_fraction_tv": q["class_fraction_tv"], "mean_confidence": q["mean_confidence"], "enl": [q["enl_generated"], q.get("enl_real")], "histogram_distance": q.get("histogram_distance")}
+        print("RESULT", json.dumps(rec), flush=True)
+        with open(ROOT / "quality.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        out.append(rec)
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -159,6 +182,8 @@ def main() -> None:
         student_probe(args[0], args[1], int(args[2]), json.loads(args[3]))
     elif mode == "followup":
         followup_probe(args[0], args[1], json.loads(args[2]))
+    elif mode == "quality":
+        quality_probe(args[0], args[1], int(args[2]), args[3:])
     else:
         sys.exit(f"usage: {__doc__}")
 
