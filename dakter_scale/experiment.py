@@ -35,6 +35,8 @@ from dakter_scale.synth.run import synthesize
 
 log = logging.getLogger("dakter_scale")
 
+DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-alignment filter kept generated/NAME
+
 METHOD_NAMES = {
     "none": "no augmentation",
     "hard": "hard labels (DDPM / SatSynth style)",
@@ -94,20 +96,28 @@ class Experiment:
         name = name or tag
         if self.e.filter_keep <= 0:
             return self.drawn(tag, n, name, sampling)
-        drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), name + "_all", sampling)
-        url = str(self.out / "generated" / name)
-        filter_shards(drawn, url, self.aligner(), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
+        drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), self.drawn_name(name), sampling)
+        url = self.generated_url(name)
+        filter_shards(drawn, url, self.real_only(self.e.filter_arch), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
         return url
 
-    def aligner(self) -> Path:
-        """The real-only student that scores label alignment for the filter (trained here if missing)."""
-        run = self._run("none", self.e.filter_arch, 0, self.e.seeds[0])
+    def drawn_name(self, name: str) -> str:
+        """Where the pairs behind generated set `name` were drawn: the set itself, or NAME_all with the filter."""
+        return name + DRAWN_SUFFIX if self.e.filter_keep > 0 else name
+
+    def generated_url(self, name: str) -> str:
+        return str(self.out / "generated" / name)
+
+    def real_only(self, arch: str) -> Path:
+        """The real-only student of `arch` (first seed), trained here if missing: it scores label
+        alignment for the quality table and for the filter."""
+        run = self._run("none", arch, 0, self.e.seeds[0])
         self.student(run, None)
         return self.out / "students" / run.name
 
     def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
         """A complete set of n pairs drawn from model `tag` (resumes a partial set)."""
-        url = str(self.out / "generated" / name)
+        url = self.generated_url(name)
         info_path = Path(url) / "dataset.json"
         if info_path.is_file():
             info = json.loads(info_path.read_text())
@@ -182,13 +192,11 @@ class Experiment:
         for run in self.main_runs() + self.sweep_runs():
             if run.name not in results:
                 results[run.name] = self.student(run, urls.get(run.generated))
-        segmenter = self.out / "students" / self._run("none", self.e.archs[0], 0, self.e.seeds[0]).name
-        if not (segmenter / "student.json").is_file():
-            self.student(self._run("none", self.e.archs[0], 0, self.e.seeds[0]), None)
+        segmenter = self.real_only(self.e.archs[0])
         quality = {tag: generation_quality(self.cfg, url, str(segmenter), n=min(self.e.quality_pairs, n_gen)) for tag, url in urls.items()}
         if self.e.filter_keep > 0:  # the draw before the filter, for comparison
             for tag in urls:
-                quality[tag + "_all"] = generation_quality(self.cfg, str(self.out / "generated" / (tag + "_all")), str(segmenter), n=min(self.e.quality_pairs, n_gen))
+                quality[self.drawn_name(tag)] = generation_quality(self.cfg, self.generated_url(self.drawn_name(tag)), str(segmenter), n=min(self.e.quality_pairs, n_gen))
         for tag, url in urls.items():
             images, q = read_generated(url, self.e.figure_samples)
             report.sample_figure(images, q, self.source.classes, self.out / f"samples_{tag}.png", title=f"generated pairs, model {tag}")
@@ -209,7 +217,7 @@ class Experiment:
         for kind, entry, sampling in variants:
             name = f"{kind}_{entry.replace(':', '_')}"
             url = self.generated("b_cfg", n, name=name, sampling=sampling)
-            drawn = Path(url + "_all") if self.e.filter_keep > 0 else Path(url)
+            drawn = Path(self.generated_url(self.drawn_name(name)))
             throughput = json.loads((drawn / "throughput.json").read_text()) if (drawn / "throughput.json").is_file() else {}
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, n))
             mious = []
@@ -304,14 +312,14 @@ class Experiment:
         for tag, q in p["quality"].items():
             hd = q.get("histogram_distance", {})
             lines.append(
-                f"| {tag} | {p['b'][tag.removesuffix('_all')]:.3f} | {report.pct(q['label_alignment']['miou'])} | {report.pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
+                f"| {tag} | {p['b'][tag.removesuffix(DRAWN_SUFFIX)]:.3f} | {report.pct(q['label_alignment']['miou'])} | {report.pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
                 f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
             )
         lines += ["", "Label alignment: the real-only " + e.archs[0] + " student (seed " + str(e.seeds[0]) + ") segments the generated images; its argmax is scored against the generated labels.", ""]
         if e.filter_keep > 0:
             lines += [
                 f"Filter: the students use the {p['generated_pairs']} best-aligned of {int(math.ceil(p['generated_pairs'] / e.filter_keep))} drawn pairs per model, scored by the real-only "
-                f"{e.filter_arch} student (seed {e.seeds[0]}); rows TAG_all are the draw before the filter.",
+                f"{e.filter_arch} student (seed {e.seeds[0]}); rows TAG{DRAWN_SUFFIX} are the draw before the filter.",
                 "",
             ]
         for tag in p["b"]:

@@ -61,15 +61,19 @@ def class_fraction_tv(generated: np.ndarray, real: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def segment(segmenter: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+    """A segmenter's argmax class map (N, H, W) over uint8 images (N, H, W) in the training radiometry."""
+    device = next(segmenter.parameters()).device
+    preds = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size].astype(np.float32) / 127.5 - 1.0)[:, None].to(device)
+        preds.append(segmenter(x).argmax(dim=1).cpu())
+    return torch.cat(preds) if preds else torch.zeros((0,) + images.shape[1:], dtype=torch.int64)
+
+
 def label_alignment(segmenter: torch.nn.Module, images: np.ndarray, q: np.ndarray, class_names: list[str], batch_size: int = 32) -> dict:
     """Score a real-trained segmenter's prediction on generated images against the generated labels."""
     k = q.shape[1]
-    cm = torch.zeros(k, k, dtype=torch.int64)
-    device = next(segmenter.parameters()).device
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size].astype(np.float32) / 127.5 - 1.0)[:, None].to(device)
-        pred = segmenter(x).argmax(dim=1).cpu()
-        target = torch.from_numpy(q[i : i + batch_size]).argmax(dim=1)
-        cm += confusion_matrix(pred, target, k)
+    cm = confusion_matrix(segment(segmenter, images, batch_size), torch.from_numpy(q).argmax(dim=1), k)
     m = metrics_from_confusion(cm, class_names)
     return {"miou": m["miou"], "pixel_agreement": m["pixel_accuracy"], "iou": m["iou"]}

@@ -235,6 +235,15 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
+def manifest_sums(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The done marker's per-shard sums over manifest rows (dataset statistics add them up)."""
+    return {
+        "sum_class_fractions": np.array([r["class_fractions"] for r in rows], dtype=np.float64).sum(axis=0).tolist(),
+        "sum_mean_confidence": float(sum(r["mean_confidence"] for r in rows)),
+        "sum_mean_entropy": float(sum(r["mean_entropy"] for r in rows)),
+    }
+
+
 def write_parquet(fs, path: str, table: pa.Table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)

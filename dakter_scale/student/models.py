@@ -65,12 +65,18 @@ def save_student(directory: str | Path, model: torch.nn.Module, info: dict) -> P
     return d
 
 
-def load_student(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def read_student_info(directory: str | Path) -> dict:
+    """A student folder's student.json, once the folder is known to hold its weights too."""
     d = Path(directory)
     for part in (STUDENT_FILE, "model.safetensors"):
         if not (d / part).is_file():
             raise StudentError(f"student folder {d} has no {part}; train one with jobs/train_student.py")
-    info = json.loads((d / STUDENT_FILE).read_text())
+    return json.loads((d / STUDENT_FILE).read_text())
+
+
+def load_student(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    d = Path(directory)
+    info = read_student_info(d)
     model = build_student(info["arch"], info["encoder"], len(info["classes"]), None, info.get("encoder_depth", 5))
     load_model(model, str(d / "model.safetensors"), device=str(device))
     return model.to(device).eval(), info

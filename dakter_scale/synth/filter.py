@@ -32,7 +32,8 @@ import torch
 
 from dakter_scale.data import shards, storage
 from dakter_scale.data.stream import tar_samples
-from dakter_scale.student.models import load_student
+from dakter_scale.quality import segment
+from dakter_scale.student.models import load_student, read_student_info
 
 log = logging.getLogger("dakter_scale")
 
@@ -82,16 +83,12 @@ def _batches(url: str, batch_size: int) -> Iterator[list[tuple[dict, np.ndarray,
         yield batch
 
 
-@torch.no_grad()
 def score_shards(url: str, segmenter: torch.nn.Module, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
     """(keys, per-pair alignment) of every pair of a generated set."""
-    device = next(segmenter.parameters()).device
     keys, scores = [], []
     for batch in _batches(url, batch_size):
-        images = np.stack([b[1] for b in batch])
         q = np.stack([b[2] for b in batch])
-        x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None].to(device)
-        pred = segmenter(x).argmax(dim=1).cpu().numpy()
+        pred = segment(segmenter, np.stack([b[1] for b in batch]), batch_size).numpy()
         scores.append(pair_alignment(pred, q.argmax(axis=1), q.shape[1]))
         keys += [b[0]["__key__"] for b in batch]
     return keys, (np.concatenate(scores) if scores else np.zeros(0))
@@ -129,7 +126,7 @@ def filter_shards(
     if src_info is None or src_info.get("status") != "complete":
         raise FilterError(f"{src_url}: not a complete generated set (dataset.json missing or not complete); finish jobs/synthesize.py first")
     segmenter_dir = Path(segmenter_dir)
-    segmenter, seg_info = load_student(segmenter_dir)
+    seg_info = read_student_info(segmenter_dir)
     if list(seg_info["classes"]) != list(src_info["classes"]):
         raise FilterError(f"segmenter {segmenter_dir} has classes {seg_info['classes']}, the generated set {src_info['classes']}")
     fp = _fingerprint(src_info, segmenter_dir, keep, min_alignment)
@@ -137,6 +134,7 @@ def filter_shards(
     if dst_info is not None and dst_info.get("status") == "complete" and dst_info.get("filter", {}).get("fingerprint") == fp:
         log.info("filter: %s already holds this selection; reusing it", dst_url)
         return dst_info
+    segmenter, _ = load_student(segmenter_dir)
     fs, root = storage.url_to_fs(dst_url)
     if fs.exists(root) and fs.ls(root, detail=False):
         fs.rm(root, recursive=True)  # a different or unfinished selection: start over
@@ -147,19 +145,17 @@ def filter_shards(
     if keep is not None:
         if keep > len(keys):
             raise FilterError(f"{src_url} holds {len(keys)} pairs, fewer than the {keep} to keep")
-        order = np.argsort(-scores, kind="stable")
-        chosen = set(order[:keep].tolist())
+        kept = np.zeros(len(keys), dtype=bool)
+        kept[np.argsort(-scores, kind="stable")[:keep]] = True
     else:
-        chosen = {i for i, s in enumerate(scores) if s >= min_alignment}
-        if not chosen:
+        kept = scores >= min_alignment
+        if not kept.any():
             raise FilterError(f"no pair of {src_url} reaches alignment {min_alignment} (best {scores.max():.3f})")
-    threshold = float(min(scores[i] for i in chosen))
-    shards.write_parquet(fs, storage.join(root, SCORES_FILE), pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": [i in chosen for i in range(len(keys))]}))
+    threshold = float(scores[kept].min())
+    shards.write_parquet(fs, storage.join(root, SCORES_FILE), pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": kept}))
 
     per_shard = samples_per_shard or int(src_info.get("samples_per_shard") or 1000)
-    score_of = dict(zip(keys, scores.tolist()))
-    kept_keys = {keys[i] for i in chosen}
-    written = _write_kept(fs, root, src_url, kept_keys, score_of, per_shard, fp)
+    written = _write_kept(fs, root, src_url, {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}, per_shard, fp)
     info = dict(
         src_info,
         status="complete",
@@ -179,7 +175,7 @@ def filter_shards(
             "kept": written,
             "threshold": threshold,
             "alignment_mean_source": float(scores.mean()),
-            "alignment_mean_kept": float(np.mean([scores[i] for i in chosen])),
+            "alignment_mean_kept": float(scores[kept].mean()),
             "seconds": round(time.time() - t0, 2),
         },
     )
@@ -188,8 +184,9 @@ def filter_shards(
     return info
 
 
-def _write_kept(fs, root: str, src_url: str, kept: set[str], score_of: dict[str, float], per_shard: int, fp: str) -> int:
-    """Copy the kept samples into shards of per_shard pairs: tar, then manifest, then marker."""
+def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: int, fp: str) -> int:
+    """Copy the kept samples (source key -> alignment) into shards of per_shard pairs: tar, then
+    manifest, then marker."""
     shard, buffer, total = 0, [], 0
 
     def flush() -> None:
@@ -197,13 +194,12 @@ def _write_kept(fs, root: str, src_url: str, kept: set[str], score_of: dict[str,
         rows, members = [], []
         for index, (sample, meta) in enumerate(buffer):
             key = shards.sample_key(shard, index)
-            record = dict(meta, key=key, shard=shard, index=index, source_key=sample["__key__"], alignment=round(score_of[sample["__key__"]], 6))
+            record = dict(meta, key=key, shard=shard, index=index, source_key=sample["__key__"], alignment=round(kept[sample["__key__"]], 6))
             members.append((key, {"image.png": sample["image.png"], "soft.png": sample["soft.png"], "json": json.dumps(record, sort_keys=True).encode()}))
             rows.append({"key": key, "shard": shard, "index": index, "seed": int(meta["seed"]), "class_fractions": meta["class_fractions"], "mean_entropy": meta["mean_entropy"], "mean_confidence": meta["mean_confidence"]})
         with storage.open_atomic(fs, storage.join(root, shards.shard_name(shard, "tar"))) as f:
             nbytes, sha = shards.write_tar(f, members)
         shards.write_parquet(fs, storage.join(root, shards.shard_name(shard, "parquet")), shards.manifest_table(rows))
-        fractions = np.array([r["class_fractions"] for r in rows], dtype=np.float64)
         marker = {
             "shard": shard,
             "count": len(rows),
@@ -212,9 +208,7 @@ def _write_kept(fs, root: str, src_url: str, kept: set[str], score_of: dict[str,
             "tar_bytes": nbytes,
             "sha256": sha,
             "fingerprint": fp,
-            "sum_class_fractions": fractions.sum(axis=0).tolist(),
-            "sum_mean_confidence": float(sum(r["mean_confidence"] for r in rows)),
-            "sum_mean_entropy": float(sum(r["mean_entropy"] for r in rows)),
+            **shards.manifest_sums(rows),
         }
         storage.write_json(fs, storage.join(root, shards.shard_name(shard, "json")), marker)
         shard, buffer = shard + 1, []

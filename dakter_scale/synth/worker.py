@@ -237,7 +237,6 @@ class ShardWriter:
         if len(rows) != task.count:  # an invariant of _encode, not user input
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
         shards.write_parquet(self.fs, storage.join(self.root, shards.shard_name(task.shard, "parquet")), shards.manifest_table(rows))
-        fractions = np.array([r["class_fractions"] for r in rows], dtype=np.float64)
         marker = {
             "shard": task.shard,
             "count": task.count,
@@ -246,9 +245,7 @@ class ShardWriter:
             "tar_bytes": nbytes,
             "sha256": sha,
             "fingerprint": self.fingerprint,
-            "sum_class_fractions": fractions.sum(axis=0).tolist(),
-            "sum_mean_confidence": float(sum(r["mean_confidence"] for r in rows)),
-            "sum_mean_entropy": float(sum(r["mean_entropy"] for r in rows)),
+            **shards.manifest_sums(rows),
             "seconds": round(time.time() - t0, 3),
             "sample_seconds": round(timing["sample"], 3),
             "writer_wait_seconds": round(waited, 3),  # sampling stalled on encoding / upload
