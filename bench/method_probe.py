@@ -1,7 +1,7 @@
 """Method probes: how the joint DDPM's parameterisation and the student regime change the outcome.
 
 Exploratory runs behind docs/RESULTS.md's "what was tried"; the committed comparison itself is
-jobs/experiment.py. Four modes:
+jobs/experiment.py. Modes:
 
     # one diffusion variant: train (if missing), synthesize 256 pairs, measure generation quality,
     # train real-only / hard / soft unet students at ratio 1 (600 steps)
@@ -15,6 +15,18 @@ jobs/experiment.py. Four modes:
 
     # student variants over a finished jobs/experiment.py folder: its config, its b_cfg shards
     python bench/method_probe.py followup runs/exp TAG '[{"student.arch": "segformer", "student.ratio": 2, "student.labels": "soft", "student.kd_temperature": 2, "student.seed": 0}]'
+
+    # ... optionally also scored on a validation spec (other scenes) to choose settings on
+    python bench/method_probe.py followup runs/exp2 kdw '[{"student.arch": "segformer", "student.ratio": 2, "student.kd_weight": 2, "student.seed": 0}]' 'synthetic:40?size=32&test=200&seed=7'
+
+    # ... on another generated set of the experiment (e.g. a decode-study draw)
+    python bench/method_probe.py followup runs/exp2 mean5 '[...]' 'synthetic:40?size=32&test=200&seed=7' decode_mean_5
+
+    # every finished student of an experiment folder, scored on another spec's test split
+    python bench/method_probe.py evaluate runs/exp2 'synthetic:40?size=32&test=1000' test1000
+
+    # ... and their mean +- std over seeds
+    python bench/method_probe.py summarize test1000
 
     # generation quality of any model folder: N DDIM pairs (the config's sampler), scored by real-only students
     python bench/method_probe.py quality runs/exp2/models/b_cfg configs/experiment_demo.yaml 200 runs/exp/students/none-deeplabv3plus-r0-s0 runs/exp/students/none-unet-r0-s0
@@ -99,10 +111,12 @@ def model_probe(name: str, steps: int, overrides: list[str]) -> dict:
     return result
 
 
-def _student_variants(cfg, url: str, folder: Path, tag: str, variants: list[dict], record: dict, n_train: int | None = None) -> list[dict]:
+def _student_variants(cfg, url: str, folder: Path, tag: str, variants: list[dict], record: dict, n_train: int | None = None, val_spec: str | None = None) -> list[dict]:
     """Train and evaluate one student per variant (skipping finished ones); append each result to students.jsonl.
 
-    With n_train, a variant uses the first ratio * n_train generated pairs, as jobs/experiment.py does."""
+    With n_train, a variant uses the first ratio * n_train generated pairs, as jobs/experiment.py does.
+    With val_spec, the student is also scored on that spec's test split (val_miou, val_iou): a
+    held-out split to choose settings on, so that the experiment's test split stays untouched."""
     from dakter_scale.student.evaluate import evaluate_student
     from dakter_scale.student.train import train_student
 
@@ -118,6 +132,9 @@ def _student_variants(cfg, url: str, folder: Path, tag: str, variants: list[dict
             (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec, "test", c.eval)))
         m = json.loads((d / "metrics.json").read_text())
         rec = {**record, "tag": tag, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
+        if val_spec:
+            val = evaluate_student(str(d), val_spec, "test", c.eval)
+            rec.update(val_spec=val_spec, val_miou=val["miou"], val_iou=val["iou"])
         print("RESULT", json.dumps(rec), flush=True)
         with open(ROOT / "students.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -139,14 +156,52 @@ def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dic
     return _student_variants(cfg, url, root, tag, variants, {"model": name, "pairs": n})
 
 
-def followup_probe(exp: str, tag: str, variants: list[dict]) -> list[dict]:
-    """Student variants on an experiment's own config and generated pairs (model b_cfg)."""
+def followup_probe(exp: str, tag: str, variants: list[dict], val_spec: str | None = None, generated: str = "b_cfg") -> list[dict]:
+    """Student variants on an experiment's own config and one of its generated sets (b_cfg by default)."""
     from dakter_scale.config import load_config
     from dakter_scale.data.real import open_source
 
     cfg = load_config(str(Path(exp) / "config.yaml"), [])
     n_train = len(open_source(cfg.data.spec).split_items("train"))
-    return _student_variants(cfg, str(Path(exp) / "generated" / "b_cfg"), ROOT / "followup", tag, variants, {"experiment": exp}, n_train)
+    return _student_variants(cfg, str(Path(exp) / "generated" / generated), ROOT / "followup", tag, variants, {"experiment": exp, "generated": generated}, n_train, val_spec)
+
+
+def evaluate_probe(exp: str, spec: str, tag: str) -> list[dict]:
+    """Score every finished student of an experiment folder on another spec's test split.
+
+    For a validation split (other scenes, to choose settings on) or a larger test split (the same
+    scenes first, then more: synthetic scenes are seeded per index, so test=1000 extends test=200)."""
+    from dakter_scale.student.evaluate import evaluate_student
+
+    out = []
+    for d in sorted(Path(exp, "students").iterdir()):
+        if not (d / "metrics.json").is_file():
+            continue
+        run = json.loads((d / "metrics.json").read_text()).get("run", {})
+        m = evaluate_student(str(d), spec, "test")
+        rec = {"experiment": exp, "tag": tag, "student": d.name, "run": run, "spec": spec, "miou": m["miou"], "iou": m["iou"], "mean_f1": m["mean_f1"]}
+        print("RESULT", json.dumps(rec), flush=True)
+        with open(ROOT / "evaluate.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        out.append(rec)
+    return out
+
+
+def summarize_evaluations(tag: str) -> dict:
+    """Mean and std over seeds of evaluate.jsonl's records with this tag, per (arch, method, ratio)."""
+    groups: dict[tuple, dict[int, float]] = {}
+    for line in (ROOT / "evaluate.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["tag"] != tag or not r["run"]:
+            continue
+        key = (r["run"]["arch"], r["run"]["method"], r["run"]["ratio"])
+        groups.setdefault(key, {})[r["run"]["seed"]] = 100 * r["miou"]
+    table = {}
+    for (arch, method, ratio), by_seed in sorted(groups.items()):
+        v = np.array([by_seed[s] for s in sorted(by_seed)])
+        table[f"{arch} {method} r{ratio:g}"] = {"mean": round(float(v.mean()), 2), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 2), "seeds": sorted(by_seed), "miou": [round(float(x), 2) for x in v]}
+        print(f"{arch:14s} {method:10s} r{ratio:<4g} {v.mean():6.2f} +- {table[f'{arch} {method} r{ratio:g}']['std']:.2f}  {' '.join(f'{x:.2f}' for x in v)}")
+    return table
 
 
 def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[dict]:
@@ -181,7 +236,11 @@ def main() -> None:
     elif mode == "students":
         student_probe(args[0], args[1], int(args[2]), json.loads(args[3]))
     elif mode == "followup":
-        followup_probe(args[0], args[1], json.loads(args[2]))
+        followup_probe(args[0], args[1], json.loads(args[2]), *args[3:5])
+    elif mode == "evaluate":
+        evaluate_probe(args[0], args[1], args[2])
+    elif mode == "summarize":
+        summarize_evaluations(args[0])
     elif mode == "quality":
         quality_probe(args[0], args[1], int(args[2]), args[3:])
     else:
