@@ -182,8 +182,9 @@ class StudentConfig:
     ratio: float = 0.0  # generated samples per real sample (2.0 = 200 %)
     labels: str = "soft"  # soft (KD loss, DAKTer) | hard (argmax + CE, the DDPM / SatSynth baseline)
     kd_temperature: float = 1.0
-    kd_weight: float = 1.0
-    ce_weight: float = 1.0
+    kd_weight: float = 1.0  # lambda: weight of the KD loss on generated soft labels
+    ce_weight: float = 1.0  # weight of the CE on real masks
+    hard_weight: Union[float, None] = None  # weight of the CE on generated hard labels (labels=hard); None = ce_weight
     min_confidence: float = 0.0  # drop generated samples whose mean max-probability is below this
     max_generated: int = 0  # use only the first N generated pairs (0 = all): the paper's r * |D| distinct pairs
     shuffle_buffer: int = 256
@@ -203,6 +204,7 @@ class StudentConfig:
         _check(self.lr > 0, "student.lr", "must be > 0")
         _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
         _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
+        _check(self.hard_weight is None or self.hard_weight >= 0, "student.hard_weight", "must be >= 0 or null")
         _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
         _check(self.max_generated >= 0, "student.max_generated", "must be >= 0")
         _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")

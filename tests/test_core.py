@@ -173,6 +173,11 @@ def test_mixed_loss_soft_vs_hard():
     assert float(soft) == pytest.approx(float(torch.cat([ce_real, kd_gen]).mean()), rel=1e-6)
     assert float(hard) == pytest.approx(float(torch.cat([ce_real, ce_gen]).mean()), rel=1e-6)
     assert set(parts) == {"ce_real", "kd"} and set(hparts) == {"ce_real", "ce_generated"}
+    # the weights act on their own samples only: lambda on soft generated, hard_weight on hard generated
+    soft_half, _ = kd.mixed_loss(logits, mask, q, is_gen, labels="soft", kd_weight=0.5)
+    hard_half, _ = kd.mixed_loss(logits, mask, q, is_gen, labels="hard", hard_weight=0.5)
+    assert float(soft_half) == pytest.approx(float(torch.cat([ce_real, 0.5 * kd_gen]).mean()), rel=1e-6)
+    assert float(hard_half) == pytest.approx(float(torch.cat([ce_real, 0.5 * ce_gen]).mean()), rel=1e-6)
     with pytest.raises(ValueError):
         kd.mixed_loss(logits, mask, q, is_gen, labels="fuzzy")
 

@@ -58,12 +58,13 @@ def mixed_loss(
     ce_weight: float = 1.0,
     kd_weight: float = 1.0,
     temperature: float = 1.0,
+    hard_weight: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The student's loss over a batch mixing real and generated samples.
 
     Real sample: ce_weight * CE(logits, mask). Generated sample: kd_weight * KD(logits, q) with
-    labels="soft" (DAKTer), or ce_weight * CE(logits, argmax q) with labels="hard" (the DDPM /
-    SatSynth-style baseline on the same pairs). The batch loss is the mean over samples, so the
+    labels="soft" (DAKTer), or hard_weight * CE(logits, argmax q) with labels="hard" (the DDPM /
+    SatSynth-style baseline on the same pairs; hard_weight None means ce_weight, plain CE). The batch loss is the mean over samples, so the
     share of generated samples in a batch is the augmentation ratio's weight.
 
     mask: (N, H, W) integer mask (ignored for generated samples). q: (N, K, H, W) soft labels
@@ -85,6 +86,6 @@ def mixed_loss(
             parts["kd"] = float(kd.detach().mean())
         else:
             ce_gen = ce_loss_per_sample(logits[gen], q[gen].argmax(dim=1))
-            per_sample[gen] = ce_weight * ce_gen
+            per_sample[gen] = (ce_weight if hard_weight is None else hard_weight) * ce_gen
             parts["ce_generated"] = float(ce_gen.detach().mean())
     return per_sample.mean(), parts
