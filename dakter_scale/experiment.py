@@ -257,7 +257,7 @@ class Experiment:
             "",
             f"Data `{cfg.data.spec}`: {self.n_train} training images, evaluated on the full test split (one confusion matrix per run). "
             f"Models at {cfg.data.resolution} px; diffusion {cfg.diffusion.max_steps} steps of batch {cfg.diffusion.batch_size}; sampler {cfg.sampling.sampler} x {cfg.sampling.steps}, decode {cfg.sampling.decode}; "
-            f"students {cfg.student.max_steps} steps of batch {cfg.student.batch_size}. {seeds} seeds; mean ± std (%) over seeds.",
+            f"students {cfg.student.max_steps} steps of batch {cfg.student.batch_size}, KD weight λ = {cfg.student.kd_weight:g}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
             "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
             "",
             f"## Main comparison at ratio {e.ratio:g} ({100 * e.ratio:.0f} %): mIoU / mean F1",
@@ -279,6 +279,24 @@ class Experiment:
             f"DAKTer > hard for {len(v['dakter>hard'])} ({', '.join(v['dakter>hard']) or 'none'}); DAKTer > none for {len(v['dakter>none'])} ({', '.join(v['dakter>none']) or 'none'}); "
             f"b = {cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({', '.join(v['b_auto>=b_1']) or 'none'}).",
             "",
+        ]
+        pairs = [(a, b) for a, b in (("dakter", "hard"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1")) if {a, b} <= set(e.methods)]
+        if pairs and seeds > 1:
+            lines += [
+                "Same-seed differences in mIoU (points; mean ± std over seeds, and the seeds where the first is ahead):",
+                "",
+                "| student | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
+                "|---|" + "---|" * len(pairs),
+            ]
+            for arch in e.archs:
+                cells = []
+                for a, b in pairs:
+                    d = [results[self._run(a, arch, e.ratio, s).name]["miou"] - results[self._run(b, arch, e.ratio, s).name]["miou"] for s in e.seeds if self._run(a, arch, e.ratio, s).name in results and self._run(b, arch, e.ratio, s).name in results]
+                    mu, sd = _mean_std(d)
+                    cells.append(f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})" if d else "–")
+                lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += [
             f"## Per-class IoU at ratio {e.ratio:g} (%, mean over seeds)",
             "",
             "| student | method | " + " | ".join(classes) + " |",
