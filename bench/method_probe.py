@@ -64,6 +64,14 @@ BASE = [
 ]
 
 
+def _emit(rec: dict, file: str) -> dict:
+    """Print a result record and append it to ROOT/file (one JSON object per line)."""
+    print("RESULT", json.dumps(rec), flush=True)
+    with open(ROOT / file, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec
+
+
 def model_probe(name: str, steps: int, overrides: list[str]) -> dict:
     from dakter_scale import quality
     from dakter_scale.config import load_config
@@ -135,10 +143,7 @@ def _student_variants(cfg, url: str, folder: Path, tag: str, variants: list[dict
         if val_spec:
             val = evaluate_student(str(d), val_spec, "test", c.eval)
             rec.update(val_spec=val_spec, val_miou=val["miou"], val_iou=val["iou"])
-        print("RESULT", json.dumps(rec), flush=True)
-        with open(ROOT / "students.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        out.append(rec)
+        out.append(_emit(rec, "students.jsonl"))
     return out
 
 
@@ -180,10 +185,7 @@ def evaluate_probe(exp: str, spec: str, tag: str) -> list[dict]:
         run = json.loads((d / "metrics.json").read_text()).get("run", {})
         m = evaluate_student(str(d), spec, "test")
         rec = {"experiment": exp, "tag": tag, "student": d.name, "run": run, "spec": spec, "miou": m["miou"], "iou": m["iou"], "mean_f1": m["mean_f1"]}
-        print("RESULT", json.dumps(rec), flush=True)
-        with open(ROOT / "evaluate.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        out.append(rec)
+        out.append(_emit(rec, "evaluate.jsonl"))
     return out
 
 
@@ -196,11 +198,14 @@ def summarize_evaluations(tag: str) -> dict:
             continue
         key = (r["run"]["arch"], r["run"]["method"], r["run"]["ratio"])
         groups.setdefault(key, {})[r["run"]["seed"]] = 100 * r["miou"]
+    from dakter_scale.experiment import _mean_std
+
     table = {}
     for (arch, method, ratio), by_seed in sorted(groups.items()):
-        v = np.array([by_seed[s] for s in sorted(by_seed)])
-        table[f"{arch} {method} r{ratio:g}"] = {"mean": round(float(v.mean()), 2), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 2), "seeds": sorted(by_seed), "miou": [round(float(x), 2) for x in v]}
-        print(f"{arch:14s} {method:10s} r{ratio:<4g} {v.mean():6.2f} +- {table[f'{arch} {method} r{ratio:g}']['std']:.2f}  {' '.join(f'{x:.2f}' for x in v)}")
+        v = [by_seed[s] for s in sorted(by_seed)]
+        mean, std = _mean_std(v)
+        table[f"{arch} {method} r{ratio:g}"] = {"mean": round(mean, 2), "std": round(std or 0.0, 2), "seeds": sorted(by_seed), "miou": [round(x, 2) for x in v]}
+        print(f"{arch:14s} {method:10s} r{ratio:<4g} {mean:6.2f} +- {std or 0.0:.2f}  {' '.join(f'{x:.2f}' for x in v)}")
     return table
 
 
@@ -217,10 +222,7 @@ def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[
     for aligner in aligners:
         q = generation_quality(cfg, url, aligner, n=n)
         rec = {"model": model, "pairs": n, "aligner": aligner, "label_alignment": q["label_alignment"], "class_fraction_tv": q["class_fraction_tv"], "mean_confidence": q["mean_confidence"], "enl": [q["enl_generated"], q.get("enl_real")], "histogram_distance": q.get("histogram_distance")}
-        print("RESULT", json.dumps(rec), flush=True)
-        with open(ROOT / "quality.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        out.append(rec)
+        out.append(_emit(rec, "quality.jsonl"))
     return out
 
 
@@ -229,10 +231,7 @@ def main() -> None:
     ROOT.mkdir(parents=True, exist_ok=True)
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "model":
-        result = model_probe(args[0], int(args[1]), args[2:])
-        print("RESULT", json.dumps(result), flush=True)
-        with open(ROOT / "results.jsonl", "a") as f:
-            f.write(json.dumps(result) + "\n")
+        _emit(model_probe(args[0], int(args[1]), args[2:]), "results.jsonl")
     elif mode == "students":
         student_probe(args[0], args[1], int(args[2]), json.loads(args[3]))
     elif mode == "followup":

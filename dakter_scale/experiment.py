@@ -229,9 +229,13 @@ class Experiment:
 
     # -- report --------------------------------------------------------------------------------
 
+    def _by_seed(self, results: dict, method: str, arch: str, ratio: float, key: str) -> dict[int, float]:
+        """results[...][key] of the finished runs of one (method, arch, ratio), by seed."""
+        names = {s: self._run(method, arch, ratio, s).name for s in self.e.seeds}
+        return {s: results[n][key] for s, n in names.items() if n in results}
+
     def _cell(self, results: dict, method: str, arch: str, ratio: float, key: str) -> tuple[float, float | None]:
-        vals = [results[self._run(method, arch, ratio, s).name][key] for s in self.e.seeds if self._run(method, arch, ratio, s).name in results]
-        return _mean_std(vals)
+        return _mean_std(list(self._by_seed(results, method, arch, ratio, key).values()))
 
     def verdict(self, results: dict) -> dict:
         wins = {"dakter>hard>none": [], "dakter>hard": [], "dakter>none": [], "b_auto>=b_1": []}
@@ -291,7 +295,8 @@ class Experiment:
             for arch in e.archs:
                 cells = []
                 for a, b in pairs:
-                    d = [results[self._run(a, arch, e.ratio, s).name]["miou"] - results[self._run(b, arch, e.ratio, s).name]["miou"] for s in e.seeds if self._run(a, arch, e.ratio, s).name in results and self._run(b, arch, e.ratio, s).name in results]
+                    first, second = self._by_seed(results, a, arch, e.ratio, "miou"), self._by_seed(results, b, arch, e.ratio, "miou")
+                    d = [first[s] - second[s] for s in first if s in second]
                     mu, sd = _mean_std(d)
                     cells.append(f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})" if d else "–")
                 lines.append(f"| {arch} | " + " | ".join(cells) + " |")
@@ -305,10 +310,8 @@ class Experiment:
         bars: dict[str, tuple[list, list]] = {}
         for arch in e.archs:
             for m in e.methods:
-                per = []
-                for c in range(len(classes)):
-                    vals = [results[self._run(m, arch, e.ratio, s).name]["iou"][c] for s in e.seeds if self._run(m, arch, e.ratio, s).name in results]
-                    per.append(_mean_std(vals))
+                ious = list(self._by_seed(results, m, arch, e.ratio, "iou").values())
+                per = [_mean_std([iou[c] for iou in ious]) for c in range(len(classes))]
                 lines.append(f"| {arch} | {METHOD_NAMES[m]} | " + " | ".join(report.pct(mu) for mu, _ in per) + " |")
                 agg = bars.setdefault(METHOD_NAMES[m], ([0.0] * len(classes), [0.0] * len(classes)))
                 for c, (mu, _) in enumerate(per):

@@ -64,8 +64,9 @@ def mixed_loss(
 
     Real sample: ce_weight * CE(logits, mask). Generated sample: kd_weight * KD(logits, q) with
     labels="soft" (DAKTer), or hard_weight * CE(logits, argmax q) with labels="hard" (the DDPM /
-    SatSynth-style baseline on the same pairs; hard_weight None means ce_weight, plain CE). The batch loss is the mean over samples, so the
-    share of generated samples in a batch is the augmentation ratio's weight.
+    SatSynth-style baseline on the same pairs; hard_weight None means ce_weight, plain CE). The
+    batch loss is the mean over samples, so the share of generated samples in a batch is the
+    augmentation ratio's weight.
 
     mask: (N, H, W) integer mask (ignored for generated samples). q: (N, K, H, W) soft labels
     (ignored for real samples). is_generated: (N,) bool.
