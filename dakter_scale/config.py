@@ -185,6 +185,7 @@ class StudentConfig:
     kd_weight: float = 1.0  # lambda: weight of the KD loss on generated soft labels
     ce_weight: float = 1.0  # weight of the CE on real masks
     hard_weight: Union[float, None] = None  # weight of the CE on generated hard labels (labels=hard); None = ce_weight
+    kd_confidence_power: float = 0.0  # gamma: KD pixels weighted by (teacher max-prob)^gamma (labels=soft); 0 = plain mean
     min_confidence: float = 0.0  # drop generated samples whose mean max-probability is below this
     max_generated: int = 0  # use only the first N generated pairs (0 = all): the paper's r * |D| distinct pairs
     shuffle_buffer: int = 256
@@ -205,6 +206,7 @@ class StudentConfig:
         _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
         _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
         _check(self.hard_weight is None or self.hard_weight >= 0, "student.hard_weight", "must be >= 0 or null")
+        _check(self.kd_confidence_power >= 0, "student.kd_confidence_power", "must be >= 0")
         _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
         _check(self.max_generated >= 0, "student.max_generated", "must be >= 0")
         _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")

@@ -159,6 +159,23 @@ def test_kd_loss_zero_probability_classes_are_fine():
     assert float(kd.kd_loss(logits, q)) == pytest.approx(float(ce), rel=1e-5)  # one-hot teacher: KD == CE
 
 
+def test_kd_confidence_weighting_hand_computed():
+    # two pixels: a confident teacher (0.9) and an unsure one (0.5); weights 0.9^2 and 0.5^2
+    q = torch.tensor([[0.9, 0.5], [0.1, 0.5]]).reshape(1, 2, 1, 2)
+    logits = torch.zeros(1, 2, 1, 2)  # student 0.5 / 0.5 everywhere
+    kl = [0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5), 0.0]
+    w = [0.9**2, 0.5**2]
+    expected = (w[0] * kl[0] + w[1] * kl[1]) / sum(w)
+    assert float(kd.kd_loss_per_sample(logits, q, confidence_power=2)[0]) == pytest.approx(expected, rel=1e-5)
+    assert float(kd.kd_loss_per_sample(logits, q)[0]) == pytest.approx(sum(kl) / 2, rel=1e-5)
+    # uniform confidence: the weighted mean is the plain mean (the sample's total weight is unchanged)
+    flat = torch.tensor([[0.8, 0.8], [0.2, 0.2]]).reshape(1, 2, 1, 2)
+    rand = torch.randn(1, 2, 1, 2)
+    assert float(kd.kd_loss_per_sample(rand, flat, confidence_power=3)[0]) == pytest.approx(float(kd.kd_loss_per_sample(rand, flat)[0]), rel=1e-6)
+    with pytest.raises(ValueError, match="confidence power"):
+        kd.kd_loss_per_sample(logits, q, confidence_power=-1)
+
+
 def test_mixed_loss_soft_vs_hard():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 3, 2, 2, generator=gen)
@@ -178,6 +195,12 @@ def test_mixed_loss_soft_vs_hard():
     hard_half, _ = kd.mixed_loss(logits, mask, q, is_gen, labels="hard", hard_weight=0.5)
     assert float(soft_half) == pytest.approx(float(torch.cat([ce_real, 0.5 * kd_gen]).mean()), rel=1e-6)
     assert float(hard_half) == pytest.approx(float(torch.cat([ce_real, 0.5 * ce_gen]).mean()), rel=1e-6)
+    # the confidence power reaches the KD term and leaves the hard baseline alone
+    soft_conf, _ = kd.mixed_loss(logits, mask, q, is_gen, labels="soft", confidence_power=2)
+    kd_conf = kd.kd_loss_per_sample(logits[2:], q[2:], confidence_power=2)
+    assert float(soft_conf) == pytest.approx(float(torch.cat([ce_real, kd_conf]).mean()), rel=1e-6)
+    assert float(soft_conf) != pytest.approx(float(soft), rel=1e-6)
+    assert float(kd.mixed_loss(logits, mask, q, is_gen, labels="hard", confidence_power=2)[0]) == pytest.approx(float(hard), rel=1e-6)
     with pytest.raises(ValueError):
         kd.mixed_loss(logits, mask, q, is_gen, labels="fuzzy")
 

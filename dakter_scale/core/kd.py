@@ -13,24 +13,34 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss_per_sample(logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kd_loss_per_sample(logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0, confidence_power: float = 0.0) -> torch.Tensor:
     """T^2 * KL(q_T || softmax(logits / T)) averaged over pixels, one value per sample.
 
     logits: (N, K, H, W) student outputs. q: (N, K, H, W) soft labels (sum to 1 over K).
     With T != 1 the teacher is tempered as well: q_T proportional to q^(1/T).
+    confidence_power gamma > 0 makes the pixel average a weighted one, weight (max_k q)^gamma: the
+    teacher's uncertain pixels (where generated labels disagree most with the image) count less.
+    The weights are normalised per sample, so a sample's total weight does not change.
     Returns (N,) non-negative values.
     """
     if logits.shape != q.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and soft labels {tuple(q.shape)} differ in shape")
     if temperature <= 0:
         raise ValueError(f"KD temperature must be > 0, got {temperature}")
+    if confidence_power < 0:
+        raise ValueError(f"KD confidence power must be >= 0, got {confidence_power}")
     q = q.to(torch.float32)
+    q_conf = q.amax(dim=1)
     log_p = F.log_softmax(logits.float() / temperature, dim=1)
     if temperature != 1.0:
         q = F.softmax(q.clamp_min(1e-8).log() / temperature, dim=1)
     # xlogy gives 0 * log 0 = 0 for classes the teacher rules out.
     kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
-    return kl.flatten(1).mean(dim=1) * temperature**2
+    if confidence_power == 0:
+        return kl.flatten(1).mean(dim=1) * temperature**2
+    # Confidence of the untempered teacher: tempering changes the target, not which pixels to trust.
+    w = q_conf.pow(confidence_power).flatten(1)
+    return (kl.flatten(1) * w).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12) * temperature**2
 
 
 def kd_loss(logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -59,11 +69,13 @@ def mixed_loss(
     kd_weight: float = 1.0,
     temperature: float = 1.0,
     hard_weight: float | None = None,
+    confidence_power: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The student's loss over a batch mixing real and generated samples.
 
     Real sample: ce_weight * CE(logits, mask). Generated sample: kd_weight * KD(logits, q) with
-    labels="soft" (DAKTer), or hard_weight * CE(logits, argmax q) with labels="hard" (the DDPM /
+    labels="soft" (DAKTer; confidence_power > 0 weights its pixels by the teacher's
+    confidence, see kd_loss_per_sample), or hard_weight * CE(logits, argmax q) with labels="hard" (the DDPM /
     SatSynth-style baseline on the same pairs; hard_weight None means ce_weight, plain CE). The
     batch loss is the mean over samples, so the share of generated samples in a batch is the
     augmentation ratio's weight.
@@ -82,7 +94,7 @@ def mixed_loss(
         parts["ce_real"] = float(ce_real.detach().mean())
     if gen.any():
         if labels == "soft":
-            kd = kd_loss_per_sample(logits[gen], q[gen], temperature)
+            kd = kd_loss_per_sample(logits[gen], q[gen], temperature, confidence_power)
             per_sample[gen] = kd_weight * kd
             parts["kd"] = float(kd.detach().mean())
         else:

@@ -148,7 +148,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
         generated = batch["generated"].to(device)
         with accelerator.autocast():
             logits = model(x)
-        loss, parts = mixed_loss(logits, mask, q, generated, labels=s.labels, ce_weight=s.ce_weight, kd_weight=s.kd_weight, temperature=s.kd_temperature, hard_weight=s.hard_weight)
+        loss, parts = mixed_loss(logits, mask, q, generated, labels=s.labels, ce_weight=s.ce_weight, kd_weight=s.kd_weight, temperature=s.kd_temperature, hard_weight=s.hard_weight, confidence_power=s.kd_confidence_power)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
