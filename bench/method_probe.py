@@ -31,6 +31,9 @@ jobs/experiment.py. Modes:
     # generation quality of any model folder: N DDIM pairs (the config's sampler), scored by real-only students
     python bench/method_probe.py quality runs/exp2/models/b_cfg configs/experiment_demo.yaml 200 runs/exp/students/none-deeplabv3plus-r0-s0 runs/exp/students/none-unet-r0-s0
 
+    # does the teacher's confidence mark its wrong labels? agreement of real-only students per confidence band
+    python bench/method_probe.py calibration runs/exp3/generated/b_cfg 400 runs/exp3/students/none-unet-r0-s0 runs/exp3/students/none-deeplabv3plus-r0-s0
+
 Results append to runs/probe/results.jsonl and runs/probe/students.jsonl (THREADS=1 to run two at once).
 """
 
@@ -226,6 +229,25 @@ def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[
     return out
 
 
+def calibration_probe(shards: str, n: int, aligners: list[str]) -> list[dict]:
+    """Does the teacher's confidence say where its labels are wrong? For the first n generated pairs,
+    the share of pixels per band of max-probability, and how often a real-only student's prediction
+    on the generated image agrees with the generated label in that band (and per generated class)."""
+    from dakter_scale.pipeline import load_student, read_generated
+    from dakter_scale import quality
+
+    images, q = read_generated(shards, n)
+    conf, label = q.max(axis=1), q.argmax(axis=1)
+    bands = [0.0, 0.5, 0.7, 0.9, 0.99, 1.01]
+    out = []
+    for aligner in aligners:
+        agree = quality.segment(load_student(aligner)[0], images).numpy() == label
+        by_band = [{"band": [lo, min(hi, 1.0)], "pixels": float(((conf >= lo) & (conf < hi)).mean()), "agreement": float(agree[(conf >= lo) & (conf < hi)].mean())} for lo, hi in zip(bands[:-1], bands[1:])]
+        by_class = [{"class": k, "pixels": float((label == k).mean()), "confidence": float(conf[label == k].mean()), "agreement": float(agree[label == k].mean())} for k in range(q.shape[1]) if (label == k).any()]
+        out.append(_emit({"shards": shards, "pairs": len(images), "aligner": aligner, "agreement": float(agree.mean()), "by_confidence": by_band, "by_class": by_class}, "calibration.jsonl"))
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -242,6 +264,8 @@ def main() -> None:
         summarize_evaluations(args[0])
     elif mode == "quality":
         quality_probe(args[0], args[1], int(args[2]), args[3:])
+    elif mode == "calibration":
+        calibration_probe(args[0], int(args[1]), args[2:])
     else:
         sys.exit(f"usage: {__doc__}")
 
