@@ -29,6 +29,14 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which real data, and how a training sample is cut from it."""
@@ -230,7 +238,10 @@ class ExperimentConfig:
     """The paper's comparison (jobs/experiment.py): methods x students x ratios x seeds, plus studies."""
 
     archs: tuple[str, ...] = ("deeplabv3plus", "segformer", "unet")
-    methods: tuple[str, ...] = ("none", "hard", "dakter", "dakter_b1")  # none | hard | dakter | dakter_b1
+    methods: tuple[str, ...] = ("none", "hard", "dakter", "dakter_b1")  # none | hard | hard_matched | dakter | dakter_b1
+    # Per-student KD weight lambda, e.g. [unet:1.0]; a student not listed uses student.kd_weight.
+    # hard_matched (the control) gives hard labels the same weight on generated data.
+    kd_weights: tuple[str, ...] = ()
     ratio: float = 2.0  # the main table's augmentation ratio (2.0 = 200 %)
     sweep_archs: tuple[str, ...] = ("segformer",)  # students that get the full ratio sweep
     sweep_methods: tuple[str, ...] = ("hard", "dakter")
@@ -251,12 +262,17 @@ class ExperimentConfig:
     filter_arch: str = "unet"
 
     def validate(self) -> None:
-        known = ("none", "hard", "dakter", "dakter_b1")
+        known = ("none", "hard", "hard_matched", "dakter", "dakter_b1")
         _check(0.0 <= self.filter_keep < 1.0, "experiment.filter_keep", f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)")
         for m in self.methods + self.sweep_methods:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
         _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
+        for entry in self.kd_weights:
+            arch, _, weight = entry.partition(":")
+            _check(bool(arch) and _is_number(weight) and float(weight) >= 0, "experiment.kd_weights", f"{entry!r} is not ARCH:WEIGHT with a weight >= 0 (e.g. unet:1.0)")
+            students = set(self.archs) | set(self.sweep_archs) | {self.study_arch}
+            _check(arch in students, "experiment.kd_weights", f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})")
         for entry in self.sampler_study:
             name, _, steps = entry.partition(":")
             _check(name in ("ddpm", "ddim") and steps.isdigit() and int(steps) >= 1, "experiment.sampler_study", f"{entry!r} is not ddpm:STEPS or ddim:STEPS")

@@ -3,6 +3,8 @@
 Methods (one trained diffusion model and one set of shards per b, shared by every student):
   none       real data only
   hard       + generated pairs, argmax labels with CE      (the DDPM / SatSynth-style baseline)
+  hard_matched  hard, with the CE on generated pairs weighted like DAKTer's KD (lambda): the control
+             that separates what the soft labels add from what a smaller generated-data weight adds
   dakter     + generated pairs, soft labels with KD        (b = the configured b, "auto" by default)
   dakter_b1  + generated pairs from a model trained with b = 1 (the ablation), soft labels with KD
 
@@ -40,6 +42,7 @@ DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-al
 METHOD_NAMES = {
     "none": "no augmentation",
     "hard": "hard labels (DDPM / SatSynth style)",
+    "hard_matched": "hard labels, weight λ (control)",
     "dakter": "DAKTer (soft labels + KD)",
     "dakter_b1": "DAKTer, b = 1 (ablation)",
 }
@@ -54,6 +57,7 @@ class StudentRun:
     generated: str | None = None  # name of the generated set; None for "none"
     labels: str = "soft"
     sampling: str = ""  # for study runs: the sampling variant name
+    weight: float | None = None  # weight of the loss on generated pairs (lambda / hard_weight); None = the config's
 
     @property
     def name(self) -> str:
@@ -144,6 +148,8 @@ class Experiment:
             "student.labels": run.labels,
             "student.max_generated": int(round(run.ratio * self.n_train)) if run.ratio > 0 else 0,
         }
+        if run.weight is not None:
+            overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
         log.info("experiment: student %s", run.name)
         train_student(self.cfg.replace(**overrides), d, synthetic=generated_url, resume="latest", progress=self.progress)
         metrics = evaluate_student(str(d), self.cfg.data.spec, "test", self.cfg.eval)
@@ -174,10 +180,25 @@ class Experiment:
                         runs.append(self._run(m, arch, r, seed))
         return runs
 
+    def kd_weight(self, arch: str) -> float:
+        """The student's KD weight lambda: its experiment.kd_weights entry, else student.kd_weight."""
+        for entry in self.e.kd_weights:
+            name, _, weight = entry.partition(":")
+            if name == arch:
+                return float(weight)
+        return self.cfg.student.kd_weight
+
     def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         if method == "none":
             return StudentRun("none", arch, 0.0, seed)
-        return StudentRun(method, arch, ratio, seed, "b_1" if method == "dakter_b1" else "b_cfg", "hard" if method == "hard" else "soft")
+        if method == "hard":
+            return StudentRun("hard", arch, ratio, seed, "b_cfg", "hard")
+        if method == "hard_matched":
+            s = self.cfg.student
+            if self.kd_weight(arch) == (s.ce_weight if s.hard_weight is None else s.hard_weight):
+                return self._run("hard", arch, ratio, seed)  # the same weight: the same run
+            return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=self.kd_weight(arch))
+        return StudentRun(method, arch, ratio, seed, "b_1" if method == "dakter_b1" else "b_cfg", "soft", weight=self.kd_weight(arch))
 
     # -- the whole experiment ------------------------------------------------------------------
 
@@ -222,7 +243,7 @@ class Experiment:
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, n))
             mious = []
             for seed in self.e.study_seeds:
-                run = StudentRun("dakter", self.e.study_arch, self.e.study_ratio, seed, "b_cfg", "soft", sampling=name)
+                run = StudentRun("dakter", self.e.study_arch, self.e.study_ratio, seed, "b_cfg", "soft", sampling=name, weight=self.kd_weight(self.e.study_arch))
                 mious.append(self.student(run, url)["miou"])
             out[kind].append({"variant": entry, "sampling": sampling, "pairs_per_second": throughput.get("pairs_per_second"), "quality": quality, "miou": mious})
         return out
@@ -237,8 +258,12 @@ class Experiment:
     def _cell(self, results: dict, method: str, arch: str, ratio: float, key: str) -> tuple[float, float | None]:
         return _mean_std(list(self._by_seed(results, method, arch, ratio, key).values()))
 
+    def _lambda_note(self) -> str:
+        other = [f"{arch} {self.kd_weight(arch):g}" for arch in self.e.archs if self.kd_weight(arch) != self.cfg.student.kd_weight]
+        return f" ({', '.join(other)})" if other else ""
+
     def verdict(self, results: dict) -> dict:
-        wins = {"dakter>hard>none": [], "dakter>hard": [], "dakter>none": [], "b_auto>=b_1": []}
+        wins = {"dakter>hard>none": [], "dakter>hard": [], "dakter>none": [], "b_auto>=b_1": [], "dakter>hard_matched": []}
         for arch in self.e.archs:
             m = {meth: self._cell(results, meth, arch, self.e.ratio, "miou")[0] for meth in self.e.methods}
             if {"dakter", "hard", "none"} <= set(m):
@@ -250,6 +275,8 @@ class Experiment:
                     wins["dakter>none"].append(arch)
             if {"dakter", "dakter_b1"} <= set(m) and m["dakter"] >= m["dakter_b1"]:
                 wins["b_auto>=b_1"].append(arch)
+            if {"dakter", "hard_matched"} <= set(m) and m["dakter"] > m["hard_matched"]:
+                wins["dakter>hard_matched"].append(arch)
         return wins
 
     def markdown(self, p: dict) -> str:
@@ -261,7 +288,7 @@ class Experiment:
             "",
             f"Data `{cfg.data.spec}`: {self.n_train} training images, evaluated on the full test split (one confusion matrix per run). "
             f"Models at {cfg.data.resolution} px; diffusion {cfg.diffusion.max_steps} steps of batch {cfg.diffusion.batch_size}; sampler {cfg.sampling.sampler} x {cfg.sampling.steps}, decode {cfg.sampling.decode}; "
-            f"students {cfg.student.max_steps} steps of batch {cfg.student.batch_size}, KD weight λ = {cfg.student.kd_weight:g}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
+            f"students {cfg.student.max_steps} steps of batch {cfg.student.batch_size}, KD weight λ = {cfg.student.kd_weight:g}{self._lambda_note()}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
             "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
             "",
             f"## Main comparison at ratio {e.ratio:g} ({100 * e.ratio:.0f} %): mIoU / mean F1",
@@ -281,10 +308,11 @@ class Experiment:
             "",
             f"DAKTer > hard > none in mean mIoU for {len(v['dakter>hard>none'])} of {len(e.archs)} students ({', '.join(v['dakter>hard>none']) or 'none'}); "
             f"DAKTer > hard for {len(v['dakter>hard'])} ({', '.join(v['dakter>hard']) or 'none'}); DAKTer > none for {len(v['dakter>none'])} ({', '.join(v['dakter>none']) or 'none'}); "
-            f"b = {cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({', '.join(v['b_auto>=b_1']) or 'none'}).",
+            f"b = {cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({', '.join(v['b_auto>=b_1']) or 'none'})"
+            + (f"; DAKTer > hard labels at the same weight λ for {len(v['dakter>hard_matched'])} ({', '.join(v['dakter>hard_matched']) or 'none'})." if "hard_matched" in e.methods else "."),
             "",
         ]
-        pairs = [(a, b) for a, b in (("dakter", "hard"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1")) if {a, b} <= set(e.methods)]
+        pairs = [(a, b) for a, b in (("dakter", "hard"), ("dakter", "hard_matched"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1")) if {a, b} <= set(e.methods)]
         if pairs and seeds > 1:
             lines += [
                 "Same-seed differences in mIoU (points; mean ± std over seeds, and the seeds where the first is ahead):",

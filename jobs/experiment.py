@@ -5,7 +5,9 @@
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp experiment.seeds=[0,1,2,3,4]
 
 Methods: no augmentation; generated pairs as hard labels (DDPM / SatSynth style); DAKTer (soft
-labels + KD); DAKTer with b = 1 (the ablation). Students, ratios, seeds and the optional sampler
+labels + KD); DAKTer with b = 1 (the ablation); optionally `hard_matched`, hard labels with the
+same weight on generated pairs as DAKTer's KD weight λ (the control; per-student λ in
+`experiment.kd_weights`, e.g. [unet:1.0]). Students, ratios, seeds and the optional sampler
 and decode studies come from the config's `experiment` section. One diffusion model and one set
 of shards per b serve every student. Rerunning the same command resumes: finished models, shard
 sets and students are kept. Writes OUT/results.md, OUT/results.json and figures.

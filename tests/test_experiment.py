@@ -31,7 +31,7 @@ TINY = [
 
 
 def test_tiny_experiment_runs_and_resumes(tmp_path):
-    cfg = load_config(None, TINY + ["experiment.filter_keep=0.5"])
+    cfg = load_config(None, TINY + ["experiment.filter_keep=0.5", "experiment.kd_weights=[unet:0.7]"])
     exp = Experiment(cfg, tmp_path, progress=False)
     assert exp.gen_size() == 6  # ratio 1 x 6 training images
     path = exp.run()
@@ -39,6 +39,7 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     for name in ("no augmentation", "hard labels", "DAKTer (soft labels + KD)", "b = 1"):
         assert name in text
     assert "DAKTer > hard > none in mean mIoU for" in text
+    assert "KD weight λ = 1 (unet 0.7)" in text
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["runs"]) == 2 * 4  # seeds x methods
     assert set(payload["quality"]) == {"b_cfg", "b_1", "b_cfg_all", "b_1_all"} and payload["b"]["b_1"] == 1.0
@@ -54,6 +55,9 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
         assert (tmp_path / fig).stat().st_size > 1000
     student = json.loads((tmp_path / "students" / "hard-unet-r1-s0" / "student.json").read_text())
     assert student["labels"] == "hard" and student["ratio"] == 1.0
+    # the per-student lambda reached the DAKTer students' config, not the hard-label ones
+    for name, weight in (("dakter-unet-r1-s0", 0.7), ("dakter_b1-unet-r1-s1", 0.7), ("hard-unet-r1-s0", 1.0)):
+        assert load_config(tmp_path / "students" / name / "config.yaml").student.kd_weight == weight
     # A rerun finds every unit done: nothing is retrained.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "students").rglob("model.safetensors")}
     Experiment(cfg, tmp_path, progress=False).run()
@@ -71,6 +75,30 @@ def test_plan_sweep_seeds_and_generated_size():
     main = exp.main_runs()
     assert {r.seed for r in main} == {0, 1} and len(main) == 2 * 4  # 2 seeds x 4 methods
     assert {r.generated for r in main if r.method == "dakter_b1"} == {"b_1"}
+
+
+def test_per_student_kd_weight_and_matched_control():
+    import pytest
+
+    from dakter_scale.config import ConfigError
+
+    cfg = load_config(None, TINY + ["experiment.archs=[unet,segformer]", "experiment.methods=[hard,hard_matched,dakter,dakter_b1]", "experiment.kd_weights=[unet:1.0]", "student.kd_weight=0.5"])
+    exp = Experiment(cfg, "unused", progress=False)
+    assert exp.kd_weight("unet") == 1.0 and exp.kd_weight("segformer") == 0.5
+    runs = [r for r in exp.main_runs() if r.seed == 0]
+    by = {(r.method, r.arch): r for r in runs}
+    assert by[("dakter", "unet")].weight == 1.0 and by[("dakter_b1", "unet")].weight == 1.0 and by[("dakter", "segformer")].weight == 0.5
+    # segformer: hard labels weighted 0.5 on generated pairs, the same pairs as hard
+    matched = by[("hard_matched", "segformer")]
+    assert matched.labels == "hard" and matched.weight == 0.5 and matched.generated == "b_cfg" and matched.name == "hard_matched-segformer-r1-s0"
+    assert by[("hard", "segformer")].weight is None
+    # unet: lambda 1 is the hard baseline's own CE weight, so its control is the hard run itself
+    assert ("hard_matched", "unet") not in by and exp._run("hard_matched", "unet", 1.0, 0) == by[("hard", "unet")]
+    assert len({r.name for r in runs}) == 7
+    with pytest.raises(ConfigError, match="experiment.kd_weights"):
+        load_config(None, TINY + ["experiment.kd_weights=[unet]"])
+    with pytest.raises(ConfigError, match="not a student of this experiment"):
+        load_config(None, TINY + ["experiment.kd_weights=[Unet:1.0]"])
 
 
 def test_filter_keep_is_checked():
