@@ -242,8 +242,15 @@ def calibration_probe(shards: str, n: int, aligners: list[str]) -> list[dict]:
     out = []
     for aligner in aligners:
         agree = quality.segment(load_student(aligner)[0], images).numpy() == label
-        by_band = [{"band": [lo, min(hi, 1.0)], "pixels": float(((conf >= lo) & (conf < hi)).mean()), "agreement": float(agree[(conf >= lo) & (conf < hi)].mean())} for lo, hi in zip(bands[:-1], bands[1:])]
-        by_class = [{"class": k, "pixels": float((label == k).mean()), "confidence": float(conf[label == k].mean()), "agreement": float(agree[label == k].mean())} for k in range(q.shape[1]) if (label == k).any()]
+        by_band = []
+        for lo, hi in zip(bands[:-1], bands[1:]):
+            sel = (conf >= lo) & (conf < hi)
+            by_band.append({"band": [lo, min(hi, 1.0)], "pixels": float(sel.mean()), "agreement": float(agree[sel].mean())})
+        by_class = []
+        for k in range(q.shape[1]):
+            sel = label == k
+            if sel.any():
+                by_class.append({"class": k, "pixels": float(sel.mean()), "confidence": float(conf[sel].mean()), "agreement": float(agree[sel].mean())})
         out.append(_emit({"shards": shards, "pairs": len(images), "aligner": aligner, "agreement": float(agree.mean()), "by_confidence": by_band, "by_class": by_class}, "calibration.jsonl"))
     return out
 

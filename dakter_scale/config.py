@@ -261,6 +261,11 @@ class ExperimentConfig:
     filter_keep: float = 0.0
     filter_arch: str = "unet"
 
+    def kd_weight(self, arch: str, default: float) -> float:
+        """arch's KD weight from kd_weights (validated ARCH:WEIGHT entries), else default."""
+        weights = {name: float(weight) for name, _, weight in (entry.partition(":") for entry in self.kd_weights)}
+        return weights.get(arch, default)
+
     def validate(self) -> None:
         known = ("none", "hard", "hard_matched", "dakter", "dakter_b1")
         _check(0.0 <= self.filter_keep < 1.0, "experiment.filter_keep", f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)")
@@ -268,10 +273,10 @@ class ExperimentConfig:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
         _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
+        students = set(self.archs) | set(self.sweep_archs) | {self.study_arch}
         for entry in self.kd_weights:
             arch, _, weight = entry.partition(":")
             _check(bool(arch) and _is_number(weight) and float(weight) >= 0, "experiment.kd_weights", f"{entry!r} is not ARCH:WEIGHT with a weight >= 0 (e.g. unet:1.0)")
-            students = set(self.archs) | set(self.sweep_archs) | {self.study_arch}
             _check(arch in students, "experiment.kd_weights", f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})")
         for entry in self.sampler_study:
             name, _, steps = entry.partition(":")

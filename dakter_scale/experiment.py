@@ -16,6 +16,7 @@ resumes where it stopped. Tables report mean +- std over seeds (std with ddof = 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -182,11 +183,7 @@ class Experiment:
 
     def kd_weight(self, arch: str) -> float:
         """The student's KD weight lambda: its experiment.kd_weights entry, else student.kd_weight."""
-        for entry in self.e.kd_weights:
-            name, _, weight = entry.partition(":")
-            if name == arch:
-                return float(weight)
-        return self.cfg.student.kd_weight
+        return self.e.kd_weight(arch, self.cfg.student.kd_weight)
 
     def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         if method == "none":
@@ -243,7 +240,7 @@ class Experiment:
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, n))
             mious = []
             for seed in self.e.study_seeds:
-                run = StudentRun("dakter", self.e.study_arch, self.e.study_ratio, seed, "b_cfg", "soft", sampling=name, weight=self.kd_weight(self.e.study_arch))
+                run = dataclasses.replace(self._run("dakter", self.e.study_arch, self.e.study_ratio, seed), sampling=name)
                 mious.append(self.student(run, url)["miou"])
             out[kind].append({"variant": entry, "sampling": sampling, "pairs_per_second": throughput.get("pairs_per_second"), "quality": quality, "miou": mious})
         return out

@@ -30,16 +30,15 @@ def kd_loss_per_sample(logits: torch.Tensor, q: torch.Tensor, temperature: float
     if confidence_power < 0:
         raise ValueError(f"KD confidence power must be >= 0, got {confidence_power}")
     q = q.to(torch.float32)
-    q_conf = q.amax(dim=1)
+    # Weights from the untempered teacher: tempering changes the target, not which pixels to trust.
+    w = q.amax(dim=1).pow(confidence_power).flatten(1) if confidence_power > 0 else None
     log_p = F.log_softmax(logits.float() / temperature, dim=1)
     if temperature != 1.0:
         q = F.softmax(q.clamp_min(1e-8).log() / temperature, dim=1)
     # xlogy gives 0 * log 0 = 0 for classes the teacher rules out.
     kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
-    if confidence_power == 0:
+    if w is None:
         return kl.flatten(1).mean(dim=1) * temperature**2
-    # Confidence of the untempered teacher: tempering changes the target, not which pixels to trust.
-    w = q_conf.pow(confidence_power).flatten(1)
     return (kl.flatten(1) * w).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12) * temperature**2
 
 
