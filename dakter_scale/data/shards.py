@@ -250,6 +250,26 @@ def write_parquet(fs, path: str, table: pa.Table) -> None:
     storage.write_bytes(fs, path, buf.getvalue())
 
 
+def write_shard(fs, root: str, shard: int, members: list[tuple[str, dict[str, bytes]]], rows: list[dict[str, Any]], fingerprint: str) -> dict:
+    """Write one finished shard of already encoded samples: tar, then manifest, then the done
+    marker (a reader that trusts markers never sees a partial shard). Returns the marker."""
+    with storage.open_atomic(fs, storage.join(root, shard_name(shard, "tar"))) as f:
+        nbytes, sha = write_tar(f, members)
+    write_parquet(fs, storage.join(root, shard_name(shard, "parquet")), manifest_table(rows))
+    marker = {
+        "shard": shard,
+        "count": len(rows),
+        "first_key": rows[0]["key"],
+        "last_key": rows[-1]["key"],
+        "tar_bytes": nbytes,
+        "sha256": sha,
+        "fingerprint": fingerprint,
+        **manifest_sums(rows),
+    }
+    storage.write_json(fs, storage.join(root, shard_name(shard, "json")), marker)
+    return marker
+
+
 # -- listing a dataset -------------------------------------------------------------------------
 
 

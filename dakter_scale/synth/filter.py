@@ -185,8 +185,7 @@ def filter_shards(
 
 
 def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: int, fp: str) -> int:
-    """Copy the kept samples (source key -> alignment) into shards of per_shard pairs: tar, then
-    manifest, then marker."""
+    """Copy the kept samples (source key -> alignment) into shards of per_shard pairs."""
     shard, buffer, total = 0, [], 0
 
     def flush() -> None:
@@ -197,20 +196,7 @@ def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: 
             record = dict(meta, key=key, shard=shard, index=index, source_key=sample["__key__"], alignment=round(kept[sample["__key__"]], 6))
             members.append((key, {"image.png": sample["image.png"], "soft.png": sample["soft.png"], "json": json.dumps(record, sort_keys=True).encode()}))
             rows.append({"key": key, "shard": shard, "index": index, "seed": int(meta["seed"]), "class_fractions": meta["class_fractions"], "mean_entropy": meta["mean_entropy"], "mean_confidence": meta["mean_confidence"]})
-        with storage.open_atomic(fs, storage.join(root, shards.shard_name(shard, "tar"))) as f:
-            nbytes, sha = shards.write_tar(f, members)
-        shards.write_parquet(fs, storage.join(root, shards.shard_name(shard, "parquet")), shards.manifest_table(rows))
-        marker = {
-            "shard": shard,
-            "count": len(rows),
-            "first_key": rows[0]["key"],
-            "last_key": rows[-1]["key"],
-            "tar_bytes": nbytes,
-            "sha256": sha,
-            "fingerprint": fp,
-            **shards.manifest_sums(rows),
-        }
-        storage.write_json(fs, storage.join(root, shards.shard_name(shard, "json")), marker)
+        shards.write_shard(fs, root, shard, members, rows, fp)
         shard, buffer = shard + 1, []
 
     for sample in _samples(src_url):

@@ -539,7 +539,8 @@ def with_ray_kill(actor) -> None:
 # -- the whole run -----------------------------------------------------------------------------
 
 
-def _generated_stats(markers: dict[int, dict], num_classes: int) -> dict:
+def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
+    """Dataset statistics (pairs, class fractions, mean confidence and entropy) from shard markers."""
     count = sum(int(m["count"]) for m in markers.values())
     if count == 0:
         return {}
@@ -664,7 +665,7 @@ def synthesize(
             "the sampler waited for encoding and uploads %.0f %% of the shard time: give each actor more CPU threads (--threads-per-actor)", 100 * stalled / busy
         )
 
-    generated = _generated_stats(markers, len(prep.model_info["classes"]))
+    generated = marker_stats(markers, len(prep.model_info["classes"]))
     div, warnings = divergence(generated, header["train_stats"]["class_fractions"], cfg.divergence_threshold)
     dataset = dict(
         header,
