@@ -139,3 +139,14 @@ def test_relabel_job_cli(model, tmp_path):
     assert r.returncode == 2 and "--start must be in (0, 1]" in r.stderr
     r = subprocess.run(job("relabel.py") + ["--shards", str(tmp_path / "none"), "--out", str(dst)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "not a complete generated set" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_relabel_settings_enter_the_synthesis_fingerprint_only_when_on():
+    from dakter_scale.config import to_dict
+    from dakter_scale.synth.plan import fingerprint
+
+    off = to_dict(SamplingConfig())
+    before = {k: v for k, v in off.items() if not k.startswith("relabel_")}  # a set written before relabelling existed
+    assert fingerprint("m", off, 0, 100, "f", 50) == fingerprint("m", before, 0, 100, "f", 50)
+    assert fingerprint("m", dict(off, relabel_start=0.5), 0, 100, "f", 50) == fingerprint("m", off, 0, 100, "f", 50)
+    assert fingerprint("m", to_dict(RELABEL), 0, 100, "f", 50) != fingerprint("m", dict(to_dict(RELABEL), relabel_repeats=0), 0, 100, "f", 50)
