@@ -66,7 +66,11 @@ def test_filter_keeps_the_best_aligned_pairs_byte_for_byte(tmp_path, segmenter):
     tars = [i.tar for i in shards.done_shards(dst)]
     assert sum(1 for _ in wds.WebDataset(tars, shardshuffle=False)) == 7
     assert sum(1 for _ in GeneratedStream(dst, shuffle_buffer=1, passes=1)) == 7
-    assert len(shards.read_manifest(dst)) == 7
+    manifest = shards.read_manifest(dst)
+    assert len(manifest) == 7
+    # the dataset statistics describe the kept pairs, not the source
+    assert info["generated_stats"]["pairs"] == 7
+    np.testing.assert_allclose(info["generated_stats"]["class_fractions"], np.mean(manifest.column("class_fractions").to_pylist(), axis=0), atol=1e-6)
     # a rerun with the same source, segmenter and rule reuses the output
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
     assert filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3)["filter"]["fingerprint"] == info["filter"]["fingerprint"]

@@ -34,6 +34,7 @@ from dakter_scale.data import shards, storage
 from dakter_scale.data.stream import tar_samples
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
+from dakter_scale.synth.run import divergence, marker_stats
 
 log = logging.getLogger("dakter_scale")
 
@@ -155,9 +156,14 @@ def filter_shards(
     shards.write_parquet(fs, storage.join(root, SCORES_FILE), pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": kept}))
 
     per_shard = samples_per_shard or int(src_info.get("samples_per_shard") or 1000)
-    written = _write_kept(fs, root, src_url, {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}, per_shard, fp)
+    markers = _write_kept(fs, root, src_url, {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}, per_shard, fp)
+    written = sum(int(m["count"]) for m in markers.values())
+    generated = marker_stats(markers, len(src_info["classes"]))
+    div, _ = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), float(src_info.get("divergence", {}).get("threshold", 0.1)))
     info = dict(
         src_info,
+        generated_stats=generated,  # of the kept pairs
+        divergence=div,
         status="complete",
         count=written,
         planned=written,
@@ -184,9 +190,10 @@ def filter_shards(
     return info
 
 
-def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: int, fp: str) -> int:
-    """Copy the kept samples (source key -> alignment) into shards of per_shard pairs."""
-    shard, buffer, total = 0, [], 0
+def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: int, fp: str) -> dict[int, dict]:
+    """Copy the kept samples (source key -> alignment) into shards of per_shard pairs; returns the
+    markers by shard."""
+    shard, buffer, markers = 0, [], {}
 
     def flush() -> None:
         nonlocal shard, buffer
@@ -196,16 +203,15 @@ def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: 
             record = dict(meta, key=key, shard=shard, index=index, source_key=sample["__key__"], alignment=round(kept[sample["__key__"]], 6))
             members.append((key, {"image.png": sample["image.png"], "soft.png": sample["soft.png"], "json": json.dumps(record, sort_keys=True).encode()}))
             rows.append({"key": key, "shard": shard, "index": index, "seed": int(meta["seed"]), "class_fractions": meta["class_fractions"], "mean_entropy": meta["mean_entropy"], "mean_confidence": meta["mean_confidence"]})
-        shards.write_shard(fs, root, shard, members, rows, fp)
+        markers[shard] = shards.write_shard(fs, root, shard, members, rows, fp)
         shard, buffer = shard + 1, []
 
     for sample in _samples(src_url):
         if sample["__key__"] not in kept:
             continue
         buffer.append((sample, json.loads(sample["json"])))
-        total += 1
         if len(buffer) == per_shard:
             flush()
     if buffer:
         flush()
-    return total
+    return markers
