@@ -263,7 +263,6 @@ def relabel_probe(src: str, dst: str, start: float, repeats: int, aligners: list
     per-pair alignment (mean IoU over present classes, as the filter) and pixel agreement."""
     from dakter_scale import quality
     from dakter_scale.config import SamplingConfig
-    from dakter_scale.data import shards
     from dakter_scale.pipeline import load_student, read_generated
     from dakter_scale.synth.filter import pair_alignment
     from dakter_scale.synth.relabel import relabel_shards
@@ -276,7 +275,9 @@ def relabel_probe(src: str, dst: str, start: float, repeats: int, aligners: list
     rec = {"source": src, "relabelled": dst, "start": start, "repeats": repeats, "pairs": len(images), "seconds": info["relabel"]["seconds"],
            "same_argmax": float((old == new).mean()), "mean_confidence": [float(q_old.max(1).mean()), float(q_new.max(1).mean())],
            "class_fractions": [np.bincount(old.ravel(), minlength=k).tolist(), np.bincount(new.ravel(), minlength=k).tolist()],
-           "class_fraction_tv_to_train": [shards.read_dataset_info(src)["divergence"].get("class_fraction_tv"), info["divergence"].get("class_fraction_tv")]}
+           "train_class_fractions": info["train_stats"]["class_fractions"]}
+    train = np.asarray(info["train_stats"]["class_fractions"])
+    rec["class_fraction_tv_to_train"] = [float(0.5 * np.abs(np.bincount(lab.ravel(), minlength=k) / lab.size - train).sum()) for lab in (old, new)]
     out = []
     for aligner in aligners:
         pred = quality.segment(load_student(aligner)[0], images).numpy()

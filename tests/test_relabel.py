@@ -123,6 +123,8 @@ def test_relabel_errors_name_the_problem(model, tmp_path):
     synthesize(model, src, cfg(n=2, samples_per_shard=2, batch_size=2))
     with pytest.raises(RelabelError, match="relabel_repeats must be >= 1"):
         relabel_shards(str(src), str(tmp_path / "a"), SamplingConfig(steps=4))
+    with pytest.raises(RelabelError, match="is the source set itself"):
+        relabel_shards(str(src), str(src) + "/", RELABEL)
     with pytest.raises(RelabelError, match="not a complete generated set"):
         relabel_shards(str(tmp_path / "missing"), str(tmp_path / "a"), RELABEL)
     with pytest.raises(RelabelError, match="its model folder .* is not here"):

@@ -72,6 +72,8 @@ def relabel_shards(
         raise RelabelError("sampling.relabel_repeats must be >= 1 to relabel (the number of posterior runs averaged)")
     if batch_size < 1:
         raise RelabelError(f"batch_size must be >= 1, got {batch_size}")
+    if storage.url_to_fs(src_url)[1].rstrip("/") == storage.url_to_fs(dst_url)[1].rstrip("/"):
+        raise RelabelError(f"--out {dst_url} is the source set itself; write the relabelled set elsewhere")
     src_info = shards.read_dataset_info(src_url)
     if src_info is None or src_info.get("status") != "complete":
         raise RelabelError(f"{src_url}: not a complete generated set (dataset.json missing or not complete); finish jobs/synthesize.py first")
