@@ -6,7 +6,8 @@ given the finished image: from each pair's label noised to --start * T, the labe
 denoised again with the image held fixed (RePaint-style), over --repeats runs that are averaged.
 The output has the same keys and byte-identical images, new soft labels and manifest statistics;
 train students on it as on any shards. It resumes shard by shard and reuses a finished output made
-with the same source, model and settings. docs/synthesis.md ("Relabelling") says what it measured.
+with the same source, model and settings. On the committed CPU run it made students worse
+(docs/RESULTS.md, "Relabelling from the finished image"); it is a tool, off by default.
 
     python jobs/relabel.py --shards runs/shards --out runs/shards_relabel
     python jobs/relabel.py --shards s3://bucket/gen --out s3://bucket/gen_relabel --model runs/diffusion --start 0.25 --repeats 4

@@ -152,3 +152,13 @@ def test_relabel_settings_enter_the_synthesis_fingerprint_only_when_on():
     assert fingerprint("m", off, 0, 100, "f", 50) == fingerprint("m", before, 0, 100, "f", 50)
     assert fingerprint("m", dict(off, relabel_start=0.5), 0, 100, "f", 50) == fingerprint("m", off, 0, 100, "f", 50)
     assert fingerprint("m", to_dict(RELABEL), 0, 100, "f", 50) != fingerprint("m", dict(to_dict(RELABEL), relabel_repeats=0), 0, 100, "f", 50)
+
+
+def test_relabel_from_and_to_s3(model, s3_bucket):
+    src, dst = f"{s3_bucket}/gen", f"{s3_bucket}/gen_relabel"
+    synthesize(model, src, cfg(n=5, samples_per_shard=3, batch_size=3))
+    info = relabel_shards(src, dst, RELABEL, progress=False)
+    assert info["status"] == "complete" and info["generated_stats"]["pairs"] == 5
+    assert shards.read_manifest(dst).column("key").to_pylist() == shards.read_manifest(src).column("key").to_pylist()
+    assert sum(1 for _ in GeneratedStream(dst, shuffle_buffer=1, passes=1)) == 5
+    assert relabel_shards(src, dst, RELABEL, progress=False)["relabel"]["fingerprint"] == info["relabel"]["fingerprint"]  # reused
