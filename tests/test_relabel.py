@@ -20,21 +20,9 @@ from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import label_posterior, sample_pairs
 from dakter_scale.synth.relabel import RelabelError, relabel_shards
 from test_filter import _members
-from test_synth import cfg, synthesize, tiny_model
+from test_synth import _keep_torch_threads, cfg, model, synthesize  # noqa: F401 (fixtures: the session's tiny model, torch threads restored)
 
 RELABEL = SamplingConfig(steps=4, relabel_repeats=2, relabel_start=0.5)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_label_posterior_is_a_distribution_and_each_pair_depends_on_its_seed_alone(model):

@@ -26,7 +26,7 @@ import struct
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -235,6 +235,25 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
+def manifest_rows(keys: Sequence[str], seeds: Sequence[int], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Manifest rows of a batch of pairs from their keys, seeds and soft_labels.sample_stats(q)."""
+    rows = []
+    for j, (key, seed) in enumerate(zip(keys, seeds)):
+        shard, index = parse_key(key)
+        rows.append(
+            {
+                "key": key,
+                "shard": shard,
+                "index": index,
+                "seed": int(seed),
+                "class_fractions": [float(v) for v in stats["class_fractions"][j]],
+                "mean_entropy": float(stats["mean_entropy"][j]),
+                "mean_confidence": float(stats["mean_confidence"][j]),
+            }
+        )
+    return rows
+
+
 def manifest_sums(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The done marker's per-shard sums over manifest rows (dataset statistics add them up)."""
     return {
@@ -256,18 +275,23 @@ def write_shard(fs, root: str, shard: int, members: list[tuple[str, dict[str, by
     with storage.open_atomic(fs, storage.join(root, shard_name(shard, "tar"))) as f:
         nbytes, sha = write_tar(f, members)
     write_parquet(fs, storage.join(root, shard_name(shard, "parquet")), manifest_table(rows))
-    marker = {
+    marker = shard_marker(shard, rows, nbytes, sha, fingerprint)
+    storage.write_json(fs, storage.join(root, shard_name(shard, "json")), marker)
+    return marker
+
+
+def shard_marker(shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str) -> dict[str, Any]:
+    """The done marker of a written shard: what it holds, its tar's size and hash, the manifest sums."""
+    return {
         "shard": shard,
         "count": len(rows),
         "first_key": rows[0]["key"],
         "last_key": rows[-1]["key"],
-        "tar_bytes": nbytes,
-        "sha256": sha,
+        "tar_bytes": tar_bytes,
+        "sha256": sha256,
         "fingerprint": fingerprint,
         **manifest_sums(rows),
     }
-    storage.write_json(fs, storage.join(root, shard_name(shard, "json")), marker)
-    return marker
 
 
 # -- listing a dataset -------------------------------------------------------------------------

@@ -175,6 +175,18 @@ def tar_samples(stream: Any, url: str) -> Iterator[dict]:
         raise shards.ShardError(error)
 
 
+def shard_samples(info: shards.ShardInfo) -> Iterator[dict]:
+    """The raw samples of one finished shard, in key order; a ShardError when the tar holds another
+    count than its marker records."""
+    with fsspec.open(info.tar, "rb") as f:
+        seen = 0
+        for sample in tar_samples(f, info.tar):
+            seen += 1
+            yield sample
+    if seen != info.count:
+        raise shards.ShardError(f"shard {info.tar} holds {seen} samples, its marker records {info.count}")
+
+
 def class_argmax(q: np.ndarray) -> np.ndarray:
     """argmax over the class axis of (K, H, W), the first maximum on ties (as np.argmax), as int64.
 

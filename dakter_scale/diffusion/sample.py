@@ -135,7 +135,6 @@ def label_posterior(
         def noise(shape: torch.Size) -> torch.Tensor:
             return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
 
-        sched = sampling_scheduler(model, cfg)
         y = add_noise(y0, noise(y0.shape[1:]), alpha_bar[timesteps[0]].expand(n))
         for i, t in enumerate(timesteps):
             a = alpha_bar[t].expand(n)

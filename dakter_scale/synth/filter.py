@@ -25,16 +25,15 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import torch
 
 from dakter_scale.data import shards, storage
-from dakter_scale.data.stream import tar_samples
+from dakter_scale.data.stream import shard_samples
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
-from dakter_scale.synth.run import divergence, marker_stats
+from dakter_scale.synth.run import derived_stats
 
 log = logging.getLogger("dakter_scale")
 
@@ -63,13 +62,7 @@ def pair_alignment(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np
 def _samples(url: str) -> Iterator[dict]:
     """Every sample of every finished shard, in key order, as raw members."""
     for info in shards.done_shards(url):
-        with fsspec.open(info.tar, "rb") as f:
-            seen = 0
-            for sample in tar_samples(f, info.tar):
-                seen += 1
-                yield sample
-        if seen != info.count:
-            raise FilterError(f"shard {info.tar} holds {seen} samples, its marker records {info.count}")
+        yield from shard_samples(info)
 
 
 def _batches(url: str, batch_size: int) -> Iterator[list[tuple[dict, np.ndarray, np.ndarray]]]:
@@ -158,8 +151,7 @@ def filter_shards(
     per_shard = samples_per_shard or int(src_info.get("samples_per_shard") or 1000)
     markers = _write_kept(fs, root, src_url, {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}, per_shard, fp)
     written = sum(int(m["count"]) for m in markers.values())
-    generated = marker_stats(markers, len(src_info["classes"]))
-    div, _ = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), float(src_info.get("divergence", {}).get("threshold", 0.1)))
+    generated, div, _ = derived_stats(markers, src_info)
     info = dict(
         src_info,
         generated_stats=generated,  # of the kept pairs

@@ -42,16 +42,7 @@ def regenerate(
     out = sample_pairs(model, seeds, sampling, device)
     j = batch.index(index)
     q = out.q[j : j + 1].float().cpu()
-    stats = sample_stats(q)
-    record = {
-        "key": key,
-        "shard": shard,
-        "index": index,
-        "seed": seeds[j],
-        "class_fractions": [float(v) for v in stats["class_fractions"][0]],
-        "mean_entropy": float(stats["mean_entropy"][0]),
-        "mean_confidence": float(stats["mean_confidence"][0]),
-    }
+    record = shards.manifest_rows([key], [seeds[j]], sample_stats(q))[0]
     return denormalise(out.images[j, 0]).cpu().numpy(), q[0].numpy(), record
 
 

@@ -28,10 +28,10 @@ from dakter_scale.config import SamplingConfig, to_dict
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data import shards, storage
 from dakter_scale.data.real import normalise
-from dakter_scale.data.stream import tar_samples
+from dakter_scale.data.stream import shard_samples
 from dakter_scale.diffusion.model import load_model_folder, model_hash
 from dakter_scale.diffusion.sample import label_posterior
-from dakter_scale.synth.run import divergence, marker_stats
+from dakter_scale.synth.run import derived_stats
 
 log = logging.getLogger("dakter_scale")
 
@@ -43,16 +43,6 @@ class RelabelError(ValueError):
 def _fingerprint(src_info: dict, weights_hash: str, sampling: SamplingConfig) -> str:
     spec = {"source": src_info.get("fingerprint"), "source_count": src_info.get("count"), "model": weights_hash, "sampling": to_dict(sampling)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _shard_samples(info: shards.ShardInfo) -> list[dict]:
-    import fsspec
-
-    with fsspec.open(info.tar, "rb") as f:
-        samples = list(tar_samples(f, info.tar))
-    if len(samples) != info.count:
-        raise RelabelError(f"shard {info.tar} holds {len(samples)} samples, its marker records {info.count}")
-    return samples
 
 
 def relabel_shards(
@@ -112,7 +102,7 @@ def relabel_shards(
     for info in src_shards:
         if info.shard in done:
             continue
-        samples = _shard_samples(info)
+        samples = list(shard_samples(info))
         members, rows = [], []
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
@@ -121,18 +111,8 @@ def relabel_shards(
             q_old = torch.from_numpy(np.stack([d[1] for d in decoded]))
             seeds = [int(d[2]["seed"]) for d in decoded]
             q = label_posterior(model, images, q_old, seeds, sampling, device).float().cpu()
-            stats = sample_stats(q)
-            for j, (sample, (image, _, meta)) in enumerate(zip(batch, decoded)):
-                shard, index = shards.parse_key(sample["__key__"])
-                row = {
-                    "key": sample["__key__"],
-                    "shard": shard,
-                    "index": index,
-                    "seed": seeds[j],
-                    "class_fractions": [float(v) for v in stats["class_fractions"][j]],
-                    "mean_entropy": float(stats["mean_entropy"][j]),
-                    "mean_confidence": float(stats["mean_confidence"][j]),
-                }
+            batch_rows = shards.manifest_rows([s["__key__"] for s in batch], seeds, sample_stats(q))
+            for j, (sample, (image, _, meta), row) in enumerate(zip(batch, decoded, batch_rows)):
                 record = dict(meta, **{k: row[k] for k in ("class_fractions", "mean_entropy", "mean_confidence")}, relabel=fp)
                 encoded = shards.encode_sample(sample["__key__"], image, q[j], record)
                 encoded["image.png"] = sample["image.png"]  # byte for byte
@@ -144,9 +124,7 @@ def relabel_shards(
     if bar is not None:
         bar.close()
 
-    generated = marker_stats(markers, len(src_info["classes"]))
-    threshold = float(src_info.get("divergence", {}).get("threshold", 0.1))
-    div, warnings = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), threshold)
+    generated, div, warnings = derived_stats(markers, src_info)
     for w in warnings:
         log.warning("relabel: %s", w)
     info = dict(

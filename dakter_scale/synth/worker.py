@@ -205,18 +205,7 @@ class ShardWriter:
         classes = self.model.classes
         for batch in batches:
             stats = sample_stats(batch.q)
-            batch_rows = [
-                {
-                    "key": shards.sample_key(task.shard, i),
-                    "shard": task.shard,
-                    "index": i,
-                    "seed": batch.seeds[j],
-                    "class_fractions": [float(v) for v in stats["class_fractions"][j]],
-                    "mean_entropy": float(stats["mean_entropy"][j]),
-                    "mean_confidence": float(stats["mean_confidence"][j]),
-                }
-                for j, i in enumerate(batch.indices)
-            ]
+            batch_rows = shards.manifest_rows([shards.sample_key(task.shard, i) for i in batch.indices], batch.seeds, stats)
 
             def encode(j: int) -> dict[str, bytes]:
                 return shards.encode_sample(batch_rows[j]["key"], batch.images[j], batch.q[j], dict(batch_rows[j], classes=classes))
@@ -238,14 +227,7 @@ class ShardWriter:
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
         shards.write_parquet(self.fs, storage.join(self.root, shards.shard_name(task.shard, "parquet")), shards.manifest_table(rows))
         marker = {
-            "shard": task.shard,
-            "count": task.count,
-            "first_key": rows[0]["key"],
-            "last_key": rows[-1]["key"],
-            "tar_bytes": nbytes,
-            "sha256": sha,
-            "fingerprint": self.fingerprint,
-            **shards.manifest_sums(rows),
+            **shards.shard_marker(task.shard, rows, nbytes, sha, self.fingerprint),
             "seconds": round(time.time() - t0, 3),
             "sample_seconds": round(timing["sample"], 3),
             "writer_wait_seconds": round(waited, 3),  # sampling stalled on encoding / upload
