@@ -247,13 +247,23 @@ class Experiment:
 
     # -- report --------------------------------------------------------------------------------
 
-    def _by_seed(self, results: dict, method: str, arch: str, ratio: float, key: str) -> dict[int, float]:
-        """results[...][key] of the finished runs of one (method, arch, ratio), by seed."""
-        names = {s: self._run(method, arch, ratio, s).name for s in self.e.seeds}
+    def _by_seed(self, results: dict, method: str, arch: str, ratio: float, key: str, seeds=None) -> dict[int, float]:
+        """results[...][key] of the finished runs of one (method, arch, ratio), by seed (default: the
+        main table's seeds)."""
+        names = {s: self._run(method, arch, ratio, s).name for s in (self.e.seeds if seeds is None else seeds)}
         return {s: results[n][key] for s, n in names.items() if n in results}
 
-    def _cell(self, results: dict, method: str, arch: str, ratio: float, key: str) -> tuple[float, float | None]:
-        return _mean_std(list(self._by_seed(results, method, arch, ratio, key).values()))
+    def _cell(self, results: dict, method: str, arch: str, ratio: float, key: str, seeds=None) -> tuple[float, float | None]:
+        return _mean_std(list(self._by_seed(results, method, arch, ratio, key, seeds).values()))
+
+    def _diff_cell(self, results: dict, a: str, b: str, arch: str, ratio: float, seeds=None) -> str:
+        """Same-seed difference a - b in mIoU: 'mean ± std (seeds where a is ahead / seeds)'."""
+        first, second = self._by_seed(results, a, arch, ratio, "miou", seeds), self._by_seed(results, b, arch, ratio, "miou", seeds)
+        d = [first[s] - second[s] for s in first if s in second]
+        if not d:
+            return "–"
+        mu, sd = _mean_std(d)
+        return f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})"
 
     def _lambda_note(self) -> str:
         other = [f"{arch} {self.kd_weight(arch):g}" for arch in self.e.archs if self.kd_weight(arch) != self.cfg.student.kd_weight]
@@ -320,10 +330,7 @@ class Experiment:
             for arch in e.archs:
                 cells = []
                 for a, b in pairs:
-                    first, second = self._by_seed(results, a, arch, e.ratio, "miou"), self._by_seed(results, b, arch, e.ratio, "miou")
-                    d = [first[s] - second[s] for s in first if s in second]
-                    mu, sd = _mean_std(d)
-                    cells.append(f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})" if d else "–")
+                    cells.append(self._diff_cell(results, a, b, arch, e.ratio))
                 lines.append(f"| {arch} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += [
@@ -345,13 +352,16 @@ class Experiment:
         lines += ["", "![per-class IoU](per_class_iou.png)", ""]
         if e.sweep_archs:
             lines += ["## Augmentation ratio sweep: mIoU (%)", "", "| student | method | 0 | " + " | ".join(f"{100 * r:.0f} %" for r in e.sweep_ratios) + " |", "|---|---|---|" + "---|" * len(e.sweep_ratios)]
+            sweep_seeds = sorted(set(e.seeds) | set(e.sweep_seeds or []))  # a sweep ratio equal to e.ratio has the main table's seeds too
             for arch in e.sweep_archs:
-                none = self._cell(results, "none", arch, 0, "miou")
+                none = self._cell(results, "none", arch, 0, "miou", sweep_seeds)
                 series = {}
                 for m in e.sweep_methods:
-                    cells = [self._cell(results, m, arch, r, "miou") for r in e.sweep_ratios]
+                    cells = [self._cell(results, m, arch, r, "miou", sweep_seeds) for r in e.sweep_ratios]
                     lines.append(f"| {arch} | {METHOD_NAMES[m]} | {report.pct(*none)} | " + " | ".join(report.pct(mu, sd) for mu, sd in cells) + " |")
                     series[METHOD_NAMES[m]] = ([0.0] + [100 * r for r in e.sweep_ratios], [100 * none[0]] + [100 * mu for mu, _ in cells], [100 * (none[1] or 0)] + [100 * (sd or 0) for _, sd in cells])
+                if {"dakter", "hard"} <= set(e.sweep_methods) and len(e.sweep_seeds or e.seeds) > 1:
+                    lines.append(f"| {arch} | DAKTer − hard labels, same seeds (points; seeds ahead) | – | " + " | ".join(self._diff_cell(results, "dakter", "hard", arch, r, sweep_seeds) for r in e.sweep_ratios) + " |")
                 report.curve_figure(series, self.out / f"ratio_sweep_{arch}.png", "augmentation ratio (%)", "mIoU (%)", f"{arch}: mIoU vs augmentation ratio")
                 lines += ["", f"![ratio sweep {arch}](ratio_sweep_{arch}.png)", ""]
         lines += ["## Generation quality", "", "| model | b | label alignment mIoU | pixel agreement | class-fraction TV | mean max-prob. | ENL gen / real | histogram TV / W1 |", "|---|---|---|---|---|---|---|---|"]

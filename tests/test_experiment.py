@@ -108,3 +108,23 @@ def test_filter_keep_is_checked():
 
     with pytest.raises(ConfigError, match="experiment.filter_keep"):
         load_config(None, TINY + ["experiment.filter_keep=1.0"])
+
+
+def test_sweep_table_has_same_seed_differences(tmp_path):
+    """The sweep table counts every sweep seed, also one outside the main table's seeds, and gives
+    the same-seed DAKTer - hard difference per ratio."""
+    cfg = load_config(None, TINY + ["experiment.methods=[none,hard,dakter]", "experiment.sweep_archs=[unet]", "experiment.sweep_methods=[hard,dakter]", "experiment.sweep_ratios=[1.0,3.0]", "experiment.sweep_seeds=[0,1,5]"])
+    exp = Experiment(cfg, tmp_path, progress=False)
+    runs = {}
+    for r in exp.main_runs() + exp.sweep_runs():
+        base = {"none": 0.50, "hard": 0.51, "dakter": 0.52}[r.method] + 0.01 * r.ratio + 0.001 * r.seed
+        if r.method == "dakter" and r.seed == 5 and r.ratio == 3.0:
+            base -= 0.05  # the one seed where hard labels lead
+        runs[r.name] = {"miou": base, "mean_f1": base, "iou": [base] * len(exp.source.classes)}
+    text = exp.markdown({"runs": runs, "quality": {}, "studies": {}, "timings_s": {"total": 1.0}, "b": {"b_cfg": 0.3}, "generated_pairs": 18})
+    sweep_section = text.split("## Augmentation ratio sweep")[1].split("##")[0]
+    rows = {line.split("|")[2].strip(): line for line in sweep_section.splitlines() if line.startswith("| unet |")}
+    sweep = rows["DAKTer − hard labels, same seeds (points; seeds ahead)"].split("|")[3:-1]
+    assert [c.strip() for c in sweep] == ["–", "+1.00 ± 0.00 (3/3)", "-0.67 ± 2.89 (2/3)"]
+    # ratio 3: seeds 0, 1 and 5 of hard labels, 51 + 3 + (0, 0.1, 0.5) / 3 points
+    assert rows["hard labels (DDPM / SatSynth style)"].split("|")[-2].strip().startswith("54.20")
