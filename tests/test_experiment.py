@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dakter_scale.config import load_config
 from dakter_scale.experiment import Experiment
 
@@ -78,8 +80,6 @@ def test_plan_sweep_seeds_and_generated_size():
 
 
 def test_per_student_kd_weight_and_matched_control():
-    import pytest
-
     from dakter_scale.config import ConfigError
 
     cfg = load_config(None, TINY + ["experiment.archs=[unet,segformer]", "experiment.methods=[hard,hard_matched,dakter,dakter_b1]", "experiment.kd_weights=[unet:1.0]", "student.kd_weight=0.5"])
@@ -102,8 +102,6 @@ def test_per_student_kd_weight_and_matched_control():
 
 
 def test_filter_keep_is_checked():
-    import pytest
-
     from dakter_scale.config import ConfigError
 
     with pytest.raises(ConfigError, match="experiment.filter_keep"):
@@ -128,3 +126,32 @@ def test_sweep_table_has_same_seed_differences(tmp_path):
     assert [c.strip() for c in sweep] == ["–", "+1.00 ± 0.00 (3/3)", "-0.67 ± 2.89 (2/3)"]
     # ratio 3: seeds 0, 1 and 5 of hard labels, 51 + 3 + (0, 0.1, 0.5) / 3 points
     assert rows["hard labels (DDPM / SatSynth style)"].split("|")[-2].strip().startswith("54.20")
+
+
+@pytest.mark.parametrize("layout", ["osd", "sos"])
+def test_experiment_command_on_a_folder_layout(tmp_path, layout):
+    """The experiment command takes an OSD or SOS folder (JPEG scenes, PNG masks on disk) with no
+    code change: the classes, the per-class table and b come from the folder."""
+    import subprocess
+
+    from conftest import job
+    from dakter_scale.data import synthetic_sar as S
+
+    root = tmp_path / layout
+    if layout == "osd":
+        S.write_osd_layout(root, n_train=6, n_test=3, height=40, width=72, seed=3, progress=False)
+        classes = ["sea", "oil", "look-alike", "ship", "land"]
+    else:
+        S.write_sos_layout(root, n_train=6, n_test=3, size=48, seed=3, progress=False)
+        classes = ["background", "oil"]
+    overrides = [o for o in TINY if not o.startswith(("data.spec", "experiment.decode_study"))] + ["experiment.decode_study=[]", "experiment.seeds=[0]", "experiment.methods=[none,hard,dakter]"]
+    out = tmp_path / "exp"
+    r = subprocess.run(job("experiment.py") + ["--data", f"{layout}:{root}", "--out", str(out)] + overrides, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (out / "results.md").read_text()
+    assert f"Data `{layout}:{root}`: 6 training images" in text
+    assert "| student | method | " + " | ".join(classes) + " |" in text
+    payload = json.loads((out / "results.json").read_text())
+    assert len(payload["runs"]) == 3 and all(len(m["iou"]) == len(classes) for m in payload["runs"].values())
+    info = json.loads((out / "models" / "b_cfg" / "dakter.json").read_text())
+    assert info["classes"] == classes and info["channels"] == 1 + len(classes) and 0 < info["b"] < 1
