@@ -24,6 +24,8 @@ jobs/experiment.py. Modes:
 
     # every finished student of an experiment folder, scored on another spec's test split
     python bench/method_probe.py evaluate runs/exp2 'synthetic:40?size=32&test=1000' test1000
+    # ... or those whose folder name matches a glob pattern
+    python bench/method_probe.py evaluate runs/exp4 'synthetic:40?size=32&test=200&seed=7' unetsweep_val '*-unet-r*-s[012]'
 
     # ... and their mean +- std over seeds
     python bench/method_probe.py summarize test1000
@@ -177,15 +179,16 @@ def followup_probe(exp: str, tag: str, variants: list[dict], val_spec: str | Non
     return _student_variants(cfg, str(Path(exp) / "generated" / generated), ROOT / "followup", tag, variants, {"experiment": exp, "generated": generated}, n_train, val_spec)
 
 
-def evaluate_probe(exp: str, spec: str, tag: str) -> list[dict]:
-    """Score every finished student of an experiment folder on another spec's test split.
+def evaluate_probe(exp: str, spec: str, tag: str, pattern: str = "*") -> list[dict]:
+    """Score every finished student of an experiment folder (whose name matches pattern) on another
+    spec's test split.
 
     For a validation split (other scenes, to choose settings on) or a larger test split (the same
     scenes first, then more: synthetic scenes are seeded per index, so test=1000 extends test=200)."""
     from dakter_scale.student.evaluate import evaluate_student
 
     out = []
-    for d in sorted(Path(exp, "students").iterdir()):
+    for d in sorted(Path(exp, "students").glob(pattern)):
         if not (d / "metrics.json").is_file():
             continue
         run = json.loads((d / "metrics.json").read_text()).get("run", {})
@@ -296,7 +299,7 @@ def main() -> None:
     elif mode == "followup":
         followup_probe(args[0], args[1], json.loads(args[2]), *args[3:5])
     elif mode == "evaluate":
-        evaluate_probe(args[0], args[1], args[2])
+        evaluate_probe(*args[:4])
     elif mode == "summarize":
         summarize_evaluations(args[0])
     elif mode == "quality":
