@@ -28,11 +28,10 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
-        import logging
-
         from dakter_scale.synth.filter import filter_shards
+        from dakter_scale.training import setup_logging
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        setup_logging()
         info = filter_shards(args.shards, args.out, args.segmenter, keep=args.keep, min_alignment=args.min_alignment, samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
         f = info["filter"]
         print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {args.out}")

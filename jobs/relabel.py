@@ -38,13 +38,12 @@ def main() -> None:
         p.error("--steps and --batch-size must be >= 1")
 
     def body() -> int:
-        import logging
-
         from dakter_scale.cli import progress_enabled
         from dakter_scale.config import SamplingConfig
         from dakter_scale.synth.relabel import relabel_shards
+        from dakter_scale.training import setup_logging
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        setup_logging()
         sampling = SamplingConfig(sampler=args.sampler, steps=args.steps, relabel_repeats=args.repeats, relabel_start=args.start)
         info = relabel_shards(args.shards, args.out, sampling, model_dir=args.model, batch_size=args.batch_size, device=args.device, progress=progress_enabled())
         g = info["generated_stats"]
