@@ -16,6 +16,7 @@ Pair INDEX of shard SHARD is drawn from seed SeedSequence([--seed, SHARD, INDEX]
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -93,7 +94,6 @@ def main() -> None:
         )
         from dakter_scale.diffusion.model import check_model_folder
         from dakter_scale.synth import run as synth
-        from dakter_scale.training import setup_logging
 
         check_model_folder(args.model)
         if args.only_key:
@@ -122,7 +122,7 @@ def main() -> None:
                     lines.append(f"  the output holds {plan['conflict']}: {action}")
                 print("\n".join(lines))
             return 0
-        setup_logging()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
         summary = synth.synthesize(
             args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device
         )
