@@ -88,6 +88,9 @@ class DiffusionConfig:
     label_loss_weight: float = 1.0  # weight of the K label channels in the denoising MSE
     label_ce_weight: float = 0.0  # auxiliary CE between the decoded x0 label and the true mask
     max_steps: int = 1000
+    # wall-clock budget in minutes (0 = none): train as many steps as fit, at most max_steps; the
+    # count is measured over the first steps and fixed, so the LR schedule still completes
+    max_minutes: float = 0.0
     batch_size: int = 32
     lr: float = 2e-4
     warmup_steps: int = 100
@@ -120,6 +123,7 @@ class DiffusionConfig:
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):
             _check(getattr(self, key) >= 1, f"diffusion.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "diffusion.lr", "must be > 0")
+        _check(self.max_minutes >= 0 and math.isfinite(self.max_minutes), "diffusion.max_minutes", f"must be >= 0 (0 = no time budget), got {self.max_minutes}")
         _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
         _check(self.checkpoint_every >= 0, "diffusion.checkpoint_every", "must be >= 0")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "diffusion.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
@@ -189,6 +193,7 @@ class StudentConfig:
     encoder_weights: Union[str, None] = None  # None here: nothing can be downloaded; "imagenet" where it can
     encoder_depth: int = 5
     max_steps: int = 500
+    max_minutes: float = 0.0  # wall-clock budget (0 = none): as many steps as fit, at most max_steps
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -217,6 +222,7 @@ class StudentConfig:
         for key in ("max_steps", "batch_size", "log_every", "checkpoints_total_limit", "shuffle_buffer"):
             _check(getattr(self, key) >= 1, f"student.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "student.lr", "must be > 0")
+        _check(self.max_minutes >= 0 and math.isfinite(self.max_minutes), "student.max_minutes", f"must be >= 0 (0 = no time budget), got {self.max_minutes}")
         _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
         _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
         _check(self.hard_weight is None or self.hard_weight >= 0, "student.hard_weight", "must be >= 0 or null")
@@ -231,7 +237,7 @@ class StudentConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     split: str = "test"
-    batch_size: int = 4
+    batch_size: int = 1  # test images per forward pass (same-size images only); larger is faster on a GPU
     pad_multiple: int = 32  # full images are reflect-padded to a multiple of this
 
     def validate(self) -> None:

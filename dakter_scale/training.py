@@ -1,12 +1,13 @@
-"""What both trainers share: the Accelerator, deterministic data positions, checkpoints, exit.
+"""What both trainers share: the Accelerator, the step loop, checkpoints, cross-rank records, exit.
 
-Determinism and exact resume rest on one rule: everything random at a step is a function of
-(seed, rank, step). Initial weights come from ``seed_init``; the data a rank reads at a step is a
-position in a seeded stream of permutations (``StreamPositions``; the student's generated shards:
-data/stream.py); the noise and dropout come from the global RNG re-seeded at every step
-(``seed_step``); the learning rate is a function of the step. A checkpoint therefore needs only the
-step, the model, the optimiser, the EMA (and the student's reader positions) to continue exactly as
-an uninterrupted run would (tests/test_resume.py).
+The maths of a step's randomness, data positions, learning rate and EMA is pure and lives in
+``core/steps.py``; this module is where it meets processes and files. ``run_steps`` is the one
+loop skeleton of both trainers (diffusion/train.py, student/train.py): learning rate, gradient
+clipping, optimiser step, logging, progress, checkpoints and the wall-clock budget
+(``StepBudget``); each trainer passes in what one step computes. The noise and dropout of a step
+come from the global RNG re-seeded at every step (``seed_step``), so a checkpoint holds only the
+step, the model, the optimiser, the EMA (and the student's reader positions) and a resumed run
+continues exactly as an uninterrupted one would (tests/test_resume.py).
 """
 
 from __future__ import annotations
@@ -15,28 +16,24 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
+
+from dakter_scale.core.steps import EMA, derive_seed, lr_factor
 
 log = logging.getLogger("dakter_scale")
 
 
 class LaunchError(RuntimeError):
     """The processes were launched in a way that cannot train correctly."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from non-negative integers, stable across machines and Python versions."""
-    state = np.random.SeedSequence([int(p) % (1 << 64) for p in parts]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) | (int(state[1]) << 32)) & ((1 << 63) - 1)
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -132,53 +129,6 @@ def seed_init(seed: int) -> None:
     torch.manual_seed(derive_seed(seed, 1 << 62))
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", floor: float = 0.1) -> float:
-    """Linear warmup, then constant or cosine decay to `floor` of the peak at `total` steps."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class StreamPositions:
-    """Which dataset items rank r reads at micro-batch g: a pure function, so resume is exact.
-
-    The global sample stream is the concatenation of seeded permutations of range(n), one per
-    epoch. Micro-batch g of rank r covers stream positions (g * world + r) * batch + [0, batch):
-    ranks never read the same position, and all positions are read in order.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        if n < 1:
-            raise ValueError("cannot stream from an empty dataset")
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=gen)
-        return self._perms[epoch]
-
-    def batch(self, micro_batch: int) -> list[tuple[int, int]]:
-        start = (micro_batch * self.world + self.rank) * self.batch_size
-        out = []
-        for p in range(start, start + self.batch_size):
-            epoch, offset = divmod(p, self.n)
-            out.append((int(self._perm(epoch)[offset]), epoch))
-        return out
-
-    def batches(self, first_micro_batch: int) -> Iterator[list[tuple[int, int]]]:
-        g = first_micro_batch
-        while True:
-            yield self.batch(g)
-            g += 1
-
-
 def freeze_unused(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
     """Set requires_grad=False on parameters the forward pass never uses; returns their names.
 
@@ -201,6 +151,136 @@ def freeze_unused(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
             p.requires_grad_(False)
     model.train(was_training)
     return unused
+
+
+# -- the step loop ----------------------------------------------------------------------------------
+
+
+class StepBudget:
+    """How many optimiser steps a run takes: ``max_steps``, or, with ``max_minutes`` > 0, as many as
+    fit in that much wall-clock time (never more than max_steps).
+
+    A time budget is turned into a step count once, early: the loop times ``timed_steps`` steps
+    after ``warm_steps`` warm-up steps (allocation, autotuning) and fixes ``total`` from the time
+    left. The learning-rate schedule then decays over the steps that will really run, and the
+    count is recorded in checkpoints so that a resumed run keeps it. Every rank takes rank 0's
+    count (``agree``), so the ranks stop together.
+    """
+
+    def __init__(self, max_steps: int, max_minutes: float = 0.0, start: int = 0, total: int | None = None, warm_steps: int = 3, timed_steps: int = 20, clock: Callable[[], float] = time.perf_counter):
+        self.max_steps, self.seconds, self.clock = max_steps, 60.0 * max_minutes, clock
+        self.start, self.warm_steps, self.timed_steps = start, warm_steps, timed_steps
+        self.total = total if total is not None else max_steps
+        self.fixed = total is not None or self.seconds <= 0
+        self.t0 = clock()
+        self._mark: tuple[int, float] | None = None
+
+    def step_done(self, done: int, agree: Callable[[int], int] = lambda n: n) -> None:
+        """Call after step `done` (1-based count of steps finished); may fix `total`."""
+        if self.fixed:
+            return
+        ran = done - self.start
+        if ran == self.warm_steps:
+            self._mark = (done, self.clock())
+        elif self._mark is not None and ran == self.warm_steps + self.timed_steps:
+            now = self.clock()
+            per_step = (now - self._mark[1]) / (done - self._mark[0])
+            left = self.seconds - (now - self.t0)
+            self.total = agree(min(self.max_steps, done + max(0, int(left / per_step))))
+            self.fixed = True
+            log.info("time budget %.3g min: %d steps (%.1f ms/step measured)", self.seconds / 60, self.total, 1000 * per_step)
+        elif done >= self.max_steps:
+            self.fixed = True
+
+    def schedule_total(self) -> int:
+        """The step count the learning-rate schedule decays over (max_steps until the budget is fixed)."""
+        return self.total
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """What the shared loop needs to know about a trainer's settings."""
+
+    name: str  # progress-bar label
+    max_steps: int
+    max_minutes: float
+    lr: float
+    warmup_steps: int
+    schedule: str  # constant | cosine
+    lr_floor: float
+    max_grad_norm: float
+    log_every: int
+    checkpoint_every: int
+
+
+@dataclass
+class LoopResult:
+    steps: int  # the step count reached (the run's total)
+    seconds: float
+    steps_per_second: float
+    last_log: dict = field(default_factory=dict)
+
+
+def run_steps(
+    accelerator,
+    spec: LoopSpec,
+    start: int,
+    optimizer,
+    parameters,
+    step: Callable[[int], tuple[torch.Tensor, dict]],
+    after_step: Callable[[int], None] | None = None,
+    checkpoint: Callable[[int, dict], None] | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> LoopResult:
+    """The training loop of both trainers, from step `start` to the budget's total.
+
+    step(i) runs the forward and backward passes of step i (micro-batches included) and returns the
+    loss and the values to log; the loop then clips the gradients, steps the optimiser, calls
+    after_step(i) (the EMA update), logs every spec.log_every steps, shows progress, and calls
+    checkpoint(done, {"total_steps": ...}) every spec.checkpoint_every steps before the last.
+    `total` is the step count a resumed run recorded (its budget is not measured again).
+    """
+    rank = accelerator.process_index
+    budget = StepBudget(spec.max_steps, spec.max_minutes, start, total)
+    params = [p for p in parameters if p.requires_grad]
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget.total, initial=start, desc=spec.name, unit="step", dynamic_ncols=True)
+    t0, last_log, i = time.perf_counter(), {}, start
+    while i < budget.total:
+        set_lr(optimizer, spec.lr * lr_factor(i, spec.warmup_steps, budget.schedule_total(), spec.schedule, floor=spec.lr_floor))
+        loss, parts = step(i)
+        if spec.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, spec.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(i)
+        done = i + 1
+        budget.step_done(done, agree=lambda n: gather_objects(accelerator, n)[0])
+        if bar is not None and bar.total != budget.total:
+            bar.total = budget.total
+        if done % spec.log_every == 0 or done == budget.total:
+            # reading the loss is a device sync: only at logging steps
+            last_log = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}, "lr": optimizer.param_groups[0]["lr"]}
+            accelerator.log(last_log, step=done)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last_log['loss']:.4f}", refresh=False)
+            elif accelerator.is_main_process:
+                log.info("%s step %d/%d loss %.4f (%.3f s/step)", spec.name, done, budget.total, last_log["loss"], (time.perf_counter() - t0) / max(1, done - start))
+        if bar is not None:
+            bar.update(1)
+        if checkpoint is not None and spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < budget.total:
+            checkpoint(done, {"total_steps": budget.total})
+        maybe_kill(done, rank)
+        i = done
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return LoopResult(steps=budget.total, seconds=seconds, steps_per_second=(budget.total - start) / seconds if seconds > 0 else 0.0, last_log=last_log)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -290,43 +370,6 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-# -- EMA -------------------------------------------------------------------------------------------
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (and a copy of its buffers)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
-        self.decay, self.warmup = decay, warmup
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        self.updates = 0
-
-    def current_decay(self) -> float:
-        if not self.warmup:
-            return self.decay
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = self.current_decay()
-        for k, v in model.state_dict().items():
-            s = self.shadow[k]
-            if v.dtype.is_floating_point:
-                s.mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
-                s.copy_(v)
-        self.updates += 1
-
-    def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
-
-    def state_dict(self) -> dict:
-        return {"shadow": self.shadow, "updates": self.updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.shadow = {k: v.float() for k, v in state["shadow"].items()}
-        self.updates = int(state["updates"])
-
 
 # -- logging, cross-rank records, exit ------------------------------------------------------
 
@@ -378,6 +421,15 @@ def write_rank_report(accelerator, out: Path, model: torch.nn.Module) -> dict:
         if not report["identical"]:
             log.error("ranks ended with different parameters: %s", digests)
     return report
+
+
+def write_train_record(accelerator, out: Path, result: LoopResult) -> None:
+    """OUT/logs/train.json: the steps run, wall-clock seconds and steps/s of the loop (main process).
+    Kept out of the model and student folders' own files, which must not change from run to run."""
+    if accelerator.is_main_process:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        record = {"steps": result.steps, "seconds": round(result.seconds, 3), "steps_per_second": round(result.steps_per_second, 3), "processes": accelerator.num_processes, "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision, "last_log": result.last_log}
+        (out / "logs" / "train.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 KILL_ENV = "DAKTER_KILL_AFTER_STEP"  # testing hook: see maybe_kill

@@ -28,7 +28,7 @@ from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
 from dakter_scale.synth.worker import pipelined
-from dakter_scale.training import derive_seed
+from dakter_scale.core.steps import derive_seed
 from shardgen import TINY_DIFFUSION, TINY_SAMPLING
 
 TINY = TINY_DIFFUSION + TINY_SAMPLING

@@ -16,7 +16,7 @@ Each slot shuffles its pass in a buffer of ``shuffle_buffer`` samples, drained a
 pass, and then starts the next pass (a new seeded shard order), so training length is set in steps.
 
 Real patches: slot s reads positions s, s + slots, ... of a seeded permutation stream
-(``training.StreamPositions``): ranks and workers never read the same position.
+(``core.steps.StreamPositions``): ranks and workers never read the same position.
 
 Order. Whatever order the DataLoader's workers deliver in, ``RoundRobin`` hands item i of a rank to
 the consumer from worker i % workers, so the sequence a rank consumes is a function of (seed,
@@ -50,7 +50,7 @@ import torch
 
 from dakter_scale.data import shards
 from dakter_scale.data.real import PatchDataset, normalise
-from dakter_scale.training import StreamPositions, derive_seed
+from dakter_scale.core.steps import StreamPositions, derive_seed
 
 log = logging.getLogger("dakter_scale")
 

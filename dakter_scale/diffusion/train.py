@@ -1,6 +1,6 @@
 """Train the balanced joint DDPM with accelerate: 1 process, N processes, or M nodes, unchanged.
 
-Each rank reads its own disjoint positions of a seeded sample stream (training.StreamPositions),
+Each rank reads its own disjoint positions of a seeded sample stream (core.steps.StreamPositions),
 re-seeds its noise at every step, and accumulates gradients over
 ``gradient_accumulation_steps`` micro-batches. The EMA of the weights is what gets saved as the
 model folder. ``resume="latest"`` continues from the newest checkpoint exactly.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -21,23 +20,22 @@ from dakter_scale.core.joint import one_hot, pack, resolve_b
 from dakter_scale.core.schedule import add_noise, joint_denoising_loss
 from dakter_scale.data.real import open_source, patch_dataset, split_stats
 from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
+from dakter_scale.core.steps import EMA, StreamPositions
 from dakter_scale.training import (
-    EMA,
-    StreamPositions,
+    LoopSpec,
     available_tracker,
     check_resume_agrees,
     layout_changes,
     load_checkpoint,
-    lr_factor,
     make_accelerator,
-    maybe_kill,
     resolve_resume,
+    run_steps,
     save_checkpoint,
     seed_init,
     seed_step,
-    set_lr,
     setup_logging,
     write_rank_report,
+    write_train_record,
 )
 
 log = logging.getLogger("dakter_scale")
@@ -83,10 +81,10 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
 
     # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
     layout = {"ranks": world, "batch_size": d.batch_size, "gradient_accumulation_steps": d.gradient_accumulation_steps, "seed": d.seed}
-    start = 0
+    start, total = 0, None
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
-        start = int(state["step"])
+        start, total = int(state["step"]), state.get("total_steps")
         log.info("resumed from %s at step %d", checkpoint, start)
         changed = layout_changes(state.get("layout", {}), layout)
         if changed:
@@ -108,19 +106,11 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
     if accelerator.log_with:
         accelerator.init_trackers("diffusion", config={k_: str(v) for k_, v in to_dict(cfg.diffusion).items()})
 
-    bar = None
-    if progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=d.max_steps, initial=start, desc="diffusion", unit="step", dynamic_ncols=True)
-    unet.train()
-    t0, last_log = time.time(), {}
-    for step in range(start, d.max_steps):
-        set_lr(optimizer, d.lr * lr_factor(step, d.warmup_steps, d.max_steps, "constant"))
+    def step(i: int):
         for micro in range(accumulation):
             x, mask = next(batches)
             x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            seed_step(d.seed, rank, step, micro)
+            seed_step(d.seed, rank, i, micro)
             z0 = pack(x, one_hot(mask, k), b)
             t = torch.randint(0, d.num_train_timesteps, (z0.shape[0],), device=device)
             eps = torch.randn_like(z0)
@@ -131,28 +121,26 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
                     output = unet(z_t, t).sample
                 loss, parts = joint_denoising_loss(output, z0, eps, z_t, alpha_bar[t], d.prediction_type, b, mask, d.label_loss_weight, d.label_ce_weight, label_type)
                 accelerator.backward(loss / accumulation)
-        if d.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(unet.parameters(), d.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(accelerator.unwrap_model(unet))
-        done = step + 1
-        if done % d.log_every == 0 or done == d.max_steps:
-            last_log = {"loss": float(loss.detach()), **{n: float(v) for n, v in parts.items()}, "lr": optimizer.param_groups[0]["lr"]}
-            accelerator.log(last_log, step=done)
-            if bar is None and accelerator.is_main_process:
-                log.info("step %d/%d loss %.4f (%.2f s/step)", done, d.max_steps, last_log["loss"], (time.time() - t0) / max(1, done - start))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
-        if d.checkpoint_every and done % d.checkpoint_every == 0 and done < d.max_steps:
-            save_checkpoint(accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema, extra={"layout": layout})
-        maybe_kill(done, rank)
-    if bar is not None:
-        bar.close()
+        return loss, parts
+
+    spec = LoopSpec("diffusion", d.max_steps, d.max_minutes, d.lr, d.warmup_steps, "constant", 1.0, d.max_grad_norm, d.log_every, d.checkpoint_every)
+    unet.train()
+    result = run_steps(
+        accelerator,
+        spec,
+        start,
+        optimizer,
+        unet.parameters(),
+        step,
+        after_step=lambda i: ema.update(accelerator.unwrap_model(unet)),
+        checkpoint=lambda done, extra: save_checkpoint(accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema, extra={"layout": layout, **extra}),
+        total=total,
+        progress=progress,
+    )
     # Worker processes stop now rather than at garbage collection: a multi-process run ends in os._exit.
     getattr(batches, "_shutdown_workers", lambda: None)()
     write_rank_report(accelerator, out, unet)
+    write_train_record(accelerator, out, result)
 
     if accelerator.is_main_process:
         final = build_unet(d.unet, cfg.data.resolution, 1 + k)
@@ -174,9 +162,9 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
                 "image_std": stats.image_stats.std,
             },
             sampling=to_dict(cfg.sampling),
-            steps_trained=d.max_steps,
+            steps_trained=result.steps,
         )
         save_model_folder(out, final, scheduler, info)
-        log.info("model folder written to %s (b = %.4f, %d steps%s)", out, b, d.max_steps, f", last loss {last_log.get('loss', float('nan')):.4f}" if last_log else "")
+        log.info("model folder written to %s (b = %.4f, %d steps%s)", out, b, result.steps, f", last loss {result.last_log['loss']:.4f}" if result.last_log else "")
     accelerator.wait_for_everyone()
     return out

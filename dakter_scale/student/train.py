@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -22,22 +21,22 @@ from dakter_scale.data.real import open_source, patch_dataset
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
 from dakter_scale.training import (
+    LoopSpec,
     available_tracker,
     check_resume_agrees,
     freeze_unused,
     gather_objects,
     layout_changes,
     load_checkpoint,
-    lr_factor,
     make_accelerator,
-    maybe_kill,
     resolve_resume,
+    run_steps,
     save_checkpoint,
     seed_init,
     seed_step,
-    set_lr,
     setup_logging,
     write_rank_report,
+    write_train_record,
 )
 
 log = logging.getLogger("dakter_scale")
@@ -89,10 +88,10 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
     model, optimizer = accelerator.prepare(model, optimizer)
     # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
     layout = {"ranks": world, "num_workers": s.num_workers, "batch_size": s.batch_size, "ratio": s.ratio, "seed": s.seed, "shuffle_buffer": s.shuffle_buffer, "min_confidence": s.min_confidence}
-    start, positions, bad_shards = 0, {}, set()
+    start, total, positions, bad_shards = 0, None, {}, set()
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, model, optimizer)
-        start = int(state["step"])
+        start, total = int(state["step"]), state.get("total_steps")
         bad_shards = set(state.get("bad_shards", []))
         positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
         changed = layout_changes(state.get("layout", {}), layout)
@@ -130,18 +129,11 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
 
     if accelerator.log_with:
         accelerator.init_trackers("student", config={k_: str(v) for k_, v in to_dict(s).items()})
-    bar = None
-    if progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
+    seen = {"generated": 0, "total": 0}
 
-        bar = tqdm(total=s.max_steps, initial=start, desc=f"student {s.arch}", unit="step", dynamic_ncols=True)
-    model.train()
-    seen_generated = seen_total = 0
-    t0 = time.time()
-    for step in range(start, s.max_steps):
-        set_lr(optimizer, s.lr * lr_factor(step, s.warmup_steps, s.max_steps, "cosine", floor=0.01))
+    def step(i: int):
         batch = next(batches)
-        seed_step(s.seed, rank, step)
+        seed_step(s.seed, rank, i)
         x = batch["x"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         q = batch["q"].to(device, non_blocking=True)
@@ -150,28 +142,28 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             logits = model(x)
         loss, parts = mixed_loss(logits, mask, q, generated, labels=s.labels, ce_weight=s.ce_weight, kd_weight=s.kd_weight, temperature=s.kd_temperature, hard_weight=s.hard_weight, confidence_power=s.kd_confidence_power)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seen_generated += int(batch["generated"].sum())
-        seen_total += len(batch["keys"])
-        done = step + 1
-        if done % s.log_every == 0 or done == s.max_steps:
-            accelerator.log({"loss": float(loss.detach()), "generated_share": seen_generated / seen_total, **parts}, step=done)
-            if bar is None and accelerator.is_main_process:
-                log.info("step %d/%d loss %.4f (%.2f s/step)", done, s.max_steps, float(loss.detach()), (time.time() - t0) / max(1, done - start))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
-        if s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.max_steps:
-            save_checkpoint(accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra=data_state())
-        maybe_kill(done, rank)
-    if bar is not None:
-        bar.close()
+        seen["generated"] += int(batch["generated"].sum())
+        seen["total"] += len(batch["keys"])
+        return loss, {**parts, "generated_share": seen["generated"] / seen["total"]}
+
+    spec = LoopSpec(f"student {s.arch}", s.max_steps, s.max_minutes, s.lr, s.warmup_steps, "cosine", 0.01, 1.0, s.log_every, s.checkpoint_every)
+    model.train()
+    result = run_steps(
+        accelerator,
+        spec,
+        start,
+        optimizer,
+        model.parameters(),
+        step,
+        checkpoint=lambda done, extra: save_checkpoint(accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra={**data_state(), **extra}),
+        total=total,
+        progress=progress,
+    )
     batches.close()  # stop DataLoader workers now: a multi-process run ends in os._exit
     final_state = data_state()
     write_rank_report(accelerator, out, model)
-    shares = gather_objects(accelerator, (seen_generated, seen_total))
+    write_train_record(accelerator, out, result)
+    shares = gather_objects(accelerator, (seen["generated"], seen["total"]))
     seen_generated, seen_total = sum(g for g, _ in shares), sum(t for _, t in shares)
     bad = final_state["bad_shards"]
     if bad and accelerator.is_main_process:
@@ -190,7 +182,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "synthetic_fingerprint": gen_info.get("fingerprint"),
             "ratio": s.ratio,
             "labels": s.labels if s.ratio > 0 else "none",
-            "steps": s.max_steps,
+            "steps": result.steps,
             "batch_size_per_rank": s.batch_size,
             "ranks": world,
             "generated_share": seen_generated / seen_total if seen_total else 0.0,

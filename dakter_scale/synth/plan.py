@@ -5,7 +5,7 @@ i (0 <= i < S) has the key ``SSSSSS-IIIIII`` (shard, index) and is drawn from it
 
     pair_seed(seed, shard, index) = SeedSequence([seed, shard, index]) -> 63-bit integer
 
-(``training.derive_seed``): the initial noise and every step's noise come from a torch.Generator
+(``core.steps.derive_seed``): the initial noise and every step's noise come from a torch.Generator
 seeded with it, so any pair can be regenerated alone (``synth.regenerate``, ``--only-key``).
 
 A shard is sampled in batches fixed by the plan: [0, B), [B, 2B), ... of its indices for
@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from dakter_scale.training import derive_seed
+from dakter_scale.core.steps import derive_seed
 
 
 class PlanError(ValueError):
