@@ -145,7 +145,18 @@ class SyntheticSource(Source):
         return [Item(name=f"{split}-{i:05d}", seed=synthetic_sar.scene_seed(self.seed, split, i)) for i in range(self.n[split])]
 
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
-        return synthetic_sar.simulate_scene(item.seed, self.size, self.size)
+        return _simulated(item.seed, self.size)
+
+
+@lru_cache(maxsize=8192)
+def _simulated(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated scene, kept in memory: trainers and evaluations read the same scenes many times,
+    and on a GPU the simulator (about 3 ms per 64 px scene) would otherwise feed it slower than it
+    trains. Read-only, so that no caller can change the cached copy."""
+    image, mask = synthetic_sar.simulate_scene(seed, size, size)
+    image.flags.writeable = False
+    mask.flags.writeable = False
+    return image, mask
 
 
 def _list_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:

@@ -8,6 +8,7 @@ computed at the label's native resolution.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +40,20 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, info: dict, pad_
     return logits
 
 
+def _same_size_batches(source, items, batch_size: int):
+    """Consecutive items in groups of up to batch_size images of one size (a new group at each size
+    change): a batch of one image at a time is what the committed CPU results used."""
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    for item in items:
+        image, mask = source.load(item)
+        if batch and (len(batch) == batch_size or batch[0][0].shape != image.shape):
+            yield batch
+            batch = []
+        batch.append((image, mask))
+    if batch:
+        yield batch
+
+
 def evaluate_student(student_dir: str, spec: str, split: str = "test", cfg: EvalConfig | None = None, device: str | None = None, progress: bool = False) -> dict:
     """Metrics of a student folder on a data spec's split (see core.metrics for the definitions)."""
     cfg = cfg or EvalConfig()
@@ -50,16 +65,20 @@ def evaluate_student(student_dir: str, spec: str, split: str = "test", cfg: Eval
     k = source.num_classes
     cm = torch.zeros(k, k, dtype=torch.int64)
     items = source.split_items(split)
-    it = items
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(items, desc=f"evaluate {split}", unit="img", leave=False)
-    for item in it:
-        image, mask = source.load(item)
-        x = normalise(image)[None, None].to(device)
+        bar = tqdm(total=len(items), desc=f"evaluate {split}", unit="img", leave=False)
+    for batch in _same_size_batches(source, items, cfg.batch_size):
+        x = torch.stack([normalise(image)[None] for image, _ in batch]).to(device)
         logits = predict_logits(model, x, info, cfg.pad_multiple)
-        cm += confusion_matrix(logits.argmax(dim=1)[0].cpu(), torch.as_tensor(mask), k)
+        target = torch.from_numpy(np.stack([mask for _, mask in batch]))
+        cm += confusion_matrix(logits.argmax(dim=1).cpu(), target, k)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     metrics = metrics_from_confusion(cm, list(source.classes))
     metrics.update({"student": str(student_dir), "data": spec, "split": split, "images": len(items), "averaging": "one confusion matrix over the split"})
     return metrics

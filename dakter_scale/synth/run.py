@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -371,23 +372,29 @@ def _writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: Sampl
 
 def run_local(tasks: list[ShardTask], writer_args: dict, retries: int, on_result: Callback, device: str = "auto") -> dict:
     """Run shards one after another in this process (no Ray): the same worker, the same retries.
-    Note: sets this process's torch thread count to the writer's."""
+    The writer sets torch's thread count to its own while it runs; the caller's is restored after."""
+    import torch
+
     from dakter_scale.synth.worker import ShardWriter
 
+    threads = torch.get_num_threads()
     t0 = time.time()
-    writer = ShardWriter(**writer_args, device=None if device == "auto" else device)
-    info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": writer.ready()}
-    queue = collections.deque(tasks)
-    while queue:
-        task = queue.popleft()
-        try:
-            marker = writer(task)
-        except Exception as e:  # a shard failure is recorded and retried, never fatal to the run
-            on_result(task, None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-            if task.attempt < retries:
-                queue.append(task.retry())
-            continue
-        on_result(task, marker, None)
+    try:
+        writer = ShardWriter(**writer_args, device=None if device == "auto" else device)
+        info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": writer.ready()}
+        queue = collections.deque(tasks)
+        while queue:
+            task = queue.popleft()
+            try:
+                marker = writer(task)
+            except Exception as e:  # a shard failure is recorded and retried, never fatal to the run
+                on_result(task, None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                if task.attempt < retries:
+                    queue.append(task.retry())
+                continue
+            on_result(task, marker, None)
+    finally:
+        torch.set_num_threads(threads)
     return info
 
 
@@ -606,6 +613,10 @@ def synthesize(
     failures are in the returned Summary (summary.ok is False). Bad input raises before any worker starts."""
     if device not in DEVICES:
         raise PlanError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if use_ray and importlib.util.find_spec("ray") is None:
+        # e.g. an air-gapped GPU image with no Ray wheel: the same worker runs in this process
+        log.warning("Ray is not installed (pip install 'dakter-scale[ray]'): synthesizing in this process instead of with Ray actors")
+        use_ray = False
     if not use_ray and device == "cuda":
         import torch
 
