@@ -220,11 +220,34 @@ class Experiment:
             report.sample_figure(images, q, self.source.classes, self.out / f"samples_{tag}.png", title=f"generated pairs, model {tag}")
         studies = self.studies(str(segmenter))
         self.timings["total"] = time.time() - t0
-        payload = {"config": to_dict(self.cfg), "n_train": self.n_train, "generated_pairs": n_gen, "runs": results, "quality": quality, "studies": studies, "timings_s": self.timings, "b": {tag: json.loads((self.model(tag) / "dakter.json").read_text())["b"] for tag in urls}}
+        payload = {"config": to_dict(self.cfg), "n_train": self.n_train, "generated_pairs": n_gen, "runs": results, "quality": quality, "studies": studies, "timings_s": self.timings, "b": {tag: json.loads((self.model(tag) / "dakter.json").read_text())["b"] for tag in urls}, "steps": self.steps_trained(urls, results)}
         (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         path = self.out / "results.md"
         path.write_text(self.markdown(payload))
         return path
+
+    def steps_trained(self, tags, results: dict) -> dict:
+        """The optimiser steps each model and student ran (what a wall-clock budget decided)."""
+        students = {}
+        for name in results:
+            info = self.out / "students" / name / "student.json"
+            if info.is_file():
+                students[name] = json.loads(info.read_text())["steps"]
+        return {"diffusion": {tag: json.loads((self.model(tag) / "dakter.json").read_text())["steps_trained"] for tag in tags}, "students": students}
+
+    def _length_text(self, p: dict) -> str:
+        """'diffusion N steps of batch B; students M steps of batch B', with the budget when one was set."""
+        d, s, steps = self.cfg.diffusion, self.cfg.student, p.get("steps", {})
+        if d.max_minutes > 0 and steps.get("diffusion"):
+            diffusion = f"diffusion {', '.join(str(v) for v in steps['diffusion'].values())} steps of batch {d.batch_size} ({d.max_minutes:g} min budget)"
+        else:
+            diffusion = f"diffusion {d.max_steps} steps of batch {d.batch_size}"
+        if s.max_minutes > 0 and steps.get("students"):
+            counts = sorted(steps["students"].values())
+            students = f"students {counts[0]}-{counts[-1]} steps of batch {s.batch_size} ({s.max_minutes:g} min budget each)"
+        else:
+            students = f"students {s.max_steps} steps of batch {s.batch_size}"
+        return f"{diffusion}; sampler {self.cfg.sampling.sampler} x {self.cfg.sampling.steps}, decode {self.cfg.sampling.decode}; {students}"
 
     def studies(self, segmenter: str) -> dict:
         """Sampler and decode studies: throughput, generation quality and student mIoU per variant."""
@@ -294,8 +317,7 @@ class Experiment:
             "# DAKTer experiment",
             "",
             f"Data `{cfg.data.spec}`: {self.n_train} training images, evaluated on the full test split (one confusion matrix per run). "
-            f"Models at {cfg.data.resolution} px; diffusion {cfg.diffusion.max_steps} steps of batch {cfg.diffusion.batch_size}; sampler {cfg.sampling.sampler} x {cfg.sampling.steps}, decode {cfg.sampling.decode}; "
-            f"students {cfg.student.max_steps} steps of batch {cfg.student.batch_size}, KD weight λ = {cfg.student.kd_weight:g}{self._lambda_note()}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
+            f"Models at {cfg.data.resolution} px; {self._length_text(p)}, KD weight λ = {cfg.student.kd_weight:g}{self._lambda_note()}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
             "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
             "",
             f"## Main comparison at ratio {e.ratio:g} ({100 * e.ratio:.0f} %): mIoU / mean F1",
@@ -314,8 +336,8 @@ class Experiment:
         lines += [
             "",
             f"DAKTer > hard > none in mean mIoU for {len(v['dakter>hard>none'])} of {len(e.archs)} students ({', '.join(v['dakter>hard>none']) or 'none'}); "
-            f"DAKTer > hard for {len(v['dakter>hard'])} ({', '.join(v['dakter>hard']) or 'none'}); DAKTer > none for {len(v['dakter>none'])} ({', '.join(v['dakter>none']) or 'none'}); "
-            f"b = {cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({', '.join(v['b_auto>=b_1']) or 'none'})"
+            f"DAKTer > hard for {len(v['dakter>hard'])} ({', '.join(v['dakter>hard']) or 'none'}); DAKTer > none for {len(v['dakter>none'])} ({', '.join(v['dakter>none']) or 'none'})"
+            + (f"; b = {cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({', '.join(v['b_auto>=b_1']) or 'none'})" if "dakter_b1" in e.methods else "")
             + (f"; DAKTer > hard labels at the same weight λ for {len(v['dakter>hard_matched'])} ({', '.join(v['dakter>hard_matched']) or 'none'})." if "hard_matched" in e.methods else "."),
             "",
         ]

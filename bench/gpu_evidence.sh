@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU evidence run, from a fresh image that has python3 and PyTorch but none of this project's
+# other dependencies and no network:
+#
+#   python bench/wheelhouse.py wheels --only diffusers importlib-metadata webdataset braceexpand \
+#       segmentation-models-pytorch                     # once, where pip reaches an index
+#   bash bench/gpu_evidence.sh OUT                       # on the GPU machine, from the repo root
+#   bash bench/gpu_evidence.sh OUT --tiny                # the same run in minutes on a CPU
+#
+# What is missing is installed offline from the wheels folder (DAKTER_WHEELS, default ./wheels) with
+# `pip install --no-index --find-links`; where the image's environment refuses the install, the
+# wheels go to a private folder on PYTHONPATH instead. Ray is not carried (its wheel is ~70 MB):
+# synthesis then runs in-process and says so. Arguments after OUT go to bench/gpu_evidence.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+WHEELS=${DAKTER_WHEELS:-wheels}
+[ $# -ge 1 ] || { echo "usage: bash bench/gpu_evidence.sh OUT [--tiny] [key=value ...]" >&2; exit 2; }
+
+t0=$(date +%s)
+probe='import accelerate, diffusers, webdataset, segmentation_models_pytorch, pyarrow, fsspec, safetensors, matplotlib, yaml, tqdm'
+if ! "$PYTHON" -c "$probe" 2>/dev/null; then
+  if [ ! -d "$WHEELS" ]; then
+    echo "error: dependencies missing and no wheels folder $WHEELS (make one with bench/wheelhouse.py where pip reaches an index)" >&2
+    exit 2
+  fi
+  echo "installing dakter-scale offline from $WHEELS"
+  if ! "$PYTHON" -m pip install -q --no-index --find-links "$WHEELS" dakter-scale; then
+    site=${TMPDIR:-/tmp}/dakter-site
+    echo "the environment refused the install: installing the wheels into $site"
+    "$PYTHON" -m pip install -q --no-index --no-deps --target "$site" "$WHEELS"/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  "$PYTHON" -c "$probe"
+fi
+echo "set-up: $(( $(date +%s) - t0 )) s"
+exec "$PYTHON" bench/gpu_evidence.py "$@"
