@@ -166,7 +166,7 @@ def main() -> int:
     p.add_argument("--config", default=str(CONFIG), help="experiment config (default configs/gpu_evidence.yaml)")
     p.add_argument("--tiny", action="store_true", help="a tiny setting that runs in a few minutes on a CPU")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # OUT, flags and key=value in any order
 
     from dakter_scale.cli import run
 
