@@ -29,10 +29,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from dakter_scale.student.models import StudentError
     from dakter_scale.synth.filter import FilterError
     from dakter_scale.synth.plan import PlanError
-    from dakter_scale.synth.relabel import RelabelError
     from dakter_scale.training import LaunchError
 
-    return (ConfigError, DataError, ShardError, StreamError, ModelFolderError, StudentError, PlanError, FilterError, RelabelError, LaunchError, PermissionError, FileNotFoundError, FileExistsError)
+    return (ConfigError, DataError, ShardError, StreamError, ModelFolderError, StudentError, PlanError, FilterError, LaunchError, PermissionError, FileNotFoundError, FileExistsError)
 
 
 def parser(description: str, config: bool = True) -> argparse.ArgumentParser:

@@ -137,10 +137,6 @@ class SamplingConfig:
     decode: str = "mean"  # mean (posterior mean) | softmax
     decode_tau: float = 0.5  # softmax decode temperature
     decode_last: int = 1  # average the decoded label over the last N steps
-    # re-read the soft label from the finished image: p(label | image) averaged over this many
-    # RePaint-style runs (0 = off, the joint sample's own label), each from relabel_start * T
-    relabel_repeats: int = 0
-    relabel_start: float = 1.0
 
     def validate(self) -> None:
         _check(self.sampler in ("ddpm", "ddim"), "sampling.sampler", f"{self.sampler!r} is not ddpm or ddim")
@@ -149,8 +145,6 @@ class SamplingConfig:
         _check(self.decode_tau > 0, "sampling.decode_tau", "must be > 0")
         _check(1 <= self.decode_last <= self.steps, "sampling.decode_last", f"must be in [1, steps={self.steps}]")
         _check(0 <= self.eta <= 1, "sampling.eta", "must be in [0, 1]")
-        _check(self.relabel_repeats >= 0, "sampling.relabel_repeats", f"must be >= 0, got {self.relabel_repeats}")
-        _check(0 < self.relabel_start <= 1, "sampling.relabel_start", f"must be in (0, 1], got {self.relabel_start}")
 
 
 @dataclass(frozen=True)

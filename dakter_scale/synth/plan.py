@@ -93,10 +93,7 @@ class Plan:
 
 def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int) -> str:
     """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
-    (on the same kind of device and torch build). Relabelling settings count only when relabelling is
-    on, so sets written before they existed keep their fingerprint."""
-    if not sampling.get("relabel_repeats"):
-        sampling = {k: v for k, v in sampling.items() if not k.startswith("relabel_")}
+    (on the same kind of device and torch build)."""
     blob = json.dumps(
         {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format},
         sort_keys=True,

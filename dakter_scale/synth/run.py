@@ -556,8 +556,8 @@ def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
 
 
 def derived_stats(markers: dict[int, dict], src_info: dict) -> tuple[dict, dict, list[str]]:
-    """(generated_stats, divergence, warnings) of a set made from src_info's set (filtered,
-    relabelled), from its own shard markers, against the same training data and threshold."""
+    """(generated_stats, divergence, warnings) of a set made from src_info's set (e.g. filtered),
+    from its own shard markers, against the same training data and threshold."""
     generated = marker_stats(markers, len(src_info["classes"]))
     threshold = float(src_info.get("divergence", {}).get("threshold", 0.1))
     div, warnings = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), threshold)
