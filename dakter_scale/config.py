@@ -324,13 +324,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r} ({source})")
         return _build(tp, value, key, source)
     if origin in (Union, types.UnionType):
-        errors = []
         # Try the more specific members first so "0.5" -> float and "auto" -> str.
         for member in sorted(typing.get_args(tp), key=lambda t: t is str):
             try:
                 return _coerce(value, member, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} matches none of {tp} ({source})")
     if tp is type(None):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):

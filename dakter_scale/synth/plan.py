@@ -58,9 +58,6 @@ class ShardTask:
     count: int
     attempt: int = 0
 
-    def seeds(self, seed: int) -> list[int]:
-        return [pair_seed(seed, self.shard, i) for i in range(self.count)]
-
     def retry(self) -> "ShardTask":
         return ShardTask(self.shard, self.start, self.count, self.attempt + 1)
 
