@@ -19,8 +19,10 @@ from typing import Any, Union
 
 import yaml
 
+from dakter_scale.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
+from dakter_scale.errors import UserError
 
 OSD_CLASSES = synthetic_sar.CLASSES
 OSD_COLOURS = synthetic_sar.OSD_COLOURS
@@ -38,7 +39,7 @@ SPLITS = ("train", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Unusable input data; the message names the file or spec."""
 
 

@@ -23,10 +23,11 @@ import json
 import math
 from dataclasses import dataclass
 
+from dakter_scale.errors import UserError
 from dakter_scale.training import derive_seed
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """Bad synthesis arguments; the message names the flag."""
 
 

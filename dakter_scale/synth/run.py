@@ -171,7 +171,7 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
     try:
         listing = storage.list_dir(fs, root)
     except Exception as e:  # any backend error: report the URL, never credentials
-        raise PermissionError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise storage.StorageError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     marker_names = sorted(n for n in listing if MARKER_RE.fullmatch(n))
     conflict = _conflict(fs, root, listing, marker_names, fp, mhash, cfg, sampling)
     if conflict:
