@@ -36,9 +36,6 @@ jobs/experiment.py. Modes:
     # does the teacher's confidence mark its wrong labels? agreement of real-only students per confidence band
     python bench/method_probe.py calibration runs/exp3/generated/b_cfg 400 runs/exp3/students/none-unet-r0-s0 runs/exp3/students/none-deeplabv3plus-r0-s0
 
-    # relabel a generated set from its images (jobs/relabel.py) and score old vs new labels with real-only students
-    python bench/method_probe.py relabel runs/exp4/generated/b_cfg runs/exp4/generated/relabel_s025 0.25 4 runs/exp3/students/none-unet-r0-s0 runs/exp3/students/none-deeplabv3plus-r0-s0
-
 Results append to runs/probe/results.jsonl and runs/probe/students.jsonl (THREADS=1 to run two at once).
 """
 
@@ -261,33 +258,6 @@ def calibration_probe(shards: str, n: int, aligners: list[str]) -> list[dict]:
     return out
 
 
-def relabel_probe(src: str, dst: str, start: float, repeats: int, aligners: list[str]) -> list[dict]:
-    """Relabel src into dst (reused when done) and score both label sets against real-only students:
-    per-pair alignment (mean IoU over present classes, as the filter) and pixel agreement."""
-    from dakter_scale import quality
-    from dakter_scale.config import SamplingConfig
-    from dakter_scale.pipeline import load_student, read_generated
-    from dakter_scale.synth.filter import pair_alignment
-    from dakter_scale.synth.relabel import relabel_shards
-
-    info = relabel_shards(src, dst, SamplingConfig(relabel_repeats=repeats, relabel_start=start), progress=False)
-    images, q_old = read_generated(src, info["count"])
-    _, q_new = read_generated(dst, info["count"])
-    old, new = q_old.argmax(axis=1), q_new.argmax(axis=1)
-    k = q_old.shape[1]
-    rec = {"source": src, "relabelled": dst, "start": start, "repeats": repeats, "pairs": len(images), "seconds": info["relabel"]["seconds"],
-           "same_argmax": float((old == new).mean()), "mean_confidence": [float(q_old.max(1).mean()), float(q_new.max(1).mean())],
-           "class_fractions": [np.bincount(old.ravel(), minlength=k).tolist(), np.bincount(new.ravel(), minlength=k).tolist()],
-           "train_class_fractions": info["train_stats"]["class_fractions"]}
-    train = np.asarray(info["train_stats"]["class_fractions"])
-    rec["class_fraction_tv_to_train"] = [float(0.5 * np.abs(np.bincount(lab.ravel(), minlength=k) / lab.size - train).sum()) for lab in (old, new)]
-    out = []
-    for aligner in aligners:
-        pred = quality.segment(load_student(aligner)[0], images).numpy()
-        out.append(_emit(dict(rec, aligner=aligner, alignment=[float(pair_alignment(pred, lab, k).mean()) for lab in (old, new)], agreement=[float((pred == lab).mean()) for lab in (old, new)]), "relabel.jsonl"))
-    return out
-
-
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -306,8 +276,6 @@ def main() -> None:
         quality_probe(args[0], args[1], int(args[2]), args[3:])
     elif mode == "calibration":
         calibration_probe(args[0], int(args[1]), args[2:])
-    elif mode == "relabel":
-        relabel_probe(args[0], args[1], float(args[2]), int(args[3]), args[4:])
     else:
         sys.exit(f"usage: {__doc__}")
 

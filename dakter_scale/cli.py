@@ -1,8 +1,9 @@
 """What every job in jobs/ shares: config flags, overrides, and turning bad input into one line.
 
 A job's main() builds its parser with ``parser(...)``, parses, and runs its body inside
-``run(...)``: expected user errors (bad config, data, flags, model folders, storage) print
-``error: <one line>`` on stderr and exit 2; anything else is a bug and keeps its traceback.
+``run(...)``: user errors (``errors.UserError``: bad config, data, flags, model folders, storage;
+and PermissionError) print ``error: <one line>`` on stderr and exit 2; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import sys
 from typing import Callable
 
-from dakter_scale.config import Config, ConfigError, load_config
+from dakter_scale.config import Config, load_config
+from dakter_scale.errors import UserError
 
 EPILOG = (
     "Any config key can be overridden as key=value after the flags, e.g. student.lr=3e-4 "
@@ -21,18 +23,10 @@ EPILOG = (
 )
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from dakter_scale.data.real import DataError
-    from dakter_scale.data.shards import ShardError
-    from dakter_scale.data.stream import StreamError
-    from dakter_scale.diffusion.model import ModelFolderError
-    from dakter_scale.student.models import StudentError
-    from dakter_scale.synth.filter import FilterError
-    from dakter_scale.synth.plan import PlanError
-    from dakter_scale.synth.relabel import RelabelError
-    from dakter_scale.training import LaunchError
-
-    return (ConfigError, DataError, ShardError, StreamError, ModelFolderError, StudentError, PlanError, FilterError, RelabelError, LaunchError, PermissionError, FileNotFoundError, FileExistsError)
+# What a job reports as one line: an input the user can fix (UserError, the base of every area's error
+# class), and the operating system's PermissionError, which names the path it refused (an output folder
+# the user cannot write). Anything else, FileNotFoundError included, is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, PermissionError)
 
 
 def parser(description: str, config: bool = True) -> argparse.ArgumentParser:
@@ -68,7 +62,7 @@ def run(body: Callable[[], int | None]) -> None:
     """Run a job body; user errors become one line on stderr and exit status 2."""
     try:
         code = body()
-    except user_errors() as e:
+    except USER_ERRORS as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
         fail("interrupted", 130)

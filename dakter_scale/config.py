@@ -19,8 +19,10 @@ from typing import Any, Union
 
 import yaml
 
+from dakter_scale.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
@@ -141,10 +143,6 @@ class SamplingConfig:
     decode: str = "mean"  # mean (posterior mean) | softmax
     decode_tau: float = 0.5  # softmax decode temperature
     decode_last: int = 1  # average the decoded label over the last N steps
-    # re-read the soft label from the finished image: p(label | image) averaged over this many
-    # RePaint-style runs (0 = off, the joint sample's own label), each from relabel_start * T
-    relabel_repeats: int = 0
-    relabel_start: float = 1.0
 
     def validate(self) -> None:
         _check(self.sampler in ("ddpm", "ddim"), "sampling.sampler", f"{self.sampler!r} is not ddpm or ddim")
@@ -153,8 +151,6 @@ class SamplingConfig:
         _check(self.decode_tau > 0, "sampling.decode_tau", "must be > 0")
         _check(1 <= self.decode_last <= self.steps, "sampling.decode_last", f"must be in [1, steps={self.steps}]")
         _check(0 <= self.eta <= 1, "sampling.eta", "must be in [0, 1]")
-        _check(self.relabel_repeats >= 0, "sampling.relabel_repeats", f"must be >= 0, got {self.relabel_repeats}")
-        _check(0 < self.relabel_start <= 1, "sampling.relabel_start", f"must be in (0, 1], got {self.relabel_start}")
 
 
 @dataclass(frozen=True)
@@ -336,13 +332,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r} ({source})")
         return _build(tp, value, key, source)
     if origin in (Union, types.UnionType):
-        errors = []
         # Try the more specific members first so "0.5" -> float and "auto" -> str.
         for member in sorted(typing.get_args(tp), key=lambda t: t is str):
             try:
                 return _coerce(value, member, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} matches none of {tp} ({source})")
     if tp is type(None):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):

@@ -16,21 +16,15 @@ import numpy as np
 import torch
 
 from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
-
-DB_WINDOW = (-35.0, 5.0)  # the 8-bit <-> dB mapping of the built-in data (see data/synthetic_sar.py)
-
-
-def to_linear(images: np.ndarray, window: tuple[float, float] = DB_WINDOW) -> np.ndarray:
-    """8-bit dB-scaled images -> linear intensity."""
-    lo, hi = window
-    db = lo + images.astype(np.float64) / 255.0 * (hi - lo)
-    return 10.0 ** (db / 10.0)
+from dakter_scale.data.real import normalise
+from dakter_scale.data.synthetic_sar import uint8_to_linear
 
 
-def enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = 0, window_db: tuple[float, float] = DB_WINDOW) -> float:
+def enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = 0) -> float:
     """Median ENL over non-overlapping window x window patches that are all sea (or all pixels when
-    masks is None). Speckle with L looks has ENL L on a homogeneous area."""
-    lin = to_linear(images, window_db)
+    masks is None). Speckle with L looks has ENL L on a homogeneous area. Grey levels become linear
+    intensity through the built-in data's 8-bit dB window (``synthetic_sar.uint8_to_linear``)."""
+    lin = uint8_to_linear(images)
     n, h, w = lin.shape
     values = []
     for i in range(n):
@@ -66,7 +60,7 @@ def segment(segmenter: torch.nn.Module, images: np.ndarray, batch_size: int = 32
     device = next(segmenter.parameters()).device
     preds = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size].astype(np.float32) / 127.5 - 1.0)[:, None].to(device)
+        x = normalise(images[i : i + batch_size])[:, None].to(device)
         preds.append(segmenter(x).argmax(dim=1).cpu())
     return torch.cat(preds) if preds else torch.zeros((0,) + images.shape[1:], dtype=torch.int64)
 

@@ -28,12 +28,17 @@ from typing import Any, Callable
 import torch
 
 from dakter_scale.core.steps import EMA, derive_seed, lr_factor
+from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The processes were launched in a way that cannot train correctly."""
+
+
+class ResumeError(UserError, FileNotFoundError):
+    """--resume names a folder that holds no checkpoint."""
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -315,7 +320,7 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
         return found[-1][1] if found else None
     p = Path(resume)
     if not (p / "state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint there (no state.json)")
+        raise ResumeError(f"--resume {resume}: no checkpoint there (no state.json)")
     return p
 
 

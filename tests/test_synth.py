@@ -91,6 +91,16 @@ def test_pair_seed_is_the_documented_rule_and_plan_covers_n_once():
             parse_count(bad)
 
 
+def test_fingerprint_of_the_default_plan_is_pinned():
+    """Shard sets written before keep their identity: a rerun over them must find them done."""
+    from dakter_scale.config import Config, to_dict
+    from dakter_scale.synth.plan import fingerprint
+
+    c = Config()
+    fp = fingerprint("0" * 64, to_dict(c.sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shards.FORMAT, c.synthesis.batch_size)
+    assert fp == "a733d536e81beb42"
+
+
 def test_pipelined_passes_items_in_order_and_raises_either_sides_error():
     got, waited = pipelined(iter(range(50)), lambda items: list(items), depth=2)
     assert got == list(range(50)) and waited >= 0

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
+from dakter_scale.errors import UserError
 
 OSD_CLASSES = synthetic_sar.CLASSES
 OSD_COLOURS = synthetic_sar.OSD_COLOURS
@@ -38,7 +39,7 @@ SPLITS = ("train", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Unusable input data; the message names the file or spec."""
 
 
@@ -388,24 +389,20 @@ class PatchDataset(torch.utils.data.Dataset):
     """Map-style dataset of random training patches; patch i of epoch e is a function of (seed, e, i).
 
     Images are decoded on each access (sources are cheap to read or simulate); the random crop uses
-    a generator seeded from (seed, index, epoch), so a run is reproducible whatever the workers.
+    a generator seeded from (seed, epoch, index), so a run is reproducible whatever the workers.
     """
 
     def __init__(self, source: Source, split: str, resolution: int, crop: int = 0, scale=(1.0, 1.0), flip: bool = True, seed: int = 0):
         self.source = source
         self.items = source.split_items(split)
         self.resolution, self.crop, self.scale, self.flip, self.seed = resolution, crop, tuple(scale), flip, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """key: an index (augmented for the current epoch) or (index, epoch)."""
-        i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        """key: (index, epoch), or an index alone for epoch 0."""
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         image, mask = self.source.load(self.items[i])
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
         return random_patch(image, mask, self.resolution, self.crop, self.scale, self.flip, gen)

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from dakter_scale.data import storage
+from dakter_scale.errors import UserError
 
 FORMAT = "dakter-shards/1"
 DATASET_FILE = "dataset.json"
@@ -42,7 +43,7 @@ QUANT_LEVELS = 255
 _SHARD_RE = re.compile(r"shard-(\d{6,})\.json$")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard or sample that does not follow the schema; the message names it."""
 
 

@@ -23,7 +23,13 @@ from typing import Any, Iterator
 
 import fsspec
 
+from dakter_scale.errors import UserError
+
 TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
+
+
+class StorageError(UserError, PermissionError):
+    """An output location that cannot be listed or written; the message names the URL, never credentials."""
 
 
 def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -129,4 +135,4 @@ def check_writable(url: str) -> None:
         fs.rm(probe)
     except Exception as e:  # any backend error means: not writable
         text = str(e).splitlines()[0][:200] if str(e) else ""
-        raise PermissionError(f"output {url} is not writable: {type(e).__name__}: {text}") from None
+        raise StorageError(f"output {url} is not writable: {type(e).__name__}: {text}") from None

@@ -51,6 +51,7 @@ import torch
 from dakter_scale.data import shards
 from dakter_scale.data.real import PatchDataset, normalise
 from dakter_scale.core.steps import StreamPositions, derive_seed
+from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
 
@@ -62,7 +63,7 @@ POLICIES = ("warn", "raise")
 EMPTY_PASSES = 8
 
 
-class StreamError(RuntimeError):
+class StreamError(UserError, RuntimeError):
     """A streaming input that cannot deliver (a bad shard under policy 'raise', or no usable data)."""
 
 

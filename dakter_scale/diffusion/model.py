@@ -21,6 +21,7 @@ import torch
 
 from dakter_scale import __version__
 from dakter_scale.config import UNetConfig
+from dakter_scale.errors import UserError
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler, UNet2DModel
@@ -30,7 +31,7 @@ INFO_FILE = "dakter.json"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UserError, ValueError):
     """A model folder that cannot be used; the message names the folder and the missing part."""
 
 

@@ -9,15 +9,6 @@ modality (image to [-1, 1], labels to [-b, b]; without it epsilon-prediction sam
 PAPER.md pitfalls), and handed to the diffusers scheduler as the noise consistent with the clipped
 x0_hat. The soft label is the decoded label part of x0_hat at the last step, or its average over
 the last ``decode_last`` steps.
-
-With ``relabel_repeats`` > 0 the soft label is instead re-read from the finished image: the label
-posterior p(label | image) under the same model, by RePaint-style conditioning (Lugmayr et al.,
-CVPR 2022). Starting at ``relabel_start`` * T from the forward-noised label of the joint sample
-(pure noise at 1.0), the label channels are denoised while the image channel is replaced at every
-step by the finished image noised to that step's level; the decoded labels of ``relabel_repeats``
-such runs (each with its own noise) are averaged. The joint trajectory's own label is near one-hot
-wherever the label branch committed early, whether or not the finished image shows it; the
-posterior is soft where the image leaves the label open.
 """
 
 from __future__ import annotations
@@ -31,7 +22,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from dakter_scale.config import SamplingConfig
 from dakter_scale.core.joint import clip_x0
-from dakter_scale.core.schedule import add_noise, eps_from_x0, joint_to_x0_eps
+from dakter_scale.core.schedule import eps_from_x0, joint_to_x0_eps
 from dakter_scale.core.soft_labels import decode
 from dakter_scale.diffusion.model import JointDiffusion
 
@@ -94,63 +85,5 @@ def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfi
     q = torch.stack(decoded).mean(dim=0)
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)
-    if cfg.relabel_repeats > 0:
-        q = label_posterior(model, images, q, seeds, cfg, device)
     return Samples(images=images, q=q)
 
-
-def _relabel_generator(seed: int, repeat: int, device: torch.device) -> torch.Generator:
-    # a stream apart from the joint sample's (seed) and from the other repeats
-    return torch.Generator(device=device).manual_seed((int(seed) * 1_000_003 + 7919 * (repeat + 1)) % (2**63))
-
-
-@torch.no_grad()
-def label_posterior(
-    model: JointDiffusion, images: torch.Tensor, q: torch.Tensor, seeds: Sequence[int], cfg: SamplingConfig, device: str | torch.device | None = None
-) -> torch.Tensor:
-    """p(label | image): the soft label re-read from finished images by the joint model.
-
-    images: (N, 1, H, W) in [-1, 1]; q: (N, K, H, W) the pairs' current soft labels (the starting
-    point when cfg.relabel_start < 1); seeds: one per pair. Each of cfg.relabel_repeats runs starts
-    at timestep relabel_start * T with the label channels at q(z_t | label) and takes the sampler's
-    steps from there down, replacing the image channel at every step by the image noised to that
-    step's level (fresh noise each step); the label decoded at the last step is averaged over the
-    runs. Pair i depends only on images[i], q[i], seeds[i], the model and cfg.
-    """
-    device = torch.device(device) if device is not None else next(model.unet.parameters()).device
-    b = model.b
-    images = images.to(device=device, dtype=torch.float32)
-    y0 = b * (2.0 * q.to(device=device, dtype=torch.float32) - 1.0)
-    sched = sampling_scheduler(model, cfg)
-    alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
-    t_max = int(round(cfg.relabel_start * (model.scheduler.config.num_train_timesteps - 1)))
-    timesteps = [t for t in sched.timesteps if int(t) <= t_max]
-    if not timesteps:
-        raise ValueError(f"sampling.relabel_start {cfg.relabel_start} leaves no {cfg.sampler} step of {cfg.steps} below it; raise it or the steps")
-    n = images.shape[0]
-    total = torch.zeros_like(y0)
-    for repeat in range(cfg.relabel_repeats):
-        gens = [_relabel_generator(s, repeat, device) for s in seeds]
-
-        def noise(shape: torch.Size) -> torch.Tensor:
-            return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
-
-        y = add_noise(y0, noise(y0.shape[1:]), alpha_bar[timesteps[0]].expand(n))
-        for i, t in enumerate(timesteps):
-            a = alpha_bar[t].expand(n)
-            z = torch.cat([add_noise(images, noise(images.shape[1:]), a), y], dim=1)
-            with _autocast(device):
-                output = model.unet(z, t.to(device)).sample.float()
-            x0, eps = joint_to_x0_eps(output, z, a, model.prediction_type, model.label_prediction_type)
-            if cfg.clip:
-                x0 = clip_x0(x0, b)
-                eps = eps_from_x0(x0, z, a)
-            if i == len(timesteps) - 1:
-                total += decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau)
-                break
-            if cfg.sampler == "ddim":
-                y = sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise(z.shape[1:]) if cfg.eta > 0 else None).prev_sample[:, 1:]
-            else:
-                y = sched.step(eps, t, z, generator=gens).prev_sample[:, 1:]
-    q = total / cfg.relabel_repeats
-    return q / q.sum(dim=1, keepdim=True)

@@ -13,6 +13,8 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_model, save_model
 
+from dakter_scale.errors import UserError
+
 ARCHS = {
     "unet": "Unet",
     "unetplusplus": "UnetPlusPlus",
@@ -33,7 +35,7 @@ DEFAULT_ENCODER = "resnet18"
 STUDENT_FILE = "student.json"
 
 
-class StudentError(ValueError):
+class StudentError(UserError, ValueError):
     """A student that cannot be built or loaded; the message names the architecture or file."""
 
 

@@ -31,6 +31,7 @@ import torch
 
 from dakter_scale.data import shards, storage
 from dakter_scale.data.stream import shard_samples
+from dakter_scale.errors import UserError
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
 from dakter_scale.synth.run import derived_stats
@@ -40,8 +41,8 @@ log = logging.getLogger("dakter_scale")
 SCORES_FILE = "alignment.parquet"
 
 
-class FilterError(ValueError):
-    pass
+class FilterError(UserError, ValueError):
+    """Bad filter arguments or a source set that cannot be filtered; the message names it."""
 
 
 def pair_alignment(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

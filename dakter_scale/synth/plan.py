@@ -24,9 +24,10 @@ import math
 from dataclasses import dataclass
 
 from dakter_scale.core.steps import derive_seed
+from dakter_scale.errors import UserError
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """Bad synthesis arguments; the message names the flag."""
 
 
@@ -57,9 +58,6 @@ class ShardTask:
     start: int  # global index of its first sample
     count: int
     attempt: int = 0
-
-    def seeds(self, seed: int) -> list[int]:
-        return [pair_seed(seed, self.shard, i) for i in range(self.count)]
 
     def retry(self) -> "ShardTask":
         return ShardTask(self.shard, self.start, self.count, self.attempt + 1)
@@ -93,10 +91,7 @@ class Plan:
 
 def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int) -> str:
     """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
-    (on the same kind of device and torch build). Relabelling settings count only when relabelling is
-    on, so sets written before they existed keep their fingerprint."""
-    if not sampling.get("relabel_repeats"):
-        sampling = {k: v for k, v in sampling.items() if not k.startswith("relabel_")}
+    (on the same kind of device and torch build)."""
     blob = json.dumps(
         {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format},
         sort_keys=True,

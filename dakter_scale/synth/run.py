@@ -172,7 +172,7 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
     try:
         listing = storage.list_dir(fs, root)
     except Exception as e:  # any backend error: report the URL, never credentials
-        raise PermissionError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise storage.StorageError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     marker_names = sorted(n for n in listing if MARKER_RE.fullmatch(n))
     conflict = _conflict(fs, root, listing, marker_names, fp, mhash, cfg, sampling)
     if conflict:
@@ -563,8 +563,8 @@ def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
 
 
 def derived_stats(markers: dict[int, dict], src_info: dict) -> tuple[dict, dict, list[str]]:
-    """(generated_stats, divergence, warnings) of a set made from src_info's set (filtered,
-    relabelled), from its own shard markers, against the same training data and threshold."""
+    """(generated_stats, divergence, warnings) of a set made from src_info's set (e.g. filtered),
+    from its own shard markers, against the same training data and threshold."""
     generated = marker_stats(markers, len(src_info["classes"]))
     threshold = float(src_info.get("divergence", {}).get("threshold", 0.1))
     div, warnings = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), threshold)
