@@ -2,14 +2,15 @@
 # The GPU evidence run, from a fresh image that has python3 and PyTorch but none of this project's
 # other dependencies and no network:
 #
-#   python bench/wheelhouse.py wheels --only diffusers importlib-metadata webdataset braceexpand \
-#       segmentation-models-pytorch                     # once, where pip reaches an index
+#   python bench/wheelhouse.py wheels --only diffusers importlib-metadata lazy-importer webdataset \
+#       braceexpand segmentation-models-pytorch         # once, where pip reaches an index
 #   bash bench/gpu_evidence.sh OUT                       # on the GPU machine, from the repo root
 #   bash bench/gpu_evidence.sh OUT --tiny                # the same run in minutes on a CPU
 #
 # What is missing is installed offline from the wheels folder (DAKTER_WHEELS, default ./wheels) with
-# `pip install --no-index --find-links`; where the image's environment refuses the install, the
-# wheels go to a private folder on PYTHONPATH instead. Ray is not carried (its wheel is ~70 MB):
+# `pip install --no-index --find-links`; where pip cannot install into the image's environment (a
+# read-only one, or a dependency it cannot resolve offline), the wheels go, unresolved, to a private
+# folder on PYTHONPATH instead, and the import check below says whether that was enough. Ray is not carried (its wheel is ~70 MB):
 # synthesis then runs in-process and says so. Arguments after OUT go to bench/gpu_evidence.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +28,8 @@ if ! "$PYTHON" -c "$probe" 2>/dev/null; then
   echo "installing dakter-scale offline from $WHEELS"
   if ! "$PYTHON" -m pip install -q --no-index --find-links "$WHEELS" dakter-scale; then
     site=${TMPDIR:-/tmp}/dakter-site
-    echo "the environment refused the install: installing the wheels into $site"
-    "$PYTHON" -m pip install -q --no-index --no-deps --target "$site" "$WHEELS"/*.whl
+    echo "pip could not install into this environment (above): installing the wheels without resolving dependencies into $site"
+    "$PYTHON" -m pip install -q --no-index --no-deps --upgrade --target "$site" "$WHEELS"/*.whl
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   fi
   "$PYTHON" -c "$probe"

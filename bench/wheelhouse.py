@@ -4,8 +4,8 @@ network). Run it where pip can reach a package index, with dakter-scale installe
 
     python bench/wheelhouse.py wheels                       # the project + every dependency but torch
     python bench/wheelhouse.py wheels --extras ray,s3       # ... and the optional extras
-    python bench/wheelhouse.py wheels --only diffusers importlib-metadata webdataset braceexpand \\
-        segmentation-models-pytorch --python-version 3.12   # only what a PyTorch image lacks
+    python bench/wheelhouse.py wheels --only diffusers importlib-metadata lazy-importer webdataset \\
+        braceexpand segmentation-models-pytorch       # only what a PyTorch image lacks (the GPU evidence run)
 
 The dependency closure is read from this environment's installed packages, pinned to their
 versions, and downloaded without dependencies (``pip download --no-deps --only-binary=:all:``).
