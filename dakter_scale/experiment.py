@@ -151,8 +151,17 @@ class Experiment:
         }
         if run.weight is not None:
             overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
+        budget = self.out / "students" / f"steps_{run.arch}.json"  # see student_steps
+        if self.cfg.student.max_minutes > 0 and budget.is_file():
+            overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
         log.info("experiment: student %s", run.name)
         train_student(self.cfg.replace(**overrides), d, synthetic=generated_url, resume="latest", progress=self.progress)
+        if self.cfg.student.max_minutes > 0 and not budget.is_file():
+            # With a time budget the first student of an architecture measures how many steps fit; every
+            # later method and seed of it trains that many, so that methods differ in their data only.
+            steps = json.loads((d / "student.json").read_text())["steps"]
+            budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
+            log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
         metrics = evaluate_student(str(d), self.cfg.data.spec, "test", self.cfg.eval)
         metrics["run"] = to_dict(run)
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")

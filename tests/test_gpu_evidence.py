@@ -64,3 +64,6 @@ def test_gpu_evidence_tiny_run_from_an_offline_install(tmp_path):
     names = set(results["runs"])
     assert {f"{m}-{a}-r{r_}-s0" for m, a, r_ in (("none", "unet", 0), ("hard", "unet", 2), ("dakter", "unet", 2), ("none", "segformer", 0), ("dakter", "segformer", 2))} <= names
     assert all(run["images"] == 24 for run in results["runs"].values())  # the full (tiny) test split
+    for arch in ("unet", "segformer"):  # the budget is measured once per architecture: every method trains as long
+        steps = {n: v for n, v in results["steps"]["students"].items() if f"-{arch}-" in n}
+        assert len(steps) == 3 and len(set(steps.values())) == 1, steps
