@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shutil
 import statistics
 import sys
@@ -33,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dakter_scale.config import load_config  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from measure import count_flops, device_name, matmul_peak  # noqa: E402
 
 CONFIG = ROOT / "configs" / "gpu_evidence.yaml"
 # The tiny setting: the same stages and files in a few minutes on a 2-core CPU (a slow test runs it).
@@ -60,45 +62,6 @@ TINY = [
     "experiment.figure_samples=3",
 ]
 RESULT_FILES = ("results.md", "results.json", "per_class_iou.png", "samples_b_cfg.png", "config.yaml")
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, repeats: int = 10) -> dict:
-    """FLOP/s of a large square matrix product on this device, median of `repeats` timed products
-    after warm-up: bf16 8192^3 on a GPU, fp32 1024^3 on a CPU (the precision each trains in)."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    seconds = statistics.median(times)
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "seconds": seconds, "flops_per_second": 2 * n**3 / seconds}
-
-
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def diffusion_flops(model_dir: Path, batch_size: int, device: torch.device) -> dict:
