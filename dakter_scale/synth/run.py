@@ -1,10 +1,11 @@
 """Run a synthesis plan: decide which shards are left, run them locally or on Ray actors, report.
 
-The driver owns no sampling: it lists what is done (markers), checks finished shards (size, or
-sha256 with verify="sha256"), refuses to mix datasets in one prefix, keeps a bounded number of
-shards in flight, retries failed shards (actor crash, storage error) with the reason logged,
-shows one progress line, aggregates per-shard statistics into dataset.json, and warns loudly when
-the generated labels drift from the training data (a diverged sampler makes augmentation harmful).
+The driver owns no sampling and no format (both are data/shardset.py's): it lists what is done
+(markers), checks finished shards (size, or sha256 with verify="sha256"), refuses to mix datasets
+in one prefix, keeps a bounded number of shards in flight, retries failed shards (actor crash,
+storage error) with the reason logged, shows one progress line, writes dataset.json with the set's
+statistics, and warns loudly when the generated labels drift from the training data (a diverged
+sampler makes augmentation harmful).
 
 Exactly once: a shard is either done (its marker exists and its tar matches the marker) or is
 (re)written whole; the marker is written last, so a crash at any point leaves the shard not done,
@@ -14,32 +15,40 @@ and a rerun writes it again with the same bytes.
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.util
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from dakter_scale import __version__
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
-from dakter_scale.data import shards, storage
+from dakter_scale.data import storage
+from dakter_scale.data.shardset import (
+    COMPLETE,
+    DATASET_FILE,
+    FORMAT,
+    IN_PROGRESS,
+    INCOMPLETE,
+    DatasetInfo,
+    ShardError,
+    ShardSet,
+    divergence,
+    marker_count,
+    marker_stats,
+    stats_lines,
+)
 from dakter_scale.diffusion.model import check_model_folder, model_hash
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
 
 log = logging.getLogger("dakter_scale")
 
-MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform than to a segmentation
 DEVICES = ("auto", "cpu", "cuda")
 NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
-MARKER_RE = re.compile(r"shard-(\d{6,})\.json")  # a done marker's name (data/shards.py: shard_name(s, "json"))
 WRITER_STALL_WARNING = 0.1  # warn when the sampler waits for the encoder/uploads longer than this share of the time
 
 
@@ -58,7 +67,7 @@ class Summary:
     started_at: float = 0.0  # Unix time when synthesize() began; timeline entries count from it
     strategy: dict = field(default_factory=dict)  # local / ray, actors, resources, start-up timings
     timeline: list[list[float]] = field(default_factory=list)  # [seconds since start, shard, pairs] per written shard
-    dataset: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)  # dataset.json as written (DatasetInfo.to_json)
 
     @property
     def ok(self) -> bool:
@@ -90,21 +99,7 @@ class Summary:
             out += [f"    shard {r['shard']} attempt {r['attempt'] + 1}: {r['reason']}" for r in self.retried[:20]]
         out.append(f"  failed for good: {len(self.failed)} shards")
         out += [f"    shard {s}: {reason}" for s, reason in sorted(self.failed.items())]
-        gen = self.dataset.get("generated_stats")
-        if gen:
-            train = self.dataset.get("train_stats", {})
-            div = self.dataset.get("divergence", {})
-            out.append(f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)")
-            if train.get("class_fractions"):
-                out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
-            out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
-            if self.dataset.get("warnings"):
-                out.append(f"  WARNING: the generated data diverges from the training data ({len(self.dataset['warnings'])} warning(s) above)")
-        return out
-
-
-def _fmt(values) -> str:
-    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+        return out + (stats_lines(DatasetInfo.from_json(self.dataset)) if self.dataset else [])
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -127,39 +122,31 @@ class Prepared:
     stale_markers: list[int]  # markers to remove before writing (corrupt, resized)
 
 
-def _sha256(fs, path: str) -> str:
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _model_info(model_dir: str | Path) -> dict:
     return json.loads((Path(check_model_folder(model_dir)) / "dakter.json").read_text())
 
 
-def _conflict(fs, root: str, listing: dict, marker_names: list[str], fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> str | None:
+def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> str | None:
     """What other dataset the output holds, if any, described by what differs from this run."""
-    if shards.DATASET_FILE not in listing:
-        return f"{len(marker_names)} shards of an unknown dataset (no {shards.DATASET_FILE})" if marker_names else None
+    if DATASET_FILE not in listing:
+        return f"{shards_found} shards of an unknown dataset (no {DATASET_FILE})" if shards_found else None
     try:
-        existing = storage.read_json(fs, storage.join(root, shards.DATASET_FILE))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"an unreadable {shards.DATASET_FILE}"
-    if existing.get("fingerprint") == fp:
+        existing = out.info()
+    except ShardError:
+        return f"an unreadable {DATASET_FILE}"
+    if existing.fingerprint == fp:
         return None
-    mine = {"model": mhash, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard, "batch_size": cfg.batch_size, "sampling": to_dict(sampling), "format": shards.FORMAT}
+    mine = {"model": mhash, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard, "batch_size": cfg.batch_size, "sampling": to_dict(sampling), "format": FORMAT}
     theirs = {
-        "model": existing.get("model_hash"),
-        "seed": existing.get("seed"),
-        "samples_per_shard": existing.get("samples_per_shard"),
-        "batch_size": existing.get("batch_size"),
-        "sampling": existing.get("sampling"),
-        "format": existing.get("format"),
+        "model": existing.model_hash,
+        "seed": existing.seed,
+        "samples_per_shard": existing.samples_per_shard,
+        "batch_size": existing.batch_size,
+        "sampling": existing.sampling,
+        "format": existing.format,
     }
     differ = [k for k in mine if mine[k] != theirs[k]] or ["fingerprint"]
-    return f"a dataset from model {str(existing.get('model_hash', '?'))[:12]} that differs in {', '.join(differ)} (fingerprint {existing.get('fingerprint')})"
+    return f"a dataset from model {str(existing.model_hash or '?')[:12]} that differs in {', '.join(differ)} (fingerprint {existing.fingerprint})"
 
 
 def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> Prepared:
@@ -167,64 +154,37 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
     info = _model_info(model_dir)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     mhash = model_hash(model_dir)
-    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, shards.FORMAT, cfg.batch_size)
-    fs, root = storage.url_to_fs(out_url)
+    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size)
+    out = ShardSet(out_url)
     try:
-        listing = storage.list_dir(fs, root)
+        listing = out.listing()
     except Exception as e:  # any backend error: report the URL, never credentials
         raise storage.StorageError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    marker_names = sorted(n for n in listing if MARKER_RE.fullmatch(n))
-    conflict = _conflict(fs, root, listing, marker_names, fp, mhash, cfg, sampling)
+    finished, corrupt = out.read_markers(listing)
+    conflict = _conflict(out, listing, len(finished) + len(corrupt), fp, mhash, cfg, sampling)
     if conflict:
         return Prepared(plan, fp, mhash, info, plan.tasks(), [], {}, [], {}, conflict, [])
-
-    markers: dict[int, dict] = {}
-    corrupt: dict[int, str] = {}
-    if marker_names:
-        blobs = fs.cat([storage.join(root, n) for n in marker_names])
-        for path, blob in sorted(blobs.items()):
-            shard = int(MARKER_RE.search(path).group(1))
-            try:
-                markers[shard] = json.loads(blob)
-            except json.JSONDecodeError:
-                corrupt[shard] = "marker is not valid JSON"
-    beyond = sorted(s for s in list(markers) + list(corrupt) if s >= plan.num_shards)
+    beyond = sorted(s for s in list(finished) + list(corrupt) if s >= plan.num_shards)
     if beyond:
         raise PlanError(
             f"{out_url} holds shards up to {max(beyond)} but --n {cfg.n} plans only {plan.num_shards}: "
             "a smaller --n would leave extra pairs readable. Use the original --n, a new prefix, or --overwrite."
         )
 
-    todo, skipped, resized = [], [], []
+    todo, skipped, resized, markers = [], [], [], {}
     for task in plan.tasks():
-        if task.shard in corrupt:
+        done = finished.get(task.shard)
+        if done is None:  # not written, or its marker is unreadable (in corrupt)
             todo.append(task)
-            continue
-        m = markers.get(task.shard)
-        if m is None:
-            todo.append(task)
-            continue
-        tar_name = shards.shard_name(task.shard, "tar")
-        problem = None
-        if m.get("count") != task.count:  # --n changed: the last shard grows or shrinks
+        elif done.count != task.count:  # --n changed: the last shard grows or shrinks
             resized.append(task.shard)
-        elif m.get("fingerprint") not in (None, fp):
-            problem = f"marker's fingerprint {m.get('fingerprint')} is not the dataset's {fp}"
-        elif tar_name not in listing:
-            problem = "marker present but the tar is missing"
-        elif int(listing[tar_name].get("size", -1)) != int(m["tar_bytes"]):
-            problem = f"marker present but the tar has {listing[tar_name].get('size')} bytes, the marker records {m['tar_bytes']}"
-        elif shards.shard_name(task.shard, "parquet") not in listing:
-            problem = "marker present but the parquet manifest is missing"
-        elif cfg.verify == "sha256" and _sha256(fs, storage.join(root, tar_name)) != m["sha256"]:
-            problem = "marker present but the tar's sha256 differs from the marker's"
+            todo.append(task)
+        elif problem := out.check(done, listing, fp, cfg.verify):
+            corrupt[task.shard] = problem
+            todo.append(task)
         else:
             skipped.append(task.shard)
-            continue
-        if problem:
-            corrupt[task.shard] = problem
-        markers.pop(task.shard)
-        todo.append(task)
+            markers[task.shard] = done.marker
     stale = sorted(set(corrupt) | set(resized))
     return Prepared(plan, fp, mhash, info, todo, skipped, corrupt, resized, markers, None, stale)
 
@@ -244,13 +204,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
             "Choose a new prefix, or pass --overwrite to delete it and write this one."
         )
     log.warning("--overwrite: removing %s from %s", prep.conflict, out_url)
-    fs, root = storage.url_to_fs(out_url)
-    listing = storage.list_dir(fs, root)
-    # Markers first, so no reader trusts a shard while it is being removed.
-    names = sorted(listing, key=lambda n: (not MARKER_RE.fullmatch(n), n))
-    for name in names:
-        if name.startswith("shard-") or name == shards.DATASET_FILE:
-            fs.rm(storage.join(root, name), recursive=listing[name].get("type") == "directory")
+    ShardSet(out_url).clear()
     return inspect_output(model_dir, out_url, cfg, sampling)
 
 
@@ -288,30 +242,29 @@ def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     }
 
 
-def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConfig, model_dir: str) -> dict:
+def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConfig, model_dir: str) -> DatasetInfo:
     info = prep.model_info
-    return {
-        "format": shards.FORMAT,
-        "fingerprint": prep.fingerprint,
-        "model_hash": prep.model_hash,
-        "model": str(model_dir),
-        "b": info["b"],
-        "classes": info["classes"],
-        "resolution": info["resolution"],
-        "prediction_type": info["prediction_type"],
-        "radiometry": info.get("radiometry"),
-        "sampler": sampling.sampler,
-        "steps": sampling.steps,
-        "sampling": to_dict(sampling),
-        "seed": cfg.seed,
-        "seed_rule": "pair seed = SeedSequence([seed, shard, index]) -> 63 bits (dakter_scale.synth.plan.pair_seed)",
-        "planned": prep.plan.n,
-        "samples_per_shard": cfg.samples_per_shard,
-        "batch_size": cfg.batch_size,
-        "num_shards": prep.plan.num_shards,
-        "code_version": __version__,
-        "train_stats": {"class_fractions": info.get("train_stats", {}).get("class_fractions"), "mean_confidence": 1.0},
-    }
+    return DatasetInfo(
+        fingerprint=prep.fingerprint,
+        model_hash=prep.model_hash,
+        model=str(model_dir),
+        b=info["b"],
+        classes=info["classes"],
+        resolution=info["resolution"],
+        prediction_type=info["prediction_type"],
+        radiometry=info.get("radiometry"),
+        sampler=sampling.sampler,
+        steps=sampling.steps,
+        sampling=to_dict(sampling),
+        seed=cfg.seed,
+        seed_rule="pair seed = SeedSequence([seed, shard, index]) -> 63 bits (dakter_scale.synth.plan.pair_seed)",
+        planned=prep.plan.n,
+        samples_per_shard=cfg.samples_per_shard,
+        batch_size=cfg.batch_size,
+        num_shards=prep.plan.num_shards,
+        code_version=__version__,
+        train_stats={"class_fractions": info.get("train_stats", {}).get("class_fractions"), "mean_confidence": 1.0},
+    )
 
 
 # -- progress -----------------------------------------------------------------------------------
@@ -546,58 +499,6 @@ def with_ray_kill(actor) -> None:
 # -- the whole run -----------------------------------------------------------------------------
 
 
-def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
-    """Dataset statistics (pairs, class fractions, mean confidence and entropy) from shard markers."""
-    count = sum(int(m["count"]) for m in markers.values())
-    if count == 0:
-        return {}
-    fractions = np.zeros(num_classes)
-    for m in markers.values():
-        fractions += np.asarray(m["sum_class_fractions"], dtype=np.float64)
-    return {
-        "pairs": count,
-        "class_fractions": (fractions / count).tolist(),
-        "mean_confidence": sum(m["sum_mean_confidence"] for m in markers.values()) / count,
-        "mean_entropy": sum(m["sum_mean_entropy"] for m in markers.values()) / count,
-    }
-
-
-def derived_stats(markers: dict[int, dict], src_info: dict) -> tuple[dict, dict, list[str]]:
-    """(generated_stats, divergence, warnings) of a set made from src_info's set (e.g. filtered),
-    from its own shard markers, against the same training data and threshold."""
-    generated = marker_stats(markers, len(src_info["classes"]))
-    threshold = float(src_info.get("divergence", {}).get("threshold", 0.1))
-    div, warnings = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), threshold)
-    return generated, div, warnings
-
-
-def divergence(generated: dict, train_fractions: list[float] | None, threshold: float) -> tuple[dict, list[str]]:
-    """Compare the generated set with the training data; return the numbers and loud warnings.
-
-    Warns when the total variation between the generated and training class pixel fractions,
-    0.5 * sum_k |g_k - t_k|, exceeds `threshold`, or when the mean max-probability of the soft labels
-    is below MIN_MEAN_CONFIDENCE (the training labels are one-hot: max-probability 1)."""
-    if not generated:
-        return {}, []
-    warnings = []
-    out: dict[str, Any] = {"threshold": threshold, "min_mean_confidence": MIN_MEAN_CONFIDENCE, "mean_confidence": generated["mean_confidence"]}
-    if train_fractions:
-        tv = 0.5 * float(np.abs(np.asarray(generated["class_fractions"]) - np.asarray(train_fractions)).sum())
-        out["class_fraction_tv"] = tv
-        if tv > threshold:
-            warnings.append(
-                f"generated class pixel fractions differ from the training data's by total variation {tv:.3f} > {threshold}: "
-                f"generated {_fmt(generated['class_fractions'])} vs training {_fmt(train_fractions)}"
-            )
-    if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
-        warnings.append(
-            f"mean max-probability of the soft labels is {generated['mean_confidence']:.3f} < {MIN_MEAN_CONFIDENCE}: "
-            "the labels are close to uniform (a diverged or under-trained sampler)"
-        )
-    out["diverged"] = bool(warnings)
-    return out, warnings
-
-
 def synthesize(
     model_dir: str | Path,
     out_url: str,
@@ -628,20 +529,18 @@ def synthesize(
     summary = Summary(
         out=out_url, planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
     )
-    fs, root = storage.url_to_fs(out_url)
+    out = ShardSet(out_url)
     header = _dataset_header(prep, cfg, sampling, str(model_dir))
     for shard, problem in sorted(prep.corrupt.items()):
         log.warning("shard %d is corrupt (%s): removing its marker and regenerating it", shard, problem)
     for shard in prep.resized:
         log.info("shard %d changes size with --n %d: rewriting it", shard, plan.n)
     for shard in prep.stale_markers:  # before any rewrite, so no reader trusts a shard being replaced
-        marker = storage.join(root, shards.shard_name(shard, "json"))
-        if fs.exists(marker):
-            fs.rm(marker)
+        out.remove_marker(shard)
     if prep.skipped:
         log.info("%d of %d shards are already done; %d to write", len(prep.skipped), plan.num_shards, len(prep.todo))
     if prep.todo:
-        storage.write_json(fs, storage.join(root, shards.DATASET_FILE), dict(header, status="in progress", count=sum(int(m["count"]) for m in prep.markers.values())))
+        out.write_info(header.replace(status=IN_PROGRESS, count=marker_count(prep.markers.values())))
 
     markers = dict(prep.markers)
     todo_pairs = sum(t.count for t in prep.todo)
@@ -670,9 +569,8 @@ def synthesize(
             summary.strategy = run_ray(prep.todo, args, cfg, on_result, Path(model_dir), device=device)
         else:
             summary.strategy = run_local(prep.todo, args, cfg.retries, on_result, device=device)
-        if storage.is_local(fs):  # what killed writers left; no writer is active any more
-            for name in storage.remove_temporaries(fs, root, prefix="shard-"):
-                log.info("removed %s left by a killed writer", name)
+        for name in out.remove_temporaries():  # what killed local writers left; no writer is active any more
+            log.info("removed %s left by a killed writer", name)
     bar.close()
     summary.failed = {s: r for s, r in final_failures.items() if s not in markers}
     summary.seconds = time.time() - t0
@@ -686,17 +584,16 @@ def synthesize(
         )
 
     generated = marker_stats(markers, len(prep.model_info["classes"]))
-    div, warnings = divergence(generated, header["train_stats"]["class_fractions"], cfg.divergence_threshold)
-    dataset = dict(
-        header,
-        status="complete" if summary.ok and len(markers) == plan.num_shards else "incomplete",
-        count=sum(int(m["count"]) for m in markers.values()),
+    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold)
+    dataset = header.replace(
+        status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
+        count=marker_count(markers.values()),
         generated_stats=generated,
         divergence=div,
         warnings=warnings,
     )
-    storage.write_json(fs, storage.join(root, shards.DATASET_FILE), dataset)
-    summary.dataset = dataset
+    out.write_info(dataset)
+    summary.dataset = dataset.to_json()
     for w in warnings:
         log.warning("!" * 78)
         log.warning("GENERATED DATA DIVERGES FROM THE TRAINING DATA: %s", w)
