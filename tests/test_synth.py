@@ -28,6 +28,7 @@ from dakter_scale.data.shardset import ShardSet
 from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
+from dakter_scale.synth.strategies import Outcome, writer_args
 from dakter_scale.synth.worker import pipelined
 from dakter_scale.core.steps import derive_seed
 from shardgen import TINY_DIFFUSION, TINY_SAMPLING
@@ -130,6 +131,44 @@ def test_progress_line_has_shards_pairs_rate_and_eta():
     assert line.startswith("synthesize: shards 1/4, pairs 1000/4000, ")
     rate = float(line.split(", ")[2].split()[0])
     assert 90 < rate <= 100.5 and line.split("ETA ")[1] in ("00:00:29", "00:00:30")  # 3000 pairs at ~100/s
+
+
+class ScriptedStrategy:
+    """A strategy whose calls fail as scripted: {shard: [outcome kind per attempt]}, kinds "ok", "fail",
+    "unstarted" (its worker died before starting it). Runs one call at a time."""
+
+    def __init__(self, script):
+        self.script, self.pending, self.calls = script, [], []
+
+    def start(self, tasks):
+        self.started = tasks
+
+    def free(self):
+        return 2 - len(self.pending)
+
+    def submit(self, task):
+        self.pending.append(task)
+
+    def poll(self):
+        task = self.pending.pop(0)
+        self.calls.append((task.shard, task.attempt))
+        kinds = self.script.get(task.shard)
+        kind = kinds.pop(0) if kinds else "ok"
+        if kind == "unstarted":
+            return [Outcome(task, started=False)]
+        return [Outcome(task, marker={"shard": task.shard}) if kind == "ok" else Outcome(task, reason=f"boom {task.shard}")]
+
+    def close(self):
+        return {"strategy": "scripted"}
+
+
+def test_driver_loop_retries_failures_and_resubmits_unstarted_shards_uncharged():
+    heard = []
+    strategy = ScriptedStrategy({1: ["fail", "ok"], 2: ["unstarted", "fail", "fail", "fail"]})
+    info = synth_run.drive(Plan(12, 4, 0).tasks(), strategy, retries=2, on_result=lambda *a: heard.append((a[0].shard, a[0].attempt, a[1] is not None, a[3])))
+    assert info == {"strategy": "scripted"} and strategy.started == 3
+    assert (2, 0) in strategy.calls and strategy.calls.count((2, 0)) == 2  # the unstarted call ran again as attempt 0
+    assert sorted(heard) == [(0, 0, True, False), (1, 0, False, True), (1, 1, True, False), (2, 0, False, True), (2, 1, False, True), (2, 2, False, False)]
 
 
 def test_divergence_thresholds_by_hand():
@@ -284,8 +323,8 @@ def cli(argv, capsys, monkeypatch):
     def no_worker(*args, **kwargs):
         raise AssertionError("a worker started")
 
-    monkeypatch.setattr(synth_run, "run_ray", no_worker)
-    monkeypatch.setattr(synth_run, "run_local", no_worker)
+    monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
+    monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
     monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="__main__")
@@ -415,7 +454,7 @@ def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
 
     from dakter_scale.synth.worker import ShardWriter
 
-    args = synth_run._writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
+    args = writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
     task = Plan(6, 6, 5).task(0)
     serial = ShardWriter(**args, device="cpu")(task)
     pooled = ShardWriter(**dict(args, out_url=str(tmp_path / "b")), device="cpu")

@@ -18,12 +18,11 @@ import collections
 import importlib.util
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from dakter_scale import __version__
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
@@ -44,11 +43,11 @@ from dakter_scale.data.shardset import (
 )
 from dakter_scale.diffusion.model import check_model_folder, model_hash
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
+from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
 
 log = logging.getLogger("dakter_scale")
 
 DEVICES = ("auto", "cpu", "cuda")
-NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
 WRITER_STALL_WARNING = 0.1  # warn when the sampler waits for the encoder/uploads longer than this share of the time
 
 
@@ -314,186 +313,36 @@ class Progress:
             self.bar.close()
 
 
-# -- execution strategies -------------------------------------------------------------------------
+# -- the driver loop ----------------------------------------------------------------------------
 
-Callback = Callable[[ShardTask, "dict | None", "str | None"], None]
-
-
-def _writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str) -> dict:
-    return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp)
+Callback = Callable[[ShardTask, "dict | None", "str | None", bool], None]
 
 
-def run_local(tasks: list[ShardTask], writer_args: dict, retries: int, on_result: Callback, device: str = "auto") -> dict:
-    """Run shards one after another in this process (no Ray): the same worker, the same retries.
-    The writer sets torch's thread count to its own while it runs; the caller's is restored after."""
-    import torch
-
-    from dakter_scale.synth.worker import ShardWriter
-
-    threads = torch.get_num_threads()
-    t0 = time.time()
+def drive(tasks: list[ShardTask], strategy: Strategy, retries: int, on_result: Callback) -> dict:
+    """Run tasks on a strategy until each is written or has failed retries + 1 times: the one place
+    that keeps the queue and the retry rule. on_result(task, marker, reason, retrying) hears every
+    attempt. Returns what the strategy reports about where the shards ran."""
+    queue, running = collections.deque(tasks), 0
     try:
-        writer = ShardWriter(**writer_args, device=None if device == "auto" else device)
-        info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": writer.ready()}
-        queue = collections.deque(tasks)
-        while queue:
-            task = queue.popleft()
-            try:
-                marker = writer(task)
-            except Exception as e:  # a shard failure is recorded and retried, never fatal to the run
-                on_result(task, None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-                if task.attempt < retries:
+        strategy.start(len(tasks))
+        while queue or running:
+            while queue and strategy.free() > 0:
+                strategy.submit(queue.popleft())
+                running += 1
+            for outcome in strategy.poll():
+                running -= 1
+                task = outcome.task
+                if not outcome.started:
+                    log.warning("shard %d resubmitted: its actor died before starting it", task.shard)
+                    queue.appendleft(task)
+                    continue
+                retrying = outcome.marker is None and task.attempt < retries
+                on_result(task, outcome.marker, outcome.reason, retrying)
+                if retrying:
                     queue.append(task.retry())
-                continue
-            on_result(task, marker, None)
     finally:
-        torch.set_num_threads(threads)
+        info = strategy.close()
     return info
-
-
-def ray_actor_resources(cfg: SynthesisConfig, device: str = "auto") -> tuple[int, dict, str]:
-    """(number of actors, per-actor resource request, device) for the connected Ray cluster.
-
-    auto: one actor per GPU (num_gpus=1, and threads_per_actor CPUs for its encoder threads) when the
-    cluster has GPUs now, else CPU actors of threads_per_actor torch threads (cpus // threads of them).
-    cuda: GPU actors even if no GPU is up yet (an autoscaler adds GPU nodes for them). An explicit
-    --actors N overrides the count."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if device == "cuda" or (device == "auto" and gpus >= 1):
-        n = max(1, gpus) if cfg.actors == "auto" else int(cfg.actors)
-        return n, {"num_gpus": 1, "num_cpus": cfg.threads_per_actor}, "cuda"
-    cpus = int(resources.get("CPU", 1))
-    n = max(1, cpus // cfg.threads_per_actor) if cfg.actors == "auto" else int(cfg.actors)
-    return n, {"num_cpus": cfg.threads_per_actor}, "cpu"
-
-
-def _init_ray() -> dict:
-    """Connect to the cluster in RAY_ADDRESS (set by `ray job submit`) or the latest `ray start` on this
-    machine; else start a local one. Returns what happened and how long it took."""
-    import ray
-
-    t0 = time.time()
-    if ray.is_initialized():
-        return {"ray": "already initialised", "ray_init_seconds": 0.0}
-    # The dashboard serves only `ray job submit` and the web UI: a cluster started just for this run skips
-    # it (a process less to start on small machines). Ray ignores the flag when it connects to a cluster.
-    ctx = ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-    return {"ray": getattr(ctx, "address_info", {}).get("gcs_address", "?"), "ray_init_seconds": round(time.time() - t0, 3)}
-
-
-def run_ray(tasks: list[ShardTask], writer_args: dict, cfg: SynthesisConfig, on_result: Callback, model_dir: Path, device: str = "auto") -> dict:
-    """Shards on Ray actors, one model load per actor, bounded in flight, crashed actors replaced.
-
-    When an actor dies, the shard it was running (its oldest unfinished call: an actor runs its calls
-    in order) is charged a failed attempt; calls queued behind it are resubmitted uncharged."""
-    import ray
-    from ray.exceptions import RayActorError, RayError, RayTaskError
-
-    from dakter_scale.synth.worker import ShardWriter, pack_model_folder
-
-    t0 = time.time()
-    info = {"strategy": "ray", **_init_ray()}
-    n_actors, resources, device = ray_actor_resources(cfg, device)
-    n_actors = max(1, min(n_actors, len(tasks)))
-    per_actor = max(1, (cfg.max_in_flight or 2 * n_actors) // n_actors)
-    # The model travels through Ray's object store, so worker nodes need no shared file system.
-    args = dict(writer_args, model=ray.put(pack_model_folder(model_dir)), device=device)
-    # Ray starts workers at niceness 15 so that its own processes stay responsive; an actor is this run's
-    # main work, and at nice 15 on a shared machine it gets a sliver of a core (4.7x slower here beside two
-    # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
-    # `ray job submit` entrypoints).
-    runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
-    Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **resources)(ShardWriter)
-    info.update(actors=n_actors, resources=resources, device=device, in_flight_per_actor=per_actor, niceness=os.nice(0))
-    log.info("ray: %d actors, %s each, up to %d shards in flight", n_actors, resources, n_actors * per_actor)
-
-    # Per actor: its unfinished calls in submission order. An ObjectRef in the kwargs is resolved by Ray
-    # before __init__ runs; ready() answers once the model is loaded.
-    calls: dict[Any, collections.deque] = {}
-    pending_ready: dict[Any, Any] = {}
-
-    def start_actor() -> None:
-        actor = Remote.remote(**args)
-        calls[actor] = collections.deque()
-        pending_ready[actor.ready.remote()] = actor
-
-    for _ in range(n_actors):
-        start_actor()
-    queue = collections.deque(tasks)
-    in_flight: dict[Any, tuple[Any, ShardTask]] = {}
-    ready_times: list[float] = []
-    ready_info: list[dict] = []
-    warned = False
-
-    while queue or in_flight:
-        for actor in sorted(calls, key=lambda a: len(calls[a])):
-            while queue and len(calls[actor]) < per_actor:
-                task = queue.popleft()
-                ref = actor.__call__.remote(task)
-                in_flight[ref] = (actor, task)
-                calls[actor].append(ref)
-        ready, _ = ray.wait(list(pending_ready) + list(in_flight), num_returns=1, timeout=2.0)
-        if not ready_times and not warned and time.time() - t0 > NO_ACTOR_WARNING_S:
-            warned = True
-            log.warning("no actor has started after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes)", time.time() - t0, resources)
-        for ref in ready:
-            if ref in pending_ready:
-                pending_ready.pop(ref)
-                try:
-                    where = ray.get(ref)
-                    ready_times.append(time.time() - t0)
-                    ready_info.append(dict(where, ready_seconds=round(ready_times[-1], 3)))
-                    log.info("actor ready after %.1f s: %s", ready_times[-1], where)
-                except RayError:
-                    pass  # it died while starting: its calls fail and it is replaced below
-                continue
-            actor, task = in_flight.pop(ref)
-            position = calls[actor].index(ref) if actor in calls and ref in calls[actor] else -1
-            if position >= 0:
-                del calls[actor][position]
-            try:
-                on_result(task, ray.get(ref), None)
-                continue
-            except RayActorError as e:
-                reason = f"actor died ({type(e).__name__}): {str(e).splitlines()[0][:200]}"
-                if actor in calls:  # the first failed call seen from this actor: replace the actor
-                    older, newer = list(calls[actor])[:position], list(calls[actor])[max(position, 0):]
-                    del calls[actor]
-                    with_ray_kill(actor)
-                    start_actor()
-                    # Calls older than this one stay in flight: the oldest was running and is charged
-                    # when its error arrives. Newer calls, and this one if older ones exist, never started.
-                    uncharged = [in_flight.pop(r)[1] for r in newer if r in in_flight] + ([task] if older else [])
-                    for queued in uncharged:
-                        log.warning("shard %d resubmitted: its actor died before starting it", queued.shard)
-                        queue.appendleft(queued)
-                    if older:
-                        continue
-            except RayTaskError as e:
-                cause = e.cause if getattr(e, "cause", None) is not None else e
-                reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
-            except RayError as e:
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            on_result(task, None, reason)
-            if task.attempt < cfg.retries:
-                queue.append(task.retry())
-    for actor in list(calls):
-        with_ray_kill(actor)
-    info["first_actor_ready_seconds"] = round(ready_times[0], 3) if ready_times else None
-    info["actors_started"] = ready_info
-    return info
-
-
-def with_ray_kill(actor) -> None:
-    import ray
-
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception:  # already gone
-        pass
 
 
 # -- the whole run -----------------------------------------------------------------------------
@@ -547,7 +396,7 @@ def synthesize(
     bar = Progress(todo_pairs, len(prep.todo), bar=progress)
     final_failures: dict[int, str] = {}
 
-    def on_result(task: ShardTask, marker: dict | None, reason: str | None) -> None:
+    def on_result(task: ShardTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
         if marker is not None:
             markers[task.shard] = marker
             final_failures.pop(task.shard, None)
@@ -556,19 +405,16 @@ def synthesize(
             summary.timeline.append([round(time.time() - t0, 3), task.shard, task.count])
             bar.update(task.count)
             return
-        will_retry = task.attempt < cfg.retries
         summary.retried.append({"shard": task.shard, "attempt": task.attempt, "reason": reason})
         final_failures[task.shard] = reason or "unknown error"
-        (log.warning if will_retry else log.error)(
-            "shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if will_retry else "; giving up"
+        (log.warning if retrying else log.error)(
+            "shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if retrying else "; giving up"
         )
 
     if prep.todo:
-        args = _writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint)
-        if use_ray:
-            summary.strategy = run_ray(prep.todo, args, cfg, on_result, Path(model_dir), device=device)
-        else:
-            summary.strategy = run_local(prep.todo, args, cfg.retries, on_result, device=device)
+        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint)
+        strategy = (RayStrategy if use_ray else LocalStrategy)(args, cfg, device)
+        summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
         for name in out.remove_temporaries():  # what killed local writers left; no writer is active any more
             log.info("removed %s left by a killed writer", name)
     bar.close()
