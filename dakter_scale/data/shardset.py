@@ -564,7 +564,8 @@ class ShardSet:
         destination holding anything else is cleared first. dataset.json is left "in progress" with
         the set's identity: the caller writes the finished header. Returns the markers by shard.
         """
-        keys = list(keys) if keys is not None else [sample_key(i.shard, j) for i in self.done() for j in range(i.count)]
+        sources = {info.shard: info for info in self.done()}
+        keys = list(keys) if keys is not None else [sample_key(i.shard, j) for i in sources.values() for j in range(i.count)]
         layout = [keys[i : i + samples_per_shard] for i in range(0, len(keys), samples_per_shard)]
         dst = ShardSet(destination)
         try:
@@ -586,11 +587,10 @@ class ShardSet:
                 dst.remove_marker(shard)
 
         todo = {key: shard for shard, shard_keys in enumerate(layout) if shard not in markers for key in shard_keys}
-        sources = {info.shard: info for info in self.done()}
         waiting: dict[int, dict[str, dict]] = {}
         for source_shard in sorted({parse_key(k)[0] for k in todo}):
             if source_shard not in sources:
-                raise ShardError(f"{self.url}: shard {source_shard} is not finished; it holds pairs to derive, e.g. {next(k for k in todo if parse_key(k)[0] == source_shard)}")
+                raise ShardError(f"{self.url}: shard {source_shard} is not finished (no marker), but pairs to derive are in it")
             for sample in self.read(sources[source_shard]):
                 shard = todo.get(sample["__key__"])
                 if shard is None:
