@@ -207,7 +207,9 @@ def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
 
 def test_rerun_writes_nothing_and_reports_every_shard_done(model, tmp_path):
     out = tmp_path / "shards"
+    torch.set_num_threads(3)
     synthesize(model, out)
+    assert torch.get_num_threads() == 3  # the in-process writer ran with its own thread count, then gave ours back
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("shard-")}
     again = synthesize(model, out)
     assert again.ok and again.written == [] and sorted(again.skipped) == [0, 1] and again.pairs_written == 0
