@@ -99,7 +99,7 @@ def test_fingerprint_of_the_default_plan_is_pinned():
     from dakter_scale.synth.plan import fingerprint
 
     c = Config()
-    fp = fingerprint("0" * 64, to_dict(c.sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shards.FORMAT, c.synthesis.batch_size)
+    fp = fingerprint("0" * 64, to_dict(c.sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shardset.FORMAT, c.synthesis.batch_size)
     assert fp == "a733d536e81beb42"
 
 
