@@ -141,10 +141,9 @@ def pipeline(model_dir: Path, url: str, pairs: int, actors: int, samples_per_sha
     steady_pairs = sum(p for _, _, p in timeline[k:])
     steady_seconds = timeline[-1][0] - timeline[k - 1][0]
     window = (summary["started_at"] + timeline[k - 1][0], summary["started_at"] + timeline[-1][0])
-    from dakter_scale.data import shards, storage
+    from dakter_scale.data.shardset import ShardSet
 
-    fs, root = storage.url_to_fs(url)
-    markers = [storage.read_json(fs, storage.join(root, shards.shard_name(s, "json"))) for s in range(summary["planned_shards"])]
+    markers = [info.marker for info in ShardSet(url).done()]
     in_sampler = sum(m["sample_seconds"] for m in markers) / sum(m["seconds"] for m in markers)
     steady = markers_by_time(markers, timeline)[k:]
     result = {
@@ -248,7 +247,7 @@ def realistic_soft_labels(count: int, size: int, sigma: float, noise: float, see
 
 
 def bytes_per_pair(count: int, size: int = 256) -> dict:
-    from dakter_scale.data import shards
+    from dakter_scale.data import shards, shardset
 
     out = {}
     for name, sigma, noise in (("blurred one-hot (sigma 2 px)", 2.0, 0.0), ("blurred + logit noise 0.5 (worst case)", 2.0, 0.5)):
@@ -256,11 +255,11 @@ def bytes_per_pair(count: int, size: int = 256) -> dict:
         image_bytes = soft_bytes = 0
         for i, (image, q) in enumerate(realistic_soft_labels(count, size, sigma, noise)):
             t0 = time.perf_counter()
-            key = shards.sample_key(0, i)
-            members = shards.encode_sample(key, image, torch.from_numpy(q), {"seed": i, "class_fractions": [0.2] * 5, "mean_entropy": 0.1, "mean_confidence": 0.9})
+            key = shardset.sample_key(0, i)
+            members = shardset.encode_sample(key, image, torch.from_numpy(q), {"seed": i, "class_fractions": [0.2] * 5, "mean_entropy": 0.1, "mean_confidence": 0.9})
             encode_s += time.perf_counter() - t0
-            image_bytes += len(members["image.png"])
-            soft_bytes += len(members["soft.png"])
+            image_bytes += len(members[shardset.IMAGE])
+            soft_bytes += len(members[shardset.SOFT])
             back = shards.dequantise(shards.quantise(torch.from_numpy(q)))
             max_err = max(max_err, float(np.abs(back - q).max()))
             samples.append((key, members))

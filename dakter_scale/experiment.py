@@ -29,6 +29,7 @@ import numpy as np
 from dakter_scale import report
 from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.data.real import open_source, split_stats
+from dakter_scale.data.shardset import ShardSet
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.pipeline import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
@@ -123,11 +124,9 @@ class Experiment:
     def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
         """A complete set of n pairs drawn from model `tag` (resumes a partial set)."""
         url = self.generated_url(name)
-        info_path = Path(url) / "dataset.json"
-        if info_path.is_file():
-            info = json.loads(info_path.read_text())
-            if info.get("status") == "complete" and info.get("count") == n:
-                return url
+        info = ShardSet(url).info()
+        if info is not None and info.complete and info.count == n:
+            return url
         cfg = self.cfg.replace(**{"synthesis.n": n, **{f"sampling.{k}": v for k, v in (sampling or {}).items()}})
         t = time.time()
         summary = synthesize(self.model(tag), url, cfg.synthesis, cfg.sampling, progress=self.progress, use_ray=True)

@@ -33,7 +33,7 @@ def main() -> None:
 
         setup_logging()
         info = filter_shards(args.shards, args.out, args.segmenter, keep=args.keep, min_alignment=args.min_alignment, samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
-        f = info["filter"]
+        f = info.filter
         print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {args.out}")
         return 0
 

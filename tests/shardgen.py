@@ -1,20 +1,20 @@
 """Generated-shard datasets for tests and benchmarks, written without a trained model.
 
-Pairs are simulated SAR scenes with softened one-hot labels, written through the shard schema's own
-functions (data/shards.py), so readers see exactly what jobs/synthesize.py would have written:
+Pairs are simulated SAR scenes with softened one-hot labels, written through the shard set's own
+writer (data/shardset.py), so readers see exactly what jobs/synthesize.py would have written:
 shard-NNNNNN.tar, .parquet, the .json done marker (last), and dataset.json.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from dakter_scale.core.soft_labels import sample_stats
-from dakter_scale.data import shards, storage
+from dakter_scale.data import shardset, storage
+from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardSet
 from dakter_scale.data.synthetic_sar import CLASSES, simulate_scene
 
 
@@ -36,15 +36,15 @@ def write_dataset(
     Sample j (over the whole dataset) gets confidence confidences[j % len(confidences)]
     (default 0.9), so tests can filter on the manifest's mean_confidence.
     """
-    fs, root = storage.url_to_fs(url)
-    if storage.is_local(fs):
-        fs.makedirs(root, exist_ok=True)
+    out = ShardSet(url)
+    if storage.is_local(out.fs):
+        out.fs.makedirs(out.root, exist_ok=True)
     confidences = list(confidences or [0.9])
     keys, j = [], 0
     for shard, count in enumerate(counts):
         rows, samples = [], []
         for index in range(count):
-            key = shards.sample_key(shard, index)
+            key = shardset.sample_key(shard, index)
             pair_seed = seed * 1_000_003 + shard * 10_007 + index
             image, mask = simulate_scene(pair_seed, size, size)
             q = soft_label(mask, len(CLASSES), confidences[j % len(confidences)])
@@ -59,27 +59,18 @@ def write_dataset(
                 "mean_confidence": float(stats["mean_confidence"][0]),
             }
             rows.append(row)
-            samples.append((key, shards.encode_sample(key, image, q, dict(row, classes=list(CLASSES)))))
+            samples.append((key, shardset.encode_sample(key, image, q, dict(row, classes=list(CLASSES)))))
             keys.append(key)
             j += 1
-        buf = io.BytesIO()
-        nbytes, sha = shards.write_tar(buf, samples)
-        storage.write_bytes(fs, storage.join(root, shards.shard_name(shard, "tar")), buf.getvalue())
-        shards.write_parquet(fs, storage.join(root, shards.shard_name(shard, "parquet")), shards.manifest_table(rows))
-        marker = {"shard": shard, "count": count, "tar_bytes": nbytes, "sha256": sha}
-        storage.write_json(fs, storage.join(root, shards.shard_name(shard, "json")), marker)
-    storage.write_json(
-        fs,
-        storage.join(root, shards.DATASET_FILE),
-        {"format": shards.FORMAT, "classes": list(CLASSES), "resolution": size, "count": sum(counts), "status": "complete", "fingerprint": f"test-{seed}"},
-    )
+        out.write_shard(shard, samples, rows, f"test-{seed}")
+    out.write_info(DatasetInfo(classes=list(CLASSES), resolution=size, count=sum(counts), status=COMPLETE, fingerprint=f"test-{seed}"))
     return keys
 
 
 def truncate_shard(url: str, shard: int, keep_fraction: float = 0.5) -> None:
     """Cut a shard's tar short (a torn upload), leaving its marker in place."""
     fs, root = storage.url_to_fs(url)
-    path = storage.join(root, shards.shard_name(shard, "tar"))
+    path = storage.join(root, shardset.shard_name(shard, "tar"))
     data = fs.cat_file(path)
     fs.pipe_file(path, data[: int(len(data) * keep_fraction)])
 
@@ -87,7 +78,7 @@ def truncate_shard(url: str, shard: int, keep_fraction: float = 0.5) -> None:
 def remove_shard_tar(url: str, shard: int) -> None:
     """Delete a shard's tar but keep its marker (a missing object)."""
     fs, root = storage.url_to_fs(url)
-    fs.rm(storage.join(root, shards.shard_name(shard, "tar")))
+    fs.rm(storage.join(root, shardset.shard_name(shard, "tar")))
 
 
 # -- running the training jobs in tests -------------------------------------------------------------

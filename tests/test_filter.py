@@ -9,8 +9,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from dakter_scale.data import shards
-from dakter_scale.data.stream import GeneratedStream, tar_samples
+from dakter_scale.data import shardset
+from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.stream import GeneratedStream
 from dakter_scale.data.synthetic_sar import CLASSES
 from dakter_scale.student.models import build_student, save_student
 from dakter_scale.synth.filter import SCORES_FILE, FilterError, filter_shards, pair_alignment
@@ -34,26 +35,21 @@ def segmenter(tmp_path):
 
 
 def _members(url):
-    out = {}
-    for info in shards.done_shards(url):
-        with open(info.tar, "rb") as f:
-            for s in tar_samples(f, info.tar):
-                out[s["__key__"]] = s
-    return out
+    return {s["__key__"]: s for s in ShardSet(url).samples()}
 
 
 def test_filter_keeps_the_best_aligned_pairs_byte_for_byte(tmp_path, segmenter):
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     write_dataset(src, [5, 4, 3], size=32)
     info = filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3)
-    assert info["count"] == 7 and info["num_shards"] == 3 and info["status"] == "complete"
+    assert info.count == 7 and info.num_shards == 3 and info.complete
     scores = pq.read_table(f"{dst}/{SCORES_FILE}").to_pydict()
     assert len(scores["key"]) == 12 and sum(scores["kept"]) == 7
     kept = [k for k, keep in zip(scores["key"], scores["kept"]) if keep]
     dropped = [a for a, keep in zip(scores["alignment"], scores["kept"]) if not keep]
     assert min(a for a, keep in zip(scores["alignment"], scores["kept"]) if keep) >= max(dropped)
     source, out = _members(src), _members(dst)
-    assert sorted(out) == [shards.sample_key(s, i) for s in range(3) for i in range(3)][:7]
+    assert sorted(out) == [shardset.sample_key(s, i) for s in range(3) for i in range(3)][:7]
     for new_key in sorted(out):  # original key order, members copied unchanged, provenance kept
         sample = out[new_key]
         meta = json.loads(sample["json"])
@@ -63,21 +59,21 @@ def test_filter_keeps_the_best_aligned_pairs_byte_for_byte(tmp_path, segmenter):
         assert meta["key"] == new_key and meta["seed"] == json.loads(old["json"])["seed"]
         assert meta["alignment"] == pytest.approx(scores["alignment"][scores["key"].index(meta["source_key"])], abs=1e-5)
     # the stock webdataset reader and the student stream read the result
-    tars = [i.tar for i in shards.done_shards(dst)]
+    tars = [i.tar for i in ShardSet(dst).done()]
     assert sum(1 for _ in wds.WebDataset(tars, shardshuffle=False)) == 7
     assert sum(1 for _ in GeneratedStream(dst, shuffle_buffer=1, passes=1)) == 7
-    manifest = shards.read_manifest(dst)
+    manifest = ShardSet(dst).manifest()
     assert len(manifest) == 7
     # the dataset statistics describe the kept pairs, not the source
-    assert info["generated_stats"]["pairs"] == 7
-    np.testing.assert_allclose(info["generated_stats"]["class_fractions"], np.mean(manifest.column("class_fractions").to_pylist(), axis=0), atol=1e-6)
+    assert info.generated_stats["pairs"] == 7
+    np.testing.assert_allclose(info.generated_stats["class_fractions"], np.mean(manifest.column("class_fractions").to_pylist(), axis=0), atol=1e-6)
     # a rerun with the same source, segmenter and rule reuses the output
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
-    assert filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3)["filter"]["fingerprint"] == info["filter"]["fingerprint"]
+    assert filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3).filter["fingerprint"] == info.filter["fingerprint"]
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
     # another rule replaces it
-    again = filter_shards(src, dst, segmenter, min_alignment=info["filter"]["threshold"])
-    assert again["count"] >= 7 and len(_members(dst)) == again["count"]
+    again = filter_shards(src, dst, segmenter, min_alignment=info.filter["threshold"])
+    assert again.count >= 7 and len(_members(dst)) == again.count
 
 
 def test_filter_errors(tmp_path, segmenter):

@@ -1,4 +1,4 @@
-"""The shard schema: sample round trip, quantisation, deterministic tars, the stock webdataset reader."""
+"""The shard codec and schema: sample round trip, quantisation, deterministic tars, the stock webdataset reader."""
 
 import io
 import json
@@ -12,7 +12,8 @@ import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dakter_scale.data import shards, storage
+from dakter_scale.data import shards, shardset, storage
+from dakter_scale.data.shardset import ShardSet
 
 
 def _pair(seed, k=5, h=12, w=10):
@@ -37,9 +38,9 @@ def test_quantisation_sums_to_one_and_error_below_one_level(seed, k, sharp):
 
 def test_sample_round_trip():
     image, q = _pair(0)
-    members = shards.encode_sample("000001-000002", image, q, {"seed": 7})
+    members = shardset.encode_sample("000001-000002", image, q, {"seed": 7})
     assert set(members) == {"image.png", "soft.png", "json"}
-    got_image, got_q, meta = shards.decode_sample(dict(members, __key__="000001-000002"))
+    got_image, got_q, meta = shardset.decode_sample(dict(members, __key__="000001-000002"))
     assert np.array_equal(got_image, image)
     assert np.abs(got_q - q.numpy()).max() < 1 / 255
     assert meta["seed"] == 7 and meta["num_classes"] == 5 and meta["key"] == "000001-000002"
@@ -47,24 +48,24 @@ def test_sample_round_trip():
 
 def test_encode_refuses_malformed_samples():
     image, q = _pair(1)
-    with pytest.raises(shards.ShardError, match="key"):
-        shards.encode_sample("bad.key", image, q, {})
-    with pytest.raises(shards.ShardError, match="000001-000001: image must be uint8"):
-        shards.encode_sample("000001-000001", image.astype(np.float32), q, {})
-    with pytest.raises(shards.ShardError, match="differ in size"):
-        shards.encode_sample("000001-000001", image[:5], q, {})
-    with pytest.raises(shards.ShardError, match="missing member 'soft.png'"):
-        members = shards.encode_sample("000001-000001", image, q, {})
+    with pytest.raises(shardset.ShardError, match="key"):
+        shardset.encode_sample("bad.key", image, q, {})
+    with pytest.raises(shardset.ShardError, match="000001-000001: image must be uint8"):
+        shardset.encode_sample("000001-000001", image.astype(np.float32), q, {})
+    with pytest.raises(shardset.ShardError, match="differ in size"):
+        shardset.encode_sample("000001-000001", image[:5], q, {})
+    with pytest.raises(shardset.ShardError, match="missing member 'soft.png'"):
+        members = shardset.encode_sample("000001-000001", image, q, {})
         del members["soft.png"]
-        shards.decode_sample(dict(members, __key__="000001-000001"))
+        shardset.decode_sample(dict(members, __key__="000001-000001"))
 
 
 def _write(path, n, seed=0):
     samples = []
     for i in range(n):
         image, q = _pair(seed + i)
-        key = shards.sample_key(3, i)
-        samples.append((key, shards.encode_sample(key, image, q, {"seed": seed + i})))
+        key = shardset.sample_key(3, i)
+        samples.append((key, shardset.encode_sample(key, image, q, {"seed": seed + i})))
     with open(path, "wb") as f:
         return shards.write_tar(f, samples)
 
@@ -84,7 +85,7 @@ def test_stock_webdataset_reads_a_project_shard(tmp_path):
     _write(tmp_path / "shard-000003.tar", 5)
     ds = wds.WebDataset(str(tmp_path / "shard-000003.tar"), shardshuffle=False).decode("l")
     samples = list(ds)
-    assert [s["__key__"] for s in samples] == [shards.sample_key(3, i) for i in range(5)]
+    assert [s["__key__"] for s in samples] == [shardset.sample_key(3, i) for i in range(5)]
     for i, s in enumerate(samples):
         image, q = _pair(i)
         assert np.array_equal((s["image.png"] * 255).round().astype(np.uint8), image)  # "l" decodes to float gray in [0, 1]
@@ -96,15 +97,15 @@ def test_stock_webdataset_reads_a_project_shard(tmp_path):
 
 def test_manifest_and_done_listing(tmp_path):
     fs, root = storage.url_to_fs(str(tmp_path))
-    rows = [{"key": shards.sample_key(0, i), "shard": 0, "index": i, "seed": 2**62 + i, "class_fractions": [0.5, 0.5], "mean_entropy": 0.1, "mean_confidence": 0.9} for i in range(3)]
-    shards.write_parquet(fs, f"{root}/shard-000000.parquet", shards.manifest_table(rows))
+    rows = [{"key": shardset.sample_key(0, i), "shard": 0, "index": i, "seed": 2**62 + i, "class_fractions": [0.5, 0.5], "mean_entropy": 0.1, "mean_confidence": 0.9} for i in range(3)]
+    ShardSet(str(tmp_path)).write_parquet("shard-000000.parquet", shardset.manifest_table(rows))
     _write(tmp_path / "shard-000000.tar", 3)
     _write(tmp_path / "shard-000001.tar", 3)  # no marker: not done, ignored
-    assert shards.done_shards(str(tmp_path)) == []
+    assert ShardSet(str(tmp_path)).done() == []
     storage.write_json(fs, f"{root}/shard-000000.json", {"shard": 0, "count": 3})
-    done = shards.done_shards(str(tmp_path))
+    done = ShardSet(str(tmp_path)).done()
     assert [d.shard for d in done] == [0] and done[0].count == 3
-    table = shards.read_manifest(str(tmp_path))
+    table = ShardSet(str(tmp_path)).manifest()
     assert table.num_rows == 3 and table.column("seed").to_pylist()[2] == 2**62 + 2
     assert pq.read_table(tmp_path / "shard-000000.parquet").schema.names == ["key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence"]
 
@@ -145,7 +146,7 @@ def test_png_writer_is_a_real_png_and_the_fast_reader_matches_pillow(seed, h, w,
 
 def test_corrupt_png_member_is_a_shard_error():
     image, q = _pair(2)
-    members = shards.encode_sample("000000-000001", image, q, {})
+    members = shardset.encode_sample("000000-000001", image, q, {})
     members["image.png"] = members["image.png"][:40] + b"garbage" + members["image.png"][47:]
-    with pytest.raises(shards.ShardError, match="000000-000001: undecodable member"):
-        shards.decode_sample(dict(members, __key__="000000-000001"))
+    with pytest.raises(shardset.ShardError, match="000000-000001: undecodable member"):
+        shardset.decode_sample(dict(members, __key__="000000-000001"))

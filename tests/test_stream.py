@@ -274,7 +274,6 @@ def test_tar_reader_groups_members_as_webdataset_does(members, long_names):
     from webdataset.tariterators import group_by_keys, tar_file_expander  # the reference: stock webdataset
 
     from dakter_scale.data import shards
-    from dakter_scale.data.stream import tar_samples
 
     prefix = "d" * 120 + "/" if long_names else ""
     samples = [(f"{prefix}{i // 2:06d}-{i:06d}", dict([m])) for i, m in enumerate(members)]
@@ -290,7 +289,7 @@ def test_tar_reader_groups_members_as_webdataset_does(members, long_names):
                     tar.addfile(info, io.BytesIO(data))
     else:
         shards.write_tar(buf, samples)
-    ours = [{k: v for k, v in s.items() if k != "__url__"} for s in tar_samples(io.BytesIO(buf.getvalue()), "u")]
+    ours = [{k: v for k, v in s.items() if k != "__url__"} for s in shards.read_tar(io.BytesIO(buf.getvalue()), "u")]
     stock = [{k: v for k, v in s.items() if k != "__url__"} for s in group_by_keys(tar_file_expander([{"url": "u", "stream": io.BytesIO(buf.getvalue())}]))]
     assert ours == stock
 
@@ -299,14 +298,13 @@ def test_tar_reader_refuses_a_corrupt_header():
     import io
 
     from dakter_scale.data import shards
-    from dakter_scale.data.stream import tar_samples
 
     buf = io.BytesIO()
     shards.write_tar(buf, [("000000-000000", {"json": b"{}"})])
     data = bytearray(buf.getvalue())
     data[10] ^= 0x20  # a bit flip in the first member's name
     with pytest.raises(shards.ShardError, match="checksum"):
-        list(tar_samples(io.BytesIO(bytes(data)), "u"))
+        list(shards.read_tar(io.BytesIO(bytes(data)), "u"))
 
 
 @settings(max_examples=100, deadline=None)

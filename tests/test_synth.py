@@ -23,10 +23,12 @@ from PIL import Image
 
 from conftest import ROOT, job
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
-from dakter_scale.data import shards, storage
+from dakter_scale.data import shards, shardset, storage
+from dakter_scale.data.shardset import ShardSet
 from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
+from dakter_scale.synth.strategies import Outcome, writer_args
 from dakter_scale.synth.worker import pipelined
 from dakter_scale.core.steps import derive_seed
 from shardgen import TINY_DIFFUSION, TINY_SAMPLING
@@ -97,7 +99,7 @@ def test_fingerprint_of_the_default_plan_is_pinned():
     from dakter_scale.synth.plan import fingerprint
 
     c = Config()
-    fp = fingerprint("0" * 64, to_dict(c.sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shards.FORMAT, c.synthesis.batch_size)
+    fp = fingerprint("0" * 64, to_dict(c.sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shardset.FORMAT, c.synthesis.batch_size)
     assert fp == "a733d536e81beb42"
 
 
@@ -131,10 +133,48 @@ def test_progress_line_has_shards_pairs_rate_and_eta():
     assert 90 < rate <= 100.5 and line.split("ETA ")[1] in ("00:00:29", "00:00:30")  # 3000 pairs at ~100/s
 
 
+class ScriptedStrategy:
+    """A strategy whose calls fail as scripted: {shard: [outcome kind per attempt]}, kinds "ok", "fail",
+    "unstarted" (its worker died before starting it). Runs one call at a time."""
+
+    def __init__(self, script):
+        self.script, self.pending, self.calls = script, [], []
+
+    def start(self, tasks):
+        self.started = tasks
+
+    def free(self):
+        return 2 - len(self.pending)
+
+    def submit(self, task):
+        self.pending.append(task)
+
+    def poll(self):
+        task = self.pending.pop(0)
+        self.calls.append((task.shard, task.attempt))
+        kinds = self.script.get(task.shard)
+        kind = kinds.pop(0) if kinds else "ok"
+        if kind == "unstarted":
+            return [Outcome(task, started=False)]
+        return [Outcome(task, marker={"shard": task.shard}) if kind == "ok" else Outcome(task, reason=f"boom {task.shard}")]
+
+    def close(self):
+        return {"strategy": "scripted"}
+
+
+def test_driver_loop_retries_failures_and_resubmits_unstarted_shards_uncharged():
+    heard = []
+    strategy = ScriptedStrategy({1: ["fail", "ok"], 2: ["unstarted", "fail", "fail", "fail"]})
+    info = synth_run.drive(Plan(12, 4, 0).tasks(), strategy, retries=2, on_result=lambda *a: heard.append((a[0].shard, a[0].attempt, a[1] is not None, a[3])))
+    assert info == {"strategy": "scripted"} and strategy.started == 3
+    assert (2, 0) in strategy.calls and strategy.calls.count((2, 0)) == 2  # the unstarted call ran again as attempt 0
+    assert sorted(heard) == [(0, 0, True, False), (1, 0, False, True), (1, 1, True, False), (2, 0, False, True), (2, 1, False, True), (2, 2, False, False)]
+
+
 def test_divergence_thresholds_by_hand():
-    div, warnings = synth_run.divergence({"class_fractions": [0.7, 0.3], "mean_confidence": 0.9}, [0.9, 0.1], threshold=0.1)
+    div, warnings = shardset.divergence({"class_fractions": [0.7, 0.3], "mean_confidence": 0.9}, [0.9, 0.1], threshold=0.1)
     assert div["class_fraction_tv"] == pytest.approx(0.2) and div["diverged"] and len(warnings) == 1 and "0.200 > 0.1" in warnings[0]
-    div, warnings = synth_run.divergence({"class_fractions": [0.85, 0.15], "mean_confidence": 0.4}, [0.9, 0.1], threshold=0.1)
+    div, warnings = shardset.divergence({"class_fractions": [0.85, 0.15], "mean_confidence": 0.4}, [0.9, 0.1], threshold=0.1)
     assert div["class_fraction_tv"] == pytest.approx(0.05) and len(warnings) == 1 and "max-probability" in warnings[0]
 
 
@@ -145,9 +185,9 @@ def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
     out = tmp_path / "shards"
     summary = synthesize(model, out, cfg(n=10))
     assert summary.ok and sorted(summary.written) == [0, 1, 2] and summary.pairs_written == 10
-    keys = read_keys([str(out / shards.shard_name(s)) for s in range(3)])
+    keys = read_keys([str(out / shardset.shard_name(s)) for s in range(3)])
     assert len(keys) == len(set(keys)) == 10 and keys[0] == "000000-000000" and keys[-1] == "000002-000001"
-    manifest = shards.read_manifest(str(out))
+    manifest = ShardSet(str(out)).manifest()
     assert manifest.num_rows == 10 and manifest.column_names == ["key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence"]
     assert manifest.column("seed").to_pylist()[5] == pair_seed(5, 1, 1)
     assert all(abs(sum(f) - 1) < 1e-5 for f in manifest.column("class_fractions").to_pylist())
@@ -158,16 +198,18 @@ def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
     assert len(info["generated_stats"]["class_fractions"]) == 5 and len(info["train_stats"]["class_fractions"]) == 5
     assert info["divergence"]["threshold"] == 0.1 and "class_fraction_tv" in info["divergence"]
     for s in range(3):  # the marker is written last and describes the tar exactly
-        marker = json.loads((out / shards.shard_name(s, "json")).read_text())
-        tar = out / shards.shard_name(s)
+        marker = json.loads((out / shardset.shard_name(s, "json")).read_text())
+        tar = out / shardset.shard_name(s)
         assert marker["tar_bytes"] == tar.stat().st_size and marker["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
-        assert (out / shards.shard_name(s, "json")).stat().st_mtime_ns >= (out / shards.shard_name(s, "parquet")).stat().st_mtime_ns >= tar.stat().st_mtime_ns
+        assert (out / shardset.shard_name(s, "json")).stat().st_mtime_ns >= (out / shardset.shard_name(s, "parquet")).stat().st_mtime_ns >= tar.stat().st_mtime_ns
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
 def test_rerun_writes_nothing_and_reports_every_shard_done(model, tmp_path):
     out = tmp_path / "shards"
+    torch.set_num_threads(3)
     synthesize(model, out)
+    assert torch.get_num_threads() == 3  # the in-process writer ran with its own thread count, then gave ours back
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("shard-")}
     again = synthesize(model, out)
     assert again.ok and again.written == [] and sorted(again.skipped) == [0, 1] and again.pairs_written == 0
@@ -179,19 +221,19 @@ def test_same_plan_model_and_seed_give_byte_identical_tars(model, tmp_path):
     synthesize(model, tmp_path / "a")
     synthesize(model, tmp_path / "b")
     for s in range(2):
-        assert (tmp_path / "a" / shards.shard_name(s)).read_bytes() == (tmp_path / "b" / shards.shard_name(s)).read_bytes()
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
     synthesize(model, tmp_path / "c", cfg(seed=6))
-    assert (tmp_path / "a" / shards.shard_name(0)).read_bytes() != (tmp_path / "c" / shards.shard_name(0)).read_bytes()
+    assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() != (tmp_path / "c" / shardset.shard_name(0)).read_bytes()
 
 
 def test_growing_n_reuses_full_shards_and_rewrites_the_partial_one(model, tmp_path):
     out = tmp_path / "shards"
     synthesize(model, out, cfg(n=6))  # shards of 4 and 2
-    first = (out / shards.shard_name(0)).read_bytes()
+    first = (out / shardset.shard_name(0)).read_bytes()
     grown = synthesize(model, out, cfg(n=8))
-    assert grown.skipped == [0] and grown.written == [1] and (out / shards.shard_name(0)).read_bytes() == first
-    keys = read_keys([str(out / shards.shard_name(s)) for s in range(2)])
-    assert sorted(keys) == [shards.sample_key(s, i) for s in range(2) for i in range(4)]
+    assert grown.skipped == [0] and grown.written == [1] and (out / shardset.shard_name(0)).read_bytes() == first
+    keys = read_keys([str(out / shardset.shard_name(s)) for s in range(2)])
+    assert sorted(keys) == [shardset.sample_key(s, i) for s in range(2) for i in range(4)]
     with pytest.raises(PlanError, match="plans only 1"):
         synthesize(model, out, cfg(n=3))
 
@@ -200,10 +242,10 @@ def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path):
     """The pair is rebuilt by re-running its batch (plan.batch_indices): bit-identical on the same CPU."""
     out = tmp_path / "shards"
     synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3))
-    samples = {s["__key__"]: s for s in wds.WebDataset(str(out / shards.shard_name(0)), shardshuffle=False)}
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(out / shardset.shard_name(0)), shardshuffle=False)}
     for index in (4, 7):  # the middle of a full batch, and the last, partial batch [6, 7]
-        key = shards.sample_key(0, index)
-        image, soft, meta = shards.decode_sample(samples[key])
+        key = shardset.sample_key(0, index)
+        image, soft, meta = shardset.decode_sample(samples[key])
         regen_image, regen_q, record = regenerate(model, key, 5, SAMPLING, batch_size=3, shard_count=8)
         assert np.array_equal(regen_image, image)
         assert np.array_equal(shards.quantise(torch.from_numpy(regen_q)), (soft * 255).round().astype(np.uint8))
@@ -213,7 +255,7 @@ def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path):
     written = regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=3), SAMPLING, str(out))
     folder = out / "regenerated"
     with Image.open(folder / "000000-000004.image.png") as im:
-        assert np.array_equal(np.asarray(im), shards.decode_sample(samples["000000-000004"])[0])
+        assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000000-000004"])[0])
     assert np.load(folder / "000000-000004.soft.npy").dtype == np.float32 and written["written_to"] == str(folder)
     with pytest.raises(PlanError, match="other settings"):
         regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=4), SAMPLING, str(out))
@@ -226,32 +268,32 @@ def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path):
 def test_truncated_tar_without_marker_is_rewritten(model, tmp_path):
     out = tmp_path / "shards"
     synthesize(model, out)
-    good = (out / shards.shard_name(1)).read_bytes()
-    (out / shards.shard_name(1)).write_bytes(good[: len(good) // 3])  # a writer that died; no marker
-    (out / shards.shard_name(1, "json")).unlink()
-    assert [d.shard for d in shards.done_shards(str(out))] == [0]  # readers ignore it
+    good = (out / shardset.shard_name(1)).read_bytes()
+    (out / shardset.shard_name(1)).write_bytes(good[: len(good) // 3])  # a writer that died; no marker
+    (out / shardset.shard_name(1, "json")).unlink()
+    assert [d.shard for d in ShardSet(str(out)).done()] == [0]  # readers ignore it
     again = synthesize(model, out)
     assert again.written == [1] and again.skipped == [0] and again.corrupt == {}
-    assert (out / shards.shard_name(1)).read_bytes() == good
+    assert (out / shardset.shard_name(1)).read_bytes() == good
 
 
 def test_marker_with_corrupt_tar_is_reported_and_rewritten(model, tmp_path, caplog):
     out = tmp_path / "shards"
     synthesize(model, out)
-    good = (out / shards.shard_name(1)).read_bytes()
-    (out / shards.shard_name(1)).write_bytes(good[:1000])  # marker kept
+    good = (out / shardset.shard_name(1)).read_bytes()
+    (out / shardset.shard_name(1)).write_bytes(good[:1000])  # marker kept
     again = synthesize(model, out)
     assert "tar has 1000 bytes, the marker records" in again.corrupt[1]
     assert "shard 1 is corrupt" in caplog.text and any("found corrupt" in line for line in again.lines())
-    assert again.written == [1] and (out / shards.shard_name(1)).read_bytes() == good
+    assert again.written == [1] and (out / shardset.shard_name(1)).read_bytes() == good
 
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # same size: only the sha256 check sees it
-    (out / shards.shard_name(1)).write_bytes(bytes(flipped))
+    (out / shardset.shard_name(1)).write_bytes(bytes(flipped))
     assert synthesize(model, out).skipped == [0, 1]  # verify=size (the default) cannot tell
     checked = synthesize(model, out, cfg(verify="sha256"))
     assert checked.corrupt == {1: "marker present but the tar's sha256 differs from the marker's"} and checked.written == [1]
-    assert (out / shards.shard_name(1)).read_bytes() == good
+    assert (out / shardset.shard_name(1)).read_bytes() == good
 
 
 def test_another_dataset_in_the_prefix_is_refused_unless_overwrite(model, tmp_path):
@@ -283,8 +325,8 @@ def cli(argv, capsys, monkeypatch):
     def no_worker(*args, **kwargs):
         raise AssertionError("a worker started")
 
-    monkeypatch.setattr(synth_run, "run_ray", no_worker)
-    monkeypatch.setattr(synth_run, "run_local", no_worker)
+    monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
+    monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
     monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="__main__")
@@ -343,7 +385,7 @@ def test_cli_json_dry_run(model, tmp_path):
 def presigned(url: str, count: int) -> list[str]:
     """HTTP URLs of the tars, as a reader outside the cluster would get them (the stock reader uses curl)."""
     fs, root = storage.url_to_fs(url)
-    return [fs.url(storage.join(root, shards.shard_name(s)), expires=600) for s in range(count)]
+    return [fs.url(storage.join(root, shardset.shard_name(s)), expires=600) for s in range(count)]
 
 
 def test_s3_run_exactly_n_pairs_and_rerun_writes_nothing(model, s3_bucket):
@@ -352,7 +394,7 @@ def test_s3_run_exactly_n_pairs_and_rerun_writes_nothing(model, s3_bucket):
     assert summary.ok and summary.pairs_written == 10
     keys = read_keys(presigned(url, 3))
     assert len(keys) == len(set(keys)) == 10
-    assert shards.read_manifest(url).num_rows == 10 and shards.read_dataset_info(url)["count"] == 10
+    assert ShardSet(url).manifest().num_rows == 10 and ShardSet(url).info().count == 10
     again = synthesize(model, url, cfg(n=10))  # same process: the s3fs listing cache must not hide the shards
     assert again.written == [] and sorted(again.skipped) == [0, 1, 2]
 
@@ -366,9 +408,9 @@ def test_s3_killed_writer_leaves_no_visible_partial_shard(model, s3_bucket, tmp_
     assert r.returncode == 17, r.stderr  # died in the middle of shard 1
     fs, root = storage.url_to_fs(url)
     names = set(storage.list_dir(fs, root))
-    assert {shards.shard_name(0, e) for e in ("tar", "parquet", "json")} <= names
+    assert {shardset.shard_name(0, e) for e in ("tar", "parquet", "json")} <= names
     assert not [n for n in names if n.startswith("shard-000001") or n.startswith("shard-000002")]
-    assert [d.shard for d in shards.done_shards(url)] == [0]
+    assert [d.shard for d in ShardSet(url).done()] == [0]
     resumed = synth_run.synthesize(model, url, cfg(n=12, samples_per_shard=4, batch_size=3), SAMPLING, progress=False, use_ray=False)
     assert resumed.skipped == [0] and sorted(resumed.written) == [1, 2]
     keys = read_keys(presigned(url, 3))
@@ -400,12 +442,12 @@ def test_s3_unfinished_multipart_upload_is_invisible(s3_bucket):
 
 def test_tar_members_are_sorted_with_fixed_metadata(model, tmp_path):
     synthesize(model, tmp_path / "a", cfg(n=4))
-    with tarfile.open(tmp_path / "a" / shards.shard_name(0)) as tar:
+    with tarfile.open(tmp_path / "a" / shardset.shard_name(0)) as tar:
         members = tar.getmembers()
     assert [m.name for m in members][:3] == ["000000-000000.image.png", "000000-000000.json", "000000-000000.soft.png"]
     assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
-    table = pq.read_table(io.BytesIO((tmp_path / "a" / shards.shard_name(0, "parquet")).read_bytes()))
-    assert table.column("key").to_pylist() == [shards.sample_key(0, i) for i in range(4)]
+    table = pq.read_table(io.BytesIO((tmp_path / "a" / shardset.shard_name(0, "parquet")).read_bytes()))
+    assert table.column("key").to_pylist() == [shardset.sample_key(0, i) for i in range(4)]
 
 
 def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
@@ -414,20 +456,20 @@ def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
 
     from dakter_scale.synth.worker import ShardWriter
 
-    args = synth_run._writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
+    args = writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
     task = Plan(6, 6, 5).task(0)
     serial = ShardWriter(**args, device="cpu")(task)
     pooled = ShardWriter(**dict(args, out_url=str(tmp_path / "b")), device="cpu")
     pooled._pool = ThreadPoolExecutor(3)
     assert pooled(task)["sha256"] == serial["sha256"]
-    assert (tmp_path / "a" / shards.shard_name(0)).read_bytes() == (tmp_path / "b" / shards.shard_name(0)).read_bytes()
+    assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() == (tmp_path / "b" / shardset.shard_name(0)).read_bytes()
 
 
 def test_leftover_temporary_files_are_removed_after_a_run(model, tmp_path):
     out = tmp_path / "shards"
     out.mkdir()
     (out / "shard-000001.tar.tmp-0123456789ab").write_bytes(b"half a shard")  # a killed local writer's
-    assert shards.done_shards(str(out)) == []
+    assert ShardSet(str(out)).done() == []
     synthesize(model, out)
     assert sorted(p.name for p in out.iterdir() if ".tmp-" in p.name) == []
 

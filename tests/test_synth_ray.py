@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, job
-from dakter_scale.data import shards, storage
+from dakter_scale.data import shardset, storage
+from dakter_scale.data.shardset import ShardSet
 from dakter_scale.synth import run as synth_run
 from test_synth import SAMPLING, TINY, cfg, presigned, read_keys, tiny_model
 
@@ -46,14 +47,14 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
     # Exactly N unique pairs through the stock webdataset reader, N manifest rows, nothing partial.
     keys = read_keys(presigned(url, 3))
     assert len(keys) == len(set(keys)) == 12
-    assert shards.read_manifest(url).num_rows == 12
+    assert ShardSet(url).manifest().num_rows == 12
     fs, root = storage.url_to_fs(url)
-    assert sorted(storage.list_dir(fs, root)) == ["dataset.json"] + sorted(shards.shard_name(s, e) for s in range(3) for e in ("json", "parquet", "tar"))
+    assert sorted(storage.list_dir(fs, root)) == ["dataset.json"] + sorted(shardset.shard_name(s, e) for s in range(3) for e in ("json", "parquet", "tar"))
     assert fs.call_s3("list_multipart_uploads", Bucket=root.split("/")[0]).get("Uploads", []) == []
 
     # The same plan, model and seed: byte-identical tars from Ray actors and from the local run.
     for s in range(3):
-        assert fs.cat(storage.join(root, shards.shard_name(s))) == (tmp_path / "local" / shards.shard_name(s)).read_bytes()
+        assert fs.cat(storage.join(root, shardset.shard_name(s))) == (tmp_path / "local" / shardset.shard_name(s)).read_bytes()
 
     # A rerun writes nothing, starts no actor, and reports every shard as done.
     again = synth_run.synthesize(model, url, config, SAMPLING, progress=False, use_ray=True)
@@ -71,4 +72,4 @@ def test_ray_job_submit_against_a_local_head(model, tmp_path):
     assert "ray job submit: ok" in r.stdout
     info = json.loads((out / "dataset.json").read_text())
     assert info["status"] == "complete" and info["count"] == 8
-    assert sorted(d.shard for d in shards.done_shards(str(out))) == [0, 1]
+    assert sorted(d.shard for d in ShardSet(str(out)).done()) == [0, 1]

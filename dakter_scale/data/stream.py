@@ -36,7 +36,6 @@ delivers (``item["bad_shards"]``) so the trainer can count it and name it in its
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -44,19 +43,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import fsspec
 import numpy as np
 import torch
 
-from dakter_scale.data import shards
-from dakter_scale.data.real import PatchDataset, normalise
 from dakter_scale.core.steps import StreamPositions, derive_seed
+from dakter_scale.data.real import PatchDataset, normalise
+from dakter_scale.data.shardset import ShardError, ShardInfo, ShardSet, decode_sample, dequantise, parse_key, read_record
 from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
 
 BAD_SHARDS = "bad_shards"  # item key: bad shards met since the previous item (a list of reasons)
-MEMBERS = ("image.png", "soft.png", "json")  # what every sample of a shard must hold
 POLICIES = ("warn", "raise")
 # An endless reader gives up after this many passes in a row without a usable sample instead of
 # spinning: one bad shard among few can leave a reader empty for a pass, rarely for 8 in a row.
@@ -99,95 +96,6 @@ def slot_info() -> tuple[int, int]:
 # -- generated samples -------------------------------------------------------------------------
 
 
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
-
-
-def _tar_number(field: bytes) -> int:
-    if field[0] & 0x80:  # GNU base-256 (sizes past 8 GiB)
-        return int.from_bytes(field[1:], "big")
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-
-
-def tar_samples(stream: Any, url: str) -> Iterator[dict]:
-    """The samples of a WebDataset tar read front to back: {"__key__", "__url__", ext: bytes}.
-
-    The same grouping as webdataset (key = file name up to its first dot, consecutive members
-    form a sample) in a lean reader: Python's tarfile costs about 7x more per sample here, a large
-    share of the loader's time. USTAR, GNU long names and PAX paths are read; other member types
-    (directories, links) are skipped. A torn or corrupt tar raises ShardError: a header whose
-    checksum does not add up, a member cut short, or an end without the end-of-archive block
-    (a cut exactly between members, which tarfile itself reads as a valid shorter archive).
-    """
-    current: dict | None = None
-    long_name: str | None = None
-    error: str | None = None
-    while True:
-        header = stream.read(_BLOCK)
-        if len(header) < _BLOCK:
-            error = "tar ends without its end-of-archive block" if not header else "tar ends inside a member header"
-            break
-        if header == _ZERO_BLOCK:
-            break
-        # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
-        if _tar_number(header[148:156]) != int(np.frombuffer(header, dtype=np.uint8).sum(dtype=np.int64)) - sum(header[148:156]) + 256:
-            error = "tar member header fails its checksum (corrupt data)"
-            break
-        size = _tar_number(header[124:136])
-        data = stream.read(size)
-        pad = -size % _BLOCK
-        if len(data) < size or (pad and len(stream.read(pad)) < pad):
-            error = "tar ends inside a member"
-            break
-        kind = header[156:157]
-        if kind == b"L":  # GNU long name of the next member
-            long_name = data.split(b"\0", 1)[0].decode()
-            continue
-        if kind == b"x":  # PAX extended header: only the path matters here
-            for record in data.decode().splitlines():
-                key, _, value = record.partition(" ")[2].partition("=")
-                if key == "path":
-                    long_name = value
-            continue
-        if kind not in (b"0", b"\0", b"7"):
-            continue
-        name = long_name or header[:100].split(b"\0", 1)[0].decode()
-        if not long_name and header[257:262] == b"ustar" and header[345] != 0:
-            name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
-        long_name = None
-        folder, _, base = name.rpartition("/")
-        stem, dot, ext = base.partition(".")
-        if not dot:
-            continue
-        key = f"{folder}/{stem}" if folder else stem
-        if current is not None and current["__key__"] != key:
-            yield current
-            current = None
-        if current is None:
-            current = {"__key__": key, "__url__": url}
-        ext = ext.lower()
-        if ext in current:
-            error = f"tar holds {name} twice"
-            break
-        current[ext] = data
-    if current is not None:
-        yield current  # whole members before any damage; a sample missing some is the caller's to refuse
-    if error:
-        raise shards.ShardError(error)
-
-
-def shard_samples(info: shards.ShardInfo) -> Iterator[dict]:
-    """The raw samples of one finished shard, in key order; a ShardError when the tar holds another
-    count than its marker records."""
-    with fsspec.open(info.tar, "rb") as f:
-        seen = 0
-        for sample in tar_samples(f, info.tar):
-            seen += 1
-            yield sample
-    if seen != info.count:
-        raise shards.ShardError(f"shard {info.tar} holds {seen} samples, its marker records {info.count}")
-
-
 def class_argmax(q: np.ndarray) -> np.ndarray:
     """argmax over the class axis of (K, H, W), the first maximum on ties (as np.argmax), as int64.
 
@@ -211,11 +119,11 @@ def class_argmax(q: np.ndarray) -> np.ndarray:
 
 def decode_generated(sample: dict) -> dict:
     """A raw shard sample (bytes per member) -> the tensors the student trains on."""
-    image, levels, meta = shards.decode_sample(sample, levels=True)
+    image, levels, meta = decode_sample(sample, levels=True)
     return {
         "key": sample["__key__"],
         "x": normalise(image)[None],
-        "q": torch.from_numpy(shards.dequantise(levels)),
+        "q": torch.from_numpy(dequantise(levels)),
         "mask": torch.from_numpy(class_argmax(levels)),  # on the uint8 levels: same order, 4x less memory
         "generated": True,
         "confidence": float(meta.get("mean_confidence", 1.0)),
@@ -227,7 +135,7 @@ class _BadShard:
     reason: str
 
 
-def limit_shards(infos: list[shards.ShardInfo], max_samples: int, url: str = "") -> tuple[list[shards.ShardInfo], dict[int, int]]:
+def limit_shards(infos: list[ShardInfo], max_samples: int, url: str = "") -> tuple[list[ShardInfo], dict[int, int]]:
     """The shards holding the first max_samples pairs in key order, and the per-shard index limit
     of the last, partly used one. Fewer pairs than asked: all of them, with a warning."""
     total = sum(i.count for i in infos)
@@ -269,14 +177,15 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         on_bad_shard: str = "warn",
         start: dict[int, tuple[int, int]] | None = None,
         passes: int | None = None,
-        infos: list[shards.ShardInfo] | None = None,
+        infos: list[ShardInfo] | None = None,
         max_samples: int = 0,
     ):
         if on_bad_shard not in POLICIES:
             raise ValueError(f"on_bad_shard must be one of {POLICIES}, got {on_bad_shard!r}")
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
-        self.infos = infos if infos is not None else shards.done_shards(url)
+        self.shards = ShardSet(url)
+        self.infos = infos if infos is not None else self.shards.done()
         if not self.infos:
             raise StreamError(f"{url}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first")
         self.limits: dict[int, int] = {}  # shard id -> samples with index below this are used
@@ -304,38 +213,22 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         for a in assign_shards(len(order), slots, slot):
             yield from self._read_shard(self.infos[order[a.shard]], a)
 
-    def _read_shard(self, info: shards.ShardInfo, a: Assignment) -> Iterator[dict | _BadShard]:
-        failure: list[str] = []
-        incomplete: list[str] = []
-        seen = 0
+    def _read_shard(self, info: ShardInfo, a: Assignment) -> Iterator[dict | _BadShard]:
+        """This slot's samples of a shard; a bad shard (ShardSet.read's checks, or a failed read)
+        ends with a notice after the samples read before the damage."""
         limit = self.limits.get(info.shard, info.count)
-        stream = None
         try:
-            stream = fsspec.open(info.tar, "rb").open()
-            for sample in tar_samples(stream, info.tar):
-                missing = [m for m in MEMBERS if m not in sample]
-                if missing:
-                    incomplete.append(f"sample {sample['__key__']} lacks {', '.join(missing)}")
-                    continue
-                seen += 1
-                _, index = shards.parse_key(sample["__key__"])
+            for sample in self.shards.read(info):
+                _, index = parse_key(sample["__key__"])
                 if index >= limit or index % a.stride != a.offset:
                     continue
-                if self.min_confidence > 0 and json.loads(sample["json"]).get("mean_confidence", 1.0) < self.min_confidence:
+                if self.min_confidence > 0 and read_record(sample).get("mean_confidence", 1.0) < self.min_confidence:
                     continue
                 yield sample
-        except shards.ShardError as e:
-            failure.append(str(e))
+        except ShardError as e:
+            yield self._bad(str(e))
         except Exception as e:  # opening or reading failed (missing object, permissions, network)
-            failure.append(f"{type(e).__name__}: {e}")
-        finally:
-            if stream is not None:
-                stream.close()
-        failure += incomplete  # after the tar's own error, which names the cause
-        if not failure and seen != info.count:
-            failure.append(f"holds {seen} samples, its marker records {info.count}")
-        if failure:
-            yield self._bad(f"shard {info.tar}: {failure[0]}")
+            yield self._bad(f"shard {info.tar}: {type(e).__name__}: {e}")
 
     def _bad(self, reason: str) -> _BadShard:
         if self.on_bad_shard == "raise":
@@ -380,7 +273,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                     continue  # consumed before the checkpoint: not decoded again
                 try:
                     item = decode_generated(raw)
-                except shards.ShardError as e:
+                except ShardError as e:
                     notices.append(self._bad(f"shard {raw.get('__url__', '?')}: {e}").reason)
                     continue
                 item.update(slot=slot, worker=worker, index=index, **{"pass": pass_})

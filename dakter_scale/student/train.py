@@ -16,8 +16,8 @@ import torch
 
 from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.kd import mixed_loss
-from dakter_scale.data import shards
 from dakter_scale.data.real import open_source, patch_dataset
+from dakter_scale.data.shardset import DatasetInfo, ShardSet
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
 from dakter_scale.training import (
@@ -42,18 +42,19 @@ from dakter_scale.training import (
 log = logging.getLogger("dakter_scale")
 
 
-def check_generated(url: str, classes: tuple[str, ...], resolution: int) -> dict:
+def check_generated(url: str, classes: tuple[str, ...], resolution: int) -> DatasetInfo | None:
     """The generated dataset's header, checked against the real data: same classes, same resolution."""
-    info = shards.read_dataset_info(url)
+    generated = ShardSet(url)
+    info = generated.info()
     if info is None:
-        if not shards.done_shards(url):
+        if not generated.done():
             raise StreamError(f"--synthetic {url}: no generated dataset there (no dataset.json, no finished shards)")
-        return {}
-    if list(info.get("classes", classes)) != list(classes):
-        raise StreamError(f"--synthetic {url}: its classes {info.get('classes')} differ from the real data's {list(classes)}")
-    if int(info.get("resolution", resolution)) != resolution:
-        raise StreamError(f"--synthetic {url}: pairs are {info.get('resolution')} px but data.resolution is {resolution}; set data.resolution={info.get('resolution')}")
-    for warning in info.get("warnings", []):
+        return None
+    if list(info.classes or classes) != list(classes):
+        raise StreamError(f"--synthetic {url}: its classes {info.classes} differ from the real data's {list(classes)}")
+    if (info.resolution or resolution) != resolution:
+        raise StreamError(f"--synthetic {url}: pairs are {info.resolution} px but data.resolution is {resolution}; set data.resolution={info.resolution}")
+    for warning in info.warnings or []:
         log.warning("generated dataset %s: %s", url, warning)
     return info
 
@@ -70,7 +71,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
         raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
     source = open_source(cfg.data.spec)
     k = source.num_classes
-    gen_info = check_generated(synthetic, source.classes, cfg.data.resolution) if synthetic and s.ratio > 0 else {}
+    gen_info = check_generated(synthetic, source.classes, cfg.data.resolution) if synthetic and s.ratio > 0 else None
     gen = None
     if s.ratio > 0:  # lists the finished shards and checks they can feed every reader, before any work
         gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, max_samples=s.max_generated)
@@ -179,7 +180,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "crop": cfg.data.crop,
             "real": cfg.data.spec,
             "synthetic": synthetic if s.ratio > 0 else None,
-            "synthetic_fingerprint": gen_info.get("fingerprint"),
+            "synthetic_fingerprint": gen_info.fingerprint if gen_info else None,
             "ratio": s.ratio,
             "labels": s.labels if s.ratio > 0 else "none",
             "steps": result.steps,

@@ -4,9 +4,10 @@ A segmenter trained on the real set only (any student folder) segments every gen
 a pair's alignment is the mean IoU between that prediction and the argmax of the generated soft
 label over the classes present in either map. The filter keeps the `keep` best-aligned pairs (or
 every pair at or above `min_alignment`) and writes them, in their original key order, as a new
-shard set in the same layout: the stock reader, the student stream and `r * |D|` selection work
-on it unchanged. Image and soft-label members are copied byte for byte; each kept pair's JSON
-gains `source_key` and `alignment`, so it can still be regenerated from the source run.
+shard set in the same layout (``ShardSet.derive``): the stock reader, the student stream and
+`r * |D|` selection work on it unchanged. Image and soft-label members are copied byte for byte;
+each kept pair's JSON gains `source_key` and `alignment`, so it can still be regenerated from the
+source run. A stopped run scores again and resumes writing at the first unfinished shard.
 
 The same pairs go to the hard-label baseline and to DAKTer, so the filter changes what both
 learn from, not the comparison between them. It is the check the paper asks for on every
@@ -29,12 +30,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dakter_scale.data import shards, storage
-from dakter_scale.data.stream import shard_samples
+from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
 from dakter_scale.errors import UserError
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
-from dakter_scale.synth.run import derived_stats
 
 log = logging.getLogger("dakter_scale")
 
@@ -60,16 +59,10 @@ def pair_alignment(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np
     return np.where(present, inter / np.maximum(union, 1), 0.0).sum(axis=1) / present.sum(axis=1)
 
 
-def _samples(url: str) -> Iterator[dict]:
-    """Every sample of every finished shard, in key order, as raw members."""
-    for info in shards.done_shards(url):
-        yield from shard_samples(info)
-
-
-def _batches(url: str, batch_size: int) -> Iterator[list[tuple[dict, np.ndarray, np.ndarray]]]:
+def _batches(source: ShardSet, batch_size: int) -> Iterator[list[tuple[dict, np.ndarray, np.ndarray]]]:
     batch = []
-    for sample in _samples(url):
-        image, q, _ = shards.decode_sample(sample)
+    for sample in source.samples():
+        image, q, _ = decode_sample(sample)
         batch.append((sample, image, q))
         if len(batch) == batch_size:
             yield batch
@@ -79,9 +72,9 @@ def _batches(url: str, batch_size: int) -> Iterator[list[tuple[dict, np.ndarray,
 
 
 def score_shards(url: str, segmenter: torch.nn.Module, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-    """(keys, per-pair alignment) of every pair of a generated set."""
+    """(keys, per-pair alignment) of every pair of a generated set, in key order."""
     keys, scores = [], []
-    for batch in _batches(url, batch_size):
+    for batch in _batches(ShardSet(url), batch_size):
         q = np.stack([b[2] for b in batch])
         pred = segment(segmenter, np.stack([b[1] for b in batch]), batch_size).numpy()
         scores.append(pair_alignment(pred, q.argmax(axis=1), q.shape[1]))
@@ -89,9 +82,9 @@ def score_shards(url: str, segmenter: torch.nn.Module, batch_size: int = 64) -> 
     return keys, (np.concatenate(scores) if scores else np.zeros(0))
 
 
-def _fingerprint(src_info: dict, segmenter_dir: Path, keep: int | None, min_alignment: float | None) -> str:
+def _fingerprint(src_info: DatasetInfo, segmenter_dir: Path, keep: int | None, min_alignment: float | None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"source": src_info.get("fingerprint"), "source_count": src_info.get("count"), "keep": keep, "min_alignment": min_alignment}, sort_keys=True).encode())
+    h.update(json.dumps({"source": src_info.fingerprint, "source_count": src_info.count, "keep": keep, "min_alignment": min_alignment}, sort_keys=True).encode())
     h.update((segmenter_dir / "model.safetensors").read_bytes())
     return h.hexdigest()[:16]
 
@@ -104,7 +97,7 @@ def filter_shards(
     min_alignment: float | None = None,
     samples_per_shard: int | None = None,
     batch_size: int = 64,
-) -> dict:
+) -> DatasetInfo:
     """Write the best-aligned pairs of src_url to dst_url; returns dst's dataset.json.
 
     keep: the number of pairs to keep (the top ones by alignment; ties by key order).
@@ -117,23 +110,23 @@ def filter_shards(
         raise FilterError(f"keep must be >= 1 pair, got {keep}")
     if min_alignment is not None and not 0.0 <= min_alignment <= 1.0:
         raise FilterError(f"min_alignment must be in [0, 1], got {min_alignment}")
-    src_info = shards.read_dataset_info(src_url)
-    if src_info is None or src_info.get("status") != "complete":
+    source, dst = ShardSet(src_url), ShardSet(dst_url)
+    src_info = source.info()
+    if src_info is None or not src_info.complete:
         raise FilterError(f"{src_url}: not a complete generated set (dataset.json missing or not complete); finish jobs/synthesize.py first")
     segmenter_dir = Path(segmenter_dir)
     seg_info = read_student_info(segmenter_dir)
-    if list(seg_info["classes"]) != list(src_info["classes"]):
-        raise FilterError(f"segmenter {segmenter_dir} has classes {seg_info['classes']}, the generated set {src_info['classes']}")
+    if list(seg_info["classes"]) != list(src_info.classes):
+        raise FilterError(f"segmenter {segmenter_dir} has classes {seg_info['classes']}, the generated set {src_info.classes}")
     fp = _fingerprint(src_info, segmenter_dir, keep, min_alignment)
-    dst_info = shards.read_dataset_info(dst_url)
-    if dst_info is not None and dst_info.get("status") == "complete" and dst_info.get("filter", {}).get("fingerprint") == fp:
+    try:
+        dst_info = dst.info()
+    except ShardError:  # unreadable: replaced below
+        dst_info = None
+    if dst_info is not None and dst_info.complete and (dst_info.filter or {}).get("fingerprint") == fp:
         log.info("filter: %s already holds this selection; reusing it", dst_url)
         return dst_info
     segmenter, _ = load_student(segmenter_dir)
-    fs, root = storage.url_to_fs(dst_url)
-    if fs.exists(root) and fs.ls(root, detail=False):
-        fs.rm(root, recursive=True)  # a different or unfinished selection: start over
-    fs.makedirs(root, exist_ok=True)
 
     t0 = time.time()
     keys, scores = score_shards(src_url, segmenter, batch_size)
@@ -147,17 +140,17 @@ def filter_shards(
         if not kept.any():
             raise FilterError(f"no pair of {src_url} reaches alignment {min_alignment} (best {scores.max():.3f})")
     threshold = float(scores[kept].min())
-    shards.write_parquet(fs, storage.join(root, SCORES_FILE), pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": kept}))
+    dst.write_parquet(SCORES_FILE, pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": kept}))
 
-    per_shard = samples_per_shard or int(src_info.get("samples_per_shard") or 1000)
-    markers = _write_kept(fs, root, src_url, {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}, per_shard, fp)
-    written = sum(int(m["count"]) for m in markers.values())
+    per_shard = samples_per_shard or src_info.samples_per_shard or 1000
+    alignment = {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}
+    markers = source.derive(dst_url, lambda key, record: {"source_key": key, "alignment": round(alignment[key], 6)}, fp, per_shard, keys=list(alignment))
+    written = marker_count(markers.values())
     generated, div, _ = derived_stats(markers, src_info)
-    info = dict(
-        src_info,
+    info = src_info.replace(
         generated_stats=generated,  # of the kept pairs
         divergence=div,
-        status="complete",
+        status=COMPLETE,
         count=written,
         planned=written,
         samples_per_shard=per_shard,
@@ -167,7 +160,7 @@ def filter_shards(
             "fingerprint": fp,
             "source": src_url,
             "source_count": len(keys),
-            "source_fingerprint": src_info.get("fingerprint"),
+            "source_fingerprint": src_info.fingerprint,
             "segmenter": str(segmenter_dir),
             "segmenter_arch": seg_info.get("arch"),
             "rule": f"top {keep}" if keep is not None else f"alignment >= {min_alignment}",
@@ -178,33 +171,6 @@ def filter_shards(
             "seconds": round(time.time() - t0, 2),
         },
     )
-    storage.write_json(fs, storage.join(root, shards.DATASET_FILE), info)
-    log.info("filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s", written, len(keys), src_url, threshold, info["filter"]["alignment_mean_source"], info["filter"]["alignment_mean_kept"], dst_url)
+    dst.write_info(info)
+    log.info("filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s", written, len(keys), src_url, threshold, info.filter["alignment_mean_source"], info.filter["alignment_mean_kept"], dst_url)
     return info
-
-
-def _write_kept(fs, root: str, src_url: str, kept: dict[str, float], per_shard: int, fp: str) -> dict[int, dict]:
-    """Copy the kept samples (source key -> alignment) into shards of per_shard pairs; returns the
-    markers by shard."""
-    shard, buffer, markers = 0, [], {}
-
-    def flush() -> None:
-        nonlocal shard, buffer
-        rows, members = [], []
-        for index, (sample, meta) in enumerate(buffer):
-            key = shards.sample_key(shard, index)
-            record = dict(meta, key=key, shard=shard, index=index, source_key=sample["__key__"], alignment=round(kept[sample["__key__"]], 6))
-            members.append((key, {"image.png": sample["image.png"], "soft.png": sample["soft.png"], "json": json.dumps(record, sort_keys=True).encode()}))
-            rows.append({"key": key, "shard": shard, "index": index, "seed": int(meta["seed"]), "class_fractions": meta["class_fractions"], "mean_entropy": meta["mean_entropy"], "mean_confidence": meta["mean_confidence"]})
-        markers[shard] = shards.write_shard(fs, root, shard, members, rows, fp)
-        shard, buffer = shard + 1, []
-
-    for sample in _samples(src_url):
-        if sample["__key__"] not in kept:
-            continue
-        buffer.append((sample, json.loads(sample["json"])))
-        if len(buffer) == per_shard:
-            flush()
-    if buffer:
-        flush()
-    return markers

@@ -18,8 +18,9 @@ import torch
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
 from dakter_scale.core.soft_labels import sample_stats
-from dakter_scale.data import shards, storage
+from dakter_scale.data import storage
 from dakter_scale.data.real import denormalise
+from dakter_scale.data.shardset import FORMAT, IMAGE, ShardSet, encode_sample, manifest_rows, parse_key
 from dakter_scale.diffusion.model import load_model_folder, model_hash
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, fingerprint, pair_seed
@@ -32,7 +33,7 @@ def regenerate(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(image uint8 (H, W), soft label float32 (K, H, W), manifest record) of the pair with this key,
     from a shard of shard_count pairs sampled in batches of batch_size."""
-    shard, index = shards.parse_key(key)
+    shard, index = parse_key(key)
     if not 0 <= index < shard_count:
         raise PlanError(f"--only-key {key}: shard {shard} holds indices 0..{shard_count - 1}")
     batch = next(b for b in batch_indices(shard_count, batch_size) if index in b)
@@ -42,7 +43,7 @@ def regenerate(
     out = sample_pairs(model, seeds, sampling, device)
     j = batch.index(index)
     q = out.q[j : j + 1].float().cpu()
-    record = shards.manifest_rows([key], [seeds[j]], sample_stats(q))[0]
+    record = manifest_rows([key], [seeds[j]], sample_stats(q))[0]
     return denormalise(out.images[j, 0]).cpu().numpy(), q[0].numpy(), record
 
 
@@ -50,24 +51,24 @@ def regenerate_to(model_dir: str | Path, key: str, cfg: SynthesisConfig, samplin
     """Regenerate `key` of the run (model, cfg, sampling) and write OUT/regenerated/KEY.image.png,
     KEY.soft.npy (float32, unquantised) and KEY.json. When OUT holds that run's dataset.json, the
     flags must match it (else the pair would not be the one in the shard)."""
-    shard, _ = shards.parse_key(key)
+    shard, _ = parse_key(key)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
-    existing = shards.read_dataset_info(out_url)
+    existing = ShardSet(out_url).info()
     if existing is not None:
-        fp = fingerprint(model_hash(model_dir), to_dict(sampling), cfg.seed, cfg.samples_per_shard, shards.FORMAT, cfg.batch_size)
-        if existing.get("fingerprint") != fp:
+        fp = fingerprint(model_hash(model_dir), to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size)
+        if existing.fingerprint != fp:
             raise PlanError(
-                f"{out_url} holds a dataset made with other settings (seed {existing.get('seed')}, samples per shard "
-                f"{existing.get('samples_per_shard')}, batch size {existing.get('batch_size')}, {existing.get('sampler')} x "
-                f"{existing.get('steps')} steps, model {str(existing.get('model_hash'))[:12]}): pass the flags of the run that made it"
+                f"{out_url} holds a dataset made with other settings (seed {existing.seed}, samples per shard "
+                f"{existing.samples_per_shard}, batch size {existing.batch_size}, {existing.sampler} x "
+                f"{existing.steps} steps, model {str(existing.model_hash)[:12]}): pass the flags of the run that made it"
             )
-        plan = Plan(int(existing.get("planned", cfg.n)), cfg.samples_per_shard, cfg.seed)  # the shard sizes of that run
+        plan = Plan(existing.planned or cfg.n, cfg.samples_per_shard, cfg.seed)  # the shard sizes of that run
     count = plan.task(shard).count
     image, q, record = regenerate(model_dir, key, cfg.seed, sampling, cfg.batch_size, count)
     fs, root = storage.url_to_fs(out_url)
     folder = storage.join(root, REGENERATED_DIR)
-    members = shards.encode_sample(key, image, q, record)
-    storage.write_bytes(fs, storage.join(folder, f"{key}.image.png"), members["image.png"])
+    members = encode_sample(key, image, q, record)
+    storage.write_bytes(fs, storage.join(folder, f"{key}.{IMAGE}"), members[IMAGE])
     buf = io.BytesIO()
     np.save(buf, q.astype(np.float32), allow_pickle=False)
     storage.write_bytes(fs, storage.join(folder, f"{key}.soft.npy"), buf.getvalue())

@@ -1,10 +1,11 @@
 """Run a synthesis plan: decide which shards are left, run them locally or on Ray actors, report.
 
-The driver owns no sampling: it lists what is done (markers), checks finished shards (size, or
-sha256 with verify="sha256"), refuses to mix datasets in one prefix, keeps a bounded number of
-shards in flight, retries failed shards (actor crash, storage error) with the reason logged,
-shows one progress line, aggregates per-shard statistics into dataset.json, and warns loudly when
-the generated labels drift from the training data (a diverged sampler makes augmentation harmful).
+The driver owns no sampling and no format (both are data/shardset.py's): it lists what is done
+(markers), checks finished shards (size, or sha256 with verify="sha256"), refuses to mix datasets
+in one prefix, keeps a bounded number of shards in flight, retries failed shards (actor crash,
+storage error) with the reason logged, shows one progress line, writes dataset.json with the set's
+statistics, and warns loudly when the generated labels drift from the training data (a diverged
+sampler makes augmentation harmful).
 
 Exactly once: a shard is either done (its marker exists and its tar matches the marker) or is
 (re)written whole; the marker is written last, so a crash at any point leaves the shard not done,
@@ -14,32 +15,39 @@ and a rerun writes it again with the same bytes.
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.util
 import json
 import logging
-import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Callable
 
 from dakter_scale import __version__
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
-from dakter_scale.data import shards, storage
+from dakter_scale.data import storage
+from dakter_scale.data.shardset import (
+    COMPLETE,
+    DATASET_FILE,
+    FORMAT,
+    IN_PROGRESS,
+    INCOMPLETE,
+    DatasetInfo,
+    ShardError,
+    ShardSet,
+    divergence,
+    marker_count,
+    marker_stats,
+    stats_lines,
+)
 from dakter_scale.diffusion.model import check_model_folder, model_hash
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
+from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
 
 log = logging.getLogger("dakter_scale")
 
-MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform than to a segmentation
 DEVICES = ("auto", "cpu", "cuda")
-NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
-MARKER_RE = re.compile(r"shard-(\d{6,})\.json")  # a done marker's name (data/shards.py: shard_name(s, "json"))
 WRITER_STALL_WARNING = 0.1  # warn when the sampler waits for the encoder/uploads longer than this share of the time
 
 
@@ -58,7 +66,7 @@ class Summary:
     started_at: float = 0.0  # Unix time when synthesize() began; timeline entries count from it
     strategy: dict = field(default_factory=dict)  # local / ray, actors, resources, start-up timings
     timeline: list[list[float]] = field(default_factory=list)  # [seconds since start, shard, pairs] per written shard
-    dataset: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)  # dataset.json as written (DatasetInfo.to_json)
 
     @property
     def ok(self) -> bool:
@@ -90,21 +98,7 @@ class Summary:
             out += [f"    shard {r['shard']} attempt {r['attempt'] + 1}: {r['reason']}" for r in self.retried[:20]]
         out.append(f"  failed for good: {len(self.failed)} shards")
         out += [f"    shard {s}: {reason}" for s, reason in sorted(self.failed.items())]
-        gen = self.dataset.get("generated_stats")
-        if gen:
-            train = self.dataset.get("train_stats", {})
-            div = self.dataset.get("divergence", {})
-            out.append(f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)")
-            if train.get("class_fractions"):
-                out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
-            out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
-            if self.dataset.get("warnings"):
-                out.append(f"  WARNING: the generated data diverges from the training data ({len(self.dataset['warnings'])} warning(s) above)")
-        return out
-
-
-def _fmt(values) -> str:
-    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+        return out + (stats_lines(DatasetInfo.from_json(self.dataset)) if self.dataset else [])
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -127,39 +121,31 @@ class Prepared:
     stale_markers: list[int]  # markers to remove before writing (corrupt, resized)
 
 
-def _sha256(fs, path: str) -> str:
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _model_info(model_dir: str | Path) -> dict:
     return json.loads((Path(check_model_folder(model_dir)) / "dakter.json").read_text())
 
 
-def _conflict(fs, root: str, listing: dict, marker_names: list[str], fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> str | None:
+def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> str | None:
     """What other dataset the output holds, if any, described by what differs from this run."""
-    if shards.DATASET_FILE not in listing:
-        return f"{len(marker_names)} shards of an unknown dataset (no {shards.DATASET_FILE})" if marker_names else None
+    if DATASET_FILE not in listing:
+        return f"{shards_found} shards of an unknown dataset (no {DATASET_FILE})" if shards_found else None
     try:
-        existing = storage.read_json(fs, storage.join(root, shards.DATASET_FILE))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"an unreadable {shards.DATASET_FILE}"
-    if existing.get("fingerprint") == fp:
+        existing = out.info()
+    except ShardError:
+        return f"an unreadable {DATASET_FILE}"
+    if existing.fingerprint == fp:
         return None
-    mine = {"model": mhash, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard, "batch_size": cfg.batch_size, "sampling": to_dict(sampling), "format": shards.FORMAT}
+    mine = {"model": mhash, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard, "batch_size": cfg.batch_size, "sampling": to_dict(sampling), "format": FORMAT}
     theirs = {
-        "model": existing.get("model_hash"),
-        "seed": existing.get("seed"),
-        "samples_per_shard": existing.get("samples_per_shard"),
-        "batch_size": existing.get("batch_size"),
-        "sampling": existing.get("sampling"),
-        "format": existing.get("format"),
+        "model": existing.model_hash,
+        "seed": existing.seed,
+        "samples_per_shard": existing.samples_per_shard,
+        "batch_size": existing.batch_size,
+        "sampling": existing.sampling,
+        "format": existing.format,
     }
     differ = [k for k in mine if mine[k] != theirs[k]] or ["fingerprint"]
-    return f"a dataset from model {str(existing.get('model_hash', '?'))[:12]} that differs in {', '.join(differ)} (fingerprint {existing.get('fingerprint')})"
+    return f"a dataset from model {str(existing.model_hash or '?')[:12]} that differs in {', '.join(differ)} (fingerprint {existing.fingerprint})"
 
 
 def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> Prepared:
@@ -167,64 +153,37 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
     info = _model_info(model_dir)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     mhash = model_hash(model_dir)
-    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, shards.FORMAT, cfg.batch_size)
-    fs, root = storage.url_to_fs(out_url)
+    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size)
+    out = ShardSet(out_url)
     try:
-        listing = storage.list_dir(fs, root)
+        listing = out.listing()
     except Exception as e:  # any backend error: report the URL, never credentials
         raise storage.StorageError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    marker_names = sorted(n for n in listing if MARKER_RE.fullmatch(n))
-    conflict = _conflict(fs, root, listing, marker_names, fp, mhash, cfg, sampling)
+    finished, corrupt = out.read_markers(listing)
+    conflict = _conflict(out, listing, len(finished) + len(corrupt), fp, mhash, cfg, sampling)
     if conflict:
         return Prepared(plan, fp, mhash, info, plan.tasks(), [], {}, [], {}, conflict, [])
-
-    markers: dict[int, dict] = {}
-    corrupt: dict[int, str] = {}
-    if marker_names:
-        blobs = fs.cat([storage.join(root, n) for n in marker_names])
-        for path, blob in sorted(blobs.items()):
-            shard = int(MARKER_RE.search(path).group(1))
-            try:
-                markers[shard] = json.loads(blob)
-            except json.JSONDecodeError:
-                corrupt[shard] = "marker is not valid JSON"
-    beyond = sorted(s for s in list(markers) + list(corrupt) if s >= plan.num_shards)
+    beyond = sorted(s for s in list(finished) + list(corrupt) if s >= plan.num_shards)
     if beyond:
         raise PlanError(
             f"{out_url} holds shards up to {max(beyond)} but --n {cfg.n} plans only {plan.num_shards}: "
             "a smaller --n would leave extra pairs readable. Use the original --n, a new prefix, or --overwrite."
         )
 
-    todo, skipped, resized = [], [], []
+    todo, skipped, resized, markers = [], [], [], {}
     for task in plan.tasks():
-        if task.shard in corrupt:
+        done = finished.get(task.shard)
+        if done is None:  # not written, or its marker is unreadable (in corrupt)
             todo.append(task)
-            continue
-        m = markers.get(task.shard)
-        if m is None:
-            todo.append(task)
-            continue
-        tar_name = shards.shard_name(task.shard, "tar")
-        problem = None
-        if m.get("count") != task.count:  # --n changed: the last shard grows or shrinks
+        elif done.count != task.count:  # --n changed: the last shard grows or shrinks
             resized.append(task.shard)
-        elif m.get("fingerprint") not in (None, fp):
-            problem = f"marker's fingerprint {m.get('fingerprint')} is not the dataset's {fp}"
-        elif tar_name not in listing:
-            problem = "marker present but the tar is missing"
-        elif int(listing[tar_name].get("size", -1)) != int(m["tar_bytes"]):
-            problem = f"marker present but the tar has {listing[tar_name].get('size')} bytes, the marker records {m['tar_bytes']}"
-        elif shards.shard_name(task.shard, "parquet") not in listing:
-            problem = "marker present but the parquet manifest is missing"
-        elif cfg.verify == "sha256" and _sha256(fs, storage.join(root, tar_name)) != m["sha256"]:
-            problem = "marker present but the tar's sha256 differs from the marker's"
+            todo.append(task)
+        elif problem := out.check(done, listing, fp, cfg.verify):
+            corrupt[task.shard] = problem
+            todo.append(task)
         else:
             skipped.append(task.shard)
-            continue
-        if problem:
-            corrupt[task.shard] = problem
-        markers.pop(task.shard)
-        todo.append(task)
+            markers[task.shard] = done.marker
     stale = sorted(set(corrupt) | set(resized))
     return Prepared(plan, fp, mhash, info, todo, skipped, corrupt, resized, markers, None, stale)
 
@@ -244,13 +203,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
             "Choose a new prefix, or pass --overwrite to delete it and write this one."
         )
     log.warning("--overwrite: removing %s from %s", prep.conflict, out_url)
-    fs, root = storage.url_to_fs(out_url)
-    listing = storage.list_dir(fs, root)
-    # Markers first, so no reader trusts a shard while it is being removed.
-    names = sorted(listing, key=lambda n: (not MARKER_RE.fullmatch(n), n))
-    for name in names:
-        if name.startswith("shard-") or name == shards.DATASET_FILE:
-            fs.rm(storage.join(root, name), recursive=listing[name].get("type") == "directory")
+    ShardSet(out_url).clear()
     return inspect_output(model_dir, out_url, cfg, sampling)
 
 
@@ -288,30 +241,29 @@ def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     }
 
 
-def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConfig, model_dir: str) -> dict:
+def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConfig, model_dir: str) -> DatasetInfo:
     info = prep.model_info
-    return {
-        "format": shards.FORMAT,
-        "fingerprint": prep.fingerprint,
-        "model_hash": prep.model_hash,
-        "model": str(model_dir),
-        "b": info["b"],
-        "classes": info["classes"],
-        "resolution": info["resolution"],
-        "prediction_type": info["prediction_type"],
-        "radiometry": info.get("radiometry"),
-        "sampler": sampling.sampler,
-        "steps": sampling.steps,
-        "sampling": to_dict(sampling),
-        "seed": cfg.seed,
-        "seed_rule": "pair seed = SeedSequence([seed, shard, index]) -> 63 bits (dakter_scale.synth.plan.pair_seed)",
-        "planned": prep.plan.n,
-        "samples_per_shard": cfg.samples_per_shard,
-        "batch_size": cfg.batch_size,
-        "num_shards": prep.plan.num_shards,
-        "code_version": __version__,
-        "train_stats": {"class_fractions": info.get("train_stats", {}).get("class_fractions"), "mean_confidence": 1.0},
-    }
+    return DatasetInfo(
+        fingerprint=prep.fingerprint,
+        model_hash=prep.model_hash,
+        model=str(model_dir),
+        b=info["b"],
+        classes=info["classes"],
+        resolution=info["resolution"],
+        prediction_type=info["prediction_type"],
+        radiometry=info.get("radiometry"),
+        sampler=sampling.sampler,
+        steps=sampling.steps,
+        sampling=to_dict(sampling),
+        seed=cfg.seed,
+        seed_rule="pair seed = SeedSequence([seed, shard, index]) -> 63 bits (dakter_scale.synth.plan.pair_seed)",
+        planned=prep.plan.n,
+        samples_per_shard=cfg.samples_per_shard,
+        batch_size=cfg.batch_size,
+        num_shards=prep.plan.num_shards,
+        code_version=__version__,
+        train_stats={"class_fractions": info.get("train_stats", {}).get("class_fractions"), "mean_confidence": 1.0},
+    )
 
 
 # -- progress -----------------------------------------------------------------------------------
@@ -361,241 +313,39 @@ class Progress:
             self.bar.close()
 
 
-# -- execution strategies -------------------------------------------------------------------------
+# -- the driver loop ----------------------------------------------------------------------------
 
-Callback = Callable[[ShardTask, "dict | None", "str | None"], None]
-
-
-def _writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str) -> dict:
-    return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp)
+Callback = Callable[[ShardTask, "dict | None", "str | None", bool], None]
 
 
-def run_local(tasks: list[ShardTask], writer_args: dict, retries: int, on_result: Callback, device: str = "auto") -> dict:
-    """Run shards one after another in this process (no Ray): the same worker, the same retries.
-    The writer sets torch's thread count to its own while it runs; the caller's is restored after."""
-    import torch
-
-    from dakter_scale.synth.worker import ShardWriter
-
-    threads = torch.get_num_threads()
-    t0 = time.time()
+def drive(tasks: list[ShardTask], strategy: Strategy, retries: int, on_result: Callback) -> dict:
+    """Run tasks on a strategy until each is written or has failed retries + 1 times: the one place
+    that keeps the queue and the retry rule. on_result(task, marker, reason, retrying) hears every
+    attempt. Returns what the strategy reports about where the shards ran."""
+    queue, running = collections.deque(tasks), 0
     try:
-        writer = ShardWriter(**writer_args, device=None if device == "auto" else device)
-        info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": writer.ready()}
-        queue = collections.deque(tasks)
-        while queue:
-            task = queue.popleft()
-            try:
-                marker = writer(task)
-            except Exception as e:  # a shard failure is recorded and retried, never fatal to the run
-                on_result(task, None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-                if task.attempt < retries:
+        strategy.start(len(tasks))
+        while queue or running:
+            while queue and strategy.free() > 0:
+                strategy.submit(queue.popleft())
+                running += 1
+            for outcome in strategy.poll():
+                running -= 1
+                task = outcome.task
+                if not outcome.started:
+                    log.warning("shard %d resubmitted: its actor died before starting it", task.shard)
+                    queue.appendleft(task)
+                    continue
+                retrying = outcome.marker is None and task.attempt < retries
+                on_result(task, outcome.marker, outcome.reason, retrying)
+                if retrying:
                     queue.append(task.retry())
-                continue
-            on_result(task, marker, None)
     finally:
-        torch.set_num_threads(threads)
+        info = strategy.close()
     return info
-
-
-def ray_actor_resources(cfg: SynthesisConfig, device: str = "auto") -> tuple[int, dict, str]:
-    """(number of actors, per-actor resource request, device) for the connected Ray cluster.
-
-    auto: one actor per GPU (num_gpus=1, and threads_per_actor CPUs for its encoder threads) when the
-    cluster has GPUs now, else CPU actors of threads_per_actor torch threads (cpus // threads of them).
-    cuda: GPU actors even if no GPU is up yet (an autoscaler adds GPU nodes for them). An explicit
-    --actors N overrides the count."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if device == "cuda" or (device == "auto" and gpus >= 1):
-        n = max(1, gpus) if cfg.actors == "auto" else int(cfg.actors)
-        return n, {"num_gpus": 1, "num_cpus": cfg.threads_per_actor}, "cuda"
-    cpus = int(resources.get("CPU", 1))
-    n = max(1, cpus // cfg.threads_per_actor) if cfg.actors == "auto" else int(cfg.actors)
-    return n, {"num_cpus": cfg.threads_per_actor}, "cpu"
-
-
-def _init_ray() -> dict:
-    """Connect to the cluster in RAY_ADDRESS (set by `ray job submit`) or the latest `ray start` on this
-    machine; else start a local one. Returns what happened and how long it took."""
-    import ray
-
-    t0 = time.time()
-    if ray.is_initialized():
-        return {"ray": "already initialised", "ray_init_seconds": 0.0}
-    # The dashboard serves only `ray job submit` and the web UI: a cluster started just for this run skips
-    # it (a process less to start on small machines). Ray ignores the flag when it connects to a cluster.
-    ctx = ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-    return {"ray": getattr(ctx, "address_info", {}).get("gcs_address", "?"), "ray_init_seconds": round(time.time() - t0, 3)}
-
-
-def run_ray(tasks: list[ShardTask], writer_args: dict, cfg: SynthesisConfig, on_result: Callback, model_dir: Path, device: str = "auto") -> dict:
-    """Shards on Ray actors, one model load per actor, bounded in flight, crashed actors replaced.
-
-    When an actor dies, the shard it was running (its oldest unfinished call: an actor runs its calls
-    in order) is charged a failed attempt; calls queued behind it are resubmitted uncharged."""
-    import ray
-    from ray.exceptions import RayActorError, RayError, RayTaskError
-
-    from dakter_scale.synth.worker import ShardWriter, pack_model_folder
-
-    t0 = time.time()
-    info = {"strategy": "ray", **_init_ray()}
-    n_actors, resources, device = ray_actor_resources(cfg, device)
-    n_actors = max(1, min(n_actors, len(tasks)))
-    per_actor = max(1, (cfg.max_in_flight or 2 * n_actors) // n_actors)
-    # The model travels through Ray's object store, so worker nodes need no shared file system.
-    args = dict(writer_args, model=ray.put(pack_model_folder(model_dir)), device=device)
-    # Ray starts workers at niceness 15 so that its own processes stay responsive; an actor is this run's
-    # main work, and at nice 15 on a shared machine it gets a sliver of a core (4.7x slower here beside two
-    # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
-    # `ray job submit` entrypoints).
-    runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
-    Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **resources)(ShardWriter)
-    info.update(actors=n_actors, resources=resources, device=device, in_flight_per_actor=per_actor, niceness=os.nice(0))
-    log.info("ray: %d actors, %s each, up to %d shards in flight", n_actors, resources, n_actors * per_actor)
-
-    # Per actor: its unfinished calls in submission order. An ObjectRef in the kwargs is resolved by Ray
-    # before __init__ runs; ready() answers once the model is loaded.
-    calls: dict[Any, collections.deque] = {}
-    pending_ready: dict[Any, Any] = {}
-
-    def start_actor() -> None:
-        actor = Remote.remote(**args)
-        calls[actor] = collections.deque()
-        pending_ready[actor.ready.remote()] = actor
-
-    for _ in range(n_actors):
-        start_actor()
-    queue = collections.deque(tasks)
-    in_flight: dict[Any, tuple[Any, ShardTask]] = {}
-    ready_times: list[float] = []
-    ready_info: list[dict] = []
-    warned = False
-
-    while queue or in_flight:
-        for actor in sorted(calls, key=lambda a: len(calls[a])):
-            while queue and len(calls[actor]) < per_actor:
-                task = queue.popleft()
-                ref = actor.__call__.remote(task)
-                in_flight[ref] = (actor, task)
-                calls[actor].append(ref)
-        ready, _ = ray.wait(list(pending_ready) + list(in_flight), num_returns=1, timeout=2.0)
-        if not ready_times and not warned and time.time() - t0 > NO_ACTOR_WARNING_S:
-            warned = True
-            log.warning("no actor has started after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes)", time.time() - t0, resources)
-        for ref in ready:
-            if ref in pending_ready:
-                pending_ready.pop(ref)
-                try:
-                    where = ray.get(ref)
-                    ready_times.append(time.time() - t0)
-                    ready_info.append(dict(where, ready_seconds=round(ready_times[-1], 3)))
-                    log.info("actor ready after %.1f s: %s", ready_times[-1], where)
-                except RayError:
-                    pass  # it died while starting: its calls fail and it is replaced below
-                continue
-            actor, task = in_flight.pop(ref)
-            position = calls[actor].index(ref) if actor in calls and ref in calls[actor] else -1
-            if position >= 0:
-                del calls[actor][position]
-            try:
-                on_result(task, ray.get(ref), None)
-                continue
-            except RayActorError as e:
-                reason = f"actor died ({type(e).__name__}): {str(e).splitlines()[0][:200]}"
-                if actor in calls:  # the first failed call seen from this actor: replace the actor
-                    older, newer = list(calls[actor])[:position], list(calls[actor])[max(position, 0):]
-                    del calls[actor]
-                    with_ray_kill(actor)
-                    start_actor()
-                    # Calls older than this one stay in flight: the oldest was running and is charged
-                    # when its error arrives. Newer calls, and this one if older ones exist, never started.
-                    uncharged = [in_flight.pop(r)[1] for r in newer if r in in_flight] + ([task] if older else [])
-                    for queued in uncharged:
-                        log.warning("shard %d resubmitted: its actor died before starting it", queued.shard)
-                        queue.appendleft(queued)
-                    if older:
-                        continue
-            except RayTaskError as e:
-                cause = e.cause if getattr(e, "cause", None) is not None else e
-                reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
-            except RayError as e:
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            on_result(task, None, reason)
-            if task.attempt < cfg.retries:
-                queue.append(task.retry())
-    for actor in list(calls):
-        with_ray_kill(actor)
-    info["first_actor_ready_seconds"] = round(ready_times[0], 3) if ready_times else None
-    info["actors_started"] = ready_info
-    return info
-
-
-def with_ray_kill(actor) -> None:
-    import ray
-
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception:  # already gone
-        pass
 
 
 # -- the whole run -----------------------------------------------------------------------------
-
-
-def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
-    """Dataset statistics (pairs, class fractions, mean confidence and entropy) from shard markers."""
-    count = sum(int(m["count"]) for m in markers.values())
-    if count == 0:
-        return {}
-    fractions = np.zeros(num_classes)
-    for m in markers.values():
-        fractions += np.asarray(m["sum_class_fractions"], dtype=np.float64)
-    return {
-        "pairs": count,
-        "class_fractions": (fractions / count).tolist(),
-        "mean_confidence": sum(m["sum_mean_confidence"] for m in markers.values()) / count,
-        "mean_entropy": sum(m["sum_mean_entropy"] for m in markers.values()) / count,
-    }
-
-
-def derived_stats(markers: dict[int, dict], src_info: dict) -> tuple[dict, dict, list[str]]:
-    """(generated_stats, divergence, warnings) of a set made from src_info's set (e.g. filtered),
-    from its own shard markers, against the same training data and threshold."""
-    generated = marker_stats(markers, len(src_info["classes"]))
-    threshold = float(src_info.get("divergence", {}).get("threshold", 0.1))
-    div, warnings = divergence(generated, (src_info.get("train_stats") or {}).get("class_fractions"), threshold)
-    return generated, div, warnings
-
-
-def divergence(generated: dict, train_fractions: list[float] | None, threshold: float) -> tuple[dict, list[str]]:
-    """Compare the generated set with the training data; return the numbers and loud warnings.
-
-    Warns when the total variation between the generated and training class pixel fractions,
-    0.5 * sum_k |g_k - t_k|, exceeds `threshold`, or when the mean max-probability of the soft labels
-    is below MIN_MEAN_CONFIDENCE (the training labels are one-hot: max-probability 1)."""
-    if not generated:
-        return {}, []
-    warnings = []
-    out: dict[str, Any] = {"threshold": threshold, "min_mean_confidence": MIN_MEAN_CONFIDENCE, "mean_confidence": generated["mean_confidence"]}
-    if train_fractions:
-        tv = 0.5 * float(np.abs(np.asarray(generated["class_fractions"]) - np.asarray(train_fractions)).sum())
-        out["class_fraction_tv"] = tv
-        if tv > threshold:
-            warnings.append(
-                f"generated class pixel fractions differ from the training data's by total variation {tv:.3f} > {threshold}: "
-                f"generated {_fmt(generated['class_fractions'])} vs training {_fmt(train_fractions)}"
-            )
-    if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
-        warnings.append(
-            f"mean max-probability of the soft labels is {generated['mean_confidence']:.3f} < {MIN_MEAN_CONFIDENCE}: "
-            "the labels are close to uniform (a diverged or under-trained sampler)"
-        )
-    out["diverged"] = bool(warnings)
-    return out, warnings
 
 
 def synthesize(
@@ -628,27 +378,25 @@ def synthesize(
     summary = Summary(
         out=out_url, planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
     )
-    fs, root = storage.url_to_fs(out_url)
+    out = ShardSet(out_url)
     header = _dataset_header(prep, cfg, sampling, str(model_dir))
     for shard, problem in sorted(prep.corrupt.items()):
         log.warning("shard %d is corrupt (%s): removing its marker and regenerating it", shard, problem)
     for shard in prep.resized:
         log.info("shard %d changes size with --n %d: rewriting it", shard, plan.n)
     for shard in prep.stale_markers:  # before any rewrite, so no reader trusts a shard being replaced
-        marker = storage.join(root, shards.shard_name(shard, "json"))
-        if fs.exists(marker):
-            fs.rm(marker)
+        out.remove_marker(shard)
     if prep.skipped:
         log.info("%d of %d shards are already done; %d to write", len(prep.skipped), plan.num_shards, len(prep.todo))
     if prep.todo:
-        storage.write_json(fs, storage.join(root, shards.DATASET_FILE), dict(header, status="in progress", count=sum(int(m["count"]) for m in prep.markers.values())))
+        out.write_info(header.replace(status=IN_PROGRESS, count=marker_count(prep.markers.values())))
 
     markers = dict(prep.markers)
     todo_pairs = sum(t.count for t in prep.todo)
     bar = Progress(todo_pairs, len(prep.todo), bar=progress)
     final_failures: dict[int, str] = {}
 
-    def on_result(task: ShardTask, marker: dict | None, reason: str | None) -> None:
+    def on_result(task: ShardTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
         if marker is not None:
             markers[task.shard] = marker
             final_failures.pop(task.shard, None)
@@ -657,22 +405,18 @@ def synthesize(
             summary.timeline.append([round(time.time() - t0, 3), task.shard, task.count])
             bar.update(task.count)
             return
-        will_retry = task.attempt < cfg.retries
         summary.retried.append({"shard": task.shard, "attempt": task.attempt, "reason": reason})
         final_failures[task.shard] = reason or "unknown error"
-        (log.warning if will_retry else log.error)(
-            "shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if will_retry else "; giving up"
+        (log.warning if retrying else log.error)(
+            "shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if retrying else "; giving up"
         )
 
     if prep.todo:
-        args = _writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint)
-        if use_ray:
-            summary.strategy = run_ray(prep.todo, args, cfg, on_result, Path(model_dir), device=device)
-        else:
-            summary.strategy = run_local(prep.todo, args, cfg.retries, on_result, device=device)
-        if storage.is_local(fs):  # what killed writers left; no writer is active any more
-            for name in storage.remove_temporaries(fs, root, prefix="shard-"):
-                log.info("removed %s left by a killed writer", name)
+        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint)
+        strategy = (RayStrategy if use_ray else LocalStrategy)(args, cfg, device)
+        summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
+        for name in out.remove_temporaries():  # what killed local writers left; no writer is active any more
+            log.info("removed %s left by a killed writer", name)
     bar.close()
     summary.failed = {s: r for s, r in final_failures.items() if s not in markers}
     summary.seconds = time.time() - t0
@@ -686,17 +430,16 @@ def synthesize(
         )
 
     generated = marker_stats(markers, len(prep.model_info["classes"]))
-    div, warnings = divergence(generated, header["train_stats"]["class_fractions"], cfg.divergence_threshold)
-    dataset = dict(
-        header,
-        status="complete" if summary.ok and len(markers) == plan.num_shards else "incomplete",
-        count=sum(int(m["count"]) for m in markers.values()),
+    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold)
+    dataset = header.replace(
+        status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
+        count=marker_count(markers.values()),
         generated_stats=generated,
         divergence=div,
         warnings=warnings,
     )
-    storage.write_json(fs, storage.join(root, shards.DATASET_FILE), dataset)
-    summary.dataset = dataset
+    out.write_info(dataset)
+    summary.dataset = dataset.to_json()
     for w in warnings:
         log.warning("!" * 78)
         log.warning("GENERATED DATA DIVERGES FROM THE TRAINING DATA: %s", w)

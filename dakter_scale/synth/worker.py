@@ -29,7 +29,7 @@ import torch
 
 from dakter_scale.config import SamplingConfig
 from dakter_scale.core.soft_labels import sample_stats
-from dakter_scale.data import shards, storage
+from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.data.real import denormalise
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import sample_pairs
@@ -180,7 +180,7 @@ class ShardWriter:
         self.sampling = SamplingConfig(**sampling)
         self.sampling.validate()
         self.batch_size, self.seed, self.fingerprint = batch_size, seed, fingerprint
-        self.fs, self.root = storage.url_to_fs(out_url)
+        self.out = ShardSet(out_url)
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
@@ -205,10 +205,10 @@ class ShardWriter:
         classes = self.model.classes
         for batch in batches:
             stats = sample_stats(batch.q)
-            batch_rows = shards.manifest_rows([shards.sample_key(task.shard, i) for i in batch.indices], batch.seeds, stats)
+            batch_rows = manifest_rows([sample_key(task.shard, i) for i in batch.indices], batch.seeds, stats)
 
             def encode(j: int) -> dict[str, bytes]:
-                return shards.encode_sample(batch_rows[j]["key"], batch.images[j], batch.q[j], dict(batch_rows[j], classes=classes))
+                return encode_sample(batch_rows[j]["key"], batch.images[j], batch.q[j], dict(batch_rows[j], classes=classes))
 
             encoded = self._pool.map(encode, range(len(batch_rows))) if self._pool else map(encode, range(len(batch_rows)))
             for row, members in zip(batch_rows, encoded):
@@ -218,21 +218,16 @@ class ShardWriter:
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
         t0, cpu0 = time.time(), time.process_time()
-        tar_path = storage.join(self.root, shards.shard_name(task.shard, "tar"))
         rows: list[dict] = []
         timing = {"sample": 0.0}
-        with storage.open_atomic(self.fs, tar_path) as f:
-            (nbytes, sha), waited = pipelined(self._batches(task, timing), lambda batches: shards.write_tar(f, self._encode(task, batches, rows)))
+        (nbytes, sha), waited = pipelined(self._batches(task, timing), lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows)))
         if len(rows) != task.count:  # an invariant of _encode, not user input
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
-        shards.write_parquet(self.fs, storage.join(self.root, shards.shard_name(task.shard, "parquet")), shards.manifest_table(rows))
-        marker = {
-            **shards.shard_marker(task.shard, rows, nbytes, sha, self.fingerprint),
+        timings = {
             "seconds": round(time.time() - t0, 3),
             "sample_seconds": round(timing["sample"], 3),
             "writer_wait_seconds": round(waited, 3),  # sampling stalled on encoding / upload
             "cpu_seconds": round(time.process_time() - cpu0, 3),  # this process, all threads
             "device": str(self.device),
         }
-        storage.write_json(self.fs, storage.join(self.root, shards.shard_name(task.shard, "json")), marker)
-        return marker
+        return self.out.finish_shard(task.shard, rows, nbytes, sha, self.fingerprint, extra=timings)

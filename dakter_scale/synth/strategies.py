@@ -1,0 +1,254 @@
+"""Where shards run: in this process, or on Ray actors. Strategies submit and poll, nothing more.
+
+The driver loop (synth/run.py: drive) owns the queue, the retries and the progress; a strategy
+only runs the same ShardWriter (synth/worker.py) somewhere and reports each call's outcome. Both
+have one signature: ``Strategy(writer_args, cfg, device)``, then ``start(tasks)``, ``free()`` (how
+many more shards it takes now), ``submit(task)``, ``poll()`` (finished calls), ``close()`` (what ran
+where, for the summary).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
+from dakter_scale.synth.plan import ShardTask
+
+log = logging.getLogger("dakter_scale")
+
+NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
+
+
+def writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str) -> dict:
+    """The ShardWriter's arguments (all but the device), the same for every strategy."""
+    return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp)
+
+
+def _reason(e: BaseException, limit: int = 300) -> str:
+    text = str(e).splitlines()[0][:limit] if str(e) else ""
+    return f"{type(e).__name__}: {text}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished call: the marker it wrote, or why it failed. started=False: its worker died
+    before starting it, so it is resubmitted without being charged an attempt."""
+
+    task: ShardTask
+    marker: dict | None = None
+    reason: str | None = None
+    started: bool = True
+
+
+class Strategy(Protocol):
+    def start(self, tasks: int) -> None: ...
+
+    def free(self) -> int: ...
+
+    def submit(self, task: ShardTask) -> None: ...
+
+    def poll(self) -> list[Outcome]: ...
+
+    def close(self) -> dict: ...
+
+
+class LocalStrategy:
+    """One ShardWriter in this process (no Ray), one shard at a time. The writer sets torch's thread
+    count to its own while it runs; close() gives the caller's back."""
+
+    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto"):
+        self.writer_args, self.device = writer_args, device
+        self.pending: ShardTask | None = None
+        self.info: dict = {"strategy": "local"}
+        self.threads: int | None = None
+
+    def start(self, tasks: int) -> None:
+        import torch
+
+        from dakter_scale.synth.worker import ShardWriter
+
+        self.threads = torch.get_num_threads()
+        t0 = time.time()
+        self.writer = ShardWriter(**self.writer_args, device=None if self.device == "auto" else self.device)
+        self.info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": self.writer.ready()}
+
+    def free(self) -> int:
+        return 0 if self.pending else 1
+
+    def submit(self, task: ShardTask) -> None:
+        self.pending = task
+
+    def poll(self) -> list[Outcome]:
+        task, self.pending = self.pending, None
+        try:
+            return [Outcome(task, marker=self.writer(task))]
+        except Exception as e:  # a shard failure is the driver's to record and retry, never fatal to the run
+            return [Outcome(task, reason=_reason(e))]
+
+    def close(self) -> dict:
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return self.info
+
+
+def ray_actor_resources(cfg: SynthesisConfig, device: str = "auto") -> tuple[int, dict, str]:
+    """(number of actors, per-actor resource request, device) for the connected Ray cluster.
+
+    auto: one actor per GPU (num_gpus=1, and threads_per_actor CPUs for its encoder threads) when the
+    cluster has GPUs now, else CPU actors of threads_per_actor torch threads (cpus // threads of them).
+    cuda: GPU actors even if no GPU is up yet (an autoscaler adds GPU nodes for them). An explicit
+    --actors N overrides the count."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if device == "cuda" or (device == "auto" and gpus >= 1):
+        n = max(1, gpus) if cfg.actors == "auto" else int(cfg.actors)
+        return n, {"num_gpus": 1, "num_cpus": cfg.threads_per_actor}, "cuda"
+    cpus = int(resources.get("CPU", 1))
+    n = max(1, cpus // cfg.threads_per_actor) if cfg.actors == "auto" else int(cfg.actors)
+    return n, {"num_cpus": cfg.threads_per_actor}, "cpu"
+
+
+def _init_ray() -> dict:
+    """Connect to the cluster in RAY_ADDRESS (set by `ray job submit`) or the latest `ray start` on this
+    machine; else start a local one. Returns what happened and how long it took."""
+    import ray
+
+    t0 = time.time()
+    if ray.is_initialized():
+        return {"ray": "already initialised", "ray_init_seconds": 0.0}
+    # The dashboard serves only `ray job submit` and the web UI: a cluster started just for this run skips
+    # it (a process less to start on small machines). Ray ignores the flag when it connects to a cluster.
+    ctx = ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    return {"ray": getattr(ctx, "address_info", {}).get("gcs_address", "?"), "ray_init_seconds": round(time.time() - t0, 3)}
+
+
+def _kill(actor) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already gone
+        pass
+
+
+class RayStrategy:
+    """ShardWriters on Ray actors, one model load per actor, a bounded number of calls per actor,
+    crashed actors replaced.
+
+    When an actor dies, the shard it was running (its oldest unfinished call: an actor runs its calls
+    in order) fails and is charged an attempt; calls queued behind it never started (Outcome.started
+    is False) and are resubmitted uncharged."""
+
+    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto"):
+        self.writer_args, self.cfg, self.device = writer_args, cfg, device
+        self.info: dict = {"strategy": "ray"}
+        # Per actor: its unfinished calls in submission order.
+        self.calls: dict[Any, collections.deque] = {}
+        self.ready_times: list[float] = []
+        self.ready_info: list[dict] = []
+
+    def start(self, tasks: int) -> None:
+        import ray
+
+        from dakter_scale.synth.worker import ShardWriter, pack_model_folder
+
+        self.t0 = time.time()
+        self.info.update(_init_ray())
+        n_actors, self.resources, device = ray_actor_resources(self.cfg, self.device)
+        n_actors = max(1, min(n_actors, tasks))
+        self.per_actor = max(1, (self.cfg.max_in_flight or 2 * n_actors) // n_actors)
+        # The model travels through Ray's object store, so worker nodes need no shared file system.
+        self.args = dict(self.writer_args, model=ray.put(pack_model_folder(self.writer_args["model"])), device=device)
+        # Ray starts workers at niceness 15 so that its own processes stay responsive; an actor is this run's
+        # main work, and at nice 15 on a shared machine it gets a sliver of a core (4.7x slower here beside two
+        # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
+        # `ray job submit` entrypoints).
+        runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
+        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(ShardWriter)
+        self.info.update(actors=n_actors, resources=self.resources, device=device, in_flight_per_actor=self.per_actor, niceness=os.nice(0))
+        log.info("ray: %d actors, %s each, up to %d shards in flight", n_actors, self.resources, n_actors * self.per_actor)
+        # An ObjectRef in the kwargs is resolved by Ray before __init__ runs; ready() answers once the
+        # model is loaded.
+        self.pending_ready: dict[Any, Any] = {}
+        self.in_flight: dict[Any, tuple[Any, ShardTask]] = {}
+        self.warned = False
+        for _ in range(n_actors):
+            self._start_actor()
+
+    def _start_actor(self) -> None:
+        actor = self.Remote.remote(**self.args)
+        self.calls[actor] = collections.deque()
+        self.pending_ready[actor.ready.remote()] = actor
+
+    def free(self) -> int:
+        return sum(self.per_actor - len(calls) for calls in self.calls.values())
+
+    def submit(self, task: ShardTask) -> None:
+        actor = min(self.calls, key=lambda a: len(self.calls[a]))
+        ref = actor.__call__.remote(task)
+        self.in_flight[ref] = (actor, task)
+        self.calls[actor].append(ref)
+
+    def poll(self) -> list[Outcome]:
+        import ray
+        from ray.exceptions import RayActorError, RayError, RayTaskError
+
+        ready, _ = ray.wait(list(self.pending_ready) + list(self.in_flight), num_returns=1, timeout=2.0)
+        if not self.ready_times and not self.warned and time.time() - self.t0 > NO_ACTOR_WARNING_S:
+            self.warned = True
+            log.warning("no actor has started after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes)", time.time() - self.t0, self.resources)
+        outcomes = []
+        for ref in ready:
+            if ref in self.pending_ready:
+                self.pending_ready.pop(ref)
+                try:
+                    where = ray.get(ref)
+                    self.ready_times.append(time.time() - self.t0)
+                    self.ready_info.append(dict(where, ready_seconds=round(self.ready_times[-1], 3)))
+                    log.info("actor ready after %.1f s: %s", self.ready_times[-1], where)
+                except RayError:
+                    pass  # it died while starting: its calls fail and it is replaced below
+                continue
+            actor, task = self.in_flight.pop(ref)
+            calls = self.calls.get(actor)
+            position = calls.index(ref) if calls is not None and ref in calls else -1
+            if position >= 0:
+                del calls[position]
+            try:
+                outcomes.append(Outcome(task, marker=ray.get(ref)))
+                continue
+            except RayActorError as e:
+                reason = f"actor died ({type(e).__name__}): {str(e).splitlines()[0][:200]}"
+                if calls is not None:  # the first failed call seen from this actor: replace the actor
+                    older, newer = list(calls)[:position], list(calls)[max(position, 0) :]
+                    del self.calls[actor]
+                    _kill(actor)
+                    self._start_actor()
+                    # Calls older than this one stay in flight: the oldest was running and is charged
+                    # when its error arrives. Newer calls, and this one if older ones exist, never started.
+                    unstarted = [self.in_flight.pop(r)[1] for r in newer if r in self.in_flight] + ([task] if older else [])
+                    outcomes += [Outcome(t, started=False) for t in unstarted]
+                    if older:
+                        continue
+            except RayTaskError as e:
+                reason = _reason(e.cause if getattr(e, "cause", None) is not None else e)
+            except RayError as e:
+                reason = _reason(e)
+            outcomes.append(Outcome(task, reason=reason))
+        return outcomes
+
+    def close(self) -> dict:
+        for actor in list(self.calls):
+            _kill(actor)
+        self.info["first_actor_ready_seconds"] = round(self.ready_times[0], 3) if self.ready_times else None
+        self.info["actors_started"] = self.ready_info
+        return self.info

@@ -1,0 +1,150 @@
+"""The shard set (data/shardset.py): sets written by the previous code read unchanged, the dataset.json
+schema, the marker pattern, a shard read back with its checks, and derive (resumable per shard).
+
+tests/fixtures/shardset-v1 is a set written by jobs/synthesize.py before the shard set had an owner
+(3 pairs in shards of 2, 32 px, seed 7); tests/fixtures/filtered-v1 is what jobs/filter_generated.py
+of that code made of it (--keep 2). Both are the old code's bytes, committed as they were written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dakter_scale.data import shardset
+from dakter_scale.data.shardset import COMPLETE, MARKER_RE, DatasetInfo, ShardError, ShardSet, marker_stats
+from dakter_scale.data.stream import GeneratedStream
+from shardgen import write_dataset
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OLD, OLD_FILTERED = FIXTURES / "shardset-v1", FIXTURES / "filtered-v1"
+
+
+def test_a_set_written_by_the_previous_code_reads_unchanged():
+    old = ShardSet(str(OLD))
+    raw = json.loads((OLD / "dataset.json").read_text())
+    info = old.info()
+    assert info.to_json() == raw and info.extra == {}  # every key known, written back as it was
+    assert info.complete and info.count == 3 and info.samples_per_shard == 2 and info.classes == raw["classes"]
+    done = old.done()
+    assert [(d.shard, d.count) for d in done] == [(0, 2), (1, 1)]
+    listing = old.listing()
+    assert [old.check(d, listing, info.fingerprint, verify="sha256") for d in done] == [None, None]
+    stats = marker_stats({d.shard: d.marker for d in done}, len(info.classes))
+    assert stats == info.generated_stats  # the same sums, the same order: exactly
+    samples = list(old.samples())
+    assert [s["__key__"] for s in samples] == ["000000-000000", "000000-000001", "000001-000000"]
+    for sample, row in zip(samples, old.manifest().to_pylist()):
+        image, q, meta = shardset.decode_sample(sample)
+        assert image.shape == (32, 32) and q.shape == (5, 32, 32) and np.allclose(q.sum(axis=0), 1, atol=1e-6)
+        assert meta["seed"] == row["seed"] and meta["key"] == row["key"]
+    assert sum(1 for _ in GeneratedStream(str(OLD), shuffle_buffer=1, passes=1)) == 3
+
+
+def test_an_old_filtered_header_and_unknown_keys_round_trip():
+    raw = json.loads((OLD_FILTERED / "dataset.json").read_text())
+    info = DatasetInfo.from_json(raw)
+    assert info.to_json() == raw and info.filter["kept"] == 2
+    relabelled = dict(raw, status="relabelling", relabel={"fingerprint": "abc"})  # a key this version does not know
+    info = DatasetInfo.from_json(relabelled)
+    assert info.extra == {"relabel": {"fingerprint": "abc"}} and info.to_json() == relabelled
+    minimal = {"classes": ["sea", "oil"], "count": 4, "status": "complete"}  # no format, no plan: read as it is
+    assert DatasetInfo.from_json(minimal).to_json() == minimal
+
+
+def test_dataset_json_errors_name_the_file_and_field(tmp_path):
+    with pytest.raises(ShardError, match=r"x\.json: shard format 'dakter-shards/2' is not 'dakter-shards/1'"):
+        DatasetInfo.from_json({"format": "dakter-shards/2"}, "x.json")
+    with pytest.raises(ShardError, match="x.json: count must be int, got '7'"):
+        DatasetInfo.from_json({"count": "7"}, "x.json")
+    with pytest.raises(ShardError, match="not a JSON object"):
+        DatasetInfo.from_json([], "x.json")
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(ShardError, match=f"{tmp_path}/dataset.json: not valid JSON"):
+        ShardSet(str(tmp_path)).info()
+    assert ShardSet(str(tmp_path / "missing")).info() is None
+
+
+def test_marker_pattern_is_anchored_and_names_round_trip(tmp_path):
+    assert MARKER_RE.match(shardset.shard_name(12, "json")).group(1) == "000012"
+    assert MARKER_RE.match(shardset.shard_name(1234567, "json")).group(1) == "1234567"
+    for name in ("xshard-000001.json", "shard-000001.json.tmp-0123456789ab", "shard-00001.json", "shard-000001.tar", "old/shard-000001.json"):
+        assert not MARKER_RE.match(name), name
+    write_dataset(str(tmp_path), [2, 2])
+    (tmp_path / "xshard-000005.json").write_text("{}")  # not a marker: ignored, never read
+    assert [d.shard for d in ShardSet(str(tmp_path)).done()] == [0, 1]
+    (tmp_path / "shard-000001.json").write_text("{broken")
+    with pytest.raises(ShardError, match="shard-000001.json: marker is not valid JSON"):
+        ShardSet(str(tmp_path)).done()
+
+
+def test_reading_a_shard_checks_members_and_count_and_names_it(tmp_path):
+    url = str(tmp_path)
+    write_dataset(url, [3])
+    info = ShardSet(url).done()[0]
+    short = shardset.ShardInfo(info.shard, info.tar, 4, info.marker)
+    got = []
+    with pytest.raises(ShardError, match=rf"^shard {info.tar}: holds 3 samples, its marker records 4$"):
+        got.extend(ShardSet(url).read(short))
+    assert len(got) == 3  # the samples come first, the shard's error last
+
+
+def _alignments(url: Path) -> dict[str, float]:
+    """source key -> alignment of the pairs a filtered set holds."""
+    return {r["source_key"]: r["alignment"] for r in (shardset.read_record(s) for s in ShardSet(str(url)).samples())}
+
+
+def test_derive_writes_the_bytes_the_previous_filter_wrote(tmp_path):
+    """The old filter's selection, written again through derive: the same tar, manifest and marker."""
+    alignment = _alignments(OLD_FILTERED)
+    fp = json.loads((OLD_FILTERED / "dataset.json").read_text())["fingerprint"]
+    markers = ShardSet(str(OLD)).derive(str(tmp_path / "dst"), lambda key, record: {"source_key": key, "alignment": alignment[key]}, fp, 2, keys=sorted(alignment))
+    assert list(markers) == [0]
+    for name in ("shard-000000.tar", "shard-000000.parquet", "shard-000000.json"):
+        assert (tmp_path / "dst" / name).read_bytes() == (OLD_FILTERED / name).read_bytes(), name
+    assert ShardSet(str(tmp_path / "dst")).info().status == shardset.IN_PROGRESS  # the caller writes the finished header
+
+
+def test_derive_resumes_per_shard_and_replaces_another_set(tmp_path):
+    src, dst = str(tmp_path / "src"), tmp_path / "dst"
+    write_dataset(src, [3, 3, 2])
+    keys = [k for i, k in enumerate(shardset.sample_key(s, j) for s, n in enumerate([3, 3, 2]) for j in range(n)) if i % 4 != 1]
+    calls = []
+
+    def transform(key, record):
+        calls.append(key)
+        return {"source_key": key}
+
+    markers = ShardSet(src).derive(str(dst), transform, "fp-a", 2, keys=keys)
+    assert sorted(markers) == [0, 1, 2] and [m["count"] for m in markers.values()] == [2, 2, 2] and calls == keys
+    records = [shardset.read_record(s) for s in ShardSet(str(dst)).samples()]
+    assert [r["source_key"] for r in records] == keys and [r["key"] for r in records] == [shardset.sample_key(s, i) for s in range(3) for i in range(2)]
+    before = {p.name: p.read_bytes() for p in dst.iterdir()}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in dst.iterdir() if p.name.startswith("shard-")}
+
+    (dst / "shard-000001.json").unlink()  # an interrupted run: shard 1 never finished
+    calls.clear()
+    ShardSet(src).derive(str(dst), transform, "fp-a", 2, keys=keys)
+    assert calls == keys[2:4]  # only shard 1's pairs again
+    assert {p.name: p.read_bytes() for p in dst.iterdir()} == before
+    for name in ("shard-000000.tar", "shard-000002.tar"):
+        assert (dst / name).stat().st_mtime_ns == mtimes[name]
+
+    calls.clear()
+    ShardSet(src).derive(str(dst), transform, "fp-b", 4, keys=keys[:3])  # another derivation: starts over
+    assert calls == keys[:3] and sorted(p.name for p in dst.iterdir()) == ["dataset.json", "shard-000000.json", "shard-000000.parquet", "shard-000000.tar"]
+    with pytest.raises(ShardError, match="shard 9 is not finished"):
+        ShardSet(src).derive(str(tmp_path / "other"), transform, "fp-c", 2, keys=["000000-000000", "000009-000000"])
+    with pytest.raises(ShardError, match="holds no pair 000000-000007"):
+        ShardSet(src).derive(str(tmp_path / "other"), transform, "fp-c", 2, keys=["000000-000000", "000000-000007"])
+
+
+def test_a_complete_header_is_written_through_the_schema(tmp_path):
+    shutil.copytree(OLD, tmp_path / "copy")
+    copy = ShardSet(str(tmp_path / "copy"))
+    info = copy.info()
+    copy.write_info(info.replace(status=COMPLETE))
+    assert (tmp_path / "copy" / "dataset.json").read_bytes() == (OLD / "dataset.json").read_bytes()
