@@ -130,7 +130,6 @@ class Experiment:
             log.info("experiment: %s is the lambda grid's %s (the same training): copying it", run.name, twin.name)
             shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
         elif not (d / "student.json").is_file():
-            log.info("experiment: student %s", run.name)
             overrides = {
                 "student.arch": run.arch,
                 "student.seed": run.seed,

@@ -159,3 +159,50 @@ def test_experiment_command_on_a_folder_layout(tmp_path, layout):
     assert len(payload["runs"]) == 3 and all(len(m["iou"]) == len(classes) for m in payload["runs"].values())
     info = json.loads((out / "models" / "b_cfg" / "dakter.json").read_text())
     assert info["classes"] == classes and info["channels"] == 1 + len(classes) and 0 < info["b"] < 1
+
+
+def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
+    """experiment.kd_weight_grid trains one DAKTer student per lambda, scores it on the validation
+    split only, and the main table's students use the best lambda (the grid's student is reused, not
+    retrained); --rescore scores every finished student on another split and tabulates them."""
+    val = "synthetic:6?size=32&test=3&seed=7"
+    cfg = load_config(None, TINY + ["experiment.seeds=[0]", "experiment.methods=[none,hard,hard_matched,dakter]", "experiment.decode_study=[]", "experiment.kd_weight_grid=[0.5,1.0]", f"experiment.validation_spec={val}"])
+    exp = Experiment(cfg, tmp_path, progress=False)
+    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == ["dakter-unet-r1-s0-kd0.5", "dakter-unet-r1-s0-kd1"]
+    exp.run()
+    payload = json.loads((tmp_path / "results.json").read_text())
+    choice = payload["kd_weight_choice"]["unet"]
+    scores = {w: json.loads((tmp_path / "students" / f"dakter-unet-r1-s0-kd{w}" / "metrics_validation.json").read_text()) for w in ("0.5", "1")}
+    assert all(m["data"] == val for m in scores.values()) and not (tmp_path / "students" / "dakter-unet-r1-s0-kd1" / "metrics.json").exists()
+    assert choice["miou"] == {w: {"0": m["miou"]} for w, m in scores.items()}
+    chosen = choice["chosen"]
+    assert chosen == (0.5 if scores["0.5"]["miou"] >= scores["1"]["miou"] else 1.0)
+    main = tmp_path / "students" / "dakter-unet-r1-s0"
+    assert load_config(main / "config.yaml").student.kd_weight == chosen
+    twin = tmp_path / "students" / f"dakter-unet-r1-s0-kd{chosen:g}"
+    assert (main / "model.safetensors").read_bytes() == (twin / "model.safetensors").read_bytes()
+    # the control follows the chosen lambda: at 1.0 it is the hard run itself
+    assert ("hard_matched-unet-r1-s0" in payload["runs"]) == (chosen != 1.0)
+    assert "## KD weight λ, chosen on the validation split" in (tmp_path / "results.md").read_text()
+
+    path = Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=5", "test5")
+    rescored = json.loads((tmp_path / "rescore_test5.json").read_text())
+    assert set(rescored["runs"]) == set(payload["runs"]) and all(m["images"] == 5 for m in rescored["runs"].values())
+    assert (tmp_path / "students" / "hard-unet-r1-s0" / "metrics_test5.json").is_file()
+    assert "## Main comparison at ratio 1 (100 %)" in path.read_text()
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="another tag"):
+        Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4", "test5")
+
+
+def test_committed_results_regenerate(tmp_path):
+    """The report code rebuilds the committed run's results.md byte for byte from its results.json."""
+    import shutil
+
+    from conftest import ROOT
+    from dakter_scale.experiment import write_report
+
+    shutil.copy(ROOT / "docs" / "results" / "cpu" / "results.json", tmp_path / "results.json")
+    assert write_report(tmp_path).read_text() == (ROOT / "docs" / "results" / "cpu" / "results.md").read_text()
+    assert (tmp_path / "per_class_iou.png").is_file() and (tmp_path / "ratio_sweep_unet.png").is_file()
