@@ -158,11 +158,10 @@ def followup_probe(exp: str, tag: str, variants: list[dict], val_spec: str | Non
     student is also scored on that spec's test split (val_miou, val_iou)."""
     import re
 
-    from dakter_scale.config import load_config
-    from dakter_scale.experiment import Experiment
+    from dakter_scale.experiment import Experiment, read_config
     from dakter_scale.study.plan import StudentRun
 
-    runner = Experiment(load_config(str(Path(exp) / "config.yaml"), []), exp, progress=False)
+    runner = Experiment(read_config(exp), exp, progress=False)
     s = runner.cfg.student
     out = []
     for v in variants:

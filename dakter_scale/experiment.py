@@ -20,6 +20,8 @@ import time
 import typing
 from pathlib import Path
 
+import yaml
+
 from dakter_scale import report
 from dakter_scale.config import Config, ConfigError, from_dict, save_config, to_dict
 from dakter_scale.data import shards
@@ -51,6 +53,7 @@ class Experiment:
         self.source = open_source(cfg.data.spec)
         self.n_train = len(self.source.split_items("train"))
         self.plan = Plan(cfg, self.n_train)
+        self.choose()
         timings = self.out / TIMINGS_FILE
         self.timings: dict[str, float] = json.loads(timings.read_text()) if timings.is_file() else {}
 
@@ -205,29 +208,36 @@ class Experiment:
                 self.student(unit)
             (self.out / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2) + "\n")
 
-    def choose_kd_weights(self) -> dict[str, dict]:
-        """The lambda grid's validation scores and choice per student (every grid student finished)."""
+    def kd_weight_choice(self) -> dict[str, dict]:
+        """The lambda grid's validation scores and choice per student (study/analyse.py); {} while a
+        grid student is unscored."""
         runs = self.plan.selection_runs()
+        if not all(self.metrics_path(r.name, VALIDATION).is_file() for r in runs):
+            return {}
         return analyse.choose_kd_weights(runs, {r.name: self.score(r, VALIDATION) for r in runs})
+
+    def choose(self) -> None:
+        """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
+        choice = self.kd_weight_choice() if self.plan.pending() else {}
+        if choice:
+            self.plan = Plan(self.cfg, self.n_train, {arch: row["chosen"] for arch, row in choice.items()})
 
     def run(self) -> Path:
         """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
         self.execute(self.plan.units())
-        choice = {}
-        if self.plan.pending():
-            choice = self.choose_kd_weights()
-            self.plan = Plan(self.cfg, self.n_train, {arch: row["chosen"] for arch, row in choice.items()})
-            log.info("experiment: lambda chosen on the validation split: %s", ", ".join(f"{a} {row['chosen']:g}" for a, row in choice.items()))
+        if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
+            self.choose()
+            log.info("experiment: lambda chosen on the validation split: %s", ", ".join(f"{a} {w:g}" for a, w in self.plan.chosen.items()))
             self.execute(self.plan.units())
-        payload = self.analyse(choice)
+        payload = self.analyse()
         (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
 
     # -- analyse -------------------------------------------------------------------------------
 
-    def analyse(self, choice: dict) -> dict:
+    def analyse(self) -> dict:
         """results.json: the table's runs, generation quality and sample figures per generated set,
         the studies, b, timings and the lambda grid's outcome."""
         t = time.time()
@@ -258,8 +268,8 @@ class Experiment:
             "generated": {s.name: self.generated_summary(s.name) for s in sets},
             "preset": self.preset,
         }
-        if choice:
-            payload.update(validation_spec=self.e.validation_spec, kd_weight_choice=choice)
+        if self.plan.selection_runs():
+            payload.update(validation_spec=self.e.validation_spec, kd_weight_choice=self.kd_weight_choice())
         return payload
 
     def generated_summary(self, name: str) -> dict:
@@ -300,8 +310,6 @@ class Experiment:
             if self.metrics_path(d.name, None).is_file():
                 log.info("experiment: scoring %s on %s", d.name, spec)
                 runs[d.name] = self.score(d.name, tag, spec)
-        if self.plan.pending() and all(self.metrics_path(r.name, VALIDATION).is_file() for r in self.plan.selection_runs()):
-            self.plan = Plan(self.cfg, self.n_train, {arch: row["chosen"] for arch, row in self.choose_kd_weights().items()})
         payload = {"spec": spec, "tag": tag, "runs": runs}
         (self.out / f"rescore_{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
         path = self.out / f"rescore_{tag}.md"
@@ -344,22 +352,35 @@ def describe_plan(cfg: Config, out: str | Path) -> list[str]:
     return lines
 
 
-def config_of(payload: dict) -> Config:
-    """The config a results.json was written with; keys this version no longer knows are dropped."""
+def saved_config(values: dict, source: str) -> Config:
+    """A config saved by an earlier run (its config.yaml, its results.json's "config"); keys this
+    version no longer knows (a removed feature's) are dropped with a warning."""
+    dropped: list[str] = []
 
-    def known(cls: type, values: dict) -> dict:
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return {k: known(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v for k, v in values.items() if k in fields}
+    def known(cls: type, values: dict, prefix: str) -> dict:
+        hints, fields = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+        dropped.extend(prefix + k for k in values if k not in fields)
+        return {k: known(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else v for k, v in values.items() if k in fields}
 
-    return from_dict(known(Config, payload["config"]), "results.json").validate()
+    values = known(Config, values, "")
+    if dropped:
+        log.warning("%s: ignoring keys this version does not know: %s", source, ", ".join(dropped))
+    return from_dict(values, source).validate()
+
+
+def read_config(out: str | Path) -> Config:
+    """OUT's own config (OUT/config.yaml, written by the run that made it)."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{out} has no config.yaml: not a study folder")
+    return saved_config(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
 def write_report(out: str | Path, payload: dict | None = None) -> Path:
     """OUT/results.md and its figures (or the demo's OUT/report.md) from results.json's payload."""
     out = Path(out)
     payload = payload if payload is not None else json.loads((out / "results.json").read_text())
-    cfg = config_of(payload)
+    cfg = saved_config(payload["config"], str(out / "results.json"))
     classes = payload.get("classes") or list(open_source(cfg.data.spec).classes)
     plan = Plan(cfg, payload["n_train"], {arch: row["chosen"] for arch, row in payload.get("kd_weight_choice", {}).items()})
     if payload.get("preset") == "demo":

@@ -40,10 +40,7 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
-        from pathlib import Path
-
-        from dakter_scale.config import load_config
-        from dakter_scale.experiment import Experiment, describe_plan, run_experiment, write_report
+        from dakter_scale.experiment import Experiment, describe_plan, read_config, run_experiment, write_report
         from dakter_scale.training import setup_logging
 
         setup_logging()
@@ -55,7 +52,7 @@ def main() -> None:
                 return 0
             if not args.tag:
                 fail("--rescore needs --tag NAME for the split (e.g. val7, test1000)")
-            exp = Experiment(load_config(Path(args.out) / "config.yaml"), args.out, progress=progress_enabled())
+            exp = Experiment(read_config(args.out), args.out, progress=progress_enabled())
             print(f"rescored tables written to {exp.rescore(args.rescore, args.tag, args.students)}")
             return 0
         cfg = config_from(args, {"data.spec": args.data})
