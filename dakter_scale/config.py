@@ -247,9 +247,17 @@ class ExperimentConfig:
 
     archs: tuple[str, ...] = ("deeplabv3plus", "segformer", "unet")
     methods: tuple[str, ...] = ("none", "hard", "dakter", "dakter_b1")  # none | hard | hard_matched | dakter | dakter_b1
-    # Per-student KD weight lambda, e.g. [unet:1.0]; a student not listed uses student.kd_weight.
-    # hard_matched (the control) gives hard labels the same weight on generated data.
+    # Per-student KD weight lambda, e.g. [unet:1.0]; a student not listed uses the lambda chosen on
+    # kd_weight_grid, else student.kd_weight. hard_matched (the control) gives hard labels the same
+    # weight on generated data.
     kd_weights: tuple[str, ...] = ()
+    # Choosing lambda on a validation split before the main table: for each student not in kd_weights,
+    # one DAKTer student per grid value and kd_weight_seeds seed at `ratio`, scored on the test split
+    # of validation_spec (other scenes than the experiment's test split, e.g.
+    # synthetic:40?size=32&test=200&seed=7); the best mean mIoU wins (ties: the first grid value).
+    validation_spec: str = ""
+    kd_weight_grid: tuple[float, ...] = ()
+    kd_weight_seeds: tuple[int, ...] = ()  # empty = seeds
     ratio: float = 2.0  # the main table's augmentation ratio (2.0 = 200 %)
     sweep_archs: tuple[str, ...] = ("segformer",)  # students that get the full ratio sweep
     sweep_methods: tuple[str, ...] = ("hard", "dakter")
@@ -286,6 +294,8 @@ class ExperimentConfig:
             arch, _, weight = entry.partition(":")
             _check(bool(arch) and _is_number(weight) and float(weight) >= 0, "experiment.kd_weights", f"{entry!r} is not ARCH:WEIGHT with a weight >= 0 (e.g. unet:1.0)")
             _check(arch in students, "experiment.kd_weights", f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})")
+        _check(all(w >= 0 for w in self.kd_weight_grid), "experiment.kd_weight_grid", f"weights must be >= 0, got {list(self.kd_weight_grid)}")
+        _check(not self.kd_weight_grid or bool(self.validation_spec), "experiment.validation_spec", "kd_weight_grid chooses lambda on a validation split: give its data spec")
         for entry in self.sampler_study:
             name, _, steps = entry.partition(":")
             _check(name in ("ddpm", "ddim") and steps.isdigit() and int(steps) >= 1, "experiment.sampler_study", f"{entry!r} is not ddpm:STEPS or ddim:STEPS")

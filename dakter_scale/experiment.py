@@ -1,17 +1,12 @@
-"""The paper's comparison as one resumable command (jobs/experiment.py).
+"""The study runner (jobs/experiment.py, jobs/demo.py): plan -> run -> analyse -> report.
 
-Methods (one trained diffusion model and one set of shards per b, shared by every student):
-  none       real data only
-  hard       + generated pairs, argmax labels with CE      (the DDPM / SatSynth-style baseline)
-  hard_matched  hard, with the CE on generated pairs weighted like DAKTer's KD (lambda): the control
-             that separates what the soft labels add from what a smaller generated-data weight adds
-  dakter     + generated pairs, soft labels with KD        (b = the configured b, "auto" by default)
-  dakter_b1  + generated pairs from a model trained with b = 1 (the ablation), soft labels with KD
-
-An augmentation ratio r means r * |D| distinct generated pairs used beside the |D| real images
-(student.max_generated), mixed so that a batch holds a share r / (1 + r) of generated samples.
-Every unit writes its result next to it and is skipped when present, so a stopped experiment
-resumes where it stopped. Tables report mean +- std over seeds (std with ddof = 1).
+The plan (study/plan.py) lists the units a config asks for: models, generated sets, students.
+`Experiment.run` takes them in order, each skipped when its result exists, so a stopped run
+resumes where it stopped; with experiment.kd_weight_grid, each student's KD weight lambda is first
+chosen on a validation split. The analysis (generation quality, sample figures, the studies) then
+fills results.json, and the report (study/report.py) writes results.md -- or report.md for the
+demo, which is this runner on configs/demo.yaml (`run_demo`). `rescore` scores the finished
+students on another split; `write_report` rebuilds a report from its results.json.
 """
 
 from __future__ import annotations
@@ -20,67 +15,47 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
-from dataclasses import dataclass
+import typing
 from pathlib import Path
 
-import numpy as np
+import yaml
 
 from dakter_scale import report
-from dakter_scale.config import Config, save_config, to_dict
-from dakter_scale.data.real import open_source, split_stats
-from dakter_scale.data.shardset import ShardSet
+from dakter_scale.config import Config, ConfigError, from_dict, save_config, to_dict
+from dakter_scale.data.real import open_source
+from dakter_scale.data.shardset import DatasetInfo, ShardSet
 from dakter_scale.diffusion.train import train_diffusion
-from dakter_scale.pipeline import generation_quality, read_generated
+from dakter_scale.quality import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.train import train_student
+from dakter_scale.study import analyse
+from dakter_scale.study import report as study_report
+from dakter_scale.study.plan import DRAWN_SUFFIX, VALIDATION, GeneratedSet, Model, Plan, Selection, StudentRun
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
 
 log = logging.getLogger("dakter_scale")
 
-DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-alignment filter kept generated/NAME
-
-METHOD_NAMES = {
-    "none": "no augmentation",
-    "hard": "hard labels (DDPM / SatSynth style)",
-    "hard_matched": "hard labels, weight λ (control)",
-    "dakter": "DAKTer (soft labels + KD)",
-    "dakter_b1": "DAKTer, b = 1 (ablation)",
-}
-
-
-@dataclass(frozen=True)
-class StudentRun:
-    method: str
-    arch: str
-    ratio: float
-    seed: int
-    generated: str | None = None  # name of the generated set; None for "none"
-    labels: str = "soft"
-    sampling: str = ""  # for study runs: the sampling variant name
-    weight: float | None = None  # weight of the loss on generated pairs (lambda / hard_weight); None = the config's
-
-    @property
-    def name(self) -> str:
-        extra = f"-{self.sampling}" if self.sampling else ""
-        return f"{self.method}-{self.arch}-r{self.ratio:g}-s{self.seed}{extra}"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return float("nan"), None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
+TIMINGS_FILE = "timings.json"  # seconds per finished unit, kept over reruns
 
 
 class Experiment:
-    def __init__(self, cfg: Config, out: str | Path, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
+    """A study folder: its plan, and the units, analysis and report that fill it."""
+
+    def __init__(self, cfg: Config, out: str | Path, progress: bool = True, preset: str = "experiment"):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        self.cfg, self.out, self.progress, self.preset = cfg, Path(out), progress, preset
         self.e = cfg.experiment
         self.source = open_source(cfg.data.spec)
         self.n_train = len(self.source.split_items("train"))
-        self.timings: dict[str, float] = {}
+        self.plan = Plan(cfg, self.n_train)
+        self.choose()
+        timings = self.out / TIMINGS_FILE
+        self.timings: dict[str, float] = json.loads(timings.read_text()) if timings.is_file() else {}
 
     # -- units ---------------------------------------------------------------------------------
 
@@ -104,7 +79,8 @@ class Experiment:
             return self.drawn(tag, n, name, sampling)
         drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), self.drawn_name(name), sampling)
         url = self.generated_url(name)
-        filter_shards(drawn, url, self.real_only(self.e.filter_arch), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
+        info = filter_shards(drawn, url, self.real_only(self.e.filter_arch), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
+        self.timings[f"filter_{name}"] = info.filter["seconds"]
         return url
 
     def drawn_name(self, name: str) -> str:
@@ -117,8 +93,8 @@ class Experiment:
     def real_only(self, arch: str) -> Path:
         """The real-only student of `arch` (first seed), trained here if missing: it scores label
         alignment for the quality table and for the filter."""
-        run = self._run("none", arch, 0, self.e.seeds[0])
-        self.student(run, None)
+        run = self.plan.real_only(arch)
+        self.student(run)
         return self.out / "students" / run.name
 
     def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
@@ -136,293 +112,298 @@ class Experiment:
         (Path(url) / "throughput.json").write_text(json.dumps({"pairs": summary.pairs_written, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second}) + "\n")
         return url
 
-    def student(self, run: StudentRun, generated_url: str | None) -> dict:
+    def student(self, run: StudentRun) -> dict:
+        """run's student, trained (resuming) and scored on the test split: students/NAME/metrics.json."""
+        return self._student(run, None)
+
+    def selection(self, run: StudentRun) -> dict:
+        """A student of the lambda grid, trained and scored on the validation split only."""
+        return self._student(run, VALIDATION)
+
+    def _student(self, run: StudentRun, tag: str | None) -> dict:
         d = self.out / "students" / run.name
-        metrics_path = d / "metrics.json"
-        if metrics_path.is_file():
-            return json.loads(metrics_path.read_text())
-        overrides = {
-            "student.arch": run.arch,
-            "student.seed": run.seed,
-            "student.ratio": run.ratio,
-            "student.labels": run.labels,
-            "student.max_generated": int(round(run.ratio * self.n_train)) if run.ratio > 0 else 0,
-        }
-        if run.weight is not None:
-            overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
-        budget = self.out / "students" / f"steps_{run.arch}.json"  # see student_steps
-        if self.cfg.student.max_minutes > 0 and budget.is_file():
-            overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
-        log.info("experiment: student %s", run.name)
-        train_student(self.cfg.replace(**overrides), d, synthetic=generated_url, resume="latest", progress=self.progress)
-        if self.cfg.student.max_minutes > 0 and not budget.is_file():
-            # With a time budget the first student of an architecture measures how many steps fit; every
-            # later method and seed of it trains that many, so that methods differ in their data only.
-            steps = json.loads((d / "student.json").read_text())["steps"]
-            budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
-            log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
-        metrics = evaluate_student(str(d), self.cfg.data.spec, "test", self.cfg.eval)
-        metrics["run"] = to_dict(run)
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        if self.metrics_path(run.name, tag).is_file():
+            return self.score(run, tag)
+        assert run.weight is not None or run.method in ("none", "hard"), f"{run.name}: its weight lambda is not chosen yet"
+        t = time.time()
+        twin = self.grid_twin(run)
+        if twin is not None and not (d / "student.json").is_file():
+            log.info("experiment: %s is the lambda grid's %s (the same training): copying it", run.name, twin.name)
+            shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
+        elif not (d / "student.json").is_file():
+            overrides = {
+                "student.arch": run.arch,
+                "student.seed": run.seed,
+                "student.ratio": run.ratio,
+                "student.labels": run.labels,
+                "student.max_generated": int(round(run.ratio * self.n_train)) if run.ratio > 0 else 0,
+            }
+            if run.weight is not None:
+                overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
+            overrides.update(dict(run.overrides))
+            budget = self.out / "students" / f"steps_{run.arch}.json"
+            if self.cfg.student.max_minutes > 0 and budget.is_file():
+                overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
+            url = self.generated_url(run.generated) if run.ratio > 0 else None
+            train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
+            if self.cfg.student.max_minutes > 0 and not budget.is_file():
+                # With a time budget the first student of an architecture measures how many steps fit; every
+                # later method and seed of it trains that many, so that methods differ in their data only.
+                steps = json.loads((d / "student.json").read_text())["steps"]
+                budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
+                log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
+        metrics = self.score(run, tag)
+        self.timings[f"student_{run.name}"] = time.time() - t
         return metrics
 
-    # -- plan ----------------------------------------------------------------------------------
+    def grid_twin(self, run: StudentRun) -> Path | None:
+        """The lambda grid's student trained exactly as `run` (a DAKTer student of the main ratio at
+        its chosen lambda), when it is finished."""
+        if run.method != "dakter" or run.variant or run.ratio != self.e.ratio or run.arch not in self.plan.selection_archs():
+            return None
+        d = self.out / "students" / dataclasses.replace(run, variant=f"kd{run.weight:g}").name
+        return d if self.metrics_path(d.name, VALIDATION).is_file() else None
 
-    def gen_size(self) -> int:
-        ratios = [self.e.ratio] + ([r for r in self.e.sweep_ratios] if self.e.sweep_archs else []) + ([self.e.study_ratio] if self.e.sampler_study or self.e.decode_study else [])
-        return int(math.ceil(max(ratios) * self.n_train))
+    def metrics_path(self, name: str, tag: str | None) -> Path:
+        return self.out / "students" / name / (f"metrics_{tag}.json" if tag else "metrics.json")
 
-    def main_runs(self) -> list[StudentRun]:
-        runs = []
-        for arch in self.e.archs:
-            for seed in self.e.seeds:
-                for m in self.e.methods:
-                    runs.append(self._run(m, arch, self.e.ratio, seed))
-        return runs
+    def score(self, run: StudentRun | str, tag: str | None, spec: str | None = None) -> dict:
+        """A trained student's metrics on the test split of `spec`: metrics.json for data.spec (tag
+        None), metrics_validation.json for experiment.validation_spec, metrics_TAG.json for another
+        split; evaluated once and kept."""
+        name = run if isinstance(run, str) else run.name
+        spec = spec or (self.e.validation_spec if tag == VALIDATION else self.cfg.data.spec)
+        path = self.metrics_path(name, tag)
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+            if metrics["data"] != spec:
+                raise ConfigError(f"{path} holds scores on {metrics['data']}, not {spec}: give this split another tag")
+            return metrics
+        metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
+        metrics["run"] = json.loads(self.metrics_path(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
 
-    def sweep_runs(self) -> list[StudentRun]:
-        runs = []
-        for arch in self.e.sweep_archs:
-            for seed in self.e.sweep_seeds or self.e.seeds:
-                for m in self.e.sweep_methods:
-                    for r in self.e.sweep_ratios:
-                        runs.append(self._run(m, arch, r, seed))
-        return runs
+    # -- run -----------------------------------------------------------------------------------
 
-    def kd_weight(self, arch: str) -> float:
-        """The student's KD weight lambda: its experiment.kd_weights entry, else student.kd_weight."""
-        return self.e.kd_weight(arch, self.cfg.student.kd_weight)
+    def done(self, unit: Model | GeneratedSet | Selection | StudentRun) -> bool:
+        """Whether a unit finished in an earlier run (for the log; each unit checks for itself)."""
+        if isinstance(unit, Model):
+            return (self.out / "models" / unit.tag / "dakter.json").is_file()
+        if isinstance(unit, GeneratedSet):
+            info = ShardSet(self.generated_url(unit.name)).info()
+            return info is not None and info.complete and info.count == unit.n
+        if isinstance(unit, Selection):
+            return self.metrics_path(unit.run.name, VALIDATION).is_file()
+        return self.metrics_path(unit.name, None).is_file()
 
-    def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
-        if method == "none":
-            return StudentRun("none", arch, 0.0, seed)
-        if method == "hard":
-            return StudentRun("hard", arch, ratio, seed, "b_cfg", "hard")
-        if method == "hard_matched":
-            s = self.cfg.student
-            if self.kd_weight(arch) == (s.ce_weight if s.hard_weight is None else s.hard_weight):
-                return self._run("hard", arch, ratio, seed)  # the same weight: the same run
-            return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=self.kd_weight(arch))
-        return StudentRun(method, arch, ratio, seed, "b_1" if method == "dakter_b1" else "b_cfg", "soft", weight=self.kd_weight(arch))
+    def execute(self, units: list) -> None:
+        """Run every unit in order; a finished one returns at once."""
+        finished = {u for u in units if self.done(u)}
+        todo = [u for u in units if u not in finished]
+        log.info("experiment: %d units planned, %d finished earlier, %d to run", len(units), len(finished), len(todo))
+        for unit in units:
+            if unit not in finished:
+                log.info("experiment [%d/%d]: %s", todo.index(unit) + 1, len(todo), describe(unit))
+            if isinstance(unit, Model):
+                self.model(unit.tag)
+            elif isinstance(unit, GeneratedSet):
+                self.generated(unit.model, unit.n, unit.name, dict(unit.sampling))
+            elif isinstance(unit, Selection):
+                self.selection(unit.run)
+            else:
+                self.student(unit)
+            (self.out / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2) + "\n")
 
-    # -- the whole experiment ------------------------------------------------------------------
+    def kd_weight_choice(self) -> dict[str, dict]:
+        """The lambda grid's validation scores and choice per student (study/analyse.py); {} while a
+        grid student is unscored."""
+        runs = self.plan.selection_runs()
+        if not all(self.metrics_path(r.name, VALIDATION).is_file() for r in runs):
+            return {}
+        return analyse.choose_kd_weights(runs, {r.name: self.score(r, VALIDATION) for r in runs})
+
+    def choose(self) -> None:
+        """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
+        choice = self.kd_weight_choice() if self.plan.pending() else {}
+        if choice:
+            self.plan = Plan(self.cfg, self.n_train, {arch: row["chosen"] for arch, row in choice.items()})
 
     def run(self) -> Path:
+        """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
-        t0 = time.time()
-        n_gen = self.gen_size()
-        needed = {r.generated for r in self.main_runs() + self.sweep_runs() if r.generated}
-        urls = {tag: self.generated(tag, n_gen) for tag in sorted(needed)}
-        results: dict[str, dict] = {}
-        for run in self.main_runs() + self.sweep_runs():
-            if run.name not in results:
-                results[run.name] = self.student(run, urls.get(run.generated))
-        segmenter = self.real_only(self.e.archs[0])
-        quality = {tag: generation_quality(self.cfg, url, str(segmenter), n=min(self.e.quality_pairs, n_gen)) for tag, url in urls.items()}
-        if self.e.filter_keep > 0:  # the draw before the filter, for comparison
-            for tag in urls:
-                quality[self.drawn_name(tag)] = generation_quality(self.cfg, self.generated_url(self.drawn_name(tag)), str(segmenter), n=min(self.e.quality_pairs, n_gen))
-        for tag, url in urls.items():
-            images, q = read_generated(url, self.e.figure_samples)
-            report.sample_figure(images, q, self.source.classes, self.out / f"samples_{tag}.png", title=f"generated pairs, model {tag}")
-        studies = self.studies(str(segmenter))
-        self.timings["total"] = time.time() - t0
-        payload = {"config": to_dict(self.cfg), "n_train": self.n_train, "generated_pairs": n_gen, "runs": results, "quality": quality, "studies": studies, "timings_s": self.timings, "b": {tag: json.loads((self.model(tag) / "dakter.json").read_text())["b"] for tag in urls}, "steps": self.steps_trained(urls, results)}
+        self.execute(self.plan.units())
+        if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
+            self.choose()
+            log.info("experiment: lambda chosen on the validation split: %s", ", ".join(f"{a} {w:g}" for a, w in self.plan.chosen.items()))
+            self.execute(self.plan.units())
+        payload = self.analyse()
         (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        path = self.out / "results.md"
-        path.write_text(self.markdown(payload))
-        return path
+        return write_report(self.out, payload)
 
-    def steps_trained(self, tags, results: dict) -> dict:
+    # -- analyse -------------------------------------------------------------------------------
+
+    def analyse(self) -> dict:
+        """results.json: the table's runs, generation quality and sample figures per generated set,
+        the studies, b, timings and the lambda grid's outcome."""
+        t = time.time()
+        sets = self.plan.generated_sets()
+        segmenter = str(self.out / "students" / self.plan.real_only(self.e.archs[0]).name)
+        n = min(self.e.quality_pairs, self.plan.gen_size())
+        quality = {s.name: generation_quality(self.cfg, self.generated_url(s.name), segmenter, n=n) for s in sets}
+        if self.e.filter_keep > 0:  # the draw before the filter, for comparison
+            for s in sets:
+                quality[self.drawn_name(s.name)] = generation_quality(self.cfg, self.generated_url(self.drawn_name(s.name)), segmenter, n=n)
+        for s in sets:
+            images, q = read_generated(self.generated_url(s.name), self.e.figure_samples)
+            report.sample_figure(images, q, self.source.classes, self.out / f"samples_{s.name}.png", title=f"generated pairs, model {s.name}")
+        studies = self.studies(segmenter)
+        models = {s.model: json.loads((self.out / "models" / s.model / "dakter.json").read_text()) for s in sets}
+        timings = dict(self.timings, analysis=time.time() - t)
+        payload = {
+            "config": to_dict(self.cfg),
+            "n_train": self.n_train,
+            "generated_pairs": self.plan.gen_size(),
+            "runs": {r.name: self.student(r) for r in self.plan.main_runs() + self.plan.sweep_runs()},
+            "quality": quality,
+            "studies": studies,
+            "timings_s": dict(timings, total=sum(timings.values())),
+            "b": {tag: info["b"] for tag, info in models.items()},
+            "b_mode": {tag: info["b_mode"] for tag, info in models.items()},
+            "classes": list(self.source.classes),
+            "generated": {s.name: self.generated_summary(s.name) for s in sets},
+            "steps": self.steps_trained([s.model for s in sets], [r.name for r in self.plan.main_runs() + self.plan.sweep_runs()]),
+            "preset": self.preset,
+        }
+        if self.plan.selection_runs():
+            payload.update(validation_spec=self.e.validation_spec, kd_weight_choice=self.kd_weight_choice())
+        return payload
+
+    def generated_summary(self, name: str) -> dict:
+        """Pairs, shards, sampling speed, confidence and divergence warnings of a generated set."""
+        info = ShardSet(self.generated_url(name)).info() or DatasetInfo(format=None)
+        throughput = Path(self.generated_url(self.drawn_name(name))) / "throughput.json"
+        return {
+            "count": info.count,
+            "shards": info.num_shards,
+            "pairs_per_second": json.loads(throughput.read_text())["pairs_per_second"] if throughput.is_file() else None,
+            "mean_confidence": (info.generated_stats or {}).get("mean_confidence"),
+            "warnings": info.warnings or [],
+        }
+
+    def steps_trained(self, tags, names) -> dict:
         """The optimiser steps each model and student ran (what a wall-clock budget decided)."""
         students = {}
-        for name in results:
+        for name in names:
             info = self.out / "students" / name / "student.json"
             if info.is_file():
                 students[name] = json.loads(info.read_text())["steps"]
-        return {"diffusion": {tag: json.loads((self.model(tag) / "dakter.json").read_text())["steps_trained"] for tag in tags}, "students": students}
-
-    def _length_text(self, p: dict) -> str:
-        """'diffusion N steps of batch B; students M steps of batch B', with the budget when one was set."""
-        d, s, steps = self.cfg.diffusion, self.cfg.student, p.get("steps", {})
-        if d.max_minutes > 0 and steps.get("diffusion"):
-            diffusion = f"diffusion {', '.join(str(v) for v in steps['diffusion'].values())} steps of batch {d.batch_size} ({d.max_minutes:g} min budget)"
-        else:
-            diffusion = f"diffusion {d.max_steps} steps of batch {d.batch_size}"
-        if s.max_minutes > 0 and steps.get("students"):
-            counts = sorted(steps["students"].values())
-            students = f"students {counts[0]}-{counts[-1]} steps of batch {s.batch_size} ({s.max_minutes:g} min budget each)"
-        else:
-            students = f"students {s.max_steps} steps of batch {s.batch_size}"
-        return f"{diffusion}; sampler {self.cfg.sampling.sampler} x {self.cfg.sampling.steps}, decode {self.cfg.sampling.decode}; {students}"
+        return {"diffusion": {tag: json.loads((self.out / "models" / tag / "dakter.json").read_text())["steps_trained"] for tag in sorted(set(tags))}, "students": students}
 
     def studies(self, segmenter: str) -> dict:
         """Sampler and decode studies: throughput, generation quality and student mIoU per variant."""
         out: dict[str, list] = {"sampler": [], "decode": []}
-        n = int(math.ceil(self.e.study_ratio * self.n_train))
-        variants = [("sampler", e, {"sampler": e.split(":")[0], "steps": int(e.split(":")[1])}) for e in self.e.sampler_study]
-        variants += [("decode", e, {"decode": e.split(":")[0], "decode_last": int(e.split(":")[1])}) for e in self.e.decode_study]
-        for kind, entry, sampling in variants:
-            name = f"{kind}_{entry.replace(':', '_')}"
-            url = self.generated("b_cfg", n, name=name, sampling=sampling)
-            drawn = Path(self.generated_url(self.drawn_name(name)))
+        for v in self.plan.study_variants():
+            url, drawn = self.generated_url(v.generated.name), Path(self.generated_url(self.drawn_name(v.generated.name)))
             throughput = json.loads((drawn / "throughput.json").read_text()) if (drawn / "throughput.json").is_file() else {}
-            quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, n))
-            mious = []
-            for seed in self.e.study_seeds:
-                run = dataclasses.replace(self._run("dakter", self.e.study_arch, self.e.study_ratio, seed), sampling=name)
-                mious.append(self.student(run, url)["miou"])
-            out[kind].append({"variant": entry, "sampling": sampling, "pairs_per_second": throughput.get("pairs_per_second"), "quality": quality, "miou": mious})
+            quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, v.generated.n))
+            mious = [self.student(run)["miou"] for run in v.runs]
+            out[v.kind].append({"variant": v.entry, "sampling": dict(v.generated.sampling), "pairs_per_second": throughput.get("pairs_per_second"), "quality": quality, "miou": mious})
         return out
 
-    # -- report --------------------------------------------------------------------------------
+    # -- another split -------------------------------------------------------------------------
 
-    def _by_seed(self, results: dict, method: str, arch: str, ratio: float, key: str, seeds=None) -> dict[int, float]:
-        """results[...][key] of the finished runs of one (method, arch, ratio), by seed (default: the
-        main table's seeds)."""
-        names = {s: self._run(method, arch, ratio, s).name for s in (self.e.seeds if seeds is None else seeds)}
-        return {s: results[n][key] for s, n in names.items() if n in results}
+    def rescore(self, spec: str, tag: str, pattern: str = "*") -> Path:
+        """Score every finished student whose folder matches `pattern` on the test split of `spec`
+        (students/NAME/metrics_TAG.json), and write the tables over them: OUT/rescore_TAG.md and .json.
 
-    def _cell(self, results: dict, method: str, arch: str, ratio: float, key: str, seeds=None) -> tuple[float, float | None]:
-        return _mean_std(list(self._by_seed(results, method, arch, ratio, key, seeds).values()))
+        For a validation split (other scenes, to choose settings on) or a larger test split
+        (synthetic scenes are seeded per index: test=1000 holds test=200's scenes and 800 more)."""
+        if tag == VALIDATION and spec != self.e.validation_spec:
+            raise ConfigError(f"--tag {VALIDATION} is the lambda grid's split ({self.e.validation_spec or 'none set'}): give this split another tag")
+        runs = {}
+        for d in sorted((self.out / "students").glob(pattern)):
+            if self.metrics_path(d.name, None).is_file():
+                log.info("experiment: scoring %s on %s", d.name, spec)
+                runs[d.name] = self.score(d.name, tag, spec)
+        payload = {"spec": spec, "tag": tag, "runs": runs}
+        (self.out / f"rescore_{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        path = self.out / f"rescore_{tag}.md"
+        path.write_text(study_report.rescore_markdown(payload, self.plan, list(self.source.classes)))
+        return path
 
-    def _diff_cell(self, results: dict, a: str, b: str, arch: str, ratio: float, seeds=None) -> str:
-        """Same-seed difference a - b in mIoU: 'mean ± std (seeds where a is ahead / seeds)'."""
-        first, second = self._by_seed(results, a, arch, ratio, "miou", seeds), self._by_seed(results, b, arch, ratio, "miou", seeds)
-        d = [first[s] - second[s] for s in first if s in second]
-        if not d:
-            return "–"
-        mu, sd = _mean_std(d)
-        return f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})"
 
-    def _lambda_note(self) -> str:
-        other = [f"{arch} {self.kd_weight(arch):g}" for arch in self.e.archs if self.kd_weight(arch) != self.cfg.student.kd_weight]
-        return f" ({', '.join(other)})" if other else ""
+def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
+    """One line naming a unit for the log and --plan."""
+    if isinstance(unit, Model):
+        return f"model {unit.tag}"
+    if isinstance(unit, GeneratedSet):
+        sampling = ", ".join(f"{k} {v}" for k, v in unit.sampling)
+        return f"generated set {unit.name}: {unit.n} pairs from model {unit.model}" + (f" ({sampling})" if sampling else "")
+    if isinstance(unit, Selection):
+        return f"student {unit.run.name} (lambda grid, scored on the validation split)"
+    weight = "" if unit.method in ("none", "hard") else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
+    return f"student {unit.name}" + (f" on {unit.generated}" if unit.generated else "") + weight
 
-    def verdict(self, results: dict) -> dict:
-        wins = {"dakter>hard>none": [], "dakter>hard": [], "dakter>none": [], "b_auto>=b_1": [], "dakter>hard_matched": []}
-        for arch in self.e.archs:
-            m = {meth: self._cell(results, meth, arch, self.e.ratio, "miou")[0] for meth in self.e.methods}
-            if {"dakter", "hard", "none"} <= set(m):
-                if m["dakter"] > m["hard"] > m["none"]:
-                    wins["dakter>hard>none"].append(arch)
-                if m["dakter"] > m["hard"]:
-                    wins["dakter>hard"].append(arch)
-                if m["dakter"] > m["none"]:
-                    wins["dakter>none"].append(arch)
-            if {"dakter", "dakter_b1"} <= set(m) and m["dakter"] >= m["dakter_b1"]:
-                wins["b_auto>=b_1"].append(arch)
-            if {"dakter", "hard_matched"} <= set(m) and m["dakter"] > m["hard_matched"]:
-                wins["dakter>hard_matched"].append(arch)
-        return wins
 
-    def markdown(self, p: dict) -> str:
-        results, classes = p["runs"], list(self.source.classes)
-        e, cfg = self.e, self.cfg
-        seeds = len(e.seeds)
-        lines = [
-            "# DAKTer experiment",
-            "",
-            f"Data `{cfg.data.spec}`: {self.n_train} training images, evaluated on the full test split (one confusion matrix per run). "
-            f"Models at {cfg.data.resolution} px; {self._length_text(p)}, KD weight λ = {cfg.student.kd_weight:g}{self._lambda_note()}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
-            "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
-            "",
-            f"## Main comparison at ratio {e.ratio:g} ({100 * e.ratio:.0f} %): mIoU / mean F1",
-            "",
-            "| method | " + " | ".join(e.archs) + " |",
-            "|---|" + "---|" * len(e.archs),
-        ]
-        for m in e.methods:
-            cells = []
-            for arch in e.archs:
-                mi, ms = self._cell(results, m, arch, e.ratio, "miou")
-                fi, fs = self._cell(results, m, arch, e.ratio, "mean_f1")
-                cells.append(f"{report.pct(mi, ms)} / {report.pct(fi, fs)}")
-            lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
-        v = self.verdict(results)
-        lines += [
-            "",
-            f"DAKTer > hard > none in mean mIoU for {len(v['dakter>hard>none'])} of {len(e.archs)} students ({', '.join(v['dakter>hard>none']) or 'none'}); "
-            f"DAKTer > hard for {len(v['dakter>hard'])} ({', '.join(v['dakter>hard']) or 'none'}); DAKTer > none for {len(v['dakter>none'])} ({', '.join(v['dakter>none']) or 'none'})"
-            + (f"; b = {cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({', '.join(v['b_auto>=b_1']) or 'none'})" if "dakter_b1" in e.methods else "")
-            + (f"; DAKTer > hard labels at the same weight λ for {len(v['dakter>hard_matched'])} ({', '.join(v['dakter>hard_matched']) or 'none'})." if "hard_matched" in e.methods else "."),
-            "",
-        ]
-        pairs = [(a, b) for a, b in (("dakter", "hard"), ("dakter", "hard_matched"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1")) if {a, b} <= set(e.methods)]
-        if pairs and seeds > 1:
-            lines += [
-                "Same-seed differences in mIoU (points; mean ± std over seeds, and the seeds where the first is ahead):",
-                "",
-                "| student | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
-                "|---|" + "---|" * len(pairs),
-            ]
-            for arch in e.archs:
-                cells = []
-                for a, b in pairs:
-                    cells.append(self._diff_cell(results, a, b, arch, e.ratio))
-                lines.append(f"| {arch} | " + " | ".join(cells) + " |")
-            lines.append("")
-        lines += [
-            f"## Per-class IoU at ratio {e.ratio:g} (%, mean over seeds)",
-            "",
-            "| student | method | " + " | ".join(classes) + " |",
-            "|---|---|" + "---|" * len(classes),
-        ]
-        bars: dict[str, tuple[list, list]] = {}
-        for arch in e.archs:
-            for m in e.methods:
-                ious = list(self._by_seed(results, m, arch, e.ratio, "iou").values())
-                per = [_mean_std([iou[c] for iou in ious]) for c in range(len(classes))]
-                lines.append(f"| {arch} | {METHOD_NAMES[m]} | " + " | ".join(report.pct(mu) for mu, _ in per) + " |")
-                agg = bars.setdefault(METHOD_NAMES[m], ([0.0] * len(classes), [0.0] * len(classes)))
-                for c, (mu, _) in enumerate(per):
-                    agg[0][c] += (0 if math.isnan(mu) else 100 * mu) / len(e.archs)
-        report.bar_figure(classes, {k: (val[0], None) for k, val in bars.items()}, self.out / "per_class_iou.png", "IoU (%) mean over students and seeds", f"per-class IoU at ratio {e.ratio:g}")
-        lines += ["", "![per-class IoU](per_class_iou.png)", ""]
-        if e.sweep_archs:
-            lines += ["## Augmentation ratio sweep: mIoU (%)", "", "| student | method | 0 | " + " | ".join(f"{100 * r:.0f} %" for r in e.sweep_ratios) + " |", "|---|---|---|" + "---|" * len(e.sweep_ratios)]
-            sweep_seeds = sorted(set(e.seeds) | set(e.sweep_seeds or []))  # a sweep ratio equal to e.ratio has the main table's seeds too
-            for arch in e.sweep_archs:
-                none = self._cell(results, "none", arch, 0, "miou", sweep_seeds)
-                series = {}
-                for m in e.sweep_methods:
-                    cells = [self._cell(results, m, arch, r, "miou", sweep_seeds) for r in e.sweep_ratios]
-                    lines.append(f"| {arch} | {METHOD_NAMES[m]} | {report.pct(*none)} | " + " | ".join(report.pct(mu, sd) for mu, sd in cells) + " |")
-                    series[METHOD_NAMES[m]] = ([0.0] + [100 * r for r in e.sweep_ratios], [100 * none[0]] + [100 * mu for mu, _ in cells], [100 * (none[1] or 0)] + [100 * (sd or 0) for _, sd in cells])
-                if {"dakter", "hard"} <= set(e.sweep_methods) and len(e.sweep_seeds or e.seeds) > 1:
-                    lines.append(f"| {arch} | DAKTer − hard labels, same seeds (points; seeds ahead) | – | " + " | ".join(self._diff_cell(results, "dakter", "hard", arch, r, sweep_seeds) for r in e.sweep_ratios) + " |")
-                report.curve_figure(series, self.out / f"ratio_sweep_{arch}.png", "augmentation ratio (%)", "mIoU (%)", f"{arch}: mIoU vs augmentation ratio")
-                lines += ["", f"![ratio sweep {arch}](ratio_sweep_{arch}.png)", ""]
-        lines += ["## Generation quality", "", "| model | b | label alignment mIoU | pixel agreement | class-fraction TV | mean max-prob. | ENL gen / real | histogram TV / W1 |", "|---|---|---|---|---|---|---|---|"]
-        for tag, q in p["quality"].items():
-            hd = q.get("histogram_distance", {})
-            lines.append(
-                f"| {tag} | {p['b'][tag.removesuffix(DRAWN_SUFFIX)]:.3f} | {report.pct(q['label_alignment']['miou'])} | {report.pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
-                f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
-            )
-        lines += ["", "Label alignment: the real-only " + e.archs[0] + " student (seed " + str(e.seeds[0]) + ") segments the generated images; its argmax is scored against the generated labels.", ""]
-        if e.filter_keep > 0:
-            lines += [
-                f"Filter: the students use the {p['generated_pairs']} best-aligned of {int(math.ceil(p['generated_pairs'] / e.filter_keep))} drawn pairs per model, scored by the real-only "
-                f"{e.filter_arch} student (seed {e.seeds[0]}); rows TAG{DRAWN_SUFFIX} are the draw before the filter.",
-                "",
-            ]
-        for tag in p["b"]:
-            lines += [f"![samples {tag}](samples_{tag}.png)", ""]
-        for kind, title in (("sampler", "Sampler study"), ("decode", "Soft-label decode study")):
-            rows = p["studies"].get(kind) or []
-            if not rows:
-                continue
-            lines += [f"## {title} ({e.study_arch}, DAKTer at ratio {e.study_ratio:g}, seeds {list(e.study_seeds)})", "", "| variant | pairs/s | label alignment mIoU | class-fraction TV | mean max-prob. | student mIoU |", "|---|---|---|---|---|---|"]
-            for r in rows:
-                mu, sd = _mean_std(r["miou"])
-                pps = f"{r['pairs_per_second']:.2f}" if r["pairs_per_second"] else "–"
-                lines.append(f"| {r['variant']} | {pps} | {report.pct(r['quality']['label_alignment']['miou'])} | {r['quality']['class_fraction_tv']:.3f} | {r['quality']['mean_confidence']:.3f} | {report.pct(mu, sd)} |")
-            lines.append("")
-        lines += ["## Time (s)", "", "| " + " | ".join(p["timings_s"]) + " |", "|" + "---|" * len(p["timings_s"]), "| " + " | ".join(f"{v:.0f}" for v in p["timings_s"].values()) + " |", ""]
-        return "\n".join(lines)
+# -- entry points ----------------------------------------------------------------------------------
 
 
 def run_experiment(cfg: Config, out: str | Path, progress: bool = True) -> Path:
+    """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md."""
     return Experiment(cfg, out, progress).run()
+
+
+def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
+    """jobs/demo.py: the same runner on the demo's one-student plan (configs/demo.yaml); returns OUT/report.md."""
+    return Experiment(cfg, out, progress, preset="demo").run()
+
+
+def describe_plan(cfg: Config, out: str | Path) -> list[str]:
+    """The plan as lines, each unit marked done or to run (jobs/experiment.py --plan)."""
+    exp = Experiment(cfg, out, progress=False)
+    lines = [f"{'done' if exp.done(u) else 'todo'}  {describe(u)}" for u in exp.plan.units()]
+    if exp.plan.pending():
+        lines.append("then the students of the tables and studies, with lambda chosen on the validation split")
+    return lines
+
+
+def saved_config(values: dict, source: str) -> Config:
+    """A config saved by an earlier run (its config.yaml, its results.json's "config"); keys this
+    version no longer knows (a removed feature's) are dropped with a warning."""
+    dropped: list[str] = []
+
+    def known(cls: type, values: dict, prefix: str) -> dict:
+        hints, fields = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+        dropped.extend(prefix + k for k in values if k not in fields)
+        return {k: known(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else v for k, v in values.items() if k in fields}
+
+    values = known(Config, values, "")
+    if dropped:
+        log.warning("%s: ignoring keys this version does not know: %s", source, ", ".join(dropped))
+    return from_dict(values, source).validate()
+
+
+def read_config(out: str | Path) -> Config:
+    """OUT's own config (OUT/config.yaml, written by the run that made it)."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{out} has no config.yaml: not a study folder")
+    return saved_config(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def write_report(out: str | Path, payload: dict | None = None) -> Path:
+    """OUT/results.md and its figures (or the demo's OUT/report.md) from results.json's payload."""
+    out = Path(out)
+    payload = payload if payload is not None else json.loads((out / "results.json").read_text())
+    cfg = saved_config(payload["config"], str(out / "results.json"))
+    classes = payload.get("classes") or list(open_source(cfg.data.spec).classes)
+    plan = Plan(cfg, payload["n_train"], {arch: row["chosen"] for arch, row in payload.get("kd_weight_choice", {}).items()})
+    if payload.get("preset") == "demo":
+        path, text = out / "report.md", study_report.demo_markdown(payload, plan, classes)
+    else:
+        study_report.write_figures(payload, plan, classes, out)
+        path, text = out / "results.md", study_report.experiment_markdown(payload, plan, classes)
+    path.write_text(text)
+    return path

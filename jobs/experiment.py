@@ -3,33 +3,62 @@
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp
     python jobs/experiment.py --config configs/experiment_demo.yaml --data osd:/data/osd --out runs/exp_osd
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp experiment.seeds=[0,1,2,3,4]
+    python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --plan     (the units, done or to run)
+
+    # the finished students of runs/exp scored on another split: runs/exp/rescore_val7.md (and .json)
+    python jobs/experiment.py --out runs/exp --rescore 'synthetic:40?size=32&test=200&seed=7' --tag val7
+    python jobs/experiment.py --out runs/exp --rescore 'synthetic:40?size=32&test=200&seed=7' --tag val7 --students '*-unet-*'
+
+    # rewrite runs/exp/results.md and its figures from runs/exp/results.json
+    python jobs/experiment.py --out runs/exp --report
 
 Methods: no augmentation; generated pairs as hard labels (DDPM / SatSynth style); DAKTer (soft
 labels + KD); DAKTer with b = 1 (the ablation); optionally `hard_matched`, hard labels with the
-same weight on generated pairs as DAKTer's KD weight λ (the control; per-student λ in
-`experiment.kd_weights`, e.g. [unet:1.0]). Students, ratios, seeds and the optional sampler
-and decode studies come from the config's `experiment` section. One diffusion model and one set
-of shards per b serve every student. Rerunning the same command resumes: finished models, shard
-sets and students are kept. Writes OUT/results.md, OUT/results.json and figures.
+same weight on generated pairs as DAKTer's KD weight λ (the control). λ per student is set in
+`experiment.kd_weights` (e.g. [unet:1.0]) or chosen on a validation split before the main table
+(`experiment.validation_spec` + `experiment.kd_weight_grid`, e.g. [0.5,1.0,2.0]; recorded in
+results.json). Students, ratios, seeds and the optional sampler and decode studies come from the
+config's `experiment` section. One diffusion model and one set of shards per b serve every
+student. Rerunning the same command resumes: finished models, shard sets and students are kept.
+Writes OUT/results.md, OUT/results.json and figures.
 """
 
 from __future__ import annotations
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run
+from dakter_scale.cli import config_from, fail, parser, progress_enabled, run
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--out", required=True, help="experiment folder (resumable)")
     p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
+    p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
+    p.add_argument("--rescore", metavar="SPEC", help="score the finished students of OUT on the test split of SPEC (OUT's own config)")
+    p.add_argument("--tag", help="with --rescore: the name of that split (students/NAME/metrics_TAG.json, OUT/rescore_TAG.md)")
+    p.add_argument("--students", default="*", metavar="GLOB", help="with --rescore: only the student folders matching GLOB")
+    p.add_argument("--report", action="store_true", help="rewrite OUT/results.md and its figures from OUT/results.json, and exit")
     args = p.parse_args()
 
     def body() -> int:
-        from dakter_scale.experiment import run_experiment
+        from dakter_scale.experiment import Experiment, describe_plan, read_config, run_experiment, write_report
         from dakter_scale.training import setup_logging
 
         setup_logging()
+        if args.rescore or args.report:
+            if args.config or args.overrides or args.data:
+                fail("--rescore and --report use OUT's own config: drop --config, --data and overrides")
+            if args.report:
+                print(f"report written to {write_report(args.out)}")
+                return 0
+            if not args.tag:
+                fail("--rescore needs --tag NAME for the split (e.g. val7, test1000)")
+            exp = Experiment(read_config(args.out), args.out, progress=progress_enabled())
+            print(f"rescored tables written to {exp.rescore(args.rescore, args.tag, args.students)}")
+            return 0
         cfg = config_from(args, {"data.spec": args.data})
+        if args.plan:
+            print("\n".join(describe_plan(cfg, args.out)))
+            return 0
         path = run_experiment(cfg, args.out, progress=progress_enabled())
         print(f"results written to {path}")
         return 0

@@ -6,6 +6,7 @@ import pytest
 
 from dakter_scale.config import load_config
 from dakter_scale.experiment import Experiment
+from dakter_scale.study.plan import Plan
 
 TINY = [
     "data.spec=synthetic:6?size=32&test=3",
@@ -35,7 +36,7 @@ TINY = [
 def test_tiny_experiment_runs_and_resumes(tmp_path):
     cfg = load_config(None, TINY + ["experiment.filter_keep=0.5", "experiment.kd_weights=[unet:0.7]"])
     exp = Experiment(cfg, tmp_path, progress=False)
-    assert exp.gen_size() == 6  # ratio 1 x 6 training images
+    assert exp.plan.gen_size() == 6  # ratio 1 x 6 training images
     path = exp.run()
     text = path.read_text()
     for name in ("no augmentation", "hard labels", "DAKTer (soft labels + KD)", "b = 1"):
@@ -69,12 +70,12 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
 
 def test_plan_sweep_seeds_and_generated_size():
     cfg = load_config(None, TINY + ["experiment.sweep_archs=[unet]", "experiment.sweep_ratios=[0.5,3.0]", "experiment.sweep_seeds=[1]"])
-    exp = Experiment(cfg, "unused", progress=False)
-    sweep = exp.sweep_runs()
+    plan = Plan(cfg, n_train=6)
+    sweep = plan.sweep_runs()
     assert {r.seed for r in sweep} == {1}  # sweep_seeds overrides seeds
     assert sorted({r.ratio for r in sweep}) == [0.5, 3.0]
-    assert exp.gen_size() == 18  # the largest ratio (3.0) x 6 training images
-    main = exp.main_runs()
+    assert plan.gen_size() == 18  # the largest ratio (3.0) x 6 training images
+    main = plan.main_runs()
     assert {r.seed for r in main} == {0, 1} and len(main) == 2 * 4  # 2 seeds x 4 methods
     assert {r.generated for r in main if r.method == "dakter_b1"} == {"b_1"}
 
@@ -83,9 +84,9 @@ def test_per_student_kd_weight_and_matched_control():
     from dakter_scale.config import ConfigError
 
     cfg = load_config(None, TINY + ["experiment.archs=[unet,segformer]", "experiment.methods=[hard,hard_matched,dakter,dakter_b1]", "experiment.kd_weights=[unet:1.0]", "student.kd_weight=0.5"])
-    exp = Experiment(cfg, "unused", progress=False)
-    assert exp.kd_weight("unet") == 1.0 and exp.kd_weight("segformer") == 0.5
-    runs = [r for r in exp.main_runs() if r.seed == 0]
+    plan = Plan(cfg, n_train=6)
+    assert plan.kd_weight("unet") == 1.0 and plan.kd_weight("segformer") == 0.5
+    runs = [r for r in plan.main_runs() if r.seed == 0]
     by = {(r.method, r.arch): r for r in runs}
     assert by[("dakter", "unet")].weight == 1.0 and by[("dakter_b1", "unet")].weight == 1.0 and by[("dakter", "segformer")].weight == 0.5
     # segformer: hard labels weighted 0.5 on generated pairs, the same pairs as hard
@@ -93,7 +94,7 @@ def test_per_student_kd_weight_and_matched_control():
     assert matched.labels == "hard" and matched.weight == 0.5 and matched.generated == "b_cfg" and matched.name == "hard_matched-segformer-r1-s0"
     assert by[("hard", "segformer")].weight is None
     # unet: lambda 1 is the hard baseline's own CE weight, so its control is the hard run itself
-    assert ("hard_matched", "unet") not in by and exp._run("hard_matched", "unet", 1.0, 0) == by[("hard", "unet")]
+    assert ("hard_matched", "unet") not in by and plan.run("hard_matched", "unet", 1.0, 0) == by[("hard", "unet")]
     assert len({r.name for r in runs}) == 7
     with pytest.raises(ConfigError, match="experiment.kd_weights"):
         load_config(None, TINY + ["experiment.kd_weights=[unet]"])
@@ -108,18 +109,21 @@ def test_filter_keep_is_checked():
         load_config(None, TINY + ["experiment.filter_keep=1.0"])
 
 
-def test_sweep_table_has_same_seed_differences(tmp_path):
+def test_sweep_table_has_same_seed_differences():
     """The sweep table counts every sweep seed, also one outside the main table's seeds, and gives
     the same-seed DAKTer - hard difference per ratio."""
+    from dakter_scale.study.report import experiment_markdown
+
     cfg = load_config(None, TINY + ["experiment.methods=[none,hard,dakter]", "experiment.sweep_archs=[unet]", "experiment.sweep_methods=[hard,dakter]", "experiment.sweep_ratios=[1.0,3.0]", "experiment.sweep_seeds=[0,1,5]"])
-    exp = Experiment(cfg, tmp_path, progress=False)
+    plan = Plan(cfg, n_train=6)
+    classes = ["sea", "oil", "look-alike", "ship", "land"]
     runs = {}
-    for r in exp.main_runs() + exp.sweep_runs():
+    for r in plan.main_runs() + plan.sweep_runs():
         base = {"none": 0.50, "hard": 0.51, "dakter": 0.52}[r.method] + 0.01 * r.ratio + 0.001 * r.seed
         if r.method == "dakter" and r.seed == 5 and r.ratio == 3.0:
             base -= 0.05  # the one seed where hard labels lead
-        runs[r.name] = {"miou": base, "mean_f1": base, "iou": [base] * len(exp.source.classes)}
-    text = exp.markdown({"runs": runs, "quality": {}, "studies": {}, "timings_s": {"total": 1.0}, "b": {"b_cfg": 0.3}, "generated_pairs": 18})
+        runs[r.name] = {"miou": base, "mean_f1": base, "iou": [base] * len(classes)}
+    text = experiment_markdown({"runs": runs, "quality": {}, "studies": {}, "timings_s": {"total": 1.0}, "b": {"b_cfg": 0.3}, "generated_pairs": 18, "n_train": 6}, plan, classes)
     sweep_section = text.split("## Augmentation ratio sweep")[1].split("##")[0]
     rows = {line.split("|")[2].strip(): line for line in sweep_section.splitlines() if line.startswith("| unet |")}
     sweep = rows["DAKTer − hard labels, same seeds (points; seeds ahead)"].split("|")[3:-1]
@@ -155,3 +159,50 @@ def test_experiment_command_on_a_folder_layout(tmp_path, layout):
     assert len(payload["runs"]) == 3 and all(len(m["iou"]) == len(classes) for m in payload["runs"].values())
     info = json.loads((out / "models" / "b_cfg" / "dakter.json").read_text())
     assert info["classes"] == classes and info["channels"] == 1 + len(classes) and 0 < info["b"] < 1
+
+
+def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
+    """experiment.kd_weight_grid trains one DAKTer student per lambda, scores it on the validation
+    split only, and the main table's students use the best lambda (the grid's student is reused, not
+    retrained); --rescore scores every finished student on another split and tabulates them."""
+    val = "synthetic:6?size=32&test=3&seed=7"
+    cfg = load_config(None, TINY + ["experiment.seeds=[0]", "experiment.methods=[none,hard,hard_matched,dakter]", "experiment.decode_study=[]", "experiment.kd_weight_grid=[0.5,1.0]", f"experiment.validation_spec={val}"])
+    exp = Experiment(cfg, tmp_path, progress=False)
+    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == ["dakter-unet-r1-s0-kd0.5", "dakter-unet-r1-s0-kd1"]
+    exp.run()
+    payload = json.loads((tmp_path / "results.json").read_text())
+    choice = payload["kd_weight_choice"]["unet"]
+    scores = {w: json.loads((tmp_path / "students" / f"dakter-unet-r1-s0-kd{w}" / "metrics_validation.json").read_text()) for w in ("0.5", "1")}
+    assert all(m["data"] == val for m in scores.values()) and not (tmp_path / "students" / "dakter-unet-r1-s0-kd1" / "metrics.json").exists()
+    assert choice["miou"] == {w: {"0": m["miou"]} for w, m in scores.items()}
+    chosen = choice["chosen"]
+    assert chosen == (0.5 if scores["0.5"]["miou"] >= scores["1"]["miou"] else 1.0)
+    main = tmp_path / "students" / "dakter-unet-r1-s0"
+    assert load_config(main / "config.yaml").student.kd_weight == chosen
+    twin = tmp_path / "students" / f"dakter-unet-r1-s0-kd{chosen:g}"
+    assert (main / "model.safetensors").read_bytes() == (twin / "model.safetensors").read_bytes()
+    # the control follows the chosen lambda: at 1.0 it is the hard run itself
+    assert ("hard_matched-unet-r1-s0" in payload["runs"]) == (chosen != 1.0)
+    assert "## KD weight λ, chosen on the validation split" in (tmp_path / "results.md").read_text()
+
+    path = Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=5", "test5")
+    rescored = json.loads((tmp_path / "rescore_test5.json").read_text())
+    assert set(rescored["runs"]) == set(payload["runs"]) and all(m["images"] == 5 for m in rescored["runs"].values())
+    assert (tmp_path / "students" / "hard-unet-r1-s0" / "metrics_test5.json").is_file()
+    assert "## Main comparison at ratio 1 (100 %)" in path.read_text()
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="another tag"):
+        Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4", "test5")
+
+
+def test_committed_results_regenerate(tmp_path):
+    """The report code rebuilds the committed run's results.md byte for byte from its results.json."""
+    import shutil
+
+    from conftest import ROOT
+    from dakter_scale.experiment import write_report
+
+    shutil.copy(ROOT / "docs" / "results" / "cpu" / "results.json", tmp_path / "results.json")
+    assert write_report(tmp_path).read_text() == (ROOT / "docs" / "results" / "cpu" / "results.md").read_text()
+    assert (tmp_path / "per_class_iou.png").is_file() and (tmp_path / "ratio_sweep_unet.png").is_file()

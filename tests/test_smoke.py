@@ -65,3 +65,50 @@ def test_bad_input_is_one_line(argv, message):
     r = run(job(argv[0]) + argv[1:])
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
+
+
+def test_demo_resumes_after_an_interrupt(tmp_path):
+    """jobs/demo.py is the experiment runner on configs/demo.yaml: interrupted (Ctrl-C) once its
+    diffusion model is written, the same command continues from the finished units and writes
+    report.md; a third run finds every unit done and retrains nothing."""
+    import os
+    import signal
+    import time
+
+    from shardgen import job_env
+
+    out = tmp_path / "demo"
+    argv = job("demo.py") + ["--out", str(out)] + TINY + ["diffusion.max_steps=2", "student.max_steps=2", "synthesis.samples_per_shard=4", "synthesis.batch_size=4", "synthesis.actors=1", "experiment.quality_pairs=8", "experiment.figure_samples=2"]
+    model = out / "models" / "b_cfg"
+    proc = subprocess.Popen(argv, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (model / "dakter.json").is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert (model / "dakter.json").is_file(), proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and not (out / "report.md").exists(), err[-3000:]
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    written = weights.stat().st_mtime_ns
+
+    r = run(argv, env=job_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert weights.stat().st_mtime_ns == written  # the model was kept, not retrained
+    assert "]: model b_cfg" not in r.stderr  # no "experiment [k/N]: model b_cfg" line: it was not to run
+    assert "finished earlier" in r.stderr and r.stdout.strip().endswith("report.md")
+    text = (out / "report.md").read_text()
+    for section in ("## Balancing factor", "## Generated samples", "8 pairs in 2 shards", "## Students (unet", "| DAKTer (soft labels + KD) |", "## Time per stage (s)"):
+        assert section in text
+    assert (out / "samples_b_cfg.png").stat().st_size > 1000
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["runs"]) == {"none-unet-r0-s0", "hard-unet-r1-s0", "dakter-unet-r1-s0"} and payload["preset"] == "demo"
+    assert payload["generated"]["b_cfg"]["count"] == 8 == payload["generated_pairs"]  # ratio 1 x 8 training images
+
+    students = {p: p.stat().st_mtime_ns for p in (out / "students").rglob("model.safetensors")}
+    r = run(argv, env=job_env())
+    assert r.returncode == 0 and "5 units planned, 5 finished earlier, 0 to run" in r.stderr, r.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "students").rglob("model.safetensors")} == students

@@ -1,0 +1,231 @@
+"""The plan of a study: the units a config asks for, computed without doing any work.
+
+A unit is kept in its own folder under the study folder and skipped when finished, so a rerun
+resumes (dakter_scale/experiment.py runs them):
+
+  models/TAG          a joint DDPM: b_cfg (b = diffusion.b) or b_1 (b = 1, the ablation)
+  generated/NAME      a generated shard set drawn from one model (NAME_all: the draw behind the filter)
+  students/NAME       a student, trained and scored (metrics.json: the test split of data.spec;
+                      metrics_TAG.json: another split, e.g. the validation split that chooses lambda)
+
+Methods (one model and one generated set per b, shared by every student):
+  none          real data only
+  hard          + generated pairs, argmax labels with CE      (the DDPM / SatSynth-style baseline)
+  hard_matched  hard, with the CE on generated pairs weighted like DAKTer's KD (lambda): the control
+                that separates what the soft labels add from what a smaller generated-data weight adds
+  dakter        + generated pairs, soft labels with KD        (b = the configured b, "auto" by default)
+  dakter_b1     + generated pairs from a model trained with b = 1 (the ablation), soft labels with KD
+
+An augmentation ratio r means r * |D| distinct generated pairs used beside the |D| real images
+(student.max_generated), mixed so that a batch holds a share r / (1 + r) of generated samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from dakter_scale.config import Config
+
+DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-alignment filter kept generated/NAME
+VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
+
+METHOD_NAMES = {
+    "none": "no augmentation",
+    "hard": "hard labels (DDPM / SatSynth style)",
+    "hard_matched": "hard labels, weight λ (control)",
+    "dakter": "DAKTer (soft labels + KD)",
+    "dakter_b1": "DAKTer, b = 1 (ablation)",
+}
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """One student: its method, architecture, augmentation ratio and seed, the generated set it reads,
+    its labels and its weight on generated pairs. The name is its folder under students/."""
+
+    method: str
+    arch: str
+    ratio: float
+    seed: int
+    generated: str | None = None  # name of the generated set; None for "none"
+    labels: str = "soft"
+    variant: str = ""  # a suffix naming a variant: a study's sampling, a lambda of the grid, an exploratory setting
+    weight: float | None = None  # weight of the loss on generated pairs (lambda / hard_weight); None = the config's
+    overrides: tuple[tuple[str, Any], ...] = ()  # further student.* config keys of an exploratory variant
+
+    @property
+    def name(self) -> str:
+        extra = f"-{self.variant}" if self.variant else ""
+        return f"{self.method}-{self.arch}-r{self.ratio:g}-s{self.seed}{extra}"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A joint DDPM: tag b_cfg (b = diffusion.b) or b_1 (b = 1)."""
+
+    tag: str
+
+
+@dataclass(frozen=True)
+class GeneratedSet:
+    """n pairs drawn from model `model` into generated/NAME, with sampling.* overrides (the studies).
+    With experiment.filter_keep they are the best-aligned n of a larger draw, kept as NAME_all."""
+
+    name: str
+    model: str
+    n: int
+    sampling: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A student of the KD-weight grid, scored on the validation split only."""
+
+    run: StudentRun
+
+
+@dataclass(frozen=True)
+class StudyVariant:
+    """One row of the sampler or decode study: a generated set and the DAKTer students trained on it."""
+
+    kind: str  # sampler | decode
+    entry: str  # e.g. ddim:20, softmax:1
+    generated: GeneratedSet
+    runs: tuple[StudentRun, ...]
+
+
+class Plan:
+    """The units of a study from its config and the number of real training images.
+
+    `chosen` holds the KD weights chosen on the validation grid (experiment.kd_weight_grid); while a
+    student's lambda is still to be chosen, its DAKTer and control runs carry weight None."""
+
+    def __init__(self, cfg: Config, n_train: int, chosen: dict[str, float] | None = None):
+        self.cfg, self.n_train, self.chosen = cfg, n_train, dict(chosen or {})
+        self.e = cfg.experiment
+
+    # -- lambda --------------------------------------------------------------------------------
+
+    def kd_weight(self, arch: str) -> float | None:
+        """arch's KD weight lambda: its experiment.kd_weights entry, else the lambda chosen on the
+        validation grid (None until chosen), else student.kd_weight."""
+        listed = self.e.kd_weight(arch, math.nan)
+        if not math.isnan(listed):
+            return listed
+        if self.e.kd_weight_grid:
+            return self.chosen.get(arch)
+        return self.cfg.student.kd_weight
+
+    def students(self) -> list[str]:
+        """Every architecture the study trains, in config order."""
+        archs = list(self.e.archs) + list(self.e.sweep_archs) + ([self.e.study_arch] if self.study_entries() else [])
+        return list(dict.fromkeys(archs))
+
+    def selection_archs(self) -> list[str]:
+        """The students whose lambda is chosen on the validation grid."""
+        if not self.e.kd_weight_grid:
+            return []
+        return [a for a in self.students() if math.isnan(self.e.kd_weight(a, math.nan))]
+
+    def pending(self) -> bool:
+        """Whether some student's lambda is still to be chosen on the validation grid."""
+        return any(arch not in self.chosen for arch in self.selection_archs())
+
+    def selection_runs(self) -> list[StudentRun]:
+        """One DAKTer student per (arch, lambda of the grid, seed) at the main ratio, named ...-kdLAMBDA."""
+        seeds = self.e.kd_weight_seeds or self.e.seeds
+        return [
+            StudentRun("dakter", arch, self.e.ratio, seed, "b_cfg", "soft", variant=f"kd{w:g}", weight=w)
+            for arch in self.selection_archs()
+            for w in self.e.kd_weight_grid
+            for seed in seeds
+        ]
+
+    # -- students ------------------------------------------------------------------------------
+
+    def run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
+        if method == "none":
+            return StudentRun("none", arch, 0.0, seed)
+        if method == "hard":
+            return StudentRun("hard", arch, ratio, seed, "b_cfg", "hard")
+        weight = self.kd_weight(arch)
+        if method == "hard_matched":
+            s = self.cfg.student
+            if weight is not None and weight == (s.ce_weight if s.hard_weight is None else s.hard_weight):
+                return self.run("hard", arch, ratio, seed)  # the same weight: the same run
+            return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=weight)
+        return StudentRun(method, arch, ratio, seed, "b_1" if method == "dakter_b1" else "b_cfg", "soft", weight=weight)
+
+    def real_only(self, arch: str) -> StudentRun:
+        """The real-only student of `arch` (first seed): it scores label alignment for the quality table
+        and for the filter."""
+        return self.run("none", arch, 0, self.e.seeds[0])
+
+    def main_runs(self) -> list[StudentRun]:
+        return [self.run(m, arch, self.e.ratio, seed) for arch in self.e.archs for seed in self.e.seeds for m in self.e.methods]
+
+    def sweep_runs(self) -> list[StudentRun]:
+        return [
+            self.run(m, arch, r, seed)
+            for arch in self.e.sweep_archs
+            for seed in self.e.sweep_seeds or self.e.seeds
+            for m in self.e.sweep_methods
+            for r in self.e.sweep_ratios
+        ]
+
+    def table_runs(self) -> list[StudentRun]:
+        """The students of the main table and the sweep (each once), then the real-only segmenter."""
+        return list(dict.fromkeys(self.main_runs() + self.sweep_runs() + [self.real_only(self.e.archs[0])]))
+
+    # -- generated sets ------------------------------------------------------------------------
+
+    def gen_size(self) -> int:
+        """Pairs per generated set: the largest ratio of the tables and studies times |D|."""
+        ratios = [self.e.ratio] + (list(self.e.sweep_ratios) if self.e.sweep_archs else []) + ([self.e.study_ratio] if self.study_entries() else [])
+        return int(math.ceil(max(ratios) * self.n_train))
+
+    def generated_sets(self) -> list[GeneratedSet]:
+        """One set per model the students read (b_cfg, and b_1 for dakter_b1)."""
+        runs = self.main_runs() + self.sweep_runs() + self.selection_runs()
+        return [GeneratedSet(tag, tag, self.gen_size()) for tag in sorted({r.generated for r in runs if r.generated})]
+
+    def models(self) -> list[str]:
+        sets = self.generated_sets() + [v.generated for v in self.study_variants()]
+        return sorted({s.model for s in sets})
+
+    # -- studies -------------------------------------------------------------------------------
+
+    def study_entries(self) -> list[tuple[str, str, dict]]:
+        """(kind, entry, sampling overrides) of the sampler and decode studies."""
+        out = [("sampler", e, {"sampler": e.split(":")[0], "steps": int(e.split(":")[1])}) for e in self.e.sampler_study]
+        return out + [("decode", e, {"decode": e.split(":")[0], "decode_last": int(e.split(":")[1])}) for e in self.e.decode_study]
+
+    def study_variants(self) -> list[StudyVariant]:
+        n = int(math.ceil(self.e.study_ratio * self.n_train))
+        out = []
+        for kind, entry, sampling in self.study_entries():
+            name = f"{kind}_{entry.replace(':', '_')}"
+            runs = tuple(dataclasses.replace(self.run("dakter", self.e.study_arch, self.e.study_ratio, seed), generated=name, variant=name) for seed in self.e.study_seeds)
+            out.append(StudyVariant(kind, entry, GeneratedSet(name, "b_cfg", n, tuple(sampling.items())), runs))
+        return out
+
+    # -- everything ----------------------------------------------------------------------------
+
+    def units(self) -> list[Model | GeneratedSet | Selection | StudentRun]:
+        """Every unit in the order the runner takes them: models, the filter's real-only student,
+        generated sets, the lambda grid, the table's students, the studies. While a lambda is still
+        to be chosen, the plan ends with the grid: the rest depends on its outcome."""
+        out: list[Any] = [Model(tag) for tag in self.models()]
+        if self.e.filter_keep > 0:
+            out.append(self.real_only(self.e.filter_arch))
+        out += self.generated_sets()
+        out += [Selection(r) for r in self.selection_runs()]
+        if self.pending():
+            return list(dict.fromkeys(out))
+        out += self.table_runs()
+        for v in self.study_variants():
+            out += [v.generated, *v.runs]
+        return list(dict.fromkeys(out))

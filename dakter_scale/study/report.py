@@ -1,0 +1,339 @@
+"""A study's results (results.json) as markdown and figures: one function per section.
+
+`experiment_markdown` is jobs/experiment.py's results.md, `demo_markdown` jobs/demo.py's report.md,
+`rescore_markdown` the tables of students re-scored on another split. Each section returns its
+lines; figures are written by `write_figures` (the sample figures need the generated pairs, so the
+runner draws them). Everything here reads the payload only, so a results.json rebuilds its report.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dakter_scale.report import bar_figure, curve_figure, metrics_table, pct
+from dakter_scale.study.analyse import Results, mean_std
+from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
+
+SAME_SEED_PAIRS = (("dakter", "hard"), ("dakter", "hard_matched"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1"))
+B_MODES = {"auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"}
+
+
+def _diff_cell(d: list[float]) -> str:
+    """Same-seed differences in mIoU: 'mean ± std (seeds where the first is ahead / seeds)', in points."""
+    if not d:
+        return "–"
+    mu, sd = mean_std(d)
+    return f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})"
+
+
+def _names(archs: list[str]) -> str:
+    return ", ".join(archs) or "none"
+
+
+# -- results.md --------------------------------------------------------------------------------
+
+
+def experiment_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
+    r = Results(p["runs"], plan)
+    sections = [
+        header(p, plan),
+        kd_weight_table(p),
+        main_table(r),
+        verdict(r, plan),
+        same_seed_table(r),
+        per_class_table(r, classes),
+        sweep_table(r),
+        quality_table(p, plan),
+        study_tables(p, plan),
+        time_table(p["timings_s"]),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def header(p: dict, plan: Plan) -> list[str]:
+    cfg, e = plan.cfg, plan.e
+    other = [f"{arch} {plan.kd_weight(arch):g}" for arch in e.archs if plan.kd_weight(arch) not in (None, cfg.student.kd_weight)]
+    note = f" ({', '.join(other)})" if other else ""
+    return [
+        "# DAKTer experiment",
+        "",
+        f"Data `{cfg.data.spec}`: {p['n_train']} training images, evaluated on the full test split (one confusion matrix per run). "
+        f"Models at {cfg.data.resolution} px; {lengths(p, plan)}, KD weight λ = {cfg.student.kd_weight:g}{note}, T = {cfg.student.kd_temperature:g}. {len(e.seeds)} seeds; mean ± std (%) over seeds.",
+        "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
+        "",
+    ]
+
+
+def lengths(p: dict, plan: Plan) -> str:
+    """'diffusion N steps of batch B; sampler ...; students M steps of batch B', with the steps a
+    wall-clock budget decided (results.json "steps") when one was set."""
+    d, s, steps = plan.cfg.diffusion, plan.cfg.student, p.get("steps", {})
+    if d.max_minutes > 0 and steps.get("diffusion"):
+        diffusion = f"diffusion {', '.join(str(v) for v in steps['diffusion'].values())} steps of batch {d.batch_size} ({d.max_minutes:g} min budget)"
+    else:
+        diffusion = f"diffusion {d.max_steps} steps of batch {d.batch_size}"
+    if s.max_minutes > 0 and steps.get("students"):
+        counts = sorted(set(steps["students"].values()))
+        students = f"students {', '.join(map(str, counts))} steps of batch {s.batch_size} ({s.max_minutes:g} min budget, measured once per architecture)"
+    else:
+        students = f"students {s.max_steps} steps of batch {s.batch_size}"
+    return f"{diffusion}; sampler {plan.cfg.sampling.sampler} x {plan.cfg.sampling.steps}, decode {plan.cfg.sampling.decode}; {students}"
+
+
+def kd_weight_table(p: dict) -> list[str]:
+    """The lambda grid on the validation split (experiment.kd_weight_grid), when the study has one."""
+    choice = p.get("kd_weight_choice")
+    if not choice:
+        return []
+    grid = list(next(iter(choice.values()))["miou"])
+    first = next(iter(choice.values()))
+    lines = [
+        f"## KD weight λ, chosen on the validation split (`{p['validation_spec']}`, DAKTer at ratio {first['ratio']:g}): mIoU",
+        "",
+        "| student | " + " | ".join(f"λ = {w}" for w in grid) + " | chosen |",
+        "|---|" + "---|" * (len(grid) + 1),
+    ]
+    for arch, row in choice.items():
+        cells = [pct(*mean_std(list(row["miou"][w].values()))) for w in grid]
+        lines.append(f"| {arch} | " + " | ".join(cells) + f" | {row['chosen']:g} |")
+    return lines + ["", "The test split was not looked at to choose λ; the main table uses the chosen λ.", ""]
+
+
+def main_table(r: Results) -> list[str]:
+    e = r.e
+    lines = [
+        f"## Main comparison at ratio {e.ratio:g} ({100 * e.ratio:.0f} %): mIoU / mean F1",
+        "",
+        "| method | " + " | ".join(e.archs) + " |",
+        "|---|" + "---|" * len(e.archs),
+    ]
+    for m in e.methods:
+        cells = []
+        for arch in e.archs:
+            mi, ms = r.cell(m, arch, e.ratio, "miou")
+            fi, fs = r.cell(m, arch, e.ratio, "mean_f1")
+            cells.append(f"{pct(mi, ms)} / {pct(fi, fs)}")
+        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdict(r: Results, plan: Plan) -> list[str]:
+    v, e = r.verdict(), plan.e
+    matched = f"; DAKTer > hard labels at the same weight λ for {len(v['dakter>hard_matched'])} ({_names(v['dakter>hard_matched'])})." if "hard_matched" in e.methods else "."
+    return [
+        "",
+        f"DAKTer > hard > none in mean mIoU for {len(v['dakter>hard>none'])} of {len(e.archs)} students ({_names(v['dakter>hard>none'])}); "
+        f"DAKTer > hard for {len(v['dakter>hard'])} ({_names(v['dakter>hard'])}); DAKTer > none for {len(v['dakter>none'])} ({_names(v['dakter>none'])})"
+        + (f"; b = {plan.cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({_names(v['b_auto>=b_1'])})" if "dakter_b1" in e.methods else "")
+        + matched,
+        "",
+    ]
+
+
+def same_seed_table(r: Results) -> list[str]:
+    e = r.e
+    pairs = [(a, b) for a, b in SAME_SEED_PAIRS if {a, b} <= set(e.methods)]
+    if not pairs or len(e.seeds) < 2:
+        return []
+    lines = [
+        "Same-seed differences in mIoU (points; mean ± std over seeds, and the seeds where the first is ahead):",
+        "",
+        "| student | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
+        "|---|" + "---|" * len(pairs),
+    ]
+    for arch in e.archs:
+        lines.append(f"| {arch} | " + " | ".join(_diff_cell(r.differences(a, b, arch, e.ratio)) for a, b in pairs) + " |")
+    return lines + [""]
+
+
+def per_class_table(r: Results, classes: list[str], figure: bool = True) -> list[str]:
+    e = r.e
+    lines = [
+        f"## Per-class IoU at ratio {e.ratio:g} (%, mean over seeds)",
+        "",
+        "| student | method | " + " | ".join(classes) + " |",
+        "|---|---|" + "---|" * len(classes),
+    ]
+    for arch in e.archs:
+        for m in e.methods:
+            lines.append(f"| {arch} | {METHOD_NAMES[m]} | " + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, e.ratio, len(classes))) + " |")
+    return lines + ["", "![per-class IoU](per_class_iou.png)", ""] if figure else lines + [""]
+
+
+def _sweep_seeds(r: Results) -> list[int]:
+    return sorted(set(r.e.seeds) | set(r.e.sweep_seeds or []))  # a sweep ratio equal to e.ratio has the main table's seeds too
+
+
+def sweep_table(r: Results, figure: bool = True) -> list[str]:
+    e = r.e
+    if not e.sweep_archs:
+        return []
+    lines = [
+        "## Augmentation ratio sweep: mIoU (%)",
+        "",
+        "| student | method | 0 | " + " | ".join(f"{100 * x:.0f} %" for x in e.sweep_ratios) + " |",
+        "|---|---|---|" + "---|" * len(e.sweep_ratios),
+    ]
+    seeds = _sweep_seeds(r)
+    for arch in e.sweep_archs:
+        none = r.cell("none", arch, 0, "miou", seeds)
+        for m in e.sweep_methods:
+            cells = [r.cell(m, arch, x, "miou", seeds) for x in e.sweep_ratios]
+            lines.append(f"| {arch} | {METHOD_NAMES[m]} | {pct(*none)} | " + " | ".join(pct(mu, sd) for mu, sd in cells) + " |")
+        if {"dakter", "hard"} <= set(e.sweep_methods) and len(e.sweep_seeds or e.seeds) > 1:
+            diffs = [_diff_cell(r.differences("dakter", "hard", arch, x, seeds)) for x in e.sweep_ratios]
+            lines.append(f"| {arch} | DAKTer − hard labels, same seeds (points; seeds ahead) | – | " + " | ".join(diffs) + " |")
+    for arch in e.sweep_archs if figure else []:
+        lines += ["", f"![ratio sweep {arch}](ratio_sweep_{arch}.png)", ""]
+    return lines if figure else lines + [""]
+
+
+def quality_table(p: dict, plan: Plan) -> list[str]:
+    e = plan.e
+    lines = [
+        "## Generation quality",
+        "",
+        "| model | b | label alignment mIoU | pixel agreement | class-fraction TV | mean max-prob. | ENL gen / real | histogram TV / W1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for tag, q in p["quality"].items():
+        hd = q.get("histogram_distance", {})
+        lines.append(
+            f"| {tag} | {p['b'][tag.removesuffix(DRAWN_SUFFIX)]:.3f} | {pct(q['label_alignment']['miou'])} | {pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
+            f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
+        )
+    lines += ["", f"Label alignment: the real-only {e.archs[0]} student (seed {e.seeds[0]}) segments the generated images; its argmax is scored against the generated labels.", ""]
+    if e.filter_keep > 0:
+        drawn = int(math.ceil(p["generated_pairs"] / e.filter_keep))
+        lines += [
+            f"Filter: the students use the {p['generated_pairs']} best-aligned of {drawn} drawn pairs per model, scored by the real-only "
+            f"{e.filter_arch} student (seed {e.seeds[0]}); rows TAG{DRAWN_SUFFIX} are the draw before the filter.",
+            "",
+        ]
+    for tag in p["b"]:
+        lines += [f"![samples {tag}](samples_{tag}.png)", ""]
+    return lines
+
+
+def study_tables(p: dict, plan: Plan) -> list[str]:
+    e, lines = plan.e, []
+    for kind, title in (("sampler", "Sampler study"), ("decode", "Soft-label decode study")):
+        rows = p["studies"].get(kind) or []
+        if not rows:
+            continue
+        lines += [
+            f"## {title} ({e.study_arch}, DAKTer at ratio {e.study_ratio:g}, seeds {list(e.study_seeds)})",
+            "",
+            "| variant | pairs/s | label alignment mIoU | class-fraction TV | mean max-prob. | student mIoU |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            mu, sd = mean_std(row["miou"])
+            pps = f"{row['pairs_per_second']:.2f}" if row["pairs_per_second"] else "–"
+            q = row["quality"]
+            lines.append(f"| {row['variant']} | {pps} | {pct(q['label_alignment']['miou'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | {pct(mu, sd)} |")
+        lines.append("")
+    return lines
+
+
+def time_table(timings: dict[str, float], title: str = "## Time (s)", per_student: bool = False) -> list[str]:
+    """One column per model and generated set; the students summed as 'students (N)' unless per_student."""
+    columns: dict[str, float] = {}
+    students = [k for k in timings if k.startswith("student_")]
+    for key, seconds in timings.items():
+        if key in students and not per_student:
+            key = f"students ({len(students)})"
+            seconds = columns.get(key, 0.0) + seconds
+        columns[key] = seconds
+    return [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), "| " + " | ".join(f"{v:.0f}" for v in columns.values()) + " |", ""]
+
+
+def write_figures(p: dict, plan: Plan, classes: list[str], out: str | Path) -> None:
+    """per_class_iou.png (mean over students and seeds) and ratio_sweep_ARCH.png per swept student."""
+    r, e, out = Results(p["runs"], plan), plan.e, Path(out)
+    bars = {}
+    for m in e.methods:
+        means = [0.0] * len(classes)
+        for arch in e.archs:
+            for c, (mu, _) in enumerate(r.per_class(m, arch, e.ratio, len(classes))):
+                means[c] += (0 if math.isnan(mu) else 100 * mu) / len(e.archs)
+        bars[METHOD_NAMES[m]] = (means, None)
+    bar_figure(classes, bars, out / "per_class_iou.png", "IoU (%) mean over students and seeds", f"per-class IoU at ratio {e.ratio:g}")
+    for arch in e.sweep_archs:
+        none = r.cell("none", arch, 0, "miou", _sweep_seeds(r))
+        series = {}
+        for m in e.sweep_methods:
+            cells = [r.cell(m, arch, x, "miou", _sweep_seeds(r)) for x in e.sweep_ratios]
+            series[METHOD_NAMES[m]] = ([0.0] + [100 * x for x in e.sweep_ratios], [100 * none[0]] + [100 * mu for mu, _ in cells], [100 * (none[1] or 0)] + [100 * (sd or 0) for _, sd in cells])
+        curve_figure(series, out / f"ratio_sweep_{arch}.png", "augmentation ratio (%)", "mIoU (%)", f"{arch}: mIoU vs augmentation ratio")
+
+
+# -- rescored students -------------------------------------------------------------------------
+
+
+def rescore_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
+    """The main table, same-seed differences, per-class IoU and sweep of students scored on p['spec']."""
+    r = Results(p["runs"], plan)
+    head = [
+        f"# DAKTer experiment, students re-scored on `{p['spec']}` ({p['tag']})",
+        "",
+        f"The {len(p['runs'])} finished students of this experiment, trained as in results.md, scored on the test split of `{p['spec']}` "
+        "(one confusion matrix per run); mean ± std (%) over seeds.",
+        "",
+    ]
+    sections = [head, main_table(r), [""], same_seed_table(r), per_class_table(r, classes, figure=False), sweep_table(r, figure=False)]
+    return "\n".join(line for section in sections for line in section)
+
+
+# -- the demo's report.md ----------------------------------------------------------------------
+
+
+def demo_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
+    """jobs/demo.py's report: b, the sample figure, generation quality, the students' test metrics, time."""
+    cfg, e = plan.cfg, plan.e
+    gen, q = p["generated"]["b_cfg"], p["quality"]["b_cfg"]
+    mode = p["b_mode"]["b_cfg"]
+    pps = f"{gen['pairs_per_second']:.2f} pairs/s" if gen.get("pairs_per_second") else "drawn by an earlier run"
+    lines = [
+        "# DAKTer demo report",
+        "",
+        f"Data: `{cfg.data.spec}` ({p['n_train']} training images), {cfg.data.resolution} px. "
+        "All numbers below were measured by this run; the scale is tiny (CPU, minutes), so they show the pipeline working, not the method's ceiling.",
+        "",
+        "## Balancing factor",
+        f"b = **{p['b']['b_cfg']:.4f}** (`{mode}`" + (f": {B_MODES[mode]}" if mode in B_MODES else "") + ").",
+        "",
+        "## Generated samples",
+        "![generated samples](samples_b_cfg.png)",
+        "",
+        f"{gen['count']} pairs in {gen['shards']} shards, {cfg.sampling.sampler} x {cfg.sampling.steps} steps, {pps}.",
+        "",
+        "| | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+        "| class pixel fractions, real train | " + " | ".join(f"{100 * v:.2f}%" for v in q["class_fractions_real"]) + " |",
+        "| class pixel fractions, generated (argmax) | " + " | ".join(f"{100 * v:.2f}%" for v in q["class_fractions_generated"]) + " |",
+        "",
+        f"- mean max-probability of the soft labels: {gen['mean_confidence']:.3f}; total variation between the class fractions: {q['class_fraction_tv']:.3f}",
+        f"- label alignment (the real-only student segments the generated images, scored against the generated labels): mIoU {pct(q['label_alignment']['miou'])}, pixel agreement {pct(q['label_alignment']['pixel_agreement'])}",
+        f"- equivalent number of looks over sea: generated {q['enl_generated']:.2f}" + (f", real {q['enl_real']:.2f}" if "enl_real" in q else ""),
+    ]
+    if "histogram_distance" in q:
+        hd = q["histogram_distance"]
+        lines.append(f"- 8-bit intensity histogram distance to real images: TV {hd['tv']:.3f}, W1 {hd['w1']:.2f} grey levels")
+    lines += [f"- **WARNING**: {w}" for w in gen.get("warnings", [])]
+    several = len(e.archs) > 1 or len(e.seeds) > 1
+    rows = [(METHOD_NAMES[run.method] + (f", {run.arch} seed {run.seed}" if several else ""), p["runs"][run.name]) for run in plan.main_runs() if run.name in p["runs"]]
+    lines += [
+        "",
+        f"## Students ({', '.join(e.archs)}, {cfg.student.max_steps} steps of batch {cfg.student.batch_size}, generated ratio {e.ratio:g} = {100 * e.ratio:.0f} %: "
+        f"{p['generated_pairs']} distinct generated pairs beside {p['n_train']} real images)",
+        "Test split, full images, one confusion matrix over the split; values in %.",
+        "",
+        metrics_table(rows, classes),
+        "",
+        *time_table(p["timings_s"], "## Time per stage (s)", per_student=True),
+        "Resolved config: `config.yaml`; raw numbers: `results.json`.",
+        "",
+    ]
+    return "\n".join(lines)
