@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Callable
 
 from dakter_scale.config import Config, load_config
 from dakter_scale.errors import UserError
+
+
+class FlagError(UserError, ValueError):
+    """A command-line flag out of its range; the message names the flag."""
 
 EPILOG = (
     "Any config key can be overridden as key=value after the flags, e.g. student.lr=3e-4 "
@@ -51,6 +56,15 @@ def config_from(args: argparse.Namespace, extra: dict[str, object] | None = None
         sys.stdout.write(dump_config(cfg))
         sys.exit(0)
     return cfg
+
+
+def check_flag(flag: str, value: int | float | None, low: float | None = None, high: float | None = None) -> None:
+    """Refuse a numeric flag outside [low, high] (None: unbounded; a flag not given passes) before any work starts."""
+    if value is None:
+        return
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        wanted = f"in [{low:g}, {high:g}]" if low is not None and high is not None else f">= {low:g}" if low is not None else f"<= {high:g}"
+        raise FlagError(f"{flag} must be {wanted}, got {value}")
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -33,6 +33,7 @@ from dakter_scale.data.shardset import ShardSet
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.pipeline import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
+from dakter_scale.student.models import check_students
 from dakter_scale.student.train import train_student
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
@@ -425,4 +426,6 @@ class Experiment:
 
 
 def run_experiment(cfg: Config, out: str | Path, progress: bool = True) -> Path:
+    e = cfg.experiment
+    check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])
     return Experiment(cfg, out, progress).run()

@@ -15,7 +15,7 @@ from dakter_scale.config import Config, save_config
 from dakter_scale.data.real import denormalise, open_source, split_stats
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.evaluate import evaluate_student
-from dakter_scale.student.models import load_student
+from dakter_scale.student.models import check_students, load_student
 from dakter_scale.student.train import train_student
 from dakter_scale.synth.run import synthesize
 
@@ -74,6 +74,7 @@ def generation_quality(cfg: Config, shards_url: str, segmenter_dir: str, n: int 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """Run every stage on cfg.data.spec and write OUT/report.md. Returns the report path."""
+    check_students(cfg.student, [cfg.student.arch])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from dakter_scale.cli import parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run
 
 
 def main() -> None:
@@ -24,6 +24,8 @@ def main() -> None:
 
     def body() -> int:
         from pathlib import Path
+
+        check_flag("--pad-multiple", args.pad_multiple, 1)
 
         from dakter_scale.config import EvalConfig
         from dakter_scale.student.evaluate import evaluate_student

@@ -12,7 +12,7 @@ alignment.parquet with every source pair's score. Train students on the output a
 
 from __future__ import annotations
 
-from dakter_scale.cli import parser, run
+from dakter_scale.cli import check_flag, parser, run
 
 
 def main() -> None:
@@ -31,6 +31,10 @@ def main() -> None:
         from dakter_scale.synth.filter import filter_shards
         from dakter_scale.training import setup_logging
 
+        check_flag("--keep", args.keep, 1)
+        check_flag("--min-alignment", args.min_alignment, 0, 1)
+        check_flag("--samples-per-shard", args.samples_per_shard, 1)
+        check_flag("--batch-size", args.batch_size, 1)
         setup_logging()
         info = filter_shards(args.shards, args.out, args.segmenter, keep=args.keep, min_alignment=args.min_alignment, samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
         f = info.filter

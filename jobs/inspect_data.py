@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dakter_scale.cli import parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run
 from dakter_scale.core.joint import resolve_b
 from dakter_scale.data.real import SPLITS, open_source, split_stats
 
@@ -23,6 +23,7 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
+        check_flag("--max-images", args.max_images, 1)
         source = open_source(args.spec)
         splits = {}
         stats = {}

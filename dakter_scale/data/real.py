@@ -61,6 +61,8 @@ def read_gray(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"))[..., 0]
     except DataError:
         raise
+    except Image.DecompressionBombError as e:  # Pillow's size limit: refused before any pixel is decoded
+        raise DataError(f"{path}: image too large to read ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
     return np.ascontiguousarray(arr, dtype=np.uint8)
@@ -72,6 +74,8 @@ def read_rgb(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: label image too large to read ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable label image ({e})") from None
 
