@@ -492,4 +492,7 @@ def save_config(cfg: Config, directory: str | Path, name: str = "config.yaml") -
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, as printed and saved beside outputs: credentials in a URL are hidden."""
+    from dakter_scale.data.storage import redact_url
+
+    return redact_url(yaml.safe_dump(to_dict(cfg), sort_keys=False))

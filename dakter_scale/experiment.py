@@ -30,6 +30,7 @@ from dakter_scale import report
 from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.data.real import open_source, split_stats
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.pipeline import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
@@ -325,7 +326,7 @@ class Experiment:
         lines = [
             "# DAKTer experiment",
             "",
-            f"Data `{cfg.data.spec}`: {self.n_train} training images, evaluated on the full test split (one confusion matrix per run). "
+            f"Data `{redact_url(cfg.data.spec)}`: {self.n_train} training images, evaluated on the full test split (one confusion matrix per run). "
             f"Models at {cfg.data.resolution} px; {self._length_text(p)}, KD weight λ = {cfg.student.kd_weight:g}{self._lambda_note()}, T = {cfg.student.kd_temperature:g}. {seeds} seeds; mean ± std (%) over seeds.",
             "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
             "",

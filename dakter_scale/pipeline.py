@@ -13,6 +13,7 @@ import numpy as np
 from dakter_scale import report
 from dakter_scale.config import Config, save_config
 from dakter_scale.data.real import denormalise, open_source, split_stats
+from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.models import check_students, load_student
@@ -85,7 +86,7 @@ def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         print(f"[{i}/{stages}] {text}", flush=True)
 
     t = time.time()
-    stage(1, f"reading {cfg.data.spec}")
+    stage(1, f"reading {redact_url(cfg.data.spec)}")
     source = open_source(cfg.data.spec)
     stats = split_stats(source, "train", cfg.data.stats_max_images)
     timings["data"] = time.time() - t
@@ -137,7 +138,7 @@ def _demo_markdown(cfg, info, stats, summary, quality, results, timings) -> str:
     lines = [
         "# DAKTer demo report",
         "",
-        f"Data: `{cfg.data.spec}` ({stats.images} training images), {cfg.data.resolution} px. "
+        f"Data: `{redact_url(cfg.data.spec)}` ({stats.images} training images), {cfg.data.resolution} px. "
         f"All numbers below were measured by this run; the scale is tiny (CPU, minutes), so they show the pipeline working, not the method's ceiling.",
         "",
         "## Balancing factor",

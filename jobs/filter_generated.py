@@ -28,6 +28,7 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
+        from dakter_scale.data.storage import redact_url
         from dakter_scale.synth.filter import filter_shards
         from dakter_scale.training import setup_logging
 
@@ -38,7 +39,7 @@ def main() -> None:
         setup_logging()
         info = filter_shards(args.shards, args.out, args.segmenter, keep=args.keep, min_alignment=args.min_alignment, samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
         f = info.filter
-        print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {args.out}")
+        print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {redact_url(args.out)}")
         return 0
 
     run(body)

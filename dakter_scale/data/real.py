@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
+from dakter_scale.data.storage import url_to_fs
 from dakter_scale.errors import UserError
 
 OSD_CLASSES = synthetic_sar.CLASSES
@@ -195,7 +196,7 @@ class OSDSource(Source):
     """``{train,test}/images/*.jpg`` with ``labels_1D/*.png`` (class ids) or ``labels/*.png`` (RGB colours)."""
 
     def __init__(self, root: str, spec: str):
-        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.fs, self.root = url_to_fs(root)
         self.spec = spec
         self.classes = OSD_CLASSES
         if not self.fs.isdir(self.root):
@@ -242,7 +243,7 @@ class SOSSource(Source):
     SATELLITES = ("palsar", "sentinel")
 
     def __init__(self, root: str, spec: str, satellites: Sequence[str] = SATELLITES):
-        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.fs, self.root = url_to_fs(root)
         self.spec = spec
         self.classes = SOS_CLASSES
         self.satellites = tuple(satellites)

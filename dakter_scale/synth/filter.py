@@ -31,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
+from dakter_scale.data.storage import redact_url
 from dakter_scale.errors import UserError
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
@@ -162,7 +163,7 @@ def filter_shards(
         fingerprint=fp,
         filter={
             "fingerprint": fp,
-            "source": src_url,
+            "source": redact_url(src_url),
             "source_count": len(keys),
             "source_fingerprint": src_info.fingerprint,
             "segmenter": str(segmenter_dir),
