@@ -1,7 +1,9 @@
 """fsspec helpers: one place that knows how to write a file so that a reader never sees half of it.
 
 On a local file system a file is written under a temporary name in the same folder
-(``NAME.tmp-XXXXXXXXXXXX``) and renamed into place (atomic on POSIX). On object stores (s3://,
+(``NAME.tmp-XXXXXXXXXXXX``), synced to the disk, renamed into place (atomic on POSIX), and the folder
+synced, so a file written after it (a shard's done marker after its tar and manifest) never survives
+a power loss that the file itself does not. On object stores (s3://,
 gs://, ...) an object only becomes visible when its upload completes, so it is written directly,
 streaming as it goes: s3fs sends parts of ``default_block_size`` (50 MiB; set e.g.
 ``FSSPEC_S3='{"default_block_size": 8388608}'``) as a multipart upload that is completed on close.
@@ -18,7 +20,9 @@ recorded file (student.json, dataset.json, dakter.json, config.yaml) shows.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -102,17 +106,23 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
     or an incomplete multipart upload (object stores; a bucket lifecycle rule clears them).
     """
     if is_local(fs):
-        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+        folder = posixpath.dirname(path) or "."
+        fs.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         try:
             with fs.open(tmp, "wb") as f:
                 yield f
+                f.flush()
+                fsync(f)
             fs.mv(tmp, path)
+            fsync_folder(folder)
         except BaseException:
             with contextlib.suppress(Exception):
                 fs.rm(tmp)
             raise
     else:
+        # Nothing to sync: the object exists only once its (multipart) upload completes, and the store
+        # acknowledges that completion only after the object is durable.
         f = fs.open(path, "wb")
         try:
             yield f
@@ -124,6 +134,24 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
             raise
         else:
             f.close()
+
+
+def fsync(f: Any) -> None:
+    """Force a local file's written bytes to the disk, where the file system offers it (a power loss
+    after the rename must not leave an empty or short file under the final name)."""
+    with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+        os.fsync(f.fileno())
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename in a local folder durable (POSIX: fsync the folder); a no-op where folders cannot
+    be opened or synced (Windows, some network file systems)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefix: str = "") -> list[str]:
