@@ -3,19 +3,28 @@
 A job's main() builds its parser with ``parser(...)``, parses, and runs its body inside
 ``run(...)``: user errors (``errors.UserError``: bad config, data, flags, model folders, storage;
 and PermissionError) print ``error: <one line>`` on stderr and exit 2; anything else is a bug and
-keeps its traceback.
+keeps its traceback. Credentials in URLs (``user:password@``, secret query parameters) are hidden in
+all three, and in every log line of the job's process (``storage.redact_url``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
+import traceback
 from typing import Callable
 
 from dakter_scale.config import Config, load_config
+from dakter_scale.data.storage import redact_url
 from dakter_scale.errors import UserError
+
+
+class FlagError(UserError, ValueError):
+    """A command-line flag out of its range; the message names the flag."""
 
 EPILOG = (
     "Any config key can be overridden as key=value after the flags, e.g. student.lr=3e-4 "
@@ -53,17 +62,55 @@ def config_from(args: argparse.Namespace, extra: dict[str, object] | None = None
     return cfg
 
 
+def check_flag(flag: str, value: int | float | None, low: float | None = None, high: float | None = None) -> None:
+    """Refuse a numeric flag outside [low, high] (None: unbounded; a flag not given passes) before any work starts."""
+    if value is None:
+        return
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        wanted = f"in [{low:g}, {high:g}]" if low is not None and high is not None else f">= {low:g}" if low is not None else f"<= {high:g}"
+        raise FlagError(f"{flag} must be {wanted}, got {value}")
+
+
 def fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
+def redact_logs() -> None:
+    """Hide credentials in URLs (storage.redact_url) in every log record this process makes, whatever
+    logged it (libraries name the URLs they fail on), and in the traceback of an uncaught exception."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts_urls", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it when the record is emitted
+            return record
+        clean = redact_url(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    factory.redacts_urls = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+    # A bug propagates out of run() as it always did; the traceback Python prints then hides them too.
+    sys.excepthook = _redacted_traceback
+
+
+def _redacted_traceback(kind: type[BaseException], value: BaseException, tb) -> None:
+    sys.stderr.write(redact_url("".join(traceback.format_exception(kind, value, tb))))
+
+
 def run(body: Callable[[], int | None]) -> None:
-    """Run a job body; user errors become one line on stderr and exit status 2."""
+    """Run a job body; user errors become one line on stderr (credentials in URLs hidden) and exit status 2."""
+    redact_logs()
     try:
         code = body()
     except USER_ERRORS as e:
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        fail(redact_url(str(e).splitlines()[0]) if str(e) else type(e).__name__)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     sys.exit(code or 0)

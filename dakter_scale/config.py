@@ -121,10 +121,13 @@ class DiffusionConfig:
         _check(self.prediction_type in PREDICTION_TYPES, "diffusion.prediction_type", f"{self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         _check(self.label_prediction_type in PREDICTION_TYPES + ("same",), "diffusion.label_prediction_type", f"{self.label_prediction_type!r} is not same or one of {PREDICTION_TYPES}")
         _check(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "diffusion.beta_schedule", f"{self.beta_schedule!r} is not linear, scaled_linear or squaredcos_cap_v2")
+        _check(self.seed >= 0, "diffusion.seed", f"must be >= 0, got {self.seed}")
+        _check(self.num_workers >= 0, "diffusion.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.num_train_timesteps >= 10, "diffusion.num_train_timesteps", "must be >= 10")
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):
             _check(getattr(self, key) >= 1, f"diffusion.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "diffusion.lr", "must be > 0")
+        _check(self.warmup_steps >= 0 and self.weight_decay >= 0, "diffusion.warmup_steps/weight_decay", "must be >= 0")
         _check(self.max_minutes >= 0 and math.isfinite(self.max_minutes), "diffusion.max_minutes", f"must be >= 0 (0 = no time budget), got {self.max_minutes}")
         _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
         _check(self.checkpoint_every >= 0, "diffusion.checkpoint_every", "must be >= 0")
@@ -173,6 +176,7 @@ class SynthesisConfig:
         _check(self.samples_per_shard >= 1, "synthesis.samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
         _check(self.batch_size >= 1, "synthesis.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.actors == "auto" or (isinstance(self.actors, int) and self.actors >= 1), "synthesis.actors", f"must be auto or >= 1, got {self.actors!r}")
+        _check(self.seed >= 0, "synthesis.seed", f"must be >= 0, got {self.seed}")
         _check(self.threads_per_actor >= 1, "synthesis.threads_per_actor", "must be >= 1")
         _check(self.retries >= 0, "synthesis.retries", "must be >= 0")
         _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
@@ -213,6 +217,11 @@ class StudentConfig:
     log_every: int = 50
 
     def validate(self) -> None:
+        from dakter_scale.student.archs import ARCHS
+
+        _check(self.arch in ARCHS, "student.arch", f"{self.arch!r} is not one of {', '.join(ARCHS)}")
+        _check(bool(self.encoder), "student.encoder", "must name an smp encoder, or auto")
+        _check(self.seed >= 0, "student.seed", f"must be >= 0, got {self.seed}")
         _check(self.labels in ("soft", "hard"), "student.labels", f"{self.labels!r} is not soft or hard")
         _check(self.ratio >= 0 and math.isfinite(self.ratio), "student.ratio", f"must be >= 0, got {self.ratio}")
         for key in ("max_steps", "batch_size", "log_every", "checkpoints_total_limit", "shuffle_buffer"):
@@ -227,6 +236,10 @@ class StudentConfig:
         _check(self.max_generated >= 0, "student.max_generated", "must be >= 0")
         _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "student.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
+        _check(self.num_workers >= 0, "student.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.checkpoint_every >= 0, "student.checkpoint_every", "must be >= 0")
+        _check(self.warmup_steps >= 0, "student.warmup_steps", "must be >= 0")
+        _check(self.weight_decay >= 0, "student.weight_decay", "must be >= 0")
         _check(3 <= self.encoder_depth <= 5, "student.encoder_depth", "must be in [3, 5]")
 
 
@@ -283,7 +296,16 @@ class ExperimentConfig:
         return weights.get(arch, default)
 
     def validate(self) -> None:
+        from dakter_scale.student.archs import ARCHS
+
         known = ("none", "hard", "hard_matched", "dakter", "dakter_b1")
+        for key in ("archs", "sweep_archs", "study_arch", "filter_arch"):
+            value = getattr(self, key)
+            for arch in (value,) if isinstance(value, str) else value:
+                _check(arch in ARCHS, f"experiment.{key}", f"{arch!r} is not one of {', '.join(ARCHS)}")
+        for key in ("seeds", "sweep_seeds", "study_seeds"):
+            _check(all(s >= 0 for s in getattr(self, key)), f"experiment.{key}", f"seeds must be >= 0, got {list(getattr(self, key))}")
+        _check(self.quality_pairs >= 1 and self.figure_samples >= 1, "experiment.quality_pairs/figure_samples", "must be >= 1")
         _check(0.0 <= self.filter_keep < 1.0, "experiment.filter_keep", f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)")
         for m in self.methods + self.sweep_methods:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
@@ -480,4 +502,7 @@ def save_config(cfg: Config, directory: str | Path, name: str = "config.yaml") -
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, as printed and saved beside outputs: credentials in a URL are hidden."""
+    from dakter_scale.data.storage import redact_url
+
+    return redact_url(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -29,6 +29,7 @@ from dakter_scale.data.shardset import DatasetInfo, ShardSet
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.quality import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
+from dakter_scale.student.models import check_students
 from dakter_scale.student.train import train_student
 from dakter_scale.study import analyse
 from dakter_scale.study import report as study_report
@@ -352,11 +353,14 @@ def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
 
 def run_experiment(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md."""
+    e = cfg.experiment
+    check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
     return Experiment(cfg, out, progress).run()
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """jobs/demo.py: the same runner on the demo's one-student plan (configs/demo.yaml); returns OUT/report.md."""
+    check_students(cfg.student, list(cfg.experiment.archs))  # before any work
     return Experiment(cfg, out, progress, preset="demo").run()
 
 

@@ -12,7 +12,7 @@ alignment.parquet with every source pair's score. Train students on the output a
 
 from __future__ import annotations
 
-from dakter_scale.cli import parser, run
+from dakter_scale.cli import check_flag, parser, run
 
 
 def main() -> None:
@@ -28,13 +28,18 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
+        from dakter_scale.data.storage import redact_url
         from dakter_scale.synth.filter import filter_shards
         from dakter_scale.training import setup_logging
 
+        check_flag("--keep", args.keep, 1)
+        check_flag("--min-alignment", args.min_alignment, 0, 1)
+        check_flag("--samples-per-shard", args.samples_per_shard, 1)
+        check_flag("--batch-size", args.batch_size, 1)
         setup_logging()
         info = filter_shards(args.shards, args.out, args.segmenter, keep=args.keep, min_alignment=args.min_alignment, samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
         f = info.filter
-        print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {args.out}")
+        print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {redact_url(args.out)}")
         return 0
 
     run(body)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import sys
 
-from dakter_scale.cli import parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run
 from dakter_scale.core.joint import resolve_b
 from dakter_scale.data.real import SPLITS, open_source, split_stats
+from dakter_scale.data.storage import redact_url
 
 
 def main() -> None:
@@ -23,6 +24,7 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
+        check_flag("--max-images", args.max_images, 1)
         source = open_source(args.spec)
         splits = {}
         stats = {}
@@ -45,7 +47,7 @@ def main() -> None:
             json.dump(result, sys.stdout)
             sys.stdout.write("\n")
             return 0
-        print(f"{args.spec}: classes {', '.join(source.classes)}")
+        print(f"{redact_url(args.spec)}: classes {', '.join(source.classes)}")
         for split, s in splits.items():
             size = "x".join(map(str, s["size"])) if s["size"] else "mixed sizes"
             fr = ", ".join(f"{c} {100 * f:.2f}%" for c, f in zip(source.classes, s["class_fractions"]))

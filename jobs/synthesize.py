@@ -20,14 +20,7 @@ import logging
 import os
 import sys
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run
-
-
-def _positive(flag: str, value: int | None) -> None:
-    from dakter_scale.synth.plan import PlanError
-
-    if value is not None and value <= 0:
-        raise PlanError(f"{flag} must be >= 1, got {value}")
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
 
 
 def main() -> None:
@@ -74,10 +67,9 @@ def main() -> None:
                 raise PlanError(f"--actors must be a number or auto, got {args.actors!r}") from None
             if actors < 0:
                 raise PlanError(f"--actors must be >= 0, got {actors}")
-        _positive("--samples-per-shard", args.samples_per_shard)
-        _positive("--batch-size", args.batch_size)
-        _positive("--steps", args.steps)
-        _positive("--threads-per-actor", args.threads_per_actor)
+        for flag, value in (("--samples-per-shard", args.samples_per_shard), ("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads-per-actor", args.threads_per_actor)):
+            check_flag(flag, value, 1)
+        check_flag("--seed", args.seed, 0)
         cfg = config_from(
             args,
             {

@@ -12,7 +12,7 @@ The model folder (diffusers format, safetensors weights, dakter.json) is what jo
 
 from __future__ import annotations
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
 
 
 def main() -> None:
@@ -27,6 +27,7 @@ def main() -> None:
         from dakter_scale.diffusion.train import train_diffusion
         from dakter_scale.training import available_tracker, finish, make_accelerator
 
+        check_flag("--max-steps", args.max_steps, 1)
         cfg = config_from(args, {"data.spec": args.data, "diffusion.max_steps": args.max_steps})
         accelerator = make_accelerator(cfg.diffusion.mixed_precision, log_with=available_tracker(), project_dir=f"{args.out}/logs")
         train_diffusion(cfg, args.out, resume=args.resume, progress=progress_enabled(), accelerator=accelerator)

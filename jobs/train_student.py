@@ -14,7 +14,7 @@ Bad shards: student.on_bad_shard=warn (skip, count, name them at the end) or rai
 
 from __future__ import annotations
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
 
 
 def parse_ratio(text: str) -> float:
@@ -47,6 +47,7 @@ def main() -> None:
         from dakter_scale.student.train import train_student
         from dakter_scale.training import available_tracker, finish, make_accelerator
 
+        check_flag("--max-steps", args.max_steps, 1)
         ratio = parse_ratio(args.ratio) if args.ratio is not None else None
         cfg = config_from(
             args,

@@ -8,7 +8,7 @@ The result reads back with the osd:PATH / sos:PATH specs like the real datasets.
 
 from __future__ import annotations
 
-from dakter_scale.cli import parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run
 
 
 def main() -> None:
@@ -24,11 +24,13 @@ def main() -> None:
     args = p.parse_args()
 
     def body() -> int:
-        from dakter_scale.data.real import DataError
         from dakter_scale.data.synthetic_sar import write_osd_layout, write_sos_layout
 
-        if args.train < 1 or args.test < 1:
-            raise DataError(f"--train and --test must be >= 1, got {args.train}, {args.test}")
+        check_flag("--train", args.train, 1)
+        check_flag("--test", args.test, 1)
+        for flag, side in (("--height", args.height), ("--width", args.width), ("--size", args.size)):
+            check_flag(flag, side, 16)  # the simulator's smallest scene, as synthetic:N?size=S
+        check_flag("--seed", args.seed, 0)
         if args.layout == "osd":
             write_osd_layout(args.out, args.train, args.test, args.height, args.width, args.seed, progress=progress_enabled())
         else:

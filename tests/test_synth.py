@@ -485,3 +485,8 @@ def test_ray_cluster_yaml_is_a_valid_autoscaler_config_with_token_auth():
     starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert "--dashboard-host=127.0.0.1" in raw["head_start_ray_commands"][-1]
+    # nodes on private IPs, in a group made beforehand (Ray's own would open SSH to 0.0.0.0/0); only code copied
+    assert raw["provider"]["use_internal_ips"] is True and "0.0.0.0/0" not in yaml.safe_dump(raw)
+    assert all(node["node_config"].get("SecurityGroupIds") for node in raw["available_node_types"].values())
+    assert "." not in raw["file_mounts"].values() and "./" not in raw["file_mounts"].values()
+    assert {"./dakter_scale", "./jobs", "./pyproject.toml"} <= set(raw["file_mounts"].values())

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
+from dakter_scale.data.storage import url_to_fs
 from dakter_scale.errors import UserError
 
 OSD_CLASSES = synthetic_sar.CLASSES
@@ -61,6 +62,8 @@ def read_gray(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"))[..., 0]
     except DataError:
         raise
+    except Image.DecompressionBombError as e:  # Pillow's size limit: refused before any pixel is decoded
+        raise DataError(f"{path}: image too large to read ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
     return np.ascontiguousarray(arr, dtype=np.uint8)
@@ -72,6 +75,8 @@ def read_rgb(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: label image too large to read ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable label image ({e})") from None
 
@@ -191,7 +196,7 @@ class OSDSource(Source):
     """``{train,test}/images/*.jpg`` with ``labels_1D/*.png`` (class ids) or ``labels/*.png`` (RGB colours)."""
 
     def __init__(self, root: str, spec: str):
-        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.fs, self.root = url_to_fs(root)
         self.spec = spec
         self.classes = OSD_CLASSES
         if not self.fs.isdir(self.root):
@@ -238,7 +243,7 @@ class SOSSource(Source):
     SATELLITES = ("palsar", "sentinel")
 
     def __init__(self, root: str, spec: str, satellites: Sequence[str] = SATELLITES):
-        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.fs, self.root = url_to_fs(root)
         self.spec = spec
         self.classes = SOS_CLASSES
         self.satellites = tuple(satellites)

@@ -487,7 +487,11 @@ class ShardSet:
             return write_tar(f, samples)
 
     def finish_shard(self, shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, extra: dict | None = None) -> dict:
-        """After write_tar: the manifest, then, last, the done marker (with `extra` fields). Returns the marker."""
+        """After write_tar: the manifest, then, last, the done marker (with `extra` fields). Returns the marker.
+
+        Locally each file is fsynced, and its folder after the rename, before the next is written
+        (storage.open_atomic), so after a power loss a marker never stands beside a short tar or
+        manifest; on object stores a completed upload is already durable."""
         self.write_parquet(shard_name(shard, "parquet"), manifest_table(rows))
         marker = {**shard_marker(shard, rows, tar_bytes, sha256, fingerprint), **(extra or {})}
         storage.write_json(self.fs, self.path(shard_name(shard, "json")), marker)

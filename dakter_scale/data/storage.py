@@ -1,7 +1,9 @@
 """fsspec helpers: one place that knows how to write a file so that a reader never sees half of it.
 
 On a local file system a file is written under a temporary name in the same folder
-(``NAME.tmp-XXXXXXXXXXXX``) and renamed into place (atomic on POSIX). On object stores (s3://,
+(``NAME.tmp-XXXXXXXXXXXX``), synced to the disk, renamed into place (atomic on POSIX), and the folder
+synced, so a file written after it (a shard's done marker after its tar and manifest) never survives
+a power loss that the file itself does not. On object stores (s3://,
 gs://, ...) an object only becomes visible when its upload completes, so it is written directly,
 streaming as it goes: s3fs sends parts of ``default_block_size`` (50 MiB; set e.g.
 ``FSSPEC_S3='{"default_block_size": 8388608}'``) as a multipart upload that is completed on close.
@@ -10,12 +12,17 @@ invisible to readers but stored (and billed) until it is aborted: give the bucke
 that aborts incomplete multipart uploads after a day (docs/synthesis.md).
 
 Credentials come from the usual environment (AWS_* variables, ~/.aws, gcloud); nothing here logs them.
+A URL can still carry them (``scheme://user:password@host/...``, a presigned ``?X-Amz-Signature=...``):
+``redact_url`` is the one function that strips them, applied to every URL a message, a log line or a
+recorded file (student.json, dataset.json, dakter.json, config.yaml) shows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -26,14 +33,40 @@ import fsspec
 from dakter_scale.errors import UserError
 
 TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
+# scheme://USERINFO@ : everything up to the last @ before the first /, or, once a user is followed by
+# a colon, up to the last @ of the word: an unencoded password may hold / and @ (an AWS secret key
+# often has a /); hiding a little too much is better than showing part of a secret.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s]*@|[^/?#@\s:]*:\S*@)")
+# A query parameter whose name says it carries a secret (token, key, secret, signature, password,
+# credential, sig, auth), e.g. X-Amz-Signature, X-Amz-Security-Token, access_token, Azure's sig.
+# Conservative: any name containing one of those words is hidden; the data specs' size, test, seed
+# and sat parameters are not.
+_SECRET_PARAM_RE = re.compile(r"(?i)([?&;][^=&#\s?;]*(?:token|key|secret|signature|passw|pwd|credential|sig|auth)[^=&#\s?;]*=)[^&#\s;]*")
+REDACTED = "***"
 
 
 class StorageError(UserError, PermissionError):
     """An output location that cannot be listed or written; the message names the URL, never credentials."""
 
 
+def redact_url(text: str) -> str:
+    """``text`` (a URL, a data spec, or a message holding them) with credentials hidden: the userinfo of
+    every ``scheme://user:password@host`` and the values of secret-looking query parameters become
+    ``***``. Everything else, the host and path included, is kept, so the output still names the place."""
+    text = _USERINFO_RE.sub(lambda m: f"{m.group(1)}{REDACTED}@", str(text))
+    return _SECRET_PARAM_RE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+
+
+# Object stores take credentials from the environment only: s3fs and gcsfs would read user:password@
+# as part of the bucket name and echo it in their errors.
+_NO_USERINFO = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
 def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """(file system, path inside it) for any fsspec URL or local path."""
+    scheme, sep, _ = str(url).partition("://")
+    if sep and scheme.lower() in _NO_USERINFO and redact_url(url) != url:
+        raise StorageError(f"{redact_url(url)}: credentials in a {scheme}:// URL are not used; give them in the environment (AWS_* variables, ~/.aws, gcloud)")
     fs, path = fsspec.core.url_to_fs(url, **storage_options)
     return fs, path.rstrip("/") or path
 
@@ -48,8 +81,8 @@ def join(root: str, *parts: str) -> str:
 
 
 def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A URL for messages and records (s3://bucket/key, or the local path)."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
+    """A URL for messages and records (s3://bucket/key, or the local path), credentials redacted."""
+    return path if is_local(fs) else redact_url(fs.unstrip_protocol(path))
 
 
 def list_dir(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
@@ -73,17 +106,23 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
     or an incomplete multipart upload (object stores; a bucket lifecycle rule clears them).
     """
     if is_local(fs):
-        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+        folder = posixpath.dirname(path) or "."
+        fs.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         try:
             with fs.open(tmp, "wb") as f:
                 yield f
+                f.flush()
+                fsync(f)
             fs.mv(tmp, path)
+            fsync_folder(folder)
         except BaseException:
             with contextlib.suppress(Exception):
                 fs.rm(tmp)
             raise
     else:
+        # Nothing to sync: the object exists only once its (multipart) upload completes, and the store
+        # acknowledges that completion only after the object is durable.
         f = fs.open(path, "wb")
         try:
             yield f
@@ -95,6 +134,24 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
             raise
         else:
             f.close()
+
+
+def fsync(f: Any) -> None:
+    """Force a local file's written bytes to the disk, where the file system offers it (a power loss
+    after the rename must not leave an empty or short file under the final name)."""
+    with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+        os.fsync(f.fileno())
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename in a local folder durable (POSIX: fsync the folder); a no-op where folders cannot
+    be opened or synced (Windows, some network file systems)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefix: str = "") -> list[str]:
@@ -135,4 +192,4 @@ def check_writable(url: str) -> None:
         fs.rm(probe)
     except Exception as e:  # any backend error means: not writable
         text = str(e).splitlines()[0][:200] if str(e) else ""
-        raise StorageError(f"output {url} is not writable: {type(e).__name__}: {text}") from None
+        raise StorageError(redact_url(f"output {url} is not writable: {type(e).__name__}: {text}")) from None

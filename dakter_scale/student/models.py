@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_model, save_model
 
 from dakter_scale.errors import UserError
+from dakter_scale.student.archs import ARCHS
 
-ARCHS = {
-    "unet": "Unet",
-    "unetplusplus": "UnetPlusPlus",
-    "deeplabv3": "DeepLabV3",
-    "deeplabv3plus": "DeepLabV3Plus",
-    "fpn": "FPN",
-    "pspnet": "PSPNet",
-    "linknet": "Linknet",
-    "manet": "MAnet",
-    "pan": "PAN",
-    "upernet": "UPerNet",
-    "segformer": "Segformer",
-    "dpt": "DPT",
-}
 # Small encoders that train on a CPU; any smp encoder name can be given instead.
 DEFAULT_ENCODERS = {"segformer": "mit_b0", "dpt": "tu-vit_tiny_patch16_224"}
 DEFAULT_ENCODER = "resnet18"
@@ -57,6 +45,17 @@ def build_student(arch: str, encoder: str = "auto", num_classes: int = 5, encode
         return getattr(smp, ARCHS[arch])(**kwargs)
     except (KeyError, ValueError, RuntimeError) as e:
         raise StudentError(f"cannot build {arch} with encoder {encoder!r}: {e}") from None
+
+
+def check_students(student, archs: Iterable[str]) -> None:
+    """Build each architecture a run will train once, with the student section's (config.StudentConfig)
+    encoder and depth, before any work starts: an unknown encoder stops a demo or an experiment at
+    once, not after its diffusion model has trained."""
+    for arch in dict.fromkeys(archs):
+        try:
+            build_student(arch, student.encoder, 2, None, student.encoder_depth)
+        except StudentError as err:
+            raise StudentError(f"student.arch/encoder: {str(err)[:300]}") from None
 
 
 def save_student(directory: str | Path, model: torch.nn.Module, info: dict) -> Path:

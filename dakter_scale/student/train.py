@@ -18,6 +18,7 @@ from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.kd import mixed_loss
 from dakter_scale.data.real import open_source, patch_dataset
 from dakter_scale.data.shardset import DatasetInfo, ShardSet
+from dakter_scale.data.storage import redact_url
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
 from dakter_scale.training import (
@@ -178,8 +179,8 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "classes": list(source.classes),
             "resolution": cfg.data.resolution,
             "crop": cfg.data.crop,
-            "real": cfg.data.spec,
-            "synthetic": synthetic if s.ratio > 0 else None,
+            "real": redact_url(cfg.data.spec),
+            "synthetic": redact_url(synthetic) if s.ratio > 0 else None,
             "synthetic_fingerprint": gen_info.fingerprint if gen_info else None,
             "ratio": s.ratio,
             "labels": s.labels if s.ratio > 0 else "none",
@@ -187,7 +188,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "batch_size_per_rank": s.batch_size,
             "ranks": world,
             "generated_share": seen_generated / seen_total if seen_total else 0.0,
-            "bad_shards": bad,
+            "bad_shards": [redact_url(reason) for reason in bad],
         }
         save_student(out, accelerator.unwrap_model(model), info)
         log.info("student written to %s (generated share %.3f)", out, info["generated_share"])

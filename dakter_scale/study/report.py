@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from dakter_scale.data.storage import redact_url
 from dakter_scale.report import bar_figure, curve_figure, metrics_table, pct
 from dakter_scale.study.analyse import Results, mean_std
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
@@ -58,7 +59,7 @@ def header(p: dict, plan: Plan) -> list[str]:
     return [
         "# DAKTer experiment",
         "",
-        f"Data `{cfg.data.spec}`: {p['n_train']} training images, evaluated on the full test split (one confusion matrix per run). "
+        f"Data `{redact_url(cfg.data.spec)}`: {p['n_train']} training images, evaluated on the full test split (one confusion matrix per run). "
         f"Models at {cfg.data.resolution} px; {lengths(p, plan)}, KD weight λ = {cfg.student.kd_weight:g}{note}, T = {cfg.student.kd_temperature:g}. {len(e.seeds)} seeds; mean ± std (%) over seeds.",
         "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
         "",
@@ -298,7 +299,7 @@ def demo_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
     lines = [
         "# DAKTer demo report",
         "",
-        f"Data: `{cfg.data.spec}` ({p['n_train']} training images), {cfg.data.resolution} px. "
+        f"Data: `{redact_url(cfg.data.spec)}` ({p['n_train']} training images), {cfg.data.resolution} px. "
         "All numbers below were measured by this run; the scale is tiny (CPU, minutes), so they show the pipeline working, not the method's ceiling.",
         "",
         "## Balancing factor",

@@ -31,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
+from dakter_scale.data.storage import redact_url
 from dakter_scale.errors import UserError
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
@@ -110,6 +111,10 @@ def filter_shards(
         raise FilterError(f"keep must be >= 1 pair, got {keep}")
     if min_alignment is not None and not 0.0 <= min_alignment <= 1.0:
         raise FilterError(f"min_alignment must be in [0, 1], got {min_alignment}")
+    if samples_per_shard is not None and samples_per_shard < 1:
+        raise FilterError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if batch_size < 1:
+        raise FilterError(f"batch_size must be >= 1, got {batch_size}")
     source, dst = ShardSet(src_url), ShardSet(dst_url)
     src_info = source.info()
     if src_info is None or not src_info.complete:
@@ -158,7 +163,7 @@ def filter_shards(
         fingerprint=fp,
         filter={
             "fingerprint": fp,
-            "source": src_url,
+            "source": redact_url(src_url),
             "source_count": len(keys),
             "source_fingerprint": src_info.fingerprint,
             "segmenter": str(segmenter_dir),

@@ -216,7 +216,7 @@ def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     typical = estimate_bytes_per_pair(int(info["resolution"]), len(info["classes"]), typical=True)
     todo_pairs = sum(t.count for t in prep.todo)
     return {
-        "out": out_url,
+        "out": storage.redact_url(out_url),
         "pairs": plan.n,
         "shards": plan.num_shards,
         "samples_per_shard": plan.samples_per_shard,
@@ -376,7 +376,7 @@ def synthesize(
     prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite)
     plan = prep.plan
     summary = Summary(
-        out=out_url, planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
+        out=storage.redact_url(out_url), planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
     )
     out = ShardSet(out_url)
     header = _dataset_header(prep, cfg, sampling, str(model_dir))
