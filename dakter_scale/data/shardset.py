@@ -724,10 +724,17 @@ class ShardSet:
                     raise ShardError(f"shard {info.tar}: the tar's sha256 differs from its marker's")
                 stream.seek(0)
             seen, previous, error = 0, (-1, -1), None
+            torn: SampleError | None = None  # a sample lacking members: reported unless the tar's own error explains it
             try:
                 for sample in read_tar(stream, info.tar, shape.member_limit):
                     seen += 1
                     key = sample["__key__"]
+                    if torn is not None:
+                        yield torn
+                        torn = None
+                    if not all(m in sample for m in MEMBERS):
+                        torn = SampleError(f"shard {info.tar}: sample {key} lacks {', '.join(m for m in MEMBERS if m not in sample)}")
+                        continue
                     try:
                         shard, index = parse_key(key)
                         if shard != info.shard or index >= info.count:
@@ -740,6 +747,8 @@ class ShardSet:
                         yield SampleError(f"shard {info.tar}: {e}")
                         continue
                     yield sample
+                if torn is not None:
+                    yield torn
             except ShardError as e:
                 error = f"shard {info.tar}: {e}"
         if error is None and seen != info.count:

@@ -211,12 +211,12 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         self.infos = infos
         if not self.infos:
             raise StreamError(f"{url}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first")
+        try:
+            header = self.shards.info() or DatasetInfo()
+        except ShardError as e:
+            self.start_notices.append(self._bad(str(e) if on_bad_shard == "raise" else f"{e} (ignored: the sample shape is taken from the shards)").reason)
+            header = DatasetInfo()
         if shape is None:
-            try:
-                header = self.shards.info() or DatasetInfo()
-            except ShardError as e:
-                self.start_notices.append(self._bad(f"{e} (ignored: the sample shape is taken from the shards)").reason)
-                header = DatasetInfo()
             try:
                 shape = self.shards.sample_shape(self.infos, header)
             except ShardError as e:
