@@ -242,6 +242,7 @@ CASES = [
     # the rest of the shard, after the samples before the damage
     ("png-bomb-2GiB", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib_bomb(BOMB_MIB)))), REST, "tar member 000001-000001.image.png holds 21", TAR1),
     ("json-oversized", lambda r: rewrite(r, 1, set_member(1, 1, "json", b'{"x": "' + b"a" * (1 << 20) + b'"}')), REST, "tar member 000001-000001.json holds 1048585 bytes, more than the 17664", TAR1),
+    ("member-reserved-name", lambda r: rewrite(r, 1, set_member(1, 1, "__record__", b"{}")), REST, "tar member 000001-000001.__record__ has a reserved extension", TAR1),
     ("member-twice", lambda r: rewrite(r, 1, lambda s: s[:2] + [s[1]] + s[3:]), REST_AFTER, "tar holds 000001-000001.image.png twice", TAR1),
     ("tar-size-not-a-number", lambda r: tar_header_patch(r, 1, 3, slice(124, 136), b"zzzzzzzzzzz"), REST, "where a number belongs", TAR1),
     ("tar-name-not-utf8", lambda r: tar_header_patch(r, 1, 3, slice(0, 100), b"\xff\xfe.json"), REST, "tar member name is not UTF-8", TAR1),

@@ -280,8 +280,8 @@ def read_tar(stream: Any, url: str, limit: Callable[[str], int] | None = None) -
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": url}
-            if ext in current:
-                error = f"tar holds {name} twice"
+            if ext in current or ext.startswith("__"):  # "__key__", "__url__": the reader's own keys
+                error = f"tar holds {name} twice" if ext in current else f"tar member {name} has a reserved extension"
                 break
             current[ext] = data
     except ShardError as e:

@@ -54,6 +54,7 @@ DATASET_FILE = "dataset.json"
 IMAGE, SOFT, RECORD = "image.png", "soft.png", "json"
 MEMBERS = (IMAGE, SOFT, RECORD)  # what every sample of a shard holds
 MARKER_RE = re.compile(r"^shard-(\d{6,})\.json$")  # a done marker's file name: shard_name(s, "json")
+CHECKED = "__record__"  # a sample's parsed, checked record, as ShardSet.read_checked leaves it in the sample
 KEY_RE = re.compile(r"^(\d{6,})-(\d{6,})$")  # a sample key: sample_key(shard, index)
 SHARD_PREFIX = "shard-"
 IN_PROGRESS, COMPLETE, INCOMPLETE = "in progress", "complete", "incomplete"  # DatasetInfo.status
@@ -113,10 +114,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one decoder: json.loads with an option builds one per call
+
+
 def load_json(data: bytes | str) -> Any:
-    """JSON as the shard set reads it: NaN and Infinity refused (ValueError), as is nesting too deep to parse."""
+    """JSON as the shard set reads it (UTF-8): NaN and Infinity refused (ValueError), as is nesting too deep to parse."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        return _DECODER.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)  # UnicodeDecodeError is a ValueError
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -145,11 +149,23 @@ def parse_record(data: bytes, key: str, shape: SampleShape | None = None) -> dic
         raise SampleError(f"sample {key}: {RECORD} is not valid JSON ({e})") from None
     if not isinstance(record, dict):
         raise SampleError(f"sample {key}: {RECORD} is a JSON {type(record).__name__}, not an object")
-    for name, kind in RECORD_FIELDS.items():
-        if name not in record:
-            raise SampleError(f"sample {key}: {RECORD} lacks {name!r}")
-        if not (isinstance(record[name], kind) if isinstance(kind, type) else kind(record[name])):
-            raise SampleError(f"sample {key}: {RECORD} field {name!r} is {record[name]!r}, not {_KINDS[kind]}")
+    try:  # the common case in one expression (this runs per sample); the loop below names what is wrong
+        well_typed = (
+            type(record["key"]) is str
+            and type(record["shard"]) is type(record["index"]) is type(record["seed"]) is type(record["num_classes"]) is int
+            and type(record["class_fractions"]) is list
+            and type(record["mean_entropy"]) in (int, float)
+            and type(record["mean_confidence"]) in (int, float)
+            and math.isfinite(record["mean_entropy"] + record["mean_confidence"])
+        )
+    except KeyError:
+        well_typed = False
+    if not well_typed:
+        for name, kind in RECORD_FIELDS.items():
+            if name not in record:
+                raise SampleError(f"sample {key}: {RECORD} lacks {name!r}")
+            if not (isinstance(record[name], kind) if isinstance(kind, type) else kind(record[name])):
+                raise SampleError(f"sample {key}: {RECORD} field {name!r} is {record[name]!r}, not {_KINDS[kind]}")
     shard, index = parse_key(key)
     if (record["key"], record["shard"], record["index"]) != (key, shard, index):
         raise SampleError(f"sample {key}: {RECORD} names sample {record['key']!r} (shard {record['shard']}, index {record['index']})")
@@ -199,7 +215,7 @@ def decode_sample(sample: dict[str, Any], levels: bool = False, shape: SampleSha
     missing = [m for m in MEMBERS if m not in sample]
     if missing:
         raise SampleError(f"sample {key}: missing member {missing[0]!r}")
-    meta = parse_record(sample[RECORD], key, shape)
+    meta = _record(sample, key, shape)
     k = meta["num_classes"]
     try:
         image = decode_png(sample[IMAGE], (shape.height, shape.width) if shape else None)
@@ -222,18 +238,25 @@ def read_record(sample: dict[str, Any], shape: SampleShape | None = None) -> dic
     key = sample.get("__key__", "?")
     if RECORD not in sample:
         raise SampleError(f"sample {key}: missing member {RECORD!r}")
+    return _record(sample, key, shape)
+
+
+def _record(sample: dict[str, Any], key: str, shape: SampleShape | None) -> dict[str, Any]:
+    checked = sample.get(CHECKED)
+    if checked is not None and (shape is None or checked["num_classes"] == shape.num_classes):
+        return checked  # parsed and checked by read_checked
     return parse_record(sample[RECORD], key, shape)
 
 
-def check_sample(sample: dict[str, Any], shape: SampleShape) -> None:
+def check_sample(sample: dict[str, Any], shape: SampleShape) -> dict[str, Any]:
     """The checks that need no inflating: exactly the three members, the record, and the PNG
-    headers' sizes and form. A SampleError names the sample; decode_sample does the rest."""
+    headers' sizes and form; returns the record. A SampleError names the sample; decode_sample does the rest."""
     key = sample["__key__"]
-    names = set(sample) - {"__key__", "__url__"}
+    names = {name for name in sample if not name.startswith("__")}
     if names != set(MEMBERS):
         missing, extra = sorted(set(MEMBERS) - names), sorted(names - set(MEMBERS))
         raise SampleError(f"sample {key} " + (f"lacks {', '.join(missing)}" if missing else f"holds an unexpected member {extra[0]!r}"))
-    parse_record(sample[RECORD], key, shape)
+    record = parse_record(sample[RECORD], key, shape)
     for member, want in ((IMAGE, (shape.height, shape.width)), (SOFT, (shape.num_classes * shape.height, shape.width))):
         try:
             got = png_shape(sample[member])
@@ -241,6 +264,7 @@ def check_sample(sample: dict[str, Any], shape: SampleShape) -> None:
             raise SampleError(f"sample {key}: {member}: {e}") from None
         if got != want:
             raise SampleError(f"sample {key}: {member} is {got[0]}x{got[1]}, the set's ({shape}) is {want[0]}x{want[1]}")
+    return record
 
 
 # -- manifests and markers ----------------------------------------------------------------------
@@ -699,7 +723,8 @@ class ShardSet:
 
     def read_checked(self, info: ShardInfo, shape: SampleShape, verify: str = "size") -> Iterator[dict | SampleError]:
         """The raw samples ({"__key__", "__url__", member: bytes}) of one finished shard, in key order,
-        each checked against `shape` (check_sample), with a SampleError in line for each bad one.
+        each checked against `shape` (check_sample, its parsed record left under CHECKED for
+        decode_sample and read_record), with a SampleError in line for each bad one.
 
         Before anything is read, the tar's size (from the opened object) must be its marker's
         tar_bytes, and with verify="sha256" its hash the marker's (a first pass over the object);
@@ -742,7 +767,7 @@ class ShardSet:
                         if (shard, index) <= previous:  # a repeated key would train a pair twice
                             raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
                         previous = (shard, index)
-                        check_sample(sample, shape)
+                        sample[CHECKED] = check_sample(sample, shape)
                     except ShardError as e:
                         yield SampleError(f"shard {info.tar}: {e}")
                         continue
