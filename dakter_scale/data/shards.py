@@ -22,7 +22,7 @@ import io
 import struct
 import tarfile
 import zlib
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -212,15 +212,15 @@ def _text(data: bytes, what: str) -> str:
         raise ShardError(f"tar {what} is not UTF-8 (corrupt data)") from None
 
 
-def read_tar(stream: Any, url: str, limit: Callable[[str], int] | None = None) -> Iterator[dict]:
+def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> Iterator[dict]:
     """The samples of a WebDataset tar read front to back: {"__key__", "__url__", ext: bytes}.
 
     The same grouping as webdataset (key = file name up to its first dot, consecutive members
     form a sample) in a lean reader rather than webdataset's tar expander, which is built on
     Python's tarfile: that costs about 7x more per sample here (a large share of the loader's
     time). USTAR, GNU long names and PAX paths are read; other member types (directories, links)
-    are skipped. `limit(ext)` is the most bytes a member with that extension may hold (default and
-    ceiling MAX_MEMBER_BYTES), checked from the member's header before its data is read.
+    are skipped. `limits[ext]` is the most bytes a member with that extension may hold (limits["*"]:
+    any other; default and ceiling MAX_MEMBER_BYTES), checked from its header before its data is read.
 
     A torn, corrupt or oversized tar raises ShardError: a header whose checksum does not add up, a
     member larger than its cap, a member cut short, or an end without the end-of-archive block (a
@@ -249,7 +249,7 @@ def read_tar(stream: Any, url: str, limit: Callable[[str], int] | None = None) -
                 if not long_name and header[257:262] == b"ustar" and header[345] != 0:
                     name = _text(header[345:500].split(b"\0", 1)[0], "member name") + "/" + name
                 ext = name.rpartition("/")[2].partition(".")[2].lower()
-                cap = min(limit(ext), MAX_MEMBER_BYTES) if limit is not None else MAX_MEMBER_BYTES
+                cap = min(limits.get(ext) or limits.get("*", MAX_MEMBER_BYTES), MAX_MEMBER_BYTES) if limits else MAX_MEMBER_BYTES
             if size > cap:
                 error = f"tar member {name} holds {size} bytes, more than the {cap} such a member may hold"
                 break

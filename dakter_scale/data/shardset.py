@@ -53,6 +53,8 @@ FORMAT = "dakter-shards/1"  # the shard format; part of every plan's fingerprint
 DATASET_FILE = "dataset.json"
 IMAGE, SOFT, RECORD = "image.png", "soft.png", "json"
 MEMBERS = (IMAGE, SOFT, RECORD)  # what every sample of a shard holds
+_MEMBER_SET = frozenset(MEMBERS)
+_RAW_KEYS = frozenset(("__key__", "__url__", *MEMBERS))  # a raw sample as read_tar yields it
 MARKER_RE = re.compile(r"^shard-(\d{6,})\.json$")  # a done marker's file name: shard_name(s, "json")
 CHECKED = "__record__"  # a sample's parsed, checked record, as ShardSet.read_checked leaves it in the sample
 KEY_RE = re.compile(r"^(\d{6,})-(\d{6,})$")  # a sample key: sample_key(shard, index)
@@ -88,15 +90,13 @@ class SampleShape:
     width: int
     num_classes: int
 
-    def member_limit(self, ext: str) -> int:
-        """The most bytes a member may hold: twice a PNG's raw pixel data plus 4 KiB (deflate at its
-        worst adds 5 bytes per 16 KiB; the writer's PNGs are far smaller), and for the JSON record
-        16 KiB plus 256 bytes per class. Unknown members get the record's cap (and are refused)."""
-        if ext == IMAGE:
-            return 2 * self.height * (self.width + 1) + 4096
-        if ext == SOFT:
-            return 2 * self.num_classes * self.height * (self.width + 1) + 4096
-        return (16 << 10) + 256 * self.num_classes
+    def member_limits(self) -> dict[str, int]:
+        """The most bytes a member may hold, by extension ("*": any other), for read_tar: twice a PNG's
+        raw pixel data plus 4 KiB (deflate at its worst adds 5 bytes per 16 KiB; the writer's PNGs
+        are far smaller), and for the JSON record 16 KiB plus 256 bytes per class. Unknown members
+        get the record's cap (and are refused as unexpected)."""
+        record = (16 << 10) + 256 * self.num_classes
+        return {IMAGE: 2 * self.height * (self.width + 1) + 4096, SOFT: 2 * self.num_classes * self.height * (self.width + 1) + 4096, RECORD: record, "*": record}
 
     def __str__(self) -> str:
         return f"{self.height}x{self.width} px, {self.num_classes} classes"
@@ -166,13 +166,13 @@ def parse_record(data: bytes, key: str, shape: SampleShape | None = None) -> dic
                 raise SampleError(f"sample {key}: {RECORD} lacks {name!r}")
             if not (isinstance(record[name], kind) if isinstance(kind, type) else kind(record[name])):
                 raise SampleError(f"sample {key}: {RECORD} field {name!r} is {record[name]!r}, not {_KINDS[kind]}")
-    shard, index = parse_key(key)
-    if (record["key"], record["shard"], record["index"]) != (key, shard, index):
+    if record["key"] != key or sample_key(record["shard"], record["index"]) != key:
         raise SampleError(f"sample {key}: {RECORD} names sample {record['key']!r} (shard {record['shard']}, index {record['index']})")
     k = record["num_classes"]
     if shape is not None and k != shape.num_classes:
         raise SampleError(f"sample {key}: {k} classes, the set has {shape.num_classes}")
-    if k < 1 or len(record["class_fractions"]) != k or not all(_number(v) for v in record["class_fractions"]):
+    fractions = record["class_fractions"]
+    if k < 1 or len(fractions) != k or not {type(v) for v in fractions} <= {int, float} or not math.isfinite(math.fsum(fractions)):
         raise SampleError(f"sample {key}: {RECORD} class_fractions is not {k} finite numbers")
     if not 0 <= record["mean_confidence"] <= 1 or record["mean_entropy"] < 0:
         raise SampleError(f"sample {key}: {RECORD} mean_confidence {record['mean_confidence']} or mean_entropy {record['mean_entropy']} out of range")
@@ -212,9 +212,8 @@ def decode_sample(sample: dict[str, Any], levels: bool = False, shape: SampleSha
     the levels, which must sum to 255 at every pixel.
     """
     key = sample.get("__key__", "?")
-    missing = [m for m in MEMBERS if m not in sample]
-    if missing:
-        raise SampleError(f"sample {key}: missing member {missing[0]!r}")
+    if not _MEMBER_SET <= sample.keys():
+        raise SampleError(f"sample {key}: missing member {min(_MEMBER_SET - sample.keys())!r}")
     meta = _record(sample, key, shape)
     k = meta["num_classes"]
     try:
@@ -252,8 +251,8 @@ def check_sample(sample: dict[str, Any], shape: SampleShape) -> dict[str, Any]:
     """The checks that need no inflating: exactly the three members, the record, and the PNG
     headers' sizes and form; returns the record. A SampleError names the sample; decode_sample does the rest."""
     key = sample["__key__"]
-    names = {name for name in sample if not name.startswith("__")}
-    if names != set(MEMBERS):
+    names = {name for name in sample if not name.startswith("__")} if sample.keys() != _RAW_KEYS else _MEMBER_SET
+    if names != _MEMBER_SET:
         missing, extra = sorted(set(MEMBERS) - names), sorted(names - set(MEMBERS))
         raise SampleError(f"sample {key} " + (f"lacks {', '.join(missing)}" if missing else f"holds an unexpected member {extra[0]!r}"))
     record = parse_record(sample[RECORD], key, shape)
@@ -748,25 +747,29 @@ class ShardSet:
                 if digest.hexdigest() != info.marker.get("sha256"):
                     raise ShardError(f"shard {info.tar}: the tar's sha256 differs from its marker's")
                 stream.seek(0)
-            seen, previous, error = 0, (-1, -1), None
+            seen, previous, error = 0, -1, None  # previous: the index of the last good key
             torn: SampleError | None = None  # a sample lacking members: reported unless the tar's own error explains it
             try:
-                for sample in read_tar(stream, info.tar, shape.member_limit):
+                for sample in read_tar(stream, info.tar, shape.member_limits()):
                     seen += 1
                     key = sample["__key__"]
                     if torn is not None:
                         yield torn
                         torn = None
-                    if not all(m in sample for m in MEMBERS):
+                    if not _MEMBER_SET <= sample.keys():
                         torn = SampleError(f"shard {info.tar}: sample {key} lacks {', '.join(m for m in MEMBERS if m not in sample)}")
                         continue
                     try:
-                        shard, index = parse_key(key)
-                        if shard != info.shard or index >= info.count:
+                        index = previous + 1
+                        if key != sample_key(info.shard, index):  # not the next key, as written: which is it?
+                            shard, index = parse_key(key)
+                            if shard != info.shard or index >= info.count:
+                                raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+                            if index <= previous:  # a repeated key would train a pair twice
+                                raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
+                        elif index >= info.count:
                             raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
-                        if (shard, index) <= previous:  # a repeated key would train a pair twice
-                            raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
-                        previous = (shard, index)
+                        previous = index
                         sample[CHECKED] = check_sample(sample, shape)
                     except ShardError as e:
                         yield SampleError(f"shard {info.tar}: {e}")

@@ -57,7 +57,7 @@ import torch
 
 from dakter_scale.core.steps import StreamPositions, derive_seed
 from dakter_scale.data.real import PatchDataset, normalise
-from dakter_scale.data.shardset import DatasetInfo, SampleError, SampleShape, ShardError, ShardInfo, ShardSet, decode_sample, dequantise, parse_key, read_record
+from dakter_scale.data.shardset import CHECKED, DatasetInfo, SampleError, SampleShape, ShardError, ShardInfo, ShardSet, decode_sample, dequantise, read_record
 from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
@@ -256,7 +256,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 if isinstance(sample, SampleError):
                     yield self._bad(str(sample), "sample")
                     continue
-                _, index = parse_key(sample["__key__"])
+                index = sample[CHECKED]["index"]  # checked against the key by read_checked
                 if index >= limit or index % a.stride != a.offset:
                     continue
                 if self.min_confidence > 0 and read_record(sample)["mean_confidence"] < self.min_confidence:
