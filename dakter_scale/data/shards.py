@@ -143,7 +143,7 @@ def decode_png(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray:
         more = len(raw) > expected or (not inflate.eof and inflate.unconsumed_tail)
         raise ShardError(f"PNG pixel data inflate to {'more' if more else 'fewer'} than the {expected} bytes its {h}x{w} header allows")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, w + 1)
-    if rows[:, 0].any():
+    if np.count_nonzero(rows[:, 0]):
         raise ShardError("PNG rows use a filter other than None (not written by the shard writer)")
     return rows[:, 1:]
 
@@ -238,7 +238,7 @@ def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> 
             if header == _ZERO_BLOCK:
                 break
             # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
-            if _tar_number(header[148:156]) != int(np.frombuffer(header, dtype=np.uint8).sum(dtype=np.int64)) - sum(header[148:156]) + 256:
+            if _tar_number(header[148:156]) != int(np.add.reduce(np.frombuffer(header, dtype=np.uint8), dtype=np.int64)) - sum(header[148:156]) + 256:
                 error = "tar member header fails its checksum (corrupt data)"
                 break
             size, kind = _tar_number(header[124:136]), header[156:157]
