@@ -325,6 +325,26 @@ def test_a_same_size_change_passes_the_size_check_and_is_caught_by_sha256(clean,
     assert len(keys) == 8 and len(notices) == 1 and notices[0] == f"shard {url}/{TAR1}: the tar's sha256 differs from its marker's"
 
 
+def test_on_object_storage_the_size_and_digest_are_checked_too(s3_bucket):
+    """The tar's size comes from the object store's open; sha256 reads the object, then again from its start."""
+    import fsspec
+
+    url = f"{s3_bucket}/hostile"
+    write_dataset(url, COUNTS, size=SIZE)
+    fs = fsspec.filesystem("s3")
+    tar = f"{url}/{TAR1}".removeprefix("s3://")
+    data = fs.cat_file(tar)
+    start = data.index(b'"mean_entropy": ') + len(b'"mean_entropy": ')
+    fs.pipe_file(tar, data[:start] + (b"0.25" if data[start : start + 4] != b"0.25" else b"0.26") + data[start + 4 :])  # same size
+    keys, notices = read_pass(url)
+    assert len(keys) == 12 and notices == []
+    keys, notices = read_pass(url, verify="sha256")
+    assert len(keys) == 8 and notices == [f"shard {url}/{TAR1}: the tar's sha256 differs from its marker's"]
+    fs.pipe_file(tar, data[:5000])
+    keys, notices = read_pass(url)
+    assert len(keys) == 8 and notices == [f"shard {url}/{TAR1}: the tar has 5000 bytes, its marker records {len(data)}"]
+
+
 def test_stray_marker_like_names_are_never_read_as_markers(clean, tmp_path):
     """Only a file whose whole name is shard-NNNNNN.json is a marker: copies and look-alikes beside
     it are ignored (the issue's stray file was read as shard 1 again: 48 samples instead of 40)."""

@@ -736,8 +736,8 @@ class ShardSet:
             raise ValueError(f"verify must be size or sha256, got {verify!r}")
         expected = info.marker.get("tar_bytes")
         with fsspec.open(info.tar, "rb") as stream:
-            size = getattr(stream, "size", None)
-            size = self.fs.size(self.path(shard_name(info.shard, "tar"))) if size is None else size
+            size = getattr(stream, "size", None)  # local: fstat; object stores: the size the open reported
+            size = size if isinstance(size, int) else self.fs.size(self.path(shard_name(info.shard, "tar")))
             if expected is not None and size != expected:
                 raise ShardError(f"shard {info.tar}: the tar has {size} bytes, its marker records {expected}")
             if verify == "sha256":
