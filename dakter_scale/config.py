@@ -209,6 +209,7 @@ class StudentConfig:
     max_generated: int = 0  # use only the first N generated pairs (0 = all): the paper's r * |D| distinct pairs
     shuffle_buffer: int = 256
     on_bad_shard: str = "warn"  # warn (skip it, count it) | raise
+    verify_shards: str = "size"  # size (each tar's against its marker) | sha256 (its hash too: every tar read twice)
     num_workers: int = 0
     mixed_precision: str = "auto"
     checkpoint_every: int = 0
@@ -235,6 +236,7 @@ class StudentConfig:
         _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
         _check(self.max_generated >= 0, "student.max_generated", "must be >= 0")
         _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")
+        _check(self.verify_shards in ("size", "sha256"), "student.verify_shards", f"{self.verify_shards!r} is not size or sha256")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "student.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
         _check(self.num_workers >= 0, "student.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.checkpoint_every >= 0, "student.checkpoint_every", "must be >= 0")

@@ -113,7 +113,7 @@ def test_bad_shards_under_two_processes_never_hang(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((out / "student.json").read_text())
     assert [b.split(":")[0] for b in info["bad_shards"]] == [f"shard {url}/shard-000001.tar", f"shard {url}/shard-000003.tar"]
-    assert "2 bad shard(s) skipped while streaming" in r.stderr
+    assert "2 bad shard(s) or sample(s) skipped while streaming" in r.stderr
     r = student_2proc(tmp_path / "raise", url, steps=8, ratio=4.0, extra=("student.on_bad_shard=raise",))
     assert r.returncode != 0
     assert "error: shard" in r.stderr and ("shard-000001.tar" in r.stderr or "shard-000003.tar" in r.stderr)

@@ -23,6 +23,12 @@ def _pair(seed, k=5, h=12, w=10):
     return image, torch.softmax(logits, dim=0).float()
 
 
+def _meta(key, seed, k=5):
+    """The JSON record fields every writer gives a pair (shardset.RECORD_FIELDS, less key and num_classes)."""
+    shard, index = shardset.parse_key(key)
+    return {"shard": shard, "index": index, "seed": seed, "class_fractions": [1 / k] * k, "mean_entropy": 0.5, "mean_confidence": 0.6}
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), k=st.integers(2, 7), sharp=st.floats(0.1, 20))
 def test_quantisation_sums_to_one_and_error_below_one_level(seed, k, sharp):
@@ -38,7 +44,7 @@ def test_quantisation_sums_to_one_and_error_below_one_level(seed, k, sharp):
 
 def test_sample_round_trip():
     image, q = _pair(0)
-    members = shardset.encode_sample("000001-000002", image, q, {"seed": 7})
+    members = shardset.encode_sample("000001-000002", image, q, _meta("000001-000002", 7))
     assert set(members) == {"image.png", "soft.png", "json"}
     got_image, got_q, meta = shardset.decode_sample(dict(members, __key__="000001-000002"))
     assert np.array_equal(got_image, image)
@@ -55,7 +61,7 @@ def test_encode_refuses_malformed_samples():
     with pytest.raises(shardset.ShardError, match="differ in size"):
         shardset.encode_sample("000001-000001", image[:5], q, {})
     with pytest.raises(shardset.ShardError, match="missing member 'soft.png'"):
-        members = shardset.encode_sample("000001-000001", image, q, {})
+        members = shardset.encode_sample("000001-000001", image, q, _meta("000001-000001", 0))
         del members["soft.png"]
         shardset.decode_sample(dict(members, __key__="000001-000001"))
 
@@ -65,7 +71,7 @@ def _write(path, n, seed=0):
     for i in range(n):
         image, q = _pair(seed + i)
         key = shardset.sample_key(3, i)
-        samples.append((key, shardset.encode_sample(key, image, q, {"seed": seed + i})))
+        samples.append((key, shardset.encode_sample(key, image, q, _meta(key, seed + i))))
     with open(path, "wb") as f:
         return shards.write_tar(f, samples)
 
@@ -99,10 +105,10 @@ def test_manifest_and_done_listing(tmp_path):
     fs, root = storage.url_to_fs(str(tmp_path))
     rows = [{"key": shardset.sample_key(0, i), "shard": 0, "index": i, "seed": 2**62 + i, "class_fractions": [0.5, 0.5], "mean_entropy": 0.1, "mean_confidence": 0.9} for i in range(3)]
     ShardSet(str(tmp_path)).write_parquet("shard-000000.parquet", shardset.manifest_table(rows))
-    _write(tmp_path / "shard-000000.tar", 3)
+    size, sha = _write(tmp_path / "shard-000000.tar", 3)
     _write(tmp_path / "shard-000001.tar", 3)  # no marker: not done, ignored
     assert ShardSet(str(tmp_path)).done() == []
-    storage.write_json(fs, f"{root}/shard-000000.json", {"shard": 0, "count": 3})
+    storage.write_json(fs, f"{root}/shard-000000.json", {"shard": 0, "count": 3, "tar_bytes": size, "sha256": sha})
     done = ShardSet(str(tmp_path)).done()
     assert [d.shard for d in done] == [0] and done[0].count == 3
     table = ShardSet(str(tmp_path)).manifest()
@@ -139,14 +145,19 @@ def test_png_writer_is_a_real_png_and_the_fast_reader_matches_pillow(seed, h, w,
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), a)  # any PNG reader
     assert np.array_equal(shards.decode_png(data), a)  # the fast path
     assert shards.encode_png(a) == data  # deterministic
+    assert shards.png_shape(data) == (h, w)
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG", optimize=True)  # adaptive filters: Pillow fallback
-    assert np.array_equal(shards.decode_png(buf.getvalue()), a)
+    Image.fromarray(a).save(buf, format="PNG", optimize=True)  # adaptive filters: not the shard format's PNG
+    if np.asarray(Image.open(io.BytesIO(buf.getvalue()))).shape == (h, w) and h > 1:
+        try:
+            assert np.array_equal(shards.decode_png(buf.getvalue()), a)  # Pillow chose filter None for every row
+        except shards.ShardError as e:
+            assert "filter other than None" in str(e) or "inflate" in str(e)
 
 
 def test_corrupt_png_member_is_a_shard_error():
     image, q = _pair(2)
-    members = shardset.encode_sample("000000-000001", image, q, {})
+    members = shardset.encode_sample("000000-000001", image, q, _meta("000000-000001", 0))
     members["image.png"] = members["image.png"][:40] + b"garbage" + members["image.png"][47:]
-    with pytest.raises(shardset.ShardError, match="000000-000001: undecodable member"):
+    with pytest.raises(shardset.SampleError, match="sample 000000-000001: PNG holds no pixel data"):
         shardset.decode_sample(dict(members, __key__="000000-000001"))

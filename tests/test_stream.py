@@ -232,9 +232,11 @@ def test_a_bad_shard_stops_the_stream_naming_it_under_raise(damaged):
 
 
 def test_a_tar_cut_at_a_member_boundary_is_caught(tmp_path):
-    """tarfile reads a tar that ends exactly between members as a valid, shorter tar; the stream's
-    reader misses the end-of-archive block (and the marker's count would tell as well)."""
+    """tarfile reads a tar that ends exactly between members as a valid, shorter tar. The marker's
+    tar size refuses it before reading; with a marker that records the cut size as well, the
+    stream's reader misses the end-of-archive block (and the marker's count would tell too)."""
     import io
+    import json
     import tarfile
 
     url = str(tmp_path / "shards")
@@ -246,6 +248,10 @@ def test_a_tar_cut_at_a_member_boundary_is_caught(tmp_path):
     path.write_bytes(path.read_bytes()[:cut])
     with tarfile.open(fileobj=io.BytesIO(path.read_bytes())) as tar:
         assert len(tar.getmembers()) == 6
+    items, notices = read_one_pass(url, 0, 1, workers=0)
+    assert len(items) == 4 and notices == [f"shard {path}: the tar has {cut} bytes, its marker records 20480"]
+    marker = tmp_path / "shards" / "shard-000001.json"
+    marker.write_text(json.dumps(dict(json.loads(marker.read_text()), tar_bytes=cut)))
     items, notices = read_one_pass(url, 0, 1, workers=0)
     assert len(items) == 6 and len(notices) == 1 and "tar ends without its end-of-archive block" in notices[0]
 

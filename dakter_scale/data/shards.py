@@ -4,9 +4,15 @@ Only data/shardset.py uses this module; it knows nothing of member names, keys, 
 (those are the shard set's). Here:
   * soft-label quantisation: K probability maps -> uint8 levels summing to exactly 255 per pixel
     (largest-remainder rounding), so decoded probabilities sum to 1 and err by less than 1/255;
-  * PNG: 8-bit grayscale, one IDAT, filter None, written here and read back with one zlib call;
+  * PNG: 8-bit grayscale, one IDAT, filter None, written here and read back with one bounded
+    zlib call; the reader accepts that form only (the header is checked before anything inflates);
   * tars: written deterministically (members sorted, mtime 0) and read front to back by a lean
-    reader (``read_tar``) that needs no seeking, so both stream to and from any fsspec URL.
+    reader (``read_tar``) that needs no seeking, so both stream to and from any fsspec URL; every
+    member's size is checked against a cap before it is read.
+
+Everything read is treated as hostile: a malformed input is a ShardError (SampleError when only
+one sample is affected), never another exception, and no input makes the reader hold more than
+the caps below (a member's cap, and for a PNG the raw size its checked header allows).
 """
 
 from __future__ import annotations
@@ -16,19 +22,27 @@ import io
 import struct
 import tarfile
 import zlib
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dakter_scale.errors import UserError
 
 QUANT_LEVELS = 255
+MAX_MEMBER_BYTES = 256 << 20  # no tar member, and no PNG's raw pixel data, is read past this, whatever the set
+MAX_HEADER_BYTES = 64 << 10  # a GNU long name or PAX header
 
 
 class ShardError(UserError, ValueError):
-    """A shard or sample that does not follow the schema; the message names it."""
+    """A shard or sample that does not follow the schema; the message names it (the shard's URL,
+    the sample's key) and says what is wrong. The one error type of every check on read."""
+
+
+class SampleError(ShardError):
+    """One sample of a shard is bad (a member missing, too large, undecodable, of another size or
+    class count, soft-label levels not summing to 255, a malformed JSON record); the shard's other
+    samples can still be read."""
 
 
 # -- soft-label quantisation ------------------------------------------------------------------
@@ -78,28 +92,60 @@ def encode_png(array: np.ndarray) -> bytes:
     return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b"")
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 array: a fast path for the 8-bit grayscale, filter-None PNGs written by
-    encode_png, Pillow for anything else."""
-    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
-        w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-        if depth == 8 and colour == 0 and interlace == 0:
-            idat, pos = [], 8
-            while pos + 8 <= len(data):
-                (n,) = struct.unpack(">I", data[pos : pos + 4])
-                tag = data[pos + 4 : pos + 8]
-                if tag == b"IDAT":
-                    idat.append(data[pos + 8 : pos + 8 + n])
-                elif tag == b"IEND":
-                    break
-                pos += 12 + n
-            raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
-            if raw.size == h * (w + 1):
-                rows = raw.reshape(h, w + 1)
-                if not rows[:, 0].any():
-                    return rows[:, 1:]
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im, dtype=np.uint8)
+def png_shape(data: bytes) -> tuple[int, int]:
+    """(height, width) of a PNG member from its header, before anything is inflated.
+
+    A ShardError unless it is the form encode_png writes: an IHDR first, 8-bit grayscale, standard
+    compression and filter method, not interlaced, and at most MAX_MEMBER_BYTES of raw pixel data.
+    """
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[8:16] != b"\0\0\0\x0dIHDR":
+        raise ShardError("not a PNG (no signature and header)")
+    w, h, depth, colour, compression, method, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if (depth, colour, compression, method, interlace) != (8, 0, 0, 0, 0):
+        raise ShardError(f"PNG is {depth}-bit colour type {colour}{' interlaced' if interlace else ''}, not the shard format's 8-bit grayscale (colour type 0)")
+    if not w or not h or h * (w + 1) > MAX_MEMBER_BYTES:
+        raise ShardError(f"PNG of {h}x{w} pixels is empty or larger than any shard member may be")
+    return h, w
+
+
+def decode_png(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """PNG bytes -> uint8 (H, W), for the PNGs encode_png writes (8-bit grayscale, filter None).
+
+    The header is checked first (png_shape; with `shape`, its (H, W) must be that), then the pixel
+    data is inflated into at most H * (W + 1) + 1 bytes: a zlib bomb stops there. There is no
+    fallback to Pillow: a shard's PNGs come from encode_png alone, and anything else is a ShardError.
+    """
+    h, w = png_shape(data)
+    if shape is not None and (h, w) != tuple(shape):
+        raise ShardError(f"PNG is {h}x{w}, the set's are {shape[0]}x{shape[1]}")
+    idat, pos = [], 8
+    while True:
+        if pos + 12 > len(data):
+            raise ShardError("PNG ends without its IEND chunk")
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, end = data[pos + 4 : pos + 8], pos + 12 + n
+        if end > len(data):
+            raise ShardError(f"PNG chunk {tag!r} is cut short")
+        if tag == b"IDAT":
+            idat.append(data[pos + 8 : pos + 8 + n])
+        elif tag == b"IEND":
+            break
+        pos = end
+    if not idat:
+        raise ShardError("PNG holds no pixel data (no IDAT chunk)")
+    expected = h * (w + 1)  # a filter-type byte, then the row
+    inflate = zlib.decompressobj()
+    try:
+        raw = inflate.decompress(b"".join(idat), expected + 1)  # bounded: one byte past the image tells a bomb
+    except zlib.error as e:
+        raise ShardError(f"PNG pixel data do not inflate ({e})") from None
+    if len(raw) != expected or not inflate.eof:
+        more = len(raw) > expected or (not inflate.eof and inflate.unconsumed_tail)
+        raise ShardError(f"PNG pixel data inflate to {'more' if more else 'fewer'} than the {expected} bytes its {h}x{w} header allows")
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, w + 1)
+    if np.count_nonzero(rows[:, 0]):
+        raise ShardError("PNG rows use a filter other than None (not written by the shard writer)")
+    return rows[:, 1:]
 
 
 # -- tars: write ------------------------------------------------------------------------------
@@ -153,71 +199,93 @@ _ZERO_BLOCK = bytes(_BLOCK)
 def _tar_number(field: bytes) -> int:
     if field[0] & 0x80:  # GNU base-256 (sizes past 8 GiB)
         return int.from_bytes(field[1:], "big")
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise ShardError(f"tar member header holds {field!r} where a number belongs (corrupt data)") from None
 
 
-def read_tar(stream: Any, url: str) -> Iterator[dict]:
+def _text(data: bytes, what: str) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ShardError(f"tar {what} is not UTF-8 (corrupt data)") from None
+
+
+def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> Iterator[dict]:
     """The samples of a WebDataset tar read front to back: {"__key__", "__url__", ext: bytes}.
 
     The same grouping as webdataset (key = file name up to its first dot, consecutive members
     form a sample) in a lean reader rather than webdataset's tar expander, which is built on
     Python's tarfile: that costs about 7x more per sample here (a large share of the loader's
     time). USTAR, GNU long names and PAX paths are read; other member types (directories, links)
-    are skipped. A torn or corrupt tar raises ShardError: a header whose checksum does not add up,
-    a member cut short, or an end without the end-of-archive block (a cut exactly between members,
-    which tarfile, and so webdataset, reads as a valid shorter archive).
+    are skipped. `limits[ext]` is the most bytes a member with that extension may hold (limits["*"]:
+    any other; default and ceiling MAX_MEMBER_BYTES), checked from its header before its data is read.
+
+    A torn, corrupt or oversized tar raises ShardError: a header whose checksum does not add up, a
+    member larger than its cap, a member cut short, or an end without the end-of-archive block (a
+    cut exactly between members, which tarfile, and so webdataset, reads as a valid shorter archive).
     """
     current: dict | None = None
     long_name: str | None = None
     error: str | None = None
-    while True:
-        header = stream.read(_BLOCK)
-        if len(header) < _BLOCK:
-            error = "tar ends without its end-of-archive block" if not header else "tar ends inside a member header"
-            break
-        if header == _ZERO_BLOCK:
-            break
-        # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
-        if _tar_number(header[148:156]) != int(np.frombuffer(header, dtype=np.uint8).sum(dtype=np.int64)) - sum(header[148:156]) + 256:
-            error = "tar member header fails its checksum (corrupt data)"
-            break
-        size = _tar_number(header[124:136])
-        data = stream.read(size)
-        pad = -size % _BLOCK
-        if len(data) < size or (pad and len(stream.read(pad)) < pad):
-            error = "tar ends inside a member"
-            break
-        kind = header[156:157]
-        if kind == b"L":  # GNU long name of the next member
-            long_name = data.split(b"\0", 1)[0].decode()
-            continue
-        if kind == b"x":  # PAX extended header: only the path matters here
-            for record in data.decode().splitlines():
-                key, _, value = record.partition(" ")[2].partition("=")
-                if key == "path":
-                    long_name = value
-            continue
-        if kind not in (b"0", b"\0", b"7"):
-            continue
-        name = long_name or header[:100].split(b"\0", 1)[0].decode()
-        if not long_name and header[257:262] == b"ustar" and header[345] != 0:
-            name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
-        long_name = None
-        folder, _, base = name.rpartition("/")
-        stem, dot, ext = base.partition(".")
-        if not dot:
-            continue
-        key = f"{folder}/{stem}" if folder else stem
-        if current is not None and current["__key__"] != key:
-            yield current
-            current = None
-        if current is None:
-            current = {"__key__": key, "__url__": url}
-        ext = ext.lower()
-        if ext in current:
-            error = f"tar holds {name} twice"
-            break
-        current[ext] = data
+    try:
+        while True:
+            header = stream.read(_BLOCK)
+            if len(header) < _BLOCK:
+                error = "tar ends without its end-of-archive block" if not header else "tar ends inside a member header"
+                break
+            if header == _ZERO_BLOCK:
+                break
+            # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
+            if _tar_number(header[148:156]) != int(np.add.reduce(np.frombuffer(header, dtype=np.uint8), dtype=np.int64)) - sum(header[148:156]) + 256:
+                error = "tar member header fails its checksum (corrupt data)"
+                break
+            size, kind = _tar_number(header[124:136]), header[156:157]
+            if kind in (b"L", b"x"):
+                name, ext, cap = "a long-name header", "", MAX_HEADER_BYTES
+            else:
+                name = long_name or _text(header[:100].split(b"\0", 1)[0], "member name")
+                if not long_name and header[257:262] == b"ustar" and header[345] != 0:
+                    name = _text(header[345:500].split(b"\0", 1)[0], "member name") + "/" + name
+                ext = name.rpartition("/")[2].partition(".")[2].lower()
+                cap = min(limits.get(ext) or limits.get("*", MAX_MEMBER_BYTES), MAX_MEMBER_BYTES) if limits else MAX_MEMBER_BYTES
+            if size > cap:
+                error = f"tar member {name} holds {size} bytes, more than the {cap} such a member may hold"
+                break
+            data = stream.read(size)
+            pad = -size % _BLOCK
+            if len(data) < size or (pad and len(stream.read(pad)) < pad):
+                error = "tar ends inside a member"
+                break
+            if kind == b"L":  # GNU long name of the next member
+                long_name = _text(data.split(b"\0", 1)[0], "long name")
+                continue
+            if kind == b"x":  # PAX extended header: only the path matters here
+                for record in _text(data, "PAX header").splitlines():
+                    key, _, value = record.partition(" ")[2].partition("=")
+                    if key == "path":
+                        long_name = value
+                continue
+            long_name = None
+            if kind not in (b"0", b"\0", b"7"):
+                continue
+            folder, _, base = name.rpartition("/")
+            stem, dot, _ = base.partition(".")
+            if not dot:
+                continue
+            key = f"{folder}/{stem}" if folder else stem
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            if ext in current or ext.startswith("__"):  # "__key__", "__url__": the reader's own keys
+                error = f"tar holds {name} twice" if ext in current else f"tar member {name} has a reserved extension"
+                break
+            current[ext] = data
+    except ShardError as e:
+        error = str(e)
     if current is not None:
         yield current  # whole members before any damage; a sample missing some is the caller's to refuse
     if error:

@@ -19,6 +19,13 @@ This module owns the member names, the key and file names, the marker name patte
 ``dataset.json`` schema, per-set statistics and the divergence check, and ``ShardSet.derive`` (a new
 set made from this one, resumable per shard). The bytes of one member and of one tar are the codec's
 (data/shards.py), which only this module imports.
+
+Reading treats every shard as hostile (docs/reliability.md, "Hostile shards"): markers and
+dataset.json are type-checked, a tar's size is checked against its marker before it is read (and
+its sha256 with verify="sha256"), members are capped in size from the set's ``SampleShape``, PNG
+headers are checked before anything inflates, and every sample's record, sizes, class count and
+level sums are checked. Every failure is a ShardError; one that spoils a single sample is a
+SampleError, and the shard's other samples stay readable.
 """
 
 from __future__ import annotations
@@ -27,10 +34,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import posixpath
 import re
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -41,13 +47,17 @@ import pyarrow.parquet as pq
 import torch
 
 from dakter_scale.data import storage
-from dakter_scale.data.shards import ShardError, decode_png, dequantise, encode_png, quantise, read_tar, write_tar
+from dakter_scale.data.shards import QUANT_LEVELS, SampleError, ShardError, decode_png, dequantise, encode_png, png_shape, quantise, read_tar, write_tar
 
 FORMAT = "dakter-shards/1"  # the shard format; part of every plan's fingerprint, so it changes only with the bytes
 DATASET_FILE = "dataset.json"
 IMAGE, SOFT, RECORD = "image.png", "soft.png", "json"
 MEMBERS = (IMAGE, SOFT, RECORD)  # what every sample of a shard holds
+_MEMBER_SET = frozenset(MEMBERS)
+_RAW_KEYS = frozenset(("__key__", "__url__", *MEMBERS))  # a raw sample as read_tar yields it
 MARKER_RE = re.compile(r"^shard-(\d{6,})\.json$")  # a done marker's file name: shard_name(s, "json")
+CHECKED = "__record__"  # a sample's parsed, checked record, as ShardSet.read_checked leaves it in the sample
+KEY_RE = re.compile(r"^(\d{6,})-(\d{6,})$")  # a sample key: sample_key(shard, index)
 SHARD_PREFIX = "shard-"
 IN_PROGRESS, COMPLETE, INCOMPLETE = "in progress", "complete", "incomplete"  # DatasetInfo.status
 MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform than to a segmentation
@@ -62,11 +72,111 @@ def sample_key(shard: int, index: int) -> str:
 
 
 def parse_key(key: str) -> tuple[int, int]:
+    match = KEY_RE.match(key) if isinstance(key, str) else None
+    if match is None:
+        raise ShardError(f"sample key {key!r} is not SHARD-INDEX")
+    return int(match.group(1)), int(match.group(2))
+
+
+# -- what every sample of a set is ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleShape:
+    """What every sample of a set must be: an image of height x width, a soft label of num_classes
+    maps of that size. From dataset.json, or the set's first sample (``ShardSet.sample_shape``)."""
+
+    height: int
+    width: int
+    num_classes: int
+
+    def member_limits(self) -> dict[str, int]:
+        """The most bytes a member may hold, by extension ("*": any other), for read_tar: twice a PNG's
+        raw pixel data plus 4 KiB (deflate at its worst adds 5 bytes per 16 KiB; the writer's PNGs
+        are far smaller), and for the JSON record 16 KiB plus 256 bytes per class. Unknown members
+        get the record's cap (and are refused as unexpected)."""
+        record = (16 << 10) + 256 * self.num_classes
+        return {IMAGE: 2 * self.height * (self.width + 1) + 4096, SOFT: 2 * self.num_classes * self.height * (self.width + 1) + 4096, RECORD: record, "*": record}
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width} px, {self.num_classes} classes"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one decoder: json.loads with an option builds one per call
+
+
+def load_json(data: bytes | str) -> Any:
+    """JSON as the shard set reads it (UTF-8): NaN and Infinity refused (ValueError), as is nesting too deep to parse."""
     try:
-        s, i = key.split("-")
-        return int(s), int(i)
-    except ValueError:
-        raise ShardError(f"sample key {key!r} is not SHARD-INDEX") from None
+        return _DECODER.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)  # UnicodeDecodeError is a ValueError
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+# A sample's JSON record: every writer (synth/worker.py, tests/shardgen.py, derive) writes these,
+# each a type or a check.
+RECORD_FIELDS: dict[str, Any] = {
+    "key": str,
+    "shard": _integer,
+    "index": _integer,
+    "seed": _integer,
+    "num_classes": _integer,
+    "class_fractions": list,
+    "mean_entropy": _number,
+    "mean_confidence": _number,
+}
+_KINDS = {str: "a string", list: "a list", _integer: "an integer", _number: "a finite number"}
+
+
+def parse_record(data: bytes, key: str, shape: SampleShape | None = None) -> dict[str, Any]:
+    """A sample's JSON record, checked: an object with every RECORD_FIELDS field of its type, finite
+    numbers, the sample's own key, shard and index, and (with `shape`) its class count."""
+    try:
+        record = load_json(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError among them
+        raise SampleError(f"sample {key}: {RECORD} is not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise SampleError(f"sample {key}: {RECORD} is a JSON {type(record).__name__}, not an object")
+    try:  # the common case in one expression (this runs per sample); the loop below names what is wrong
+        well_typed = (
+            type(record["key"]) is str
+            and type(record["shard"]) is type(record["index"]) is type(record["seed"]) is type(record["num_classes"]) is int
+            and type(record["class_fractions"]) is list
+            and type(record["mean_entropy"]) in (int, float)
+            and type(record["mean_confidence"]) in (int, float)
+            and math.isfinite(record["mean_entropy"] + record["mean_confidence"])
+        )
+    except KeyError:
+        well_typed = False
+    if not well_typed:
+        for name, kind in RECORD_FIELDS.items():
+            if name not in record:
+                raise SampleError(f"sample {key}: {RECORD} lacks {name!r}")
+            if not (isinstance(record[name], kind) if isinstance(kind, type) else kind(record[name])):
+                raise SampleError(f"sample {key}: {RECORD} field {name!r} is {record[name]!r}, not {_KINDS[kind]}")
+    if record["key"] != key or sample_key(record["shard"], record["index"]) != key:
+        raise SampleError(f"sample {key}: {RECORD} names sample {record['key']!r} (shard {record['shard']}, index {record['index']})")
+    k = record["num_classes"]
+    if shape is not None and k != shape.num_classes:
+        raise SampleError(f"sample {key}: {k} classes, the set has {shape.num_classes}")
+    fractions = record["class_fractions"]
+    if k < 1 or len(fractions) != k or not {type(v) for v in fractions} <= {int, float} or not math.isfinite(math.fsum(fractions)):
+        raise SampleError(f"sample {key}: {RECORD} class_fractions is not {k} finite numbers")
+    if not 0 <= record["mean_confidence"] <= 1 or record["mean_entropy"] < 0:
+        raise SampleError(f"sample {key}: {RECORD} mean_confidence {record['mean_confidence']} or mean_entropy {record['mean_entropy']} out of range")
+    return record
 
 
 # -- one sample ---------------------------------------------------------------------------------
@@ -92,32 +202,68 @@ def encode_sample(key: str, image: np.ndarray, q: torch.Tensor | np.ndarray, met
     }
 
 
-def decode_sample(sample: dict[str, Any], levels: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode_sample(sample: dict[str, Any], levels: bool = False, shape: SampleShape | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Inverse of encode_sample over a sample dict whose values are bytes (webdataset without a decoder).
 
     Returns image uint8 (H, W), q float32 (K, H, W) summing to 1 (or, with levels=True, the stored
-    uint8 levels summing to 255: dequantise them), and the metadata.
+    uint8 levels summing to 255: dequantise them), and the metadata. Everything is checked (a
+    SampleError names the sample): the record (parse_record), the PNG headers before inflating, the
+    sizes and class count (against `shape` when given, else the record's and the image's own), and
+    the levels, which must sum to 255 at every pixel.
     """
     key = sample.get("__key__", "?")
+    if not _MEMBER_SET <= sample.keys():
+        raise SampleError(f"sample {key}: missing member {min(_MEMBER_SET - sample.keys())!r}")
+    meta = _record(sample, key, shape)
+    k = meta["num_classes"]
     try:
-        meta = json.loads(sample[RECORD])
-        image = decode_png(sample[IMAGE])
-        stacked = decode_png(sample[SOFT])
-    except KeyError as e:
-        raise ShardError(f"sample {key}: missing member {e.args[0]!r}") from None
-    except (OSError, ValueError, zlib.error, struct.error) as e:
-        raise ShardError(f"sample {key}: undecodable member ({e})") from None
-    k = int(meta["num_classes"])
-    h, w = image.shape
-    if stacked.shape != (k * h, w):
-        raise ShardError(f"sample {key}: soft label of shape {stacked.shape} does not hold {k} maps of {h}x{w}")
+        image = decode_png(sample[IMAGE], (shape.height, shape.width) if shape else None)
+        h, w = image.shape
+        stacked = decode_png(sample[SOFT], (k * h, w))
+    except SampleError:
+        raise
+    except ShardError as e:
+        raise SampleError(f"sample {key}: {e}") from None
     stacked = stacked.reshape(k, h, w)
+    sums = np.add.reduce(stacked, axis=0, dtype=np.uint16)  # the ufunc itself: ndarray.sum/.any add a Python call each
+    if np.count_nonzero(sums != QUANT_LEVELS):
+        i, j = np.argwhere(sums != QUANT_LEVELS)[0]
+        raise SampleError(f"sample {key}: soft-label levels sum to {sums[i, j]} at pixel ({i}, {j}), not {QUANT_LEVELS}")
     return image, (stacked if levels else dequantise(stacked)), meta
 
 
-def read_record(sample: dict[str, Any]) -> dict[str, Any]:
-    """A raw sample's JSON record alone (no image decoding)."""
-    return json.loads(sample[RECORD])
+def read_record(sample: dict[str, Any], shape: SampleShape | None = None) -> dict[str, Any]:
+    """A raw sample's JSON record alone (no image decoding), checked (parse_record)."""
+    key = sample.get("__key__", "?")
+    if RECORD not in sample:
+        raise SampleError(f"sample {key}: missing member {RECORD!r}")
+    return _record(sample, key, shape)
+
+
+def _record(sample: dict[str, Any], key: str, shape: SampleShape | None) -> dict[str, Any]:
+    checked = sample.get(CHECKED)
+    if checked is not None and (shape is None or checked["num_classes"] == shape.num_classes):
+        return checked  # parsed and checked by read_checked
+    return parse_record(sample[RECORD], key, shape)
+
+
+def check_sample(sample: dict[str, Any], shape: SampleShape) -> dict[str, Any]:
+    """The checks that need no inflating: exactly the three members, the record, and the PNG
+    headers' sizes and form; returns the record. A SampleError names the sample; decode_sample does the rest."""
+    key = sample["__key__"]
+    names = {name for name in sample if not name.startswith("__")} if sample.keys() != _RAW_KEYS else _MEMBER_SET
+    if names != _MEMBER_SET:
+        missing, extra = sorted(set(MEMBERS) - names), sorted(names - set(MEMBERS))
+        raise SampleError(f"sample {key} " + (f"lacks {', '.join(missing)}" if missing else f"holds an unexpected member {extra[0]!r}"))
+    record = parse_record(sample[RECORD], key, shape)
+    for member, want in ((IMAGE, (shape.height, shape.width)), (SOFT, (shape.num_classes * shape.height, shape.width))):
+        try:
+            got = png_shape(sample[member])
+        except ShardError as e:
+            raise SampleError(f"sample {key}: {member}: {e}") from None
+        if got != want:
+            raise SampleError(f"sample {key}: {member} is {got[0]}x{got[1]}, the set's ({shape}) is {want[0]}x{want[1]}")
+    return record
 
 
 # -- manifests and markers ----------------------------------------------------------------------
@@ -185,6 +331,30 @@ def shard_marker(shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256:
         "fingerprint": fingerprint,
         **manifest_sums(rows),
     }
+
+
+def marker_problem(marker: Any, shard: int) -> str | None:
+    """What makes a done marker unusable, or None: not an object, no pair count, tar size or sha256
+    of the right type, another shard's id, or sums that are not finite numbers."""
+    if not isinstance(marker, dict):
+        return f"marker is a JSON {type(marker).__name__}, not an object"
+    if not _integer(marker.get("count")) or marker["count"] < 0:
+        return f"marker records no pair count (count {marker.get('count')!r})"
+    if not _integer(marker.get("tar_bytes")) or marker["tar_bytes"] < 0:
+        return f"marker records no tar size (tar_bytes {marker.get('tar_bytes')!r})"
+    if not isinstance(marker.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", marker["sha256"]):
+        return f"marker records no sha256 (sha256 {marker.get('sha256')!r})"
+    if "shard" in marker and marker["shard"] != shard:
+        return f"marker names shard {marker['shard']!r}"
+    if not isinstance(marker.get("fingerprint"), (str, type(None))):
+        return f"marker's fingerprint {marker['fingerprint']!r} is not a string"
+    sums = marker.get("sum_class_fractions", [])
+    if not isinstance(sums, list) or not all(_number(v) for v in sums):
+        return "marker's sum_class_fractions is not a list of finite numbers"
+    for name in ("sum_mean_confidence", "sum_mean_entropy"):
+        if name in marker and not _number(marker[name]):
+            return f"marker's {name} is {marker[name]!r}, not a finite number"
+    return None
 
 
 def marker_count(markers: Iterable[dict]) -> int:
@@ -320,6 +490,14 @@ class DatasetInfo:
             value = obj.get(name)
             if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
                 raise ShardError(f"{where}: {name} must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
+        classes = obj.get("classes")
+        if classes is not None and (not classes or not all(isinstance(c, str) for c in classes)):
+            raise ShardError(f"{where}: classes must be a non-empty list of names, got {classes!r}")
+        for name in ("resolution", "count", "samples_per_shard", "num_shards"):
+            if obj.get(name) is not None and obj[name] < (1 if name == "resolution" else 0):
+                raise ShardError(f"{where}: {name} must be {'>= 1' if name == 'resolution' else '>= 0'}, got {obj[name]}")
+        if obj.get("b") is not None and not math.isfinite(obj["b"]):
+            raise ShardError(f"{where}: b must be a finite number, got {obj['b']}")
         values = {k: v for k, v in obj.items() if k in known}
         return cls(**{"format": None, **values}, extra={k: v for k, v in obj.items() if k not in known})
 
@@ -399,8 +577,8 @@ class ShardSet:
             return None
         where = storage.full_url(self.fs, path)
         try:
-            obj = storage.read_json(self.fs, path)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            obj = load_json(self.fs.cat_file(path))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN
             raise ShardError(f"{where}: not valid JSON ({e})") from None
         return DatasetInfo.from_json(obj, where)
 
@@ -414,29 +592,36 @@ class ShardSet:
         return storage.list_dir(self.fs, self.root)
 
     def read_markers(self, listing: dict[str, dict] | None = None) -> tuple[dict[int, ShardInfo], dict[int, str]]:
-        """(finished shards by id, unreadable markers by id with the reason)."""
+        """(finished shards by id, unreadable markers by id with the reason). Markers are the files
+        whose whole name is a marker's (MARKER_RE), each checked by marker_problem."""
         listing = self.listing() if listing is None else listing
-        names = sorted(n for n in listing if MARKER_RE.match(n))
+        names = sorted(n for n, entry in listing.items() if MARKER_RE.match(n) and entry.get("type") != "directory")
         blobs = self.fs.cat([self.path(n) for n in names]) if names else {}
         done: dict[int, ShardInfo] = {}
         unreadable: dict[int, str] = {}
         for path, blob in blobs.items():
             shard = int(MARKER_RE.match(posixpath.basename(path)).group(1))
             try:
-                marker = json.loads(blob)
-                done[shard] = ShardInfo(shard, self.tar_url(shard), int(marker["count"]), marker)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                marker = load_json(blob)
+            except ValueError:
                 unreadable[shard] = "marker is not valid JSON"
-            except (KeyError, TypeError, ValueError):
-                unreadable[shard] = "marker records no pair count"
+                continue
+            problem = marker_problem(marker, shard)
+            if problem:
+                unreadable[shard] = problem
+            else:
+                done[shard] = ShardInfo(shard, self.tar_url(shard), marker["count"], marker)
         return dict(sorted(done.items())), dict(sorted(unreadable.items()))
+
+    def marker_url(self, shard: int) -> str:
+        return storage.full_url(self.fs, self.path(shard_name(shard, "json")))
 
     def done(self) -> list[ShardInfo]:
         """Every finished shard (its marker exists), in shard order. An unreadable marker is a ShardError."""
         done, unreadable = self.read_markers()
         if unreadable:
             shard, reason = next(iter(unreadable.items()))
-            raise ShardError(f"{storage.full_url(self.fs, self.path(shard_name(shard, 'json')))}: {reason}")
+            raise ShardError(f"{self.marker_url(shard)}: {reason}")
         return list(done.values())
 
     def check(self, info: ShardInfo, listing: dict[str, dict], fingerprint: str | None, verify: str = "size") -> str | None:
@@ -510,35 +695,118 @@ class ShardSet:
 
     # -- reading
 
-    def read(self, info: ShardInfo) -> Iterator[dict]:
-        """The raw samples ({"__key__", "__url__", member: bytes}) of one finished shard, in key order.
-
-        Whole samples are yielded as they are read; then a ShardError naming the shard reports the
-        first problem: a torn or corrupt tar, a sample lacking a member (skipped), or another count
-        of samples than its marker records. Errors opening or reading the object are raised as they come.
-        """
-        problems: list[str] = []
-        seen = 0
-        with fsspec.open(info.tar, "rb") as stream:
+    def sample_shape(self, infos: Sequence[ShardInfo] | None = None, header: DatasetInfo | None = None) -> SampleShape:
+        """What every sample of this set must be: the resolution and classes of dataset.json (`header`,
+        read here when not given), and what it lacks from the first shard (in `infos`, default done())
+        whose first sample has a well-formed image and soft label (its headers only: nothing inflates;
+        its class count agreeing with the shard's marker). Every other shard must then agree."""
+        header = self.info() if header is None else header
+        k = len(header.classes) if header and header.classes else None
+        if header and header.resolution and k:
+            return SampleShape(header.resolution, header.resolution, k)
+        problems = []
+        for info in self.done() if infos is None else infos:
             try:
-                for sample in read_tar(stream, info.tar):
-                    missing = [m for m in MEMBERS if m not in sample]
-                    if missing:
-                        problems.append(f"sample {sample['__key__']} lacks {', '.join(missing)}")
-                        continue
+                with fsspec.open(info.tar, "rb") as stream:
+                    sample = next(read_tar(stream, info.tar), None)
+                if sample is None or IMAGE not in sample or SOFT not in sample:
+                    raise ShardError("its first sample lacks an image or a soft label")
+                h, w = png_shape(sample[IMAGE])
+                stacked, width = png_shape(sample[SOFT])
+                marker_k = len(info.marker.get("sum_class_fractions") or []) or None
+                shard_k = k or marker_k or stacked // h
+                if width != w or stacked != shard_k * h or (marker_k or shard_k) != shard_k:
+                    raise ShardError(f"its first sample's image ({h}x{w}) and soft label ({stacked}x{width}) do not hold {shard_k} class maps")
+                if header and header.resolution and (h, w) != (header.resolution,) * 2:
+                    raise ShardError(f"its first sample is {h}x{w}, dataset.json says {header.resolution} px")
+                return SampleShape(h, w, shard_k)
+            except Exception as e:  # a missing object, a hostile first sample: try the next shard
+                problems.append(f"shard {info.tar}: {e}")
+        raise ShardError(f"{self.url}: no finished shard to learn the sample size from" + (f" ({problems[0]})" if problems else ""))
+
+    def read_checked(self, info: ShardInfo, shape: SampleShape, verify: str = "size") -> Iterator[dict | SampleError]:
+        """The raw samples ({"__key__", "__url__", member: bytes}) of one finished shard, in key order,
+        each checked against `shape` (check_sample, its parsed record left under CHECKED for
+        decode_sample and read_record), with a SampleError in line for each bad one.
+
+        Before anything is read, the tar's size (from the opened object) must be its marker's
+        tar_bytes, and with verify="sha256" its hash the marker's (a first pass over the object);
+        while reading, members are capped (SampleShape.member_limit) and keys must belong to this
+        shard, below its count, in increasing order. The shard's own problems raise a ShardError
+        naming it: the size or hash, a torn, corrupt or oversized tar, another count than its marker's
+        (bad samples count), after the samples read before the damage.
+        """
+        if verify not in ("size", "sha256"):
+            raise ValueError(f"verify must be size or sha256, got {verify!r}")
+        expected = info.marker.get("tar_bytes")
+        with fsspec.open(info.tar, "rb") as stream:
+            size = getattr(stream, "size", None)  # local: fstat; object stores: the size the open reported
+            size = size if isinstance(size, int) else self.fs.size(self.path(shard_name(info.shard, "tar")))
+            if expected is not None and size != expected:
+                raise ShardError(f"shard {info.tar}: the tar has {size} bytes, its marker records {expected}")
+            if verify == "sha256":
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: stream.read(1 << 22), b""):
+                    digest.update(chunk)
+                if digest.hexdigest() != info.marker.get("sha256"):
+                    raise ShardError(f"shard {info.tar}: the tar's sha256 differs from its marker's")
+                stream.seek(0)
+            seen, previous, error = 0, -1, None  # previous: the index of the last good key
+            torn: SampleError | None = None  # a sample lacking members: reported unless the tar's own error explains it
+            try:
+                for sample in read_tar(stream, info.tar, shape.member_limits()):
                     seen += 1
+                    key = sample["__key__"]
+                    if torn is not None:
+                        yield torn
+                        torn = None
+                    if not _MEMBER_SET <= sample.keys():
+                        torn = SampleError(f"shard {info.tar}: sample {key} lacks {', '.join(m for m in MEMBERS if m not in sample)}")
+                        continue
+                    try:
+                        index = previous + 1
+                        if key != sample_key(info.shard, index):  # not the next key, as written: which is it?
+                            shard, index = parse_key(key)
+                            if shard != info.shard or index >= info.count:
+                                raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+                            if index <= previous:  # a repeated key would train a pair twice
+                                raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
+                        elif index >= info.count:
+                            raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+                        previous = index
+                        sample[CHECKED] = check_sample(sample, shape)
+                    except ShardError as e:
+                        yield SampleError(f"shard {info.tar}: {e}")
+                        continue
                     yield sample
-            except ShardError as e:  # the tar's own error names the cause: report it first
-                problems.insert(0, str(e))
-        if not problems and seen != info.count:
-            problems.append(f"holds {seen} samples, its marker records {info.count}")
-        if problems:
-            raise ShardError(f"shard {info.tar}: {problems[0]}")
+                if torn is not None:
+                    yield torn
+            except ShardError as e:
+                error = f"shard {info.tar}: {e}"
+        if error is None and seen != info.count:
+            error = f"shard {info.tar}: holds {seen} samples, its marker records {info.count}"
+        if error:
+            raise ShardError(error)
+
+    def read(self, info: ShardInfo, shape: SampleShape | None = None, verify: str = "size") -> Iterator[dict]:
+        """The good samples of one finished shard (read_checked; `shape` default: the set's). Bad
+        samples are skipped; after the last sample, a ShardError reports the shard's own problem, or
+        else the first bad sample."""
+        first_bad = None
+        for sample in self.read_checked(info, shape or self.sample_shape(), verify):
+            if isinstance(sample, SampleError):
+                first_bad = first_bad or sample
+            else:
+                yield sample
+        if first_bad is not None:
+            raise first_bad
 
     def samples(self) -> Iterator[dict]:
         """Every raw sample of every finished shard, in key order."""
-        for info in self.done():
-            yield from self.read(info)
+        infos = self.done()
+        shape = self.sample_shape(infos) if infos else None
+        for info in infos:
+            yield from self.read(info, shape)
 
     def manifest(self) -> pa.Table:
         """The per-sample manifest of all finished shards as one Arrow table."""
@@ -569,6 +837,7 @@ class ShardSet:
         the set's identity: the caller writes the finished header. Returns the markers by shard.
         """
         sources = {info.shard: info for info in self.done()}
+        shape = self.sample_shape(list(sources.values())) if sources else None
         keys = list(keys) if keys is not None else [sample_key(i.shard, j) for i in sources.values() for j in range(i.count)]
         layout = [keys[i : i + samples_per_shard] for i in range(0, len(keys), samples_per_shard)]
         dst = ShardSet(destination)
@@ -595,7 +864,7 @@ class ShardSet:
         for source_shard in sorted({parse_key(k)[0] for k in todo}):
             if source_shard not in sources:
                 raise ShardError(f"{self.url}: shard {source_shard} is not finished (no marker), but pairs to derive are in it")
-            for sample in self.read(sources[source_shard]):
+            for sample in self.read(sources[source_shard], shape):
                 shard = todo.get(sample["__key__"])
                 if shard is None:
                     continue

@@ -28,10 +28,19 @@ Mixing: batch i holds n_gen(i) = floor((i+1) B rho) - floor(i B rho) generated s
 R / (1 + R) for ratio R, and B - n_gen(i) real ones: each batch's generated share is within 1 / B
 of rho, and the share over the first n batches within 1 / (n B).
 
-Bad shards (a missing object, a truncated or corrupt tar, fewer samples than the marker records,
-an undecodable sample) follow ``on_bad_shard``: "raise" stops with StreamError naming the shard;
-"warn" logs it, keeps what was read before the damage, and reports it on the next item it
-delivers (``item["bad_shards"]``) so the trainer can count it and name it in its final log.
+Bad shards and samples follow ``on_bad_shard``: "raise" stops with StreamError naming the shard
+(and the sample); "warn" logs it, skips it, and reports it on the next item it delivers
+(``item["bad_shards"]``) so the trainer can count it and name it in its final log. Every check
+the shard set makes on read is one (ShardSet.read_checked, decode_sample; docs/reliability.md):
+  * the whole shard is skipped for an unreadable marker, a missing object, a tar of another size
+    (or sha256, with verify="sha256") than its marker records;
+  * the rest of the shard is skipped, after the samples read before the damage, for a torn,
+    corrupt or oversized tar member, and reported for fewer or more samples than its marker records;
+  * one sample is skipped (its shard's other samples are read) for a missing or unexpected member,
+    a malformed record, an image or soft label of another size, form or class count than the
+    set's, a PNG that inflates past its size, soft-label levels not summing to 255.
+An unreadable dataset.json is reported the same way, and the sample shape is then taken from the
+shards (the first shard's first sample; every shard must agree with it).
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ import torch
 
 from dakter_scale.core.steps import StreamPositions, derive_seed
 from dakter_scale.data.real import PatchDataset, normalise
-from dakter_scale.data.shardset import ShardError, ShardInfo, ShardSet, decode_sample, dequantise, parse_key, read_record
+from dakter_scale.data.shardset import CHECKED, DatasetInfo, SampleError, SampleShape, ShardError, ShardInfo, ShardSet, decode_sample, dequantise, read_record
 from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
@@ -117,16 +126,16 @@ def class_argmax(q: np.ndarray) -> np.ndarray:
     return index
 
 
-def decode_generated(sample: dict) -> dict:
-    """A raw shard sample (bytes per member) -> the tensors the student trains on."""
-    image, levels, meta = decode_sample(sample, levels=True)
+def decode_generated(sample: dict, shape: SampleShape | None = None) -> dict:
+    """A raw shard sample (bytes per member) -> the tensors the student trains on (checked: decode_sample)."""
+    image, levels, meta = decode_sample(sample, levels=True, shape=shape)
     return {
         "key": sample["__key__"],
         "x": normalise(image)[None],
         "q": torch.from_numpy(dequantise(levels)),
         "mask": torch.from_numpy(class_argmax(levels)),  # on the uint8 levels: same order, 4x less memory
         "generated": True,
-        "confidence": float(meta.get("mean_confidence", 1.0)),
+        "confidence": float(meta["mean_confidence"]),
     }
 
 
@@ -163,6 +172,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         "augmentation ratio r" uses r * |D| distinct generated pairs.
     on_bad_shard: "warn" or "raise" (see the module docstring). An endless reader that finds no
         usable sample in EMPTY_PASSES passes in a row raises StreamError instead of spinning.
+    shape: what every sample must be (the trainer passes its data's); default: the set's
+        (ShardSet.sample_shape). verify: "size" (each tar's size against its marker) or "sha256"
+        (its hash as well: every tar is read twice).
     Items carry "slot", "pass" and "index" (position in the slot's pass) for checkpoints.
     """
 
@@ -179,20 +191,42 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         passes: int | None = None,
         infos: list[ShardInfo] | None = None,
         max_samples: int = 0,
+        shape: SampleShape | None = None,
+        verify: str = "size",
     ):
         if on_bad_shard not in POLICIES:
             raise ValueError(f"on_bad_shard must be one of {POLICIES}, got {on_bad_shard!r}")
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+        if verify not in ("size", "sha256"):
+            raise ValueError(f"verify must be size or sha256, got {verify!r}")
+        self.on_bad_shard, self.verify = on_bad_shard, verify
         self.shards = ShardSet(url)
-        self.infos = infos if infos is not None else self.shards.done()
+        self.start_notices: list[str] = []  # bad markers and header, reported by slot 0
+        if infos is None:
+            done, unreadable = self.shards.read_markers()
+            for shard, reason in unreadable.items():
+                self.start_notices.append(self._bad(f"{self.shards.marker_url(shard)}: {reason}").reason)
+            infos = list(done.values())
+        self.infos = infos
         if not self.infos:
             raise StreamError(f"{url}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first")
+        try:
+            header = self.shards.info() or DatasetInfo()
+        except ShardError as e:
+            self.start_notices.append(self._bad(str(e) if on_bad_shard == "raise" else f"{e} (ignored: the sample shape is taken from the shards)").reason)
+            header = DatasetInfo()
+        if shape is None:
+            try:
+                shape = self.shards.sample_shape(self.infos, header)
+            except ShardError as e:
+                raise StreamError(str(e)) from None
+        self.shape = shape
         self.limits: dict[int, int] = {}  # shard id -> samples with index below this are used
         if max_samples > 0:
             self.infos, self.limits = limit_shards(self.infos, max_samples, url)
         self.url, self.rank, self.world, self.seed = url, rank, world, seed
-        self.shuffle_buffer, self.min_confidence, self.on_bad_shard = shuffle_buffer, min_confidence, on_bad_shard
+        self.shuffle_buffer, self.min_confidence = shuffle_buffer, min_confidence
         self.start = dict(start or {})
         self.passes = passes
 
@@ -214,15 +248,18 @@ class GeneratedStream(torch.utils.data.IterableDataset):
             yield from self._read_shard(self.infos[order[a.shard]], a)
 
     def _read_shard(self, info: ShardInfo, a: Assignment) -> Iterator[dict | _BadShard]:
-        """This slot's samples of a shard; a bad shard (ShardSet.read's checks, or a failed read)
-        ends with a notice after the samples read before the damage."""
+        """This slot's samples of a shard, a notice in line for each bad sample (ShardSet.read_checked);
+        a bad shard (its checks, or a failed read) ends with a notice after the samples read before the damage."""
         limit = self.limits.get(info.shard, info.count)
         try:
-            for sample in self.shards.read(info):
-                _, index = parse_key(sample["__key__"])
+            for sample in self.shards.read_checked(info, self.shape, self.verify):
+                if isinstance(sample, SampleError):
+                    yield self._bad(str(sample), "sample")
+                    continue
+                index = sample[CHECKED]["index"]  # checked against the key by read_checked
                 if index >= limit or index % a.stride != a.offset:
                     continue
-                if self.min_confidence > 0 and read_record(sample).get("mean_confidence", 1.0) < self.min_confidence:
+                if self.min_confidence > 0 and read_record(sample)["mean_confidence"] < self.min_confidence:
                     continue
                 yield sample
         except ShardError as e:
@@ -230,10 +267,10 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         except Exception as e:  # opening or reading failed (missing object, permissions, network)
             yield self._bad(f"shard {info.tar}: {type(e).__name__}: {e}")
 
-    def _bad(self, reason: str) -> _BadShard:
+    def _bad(self, reason: str, what: str = "shard") -> _BadShard:
         if self.on_bad_shard == "raise":
             raise StreamError(f"{reason} (student.on_bad_shard=raise; use warn to skip bad shards)")
-        log.warning("skipping bad shard: %s", reason)
+        log.warning("skipping bad %s: %s", what, reason)
         return _BadShard(reason)
 
     def _shuffled_pass(self, slot: int, slots: int, pass_: int) -> Iterator[dict | _BadShard]:
@@ -260,7 +297,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         worker, workers = slot_info()
         slot, slots = self.rank * workers + worker, self.world * workers
         pass_, skip = self.start.get(slot, (0, 0))
-        notices: list[str] = []
+        notices: list[str] = list(self.start_notices) if slot == 0 else []
         empty = 0  # passes in a row without a usable sample
         while self.passes is None or pass_ < self.passes:
             index = 0
@@ -272,9 +309,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 if index <= skip:
                     continue  # consumed before the checkpoint: not decoded again
                 try:
-                    item = decode_generated(raw)
+                    item = decode_generated(raw, self.shape)
                 except ShardError as e:
-                    notices.append(self._bad(f"shard {raw.get('__url__', '?')}: {e}").reason)
+                    notices.append(self._bad(f"shard {raw.get('__url__', '?')}: {e}", "sample").reason)
                     continue
                 item.update(slot=slot, worker=worker, index=index, **{"pass": pass_})
                 if notices:

@@ -17,7 +17,7 @@ import torch
 from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.kd import mixed_loss
 from dakter_scale.data.real import open_source, patch_dataset
-from dakter_scale.data.shardset import DatasetInfo, ShardSet
+from dakter_scale.data.shardset import DatasetInfo, SampleShape, ShardError, ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
@@ -43,12 +43,19 @@ from dakter_scale.training import (
 log = logging.getLogger("dakter_scale")
 
 
-def check_generated(url: str, classes: tuple[str, ...], resolution: int) -> DatasetInfo | None:
-    """The generated dataset's header, checked against the real data: same classes, same resolution."""
+def check_generated(url: str, classes: tuple[str, ...], resolution: int, on_bad_shard: str = "raise") -> DatasetInfo | None:
+    """The generated dataset's header, checked against the real data: same classes, same resolution.
+    An unreadable header stops the run under on_bad_shard="raise"; under "warn" it is ignored (the
+    stream reports it and checks every sample against the real data's size and classes instead)."""
     generated = ShardSet(url)
-    info = generated.info()
+    try:
+        info = generated.info()
+    except ShardError:
+        if on_bad_shard == "raise":
+            raise
+        info = None
     if info is None:
-        if not generated.done():
+        if not generated.read_markers()[0]:
             raise StreamError(f"--synthetic {url}: no generated dataset there (no dataset.json, no finished shards)")
         return None
     if list(info.classes or classes) != list(classes):
@@ -72,10 +79,11 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
         raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
     source = open_source(cfg.data.spec)
     k = source.num_classes
-    gen_info = check_generated(synthetic, source.classes, cfg.data.resolution) if synthetic and s.ratio > 0 else None
+    gen_info = check_generated(synthetic, source.classes, cfg.data.resolution, s.on_bad_shard) if synthetic and s.ratio > 0 else None
     gen = None
     if s.ratio > 0:  # lists the finished shards and checks they can feed every reader, before any work
-        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, max_samples=s.max_generated)
+        shape = SampleShape(cfg.data.resolution, cfg.data.resolution, k)  # every generated sample must match the real data
+        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, max_samples=s.max_generated, shape=shape, verify=s.verify_shards)
         gen.check_slots(s.num_workers)
     log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     if accelerator.is_main_process:
@@ -169,7 +177,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
     seen_generated, seen_total = sum(g for g, _ in shares), sum(t for _, t in shares)
     bad = final_state["bad_shards"]
     if bad and accelerator.is_main_process:
-        log.warning("%d bad shard(s) skipped while streaming (student.on_bad_shard=warn): %s", len(bad), "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        log.warning("%d bad shard(s) or sample(s) skipped while streaming (student.on_bad_shard=warn): %s", len(bad), "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
 
     if accelerator.is_main_process:
         info = {
