@@ -243,7 +243,8 @@ def run_steps(
     step(i) runs the forward and backward passes of step i (micro-batches included) and returns the
     loss and the values to log; the loop then clips the gradients, steps the optimiser, calls
     after_step(i) (the EMA update), logs every spec.log_every steps, shows progress, and calls
-    checkpoint(done, {"total_steps": ...}) every spec.checkpoint_every steps before the last.
+    checkpoint(done, {"total_steps": ...}) every spec.checkpoint_every steps before the last
+    (total_steps None while a time budget is still being measured).
     `total` is the step count a resumed run recorded (its budget is not measured again).
     """
     rank = accelerator.process_index
@@ -279,7 +280,8 @@ def run_steps(
         if bar is not None:
             bar.update(1)
         if checkpoint is not None and spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < budget.total:
-            checkpoint(done, {"total_steps": budget.total})
+            # a count not yet measured is not recorded: a run resumed from here measures it itself
+            checkpoint(done, {"total_steps": budget.total if budget.fixed else None})
         maybe_kill(done, rank)
         i = done
     if bar is not None:
