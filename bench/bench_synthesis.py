@@ -313,7 +313,10 @@ def main() -> None:
     results: dict = {
         "command": "python bench/bench_synthesis.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "ray": ray.__version__, "loadavg_at_start": loadavg()},
-        "config": {"model": "32 px, UNet channels [32, 64, 64], 1 layer per block, 1.07 M parameters", "sampler": "ddim", **shape, "pairs": args.pairs, "bare_pairs": args.bare_pairs, "storage": "s3:// on moto ThreadedMotoServer (loopback) via s3fs"},
+        "config": {
+            "model": "32 px, UNet channels [32, 64, 64], 1 layer per block, 1.07 M parameters", "sampler": "ddim", **shape,
+            "pairs": args.pairs, "bare_pairs": args.bare_pairs, "storage": "s3:// on moto ThreadedMotoServer (loopback) via s3fs",
+        },
     }
 
     def phase(text: str) -> None:
@@ -372,9 +375,11 @@ def markdown(r: dict) -> str:
         "| measurement | pipeline pairs/s | bare loop pairs/s | efficiency |",
         "|---|---:|---:|---:|",
         f"| 1 actor, steady state, bare loop alongside (same window) | {paired['steady_state_pairs_per_second']:.3f} | {paired['paired_bare_pairs_per_second']:.3f} | **{eff['paired_steady_state']:.3f}** |",
-        f"| 1 actor, steady state, alone vs bare before/after | {one['steady_state_pairs_per_second']:.3f} | {r['bare_loop']['before']['pairs_per_second']:.3f} / {r['bare_loop']['after']['pairs_per_second']:.3f} | {eff['sequential_steady_state']:.3f} |",
+        f"| 1 actor, steady state, alone vs bare before/after | {one['steady_state_pairs_per_second']:.3f} | "
+        f"{r['bare_loop']['before']['pairs_per_second']:.3f} / {r['bare_loop']['after']['pairs_per_second']:.3f} | {eff['sequential_steady_state']:.3f} |",
         f"| 1 actor, per CPU-second of the actor process vs of the bare loop | {one['actor_pairs_per_cpu_second']:.3f} | {r['bare_loop']['mean_pairs_per_cpu_second']:.3f} | {eff['cpu_normalised']:.3f} |",
-        f"| 1 actor, whole synthesize() call: Ray and actor start-up included ({one['synthesize_seconds']:.0f} s) | {one['end_to_end_pairs_per_second']:.3f} | {r['bare_loop']['mean_pairs_per_second']:.3f} | {eff['sequential_end_to_end_synthesize_call']:.3f} |",
+        f"| 1 actor, whole synthesize() call: Ray and actor start-up included ({one['synthesize_seconds']:.0f} s) | {one['end_to_end_pairs_per_second']:.3f} | "
+        f"{r['bare_loop']['mean_pairs_per_second']:.3f} | {eff['sequential_end_to_end_synthesize_call']:.3f} |",
         f"| 1 actor, whole command: imports and Ray shutdown included ({one['command_seconds']:.0f} s) | {one['command_pairs_per_second']:.3f} | {r['bare_loop']['mean_pairs_per_second']:.3f} | {eff['sequential_end_to_end_command']:.3f} |",
     ]
     if "pipeline_2_actors" in r:

@@ -193,7 +193,10 @@ def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[
     out = []
     for aligner in aligners:
         q = generation_quality(cfg, url, aligner, n=n)
-        rec = {"model": model, "pairs": n, "aligner": aligner, "label_alignment": q["label_alignment"], "class_fraction_tv": q["class_fraction_tv"], "mean_confidence": q["mean_confidence"], "enl": [q["enl_generated"], q.get("enl_real")], "histogram_distance": q.get("histogram_distance")}
+        rec = {
+            "model": model, "pairs": n, "aligner": aligner, "label_alignment": q["label_alignment"], "class_fraction_tv": q["class_fraction_tv"],
+            "mean_confidence": q["mean_confidence"], "enl": [q["enl_generated"], q.get("enl_real")], "histogram_distance": q.get("histogram_distance"),
+        }
         out.append(_emit(rec, "quality.jsonl"))
     return out
 

@@ -435,7 +435,10 @@ def write_train_record(accelerator, out: Path, result: LoopResult) -> None:
     Kept out of the model and student folders' own files, which must not change from run to run."""
     if accelerator.is_main_process:
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        record = {"steps": result.steps, "seconds": round(result.seconds, 3), "steps_per_second": round(result.steps_per_second, 3), "processes": accelerator.num_processes, "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision, "last_log": result.last_log}
+        record = {
+            "steps": result.steps, "seconds": round(result.seconds, 3), "steps_per_second": round(result.steps_per_second, 3), "processes": accelerator.num_processes,
+            "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision, "last_log": result.last_log,
+        }
         (out / "logs" / "train.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

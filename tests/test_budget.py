@@ -8,9 +8,10 @@ import subprocess
 
 import torch
 
-from conftest import job
 from dakter_scale.core.steps import EMA
 from dakter_scale.training import StepBudget
+
+from conftest import job
 from shardgen import TINY_DIFFUSION, job_env
 
 

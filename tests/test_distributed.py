@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, job
 from dakter_scale.data.stream import consumed
+
+from conftest import ROOT, job
 from shardgen import TINY_DIFFUSION, TINY_STUDENT, job_env, remove_shard_tar, torchrun, truncate_shard, write_dataset
 
 ABORT = "terminate called"  # what an unclean exit of a gloo run prints (see training.finish)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from dakter_scale import cli
 from dakter_scale.errors import UserError
+
+from conftest import ROOT
 
 
 def run_body(body, capsys) -> tuple[int, str]:

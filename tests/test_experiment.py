@@ -138,8 +138,9 @@ def test_experiment_command_on_a_folder_layout(tmp_path, layout):
     code change: the classes, the per-class table and b come from the folder."""
     import subprocess
 
-    from conftest import job
     from dakter_scale.data import synthetic_sar as S
+
+    from conftest import job
 
     root = tmp_path / layout
     if layout == "osd":
@@ -200,8 +201,9 @@ def test_committed_results_regenerate(tmp_path):
     """The report code rebuilds the committed run's results.md byte for byte from its results.json."""
     import shutil
 
-    from conftest import ROOT
     from dakter_scale.experiment import write_report
+
+    from conftest import ROOT
 
     shutil.copy(ROOT / "docs" / "results" / "cpu" / "results.json", tmp_path / "results.json")
     assert write_report(tmp_path).read_text() == (ROOT / "docs" / "results" / "cpu" / "results.md").read_text()

@@ -20,7 +20,10 @@ import pytest
 from conftest import ROOT
 
 # What a PyTorch image has: torch, torchvision and their own dependencies.
-IMAGE_PACKAGES = ("torch", "torchvision", "numpy", "PIL", "pillow", "filelock", "typing_extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec", "nvidia", "triton", "setuptools", "cuda", "packaging", "functorch", "torchgen")
+IMAGE_PACKAGES = (
+    "torch", "torchvision", "numpy", "PIL", "pillow", "filelock", "typing_extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec",
+    "nvidia", "triton", "setuptools", "cuda", "packaging", "functorch", "torchgen",
+)
 
 
 def fake_image(venv: Path) -> Path:

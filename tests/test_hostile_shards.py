@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, job
 from PIL import Image
-from shardgen import TINY_STUDENT, job_env, write_dataset
 
 from dakter_scale.data import shards
 from dakter_scale.data.shardset import SampleShape, ShardSet
 from dakter_scale.data.stream import BAD_SHARDS, GeneratedStream, StreamError
+
+from conftest import ROOT, job
+from shardgen import TINY_STUDENT, job_env, write_dataset
 
 SIZE, K = 32, 5
 COUNTS = [4, 4, 4]  # 12 pairs; the cases damage shard 1 (sample 000001-000001 where it is one sample)

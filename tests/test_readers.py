@@ -200,7 +200,7 @@ def test_synthetic_spec_and_deterministic_patches():
 
 
 def test_osd_layout_written_by_simulator_reads_back(tmp_path):
-    from dakter_scale.data.synthetic_sar import simulate_scene, scene_seed, write_osd_layout
+    from dakter_scale.data.synthetic_sar import scene_seed, simulate_scene, write_osd_layout
 
     write_osd_layout(tmp_path, 3, 2, height=40, width=72, seed=5, progress=False)
     src = open_source(f"osd:{tmp_path}")

@@ -11,9 +11,10 @@ import subprocess
 import pytest
 import torch
 
-from conftest import job
 from dakter_scale.core.steps import EMA
 from dakter_scale.training import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+
+from conftest import job
 from shardgen import TINY_DIFFUSION, TINY_STUDENT, assert_same_tensors, job_env, load_tensors, torchrun, write_dataset
 
 

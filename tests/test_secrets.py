@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT
 from dakter_scale import cli
 from dakter_scale.data.storage import StorageError, check_writable, redact_url, url_to_fs
+
+from conftest import ROOT
 from shardgen import TINY_STUDENT, job_env, write_dataset
 
 SECRET = "hunter2"

@@ -1,7 +1,6 @@
 """The shard codec and schema: sample round trip, quantisation, deterministic tars, the stock webdataset reader."""
 
 import io
-import json
 import tarfile
 
 import numpy as np

@@ -17,6 +17,7 @@ import pytest
 from dakter_scale.data import shardset
 from dakter_scale.data.shardset import COMPLETE, MARKER_RE, DatasetInfo, ShardError, ShardSet, marker_stats
 from dakter_scale.data.stream import GeneratedStream
+
 from shardgen import write_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -78,7 +78,8 @@ def test_demo_resumes_after_an_interrupt(tmp_path):
     from shardgen import job_env
 
     out = tmp_path / "demo"
-    argv = job("demo.py") + ["--out", str(out)] + TINY + ["diffusion.max_steps=2", "student.max_steps=2", "synthesis.samples_per_shard=4", "synthesis.batch_size=4", "synthesis.actors=1", "experiment.quality_pairs=8", "experiment.figure_samples=2"]
+    extra = ["diffusion.max_steps=2", "student.max_steps=2", "synthesis.samples_per_shard=4", "synthesis.batch_size=4", "synthesis.actors=1", "experiment.quality_pairs=8", "experiment.figure_samples=2"]
+    argv = job("demo.py") + ["--out", str(out)] + TINY + extra
     model = out / "models" / "b_cfg"
     proc = subprocess.Popen(argv, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

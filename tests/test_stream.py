@@ -25,6 +25,7 @@ from dakter_scale.data.stream import (
     generated_count,
     stream_loader,
 )
+
 from shardgen import remove_shard_tar, truncate_shard, write_dataset
 
 COUNTS = [7, 5, 6, 4, 8]  # unequal shards, 30 samples

@@ -21,8 +21,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from conftest import ROOT, job
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
+from dakter_scale.core.steps import derive_seed
 from dakter_scale.data import shards, shardset, storage
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.synth import run as synth_run
@@ -30,7 +30,8 @@ from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, p
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
 from dakter_scale.synth.strategies import Outcome, writer_args
 from dakter_scale.synth.worker import pipelined
-from dakter_scale.core.steps import derive_seed
+
+from conftest import ROOT, job
 from shardgen import TINY_DIFFUSION, TINY_SAMPLING
 
 TINY = TINY_DIFFUSION + TINY_SAMPLING

@@ -29,8 +29,8 @@ import torch
 
 from dakter_scale.config import SamplingConfig
 from dakter_scale.core.soft_labels import sample_stats
-from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.data.real import denormalise
+from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
