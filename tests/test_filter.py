@@ -11,6 +11,7 @@ import webdataset as wds
 
 from dakter_scale.data import shardset
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.storage import overlaps
 from dakter_scale.data.stream import GeneratedStream
 from dakter_scale.data.synthetic_sar import CLASSES
 from dakter_scale.student.models import build_student, save_student
@@ -101,3 +102,41 @@ def test_filter_job_cli(tmp_path, segmenter):
     assert "kept 4 of 6 pairs" in r.stdout and len(_members(dst)) == 4
     r = subprocess.run(job("filter_generated.py") + ["--shards", str(tmp_path / "nothing"), "--segmenter", str(segmenter), "--out", dst, "--keep", "4"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "not a complete generated set" in r.stderr and "Traceback" not in r.stderr
+    before = _tree(tmp_path / "src")
+    r = subprocess.run(job("filter_generated.py") + ["--shards", src, "--segmenter", str(segmenter), "--out", src + "/.", "--keep", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "lies inside --shards" in r.stderr
+    assert _tree(tmp_path / "src") == before
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("spell", ["same", "dot", "inside", "parent", "symlink"])
+def test_filter_refuses_an_out_that_overlaps_its_source(tmp_path, segmenter, spell):
+    """--out equal to the source (spelled as is, with /., or through a symlink), inside it or a
+    parent of it: one FilterError, and nothing in the tree changes (an unrelated file beside it too)."""
+    src = tmp_path / "x" / "shards"
+    write_dataset(str(src), [4], size=32)
+    (tmp_path / "x" / "notes.txt").write_text("unrelated")
+    (tmp_path / "link").symlink_to(src)
+    out = {"same": src, "dot": f"{src}/.", "inside": src / "filtered", "parent": tmp_path / "x", "symlink": tmp_path / "link"}[spell]
+    before = _tree(tmp_path / "x")
+    with pytest.raises(FilterError, match="lies inside --shards"):
+        filter_shards(str(src), str(out), segmenter, keep=2)
+    assert _tree(tmp_path / "x") == before
+
+
+def test_filter_refuses_an_overlapping_prefix_on_s3(s3_bucket, segmenter):
+    import fsspec
+
+    src = f"{s3_bucket}/gen/v1"
+    write_dataset(src, [4], size=32)
+    fs = fsspec.filesystem("s3")
+    before = sorted(fs.find(s3_bucket))
+    for out in (src, f"{src}/", f"{s3_bucket}//gen/./v1", f"{src}/kept", f"{s3_bucket}/gen"):
+        with pytest.raises(FilterError, match="lies inside --shards"):
+            filter_shards(src, out, segmenter, keep=2)
+    fs.invalidate_cache()
+    assert sorted(fs.find(s3_bucket)) == before
+    assert not overlaps(f"{s3_bucket}/gen/v1", f"{s3_bucket}/gen/v10")  # a sibling with a common prefix is not inside

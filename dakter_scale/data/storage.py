@@ -71,6 +71,25 @@ def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSyst
     return fs, path.rstrip("/") or path
 
 
+def location(url: str) -> tuple[str, str]:
+    """(protocol, normalised absolute path) of a URL or local path: symlinks and `.`/`..` resolved
+    locally, `.`/`..` and repeated slashes folded on object stores, so two spellings of one place compare equal."""
+    fs, path = url_to_fs(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if is_local(fs):
+        return "file", os.path.realpath(path)
+    return protocol, posixpath.normpath("/" + path.lstrip("/"))
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether a and b are the same place or one lies inside the other (however spelled)."""
+    (pa, xa), (pb, xb) = location(a), location(b)
+    if pa != pb:
+        return False
+    sep = os.sep if pa == "file" else "/"
+    return xa == xb or xa.startswith(xb.rstrip(sep) + sep) or xb.startswith(xa.rstrip(sep) + sep)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")

@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
-from dakter_scale.data.storage import redact_url
+from dakter_scale.data.storage import overlaps, redact_url
 from dakter_scale.errors import UserError
 from dakter_scale.quality import segment
 from dakter_scale.student.models import load_student, read_student_info
@@ -115,6 +115,8 @@ def filter_shards(
         raise FilterError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     if batch_size < 1:
         raise FilterError(f"batch_size must be >= 1, got {batch_size}")
+    if overlaps(src_url, dst_url):  # writing there would overwrite or mix into the source's shards
+        raise FilterError(f"--out {redact_url(dst_url)} is, contains or lies inside --shards {redact_url(src_url)}: give the filtered set a folder of its own")
     source, dst = ShardSet(src_url), ShardSet(dst_url)
     src_info = source.info()
     if src_info is None or not src_info.complete:
