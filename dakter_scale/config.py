@@ -170,6 +170,7 @@ class SynthesisConfig:
     retries: int = 2  # extra attempts per shard after a failure
     verify: str = "size"  # how a rerun checks finished shards: size | sha256
     divergence_threshold: float = 0.1  # warn when generated class fractions or confidence drift past this
+    lease_seconds: float = 120.0  # a run's lock on its --out lapses this long after its last renewal (data/lease.py)
 
     def validate(self) -> None:
         _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
@@ -182,6 +183,7 @@ class SynthesisConfig:
         _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
+        _check(self.lease_seconds >= 10, "synthesis.lease_seconds", f"must be >= 10 (the lock is renewed every quarter of it), got {self.lease_seconds}")
 
 
 @dataclass(frozen=True)

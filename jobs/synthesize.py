@@ -7,7 +7,7 @@
 Shards are written by Ray actors (one per GPU, else CPU actors of --threads-per-actor threads; --actors 0
 runs in this process without Ray). Ray: RAY_ADDRESS (set by `ray job submit`), else the latest `ray start`
 cluster on this machine, else a new local one. A rerun skips finished shards; a failed shard is retried
-and reported; the exit status is 1 if any shard failed for good, 2 on bad input (before any actor starts).
+and reported; one run writes a prefix at a time (a second is refused: OUT/lock-NNNNNN.json); the exit status is 1 if any shard failed for good, 2 on bad input (before any actor starts).
 Layout: OUT/shard-NNNNNN.{tar,parquet,json} and OUT/dataset.json (docs/synthesis.md).
 Pair INDEX of shard SHARD is drawn from seed SeedSequence([--seed, SHARD, INDEX]); the same command plus
 --only-key SHARD-INDEX regenerates that one pair into OUT/regenerated/ as KEY.image.png, KEY.soft.npy, KEY.json.
@@ -38,6 +38,11 @@ def main() -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="actor device: auto (GPU actors when the cluster has GPUs), cpu, or cuda (GPU actors even before an autoscaler has added GPU nodes)")
     p.add_argument("--verify", choices=["size", "sha256"], help="how a rerun checks finished shards (default size; sha256 reads every tar)")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take --out's lock from a run that looks alive (one run writes a prefix at a time; a dead run's lock lapses by itself after synthesis.lease_seconds, or at once on its own host)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing")
     p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
@@ -116,7 +121,7 @@ def main() -> None:
             return 0
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
         summary = synth.synthesize(
-            args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device
+            args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device, break_lock=args.break_lock
         )
         for line in summary.lines():
             print(line)  # stderr under --json

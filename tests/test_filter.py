@@ -140,3 +140,17 @@ def test_filter_refuses_an_overlapping_prefix_on_s3(s3_bucket, segmenter):
     fs.invalidate_cache()
     assert sorted(fs.find(s3_bucket)) == before
     assert not overlaps(f"{s3_bucket}/gen/v1", f"{s3_bucket}/gen/v10")  # a sibling with a common prefix is not inside
+
+
+def test_filter_refuses_an_out_another_run_is_writing_and_touches_nothing(tmp_path, segmenter):
+    from dakter_scale.data.lease import Lease, LeaseError
+
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    write_dataset(src, [4, 4], size=32)
+    other = Lease(dst, "synthesis of 8 pairs (seed 3)", heartbeat=False).acquire()
+    before = sorted(p.name for p in (tmp_path / "dst").iterdir())
+    with pytest.raises(LeaseError, match="being written by another run: synthesis of 8 pairs"):
+        filter_shards(src, dst, segmenter, keep=3)
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == before
+    other.release()
+    assert filter_shards(src, dst, segmenter, keep=3).count == 3

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -466,13 +468,33 @@ def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
     assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() == (tmp_path / "b" / shardset.shard_name(0)).read_bytes()
 
 
-def test_leftover_temporary_files_are_removed_after_a_run(model, tmp_path):
+def test_only_temporaries_nothing_writes_to_are_removed_after_a_run(model, tmp_path):
     out = tmp_path / "shards"
     out.mkdir()
-    (out / "shard-000001.tar.tmp-0123456789ab").write_bytes(b"half a shard")  # a killed local writer's
-    assert ShardSet(str(out)).done() == []
-    synthesize(model, out)
-    assert sorted(p.name for p in out.iterdir() if ".tmp-" in p.name) == []
+    dead = out / "shard-000001.tar.tmp-0123456789ab"  # a killed local writer's, from before this run
+    dead.write_bytes(b"half a shard")
+    other = out / "notes.txt.tmp-0123456789ab"  # not a name this tool writes
+    other.write_bytes(b"x")
+    live = out / "shard-000003.tar.tmp-ba9876543210"  # a writer streaming into it during the run
+    stop = threading.Event()
+
+    def writer() -> None:
+        with open(live, "ab") as f:
+            while not stop.wait(0.02):
+                f.write(b"more")
+                f.flush()
+                os.utime(live)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.1)
+        synthesize(model, out)
+    finally:
+        stop.set()
+        thread.join()
+    assert sorted(p.name for p in out.iterdir() if ".tmp-" in p.name) == sorted([live.name, other.name])
+    assert ShardSet(str(out)).info().complete
 
 
 def test_ray_cluster_yaml_is_a_valid_autoscaler_config_with_token_auth():

@@ -660,9 +660,12 @@ class ShardSet:
             if name.startswith(SHARD_PREFIX) or name == DATASET_FILE:
                 self.fs.rm(self.path(name), recursive=listing[name].get("type") == "directory")
 
-    def remove_temporaries(self) -> list[str]:
-        """The temporary files killed local writers left (call when no writer is active)."""
-        return storage.remove_temporaries(self.fs, self.root, prefix=SHARD_PREFIX) if storage.is_local(self.fs) else []
+    def remove_temporaries(self, min_age: float = 0.0) -> list[str]:
+        """The temporary files killed local writers left (shards', dataset.json's, the lock's) that
+        nothing has written to for min_age seconds (0: all; only when no writer can be active)."""
+        if not storage.is_local(self.fs):
+            return []
+        return storage.remove_temporaries(self.fs, self.root, prefixes=(SHARD_PREFIX, DATASET_FILE, "lock-"), min_age=min_age)
 
     # -- writing
 

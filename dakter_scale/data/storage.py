@@ -25,6 +25,7 @@ import json
 import os
 import posixpath
 import re
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -173,12 +174,17 @@ def fsync_folder(folder: str) -> None:
             os.close(fd)
 
 
-def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefix: str = "") -> list[str]:
-    """Remove the ``.tmp-`` files that killed local writers left under root; returns their names.
-    Call only when no writer is active (they would lose their file)."""
+def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefixes: tuple[str, ...] = ("",), min_age: float = 0.0) -> list[str]:
+    """Remove the ``.tmp-`` files (names starting with one of prefixes) that killed local writers
+    left under root and that nothing has written to for min_age seconds; returns their names. A live
+    writer keeps its temporary's modification time fresh, so min_age spares it."""
     removed = []
-    for name in list_dir(fs, root):
-        if name.startswith(prefix) and TEMP_RE.search(name):
+    now = time.time()
+    for name, entry in list_dir(fs, root).items():
+        modified = entry.get("mtime", entry.get("created"))
+        if min_age > 0 and not (isinstance(modified, (int, float)) and now - modified >= min_age):
+            continue
+        if name.startswith(prefixes) and TEMP_RE.search(name):
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(join(root, name))
             removed.append(name)

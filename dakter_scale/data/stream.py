@@ -216,6 +216,17 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         except ShardError as e:
             self.start_notices.append(self._bad(str(e) if on_bad_shard == "raise" else f"{e} (ignored: the sample shape is taken from the shards)").reason)
             header = DatasetInfo()
+        if header.fingerprint:  # a shard another run wrote into this prefix is never read as this set's
+            own = []
+            for info in self.infos:
+                theirs = info.marker.get("fingerprint")
+                if theirs not in (None, header.fingerprint):
+                    self.start_notices.append(self._bad(f"{self.shards.marker_url(info.shard)}: a shard of another run (fingerprint {theirs}, the set's {header.fingerprint})").reason)
+                else:
+                    own.append(info)
+            self.infos = own
+            if not self.infos:
+                raise StreamError(f"{url}: no finished shard of this set (fingerprint {header.fingerprint})")
         if shape is None:
             try:
                 shape = self.shards.sample_shape(self.infos, header)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dakter_scale.data.lease import Lease
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
 from dakter_scale.data.storage import overlaps, redact_url
 from dakter_scale.errors import UserError
@@ -133,6 +134,26 @@ def filter_shards(
     if dst_info is not None and dst_info.complete and (dst_info.filter or {}).get("fingerprint") == fp:
         log.info("filter: %s already holds this selection; reusing it", dst_url)
         return dst_info
+    lease = Lease(dst_url, f"filter_generated {fp[:12]}").acquire()  # one writer of --out at a time
+    try:
+        return _filter_into(source, dst, src_info, segmenter_dir, seg_info, fp, keep, min_alignment, samples_per_shard, batch_size)
+    finally:
+        lease.release()
+
+
+def _filter_into(
+    source: ShardSet,
+    dst: ShardSet,
+    src_info: DatasetInfo,
+    segmenter_dir: Path,
+    seg_info: dict,
+    fp: str,
+    keep: int | None,
+    min_alignment: float | None,
+    samples_per_shard: int | None,
+    batch_size: int,
+) -> DatasetInfo:
+    src_url, dst_url = source.url, dst.url
     segmenter, _ = load_student(segmenter_dir)
 
     t0 = time.time()

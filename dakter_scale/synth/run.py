@@ -27,6 +27,7 @@ from typing import Callable
 from dakter_scale import __version__
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
 from dakter_scale.data import storage
+from dakter_scale.data.lease import Lease
 from dakter_scale.data.shardset import (
     COMPLETE,
     DATASET_FILE,
@@ -48,6 +49,7 @@ from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, 
 log = logging.getLogger("dakter_scale")
 
 DEVICES = ("auto", "cpu", "cuda")
+UNLOCKED_TEMP_AGE = 3600.0  # seconds: a temporary this old is dead even where no lease guards the prefix
 WRITER_STALL_WARNING = 0.1  # warn when the sampler waits for the encoder/uploads longer than this share of the time
 
 
@@ -345,6 +347,20 @@ def drive(tasks: list[ShardTask], strategy: Strategy, retries: int, on_result: C
     return info
 
 
+def _own_markers(out: ShardSet, markers: dict[int, dict], fp: str) -> dict[int, dict]:
+    """The markers this run counts, read back from storage: each must still be there with this run's
+    fingerprint and tar (a shard of another run, written over ours, is never counted)."""
+    stored, _ = out.read_markers()
+    own = {}
+    for shard, marker in markers.items():
+        now = stored.get(shard)
+        if now is None or now.marker.get("fingerprint") not in (fp, marker.get("fingerprint")) or now.marker.get("sha256") != marker.get("sha256"):
+            log.warning("shard %d changed under this run (another writer?): not counted; a rerun rewrites it", shard)
+            continue
+        own[shard] = marker
+    return own
+
+
 # -- the whole run -----------------------------------------------------------------------------
 
 
@@ -358,9 +374,14 @@ def synthesize(
     progress: bool = True,
     use_ray: bool = True,
     device: str = "auto",
+    break_lock: bool = False,
 ) -> Summary:
     """Write cfg.n pairs to out_url, skipping finished shards. Never raises for a failed shard:
-    failures are in the returned Summary (summary.ok is False). Bad input raises before any worker starts."""
+    failures are in the returned Summary (summary.ok is False). Bad input raises before any worker starts.
+
+    The run holds out_url's lease (data/lease.py) from before it looks at what the prefix holds until
+    dataset.json is written: a second run on the same prefix is refused (LeaseError) rather than
+    mixing its shards in; break_lock takes the prefix from a holder that looks alive."""
     if device not in DEVICES:
         raise PlanError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if use_ray and importlib.util.find_spec("ray") is None:
@@ -373,6 +394,19 @@ def synthesize(
         if not torch.cuda.is_available():
             raise PlanError("--device cuda with --actors 0: this process sees no CUDA device")
     t0 = time.time()
+    check_model_folder(model_dir)
+    Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
+    storage.check_writable(out_url)
+    lease = Lease(out_url, f"synthesis of {cfg.n} pairs (seed {cfg.seed})", cfg.lease_seconds).acquire(break_lock=break_lock)
+    try:
+        return _synthesize(model_dir, out_url, cfg, sampling, lease, overwrite, progress, use_ray, device, t0)
+    finally:
+        lease.release()
+
+
+def _synthesize(
+    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, lease: Lease, overwrite: bool, progress: bool, use_ray: bool, device: str, t0: float
+) -> Summary:
     prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite)
     plan = prep.plan
     summary = Summary(
@@ -397,6 +431,7 @@ def synthesize(
     final_failures: dict[int, str] = {}
 
     def on_result(task: ShardTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
+        lease.check()  # a run that lost its prefix stops here (LeaseError), its finished shards kept
         if marker is not None:
             markers[task.shard] = marker
             final_failures.pop(task.shard, None)
@@ -412,11 +447,14 @@ def synthesize(
         )
 
     if prep.todo:
-        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint)
+        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint, lease.ref())
         strategy = (RayStrategy if use_ray else LocalStrategy)(args, cfg, device)
         summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
-        for name in out.remove_temporaries():  # what killed local writers left; no writer is active any more
-            log.info("removed %s left by a killed writer", name)
+    # What killed writers left: only temporaries nothing has written to since this run took the prefix
+    # (a writer still streaming keeps its file fresh; this run's own have all returned). Without a
+    # lease, only those untouched for an hour.
+    for name in out.remove_temporaries(min_age=max(0.0, time.time() - lease.started) if lease.supported else UNLOCKED_TEMP_AGE):
+        log.info("removed %s left by a killed writer", name)
     bar.close()
     summary.failed = {s: r for s, r in final_failures.items() if s not in markers}
     summary.seconds = time.time() - t0
@@ -429,6 +467,8 @@ def synthesize(
             "the sampler waited for encoding and uploads %.0f %% of the shard time: give each actor more CPU threads (--threads-per-actor)", 100 * stalled / busy
         )
 
+    lease.check()
+    markers = _own_markers(out, markers, prep.fingerprint)
     generated = marker_stats(markers, len(prep.model_info["classes"]))
     div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold)
     dataset = header.replace(

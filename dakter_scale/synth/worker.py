@@ -29,6 +29,7 @@ import torch
 
 from dakter_scale.config import SamplingConfig
 from dakter_scale.core.soft_labels import sample_stats
+from dakter_scale.data.lease import check_ref
 from dakter_scale.data.real import denormalise
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
@@ -160,6 +161,7 @@ class ShardWriter:
         threads: int = 1,
         device: str | None = None,
         fingerprint: str = "",
+        lease: dict[str, Any] | None = None,
     ):
         t0 = time.time()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -179,7 +181,7 @@ class ShardWriter:
             self.model = load_model_folder(model, self.device)
         self.sampling = SamplingConfig(**sampling)
         self.sampling.validate()
-        self.batch_size, self.seed, self.fingerprint = batch_size, seed, fingerprint
+        self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
         self.load_seconds = time.time() - t0
 
@@ -230,4 +232,5 @@ class ShardWriter:
             "cpu_seconds": round(time.process_time() - cpu0, 3),  # this process, all threads
             "device": str(self.device),
         }
+        check_ref(self.lease)  # a run that lost its prefix to another never marks a shard done there
         return self.out.finish_shard(task.shard, rows, nbytes, sha, self.fingerprint, extra=timings)
