@@ -20,6 +20,7 @@ recorded file (student.json, dataset.json, dakter.json, config.yaml) shows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -44,6 +45,9 @@ _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s]*@|[^/?#@\s:]
 # and sat parameters are not.
 _SECRET_PARAM_RE = re.compile(r"(?i)([?&;][^=&#\s?;]*(?:token|key|secret|signature|passw|pwd|credential|sig|auth)[^=&#\s?;]*=)[^&#\s;]*")
 REDACTED = "***"
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, quota exceeded, file-size limit
 
 
 class StorageError(UserError, PermissionError):
@@ -136,9 +140,11 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
                 fsync(f)
             fs.mv(tmp, path)
             fsync_folder(folder)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(Exception):
                 fs.rm(tmp)
+            if isinstance(e, OSError) and e.errno in _FULL:
+                raise StorageError(f"writing {path} failed: {e.strerror or e} (the disk or quota is full): nothing partial is left; free space and rerun") from None
             raise
     else:
         # Nothing to sync: the object exists only once its (multipart) upload completes, and the store
