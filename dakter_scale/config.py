@@ -274,7 +274,11 @@ class ExperimentConfig:
     # synthetic:40?size=32&test=200&seed=7); the best mean mIoU wins (ties: the first grid value).
     validation_spec: str = ""
     kd_weight_grid: tuple[float, ...] = ()
-    kd_weight_seeds: tuple[int, ...] = ()  # empty = seeds
+    kd_weight_seeds: tuple[int, ...] = ()  # empty = seeds (the seeds of the whole validation grid)
+    # Choosing the augmentation ratio on the validation split too: every main-table student's DAKTer
+    # students at each ratio of the grid (times kd_weight_grid, if any) are scored on validation_spec;
+    # the best (lambda, ratio) by mean mIoU is the student's setting in the main table.
+    ratio_grid: tuple[float, ...] = ()
     ratio: float = 2.0  # the main table's augmentation ratio (2.0 = 200 %)
     sweep_archs: tuple[str, ...] = ("segformer",)  # students that get the full ratio sweep
     sweep_methods: tuple[str, ...] = ("hard", "dakter")
@@ -322,6 +326,8 @@ class ExperimentConfig:
             _check(arch in students, "experiment.kd_weights", f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})")
         _check(all(w >= 0 for w in self.kd_weight_grid), "experiment.kd_weight_grid", f"weights must be >= 0, got {list(self.kd_weight_grid)}")
         _check(not self.kd_weight_grid or bool(self.validation_spec), "experiment.validation_spec", "kd_weight_grid chooses lambda on a validation split: give its data spec")
+        _check(all(r > 0 for r in self.ratio_grid), "experiment.ratio_grid", f"ratios must be > 0, got {list(self.ratio_grid)}")
+        _check(not self.ratio_grid or bool(self.validation_spec), "experiment.validation_spec", "ratio_grid chooses the ratio on a validation split: give its data spec")
         for entry in self.sampler_study:
             name, _, steps = entry.partition(":")
             _check(name in ("ddpm", "ddim") and steps.isdigit() and int(steps) >= 1, "experiment.sampler_study", f"{entry!r} is not ddpm:STEPS or ddim:STEPS")

@@ -158,9 +158,9 @@ class Experiment:
         return metrics
 
     def grid_twin(self, run: StudentRun) -> Path | None:
-        """The lambda grid's student trained exactly as `run` (a DAKTer student of the main ratio at
-        its chosen lambda), when it is finished."""
-        if run.method != "dakter" or run.variant or run.ratio != self.e.ratio or run.arch not in self.plan.selection_archs():
+        """The validation grid's student trained exactly as `run` (a DAKTer student at its chosen lambda
+        and a ratio of the grid), when it is finished."""
+        if run.method != "dakter" or run.variant or run.arch not in self.plan.selection_archs():
             return None
         d = self.out / "students" / dataclasses.replace(run, variant=f"kd{run.weight:g}").name
         return d if self.metrics_path(d.name, VALIDATION).is_file() else None
@@ -222,13 +222,13 @@ class Experiment:
         runs = self.plan.selection_runs()
         if not all(self.metrics_path(r.name, VALIDATION).is_file() for r in runs):
             return {}
-        return analyse.choose_kd_weights(runs, {r.name: self.score(r, VALIDATION) for r in runs})
+        return analyse.choose_settings(runs, {r.name: self.score(r, VALIDATION) for r in runs}, bool(self.e.ratio_grid))
 
     def choose(self) -> None:
         """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
         choice = self.kd_weight_choice() if self.plan.pending() else {}
         if choice:
-            self.plan = Plan(self.cfg, self.n_train, {arch: row["chosen"] for arch, row in choice.items()})
+            self.plan = Plan(self.cfg, self.n_train, chosen_settings(choice))
 
     def run(self) -> Path:
         """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
@@ -237,7 +237,7 @@ class Experiment:
         self.execute(self.plan.units())
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
-            log.info("experiment: lambda chosen on the validation split: %s", ", ".join(f"{a} {w:g}" for a, w in self.plan.chosen.items()))
+            log.info("experiment: chosen on the validation split: %s", ", ".join(f"{a} lambda {w:g} ratio {r:g}" for a, (w, r) in self.plan.chosen.items()))
             self.execute(self.plan.units())
         payload = self.analyse()
         (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -335,6 +335,12 @@ class Experiment:
         return path
 
 
+def chosen_settings(choice: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """{arch: (lambda, ratio)} from the validation grid's outcome (results.json's kd_weight_choice;
+    files from before the ratio grid have no chosen_ratio: the main ratio, recorded as ratio)."""
+    return {arch: (row["chosen"], row.get("chosen_ratio", row["ratio"])) for arch, row in choice.items()}
+
+
 def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
     """One line naming a unit for the log and --plan."""
     if isinstance(unit, Model):
@@ -369,7 +375,7 @@ def describe_plan(cfg: Config, out: str | Path) -> list[str]:
     exp = Experiment(cfg, out, progress=False)
     lines = [f"{'done' if exp.done(u) else 'todo'}  {describe(u)}" for u in exp.plan.units()]
     if exp.plan.pending():
-        lines.append("then the students of the tables and studies, with lambda chosen on the validation split")
+        lines.append("then the students of the tables and studies, with lambda and ratio chosen on the validation split")
     return lines
 
 
@@ -403,7 +409,7 @@ def write_report(out: str | Path, payload: dict | None = None) -> Path:
     payload = payload if payload is not None else json.loads((out / "results.json").read_text())
     cfg = saved_config(payload["config"], str(out / "results.json"))
     classes = payload.get("classes") or list(open_source(cfg.data.spec).classes)
-    plan = Plan(cfg, payload["n_train"], {arch: row["chosen"] for arch, row in payload.get("kd_weight_choice", {}).items()})
+    plan = Plan(cfg, payload["n_train"], chosen_settings(payload.get("kd_weight_choice", {})))
     if payload.get("preset") == "demo":
         path, text = out / "report.md", study_report.demo_markdown(payload, plan, classes)
     else:

@@ -197,6 +197,33 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
         Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4", "test5")
 
 
+def test_ratio_chosen_on_validation(tmp_path):
+    """experiment.ratio_grid: each main-table student's DAKTer students at every ratio of the grid are
+    scored on the validation split only; the table's hard and DAKTer students run at the best ratio,
+    and the generated set covers the largest ratio of the grid."""
+    val = "synthetic:6?size=32&test=3&seed=7"
+    cfg = load_config(None, TINY + ["experiment.seeds=[0]", "experiment.methods=[none,hard,dakter]", "experiment.decode_study=[]", "experiment.ratio_grid=[0.5,2.0]", f"experiment.validation_spec={val}"])
+    exp = Experiment(cfg, tmp_path, progress=False)
+    assert exp.plan.gen_size() == 12  # the grid's largest ratio, 2 x 6 training images
+    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == ["dakter-unet-r0.5-s0-kd1", "dakter-unet-r2-s0-kd1"]
+    exp.run()
+    payload = json.loads((tmp_path / "results.json").read_text())
+    choice = payload["kd_weight_choice"]["unet"]
+    scores = {r: json.loads((tmp_path / "students" / f"dakter-unet-r{r}-s0-kd1" / "metrics_validation.json").read_text())["miou"] for r in ("0.5", "2")}
+    assert choice["miou"] == {f"1@{r}": {"0": m} for r, m in scores.items()}
+    ratio = 0.5 if scores["0.5"] >= scores["2"] else 2.0
+    assert choice["chosen"] == 1.0 and choice["chosen_ratio"] == ratio
+    assert set(payload["runs"]) == {"none-unet-r0-s0", f"hard-unet-r{ratio:g}-s0", f"dakter-unet-r{ratio:g}-s0"}
+    main, twin = tmp_path / "students" / f"dakter-unet-r{ratio:g}-s0", tmp_path / "students" / f"dakter-unet-r{ratio:g}-s0-kd1"
+    assert (main / "model.safetensors").read_bytes() == (twin / "model.safetensors").read_bytes()  # reused, not retrained
+    text = (tmp_path / "results.md").read_text()
+    assert "## Augmentation ratio and KD weight λ, chosen on the validation split" in text and f"## Main comparison at the ratio chosen on the validation split (unet {ratio:g})" in text
+    # a rerun plans the same students and trains nothing
+    again = Experiment(cfg, tmp_path, progress=False)
+    again.choose()
+    assert all(again.done(u) for u in again.plan.units())
+
+
 def test_committed_results_regenerate(tmp_path):
     """The report code rebuilds the committed run's results.md byte for byte from its results.json."""
     import shutil

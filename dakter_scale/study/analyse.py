@@ -52,7 +52,7 @@ class Results:
         """The students for which each ordering of mean mIoU at the main ratio holds."""
         wins: dict[str, list[str]] = {"dakter>hard>none": [], "dakter>hard": [], "dakter>none": [], "b_auto>=b_1": [], "dakter>hard_matched": []}
         for arch in self.e.archs:
-            m = {meth: self.cell(meth, arch, self.e.ratio, "miou")[0] for meth in self.e.methods}
+            m = {meth: self.cell(meth, arch, self.plan.ratio(arch), "miou")[0] for meth in self.e.methods}
             if {"dakter", "hard", "none"} <= set(m):
                 if m["dakter"] > m["hard"] > m["none"]:
                     wins["dakter>hard>none"].append(arch)
@@ -67,15 +67,19 @@ class Results:
         return wins
 
 
-def choose_kd_weights(runs: Sequence[StudentRun], scores: dict[str, dict]) -> dict[str, dict]:
-    """The lambda grid's outcome per student: {arch: {ratio, miou: {lambda: {seed: validation mIoU}},
-    chosen}}, chosen = the lambda with the best mean (ties: the first in grid order).
-    scores: {run name: validation metrics} of every run."""
+def choose_settings(runs: Sequence[StudentRun], scores: dict[str, dict], ratio_grid: bool = False) -> dict[str, dict]:
+    """The validation grid's outcome per student: {arch: {ratio, miou: {setting: {seed: validation
+    mIoU}}, chosen, chosen_ratio}}. A setting is "LAMBDA" (a lambda grid alone, at the main ratio) or
+    "LAMBDA@RATIO" (with experiment.ratio_grid); the best mean wins (ties: the first in grid order):
+    chosen is its lambda, chosen_ratio its ratio. scores: {run name: validation metrics} of every run."""
     out: dict[str, dict] = {}
     for run in runs:
         row = out.setdefault(run.arch, {"ratio": run.ratio, "miou": {}})
-        row["miou"].setdefault(f"{run.weight:g}", {})[str(run.seed)] = scores[run.name]["miou"]
+        setting = f"{run.weight:g}@{run.ratio:g}" if ratio_grid else f"{run.weight:g}"
+        row["miou"].setdefault(setting, {})[str(run.seed)] = scores[run.name]["miou"]
     for row in out.values():
         means = {w: mean_std(list(by_seed.values()))[0] for w, by_seed in row["miou"].items()}
-        row["chosen"] = float(max(means, key=means.__getitem__))  # max keeps the first of equals
+        weight, _, ratio = max(means, key=means.__getitem__).partition("@")  # max keeps the first of equals
+        row["chosen"] = float(weight)
+        row["chosen_ratio"] = float(ratio) if ratio else row["ratio"]
     return out

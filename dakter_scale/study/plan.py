@@ -100,12 +100,15 @@ class StudyVariant:
 class Plan:
     """The units of a study from its config and the number of real training images.
 
-    `chosen` holds the KD weights chosen on the validation grid (experiment.kd_weight_grid); while a
-    student's lambda is still to be chosen, its DAKTer and control runs carry weight None."""
+    `chosen` holds, per student, the (KD weight lambda, augmentation ratio) chosen on the validation
+    grid (experiment.kd_weight_grid x experiment.ratio_grid; a bare number is a lambda at the main
+    ratio); while a student's setting is still to be chosen, its DAKTer and control runs carry weight
+    None and the table's students wait for the choice."""
 
-    def __init__(self, cfg: Config, n_train: int, chosen: dict[str, float] | None = None):
-        self.cfg, self.n_train, self.chosen = cfg, n_train, dict(chosen or {})
+    def __init__(self, cfg: Config, n_train: int, chosen: dict[str, float | tuple[float, float]] | None = None):
+        self.cfg, self.n_train = cfg, n_train
         self.e = cfg.experiment
+        self.chosen = {arch: (float(v), self.e.ratio) if isinstance(v, (int, float)) else (float(v[0]), float(v[1])) for arch, v in (chosen or {}).items()}
 
     # -- lambda --------------------------------------------------------------------------------
 
@@ -116,8 +119,14 @@ class Plan:
         if not math.isnan(listed):
             return listed
         if self.e.kd_weight_grid:
-            return self.chosen.get(arch)
+            return self.chosen[arch][0] if arch in self.chosen else None
         return self.cfg.student.kd_weight
+
+    def ratio(self, arch: str) -> float:
+        """arch's augmentation ratio in the main table: the one chosen on experiment.ratio_grid, else experiment.ratio."""
+        if self.e.ratio_grid and arch in self.chosen:
+            return self.chosen[arch][1]
+        return self.e.ratio
 
     def students(self) -> list[str]:
         """Every architecture the study trains, in config order."""
@@ -125,7 +134,10 @@ class Plan:
         return list(dict.fromkeys(archs))
 
     def selection_archs(self) -> list[str]:
-        """The students whose lambda is chosen on the validation grid."""
+        """The students whose lambda or ratio is chosen on the validation grid: every student of the
+        main table with a ratio grid; with a lambda grid alone, those without a listed lambda."""
+        if self.e.ratio_grid:
+            return list(dict.fromkeys(self.e.archs))
         if not self.e.kd_weight_grid:
             return []
         return [a for a in self.students() if math.isnan(self.e.kd_weight(a, math.nan))]
@@ -134,13 +146,19 @@ class Plan:
         """Whether some student's lambda is still to be chosen on the validation grid."""
         return any(arch not in self.chosen for arch in self.selection_archs())
 
+    def grid(self, arch: str) -> list[tuple[float, float]]:
+        """The (lambda, ratio) settings arch's DAKTer students try on the validation split."""
+        listed = self.e.kd_weight(arch, math.nan)
+        weights = list(self.e.kd_weight_grid) if self.e.kd_weight_grid and math.isnan(listed) else [listed if not math.isnan(listed) else self.cfg.student.kd_weight]
+        return [(w, r) for w in weights for r in (self.e.ratio_grid or (self.e.ratio,))]
+
     def selection_runs(self) -> list[StudentRun]:
-        """One DAKTer student per (arch, lambda of the grid, seed) at the main ratio, named ...-kdLAMBDA."""
+        """One DAKTer student per (arch, setting of the grid, seed), named ...-rRATIO-sSEED-kdLAMBDA."""
         seeds = self.e.kd_weight_seeds or self.e.seeds
         return [
-            StudentRun("dakter", arch, self.e.ratio, seed, "b_cfg", "soft", variant=f"kd{w:g}", weight=w)
+            StudentRun("dakter", arch, r, seed, "b_cfg", "soft", variant=f"kd{w:g}", weight=w)
             for arch in self.selection_archs()
-            for w in self.e.kd_weight_grid
+            for w, r in self.grid(arch)
             for seed in seeds
         ]
 
@@ -165,7 +183,7 @@ class Plan:
         return self.run("none", arch, 0, self.e.seeds[0])
 
     def main_runs(self) -> list[StudentRun]:
-        return [self.run(m, arch, self.e.ratio, seed) for arch in self.e.archs for seed in self.e.seeds for m in self.e.methods]
+        return [self.run(m, arch, self.ratio(arch), seed) for arch in self.e.archs for seed in self.e.seeds for m in self.e.methods]
 
     def sweep_runs(self) -> list[StudentRun]:
         return [
@@ -184,7 +202,7 @@ class Plan:
 
     def gen_size(self) -> int:
         """Pairs per generated set: the largest ratio of the tables and studies times |D|."""
-        ratios = [self.e.ratio] + (list(self.e.sweep_ratios) if self.e.sweep_archs else []) + ([self.e.study_ratio] if self.study_entries() else [])
+        ratios = [self.e.ratio, *self.e.ratio_grid] + (list(self.e.sweep_ratios) if self.e.sweep_archs else []) + ([self.e.study_ratio] if self.study_entries() else [])
         return int(math.ceil(max(ratios) * self.n_train))
 
     def generated_sets(self) -> list[GeneratedSet]:

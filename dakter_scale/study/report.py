@@ -87,6 +87,8 @@ def kd_weight_table(p: dict) -> list[str]:
     choice = p.get("kd_weight_choice")
     if not choice:
         return []
+    if any("@" in setting for row in choice.values() for setting in row["miou"]):
+        return setting_table(p, choice)
     grid = list(next(iter(choice.values()))["miou"])
     first = next(iter(choice.values()))
     lines = [
@@ -101,10 +103,33 @@ def kd_weight_table(p: dict) -> list[str]:
     return lines + ["", "The test split was not looked at to choose λ; the main table uses the chosen λ.", ""]
 
 
+def setting_table(p: dict, choice: dict[str, dict]) -> list[str]:
+    """The (lambda, ratio) grid on the validation split (experiment.ratio_grid): one row per setting."""
+    lines = [
+        f"## Augmentation ratio and KD weight λ, chosen on the validation split (`{p['validation_spec']}`, DAKTer students): mIoU",
+        "",
+        "| student | λ | ratio | validation mIoU | seeds | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arch, row in choice.items():
+        for setting, by_seed in row["miou"].items():
+            weight, _, ratio = setting.partition("@")
+            mark = "chosen" if (float(weight), float(ratio)) == (row["chosen"], row["chosen_ratio"]) else ""
+            lines.append(f"| {arch} | {weight} | {ratio} | {pct(*mean_std(list(by_seed.values())))} | {len(by_seed)} | {mark} |")
+    return lines + ["", "The test split was not looked at to choose them; the main table uses each student's chosen setting.", ""]
+
+
+def ratio_text(plan: Plan, percent: bool = True) -> str:
+    """'at ratio 2 (200 %)' (or 'at ratio 2'), or each student's ratio where it was chosen on the validation split."""
+    if plan.e.ratio_grid and plan.chosen:
+        return "at the ratio chosen on the validation split (" + ", ".join(f"{a} {plan.ratio(a):g}" for a in plan.e.archs) + ")"
+    return f"at ratio {plan.e.ratio:g}" + (f" ({100 * plan.e.ratio:.0f} %)" if percent else "")
+
+
 def main_table(r: Results) -> list[str]:
     e = r.e
     lines = [
-        f"## Main comparison at ratio {e.ratio:g} ({100 * e.ratio:.0f} %): mIoU / mean F1",
+        f"## Main comparison {ratio_text(r.plan)}: mIoU / mean F1",
         "",
         "| method | " + " | ".join(e.archs) + " |",
         "|---|" + "---|" * len(e.archs),
@@ -112,8 +137,8 @@ def main_table(r: Results) -> list[str]:
     for m in e.methods:
         cells = []
         for arch in e.archs:
-            mi, ms = r.cell(m, arch, e.ratio, "miou")
-            fi, fs = r.cell(m, arch, e.ratio, "mean_f1")
+            mi, ms = r.cell(m, arch, r.plan.ratio(arch), "miou")
+            fi, fs = r.cell(m, arch, r.plan.ratio(arch), "mean_f1")
             cells.append(f"{pct(mi, ms)} / {pct(fi, fs)}")
         lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
     return lines
@@ -144,21 +169,21 @@ def same_seed_table(r: Results) -> list[str]:
         "|---|" + "---|" * len(pairs),
     ]
     for arch in e.archs:
-        lines.append(f"| {arch} | " + " | ".join(_diff_cell(r.differences(a, b, arch, e.ratio)) for a, b in pairs) + " |")
+        lines.append(f"| {arch} | " + " | ".join(_diff_cell(r.differences(a, b, arch, r.plan.ratio(arch))) for a, b in pairs) + " |")
     return lines + [""]
 
 
 def per_class_table(r: Results, classes: list[str], figure: bool = True) -> list[str]:
     e = r.e
     lines = [
-        f"## Per-class IoU at ratio {e.ratio:g} (%, mean over seeds)",
+        f"## Per-class IoU {ratio_text(r.plan, percent=False)} (%, mean over seeds)",
         "",
         "| student | method | " + " | ".join(classes) + " |",
         "|---|---|" + "---|" * len(classes),
     ]
     for arch in e.archs:
         for m in e.methods:
-            lines.append(f"| {arch} | {METHOD_NAMES[m]} | " + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, e.ratio, len(classes))) + " |")
+            lines.append(f"| {arch} | {METHOD_NAMES[m]} | " + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, r.plan.ratio(arch), len(classes))) + " |")
     return lines + ["", "![per-class IoU](per_class_iou.png)", ""] if figure else lines + [""]
 
 
@@ -257,10 +282,10 @@ def write_figures(p: dict, plan: Plan, classes: list[str], out: str | Path) -> N
     for m in e.methods:
         means = [0.0] * len(classes)
         for arch in e.archs:
-            for c, (mu, _) in enumerate(r.per_class(m, arch, e.ratio, len(classes))):
+            for c, (mu, _) in enumerate(r.per_class(m, arch, plan.ratio(arch), len(classes))):
                 means[c] += (0 if math.isnan(mu) else 100 * mu) / len(e.archs)
         bars[METHOD_NAMES[m]] = (means, None)
-    bar_figure(classes, bars, out / "per_class_iou.png", "IoU (%) mean over students and seeds", f"per-class IoU at ratio {e.ratio:g}")
+    bar_figure(classes, bars, out / "per_class_iou.png", "IoU (%) mean over students and seeds", f"per-class IoU {ratio_text(plan, percent=False)}")
     for arch in e.sweep_archs:
         none = r.cell("none", arch, 0, "miou", _sweep_seeds(r))
         series = {}
