@@ -118,7 +118,7 @@ class Experiment:
         return self._student(run, None)
 
     def selection(self, run: StudentRun) -> dict:
-        """A student of the lambda grid, trained and scored on the validation split only."""
+        """A student of the validation grid (lambda, ratio), trained and scored on the validation split only."""
         return self._student(run, VALIDATION)
 
     def _student(self, run: StudentRun, tag: str | None) -> dict:
@@ -129,7 +129,7 @@ class Experiment:
         t = time.time()
         twin = self.grid_twin(run)
         if twin is not None and not (d / "student.json").is_file():
-            log.info("experiment: %s is the lambda grid's %s (the same training): copying it", run.name, twin.name)
+            log.info("experiment: %s is the validation grid's %s (the same training): copying it", run.name, twin.name)
             shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
         elif not (d / "student.json").is_file():
             overrides = {
@@ -247,7 +247,7 @@ class Experiment:
 
     def analyse(self) -> dict:
         """results.json: the table's runs, generation quality and sample figures per generated set,
-        the studies, b, timings and the lambda grid's outcome."""
+        the studies, b, timings and the validation grid's outcome."""
         t = time.time()
         sets = self.plan.generated_sets()
         segmenter = str(self.out / "students" / self.plan.real_only(self.e.archs[0]).name)
@@ -322,7 +322,7 @@ class Experiment:
         For a validation split (other scenes, to choose settings on) or a larger test split
         (synthetic scenes are seeded per index: test=1000 holds test=200's scenes and 800 more)."""
         if tag == VALIDATION and spec != self.e.validation_spec:
-            raise ConfigError(f"--tag {VALIDATION} is the lambda grid's split ({self.e.validation_spec or 'none set'}): give this split another tag")
+            raise ConfigError(f"--tag {VALIDATION} is the validation grid's split ({self.e.validation_spec or 'none set'}): give this split another tag")
         runs = {}
         for d in sorted((self.out / "students").glob(pattern)):
             if self.metrics_path(d.name, None).is_file():
@@ -349,7 +349,7 @@ def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
         sampling = ", ".join(f"{k} {v}" for k, v in unit.sampling)
         return f"generated set {unit.name}: {unit.n} pairs from model {unit.model}" + (f" ({sampling})" if sampling else "")
     if isinstance(unit, Selection):
-        return f"student {unit.run.name} (lambda grid, scored on the validation split)"
+        return f"student {unit.run.name} (validation grid, scored on the validation split)"
     weight = "" if unit.method in ("none", "hard") else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
     return f"student {unit.name}" + (f" on {unit.generated}" if unit.generated else "") + weight
 
