@@ -197,6 +197,7 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
         Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4", "test5")
 
 
+@pytest.mark.slow  # trains a tiny generator and 5 students (~2 min)
 def test_ratio_chosen_on_validation(tmp_path):
     """experiment.ratio_grid: each main-table student's DAKTer students at every ratio of the grid are
     scored on the validation split only; the table's hard and DAKTer students run at the best ratio,

@@ -206,6 +206,7 @@ def test_two_synthesis_runs_at_once_in_threads(model, prefix, same_seed):
     assert only_one_fingerprint(prefix) == finished[0].dataset["fingerprint"]
 
 
+@pytest.mark.slow  # jobs as subprocesses: ~1 min; the threaded runs above cover the default suite
 def test_two_synthesize_jobs_at_once_as_processes(model, prefix):
     procs = [
         subprocess.Popen(job("synthesize.py") + ["--model", model, "--out", prefix, "--n", "24", "--samples-per-shard", "4", "--steps", "3", "--seed", str(seed), "--actors", "0"],
@@ -222,6 +223,7 @@ def test_two_synthesize_jobs_at_once_as_processes(model, prefix):
     only_one_fingerprint(prefix)
 
 
+@pytest.mark.slow  # jobs as subprocesses: ~1 min; the threaded runs above cover the default suite
 def test_a_killed_synthesize_job_leaves_a_lock_that_a_rerun_takes_over(model, tmp_path):
     out = tmp_path / "out"
     fault = tmp_path / "fault.json"
