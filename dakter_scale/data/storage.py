@@ -116,9 +116,13 @@ def list_dir(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
     the cache is dropped first, or a rerun in the same process would miss finished shards.
     """
     fs.invalidate_cache(root)
-    if not fs.exists(root):
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        # Not there, or (object stores) its last object went between a look and the listing: a
+        # prefix exists only while something is under it, and another writer may remove that.
         return {}
-    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(root, detail=True)}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
 
 
 @contextlib.contextmanager
