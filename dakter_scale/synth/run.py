@@ -41,7 +41,7 @@ from dakter_scale.data.shardset import (
     marker_stats,
     stats_lines,
 )
-from dakter_scale.diffusion.model import check_model_folder, model_hash
+from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
 from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
 
@@ -192,6 +192,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     """Validate inputs (model folder, plan, writable output) and decide the shards left to write.
     Refuses, or with overwrite deletes, another dataset in the output. Starts nothing."""
     check_model_folder(model_dir)
+    sampling.check_steps(num_train_timesteps(model_dir))
     Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     storage.check_writable(out_url)
     prep = inspect_output(model_dir, out_url, cfg, sampling)
@@ -210,6 +211,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
 def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False) -> dict:
     """The plan as a JSON-able dict: shards, pairs, what is already done, estimated bytes. Changes nothing."""
     check_model_folder(model_dir)
+    sampling.check_steps(num_train_timesteps(model_dir))
     prep = inspect_output(model_dir, out_url, cfg, sampling)
     info, plan = prep.model_info, prep.plan
     per_pair = estimate_bytes_per_pair(int(info["resolution"]), len(info["classes"]))
