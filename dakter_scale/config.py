@@ -196,6 +196,10 @@ class SynthesisConfig:
     retries: int = 2  # extra attempts per shard after a failure
     verify: str = "size"  # how a rerun checks finished shards: size | sha256
     divergence_threshold: float = 0.1  # warn when generated class fractions or confidence drift past this
+    # warn when the generated images' ENL is outside this factor of the training images' (recorded in
+    # the model folder), or their grey-level histograms differ by more than this total variation
+    enl_ratio_threshold: float = 2.0
+    histogram_threshold: float = 0.25
 
     def validate(self) -> None:
         _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
@@ -208,6 +212,8 @@ class SynthesisConfig:
         _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
+        _check(self.enl_ratio_threshold > 1, "synthesis.enl_ratio_threshold", f"must be > 1 (a factor), got {self.enl_ratio_threshold}")
+        _check(0 < self.histogram_threshold <= 1, "synthesis.histogram_threshold", f"must be in (0, 1] (a total variation), got {self.histogram_threshold}")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dakter_scale.data.shardset import (
     FORMAT,
     IN_PROGRESS,
     INCOMPLETE,
+    SAR,
     DatasetInfo,
     ShardError,
     ShardSet,
@@ -243,6 +244,15 @@ def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     }
 
 
+def _train_stats(recorded: dict) -> dict:
+    """What the divergence check compares against: the training class fractions, max-probability 1
+    (one-hot labels), and the training images' SAR statistics when the model folder recorded them."""
+    out = {"class_fractions": recorded.get("class_fractions"), "mean_confidence": 1.0}
+    if SAR in recorded:
+        out[SAR] = recorded[SAR]
+    return out
+
+
 def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConfig, model_dir: str) -> DatasetInfo:
     info = prep.model_info
     return DatasetInfo(
@@ -264,7 +274,7 @@ def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConf
         batch_size=cfg.batch_size,
         num_shards=prep.plan.num_shards,
         code_version=__version__,
-        train_stats={"class_fractions": info.get("train_stats", {}).get("class_fractions"), "mean_confidence": 1.0},
+        train_stats=_train_stats(info.get("train_stats", {})),
     )
 
 
@@ -432,7 +442,7 @@ def synthesize(
         )
 
     generated = marker_stats(markers, len(prep.model_info["classes"]))
-    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold)
+    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold, header.train_stats.get(SAR), cfg.enl_ratio_threshold, cfg.histogram_threshold)
     dataset = header.replace(
         status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
         count=marker_count(markers.values()),
