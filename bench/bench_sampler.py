@@ -13,7 +13,8 @@ The model is the committed experiment's (configs/experiment_demo.yaml: 32 px, UN
    The matmul peak (fp32 N^3, N = --peak-n) is measured at each thread count right before and after
    that thread count's settings (the median of both is the peak; the machine is shared and noisy).
 3. At the fastest setting, every sampler of the frontier (ddim, ddpm, dpmsolver++ orders 2 and 3, unipc)
-   with --steps steps: pairs/s, seconds per network evaluation, achieved FLOP/s and fraction of peak.
+   with --steps steps, in --repeats interleaved rounds with a peak measurement each: pairs/s, seconds
+   per network evaluation, achieved FLOP/s and fraction of peak (medians).
 4. Where the time goes at that setting: a torch.profiler table of one sampling call, grouped by op kind.
 5. Projection: GPU-hours per million 256 px pairs for each frontier point, from the H200's measured
    seconds per network evaluation at the paper scale (bench/results/paper_scale_gpu.json) x NFE.
@@ -171,23 +172,35 @@ def main() -> int:
     record["best_setting"] = best
     print(f"best: {best}", flush=True)
 
-    # 3. every sampler at the best setting
+    # 3. every sampler at the best setting, in interleaved rounds (each round times every sampler once and
+    # the peak once), so that load drifting on the shared machine reaches all of them alike
     torch.set_num_threads(best["threads"])
     set_memory_format(model, best["channels_last"])
-    peaks = [matmul_peak(torch.device("cpu"), n=args.peak_n)["flops_per_second"]]
-    record["samplers"] = {}
-    for name, order in SAMPLERS:
-        sampling = SamplingConfig(sampler=name, steps=args.steps, solver_order=order)
-        seconds = time_sampling(model, sampling, best["batch"], args.repeats, best["inference_mode"])
-        per = seconds / (best["batch"] * args.steps)
-        key = f"{name}:{args.steps}" + (f":{order}" if name in ("dpmsolver++", "unipc") else "")
-        record["samplers"][key] = {"steps": args.steps, "pairs_per_second": best["batch"] / seconds, "seconds_per_pair_evaluation": per, "flops_per_pair": flops * args.steps, "flops_per_second": flops / per}
-        print(f"{key}: {best['batch'] / seconds:.2f} pairs/s, {1e3 * per:.2f} ms per pair-evaluation, {flops / per / 1e9:.2f} GFLOP/s", flush=True)
-    peaks.append(matmul_peak(torch.device("cpu"), n=args.peak_n)["flops_per_second"])
+    configs = {f"{name}:{args.steps}" + (f":{order}" if name in ("dpmsolver++", "unipc") else ""): SamplingConfig(sampler=name, steps=args.steps, solver_order=order) for name, order in SAMPLERS}
+    times: dict[str, list[float]] = {key: [] for key in configs}
+    peaks = []
+    for key, sampling in configs.items():  # warm-up
+        time_sampling(model, sampling, best["batch"], 1, best["inference_mode"])
+    for _ in range(args.repeats):
+        peaks.append(matmul_peak(torch.device("cpu"), n=args.peak_n)["flops_per_second"])
+        for key, sampling in configs.items():
+            times[key].append(time_sampling(model, sampling, best["batch"], 1, best["inference_mode"]))
     peak = statistics.median(peaks)
     record["sampler_peak"] = {"samples": peaks, "flops_per_second": peak, "threads": best["threads"], "n": args.peak_n}
-    for row in record["samplers"].values():
-        row["fraction_of_peak"] = row["flops_per_second"] / peak
+    record["samplers"] = {}
+    for key, samples in times.items():
+        seconds = statistics.median(samples)
+        per = seconds / (best["batch"] * args.steps)
+        record["samplers"][key] = {
+            "steps": args.steps,
+            "seconds_samples": samples,
+            "pairs_per_second": best["batch"] / seconds,
+            "seconds_per_pair_evaluation": per,
+            "flops_per_pair": flops * args.steps,
+            "flops_per_second": flops / per,
+            "fraction_of_peak": flops / per / peak,
+        }
+        print(f"{key}: {best['batch'] / seconds:.2f} pairs/s, {1e3 * per:.2f} ms per pair-evaluation, {flops / per / 1e9:.2f} GFLOP/s, {100 * flops / per / peak:.1f} % of {peak / 1e9:.1f}", flush=True)
     ddim = record["samplers"][f"ddim:{args.steps}"]["seconds_per_pair_evaluation"]
     for row in record["samplers"].values():
         row["time_vs_ddim"] = row["seconds_per_pair_evaluation"] / ddim
