@@ -22,10 +22,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, repeats: int = 10) -> dict:
+def matmul_peak(device: torch.device, repeats: int = 10, n: int | None = None) -> dict:
     """FLOP/s of a large square matrix product on this device, median of `repeats` timed products
-    after warm-up: bf16 8192^3 on a GPU, fp32 1024^3 on a CPU (the precision each trains in)."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    after warm-up: bf16 8192^3 on a GPU, fp32 1024^3 on a CPU (the precision each trains in), or n^3."""
+    n_default, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    n = n or n_default
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)

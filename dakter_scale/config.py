@@ -135,12 +135,33 @@ class DiffusionConfig:
         _check(self.label_loss_weight >= 0 and self.label_ce_weight >= 0, "diffusion.label_*_weight", "must be >= 0")
 
 
+SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")  # diffusion/sample.py builds each one's scheduler
+MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
+
+
+def parse_sampler_entry(entry: str) -> dict[str, Any] | None:
+    """A sampler study entry SAMPLER:STEPS[:ORDER] (ddim:50, dpmsolver++:20:3) as sampling.* values,
+    or None when it is not one. ORDER only for the multistep solvers."""
+    parts = entry.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in SAMPLERS or not parts[1].isdigit() or int(parts[1]) < 1:
+        return None
+    out: dict[str, Any] = {"sampler": parts[0], "steps": int(parts[1])}
+    if len(parts) == 3:
+        if parts[0] not in MULTISTEP_SAMPLERS or parts[2] not in ("1", "2", "3"):
+            return None
+        out["solver_order"] = int(parts[2])
+    return out
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How pairs are drawn from a trained model and how soft labels are read out."""
 
-    sampler: str = "ddim"  # ddpm | ddim
-    steps: int = 50  # denoising steps (ddpm: usually num_train_timesteps)
+    # ddim | ddpm | dpmsolver++ (DPM-Solver++ multistep, Lu et al. 2022) | unipc (UniPC, Zhao et al. 2023);
+    # one network evaluation per step for each (docs/synthesis.md, "Samplers"; the frontier in docs/RESULTS.md)
+    sampler: str = "ddim"
+    steps: int = 50  # denoising steps = network evaluations per pair, at most the model's num_train_timesteps
+    solver_order: int = 2  # dpmsolver++ and unipc: order of the multistep solver (1-3); ddim and ddpm ignore it
     eta: float = 0.0  # DDIM stochasticity
     clip: bool = True  # clip x0 per modality: image to [-1, 1], labels to [-b, b]
     decode: str = "mean"  # mean (posterior mean) | softmax
@@ -148,12 +169,17 @@ class SamplingConfig:
     decode_last: int = 1  # average the decoded label over the last N steps
 
     def validate(self) -> None:
-        _check(self.sampler in ("ddpm", "ddim"), "sampling.sampler", f"{self.sampler!r} is not ddpm or ddim")
+        _check(self.sampler in SAMPLERS, "sampling.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         _check(self.steps >= 1, "sampling.steps", f"must be >= 1, got {self.steps}")
+        _check(self.solver_order in (1, 2, 3), "sampling.solver_order", f"must be 1, 2 or 3, got {self.solver_order}")
         _check(self.decode in ("mean", "softmax"), "sampling.decode", f"{self.decode!r} is not mean or softmax")
         _check(self.decode_tau > 0, "sampling.decode_tau", "must be > 0")
         _check(1 <= self.decode_last <= self.steps, "sampling.decode_last", f"must be in [1, steps={self.steps}]")
         _check(0 <= self.eta <= 1, "sampling.eta", "must be in [0, 1]")
+
+    def check_steps(self, num_train_timesteps: int) -> None:
+        """Refuse more steps than the model's training timesteps (known once a model folder is)."""
+        _check(self.steps <= num_train_timesteps, "sampling.steps", f"{self.steps} is more than the model's {num_train_timesteps} training timesteps")
 
 
 @dataclass(frozen=True)
@@ -171,6 +197,10 @@ class SynthesisConfig:
     verify: str = "size"  # how a rerun checks finished shards: size | sha256
     divergence_threshold: float = 0.1  # warn when generated class fractions or confidence drift past this
     lease_seconds: float = 120.0  # a run's lock on its --out lapses this long after its last renewal (data/lease.py)
+    # warn when the generated images' ENL is outside this factor of the training images' (recorded in
+    # the model folder), or their grey-level histograms differ by more than this total variation
+    enl_ratio_threshold: float = 2.0
+    histogram_threshold: float = 0.25
 
     def validate(self) -> None:
         _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
@@ -184,6 +214,8 @@ class SynthesisConfig:
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
         _check(self.lease_seconds >= 10, "synthesis.lease_seconds", f"must be >= 10 (the lock is renewed every quarter of it), got {self.lease_seconds}")
+        _check(self.enl_ratio_threshold > 1, "synthesis.enl_ratio_threshold", f"must be > 1 (a factor), got {self.enl_ratio_threshold}")
+        _check(0 < self.histogram_threshold <= 1, "synthesis.histogram_threshold", f"must be in (0, 1] (a total variation), got {self.histogram_threshold}")
 
 
 @dataclass(frozen=True)
@@ -289,7 +321,9 @@ class ExperimentConfig:
     study_arch: str = "unet"  # the student of the sampler and decode studies
     study_ratio: float = 2.0
     study_seeds: tuple[int, ...] = (0,)
-    sampler_study: tuple[str, ...] = ()  # e.g. [ddpm:1000, ddim:250, ddim:100, ddim:50, ddim:20]
+    # e.g. [ddpm:1000, ddim:50, dpmsolver++:20, dpmsolver++:20:3, unipc:10] (SAMPLER:STEPS[:SOLVER_ORDER]);
+    # study_seeds: [] scores generation quality only (the frontier, docs/RESULTS.md), without students
+    sampler_study: tuple[str, ...] = ()
     decode_study: tuple[str, ...] = ()  # e.g. [mean:1, softmax:1, mean:5, softmax:5] (decode:last-N steps)
     figure_samples: int = 6
     # Label-alignment filter (dakter_scale/synth/filter.py): draw n / filter_keep pairs and keep the n
@@ -329,8 +363,11 @@ class ExperimentConfig:
         _check(all(r > 0 for r in self.ratio_grid), "experiment.ratio_grid", f"ratios must be > 0, got {list(self.ratio_grid)}")
         _check(not self.ratio_grid or bool(self.validation_spec), "experiment.validation_spec", "ratio_grid chooses the ratio on a validation split: give its data spec")
         for entry in self.sampler_study:
-            name, _, steps = entry.partition(":")
-            _check(name in ("ddpm", "ddim") and steps.isdigit() and int(steps) >= 1, "experiment.sampler_study", f"{entry!r} is not ddpm:STEPS or ddim:STEPS")
+            _check(
+                parse_sampler_entry(entry) is not None,
+                "experiment.sampler_study",
+                f"{entry!r} is not SAMPLER:STEPS or SAMPLER:STEPS:ORDER with a sampler of {', '.join(SAMPLERS)} (ORDER 1-3 for {' and '.join(MULTISTEP_SAMPLERS)})",
+            )
         for entry in self.decode_study:
             name, _, last = entry.partition(":")
             _check(name in ("mean", "softmax") and last.isdigit() and int(last) >= 1, "experiment.decode_study", f"{entry!r} is not mean:N or softmax:N")

@@ -110,7 +110,13 @@ class Experiment:
         if not summary.ok:
             raise RuntimeError(f"synthesis of {name} failed: {summary.failed}")
         self.timings[f"generate_{name}"] = time.time() - t
-        (Path(url) / "throughput.json").write_text(json.dumps({"pairs": summary.pairs_written, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second}) + "\n")
+        # The run's rate counts actor start-up; the sampling rate (pairs per second of one writer's
+        # sampling loop, from the shard markers) is what compares samplers on small sets.
+        sampling_seconds = sum(d.marker.get("sample_seconds", 0.0) for d in ShardSet(url).done() if d.shard in summary.written)
+        throughput = {"pairs": summary.pairs_written, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second}
+        if sampling_seconds > 0:
+            throughput.update(sampling_seconds=sampling_seconds, sampling_pairs_per_second=summary.pairs_written / sampling_seconds)
+        (Path(url) / "throughput.json").write_text(json.dumps(throughput) + "\n")
         return url
 
     def student(self, run: StudentRun) -> dict:
@@ -310,7 +316,16 @@ class Experiment:
             throughput = json.loads((drawn / "throughput.json").read_text()) if (drawn / "throughput.json").is_file() else {}
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, v.generated.n))
             mious = [self.student(run)["miou"] for run in v.runs]
-            out[v.kind].append({"variant": v.entry, "sampling": dict(v.generated.sampling), "pairs_per_second": throughput.get("pairs_per_second"), "quality": quality, "miou": mious})
+            out[v.kind].append(
+                {
+                    "variant": v.entry,
+                    "sampling": dict(v.generated.sampling),
+                    "pairs_per_second": throughput.get("pairs_per_second"),
+                    "sampling_pairs_per_second": throughput.get("sampling_pairs_per_second"),
+                    "quality": quality,
+                    "miou": mious,
+                }
+            )
         return out
 
     # -- another split -------------------------------------------------------------------------

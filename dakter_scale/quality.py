@@ -4,9 +4,9 @@
   is scored against the argmax of the generated soft labels (mIoU, pixel agreement) - do the
   labels describe the images?
 * class-frequency match: total variation between generated and real class pixel fractions.
-* SAR statistics: equivalent number of looks (ENL = mean^2 / var of linear intensity) over
-  homogeneous sea windows, and the distance between 8-bit intensity histograms of generated and
-  real images (total variation and 1-Wasserstein in grey levels).
+* SAR statistics (data/sar_stats.py): equivalent number of looks (ENL = mean^2 / var of linear
+  intensity) over homogeneous sea windows, and the distance between 8-bit intensity histograms of
+  generated and real images (total variation and 1-Wasserstein in grey levels).
 Inputs are uint8 images (N, H, W) in the training radiometry (8-bit, dB-scaled) and soft labels.
 `generation_quality` scores a generated shard set with all of them (the experiment's and the demo's
 quality table); `read_generated` reads its first pairs.
@@ -21,39 +21,16 @@ from dakter_scale.config import Config
 from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
 from dakter_scale.core.soft_labels import class_fractions
 from dakter_scale.data.real import denormalise, normalise, open_source, split_stats
+from dakter_scale.data.sar_stats import SEA_CLASS, histogram_distance, window_enl
 from dakter_scale.data.stream import GeneratedStream
-from dakter_scale.data.synthetic_sar import uint8_to_linear
 from dakter_scale.student.models import load_student
 
 
-def enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = 0) -> float:
+def enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = SEA_CLASS) -> float:
     """Median ENL over non-overlapping window x window patches that are all sea (or all pixels when
-    masks is None). Speckle with L looks has ENL L on a homogeneous area. Grey levels become linear
-    intensity through the built-in data's 8-bit dB window (``synthetic_sar.uint8_to_linear``)."""
-    lin = uint8_to_linear(images)
-    n, h, w = lin.shape
-    values = []
-    for i in range(n):
-        for y in range(0, h - window + 1, window):
-            for x in range(0, w - window + 1, window):
-                if masks is not None and not (masks[i, y : y + window, x : x + window] == sea_class).all():
-                    continue
-                patch = lin[i, y : y + window, x : x + window]
-                var = patch.var()
-                if var > 0:
-                    values.append(patch.mean() ** 2 / var)
-    return float(np.median(values)) if values else float("nan")
-
-
-def histogram(images: np.ndarray) -> np.ndarray:
-    h = np.bincount(images.reshape(-1).astype(np.int64), minlength=256).astype(np.float64)
-    return h / h.sum()
-
-
-def histogram_distance(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Total variation and 1-Wasserstein (grey levels) between the 8-bit histograms of two image sets."""
-    ha, hb = histogram(a), histogram(b)
-    return {"tv": float(0.5 * np.abs(ha - hb).sum()), "w1": float(np.abs(np.cumsum(ha) - np.cumsum(hb)).sum())}
+    masks is None); data/sar_stats.py owns the windows and the dB mapping."""
+    values = window_enl(images, masks, window, sea_class)
+    return float(np.median(values)) if values.size else float("nan")
 
 
 def class_fraction_tv(generated: np.ndarray, real: np.ndarray) -> float:

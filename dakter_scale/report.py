@@ -78,6 +78,25 @@ def curve_figure(series: dict[str, tuple[Sequence[float], Sequence[float], Seque
     return _save(fig, path)
 
 
+def panel_figure(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str | Path, xlabel: str, logx: bool = True, title: str = "") -> Path:
+    """One panel per metric {panel title: {label: (x, y)}}, side by side, a shared legend."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        for label, (x, y) in series.items():
+            ax.plot(x, y, marker="o", markersize=3, label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 1.02))
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.09)
+    return _save(fig, path)
+
+
 def bar_figure(groups: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float] | None]], path: str | Path, ylabel: str, title: str = "") -> Path:
     """Grouped bars: x = groups (e.g. classes), one bar per series (e.g. method)."""
     plt = _plt()

@@ -30,8 +30,9 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output folder or URL: ./shards, s3://bucket/prefix, gs://bucket/prefix")
     p.add_argument("--samples-per-shard", type=int, help="pairs per shard (default 1000)")
     p.add_argument("--batch-size", type=int, help="pairs sampled together on one device (part of the dataset's identity)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="reverse process (default ddim)")
-    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--sampler", help="reverse process: ddim (default), ddpm, dpmsolver++ or unipc (docs/synthesis.md, Samplers)")
+    p.add_argument("--steps", type=int, help="denoising steps = network evaluations per pair")
+    p.add_argument("--solver-order", type=int, help="dpmsolver++ and unipc: multistep order 1-3 (default 2)")
     p.add_argument("--seed", type=int, help="run seed; pair seeds derive from (seed, shard, index)")
     p.add_argument("--actors", help="number of Ray actors, 'auto' (one per GPU, else cpus / threads), or 0 for no Ray")
     p.add_argument("--threads-per-actor", type=int, help="torch threads per actor (default 1)")
@@ -87,6 +88,7 @@ def main() -> None:
                 "synthesis.verify": args.verify,
                 "sampling.sampler": args.sampler,
                 "sampling.steps": args.steps,
+                "sampling.solver_order": args.solver_order,
             },
         )
         from dakter_scale.diffusion.model import check_model_folder

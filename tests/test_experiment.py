@@ -236,3 +236,37 @@ def test_committed_results_regenerate(tmp_path):
     shutil.copy(ROOT / "docs" / "results" / "cpu" / "results.json", tmp_path / "results.json")
     assert write_report(tmp_path).read_text() == (ROOT / "docs" / "results" / "cpu" / "results.md").read_text()
     assert (tmp_path / "per_class_iou.png").is_file() and (tmp_path / "ratio_sweep_unet.png").is_file()
+
+
+def test_sampler_frontier_plan_table_and_figure(tmp_path):
+    """Sampler study entries SAMPLER:STEPS[:ORDER] become generated sets with those sampling settings;
+    with study_seeds [] no student is planned, and the report shows generation quality, both rates
+    and the frontier figure."""
+    from dakter_scale.config import ConfigError
+    from dakter_scale.study.report import sampler_frontier_figure, study_tables
+
+    cfg = load_config(None, TINY + ["experiment.sampler_study=[ddim:10,dpmsolver++:10,dpmsolver++:20:3,unipc:20]", "experiment.study_seeds=[]", "experiment.decode_study=[]"])
+    plan = Plan(cfg, n_train=6)
+    variants = plan.study_variants()
+    assert [dict(v.generated.sampling) for v in variants] == [
+        {"sampler": "ddim", "steps": 10},
+        {"sampler": "dpmsolver++", "steps": 10},
+        {"sampler": "dpmsolver++", "steps": 20, "solver_order": 3},
+        {"sampler": "unipc", "steps": 20},
+    ]
+    assert [v.generated.name for v in variants][2] == "sampler_dpmsolver++_20_3" and all(v.runs == () for v in variants)
+    for bad in ("ddim:20:3", "euler:10", "dpmsolver++:0", "unipc:10:4"):
+        with pytest.raises(ConfigError, match="experiment.sampler_study"):
+            load_config(None, TINY + [f"experiment.sampler_study=[{bad}]"])
+
+    def quality(miou, enl):
+        return {"label_alignment": {"miou": miou}, "class_fraction_tv": 0.05, "mean_confidence": 0.9, "enl_generated": enl, "enl_real": 2.0, "histogram_distance": {"tv": 0.1, "w1": 3.0}}
+
+    rows = [
+        {"variant": v.entry, "sampling": dict(v.generated.sampling), "pairs_per_second": 1.0, "sampling_pairs_per_second": 2.0, "quality": quality(0.4 + 0.01 * i, 2.0 + i), "miou": []}
+        for i, v in enumerate(variants)
+    ]
+    text = "\n".join(study_tables({"studies": {"sampler": rows}}, plan))
+    assert "generation quality only, no students" in text and "student mIoU" not in text
+    assert "| dpmsolver++:20:3 | 1.00 / 2.00 | 42.00 | 0.050 | 0.900 | 4.00 / 2.00 | 0.100 / 3.0 |" in text
+    assert sampler_frontier_figure({"studies": {"sampler": rows}}, tmp_path / "f.png").stat().st_size > 1000

@@ -38,6 +38,10 @@ from shardgen import TINY_DIFFUSION, TINY_SAMPLING
 
 TINY = TINY_DIFFUSION + TINY_SAMPLING
 SAMPLING = SamplingConfig(steps=3)
+# The sampler contract (byte-identical reruns, bit-identical regeneration) holds for every sampler;
+# 4 steps give the order-3 solver a third-order step.
+SAMPLERS = [SAMPLING, SamplingConfig(sampler="ddpm", steps=3), SamplingConfig(sampler="dpmsolver++", steps=4), SamplingConfig(sampler="dpmsolver++", steps=4, solver_order=3), SamplingConfig(sampler="unipc", steps=4)]
+SAMPLER_IDS = ["ddim", "ddpm", "dpmsolver++2", "dpmsolver++3", "unipc"]
 
 
 def tiny_model(tmp_path_factory) -> str:
@@ -69,8 +73,8 @@ def cfg(n=8, samples_per_shard=4, batch_size=3, seed=5, **kw) -> SynthesisConfig
     return SynthesisConfig(n=n, samples_per_shard=samples_per_shard, batch_size=batch_size, seed=seed, **kw)
 
 
-def synthesize(model, out, config=None, **kw):
-    return synth_run.synthesize(model, str(out), config or cfg(), SAMPLING, progress=False, use_ray=False, **kw)
+def synthesize(model, out, config=None, sampling=SAMPLING, **kw):
+    return synth_run.synthesize(model, str(out), config or cfg(), sampling, progress=False, use_ray=False, **kw)
 
 
 def read_keys(urls: list[str]) -> list[str]:
@@ -181,6 +185,51 @@ def test_divergence_thresholds_by_hand():
     assert div["class_fraction_tv"] == pytest.approx(0.05) and len(warnings) == 1 and "max-probability" in warnings[0]
 
 
+# -- the sampler contract ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampling", SAMPLERS, ids=SAMPLER_IDS)
+def test_every_sampler_is_bounded_clipped_and_a_pair_depends_on_its_seed_only(model, monkeypatch, sampling):
+    """Images in [-1, 1] and soft labels that are distributions; the scheduler steps on a clipped x0
+    (or the eps consistent with it); pair i depends on seeds[i] only: the same pair alone or in
+    another batch differs by float rounding at most, and the same batch twice is bit-identical."""
+    from dakter_scale.diffusion import sample
+    from dakter_scale.diffusion.model import load_model_folder
+
+    m = load_model_folder(model)
+    handed: list[torch.Tensor] = []
+    make = sample.sampling_scheduler
+
+    def recording(model_, cfg_):
+        sched = make(model_, cfg_)
+        step = sched.step
+
+        def step_and_record(output, t, z, **kw):
+            a = sched.alphas_cumprod[t]
+            x0 = output if cfg_.sampler in ("dpmsolver++", "unipc") else (z - (1 - a).sqrt() * output) / a.sqrt()
+            handed.append(x0)
+            return step(output, t, z, **kw)
+
+        sched.step = step_and_record
+        return sched
+
+    monkeypatch.setattr(sample, "sampling_scheduler", recording)
+    out = sample.sample_pairs(m, [11, 12, 13], sampling)
+    assert len(handed) == sampling.steps
+    for x0 in handed:
+        assert x0[:, 0].abs().max() <= 1 + 1e-4 and x0[:, 1:].abs().max() <= m.b + 1e-4
+    assert out.images.abs().max() <= 1 and torch.isfinite(out.images).all()
+    assert (out.q >= 0).all() and torch.allclose(out.q.sum(dim=1), torch.ones(1), atol=1e-5)
+    again = sample.sample_pairs(m, [11, 12, 13], sampling)
+    assert torch.equal(out.images, again.images) and torch.equal(out.q, again.q)
+    alone = sample.sample_pairs(m, [12], sampling)
+    other = sample.sample_pairs(m, [99, 12], sampling)
+    for pair in (alone, other):
+        j = len(pair.images) - 1
+        assert torch.allclose(pair.images[j], out.images[1], atol=1e-4) and torch.allclose(pair.q[j], out.q[1], atol=1e-4)
+    assert not torch.allclose(out.images[0], out.images[1], atol=1e-2)
+
+
 # -- a local run ----------------------------------------------------------------------------------
 
 
@@ -220,12 +269,13 @@ def test_rerun_writes_nothing_and_reports_every_shard_done(model, tmp_path):
     assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("shard-")}
 
 
-def test_same_plan_model_and_seed_give_byte_identical_tars(model, tmp_path):
-    synthesize(model, tmp_path / "a")
-    synthesize(model, tmp_path / "b")
+@pytest.mark.parametrize("sampling", SAMPLERS, ids=SAMPLER_IDS)
+def test_same_plan_model_and_seed_give_byte_identical_tars(model, tmp_path, sampling):
+    synthesize(model, tmp_path / "a", sampling=sampling)
+    synthesize(model, tmp_path / "b", sampling=sampling)
     for s in range(2):
         assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
-    synthesize(model, tmp_path / "c", cfg(seed=6))
+    synthesize(model, tmp_path / "c", cfg(seed=6), sampling=sampling)
     assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() != (tmp_path / "c" / shardset.shard_name(0)).read_bytes()
 
 
@@ -241,28 +291,29 @@ def test_growing_n_reuses_full_shards_and_rewrites_the_partial_one(model, tmp_pa
         synthesize(model, out, cfg(n=3))
 
 
-def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path):
+@pytest.mark.parametrize("sampling", SAMPLERS, ids=SAMPLER_IDS)
+def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path, sampling):
     """The pair is rebuilt by re-running its batch (plan.batch_indices): bit-identical on the same CPU."""
     out = tmp_path / "shards"
-    synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3))
+    synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3), sampling=sampling)
     samples = {s["__key__"]: s for s in wds.WebDataset(str(out / shardset.shard_name(0)), shardshuffle=False)}
     for index in (4, 7):  # the middle of a full batch, and the last, partial batch [6, 7]
         key = shardset.sample_key(0, index)
         image, soft, meta = shardset.decode_sample(samples[key])
-        regen_image, regen_q, record = regenerate(model, key, 5, SAMPLING, batch_size=3, shard_count=8)
+        regen_image, regen_q, record = regenerate(model, key, 5, sampling, batch_size=3, shard_count=8)
         assert np.array_equal(regen_image, image)
         assert np.array_equal(shards.quantise(torch.from_numpy(regen_q)), (soft * 255).round().astype(np.uint8))
         assert record["seed"] == meta["seed"] == pair_seed(5, 0, index)
         assert record["mean_confidence"] == pytest.approx(meta["mean_confidence"], abs=1e-7)
 
-    written = regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=3), SAMPLING, str(out))
+    written = regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=3), sampling, str(out))
     folder = out / "regenerated"
     with Image.open(folder / "000000-000004.image.png") as im:
         assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000000-000004"])[0])
     assert np.load(folder / "000000-000004.soft.npy").dtype == np.float32 and written["written_to"] == str(folder)
     with pytest.raises(PlanError, match="other settings"):
-        regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=4), SAMPLING, str(out))
-    assert synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3)).skipped == [0]  # regenerated/ is ignored
+        regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=4), sampling, str(out))
+    assert synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3), sampling=sampling).skipped == [0]  # regenerated/ is ignored
 
 
 # -- broken shards and other datasets ----------------------------------------------------------------
@@ -345,6 +396,10 @@ def cli(argv, capsys, monkeypatch):
         (["--n", "8", "--samples-per-shard", "0"], "--samples-per-shard must be >= 1, got 0"),
         (["--n", "8", "--samples-per-shard", "-2"], "--samples-per-shard must be >= 1, got -2"),
         (["--n", "8", "--actors", "many"], "--actors must be a number or auto, got 'many'"),
+        (["--n", "8", "--sampler", "euler"], "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc"),
+        (["--n", "8", "--sampler", "dpmsolver++", "--solver-order", "4"], "sampling.solver_order: must be 1, 2 or 3, got 4"),
+        (["--n", "8", "--steps", "1001"], "sampling.steps: 1001 is more than the model's 1000 training timesteps"),
+        (["--n", "8", "--steps", "1001", "--dry-run"], "sampling.steps: 1001 is more than the model's 1000 training timesteps"),
     ],
 )
 def test_bad_flags_fail_with_one_line_before_any_worker(model, tmp_path, capsys, monkeypatch, args, message):

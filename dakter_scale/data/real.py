@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
+from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.storage import url_to_fs
 from dakter_scale.errors import UserError
 
@@ -437,10 +438,7 @@ def split_stats(source: Source, split: str, max_images: int | None = None, progr
     the size check still cover the listing only); by default every image is read.
     """
     items = source.split_items(split)
-    chosen = items
-    if max_images is not None and len(items) > max_images:
-        idx = np.linspace(0, len(items) - 1, max_images).round().astype(int)
-        chosen = [items[i] for i in sorted(set(idx.tolist()))]
+    chosen = _evenly_spaced(items, max_images)
     k = source.num_classes
     counts = np.zeros(k, dtype=np.int64)
     stats = ImageStats(0.0, 0.0, 0)
@@ -464,3 +462,23 @@ def split_stats(source: Source, split: str, max_images: int | None = None, progr
         image_stats=stats,
         read=len(chosen),
     )
+
+
+def _evenly_spaced(items: list, max_images: int | None) -> list:
+    """All items, or an evenly spaced subset of max_images of them."""
+    if max_images is None or len(items) <= max_images:
+        return items
+    idx = np.linspace(0, len(items) - 1, max_images).round().astype(int)
+    return [items[i] for i in sorted(set(idx.tolist()))]
+
+
+def sar_counts(source: Source, cfg, split: str = "train", max_images: int | None = None) -> SarCounts:
+    """SAR statistics (data/sar_stats.py) of one split's training patches as the model sees them (cfg a
+    DataConfig: crop and resize to cfg.resolution, no flips, which change neither), over an evenly
+    spaced subset of max_images images; the crop of image i is seeded by i."""
+    counts = SarCounts(enl_window(cfg.resolution))
+    for i, item in enumerate(_evenly_spaced(source.split_items(split), max_images)):
+        image, mask = source.load(item)
+        x, m = random_patch(image, mask, cfg.resolution, cfg.crop, (cfg.scale_min, cfg.scale_max), False, torch.Generator().manual_seed(i))
+        counts.add(denormalise(x[0]).numpy()[None], m.numpy()[None])
+    return counts

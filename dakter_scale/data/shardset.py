@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dakter_scale.data import storage
+from dakter_scale.data.sar_stats import SarCounts, enl_from_counts, finite_or_none, histogram_distance_counts
 from dakter_scale.data.shards import QUANT_LEVELS, SampleError, ShardError, decode_png, dequantise, encode_png, png_shape, quantise, read_tar, write_tar
 
 FORMAT = "dakter-shards/1"  # the shard format; part of every plan's fingerprint, so it changes only with the bytes
@@ -61,6 +62,11 @@ KEY_RE = re.compile(r"^(\d{6,})-(\d{6,})$")  # a sample key: sample_key(shard, i
 SHARD_PREFIX = "shard-"
 IN_PROGRESS, COMPLETE, INCOMPLETE = "in progress", "complete", "incomplete"  # DatasetInfo.status
 MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform than to a segmentation
+# SAR statistics warn when the generated ENL is outside this factor of the training images' or the
+# grey-level histograms differ by more than this total variation (synthesis.enl_ratio_threshold,
+# synthesis.histogram_threshold; chosen from the sampler frontier, docs/RESULTS.md)
+ENL_RATIO_WARNING, HISTOGRAM_TV_WARNING = 2.0, 0.25
+SAR = "sar"  # a marker's and a training record's SAR statistics (data/sar_stats.SarCounts as JSON)
 
 
 def shard_name(shard: int, ext: str = "tar") -> str:
@@ -319,9 +325,10 @@ def manifest_sums(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def shard_marker(shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None) -> dict[str, Any]:
-    """The done marker of a written shard: what it holds, its tar's size and hash, the manifest sums."""
-    return {
+def shard_marker(shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, sar: SarCounts | None = None) -> dict[str, Any]:
+    """The done marker of a written shard: what it holds, its tar's size and hash, the manifest sums,
+    and the SAR statistics of its images when the writer counted them."""
+    marker = {
         "shard": shard,
         "count": len(rows),
         "first_key": rows[0]["key"],
@@ -331,6 +338,9 @@ def shard_marker(shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256:
         "fingerprint": fingerprint,
         **manifest_sums(rows),
     }
+    if sar is not None:
+        marker[SAR] = sar.to_json()
+    return marker
 
 
 def marker_problem(marker: Any, shard: int) -> str | None:
@@ -354,6 +364,8 @@ def marker_problem(marker: Any, shard: int) -> str | None:
     for name in ("sum_mean_confidence", "sum_mean_entropy"):
         if name in marker and not _number(marker[name]):
             return f"marker's {name} is {marker[name]!r}, not a finite number"
+    if SAR in marker and (problem := SarCounts.problem(marker[SAR])):
+        return f"marker's {SAR} statistics: {problem}"
     return None
 
 
@@ -383,20 +395,38 @@ def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
     fractions = np.zeros(num_classes)
     for m in markers.values():
         fractions += np.asarray(m["sum_class_fractions"], dtype=np.float64)
-    return {
+    out = {
         "pairs": count,
         "class_fractions": (fractions / count).tolist(),
         "mean_confidence": sum(m["sum_mean_confidence"] for m in markers.values()) / count,
         "mean_entropy": sum(m["sum_mean_entropy"] for m in markers.values()) / count,
     }
+    sar = [SarCounts.from_json(m[SAR]) for m in markers.values() if SAR in m]
+    if sar and len(sar) == len(markers) and len({c.window for c in sar}) == 1:  # every shard counted, alike
+        total = sar[0]
+        for c in sar[1:]:
+            total = total.merge(c)
+        out[SAR] = {**total.summary(), **total.to_json()}
+    return out
 
 
-def divergence(generated: dict, train_fractions: list[float] | None, threshold: float) -> tuple[dict, list[str]]:
+def divergence(
+    generated: dict,
+    train_fractions: list[float] | None,
+    threshold: float,
+    train_sar: dict | None = None,
+    enl_ratio: float = ENL_RATIO_WARNING,
+    histogram_tv: float = HISTOGRAM_TV_WARNING,
+) -> tuple[dict, list[str]]:
     """Compare the generated set with the training data; return the numbers and loud warnings.
 
     Warns when the total variation between the generated and training class pixel fractions,
-    0.5 * sum_k |g_k - t_k|, exceeds `threshold`, or when the mean max-probability of the soft labels
-    is below MIN_MEAN_CONFIDENCE (the training labels are one-hot: max-probability 1)."""
+    0.5 * sum_k |g_k - t_k|, exceeds `threshold`, when the mean max-probability of the soft labels
+    is below MIN_MEAN_CONFIDENCE (the training labels are one-hot: max-probability 1), and, when the
+    model folder recorded the training images' SAR statistics (`train_sar`), when the generated
+    images' ENL is more than `enl_ratio` times or less than 1 / `enl_ratio` times the training
+    images' (speckle smoothed away, or added) or their grey-level histograms differ by total
+    variation above `histogram_tv`."""
     if not generated:
         return {}, []
     warnings = []
@@ -414,8 +444,42 @@ def divergence(generated: dict, train_fractions: list[float] | None, threshold: 
             f"mean max-probability of the soft labels is {generated['mean_confidence']:.3f} < {MIN_MEAN_CONFIDENCE}: "
             "the labels are close to uniform (a diverged or under-trained sampler)"
         )
+    sar_warnings, out[SAR] = _sar_divergence(generated.get(SAR), train_sar, enl_ratio, histogram_tv)
+    warnings += sar_warnings
     out["diverged"] = bool(warnings)
     return out, warnings
+
+
+def _sar_divergence(generated: dict | None, train: dict | None, enl_ratio: float, histogram_tv: float) -> tuple[list[str], dict]:
+    """The SAR part of the divergence check: (warnings, numbers), or a note saying why it was skipped."""
+    if not train or SarCounts.problem(train):
+        return [], {"note": "not checked: the model folder records no training-image SAR statistics (trained before they were recorded)"}
+    if not generated:
+        return [], {"note": "not checked: the shards record no SAR statistics (written before they were recorded, or derived)"}
+    real, gen = SarCounts.from_json(train), SarCounts.from_json(generated)
+    enl_real, enl_gen = enl_from_counts(real.enl), enl_from_counts(gen.enl)
+    hist = histogram_distance_counts(gen.histogram, real.histogram) if gen.histogram.sum() and real.histogram.sum() else {"tv": math.nan, "w1": math.nan}
+    numbers = {
+        "enl_generated": finite_or_none(enl_gen),
+        "enl_training": finite_or_none(enl_real),
+        "enl_ratio_threshold": enl_ratio,
+        "histogram_tv": finite_or_none(hist["tv"]),
+        "histogram_w1": finite_or_none(hist["w1"]),
+        "histogram_tv_threshold": histogram_tv,
+    }
+    warnings = []
+    if real.window != gen.window:
+        numbers["note"] = f"ENL not compared: windows of {gen.window} and {real.window} px"
+    elif not (math.isfinite(enl_gen) and math.isfinite(enl_real) and enl_real > 0):
+        numbers["note"] = "ENL not compared: no all-sea window in the generated or the training images"
+    elif not 1 / enl_ratio <= enl_gen / enl_real <= enl_ratio:
+        warnings.append(
+            f"generated images have an equivalent number of looks of {enl_gen:.2f} against {enl_real:.2f} for the training images "
+            f"(outside a factor {enl_ratio:g}): the speckle was {'smoothed away' if enl_gen > enl_real else 'strengthened'}"
+        )
+    if math.isfinite(hist["tv"]) and hist["tv"] > histogram_tv:
+        warnings.append(f"generated grey-level histogram differs from the training images' by total variation {hist['tv']:.3f} > {histogram_tv} (1-Wasserstein {hist['w1']:.1f} grey levels)")
+    return warnings, numbers
 
 
 def _fmt(values) -> str:
@@ -529,7 +593,9 @@ def derived_stats(markers: dict[int, dict], source: DatasetInfo) -> tuple[dict, 
     own shard markers, against the same training data and threshold."""
     generated = marker_stats(markers, len(source.classes or []))
     threshold = float((source.divergence or {}).get("threshold", 0.1))
-    div, warnings = divergence(generated, (source.train_stats or {}).get("class_fractions"), threshold)
+    sar = (source.divergence or {}).get(SAR) or {}
+    limits = {"enl_ratio": float(sar.get("enl_ratio_threshold", ENL_RATIO_WARNING)), "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING))}
+    div, warnings = divergence(generated, (source.train_stats or {}).get("class_fractions"), threshold, (source.train_stats or {}).get(SAR), **limits)
     return generated, div, warnings
 
 
@@ -542,6 +608,14 @@ def stats_lines(info: DatasetInfo) -> list[str]:
     if train.get("class_fractions"):
         out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
     out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
+    sar = div.get(SAR) or {}
+    if "enl_generated" in sar:
+        enl = ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in (("generated", sar["enl_generated"]), ("training", sar["enl_training"])))
+        out.append(f"  ENL (sea windows)      {enl} (warn outside a factor {sar['enl_ratio_threshold']:g})")
+        if sar["histogram_tv"] is not None:
+            out.append(f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})")
+    if sar.get("note"):
+        out.append(f"  SAR statistics: {sar['note']}")
     if info.warnings:
         out.append(f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)")
     return out
@@ -674,14 +748,17 @@ class ShardSet:
         with storage.open_atomic(self.fs, self.path(shard_name(shard, "tar"))) as f:
             return write_tar(f, samples)
 
-    def finish_shard(self, shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, extra: dict | None = None) -> dict:
-        """After write_tar: the manifest, then, last, the done marker (with `extra` fields). Returns the marker.
+    def finish_shard(
+        self, shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, extra: dict | None = None, sar: SarCounts | None = None
+    ) -> dict:
+        """After write_tar: the manifest, then, last, the done marker (with `extra` fields and the
+        shard's SAR statistics). Returns the marker.
 
         Locally each file is fsynced, and its folder after the rename, before the next is written
         (storage.open_atomic), so after a power loss a marker never stands beside a short tar or
         manifest; on object stores a completed upload is already durable."""
         self.write_parquet(shard_name(shard, "parquet"), manifest_table(rows))
-        marker = {**shard_marker(shard, rows, tar_bytes, sha256, fingerprint), **(extra or {})}
+        marker = {**shard_marker(shard, rows, tar_bytes, sha256, fingerprint, sar), **(extra or {})}
         storage.write_json(self.fs, self.path(shard_name(shard, "json")), marker)
         return marker
 

@@ -165,6 +165,12 @@ def load_model_folder(directory: str | Path, device: str | torch.device = "cpu")
     return JointDiffusion(unet=unet, scheduler=scheduler, info=info, path=d)
 
 
+def num_train_timesteps(directory: str | Path) -> int:
+    """The training schedule's length, from the folder's scheduler config (no weights read)."""
+    d = check_model_folder(directory)
+    return int(json.loads((d / "scheduler/scheduler_config.json").read_text())["num_train_timesteps"])
+
+
 def model_hash(directory: str | Path) -> str:
     """sha256 over the weights and dakter.json: what identifies the model a dataset came from."""
     d = check_model_folder(directory)

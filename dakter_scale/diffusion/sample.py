@@ -6,9 +6,15 @@ be regenerated on its own from its seed.
 
 At each step the network output is turned into a clean-sample estimate x0_hat, clipped per
 modality (image to [-1, 1], labels to [-b, b]; without it epsilon-prediction samplers diverge, see
-PAPER.md pitfalls), and handed to the diffusers scheduler as the noise consistent with the clipped
-x0_hat. The soft label is the decoded label part of x0_hat at the last step, or its average over
-the last ``decode_last`` steps.
+PAPER.md pitfalls), and handed to the diffusers scheduler:
+  ddim, ddpm          as the noise consistent with the clipped x0_hat (prediction_type epsilon);
+  dpmsolver++, unipc  as the clipped x0_hat itself (prediction_type sample): both integrate the data
+                      prediction (DPM-Solver++, Lu et al. 2022, Alg. 2; UniPC with predict_x0, Zhao et
+                      al. 2023), so handing them x0 makes the clipped estimate exactly what they use,
+                      where an eps would be turned back into x0 with their own alpha_t, sigma_t.
+The multistep solvers are deterministic: a pair's only randomness is its starting noise. The soft
+label is the decoded label part of x0_hat at the last step, or its average over the last
+``decode_last`` steps.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from dakter_scale.config import SamplingConfig
+from dakter_scale.config import SAMPLERS, SamplingConfig
 from dakter_scale.core.joint import clip_x0
 from dakter_scale.core.schedule import eps_from_x0, joint_to_x0_eps
 from dakter_scale.core.soft_labels import decode
@@ -34,16 +40,21 @@ class Samples:
 
 
 def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
-    """A fresh scheduler for one batch, stepping with epsilon (the clipped-x0-consistent noise)."""
-    common = dict(prediction_type="epsilon", clip_sample=False)
+    """A fresh scheduler for one batch (the multistep solvers keep past outputs), with `trailing`
+    timesteps: every sampler starts at the last training timestep."""
+    cfg.check_steps(model.scheduler.config.num_train_timesteps)
+    base = dict(model.scheduler.config, clip_sample=False, timestep_spacing="trailing")
     if cfg.sampler == "ddim":
-        sched = DDIMScheduler.from_config(model.scheduler.config, set_alpha_to_one=True, timestep_spacing="trailing", **common)
+        sched = DDIMScheduler.from_config(base, set_alpha_to_one=True, prediction_type="epsilon")
     elif cfg.sampler == "ddpm":
-        sched = DDPMScheduler.from_config(model.scheduler.config, timestep_spacing="trailing", **common)
+        sched = DDPMScheduler.from_config(base, prediction_type="epsilon")
+    elif cfg.sampler == "dpmsolver++":
+        sched = DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=cfg.solver_order, prediction_type="sample")
+    elif cfg.sampler == "unipc":
+        sched = UniPCMultistepScheduler.from_config(base, predict_x0=True, solver_order=cfg.solver_order, prediction_type="sample")
     else:
-        raise ValueError(f"unknown sampler {cfg.sampler!r}; expected ddpm or ddim")
-    steps = min(cfg.steps, model.scheduler.config.num_train_timesteps)
-    sched.set_timesteps(steps)
+        raise ValueError(f"unknown sampler {cfg.sampler!r}; expected one of {SAMPLERS}")
+    sched.set_timesteps(cfg.steps)
     return sched
 
 
@@ -80,8 +91,10 @@ def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfi
             if cfg.eta > 0:
                 noise = torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens])
             z = sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise).prev_sample
-        else:
+        elif cfg.sampler == "ddpm":
             z = sched.step(eps, t, z, generator=gens).prev_sample
+        else:
+            z = sched.step(x0, t, z).prev_sample
     q = torch.stack(decoded).mean(dim=0)
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)

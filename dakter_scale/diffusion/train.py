@@ -19,7 +19,9 @@ from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.joint import one_hot, pack, resolve_b
 from dakter_scale.core.schedule import add_noise, joint_denoising_loss
 from dakter_scale.core.steps import EMA, StreamPositions
-from dakter_scale.data.real import open_source, patch_dataset, split_stats
+from dakter_scale.data.real import open_source, patch_dataset, sar_counts, split_stats
+from dakter_scale.data.sar_stats import enl_from_counts
+from dakter_scale.data.shardset import SAR
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
 from dakter_scale.training import (
@@ -69,6 +71,9 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
     if accelerator.is_main_process:
         save_config(cfg, out)
         log.info("data %s: %d train images, class fractions %s; b = %.4f (%s)", cfg.data.spec, stats.images, [round(f, 4) for f in stats.class_fractions], b, d.b)
+        # the training patches' ENL and grey-level histogram: synthesis checks its images against them
+        sar = sar_counts(source, cfg.data, "train", cfg.data.stats_max_images)
+        log.info("training patches: ENL %.2f over %d sea windows of %d px", enl_from_counts(sar.enl), int(sar.enl.sum()), sar.window)
 
     log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     seed_init(d.seed)
@@ -161,6 +166,7 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
                 "image_mean": stats.image_stats.mean,
                 "image_rms": stats.image_stats.rms,
                 "image_std": stats.image_stats.std,
+                SAR: sar.to_json(),
             },
             sampling=to_dict(cfg.sampling),
             steps_trained=result.steps,

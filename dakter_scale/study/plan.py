@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dakter_scale.config import Config
+from dakter_scale.config import Config, parse_sampler_entry
 
 DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-alignment filter kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
@@ -218,7 +218,7 @@ class Plan:
 
     def study_entries(self) -> list[tuple[str, str, dict]]:
         """(kind, entry, sampling overrides) of the sampler and decode studies."""
-        out = [("sampler", e, {"sampler": e.split(":")[0], "steps": int(e.split(":")[1])}) for e in self.e.sampler_study]
+        out = [("sampler", e, parse_sampler_entry(e)) for e in self.e.sampler_study]
         return out + [("decode", e, {"decode": e.split(":")[0], "decode_last": int(e.split(":")[1])}) for e in self.e.decode_study]
 
     def study_variants(self) -> list[StudyVariant]:

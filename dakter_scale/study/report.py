@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from dakter_scale.data.storage import redact_url
-from dakter_scale.report import bar_figure, curve_figure, metrics_table, pct
+from dakter_scale.report import bar_figure, curve_figure, metrics_table, panel_figure, pct
 from dakter_scale.study.analyse import Results, mean_std
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
 
@@ -248,19 +248,46 @@ def study_tables(p: dict, plan: Plan) -> list[str]:
         rows = p["studies"].get(kind) or []
         if not rows:
             continue
+        students = any(row["miou"] for row in rows)
         lines += [
-            f"## {title} ({e.study_arch}, DAKTer at ratio {e.study_ratio:g}, seeds {list(e.study_seeds)})",
+            f"## {title} ({e.study_arch}, DAKTer at ratio {e.study_ratio:g}, seeds {list(e.study_seeds)})" if students else f"## {title} (generation quality only, no students)",
             "",
-            "| variant | pairs/s | label alignment mIoU | class-fraction TV | mean max-prob. | student mIoU |",
-            "|---|---|---|---|---|---|",
+            "| variant | pairs/s (run / sampling loop) | label alignment mIoU | class-fraction TV | mean max-prob. | ENL generated / real | histogram TV / W1 |" + (" student mIoU |" if students else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if students else ""),
         ]
         for row in rows:
-            mu, sd = mean_std(row["miou"])
-            pps = f"{row['pairs_per_second']:.2f}" if row["pairs_per_second"] else "–"
-            q = row["quality"]
-            lines.append(f"| {row['variant']} | {pps} | {pct(q['label_alignment']['miou'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | {pct(mu, sd)} |")
+            q, hd = row["quality"], row["quality"].get("histogram_distance", {})
+            pps = " / ".join(f"{v:.2f}" if v else "–" for v in (row["pairs_per_second"], row.get("sampling_pairs_per_second")))
+            cells = (
+                f"| {row['variant']} | {pps} | {pct(q['label_alignment']['miou'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
+                f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
+            )
+            lines.append(cells + (f" {pct(*mean_std(row['miou']))} |" if students else ""))
         lines.append("")
+        if kind == "sampler":
+            lines += ["Pairs/s: the whole generation run (actor start-up included) / the writers' sampling loops alone (from the shard markers).", "", "![sampler frontier](sampler_frontier.png)", ""]
     return lines
+
+
+def sampler_frontier_figure(p: dict, path: str | Path) -> Path | None:
+    """Generation quality against network evaluations per pair, one curve per sampler (and solver order)."""
+    rows = (p.get("studies") or {}).get("sampler") or []
+    if not rows:
+        return None
+    curves: dict[str, list[tuple[int, dict]]] = {}
+    for row in rows:
+        s = row["sampling"]
+        name = s["sampler"] + (f" (order {s['solver_order']})" if "solver_order" in s else "")
+        curves.setdefault(name, []).append((int(s["steps"]), row["quality"]))
+    metrics = {
+        "label alignment mIoU (%)": lambda q: 100 * q["label_alignment"]["miou"],
+        "class-fraction TV": lambda q: q["class_fraction_tv"],
+        "mean max-probability": lambda q: q["mean_confidence"],
+        "ENL generated / real": lambda q: q["enl_generated"] / q.get("enl_real", float("nan")),
+        "grey-level histogram TV": lambda q: q.get("histogram_distance", {}).get("tv", float("nan")),
+    }
+    panels = {title: {name: ([n for n, _ in sorted(pts, key=lambda t: t[0])], [f(q) for _, q in sorted(pts, key=lambda t: t[0])]) for name, pts in curves.items()} for title, f in metrics.items()}
+    return panel_figure(panels, path, "network evaluations per pair (NFE)", title="sampler frontier")
 
 
 def time_table(timings: dict[str, float], title: str = "## Time (s)", per_student: bool = False) -> list[str]:
@@ -276,8 +303,10 @@ def time_table(timings: dict[str, float], title: str = "## Time (s)", per_studen
 
 
 def write_figures(p: dict, plan: Plan, classes: list[str], out: str | Path) -> None:
-    """per_class_iou.png (mean over students and seeds) and ratio_sweep_ARCH.png per swept student."""
+    """per_class_iou.png (mean over students and seeds), ratio_sweep_ARCH.png per swept student, and
+    sampler_frontier.png with a sampler study."""
     r, e, out = Results(p["runs"], plan), plan.e, Path(out)
+    sampler_frontier_figure(p, out / "sampler_frontier.png")
     bars = {}
     for m in e.methods:
         means = [0.0] * len(classes)

@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from dakter_scale.config import MULTISTEP_SAMPLERS
 from dakter_scale.core.steps import derive_seed
 from dakter_scale.errors import UserError
 
@@ -91,7 +92,11 @@ class Plan:
 
 def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int) -> str:
     """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
-    (on the same kind of device and torch build)."""
+    (on the same kind of device and torch build). The solver order only changes the bytes of the
+    multistep samplers: it is left out for ddim and ddpm, whose sets written before it existed keep
+    their fingerprints."""
+    if sampling.get("sampler") not in MULTISTEP_SAMPLERS:
+        sampling = {k: v for k, v in sampling.items() if k != "solver_order"}
     blob = json.dumps(
         {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format},
         sort_keys=True,

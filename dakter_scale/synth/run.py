@@ -34,6 +34,7 @@ from dakter_scale.data.shardset import (
     FORMAT,
     IN_PROGRESS,
     INCOMPLETE,
+    SAR,
     DatasetInfo,
     ShardError,
     ShardSet,
@@ -42,7 +43,7 @@ from dakter_scale.data.shardset import (
     marker_stats,
     stats_lines,
 )
-from dakter_scale.diffusion.model import check_model_folder, model_hash
+from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
 from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
 
@@ -194,6 +195,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     """Validate inputs (model folder, plan, writable output) and decide the shards left to write.
     Refuses, or with overwrite deletes, another dataset in the output. Starts nothing."""
     check_model_folder(model_dir)
+    sampling.check_steps(num_train_timesteps(model_dir))
     Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     storage.check_writable(out_url)
     prep = inspect_output(model_dir, out_url, cfg, sampling)
@@ -212,6 +214,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
 def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False) -> dict:
     """The plan as a JSON-able dict: shards, pairs, what is already done, estimated bytes. Changes nothing."""
     check_model_folder(model_dir)
+    sampling.check_steps(num_train_timesteps(model_dir))
     prep = inspect_output(model_dir, out_url, cfg, sampling)
     info, plan = prep.model_info, prep.plan
     per_pair = estimate_bytes_per_pair(int(info["resolution"]), len(info["classes"]))
@@ -243,6 +246,15 @@ def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     }
 
 
+def _train_stats(recorded: dict) -> dict:
+    """What the divergence check compares against: the training class fractions, max-probability 1
+    (one-hot labels), and the training images' SAR statistics when the model folder recorded them."""
+    out = {"class_fractions": recorded.get("class_fractions"), "mean_confidence": 1.0}
+    if SAR in recorded:
+        out[SAR] = recorded[SAR]
+    return out
+
+
 def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConfig, model_dir: str) -> DatasetInfo:
     info = prep.model_info
     return DatasetInfo(
@@ -264,7 +276,7 @@ def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConf
         batch_size=cfg.batch_size,
         num_shards=prep.plan.num_shards,
         code_version=__version__,
-        train_stats={"class_fractions": info.get("train_stats", {}).get("class_fractions"), "mean_confidence": 1.0},
+        train_stats=_train_stats(info.get("train_stats", {})),
     )
 
 
@@ -470,7 +482,7 @@ def _synthesize(
     lease.check()
     markers = _own_markers(out, markers, prep.fingerprint)
     generated = marker_stats(markers, len(prep.model_info["classes"]))
-    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold)
+    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold, header.train_stats.get(SAR), cfg.enl_ratio_threshold, cfg.histogram_threshold)
     dataset = header.replace(
         status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
         count=marker_count(markers.values()),

@@ -31,6 +31,7 @@ from dakter_scale.config import SamplingConfig
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data.lease import check_ref
 from dakter_scale.data.real import denormalise
+from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import sample_pairs
@@ -202,11 +203,13 @@ class ShardWriter:
             timing["sample"] += time.perf_counter() - t0
             yield batch
 
-    def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict]) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order."""
+    def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict], sar: SarCounts) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order;
+        their SAR statistics counted into `sar` (sea windows from the soft labels' argmax)."""
         classes = self.model.classes
         for batch in batches:
             stats = sample_stats(batch.q)
+            sar.add(batch.images, batch.q.argmax(dim=1).numpy())
             batch_rows = manifest_rows([sample_key(task.shard, i) for i in batch.indices], batch.seeds, stats)
 
             def encode(j: int) -> dict[str, bytes]:
@@ -222,7 +225,8 @@ class ShardWriter:
         t0, cpu0 = time.time(), time.process_time()
         rows: list[dict] = []
         timing = {"sample": 0.0}
-        (nbytes, sha), waited = pipelined(self._batches(task, timing), lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows)))
+        sar = SarCounts(enl_window(self.model.resolution))
+        (nbytes, sha), waited = pipelined(self._batches(task, timing), lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows, sar)))
         if len(rows) != task.count:  # an invariant of _encode, not user input
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
         timings = {
@@ -233,4 +237,4 @@ class ShardWriter:
             "device": str(self.device),
         }
         check_ref(self.lease)  # a run that lost its prefix to another never marks a shard done there
-        return self.out.finish_shard(task.shard, rows, nbytes, sha, self.fingerprint, extra=timings)
+        return self.out.finish_shard(task.shard, rows, nbytes, sha, self.fingerprint, extra=timings, sar=sar)
