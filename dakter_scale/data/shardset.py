@@ -391,7 +391,7 @@ def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
     }
 
 
-def divergence(generated: dict, train_fractions: list[float] | None, threshold: float) -> tuple[dict, list[str]]:
+def divergence(generated: dict, train_fractions: list[float] | None, threshold: float, against: str = "the training data's") -> tuple[dict, list[str]]:
     """Compare the generated set with the training data; return the numbers and loud warnings.
 
     Warns when the total variation between the generated and training class pixel fractions,
@@ -402,12 +402,13 @@ def divergence(generated: dict, train_fractions: list[float] | None, threshold: 
     warnings = []
     out: dict[str, Any] = {"threshold": threshold, "min_mean_confidence": MIN_MEAN_CONFIDENCE, "mean_confidence": generated["mean_confidence"]}
     if train_fractions:
+        name = "training" if against == "the training data's" else "target"
         tv = 0.5 * float(np.abs(np.asarray(generated["class_fractions"]) - np.asarray(train_fractions)).sum())
         out["class_fraction_tv"] = tv
         if tv > threshold:
             warnings.append(
-                f"generated class pixel fractions differ from the training data's by total variation {tv:.3f} > {threshold}: "
-                f"generated {_fmt(generated['class_fractions'])} vs training {_fmt(train_fractions)}"
+                f"generated class pixel fractions differ from {against} by total variation {tv:.3f} > {threshold}: "
+                f"generated {_fmt(generated['class_fractions'])} vs {name} {_fmt(train_fractions)}"
             )
     if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
         warnings.append(
@@ -465,6 +466,9 @@ class DatasetInfo:
     warnings: list[str] | None = None
     # how a derived set was made from its source (synth/filter.py)
     filter: dict | None = None
+    # targeted synthesis (synth/targeted.py): {"version", "spec", "route", "shares", "training",
+    # "achieved", "met", "cost", ...}; absent in sets written without a target (and before it existed)
+    target: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -521,6 +525,7 @@ _FIELD_TYPES = {
     "divergence": (dict,),
     "warnings": (list,),
     "filter": (dict,),
+    "target": (dict,),
 }
 
 
@@ -539,9 +544,19 @@ def stats_lines(info: DatasetInfo) -> list[str]:
     if not gen:
         return []
     out = [f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"]
-    if train.get("class_fractions"):
+    target = info.target or {}
+    if target.get("reference"):  # a targeted set is compared with its target's class mix
+        out.append(f"                         training  {_fmt(train['class_fractions'])}")
+        out.append(f"                         target    {_fmt(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
+    elif train.get("class_fractions"):
         out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
     out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
+    if target.get("shares"):
+        achieved = target.get("achieved") or {}
+        parts = [f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})" for name, share in target["shares"].items()]
+        out.append(f"  class target {target.get('spec')} by {target.get('route')}: " + ", ".join(parts) + ("  met" if target.get("met") else "  NOT MET"))
+        if target.get("cost"):
+            out.append(f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept")
     if info.warnings:
         out.append(f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)")
     return out

@@ -28,12 +28,14 @@ import numpy as np
 import torch
 
 from dakter_scale.config import SamplingConfig
+from dakter_scale.core.joint import one_hot
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data.real import denormalise
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
+from dakter_scale.synth.target import pair_mask, parse_class_target
 
 log = logging.getLogger("dakter_scale")
 
@@ -160,6 +162,7 @@ class ShardWriter:
         threads: int = 1,
         device: str | None = None,
         fingerprint: str = "",
+        condition: dict[str, Any] | None = None,
     ):
         t0 = time.time()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -181,6 +184,10 @@ class ShardWriter:
         self.sampling.validate()
         self.batch_size, self.seed, self.fingerprint = batch_size, seed, fingerprint
         self.out = ShardSet(out_url)
+        # label-conditioned sampling (targeted synthesis): each pair's image drawn given its composed map
+        self.condition = None
+        if condition is not None:
+            self.condition = (parse_class_target(condition["spec"], self.model.classes, condition["training"]), np.asarray(condition["masks"]), int(condition["max_pastes"]))
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
@@ -194,11 +201,19 @@ class ShardWriter:
         for indices in batch_indices(task.count, self.batch_size):
             t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
-            out = sample_pairs(self.model, seeds, self.sampling, self.device)
+            out = sample_pairs(self.model, seeds, self.sampling, self.device, given_label=self._given(seeds))
             images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
             batch = _Batch(indices, seeds, images, out.q.float().cpu())
             timing["sample"] += time.perf_counter() - t0
             yield batch
+
+    def _given(self, seeds: list[int]) -> torch.Tensor | None:
+        """The label channels (N, K, H, W) the batch is drawn given, or None for the joint."""
+        if self.condition is None:
+            return None
+        target, masks, max_pastes = self.condition
+        maps = torch.from_numpy(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]).astype(np.int64))
+        return self.model.b * (2.0 * one_hot(maps, self.model.num_classes) - 1.0)
 
     def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict]) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order."""
