@@ -131,10 +131,11 @@ def check_route(route: str, flag: str = "--target-route") -> str:
 
 def select(fractions: np.ndarray, target: ClassTarget, keep: int) -> np.ndarray:
     """Indices (increasing) of `keep` rows of fractions (N, K) whose pooled mean meets the target where
-    this pool allows it. Greedy and deterministic: each pick is the row that most reduces the total
-    shortfall, sum_c max(0, share_c * (m + 1) - sum of picked f_c) / share_c, of the picked set of size
-    m + 1; ties (e.g. once nothing is short) go to the lowest index, i.e. to the pairs in key order,
-    so the classes not targeted keep the draw's mix as far as the target allows.
+    this pool allows it. Greedy and deterministic: each pick is the row that most reduces the
+    shortfall of the kept set, sum_c max(0, share_c * keep - sum of picked f_c) / share_c; ties (e.g.
+    once nothing is short) go to the lowest index, i.e. to the pairs in key order, so the classes not
+    targeted keep the draw's mix as far as the target allows. For one targeted class it meets the
+    target whenever the `keep` rows richest in that class do.
 
     O(keep * N * K): fine for the pools one process selects from (10^4 pairs: a second or so)."""
     fractions = np.asarray(fractions, dtype=np.float64)
@@ -146,8 +147,8 @@ def select(fractions: np.ndarray, target: ClassTarget, keep: int) -> np.ndarray:
     f = fractions[:, cols] if len(cols) else np.zeros((n, 0))
     picked = np.zeros(n, dtype=bool)
     total = np.zeros(len(cols))
-    for m in range(keep):
-        need = np.maximum(0.0, shares * (m + 1) - total)  # what the next pick must bring to leave no shortfall
+    for _ in range(keep):
+        need = np.maximum(0.0, shares * keep - total)  # what the rows still to pick must bring
         gain = (np.minimum(f, need) / shares).sum(axis=1) if len(cols) else np.zeros(n)
         gain[picked] = -1.0
         i = int(np.argmax(gain))
