@@ -143,7 +143,9 @@ def follow(model: str, url: str, spec: str) -> None:
         _, q, meta = decode_sample(sample)
         composed = tgt.pair_mask(meta["seed"], masks, target)
         counts += np.bincount((composed.astype(np.int64) * k + q.argmax(0)).reshape(-1), minlength=k * k).reshape(k, k)
-    print(json.dumps({"classes": list(target.classes), "rows_composed_cols_recorded": counts.tolist(), "composed_shares": (counts.sum(1) / counts.sum()).tolist(), "recorded_shares": (counts.sum(0) / counts.sum()).tolist(), "recorded_where_composed": {c: float(counts[i, i] / max(1, counts[i].sum())) for i, c in enumerate(target.classes)}}))
+    followed = {c: float(counts[i, i] / max(1, counts[i].sum())) for i, c in enumerate(target.classes)}
+    shares = {"composed_shares": (counts.sum(1) / counts.sum()).tolist(), "recorded_shares": (counts.sum(0) / counts.sum()).tolist()}
+    print(json.dumps({"classes": list(target.classes), "rows_composed_cols_recorded": counts.tolist(), **shares, "recorded_where_composed": followed}))
 
 
 if __name__ == "__main__":
