@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 
-def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0) -> None:
+def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, free: tuple[int, ...] = (0,)) -> None:
     import logging
 
     from dakter_scale.config import load_config
@@ -41,7 +41,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    done = {(r["seed"], r["route"], r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))} if (root / "records.jsonl").is_file() else set()
+    done = {(r["seed"], r["route"] + (f"-free{r['free_steps']}" if r.get("free_steps") else ""), r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))} if (root / "records.jsonl").is_file() else set()
 
     def emit(record: dict) -> None:
         print("RESULT", json.dumps(record), flush=True)
@@ -51,19 +51,21 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     for seed in seeds:
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
         draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
-        for route in ("selection", "conditioned"):
+        for route, free_steps in [("selection", 0)] + [("conditioned", k) for k in free]:
+            name = route + (f"-free{free_steps}" if free_steps else "")
             for spec in specs:
-                if (seed, route, spec) in done:
+                if (seed, name, spec) in done:
                     continue
-                url = str(root / f"{route}-{spec.replace(':', '').replace(',', '-')}-s{seed}")
+                url = str(root / f"{name}-{spec.replace(':', '').replace(',', '-')}-s{seed}")
                 t0 = time.time()
                 try:
-                    result = synthesize_targeted(model, url, cfg.synthesis, cfg.sampling, spec, route, max_draw_factor, draw, progress=False, use_ray=False)
+                    result = synthesize_targeted(model, url, cfg.synthesis, cfg.sampling, spec, route, max_draw_factor, draw, free_steps, progress=False, use_ray=False)
                 except TargetError as e:  # the route refuses: a measured outcome too
                     emit({"seed": seed, "route": route, "spec": spec, "n": n, "refused": str(e), "seconds": round(time.time() - t0, 1)})
                     continue
                 q = generation_quality(cfg, url, segmenter, n=n)
-                emit({"seed": seed, "route": route, "spec": spec, "n": n, "url": url, "seconds": round(time.time() - t0, 1), "target": result.info.target, "quality": q})
+                record = {"seed": seed, "route": route, "spec": spec, "n": n, "url": url, "seconds": round(time.time() - t0, 1), "target": result.info.target, "quality": q}
+                emit(dict(record, free_steps=free_steps) if free_steps else record)
             if route == "selection" and (seed, "untargeted", "") not in done:
                 q = generation_quality(cfg, draw, segmenter, n=n)
                 emit({"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q})
@@ -77,7 +79,7 @@ def summary(out: str, json_path: str) -> None:
     classes = ("sea", "oil", "look-alike", "ship", "land")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["route"], r["spec"]), []).append(r)
+        groups.setdefault((r["route"] + (f"-free{r['free_steps']}" if r.get("free_steps") else ""), r["spec"]), []).append(r)
     # untargeted pairs cost what the draw's pairs cost: sampling seconds per drawn pair of the seed's selection
     per_drawn = {r["seed"]: r["target"]["cost"]["sampling_seconds_per_kept_pair"] / r["target"]["cost"]["pairs_drawn_per_kept_pair"] for r in records if r["route"] == "selection" and "target" in r}
 
@@ -156,4 +158,5 @@ if __name__ == "__main__":
         sys.exit(summary(args[1], args[2]))
     if len(args) < 6:
         sys.exit(__doc__)
-    main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), *([float(args[7])] if len(args) > 7 else []))
+    free = tuple(int(k) for k in args[8].split(",")) if len(args) > 8 else (0,)
+    main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, free)

@@ -242,6 +242,13 @@ def test_given_label_replaces_the_label_channels_by_the_forward_noised_label(mod
     noise = torch.stack([torch.randn((k, r, r), generator=g) for g in gens])  # DDIM with eta 0 draws nothing else
     t1 = seen[1][1]
     assert torch.allclose(seen[1][0][:, 1:], add_noise(y0, noise, abar[t1].expand(2)), atol=1e-6)
+    noise2 = torch.stack([torch.randn((k, r, r), generator=g) for g in gens])
+    assert torch.allclose(seen[2][0][:, 1:], add_noise(y0, noise2, abar[seen[2][1]].expand(2)), atol=1e-6)
+    # free_steps=1: the last step sees the sampler's own label channels, not the replaced ones
+    seen.clear()
+    sample_pairs(m, seeds, cfg, "cpu", given_label=y0, free_steps=1)
+    assert torch.allclose(seen[1][0][:, 1:], add_noise(y0, noise, abar[t1].expand(2)), atol=1e-6)
+    assert not torch.allclose(seen[2][0][:, 1:], add_noise(y0, noise2, abar[seen[2][1]].expand(2)), atol=1e-3)
 
 
 # -- the routes on real shard sets -----------------------------------------------------------------

@@ -61,11 +61,17 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def sample_pairs(
-    model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfig, device: str | torch.device | None = None, given_label: torch.Tensor | None = None
+    model: JointDiffusion,
+    seeds: Sequence[int],
+    cfg: SamplingConfig,
+    device: str | torch.device | None = None,
+    given_label: torch.Tensor | None = None,
+    free_steps: int = 0,
 ) -> Samples:
     """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
     given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
-    (module docstring), or None for the joint."""
+    (module docstring), or None for the joint. free_steps: the last steps run jointly (the label is
+    no longer replaced), so that label and image can settle on each other."""
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     unet = model.unet
     b, k, r = model.b, model.num_classes, model.resolution
@@ -96,7 +102,7 @@ def sample_pairs(
             z = sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise).prev_sample
         else:
             z = sched.step(eps, t, z, generator=gens).prev_sample
-        if given_label is not None and i + 1 < len(timesteps):  # after the last step only x0_hat is read
+        if given_label is not None and i + 1 < len(timesteps) - free_steps:  # after the last step only x0_hat is read
             noise = torch.stack([torch.randn(given_label.shape[1:], generator=g, device=device) for g in gens])
             z[:, 1:] = add_noise(given_label, noise, alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
     q = torch.stack(decoded).mean(dim=0)

@@ -157,7 +157,9 @@ def condition_identity(condition: dict | None) -> dict | None:
     if condition is None:
         return None
     masks = np.ascontiguousarray(condition["masks"], dtype=np.uint8)
+    free = {"free_steps": int(condition["free_steps"])} if condition.get("free_steps") else {}
     return {
+        **free,
         "route": "conditioned",
         "spec": condition["spec"],
         "training": [float(v) for v in condition["training"]],

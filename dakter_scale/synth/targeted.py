@@ -78,10 +78,11 @@ def check_max_draw_factor(value: float) -> float:
     return float(value)
 
 
-def condition_for(target: ClassTarget, masks: np.ndarray) -> dict:
-    """The ShardWriter's `condition` for the conditioned route (checked composable first)."""
+def condition_for(target: ClassTarget, masks: np.ndarray, free_steps: int = 0) -> dict:
+    """The ShardWriter's `condition` for the conditioned route (checked composable first); the last
+    free_steps sampling steps run jointly (diffusion/sample.py)."""
     tgt.check_composable(masks, target)
-    return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES}
+    return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps)}
 
 
 def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float) -> tuple[ClassTarget, np.ndarray | None, dict]:
@@ -151,10 +152,11 @@ def _sampling_seconds(markers) -> float:
 
 
 def by_conditioning(
-    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, **run_kwargs
+    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, free_steps: int = 0, **run_kwargs
 ) -> TargetedResult:
     """cfg.n pairs drawn given composed label maps (module docstring); dataset.json gains `target`."""
-    summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition_for(target, masks), reference=target.reference(), **run_kwargs)
+    condition = condition_for(target, masks, free_steps)
+    summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
     out = ShardSet(out_url)
     info = out.info()
     if not summary.ok or info is None or not info.generated_stats:
@@ -162,7 +164,8 @@ def by_conditioning(
     markers = [i.marker for i in out.done()]
     achieved = list(info.generated_stats["class_fractions"])
     cost = {"pairs_drawn": info.count, "pairs_kept": info.count, "pairs_drawn_per_kept_pair": 1.0, "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count)}
-    record, warnings = _record(target, "conditioned", achieved, cost, max_pastes=tgt.MAX_PASTES, label_maps="real training masks + pasted real regions (synth/target.py pair_mask)")
+    extra = dict(max_pastes=tgt.MAX_PASTES, free_steps=free_steps, label_maps="real training masks + pasted real regions (synth/target.py pair_mask)")
+    record, warnings = _record(target, "conditioned", achieved, cost, **extra)
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
     out.write_info(info)
@@ -263,12 +266,14 @@ def synthesize_targeted(
     route: str = "selection",
     max_draw_factor: float = DEFAULT_MAX_DRAW_FACTOR,
     draw_url: str | None = None,
+    free_steps: int = 0,
     **run_kwargs,
 ) -> TargetedResult:
     """cfg.n pairs meeting the class target `spec` by `route` (module docstring). Bad input, and a
-    target the route cannot reach, raise TargetError before any sampling."""
+    target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned):
+    the last sampling steps run jointly, without replacing the label."""
     target, masks, plan = prepare_target(model_dir, spec, route, max_draw_factor)
     if route == "selection":
         return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
-    return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, **run_kwargs)
+    return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, free_steps, **run_kwargs)
 
