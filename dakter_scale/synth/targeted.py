@@ -113,7 +113,7 @@ class TargetedResult:
         return self.summary.ok
 
     def lines(self) -> list[str]:
-        if self.route == "conditioned":
+        if self.route == "conditioned" or not self.info.target:  # conditioned, or a draw that failed
             return self.summary.lines()
         return [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())] + [
             f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
