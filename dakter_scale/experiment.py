@@ -36,6 +36,7 @@ from dakter_scale.study import report as study_report
 from dakter_scale.study.plan import DRAWN_SUFFIX, VALIDATION, GeneratedSet, Model, Plan, Selection, StudentRun
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
+from dakter_scale.synth.targeted import synthesize_targeted
 
 log = logging.getLogger("dakter_scale")
 
@@ -82,6 +83,24 @@ class Experiment:
         url = self.generated_url(name)
         info = filter_shards(drawn, url, self.real_only(self.e.filter_arch), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
         self.timings[f"filter_{name}"] = info.filter["seconds"]
+        return url
+
+    def targeted(self, unit: GeneratedSet) -> str:
+        """The n pairs of set `unit` that meet its class target (synth/targeted.py), from model
+        unit.model; a selection draw is kept as NAME_all. Not filtered for alignment."""
+        url = self.generated_url(unit.name)
+        info = ShardSet(url).info()
+        if info is not None and info.complete and info.count == unit.n and info.target:
+            return url
+        spec, route = unit.target
+        cfg = self.cfg.replace(**{"synthesis.n": unit.n})
+        t = time.time()
+        result = synthesize_targeted(
+            self.model(unit.model), url, cfg.synthesis, cfg.sampling, spec, route, self.e.max_draw_factor, self.generated_url(unit.name + DRAWN_SUFFIX), progress=self.progress, use_ray=True
+        )
+        if not result.ok:
+            raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
+        self.timings[f"generate_{unit.name}"] = time.time() - t
         return url
 
     def drawn_name(self, name: str) -> str:
@@ -214,6 +233,8 @@ class Experiment:
                 log.info("experiment [%d/%d]: %s", todo.index(unit) + 1, len(todo), describe(unit))
             if isinstance(unit, Model):
                 self.model(unit.tag)
+            elif isinstance(unit, GeneratedSet) and unit.target:
+                self.targeted(unit)
             elif isinstance(unit, GeneratedSet):
                 self.generated(unit.model, unit.n, unit.name, dict(unit.sampling))
             elif isinstance(unit, Selection):
@@ -260,7 +281,7 @@ class Experiment:
         n = min(self.e.quality_pairs, self.plan.gen_size())
         quality = {s.name: generation_quality(self.cfg, self.generated_url(s.name), segmenter, n=n) for s in sets}
         if self.e.filter_keep > 0:  # the draw before the filter, for comparison
-            for s in sets:
+            for s in (s for s in sets if not s.target):
                 quality[self.drawn_name(s.name)] = generation_quality(self.cfg, self.generated_url(self.drawn_name(s.name)), segmenter, n=n)
         for s in sets:
             images, q = read_generated(self.generated_url(s.name), self.e.figure_samples)
@@ -297,6 +318,7 @@ class Experiment:
             "pairs_per_second": json.loads(throughput.read_text())["pairs_per_second"] if throughput.is_file() else None,
             "mean_confidence": (info.generated_stats or {}).get("mean_confidence"),
             "warnings": info.warnings or [],
+            "target": info.target,  # a targeted set's record (synth/targeted.py), else None
         }
 
     def steps_trained(self, tags, names) -> dict:
@@ -362,7 +384,8 @@ def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
         return f"model {unit.tag}"
     if isinstance(unit, GeneratedSet):
         sampling = ", ".join(f"{k} {v}" for k, v in unit.sampling)
-        return f"generated set {unit.name}: {unit.n} pairs from model {unit.model}" + (f" ({sampling})" if sampling else "")
+        target = f", class target {unit.target[0]} by {unit.target[1]}" if unit.target else ""
+        return f"generated set {unit.name}: {unit.n} pairs from model {unit.model}" + (f" ({sampling})" if sampling else "") + target
     if isinstance(unit, Selection):
         return f"student {unit.run.name} (validation grid, scored on the validation split)"
     weight = "" if unit.method in ("none", "hard") else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")

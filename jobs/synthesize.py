@@ -11,6 +11,13 @@ and reported; one run writes a prefix at a time (a second is refused: OUT/lock-N
 Layout: OUT/shard-NNNNNN.{tar,parquet,json} and OUT/dataset.json (docs/synthesis.md).
 Pair INDEX of shard SHARD is drawn from seed SeedSequence([--seed, SHARD, INDEX]); the same command plus
 --only-key SHARD-INDEX regenerates that one pair into OUT/regenerated/ as KEY.image.png, KEY.soft.npy, KEY.json.
+
+Targeted synthesis: --class-target oil:3x,ship:3x yields N pairs whose pooled pixel shares of oil and of
+ships are at least 3x the real training shares recorded in the model folder (oil:0.05: an absolute share).
+--target-route selection draws more pairs (into OUT_drawn, or --draw-out) and keeps N that meet it, at
+most --max-draw-factor drawn per kept; --target-route conditioned draws each image given a label map
+composed from real training masks with pasted oil / ship regions. dataset.json records the target, the
+route, the achieved shares and the cost; a target that is not met is a warning (docs/synthesis.md).
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing")
     p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
+    p.add_argument("--class-target", metavar="CLASS:F[x],...", help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated")
+    p.add_argument("--target-route", choices=["selection", "conditioned"], default="selection", help="how --class-target is met: selection from a larger draw (default), or images drawn given composed label maps")
+    p.add_argument("--max-draw-factor", type=float, default=20.0, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (default 20)")
+    p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")
     args = p.parse_args()
 
     # --json: stdout carries the one JSON object alone. Ray forwards worker and raylet messages to this
@@ -95,6 +106,23 @@ def main() -> None:
         from dakter_scale.synth import run as synth
 
         check_model_folder(args.model)
+        targeted = None
+        if args.class_target is not None:
+            from dakter_scale.synth import targeted
+            from dakter_scale.synth.target import TargetError
+
+            if args.only_key:
+                raise TargetError("--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)")
+            target, masks, estimate = targeted.prepare_target(args.model, args.class_target, args.target_route, args.max_draw_factor)
+            if args.dry_run:
+                plan = {"class_target": args.class_target, "route": args.target_route, "shares": target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))]), "training": target.named(target.training), **estimate}
+                if args.json:
+                    emit(plan)
+                else:
+                    print(f"class target {args.class_target} by {args.target_route}: " + ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items()))
+                    for key, value in estimate.items():
+                        print(f"  {key}: {value}")
+                return 0
         if args.only_key:
             from dakter_scale.synth.regenerate import regenerate_to
 
@@ -122,13 +150,18 @@ def main() -> None:
                 print("\n".join(lines))
             return 0
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-        summary = synth.synthesize(
-            args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device, break_lock=args.break_lock
-        )
-        for line in summary.lines():
+        run_kwargs = dict(overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device, break_lock=args.break_lock)
+        if targeted is None:
+            summary = synth.synthesize(args.model, args.out, cfg.synthesis, cfg.sampling, **run_kwargs)
+            lines, payload = summary.lines(), summary.to_json()
+        else:
+            result = targeted.synthesize_targeted(args.model, args.out, cfg.synthesis, cfg.sampling, args.class_target, args.target_route, args.max_draw_factor, args.draw_out, **run_kwargs)
+            summary = result.summary
+            lines, payload = result.lines(), dict(summary.to_json(), dataset=result.info.to_json())
+        for line in lines:
             print(line)  # stderr under --json
         if args.json:
-            emit(summary.to_json())
+            emit(payload)
         if not summary.ok:
             print(f"error: {len(summary.failed)} shard(s) failed for good: " + "; ".join(f"{s}: {r}" for s, r in sorted(summary.failed.items())), file=sys.stderr)
             return 1

@@ -270,3 +270,28 @@ def test_sampler_frontier_plan_table_and_figure(tmp_path):
     assert "generation quality only, no students" in text and "student mIoU" not in text
     assert "| dpmsolver++:20:3 | 1.00 / 2.00 | 42.00 | 0.050 | 0.900 | 4.00 / 2.00 | 0.100 / 3.0 |" in text
     assert sampler_frontier_figure({"studies": {"sampler": rows}}, tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
+    """dakter_target: the same number of pairs as dakter from the same model, meeting the class target
+    (here by the conditioned route); its students and the report carry it, and a rerun keeps it."""
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method dakter_target needs a class target"):
+        load_config(None, TINY + ["experiment.methods=[dakter,dakter_target]"])
+    overrides = ["experiment.methods=[none,dakter,dakter_target]", "experiment.seeds=[0]", "experiment.decode_study=[]", "experiment.class_target=oil:3x,ship:3x", "experiment.target_route=conditioned"]
+    cfg = load_config(None, TINY + overrides)
+    plan = Plan(cfg, n_train=6)
+    sets = {s.name: s for s in plan.generated_sets()}
+    assert sets["b_cfg_target"].model == "b_cfg" and sets["b_cfg_target"].target == ("oil:3x,ship:3x", "conditioned") and plan.models() == ["b_cfg"]
+    run = Experiment(cfg, tmp_path, progress=False).run()
+    payload = json.loads((tmp_path / "results.json").read_text())
+    target = payload["generated"]["b_cfg_target"]["target"]
+    assert target["route"] == "conditioned" and target["met"] and payload["generated"]["b_cfg"]["target"] is None
+    assert payload["generated"]["b_cfg_target"]["count"] == payload["generated"]["b_cfg"]["count"] == 6
+    assert "label_alignment" in payload["quality"]["b_cfg_target"]
+    student = json.loads((tmp_path / "students" / "dakter_target-unet-r1-s0" / "student.json").read_text())
+    assert student["synthetic"].endswith("b_cfg_target") and "DAKTer, class target" in run.read_text()
+    before = (tmp_path / "generated" / "b_cfg_target" / "shard-000000.tar").stat().st_mtime_ns
+    Experiment(cfg, tmp_path, progress=False).run()
+    assert (tmp_path / "generated" / "b_cfg_target" / "shard-000000.tar").stat().st_mtime_ns == before

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import threading
-import traceback
 import time
+import traceback
 
 import pytest
 import webdataset as wds

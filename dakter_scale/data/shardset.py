@@ -417,6 +417,7 @@ def divergence(
     train_sar: dict | None = None,
     enl_ratio: float = ENL_RATIO_WARNING,
     histogram_tv: float = HISTOGRAM_TV_WARNING,
+    against: str = "the training data's",
 ) -> tuple[dict, list[str]]:
     """Compare the generated set with the training data; return the numbers and loud warnings.
 
@@ -432,12 +433,13 @@ def divergence(
     warnings = []
     out: dict[str, Any] = {"threshold": threshold, "min_mean_confidence": MIN_MEAN_CONFIDENCE, "mean_confidence": generated["mean_confidence"]}
     if train_fractions:
+        name = "training" if against == "the training data's" else "target"
         tv = 0.5 * float(np.abs(np.asarray(generated["class_fractions"]) - np.asarray(train_fractions)).sum())
         out["class_fraction_tv"] = tv
         if tv > threshold:
             warnings.append(
-                f"generated class pixel fractions differ from the training data's by total variation {tv:.3f} > {threshold}: "
-                f"generated {_fmt(generated['class_fractions'])} vs training {_fmt(train_fractions)}"
+                f"generated class pixel fractions differ from {against} by total variation {tv:.3f} > {threshold}: "
+                f"generated {_fmt(generated['class_fractions'])} vs {name} {_fmt(train_fractions)}"
             )
     if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
         warnings.append(
@@ -529,6 +531,9 @@ class DatasetInfo:
     warnings: list[str] | None = None
     # how a derived set was made from its source (synth/filter.py)
     filter: dict | None = None
+    # targeted synthesis (synth/targeted.py): {"version", "spec", "route", "shares", "training",
+    # "achieved", "met", "cost", ...}; absent in sets written without a target (and before it existed)
+    target: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -585,6 +590,7 @@ _FIELD_TYPES = {
     "divergence": (dict,),
     "warnings": (list,),
     "filter": (dict,),
+    "target": (dict,),
 }
 
 
@@ -605,7 +611,11 @@ def stats_lines(info: DatasetInfo) -> list[str]:
     if not gen:
         return []
     out = [f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"]
-    if train.get("class_fractions"):
+    target = info.target or {}
+    if target.get("reference"):  # a targeted set is compared with its target's class mix
+        out.append(f"                         training  {_fmt(train['class_fractions'])}")
+        out.append(f"                         target    {_fmt(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
+    elif train.get("class_fractions"):
         out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
     out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
     sar = div.get(SAR) or {}
@@ -616,6 +626,12 @@ def stats_lines(info: DatasetInfo) -> list[str]:
             out.append(f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})")
     if sar.get("note"):
         out.append(f"  SAR statistics: {sar['note']}")
+    if target.get("shares"):
+        achieved = target.get("achieved") or {}
+        parts = [f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})" for name, share in target["shares"].items()]
+        out.append(f"  class target {target.get('spec')} by {target.get('route')}: " + ", ".join(parts) + ("  met" if target.get("met") else "  NOT MET"))
+        if target.get("cost"):
+            out.append(f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept")
     if info.warnings:
         out.append(f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)")
     return out

@@ -15,6 +15,12 @@ PAPER.md pitfalls), and handed to the diffusers scheduler:
 The multistep solvers are deterministic: a pair's only randomness is its starting noise. The soft
 label is the decoded label part of x0_hat at the last step, or its average over the last
 ``decode_last`` steps.
+
+With ``given_label`` the image is drawn given a label map (replacement conditioning: Song et al.
+2021, "Score-based generative modeling through SDEs", imputation; Lugmayr et al. 2022, RePaint): after
+every step the label channels are replaced by the given label forward-noised to the next step's
+noise level, so the joint model needs no retraining. The soft label is still the model's own
+estimate (the decoded x0_hat label channels), not the given map.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 
 from dakter_scale.config import SAMPLERS, SamplingConfig
 from dakter_scale.core.joint import clip_x0
-from dakter_scale.core.schedule import eps_from_x0, joint_to_x0_eps
+from dakter_scale.core.schedule import add_noise, eps_from_x0, joint_to_x0_eps
 from dakter_scale.core.soft_labels import decode
 from dakter_scale.diffusion.model import JointDiffusion
 
@@ -65,8 +71,18 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfig, device: str | torch.device | None = None) -> Samples:
-    """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model and cfg."""
+def sample_pairs(
+    model: JointDiffusion,
+    seeds: Sequence[int],
+    cfg: SamplingConfig,
+    device: str | torch.device | None = None,
+    given_label: torch.Tensor | None = None,
+    free_steps: int = 0,
+) -> Samples:
+    """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
+    given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
+    (module docstring), or None for the joint. free_steps: the last steps run jointly (the label is
+    no longer replaced), so that label and image can settle on each other."""
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     unet = model.unet
     b, k, r = model.b, model.num_classes, model.resolution
@@ -75,6 +91,10 @@ def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfi
     sched = sampling_scheduler(model, cfg)
     alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     timesteps = list(sched.timesteps)
+    if given_label is not None:
+        given_label = given_label.to(device=device, dtype=torch.float32)
+        # the starting noise's label channels serve as the forward noise of the first level
+        z[:, 1:] = add_noise(given_label, z[:, 1:], alpha_bar[timesteps[0]].expand(z.shape[0]))
     decoded: list[torch.Tensor] = []
     for i, t in enumerate(timesteps):
         with _autocast(device):
@@ -95,6 +115,9 @@ def sample_pairs(model: JointDiffusion, seeds: Sequence[int], cfg: SamplingConfi
             z = sched.step(eps, t, z, generator=gens).prev_sample
         else:
             z = sched.step(x0, t, z).prev_sample
+        if given_label is not None and i + 1 < len(timesteps) - free_steps:  # after the last step only x0_hat is read
+            noise = torch.stack([torch.randn(given_label.shape[1:], generator=g, device=device) for g in gens])
+            z[:, 1:] = add_noise(given_label, noise, alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
     q = torch.stack(decoded).mean(dim=0)
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)

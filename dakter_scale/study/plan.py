@@ -15,6 +15,8 @@ Methods (one model and one generated set per b, shared by every student):
                 that separates what the soft labels add from what a smaller generated-data weight adds
   dakter        + generated pairs, soft labels with KD        (b = the configured b, "auto" by default)
   dakter_b1     + generated pairs from a model trained with b = 1 (the ablation), soft labels with KD
+  dakter_target + as many pairs from the b_cfg model whose pooled class pixel shares meet
+                  experiment.class_target (generated/b_cfg_target, synth/targeted.py), soft labels with KD
 
 An augmentation ratio r means r * |D| distinct generated pairs used beside the |D| real images
 (student.max_generated), mixed so that a batch holds a share r / (1 + r) of generated samples.
@@ -29,6 +31,7 @@ from typing import Any
 
 from dakter_scale.config import Config, parse_sampler_entry
 
+TARGETED = "b_cfg_target"  # generated/b_cfg_target: dakter_target's pairs (its selection draw: b_cfg_target_all)
 DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-alignment filter kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
 
@@ -38,6 +41,7 @@ METHOD_NAMES = {
     "hard_matched": "hard labels, weight λ (control)",
     "dakter": "DAKTer (soft labels + KD)",
     "dakter_b1": "DAKTer, b = 1 (ablation)",
+    "dakter_target": "DAKTer, class target",
 }
 
 
@@ -72,12 +76,14 @@ class Model:
 @dataclass(frozen=True)
 class GeneratedSet:
     """n pairs drawn from model `model` into generated/NAME, with sampling.* overrides (the studies).
-    With experiment.filter_keep they are the best-aligned n of a larger draw, kept as NAME_all."""
+    With experiment.filter_keep they are the best-aligned n of a larger draw, kept as NAME_all; with a
+    class target (spec, route) they meet it instead (synth/targeted.py; a selection draw is NAME_all)."""
 
     name: str
     model: str
     n: int
     sampling: tuple[tuple[str, Any], ...] = ()
+    target: tuple[str, str] | None = None  # (experiment.class_target, experiment.target_route)
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,8 @@ class Plan:
             if weight is not None and weight == (s.ce_weight if s.hard_weight is None else s.hard_weight):
                 return self.run("hard", arch, ratio, seed)  # the same weight: the same run
             return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=weight)
-        return StudentRun(method, arch, ratio, seed, "b_1" if method == "dakter_b1" else "b_cfg", "soft", weight=weight)
+        generated = {"dakter_b1": "b_1", "dakter_target": TARGETED}.get(method, "b_cfg")
+        return StudentRun(method, arch, ratio, seed, generated, "soft", weight=weight)
 
     def real_only(self, arch: str) -> StudentRun:
         """The real-only student of `arch` (first seed): it scores label alignment for the quality table
@@ -206,9 +213,14 @@ class Plan:
         return int(math.ceil(max(ratios) * self.n_train))
 
     def generated_sets(self) -> list[GeneratedSet]:
-        """One set per model the students read (b_cfg, and b_1 for dakter_b1)."""
+        """One set per model the students read (b_cfg, and b_1 for dakter_b1), and the targeted set
+        from b_cfg for dakter_target."""
         runs = self.main_runs() + self.sweep_runs() + self.selection_runs()
-        return [GeneratedSet(tag, tag, self.gen_size()) for tag in sorted({r.generated for r in runs if r.generated})]
+        target = (self.e.class_target, self.e.target_route)
+        return [
+            GeneratedSet(tag, "b_cfg", self.gen_size(), target=target) if tag == TARGETED else GeneratedSet(tag, tag, self.gen_size())
+            for tag in sorted({r.generated for r in runs if r.generated})
+        ]
 
     def models(self) -> list[str]:
         sets = self.generated_sets() + [v.generated for v in self.study_variants()]

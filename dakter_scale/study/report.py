@@ -16,7 +16,7 @@ from dakter_scale.report import bar_figure, curve_figure, metrics_table, panel_f
 from dakter_scale.study.analyse import Results, mean_std
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
 
-SAME_SEED_PAIRS = (("dakter", "hard"), ("dakter", "hard_matched"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1"))
+SAME_SEED_PAIRS = (("dakter", "hard"), ("dakter", "hard_matched"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1"), ("dakter_target", "dakter"))
 B_MODES = {"auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"}
 
 
@@ -223,10 +223,12 @@ def quality_table(p: dict, plan: Plan) -> list[str]:
         "| model | b | label alignment mIoU | pixel agreement | class-fraction TV | mean max-prob. | ENL gen / real | histogram TV / W1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    model = {s.name: s.model for s in plan.generated_sets()}  # a set's model (b_cfg_target's is b_cfg)
     for tag, q in p["quality"].items():
         hd = q.get("histogram_distance", {})
+        base = tag.removesuffix(DRAWN_SUFFIX)
         lines.append(
-            f"| {tag} | {p['b'][tag.removesuffix(DRAWN_SUFFIX)]:.3f} | {pct(q['label_alignment']['miou'])} | {pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
+            f"| {tag} | {p['b'][model.get(base, base)]:.3f} | {pct(q['label_alignment']['miou'])} | {pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
             f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
         )
     lines += ["", f"Label alignment: the real-only {e.archs[0]} student (seed {e.seeds[0]}) segments the generated images; its argmax is scored against the generated labels.", ""]
@@ -237,7 +239,16 @@ def quality_table(p: dict, plan: Plan) -> list[str]:
             f"{e.filter_arch} student (seed {e.seeds[0]}); rows TAG{DRAWN_SUFFIX} are the draw before the filter.",
             "",
         ]
-    for tag in p["b"]:
+    for name, g in p.get("generated", {}).items():
+        t = g.get("target")
+        if t:
+            achieved = ", ".join(f"{k} {100 * v:.2f} % (target {100 * t['shares'][k]:.2f} %, training {100 * t['training'][k]:.2f} %)" for k, v in t["achieved"].items())
+            lines += [
+                f"Class target of {name}: {t['spec']} by {t['route']}, {'met' if t['met'] else 'NOT MET'}: {achieved}; "
+                f"{t['cost']['pairs_drawn_per_kept_pair']:.2f} pairs drawn per pair kept.",
+                "",
+            ]
+    for tag in p.get("generated", p["b"]):
         lines += [f"![samples {tag}](samples_{tag}.png)", ""]
     return lines
 

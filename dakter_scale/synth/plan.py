@@ -90,17 +90,19 @@ class Plan:
         return [self.task(s) for s in range(self.num_shards)]
 
 
-def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int) -> str:
+def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int, condition: dict | None = None) -> str:
     """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
     (on the same kind of device and torch build). The solver order only changes the bytes of the
     multistep samplers: it is left out for ddim and ddpm, whose sets written before it existed keep
-    their fingerprints."""
+    their fingerprints. `condition`: what label-conditioned sampling draws the images given
+    (synth/targeted.py: condition_identity); absent for the joint, whose fingerprints stay those of
+    sets written before it existed."""
     if sampling.get("sampler") not in MULTISTEP_SAMPLERS:
         sampling = {k: v for k, v in sampling.items() if k != "solver_order"}
-    blob = json.dumps(
-        {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format},
-        sort_keys=True,
-    )
+    fields = {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format}
+    if condition is not None:
+        fields["condition"] = condition
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

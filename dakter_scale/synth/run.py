@@ -15,6 +15,7 @@ and a rerun writes it again with the same bytes.
 from __future__ import annotations
 
 import collections
+import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from dakter_scale import __version__
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
@@ -151,12 +154,29 @@ def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: s
     return f"a dataset from model {str(existing.model_hash or '?')[:12]} that differs in {', '.join(differ)} (fingerprint {existing.fingerprint})"
 
 
-def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> Prepared:
+def condition_identity(condition: dict | None) -> dict | None:
+    """What of a label condition (the writer's `condition`: spec, training shares, masks, max_pastes)
+    makes the shards' bytes, for the fingerprint: the masks by their hash."""
+    if condition is None:
+        return None
+    masks = np.ascontiguousarray(condition["masks"], dtype=np.uint8)
+    free = {"free_steps": int(condition["free_steps"])} if condition.get("free_steps") else {}
+    return {
+        **free,
+        "route": "conditioned",
+        "spec": condition["spec"],
+        "training": [float(v) for v in condition["training"]],
+        "max_pastes": int(condition["max_pastes"]),
+        "masks": hashlib.sha256(masks.tobytes() + str(masks.shape).encode()).hexdigest()[:16],
+    }
+
+
+def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, condition: dict | None = None) -> Prepared:
     """Decide the shards left to write. Reads only: writes, probes and deletes nothing."""
     info = _model_info(model_dir)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     mhash = model_hash(model_dir)
-    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size)
+    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size, condition_identity(condition))
     out = ShardSet(out_url)
     try:
         listing = out.listing()
@@ -191,14 +211,14 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
     return Prepared(plan, fp, mhash, info, todo, skipped, corrupt, resized, markers, None, stale)
 
 
-def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False) -> Prepared:
+def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: dict | None = None) -> Prepared:
     """Validate inputs (model folder, plan, writable output) and decide the shards left to write.
     Refuses, or with overwrite deletes, another dataset in the output. Starts nothing."""
     check_model_folder(model_dir)
     sampling.check_steps(num_train_timesteps(model_dir))
     Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     storage.check_writable(out_url)
-    prep = inspect_output(model_dir, out_url, cfg, sampling)
+    prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
     if prep.conflict is None:
         return prep
     if not overwrite:
@@ -208,14 +228,14 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
         )
     log.warning("--overwrite: removing %s from %s", prep.conflict, out_url)
     ShardSet(out_url).clear()
-    return inspect_output(model_dir, out_url, cfg, sampling)
+    return inspect_output(model_dir, out_url, cfg, sampling, condition)
 
 
-def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False) -> dict:
+def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: dict | None = None) -> dict:
     """The plan as a JSON-able dict: shards, pairs, what is already done, estimated bytes. Changes nothing."""
     check_model_folder(model_dir)
     sampling.check_steps(num_train_timesteps(model_dir))
-    prep = inspect_output(model_dir, out_url, cfg, sampling)
+    prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
     info, plan = prep.model_info, prep.plan
     per_pair = estimate_bytes_per_pair(int(info["resolution"]), len(info["classes"]))
     typical = estimate_bytes_per_pair(int(info["resolution"]), len(info["classes"]), typical=True)
@@ -387,13 +407,19 @@ def synthesize(
     use_ray: bool = True,
     device: str = "auto",
     break_lock: bool = False,
+    condition: dict | None = None,
+    reference: list[float] | None = None,
 ) -> Summary:
     """Write cfg.n pairs to out_url, skipping finished shards. Never raises for a failed shard:
     failures are in the returned Summary (summary.ok is False). Bad input raises before any worker starts.
 
     The run holds out_url's lease (data/lease.py) from before it looks at what the prefix holds until
     dataset.json is written: a second run on the same prefix is refused (LeaseError) rather than
-    mixing its shards in; break_lock takes the prefix from a holder that looks alive."""
+    mixing its shards in; break_lock takes the prefix from a holder that looks alive.
+
+    condition: draw each image given a composed label map (the writer's `condition`; targeted
+    synthesis, synth/targeted.py). reference: the class mix the divergence check compares the set
+    with (default: the training data's; a targeted set's is its target's)."""
     if device not in DEVICES:
         raise PlanError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if use_ray and importlib.util.find_spec("ray") is None:
@@ -411,15 +437,16 @@ def synthesize(
     storage.check_writable(out_url)
     lease = Lease(out_url, f"synthesis of {cfg.n} pairs (seed {cfg.seed})", cfg.lease_seconds).acquire(break_lock=break_lock)
     try:
-        return _synthesize(model_dir, out_url, cfg, sampling, lease, overwrite, progress, use_ray, device, t0)
+        return _synthesize(model_dir, out_url, cfg, sampling, lease, overwrite, progress, use_ray, device, t0, condition, reference)
     finally:
         lease.release()
 
 
 def _synthesize(
-    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, lease: Lease, overwrite: bool, progress: bool, use_ray: bool, device: str, t0: float
+    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, lease: Lease, overwrite: bool, progress: bool, use_ray: bool, device: str, t0: float,
+    condition: dict | None, reference: list[float] | None,
 ) -> Summary:
-    prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite)
+    prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite, condition=condition)
     plan = prep.plan
     summary = Summary(
         out=storage.redact_url(out_url), planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
@@ -459,7 +486,7 @@ def _synthesize(
         )
 
     if prep.todo:
-        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint, lease.ref())
+        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint, lease=lease.ref(), condition=condition)
         strategy = (RayStrategy if use_ray else LocalStrategy)(args, cfg, device)
         summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
     # What killed writers left: only temporaries nothing has written to since this run took the prefix
@@ -482,7 +509,10 @@ def _synthesize(
     lease.check()
     markers = _own_markers(out, markers, prep.fingerprint)
     generated = marker_stats(markers, len(prep.model_info["classes"]))
-    div, warnings = divergence(generated, header.train_stats["class_fractions"], cfg.divergence_threshold, header.train_stats.get(SAR), cfg.enl_ratio_threshold, cfg.histogram_threshold)
+    div, warnings = divergence(
+        generated, reference or header.train_stats["class_fractions"], cfg.divergence_threshold, header.train_stats.get(SAR), cfg.enl_ratio_threshold, cfg.histogram_threshold,
+        against="the target's class mix" if reference else "the training data's",
+    )
     dataset = header.replace(
         status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
         count=marker_count(markers.values()),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dakter_scale.config import SamplingConfig
+from dakter_scale.core.joint import one_hot
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data.lease import check_ref
 from dakter_scale.data.real import denormalise
@@ -36,6 +37,7 @@ from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, s
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
+from dakter_scale.synth.target import pair_mask, parse_class_target
 
 log = logging.getLogger("dakter_scale")
 
@@ -163,6 +165,7 @@ class ShardWriter:
         device: str | None = None,
         fingerprint: str = "",
         lease: dict[str, Any] | None = None,
+        condition: dict[str, Any] | None = None,
     ):
         t0 = time.time()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -184,6 +187,11 @@ class ShardWriter:
         self.sampling.validate()
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
+        # label-conditioned sampling (targeted synthesis): each pair's image drawn given its composed map
+        self.condition = None
+        if condition is not None:
+            target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
+            self.condition = (target, np.asarray(condition["masks"]), int(condition["max_pastes"]), int(condition.get("free_steps", 0)))
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
@@ -197,11 +205,19 @@ class ShardWriter:
         for indices in batch_indices(task.count, self.batch_size):
             t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
-            out = sample_pairs(self.model, seeds, self.sampling, self.device)
+            out = sample_pairs(self.model, seeds, self.sampling, self.device, given_label=self._given(seeds), free_steps=self.condition[3] if self.condition else 0)
             images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
             batch = _Batch(indices, seeds, images, out.q.float().cpu())
             timing["sample"] += time.perf_counter() - t0
             yield batch
+
+    def _given(self, seeds: list[int]) -> torch.Tensor | None:
+        """The label channels (N, K, H, W) the batch is drawn given, or None for the joint."""
+        if self.condition is None:
+            return None
+        target, masks, max_pastes, _ = self.condition
+        maps = torch.from_numpy(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]).astype(np.int64))
+        return self.model.b * (2.0 * one_hot(maps, self.model.num_classes) - 1.0)
 
     def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict], sar: SarCounts) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order;

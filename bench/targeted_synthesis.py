@@ -1,0 +1,162 @@
+"""Targeted synthesis, measured: achieved class shares, label alignment and cost per kept pair of
+each route against untargeted synthesis (docs/RESULTS.md, "Targeted synthesis").
+
+    python bench/targeted_synthesis.py MODEL SEGMENTER CONFIG OUT N SEEDS SPECS [MAX_DRAW_FACTOR]
+    python bench/targeted_synthesis.py runs/demo/model runs/demo/real-only-unet configs/demo.yaml \
+        runs/target 100 0,1,2 'oil:3x,ship:3x;oil:1.5x' 20
+
+SPECS: class targets separated by ';'. For each run seed and each spec: the selection route
+(synth/targeted.py), all specs growing one draw OUT/draw-sS, whose first N pairs are exactly the
+untargeted set of N pairs with that seed (the same plan: pair seeds, shards and batches), so the
+untargeted row is read from there; then the conditioned route (N pairs per spec). A route's refusal
+(TargetError) is recorded as such. Every set is scored by quality.generation_quality (label
+alignment of the real-only SEGMENTER on the generated images, class fractions, SAR statistics).
+Records go to OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
+
+    python bench/targeted_synthesis.py summary OUT docs/results/targeted_synthesis.json
+
+writes the means and stds over seeds per route (and every record) and prints the markdown table.
+
+    python bench/targeted_synthesis.py follow MODEL OUT/conditioned-oil3x-ship3x-s0 oil:3x,ship:3x
+
+prints how far a conditioned set's recorded labels follow the composed maps (pixel counts).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, free: tuple[int, ...] = (0,)) -> None:
+    import logging
+
+    from dakter_scale.config import load_config
+    from dakter_scale.quality import generation_quality
+    from dakter_scale.synth.target import TargetError
+    from dakter_scale.synth.targeted import synthesize_targeted
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    done = {(r["seed"], r["route"] + (f"-free{r['free_steps']}" if r.get("free_steps") else ""), r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))} if (root / "records.jsonl").is_file() else set()
+
+    def emit(record: dict) -> None:
+        print("RESULT", json.dumps(record), flush=True)
+        with open(root / "records.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    for seed in seeds:
+        cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
+        draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
+        for route, free_steps in [("selection", 0)] + [("conditioned", k) for k in free]:
+            name = route + (f"-free{free_steps}" if free_steps else "")
+            for spec in specs:
+                if (seed, name, spec) in done:
+                    continue
+                url = str(root / f"{name}-{spec.replace(':', '').replace(',', '-')}-s{seed}")
+                t0 = time.time()
+                try:
+                    result = synthesize_targeted(model, url, cfg.synthesis, cfg.sampling, spec, route, max_draw_factor, draw, free_steps, progress=False, use_ray=False)
+                except TargetError as e:  # the route refuses: a measured outcome too
+                    emit({"seed": seed, "route": route, "spec": spec, "n": n, "refused": str(e), "seconds": round(time.time() - t0, 1)})
+                    continue
+                q = generation_quality(cfg, url, segmenter, n=n)
+                record = {"seed": seed, "route": route, "spec": spec, "n": n, "url": url, "seconds": round(time.time() - t0, 1), "target": result.info.target, "quality": q}
+                emit(dict(record, free_steps=free_steps) if free_steps else record)
+            if route == "selection" and (seed, "untargeted", "") not in done:
+                q = generation_quality(cfg, draw, segmenter, n=n)
+                emit({"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q})
+
+
+def summary(out: str, json_path: str) -> None:
+    """Mean and std over seeds per (route, spec), from OUT/records.jsonl -> JSON_PATH, and a markdown table."""
+    import numpy as np
+
+    records = [json.loads(line) for line in open(Path(out) / "records.jsonl")]
+    classes = ("sea", "oil", "look-alike", "ship", "land")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["route"] + (f"-free{r['free_steps']}" if r.get("free_steps") else ""), r["spec"]), []).append(r)
+    # untargeted pairs cost what the draw's pairs cost: sampling seconds per drawn pair of the seed's selection
+    per_drawn = {r["seed"]: r["target"]["cost"]["sampling_seconds_per_kept_pair"] / r["target"]["cost"]["pairs_drawn_per_kept_pair"] for r in records if r["route"] == "selection" and "target" in r}
+
+    def stat(values):
+        v = np.array(values, dtype=np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None, "values": v.tolist()}
+
+    rows = {}
+    for (route, spec), rs in groups.items():
+        key = f"{route} {spec}".strip()
+        refused = [r for r in rs if "refused" in r]
+        scored = [r for r in rs if "quality" in r]
+        row: dict = {"route": route, "spec": spec, "seeds": [r["seed"] for r in rs], "refused": [r["refused"] for r in refused]}
+        if scored:
+            fr = np.array([r["quality"]["class_fractions_generated"] for r in scored])
+            row.update(
+                n=scored[0]["n"],
+                class_fractions={c: stat(fr[:, i]) for i, c in enumerate(classes)},
+                class_fractions_real=scored[0]["quality"]["class_fractions_real"],
+                label_alignment_miou=stat([r["quality"]["label_alignment"]["miou"] for r in scored]),
+                pixel_agreement=stat([r["quality"]["label_alignment"]["pixel_agreement"] for r in scored]),
+                label_alignment_iou={c: stat([r["quality"]["label_alignment"]["iou"][i] for r in scored]) for i, c in enumerate(classes)},
+                mean_confidence=stat([r["quality"]["mean_confidence"] for r in scored]),
+                met=[bool(r["target"]["met"]) for r in scored] if route != "untargeted" else None,
+                pairs_drawn_per_kept_pair=stat([r["target"]["cost"]["pairs_drawn_per_kept_pair"] if r["target"] else 1.0 for r in scored]),
+                sampling_seconds_per_kept_pair=stat([r["target"]["cost"]["sampling_seconds_per_kept_pair"] if r["target"] else per_drawn.get(r["seed"], float("nan")) for r in scored]),
+                histogram_tv=stat([r["quality"].get("histogram_distance", {}).get("tv", float("nan")) for r in scored]),
+                enl_generated=stat([r["quality"]["enl_generated"] for r in scored]),
+            )
+        rows[key] = row
+    Path(json_path).write_text(json.dumps({"rows": rows, "records": records}, indent=1) + "\n")
+
+    def ms(s, scale=100.0, digits=2):
+        return f"{scale * s['mean']:.{digits}f}" + (f" ± {scale * s['std']:.{digits}f}" if s["std"] is not None else "")
+
+    print("| route, target | oil share % | ship share % | look-alike share % | label alignment mIoU % | oil IoU % | ship IoU % | mean max-prob. | pairs drawn / kept | sampling s / kept pair | met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for key, r in rows.items():
+        if "class_fractions" not in r:
+            print(f"| {key} | refused in {len(r['refused'])} of {len(r['seeds'])} seeds: {r['refused'][0]} |" + " |" * 9)
+            continue
+        met = "–" if r["met"] is None else f"{sum(r['met'])}/{len(r['met'])}"
+        print(
+            f"| {key} | {ms(r['class_fractions']['oil'])} | {ms(r['class_fractions']['ship'], digits=3)} | {ms(r['class_fractions']['look-alike'])} | {ms(r['label_alignment_miou'])} | "
+            f"{ms(r['label_alignment_iou']['oil'])} | {ms(r['label_alignment_iou']['ship'])} | {ms(r['mean_confidence'], 1, 3)} | {ms(r['pairs_drawn_per_kept_pair'], 1)} | {ms(r['sampling_seconds_per_kept_pair'], 1, 3)} | {met} |"
+        )
+
+
+def follow(model: str, url: str, spec: str) -> None:
+    """How far a conditioned set's recorded labels follow the composed maps they were drawn given:
+    pixel counts of (composed class, recorded argmax), over every pair of the set."""
+    import numpy as np
+
+    from dakter_scale.data.shardset import ShardSet, decode_sample
+    from dakter_scale.synth import target as tgt
+    from dakter_scale.synth import targeted
+
+    target, info = targeted.model_target(model, spec)
+    masks = targeted.training_masks(info)
+    k = len(target.classes)
+    counts = np.zeros((k, k), dtype=np.int64)
+    for sample in ShardSet(url).samples():
+        _, q, meta = decode_sample(sample)
+        composed = tgt.pair_mask(meta["seed"], masks, target)
+        counts += np.bincount((composed.astype(np.int64) * k + q.argmax(0)).reshape(-1), minlength=k * k).reshape(k, k)
+    followed = {c: float(counts[i, i] / max(1, counts[i].sum())) for i, c in enumerate(target.classes)}
+    shares = {"composed_shares": (counts.sum(1) / counts.sum()).tolist(), "recorded_shares": (counts.sum(0) / counts.sum()).tolist()}
+    print(json.dumps({"classes": list(target.classes), "rows_composed_cols_recorded": counts.tolist(), **shares, "recorded_where_composed": followed}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
+        sys.exit(follow(*sys.argv[2:5]))
+    args = sys.argv[1:]
+    if args[:1] == ["summary"] and len(args) == 3:
+        sys.exit(summary(args[1], args[2]))
+    if len(args) < 6:
+        sys.exit(__doc__)
+    free = tuple(int(k) for k in args[8].split(",")) if len(args) > 8 else (0,)
+    main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, free)

@@ -1,0 +1,215 @@
+"""A class target for targeted synthesis: parsing it, and choosing pairs that meet it.
+
+``--class-target oil:3x,ship:3x`` asks for a generated set whose pooled pixel share of oil and of
+ships is at least three times the real training set's (recorded in the model folder's dakter.json);
+``oil:0.05`` asks for an absolute share. Classes not named keep whatever share the route gives them.
+
+This module owns the target's grammar and its arithmetic, and nothing else: pure functions of
+numbers (no files, no model), so that the job, the routes (synth/targeted.py) and the experiment
+runner agree on what a target means and whether it is met.
+
+Selection (``select``): from a larger draw, keep n pairs whose pooled shares meet the target,
+greedily and deterministically, by each pair's class_fractions in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from dakter_scale.core.compose import class_shares, compose_mask
+from dakter_scale.core.steps import derive_seed
+from dakter_scale.errors import UserError
+
+ROUTES = ("selection", "conditioned")
+FORMAT = 1  # version of dataset.json's "target" record
+_ENTRY = re.compile(r"^\s*([^:,\s][^:,]*?)\s*:\s*([^,]+?)\s*$")
+# Draw factors the selection route tries, smallest first (pairs drawn per pair kept).
+DRAW_FACTORS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0, 80.0, 100.0)
+
+
+class TargetError(UserError, ValueError):
+    """A class target that cannot be used or reached; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class ClassTarget:
+    """A parsed target: per targeted class index, the share asked for, and how it was written."""
+
+    spec: str  # as given, e.g. "oil:3x,ship:3x"
+    classes: tuple[str, ...]  # the model's classes
+    training: tuple[float, ...]  # the real training set's pixel shares (dakter.json)
+    shares: tuple[tuple[int, float], ...]  # (class index, share asked for), in class order
+    written: tuple[tuple[int, str], ...]  # (class index, "3x" or "0.05")
+
+    @property
+    def goals(self) -> dict[int, float]:
+        return dict(self.shares)
+
+    def named(self, values: Sequence[float]) -> dict[str, float]:
+        """{class name: value} of the targeted classes, from a per-class vector."""
+        return {self.classes[c]: float(values[c]) for c, _ in self.shares}
+
+    def met(self, achieved: Sequence[float]) -> bool:
+        return all(achieved[c] >= share for c, share in self.shares)
+
+    def missed(self, achieved: Sequence[float]) -> list[str]:
+        """One phrase per targeted class whose achieved share is below its target."""
+        return [f"{self.classes[c]} {achieved[c]:.4f} < {share:.4f}" for c, share in self.shares if achieved[c] < share]
+
+    def reference(self) -> list[float]:
+        """The class mix a met target aims at: targeted classes at their shares, the others scaled
+        from the training shares to fill the rest (what the divergence check compares against)."""
+        goals = self.goals
+        rest = [self.training[c] for c in range(len(self.classes)) if c not in goals]
+        free = max(0.0, 1.0 - sum(goals.values()))
+        scale = free / sum(rest) if sum(rest) > 0 else 0.0
+        return [goals[c] if c in goals else self.training[c] * scale for c in range(len(self.classes))]
+
+
+def parse_class_target(text: str, classes: Sequence[str], training: Sequence[float], flag: str = "--class-target") -> ClassTarget:
+    """'oil:3x,ship:0.05' -> ClassTarget. A factor multiplies the class's training share; a plain
+    number is an absolute share. Errors (TargetError, one line naming the flag): an empty or
+    malformed entry, an unknown class (the model's are listed), a class named twice, a factor <= 0,
+    a share outside (0, 1), shares that sum to more than 1, a factor of a class the training set
+    does not hold, a factor that gives a share >= 1."""
+    classes, training = tuple(classes), tuple(float(v) for v in training)
+    if len(classes) != len(training):
+        raise ValueError(f"{len(classes)} classes but {len(training)} training shares")  # an invariant of the model folder
+    if not isinstance(text, str) or not text.strip():
+        raise TargetError(f"{flag} is empty; give CLASS:FACTORx or CLASS:SHARE entries, e.g. oil:3x,ship:3x")
+    goals: dict[int, float] = {}
+    written: dict[int, str] = {}
+    for entry in text.split(","):
+        match = _ENTRY.match(entry)
+        if match is None:
+            raise TargetError(f"{flag} entry {entry.strip()!r} is not CLASS:FACTORx or CLASS:SHARE (e.g. oil:3x or oil:0.05)")
+        name, value = match.group(1), match.group(2).strip()
+        if name not in classes:
+            raise TargetError(f"{flag}: unknown class {name!r}; the model's classes are {', '.join(classes)}")
+        c = classes.index(name)
+        if c in goals:
+            raise TargetError(f"{flag}: class {name!r} is named twice")
+        factor = value[:-1] if value.lower().endswith("x") else None
+        try:
+            number = float(factor if factor is not None else value)
+        except ValueError:
+            raise TargetError(f"{flag} entry {entry.strip()!r}: {value!r} is not a factor like 3x or a share like 0.05") from None
+        if not math.isfinite(number):
+            raise TargetError(f"{flag} entry {entry.strip()!r}: {value!r} is not a finite number")
+        if factor is not None:
+            if number <= 0:
+                raise TargetError(f"{flag}: the factor of {name!r} must be > 0, got {value}")
+            if training[c] <= 0:
+                raise TargetError(f"{flag}: the training set holds no {name!r} pixels, so a factor of its share means nothing; give a share like {name}:0.05")
+            share = number * training[c]
+            if share >= 1:
+                raise TargetError(f"{flag}: {name}:{value} asks for a share of {share:.3f} (training share {training[c]:.4f}), which must be < 1")
+        else:
+            share = number
+            if not 0 < share < 1:
+                raise TargetError(f"{flag}: the share of {name!r} must be in (0, 1), got {value} (a factor needs an x: {name}:{value}x)")
+        goals[c], written[c] = share, value
+    total = sum(goals.values())
+    if total > 1:
+        raise TargetError(f"{flag}: the shares asked for sum to {total:.3f} > 1 (" + ", ".join(f"{classes[c]} {s:.3f}" for c, s in sorted(goals.items())) + "): no set can hold them")
+    return ClassTarget(text.strip(), classes, training, tuple(sorted(goals.items())), tuple(sorted(written.items())))
+
+
+def check_route(route: str, flag: str = "--target-route") -> str:
+    if route not in ROUTES:
+        raise TargetError(f"{flag} must be one of {', '.join(ROUTES)}, got {route!r}")
+    return route
+
+
+# -- selection ----------------------------------------------------------------------------------------
+
+
+def select(fractions: np.ndarray, target: ClassTarget, keep: int) -> np.ndarray:
+    """Indices (increasing) of `keep` rows of fractions (N, K) whose pooled mean meets the target where
+    this pool allows it. Greedy and deterministic: each pick is the row that most reduces the
+    shortfall of the kept set, sum_c max(0, share_c * keep - sum of picked f_c) / share_c; ties (e.g.
+    once nothing is short) go to the lowest index, i.e. to the pairs in key order, so the classes not
+    targeted keep the draw's mix as far as the target allows. For one targeted class it meets the
+    target whenever the `keep` rows richest in that class do.
+
+    O(keep * N * K): fine for the pools one process selects from (10^4 pairs: a second or so)."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    n = len(fractions)
+    if not 0 < keep <= n:
+        raise ValueError(f"keep must be in [1, {n}], got {keep}")
+    cols = np.array([c for c, _ in target.shares], dtype=np.int64)
+    shares = np.array([s for _, s in target.shares], dtype=np.float64)
+    f = fractions[:, cols] if len(cols) else np.zeros((n, 0))
+    picked = np.zeros(n, dtype=bool)
+    total = np.zeros(len(cols))
+    for _ in range(keep):
+        need = np.maximum(0.0, shares * keep - total)  # what the rows still to pick must bring
+        gain = (np.minimum(f, need) / shares).sum(axis=1) if len(cols) else np.zeros(n)
+        gain[picked] = -1.0
+        i = int(np.argmax(gain))
+        picked[i] = True
+        total += f[i]
+    return np.flatnonzero(picked)
+
+
+def pooled(fractions: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
+    """Pooled per-class pixel shares of the rows `indices` (default all) of fractions (N, K): all pairs
+    have the same pixel count, so the pooled share is the mean of their fractions."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    rows = fractions if indices is None else fractions[indices]
+    return rows.mean(axis=0)
+
+
+def draw_factor(fractions: np.ndarray, target: ClassTarget, max_factor: float, keep: int | None = None) -> float | None:
+    """The smallest DRAW_FACTORS entry f <= max_factor at which selecting `keep` of ceil(f * keep)
+    rows, cycled from fractions (N, K) in order, meets the target; None when none does. With the real
+    training masks' per-image shares it estimates the draw the selection route needs before any
+    sampling; with a generated draw's, it is that draw's acceptance."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    keep = keep or len(fractions)
+    for f in DRAW_FACTORS:
+        if f > max_factor:
+            break
+        pool = fractions[np.arange(int(math.ceil(f * keep))) % len(fractions)]
+        if target.met(pooled(pool, select(pool, target, keep))):
+            return f
+    return None
+
+
+# -- label-conditioned sampling: the label map of each pair ------------------------------------------
+
+COMPOSE_STREAM = 1  # derive_seed(pair seed, COMPOSE_STREAM): the composed map's randomness, apart from the sampler's
+MAX_PASTES = 8  # donor masks pasted per class at most
+
+
+def donors(masks: np.ndarray, target: ClassTarget) -> dict[int, list[np.ndarray]]:
+    """The real masks (N, H, H) that hold each targeted class, by class index."""
+    return {c: [m for m in masks if (m == c).any()] for c, _ in target.shares}
+
+
+def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
+    """The composed label map (H, H) of the pair drawn from `seed`: a real mask, chosen by the seed,
+    with donors' regions of each targeted class pasted until the class covers its target share
+    (core.compose). A function of (seed, masks, target) alone, so a pair can be rebuilt on its own."""
+    rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
+    base = masks[int(rng.integers(len(masks)))]
+    return compose_mask(base, donors(masks, target), target.goals, rng, background=0, max_pastes=max_pastes)
+
+
+def check_composable(masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64) -> np.ndarray:
+    """Refuse (TargetError) a target the conditioned route cannot compose: a targeted class that no
+    training mask holds, or composed maps of `probe` seeds whose pooled shares fall short. Returns
+    those maps' pooled shares (K,)."""
+    missing = [target.classes[c] for c, pool in donors(masks, target).items() if not pool]
+    if missing:
+        raise TargetError(f"--class-target: no training mask holds {', '.join(missing)}, so the conditioned route has nothing to paste; use --target-route selection")
+    probe_maps = np.stack([pair_mask(derive_seed(i, 2), masks, target, max_pastes) for i in range(probe)])
+    shares = class_shares(probe_maps, len(target.classes))
+    if not target.met(shares):
+        raise TargetError(f"--class-target {target.spec} cannot be reached by the conditioned route ({max_pastes} pasted masks per class at most): composed maps reach {', '.join(target.missed(shares))}")
+    return shares

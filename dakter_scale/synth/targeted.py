@@ -1,0 +1,293 @@
+"""Targeted synthesis: n generated pairs whose pooled per-class pixel shares meet a class target.
+
+``jobs/synthesize.py ... --class-target oil:3x,ship:3x`` (the grammar and the arithmetic are
+synth/target.py's). Two routes, compared in docs/RESULTS.md ("Targeted synthesis"):
+
+selection    Draw more pairs than needed with the joint model, by the ordinary plan (pair seeds,
+             shards, resumable) into a draw set beside the output (OUT_drawn by default); keep the n
+             whose pooled class_fractions (the manifest's) meet the target (target.select); write them
+             as a new set with ShardSet.derive (image and soft label copied byte for byte, each record
+             gaining source_key). Before any sampling, the draw the real training masks' per-image
+             shares imply is the first try, and a target they cannot meet within max_draw_factor is
+             refused. After each draw, the draw's own (measured) acceptance decides the next: it grows,
+             reusing its finished shards, until the selection meets the target, or stops with a warning
+             when even max_draw_factor would not do.
+conditioned  Draw exactly n pairs, each image given a label map composed from a real training mask
+             with real regions of the targeted classes pasted in (target.pair_mask, from the pair's
+             seed), by replacement conditioning of the joint model (diffusion/sample.py given_label):
+             no retraining. The soft label is the model's own estimate (decoded x0_hat), as always.
+
+Either way dataset.json's ``target`` records the spec, route, shares asked for, training shares,
+achieved shares (argmax of the soft labels, the manifest's class_fractions), whether it was met, and
+the cost (pairs drawn per pair kept, sampling seconds per pair kept); the divergence check compares
+the set with the target's class mix (ClassTarget.reference) instead of the training data's; a
+target not met is a loud warning in the log, the summary and dataset.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dakter_scale.config import SamplingConfig, SynthesisConfig
+from dakter_scale.data.lease import Lease
+from dakter_scale.data.real import open_source, random_patch
+from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, divergence, marker_count, marker_stats, stats_lines
+from dakter_scale.data.storage import redact_url
+from dakter_scale.diffusion.model import check_model_folder
+from dakter_scale.synth import target as tgt
+from dakter_scale.synth.run import Summary, synthesize
+from dakter_scale.synth.target import ClassTarget, TargetError
+
+log = logging.getLogger("dakter_scale")
+
+DRAWN_SUFFIX = "_drawn"  # the selection route's draw, beside the output by default
+DEFAULT_MAX_DRAW_FACTOR = 20.0
+
+
+def model_target(model_dir: str | Path, spec: str) -> tuple[ClassTarget, dict]:
+    """The parsed target against a model folder's classes and training shares, and its dakter.json."""
+    info = json.loads((Path(check_model_folder(model_dir)) / "dakter.json").read_text())
+    training = (info.get("train_stats") or {}).get("class_fractions")
+    if not training:
+        raise TargetError(f"--class-target: model folder {model_dir} records no training class fractions (train_stats.class_fractions in dakter.json)")
+    return tgt.parse_class_target(spec, info["classes"], training), info
+
+
+def training_masks(model_info: dict, max_images: int = 2000) -> np.ndarray:
+    """The real training masks (N, R, R) uint8 at the model's resolution (whole images resized with
+    nearest neighbours, no flips), from the data spec recorded in the model folder."""
+    source = open_source(model_info["data_spec"])
+    r = int(model_info["resolution"])
+    items = source.split_items("train")[:max_images]
+    gen = torch.Generator().manual_seed(0)  # unused without crop and flips
+    return np.stack([random_patch(*source.load(item), r, 0, (1.0, 1.0), False, gen)[1].numpy().astype(np.uint8) for item in items])
+
+
+def check_max_draw_factor(value: float) -> float:
+    if not (math.isfinite(value) and value >= 1):
+        raise TargetError(f"--max-draw-factor must be a number >= 1 (pairs drawn per pair kept), got {value}")
+    return float(value)
+
+
+def condition_for(target: ClassTarget, masks: np.ndarray, free_steps: int = 0) -> dict:
+    """The ShardWriter's `condition` for the conditioned route (checked composable first); the last
+    free_steps sampling steps run jointly (diffusion/sample.py)."""
+    tgt.check_composable(masks, target)
+    return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps)}
+
+
+def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float) -> tuple[ClassTarget, np.ndarray | None, dict]:
+    """Every check of a targeted run that needs no sampling: the spec against the model, the route,
+    the draw bound, and for the conditioned route whether composed maps reach the target. Returns
+    (target, the training masks (conditioned) or None, what the check found)."""
+    tgt.check_route(route)
+    check_max_draw_factor(max_draw_factor)
+    target, info = model_target(model_dir, spec)
+    if route == "selection":
+        return target, None, {"draw_factor": "measured on the first draw of n pairs"}
+    masks = training_masks(info)
+    return target, masks, {"composed_shares": target.named(tgt.check_composable(masks, target))}
+
+
+@dataclass
+class TargetedResult:
+    """What a targeted run did: the sampling run's summary (the draw's, for selection) and the
+    targeted set's dataset.json."""
+
+    route: str
+    summary: Summary
+    info: DatasetInfo
+    out: str
+
+    @property
+    def ok(self) -> bool:
+        return self.summary.ok
+
+    def lines(self) -> list[str]:
+        if self.route == "conditioned" or not self.info.target:  # conditioned, or a draw that failed
+            return self.summary.lines()
+        return [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())] + [
+            f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
+        ] + stats_lines(self.info)
+
+
+def _record(target: ClassTarget, route: str, achieved: list[float], cost: dict, **extra) -> tuple[dict, list[str]]:
+    met = target.met(achieved)
+    record = {
+        "version": tgt.FORMAT,
+        "spec": target.spec,
+        "route": route,
+        "shares": target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))]),
+        "written": {target.classes[c]: w for c, w in target.written},
+        "training": target.named(target.training),
+        "achieved": target.named(achieved),
+        "achieved_all": {name: float(v) for name, v in zip(target.classes, achieved)},
+        "met": met,
+        "reference": target.reference(),  # the class mix the divergence check compares with
+        "cost": cost,
+        **extra,
+    }
+    warnings = [] if met else [f"class target {target.spec} not met by {route}: {', '.join(target.missed(achieved))}"]
+    return record, warnings
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        log.warning("!" * 78)
+        log.warning("TARGET NOT MET: %s", w)
+        log.warning("!" * 78)
+
+
+def _sampling_seconds(markers) -> float:
+    return float(sum(m.get("seconds", 0.0) for m in markers))
+
+
+def by_conditioning(
+    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, free_steps: int = 0, **run_kwargs
+) -> TargetedResult:
+    """cfg.n pairs drawn given composed label maps (module docstring); dataset.json gains `target`."""
+    condition = condition_for(target, masks, free_steps)
+    summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
+    out = ShardSet(out_url)
+    info = out.info()
+    if not summary.ok or info is None or not info.generated_stats:
+        return TargetedResult("conditioned", summary, info or DatasetInfo(), out_url)
+    markers = [i.marker for i in out.done()]
+    achieved = list(info.generated_stats["class_fractions"])
+    cost = {"pairs_drawn": info.count, "pairs_kept": info.count, "pairs_drawn_per_kept_pair": 1.0, "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count)}
+    extra = dict(max_pastes=tgt.MAX_PASTES, free_steps=free_steps, label_maps="real training masks + pasted real regions (synth/target.py pair_mask)")
+    record, warnings = _record(target, "conditioned", achieved, cost, **extra)
+    _warn(warnings)
+    info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
+    with _lease(out_url, cfg, "targeted synthesis (conditioned): the target record"):  # synthesize gave the prefix back
+        out.write_info(info)
+    summary.dataset = info.to_json()
+    return TargetedResult("conditioned", summary, info, out_url)
+
+
+def _manifest(draw: ShardSet) -> tuple[list[str], np.ndarray]:
+    table = draw.manifest()
+    return table.column("key").to_pylist(), np.array(table.column("class_fractions").to_pylist(), dtype=np.float64)
+
+
+def by_selection(
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    target: ClassTarget,
+    max_draw_factor: float = DEFAULT_MAX_DRAW_FACTOR,
+    draw_url: str | None = None,
+    **run_kwargs,
+) -> TargetedResult:
+    """cfg.n pairs selected from a larger draw (module docstring); dataset.json gains `target`."""
+    draw_url = draw_url or out_url.rstrip("/") + DRAWN_SUFFIX
+    factor, n = 1.0, cfg.n
+    try:
+        earlier = ShardSet(draw_url).info()
+    except ShardError:
+        earlier = None
+    if earlier is not None and earlier.planned and earlier.planned > factor * n:  # a rerun after the draw grew: start where it ended
+        factor = min(max_draw_factor, earlier.planned / n)
+    while True:
+        drawn_n = int(math.ceil(factor * n))
+        t0 = time.time()
+        summary = synthesize(model_dir, draw_url, dataclasses.replace(cfg, n=drawn_n), sampling, **run_kwargs)
+        if not summary.ok:
+            return TargetedResult("selection", summary, DatasetInfo(), out_url)
+        keys, fractions = _manifest(ShardSet(draw_url))
+        picked = tgt.select(fractions, target, n)
+        achieved = tgt.pooled(fractions, picked)
+        if target.met(achieved) or factor >= max_draw_factor:
+            break
+        needed = tgt.draw_factor(fractions, target, max_draw_factor, keep=n)  # the draw's measured acceptance
+        if needed is None:
+            best = tgt.pooled(fractions[tgt.select(fractions[np.arange(int(max_draw_factor * n)) % len(fractions)], target, n) % len(fractions)])
+            message = (
+                f"--class-target {target.spec} cannot be reached by selection within --max-draw-factor {max_draw_factor:g}: selecting from the "
+                f"{len(keys)} pairs drawn (their measured class fractions, resampled to {max_draw_factor:g} per kept pair) reaches {', '.join(target.missed(best))}"
+            )
+            if len(keys) <= n:  # the first draw: refuse before drawing the rest
+                raise TargetError(message + "; try --target-route conditioned")
+            log.warning("selection: %s; stopping", message)
+            break
+        factor = min(max_draw_factor, max(needed, next((f for f in tgt.DRAW_FACTORS if f > factor), max_draw_factor)))
+        log.info("selection: %d drawn pairs reach %s; drawing %g x %d (%.1f s so far)", len(keys), ", ".join(target.missed(achieved)), factor, n, time.time() - t0)
+
+    draw = ShardSet(draw_url)
+    src_info = draw.info()
+    fp = hashlib.sha256(json.dumps({"draw": src_info.fingerprint, "drawn": len(keys), "spec": target.spec, "n": n, "samples_per_shard": cfg.samples_per_shard}, sort_keys=True).encode()).hexdigest()[:16]
+    kept_keys = [keys[i] for i in picked]
+    with _lease(out_url, cfg, f"targeted synthesis (selection) {fp[:12]}"):  # one writer of --out at a time
+        return _write_selection(draw, out_url, cfg, target, summary, keys, kept_keys, fp, max_draw_factor, draw_url)
+
+
+def _lease(out_url: str, cfg: SynthesisConfig, purpose: str) -> Lease:
+    return Lease(out_url, purpose, cfg.lease_seconds).acquire()
+
+
+def _write_selection(
+    draw: ShardSet, out_url: str, cfg: SynthesisConfig, target: ClassTarget, summary: Summary, keys: list[str], kept_keys: list[str], fp: str, max_draw_factor: float, draw_url: str
+) -> TargetedResult:
+    src_info = draw.info()
+    markers = draw.derive(out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys)
+    written = marker_count(markers.values())
+    generated = marker_stats(markers, len(target.classes))
+    div, div_warnings = divergence(generated, target.reference(), cfg.divergence_threshold, against="the target's class mix")
+    achieved = list(generated["class_fractions"])
+    cost = {
+        "pairs_drawn": len(keys),
+        "pairs_kept": written,
+        "pairs_drawn_per_kept_pair": len(keys) / max(1, written),
+        "sampling_seconds_per_kept_pair": _sampling_seconds(i.marker for i in draw.done()) / max(1, written),
+    }
+    record, warnings = _record(target, "selection", achieved, cost, source=redact_url(draw_url), source_fingerprint=src_info.fingerprint, drawn=len(keys), max_draw_factor=max_draw_factor)
+    _warn(warnings)
+    info = src_info.replace(
+        status=COMPLETE,
+        count=written,
+        planned=written,
+        samples_per_shard=cfg.samples_per_shard,
+        num_shards=-(-written // cfg.samples_per_shard),
+        fingerprint=fp,
+        generated_stats=generated,
+        divergence=div,
+        warnings=div_warnings + warnings,
+        target=record,
+    )
+    ShardSet(out_url).write_info(info)
+    for w in div_warnings:
+        log.warning("targeted set diverges from the target's class mix: %s", w)
+    return TargetedResult("selection", summary, info, out_url)
+
+
+def synthesize_targeted(
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    spec: str,
+    route: str = "selection",
+    max_draw_factor: float = DEFAULT_MAX_DRAW_FACTOR,
+    draw_url: str | None = None,
+    free_steps: int = 0,
+    **run_kwargs,
+) -> TargetedResult:
+    """cfg.n pairs meeting the class target `spec` by `route` (module docstring). Bad input, and a
+    target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned):
+    the last sampling steps run jointly, without replacing the label."""
+    target, masks, plan = prepare_target(model_dir, spec, route, max_draw_factor)
+    if route == "selection":
+        return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
+    return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, free_steps, **run_kwargs)
+

@@ -1,0 +1,377 @@
+"""Targeted synthesis (--class-target): the target's grammar and arithmetic (properties and hand
+cases), greedy selection, composed label maps, replacement conditioning in the sampler, both routes
+on real shard sets written by the tiny model, dataset.json's target record, and the job's one-line
+errors (exit 2) and its warning when a target is missed."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_synth import tiny_model
+
+from dakter_scale.config import SamplingConfig, SynthesisConfig
+from dakter_scale.core.compose import class_shares, compose_mask
+from dakter_scale.core.joint import one_hot
+from dakter_scale.core.schedule import add_noise
+from dakter_scale.data import shardset
+from dakter_scale.data.shardset import DatasetInfo, ShardSet
+from dakter_scale.diffusion.model import load_model_folder
+from dakter_scale.diffusion.sample import sample_pairs, sampling_scheduler
+from dakter_scale.synth import run as synth_run
+from dakter_scale.synth import target as tgt
+from dakter_scale.synth import targeted
+from dakter_scale.synth.plan import pair_seed
+from dakter_scale.synth.target import ClassTarget, TargetError, parse_class_target
+
+from conftest import ROOT, job
+from shardgen import job_env
+
+CLASSES = ("sea", "oil", "look-alike", "ship", "land")
+OSD = (0.89, 0.01, 0.06, 0.0004, 0.0396)  # about the OSD training pixel shares (PAPER.md)
+SAMPLING = SamplingConfig(steps=3)
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory):
+    return tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def synth_cfg(n=4, **kw) -> SynthesisConfig:
+    return SynthesisConfig(n=n, samples_per_shard=4, batch_size=4, seed=5, **kw)
+
+
+# -- the grammar ------------------------------------------------------------------------------------
+
+
+def test_parse_by_hand():
+    t = parse_class_target("oil:3x, ship:3x", CLASSES, OSD)
+    assert t.shares == ((1, pytest.approx(0.03)), (3, pytest.approx(0.0012)))
+    assert t.written == ((1, "3x"), (3, "3x")) and t.spec == "oil:3x, ship:3x"
+    assert parse_class_target("ship:0.05,oil:0.1", CLASSES, OSD).shares == ((1, 0.1), (3, 0.05))  # class order
+    assert parse_class_target("oil:2.5X", CLASSES, OSD).goals == {1: pytest.approx(0.025)}
+    t = parse_class_target("oil:0.05", CLASSES, OSD)
+    assert t.met([0.9, 0.05, 0, 0, 0]) and not t.met([0.9, 0.0499, 0, 0, 0])
+    assert t.missed([0.9, 0.04, 0, 0, 0]) == ["oil 0.0400 < 0.0500"]
+    ref = t.reference()  # oil at 0.05, the rest scaled from the training shares to fill 0.95
+    assert ref[1] == 0.05 and math.isclose(sum(ref), 1.0) and math.isclose(ref[0] / ref[2], OSD[0] / OSD[2])
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("", "--class-target is empty; give CLASS:FACTORx or CLASS:SHARE entries, e.g. oil:3x,ship:3x"),
+        ("oyl:3x", "--class-target: unknown class 'oyl'; the model's classes are sea, oil, look-alike, ship, land"),
+        ("oil:0x", "--class-target: the factor of 'oil' must be > 0, got 0x"),
+        ("oil:-2x", "--class-target: the factor of 'oil' must be > 0, got -2x"),
+        ("oil:0", "--class-target: the share of 'oil' must be in (0, 1), got 0 (a factor needs an x: oil:0x)"),
+        ("oil:1.5", "--class-target: the share of 'oil' must be in (0, 1), got 1.5 (a factor needs an x: oil:1.5x)"),
+        ("oil:3x,oil:2x", "--class-target: class 'oil' is named twice"),
+        ("oil", "--class-target entry 'oil' is not CLASS:FACTORx or CLASS:SHARE (e.g. oil:3x or oil:0.05)"),
+        ("oil:lots", "--class-target entry 'oil:lots': 'lots' is not a factor like 3x or a share like 0.05"),
+        ("oil:nanx", "--class-target entry 'oil:nanx': 'nanx' is not a finite number"),
+        ("sea:2x", "--class-target: sea:2x asks for a share of 1.780 (training share 0.8900), which must be < 1"),
+        ("oil:0.6,look-alike:0.5", "--class-target: the shares asked for sum to 1.100 > 1 (oil 0.600, look-alike 0.500): no set can hold them"),
+    ],
+)
+def test_bad_targets_name_the_flag(spec, message):
+    with pytest.raises(TargetError) as e:
+        parse_class_target(spec, CLASSES, OSD)
+    assert str(e.value) == message
+
+
+def test_a_factor_of_a_class_the_training_set_lacks_is_refused():
+    with pytest.raises(TargetError, match="holds no 'ship' pixels"):
+        parse_class_target("ship:3x", CLASSES, (0.9, 0.05, 0.05, 0.0, 0.0))
+    assert parse_class_target("ship:0.01", CLASSES, (0.9, 0.05, 0.05, 0.0, 0.0)).goals == {3: 0.01}
+
+
+training_shares = st.lists(st.floats(0.001, 1.0), min_size=2, max_size=6).map(lambda v: tuple(x / sum(v) for x in v))
+
+
+@settings(max_examples=200, deadline=None)
+@given(training_shares, st.data())
+def test_parse_properties(training, data):
+    """A factor is factor x the training share, a plain number the share itself; shares come back in
+    class order; the reference mix sums to 1 and holds each targeted share; the spec re-parses the same."""
+    classes = tuple(f"c{i}" for i in range(len(training)))
+    chosen = data.draw(st.lists(st.sampled_from(range(len(classes))), min_size=1, max_size=len(classes), unique=True))
+    entries, expected = [], {}
+    for c in chosen:
+        if data.draw(st.booleans()):
+            factor = data.draw(st.floats(0.1, 0.99 / training[c] / len(chosen)))
+            entries.append(f"{classes[c]}:{factor!r}x")
+            expected[c] = factor * training[c]
+        else:
+            share = data.draw(st.floats(1e-4, 0.99 / len(chosen)))
+            entries.append(f"{classes[c]}:{share!r}")
+            expected[c] = share
+    t = parse_class_target(",".join(entries), classes, training)
+    assert [c for c, _ in t.shares] == sorted(expected)
+    assert all(math.isclose(s, expected[c]) for c, s in t.shares)
+    ref = t.reference()
+    if len(expected) < len(classes):  # the classes not targeted fill what the targeted leave
+        assert math.isclose(sum(ref), 1.0)
+    assert all(math.isclose(ref[c], s) for c, s in t.shares) and min(ref) >= 0
+    assert t.met(ref) and parse_class_target(t.spec, classes, training) == t
+
+
+# -- selection --------------------------------------------------------------------------------------
+
+
+def target_of(goals: dict[int, float], k: int = 5) -> ClassTarget:
+    return ClassTarget("test", CLASSES[:k], tuple([1.0 / k] * k), tuple(sorted(goals.items())), tuple((c, str(s)) for c, s in sorted(goals.items())))
+
+
+def test_select_by_hand():
+    f = np.array([[1.0, 0.0], [0.8, 0.2], [0.4, 0.6], [1.0, 0.0], [0.9, 0.1]])
+    t = ClassTarget("b:0.3", ("a", "b"), (0.9, 0.1), ((1, 0.3),), ((1, "0.3"),))
+    # keep 2: need 0.6; row 2 brings 0.6; then nothing is short -> ties -> row 0 (key order)
+    assert tgt.select(f, t, 2).tolist() == [0, 2]
+    assert tgt.pooled(f, tgt.select(f, t, 2))[1] == pytest.approx(0.3)
+    # keep 3: need 0.9; row 2 (0.6), then 0.3 short: row 1 (0.2) beats row 4 (0.1), then row 4 (0.1 short)
+    assert tgt.select(f, t, 3).tolist() == [1, 2, 4] and t.met(tgt.pooled(f, [1, 2, 4])) and not t.met(tgt.pooled(f, [0, 1, 2]))
+    assert tgt.draw_factor(f, t, 10, keep=2) == 1.25  # rows 0-1 miss; rows 0-2 (ceil(1.25 x 2)) hold row 2, two picks' worth
+    t_hi = ClassTarget("b:0.5", ("a", "b"), (0.9, 0.1), ((1, 0.5),), ((1, "0.5"),))
+    assert tgt.draw_factor(f[:2], t_hi, 100, keep=2) is None  # no row of b >= 0.5: no draw can do it
+
+
+fraction_rows = st.integers(2, 40).flatmap(
+    lambda n: st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=n, max_size=n).map(
+        lambda rows: np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows])
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fraction_rows, st.data())
+def test_select_properties(f, data):
+    """keep distinct rows in increasing order; deterministic; for one targeted class the greedy pick
+    meets the target whenever the keep rows richest in it do."""
+    keep = data.draw(st.integers(1, len(f)))
+    c = data.draw(st.integers(0, 2))
+    share = data.draw(st.floats(0.01, 0.99))
+    t = ClassTarget("p", ("a", "b", "c"), (1 / 3,) * 3, ((c, share),), ((c, str(share)),))
+    picked = tgt.select(f, t, keep)
+    assert len(picked) == keep and (np.diff(picked) > 0).all() and np.array_equal(picked, tgt.select(f, t, keep))
+    best = np.sort(f[:, c])[::-1][:keep].mean()
+    if best >= share + 1e-9:
+        assert t.met(tgt.pooled(f, picked))
+    if t.met(tgt.pooled(f[:keep])):  # the draw in key order already meets it: so does the selection
+        assert t.met(tgt.pooled(f, picked))
+
+
+# -- composed label maps ----------------------------------------------------------------------------
+
+
+def test_compose_paints_background_only_and_reaches_the_goal():
+    base = np.zeros((16, 16), dtype=np.uint8)
+    base[:4] = 4  # land
+    donor = np.zeros((16, 16), dtype=np.uint8)
+    donor[6:10, 6:10] = 1  # a 16-pixel slick
+    rng = np.random.default_rng(0)
+    out = compose_mask(base, {1: [donor]}, {1: 0.15}, rng, max_pastes=8)
+    assert (out[base == 4] == 4).all() and set(np.unique(out)) <= {0, 1, 4}
+    assert class_shares(out, 5)[1] >= 0.15 and class_shares(base, 5)[1] == 0
+    assert np.array_equal(out, compose_mask(base, {1: [donor]}, {1: 0.15}, np.random.default_rng(0), max_pastes=8))
+    sea = np.zeros_like(base)
+    once = compose_mask(sea, {1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1)
+    assert np.count_nonzero(once == 1) == 16  # one paste onto open sea: the donor's whole slick, moved
+    assert np.array_equal(compose_mask(base, {}, {1: 0.5}, rng), base)  # no donors: nothing to paste
+
+
+def test_pair_mask_is_a_function_of_the_seed():
+    rng = np.random.default_rng(1)
+    masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)  # mostly sea
+    t = parse_class_target("oil:0.1,ship:0.08", CLASSES, OSD)
+    a = [tgt.pair_mask(s, masks, t) for s in (11, 12, 13)]
+    assert np.array_equal(a[1], tgt.pair_mask(12, masks, t)) and not np.array_equal(a[0], a[1])
+    shares = tgt.check_composable(masks, t)
+    assert shares[1] >= 0.1 and shares[3] >= 0.08
+    with pytest.raises(TargetError, match="no training mask holds ship"):
+        tgt.check_composable(np.where(masks == 3, 0, masks).astype(np.uint8), t)
+
+
+# -- replacement conditioning in the sampler -------------------------------------------------------
+
+
+def test_given_label_replaces_the_label_channels_by_the_forward_noised_label(model):
+    """At every step but the first, the network sees label channels sqrt(abar) y0 + sqrt(1 - abar) eps
+    with eps drawn from the pair's own generator, after that step's image noise; the image channel is
+    the sampler's."""
+    m = load_model_folder(model, "cpu")
+    k, r = m.num_classes, m.resolution
+    seeds = [3, 4]
+    masks = torch.from_numpy(np.stack([np.full((r, r), 1), np.full((r, r), 3)]).astype(np.int64))
+    y0 = m.b * (2 * one_hot(masks, k) - 1)
+    seen = []
+    unet = m.unet
+
+    class Recorder(torch.nn.Module):
+        def forward(self, z, t):
+            seen.append((z.clone(), int(t)))
+            return unet(z, t)
+
+    m.unet = Recorder()
+    cfg = SamplingConfig(steps=3)
+    sample_pairs(m, seeds, cfg, "cpu", given_label=y0)
+    sched = sampling_scheduler(m, cfg)
+    abar = sched.alphas_cumprod.float()
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    z0 = torch.stack([torch.randn((1 + k, r, r), generator=g) for g in gens])
+    t0 = seen[0][1]
+    assert torch.allclose(seen[0][0][:, 1:], add_noise(y0, z0[:, 1:], abar[t0].expand(2)), atol=1e-6)
+    assert torch.equal(seen[0][0][:, :1], z0[:, :1])
+    noise = torch.stack([torch.randn((k, r, r), generator=g) for g in gens])  # DDIM with eta 0 draws nothing else
+    t1 = seen[1][1]
+    assert torch.allclose(seen[1][0][:, 1:], add_noise(y0, noise, abar[t1].expand(2)), atol=1e-6)
+    noise2 = torch.stack([torch.randn((k, r, r), generator=g) for g in gens])
+    assert torch.allclose(seen[2][0][:, 1:], add_noise(y0, noise2, abar[seen[2][1]].expand(2)), atol=1e-6)
+    # free_steps=1: the last step sees the sampler's own label channels, not the replaced ones
+    seen.clear()
+    sample_pairs(m, seeds, cfg, "cpu", given_label=y0, free_steps=1)
+    assert torch.allclose(seen[1][0][:, 1:], add_noise(y0, noise, abar[t1].expand(2)), atol=1e-6)
+    assert not torch.allclose(seen[2][0][:, 1:], add_noise(y0, noise2, abar[seen[2][1]].expand(2)), atol=1e-3)
+
+
+# -- the routes on real shard sets -----------------------------------------------------------------
+
+
+def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_bytes(model, tmp_path):
+    t, info = targeted.model_target(model, "oil:3x,ship:3x")
+    masks = targeted.training_masks(info)
+    run = dict(progress=False, use_ray=False)
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, masks, **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, masks, **run)
+    for s in range(2):
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
+    untargeted = synth_run.synthesize(model, str(tmp_path / "u"), synth_cfg(n=6), SAMPLING, **run)
+    assert untargeted.dataset["fingerprint"] != a.info.fingerprint  # the condition is part of the set's identity
+    # a pair rebuilt alone from its seed: its composed map and its batch re-run give the same bits
+    m = load_model_folder(model, "cpu")
+    seeds = [pair_seed(5, 0, i) for i in range(4)]
+    maps = torch.from_numpy(np.stack([tgt.pair_mask(s, masks, t) for s in seeds]).astype(np.int64))
+    out = sample_pairs(m, seeds, SAMPLING, "cpu", given_label=m.b * (2 * one_hot(maps, m.num_classes) - 1))
+    sample = next(iter(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(0)), shardshuffle=False)))
+    image, q, meta = shardset.decode_sample(sample)
+    assert meta["seed"] == seeds[0]
+    from dakter_scale.data.real import denormalise
+
+    assert np.array_equal(denormalise(out.images[0, 0]).numpy(), image)
+    assert np.array_equal(shardset.quantise(out.q[0]), (q * 255).round().astype(np.uint8))
+    record = a.info.target
+    assert record["route"] == "conditioned" and record["spec"] == "oil:3x,ship:3x" and record["version"] == tgt.FORMAT
+    assert record["achieved"] == {name: pytest.approx(v) for name, v in zip(CLASSES, a.info.generated_stats["class_fractions"]) if name in ("oil", "ship")}
+    assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
+
+
+def test_selection_meets_the_target_from_a_larger_draw(model, tmp_path):
+    """A target the first n pairs miss and 4n pairs allow: the draw grows, n pairs are kept, copied
+    byte for byte, and dataset.json records what was asked, achieved and paid."""
+    run = dict(progress=False, use_ray=False)
+    pool = tmp_path / "pool"
+    synth_run.synthesize(model, str(pool), synth_cfg(n=16), SAMPLING, **run)  # the same seeds as the route's draw
+    f = np.array(ShardSet(str(pool)).manifest().column("class_fractions").to_pylist())
+    natural, richest = f[:4, 1].mean(), f[:4, 1].max()  # the first draw is n = 4 pairs; its richest pair shows a larger draw can do better
+    assert richest > natural
+    share = round((natural + richest) / 2, 4)
+    t = parse_class_target(f"oil:{share}", CLASSES, OSD)
+    result = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4), SAMPLING, t, max_draw_factor=4, **run)
+    record = result.info.target
+    assert record["met"] and record["achieved"]["oil"] >= share and record["route"] == "selection"
+    assert 4 < record["drawn"] <= 16 and record["cost"]["pairs_drawn_per_kept_pair"] == record["drawn"] / 4
+    drawn = {s["__key__"]: s for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "sel_drawn").glob("shard-*.tar")), shardshuffle=False)}
+    kept = list(wds.WebDataset(str(tmp_path / "sel" / shardset.shard_name(0)), shardshuffle=False))
+    assert len(kept) == 4
+    for sample in kept:
+        source = json.loads(sample["json"])["source_key"]
+        assert sample["image.png"] == drawn[source]["image.png"] and sample["soft.png"] == drawn[source]["soft.png"]
+    info = ShardSet(str(tmp_path / "sel")).info()
+    assert info.complete and info.count == 4 and info.target == record and not any("not met" in w for w in info.warnings)
+    # a rerun keeps what it made
+    again = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4), SAMPLING, t, max_draw_factor=4, **run)
+    assert again.info.target["drawn"] == record["drawn"] and again.summary.written == []
+
+
+def test_old_dataset_json_reads_without_a_target_and_a_bad_target_is_refused():
+    old = json.loads((ROOT / "tests" / "fixtures" / "shardset-v1" / "dataset.json").read_text())
+    info = DatasetInfo.from_json(old)
+    assert info.target is None and info.to_json() == old
+    with pytest.raises(shardset.ShardError, match="target must be dict"):
+        DatasetInfo.from_json(dict(old, target="oil:3x"))
+
+
+# -- the job ----------------------------------------------------------------------------------------
+
+
+def cli(argv, capsys, monkeypatch, sampling_allowed=False):
+    """jobs/synthesize.py in this process; unless allowed, no worker may start."""
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker started")
+
+    if not sampling_allowed:
+        monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
+        monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
+    monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="__main__")
+    return exit_.value.code, capsys.readouterr()
+
+
+def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys, monkeypatch):
+    training = json.loads((Path(model) / "dakter.json").read_text())["train_stats"]["class_fractions"]
+    cases = [
+        (["--class-target", "oyl:3x"], "--class-target: unknown class 'oyl'; the model's classes are sea, oil, look-alike, ship, land"),
+        (["--class-target", "oil:0x"], "--class-target: the factor of 'oil' must be > 0, got 0x"),
+        (["--class-target", "oil:-1x"], "--class-target: the factor of 'oil' must be > 0, got -1x"),
+        (["--class-target", "oil:1.2"], "--class-target: the share of 'oil' must be in (0, 1), got 1.2 (a factor needs an x: oil:1.2x)"),
+        (["--class-target", "oil:0.7,ship:0.4"], "--class-target: the shares asked for sum to 1.100 > 1 (oil 0.700, ship 0.400): no set can hold them"),
+        (["--class-target", "oil:20x"], f"--class-target: oil:20x asks for a share of {20 * training[1]:.3f} (training share {training[1]:.4f}), which must be < 1"),
+        (["--class-target", "oil:3x", "--max-draw-factor", "0.5"], "--max-draw-factor must be a number >= 1 (pairs drawn per pair kept), got 0.5"),
+        (["--class-target", "oil:3x", "--only-key", "000000-000001"], "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)"),
+    ]
+    for args, message in cases:
+        code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--actors", "0", *args], capsys, monkeypatch)
+        assert (code, out.err) == (2, f"error: {message}\n"), args
+    code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--class-target", "ship:0.9", "--target-route", "conditioned"], capsys, monkeypatch)
+    assert code == 2 and out.err.startswith("error: --class-target ship:0.9 cannot be reached by the conditioned route (8 pasted masks per class at most): composed maps reach ship ")
+    assert out.err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_selection_refuses_a_target_its_measured_acceptance_cannot_reach(model, tmp_path, capsys, monkeypatch):
+    args = ["--model", model, "--n", "4", "--samples-per-shard", "4", "--batch-size", "4", "--steps", "3", "--seed", "5", "--out", str(tmp_path / "o"), "--actors", "0"]
+    code, out = cli(args + ["--class-target", "ship:0.9"], capsys, monkeypatch, sampling_allowed=True)
+    assert code == 2 and out.err.splitlines()[-1].startswith("error: --class-target ship:0.9 cannot be reached by selection within --max-draw-factor 20: selecting from the 4 pairs drawn")
+    assert out.err.splitlines()[-1].endswith("; try --target-route conditioned") and not (tmp_path / "o").exists()
+
+
+def test_a_missed_target_warns_in_the_summary_and_dataset_json(model, tmp_path):
+    """--max-draw-factor 1 keeps the first draw as it is: a target it misses is written with loud warnings."""
+    out = tmp_path / "o"
+    args = ["--model", model, "--n", "4", "--samples-per-shard", "4", "--batch-size", "4", "--steps", "3", "--seed", "5", "--out", str(out), "--actors", "0"]
+    r = subprocess.run(job("synthesize.py") + args + ["--class-target", "sea:0.95", "--max-draw-factor", "1", "--json"], capture_output=True, text=True, timeout=300, env=job_env())
+    assert r.returncode == 0, r.stderr
+    assert "TARGET NOT MET: class target sea:0.95 not met by selection: sea " in r.stderr and "NOT MET" in r.stderr
+    payload = json.loads(r.stdout)
+    record = payload["dataset"]["target"]
+    assert record["met"] is False and record["shares"] == {"sea": 0.95} and record["achieved"]["sea"] < 0.95
+    info = ShardSet(str(out)).info()
+    assert info.target == record and any(w.startswith("class target sea:0.95 not met by selection") for w in info.warnings)
