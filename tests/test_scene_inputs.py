@@ -9,15 +9,16 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import job
-from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_safe, zip_folder
-from shardgen import TINY_STUDENT
 
 from dakter_scale.data.synthetic_sar import DB_MAX, DB_MIN, uint8_to_linear
 from dakter_scale.scene.predict import PredictError, PredictOptions, Predictor
 from dakter_scale.scene.radiometry import RadiometryError, db_to_codes, default_convention, lut_at, plan_conversion, plan_scale, sigma0_to_db, to_codes
 from dakter_scale.scene.read import SceneError, open_scene
 from dakter_scale.scene.vectorise import VectoriseOptions, find_slicks, hysteresis
+
+from conftest import job
+from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_safe, zip_folder
+from shardgen import TINY_STUDENT
 
 SIM = {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX}
 
