@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+import torch
 from pyproj import Geod, Transformer
 
 from dakter_scale.scene.predict import PredictOptions, Predictor
@@ -192,3 +193,38 @@ def test_safe_grd_is_calibrated_georeferenced_and_keeps_its_footprint(tmp_path, 
     assert vh["scene"]["polarisation"] == "VH"
     with pytest.raises(SceneError, match=r"\.SAFE: no HH polarisation.*holds VH, VV \(--polarisation\)"):
         predict(tmp_path, safe, name="hh", polarisation="HH")
+
+
+class LandOnTheRight(DarkIsOil):
+    """DarkIsOil, plus a land logit just above the oil logit from column 600 on: there the class map says
+    land while p(oil) stays about 0.45, above the outline threshold."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        logits[:, 4, :, 600:] = torch.maximum(logits[:, 1, :, 600:], logits[:, 0, :, 600:]) + 0.2
+        return logits
+
+
+def test_land_from_the_model_and_from_a_vector_file_with_a_buffer(tmp_path, codes):
+    scene = write_geotiff(tmp_path / "scene.tif", sigma0_of(codes))
+    thresholds = dict(seed_threshold=0.4, outline_threshold=0.4)
+    _, sea = predict(tmp_path, scene, name="sea", **thresholds)
+    _, model_land = predict(tmp_path, scene, LandOnTheRight(), name="model", tile=1024, **thresholds)
+    assert len(sea["features"]) == 3 and len(model_land["features"]) == 2  # the slick at column 650 is on land
+    to_lonlat = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+
+    def box(r0, r1, c0, c1):
+        xs, ys = [500000 + c * SPACING for c in (c0, c1, c1, c0, c0)], [5000000 - r * SPACING for r in (r0, r0, r1, r1, r0)]
+        return [list(p) for p in zip(*to_lonlat.transform(xs, ys))]
+
+    # A small island (2 x 2 pixels) at the centre of the slick at (row 300, col 650; semi-axes 12 x 40 px).
+    land = tmp_path / "land.geojson"
+    land.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [box(299, 301, 649, 651)]}}]}))
+    _, island = predict(tmp_path, scene, name="island", land=str(land))
+    assert len(island["features"]) == 3  # the island cuts a hole, the slick stays
+    _, buffered = predict(tmp_path, scene, name="buffered", land=str(land), land_buffer_m=450.0)  # 45 px > the 40 px semi-axis
+    assert len(buffered["features"]) == 2
+    with rasterio.open(tmp_path / "buffered" / "classes.tif") as ds:
+        assert ds.read(1)[300, 650] == 4 and ds.read(1)[300, 200] == 0  # land in the class map, sea elsewhere
+    with pytest.raises(SceneError, match=r"--land .*nothing\.gpkg: not a readable vector file"):
+        predict(tmp_path, scene, name="bad", land=str(tmp_path / "nothing.gpkg"))
