@@ -235,10 +235,11 @@ def test_the_jobs_explain_every_flag(name):
 
     r = subprocess.run(job(name) + ["--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage:" in r.stdout
-    flags = set(re.findall(r"^\s+(--[a-z-]+)", r.stdout, re.M))
+    text = r.stdout.split("\noptions:", 1)[1]  # after the usage lines
+    flags = set(re.findall(r"^\s+(--[a-z-]+)", text, re.M))
     expected = {"--student", "--out"} | ({"--scene", "--scenes", "--tile", "--overlap", "--classes", "--seed-threshold", "--outline-threshold", "--min-area", "--simplify", "--land", "--land-buffer",
                                          "--db-window", "--pixel-spacing", "--polarisation", "--actors"} if name == "predict.py" else {"--format"})
     assert expected <= flags
     for flag in flags - {"--help"}:  # each flag's line, or the one after it, carries its explanation
-        line = re.search(rf"^\s+{flag}\b.*(?:\n\s{{20,}}\S.*)?", r.stdout, re.M).group(0)
+        line = re.search(rf"^\s+{flag}\b.*(?:\n\s{{20,}}\S.*)?", text, re.M).group(0)
         assert len(line.split(flag, 1)[1].strip()) > 10, f"{flag} has no help: {line!r}"
