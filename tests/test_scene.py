@@ -228,3 +228,17 @@ def test_land_from_the_model_and_from_a_vector_file_with_a_buffer(tmp_path, code
         assert ds.read(1)[300, 650] == 4 and ds.read(1)[300, 200] == 0  # land in the class map, sea elsewhere
     with pytest.raises(SceneError, match=r"--land .*nothing\.gpkg: not a readable vector file"):
         predict(tmp_path, scene, name="bad", land=str(tmp_path / "nothing.gpkg"))
+
+
+def test_the_simulated_mosaic_is_a_georeferenced_scene_with_its_truth(tmp_path):
+    from dakter_scale.data.synthetic_sar import scene_seed, simulate_scene
+    from dakter_scale.scene.mosaic import write_mosaic
+
+    image, truth = write_mosaic(tmp_path / "m.tif", 2, 3, size=32, seed=1, sigma0=True)
+    with open_scene(str(image)) as scene, rasterio.open(truth) as t:
+        assert (scene.height, scene.width, scene.radiometry) == (64, 96, "sigma0") and scene.pixel_spacing() == SPACING
+        codes, mask = simulate_scene(scene_seed(1, "test", 4), 32, 32)  # row 1, column 1
+        assert np.array_equal(t.read(1)[32:, 32:64], mask) and scene.scene_id.startswith("simulated-mosaic-2x3")
+        from dakter_scale.scene.radiometry import default_convention, plan_conversion, to_codes
+
+        assert np.array_equal(to_codes(scene.read(32, 64, 32, 64), plan_conversion("sigma0", False, default_convention(info()))), codes)
