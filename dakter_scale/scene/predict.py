@@ -48,6 +48,9 @@ from dakter_scale.scene.vectorise import VectoriseOptions, feature_collection, f
 log = logging.getLogger("dakter_scale")
 
 QUICKLOOK_SIDE = 1024
+# GDAL's block cache defaults to 5 % of the machine's memory and fills with every block written: capped, so that
+# a scene's peak memory does not depend on the machine or grow with the scene up to that share.
+GDAL_CACHE_MB = 256
 WINDOW = "separable cosine-squared (Hann) ramp over the overlap, normalised to sum to 1 (scene/tile.py)"
 
 
@@ -130,6 +133,12 @@ class Predictor:
     # -- one scene ---------------------------------------------------------------------------------
 
     def __call__(self, scene_url: str, out: str | Path) -> dict:
+        import rasterio
+
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return self._predict(scene_url, out)
+
+    def _predict(self, scene_url: str, out: str | Path) -> dict:
         o = self.options
         t_start = time.time()
         timings: dict[str, float] = {}
