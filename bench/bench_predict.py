@@ -84,6 +84,11 @@ def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path) -> di
     from dakter_scale.scene.tile import tile_starts
 
     tiles = len(tile_starts(size, tile, overlap)) ** 2
+    sys.path.insert(0, str(ROOT / "bench"))
+    from measure import count_flops
+
+    with torch.no_grad():
+        flops = count_flops(lambda: model(torch.zeros(1, 1, tile, tile)))
     before = bare(tiles)
     record = predictor(str(scene), work / f"eff-{size}")
     after = bare(tiles)
@@ -94,7 +99,7 @@ def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path) -> di
         "bare_tiles_per_second": {"before": round(before, 4), "after": round(after, 4), "mean": round(bare_rate, 4)},
         "predict_tile_stage_tiles_per_second": t["tiles_per_second"], "efficiency_tile_stage": round(t["tiles_per_second"] / bare_rate, 3),
         "predict_end_to_end_tiles_per_second": round(tiles / t["total_seconds"], 4), "efficiency_end_to_end": round(tiles / t["total_seconds"] / bare_rate, 3),
-        "timings": t, "forward_seconds_inside_predict": record["tiling"]["forward_seconds"], "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
+        "flops_per_tile": flops, "timings": t, "forward_seconds_inside_predict": record["tiling"]["forward_seconds"], "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
     }
 
 
@@ -155,8 +160,15 @@ def main() -> None:
             from dakter_scale.scene.tile import tile_starts
 
             n = len(tile_starts(IW_GRD[0], args.tile, args.overlap)) * len(tile_starts(IW_GRD[1], args.tile, args.overlap))
-            results["iw_grd_projection"] = {"scene": list(IW_GRD), "tiles": n, "cpu_seconds_at_measured_tile_rate": round(n / e["predict_tile_stage_tiles_per_second"], 0),
-                                            "basis": "tile count of the full scene x the measured tile-stage rate on this CPU; vectorising and COG writing not included"}
+            projection = {"scene": list(IW_GRD), "tiles": n, "cpu_seconds_at_measured_tile_rate": round(n / e["predict_tile_stage_tiles_per_second"], 0),
+                          "basis": "tile count of the full scene x the measured tile-stage rate on this CPU; vectorising and COG writing not included"}
+            gpu = ROOT / "bench" / "results" / "evidence_model_gpu.json"
+            if gpu.exists():  # a projection from this repo's H200 measurements, not a measurement of this pipeline
+                g = json.loads(gpu.read_text())
+                rate = g["sampling"]["fraction_of_peak"] * g["matmul_peak"]["flops_per_second"]
+                projection["gpu"] = {"device": g["device"], "forward_seconds": round(n * e["flops_per_tile"] / rate, 1), "achieved_flops_per_second": rate,
+                                     "basis": "tiles x counted FLOPs per tile / the bf16 FLOP/s a conv UNet reached on that GPU in bench/results/evidence_model_gpu.json (fraction of the measured matmul peak); forward only"}
+            results["iw_grd_projection"] = projection
         results["memory"] = []
         for size in (int(s) for s in args.sizes.split(",") if s):
             m = memory(size, args.tile, args.overlap, args.batch_size, work)

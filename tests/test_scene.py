@@ -242,3 +242,17 @@ def test_the_simulated_mosaic_is_a_georeferenced_scene_with_its_truth(tmp_path):
         from dakter_scale.scene.radiometry import default_convention, plan_conversion, to_codes
 
         assert np.array_equal(to_codes(scene.read(32, 64, 32, 64), plan_conversion("sigma0", False, default_convention(info()))), codes)
+
+
+def test_a_scene_at_an_fsspec_url_is_read_in_place_and_its_credentials_never_recorded(tmp_path, codes):
+    import fsspec
+
+    secret = "s3cr3t-token"
+    url = f"memory://user:{secret}@host/{tmp_path.name}/scene.tif"
+    local = write_geotiff(tmp_path / "scene.tif", sigma0_of(codes[:300, :400]))
+    with fsspec.open(url, "wb") as f:
+        f.write(local.read_bytes())
+    record, fc = predict(tmp_path, url)
+    assert record["slicks"] == 1 and record["scene"]["georeferencing"] == "geotransform"  # the one slick inside the 300 x 400 crop
+    written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "out").glob("*.json")) + json.dumps(fc)
+    assert secret not in written and "memory://***@host" in record["scene"]["source"]

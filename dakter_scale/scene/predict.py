@@ -20,6 +20,7 @@ its predict.json exists.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -332,7 +333,9 @@ class _TileReader:
         self.seconds = 0.0
         self.error: BaseException | None = None
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="tile-reader", daemon=True)
+        # In this thread's context: rasterio finds the fsspec file objects of URL scenes through a context variable.
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run,), name="tile-reader", daemon=True)
         self.thread.start()
 
     def tile(self, y0: int, x0: int) -> torch.Tensor:
