@@ -52,6 +52,10 @@ QUICKLOOK_SIDE = 1024
 # GDAL's block cache defaults to 5 % of the machine's memory and fills with every block written: capped, so that
 # a scene's peak memory does not depend on the machine or grow with the scene up to that share.
 GDAL_CACHE_MB = 256
+# Vectorising and the quick-look read whole-width bands of rows: their height comes from a pixel budget, so a
+# wide scene reads fewer rows at a time and the band's arrays (codes, labels, ids: ~25 bytes a pixel) stay the
+# same size (bench/bench_predict.py: with a fixed 1,024 rows, peak memory grew by 370 MB from 8k to 20k pixels wide).
+BAND_PIXELS = 1 << 22
 WINDOW = "separable cosine-squared (Hann) ramp over the overlap, normalised to sum to 1 (scene/tile.py)"
 
 
@@ -254,7 +258,7 @@ class Predictor:
 
     def _vectorise(self, scene: Scene, sink, grid_h: int, grid_w: int, f: tuple[float, float], scale: Scale, land_class: int | None):
         o = self.options
-        vopts = VectoriseOptions(o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, o.band_rows)
+        vopts = VectoriseOptions(o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w))
         spacing = scene.pixel_spacing()
         model_spacing = spacing * (f[0] + f[1]) / 2 if spacing else None
         pixel_area = model_spacing**2 if model_spacing else 1.0
@@ -286,7 +290,7 @@ class Predictor:
         step = max(1, math.ceil(max(scene.height, scene.width) / QUICKLOOK_SIDE))
         cols = np.arange(0, scene.width, step)
         image = np.zeros((len(range(0, scene.height, step)), len(cols)), dtype=np.uint8)
-        band = max(step, (self.options.band_rows // step) * step)
+        band = max(step, (band_rows(self.options.band_rows, scene.width) // step) * step)
         for r0 in range(0, scene.height, band):
             r1 = min(scene.height, r0 + band)
             raw = scene.read(r0, r1, 0, scene.width)[::step, ::step]
@@ -316,6 +320,11 @@ class Predictor:
             "device": str(self.device) + (" bf16" if self.autocast else ""),
             "timings": timings,
         }
+
+
+def band_rows(most: int, width: int) -> int:
+    """Rows per band: at most ``most``, and at most BAND_PIXELS pixels (never fewer than 16 rows)."""
+    return max(16, min(most, BAND_PIXELS // max(1, width)))
 
 
 def _lut(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
