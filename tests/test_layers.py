@@ -63,6 +63,13 @@ def test_library_never_imports_jobs_or_bench(path):
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+@pytest.mark.parametrize("path", [PACKAGE / "scene" / "tile.py"], ids=lambda p: p.name)
+def test_scene_tiling_is_pure_maths(path):
+    """The tile grid and the blending window are maths like core/: numpy in, numpy out."""
+    bad = sorted(m for m in imports(path) if not within(m, CORE_ALLOWED))
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     """The rule must not be blind: a lazy import inside a function and a relative import both count."""
     probe = tmp_path / "probe.py"

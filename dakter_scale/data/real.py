@@ -116,6 +116,12 @@ class Source(abc.ABC):
     spec: str
     classes: tuple[str, ...]
     radiometry: str = "8-bit grayscale, dB-scaled as delivered"
+    pixel_spacing_m: float | None = None  # ground metres per image pixel, where the dataset states it
+
+    def convention(self) -> dict:
+        """The radiometric convention a student trained on this source records (scene/radiometry.py):
+        8-bit dB-scaled codes whose window the files do not state."""
+        return {"kind": "db8"}
 
     @abc.abstractmethod
     def items(self, split: str) -> list[Item]:
@@ -140,6 +146,11 @@ class Source(abc.ABC):
 
 class SyntheticSource(Source):
     radiometry = "simulated Sentinel-1 VV sigma0, dB window [-35, 5] -> 8-bit"
+
+    def convention(self) -> dict:
+        # The simulator owns the window (synthetic_sar.DB_MIN, DB_MAX). Its objects are sized in fractions of
+        # the scene, not in metres, so the source states no pixel spacing.
+        return {"kind": "sigma0_db8", "db_min": synthetic_sar.DB_MIN, "db_max": synthetic_sar.DB_MAX}
 
     def __init__(self, n_train: int, n_test: int, size: int, seed: int, spec: str):
         self.n = {"train": n_train, "test": n_test}

@@ -187,6 +187,10 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "classes": list(source.classes),
             "resolution": cfg.data.resolution,
             "crop": cfg.data.crop,
+            # How scenes must look to this student at inference (scene/radiometry.py): the training data's
+            # radiometric convention and, where the source states it, its pixel spacing.
+            "radiometry": source.convention(),
+            "pixel_spacing_m": source.pixel_spacing_m,
             "real": redact_url(cfg.data.spec),
             "synthetic": redact_url(synthetic) if s.ratio > 0 else None,
             "synthetic_fingerprint": gen_info.fingerprint if gen_info else None,

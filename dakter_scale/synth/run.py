@@ -307,8 +307,9 @@ class Progress:
     """One line: shards and pairs done, pairs/s, ETA. A tqdm bar on a terminal; otherwise (logs, `ray job
     submit`, DAKTER_PROGRESS=0) the same line is logged after each shard, at most every `every` seconds."""
 
-    def __init__(self, total_pairs: int, total_shards: int, bar: bool, every: float = 30.0):
+    def __init__(self, total_pairs: int, total_shards: int, bar: bool, every: float = 30.0, name: str = "synthesize", units: tuple[str, str] = ("shards", "pairs")):
         self.total_pairs, self.total_shards = total_pairs, total_shards
+        self.name, self.units = name, units  # scene inference counts scenes with the same line
         self.pairs = self.shards = 0
         self.t0 = self.last_log = time.time()
         self.every = every
@@ -317,8 +318,8 @@ class Progress:
         if bar and total_pairs and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_pairs, unit="pair", desc="synthesize", dynamic_ncols=True, smoothing=0.1)
-            self.bar.set_postfix_str(f"shards 0/{total_shards}")
+            self.bar = tqdm(total=total_pairs, unit=units[1].rstrip("s"), desc=name, dynamic_ncols=True, smoothing=0.1)
+            self.bar.set_postfix_str(f"{units[0]} 0/{total_shards}")
 
     def rate(self) -> float:
         (t_a, p_a), (t_b, p_b) = self.window[0], self.window[-1]
@@ -328,7 +329,9 @@ class Progress:
         rate = self.rate()
         eta = (self.total_pairs - self.pairs) / rate if rate > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
-        return f"synthesize: shards {self.shards}/{self.total_shards}, pairs {self.pairs}/{self.total_pairs}, {rate:.2f} pairs/s, ETA {eta_text}"
+        if self.units[0] == self.units[1]:
+            return f"{self.name}: {self.units[0]} {self.shards}/{self.total_shards}, {rate:.2f} {self.units[1]}/s, ETA {eta_text}"
+        return f"{self.name}: {self.units[0]} {self.shards}/{self.total_shards}, {self.units[1]} {self.pairs}/{self.total_pairs}, {rate:.2f} {self.units[1]}/s, ETA {eta_text}"
 
     def update(self, pairs: int) -> None:
         self.pairs += pairs
@@ -337,7 +340,7 @@ class Progress:
         self.window.append((now, self.pairs))
         if self.bar is not None:
             self.bar.update(pairs)
-            self.bar.set_postfix_str(f"shards {self.shards}/{self.total_shards}")
+            self.bar.set_postfix_str(f"{self.units[0]} {self.shards}/{self.total_shards}")
         elif now - self.last_log >= self.every or self.shards == self.total_shards:
             self.last_log = now
             log.info(self.line())

@@ -61,8 +61,8 @@ class LocalStrategy:
     """One ShardWriter in this process (no Ray), one shard at a time. The writer sets torch's thread
     count to its own while it runs; close() gives the caller's back."""
 
-    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto"):
-        self.writer_args, self.device = writer_args, device
+    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto", worker: type | None = None):
+        self.writer_args, self.device, self.worker = writer_args, device, worker
         self.pending: ShardTask | None = None
         self.info: dict = {"strategy": "local"}
         self.threads: int | None = None
@@ -74,7 +74,7 @@ class LocalStrategy:
 
         self.threads = torch.get_num_threads()
         t0 = time.time()
-        self.writer = ShardWriter(**self.writer_args, device=None if self.device == "auto" else self.device)
+        self.writer = (self.worker or ShardWriter)(**self.writer_args, device=None if self.device == "auto" else self.device)
         self.info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": self.writer.ready()}
 
     def free(self) -> int:
@@ -148,8 +148,8 @@ class RayStrategy:
     in order) fails and is charged an attempt; calls queued behind it never started (Outcome.started
     is False) and are resubmitted uncharged."""
 
-    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto"):
-        self.writer_args, self.cfg, self.device = writer_args, cfg, device
+    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto", worker: type | None = None):
+        self.writer_args, self.cfg, self.device, self.worker = writer_args, cfg, device, worker
         self.info: dict = {"strategy": "ray"}
         # Per actor: its unfinished calls in submission order.
         self.calls: dict[Any, collections.deque] = {}
@@ -167,13 +167,16 @@ class RayStrategy:
         n_actors = max(1, min(n_actors, tasks))
         self.per_actor = max(1, (self.cfg.max_in_flight or 2 * n_actors) // n_actors)
         # The model travels through Ray's object store, so worker nodes need no shared file system.
-        self.args = dict(self.writer_args, model=ray.put(pack_model_folder(self.writer_args["model"])), device=device)
+        if self.worker is None:
+            self.args = dict(self.writer_args, model=ray.put(pack_model_folder(self.writer_args["model"])), device=device)
+        else:  # another worker class (scene inference) packs its own arguments
+            self.args = dict(self.worker.pack(self.writer_args, ray.put), device=device)
         # Ray starts workers at niceness 15 so that its own processes stay responsive; an actor is this run's
         # main work, and at nice 15 on a shared machine it gets a sliver of a core (4.7x slower here beside two
         # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
         # `ray job submit` entrypoints).
         runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
-        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(ShardWriter)
+        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(self.worker or ShardWriter)
         self.info.update(actors=n_actors, resources=self.resources, device=device, in_flight_per_actor=self.per_actor, niceness=os.nice(0))
         log.info("ray: %d actors, %s each, up to %d shards in flight", n_actors, self.resources, n_actors * self.per_actor)
         # An ObjectRef in the kwargs is resolved by Ray before __init__ runs; ready() answers once the

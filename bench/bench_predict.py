@@ -1,0 +1,188 @@
+"""Scene inference benchmark (docs/BENCHMARKS.md, "Scene inference"): writes bench/results/predict.json.
+
+1. Pipeline efficiency: tiles/s of the predictor's tile stage (windowed read, radiometric
+   conversion, batched forward, softmax, blending, windowed GeoTIFF writes) divided by tiles/s of a
+   bare forward loop (model(x) under no_grad) over the same number of tiles and batch size, with the
+   demo's student architecture (unet, resnet18 encoder, depth 5, 5 classes; random weights: timing
+   only). The bare loop is timed before and after the predictor and averaged, as the CPU is shared.
+   End-to-end (with vectorising, the COGs and the quick-look) is reported beside it.
+2. Peak memory against scene size: each size in a fresh process (the scene is written by another
+   one), with a per-pixel segmenter so that the pipeline, not the model, is what is measured; peak RSS
+   (VmHWM) after imports and at the end.
+3. A full IW GRD scene (25,000 x 16,700 pixels) at the demo student's tile settings: the tile count
+   and the seconds it takes at the measured CPU tiles/s (a projection from measured numbers, stated
+   as such); a GPU figure only where measured on one.
+
+    python bench/bench_predict.py --sizes 2048,8192 --efficiency-size 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IW_GRD = (16700, 25000)  # lines x samples of a full IW GRDH scene
+
+
+def write_scene(path: Path, size: int, seed: int = 0) -> None:
+    """An 8-bit dB-coded GeoTIFF of size x size written in 1024-row windows (sea, dark ellipses), UTM."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", height=size, width=size, count=1, dtype="uint8", crs="EPSG:32631", transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="IF_SAFER")
+    slicks = [(rng.uniform(0, size), rng.uniform(0, size), rng.uniform(10, 80), rng.uniform(20, 200)) for _ in range(max(4, size * size // 4_000_000))]
+    with rasterio.open(path, "w", **profile) as ds:
+        for r0 in range(0, size, 1024):
+            r1 = min(size, r0 + 1024)
+            band = np.clip(170 + rng.normal(0, 6, (r1 - r0, size)), 0, 255).astype(np.uint8)
+            rows, cols = np.ogrid[r0:r1, 0:size]
+            for cy, cx, ay, ax in slicks:
+                if cy + ay < r0 or cy - ay > r1:
+                    continue
+                band[((rows - cy) / ay) ** 2 + ((cols - cx) / ax) ** 2 <= 1] = 60
+            ds.write(band[None], window=rasterio.windows.Window(0, r0, size, r1 - r0))
+
+
+def demo_student(folder: Path) -> Path:
+    from dakter_scale.data.synthetic_sar import CLASSES
+    from dakter_scale.student.models import build_student, save_student
+
+    model = build_student("unet", "auto", len(CLASSES))
+    return save_student(folder, model, {"arch": "unet", "encoder": "resnet18", "encoder_depth": 5, "classes": list(CLASSES), "resolution": 512, "crop": 0, "real": "synthetic:bench", "pixel_spacing_m": 10.0})
+
+
+def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path) -> dict:
+    import torch
+
+    from dakter_scale.scene.predict import PredictOptions, Predictor
+
+    scene = work / f"eff-{size}.tif"
+    write_scene(scene, size)
+    predictor = Predictor(demo_student(work / "student"), PredictOptions(tile=tile, overlap=overlap, batch_size=batch), device="cpu")
+    model = predictor.model
+
+    def bare(tiles: int) -> float:
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.rand(min(batch, tiles - i), 1, tile, tile, generator=g) * 2 - 1 for i in range(0, tiles, batch)]
+        with torch.no_grad():
+            model(batches[0][:1])  # warm-up
+            t0 = time.perf_counter()
+            for x in batches:
+                model(x)
+            return tiles / (time.perf_counter() - t0)
+
+    from dakter_scale.scene.tile import tile_starts
+
+    tiles = len(tile_starts(size, tile, overlap)) ** 2
+    sys.path.insert(0, str(ROOT / "bench"))
+    from measure import count_flops
+
+    with torch.no_grad():
+        flops = count_flops(lambda: model(torch.zeros(1, 1, tile, tile)))
+    before = bare(tiles)
+    record = predictor(str(scene), work / f"eff-{size}")
+    after = bare(tiles)
+    bare_rate = (before + after) / 2
+    t = record["timings"]
+    return {
+        "scene": size, "tile": tile, "overlap": overlap, "batch_size": batch, "tiles": tiles, "threads": torch.get_num_threads(),
+        "bare_tiles_per_second": {"before": round(before, 4), "after": round(after, 4), "mean": round(bare_rate, 4)},
+        "predict_tile_stage_tiles_per_second": t["tiles_per_second"], "efficiency_tile_stage": round(t["tiles_per_second"] / bare_rate, 3),
+        "predict_end_to_end_tiles_per_second": round(tiles / t["total_seconds"], 4), "efficiency_end_to_end": round(tiles / t["total_seconds"] / bare_rate, 3),
+        "flops_per_tile": flops, "timings": t, "forward_seconds_inside_predict": record["tiling"]["forward_seconds"], "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
+    }
+
+
+MEMORY_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import torch
+from scenegen import DarkIsOil, info
+from dakter_scale.scene.predict import Predictor, PredictOptions
+torch.set_num_threads(1)
+p = Predictor(DarkIsOil(), PredictOptions(tile={tile}, overlap={overlap}, batch_size={batch}), device="cpu", info=info(10.0))
+def status(key):  # /proc/self/status: VmHWM is this process's peak RSS (ru_maxrss would carry the forking parent's)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":")) / 1024
+base = status("VmHWM")
+t0 = time.time()
+r = p({scene!r}, {out!r})
+print(json.dumps({{"baseline_rss_mb": base, "peak_rss_mb": status("VmHWM"), "seconds": time.time() - t0,
+                  "timings": r["timings"], "tiles": r["tiling"]["count"], "blend_carry_peak_mb": r["tiling"]["blend_carry_peak_bytes"] / 2**20}}))
+"""
+
+
+def memory(size: int, tile: int, overlap: int, batch: int, work: Path) -> dict:
+    scene = work / f"mem-{size}.tif"
+    t0 = time.time()
+    subprocess.run([sys.executable, __file__, "--write-scene", str(scene), "--size", str(size)], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    written = time.time() - t0
+    code = MEMORY_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), tile=tile, overlap=overlap, batch=batch, scene=str(scene), out=str(work / f"mem-{size}"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ, DAKTER_PROGRESS="0"))
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    scene.unlink()
+    return {"scene": size, "megapixels": round(size * size / 1e6, 1), "write_scene_seconds": round(written, 1), **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="2048,8192", help="scene sides for the memory sweep (comma-separated)")
+    p.add_argument("--efficiency-size", type=int, default=2048, help="scene side for the efficiency run (0: skip)")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict.json"))
+    p.add_argument("--write-scene", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.write_scene:
+        write_scene(Path(args.write_scene), args.size)
+        return
+
+    import torch
+
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "note": "2 cores shared with other jobs"}
+    results: dict = {"machine": machine, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        work = Path(tmp)
+        if args.efficiency_size:
+            results["efficiency"] = e = efficiency(args.efficiency_size, args.tile, args.overlap, args.batch_size, work)
+            print(json.dumps(e), flush=True)
+            from dakter_scale.scene.tile import tile_starts
+
+            n = len(tile_starts(IW_GRD[0], args.tile, args.overlap)) * len(tile_starts(IW_GRD[1], args.tile, args.overlap))
+            projection = {"scene": list(IW_GRD), "tiles": n, "cpu_seconds_at_measured_tile_rate": round(n / e["predict_tile_stage_tiles_per_second"], 0),
+                          "basis": "tile count of the full scene x the measured tile-stage rate on this CPU; vectorising and COG writing not included"}
+            gpu = ROOT / "bench" / "results" / "evidence_model_gpu.json"
+            if gpu.exists():  # a projection from this repo's H200 measurements, not a measurement of this pipeline
+                g = json.loads(gpu.read_text())
+                rate = g["sampling"]["fraction_of_peak"] * g["matmul_peak"]["flops_per_second"]
+                projection["gpu"] = {"device": g["device"], "forward_seconds": round(n * e["flops_per_tile"] / rate, 1), "achieved_flops_per_second": rate,
+                                     "basis": "tiles x counted FLOPs per tile / the bf16 FLOP/s a conv UNet reached on that GPU in bench/results/evidence_model_gpu.json (fraction of the measured matmul peak); forward only"}
+            results["iw_grd_projection"] = projection
+        results["memory"] = []
+        for size in (int(s) for s in args.sizes.split(",") if s):
+            m = memory(size, args.tile, args.overlap, args.batch_size, work)
+            results["memory"].append(m)
+            print(json.dumps(m), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    if not results["memory"]:
+        results.pop("memory")
+    # Parts run separately (--efficiency-size 0, --sizes '') keep the other part's last numbers.
+    Path(args.out).write_text(json.dumps(previous | results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
+

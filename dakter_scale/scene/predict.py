@@ -1,0 +1,583 @@
+"""One scene end to end, and many scenes through synth's driver (docs/inference.md).
+
+``Predictor`` loads a student once and predicts scene after scene:
+
+1. open the scene (read.py), decide the radiometric conversion and the model grid (radiometry.py);
+2. read tiles of the model grid window by window on a helper thread (codes -> [-1, 1], resampled
+   to the training pixel spacing when it differs), run them through the student in batches (bf16
+   autocast on a GPU that supports it), softmax, and blend the overlapping tiles (tile.py);
+3. write each finished block into tiled GeoTIFFs (probabilities, class map; land from a land vector
+   file if given), vectorise each asked class band by band (vectorise.py), write the COGs, the
+   GeoJSON, the quick-look PNG and, last, predict.json (outputs.py).
+
+Peak memory: a few batches of tiles, the blender's overlap band, one vectorising band, GDAL's block
+cache; none of them grows with the number of rows, only the blender's band grows with the width.
+
+``predict_many`` runs a ``SceneWorker`` per Ray actor (or in this process) through
+synth.run.drive: the same queue, retry rule and progress line as synthesis; a scene is skipped when
+its predict.json exists.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dakter_scale import __version__
+from dakter_scale.data import storage
+from dakter_scale.data.real import normalise
+from dakter_scale.errors import UserError
+from dakter_scale.scene import outputs
+from dakter_scale.scene.radiometry import Conversion, Scale, default_convention, lut_at, plan_conversion, plan_scale, to_codes
+from dakter_scale.scene.read import Scene, SceneError, open_scene
+from dakter_scale.scene.tile import Blender
+from dakter_scale.scene.vectorise import VectoriseOptions, feature_collection, features, find_slicks, write_geojson
+
+log = logging.getLogger("dakter_scale")
+
+QUICKLOOK_SIDE = 1024
+# GDAL's block cache defaults to 5 % of the machine's memory and fills with every block written: capped, so that
+# a scene's peak memory does not depend on the machine or grow with the scene up to that share.
+GDAL_CACHE_MB = 256
+# Vectorising and the quick-look read whole-width bands of rows: their height comes from a pixel budget, so a
+# wide scene reads fewer rows at a time and the band's arrays (codes, labels, ids: ~25 bytes a pixel) stay the
+# same size (bench/bench_predict.py: with a fixed 1,024 rows, peak memory grew by 370 MB from 8k to 20k pixels wide).
+BAND_PIXELS = 1 << 22
+WINDOW = "separable cosine-squared (Hann) ramp over the overlap, normalised to sum to 1 (scene/tile.py)"
+
+
+class PredictError(UserError, ValueError):
+    """A prediction that cannot run as asked; the message names the flag or the file."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    tile: int = 512  # model pixels per tile side
+    overlap: int = 64  # model pixels shared by neighbouring tiles (blended)
+    batch_size: int = 8
+    classes: tuple[str, ...] = ("oil",)  # classes vectorised into slicks.geojson
+    seed_threshold: float = 0.6
+    outline_threshold: float = 0.4
+    min_area_m2: float = 0.0
+    simplify_m: float = 0.0
+    polarisation: str = "VV"
+    band: int | None = None
+    scene_radiometry: str = "auto"
+    db_window: tuple[float, float] | None = None
+    allow_radiometry_mismatch: bool = False
+    pixel_spacing: float | None = None  # the training data's spacing, when the student has none
+    land: str | None = None  # a vector file of land polygons (any format GDAL/OGR reads)
+    land_buffer_m: float = 0.0
+    require_georeferencing: bool = False
+    quicklook: bool = True
+    band_rows: int = 1024
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["classes"], d["db_window"] = list(self.classes), list(self.db_window) if self.db_window else None
+        d["land"] = storage.redact_url(self.land) if self.land else None
+        return d
+
+
+def student_hash(directory: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(directory) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Predictor:
+    """A student loaded once; ``__call__(scene, out)`` predicts one scene into a folder."""
+
+    def __init__(self, student: str | Path | torch.nn.Module, options: PredictOptions, device: str | None = None, info: dict | None = None, progress: bool = False):
+        from dakter_scale.student.models import load_student
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(student, torch.nn.Module):  # a segmenter given directly (tests, benchmarks)
+            assert info is not None, "a module needs its student info"
+            self.model, self.info, self.student_dir, self.hash = student.to(self.device).eval(), info, None, None
+        else:
+            self.model, self.info = load_student(student, self.device)
+            self.student_dir, self.hash = str(student), student_hash(student)
+        self.classes = list(self.info["classes"])
+        self.options = self._check(options)
+        self.convention = default_convention(self.info)
+        self.progress = progress
+        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def _check(self, o: PredictOptions) -> PredictOptions:
+        where = self.student_dir or "the student"
+        missing = [c for c in o.classes if c not in self.classes]
+        if missing:
+            raise PredictError(f"--classes {','.join(missing)}: not a class of {where}, whose classes are {', '.join(self.classes)} (a student from another class set?)")
+        for name, value, low, high in (("--tile", o.tile, 32, 8192), ("--overlap", o.overlap, 0, o.tile - 1), ("--batch-size", o.batch_size, 1, 4096),
+                                        ("--seed-threshold", o.seed_threshold, 0, 1), ("--outline-threshold", o.outline_threshold, 0, 1),
+                                        ("--min-area", o.min_area_m2, 0, None), ("--simplify", o.simplify_m, 0, None), ("--land-buffer", o.land_buffer_m, 0, None)):
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
+                raise PredictError(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
+        if o.outline_threshold > o.seed_threshold:
+            raise PredictError(f"--outline-threshold {o.outline_threshold} is above --seed-threshold {o.seed_threshold}; hysteresis needs outline <= seed")
+        if o.pixel_spacing is not None and not (o.pixel_spacing > 0 and math.isfinite(o.pixel_spacing)):
+            raise PredictError(f"--pixel-spacing must be a positive number of metres, got {o.pixel_spacing}")
+        return o
+
+    # -- one scene ---------------------------------------------------------------------------------
+
+    def __call__(self, scene_url: str, out: str | Path) -> dict:
+        import rasterio
+
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return self._predict(scene_url, out)
+
+    def _predict(self, scene_url: str, out: str | Path) -> dict:
+        o = self.options
+        t_start = time.time()
+        timings: dict[str, float] = {}
+        out = Path(out)
+        with open_scene(scene_url, polarisation=o.polarisation, band=o.band, radiometry=o.scene_radiometry) as scene:
+            if o.require_georeferencing and not scene.georeferenced:
+                raise SceneError(f"{scene.source}: no georeferencing (no geotransform, no ground control points) but a georeferenced output was asked for (--require-georeferencing)")
+            conversion = plan_conversion(scene.radiometry, scene.calibration is not None, self.convention, o.db_window, o.allow_radiometry_mismatch)
+            scale = plan_scale(scene.pixel_spacing(), self.info, o.pixel_spacing)
+            grid_h, grid_w = max(1, round(scene.height / scale.factor)), max(1, round(scene.width / scale.factor))
+            fy, fx = scene.height / grid_h, scene.width / grid_w  # exact scene pixels per model pixel per axis
+            out.mkdir(parents=True, exist_ok=True)
+            (out / outputs.RECORD).unlink(missing_ok=True)  # a rerun into a finished folder starts over
+            transform, gcps = self._grid_georef(scene, fy, fx)
+            land_class = self.classes.index("land") if "land" in self.classes else None
+            land_mask = self._land_rasteriser(scene, fy, fx, grid_w) if o.land else None
+            sink = outputs.RasterSink(out, grid_h, grid_w, self.classes, scene.crs, transform, gcps)
+            try:
+                t0 = time.time()
+                tiles = self._infer(scene, conversion, (grid_h, grid_w), (fy, fx), sink, land_mask, land_class)
+                timings["tiles_seconds"] = round(time.time() - t0, 3)
+                sink.close_for_reading()
+                t0 = time.time()
+                fc, drawn = self._vectorise(scene, sink, grid_h, grid_w, (fy, fx), scale, land_class)
+                timings["vectorise_seconds"] = round(time.time() - t0, 3)
+                t0 = time.time()
+                sink.finish()
+                timings["cog_seconds"] = round(time.time() - t0, 3)
+            except BaseException:
+                sink.abort()
+                raise
+            write_geojson(out / outputs.SLICKS, fc)
+            if o.quicklook:
+                t0 = time.time()
+                self._quicklook(scene, conversion, out, drawn, (fy, fx))
+                timings["quicklook_seconds"] = round(time.time() - t0, 3)
+            timings["total_seconds"] = round(time.time() - t_start, 3)
+            timings["tiles_per_second"] = round(tiles["count"] / timings["tiles_seconds"], 3) if timings["tiles_seconds"] > 0 else None
+            record = self._record(scene, conversion, scale, (grid_h, grid_w), tiles, fc, timings)
+        outputs.write_record(out, record)
+        return record
+
+    def _grid_georef(self, scene: Scene, fy: float, fx: float):
+        from affine import Affine
+        from rasterio.control import GroundControlPoint
+
+        if scene.transform is not None:
+            return scene.transform * Affine.scale(fx, fy), None
+        if scene.gcps:
+            return None, [GroundControlPoint(row=g.row / fy, col=g.col / fx, x=g.x, y=g.y, z=g.z, id=g.id) for g in scene.gcps]
+        return None, None
+
+    def _infer(self, scene: Scene, conversion: Conversion, grid: tuple[int, int], f: tuple[float, float], sink, land_mask, land_class) -> dict:
+        o = self.options
+        grid_h, grid_w = grid
+        k = len(self.classes)
+
+        def emit(y0: int, x0: int, block: np.ndarray) -> None:
+            class_map = block.argmax(axis=0).astype(np.uint8)
+            if land_mask is not None and land_class is not None:
+                class_map[land_mask(y0, y0 + block.shape[1], x0, x0 + block.shape[2])] = land_class
+            sink.write(y0, x0, block, class_map)
+
+        blender = Blender(grid_h, grid_w, o.tile, o.overlap, k, emit)
+        reader = _TileReader(scene, conversion, blender, f, depth=2 * o.batch_size)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=blender.count, desc=f"predict {Path(scene.source).name}", unit="tile", leave=False)
+        forward = 0.0
+        peak_carry = 0
+        try:
+            done = False
+            while not done:
+                batch = reader.take(o.batch_size)
+                done = len(batch) < o.batch_size
+                if not batch:
+                    break
+                t0 = time.perf_counter()
+                probs = self.forward(torch.stack([x for _, _, x in batch]))
+                forward += time.perf_counter() - t0
+                for (i, j, _), p in zip(batch, probs):
+                    blender.add(i, j, p)
+                peak_carry = max(peak_carry, blender.carried_bytes)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            reader.stop()
+            if bar is not None:
+                bar.close()
+        return {"count": blender.count, "rows": len(blender.ys), "cols": len(blender.xs), "tile": [blender.th, blender.tw], "forward_seconds": round(forward, 3),
+                "read_seconds": round(reader.seconds, 3), "blend_carry_peak_bytes": peak_carry}
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """x (B, 1, h, w) in [-1, 1] -> probabilities (B, K, h, w) float32 numpy; reflect-padded to a
+        multiple of 32 (the encoders' total stride) and cropped back."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        x = x.to(self.device, non_blocking=True)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(x)
+        return torch.softmax(logits[..., :h, :w].float(), dim=1).cpu().numpy()
+
+    def _land_rasteriser(self, scene: Scene, fy: float, fx: float, grid_w: int):
+        from dakter_scale.scene.land import land_rasteriser
+
+        return land_rasteriser(self.options.land, self.options.land_buffer_m, scene, fy, fx)
+
+    def _vectorise(self, scene: Scene, sink, grid_h: int, grid_w: int, f: tuple[float, float], scale: Scale, land_class: int | None):
+        o = self.options
+        vopts = VectoriseOptions(o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w))
+        spacing = scene.pixel_spacing()
+        model_spacing = spacing * (f[0] + f[1]) / 2 if spacing else None
+        pixel_area = model_spacing**2 if model_spacing else 1.0
+        simplify_px = o.simplify_m / model_spacing if model_spacing else o.simplify_m
+        to_lonlat = scene.pixel_to_lonlat if scene.georeferenced else None
+        extra = {"scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time}
+        feats, drawn = [], []
+        for name in o.classes:
+            c = self.classes.index(name)
+
+            def read_band(r0: int, r1: int, c=c):
+                classes = sink.read_classes(r0, r1)
+                # A pixel the class map calls land (the model's land class, or the land file) never holds a slick.
+                valid = classes != land_class if land_class is not None else np.ones(classes.shape, dtype=bool)
+                return sink.read_band(c + 1, r0, r1), valid
+
+            slicks = find_slicks(read_band, grid_h, grid_w, vopts, pixel_area)
+            # features() takes one scale for both axes; model pixels are square up to rounding (< 1 / grid side).
+            feats += features(slicks, name, to_lonlat=to_lonlat, scale=(f[0] + f[1]) / 2, simplify_px=simplify_px, extra=extra)
+            drawn += [(name, s.geometry) for s in slicks]
+        for i, feat in enumerate(feats):
+            feat["id"] = i
+        fc = feature_collection(feats, scene.georeferenced, {"scene": scene.source, "scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time})
+        return fc, drawn
+
+    def _quicklook(self, scene: Scene, conversion: Conversion, out: Path, drawn: list, f: tuple[float, float]) -> None:
+        """The scene's 8-bit codes decimated to QUICKLOOK_SIDE on the long side (strided rows read band by
+        band, so memory stays bounded), with the slicks (model-grid pixels) drawn on it."""
+        step = max(1, math.ceil(max(scene.height, scene.width) / QUICKLOOK_SIDE))
+        cols = np.arange(0, scene.width, step)
+        image = np.zeros((len(range(0, scene.height, step)), len(cols)), dtype=np.uint8)
+        band = max(step, (band_rows(self.options.band_rows, scene.width) // step) * step)
+        for r0 in range(0, scene.height, band):
+            r1 = min(scene.height, r0 + band)
+            raw = scene.read(r0, r1, 0, scene.width)[::step, ::step]
+            image[r0 // step : r0 // step + raw.shape[0]] = to_codes(raw, conversion, _lut(scene, np.arange(r0, r1, step), cols))
+        outputs.quicklook(out / outputs.QUICKLOOK, image, drawn, step / ((f[0] + f[1]) / 2))
+
+    def _record(self, scene: Scene, conversion: Conversion, scale: Scale, grid, tiles: dict, fc: dict, timings: dict) -> dict:
+        o = self.options
+        return {
+            "format": 1,
+            "code_version": __version__,
+            "student": {"folder": self.student_dir, "sha256": self.hash, "arch": self.info.get("arch"), "encoder": self.info.get("encoder"), "classes": self.classes,
+                        "resolution": self.info.get("resolution"), "crop": self.info.get("crop"), "radiometry": self.convention, "pixel_spacing_m": self.info.get("pixel_spacing_m")},
+            "scene": {"source": scene.source, "kind": scene.kind, "scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time, "polarisation": scene.polarisation,
+                      "height": scene.height, "width": scene.width, "dtype": scene.dtype, "georeferenced": scene.georeferenced,
+                      "georeferencing": "geotransform" if scene.transform is not None else "gcps" if scene.gcps else None,
+                      "crs": scene.crs.to_string() if scene.crs is not None else None, "calibrated": scene.calibration is not None},
+            "conventions": {"radiometry": conversion.to_json(), "scale": scale.to_json(), "grid": {"height": grid[0], "width": grid[1]},
+                            "coordinates": "EPSG:4326 longitude/latitude (RFC 7946)" if scene.georeferenced else "scene pixels (no georeferencing)",
+                            "area": "geodesic on the WGS84 ellipsoid (pyproj.Geod), m^2" if scene.georeferenced else "pixels",
+                            "probability_codes": "uint8 = round(255 p)"},
+            "tiling": {"tile": o.tile, "overlap": o.overlap, "batch_size": o.batch_size, "window": WINDOW, **tiles},
+            "thresholds": {"seed": o.seed_threshold, "outline": o.outline_threshold, "min_area_m2": o.min_area_m2, "simplify_m": o.simplify_m, "classes": list(o.classes)},
+            "options": o.to_json(),
+            "slicks": len(fc["features"]),
+            "outputs": [outputs.PROBABILITIES, outputs.CLASSES_FILE, outputs.SLICKS] + ([outputs.QUICKLOOK] if o.quicklook else []),
+            "device": str(self.device) + (" bf16" if self.autocast else ""),
+            "timings": timings,
+        }
+
+
+def band_rows(most: int, width: int) -> int:
+    """Rows per band: at most ``most``, and at most BAND_PIXELS pixels (never fewer than 16 rows)."""
+    return max(16, min(most, BAND_PIXELS // max(1, width)))
+
+
+def _lut(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+    cal = scene.calibration
+    return None if cal is None else lut_at(cal.lines, cal.pixels, cal.sigma_nought, rows.astype(np.float64), cols.astype(np.float64))
+
+
+class _TileReader:
+    """Reads and converts tiles on a helper thread, in the blender's order, a bounded queue ahead of
+    the model (reading, calibration and resampling overlap the forward passes)."""
+
+    def __init__(self, scene: Scene, conversion: Conversion, blender: Blender, f: tuple[float, float], depth: int):
+        self.scene, self.conversion, self.blender, self.f = scene, conversion, blender, f
+        self.queue: queue.Queue = queue.Queue(maxsize=max(2, depth))
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+        # In this thread's context: rasterio finds the fsspec file objects of URL scenes through a context variable.
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run,), name="tile-reader", daemon=True)
+        self.thread.start()
+
+    def tile(self, y0: int, x0: int) -> torch.Tensor:
+        """Model-grid tile at (y0, x0): (1, th, tw) float32 in [-1, 1]."""
+        b, s = self.blender, self.scene
+        fy, fx = self.f
+        r0, r1 = int(math.floor(y0 * fy)), min(s.height, int(math.ceil((y0 + b.th) * fy)))
+        c0, c1 = int(math.floor(x0 * fx)), min(s.width, int(math.ceil((x0 + b.tw) * fx)))
+        raw = s.read(r0, r1, c0, c1)
+        codes = to_codes(raw, self.conversion, _lut(s, np.arange(r0, r1), np.arange(c0, c1)))
+        x = normalise(np.ascontiguousarray(codes))[None]
+        if x.shape[-2:] != (b.th, b.tw):
+            # Resampled to the training pixel spacing: bilinear with antialiasing (area-like when coarsening).
+            x = F.interpolate(x[None], size=(b.th, b.tw), mode="bilinear", align_corners=False, antialias=True)[0]
+        return x
+
+    def _run(self) -> None:
+        try:
+            for i, j, y0, x0 in self.blender.tiles():
+                t0 = time.perf_counter()
+                item = (i, j, self.tile(y0, x0))
+                self.seconds += time.perf_counter() - t0
+                while not self.stopping.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stopping.is_set():
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it with the scene's name
+            self.error = e
+        finally:
+            self.queue.put(None)
+
+    def take(self, n: int) -> list:
+        items = []
+        while len(items) < n:
+            item = self.queue.get()
+            if item is None:
+                if self.error is not None:
+                    raise self.error
+                break
+            items.append(item)
+        return items
+
+    def stop(self) -> None:
+        self.stopping.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+# -- many scenes ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    """One scene of a many-scene run; ``shard`` is its index (the name synth's driver logs)."""
+
+    shard: int
+    url: str
+    name: str
+    attempt: int = 0
+
+    def retry(self) -> "SceneTask":
+        return replace(self, attempt=self.attempt + 1)
+
+
+def list_scenes(spec: str) -> list[str]:
+    """GLOB (local or fsspec), LIST_FILE (one path or URL a line, # comments) or URL_PREFIX (every scene
+    directly under it: GeoTIFFs, images, *.SAFE folders, .zip) -> sorted scene URLs."""
+    from dakter_scale.scene.read import IMAGE_EXTS, TIFF_EXTS
+
+    fs, path = storage.url_to_fs(spec)
+    protocol = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+
+    def full(p: str) -> str:
+        return protocol + p if protocol and not p.startswith(protocol) else p
+
+    try:
+        if any(ch in path for ch in "*?["):
+            return sorted(full(p) for p in fs.glob(path))
+        if fs.isdir(path):
+            found = []
+            for entry in fs.ls(path, detail=True):
+                name = entry["name"].rstrip("/")
+                low = name.lower()
+                if (entry["type"] == "directory" and low.endswith(".safe")) or (entry["type"] != "directory" and low.endswith(TIFF_EXTS + IMAGE_EXTS + (".zip",))):
+                    found.append(full(name))
+            return sorted(found)
+        if fs.isfile(path):
+            with fs.open(path, "r") as f:
+                return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except Exception as e:
+        raise PredictError(f"--scenes {storage.redact_url(spec)}: cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    raise PredictError(f"--scenes {storage.redact_url(spec)}: no such glob match, folder or list file")
+
+
+def scene_name(url: str) -> str:
+    """The output sub-folder of a scene: its file or folder name without the extension."""
+    base = url.rstrip("/").rsplit("/", 1)[-1]
+    for ext in (".SAFE.zip", ".safe.zip", ".zip", ".SAFE", ".safe", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+class SceneWorker:
+    """A Predictor behind the driver's worker protocol: built once per process or actor (one model load),
+    called per scene; returns a small marker (the record's summary) or raises."""
+
+    def __init__(self, student: str | dict[str, bytes], out: str, options: dict, device: str | None = None, threads: int = 1, **_: Any):
+        from dakter_scale.synth.worker import unpack_model_folder
+
+        t0 = time.time()
+        if device == "cpu" or (device is None and not torch.cuda.is_available()):
+            torch.set_num_threads(max(1, threads))
+        self._unpacked = None
+        if isinstance(student, dict):  # shipped through Ray's object store
+            self._unpacked = student = str(unpack_model_folder(student))
+        opts = dict(options)
+        opts["classes"] = tuple(opts["classes"])
+        opts["db_window"] = tuple(opts["db_window"]) if opts.get("db_window") else None
+        self.predictor = Predictor(student, PredictOptions(**opts), device=device)
+        self.out = out
+        self.load_seconds = time.time() - t0
+
+    def ready(self) -> dict:
+        import os
+
+        return {"device": str(self.predictor.device), "pid": os.getpid(), "load_seconds": round(self.load_seconds, 3), "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
+
+    def __call__(self, task: SceneTask) -> dict:
+        record = self.predictor(task.url, Path(self.out) / task.name)
+        return {"scene": task.name, "slicks": record["slicks"], "seconds": record["timings"]["total_seconds"], "tiles": record["tiling"]["count"]}
+
+    @staticmethod
+    def pack(args: dict, put) -> dict:
+        """Arguments for actors on other nodes: the student folder's files travel through the object
+        store (``put``: ray.put), so worker nodes need no shared file system."""
+        from dakter_scale.synth.worker import pack_model_folder
+
+        return dict(args, student=put(pack_model_folder(args["student"])))
+
+
+@dataclass
+class ManySummary:
+    out: str
+    scenes: int
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    retried: list[dict] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    slicks: int = 0
+    seconds: float = 0.0
+    strategy: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), ok=self.ok)
+
+    def lines(self) -> list[str]:
+        out = [f"predict to {self.out}: {self.scenes} scenes", f"  written: {len(self.written)} scenes ({self.slicks} slicks, {self.seconds:.1f} s)", f"  skipped as already done: {len(self.skipped)} scenes"]
+        if self.retried:
+            out.append(f"  failed attempts (retried up to the limit): {len(self.retried)}")
+            out += [f"    {r['scene']} attempt {r['attempt'] + 1}: {r['reason']}" for r in self.retried[:20]]
+        out.append(f"  failed for good: {len(self.failed)} scenes")
+        out += [f"    {name}: {reason}" for name, reason in sorted(self.failed.items())]
+        return out
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What synth's strategies read from a run's config (duck-typed like config.SynthesisConfig)."""
+
+    actors: int | str = "auto"
+    threads_per_actor: int = 1
+    max_in_flight: int = 0
+    retries: int = 1
+
+
+def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptions, *, settings: RunSettings = RunSettings(), use_ray: bool = True, device: str = "auto", progress: bool = True) -> ManySummary:
+    """Every scene of ``scenes_spec`` into ``out/NAME/``; skips scenes whose predict.json exists. Never
+    raises for a failed scene: failures are in the summary (summary.ok is False)."""
+    from dakter_scale.synth.run import Progress, drive
+    from dakter_scale.synth.strategies import LocalStrategy, RayStrategy
+
+    # Bad flags and a bad student fail here, before any scene or actor starts.
+    Predictor(student, options, device="cpu")
+    urls = list_scenes(scenes_spec)
+    if not urls:
+        raise PredictError(f"--scenes {storage.redact_url(scenes_spec)}: no scenes found")
+    names = [scene_name(u) for u in urls]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PredictError(f"--scenes: several scenes would write to the same folder: {', '.join(dupes[:5])}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    summary = ManySummary(out=storage.redact_url(out), scenes=len(urls))
+    tasks = []
+    for i, (url, name) in enumerate(zip(urls, names)):
+        if (Path(out) / name / outputs.RECORD).exists():
+            summary.skipped.append(name)
+        else:
+            tasks.append(SceneTask(i, url, name))
+    if summary.skipped:
+        log.info("%d of %d scenes are already done; %d to predict", len(summary.skipped), len(urls), len(tasks))
+    bar = Progress(len(tasks), len(tasks), bar=progress)
+    failures: dict[str, str] = {}
+
+    def on_result(task: SceneTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
+        if marker is not None:
+            summary.written.append(task.name)
+            summary.slicks += int(marker.get("slicks", 0))
+            failures.pop(task.name, None)
+            bar.update(1)
+            return
+        summary.retried.append({"scene": task.name, "attempt": task.attempt, "reason": reason})
+        failures[task.name] = reason or "unknown error"
+        (log.warning if retrying else log.error)("scene %s attempt %d failed: %s%s", task.name, task.attempt + 1, reason, "; retrying" if retrying else "; giving up")
+
+    if tasks:
+        args = dict(student=str(student), out=str(out), options=options.to_json() | {"land": options.land}, threads=settings.threads_per_actor)
+        strategy = (RayStrategy if use_ray else LocalStrategy)(args, settings, device, worker=SceneWorker)
+        summary.strategy = drive(tasks, strategy, settings.retries, on_result)
+    bar.close()
+    summary.failed = {n: r for n, r in failures.items() if n not in summary.written}
+    summary.seconds = round(time.time() - t0, 3)
+    (Path(out) / "predict_summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary

@@ -1,0 +1,519 @@
+"""Opening a scene: a windowed reader of one SAR band with its georeferencing and metadata.
+
+Three kinds, told apart by the path (any fsspec URL; local paths too):
+
+- **GeoTIFF / COG** (``.tif``, ``.tiff``): one band (``band`` picks one of several), in any CRS,
+  georeferenced by a geotransform or by ground control points. Data types: uint8 (8-bit dB-scaled
+  display codes), float32/float64 (linear sigma-nought, or dB with ``radiometry="sigma0_db"``), uint16
+  (digital numbers: only with a calibration, i.e. from a SAFE product).
+- **Sentinel-1 GRD in the SAFE layout** (a ``*.SAFE`` folder, or a ``.zip`` holding one): the
+  measurement TIFF of the chosen polarisation (uint16 digital numbers), georeferenced by the
+  annotation's geolocation grid (as GCPs in EPSG:4326), calibrated with the calibration file's
+  sigma-nought LUT (``radiometry.CalibrationLUT``). Product id, acquisition start time and the
+  manifest's footprint are kept.
+- **Plain image** (PNG / JPEG, OSD-style 8-bit): no georeferencing; outputs are in pixel units.
+
+The SAFE XML is parsed with the standard library after refusing any document type declaration
+(so no entity expansion at all: billion laughs and external entities cannot happen), with a size cap
+per file. xarray-sentinel was tried and not used: it validates every file against the full ESA XSD
+schemas, so a product written by a test (or trimmed by a processing chain) must carry every field of
+the schema, and it reads the annotation with no refusal of DTDs; four XML elements are all this reader
+needs. Zip members are looked up by name (never extracted to disk), names with ``..`` or an absolute
+path are refused, and XML members over the cap are refused before they are inflated.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dakter_scale.data import storage
+from dakter_scale.errors import UserError
+
+XML_MAX_BYTES = 64 << 20  # a real GRD annotation is ~5 MB; anything far larger is not one
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+TIFF_EXTS = (".tif", ".tiff")
+POLARISATIONS = ("VV", "VH", "HH", "HV")
+
+
+class SceneError(UserError, ValueError):
+    """A scene that cannot be read as asked; the message names the file (and the flag, if one decides)."""
+
+
+@dataclass
+class Calibration:
+    """The sigma-nought LUT of a SAFE product: A(line, pixel) on a grid; sigma0 = DN^2 / A^2."""
+
+    lines: np.ndarray  # (L,) increasing
+    pixels: np.ndarray  # (P,) increasing, the same for every vector
+    sigma_nought: np.ndarray  # (L, P)
+
+
+@dataclass
+class Scene:
+    """One band of a scene and how to place it on the Earth. ``read`` is windowed: memory grows with
+    the window, never with the scene (plain images are the exception: decoded whole, as they are small)."""
+
+    source: str  # redacted URL or path, for messages and records
+    kind: str  # geotiff | safe | image
+    height: int
+    width: int
+    dtype: str
+    radiometry: str  # what the pixels are: db8 | sigma0 | sigma0_db | dn
+    crs: Any = None  # rasterio CRS of the transform or of the GCPs; None: pixel coordinates only
+    transform: Any = None  # affine.Affine (pixel -> CRS) or None
+    gcps: list | None = None  # rasterio GroundControlPoint list (used when there is no transform)
+    calibration: Calibration | None = None
+    scene_id: str | None = None
+    acquisition_time: str | None = None
+    footprint: list[tuple[float, float]] | None = None  # (lon, lat) ring from the product, if it has one
+    polarisation: str | None = None
+    native_spacing_m: float | None = None  # as annotated (SAFE); otherwise measured from the georeferencing
+    _reader: Any = field(default=None, repr=False)
+    _closers: list = field(default_factory=list, repr=False)
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None and (self.transform is not None or bool(self.gcps))
+
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        """Pixels [row0, row1) x [col0, col1) in the native data type; a read error names the file."""
+        assert 0 <= row0 < row1 <= self.height and 0 <= col0 < col1 <= self.width, (row0, row1, col0, col1)
+        try:
+            return self._reader(row0, row1, col0, col1)
+        except SceneError:
+            raise
+        except Exception as e:  # rasterio / GDAL / fsspec: a truncated or corrupt file shows up here
+            raise SceneError(f"{self.source}: unreadable at rows {row0}-{row1}, columns {col0}-{col1} (corrupt or truncated?): {_first_line(e)}") from None
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception:  # closing a handle that already failed
+                pass
+        self._closers.clear()
+
+    def __enter__(self) -> "Scene":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- georeferencing --------------------------------------------------------------------------
+
+    def pixel_to_crs(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-edge coordinates (col, row; (0, 0) is the top-left corner of the first pixel) -> x, y in ``crs``."""
+        cols, rows = np.asarray(cols, dtype=np.float64), np.asarray(rows, dtype=np.float64)
+        if self.transform is not None:
+            t = self.transform
+            return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+        if not self.gcps:
+            raise SceneError(f"{self.source}: no georeferencing (neither a geotransform nor ground control points)")
+        return _gcp_transform(self.gcps, cols, rows)
+
+    def pixel_to_lonlat(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.pixel_to_crs(cols, rows)
+        return to_lonlat(self.crs, x, y)
+
+    def pixel_spacing(self) -> float | None:
+        """Ground metres per pixel (mean of the two axes) at the scene centre: the annotated spacing for
+        SAFE products, else measured on the WGS84 ellipsoid from the georeferencing; None without one."""
+        if self.native_spacing_m:
+            return self.native_spacing_m
+        if not self.georeferenced:
+            return None
+        if self.transform is not None and self.crs.is_projected:
+            # A projected grid's nominal spacing (what processing chains and training data quote), not the
+            # ellipsoidal distance, which differs by the projection's scale factor (0.9996 on a UTM meridian).
+            unit = self.crs.linear_units_factor[1]
+            return float((math.hypot(self.transform.a, self.transform.d) + math.hypot(self.transform.b, self.transform.e)) / 2 * unit)
+        from pyproj import Geod
+
+        cx, cy = self.width / 2, self.height / 2
+        lon, lat = self.pixel_to_lonlat(np.array([cx, cx + 1, cx]), np.array([cy, cy, cy + 1]))
+        geod = Geod(ellps="WGS84")
+        _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
+        _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
+        return float((abs(dx) + abs(dy)) / 2)
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).splitlines()[0][:limit] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _gcp_transform(gcps: list, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Through GDAL's GCP transformer (a least-squares polynomial whose order GDAL picks from the number
+    of points: exact for a GCP set made from an affine transform, and the usual choice for S1 grids)."""
+    from rasterio.transform import GCPTransformer
+
+    shape = cols.shape
+    with GCPTransformer(gcps) as t:
+        xs, ys = t.xy(rows.ravel(), cols.ravel(), offset="ul")
+    return np.asarray(xs, dtype=np.float64).reshape(shape), np.asarray(ys, dtype=np.float64).reshape(shape)
+
+
+def to_lonlat(crs: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CRS coordinates -> (lon, lat) in EPSG:4326, axis order x = longitude always."""
+    from pyproj import CRS, Transformer
+
+    src = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if src.equals(CRS.from_epsg(4326)):
+        return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    t = Transformer.from_crs(src, CRS.from_epsg(4326), always_xy=True)
+    lon, lat = t.transform(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    return np.asarray(lon), np.asarray(lat)
+
+
+# -- opening ----------------------------------------------------------------------------------------
+
+
+def open_scene(url: str, *, polarisation: str = "VV", band: int | None = None, radiometry: str = "auto") -> Scene:
+    """A scene at a local path or fsspec URL (module docstring). ``radiometry`` says what the pixels
+    are when the file cannot say: ``auto`` (uint8 -> db8, float -> sigma0, SAFE -> dn), or one of
+    db8, sigma0, sigma0_db. Raises SceneError naming the file for anything it cannot read."""
+    if polarisation.upper() not in POLARISATIONS:
+        raise SceneError(f"--polarisation must be one of {', '.join(POLARISATIONS)}, got {polarisation!r}")
+    shown = storage.redact_url(url)
+    fs, path = storage.url_to_fs(url)
+    stripped = path.rstrip("/")
+    lower = stripped.lower()
+    try:
+        is_dir = fs.isdir(stripped)
+        exists = is_dir or fs.exists(stripped)
+    except Exception as e:
+        raise SceneError(f"{shown}: cannot be reached: {_first_line(e)}") from None
+    if not exists:
+        raise SceneError(f"{shown}: no such scene")
+    if is_dir:
+        if not fs.exists(posixpath.join(stripped, "manifest.safe")):
+            raise SceneError(f"{shown}: a folder but no SAFE product (no manifest.safe)")
+        return _open_safe(fs, stripped, shown, polarisation.upper())
+    if lower.endswith(".zip"):
+        return _open_safe_zip(fs, stripped, shown, polarisation.upper())
+    if lower.endswith(TIFF_EXTS):
+        return _open_geotiff(fs, stripped, shown, band, radiometry)
+    if lower.endswith(IMAGE_EXTS):
+        return _open_image(fs, stripped, shown, radiometry)
+    raise SceneError(f"{shown}: unknown scene type; expected a GeoTIFF ({', '.join(TIFF_EXTS)}), a SAFE folder or .zip, or a {'/'.join(IMAGE_EXTS)} image")
+
+
+RADIOMETRY_BY_DTYPE = {"uint8": "db8", "float32": "sigma0", "float64": "sigma0"}
+SCENE_RADIOMETRIES = ("auto", "db8", "sigma0", "sigma0_db")
+
+
+def _open_geotiff(fs, path: str, shown: str, band: int | None, radiometry: str) -> Scene:
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    if radiometry not in SCENE_RADIOMETRIES:
+        raise SceneError(f"--scene-radiometry must be one of {', '.join(SCENE_RADIOMETRIES)}, got {radiometry!r}")
+    try:
+        ds = rasterio.open(path, opener=fs) if not _is_local(fs) else rasterio.open(path)
+    except (RasterioError, OSError, ValueError) as e:
+        raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
+    try:
+        scene = _geotiff_scene(ds, shown, band, radiometry)
+    except BaseException:
+        ds.close()
+        raise
+    return scene
+
+
+def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
+    from rasterio.windows import Window
+
+    if band is None:
+        if ds.count != 1:
+            # One SAR band is what a student takes; several bands (RGB renderings, VV+VH stacks) need a choice.
+            raise SceneError(f"{shown}: {ds.count} bands; the student takes one SAR band: choose it with --band N")
+        band = 1
+    if not 1 <= band <= ds.count:
+        raise SceneError(f"{shown}: --band {band} but the file has {ds.count} band(s)")
+    dtype = ds.dtypes[band - 1]
+    if radiometry == "auto":
+        if dtype == "uint16":
+            raise SceneError(f"{shown}: uint16 digital numbers without a calibration: give the SAFE product, or a sigma0 GeoTIFF (float32)")
+        if dtype not in RADIOMETRY_BY_DTYPE:
+            raise SceneError(f"{shown}: data type {dtype} is not a SAR band the student can take (uint8 dB codes, or float32 sigma0)")
+        radiometry = RADIOMETRY_BY_DTYPE[dtype]
+    elif radiometry == "db8" and dtype != "uint8":
+        raise SceneError(f"{shown}: --scene-radiometry db8 needs uint8 pixels, the file holds {dtype}")
+    elif radiometry in ("sigma0", "sigma0_db") and not dtype.startswith("float"):
+        raise SceneError(f"{shown}: --scene-radiometry {radiometry} needs float pixels, the file holds {dtype}")
+    transform = None if ds.transform.is_identity else ds.transform
+    gcps, gcp_crs = ds.gcps if ds.gcps else ([], None)
+    crs = ds.crs if transform is not None else gcp_crs
+    tags = ds.tags()
+    scene = Scene(
+        source=shown, kind="geotiff", height=ds.height, width=ds.width, dtype=dtype, radiometry=radiometry,
+        crs=crs, transform=transform, gcps=list(gcps) or None,
+        scene_id=tags.get("SCENE_ID"), acquisition_time=tags.get("ACQUISITION_TIME") or tags.get("TIFFTAG_DATETIME"),
+    )
+
+    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        return ds.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+
+    scene._reader = read
+    scene._closers.append(ds.close)
+    return scene
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _open_image(fs, path: str, shown: str, radiometry: str) -> Scene:
+    from dakter_scale.data.real import DataError, read_gray
+
+    if radiometry not in ("auto", "db8"):
+        raise SceneError(f"{shown}: a plain image holds 8-bit codes; --scene-radiometry {radiometry} does not apply")
+    try:
+        image = read_gray(fs, path)
+    except DataError as e:
+        raise SceneError(str(e)) from None
+    scene = Scene(source=shown, kind="image", height=image.shape[0], width=image.shape[1], dtype="uint8", radiometry="db8")
+    scene._reader = lambda r0, r1, c0, c1: image[r0:r1, c0:c1]
+    return scene
+
+
+# -- Sentinel-1 SAFE ----------------------------------------------------------------------------------
+
+
+def parse_xml(data: bytes, name: str) -> ET.Element:
+    """XML without a document type declaration (so no entities), at most XML_MAX_BYTES."""
+    if len(data) > XML_MAX_BYTES:
+        raise SceneError(f"{name}: {len(data)} bytes, more than any SAFE XML file ({XML_MAX_BYTES} allowed)")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise SceneError(f"{name}: XML with a document type declaration or entities is refused")
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as e:
+        raise SceneError(f"{name}: not well-formed XML ({e})") from None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _find(root: ET.Element, *path: str) -> ET.Element | None:
+    """The first element along a path of local names (namespaces ignored, as SAFE files mix them)."""
+    node: ET.Element | None = root
+    for name in path:
+        node = next((c for c in node if _local(c.tag) == name), None) if node is not None else None
+    return node
+
+
+def _text(root: ET.Element, *path: str, source: str) -> str:
+    node = _find(root, *path)
+    if node is None or node.text is None:
+        raise SceneError(f"{source}: no {'/'.join(path)}")
+    return node.text.strip()
+
+
+def _numbers(text: str, source: str, what: str) -> np.ndarray:
+    try:
+        return np.array([float(v) for v in text.split()], dtype=np.float64)
+    except ValueError:
+        raise SceneError(f"{source}: {what} holds something other than numbers") from None
+
+
+class _SafeFiles:
+    """Read-only access to a SAFE product's members, in a folder or inside a zip."""
+
+    def __init__(self, fs, root: str, shown: str, names: list[str]):
+        self.fs, self.root, self.shown, self.names = fs, root, shown, names
+
+    def read(self, rel: str, limit: int = XML_MAX_BYTES) -> bytes:
+        path = posixpath.join(self.root, rel)
+        try:
+            size = self.fs.size(path)
+            if size is not None and size > limit:
+                raise SceneError(f"{self.shown}: {rel} is {size} bytes, more than the {limit} allowed")
+            with self.fs.open(path, "rb") as f:
+                data = f.read(limit + 1)
+        except SceneError:
+            raise
+        except Exception as e:
+            raise SceneError(f"{self.shown}: {rel} unreadable: {_first_line(e)}") from None
+        if len(data) > limit:
+            raise SceneError(f"{self.shown}: {rel} is more than the {limit} bytes allowed")
+        return data
+
+
+def _open_safe(fs, path: str, shown: str, polarisation: str) -> Scene:
+    names = [posixpath.relpath(p, path) for p in fs.find(path)]
+    return _safe_scene(_SafeFiles(fs, path, shown, names), polarisation)
+
+
+def _open_safe_zip(fs, path: str, shown: str, polarisation: str) -> Scene:
+    import zipfile
+
+    import fsspec
+
+    try:
+        handle = fs.open(path, "rb")
+        archive = zipfile.ZipFile(handle)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise SceneError(f"{shown}: not a readable zip archive (corrupt or truncated?): {_first_line(e)}") from None
+    infos = archive.infolist()
+    tops = set()
+    for info in infos:
+        name = info.filename
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in name.replace("\\", "/").split("/"):
+            raise SceneError(f"{shown}: member {name!r} has an absolute or parent path; refused")
+        tops.add(name.split("/", 1)[0])
+        if name.lower().endswith((".xml", ".safe")) and info.file_size > XML_MAX_BYTES:
+            raise SceneError(f"{shown}: member {name} declares {info.file_size} bytes, more than the {XML_MAX_BYTES} allowed for XML")
+    safe_tops = [t for t in tops if t.upper().endswith(".SAFE")]
+    if len(safe_tops) != 1:
+        raise SceneError(f"{shown}: expected one *.SAFE folder in the zip, found {sorted(tops)[:5]}")
+    top = safe_tops[0]
+    names = [i.filename[len(top) + 1 :] for i in infos if i.filename.startswith(top + "/") and not i.is_dir()]
+    if "manifest.safe" not in names:
+        raise SceneError(f"{shown}: {top} has no manifest.safe")
+    archive.close()
+    handle.seek(0)
+    zfs = fsspec.filesystem("zip", fo=handle)
+    scene = _safe_scene(_SafeFiles(zfs, top, shown, names), polarisation)
+    scene._closers.insert(0, handle.close)
+    return scene
+
+
+def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    shown = files.shown
+    manifest = parse_xml(files.read("manifest.safe"), f"{shown}/manifest.safe")
+    token = f"-{polarisation.lower()}-"
+
+    def member(folder: str, ext: str) -> str:
+        hits = [n for n in files.names if posixpath.dirname(n) == folder and token in posixpath.basename(n).lower() and n.lower().endswith(ext)]
+        if not hits:
+            have = sorted({p.upper() for n in files.names if posixpath.dirname(n) == "measurement" for p in POLARISATIONS if f"-{p.lower()}-" in n.lower()})
+            raise SceneError(f"{shown}: no {polarisation} polarisation ({folder}/*{token}*{ext}); the product holds {', '.join(have) or 'none'} (--polarisation)")
+        if len(hits) > 1:
+            raise SceneError(f"{shown}: several {polarisation} files in {folder} ({', '.join(sorted(hits)[:3])}); one GRD swath expected")
+        return hits[0]
+
+    measurement = member("measurement", (".tiff", ".tif"))
+    annotation_name = member("annotation", ".xml")
+    annotation = parse_xml(files.read(annotation_name), f"{shown}/{annotation_name}")
+    src = f"{shown}/{annotation_name}"
+    product_type = _find(annotation, "adsHeader", "productType")
+    if product_type is not None and (product_type.text or "").strip() != "GRD":
+        raise SceneError(f"{src}: product type {(product_type.text or '').strip()}; only GRD products are read")
+
+    points = [p for p in (_find(annotation, "geolocationGrid", "geolocationGridPointList") or []) if _local(p.tag) == "geolocationGridPoint"]
+    if len(points) < 3:
+        raise SceneError(f"{src}: a geolocation grid of {len(points)} points; at least 3 are needed to georeference")
+    gcps = []
+    for i, p in enumerate(points):
+        try:
+            gcps.append(GroundControlPoint(
+                row=float(_text(p, "line", source=src)), col=float(_text(p, "pixel", source=src)),
+                x=float(_text(p, "longitude", source=src)), y=float(_text(p, "latitude", source=src)), z=float(_text(p, "height", source=src)), id=str(i),
+            ))
+        except ValueError:
+            raise SceneError(f"{src}: geolocation grid point {i} holds something other than numbers") from None
+    info = _find(annotation, "imageAnnotation", "imageInformation")
+    spacing = None
+    if info is not None:
+        try:
+            spacing = (float(_text(info, "rangePixelSpacing", source=src)) + float(_text(info, "azimuthPixelSpacing", source=src))) / 2
+        except (SceneError, ValueError):
+            spacing = None
+
+    calibration = None
+    cal_names = [n for n in files.names if posixpath.dirname(n) == "annotation/calibration" and posixpath.basename(n).lower().startswith("calibration") and token in n.lower()]
+    if cal_names:
+        calibration = _read_calibration(parse_xml(files.read(cal_names[0]), f"{shown}/{cal_names[0]}"), f"{shown}/{cal_names[0]}")
+
+    try:
+        ds = rasterio.open(posixpath.join(files.root, measurement), opener=files.fs) if not _is_local(files.fs) else rasterio.open(posixpath.join(files.root, measurement))
+    except (RasterioError, OSError, ValueError) as e:
+        raise SceneError(f"{shown}/{measurement}: not a readable TIFF (corrupt or truncated?): {_first_line(e)}") from None
+    if ds.count != 1 or ds.dtypes[0] != "uint16":
+        ds.close()
+        raise SceneError(f"{shown}/{measurement}: {ds.count} band(s) of {ds.dtypes[0]}; a GRD measurement is one band of uint16 digital numbers")
+
+    product = posixpath.basename(files.root.rstrip("/"))
+    scene = Scene(
+        source=shown, kind="safe", height=ds.height, width=ds.width, dtype="uint16", radiometry="dn",
+        crs=CRS.from_epsg(4326), transform=None, gcps=gcps, calibration=calibration,
+        scene_id=product[:-5] if product.upper().endswith(".SAFE") else product,
+        acquisition_time=_optional_text(annotation, "adsHeader", "startTime"),
+        footprint=_manifest_footprint(manifest), polarisation=polarisation, native_spacing_m=spacing,
+    )
+    scene._reader = lambda r0, r1, c0, c1: ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+    scene._closers.append(ds.close)
+    return scene
+
+
+def _optional_text(root: ET.Element, *path: str) -> str | None:
+    node = _find(root, *path)
+    return node.text.strip() if node is not None and node.text else None
+
+
+def _read_calibration(root: ET.Element, src: str) -> Calibration:
+    vectors = [v for v in (_find(root, "calibrationVectorList") or []) if _local(v.tag) == "calibrationVector"]
+    if not vectors:
+        raise SceneError(f"{src}: no calibrationVectorList/calibrationVector")
+    lines, pixels, values = [], None, []
+    for v in vectors:
+        lines.append(float(_text(v, "line", source=src)))
+        px = _numbers(_text(v, "pixel", source=src), src, "pixel")
+        sigma = _numbers(_text(v, "sigmaNought", source=src), src, "sigmaNought")
+        if len(px) != len(sigma) or len(px) < 2:
+            raise SceneError(f"{src}: a calibration vector with {len(px)} pixels and {len(sigma)} sigmaNought values")
+        if pixels is None:
+            pixels = px
+        elif len(px) != len(pixels) or not np.allclose(px, pixels):
+            raise SceneError(f"{src}: calibration vectors on different pixel grids are not supported")
+        values.append(sigma)
+    lines_a = np.asarray(lines)
+    if np.any(np.diff(lines_a) <= 0) or np.any(np.diff(pixels) <= 0):
+        raise SceneError(f"{src}: calibration lines and pixels must increase")
+    sigma = np.stack(values)
+    if not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+        raise SceneError(f"{src}: sigmaNought values must be positive numbers")
+    return Calibration(lines_a, pixels, sigma)
+
+
+def _manifest_footprint(manifest: ET.Element) -> list[tuple[float, float]] | None:
+    """The product footprint, ``lat,lon lat,lon ...`` in the manifest's gml:coordinates, as (lon, lat)."""
+    for node in manifest.iter():
+        if _local(node.tag) == "coordinates" and node.text:
+            try:
+                pairs = [tuple(float(v) for v in item.split(",")) for item in node.text.split()]
+            except ValueError:
+                return None
+            if len(pairs) >= 3 and all(len(p) == 2 for p in pairs):
+                return [(lon, lat) for lat, lon in pairs]
+    return None
+
+
+def footprint_lonlat(scene: Scene, samples: int = 16) -> list[tuple[float, float]]:
+    """The outline of the scene's pixels in (lon, lat), ``samples`` points per edge, closed."""
+    if not scene.georeferenced:
+        raise SceneError(f"{scene.source}: no georeferencing, so no footprint")
+    t = np.linspace(0.0, 1.0, samples, endpoint=False)
+    w, h = scene.width, scene.height
+    cols = np.concatenate([t * w, np.full(samples, w), (1 - t) * w, np.zeros(samples)])
+    rows = np.concatenate([np.zeros(samples), t * h, np.full(samples, h), (1 - t) * h])
+    lon, lat = scene.pixel_to_lonlat(cols, rows)
+    ring = list(zip(lon.tolist(), lat.tolist()))
+    return ring + [ring[0]]
+
+

@@ -1,0 +1,245 @@
+"""Scene inference: radiometric conventions and scale, hysteresis, hostile and bad inputs (one line,
+exit 2, naming the file or flag), and one real trained student end to end through jobs/predict.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+from dakter_scale.data.synthetic_sar import DB_MAX, DB_MIN, uint8_to_linear
+from dakter_scale.scene.predict import PredictError, PredictOptions, Predictor
+from dakter_scale.scene.radiometry import RadiometryError, db_to_codes, default_convention, lut_at, plan_conversion, plan_scale, sigma0_to_db, to_codes
+from dakter_scale.scene.read import SceneError, open_scene
+from dakter_scale.scene.vectorise import VectoriseOptions, find_slicks, hysteresis
+
+from conftest import job
+from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_safe, zip_folder
+from shardgen import TINY_STUDENT
+
+SIM = {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX}
+
+# -- radiometry and scale ------------------------------------------------------------------------------
+
+
+def test_every_code_survives_sigma0_and_db_and_back():
+    codes = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(db_to_codes(sigma0_to_db(uint8_to_linear(codes)), (DB_MIN, DB_MAX)), codes)
+    conv = plan_conversion("sigma0", False, SIM)
+    assert np.array_equal(to_codes(uint8_to_linear(codes).astype(np.float32), conv), codes)
+
+
+def test_dn_calibration_by_hand():
+    # sigma0 = DN^2 / A^2: DN 100, A 1000 -> 0.01 -> -20 dB -> (15 / 40) * 255 = 95.6 -> 96.
+    conv = plan_conversion("dn", True, SIM)
+    assert to_codes(np.array([[100]], dtype=np.uint16), conv, np.array([[1000.0]]))[0, 0] == 96
+    assert "calibration LUT" in conv.steps[0]
+
+
+def test_lut_is_bilinear_between_vectors():
+    lines, pixels = np.array([0.0, 10.0]), np.array([0.0, 100.0])
+    values = np.array([[1.0, 3.0], [5.0, 7.0]])
+    out = lut_at(lines, pixels, values, np.array([0.0, 5.0, 10.0, 20.0]), np.array([0.0, 50.0, 100.0]))
+    assert np.allclose(out, [[1, 2, 3], [3, 4, 5], [5, 6, 7], [5, 6, 7]])  # edge values hold outside
+
+
+def test_conventions_recorded_defaulted_and_refused():
+    assert default_convention({"real": "synthetic:64"}) == SIM  # an old folder trained on the simulator
+    assert default_convention({"real": "osd:/data/osd"}) == {"kind": "db8"}
+    with pytest.raises(RadiometryError, match="unknown radiometric convention"):
+        default_convention({"radiometry": {"kind": "gamma0_linear"}})
+    with pytest.raises(RadiometryError, match=r"sigma0.*8-bit dB-scaled images as delivered.*--db-window MIN,MAX.*--allow-radiometry-mismatch"):
+        plan_conversion("sigma0", False, {"kind": "db8"})
+    assert plan_conversion("sigma0", False, {"kind": "db8"}, db_window=(-30.0, 0.0)).window == (-30.0, 0.0)
+    with pytest.raises(RadiometryError, match="without a calibration LUT"):
+        plan_conversion("dn", False, SIM)
+    assert "DN^2" in plan_conversion("dn", False, SIM, allow_mismatch=True).notes[0]
+
+
+def test_scale_follows_the_training_pixel_spacing():
+    student = {"resolution": 64, "crop": 128, "pixel_spacing_m": 10.0}
+    s = plan_scale(10.0, student)  # crops of 128 px resized to 64: the student saw 20 m pixels
+    assert s.factor == 2.0 and s.model_spacing_m == 20.0
+    assert plan_scale(40.0, {"resolution": 64, "crop": 0}, pixel_spacing=20.0).factor == 0.5
+    unknown = plan_scale(10.0, {"resolution": 64, "crop": 0})
+    assert unknown.factor == 1.0 and "--pixel-spacing" in unknown.notes[0]
+
+
+def test_a_coarser_student_sees_a_resampled_scene_and_polygons_stay_put(tmp_path):
+    """Scene at 10 m, student trained at 20 m: the model grid has half the pixels per side and the
+    slicks keep their place and area (within 4 %: the outline is resolved at 20 m)."""
+    codes = draw_codes()
+    scene = write_geotiff(tmp_path / "s.tif", sigma0_of(codes))
+    fine = Predictor(DarkIsOil(), PredictOptions(tile=256, overlap=32), device="cpu", info=info(10.0))(str(scene), tmp_path / "fine")
+    coarse = Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info(20.0))(str(scene), tmp_path / "coarse")
+    assert coarse["conventions"]["scale"]["factor"] == 2.0 and coarse["conventions"]["grid"] == {"height": 300, "width": 400}
+    a = json.loads((tmp_path / "fine" / "slicks.geojson").read_text())["features"]
+    b = json.loads((tmp_path / "coarse" / "slicks.geojson").read_text())["features"]
+    assert fine["slicks"] == coarse["slicks"] == 3
+    for fa, fb in zip(sorted(a, key=lambda f: f["properties"]["centroid"]), sorted(b, key=lambda f: f["properties"]["centroid"])):
+        assert np.allclose(fa["properties"]["centroid"], fb["properties"]["centroid"], atol=2e-4)  # ~15 m
+        assert fb["properties"]["area_m2"] == pytest.approx(fa["properties"]["area_m2"], rel=0.04)
+
+
+# -- hysteresis and band-wise components ----------------------------------------------------------------------
+
+
+def test_hysteresis_by_hand():
+    p = np.array([[0.5, 0.5, 0.0, 0.5], [0.0, 0.9, 0.0, 0.5], [0.0, 0.0, 0.0, 0.5]])
+    assert hysteresis(p, 0.8, 0.4).tolist() == [[True, True, False, False], [False, True, False, False], [False, False, False, False]]
+    valid = np.ones_like(p, dtype=bool)
+    valid[1, 1] = False  # the seed pixel is land: nothing is left
+    assert not hysteresis(p, 0.8, 0.4, valid).any()
+
+
+@pytest.mark.parametrize("band_rows", [7, 64, 1000])
+def test_band_wise_components_equal_the_whole_array_rule(band_rows):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.random((150, 170)), 3)
+    codes = np.clip((field - field.min()) / np.ptp(field) * 255, 0, 255).astype(np.uint8)
+    valid = np.ones(codes.shape, dtype=bool)
+    valid[:, :10] = False
+    opts = VectoriseOptions(seed=0.8, outline=0.55, band_rows=band_rows)
+    slicks = find_slicks(lambda r0, r1: (codes[r0:r1], valid[r0:r1]), *codes.shape, opts)
+    seed_code, outline_code = opts.codes()
+    reference = hysteresis(codes, seed_code, outline_code, valid)
+    assert sum(s.pixels for s in slicks) == reference.sum() and len(slicks) == ndimage.label(reference, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])[1]
+    assert sum(s.geometry.area for s in slicks) == pytest.approx(reference.sum())  # pixel-edge polygons: exactly their pixels
+    big = find_slicks(lambda r0, r1: (codes[r0:r1], valid[r0:r1]), *codes.shape, VectoriseOptions(seed=0.8, outline=0.55, band_rows=band_rows, min_area_m2=200))
+    assert all(s.pixels >= 200 for s in big) and len(big) < len(slicks)
+
+
+# -- bad and hostile input -------------------------------------------------------------------------------------
+
+
+def scene_error(tmp_path, path, match, **options):
+    with pytest.raises(SceneError, match=match):
+        Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16, **options), device="cpu", info=info())(str(path), tmp_path / "out")
+
+
+def test_bad_geotiffs_are_refused_naming_the_file(tmp_path):
+    import rasterio
+
+    codes = draw_codes(200, 200)
+    good = write_geotiff(tmp_path / "good.tif", sigma0_of(codes))
+    data = good.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])  # GDAL's GTiff writes its directory last: gone
+    scene_error(tmp_path, tmp_path / "cut.tif", r"cut\.tif: not a readable GeoTIFF \(corrupt or truncated\?\)")
+    from rasterio.shutil import copy
+
+    copy(good, tmp_path / "cog.tif", driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=128)  # a COG's header comes first: the tiles go
+    (tmp_path / "cutcog.tif").write_bytes((tmp_path / "cog.tif").read_bytes()[: int((tmp_path / "cog.tif").stat().st_size * 0.6)])
+    scene_error(tmp_path, tmp_path / "cutcog.tif", r"cutcog\.tif: unreadable at rows .*\(corrupt or truncated\?\)")
+    (tmp_path / "junk.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    scene_error(tmp_path, tmp_path / "junk.tif", r"junk\.tif: not a readable GeoTIFF")
+    write_geotiff(tmp_path / "dn.tif", codes.astype(np.uint16) * 100)
+    scene_error(tmp_path, tmp_path / "dn.tif", r"dn\.tif: uint16 digital numbers without a calibration")
+    write_geotiff(tmp_path / "int.tif", codes.astype(np.int32))
+    scene_error(tmp_path, tmp_path / "int.tif", r"int\.tif: data type int32 is not a SAR band")
+    with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", height=50, width=50, count=3, dtype="uint8") as ds:
+        ds.write(np.zeros((3, 50, 50), dtype=np.uint8))
+    scene_error(tmp_path, tmp_path / "rgb.tif", r"rgb\.tif: 3 bands.*--band N")
+    scene_error(tmp_path, tmp_path / "none.tif", r"none\.tif: no such scene")
+    scene_error(tmp_path, tmp_path / "good.tif", r"good\.tif: --scene-radiometry db8 needs uint8", scene_radiometry="db8")
+
+
+def test_students_from_another_class_set_or_convention_are_refused(tmp_path):
+    from dakter_scale.student.models import build_student, save_student
+
+    sos = save_student(tmp_path / "sos", build_student("unet", "resnet18", 2, None, 3), {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "classes": ["background", "oil-spill"], "resolution": 64, "crop": 0})
+    with pytest.raises(PredictError, match=r"--classes oil: not a class of .*sos, whose classes are background, oil-spill"):
+        Predictor(sos, PredictOptions())
+    odd = dict(info(), radiometry={"kind": "amplitude16"})
+    with pytest.raises(RadiometryError, match="unknown radiometric convention"):
+        Predictor(DarkIsOil(), PredictOptions(), device="cpu", info=odd)
+    with pytest.raises(PredictError, match="--outline-threshold 0.7 is above --seed-threshold 0.6"):
+        Predictor(DarkIsOil(), PredictOptions(outline_threshold=0.7), device="cpu", info=info())
+
+
+def test_hostile_safe_products_are_refused(tmp_path):
+    codes = draw_codes(100, 120)
+    safe = write_safe(tmp_path / "p", codes, polarisations=("vh",))
+    scene_error(tmp_path, safe, r"\.SAFE: no VV polarisation .*holds VH")
+    annotation = next((safe / "annotation").glob("*.xml"))
+    text = annotation.read_text()
+    annotation.write_text(text.replace("<product>", '<!DOCTYPE product [<!ENTITY a "aaaa">]><product>&a;', 1))
+    scene_error(tmp_path, safe, r"s1a-iw-grd-vh.*\.xml: XML with a document type declaration or entities is refused", polarisation="VH")
+    annotation.write_text(text[: len(text) // 2])
+    scene_error(tmp_path, safe, r"\.xml: not well-formed XML", polarisation="VH")
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        z.writestr("X.SAFE/manifest.safe", "<a/>")
+        z.writestr("../../etc/X.SAFE/measurement/evil.tiff", "x")
+    scene_error(tmp_path, tmp_path / "evil.zip", r"evil\.zip: member '\.\./\.\./etc.*refused")
+    (tmp_path / "cut.zip").write_bytes(zip_folder(safe, tmp_path / "whole.zip").read_bytes()[:500])
+    scene_error(tmp_path, tmp_path / "cut.zip", r"cut\.zip: not a readable zip archive")
+    nocal = write_safe(tmp_path / "q", codes, calibration=False)
+    with pytest.raises(RadiometryError, match="digital numbers without a calibration LUT"):
+        Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info())(str(nocal), tmp_path / "out")
+    with open_scene(str(nocal)) as scene:
+        assert scene.calibration is None and scene.kind == "safe"
+
+
+# -- a real student, through the job ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_student(tmp_path_factory):
+    from dakter_scale.config import load_config
+    from dakter_scale.student.train import train_student
+
+    cfg = load_config(None, [*TINY_STUDENT, "student.max_steps=2", "student.ratio=0"])
+    return train_student(cfg, tmp_path_factory.mktemp("student") / "s", progress=False)
+
+
+def test_a_trained_student_records_its_convention_and_runs_end_to_end(tmp_path, trained_student):
+    recorded = json.loads((trained_student / "student.json").read_text())
+    assert recorded["radiometry"] == SIM and recorded["pixel_spacing_m"] is None
+    scene = write_geotiff(tmp_path / "scene.tif", sigma0_of(draw_codes(300, 400)))
+    r = subprocess.run(job("predict.py") + ["--student", str(trained_student), "--scene", str(scene), "--out", str(tmp_path / "out"), "--tile", "128", "--overlap", "16",
+                                            "--pixel-spacing", "10", "--classes", "oil,look-alike", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads(r.stdout)
+    assert record["student"]["sha256"] and record["student"]["radiometry"] == SIM and record["tiling"]["count"] == 12
+    assert record["thresholds"]["classes"] == ["oil", "look-alike"]
+    for name in ("probabilities.tif", "classes.tif", "slicks.geojson", "quicklook.png", "predict.json"):
+        assert (tmp_path / "out" / name).is_file()
+    fc = json.loads((tmp_path / "out" / "slicks.geojson").read_text())
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == record["slicks"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scene", "TMP/none.tif"], r"^error: .*none\.tif: no such scene$"),
+    (["--scene", "TMP/scene.png", "--require-georeferencing"], r"^error: .*scene\.png: no georeferencing"),
+    (["--scene", "TMP/scene.png", "--overlap", "600"], r"^error: --overlap must be in \[0, 511\], got 600$"),
+])
+def test_the_job_reports_bad_input_in_one_line(tmp_path, trained_student, args, message):
+    from PIL import Image
+
+    Image.fromarray(draw_codes(64, 64)).save(tmp_path / "scene.png")
+    argv = job("predict.py") + ["--student", str(trained_student), "--out", str(tmp_path / "out")] + [a.replace("TMP", str(tmp_path)) for a in args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    import re
+
+    assert re.search(message, r.stderr.strip()), r.stderr
+
+
+@pytest.mark.parametrize("name", ["predict.py", "export_student.py"])
+def test_the_jobs_explain_every_flag(name):
+    import re
+
+    r = subprocess.run(job(name) + ["--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage:" in r.stdout
+    text = r.stdout.split("\noptions:", 1)[1]  # after the usage lines
+    flags = set(re.findall(r"^\s+(--[a-z-]+)", text, re.M))
+    expected = {"--student", "--out"} | ({"--scene", "--scenes", "--tile", "--overlap", "--classes", "--seed-threshold", "--outline-threshold", "--min-area", "--simplify", "--land", "--land-buffer",
+                                         "--db-window", "--pixel-spacing", "--polarisation", "--actors"} if name == "predict.py" else {"--format"})
+    assert expected <= flags
+    for flag in flags - {"--help"}:  # each flag's line, or the one after it, carries its explanation
+        line = re.search(rf"^\s+{flag}\b.*(?:\n\s{{20,}}\S.*)?", text, re.M).group(0)
+        assert len(line.split(flag, 1)[1].strip()) > 10, f"{flag} has no help: {line!r}"
