@@ -159,8 +159,10 @@ class SamplingConfig:
 
     # ddim | ddpm | dpmsolver++ (DPM-Solver++ multistep, Lu et al. 2022) | unipc (UniPC, Zhao et al. 2023);
     # one network evaluation per step for each (docs/synthesis.md, "Samplers"; the frontier in docs/RESULTS.md)
-    sampler: str = "ddim"
-    steps: int = 50  # denoising steps = network evaluations per pair, at most the model's num_train_timesteps
+    # The default is the cheapest frontier point whose students were not worse than DDIM-50's beyond the
+    # seed noise (docs/RESULTS.md, "Sampler frontier"); configs that name a sampler keep theirs.
+    sampler: str = "dpmsolver++"
+    steps: int = 20  # denoising steps = network evaluations per pair, at most the model's num_train_timesteps
     solver_order: int = 2  # dpmsolver++ and unipc: order of the multistep solver (1-3); ddim and ddpm ignore it
     eta: float = 0.0  # DDIM stochasticity
     clip: bool = True  # clip x0 per modality: image to [-1, 1], labels to [-b, b]

@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output folder or URL: ./shards, s3://bucket/prefix, gs://bucket/prefix")
     p.add_argument("--samples-per-shard", type=int, help="pairs per shard (default 1000)")
     p.add_argument("--batch-size", type=int, help="pairs sampled together on one device (part of the dataset's identity)")
-    p.add_argument("--sampler", help="reverse process: ddim (default), ddpm, dpmsolver++ or unipc (docs/synthesis.md, Samplers)")
+    p.add_argument("--sampler", help="reverse process: dpmsolver++ (default, 20 steps), ddim, ddpm or unipc (docs/synthesis.md, Samplers)")
     p.add_argument("--steps", type=int, help="denoising steps = network evaluations per pair")
     p.add_argument("--solver-order", type=int, help="dpmsolver++ and unipc: multistep order 1-3 (default 2)")
     p.add_argument("--seed", type=int, help="run seed; pair seeds derive from (seed, shard, index)")

@@ -101,13 +101,21 @@ def test_pair_seed_is_the_documented_rule_and_plan_covers_n_once():
 
 
 def test_fingerprint_of_the_default_plan_is_pinned():
-    """Shard sets written before keep their identity: a rerun over them must find them done."""
+    """Shard sets written before keep their identity: a rerun over them must find them done. Sets
+    written with the earlier default (DDIM-50) keep theirs when the config names it."""
+    import dataclasses
+
     from dakter_scale.config import Config, to_dict
     from dakter_scale.synth.plan import fingerprint
 
     c = Config()
-    fp = fingerprint("0" * 64, to_dict(c.sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shardset.FORMAT, c.synthesis.batch_size)
-    assert fp == "a733d536e81beb42"
+    assert (c.sampling.sampler, c.sampling.steps) == ("dpmsolver++", 20)
+
+    def fp(sampling):
+        return fingerprint("0" * 64, to_dict(sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shardset.FORMAT, c.synthesis.batch_size)
+
+    assert fp(dataclasses.replace(c.sampling, sampler="ddim", steps=50)) == "a733d536e81beb42"
+    assert fp(c.sampling) == "205982a9e9e4c549"
 
 
 def test_pipelined_passes_items_in_order_and_raises_either_sides_error():
