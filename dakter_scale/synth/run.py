@@ -211,13 +211,18 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
     return Prepared(plan, fp, mhash, info, todo, skipped, corrupt, resized, markers, None, stale)
 
 
-def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: dict | None = None) -> Prepared:
-    """Validate inputs (model folder, plan, writable output) and decide the shards left to write.
-    Refuses, or with overwrite deletes, another dataset in the output. Starts nothing."""
+def check_inputs(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> None:
+    """Raise a one-line error for a bad model folder, step count or plan, or an output that cannot be
+    written; before a run takes its lease, so bad input never leaves a lock behind."""
     check_model_folder(model_dir)
     sampling.check_steps(num_train_timesteps(model_dir))
     Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     storage.check_writable(out_url)
+
+
+def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: dict | None = None) -> Prepared:
+    """Decide the shards left to write (inputs already checked by check_inputs). Refuses, or with
+    overwrite deletes, another dataset in the output. Starts nothing."""
     prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
     if prep.conflict is None:
         return prep
@@ -435,9 +440,7 @@ def synthesize(
         if not torch.cuda.is_available():
             raise PlanError("--device cuda with --actors 0: this process sees no CUDA device")
     t0 = time.time()
-    check_model_folder(model_dir)
-    Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
-    storage.check_writable(out_url)
+    check_inputs(model_dir, out_url, cfg, sampling)
     lease = Lease(out_url, f"synthesis of {cfg.n} pairs (seed {cfg.seed})", cfg.lease_seconds).acquire(break_lock=break_lock)
     try:
         return _synthesize(model_dir, out_url, cfg, sampling, lease, overwrite, progress, use_ray, device, t0, condition, reference)
