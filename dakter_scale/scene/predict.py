@@ -405,8 +405,8 @@ class _TileReader:
 
 class _TileWriter:
     """Blends each batch's probabilities and writes the finished blocks on a helper thread, while the
-    model runs the next batch. On the main thread this took 2.9 and 3.5 % of the tile stage (two
-    instrumented runs of bench_predict.py's 2048² scene, batch 8, on the shared 2-core CPU). The queue holds one batch: at most two batches of
+    model runs the next batch. On the main thread this took 3–4 % of the tile stage, and the pipeline's
+    efficiency against a bare forward loop was 0.918 against 0.95 with this thread (docs/BENCHMARKS.md). The queue holds one batch: at most two batches of
     probabilities wait besides the one being computed, whatever the scene's size."""
 
     def __init__(self, blender: Blender):
