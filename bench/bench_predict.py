@@ -4,8 +4,10 @@
    conversion, batched forward, softmax, blending, windowed GeoTIFF writes) divided by tiles/s of a
    bare forward loop (model(x) under no_grad) over the same number of tiles and batch size, with the
    demo's student architecture (unet, resnet18 encoder, depth 5, 5 classes; random weights: timing
-   only). The bare loop is timed before and after the predictor and averaged, as the CPU is shared.
-   End-to-end (with vectorising, the COGs and the quick-look) is reported beside it.
+   only). Bare loop and predictor alternate (--repeats predictor runs, each between two bare loops,
+   compared with their mean) as the CPU is shared; the medians are reported, with the same ratio in
+   CPU seconds per tile, which moves less with the load. End-to-end (with vectorising, the COGs and
+   the quick-look) is reported beside it.
 2. Peak memory against scene size: each size in a fresh process (the scene is written by another
    one), with a per-pixel segmenter so that the pipeline, not the model, is what is measured; peak RSS
    (VmHWM) after imports and at the end.
@@ -61,45 +63,66 @@ def demo_student(folder: Path) -> Path:
     return save_student(folder, model, {"arch": "unet", "encoder": "resnet18", "encoder_depth": 5, "classes": list(CLASSES), "resolution": 512, "crop": 0, "real": "synthetic:bench", "pixel_spacing_m": 10.0})
 
 
-def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path) -> dict:
+def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path, repeats: int) -> dict:
+    import statistics
+
     import torch
 
     from dakter_scale.scene.predict import PredictOptions, Predictor
+    from dakter_scale.scene.tile import tile_starts
 
     scene = work / f"eff-{size}.tif"
     write_scene(scene, size)
     predictor = Predictor(demo_student(work / "student"), PredictOptions(tile=tile, overlap=overlap, batch_size=batch), device="cpu")
     model = predictor.model
+    tiles = len(tile_starts(size, tile, overlap)) ** 2
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.rand(min(batch, tiles - i), 1, tile, tile, generator=g) * 2 - 1 for i in range(0, tiles, batch)]
 
-    def bare(tiles: int) -> float:
-        g = torch.Generator().manual_seed(0)
-        batches = [torch.rand(min(batch, tiles - i), 1, tile, tile, generator=g) * 2 - 1 for i in range(0, tiles, batch)]
+    def bare() -> dict:
         with torch.no_grad():
-            model(batches[0][:1])  # warm-up
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for x in batches:
                 model(x)
-            return tiles / (time.perf_counter() - t0)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {"tiles_per_second": round(tiles / wall, 4), "cpu_seconds_per_tile": round(cpu / tiles, 4), "load": round(os.getloadavg()[0], 2)}
 
-    from dakter_scale.scene.tile import tile_starts
-
-    tiles = len(tile_starts(size, tile, overlap)) ** 2
     sys.path.insert(0, str(ROOT / "bench"))
     from measure import count_flops
 
     with torch.no_grad():
         flops = count_flops(lambda: model(torch.zeros(1, 1, tile, tile)))
-    before = bare(tiles)
-    record = predictor(str(scene), work / f"eff-{size}")
-    after = bare(tiles)
-    bare_rate = (before + after) / 2
-    t = record["timings"]
+        # Warm-up with each batch shape of the loop (a full one and the last): the first call of a shape
+        # creates its kernels, which would otherwise be charged to the first bare loop alone.
+        model(batches[0])
+        model(batches[-1])
+    # Interleaved, bare / predictor / bare / ...: each predictor run is compared with the bare loops just
+    # before and after it, so that both sides see the same load on a shared machine.
+    bares, runs = [bare()], []
+    for r in range(repeats):
+        record = predictor(str(scene), work / f"eff-{size}-{r}")
+        bares.append(bare())
+        t = record["timings"]
+        around = [b["tiles_per_second"] for b in bares[-2:]]
+        around_cpu = [b["cpu_seconds_per_tile"] for b in bares[-2:]]
+        runs.append({
+            "predict_tile_stage_tiles_per_second": t["tiles_per_second"], "efficiency_tile_stage": round(t["tiles_per_second"] / statistics.mean(around), 3),
+            "efficiency_end_to_end": round(tiles / t["total_seconds"] / statistics.mean(around), 3),
+            "cpu_seconds_per_tile": round(t["tiles_cpu_seconds"] / tiles, 4), "cpu_efficiency_tile_stage": round(statistics.mean(around_cpu) / (t["tiles_cpu_seconds"] / tiles), 3),
+            "timings": t, "forward_seconds": record["tiling"]["forward_seconds"], "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
+            "blend_write_seconds_on_helper_thread": record["tiling"]["blend_write_seconds"], "load": round(os.getloadavg()[0], 2),
+        })
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
     return {
-        "scene": size, "tile": tile, "overlap": overlap, "batch_size": batch, "tiles": tiles, "threads": torch.get_num_threads(),
-        "bare_tiles_per_second": {"before": round(before, 4), "after": round(after, 4), "mean": round(bare_rate, 4)},
-        "predict_tile_stage_tiles_per_second": t["tiles_per_second"], "efficiency_tile_stage": round(t["tiles_per_second"] / bare_rate, 3),
-        "predict_end_to_end_tiles_per_second": round(tiles / t["total_seconds"], 4), "efficiency_end_to_end": round(tiles / t["total_seconds"] / bare_rate, 3),
-        "flops_per_tile": flops, "timings": t, "forward_seconds_inside_predict": record["tiling"]["forward_seconds"], "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
+        "scene": size, "tile": tile, "overlap": overlap, "batch_size": batch, "tiles": tiles, "threads": torch.get_num_threads(), "repeats": repeats, "flops_per_tile": flops,
+        "efficiency_tile_stage": median("efficiency_tile_stage"), "efficiency_end_to_end": median("efficiency_end_to_end"), "cpu_efficiency_tile_stage": median("cpu_efficiency_tile_stage"),
+        "predict_tile_stage_tiles_per_second": median("predict_tile_stage_tiles_per_second"), "bare_tiles_per_second": statistics.median(b["tiles_per_second"] for b in bares),
+        "bare": bares, "runs": runs,
+        "definition": "efficiency: predictor tile-stage tiles/s / the mean of the bare model(x) loops just before and after it (same tiles, batch, threads, process); "
+                      "cpu efficiency: the same with CPU seconds per tile of the whole process (all threads); medians over the repeats",
     }
 
 
@@ -140,6 +163,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3, help="predictor runs in the efficiency part, each between two bare loops (default 3)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict.json"))
     p.add_argument("--write-scene", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -155,7 +179,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         work = Path(tmp)
         if args.efficiency_size:
-            results["efficiency"] = e = efficiency(args.efficiency_size, args.tile, args.overlap, args.batch_size, work)
+            results["efficiency"] = e = efficiency(args.efficiency_size, args.tile, args.overlap, args.batch_size, work, args.repeats)
             print(json.dumps(e), flush=True)
             from dakter_scale.scene.tile import tile_starts
 

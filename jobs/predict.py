@@ -4,10 +4,12 @@
     python jobs/predict.py --student runs/student --scene S1A_IW_GRDH_....SAFE.zip --out runs/scene
     python jobs/predict.py --student runs/student --scene s3://bucket/mosaic.tif --out runs/mosaic --classes oil,look-alike
     python jobs/predict.py --student runs/student --scenes 's3://bucket/2026-11/*.zip' --out runs/month --actors auto
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/predict.py --student runs/student --scenes 's3://bucket/2026-11/*.zip' --out runs/month
 
 A scene is a GeoTIFF/COG (geotransform or ground control points, any CRS), a Sentinel-1 GRD SAFE folder
 or .zip (VV by default, calibrated to sigma-nought with its LUT), or a PNG/JPEG (pixel coordinates).
-With --scenes the scenes run on Ray actors (one model load each); a scene whose predict.json exists is
+With --scenes the scenes run on Ray actors (one model load each; Ray: RAY_ADDRESS, set by `ray job submit`,
+else the latest `ray start` on this machine, else a new local cluster); a scene whose predict.json exists is
 skipped, a failed scene is retried and then reported by name while the others finish.
 """
 

@@ -256,3 +256,37 @@ def test_a_scene_at_an_fsspec_url_is_read_in_place_and_its_credentials_never_rec
     assert record["slicks"] == 1 and record["scene"]["georeferencing"] == "geotransform"  # the one slick inside the 300 x 400 crop
     written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "out").glob("*.json")) + json.dumps(fc)
     assert secret not in written and "memory://***@host" in record["scene"]["source"]
+
+
+def test_a_failed_write_or_forward_mid_scene_is_raised_and_leaves_no_result(tmp_path, codes, monkeypatch):
+    """Blending and writing run on a helper thread: its error reaches the caller, the model's error stops
+    it, and neither leaves a predict.json or the work folder behind (a rerun starts over)."""
+    from dakter_scale.scene import outputs
+
+    scene = write_geotiff(tmp_path / "scene.tif", codes[:300, :400])
+    real_write, writes = outputs.RasterSink.write, []
+
+    def failing_write(self, y0, x0, probs, class_map):
+        writes.append((y0, x0))
+        if len(writes) == 3:
+            raise OSError("disk full")
+        real_write(self, y0, x0, probs, class_map)
+
+    monkeypatch.setattr(outputs.RasterSink, "write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        predict(tmp_path, scene, name="write", tile=96, overlap=24, batch_size=2)
+    assert len(writes) == 3 and not (tmp_path / "write" / "predict.json").exists() and not (tmp_path / "write" / outputs.WORK).exists()
+    monkeypatch.undo()
+
+    class FailsOnThirdBatch(DarkIsOil):
+        calls = 0
+
+        def forward(self, x):
+            FailsOnThirdBatch.calls += 1
+            if FailsOnThirdBatch.calls == 3:
+                raise RuntimeError("out of memory")
+            return super().forward(x)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict(tmp_path, scene, model=FailsOnThirdBatch(), name="forward", tile=96, overlap=24, batch_size=2)
+    assert not (tmp_path / "forward" / "predict.json").exists() and not (tmp_path / "forward" / outputs.WORK).exists()

@@ -1,11 +1,18 @@
-"""Many scenes through synth's driver: in this process, and on a real local Ray cluster with two
-actors. One result per scene, a rerun writes nothing, a corrupt scene is reported by name while the
+"""Many scenes through synth's driver: in this process, on a real local Ray cluster with two
+actors, and as a `ray job submit` entrypoint on a local head. One result per scene, a rerun writes nothing, a corrupt scene is reported by name while the
 others finish; and the deployment export (TorchScript, ONNX) reproduces the eager logits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +20,7 @@ import torch
 
 from dakter_scale.scene.predict import PredictError, PredictOptions, RunSettings, list_scenes, predict_many
 
+from conftest import ROOT, _free_port
 from scenegen import draw_codes, sigma0_of, write_geotiff, write_safe
 from shardgen import TINY_STUDENT
 
@@ -85,6 +93,74 @@ def test_many_scenes_on_ray_actors(student, scenes, tmp_path):
     assert sorted(summary.written) == ["tile-0", "tile-1", "tile-2"] and outputs(out) == ["tile-0", "tile-1", "tile-2"]
     assert list(summary.failed) == ["bad"] and "bad.tif" in summary.failed["bad"]
     assert len({a["pid"] for a in summary.strategy["actors_started"]}) == 2  # one model load per actor
+
+
+@contextlib.contextmanager
+def ray_head():
+    """A `ray start --head` with the job server (dashboard) in a private temp dir, as in
+    bench/ray_job_check.sh: token authentication on with its own token file, free ports, stopped by its
+    process id (never `ray stop`, which stops every Ray cluster on the machine). Yields (job server
+    address, GCS port, the environment a client needs, the ray CLI)."""
+    work = tempfile.mkdtemp(prefix="dakter-ray-")  # short: Ray's socket paths must stay under 108 bytes
+    token = os.path.join(work, "auth_token")
+    with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(os.urandom(32).hex())
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    gcs, dash, *ports = (_free_port() for _ in range(7))
+    flags = ["--port", gcs, "--dashboard-port", dash, "--ray-client-server-port", ports[0], "--dashboard-agent-listen-port", ports[1],
+             "--dashboard-agent-grpc-port", ports[2], "--runtime-env-agent-port", ports[3], "--metrics-export-port", ports[4]]
+    log = open(os.path.join(work, "head.log"), "w")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--temp-dir={work}/ray", "--num-cpus=2", "--disable-usage-stats",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", *map(str, flags)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 240
+        while subprocess.run([ray_cli, "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "ray start --head failed:\n" + open(os.path.join(work, "head.log")).read()[-4000:]
+            time.sleep(1)
+        yield address, gcs, env, ray_cli
+    finally:
+        if head.poll() is None:
+            head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait()
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow  # a head with its job server, then a job that starts two actors: ~2 min on the shared CPU
+def test_predict_scenes_as_a_ray_job_submit_entrypoint(student, tmp_path):
+    """docs/inference.md's command: the repository uploaded as the job's working dir, the job's driver
+    connects to the head it was submitted to (RAY_ADDRESS, set by the job server) and not to a cluster
+    of its own, two actors, one result per scene."""
+    pytest.importorskip("ray")
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for i in range(2):
+        write_geotiff(folder / f"scene-{i}.tif", sigma0_of(draw_codes(160, 200, seed=i)))
+    out = tmp_path / "out"
+    runtime_env = {"excludes": [".git", ".venv", "runs"], "env_vars": {"DAKTER_PROGRESS": "0"}}
+    with ray_head() as (address, gcs, env, ray_cli):
+        submitted = subprocess.run([ray_cli, "job", "submit", "--address", address, "--submission-id", "predict-check", "--working-dir", str(ROOT),
+                                    "--runtime-env-json", json.dumps(runtime_env), "--",
+                                    sys.executable, "jobs/predict.py", "--student", student, "--scenes", str(folder / "*.tif"), "--out", str(out),
+                                    "--tile", "128", "--overlap", "16", "--pixel-spacing", "10", "--no-quicklook", "--actors", "2", "--retries", "0", "--json"],
+                                   env=env, capture_output=True, text=True, timeout=600)
+        logs = submitted.stdout + submitted.stderr
+        assert submitted.returncode == 0, logs[-4000:]
+        status = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient as C; print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)",
+                                 address, "predict-check"], env=env, capture_output=True, text=True)
+        assert status.stdout.strip() == "SUCCEEDED", (status.stdout + status.stderr)[-2000:]
+    summary = json.loads(next(line for line in logs.splitlines() if line.startswith("{") and '"written"' in line))
+    assert summary["ok"] and sorted(summary["written"]) == ["scene-0", "scene-1"] and outputs(out) == ["scene-0", "scene-1"]
+    # The GCS port was picked here and given to the head: a cluster started by the job would have another.
+    assert summary["strategy"]["ray"].rsplit(":", 1)[-1] == str(gcs), f"the job did not run on the head it was submitted to: {summary['strategy']}"
+    assert summary["strategy"]["actors"] == 2
 
 
 # -- export ------------------------------------------------------------------------------------------------------

@@ -60,7 +60,10 @@ class RasterSink:
 
         h, w = probs.shape[1:]
         window = Window(x0, y0, w, h)
-        self.prob.write(np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8), window=window)
+        codes = probs * 255.0  # rounded and clipped in place: one temporary array per block, not three
+        np.rint(codes, out=codes)
+        np.clip(codes, 0, 255, out=codes)
+        self.prob.write(codes.astype(np.uint8), window=window)
         self.cls.write(class_map[None].astype(np.uint8), window=window)
 
     def read_band(self, band: int, r0: int, r1: int) -> np.ndarray:

@@ -106,7 +106,7 @@ class Blender:
         if j == 0:
             self.left = None
             self.new_top = np.zeros((self.channels, y0 + self.th - y1, self.width), dtype=np.float32) if i + 1 < len(self.ys) else None
-        canvas = probs.astype(np.float32) * self.weights(i, j)
+        canvas = np.multiply(probs, self.weights(i, j), dtype=np.float32)  # one new array, not a copy and then a product
         if self.top is not None:
             # Only this tile's own columns [x0, x1): the rest of the carried rows go to the next tile.
             canvas[:, : self.top.shape[1], :fw] += self.top[:, :, x0:x1]
