@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
     p.add_argument("--class-target", metavar="CLASS:F[x],...", help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated")
-    p.add_argument("--target-route", choices=["selection", "conditioned"], default="selection", help="how --class-target is met: selection from a larger draw (default), or images drawn given composed label maps")
+    p.add_argument("--target-route", choices=["selection", "conditioned"], default="selection", help="how --class-target is met: selection from a larger draw (default), or images drawn given label maps (worse students so far: RESULTS.md)")
     p.add_argument("--max-draw-factor", type=float, default=20.0, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (default 20)")
     p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")
     args = p.parse_args()
