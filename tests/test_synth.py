@@ -241,6 +241,50 @@ def test_every_sampler_is_bounded_clipped_and_a_pair_depends_on_its_seed_only(mo
 # -- a local run ----------------------------------------------------------------------------------
 
 
+def test_loading_the_model_in_many_threads_leaves_torch_as_it_was(model):
+    """from_pretrained builds the UNet inside accelerate's init_empty_weights, which swaps
+    nn.Module.register_parameter process-wide and restores what it found: two threads loading at
+    once left it swapped, and every module built afterwards (students in later tests) was on the meta
+    device. load_model_folder builds from the config instead."""
+    from dakter_scale.diffusion.model import load_model_folder
+
+    register = torch.nn.Module.register_parameter
+    barrier, loaded = threading.Barrier(4), []
+
+    def load() -> None:
+        barrier.wait()
+        loaded.append(load_model_folder(model))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loaded) == 4 and torch.nn.Module.register_parameter is register
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    first = dict(loaded[0].unet.state_dict())
+    assert all(p.device.type == "cpu" for p in first.values())
+    for other in loaded[1:]:
+        assert all(torch.equal(first[k], v) for k, v in other.unet.state_dict().items())
+
+
+def test_a_model_folder_whose_weights_do_not_fit_its_config_is_one_error(model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dakter_scale.diffusion.model import ModelFolderError, load_model_folder
+
+    broken = tmp_path / "m"
+    shutil.copytree(model, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, weights)
+    with pytest.raises(ModelFolderError, match="does not fit"):
+        load_model_folder(broken)
+
+
 def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
     out = tmp_path / "shards"
     summary = synthesize(model, out, cfg(n=10))

@@ -153,12 +153,34 @@ def check_model_folder(directory: str | Path) -> Path:
     return d
 
 
+def _load_unet(unet_class: Any, folder: Path) -> Any:
+    """The UNet of a model folder, built from its config and filled from its safetensors file.
+
+    Not ``from_pretrained``: that builds the network inside accelerate's ``init_empty_weights``,
+    which swaps ``nn.Module.register_parameter`` process-wide and restores whatever it found on
+    entry; two threads loading at once can leave it swapped for good, and every module built later
+    in the process (a student, another model) then lives on the meta device. Seen in this project's
+    tests when two synthesis runs loaded the model in threads.
+    """
+    from safetensors.torch import load_file
+
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise ModelFolderError(f"{weights} is missing")
+    unet = unet_class.from_config(unet_class.load_config(folder))
+    try:
+        unet.load_state_dict(load_file(weights))
+    except RuntimeError as e:
+        raise ModelFolderError(f"{weights} does not fit {folder / 'config.json'}: {str(e).splitlines()[0][:200]}") from None
+    return unet
+
+
 def load_model_folder(directory: str | Path, device: str | torch.device = "cpu") -> JointDiffusion:
     from diffusers import DDPMScheduler, UNet2DModel
 
     d = check_model_folder(directory)
     info = json.loads((d / INFO_FILE).read_text())
-    unet = UNet2DModel.from_pretrained(d / "unet", use_safetensors=True).to(device).eval()
+    unet = _load_unet(UNet2DModel, d / "unet").to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(d / "scheduler")
     if unet.config.in_channels != 1 + len(info["classes"]):
         raise ModelFolderError(f"{d}: the UNet has {unet.config.in_channels} channels but dakter.json lists {len(info['classes'])} classes")
