@@ -66,3 +66,21 @@ def s3_bucket(s3_server):
 def job(name: str) -> list[str]:
     """argv prefix to run a job script with this interpreter."""
     return [sys.executable, str(ROOT / "jobs" / name)]
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory):
+    """The tiny joint model of the synthesis tests (test_synth.tiny_model: trained once per session)."""
+    from test_synth import tiny_model
+
+    return tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The in-process writer sets torch's thread count (as an actor would); give it back after each test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ import traceback
 
 import pytest
 import webdataset as wds
-from test_synth import SAMPLING, cfg, synthesize, tiny_model
+from test_synth import SAMPLING, cfg, synthesize
 
 from dakter_scale.data import storage
 from dakter_scale.data.lease import Lease, LeaseError, check_ref, lock_name
@@ -27,11 +27,6 @@ from dakter_scale.synth import worker as synth_worker
 
 from conftest import job
 from shardgen import job_env
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(params=["local", "s3"])

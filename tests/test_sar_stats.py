@@ -82,13 +82,6 @@ def test_divergence_warns_on_enl_and_histogram_drift_and_notes_a_missing_record(
 # -- through a synthesis run ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from test_synth import tiny_model
-
-    return tiny_model(tmp_path_factory)
-
-
 def _with_train_sar(model, folder, sar):
     shutil.copytree(model, folder)
     info = json.loads((folder / "dakter.json").read_text())

@@ -56,19 +56,6 @@ def tiny_model(tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.fixture(scope="session")
-def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The in-process writer sets torch's thread count (as an actor would); give it back after each test."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def cfg(n=8, samples_per_shard=4, batch_size=3, seed=5, **kw) -> SynthesisConfig:
     return SynthesisConfig(n=n, samples_per_shard=samples_per_shard, batch_size=batch_size, seed=seed, **kw)
 

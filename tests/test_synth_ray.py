@@ -10,18 +10,13 @@ import shutil
 import subprocess
 
 import pytest
-from test_synth import SAMPLING, TINY, cfg, presigned, read_keys, tiny_model
+from test_synth import SAMPLING, TINY, cfg, presigned, read_keys
 
 from dakter_scale.data import shardset, storage
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.synth import run as synth_run
 
 from conftest import ROOT, job
-
-
-@pytest.fixture(scope="session")
-def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory)
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ import torch
 import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_synth import tiny_model
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig
 from dakter_scale.core.compose import class_shares, compose_mask
@@ -40,18 +39,6 @@ from shardgen import job_env
 CLASSES = ("sea", "oil", "look-alike", "ship", "land")
 OSD = (0.89, 0.01, 0.06, 0.0004, 0.0396)  # about the OSD training pixel shares (PAPER.md)
 SAMPLING = SamplingConfig(steps=3)
-
-
-@pytest.fixture(scope="session")
-def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def synth_cfg(n=4, **kw) -> SynthesisConfig:

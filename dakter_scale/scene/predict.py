@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -335,6 +335,15 @@ def _lut(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
     return None if cal is None else lut_at(cal.lines, cal.pixels, cal.sigma_nought, rows.astype(np.float64), cols.astype(np.float64))
 
 
+def _helper_thread(run: Callable[[], None], name: str) -> threading.Thread:
+    """A started daemon thread running `run` in a copy of this context: rasterio finds the fsspec file
+    objects of URL scenes through a context variable."""
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(run,), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 class _TileReader:
     """Reads and converts tiles on a helper thread, in the blender's order, a bounded queue ahead of
     the model (reading, calibration and resampling overlap the forward passes)."""
@@ -345,10 +354,7 @@ class _TileReader:
         self.seconds = 0.0
         self.error: BaseException | None = None
         self.stopping = threading.Event()
-        # In this thread's context: rasterio finds the fsspec file objects of URL scenes through a context variable.
-        context = contextvars.copy_context()
-        self.thread = threading.Thread(target=context.run, args=(self._run,), name="tile-reader", daemon=True)
-        self.thread.start()
+        self.thread = _helper_thread(self._run, "tile-reader")
 
     def tile(self, y0: int, x0: int) -> torch.Tensor:
         """Model-grid tile at (y0, x0): (1, th, tw) float32 in [-1, 1]."""
@@ -416,9 +422,7 @@ class _TileWriter:
         self.peak_carry = 0
         self.error: BaseException | None = None
         self.stopping = threading.Event()
-        context = contextvars.copy_context()
-        self.thread = threading.Thread(target=context.run, args=(self._run,), name="tile-writer", daemon=True)
-        self.thread.start()
+        self.thread = _helper_thread(self._run, "tile-writer")
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
