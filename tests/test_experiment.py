@@ -41,7 +41,7 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     text = path.read_text()
     for name in ("no augmentation", "hard labels", "DAKTer (soft labels + KD)", "b = 1"):
         assert name in text
-    assert "DAKTer > hard > none in mean mIoU for" in text
+    assert "In mean mIoU: DAKTer > hard > none for" in text
     assert "KD weight λ = 1 (unet 0.7)" in text
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["runs"]) == 2 * 4  # seeds x methods
@@ -295,3 +295,19 @@ def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
     before = (tmp_path / "generated" / "b_cfg_target" / "shard-000000.tar").stat().st_mtime_ns
     Experiment(cfg, tmp_path, progress=False).run()
     assert (tmp_path / "generated" / "b_cfg_target" / "shard-000000.tar").stat().st_mtime_ns == before
+
+
+def test_the_verdict_names_each_ordering_whose_methods_ran():
+    """With only none and DAKTer run, DAKTer > none is counted (it was reported as 0 of 2 students
+    whenever hard labels had not run), and the orderings that need hard labels are left out."""
+    from dakter_scale.study.analyse import Results
+    from dakter_scale.study.report import verdict
+
+    cfg = load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.archs=[unet,deeplabv3plus]"])
+    plan = Plan(cfg, n_train=6)
+    miou = {("none", "unet"): 0.67, ("dakter", "unet"): 0.64, ("none", "deeplabv3plus"): 0.57, ("dakter", "deeplabv3plus"): 0.58}
+    runs = {r.name: {"miou": miou[(r.method, r.arch)]} for r in plan.main_runs()}
+    results = Results(runs, plan)
+    assert results.verdict() == {"dakter>none": ["deeplabv3plus"]}
+    text = " ".join(verdict(results, plan))
+    assert "DAKTer > none for 1 of 2 students (deeplabv3plus)" in text and "hard" not in text

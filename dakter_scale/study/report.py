@@ -144,17 +144,23 @@ def main_table(r: Results) -> list[str]:
     return lines
 
 
+VERDICT_TEXT = {
+    "dakter>hard>none": "DAKTer > hard > none",
+    "dakter>hard": "DAKTer > hard",
+    "dakter>none": "DAKTer > none",
+    "dakter>hard_matched": "DAKTer > hard labels at the same weight λ",
+}
+
+
 def verdict(r: Results, plan: Plan) -> list[str]:
+    """One sentence: for each ordering whose methods ran, the students for which it holds."""
     v, e = r.verdict(), plan.e
-    matched = f"; DAKTer > hard labels at the same weight λ for {len(v['dakter>hard_matched'])} ({_names(v['dakter>hard_matched'])})." if "hard_matched" in e.methods else "."
-    return [
-        "",
-        f"DAKTer > hard > none in mean mIoU for {len(v['dakter>hard>none'])} of {len(e.archs)} students ({_names(v['dakter>hard>none'])}); "
-        f"DAKTer > hard for {len(v['dakter>hard'])} ({_names(v['dakter>hard'])}); DAKTer > none for {len(v['dakter>none'])} ({_names(v['dakter>none'])})"
-        + (f"; b = {plan.cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({_names(v['b_auto>=b_1'])})" if "dakter_b1" in e.methods else "")
-        + matched,
-        "",
-    ]
+    clauses = [f"{text} for {len(v[key])} of {len(e.archs)} students ({_names(v[key])})" for key, text in VERDICT_TEXT.items() if key in v]
+    if "b_auto>=b_1" in v:
+        clauses.append(f"b = {plan.cfg.diffusion.b} ≥ b = 1 for {len(v['b_auto>=b_1'])} ({_names(v['b_auto>=b_1'])})")
+    if not clauses:
+        return []
+    return ["", "In mean mIoU: " + "; ".join(clauses) + ".", ""]
 
 
 def same_seed_table(r: Results) -> list[str]:
