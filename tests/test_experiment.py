@@ -41,7 +41,7 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     text = path.read_text()
     for name in ("no augmentation", "hard labels", "DAKTer (soft labels + KD)", "b = 1"):
         assert name in text
-    assert "In mean mIoU: DAKTer > hard > none for" in text
+    assert "DAKTer > hard > none in mean mIoU for" in text
     assert "KD weight λ = 1 (unet 0.7)" in text
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["runs"]) == 2 * 4  # seeds x methods
@@ -310,4 +310,4 @@ def test_the_verdict_names_each_ordering_whose_methods_ran():
     results = Results(runs, plan)
     assert results.verdict() == {"dakter>none": ["deeplabv3plus"]}
     text = " ".join(verdict(results, plan))
-    assert "DAKTer > none for 1 of 2 students (deeplabv3plus)" in text and "hard" not in text
+    assert "DAKTer > none in mean mIoU for 1 of 2 students (deeplabv3plus)." in text and "hard" not in text
