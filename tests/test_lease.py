@@ -59,6 +59,15 @@ def test_a_held_prefix_refuses_a_second_run_with_one_line_naming_the_holder(pref
     second.release()
 
 
+def race(attempt, count: int) -> None:
+    """Run attempt(0) ... attempt(count - 1) in threads (each waits at a shared barrier) and join them."""
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_of_runs_starting_at_once_exactly_one_gets_the_prefix(prefix):
     runs, barrier = 6, threading.Barrier(6)
     won, refused = [], []
@@ -71,11 +80,7 @@ def test_of_runs_starting_at_once_exactly_one_gets_the_prefix(prefix):
         except LeaseError:
             refused.append(i)
 
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(runs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    race(attempt, runs)
     assert len(won) == 1 and len(refused) == runs - 1
     won[0].check()
     won[0].release()
@@ -97,11 +102,7 @@ def test_exclusive_create_lets_exactly_one_of_many_writers_through(prefix):
         except FileExistsError:
             lost.append(i)
 
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    race(attempt, writers)
     assert len(won) == 1 and len(lost) == writers - 1
     fs.invalidate_cache(root)
     assert fs.cat_file(path) == f"writer {won[0]}".encode() * 1000
