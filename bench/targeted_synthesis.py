@@ -1,7 +1,7 @@
 """Targeted synthesis, measured: achieved class shares, label alignment and cost per kept pair of
 each route against untargeted synthesis (docs/RESULTS.md, "Targeted synthesis").
 
-    python bench/targeted_synthesis.py MODEL SEGMENTER CONFIG OUT N SEEDS SPECS [MAX_DRAW_FACTOR]
+    python bench/targeted_synthesis.py MODEL SEGMENTER CONFIG OUT N SEEDS SPECS [MAX_DRAW_FACTOR [VARIANTS]]
     python bench/targeted_synthesis.py runs/demo/model runs/demo/real-only-unet configs/demo.yaml \
         runs/target 100 0,1,2 'oil:3x,ship:3x;oil:1.5x' 20
 
@@ -11,7 +11,10 @@ untargeted set of N pairs with that seed (the same plan: pair seeds, shards and 
 untargeted row is read from there; then the conditioned route (N pairs per spec). A route's refusal
 (TargetError) is recorded as such. Every set is scored by quality.generation_quality (label
 alignment of the real-only SEGMENTER on the generated images, class fractions, SAR statistics).
-Records go to OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
+VARIANTS: the conditioned route's settings, comma-separated FREE_STEPS:RESAMPLE (default 0:1, plain
+replacement; 10:1 lets the last 10 steps run jointly, 0:4 is RePaint's resampling with u = 4), each
+recorded as conditioned-free10, conditioned-resample4. Records go to OUT/records.jsonl, one per
+(seed, route, spec); a rerun skips recorded ones.
 
     python bench/targeted_synthesis.py summary OUT docs/results/targeted_synthesis.json
 
@@ -30,7 +33,12 @@ import time
 from pathlib import Path
 
 
-def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, free: tuple[int, ...] = (0,)) -> None:
+def variant(record: dict) -> str:
+    """A record's route with its conditioned settings: conditioned-free10, conditioned-resample4."""
+    return record["route"] + (f"-free{record['free_steps']}" if record.get("free_steps") else "") + (f"-resample{record['resample']}" if record.get("resample", 1) > 1 else "")
+
+
+def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[int, int], ...] = ((0, 1),)) -> None:
     import logging
 
     from dakter_scale.config import load_config
@@ -41,7 +49,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    done = {(r["seed"], r["route"] + (f"-free{r['free_steps']}" if r.get("free_steps") else ""), r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))} if (root / "records.jsonl").is_file() else set()
+    done = {(r["seed"], variant(r), r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))} if (root / "records.jsonl").is_file() else set()
 
     def emit(record: dict) -> None:
         print("RESULT", json.dumps(record), flush=True)
@@ -51,21 +59,22 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     for seed in seeds:
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
         draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
-        for route, free_steps in [("selection", 0)] + [("conditioned", k) for k in free]:
-            name = route + (f"-free{free_steps}" if free_steps else "")
+        for route, free_steps, resample in [("selection", 0, 1)] + [("conditioned", f, u) for f, u in variants]:
+            settings = {k: v for k, v in (("free_steps", free_steps), ("resample", resample)) if v != {"free_steps": 0, "resample": 1}[k]}
+            name = variant({"route": route, **settings})
             for spec in specs:
                 if (seed, name, spec) in done:
                     continue
                 url = str(root / f"{name}-{spec.replace(':', '').replace(',', '-')}-s{seed}")
                 t0 = time.time()
                 try:
-                    result = synthesize_targeted(model, url, cfg.synthesis, cfg.sampling, spec, route, max_draw_factor, draw, free_steps, progress=False, use_ray=False)
+                    result = synthesize_targeted(model, url, cfg.synthesis, cfg.sampling, spec, route, max_draw_factor, draw, free_steps, resample, progress=False, use_ray=False)
                 except TargetError as e:  # the route refuses: a measured outcome too
                     emit({"seed": seed, "route": route, "spec": spec, "n": n, "refused": str(e), "seconds": round(time.time() - t0, 1)})
                     continue
                 q = generation_quality(cfg, url, segmenter, n=n)
                 record = {"seed": seed, "route": route, "spec": spec, "n": n, "url": url, "seconds": round(time.time() - t0, 1), "target": result.info.target, "quality": q}
-                emit(dict(record, free_steps=free_steps) if free_steps else record)
+                emit(dict(record, **settings))
             if route == "selection" and (seed, "untargeted", "") not in done:
                 q = generation_quality(cfg, draw, segmenter, n=n)
                 emit({"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q})
@@ -79,7 +88,7 @@ def summary(out: str, json_path: str) -> None:
     classes = ("sea", "oil", "look-alike", "ship", "land")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["route"] + (f"-free{r['free_steps']}" if r.get("free_steps") else ""), r["spec"]), []).append(r)
+        groups.setdefault((variant(r), r["spec"]), []).append(r)
     # untargeted pairs cost what the draw's pairs cost: sampling seconds per drawn pair of the seed's selection
     per_drawn = {r["seed"]: r["target"]["cost"]["sampling_seconds_per_kept_pair"] / r["target"]["cost"]["pairs_drawn_per_kept_pair"] for r in records if r["route"] == "selection" and "target" in r}
 
@@ -158,5 +167,5 @@ if __name__ == "__main__":
         sys.exit(summary(args[1], args[2]))
     if len(args) < 6:
         sys.exit(__doc__)
-    free = tuple(int(k) for k in args[8].split(",")) if len(args) > 8 else (0,)
-    main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, free)
+    variants = tuple((int(f), int(u)) for f, u in (v.split(":") for v in args[8].split(","))) if len(args) > 8 else ((0, 1),)
+    main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, variants)

@@ -199,24 +199,33 @@ def test_pair_mask_is_a_function_of_the_seed():
 # -- replacement conditioning in the sampler -------------------------------------------------------
 
 
+def recorded_model(model_dir):
+    """The model with a network that records (its input, t) per call; two seeds and their given labels
+    (all oil, all ship)."""
+    m = load_model_folder(model_dir, "cpu")
+    k, r = m.num_classes, m.resolution
+    masks = torch.from_numpy(np.stack([np.full((r, r), 1), np.full((r, r), 3)]).astype(np.int64))
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, z, t):
+            seen.append((z.clone(), int(t)))
+            return self.unet(z, t)
+
+    m.unet = Recorder(m.unet)
+    return m, [3, 4], m.b * (2 * one_hot(masks, k) - 1), seen
+
+
 def test_given_label_replaces_the_label_channels_by_the_forward_noised_label(model):
     """At every step but the first, the network sees label channels sqrt(abar) y0 + sqrt(1 - abar) eps
     with eps drawn from the pair's own generator, after that step's image noise; the image channel is
     the sampler's."""
-    m = load_model_folder(model, "cpu")
+    m, seeds, y0, seen = recorded_model(model)
     k, r = m.num_classes, m.resolution
-    seeds = [3, 4]
-    masks = torch.from_numpy(np.stack([np.full((r, r), 1), np.full((r, r), 3)]).astype(np.int64))
-    y0 = m.b * (2 * one_hot(masks, k) - 1)
-    seen = []
-    unet = m.unet
-
-    class Recorder(torch.nn.Module):
-        def forward(self, z, t):
-            seen.append((z.clone(), int(t)))
-            return unet(z, t)
-
-    m.unet = Recorder()
     cfg = SamplingConfig(steps=3)
     sample_pairs(m, seeds, cfg, "cpu", given_label=y0)
     sched = sampling_scheduler(m, cfg)
@@ -236,6 +245,49 @@ def test_given_label_replaces_the_label_channels_by_the_forward_noised_label(mod
     sample_pairs(m, seeds, cfg, "cpu", given_label=y0, free_steps=1)
     assert torch.allclose(seen[1][0][:, 1:], add_noise(y0, noise, abar[t1].expand(2)), atol=1e-6)
     assert not torch.allclose(seen[2][0][:, 1:], add_noise(y0, noise2, abar[seen[2][1]].expand(2)), atol=1e-3)
+
+
+def test_resampling_takes_each_replaced_step_again_from_its_own_level(model, tmp_path):
+    """RePaint's u = 2 over 3 DDIM steps: steps 1 and 2 (label replaced after them) run twice, the
+    last once (5 network calls); a repeat starts from the replaced result forward-noised back to the
+    step's own level with the pair's own noise; a pair drawn alone is the same pair (bits may differ
+    with the batch's size, as without resampling) and its batch drawn again gives the same bits."""
+    m, seeds, y0, seen = recorded_model(model)
+    k, r = m.num_classes, m.resolution
+    unet = m.unet.unet
+    cfg = SamplingConfig(sampler="ddim", steps=3)
+    both = sample_pairs(m, seeds, cfg, "cpu", given_label=y0, resample=2)
+    assert [t for _, t in seen] == [seen[0][1]] * 2 + [seen[2][1]] * 2 + [seen[4][1]]
+    sched = sampling_scheduler(m, cfg)
+    abar = sched.alphas_cumprod.float()
+    t0, t1 = seen[0][1], seen[2][1]
+    # replay pair by pair: the first step, the label replaced at t1, then back to t0's level
+    for j, s in enumerate(seeds):
+        g = torch.Generator().manual_seed(s)
+        z = torch.randn((1 + k, r, r), generator=g)
+        z[1:] = add_noise(y0[j], z[1:], abar[t0])
+        label_noise = torch.randn((k, r, r), generator=g)
+        back = torch.randn((1 + k, r, r), generator=g)
+        # the label channels of the repeat's input: the replaced label, forward-noised from t1 to t0
+        expected = add_noise(add_noise(y0[j], label_noise, abar[t1]), back[1:], abar[t0] / abar[t1])
+        assert torch.allclose(seen[1][0][j, 1:], expected, atol=1e-5)
+    m.unet = unet
+    alone = sample_pairs(m, seeds[1:], cfg, "cpu", given_label=y0[1:], resample=2)
+    assert torch.allclose(alone.images, both.images[1:], atol=1e-4) and torch.allclose(alone.q, both.q[1:], atol=1e-4)
+    again = sample_pairs(m, seeds, cfg, "cpu", given_label=y0, resample=2)
+    assert torch.equal(again.images, both.images) and torch.equal(again.q, both.q)
+    assert not torch.equal(sample_pairs(m, seeds, cfg, "cpu", given_label=y0).images, both.images)
+    for sampler in ("dpmsolver++", "unipc"):
+        with pytest.raises(ValueError, match="ddim or ddpm"):
+            sample_pairs(m, seeds, SamplingConfig(sampler=sampler, steps=3), "cpu", given_label=y0, resample=2)
+    with pytest.raises(TargetError, match="conditioned route: resample must be .* got 2 with unipc"):  # before any sampling
+        targeted.synthesize_targeted(model, str(tmp_path / "o"), synth_cfg(n=4), SamplingConfig(sampler="unipc", steps=3), "oil:3x", "conditioned", resample=2, progress=False, use_ray=False)
+    assert not (tmp_path / "o").exists()
+    # u is part of a conditioned set's identity; u = 1 leaves the identity of sets written before it existed
+    t, info = targeted.model_target(model, "oil:3x")
+    masks = targeted.training_masks(info)
+    plain, u2 = (synth_run.condition_identity(targeted.condition_for(t, masks, resample=u)) for u in (1, 2))
+    assert "resample" not in plain and "free_steps" not in plain and u2 == dict(plain, resample=2)
 
 
 # -- the routes on real shard sets -----------------------------------------------------------------

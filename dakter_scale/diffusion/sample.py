@@ -20,7 +20,11 @@ With ``given_label`` the image is drawn given a label map (replacement condition
 2021, "Score-based generative modeling through SDEs", imputation; Lugmayr et al. 2022, RePaint): after
 every step the label channels are replaced by the given label forward-noised to the next step's
 noise level, so the joint model needs no retraining. The soft label is still the model's own
-estimate (the decoded x0_hat label channels), not the given map.
+estimate (the decoded x0_hat label channels), not the given map. Replacement alone lets the image
+ignore small given structures (a ship of a few pixels); RePaint's resampling (``resample`` = u)
+takes each replaced step u times, forward-noising the result back to the step's own level in
+between (q(z_t | z_t'), a per-pair draw), so the image gets u chances to agree with the label.
+It needs a sampler without memory between steps (ddim, ddpm).
 """
 
 from __future__ import annotations
@@ -64,6 +68,33 @@ def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
     return sched
 
 
+def check_resample(resample: int, sampler: str) -> None:
+    """RePaint's resampling takes a step again from its own level: only samplers whose steps keep no
+    state between calls can do that."""
+    if resample < 1 or (resample > 1 and sampler not in ("ddim", "ddpm")):
+        raise ValueError(f"resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got {resample} with {sampler}")
+
+
+def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, gens) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sampler step: z_t (N, 1+K, H, W) -> (z at the next level, the clipped clean estimate x0_hat)."""
+    device = z.device
+    with _autocast(device):
+        output = model.unet(z, t.to(device)).sample.float()
+    a = alpha_bar[t].expand(z.shape[0])
+    x0, eps = joint_to_x0_eps(output, z, a, model.prediction_type, model.label_prediction_type)
+    if cfg.clip:
+        x0 = clip_x0(x0, model.b)
+        eps = eps_from_x0(x0, z, a)
+    if cfg.sampler == "ddim":
+        noise = None
+        if cfg.eta > 0:
+            noise = torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens])
+        return sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise).prev_sample, x0
+    if cfg.sampler == "ddpm":
+        return sched.step(eps, t, z, generator=gens).prev_sample, x0
+    return sched.step(x0, t, z).prev_sample, x0
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -78,13 +109,15 @@ def sample_pairs(
     device: str | torch.device | None = None,
     given_label: torch.Tensor | None = None,
     free_steps: int = 0,
+    resample: int = 1,
 ) -> Samples:
     """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
     given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
     (module docstring), or None for the joint. free_steps: the last steps run jointly (the label is
-    no longer replaced), so that label and image can settle on each other."""
+    no longer replaced), so that label and image can settle on each other. resample: how many times
+    each replaced step is taken (RePaint's u; 1 = plain replacement), about u times the cost."""
+    check_resample(resample, cfg.sampler)
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
-    unet = model.unet
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     z = torch.stack([torch.randn((1 + k, r, r), generator=g, device=device) for g in gens])
@@ -97,27 +130,17 @@ def sample_pairs(
         z[:, 1:] = add_noise(given_label, z[:, 1:], alpha_bar[timesteps[0]].expand(z.shape[0]))
     decoded: list[torch.Tensor] = []
     for i, t in enumerate(timesteps):
-        with _autocast(device):
-            output = unet(z, t.to(device)).sample.float()
-        a = alpha_bar[t].expand(z.shape[0])
-        x0, eps = joint_to_x0_eps(output, z, a, model.prediction_type, model.label_prediction_type)
-        if cfg.clip:
-            x0 = clip_x0(x0, b)
-            eps = eps_from_x0(x0, z, a)
+        replaced = given_label is not None and i + 1 < len(timesteps) - free_steps  # after the last step only x0_hat is read
+        for u in range(resample if replaced else 1):
+            if u > 0:  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
+                ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
+                z = add_noise(z, torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens]), ratio)
+            z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
+            if replaced:
+                noise = torch.stack([torch.randn(given_label.shape[1:], generator=g, device=device) for g in gens])
+                z[:, 1:] = add_noise(given_label, noise, alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
         if i >= len(timesteps) - cfg.decode_last:
             decoded.append(decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau))
-        if cfg.sampler == "ddim":
-            noise = None
-            if cfg.eta > 0:
-                noise = torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens])
-            z = sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise).prev_sample
-        elif cfg.sampler == "ddpm":
-            z = sched.step(eps, t, z, generator=gens).prev_sample
-        else:
-            z = sched.step(x0, t, z).prev_sample
-        if given_label is not None and i + 1 < len(timesteps) - free_steps:  # after the last step only x0_hat is read
-            noise = torch.stack([torch.randn(given_label.shape[1:], generator=g, device=device) for g in gens])
-            z[:, 1:] = add_noise(given_label, noise, alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
     q = torch.stack(decoded).mean(dim=0)
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)

@@ -160,9 +160,10 @@ def condition_identity(condition: dict | None) -> dict | None:
     if condition is None:
         return None
     masks = np.ascontiguousarray(condition["masks"], dtype=np.uint8)
-    free = {"free_steps": int(condition["free_steps"])} if condition.get("free_steps") else {}
+    # absent at their defaults, so sets written before these knobs existed keep their fingerprints
+    harmonise = {k: int(condition[k]) for k, default in (("free_steps", 0), ("resample", 1)) if int(condition.get(k, default)) != default}
     return {
-        **free,
+        **harmonise,
         "route": "conditioned",
         "spec": condition["spec"],
         "training": [float(v) for v in condition["training"]],

@@ -44,6 +44,7 @@ from dakter_scale.data.real import open_source, random_patch
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, divergence, marker_count, marker_stats, stats_lines
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import check_model_folder
+from dakter_scale.diffusion.sample import check_resample
 from dakter_scale.synth import target as tgt
 from dakter_scale.synth.run import Summary, synthesize
 from dakter_scale.synth.target import ClassTarget, TargetError
@@ -79,11 +80,12 @@ def check_max_draw_factor(value: float) -> float:
     return float(value)
 
 
-def condition_for(target: ClassTarget, masks: np.ndarray, free_steps: int = 0) -> dict:
+def condition_for(target: ClassTarget, masks: np.ndarray, free_steps: int = 0, resample: int = 1) -> dict:
     """The ShardWriter's `condition` for the conditioned route (checked composable first); the last
-    free_steps sampling steps run jointly (diffusion/sample.py)."""
+    free_steps sampling steps run jointly, each replaced step is taken `resample` times
+    (diffusion/sample.py)."""
     tgt.check_composable(masks, target)
-    return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps)}
+    return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps), "resample": int(resample)}
 
 
 def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float) -> tuple[ClassTarget, np.ndarray | None, dict]:
@@ -153,10 +155,14 @@ def _sampling_seconds(markers) -> float:
 
 
 def by_conditioning(
-    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, free_steps: int = 0, **run_kwargs
+    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, free_steps: int = 0, resample: int = 1, **run_kwargs
 ) -> TargetedResult:
     """cfg.n pairs drawn given composed label maps (module docstring); dataset.json gains `target`."""
-    condition = condition_for(target, masks, free_steps)
+    try:
+        check_resample(resample, sampling.sampler)
+    except ValueError as e:
+        raise TargetError(f"--class-target, conditioned route: {e}") from None
+    condition = condition_for(target, masks, free_steps, resample)
     summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
     out = ShardSet(out_url)
     info = out.info()
@@ -165,7 +171,7 @@ def by_conditioning(
     markers = [i.marker for i in out.done()]
     achieved = list(info.generated_stats["class_fractions"])
     cost = {"pairs_drawn": info.count, "pairs_kept": info.count, "pairs_drawn_per_kept_pair": 1.0, "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count)}
-    extra = dict(max_pastes=tgt.MAX_PASTES, free_steps=free_steps, label_maps="real training masks + pasted real regions (synth/target.py pair_mask)")
+    extra = dict(max_pastes=tgt.MAX_PASTES, free_steps=free_steps, resample=resample, label_maps="real training masks + pasted real regions (synth/target.py pair_mask)")
     record, warnings = _record(target, "conditioned", achieved, cost, **extra)
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
@@ -281,13 +287,15 @@ def synthesize_targeted(
     max_draw_factor: float = DEFAULT_MAX_DRAW_FACTOR,
     draw_url: str | None = None,
     free_steps: int = 0,
+    resample: int = 1,
     **run_kwargs,
 ) -> TargetedResult:
     """cfg.n pairs meeting the class target `spec` by `route` (module docstring). Bad input, and a
     target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned):
-    the last sampling steps run jointly, without replacing the label."""
+    the last sampling steps run jointly, without replacing the label; resample (conditioned, ddim
+    or ddpm): each replaced step taken that many times (RePaint), about that many times the cost."""
     target, masks, plan = prepare_target(model_dir, spec, route, max_draw_factor)
     if route == "selection":
         return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
-    return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, free_steps, **run_kwargs)
+    return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, free_steps, resample, **run_kwargs)
 

@@ -188,10 +188,11 @@ class ShardWriter:
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
         # label-conditioned sampling (targeted synthesis): each pair's image drawn given its composed map
-        self.condition = None
+        self.condition, self.harmonise = None, {}
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
-            self.condition = (target, np.asarray(condition["masks"]), int(condition["max_pastes"]), int(condition.get("free_steps", 0)))
+            self.condition = (target, np.asarray(condition["masks"]), int(condition["max_pastes"]))
+            self.harmonise = {"free_steps": int(condition.get("free_steps", 0)), "resample": int(condition.get("resample", 1))}
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
@@ -205,7 +206,7 @@ class ShardWriter:
         for indices in batch_indices(task.count, self.batch_size):
             t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
-            out = sample_pairs(self.model, seeds, self.sampling, self.device, given_label=self._given(seeds), free_steps=self.condition[3] if self.condition else 0)
+            out = sample_pairs(self.model, seeds, self.sampling, self.device, given_label=self._given(seeds), **self.harmonise)
             images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
             batch = _Batch(indices, seeds, images, out.q.float().cpu())
             timing["sample"] += time.perf_counter() - t0
@@ -215,7 +216,7 @@ class ShardWriter:
         """The label channels (N, K, H, W) the batch is drawn given, or None for the joint."""
         if self.condition is None:
             return None
-        target, masks, max_pastes, _ = self.condition
+        target, masks, max_pastes = self.condition
         maps = torch.from_numpy(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]).astype(np.int64))
         return self.model.b * (2.0 * one_hot(maps, self.model.num_classes) - 1.0)
 
