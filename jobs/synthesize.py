@@ -16,7 +16,8 @@ Targeted synthesis: --class-target oil:3x,ship:3x yields N pairs whose pooled pi
 ships are at least 3x the real training shares recorded in the model folder (oil:0.05: an absolute share).
 --target-route selection draws more pairs (into OUT_drawn, or --draw-out) and keeps N that meet it, at
 most --max-draw-factor drawn per kept; --target-route conditioned draws each image given a label map
-composed from real training masks with pasted oil / ship regions. dataset.json records the target, the
+composed from real training masks with pasted oil / ship regions (--resample U: RePaint's resampling, images
+follow their maps more closely at about U x the cost). dataset.json records the target, the
 route, the achieved shares and the cost; a target that is not met is a warning (docs/synthesis.md).
 """
 
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--target-route", choices=["selection", "conditioned"], default="selection", help="how --class-target is met: selection from a larger draw (default), or images drawn given label maps (worse students so far: RESULTS.md)")
     p.add_argument("--max-draw-factor", type=float, default=20.0, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (default 20)")
     p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")
+    p.add_argument("--resample", type=int, default=1, metavar="U", help="conditioned: take each step U times (RePaint's resampling) so images follow their label maps more closely, at about U x the cost; ddim or ddpm only (default 1)")
     args = p.parse_args()
 
     # --json: stdout carries the one JSON object alone. Ray forwards worker and raylet messages to this
@@ -87,6 +89,8 @@ def main() -> None:
         for flag, value in (("--samples-per-shard", args.samples_per_shard), ("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads-per-actor", args.threads_per_actor)):
             check_flag(flag, value, 1)
         check_flag("--seed", args.seed, 0)
+        if args.resample != 1 and args.class_target is None:
+            raise PlanError(f"--resample {args.resample} applies to --class-target ... --target-route conditioned only")
         cfg = config_from(
             args,
             {
@@ -113,7 +117,7 @@ def main() -> None:
 
             if args.only_key:
                 raise TargetError("--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)")
-            target, masks, estimate = targeted.prepare_target(args.model, args.class_target, args.target_route, args.max_draw_factor)
+            target, masks, estimate = targeted.prepare_target(args.model, args.class_target, args.target_route, args.max_draw_factor, args.resample, cfg.sampling.sampler)
             if args.dry_run:
                 plan = {"class_target": args.class_target, "route": args.target_route, "shares": target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))]), "training": target.named(target.training), **estimate}
                 if args.json:
@@ -155,7 +159,7 @@ def main() -> None:
             summary = synth.synthesize(args.model, args.out, cfg.synthesis, cfg.sampling, **run_kwargs)
             lines, payload = summary.lines(), summary.to_json()
         else:
-            result = targeted.synthesize_targeted(args.model, args.out, cfg.synthesis, cfg.sampling, args.class_target, args.target_route, args.max_draw_factor, args.draw_out, **run_kwargs)
+            result = targeted.synthesize_targeted(args.model, args.out, cfg.synthesis, cfg.sampling, args.class_target, args.target_route, args.max_draw_factor, args.draw_out, resample=args.resample, **run_kwargs)
             summary = result.summary
             lines, payload = result.lines(), dict(summary.to_json(), dataset=result.info.to_json())
         for line in lines:

@@ -88,12 +88,24 @@ def condition_for(target: ClassTarget, masks: np.ndarray, free_steps: int = 0, r
     return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps), "resample": int(resample)}
 
 
-def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float) -> tuple[ClassTarget, np.ndarray | None, dict]:
+def check_conditioned_resample(resample: int, route: str, sampler: str) -> None:
+    """--resample: the conditioned route's RePaint resampling, with a sampler whose steps keep no state."""
+    if resample != 1 and route != "conditioned":
+        raise TargetError(f"--resample {resample} applies to --target-route conditioned only (the {route} route draws pairs jointly)")
+    try:
+        check_resample(resample, sampler)
+    except ValueError as e:
+        raise TargetError(f"--class-target, conditioned route: {e}") from None
+
+
+def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float, resample: int = 1, sampler: str = "ddim") -> tuple[ClassTarget, np.ndarray | None, dict]:
     """Every check of a targeted run that needs no sampling: the spec against the model, the route,
-    the draw bound, and for the conditioned route whether composed maps reach the target. Returns
-    (target, the training masks (conditioned) or None, what the check found)."""
+    the draw bound, resampling against the route and sampler, and for the conditioned route whether
+    composed maps reach the target. Returns (target, the training masks (conditioned) or None, what
+    the check found)."""
     tgt.check_route(route)
     check_max_draw_factor(max_draw_factor)
+    check_conditioned_resample(resample, route, sampler)
     target, info = model_target(model_dir, spec)
     if route == "selection":
         return target, None, {"draw_factor": "measured on the first draw of n pairs"}
@@ -158,10 +170,7 @@ def by_conditioning(
     model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, free_steps: int = 0, resample: int = 1, **run_kwargs
 ) -> TargetedResult:
     """cfg.n pairs drawn given composed label maps (module docstring); dataset.json gains `target`."""
-    try:
-        check_resample(resample, sampling.sampler)
-    except ValueError as e:
-        raise TargetError(f"--class-target, conditioned route: {e}") from None
+    check_conditioned_resample(resample, "conditioned", sampling.sampler)
     condition = condition_for(target, masks, free_steps, resample)
     summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
     out = ShardSet(out_url)
@@ -294,7 +303,7 @@ def synthesize_targeted(
     target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned):
     the last sampling steps run jointly, without replacing the label; resample (conditioned, ddim
     or ddpm): each replaced step taken that many times (RePaint), about that many times the cost."""
-    target, masks, plan = prepare_target(model_dir, spec, route, max_draw_factor)
+    target, masks, plan = prepare_target(model_dir, spec, route, max_draw_factor, resample, sampling.sampler)
     if route == "selection":
         return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
     return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, free_steps, resample, **run_kwargs)
