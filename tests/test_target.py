@@ -375,6 +375,9 @@ def cli(argv, capsys, monkeypatch, sampling_allowed=False):
     return exit_.value.code, capsys.readouterr()
 
 
+RESAMPLE_RULE = "--class-target, conditioned route: resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), "
+
+
 def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys, monkeypatch):
     training = json.loads((Path(model) / "dakter.json").read_text())["train_stats"]["class_fractions"]
     cases = [
@@ -388,8 +391,8 @@ def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys,
         (["--class-target", "oil:3x", "--only-key", "000000-000001"], "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)"),
         (["--resample", "4"], "--resample 4 applies to --class-target ... --target-route conditioned only"),
         (["--class-target", "oil:3x", "--resample", "4"], "--resample 4 applies to --target-route conditioned only (the selection route draws pairs jointly)"),
-        (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "0"], "--class-target, conditioned route: resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got 0 with dpmsolver++"),
-        (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "4", "--sampler", "unipc"], "--class-target, conditioned route: resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got 4 with unipc"),
+        (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "0"], RESAMPLE_RULE + "got 0 with dpmsolver++"),
+        (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "4", "--sampler", "unipc"], RESAMPLE_RULE + "got 4 with unipc"),
     ]
     for args, message in cases:
         code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--actors", "0", *args], capsys, monkeypatch)
