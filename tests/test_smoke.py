@@ -87,7 +87,15 @@ def test_demo_resumes_after_an_interrupt(tmp_path):
         while not (model / "dakter.json").is_file() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert (model / "dakter.json").is_file(), proc.communicate()[1][-3000:]
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        # Ctrl-C, pressed again while the run goes on: once in about 25 CI runs a first SIGINT sent in
+        # the model's last moments was lost (the run finished); where it goes is not found yet
+        for _ in range(40):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=3)  # longer than an interrupted run's clean-up (Ray's shutdown)
+                break
+            except subprocess.TimeoutExpired:
+                pass
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
