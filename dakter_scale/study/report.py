@@ -41,7 +41,7 @@ def experiment_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
         header(p, plan),
         kd_weight_table(p),
         main_table(r),
-        verdict(r, plan),
+        verdict(r, plan) or [""],  # a blank line after the main table either way
         same_seed_table(r),
         per_class_table(r, classes),
         sweep_table(r),
