@@ -42,6 +42,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     import logging
 
     from dakter_scale.config import load_config
+    from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS
     from dakter_scale.quality import generation_quality
     from dakter_scale.synth.target import TargetError
     from dakter_scale.synth.targeted import synthesize_targeted
@@ -60,7 +61,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
         draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
         for route, free_steps, resample in [("selection", 0, 1)] + [("conditioned", f, u) for f, u in variants]:
-            settings = {k: v for k, v in (("free_steps", free_steps), ("resample", resample)) if v != {"free_steps": 0, "resample": 1}[k]}
+            settings = {k: v for k, v in zip(CONDITIONING_DEFAULTS, (free_steps, resample)) if v != CONDITIONING_DEFAULTS[k]}
             name = variant({"route": route, **settings})
             for spec in specs:
                 if (seed, name, spec) in done:

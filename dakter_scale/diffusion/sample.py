@@ -68,6 +68,15 @@ def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
     return sched
 
 
+# sample_pairs' settings for images drawn given a label, at their defaults (plain replacement)
+CONDITIONING_DEFAULTS = {"free_steps": 0, "resample": 1}
+
+
+def _pair_noise(gens, shape, device) -> torch.Tensor:
+    """(N, *shape) standard normal noise, row i drawn from pair i's own generator."""
+    return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
+
+
 def check_resample(resample: int, sampler: str) -> None:
     """RePaint's resampling takes a step again from its own level: only samplers whose steps keep no
     state between calls can do that."""
@@ -88,7 +97,7 @@ def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t:
     if cfg.sampler == "ddim":
         noise = None
         if cfg.eta > 0:
-            noise = torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens])
+            noise = _pair_noise(gens, z.shape[1:], device)
         return sched.step(eps, t, z, eta=cfg.eta, variance_noise=noise).prev_sample, x0
     if cfg.sampler == "ddpm":
         return sched.step(eps, t, z, generator=gens).prev_sample, x0
@@ -120,7 +129,7 @@ def sample_pairs(
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    z = torch.stack([torch.randn((1 + k, r, r), generator=g, device=device) for g in gens])
+    z = _pair_noise(gens, (1 + k, r, r), device)
     sched = sampling_scheduler(model, cfg)
     alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     timesteps = list(sched.timesteps)
@@ -134,11 +143,10 @@ def sample_pairs(
         for u in range(resample if replaced else 1):
             if u > 0:  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
                 ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
-                z = add_noise(z, torch.stack([torch.randn(z.shape[1:], generator=g, device=device) for g in gens]), ratio)
+                z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
             z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
             if replaced:
-                noise = torch.stack([torch.randn(given_label.shape[1:], generator=g, device=device) for g in gens])
-                z[:, 1:] = add_noise(given_label, noise, alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
+                z[:, 1:] = add_noise(given_label, _pair_noise(gens, given_label.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
         if i >= len(timesteps) - cfg.decode_last:
             decoded.append(decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau))
     q = torch.stack(decoded).mean(dim=0)

@@ -47,6 +47,7 @@ from dakter_scale.data.shardset import (
     stats_lines,
 )
 from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
+from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
 from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
 
@@ -161,7 +162,7 @@ def condition_identity(condition: dict | None) -> dict | None:
         return None
     masks = np.ascontiguousarray(condition["masks"], dtype=np.uint8)
     # absent at their defaults, so sets written before these knobs existed keep their fingerprints
-    harmonise = {k: int(condition[k]) for k, default in (("free_steps", 0), ("resample", 1)) if int(condition.get(k, default)) != default}
+    harmonise = {k: int(condition[k]) for k, default in CONDITIONING_DEFAULTS.items() if int(condition.get(k, default)) != default}
     return {
         **harmonise,
         "route": "conditioned",

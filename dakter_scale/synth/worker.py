@@ -35,7 +35,7 @@ from dakter_scale.data.real import denormalise
 from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
-from dakter_scale.diffusion.sample import sample_pairs
+from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS, sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
 from dakter_scale.synth.target import pair_mask, parse_class_target
 
@@ -192,7 +192,7 @@ class ShardWriter:
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
             self.condition = (target, np.asarray(condition["masks"]), int(condition["max_pastes"]))
-            self.harmonise = {"free_steps": int(condition.get("free_steps", 0)), "resample": int(condition.get("resample", 1))}
+            self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
