@@ -8,13 +8,14 @@ each route against untargeted synthesis (docs/RESULTS.md, "Targeted synthesis").
 SPECS: class targets separated by ';'. For each run seed and each spec: the selection route
 (synth/targeted.py), all specs growing one draw OUT/draw-sS, whose first N pairs are exactly the
 untargeted set of N pairs with that seed (the same plan: pair seeds, shards and batches), so the
-untargeted row is read from there; then the conditioned route (N pairs per spec). A route's refusal
-(TargetError) is recorded as such. Every set is scored by quality.generation_quality (label
-alignment of the real-only SEGMENTER on the generated images, class fractions, SAR statistics).
-VARIANTS: the conditioned route's settings, comma-separated FREE_STEPS:RESAMPLE (default 0:1, plain
-replacement; 10:1 lets the last 10 steps run jointly, 0:4 is RePaint's resampling with u = 4), each
-recorded as conditioned-free10, conditioned-resample4. Records go to OUT/records.jsonl, one per
-(seed, route, spec); a rerun skips recorded ones.
+untargeted row is read from there; then the routes that draw pairs given something (N pairs per
+spec), as VARIANTS says. A route's refusal (TargetError) is recorded as such. Every set is scored by
+quality.generation_quality (label alignment of the real-only SEGMENTER on the generated images,
+class fractions, SAR statistics). VARIANTS: comma-separated [ROUTE:]FREE_STEPS:RESAMPLE, or ROUTE
+alone for ROUTE:0:1; ROUTE is conditioned (the default) or pasted. Default 0:1, the conditioned route
+with plain replacement; 10:1 lets the last 10 steps run jointly, 0:4 is RePaint's resampling with
+u = 4; each is recorded as conditioned-free10, conditioned-resample4, pasted. Records go to
+OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
 
     python bench/targeted_synthesis.py summary OUT docs/results/targeted_synthesis.json
 
@@ -22,7 +23,8 @@ writes the means and stds over seeds per route (and every record) and prints the
 
     python bench/targeted_synthesis.py follow MODEL OUT/conditioned-oil3x-ship3x-s0 oil:3x,ship:3x
 
-prints how far a conditioned set's recorded labels follow the composed maps (pixel counts).
+prints how far a conditioned set's recorded labels follow the composed maps, or a pasted set's
+follow the pasted pixels (pixel counts).
 """
 
 from __future__ import annotations
@@ -38,7 +40,17 @@ def variant(record: dict) -> str:
     return record["route"] + (f"-free{record['free_steps']}" if record.get("free_steps") else "") + (f"-resample{record['resample']}" if record.get("resample", 1) > 1 else "")
 
 
-def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[int, int], ...] = ((0, 1),)) -> None:
+def parse_variant(text: str) -> tuple[str, int, int]:
+    """'pasted' -> ('pasted', 0, 1); '0:4' -> ('conditioned', 0, 4); 'pasted:10:1' -> ('pasted', 10, 1)."""
+    parts = text.split(":")
+    route = parts.pop(0) if parts[0] in ("conditioned", "pasted") else "conditioned"
+    free_steps, resample = (int(v) for v in parts) if parts else (0, 1)
+    return route, free_steps, resample
+
+
+def main(
+    model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[str, int, int], ...] = (("conditioned", 0, 1),)
+) -> None:
     import logging
 
     from dakter_scale.config import load_config
@@ -60,7 +72,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     for seed in seeds:
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
         draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
-        for route, free_steps, resample in [("selection", 0, 1)] + [("conditioned", f, u) for f, u in variants]:
+        for route, free_steps, resample in [("selection", 0, 1), *variants]:
             settings = {k: v for k, v in zip(CONDITIONING_DEFAULTS, (free_steps, resample)) if v != CONDITIONING_DEFAULTS[k]}
             name = variant({"route": route, **settings})
             for spec in specs:
@@ -139,8 +151,9 @@ def summary(out: str, json_path: str) -> None:
 
 
 def follow(model: str, url: str, spec: str) -> None:
-    """How far a conditioned set's recorded labels follow the composed maps they were drawn given:
-    pixel counts of (composed class, recorded argmax), over every pair of the set."""
+    """How far a set's recorded labels follow what its pairs were drawn given: pixel counts of (given
+    class, recorded argmax) over every pair, at every pixel of the composed maps (conditioned) or at
+    the pasted pixels (pasted; the route is read from the set's dataset.json)."""
     import numpy as np
 
     from dakter_scale.data.shardset import ShardSet, decode_sample
@@ -148,16 +161,20 @@ def follow(model: str, url: str, spec: str) -> None:
     from dakter_scale.synth import targeted
 
     target, info = targeted.model_target(model, spec)
-    masks = targeted.training_masks(info)
+    images, masks = targeted.training_pairs(info)
+    route = ShardSet(url).info().target["route"]
     k = len(target.classes)
     counts = np.zeros((k, k), dtype=np.int64)
     for sample in ShardSet(url).samples():
         _, q, meta = decode_sample(sample)
-        composed = tgt.pair_mask(meta["seed"], masks, target)
-        counts += np.bincount((composed.astype(np.int64) * k + q.argmax(0)).reshape(-1), minlength=k * k).reshape(k, k)
+        if route == "pasted":
+            _, ids, given = tgt.pair_paste(meta["seed"], images, masks, target)
+        else:
+            ids, given = tgt.pair_mask(meta["seed"], masks, target), np.ones(masks[0].shape, dtype=bool)
+        counts += np.bincount((ids[given].astype(np.int64) * k + q.argmax(0)[given]), minlength=k * k).reshape(k, k)
     followed = {c: float(counts[i, i] / max(1, counts[i].sum())) for i, c in enumerate(target.classes)}
-    shares = {"composed_shares": (counts.sum(1) / counts.sum()).tolist(), "recorded_shares": (counts.sum(0) / counts.sum()).tolist()}
-    print(json.dumps({"classes": list(target.classes), "rows_composed_cols_recorded": counts.tolist(), **shares, "recorded_where_composed": followed}))
+    shares = {"given_pixels_per_class": counts.sum(1).tolist(), "recorded_there_per_class": counts.sum(0).tolist()}
+    print(json.dumps({"route": route, "classes": list(target.classes), "rows_given_cols_recorded": counts.tolist(), **shares, "recorded_where_given": followed}))
 
 
 if __name__ == "__main__":
@@ -168,5 +185,5 @@ if __name__ == "__main__":
         sys.exit(summary(args[1], args[2]))
     if len(args) < 6:
         sys.exit(__doc__)
-    variants = tuple((int(f), int(u)) for f, u in (v.split(":") for v in args[8].split(","))) if len(args) > 8 else ((0, 1),)
+    variants = tuple(parse_variant(v) for v in args[8].split(",")) if len(args) > 8 else (("conditioned", 0, 1),)
     main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, variants)

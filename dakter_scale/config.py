@@ -336,7 +336,8 @@ class ExperimentConfig:
     # Targeted DAKTer (method dakter_target; dakter_scale/synth/targeted.py): the same number of pairs as
     # dakter, whose pooled class pixel shares meet class_target (e.g. "oil:3x,ship:3x": factors of the
     # training shares), by target_route (selection from a larger draw, at most max_draw_factor drawn per
-    # kept pair, or conditioned: images drawn given composed label maps). No alignment filter on it.
+    # kept pair; conditioned: images drawn given composed label maps; pasted: pairs drawn around pasted real
+    # instances of the targeted classes). No alignment filter on it.
     class_target: str = ""
     target_route: str = "selection"
     max_draw_factor: float = 20.0
@@ -348,6 +349,7 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         from dakter_scale.student.archs import ARCHS
+        from dakter_scale.synth.target import ROUTES
 
         known = ("none", "hard", "hard_matched", "dakter", "dakter_b1", "dakter_target")
         for key in ("archs", "sweep_archs", "study_arch", "filter_arch"):
@@ -362,7 +364,7 @@ class ExperimentConfig:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
         if "dakter_target" in self.methods + self.sweep_methods:
             _check(bool(self.class_target.strip()), "experiment.class_target", "method dakter_target needs a class target, e.g. oil:3x,ship:3x")
-        _check(self.target_route in ("selection", "conditioned"), "experiment.target_route", f"{self.target_route!r} is not selection or conditioned")
+        _check(self.target_route in ROUTES, "experiment.target_route", f"{self.target_route!r} is not one of {', '.join(ROUTES)}")
         _check(self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor), "experiment.max_draw_factor", f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}")
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
         _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")

@@ -17,7 +17,8 @@ ships are at least 3x the real training shares recorded in the model folder (oil
 --target-route selection draws more pairs (into OUT_drawn, or --draw-out) and keeps N that meet it, at
 most --max-draw-factor drawn per kept; --target-route conditioned draws each image given a label map
 composed from real training masks with pasted oil / ship regions (--resample U: RePaint's resampling, images
-follow their maps more closely at about U x the cost). dataset.json records the target, the
+follow their maps more closely at about U x the cost); --target-route pasted draws each pair jointly around
+real oil / ship instances pasted in, image and label together. dataset.json records the target, the
 route, the achieved shares and the cost; a target that is not met is a warning (docs/synthesis.md).
 """
 
@@ -56,10 +57,22 @@ def main() -> None:
     p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
     p.add_argument("--class-target", metavar="CLASS:F[x],...", help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated")
-    p.add_argument("--target-route", choices=["selection", "conditioned"], default="selection", help="how --class-target is met: selection from a larger draw (default), or images drawn given label maps (worse students so far: RESULTS.md)")
+    p.add_argument(
+        "--target-route",
+        choices=["selection", "conditioned", "pasted"],
+        default="selection",
+        help="how --class-target is met: selection from a larger draw (default); conditioned: images drawn given composed label maps (worse students so far); "
+        "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together (docs/RESULTS.md, 'Targeted synthesis')",
+    )
     p.add_argument("--max-draw-factor", type=float, default=20.0, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (default 20)")
     p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")
-    p.add_argument("--resample", type=int, default=1, metavar="U", help="conditioned: take each step U times (RePaint's resampling) so images follow their label maps more closely, at about U x the cost; ddim or ddpm only (default 1)")
+    p.add_argument(
+        "--resample",
+        type=int,
+        default=1,
+        metavar="U",
+        help="conditioned, pasted: take each step U times (RePaint's resampling) so images follow what they are given more closely, at about U x the cost; ddim or ddpm only (default 1)",
+    )
     args = p.parse_args()
 
     # --json: stdout carries the one JSON object alone. Ray forwards worker and raylet messages to this
@@ -90,7 +103,7 @@ def main() -> None:
             check_flag(flag, value, 1)
         check_flag("--seed", args.seed, 0)
         if args.resample != 1 and args.class_target is None:
-            raise PlanError(f"--resample {args.resample} applies to --class-target ... --target-route conditioned only")
+            raise PlanError(f"--resample {args.resample} applies to --class-target ... --target-route conditioned or pasted only")
         cfg = config_from(
             args,
             {
@@ -117,7 +130,7 @@ def main() -> None:
 
             if args.only_key:
                 raise TargetError("--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)")
-            target, masks, estimate = targeted.prepare_target(args.model, args.class_target, args.target_route, args.max_draw_factor, args.resample, cfg.sampling.sampler)
+            target, pairs, estimate = targeted.prepare_target(args.model, args.class_target, args.target_route, args.max_draw_factor, args.resample, cfg.sampling.sampler)
             if args.dry_run:
                 plan = {"class_target": args.class_target, "route": args.target_route, "shares": target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))]), "training": target.named(target.training), **estimate}
                 if args.json:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig
-from dakter_scale.core.compose import class_shares, compose_mask
+from dakter_scale.core.compose import class_shares, compose_mask, paste_instances, transform
 from dakter_scale.core.joint import one_hot
 from dakter_scale.core.schedule import add_noise
 from dakter_scale.data import shardset
@@ -190,10 +190,54 @@ def test_pair_mask_is_a_function_of_the_seed():
     t = parse_class_target("oil:0.1,ship:0.08", CLASSES, OSD)
     a = [tgt.pair_mask(s, masks, t) for s in (11, 12, 13)]
     assert np.array_equal(a[1], tgt.pair_mask(12, masks, t)) and not np.array_equal(a[0], a[1])
-    shares = tgt.check_composable(masks, t)
+    images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
+    shares = tgt.check_composable("conditioned", images, masks, t)
     assert shares[1] >= 0.1 and shares[3] >= 0.08
-    with pytest.raises(TargetError, match="no training mask holds ship"):
-        tgt.check_composable(np.where(masks == 3, 0, masks).astype(np.uint8), t)
+    with pytest.raises(TargetError, match="no training mask holds ship, so the conditioned route has nothing to paste"):
+        tgt.check_composable("conditioned", images, np.where(masks == 3, 0, masks).astype(np.uint8), t)
+
+
+@given(st.integers(0, 2**32 - 1))
+@settings(max_examples=30, deadline=None)
+def test_transform_moves_a_stack_as_it_moves_each_layer(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 5, size=(2, 7, 7), dtype=np.uint8)
+    stacked = transform(np.stack([a, b]), np.random.default_rng(seed))
+    assert np.array_equal(stacked[0], transform(a, np.random.default_rng(seed))) and np.array_equal(stacked[1], transform(b, np.random.default_rng(seed)))
+
+
+def test_paste_gives_real_instances_image_and_label_together():
+    """Each targeted class's donor pixels come with their own image values; nothing else is given,
+    a pixel is given once, and the goal is covered where the pastes allow it."""
+    ids = np.zeros((16, 16), dtype=np.uint8)
+    ids[6:10, 6:10] = 1  # a 16-pixel slick
+    ids[2, 2:4] = 3  # a 2-pixel ship
+    image = (np.arange(256).reshape(16, 16) % 251).astype(np.uint8)  # every pixel's value names it
+    donor = np.stack([image, ids])
+    out_image, out_ids, given = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
+    assert set(np.unique(out_ids[given])) == {1, 3} and not out_ids[~given].any() and not out_image[~given].any()
+    assert np.count_nonzero(given & (out_ids == 1)) >= 0.15 * 256 and np.count_nonzero(given & (out_ids == 3)) >= 0.02 * 256
+    assert set(out_image[out_ids == 3].tolist()) <= set(image[ids == 3].tolist())  # a ship's pixels bring the ship's image
+    assert set(out_image[out_ids == 1].tolist()) <= set(image[ids == 1].tolist())
+    once = paste_instances({1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1)
+    assert np.count_nonzero(once[2]) == 16 and sorted(once[0][once[2]].tolist()) == sorted(image[ids == 1].tolist())
+    again = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
+    assert all(np.array_equal(x, y) for x, y in zip(again, (out_image, out_ids, given)))
+
+
+def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
+    rng = np.random.default_rng(1)
+    masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)
+    images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
+    t = parse_class_target("oil:0.1,ship:0.08", CLASSES, OSD)
+    a = [tgt.pair_paste(s, images, masks, t) for s in (11, 12, 13)]
+    assert all(np.array_equal(x, y) for x, y in zip(a[1], tgt.pair_paste(12, images, masks, t))) and not np.array_equal(a[0][2], a[1][2])
+    image, ids, given = a[0]
+    assert set(np.unique(ids[given])) <= {1, 3}
+    shares = tgt.check_composable("pasted", images, masks, t)
+    assert shares[1] >= 0.1 and shares[3] >= 0.08 and shares[0] == 0  # only the targeted classes are given
+    with pytest.raises(TargetError, match=r"^--class-target oil:0.9 cannot be reached by the pasted route \(8 pasted masks per class at most\): pasted instances reach oil "):
+        tgt.check_composable("pasted", images, masks, parse_class_target("oil:0.9", CLASSES, OSD))
 
 
 # -- replacement conditioning in the sampler -------------------------------------------------------
@@ -285,9 +329,37 @@ def test_resampling_takes_each_replaced_step_again_from_its_own_level(model, tmp
     assert not (tmp_path / "o").exists()
     # u is part of a conditioned set's identity; u = 1 leaves the identity of sets written before it existed
     t, info = targeted.model_target(model, "oil:3x")
-    masks = targeted.training_masks(info)
-    plain, u2 = (synth_run.condition_identity(targeted.condition_for(t, masks, resample=u)) for u in (1, 2))
+    pairs = targeted.training_pairs(info)
+    plain, u2 = (synth_run.condition_identity(targeted.condition_for(t, "conditioned", *pairs, resample=u)) for u in (1, 2))
     assert "resample" not in plain and "free_steps" not in plain and u2 == dict(plain, resample=2)
+    assert "images" not in plain and plain["route"] == "conditioned"  # as before the pasted route existed
+
+
+def test_a_pair_given_at_some_pixels_is_replaced_there_only(model):
+    """given_image with given_where: at the marked pixels the network sees image and label channels
+    forward-noised from the given pair with the pair's own (1 + K)-channel noise; elsewhere the
+    sampler's own values; without a given label or a mask it is refused."""
+    m, seeds, y0, seen = recorded_model(model)
+    k, r = m.num_classes, m.resolution
+    cfg = SamplingConfig(steps=3)
+    x0 = torch.full((2, 1, r, r), 0.5)
+    where = torch.zeros((2, 1, r, r), dtype=torch.bool)
+    where[:, :, :, : r // 2] = True
+    sample_pairs(m, seeds, cfg, "cpu", given_label=y0, given_image=x0, given_where=where)
+    abar = sampling_scheduler(m, cfg).alphas_cumprod.float()
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    z0 = torch.stack([torch.randn((1 + k, r, r), generator=g) for g in gens])
+    pair = torch.cat([x0, y0], dim=1)
+    left = where.expand(-1, 1 + k, -1, -1)
+    first = seen[0][0]
+    assert torch.allclose(first[left], add_noise(pair, z0, abar[seen[0][1]].expand(2))[left], atol=1e-6)
+    assert torch.equal(first[~left], z0[~left])
+    noise = torch.stack([torch.randn((1 + k, r, r), generator=g) for g in gens])
+    assert torch.allclose(seen[1][0][left], add_noise(pair, noise, abar[seen[1][1]].expand(2))[left], atol=1e-6)
+    assert not torch.allclose(seen[1][0][~left], add_noise(pair, noise, abar[seen[1][1]].expand(2))[~left], atol=1e-2)
+    for kwargs in (dict(given_label=y0, given_image=x0), dict(given_label=y0, given_where=where), dict(given_image=x0, given_where=where)):
+        with pytest.raises(ValueError, match="given_image needs given_where and given_label"):
+            sample_pairs(m, seeds, cfg, "cpu", **kwargs)
 
 
 # -- the routes on real shard sets -----------------------------------------------------------------
@@ -295,10 +367,11 @@ def test_resampling_takes_each_replaced_step_again_from_its_own_level(model, tmp
 
 def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_bytes(model, tmp_path):
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
-    masks = targeted.training_masks(info)
+    pairs = targeted.training_pairs(info)
+    masks = pairs[1]
     run = dict(progress=False, use_ray=False)
-    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, masks, **run)
-    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, masks, **run)
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, **run)
     for s in range(2):
         assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
     untargeted = synth_run.synthesize(model, str(tmp_path / "u"), synth_cfg(n=6), SAMPLING, **run)
@@ -318,6 +391,39 @@ def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_byte
     record = a.info.target
     assert record["route"] == "conditioned" and record["spec"] == "oil:3x,ship:3x" and record["version"] == tgt.FORMAT
     assert record["achieved"] == {name: pytest.approx(v) for name, v in zip(CLASSES, a.info.generated_stats["class_fractions"]) if name in ("oil", "ship")}
+    assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
+
+
+def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_path):
+    t, info = targeted.model_target(model, "oil:3x,ship:3x")
+    images, masks = pairs = targeted.training_pairs(info)
+    assert images.dtype == np.uint8 and images.shape == masks.shape
+    run = dict(progress=False, use_ray=False)
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    for s in range(2):
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
+    conditioned = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, t, pairs, **run)
+    assert conditioned.info.fingerprint != a.info.fingerprint  # the route, and the images it pastes, are part of the set's identity
+    m = load_model_folder(model, "cpu")
+    seeds = [pair_seed(5, 1, i) for i in range(2)]  # shard 1's batch (pairs 4 and 5), rebuilt from the seeds alone
+    given = [tgt.pair_paste(s, images, masks, t) for s in seeds]
+    from dakter_scale.data.real import denormalise, normalise
+
+    out = sample_pairs(
+        m,
+        seeds,
+        SAMPLING,
+        "cpu",
+        given_label=m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
+        given_image=normalise(np.stack([g[0] for g in given]))[:, None],
+        given_where=torch.from_numpy(np.stack([g[2] for g in given]))[:, None],
+    )
+    stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
+    assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)
+    assert np.array_equal(shardset.quantise(out.q[1]), (q * 255).round().astype(np.uint8))
+    record = a.info.target
+    assert record["route"] == "pasted" and record["pasted"].startswith("real training pairs") and "label_maps" not in record
     assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
 
 
@@ -389,24 +495,25 @@ def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys,
         (["--class-target", "oil:20x"], f"--class-target: oil:20x asks for a share of {20 * training[1]:.3f} (training share {training[1]:.4f}), which must be < 1"),
         (["--class-target", "oil:3x", "--max-draw-factor", "0.5"], "--max-draw-factor must be a number >= 1 (pairs drawn per pair kept), got 0.5"),
         (["--class-target", "oil:3x", "--only-key", "000000-000001"], "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)"),
-        (["--resample", "4"], "--resample 4 applies to --class-target ... --target-route conditioned only"),
-        (["--class-target", "oil:3x", "--resample", "4"], "--resample 4 applies to --target-route conditioned only (the selection route draws pairs jointly)"),
+        (["--resample", "4"], "--resample 4 applies to --class-target ... --target-route conditioned or pasted only"),
+        (["--class-target", "oil:3x", "--resample", "4"], "--resample 4 applies to --target-route conditioned or pasted only (the selection route draws pairs jointly)"),
         (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "0"], RESAMPLE_RULE + "got 0 with dpmsolver++"),
         (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "4", "--sampler", "unipc"], RESAMPLE_RULE + "got 4 with unipc"),
     ]
     for args, message in cases:
         code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--actors", "0", *args], capsys, monkeypatch)
         assert (code, out.err) == (2, f"error: {message}\n"), args
-    code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--class-target", "ship:0.9", "--target-route", "conditioned"], capsys, monkeypatch)
-    assert code == 2 and out.err.startswith("error: --class-target ship:0.9 cannot be reached by the conditioned route (8 pasted masks per class at most): composed maps reach ship ")
-    assert out.err.count("\n") == 1 and not (tmp_path / "o").exists()
+    for route, what in (("conditioned", "composed maps"), ("pasted", "pasted instances")):
+        code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--class-target", "ship:0.9", "--target-route", route], capsys, monkeypatch)
+        assert code == 2 and out.err.startswith(f"error: --class-target ship:0.9 cannot be reached by the {route} route (8 pasted masks per class at most): {what} reach ship ")
+        assert out.err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
 def test_selection_refuses_a_target_its_measured_acceptance_cannot_reach(model, tmp_path, capsys, monkeypatch):
     args = ["--model", model, "--n", "4", "--samples-per-shard", "4", "--batch-size", "4", "--steps", "3", "--seed", "5", "--out", str(tmp_path / "o"), "--actors", "0"]
     code, out = cli(args + ["--class-target", "ship:0.9"], capsys, monkeypatch, sampling_allowed=True)
     assert code == 2 and out.err.splitlines()[-1].startswith("error: --class-target ship:0.9 cannot be reached by selection within --max-draw-factor 20: selecting from the 4 pairs drawn")
-    assert out.err.splitlines()[-1].endswith("; try --target-route conditioned") and not (tmp_path / "o").exists()
+    assert out.err.splitlines()[-1].endswith("; try --target-route pasted") and not (tmp_path / "o").exists()
 
 
 def test_a_missed_target_warns_in_the_summary_and_dataset_json(model, tmp_path):

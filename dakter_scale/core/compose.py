@@ -1,11 +1,15 @@
-"""Composed label maps: a real training mask with extra regions of chosen classes pasted in.
+"""Composed label maps and pasted instances: real regions of chosen classes, moved.
 
-The label-conditioned route of targeted synthesis (synth/targeted.py) draws the image given such a
-map. A map starts from a real mask; for each targeted class, whole masks of real donors are
-transformed (flips, quarter turns, a cyclic shift) and their pixels of that class painted over
+compose_mask: the label-conditioned route of targeted synthesis (synth/targeted.py) draws the image
+given such a map. A map starts from a real mask; for each targeted class, whole masks of real donors
+are transformed (flips, quarter turns, a cyclic shift) and their pixels of that class painted over
 background pixels only, until the class's share of the map reaches its goal or `max_pastes` donors
 were used. Painting over background alone keeps every real region (land, ships, slicks) of the base.
 The shapes are real ones (whole donor components, moved), not drawn blobs.
+
+paste_instances: the pasted route gives image and label together at some pixels and lets the joint
+model draw the rest. Real donor pairs (image and mask, moved by one transform) give their pixels of
+each targeted class, image and class id, until those pixels cover the class's goal.
 
 Pure numpy: the randomness is a ``numpy.random.Generator`` passed in.
 """
@@ -18,11 +22,12 @@ import numpy as np
 
 
 def transform(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random flip, quarter turn and cyclic shift of a square (H, H) mask: the same class shapes elsewhere."""
-    out = mask[:, ::-1] if rng.integers(2) else mask
-    out = np.rot90(out, int(rng.integers(4)))
-    h, w = out.shape
-    return np.roll(out, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
+    """A random flip, quarter turn and cyclic shift of a square (..., H, H) array, the same for every
+    leading index (a mask, or an image and its mask stacked): the same shapes elsewhere."""
+    out = mask[..., ::-1] if rng.integers(2) else mask
+    out = np.rot90(out, int(rng.integers(4)), axes=(-2, -1))
+    h, w = out.shape[-2:]
+    return np.roll(out, (int(rng.integers(h)), int(rng.integers(w))), axis=(-2, -1))
 
 
 def compose_mask(
@@ -46,6 +51,30 @@ def compose_mask(
             donor = transform(pool[int(rng.integers(len(pool)))], rng)
             out[(donor == c) & (out == background)] = c
     return out
+
+
+def paste_instances(
+    donors: Mapping[int, Sequence[np.ndarray]],
+    goals: Mapping[int, float],
+    rng: np.random.Generator,
+    max_pastes: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """donors[c]: real pairs (2, H, H) uint8, image over class ids, that hold class c -> (image (H, H)
+    uint8, class ids (H, H) uint8, given (H, H) bool): each targeted class's pixels of transformed
+    donors, image and id together, until the given pixels of class c cover goals[c] of the pixels
+    or max_pastes donors were used. Classes are taken in increasing id order; a pixel once given is
+    not painted again. Pixels not given hold 0 in image and ids (they are drawn, not given)."""
+    shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]
+    image, ids, given = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool)
+    for c in sorted(goals):
+        pool = donors.get(c) or ()
+        for _ in range(max_pastes if pool else 0):
+            if np.count_nonzero(given & (ids == c)) >= goals[c] * given.size:
+                break
+            donor = transform(pool[int(rng.integers(len(pool)))], rng)
+            new = (donor[1] == c) & ~given
+            image[new], ids[new], given[new] = donor[0][new], c, True
+    return image, ids, given
 
 
 def class_shares(masks: np.ndarray, num_classes: int) -> np.ndarray:

@@ -25,6 +25,13 @@ ignore small given structures (a ship of a few pixels); RePaint's resampling (``
 takes each replaced step u times, forward-noising the result back to the step's own level in
 between (q(z_t | z_t'), a per-pair draw), so the image gets u chances to agree with the label.
 It needs a sampler without memory between steps (ddim, ddpm).
+
+With ``given_image`` as well, and ``given_where``, both modalities are given, at some pixels only
+(RePaint's inpainting, over the joint): at the pixels given_where marks, image and label channels
+are replaced by the given pair forward-noised; everywhere else the pair is drawn jointly, so the
+model paints the rest around what is given and harmonises the edges. The targeted route `pasted`
+(synth/targeted.py) gives real instances of rare classes this way: the image then shows what the
+label says, because both are real at those pixels.
 """
 
 from __future__ import annotations
@@ -104,6 +111,28 @@ def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t:
     return sched.step(x0, t, z).prev_sample, x0
 
 
+@dataclass
+class _Given:
+    """What a batch is drawn given: clean channels first: of z (label only: first = 1; image and
+    label: first = 0), at the pixels `where` marks (None: every pixel)."""
+
+    x0: torch.Tensor  # (N, C - first, H, W)
+    first: int
+    where: torch.Tensor | None  # (N, 1, H, W) bool
+
+    @classmethod
+    def of(cls, label: torch.Tensor, image: torch.Tensor | None, where: torch.Tensor | None, device) -> "_Given":
+        label = label.to(device=device, dtype=torch.float32)
+        if image is None:
+            return cls(label, 1, None)
+        return cls(torch.cat([image.to(device=device, dtype=torch.float32), label], dim=1), 0, where.to(device=device, dtype=torch.bool))
+
+    def replace(self, z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> None:
+        """z's given channels (in place) <- the given values forward-noised to alpha_bar with `noise`."""
+        noised = add_noise(self.x0, noise, alpha_bar)
+        z[:, self.first :] = noised if self.where is None else torch.where(self.where, noised, z[:, self.first :])
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -119,13 +148,19 @@ def sample_pairs(
     given_label: torch.Tensor | None = None,
     free_steps: int = 0,
     resample: int = 1,
+    given_image: torch.Tensor | None = None,
+    given_where: torch.Tensor | None = None,
 ) -> Samples:
     """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
     given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
     (module docstring), or None for the joint. free_steps: the last steps run jointly (the label is
     no longer replaced), so that label and image can settle on each other. resample: how many times
-    each replaced step is taken (RePaint's u; 1 = plain replacement), about u times the cost."""
+    each replaced step is taken (RePaint's u; 1 = plain replacement), about u times the cost.
+    given_image (N, 1, H, W) in [-1, 1] with given_where (N, 1, H, W) bool: image and label are both
+    given, at the marked pixels only (module docstring); given_label is then read there only."""
     check_resample(resample, cfg.sampler)
+    if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
+        raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -133,20 +168,21 @@ def sample_pairs(
     sched = sampling_scheduler(model, cfg)
     alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     timesteps = list(sched.timesteps)
+    given = None
     if given_label is not None:
-        given_label = given_label.to(device=device, dtype=torch.float32)
-        # the starting noise's label channels serve as the forward noise of the first level
-        z[:, 1:] = add_noise(given_label, z[:, 1:], alpha_bar[timesteps[0]].expand(z.shape[0]))
+        given = _Given.of(given_label, given_image, given_where, device)
+        # the starting noise's given channels serve as the forward noise of the first level
+        given.replace(z, z[:, given.first :].clone(), alpha_bar[timesteps[0]].expand(z.shape[0]))
     decoded: list[torch.Tensor] = []
     for i, t in enumerate(timesteps):
-        replaced = given_label is not None and i + 1 < len(timesteps) - free_steps  # after the last step only x0_hat is read
+        replaced = given is not None and i + 1 < len(timesteps) - free_steps  # after the last step only x0_hat is read
         for u in range(resample if replaced else 1):
             if u > 0:  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
                 ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
             z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
             if replaced:
-                z[:, 1:] = add_noise(given_label, _pair_noise(gens, given_label.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
+                given.replace(z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
         if i >= len(timesteps) - cfg.decode_last:
             decoded.append(decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau))
     q = torch.stack(decoded).mean(dim=0)

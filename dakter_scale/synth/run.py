@@ -155,21 +155,28 @@ def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: s
     return f"a dataset from model {str(existing.model_hash or '?')[:12]} that differs in {', '.join(differ)} (fingerprint {existing.fingerprint})"
 
 
+def _array_hash(array) -> str:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()[:16]
+
+
 def condition_identity(condition: dict | None) -> dict | None:
-    """What of a label condition (the writer's `condition`: spec, training shares, masks, max_pastes)
-    makes the shards' bytes, for the fingerprint: the masks by their hash."""
+    """What of a condition (the writer's `condition`: route, spec, training shares, masks, images for
+    the pasted route, max_pastes, free_steps, resample) makes the shards' bytes, for the
+    fingerprint: the arrays by their hash."""
     if condition is None:
         return None
-    masks = np.ascontiguousarray(condition["masks"], dtype=np.uint8)
     # absent at their defaults, so sets written before these knobs existed keep their fingerprints
     harmonise = {k: int(condition[k]) for k, default in CONDITIONING_DEFAULTS.items() if int(condition.get(k, default)) != default}
+    pasted = {"images": _array_hash(condition["images"])} if condition.get("route") == "pasted" else {}
     return {
         **harmonise,
-        "route": "conditioned",
+        **pasted,
+        "route": condition.get("route", "conditioned"),
         "spec": condition["spec"],
         "training": [float(v) for v in condition["training"]],
         "max_pastes": int(condition["max_pastes"]),
-        "masks": hashlib.sha256(masks.tobytes() + str(masks.shape).encode()).hexdigest()[:16],
+        "masks": _array_hash(condition["masks"]),
     }
 
 

@@ -21,11 +21,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dakter_scale.core.compose import class_shares, compose_mask
+from dakter_scale.core.compose import class_shares, compose_mask, paste_instances
 from dakter_scale.core.steps import derive_seed
 from dakter_scale.errors import UserError
 
-ROUTES = ("selection", "conditioned")
+ROUTES = ("selection", "conditioned", "pasted")
+DRAWN_ROUTES = ("conditioned", "pasted")  # routes that draw each pair given something (synth/targeted.py)
 FORMAT = 1  # version of dataset.json's "target" record
 _ENTRY = re.compile(r"^\s*([^:,\s][^:,]*?)\s*:\s*([^,]+?)\s*$")
 # Draw factors the selection route tries, smallest first (pairs drawn per pair kept).
@@ -181,15 +182,17 @@ def draw_factor(fractions: np.ndarray, target: ClassTarget, max_factor: float, k
     return None
 
 
-# -- label-conditioned sampling: the label map of each pair ------------------------------------------
+# -- conditioned and pasted sampling: what each pair is drawn given ----------------------------------
 
 COMPOSE_STREAM = 1  # derive_seed(pair seed, COMPOSE_STREAM): the composed map's randomness, apart from the sampler's
 MAX_PASTES = 8  # donor masks pasted per class at most
 
 
-def donors(masks: np.ndarray, target: ClassTarget) -> dict[int, list[np.ndarray]]:
-    """The real masks (N, H, H) that hold each targeted class, by class index."""
-    return {c: [m for m in masks if (m == c).any()] for c, _ in target.shares}
+def donors(masks: np.ndarray, target: ClassTarget, items: np.ndarray | None = None) -> dict[int, list[np.ndarray]]:
+    """By targeted class index, the items (default: the masks themselves) of the real masks
+    (N, H, H) that hold that class."""
+    items = masks if items is None else items
+    return {c: [items[i] for i in np.flatnonzero((masks == c).any(axis=(1, 2)))] for c, _ in target.shares}
 
 
 def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
@@ -201,15 +204,35 @@ def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int
     return compose_mask(base, donors(masks, target), target.goals, rng, background=0, max_pastes=max_pastes)
 
 
-def check_composable(masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64) -> np.ndarray:
-    """Refuse (TargetError) a target the conditioned route cannot compose: a targeted class that no
-    training mask holds, or composed maps of `probe` seeds whose pooled shares fall short. Returns
-    those maps' pooled shares (K,)."""
+def pair_paste(seed: int, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the pasted route gives the pair drawn from `seed`: (image uint8, class ids, given bool),
+    each (H, H): real instances of each targeted class, image and label, from the real pairs
+    (images, masks: (N, H, H) uint8) moved and pasted until they cover the class's target share
+    (core.compose.paste_instances). A function of its arguments alone, like pair_mask."""
+    rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
+    return paste_instances(donors(masks, target, np.stack([images, masks], axis=1)), target.goals, rng, max_pastes)
+
+
+def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
+    """Pooled per-class shares (K,) of what `route` gives the pairs of `seeds`: the composed maps
+    (conditioned), or the pasted pixels alone (pasted: what the model draws around them adds more)."""
+    k = len(target.classes)
+    if route == "conditioned":
+        return class_shares(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]), k)
+    pasted = [pair_paste(s, images, masks, target, max_pastes) for s in seeds]
+    counts = sum(np.bincount(ids[given].astype(np.int64), minlength=k)[:k] for _, ids, given in pasted)
+    return counts / (len(pasted) * masks[0].size)
+
+
+def check_composable(route: str, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64) -> np.ndarray:
+    """Refuse (TargetError) a target `route` (conditioned or pasted) cannot compose: a targeted class
+    that no training mask holds, or what it gives `probe` seeds falling short of the target (pooled).
+    Returns those pooled shares (K,)."""
     missing = [target.classes[c] for c, pool in donors(masks, target).items() if not pool]
     if missing:
-        raise TargetError(f"--class-target: no training mask holds {', '.join(missing)}, so the conditioned route has nothing to paste; use --target-route selection")
-    probe_maps = np.stack([pair_mask(derive_seed(i, 2), masks, target, max_pastes) for i in range(probe)])
-    shares = class_shares(probe_maps, len(target.classes))
+        raise TargetError(f"--class-target: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste; use --target-route selection")
+    shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes)
     if not target.met(shares):
-        raise TargetError(f"--class-target {target.spec} cannot be reached by the conditioned route ({max_pastes} pasted masks per class at most): composed maps reach {', '.join(target.missed(shares))}")
+        what = "composed maps" if route == "conditioned" else "pasted instances"
+        raise TargetError(f"--class-target {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}")
     return shares

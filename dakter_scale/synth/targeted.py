@@ -16,6 +16,13 @@ conditioned  Draw exactly n pairs, each image given a label map composed from a 
              with real regions of the targeted classes pasted in (target.pair_mask, from the pair's
              seed), by replacement conditioning of the joint model (diffusion/sample.py given_label):
              no retraining. The soft label is the model's own estimate (decoded x0_hat), as always.
+pasted       Draw exactly n pairs jointly, each given real instances of the targeted classes at some
+             pixels, image and label together (target.pair_paste: real training pairs' regions of
+             those classes, moved, until they cover the target share), by replacement at those
+             pixels only (diffusion/sample.py given_image, given_where): the model draws the rest of
+             the pair around them and harmonises the edges. The image shows what the label says at
+             the pasted pixels because both are real there; the conditioned route's images did not
+             show small pasted structures (docs/RESULTS.md).
 
 Either way dataset.json's ``target`` records the spec, route, shares asked for, training shares,
 achieved shares (argmax of the soft labels, the manifest's class_fractions), whether it was met, and
@@ -40,7 +47,7 @@ import torch
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig
 from dakter_scale.data.lease import Lease
-from dakter_scale.data.real import open_source, random_patch
+from dakter_scale.data.real import denormalise, open_source, random_patch
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, divergence, marker_count, marker_stats, stats_lines
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import check_model_folder
@@ -64,14 +71,15 @@ def model_target(model_dir: str | Path, spec: str) -> tuple[ClassTarget, dict]:
     return tgt.parse_class_target(spec, info["classes"], training), info
 
 
-def training_masks(model_info: dict, max_images: int = 2000) -> np.ndarray:
-    """The real training masks (N, R, R) uint8 at the model's resolution (whole images resized with
-    nearest neighbours, no flips), from the data spec recorded in the model folder."""
+def training_pairs(model_info: dict, max_images: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """The real training pairs at the model's resolution (whole images resized, no flips), from the
+    data spec recorded in the model folder: (images, masks), each (N, R, R) uint8."""
     source = open_source(model_info["data_spec"])
     r = int(model_info["resolution"])
     items = source.split_items("train")[:max_images]
     gen = torch.Generator().manual_seed(0)  # unused without crop and flips
-    return np.stack([random_patch(*source.load(item), r, 0, (1.0, 1.0), False, gen)[1].numpy().astype(np.uint8) for item in items])
+    pairs = [random_patch(*source.load(item), r, 0, (1.0, 1.0), False, gen) for item in items]
+    return np.stack([denormalise(x[0]).numpy() for x, _ in pairs]), np.stack([m.numpy().astype(np.uint8) for _, m in pairs])
 
 
 def check_max_draw_factor(value: float) -> float:
@@ -80,37 +88,42 @@ def check_max_draw_factor(value: float) -> float:
     return float(value)
 
 
-def condition_for(target: ClassTarget, masks: np.ndarray, free_steps: int = 0, resample: int = 1) -> dict:
-    """The ShardWriter's `condition` for the conditioned route (checked composable first); the last
-    free_steps sampling steps run jointly, each replaced step is taken `resample` times
-    (diffusion/sample.py)."""
-    tgt.check_composable(masks, target)
-    return {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps), "resample": int(resample)}
+def condition_for(target: ClassTarget, route: str, images: np.ndarray, masks: np.ndarray, free_steps: int = 0, resample: int = 1) -> dict:
+    """The ShardWriter's `condition` for a route that draws pairs given something (conditioned or
+    pasted; checked reachable first); the last free_steps sampling steps run jointly, each replaced
+    step is taken `resample` times (diffusion/sample.py)."""
+    tgt.check_composable(route, images, masks, target)
+    condition = {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps), "resample": int(resample)}
+    if route == "pasted":  # the conditioned route's condition stays as it was (its sets' fingerprints)
+        condition.update(route=route, images=images)
+    return condition
 
 
 def check_conditioned_resample(resample: int, route: str, sampler: str) -> None:
-    """--resample: the conditioned route's RePaint resampling, with a sampler whose steps keep no state."""
-    if resample != 1 and route != "conditioned":
-        raise TargetError(f"--resample {resample} applies to --target-route conditioned only (the {route} route draws pairs jointly)")
+    """--resample: RePaint's resampling for a route that replaces, with a sampler whose steps keep no state."""
+    if resample != 1 and route not in tgt.DRAWN_ROUTES:
+        raise TargetError(f"--resample {resample} applies to --target-route {' or '.join(tgt.DRAWN_ROUTES)} only (the {route} route draws pairs jointly)")
     try:
         check_resample(resample, sampler)
     except ValueError as e:
-        raise TargetError(f"--class-target, conditioned route: {e}") from None
+        raise TargetError(f"--class-target, {route} route: {e}") from None
 
 
-def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float, resample: int = 1, sampler: str = "ddim") -> tuple[ClassTarget, np.ndarray | None, dict]:
+def prepare_target(
+    model_dir: str | Path, spec: str, route: str, max_draw_factor: float, resample: int = 1, sampler: str = "ddim"
+) -> tuple[ClassTarget, tuple[np.ndarray, np.ndarray] | None, dict]:
     """Every check of a targeted run that needs no sampling: the spec against the model, the route,
-    the draw bound, resampling against the route and sampler, and for the conditioned route whether
-    composed maps reach the target. Returns (target, the training masks (conditioned) or None, what
-    the check found)."""
+    the draw bound, resampling against the route and sampler, and for the conditioned and pasted
+    routes whether what they give the pairs reaches the target. Returns (target, the real training
+    pairs (images, masks) those routes paste from, or None for selection, what the check found)."""
     tgt.check_route(route)
     check_max_draw_factor(max_draw_factor)
     check_conditioned_resample(resample, route, sampler)
     target, info = model_target(model_dir, spec)
     if route == "selection":
         return target, None, {"draw_factor": "measured on the first draw of n pairs"}
-    masks = training_masks(info)
-    return target, masks, {"composed_shares": target.named(tgt.check_composable(masks, target))}
+    images, masks = training_pairs(info)
+    return target, (images, masks), {"given_shares": target.named(tgt.check_composable(route, images, masks, target))}
 
 
 @dataclass
@@ -128,7 +141,7 @@ class TargetedResult:
         return self.summary.ok
 
     def lines(self) -> list[str]:
-        if self.route == "conditioned" or not self.info.target:  # conditioned, or a draw that failed
+        if self.route != "selection" or not self.info.target:  # drawn given something, or a draw that failed
             return self.summary.lines()
         return [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())] + [
             f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
@@ -167,27 +180,41 @@ def _sampling_seconds(markers) -> float:
 
 
 def by_conditioning(
-    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, target: ClassTarget, masks: np.ndarray, free_steps: int = 0, resample: int = 1, **run_kwargs
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    target: ClassTarget,
+    pairs: tuple[np.ndarray, np.ndarray],
+    route: str = "conditioned",
+    free_steps: int = 0,
+    resample: int = 1,
+    **run_kwargs,
 ) -> TargetedResult:
-    """cfg.n pairs drawn given composed label maps (module docstring); dataset.json gains `target`."""
-    check_conditioned_resample(resample, "conditioned", sampling.sampler)
-    condition = condition_for(target, masks, free_steps, resample)
+    """cfg.n pairs drawn given composed label maps (route conditioned) or pasted real instances
+    (route pasted), from the real training pairs (images, masks) (module docstring); dataset.json
+    gains `target`."""
+    check_conditioned_resample(resample, route, sampling.sampler)
+    condition = condition_for(target, route, *pairs, free_steps, resample)
     summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
     out = ShardSet(out_url)
     info = out.info()
     if not summary.ok or info is None or not info.generated_stats:
-        return TargetedResult("conditioned", summary, info or DatasetInfo(), out_url)
+        return TargetedResult(route, summary, info or DatasetInfo(), out_url)
     markers = [i.marker for i in out.done()]
     achieved = list(info.generated_stats["class_fractions"])
     cost = {"pairs_drawn": info.count, "pairs_kept": info.count, "pairs_drawn_per_kept_pair": 1.0, "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count)}
-    extra = dict(max_pastes=tgt.MAX_PASTES, free_steps=free_steps, resample=resample, label_maps="real training masks + pasted real regions (synth/target.py pair_mask)")
-    record, warnings = _record(target, "conditioned", achieved, cost, **extra)
+    given = {
+        "conditioned": ("label_maps", "real training masks + pasted real regions (synth/target.py pair_mask)"),
+        "pasted": ("pasted", "real training pairs' regions of the targeted classes, image and label (synth/target.py pair_paste)"),
+    }[route]
+    record, warnings = _record(target, route, achieved, cost, max_pastes=tgt.MAX_PASTES, free_steps=free_steps, resample=resample, **dict([given]))
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
-    with _lease(out_url, cfg, "targeted synthesis (conditioned): the target record"):  # synthesize gave the prefix back
+    with _lease(out_url, cfg, f"targeted synthesis ({route}): the target record"):  # synthesize gave the prefix back
         out.write_info(info)
     summary.dataset = info.to_json()
-    return TargetedResult("conditioned", summary, info, out_url)
+    return TargetedResult(route, summary, info, out_url)
 
 
 def _manifest(draw: ShardSet) -> tuple[list[str], np.ndarray]:
@@ -233,7 +260,7 @@ def by_selection(
                 f"{len(keys)} pairs drawn (their measured class fractions, resampled to {max_draw_factor:g} per kept pair) reaches {', '.join(target.missed(best))}"
             )
             if len(keys) <= n:  # the first draw: refuse before drawing the rest
-                raise TargetError(message + "; try --target-route conditioned")
+                raise TargetError(message + "; try --target-route pasted")
             log.warning("selection: %s; stopping", message)
             break
         factor = min(max_draw_factor, max(needed, next((f for f in tgt.DRAW_FACTORS if f > factor), max_draw_factor)))
@@ -300,11 +327,11 @@ def synthesize_targeted(
     **run_kwargs,
 ) -> TargetedResult:
     """cfg.n pairs meeting the class target `spec` by `route` (module docstring). Bad input, and a
-    target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned):
-    the last sampling steps run jointly, without replacing the label; resample (conditioned, ddim
-    or ddpm): each replaced step taken that many times (RePaint), about that many times the cost."""
-    target, masks, plan = prepare_target(model_dir, spec, route, max_draw_factor, resample, sampling.sampler)
+    target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned,
+    pasted): the last sampling steps run jointly, replacing nothing; resample (conditioned, pasted;
+    ddim or ddpm): each replaced step taken that many times (RePaint), about that many times the cost."""
+    target, pairs, plan = prepare_target(model_dir, spec, route, max_draw_factor, resample, sampling.sampler)
     if route == "selection":
         return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
-    return by_conditioning(model_dir, out_url, cfg, sampling, target, masks, free_steps, resample, **run_kwargs)
+    return by_conditioning(model_dir, out_url, cfg, sampling, target, pairs, route, free_steps, resample, **run_kwargs)
 

@@ -31,13 +31,13 @@ from dakter_scale.config import SamplingConfig
 from dakter_scale.core.joint import one_hot
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data.lease import check_ref
-from dakter_scale.data.real import denormalise
+from dakter_scale.data.real import denormalise, normalise
 from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS, sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
-from dakter_scale.synth.target import pair_mask, parse_class_target
+from dakter_scale.synth.target import pair_mask, pair_paste, parse_class_target
 
 log = logging.getLogger("dakter_scale")
 
@@ -187,11 +187,12 @@ class ShardWriter:
         self.sampling.validate()
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
-        # label-conditioned sampling (targeted synthesis): each pair's image drawn given its composed map
+        # targeted synthesis: each pair drawn given its composed label map (conditioned) or pasted real instances (pasted)
         self.condition, self.harmonise = None, {}
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
-            self.condition = (target, np.asarray(condition["masks"]), int(condition["max_pastes"]))
+            images = condition.get("images")
+            self.condition = (condition.get("route", "conditioned"), target, None if images is None else np.asarray(images), np.asarray(condition["masks"]), int(condition["max_pastes"]))
             self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
         self.load_seconds = time.time() - t0
 
@@ -206,19 +207,31 @@ class ShardWriter:
         for indices in batch_indices(task.count, self.batch_size):
             t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
-            out = sample_pairs(self.model, seeds, self.sampling, self.device, given_label=self._given(seeds), **self.harmonise)
+            out = sample_pairs(self.model, seeds, self.sampling, self.device, **self._given(seeds), **self.harmonise)
             images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
             batch = _Batch(indices, seeds, images, out.q.float().cpu())
             timing["sample"] += time.perf_counter() - t0
             yield batch
 
-    def _given(self, seeds: list[int]) -> torch.Tensor | None:
-        """The label channels (N, K, H, W) the batch is drawn given, or None for the joint."""
+    def _given(self, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """sample_pairs' arguments for what the batch is drawn given: {} for the joint; the label
+        channels (N, K, H, W) of the composed maps (conditioned); or those of the pasted instances with
+        their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted)."""
         if self.condition is None:
-            return None
-        target, masks, max_pastes = self.condition
-        maps = torch.from_numpy(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]).astype(np.int64))
-        return self.model.b * (2.0 * one_hot(maps, self.model.num_classes) - 1.0)
+            return {}
+        route, target, images, masks, max_pastes = self.condition
+        if route == "conditioned":
+            return {"given_label": self._label(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]))}
+        pasted = [pair_paste(s, images, masks, target, max_pastes) for s in seeds]
+        return {
+            "given_label": self._label(np.stack([ids for _, ids, _ in pasted])),
+            "given_image": normalise(np.stack([image for image, _, _ in pasted]))[:, None],
+            "given_where": torch.from_numpy(np.stack([given for _, _, given in pasted]))[:, None],
+        }
+
+    def _label(self, maps: np.ndarray) -> torch.Tensor:
+        """Class-id maps (N, H, W) -> clean label channels b * (2 * onehot - 1) (N, K, H, W)."""
+        return self.model.b * (2.0 * one_hot(torch.from_numpy(maps.astype(np.int64)), self.model.num_classes) - 1.0)
 
     def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict], sar: SarCounts) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order;
