@@ -17,9 +17,15 @@ with plain replacement; 10:1 lets the last 10 steps run jointly, 0:4 is RePaint'
 u = 4; each is recorded as conditioned-free10, conditioned-resample4, pasted. Records go to
 OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
 
-    python bench/targeted_synthesis.py summary OUT docs/results/targeted_synthesis.json
+    python bench/targeted_synthesis.py summary OUT docs/results/targeted_synthesis.json [RECORDS]
 
-writes the means and stds over seeds per route (and every record) and prints the markdown table.
+writes the means and stds over seeds per route (and every record) and prints the markdown table
+(RECORDS: a records file in OUT other than records.jsonl, e.g. one `rescore` wrote).
+
+    python bench/targeted_synthesis.py rescore OUT SEGMENTER CONFIG TAG
+
+scores every recorded set again with another real-only SEGMENTER (e.g. one trained on other real
+scenes than the generator's, which the pasted route's instances come from) -> OUT/records-TAG.jsonl.
 
     python bench/targeted_synthesis.py follow MODEL OUT/conditioned-oil3x-ship3x-s0 oil:3x,ship:3x
 
@@ -93,11 +99,24 @@ def main(
                 emit({"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q})
 
 
-def summary(out: str, json_path: str) -> None:
-    """Mean and std over seeds per (route, spec), from OUT/records.jsonl -> JSON_PATH, and a markdown table."""
+def rescore(out: str, segmenter: str, config: str, tag: str) -> None:
+    """Every scored record of OUT/records.jsonl, its set scored again by SEGMENTER -> OUT/records-TAG.jsonl."""
+    from dakter_scale.config import load_config
+    from dakter_scale.quality import generation_quality
+
+    cfg = load_config(config)
+    with open(Path(out) / f"records-{tag}.jsonl", "w") as f:
+        for record in map(json.loads, open(Path(out) / "records.jsonl")):
+            if "quality" in record:
+                record = dict(record, quality=generation_quality(cfg, record["url"], segmenter, n=record["n"]), segmenter=segmenter)
+            f.write(json.dumps(record) + "\n")
+
+
+def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> None:
+    """Mean and std over seeds per (route, spec), from OUT/RECORDS_FILE -> JSON_PATH, and a markdown table."""
     import numpy as np
 
-    records = [json.loads(line) for line in open(Path(out) / "records.jsonl")]
+    records = [json.loads(line) for line in open(Path(out) / records_file)]
     classes = ("sea", "oil", "look-alike", "ship", "land")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
@@ -181,8 +200,10 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         sys.exit(follow(*sys.argv[2:5]))
     args = sys.argv[1:]
-    if args[:1] == ["summary"] and len(args) == 3:
-        sys.exit(summary(args[1], args[2]))
+    if args[:1] == ["summary"] and len(args) in (3, 4):
+        sys.exit(summary(*args[1:]))
+    if args[:1] == ["rescore"] and len(args) == 5:
+        sys.exit(rescore(*args[1:]))
     if len(args) < 6:
         sys.exit(__doc__)
     variants = tuple(parse_variant(v) for v in args[8].split(",")) if len(args) > 8 else (("conditioned", 0, 1),)

@@ -221,6 +221,10 @@ def test_paste_gives_real_instances_image_and_label_together():
     assert set(out_image[out_ids == 1].tolist()) <= set(image[ids == 1].tolist())
     once = paste_instances({1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1)
     assert np.count_nonzero(once[2]) == 16 and sorted(once[0][once[2]].tolist()) == sorted(image[ids == 1].tolist())
+    ringed = paste_instances({1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1, ring=1)  # the same move, with a 1-px ring
+    assert np.count_nonzero(ringed[2]) == 36 and np.array_equal(ringed[1] == 1, once[1] == 1)  # the 4x4 slick in its 6x6 surroundings
+    assert not ringed[1][ringed[2] & (ringed[1] != 1)].any()  # the ring brings the donor's sea, labelled sea
+    assert sorted(ringed[0][ringed[2]].tolist()) == sorted(image[5:11, 5:11].reshape(-1).tolist())
     again = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
     assert all(np.array_equal(x, y) for x, y in zip(again, (out_image, out_ids, given)))
 

@@ -53,17 +53,33 @@ def compose_mask(
     return out
 
 
+def dilate(mask: np.ndarray, ring: int) -> np.ndarray:
+    """A bool (H, W) mask grown by `ring` pixels (a (2 ring + 1)^2 square; nothing wraps)."""
+    if ring <= 0:
+        return mask
+    h, w = mask.shape
+    padded = np.pad(mask, ring)
+    out = np.zeros_like(mask)
+    for dy in range(2 * ring + 1):
+        for dx in range(2 * ring + 1):
+            out |= padded[dy : dy + h, dx : dx + w]
+    return out
+
+
 def paste_instances(
     donors: Mapping[int, Sequence[np.ndarray]],
     goals: Mapping[int, float],
     rng: np.random.Generator,
     max_pastes: int = 8,
+    ring: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """donors[c]: real pairs (2, H, H) uint8, image over class ids, that hold class c -> (image (H, H)
     uint8, class ids (H, H) uint8, given (H, H) bool): each targeted class's pixels of transformed
-    donors, image and id together, until the given pixels of class c cover goals[c] of the pixels
-    or max_pastes donors were used. Classes are taken in increasing id order; a pixel once given is
-    not painted again. Pixels not given hold 0 in image and ids (they are drawn, not given)."""
+    donors, and the donor's own pixels within `ring` pixels of them (their surroundings: a slick's
+    darker rim, the sea level it is darker than), image and id together, until the given pixels of
+    class c cover goals[c] of the pixels or max_pastes donors were used. Classes are taken in
+    increasing id order; a pixel once given is not painted again. Pixels not given hold 0 in image
+    and ids (they are drawn, not given)."""
     shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]
     image, ids, given = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool)
     for c in sorted(goals):
@@ -72,8 +88,8 @@ def paste_instances(
             if np.count_nonzero(given & (ids == c)) >= goals[c] * given.size:
                 break
             donor = transform(pool[int(rng.integers(len(pool)))], rng)
-            new = (donor[1] == c) & ~given
-            image[new], ids[new], given[new] = donor[0][new], c, True
+            new = dilate(donor[1] == c, ring) & ~given
+            image[new], ids[new], given[new] = donor[0][new], donor[1][new], True
     return image, ids, given
 
 

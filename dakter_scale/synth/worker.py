@@ -192,7 +192,7 @@ class ShardWriter:
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
             images = condition.get("images")
-            self.condition = (condition.get("route", "conditioned"), target, None if images is None else np.asarray(images), np.asarray(condition["masks"]), int(condition["max_pastes"]))
+            self.condition = (condition.get("route", "conditioned"), target, None if images is None else np.asarray(images), np.asarray(condition["masks"]), int(condition["max_pastes"]), int(condition.get("ring", 0)))
             self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
         self.load_seconds = time.time() - t0
 
@@ -219,10 +219,10 @@ class ShardWriter:
         their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted)."""
         if self.condition is None:
             return {}
-        route, target, images, masks, max_pastes = self.condition
+        route, target, images, masks, max_pastes, ring = self.condition
         if route == "conditioned":
             return {"given_label": self._label(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]))}
-        pasted = [pair_paste(s, images, masks, target, max_pastes) for s in seeds]
+        pasted = [pair_paste(s, images, masks, target, max_pastes, ring) for s in seeds]
         return {
             "given_label": self._label(np.stack([ids for _, ids, _ in pasted])),
             "given_image": normalise(np.stack([image for image, _, _ in pasted]))[:, None],
