@@ -187,7 +187,7 @@ def follow(model: str, url: str, spec: str) -> None:
     for sample in ShardSet(url).samples():
         _, q, meta = decode_sample(sample)
         if route == "pasted":
-            _, ids, given = tgt.pair_paste(meta["seed"], images, masks, target)
+            _, ids, given, _ = tgt.pair_paste(meta["seed"], images, masks, target)
         else:
             ids, given = tgt.pair_mask(meta["seed"], masks, target), np.ones(masks[0].shape, dtype=bool)
         counts += np.bincount((ids[given].astype(np.int64) * k + q.argmax(0)[given]), minlength=k * k).reshape(k, k)

@@ -214,19 +214,16 @@ def test_paste_gives_real_instances_image_and_label_together():
     ids[2, 2:4] = 3  # a 2-pixel ship
     image = (np.arange(256).reshape(16, 16) % 251).astype(np.uint8)  # every pixel's value names it
     donor = np.stack([image, ids])
-    out_image, out_ids, given = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
+    out_image, out_ids, given, sea = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
+    assert np.all(sea[given] == np.median(image[ids == 0])) and not sea[~given].any()  # each pixel knows its donor's sea level
     assert set(np.unique(out_ids[given])) == {1, 3} and not out_ids[~given].any() and not out_image[~given].any()
     assert np.count_nonzero(given & (out_ids == 1)) >= 0.15 * 256 and np.count_nonzero(given & (out_ids == 3)) >= 0.02 * 256
     assert set(out_image[out_ids == 3].tolist()) <= set(image[ids == 3].tolist())  # a ship's pixels bring the ship's image
     assert set(out_image[out_ids == 1].tolist()) <= set(image[ids == 1].tolist())
     once = paste_instances({1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1)
     assert np.count_nonzero(once[2]) == 16 and sorted(once[0][once[2]].tolist()) == sorted(image[ids == 1].tolist())
-    ringed = paste_instances({1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1, ring=1)  # the same move, with a 1-px ring
-    assert np.count_nonzero(ringed[2]) == 36 and np.array_equal(ringed[1] == 1, once[1] == 1)  # the 4x4 slick in its 6x6 surroundings
-    assert not ringed[1][ringed[2] & (ringed[1] != 1)].any()  # the ring brings the donor's sea, labelled sea
-    assert sorted(ringed[0][ringed[2]].tolist()) == sorted(image[5:11, 5:11].reshape(-1).tolist())
     again = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
-    assert all(np.array_equal(x, y) for x, y in zip(again, (out_image, out_ids, given)))
+    assert all(np.array_equal(x, y) for x, y in zip(again, (out_image, out_ids, given, sea)))
 
 
 def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
@@ -236,7 +233,7 @@ def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
     t = parse_class_target("oil:0.1,ship:0.08", CLASSES, OSD)
     a = [tgt.pair_paste(s, images, masks, t) for s in (11, 12, 13)]
     assert all(np.array_equal(x, y) for x, y in zip(a[1], tgt.pair_paste(12, images, masks, t))) and not np.array_equal(a[0][2], a[1][2])
-    image, ids, given = a[0]
+    image, ids, given, _ = a[0]
     assert set(np.unique(ids[given])) <= {1, 3}
     shares = tgt.check_composable("pasted", images, masks, t)
     assert shares[1] >= 0.1 and shares[3] >= 0.08 and shares[0] == 0  # only the targeted classes are given
@@ -366,6 +363,27 @@ def test_a_pair_given_at_some_pixels_is_replaced_there_only(model):
             sample_pairs(m, seeds, cfg, "cpu", **kwargs)
 
 
+def test_a_pasted_image_is_moved_to_the_sea_level_of_the_pair_being_drawn():
+    """sea_level: the median image value where the label estimate says sea and nothing is given; the
+    given image is shifted by (that level - its donor's), clipped; a pair with no such pixel keeps it."""
+    from dakter_scale.diffusion.sample import _Given, sea_level
+
+    x0 = torch.zeros((2, 1 + 5, 4, 4))
+    x0[:, 1] = 1.0  # label estimate: sea everywhere
+    x0[0, 0] = torch.tensor([[-0.5, -0.4, 0.9, 0.9], [-0.3] * 4, [-0.3] * 4, [-0.3] * 4])
+    where = torch.zeros((2, 1, 4, 4), dtype=torch.bool)
+    where[:, :, 0, 2:] = True  # the bright pixels are given: not part of the level
+    x0[1, 1], x0[1, 2] = 0.0, 1.0  # pair 1: oil everywhere, no sea to measure
+    level = sea_level(x0, where)
+    assert level[0].item() == pytest.approx(-0.3) and torch.isnan(level[1]).all()
+    image = torch.full((2, 1, 4, 4), -0.6)
+    given = _Given.of(torch.zeros((2, 5, 4, 4)), image, where, torch.full((2, 1, 4, 4), -0.5), "cpu")
+    moved = given.values(x0)
+    assert torch.allclose(moved[0, 0], torch.full((4, 4), -0.6 + (-0.3 + 0.5))) and torch.equal(moved[1, 0], image[1, 0])
+    assert torch.equal(moved[:, 1:], given.x0[:, 1:]) and torch.equal(given.values(None), given.x0)
+    assert given.values(x0 - 5.0)[0, 0].min() == -1.0  # clipped to the image range
+
+
 # -- the routes on real shard sets -----------------------------------------------------------------
 
 
@@ -422,6 +440,7 @@ def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_pa
         given_label=m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
         given_image=normalise(np.stack([g[0] for g in given]))[:, None],
         given_where=torch.from_numpy(np.stack([g[2] for g in given]))[:, None],
+        given_sea=torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None] if tgt.PASTE_SEA else None,
     )
     stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
     assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)

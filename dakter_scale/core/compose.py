@@ -53,44 +53,31 @@ def compose_mask(
     return out
 
 
-def dilate(mask: np.ndarray, ring: int) -> np.ndarray:
-    """A bool (H, W) mask grown by `ring` pixels (a (2 ring + 1)^2 square; nothing wraps)."""
-    if ring <= 0:
-        return mask
-    h, w = mask.shape
-    padded = np.pad(mask, ring)
-    out = np.zeros_like(mask)
-    for dy in range(2 * ring + 1):
-        for dx in range(2 * ring + 1):
-            out |= padded[dy : dy + h, dx : dx + w]
-    return out
-
-
 def paste_instances(
     donors: Mapping[int, Sequence[np.ndarray]],
     goals: Mapping[int, float],
     rng: np.random.Generator,
     max_pastes: int = 8,
-    ring: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """donors[c]: real pairs (2, H, H) uint8, image over class ids, that hold class c -> (image (H, H)
-    uint8, class ids (H, H) uint8, given (H, H) bool): each targeted class's pixels of transformed
-    donors, and the donor's own pixels within `ring` pixels of them (their surroundings: a slick's
-    darker rim, the sea level it is darker than), image and id together, until the given pixels of
-    class c cover goals[c] of the pixels or max_pastes donors were used. Classes are taken in
+    uint8, class ids (H, H) uint8, given (H, H) bool, sea): each targeted class's pixels of
+    transformed donors, image and id together, until the given pixels of class c cover goals[c] of
+    the pixels or max_pastes donors were used. Classes are taken in
     increasing id order; a pixel once given is not painted again. Pixels not given hold 0 in image
-    and ids (they are drawn, not given)."""
+    and ids (they are drawn, not given). sea (H, H) float32: at each given pixel, its donor's sea
+    level (the median of the donor image over its sea, id 0, or over all of it)."""
     shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]
-    image, ids, given = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool)
+    image, ids, given, sea = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool), np.zeros(shape, np.float32)
     for c in sorted(goals):
         pool = donors.get(c) or ()
         for _ in range(max_pastes if pool else 0):
             if np.count_nonzero(given & (ids == c)) >= goals[c] * given.size:
                 break
             donor = transform(pool[int(rng.integers(len(pool)))], rng)
-            new = dilate(donor[1] == c, ring) & ~given
-            image[new], ids[new], given[new] = donor[0][new], donor[1][new], True
-    return image, ids, given
+            new = (donor[1] == c) & ~given
+            image[new], ids[new], given[new] = donor[0][new], c, True
+            sea[new] = np.median(donor[0][donor[1] == 0] if (donor[1] == 0).any() else donor[0])
+    return image, ids, given, sea
 
 
 def class_shares(masks: np.ndarray, num_classes: int) -> np.ndarray:

@@ -31,7 +31,11 @@ With ``given_image`` as well, and ``given_where``, both modalities are given, at
 are replaced by the given pair forward-noised; everywhere else the pair is drawn jointly, so the
 model paints the rest around what is given and harmonises the edges. The targeted route `pasted`
 (synth/targeted.py) gives real instances of rare classes this way: the image then shows what the
-label says, because both are real at those pixels.
+label says, because both are real at those pixels. A slick is dark against its own sea, so with
+``given_sea`` (the given image's own sea level at each given pixel) the given image is moved, after
+every step, to the sea level of the pair being drawn (the median of x0_hat's image where its label
+says sea and nothing is given): the images are dB-scaled, so a shift keeps each pasted slick's
+contrast against its sea.
 """
 
 from __future__ import annotations
@@ -114,23 +118,43 @@ def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t:
 @dataclass
 class _Given:
     """What a batch is drawn given: clean channels first: of z (label only: first = 1; image and
-    label: first = 0), at the pixels `where` marks (None: every pixel)."""
+    label: first = 0), at the pixels `where` marks (None: every pixel); `sea`: the given image's own
+    sea level at each given pixel, to move it to the drawn pair's (None: as given)."""
 
     x0: torch.Tensor  # (N, C - first, H, W)
     first: int
     where: torch.Tensor | None  # (N, 1, H, W) bool
+    sea: torch.Tensor | None = None  # (N, 1, H, W)
 
     @classmethod
-    def of(cls, label: torch.Tensor, image: torch.Tensor | None, where: torch.Tensor | None, device) -> "_Given":
+    def of(cls, label: torch.Tensor, image: torch.Tensor | None, where: torch.Tensor | None, sea: torch.Tensor | None, device) -> "_Given":
         label = label.to(device=device, dtype=torch.float32)
         if image is None:
             return cls(label, 1, None)
-        return cls(torch.cat([image.to(device=device, dtype=torch.float32), label], dim=1), 0, where.to(device=device, dtype=torch.bool))
+        sea = None if sea is None else sea.to(device=device, dtype=torch.float32)
+        return cls(torch.cat([image.to(device=device, dtype=torch.float32), label], dim=1), 0, where.to(device=device, dtype=torch.bool), sea)
 
-    def replace(self, z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> None:
+    def values(self, x0_hat: torch.Tensor | None) -> torch.Tensor:
+        """The clean given channels; with `sea` and an estimate x0_hat (N, C, H, W) of the pair, the
+        image moved to x0_hat's sea level (pairs where it has none keep theirs)."""
+        if self.sea is None or x0_hat is None:
+            return self.x0
+        level = sea_level(x0_hat, self.where)
+        shift = torch.where(torch.isnan(level), torch.zeros_like(self.sea), level - self.sea)
+        return torch.cat([(self.x0[:, :1] + shift).clamp(-1.0, 1.0), self.x0[:, 1:]], dim=1)
+
+    def replace(self, z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, x0_hat: torch.Tensor | None = None) -> None:
         """z's given channels (in place) <- the given values forward-noised to alpha_bar with `noise`."""
-        noised = add_noise(self.x0, noise, alpha_bar)
+        noised = add_noise(self.values(x0_hat), noise, alpha_bar)
         z[:, self.first :] = noised if self.where is None else torch.where(self.where, noised, z[:, self.first :])
+
+
+def sea_level(x0_hat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 1, 1): per pair, the median image value of x0_hat (N, 1 + K, H, W) over the pixels not
+    given (where (N, 1, H, W)) whose label estimate is sea (class 0); NaN where there are none."""
+    sea = (x0_hat[:, 1:].argmax(dim=1, keepdim=True) == 0) & ~where
+    level = [x0_hat[i, :1][sea[i]].median() if sea[i].any() else x0_hat.new_tensor(float("nan")) for i in range(x0_hat.shape[0])]
+    return torch.stack(level).view(-1, 1, 1, 1)
 
 
 def _autocast(device: torch.device):
@@ -150,6 +174,7 @@ def sample_pairs(
     resample: int = 1,
     given_image: torch.Tensor | None = None,
     given_where: torch.Tensor | None = None,
+    given_sea: torch.Tensor | None = None,
 ) -> Samples:
     """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
     given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
@@ -157,10 +182,14 @@ def sample_pairs(
     no longer replaced), so that label and image can settle on each other. resample: how many times
     each replaced step is taken (RePaint's u; 1 = plain replacement), about u times the cost.
     given_image (N, 1, H, W) in [-1, 1] with given_where (N, 1, H, W) bool: image and label are both
-    given, at the marked pixels only (module docstring); given_label is then read there only."""
+    given, at the marked pixels only (module docstring); given_label is then read there only.
+    given_sea (N, 1, H, W): the given image's own sea level at each given pixel; the given image is
+    then moved to the sea level of the pair being drawn after every step (module docstring)."""
     check_resample(resample, cfg.sampler)
     if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
         raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
+    if given_sea is not None and given_image is None:
+        raise ValueError("given_sea is the sea level of a given_image")
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -170,7 +199,7 @@ def sample_pairs(
     timesteps = list(sched.timesteps)
     given = None
     if given_label is not None:
-        given = _Given.of(given_label, given_image, given_where, device)
+        given = _Given.of(given_label, given_image, given_where, given_sea, device)
         # the starting noise's given channels serve as the forward noise of the first level
         given.replace(z, z[:, given.first :].clone(), alpha_bar[timesteps[0]].expand(z.shape[0]))
     decoded: list[torch.Tensor] = []
@@ -182,7 +211,7 @@ def sample_pairs(
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
             z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
             if replaced:
-                given.replace(z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]))
+                given.replace(z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]), x0)
         if i >= len(timesteps) - cfg.decode_last:
             decoded.append(decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau))
     q = torch.stack(decoded).mean(dim=0)

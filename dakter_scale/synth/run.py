@@ -168,7 +168,7 @@ def condition_identity(condition: dict | None) -> dict | None:
         return None
     # absent at their defaults, so sets written before these knobs existed keep their fingerprints
     harmonise = {k: int(condition[k]) for k, default in CONDITIONING_DEFAULTS.items() if int(condition.get(k, default)) != default}
-    pasted = {"images": _array_hash(condition["images"]), "ring": int(condition["ring"])} if condition.get("route") == "pasted" else {}
+    pasted = {"images": _array_hash(condition["images"]), "sea": bool(condition["sea"])} if condition.get("route") == "pasted" else {}
     return {
         **harmonise,
         **pasted,

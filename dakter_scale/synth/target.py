@@ -186,7 +186,7 @@ def draw_factor(fractions: np.ndarray, target: ClassTarget, max_factor: float, k
 
 COMPOSE_STREAM = 1  # derive_seed(pair seed, COMPOSE_STREAM): the composed map's randomness, apart from the sampler's
 MAX_PASTES = 8  # donor masks pasted per class at most
-PASTE_RING = 0  # pasted route: the donor's pixels within this many pixels of an instance come with it
+PASTE_SEA = True  # pasted route: pasted images moved to the drawn pair's sea level (diffusion/sample.py given_sea)
 
 
 def donors(masks: np.ndarray, target: ClassTarget, items: np.ndarray | None = None) -> dict[int, list[np.ndarray]]:
@@ -205,35 +205,34 @@ def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int
     return compose_mask(base, donors(masks, target), target.goals, rng, background=0, max_pastes=max_pastes)
 
 
-def pair_paste(seed: int, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, ring: int = PASTE_RING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the pasted route gives the pair drawn from `seed`: (image uint8, class ids, given bool),
-    each (H, H): real instances of each targeted class, image and label, from the real pairs
-    (images, masks: (N, H, H) uint8) moved and pasted, with their surroundings within `ring` pixels,
-    until they cover the class's target share (core.compose.paste_instances). A function of its
-    arguments alone, like pair_mask."""
+def pair_paste(seed: int, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the pasted route gives the pair drawn from `seed`: (image uint8, class ids, given bool,
+    each pixel's donor sea level float32), each (H, H): real instances of each targeted class, image and label, from the real pairs
+    (images, masks: (N, H, H) uint8) moved and pasted until they cover the class's target share
+    (core.compose.paste_instances). A function of its arguments alone, like pair_mask."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
-    return paste_instances(donors(masks, target, np.stack([images, masks], axis=1)), target.goals, rng, max_pastes, ring)
+    return paste_instances(donors(masks, target, np.stack([images, masks], axis=1)), target.goals, rng, max_pastes)
 
 
-def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, ring: int = PASTE_RING) -> np.ndarray:
+def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
     """Pooled per-class shares (K,) of what `route` gives the pairs of `seeds`: the composed maps
     (conditioned), or the pasted pixels alone (pasted: what the model draws around them adds more)."""
     k = len(target.classes)
     if route == "conditioned":
         return class_shares(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]), k)
-    pasted = [pair_paste(s, images, masks, target, max_pastes, ring) for s in seeds]
-    counts = sum(np.bincount(ids[given].astype(np.int64), minlength=k)[:k] for _, ids, given in pasted)
+    pasted = [pair_paste(s, images, masks, target, max_pastes) for s in seeds]
+    counts = sum(np.bincount(ids[given].astype(np.int64), minlength=k)[:k] for _, ids, given, _ in pasted)
     return counts / (len(pasted) * masks[0].size)
 
 
-def check_composable(route: str, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64, ring: int = PASTE_RING) -> np.ndarray:
+def check_composable(route: str, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64) -> np.ndarray:
     """Refuse (TargetError) a target `route` (conditioned or pasted) cannot compose: a targeted class
     that no training mask holds, or what it gives `probe` seeds falling short of the target (pooled).
     Returns those pooled shares (K,)."""
     missing = [target.classes[c] for c, pool in donors(masks, target).items() if not pool]
     if missing:
         raise TargetError(f"--class-target: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste; use --target-route selection")
-    shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes, ring)
+    shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes)
     if not target.met(shares):
         what = "composed maps" if route == "conditioned" else "pasted instances"
         raise TargetError(f"--class-target {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}")

@@ -95,7 +95,7 @@ def condition_for(target: ClassTarget, route: str, images: np.ndarray, masks: np
     tgt.check_composable(route, images, masks, target)
     condition = {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps), "resample": int(resample)}
     if route == "pasted":  # the conditioned route's condition stays as it was (its sets' fingerprints)
-        condition.update(route=route, images=images, ring=tgt.PASTE_RING)
+        condition.update(route=route, images=images, sea=tgt.PASTE_SEA)
     return condition
 
 

@@ -192,7 +192,8 @@ class ShardWriter:
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
             images = condition.get("images")
-            self.condition = (condition.get("route", "conditioned"), target, None if images is None else np.asarray(images), np.asarray(condition["masks"]), int(condition["max_pastes"]), int(condition.get("ring", 0)))
+            pasted = (None if images is None else np.asarray(images), bool(condition.get("sea", False)))
+            self.condition = (condition.get("route", "conditioned"), target, np.asarray(condition["masks"]), int(condition["max_pastes"]), pasted)
             self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
         self.load_seconds = time.time() - t0
 
@@ -219,15 +220,14 @@ class ShardWriter:
         their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted)."""
         if self.condition is None:
             return {}
-        route, target, images, masks, max_pastes, ring = self.condition
+        route, target, masks, max_pastes, (images, sea) = self.condition
         if route == "conditioned":
             return {"given_label": self._label(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]))}
-        pasted = [pair_paste(s, images, masks, target, max_pastes, ring) for s in seeds]
-        return {
-            "given_label": self._label(np.stack([ids for _, ids, _ in pasted])),
-            "given_image": normalise(np.stack([image for image, _, _ in pasted]))[:, None],
-            "given_where": torch.from_numpy(np.stack([given for _, _, given in pasted]))[:, None],
-        }
+        image, ids, given, level = (np.stack(a) for a in zip(*(pair_paste(s, images, masks, target, max_pastes) for s in seeds)))
+        out = {"given_label": self._label(ids), "given_image": normalise(image)[:, None], "given_where": torch.from_numpy(given)[:, None]}
+        if sea:  # the donors' sea levels, on normalise's scale (x = u / 127.5 - 1)
+            out["given_sea"] = torch.from_numpy(level / 127.5 - 1.0)[:, None]
+        return out
 
     def _label(self, maps: np.ndarray) -> torch.Tensor:
         """Class-id maps (N, H, W) -> clean label channels b * (2 * onehot - 1) (N, K, H, W)."""
