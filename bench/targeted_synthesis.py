@@ -22,15 +22,22 @@ OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
 writes the means and stds over seeds per route (and every record) and prints the markdown table
 (RECORDS: a records file in OUT other than records.jsonl, e.g. one `rescore` wrote).
 
-    python bench/targeted_synthesis.py rescore OUT SEGMENTER CONFIG TAG
+    python bench/targeted_synthesis.py rescore OUT SEGMENTER CONFIG TAG [RECORDS]
 
-scores every recorded set again with another real-only SEGMENTER (e.g. one trained on other real
-scenes than the generator's, which the pasted route's instances come from) -> OUT/records-TAG.jsonl.
+scores every recorded set of OUT/RECORDS (default records.jsonl) again with another real-only
+SEGMENTER (e.g. one trained on other real scenes than the generator's, which the pasted route's
+instances come from) -> OUT/records-TAG.jsonl.
 
     python bench/targeted_synthesis.py follow MODEL OUT/conditioned-oil3x-ship3x-s0 oil:3x,ship:3x
 
 prints how far a conditioned set's recorded labels follow the composed maps, or a pasted set's
 follow the pasted pixels (pixel counts).
+
+    python bench/targeted_synthesis.py recall MODEL OUT/pasted-oil3x-ship3x-s0 SEGMENTER oil:3x,ship:3x
+
+prints, per recorded class, the share of its pixels the real-only SEGMENTER calls that class (its
+recall of the recorded labels: unlike label alignment's IoU, independent of the class mix), over
+all pixels, and for a pasted set over the pasted pixels and the drawn ones apart.
 """
 
 from __future__ import annotations
@@ -99,17 +106,25 @@ def main(
                 emit({"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q})
 
 
-def rescore(out: str, segmenter: str, config: str, tag: str) -> None:
-    """Every scored record of OUT/records.jsonl, its set scored again by SEGMENTER -> OUT/records-TAG.jsonl."""
+def rescore(out: str, segmenter: str, config: str, tag: str, records_file: str = "records.jsonl") -> None:
+    """Every scored record of OUT/RECORDS_FILE, its set scored again by SEGMENTER -> OUT/records-TAG.jsonl."""
     from dakter_scale.config import load_config
     from dakter_scale.quality import generation_quality
 
     cfg = load_config(config)
     with open(Path(out) / f"records-{tag}.jsonl", "w") as f:
-        for record in map(json.loads, open(Path(out) / "records.jsonl")):
+        for record in map(json.loads, open(Path(out) / records_file)):
             if "quality" in record:
                 record = dict(record, quality=generation_quality(cfg, record["url"], segmenter, n=record["n"]), segmenter=segmenter)
             f.write(json.dumps(record) + "\n")
+
+
+def draw_seconds_per_pair(url: str) -> float:
+    """Sampling seconds per pair of a draw, from its shard markers."""
+    from dakter_scale.data.shardset import ShardSet
+
+    done = ShardSet(url).done()
+    return sum(i.marker.get("seconds", 0.0) for i in done) / max(1, sum(i.marker.get("count", 0) for i in done))
 
 
 def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> None:
@@ -121,8 +136,8 @@ def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> No
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((variant(r), r["spec"]), []).append(r)
-    # untargeted pairs cost what the draw's pairs cost: sampling seconds per drawn pair of the seed's selection
-    per_drawn = {r["seed"]: r["target"]["cost"]["sampling_seconds_per_kept_pair"] / r["target"]["cost"]["pairs_drawn_per_kept_pair"] for r in records if r["route"] == "selection" and "target" in r}
+    # untargeted pairs cost what the draw's pairs cost: sampling seconds per drawn pair of the seed's draw
+    per_drawn = {r["seed"]: draw_seconds_per_pair(r["url"]) for r in records if r["route"] == "untargeted"}
 
     def stat(values):
         v = np.array(values, dtype=np.float64)
@@ -196,13 +211,50 @@ def follow(model: str, url: str, spec: str) -> None:
     print(json.dumps({"route": route, "classes": list(target.classes), "rows_given_cols_recorded": counts.tolist(), **shares, "recorded_where_given": followed}))
 
 
+def recall(model: str, url: str, segmenter: str, spec: str) -> None:
+    """(recorded class, segmenter's class) pixel counts of a set, on pasted and drawn pixels apart,
+    and the per-class recall of each (module docstring)."""
+    import numpy as np
+    import torch
+
+    from dakter_scale.data.real import normalise
+    from dakter_scale.data.shardset import ShardSet, decode_sample
+    from dakter_scale.student.models import load_student
+    from dakter_scale.synth import target as tgt
+    from dakter_scale.synth import targeted
+
+    target, info = targeted.model_target(model, spec)
+    images, masks = targeted.training_pairs(info)
+    route = (ShardSet(url).info().target or {}).get("route")
+    net, _ = load_student(segmenter)
+    net.eval()
+    k = len(target.classes)
+    counts = {"given": np.zeros((k, k), dtype=np.int64), "drawn": np.zeros((k, k), dtype=np.int64)}
+    for sample in ShardSet(url).samples():
+        image, q, meta = decode_sample(sample)
+        with torch.no_grad():
+            judged = net(normalise(image)[None, None]).argmax(1)[0].numpy()
+        recorded = q.argmax(0)
+        given = tgt.pair_paste(meta["seed"], images, masks, target)[2] if route == "pasted" else np.zeros(recorded.shape, dtype=bool)
+        for name, where in (("given", given), ("drawn", ~given)):
+            counts[name] += np.bincount(recorded[where] * k + judged[where], minlength=k * k).reshape(k, k)
+
+    def rec(c):
+        return {name: float(c[i, i] / c[i].sum()) if c[i].sum() else None for i, name in enumerate(target.classes)}
+
+    recalls = {"recall_all": rec(counts["given"] + counts["drawn"]), "recall_given": rec(counts["given"]), "recall_drawn": rec(counts["drawn"])}
+    print(json.dumps({"route": route, "classes": list(target.classes), **recalls, "counts_rows_recorded_cols_judged": {n: c.tolist() for n, c in counts.items()}}))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["recall"] and len(sys.argv) == 6:
+        sys.exit(recall(*sys.argv[2:6]))
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         sys.exit(follow(*sys.argv[2:5]))
     args = sys.argv[1:]
     if args[:1] == ["summary"] and len(args) in (3, 4):
         sys.exit(summary(*args[1:]))
-    if args[:1] == ["rescore"] and len(args) == 5:
+    if args[:1] == ["rescore"] and len(args) in (5, 6):
         sys.exit(rescore(*args[1:]))
     if len(args) < 6:
         sys.exit(__doc__)
