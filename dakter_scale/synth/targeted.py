@@ -19,12 +19,13 @@ conditioned  Draw exactly n pairs, each image given a label map composed from a 
 pasted       Draw exactly n pairs jointly, each given real instances of the targeted classes at some
              pixels, image and label together (target.pair_paste: real training pairs' regions of
              those classes, moved, until they cover the target share), by replacement at those
-             pixels only (diffusion/sample.py given_image, given_where): the model draws the rest of
-             the pair around them and harmonises the edges. The image shows what the label says at
-             the pasted pixels because both are real there; the conditioned route's images did not
-             show small pasted structures (docs/RESULTS.md).
+             pixels only (diffusion/sample.py given_image, given_where), the pasted image moved to
+             the drawn pair's sea level after every step (given_sea, target.PASTE_SEA): the model
+             draws the rest of the pair around them and harmonises the edges. The image shows what
+             the label says at the pasted pixels because both are real there; the conditioned
+             route's images did not show small pasted structures (docs/RESULTS.md).
 
-Either way dataset.json's ``target`` records the spec, route, shares asked for, training shares,
+In every route dataset.json's ``target`` records the spec, route, shares asked for, training shares,
 achieved shares (argmax of the soft labels, the manifest's class_fractions), whether it was met, and
 the cost (pairs drawn per pair kept, sampling seconds per pair kept); the divergence check compares
 the set with the target's class mix (ClassTarget.reference) instead of the training data's; a
@@ -99,7 +100,7 @@ def condition_for(target: ClassTarget, route: str, images: np.ndarray, masks: np
     return condition
 
 
-def check_conditioned_resample(resample: int, route: str, sampler: str) -> None:
+def check_route_resample(resample: int, route: str, sampler: str) -> None:
     """--resample: RePaint's resampling for a route that replaces, with a sampler whose steps keep no state."""
     if resample != 1 and route not in tgt.DRAWN_ROUTES:
         raise TargetError(f"--resample {resample} applies to --target-route {' or '.join(tgt.DRAWN_ROUTES)} only (the {route} route draws pairs jointly)")
@@ -118,7 +119,7 @@ def prepare_target(
     pairs (images, masks) those routes paste from, or None for selection, what the check found)."""
     tgt.check_route(route)
     check_max_draw_factor(max_draw_factor)
-    check_conditioned_resample(resample, route, sampler)
+    check_route_resample(resample, route, sampler)
     target, info = model_target(model_dir, spec)
     if route == "selection":
         return target, None, {"draw_factor": "measured on the first draw of n pairs"}
@@ -194,7 +195,7 @@ def by_conditioning(
     """cfg.n pairs drawn given composed label maps (route conditioned) or pasted real instances
     (route pasted), from the real training pairs (images, masks) (module docstring); dataset.json
     gains `target`."""
-    check_conditioned_resample(resample, route, sampling.sampler)
+    check_route_resample(resample, route, sampling.sampler)
     condition = condition_for(target, route, *pairs, free_steps, resample)
     summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
     out = ShardSet(out_url)
