@@ -184,10 +184,10 @@ def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> No
         )
 
 
-def follow(model: str, url: str, spec: str) -> None:
-    """How far a set's recorded labels follow what its pairs were drawn given: pixel counts of (given
-    class, recorded argmax) over every pair, at every pixel of the composed maps (conditioned) or at
-    the pasted pixels (pasted; the route is read from the set's dataset.json)."""
+def given_pixels(model: str, url: str, spec: str):
+    """(target, route, an iterator of (image, soft label q, class ids given, given pixels) per pair of
+    the set): the composed maps at every pixel (conditioned), the pasted pixels (pasted), or nothing
+    given (any other set); the route is read from the set's dataset.json."""
     import numpy as np
 
     from dakter_scale.data.shardset import ShardSet, decode_sample
@@ -196,15 +196,33 @@ def follow(model: str, url: str, spec: str) -> None:
 
     target, info = targeted.model_target(model, spec)
     images, masks = targeted.training_pairs(info)
-    route = ShardSet(url).info().target["route"]
+    route = (ShardSet(url).info().target or {}).get("route")
+    pool = tgt.paste_pool(images, masks, target) if route == "pasted" else tgt.donors(masks, target)
+
+    def pairs():
+        for sample in ShardSet(url).samples():
+            image, q, meta = decode_sample(sample)
+            if route == "pasted":
+                _, ids, given, _ = tgt.pair_paste(meta["seed"], images, masks, target, pool=pool)
+            elif route == "conditioned":
+                ids, given = tgt.pair_mask(meta["seed"], masks, target, pool=pool), np.ones(q.shape[1:], dtype=bool)
+            else:
+                ids, given = np.zeros(q.shape[1:], dtype=np.uint8), np.zeros(q.shape[1:], dtype=bool)
+            yield image, q, ids, given
+
+    return target, route, pairs()
+
+
+def follow(model: str, url: str, spec: str) -> None:
+    """How far a set's recorded labels follow what its pairs were drawn given: pixel counts of (given
+    class, recorded argmax) over every pair, at every pixel of the composed maps (conditioned) or at
+    the pasted pixels (pasted)."""
+    import numpy as np
+
+    target, route, pairs = given_pixels(model, url, spec)
     k = len(target.classes)
     counts = np.zeros((k, k), dtype=np.int64)
-    for sample in ShardSet(url).samples():
-        _, q, meta = decode_sample(sample)
-        if route == "pasted":
-            _, ids, given, _ = tgt.pair_paste(meta["seed"], images, masks, target)
-        else:
-            ids, given = tgt.pair_mask(meta["seed"], masks, target), np.ones(masks[0].shape, dtype=bool)
+    for _, q, ids, given in pairs:
         counts += np.bincount((ids[given].astype(np.int64) * k + q.argmax(0)[given]), minlength=k * k).reshape(k, k)
     followed = {c: float(counts[i, i] / max(1, counts[i].sum())) for i, c in enumerate(target.classes)}
     shares = {"given_pixels_per_class": counts.sum(1).tolist(), "recorded_there_per_class": counts.sum(0).tolist()}
@@ -218,24 +236,18 @@ def recall(model: str, url: str, segmenter: str, spec: str) -> None:
     import torch
 
     from dakter_scale.data.real import normalise
-    from dakter_scale.data.shardset import ShardSet, decode_sample
     from dakter_scale.student.models import load_student
-    from dakter_scale.synth import target as tgt
-    from dakter_scale.synth import targeted
 
-    target, info = targeted.model_target(model, spec)
-    images, masks = targeted.training_pairs(info)
-    route = (ShardSet(url).info().target or {}).get("route")
+    target, route, pairs = given_pixels(model, url, spec)
     net, _ = load_student(segmenter)
     net.eval()
     k = len(target.classes)
     counts = {"given": np.zeros((k, k), dtype=np.int64), "drawn": np.zeros((k, k), dtype=np.int64)}
-    for sample in ShardSet(url).samples():
-        image, q, meta = decode_sample(sample)
+    for image, q, _, given in pairs:
         with torch.no_grad():
             judged = net(normalise(image)[None, None]).argmax(1)[0].numpy()
         recorded = q.argmax(0)
-        given = tgt.pair_paste(meta["seed"], images, masks, target)[2] if route == "pasted" else np.zeros(recorded.shape, dtype=bool)
+        given = given if route == "pasted" else np.zeros(recorded.shape, dtype=bool)  # a composed map gives every pixel: all drawn
         for name, where in (("given", given), ("drawn", ~given)):
             counts[name] += np.bincount(recorded[where] * k + judged[where], minlength=k * k).reshape(k, k)
 

@@ -62,8 +62,8 @@ def paste_instances(
     """donors[c]: real pairs (2, H, H) uint8, image over class ids, that hold class c -> (image (H, H)
     uint8, class ids (H, H) uint8, given (H, H) bool, sea): each targeted class's pixels of
     transformed donors, image and id together, until the given pixels of class c cover goals[c] of
-    the pixels or max_pastes donors were used. Classes are taken in
-    increasing id order; a pixel once given is not painted again. Pixels not given hold 0 in image
+    the pixels or max_pastes donors were used. Classes are taken in increasing id order; a pixel
+    once given is not painted again. Pixels not given hold 0 in image
     and ids (they are drawn, not given). sea (H, H) float32: at each given pixel, its donor's sea
     level (the median of the donor image over its sea, id 0, or over all of it)."""
     shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]

@@ -153,8 +153,8 @@ def sea_level(x0_hat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """(N, 1, 1, 1): per pair, the median image value of x0_hat (N, 1 + K, H, W) over the pixels not
     given (where (N, 1, H, W)) whose label estimate is sea (class 0); NaN where there are none."""
     sea = (x0_hat[:, 1:].argmax(dim=1, keepdim=True) == 0) & ~where
-    level = [x0_hat[i, :1][sea[i]].median() if sea[i].any() else x0_hat.new_tensor(float("nan")) for i in range(x0_hat.shape[0])]
-    return torch.stack(level).view(-1, 1, 1, 1)
+    image = torch.where(sea, x0_hat[:, :1], torch.full_like(x0_hat[:, :1], float("nan")))
+    return image.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)  # one batched call: no per-pair device sync
 
 
 def _autocast(device: torch.device):

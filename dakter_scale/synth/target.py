@@ -196,22 +196,32 @@ def donors(masks: np.ndarray, target: ClassTarget, items: np.ndarray | None = No
     return {c: [items[i] for i in np.flatnonzero((masks == c).any(axis=(1, 2)))] for c, _ in target.shares}
 
 
-def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
+def paste_pool(images: np.ndarray, masks: np.ndarray, target: ClassTarget) -> dict[int, list[np.ndarray]]:
+    """The pasted route's donors: by targeted class index, the real pairs (2, H, H) uint8, image over
+    class ids, that hold that class. Built once per run: every pair draws from it."""
+    return donors(masks, target, np.stack([images, masks], axis=1))
+
+
+def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, pool: dict | None = None) -> np.ndarray:
     """The composed label map (H, H) of the pair drawn from `seed`: a real mask, chosen by the seed,
     with donors' regions of each targeted class pasted until the class covers its target share
-    (core.compose). A function of (seed, masks, target) alone, so a pair can be rebuilt on its own."""
+    (core.compose). A function of (seed, masks, target) alone, so a pair can be rebuilt on its own.
+    pool: donors(masks, target), when the caller keeps it."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
     base = masks[int(rng.integers(len(masks)))]
-    return compose_mask(base, donors(masks, target), target.goals, rng, background=0, max_pastes=max_pastes)
+    return compose_mask(base, donors(masks, target) if pool is None else pool, target.goals, rng, background=0, max_pastes=max_pastes)
 
 
-def pair_paste(seed: int, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def pair_paste(
+    seed: int, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, pool: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What the pasted route gives the pair drawn from `seed`: (image uint8, class ids, given bool,
-    each pixel's donor sea level float32), each (H, H): real instances of each targeted class, image and label, from the real pairs
-    (images, masks: (N, H, H) uint8) moved and pasted until they cover the class's target share
-    (core.compose.paste_instances). A function of its arguments alone, like pair_mask."""
+    each pixel's donor sea level float32), each (H, H): real instances of each targeted class, image
+    and label, from the real pairs (images, masks: (N, H, H) uint8) moved and pasted until they cover
+    the class's target share (core.compose.paste_instances). A function of its arguments alone, like
+    pair_mask. pool: paste_pool(images, masks, target), when the caller keeps it."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
-    return paste_instances(donors(masks, target, np.stack([images, masks], axis=1)), target.goals, rng, max_pastes)
+    return paste_instances(paste_pool(images, masks, target) if pool is None else pool, target.goals, rng, max_pastes)
 
 
 def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
@@ -219,8 +229,10 @@ def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, targe
     (conditioned), or the pasted pixels alone (pasted: what the model draws around them adds more)."""
     k = len(target.classes)
     if route == "conditioned":
-        return class_shares(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]), k)
-    pasted = [pair_paste(s, images, masks, target, max_pastes) for s in seeds]
+        pool = donors(masks, target)
+        return class_shares(np.stack([pair_mask(s, masks, target, max_pastes, pool) for s in seeds]), k)
+    pool = paste_pool(images, masks, target)
+    pasted = [pair_paste(s, images, masks, target, max_pastes, pool) for s in seeds]
     counts = sum(np.bincount(ids[given].astype(np.int64), minlength=k)[:k] for _, ids, given, _ in pasted)
     return counts / (len(pasted) * masks[0].size)
 

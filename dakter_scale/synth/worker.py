@@ -37,7 +37,7 @@ from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, s
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS, sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
-from dakter_scale.synth.target import pair_mask, pair_paste, parse_class_target
+from dakter_scale.synth.target import donors, pair_mask, pair_paste, parse_class_target, paste_pool
 
 log = logging.getLogger("dakter_scale")
 
@@ -191,9 +191,10 @@ class ShardWriter:
         self.condition, self.harmonise = None, {}
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
-            images = condition.get("images")
-            pasted = (None if images is None else np.asarray(images), bool(condition.get("sea", False)))
-            self.condition = (condition.get("route", "conditioned"), target, np.asarray(condition["masks"]), int(condition["max_pastes"]), pasted)
+            route, masks = condition.get("route", "conditioned"), np.asarray(condition["masks"])
+            images = np.asarray(condition["images"]) if route == "pasted" else None
+            pool = paste_pool(images, masks, target) if route == "pasted" else donors(masks, target)  # once, not per pair
+            self.condition = (route, target, images, masks, int(condition["max_pastes"]), pool, bool(condition.get("sea", False)))
             self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
         self.load_seconds = time.time() - t0
 
@@ -220,10 +221,10 @@ class ShardWriter:
         their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted)."""
         if self.condition is None:
             return {}
-        route, target, masks, max_pastes, (images, sea) = self.condition
+        route, target, images, masks, max_pastes, pool, sea = self.condition
         if route == "conditioned":
-            return {"given_label": self._label(np.stack([pair_mask(s, masks, target, max_pastes) for s in seeds]))}
-        image, ids, given, level = (np.stack(a) for a in zip(*(pair_paste(s, images, masks, target, max_pastes) for s in seeds)))
+            return {"given_label": self._label(np.stack([pair_mask(s, masks, target, max_pastes, pool) for s in seeds]))}
+        image, ids, given, level = (np.stack(a) for a in zip(*(pair_paste(s, images, masks, target, max_pastes, pool) for s in seeds)))
         out = {"given_label": self._label(ids), "given_image": normalise(image)[:, None], "given_where": torch.from_numpy(given)[:, None]}
         if sea:  # the donors' sea levels, on normalise's scale (x = u / 127.5 - 1)
             out["given_sea"] = torch.from_numpy(level / 127.5 - 1.0)[:, None]
