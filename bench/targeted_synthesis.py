@@ -12,7 +12,9 @@ untargeted row is read from there; then the routes that draw pairs given somethi
 spec), as VARIANTS says. A route's refusal (TargetError) is recorded as such. Every set is scored by
 quality.generation_quality (label alignment of the real-only SEGMENTER on the generated images,
 class fractions, SAR statistics). VARIANTS: comma-separated [ROUTE:]FREE_STEPS:RESAMPLE, or ROUTE
-alone for ROUTE:0:1; ROUTE is conditioned (the default) or pasted. Default 0:1, the conditioned route
+alone for ROUTE:0:1; ROUTE is conditioned (the default) or pasted, or pasted@F: instances placed
+after a share F of the sampling steps onto the sea of the pair's layout (target.PASTE_AT), and a
+suffix +c pastes a donor's instances one at a time (target.PASTE_BY_COMPONENT), e.g. pasted@0.7+c. Default 0:1, the conditioned route
 with plain replacement; 10:1 lets the last 10 steps run jointly, 0:4 is RePaint's resampling with
 u = 4; each is recorded as conditioned-free10, conditioned-resample4, pasted. Records go to
 OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
@@ -38,6 +40,13 @@ follow the pasted pixels (pixel counts).
 prints, per recorded class, the share of its pixels the real-only SEGMENTER calls that class (its
 recall of the recorded labels: unlike label alignment's IoU, independent of the class mix), over
 all pixels, and for a pasted set over the pasted pixels and the drawn ones apart.
+
+    python bench/targeted_synthesis.py reference MODEL SEGMENTER REAL_SPEC oil:3x,ship:3x OUT.json
+
+the SEGMENTER's label alignment on real scenes (REAL_SPEC's test split) at the untargeted and the
+targeted class mix, where every label is right: random sets, a set selected to meet the target, and
+random scenes with real instances pasted in as the pasted route does. How far alignment falls with
+the class mix alone, for a judge trained at the training mix.
 """
 
 from __future__ import annotations
@@ -49,26 +58,38 @@ from pathlib import Path
 
 
 def variant(record: dict) -> str:
-    """A record's route with its conditioned settings: conditioned-free10, conditioned-resample4."""
-    return record["route"] + (f"-free{record['free_steps']}" if record.get("free_steps") else "") + (f"-resample{record['resample']}" if record.get("resample", 1) > 1 else "")
+    """A record's route with its settings: conditioned-free10, conditioned-resample4, pasted-at10."""
+    return (
+        record["route"]
+        + (f"-at{record['paste_at']}" if record.get("paste_at") else "")
+        + ("-comp" if record.get("by_component") else "")
+        + (f"-free{record['free_steps']}" if record.get("free_steps") else "")
+        + (f"-resample{record['resample']}" if record.get("resample", 1) > 1 else "")
+    )
 
 
-def parse_variant(text: str) -> tuple[str, int, int]:
-    """'pasted' -> ('pasted', 0, 1); '0:4' -> ('conditioned', 0, 4); 'pasted:10:1' -> ('pasted', 10, 1)."""
+def parse_variant(text: str) -> tuple[str, int, int, float, bool]:
+    """'pasted' -> ('pasted', 0, 1, 0.0, False); '0:4' -> ('conditioned', 0, 4, 0.0, False);
+    'pasted:10:1' -> ('pasted', 10, 1, 0.0, False); 'pasted@0.7+c' -> ('pasted', 0, 1, 0.7, True):
+    instances placed after 70 % of the steps (target.PASTE_AT), one at a time (target.PASTE_BY_COMPONENT)."""
     parts = text.split(":")
-    route = parts.pop(0) if parts[0] in ("conditioned", "pasted") else "conditioned"
+    head, plus, _ = parts[0].partition("+c")
+    route, _, at = head.partition("@")
+    if route in ("conditioned", "pasted"):
+        parts.pop(0)
+    else:
+        route = "conditioned"
     free_steps, resample = (int(v) for v in parts) if parts else (0, 1)
-    return route, free_steps, resample
+    return route, free_steps, resample, float(at or 0), bool(plus)
 
 
-def main(
-    model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[str, int, int], ...] = (("conditioned", 0, 1),)
-) -> None:
+def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[str, int, int, float, bool], ...] = (("conditioned", 0, 1, 0.0, False),)) -> None:
     import logging
 
     from dakter_scale.config import load_config
     from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS
     from dakter_scale.quality import generation_quality
+    from dakter_scale.synth import target as tgt
     from dakter_scale.synth.target import TargetError
     from dakter_scale.synth.targeted import synthesize_targeted
 
@@ -85,8 +106,10 @@ def main(
     for seed in seeds:
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
         draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
-        for route, free_steps, resample in [("selection", 0, 1), *variants]:
+        for route, free_steps, resample, paste_at, by_component in [("selection", 0, 1, 0.0, False), *variants]:
             settings = {k: v for k, v in zip(CONDITIONING_DEFAULTS, (free_steps, resample)) if v != CONDITIONING_DEFAULTS[k]}
+            settings.update({k: v for k, v in (("paste_at", paste_at), ("by_component", by_component)) if v})
+            tgt.PASTE_AT, tgt.PASTE_BY_COMPONENT = paste_at, by_component  # the writers run in this process (use_ray=False)
             name = variant({"route": route, **settings})
             for spec in specs:
                 if (seed, name, spec) in done:
@@ -258,17 +281,83 @@ def recall(model: str, url: str, segmenter: str, spec: str) -> None:
     print(json.dumps({"route": route, "classes": list(target.classes), **recalls, "counts_rows_recorded_cols_judged": {n: c.tolist() for n, c in counts.items()}}))
 
 
+def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: str, n: int = 200, repeats: int = 3) -> None:
+    """The judge's label alignment on real scenes (the test split of REAL_SPEC, e.g. a few thousand
+    simulated scenes the generator never saw) at the untargeted and at the targeted class mix: what
+    labels that are right at every pixel score at each mix. Rows: `repeats` random sets of n scenes;
+    n scenes selected from all of them to meet the target (target.select, the selection route on
+    real scenes); and n random scenes with real instances pasted into them as the pasted route
+    does: before the layout (pasted anywhere, counting only pasted pixels) and onto the scene's sea
+    counting what it holds (the layout-aware placement), each moved to the scene's sea level."""
+    import numpy as np
+    import torch
+
+    from dakter_scale.core.compose import class_shares, paste_instances
+    from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
+    from dakter_scale.core.steps import derive_seed
+    from dakter_scale.data.real import open_source
+    from dakter_scale.quality import segment
+    from dakter_scale.student.models import load_student
+    from dakter_scale.synth import target as tgt
+    from dakter_scale.synth import targeted
+
+    target, info = targeted.model_target(model, spec)
+    images, masks = targeted.training_pairs(info)
+    pool = tgt.paste_pool(images, masks, target)
+    source = open_source(real_spec)
+    scenes = [source.load(item) for item in source.split_items("test")]
+    real_images, real_masks = np.stack([x for x, _ in scenes]), np.stack([m for _, m in scenes]).astype(np.uint8)
+    net, _ = load_student(segmenter)
+    net.eval()
+    classes = list(target.classes)
+    k = len(classes)
+
+    def score(name: str, imgs: np.ndarray, ids: np.ndarray) -> dict:
+        cm = confusion_matrix(segment(net, imgs), torch.from_numpy(ids.astype(np.int64)), k)
+        m = metrics_from_confusion(cm, classes)
+        cm = cm.double()
+        recall = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+        row = {"set": name, "scenes": len(imgs), "miou": m["miou"], "iou": dict(zip(classes, m["iou"])), "recall": dict(zip(classes, recall)), "shares": dict(zip(classes, class_shares(ids, k).tolist()))}
+        print(json.dumps(row), flush=True)
+        return row
+
+    def pasted(indices: np.ndarray, layout: bool) -> tuple[np.ndarray, np.ndarray]:
+        imgs, ids = real_images[indices].copy(), real_masks[indices].copy()
+        for j, i in enumerate(indices):
+            rng = np.random.default_rng(derive_seed(int(i), tgt.COMPOSE_STREAM))
+            image, given_ids, given, level = paste_instances(pool, target.goals, rng, tgt.MAX_PASTES, ids[j] if layout else None, tgt.PASTE_BY_COMPONENT)
+            sea = ids[j] == 0
+            shift = np.median(imgs[j][sea]) if sea.any() else np.median(imgs[j])
+            imgs[j][given] = np.clip(image[given].astype(np.float32) + (shift - level[given]), 0, 255).round().astype(np.uint8)
+            ids[j][given] = given_ids[given]
+        return imgs, ids
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for r in range(repeats):
+        pick = np.sort(rng.choice(len(scenes), n, replace=False))
+        rows.append(score(f"real, random {n} ({r})", real_images[pick], real_masks[pick]))
+        rows.append(score(f"real with instances pasted anywhere ({r})", *pasted(pick, layout=False)))
+        rows.append(score(f"real with instances pasted onto their sea ({r})", *pasted(pick, layout=True)))
+    fractions = np.stack([class_shares(m[None], k) for m in real_masks])
+    chosen = tgt.select(fractions, target, n)
+    rows.append(score(f"real, {n} selected of {len(scenes)} to meet {spec}" + ("" if target.met(tgt.pooled(fractions, chosen)) else " (not met)"), real_images[chosen], real_masks[chosen]))
+    Path(out_json).write_text(json.dumps({"model": model, "segmenter": segmenter, "real_spec": real_spec, "spec": spec, "target": target.named([s for s in target.reference()]), "rows": rows}, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["recall"] and len(sys.argv) == 6:
         sys.exit(recall(*sys.argv[2:6]))
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         sys.exit(follow(*sys.argv[2:5]))
     args = sys.argv[1:]
+    if args[:1] == ["reference"] and len(args) == 6:
+        sys.exit(reference(*args[1:]))
     if args[:1] == ["summary"] and len(args) in (3, 4):
         sys.exit(summary(*args[1:]))
     if args[:1] == ["rescore"] and len(args) in (5, 6):
         sys.exit(rescore(*args[1:]))
     if len(args) < 6:
         sys.exit(__doc__)
-    variants = tuple(parse_variant(v) for v in args[8].split(",")) if len(args) > 8 else (("conditioned", 0, 1),)
+    variants = tuple(parse_variant(v) for v in args[8].split(",")) if len(args) > 8 else (("conditioned", 0, 1, 0.0, False),)
     main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, variants)

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig
-from dakter_scale.core.compose import class_shares, compose_mask, paste_instances, transform
+from dakter_scale.core.compose import class_shares, components, compose_mask, paste_instances, transform
 from dakter_scale.core.joint import one_hot
 from dakter_scale.core.schedule import add_noise
 from dakter_scale.data import shardset
@@ -141,9 +141,7 @@ def test_select_by_hand():
 
 
 fraction_rows = st.integers(2, 40).flatmap(
-    lambda n: st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=n, max_size=n).map(
-        lambda rows: np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows])
-    )
+    lambda n: st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=n, max_size=n).map(lambda rows: np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows]))
 )
 
 
@@ -224,6 +222,56 @@ def test_paste_gives_real_instances_image_and_label_together():
     assert np.count_nonzero(once[2]) == 16 and sorted(once[0][once[2]].tolist()) == sorted(image[ids == 1].tolist())
     again = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
     assert all(np.array_equal(x, y) for x, y in zip(again, (out_image, out_ids, given, sea)))
+
+
+def test_paste_onto_a_layout_gives_its_sea_only_and_counts_what_it_holds():
+    """With the drawn pair's layout (base): pixels are given only where it is sea, its own pixels of a
+    class count towards that class's goal, and an all-sea base is the same as none."""
+    ids = np.zeros((16, 16), dtype=np.uint8)
+    ids[6:10, 6:10] = 1
+    ids[2, 2:4] = 3
+    image = (np.arange(256).reshape(16, 16) % 251).astype(np.uint8)
+    donors = {1: [np.stack([image, ids])], 3: [np.stack([image, ids])]}
+    goals = {1: 0.15, 3: 0.02}
+    plain = paste_instances(donors, goals, np.random.default_rng(0))
+    sea = paste_instances(donors, goals, np.random.default_rng(0), base=np.zeros((16, 16), np.uint8))
+    assert all(np.array_equal(x, y) for x, y in zip(plain, sea))
+    base = np.zeros((16, 16), np.uint8)
+    base[:, :8] = 4  # land on the left half
+    base[12:, 8:] = 2  # a look-alike
+    _, out_ids, given, _ = paste_instances(donors, goals, np.random.default_rng(0), base=base)
+    assert given.any() and not given[base != 0].any()  # onto the layout's sea only
+    held = np.zeros((16, 16), np.uint8)
+    held[:6, :7] = 1  # the pair already holds 42 oil pixels >= 0.15 * 256: no oil is given
+    _, out_ids, given, _ = paste_instances(donors, goals, np.random.default_rng(0), base=held)
+    assert not (given & (out_ids == 1)).any() and (given & (out_ids == 3)).any()
+
+
+def test_components_are_the_4_connected_regions():
+    rng = np.random.default_rng(3)
+    mask = np.zeros((8, 8), bool)
+    mask[0, :3] = mask[2:5, 2] = mask[4, 3] = mask[7, 7] = mask[1, 4] = True  # (1, 4) touches (0, 3)? no: diagonal
+    labels = components(mask)
+    assert labels.max() == 4 and np.array_equal(labels > 0, mask)
+    assert len({labels[0, 0], labels[0, 2]}) == 1 and labels[2, 2] == labels[4, 3] != labels[0, 0]
+    for _ in range(50):  # a partition into connected parts whose neighbours across parts are off the mask
+        m = rng.random((12, 12)) < rng.uniform(0.2, 0.7)
+        lab = components(m)
+        assert np.array_equal(lab > 0, m) and set(np.unique(lab[m])) == set(range(1, lab.max() + 1))
+        for a, b in ((lab[1:], lab[:-1]), (lab[:, 1:], lab[:, :-1])):
+            assert np.all((a == b) | (a == 0) | (b == 0))
+
+
+def test_paste_by_component_pastes_one_instance_at_a_time():
+    """A donor with two slicks, a goal one of them covers: whole-donor pasting gives both, pasting by
+    component less; the goal is met either way."""
+    ids = np.zeros((16, 16), dtype=np.uint8)
+    ids[1:3, 1:9] = 1  # 16 pixels
+    ids[10:14, 10:14] = 1  # 16 pixels
+    donor = np.stack([np.full((16, 16), 9, np.uint8), ids])
+    whole = paste_instances({1: [donor]}, {1: 0.05}, np.random.default_rng(0))
+    one = paste_instances({1: [donor]}, {1: 0.05}, np.random.default_rng(0), by_component=True)
+    assert np.count_nonzero(whole[2]) == 32 and 0.05 * 256 <= np.count_nonzero(one[2]) < 32  # (the cyclic shift may cut a slick in two)
 
 
 def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
@@ -363,6 +411,43 @@ def test_a_pair_given_at_some_pixels_is_replaced_there_only(model):
             sample_pairs(m, seeds, cfg, "cpu", **kwargs)
 
 
+def test_placing_after_k_steps_draws_them_jointly_and_then_gives_what_place_returns(model):
+    """place with given_at = k: the first k steps are the joint sampler's, place is called once with
+    the clean estimate after step k, and what it returns is given from there on; placing nothing
+    leaves the joint pair as it was (ddim draws no noise between steps). Out-of-range k is refused."""
+    m, seeds, y0, seen = recorded_model(model)
+    k, r = m.num_classes, m.resolution
+    cfg = SamplingConfig(steps=4)
+    joint = sample_pairs(m, seeds, cfg, "cpu")
+    joint_inputs = [z for z, _ in seen]
+    seen.clear()
+    calls = []
+
+    def nothing(x0):
+        calls.append(x0.clone())
+        return {"given_label": y0, "given_image": torch.zeros((2, 1, r, r)), "given_where": torch.zeros((2, 1, r, r), dtype=torch.bool)}
+
+    placed = sample_pairs(m, seeds, cfg, "cpu", given_at=2, place=nothing)
+    assert len(calls) == 1 and calls[0].shape == (2, 1 + k, r, r)
+    assert torch.equal(placed.images, joint.images) and torch.equal(placed.q, joint.q)
+    seen.clear()
+    where = torch.zeros((2, 1, r, r), dtype=torch.bool)
+    where[:, :, :, : r // 2] = True
+    x0 = torch.full((2, 1, r, r), 0.5)
+    sample_pairs(m, seeds, cfg, "cpu", given_at=2, place=lambda _: {"given_label": y0, "given_image": x0, "given_where": where})
+    left = where.expand(-1, 1 + k, -1, -1)
+    assert all(torch.equal(a, b[0]) for a, b in zip(joint_inputs[:2], seen[:2])) and torch.equal(seen[2][0][~left], joint_inputs[2][~left])
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    [torch.randn((1 + k, r, r), generator=g) for g in gens]  # the starting noise
+    noise = torch.stack([torch.randn((1 + k, r, r), generator=g) for g in gens])  # the first replacement's
+    abar = sampling_scheduler(m, cfg).alphas_cumprod.float()
+    pair = torch.cat([x0, y0], dim=1)
+    assert torch.allclose(seen[2][0][left], add_noise(pair, noise, abar[seen[2][1]].expand(2))[left], atol=1e-6)  # step 3 sees what was placed
+    for bad in (dict(given_at=0), dict(given_at=4), dict(given_at=2, free_steps=2), dict(given_at=1, given_label=y0)):
+        with pytest.raises(ValueError, match="place needs no given tensors and 1 <= given_at"):
+            sample_pairs(m, seeds, cfg, "cpu", place=nothing, **bad)
+
+
 def test_a_pasted_image_is_moved_to_the_sea_level_of_the_pair_being_drawn():
     """sea_level: the median image value where the label estimate says sea and nothing is given; the
     given image is shifted by (that level - its donor's), clipped; a pair with no such pixel keeps it."""
@@ -448,6 +533,52 @@ def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_pa
     record = a.info.target
     assert record["route"] == "pasted" and record["pasted"].startswith("real training pairs") and "label_maps" not in record
     assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
+
+
+def test_paste_step_is_a_share_of_the_steps_that_leaves_a_replaced_step():
+    assert [tgt.paste_step(f, 50) for f in (0.0, 0.2, 0.7, 0.99)] == [0, 10, 35, 49]
+    assert tgt.paste_step(0.01, 50) == 1 and tgt.paste_step(0.9, 10, free_steps=3) == 6
+    with pytest.raises(ValueError, match=r"paste_at must be a share of the sampling steps in \[0, 1\), got 1.5"):
+        tgt.paste_step(1.5, 50)
+
+
+def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_path, monkeypatch):
+    """PASTE_AT: instances are placed after that share of the steps onto the sea of each pair's layout; reruns write
+    the same bytes, the setting is part of the set's identity, and a batch rebuilt from its seeds
+    (placing from its own clean estimate) gives the stored pair bit for bit."""
+    t, info = targeted.model_target(model, "oil:3x,ship:3x")
+    images, masks = pairs = targeted.training_pairs(info)
+    run = dict(progress=False, use_ray=False)
+    before = targeted.by_conditioning(model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    monkeypatch.setattr(tgt, "PASTE_AT", 0.34)  # after step 1 of 3
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    for s in range(2):
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
+    assert before.info.fingerprint != a.info.fingerprint
+    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", True)
+    c = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    assert c.info.fingerprint not in (before.info.fingerprint, a.info.fingerprint)
+    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)
+    m = load_model_folder(model, "cpu")
+    seeds = [pair_seed(5, 1, i) for i in range(2)]
+    from dakter_scale.data.real import denormalise, normalise
+
+    def place(x0):
+        bases = x0[:, 1:].argmax(dim=1).to(torch.uint8).numpy()
+        given = [tgt.pair_paste(s, images, masks, t, base=b) for s, b in zip(seeds, bases)]
+        assert not any(g[2][b != 0].any() for g, b in zip(given, bases))  # onto the layout's sea only
+        return {
+            "given_label": m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
+            "given_image": normalise(np.stack([g[0] for g in given]))[:, None],
+            "given_where": torch.from_numpy(np.stack([g[2] for g in given]))[:, None],
+            "given_sea": torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None],
+        }
+
+    out = sample_pairs(m, seeds, SAMPLING, "cpu", given_at=1, place=place)
+    stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
+    assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)
+    assert np.array_equal(shardset.quantise(out.q[1]), (q * 255).round().astype(np.uint8))
 
 
 def test_selection_meets_the_target_from_a_larger_draw(model, tmp_path):

@@ -9,7 +9,8 @@ The shapes are real ones (whole donor components, moved), not drawn blobs.
 
 paste_instances: the pasted route gives image and label together at some pixels and lets the joint
 model draw the rest. Real donor pairs (image and mask, moved by one transform) give their pixels of
-each targeted class, image and class id, until those pixels cover the class's goal.
+each targeted class, image and class id, until the class covers its goal; given the layout of the
+pair being drawn (`base`), only onto its sea, counting what it already holds.
 
 Pure numpy: the randomness is a ``numpy.random.Generator`` passed in.
 """
@@ -53,30 +54,71 @@ def compose_mask(
     return out
 
 
+def components(mask: np.ndarray) -> np.ndarray:
+    """mask (H, W) bool -> (H, W) int64 labels of its 4-connected components, 1.. in raster order of
+    their first pixel, 0 off the mask. Min-label propagation with pointer jumping (each pixel takes
+    the label of the pixel its label names), so long thin slicks settle in a few rounds; no scipy."""
+    h, w = mask.shape
+    big = h * w + 1
+    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), big)
+    while True:
+        padded = np.pad(labels, 1, constant_values=big)
+        nearest = np.minimum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
+        nearest = np.where(mask, nearest, big)
+        flat = nearest.ravel()
+        nearest = np.where(mask, flat[np.minimum(nearest, big - 1) - 1], big)  # jump: a label's own pixel's label
+        if np.array_equal(nearest, labels):
+            break
+        labels = nearest
+    _, out = np.unique(np.concatenate([[0], np.where(mask, labels, 0).ravel()]), return_inverse=True)
+    return out[1:].reshape(h, w)
+
+
 def paste_instances(
     donors: Mapping[int, Sequence[np.ndarray]],
     goals: Mapping[int, float],
     rng: np.random.Generator,
     max_pastes: int = 8,
+    base: np.ndarray | None = None,
+    by_component: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """donors[c]: real pairs (2, H, H) uint8, image over class ids, that hold class c -> (image (H, H)
     uint8, class ids (H, H) uint8, given (H, H) bool, sea): each targeted class's pixels of
-    transformed donors, image and id together, until the given pixels of class c cover goals[c] of
-    the pixels or max_pastes donors were used. Classes are taken in increasing id order; a pixel
-    once given is not painted again. Pixels not given hold 0 in image
-    and ids (they are drawn, not given). sea (H, H) float32: at each given pixel, its donor's sea
-    level (the median of the donor image over its sea, id 0, or over all of it)."""
+    transformed donors, image and id together, until class c covers goals[c] of the pixels or
+    max_pastes donors were used. Classes are taken in increasing id order; a pixel once given is not
+    painted again. Pixels not given hold 0 in image and ids (they are drawn, not given). sea (H, H)
+    float32: at each given pixel, its donor's sea level (the median of the donor image over its sea,
+    id 0, or over all of it).
+    base (H, H) class ids: what the pair being drawn already holds (its layout, once sampling has
+    fixed it): pixels are given only where base is sea (0), and base's own pixels of class c count
+    towards goals[c]. None: an all-sea base, so pixels go anywhere and only given ones count.
+    by_component: a donor's instances (4-connected components of class c) are pasted one at a time,
+    in random order, until the goal is met, instead of all of them at once: less overshoot."""
     shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]
     image, ids, given, sea = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool), np.zeros(shape, np.float32)
+    free = np.ones(shape, bool) if base is None else base == 0
     for c in sorted(goals):
         pool = donors.get(c) or ()
+        have = 0 if base is None else np.count_nonzero(base == c)
+
+        def short() -> bool:
+            return have + np.count_nonzero(given & (ids == c)) < goals[c] * given.size
+
         for _ in range(max_pastes if pool else 0):
-            if np.count_nonzero(given & (ids == c)) >= goals[c] * given.size:
+            if not short():
                 break
             donor = transform(pool[int(rng.integers(len(pool)))], rng)
-            new = (donor[1] == c) & ~given
-            image[new], ids[new], given[new] = donor[0][new], c, True
-            sea[new] = np.median(donor[0][donor[1] == 0] if (donor[1] == 0).any() else donor[0])
+            level = np.median(donor[0][donor[1] == 0] if (donor[1] == 0).any() else donor[0])
+            if by_component:
+                labels = components(donor[1] == c)
+                pieces = [labels == j for j in rng.permutation(np.arange(1, labels.max() + 1))]
+            else:
+                pieces = [donor[1] == c]
+            for piece in pieces:
+                if not short():
+                    break
+                new = piece & ~given & free
+                image[new], ids[new], given[new], sea[new] = donor[0][new], c, True, level
     return image, ids, given, sea
 
 

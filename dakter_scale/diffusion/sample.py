@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -157,6 +157,15 @@ def sea_level(x0_hat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return image.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)  # one batched call: no per-pair device sync
 
 
+def _given_args(given_label, given_image=None, given_where=None, given_sea=None, device=None) -> tuple:
+    """sample_pairs' given_* arguments, checked, in _Given.of's order."""
+    if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
+        raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
+    if given_sea is not None and given_image is None:
+        raise ValueError("given_sea is the sea level of a given_image")
+    return given_label, given_image, given_where, given_sea, device
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -175,6 +184,8 @@ def sample_pairs(
     given_image: torch.Tensor | None = None,
     given_where: torch.Tensor | None = None,
     given_sea: torch.Tensor | None = None,
+    given_at: int = 0,
+    place: Callable[[torch.Tensor], dict] | None = None,
 ) -> Samples:
     """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
     given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
@@ -184,12 +195,15 @@ def sample_pairs(
     given_image (N, 1, H, W) in [-1, 1] with given_where (N, 1, H, W) bool: image and label are both
     given, at the marked pixels only (module docstring); given_label is then read there only.
     given_sea (N, 1, H, W): the given image's own sea level at each given pixel; the given image is
-    then moved to the sea level of the pair being drawn after every step (module docstring)."""
+    then moved to the sea level of the pair being drawn after every step (module docstring).
+    place with given_at = k >= 1, instead of the given_* tensors: the first k steps run jointly, then
+    place(x0_hat) (N, 1 + K, H, W), the clean estimate after step k, returns the given_* arguments
+    (a dict), which hold from there on: what is given can follow the layout those steps fixed."""
     check_resample(resample, cfg.sampler)
-    if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
-        raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
-    if given_sea is not None and given_image is None:
-        raise ValueError("given_sea is the sea level of a given_image")
+    if place is not None and (given_label is not None or not 1 <= given_at < cfg.steps - free_steps):
+        raise ValueError(f"place needs no given tensors and 1 <= given_at < steps - free_steps (given_at {given_at}, {cfg.steps} steps, free_steps {free_steps})")
+    if any(v is not None for v in (given_image, given_where, given_sea)):
+        _given_args(given_label, given_image, given_where, given_sea)
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -199,7 +213,7 @@ def sample_pairs(
     timesteps = list(sched.timesteps)
     given = None
     if given_label is not None:
-        given = _Given.of(given_label, given_image, given_where, given_sea, device)
+        given = _Given.of(*_given_args(given_label, given_image, given_where, given_sea, device))
         # the starting noise's given channels serve as the forward noise of the first level
         given.replace(z, z[:, given.first :].clone(), alpha_bar[timesteps[0]].expand(z.shape[0]))
     decoded: list[torch.Tensor] = []
@@ -210,6 +224,9 @@ def sample_pairs(
                 ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
             z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
+            if place is not None and i + 1 == given_at:  # the first given_at steps are done: place what is given
+                given = _Given.of(*_given_args(device=device, **place(x0)))
+                replaced = True
             if replaced:
                 given.replace(z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]), x0)
         if i >= len(timesteps) - cfg.decode_last:
@@ -218,4 +235,3 @@ def sample_pairs(
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)
     return Samples(images=images, q=q)
-

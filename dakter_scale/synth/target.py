@@ -187,6 +187,19 @@ def draw_factor(fractions: np.ndarray, target: ClassTarget, max_factor: float, k
 COMPOSE_STREAM = 1  # derive_seed(pair seed, COMPOSE_STREAM): the composed map's randomness, apart from the sampler's
 MAX_PASTES = 8  # donor masks pasted per class at most
 PASTE_SEA = True  # pasted route: pasted images moved to the drawn pair's sea level (diffusion/sample.py given_sea)
+# pasted route: the share of the sampling steps run jointly before instances are placed, from the
+# layout the pair being drawn has by then (its x0_hat label: onto its sea, counting what it holds);
+# 0: placed before sampling, anywhere
+PASTE_AT = 0.0
+PASTE_BY_COMPONENT = False  # pasted route: a donor's instances pasted one at a time (core.compose.paste_instances)
+
+
+def paste_step(paste_at: float, steps: int, free_steps: int = 0) -> int:
+    """The sampling step after which the pasted route places its instances (sample_pairs' given_at):
+    paste_at of the steps, at least 1 and leaving at least one replaced step; 0 when paste_at is 0."""
+    if not 0.0 <= paste_at < 1.0:
+        raise ValueError(f"paste_at must be a share of the sampling steps in [0, 1), got {paste_at}")
+    return 0 if paste_at == 0 else max(1, min(round(paste_at * steps), steps - free_steps - 1))
 
 
 def donors(masks: np.ndarray, target: ClassTarget, items: np.ndarray | None = None) -> dict[int, list[np.ndarray]]:
@@ -213,15 +226,24 @@ def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int
 
 
 def pair_paste(
-    seed: int, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, pool: dict | None = None
+    seed: int,
+    images: np.ndarray,
+    masks: np.ndarray,
+    target: ClassTarget,
+    max_pastes: int = MAX_PASTES,
+    pool: dict | None = None,
+    base: np.ndarray | None = None,
+    by_component: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What the pasted route gives the pair drawn from `seed`: (image uint8, class ids, given bool,
     each pixel's donor sea level float32), each (H, H): real instances of each targeted class, image
     and label, from the real pairs (images, masks: (N, H, H) uint8) moved and pasted until they cover
     the class's target share (core.compose.paste_instances). A function of its arguments alone, like
-    pair_mask. pool: paste_pool(images, masks, target), when the caller keeps it."""
+    pair_mask. pool: paste_pool(images, masks, target), when the caller keeps it. base (H, H) class
+    ids: the drawn pair's layout so far (PASTE_AT), pasted onto its sea and counted towards the target.
+    by_component: instances one at a time (PASTE_BY_COMPONENT)."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
-    return paste_instances(paste_pool(images, masks, target) if pool is None else pool, target.goals, rng, max_pastes)
+    return paste_instances(paste_pool(images, masks, target) if pool is None else pool, target.goals, rng, max_pastes, base, by_component)
 
 
 def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
@@ -232,7 +254,7 @@ def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, targe
         pool = donors(masks, target)
         return class_shares(np.stack([pair_mask(s, masks, target, max_pastes, pool) for s in seeds]), k)
     pool = paste_pool(images, masks, target)
-    pasted = [pair_paste(s, images, masks, target, max_pastes, pool) for s in seeds]
+    pasted = [pair_paste(s, images, masks, target, max_pastes, pool, by_component=PASTE_BY_COMPONENT) for s in seeds]
     counts = sum(np.bincount(ids[given].astype(np.int64), minlength=k)[:k] for _, ids, given, _ in pasted)
     return counts / (len(pasted) * masks[0].size)
 

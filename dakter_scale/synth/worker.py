@@ -37,7 +37,7 @@ from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, s
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS, sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
-from dakter_scale.synth.target import donors, pair_mask, pair_paste, parse_class_target, paste_pool
+from dakter_scale.synth.target import donors, pair_mask, pair_paste, parse_class_target, paste_pool, paste_step
 
 log = logging.getLogger("dakter_scale")
 
@@ -188,14 +188,17 @@ class ShardWriter:
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
         # targeted synthesis: each pair drawn given its composed label map (conditioned) or pasted real instances (pasted)
-        self.condition, self.harmonise = None, {}
+        self.condition, self.harmonise, self.given_at = None, {}, 0
         if condition is not None:
             target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
             route, masks = condition.get("route", "conditioned"), np.asarray(condition["masks"])
             images = np.asarray(condition["images"]) if route == "pasted" else None
             pool = paste_pool(images, masks, target) if route == "pasted" else donors(masks, target)  # once, not per pair
-            self.condition = (route, target, images, masks, int(condition["max_pastes"]), pool, bool(condition.get("sea", False)))
+            paste = {"max_pastes": int(condition["max_pastes"]), "pool": pool, "by_component": bool(condition.get("by_component", False))}
+            self.condition = (route, target, images, masks, paste, bool(condition.get("sea", False)))
             self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
+            if route == "pasted":
+                self.given_at = paste_step(float(condition.get("paste_at", 0.0)), self.sampling.steps, self.harmonise["free_steps"])
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
@@ -209,22 +212,28 @@ class ShardWriter:
         for indices in batch_indices(task.count, self.batch_size):
             t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
-            out = sample_pairs(self.model, seeds, self.sampling, self.device, **self._given(seeds), **self.harmonise)
+            if self.given_at:  # the pasted instances placed once the first steps have fixed each pair's layout
+                given = {"given_at": self.given_at, "place": lambda x0, seeds=seeds: self._given(seeds, x0)}
+            else:
+                given = self._given(seeds)
+            out = sample_pairs(self.model, seeds, self.sampling, self.device, **given, **self.harmonise)
             images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
             batch = _Batch(indices, seeds, images, out.q.float().cpu())
             timing["sample"] += time.perf_counter() - t0
             yield batch
 
-    def _given(self, seeds: list[int]) -> dict[str, torch.Tensor]:
+    def _given(self, seeds: list[int], x0_hat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """sample_pairs' arguments for what the batch is drawn given: {} for the joint; the label
         channels (N, K, H, W) of the composed maps (conditioned); or those of the pasted instances with
-        their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted)."""
+        their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted), placed onto the sea of
+        the batch's clean estimate x0_hat (N, 1 + K, H, W) when there is one (paste_at)."""
         if self.condition is None:
             return {}
-        route, target, images, masks, max_pastes, pool, sea = self.condition
+        route, target, images, masks, paste, sea = self.condition
         if route == "conditioned":
-            return {"given_label": self._label(np.stack([pair_mask(s, masks, target, max_pastes, pool) for s in seeds]))}
-        image, ids, given, level = (np.stack(a) for a in zip(*(pair_paste(s, images, masks, target, max_pastes, pool) for s in seeds)))
+            return {"given_label": self._label(np.stack([pair_mask(s, masks, target, paste["max_pastes"], paste["pool"]) for s in seeds]))}
+        bases = [None] * len(seeds) if x0_hat is None else x0_hat[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy()
+        image, ids, given, level = (np.stack(a) for a in zip(*(pair_paste(s, images, masks, target, base=base, **paste) for s, base in zip(seeds, bases))))
         out = {"given_label": self._label(ids), "given_image": normalise(image)[:, None], "given_where": torch.from_numpy(given)[:, None]}
         if sea:  # the donors' sea levels, on normalise's scale (x = u / 127.5 - 1)
             out["given_sea"] = torch.from_numpy(level / 127.5 - 1.0)[:, None]
