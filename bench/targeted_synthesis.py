@@ -219,7 +219,10 @@ def given_pixels(model: str, url: str, spec: str):
 
     target, info = targeted.model_target(model, spec)
     images, masks = targeted.training_pairs(info)
-    route = (ShardSet(url).info().target or {}).get("route")
+    record = ShardSet(url).info().target or {}
+    route = record.get("route")
+    if record.get("paste_at") or record.get("by_component"):
+        sys.exit(f"{url}: its instances were placed on each pair's layout or one at a time; follow and recall rebuild only sets pasted before sampling, whole")
     pool = tgt.paste_pool(images, masks, target) if route == "pasted" else tgt.donors(masks, target)
 
     def pairs():

@@ -559,6 +559,7 @@ def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_pat
     monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", True)
     c = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
     assert c.info.fingerprint not in (before.info.fingerprint, a.info.fingerprint)
+    assert (a.info.target["paste_at"], a.info.target["by_component"], c.info.target["by_component"], before.info.target["paste_at"]) == (0.34, False, True, 0.0)
     monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)
     m = load_model_folder(model, "cpu")
     seeds = [pair_seed(5, 1, i) for i in range(2)]

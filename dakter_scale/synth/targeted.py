@@ -209,7 +209,8 @@ def by_conditioning(
         "conditioned": ("label_maps", "real training masks + pasted real regions (synth/target.py pair_mask)"),
         "pasted": ("pasted", "real training pairs' regions of the targeted classes, image and label (synth/target.py pair_paste)"),
     }[route]
-    record, warnings = _record(target, route, achieved, cost, max_pastes=tgt.MAX_PASTES, free_steps=free_steps, resample=resample, **dict([given]))
+    placement = {k: condition[k] for k in ("sea", "paste_at", "by_component") if k in condition}  # how the pasted route placed its instances
+    record, warnings = _record(target, route, achieved, cost, max_pastes=tgt.MAX_PASTES, free_steps=free_steps, resample=resample, **dict([given]), **placement)
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
     with _lease(out_url, cfg, f"targeted synthesis ({route}): the target record"):  # synthesize gave the prefix back
