@@ -93,7 +93,9 @@ def paste_instances(
     fixed it): pixels are given only where base is sea (0), and base's own pixels of class c count
     towards goals[c]. None: an all-sea base, so pixels go anywhere and only given ones count.
     by_component: a donor's instances (4-connected components of class c) are pasted one at a time,
-    in random order, until the goal is met, instead of all of them at once: less overshoot."""
+    in random order, instead of all at once, and an instance is skipped when it would bring more
+    than twice the pixels the class still needs (it would overshoot the goal by more than it falls
+    short): the share lands closer to the goal."""
     shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]
     image, ids, given, sea = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool), np.zeros(shape, np.float32)
     free = np.ones(shape, bool) if base is None else base == 0
@@ -101,11 +103,11 @@ def paste_instances(
         pool = donors.get(c) or ()
         have = 0 if base is None else np.count_nonzero(base == c)
 
-        def short() -> bool:
-            return have + np.count_nonzero(given & (ids == c)) < goals[c] * given.size
+        def need() -> float:  # pixels class c still lacks
+            return goals[c] * given.size - have - np.count_nonzero(given & (ids == c))
 
         for _ in range(max_pastes if pool else 0):
-            if not short():
+            if need() <= 0:
                 break
             donor = transform(pool[int(rng.integers(len(pool)))], rng)
             level = np.median(donor[0][donor[1] == 0] if (donor[1] == 0).any() else donor[0])
@@ -115,9 +117,11 @@ def paste_instances(
             else:
                 pieces = [donor[1] == c]
             for piece in pieces:
-                if not short():
+                if need() <= 0:
                     break
                 new = piece & ~given & free
+                if by_component and np.count_nonzero(new) > 2 * need():
+                    continue
                 image[new], ids[new], given[new], sea[new] = donor[0][new], c, True, level
     return image, ids, given, sea
 
