@@ -276,7 +276,8 @@ def test_paste_by_component_pastes_instances_that_fit_what_is_missing():
         assert np.count_nonzero(whole[2]) == 80 and 12 <= np.count_nonzero(fit[2]) <= 24  # (the cyclic shift may cut a slick in two)
 
 
-def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
+def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach(monkeypatch):
+    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)  # whole donors: the probe's reach below is theirs
     rng = np.random.default_rng(1)
     masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)
     images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
@@ -503,7 +504,11 @@ def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_byte
     assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
 
 
-def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_path):
+def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_path, monkeypatch):
+    """Instances placed before sampling, whole donors (PASTE_AT 0, not by component): what each pair
+    is given comes from its seed alone."""
+    monkeypatch.setattr(tgt, "PASTE_AT", 0.0)
+    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
     images, masks = pairs = targeted.training_pairs(info)
     assert images.dtype == np.uint8 and images.shape == masks.shape
@@ -545,31 +550,32 @@ def test_paste_step_is_a_share_of_the_steps_that_leaves_a_replaced_step():
 
 
 def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_path, monkeypatch):
-    """PASTE_AT: instances are placed after that share of the steps onto the sea of each pair's layout; reruns write
-    the same bytes, the setting is part of the set's identity, and a batch rebuilt from its seeds
-    (placing from its own clean estimate) gives the stored pair bit for bit."""
+    """By default instances are placed after PASTE_AT of the steps onto the sea of each pair's layout,
+    one at a time; reruns write the same bytes, both settings are part of the set's identity and its
+    record, and a batch rebuilt from its seeds (placing from its own clean estimate) gives the stored
+    pair bit for bit."""
+    assert 0 < tgt.PASTE_AT < 1 and tgt.PASTE_BY_COMPONENT
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
     images, masks = pairs = targeted.training_pairs(info)
     run = dict(progress=False, use_ray=False)
-    before = targeted.by_conditioning(model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
-    monkeypatch.setattr(tgt, "PASTE_AT", 0.34)  # after step 1 of 3
     a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
     targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
     for s in range(2):
         assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
-    assert before.info.fingerprint != a.info.fingerprint
-    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", True)
-    c = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
-    assert c.info.fingerprint not in (before.info.fingerprint, a.info.fingerprint)
-    assert (a.info.target["paste_at"], a.info.target["by_component"], c.info.target["by_component"], before.info.target["paste_at"]) == (0.34, False, True, 0.0)
+    monkeypatch.setattr(tgt, "PASTE_AT", 0.0)
+    before = targeted.by_conditioning(model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
     monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)
+    whole = targeted.by_conditioning(model, str(tmp_path / "w"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    assert len({a.info.fingerprint, before.info.fingerprint, whole.info.fingerprint}) == 3
+    record = a.info.target
+    assert (record["paste_at"], record["by_component"], before.info.target["paste_at"], whole.info.target["by_component"]) == (0.8, True, 0.0, False)
     m = load_model_folder(model, "cpu")
     seeds = [pair_seed(5, 1, i) for i in range(2)]
     from dakter_scale.data.real import denormalise, normalise
 
     def place(x0):
         bases = x0[:, 1:].argmax(dim=1).to(torch.uint8).numpy()
-        given = [tgt.pair_paste(s, images, masks, t, base=b) for s, b in zip(seeds, bases)]
+        given = [tgt.pair_paste(s, images, masks, t, base=b, by_component=True) for s, b in zip(seeds, bases)]
         assert not any(g[2][b != 0].any() for g, b in zip(given, bases))  # onto the layout's sea only
         return {
             "given_label": m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
@@ -578,7 +584,7 @@ def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_pat
             "given_sea": torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None],
         }
 
-    out = sample_pairs(m, seeds, SAMPLING, "cpu", given_at=1, place=place)
+    out = sample_pairs(m, seeds, SAMPLING, "cpu", given_at=tgt.paste_step(0.8, SAMPLING.steps), place=place)
     stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
     assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)
     assert np.array_equal(shardset.quantise(out.q[1]), (q * 255).round().astype(np.uint8))

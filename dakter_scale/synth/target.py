@@ -189,9 +189,10 @@ MAX_PASTES = 8  # donor masks pasted per class at most
 PASTE_SEA = True  # pasted route: pasted images moved to the drawn pair's sea level (diffusion/sample.py given_sea)
 # pasted route: the share of the sampling steps run jointly before instances are placed, from the
 # layout the pair being drawn has by then (its x0_hat label: onto its sea, counting what it holds);
-# 0: placed before sampling, anywhere
-PASTE_AT = 0.0
-PASTE_BY_COMPONENT = False  # pasted route: a donor's instances pasted one at a time (core.compose.paste_instances)
+# 0: placed before sampling, anywhere. 0.8 by measurement (docs/RESULTS.md, "Placing the pasted
+# instances"): the label estimate shows oil only after about 60 % of the steps
+PASTE_AT = 0.8
+PASTE_BY_COMPONENT = True  # pasted route: a donor's instances one at a time, those that fit what is missing (core.compose.paste_instances)
 
 
 def paste_step(paste_at: float, steps: int, free_steps: int = 0) -> int:
