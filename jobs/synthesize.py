@@ -62,7 +62,7 @@ def main() -> None:
         choices=["selection", "conditioned", "pasted"],
         default="selection",
         help="how --class-target is met: selection from a larger draw (default); conditioned: images drawn given composed label maps (worse students so far); "
-        "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together (docs/RESULTS.md, 'Targeted synthesis')",
+        "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together onto the sea each pair's first steps drew (docs/RESULTS.md, 'Targeted synthesis')",
     )
     p.add_argument("--max-draw-factor", type=float, default=20.0, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (default 20)")
     p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")

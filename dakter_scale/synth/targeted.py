@@ -1,7 +1,7 @@
 """Targeted synthesis: n generated pairs whose pooled per-class pixel shares meet a class target.
 
 ``jobs/synthesize.py ... --class-target oil:3x,ship:3x`` (the grammar and the arithmetic are
-synth/target.py's). Two routes, compared in docs/RESULTS.md ("Targeted synthesis"):
+synth/target.py's). Three routes, compared in docs/RESULTS.md ("Targeted synthesis"):
 
 selection    Draw more pairs than needed with the joint model, by the ordinary plan (pair seeds,
              shards, resumable) into a draw set beside the output (OUT_drawn by default); keep the n
@@ -18,12 +18,14 @@ conditioned  Draw exactly n pairs, each image given a label map composed from a 
              no retraining. The soft label is the model's own estimate (decoded x0_hat), as always.
 pasted       Draw exactly n pairs jointly, each given real instances of the targeted classes at some
              pixels, image and label together (target.pair_paste: real training pairs' regions of
-             those classes, moved, until they cover the target share), by replacement at those
-             pixels only (diffusion/sample.py given_image, given_where), the pasted image moved to
-             the drawn pair's sea level after every step (given_sea, target.PASTE_SEA): the model
-             draws the rest of the pair around them and harmonises the edges. The image shows what
-             the label says at the pasted pixels because both are real there; the conditioned
-             route's images did not show small pasted structures (docs/RESULTS.md).
+             those classes, moved, one instance at a time where it fits, until the class covers the
+             target share), by replacement at those pixels only (diffusion/sample.py given_image,
+             given_where), the pasted image moved to the drawn pair's sea level after every step
+             (given_sea, target.PASTE_SEA). The instances are placed after target.PASTE_AT of the
+             steps, onto the sea of the layout those steps fixed, counting what it holds (sample_pairs
+             place). The model draws the rest of the pair around them and harmonises the edges. The
+             image shows what the label says at the pasted pixels because both are real there; the
+             conditioned route's images did not show small pasted structures (docs/RESULTS.md).
 
 In every route dataset.json's ``target`` records the spec, route, shares asked for, training shares,
 achieved shares (argmax of the soft labels, the manifest's class_fractions), whether it was met, and
