@@ -41,12 +41,13 @@ prints, per recorded class, the share of its pixels the real-only SEGMENTER call
 recall of the recorded labels: unlike label alignment's IoU, independent of the class mix), over
 all pixels, and for a pasted set over the pasted pixels and the drawn ones apart.
 
-    python bench/targeted_synthesis.py reference MODEL SEGMENTER REAL_SPEC oil:3x,ship:3x OUT.json
+    python bench/targeted_synthesis.py reference MODEL SEGMENTER REAL_SPEC oil:3x,ship:3x OUT.json [SELECTED_DIR]
 
 the SEGMENTER's label alignment on real scenes (REAL_SPEC's test split) at the untargeted and the
 targeted class mix, where every label is right: random sets, a set selected to meet the target, and
 random scenes with real instances pasted in as the pasted route does. How far alignment falls with
-the class mix alone, for a judge trained at the training mix.
+the class mix alone, for a judge trained at the training mix. SELECTED_DIR: the selected real
+scenes written as an OSD folder (osd:SELECTED_DIR), to train a judge at the targeted mix.
 """
 
 from __future__ import annotations
@@ -284,14 +285,16 @@ def recall(model: str, url: str, segmenter: str, spec: str) -> None:
     print(json.dumps({"route": route, "classes": list(target.classes), **recalls, "counts_rows_recorded_cols_judged": {n: c.tolist() for n, c in counts.items()}}))
 
 
-def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: str, n: int = 200, repeats: int = 3) -> None:
+def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: str, selected_dir: str | None = None, n: int = 200, repeats: int = 3) -> None:
     """The judge's label alignment on real scenes (the test split of REAL_SPEC, e.g. a few thousand
     simulated scenes the generator never saw) at the untargeted and at the targeted class mix: what
     labels that are right at every pixel score at each mix. Rows: `repeats` random sets of n scenes;
     n scenes selected from all of them to meet the target (target.select, the selection route on
     real scenes); and n random scenes with real instances pasted into them as the pasted route
     does: before the layout (pasted anywhere, counting only pasted pixels) and onto the scene's sea
-    counting what it holds (the layout-aware placement), each moved to the scene's sea level."""
+    counting what it holds (the layout-aware placement), each moved to the scene's sea level.
+    selected_dir: the selected scenes are also written there as an OSD-layout folder (train: the n
+    selected, test: 20 others; PNG, lossless), to train a judge at the targeted mix on."""
     import numpy as np
     import torch
 
@@ -345,6 +348,15 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     fractions = np.stack([class_shares(m[None], k) for m in real_masks])
     chosen = tgt.select(fractions, target, n)
     rows.append(score(f"real, {n} selected of {len(scenes)} to meet {spec}" + ("" if target.met(tgt.pooled(fractions, chosen)) else " (not met)"), real_images[chosen], real_masks[chosen]))
+    if selected_dir:
+        from PIL import Image
+
+        for split, indices in (("train", chosen), ("test", np.setdiff1d(np.arange(len(scenes)), chosen)[:20])):
+            for kind in ("images", "labels_1D"):
+                (Path(selected_dir) / split / kind).mkdir(parents=True, exist_ok=True)
+            for j, i in enumerate(indices):
+                Image.fromarray(real_images[i]).save(Path(selected_dir) / split / "images" / f"{j:05d}.png")
+                Image.fromarray(real_masks[i]).save(Path(selected_dir) / split / "labels_1D" / f"{j:05d}.png")
     Path(out_json).write_text(json.dumps({"model": model, "segmenter": segmenter, "real_spec": real_spec, "spec": spec, "target": target.named([s for s in target.reference()]), "rows": rows}, indent=1) + "\n")
 
 
@@ -354,7 +366,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         sys.exit(follow(*sys.argv[2:5]))
     args = sys.argv[1:]
-    if args[:1] == ["reference"] and len(args) == 6:
+    if args[:1] == ["reference"] and len(args) in (6, 7):
         sys.exit(reference(*args[1:]))
     if args[:1] == ["summary"] and len(args) in (3, 4):
         sys.exit(summary(*args[1:]))
