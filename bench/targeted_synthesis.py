@@ -41,6 +41,11 @@ prints, per recorded class, the share of its pixels the real-only SEGMENTER call
 recall of the recorded labels: unlike label alignment's IoU, independent of the class mix), over
 all pixels, and for a pasted set over the pasted pixels and the drawn ones apart.
 
+    python bench/targeted_synthesis.py layout MODEL CONFIG [N]
+
+per sampling step, the class shares of the label estimate's argmax over N untargeted pairs: when
+the sampler fixes where land, look-alikes and slicks go (what target.PASTE_AT is chosen from).
+
     python bench/targeted_synthesis.py reference MODEL SEGMENTER REAL_SPEC oil:3x,ship:3x OUT.json [SELECTED_DIR]
 
 the SEGMENTER's label alignment on real scenes (REAL_SPEC's test split) at the untargeted and the
@@ -285,6 +290,34 @@ def recall(model: str, url: str, segmenter: str, spec: str) -> None:
     print(json.dumps({"route": route, "classes": list(target.classes), **recalls, "counts_rows_recorded_cols_judged": {n: c.tolist() for n, c in counts.items()}}))
 
 
+def layout(model: str, config: str, n: int = 32) -> None:
+    """When the joint sampler fixes a pair's layout: per step, the pooled share of each class in the
+    argmax of the label estimate x0_hat, over n untargeted pairs (seeds 1000..), and in the final
+    soft labels. Instruments the sampler's step function; changes no sample."""
+    from dakter_scale.config import load_config
+    from dakter_scale.diffusion import sample
+    from dakter_scale.diffusion.model import load_model_folder
+
+    cfg = load_config(config)
+    m = load_model_folder(model, "cpu")
+    shares = []
+    step = sample._step
+
+    def recorded(*args, **kwargs):
+        z, x0 = step(*args, **kwargs)
+        label = x0[:, 1:].argmax(dim=1)
+        shares.append([float((label == c).float().mean()) for c in range(m.num_classes)])
+        return z, x0
+
+    sample._step = recorded
+    try:
+        out = sample.sample_pairs(m, list(range(1000, 1000 + n)), cfg.sampling, "cpu")
+    finally:
+        sample._step = step
+    final = out.q.argmax(dim=1)
+    print(json.dumps({"classes": list(m.classes), "per_step": [[round(v, 4) for v in row] for row in shares], "final": [round(float((final == c).float().mean()), 4) for c in range(m.num_classes)]}))
+
+
 def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: str, selected_dir: str | None = None, n: int = 200, repeats: int = 3) -> None:
     """The judge's label alignment on real scenes (the test split of REAL_SPEC, e.g. a few thousand
     simulated scenes the generator never saw) at the untargeted and at the targeted class mix: what
@@ -366,6 +399,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         sys.exit(follow(*sys.argv[2:5]))
     args = sys.argv[1:]
+    if args[:1] == ["layout"] and len(args) in (3, 4):
+        sys.exit(layout(args[1], args[2], *(int(v) for v in args[3:])))
     if args[:1] == ["reference"] and len(args) in (6, 7):
         sys.exit(reference(*args[1:]))
     if args[:1] == ["summary"] and len(args) in (3, 4):
