@@ -35,7 +35,9 @@ label says, because both are real at those pixels. A slick is dark against its o
 ``given_sea`` (the given image's own sea level at each given pixel) the given image is moved, after
 every step, to the sea level of the pair being drawn (the median of x0_hat's image where its label
 says sea and nothing is given): the images are dB-scaled, so a shift keeps each pasted slick's
-contrast against its sea.
+contrast against its sea. With ``place`` and ``given_at`` = k, what is given is decided after the
+first k steps, from their clean estimate: the pasted route places its instances on the layout (land,
+look-alikes, slicks) those steps drew, onto its sea.
 """
 
 from __future__ import annotations
