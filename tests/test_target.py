@@ -141,7 +141,9 @@ def test_select_by_hand():
 
 
 fraction_rows = st.integers(2, 40).flatmap(
-    lambda n: st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=n, max_size=n).map(lambda rows: np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows]))
+    lambda n: st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=n, max_size=n).map(
+        lambda rows: np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows])
+    )
 )
 
 
@@ -465,7 +467,7 @@ def test_a_pasted_image_is_moved_to_the_sea_level_of_the_pair_being_drawn():
     level = sea_level(x0, where)
     assert level[0].item() == pytest.approx(-0.3) and torch.isnan(level[1]).all()
     image = torch.full((2, 1, 4, 4), -0.6)
-    given = _Given.of(torch.zeros((2, 5, 4, 4)), image, where, torch.full((2, 1, 4, 4), -0.5), "cpu")
+    given = _Given.of("cpu", torch.zeros((2, 5, 4, 4)), image, where, torch.full((2, 1, 4, 4), -0.5))
     moved = given.values(x0)
     assert torch.allclose(moved[0, 0], torch.full((4, 4), -0.6 + (-0.3 + 0.5))) and torch.equal(moved[1, 0], image[1, 0])
     assert torch.equal(moved[:, 1:], given.x0[:, 1:]) and torch.equal(given.values(None), given.x0)

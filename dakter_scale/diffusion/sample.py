@@ -129,12 +129,17 @@ class _Given:
     sea: torch.Tensor | None = None  # (N, 1, H, W)
 
     @classmethod
-    def of(cls, label: torch.Tensor, image: torch.Tensor | None, where: torch.Tensor | None, sea: torch.Tensor | None, device) -> "_Given":
-        label = label.to(device=device, dtype=torch.float32)
-        if image is None:
+    def of(cls, device, given_label: torch.Tensor | None, given_image: torch.Tensor | None = None, given_where: torch.Tensor | None = None, given_sea: torch.Tensor | None = None) -> "_Given":
+        """From sample_pairs' given_* arguments (checked here, for both ways they arrive)."""
+        if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
+            raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
+        if given_sea is not None and given_image is None:
+            raise ValueError("given_sea is the sea level of a given_image")
+        label = given_label.to(device=device, dtype=torch.float32)
+        if given_image is None:
             return cls(label, 1, None)
-        sea = None if sea is None else sea.to(device=device, dtype=torch.float32)
-        return cls(torch.cat([image.to(device=device, dtype=torch.float32), label], dim=1), 0, where.to(device=device, dtype=torch.bool), sea)
+        sea = None if given_sea is None else given_sea.to(device=device, dtype=torch.float32)
+        return cls(torch.cat([given_image.to(device=device, dtype=torch.float32), label], dim=1), 0, given_where.to(device=device, dtype=torch.bool), sea)
 
     def values(self, x0_hat: torch.Tensor | None) -> torch.Tensor:
         """The clean given channels; with `sea` and an estimate x0_hat (N, C, H, W) of the pair, the
@@ -157,15 +162,6 @@ def sea_level(x0_hat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     sea = (x0_hat[:, 1:].argmax(dim=1, keepdim=True) == 0) & ~where
     image = torch.where(sea, x0_hat[:, :1], torch.full_like(x0_hat[:, :1], float("nan")))
     return image.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)  # one batched call: no per-pair device sync
-
-
-def _given_args(given_label, given_image=None, given_where=None, given_sea=None, device=None) -> tuple:
-    """sample_pairs' given_* arguments, checked, in _Given.of's order."""
-    if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
-        raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
-    if given_sea is not None and given_image is None:
-        raise ValueError("given_sea is the sea level of a given_image")
-    return given_label, given_image, given_where, given_sea, device
 
 
 def _autocast(device: torch.device):
@@ -204,8 +200,6 @@ def sample_pairs(
     check_resample(resample, cfg.sampler)
     if place is not None and (given_label is not None or not 1 <= given_at < cfg.steps - free_steps):
         raise ValueError(f"place needs no given tensors and 1 <= given_at < steps - free_steps (given_at {given_at}, {cfg.steps} steps, free_steps {free_steps})")
-    if any(v is not None for v in (given_image, given_where, given_sea)):
-        _given_args(given_label, given_image, given_where, given_sea)
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -214,8 +208,8 @@ def sample_pairs(
     alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     timesteps = list(sched.timesteps)
     given = None
-    if given_label is not None:
-        given = _Given.of(*_given_args(given_label, given_image, given_where, given_sea, device))
+    if any(v is not None for v in (given_label, given_image, given_where, given_sea)):
+        given = _Given.of(device, given_label, given_image, given_where, given_sea)
         # the starting noise's given channels serve as the forward noise of the first level
         given.replace(z, z[:, given.first :].clone(), alpha_bar[timesteps[0]].expand(z.shape[0]))
     decoded: list[torch.Tensor] = []
@@ -227,7 +221,7 @@ def sample_pairs(
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
             z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
             if place is not None and i + 1 == given_at:  # the first given_at steps are done: place what is given
-                given = _Given.of(*_given_args(device=device, **place(x0)))
+                given = _Given.of(device, **place(x0))
                 replaced = True
             if replaced:
                 given.replace(z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]), x0)
@@ -237,3 +231,4 @@ def sample_pairs(
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)
     return Samples(images=images, q=q)
+

@@ -199,7 +199,10 @@ def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sa
         return Prepared(plan, fp, mhash, info, plan.tasks(), [], {}, [], {}, conflict, [])
     beyond = sorted(s for s in list(finished) + list(corrupt) if s >= plan.num_shards)
     if beyond:
-        raise PlanError(f"{out_url} holds shards up to {max(beyond)} but --n {cfg.n} plans only {plan.num_shards}: a smaller --n would leave extra pairs readable. Use the original --n, a new prefix, or --overwrite.")
+        raise PlanError(
+            f"{out_url} holds shards up to {max(beyond)} but --n {cfg.n} plans only {plan.num_shards}: "
+            "a smaller --n would leave extra pairs readable. Use the original --n, a new prefix, or --overwrite."
+        )
 
     todo, skipped, resized, markers = [], [], [], {}
     for task in plan.tasks():
@@ -235,7 +238,10 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     if prep.conflict is None:
         return prep
     if not overwrite:
-        raise PlanError(f"{out_url} already holds {prep.conflict}, not this run's (fingerprint {prep.fingerprint}). Choose a new prefix, or pass --overwrite to delete it and write this one.")
+        raise PlanError(
+            f"{out_url} already holds {prep.conflict}, not this run's (fingerprint {prep.fingerprint}). "
+            "Choose a new prefix, or pass --overwrite to delete it and write this one."
+        )
     log.warning("--overwrite: removing %s from %s", prep.conflict, out_url)
     ShardSet(out_url).clear()
     return inspect_output(model_dir, out_url, cfg, sampling, condition)
@@ -454,22 +460,14 @@ def synthesize(
 
 
 def _synthesize(
-    model_dir: str | Path,
-    out_url: str,
-    cfg: SynthesisConfig,
-    sampling: SamplingConfig,
-    lease: Lease,
-    overwrite: bool,
-    progress: bool,
-    use_ray: bool,
-    device: str,
-    t0: float,
-    condition: dict | None,
-    reference: list[float] | None,
+    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, lease: Lease, overwrite: bool, progress: bool, use_ray: bool, device: str, t0: float,
+    condition: dict | None, reference: list[float] | None,
 ) -> Summary:
     prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite, condition=condition)
     plan = prep.plan
-    summary = Summary(out=storage.redact_url(out_url), planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0)
+    summary = Summary(
+        out=storage.redact_url(out_url), planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
+    )
     out = ShardSet(out_url)
     header = _dataset_header(prep, cfg, sampling, str(model_dir))
     for shard, problem in sorted(prep.corrupt.items()):
@@ -500,7 +498,9 @@ def _synthesize(
             return
         summary.retried.append({"shard": task.shard, "attempt": task.attempt, "reason": reason})
         final_failures[task.shard] = reason or "unknown error"
-        (log.warning if retrying else log.error)("shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if retrying else "; giving up")
+        (log.warning if retrying else log.error)(
+            "shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if retrying else "; giving up"
+        )
 
     if prep.todo:
         args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint, lease=lease.ref(), condition=condition)
@@ -519,18 +519,15 @@ def _synthesize(
     busy = sum(m.get("seconds", 0.0) for m in written)
     stalled = sum(m.get("writer_wait_seconds", 0.0) for m in written)
     if busy > 0 and stalled / busy > WRITER_STALL_WARNING:
-        log.warning("the sampler waited for encoding and uploads %.0f %% of the shard time: give each actor more CPU threads (--threads-per-actor)", 100 * stalled / busy)
+        log.warning(
+            "the sampler waited for encoding and uploads %.0f %% of the shard time: give each actor more CPU threads (--threads-per-actor)", 100 * stalled / busy
+        )
 
     lease.check()
     markers = _own_markers(out, markers, prep.fingerprint)
     generated = marker_stats(markers, len(prep.model_info["classes"]))
     div, warnings = divergence(
-        generated,
-        reference or header.train_stats["class_fractions"],
-        cfg.divergence_threshold,
-        header.train_stats.get(SAR),
-        cfg.enl_ratio_threshold,
-        cfg.histogram_threshold,
+        generated, reference or header.train_stats["class_fractions"], cfg.divergence_threshold, header.train_stats.get(SAR), cfg.enl_ratio_threshold, cfg.histogram_threshold,
         against="the target's class mix" if reference else "the training data's",
     )
     dataset = header.replace(

@@ -112,7 +112,9 @@ def check_route_resample(resample: int, route: str, sampler: str) -> None:
         raise TargetError(f"--class-target, {route} route: {e}") from None
 
 
-def prepare_target(model_dir: str | Path, spec: str, route: str, max_draw_factor: float, resample: int = 1, sampler: str = "ddim") -> tuple[ClassTarget, tuple[np.ndarray, np.ndarray] | None, dict]:
+def prepare_target(
+    model_dir: str | Path, spec: str, route: str, max_draw_factor: float, resample: int = 1, sampler: str = "ddim"
+) -> tuple[ClassTarget, tuple[np.ndarray, np.ndarray] | None, dict]:
     """Every check of a targeted run that needs no sampling: the spec against the model, the route,
     the draw bound, resampling against the route and sampler, and for the conditioned and pasted
     routes whether what they give the pairs reaches the target. Returns (target, the real training
@@ -144,11 +146,9 @@ class TargetedResult:
     def lines(self) -> list[str]:
         if self.route != "selection" or not self.info.target:  # drawn given something, or a draw that failed
             return self.summary.lines()
-        return (
-            [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())]
-            + [f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"]
-            + stats_lines(self.info)
-        )
+        return [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())] + [
+            f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
+        ] + stats_lines(self.info)
 
 
 def _record(target: ClassTarget, route: str, achieved: list[float], cost: dict, **extra) -> tuple[dict, list[str]]:
@@ -282,7 +282,9 @@ def _lease(out_url: str, cfg: SynthesisConfig, purpose: str) -> Lease:
     return Lease(out_url, purpose, cfg.lease_seconds).acquire()
 
 
-def _write_selection(draw: ShardSet, out_url: str, cfg: SynthesisConfig, target: ClassTarget, summary: Summary, keys: list[str], kept_keys: list[str], fp: str, max_draw_factor: float, draw_url: str) -> TargetedResult:
+def _write_selection(
+    draw: ShardSet, out_url: str, cfg: SynthesisConfig, target: ClassTarget, summary: Summary, keys: list[str], kept_keys: list[str], fp: str, max_draw_factor: float, draw_url: str
+) -> TargetedResult:
     src_info = draw.info()
     markers = draw.derive(out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys)
     written = marker_count(markers.values())
@@ -336,3 +338,4 @@ def synthesize_targeted(
     if route == "selection":
         return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
     return by_conditioning(model_dir, out_url, cfg, sampling, target, pairs, route, free_steps, resample, **run_kwargs)
+
