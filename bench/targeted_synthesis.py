@@ -39,7 +39,9 @@ follow the pasted pixels (pixel counts).
 
 prints, per recorded class, the share of its pixels the real-only SEGMENTER calls that class (its
 recall of the recorded labels: unlike label alignment's IoU, independent of the class mix), over
-all pixels, and for a pasted set over the pasted pixels and the drawn ones apart.
+all pixels, and for a pasted set over the pasted pixels and the drawn ones apart. follow and recall
+rebuild a set placed on each pair's layout (pasted@F) by drawing its batches again with the set's own
+writer and placement (about as long as writing it), and check every rebuilt pair against the stored one.
 
     python bench/targeted_synthesis.py layout MODEL CONFIG [N]
 
@@ -216,7 +218,9 @@ def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> No
 def given_pixels(model: str, url: str, spec: str):
     """(target, route, an iterator of (image, soft label q, class ids given, given pixels) per pair of
     the set): the composed maps at every pixel (conditioned), the pasted pixels (pasted), or nothing
-    given (any other set); the route is read from the set's dataset.json."""
+    given (any other set); the route is read from the set's dataset.json. A pasted set placed on each
+    pair's layout (paste_at) is rebuilt: its batches are drawn again with the set's own writer, plan
+    and placement, the given pixels recorded, and each rebuilt pair checked against the stored one."""
     import numpy as np
 
     from dakter_scale.data.shardset import ShardSet, decode_sample
@@ -227,15 +231,16 @@ def given_pixels(model: str, url: str, spec: str):
     images, masks = targeted.training_pairs(info)
     record = ShardSet(url).info().target or {}
     route = record.get("route")
-    if record.get("paste_at") or record.get("by_component"):
-        sys.exit(f"{url}: its instances were placed on each pair's layout or one at a time; follow and recall rebuild only sets pasted before sampling, whole")
+    if route == "pasted" and record.get("paste_at"):
+        return target, route, _placed_pairs(model, url, target, record, images, masks)
     pool = tgt.paste_pool(images, masks, target) if route == "pasted" else tgt.donors(masks, target)
+    by_component = bool(record.get("by_component"))
 
     def pairs():
         for sample in ShardSet(url).samples():
             image, q, meta = decode_sample(sample)
             if route == "pasted":
-                _, ids, given, _ = tgt.pair_paste(meta["seed"], images, masks, target, pool=pool)
+                _, ids, given, _ = tgt.pair_paste(meta["seed"], images, masks, target, pool=pool, by_component=by_component)
             elif route == "conditioned":
                 ids, given = tgt.pair_mask(meta["seed"], masks, target, pool=pool), np.ones(q.shape[1:], dtype=bool)
             else:
@@ -243,6 +248,51 @@ def given_pixels(model: str, url: str, spec: str):
             yield image, q, ids, given
 
     return target, route, pairs()
+
+
+def _placed_pairs(model: str, url: str, target, record: dict, images, masks):
+    """A placed pasted set's pairs with what each was given (given_pixels), by drawing its batches
+    again: the placement depends on each batch's own layout, so it cannot be recomputed from the seed
+    alone. One torch thread, as the set's writers ran; a rebuilt pair that differs from the stored one
+    by a single byte stops the measurement."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from dakter_scale.data.shardset import ShardSet, decode_sample
+    from dakter_scale.synth import targeted
+    from dakter_scale.synth.plan import Plan
+    from dakter_scale.synth.worker import ShardWriter
+
+    info = ShardSet(url).info()
+    condition = targeted.condition_for(target, "pasted", images, masks, int(record.get("free_steps", 0)), int(record.get("resample", 1)))
+    condition.update({k: record[k] for k in ("sea", "paste_at", "by_component", "max_pastes") if k in record})
+    stored = {}
+    for sample in ShardSet(url).samples():
+        image, q, meta = decode_sample(sample)
+        stored[meta["seed"]] = (image, q)
+    with tempfile.TemporaryDirectory() as scratch:
+        writer = ShardWriter(model, scratch, info.sampling, info.batch_size, info.seed, threads=1, device="cpu", condition=condition)
+        given_log = []
+        given = writer._given
+
+        def spy(seeds, x0_hat=None):
+            out = given(seeds, x0_hat)
+            given_log.append(out)
+            return out
+
+        writer._given = spy
+        for task in Plan(info.count, info.samples_per_shard, info.seed).tasks():
+            for batch in writer._batches(task, {"sample": 0.0}):
+                out = given_log.pop()
+                ids = out["given_label"].argmax(dim=1).to(torch.uint8).numpy()
+                where = out["given_where"][:, 0].numpy()
+                for j, seed in enumerate(batch.seeds):
+                    image, q = stored[seed]
+                    if not np.array_equal(batch.images[j], image):
+                        sys.exit(f"{url}: pair of seed {seed} rebuilt differently from the stored one (another torch build or thread count?)")
+                    yield image, q, ids[j], where[j]
 
 
 def follow(model: str, url: str, spec: str) -> None:
