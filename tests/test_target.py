@@ -693,3 +693,27 @@ def test_a_missed_target_warns_in_the_summary_and_dataset_json(model, tmp_path):
     assert record["met"] is False and record["shares"] == {"sea": 0.95} and record["achieved"]["sea"] < 0.95
     info = ShardSet(str(out)).info()
     assert info.target == record and any(w.startswith("class target sea:0.95 not met by selection") for w in info.warnings)
+
+
+def test_the_bench_rebuilds_what_a_placed_set_was_given(model, tmp_path):
+    """bench/targeted_synthesis.py follow / recall on a set placed on each pair's layout: the batches
+    are drawn again with the set's own writer (byte for byte the stored pairs, or it stops), and what
+    each pair was given is real instances of the targeted classes only."""
+    SPEC = "oil:0.3,ship:0.07"
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import targeted_synthesis as bench
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # the tiny model's early layout holds every class at random, which counts towards a 3x target:
+    # shares above it leave something to paste onto its sea
+    t, info = targeted.model_target(model, SPEC)
+    pairs = targeted.training_pairs(info)
+    targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", progress=False, use_ray=False)
+    target, route, rebuilt = bench.given_pixels(model, str(tmp_path / "a"), SPEC)
+    rebuilt = list(rebuilt)
+    assert route == "pasted" and len(rebuilt) == 6
+    stored = [shardset.decode_sample(s)[0] for s in ShardSet(str(tmp_path / "a")).samples()]
+    assert all(np.array_equal(image, s) for (image, *_), s in zip(rebuilt, stored))
+    given_classes = np.concatenate([ids[given] for _, _, ids, given in rebuilt])
+    assert given_classes.size > 0 and set(np.unique(given_classes)) <= {CLASSES.index("oil"), CLASSES.index("ship")}
