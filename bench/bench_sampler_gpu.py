@@ -1,7 +1,8 @@
 """The sampling loop's inference settings, measured where they matter (issue 16 item 3, GPU half): fp32
 against bf16 autocast (the loop's own on a GPU), torch.compile, and CUDA graphs (torch.compile's
 "reduce-overhead" mode), each at a few batch sizes, with pairs/s and the fraction of the device's
-matrix-multiply peak (bf16 8192^3 on a GPU, measured in the same run).
+matrix-multiply peak (bf16 8192^3 on a GPU, fp32 --peak-n^3 on a CPU), measured in the same run
+before and after the settings (their median).
 
     python bench/bench_sampler_gpu.py --config configs/gpu_evidence.yaml --out F     # on a GPU, ~3 min
     python bench/bench_sampler_gpu.py --config configs/osd.yaml --batches 16,64 --out F  # paper scale
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,6 +73,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, help="network evaluations per pair (default: the config's sampling.steps)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per setting (median)")
     p.add_argument("--only", help="comma-separated setting names to run (default: all this device runs)")
+    p.add_argument("--peak-n", type=int, help="side of the peak's matrix product (default: 8192 bf16 on a GPU, 1024 fp32 on a CPU; 2048 gives a CPU's peak more closely)")
     args = p.parse_args()
 
     cfg = load_config(args.config)
@@ -91,7 +94,7 @@ def main() -> int:
     flops = flops_per_evaluation(model, batch=1)  # counted on the CPU, before the move: the same work on any device
     model.unet.to(device)
     eager = model.unet
-    peak = matmul_peak(device)
+    peaks = [matmul_peak(device, n=args.peak_n)]  # before and after the runs: the median of the two is the peak
     record: dict = {
         "device": device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
@@ -100,13 +103,12 @@ def main() -> int:
         "parameters": sum(t.numel() for t in eager.parameters()),
         "sampler": f"{sampling.sampler}-{sampling.steps}",
         "flops_per_pair": flops * sampling.steps,
-        "matmul_peak": peak,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "runs": [],
     }
-    print(f"{record['device']}: {record['parameters'] / 1e6:.1f} M parameters, {record['sampler']}, {flops * sampling.steps / 1e12:.3f} TFLOP per pair; "
-          f"peak {peak['flops_per_second'] / 1e12:.1f} TFLOP/s ({peak['dtype']})", flush=True)
+    print(f"{record['device']}: {record['parameters'] / 1e6:.1f} M parameters, {record['sampler']}, {flops * sampling.steps / 1e9:.2f} GFLOP per pair; "
+          f"peak before the runs {peaks[0]['flops_per_second'] / 1e12:.2f} TFLOP/s ({peaks[0]['dtype']} {peaks[0]['n']}^3)", flush=True)
     for name, mode, bf16 in chosen:
         torch._dynamo.reset()
         model.unet = eager if mode is None else torch.compile(eager, mode=mode)
@@ -135,21 +137,26 @@ def main() -> int:
                 "seconds_per_call": seconds,
                 "pairs_per_second": batch / seconds,
                 "flops_per_second": flops * sampling.steps * batch / seconds,
-                "fraction_of_peak": flops * sampling.steps * batch / seconds / peak["flops_per_second"],
             }
             if device.type == "cuda":
                 row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 torch.cuda.reset_peak_memory_stats()
             record["runs"].append(row)
-            print(f"{name} batch {batch}: {row['pairs_per_second']:.1f} pairs/s, {100 * row['fraction_of_peak']:.1f} % of peak (first call {first:.1f} s)", flush=True)
+            print(f"{name} batch {batch}: {row['pairs_per_second']:.2f} pairs/s, {row['flops_per_second'] / 1e12:.3f} TFLOP/s (first call {first:.1f} s)", flush=True)
     model.unet = eager
+    peaks.append(matmul_peak(device, n=args.peak_n))
+    record["matmul_peak"] = {"samples": peaks, "flops_per_second": statistics.median(p["flops_per_second"] for p in peaks)}
+    for row in record["runs"]:
+        if "failed" not in row:
+            row["fraction_of_peak"] = row["flops_per_second"] / record["matmul_peak"]["flops_per_second"]
     done = [r for r in record["runs"] if "failed" not in r]
     if done:
         best = max(done, key=lambda r: r["pairs_per_second"])
         base = [r for r in done if r["setting"] == chosen[0][0] and r["batch"] == best["batch"]]
         record["best"] = {**best, "speed_vs_" + chosen[0][0]: best["pairs_per_second"] / base[0]["pairs_per_second"] if base else None}
         record["million_pairs_gpu_hours" if device.type == "cuda" else "million_pairs_device_hours"] = 1e6 / best["pairs_per_second"] / 3600
-        print(f"best: {best['setting']} batch {best['batch']}: {best['pairs_per_second']:.1f} pairs/s, {100 * best['fraction_of_peak']:.1f} % of peak", flush=True)
+        print(f"best: {best['setting']} batch {best['batch']}: {best['pairs_per_second']:.2f} pairs/s, {100 * best['fraction_of_peak']:.1f} % of the peak "
+              f"({record['matmul_peak']['flops_per_second'] / 1e12:.3f} TFLOP/s, median of {[round(p['flops_per_second'] / 1e12, 3) for p in peaks]})", flush=True)
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
