@@ -107,8 +107,11 @@ def main() -> int:
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "runs": [],
     }
-    print(f"{record['device']}: {record['parameters'] / 1e6:.1f} M parameters, {record['sampler']}, {flops * sampling.steps / 1e9:.2f} GFLOP per pair; "
-          f"peak before the runs {peaks[0]['flops_per_second'] / 1e12:.2f} TFLOP/s ({peaks[0]['dtype']} {peaks[0]['n']}^3)", flush=True)
+    print(
+        f"{record['device']}: {record['parameters'] / 1e6:.1f} M parameters, {record['sampler']}, {flops * sampling.steps / 1e9:.2f} GFLOP per pair; "
+        f"peak before the runs {peaks[0]['flops_per_second'] / 1e12:.2f} TFLOP/s ({peaks[0]['dtype']} {peaks[0]['n']}^3)",
+        flush=True,
+    )
     for name, mode, bf16 in chosen:
         torch._dynamo.reset()
         model.unet = eager if mode is None else torch.compile(eager, mode=mode)
@@ -155,8 +158,11 @@ def main() -> int:
         base = [r for r in done if r["setting"] == chosen[0][0] and r["batch"] == best["batch"]]
         record["best"] = {**best, "speed_vs_" + chosen[0][0]: best["pairs_per_second"] / base[0]["pairs_per_second"] if base else None}
         record["million_pairs_gpu_hours" if device.type == "cuda" else "million_pairs_device_hours"] = 1e6 / best["pairs_per_second"] / 3600
-        print(f"best: {best['setting']} batch {best['batch']}: {best['pairs_per_second']:.2f} pairs/s, {100 * best['fraction_of_peak']:.1f} % of the peak "
-              f"({record['matmul_peak']['flops_per_second'] / 1e12:.3f} TFLOP/s, median of {[round(p['flops_per_second'] / 1e12, 3) for p in peaks]})", flush=True)
+        print(
+            f"best: {best['setting']} batch {best['batch']}: {best['pairs_per_second']:.2f} pairs/s, {100 * best['fraction_of_peak']:.1f} % of the peak "
+            f"({record['matmul_peak']['flops_per_second'] / 1e12:.3f} TFLOP/s, median of {[round(p['flops_per_second'] / 1e12, 3) for p in peaks]})",
+            flush=True,
+        )
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
