@@ -128,8 +128,9 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
             except Exception as e:  # a setting that cannot run here is a result, not the end of the run
-                print(f"{name} batch {batch}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
-                record["runs"].append({"setting": name, "batch": batch, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:500]}"})
+                failed = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:500]}"
+                print(f"{name} batch {batch}: failed: {failed}", flush=True)
+                record["runs"].append({"setting": name, "batch": batch, "failed": failed})
                 continue
             first = time.perf_counter() - t0
             seconds = timed(run, device, args.repeats, warmup=1)

@@ -381,9 +381,8 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     import numpy as np
     import torch
 
-    from dakter_scale.core.compose import class_shares, paste_instances
+    from dakter_scale.core.compose import class_shares
     from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
-    from dakter_scale.core.steps import derive_seed
     from dakter_scale.data.real import open_source
     from dakter_scale.quality import segment
     from dakter_scale.student.models import load_student
@@ -402,19 +401,15 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     k = len(classes)
 
     def score(name: str, imgs: np.ndarray, ids: np.ndarray) -> dict:
-        cm = confusion_matrix(segment(net, imgs), torch.from_numpy(ids.astype(np.int64)), k)
-        m = metrics_from_confusion(cm, classes)
-        cm = cm.double()
-        recall = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
-        row = {"set": name, "scenes": len(imgs), "miou": m["miou"], "iou": dict(zip(classes, m["iou"])), "recall": dict(zip(classes, recall)), "shares": dict(zip(classes, class_shares(ids, k).tolist()))}
+        m = metrics_from_confusion(confusion_matrix(segment(net, imgs), torch.from_numpy(ids.astype(np.int64)), k), classes)
+        row = {"set": name, "scenes": len(imgs), "miou": m["miou"], "iou": dict(zip(classes, m["iou"])), "recall": dict(zip(classes, m["recall"])), "shares": dict(zip(classes, class_shares(ids, k).tolist()))}
         print(json.dumps(row), flush=True)
         return row
 
     def pasted(indices: np.ndarray, layout: bool) -> tuple[np.ndarray, np.ndarray]:
         imgs, ids = real_images[indices].copy(), real_masks[indices].copy()
         for j, i in enumerate(indices):
-            rng = np.random.default_rng(derive_seed(int(i), tgt.COMPOSE_STREAM))
-            image, given_ids, given, level = paste_instances(pool, target.goals, rng, tgt.MAX_PASTES, ids[j] if layout else None, tgt.PASTE_BY_COMPONENT)
+            image, given_ids, given, level = tgt.pair_paste(int(i), images, masks, target, pool=pool, base=ids[j] if layout else None, by_component=tgt.PASTE_BY_COMPONENT)
             sea = ids[j] == 0
             shift = np.median(imgs[j][sea]) if sea.any() else np.median(imgs[j])
             imgs[j][given] = np.clip(image[given].astype(np.float32) + (shift - level[given]), 0, 255).round().astype(np.uint8)
