@@ -12,6 +12,9 @@ model draw the rest. Real donor pairs (image and mask, moved by one transform) g
 each targeted class, image and class id, until the class covers its goal; given the layout of the
 pair being drawn (`base`), only onto its sea, counting what it already holds.
 
+paste_onto: copy-paste augmentation (Simple Copy-Paste, Ghiasi et al. 2021) with the pasted route's
+donors and placement: instances pasted onto a finished pair's sea, their image moved to its sea level.
+
 Pure numpy: the randomness is a ``numpy.random.Generator`` passed in.
 """
 
@@ -124,6 +127,34 @@ def paste_instances(
                     continue
                 image[new], ids[new], given[new], sea[new] = donor[0][new], c, True, level
     return image, ids, given, sea
+
+
+def paste_onto(
+    image: np.ndarray,
+    mask: np.ndarray,
+    donors: Mapping[int, Sequence[np.ndarray]],
+    goals: Mapping[int, float],
+    rng: np.random.Generator,
+    max_pastes: int = 8,
+    by_component: bool = True,
+    match_sea: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pair (image (H, H) uint8, mask (H, H) class ids) -> (image, mask, given (H, H) bool) with
+    real instances of the targeted classes pasted onto its sea until each class covers goals[c] of
+    the pixels (paste_instances with base=mask: the pasted route's placement, counting what the pair
+    already holds). match_sea: each pasted pixel is moved by the pair's sea level (median over its
+    sea pixels not given) minus its donor's, as the pasted route moves given images (a pair without
+    sea keeps the donors' levels). The inputs are not changed."""
+    pasted, ids, given, level = paste_instances(donors, goals, rng, max_pastes, base=mask, by_component=by_component)
+    out_image, out_mask = np.array(image, copy=True), np.array(mask, copy=True)
+    if given.any():
+        values = pasted[given].astype(np.float32)
+        sea = (mask == 0) & ~given
+        if match_sea and sea.any():
+            values += np.float32(np.median(image[sea])) - level[given]
+        out_image[given] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        out_mask[given] = ids[given]
+    return out_image, out_mask, given
 
 
 def class_shares(masks: np.ndarray, num_classes: int) -> np.ndarray:

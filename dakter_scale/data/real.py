@@ -425,6 +425,16 @@ class PatchDataset(torch.utils.data.Dataset):
         return random_patch(image, mask, self.resolution, self.crop, self.scale, self.flip, gen)
 
 
+def whole_pairs(source: Source, resolution: int, split: str = "train", max_images: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """The first max_images pairs of a split as whole images resized to resolution, no flips:
+    (images, masks), each (N, R, R) uint8. The donors of pasted instances (the pasted route of
+    targeted synthesis, copy-paste augmentation of students)."""
+    items = source.split_items(split)[:max_images]
+    gen = torch.Generator().manual_seed(0)  # unused without crop and flips
+    pairs = [random_patch(*source.load(item), resolution, 0, (1.0, 1.0), False, gen) for item in items]
+    return np.stack([denormalise(x[0]).numpy() for x, _ in pairs]), np.stack([m.numpy().astype(np.uint8) for _, m in pairs])
+
+
 def patch_dataset(source: Source, cfg, split: str = "train", seed: int = 0) -> PatchDataset:
     """The PatchDataset a DataConfig describes."""
     return PatchDataset(source, split, cfg.resolution, cfg.crop, (cfg.scale_min, cfg.scale_max), cfg.flip, seed)

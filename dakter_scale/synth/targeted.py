@@ -46,11 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig
 from dakter_scale.data.lease import Lease
-from dakter_scale.data.real import denormalise, open_source, random_patch
+from dakter_scale.data.real import open_source, whole_pairs
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, divergence, marker_count, marker_stats, stats_lines
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import check_model_folder
@@ -77,12 +76,7 @@ def model_target(model_dir: str | Path, spec: str) -> tuple[ClassTarget, dict]:
 def training_pairs(model_info: dict, max_images: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """The real training pairs at the model's resolution (whole images resized, no flips), from the
     data spec recorded in the model folder: (images, masks), each (N, R, R) uint8."""
-    source = open_source(model_info["data_spec"])
-    r = int(model_info["resolution"])
-    items = source.split_items("train")[:max_images]
-    gen = torch.Generator().manual_seed(0)  # unused without crop and flips
-    pairs = [random_patch(*source.load(item), r, 0, (1.0, 1.0), False, gen) for item in items]
-    return np.stack([denormalise(x[0]).numpy() for x, _ in pairs]), np.stack([m.numpy().astype(np.uint8) for _, m in pairs])
+    return whole_pairs(open_source(model_info["data_spec"]), int(model_info["resolution"]), "train", max_images)
 
 
 def check_max_draw_factor(value: float) -> float:
