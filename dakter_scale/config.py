@@ -137,6 +137,7 @@ class DiffusionConfig:
 
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")  # diffusion/sample.py builds each one's scheduler
 MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
+GEOMETRIES = ("none", "flip", "d4")  # student.augment (student/augment.py)
 
 
 def parse_sampler_entry(entry: str) -> dict[str, Any] | None:
@@ -252,6 +253,14 @@ class StudentConfig:
     checkpoints_total_limit: int = 2
     seed: int = 0
     log_every: int = 50
+    # The per-sample augmentation (student/augment.py), the same for real and generated samples:
+    # none | flip | d4 (a flip and a quarter turn). A study gives every arm the same one.
+    augment: str = "none"
+    # Copy-paste of real instances: a class target in the grammar of --class-target (oil:3x,ship:3x;
+    # "" = off); the shares of real and of generated samples pasted.
+    copy_paste: str = ""
+    copy_paste_real: float = 0.5
+    copy_paste_generated: float = 0.0
 
     def validate(self) -> None:
         from dakter_scale.student.archs import ARCHS
@@ -279,6 +288,9 @@ class StudentConfig:
         _check(self.warmup_steps >= 0, "student.warmup_steps", "must be >= 0")
         _check(self.weight_decay >= 0, "student.weight_decay", "must be >= 0")
         _check(3 <= self.encoder_depth <= 5, "student.encoder_depth", "must be in [3, 5]")
+        _check(self.augment in GEOMETRIES, "student.augment", f"{self.augment!r} is not one of {', '.join(GEOMETRIES)}")
+        for key in ("copy_paste_real", "copy_paste_generated"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"student.{key}", f"is a share of the samples in [0, 1], got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@
 
 --ratio is generated samples per real sample: 0.5 = 50 %, 2 = 200 %, 100 = 10,000 %; "200%" is accepted too.
 --labels soft is DAKTer (KD loss on the soft labels); hard trains on their argmax with CE (the DDPM / SatSynth baseline).
+--copy-paste oil:3x,ship:3x pastes real instances of those classes onto real samples until each meets its
+share (the grammar of --class-target); student.copy_paste_real / copy_paste_generated set the shares of
+samples pasted (0.5 / 0). --augment d4 flips and turns every sample (real and generated) the same way.
 --synthetic takes any fsspec URL (a folder, s3://, gs://); S3 credentials and endpoint come from AWS_* variables.
 Bad shards: student.on_bad_shard=warn (skip, count, name them at the end) or raise. See docs/training.md.
 """
@@ -39,6 +42,8 @@ def main() -> None:
     p.add_argument("--labels", choices=["soft", "hard"], help="soft: KD on soft labels (DAKTer); hard: CE on argmax")
     p.add_argument("--arch", help="unet, deeplabv3plus, segformer, fpn, ... (overrides student.arch)")
     p.add_argument("--encoder", help="smp encoder name, or auto")
+    p.add_argument("--copy-paste", metavar="TARGET", help="copy-paste real instances onto real samples, e.g. oil:3x,ship:3x (overrides student.copy_paste)")
+    p.add_argument("--augment", choices=["none", "flip", "d4"], help="geometric augmentation of every sample (overrides student.augment)")
     p.add_argument("--max-steps", type=int, help="training steps (overrides student.max_steps)")
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     args = p.parse_args()
@@ -58,6 +63,8 @@ def main() -> None:
                 "student.arch": args.arch,
                 "student.encoder": args.encoder,
                 "student.max_steps": args.max_steps,
+                "student.copy_paste": args.copy_paste,
+                "student.augment": args.augment,
             },
         )
         accelerator = make_accelerator(cfg.student.mixed_precision, log_with=available_tracker(), project_dir=f"{args.out}/logs")

@@ -50,7 +50,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -468,6 +468,8 @@ def collate(items: list[dict], num_classes: int) -> dict[str, Any]:
 class MixedBatches:
     """Batches of real + generated samples at a ratio.
 
+    augment: called on every sample with its batch index and place in the batch, so that what it
+    does is a function of the position (a resumed run continues exactly).
     Keeps what a checkpoint needs: the (pass, index) each generated slot reached, and the bad
     shards the stream reported (a set of reasons: a bad shard met again in a later pass counts once).
     """
@@ -482,6 +484,7 @@ class MixedBatches:
         start_batch: int = 0,
         positions: dict[int, tuple[int, int]] | None = None,
         bad_shards: set[str] | None = None,
+        augment: Callable[[dict, int, int], dict] | None = None,
     ):
         if ratio > 0 and generated is None:
             raise StreamError(f"ratio {ratio} needs generated data (--synthetic URL)")
@@ -492,6 +495,7 @@ class MixedBatches:
         self.index = start_batch
         self.positions: dict[int, tuple[int, int]] = dict(positions or {})
         self.bad_shards: set[str] = set(bad_shards or ())
+        self.augment = augment  # (item, batch index, place in the batch) -> item (student/augment.py)
 
     def _next_generated(self) -> dict:
         while True:
@@ -508,6 +512,8 @@ class MixedBatches:
         n_gen = generated_count(self.index, self.batch_size, self.ratio)
         items = [next(self.real) for _ in range(self.batch_size - n_gen)]
         items += [self._next_generated() for _ in range(n_gen)]
+        if self.augment is not None:
+            items = [self.augment(item, self.index, place) for place, item in enumerate(items)]
         self.index += 1
         return collate(items, self.num_classes)
 

@@ -20,6 +20,7 @@ from dakter_scale.data.real import open_source, patch_dataset
 from dakter_scale.data.shardset import DatasetInfo, SampleShape, ShardError, ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
+from dakter_scale.student.augment import build_augment
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
 from dakter_scale.training import (
     LoopSpec,
@@ -85,6 +86,11 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
         shape = SampleShape(cfg.data.resolution, cfg.data.resolution, k)  # every generated sample must match the real data
         gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, max_samples=s.max_generated, shape=shape, verify=s.verify_shards)
         gen.check_slots(s.num_workers)
+    augment = build_augment(cfg, source)  # a copy-paste target no donor can meet stops here, before any work
+    if augment is not None and augment.copy_paste is not None:
+        cp = augment.copy_paste
+        goals = ", ".join(f"{cp.target.classes[c]} {share:.4f}" for c, share in cp.target.shares)
+        log.info("copy-paste %s (per-sample shares %s) onto %g of real and %g of generated samples", s.copy_paste, goals, cp.real, cp.generated)
     log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     if accelerator.is_main_process:
         save_config(cfg, out)
@@ -123,7 +129,7 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
     if gen is not None:
         gen.start = dict(positions)
         gen_iter = stream_loader(gen, s.num_workers, consumed=gen_used)
-    batches = MixedBatches(real_iter, gen_iter, s.batch_size, s.ratio, k, start_batch=start, positions=positions, bad_shards=bad_shards)
+    batches = MixedBatches(real_iter, gen_iter, s.batch_size, s.ratio, k, start_batch=start, positions=positions, bad_shards=bad_shards, augment=augment)
 
     def data_state() -> dict:
         """The streams' state over all ranks (a collective: every rank calls it)."""
@@ -202,6 +208,9 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             "generated_share": seen_generated / seen_total if seen_total else 0.0,
             "bad_shards": [redact_url(reason) for reason in bad],
         }
+        if augment is not None:  # recorded only when used: earlier students' records stay as they were
+            info["augment"] = s.augment
+            info["copy_paste"] = {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated} if s.copy_paste else None
         save_student(out, accelerator.unwrap_model(model), info)
         log.info("student written to %s (generated share %.3f)", out, info["generated_share"])
     accelerator.wait_for_everyone()

@@ -260,15 +260,18 @@ def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, targe
     return counts / (len(pasted) * masks[0].size)
 
 
-def check_composable(route: str, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64) -> np.ndarray:
-    """Refuse (TargetError) a target `route` (conditioned or pasted) cannot compose: a targeted class
-    that no training mask holds, or what it gives `probe` seeds falling short of the target (pooled).
-    Returns those pooled shares (K,)."""
+def check_composable(
+    route: str, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64, flag: str = "--class-target"
+) -> np.ndarray:
+    """Refuse (TargetError, naming `flag`) a target `route` (conditioned or pasted) cannot compose: a
+    targeted class that no training mask holds, or what it gives `probe` seeds falling short of the
+    target (pooled). Returns those pooled shares (K,)."""
     missing = [target.classes[c] for c, pool in donors(masks, target).items() if not pool]
     if missing:
-        raise TargetError(f"--class-target: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste; use --target-route selection")
+        hint = "; use --target-route selection" if flag == "--class-target" else ""
+        raise TargetError(f"{flag}: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste{hint}")
     shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes)
     if not target.met(shares):
         what = "composed maps" if route == "conditioned" else "pasted instances"
-        raise TargetError(f"--class-target {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}")
+        raise TargetError(f"{flag} {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}")
     return shares
