@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import inspect
 import io
 import json
@@ -32,6 +33,7 @@ import uuid
 from typing import Any, Iterator
 
 import fsspec
+import fsspec.asyn
 
 from dakter_scale.errors import UserError
 
@@ -202,9 +204,10 @@ def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefixes: tuple
     return removed
 
 
-def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str | None:
     """Create ``path`` holding ``data`` only if nothing is there: of two writers that try at once,
     exactly one succeeds and the other gets FileExistsError; a reader never sees a partial file.
+    Returns the new object's version for ``replace_if`` (None where the store gives none).
 
     Local: the bytes go to a synced temporary that is hard-linked to ``path`` (``link`` fails when
     the name exists, atomically), or ``O_EXCL`` where the file system has no hard links. Object
@@ -236,14 +239,130 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> N
             with contextlib.suppress(OSError):
                 os.remove(tmp)
         fsync_folder(folder)
-        return
+        return _content_version(data)
     for name in ("_pipe_file", "pipe_file"):
         owner = next((k for k in type(fs).__mro__ if name in k.__dict__), None)
         if owner is not None and not owner.__module__.startswith(("fsspec.spec", "fsspec.asyn")):
             if "mode" in inspect.signature(owner.__dict__[name]).parameters:
-                fs.pipe_file(path, data, mode="create")
-                return
+                out = fs.pipe_file(path, data, mode="create")
+                return _s3_etag(out) if _is_s3(fs) else None
     raise NotImplementedError(f"{type(fs).__name__} has no exclusive create")
+
+
+# -- compare-and-set: a write that lands only over the version the writer last saw ------------------------
+
+
+class VersionMismatch(Exception):
+    """``replace_if`` found the object changed or gone: it wrote nothing (or, locally, see there)."""
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("s3", "s3a")
+
+
+def _content_version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _s3_etag(out: Any) -> str | None:
+    return out.get("ETag") if isinstance(out, dict) else None
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    """s3fs turns S3's 412 PreconditionFailed (and 409 ConditionalRequestConflict) into OSError(EINVAL)."""
+    cause = e.__cause__ or e.__context__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (
+        isinstance(e, OSError) and e.errno == errno.EINVAL and "pre-condition" in str(e)
+    )
+
+
+def read_versioned(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str | None]:
+    """(bytes, version) of ``path`` read in one request, so the version is that of these bytes: the
+    S3 ETag of the GET that returned them, or locally the bytes' sha256 (a renewal record is unique:
+    it holds a token and a counter). Raises FileNotFoundError. Elsewhere the version is None."""
+    if is_local(fs):
+        with open(path, "rb") as f:
+            data = f.read()
+        return data, _content_version(data)
+    if not _is_s3(fs):
+        fs.invalidate_cache(path)
+        return fs.cat_file(path), None
+
+    async def get() -> tuple[bytes, str | None]:
+        bucket, key, _ = fs.split_path(path)
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        try:
+            return await resp["Body"].read(), resp.get("ETag")
+        finally:
+            resp["Body"].close()
+
+    return fsspec.asyn.sync(fs.loop, get)
+
+
+def replace_if(fs: fsspec.AbstractFileSystem, path: str, data: bytes, version: str | None) -> str | None:
+    """Replace ``path`` with ``data`` only if it still holds ``version`` (from ``read_versioned``,
+    ``create_exclusive`` or an earlier ``replace_if``); returns the new version. Raises
+    VersionMismatch when the object changed or is gone, NotImplementedError where the store has no
+    compare-and-set (the caller decides whether an unconditional write will do).
+
+    S3: a PUT with ``If-Match: <etag>`` (S3 since November 2024, botocore >= 1.35.69; moto honours
+    it): the store compares and writes in one step, and a missing key fails too. Local: the file is
+    opened (which pins the inode it names), its bytes compared with ``version``, and a synced
+    temporary renamed over it. The compare and the rename are two steps: a writer that replaces the
+    file between them is overwritten, and a file removed between them is created again. The lease
+    (data/lease.py) is built so that neither changes who holds a prefix: only a lock's holder
+    replaces its lock, and a lock is removed only after the next generation exists.
+    """
+    if version is None:
+        raise NotImplementedError(f"{type(fs).__name__}: no version to compare")
+    if is_local(fs):
+        try:
+            with open(path, "rb") as f:
+                if _content_version(f.read()) != version:
+                    raise VersionMismatch(f"{path} changed")
+        except FileNotFoundError:
+            raise VersionMismatch(f"{path} is gone") from None
+        write_bytes(fs, path, data)
+        return _content_version(data)
+    if not _is_s3(fs):
+        raise NotImplementedError(f"{type(fs).__name__} has no compare-and-set here")
+    try:
+        out = fs.pipe_file(path, data, IfMatch=version)
+    except FileNotFoundError:
+        raise VersionMismatch(f"{full_url(fs, path)} is gone") from None
+    except OSError as e:
+        if _precondition_failed(e):
+            raise VersionMismatch(f"{full_url(fs, path)} changed") from None
+        raise
+    except Exception as e:  # botocore before 1.35.69 refuses the IfMatch parameter itself
+        if type(e).__name__ == "ParamValidationError":
+            raise NotImplementedError(f"this botocore cannot send If-Match on PutObject (needs botocore >= 1.35.69): {str(e).splitlines()[0][:120]}") from None
+        raise
+    return _s3_etag(out)
+
+
+def list_names(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list[str]:
+    """Names directly under root that start with ``prefix``, read fresh from storage: on S3 one
+    ``ListObjectsV2`` with that key prefix, however many shards lie beside them; elsewhere a listing
+    of root, filtered."""
+    if not _is_s3(fs):
+        return [name for name in list_dir(fs, root) if name.startswith(prefix)]
+
+    async def listing() -> list[str]:
+        bucket, key, _ = fs.split_path(root)
+        base = f"{key.rstrip('/')}/" if key else ""
+        names, token = [], None
+        while True:
+            kw = {"ContinuationToken": token} if token else {}
+            resp = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=base + prefix, Delimiter="/", **kw)
+            names += [obj["Key"][len(base):] for obj in resp.get("Contents", [])]
+            if not resp.get("IsTruncated"):
+                return names
+            token = resp["NextContinuationToken"]
+
+    return fsspec.asyn.sync(fs.loop, listing)
 
 
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
