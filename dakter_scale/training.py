@@ -107,19 +107,23 @@ def make_accelerator(mixed_precision: str = "auto", log_with: Any = None, projec
     return accelerator
 
 
-def available_tracker() -> str | None:
-    """'tensorboard' when it is installed, else None (metrics then go to the log only)."""
-    try:
-        import tensorboard  # noqa: F401
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # --report-to: Accelerate's trackers; none (the default) logs to the log only
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+_TRACKER_INSTALL = {"tensorboard": "pip install 'dakter-scale[tracking]'", "mlflow": "pip install mlflow", "wandb": "pip install wandb"}
 
-        return "tensorboard"
-    except ImportError:
-        try:
-            import tensorboardX  # noqa: F401
 
-            return "tensorboard"
-        except ImportError:
-            return None
+def report_to(name: str | None) -> str | None:
+    """The Accelerate tracker for --report-to NAME (None for none), refused unless its package is installed."""
+    import importlib.util
+
+    name = name or "none"
+    if name not in TRACKERS:
+        raise LaunchError(f"--report-to must be one of {', '.join(TRACKERS)}, got {name!r}")
+    if name == "none":
+        return None
+    if not any(importlib.util.find_spec(package) for package in _TRACKER_PACKAGES[name]):
+        raise LaunchError(f"--report-to {name}: {_TRACKER_PACKAGES[name][0]} is not installed ({_TRACKER_INSTALL[name]})")
+    return name
 
 
 def seed_step(seed: int, rank: int, step: int, micro: int = 0) -> None:
@@ -256,6 +260,7 @@ def run_steps(
 
         bar = tqdm(total=budget.total, initial=start, desc=spec.name, unit="step", dynamic_ncols=True)
     t0, last_log, i = time.perf_counter(), {}, start
+    logged = (start, t0)  # the step and time of the last log: the trackers' steps/s is over the steps since
     while i < budget.total:
         set_lr(optimizer, spec.lr * lr_factor(i, spec.warmup_steps, budget.schedule_total(), spec.schedule, floor=spec.lr_floor))
         loss, parts = step(i)
@@ -272,7 +277,9 @@ def run_steps(
         if done % spec.log_every == 0 or done == budget.total:
             # reading the loss is a device sync: only at logging steps
             last_log = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}, "lr": optimizer.param_groups[0]["lr"]}
-            accelerator.log(last_log, step=done)
+            now = time.perf_counter()
+            accelerator.log({**last_log, "steps_per_second": (done - logged[0]) / max(now - logged[1], 1e-9)}, step=done)
+            logged = (done, now)
             if bar is not None:
                 bar.set_postfix(loss=f"{last_log['loss']:.4f}", refresh=False)
             elif accelerator.is_main_process:

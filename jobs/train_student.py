@@ -45,12 +45,19 @@ def main() -> None:
     p.add_argument("--copy-paste", metavar="TARGET", help="copy-paste real instances onto real samples, e.g. oil:3x,ship:3x (overrides student.copy_paste)")
     p.add_argument("--augment", choices=["none", "flip", "d4"], help="geometric augmentation of every sample (overrides student.augment)")
     p.add_argument("--max-steps", type=int, help="training steps (overrides student.max_steps)")
+    p.add_argument(
+        "--report-to",
+        choices=["none", "tensorboard", "mlflow", "wandb"],
+        default="none",
+        help="send loss, learning rate and steps/s to this Accelerate tracker (OUT/logs for tensorboard and mlflow); tensorboard: pip install 'dakter-scale[tracking]' (default none)",
+    )
+    p.add_argument("--evaluate", choices=["test", "train"], help="evaluate the written student on this split of the real data: metrics to the tracker, OUT/logs/eval.json and the card")
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     args = p.parse_args()
 
     def body() -> int:
         from dakter_scale.student.train import train_student
-        from dakter_scale.training import available_tracker, finish, make_accelerator
+        from dakter_scale.training import finish, make_accelerator, report_to
 
         check_flag("--max-steps", args.max_steps, 1)
         ratio = parse_ratio(args.ratio) if args.ratio is not None else None
@@ -67,8 +74,8 @@ def main() -> None:
                 "student.augment": args.augment,
             },
         )
-        accelerator = make_accelerator(cfg.student.mixed_precision, log_with=available_tracker(), project_dir=f"{args.out}/logs")
-        train_student(cfg, args.out, synthetic=args.synthetic, resume=args.resume, progress=progress_enabled(), accelerator=accelerator)
+        accelerator = make_accelerator(cfg.student.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs")
+        train_student(cfg, args.out, synthetic=args.synthetic, resume=args.resume, progress=progress_enabled(), accelerator=accelerator, evaluate=args.evaluate)
         finish(accelerator)
         return 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from dakter_scale.cards import write_model_card
 from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.joint import one_hot, pack, resolve_b
 from dakter_scale.core.schedule import add_noise, joint_denoising_loss
@@ -26,7 +27,6 @@ from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
 from dakter_scale.training import (
     LoopSpec,
-    available_tracker,
     check_resume_agrees,
     layout_changes,
     load_checkpoint,
@@ -58,7 +58,7 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
     """Train, checkpoint, and write the model folder to `out`. Returns `out`."""
     out = Path(out)
     d = cfg.diffusion
-    accelerator = accelerator or make_accelerator(d.mixed_precision, log_with=available_tracker(), project_dir=str(out / "logs"))
+    accelerator = accelerator or make_accelerator(d.mixed_precision)
     setup_logging(accelerator.is_main_process)
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
@@ -172,6 +172,7 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
             steps_trained=result.steps,
         )
         save_model_folder(out, final, scheduler, info)
+        write_model_card(out)
         log.info("model folder written to %s (b = %.4f, %d steps%s)", out, b, result.steps, f", last loss {result.last_log['loss']:.4f}" if result.last_log else "")
     accelerator.wait_for_everyone()
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.kd import mixed_loss
 from dakter_scale.data.real import open_source, patch_dataset
@@ -24,7 +25,6 @@ from dakter_scale.student.augment import build_augment
 from dakter_scale.student.models import build_student, resolve_encoder, save_student
 from dakter_scale.training import (
     LoopSpec,
-    available_tracker,
     check_resume_agrees,
     freeze_unused,
     gather_objects,
@@ -68,11 +68,15 @@ def check_generated(url: str, classes: tuple[str, ...], resolution: int, on_bad_
     return info
 
 
-def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, resume: str | None = None, progress: bool = True, accelerator=None) -> Path:
-    """Train a student on cfg.data.spec (+ generated pairs at cfg.student.ratio); write its folder to `out`."""
+def train_student(
+    cfg: Config, out: str | Path, synthetic: str | None = None, resume: str | None = None, progress: bool = True, accelerator=None, evaluate: str | None = None
+) -> Path:
+    """Train a student on cfg.data.spec (+ generated pairs at cfg.student.ratio); write its folder to `out`.
+    evaluate: a split of cfg.data.spec to evaluate the written student on (its metrics go to the trackers,
+    OUT/logs/eval.json and the card), or None."""
     out = Path(out)
     s = cfg.student
-    accelerator = accelerator or make_accelerator(s.mixed_precision, log_with=available_tracker(), project_dir=str(out / "logs"))
+    accelerator = accelerator or make_accelerator(s.mixed_precision)
     setup_logging(accelerator.is_main_process)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     checkpoint = resolve_resume(out, resume)  # a bad --resume fails before any work
@@ -212,6 +216,26 @@ def train_student(cfg: Config, out: str | Path, synthetic: str | None = None, re
             info["augment"] = s.augment
             info["copy_paste"] = {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated} if s.copy_paste else None
         save_student(out, accelerator.unwrap_model(model), info)
+        evaluation = evaluate_written(accelerator, out, cfg, evaluate, result.steps) if evaluate else None
+        write_student_card(out, evaluation)
         log.info("student written to %s (generated share %.3f)", out, info["generated_share"])
     accelerator.wait_for_everyone()
     return out
+
+
+def evaluate_written(accelerator, out: Path, cfg: Config, split: str, step: int) -> dict:
+    """Evaluate the written student on `split` of cfg.data.spec (student/evaluate.py), log the metrics to the
+    trackers at the last step (eval/miou, eval/iou_CLASS, ...) and keep them in OUT/logs/eval.json (main process)."""
+    import json
+
+    from dakter_scale.student.evaluate import evaluate_student
+
+    metrics = evaluate_student(str(out), cfg.data.spec, split, cfg.eval, device=str(accelerator.device))
+    metrics["data"] = redact_url(metrics["data"])
+    scalars = {f"eval/{name}": metrics[name] for name in ("miou", "mean_f1", "pixel_accuracy") if metrics.get(name) is not None}
+    scalars.update({f"eval/iou_{c}": v for c, v in zip(metrics["classes"], metrics["iou"]) if v is not None})
+    accelerator.log(scalars, step=step)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "logs" / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("student on %s [%s, %d images]: mIoU %.4f", metrics["data"], split, metrics["images"], metrics["miou"])
+    return metrics

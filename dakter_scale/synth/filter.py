@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dakter_scale.cards import write_dataset_card
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
 from dakter_scale.data.storage import overlaps, redact_url
@@ -200,5 +201,6 @@ def _filter_into(
         },
     )
     dst.write_info(info)
+    write_dataset_card(dst_url)
     log.info("filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s", written, len(keys), src_url, threshold, info.filter["alignment_mean_source"], info.filter["alignment_mean_kept"], dst_url)
     return info

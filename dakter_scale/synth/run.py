@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from dakter_scale import __version__
+from dakter_scale.cards import write_dataset_card
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
 from dakter_scale.data import storage
 from dakter_scale.data.lease import Lease
@@ -538,6 +539,7 @@ def _synthesize(
         warnings=warnings,
     )
     out.write_info(dataset)
+    write_dataset_card(out_url)
     summary.dataset = dataset.to_json()
     for w in warnings:
         log.warning("!" * 78)

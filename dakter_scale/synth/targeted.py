@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dakter_scale.cards import write_dataset_card
 from dakter_scale.config import SamplingConfig, SynthesisConfig
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.real import open_source, whole_pairs
@@ -211,6 +212,7 @@ def by_conditioning(
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
     with _lease(out_url, cfg, f"targeted synthesis ({route}): the target record"):  # synthesize gave the prefix back
         out.write_info(info)
+        write_dataset_card(out_url)
     summary.dataset = info.to_json()
     return TargetedResult(route, summary, info, out_url)
 
@@ -306,6 +308,7 @@ def _write_selection(
         target=record,
     )
     ShardSet(out_url).write_info(info)
+    write_dataset_card(out_url)
     for w in div_warnings:
         log.warning("targeted set diverges from the target's class mix: %s", w)
     return TargetedResult("selection", summary, info, out_url)

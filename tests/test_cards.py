@@ -1,0 +1,141 @@
+"""Cards (dakter_scale/cards.py) beside every artefact, parsed offline by huggingface_hub's ModelCard and
+DatasetCard, carrying the run's own numbers; and the trainers' --report-to tensorboard, whose event files
+TensorBoard's own reader parses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_synth import SAMPLING, cfg
+
+from dakter_scale.cards import CARD_FILE, write_dataset_card
+from dakter_scale.data import shardset, storage
+from dakter_scale.data.shardset import ShardSet
+from dakter_scale.synth import run as synth_run
+
+from conftest import job
+from shardgen import TINY_DIFFUSION, TINY_STUDENT, job_env
+
+
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch):
+    """huggingface_hub with no network: a card is parsed from its text, never fetched."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard log folder, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def run_job(name: str, args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(job(name) + args, capture_output=True, text=True, env=job_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model, student = tmp_path / "model", tmp_path / "student"
+    run_job("train_diffusion.py", ["--out", str(model), "--max-steps", "2", "--report-to", "tensorboard", *TINY_DIFFUSION])
+    run_job("train_student.py", ["--out", str(student), "--max-steps", "2", "--report-to", "tensorboard", "--evaluate", "test", *TINY_STUDENT, "student.ratio=0"])
+
+    # the generator: TensorBoard events of loss, learning rate and steps/s at both steps
+    record = json.loads((model / "logs" / "train.json").read_text())
+    series = scalars(model / "logs" / "diffusion")
+    assert {"loss", "lr", "steps_per_second"} <= series.keys()
+    assert [s for s, _ in series["loss"]] == [1, 2] and all(v > 0 for _, v in series["steps_per_second"])
+    assert series["loss"][-1][1] == pytest.approx(record["last_log"]["loss"], rel=1e-6)
+
+    # its card: diffusers, its classes, b and last loss from dakter.json and train.json
+    info = json.loads((model / "dakter.json").read_text())
+    card = ModelCard.load(model / CARD_FILE)
+    meta = card.data.to_dict()
+    assert card.data.library_name == "diffusers" and "sar" in card.data.tags
+    assert meta["dakter"]["classes"] == info["classes"] and meta["dakter"]["b"] == pytest.approx(info["b"], abs=1e-6)
+    assert meta["dakter"]["training"] == {"steps": 2, "last_loss": pytest.approx(record["last_log"]["loss"], abs=1e-6), "processes": 1}
+    assert meta["dakter"]["data"]["class_shares"] == pytest.approx(dict(zip(info["classes"], info["train_stats"]["class_fractions"])), abs=1e-4)
+    assert meta["dakter"]["evaluations_per_pair"] == info["sampling"]["steps"] and "train_diffusion.py" in meta["dakter"]["command"]
+    assert "Trained on simulated scenes" in card.text
+
+    # the student: its evaluation in the tracker, eval.json and the card's model-index, the same numbers
+    evaluation = json.loads((student / "logs" / "eval.json").read_text())
+    series = scalars(student / "logs" / "student")
+    assert {"loss", "lr", "steps_per_second", "eval/miou", "eval/iou_sea"} <= series.keys()
+    assert series["eval/miou"] == [(2, pytest.approx(evaluation["miou"], rel=1e-6))]
+    card = ModelCard.load(student / CARD_FILE)
+    assert card.data.library_name == "segmentation-models-pytorch"
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results["mIoU"] == pytest.approx(evaluation["miou"], abs=1e-6) and results["IoU sea"] == pytest.approx(evaluation["iou"][0], abs=1e-6)
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+
+
+def test_trackers_are_off_by_default_and_a_missing_one_is_one_line(tmp_path):
+    out = tmp_path / "model"
+    run_job("train_diffusion.py", ["--out", str(out), "--max-steps", "1", *TINY_DIFFUSION])
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["ranks.json", "train.json"]  # no tracker folder
+    assert (out / CARD_FILE).is_file()
+    proc = subprocess.run(job("train_diffusion.py") + ["--out", str(tmp_path / "m2"), "--max-steps", "1", "--report-to", "mlflow", *TINY_DIFFUSION], capture_output=True, text=True, env=job_env())
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == "error: --report-to mlflow: mlflow is not installed (pip install mlflow)"
+
+
+def _hashes(url: str) -> dict[str, str]:
+    fs, root = storage.url_to_fs(url)
+    return {name: hashlib.sha256(fs.cat_file(storage.join(root, name))).hexdigest() for name in storage.list_dir(fs, root) if name != CARD_FILE}
+
+
+def test_shard_set_card_lists_finished_shards_and_changes_nothing_else(model, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    url = str(tmp_path / "set")
+    assert synth_run.synthesize(model, url, cfg(n=10), SAMPLING, progress=False, use_ray=False).ok
+    shards = ShardSet(url)
+    info = shards.info()
+    card = DatasetCard.load(Path(url) / CARD_FILE)
+    meta = card.data.to_dict()
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": [shardset.shard_name(s) for s in range(3)]}]}]
+    d = meta["dakter"]
+    assert d["pairs"] == info.count == 10 and d["shards"] == 3 and d["classes"] == info.classes
+    assert d["class_shares"] == pytest.approx(dict(zip(info.classes, info.generated_stats["class_fractions"])), abs=1e-4)
+    assert d["mean_confidence"] == pytest.approx(info.generated_stats["mean_confidence"], abs=1e-4)
+    assert (d["sampler"], d["evaluations_per_pair"], d["b"]) == (SAMPLING.sampler, SAMPLING.steps, pytest.approx(info.b, abs=1e-6))
+    assert d["model_data"].startswith("synthetic:") and "trained on simulated scenes" in card.text
+    # the card is no shard and no stray file to the shard tools: listed, read and checked as before
+    assert [i.shard for i in shards.done()] == [0, 1, 2] and shards.read_markers()[1] == {}
+    assert sum(1 for _ in shards.samples()) == 10
+    # writing it again changes no other byte, and an unchanged set gets the same card
+    before, text = _hashes(url), (Path(url) / CARD_FILE).read_bytes()
+    write_dataset_card(url, command=d["command"])
+    assert _hashes(url) == before and (Path(url) / CARD_FILE).read_bytes() == text
+    # a rerun that finds every shard done skips them and leaves the same card
+    again = synth_run.synthesize(model, url, cfg(n=10), SAMPLING, progress=False, use_ray=False)
+    assert again.written == [] and (Path(url) / CARD_FILE).read_bytes() == text
+
+
+def test_a_set_with_an_unfinished_shard_lists_only_the_finished_ones(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from shardgen import write_dataset
+
+    url = str(tmp_path / "set")
+    write_dataset(url, [3, 3, 2])
+    (tmp_path / "set" / shardset.shard_name(1, "json")).unlink()
+    write_dataset_card(url, command="python make.py")
+    meta = DatasetCard.load(tmp_path / "set" / CARD_FILE).data.to_dict()
+    assert meta["configs"][0]["data_files"][0]["path"] == ["shard-000000.tar", "shard-000002.tar"]
+    assert meta["dakter"]["command"] == "python make.py"
