@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 from dakter_scale.cli import check_flag, parser, progress_enabled, run
+from dakter_scale.scene.predict import MAX_GRID_PIXELS, MAX_RESAMPLE_FACTOR, MAX_SCENE_PIXELS
 
 
 def window(text: str) -> tuple[float, float]:
@@ -45,6 +46,11 @@ def main() -> None:
     g.add_argument("--allow-radiometry-mismatch", action="store_true", help="run even when the scene's radiometry cannot be converted to the student's (recorded in predict.json)")
     g.add_argument("--pixel-spacing", type=float, metavar="METRES", help="the training data's pixel spacing, when the student folder records none: scenes are resampled to it")
     g.add_argument("--require-georeferencing", action="store_true", help="refuse a scene without georeferencing instead of writing pixel coordinates")
+    g = p.add_argument_group("caps (checked before any tile runs; docs/inference.md)")
+    g.add_argument("--max-scene-pixels", type=int, default=MAX_SCENE_PIXELS, metavar="N", help=f"refuse a scene of more pixels (default {MAX_SCENE_PIXELS:,}; a full IW GRD is 430 million)")
+    g.add_argument("--max-grid-pixels", type=int, default=MAX_GRID_PIXELS, metavar="N", help=f"refuse a model grid of more pixels (default {MAX_GRID_PIXELS:,})")
+    g.add_argument("--max-resample-factor", type=float, default=MAX_RESAMPLE_FACTOR, metavar="F",
+                   help=f"refuse a model grid more than F scene pixels per model pixel, or 1/F (default {MAX_RESAMPLE_FACTOR:g})")
     g = p.add_argument_group("slicks")
     g.add_argument("--classes", default="oil", help="classes to vectorise, comma-separated (default oil; e.g. oil,look-alike)")
     g.add_argument("--seed-threshold", type=float, default=0.6, help="a slick holds at least one pixel with this probability (default 0.6)")
@@ -73,6 +79,7 @@ def main() -> None:
             polarisation=args.polarisation.upper(), band=args.band, scene_radiometry=args.scene_radiometry, db_window=args.db_window,
             allow_radiometry_mismatch=args.allow_radiometry_mismatch, pixel_spacing=args.pixel_spacing, land=args.land, land_buffer_m=args.land_buffer,
             require_georeferencing=args.require_georeferencing, quicklook=not args.no_quicklook,
+            max_scene_pixels=args.max_scene_pixels, max_grid_pixels=args.max_grid_pixels, max_resample_factor=args.max_resample_factor,
         )
         device = None if args.device == "auto" else args.device
         if args.scene:

@@ -70,7 +70,9 @@ def test_scale_follows_the_training_pixel_spacing():
 
 def test_a_coarser_student_sees_a_resampled_scene_and_polygons_stay_put(tmp_path):
     """Scene at 10 m, student trained at 20 m: the model grid has half the pixels per side and the
-    slicks keep their place and area (within 4 %: the outline is resolved at 20 m)."""
+    slicks keep their place and area. Area within 7 %: GDAL averages linear sigma-nought (the multilook
+    average of intensity), so a 20 m pixel half oil, half sea is 3 dB below the sea and reads as sea; a dark
+    slick can lose up to half a model pixel (10 m) around its outline: 6.2 % of the smallest ellipse (12 x 40 px)."""
     codes = draw_codes()
     scene = write_geotiff(tmp_path / "s.tif", sigma0_of(codes))
     fine = Predictor(DarkIsOil(), PredictOptions(tile=256, overlap=32), device="cpu", info=info(10.0))(str(scene), tmp_path / "fine")
@@ -81,7 +83,7 @@ def test_a_coarser_student_sees_a_resampled_scene_and_polygons_stay_put(tmp_path
     assert fine["slicks"] == coarse["slicks"] == 3
     for fa, fb in zip(sorted(a, key=lambda f: f["properties"]["centroid"]), sorted(b, key=lambda f: f["properties"]["centroid"])):
         assert np.allclose(fa["properties"]["centroid"], fb["properties"]["centroid"], atol=2e-4)  # ~15 m
-        assert fb["properties"]["area_m2"] == pytest.approx(fa["properties"]["area_m2"], rel=0.04)
+        assert fb["properties"]["area_m2"] == pytest.approx(fa["properties"]["area_m2"], rel=0.07)
 
 
 # -- hysteresis and band-wise components ----------------------------------------------------------------------

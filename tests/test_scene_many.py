@@ -71,7 +71,9 @@ def test_many_scenes_in_process_resume_and_report_a_corrupt_one(student, scenes,
     assert outputs(out) == sorted(summary.written) and len(summary.written) == 4
     records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/predict.json")}
     assert records["S1A_IW_GRDH_1SDV_20260101T054512_20260101T054537_062000_07C0DE_ABCD"]["scene"]["kind"] == "safe"
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "predict_summary.json"}
+    # The run's lease (out/lock-NNNNNN.json) is the run's own: each run takes the next generation.
+    assert [p.name for p in out.glob("lock-*.json")] == ["lock-000001.json"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "predict_summary.json" and not p.name.startswith("lock-")}
     again = predict_many(student, str(scenes), str(out), OPTIONS, settings=RunSettings(retries=0), use_ray=False, progress=False)
     assert again.written == [] and len(again.skipped) == 4 and list(again.failed) == ["broken"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a rerun rewrote a finished scene"

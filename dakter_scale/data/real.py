@@ -14,6 +14,7 @@ class, or an empty split. Images are read as 8-bit grayscale and normalised to [
 from __future__ import annotations
 
 import abc
+import hashlib
 import io
 import math
 import posixpath
@@ -48,12 +49,40 @@ class DataError(UserError, ValueError):
 # -- reading files ----------------------------------------------------------------------------
 
 
+# Pillow decodes dozens of formats, each its own attack surface: these two are what datasets and plain
+# scenes are. A file is read whole, so its size is capped, and its pixel count before it is decoded.
+IMAGE_FORMATS = ("PNG", "JPEG")
+IMAGE_MAX_BYTES = 128 << 20
+IMAGE_MAX_PIXELS = 1 << 27  # 134 megapixels: 11,585 pixels a side
+
+
+def _read_image_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    size = fs.size(path)
+    if size is not None and size > IMAGE_MAX_BYTES:
+        raise DataError(f"{path}: {size} bytes, more than the {IMAGE_MAX_BYTES} allowed for an image")
+    with fs.open(path, "rb") as f:
+        data = f.read(IMAGE_MAX_BYTES + 1)
+    if len(data) > IMAGE_MAX_BYTES:
+        raise DataError(f"{path}: more than the {IMAGE_MAX_BYTES} bytes allowed for an image")
+    return data
+
+
+def _open_image(data: bytes, path: str) -> Image.Image:
+    """A PNG or JPEG whose header is read (no pixel decoded yet), within IMAGE_MAX_PIXELS."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a PNG or JPEG image (only those formats are decoded)") from None
+    if im.width * im.height > IMAGE_MAX_PIXELS:
+        im.close()
+        raise DataError(f"{path}: {im.width} x {im.height} pixels, more than the {IMAGE_MAX_PIXELS} allowed for an image")
+    return im
+
+
 def read_gray(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
     """An image file as uint8 (H, W) grayscale (a 3-channel grayscale JPEG keeps its first channel)."""
     try:
-        with fs.open(path, "rb") as f:
-            data = f.read()
-        with Image.open(io.BytesIO(data)) as im:
+        with _open_image(_read_image_bytes(fs, path), path) as im:
             im.load()
             if im.mode in ("L", "P"):
                 arr = np.asarray(im.convert("L"))
@@ -72,10 +101,10 @@ def read_gray(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
 
 def read_rgb(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
     try:
-        with fs.open(path, "rb") as f:
-            data = f.read()
-        with Image.open(io.BytesIO(data)) as im:
+        with _open_image(_read_image_bytes(fs, path), path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except DataError:
+        raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: label image too large to read ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -483,6 +512,24 @@ def split_stats(source: Source, split: str, max_images: int | None = None, progr
         image_stats=stats,
         read=len(chosen),
     )
+
+
+def split_digests(source: Source, split: str) -> list[str]:
+    """sha256 of each item of a split, over its image and mask as loaded (shape, then bytes): the same
+    scene has the same digest under any spec, so two splits that share a scene can be told."""
+    out = []
+    for item in source.split_items(split):
+        image, mask = source.load(item)
+        h = hashlib.sha256(np.asarray(image.shape + mask.shape, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(image).tobytes())
+        h.update(np.ascontiguousarray(mask).tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+def split_fingerprint(digests: list[str]) -> str:
+    """One sha256 over a split's item digests, in order: what a study records of the split it scored."""
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def _evenly_spaced(items: list, max_images: int | None) -> list:

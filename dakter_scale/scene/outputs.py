@@ -4,8 +4,8 @@
   (GDAL's COG driver: 512-pixel internal tiles, deflate, overviews by averaging).
 - ``classes.tif``: the class map (argmax; land from a land vector file where given), a COG with the
   OSD colour table and nearest-neighbour overviews.
-- ``slicks.geojson`` (vectorise.py), ``quicklook.png``, and ``predict.json`` written last: a scene is
-  done when its record exists.
+- ``slicks.geojson`` (vectorise.py), ``quicklook.png``, and ``predict.json`` written last, after every
+  other output is fsynced (``sync``): a scene is done when its record exists.
 
 Blocks arrive from the blender in any order and are written as windows into tiled GeoTIFFs in a
 temporary folder inside the output (bounded memory: GDAL's block cache); the COG driver then copies
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dakter_scale.data import storage
 from dakter_scale.data.synthetic_sar import OSD_COLOURS
 
 PROBABILITIES, CLASSES_FILE, SLICKS, QUICKLOOK, RECORD = "probabilities.tif", "classes.tif", "slicks.geojson", "quicklook.png", "predict.json"
@@ -122,11 +123,21 @@ def quicklook(path: Path, image: np.ndarray, polygons: list, scale: float) -> No
     rgb.save(path)
 
 
+def sync(out: Path, names: list[str]) -> None:
+    """Each named output's bytes forced to the disk, then the folder's entries: called before
+    ``write_record``, so that after a power loss a predict.json never stands beside a truncated COG."""
+    for name in names:
+        with open(out / name, "rb") as f:
+            storage.fsync(f)
+    storage.fsync_folder(str(out))
+
+
 def write_record(out: Path, record: dict) -> None:
-    """predict.json, atomically (temporary file, fsync, rename): a scene is done when it exists."""
+    """predict.json, atomically (temporary file, fsync, rename, folder fsync): a scene is done when it exists."""
     tmp = out / (RECORD + ".tmp")
     with open(tmp, "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out / RECORD)
+    storage.fsync_folder(str(out))

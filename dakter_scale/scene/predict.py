@@ -21,14 +21,17 @@ its predict.json exists.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
 import logging
 import math
 import queue
+import re
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -42,7 +45,7 @@ from dakter_scale.data import storage
 from dakter_scale.data.real import normalise
 from dakter_scale.errors import UserError
 from dakter_scale.scene import outputs
-from dakter_scale.scene.radiometry import Conversion, Scale, default_convention, lut_at, plan_conversion, plan_scale, to_codes
+from dakter_scale.scene.radiometry import Conversion, Scale, decimation, default_convention, lut_at, plan_conversion, plan_scale, to_codes
 from dakter_scale.scene.read import Scene, SceneError, open_scene
 from dakter_scale.scene.tile import Blender
 from dakter_scale.scene.vectorise import VectoriseOptions, feature_collection, features, find_slicks, write_geojson
@@ -58,6 +61,14 @@ GDAL_CACHE_MB = 256
 # same size (bench/bench_predict.py: with a fixed 1,024 rows, peak memory grew by 370 MB from 8k to 20k pixels wide).
 BAND_PIXELS = 1 << 22
 WINDOW = "separable cosine-squared (Hann) ramp over the overlap, normalised to sum to 1 (scene/tile.py)"
+# Bounds checked before any tile runs (docs/inference.md, "Caps"); the flags of the same names raise them.
+# A full IW GRDH scene is 25,788 x 16,685 = 430 megapixels; a model pixel of 64 scene pixels is 640 m at 10 m.
+MAX_SCENE_PIXELS = 2_000_000_000
+MAX_GRID_PIXELS = 2_000_000_000
+MAX_RESAMPLE_FACTOR = 64.0
+# The blender keeps classes x overlap x width float32 (tile.py), a vectorising band at least 16 rows of the
+# width: the grid's width is capped on its own (not a flag), so that a 1-row, 10^9-column grid is refused too.
+MAX_GRID_SIDE = 1 << 18
 
 
 class PredictError(UserError, ValueError):
@@ -85,6 +96,9 @@ class PredictOptions:
     require_georeferencing: bool = False
     quicklook: bool = True
     band_rows: int = 1024
+    max_scene_pixels: int = MAX_SCENE_PIXELS
+    max_grid_pixels: int = MAX_GRID_PIXELS
+    max_resample_factor: float = MAX_RESAMPLE_FACTOR
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -127,7 +141,9 @@ class Predictor:
             raise PredictError(f"--classes {','.join(missing)}: not a class of {where}, whose classes are {', '.join(self.classes)} (a student from another class set?)")
         for name, value, low, high in (("--tile", o.tile, 32, 8192), ("--overlap", o.overlap, 0, o.tile - 1), ("--batch-size", o.batch_size, 1, 4096),
                                         ("--seed-threshold", o.seed_threshold, 0, 1), ("--outline-threshold", o.outline_threshold, 0, 1),
-                                        ("--min-area", o.min_area_m2, 0, None), ("--simplify", o.simplify_m, 0, None), ("--land-buffer", o.land_buffer_m, 0, None)):
+                                        ("--min-area", o.min_area_m2, 0, None), ("--simplify", o.simplify_m, 0, None), ("--land-buffer", o.land_buffer_m, 0, None),
+                                        ("--max-scene-pixels", o.max_scene_pixels, 1, None), ("--max-grid-pixels", o.max_grid_pixels, 1, None),
+                                        ("--max-resample-factor", o.max_resample_factor, 1, None)):
             if not math.isfinite(value) or value < low or (high is not None and value > high):
                 raise PredictError(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
         if o.outline_threshold > o.seed_threshold:
@@ -138,25 +154,32 @@ class Predictor:
 
     # -- one scene ---------------------------------------------------------------------------------
 
-    def __call__(self, scene_url: str, out: str | Path) -> dict:
+    def __call__(self, scene_url: str, out: str | Path, lease_ref: dict | None = None) -> dict:
+        """Predict one scene into ``out``. The run holds ``out``'s lease (data/lease.py) while it writes;
+        with ``lease_ref`` (a many-scene run whose driver holds the lease of the folder above) it checks
+        that lease instead, before predict.json."""
         import rasterio
 
+        check_out(scene_url, out)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            return self._predict(scene_url, out)
+            return self._predict(scene_url, Path(out), lease_ref)
 
-    def _predict(self, scene_url: str, out: str | Path) -> dict:
+    def _predict(self, scene_url: str, out: Path, lease_ref: dict | None) -> dict:
+        from dakter_scale.data.lease import Lease, check_ref
+
         o = self.options
         t_start = time.time()
         timings: dict[str, float] = {}
-        out = Path(out)
-        with open_scene(scene_url, polarisation=o.polarisation, band=o.band, radiometry=o.scene_radiometry) as scene:
+        with open_scene(scene_url, polarisation=o.polarisation, band=o.band, radiometry=o.scene_radiometry) as scene, contextlib.ExitStack() as held:
             if o.require_georeferencing and not scene.georeferenced:
                 raise SceneError(f"{scene.source}: no georeferencing (no geotransform, no ground control points) but a georeferenced output was asked for (--require-georeferencing)")
             conversion = plan_conversion(scene.radiometry, scene.calibration is not None, self.convention, o.db_window, o.allow_radiometry_mismatch)
             scale = plan_scale(scene.pixel_spacing(), self.info, o.pixel_spacing)
-            grid_h, grid_w = max(1, round(scene.height / scale.factor)), max(1, round(scene.width / scale.factor))
+            grid_h, grid_w = plan_grid(scene, scale, o)
             fy, fx = scene.height / grid_h, scene.width / grid_w  # exact scene pixels per model pixel per axis
             out.mkdir(parents=True, exist_ok=True)
+            # One run writes a folder at a time: two would share .work and remove each other's files.
+            lease = held.enter_context(Lease(str(out), purpose=f"predict {scene.source}").acquire()) if lease_ref is None else None
             (out / outputs.RECORD).unlink(missing_ok=True)  # a rerun into a finished folder starts over
             transform, gcps = self._grid_georef(scene, fy, fx)
             land_class = self.classes.index("land") if "land" in self.classes else None
@@ -186,7 +209,12 @@ class Predictor:
             timings["total_seconds"] = round(time.time() - t_start, 3)
             timings["tiles_per_second"] = round(tiles["count"] / timings["tiles_seconds"], 3) if timings["tiles_seconds"] > 0 else None
             record = self._record(scene, conversion, scale, (grid_h, grid_w), tiles, fc, timings)
-        outputs.write_record(out, record)
+            outputs.sync(out, record["outputs"])  # every output on disk before the record that says the scene is done
+            if lease is not None:
+                lease.check()
+            else:
+                check_ref(lease_ref)
+            outputs.write_record(out, record)
         return record
 
     def _grid_georef(self, scene: Scene, fy: float, fx: float):
@@ -288,17 +316,21 @@ class Predictor:
         return fc, drawn
 
     def _quicklook(self, scene: Scene, conversion: Conversion, out: Path, drawn: list, f: tuple[float, float]) -> None:
-        """The scene's 8-bit codes decimated to QUICKLOOK_SIDE on the long side (strided rows read band by
-        band, so memory stays bounded), with the slicks (model-grid pixels) drawn on it."""
+        """The scene's 8-bit codes decimated to QUICKLOOK_SIDE on the long side (read decimated by the reader,
+        band by band, so memory follows the quick-look, not the scene), with the slicks (model-grid pixels) drawn on it."""
         step = max(1, math.ceil(max(scene.height, scene.width) / QUICKLOOK_SIDE))
-        cols = np.arange(0, scene.width, step)
-        image = np.zeros((len(range(0, scene.height, step)), len(cols)), dtype=np.uint8)
-        band = max(step, (band_rows(self.options.band_rows, scene.width) // step) * step)
-        for r0 in range(0, scene.height, band):
-            r1 = min(scene.height, r0 + band)
-            raw = scene.read(r0, r1, 0, scene.width)[::step, ::step]
-            image[r0 // step : r0 // step + raw.shape[0]] = to_codes(raw, conversion, _lut(scene, np.arange(r0, r1, step), cols))
-        outputs.quicklook(out / outputs.QUICKLOOK, image, drawn, step / ((f[0] + f[1]) / 2))
+        out_h, out_w = -(-scene.height // step), -(-scene.width // step)
+        sy, sx = scene.height / out_h, scene.width / out_w  # scene pixels per quick-look pixel
+        image = np.zeros((out_h, out_w), dtype=np.uint8)
+        cols = (np.arange(out_w) + 0.5) * sx - 0.5  # quick-look pixel centres in scene pixels (the LUT's positions)
+        resampling = decimation(scene.radiometry)
+        band = 128
+        for q0 in range(0, out_h, band):
+            q1 = min(out_h, q0 + band)
+            r0, r1 = q0 * sy, min(float(scene.height), q1 * sy)
+            raw = scene.read(r0, r1, 0, scene.width, out_shape=(q1 - q0, out_w), resampling=resampling) if step > 1 else scene.read(q0, q1, 0, scene.width)
+            image[q0:q1] = to_codes(raw, conversion, _lut(scene, (np.arange(q0, q1) + 0.5) * sy - 0.5, cols))
+        outputs.quicklook(out / outputs.QUICKLOOK, image, drawn, ((sy + sx) / 2) / ((f[0] + f[1]) / 2))
 
     def _record(self, scene: Scene, conversion: Conversion, scale: Scale, grid, tiles: dict, fc: dict, timings: dict) -> dict:
         o = self.options
@@ -330,6 +362,34 @@ def band_rows(most: int, width: int) -> int:
     return max(16, min(most, BAND_PIXELS // max(1, width)))
 
 
+def plan_grid(scene: Scene, scale: Scale, o: PredictOptions) -> tuple[int, int]:
+    """The model grid's (rows, cols), after the caps that keep a scene's cost bounded before any tile
+    runs: its pixels, the grid's pixels and side, and the resampling factor; each a PredictError naming
+    the scene and the flag that raises the cap."""
+    megapixels = scene.height * scene.width / 1e6
+    if scene.height * scene.width > o.max_scene_pixels:
+        raise PredictError(f"{scene.source}: {scene.height} x {scene.width} pixels ({megapixels:,.0f} megapixels), more than --max-scene-pixels {o.max_scene_pixels}")
+    factor = scale.factor
+    if not (math.isfinite(factor) and factor > 0) or max(factor, 1 / factor) > o.max_resample_factor:
+        spacings = f" (scene pixels {scale.scene_spacing_m:g} m, model pixels {scale.model_spacing_m:g} m)" if scale.scene_spacing_m and scale.model_spacing_m else ""
+        raise PredictError(f"{scene.source}: the model grid needs {factor:g} scene pixels per model pixel{spacings}, beyond --max-resample-factor {o.max_resample_factor:g} either way")
+    grid_h, grid_w = max(1, round(scene.height / factor)), max(1, round(scene.width / factor))
+    if grid_h * grid_w > o.max_grid_pixels:
+        raise PredictError(f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels (factor {factor:g}), more than --max-grid-pixels {o.max_grid_pixels}")
+    if max(grid_h, grid_w) > MAX_GRID_SIDE:
+        raise PredictError(f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels; a side of more than {MAX_GRID_SIDE} is not tiled (split the scene)")
+    return grid_h, grid_w
+
+
+def check_out(scene_url: str, out: str | Path) -> None:
+    """--out must be a folder (or nothing yet) that neither is, holds nor lies inside the scene: outputs never touch inputs."""
+    shown = storage.redact_url(str(scene_url))
+    if storage.overlaps(str(scene_url), str(out)):
+        raise PredictError(f"--out {out} is, contains or lies inside the scene {shown}: give the outputs a folder of their own")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PredictError(f"--out {out}: exists and is not a folder")
+
+
 def _lut(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
     cal = scene.calibration
     return None if cal is None else lut_at(cal.lines, cal.pixels, cal.sigma_nought, rows.astype(np.float64), cols.astype(np.float64))
@@ -350,6 +410,7 @@ class _TileReader:
 
     def __init__(self, scene: Scene, conversion: Conversion, blender: Blender, f: tuple[float, float], depth: int):
         self.scene, self.conversion, self.blender, self.f = scene, conversion, blender, f
+        self.resampling = decimation(scene.radiometry)
         self.queue: queue.Queue = queue.Queue(maxsize=max(2, depth))
         self.seconds = 0.0
         self.error: BaseException | None = None
@@ -357,18 +418,21 @@ class _TileReader:
         self.thread = _helper_thread(self._run, "tile-reader")
 
     def tile(self, y0: int, x0: int) -> torch.Tensor:
-        """Model-grid tile at (y0, x0): (1, th, tw) float32 in [-1, 1]."""
+        """Model-grid tile at (y0, x0): (1, th, tw) float32 in [-1, 1]. Off the scene's own grid the reader
+        resamples the tile's exact window to the tile's shape (GDAL decimates from the file, from its
+        overviews where it has them): memory and work follow the tile, not the window, at any factor."""
         b, s = self.blender, self.scene
         fy, fx = self.f
-        r0, r1 = int(math.floor(y0 * fy)), min(s.height, int(math.ceil((y0 + b.th) * fy)))
-        c0, c1 = int(math.floor(x0 * fx)), min(s.width, int(math.ceil((x0 + b.tw) * fx)))
-        raw = s.read(r0, r1, c0, c1)
-        codes = to_codes(raw, self.conversion, _lut(s, np.arange(r0, r1), np.arange(c0, c1)))
-        x = normalise(np.ascontiguousarray(codes))[None]
-        if x.shape[-2:] != (b.th, b.tw):
-            # Resampled to the training pixel spacing: bilinear with antialiasing (area-like when coarsening).
-            x = F.interpolate(x[None], size=(b.th, b.tw), mode="bilinear", align_corners=False, antialias=True)[0]
-        return x
+        if fy == fx == 1.0:
+            raw = s.read(y0, y0 + b.th, x0, x0 + b.tw)
+        else:
+            coarser = fy >= 1.0 and fx >= 1.0
+            raw = s.read(y0 * fy, min(float(s.height), (y0 + b.th) * fy), x0 * fx, min(float(s.width), (x0 + b.tw) * fx),
+                         out_shape=(b.th, b.tw), resampling=self.resampling if coarser else "bilinear")
+        # The LUT at each model pixel's centre, in scene pixel positions.
+        rows, cols = (y0 + np.arange(b.th) + 0.5) * fy - 0.5, (x0 + np.arange(b.tw) + 0.5) * fx - 0.5
+        codes = to_codes(raw, self.conversion, _lut(s, rows, cols))
+        return normalise(np.ascontiguousarray(codes))[None]
 
     def _run(self) -> None:
         try:
@@ -502,20 +566,29 @@ def list_scenes(spec: str) -> list[str]:
     raise PredictError(f"--scenes {storage.redact_url(spec)}: no such glob match, folder or list file")
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+
+
 def scene_name(url: str) -> str:
-    """The output sub-folder of a scene: its file or folder name without the extension."""
+    """The output sub-folder of a scene: its file or folder name without the extension, every character
+    outside letters, digits and ``._+-`` replaced by ``_``. A PredictError when what is left is empty or
+    starts with a dot (``...tif`` would be ``..``: outputs beside --out; ``.x.tif`` a hidden folder)."""
     base = url.rstrip("/").rsplit("/", 1)[-1]
     for ext in (".SAFE.zip", ".safe.zip", ".zip", ".SAFE", ".safe", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
         if base.endswith(ext):
-            return base[: -len(ext)]
-    return base
+            base = base[: -len(ext)]
+            break
+    name = _UNSAFE_NAME.sub("_", base)
+    if not name or name.startswith("."):
+        raise PredictError(f"--scenes: scene {storage.redact_url(url)} would be written to a folder named {name!r}; rename the scene (its name may not be empty or start with a dot)")
+    return name
 
 
 class SceneWorker:
     """A Predictor behind the driver's worker protocol: built once per process or actor (one model load),
     called per scene; returns a small marker (the record's summary) or raises."""
 
-    def __init__(self, student: str | dict[str, bytes], out: str, options: dict, device: str | None = None, threads: int = 1, **_: Any):
+    def __init__(self, student: str | dict[str, bytes], out: str, options: dict, device: str | None = None, threads: int = 1, lease_ref: dict | None = None, **_: Any):
         from dakter_scale.synth.worker import unpack_model_folder
 
         t0 = time.time()
@@ -528,7 +601,7 @@ class SceneWorker:
         opts["classes"] = tuple(opts["classes"])
         opts["db_window"] = tuple(opts["db_window"]) if opts.get("db_window") else None
         self.predictor = Predictor(student, PredictOptions(**opts), device=device)
-        self.out = out
+        self.out, self.lease_ref = out, lease_ref
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict:
@@ -537,7 +610,7 @@ class SceneWorker:
         return {"device": str(self.predictor.device), "pid": os.getpid(), "load_seconds": round(self.load_seconds, 3), "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
 
     def __call__(self, task: SceneTask) -> dict:
-        record = self.predictor(task.url, Path(self.out) / task.name)
+        record = self.predictor(task.url, Path(self.out) / task.name, lease_ref=self.lease_ref)
         return {"scene": task.name, "slicks": record["slicks"], "seconds": record["timings"]["total_seconds"], "tiles": record["tiling"]["count"]}
 
     @staticmethod
@@ -590,9 +663,9 @@ class RunSettings:
 
 def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptions, *, settings: RunSettings = RunSettings(), use_ray: bool = True, device: str = "auto", progress: bool = True) -> ManySummary:
     """Every scene of ``scenes_spec`` into ``out/NAME/``; skips scenes whose predict.json exists. Never
-    raises for a failed scene: failures are in the summary (summary.ok is False)."""
-    from dakter_scale.synth.run import Progress, drive
-    from dakter_scale.synth.strategies import LocalStrategy, RayStrategy
+    raises for a failed scene: failures are in the summary (summary.ok is False). ``out``'s lease is held
+    for the run; each scene checks it before its predict.json."""
+    from dakter_scale.data.lease import Lease
 
     # Bad flags and a bad student fail here, before any scene or actor starts.
     Predictor(student, options, device="cpu")
@@ -600,10 +673,20 @@ def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptio
     if not urls:
         raise PredictError(f"--scenes {storage.redact_url(scenes_spec)}: no scenes found")
     names = [scene_name(u) for u in urls]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)
     if dupes:
         raise PredictError(f"--scenes: several scenes would write to the same folder: {', '.join(dupes[:5])}")
+    for url in urls:
+        check_out(url, out)
     Path(out).mkdir(parents=True, exist_ok=True)
+    with Lease(str(out), purpose=f"predict --scenes {storage.redact_url(scenes_spec)}").acquire() as lease:
+        return _predict_many(student, urls, names, out, options, settings, use_ray, device, progress, lease)
+
+
+def _predict_many(student: str, urls: list[str], names: list[str], out: str, options: PredictOptions, settings: RunSettings, use_ray: bool, device: str, progress: bool, lease) -> ManySummary:
+    from dakter_scale.synth.run import Progress, drive
+    from dakter_scale.synth.strategies import LocalStrategy, RayStrategy
+
     t0 = time.time()
     summary = ManySummary(out=storage.redact_url(out), scenes=len(urls))
     tasks = []
@@ -629,7 +712,7 @@ def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptio
         (log.warning if retrying else log.error)("scene %s attempt %d failed: %s%s", task.name, task.attempt + 1, reason, "; retrying" if retrying else "; giving up")
 
     if tasks:
-        args = dict(student=str(student), out=str(out), options=options.to_json() | {"land": options.land}, threads=settings.threads_per_actor)
+        args = dict(student=str(student), out=str(out), options=options.to_json() | {"land": options.land}, threads=settings.threads_per_actor, lease_ref=lease.ref())
         strategy = (RayStrategy if use_ray else LocalStrategy)(args, settings, device, worker=SceneWorker)
         summary.strategy = drive(tasks, strategy, settings.retries, on_result)
     bar.close()

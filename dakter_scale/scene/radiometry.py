@@ -120,7 +120,14 @@ def _describe(conv: dict) -> str:
 
 def lut_at(lines: np.ndarray, pixels: np.ndarray, values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of a LUT given on the grid lines x pixels at the (row, col) pixel
-    positions: (len(rows), len(cols)). Outside the grid the edge values hold (np.interp)."""
+    positions: (len(rows), len(cols)). Outside the grid the edge values hold (np.interp).
+
+    Only the vectors that bracket the rows are interpolated along the columns: a tile costs the same
+    with 30 vectors as with thousands (all of them, 80,000, made one 512-pixel tile take 1.6 s)."""
+    if len(rows):
+        first = max(0, int(np.searchsorted(lines, np.min(rows), side="right")) - 1)
+        last = min(len(lines), int(np.searchsorted(lines, np.max(rows), side="left")) + 1)
+        lines, values = lines[first:last], values[first:last]
     along = np.stack([np.interp(cols, pixels, v) for v in values])  # (L, C)
     r = np.clip(np.asarray(rows, dtype=np.float64), lines[0], lines[-1])
     i = np.clip(np.searchsorted(lines, r, side="right") - 1, 0, len(lines) - 2) if len(lines) > 1 else np.zeros(len(r), dtype=np.intp)
@@ -146,6 +153,16 @@ def db_to_codes(db: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     lo, hi = window
     code = np.floor((np.nan_to_num(db, nan=lo - 1000.0) - lo) * (255.0 / (hi - lo)) + 0.5)
     return np.clip(code, 0, 255).astype(np.uint8)
+
+
+def decimation(scene: str) -> str:
+    """How a window of scene pixels is averaged into one model pixel (Scene.read's resampling): digital
+    numbers by their root mean square, so that DN^2 / A^2 is the mean sigma-nought (the multilook average
+    of intensity); linear sigma-nought by its mean; dB and 8-bit codes by their mean, as before GDAL
+    decimated them (averaging the codes)."""
+    if scene not in SCENE_KINDS:
+        raise RadiometryError(f"unknown scene radiometry {scene!r}; expected one of {', '.join(SCENE_KINDS)}")
+    return "rms" if scene == "dn" else "average"
 
 
 def to_codes(raw: np.ndarray, conversion: Conversion, a_sigma: np.ndarray | None = None) -> np.ndarray:

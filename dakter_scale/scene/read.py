@@ -13,13 +13,27 @@ Three kinds, told apart by the path (any fsspec URL; local paths too):
   manifest's footprint are kept.
 - **Plain image** (PNG / JPEG, OSD-style 8-bit): no georeferencing; outputs are in pixel units.
 
-The SAFE XML is parsed with the standard library after refusing any document type declaration
-(so no entity expansion at all: billion laughs and external entities cannot happen), with a size cap
-per file. xarray-sentinel was tried and not used: it validates every file against the full ESA XSD
-schemas, so a product written by a test (or trimmed by a processing chain) must carry every field of
-the schema, and it reads the annotation with no refusal of DTDs; four XML elements are all this reader
-needs. Zip members are looked up by name (never extracted to disk), names with ``..`` or an absolute
-path are refused, and XML members over the cap are refused before they are inflated.
+Every scene is opened as what its name says and nothing else (docs/inference.md, "Scenes from strangers"):
+TIFFs through GDAL's GTiff driver alone (a VRT or any other format behind a ``.tif`` name is refused,
+and ``.vrt`` scenes are refused outright: a VRT names other files, any path or ``/vsis3/`` with this
+node's credentials, and GDAL 3.10 reads them), with GDAL's sibling-file scan off while the scene is
+open (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: an ``.ovr`` beside a scene would be opened by any
+driver, a VRT included, and read for every decimated window); images through Pillow's PNG and JPEG
+decoders alone (data/real.py, with a byte and a pixel cap).
+
+The SAFE XML is parsed by expat with handlers that raise at a document type declaration, an entity
+declaration or an external entity reference, so a DTD is refused by the parser itself in any encoding
+(UTF-16 included) before anything is expanded; each file is capped at ``XML_MAX_BYTES`` and
+``XML_MAX_ELEMENTS``. xarray-sentinel was tried and not used: it validates every file against the full
+ESA XSD schemas, so a product written by a test (or trimmed by a processing chain) must carry every field
+of the schema, and it reads the annotation with no refusal of DTDs; four XML elements are all this reader
+needs. Zip members are looked up by name (never extracted to disk), the archive's member count and
+central directory are capped from its end record before Python lists it, names with ``..`` or an
+absolute path are refused, and XML members over the cap are refused before they are inflated.
+
+Georeferencing and spacing are checked at open: geotransform coefficients and ground control points
+finite, GCPs not collinear or coincident (in pixels and on the ground), pixel spacings finite and within
+``SPACING_RANGE_M``; each failure a SceneError naming the field and the file.
 """
 
 from __future__ import annotations
@@ -27,8 +41,10 @@ from __future__ import annotations
 import math
 import posixpath
 import re
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from pyexpat import XML_PARAM_ENTITY_PARSING_NEVER, ExpatError, ParserCreate
 from typing import Any
 
 import numpy as np
@@ -36,9 +52,21 @@ import numpy as np
 from dakter_scale.data import storage
 from dakter_scale.errors import UserError
 
-XML_MAX_BYTES = 64 << 20  # a real GRD annotation is ~5 MB; anything far larger is not one
+# Real Sentinel-1 GRD products: an annotation of a few MB (tens of thousands of elements), a calibration
+# file of ~1 MB with one vector a second (~30 per slice), ~20-40 files in the SAFE folder. The caps leave
+# room above those and bound what parsing can cost (16 MB of "<a/>" built +379 MB of elements unbounded).
+XML_MAX_BYTES = 16 << 20
+XML_MAX_ELEMENTS = 250_000
+SAFE_MAX_MEMBERS = 1_000  # files in a SAFE folder, members of a SAFE zip
+ZIP_MAX_DIRECTORY_BYTES = SAFE_MAX_MEMBERS * 1024  # a zip's central directory (a real one: ~10 KB)
+CALIBRATION_MAX_VECTORS = 2_000
+SPACING_RANGE_M = (0.01, 10_000.0)  # a pixel spacing outside this is no SAR scene's
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 TIFF_EXTS = (".tif", ".tiff")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, both byte orders
+# Held while a scene is open: GDAL looks for no sibling file (.ovr, .aux.xml, .msk), which any driver would open.
+GDAL_SCENE_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+RESAMPLINGS = ("average", "rms", "bilinear")
 POLARISATIONS = ("VV", "VH", "HH", "HV")
 
 
@@ -82,11 +110,19 @@ class Scene:
     def georeferenced(self) -> bool:
         return self.crs is not None and (self.transform is not None or bool(self.gcps))
 
-    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
-        """Pixels [row0, row1) x [col0, col1) in the native data type; a read error names the file."""
+    def read(self, row0: float, row1: float, col0: float, col1: float, out_shape: tuple[int, int] | None = None, resampling: str = "average") -> np.ndarray:
+        """Pixels [row0, row1) x [col0, col1) in the native data type; a read error names the file.
+
+        With ``out_shape`` (rows, cols) the window (fractional bounds allowed) is resampled to that shape
+        by the reader itself (GDAL: ``average``, ``rms`` or ``bilinear``, from the file's overviews where
+        it has them), so memory follows ``out_shape``, not the window."""
         assert 0 <= row0 < row1 <= self.height and 0 <= col0 < col1 <= self.width, (row0, row1, col0, col1)
+        assert out_shape is not None or all(float(v).is_integer() for v in (row0, row1, col0, col1)), (row0, row1, col0, col1)
+        assert resampling in RESAMPLINGS, resampling
         try:
-            return self._reader(row0, row1, col0, col1)
+            if out_shape is None:
+                return self._reader(int(row0), int(row1), int(col0), int(col1))
+            return self._reader(row0, row1, col0, col1, out_shape=tuple(out_shape), resampling=resampling)
         except SceneError:
             raise
         except Exception as e:  # rasterio / GDAL / fsspec: a truncated or corrupt file shows up here
@@ -202,6 +238,9 @@ def open_scene(url: str, *, polarisation: str = "VV", band: int | None = None, r
         return _open_geotiff(fs, stripped, shown, band, radiometry)
     if lower.endswith(IMAGE_EXTS):
         return _open_image(fs, stripped, shown, radiometry)
+    if lower.endswith(".vrt"):
+        raise SceneError(f"{shown}: VRT scenes are refused: a VRT names other files (any path, or /vsis3/ with this machine's credentials) that GDAL would read; "
+                         "translate it to a GeoTIFF/COG first (gdal_translate -of COG)")
     raise SceneError(f"{shown}: unknown scene type; expected a GeoTIFF ({', '.join(TIFF_EXTS)}), a SAFE folder or .zip, or a {'/'.join(IMAGE_EXTS)} image")
 
 
@@ -210,26 +249,50 @@ SCENE_RADIOMETRIES = ("auto", "db8", "sigma0", "sigma0_db")
 
 
 def _open_geotiff(fs, path: str, shown: str, band: int | None, radiometry: str) -> Scene:
-    import rasterio
-    from rasterio.errors import RasterioError
 
     if radiometry not in SCENE_RADIOMETRIES:
         raise SceneError(f"--scene-radiometry must be one of {', '.join(SCENE_RADIOMETRIES)}, got {radiometry!r}")
+    env = _scene_env()
     try:
-        ds = rasterio.open(path, opener=fs) if not _is_local(fs) else rasterio.open(path)
-    except (RasterioError, OSError, ValueError) as e:
-        raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
-    try:
+        ds = _open_tiff(fs, path, shown)
         scene = _geotiff_scene(ds, shown, band, radiometry)
     except BaseException:
-        ds.close()
+        env.__exit__(None, None, None)
         raise
+    scene._closers.insert(0, lambda: env.__exit__(None, None, None))
     return scene
 
 
-def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
-    from rasterio.windows import Window
+def _scene_env():
+    """GDAL_SCENE_OPTIONS in force from now until the returned Env is exited (the scene's last closer).
+    GDAL's configuration is process-wide, so the tile reader's thread sees it too."""
+    import rasterio
 
+    env = rasterio.Env(**GDAL_SCENE_OPTIONS)
+    env.__enter__()
+    return env
+
+
+def _open_tiff(fs, path: str, shown: str):
+    """A TIFF through GDAL's GTiff driver alone, after its first bytes say TIFF: GDAL picks a driver from
+    the content, so a VRT (XML naming other files) saved as ``.tif`` would otherwise be read as one."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(4)
+    except Exception as e:
+        raise SceneError(f"{shown}: unreadable: {_first_line(e)}") from None
+    if head not in TIFF_MAGIC:
+        raise SceneError(f"{shown}: not a TIFF file (it starts with {head!r}); only GeoTIFF/COG is read as a .tif (GDAL's GTiff driver alone)")
+    try:
+        return rasterio.open(path, driver="GTiff", opener=fs) if not _is_local(fs) else rasterio.open(path, driver="GTiff")
+    except (RasterioError, OSError, ValueError) as e:
+        raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
+
+
+def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
     if band is None:
         if ds.count != 1:
             # One SAR band is what a student takes; several bands (RGB renderings, VV+VH stacks) need a choice.
@@ -249,7 +312,15 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
     elif radiometry in ("sigma0", "sigma0_db") and not dtype.startswith("float"):
         raise SceneError(f"{shown}: --scene-radiometry {radiometry} needs float pixels, the file holds {dtype}")
     transform = None if ds.transform.is_identity else ds.transform
+    if transform is not None:
+        coefficients = (transform.a, transform.b, transform.c, transform.d, transform.e, transform.f)
+        if not all(math.isfinite(v) for v in coefficients):
+            raise SceneError(f"{shown}: geotransform holds a non-finite value {coefficients}")
+        if abs(transform.a * transform.e - transform.b * transform.d) == 0:
+            raise SceneError(f"{shown}: geotransform is degenerate (its pixels have no area): {coefficients}")
     gcps, gcp_crs = ds.gcps if ds.gcps else ([], None)
+    if transform is None and gcps:
+        check_gcps(gcps, shown, "ground control points")
     crs = ds.crs if transform is not None else gcp_crs
     tags = ds.tags()
     scene = Scene(
@@ -257,13 +328,55 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
         crs=crs, transform=transform, gcps=list(gcps) or None,
         scene_id=tags.get("SCENE_ID"), acquisition_time=tags.get("ACQUISITION_TIME") or tags.get("TIFFTAG_DATETIME"),
     )
-
-    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        return ds.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
-
-    scene._reader = read
+    if scene.georeferenced:
+        try:
+            spacing = scene.pixel_spacing()
+        except Exception as e:  # pyproj / GDAL on coordinates no projection accepts
+            raise SceneError(f"{shown}: no pixel spacing can be measured from its georeferencing: {_first_line(e)}") from None
+        scene.native_spacing_m = check_spacing(spacing, "pixel spacing (from the georeferencing)", shown)
+    scene._reader = _band_reader(ds, band)
     scene._closers.append(ds.close)
     return scene
+
+
+def _band_reader(ds, band: int):
+    """Window reads of one band, resampled by GDAL when asked (Scene.read)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    def read(r0: float, r1: float, c0: float, c1: float, out_shape: tuple[int, int] | None = None, resampling: str = "average") -> np.ndarray:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        if out_shape is None:
+            return ds.read(band, window=window)
+        return ds.read(band, window=window, out_shape=out_shape, resampling=Resampling[resampling])
+
+    return read
+
+
+def check_spacing(value: float | None, what: str, source: str) -> float | None:
+    """A pixel spacing in metres that is finite and within SPACING_RANGE_M, or a SceneError naming it."""
+    if value is None:
+        return None
+    low, high = SPACING_RANGE_M
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SceneError(f"{source}: {what} is {value!r} m; a SAR scene's lies in [{low:g}, {high:g}] m")
+    return float(value)
+
+
+def check_gcps(gcps: list, source: str, what: str) -> None:
+    """Ground control points that can place a scene: at least 3, every coordinate finite, neither the
+    pixel positions nor the ground positions all on one line (GDAL's fit would be singular or wild)."""
+    if len(gcps) < 3:
+        raise SceneError(f"{source}: {what}: {len(gcps)} point(s); at least 3 are needed to georeference")
+    values = np.array([(g.col, g.row, g.x, g.y, g.z or 0.0) for g in gcps], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        bad = int(np.argwhere(~np.isfinite(values))[0, 0])
+        raise SceneError(f"{source}: {what}: point {bad} holds a non-finite coordinate")
+    for cols, name in (((0, 1), "pixel positions"), ((2, 3), "ground positions")):
+        xy = values[:, cols] - values[:, cols].mean(axis=0)
+        singular = np.linalg.svd(xy, compute_uv=False)
+        if singular[0] == 0 or singular[-1] / singular[0] < 1e-9:
+            raise SceneError(f"{source}: {what}: the {name} are degenerate (coincident or on one line); no georeferencing can be fitted")
 
 
 def _is_local(fs) -> bool:
@@ -280,23 +393,65 @@ def _open_image(fs, path: str, shown: str, radiometry: str) -> Scene:
     except DataError as e:
         raise SceneError(str(e)) from None
     scene = Scene(source=shown, kind="image", height=image.shape[0], width=image.shape[1], dtype="uint8", radiometry="db8")
-    scene._reader = lambda r0, r1, c0, c1: image[r0:r1, c0:c1]
+
+    def read(r0: float, r1: float, c0: float, c1: float, out_shape: tuple[int, int] | None = None, resampling: str = "average") -> np.ndarray:
+        if out_shape is None:
+            return image[r0:r1, c0:c1]
+        from PIL import Image
+
+        # Pillow's BOX filter is the area average (GDAL's "average"); an 8-bit image has no intensity to average (rms).
+        method = Image.Resampling.BILINEAR if resampling == "bilinear" else Image.Resampling.BOX
+        return np.asarray(Image.fromarray(image).resize((out_shape[1], out_shape[0]), method, box=(c0, r0, c1, r1)))
+
+    scene._reader = read
     return scene
 
 
 # -- Sentinel-1 SAFE ----------------------------------------------------------------------------------
 
 
+class _Refused(Exception):
+    """Raised from inside expat's handlers: parsing stops there."""
+
+
 def parse_xml(data: bytes, name: str) -> ET.Element:
-    """XML without a document type declaration (so no entities), at most XML_MAX_BYTES."""
+    """XML of at most XML_MAX_BYTES and XML_MAX_ELEMENTS, with no document type declaration.
+
+    The refusal is made by the parser (expat's declaration handlers raise), not by a byte search: it
+    holds in every encoding expat reads (UTF-16 too), and nothing declared in a DTD is ever expanded."""
     if len(data) > XML_MAX_BYTES:
         raise SceneError(f"{name}: {len(data)} bytes, more than any SAFE XML file ({XML_MAX_BYTES} allowed)")
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise SceneError(f"{name}: XML with a document type declaration or entities is refused")
+    builder = ET.TreeBuilder()
+    parser = ParserCreate(namespace_separator="}")
+    parser.SetParamEntityParsing(XML_PARAM_ENTITY_PARSING_NEVER)
+    elements = 0
+
+    def refuse(*_) -> None:
+        raise _Refused("XML with a document type declaration or entities is refused")
+
+    def start(tag: str, attrs: dict) -> None:
+        nonlocal elements
+        elements += 1
+        if elements > XML_MAX_ELEMENTS:
+            raise _Refused(f"more than {XML_MAX_ELEMENTS} XML elements, more than any SAFE XML file")
+        builder.start("{" + tag if "}" in tag else tag, attrs)
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.UnparsedEntityDeclHandler = refuse
+    parser.NotationDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = lambda tag: builder.end("{" + tag if "}" in tag else tag)
+    parser.CharacterDataHandler = builder.data
+    parser.buffer_text = True
     try:
-        return ET.fromstring(data)
-    except ET.ParseError as e:
+        parser.Parse(data, True)
+    except _Refused as e:
+        raise SceneError(f"{name}: {e}") from None
+    except (ExpatError, ValueError) as e:
         raise SceneError(f"{name}: not well-formed XML ({e})") from None
+    return builder.close()
 
 
 def _local(tag: str) -> str:
@@ -349,21 +504,67 @@ class _SafeFiles:
 
 
 def _open_safe(fs, path: str, shown: str, polarisation: str) -> Scene:
-    names = [posixpath.relpath(p, path) for p in fs.find(path)]
+    names = []
+    for p in fs.find(path, maxdepth=3):  # annotation/calibration/*.xml is the deepest member read
+        names.append(posixpath.relpath(p, path))
+        if len(names) > SAFE_MAX_MEMBERS:
+            raise SceneError(f"{shown}: more than {SAFE_MAX_MEMBERS} files in the SAFE folder; a GRD product has a few dozen")
     return _safe_scene(_SafeFiles(fs, path, shown, names), polarisation)
 
 
+def _zip_directory(handle, shown: str) -> None:
+    """The member count and central-directory size from the zip's end record (zip64 too), checked
+    before zipfile reads the directory: listing 200,000 members cost +125 MB and 3 s."""
+    handle.seek(0, 2)
+    size = handle.tell()
+    tail_size = min(size, 22 + 0xFFFF)  # the end record and the longest comment
+    handle.seek(size - tail_size)
+    tail = handle.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return  # no end record: zipfile says the archive is not one
+    members, directory = struct.unpack("<HI", tail[at + 10 : at + 16])
+    if (members == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
+        (offset,) = struct.unpack("<Q", tail[at - 12 : at - 4])
+        if offset < size:
+            handle.seek(offset)
+            record = handle.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                members, directory = struct.unpack("<QQ", record[32:48])
+    handle.seek(0)
+    if members > SAFE_MAX_MEMBERS:
+        raise SceneError(f"{shown}: the zip declares {members} members, more than the {SAFE_MAX_MEMBERS} allowed (a GRD product has a few dozen)")
+    if directory > ZIP_MAX_DIRECTORY_BYTES:
+        raise SceneError(f"{shown}: the zip's central directory is {directory} bytes, more than the {ZIP_MAX_DIRECTORY_BYTES} allowed")
+
+
 def _open_safe_zip(fs, path: str, shown: str, polarisation: str) -> Scene:
+    try:
+        handle = fs.open(path, "rb")
+    except OSError as e:
+        raise SceneError(f"{shown}: unreadable: {_first_line(e)}") from None
+    try:
+        scene = _safe_zip_scene(handle, shown, polarisation)
+    except BaseException:
+        handle.close()
+        raise
+    scene._closers.insert(0, handle.close)
+    return scene
+
+
+def _safe_zip_scene(handle, shown: str, polarisation: str) -> Scene:
     import zipfile
 
     import fsspec
 
     try:
-        handle = fs.open(path, "rb")
+        _zip_directory(handle, shown)
         archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, struct.error) as e:
         raise SceneError(f"{shown}: not a readable zip archive (corrupt or truncated?): {_first_line(e)}") from None
     infos = archive.infolist()
+    if len(infos) > SAFE_MAX_MEMBERS:  # an end record that undercounts its directory
+        raise SceneError(f"{shown}: the zip holds {len(infos)} members, more than the {SAFE_MAX_MEMBERS} allowed")
     tops = set()
     for info in infos:
         name = info.filename
@@ -382,17 +583,12 @@ def _open_safe_zip(fs, path: str, shown: str, polarisation: str) -> Scene:
     archive.close()
     handle.seek(0)
     zfs = fsspec.filesystem("zip", fo=handle)
-    scene = _safe_scene(_SafeFiles(zfs, top, shown, names), polarisation)
-    scene._closers.insert(0, handle.close)
-    return scene
+    return _safe_scene(_SafeFiles(zfs, top, shown, names), polarisation)
 
 
 def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
-    import rasterio
     from rasterio.control import GroundControlPoint
     from rasterio.crs import CRS
-    from rasterio.errors import RasterioError
-    from rasterio.windows import Window
 
     shown = files.shown
     manifest = parse_xml(files.read("manifest.safe"), f"{shown}/manifest.safe")
@@ -427,25 +623,39 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
             ))
         except ValueError:
             raise SceneError(f"{src}: geolocation grid point {i} holds something other than numbers") from None
+    check_gcps(gcps, src, "geolocationGrid")
+    bad = next((i for i, g in enumerate(gcps) if not (-180 <= g.x <= 180 and -90 <= g.y <= 90)), None)
+    if bad is not None:
+        raise SceneError(f"{src}: geolocationGrid: point {bad} at longitude {gcps[bad].x}, latitude {gcps[bad].y} is off the Earth")
     info = _find(annotation, "imageAnnotation", "imageInformation")
     spacing = None
     if info is not None:
-        try:
-            spacing = (float(_text(info, "rangePixelSpacing", source=src)) + float(_text(info, "azimuthPixelSpacing", source=src))) / 2
-        except (SceneError, ValueError):
-            spacing = None
+        spacings = []
+        for name in ("rangePixelSpacing", "azimuthPixelSpacing"):
+            node = _find(info, name)
+            if node is None or not (node.text or "").strip():
+                break  # not annotated: measured from the grid instead
+            try:
+                value = float(node.text)
+            except ValueError:
+                raise SceneError(f"{src}: imageInformation/{name} is {node.text.strip()[:40]!r}, not a number") from None
+            spacings.append(check_spacing(value, f"imageInformation/{name}", src))
+        spacing = sum(spacings) / 2 if len(spacings) == 2 else None
 
     calibration = None
     cal_names = [n for n in files.names if posixpath.dirname(n) == "annotation/calibration" and posixpath.basename(n).lower().startswith("calibration") and token in n.lower()]
     if cal_names:
         calibration = _read_calibration(parse_xml(files.read(cal_names[0]), f"{shown}/{cal_names[0]}"), f"{shown}/{cal_names[0]}")
 
+    env = _scene_env()
     try:
-        ds = rasterio.open(posixpath.join(files.root, measurement), opener=files.fs) if not _is_local(files.fs) else rasterio.open(posixpath.join(files.root, measurement))
-    except (RasterioError, OSError, ValueError) as e:
-        raise SceneError(f"{shown}/{measurement}: not a readable TIFF (corrupt or truncated?): {_first_line(e)}") from None
+        ds = _open_tiff(files.fs, posixpath.join(files.root, measurement), f"{shown}/{measurement}")
+    except BaseException:
+        env.__exit__(None, None, None)
+        raise
     if ds.count != 1 or ds.dtypes[0] != "uint16":
         ds.close()
+        env.__exit__(None, None, None)
         raise SceneError(f"{shown}/{measurement}: {ds.count} band(s) of {ds.dtypes[0]}; a GRD measurement is one band of uint16 digital numbers")
 
     product = posixpath.basename(files.root.rstrip("/"))
@@ -456,8 +666,14 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
         acquisition_time=_optional_text(annotation, "adsHeader", "startTime"),
         footprint=_manifest_footprint(manifest), polarisation=polarisation, native_spacing_m=spacing,
     )
-    scene._reader = lambda r0, r1, c0, c1: ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-    scene._closers.append(ds.close)
+    scene._reader = _band_reader(ds, 1)
+    scene._closers += [lambda: env.__exit__(None, None, None), ds.close]
+    if spacing is None:
+        try:
+            scene.native_spacing_m = check_spacing(scene.pixel_spacing(), "pixel spacing (from the geolocation grid)", src)
+        except BaseException:
+            scene.close()
+            raise
     return scene
 
 
@@ -470,9 +686,14 @@ def _read_calibration(root: ET.Element, src: str) -> Calibration:
     vectors = [v for v in (_find(root, "calibrationVectorList") or []) if _local(v.tag) == "calibrationVector"]
     if not vectors:
         raise SceneError(f"{src}: no calibrationVectorList/calibrationVector")
+    if len(vectors) > CALIBRATION_MAX_VECTORS:
+        raise SceneError(f"{src}: {len(vectors)} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed (a GRD slice has one a second, ~30)")
     lines, pixels, values = [], None, []
     for v in vectors:
-        lines.append(float(_text(v, "line", source=src)))
+        try:
+            lines.append(float(_text(v, "line", source=src)))
+        except ValueError:
+            raise SceneError(f"{src}: calibrationVector/line holds something other than a number") from None
         px = _numbers(_text(v, "pixel", source=src), src, "pixel")
         sigma = _numbers(_text(v, "sigmaNought", source=src), src, "sigmaNought")
         if len(px) != len(sigma) or len(px) < 2:
@@ -483,6 +704,8 @@ def _read_calibration(root: ET.Element, src: str) -> Calibration:
             raise SceneError(f"{src}: calibration vectors on different pixel grids are not supported")
         values.append(sigma)
     lines_a = np.asarray(lines)
+    if not (np.all(np.isfinite(lines_a)) and np.all(np.isfinite(pixels))):
+        raise SceneError(f"{src}: calibration lines and pixels must be finite numbers")
     if np.any(np.diff(lines_a) <= 0) or np.any(np.diff(pixels) <= 0):
         raise SceneError(f"{src}: calibration lines and pixels must increase")
     sigma = np.stack(values)
