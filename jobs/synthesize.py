@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument(
         "--break-lock",
         action="store_true",
-        help="take --out's lock from a run that looks alive (one run writes a prefix at a time; a dead run's lock lapses by itself after synthesis.lease_seconds, or at once on its own host)",
+        help="take --out's lock from a run that looks alive (one run writes a prefix at a time; a dead run's lock is taken over by itself synthesis.lease_seconds after its last renewal; data/lease.py)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing")
     p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")

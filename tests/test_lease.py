@@ -1,12 +1,16 @@
 """One run writes a prefix at a time: the lease (data/lease.py) on a local folder and on the moto S3
-server (whose conditional put honours If-None-Match, as S3 does), and two synthesis runs on one
-prefix at once, as threads and as processes: either both finish with exactly N unique pairs, or the
-second is refused with one line; no shard of a differently seeded run is ever counted."""
+server (whose conditional puts honour If-None-Match and If-Match, as S3 does): exclusive creation,
+compare-and-set renewals, self-expiry, takeover only with proof, holders paused in a thread or
+stopped with SIGSTOP across a takeover; and two synthesis runs on one prefix at once, as threads and
+as processes: either both finish with exactly N unique pairs, or the second is refused with one
+line; no shard of a differently seeded run is ever counted."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +22,7 @@ import webdataset as wds
 from test_synth import SAMPLING, cfg, synthesize
 
 from dakter_scale.data import storage
-from dakter_scale.data.lease import Lease, LeaseError, check_ref, lock_name
+from dakter_scale.data.lease import Lease, LeaseError, check_ref, generations, held, lock_name
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.data.stream import GeneratedStream, StreamError
 from dakter_scale.errors import UserError
@@ -125,44 +129,207 @@ def test_a_file_system_without_its_own_exclusive_create_gets_no_lease(tmp_path, 
     lease.release()
 
 
-def test_a_lock_not_renewed_for_a_lease_is_taken_over_and_its_holder_stops(prefix):
-    now = [1000.0]
-    stale = Lease(prefix, "a hung run", lease_seconds=60, clock=lambda: now[0], heartbeat=False).acquire()
-    now[0] += 59
-    with pytest.raises(LeaseError):  # within its lease: still held
-        Lease(prefix, "impatient", lease_seconds=60, clock=lambda: now[0], heartbeat=False).acquire()
-    now[0] += 2
-    taker = Lease(prefix, "next run", lease_seconds=60, clock=lambda: now[0], heartbeat=False).acquire()
-    assert taker.generation == stale.generation + 1
-    with pytest.raises(LeaseError, match="lost its lock"):
-        stale.check()
-    with pytest.raises(LeaseError, match="lost its lock"):
-        check_ref(stale.ref())  # what its shard writers do before each marker
-    stale.release()  # gives back nothing: it no longer holds the prefix
-    taker.check()
+def stall_heartbeat(lease: Lease) -> None:
+    """Stop a holder's heartbeat thread without releasing: the holder is alive but renews no more
+    (a hung process, as far as its lock shows)."""
+    lease._stop.set()
+    lease._thread.join()
+
+
+def test_compare_and_set_writes_only_over_the_version_last_seen(prefix):
+    fs, root = storage.url_to_fs(prefix)
+    path = storage.join(root, "x.json")
+    v1 = storage.create_exclusive(fs, path, b"one")
+    v2 = storage.replace_if(fs, path, b"two", v1)
+    assert storage.read_versioned(fs, path) == (b"two", v2)
+    with pytest.raises(storage.VersionMismatch):
+        storage.replace_if(fs, path, b"stale", v1)
+    assert storage.read_versioned(fs, path)[0] == b"two"
+    fs.rm(path)
+    with pytest.raises(storage.VersionMismatch):
+        storage.replace_if(fs, path, b"back", v2)
+    fs.invalidate_cache(root)
+    assert not fs.exists(path)  # a removed object is never created again by a stale writer
+
+
+def test_a_holder_stops_writing_by_its_own_clock_before_anyone_can_take_over(prefix):
+    lease = Lease(prefix, "hung", lease_seconds=1.0, heartbeat=False).acquire()
+    assert 0.6 < lease.valid_for() <= 0.75  # L - L/4
+    with pytest.raises(LeaseError, match="being written by another run"):
+        Lease(prefix, "early", lease_seconds=1.0).acquire()  # its deadline lies ahead
+    time.sleep(lease.valid_for())
+    with pytest.raises(LeaseError, match="lapsed"):
+        lease.check()  # nobody took the prefix yet: the holder stops by itself
+    with pytest.raises(LeaseError, match="lapsed"):
+        check_ref(lease.ref())  # and so do its writers on this machine (the boot clock is shared)
+    with pytest.raises(LeaseError):
+        lease.renew()  # for good: it never renews again
+    t0 = time.monotonic()
+    taker = Lease(prefix, "next run", lease_seconds=1.0, heartbeat=False).acquire()
+    assert time.monotonic() - t0 >= 0.2  # the margin after its deadline, for its last writes to land
+    assert taker.generation == 2
     taker.release()
 
 
-def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_at_once(tmp_path):
+def test_a_holder_paused_between_its_check_and_its_renewal_never_holds_again(prefix, monkeypatch):
+    """The issue's case: a holder stopped after its check, before its renewal's write, resumed after
+    two successors. Its renewal is a compare-and-set on its own last version: the lock it names is
+    gone, so nothing is written, and it knows it lost."""
+    holder = Lease(prefix, "paused holder", lease_seconds=1.0, heartbeat=False).acquire()
+    real, paused, go = storage.replace_if, threading.Event(), threading.Event()
+
+    def pausing(*args, **kwargs):
+        if threading.current_thread().name == "paused-renewal":
+            paused.set()
+            go.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "replace_if", pausing)
+    outcome: list[object] = []
+
+    def renew() -> None:
+        try:
+            holder.renew()
+            outcome.append("renewed")
+        except LeaseError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=renew, name="paused-renewal")
+    thread.start()
+    assert paused.wait(10)  # checked, about to write
+    first = Lease(prefix, "first successor", lease_seconds=1.0, heartbeat=False).acquire(wait=5)  # hangs too
+    second = Lease(prefix, "second successor", lease_seconds=1.0).acquire(wait=5)
+    go.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseError), outcome
+    fs, root = storage.url_to_fs(prefix)
+    assert generations(fs, root) == [3]  # lock 1 was not written again
+    for lost in (holder, first):
+        with pytest.raises(LeaseError):
+            lost.check()
+        with pytest.raises(LeaseError):
+            check_ref(lost.ref())
+    second.check()
+    check_ref(second.ref())
+    assert held(fs, root, 3) and not held(fs, root, 1)
+    second.release()
+
+
+def test_held_is_false_as_soon_as_any_higher_generation_exists(prefix):
+    fs, root = storage.url_to_fs(prefix)
+    holder = Lease(prefix, "holder", heartbeat=False).acquire()
+    assert held(fs, root, 1)
+    storage.create_exclusive(fs, storage.join(root, lock_name(5)), b"{}")  # a gap: 2-4 never existed
+    assert not held(fs, root, 1)
+    with pytest.raises(LeaseError, match="lost its lock"):
+        holder.check()
+
+
+def test_a_renewal_slower_than_the_margin_ends_the_lease(tmp_path, monkeypatch):
+    lease = Lease(str(tmp_path / "out"), "slow store", lease_seconds=0.8, heartbeat=False).acquire()
+    real = storage.replace_if
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)  # the margin is 0.2 s: this write may have landed after a taker's last look
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "replace_if", slow)
+    with pytest.raises(LeaseError, match="more than the 0.2 s margin"):
+        lease.renew()
+    with pytest.raises(LeaseError):
+        lease.check()
+
+
+def test_a_pid_decides_nothing_a_dead_process_keeps_its_lock_until_its_lease_runs_out(tmp_path):
+    """Liveness by host and pid took a live lease between containers sharing a hostname. A lock is
+    now judged by its lease alone: the process that wrote it has ended, on this very host, and the
+    lock still holds until its deadline has passed by the boot clock."""
     out = tmp_path / "out"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    lease = Lease(str(out), "killed run", heartbeat=False).acquire()
+    child = subprocess.run(
+        [sys.executable, "-c", f"import os; from dakter_scale.data.lease import Lease; Lease({str(out)!r}, 'killed run', lease_seconds=2.0).acquire(); os._exit(9)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert child.returncode == 9, child.stderr
     record = json.loads((out / lock_name(1)).read_text())
-    record["pid"] = int(dead.stdout)  # as if that run had been killed outright a moment ago
-    (out / lock_name(1)).write_text(json.dumps(record))
-    lease.generation = None  # forget it without releasing, as a killed process would
-    Lease(str(out), "rerun", heartbeat=False).acquire().release()
+    assert record["host"] == socket.gethostname() and not psutil_pid_exists(record["pid"])
+    with pytest.raises(LeaseError, match="killed run"):
+        Lease(str(out), "rerun", lease_seconds=2.0).acquire()
+    rerun = Lease(str(out), "rerun", lease_seconds=2.0, heartbeat=False).acquire(wait=5)
+    assert rerun.generation == 2
+    rerun.release()
 
 
-def test_an_unreadable_lock_holds_until_it_is_a_lease_old(tmp_path):
+def psutil_pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_dead_lock_of_another_machine_is_taken_only_after_a_whole_lease_unchanged(prefix):
+    dead = Lease(prefix, "died elsewhere", lease_seconds=1.0, heartbeat=False)
+    dead.boot_id = "another-machine"  # its boot clock means nothing here
+    dead.acquire()
+    with pytest.raises(LeaseError):  # renewed within L/2 by its wall clock: refused at once
+        Lease(prefix, "early", lease_seconds=1.0).acquire()
+    time.sleep(0.6)
+    t0 = time.monotonic()
+    taker = Lease(prefix, "taker", lease_seconds=1.0, heartbeat=False).acquire()
+    assert time.monotonic() - t0 >= 1.0 and taker.generation == 2
+    with pytest.raises(LeaseError):
+        dead.check()
+    taker.release()
+
+
+@pytest.mark.parametrize("skew", [-1000.0, 1000.0], ids=["holder-behind", "holder-ahead"])
+def test_clock_skew_never_lets_a_run_take_a_live_lease(prefix, skew):
+    """Skew over 90 s took a live lease. Wall clocks now only make a run refuse sooner: a holder on
+    another machine whose clock is 1000 s off is watched, seen to renew, and refused."""
+    live = Lease(prefix, "skewed holder", lease_seconds=1.0, wall_clock=lambda: time.time() + skew)
+    live.boot_id = "another-machine"
+    live.acquire()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LeaseError, match="renewed while this run watched"):
+            Lease(prefix, "taker", lease_seconds=1.0).acquire()
+        assert time.monotonic() - t0 < 1.0  # refused at its first renewal (every 0.25 s)
+        live.check()
+    finally:
+        live.release()
+
+
+def test_a_writer_on_another_machine_writes_only_after_seeing_a_renewal(prefix):
+    holder = Lease(prefix, "holder", lease_seconds=1.0).acquire()
+    ref = holder.ref()
+    t0 = time.monotonic()
+    check_ref(ref, local_boot="another-machine")  # waits for a change it saw: at most about L/4
+    assert time.monotonic() - t0 < 0.75
+    check_ref(ref, local_boot="another-machine")  # its background reader keeps that fresh
+    stall_heartbeat(holder)
+    time.sleep(1.0)  # no renewal for a whole lease
+    with pytest.raises(LeaseError, match="not renewed"):
+        check_ref(ref, local_boot="another-machine")
+
+
+def test_the_heartbeat_keeps_a_lease_alive_past_its_length(tmp_path):
+    lease = Lease(str(tmp_path / "out"), "long run", lease_seconds=1.0).acquire()
+    try:
+        time.sleep(3.0)  # three lease lengths: renewed every 0.25 s
+        lease.check()
+        with pytest.raises(LeaseError):
+            Lease(str(tmp_path / "out"), "other", lease_seconds=1.0, heartbeat=False).acquire()
+    finally:
+        lease.release()
+
+
+def test_an_unreadable_lock_is_taken_over_after_a_lease_unchanged(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / lock_name(3)).write_bytes(b"")  # created, not yet written (or damaged)
-    with pytest.raises(LeaseError, match="lock is being written"):
-        Lease(str(out), "x", lease_seconds=60).acquire()
-    old = time.time() - 61
-    os.utime(out / lock_name(3), (old, old))
-    lease = Lease(str(out), "x", lease_seconds=60, heartbeat=False).acquire()
+    (out / lock_name(3)).write_bytes(b"")  # damaged (a lock is never seen half-written)
+    t0 = time.monotonic()
+    lease = Lease(str(out), "x", lease_seconds=0.5, heartbeat=False).acquire()
+    assert time.monotonic() - t0 >= 0.5
     assert lease.generation == 4 and not (out / lock_name(3)).exists()
     lease.release()
 
@@ -175,19 +342,9 @@ def test_break_lock_takes_a_live_lease(prefix):
     taker.release()
 
 
-def test_the_heartbeat_keeps_a_lease_alive_past_its_length(tmp_path):
-    lease = Lease(str(tmp_path / "out"), "long run", lease_seconds=0.4).acquire()
-    try:
-        time.sleep(1.2)  # three lease lengths: renewed every 0.1 s
-        with pytest.raises(LeaseError):
-            Lease(str(tmp_path / "out"), "other", lease_seconds=0.4, heartbeat=False).acquire()
-    finally:
-        lease.release()
-
-
 def test_generations_only_grow_so_a_killed_runs_writer_never_mistakes_a_later_lock_for_its_own(tmp_path):
     out = str(tmp_path / "out")
-    killed = Lease(out, "killed", lease_seconds=60, clock=lambda: 0.0, heartbeat=False).acquire()
+    killed = Lease(out, "killed", lease_seconds=60, clock=lambda: 0.0, heartbeat=False).acquire()  # its deadline: 45 s after boot
     ref = killed.ref()
     later = Lease(out, "later", heartbeat=False).acquire()  # takes over the expired lock
     later.release()
@@ -196,6 +353,85 @@ def test_generations_only_grow_so_a_killed_runs_writer_never_mistakes_a_later_lo
     with pytest.raises(LeaseError):
         check_ref(ref)
     again.release()
+
+
+# -- holders and writers stopped across a takeover (SIGSTOP), as processes ---------------------------------
+
+STOPPED_WRITER = """
+import sys, time
+from dakter_scale.data import storage
+from dakter_scale.data.lease import Lease, LeaseError, check_ref
+url, role = sys.argv[1], sys.argv[2]
+fs, root = storage.url_to_fs(url)
+if role == "holder":
+    lease = Lease(url, "stopped holder", lease_seconds=1.0).acquire()
+    check = lease.check
+else:  # a shard writer of the parent's lease, acting as one on another machine
+    ref = {"url": url, "generation": 1, "token": sys.argv[3], "lease_seconds": 1.0}
+    check = lambda: check_ref(ref, local_boot="another-machine")
+i = 0
+try:
+    while True:
+        check()
+        storage.write_bytes(fs, storage.join(root, f"written-{i:04d}.txt"), b"x")
+        print(f"wrote {i}", flush=True)
+        i += 1
+        time.sleep(0.4)
+except LeaseError as e:
+    print(f"stopped: {e}", flush=True)
+    sys.exit(3)
+"""
+
+
+def written(prefix: str) -> set[str]:
+    fs, root = storage.url_to_fs(prefix)
+    return {n for n in storage.list_dir(fs, root) if n.startswith("written-")}
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGSTOP proc and wait until the kernel shows it stopped."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    for _ in range(500):
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.01)
+    raise AssertionError("the process did not stop")
+
+
+@pytest.mark.parametrize("role", ["holder", "writer"])
+def test_a_stopped_process_never_writes_again_once_a_successor_holds_the_prefix(prefix, role):
+    """The process is stopped between two guarded writes (after it printed one: it then sleeps), a
+    successor takes the prefix, the process is continued: it writes nothing more, and says why."""
+    holder = None
+    argv = [sys.executable, "-c", STOPPED_WRITER, prefix, role]
+    if role == "writer":
+        holder = Lease(prefix, "parent holder", lease_seconds=1.0).acquire()
+        argv.append(holder.token)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):
+            line = proc.stdout.readline()
+            assert line.startswith("wrote"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        stop(proc)
+        if holder is not None:
+            stall_heartbeat(holder)  # the run it writes for hangs as well
+        successor = Lease(prefix, "successor", lease_seconds=1.0).acquire(wait=10)
+        before = written(prefix)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 3, (out, err)
+        assert out.splitlines()[-1].startswith("stopped:") and "Traceback" not in err
+        assert written(prefix) == before  # nothing after the takeover
+        successor.check()
+        fs, root = storage.url_to_fs(prefix)
+        assert generations(fs, root) == [2]
+        successor.release()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
 
 
 # -- two synthesis runs on one prefix --------------------------------------------------------------------
@@ -267,17 +503,23 @@ def test_two_synthesize_jobs_at_once_as_processes(model, prefix):
 
 
 @pytest.mark.slow  # jobs as subprocesses: ~1 min; the threaded runs above cover the default suite
-def test_a_killed_synthesize_job_leaves_a_lock_that_a_rerun_takes_over(model, tmp_path):
+def test_a_killed_synthesize_job_leaves_a_lock_that_a_rerun_takes_over_once_its_lease_ran_out(model, tmp_path):
     out = tmp_path / "out"
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"shard": 1, "after": 2}))
-    argv = job("synthesize.py") + ["--model", model, "--out", str(out), "--n", "12", "--samples-per-shard", "4", "--steps", "3", "--actors", "0"]
+    argv = job("synthesize.py") + ["--model", model, "--out", str(out), "--n", "12", "--samples-per-shard", "4", "--steps", "3", "--actors", "0", "synthesis.lease_seconds=10"]
     killed = subprocess.run(argv, env=job_env(DAKTER_FAULT_FILE=str(fault)), capture_output=True, text=True, timeout=600)
+    died = time.monotonic()
     assert killed.returncode != 0 and (out / lock_name(1)).exists()  # the process died holding the prefix
     assert any(".tmp-" in p.name for p in out.iterdir())
+    early = subprocess.run(argv, env=job_env(), capture_output=True, text=True, timeout=600)
+    if time.monotonic() - died < 7:  # its deadline (L - L/4 after its last renewal) still ahead: refused, whatever its pid
+        errors = [line for line in early.stderr.splitlines() if line.startswith("error:")]
+        assert early.returncode == 2 and len(errors) == 1 and "being written by another run" in errors[0], early.stderr
+    time.sleep(max(0.0, 10 - (time.monotonic() - died)))
     rerun = subprocess.run(argv, env=job_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert "taking over the lock" in rerun.stderr and "has ended" in rerun.stderr
+    assert "taking over the lock" in rerun.stderr
     assert len(unique_keys(str(out))) == 12 and not any(".tmp-" in p.name for p in out.iterdir())
 
 

@@ -173,14 +173,18 @@ class Lease:
     """The right to write one prefix. Use as a context manager, or acquire() / release().
 
     purpose: what the holder does, shown to a run that is refused (never credentials).
-    clock: the deadline clock (``boot_clock``); passed in by tests that need to move it.
+    clock: the deadline clock (``boot_clock``); wall_clock: what the record shows as renewal times
+    (``time.time``); tests pass others to act as a machine whose clocks differ.
     heartbeat: renew from a background thread every lease_seconds / 4.
     """
 
-    def __init__(self, url: str, purpose: str, lease_seconds: float = DEFAULT_LEASE_SECONDS, clock: Callable[[], float] = boot_clock, heartbeat: bool = True):
+    def __init__(
+        self, url: str, purpose: str, lease_seconds: float = DEFAULT_LEASE_SECONDS, clock: Callable[[], float] = boot_clock,
+        heartbeat: bool = True, wall_clock: Callable[[], float] = time.time,
+    ):
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
-        self.url, self.purpose, self.lease_seconds, self.clock = url, purpose, float(lease_seconds), clock
+        self.url, self.purpose, self.lease_seconds, self.clock, self.wall_clock = url, purpose, float(lease_seconds), clock, wall_clock
         self.margin = self.lease_seconds * MARGIN_FRACTION
         self.fs, self.root = storage.url_to_fs(url)
         self.token = uuid.uuid4().hex
@@ -201,7 +205,7 @@ class Lease:
     # -- what is there
 
     def _record(self, generation: int, valid_until: float, released: bool = False) -> bytes:
-        now = time.time()
+        now = self.wall_clock()
         holder = Holder(self.token, self.purpose, self.started or now, now, self.lease_seconds, generation, self.host, self.pid, self._renewal, self.boot_id, valid_until, released)
         return (json.dumps(asdict(holder), indent=2, sort_keys=True) + "\n").encode()
 
@@ -240,7 +244,7 @@ class Lease:
                         continue
                 generation = top + 1
             start = self.clock()
-            self.started = time.time()
+            self.started = self.wall_clock()
             self._renewal = 0
             record = self._record(generation, start + self.lease_seconds - self.margin)
             try:
@@ -275,9 +279,9 @@ class Lease:
         shared = holder is not None and holder.valid_until is not None and bool(holder.boot_id) and holder.boot_id == self.boot_id
         if shared and first_seen < holder.valid_until:
             raise self._refusal(holder, "")  # its own deadline, on this machine's clock, lies ahead
-        if not shared and holder is not None and abs(time.time() - holder.renewed) <= self.lease_seconds / 2:
+        if not shared and holder is not None and abs(self.wall_clock() - holder.renewed) <= self.lease_seconds / 2:
             raise self._refusal(holder, "")  # wall clocks only ever make a run refuse sooner
-        name = holder.describe(time.time()) if holder else f"{lock_name(top)} (unreadable)"
+        name = holder.describe(self.wall_clock()) if holder else f"{lock_name(top)} (unreadable)"
         wait = holder.valid_until + holder.lease_seconds * MARGIN_FRACTION - first_seen if shared else self.lease_seconds
         log.warning("%s: the lock of %s is not being renewed; watching it for up to %s s before taking it over", self._where, name, _secs(wait))
         poll = max(0.02, min(self.lease_seconds / 16, 2.0))
@@ -297,7 +301,7 @@ class Lease:
                 raise self._refusal(renewed, " (renewed while this run watched it)")
 
     def _refusal(self, holder: Holder | None, note: str) -> LeaseError:
-        who = holder.describe(time.time()) if holder else "a run whose lock cannot be read"
+        who = holder.describe(self.wall_clock()) if holder else "a run whose lock cannot be read"
         return LeaseError(
             f"{self._where} is being written by another run: {who}{note}. One run writes a prefix at a time: wait for it, "
             f"or choose another --out; if that run is dead, its lock is taken over {_secs(self.lease_seconds)} s after its last renewal"
@@ -315,7 +319,7 @@ class Lease:
     def _lose(self, why: str) -> LeaseError:
         with self._state:
             if self._lost is None:
-                self._lost = f"{self._where}: this run no longer holds its lock ({why}). Stopped writing; finished shards are kept"
+                self._lost = f"{self._where}: this run lost its lock ({why}). Stopped writing; finished shards are kept"
             return LeaseError(self._lost)
 
     def valid_for(self) -> float:
@@ -333,7 +337,7 @@ class Lease:
             raise self._lose(f"its lease lapsed: not renewed within {_secs(self.lease_seconds - self.margin)} s by its own clock")
         if not held(self.fs, self.root, self.generation):
             holder = self.holder()
-            raise self._lose(f"the prefix is now held by {holder.describe(time.time()) if holder else 'nobody (the lock was removed)'}")
+            raise self._lose(f"the prefix is now held by {holder.describe(self.wall_clock()) if holder else 'nobody (the lock was removed)'}")
 
     def renew(self) -> None:
         """Rewrite our lock with a fresh deadline, conditionally on our last version (after check).
