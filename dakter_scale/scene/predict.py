@@ -44,7 +44,7 @@ from dakter_scale import __version__
 from dakter_scale.data import storage
 from dakter_scale.data.real import normalise
 from dakter_scale.errors import UserError
-from dakter_scale.scene import outputs
+from dakter_scale.scene import outputs, stac
 from dakter_scale.scene.radiometry import Conversion, Scale, decimation, default_convention, lut_at, plan_conversion, plan_scale, to_codes
 from dakter_scale.scene.read import Scene, SceneError, open_scene
 from dakter_scale.scene.tile import Blender
@@ -181,6 +181,7 @@ class Predictor:
             # One run writes a folder at a time: two would share .work and remove each other's files.
             lease = held.enter_context(Lease(str(out), purpose=f"predict {scene.source}").acquire()) if lease_ref is None else None
             (out / outputs.RECORD).unlink(missing_ok=True)  # a rerun into a finished folder starts over
+            (out / stac.ITEM_FILE).unlink(missing_ok=True)
             transform, gcps = self._grid_georef(scene, fy, fx)
             land_class = self.classes.index("land") if "land" in self.classes else None
             land_mask = self._land_rasteriser(scene, fy, fx, grid_w) if o.land else None
@@ -209,6 +210,7 @@ class Predictor:
             timings["total_seconds"] = round(time.time() - t_start, 3)
             timings["tiles_per_second"] = round(tiles["count"] / timings["tiles_seconds"], 3) if timings["tiles_seconds"] > 0 else None
             record = self._record(scene, conversion, scale, (grid_h, grid_w), tiles, fc, timings)
+            stac.write_item(out, record, scene)  # item.json (when the scene has an acquisition time), before predict.json
             outputs.sync(out, record["outputs"])  # every output on disk before the record that says the scene is done
             if lease is not None:
                 lease.check()
@@ -719,4 +721,5 @@ def _predict_many(student: str, urls: list[str], names: list[str], out: str, opt
     summary.failed = {n: r for n, r in failures.items() if n not in summary.written}
     summary.seconds = round(time.time() - t0, 3)
     (Path(out) / "predict_summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    stac.write_collection(Path(out), names)  # last: the catalogue of the scenes' item.json files
     return summary
