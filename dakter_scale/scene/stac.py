@@ -1,4 +1,4 @@
-"""STAC records of scene predictions (docs/inference.md, "STAC"): ``item.json`` beside each scene's outputs
+"""STAC records of scene predictions (README, "STAC"): ``item.json`` beside each scene's outputs
 and ``collection.json`` over a many-scene run, so that catalogues and tile servers (stac-fastapi, titiler,
 pystac) index the COGs and the slicks without reading predict.json.
 
