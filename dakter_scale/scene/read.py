@@ -560,6 +560,8 @@ def _safe_zip_scene(handle, shown: str, polarisation: str) -> Scene:
     try:
         _zip_directory(handle, shown)
         archive = zipfile.ZipFile(handle)
+    except SceneError:
+        raise
     except (zipfile.BadZipFile, OSError, ValueError, struct.error) as e:
         raise SceneError(f"{shown}: not a readable zip archive (corrupt or truncated?): {_first_line(e)}") from None
     infos = archive.infolist()

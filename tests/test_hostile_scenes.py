@@ -1,0 +1,461 @@
+"""Scenes from strangers (issue 29): hostile scene files, written here, run through jobs/predict.py.
+
+Each case exits 2 with one line on stderr naming the file or the flag, no traceback, within seconds, with
+its peak memory measured and bounded; no input byte changes and nothing is written anywhere (--out
+included: the checks come before the output folder is made). The matrix runs jobs/predict.py's main() once
+per case in one child process (``CHILD``: a fresh interpreter per case costs ~6-15 s on the shared CPU),
+with stderr captured at the file descriptor (GDAL's C messages included) and the peak RSS reset before
+each case (/proc/self/clear_refs), so each case's peak above its starting RSS is its own; a refused missing
+scene is the baseline (the job's work before it opens a scene: the student loaded). One case also runs as a
+process of its own, its exit status and peak RSS (wait4) against a baseline process's. The readers' own
+guarantees (no sibling overviews, decimated reads, the bracketing calibration vectors, PNG/JPEG only, the
+grid caps, the output folder's lease) are tested in this process below."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dakter_scale.scene.read import SceneError, open_scene
+
+from conftest import ROOT, job
+from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_safe
+
+# A case's peak RSS above the baseline's (MB) and its seconds above the baseline's. Measured here (the test
+# prints them with -s): at most +33 MB and +3.6 s, on a loaded 2-core machine (the 80,000-vector calibration
+# file, 15 MB of XML parsed by expat's Python handlers up to the element cap); unbounded, that file cost
+# +650 MB, and each tile 1.6 s.
+MEMORY_MARGIN_MB = 64
+SECONDS_MARGIN = 10.0
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A student folder as jobs/predict.py reads it (random weights: every case is refused before a tile runs)."""
+    from dakter_scale.data.synthetic_sar import CLASSES
+    from dakter_scale.student.models import build_student, save_student
+
+    folder = tmp_path_factory.mktemp("student") / "s"
+    return str(save_student(folder, build_student("unet", "resnet18", len(CLASSES), None, 3), dict(info(10.0), arch="unet", encoder="resnet18", encoder_depth=3)))
+
+
+def run_predict(args: list[str], work: Path) -> dict:
+    """jobs/predict.py in a child process; its exit code, stderr, seconds and peak RSS (MB, its own)."""
+    with open(work / "stdout.txt", "w+") as out, open(work / "stderr.txt", "w+") as err:
+        t0 = time.monotonic()
+        child = subprocess.Popen(job("predict.py") + args, stdout=out, stderr=err, env=dict(os.environ, DAKTER_PROGRESS="0"))
+        watchdog = threading.Timer(300, child.kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            watchdog.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - t0
+        err.seek(0)
+        return {"rc": child.returncode, "stderr": err.read(), "seconds": seconds, "peak_mb": usage.ru_maxrss / 1024}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (the case's inputs and everything beside them)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def baseline(student, tmp_path_factory):
+    work = tmp_path_factory.mktemp("baseline")
+    r = run_predict(["--student", student, "--scene", str(work / "missing.tif"), "--out", str(work / "out")], work)
+    assert r["rc"] == 2 and "no such scene" in r["stderr"], r["stderr"]
+    return r
+
+
+# -- the hostile files ------------------------------------------------------------------------------------
+
+
+def _safe(root: Path, codes=None) -> Path:
+    return write_safe(root, draw_codes(60, 80) if codes is None else codes, polarisations=("vv",))
+
+
+def _annotation(safe: Path) -> Path:
+    return next((safe / "annotation").glob("*.xml"))
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A DTD whose top entity expands to 10**levels copies of "lol" (billion laughs)."""
+    entities = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, levels + 1)]
+    return "<!DOCTYPE product [" + "".join(entities) + "]>"
+
+
+def vrt_behind_tif(root: Path) -> Path:
+    """A VRT (XML naming another file) saved as scene.tif: GDAL would read the named file through it."""
+    secret = write_geotiff(root / "secret.tif", np.full((64, 64), 77, dtype=np.uint8))
+    scene = root / "scene.tif"
+    scene.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32631</SRS><GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>'
+                     f'<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="0">{secret}</SourceFilename><SourceBand>1</SourceBand>'
+                     f"</SimpleSource></VRTRasterBand></VRTDataset>")
+    return scene
+
+
+def vrt_scene(root: Path) -> Path:
+    tif = vrt_behind_tif(root)
+    return tif.rename(root / "scene.vrt")
+
+
+def utf8_dtd(root: Path) -> Path:
+    safe = _safe(root)
+    ann = _annotation(safe)
+    text = ann.read_text()
+    ann.write_text(text.replace("<product>", billion_laughs() + "<product>", 1).replace("<missionId>S1A</missionId>", "<missionId>&lol9;</missionId>", 1))
+    return safe
+
+
+def utf16_dtd(root: Path) -> Path:
+    """The same DTD in UTF-16: a byte search for "<!DOCTYPE" finds nothing in it."""
+    safe = _safe(root)
+    ann = _annotation(safe)
+    text = ann.read_text().replace('encoding="UTF-8"', 'encoding="UTF-16"', 1)
+    text = text.replace("<product>", billion_laughs() + "<product>", 1).replace("<missionId>S1A</missionId>", "<missionId>&lol9;</missionId>", 1)
+    ann.write_bytes(text.encode("utf-16"))
+    assert b"<!DOCTYPE" not in ann.read_bytes() and b"<!ENTITY" not in ann.read_bytes()
+    return safe
+
+
+def forty_gigapixels(root: Path) -> Path:
+    """A GeoTIFF of a few kB declaring 200,000 x 200,000 pixels (sparse: no tile written)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = root / "huge.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=200_000, width=200_000, count=1, dtype="uint8", crs="EPSG:32631", transform=from_origin(500000, 5000000, 10, 10),
+                       tiled=True, blockxsize=8192, blockysize=8192, sparse_ok=True, BIGTIFF="YES"):
+        pass
+    assert path.stat().st_size < 100_000
+    return path
+
+
+def coarse_geotiff(root: Path) -> Path:
+    """5 km pixels: a spacing a GeoTIFF may hold, but 500 times the student's 10 m (a grid 500 times the scene per side)."""
+    return write_geotiff(root / "coarse.tif", sigma0_of(draw_codes(40, 40)), spacing=5000.0)
+
+
+def spacing_safe(value: str):
+    def write(root: Path) -> Path:
+        safe = _safe(root)
+        ann = _annotation(safe)
+        ann.write_text(ann.read_text().replace("<rangePixelSpacing>1.0e+01</rangePixelSpacing>", f"<rangePixelSpacing>{value}</rangePixelSpacing>", 1))
+        return safe
+
+    return write
+
+
+def degenerate_grid(root: Path) -> Path:
+    """Every geolocation grid point at one place on the ground."""
+    safe = _safe(root)
+    ann = _annotation(safe)
+    text = re.sub(r"<latitude>[^<]*</latitude>", "<latitude>45.0</latitude>", ann.read_text())
+    ann.write_text(re.sub(r"<longitude>[^<]*</longitude>", "<longitude>3.0</longitude>", text))
+    return safe
+
+
+def collinear_gcps(root: Path) -> Path:
+    """A GeoTIFF whose GCPs lie on one line in pixel space."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    path = root / "line.tif"
+    codes = draw_codes(64, 64)
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint8") as ds:
+        ds.gcps = ([GroundControlPoint(row=i * 16.0, col=i * 16.0, x=500000.0 + 10 * i, y=5000000.0 - 30 * i * i) for i in range(5)], CRS.from_epsg(32631))
+        ds.write(codes[None])
+    return path
+
+
+def many_vectors(root: Path) -> Path:
+    """A calibration file of 80,000 vectors (15 MB of XML)."""
+    safe = _safe(root)
+    cal = next((safe / "annotation" / "calibration").glob("*.xml"))
+    vectors = "".join(f'<calibrationVector><azimuthTime>2026-01-01T05:45:12.123456</azimuthTime><line>{i}</line><pixel count="3">0 40 79</pixel>'
+                      f'<sigmaNought count="3">4.0e+02 4.1e+02 4.2e+02</sigmaNought></calibrationVector>' for i in range(80_000))
+    cal.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<calibration><calibrationVectorList count="80000">{vectors}</calibrationVectorList></calibration>\n')
+    assert cal.stat().st_size > 14_000_000
+    return safe
+
+
+@pytest.fixture(scope="module")
+def many_members(tmp_path_factory) -> Path:
+    """A zip of 200,000 members (zip64: the count does not fit the classic end record), written once."""
+    path = tmp_path_factory.mktemp("zip") / "members.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("X.SAFE/manifest.safe", "<a/>")
+        for i in range(199_999):
+            z.writestr(f"X.SAFE/support/{i}.xml", b"")
+    return path
+
+
+def png_that_is_not(root: Path) -> Path:
+    """A GIF named scene.png: Pillow would pick the GIF decoder from its content."""
+    from PIL import Image
+
+    path = root / "scene.png"
+    Image.fromarray(draw_codes(32, 32)).save(path, format="GIF")
+    return path
+
+
+CASES = {
+    "vrt-behind-tif": (vrt_behind_tif, r"scene\.tif: not a TIFF file .*GTiff driver alone"),
+    "vrt": (vrt_scene, r"scene\.vrt: VRT scenes are refused"),
+    "png-that-is-a-gif": (png_that_is_not, r"scene\.png: not a PNG or JPEG image"),
+    "utf8-dtd": (utf8_dtd, r"s1a-iw-grd-vv.*\.xml: XML with a document type declaration or entities is refused"),
+    "utf16-dtd": (utf16_dtd, r"s1a-iw-grd-vv.*\.xml: XML with a document type declaration or entities is refused"),
+    "40-gigapixels": (forty_gigapixels, r"huge\.tif: 200000 x 200000 pixels \(40,000 megapixels\), more than --max-scene-pixels"),
+    "5-km-pixels": (coarse_geotiff, r"coarse\.tif: the model grid needs 0\.002 scene pixels per model pixel .*beyond --max-resample-factor 64"),
+    "spacing-absurd": (spacing_safe("1.0e+06"), r"\.xml: imageInformation/rangePixelSpacing is 1000000\.0 m"),
+    "spacing-nan": (spacing_safe("NaN"), r"\.xml: imageInformation/rangePixelSpacing is nan m"),
+    "spacing-inf": (spacing_safe("INF"), r"\.xml: imageInformation/rangePixelSpacing is inf m"),
+    "spacing-zero": (spacing_safe("0"), r"\.xml: imageInformation/rangePixelSpacing is 0\.0 m"),
+    "degenerate-grid": (degenerate_grid, r"\.xml: geolocationGrid: the ground positions are degenerate"),
+    "collinear-gcps": (collinear_gcps, r"line\.tif: ground control points: the pixel positions are degenerate"),
+    "80000-vectors": (many_vectors, r"calibration-s1a-iw-grd-vv.*\.xml: more than 250000 XML elements"),
+}
+
+
+def check_refused(r: dict, message: str, baseline: dict) -> None:
+    lines = r["stderr"].strip().splitlines()
+    assert r["rc"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), r["stderr"][-3000:]
+    assert "Traceback" not in r["stderr"]
+    assert re.search(message, lines[0]), lines[0]
+    assert r["seconds"] < baseline["seconds"] + SECONDS_MARGIN, (r["seconds"], baseline["seconds"])
+    assert r["peak_mb"] < baseline["peak_mb"] + MEMORY_MARGIN_MB, (r["peak_mb"], baseline["peak_mb"])
+
+
+CHILD = r"""
+import contextlib, ctypes, gc, json, os, runpy, sys, tempfile, time, traceback
+cases = json.load(open(sys.argv[1]))
+main = runpy.run_path(os.path.join(sys.argv[2], "jobs", "predict.py"), run_name="hostile")["main"]
+libc = ctypes.CDLL("libc.so.6")
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":")) / 1024
+results = {}
+for name, argv in cases.items():
+    gc.collect(); libc.malloc_trim(0)  # freed memory of the case before goes back to the system
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    start = status("VmRSS")
+    with tempfile.TemporaryFile("w+") as err:
+        sys.stderr.flush(); saved = os.dup(2); os.dup2(err.fileno(), 2)
+        t0 = time.monotonic()
+        try:
+            sys.argv = ["predict.py"] + argv
+            main()
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc(); rc = 1
+        seconds = time.monotonic() - t0
+        sys.stderr.flush(); os.dup2(saved, 2); os.close(saved)
+        err.seek(0); text = err.read()
+    results[name] = {"rc": rc, "stderr": text, "seconds": seconds, "peak_mb": status("VmHWM") - start}
+print(json.dumps(results))
+"""
+
+
+def out_cases(root: Path, student: str) -> dict[str, list[str]]:
+    """--out over the input, on an existing file, and dot names with --scenes (OUT_CASES)."""
+    inputs = root / "out-inputs"
+    inputs.mkdir()
+    safe = _safe(inputs)
+    tif = write_geotiff(inputs / "probabilities.tif", sigma0_of(draw_codes(40, 40)))  # a scene named like an output
+    (root / "taken").write_text("a file")
+    dots = root / "dots"
+    dots.mkdir()
+    write_geotiff(dots / "fine.tif", sigma0_of(draw_codes(40, 40)))
+    write_geotiff(dots / "...tif", sigma0_of(draw_codes(40, 40)))  # would be written to "..": beside --out
+    scene = ["--student", student, "--scene"]
+    return {"out-is-the-safe": scene + [str(safe), "--out", str(safe)],
+            "out-inside-the-safe": scene + [str(safe), "--out", str(safe / "measurement")],
+            "out-holds-the-scene": scene + [str(tif), "--out", str(inputs)],
+            "out-is-a-file": scene + [str(tif), "--out", str(root / "taken")],
+            "scenes-inside-out": ["--student", student, "--scenes", str(inputs / "*.tif"), "--out", str(inputs), "--actors", "0"],
+            "dot-names": ["--student", student, "--scenes", str(dots), "--out", str(root / "dots-out"), "--actors", "0"]}
+
+
+OUT_CASES = {
+    "out-is-the-safe": r"--out .*\.SAFE is, contains or lies inside the scene",
+    "out-inside-the-safe": r"--out .*measurement is, contains or lies inside the scene",
+    "out-holds-the-scene": r"--out .*out-inputs is, contains or lies inside the scene .*probabilities\.tif",
+    "out-is-a-file": r"--out .*taken: exists and is not a folder",
+    "scenes-inside-out": r"--out .*out-inputs is, contains or lies inside the scene",
+    "dot-names": r"scene .*/\.\.\.tif would be written to a folder named '\.\.'",
+}
+
+
+@pytest.fixture(scope="module")
+def matrix(student, tmp_path_factory):
+    """Every case of CASES (and a baseline) through main() in one child process; inputs hashed before and after."""
+    root = tmp_path_factory.mktemp("hostile")
+    missing = ["--student", student, "--scene", str(root / "missing.tif"), "--out", str(root / "baseline-out")]
+    # The first run imports what the job imports lazily: a warm-up, so that the baseline is the job's own work.
+    argv, before = {"warm-up": missing, "baseline": missing}, {}
+    for name, (write, _) in CASES.items():
+        inputs = root / name
+        inputs.mkdir()
+        argv[name] = ["--student", student, "--scene", str(write(inputs)), "--out", str(root / f"{name}-out")]
+        before[name] = snapshot(inputs)
+    argv.update(out_cases(root, student))
+    (root / "cases.json").write_text(json.dumps(argv))
+    listing = snapshot(root)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(root / "cases.json"), str(ROOT)], capture_output=True, text=True, timeout=600, env=dict(os.environ, DAKTER_PROGRESS="0"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    assert snapshot(root) == listing  # no input byte changed, nothing written anywhere
+    for name in CASES:
+        results[name]["unchanged"] = snapshot(root / name) == before[name]
+        results[name]["out_exists"] = (root / f"{name}-out").exists()
+    results["root"] = str(root)
+    return results
+
+
+@pytest.mark.parametrize("case", list(OUT_CASES))
+def test_outputs_never_touch_inputs(case, matrix):
+    """Refused before anything is written (the matrix checks every file under its root, inputs included)."""
+    check_refused(matrix[case], OUT_CASES[case], matrix["baseline"])
+    assert not (Path(matrix["root"]) / "dots-out").exists()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_hostile_scene_is_refused_in_one_line(case, matrix):
+    baseline, r = matrix["baseline"], matrix[case]
+    assert baseline["rc"] == 2 and "no such scene" in baseline["stderr"], baseline["stderr"]
+    check_refused(r, CASES[case][1], baseline)
+    assert r["unchanged"] and not r["out_exists"]
+    print(f"{case}: {r['seconds']:.2f} s, peak +{r['peak_mb']:.0f} MB (baseline {baseline['seconds']:.2f} s, +{baseline['peak_mb']:.0f} MB)")
+
+
+def test_a_zip_of_200000_members_is_refused_by_a_process_of_its_own(many_members, student, baseline, tmp_path):
+    """As a process of its own, against a baseline process: exit status 2, one line, its peak RSS (wait4)."""
+    before = hashlib.sha256(many_members.read_bytes()).hexdigest()
+    r = run_predict(["--student", student, "--scene", str(many_members), "--out", str(tmp_path / "out")], tmp_path)
+    check_refused(r, r"members\.zip: the zip declares 200000 members, more than the 1000 allowed", dict(baseline, seconds=baseline["seconds"] + 10))
+    assert hashlib.sha256(many_members.read_bytes()).hexdigest() == before and not (tmp_path / "out").exists()
+    print(f"200000-member zip: {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB (baseline process {baseline['seconds']:.1f} s, {baseline['peak_mb']:.0f} MB)")
+
+
+# -- the readers' own guarantees, in this process ---------------------------------------------------------
+
+
+def test_a_sibling_overview_is_never_read(tmp_path):
+    """GDAL opens scene.tif.ovr with any driver (a VRT included) and reads it for decimated windows:
+    with the sibling scan off, the scene's own pixels are what a decimated read returns."""
+    write_geotiff(tmp_path / "secret.tif", np.full((32, 32), 200, dtype=np.uint8))
+    scene = write_geotiff(tmp_path / "scene.tif", np.full((64, 64), 5, dtype=np.uint8))
+    (tmp_path / "scene.tif.ovr").write_text('<VRTDataset rasterXSize="32" rasterYSize="32"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+                                            '<SourceFilename relativeToVRT="1">secret.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    with open_scene(str(scene)) as s:
+        assert s.read(0, 64, 0, 64, out_shape=(32, 32)).max() == 5
+        assert s.read(0.5, 63.5, 0.5, 63.5, out_shape=(7, 7), resampling="rms").max() == 5
+
+
+def test_decimated_reads_average_what_they_cover(tmp_path):
+    """GDAL's average over fractional windows equals the area mean; rms of digital numbers is the root of
+    the mean intensity (so DN^2 / A^2 is the mean sigma-nought)."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 2000, (96, 120)).astype(np.float32)
+    scene = write_geotiff(tmp_path / "f.tif", data)
+    with open_scene(str(scene)) as s:
+        got = s.read(0, 96, 0, 120, out_shape=(12, 10))
+        assert np.allclose(got, data.reshape(12, 8, 10, 12).mean(axis=(1, 3)), rtol=1e-5)
+        rms = s.read(0, 96, 0, 120, out_shape=(12, 10), resampling="rms")
+        assert np.allclose(rms, np.sqrt((data.astype(np.float64) ** 2).reshape(12, 8, 10, 12).mean(axis=(1, 3))), rtol=1e-4)
+
+
+def test_calibration_is_interpolated_from_the_bracketing_vectors_only():
+    from dakter_scale.scene.radiometry import lut_at
+
+    rng = np.random.default_rng(1)
+    lines, pixels = np.arange(80_000, dtype=np.float64) * 3.0, np.linspace(0, 25_000, 700)
+    values = 400 + rng.random((80_000, 700))
+    rows, cols = np.arange(1000.0, 1512.0) + 0.25, np.arange(5000.0, 5512.0)
+    t0 = time.perf_counter()
+    got = lut_at(lines, pixels, values, rows, cols)
+    seconds = time.perf_counter() - t0
+    first, last = int(rows[0] // 3), int(rows[-1] // 3) + 2
+    assert np.array_equal(got, lut_at(lines[first:last], pixels, values[first:last], rows, cols))
+    # By hand at one pixel: bilinear between the two lines that bracket it.
+    r, c = rows[7], cols[3]
+    i = int(r // 3)
+    along = [np.interp(c, pixels, values[k]) for k in (i, i + 1)]
+    assert got[7, 3] == pytest.approx(along[0] + (r - lines[i]) / 3.0 * (along[1] - along[0]))
+    assert seconds < 0.5, seconds  # every vector interpolated: 1.6 s (issue 29)
+
+
+def test_calibration_vector_count_is_capped(tmp_path):
+    from dakter_scale.scene.read import CALIBRATION_MAX_VECTORS
+
+    safe = _safe(tmp_path)
+    cal = next((safe / "annotation" / "calibration").glob("*.xml"))
+    n = CALIBRATION_MAX_VECTORS + 1
+    vectors = "".join(f'<calibrationVector><line>{i}</line><pixel count="2">0 79</pixel><sigmaNought count="2">4.0e+02 4.1e+02</sigmaNought></calibrationVector>' for i in range(n))
+    cal.write_text(f'<?xml version="1.0"?>\n<calibration><calibrationVectorList count="{n}">{vectors}</calibrationVectorList></calibration>\n')
+    with pytest.raises(SceneError, match=rf"calibration-.*\.xml: {n} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed"):
+        open_scene(str(safe))
+
+
+def test_images_are_png_or_jpeg_within_their_caps(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dakter_scale.data import real
+
+    codes = draw_codes(40, 50)
+    for fmt, name in (("PNG", "a.png"), ("JPEG", "a.jpg")):
+        Image.fromarray(codes).save(tmp_path / name, format=fmt)
+        with open_scene(str(tmp_path / name)) as s:
+            assert (s.height, s.width) == (40, 50)
+    for fmt in ("TIFF", "BMP", "GIF"):
+        Image.fromarray(codes).save(tmp_path / "x.png", format=fmt)
+        with pytest.raises(SceneError, match=r"x\.png: not a PNG or JPEG image"):
+            open_scene(str(tmp_path / "x.png"))
+    monkeypatch.setattr(real, "IMAGE_MAX_PIXELS", 40 * 50 - 1)
+    with pytest.raises(SceneError, match=r"a\.png: 50 x 40 pixels, more than the 1999 allowed"):
+        open_scene(str(tmp_path / "a.png"))
+    monkeypatch.setattr(real, "IMAGE_MAX_BYTES", 100)
+    with pytest.raises(SceneError, match=r"a\.png: \d+ bytes, more than the 100 allowed for an image"):
+        open_scene(str(tmp_path / "a.png"))
+
+
+def test_the_grid_caps_name_their_flags(tmp_path):
+    from dakter_scale.scene.predict import PredictError, PredictOptions, Predictor
+
+    scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(100, 120)))
+    for options, message in (({"max_scene_pixels": 11_999}, r"s\.tif: 100 x 120 pixels .*more than --max-scene-pixels 11999"),
+                             ({"max_grid_pixels": 2_999}, r"s\.tif: a model grid of 50 x 60 pixels \(factor 2\), more than --max-grid-pixels 2999"),
+                             ({"max_resample_factor": 1.5}, r"s\.tif: the model grid needs 2 scene pixels per model pixel .*beyond --max-resample-factor 1\.5")):
+        with pytest.raises(PredictError, match=message):
+            Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8, **options), device="cpu", info=info(20.0))(str(scene), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8, max_grid_pixels=3_000), device="cpu", info=info(20.0))(str(scene), tmp_path / "out")
+    assert record["conventions"]["grid"] == {"height": 50, "width": 60} and record["options"]["max_grid_pixels"] == 3_000
+
+
+def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
+    from dakter_scale.data.lease import Lease, LeaseError
+    from dakter_scale.scene.predict import PredictOptions, Predictor
+
+    scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(64, 64)))
+    with Lease(str(tmp_path / "out"), purpose="another predict run").acquire():
+        with pytest.raises(LeaseError, match="being written by another run: another predict run"):
+            Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
+    assert not (tmp_path / "out" / "predict.json").exists()
+    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
+    assert (tmp_path / "out" / "predict.json").exists() and record["tiling"]["count"] == 9
