@@ -598,7 +598,8 @@ def test_ray_cluster_yaml_is_a_valid_autoscaler_config_with_token_auth():
     raw = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
     validate_config(prepare_config(raw))  # Ray's own schema; no cloud is contacted
     assert raw["provider"]["type"] == "aws" and raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
-    assert any("pip install" in c and "-e ~/dakter-scale" in c for c in raw["setup_commands"])
+    # the project with every extra, so the nodes get pyproject's floors (Ray, s3fs, botocore), not the image's
+    assert [c for c in raw["setup_commands"] if "pip install" in c and "dakter-scale" in c] == ['python3 -m pip install -q "$HOME/dakter-scale[all]"']
     starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert "--dashboard-host=127.0.0.1" in raw["head_start_ray_commands"][-1]
