@@ -128,3 +128,9 @@ def test_s3_webdataset_pipeline_and_hf_recipe(model, s3_bucket, tmp_path, monkey
     assert_same(reference, list(webdataset_pipeline(url, labels="soft", verify="sha256")))
     ds = interop.hf_dataset(url, labels="soft", cache_dir=str(tmp_path / "hf"))
     assert_same(reference, [ds[i] for i in range(len(ds))])
+    # the set's card is beside its shards on the bucket too, and lists the same finished shards
+    from huggingface_hub import DatasetCard
+
+    fs, root = storage.url_to_fs(url)
+    card = DatasetCard(fs.cat_file(storage.join(root, "README.md")).decode())
+    assert card.data.to_dict()["configs"][0]["data_files"][0]["path"] == [u.rsplit("/", 1)[1] for u in urls]

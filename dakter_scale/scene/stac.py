@@ -199,8 +199,15 @@ def collection(out: Path, names: list[str]) -> dict:
 
 
 def write_collection(out: Path, names: list[str]) -> dict:
-    """Write OUT/collection.json (atomically, durably) and return it."""
+    """Write OUT/collection.json (atomically, durably) and return it; a rerun that finds it as it would
+    write it leaves it untouched, as it leaves the finished scenes."""
     stac_collection = collection(out, names)
-    fs, path = storage.url_to_fs(str(out / COLLECTION_FILE))
+    target = out / COLLECTION_FILE
+    try:
+        if json.loads(target.read_text()) == stac_collection:
+            return stac_collection
+    except (OSError, ValueError):
+        pass
+    fs, path = storage.url_to_fs(str(target))
     storage.write_json(fs, path, stac_collection)
     return stac_collection
