@@ -117,13 +117,17 @@ def corner_lonlat(row: float, col: float, height: int, width: int) -> tuple[floa
     return lon, lat
 
 
-def write_safe(root: Path, codes: np.ndarray, polarisations=("vv", "vh"), a_sigma: float = 400.0, calibration: bool = True) -> Path:
+def write_safe(root: Path, codes, polarisations=("vv", "vh"), a_sigma: float = 400.0, calibration: bool = True, shape: tuple[int, int] | None = None) -> Path:
     """A SAFE-layout GRD folder: manifest.safe (with the footprint), per polarisation an annotation with a
     geolocation grid, a calibration file with a sigma-nought LUT (a constant A plus a gentle range ramp),
-    and a uint16 measurement TIFF of DN = A sqrt(sigma0)."""
+    and a uint16 measurement TIFF of DN = A sqrt(sigma0). ``codes``: the 8-bit codes (H, W), or, for a
+    scene too large to hold, a function (row0, row1) -> those rows with ``shape`` (H, W): the measurement is
+    then written 1,024 rows at a time."""
     import rasterio
+    from rasterio.windows import Window
 
-    height, width = codes.shape
+    height, width = codes.shape if shape is None else shape
+    rows_of = (lambda r0, r1: codes[r0:r1]) if shape is None else codes
     safe = root / f"{PRODUCT}.SAFE"
     for sub in ("measurement", "annotation/calibration"):
         (safe / sub).mkdir(parents=True, exist_ok=True)
@@ -138,9 +142,10 @@ def write_safe(root: Path, codes: np.ndarray, polarisations=("vv", "vh"), a_sigm
     pixels = np.linspace(0, width - 1, 7).round().astype(int)
     lut_pixels = np.linspace(0, width - 1, 9).round().astype(int)
     a_of = lambda px: a_sigma * (1.0 + 0.1 * px / width)  # noqa: E731 - a range-dependent LUT, as in real products
-    sigma0 = uint8_to_linear(codes)
-    cols = np.arange(width)
-    dn = np.clip(np.rint(np.interp(cols, lut_pixels, a_of(lut_pixels))[None, :] * np.sqrt(sigma0)), 0, 65535).astype(np.uint16)
+    a_cols = np.interp(np.arange(width), lut_pixels, a_of(lut_pixels))[None, :]
+
+    def dn(r0: int, r1: int) -> np.ndarray:
+        return np.clip(np.rint(a_cols * np.sqrt(uint8_to_linear(rows_of(r0, r1)))), 0, 65535).astype(np.uint16)
     for pol in polarisations:
         stem = f"s1a-iw-grd-{pol}-20260101t054512-20260101t054537-062000-07c0de-001"
         points = "".join(
@@ -169,7 +174,9 @@ def write_safe(root: Path, codes: np.ndarray, polarisations=("vv", "vh"), a_sigm
                 f'<calibrationVectorList count="{len(lines)}">{vectors}</calibrationVectorList></calibration>\n'
             )
         with rasterio.open(safe / "measurement" / f"{stem}.tiff", "w", driver="GTiff", height=height, width=width, count=1, dtype="uint16") as ds:
-            ds.write(dn[None])
+            for r0 in range(0, height, 1024):
+                r1 = min(height, r0 + 1024)
+                ds.write(dn(r0, r1)[None], window=Window(0, r0, width, r1 - r0))
     return safe
 
 

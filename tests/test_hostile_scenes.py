@@ -459,3 +459,24 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
     assert not (tmp_path / "out" / "predict.json").exists()
     record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
     assert (tmp_path / "out" / "predict.json").exists() and record["tiling"]["count"] == 9
+
+
+def test_every_output_is_synced_before_the_record(tmp_path, monkeypatch):
+    """After a power loss predict.json never stands beside a truncated COG: each output's bytes, then the
+    folder, are fsynced before the record's temporary is (the descriptors read through /proc/self/fd)."""
+    from dakter_scale.scene.predict import PredictOptions, Predictor
+
+    synced, fsync = [], os.fsync
+
+    def traced(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(64, 64)))
+    monkeypatch.setattr(os, "fsync", traced)
+    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
+    out = str(tmp_path / "out")
+    record_at = synced.index(f"{out}/predict.json.tmp")
+    for name in record["outputs"]:
+        assert f"{out}/{name}" in synced[:record_at], name
+    assert out in synced[:record_at] and synced[record_at + 1] == out  # the folder, before and after the rename (then the lease is released)
