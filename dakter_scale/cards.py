@@ -40,10 +40,13 @@ HOMEPAGE = "DAKTer (arXiv 2412.08116)"
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command that is running, as a user would type it (paths under the working folder relative,
-    credentials in URLs redacted)."""
+    """The command that is running, as a user would type it from the repository's root (a job as
+    ``jobs/NAME.py`` wherever the checkout is, so that the same run in two checkouts writes the same card;
+    other absolute paths relative to the working folder), credentials in URLs redacted."""
     argv = list(sys.argv if argv is None else argv)
-    if argv and os.path.isabs(argv[0]):
+    if argv and os.path.basename(os.path.dirname(os.path.abspath(argv[0]))) == "jobs":
+        argv[0] = "jobs/" + os.path.basename(argv[0])
+    elif argv and os.path.isabs(argv[0]):
         try:
             argv[0] = os.path.relpath(argv[0])
         except ValueError:  # another drive

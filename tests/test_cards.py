@@ -139,3 +139,10 @@ def test_a_set_with_an_unfinished_shard_lists_only_the_finished_ones(tmp_path):
     meta = DatasetCard.load(tmp_path / "set" / CARD_FILE).data.to_dict()
     assert meta["configs"][0]["data_files"][0]["path"] == ["shard-000000.tar", "shard-000002.tar"]
     assert meta["dakter"]["command"] == "python make.py"
+
+
+def test_the_command_is_written_as_typed_from_the_root_without_credentials():
+    from dakter_scale.cards import command_line
+
+    assert command_line(["/elsewhere/checkout/jobs/synthesize.py", "--out", "s3://AKIA:secret@bucket/x"]) == "python jobs/synthesize.py --out s3://***@bucket/x"
+    assert command_line(["jobs/train_student.py", "--out", "runs/a b"]) == "python jobs/train_student.py --out 'runs/a b'"
