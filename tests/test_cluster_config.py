@@ -20,7 +20,7 @@ def readme_policies() -> tuple[dict, list[dict]]:
     """The writer's policy and the head's extra statements: the two json blocks of the README's
     "Instance profiles for `ray up`" paragraph."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("**Instance profiles for `ray up`.**"):]
+    section = text[text.index("**Instance profiles for `ray up`.**") :]
     blocks = re.findall(r"```json\n(.*?)```", section, re.S)[:2]
     return json.loads(blocks[0]), json.loads(blocks[1])
 

@@ -254,7 +254,9 @@ def test_a_pid_decides_nothing_a_dead_process_keeps_its_lock_until_its_lease_run
     out = tmp_path / "out"
     child = subprocess.run(
         [sys.executable, "-c", f"import os; from dakter_scale.data.lease import Lease; Lease({str(out)!r}, 'killed run', lease_seconds=2.0).acquire(); os._exit(9)"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert child.returncode == 9, child.stderr
     record = json.loads((out / lock_name(1)).read_text())
@@ -487,8 +489,9 @@ def test_two_synthesis_runs_at_once_in_threads(model, prefix, same_seed):
 @pytest.mark.slow  # jobs as subprocesses: ~1 min; the threaded runs above cover the default suite
 def test_two_synthesize_jobs_at_once_as_processes(model, prefix):
     procs = [
-        subprocess.Popen(job("synthesize.py") + ["--model", model, "--out", prefix, "--n", "24", "--samples-per-shard", "4", "--steps", "3", "--seed", str(seed), "--actors", "0"],
-                         env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            job("synthesize.py") + ["--model", model, "--out", prefix, "--n", "24", "--samples-per-shard", "4", "--steps", "3", "--seed", str(seed), "--actors", "0"], env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for seed in (1, 2)
     ]
     results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]

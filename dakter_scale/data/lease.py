@@ -183,8 +183,13 @@ class Lease:
     """
 
     def __init__(
-        self, url: str, purpose: str, lease_seconds: float = DEFAULT_LEASE_SECONDS, clock: Callable[[], float] = boot_clock,
-        heartbeat: bool = True, wall_clock: Callable[[], float] = time.time,
+        self,
+        url: str,
+        purpose: str,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        clock: Callable[[], float] = boot_clock,
+        heartbeat: bool = True,
+        wall_clock: Callable[[], float] = time.time,
     ):
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")

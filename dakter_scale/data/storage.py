@@ -273,9 +273,7 @@ def _precondition_failed(e: BaseException) -> bool:
     """s3fs turns S3's 412 PreconditionFailed (and 409 ConditionalRequestConflict) into OSError(EINVAL)."""
     cause = e.__cause__ or e.__context__
     code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
-    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (
-        isinstance(e, OSError) and e.errno == errno.EINVAL and "pre-condition" in str(e)
-    )
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (isinstance(e, OSError) and e.errno == errno.EINVAL and "pre-condition" in str(e))
 
 
 def read_versioned(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str | None]:
@@ -357,7 +355,7 @@ def list_names(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list[st
         while True:
             kw = {"ContinuationToken": token} if token else {}
             resp = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=base + prefix, Delimiter="/", **kw)
-            names += [obj["Key"][len(base):] for obj in resp.get("Contents", [])]
+            names += [obj["Key"][len(base) :] for obj in resp.get("Contents", [])]
             if not resp.get("IsTruncated"):
                 return names
             token = resp["NextContinuationToken"]
