@@ -185,6 +185,56 @@ class SamplingConfig:
         _check(self.steps <= num_train_timesteps, "sampling.steps", f"{self.steps} is more than the model's {num_train_timesteps} training timesteps")
 
 
+ROUTES = ("selection", "conditioned", "pasted")  # how synth/targeted.py meets a class target
+MAX_DRAW_FACTOR = 20.0  # the selection route's default bound on the pairs drawn per pair kept
+# The student architectures by name (segmentation-models-pytorch class names; student/models.py builds
+# them), here so that the config refuses an unknown one on load without importing torch or smp.
+ARCHS = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "fpn": "FPN",
+    "pspnet": "PSPNet",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+    "dpt": "DPT",
+}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Targeted synthesis (synth/targeted.py; docs/synthesis.md, "Targeted synthesis"): a class target
+    and how it is met. jobs/synthesize.py's --class-target, --target-route, --max-draw-factor and
+    --resample set the first four; the study runner sets spec, route and max_draw_factor from its
+    experiment.class_target, experiment.target_route and experiment.max_draw_factor."""
+
+    spec: str = ""  # CLASS:FACTORx or CLASS:SHARE entries (oil:3x,ship:3x; oil:0.05); "" = untargeted
+    route: str = "selection"  # selection (from a larger draw) | conditioned (given composed maps) | pasted (around pasted real instances)
+    max_draw_factor: float = MAX_DRAW_FACTOR  # selection: at most this many pairs drawn per pair kept
+    resample: int = 1  # conditioned, pasted: each replaced step taken this many times (RePaint; ddim or ddpm)
+    free_steps: int = 0  # conditioned, pasted: the last sampling steps run jointly, replacing nothing
+    max_pastes: int = 8  # conditioned, pasted: donor masks pasted per class at most
+    # pasted: the share of the sampling steps run jointly before the instances are placed, from the layout
+    # the pair has by then (its x0_hat label: onto its sea, counting what it holds); 0: before sampling,
+    # anywhere. 0.8 by measurement (docs/RESULTS.md, "Placing the pasted instances"): the label estimate
+    # shows oil only after about 60 % of the steps
+    paste_at: float = 0.8
+    by_component: bool = True  # pasted: a donor's instances one at a time, those that fit what is missing
+    sea: bool = True  # pasted: each pasted image moved to the sea level of the pair being drawn
+
+    def validate(self) -> None:
+        _check(self.route in ROUTES, "synthesis.target.route", f"{self.route!r} is not one of {', '.join(ROUTES)}")
+        _check(self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor), "synthesis.target.max_draw_factor", f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}")
+        _check(self.resample >= 1, "synthesis.target.resample", f"must be >= 1, got {self.resample}")
+        _check(self.free_steps >= 0, "synthesis.target.free_steps", f"must be >= 0, got {self.free_steps}")
+        _check(self.max_pastes >= 1, "synthesis.target.max_pastes", f"must be >= 1, got {self.max_pastes}")
+        _check(0.0 <= self.paste_at < 1.0, "synthesis.target.paste_at", f"must be a share of the sampling steps in [0, 1), got {self.paste_at}")
+
+
 @dataclass(frozen=True)
 class SynthesisConfig:
     """Sharded generation of image / soft-label pairs."""
@@ -204,8 +254,10 @@ class SynthesisConfig:
     # the model folder), or their grey-level histograms differ by more than this total variation
     enl_ratio_threshold: float = 2.0
     histogram_threshold: float = 0.25
+    target: TargetConfig = field(default_factory=TargetConfig)
 
     def validate(self) -> None:
+        self.target.validate()
         _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
         _check(self.samples_per_shard >= 1, "synthesis.samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
         _check(self.batch_size >= 1, "synthesis.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -263,8 +315,6 @@ class StudentConfig:
     copy_paste_generated: float = 0.0
 
     def validate(self) -> None:
-        from dakter_scale.student.archs import ARCHS
-
         _check(self.arch in ARCHS, "student.arch", f"{self.arch!r} is not one of {', '.join(ARCHS)}")
         _check(bool(self.encoder), "student.encoder", "must name an smp encoder, or auto")
         _check(self.seed >= 0, "student.seed", f"must be >= 0, got {self.seed}")
@@ -352,7 +402,15 @@ class ExperimentConfig:
     # instances of the targeted classes). No alignment filter on it.
     class_target: str = ""
     target_route: str = "selection"
-    max_draw_factor: float = 20.0
+    max_draw_factor: float = MAX_DRAW_FACTOR
+    # copy_paste and dakter_copy_paste paste class_target's instances onto this share of the real samples
+    copy_paste_share: float = 0.5
+    # Choosing the student length on the validation split too (a grid of student.max_steps, crossed with
+    # ratio_grid and kd_weight_grid); empty = student.max_steps.
+    steps_grid: tuple[int, ...] = ()
+    # The split every table student is scored on, once: the test split of this spec ("" = data.spec's).
+    # A study that chooses anything (a grid) must choose it on validation_spec, which may not be this split.
+    test_spec: str = ""
 
     def kd_weight(self, arch: str, default: float) -> float:
         """arch's KD weight from kd_weights (validated ARCH:WEIGHT entries), else default."""
@@ -360,10 +418,7 @@ class ExperimentConfig:
         return weights.get(arch, default)
 
     def validate(self) -> None:
-        from dakter_scale.student.archs import ARCHS
-        from dakter_scale.synth.target import ROUTES
-
-        known = ("none", "hard", "hard_matched", "dakter", "dakter_b1", "dakter_target")
+        known = ("none", "hard", "hard_matched", "dakter", "dakter_b1", "dakter_target", "copy_paste", "pasted_after", "dakter_copy_paste")
         for key in ("archs", "sweep_archs", "study_arch", "filter_arch"):
             value = getattr(self, key)
             for arch in (value,) if isinstance(value, str) else value:
@@ -376,6 +431,11 @@ class ExperimentConfig:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
         if "dakter_target" in self.methods + self.sweep_methods:
             _check(bool(self.class_target.strip()), "experiment.class_target", "method dakter_target needs a class target, e.g. oil:3x,ship:3x")
+        pasting = sorted({"copy_paste", "pasted_after", "dakter_copy_paste"} & set(self.methods + self.sweep_methods))
+        _check(not pasting or bool(self.class_target.strip()), "experiment.class_target", f"methods {', '.join(pasting)} paste instances of a class target: give one, e.g. oil:3x,ship:3x")
+        _check(0.0 < self.copy_paste_share <= 1.0, "experiment.copy_paste_share", f"is a share of the real samples in (0, 1], got {self.copy_paste_share}")
+        _check(all(n >= 1 for n in self.steps_grid), "experiment.steps_grid", f"student lengths must be >= 1, got {list(self.steps_grid)}")
+        _check(not self.steps_grid or bool(self.validation_spec), "experiment.validation_spec", "steps_grid chooses the student length on a validation split: give its data spec")
         _check(self.target_route in ROUTES, "experiment.target_route", f"{self.target_route!r} is not one of {', '.join(ROUTES)}")
         _check(self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor), "experiment.max_draw_factor", f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}")
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")

@@ -24,8 +24,9 @@ import yaml
 
 from dakter_scale import report
 from dakter_scale.config import Config, ConfigError, from_dict, save_config, to_dict
-from dakter_scale.data.real import open_source
+from dakter_scale.data.real import open_source, split_digests, split_fingerprint
 from dakter_scale.data.shardset import DatasetInfo, ShardSet
+from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.quality import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
@@ -33,7 +34,8 @@ from dakter_scale.student.models import check_students
 from dakter_scale.student.train import train_student
 from dakter_scale.study import analyse
 from dakter_scale.study import report as study_report
-from dakter_scale.study.plan import DRAWN_SUFFIX, VALIDATION, GeneratedSet, Model, Plan, Selection, StudentRun
+from dakter_scale.study.plan import DRAWN_SUFFIX, VALIDATION, GeneratedSet, Model, Plan, Selection, StudentRun, grid_variant
+from dakter_scale.study.records import Records, model_digest, set_digest
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
 from dakter_scale.synth.targeted import synthesize_targeted
@@ -47,11 +49,13 @@ TIMINGS_FILE = "timings.json"  # seconds per finished unit, kept over reruns
 class Experiment:
     """A study folder: its plan, and the units, analysis and report that fill it."""
 
-    def __init__(self, cfg: Config, out: str | Path, progress: bool = True, preset: str = "experiment"):
+    def __init__(self, cfg: Config, out: str | Path, progress: bool = True, preset: str = "experiment", records: str | Path | None = None):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         self.cfg, self.out, self.progress, self.preset = cfg, Path(out), progress, preset
+        self.records = Records(records, out) if records else None  # --records: scores kept beyond this folder
         self.e = cfg.experiment
+        self.test_spec = self.e.test_spec or cfg.data.spec  # every table student is scored here, once
         self.source = open_source(cfg.data.spec)
         self.n_train = len(self.source.split_items("train"))
         self.plan = Plan(cfg, self.n_train)
@@ -93,11 +97,9 @@ class Experiment:
         if info is not None and info.complete and info.count == unit.n and info.target:
             return url
         spec, route = unit.target
-        cfg = self.cfg.replace(**{"synthesis.n": unit.n})
+        cfg = self.cfg.replace(**{"synthesis.n": unit.n, "synthesis.target.spec": spec, "synthesis.target.route": route, "synthesis.target.max_draw_factor": self.e.max_draw_factor})
         t = time.time()
-        result = synthesize_targeted(
-            self.model(unit.model), url, cfg.synthesis, cfg.sampling, spec, route, self.e.max_draw_factor, self.generated_url(unit.name + DRAWN_SUFFIX), progress=self.progress, use_ray=True
-        )
+        result = synthesize_targeted(self.model(unit.model), url, cfg.synthesis, cfg.sampling, self.generated_url(unit.name + DRAWN_SUFFIX), progress=self.progress, use_ray=True)
         if not result.ok:
             raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
         self.timings[f"generate_{unit.name}"] = time.time() - t
@@ -113,9 +115,7 @@ class Experiment:
     def real_only(self, arch: str) -> Path:
         """The real-only student of `arch` (first seed), trained here if missing: it scores label
         alignment for the quality table and for the filter."""
-        run = self.plan.real_only(arch)
-        self.student(run)
-        return self.out / "students" / run.name
+        return self.trained(self.plan.real_only(arch))
 
     def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
         """A complete set of n pairs drawn from model `tag` (resumes a partial set)."""
@@ -150,45 +150,60 @@ class Experiment:
         d = self.out / "students" / run.name
         if self.metrics_path(run.name, tag).is_file():
             return self.score(run, tag)
-        assert run.weight is not None or run.method in ("none", "hard"), f"{run.name}: its weight lambda is not chosen yet"
+        assert run.weight is not None or run.generated is None or run.method == "hard", f"{run.name}: its weight lambda is not chosen yet"
         t = time.time()
         twin = self.grid_twin(run)
         if twin is not None and not (d / "student.json").is_file():
             log.info("experiment: %s is the validation grid's %s (the same training): copying it", run.name, twin.name)
             shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
         elif not (d / "student.json").is_file():
-            overrides = {
-                "student.arch": run.arch,
-                "student.seed": run.seed,
-                "student.ratio": run.ratio,
-                "student.labels": run.labels,
-                "student.max_generated": int(round(run.ratio * self.n_train)) if run.ratio > 0 else 0,
-            }
-            if run.weight is not None:
-                overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
-            overrides.update(dict(run.overrides))
-            budget = self.out / "students" / f"steps_{run.arch}.json"
-            if self.cfg.student.max_minutes > 0 and budget.is_file():
-                overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
-            url = self.generated_url(run.generated) if run.ratio > 0 else None
-            train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
-            if self.cfg.student.max_minutes > 0 and not budget.is_file():
-                # With a time budget the first student of an architecture measures how many steps fit; every
-                # later method and seed of it trains that many, so that methods differ in their data only.
-                steps = json.loads((d / "student.json").read_text())["steps"]
-                budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
-                log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
+            self.train(run, d)
         metrics = self.score(run, tag)
         self.timings[f"student_{run.name}"] = time.time() - t
         return metrics
+
+    def train(self, run: StudentRun, d: Path) -> None:
+        """Train run's student into folder d (resuming a checkpoint there)."""
+        overrides = {
+            "student.arch": run.arch,
+            "student.seed": run.seed,
+            "student.ratio": run.ratio,
+            "student.labels": run.labels,
+            "student.max_generated": int(round(run.ratio * self.n_train)) if run.ratio > 0 else 0,
+        }
+        if run.weight is not None:
+            overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
+        overrides.update(dict(run.overrides))
+        budget = self.out / "students" / f"steps_{run.arch}.json"
+        if self.cfg.student.max_minutes > 0 and budget.is_file():
+            overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
+        url = self.generated_url(run.generated) if run.ratio > 0 else None
+        train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
+        if self.cfg.student.max_minutes > 0 and not budget.is_file():
+            # With a time budget the first student of an architecture measures how many steps fit; every
+            # later method and seed of it trains that many, so that methods differ in their data only.
+            steps = json.loads((d / "student.json").read_text())["steps"]
+            budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
+            log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
+
+    def trained(self, run: StudentRun) -> Path:
+        """run's finished student folder with its weights: a student whose scores were restored from
+        --records is trained again for them (to the same weights: training is deterministic)."""
+        self.student(run)
+        d = self.out / "students" / run.name
+        if not (d / "model.safetensors").is_file():
+            log.info("experiment: %s was restored without weights: training it again for them", run.name)
+            self.train(run, d)
+        return d
 
     def grid_twin(self, run: StudentRun) -> Path | None:
         """The validation grid's student trained exactly as `run` (a DAKTer student at its chosen lambda
         and a ratio of the grid), when it is finished."""
         if run.method != "dakter" or run.variant or run.arch not in self.plan.selection_archs():
             return None
-        d = self.out / "students" / dataclasses.replace(run, variant=f"kd{run.weight:g}").name
-        return d if self.metrics_path(d.name, VALIDATION).is_file() else None
+        d = self.out / "students" / dataclasses.replace(run, variant=grid_variant(run.weight, self.plan.steps(run.arch))).name
+        # a twin restored from --records has scores but no weights: the run then trains (to the same weights)
+        return d if self.metrics_path(d.name, VALIDATION).is_file() and (d / "model.safetensors").is_file() else None
 
     def metrics_path(self, name: str, tag: str | None) -> Path:
         return self.out / "students" / name / (f"metrics_{tag}.json" if tag else "metrics.json")
@@ -198,7 +213,7 @@ class Experiment:
         None), metrics_validation.json for experiment.validation_spec, metrics_TAG.json for another
         split; evaluated once and kept."""
         name = run if isinstance(run, str) else run.name
-        spec = spec or (self.e.validation_spec if tag == VALIDATION else self.cfg.data.spec)
+        spec = spec or (self.e.validation_spec if tag == VALIDATION else self.test_spec)
         path = self.metrics_path(name, tag)
         if path.is_file():
             metrics = json.loads(path.read_text())
@@ -241,7 +256,19 @@ class Experiment:
                 self.selection(unit.run)
             else:
                 self.student(unit)
+            self.keep(unit)
             (self.out / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2) + "\n")
+
+    def keep(self, unit: Model | GeneratedSet | Selection | StudentRun) -> None:
+        """With --records: check a model's or set's identity against the kept one, keep a student's scores."""
+        if self.records is None:
+            return
+        if isinstance(unit, Model):
+            self.records.check("models", unit.tag, model_digest(self.out / "models" / unit.tag))
+        elif isinstance(unit, GeneratedSet):
+            self.records.check("generated", unit.name, set_digest(self.generated_url(unit.name)))
+        else:
+            self.records.keep_student((unit.run if isinstance(unit, Selection) else unit).name)
 
     def kd_weight_choice(self) -> dict[str, dict]:
         """The lambda grid's validation scores and choice per student (study/analyse.py); {} while a
@@ -249,7 +276,7 @@ class Experiment:
         runs = self.plan.selection_runs()
         if not all(self.metrics_path(r.name, VALIDATION).is_file() for r in runs):
             return {}
-        return analyse.choose_settings(runs, {r.name: self.score(r, VALIDATION) for r in runs}, bool(self.e.ratio_grid))
+        return analyse.choose_settings(runs, {r.name: self.score(r, VALIDATION) for r in runs}, bool(self.e.ratio_grid), bool(self.e.steps_grid))
 
     def choose(self) -> None:
         """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
@@ -257,16 +284,40 @@ class Experiment:
         if choice:
             self.plan = Plan(self.cfg, self.n_train, chosen_settings(choice))
 
+    def splits(self) -> dict[str, dict]:
+        """The splits this study scores on, each with its spec, scene count and fingerprint
+        (data.real.split_fingerprint); refuses (ConfigError, one line) a validation split that shares a
+        scene with the test split, since whatever is chosen on it would then be chosen on test scenes."""
+        digests = {"test": split_digests(open_source(self.test_spec), "test")}
+        if self.e.validation_spec:
+            digests["validation"] = split_digests(open_source(self.e.validation_spec), "test")
+            shared = set(digests["validation"]) & set(digests["test"])
+            if shared:
+                raise ConfigError(
+                    f"experiment.validation_spec {self.e.validation_spec} shares {len(shared)} scene(s) with the test split of {self.test_spec}: "
+                    "choices must be made on other scenes (give another seed, or set experiment.test_spec)"
+                )
+        specs = {"test": self.test_spec, "validation": self.e.validation_spec}
+        return {name: {"spec": redact_url(specs[name]), "scenes": len(d), "fingerprint": split_fingerprint(d)} for name, d in digests.items()}
+
     def run(self) -> Path:
         """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
+        splits = self.splits()  # a validation split that overlaps the test split stops here, before any work
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
+        if self.records is not None:
+            restored = self.records.restore()
+            if restored:
+                log.info("experiment: restored %d finished students' scores from %s", len(restored), self.records.folder)
+                self.choose()  # the validation grid may be complete already
         self.execute(self.plan.units())
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
-            log.info("experiment: chosen on the validation split: %s", ", ".join(f"{a} lambda {w:g} ratio {r:g}" for a, (w, r) in self.plan.chosen.items()))
+            log.info("experiment: chosen on the validation split: %s", ", ".join(f"{a} lambda {w:g} ratio {r:g}" + (f" steps {n}" if n else "") for a, (w, r, n) in self.plan.chosen.items()))
             self.execute(self.plan.units())
         payload = self.analyse()
+        payload["splits"] = splits
+        payload["split_of"] = {"runs": "test", "kd_weight_choice": "validation", "quality": "generated pairs, scored by the real-only student"}
         (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
 
@@ -277,7 +328,7 @@ class Experiment:
         the studies, b, timings and the validation grid's outcome."""
         t = time.time()
         sets = self.plan.generated_sets()
-        segmenter = str(self.out / "students" / self.plan.real_only(self.e.archs[0]).name)
+        segmenter = str(self.real_only(self.e.archs[0]))
         n = min(self.e.quality_pairs, self.plan.gen_size())
         quality = {s.name: generation_quality(self.cfg, self.generated_url(s.name), segmenter, n=n) for s in sets}
         if self.e.filter_keep > 0:  # the draw before the filter, for comparison
@@ -360,6 +411,8 @@ class Experiment:
         (synthetic scenes are seeded per index: test=1000 holds test=200's scenes and 800 more)."""
         if tag == VALIDATION and spec != self.e.validation_spec:
             raise ConfigError(f"--tag {VALIDATION} is the validation grid's split ({self.e.validation_spec or 'none set'}): give this split another tag")
+        if spec == self.test_spec:
+            raise ConfigError(f"{spec} is this study's test split, which each student is scored on once (metrics.json): rescore on another split")
         runs = {}
         for d in sorted((self.out / "students").glob(pattern)):
             if self.metrics_path(d.name, None).is_file():
@@ -373,9 +426,10 @@ class Experiment:
 
 
 def chosen_settings(choice: dict[str, dict]) -> dict[str, tuple[float, float]]:
-    """{arch: (lambda, ratio)} from the validation grid's outcome (results.json's kd_weight_choice;
-    files from before the ratio grid have no chosen_ratio: the main ratio, recorded as ratio)."""
-    return {arch: (row["chosen"], row.get("chosen_ratio", row["ratio"])) for arch, row in choice.items()}
+    """{arch: (lambda, ratio, length)} from the validation grid's outcome (results.json's
+    kd_weight_choice; files from before the ratio grid have no chosen_ratio: the main ratio, recorded
+    as ratio; without a length grid the length is None)."""
+    return {arch: (row["chosen"], row.get("chosen_ratio", row["ratio"]), row.get("chosen_steps")) for arch, row in choice.items()}
 
 
 def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
@@ -388,18 +442,19 @@ def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
         return f"generated set {unit.name}: {unit.n} pairs from model {unit.model}" + (f" ({sampling})" if sampling else "") + target
     if isinstance(unit, Selection):
         return f"student {unit.run.name} (validation grid, scored on the validation split)"
-    weight = "" if unit.method in ("none", "hard") else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
+    weight = "" if unit.generated is None or unit.method == "hard" else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
     return f"student {unit.name}" + (f" on {unit.generated}" if unit.generated else "") + weight
 
 
 # -- entry points ----------------------------------------------------------------------------------
 
 
-def run_experiment(cfg: Config, out: str | Path, progress: bool = True) -> Path:
-    """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md."""
+def run_experiment(cfg: Config, out: str | Path, progress: bool = True, records: str | Path | None = None) -> Path:
+    """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md. records: a
+    folder that keeps the finished students' scores beyond OUT (study/records.py)."""
     e = cfg.experiment
     check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
-    return Experiment(cfg, out, progress).run()
+    return Experiment(cfg, out, progress, records=records).run()
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:

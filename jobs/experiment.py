@@ -32,6 +32,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--out", required=True, help="experiment folder (resumable)")
     p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
+    p.add_argument("--records", metavar="DIR", help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py)")
     p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
     p.add_argument("--rescore", metavar="SPEC", help="score the finished students of OUT on the test split of SPEC (OUT's own config)")
     p.add_argument("--tag", help="with --rescore: the name of that split (students/NAME/metrics_TAG.json, OUT/rescore_TAG.md)")
@@ -59,7 +60,7 @@ def main() -> None:
         if args.plan:
             print("\n".join(describe_plan(cfg, args.out)))
             return 0
-        path = run_experiment(cfg, args.out, progress=progress_enabled())
+        path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records)
         print(f"results written to {path}")
         return 0
 

@@ -1,12 +1,15 @@
 """The experiment runner on a tiny config: every method runs, tables and figures are written, a rerun resumes."""
 
 import json
+import subprocess
 
 import pytest
 
 from dakter_scale.config import load_config
 from dakter_scale.experiment import Experiment
 from dakter_scale.study.plan import Plan
+
+from conftest import job
 
 TINY = [
     "data.spec=synthetic:6?size=32&test=3",
@@ -41,7 +44,7 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     text = path.read_text()
     for name in ("no augmentation", "hard labels", "DAKTer (soft labels + KD)", "b = 1"):
         assert name in text
-    assert "DAKTer > hard > none in mean mIoU for" in text
+    assert "| dakter − hard (soft against hard labels) | unet |" in text  # the verdict: same-seed differences with their interval
     assert "KD weight λ = 1 (unet 0.7)" in text
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["runs"]) == 2 * 4  # seeds x methods
@@ -127,7 +130,7 @@ def test_sweep_table_has_same_seed_differences():
     sweep_section = text.split("## Augmentation ratio sweep")[1].split("##")[0]
     rows = {line.split("|")[2].strip(): line for line in sweep_section.splitlines() if line.startswith("| unet |")}
     sweep = rows["DAKTer − hard labels, same seeds (points; seeds ahead)"].split("|")[3:-1]
-    assert [c.strip() for c in sweep] == ["–", "+1.00 ± 0.00 (3/3)", "-0.67 ± 2.89 (2/3)"]
+    assert [c.strip() for c in sweep] == ["–", "+1.00 [+1.00, +1.00] (3/3) ahead", "-0.67 [-7.84, +6.51] (2/3) tie"]
     # ratio 3: seeds 0, 1 and 5 of hard labels, 51 + 3 + (0, 0.1, 0.5) / 3 points
     assert rows["hard labels (DDPM / SatSynth style)"].split("|")[-2].strip().startswith("54.20")
 
@@ -297,17 +300,115 @@ def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
     assert (tmp_path / "generated" / "b_cfg_target" / "shard-000000.tar").stat().st_mtime_ns == before
 
 
-def test_the_verdict_names_each_ordering_whose_methods_ran():
-    """With only none and DAKTer run, DAKTer > none is counted (it was reported as 0 of 2 students
-    whenever hard labels had not run), and the orderings that need hard labels are left out."""
-    from dakter_scale.study.analyse import Results
-    from dakter_scale.study.report import verdict
+def test_the_verdict_is_worded_from_the_interval():
+    """Constructed same-seed differences: an interval above 0 is "ahead", one holding 0 a "tie",
+    one below 0 "behind"; comparisons whose methods did not run are left out."""
+    from dakter_scale.study.analyse import Results, paired, t95
+    from dakter_scale.study.report import verdict_table
 
-    cfg = load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.archs=[unet,deeplabv3plus]"])
+    cfg = load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.archs=[unet,deeplabv3plus,segformer]", "experiment.seeds=[0,1,2]"])
     plan = Plan(cfg, n_train=6)
-    miou = {("none", "unet"): 0.67, ("dakter", "unet"): 0.64, ("none", "deeplabv3plus"): 0.57, ("dakter", "deeplabv3plus"): 0.58}
-    runs = {r.name: {"miou": miou[(r.method, r.arch)]} for r in plan.main_runs()}
-    results = Results(runs, plan)
-    assert results.verdict() == {"dakter>none": ["deeplabv3plus"]}
-    text = " ".join(verdict(results, plan))
-    assert "DAKTer > none in mean mIoU for 1 of 2 students (deeplabv3plus)." in text and "hard" not in text
+    base = (0.60, 0.61, 0.62)
+    # unet: +2, +3, +2.5 points (interval above 0); deeplabv3plus: +4, -3, +1 (holds 0); segformer: -2, -3, -2.5
+    shift = {"unet": (0.02, 0.03, 0.025), "deeplabv3plus": (0.04, -0.03, 0.01), "segformer": (-0.02, -0.03, -0.025)}
+    runs = {r.name: {"miou": base[r.seed] + (shift[r.arch][r.seed] if r.method == "dakter" else 0.0)} for r in plan.main_runs()}
+    verdicts = Results(runs, plan).verdicts()
+    assert {(v["a"], v["b"]) for v in verdicts} == {("dakter", "none")}
+    by_arch = {v["arch"]: v for v in verdicts}
+    assert by_arch["unet"]["verdict"] == "ahead" and by_arch["unet"]["low"] > 0 and by_arch["unet"]["ahead"] == 3
+    assert by_arch["deeplabv3plus"]["verdict"] == "tie" and by_arch["deeplabv3plus"]["ahead"] == 2
+    assert by_arch["segformer"]["verdict"] == "behind" and by_arch["segformer"]["high"] < 0
+    # the interval is the t-interval of the mean: +2.5 +- t(2) * 0.5 / sqrt(3)
+    v = paired([0.02, 0.03, 0.025])
+    assert abs(v["low"] - (0.025 - t95(2) * 0.005 / 3**0.5)) < 1e-12 and t95(2) == 4.303
+    assert paired([0.01])["verdict"] == "one seed" and paired([])["verdict"] == "not run"
+    text = "\n".join(verdict_table(Results(runs, plan)))
+    assert "| dakter − none (generated pairs against none) | unet | +2.50 |" in text
+    assert "| ahead |" in text and "| tie |" in text and "| behind |" in text
+
+
+def test_a_study_that_would_choose_on_its_test_split_is_refused(tmp_path):
+    """A validation split that shares scenes with the test split (the same spec, or the same simulator
+    seed with more scenes) is refused in one line before any work; so is rescoring the test split."""
+    from dakter_scale.config import ConfigError
+
+    for validation in ("synthetic:6?size=32&test=3", "synthetic:6?size=32&test=5"):
+        cfg = load_config(None, TINY + ["experiment.ratio_grid=[1.0,2.0]", f"experiment.validation_spec={validation}"])
+        with pytest.raises(ConfigError, match=r"shares \d+ scene\(s\) with the test split") as e:
+            Experiment(cfg, tmp_path / "study", progress=False).run()
+        assert "\n" not in str(e.value)
+        assert not (tmp_path / "study").exists(), "refused before any work"
+    r = subprocess.run(
+        job("experiment.py") + ["--out", str(tmp_path / "job")] + TINY + ["experiment.ratio_grid=[1.0,2.0]", "experiment.validation_spec=synthetic:6?size=32&test=3"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: experiment.validation_spec") and "Traceback" not in r.stderr
+    # another seed's scenes are other scenes: accepted, and the splits are recorded with their fingerprints
+    cfg = load_config(None, TINY + ["experiment.validation_spec=synthetic:6?size=32&test=3&seed=7", "experiment.test_spec=synthetic:6?size=32&test=4&seed=31"])
+    splits = Experiment(cfg, tmp_path / "ok", progress=False).splits()
+    assert splits["test"]["spec"].endswith("seed=31") and splits["test"]["scenes"] == 4 and len(splits["test"]["fingerprint"]) == 64
+    assert splits["validation"]["fingerprint"] != splits["test"]["fingerprint"]
+    exp = Experiment(cfg, tmp_path / "ok", progress=False)
+    with pytest.raises(ConfigError, match="scored on once"):
+        exp.rescore("synthetic:6?size=32&test=4&seed=31", "again")
+
+
+def test_the_eight_arms_and_the_length_grid_in_the_plan():
+    """copy_paste trains on real samples with copy-paste and no generated set; pasted_after pastes onto
+    every generated pair and no real one; dakter_copy_paste pastes onto real samples beside DAKTer's
+    pairs; a length grid gives every validation student a length and, once chosen, every table arm."""
+    methods = "[none,copy_paste,hard,hard_matched,dakter,dakter_target,pasted_after,dakter_copy_paste]"
+    extra = [f"experiment.methods={methods}", "experiment.class_target=oil:3x,ship:3x", "experiment.kd_weights=[unet:0.5]", "experiment.copy_paste_share=0.6"]
+    plan = Plan(load_config(None, TINY + extra), n_train=6)
+    runs = {r.method: r for r in plan.main_runs() if r.seed == plan.e.seeds[0]}
+    assert runs["copy_paste"].generated is None and runs["copy_paste"].ratio == 0
+    assert dict(runs["copy_paste"].overrides) == {"student.copy_paste": "oil:3x,ship:3x", "student.copy_paste_real": 0.6, "student.copy_paste_generated": 0.0}
+    assert runs["pasted_after"].generated == "b_cfg" and dict(runs["pasted_after"].overrides)["student.copy_paste_generated"] == 1.0
+    assert dict(runs["pasted_after"].overrides)["student.copy_paste_real"] == 0.0
+    assert runs["dakter_copy_paste"].generated == "b_cfg" and dict(runs["dakter_copy_paste"].overrides)["student.copy_paste_real"] == 0.6
+    assert runs["dakter_target"].generated == "b_cfg_target" and not runs["dakter"].overrides
+    assert len({r.name for r in runs.values()}) == 8
+    grid = Plan(load_config(None, TINY + extra + ["experiment.steps_grid=[3,5]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]), n_train=6)
+    assert {dict(r.overrides)["student.max_steps"] for r in grid.selection_runs()} == {3, 5} and grid.pending()
+    chosen = Plan(grid.cfg, 6, {"unet": (0.5, 1.0, 5)})
+    assert all(dict(r.overrides)["student.max_steps"] == 5 for r in chosen.main_runs())
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="experiment.class_target"):
+        load_config(None, TINY + ["experiment.methods=[none,copy_paste]"])
+
+
+def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
+    """--records keeps each finished student's scores; a fresh study folder restores them and trains
+    only what is missing, after checking that the rebuilt model and sets are the same bit for bit
+    (training and sampling are deterministic). A kept identity that differs is refused in one line."""
+    from dakter_scale.config import ConfigError
+    from dakter_scale.study.records import Records
+
+    cfg = load_config(None, TINY + ["experiment.methods=[none,copy_paste,dakter]", "experiment.seeds=[0]", "experiment.decode_study=[]", "experiment.class_target=ship:3x"])
+    records = tmp_path / "records"
+    first = Experiment(cfg, tmp_path / "a", progress=False, records=records)
+    first.run()
+    kept = sorted(p.name for p in (records / "students").iterdir())
+    assert kept == sorted(r.name for r in first.plan.table_runs())
+    identity = json.loads((records / "identity.json").read_text())
+    assert set(identity) == {"models", "generated"} and set(identity["generated"]) == {"b_cfg"}
+    scores = {n: json.loads((records / "students" / n / "metrics.json").read_text())["miou"] for n in kept}
+
+    second = Experiment(cfg, tmp_path / "b", progress=False, records=records)
+    payload_path = second.run()
+    assert payload_path.is_file()
+    segmenter = second.plan.real_only("unet").name  # its weights score the generated pairs: trained again, to the same bytes
+    for name in kept:  # restored, not retrained: no weights in the fresh folder
+        assert (tmp_path / "b" / "students" / name / "model.safetensors").exists() == (name == segmenter)
+    weights = "students/" + segmenter + "/model.safetensors"
+    assert (tmp_path / "b" / weights).read_bytes() == (tmp_path / "a" / weights).read_bytes()
+    payload = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert {n: r["miou"] for n, r in payload["runs"].items()} == {n: scores[n] for n in payload["runs"]}
+    assert json.loads((records / "identity.json").read_text()) == identity  # the rebuilt model and set hashed the same
+
+    Records(records, tmp_path / "c").check("models", "b_cfg", identity["models"]["b_cfg"])  # the same: accepted
+    with pytest.raises(ConfigError, match="use another --records folder") as e:
+        Records(records, tmp_path / "c").check("models", "b_cfg", "0" * 64)
+    assert "\n" not in str(e.value)

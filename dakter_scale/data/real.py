@@ -72,7 +72,7 @@ def _open_image(data: bytes, path: str) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not a PNG or JPEG image (only those formats are decoded)") from None
+        raise DataError(f"{path}: unreadable image: not a PNG or JPEG (only those formats are decoded)") from None
     if im.width * im.height > IMAGE_MAX_PIXELS:
         im.close()
         raise DataError(f"{path}: {im.width} x {im.height} pixels, more than the {IMAGE_MAX_PIXELS} allowed for an image")

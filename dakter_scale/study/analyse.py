@@ -48,43 +48,90 @@ class Results:
         ious = list(self.by_seed(method, arch, ratio, "iou").values())
         return [mean_std([iou[c] for iou in ious]) for c in range(num_classes)]
 
-    # Each ordering of the verdict: the methods it compares, in order (a > b > ... in mean mIoU), and
-    # whether it is strict (not for the b ablation: b = 1 is the paper's special case, a tie keeps b).
-    ORDERINGS = {
-        "dakter>hard>none": (("dakter", "hard", "none"), True),
-        "dakter>hard": (("dakter", "hard"), True),
-        "dakter>none": (("dakter", "none"), True),
-        "b_auto>=b_1": (("dakter", "dakter_b1"), False),
-        "dakter>hard_matched": (("dakter", "hard_matched"), True),
-    }
-
-    def verdict(self) -> dict[str, list[str]]:
-        """The students for which each ordering of mean mIoU at the main ratio holds, for the orderings
-        whose methods all ran (an ordering whose methods did not run is absent, not empty)."""
-        wins: dict[str, list[str]] = {key: [] for key, (methods, _) in self.ORDERINGS.items() if set(methods) <= set(self.e.methods)}
-        for arch in self.e.archs:
-            m = {meth: self.cell(meth, arch, self.plan.ratio(arch), "miou")[0] for meth in self.e.methods}
-            for key in wins:
-                methods, strict = self.ORDERINGS[key]
-                values = [m[meth] for meth in methods]
-                if all(a > b if strict else a >= b for a, b in zip(values, values[1:])):
-                    wins[key].append(arch)
-        return wins
+    def verdicts(self) -> list[dict]:
+        """Every comparison of COMPARISONS whose two methods ran, per student: the paired
+        differences over seeds (paired) and the claim they ask (what)."""
+        out = []
+        for a, b, what in COMPARISONS:
+            if not {a, b} <= set(self.e.methods):
+                continue
+            for arch in self.e.archs:
+                d = self.differences(a, b, arch, self.plan.ratio(arch))
+                out.append({"a": a, "b": b, "claim": what, "arch": arch, **paired(d)})
+        return out
 
 
-def choose_settings(runs: Sequence[StudentRun], scores: dict[str, dict], ratio_grid: bool = False) -> dict[str, dict]:
+# The comparisons a study's verdict is made of: (a, b, what a - b answers). Each is worded from the
+# 95 % interval of the same-seed differences a - b in mIoU (paired), never from the means alone.
+COMPARISONS = (
+    ("dakter", "none", "generated pairs against none"),
+    ("hard", "none", "generated pairs (hard labels) against none"),
+    ("copy_paste", "none", "copy-paste against none"),
+    ("dakter", "hard", "soft against hard labels"),
+    ("dakter", "hard_matched", "soft against hard labels at the same weight"),
+    ("dakter", "dakter_b1", "b against b = 1"),
+    ("dakter_target", "copy_paste", "diffusion against copy-paste"),
+    ("dakter_target", "pasted_after", "drawn around the instances against pasted after sampling"),
+    ("dakter_target", "dakter", "class target against untargeted"),
+    ("dakter_copy_paste", "copy_paste", "generated pairs on top of copy-paste"),
+    ("dakter_copy_paste", "dakter", "copy-paste on top of generated pairs"),
+)
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (1-30); the normal's beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t95(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with df >= 1 degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T95[df - 1] if df <= len(_T95) else 1.96
+
+
+def word(low: float | None, high: float | None) -> str:
+    """The verdict an interval allows: "ahead" when it lies above 0, "behind" below 0, "tie" when it
+    holds 0, "one seed" when there is none (fewer than two differences)."""
+    if low is None or high is None:
+        return "one seed"
+    return "ahead" if low > 0 else "behind" if high < 0 else "tie"
+
+
+def paired(differences: Sequence[float]) -> dict:
+    """Same-seed differences -> {n, mean, std, low, high (the 95 % t-interval of the mean), ahead (how
+    many are > 0), verdict (word)}; low and high None for fewer than two."""
+    d = [float(x) for x in differences]
+    n = len(d)
+    mean, std = mean_std(d)
+    low = high = None
+    if n >= 2:
+        half = t95(n - 1) * (std or 0.0) / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return {"n": n, "mean": mean if n else None, "std": std, "low": low, "high": high, "ahead": sum(x > 0 for x in d), "verdict": word(low, high) if n else "not run"}
+
+
+def choose_settings(runs: Sequence[StudentRun], scores: dict[str, dict], ratio_grid: bool = False, steps_grid: bool = False) -> dict[str, dict]:
     """The validation grid's outcome per student: {arch: {ratio, miou: {setting: {seed: validation
-    mIoU}}, chosen, chosen_ratio}}. A setting is "LAMBDA" (a lambda grid alone, at the main ratio) or
-    "LAMBDA@RATIO" (with experiment.ratio_grid); the best mean wins (ties: the first in grid order):
-    chosen is its lambda, chosen_ratio its ratio. scores: {run name: validation metrics} of every run."""
+    mIoU}}, chosen, chosen_ratio, chosen_steps}}. A setting is "LAMBDA" (a lambda grid alone, at the
+    main ratio), "LAMBDA@RATIO" (with experiment.ratio_grid), and "#STEPS" after it with
+    experiment.steps_grid; the best mean wins (ties: the first in grid order): chosen is its lambda,
+    chosen_ratio its ratio, chosen_steps its length (None without a length grid). scores: {run name:
+    validation metrics} of every run."""
     out: dict[str, dict] = {}
     for run in runs:
         row = out.setdefault(run.arch, {"ratio": run.ratio, "miou": {}})
         setting = f"{run.weight:g}@{run.ratio:g}" if ratio_grid else f"{run.weight:g}"
+        if steps_grid:
+            setting += f"#{dict(run.overrides)['student.max_steps']}"
         row["miou"].setdefault(setting, {})[str(run.seed)] = scores[run.name]["miou"]
     for row in out.values():
         means = {w: mean_std(list(by_seed.values()))[0] for w, by_seed in row["miou"].items()}
-        weight, _, ratio = max(means, key=means.__getitem__).partition("@")  # max keeps the first of equals
+        best, _, steps = max(means, key=means.__getitem__).partition("#")  # max keeps the first of equals
+        weight, _, ratio = best.partition("@")
         row["chosen"] = float(weight)
         row["chosen_ratio"] = float(ratio) if ratio else row["ratio"]
+        if steps:
+            row["chosen_steps"] = int(steps)
     return out
+
+

@@ -17,6 +17,13 @@ Methods (one model and one generated set per b, shared by every student):
   dakter_b1     + generated pairs from a model trained with b = 1 (the ablation), soft labels with KD
   dakter_target + as many pairs from the b_cfg model whose pooled class pixel shares meet
                   experiment.class_target (generated/b_cfg_target, synth/targeted.py), soft labels with KD
+  copy_paste    real data only, with real instances of experiment.class_target's classes pasted onto
+                experiment.copy_paste_share of the real samples (student/augment.py): the control
+                for pasted instances, no generated data
+  pasted_after  dakter's pairs (untargeted) with the same instances pasted onto every generated pair
+                after sampling: what drawing around the instances adds over pasting onto a finished pair
+  dakter_copy_paste  dakter, with copy-paste on the real samples as in copy_paste: the practical recipe
+Every arm trains with the same per-sample geometry (student.augment).
 
 An augmentation ratio r means r * |D| distinct generated pairs used beside the |D| real images
 (student.max_generated), mixed so that a batch holds a share r / (1 + r) of generated samples.
@@ -27,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from dakter_scale.config import Config, parse_sampler_entry
 
@@ -42,7 +49,11 @@ METHOD_NAMES = {
     "dakter": "DAKTer (soft labels + KD)",
     "dakter_b1": "DAKTer, b = 1 (ablation)",
     "dakter_target": "DAKTer, class target",
+    "copy_paste": "copy-paste (real only)",
+    "pasted_after": "DAKTer, instances pasted after sampling",
+    "dakter_copy_paste": "DAKTer + copy-paste",
 }
+METHODS = tuple(METHOD_NAMES)
 
 
 @dataclass(frozen=True)
@@ -111,10 +122,10 @@ class Plan:
     ratio); while a student's setting is still to be chosen, its DAKTer and control runs carry weight
     None and the table's students wait for the choice."""
 
-    def __init__(self, cfg: Config, n_train: int, chosen: dict[str, float | tuple[float, float]] | None = None):
+    def __init__(self, cfg: Config, n_train: int, chosen: dict[str, float | tuple] | None = None):
         self.cfg, self.n_train = cfg, n_train
         self.e = cfg.experiment
-        self.chosen = {arch: (float(v), self.e.ratio) if isinstance(v, (int, float)) else (float(v[0]), float(v[1])) for arch, v in (chosen or {}).items()}
+        self.chosen = {arch: _setting(v, self.e.ratio) for arch, v in (chosen or {}).items()}
 
     # -- lambda --------------------------------------------------------------------------------
 
@@ -134,6 +145,11 @@ class Plan:
             return self.chosen[arch][1]
         return self.e.ratio
 
+    def steps(self, arch: str) -> int | None:
+        """arch's student length in the main table: the one chosen on experiment.steps_grid, else None
+        (student.max_steps)."""
+        return self.chosen[arch][2] if self.e.steps_grid and arch in self.chosen else None
+
     def students(self) -> list[str]:
         """Every architecture the study trains, in config order."""
         archs = list(self.e.archs) + list(self.e.sweep_archs) + ([self.e.study_arch] if self.study_entries() else [])
@@ -142,7 +158,7 @@ class Plan:
     def selection_archs(self) -> list[str]:
         """The students whose lambda or ratio is chosen on the validation grid: every student of the
         main table with a ratio grid; with a lambda grid alone, those without a listed lambda."""
-        if self.e.ratio_grid:
+        if self.e.ratio_grid or self.e.steps_grid:
             return list(dict.fromkeys(self.e.archs))
         if not self.e.kd_weight_grid:
             return []
@@ -152,37 +168,51 @@ class Plan:
         """Whether some student's lambda is still to be chosen on the validation grid."""
         return any(arch not in self.chosen for arch in self.selection_archs())
 
-    def grid(self, arch: str) -> list[tuple[float, float]]:
-        """The (lambda, ratio) settings arch's DAKTer students try on the validation split."""
+    def grid(self, arch: str) -> list[tuple[float, float, int | None]]:
+        """The (lambda, ratio, student length) settings arch's DAKTer students try on the validation
+        split (length None: student.max_steps)."""
         listed = self.e.kd_weight(arch, math.nan)
         weights = list(self.e.kd_weight_grid) if self.e.kd_weight_grid and math.isnan(listed) else [listed if not math.isnan(listed) else self.cfg.student.kd_weight]
-        return [(w, r) for w in weights for r in (self.e.ratio_grid or (self.e.ratio,))]
+        return [(w, r, n) for w in weights for r in (self.e.ratio_grid or (self.e.ratio,)) for n in (self.e.steps_grid or (None,))]
 
     def selection_runs(self) -> list[StudentRun]:
-        """One DAKTer student per (arch, setting of the grid, seed), named ...-rRATIO-sSEED-kdLAMBDA."""
+        """One DAKTer student per (arch, setting of the grid, seed), named ...-rRATIO-sSEED-kdLAMBDA[-nSTEPS]."""
         seeds = self.e.kd_weight_seeds or self.e.seeds
         return [
-            StudentRun("dakter", arch, r, seed, "b_cfg", "soft", variant=f"kd{w:g}", weight=w)
+            StudentRun("dakter", arch, r, seed, "b_cfg", "soft", variant=grid_variant(w, n), weight=w, overrides=_length(n))
             for arch in self.selection_archs()
-            for w, r in self.grid(arch)
+            for w, r, n in self.grid(arch)
             for seed in seeds
         ]
 
     # -- students ------------------------------------------------------------------------------
 
+    def copy_paste(self, real: float, generated: float = 0.0) -> tuple[tuple[str, Any], ...]:
+        """The student.* overrides of an arm with copy-paste onto those shares of real and generated samples."""
+        return (("student.copy_paste", self.e.class_target), ("student.copy_paste_real", real), ("student.copy_paste_generated", generated))
+
     def run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
+        """A student of the tables: the method's run, at arch's chosen length (steps_grid) if any."""
+        run = self._run(method, arch, ratio, seed)
+        length = _length(self.steps(arch))
+        return dataclasses.replace(run, overrides=length + run.overrides) if length else run
+
+    def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         if method == "none":
             return StudentRun("none", arch, 0.0, seed)
+        if method == "copy_paste":
+            return StudentRun("copy_paste", arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share))
         if method == "hard":
             return StudentRun("hard", arch, ratio, seed, "b_cfg", "hard")
         weight = self.kd_weight(arch)
         if method == "hard_matched":
             s = self.cfg.student
             if weight is not None and weight == (s.ce_weight if s.hard_weight is None else s.hard_weight):
-                return self.run("hard", arch, ratio, seed)  # the same weight: the same run
+                return self._run("hard", arch, ratio, seed)  # the same weight: the same run
             return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=weight)
         generated = {"dakter_b1": "b_1", "dakter_target": TARGETED}.get(method, "b_cfg")
-        return StudentRun(method, arch, ratio, seed, generated, "soft", weight=weight)
+        overrides = {"pasted_after": self.copy_paste(0.0, 1.0), "dakter_copy_paste": self.copy_paste(self.e.copy_paste_share)}.get(method, ())
+        return StudentRun(method, arch, ratio, seed, generated, "soft", weight=weight, overrides=overrides)
 
     def real_only(self, arch: str) -> StudentRun:
         """The real-only student of `arch` (first seed): it scores label alignment for the quality table
@@ -259,3 +289,21 @@ class Plan:
         for v in self.study_variants():
             out += [v.generated, *v.runs]
         return list(dict.fromkeys(out))
+
+
+def grid_variant(weight: float, steps: int | None) -> str:
+    """The name suffix of a validation-grid student: kdLAMBDA, and -nSTEPS with a length grid."""
+    return f"kd{weight:g}" + (f"-n{steps}" if steps else "")
+
+
+def _length(steps: int | None) -> tuple[tuple[str, Any], ...]:
+    return (("student.max_steps", int(steps)),) if steps else ()
+
+
+def _setting(value: float | Sequence, ratio: float) -> tuple[float, float, int | None]:
+    """A chosen setting as (lambda, ratio, length): a bare lambda (at the main ratio), (lambda, ratio)
+    from before the length grid, or all three."""
+    if isinstance(value, (int, float)):
+        return float(value), ratio, None
+    steps = value[2] if len(value) > 2 and value[2] is not None else None
+    return float(value[0]), float(value[1]), None if steps is None else int(steps)

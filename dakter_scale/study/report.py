@@ -13,23 +13,20 @@ from pathlib import Path
 
 from dakter_scale.data.storage import redact_url
 from dakter_scale.report import bar_figure, curve_figure, metrics_table, panel_figure, pct
-from dakter_scale.study.analyse import Results, mean_std
+from dakter_scale.study.analyse import Results, mean_std, paired
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
 
-SAME_SEED_PAIRS = (("dakter", "hard"), ("dakter", "hard_matched"), ("dakter", "none"), ("hard", "none"), ("dakter", "dakter_b1"), ("dakter_target", "dakter"))
 B_MODES = {"auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"}
 
 
 def _diff_cell(d: list[float]) -> str:
-    """Same-seed differences in mIoU: 'mean ± std (seeds where the first is ahead / seeds)', in points."""
+    """Same-seed differences in mIoU: 'mean [95 % interval] (seeds where the first is ahead / seeds)
+    verdict', in points."""
     if not d:
         return "–"
-    mu, sd = mean_std(d)
-    return f"{100 * mu:+.2f} ± {100 * (sd or 0):.2f} ({sum(x > 0 for x in d)}/{len(d)})"
-
-
-def _names(archs: list[str]) -> str:
-    return ", ".join(archs) or "none"
+    v = paired(d)
+    interval = f" [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]" if v["low"] is not None else ""
+    return f"{100 * v['mean']:+.2f}{interval} ({v['ahead']}/{v['n']}) {v['verdict']}"
 
 
 # -- results.md --------------------------------------------------------------------------------
@@ -41,8 +38,8 @@ def experiment_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
         header(p, plan),
         kd_weight_table(p),
         main_table(r),
-        verdict(r, plan) or [""],  # a blank line after the main table either way
-        same_seed_table(r),
+        [""],
+        verdict_table(r),
         per_class_table(r, classes),
         sweep_table(r),
         quality_table(p, plan),
@@ -87,7 +84,7 @@ def kd_weight_table(p: dict) -> list[str]:
     choice = p.get("kd_weight_choice")
     if not choice:
         return []
-    if any("@" in setting for row in choice.values() for setting in row["miou"]):
+    if any("@" in setting or "#" in setting for row in choice.values() for setting in row["miou"]):
         return setting_table(p, choice)
     grid = list(next(iter(choice.values()))["miou"])
     first = next(iter(choice.values()))
@@ -104,18 +101,23 @@ def kd_weight_table(p: dict) -> list[str]:
 
 
 def setting_table(p: dict, choice: dict[str, dict]) -> list[str]:
-    """The (lambda, ratio) grid on the validation split (experiment.ratio_grid): one row per setting."""
+    """The (lambda, ratio[, length]) grid on the validation split (experiment.ratio_grid, steps_grid):
+    one row per setting."""
+    lengths = any("#" in setting for row in choice.values() for setting in row["miou"])
     lines = [
-        f"## Augmentation ratio and KD weight λ, chosen on the validation split (`{p['validation_spec']}`, DAKTer students): mIoU",
+        f"## {'Student length, a' if lengths else 'A'}ugmentation ratio and KD weight λ, chosen on the validation split (`{p['validation_spec']}`, DAKTer students): mIoU",
         "",
-        "| student | λ | ratio | validation mIoU | seeds | |",
-        "|---|---|---|---|---|---|",
+        "| student | λ | ratio |" + (" steps |" if lengths else "") + " validation mIoU | seeds | |",
+        "|---|---|---|" + ("---|" if lengths else "") + "---|---|---|",
     ]
     for arch, row in choice.items():
         for setting, by_seed in row["miou"].items():
-            weight, _, ratio = setting.partition("@")
-            mark = "chosen" if (float(weight), float(ratio)) == (row["chosen"], row["chosen_ratio"]) else ""
-            lines.append(f"| {arch} | {weight} | {ratio} | {pct(*mean_std(list(by_seed.values())))} | {len(by_seed)} | {mark} |")
+            head, _, steps = setting.partition("#")
+            weight, _, ratio = head.partition("@")
+            ratio = ratio or f"{row['ratio']:g}"
+            mark = "chosen" if (float(weight), float(ratio), int(steps) if steps else None) == (row["chosen"], row["chosen_ratio"], row.get("chosen_steps")) else ""
+            length = f" {steps} |" if lengths else ""
+            lines.append(f"| {arch} | {weight} | {ratio} |{length} {pct(*mean_std(list(by_seed.values())))} | {len(by_seed)} | {mark} |")
     return lines + ["", "The test split was not looked at to choose them; the main table uses each student's chosen setting.", ""]
 
 
@@ -144,39 +146,22 @@ def main_table(r: Results) -> list[str]:
     return lines
 
 
-def verdict(r: Results, plan: Plan) -> list[str]:
-    """One sentence: for each ordering whose methods ran, the students for which it holds (the
-    wording of the committed reports, which must regenerate byte for byte)."""
-    v, e = r.verdict(), plan.e
-    texts = {
-        "dakter>hard>none": "DAKTer > hard > none",
-        "dakter>hard": "DAKTer > hard",
-        "dakter>none": "DAKTer > none",
-        "b_auto>=b_1": f"b = {plan.cfg.diffusion.b} ≥ b = 1",
-        "dakter>hard_matched": "DAKTer > hard labels at the same weight λ",
-    }
-    clauses = [(texts[key], v[key]) for key in texts if key in v]
-    if not clauses:
-        return []
-    (first, archs), rest = clauses[0], clauses[1:]
-    sentence = f"{first} in mean mIoU for {len(archs)} of {len(e.archs)} students ({_names(archs)})"
-    sentence += "".join(f"; {text} for {len(archs)} ({_names(archs)})" for text, archs in rest)
-    return ["", sentence + ".", ""]
-
-
-def same_seed_table(r: Results) -> list[str]:
-    e = r.e
-    pairs = [(a, b) for a, b in SAME_SEED_PAIRS if {a, b} <= set(e.methods)]
-    if not pairs or len(e.seeds) < 2:
+def verdict_table(r: Results) -> list[str]:
+    """The verdicts: per comparison and student, the same-seed differences a − b in mIoU (mean, its
+    95 % t-interval, the seeds where a is ahead) and the word the interval allows (analyse.word):
+    "ahead" only where the interval excludes 0."""
+    rows = [v for v in r.verdicts() if v["n"]]
+    if not rows:
         return []
     lines = [
-        "Same-seed differences in mIoU (points; mean ± std over seeds, and the seeds where the first is ahead):",
+        "## Verdicts: same-seed differences in mIoU (points), 95 % t-interval",
         "",
-        "| student | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
-        "|---|" + "---|" * len(pairs),
+        "| comparison | student | a − b | 95 % interval | a ahead | verdict |",
+        "|---|---|---|---|---|---|",
     ]
-    for arch in e.archs:
-        lines.append(f"| {arch} | " + " | ".join(_diff_cell(r.differences(a, b, arch, r.plan.ratio(arch))) for a, b in pairs) + " |")
+    for v in rows:
+        interval = f"{100 * v['low']:+.2f} … {100 * v['high']:+.2f}" if v["low"] is not None else "–"
+        lines.append(f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']} |")
     return lines + [""]
 
 
@@ -355,7 +340,7 @@ def rescore_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
         "(one confusion matrix per run); mean ± std (%) over seeds.",
         "",
     ]
-    sections = [head, main_table(r), [""], same_seed_table(r), per_class_table(r, classes, figure=False), sweep_table(r, figure=False)]
+    sections = [head, main_table(r), [""], verdict_table(r), per_class_table(r, classes, figure=False), sweep_table(r, figure=False)]
     return "\n".join(line for section in sections for line in section)
 
 
