@@ -13,6 +13,8 @@ share (the grammar of --class-target); student.copy_paste_real / copy_paste_gene
 samples pasted (0.5 / 0). --augment d4 flips and turns every sample (real and generated) the same way.
 --synthetic takes any fsspec URL (a folder, s3://, gs://); S3 credentials and endpoint come from AWS_* variables.
 Bad shards: student.on_bad_shard=warn (skip, count, name them at the end) or raise. See docs/training.md.
+--report-to tensorboard (pip install 'dakter-scale[tracking]'), mlflow or wandb sends loss, learning rate and steps/s
+to that tracker; --evaluate test evaluates the written student on the real data's test split (tracker, OUT/logs/eval.json, README.md card).
 """
 
 from __future__ import annotations
