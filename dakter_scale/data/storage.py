@@ -343,8 +343,13 @@ def replace_if(fs: fsspec.AbstractFileSystem, path: str, data: bytes, version: s
 
 def list_names(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list[str]:
     """Names directly under root that start with ``prefix``, read fresh from storage: on S3 one
-    ``ListObjectsV2`` with that key prefix, however many shards lie beside them; elsewhere a listing
-    of root, filtered."""
+    ``ListObjectsV2`` with that key prefix, however many shards lie beside them; locally the folder's
+    names (no stat of each); elsewhere a listing of root, filtered."""
+    if is_local(fs):
+        try:
+            return [name for name in os.listdir(root) if name.startswith(prefix)]  # names only: no stat per shard
+        except FileNotFoundError:
+            return []
     if not _is_s3(fs):
         return [name for name in list_dir(fs, root) if name.startswith(prefix)]
 
