@@ -113,6 +113,27 @@ def test_a_tar_that_disagrees_with_its_marker_is_refused_before_reading(local_se
         webdataset_pipeline(local_set, labels="argmax")
 
 
+def test_a_tar_cut_between_members_after_the_check_is_caught_by_the_checked_pipeline_only(local_set, tmp_path):
+    """What README says of the stock readers, shown: a tar cut short after the pipeline was built (a
+    replaced object), at a member boundary, reads as a valid shorter archive through webdataset's tar
+    reader; checked_pipeline reads it with the toolkit's reader and raises, naming the shard."""
+    import tarfile
+
+    fs, root = storage.url_to_fs(local_set)
+    copy = tmp_path / "copy"
+    fs.copy(root, str(copy), recursive=True)
+    stock, checked = webdataset_pipeline(str(copy)), interop.checked_pipeline(str(copy))
+    assert_same(toolkit(str(copy)), list(checked))
+    tar = copy / shardset.shard_name(1)
+    with tarfile.open(tar) as t:
+        cut = [m.offset for m in t.getmembers()][3 * 2]  # the header of sample 2's first member: samples 0 and 1 whole
+    tar.write_bytes(tar.read_bytes()[:cut])
+    keys = [s["__key__"] for s in stock]
+    assert len(keys) == 8 and "000001-000002" not in keys  # two pairs lost without a word
+    with pytest.raises(ShardError, match="shard-000001.tar: the tar has .* bytes, its marker records"):
+        list(checked)
+
+
 def test_s3_webdataset_pipeline_and_hf_recipe(model, s3_bucket, tmp_path, monkeypatch):
     """datasets' offline mode refuses every remote URL, s3:// included: it is lifted here, where the only
     endpoint is the moto server on loopback (AWS_ENDPOINT_URL)."""
@@ -126,6 +147,7 @@ def test_s3_webdataset_pipeline_and_hf_recipe(model, s3_bucket, tmp_path, monkey
     urls = interop.finished_tars(url)
     assert all(u.startswith("s3://") for u in urls)
     assert_same(reference, list(webdataset_pipeline(url, labels="soft", verify="sha256")))
+    assert_same(reference, list(interop.checked_pipeline(url, labels="hard")), labels="hard")
     ds = interop.hf_dataset(url, labels="soft", cache_dir=str(tmp_path / "hf"))
     assert_same(reference, [ds[i] for i in range(len(ds))])
     # the set's card is beside its shards on the bucket too, and lists the same finished shards

@@ -24,9 +24,10 @@ toolkit's checked decoder (record, PNG headers before a bounded inflate, sizes, 
 summing to 255). But the tars themselves are expanded by webdataset's reader (Python's ``tarfile``)
 or by ``datasets``: a tar replaced after the check, a member far larger than a PNG of the set's
 size (read whole into memory), or a tar cut between members (read as a valid, shorter archive)
-are not caught there. For shards from storage you do not control, read them with the toolkit's
-reader, ``ShardSet(url).read(info)`` (sizes checked as each tar is opened, members capped, keys
-and counts against the marker), as the student stream does.
+are not caught there. For shards from storage you do not control, use ``checked_pipeline``: a stock
+``webdataset.DataPipeline`` whose tars are read by the toolkit's reader, ``ShardSet(url).read(info)``
+(sizes checked as each tar is opened, members capped, keys and counts against the marker), as the
+student stream reads them.
 """
 
 from __future__ import annotations
@@ -175,4 +176,35 @@ def webdataset_pipeline(url: str, labels: str = "soft", verify: str = "size", ha
     return dataset.map(lambda sample: decode(sample, labels, shape), handler=handler)
 
 
-__all__ = ["LABELS", "decode", "finished", "finished_tars", "hf_dataset", "hf_transform", "webdataset_pipeline"]
+def _checked_samples(sources, shards: ShardSet, infos: dict[str, ShardInfo], shape: SampleShape, verify: str):
+    """A webdataset stage: {"url": tar} in, that shard's raw samples out, read by the toolkit's reader."""
+    for source in sources:
+        yield from shards.read(infos[source["url"]], shape, verify)
+
+
+def checked_pipeline(url: str, labels: str = "soft", verify: str = "size", split_by_node: bool = False):
+    """The hostile-shard-safe variant of ``webdataset_pipeline``: a stock ``webdataset.DataPipeline``
+    (shard list, worker split, then chain ``webdataset.shuffle(n)``, ``webdataset.batched(b)`` with
+    ``.compose``) whose tars are read by the toolkit's reader, ``ShardSet.read``: each tar's size (or
+    sha256) checked against its marker as it is opened, members capped from the set's sample size, keys
+    and the pair count against the marker. A shard that fails raises its ShardError after the samples
+    read before the damage; a bad sample, its SampleError after the shard's good ones (as the student
+    stream's ``student.on_bad_shard=raise``)."""
+    import functools
+
+    import webdataset as wds
+
+    _check_labels(labels)
+    shards, infos, shape = finished(url, verify)
+    stages = [wds.SimpleShardList([info.tar for info in infos])]
+    if split_by_node:
+        stages.append(wds.split_by_node)
+    stages += [
+        wds.split_by_worker,
+        functools.partial(_checked_samples, shards=shards, infos={info.tar: info for info in infos}, shape=shape, verify=verify),
+        wds.map(functools.partial(decode, labels=labels, shape=shape)),
+    ]
+    return wds.DataPipeline(*stages)
+
+
+__all__ = ["LABELS", "checked_pipeline", "decode", "finished", "finished_tars", "hf_dataset", "hf_transform", "webdataset_pipeline"]
