@@ -395,9 +395,9 @@ Mean max-probability of the soft labels: {gen.get("mean_confidence", float("nan"
     for sample in webdataset_pipeline("THIS_URL", labels="soft"):
         sample["image"], sample["soft"]          # (1, H, W) in [-1, 1]; (K, H, W) probabilities
 
-Only the shards listed above (those with a done marker) are finished. The toolkit's reader (`ShardSet.read`)
-checks each tar against its marker as it reads it; the stock pipelines check sizes once, when built (README,
-"Reading a set in your own code").
+Only the shards listed above (those with a done marker) are finished. The toolkit's reader (`ShardSet.read`,
+and `dakter_scale.data.interop.checked_pipeline` over it) checks each tar against its marker as it reads it;
+the stock readers' pipelines check the sizes once, when built (README, "Reading a set in your own code").
 
 ## Limits
 - Generated pairs, not observations: labels are the model's soft estimates and can disagree with the image.
