@@ -11,10 +11,11 @@ toolkit's student sees.
         sample["mask"]    # int64 (H, W) argmax class, first maximum on ties (labels="hard")
         sample["json"]    # the pair's checked record: seed, shard, index, class_fractions, ...
 
-    from datasets import load_dataset
+    from datasets import Image, load_dataset
     from dakter_scale.data.interop import finished_tars, hf_transform
     ds = load_dataset("webdataset", data_files={"train": finished_tars(url)}, split="train")
-    ds = ds.with_transform(hf_transform(url, labels="soft"))   # the same decoder, per row
+    ds = ds.cast_column("image.png", Image(decode=False)).cast_column("soft.png", Image(decode=False))
+    ds = ds.with_transform(hf_transform(url, labels="soft"))   # the same decoder, per row (hf_dataset: all three)
 
 What the stock readers do NOT check (docs/reliability.md, "Hostile shards"). The shards a pipeline
 reads are listed from the done markers, so a shard still being written is never seen, and each
