@@ -215,7 +215,7 @@ def png_that_is_not(root: Path) -> Path:
 CASES = {
     "vrt-behind-tif": (vrt_behind_tif, r"scene\.tif: not a TIFF file .*GTiff driver alone"),
     "vrt": (vrt_scene, r"scene\.vrt: VRT scenes are refused"),
-    "png-that-is-a-gif": (png_that_is_not, r"scene\.png: not a PNG or JPEG image"),
+    "png-that-is-a-gif": (png_that_is_not, r"scene\.png: unreadable image: not a PNG or JPEG"),
     "utf8-dtd": (utf8_dtd, r"s1a-iw-grd-vv.*\.xml: XML with a document type declaration or entities is refused"),
     "utf16-dtd": (utf16_dtd, r"s1a-iw-grd-vv.*\.xml: XML with a document type declaration or entities is refused"),
     "40-gigapixels": (forty_gigapixels, r"huge\.tif: 200000 x 200000 pixels \(40,000 megapixels\), more than --max-scene-pixels"),
@@ -424,7 +424,7 @@ def test_images_are_png_or_jpeg_within_their_caps(tmp_path, monkeypatch):
             assert (s.height, s.width) == (40, 50)
     for fmt in ("TIFF", "BMP", "GIF"):
         Image.fromarray(codes).save(tmp_path / "x.png", format=fmt)
-        with pytest.raises(SceneError, match=r"x\.png: not a PNG or JPEG image"):
+        with pytest.raises(SceneError, match=r"x\.png: unreadable image: not a PNG or JPEG"):
             open_scene(str(tmp_path / "x.png"))
     monkeypatch.setattr(real, "IMAGE_MAX_PIXELS", 40 * 50 - 1)
     with pytest.raises(SceneError, match=r"a\.png: 50 x 40 pixels, more than the 1999 allowed"):
