@@ -72,12 +72,11 @@ class FolderPairs(torch.utils.data.Dataset):
 
 def write_folder(shards_url: str, folder: Path) -> int:
     """The same pairs as the shards, one PNG + one NPY per pair."""
-    from dakter_scale.data.shardset import decode_sample
-    from dakter_scale.data.stream import GeneratedStream
+    from dakter_scale.data.shardset import ShardSet, decode_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
-    for raw in GeneratedStream(shards_url, shuffle_buffer=1, passes=1)._pass_samples(0, 1, 0):
+    for raw in ShardSet(shards_url).samples():
         image, q, _ = decode_sample(raw)
         Image.fromarray(image).save(folder / f"{n:06d}.png")
         np.save(folder / f"{n:06d}.npy", q.astype(np.float32))

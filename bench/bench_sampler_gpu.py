@@ -11,7 +11,7 @@ before and after the settings (their median).
 What is timed is the real loop (`sample_pairs`, the config's sampler unless --sampler) on a model
 built untrained from the config (the work does not depend on the weights), median of --repeats calls
 after warm-up calls that include compilation (its seconds are recorded apart). Settings:
-  eager-fp32     autocast off (sample._autocast replaced for the call)
+  eager-fp32     autocast off (sample_pairs(..., autocast=False))
   eager-bf16     the loop as it runs in synthesis on a GPU
   compile-bf16   model.unet = torch.compile(unet)
   graphs-bf16    torch.compile(unet, mode="reduce-overhead"): CUDA graphs (GPU only)
@@ -23,7 +23,6 @@ of these settings is switched on in synthesis by this script; it says whether on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import statistics
@@ -50,17 +49,6 @@ def settings(device: torch.device) -> list[tuple[str, str | None, bool]]:
     if device.type == "cuda":
         return [("eager-fp32", None, False), ("eager-bf16", None, True), ("compile-bf16", "default", True), ("graphs-bf16", "reduce-overhead", True)]
     return [("eager-fp32", None, False), ("compile-fp32", "default", False)]
-
-
-@contextlib.contextmanager
-def autocast_off():
-    """The loop without its bf16 autocast (fp32 on a GPU), for this block only."""
-    original = sample._autocast
-    sample._autocast = lambda device: contextlib.nullcontext()
-    try:
-        yield
-    finally:
-        sample._autocast = original
 
 
 def main() -> int:
@@ -119,8 +107,7 @@ def main() -> int:
             seeds = list(range(batch))
 
             def run():
-                with contextlib.nullcontext() if bf16 else autocast_off():
-                    return sample.sample_pairs(model, seeds, sampling, device)
+                return sample.sample_pairs(model, seeds, sampling, device, autocast=bf16)
 
             t0 = time.perf_counter()
             try:

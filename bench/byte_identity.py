@@ -107,7 +107,8 @@ def run(code: Path, work: Path) -> dict:
     seconds = {}
     for i, (script, argv) in enumerate(steps(work)):
         t0 = time.time()
-        r = subprocess.run([sys.executable, str(code / "jobs" / script), *argv], env=env, capture_output=True, text=True)
+        # from the checkout's root, by a relative path: the command a model or set records is the same for every checkout
+        r = subprocess.run([sys.executable, f"jobs/{script}", *argv], cwd=code, env=env, capture_output=True, text=True)
         seconds[f"{i}:{script}"] = round(time.time() - t0, 1)
         if r.returncode != 0:
             raise SystemExit(f"error: {script} {' '.join(argv)} exited {r.returncode}:\n{r.stderr[-3000:]}")

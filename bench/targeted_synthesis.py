@@ -13,8 +13,8 @@ spec), as VARIANTS says. A route's refusal (TargetError) is recorded as such. Ev
 quality.generation_quality (label alignment of the real-only SEGMENTER on the generated images,
 class fractions, SAR statistics). VARIANTS: comma-separated [ROUTE:]FREE_STEPS:RESAMPLE, or ROUTE
 alone for ROUTE:0:1; ROUTE is conditioned (the default) or pasted, or pasted@F: instances placed
-after a share F of the sampling steps onto the sea of the pair's layout (target.PASTE_AT), and a
-suffix +c pastes a donor's instances one at a time (target.PASTE_BY_COMPONENT), e.g. pasted@0.7+c. Default 0:1, the conditioned route
+after a share F of the sampling steps onto the sea of the pair's layout (synthesis.target.paste_at), and a
+suffix +c pastes a donor's instances one at a time (synthesis.target.by_component), e.g. pasted@0.7+c. Default 0:1, the conditioned route
 with plain replacement; 10:1 lets the last 10 steps run jointly, 0:4 is RePaint's resampling with
 u = 4; each is recorded as conditioned-free10, conditioned-resample4, pasted. Records go to
 OUT/records.jsonl, one per (seed, route, spec); a rerun skips recorded ones.
@@ -46,7 +46,7 @@ writer and placement (about as long as writing it), and check every rebuilt pair
     python bench/targeted_synthesis.py layout MODEL CONFIG [N]
 
 per sampling step, the class shares of the label estimate's argmax over N untargeted pairs: when
-the sampler fixes where land, look-alikes and slicks go (what target.PASTE_AT is chosen from).
+the sampler fixes where land, look-alikes and slicks go (what synthesis.target.paste_at is chosen from).
 
     python bench/targeted_synthesis.py reference MODEL SEGMENTER REAL_SPEC oil:3x,ship:3x OUT.json [SELECTED_DIR]
 
@@ -79,7 +79,7 @@ def variant(record: dict) -> str:
 def parse_variant(text: str) -> tuple[str, int, int, float, bool]:
     """'pasted' -> ('pasted', 0, 1, 0.0, False); '0:4' -> ('conditioned', 0, 4, 0.0, False);
     'pasted:10:1' -> ('pasted', 10, 1, 0.0, False); 'pasted@0.7+c' -> ('pasted', 0, 1, 0.7, True):
-    instances placed after 70 % of the steps (target.PASTE_AT), one at a time (target.PASTE_BY_COMPONENT)."""
+    instances placed after 70 % of the steps (synthesis.target.paste_at), one at a time (synthesis.target.by_component)."""
     parts = text.split(":")
     head, plus, _ = parts[0].partition("+c")
     route, _, at = head.partition("@")
@@ -92,12 +92,11 @@ def parse_variant(text: str) -> tuple[str, int, int, float, bool]:
 
 
 def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[str, int, int, float, bool], ...] = (("conditioned", 0, 1, 0.0, False),)) -> None:
+    import dataclasses
     import logging
 
     from dakter_scale.config import load_config
-    from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS
     from dakter_scale.quality import generation_quality
-    from dakter_scale.synth import target as tgt
     from dakter_scale.synth.target import TargetError
     from dakter_scale.synth.targeted import synthesize_targeted
 
@@ -115,17 +114,16 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
         draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
         for route, free_steps, resample, paste_at, by_component in [("selection", 0, 1, 0.0, False), *variants]:
-            settings = {k: v for k, v in zip(CONDITIONING_DEFAULTS, (free_steps, resample)) if v != CONDITIONING_DEFAULTS[k]}
-            settings.update({k: v for k, v in (("paste_at", paste_at), ("by_component", by_component)) if v})
-            tgt.PASTE_AT, tgt.PASTE_BY_COMPONENT = paste_at, by_component  # the writers run in this process (use_ray=False)
+            settings = {k: v for k, v, default in (("free_steps", free_steps, 0), ("resample", resample, 1), ("paste_at", paste_at, 0.0), ("by_component", by_component, False)) if v != default}
             name = variant({"route": route, **settings})
             for spec in specs:
                 if (seed, name, spec) in done:
                     continue
                 url = str(root / f"{name}-{spec.replace(':', '').replace(',', '-')}-s{seed}")
                 t0 = time.time()
+                target = dataclasses.replace(cfg.synthesis.target, spec=spec, route=route, max_draw_factor=max_draw_factor, free_steps=free_steps, resample=resample, paste_at=paste_at, by_component=by_component)
                 try:
-                    result = synthesize_targeted(model, url, cfg.synthesis, cfg.sampling, spec, route, max_draw_factor, draw, free_steps, resample, progress=False, use_ray=False)
+                    result = synthesize_targeted(model, url, dataclasses.replace(cfg.synthesis, target=target), cfg.sampling, draw, progress=False, use_ray=False)
                 except TargetError as e:  # the route refuses: a measured outcome too
                     emit({"seed": seed, "route": route, "spec": spec, "n": n, "refused": str(e), "seconds": round(time.time() - t0, 1)})
                     continue
@@ -231,26 +229,24 @@ def given_pixels(model: str, url: str, spec: str):
     images, masks = targeted.training_pairs(info)
     record = ShardSet(url).info().target or {}
     route = record.get("route")
-    if route == "pasted" and record.get("paste_at"):
-        return target, route, _placed_pairs(model, url, target, record, images, masks)
-    pool = tgt.paste_pool(images, masks, target) if route == "pasted" else tgt.donors(masks, target)
-    by_component = bool(record.get("by_component"))
+    condition = tgt.Condition.from_record(record, target, images, masks) if route in tgt.DRAWN_ROUTES else None
+    if condition is not None and condition.paste_at:
+        return target, route, _placed_pairs(model, url, condition)
 
     def pairs():
         for sample in ShardSet(url).samples():
             image, q, meta = decode_sample(sample)
-            if route == "pasted":
-                _, ids, given, _ = tgt.pair_paste(meta["seed"], images, masks, target, pool=pool, by_component=by_component)
-            elif route == "conditioned":
-                ids, given = tgt.pair_mask(meta["seed"], masks, target, pool=pool), np.ones(q.shape[1:], dtype=bool)
-            else:
+            if condition is None:
                 ids, given = np.zeros(q.shape[1:], dtype=np.uint8), np.zeros(q.shape[1:], dtype=bool)
+            else:
+                g = condition.given([meta["seed"]])
+                ids, given = g.ids[0], g.where[0] if g.where is not None else np.ones(q.shape[1:], dtype=bool)
             yield image, q, ids, given
 
     return target, route, pairs()
 
 
-def _placed_pairs(model: str, url: str, target, record: dict, images, masks):
+def _placed_pairs(model: str, url: str, condition):
     """A placed pasted set's pairs with what each was given (given_pixels), by drawing its batches
     again: the placement depends on each batch's own layout, so it cannot be recomputed from the seed
     alone. One torch thread, as the set's writers ran; a rebuilt pair that differs from the stored one
@@ -258,41 +254,29 @@ def _placed_pairs(model: str, url: str, target, record: dict, images, masks):
     import tempfile
 
     import numpy as np
-    import torch
 
+    from dakter_scale.data.real import denormalise
     from dakter_scale.data.shardset import ShardSet, decode_sample
-    from dakter_scale.synth import targeted
-    from dakter_scale.synth.plan import Plan
+    from dakter_scale.synth.plan import Plan, batch_indices, pair_seed
     from dakter_scale.synth.worker import ShardWriter
 
     info = ShardSet(url).info()
-    condition = targeted.condition_for(target, "pasted", images, masks, int(record.get("free_steps", 0)), int(record.get("resample", 1)))
-    condition.update({k: record[k] for k in ("sea", "paste_at", "by_component", "max_pastes") if k in record})
     stored = {}
     for sample in ShardSet(url).samples():
         image, q, meta = decode_sample(sample)
         stored[meta["seed"]] = (image, q)
     with tempfile.TemporaryDirectory() as scratch:
         writer = ShardWriter(model, scratch, info.sampling, info.batch_size, info.seed, threads=1, device="cpu", condition=condition)
-        given_log = []
-        given = writer._given
-
-        def spy(seeds, x0_hat=None):
-            out = given(seeds, x0_hat)
-            given_log.append(out)
-            return out
-
-        writer._given = spy
         for task in Plan(info.count, info.samples_per_shard, info.seed).tasks():
-            for batch in writer._batches(task, {"sample": 0.0}):
-                out = given_log.pop()
-                ids = out["given_label"].argmax(dim=1).to(torch.uint8).numpy()
-                where = out["given_where"][:, 0].numpy()
-                for j, seed in enumerate(batch.seeds):
+            for indices in batch_indices(task.count, info.batch_size):  # the shard's batches, as the writer drew them
+                seeds = [pair_seed(info.seed, task.shard, i) for i in indices]
+                given = []
+                rebuilt = denormalise(writer.sample(seeds, on_given=given.append).images[:, 0]).numpy()
+                for j, seed in enumerate(seeds):
                     image, q = stored[seed]
-                    if not np.array_equal(batch.images[j], image):
+                    if not np.array_equal(rebuilt[j], image):
                         sys.exit(f"{url}: pair of seed {seed} rebuilt differently from the stored one (another torch build or thread count?)")
-                    yield image, q, ids[j], where[j]
+                    yield image, q, given[-1].ids[j], given[-1].where[j]
 
 
 def follow(model: str, url: str, spec: str) -> None:
@@ -343,7 +327,7 @@ def recall(model: str, url: str, segmenter: str, spec: str) -> None:
 def layout(model: str, config: str, n: int = 32) -> None:
     """When the joint sampler fixes a pair's layout: per step, the pooled share of each class in the
     argmax of the label estimate x0_hat, over n untargeted pairs (seeds 1000..), and in the final
-    soft labels. Instruments the sampler's step function; changes no sample."""
+    soft labels. Listens to the sampler's steps (on_step); changes no sample."""
     from dakter_scale.config import load_config
     from dakter_scale.diffusion import sample
     from dakter_scale.diffusion.model import load_model_folder
@@ -351,19 +335,12 @@ def layout(model: str, config: str, n: int = 32) -> None:
     cfg = load_config(config)
     m = load_model_folder(model, "cpu")
     shares = []
-    step = sample._step
 
-    def recorded(*args, **kwargs):
-        z, x0 = step(*args, **kwargs)
+    def recorded(step: int, x0):
         label = x0[:, 1:].argmax(dim=1)
         shares.append([float((label == c).float().mean()) for c in range(m.num_classes)])
-        return z, x0
 
-    sample._step = recorded
-    try:
-        out = sample.sample_pairs(m, list(range(1000, 1000 + n)), cfg.sampling, "cpu")
-    finally:
-        sample._step = step
+    out = sample.sample_pairs(m, list(range(1000, 1000 + n)), cfg.sampling, "cpu", on_step=recorded)
     final = out.q.argmax(dim=1)
     print(json.dumps({"classes": list(m.classes), "per_step": [[round(v, 4) for v in row] for row in shares], "final": [round(float((final == c).float().mean()), 4) for c in range(m.num_classes)]}))
 
@@ -381,6 +358,7 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     import numpy as np
     import torch
 
+    from dakter_scale.config import TargetConfig
     from dakter_scale.core.compose import class_shares
     from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
     from dakter_scale.data.real import open_source
@@ -409,7 +387,7 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     def pasted(indices: np.ndarray, layout: bool) -> tuple[np.ndarray, np.ndarray]:
         imgs, ids = real_images[indices].copy(), real_masks[indices].copy()
         for j, i in enumerate(indices):
-            image, given_ids, given, level = tgt.pair_paste(int(i), images, masks, target, pool=pool, base=ids[j] if layout else None, by_component=tgt.PASTE_BY_COMPONENT)
+            image, given_ids, given, level = tgt.pair_paste(int(i), images, masks, target, pool=pool, base=ids[j] if layout else None, by_component=TargetConfig.by_component)
             sea = ids[j] == 0
             shift = np.median(imgs[j][sea]) if sea.any() else np.median(imgs[j])
             imgs[j][given] = np.clip(image[given].astype(np.float32) + (shift - level[given]), 0, 255).round().astype(np.uint8)

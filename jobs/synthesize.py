@@ -24,12 +24,14 @@ route, the achieved shares and the cost; a target that is not met is a warning (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
 
 from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
+from dakter_scale.config import ROUTES
 
 
 def main() -> None:
@@ -56,22 +58,25 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing")
     p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
-    p.add_argument("--class-target", metavar="CLASS:F[x],...", help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated")
+    p.add_argument(
+        "--class-target", metavar="CLASS:F[x],...", help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated (synthesis.target.spec)"
+    )
     p.add_argument(
         "--target-route",
-        choices=["selection", "conditioned", "pasted"],
-        default="selection",
-        help="how --class-target is met: selection from a larger draw (default); conditioned: images drawn given composed label maps (worse students so far); "
+        choices=ROUTES,
+        help="how --class-target is met (synthesis.target.route): selection from a larger draw (default); conditioned: images drawn given composed label maps (worse students so far); "
         "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together onto the sea each pair's first steps drew (docs/RESULTS.md, 'Targeted synthesis')",
     )
-    p.add_argument("--max-draw-factor", type=float, default=20.0, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (default 20)")
+    p.add_argument(
+        "--max-draw-factor", type=float, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (synthesis.target.max_draw_factor, default 20)"
+    )
     p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")
     p.add_argument(
         "--resample",
         type=int,
-        default=1,
         metavar="U",
-        help="conditioned, pasted: take each step U times (RePaint's resampling) so images follow what they are given more closely, at about U x the cost; ddim or ddpm only (default 1)",
+        help="conditioned, pasted: take each step U times (RePaint's resampling) so images follow what they are given more closely, at about U x the cost; ddim or ddpm only "
+        "(synthesis.target.resample, default 1)",
     )
     args = p.parse_args()
 
@@ -102,8 +107,6 @@ def main() -> None:
         for flag, value in (("--samples-per-shard", args.samples_per_shard), ("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads-per-actor", args.threads_per_actor)):
             check_flag(flag, value, 1)
         check_flag("--seed", args.seed, 0)
-        if args.resample != 1 and args.class_target is None:
-            raise PlanError(f"--resample {args.resample} applies to --class-target ... --target-route conditioned or pasted only")
         cfg = config_from(
             args,
             {
@@ -122,21 +125,27 @@ def main() -> None:
         from dakter_scale.diffusion.model import check_model_folder
         from dakter_scale.synth import run as synth
 
+        # the flags over synthesis.target, checked by targeted.prepare_target with the flags named
+        flags = {"spec": args.class_target, "route": args.target_route, "max_draw_factor": args.max_draw_factor, "resample": args.resample}
+        target_cfg = dataclasses.replace(cfg.synthesis.target, **{k: v for k, v in flags.items() if v is not None})
+        if target_cfg.resample != 1 and not target_cfg.spec:
+            raise PlanError(f"--resample {target_cfg.resample} applies to --class-target ... --target-route conditioned or pasted only")
         check_model_folder(args.model)
         targeted = None
-        if args.class_target is not None:
+        if target_cfg.spec:
             from dakter_scale.synth import targeted
             from dakter_scale.synth.target import TargetError
 
             if args.only_key:
                 raise TargetError("--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)")
-            target, pairs, estimate = targeted.prepare_target(args.model, args.class_target, args.target_route, args.max_draw_factor, args.resample, cfg.sampling.sampler)
+            target, _, estimate = targeted.prepare_target(args.model, target_cfg, cfg.sampling.sampler)
             if args.dry_run:
-                plan = {"class_target": args.class_target, "route": args.target_route, "shares": target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))]), "training": target.named(target.training), **estimate}
+                shares = target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))])
+                plan = {"class_target": target_cfg.spec, "route": target_cfg.route, "shares": shares, "training": target.named(target.training), **estimate}
                 if args.json:
                     emit(plan)
                 else:
-                    print(f"class target {args.class_target} by {args.target_route}: " + ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items()))
+                    print(f"class target {target_cfg.spec} by {target_cfg.route}: " + ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items()))
                     for key, value in estimate.items():
                         print(f"  {key}: {value}")
                 return 0
@@ -172,7 +181,8 @@ def main() -> None:
             summary = synth.synthesize(args.model, args.out, cfg.synthesis, cfg.sampling, **run_kwargs)
             lines, payload = summary.lines(), summary.to_json()
         else:
-            result = targeted.synthesize_targeted(args.model, args.out, cfg.synthesis, cfg.sampling, args.class_target, args.target_route, args.max_draw_factor, args.draw_out, resample=args.resample, **run_kwargs)
+            synthesis = dataclasses.replace(cfg.synthesis, target=target_cfg)
+            result = targeted.synthesize_targeted(args.model, args.out, synthesis, cfg.sampling, args.draw_out, **run_kwargs)
             summary = result.summary
             lines, payload = result.lines(), dict(summary.to_json(), dataset=result.info.to_json())
         for line in lines:

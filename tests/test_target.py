@@ -19,7 +19,7 @@ import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dakter_scale.config import SamplingConfig, SynthesisConfig
+from dakter_scale.config import SamplingConfig, SynthesisConfig, TargetConfig
 from dakter_scale.core.compose import class_shares, components, compose_mask, paste_instances, transform
 from dakter_scale.core.joint import one_hot
 from dakter_scale.core.schedule import add_noise
@@ -31,7 +31,7 @@ from dakter_scale.synth import run as synth_run
 from dakter_scale.synth import target as tgt
 from dakter_scale.synth import targeted
 from dakter_scale.synth.plan import pair_seed
-from dakter_scale.synth.target import ClassTarget, TargetError, parse_class_target
+from dakter_scale.synth.target import ClassTarget, Condition, TargetError, parse_class_target
 
 from conftest import ROOT, job
 from shardgen import job_env
@@ -43,6 +43,11 @@ SAMPLING = SamplingConfig(steps=3)
 
 def synth_cfg(n=4, **kw) -> SynthesisConfig:
     return SynthesisConfig(n=n, samples_per_shard=4, batch_size=4, seed=5, **kw)
+
+
+def condition(t: ClassTarget, pairs, route: str = "conditioned", **settings) -> Condition:
+    """What the route gives each pair, at synthesis.target's defaults but for `settings`."""
+    return Condition.from_config(TargetConfig(spec=t.spec, route=route, **settings), t, *pairs)
 
 
 # -- the grammar ------------------------------------------------------------------------------------
@@ -278,8 +283,7 @@ def test_paste_by_component_pastes_instances_that_fit_what_is_missing():
         assert np.count_nonzero(whole[2]) == 80 and 12 <= np.count_nonzero(fit[2]) <= 24  # (the cyclic shift may cut a slick in two)
 
 
-def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach(monkeypatch):
-    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)  # whole donors: the probe's reach below is theirs
+def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
     rng = np.random.default_rng(1)
     masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)
     images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
@@ -288,10 +292,10 @@ def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach(monkeypatch):
     assert all(np.array_equal(x, y) for x, y in zip(a[1], tgt.pair_paste(12, images, masks, t))) and not np.array_equal(a[0][2], a[1][2])
     image, ids, given, _ = a[0]
     assert set(np.unique(ids[given])) <= {1, 3}
-    shares = tgt.check_composable("pasted", images, masks, t)
+    shares = tgt.check_composable("pasted", images, masks, t, by_component=False)  # whole donors: the probe's reach below is theirs
     assert shares[1] >= 0.1 and shares[3] >= 0.08 and shares[0] == 0  # only the targeted classes are given
     with pytest.raises(TargetError, match=r"^--class-target oil:0.9 cannot be reached by the pasted route \(8 pasted masks per class at most\): pasted instances reach oil "):
-        tgt.check_composable("pasted", images, masks, parse_class_target("oil:0.9", CLASSES, OSD))
+        tgt.check_composable("pasted", images, masks, parse_class_target("oil:0.9", CLASSES, OSD), by_component=False)
 
 
 # -- replacement conditioning in the sampler -------------------------------------------------------
@@ -379,14 +383,57 @@ def test_resampling_takes_each_replaced_step_again_from_its_own_level(model, tmp
         with pytest.raises(ValueError, match="ddim or ddpm"):
             sample_pairs(m, seeds, SamplingConfig(sampler=sampler, steps=3), "cpu", given_label=y0, resample=2)
     with pytest.raises(TargetError, match="conditioned route: resample must be .* got 2 with unipc"):  # before any sampling
-        targeted.synthesize_targeted(model, str(tmp_path / "o"), synth_cfg(n=4), SamplingConfig(sampler="unipc", steps=3), "oil:3x", "conditioned", resample=2, progress=False, use_ray=False)
+        cfg = synth_cfg(n=4, target=TargetConfig(spec="oil:3x", route="conditioned", resample=2))
+        targeted.synthesize_targeted(model, str(tmp_path / "o"), cfg, SamplingConfig(sampler="unipc", steps=3), progress=False, use_ray=False)
     assert not (tmp_path / "o").exists()
     # u is part of a conditioned set's identity; u = 1 leaves the identity of sets written before it existed
     t, info = targeted.model_target(model, "oil:3x")
     pairs = targeted.training_pairs(info)
-    plain, u2 = (synth_run.condition_identity(targeted.condition_for(t, "conditioned", *pairs, resample=u)) for u in (1, 2))
+    plain, u2 = (condition(t, pairs, resample=u).identity() for u in (1, 2))
     assert "resample" not in plain and "free_steps" not in plain and u2 == dict(plain, resample=2)
     assert "images" not in plain and plain["route"] == "conditioned"  # as before the pasted route existed
+
+
+def test_sample_pairs_hooks_listen_without_changing_a_pair(model):
+    """on_step hears every step's clean estimate; autocast=False on a CPU (where no autocast runs) and
+    listening change no bit of a pair."""
+    m = load_model_folder(model, "cpu")
+    seen = []
+    heard = sample_pairs(m, [1, 2], SAMPLING, "cpu", on_step=lambda i, x0: seen.append((i, tuple(x0.shape))))
+    plain = sample_pairs(m, [1, 2], SAMPLING, "cpu", autocast=False)
+    assert seen == [(i, (2, 1 + m.num_classes, m.resolution, m.resolution)) for i in range(SAMPLING.steps)]
+    assert torch.equal(heard.images, plain.images) and torch.equal(heard.q, plain.q)
+
+
+def test_target_config_is_checked_on_load_naming_the_key():
+    from dakter_scale.config import ConfigError, load_config
+
+    assert load_config(None, ["synthesis.target.spec=oil:3x", "synthesis.target.route=pasted"]).synthesis.target == TargetConfig(spec="oil:3x", route="pasted")
+    for override, message in (
+        ("synthesis.target.route=painted", "synthesis.target.route: 'painted' is not one of selection, conditioned, pasted"),
+        ("synthesis.target.paste_at=1.0", "synthesis.target.paste_at: must be a share of the sampling steps in [0, 1), got 1.0"),
+        ("synthesis.target.max_draw_factor=0.5", "synthesis.target.max_draw_factor: must be >= 1 (pairs drawn per pair kept), got 0.5"),
+        ("synthesis.target.resample=0", "synthesis.target.resample: must be >= 1, got 0"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [override])
+        assert str(e.value) == message
+
+
+def test_a_condition_is_rebuilt_from_its_sets_record_and_keeps_old_identities():
+    """Condition.from_record(the dataset.json record) has the identity of the condition that wrote the
+    set; the conditioned route's identity holds no pasted-route settings (its sets' fingerprints)."""
+    rng = np.random.default_rng(0)
+    masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)
+    images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
+    t = parse_class_target("oil:0.1", CLASSES, OSD)
+    for route, knobs in (("conditioned", {}), ("conditioned", {"free_steps": 2}), ("pasted", {}), ("pasted", {"paste_at": 0.0, "by_component": False, "sea": False})):
+        c = condition(t, (images, masks), route, **knobs)
+        assert Condition.from_record(dict(c.record(), route=route), t, images, masks).identity() == c.identity()
+    plain = condition(t, (images, masks)).identity()
+    assert set(plain) == {"route", "spec", "training", "max_pastes", "masks"}
+    with pytest.raises(ValueError, match="training images for pasted only"):
+        Condition("pasted", t, masks)
 
 
 def test_a_pair_given_at_some_pixels_is_replaced_there_only(model):
@@ -482,8 +529,8 @@ def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_byte
     pairs = targeted.training_pairs(info)
     masks = pairs[1]
     run = dict(progress=False, use_ray=False)
-    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, **run)
-    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, **run)
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run)
     for s in range(2):
         assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
     untargeted = synth_run.synthesize(model, str(tmp_path / "u"), synth_cfg(n=6), SAMPLING, **run)
@@ -506,20 +553,19 @@ def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_byte
     assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
 
 
-def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_path, monkeypatch):
-    """Instances placed before sampling, whole donors (PASTE_AT 0, not by component): what each pair
+def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_path):
+    """Instances placed before sampling, whole donors (paste_at 0, not by component): what each pair
     is given comes from its seed alone."""
-    monkeypatch.setattr(tgt, "PASTE_AT", 0.0)
-    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)
+    placed = dict(paste_at=0.0, by_component=False)
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
     images, masks = pairs = targeted.training_pairs(info)
     assert images.dtype == np.uint8 and images.shape == masks.shape
     run = dict(progress=False, use_ray=False)
-    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
-    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", **placed), **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", **placed), **run)
     for s in range(2):
         assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
-    conditioned = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, t, pairs, **run)
+    conditioned = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run)
     assert conditioned.info.fingerprint != a.info.fingerprint  # the route, and the images it pastes, are part of the set's identity
     m = load_model_folder(model, "cpu")
     seeds = [pair_seed(5, 1, i) for i in range(2)]  # shard 1's batch (pairs 4 and 5), rebuilt from the seeds alone
@@ -534,7 +580,7 @@ def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_pa
         given_label=m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
         given_image=normalise(np.stack([g[0] for g in given]))[:, None],
         given_where=torch.from_numpy(np.stack([g[2] for g in given]))[:, None],
-        given_sea=torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None] if tgt.PASTE_SEA else None,
+        given_sea=torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None] if TargetConfig.sea else None,
     )
     stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
     assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)
@@ -551,26 +597,25 @@ def test_paste_step_is_a_share_of_the_steps_that_leaves_a_replaced_step():
         tgt.paste_step(1.5, 50)
 
 
-def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_path, monkeypatch):
-    """By default instances are placed after PASTE_AT of the steps onto the sea of each pair's layout,
+def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_path):
+    """By default instances are placed after synthesis.target.paste_at of the steps onto the sea of each pair's layout,
     one at a time; reruns write the same bytes, both settings are part of the set's identity and its
     record, and a batch rebuilt from its seeds (placing from its own clean estimate) gives the stored
     pair bit for bit."""
-    assert 0 < tgt.PASTE_AT < 1 and tgt.PASTE_BY_COMPONENT
+    assert 0 < TargetConfig.paste_at < 1 and TargetConfig.by_component
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
     images, masks = pairs = targeted.training_pairs(info)
     run = dict(progress=False, use_ray=False)
-    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
-    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), **run)
+    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), **run)
     for s in range(2):
         assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
-    monkeypatch.setattr(tgt, "PASTE_AT", 0.0)
-    before = targeted.by_conditioning(model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
-    monkeypatch.setattr(tgt, "PASTE_BY_COMPONENT", False)
-    whole = targeted.by_conditioning(model, str(tmp_path / "w"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", **run)
+    before = targeted.by_conditioning(model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", paste_at=0.0), **run)
+    whole = targeted.by_conditioning(model, str(tmp_path / "w"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", paste_at=0.0, by_component=False), **run)
     assert len({a.info.fingerprint, before.info.fingerprint, whole.info.fingerprint}) == 3
     record = a.info.target
     assert (record["paste_at"], record["by_component"], before.info.target["paste_at"], whole.info.target["by_component"]) == (0.8, True, 0.0, False)
+    assert Condition.from_record(record, t, images, masks).identity() == condition(t, pairs, "pasted").identity()
     m = load_model_folder(model, "cpu")
     seeds = [pair_seed(5, 1, i) for i in range(2)]
     from dakter_scale.data.real import denormalise, normalise
@@ -603,7 +648,7 @@ def test_selection_meets_the_target_from_a_larger_draw(model, tmp_path):
     assert richest > natural
     share = round((natural + richest) / 2, 4)
     t = parse_class_target(f"oil:{share}", CLASSES, OSD)
-    result = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4), SAMPLING, t, max_draw_factor=4, **run)
+    result = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4, target=TargetConfig(max_draw_factor=4)), SAMPLING, t, **run)
     record = result.info.target
     assert record["met"] and record["achieved"]["oil"] >= share and record["route"] == "selection"
     assert 4 < record["drawn"] <= 16 and record["cost"]["pairs_drawn_per_kept_pair"] == record["drawn"] / 4
@@ -616,7 +661,7 @@ def test_selection_meets_the_target_from_a_larger_draw(model, tmp_path):
     info = ShardSet(str(tmp_path / "sel")).info()
     assert info.complete and info.count == 4 and info.target == record and not any("not met" in w for w in info.warnings)
     # a rerun keeps what it made
-    again = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4), SAMPLING, t, max_draw_factor=4, **run)
+    again = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4, target=TargetConfig(max_draw_factor=4)), SAMPLING, t, **run)
     assert again.info.target["drawn"] == record["drawn"] and again.summary.written == []
 
 
@@ -709,7 +754,7 @@ def test_the_bench_rebuilds_what_a_placed_set_was_given(model, tmp_path):
     # shares above it leave something to paste onto its sea
     t, info = targeted.model_target(model, SPEC)
     pairs = targeted.training_pairs(info)
-    targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, t, pairs, "pasted", progress=False, use_ray=False)
+    targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), progress=False, use_ray=False)
     target, route, rebuilt = bench.given_pixels(model, str(tmp_path / "a"), SPEC)
     rebuilt = list(rebuilt)
     assert route == "pasted" and len(rebuilt) == 6

@@ -81,10 +81,6 @@ def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
     return sched
 
 
-# sample_pairs' settings for images drawn given a label, at their defaults (plain replacement)
-CONDITIONING_DEFAULTS = {"free_steps": 0, "resample": 1}
-
-
 def _pair_noise(gens, shape, device) -> torch.Tensor:
     """(N, *shape) standard normal noise, row i drawn from pair i's own generator."""
     return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
@@ -97,10 +93,10 @@ def check_resample(resample: int, sampler: str) -> None:
         raise ValueError(f"resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got {resample} with {sampler}")
 
 
-def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, gens) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, gens, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One sampler step: z_t (N, 1+K, H, W) -> (z at the next level, the clipped clean estimate x0_hat)."""
     device = z.device
-    with _autocast(device):
+    with _autocast(device) if autocast else contextlib.nullcontext():
         output = model.unet(z, t.to(device)).sample.float()
     a = alpha_bar[t].expand(z.shape[0])
     x0, eps = joint_to_x0_eps(output, z, a, model.prediction_type, model.label_prediction_type)
@@ -184,6 +180,8 @@ def sample_pairs(
     given_sea: torch.Tensor | None = None,
     given_at: int = 0,
     place: Callable[[torch.Tensor], dict] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    autocast: bool = True,
 ) -> Samples:
     """Sample len(seeds) pairs in one batch; pair i depends only on seeds[i], the model, cfg and
     given_label[i]: (N, K, H, W) clean label channels b * (2 * onehot - 1) to draw the images given
@@ -196,7 +194,10 @@ def sample_pairs(
     then moved to the sea level of the pair being drawn after every step (module docstring).
     place with given_at = k >= 1, instead of the given_* tensors: the first k steps run jointly, then
     place(x0_hat) (N, 1 + K, H, W), the clean estimate after step k, returns the given_* arguments
-    (a dict), which hold from there on: what is given can follow the layout those steps fixed."""
+    (a dict), which hold from there on: what is given can follow the layout those steps fixed.
+    on_step(i, x0_hat): hears the clipped clean estimate (N, 1 + K, H, W) after every network
+    evaluation of step i (each of a resampled step's). autocast: the network in bf16 on a CUDA device
+    that has it (False: in fp32 everywhere)."""
     check_resample(resample, cfg.sampler)
     if place is not None and (given_label is not None or not 1 <= given_at < cfg.steps - free_steps):
         raise ValueError(f"place needs no given tensors and 1 <= given_at < steps - free_steps (given_at {given_at}, {cfg.steps} steps, free_steps {free_steps})")
@@ -219,7 +220,9 @@ def sample_pairs(
             if u > 0:  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
                 ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
-            z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens)
+            z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens, autocast)
+            if on_step is not None:
+                on_step(i, x0)
             if place is not None and i + 1 == given_at:  # the first given_at steps are done: place what is given
                 given = _Given.of(device, **place(x0))
                 replaced = True

@@ -14,8 +14,8 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_model, save_model
 
+from dakter_scale.config import ARCHS
 from dakter_scale.errors import UserError
-from dakter_scale.student.archs import ARCHS
 
 # Small encoders that train on a CPU; any smp encoder name can be given instead.
 DEFAULT_ENCODERS = {"segformer": "mit_b0", "dpt": "tu-vit_tiny_patch16_224"}

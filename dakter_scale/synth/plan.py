@@ -95,7 +95,7 @@ def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: i
     (on the same kind of device and torch build). The solver order only changes the bytes of the
     multistep samplers: it is left out for ddim and ddpm, whose sets written before it existed keep
     their fingerprints. `condition`: what label-conditioned sampling draws the images given
-    (synth/targeted.py: condition_identity); absent for the joint, whose fingerprints stay those of
+    (synth/target.py: Condition.identity); absent for the joint, whose fingerprints stay those of
     sets written before it existed."""
     if sampling.get("sampler") not in MULTISTEP_SAMPLERS:
         sampling = {k: v for k, v in sampling.items() if k != "solver_order"}

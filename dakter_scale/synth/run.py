@@ -15,7 +15,6 @@ and a rerun writes it again with the same bytes.
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,8 +23,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from dakter_scale import __version__
 from dakter_scale.cards import write_dataset_card
@@ -48,9 +45,9 @@ from dakter_scale.data.shardset import (
     stats_lines,
 )
 from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
-from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
 from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
+from dakter_scale.synth.target import Condition
 
 log = logging.getLogger("dakter_scale")
 
@@ -156,39 +153,12 @@ def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: s
     return f"a dataset from model {str(existing.model_hash or '?')[:12]} that differs in {', '.join(differ)} (fingerprint {existing.fingerprint})"
 
 
-def _array_hash(array) -> str:
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    return hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()[:16]
-
-
-def condition_identity(condition: dict | None) -> dict | None:
-    """What of a condition (the writer's `condition`: route, spec, training shares, masks, images for
-    the pasted route with its sea shift, paste_at and by_component, max_pastes, free_steps, resample) makes the shards' bytes, for the
-    fingerprint: the arrays by their hash."""
-    if condition is None:
-        return None
-    # absent at their defaults, so sets written before these knobs existed keep their fingerprints
-    harmonise = {k: int(condition[k]) for k, default in CONDITIONING_DEFAULTS.items() if int(condition.get(k, default)) != default}
-    pasted = {"images": _array_hash(condition["images"]), "sea": bool(condition["sea"])} if condition.get("route") == "pasted" else {}
-    # absent at their defaults too
-    pasted.update({k: type(v)(condition[k]) for k, v in (("paste_at", 0.0), ("by_component", False)) if condition.get(k, v)})
-    return {
-        **harmonise,
-        **pasted,
-        "route": condition.get("route", "conditioned"),
-        "spec": condition["spec"],
-        "training": [float(v) for v in condition["training"]],
-        "max_pastes": int(condition["max_pastes"]),
-        "masks": _array_hash(condition["masks"]),
-    }
-
-
-def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, condition: dict | None = None) -> Prepared:
+def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, condition: Condition | None = None) -> Prepared:
     """Decide the shards left to write. Reads only: writes, probes and deletes nothing."""
     info = _model_info(model_dir)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     mhash = model_hash(model_dir)
-    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size, condition_identity(condition))
+    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size, condition.identity() if condition is not None else None)
     out = ShardSet(out_url)
     try:
         listing = out.listing()
@@ -232,7 +202,7 @@ def check_inputs(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, samp
     storage.check_writable(out_url)
 
 
-def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: dict | None = None) -> Prepared:
+def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: Condition | None = None) -> Prepared:
     """Decide the shards left to write (inputs already checked by check_inputs). Refuses, or with
     overwrite deletes, another dataset in the output. Starts nothing."""
     prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
@@ -248,7 +218,7 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     return inspect_output(model_dir, out_url, cfg, sampling, condition)
 
 
-def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: dict | None = None) -> dict:
+def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: Condition | None = None) -> dict:
     """The plan as a JSON-able dict: shards, pairs, what is already done, estimated bytes. Changes nothing."""
     check_model_folder(model_dir)
     sampling.check_steps(num_train_timesteps(model_dir))
@@ -427,7 +397,7 @@ def synthesize(
     use_ray: bool = True,
     device: str = "auto",
     break_lock: bool = False,
-    condition: dict | None = None,
+    condition: Condition | None = None,
     reference: list[float] | None = None,
 ) -> Summary:
     """Write cfg.n pairs to out_url, skipping finished shards. Never raises for a failed shard:
@@ -437,8 +407,8 @@ def synthesize(
     dataset.json is written: a second run on the same prefix is refused (LeaseError) rather than
     mixing its shards in; break_lock takes the prefix from a holder that looks alive.
 
-    condition: draw each image given a composed label map (the writer's `condition`; targeted
-    synthesis, synth/targeted.py). reference: the class mix the divergence check compares the set
+    condition: what each pair is drawn given (targeted synthesis, synth/targeted.py; part of the
+    set's fingerprint). reference: the class mix the divergence check compares the set
     with (default: the training data's; a targeted set's is its target's)."""
     if device not in DEVICES:
         raise PlanError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -462,7 +432,7 @@ def synthesize(
 
 def _synthesize(
     model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, lease: Lease, overwrite: bool, progress: bool, use_ray: bool, device: str, t0: float,
-    condition: dict | None, reference: list[float] | None,
+    condition: Condition | None, reference: list[float] | None,
 ) -> Summary:
     prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite, condition=condition)
     plan = prep.plan

@@ -24,7 +24,7 @@ log = logging.getLogger("dakter_scale")
 NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
 
 
-def writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str, lease: dict | None = None, condition: dict | None = None) -> dict:
+def writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str, lease: dict | None = None, condition: Any = None) -> dict:
     """The ShardWriter's arguments (all but the device), the same for every strategy."""
     return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp, lease=lease, condition=condition)
 

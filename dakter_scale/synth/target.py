@@ -14,19 +14,23 @@ greedily and deterministically, by each pair's class_fractions in the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
 
+from dakter_scale.config import ROUTES, TargetConfig
 from dakter_scale.core.compose import class_shares, compose_mask, paste_instances
 from dakter_scale.core.steps import derive_seed
 from dakter_scale.errors import UserError
 
-ROUTES = ("selection", "conditioned", "pasted")
-DRAWN_ROUTES = ("conditioned", "pasted")  # routes that draw each pair given something (synth/targeted.py)
+MAX_PASTES = TargetConfig.max_pastes  # donor masks pasted per class at most, by default
+
+DRAWN_ROUTES = ROUTES[1:]  # conditioned, pasted: the routes that draw each pair given something (synth/targeted.py)
 FORMAT = 1  # version of dataset.json's "target" record
 _ENTRY = re.compile(r"^\s*([^:,\s][^:,]*?)\s*:\s*([^,]+?)\s*$")
 # Draw factors the selection route tries, smallest first (pairs drawn per pair kept).
@@ -185,14 +189,6 @@ def draw_factor(fractions: np.ndarray, target: ClassTarget, max_factor: float, k
 # -- conditioned and pasted sampling: what each pair is drawn given ----------------------------------
 
 COMPOSE_STREAM = 1  # derive_seed(pair seed, COMPOSE_STREAM): the composed map's randomness, apart from the sampler's
-MAX_PASTES = 8  # donor masks pasted per class at most
-PASTE_SEA = True  # pasted route: pasted images moved to the drawn pair's sea level (diffusion/sample.py given_sea)
-# pasted route: the share of the sampling steps run jointly before instances are placed, from the
-# layout the pair being drawn has by then (its x0_hat label: onto its sea, counting what it holds);
-# 0: placed before sampling, anywhere. 0.8 by measurement (docs/RESULTS.md, "Placing the pasted
-# instances"): the label estimate shows oil only after about 60 % of the steps
-PASTE_AT = 0.8
-PASTE_BY_COMPONENT = True  # pasted route: a donor's instances one at a time, those that fit what is missing (core.compose.paste_instances)
 
 
 def paste_step(paste_at: float, steps: int, free_steps: int = 0) -> int:
@@ -241,27 +237,37 @@ def pair_paste(
     and label, from the real pairs (images, masks: (N, H, H) uint8) moved and pasted until they cover
     the class's target share (core.compose.paste_instances). A function of its arguments alone, like
     pair_mask. pool: paste_pool(images, masks, target), when the caller keeps it. base (H, H) class
-    ids: the drawn pair's layout so far (PASTE_AT), pasted onto its sea and counted towards the target.
-    by_component: instances one at a time (PASTE_BY_COMPONENT)."""
+    ids: the drawn pair's layout so far (TargetConfig.paste_at), pasted onto its sea and counted towards
+    the target. by_component: instances one at a time (TargetConfig.by_component)."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
     return paste_instances(paste_pool(images, masks, target) if pool is None else pool, target.goals, rng, max_pastes, base, by_component)
 
 
-def given_shares(route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES) -> np.ndarray:
+def given_shares(
+    route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, by_component: bool = TargetConfig.by_component
+) -> np.ndarray:
     """Pooled per-class shares (K,) of what `route` gives the pairs of `seeds`: the composed maps
-    (conditioned), or the pasted pixels alone (pasted: what the model draws around them adds more)."""
+    (conditioned), or the pasted pixels alone (pasted: what the model draws around them adds more;
+    by_component as pair_paste's)."""
     k = len(target.classes)
     if route == "conditioned":
         pool = donors(masks, target)
         return class_shares(np.stack([pair_mask(s, masks, target, max_pastes, pool) for s in seeds]), k)
     pool = paste_pool(images, masks, target)
-    pasted = [pair_paste(s, images, masks, target, max_pastes, pool, by_component=PASTE_BY_COMPONENT) for s in seeds]
+    pasted = [pair_paste(s, images, masks, target, max_pastes, pool, by_component=by_component) for s in seeds]
     counts = sum(np.bincount(ids[given].astype(np.int64), minlength=k)[:k] for _, ids, given, _ in pasted)
     return counts / (len(pasted) * masks[0].size)
 
 
 def check_composable(
-    route: str, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, probe: int = 64, flag: str = "--class-target"
+    route: str,
+    images: np.ndarray,
+    masks: np.ndarray,
+    target: ClassTarget,
+    max_pastes: int = MAX_PASTES,
+    probe: int = 64,
+    flag: str = "--class-target",
+    by_component: bool = TargetConfig.by_component,
 ) -> np.ndarray:
     """Refuse (TargetError, naming `flag`) a target `route` (conditioned or pasted) cannot compose: a
     targeted class that no training mask holds, or what it gives `probe` seeds falling short of the
@@ -270,8 +276,114 @@ def check_composable(
     if missing:
         hint = "; use --target-route selection" if flag == "--class-target" else ""
         raise TargetError(f"{flag}: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste{hint}")
-    shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes)
+    shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes, by_component)
     if not target.met(shares):
         what = "composed maps" if route == "conditioned" else "pasted instances"
         raise TargetError(f"{flag} {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}")
     return shares
+
+
+# -- what a run that draws pairs given something gives them ------------------------------------------
+
+
+def _array_hash(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GivenPairs:
+    """What a batch of pairs is drawn given, as class ids and pixels (the writer turns it into
+    diffusion/sample.py's given_* tensors)."""
+
+    ids: np.ndarray  # (N, H, H) uint8 class ids: the composed maps (conditioned) or the pasted instances' labels (pasted)
+    where: np.ndarray | None  # (N, H, H) bool: the pixels given (pasted); None: every pixel (conditioned)
+    image: np.ndarray | None = None  # (N, H, H) uint8: the pasted instances' image (pasted)
+    sea: np.ndarray | None = None  # (N, H, H) float32: each given pixel's donor sea level (pasted)
+
+
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """What each pair of a conditioned or pasted run is drawn given (module docstring), from the real
+    training pairs: the ShardWriter's one argument for it, part of the set's identity (`identity`,
+    hashed into its fingerprint) and of its dataset.json `target` record (`from_record` rebuilds it).
+    The settings at which the conditioned route ignores them (sea, paste_at, by_component) are False
+    or 0 there, as they were before the pasted route existed."""
+
+    route: str  # conditioned | pasted
+    target: ClassTarget
+    masks: np.ndarray  # (N, H, H) uint8 class ids of the real training pairs
+    images: np.ndarray | None = None  # (N, H, H) uint8 images of the real training pairs (pasted)
+    max_pastes: int = MAX_PASTES
+    free_steps: int = 0  # the last sampling steps run jointly
+    resample: int = 1  # each replaced step taken this many times (RePaint)
+    sea: bool = False  # pasted images moved to the drawn pair's sea level (diffusion/sample.py given_sea)
+    paste_at: float = 0.0  # pasted: instances placed after this share of the steps, onto the layout's sea
+    by_component: bool = False  # pasted: a donor's instances one at a time (core.compose.paste_instances)
+
+    def __post_init__(self):
+        if self.route not in DRAWN_ROUTES or (self.route == "pasted") != (self.images is not None):
+            raise ValueError(f"a condition's route is one of {DRAWN_ROUTES}, with the training images for pasted only, got {self.route!r}")
+
+    @classmethod
+    def from_config(cls, cfg: TargetConfig, target: ClassTarget, images: np.ndarray, masks: np.ndarray) -> "Condition":
+        """The condition synthesis.target (cfg.route conditioned or pasted) gives the pairs of a run,
+        from the real training pairs (images, masks), each (N, H, H) uint8."""
+        settings = dict(max_pastes=cfg.max_pastes, free_steps=cfg.free_steps, resample=cfg.resample)
+        if cfg.route == "pasted":
+            return cls("pasted", target, masks, images, sea=cfg.sea, paste_at=cfg.paste_at, by_component=cfg.by_component, **settings)
+        return cls(cfg.route, target, masks, **settings)
+
+    @classmethod
+    def from_record(cls, record: dict, target: ClassTarget, images: np.ndarray, masks: np.ndarray) -> "Condition":
+        """The condition a set was drawn given, from its dataset.json `target` record (a key absent
+        there was at the value it had before the key existed)."""
+        return cls(
+            record["route"],
+            target,
+            masks,
+            images if record["route"] == "pasted" else None,
+            int(record.get("max_pastes", MAX_PASTES)),
+            int(record.get("free_steps", 0)),
+            int(record.get("resample", 1)),
+            bool(record.get("sea", False)),
+            float(record.get("paste_at", 0.0)),
+            bool(record.get("by_component", False)),
+        )
+
+    def identity(self) -> dict:
+        """What of the condition makes the shards' bytes, for the fingerprint (synth/plan.py): the
+        arrays by their hash. Settings at the values they had before they existed are left out, so
+        those sets keep their fingerprints."""
+        out: dict = {k: v for k, v, old in (("free_steps", self.free_steps, 0), ("resample", self.resample, 1)) if v != old}
+        if self.route == "pasted":
+            out.update(images=_array_hash(self.images), sea=bool(self.sea))
+        out.update({k: v for k, v in (("paste_at", float(self.paste_at)), ("by_component", bool(self.by_component))) if v})
+        return {**out, "route": self.route, "spec": self.target.spec, "training": [float(v) for v in self.target.training], "max_pastes": int(self.max_pastes), "masks": _array_hash(self.masks)}
+
+    def record(self) -> dict:
+        """Its settings in dataset.json's `target` record: what each pair was given, and how."""
+        if self.route == "conditioned":
+            given = {"label_maps": "real training masks + pasted real regions (synth/target.py pair_mask)"}
+        else:
+            given = {"pasted": "real training pairs' regions of the targeted classes, image and label (synth/target.py pair_paste)", "sea": self.sea, "paste_at": self.paste_at, "by_component": self.by_component}
+        return {"max_pastes": self.max_pastes, "free_steps": self.free_steps, "resample": self.resample, **given}
+
+    def given_at(self, steps: int) -> int:
+        """The sampling step after which what is given is placed (sample_pairs' given_at); 0: before sampling."""
+        return paste_step(self.paste_at, steps, self.free_steps) if self.route == "pasted" else 0
+
+    @cached_property
+    def pool(self) -> dict[int, list[np.ndarray]]:
+        """The donors every pair draws from (built once per process, on first use)."""
+        return paste_pool(self.images, self.masks, self.target) if self.route == "pasted" else donors(self.masks, self.target)
+
+    def given(self, seeds: Sequence[int], bases: np.ndarray | None = None) -> GivenPairs:
+        """What the pairs of `seeds` are given: their composed maps (conditioned), or their pasted
+        instances (pasted), onto the sea of bases (N, H, H) class ids (their layout so far) if given."""
+        if self.route == "conditioned":
+            return GivenPairs(np.stack([pair_mask(s, self.masks, self.target, self.max_pastes, self.pool) for s in seeds]), None)
+        bases = [None] * len(seeds) if bases is None else bases
+        pasted = (pair_paste(s, self.images, self.masks, self.target, self.max_pastes, self.pool, base, self.by_component) for s, base in zip(seeds, bases))
+        image, ids, where, level = (np.stack(a) for a in zip(*pasted))
+        return GivenPairs(ids, where, image, level if self.sea else None)

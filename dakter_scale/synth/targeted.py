@@ -21,7 +21,7 @@ pasted       Draw exactly n pairs jointly, each given real instances of the targ
              those classes, moved, one instance at a time where it fits, until the class covers the
              target share), by replacement at those pixels only (diffusion/sample.py given_image,
              given_where), the pasted image moved to the drawn pair's sea level after every step
-             (given_sea, target.PASTE_SEA). The instances are placed after target.PASTE_AT of the
+             (given_sea, synthesis.target.sea). The instances are placed after synthesis.target.paste_at of the
              steps, onto the sea of the layout those steps fixed, counting what it holds (sample_pairs
              place). The model draws the rest of the pair around them and harmonises the edges. The
              image shows what the label says at the pasted pixels because both are real there; the
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from dakter_scale.cards import write_dataset_card
-from dakter_scale.config import SamplingConfig, SynthesisConfig
+from dakter_scale.config import SamplingConfig, SynthesisConfig, TargetConfig
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.real import open_source, whole_pairs
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, divergence, marker_count, marker_stats, stats_lines
@@ -57,12 +57,11 @@ from dakter_scale.diffusion.model import check_model_folder
 from dakter_scale.diffusion.sample import check_resample
 from dakter_scale.synth import target as tgt
 from dakter_scale.synth.run import Summary, synthesize
-from dakter_scale.synth.target import ClassTarget, TargetError
+from dakter_scale.synth.target import ClassTarget, Condition, TargetError
 
 log = logging.getLogger("dakter_scale")
 
 DRAWN_SUFFIX = "_drawn"  # the selection route's draw, beside the output by default
-DEFAULT_MAX_DRAW_FACTOR = 20.0
 
 
 def model_target(model_dir: str | Path, spec: str) -> tuple[ClassTarget, dict]:
@@ -86,17 +85,6 @@ def check_max_draw_factor(value: float) -> float:
     return float(value)
 
 
-def condition_for(target: ClassTarget, route: str, images: np.ndarray, masks: np.ndarray, free_steps: int = 0, resample: int = 1) -> dict:
-    """The ShardWriter's `condition` for a route that draws pairs given something (conditioned or
-    pasted; checked reachable first); the last free_steps sampling steps run jointly, each replaced
-    step is taken `resample` times (diffusion/sample.py)."""
-    tgt.check_composable(route, images, masks, target)
-    condition = {"spec": target.spec, "training": list(target.training), "masks": masks, "max_pastes": tgt.MAX_PASTES, "free_steps": int(free_steps), "resample": int(resample)}
-    if route == "pasted":  # the conditioned route's condition stays as it was (its sets' fingerprints)
-        condition.update(route=route, images=images, sea=tgt.PASTE_SEA, paste_at=tgt.PASTE_AT, by_component=tgt.PASTE_BY_COMPONENT)
-    return condition
-
-
 def check_route_resample(resample: int, route: str, sampler: str) -> None:
     """--resample: RePaint's resampling for a route that replaces, with a sampler whose steps keep no state."""
     if resample != 1 and route not in tgt.DRAWN_ROUTES:
@@ -107,21 +95,25 @@ def check_route_resample(resample: int, route: str, sampler: str) -> None:
         raise TargetError(f"--class-target, {route} route: {e}") from None
 
 
-def prepare_target(
-    model_dir: str | Path, spec: str, route: str, max_draw_factor: float, resample: int = 1, sampler: str = "ddim"
-) -> tuple[ClassTarget, tuple[np.ndarray, np.ndarray] | None, dict]:
-    """Every check of a targeted run that needs no sampling: the spec against the model, the route,
-    the draw bound, resampling against the route and sampler, and for the conditioned and pasted
-    routes whether what they give the pairs reaches the target. Returns (target, the real training
-    pairs (images, masks) those routes paste from, or None for selection, what the check found)."""
-    tgt.check_route(route)
-    check_max_draw_factor(max_draw_factor)
-    check_route_resample(resample, route, sampler)
-    target, info = model_target(model_dir, spec)
-    if route == "selection":
+def check_reachable(condition: Condition) -> np.ndarray:
+    """What the condition gives the pairs, pooled (K,), or TargetError when it falls short of its target."""
+    c = condition
+    return tgt.check_composable(c.route, c.images, c.masks, c.target, c.max_pastes, by_component=c.by_component)
+
+
+def prepare_target(model_dir: str | Path, cfg: TargetConfig, sampler: str = "ddim") -> tuple[ClassTarget, Condition | None, dict]:
+    """Every check of a targeted run (synthesis.target) that needs no sampling: the spec against the
+    model, the route, the draw bound, resampling against the route and sampler, and for the conditioned
+    and pasted routes whether what they give the pairs reaches the target. Returns (target, what those
+    routes give each pair, from the real training pairs, or None for selection, what the check found)."""
+    tgt.check_route(cfg.route)
+    check_max_draw_factor(cfg.max_draw_factor)
+    check_route_resample(cfg.resample, cfg.route, sampler)
+    target, info = model_target(model_dir, cfg.spec)
+    if cfg.route == "selection":
         return target, None, {"draw_factor": "measured on the first draw of n pairs"}
-    images, masks = training_pairs(info)
-    return target, (images, masks), {"given_shares": target.named(tgt.check_composable(route, images, masks, target))}
+    condition = Condition.from_config(cfg, target, *training_pairs(info))
+    return target, condition, {"given_shares": target.named(check_reachable(condition))}
 
 
 @dataclass
@@ -177,23 +169,13 @@ def _sampling_seconds(markers) -> float:
     return float(sum(m.get("seconds", 0.0) for m in markers))
 
 
-def by_conditioning(
-    model_dir: str | Path,
-    out_url: str,
-    cfg: SynthesisConfig,
-    sampling: SamplingConfig,
-    target: ClassTarget,
-    pairs: tuple[np.ndarray, np.ndarray],
-    route: str = "conditioned",
-    free_steps: int = 0,
-    resample: int = 1,
-    **run_kwargs,
-) -> TargetedResult:
+def by_conditioning(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, condition: Condition, **run_kwargs) -> TargetedResult:
     """cfg.n pairs drawn given composed label maps (route conditioned) or pasted real instances
-    (route pasted), from the real training pairs (images, masks) (module docstring); dataset.json
+    (route pasted), as `condition` says (module docstring; checked reachable first); dataset.json
     gains `target`."""
-    check_route_resample(resample, route, sampling.sampler)
-    condition = condition_for(target, route, *pairs, free_steps, resample)
+    route, target = condition.route, condition.target
+    check_route_resample(condition.resample, route, sampling.sampler)
+    check_reachable(condition)
     summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
     out = ShardSet(out_url)
     info = out.info()
@@ -202,12 +184,7 @@ def by_conditioning(
     markers = [i.marker for i in out.done()]
     achieved = list(info.generated_stats["class_fractions"])
     cost = {"pairs_drawn": info.count, "pairs_kept": info.count, "pairs_drawn_per_kept_pair": 1.0, "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count)}
-    given = {
-        "conditioned": ("label_maps", "real training masks + pasted real regions (synth/target.py pair_mask)"),
-        "pasted": ("pasted", "real training pairs' regions of the targeted classes, image and label (synth/target.py pair_paste)"),
-    }[route]
-    placement = {k: condition[k] for k in ("sea", "paste_at", "by_component") if k in condition}  # how the pasted route placed its instances
-    record, warnings = _record(target, route, achieved, cost, max_pastes=tgt.MAX_PASTES, free_steps=free_steps, resample=resample, **dict([given]), **placement)
+    record, warnings = _record(target, route, achieved, cost, **condition.record())
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
     with _lease(out_url, cfg, f"targeted synthesis ({route}): the target record"):  # synthesize gave the prefix back
@@ -228,11 +205,12 @@ def by_selection(
     cfg: SynthesisConfig,
     sampling: SamplingConfig,
     target: ClassTarget,
-    max_draw_factor: float = DEFAULT_MAX_DRAW_FACTOR,
     draw_url: str | None = None,
     **run_kwargs,
 ) -> TargetedResult:
-    """cfg.n pairs selected from a larger draw (module docstring); dataset.json gains `target`."""
+    """cfg.n pairs selected from a larger draw, at most cfg.target.max_draw_factor per pair kept
+    (module docstring); dataset.json gains `target`."""
+    max_draw_factor = cfg.target.max_draw_factor
     draw_url = draw_url or out_url.rstrip("/") + DRAWN_SUFFIX
     factor, n = 1.0, cfg.n
     try:
@@ -319,20 +297,14 @@ def synthesize_targeted(
     out_url: str,
     cfg: SynthesisConfig,
     sampling: SamplingConfig,
-    spec: str,
-    route: str = "selection",
-    max_draw_factor: float = DEFAULT_MAX_DRAW_FACTOR,
     draw_url: str | None = None,
-    free_steps: int = 0,
-    resample: int = 1,
     **run_kwargs,
 ) -> TargetedResult:
-    """cfg.n pairs meeting the class target `spec` by `route` (module docstring). Bad input, and a
-    target the route cannot reach, raise TargetError before any sampling. free_steps (conditioned,
-    pasted): the last sampling steps run jointly, replacing nothing; resample (conditioned, pasted;
-    ddim or ddpm): each replaced step taken that many times (RePaint), about that many times the cost."""
-    target, pairs, plan = prepare_target(model_dir, spec, route, max_draw_factor, resample, sampling.sampler)
-    if route == "selection":
-        return by_selection(model_dir, out_url, cfg, sampling, target, max_draw_factor, draw_url, **run_kwargs)
-    return by_conditioning(model_dir, out_url, cfg, sampling, target, pairs, route, free_steps, resample, **run_kwargs)
+    """cfg.n pairs meeting the class target cfg.target.spec by cfg.target.route (module docstring;
+    config.TargetConfig). Bad input, and a target the route cannot reach, raise TargetError before
+    any sampling. draw_url: where the selection route draws (default OUT_drawn)."""
+    target, condition, _ = prepare_target(model_dir, cfg.target, sampling.sampler)
+    if condition is None:
+        return by_selection(model_dir, out_url, cfg, sampling, target, draw_url, **run_kwargs)
+    return by_conditioning(model_dir, out_url, cfg, sampling, condition, **run_kwargs)
 

@@ -35,9 +35,9 @@ from dakter_scale.data.real import denormalise, normalise
 from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
-from dakter_scale.diffusion.sample import CONDITIONING_DEFAULTS, sample_pairs
+from dakter_scale.diffusion.sample import Samples, sample_pairs
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
-from dakter_scale.synth.target import donors, pair_mask, pair_paste, parse_class_target, paste_pool, paste_step
+from dakter_scale.synth.target import Condition, GivenPairs
 
 log = logging.getLogger("dakter_scale")
 
@@ -165,7 +165,7 @@ class ShardWriter:
         device: str | None = None,
         fingerprint: str = "",
         lease: dict[str, Any] | None = None,
-        condition: dict[str, Any] | None = None,
+        condition: Condition | None = None,
     ):
         t0 = time.time()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -188,17 +188,9 @@ class ShardWriter:
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
         # targeted synthesis: each pair drawn given its composed label map (conditioned) or pasted real instances (pasted)
-        self.condition, self.harmonise, self.given_at = None, {}, 0
-        if condition is not None:
-            target = parse_class_target(condition["spec"], self.model.classes, condition["training"])
-            route, masks = condition.get("route", "conditioned"), np.asarray(condition["masks"])
-            images = np.asarray(condition["images"]) if route == "pasted" else None
-            pool = paste_pool(images, masks, target) if route == "pasted" else donors(masks, target)  # once, not per pair
-            paste = {"max_pastes": int(condition["max_pastes"]), "pool": pool, "by_component": bool(condition.get("by_component", False))}
-            self.condition = (route, target, images, masks, paste, bool(condition.get("sea", False)))
-            self.harmonise = {k: int(condition.get(k, default)) for k, default in CONDITIONING_DEFAULTS.items()}
-            if route == "pasted":
-                self.given_at = paste_step(float(condition.get("paste_at", 0.0)), self.sampling.steps, self.harmonise["free_steps"])
+        self.condition = condition
+        if condition is not None and list(condition.target.classes) != list(self.model.classes):  # an invariant of targeted.py
+            raise AssertionError(f"the condition's classes {condition.target.classes} are not the model's {self.model.classes}")
         self.load_seconds = time.time() - t0
 
     def ready(self) -> dict[str, Any]:
@@ -212,31 +204,45 @@ class ShardWriter:
         for indices in batch_indices(task.count, self.batch_size):
             t0 = time.perf_counter()
             seeds = [pair_seed(self.seed, task.shard, i) for i in indices]
-            if self.given_at:  # the pasted instances placed once the first steps have fixed each pair's layout
-                given = {"given_at": self.given_at, "place": lambda x0, seeds=seeds: self._given(seeds, x0)}
-            else:
-                given = self._given(seeds)
-            out = sample_pairs(self.model, seeds, self.sampling, self.device, **given, **self.harmonise)
+            out = self.sample(seeds)
             images = denormalise(out.images[:, 0]).cpu().numpy()  # a device sync: the batch is done here
             batch = _Batch(indices, seeds, images, out.q.float().cpu())
             timing["sample"] += time.perf_counter() - t0
             yield batch
 
-    def _given(self, seeds: list[int], x0_hat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """sample_pairs' arguments for what the batch is drawn given: {} for the joint; the label
-        channels (N, K, H, W) of the composed maps (conditioned); or those of the pasted instances with
-        their image (N, 1, H, W) and the pixels given (N, 1, H, W) (pasted), placed onto the sea of
-        the batch's clean estimate x0_hat (N, 1 + K, H, W) when there is one (paste_at)."""
-        if self.condition is None:
-            return {}
-        route, target, images, masks, paste, sea = self.condition
-        if route == "conditioned":
-            return {"given_label": self._label(np.stack([pair_mask(s, masks, target, paste["max_pastes"], paste["pool"]) for s in seeds]))}
-        bases = [None] * len(seeds) if x0_hat is None else x0_hat[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy()
-        image, ids, given, level = (np.stack(a) for a in zip(*(pair_paste(s, images, masks, target, base=base, **paste) for s, base in zip(seeds, bases))))
-        out = {"given_label": self._label(ids), "given_image": normalise(image)[:, None], "given_where": torch.from_numpy(given)[:, None]}
-        if sea:  # the donors' sea levels, on normalise's scale (x = u / 127.5 - 1)
-            out["given_sea"] = torch.from_numpy(level / 127.5 - 1.0)[:, None]
+    def sample(self, seeds: list[int], on_given: Callable[[GivenPairs], None] | None = None) -> Samples:
+        """The pairs of `seeds`, drawn as one batch as the shard's are: jointly, or given what the
+        condition gives them (placed once the first steps have fixed each pair's layout, for the
+        pasted route's paste_at). on_given hears what the batch was given."""
+        c = self.condition
+        if c is None:
+            return sample_pairs(self.model, seeds, self.sampling, self.device)
+
+        def given(bases: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+            pairs = c.given(seeds, bases)
+            if on_given is not None:
+                on_given(pairs)
+            return self._tensors(pairs)
+
+        settings = {"free_steps": c.free_steps, "resample": c.resample}
+        given_at = c.given_at(self.sampling.steps)
+        if given_at:
+
+            def place(x0_hat: torch.Tensor) -> dict[str, torch.Tensor]:  # onto the layout of the clean estimate (N, 1 + K, H, W) after given_at steps
+                return given(x0_hat[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy())
+
+            return sample_pairs(self.model, seeds, self.sampling, self.device, given_at=given_at, place=place, **settings)
+        return sample_pairs(self.model, seeds, self.sampling, self.device, **given(), **settings)
+
+    def _tensors(self, pairs: GivenPairs) -> dict[str, torch.Tensor]:
+        """sample_pairs' given_* arguments: the label channels (N, K, H, W); for pasted instances also
+        their image (N, 1, H, W), the pixels given (N, 1, H, W) and the donors' sea levels, on
+        normalise's scale (x = u / 127.5 - 1)."""
+        out = {"given_label": self._label(pairs.ids)}
+        if pairs.where is not None:
+            out.update(given_image=normalise(pairs.image)[:, None], given_where=torch.from_numpy(pairs.where)[:, None])
+        if pairs.sea is not None:
+            out["given_sea"] = torch.from_numpy(pairs.sea / 127.5 - 1.0)[:, None]
         return out
 
     def _label(self, maps: np.ndarray) -> torch.Tensor:
