@@ -14,8 +14,15 @@
 3. A full IW GRD scene (25,000 x 16,700 pixels) at the demo student's tile settings: the tile count
    and the seconds it takes at the measured CPU tiles/s (a projection from measured numbers, stated
    as such); a GPU figure only where measured on one.
+4. Peak memory against the resampling factor (--grd-spacings): a SAFE GRD product of a full IW scene's
+   size (25,788 samples x 16,685 lines of uint16 DN, its calibration LUT, the geolocation grid), written
+   by tests/scenegen.py, predicted by students whose model pixels are 10, 80 and 500 m (factor 1, 8 and
+   50), each in a fresh process: peak RSS, seconds, tiles and tiles/s. Tiles are read decimated by GDAL
+   (Scene.read with out_shape), so the peak should not grow with the factor (issue 29: reading each tile's
+   full window, 500 m took 12 GB and 45 s).
 
     python bench/bench_predict.py --sizes 2048,8192 --efficiency-size 2048
+    python bench/bench_predict.py --sizes '' --efficiency-size 0 --grd-spacings 10,80,500
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IW_GRD = (16700, 25000)  # lines x samples of a full IW GRDH scene
+GRD_PRODUCT = (16685, 25788)  # lines x samples of the product the resampling part writes (issue 29's)
 
 
 def write_scene(path: Path, size: int, seed: int = 0) -> None:
@@ -126,6 +135,65 @@ def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path, repea
     }
 
 
+def grd_rows(r0: int, r1: int, width: int = GRD_PRODUCT[1]):
+    """Rows [r0, r1) of the GRD part's 8-bit codes: sea with speckle-like noise, dark ellipses every ~3,000 pixels
+    (deterministic per row band, so the scene is the same whoever writes it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(r0)
+    band = np.clip(170 + rng.normal(0, 6, (r1 - r0, width)), 0, 255).astype(np.uint8)
+    rows, cols = np.ogrid[r0:r1, 0:width]
+    for cy in range(1500, GRD_PRODUCT[0], 3000):
+        for cx in range(1500, width, 3000):
+            band[((rows - cy) / 300.0) ** 2 + ((cols - cx) / 900.0) ** 2 <= 1] = 60
+    return band
+
+
+def write_grd(root: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from scenegen import write_safe
+
+    return write_safe(root, grd_rows, polarisations=("vv",), shape=GRD_PRODUCT)
+
+
+RESAMPLE_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import torch
+from scenegen import DarkIsOil, info
+from dakter_scale.scene.predict import Predictor, PredictOptions
+torch.set_num_threads(1)
+p = Predictor(DarkIsOil(), PredictOptions(tile={tile}, overlap={overlap}, batch_size={batch}), device="cpu", info=info({spacing}))
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":")) / 1024
+base = status("VmHWM")
+t0 = time.time()
+r = p({scene!r}, {out!r})
+print(json.dumps({{"model_spacing_m": {spacing}, "factor": r["conventions"]["scale"]["factor"], "grid": r["conventions"]["grid"], "baseline_rss_mb": base,
+                  "peak_rss_mb": status("VmHWM"), "seconds": time.time() - t0, "tiles": r["tiling"]["count"], "timings": r["timings"], "slicks": r["slicks"]}}))
+"""
+
+
+def resample(spacings: list[float], tile: int, overlap: int, batch: int, work: Path) -> dict:
+    t0 = time.time()
+    subprocess.run([sys.executable, __file__, "--write-grd", str(work / "grd")], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    written = time.time() - t0
+    safe = next((work / "grd").glob("*.SAFE"))
+    rows = []
+    for spacing in spacings:
+        out = work / f"grd-{spacing:g}"
+        code = RESAMPLE_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), tile=tile, overlap=overlap, batch=batch, spacing=spacing, scene=str(safe), out=str(out))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ, DAKTER_PROGRESS="0"))
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        shutil.rmtree(out)
+    return {"product": {"lines": GRD_PRODUCT[0], "samples": GRD_PRODUCT[1], "dtype": "uint16", "kind": "SAFE GRD (tests/scenegen.py write_safe: DN, calibration LUT, geolocation grid)",
+                        "write_seconds": round(written, 1)},
+            "segmenter": "scenegen.DarkIsOil (per pixel: the pipeline, not the model, is measured)", "tile": tile, "overlap": overlap, "batch_size": batch, "rows": rows}
+
+
 MEMORY_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
@@ -164,12 +232,17 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3, help="predictor runs in the efficiency part, each between two bare loops (default 3)")
+    p.add_argument("--grd-spacings", default="", help="model pixel spacings (m) for the resampling part on a full GRD product, e.g. 10,80,500 (default: skip)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict.json"))
+    p.add_argument("--write-grd", help=argparse.SUPPRESS)
     p.add_argument("--write-scene", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.write_scene:
         write_scene(Path(args.write_scene), args.size)
+        return
+    if args.write_grd:
+        write_grd(Path(args.write_grd))
         return
 
     import torch
@@ -198,6 +271,8 @@ def main() -> None:
             m = memory(size, args.tile, args.overlap, args.batch_size, work)
             results["memory"].append(m)
             print(json.dumps(m), flush=True)
+        if args.grd_spacings:
+            results["resample"] = resample([float(v) for v in args.grd_spacings.split(",")], args.tile, args.overlap, args.batch_size, work)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     if not results["memory"]:
