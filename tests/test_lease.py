@@ -283,6 +283,18 @@ def test_a_dead_lock_of_another_machine_is_taken_only_after_a_whole_lease_unchan
     taker.release()
 
 
+def test_a_taker_with_a_shorter_lease_waits_the_holders_lease(tmp_path):
+    out = str(tmp_path / "out")
+    dead = Lease(out, "long lease elsewhere", lease_seconds=2.0, heartbeat=False)
+    dead.boot_id = "another-machine"
+    dead.acquire()
+    time.sleep(1.1)  # past the holder's L/2 by the wall clock: watched, not refused
+    t0 = time.monotonic()
+    taker = Lease(out, "short lease", lease_seconds=0.5, heartbeat=False).acquire()
+    assert time.monotonic() - t0 >= 2.0 and taker.generation == 2  # the holder's 2 s, not the taker's 0.5 s
+    taker.release()
+
+
 @pytest.mark.parametrize("skew", [-1000.0, 1000.0], ids=["holder-behind", "holder-ahead"])
 def test_clock_skew_never_lets_a_run_take_a_live_lease(prefix, skew):
     """Skew over 90 s took a live lease. Wall clocks now only make a run refuse sooner: a holder on

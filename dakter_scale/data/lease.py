@@ -288,10 +288,12 @@ class Lease:
         shared = holder is not None and holder.valid_until is not None and bool(holder.boot_id) and holder.boot_id == self.boot_id
         if shared and first_seen < holder.valid_until:
             raise self._refusal(holder, "")  # its own deadline, on this machine's clock, lies ahead
-        if not shared and holder is not None and abs(self.wall_clock() - holder.renewed) <= self.lease_seconds / 2:
+        # The holder's own lease length, not ours, bounds its deadline (unreadable: ours is all we know).
+        length = max(self.lease_seconds, holder.lease_seconds) if holder is not None else self.lease_seconds
+        if not shared and holder is not None and abs(self.wall_clock() - holder.renewed) <= length / 2:
             raise self._refusal(holder, "")  # wall clocks only ever make a run refuse sooner
         name = holder.describe(self.wall_clock()) if holder else f"{lock_name(top)} (unreadable)"
-        wait = holder.valid_until + holder.lease_seconds * MARGIN_FRACTION - first_seen if shared else self.lease_seconds
+        wait = holder.valid_until + holder.lease_seconds * MARGIN_FRACTION - first_seen if shared else length
         log.warning("%s: the lock of %s is not being renewed; watching it for up to %s s before taking it over", self._where, name, _secs(wait))
         poll = max(0.02, min(self.lease_seconds / 16, 2.0))
         while True:
@@ -313,7 +315,7 @@ class Lease:
         who = holder.describe(self.wall_clock()) if holder else "a run whose lock cannot be read"
         return LeaseError(
             f"{self._where} is being written by another run: {who}{note}. One run writes a prefix at a time: wait for it, "
-            f"or choose another --out; if that run is dead, its lock is taken over {_secs(self.lease_seconds)} s after its last renewal"
+            f"or choose another --out; if that run is dead, its lock is taken over {_secs(holder.lease_seconds if holder else self.lease_seconds)} s after its last renewal"
         )
 
     def _beat(self) -> None:
