@@ -586,6 +586,16 @@ def scene_name(url: str) -> str:
     return name
 
 
+def scene_folders(urls: list[str]) -> list[str]:
+    """Each scene's output folder name (scene_name), or a PredictError naming the names two scenes share
+    (counted once: linear in the number of scenes)."""
+    names = [scene_name(u) for u in urls]
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)
+    if dupes:
+        raise PredictError(f"--scenes: several scenes would write to the same folder: {', '.join(dupes[:5])}")
+    return names
+
+
 class SceneWorker:
     """A Predictor behind the driver's worker protocol: built once per process or actor (one model load),
     called per scene; returns a small marker (the record's summary) or raises."""
@@ -674,10 +684,7 @@ def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptio
     urls = list_scenes(scenes_spec)
     if not urls:
         raise PredictError(f"--scenes {storage.redact_url(scenes_spec)}: no scenes found")
-    names = [scene_name(u) for u in urls]
-    dupes = sorted(n for n, count in Counter(names).items() if count > 1)
-    if dupes:
-        raise PredictError(f"--scenes: several scenes would write to the same folder: {', '.join(dupes[:5])}")
+    names = scene_folders(urls)
     for url in urls:
         check_out(url, out)
     Path(out).mkdir(parents=True, exist_ok=True)
