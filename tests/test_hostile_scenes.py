@@ -367,6 +367,23 @@ def test_a_sibling_overview_is_never_read(tmp_path):
         assert s.read(0.5, 63.5, 0.5, 63.5, out_shape=(7, 7), resampling="rms").max() == 5
 
 
+def test_decimated_reads_use_the_files_own_overviews(tmp_path):
+    """A 2x2 checkerboard of 0 and 200 averages to 100; its overview, built by nearest neighbour, holds 0:
+    a decimated read returning 0 was read from the overview."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    data = np.zeros((256, 256), dtype=np.uint8)
+    data[::2, ::2] = data[1::2, 1::2] = 200
+    scene = write_geotiff(tmp_path / "o.tif", data)
+    with open_scene(str(scene)) as s:
+        assert s.read(0, 256, 0, 256, out_shape=(128, 128)).max() == 100  # no overview yet: the average
+    with rasterio.open(scene, "r+") as ds:
+        ds.build_overviews([2], Resampling.nearest)
+    with open_scene(str(scene)) as s:
+        assert set(np.unique(s.read(0, 256, 0, 256, out_shape=(128, 128))).tolist()) <= {0, 200}
+
+
 def test_decimated_reads_average_what_they_cover(tmp_path):
     """GDAL's average over fractional windows equals the area mean; rms of digital numbers is the root of
     the mean intensity (so DN^2 / A^2 is the mean sigma-nought)."""
@@ -473,6 +490,7 @@ def test_every_output_is_synced_before_the_record(tmp_path, monkeypatch):
         fsync(fd)
 
     scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(64, 64)))
+    before = snapshot(tmp_path)
     monkeypatch.setattr(os, "fsync", traced)
     record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
     out = str(tmp_path / "out")
@@ -480,6 +498,7 @@ def test_every_output_is_synced_before_the_record(tmp_path, monkeypatch):
     for name in record["outputs"]:
         assert f"{out}/{name}" in synced[:record_at], name
     assert out in synced[:record_at] and synced[record_at + 1] == out  # the folder, before and after the rename (then the lease is released)
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out/")} == before  # nothing beside the scene (no .aux.xml)
 
 
 def test_scene_names_are_made_safe_and_counted_once():
