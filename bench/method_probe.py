@@ -75,13 +75,13 @@ def _emit(rec: dict, file: str) -> dict:
 
 
 def model_probe(name: str, steps: int, overrides: list[str]) -> dict:
-    from dakter_scale import quality
     from dakter_scale.config import load_config
     from dakter_scale.data.real import open_source
     from dakter_scale.diffusion.train import train_diffusion
     from dakter_scale.student.evaluate import evaluate_student
     from dakter_scale.student.models import load_student
     from dakter_scale.student.train import train_student
+    from dakter_scale.study import quality
     from dakter_scale.synth.run import synthesize
 
     root = ROOT / name
@@ -184,7 +184,7 @@ def followup_probe(exp: str, tag: str, variants: list[dict], val_spec: str | Non
 def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[dict]:
     """Draw n pairs from a model folder (in-process) and score them with each real-only aligner."""
     from dakter_scale.config import load_config
-    from dakter_scale.quality import generation_quality
+    from dakter_scale.study.quality import generation_quality
     from dakter_scale.synth.run import synthesize
 
     cfg = load_config(config, [f"synthesis.n={n}", "synthesis.samples_per_shard=100"])
@@ -205,8 +205,8 @@ def calibration_probe(shards: str, n: int, aligners: list[str]) -> list[dict]:
     """Does the teacher's confidence say where its labels are wrong? For the first n generated pairs,
     the share of pixels per band of max-probability, and how often a real-only student's prediction
     on the generated image agrees with the generated label in that band (and per generated class)."""
-    from dakter_scale import quality
     from dakter_scale.student.models import load_student
+    from dakter_scale.study import quality
 
     images, q = quality.read_generated(shards, n)
     conf, label = q.max(axis=1), q.argmax(axis=1)

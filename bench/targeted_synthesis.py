@@ -96,7 +96,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     import logging
 
     from dakter_scale.config import load_config
-    from dakter_scale.quality import generation_quality
+    from dakter_scale.study.quality import generation_quality
     from dakter_scale.synth.target import TargetError
     from dakter_scale.synth.targeted import synthesize_targeted
 
@@ -138,7 +138,7 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
 def rescore(out: str, segmenter: str, config: str, tag: str, records_file: str = "records.jsonl") -> None:
     """Every scored record of OUT/RECORDS_FILE, its set scored again by SEGMENTER -> OUT/records-TAG.jsonl."""
     from dakter_scale.config import load_config
-    from dakter_scale.quality import generation_quality
+    from dakter_scale.study.quality import generation_quality
 
     cfg = load_config(config)
     with open(Path(out) / f"records-{tag}.jsonl", "w") as f:
@@ -362,7 +362,7 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     from dakter_scale.core.compose import class_shares
     from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
     from dakter_scale.data.real import open_source
-    from dakter_scale.quality import segment
+    from dakter_scale.student.evaluate import segment
     from dakter_scale.student.models import load_student
     from dakter_scale.synth import target as tgt
     from dakter_scale.synth import targeted

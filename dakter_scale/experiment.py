@@ -22,19 +22,19 @@ from pathlib import Path
 
 import yaml
 
-from dakter_scale import report
 from dakter_scale.config import Config, ConfigError, from_dict, save_config, to_dict
 from dakter_scale.data.real import open_source, split_digests, split_fingerprint
 from dakter_scale.data.shardset import DatasetInfo, ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.train import train_diffusion
-from dakter_scale.quality import generation_quality, read_generated
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.models import check_students
 from dakter_scale.student.train import train_student
-from dakter_scale.study import analyse
+from dakter_scale.study import analyse, figures
 from dakter_scale.study import report as study_report
+from dakter_scale.study.folder import StudyFolder
 from dakter_scale.study.plan import DRAWN_SUFFIX, VALIDATION, GeneratedSet, Model, Plan, Selection, StudentRun, grid_variant
+from dakter_scale.study.quality import generation_quality, read_generated
 from dakter_scale.study.records import Records, model_digest, set_digest
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
@@ -43,7 +43,6 @@ from dakter_scale.synth.targeted import synthesize_targeted
 log = logging.getLogger("dakter_scale")
 
 PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
-TIMINGS_FILE = "timings.json"  # seconds per finished unit, kept over reruns
 
 
 class Experiment:
@@ -53,6 +52,7 @@ class Experiment:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         self.cfg, self.out, self.progress, self.preset = cfg, Path(out), progress, preset
+        self.folder = StudyFolder(out)  # the layout of OUT
         self.records = Records(records, out) if records else None  # --records: scores kept beyond this folder
         self.e = cfg.experiment
         self.test_spec = self.e.test_spec or cfg.data.spec  # every table student is scored here, once
@@ -60,15 +60,14 @@ class Experiment:
         self.n_train = len(self.source.split_items("train"))
         self.plan = Plan(cfg, self.n_train)
         self.choose()
-        timings = self.out / TIMINGS_FILE
-        self.timings: dict[str, float] = json.loads(timings.read_text()) if timings.is_file() else {}
+        self.timings: dict[str, float] = self.folder.read_timings()
 
     # -- units ---------------------------------------------------------------------------------
 
     def model(self, tag: str) -> Path:
         """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1")."""
-        d = self.out / "models" / tag
-        if (d / "dakter.json").is_file():
+        d = self.folder.model(tag)
+        if self.folder.model_done(tag):
             return d
         b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
         log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
@@ -110,7 +109,7 @@ class Experiment:
         return name + DRAWN_SUFFIX if self.e.filter_keep > 0 else name
 
     def generated_url(self, name: str) -> str:
-        return str(self.out / "generated" / name)
+        return self.folder.generated(name)
 
     def real_only(self, arch: str) -> Path:
         """The real-only student of `arch` (first seed), trained here if missing: it scores label
@@ -147,16 +146,16 @@ class Experiment:
         return self._student(run, VALIDATION)
 
     def _student(self, run: StudentRun, tag: str | None) -> dict:
-        d = self.out / "students" / run.name
-        if self.metrics_path(run.name, tag).is_file():
+        d = self.folder.student(run.name)
+        if self.folder.metrics(run.name, tag).is_file():
             return self.score(run, tag)
         assert run.weight is not None or run.generated is None or run.method == "hard", f"{run.name}: its weight lambda is not chosen yet"
         t = time.time()
         twin = self.grid_twin(run)
-        if twin is not None and not (d / "student.json").is_file():
+        if twin is not None and not self.folder.student_trained(run.name):
             log.info("experiment: %s is the validation grid's %s (the same training): copying it", run.name, twin.name)
             shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
-        elif not (d / "student.json").is_file():
+        elif not self.folder.student_trained(run.name):
             self.train(run, d)
         metrics = self.score(run, tag)
         self.timings[f"student_{run.name}"] = time.time() - t
@@ -174,7 +173,7 @@ class Experiment:
         if run.weight is not None:
             overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
         overrides.update(dict(run.overrides))
-        budget = self.out / "students" / f"steps_{run.arch}.json"
+        budget = self.folder.budget(run.arch)
         if self.cfg.student.max_minutes > 0 and budget.is_file():
             overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
         url = self.generated_url(run.generated) if run.ratio > 0 else None
@@ -182,7 +181,7 @@ class Experiment:
         if self.cfg.student.max_minutes > 0 and not budget.is_file():
             # With a time budget the first student of an architecture measures how many steps fit; every
             # later method and seed of it trains that many, so that methods differ in their data only.
-            steps = json.loads((d / "student.json").read_text())["steps"]
+            steps = self.folder.student_info(run.name)["steps"]
             budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
             log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
 
@@ -190,8 +189,8 @@ class Experiment:
         """run's finished student folder with its weights: a student whose scores were restored from
         --records is trained again for them (to the same weights: training is deterministic)."""
         self.student(run)
-        d = self.out / "students" / run.name
-        if not (d / "model.safetensors").is_file():
+        d = self.folder.student(run.name)
+        if not self.folder.student_weights(run.name):
             log.info("experiment: %s was restored without weights: training it again for them", run.name)
             self.train(run, d)
         return d
@@ -201,12 +200,9 @@ class Experiment:
         and a ratio of the grid), when it is finished."""
         if run.method != "dakter" or run.variant or run.arch not in self.plan.selection_archs():
             return None
-        d = self.out / "students" / dataclasses.replace(run, variant=grid_variant(run.weight, self.plan.steps(run.arch))).name
+        name = dataclasses.replace(run, variant=grid_variant(run.weight, self.plan.steps(run.arch))).name
         # a twin restored from --records has scores but no weights: the run then trains (to the same weights)
-        return d if self.metrics_path(d.name, VALIDATION).is_file() and (d / "model.safetensors").is_file() else None
-
-    def metrics_path(self, name: str, tag: str | None) -> Path:
-        return self.out / "students" / name / (f"metrics_{tag}.json" if tag else "metrics.json")
+        return self.folder.student(name) if self.folder.metrics(name, VALIDATION).is_file() and self.folder.student_weights(name) else None
 
     def score(self, run: StudentRun | str, tag: str | None, spec: str | None = None) -> dict:
         """A trained student's metrics on the test split of `spec`: metrics.json for data.spec (tag
@@ -214,14 +210,14 @@ class Experiment:
         split; evaluated once and kept."""
         name = run if isinstance(run, str) else run.name
         spec = spec or (self.e.validation_spec if tag == VALIDATION else self.test_spec)
-        path = self.metrics_path(name, tag)
+        path = self.folder.metrics(name, tag)
         if path.is_file():
             metrics = json.loads(path.read_text())
             if metrics["data"] != spec:
                 raise ConfigError(f"{path} holds scores on {metrics['data']}, not {spec}: give this split another tag")
             return metrics
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
-        metrics["run"] = json.loads(self.metrics_path(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
+        metrics["run"] = json.loads(self.folder.metrics(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         return metrics
 
@@ -230,13 +226,13 @@ class Experiment:
     def done(self, unit: Model | GeneratedSet | Selection | StudentRun) -> bool:
         """Whether a unit finished in an earlier run (for the log; each unit checks for itself)."""
         if isinstance(unit, Model):
-            return (self.out / "models" / unit.tag / "dakter.json").is_file()
+            return self.folder.model_done(unit.tag)
         if isinstance(unit, GeneratedSet):
             info = ShardSet(self.generated_url(unit.name)).info()
             return info is not None and info.complete and info.count == unit.n
         if isinstance(unit, Selection):
-            return self.metrics_path(unit.run.name, VALIDATION).is_file()
-        return self.metrics_path(unit.name, None).is_file()
+            return self.folder.metrics(unit.run.name, VALIDATION).is_file()
+        return self.folder.metrics(unit.name, None).is_file()
 
     def execute(self, units: list) -> None:
         """Run every unit in order; a finished one returns at once."""
@@ -257,14 +253,14 @@ class Experiment:
             else:
                 self.student(unit)
             self.keep(unit)
-            (self.out / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2) + "\n")
+            self.folder.write_timings(self.timings)
 
     def keep(self, unit: Model | GeneratedSet | Selection | StudentRun) -> None:
         """With --records: check a model's or set's identity against the kept one, keep a student's scores."""
         if self.records is None:
             return
         if isinstance(unit, Model):
-            self.records.check("models", unit.tag, model_digest(self.out / "models" / unit.tag))
+            self.records.check("models", unit.tag, model_digest(self.folder.model(unit.tag)))
         elif isinstance(unit, GeneratedSet):
             self.records.check("generated", unit.name, set_digest(self.generated_url(unit.name)))
         else:
@@ -274,7 +270,7 @@ class Experiment:
         """The lambda grid's validation scores and choice per student (study/analyse.py); {} while a
         grid student is unscored."""
         runs = self.plan.selection_runs()
-        if not all(self.metrics_path(r.name, VALIDATION).is_file() for r in runs):
+        if not all(self.folder.metrics(r.name, VALIDATION).is_file() for r in runs):
             return {}
         return analyse.choose_settings(runs, {r.name: self.score(r, VALIDATION) for r in runs}, bool(self.e.ratio_grid), bool(self.e.steps_grid))
 
@@ -318,7 +314,7 @@ class Experiment:
         payload = self.analyse()
         payload["splits"] = splits
         payload["split_of"] = {"runs": "test", "kd_weight_choice": "validation", "quality": "generated pairs, scored by the real-only student"}
-        (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        self.folder.results().write_text(json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
 
     # -- analyse -------------------------------------------------------------------------------
@@ -336,9 +332,9 @@ class Experiment:
                 quality[self.drawn_name(s.name)] = generation_quality(self.cfg, self.generated_url(self.drawn_name(s.name)), segmenter, n=n)
         for s in sets:
             images, q = read_generated(self.generated_url(s.name), self.e.figure_samples)
-            report.sample_figure(images, q, self.source.classes, self.out / f"samples_{s.name}.png", title=f"generated pairs, model {s.name}")
+            figures.sample_figure(images, q, self.source.classes, self.out / f"samples_{s.name}.png", title=f"generated pairs, model {s.name}")
         studies = self.studies(segmenter)
-        models = {s.model: json.loads((self.out / "models" / s.model / "dakter.json").read_text()) for s in sets}
+        models = {s.model: self.folder.model_info(s.model) for s in sets}
         timings = dict(self.timings, analysis=time.time() - t)
         payload = {
             "config": to_dict(self.cfg),
@@ -374,12 +370,9 @@ class Experiment:
 
     def steps_trained(self, tags, names) -> dict:
         """The optimiser steps each model and student ran (what a wall-clock budget decided)."""
-        students = {}
-        for name in names:
-            info = self.out / "students" / name / "student.json"
-            if info.is_file():
-                students[name] = json.loads(info.read_text())["steps"]
-        return {"diffusion": {tag: json.loads((self.out / "models" / tag / "dakter.json").read_text())["steps_trained"] for tag in sorted(set(tags))}, "students": students}
+        infos = {name: self.folder.student_info(name) for name in names}
+        students = {name: info["steps"] for name, info in infos.items() if info is not None}
+        return {"diffusion": {tag: self.folder.model_info(tag)["steps_trained"] for tag in sorted(set(tags))}, "students": students}
 
     def studies(self, segmenter: str) -> dict:
         """Sampler and decode studies: throughput, generation quality and student mIoU per variant."""
@@ -414,8 +407,8 @@ class Experiment:
         if spec == self.test_spec:
             raise ConfigError(f"{spec} is this study's test split, which each student is scored on once (metrics.json): rescore on another split")
         runs = {}
-        for d in sorted((self.out / "students").glob(pattern)):
-            if self.metrics_path(d.name, None).is_file():
+        for d in sorted(self.folder.students().glob(pattern)):
+            if self.folder.metrics(d.name, None).is_file():
                 log.info("experiment: scoring %s on %s", d.name, spec)
                 runs[d.name] = self.score(d.name, tag, spec)
         payload = {"spec": spec, "tag": tag, "runs": runs}

@@ -82,3 +82,14 @@ def evaluate_student(student_dir: str, spec: str, split: str = "test", cfg: Eval
     metrics = metrics_from_confusion(cm, list(source.classes))
     metrics.update({"student": str(student_dir), "data": spec, "split": split, "images": len(items), "averaging": "one confusion matrix over the split"})
     return metrics
+
+
+@torch.no_grad()
+def segment(segmenter: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+    """A segmenter's argmax class map (N, H, W) over uint8 images (N, H, W) in the training radiometry."""
+    device = next(segmenter.parameters()).device
+    preds = []
+    for i in range(0, len(images), batch_size):
+        x = normalise(images[i : i + batch_size])[:, None].to(device)
+        preds.append(segmenter(x).argmax(dim=1).cpu())
+    return torch.cat(preds) if preds else torch.zeros((0,) + images.shape[1:], dtype=torch.int64)

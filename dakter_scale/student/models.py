@@ -21,6 +21,7 @@ from dakter_scale.errors import UserError
 DEFAULT_ENCODERS = {"segformer": "mit_b0", "dpt": "tu-vit_tiny_patch16_224"}
 DEFAULT_ENCODER = "resnet18"
 STUDENT_FILE = "student.json"
+STUDENT_WEIGHTS = "model.safetensors"
 
 
 class StudentError(UserError, ValueError):
@@ -61,7 +62,7 @@ def check_students(student, archs: Iterable[str]) -> None:
 def save_student(directory: str | Path, model: torch.nn.Module, info: dict) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(d / "model.safetensors"))
+    save_model(model, str(d / STUDENT_WEIGHTS))
     (d / STUDENT_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return d
 
@@ -69,7 +70,7 @@ def save_student(directory: str | Path, model: torch.nn.Module, info: dict) -> P
 def read_student_info(directory: str | Path) -> dict:
     """A student folder's student.json, once the folder is known to hold its weights too."""
     d = Path(directory)
-    for part in (STUDENT_FILE, "model.safetensors"):
+    for part in (STUDENT_FILE, STUDENT_WEIGHTS):
         if not (d / part).is_file():
             raise StudentError(f"student folder {d} has no {part}; train one with jobs/train_student.py")
     return json.loads((d / STUDENT_FILE).read_text())
@@ -79,5 +80,5 @@ def load_student(directory: str | Path, device: str | torch.device = "cpu") -> t
     d = Path(directory)
     info = read_student_info(d)
     model = build_student(info["arch"], info["encoder"], len(info["classes"]), None, info.get("encoder_depth", 5))
-    load_model(model, str(d / "model.safetensors"), device=str(device))
+    load_model(model, str(d / STUDENT_WEIGHTS), device=str(device))
     return model.to(device).eval(), info

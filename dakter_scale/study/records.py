@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dakter_scale.config import ConfigError
 from dakter_scale.diffusion.model import WEIGHTS
+from dakter_scale.study.folder import StudyFolder
 
 STUDENT_FILES = ("student.json", "metrics.json", "metrics_*.json")
 
@@ -49,7 +50,7 @@ class Records:
         returns the names restored."""
         restored = []
         for kept in sorted((self.folder / "students").glob("*")):
-            target = self.study / "students" / kept.name
+            target = StudyFolder(self.study).student(kept.name)
             copied = False
             for pattern in STUDENT_FILES:
                 for f in kept.glob(pattern):
@@ -63,7 +64,7 @@ class Records:
 
     def keep_student(self, name: str) -> None:
         """Copy a finished student's scores and record into the records folder."""
-        source = self.study / "students" / name
+        source = StudyFolder(self.study).student(name)
         target = self.folder / "students" / name
         for pattern in STUDENT_FILES:
             for f in source.glob(pattern):

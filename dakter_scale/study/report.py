@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from dakter_scale.data.storage import redact_url
-from dakter_scale.report import bar_figure, curve_figure, metrics_table, panel_figure, pct
 from dakter_scale.study.analyse import Results, mean_std, paired
+from dakter_scale.study.figures import bar_figure, curve_figure, metrics_table, panel_figure, pct
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
 
 B_MODES = {"auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"}

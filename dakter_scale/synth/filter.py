@@ -35,7 +35,7 @@ from dakter_scale.data.lease import Lease
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
 from dakter_scale.data.storage import overlaps, redact_url
 from dakter_scale.errors import UserError
-from dakter_scale.quality import segment
+from dakter_scale.student.evaluate import segment
 from dakter_scale.student.models import load_student, read_student_info
 
 log = logging.getLogger("dakter_scale")

@@ -20,9 +20,10 @@ import torch
 from dakter_scale.config import Config
 from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
 from dakter_scale.core.soft_labels import class_fractions
-from dakter_scale.data.real import denormalise, normalise, open_source, split_stats
+from dakter_scale.data.real import denormalise, open_source, split_stats
 from dakter_scale.data.sar_stats import SEA_CLASS, histogram_distance, window_enl
 from dakter_scale.data.stream import GeneratedStream
+from dakter_scale.student.evaluate import segment
 from dakter_scale.student.models import load_student
 
 
@@ -35,17 +36,6 @@ def enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, se
 
 def class_fraction_tv(generated: np.ndarray, real: np.ndarray) -> float:
     return float(0.5 * np.abs(np.asarray(generated, dtype=np.float64) - np.asarray(real, dtype=np.float64)).sum())
-
-
-@torch.no_grad()
-def segment(segmenter: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> torch.Tensor:
-    """A segmenter's argmax class map (N, H, W) over uint8 images (N, H, W) in the training radiometry."""
-    device = next(segmenter.parameters()).device
-    preds = []
-    for i in range(0, len(images), batch_size):
-        x = normalise(images[i : i + batch_size])[:, None].to(device)
-        preds.append(segmenter(x).argmax(dim=1).cpu())
-    return torch.cat(preds) if preds else torch.zeros((0,) + images.shape[1:], dtype=torch.int64)
 
 
 def label_alignment(segmenter: torch.nn.Module, images: np.ndarray, q: np.ndarray, class_names: list[str], batch_size: int = 32) -> dict:
