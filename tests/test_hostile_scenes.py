@@ -514,3 +514,12 @@ def test_scene_names_are_made_safe_and_counted_once():
     with pytest.raises(PredictError, match="several scenes would write to the same folder: scene-7"):
         scene_folders(urls + ["/e/scene-7.tiff"])
     assert time.perf_counter() - t0 < 1.0  # counted once (a pairwise count took 6 s for 20,000 names)
+
+
+def test_an_annotation_in_utf16_without_a_dtd_is_read(tmp_path):
+    """The parser refuses the DTD, not the encoding: the same annotation in UTF-16 with no DTD opens."""
+    safe = _safe(tmp_path)
+    ann = _annotation(safe)
+    ann.write_bytes(ann.read_text().replace('encoding="UTF-8"', 'encoding="UTF-16"', 1).encode("utf-16"))
+    with open_scene(str(safe)) as s:
+        assert s.kind == "safe" and s.native_spacing_m == 10.0 and len(s.gcps) == 42 and s.acquisition_time.startswith("2026-01-01T05:45:12")
