@@ -52,13 +52,14 @@ import numpy as np
 from dakter_scale.data import storage
 from dakter_scale.errors import UserError
 
-# Real Sentinel-1 GRD products: an annotation of a few MB (tens of thousands of elements), a calibration
-# file of ~1 MB with one vector a second (~30 per slice), ~20-40 files in the SAFE folder. The caps leave
-# room above those and bound what parsing can cost (16 MB of "<a/>" built +379 MB of elements unbounded).
+# Sentinel-1 GRD products carry annotations of a few MB, calibration vectors about a second of azimuth
+# apart (a few dozen per slice) and a few dozen files (not measured here on a real product: no download).
+# The caps leave room far above those and bound what parsing can cost (issue 29: 16 MB of "<a/>" built
+# +379 MB of elements, 80,000 calibration vectors +650 MB).
 XML_MAX_BYTES = 16 << 20
 XML_MAX_ELEMENTS = 250_000
 SAFE_MAX_MEMBERS = 1_000  # files in a SAFE folder, members of a SAFE zip
-ZIP_MAX_DIRECTORY_BYTES = SAFE_MAX_MEMBERS * 1024  # a zip's central directory (a real one: ~10 KB)
+ZIP_MAX_DIRECTORY_BYTES = SAFE_MAX_MEMBERS * 1024  # a zip's central directory: 1 kB an entry (46 bytes and its names)
 CALIBRATION_MAX_VECTORS = 2_000
 SPACING_RANGE_M = (0.01, 10_000.0)  # a pixel spacing outside this is no SAR scene's
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -689,7 +690,7 @@ def _read_calibration(root: ET.Element, src: str) -> Calibration:
     if not vectors:
         raise SceneError(f"{src}: no calibrationVectorList/calibrationVector")
     if len(vectors) > CALIBRATION_MAX_VECTORS:
-        raise SceneError(f"{src}: {len(vectors)} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed (a GRD slice has one a second, ~30)")
+        raise SceneError(f"{src}: {len(vectors)} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed (a GRD slice has a few dozen)")
     lines, pixels, values = [], None, []
     for v in vectors:
         try:
