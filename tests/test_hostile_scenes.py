@@ -523,3 +523,15 @@ def test_an_annotation_in_utf16_without_a_dtd_is_read(tmp_path):
     ann.write_bytes(ann.read_text().replace('encoding="UTF-8"', 'encoding="UTF-16"', 1).encode("utf-16"))
     with open_scene(str(safe)) as s:
         assert s.kind == "safe" and s.native_spacing_m == 10.0 and len(s.gcps) == 42 and s.acquisition_time.startswith("2026-01-01T05:45:12")
+
+
+def test_a_grid_without_annotated_spacing_is_measured_and_checked(tmp_path):
+    """No imageInformation spacing: measured from the geolocation grid, then held to the same range. The
+    test product's corners are 0.4 degrees of longitude (31.5 km at 45 N) over 80 pixels and 0.3 degrees of
+    latitude (33.4 km) over 60: 394 and 556 m, 475 m on average; the geodesic measure gives 479 m."""
+    safe = _safe(tmp_path)
+    ann = _annotation(safe)
+    text = re.sub(r"<(range|azimuth)PixelSpacing>[^<]*</(range|azimuth)PixelSpacing>", "", ann.read_text())
+    ann.write_text(text)
+    with open_scene(str(safe)) as s:
+        assert s.native_spacing_m == pytest.approx(475, rel=0.02)

@@ -674,9 +674,12 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
     if spacing is None:
         try:
             scene.native_spacing_m = check_spacing(scene.pixel_spacing(), "pixel spacing (from the geolocation grid)", src)
-        except BaseException:
+        except SceneError:
             scene.close()
             raise
+        except Exception as e:  # GDAL's GCP transformer or pyproj on a grid they cannot use
+            scene.close()
+            raise SceneError(f"{src}: no pixel spacing can be measured from the geolocation grid: {_first_line(e)}") from None
     return scene
 
 
