@@ -27,10 +27,10 @@ from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
 from dakter_scale.core.steps import derive_seed
 from dakter_scale.data import shards, shardset, storage
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.dist.driver import Outcome, Progress, drive
 from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
-from dakter_scale.synth.strategies import Outcome, writer_args
 from dakter_scale.synth.worker import pipelined
 
 from conftest import ROOT, job
@@ -126,7 +126,7 @@ def test_pipelined_passes_items_in_order_and_raises_either_sides_error():
 
 
 def test_progress_line_has_shards_pairs_rate_and_eta():
-    progress = synth_run.Progress(total_pairs=4000, total_shards=4, bar=False)
+    progress = Progress(total_items=4000, total_tasks=4, bar=False, name="synthesize", units=("shards", "pairs"))
     progress.window[0] = (progress.window[0][0] - 10.0, 0)  # the first shard took 10 s
     progress.update(1000)
     line = progress.line()
@@ -158,7 +158,7 @@ class ScriptedStrategy:
         kind = kinds.pop(0) if kinds else "ok"
         if kind == "unstarted":
             return [Outcome(task, started=False)]
-        return [Outcome(task, marker={"shard": task.shard}) if kind == "ok" else Outcome(task, reason=f"boom {task.shard}")]
+        return [Outcome(task, result={"shard": task.shard}) if kind == "ok" else Outcome(task, reason=f"boom {task.shard}")]
 
     def close(self):
         return {"strategy": "scripted"}
@@ -167,7 +167,7 @@ class ScriptedStrategy:
 def test_driver_loop_retries_failures_and_resubmits_unstarted_shards_uncharged():
     heard = []
     strategy = ScriptedStrategy({1: ["fail", "ok"], 2: ["unstarted", "fail", "fail", "fail"]})
-    info = synth_run.drive(Plan(12, 4, 0).tasks(), strategy, retries=2, on_result=lambda *a: heard.append((a[0].shard, a[0].attempt, a[1] is not None, a[3])))
+    info = drive(Plan(12, 4, 0).tasks(), strategy, retries=2, on_result=lambda *a: heard.append((a[0].shard, a[0].attempt, a[1] is not None, a[3])))
     assert info == {"strategy": "scripted"} and strategy.started == 3
     assert (2, 0) in strategy.calls and strategy.calls.count((2, 0)) == 2  # the unstarted call ran again as attempt 0
     assert sorted(heard) == [(0, 0, True, False), (1, 0, False, True), (1, 1, True, False), (2, 0, False, True), (2, 1, False, True), (2, 2, False, False)]
@@ -553,7 +553,7 @@ def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
 
     from dakter_scale.synth.worker import ShardWriter
 
-    args = writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
+    args = synth_run.writer_args(model, str(tmp_path / "a"), cfg(n=6, samples_per_shard=6), SAMPLING, "fp")
     task = Plan(6, 6, 5).task(0)
     serial = ShardWriter(**args, device="cpu")(task)
     pooled = ShardWriter(**dict(args, out_url=str(tmp_path / "b")), device="cpu")

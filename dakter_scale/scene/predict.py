@@ -1,4 +1,4 @@
-"""One scene end to end, and many scenes through synth's driver (docs/inference.md).
+"""One scene end to end, and many scenes through the dist runner (docs/inference.md).
 
 ``Predictor`` loads a student once and predicts scene after scene:
 
@@ -15,7 +15,7 @@ Peak memory: a few batches of tiles and of probabilities, the blender's overlap 
 cache; none of them grows with the number of rows, only the blender's band grows with the width.
 
 ``predict_many`` runs a ``SceneWorker`` per Ray actor (or in this process) through
-synth.run.drive: the same queue, retry rule and progress line as synthesis; a scene is skipped when
+dist.driver.drive: the same queue, retry rule and progress line as synthesis; a scene is skipped when
 its predict.json exists.
 """
 
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from dakter_scale import __version__
 from dakter_scale.data import storage
 from dakter_scale.data.real import normalise
+from dakter_scale.dist.driver import Workers
 from dakter_scale.errors import UserError
 from dakter_scale.scene import outputs, stac
 from dakter_scale.scene.radiometry import Conversion, Scale, decimation, default_convention, lut_at, plan_conversion, plan_scale, to_codes
@@ -527,9 +528,8 @@ class _TileWriter:
 
 @dataclass(frozen=True)
 class SceneTask:
-    """One scene of a many-scene run; ``shard`` is its index (the name synth's driver logs)."""
+    """One scene of a many-scene run (a dist.driver Task: its name is what the driver logs)."""
 
-    shard: int
     url: str
     name: str
     attempt: int = 0
@@ -601,14 +601,14 @@ class SceneWorker:
     called per scene; returns a small marker (the record's summary) or raises."""
 
     def __init__(self, student: str | dict[str, bytes], out: str, options: dict, device: str | None = None, threads: int = 1, lease_ref: dict | None = None, **_: Any):
-        from dakter_scale.synth.worker import unpack_model_folder
+        from dakter_scale.dist.folder import unpack_folder
 
         t0 = time.time()
         if device == "cpu" or (device is None and not torch.cuda.is_available()):
             torch.set_num_threads(max(1, threads))
         self._unpacked = None
         if isinstance(student, dict):  # shipped through Ray's object store
-            self._unpacked = student = str(unpack_model_folder(student))
+            self._unpacked = student = str(unpack_folder(student))
         opts = dict(options)
         opts["classes"] = tuple(opts["classes"])
         opts["db_window"] = tuple(opts["db_window"]) if opts.get("db_window") else None
@@ -629,9 +629,9 @@ class SceneWorker:
     def pack(args: dict, put) -> dict:
         """Arguments for actors on other nodes: the student folder's files travel through the object
         store (``put``: ray.put), so worker nodes need no shared file system."""
-        from dakter_scale.synth.worker import pack_model_folder
+        from dakter_scale.dist.folder import pack_folder
 
-        return dict(args, student=put(pack_model_folder(args["student"])))
+        return dict(args, student=put(pack_folder(args["student"])))
 
 
 @dataclass
@@ -663,14 +663,7 @@ class ManySummary:
         return out
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """What synth's strategies read from a run's config (duck-typed like config.SynthesisConfig)."""
-
-    actors: int | str = "auto"
-    threads_per_actor: int = 1
-    max_in_flight: int = 0
-    retries: int = 1
+RunSettings = Workers  # actors, threads per actor, calls in flight, retries of a many-scene run
 
 
 def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptions, *, settings: RunSettings = RunSettings(), use_ray: bool = True, device: str = "auto", progress: bool = True) -> ManySummary:
@@ -693,20 +686,20 @@ def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptio
 
 
 def _predict_many(student: str, urls: list[str], names: list[str], out: str, options: PredictOptions, settings: RunSettings, use_ray: bool, device: str, progress: bool, lease) -> ManySummary:
-    from dakter_scale.synth.run import Progress, drive
-    from dakter_scale.synth.strategies import LocalStrategy, RayStrategy
+    from dakter_scale.dist.driver import Progress, drive
+    from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
 
     t0 = time.time()
     summary = ManySummary(out=storage.redact_url(out), scenes=len(urls))
     tasks = []
-    for i, (url, name) in enumerate(zip(urls, names)):
+    for url, name in zip(urls, names):
         if (Path(out) / name / outputs.RECORD).exists():
             summary.skipped.append(name)
         else:
-            tasks.append(SceneTask(i, url, name))
+            tasks.append(SceneTask(url, name))
     if summary.skipped:
         log.info("%d of %d scenes are already done; %d to predict", len(summary.skipped), len(urls), len(tasks))
-    bar = Progress(len(tasks), len(tasks), bar=progress)
+    bar = Progress(len(tasks), len(tasks), bar=progress, name="predict", units=("scenes", "scenes"))
     failures: dict[str, str] = {}
 
     def on_result(task: SceneTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
@@ -722,7 +715,7 @@ def _predict_many(student: str, urls: list[str], names: list[str], out: str, opt
 
     if tasks:
         args = dict(student=str(student), out=str(out), options=options.to_json() | {"land": options.land}, threads=settings.threads_per_actor, lease_ref=lease.ref())
-        strategy = (RayStrategy if use_ray else LocalStrategy)(args, settings, device, worker=SceneWorker)
+        strategy = (RayStrategy if use_ray else LocalStrategy)(SceneWorker, args, settings, device)
         summary.strategy = drive(tasks, strategy, settings.retries, on_result)
     bar.close()
     summary.failed = {n: r for n, r in failures.items() if n not in summary.written}

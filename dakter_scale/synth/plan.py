@@ -60,6 +60,11 @@ class ShardTask:
     count: int
     attempt: int = 0
 
+    @property
+    def name(self) -> str:
+        """What the driver's log lines call it (dist/driver.py)."""
+        return f"shard {self.shard}"
+
     def retry(self) -> "ShardTask":
         return ShardTask(self.shard, self.start, self.count, self.attempt + 1)
 

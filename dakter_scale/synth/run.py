@@ -14,15 +14,13 @@ and a rerun writes it again with the same bytes.
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from dakter_scale import __version__
 from dakter_scale.cards import write_dataset_card
@@ -45,9 +43,11 @@ from dakter_scale.data.shardset import (
     stats_lines,
 )
 from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
+from dakter_scale.dist.driver import Progress, Workers, drive
+from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
-from dakter_scale.synth.strategies import LocalStrategy, RayStrategy, Strategy, writer_args
 from dakter_scale.synth.target import Condition
+from dakter_scale.synth.worker import ShardWriter
 
 log = logging.getLogger("dakter_scale")
 
@@ -287,86 +287,12 @@ def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConf
     )
 
 
-# -- progress -----------------------------------------------------------------------------------
+# -- the driver loop (dist/driver.py) ----------------------------------------------------------------
 
 
-class Progress:
-    """One line: shards and pairs done, pairs/s, ETA. A tqdm bar on a terminal; otherwise (logs, `ray job
-    submit`, DAKTER_PROGRESS=0) the same line is logged after each shard, at most every `every` seconds."""
-
-    def __init__(self, total_pairs: int, total_shards: int, bar: bool, every: float = 30.0, name: str = "synthesize", units: tuple[str, str] = ("shards", "pairs")):
-        self.total_pairs, self.total_shards = total_pairs, total_shards
-        self.name, self.units = name, units  # scene inference counts scenes with the same line
-        self.pairs = self.shards = 0
-        self.t0 = self.last_log = time.time()
-        self.every = every
-        self.window: collections.deque = collections.deque([(self.t0, 0)], maxlen=16)
-        self.bar = None
-        if bar and total_pairs and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_pairs, unit=units[1].rstrip("s"), desc=name, dynamic_ncols=True, smoothing=0.1)
-            self.bar.set_postfix_str(f"{units[0]} 0/{total_shards}")
-
-    def rate(self) -> float:
-        (t_a, p_a), (t_b, p_b) = self.window[0], self.window[-1]
-        return (p_b - p_a) / (t_b - t_a) if t_b > t_a and p_b > p_a else 0.0
-
-    def line(self) -> str:
-        rate = self.rate()
-        eta = (self.total_pairs - self.pairs) / rate if rate > 0 else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
-        if self.units[0] == self.units[1]:
-            return f"{self.name}: {self.units[0]} {self.shards}/{self.total_shards}, {rate:.2f} {self.units[1]}/s, ETA {eta_text}"
-        return f"{self.name}: {self.units[0]} {self.shards}/{self.total_shards}, {self.units[1]} {self.pairs}/{self.total_pairs}, {rate:.2f} {self.units[1]}/s, ETA {eta_text}"
-
-    def update(self, pairs: int) -> None:
-        self.pairs += pairs
-        self.shards += 1
-        now = time.time()
-        self.window.append((now, self.pairs))
-        if self.bar is not None:
-            self.bar.update(pairs)
-            self.bar.set_postfix_str(f"{self.units[0]} {self.shards}/{self.total_shards}")
-        elif now - self.last_log >= self.every or self.shards == self.total_shards:
-            self.last_log = now
-            log.info(self.line())
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# -- the driver loop ----------------------------------------------------------------------------
-
-Callback = Callable[[ShardTask, "dict | None", "str | None", bool], None]
-
-
-def drive(tasks: list[ShardTask], strategy: Strategy, retries: int, on_result: Callback) -> dict:
-    """Run tasks on a strategy until each is written or has failed retries + 1 times: the one place
-    that keeps the queue and the retry rule. on_result(task, marker, reason, retrying) hears every
-    attempt. Returns what the strategy reports about where the shards ran."""
-    queue, running = collections.deque(tasks), 0
-    try:
-        strategy.start(len(tasks))
-        while queue or running:
-            while queue and strategy.free() > 0:
-                strategy.submit(queue.popleft())
-                running += 1
-            for outcome in strategy.poll():
-                running -= 1
-                task = outcome.task
-                if not outcome.started:
-                    log.warning("shard %d resubmitted: its actor died before starting it", task.shard)
-                    queue.appendleft(task)
-                    continue
-                retrying = outcome.marker is None and task.attempt < retries
-                on_result(task, outcome.marker, outcome.reason, retrying)
-                if retrying:
-                    queue.append(task.retry())
-    finally:
-        info = strategy.close()
-    return info
+def writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str, lease: dict | None = None, condition: Condition | None = None) -> dict:
+    """The ShardWriter's arguments (all but the device), the same for every strategy."""
+    return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp, lease=lease, condition=condition)
 
 
 def _own_markers(out: ShardSet, markers: dict[int, dict], fp: str) -> dict[int, dict]:
@@ -454,7 +380,7 @@ def _synthesize(
 
     markers = dict(prep.markers)
     todo_pairs = sum(t.count for t in prep.todo)
-    bar = Progress(todo_pairs, len(prep.todo), bar=progress)
+    bar = Progress(todo_pairs, len(prep.todo), bar=progress, name="synthesize", units=("shards", "pairs"))
     final_failures: dict[int, str] = {}
 
     def on_result(task: ShardTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
@@ -475,7 +401,8 @@ def _synthesize(
 
     if prep.todo:
         args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint, lease=lease.ref(), condition=condition)
-        strategy = (RayStrategy if use_ray else LocalStrategy)(args, cfg, device)
+        workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries)
+        strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
         summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
     # What killed writers left: only temporaries nothing has written to since this run took the prefix
     # (a writer still streaming keeps its file fresh; this run's own have all returned). Without a

@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import Samples, sample_pairs
+from dakter_scale.dist.folder import pack_folder, unpack_folder
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
 from dakter_scale.synth.target import Condition, GivenPairs
 
@@ -44,20 +44,6 @@ log = logging.getLogger("dakter_scale")
 FAULT_ENV = "DAKTER_FAULT_FILE"  # testing hook: see _maybe_fault
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def pack_model_folder(directory: str | Path) -> dict[str, bytes]:
-    """A model folder's files as {relative path: bytes}, to ship to actors on other nodes."""
-    d = Path(directory)
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and "checkpoints" not in p.parts and "logs" not in p.parts}
-
-
-def unpack_model_folder(files: dict[str, bytes]) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="dakter-model-"))
-    for rel, data in files.items():
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        (d / rel).write_bytes(data)
-    return d
 
 
 def _maybe_fault(shard: int, written: int) -> None:
@@ -176,7 +162,7 @@ class ShardWriter:
         self.encoder_threads = max(1, threads) if self.device.type != "cpu" else 1
         self._pool = ThreadPoolExecutor(self.encoder_threads, thread_name_prefix="encode") if self.encoder_threads > 1 else None
         if isinstance(model, dict):  # shipped through Ray's object store: unpack, load, remove the copy
-            model_dir = unpack_model_folder(model)
+            model_dir = unpack_folder(model)
             try:
                 self.model = load_model_folder(model_dir, self.device)
             finally:
@@ -192,6 +178,12 @@ class ShardWriter:
         if condition is not None and list(condition.target.classes) != list(self.model.classes):  # an invariant of targeted.py
             raise AssertionError(f"the condition's classes {condition.target.classes} are not the model's {self.model.classes}")
         self.load_seconds = time.time() - t0
+
+    @staticmethod
+    def pack(args: dict, put: Callable[[Any], Any]) -> dict:
+        """Arguments for actors on other nodes (dist/strategies.py RayStrategy): the model folder's files
+        travel through the object store (``put``: ray.put)."""
+        return dict(args, model=put(pack_folder(args["model"])))
 
     def ready(self) -> dict[str, Any]:
         """Where this writer runs and how long building it took (model load); a cheap call that

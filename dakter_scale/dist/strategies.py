@@ -1,10 +1,7 @@
-"""Where shards run: in this process, or on Ray actors. Strategies submit and poll, nothing more.
-
-The driver loop (synth/run.py: drive) owns the queue, the retries and the progress; a strategy
-only runs the same ShardWriter (synth/worker.py) somewhere and reports each call's outcome. Both
-have one signature: ``Strategy(writer_args, cfg, device)``, then ``start(tasks)``, ``free()`` (how
-many more shards it takes now), ``submit(task)``, ``poll()`` (finished calls), ``close()`` (what ran
-where, for the summary).
+"""Where a run's tasks execute, behind one signature: ``Strategy(worker, args, workers, device)``, then
+``start(tasks)``, ``free()`` (how many more tasks it takes now), ``submit(task)``, ``poll()`` (finished
+calls), ``close()`` (what ran where, for the summary). ``LocalStrategy`` builds the worker in this
+process; ``RayStrategy`` one per Ray actor. The same worker class runs in both.
 """
 
 from __future__ import annotations
@@ -13,20 +10,13 @@ import collections
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
-from dakter_scale.synth.plan import ShardTask
+from dakter_scale.dist.driver import Outcome, Task, Workers
 
 log = logging.getLogger("dakter_scale")
 
 NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
-
-
-def writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str, lease: dict | None = None, condition: Any = None) -> dict:
-    """The ShardWriter's arguments (all but the device), the same for every strategy."""
-    return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp, lease=lease, condition=condition)
 
 
 def _reason(e: BaseException, limit: int = 300) -> str:
@@ -34,60 +24,35 @@ def _reason(e: BaseException, limit: int = 300) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One finished call: the marker it wrote, or why it failed. started=False: its worker died
-    before starting it, so it is resubmitted without being charged an attempt."""
-
-    task: ShardTask
-    marker: dict | None = None
-    reason: str | None = None
-    started: bool = True
-
-
-class Strategy(Protocol):
-    def start(self, tasks: int) -> None: ...
-
-    def free(self) -> int: ...
-
-    def submit(self, task: ShardTask) -> None: ...
-
-    def poll(self) -> list[Outcome]: ...
-
-    def close(self) -> dict: ...
-
-
 class LocalStrategy:
-    """One ShardWriter in this process (no Ray), one shard at a time. The writer sets torch's thread
-    count to its own while it runs; close() gives the caller's back."""
+    """One worker in this process (no Ray), one task at a time. A worker may set torch's thread count
+    to its own while it runs; close() gives the caller's back."""
 
-    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto", worker: type | None = None):
-        self.writer_args, self.device, self.worker = writer_args, device, worker
-        self.pending: ShardTask | None = None
+    def __init__(self, worker: type, args: dict, workers: Workers, device: str = "auto"):
+        self.worker, self.args, self.device = worker, args, device
+        self.pending: Task | None = None
         self.info: dict = {"strategy": "local"}
         self.threads: int | None = None
 
     def start(self, tasks: int) -> None:
         import torch
 
-        from dakter_scale.synth.worker import ShardWriter
-
         self.threads = torch.get_num_threads()
         t0 = time.time()
-        self.writer = (self.worker or ShardWriter)(**self.writer_args, device=None if self.device == "auto" else self.device)
+        self.writer = self.worker(**self.args, device=None if self.device == "auto" else self.device)
         self.info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": self.writer.ready()}
 
     def free(self) -> int:
         return 0 if self.pending else 1
 
-    def submit(self, task: ShardTask) -> None:
+    def submit(self, task: Task) -> None:
         self.pending = task
 
     def poll(self) -> list[Outcome]:
         task, self.pending = self.pending, None
         try:
-            return [Outcome(task, marker=self.writer(task))]
-        except Exception as e:  # a shard failure is the driver's to record and retry, never fatal to the run
+            return [Outcome(task, result=self.writer(task))]
+        except Exception as e:  # a task's failure is the driver's to record and retry, never fatal to the run
             return [Outcome(task, reason=_reason(e))]
 
     def close(self) -> dict:
@@ -98,7 +63,7 @@ class LocalStrategy:
         return self.info
 
 
-def ray_actor_resources(cfg: SynthesisConfig, device: str = "auto") -> tuple[int, dict, str]:
+def ray_actor_resources(cfg: Workers, device: str = "auto") -> tuple[int, dict, str]:
     """(number of actors, per-actor resource request, device) for the connected Ray cluster.
 
     auto: one actor per GPU (num_gpus=1, and threads_per_actor CPUs for its encoder threads) when the
@@ -141,15 +106,16 @@ def _kill(actor) -> None:
 
 
 class RayStrategy:
-    """ShardWriters on Ray actors, one model load per actor, a bounded number of calls per actor,
-    crashed actors replaced.
+    """Workers on Ray actors, one build (model load) per actor, a bounded number of calls per actor,
+    crashed actors replaced. The worker class's ``pack(args, put)`` turns its arguments into what
+    travels to other nodes (a model folder through the object store: ``put`` is ray.put).
 
-    When an actor dies, the shard it was running (its oldest unfinished call: an actor runs its calls
+    When an actor dies, the task it was running (its oldest unfinished call: an actor runs its calls
     in order) fails and is charged an attempt; calls queued behind it never started (Outcome.started
     is False) and are resubmitted uncharged."""
 
-    def __init__(self, writer_args: dict, cfg: SynthesisConfig, device: str = "auto", worker: type | None = None):
-        self.writer_args, self.cfg, self.device, self.worker = writer_args, cfg, device, worker
+    def __init__(self, worker: type, args: dict, workers: Workers, device: str = "auto"):
+        self.worker, self.args, self.cfg, self.device = worker, args, workers, device
         self.info: dict = {"strategy": "ray"}
         # Per actor: its unfinished calls in submission order.
         self.calls: dict[Any, collections.deque] = {}
@@ -159,43 +125,38 @@ class RayStrategy:
     def start(self, tasks: int) -> None:
         import ray
 
-        from dakter_scale.synth.worker import ShardWriter, pack_model_folder
-
         self.t0 = time.time()
         self.info.update(_init_ray())
         n_actors, self.resources, device = ray_actor_resources(self.cfg, self.device)
         n_actors = max(1, min(n_actors, tasks))
         self.per_actor = max(1, (self.cfg.max_in_flight or 2 * n_actors) // n_actors)
         # The model travels through Ray's object store, so worker nodes need no shared file system.
-        if self.worker is None:
-            self.args = dict(self.writer_args, model=ray.put(pack_model_folder(self.writer_args["model"])), device=device)
-        else:  # another worker class (scene inference) packs its own arguments
-            self.args = dict(self.worker.pack(self.writer_args, ray.put), device=device)
+        self.packed = dict(self.worker.pack(self.args, ray.put), device=device)
         # Ray starts workers at niceness 15 so that its own processes stay responsive; an actor is this run's
         # main work, and at nice 15 on a shared machine it gets a sliver of a core (4.7x slower here beside two
         # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
         # `ray job submit` entrypoints).
         runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
-        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(self.worker or ShardWriter)
+        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(self.worker)
         self.info.update(actors=n_actors, resources=self.resources, device=device, in_flight_per_actor=self.per_actor, niceness=os.nice(0))
-        log.info("ray: %d actors, %s each, up to %d shards in flight", n_actors, self.resources, n_actors * self.per_actor)
+        log.info("ray: %d actors, %s each, up to %d tasks in flight", n_actors, self.resources, n_actors * self.per_actor)
         # An ObjectRef in the kwargs is resolved by Ray before __init__ runs; ready() answers once the
         # model is loaded.
         self.pending_ready: dict[Any, Any] = {}
-        self.in_flight: dict[Any, tuple[Any, ShardTask]] = {}
+        self.in_flight: dict[Any, tuple[Any, Task]] = {}
         self.warned = False
         for _ in range(n_actors):
             self._start_actor()
 
     def _start_actor(self) -> None:
-        actor = self.Remote.remote(**self.args)
+        actor = self.Remote.remote(**self.packed)
         self.calls[actor] = collections.deque()
         self.pending_ready[actor.ready.remote()] = actor
 
     def free(self) -> int:
         return sum(self.per_actor - len(calls) for calls in self.calls.values())
 
-    def submit(self, task: ShardTask) -> None:
+    def submit(self, task: Task) -> None:
         actor = min(self.calls, key=lambda a: len(self.calls[a]))
         ref = actor.__call__.remote(task)
         self.in_flight[ref] = (actor, task)
@@ -227,7 +188,7 @@ class RayStrategy:
             if position >= 0:
                 del calls[position]
             try:
-                outcomes.append(Outcome(task, marker=ray.get(ref)))
+                outcomes.append(Outcome(task, result=ray.get(ref)))
                 continue
             except RayActorError as e:
                 reason = f"actor died ({type(e).__name__}): {str(e).splitlines()[0][:200]}"
