@@ -158,6 +158,21 @@ def spacing_safe(value: str):
     return write
 
 
+def geotransform(name: str, a: float, b: float, d: float, e: float):
+    """A GeoTIFF whose geotransform holds (a, b, d, e) as its pixel-size terms (GDAL stores NaN and inf as given)."""
+
+    def write(root: Path) -> Path:
+        import rasterio
+        from affine import Affine
+
+        path = root / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", height=40, width=40, count=1, dtype="uint8", crs="EPSG:32631", transform=Affine(a, b, 500000.0, d, e, 5000000.0)) as ds:
+            ds.write(draw_codes(40, 40)[None])
+        return path
+
+    return write
+
+
 def degenerate_grid(root: Path) -> Path:
     """Every geolocation grid point at one place on the ground."""
     safe = _safe(root)
@@ -224,6 +239,10 @@ CASES = {
     "spacing-nan": (spacing_safe("NaN"), r"\.xml: imageInformation/rangePixelSpacing is nan m"),
     "spacing-inf": (spacing_safe("INF"), r"\.xml: imageInformation/rangePixelSpacing is inf m"),
     "spacing-zero": (spacing_safe("0"), r"\.xml: imageInformation/rangePixelSpacing is 0\.0 m"),
+    "geotransform-nan": (geotransform("nan", float("nan"), 0, 0, -10), r"nan\.tif: geotransform holds a non-finite value"),
+    "geotransform-inf": (geotransform("inf", float("inf"), 0, 0, -10), r"inf\.tif: geotransform holds a non-finite value"),
+    "geotransform-flat": (geotransform("flat", 10, 0, 20, 0), r"flat\.tif: geotransform is degenerate \(its pixels have no area\)"),
+    "geotransform-1e9": (geotransform("wide", 1e9, 0, 0, -1e9), r"wide\.tif: pixel spacing \(from the georeferencing\) is 1000000000\.0 m"),
     "degenerate-grid": (degenerate_grid, r"\.xml: geolocationGrid: the ground positions are degenerate"),
     "collinear-gcps": (collinear_gcps, r"line\.tif: ground control points: the pixel positions are degenerate"),
     "80000-vectors": (many_vectors, r"calibration-s1a-iw-grd-vv.*\.xml: more than 250000 XML elements"),
