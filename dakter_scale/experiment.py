@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, ConfigError, from_dict, save_config, to_dict
 from dakter_scale.data.real import open_source, split_digests, split_fingerprint
 from dakter_scale.data.shardset import DatasetInfo, ShardSet
@@ -41,6 +42,7 @@ from dakter_scale.synth.run import synthesize
 from dakter_scale.synth.targeted import synthesize_targeted
 
 log = logging.getLogger("dakter_scale")
+THROUGHPUT = "throughput.json"  # a generated set's side file: the run's and the sampling loop's pairs per second
 
 PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
 
@@ -134,7 +136,7 @@ class Experiment:
         throughput = {"pairs": summary.pairs_written, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second}
         if sampling_seconds > 0:
             throughput.update(sampling_seconds=sampling_seconds, sampling_pairs_per_second=summary.pairs_written / sampling_seconds)
-        (Path(url) / "throughput.json").write_text(json.dumps(throughput) + "\n")
+        ShardSet(url).write_side(THROUGHPUT, (json.dumps(throughput) + "\n").encode())  # beside the shards, at any fsspec URL
         return url
 
     def student(self, run: StudentRun) -> dict:
@@ -219,6 +221,8 @@ class Experiment:
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
         metrics["run"] = json.loads(self.folder.metrics(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
+        if tag is None and self.folder.student_trained(name):
+            write_student_card(self.folder.student(name), metrics)  # the card carries the study's test score
         return metrics
 
     # -- run -----------------------------------------------------------------------------------
@@ -358,11 +362,11 @@ class Experiment:
     def generated_summary(self, name: str) -> dict:
         """Pairs, shards, sampling speed, confidence and divergence warnings of a generated set."""
         info = ShardSet(self.generated_url(name)).info() or DatasetInfo(format=None)
-        throughput = Path(self.generated_url(self.drawn_name(name))) / "throughput.json"
+        throughput = ShardSet(self.generated_url(self.drawn_name(name))).read_side(THROUGHPUT)
         return {
             "count": info.count,
             "shards": info.num_shards,
-            "pairs_per_second": json.loads(throughput.read_text())["pairs_per_second"] if throughput.is_file() else None,
+            "pairs_per_second": json.loads(throughput)["pairs_per_second"] if throughput else None,
             "mean_confidence": (info.generated_stats or {}).get("mean_confidence"),
             "warnings": info.warnings or [],
             "target": info.target,  # a targeted set's record (synth/targeted.py), else None
@@ -378,8 +382,8 @@ class Experiment:
         """Sampler and decode studies: throughput, generation quality and student mIoU per variant."""
         out: dict[str, list] = {"sampler": [], "decode": []}
         for v in self.plan.study_variants():
-            url, drawn = self.generated_url(v.generated.name), Path(self.generated_url(self.drawn_name(v.generated.name)))
-            throughput = json.loads((drawn / "throughput.json").read_text()) if (drawn / "throughput.json").is_file() else {}
+            url, drawn = self.generated_url(v.generated.name), ShardSet(self.generated_url(self.drawn_name(v.generated.name))).read_side(THROUGHPUT)
+            throughput = json.loads(drawn) if drawn else {}
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, v.generated.n))
             mious = [self.student(run)["miou"] for run in v.runs]
             out[v.kind].append(

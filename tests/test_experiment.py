@@ -412,3 +412,16 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     with pytest.raises(ConfigError, match="use another --records folder") as e:
         Records(records, tmp_path / "c").check("models", "b_cfg", "0" * 64)
     assert "\n" not in str(e.value)
+
+
+def test_a_study_students_card_carries_its_test_score(tmp_path):
+    """The runner scores each student on the test split once and writes that score into its card."""
+    from huggingface_hub import ModelCard
+
+    cfg = load_config(None, TINY + ["experiment.methods=[none]", "experiment.seeds=[0]", "experiment.decode_study=[]"])
+    exp = Experiment(cfg, tmp_path, progress=False)
+    run = exp.plan.real_only("unet")
+    metrics = exp.student(run)
+    card = ModelCard.load(tmp_path / "students" / run.name / "README.md")
+    evaluation = card.data.to_dict()["dakter"]["evaluation"]
+    assert evaluation["data"] == cfg.data.spec and abs(evaluation["miou"] - metrics["miou"]) < 1e-4
