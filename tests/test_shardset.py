@@ -149,3 +149,35 @@ def test_a_complete_header_is_written_through_the_schema(tmp_path):
     info = copy.info()
     copy.write_info(info.replace(status=COMPLETE))
     assert (tmp_path / "copy" / "dataset.json").read_bytes() == (OLD / "dataset.json").read_bytes()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_side_files_live_beside_the_shards_at_any_url(where, tmp_path, request):
+    """write_side / read_side on a local folder and on S3 (moto); the set's own names are refused."""
+    url = str(tmp_path / "set") if where == "local" else request.getfixturevalue("s3_bucket") + "/set"
+    write_dataset(url, [2])
+    out = ShardSet(url)
+    assert out.read_side("throughput.json") is None
+    out.write_side("throughput.json", b'{"pairs_per_second": 2.5}\n')
+    assert json.loads(out.read_side("throughput.json")) == {"pairs_per_second": 2.5}
+    assert [i.shard for i in out.done()] == [0]  # a side file is no shard
+    for name in ("dataset.json", "shard-000000.json", "lock-000001.json", "a/b.json", ""):
+        with pytest.raises(ValueError, match="not a side file's name"):
+            out.write_side(name, b"x")
+
+
+def test_finish_writes_the_count_statistics_and_divergence_of_the_markers(tmp_path):
+    """finish: the header with the markers' pair count, their statistics (marker_stats), the divergence
+    check against the reference, its warnings then the added ones; a derived set planned as it holds."""
+    url = str(tmp_path / "set")
+    write_dataset(url, [3, 2])
+    out = ShardSet(url)
+    markers = {i.shard: i.marker for i in out.done()}
+    header = DatasetInfo(classes=list(out.info().classes), resolution=32, train_stats={"class_fractions": [1.0, 0, 0, 0, 0]}, warnings=["the source's"])
+    info, warnings = out.finish(header, markers, threshold=0.01, add_warnings=["extra"], samples_per_shard=4, fingerprint="fp")
+    assert info == out.info() and info.status == COMPLETE and info.count == 5 and (info.planned, info.num_shards, info.fingerprint) == (5, 2, "fp")
+    assert info.generated_stats == marker_stats(markers, 5) and info.divergence["class_fraction_tv"] > 0.01
+    assert warnings and info.warnings == warnings + ["extra"]
+    kept, _ = out.finish(header, markers, threshold=0.01, keep_warnings=True)
+    assert kept.warnings == ["the source's"] and kept.planned is None
+    assert header.check_settings()["threshold"] == 0.1 and kept.check_settings()["threshold"] == 0.01

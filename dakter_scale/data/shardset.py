@@ -57,6 +57,7 @@ MEMBERS = (IMAGE, SOFT, RECORD)  # what every sample of a shard holds
 _MEMBER_SET = frozenset(MEMBERS)
 _RAW_KEYS = frozenset(("__key__", "__url__", *MEMBERS))  # a raw sample as read_tar yields it
 MARKER_RE = re.compile(r"^shard-(\d{6,})\.json$")  # a done marker's file name: shard_name(s, "json")
+MANIFEST_RE = re.compile(r"^shard-(\d{6,})\.parquet$")  # a shard's manifest: shard_name(s, "parquet")
 CHECKED = "__record__"  # a sample's parsed, checked record, as ShardSet.read_checked leaves it in the sample
 KEY_RE = re.compile(r"^(\d{6,})-(\d{6,})$")  # a sample key: sample_key(shard, index)
 SHARD_PREFIX = "shard-"
@@ -540,6 +541,18 @@ class DatasetInfo:
     def complete(self) -> bool:
         return self.status == COMPLETE
 
+    def check_settings(self) -> dict[str, Any]:
+        """How this set's divergence was checked (threshold, the training images' SAR statistics and
+        the SAR limits), as ShardSet.finish's keywords: a set derived from it (filtered) is checked the same way."""
+        div = self.divergence or {}
+        sar = div.get(SAR) or {}
+        return {
+            "threshold": float(div.get("threshold", 0.1)),
+            "train_sar": (self.train_stats or {}).get(SAR),
+            "enl_ratio": float(sar.get("enl_ratio_threshold", ENL_RATIO_WARNING)),
+            "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING)),
+        }
+
     def replace(self, **changes: Any) -> "DatasetInfo":
         return dataclasses.replace(self, **changes)
 
@@ -592,17 +605,6 @@ _FIELD_TYPES = {
     "filter": (dict,),
     "target": (dict,),
 }
-
-
-def derived_stats(markers: dict[int, dict], source: DatasetInfo) -> tuple[dict, dict, list[str]]:
-    """(generated_stats, divergence, warnings) of a set made from `source` (e.g. filtered), from its
-    own shard markers, against the same training data and threshold."""
-    generated = marker_stats(markers, len(source.classes or []))
-    threshold = float((source.divergence or {}).get("threshold", 0.1))
-    sar = (source.divergence or {}).get(SAR) or {}
-    limits = {"enl_ratio": float(sar.get("enl_ratio_threshold", ENL_RATIO_WARNING)), "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING))}
-    div, warnings = divergence(generated, (source.train_stats or {}).get("class_fractions"), threshold, (source.train_stats or {}).get(SAR), **limits)
-    return generated, div, warnings
 
 
 def stats_lines(info: DatasetInfo) -> list[str]:
@@ -674,6 +676,59 @@ class ShardSet:
 
     def write_info(self, info: DatasetInfo) -> None:
         storage.write_json(self.fs, self.path(DATASET_FILE), info.to_json())
+
+    def finish(
+        self,
+        header: DatasetInfo,
+        markers: dict[int, dict],
+        *,
+        threshold: float,
+        reference: Sequence[float] | None = None,
+        train_sar: dict | None = None,
+        enl_ratio: float = ENL_RATIO_WARNING,
+        histogram_tv: float = HISTOGRAM_TV_WARNING,
+        against: str = "the training data's",
+        status: str = COMPLETE,
+        samples_per_shard: int | None = None,
+        add_warnings: Sequence[str] = (),
+        keep_warnings: bool = False,
+        **fields: Any,
+    ) -> tuple[DatasetInfo, list[str]]:
+        """Write the dataset.json of a set whose shards are written, the one way every tool finishes a
+        set (synthesis, the filter, targeted synthesis): `header` with the pair count of `markers` (the
+        set's own, trusted), their statistics (marker_stats), the divergence check of those against
+        `reference` (default: the header's training class fractions) and `train_sar` (divergence),
+        `status`, the divergence's warnings followed by `add_warnings` (keep_warnings: the header's own
+        list, as a filtered set has always carried its source's), and `fields`. samples_per_shard: a set
+        derived from another, planned as the pairs it holds in shards of this size. Returns (the header
+        written, the divergence's warnings)."""
+        count = marker_count(markers.values())
+        generated = marker_stats(markers, len(header.classes or []))
+        fractions = reference or (header.train_stats or {}).get("class_fractions")
+        div, warnings = divergence(generated, fractions, threshold, train_sar, enl_ratio, histogram_tv, against)
+        if samples_per_shard is not None:
+            fields.update(planned=count, samples_per_shard=samples_per_shard, num_shards=-(-count // samples_per_shard))
+        kept = header.warnings if keep_warnings else warnings + list(add_warnings)
+        info = header.replace(status=status, count=count, generated_stats=generated, divergence=div, warnings=kept, **fields)
+        self.write_info(info)
+        return info, warnings
+
+    # -- side files: what a tool keeps beside the shards (the filter's scores, a study's throughput)
+
+    def _side(self, name: str) -> str:
+        if "/" in name or name in (DATASET_FILE, "") or name.startswith((SHARD_PREFIX, "lock-", ".")):
+            raise ValueError(f"{name!r} is not a side file's name: the shard set owns shard-*, dataset.json and lock-*")  # an invariant of the callers
+        return self.path(name)
+
+    def write_side(self, name: str, data: bytes) -> None:
+        """A file beside the shards, written atomically (storage.write_bytes), at any fsspec URL."""
+        storage.write_bytes(self.fs, self._side(name), data)
+
+    def read_side(self, name: str) -> bytes | None:
+        """A side file's bytes, or None when the set has none of that name."""
+        path = self._side(name)
+        self.fs.invalidate_cache(self.root)
+        return self.fs.cat_file(path) if self.fs.exists(path) else None
 
     # -- listing and markers
 
@@ -784,10 +839,10 @@ class ShardSet:
         return self.finish_shard(shard, rows, nbytes, sha, fingerprint)
 
     def write_parquet(self, name: str, table: pa.Table) -> None:
-        """A Parquet file beside the shards (a manifest, or e.g. the filter's scores)."""
+        """A Parquet file beside the shards (a manifest, or e.g. the filter's scores: a side file)."""
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        storage.write_bytes(self.fs, self.path(name), buf.getvalue())
+        storage.write_bytes(self.fs, self.path(name) if MANIFEST_RE.match(name) else self._side(name), buf.getvalue())
 
     # -- reading
 

@@ -32,7 +32,7 @@ import torch
 
 from dakter_scale.cards import write_dataset_card
 from dakter_scale.data.lease import Lease
-from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, decode_sample, derived_stats, marker_count
+from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet, decode_sample, marker_count
 from dakter_scale.data.storage import overlaps, redact_url
 from dakter_scale.errors import UserError
 from dakter_scale.student.evaluate import segment
@@ -175,15 +175,12 @@ def _filter_into(
     alignment = {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}
     markers = source.derive(dst_url, lambda key, record: {"source_key": key, "alignment": round(alignment[key], 6)}, fp, per_shard, keys=list(alignment))
     written = marker_count(markers.values())
-    generated, div, _ = derived_stats(markers, src_info)
-    info = src_info.replace(
-        generated_stats=generated,  # of the kept pairs
-        divergence=div,
-        status=COMPLETE,
-        count=written,
-        planned=written,
+    info, _ = dst.finish(  # checked against the source's training data and thresholds; the source's warnings kept
+        src_info,
+        markers,
+        **src_info.check_settings(),
         samples_per_shard=per_shard,
-        num_shards=-(-written // per_shard),
+        keep_warnings=True,
         fingerprint=fp,
         filter={
             "fingerprint": fp,
@@ -200,7 +197,6 @@ def _filter_into(
             "seconds": round(time.time() - t0, 2),
         },
     )
-    dst.write_info(info)
     write_dataset_card(dst_url)
     log.info("filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s", written, len(keys), src_url, threshold, info.filter["alignment_mean_source"], info.filter["alignment_mean_kept"], dst_url)
     return info

@@ -37,9 +37,7 @@ from dakter_scale.data.shardset import (
     DatasetInfo,
     ShardError,
     ShardSet,
-    divergence,
     marker_count,
-    marker_stats,
     stats_lines,
 )
 from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
@@ -423,19 +421,17 @@ def _synthesize(
 
     lease.check()
     markers = _own_markers(out, markers, prep.fingerprint)
-    generated = marker_stats(markers, len(prep.model_info["classes"]))
-    div, warnings = divergence(
-        generated, reference or header.train_stats["class_fractions"], cfg.divergence_threshold, header.train_stats.get(SAR), cfg.enl_ratio_threshold, cfg.histogram_threshold,
+    dataset, warnings = out.finish(
+        header,
+        markers,
+        threshold=cfg.divergence_threshold,
+        reference=reference,
+        train_sar=header.train_stats.get(SAR),
+        enl_ratio=cfg.enl_ratio_threshold,
+        histogram_tv=cfg.histogram_threshold,
         against="the target's class mix" if reference else "the training data's",
-    )
-    dataset = header.replace(
         status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
-        count=marker_count(markers.values()),
-        generated_stats=generated,
-        divergence=div,
-        warnings=warnings,
     )
-    out.write_info(dataset)
     write_dataset_card(out_url)
     summary.dataset = dataset.to_json()
     for w in warnings:

@@ -51,7 +51,7 @@ from dakter_scale.cards import write_dataset_card
 from dakter_scale.config import SamplingConfig, SynthesisConfig, TargetConfig
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.real import open_source, whole_pairs
-from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardError, ShardSet, divergence, marker_count, marker_stats, stats_lines
+from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet, marker_count, marker_stats, stats_lines
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import check_model_folder
 from dakter_scale.diffusion.sample import check_resample
@@ -262,9 +262,7 @@ def _write_selection(
     src_info = draw.info()
     markers = draw.derive(out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys)
     written = marker_count(markers.values())
-    generated = marker_stats(markers, len(target.classes))
-    div, div_warnings = divergence(generated, target.reference(), cfg.divergence_threshold, against="the target's class mix")
-    achieved = list(generated["class_fractions"])
+    achieved = list(marker_stats(markers, len(target.classes))["class_fractions"])
     cost = {
         "pairs_drawn": len(keys),
         "pairs_kept": written,
@@ -273,19 +271,17 @@ def _write_selection(
     }
     record, warnings = _record(target, "selection", achieved, cost, source=redact_url(draw_url), source_fingerprint=src_info.fingerprint, drawn=len(keys), max_draw_factor=max_draw_factor)
     _warn(warnings)
-    info = src_info.replace(
-        status=COMPLETE,
-        count=written,
-        planned=written,
+    info, div_warnings = ShardSet(out_url).finish(
+        src_info,
+        markers,
+        threshold=cfg.divergence_threshold,
+        reference=target.reference(),
+        against="the target's class mix",
         samples_per_shard=cfg.samples_per_shard,
-        num_shards=-(-written // cfg.samples_per_shard),
+        add_warnings=warnings,
         fingerprint=fp,
-        generated_stats=generated,
-        divergence=div,
-        warnings=div_warnings + warnings,
         target=record,
     )
-    ShardSet(out_url).write_info(info)
     write_dataset_card(out_url)
     for w in div_warnings:
         log.warning("targeted set diverges from the target's class mix: %s", w)
