@@ -137,6 +137,7 @@ class DiffusionConfig:
 
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")  # diffusion/sample.py builds each one's scheduler
 MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
+PRECISIONS = ("auto", "fp32", "bf16")  # sampling.precision (diffusion/sample.py)
 GEOMETRIES = ("none", "flip", "d4")  # student.augment (student/augment.py)
 
 
@@ -170,6 +171,10 @@ class SamplingConfig:
     decode: str = "mean"  # mean (posterior mean) | softmax
     decode_tau: float = 0.5  # softmax decode temperature
     decode_last: int = 1  # average the decoded label over the last N steps
+    # The network's arithmetic: auto = bf16 autocast on a CUDA device that has it, fp32 elsewhere (what every
+    # set before this setting was written with); fp32; bf16 (autocast on any device). Part of a set's fingerprint.
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the network in each writer (faster on a GPU; changes the floats: fingerprinted)
 
     def validate(self) -> None:
         _check(self.sampler in SAMPLERS, "sampling.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -179,6 +184,7 @@ class SamplingConfig:
         _check(self.decode_tau > 0, "sampling.decode_tau", "must be > 0")
         _check(1 <= self.decode_last <= self.steps, "sampling.decode_last", f"must be in [1, steps={self.steps}]")
         _check(0 <= self.eta <= 1, "sampling.eta", "must be in [0, 1]")
+        _check(self.precision in PRECISIONS, "sampling.precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
     def check_steps(self, num_train_timesteps: int) -> None:
         """Refuse more steps than the model's training timesteps (known once a model folder is)."""

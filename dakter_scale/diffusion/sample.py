@@ -93,10 +93,10 @@ def check_resample(resample: int, sampler: str) -> None:
         raise ValueError(f"resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got {resample} with {sampler}")
 
 
-def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, gens, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, gens, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One sampler step: z_t (N, 1+K, H, W) -> (z at the next level, the clipped clean estimate x0_hat)."""
     device = z.device
-    with _autocast(device) if autocast else contextlib.nullcontext():
+    with _autocast(device, precision):
         output = model.unet(z, t.to(device)).sample.float()
     a = alpha_bar[t].expand(z.shape[0])
     x0, eps = joint_to_x0_eps(output, z, a, model.prediction_type, model.label_prediction_type)
@@ -160,9 +160,11 @@ def sea_level(x0_hat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return image.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)  # one batched call: no per-pair device sync
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, precision: str = "auto"):
+    """The network's arithmetic for sampling.precision: bf16 autocast (bf16; auto on a CUDA device that
+    has bf16), else none (fp32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -196,8 +198,8 @@ def sample_pairs(
     place(x0_hat) (N, 1 + K, H, W), the clean estimate after step k, returns the given_* arguments
     (a dict), which hold from there on: what is given can follow the layout those steps fixed.
     on_step(i, x0_hat): hears the clipped clean estimate (N, 1 + K, H, W) after every network
-    evaluation of step i (each of a resampled step's). autocast: the network in bf16 on a CUDA device
-    that has it (False: in fp32 everywhere)."""
+    evaluation of step i (each of a resampled step's). autocast: the network's arithmetic as
+    cfg.precision says (False: in fp32 everywhere)."""
     check_resample(resample, cfg.sampler)
     if place is not None and (given_label is not None or not 1 <= given_at < cfg.steps - free_steps):
         raise ValueError(f"place needs no given tensors and 1 <= given_at < steps - free_steps (given_at {given_at}, {cfg.steps} steps, free_steps {free_steps})")
@@ -220,7 +222,7 @@ def sample_pairs(
             if u > 0:  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
                 ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
-            z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens, autocast)
+            z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens, cfg.precision if autocast else "fp32")
             if on_step is not None:
                 on_step(i, x0)
             if place is not None and i + 1 == given_at:  # the first given_at steps are done: place what is given

@@ -95,15 +95,21 @@ class Plan:
         return [self.task(s) for s in range(self.num_shards)]
 
 
+UNRECORDED_DEFAULTS = {"precision": "auto", "compile": False}  # sampling settings added after sets existed
+
+
 def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int, condition: dict | None = None) -> str:
     """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
     (on the same kind of device and torch build). The solver order only changes the bytes of the
     multistep samplers: it is left out for ddim and ddpm, whose sets written before it existed keep
     their fingerprints. `condition`: what label-conditioned sampling draws the images given
     (synth/target.py: Condition.identity); absent for the joint, whose fingerprints stay those of
-    sets written before it existed."""
+    sets written before it existed. sampling.precision and sampling.compile change the floats: they are
+    in it unless at their defaults."""
     if sampling.get("sampler") not in MULTISTEP_SAMPLERS:
         sampling = {k: v for k, v in sampling.items() if k != "solver_order"}
+    # Settings at the value every earlier set was written with are left out, so those sets keep their fingerprints.
+    sampling = {k: v for k, v in sampling.items() if not (k in UNRECORDED_DEFAULTS and v == UNRECORDED_DEFAULTS[k])}
     fields = {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format}
     if condition is not None:
         fields["condition"] = condition

@@ -171,6 +171,8 @@ class ShardWriter:
             self.model = load_model_folder(model, self.device)
         self.sampling = SamplingConfig(**sampling)
         self.sampling.validate()
+        if self.sampling.compile:  # compiled once per writer, on its first batch; the fingerprint records it
+            self.model.unet = torch.compile(self.model.unet)
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
         # targeted synthesis: each pair drawn given its composed label map (conditioned) or pasted real instances (pasted)
