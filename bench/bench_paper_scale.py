@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from dakter_scale.config import load_config  # noqa: E402
-from dakter_scale.data.real import OSD_CLASSES  # noqa: E402
+from dakter_scale.data.osd import CLASSES as OSD_CLASSES  # noqa: E402
 from dakter_scale.diffusion.model import build_unet  # noqa: E402
 
 from measure import count_flops, device_name, matmul_peak, timed  # noqa: E402

@@ -65,7 +65,7 @@ def write_scene(path: Path, size: int, seed: int = 0) -> None:
 
 
 def demo_student(folder: Path) -> Path:
-    from dakter_scale.data.synthetic_sar import CLASSES
+    from dakter_scale.data.osd import CLASSES
     from dakter_scale.student.models import build_student, save_student
 
     model = build_student("unet", "auto", len(CLASSES))

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from dakter_scale.config import SamplingConfig, load_config  # noqa: E402
-from dakter_scale.data.synthetic_sar import CLASSES  # noqa: E402
+from dakter_scale.data.osd import CLASSES  # noqa: E402
 from dakter_scale.diffusion.model import JointDiffusion, build_scheduler, build_unet  # noqa: E402
 from dakter_scale.diffusion.sample import sample_pairs  # noqa: E402
 

@@ -53,7 +53,7 @@ def steps(work: Path) -> list[tuple[str, list[str]]]:
     return [
         ("train_diffusion.py", ["--out", str(model), *DIFFUSION]),
         ("synthesize.py", ["--model", str(model), "--out", str(plain), *SYNTH, *SAMPLING]),
-        ("synthesize.py", ["--model", str(model), "--out", str(work / "selected"), *SYNTH, *SAMPLING, "--class-target", "oil:1.5x", "--target-route", "selection", "--max-draw-factor", "4"]),
+        ("synthesize.py", ["--model", str(model), "--out", str(work / "selected"), *SYNTH, *SAMPLING, "--class-target", "oil:1.5x", "--target-route", "selection", "--max-draw-factor", "4", "--draw-out", str(work / "selected_drawn")]),
         ("synthesize.py", ["--model", str(model), "--out", str(work / "conditioned"), *SYNTH, *SAMPLING, "--class-target", "oil:3x,ship:3x", "--target-route", "conditioned", "--resample", "2"]),
         ("synthesize.py", ["--model", str(model), "--out", str(work / "pasted"), *SYNTH, *SAMPLING, "--class-target", "oil:0.3", "--target-route", "pasted"]),
         ("train_student.py", ["--out", str(seg), "--max-steps", "2", *STUDENT, "student.ratio=0"]),

@@ -193,6 +193,7 @@ class SamplingConfig:
 
 ROUTES = ("selection", "conditioned", "pasted")  # how synth/targeted.py meets a class target
 MAX_DRAW_FACTOR = 20.0  # the selection route's default bound on the pairs drawn per pair kept
+DRAWN_SUFFIX = "_all"  # a set's draw beside it, NAME_all: the selection route's (--draw-out's default) and, in a study, the filter's
 # The student architectures by name (segmentation-models-pytorch class names; student/models.py builds
 # them), here so that the config refuses an unknown one on load without importing torch or smp.
 ARCHS = {

@@ -14,7 +14,7 @@ Pair INDEX of shard SHARD is drawn from seed SeedSequence([--seed, SHARD, INDEX]
 
 Targeted synthesis: --class-target oil:3x,ship:3x yields N pairs whose pooled pixel shares of oil and of
 ships are at least 3x the real training shares recorded in the model folder (oil:0.05: an absolute share).
---target-route selection draws more pairs (into OUT_drawn, or --draw-out) and keeps N that meet it, at
+--target-route selection draws more pairs (into OUT_all, or --draw-out) and keeps N that meet it, at
 most --max-draw-factor drawn per kept; --target-route conditioned draws each image given a label map
 composed from real training masks with pasted oil / ship regions (--resample U: RePaint's resampling, images
 follow their maps more closely at about U x the cost); --target-route pasted draws each pair jointly around
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument(
         "--max-draw-factor", type=float, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (synthesis.target.max_draw_factor, default 20)"
     )
-    p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_drawn)")
+    p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_all)")
     p.add_argument(
         "--resample",
         type=int,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dakter_scale.data.synthetic_sar import CLASSES, DB_MAX, DB_MIN, uint8_to_linear
+from dakter_scale.data.osd import CLASSES, DB_MAX, DB_MIN, uint8_to_linear
 
 SEA_CODE, OIL_CODE = 170, 60  # 8-bit codes in the simulator's window: about -8 dB and -26 dB
 ORIGIN = (500000.0, 5000000.0)  # UTM 31N, metres (lon ~3 E, lat ~45 N)

@@ -14,8 +14,9 @@ import torch
 
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data import shardset, storage
+from dakter_scale.data.osd import CLASSES
 from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardSet
-from dakter_scale.data.synthetic_sar import CLASSES, simulate_scene
+from dakter_scale.data.synthetic_sar import simulate_scene
 
 
 def soft_label(mask: np.ndarray, num_classes: int, confidence: float) -> torch.Tensor:

@@ -10,10 +10,10 @@ import torch
 import webdataset as wds
 
 from dakter_scale.data import shardset
+from dakter_scale.data.osd import CLASSES
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.data.storage import overlaps
 from dakter_scale.data.stream import GeneratedStream
-from dakter_scale.data.synthetic_sar import CLASSES
 from dakter_scale.student.models import build_student, save_student
 from dakter_scale.synth.filter import SCORES_FILE, FilterError, filter_shards, pair_alignment
 from tests.shardgen import write_dataset

@@ -42,7 +42,7 @@ SECONDS_MARGIN = 10.0
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A student folder as jobs/predict.py reads it (random weights: every case is refused before a tile runs)."""
-    from dakter_scale.data.synthetic_sar import CLASSES
+    from dakter_scale.data.osd import CLASSES
     from dakter_scale.student.models import build_student, save_student
 
     folder = tmp_path_factory.mktemp("student") / "s"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dakter_scale.data import real
+from dakter_scale.data import osd, real
 from dakter_scale.data.real import DataError, open_source, split_stats
 
 ROOT = Path(__file__).resolve().parents[1]
-OSD_COLOURS = real.OSD_COLOURS
+OSD_COLOURS = osd.OSD_COLOURS
 
 
 def write_osd(root: Path, masks: dict[str, list[np.ndarray]], colour: bool = True, index: bool = True, size=(24, 16)):

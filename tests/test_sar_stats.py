@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from dakter_scale.data import sar_stats, shardset
+from dakter_scale.data.osd import uint8_to_linear
 from dakter_scale.data.sar_stats import SarCounts, enl_bin_counts, enl_from_counts, histogram_distance_counts, window_enl
-from dakter_scale.data.synthetic_sar import _to_uint8, uint8_to_linear
+from dakter_scale.data.synthetic_sar import _to_uint8
 
 
 def speckled(looks: float, n: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from dakter_scale.data.synthetic_sar import DB_MAX, DB_MIN, uint8_to_linear
+from dakter_scale.data.osd import DB_MAX, DB_MIN, uint8_to_linear
 from dakter_scale.scene.predict import PredictError, PredictOptions, Predictor
 from dakter_scale.scene.radiometry import RadiometryError, db_to_codes, default_convention, lut_at, plan_conversion, plan_scale, sigma0_to_db, to_codes
 from dakter_scale.scene.read import SceneError, open_scene

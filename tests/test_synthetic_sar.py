@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from dakter_scale.data import osd
 from dakter_scale.data import synthetic_sar as S
 
 N_STATS = 200
@@ -23,9 +24,9 @@ def stats_scenes():
 
 # ---------------------------------------------------------------- constants
 def test_classes_and_colours():
-    assert S.CLASSES == ("sea", "oil", "look-alike", "ship", "land")
-    assert S.OSD_COLOURS == ((0, 0, 0), (0, 255, 255), (255, 0, 0), (153, 76, 0), (0, 153, 0))
-    assert len(set(S.OSD_COLOURS)) == 5
+    assert osd.CLASSES == ("sea", "oil", "look-alike", "ship", "land")
+    assert osd.OSD_COLOURS == ((0, 0, 0), (0, 255, 255), (255, 0, 0), (153, 76, 0), (0, 153, 0))
+    assert len(set(osd.OSD_COLOURS)) == 5
 
 
 # ---------------------------------------------------------------- determinism
@@ -107,8 +108,8 @@ def test_class_fractions(stats_scenes):
     lo = np.array([0.70, 0.03, 0.05, 0.001, 0.05])
     hi = np.array([0.88, 0.08, 0.12, 0.01, 0.15])
     assert np.all(mean >= lo) and np.all(mean <= hi), f"mean class fractions {np.round(mean, 4)}"
-    assert present[S.OIL] >= 0.5 and present[S.LOOKALIKE] >= 0.5 and present[S.SHIP] >= 0.3, present
-    assert 0.3 <= present[S.LAND] <= 0.5, present
+    assert present[osd.OIL] >= 0.5 and present[osd.LOOKALIKE] >= 0.5 and present[osd.SHIP] >= 0.3, present
+    assert 0.3 <= present[osd.LAND] <= 0.5, present
 
 
 def test_class_intensity_order(stats_scenes):
@@ -128,16 +129,16 @@ def test_oil_and_lookalike_overlap_in_darkness(stats_scenes):
     # ... but not trivially: some look-alikes are darker than some oil slicks
     oil, look = [], []
     for img, mask in stats_scenes:
-        if (mask == S.OIL).any():
-            oil.append(img[mask == S.OIL].mean())
-        if (mask == S.LOOKALIKE).any():
-            look.append(img[mask == S.LOOKALIKE].mean())
+        if (mask == osd.OIL).any():
+            oil.append(img[mask == osd.OIL].mean())
+        if (mask == osd.LOOKALIKE).any():
+            look.append(img[mask == osd.LOOKALIKE].mean())
     assert min(look) < max(oil)
 
 
 def test_land_touches_scene_border(stats_scenes):
     for _, mask in stats_scenes:
-        land = mask == S.LAND
+        land = mask == osd.LAND
         if land.any():
             border = np.concatenate([land[0], land[-1], land[:, 0], land[:, -1]])
             assert border.any()
@@ -153,7 +154,7 @@ def test_speckle_enl_homogeneous_patch():
     enl = []
     for looks in (1, 2, 3, 4):
         rng = np.random.Generator(np.random.PCG64(looks))
-        intensity = S.uint8_to_linear(S._to_uint8(S._speckle(rng, sigma0, looks)))
+        intensity = osd.uint8_to_linear(S._to_uint8(S._speckle(rng, sigma0, looks)))
         enl.append(_enl(intensity))
         assert abs(enl[-1] - looks) < 0.15 * looks, (looks, enl[-1])
     assert enl == sorted(enl)
@@ -165,8 +166,8 @@ def test_speckle_enl_in_scene_sea_grows_with_looks():
         ratios = []
         for seed in range(4):
             out = S._simulate(np.random.Generator(np.random.PCG64(seed)), 96, 96, looks=looks)
-            sea = out["mask"] == S.SEA
-            ratios.append(S.uint8_to_linear(out["image"])[sea] / out["sigma0"][sea])
+            sea = out["mask"] == osd.SEA
+            ratios.append(osd.uint8_to_linear(out["image"])[sea] / out["sigma0"][sea])
         enl.append(_enl(np.concatenate(ratios)))
     assert all(a < b for a, b in zip(enl, enl[1:])), enl
     assert 0.7 < enl[0] < 1.4 and 3.0 < enl[3] < 5.0, enl
@@ -178,9 +179,9 @@ def test_db_linear_conversions():
     assert np.allclose(lin, 10.0 ** (db / 10.0), rtol=1e-7, atol=0)
     assert np.allclose(S._linear_to_db(lin), db, atol=1e-6)
     codes = S._to_uint8(lin)
-    expected = np.clip(np.floor((db - S.DB_MIN) * 255.0 / (S.DB_MAX - S.DB_MIN) + 0.5), 0, 255)
+    expected = np.clip(np.floor((db - osd.DB_MIN) * 255.0 / (osd.DB_MAX - osd.DB_MIN) + 0.5), 0, 255)
     assert np.mean(codes == expected) > 0.999
-    assert np.array_equal(S._to_uint8(S.uint8_to_linear(np.arange(256, dtype=np.uint8))), np.arange(256))
+    assert np.array_equal(S._to_uint8(osd.uint8_to_linear(np.arange(256, dtype=np.uint8))), np.arange(256))
 
 
 # ---------------------------------------------------------------- writers
@@ -191,7 +192,7 @@ def test_write_osd_layout(tmp_path):
         for sub, ext in (("images", "jpg"), ("labels", "png"), ("labels_1D", "png")):
             names = sorted(p.name for p in (tmp_path / split / sub).iterdir())
             assert names == [f"{i:05d}.{ext}" for i in range(n)]
-        palette = np.array(S.OSD_COLOURS, dtype=np.uint8)
+        palette = np.array(osd.OSD_COLOURS, dtype=np.uint8)
         for i in range(n):
             want_img, want_mask = S.simulate_scene(S.scene_seed(5, split, i), h, w)
             jpg = Image.open(tmp_path / split / "images" / f"{i:05d}.jpg")
@@ -223,7 +224,7 @@ def test_write_sos_layout(tmp_path):
                 m = np.asarray(mask)
                 assert set(np.unique(m).tolist()) <= {0, 255}
                 _, want = S.simulate_scene(S._satellite_seed(1, split, sat, i), 48, 48)
-                assert np.array_equal(m == 255, want == S.OIL)
+                assert np.array_equal(m == 255, want == osd.OIL)
     # palsar and sentinel scenes come from different streams
     a = np.asarray(Image.open(tmp_path / "train" / "palsar" / "0_sat.jpg"))
     b = np.asarray(Image.open(tmp_path / "train" / "sentinel" / "0_sat.jpg"))

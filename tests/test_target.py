@@ -652,7 +652,7 @@ def test_selection_meets_the_target_from_a_larger_draw(model, tmp_path):
     record = result.info.target
     assert record["met"] and record["achieved"]["oil"] >= share and record["route"] == "selection"
     assert 4 < record["drawn"] <= 16 and record["cost"]["pairs_drawn_per_kept_pair"] == record["drawn"] / 4
-    drawn = {s["__key__"]: s for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "sel_drawn").glob("shard-*.tar")), shardshuffle=False)}
+    drawn = {s["__key__"]: s for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "sel_all").glob("shard-*.tar")), shardshuffle=False)}
     kept = list(wds.WebDataset(str(tmp_path / "sel" / shardset.shard_name(0)), shardshuffle=False))
     assert len(kept) == 4
     for sample in kept:

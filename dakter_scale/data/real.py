@@ -31,12 +31,11 @@ from PIL import Image, UnidentifiedImageError
 
 from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
+from dakter_scale.data.osd import CLASSES, DB_MAX, DB_MIN, OSD_COLOURS
 from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.storage import url_to_fs
 from dakter_scale.errors import UserError
 
-OSD_CLASSES = synthetic_sar.CLASSES
-OSD_COLOURS = synthetic_sar.OSD_COLOURS
 SOS_CLASSES = ("background", "oil")
 SPLITS = ("train", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -177,16 +176,16 @@ class SyntheticSource(Source):
     radiometry = "simulated Sentinel-1 VV sigma0, dB window [-35, 5] -> 8-bit"
 
     def convention(self) -> dict:
-        # The simulator owns the window (synthetic_sar.DB_MIN, DB_MAX). Its objects are sized in fractions of
+        # The simulator follows the OSD window (osd.DB_MIN, DB_MAX). Its objects are sized in fractions of
         # the scene, not in metres, so the source states no pixel spacing.
-        return {"kind": "sigma0_db8", "db_min": synthetic_sar.DB_MIN, "db_max": synthetic_sar.DB_MAX}
+        return {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX}
 
     def __init__(self, n_train: int, n_test: int, size: int, seed: int, spec: str):
         self.n = {"train": n_train, "test": n_test}
         self.size = size
         self.seed = seed
         self.spec = spec
-        self.classes = OSD_CLASSES
+        self.classes = CLASSES
 
     def items(self, split: str) -> list[Item]:
         return [Item(name=f"{split}-{i:05d}", seed=synthetic_sar.scene_seed(self.seed, split, i)) for i in range(self.n[split])]
@@ -239,7 +238,7 @@ class OSDSource(Source):
     def __init__(self, root: str, spec: str):
         self.fs, self.root = url_to_fs(root)
         self.spec = spec
-        self.classes = OSD_CLASSES
+        self.classes = CLASSES
         if not self.fs.isdir(self.root):
             raise DataError(f"{spec}: {root} is not a folder")
         self._cache: dict[str, list[Item]] = {}

@@ -2,7 +2,7 @@
 
 * ENL = mean^2 / var of linear intensity over homogeneous sea windows (speckle with L looks has
   ENL L there). Grey levels become linear intensity through the 8-bit dB window of the built-in
-  data (``synthetic_sar.uint8_to_linear``). A set's ENL is the median over all its sea windows.
+  data (``osd.uint8_to_linear``). A set's ENL is the median over all its sea windows.
 * The 8-bit grey-level histogram, compared by total variation and 1-Wasserstein (grey levels).
 
 Both are kept as additive counts so that a shard's done marker can carry them and a set's value is
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dakter_scale.data.synthetic_sar import uint8_to_linear
+from dakter_scale.data.osd import uint8_to_linear
 
 SEA_CLASS = 0  # class 0 is the sea surface (OSD, the simulator) or the background sea (SOS)
 ENL_LOG10_MIN, ENL_LOG10_MAX, ENL_BINS_PER_DECADE = -2.0, 4.0, 48

@@ -377,11 +377,6 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
     write_bytes(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read().decode())
-
-
 def check_writable(url: str) -> None:
     """Fail early, naming the URL, when an output location cannot be written (writes and removes a probe).
     The message never includes credentials: only the URL and the backend's error class and text."""

@@ -2,7 +2,7 @@
 
 Every scene is a pure function of ``(seed, height, width)``. It mimics the Oil Spill Detection (OSD)
 dataset: C-band, VV, 8-bit dB-scaled images with a five-class mask (sea, oil, look-alike, ship,
-land), see :data:`CLASSES` and :data:`OSD_COLOURS`.
+land), in the conventions of data/osd.py (CLASSES, OSD_COLOURS, the dB window).
 
 Physics model (levels and dampings are composed in dB, then converted to linear sigma0, where the
 noise floor, ship side lobes and speckle are applied; the image is quantised from linear intensity)
@@ -50,22 +50,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dakter_scale.data.osd import CODE_STEP_DB as _CODE_STEP_DB
+from dakter_scale.data.osd import DB_MIN, LAND, LOOKALIKE, OIL, SHIP, colour_mask
+
 __all__ = [
-    "CLASSES",
-    "OSD_COLOURS",
     "simulate_scene",
     "scene_seed",
     "write_osd_layout",
     "write_sos_layout",
-    "colour_mask",
-    "uint8_to_linear",
 ]
-
-CLASSES = ("sea", "oil", "look-alike", "ship", "land")
-OSD_COLOURS = ((0, 0, 0), (0, 255, 255), (255, 0, 0), (153, 76, 0), (0, 153, 0))  # RGB, index = class id
-SEA, OIL, LOOKALIKE, SHIP, LAND = range(5)
-
-DB_MIN, DB_MAX = -35.0, 5.0  # 8-bit display window
 
 _SPLIT_CODES = {"train": 0, "test": 1}
 _SATELLITE_CODES = {"palsar": 0, "sentinel": 1}
@@ -80,8 +73,6 @@ _POW2 = np.array([2.0 ** (j / _TABLE_N) for j in range(_TABLE_N + 1)])  # 2**f, 
 _POW2_SLOPE = np.diff(_POW2)
 _LOG_MANT = np.array([10.0 * math.log10(0.5 + j / (2 * _TABLE_N)) for j in range(_TABLE_N + 1)])  # m in [0.5, 1]
 _LOG_MANT_SLOPE = np.diff(_LOG_MANT)
-_CODE_STEP_DB = (DB_MAX - DB_MIN) / 255.0
-_CODE_TO_LINEAR = np.array([10.0 ** ((DB_MIN + k * _CODE_STEP_DB) / 10.0) for k in range(256)])
 
 
 def _db_to_linear(db: np.ndarray) -> np.ndarray:
@@ -114,11 +105,6 @@ def _to_uint8(intensity: np.ndarray) -> np.ndarray:
     """Linear intensity -> 8-bit code of 10 log10(I) in the [-35, +5] dB window (rounded, clipped)."""
     code = np.floor((_linear_to_db(intensity) - DB_MIN) * (1.0 / _CODE_STEP_DB) + 0.5)
     return np.clip(code, 0, 255).astype(np.uint8)
-
-
-def uint8_to_linear(image: np.ndarray) -> np.ndarray:
-    """Inverse of the 8-bit mapping: code -> linear intensity at the code's dB centre."""
-    return _CODE_TO_LINEAR[np.asarray(image, dtype=np.uint8)]
 
 
 def _scalar_pow(x: np.ndarray, p: float) -> np.ndarray:
@@ -567,11 +553,6 @@ def _satellite_seed(base_seed: int, split: str, satellite: str, index: int) -> i
         raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
     code = 2 * _SPLIT_CODES[split] + _SATELLITE_CODES[satellite]
     return _stream_seed([int(base_seed), _SPLIT_CODES[split], int(index), 1 + _SATELLITE_CODES[satellite]], code, 2)
-
-
-def colour_mask(mask: np.ndarray) -> np.ndarray:
-    """Class-index mask (H, W) -> RGB uint8 (H, W, 3) using OSD_COLOURS."""
-    return np.asarray(OSD_COLOURS, dtype=np.uint8)[mask]
 
 
 def _progress(total: int, enabled: bool, desc: str):

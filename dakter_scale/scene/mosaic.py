@@ -4,7 +4,7 @@ rows x cols scenes of the simulator (data/synthetic_sar.py, the test split's see
 trained on the train split has seen none of them), side by side, written band by band as a tiled
 GeoTIFF in UTM zone 31N at ``spacing`` metres per pixel: 8-bit dB codes (the simulator's own
 convention), or with ``sigma0=True`` linear sigma-nought in float32 (the codes' centres,
-synthetic_sar.uint8_to_linear), so that the predictor's radiometric conversion is exercised. The
+osd.uint8_to_linear), so that the predictor's radiometric conversion is exercised. The
 ground truth class map is written beside it (``NAME.truth.tif``).
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dakter_scale.data.synthetic_sar import scene_seed, simulate_scene, uint8_to_linear
+from dakter_scale.data.osd import uint8_to_linear
+from dakter_scale.data.synthetic_sar import scene_seed, simulate_scene
 
 ORIGIN = (500000.0, 5000000.0)  # UTM 31N: the open sea west of the Gulf of Lion is nearby
 CRS = "EPSG:32631"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dakter_scale.data import storage
-from dakter_scale.data.synthetic_sar import OSD_COLOURS
+from dakter_scale.data.osd import OSD_COLOURS
 
 PROBABILITIES, CLASSES_FILE, SLICKS, QUICKLOOK, RECORD = "probabilities.tif", "classes.tif", "slicks.geojson", "quicklook.png", "predict.json"
 WORK = ".work"

@@ -5,7 +5,7 @@ the training source, ``data.real.Source.convention``):
 
 - ``sigma0_db8``: 8-bit codes of sigma-nought in dB over a known window [db_min, db_max]
   (code = round((dB - db_min) * 255 / (db_max - db_min)), clipped): the built-in simulator's
-  convention, window ``synthetic_sar.DB_MIN, DB_MAX`` = [-35, +5] dB.
+  convention, window ``osd.DB_MIN, DB_MAX`` = [-35, +5] dB.
 - ``db8``: 8-bit dB-scaled codes as delivered, window unknown (the OSD / SOS JPEGs).
 
 What a scene's pixels are (``read.Scene.radiometry``): ``dn`` (uint16 digital numbers, with a
@@ -15,7 +15,7 @@ checked from the pixels, so the record says "assumed").
 
 ``plan_conversion`` decides the steps or refuses, naming what differs; ``--db-window`` picks the window
 (the default is the student's) and ``--allow-radiometry-mismatch`` accepts an unconvertible pair
-explicitly. Pure numpy: the tables of the 8-bit window come from data.synthetic_sar, the one owner.
+explicitly. Pure numpy: the tables of the 8-bit window come from data.osd, the one owner.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dakter_scale.data.synthetic_sar import DB_MAX, DB_MIN
+from dakter_scale.data.osd import DB_MAX, DB_MIN
 from dakter_scale.errors import UserError
 
 KINDS = ("sigma0_db8", "db8")

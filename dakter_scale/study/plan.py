@@ -36,10 +36,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dakter_scale.config import DRAWN_SUFFIX as DRAWN_SUFFIX  # study/report.py and the runner read it here
 from dakter_scale.config import Config, parse_sampler_entry
 
 TARGETED = "b_cfg_target"  # generated/b_cfg_target: dakter_target's pairs (its selection draw: b_cfg_target_all)
-DRAWN_SUFFIX = "_all"  # generated/NAME_all: the pairs drawn before the label-alignment filter kept generated/NAME
+# generated/NAME_all (DRAWN_SUFFIX): the pairs drawn before the label-alignment filter or the selection route kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
 
 METHOD_NAMES = {

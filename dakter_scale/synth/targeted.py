@@ -4,7 +4,7 @@
 synth/target.py's). Three routes, compared in docs/RESULTS.md ("Targeted synthesis"):
 
 selection    Draw more pairs than needed with the joint model, by the ordinary plan (pair seeds,
-             shards, resumable) into a draw set beside the output (OUT_drawn by default); keep the n
+             shards, resumable) into a draw set beside the output (OUT_all by default); keep the n
              whose pooled class_fractions (the manifest's) meet the target (target.select); write them
              as a new set with ShardSet.derive (image and soft label copied byte for byte, each record
              gaining source_key). Before any sampling, the draw the real training masks' per-image
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from dakter_scale.cards import write_dataset_card
-from dakter_scale.config import SamplingConfig, SynthesisConfig, TargetConfig
+from dakter_scale.config import DRAWN_SUFFIX, SamplingConfig, SynthesisConfig, TargetConfig
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.real import open_source, whole_pairs
 from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet, marker_count, marker_stats, stats_lines
@@ -61,7 +61,6 @@ from dakter_scale.synth.target import ClassTarget, Condition, TargetError
 
 log = logging.getLogger("dakter_scale")
 
-DRAWN_SUFFIX = "_drawn"  # the selection route's draw, beside the output by default
 
 
 def model_target(model_dir: str | Path, spec: str) -> tuple[ClassTarget, dict]:
@@ -298,7 +297,7 @@ def synthesize_targeted(
 ) -> TargetedResult:
     """cfg.n pairs meeting the class target cfg.target.spec by cfg.target.route (module docstring;
     config.TargetConfig). Bad input, and a target the route cannot reach, raise TargetError before
-    any sampling. draw_url: where the selection route draws (default OUT_drawn)."""
+    any sampling. draw_url: where the selection route draws (default OUT_all)."""
     target, condition, _ = prepare_target(model_dir, cfg.target, sampling.sampler)
     if condition is None:
         return by_selection(model_dir, out_url, cfg, sampling, target, draw_url, **run_kwargs)
