@@ -1,6 +1,8 @@
 """The layer table of docs/architecture.md, enforced by reading every import (module level and inside
-functions) of the package: core is pure maths, data never reaches up to the trainers or across to
-Ray and accelerate, and nothing in the library imports the jobs."""
+functions) of the package: every module has a layer (LAYERS) and imports only its own layer and those
+below it, with no circle between modules; core is pure maths; data reaches neither Ray nor accelerate;
+scene inference imports nothing of synthesis, the runner (dist/) neither of them; nothing in the library
+imports the jobs."""
 
 from __future__ import annotations
 
@@ -14,8 +16,19 @@ from conftest import ROOT
 PACKAGE = ROOT / "dakter_scale"
 # core/: tensors in, tensors out. No files, storage, processes, Ray, accelerate or webdataset.
 CORE_ALLOWED = {"__future__", "math", "dataclasses", "typing", "collections", "functools", "itertools", "numbers", "enum", "abc", "torch", "numpy", "dakter_scale.core"}
-# data/: reading and writing data. Never the orchestration above it, never Ray or accelerate.
-DATA_FORBIDDEN = {"ray", "accelerate", "dakter_scale.training", "dakter_scale.synth", "dakter_scale.student", "dakter_scale.diffusion", "dakter_scale.experiment", "dakter_scale.pipeline"}
+# data/: reading and writing data. Never Ray or accelerate (nor, by LAYERS, anything above it).
+DATA_FORBIDDEN = {"ray", "accelerate"}
+# The layers of docs/architecture.md, bottom to top: a module (a file, or every file of a folder, the
+# longest entry deciding) may import its own layer and those below. Every module of the package has one.
+LAYERS = (
+    ("errors", ("errors.py", "__init__.py")),
+    ("core", ("core/",)),
+    ("io", ("data/", "config.py", "cards.py", "diffusion/model.py", "student/models.py", "dist/")),
+    ("orchestration", ("training.py", "diffusion/", "student/", "synth/", "scene/", "study/", "experiment.py")),
+    ("job plumbing", ("cli.py",)),
+)
+# Imports between modules of one layer that are ruled out all the same (importer prefix -> imported prefixes).
+APART = {"scene/": ("synth/",), "dist/": ("synth/", "scene/")}
 
 
 def imports(path: Path, package: str | None = None) -> set[str]:
@@ -35,6 +48,35 @@ def imports(path: Path, package: str | None = None) -> set[str]:
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def layer(rel: str) -> int:
+    """The layer index of a package path (dakter_scale/-relative, e.g. synth/run.py): the longest LAYERS entry that matches it."""
+    matches = [(len(entry), i) for i, (_, entries) in enumerate(LAYERS) for entry in entries if rel == entry or (entry.endswith("/") and rel.startswith(entry))]
+    assert matches, f"{rel} has no layer in LAYERS: give it one (and a row in docs/architecture.md's table)"
+    return max(matches)[1]
+
+
+def module_path(module: str) -> str | None:
+    """The package file a dotted import names (dakter_scale.synth.run.Summary -> synth/run.py), or None outside the package."""
+    parts = module.split(".")
+    if parts[0] != "dakter_scale":
+        return None
+    for n in range(len(parts), 1, -1):
+        base = PACKAGE.joinpath(*parts[1:n])
+        if base.with_suffix(".py").is_file():
+            return str(base.with_suffix(".py").relative_to(PACKAGE))
+        if (base / "__init__.py").is_file():
+            return str((base / "__init__.py").relative_to(PACKAGE))
+    return "__init__.py"
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package files a file imports: neither its own nor its folder's __init__.py (``from
+    dakter_scale.data import storage`` in data/ names storage.py, not the folder it lives in)."""
+    own = str(path.relative_to(PACKAGE))
+    init = str(Path(own).parent / "__init__.py")
+    return {p for p in map(module_path, imports(path)) if p is not None and p not in (own, init)}
 
 
 def within(module: str, prefixes: set[str]) -> bool:
@@ -76,3 +118,49 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     probe.write_text("def f():\n    import ray\n    from ..training import run_steps\n")
     found = imports(probe, package="dakter_scale.core")
     assert "ray" in found and "dakter_scale.training.run_steps" in found
+
+
+def violations(rel: str, imported: set[str]) -> list[str]:
+    """What is wrong with module `rel` importing the package files `imported`: a higher layer, or an APART rule."""
+    own = layer(rel)
+    up = [f"{m} (a higher layer: {LAYERS[layer(m)][0]})" for m in sorted(imported) if layer(m) > own]
+    return up + [f"{m} ({prefix} must not import {', '.join(banned)})" for prefix, banned in APART.items() if rel.startswith(prefix) for m in sorted(imported) if m.startswith(banned)]
+
+
+@pytest.mark.parametrize("path", files(""), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_the_layers(path):
+    rel = str(path.relative_to(PACKAGE))
+    bad = violations(rel, package_imports(path))
+    assert not bad, f"{rel} ({LAYERS[layer(rel)][0]}) imports {bad}"
+
+
+def test_no_module_imports_itself_through_a_circle():
+    graph = {str(p.relative_to(PACKAGE)): package_imports(p) for p in files("")}
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            assert nxt not in path, "import circle: " + " -> ".join(path[path.index(nxt) :] + [nxt])
+            if nxt not in done:
+                visit(nxt)
+        path.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        if node not in done:
+            visit(node)
+
+
+def test_the_layer_rules_are_not_blind(tmp_path):
+    """A module with no layer is named; an import up a layer and scene -> synth are both seen."""
+    assert layer("synth/run.py") == layer("scene/predict.py") > layer("dist/driver.py") > layer("core/kd.py")
+    assert layer("diffusion/model.py") < layer("diffusion/train.py") and layer("cli.py") == len(LAYERS) - 1
+    with pytest.raises(AssertionError, match="has no layer"):
+        layer("newthing.py")
+    assert module_path("dakter_scale.synth.run.Summary") == "synth/run.py" and module_path("dakter_scale.data") == "data/__init__.py"
+    assert module_path("numpy") is None
+    assert violations("data/real.py", {"training.py", "core/kd.py"}) == ["training.py (a higher layer: orchestration)"]
+    assert violations("scene/predict.py", {"synth/run.py", "dist/driver.py"}) == ["synth/run.py (scene/ must not import synth/)"]
+    assert violations("dist/driver.py", {"scene/read.py"}) == ["scene/read.py (a higher layer: orchestration)", "scene/read.py (dist/ must not import synth/, scene/)"]
