@@ -97,6 +97,7 @@ def job_env(**extra: str) -> dict[str, str]:
 
     env = dict(os.environ, OMP_NUM_THREADS="1", DAKTER_PROGRESS="0")
     env.pop("DAKTER_KILL_AFTER_STEP", None)
+    env.pop("ACCELERATE_USE_CPU", None)  # set in this process by an in-process trainer: a job's launch decides its own mode
     env.update(extra)
     return env
 
