@@ -247,7 +247,8 @@ def realistic_soft_labels(count: int, size: int, sigma: float, noise: float, see
 
 
 def bytes_per_pair(count: int, size: int = 256) -> dict:
-    from dakter_scale.data import shards, shardset
+    from dakter_scale.data import shardset
+    from dakter_scale.data.shardset import codec as shards
 
     out = {}
     for name, sigma, noise in (("blurred one-hot (sigma 2 px)", 2.0, 0.0), ("blurred + logit noise 0.5 (worst case)", 2.0, 0.5)):

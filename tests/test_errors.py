@@ -48,7 +48,7 @@ def test_every_error_class_of_the_library_is_a_user_error():
 def test_area_errors_keep_their_second_base():
     from dakter_scale.config import ConfigError
     from dakter_scale.data.real import DataError
-    from dakter_scale.data.shards import ShardError
+    from dakter_scale.data.shardset import ShardError
     from dakter_scale.data.storage import StorageError
     from dakter_scale.data.stream import StreamError
     from dakter_scale.diffusion.model import ModelFolderError

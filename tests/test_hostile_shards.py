@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dakter_scale.data import shards
 from dakter_scale.data.shardset import SampleShape, ShardSet
+from dakter_scale.data.shardset import codec as shards
 from dakter_scale.data.stream import BAD_SHARDS, GeneratedStream, StreamError
 
 from conftest import ROOT, job

@@ -72,11 +72,11 @@ def module_path(module: str) -> str | None:
 
 
 def package_imports(path: Path) -> set[str]:
-    """The package files a file imports: neither its own nor its folder's __init__.py (``from
-    dakter_scale.data import storage`` in data/ names storage.py, not the folder it lives in)."""
+    """The package files a file imports: not itself, nor the __init__.py of a folder it lives in
+    (``from dakter_scale.data import storage`` in data/shardset/ names storage.py; Python runs the
+    folders' own __init__ first whatever the file imports)."""
     own = str(path.relative_to(PACKAGE))
-    init = str(Path(own).parent / "__init__.py")
-    return {p for p in map(module_path, imports(path)) if p is not None and p not in (own, init)}
+    return {p for p in map(module_path, imports(path)) if p is not None and p != own and not (p.endswith("__init__.py") and own.startswith(p[: -len("__init__.py")]))}
 
 
 def within(module: str, prefixes: set[str]) -> bool:

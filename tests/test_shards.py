@@ -11,8 +11,9 @@ import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dakter_scale.data import shards, shardset, storage
+from dakter_scale.data import shardset, storage
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.shardset import codec as shards
 
 
 def _pair(seed, k=5, h=12, w=10):

@@ -280,7 +280,7 @@ def test_tar_reader_groups_members_as_webdataset_does(members, long_names):
 
     from webdataset.tariterators import group_by_keys, tar_file_expander  # the reference: stock webdataset
 
-    from dakter_scale.data import shards
+    from dakter_scale.data.shardset import codec as shards
 
     prefix = "d" * 120 + "/" if long_names else ""
     samples = [(f"{prefix}{i // 2:06d}-{i:06d}", dict([m])) for i, m in enumerate(members)]
@@ -304,7 +304,7 @@ def test_tar_reader_groups_members_as_webdataset_does(members, long_names):
 def test_tar_reader_refuses_a_corrupt_header():
     import io
 
-    from dakter_scale.data import shards
+    from dakter_scale.data.shardset import codec as shards
 
     buf = io.BytesIO()
     shards.write_tar(buf, [("000000-000000", {"json": b"{}"})])

@@ -25,8 +25,9 @@ from PIL import Image
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
 from dakter_scale.core.steps import derive_seed
-from dakter_scale.data import shards, shardset, storage
+from dakter_scale.data import shardset, storage
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.shardset import codec as shards
 from dakter_scale.dist.driver import Outcome, Progress, drive
 from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count

@@ -1,7 +1,7 @@
 """A shard set read by the tools people already use: a stock ``webdataset.WebDataset`` pipeline and a
 Hugging Face ``datasets`` recipe, both over the set's finished shards and both decoding with the
 shard set's own decoder (``shardset.decode_sample``: the PNG reader and the soft-label levels of
-data/shards.py), so that a user's training loop sees exactly the images and probabilities the
+data/shardset/codec.py), so that a user's training loop sees exactly the images and probabilities the
 toolkit's student sees.
 
     from dakter_scale.data import webdataset_pipeline

@@ -9,7 +9,7 @@ Both are kept as additive counts so that a shard's done marker can carry them an
 read from the summed counts (``SarCounts``): the grey-level histogram (256 counts) and the window
 ENLs binned on a log scale (``ENL_BINS``), whose median is exact to a fraction of a bin (a bin is
 5 % wide). The training images' counts are recorded in the model folder (diffusion/train.py), the
-generated ones per shard (synth/worker.py); data/shardset.py compares them (the divergence check).
+generated ones per shard (synth/worker.py); data/shardset/health.py compares them (the divergence check).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
   config.yaml             the study's config (config.save_config)
   models/TAG/             a joint DDPM: a model folder (diffusion/model.py owns what is inside)
-  generated/NAME/         a generated shard set (data/shardset.py owns what is inside)
+  generated/NAME/         a generated shard set (data/shardset/ owns what is inside)
   students/NAME/          a student folder (student/models.py owns student.json and the weights),
                           plus metrics.json (its score on the test split) and metrics_TAG.json (others)
   students/steps_ARCH.json  the steps a wall-clock budget allowed ARCH's first student

@@ -1,6 +1,6 @@
 """Run a synthesis plan: decide which shards are left, run them locally or on Ray actors, report.
 
-The driver owns no sampling and no format (both are data/shardset.py's): it lists what is done
+The driver owns no sampling and no format (both are data/shardset/'s): it lists what is done
 (markers), checks finished shards (size, or sha256 with verify="sha256"), refuses to mix datasets
 in one prefix, keeps a bounded number of shards in flight, retries failed shards (actor crash,
 storage error) with the reason logged, shows one progress line, writes dataset.json with the set's

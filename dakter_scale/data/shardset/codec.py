@@ -1,6 +1,6 @@
 """The shard codec: bytes <-> arrays for one pair's members, and a tar written and read as a stream.
 
-Only data/shardset.py uses this module; it knows nothing of member names, keys, markers or storage
+Only the shard set package (data/shardset/) uses this module; it knows nothing of member names, keys, markers or storage
 (those are the shard set's). Here:
   * soft-label quantisation: K probability maps -> uint8 levels summing to exactly 255 per pixel
     (largest-remainder rounding), so decoded probabilities sum to 1 and err by less than 1/255;

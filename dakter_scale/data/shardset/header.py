@@ -1,0 +1,129 @@
+"""dataset.json: the set's header (DatasetInfo), typed and versioned; older files read and write
+back unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dakter_scale.data.shardset.codec import ShardError
+from dakter_scale.data.shardset.records import COMPLETE, DATASET_FILE, ENL_RATIO_WARNING, FORMAT, HISTOGRAM_TV_WARNING, SAR
+
+# -- dataset.json -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """``dataset.json``: what a shard set is, how it was made, and its statistics.
+
+    ``format`` is the shard format version (FORMAT); a file of another version is refused. Every
+    field but ``format`` is optional: a field left None is not written, so a set written by an older
+    version (fewer fields) reads and writes back the same JSON, and keys this version does not know
+    (e.g. ``relabel`` of sets written while relabelling existed) are kept in ``extra`` and written back.
+    """
+
+    format: str | None = FORMAT
+    status: str | None = None  # IN_PROGRESS, COMPLETE or INCOMPLETE
+    count: int | None = None  # pairs in finished shards
+    fingerprint: str | None = None  # what makes the shards' bytes (synth.plan.fingerprint, or a derived set's own)
+    classes: list[str] | None = None
+    resolution: int | None = None
+    # the plan
+    planned: int | None = None
+    samples_per_shard: int | None = None
+    num_shards: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    seed_rule: str | None = None
+    # the model and the sampler
+    model: str | None = None  # the model folder
+    model_hash: str | None = None
+    b: float | None = None
+    prediction_type: str | None = None
+    radiometry: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    sampling: dict | None = None  # config.SamplingConfig as a dict
+    code_version: str | None = None
+    # statistics: the training data's, the set's (marker_stats), and their comparison (divergence)
+    train_stats: dict | None = None
+    generated_stats: dict | None = None
+    divergence: dict | None = None
+    warnings: list[str] | None = None
+    # how a derived set was made from its source (synth/filter.py)
+    filter: dict | None = None
+    # targeted synthesis (synth/targeted.py): {"version", "spec", "route", "shares", "training",
+    # "achieved", "met", "cost", ...}; absent in sets written without a target (and before it existed)
+    target: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == COMPLETE
+
+    def check_settings(self) -> dict[str, Any]:
+        """How this set's divergence was checked (threshold, the training images' SAR statistics and
+        the SAR limits), as ShardSet.finish's keywords: a set derived from it (filtered) is checked the same way."""
+        div = self.divergence or {}
+        sar = div.get(SAR) or {}
+        return {
+            "threshold": float(div.get("threshold", 0.1)),
+            "train_sar": (self.train_stats or {}).get(SAR),
+            "enl_ratio": float(sar.get("enl_ratio_threshold", ENL_RATIO_WARNING)),
+            "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING)),
+        }
+
+    def replace(self, **changes: Any) -> "DatasetInfo":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra" and getattr(self, f.name) is not None}
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = DATASET_FILE) -> "DatasetInfo":
+        """Read a dataset.json object; a wrong format version or a field of the wrong type is a ShardError naming `where`."""
+        if not isinstance(obj, dict):
+            raise ShardError(f"{where}: not a JSON object")
+        if obj.get("format") not in (None, FORMAT):
+            raise ShardError(f"{where}: shard format {obj['format']!r} is not {FORMAT!r}, the one this code reads")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        for name, types in _FIELD_TYPES.items():
+            value = obj.get(name)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                raise ShardError(f"{where}: {name} must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
+        classes = obj.get("classes")
+        if classes is not None and (not classes or not all(isinstance(c, str) for c in classes)):
+            raise ShardError(f"{where}: classes must be a non-empty list of names, got {classes!r}")
+        for name in ("resolution", "count", "samples_per_shard", "num_shards"):
+            if obj.get(name) is not None and obj[name] < (1 if name == "resolution" else 0):
+                raise ShardError(f"{where}: {name} must be {'>= 1' if name == 'resolution' else '>= 0'}, got {obj[name]}")
+        if obj.get("b") is not None and not math.isfinite(obj["b"]):
+            raise ShardError(f"{where}: b must be a finite number, got {obj['b']}")
+        values = {k: v for k, v in obj.items() if k in known}
+        return cls(**{"format": None, **values}, extra={k: v for k, v in obj.items() if k not in known})
+
+
+_FIELD_TYPES = {
+    "status": (str,),
+    "count": (int,),
+    "fingerprint": (str,),
+    "classes": (list,),
+    "resolution": (int,),
+    "planned": (int,),
+    "samples_per_shard": (int,),
+    "num_shards": (int,),
+    "batch_size": (int,),
+    "seed": (int,),
+    "b": (int, float),
+    "steps": (int,),
+    "sampling": (dict,),
+    "train_stats": (dict,),
+    "generated_stats": (dict,),
+    "divergence": (dict,),
+    "warnings": (list,),
+    "filter": (dict,),
+    "target": (dict,),
+}

@@ -1,0 +1,150 @@
+"""A set's health: its statistics from the shard markers (class fractions, confidence, entropy,
+SAR counts), the divergence check against the training data or a target's class mix, and the summary
+lines that show them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from dakter_scale.data.sar_stats import SarCounts, enl_from_counts, finite_or_none, histogram_distance_counts
+from dakter_scale.data.shardset.header import DatasetInfo
+from dakter_scale.data.shardset.records import ENL_RATIO_WARNING, HISTOGRAM_TV_WARNING, MIN_MEAN_CONFIDENCE, SAR, marker_count
+
+# -- per-set statistics and divergence ----------------------------------------------------------
+
+
+def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
+    """Dataset statistics (pairs, class fractions, mean confidence and entropy) from shard markers."""
+    count = marker_count(markers.values())
+    if count == 0:
+        return {}
+    fractions = np.zeros(num_classes)
+    for m in markers.values():
+        fractions += np.asarray(m["sum_class_fractions"], dtype=np.float64)
+    out = {
+        "pairs": count,
+        "class_fractions": (fractions / count).tolist(),
+        "mean_confidence": sum(m["sum_mean_confidence"] for m in markers.values()) / count,
+        "mean_entropy": sum(m["sum_mean_entropy"] for m in markers.values()) / count,
+    }
+    sar = [SarCounts.from_json(m[SAR]) for m in markers.values() if SAR in m]
+    if sar and len(sar) == len(markers) and len({c.window for c in sar}) == 1:  # every shard counted, alike
+        total = sar[0]
+        for c in sar[1:]:
+            total = total.merge(c)
+        out[SAR] = {**total.summary(), **total.to_json()}
+    return out
+
+
+def divergence(
+    generated: dict,
+    train_fractions: list[float] | None,
+    threshold: float,
+    train_sar: dict | None = None,
+    enl_ratio: float = ENL_RATIO_WARNING,
+    histogram_tv: float = HISTOGRAM_TV_WARNING,
+    against: str = "the training data's",
+) -> tuple[dict, list[str]]:
+    """Compare the generated set with the training data; return the numbers and loud warnings.
+
+    Warns when the total variation between the generated and training class pixel fractions,
+    0.5 * sum_k |g_k - t_k|, exceeds `threshold`, when the mean max-probability of the soft labels
+    is below MIN_MEAN_CONFIDENCE (the training labels are one-hot: max-probability 1), and, when the
+    model folder recorded the training images' SAR statistics (`train_sar`), when the generated
+    images' ENL is more than `enl_ratio` times or less than 1 / `enl_ratio` times the training
+    images' (speckle smoothed away, or added) or their grey-level histograms differ by total
+    variation above `histogram_tv`."""
+    if not generated:
+        return {}, []
+    warnings = []
+    out: dict[str, Any] = {"threshold": threshold, "min_mean_confidence": MIN_MEAN_CONFIDENCE, "mean_confidence": generated["mean_confidence"]}
+    if train_fractions:
+        name = "training" if against == "the training data's" else "target"
+        tv = 0.5 * float(np.abs(np.asarray(generated["class_fractions"]) - np.asarray(train_fractions)).sum())
+        out["class_fraction_tv"] = tv
+        if tv > threshold:
+            warnings.append(
+                f"generated class pixel fractions differ from {against} by total variation {tv:.3f} > {threshold}: "
+                f"generated {_fmt(generated['class_fractions'])} vs {name} {_fmt(train_fractions)}"
+            )
+    if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
+        warnings.append(
+            f"mean max-probability of the soft labels is {generated['mean_confidence']:.3f} < {MIN_MEAN_CONFIDENCE}: "
+            "the labels are close to uniform (a diverged or under-trained sampler)"
+        )
+    sar_warnings, out[SAR] = _sar_divergence(generated.get(SAR), train_sar, enl_ratio, histogram_tv)
+    warnings += sar_warnings
+    out["diverged"] = bool(warnings)
+    return out, warnings
+
+
+def _sar_divergence(generated: dict | None, train: dict | None, enl_ratio: float, histogram_tv: float) -> tuple[list[str], dict]:
+    """The SAR part of the divergence check: (warnings, numbers), or a note saying why it was skipped."""
+    if not train or SarCounts.problem(train):
+        return [], {"note": "not checked: the model folder records no training-image SAR statistics (trained before they were recorded)"}
+    if not generated:
+        return [], {"note": "not checked: the shards record no SAR statistics (written before they were recorded, or derived)"}
+    real, gen = SarCounts.from_json(train), SarCounts.from_json(generated)
+    enl_real, enl_gen = enl_from_counts(real.enl), enl_from_counts(gen.enl)
+    hist = histogram_distance_counts(gen.histogram, real.histogram) if gen.histogram.sum() and real.histogram.sum() else {"tv": math.nan, "w1": math.nan}
+    numbers = {
+        "enl_generated": finite_or_none(enl_gen),
+        "enl_training": finite_or_none(enl_real),
+        "enl_ratio_threshold": enl_ratio,
+        "histogram_tv": finite_or_none(hist["tv"]),
+        "histogram_w1": finite_or_none(hist["w1"]),
+        "histogram_tv_threshold": histogram_tv,
+    }
+    warnings = []
+    if real.window != gen.window:
+        numbers["note"] = f"ENL not compared: windows of {gen.window} and {real.window} px"
+    elif not (math.isfinite(enl_gen) and math.isfinite(enl_real) and enl_real > 0):
+        numbers["note"] = "ENL not compared: no all-sea window in the generated or the training images"
+    elif not 1 / enl_ratio <= enl_gen / enl_real <= enl_ratio:
+        warnings.append(
+            f"generated images have an equivalent number of looks of {enl_gen:.2f} against {enl_real:.2f} for the training images "
+            f"(outside a factor {enl_ratio:g}): the speckle was {'smoothed away' if enl_gen > enl_real else 'strengthened'}"
+        )
+    if math.isfinite(hist["tv"]) and hist["tv"] > histogram_tv:
+        warnings.append(f"generated grey-level histogram differs from the training images' by total variation {hist['tv']:.3f} > {histogram_tv} (1-Wasserstein {hist['w1']:.1f} grey levels)")
+    return warnings, numbers
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+
+def stats_lines(info: DatasetInfo) -> list[str]:
+    """The set's class fractions and confidence beside the training data's, for a run's summary."""
+    gen, train, div = info.generated_stats, info.train_stats or {}, info.divergence or {}
+    if not gen:
+        return []
+    out = [f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"]
+    target = info.target or {}
+    if target.get("reference"):  # a targeted set is compared with its target's class mix
+        out.append(f"                         training  {_fmt(train['class_fractions'])}")
+        out.append(f"                         target    {_fmt(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
+    elif train.get("class_fractions"):
+        out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
+    out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
+    sar = div.get(SAR) or {}
+    if "enl_generated" in sar:
+        enl = ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in (("generated", sar["enl_generated"]), ("training", sar["enl_training"])))
+        out.append(f"  ENL (sea windows)      {enl} (warn outside a factor {sar['enl_ratio_threshold']:g})")
+        if sar["histogram_tv"] is not None:
+            out.append(f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})")
+    if sar.get("note"):
+        out.append(f"  SAR statistics: {sar['note']}")
+    if target.get("shares"):
+        achieved = target.get("achieved") or {}
+        parts = [f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})" for name, share in target["shares"].items()]
+        out.append(f"  class target {target.get('spec')} by {target.get('route')}: " + ", ".join(parts) + ("  met" if target.get("met") else "  NOT MET"))
+        if target.get("cost"):
+            out.append(f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept")
+    if info.warnings:
+        out.append(f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)")
+    return out

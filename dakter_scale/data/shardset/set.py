@@ -1,0 +1,449 @@
+"""The set itself: ShardSet at any fsspec URL (its header, listing and markers, writing a shard,
+reading one back with every check, deriving a new set, finishing its dataset.json, side files)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dakter_scale.data import storage
+from dakter_scale.data.sar_stats import SarCounts
+from dakter_scale.data.shardset.codec import SampleError, ShardError, png_shape, read_tar, write_tar
+from dakter_scale.data.shardset.header import DatasetInfo
+from dakter_scale.data.shardset.health import divergence, marker_stats
+from dakter_scale.data.shardset.records import (
+    _MEMBER_SET,
+    CHECKED,
+    COMPLETE,
+    DATASET_FILE,
+    ENL_RATIO_WARNING,
+    HISTOGRAM_TV_WARNING,
+    IMAGE,
+    IN_PROGRESS,
+    MANIFEST_RE,
+    MARKER_RE,
+    MEMBERS,
+    RECORD,
+    SHARD_PREFIX,
+    SOFT,
+    SampleShape,
+    ShardInfo,
+    _record_bytes,
+    check_sample,
+    load_json,
+    manifest_row,
+    manifest_table,
+    marker_count,
+    marker_problem,
+    parse_key,
+    read_record,
+    sample_key,
+    shard_marker,
+    shard_name,
+)
+
+# -- the set ------------------------------------------------------------------------------------
+
+
+class ShardSet:
+    """A shard set at an fsspec URL (a local folder, s3://bucket/prefix, ...): its header, its
+    finished shards, writing a shard, reading one back with its checks, and deriving a new set."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.root = storage.url_to_fs(url)
+
+    def __repr__(self) -> str:
+        return f"ShardSet({self.url!r})"
+
+    def path(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    def tar_url(self, shard: int) -> str:
+        return storage.full_url(self.fs, self.path(shard_name(shard, "tar")))
+
+    # -- dataset.json
+
+    def info(self) -> DatasetInfo | None:
+        """The set's dataset.json, or None when it has none."""
+        path = self.path(DATASET_FILE)
+        self.fs.invalidate_cache(self.root)
+        if not self.fs.exists(path):
+            return None
+        where = storage.full_url(self.fs, path)
+        try:
+            obj = load_json(self.fs.cat_file(path))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN
+            raise ShardError(f"{where}: not valid JSON ({e})") from None
+        return DatasetInfo.from_json(obj, where)
+
+    def write_info(self, info: DatasetInfo) -> None:
+        storage.write_json(self.fs, self.path(DATASET_FILE), info.to_json())
+
+    def finish(
+        self,
+        header: DatasetInfo,
+        markers: dict[int, dict],
+        *,
+        threshold: float,
+        reference: Sequence[float] | None = None,
+        train_sar: dict | None = None,
+        enl_ratio: float = ENL_RATIO_WARNING,
+        histogram_tv: float = HISTOGRAM_TV_WARNING,
+        against: str = "the training data's",
+        status: str = COMPLETE,
+        samples_per_shard: int | None = None,
+        add_warnings: Sequence[str] = (),
+        keep_warnings: bool = False,
+        **fields: Any,
+    ) -> tuple[DatasetInfo, list[str]]:
+        """Write the dataset.json of a set whose shards are written, the one way every tool finishes a
+        set (synthesis, the filter, targeted synthesis): `header` with the pair count of `markers` (the
+        set's own, trusted), their statistics (marker_stats), the divergence check of those against
+        `reference` (default: the header's training class fractions) and `train_sar` (divergence),
+        `status`, the divergence's warnings followed by `add_warnings` (keep_warnings: the header's own
+        list, as a filtered set has always carried its source's), and `fields`. samples_per_shard: a set
+        derived from another, planned as the pairs it holds in shards of this size. Returns (the header
+        written, the divergence's warnings)."""
+        count = marker_count(markers.values())
+        generated = marker_stats(markers, len(header.classes or []))
+        fractions = reference or (header.train_stats or {}).get("class_fractions")
+        div, warnings = divergence(generated, fractions, threshold, train_sar, enl_ratio, histogram_tv, against)
+        if samples_per_shard is not None:
+            fields.update(planned=count, samples_per_shard=samples_per_shard, num_shards=-(-count // samples_per_shard))
+        kept = header.warnings if keep_warnings else warnings + list(add_warnings)
+        info = header.replace(status=status, count=count, generated_stats=generated, divergence=div, warnings=kept, **fields)
+        self.write_info(info)
+        return info, warnings
+
+    # -- side files: what a tool keeps beside the shards (the filter's scores, a study's throughput)
+
+    def _side(self, name: str) -> str:
+        if "/" in name or name in (DATASET_FILE, "") or name.startswith((SHARD_PREFIX, "lock-", ".")):
+            raise ValueError(f"{name!r} is not a side file's name: the shard set owns shard-*, dataset.json and lock-*")  # an invariant of the callers
+        return self.path(name)
+
+    def write_side(self, name: str, data: bytes) -> None:
+        """A file beside the shards, written atomically (storage.write_bytes), at any fsspec URL."""
+        storage.write_bytes(self.fs, self._side(name), data)
+
+    def read_side(self, name: str) -> bytes | None:
+        """A side file's bytes, or None when the set has none of that name."""
+        path = self._side(name)
+        self.fs.invalidate_cache(self.root)
+        return self.fs.cat_file(path) if self.fs.exists(path) else None
+
+    # -- listing and markers
+
+    def listing(self) -> dict[str, dict]:
+        """{name: info} of the files directly under the set's root, read fresh from storage."""
+        return storage.list_dir(self.fs, self.root)
+
+    def read_markers(self, listing: dict[str, dict] | None = None) -> tuple[dict[int, ShardInfo], dict[int, str]]:
+        """(finished shards by id, unreadable markers by id with the reason). Markers are the files
+        whose whole name is a marker's (MARKER_RE), each checked by marker_problem."""
+        listing = self.listing() if listing is None else listing
+        names = sorted(n for n, entry in listing.items() if MARKER_RE.match(n) and entry.get("type") != "directory")
+        blobs = self.fs.cat([self.path(n) for n in names]) if names else {}
+        done: dict[int, ShardInfo] = {}
+        unreadable: dict[int, str] = {}
+        for path, blob in blobs.items():
+            shard = int(MARKER_RE.match(posixpath.basename(path)).group(1))
+            try:
+                marker = load_json(blob)
+            except ValueError:
+                unreadable[shard] = "marker is not valid JSON"
+                continue
+            problem = marker_problem(marker, shard)
+            if problem:
+                unreadable[shard] = problem
+            else:
+                done[shard] = ShardInfo(shard, self.tar_url(shard), marker["count"], marker)
+        return dict(sorted(done.items())), dict(sorted(unreadable.items()))
+
+    def marker_url(self, shard: int) -> str:
+        return storage.full_url(self.fs, self.path(shard_name(shard, "json")))
+
+    def done(self) -> list[ShardInfo]:
+        """Every finished shard (its marker exists), in shard order. An unreadable marker is a ShardError."""
+        done, unreadable = self.read_markers()
+        if unreadable:
+            shard, reason = next(iter(unreadable.items()))
+            raise ShardError(f"{self.marker_url(shard)}: {reason}")
+        return list(done.values())
+
+    def check(self, info: ShardInfo, listing: dict[str, dict], fingerprint: str | None, verify: str = "size") -> str | None:
+        """What is wrong with a finished shard against its marker, or None: another fingerprint, a
+        missing tar or manifest, a tar of another size (or, with verify="sha256", another hash)."""
+        m, tar_name = info.marker, shard_name(info.shard, "tar")
+        if m.get("fingerprint") not in (None, fingerprint):
+            return f"marker's fingerprint {m.get('fingerprint')} is not the dataset's {fingerprint}"
+        if tar_name not in listing:
+            return "marker present but the tar is missing"
+        if int(listing[tar_name].get("size", -1)) != int(m["tar_bytes"]):
+            return f"marker present but the tar has {listing[tar_name].get('size')} bytes, the marker records {m['tar_bytes']}"
+        if shard_name(info.shard, "parquet") not in listing:
+            return "marker present but the parquet manifest is missing"
+        if verify == "sha256" and self._sha256(self.path(tar_name)) != m["sha256"]:
+            return "marker present but the tar's sha256 differs from the marker's"
+        return None
+
+    def _sha256(self, path: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def remove_marker(self, shard: int) -> None:
+        """Make a shard not done (before rewriting it, so that no reader trusts it meanwhile)."""
+        path = self.path(shard_name(shard, "json"))
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+    def clear(self) -> None:
+        """Remove every shard and dataset.json, markers first, so no reader trusts a shard being removed."""
+        listing = self.listing()
+        for name in sorted(listing, key=lambda n: (not MARKER_RE.match(n), n)):
+            if name.startswith(SHARD_PREFIX) or name == DATASET_FILE:
+                self.fs.rm(self.path(name), recursive=listing[name].get("type") == "directory")
+
+    def remove_temporaries(self, min_age: float = 0.0) -> list[str]:
+        """The temporary files killed local writers left (shards', dataset.json's, the lock's) that
+        nothing has written to for min_age seconds (0: all; only when no writer can be active)."""
+        if not storage.is_local(self.fs):
+            return []
+        return storage.remove_temporaries(self.fs, self.root, prefixes=(SHARD_PREFIX, DATASET_FILE, "lock-"), min_age=min_age)
+
+    # -- writing
+
+    def write_tar(self, shard: int, samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
+        """Stream a shard's encoded samples (key order) into its tar; (bytes, sha256). Not done yet: see finish_shard."""
+        with storage.open_atomic(self.fs, self.path(shard_name(shard, "tar"))) as f:
+            return write_tar(f, samples)
+
+    def finish_shard(
+        self, shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, extra: dict | None = None, sar: SarCounts | None = None
+    ) -> dict:
+        """After write_tar: the manifest, then, last, the done marker (with `extra` fields and the
+        shard's SAR statistics). Returns the marker.
+
+        Locally each file is fsynced, and its folder after the rename, before the next is written
+        (storage.open_atomic), so after a power loss a marker never stands beside a short tar or
+        manifest; on object stores a completed upload is already durable."""
+        self.write_parquet(shard_name(shard, "parquet"), manifest_table(rows))
+        marker = {**shard_marker(shard, rows, tar_bytes, sha256, fingerprint, sar), **(extra or {})}
+        storage.write_json(self.fs, self.path(shard_name(shard, "json")), marker)
+        return marker
+
+    def write_shard(self, shard: int, samples: list[tuple[str, dict[str, bytes]]], rows: list[dict[str, Any]], fingerprint: str | None) -> dict:
+        """Write one whole shard of encoded samples: tar, manifest, marker. Returns the marker."""
+        nbytes, sha = self.write_tar(shard, samples)
+        return self.finish_shard(shard, rows, nbytes, sha, fingerprint)
+
+    def write_parquet(self, name: str, table: pa.Table) -> None:
+        """A Parquet file beside the shards (a manifest, or e.g. the filter's scores: a side file)."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.write_bytes(self.fs, self.path(name) if MANIFEST_RE.match(name) else self._side(name), buf.getvalue())
+
+    # -- reading
+
+    def sample_shape(self, infos: Sequence[ShardInfo] | None = None, header: DatasetInfo | None = None) -> SampleShape:
+        """What every sample of this set must be: the resolution and classes of dataset.json (`header`,
+        read here when not given), and what it lacks from the first shard (in `infos`, default done())
+        whose first sample has a well-formed image and soft label (its headers only: nothing inflates;
+        its class count agreeing with the shard's marker). Every other shard must then agree."""
+        header = self.info() if header is None else header
+        k = len(header.classes) if header and header.classes else None
+        if header and header.resolution and k:
+            return SampleShape(header.resolution, header.resolution, k)
+        problems = []
+        for info in self.done() if infos is None else infos:
+            try:
+                with fsspec.open(info.tar, "rb") as stream:
+                    sample = next(read_tar(stream, info.tar), None)
+                if sample is None or IMAGE not in sample or SOFT not in sample:
+                    raise ShardError("its first sample lacks an image or a soft label")
+                h, w = png_shape(sample[IMAGE])
+                stacked, width = png_shape(sample[SOFT])
+                marker_k = len(info.marker.get("sum_class_fractions") or []) or None
+                shard_k = k or marker_k or stacked // h
+                if width != w or stacked != shard_k * h or (marker_k or shard_k) != shard_k:
+                    raise ShardError(f"its first sample's image ({h}x{w}) and soft label ({stacked}x{width}) do not hold {shard_k} class maps")
+                if header and header.resolution and (h, w) != (header.resolution,) * 2:
+                    raise ShardError(f"its first sample is {h}x{w}, dataset.json says {header.resolution} px")
+                return SampleShape(h, w, shard_k)
+            except Exception as e:  # a missing object, a hostile first sample: try the next shard
+                problems.append(f"shard {info.tar}: {e}")
+        raise ShardError(f"{self.url}: no finished shard to learn the sample size from" + (f" ({problems[0]})" if problems else ""))
+
+    def read_checked(self, info: ShardInfo, shape: SampleShape, verify: str = "size") -> Iterator[dict | SampleError]:
+        """The raw samples ({"__key__", "__url__", member: bytes}) of one finished shard, in key order,
+        each checked against `shape` (check_sample, its parsed record left under CHECKED for
+        decode_sample and read_record), with a SampleError in line for each bad one.
+
+        Before anything is read, the tar's size (from the opened object) must be its marker's
+        tar_bytes, and with verify="sha256" its hash the marker's (a first pass over the object);
+        while reading, members are capped (SampleShape.member_limit) and keys must belong to this
+        shard, below its count, in increasing order. The shard's own problems raise a ShardError
+        naming it: the size or hash, a torn, corrupt or oversized tar, another count than its marker's
+        (bad samples count), after the samples read before the damage.
+        """
+        if verify not in ("size", "sha256"):
+            raise ValueError(f"verify must be size or sha256, got {verify!r}")
+        expected = info.marker.get("tar_bytes")
+        with fsspec.open(info.tar, "rb") as stream:
+            size = getattr(stream, "size", None)  # local: fstat; object stores: the size the open reported
+            size = size if isinstance(size, int) else self.fs.size(self.path(shard_name(info.shard, "tar")))
+            if expected is not None and size != expected:
+                raise ShardError(f"shard {info.tar}: the tar has {size} bytes, its marker records {expected}")
+            if verify == "sha256":
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: stream.read(1 << 22), b""):
+                    digest.update(chunk)
+                if digest.hexdigest() != info.marker.get("sha256"):
+                    raise ShardError(f"shard {info.tar}: the tar's sha256 differs from its marker's")
+                stream.seek(0)
+            seen, previous, error = 0, -1, None  # previous: the index of the last good key
+            torn: SampleError | None = None  # a sample lacking members: reported unless the tar's own error explains it
+            try:
+                for sample in read_tar(stream, info.tar, shape.member_limits()):
+                    seen += 1
+                    key = sample["__key__"]
+                    if torn is not None:
+                        yield torn
+                        torn = None
+                    if not _MEMBER_SET <= sample.keys():
+                        torn = SampleError(f"shard {info.tar}: sample {key} lacks {', '.join(m for m in MEMBERS if m not in sample)}")
+                        continue
+                    try:
+                        index = previous + 1
+                        if key != sample_key(info.shard, index):  # not the next key, as written: which is it?
+                            shard, index = parse_key(key)
+                            if shard != info.shard or index >= info.count:
+                                raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+                            if index <= previous:  # a repeated key would train a pair twice
+                                raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
+                        elif index >= info.count:
+                            raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+                        previous = index
+                        sample[CHECKED] = check_sample(sample, shape)
+                    except ShardError as e:
+                        yield SampleError(f"shard {info.tar}: {e}")
+                        continue
+                    yield sample
+                if torn is not None:
+                    yield torn
+            except ShardError as e:
+                error = f"shard {info.tar}: {e}"
+        if error is None and seen != info.count:
+            error = f"shard {info.tar}: holds {seen} samples, its marker records {info.count}"
+        if error:
+            raise ShardError(error)
+
+    def read(self, info: ShardInfo, shape: SampleShape | None = None, verify: str = "size") -> Iterator[dict]:
+        """The good samples of one finished shard (read_checked; `shape` default: the set's). Bad
+        samples are skipped; after the last sample, a ShardError reports the shard's own problem, or
+        else the first bad sample."""
+        first_bad = None
+        for sample in self.read_checked(info, shape or self.sample_shape(), verify):
+            if isinstance(sample, SampleError):
+                first_bad = first_bad or sample
+            else:
+                yield sample
+        if first_bad is not None:
+            raise first_bad
+
+    def samples(self) -> Iterator[dict]:
+        """Every raw sample of every finished shard, in key order."""
+        infos = self.done()
+        shape = self.sample_shape(infos) if infos else None
+        for info in infos:
+            yield from self.read(info, shape)
+
+    def manifest(self) -> pa.Table:
+        """The per-sample manifest of all finished shards as one Arrow table."""
+        tables = []
+        for info in self.done():
+            with self.fs.open(self.path(shard_name(info.shard, "parquet")), "rb") as f:
+                tables.append(pq.read_table(f))
+        return pa.concat_tables(tables) if tables else manifest_table([])
+
+    # -- a set made from this one
+
+    def derive(
+        self,
+        destination: str,
+        transform: Callable[[str, dict], dict],
+        fingerprint: str,
+        samples_per_shard: int,
+        keys: Sequence[str] | None = None,
+    ) -> dict[int, dict]:
+        """Write a new set at `destination` from this set's pairs `keys` (default: all), in that order,
+        renumbered into shards of samples_per_shard. Image and soft-label members are copied byte for
+        byte; each pair's JSON record gains transform(source_key, record) and its new key.
+
+        Resumable per shard: a destination that holds this derivation (its dataset.json has this
+        fingerprint and shard size) keeps every shard whose marker has this fingerprint and the
+        planned count, and only the source shards that the missing ones need are read again; a
+        destination holding anything else is cleared first. dataset.json is left "in progress" with
+        the set's identity: the caller writes the finished header. Returns the markers by shard.
+        """
+        sources = {info.shard: info for info in self.done()}
+        shape = self.sample_shape(list(sources.values())) if sources else None
+        keys = list(keys) if keys is not None else [sample_key(i.shard, j) for i in sources.values() for j in range(i.count)]
+        layout = [keys[i : i + samples_per_shard] for i in range(0, len(keys), samples_per_shard)]
+        dst = ShardSet(destination)
+        try:
+            existing = dst.info()
+        except ShardError:
+            existing = None
+        if existing is None or existing.fingerprint != fingerprint or existing.samples_per_shard != samples_per_shard:
+            dst.clear()
+        source = self.info() or DatasetInfo()
+        dst.write_info(DatasetInfo(status=IN_PROGRESS, fingerprint=fingerprint, samples_per_shard=samples_per_shard, classes=source.classes, resolution=source.resolution))
+
+        finished, unreadable = dst.read_markers()
+        markers: dict[int, dict] = {}
+        for shard, info in finished.items():
+            if shard < len(layout) and info.marker.get("fingerprint") == fingerprint and info.count == len(layout[shard]):
+                markers[shard] = info.marker
+        for shard in sorted(set(finished) | set(unreadable)):  # stale: not done any more before anything is written
+            if shard not in markers:
+                dst.remove_marker(shard)
+
+        todo = {key: shard for shard, shard_keys in enumerate(layout) if shard not in markers for key in shard_keys}
+        waiting: dict[int, dict[str, dict]] = {}
+        for source_shard in sorted({parse_key(k)[0] for k in todo}):
+            if source_shard not in sources:
+                raise ShardError(f"{self.url}: shard {source_shard} is not finished (no marker), but pairs to derive are in it")
+            for sample in self.read(sources[source_shard], shape):
+                shard = todo.get(sample["__key__"])
+                if shard is None:
+                    continue
+                waiting.setdefault(shard, {})[sample["__key__"]] = sample
+                if len(waiting[shard]) == len(layout[shard]):
+                    markers[shard] = dst._write_derived(shard, [waiting[shard][k] for k in layout[shard]], transform, fingerprint)
+                    del waiting[shard]
+        if waiting:
+            shard = min(waiting)
+            missing = [k for k in layout[shard] if k not in waiting[shard]]
+            raise ShardError(f"{self.url} holds no pair {missing[0]} ({len(missing)} of the pairs to derive are missing)")
+        return dict(sorted(markers.items()))
+
+    def _write_derived(self, shard: int, samples: list[dict], transform: Callable[[str, dict], dict], fingerprint: str) -> dict:
+        members, rows = [], []
+        for index, sample in enumerate(samples):
+            key = sample_key(shard, index)
+            record = read_record(sample)
+            record = dict(record, **transform(sample["__key__"], record), key=key, shard=shard, index=index)
+            members.append((key, {IMAGE: sample[IMAGE], SOFT: sample[SOFT], RECORD: _record_bytes(record)}))
+            rows.append(manifest_row(record))
+        return self.write_shard(shard, members, rows, fingerprint)
