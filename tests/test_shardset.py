@@ -181,3 +181,28 @@ def test_finish_writes_the_count_statistics_and_divergence_of_the_markers(tmp_pa
     kept, _ = out.finish(header, markers, threshold=0.01, keep_warnings=True)
     assert kept.warnings == ["the source's"] and kept.planned is None
     assert header.check_settings()["threshold"] == 0.1 and kept.check_settings()["threshold"] == 0.01
+
+
+def test_derive_stops_writing_once_its_lease_check_fails(tmp_path):
+    """derive calls the caller's lease check before it clears or writes anything and before each shard:
+    a holder whose lease lapsed mid-way (the check raises) writes no further shard, and a fresh holder
+    resumes from the shards already there."""
+    from dakter_scale.data.lease import LeaseError
+
+    src, dst = str(tmp_path / "src"), tmp_path / "dst"
+    write_dataset(src, [3, 3, 2])
+    calls = {"n": 0}
+
+    def lapses_after_two():  # the check before clearing, then the first shard's; the second shard's raises
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise LeaseError("lost its lock")
+
+    with pytest.raises(LeaseError):
+        ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lapses_after_two)
+    assert sorted(i.shard for i in ShardSet(str(dst)).done()) == [0]
+    with pytest.raises(LeaseError):
+        ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-b", 2, check=lambda: (_ for _ in ()).throw(LeaseError("lost")))
+    assert sorted(i.shard for i in ShardSet(str(dst)).done()) == [0], "a lapsed holder does not even clear"
+    markers = ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lambda: None)
+    assert sorted(markers) == [0, 1, 2, 3]

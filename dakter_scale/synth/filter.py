@@ -137,7 +137,7 @@ def filter_shards(
         return dst_info
     lease = Lease(dst_url, f"filter_generated {fp[:12]}").acquire()  # one writer of --out at a time
     try:
-        return _filter_into(source, dst, src_info, segmenter_dir, seg_info, fp, keep, min_alignment, samples_per_shard, batch_size)
+        return _filter_into(source, dst, src_info, segmenter_dir, seg_info, fp, keep, min_alignment, samples_per_shard, batch_size, lease)
     finally:
         lease.release()
 
@@ -153,6 +153,7 @@ def _filter_into(
     min_alignment: float | None,
     samples_per_shard: int | None,
     batch_size: int,
+    lease: Lease,
 ) -> DatasetInfo:
     src_url, dst_url = source.url, dst.url
     segmenter, _ = load_student(segmenter_dir)
@@ -173,7 +174,7 @@ def _filter_into(
 
     per_shard = samples_per_shard or src_info.samples_per_shard or 1000
     alignment = {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}
-    markers = source.derive(dst_url, lambda key, record: {"source_key": key, "alignment": round(alignment[key], 6)}, fp, per_shard, keys=list(alignment))
+    markers = source.derive(dst_url, lambda key, record: {"source_key": key, "alignment": round(alignment[key], 6)}, fp, per_shard, keys=list(alignment), check=lease.check)
     written = marker_count(markers.values())
     info, _ = dst.finish(  # checked against the source's training data and thresholds; the source's warnings kept
         src_info,

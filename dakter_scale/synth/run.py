@@ -374,6 +374,7 @@ def _synthesize(
     if prep.skipped:
         log.info("%d of %d shards are already done; %d to write", len(prep.skipped), plan.num_shards, len(prep.todo))
     if prep.todo:
+        lease.check()  # a run whose lease lapsed while it planned writes nothing
         out.write_info(header.replace(status=IN_PROGRESS, count=marker_count(prep.markers.values())))
 
     markers = dict(prep.markers)
@@ -405,6 +406,7 @@ def _synthesize(
     # What killed writers left: only temporaries nothing has written to since this run took the prefix
     # (a writer still streaming keeps its file fresh; this run's own have all returned). Without a
     # lease, only those untouched for an hour.
+    lease.check()  # removing temporaries is a write too: only while the prefix is still this run's
     for name in out.remove_temporaries(min_age=max(0.0, time.time() - lease.started) if lease.supported else UNLOCKED_TEMP_AGE):
         log.info("removed %s left by a killed writer", name)
     bar.close()

@@ -247,8 +247,8 @@ def by_selection(
     src_info = draw.info()
     fp = hashlib.sha256(json.dumps({"draw": src_info.fingerprint, "drawn": len(keys), "spec": target.spec, "n": n, "samples_per_shard": cfg.samples_per_shard}, sort_keys=True).encode()).hexdigest()[:16]
     kept_keys = [keys[i] for i in picked]
-    with _lease(out_url, cfg, f"targeted synthesis (selection) {fp[:12]}"):  # one writer of --out at a time
-        return _write_selection(draw, out_url, cfg, target, summary, keys, kept_keys, fp, max_draw_factor, draw_url)
+    with _lease(out_url, cfg, f"targeted synthesis (selection) {fp[:12]}") as lease:  # one writer of --out at a time
+        return _write_selection(draw, out_url, cfg, target, summary, keys, kept_keys, fp, max_draw_factor, draw_url, lease)
 
 
 def _lease(out_url: str, cfg: SynthesisConfig, purpose: str) -> Lease:
@@ -256,10 +256,20 @@ def _lease(out_url: str, cfg: SynthesisConfig, purpose: str) -> Lease:
 
 
 def _write_selection(
-    draw: ShardSet, out_url: str, cfg: SynthesisConfig, target: ClassTarget, summary: Summary, keys: list[str], kept_keys: list[str], fp: str, max_draw_factor: float, draw_url: str
+    draw: ShardSet,
+    out_url: str,
+    cfg: SynthesisConfig,
+    target: ClassTarget,
+    summary: Summary,
+    keys: list[str],
+    kept_keys: list[str],
+    fp: str,
+    max_draw_factor: float,
+    draw_url: str,
+    lease: Lease,
 ) -> TargetedResult:
     src_info = draw.info()
-    markers = draw.derive(out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys)
+    markers = draw.derive(out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys, check=lease.check)
     written = marker_count(markers.values())
     achieved = list(marker_stats(markers, len(target.classes))["class_fractions"])
     cost = {

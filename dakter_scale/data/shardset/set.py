@@ -385,10 +385,13 @@ class ShardSet:
         fingerprint: str,
         samples_per_shard: int,
         keys: Sequence[str] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> dict[int, dict]:
         """Write a new set at `destination` from this set's pairs `keys` (default: all), in that order,
         renumbered into shards of samples_per_shard. Image and soft-label members are copied byte for
-        byte; each pair's JSON record gains transform(source_key, record) and its new key.
+        byte; each pair's JSON record gains transform(source_key, record) and its new key. check: called
+        before anything is cleared or written and before each shard (the caller's Lease.check, which
+        raises once the destination's lease may have lapsed: a stalled writer writes nothing more).
 
         Resumable per shard: a destination that holds this derivation (its dataset.json has this
         fingerprint and shard size) keeps every shard whose marker has this fingerprint and the
@@ -405,6 +408,8 @@ class ShardSet:
             existing = dst.info()
         except ShardError:
             existing = None
+        check = check or (lambda: None)
+        check()
         if existing is None or existing.fingerprint != fingerprint or existing.samples_per_shard != samples_per_shard:
             dst.clear()
         source = self.info() or DatasetInfo()
@@ -430,6 +435,7 @@ class ShardSet:
                     continue
                 waiting.setdefault(shard, {})[sample["__key__"]] = sample
                 if len(waiting[shard]) == len(layout[shard]):
+                    check()
                     markers[shard] = dst._write_derived(shard, [waiting[shard][k] for k in layout[shard]], transform, fingerprint)
                     del waiting[shard]
         if waiting:
