@@ -112,7 +112,11 @@ def main() -> None:
     result = {
         "benchmark": "accelerate_overhead",
         "command": " ".join(["python bench/bench_accelerate.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
         "model": args.model,
         "parameters": sum(p.numel() for p in bare_model.parameters()),
         "size": args.size,
@@ -133,7 +137,9 @@ def main() -> None:
     print(f"| model ({args.model}, {args.size} px, batch {args.batch_size}, 1 thread) | steps/s | ratio |")
     print("|---|---:|---:|")
     print(f"| bare PyTorch loop | {1 / bare:.3f} | 1.000 |")
-    print(f"| accelerate, 1 process ({accelerator.device}, {accelerator.mixed_precision}) | {1 / acc:.3f} | {paired:.3f} (ratio of medians {bare / acc:.3f}) |")
+    print(
+        f"| accelerate, 1 process ({accelerator.device}, {accelerator.mixed_precision}) | {1 / acc:.3f} | {paired:.3f} (ratio of medians {bare / acc:.3f}) |"
+    )
     print(f"\nwritten to {args.out}")
 
 

@@ -37,7 +37,13 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL_S3=endpoint)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ENDPOINT_URL_S3=endpoint,
+    )
     import fsspec
 
     from dakter_scale.data import storage
@@ -52,13 +58,19 @@ def main() -> None:
                     fs.makedirs(root, exist_ok=True)
                 fs.pipe({storage.join(root, f"shard-{i:06d}.json"): b"{}" for i in range(args.markers)})
                 lease = Lease(url, "bench", heartbeat=False).acquire()
-                for label, call in (("Lease.check", lease.check), ("check_ref", lambda: check_ref(lease.ref())), ("Lease.renew", lease.renew)):
+                for label, call in (
+                    ("Lease.check", lease.check),
+                    ("check_ref", lambda: check_ref(lease.ref())),
+                    ("Lease.renew", lease.renew),
+                ):
                     times = []
                     for _ in range(args.calls):
                         t0 = time.perf_counter()
                         call()
                         times.append(time.perf_counter() - t0)
-                    print(f"{name:8s} {label:12s} median {1000 * statistics.median(times):6.1f} ms  max {1000 * max(times):6.1f} ms  ({args.calls} calls, {args.markers} markers beside the lock)")
+                    print(
+                        f"{name:8s} {label:12s} median {1000 * statistics.median(times):6.1f} ms  max {1000 * max(times):6.1f} ms  ({args.calls} calls, {args.markers} markers beside the lock)"
+                    )
                 lease.release()
     finally:
         server.stop()

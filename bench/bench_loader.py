@@ -105,7 +105,9 @@ def folder_iter(root: str, seed: int, fs=None, argmax=None):
     ds = FolderPairs(root, fs, argmax)
 
     def make():
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=None, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
         return (item for _ in range(1000) for item in loader)
 
     return make
@@ -164,7 +166,12 @@ def main() -> None:
         host, port = "127.0.0.1", free_port()
         server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
         server.start()
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://{host}:{port}")
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        )
         import fsspec
 
         fs = fsspec.filesystem("s3")
@@ -179,7 +186,10 @@ def main() -> None:
             "shards, local": (stream_iter(local, 0), args.reads),
             "shards, S3": (stream_iter(s3, 0), args.reads),
             "folder, local": (folder_iter(str(tmp / "folder"), 0), args.reads),
-            "folder, local, same post-processing": (folder_iter(str(tmp / "folder"), 0, argmax=class_argmax), args.reads),
+            "folder, local, same post-processing": (
+                folder_iter(str(tmp / "folder"), 0, argmax=class_argmax),
+                args.reads,
+            ),
             "folder, S3": (folder_iter("bench/folder", 0, fs=fs), max(32, args.reads // 8)),
         }
         runs: dict[str, list[float]] = {name: [] for name in readers}
@@ -195,7 +205,12 @@ def main() -> None:
     result = {
         "benchmark": "loader",
         "command": " ".join(["python bench/bench_loader.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "torch": torch.__version__, "load_average_at_end": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "load_average_at_end": os.getloadavg(),
+        },
         "size": args.size,
         "pairs": args.pairs,
         "reads_per_round": {name: n for name, (_, n) in readers.items()},
@@ -213,11 +228,16 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| reader ({args.size} px, 1 core) | pairs/s | x folder, local | x student step ({args.batch_size} pairs / {step:.2f} s) |")
+    print(
+        f"| reader ({args.size} px, 1 core) | pairs/s | x folder, local | x student step ({args.batch_size} pairs / {step:.2f} s) |"
+    )
     print("|---|---:|---:|---:|")
     for name, r in rates.items():
         print(f"| {name} | {r:.0f} | {r / rates['folder, local']:.2f} | {r / consumption:.0f} |")
-    print("\nshards / folder on the same storage: " + ", ".join(f"{k}: {v:.2f}x" for k, v in result["shards_vs_folder_same_storage"].items()))
+    print(
+        "\nshards / folder on the same storage: "
+        + ", ".join(f"{k}: {v:.2f}x" for k, v in result["shards_vs_folder_same_storage"].items())
+    )
     print(f"written to {args.out}")
 
 

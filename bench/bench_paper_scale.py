@@ -40,7 +40,9 @@ def main() -> int:
     p.add_argument("--config", default=str(ROOT / "configs" / "osd.yaml"))
     p.add_argument("--out", required=True, help="JSON record to write")
     p.add_argument("--train-batch", type=int, help="batch of a timed training step (default: diffusion.batch_size)")
-    p.add_argument("--sample-batch", type=int, help="batch of a timed sampler evaluation (default: synthesis.batch_size)")
+    p.add_argument(
+        "--sample-batch", type=int, help="batch of a timed sampler evaluation (default: synthesis.batch_size)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions of each (median)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the projection")
     p.add_argument("--channels-last", action="store_true", help="also time the channels_last memory format")
@@ -52,7 +54,10 @@ def main() -> int:
     r, c = cfg.data.resolution, 1 + len(OSD_CLASSES)
     train_batch = args.train_batch or cfg.diffusion.batch_size
     sample_batch = args.sample_batch or cfg.synthesis.batch_size
-    print(f"device: {device_name()}; {r} px, {c} channels, train batch {train_batch}, sample batch {sample_batch}", flush=True)
+    print(
+        f"device: {device_name()}; {r} px, {c} channels, train batch {train_batch}, sample batch {sample_batch}",
+        flush=True,
+    )
 
     torch.manual_seed(0)
     unet = build_unet(cfg.diffusion.unet, r, c).to(device)
@@ -76,10 +81,18 @@ def main() -> int:
         with autocast:
             unet(z, t)
 
-    record = {"device": device_name(), "torch": torch.__version__, "config": Path(args.config).name,
-              "parameters": sum(p.numel() for p in unet.parameters()), "resolution": r, "precision": "bf16 autocast" if bf16 else "fp32",
-              "matmul_peak": matmul_peak(device)}
-    formats = [("contiguous", torch.contiguous_format)] + ([("channels_last", torch.channels_last)] if args.channels_last else [])
+    record = {
+        "device": device_name(),
+        "torch": torch.__version__,
+        "config": Path(args.config).name,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "resolution": r,
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        "matmul_peak": matmul_peak(device),
+    }
+    formats = [("contiguous", torch.contiguous_format)] + (
+        [("channels_last", torch.channels_last)] if args.channels_last else []
+    )
     variants = {}
     for name, fmt in formats:
         unet.to(memory_format=fmt)
@@ -89,8 +102,14 @@ def main() -> int:
             "train_step_seconds": timed(lambda: train_step(zt, tt), device, args.repeats),
             "evaluation_seconds": timed(lambda: evaluate(zs, ts), device, args.repeats),
         }
-        print(f"{name}: train step {variants[name]['train_step_seconds']:.4f} s, evaluation {variants[name]['evaluation_seconds']:.4f} s", flush=True)
-    best = min(variants, key=lambda k: variants[k]["train_step_seconds"] + cfg.sampling.steps * variants[k]["evaluation_seconds"])
+        print(
+            f"{name}: train step {variants[name]['train_step_seconds']:.4f} s, evaluation {variants[name]['evaluation_seconds']:.4f} s",
+            flush=True,
+        )
+    best = min(
+        variants,
+        key=lambda k: variants[k]["train_step_seconds"] + cfg.sampling.steps * variants[k]["evaluation_seconds"],
+    )
     unet.to(memory_format=torch.contiguous_format)
     zt, tt = inputs(train_batch)
     zs, ts = inputs(sample_batch)
@@ -104,7 +123,12 @@ def main() -> int:
         {
             "variants": variants,
             "best_variant": best,
-            "train": {"batch": train_batch, "seconds_per_step": step_s, "flops_per_step": flops_step, "fraction_of_peak": flops_step / step_s / peak},
+            "train": {
+                "batch": train_batch,
+                "seconds_per_step": step_s,
+                "flops_per_step": flops_step,
+                "fraction_of_peak": flops_step / step_s / peak,
+            },
             "sampling": {
                 "sampler": f"{cfg.sampling.sampler}-{cfg.sampling.steps}",
                 "batch": sample_batch,

@@ -50,8 +50,24 @@ def write_scene(path: Path, size: int, seed: int = 0) -> None:
     from rasterio.transform import from_origin
 
     rng = np.random.default_rng(seed)
-    profile = dict(driver="GTiff", height=size, width=size, count=1, dtype="uint8", crs="EPSG:32631", transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="IF_SAFER")
-    slicks = [(rng.uniform(0, size), rng.uniform(0, size), rng.uniform(10, 80), rng.uniform(20, 200)) for _ in range(max(4, size * size // 4_000_000))]
+    profile = dict(
+        driver="GTiff",
+        height=size,
+        width=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000000, 10, 10),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
+    slicks = [
+        (rng.uniform(0, size), rng.uniform(0, size), rng.uniform(10, 80), rng.uniform(20, 200))
+        for _ in range(max(4, size * size // 4_000_000))
+    ]
     with rasterio.open(path, "w", **profile) as ds:
         for r0 in range(0, size, 1024):
             r1 = min(size, r0 + 1024)
@@ -69,7 +85,20 @@ def demo_student(folder: Path) -> Path:
     from dakter_scale.student.models import build_student, save_student
 
     model = build_student("unet", "auto", len(CLASSES))
-    return save_student(folder, model, {"arch": "unet", "encoder": "resnet18", "encoder_depth": 5, "classes": list(CLASSES), "resolution": 512, "crop": 0, "real": "synthetic:bench", "pixel_spacing_m": 10.0})
+    return save_student(
+        folder,
+        model,
+        {
+            "arch": "unet",
+            "encoder": "resnet18",
+            "encoder_depth": 5,
+            "classes": list(CLASSES),
+            "resolution": 512,
+            "crop": 0,
+            "real": "synthetic:bench",
+            "pixel_spacing_m": 10.0,
+        },
+    )
 
 
 def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path, repeats: int) -> dict:
@@ -82,7 +111,9 @@ def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path, repea
 
     scene = work / f"eff-{size}.tif"
     write_scene(scene, size)
-    predictor = Predictor(demo_student(work / "student"), PredictOptions(tile=tile, overlap=overlap, batch_size=batch), device="cpu")
+    predictor = Predictor(
+        demo_student(work / "student"), PredictOptions(tile=tile, overlap=overlap, batch_size=batch), device="cpu"
+    )
     model = predictor.model
     tiles = len(tile_starts(size, tile, overlap)) ** 2
     g = torch.Generator().manual_seed(0)
@@ -94,7 +125,11 @@ def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path, repea
             for x in batches:
                 model(x)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return {"tiles_per_second": round(tiles / wall, 4), "cpu_seconds_per_tile": round(cpu / tiles, 4), "load": round(os.getloadavg()[0], 2)}
+        return {
+            "tiles_per_second": round(tiles / wall, 4),
+            "cpu_seconds_per_tile": round(cpu / tiles, 4),
+            "load": round(os.getloadavg()[0], 2),
+        }
 
     sys.path.insert(0, str(ROOT / "bench"))
     from measure import count_flops
@@ -114,24 +149,42 @@ def efficiency(size: int, tile: int, overlap: int, batch: int, work: Path, repea
         t = record["timings"]
         around = [b["tiles_per_second"] for b in bares[-2:]]
         around_cpu = [b["cpu_seconds_per_tile"] for b in bares[-2:]]
-        runs.append({
-            "predict_tile_stage_tiles_per_second": t["tiles_per_second"], "efficiency_tile_stage": round(t["tiles_per_second"] / statistics.mean(around), 3),
-            "efficiency_end_to_end": round(tiles / t["total_seconds"] / statistics.mean(around), 3),
-            "cpu_seconds_per_tile": round(t["tiles_cpu_seconds"] / tiles, 4), "cpu_efficiency_tile_stage": round(statistics.mean(around_cpu) / (t["tiles_cpu_seconds"] / tiles), 3),
-            "timings": t, "forward_seconds": record["tiling"]["forward_seconds"], "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
-            "blend_write_seconds_on_helper_thread": record["tiling"]["blend_write_seconds"], "load": round(os.getloadavg()[0], 2),
-        })
+        runs.append(
+            {
+                "predict_tile_stage_tiles_per_second": t["tiles_per_second"],
+                "efficiency_tile_stage": round(t["tiles_per_second"] / statistics.mean(around), 3),
+                "efficiency_end_to_end": round(tiles / t["total_seconds"] / statistics.mean(around), 3),
+                "cpu_seconds_per_tile": round(t["tiles_cpu_seconds"] / tiles, 4),
+                "cpu_efficiency_tile_stage": round(statistics.mean(around_cpu) / (t["tiles_cpu_seconds"] / tiles), 3),
+                "timings": t,
+                "forward_seconds": record["tiling"]["forward_seconds"],
+                "read_seconds_on_helper_thread": record["tiling"]["read_seconds"],
+                "blend_write_seconds_on_helper_thread": record["tiling"]["blend_write_seconds"],
+                "load": round(os.getloadavg()[0], 2),
+            }
+        )
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
     return {
-        "scene": size, "tile": tile, "overlap": overlap, "batch_size": batch, "tiles": tiles, "threads": torch.get_num_threads(), "repeats": repeats, "flops_per_tile": flops,
-        "efficiency_tile_stage": median("efficiency_tile_stage"), "efficiency_end_to_end": median("efficiency_end_to_end"), "cpu_efficiency_tile_stage": median("cpu_efficiency_tile_stage"),
-        "predict_tile_stage_tiles_per_second": median("predict_tile_stage_tiles_per_second"), "bare_tiles_per_second": statistics.median(b["tiles_per_second"] for b in bares),
-        "bare": bares, "runs": runs,
+        "scene": size,
+        "tile": tile,
+        "overlap": overlap,
+        "batch_size": batch,
+        "tiles": tiles,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "flops_per_tile": flops,
+        "efficiency_tile_stage": median("efficiency_tile_stage"),
+        "efficiency_end_to_end": median("efficiency_end_to_end"),
+        "cpu_efficiency_tile_stage": median("cpu_efficiency_tile_stage"),
+        "predict_tile_stage_tiles_per_second": median("predict_tile_stage_tiles_per_second"),
+        "bare_tiles_per_second": statistics.median(b["tiles_per_second"] for b in bares),
+        "bare": bares,
+        "runs": runs,
         "definition": "efficiency: predictor tile-stage tiles/s / the mean of the bare model(x) loops just before and after it (same tiles, batch, threads, process); "
-                      "cpu efficiency: the same with CPU seconds per tile of the whole process (all threads); medians over the repeats",
+        "cpu efficiency: the same with CPU seconds per tile of the whole process (all threads); medians over the repeats",
     }
 
 
@@ -176,22 +229,52 @@ print(json.dumps({{"model_spacing_m": {spacing}, "factor": r["conventions"]["sca
 
 def resample(spacings: list[float], tile: int, overlap: int, batch: int, work: Path) -> dict:
     t0 = time.time()
-    subprocess.run([sys.executable, __file__, "--write-grd", str(work / "grd")], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    subprocess.run(
+        [sys.executable, __file__, "--write-grd", str(work / "grd")],
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     written = time.time() - t0
     safe = next((work / "grd").glob("*.SAFE"))
     rows = []
     for spacing in spacings:
         out = work / f"grd-{spacing:g}"
-        code = RESAMPLE_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), tile=tile, overlap=overlap, batch=batch, spacing=spacing, scene=str(safe), out=str(out))
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ, DAKTER_PROGRESS="0"))
+        code = RESAMPLE_CHILD.format(
+            root=str(ROOT),
+            tests=str(ROOT / "tests"),
+            tile=tile,
+            overlap=overlap,
+            batch=batch,
+            spacing=spacing,
+            scene=str(safe),
+            out=str(out),
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, DAKTER_PROGRESS="0"),
+        )
         row = json.loads(r.stdout.strip().splitlines()[-1])
         row = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
         print(json.dumps(row), flush=True)
         rows.append(row)
         shutil.rmtree(out)
-    return {"product": {"lines": GRD_PRODUCT[0], "samples": GRD_PRODUCT[1], "dtype": "uint16", "kind": "SAFE GRD (tests/scenegen.py write_safe: DN, calibration LUT, geolocation grid)",
-                        "write_seconds": round(written, 1)},
-            "segmenter": "scenegen.DarkIsOil (per pixel: the pipeline, not the model, is measured)", "tile": tile, "overlap": overlap, "batch_size": batch, "rows": rows}
+    return {
+        "product": {
+            "lines": GRD_PRODUCT[0],
+            "samples": GRD_PRODUCT[1],
+            "dtype": "uint16",
+            "kind": "SAFE GRD (tests/scenegen.py write_safe: DN, calibration LUT, geolocation grid)",
+            "write_seconds": round(written, 1),
+        },
+        "segmenter": "scenegen.DarkIsOil (per pixel: the pipeline, not the model, is measured)",
+        "tile": tile,
+        "overlap": overlap,
+        "batch_size": batch,
+        "rows": rows,
+    }
 
 
 MEMORY_CHILD = r"""
@@ -215,13 +298,36 @@ print(json.dumps({{"baseline_rss_mb": base, "peak_rss_mb": status("VmHWM"), "sec
 def memory(size: int, tile: int, overlap: int, batch: int, work: Path) -> dict:
     scene = work / f"mem-{size}.tif"
     t0 = time.time()
-    subprocess.run([sys.executable, __file__, "--write-scene", str(scene), "--size", str(size)], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    subprocess.run(
+        [sys.executable, __file__, "--write-scene", str(scene), "--size", str(size)],
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     written = time.time() - t0
-    code = MEMORY_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), tile=tile, overlap=overlap, batch=batch, scene=str(scene), out=str(work / f"mem-{size}"))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ, DAKTER_PROGRESS="0"))
+    code = MEMORY_CHILD.format(
+        root=str(ROOT),
+        tests=str(ROOT / "tests"),
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        scene=str(scene),
+        out=str(work / f"mem-{size}"),
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, DAKTER_PROGRESS="0"),
+    )
     result = json.loads(r.stdout.strip().splitlines()[-1])
     scene.unlink()
-    return {"scene": size, "megapixels": round(size * size / 1e6, 1), "write_scene_seconds": round(written, 1), **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}}
+    return {
+        "scene": size,
+        "megapixels": round(size * size / 1e6, 1),
+        "write_scene_seconds": round(written, 1),
+        **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()},
+    }
 
 
 def main() -> None:
@@ -231,8 +337,17 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3, help="predictor runs in the efficiency part, each between two bare loops (default 3)")
-    p.add_argument("--grd-spacings", default="", help="model pixel spacings (m) for the resampling part on a full GRD product, e.g. 10,80,500 (default: skip)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="predictor runs in the efficiency part, each between two bare loops (default 3)",
+    )
+    p.add_argument(
+        "--grd-spacings",
+        default="",
+        help="model pixel spacings (m) for the resampling part on a full GRD product, e.g. 10,80,500 (default: skip)",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict.json"))
     p.add_argument("--write-grd", help=argparse.SUPPRESS)
     p.add_argument("--write-scene", help=argparse.SUPPRESS)
@@ -247,24 +362,41 @@ def main() -> None:
 
     import torch
 
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "note": "2 cores shared with other jobs"}
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "note": "2 cores shared with other jobs",
+    }
     results: dict = {"machine": machine, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         work = Path(tmp)
         if args.efficiency_size:
-            results["efficiency"] = e = efficiency(args.efficiency_size, args.tile, args.overlap, args.batch_size, work, args.repeats)
+            results["efficiency"] = e = efficiency(
+                args.efficiency_size, args.tile, args.overlap, args.batch_size, work, args.repeats
+            )
             print(json.dumps(e), flush=True)
             from dakter_scale.scene.tile import tile_starts
 
-            n = len(tile_starts(IW_GRD[0], args.tile, args.overlap)) * len(tile_starts(IW_GRD[1], args.tile, args.overlap))
-            projection = {"scene": list(IW_GRD), "tiles": n, "cpu_seconds_at_measured_tile_rate": round(n / e["predict_tile_stage_tiles_per_second"], 0),
-                          "basis": "tile count of the full scene x the measured tile-stage rate on this CPU; vectorising and COG writing not included"}
+            n = len(tile_starts(IW_GRD[0], args.tile, args.overlap)) * len(
+                tile_starts(IW_GRD[1], args.tile, args.overlap)
+            )
+            projection = {
+                "scene": list(IW_GRD),
+                "tiles": n,
+                "cpu_seconds_at_measured_tile_rate": round(n / e["predict_tile_stage_tiles_per_second"], 0),
+                "basis": "tile count of the full scene x the measured tile-stage rate on this CPU; vectorising and COG writing not included",
+            }
             gpu = ROOT / "bench" / "results" / "evidence_model_gpu.json"
             if gpu.exists():  # a projection from this repo's H200 measurements, not a measurement of this pipeline
                 g = json.loads(gpu.read_text())
                 rate = g["sampling"]["fraction_of_peak"] * g["matmul_peak"]["flops_per_second"]
-                projection["gpu"] = {"device": g["device"], "forward_seconds": round(n * e["flops_per_tile"] / rate, 1), "achieved_flops_per_second": rate,
-                                     "basis": "tiles x counted FLOPs per tile / the bf16 FLOP/s a conv UNet reached on that GPU in bench/results/evidence_model_gpu.json (fraction of the measured matmul peak); forward only"}
+                projection["gpu"] = {
+                    "device": g["device"],
+                    "forward_seconds": round(n * e["flops_per_tile"] / rate, 1),
+                    "achieved_flops_per_second": rate,
+                    "basis": "tiles x counted FLOPs per tile / the bf16 FLOP/s a conv UNet reached on that GPU in bench/results/evidence_model_gpu.json (fraction of the measured matmul peak); forward only",
+                }
             results["iw_grd_projection"] = projection
         results["memory"] = []
         for size in (int(s) for s in args.sizes.split(",") if s):
@@ -272,7 +404,9 @@ def main() -> None:
             results["memory"].append(m)
             print(json.dumps(m), flush=True)
         if args.grd_spacings:
-            results["resample"] = resample([float(v) for v in args.grd_spacings.split(",")], args.tile, args.overlap, args.batch_size, work)
+            results["resample"] = resample(
+                [float(v) for v in args.grd_spacings.split(",")], args.tile, args.overlap, args.batch_size, work
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     if not results["memory"]:
@@ -284,4 +418,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -47,6 +47,8 @@ from measure import count_flops, matmul_peak, timed  # noqa: E402
 
 SAMPLERS = [("ddim", 2), ("ddpm", 2), ("dpmsolver++", 2), ("dpmsolver++", 3), ("unipc", 2)]
 FRONTIER_NFE = (10, 20, 50, 100, 250, 1000)
+
+
 def op_kind(name: str) -> str:
     """A profiler op's kind, for "where the time goes"."""
     op = name.removeprefix("aten::")
@@ -68,7 +70,13 @@ def build_model(cfg) -> JointDiffusion:
     unet = build_unet(d.unet, cfg.data.resolution, 1 + k).eval()
     scheduler = build_scheduler(d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.rescale_zero_terminal_snr)
     label_type = d.prediction_type if d.label_prediction_type == "same" else d.label_prediction_type
-    info = {"b": 0.5, "classes": list(CLASSES), "resolution": cfg.data.resolution, "prediction_type": d.prediction_type, "label_prediction_type": label_type}
+    info = {
+        "b": 0.5,
+        "classes": list(CLASSES),
+        "resolution": cfg.data.resolution,
+        "prediction_type": d.prediction_type,
+        "label_prediction_type": label_type,
+    }
     return JointDiffusion(unet=unet, scheduler=scheduler, info=info)
 
 
@@ -113,8 +121,13 @@ def profile(model: JointDiffusion, sampling: SamplingConfig, batch: int) -> dict
     top = sorted(events, key=lambda e: -e[1])[:15]
     return {
         "seconds": total,
-        "by_kind": {k: {"seconds": round(v, 4), "share": round(v / total, 4)} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-        "top_ops": [{"op": n, "self_seconds": round(s, 4), "share": round(s / total, 4), "calls": c} for n, s, c in top],
+        "by_kind": {
+            k: {"seconds": round(v, 4), "share": round(v / total, 4)}
+            for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])
+        },
+        "top_ops": [
+            {"op": n, "self_seconds": round(s, 4), "share": round(s / total, 4), "calls": c} for n, s, c in top
+        ],
     }
 
 
@@ -128,7 +141,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20, help="steps (= network evaluations) of each sampler's timed call")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per setting (median)")
     p.add_argument("--peak-n", type=int, default=2048, help="side of the fp32 matrix product of the peak")
-    p.add_argument("--gpu", default=str(ROOT / "bench" / "results" / "paper_scale_gpu.json"), help="the H200 paper-scale record of the projection")
+    p.add_argument(
+        "--gpu",
+        default=str(ROOT / "bench" / "results" / "paper_scale_gpu.json"),
+        help="the H200 paper-scale record of the projection",
+    )
     args = p.parse_args()
 
     cfg = load_config(args.config)
@@ -147,7 +164,10 @@ def main() -> int:
         "settings": [],
         "peaks": {},
     }
-    print(f"{params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOP per network evaluation per pair; load {record['loadavg_start']}", flush=True)
+    print(
+        f"{params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOP per network evaluation per pair; load {record['loadavg_start']}",
+        flush=True,
+    )
 
     # 2. the settings sweep, each thread count between two peak measurements
     sweep = SamplingConfig(sampler="ddim", steps=args.sweep_steps)
@@ -160,12 +180,25 @@ def main() -> int:
                 for inference in (False, True):
                     seconds = time_sampling(model, sweep, batch, args.repeats, inference)
                     per = seconds / (batch * sweep.steps)
-                    row = {"threads": threads, "batch": batch, "channels_last": channels_last, "inference_mode": inference, "seconds_per_pair_evaluation": per, "flops_per_second": flops / per}
+                    row = {
+                        "threads": threads,
+                        "batch": batch,
+                        "channels_last": channels_last,
+                        "inference_mode": inference,
+                        "seconds_per_pair_evaluation": per,
+                        "flops_per_second": flops / per,
+                    }
                     record["settings"].append(row)
-                    print(f"threads {threads} batch {batch:3d} channels_last {channels_last!s:5} inference_mode {inference!s:5}: {1e3 * per:7.2f} ms per pair-evaluation, {flops / per / 1e9:6.2f} GFLOP/s", flush=True)
+                    print(
+                        f"threads {threads} batch {batch:3d} channels_last {channels_last!s:5} inference_mode {inference!s:5}: {1e3 * per:7.2f} ms per pair-evaluation, {flops / per / 1e9:6.2f} GFLOP/s",
+                        flush=True,
+                    )
         peaks.append(matmul_peak(torch.device("cpu"), n=args.peak_n)["flops_per_second"])
         record["peaks"][str(threads)] = {"samples": peaks, "flops_per_second": statistics.median(peaks)}
-        print(f"threads {threads}: fp32 {args.peak_n}^3 matmul peak {[round(v / 1e9, 1) for v in peaks]} GFLOP/s", flush=True)
+        print(
+            f"threads {threads}: fp32 {args.peak_n}^3 matmul peak {[round(v / 1e9, 1) for v in peaks]} GFLOP/s",
+            flush=True,
+        )
     for row in record["settings"]:
         row["fraction_of_peak"] = row["flops_per_second"] / record["peaks"][str(row["threads"])]["flops_per_second"]
     best = min(record["settings"], key=lambda r: r["seconds_per_pair_evaluation"])
@@ -176,7 +209,12 @@ def main() -> int:
     # the peak once), so that load drifting on the shared machine reaches all of them alike
     torch.set_num_threads(best["threads"])
     set_memory_format(model, best["channels_last"])
-    configs = {f"{name}:{args.steps}" + (f":{order}" if name in ("dpmsolver++", "unipc") else ""): SamplingConfig(sampler=name, steps=args.steps, solver_order=order) for name, order in SAMPLERS}
+    configs = {
+        f"{name}:{args.steps}" + (f":{order}" if name in ("dpmsolver++", "unipc") else ""): SamplingConfig(
+            sampler=name, steps=args.steps, solver_order=order
+        )
+        for name, order in SAMPLERS
+    }
     times: dict[str, list[float]] = {key: [] for key in configs}
     peaks = []
     for key, sampling in configs.items():  # warm-up
@@ -200,7 +238,10 @@ def main() -> int:
             "flops_per_second": flops / per,
             "fraction_of_peak": flops / per / peak,
         }
-        print(f"{key}: {best['batch'] / seconds:.2f} pairs/s, {1e3 * per:.2f} ms per pair-evaluation, {flops / per / 1e9:.2f} GFLOP/s, {100 * flops / per / peak:.1f} % of {peak / 1e9:.1f}", flush=True)
+        print(
+            f"{key}: {best['batch'] / seconds:.2f} pairs/s, {1e3 * per:.2f} ms per pair-evaluation, {flops / per / 1e9:.2f} GFLOP/s, {100 * flops / per / peak:.1f} % of {peak / 1e9:.1f}",
+            flush=True,
+        )
     ddim = record["samplers"][f"ddim:{args.steps}"]["seconds_per_pair_evaluation"]
     for row in record["samplers"].values():
         row["time_vs_ddim"] = row["seconds_per_pair_evaluation"] / ddim

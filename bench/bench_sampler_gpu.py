@@ -47,13 +47,22 @@ from measure import device_name, matmul_peak, timed  # noqa: E402
 def settings(device: torch.device) -> list[tuple[str, str | None, bool]]:
     """(name, torch.compile mode or None for eager, bf16 autocast) of each setting this device runs."""
     if device.type == "cuda":
-        return [("eager-fp32", None, False), ("eager-bf16", None, True), ("compile-bf16", "default", True), ("graphs-bf16", "reduce-overhead", True)]
+        return [
+            ("eager-fp32", None, False),
+            ("eager-bf16", None, True),
+            ("compile-bf16", "default", True),
+            ("graphs-bf16", "reduce-overhead", True),
+        ]
     return [("eager-fp32", None, False), ("compile-fp32", "default", False)]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs" / "gpu_evidence.yaml"), help="the model's config (default: the GPU evidence run's 64 px model)")
+    p.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "gpu_evidence.yaml"),
+        help="the model's config (default: the GPU evidence run's 64 px model)",
+    )
     p.add_argument("--out", required=True, help="JSON record to write")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", default="64,256", help="pairs per sample_pairs call, comma-separated")
@@ -61,7 +70,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, help="network evaluations per pair (default: the config's sampling.steps)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per setting (median)")
     p.add_argument("--only", help="comma-separated setting names to run (default: all this device runs)")
-    p.add_argument("--peak-n", type=int, help="side of the peak's matrix product (default: 8192 bf16 on a GPU, 1024 fp32 on a CPU; 2048 gives a CPU's peak more closely)")
+    p.add_argument(
+        "--peak-n",
+        type=int,
+        help="side of the peak's matrix product (default: 8192 bf16 on a GPU, 1024 fp32 on a CPU; 2048 gives a CPU's peak more closely)",
+    )
     args = p.parse_args()
 
     cfg = load_config(args.config)
@@ -76,7 +89,11 @@ def main() -> int:
         if unknown:
             sys.exit(f"--only: {', '.join(unknown)} not among this device's settings {sorted(names)}")
         chosen = [s for s in chosen if s[0] in wanted]
-    sampling = dataclasses.replace(cfg.sampling, **({"sampler": args.sampler} if args.sampler else {}), **({"steps": args.steps} if args.steps else {}))
+    sampling = dataclasses.replace(
+        cfg.sampling,
+        **({"sampler": args.sampler} if args.sampler else {}),
+        **({"steps": args.steps} if args.steps else {}),
+    )
     sampling.validate()
     model = build_model(cfg)
     flops = flops_per_evaluation(model, batch=1)  # counted on the CPU, before the move: the same work on any device
@@ -133,10 +150,16 @@ def main() -> int:
                 row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 torch.cuda.reset_peak_memory_stats()
             record["runs"].append(row)
-            print(f"{name} batch {batch}: {row['pairs_per_second']:.2f} pairs/s, {row['flops_per_second'] / 1e12:.3f} TFLOP/s (first call {first:.1f} s)", flush=True)
+            print(
+                f"{name} batch {batch}: {row['pairs_per_second']:.2f} pairs/s, {row['flops_per_second'] / 1e12:.3f} TFLOP/s (first call {first:.1f} s)",
+                flush=True,
+            )
     model.unet = eager
     peaks.append(matmul_peak(device, n=args.peak_n))
-    record["matmul_peak"] = {"samples": peaks, "flops_per_second": statistics.median(p["flops_per_second"] for p in peaks)}
+    record["matmul_peak"] = {
+        "samples": peaks,
+        "flops_per_second": statistics.median(p["flops_per_second"] for p in peaks),
+    }
     for row in record["runs"]:
         if "failed" not in row:
             row["fraction_of_peak"] = row["flops_per_second"] / record["matmul_peak"]["flops_per_second"]
@@ -144,8 +167,13 @@ def main() -> int:
     if done:
         best = max(done, key=lambda r: r["pairs_per_second"])
         base = [r for r in done if r["setting"] == chosen[0][0] and r["batch"] == best["batch"]]
-        record["best"] = {**best, "speed_vs_" + chosen[0][0]: best["pairs_per_second"] / base[0]["pairs_per_second"] if base else None}
-        record["million_pairs_gpu_hours" if device.type == "cuda" else "million_pairs_device_hours"] = 1e6 / best["pairs_per_second"] / 3600
+        record["best"] = {
+            **best,
+            "speed_vs_" + chosen[0][0]: best["pairs_per_second"] / base[0]["pairs_per_second"] if base else None,
+        }
+        record["million_pairs_gpu_hours" if device.type == "cuda" else "million_pairs_device_hours"] = (
+            1e6 / best["pairs_per_second"] / 3600
+        )
         print(
             f"best: {best['setting']} batch {best['batch']}: {best['pairs_per_second']:.2f} pairs/s, {100 * best['fraction_of_peak']:.1f} % of the peak "
             f"({record['matmul_peak']['flops_per_second'] / 1e12:.3f} TFLOP/s, median of {[round(p['flops_per_second'] / 1e12, 3) for p in peaks]})",

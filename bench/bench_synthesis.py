@@ -83,7 +83,11 @@ def start_s3() -> tuple[object, str]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL_S3=endpoint
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ENDPOINT_URL_S3=endpoint,
     )
     import fsspec
 
@@ -91,7 +95,9 @@ def start_s3() -> tuple[object, str]:
     return server, endpoint
 
 
-def bare_loop(model_dir: Path, pairs: int, samples_per_shard: int, batch_size: int, steps: int, seed: int, log=None) -> dict:
+def bare_loop(
+    model_dir: Path, pairs: int, samples_per_shard: int, batch_size: int, steps: int, seed: int, log=None
+) -> dict:
     """The sampler alone: the plan's seeds and batches, one torch thread, nothing encoded or written."""
     from dakter_scale.config import SamplingConfig
     from dakter_scale.diffusion.model import load_model_folder
@@ -113,20 +119,71 @@ def bare_loop(model_dir: Path, pairs: int, samples_per_shard: int, batch_size: i
                 log.write(json.dumps([time.time(), done]) + "\n")
                 log.flush()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"pairs": done, "seconds": round(seconds, 3), "pairs_per_second": round(done / seconds, 4), "pairs_per_cpu_second": round(done / cpu, 4), "loadavg_after": loadavg()}
+    return {
+        "pairs": done,
+        "seconds": round(seconds, 3),
+        "pairs_per_second": round(done / seconds, 4),
+        "pairs_per_cpu_second": round(done / cpu, 4),
+        "loadavg_after": loadavg(),
+    }
 
 
-def pipeline(model_dir: Path, url: str, pairs: int, actors: int, samples_per_shard: int, batch_size: int, steps: int, seed: int, paired: bool = False) -> dict:
+def pipeline(
+    model_dir: Path,
+    url: str,
+    pairs: int,
+    actors: int,
+    samples_per_shard: int,
+    batch_size: int,
+    steps: int,
+    seed: int,
+    paired: bool = False,
+) -> dict:
     """jobs/synthesize.py exactly as a user runs it, writing to the S3 server."""
-    argv = [sys.executable, str(ROOT / "jobs" / "synthesize.py"), "--model", str(model_dir), "--n", str(pairs), "--out", url,
-            "--samples-per-shard", str(samples_per_shard), "--batch-size", str(batch_size), "--seed", str(seed),
-            "--actors", str(actors), "--threads-per-actor", "1", "--json", f"sampling.steps={steps}"]
+    argv = [
+        sys.executable,
+        str(ROOT / "jobs" / "synthesize.py"),
+        "--model",
+        str(model_dir),
+        "--n",
+        str(pairs),
+        "--out",
+        url,
+        "--samples-per-shard",
+        str(samples_per_shard),
+        "--batch-size",
+        str(batch_size),
+        "--seed",
+        str(seed),
+        "--actors",
+        str(actors),
+        "--threads-per-actor",
+        "1",
+        "--json",
+        f"sampling.steps={steps}",
+    ]
     load_before = loadavg()
     companion = None
     if paired:  # a bare loop alongside, logging (time, pairs) per batch
         log_path = Path(f"/tmp/dakter-bench-bare-{os.getpid()}.jsonl")
-        companion = subprocess.Popen([sys.executable, __file__, "--bare-worker", str(log_path), "--model", str(model_dir), "--samples-per-shard", str(samples_per_shard),
-                                      "--batch-size", str(batch_size), "--steps", str(steps), "--seed", str(seed)])
+        companion = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--bare-worker",
+                str(log_path),
+                "--model",
+                str(model_dir),
+                "--samples-per-shard",
+                str(samples_per_shard),
+                "--batch-size",
+                str(batch_size),
+                "--steps",
+                str(steps),
+                "--seed",
+                str(seed),
+            ]
+        )
     t0 = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, DAKTER_PROGRESS="0"))
     wall = time.perf_counter() - t0
@@ -170,8 +227,12 @@ def pipeline(model_dir: Path, url: str, pairs: int, actors: int, samples_per_sha
         log_path.unlink()
         inside = [p for p in points if window[0] <= p[0] <= window[1]]
         if len(inside) < 2:
-            raise SystemExit("the paired bare loop logged too few batches inside the pipeline's window: use more --pairs")
-        result["paired_bare_pairs_per_second"] = round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]), 4)
+            raise SystemExit(
+                "the paired bare loop logged too few batches inside the pipeline's window: use more --pairs"
+            )
+        result["paired_bare_pairs_per_second"] = round(
+            (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]), 4
+        )
     return result
 
 
@@ -206,7 +267,11 @@ def niceness_under_contention(model_dir: Path, steps: int, batch_size: int, seco
     try:
         task = ray.remote(num_cpus=1)(_sampling_rate)
         default = ray.get(task.remote(str(model_dir), steps, batch_size, seconds))
-        ours = ray.get(task.options(runtime_env={"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}).remote(str(model_dir), steps, batch_size, seconds))
+        ours = ray.get(
+            task.options(runtime_env={"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}).remote(
+                str(model_dir), steps, batch_size, seconds
+            )
+        )
         driver = _sampling_rate(str(model_dir), steps, batch_size, seconds)
     finally:
         for hog in hogs:
@@ -235,10 +300,16 @@ def realistic_soft_labels(count: int, size: int, sigma: float, noise: float, see
     rng = np.random.default_rng(seed)
     for i in range(count):
         image, mask = simulate_scene(seed + i, size, size)
-        onehot = torch.nn.functional.one_hot(torch.from_numpy(mask.astype(np.int64)), 5).permute(2, 0, 1)[:, None].double()
+        onehot = (
+            torch.nn.functional.one_hot(torch.from_numpy(mask.astype(np.int64)), 5).permute(2, 0, 1)[:, None].double()
+        )
         # separable Gaussian blur, reflect padding: (K, 1, H, W)
-        blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(onehot, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-        blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(blurred, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+        blurred = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(onehot, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1)
+        )
+        blurred = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(blurred, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1)
+        )
         q = blurred[:, 0].numpy() + 1e-4
         if noise > 0:
             q = np.exp(np.log(q) + noise * rng.standard_normal(q.shape))
@@ -251,13 +322,21 @@ def bytes_per_pair(count: int, size: int = 256) -> dict:
     from dakter_scale.data.shardset import codec as shards
 
     out = {}
-    for name, sigma, noise in (("blurred one-hot (sigma 2 px)", 2.0, 0.0), ("blurred + logit noise 0.5 (worst case)", 2.0, 0.5)):
+    for name, sigma, noise in (
+        ("blurred one-hot (sigma 2 px)", 2.0, 0.0),
+        ("blurred + logit noise 0.5 (worst case)", 2.0, 0.5),
+    ):
         samples, max_err, encode_s = [], 0.0, 0.0
         image_bytes = soft_bytes = 0
         for i, (image, q) in enumerate(realistic_soft_labels(count, size, sigma, noise)):
             t0 = time.perf_counter()
             key = shardset.sample_key(0, i)
-            members = shardset.encode_sample(key, image, torch.from_numpy(q), {"seed": i, "class_fractions": [0.2] * 5, "mean_entropy": 0.1, "mean_confidence": 0.9})
+            members = shardset.encode_sample(
+                key,
+                image,
+                torch.from_numpy(q),
+                {"seed": i, "class_fractions": [0.2] * 5, "mean_entropy": 0.1, "mean_confidence": 0.9},
+            )
             encode_s += time.perf_counter() - t0
             image_bytes += len(members[shardset.IMAGE])
             soft_bytes += len(members[shardset.SOFT])
@@ -287,9 +366,16 @@ def bytes_per_pair(count: int, size: int = 256) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "runs" / "bench-synthesis-model", help="model folder (trained here if missing)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "runs" / "bench-synthesis-model",
+        help="model folder (trained here if missing)",
+    )
     p.add_argument("--pairs", type=int, default=512, help="pairs per pipeline run")
-    p.add_argument("--bare-pairs", type=int, default=128, help="pairs per bare-loop measurement (one before, one after)")
+    p.add_argument(
+        "--bare-pairs", type=int, default=128, help="pairs per bare-loop measurement (one before, one after)"
+    )
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
@@ -305,7 +391,9 @@ def main() -> None:
             while True:  # until the benchmark terminates it
                 bare_loop(args.model, 10**6, **shape, log=log)
     if args.pairs % args.samples_per_shard or args.samples_per_shard % args.batch_size:
-        raise SystemExit("use --pairs a multiple of --samples-per-shard, and that a multiple of --batch-size (no partial batches)")
+        raise SystemExit(
+            "use --pairs a multiple of --samples-per-shard, and that a multiple of --batch-size (no partial batches)"
+        )
 
     import ray
 
@@ -313,10 +401,20 @@ def main() -> None:
     server, endpoint = start_s3()
     results: dict = {
         "command": "python bench/bench_synthesis.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "ray": ray.__version__, "loadavg_at_start": loadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "loadavg_at_start": loadavg(),
+        },
         "config": {
-            "model": "32 px, UNet channels [32, 64, 64], 1 layer per block, 1.07 M parameters", "sampler": "ddim", **shape,
-            "pairs": args.pairs, "bare_pairs": args.bare_pairs, "storage": "s3:// on moto ThreadedMotoServer (loopback) via s3fs",
+            "model": "32 px, UNet channels [32, 64, 64], 1 layer per block, 1.07 M parameters",
+            "sampler": "ddim",
+            **shape,
+            "pairs": args.pairs,
+            "bare_pairs": args.bare_pairs,
+            "storage": "s3:// on moto ThreadedMotoServer (loopback) via s3fs",
         },
     }
 
@@ -340,11 +438,18 @@ def main() -> None:
         server.stop()
     bare = (bare_before["pairs_per_second"] + bare_after["pairs_per_second"]) / 2
     bare_cpu = (bare_before["pairs_per_cpu_second"] + bare_after["pairs_per_cpu_second"]) / 2
-    results["bare_loop"] = {"before": bare_before, "after": bare_after, "mean_pairs_per_second": round(bare, 4), "mean_pairs_per_cpu_second": round(bare_cpu, 4)}
+    results["bare_loop"] = {
+        "before": bare_before,
+        "after": bare_after,
+        "mean_pairs_per_second": round(bare, 4),
+        "mean_pairs_per_cpu_second": round(bare_cpu, 4),
+    }
     results["pipeline_1_actor"] = one
     results["pipeline_1_actor_paired"] = paired
     results["efficiency"] = {
-        "paired_steady_state": round(paired["steady_state_pairs_per_second"] / paired["paired_bare_pairs_per_second"], 3),
+        "paired_steady_state": round(
+            paired["steady_state_pairs_per_second"] / paired["paired_bare_pairs_per_second"], 3
+        ),
         "sequential_steady_state": round(one["steady_state_pairs_per_second"] / bare, 3),
         "sequential_end_to_end_synthesize_call": round(one["end_to_end_pairs_per_second"] / bare, 3),
         "sequential_end_to_end_command": round(one["command_pairs_per_second"] / bare, 3),
@@ -355,7 +460,9 @@ def main() -> None:
         results["pipeline_2_actors"] = two
         results["scaling_2_vs_1_actor"] = {
             "steady_state": round(two["steady_state_pairs_per_second"] / one["steady_state_pairs_per_second"], 3),
-            "end_to_end_synthesize_call": round(two["end_to_end_pairs_per_second"] / one["end_to_end_pairs_per_second"], 3),
+            "end_to_end_synthesize_call": round(
+                two["end_to_end_pairs_per_second"] / one["end_to_end_pairs_per_second"], 3
+            ),
         }
     phase("actor niceness under contention")
     results["niceness_under_contention"] = niceness_under_contention(model, args.steps, args.batch_size)

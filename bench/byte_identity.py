@@ -35,15 +35,30 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # keys of a JSON file that record when, how long, or where something ran: dropped before hashing
-TIMING = re.compile(r"(seconds|_time|time_|timestamp|started|finished|elapsed|duration|per_second|pid|hostname|host|device|niceness|threads|written_at|created)", re.I)
+TIMING = re.compile(
+    r"(seconds|_time|time_|timestamp|started|finished|elapsed|duration|per_second|pid|hostname|host|device|niceness|threads|written_at|created)",
+    re.I,
+)
 SKIP_DIRS = ("logs", "checkpoints")  # wall-clock records and resumable state, not outputs
 SKIP_FILE = re.compile(r"^lock-\d+\.json$")  # a writer's lease: its holder and times
 
 DATA = ["data.spec=synthetic:8?size=32&test=4", "data.resolution=32"]
-DIFFUSION = DATA + ["diffusion.unet.block_out_channels=[8,16]", "diffusion.batch_size=4", "diffusion.log_every=1", "diffusion.max_steps=3", "diffusion.seed=3"]
+DIFFUSION = DATA + [
+    "diffusion.unet.block_out_channels=[8,16]",
+    "diffusion.batch_size=4",
+    "diffusion.log_every=1",
+    "diffusion.max_steps=3",
+    "diffusion.seed=3",
+]
 SAMPLING = ["sampling.sampler=ddim", "sampling.steps=3"]
 SYNTH = ["--n", "8", "--samples-per-shard", "4", "--batch-size", "4", "--seed", "5", "--actors", "0", "--device", "cpu"]
-STUDENT = DATA + ["student.batch_size=4", "student.encoder_depth=3", "student.shuffle_buffer=3", "student.log_every=1", "student.seed=2"]
+STUDENT = DATA + [
+    "student.batch_size=4",
+    "student.encoder_depth=3",
+    "student.shuffle_buffer=3",
+    "student.log_every=1",
+    "student.seed=2",
+]
 
 
 def steps(work: Path) -> list[tuple[str, list[str]]]:
@@ -53,12 +68,89 @@ def steps(work: Path) -> list[tuple[str, list[str]]]:
     return [
         ("train_diffusion.py", ["--out", str(model), *DIFFUSION]),
         ("synthesize.py", ["--model", str(model), "--out", str(plain), *SYNTH, *SAMPLING]),
-        ("synthesize.py", ["--model", str(model), "--out", str(work / "selected"), *SYNTH, *SAMPLING, "--class-target", "oil:1.5x", "--target-route", "selection", "--max-draw-factor", "4", "--draw-out", str(work / "selected_drawn")]),
-        ("synthesize.py", ["--model", str(model), "--out", str(work / "conditioned"), *SYNTH, *SAMPLING, "--class-target", "oil:3x,ship:3x", "--target-route", "conditioned", "--resample", "2"]),
-        ("synthesize.py", ["--model", str(model), "--out", str(work / "pasted"), *SYNTH, *SAMPLING, "--class-target", "oil:0.3", "--target-route", "pasted"]),
+        (
+            "synthesize.py",
+            [
+                "--model",
+                str(model),
+                "--out",
+                str(work / "selected"),
+                *SYNTH,
+                *SAMPLING,
+                "--class-target",
+                "oil:1.5x",
+                "--target-route",
+                "selection",
+                "--max-draw-factor",
+                "4",
+                "--draw-out",
+                str(work / "selected_drawn"),
+            ],
+        ),
+        (
+            "synthesize.py",
+            [
+                "--model",
+                str(model),
+                "--out",
+                str(work / "conditioned"),
+                *SYNTH,
+                *SAMPLING,
+                "--class-target",
+                "oil:3x,ship:3x",
+                "--target-route",
+                "conditioned",
+                "--resample",
+                "2",
+            ],
+        ),
+        (
+            "synthesize.py",
+            [
+                "--model",
+                str(model),
+                "--out",
+                str(work / "pasted"),
+                *SYNTH,
+                *SAMPLING,
+                "--class-target",
+                "oil:0.3",
+                "--target-route",
+                "pasted",
+            ],
+        ),
         ("train_student.py", ["--out", str(seg), "--max-steps", "2", *STUDENT, "student.ratio=0"]),
-        ("filter_generated.py", ["--shards", str(plain), "--segmenter", str(seg), "--out", str(work / "filtered"), "--keep", "5", "--samples-per-shard", "3"]),
-        ("train_student.py", ["--out", str(work / "student"), "--synthetic", str(plain), "--ratio", "1", "--labels", "soft", "--max-steps", "3", *STUDENT]),
+        (
+            "filter_generated.py",
+            [
+                "--shards",
+                str(plain),
+                "--segmenter",
+                str(seg),
+                "--out",
+                str(work / "filtered"),
+                "--keep",
+                "5",
+                "--samples-per-shard",
+                "3",
+            ],
+        ),
+        (
+            "train_student.py",
+            [
+                "--out",
+                str(work / "student"),
+                "--synthetic",
+                str(plain),
+                "--ratio",
+                "1",
+                "--labels",
+                "soft",
+                "--max-steps",
+                "3",
+                *STUDENT,
+            ],
+        ),
     ]
 
 
@@ -101,7 +193,13 @@ def run(code: Path, work: Path) -> dict:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1", DAKTER_PROGRESS="0", PYTHONHASHSEED="0")
-    where = subprocess.run([sys.executable, "-c", "import dakter_scale; print(dakter_scale.__file__)"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import dakter_scale; print(dakter_scale.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not where.startswith(str(code)):
         raise SystemExit(f"error: --code {code}: the jobs would import dakter_scale from {where}")
     seconds = {}
@@ -113,7 +211,9 @@ def run(code: Path, work: Path) -> dict:
         if r.returncode != 0:
             raise SystemExit(f"error: {script} {' '.join(argv)} exited {r.returncode}:\n{r.stderr[-3000:]}")
         print(f"{script} {argv[1] if len(argv) > 1 else ''}: {seconds[f'{i}:{script}']} s", file=sys.stderr)
-    commit = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     files, configs = hashes(work)
     return {"code": str(code), "commit": commit, "seconds": seconds, "files": files, "configs": configs}
 
@@ -122,14 +222,18 @@ def compare(before: dict, after: dict) -> tuple[list[str], list[str]]:
     """(differences, notes): a resolved config.yaml that only gained keys (a new setting at its
     default) is a note, with the keys; any other difference, or a file only one run wrote, is a difference."""
     a, b = before["files"], after["files"]
-    diff = [f"only before: {k}" for k in sorted(set(a) - set(b))] + [f"only after: {k}" for k in sorted(set(b) - set(a))]
+    diff = [f"only before: {k}" for k in sorted(set(a) - set(b))] + [
+        f"only after: {k}" for k in sorted(set(b) - set(a))
+    ]
     notes = []
     for name in sorted(set(a) & set(b)):
         if a[name] == b[name]:
             continue
         old, new = before.get("configs", {}).get(name), after.get("configs", {}).get(name)
         if old is not None and new is not None and all(new.get(k) == v for k, v in old.items()):
-            notes.append(f"{name}: only new keys, every earlier value the same: {', '.join(sorted(set(new) - set(old)))}")
+            notes.append(
+                f"{name}: only new keys, every earlier value the same: {', '.join(sorted(set(new) - set(old)))}"
+            )
         else:
             diff.append(f"differs: {name}")
     return diff, notes
@@ -137,7 +241,9 @@ def compare(before: dict, after: dict) -> tuple[list[str], list[str]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--code", default=str(ROOT), help="repository root whose jobs/ and dakter_scale/ run (default: this one)")
+    p.add_argument(
+        "--code", default=str(ROOT), help="repository root whose jobs/ and dakter_scale/ run (default: this one)"
+    )
     p.add_argument("--work", default="/tmp/dakter-byte-identity", help="where the outputs are written (emptied first)")
     p.add_argument("--write", help="write the hashes as JSON to this file")
     p.add_argument("--compare", help="a JSON file of an earlier run: list the files that differ, exit 1 if any")
@@ -154,7 +260,11 @@ def main() -> None:
         diff, notes = compare(json.loads(Path(args.compare).read_text()), result)
         for line in notes:
             print(f"note: {line}")
-        print("\n".join(diff) if diff else f"identical: {len(result['files']) - len(notes)} files of {len(result['files'])}; {len(notes)} configs only gained keys")
+        print(
+            "\n".join(diff)
+            if diff
+            else f"identical: {len(result['files']) - len(notes)} files of {len(result['files'])}; {len(notes)} configs only gained keys"
+        )
         sys.exit(1 if diff else 0)
 
 

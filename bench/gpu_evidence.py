@@ -78,7 +78,11 @@ def diffusion_flops(model_dir: Path, batch_size: int, device: torch.device) -> d
     unet.eval()
     with torch.no_grad():
         forward = count_flops(lambda: unet(x[:4], t[:4]))
-    return {"train_step": train, "forward_per_sample": forward // 4, "parameters": sum(p.numel() for p in unet.parameters())}
+    return {
+        "train_step": train,
+        "forward_per_sample": forward // 4,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+    }
 
 
 def throughput(work: Path, cfg, peak: dict, device: torch.device) -> dict:
@@ -125,7 +129,9 @@ def throughput(work: Path, cfg, peak: dict, device: torch.device) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="results folder (at most 8 files)")
-    p.add_argument("--work", help="work folder with the models, shards and students (resumable; default OUT/../NAME-work)")
+    p.add_argument(
+        "--work", help="work folder with the models, shards and students (resumable; default OUT/../NAME-work)"
+    )
     p.add_argument("--config", default=str(CONFIG), help="experiment config (default configs/gpu_evidence.yaml)")
     p.add_argument("--tiny", action="store_true", help="a tiny setting that runs in a few minutes on a CPU")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -145,7 +151,9 @@ def main() -> int:
         print(f"device: {device_name()}", flush=True)
         cfg = load_config(args.config, (TINY if args.tiny else []) + list(args.overrides))
         if not torch.cuda.is_available() and not args.tiny:
-            logging.getLogger("dakter_scale").warning("no CUDA device: the full setting is sized for one GPU (use --tiny on a CPU)")
+            logging.getLogger("dakter_scale").warning(
+                "no CUDA device: the full setting is sized for one GPU (use --tiny on a CPU)"
+            )
         run_experiment(cfg, work, progress=False)
         record = throughput(work, cfg, matmul_peak(device), device)
         record["wall_clock_seconds"] = round(time.time() - t0, 1)

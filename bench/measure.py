@@ -31,7 +31,12 @@ def matmul_peak(device: torch.device, repeats: int = 10, n: int | None = None) -
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     seconds = timed(lambda: a @ b, device, repeats, warmup=3)
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "seconds": seconds, "flops_per_second": 2 * n**3 / seconds}
+    return {
+        "n": n,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seconds": seconds,
+        "flops_per_second": 2 * n**3 / seconds,
+    }
 
 
 def count_flops(fn) -> int:

@@ -91,7 +91,9 @@ def model_probe(name: str, steps: int, overrides: list[str]) -> dict:
         train_diffusion(cfg, root / "model", progress=False)
     t_train = time.time() - t
     t = time.time()
-    summary = synthesize(root / "model", str(root / "shards"), cfg.synthesis, cfg.sampling, use_ray=False, progress=False, overwrite=True)
+    summary = synthesize(
+        root / "model", str(root / "shards"), cfg.synthesis, cfg.sampling, use_ray=False, progress=False, overwrite=True
+    )
     t_synth = time.time() - t
     segmenter = root / "student_real"
     if not (segmenter / "student.json").is_file():
@@ -143,11 +145,26 @@ def student_probe(name: str, tag: str, n: int, variants: list[dict]) -> list[dic
             train_student(c, d, synthetic=url if c.student.ratio > 0 else None, progress=False)
             (d / "metrics.json").write_text(json.dumps(evaluate_student(str(d), c.data.spec, "test", c.eval)))
         m = json.loads((d / "metrics.json").read_text())
-        out.append(_emit({"model": name, "pairs": n, "tag": tag, "variant": v, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}, "students.jsonl"))
+        out.append(
+            _emit(
+                {
+                    "model": name,
+                    "pairs": n,
+                    "tag": tag,
+                    "variant": v,
+                    "miou": m["miou"],
+                    "iou": m["iou"],
+                    "seconds": time.time() - t,
+                },
+                "students.jsonl",
+            )
+        )
     return out
 
 
-def followup_probe(exp: str, tag: str, variants: list[dict], val_spec: str | None = None, generated: str = "b_cfg") -> list[dict]:
+def followup_probe(
+    exp: str, tag: str, variants: list[dict], val_spec: str | None = None, generated: str = "b_cfg"
+) -> list[dict]:
     """Student variants on a finished experiment's config and one of its generated sets (b_cfg by
     default), trained and scored by the experiment runner's student unit into EXP/students/.
 
@@ -167,13 +184,41 @@ def followup_probe(exp: str, tag: str, variants: list[dict], val_spec: str | Non
     for v in variants:
         t = time.time()
         keys = {k.removeprefix("student."): val for k, val in v.items()}
-        arch, seed, ratio, labels = keys.pop("arch", s.arch), keys.pop("seed", s.seed), float(keys.pop("ratio", s.ratio)), keys.pop("labels", s.labels)
+        arch, seed, ratio, labels = (
+            keys.pop("arch", s.arch),
+            keys.pop("seed", s.seed),
+            float(keys.pop("ratio", s.ratio)),
+            keys.pop("labels", s.labels),
+        )
         weight = keys.pop("kd_weight", s.kd_weight) if labels == "soft" else keys.pop("hard_weight", None)
         method = "none" if ratio == 0 else ("dakter" if labels == "soft" else "hard")
-        name = "_".join([tag] + [f"{k}{val}" for k, val in keys.items()] + ([f"w{weight:g}"] if ratio > 0 and weight is not None else []))
-        run = StudentRun(method, arch, ratio, seed, generated if ratio > 0 else None, labels, variant=name, weight=weight if ratio > 0 else None, overrides=tuple((f"student.{k}", val) for k, val in keys.items()))
+        name = "_".join(
+            [tag]
+            + [f"{k}{val}" for k, val in keys.items()]
+            + ([f"w{weight:g}"] if ratio > 0 and weight is not None else [])
+        )
+        run = StudentRun(
+            method,
+            arch,
+            ratio,
+            seed,
+            generated if ratio > 0 else None,
+            labels,
+            variant=name,
+            weight=weight if ratio > 0 else None,
+            overrides=tuple((f"student.{k}", val) for k, val in keys.items()),
+        )
         m = runner.student(run)
-        rec = {"experiment": exp, "generated": generated, "tag": tag, "variant": v, "student": run.name, "miou": m["miou"], "iou": m["iou"], "seconds": time.time() - t}
+        rec = {
+            "experiment": exp,
+            "generated": generated,
+            "tag": tag,
+            "variant": v,
+            "student": run.name,
+            "miou": m["miou"],
+            "iou": m["iou"],
+            "seconds": time.time() - t,
+        }
         if val_spec:
             val = runner.score(run, re.sub(r"[^A-Za-z0-9]+", "_", val_spec).strip("_"), val_spec)
             rec.update(val_spec=val_spec, val_miou=val["miou"], val_iou=val["iou"])
@@ -194,8 +239,14 @@ def quality_probe(model: str, config: str, n: int, aligners: list[str]) -> list[
     for aligner in aligners:
         q = generation_quality(cfg, url, aligner, n=n)
         rec = {
-            "model": model, "pairs": n, "aligner": aligner, "label_alignment": q["label_alignment"], "class_fraction_tv": q["class_fraction_tv"],
-            "mean_confidence": q["mean_confidence"], "enl": [q["enl_generated"], q.get("enl_real")], "histogram_distance": q.get("histogram_distance"),
+            "model": model,
+            "pairs": n,
+            "aligner": aligner,
+            "label_alignment": q["label_alignment"],
+            "class_fraction_tv": q["class_fraction_tv"],
+            "mean_confidence": q["mean_confidence"],
+            "enl": [q["enl_generated"], q.get("enl_real")],
+            "histogram_distance": q.get("histogram_distance"),
         }
         out.append(_emit(rec, "quality.jsonl"))
     return out
@@ -217,13 +268,34 @@ def calibration_probe(shards: str, n: int, aligners: list[str]) -> list[dict]:
         by_band = []
         for lo, hi in zip(bands[:-1], bands[1:]):
             sel = (conf >= lo) & (conf < hi)
-            by_band.append({"band": [lo, min(hi, 1.0)], "pixels": float(sel.mean()), "agreement": float(agree[sel].mean())})
+            by_band.append(
+                {"band": [lo, min(hi, 1.0)], "pixels": float(sel.mean()), "agreement": float(agree[sel].mean())}
+            )
         by_class = []
         for k in range(q.shape[1]):
             sel = label == k
             if sel.any():
-                by_class.append({"class": k, "pixels": float(sel.mean()), "confidence": float(conf[sel].mean()), "agreement": float(agree[sel].mean())})
-        out.append(_emit({"shards": shards, "pairs": len(images), "aligner": aligner, "agreement": float(agree.mean()), "by_confidence": by_band, "by_class": by_class}, "calibration.jsonl"))
+                by_class.append(
+                    {
+                        "class": k,
+                        "pixels": float(sel.mean()),
+                        "confidence": float(conf[sel].mean()),
+                        "agreement": float(agree[sel].mean()),
+                    }
+                )
+        out.append(
+            _emit(
+                {
+                    "shards": shards,
+                    "pairs": len(images),
+                    "aligner": aligner,
+                    "agreement": float(agree.mean()),
+                    "by_confidence": by_band,
+                    "by_class": by_class,
+                },
+                "calibration.jsonl",
+            )
+        )
     return out
 
 

@@ -91,7 +91,17 @@ def parse_variant(text: str) -> tuple[str, int, int, float, bool]:
     return route, free_steps, resample, float(at or 0), bool(plus)
 
 
-def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[int], specs: list[str], max_draw_factor: float = 20.0, variants: tuple[tuple[str, int, int, float, bool], ...] = (("conditioned", 0, 1, 0.0, False),)) -> None:
+def main(
+    model: str,
+    segmenter: str,
+    config: str,
+    out: str,
+    n: int,
+    seeds: list[int],
+    specs: list[str],
+    max_draw_factor: float = 20.0,
+    variants: tuple[tuple[str, int, int, float, bool], ...] = (("conditioned", 0, 1, 0.0, False),),
+) -> None:
     import dataclasses
     import logging
 
@@ -103,7 +113,11 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    done = {(r["seed"], variant(r), r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))} if (root / "records.jsonl").is_file() else set()
+    done = (
+        {(r["seed"], variant(r), r["spec"]) for r in map(json.loads, open(root / "records.jsonl"))}
+        if (root / "records.jsonl").is_file()
+        else set()
+    )
 
     def emit(record: dict) -> None:
         print("RESULT", json.dumps(record), flush=True)
@@ -112,27 +126,75 @@ def main(model: str, segmenter: str, config: str, out: str, n: int, seeds: list[
 
     for seed in seeds:
         cfg = load_config(config, [f"synthesis.n={n}", f"synthesis.seed={seed}"])
-        draw = str(root / f"draw-s{seed}")  # every selection of this seed grows one draw; its first n pairs are the untargeted set
+        draw = str(
+            root / f"draw-s{seed}"
+        )  # every selection of this seed grows one draw; its first n pairs are the untargeted set
         for route, free_steps, resample, paste_at, by_component in [("selection", 0, 1, 0.0, False), *variants]:
-            settings = {k: v for k, v, default in (("free_steps", free_steps, 0), ("resample", resample, 1), ("paste_at", paste_at, 0.0), ("by_component", by_component, False)) if v != default}
+            settings = {
+                k: v
+                for k, v, default in (
+                    ("free_steps", free_steps, 0),
+                    ("resample", resample, 1),
+                    ("paste_at", paste_at, 0.0),
+                    ("by_component", by_component, False),
+                )
+                if v != default
+            }
             name = variant({"route": route, **settings})
             for spec in specs:
                 if (seed, name, spec) in done:
                     continue
                 url = str(root / f"{name}-{spec.replace(':', '').replace(',', '-')}-s{seed}")
                 t0 = time.time()
-                target = dataclasses.replace(cfg.synthesis.target, spec=spec, route=route, max_draw_factor=max_draw_factor, free_steps=free_steps, resample=resample, paste_at=paste_at, by_component=by_component)
+                target = dataclasses.replace(
+                    cfg.synthesis.target,
+                    spec=spec,
+                    route=route,
+                    max_draw_factor=max_draw_factor,
+                    free_steps=free_steps,
+                    resample=resample,
+                    paste_at=paste_at,
+                    by_component=by_component,
+                )
                 try:
-                    result = synthesize_targeted(model, url, dataclasses.replace(cfg.synthesis, target=target), cfg.sampling, draw, progress=False, use_ray=False)
+                    result = synthesize_targeted(
+                        model,
+                        url,
+                        dataclasses.replace(cfg.synthesis, target=target),
+                        cfg.sampling,
+                        draw,
+                        progress=False,
+                        use_ray=False,
+                    )
                 except TargetError as e:  # the route refuses: a measured outcome too
-                    emit({"seed": seed, "route": route, "spec": spec, "n": n, "refused": str(e), "seconds": round(time.time() - t0, 1)})
+                    emit(
+                        {
+                            "seed": seed,
+                            "route": route,
+                            "spec": spec,
+                            "n": n,
+                            "refused": str(e),
+                            "seconds": round(time.time() - t0, 1),
+                        }
+                    )
                     continue
                 q = generation_quality(cfg, url, segmenter, n=n)
-                record = {"seed": seed, "route": route, "spec": spec, "n": n, "url": url, "seconds": round(time.time() - t0, 1), "target": result.info.target, "quality": q}
+                record = {
+                    "seed": seed,
+                    "route": route,
+                    "spec": spec,
+                    "n": n,
+                    "url": url,
+                    "seconds": round(time.time() - t0, 1),
+                    "target": result.info.target,
+                    "quality": q,
+                }
                 emit(dict(record, **settings))
             if route == "selection" and (seed, "untargeted", "") not in done:
                 q = generation_quality(cfg, draw, segmenter, n=n)
-                emit({"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q})
+                emit(
+                    {"seed": seed, "route": "untargeted", "spec": "", "n": n, "url": draw, "target": None, "quality": q}
+                )
 
 
 def rescore(out: str, segmenter: str, config: str, tag: str, records_file: str = "records.jsonl") -> None:
@@ -144,7 +206,11 @@ def rescore(out: str, segmenter: str, config: str, tag: str, records_file: str =
     with open(Path(out) / f"records-{tag}.jsonl", "w") as f:
         for record in map(json.loads, open(Path(out) / records_file)):
             if "quality" in record:
-                record = dict(record, quality=generation_quality(cfg, record["url"], segmenter, n=record["n"]), segmenter=segmenter)
+                record = dict(
+                    record,
+                    quality=generation_quality(cfg, record["url"], segmenter, n=record["n"]),
+                    segmenter=segmenter,
+                )
             f.write(json.dumps(record) + "\n")
 
 
@@ -177,7 +243,12 @@ def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> No
         key = f"{route} {spec}".strip()
         refused = [r for r in rs if "refused" in r]
         scored = [r for r in rs if "quality" in r]
-        row: dict = {"route": route, "spec": spec, "seeds": [r["seed"] for r in rs], "refused": [r["refused"] for r in refused]}
+        row: dict = {
+            "route": route,
+            "spec": spec,
+            "seeds": [r["seed"] for r in rs],
+            "refused": [r["refused"] for r in refused],
+        }
         if scored:
             fr = np.array([r["quality"]["class_fractions_generated"] for r in scored])
             row.update(
@@ -186,11 +257,22 @@ def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> No
                 class_fractions_real=scored[0]["quality"]["class_fractions_real"],
                 label_alignment_miou=stat([r["quality"]["label_alignment"]["miou"] for r in scored]),
                 pixel_agreement=stat([r["quality"]["label_alignment"]["pixel_agreement"] for r in scored]),
-                label_alignment_iou={c: stat([r["quality"]["label_alignment"]["iou"][i] for r in scored]) for i, c in enumerate(classes)},
+                label_alignment_iou={
+                    c: stat([r["quality"]["label_alignment"]["iou"][i] for r in scored]) for i, c in enumerate(classes)
+                },
                 mean_confidence=stat([r["quality"]["mean_confidence"] for r in scored]),
                 met=[bool(r["target"]["met"]) for r in scored] if route != "untargeted" else None,
-                pairs_drawn_per_kept_pair=stat([r["target"]["cost"]["pairs_drawn_per_kept_pair"] if r["target"] else 1.0 for r in scored]),
-                sampling_seconds_per_kept_pair=stat([r["target"]["cost"]["sampling_seconds_per_kept_pair"] if r["target"] else per_drawn.get(r["seed"], float("nan")) for r in scored]),
+                pairs_drawn_per_kept_pair=stat(
+                    [r["target"]["cost"]["pairs_drawn_per_kept_pair"] if r["target"] else 1.0 for r in scored]
+                ),
+                sampling_seconds_per_kept_pair=stat(
+                    [
+                        r["target"]["cost"]["sampling_seconds_per_kept_pair"]
+                        if r["target"]
+                        else per_drawn.get(r["seed"], float("nan"))
+                        for r in scored
+                    ]
+                ),
                 histogram_tv=stat([r["quality"].get("histogram_distance", {}).get("tv", float("nan")) for r in scored]),
                 enl_generated=stat([r["quality"]["enl_generated"] for r in scored]),
             )
@@ -200,11 +282,15 @@ def summary(out: str, json_path: str, records_file: str = "records.jsonl") -> No
     def ms(s, scale=100.0, digits=2):
         return f"{scale * s['mean']:.{digits}f}" + (f" ± {scale * s['std']:.{digits}f}" if s["std"] is not None else "")
 
-    print("| route, target | oil share % | ship share % | look-alike share % | label alignment mIoU % | oil IoU % | ship IoU % | mean max-prob. | pairs drawn / kept | sampling s / kept pair | met |")
+    print(
+        "| route, target | oil share % | ship share % | look-alike share % | label alignment mIoU % | oil IoU % | ship IoU % | mean max-prob. | pairs drawn / kept | sampling s / kept pair | met |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, r in rows.items():
         if "class_fractions" not in r:
-            print(f"| {key} | refused in {len(r['refused'])} of {len(r['seeds'])} seeds: {r['refused'][0]} |" + " |" * 9)
+            print(
+                f"| {key} | refused in {len(r['refused'])} of {len(r['seeds'])} seeds: {r['refused'][0]} |" + " |" * 9
+            )
             continue
         met = "–" if r["met"] is None else f"{sum(r['met'])}/{len(r['met'])}"
         print(
@@ -266,7 +352,9 @@ def _placed_pairs(model: str, url: str, condition):
         image, q, meta = decode_sample(sample)
         stored[meta["seed"]] = (image, q)
     with tempfile.TemporaryDirectory() as scratch:
-        writer = ShardWriter(model, scratch, info.sampling, info.batch_size, info.seed, threads=1, device="cpu", condition=condition)
+        writer = ShardWriter(
+            model, scratch, info.sampling, info.batch_size, info.seed, threads=1, device="cpu", condition=condition
+        )
         for task in Plan(info.count, info.samples_per_shard, info.seed).tasks():
             for indices in batch_indices(task.count, info.batch_size):  # the shard's batches, as the writer drew them
                 seeds = [pair_seed(info.seed, task.shard, i) for i in indices]
@@ -275,7 +363,9 @@ def _placed_pairs(model: str, url: str, condition):
                 for j, seed in enumerate(seeds):
                     image, q = stored[seed]
                     if not np.array_equal(rebuilt[j], image):
-                        sys.exit(f"{url}: pair of seed {seed} rebuilt differently from the stored one (another torch build or thread count?)")
+                        sys.exit(
+                            f"{url}: pair of seed {seed} rebuilt differently from the stored one (another torch build or thread count?)"
+                        )
                     yield image, q, given[-1].ids[j], given[-1].where[j]
 
 
@@ -292,7 +382,17 @@ def follow(model: str, url: str, spec: str) -> None:
         counts += np.bincount((ids[given].astype(np.int64) * k + q.argmax(0)[given]), minlength=k * k).reshape(k, k)
     followed = {c: float(counts[i, i] / max(1, counts[i].sum())) for i, c in enumerate(target.classes)}
     shares = {"given_pixels_per_class": counts.sum(1).tolist(), "recorded_there_per_class": counts.sum(0).tolist()}
-    print(json.dumps({"route": route, "classes": list(target.classes), "rows_given_cols_recorded": counts.tolist(), **shares, "recorded_where_given": followed}))
+    print(
+        json.dumps(
+            {
+                "route": route,
+                "classes": list(target.classes),
+                "rows_given_cols_recorded": counts.tolist(),
+                **shares,
+                "recorded_where_given": followed,
+            }
+        )
+    )
 
 
 def recall(model: str, url: str, segmenter: str, spec: str) -> None:
@@ -313,15 +413,30 @@ def recall(model: str, url: str, segmenter: str, spec: str) -> None:
         with torch.no_grad():
             judged = net(normalise(image)[None, None]).argmax(1)[0].numpy()
         recorded = q.argmax(0)
-        given = given if route == "pasted" else np.zeros(recorded.shape, dtype=bool)  # a composed map gives every pixel: all drawn
+        given = (
+            given if route == "pasted" else np.zeros(recorded.shape, dtype=bool)
+        )  # a composed map gives every pixel: all drawn
         for name, where in (("given", given), ("drawn", ~given)):
             counts[name] += np.bincount(recorded[where] * k + judged[where], minlength=k * k).reshape(k, k)
 
     def rec(c):
         return {name: float(c[i, i] / c[i].sum()) if c[i].sum() else None for i, name in enumerate(target.classes)}
 
-    recalls = {"recall_all": rec(counts["given"] + counts["drawn"]), "recall_given": rec(counts["given"]), "recall_drawn": rec(counts["drawn"])}
-    print(json.dumps({"route": route, "classes": list(target.classes), **recalls, "counts_rows_recorded_cols_judged": {n: c.tolist() for n, c in counts.items()}}))
+    recalls = {
+        "recall_all": rec(counts["given"] + counts["drawn"]),
+        "recall_given": rec(counts["given"]),
+        "recall_drawn": rec(counts["drawn"]),
+    }
+    print(
+        json.dumps(
+            {
+                "route": route,
+                "classes": list(target.classes),
+                **recalls,
+                "counts_rows_recorded_cols_judged": {n: c.tolist() for n, c in counts.items()},
+            }
+        )
+    )
 
 
 def layout(model: str, config: str, n: int = 32) -> None:
@@ -342,10 +457,27 @@ def layout(model: str, config: str, n: int = 32) -> None:
 
     out = sample.sample_pairs(m, list(range(1000, 1000 + n)), cfg.sampling, "cpu", on_step=recorded)
     final = out.q.argmax(dim=1)
-    print(json.dumps({"classes": list(m.classes), "per_step": [[round(v, 4) for v in row] for row in shares], "final": [round(float((final == c).float().mean()), 4) for c in range(m.num_classes)]}))
+    print(
+        json.dumps(
+            {
+                "classes": list(m.classes),
+                "per_step": [[round(v, 4) for v in row] for row in shares],
+                "final": [round(float((final == c).float().mean()), 4) for c in range(m.num_classes)],
+            }
+        )
+    )
 
 
-def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: str, selected_dir: str | None = None, n: int = 200, repeats: int = 3) -> None:
+def reference(
+    model: str,
+    segmenter: str,
+    real_spec: str,
+    spec: str,
+    out_json: str,
+    selected_dir: str | None = None,
+    n: int = 200,
+    repeats: int = 3,
+) -> None:
     """The judge's label alignment on real scenes (the test split of REAL_SPEC, e.g. a few thousand
     simulated scenes the generator never saw) at the untargeted and at the targeted class mix: what
     labels that are right at every pixel score at each mix. Rows: `repeats` random sets of n scenes;
@@ -379,18 +511,37 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
     k = len(classes)
 
     def score(name: str, imgs: np.ndarray, ids: np.ndarray) -> dict:
-        m = metrics_from_confusion(confusion_matrix(segment(net, imgs), torch.from_numpy(ids.astype(np.int64)), k), classes)
-        row = {"set": name, "scenes": len(imgs), "miou": m["miou"], "iou": dict(zip(classes, m["iou"])), "recall": dict(zip(classes, m["recall"])), "shares": dict(zip(classes, class_shares(ids, k).tolist()))}
+        m = metrics_from_confusion(
+            confusion_matrix(segment(net, imgs), torch.from_numpy(ids.astype(np.int64)), k), classes
+        )
+        row = {
+            "set": name,
+            "scenes": len(imgs),
+            "miou": m["miou"],
+            "iou": dict(zip(classes, m["iou"])),
+            "recall": dict(zip(classes, m["recall"])),
+            "shares": dict(zip(classes, class_shares(ids, k).tolist())),
+        }
         print(json.dumps(row), flush=True)
         return row
 
     def pasted(indices: np.ndarray, layout: bool) -> tuple[np.ndarray, np.ndarray]:
         imgs, ids = real_images[indices].copy(), real_masks[indices].copy()
         for j, i in enumerate(indices):
-            image, given_ids, given, level = tgt.pair_paste(int(i), images, masks, target, pool=pool, base=ids[j] if layout else None, by_component=TargetConfig.by_component)
+            image, given_ids, given, level = tgt.pair_paste(
+                int(i),
+                images,
+                masks,
+                target,
+                pool=pool,
+                base=ids[j] if layout else None,
+                by_component=TargetConfig.by_component,
+            )
             sea = ids[j] == 0
             shift = np.median(imgs[j][sea]) if sea.any() else np.median(imgs[j])
-            imgs[j][given] = np.clip(image[given].astype(np.float32) + (shift - level[given]), 0, 255).round().astype(np.uint8)
+            imgs[j][given] = (
+                np.clip(image[given].astype(np.float32) + (shift - level[given]), 0, 255).round().astype(np.uint8)
+            )
             ids[j][given] = given_ids[given]
         return imgs, ids
 
@@ -403,7 +554,14 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
         rows.append(score(f"real with instances pasted onto their sea ({r})", *pasted(pick, layout=True)))
     fractions = np.stack([class_shares(m[None], k) for m in real_masks])
     chosen = tgt.select(fractions, target, n)
-    rows.append(score(f"real, {n} selected of {len(scenes)} to meet {spec}" + ("" if target.met(tgt.pooled(fractions, chosen)) else " (not met)"), real_images[chosen], real_masks[chosen]))
+    rows.append(
+        score(
+            f"real, {n} selected of {len(scenes)} to meet {spec}"
+            + ("" if target.met(tgt.pooled(fractions, chosen)) else " (not met)"),
+            real_images[chosen],
+            real_masks[chosen],
+        )
+    )
     if selected_dir:
         from PIL import Image
 
@@ -413,7 +571,20 @@ def reference(model: str, segmenter: str, real_spec: str, spec: str, out_json: s
             for j, i in enumerate(indices):
                 Image.fromarray(real_images[i]).save(Path(selected_dir) / split / "images" / f"{j:05d}.png")
                 Image.fromarray(real_masks[i]).save(Path(selected_dir) / split / "labels_1D" / f"{j:05d}.png")
-    Path(out_json).write_text(json.dumps({"model": model, "segmenter": segmenter, "real_spec": real_spec, "spec": spec, "target": target.named([s for s in target.reference()]), "rows": rows}, indent=1) + "\n")
+    Path(out_json).write_text(
+        json.dumps(
+            {
+                "model": model,
+                "segmenter": segmenter,
+                "real_spec": real_spec,
+                "spec": spec,
+                "target": target.named([s for s in target.reference()]),
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":
@@ -432,5 +603,17 @@ if __name__ == "__main__":
         sys.exit(rescore(*args[1:]))
     if len(args) < 6:
         sys.exit(__doc__)
-    variants = tuple(parse_variant(v) for v in args[8].split(",")) if len(args) > 8 else (("conditioned", 0, 1, 0.0, False),)
-    main(args[0], args[1], args[2], args[3], int(args[4]), [int(s) for s in args[5].split(",")], args[6].split(";"), float(args[7]) if len(args) > 7 else 20.0, variants)
+    variants = (
+        tuple(parse_variant(v) for v in args[8].split(",")) if len(args) > 8 else (("conditioned", 0, 1, 0.0, False),)
+    )
+    main(
+        args[0],
+        args[1],
+        args[2],
+        args[3],
+        int(args[4]),
+        [int(s) for s in args[5].split(",")],
+        args[6].split(";"),
+        float(args[7]) if len(args) > 7 else 20.0,
+        variants,
+    )

@@ -25,7 +25,9 @@ def rows(folder: Path) -> list[str]:
         for v in Results(payload["runs"], plan).verdicts():
             if v["n"] >= 2:
                 interval = f"{100 * v['low']:+.2f} … {100 * v['high']:+.2f}"
-                out.append(f"| {path.parent.name} | {v['a']} − {v['b']} | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']} |")
+                out.append(
+                    f"| {path.parent.name} | {v['a']} − {v['b']} | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']} |"
+                )
     return out
 
 

@@ -49,7 +49,9 @@ def closure(root: str, extras: set[str]) -> dict[str, str]:
             try:
                 found[dep] = md.version(req.name)
             except md.PackageNotFoundError:
-                sys.exit(f"error: {req.name} (needed by {name}) is not installed here: install dakter-scale with the same extras first")
+                sys.exit(
+                    f"error: {req.name} (needed by {name}) is not installed here: install dakter-scale with the same extras first"
+                )
             todo.append((req.name, frozenset(req.extras)))
     return found
 
@@ -58,9 +60,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="folder for the wheels")
     p.add_argument("--extras", default="", help="comma-separated extras of dakter-scale to include (ray, s3)")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="download only these dependencies (and the project's wheel)")
-    p.add_argument("--python-version", help="target Python, e.g. 3.12 (pip download's option; binary wheels then need --platform)")
-    p.add_argument("--platform", action="append", default=[], help="target platform tag, repeatable (e.g. manylinux_2_28_x86_64)")
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", help="download only these dependencies (and the project's wheel)"
+    )
+    p.add_argument(
+        "--python-version", help="target Python, e.g. 3.12 (pip download's option; binary wheels then need --platform)"
+    )
+    p.add_argument(
+        "--platform", action="append", default=[], help="target platform tag, repeatable (e.g. manylinux_2_28_x86_64)"
+    )
     args = p.parse_args()
 
     out = Path(args.out)
@@ -70,13 +78,19 @@ def main() -> int:
         wanted = {canonical(n) for n in args.only}
         unknown = sorted(wanted - set(needed))
         if unknown:
-            sys.exit(f"error: --only {', '.join(unknown)}: not a dependency of dakter-scale here (known: {', '.join(sorted(needed))})")
+            sys.exit(
+                f"error: --only {', '.join(unknown)}: not a dependency of dakter-scale here (known: {', '.join(sorted(needed))})"
+            )
         needed = {n: v for n, v in needed.items() if n in wanted}
     pip = [sys.executable, "-m", "pip"]
     subprocess.run(pip + ["wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)], check=True)
-    target = (["--python-version", args.python_version] if args.python_version else []) + [f"--platform={t}" for t in args.platform]
+    target = (["--python-version", args.python_version] if args.python_version else []) + [
+        f"--platform={t}" for t in args.platform
+    ]
     pins = [f"{n}=={v}" for n, v in sorted(needed.items())]
-    subprocess.run(pip + ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(out), *target, *pins], check=True)
+    subprocess.run(
+        pip + ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(out), *target, *pins], check=True
+    )
     print(f"{len(pins) + 1} wheels in {out}: dakter-scale + {', '.join(pins)}")
     return 0
 

@@ -56,7 +56,13 @@ def command_line(argv: list[str] | None = None) -> str:
 
 def render(metadata: dict[str, Any], body: str) -> str:
     """A card: YAML metadata between --- lines, then the Markdown body."""
-    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n" + body.strip() + "\n"
+    return (
+        "---\n"
+        + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
+        + "---\n\n"
+        + body.strip()
+        + "\n"
+    )
 
 
 def _round(value: Any, digits: int = 4) -> Any:
@@ -82,7 +88,10 @@ def _share_table(classes: list[str], columns: dict[str, list[float] | None]) -> 
     if not columns:
         return ""
     head = "| class | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns)
-    rows = [f"| {name} | " + " | ".join(f"{values[i]:.4f}" for values in columns.values()) + " |" for i, name in enumerate(classes)]
+    rows = [
+        f"| {name} | " + " | ".join(f"{values[i]:.4f}" for values in columns.values()) + " |"
+        for i, name in enumerate(classes)
+    ]
     return head + "\n" + "\n".join(rows)
 
 
@@ -134,8 +143,17 @@ def model_card(info: dict, record: dict | None = None, command: str | None = Non
             "prediction_type": info.get("prediction_type"),
             "label_prediction_type": info.get("label_prediction_type"),
             "radiometry": info.get("radiometry"),
-            "data": {"spec": info.get("data_spec"), "images": train.get("images"), "class_shares": _shares(classes, train.get("class_fractions")), "enl": _round(enl)},
-            "training": {"steps": info.get("steps_trained"), "last_loss": _last_loss(record), "processes": (record or {}).get("processes")},
+            "data": {
+                "spec": info.get("data_spec"),
+                "images": train.get("images"),
+                "class_shares": _shares(classes, train.get("class_fractions")),
+                "enl": _round(enl),
+            },
+            "training": {
+                "steps": info.get("steps_trained"),
+                "last_loss": _last_loss(record),
+                "processes": (record or {}).get("processes"),
+            },
             "sampler": sampling.get("sampler"),
             "evaluations_per_pair": sampling.get("steps"),
             "command": command,
@@ -185,7 +203,9 @@ def write_model_card(folder: str | Path, command: str | None = None) -> Path:
     folder = Path(folder)
     info = json.loads((folder / "dakter.json").read_text())
     path = folder / CARD_FILE
-    path.write_text(model_card(info, _read_json(folder / "logs" / "train.json"), command_line() if command is None else command))
+    path.write_text(
+        model_card(info, _read_json(folder / "logs" / "train.json"), command_line() if command is None else command)
+    )
     return path
 
 
@@ -196,7 +216,13 @@ def _metric(value: Any) -> float | None:
     return round(float(value), 6) if isinstance(value, (int, float)) else None
 
 
-def student_card(info: dict, record: dict | None = None, evaluation: dict | None = None, command: str | None = None, name: str = "student") -> str:
+def student_card(
+    info: dict,
+    record: dict | None = None,
+    evaluation: dict | None = None,
+    command: str | None = None,
+    name: str = "student",
+) -> str:
     """The card of a student folder from its student.json (`info`), logs/train.json (`record`) and, when the
     run evaluated it, the metrics of student/evaluate.py (`evaluation`)."""
     classes = list(info["classes"])
@@ -214,7 +240,11 @@ def student_card(info: dict, record: dict | None = None, evaluation: dict | None
     metadata: dict[str, Any] = {
         "library_name": "segmentation-models-pytorch",
         "pipeline_tag": "image-segmentation",
-        "tags": [*TAGS, "semantic-segmentation", "knowledge-distillation" if info.get("labels") == "soft" else "segmentation"],
+        "tags": [
+            *TAGS,
+            "semantic-segmentation",
+            "knowledge-distillation" if info.get("labels") == "soft" else "segmentation",
+        ],
         "dakter": {
             "artefact": "segmentation student",
             "arch": info.get("arch"),
@@ -224,32 +254,66 @@ def student_card(info: dict, record: dict | None = None, evaluation: dict | None
             "resolution": info.get("resolution"),
             "radiometry": info.get("radiometry"),
             "pixel_spacing_m": info.get("pixel_spacing_m"),
-            "data": {"real": info.get("real"), "synthetic": info.get("synthetic"), "synthetic_fingerprint": info.get("synthetic_fingerprint"), "ratio": info.get("ratio"), "labels": info.get("labels")},
-            "training": {"steps": info.get("steps"), "batch_size_per_rank": info.get("batch_size_per_rank"), "ranks": info.get("ranks"), "generated_share": _round(info.get("generated_share")), "last_loss": _last_loss(record)},
+            "data": {
+                "real": info.get("real"),
+                "synthetic": info.get("synthetic"),
+                "synthetic_fingerprint": info.get("synthetic_fingerprint"),
+                "ratio": info.get("ratio"),
+                "labels": info.get("labels"),
+            },
+            "training": {
+                "steps": info.get("steps"),
+                "batch_size_per_rank": info.get("batch_size_per_rank"),
+                "ranks": info.get("ranks"),
+                "generated_share": _round(info.get("generated_share")),
+                "last_loss": _last_loss(record),
+            },
             "evaluation": evaluated,
             "command": command,
         },
     }
     if evaluated:
-        metrics = [{"type": "mean_iou", "name": "mIoU", "value": evaluated["miou"]}, {"type": "f1", "name": "mean F1", "value": evaluated["mean_f1"]}, {"type": "accuracy", "name": "pixel accuracy", "value": evaluated["pixel_accuracy"]}]
-        metrics += [{"type": "iou", "name": f"IoU {c}", "value": v} for c, v in evaluated["iou"].items() if v is not None]
+        metrics = [
+            {"type": "mean_iou", "name": "mIoU", "value": evaluated["miou"]},
+            {"type": "f1", "name": "mean F1", "value": evaluated["mean_f1"]},
+            {"type": "accuracy", "name": "pixel accuracy", "value": evaluated["pixel_accuracy"]},
+        ]
+        metrics += [
+            {"type": "iou", "name": f"IoU {c}", "value": v} for c, v in evaluated["iou"].items() if v is not None
+        ]
         metadata["model-index"] = [
             {
                 "name": name,
                 "results": [
                     {
                         "task": {"type": "image-segmentation", "name": "Semantic segmentation"},
-                        "dataset": {"name": str(evaluated["data"]), "type": str(evaluated["data"]).split(":", 1)[0], "split": evaluated["split"]},
+                        "dataset": {
+                            "name": str(evaluated["data"]),
+                            "type": str(evaluated["data"]).split(":", 1)[0],
+                            "split": evaluated["split"],
+                        },
                         "metrics": [m for m in metrics if m["value"] is not None],
                     }
                 ],
             }
         ]
-    trained = "real data only" if info.get("labels") == "none" else f"real data plus generated pairs at ratio {info.get('ratio')} ({'KD on soft labels' if info.get('labels') == 'soft' else 'CE on hard labels'})"
+    trained = (
+        "real data only"
+        if info.get("labels") == "none"
+        else f"real data plus generated pairs at ratio {info.get('ratio')} ({'KD on soft labels' if info.get('labels') == 'soft' else 'CE on hard labels'})"
+    )
     eval_section = "Not evaluated by the run that made it: `python jobs/evaluate.py --student THIS_FOLDER --data SPEC` measures it."
     if evaluated:
-        eval_section = f"On `{evaluated['data']}` [{evaluated['split']}, {evaluated['images']} images], one confusion matrix over the split:\n\n" + _table(
-            [("mIoU", evaluated["miou"]), ("mean F1", evaluated["mean_f1"]), ("pixel accuracy", evaluated["pixel_accuracy"]), *((f"IoU {c}", v if v is not None else "–") for c, v in evaluated["iou"].items())]
+        eval_section = (
+            f"On `{evaluated['data']}` [{evaluated['split']}, {evaluated['images']} images], one confusion matrix over the split:\n\n"
+            + _table(
+                [
+                    ("mIoU", evaluated["miou"]),
+                    ("mean F1", evaluated["mean_f1"]),
+                    ("pixel accuracy", evaluated["pixel_accuracy"]),
+                    *((f"IoU {c}", v if v is not None else "–") for c, v in evaluated["iou"].items()),
+                ]
+            )
         )
     made = [
         ("command", f"`{command}`" if command else None),
@@ -259,7 +323,10 @@ def student_card(info: dict, record: dict | None = None, evaluation: dict | None
         ("ratio", info.get("ratio")),
         ("steps", info.get("steps")),
         ("batch per rank x ranks", f"{info.get('batch_size_per_rank')} x {info.get('ranks')}"),
-        ("generated share of samples", None if info.get("generated_share") is None else f"{info['generated_share']:.3f}"),
+        (
+            "generated share of samples",
+            None if info.get("generated_share") is None else f"{info['generated_share']:.3f}",
+        ),
         ("last training loss", _last_loss(record)),
     ]
     body = f"""
@@ -291,7 +358,15 @@ def write_student_card(folder: str | Path, evaluation: dict | None = None, comma
     folder = Path(folder)
     info = json.loads((folder / "student.json").read_text())
     path = folder / CARD_FILE
-    path.write_text(student_card(info, _read_json(folder / "logs" / "train.json"), evaluation, command_line() if command is None else command, name=folder.name or "student"))
+    path.write_text(
+        student_card(
+            info,
+            _read_json(folder / "logs" / "train.json"),
+            evaluation,
+            command_line() if command is None else command,
+            name=folder.name or "student",
+        )
+    )
     return path
 
 
@@ -299,7 +374,13 @@ def write_student_card(folder: str | Path, evaluation: dict | None = None, comma
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return name
     return "n>10M" if n > 10_000_000 else "1M<n<10M"
@@ -320,7 +401,11 @@ def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = Non
         "tags": [*TAGS, "webdataset", "synthetic", "soft-labels", "dakter"],
         "task_categories": ["image-segmentation"],
         "size_categories": [_size_category(count)],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": [shard_name(s) for s in shards]}]}] if shards else [],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": "train", "path": [shard_name(s) for s in shards]}]}
+        ]
+        if shards
+        else [],
         "dakter": {
             "artefact": "shard set of generated (SAR image, soft label) pairs",
             "format": info.format,
@@ -347,16 +432,29 @@ def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = Non
             "class_fraction_tv": _round(div.get("class_fraction_tv")),
             "diverged": div.get("diverged"),
             "warnings": list(info.warnings or []),
-            "filter": _round({k: v for k, v in info.filter.items() if k != "seconds"}) if info.filter else None,  # no wall-clock numbers
-            "target": _round({k: target[k] for k in ("spec", "route", "shares", "achieved", "met", "resample") if k in target}) if target else None,
+            "filter": _round({k: v for k, v in info.filter.items() if k != "seconds"})
+            if info.filter
+            else None,  # no wall-clock numbers
+            "target": _round(
+                {k: target[k] for k in ("spec", "route", "shares", "achieved", "met", "resample") if k in target}
+            )
+            if target
+            else None,
             "command": command,
             "code_version": info.code_version,
         },
     }
-    origin = f"drawn by `{info.model}` with {info.sampler} x {info.steps} steps ({evaluations} network evaluations per pair), seed {info.seed}" if info.model else "derived from another set's pairs (copied byte for byte)"
+    origin = (
+        f"drawn by `{info.model}` with {info.sampler} x {info.steps} steps ({evaluations} network evaluations per pair), seed {info.seed}"
+        if info.model
+        else "derived from another set's pairs (copied byte for byte)"
+    )
     if info.filter:
         origin = f"kept by the label-alignment filter from `{info.filter.get('source', '?')}`"
-    warnings = "\n".join(f"- {w}" for w in info.warnings or []) or "- none: the set's class shares, confidence and SAR statistics are within the divergence check's limits."
+    warnings = (
+        "\n".join(f"- {w}" for w in info.warnings or [])
+        or "- none: the set's class shares, confidence and SAR statistics are within the divergence check's limits."
+    )
     made = [
         ("command", f"`{command}`" if command else None),
         ("model", f"`{info.model}` ({str(info.model_hash or '')[:12]})" if info.model else None),
@@ -366,7 +464,12 @@ def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = Non
         ("seed", info.seed),
         ("pairs per shard", info.samples_per_shard),
         ("fingerprint", info.fingerprint),
-        ("target", f"{target.get('spec')} by {target.get('route')}: {'met' if target.get('met') else 'NOT MET'}" if target else None),
+        (
+            "target",
+            f"{target.get('spec')} by {target.get('route')}: {'met' if target.get('met') else 'NOT MET'}"
+            if target
+            else None,
+        ),
     ]
     body = f"""
 # DAKTer shard set: {count} generated pairs, {", ".join(classes)} at {info.resolution} px
@@ -415,6 +518,8 @@ def write_dataset_card(url: str, command: str | None = None) -> str:
         raise FileNotFoundError(f"{storage.redact_url(url)}: no dataset.json to describe")
     finished, _ = shards.read_markers()
     model_info = _read_json(Path(info.model) / "dakter.json") if info.model and "://" not in info.model else None
-    text = dataset_card(info, sorted(finished), command_line() if command is None else command, (model_info or {}).get("data_spec"))
+    text = dataset_card(
+        info, sorted(finished), command_line() if command is None else command, (model_info or {}).get("data_spec")
+    )
     storage.write_bytes(shards.fs, shards.path(CARD_FILE), text.encode())
     return storage.full_url(shards.fs, shards.path(CARD_FILE))

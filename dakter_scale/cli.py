@@ -26,6 +26,7 @@ from dakter_scale.errors import UserError
 class FlagError(UserError, ValueError):
     """A command-line flag out of its range; the message names the flag."""
 
+
 EPILOG = (
     "Any config key can be overridden as key=value after the flags, e.g. student.lr=3e-4 "
     "diffusion.unet.block_out_channels=[32,64]. Run with --print-config to see every key."
@@ -39,9 +40,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, PermissionError)
 
 
 def parser(description: str, config: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, epilog=EPILOG if config else None, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=description, epilog=EPILOG if config else None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if config:
-        p.add_argument("--config", metavar="YAML", help="config file (configs/demo.yaml, configs/osd.yaml, ...); defaults apply to missing keys")
+        p.add_argument(
+            "--config",
+            metavar="YAML",
+            help="config file (configs/demo.yaml, configs/osd.yaml, ...); defaults apply to missing keys",
+        )
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return p
@@ -67,7 +74,13 @@ def check_flag(flag: str, value: int | float | None, low: float | None = None, h
     if value is None:
         return
     if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        wanted = f"in [{low:g}, {high:g}]" if low is not None and high is not None else f">= {low:g}" if low is not None else f"<= {high:g}"
+        wanted = (
+            f"in [{low:g}, {high:g}]"
+            if low is not None and high is not None
+            else f">= {low:g}"
+            if low is not None
+            else f"<= {high:g}"
+        )
         raise FlagError(f"{flag} must be {wanted}, got {value}")
 
 

@@ -53,9 +53,17 @@ class DataConfig:
 
     def validate(self) -> None:
         _check(bool(self.spec), "data.spec", "must name a dataset, e.g. synthetic:64 or osd:/path")
-        _check(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", f"must be a multiple of 8 and >= 8, got {self.resolution}")
+        _check(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            "data.resolution",
+            f"must be a multiple of 8 and >= 8, got {self.resolution}",
+        )
         _check(self.crop >= 0, "data.crop", f"must be >= 0, got {self.crop}")
-        _check(0 < self.scale_min <= self.scale_max, "data.scale_min/scale_max", f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        _check(
+            0 < self.scale_min <= self.scale_max,
+            "data.scale_min/scale_max",
+            f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}",
+        )
         _check(self.stats_max_images > 0, "data.stats_max_images", "must be > 0")
 
 
@@ -72,7 +80,11 @@ class UNetConfig:
     def validate(self) -> None:
         _check(len(self.block_out_channels) >= 1, "diffusion.unet.block_out_channels", "needs at least one level")
         for c in self.block_out_channels:
-            _check(c > 0 and c % self.norm_num_groups == 0, "diffusion.unet.block_out_channels", f"{c} is not a positive multiple of norm_num_groups={self.norm_num_groups}")
+            _check(
+                c > 0 and c % self.norm_num_groups == 0,
+                "diffusion.unet.block_out_channels",
+                f"{c} is not a positive multiple of norm_num_groups={self.norm_num_groups}",
+            )
         _check(self.layers_per_block >= 1, "diffusion.unet.layers_per_block", "must be >= 1")
 
 
@@ -118,9 +130,21 @@ class DiffusionConfig:
                 resolve_b(self.b, None)
             except ValueError as e:
                 raise ConfigError(f"diffusion.b: {e}") from None
-        _check(self.prediction_type in PREDICTION_TYPES, "diffusion.prediction_type", f"{self.prediction_type!r} is not one of {PREDICTION_TYPES}")
-        _check(self.label_prediction_type in PREDICTION_TYPES + ("same",), "diffusion.label_prediction_type", f"{self.label_prediction_type!r} is not same or one of {PREDICTION_TYPES}")
-        _check(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "diffusion.beta_schedule", f"{self.beta_schedule!r} is not linear, scaled_linear or squaredcos_cap_v2")
+        _check(
+            self.prediction_type in PREDICTION_TYPES,
+            "diffusion.prediction_type",
+            f"{self.prediction_type!r} is not one of {PREDICTION_TYPES}",
+        )
+        _check(
+            self.label_prediction_type in PREDICTION_TYPES + ("same",),
+            "diffusion.label_prediction_type",
+            f"{self.label_prediction_type!r} is not same or one of {PREDICTION_TYPES}",
+        )
+        _check(
+            self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"),
+            "diffusion.beta_schedule",
+            f"{self.beta_schedule!r} is not linear, scaled_linear or squaredcos_cap_v2",
+        )
         _check(self.seed >= 0, "diffusion.seed", f"must be >= 0, got {self.seed}")
         _check(self.num_workers >= 0, "diffusion.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.num_train_timesteps >= 10, "diffusion.num_train_timesteps", "must be >= 10")
@@ -128,10 +152,18 @@ class DiffusionConfig:
             _check(getattr(self, key) >= 1, f"diffusion.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "diffusion.lr", "must be > 0")
         _check(self.warmup_steps >= 0 and self.weight_decay >= 0, "diffusion.warmup_steps/weight_decay", "must be >= 0")
-        _check(self.max_minutes >= 0 and math.isfinite(self.max_minutes), "diffusion.max_minutes", f"must be >= 0 (0 = no time budget), got {self.max_minutes}")
+        _check(
+            self.max_minutes >= 0 and math.isfinite(self.max_minutes),
+            "diffusion.max_minutes",
+            f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
+        )
         _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
         _check(self.checkpoint_every >= 0, "diffusion.checkpoint_every", "must be >= 0")
-        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "diffusion.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
+        _check(
+            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            "diffusion.mixed_precision",
+            f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
+        )
         _check(self.label_loss_weight >= 0 and self.label_ce_weight >= 0, "diffusion.label_*_weight", "must be >= 0")
 
 
@@ -174,7 +206,9 @@ class SamplingConfig:
     # The network's arithmetic: auto = bf16 autocast on a CUDA device that has it, fp32 elsewhere (what every
     # set before this setting was written with); fp32; bf16 (autocast on any device). Part of a set's fingerprint.
     precision: str = "auto"
-    compile: bool = False  # torch.compile the network in each writer (faster on a GPU; changes the floats: fingerprinted)
+    compile: bool = (
+        False  # torch.compile the network in each writer (faster on a GPU; changes the floats: fingerprinted)
+    )
 
     def validate(self) -> None:
         _check(self.sampler in SAMPLERS, "sampling.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -184,11 +218,19 @@ class SamplingConfig:
         _check(self.decode_tau > 0, "sampling.decode_tau", "must be > 0")
         _check(1 <= self.decode_last <= self.steps, "sampling.decode_last", f"must be in [1, steps={self.steps}]")
         _check(0 <= self.eta <= 1, "sampling.eta", "must be in [0, 1]")
-        _check(self.precision in PRECISIONS, "sampling.precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check(
+            self.precision in PRECISIONS,
+            "sampling.precision",
+            f"{self.precision!r} is not one of {', '.join(PRECISIONS)}",
+        )
 
     def check_steps(self, num_train_timesteps: int) -> None:
         """Refuse more steps than the model's training timesteps (known once a model folder is)."""
-        _check(self.steps <= num_train_timesteps, "sampling.steps", f"{self.steps} is more than the model's {num_train_timesteps} training timesteps")
+        _check(
+            self.steps <= num_train_timesteps,
+            "sampling.steps",
+            f"{self.steps} is more than the model's {num_train_timesteps} training timesteps",
+        )
 
 
 ROUTES = ("selection", "conditioned", "pasted")  # how synth/targeted.py meets a class target
@@ -235,11 +277,19 @@ class TargetConfig:
 
     def validate(self) -> None:
         _check(self.route in ROUTES, "synthesis.target.route", f"{self.route!r} is not one of {', '.join(ROUTES)}")
-        _check(self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor), "synthesis.target.max_draw_factor", f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}")
+        _check(
+            self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor),
+            "synthesis.target.max_draw_factor",
+            f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}",
+        )
         _check(self.resample >= 1, "synthesis.target.resample", f"must be >= 1, got {self.resample}")
         _check(self.free_steps >= 0, "synthesis.target.free_steps", f"must be >= 0, got {self.free_steps}")
         _check(self.max_pastes >= 1, "synthesis.target.max_pastes", f"must be >= 1, got {self.max_pastes}")
-        _check(0.0 <= self.paste_at < 1.0, "synthesis.target.paste_at", f"must be a share of the sampling steps in [0, 1), got {self.paste_at}")
+        _check(
+            0.0 <= self.paste_at < 1.0,
+            "synthesis.target.paste_at",
+            f"must be a share of the sampling steps in [0, 1), got {self.paste_at}",
+        )
 
 
 @dataclass(frozen=True)
@@ -266,18 +316,36 @@ class SynthesisConfig:
     def validate(self) -> None:
         self.target.validate()
         _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
-        _check(self.samples_per_shard >= 1, "synthesis.samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        _check(
+            self.samples_per_shard >= 1, "synthesis.samples_per_shard", f"must be >= 1, got {self.samples_per_shard}"
+        )
         _check(self.batch_size >= 1, "synthesis.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.actors == "auto" or (isinstance(self.actors, int) and self.actors >= 1), "synthesis.actors", f"must be auto or >= 1, got {self.actors!r}")
+        _check(
+            self.actors == "auto" or (isinstance(self.actors, int) and self.actors >= 1),
+            "synthesis.actors",
+            f"must be auto or >= 1, got {self.actors!r}",
+        )
         _check(self.seed >= 0, "synthesis.seed", f"must be >= 0, got {self.seed}")
         _check(self.threads_per_actor >= 1, "synthesis.threads_per_actor", "must be >= 1")
         _check(self.retries >= 0, "synthesis.retries", "must be >= 0")
         _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
-        _check(self.lease_seconds >= 10, "synthesis.lease_seconds", f"must be >= 10 (the lock is renewed every quarter of it), got {self.lease_seconds}")
-        _check(self.enl_ratio_threshold > 1, "synthesis.enl_ratio_threshold", f"must be > 1 (a factor), got {self.enl_ratio_threshold}")
-        _check(0 < self.histogram_threshold <= 1, "synthesis.histogram_threshold", f"must be in (0, 1] (a total variation), got {self.histogram_threshold}")
+        _check(
+            self.lease_seconds >= 10,
+            "synthesis.lease_seconds",
+            f"must be >= 10 (the lock is renewed every quarter of it), got {self.lease_seconds}",
+        )
+        _check(
+            self.enl_ratio_threshold > 1,
+            "synthesis.enl_ratio_threshold",
+            f"must be > 1 (a factor), got {self.enl_ratio_threshold}",
+        )
+        _check(
+            0 < self.histogram_threshold <= 1,
+            "synthesis.histogram_threshold",
+            f"must be in (0, 1] (a total variation), got {self.histogram_threshold}",
+        )
 
 
 @dataclass(frozen=True)
@@ -300,7 +368,9 @@ class StudentConfig:
     kd_weight: float = 1.0  # lambda: weight of the KD loss on generated soft labels
     ce_weight: float = 1.0  # weight of the CE on real masks
     hard_weight: Union[float, None] = None  # weight of the CE on generated hard labels (labels=hard); None = ce_weight
-    kd_confidence_power: float = 0.0  # gamma: KD pixels weighted by (teacher max-prob)^gamma (labels=soft); 0 = plain mean
+    kd_confidence_power: float = (
+        0.0  # gamma: KD pixels weighted by (teacher max-prob)^gamma (labels=soft); 0 = plain mean
+    )
     min_confidence: float = 0.0  # drop generated samples whose mean max-probability is below this
     max_generated: int = 0  # use only the first N generated pairs (0 = all): the paper's r * |D| distinct pairs
     shuffle_buffer: int = 256
@@ -330,16 +400,32 @@ class StudentConfig:
         for key in ("max_steps", "batch_size", "log_every", "checkpoints_total_limit", "shuffle_buffer"):
             _check(getattr(self, key) >= 1, f"student.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "student.lr", "must be > 0")
-        _check(self.max_minutes >= 0 and math.isfinite(self.max_minutes), "student.max_minutes", f"must be >= 0 (0 = no time budget), got {self.max_minutes}")
+        _check(
+            self.max_minutes >= 0 and math.isfinite(self.max_minutes),
+            "student.max_minutes",
+            f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
+        )
         _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
         _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
         _check(self.hard_weight is None or self.hard_weight >= 0, "student.hard_weight", "must be >= 0 or null")
         _check(self.kd_confidence_power >= 0, "student.kd_confidence_power", "must be >= 0")
         _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
         _check(self.max_generated >= 0, "student.max_generated", "must be >= 0")
-        _check(self.on_bad_shard in ("warn", "raise"), "student.on_bad_shard", f"{self.on_bad_shard!r} is not warn or raise")
-        _check(self.verify_shards in ("size", "sha256"), "student.verify_shards", f"{self.verify_shards!r} is not size or sha256")
-        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "student.mixed_precision", f"{self.mixed_precision!r} is not auto, no, bf16 or fp16")
+        _check(
+            self.on_bad_shard in ("warn", "raise"),
+            "student.on_bad_shard",
+            f"{self.on_bad_shard!r} is not warn or raise",
+        )
+        _check(
+            self.verify_shards in ("size", "sha256"),
+            "student.verify_shards",
+            f"{self.verify_shards!r} is not size or sha256",
+        )
+        _check(
+            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            "student.mixed_precision",
+            f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
+        )
         _check(self.num_workers >= 0, "student.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.checkpoint_every >= 0, "student.checkpoint_every", "must be >= 0")
         _check(self.warmup_steps >= 0, "student.warmup_steps", "must be >= 0")
@@ -347,7 +433,11 @@ class StudentConfig:
         _check(3 <= self.encoder_depth <= 5, "student.encoder_depth", "must be in [3, 5]")
         _check(self.augment in GEOMETRIES, "student.augment", f"{self.augment!r} is not one of {', '.join(GEOMETRIES)}")
         for key in ("copy_paste_real", "copy_paste_generated"):
-            _check(0.0 <= getattr(self, key) <= 1.0, f"student.{key}", f"is a share of the samples in [0, 1], got {getattr(self, key)}")
+            _check(
+                0.0 <= getattr(self, key) <= 1.0,
+                f"student.{key}",
+                f"is a share of the samples in [0, 1], got {getattr(self, key)}",
+            )
 
 
 @dataclass(frozen=True)
@@ -366,7 +456,12 @@ class ExperimentConfig:
     """The paper's comparison (jobs/experiment.py): methods x students x ratios x seeds, plus studies."""
 
     archs: tuple[str, ...] = ("deeplabv3plus", "segformer", "unet")
-    methods: tuple[str, ...] = ("none", "hard", "dakter", "dakter_b1")  # none | hard | hard_matched | dakter | dakter_b1
+    methods: tuple[str, ...] = (
+        "none",
+        "hard",
+        "dakter",
+        "dakter_b1",
+    )  # none | hard | hard_matched | dakter | dakter_b1
     # Per-student KD weight lambda, e.g. [unet:1.0]; a student not listed uses the lambda chosen on
     # kd_weight_grid, else student.kd_weight. hard_matched (the control) gives hard labels the same
     # weight on generated data.
@@ -425,37 +520,111 @@ class ExperimentConfig:
         return weights.get(arch, default)
 
     def validate(self) -> None:
-        known = ("none", "hard", "hard_matched", "dakter", "dakter_b1", "dakter_target", "copy_paste", "pasted_after", "dakter_copy_paste")
+        known = (
+            "none",
+            "hard",
+            "hard_matched",
+            "dakter",
+            "dakter_b1",
+            "dakter_target",
+            "copy_paste",
+            "pasted_after",
+            "dakter_copy_paste",
+        )
         for key in ("archs", "sweep_archs", "study_arch", "filter_arch"):
             value = getattr(self, key)
             for arch in (value,) if isinstance(value, str) else value:
                 _check(arch in ARCHS, f"experiment.{key}", f"{arch!r} is not one of {', '.join(ARCHS)}")
         for key in ("seeds", "sweep_seeds", "study_seeds"):
-            _check(all(s >= 0 for s in getattr(self, key)), f"experiment.{key}", f"seeds must be >= 0, got {list(getattr(self, key))}")
-        _check(self.quality_pairs >= 1 and self.figure_samples >= 1, "experiment.quality_pairs/figure_samples", "must be >= 1")
-        _check(0.0 <= self.filter_keep < 1.0, "experiment.filter_keep", f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)")
+            _check(
+                all(s >= 0 for s in getattr(self, key)),
+                f"experiment.{key}",
+                f"seeds must be >= 0, got {list(getattr(self, key))}",
+            )
+        _check(
+            self.quality_pairs >= 1 and self.figure_samples >= 1,
+            "experiment.quality_pairs/figure_samples",
+            "must be >= 1",
+        )
+        _check(
+            0.0 <= self.filter_keep < 1.0,
+            "experiment.filter_keep",
+            f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)",
+        )
         for m in self.methods + self.sweep_methods:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
         if "dakter_target" in self.methods + self.sweep_methods:
-            _check(bool(self.class_target.strip()), "experiment.class_target", "method dakter_target needs a class target, e.g. oil:3x,ship:3x")
+            _check(
+                bool(self.class_target.strip()),
+                "experiment.class_target",
+                "method dakter_target needs a class target, e.g. oil:3x,ship:3x",
+            )
         pasting = sorted({"copy_paste", "pasted_after", "dakter_copy_paste"} & set(self.methods + self.sweep_methods))
-        _check(not pasting or bool(self.class_target.strip()), "experiment.class_target", f"methods {', '.join(pasting)} paste instances of a class target: give one, e.g. oil:3x,ship:3x")
-        _check(0.0 < self.copy_paste_share <= 1.0, "experiment.copy_paste_share", f"is a share of the real samples in (0, 1], got {self.copy_paste_share}")
-        _check(all(n >= 1 for n in self.steps_grid), "experiment.steps_grid", f"student lengths must be >= 1, got {list(self.steps_grid)}")
-        _check(not self.steps_grid or bool(self.validation_spec), "experiment.validation_spec", "steps_grid chooses the student length on a validation split: give its data spec")
-        _check(self.target_route in ROUTES, "experiment.target_route", f"{self.target_route!r} is not one of {', '.join(ROUTES)}")
-        _check(self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor), "experiment.max_draw_factor", f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}")
+        _check(
+            not pasting or bool(self.class_target.strip()),
+            "experiment.class_target",
+            f"methods {', '.join(pasting)} paste instances of a class target: give one, e.g. oil:3x,ship:3x",
+        )
+        _check(
+            0.0 < self.copy_paste_share <= 1.0,
+            "experiment.copy_paste_share",
+            f"is a share of the real samples in (0, 1], got {self.copy_paste_share}",
+        )
+        _check(
+            all(n >= 1 for n in self.steps_grid),
+            "experiment.steps_grid",
+            f"student lengths must be >= 1, got {list(self.steps_grid)}",
+        )
+        _check(
+            not self.steps_grid or bool(self.validation_spec),
+            "experiment.validation_spec",
+            "steps_grid chooses the student length on a validation split: give its data spec",
+        )
+        _check(
+            self.target_route in ROUTES,
+            "experiment.target_route",
+            f"{self.target_route!r} is not one of {', '.join(ROUTES)}",
+        )
+        _check(
+            self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor),
+            "experiment.max_draw_factor",
+            f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}",
+        )
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
         _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
         students = set(self.archs) | set(self.sweep_archs) | {self.study_arch}
         for entry in self.kd_weights:
             arch, _, weight = entry.partition(":")
-            _check(bool(arch) and _is_number(weight) and float(weight) >= 0, "experiment.kd_weights", f"{entry!r} is not ARCH:WEIGHT with a weight >= 0 (e.g. unet:1.0)")
-            _check(arch in students, "experiment.kd_weights", f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})")
-        _check(all(w >= 0 for w in self.kd_weight_grid), "experiment.kd_weight_grid", f"weights must be >= 0, got {list(self.kd_weight_grid)}")
-        _check(not self.kd_weight_grid or bool(self.validation_spec), "experiment.validation_spec", "kd_weight_grid chooses lambda on a validation split: give its data spec")
-        _check(all(r > 0 for r in self.ratio_grid), "experiment.ratio_grid", f"ratios must be > 0, got {list(self.ratio_grid)}")
-        _check(not self.ratio_grid or bool(self.validation_spec), "experiment.validation_spec", "ratio_grid chooses the ratio on a validation split: give its data spec")
+            _check(
+                bool(arch) and _is_number(weight) and float(weight) >= 0,
+                "experiment.kd_weights",
+                f"{entry!r} is not ARCH:WEIGHT with a weight >= 0 (e.g. unet:1.0)",
+            )
+            _check(
+                arch in students,
+                "experiment.kd_weights",
+                f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})",
+            )
+        _check(
+            all(w >= 0 for w in self.kd_weight_grid),
+            "experiment.kd_weight_grid",
+            f"weights must be >= 0, got {list(self.kd_weight_grid)}",
+        )
+        _check(
+            not self.kd_weight_grid or bool(self.validation_spec),
+            "experiment.validation_spec",
+            "kd_weight_grid chooses lambda on a validation split: give its data spec",
+        )
+        _check(
+            all(r > 0 for r in self.ratio_grid),
+            "experiment.ratio_grid",
+            f"ratios must be > 0, got {list(self.ratio_grid)}",
+        )
+        _check(
+            not self.ratio_grid or bool(self.validation_spec),
+            "experiment.validation_spec",
+            "ratio_grid chooses the ratio on a validation split: give its data spec",
+        )
         for entry in self.sampler_study:
             _check(
                 parse_sampler_entry(entry) is not None,
@@ -464,7 +633,11 @@ class ExperimentConfig:
             )
         for entry in self.decode_study:
             name, _, last = entry.partition(":")
-            _check(name in ("mean", "softmax") and last.isdigit() and int(last) >= 1, "experiment.decode_study", f"{entry!r} is not mean:N or softmax:N")
+            _check(
+                name in ("mean", "softmax") and last.isdigit() and int(last) >= 1,
+                "experiment.decode_study",
+                f"{entry!r} is not mean:N or softmax:N",
+            )
 
 
 @dataclass(frozen=True)

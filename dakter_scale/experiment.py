@@ -34,7 +34,16 @@ from dakter_scale.student.train import train_student
 from dakter_scale.study import analyse, figures
 from dakter_scale.study import report as study_report
 from dakter_scale.study.folder import StudyFolder
-from dakter_scale.study.plan import DRAWN_SUFFIX, VALIDATION, GeneratedSet, Model, Plan, Selection, StudentRun, grid_variant
+from dakter_scale.study.plan import (
+    DRAWN_SUFFIX,
+    VALIDATION,
+    GeneratedSet,
+    Model,
+    Plan,
+    Selection,
+    StudentRun,
+    grid_variant,
+)
 from dakter_scale.study.quality import generation_quality, read_generated
 from dakter_scale.study.records import Records, model_digest, set_digest
 from dakter_scale.synth.filter import filter_shards
@@ -50,7 +59,14 @@ PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (job
 class Experiment:
     """A study folder: its plan, and the units, analysis and report that fill it."""
 
-    def __init__(self, cfg: Config, out: str | Path, progress: bool = True, preset: str = "experiment", records: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        out: str | Path,
+        progress: bool = True,
+        preset: str = "experiment",
+        records: str | Path | None = None,
+    ):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         self.cfg, self.out, self.progress, self.preset = cfg, Path(out), progress, preset
@@ -86,7 +102,13 @@ class Experiment:
             return self.drawn(tag, n, name, sampling)
         drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), self.drawn_name(name), sampling)
         url = self.generated_url(name)
-        info = filter_shards(drawn, url, self.real_only(self.e.filter_arch), keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
+        info = filter_shards(
+            drawn,
+            url,
+            self.real_only(self.e.filter_arch),
+            keep=n,
+            samples_per_shard=self.cfg.synthesis.samples_per_shard,
+        )
         self.timings[f"filter_{name}"] = info.filter["seconds"]
         return url
 
@@ -98,9 +120,24 @@ class Experiment:
         if info is not None and info.complete and info.count == unit.n and info.target:
             return url
         spec, route = unit.target
-        cfg = self.cfg.replace(**{"synthesis.n": unit.n, "synthesis.target.spec": spec, "synthesis.target.route": route, "synthesis.target.max_draw_factor": self.e.max_draw_factor})
+        cfg = self.cfg.replace(
+            **{
+                "synthesis.n": unit.n,
+                "synthesis.target.spec": spec,
+                "synthesis.target.route": route,
+                "synthesis.target.max_draw_factor": self.e.max_draw_factor,
+            }
+        )
         t = time.time()
-        result = synthesize_targeted(self.model(unit.model), url, cfg.synthesis, cfg.sampling, self.generated_url(unit.name + DRAWN_SUFFIX), progress=self.progress, use_ray=True)
+        result = synthesize_targeted(
+            self.model(unit.model),
+            url,
+            cfg.synthesis,
+            cfg.sampling,
+            self.generated_url(unit.name + DRAWN_SUFFIX),
+            progress=self.progress,
+            use_ray=True,
+        )
         if not result.ok:
             raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
         self.timings[f"generate_{unit.name}"] = time.time() - t
@@ -132,11 +169,21 @@ class Experiment:
         self.timings[f"generate_{name}"] = time.time() - t
         # The run's rate counts actor start-up; the sampling rate (pairs per second of one writer's
         # sampling loop, from the shard markers) is what compares samplers on small sets.
-        sampling_seconds = sum(d.marker.get("sample_seconds", 0.0) for d in ShardSet(url).done() if d.shard in summary.written)
-        throughput = {"pairs": summary.pairs_written, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second}
+        sampling_seconds = sum(
+            d.marker.get("sample_seconds", 0.0) for d in ShardSet(url).done() if d.shard in summary.written
+        )
+        throughput = {
+            "pairs": summary.pairs_written,
+            "seconds": summary.seconds,
+            "pairs_per_second": summary.pairs_per_second,
+        }
         if sampling_seconds > 0:
-            throughput.update(sampling_seconds=sampling_seconds, sampling_pairs_per_second=summary.pairs_written / sampling_seconds)
-        ShardSet(url).write_side(THROUGHPUT, (json.dumps(throughput) + "\n").encode())  # beside the shards, at any fsspec URL
+            throughput.update(
+                sampling_seconds=sampling_seconds, sampling_pairs_per_second=summary.pairs_written / sampling_seconds
+            )
+        ShardSet(url).write_side(
+            THROUGHPUT, (json.dumps(throughput) + "\n").encode()
+        )  # beside the shards, at any fsspec URL
         return url
 
     def student(self, run: StudentRun) -> dict:
@@ -151,7 +198,9 @@ class Experiment:
         d = self.folder.student(run.name)
         if self.folder.metrics(run.name, tag).is_file():
             return self.score(run, tag)
-        assert run.weight is not None or run.generated is None or run.method == "hard", f"{run.name}: its weight lambda is not chosen yet"
+        assert run.weight is not None or run.generated is None or run.method == "hard", (
+            f"{run.name}: its weight lambda is not chosen yet"
+        )
         t = time.time()
         twin = self.grid_twin(run)
         if twin is not None and not self.folder.student_trained(run.name):
@@ -184,8 +233,17 @@ class Experiment:
             # With a time budget the first student of an architecture measures how many steps fit; every
             # later method and seed of it trains that many, so that methods differ in their data only.
             steps = self.folder.student_info(run.name)["steps"]
-            budget.write_text(json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}) + "\n")
-            log.info("experiment: every %s student trains %d steps (what %g min allowed %s)", run.arch, steps, self.cfg.student.max_minutes, run.name)
+            budget.write_text(
+                json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes})
+                + "\n"
+            )
+            log.info(
+                "experiment: every %s student trains %d steps (what %g min allowed %s)",
+                run.arch,
+                steps,
+                self.cfg.student.max_minutes,
+                run.name,
+            )
 
     def trained(self, run: StudentRun) -> Path:
         """run's finished student folder with its weights: a student whose scores were restored from
@@ -204,7 +262,11 @@ class Experiment:
             return None
         name = dataclasses.replace(run, variant=grid_variant(run.weight, self.plan.steps(run.arch))).name
         # a twin restored from --records has scores but no weights: the run then trains (to the same weights)
-        return self.folder.student(name) if self.folder.metrics(name, VALIDATION).is_file() and self.folder.student_weights(name) else None
+        return (
+            self.folder.student(name)
+            if self.folder.metrics(name, VALIDATION).is_file() and self.folder.student_weights(name)
+            else None
+        )
 
     def score(self, run: StudentRun | str, tag: str | None, spec: str | None = None) -> dict:
         """A trained student's metrics on the test split of `spec`: metrics.json for data.spec (tag
@@ -219,7 +281,9 @@ class Experiment:
                 raise ConfigError(f"{path} holds scores on {metrics['data']}, not {spec}: give this split another tag")
             return metrics
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
-        metrics["run"] = json.loads(self.folder.metrics(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
+        metrics["run"] = (
+            json.loads(self.folder.metrics(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
+        )
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         if tag is None and self.folder.student_trained(name):
             write_student_card(self.folder.student(name), metrics)  # the card carries the study's test score
@@ -276,7 +340,9 @@ class Experiment:
         runs = self.plan.selection_runs()
         if not all(self.folder.metrics(r.name, VALIDATION).is_file() for r in runs):
             return {}
-        return analyse.choose_settings(runs, {r.name: self.score(r, VALIDATION) for r in runs}, bool(self.e.ratio_grid), bool(self.e.steps_grid))
+        return analyse.choose_settings(
+            runs, {r.name: self.score(r, VALIDATION) for r in runs}, bool(self.e.ratio_grid), bool(self.e.steps_grid)
+        )
 
     def choose(self) -> None:
         """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
@@ -298,7 +364,10 @@ class Experiment:
                     "choices must be made on other scenes (give another seed, or set experiment.test_spec)"
                 )
         specs = {"test": self.test_spec, "validation": self.e.validation_spec}
-        return {name: {"spec": redact_url(specs[name]), "scenes": len(d), "fingerprint": split_fingerprint(d)} for name, d in digests.items()}
+        return {
+            name: {"spec": redact_url(specs[name]), "scenes": len(d), "fingerprint": split_fingerprint(d)}
+            for name, d in digests.items()
+        }
 
     def run(self) -> Path:
         """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
@@ -308,16 +377,28 @@ class Experiment:
         if self.records is not None:
             restored = self.records.restore()
             if restored:
-                log.info("experiment: restored %d finished students' scores from %s", len(restored), self.records.folder)
+                log.info(
+                    "experiment: restored %d finished students' scores from %s", len(restored), self.records.folder
+                )
                 self.choose()  # the validation grid may be complete already
         self.execute(self.plan.units())
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
-            log.info("experiment: chosen on the validation split: %s", ", ".join(f"{a} lambda {w:g} ratio {r:g}" + (f" steps {n}" if n else "") for a, (w, r, n) in self.plan.chosen.items()))
+            log.info(
+                "experiment: chosen on the validation split: %s",
+                ", ".join(
+                    f"{a} lambda {w:g} ratio {r:g}" + (f" steps {n}" if n else "")
+                    for a, (w, r, n) in self.plan.chosen.items()
+                ),
+            )
             self.execute(self.plan.units())
         payload = self.analyse()
         payload["splits"] = splits
-        payload["split_of"] = {"runs": "test", "kd_weight_choice": "validation", "quality": "generated pairs, scored by the real-only student"}
+        payload["split_of"] = {
+            "runs": "test",
+            "kd_weight_choice": "validation",
+            "quality": "generated pairs, scored by the real-only student",
+        }
         self.folder.results().write_text(json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
 
@@ -333,10 +414,18 @@ class Experiment:
         quality = {s.name: generation_quality(self.cfg, self.generated_url(s.name), segmenter, n=n) for s in sets}
         if self.e.filter_keep > 0:  # the draw before the filter, for comparison
             for s in (s for s in sets if not s.target):
-                quality[self.drawn_name(s.name)] = generation_quality(self.cfg, self.generated_url(self.drawn_name(s.name)), segmenter, n=n)
+                quality[self.drawn_name(s.name)] = generation_quality(
+                    self.cfg, self.generated_url(self.drawn_name(s.name)), segmenter, n=n
+                )
         for s in sets:
             images, q = read_generated(self.generated_url(s.name), self.e.figure_samples)
-            figures.sample_figure(images, q, self.source.classes, self.out / f"samples_{s.name}.png", title=f"generated pairs, model {s.name}")
+            figures.sample_figure(
+                images,
+                q,
+                self.source.classes,
+                self.out / f"samples_{s.name}.png",
+                title=f"generated pairs, model {s.name}",
+            )
         studies = self.studies(segmenter)
         models = {s.model: self.folder.model_info(s.model) for s in sets}
         timings = dict(self.timings, analysis=time.time() - t)
@@ -352,7 +441,9 @@ class Experiment:
             "b_mode": {tag: info["b_mode"] for tag, info in models.items()},
             "classes": list(self.source.classes),
             "generated": {s.name: self.generated_summary(s.name) for s in sets},
-            "steps": self.steps_trained([s.model for s in sets], [r.name for r in self.plan.main_runs() + self.plan.sweep_runs()]),
+            "steps": self.steps_trained(
+                [s.model for s in sets], [r.name for r in self.plan.main_runs() + self.plan.sweep_runs()]
+            ),
             "preset": self.preset,
         }
         if self.plan.selection_runs():
@@ -376,13 +467,19 @@ class Experiment:
         """The optimiser steps each model and student ran (what a wall-clock budget decided)."""
         infos = {name: self.folder.student_info(name) for name in names}
         students = {name: info["steps"] for name, info in infos.items() if info is not None}
-        return {"diffusion": {tag: self.folder.model_info(tag)["steps_trained"] for tag in sorted(set(tags))}, "students": students}
+        return {
+            "diffusion": {tag: self.folder.model_info(tag)["steps_trained"] for tag in sorted(set(tags))},
+            "students": students,
+        }
 
     def studies(self, segmenter: str) -> dict:
         """Sampler and decode studies: throughput, generation quality and student mIoU per variant."""
         out: dict[str, list] = {"sampler": [], "decode": []}
         for v in self.plan.study_variants():
-            url, drawn = self.generated_url(v.generated.name), ShardSet(self.generated_url(self.drawn_name(v.generated.name))).read_side(THROUGHPUT)
+            url, drawn = (
+                self.generated_url(v.generated.name),
+                ShardSet(self.generated_url(self.drawn_name(v.generated.name))).read_side(THROUGHPUT),
+            )
             throughput = json.loads(drawn) if drawn else {}
             quality = generation_quality(self.cfg, url, segmenter, n=min(self.e.quality_pairs, v.generated.n))
             mious = [self.student(run)["miou"] for run in v.runs]
@@ -407,9 +504,13 @@ class Experiment:
         For a validation split (other scenes, to choose settings on) or a larger test split
         (synthetic scenes are seeded per index: test=1000 holds test=200's scenes and 800 more)."""
         if tag == VALIDATION and spec != self.e.validation_spec:
-            raise ConfigError(f"--tag {VALIDATION} is the validation grid's split ({self.e.validation_spec or 'none set'}): give this split another tag")
+            raise ConfigError(
+                f"--tag {VALIDATION} is the validation grid's split ({self.e.validation_spec or 'none set'}): give this split another tag"
+            )
         if spec == self.test_spec:
-            raise ConfigError(f"{spec} is this study's test split, which each student is scored on once (metrics.json): rescore on another split")
+            raise ConfigError(
+                f"{spec} is this study's test split, which each student is scored on once (metrics.json): rescore on another split"
+            )
         runs = {}
         for d in sorted(self.folder.students().glob(pattern)):
             if self.folder.metrics(d.name, None).is_file():
@@ -426,7 +527,10 @@ def chosen_settings(choice: dict[str, dict]) -> dict[str, tuple[float, float]]:
     """{arch: (lambda, ratio, length)} from the validation grid's outcome (results.json's
     kd_weight_choice; files from before the ratio grid have no chosen_ratio: the main ratio, recorded
     as ratio; without a length grid the length is None)."""
-    return {arch: (row["chosen"], row.get("chosen_ratio", row["ratio"]), row.get("chosen_steps")) for arch, row in choice.items()}
+    return {
+        arch: (row["chosen"], row.get("chosen_ratio", row["ratio"]), row.get("chosen_steps"))
+        for arch, row in choice.items()
+    }
 
 
 def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
@@ -436,10 +540,18 @@ def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
     if isinstance(unit, GeneratedSet):
         sampling = ", ".join(f"{k} {v}" for k, v in unit.sampling)
         target = f", class target {unit.target[0]} by {unit.target[1]}" if unit.target else ""
-        return f"generated set {unit.name}: {unit.n} pairs from model {unit.model}" + (f" ({sampling})" if sampling else "") + target
+        return (
+            f"generated set {unit.name}: {unit.n} pairs from model {unit.model}"
+            + (f" ({sampling})" if sampling else "")
+            + target
+        )
     if isinstance(unit, Selection):
         return f"student {unit.run.name} (validation grid, scored on the validation split)"
-    weight = "" if unit.generated is None or unit.method == "hard" else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
+    weight = (
+        ""
+        if unit.generated is None or unit.method == "hard"
+        else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
+    )
     return f"student {unit.name}" + (f" on {unit.generated}" if unit.generated else "") + weight
 
 
@@ -465,7 +577,9 @@ def describe_plan(cfg: Config, out: str | Path) -> list[str]:
     exp = Experiment(cfg, out, progress=False)
     lines = [f"{'done' if exp.done(u) else 'todo'}  {describe(u)}" for u in exp.plan.units()]
     if exp.plan.pending():
-        lines.append("then the students of the tables and studies, with lambda and ratio chosen on the validation split")
+        lines.append(
+            "then the students of the tables and studies, with lambda and ratio chosen on the validation split"
+        )
     return lines
 
 
@@ -477,7 +591,11 @@ def saved_config(values: dict, source: str) -> Config:
     def known(cls: type, values: dict, prefix: str) -> dict:
         hints, fields = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
         dropped.extend(prefix + k for k in values if k not in fields)
-        return {k: known(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else v for k, v in values.items() if k in fields}
+        return {
+            k: known(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else v
+            for k, v in values.items()
+            if k in fields
+        }
 
     values = known(Config, values, "")
     if dropped:

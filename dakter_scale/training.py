@@ -77,7 +77,9 @@ def check_launch() -> None:
         )
 
 
-def make_accelerator(mixed_precision: str = "auto", log_with: Any = None, project_dir: str | None = None, cpu: bool | None = None):
+def make_accelerator(
+    mixed_precision: str = "auto", log_with: Any = None, project_dir: str | None = None, cpu: bool | None = None
+):
     """An Accelerator that works the same under `python`, `torchrun` and `accelerate launch`.
 
     cpu=None (auto) runs in accelerate's CPU mode when there is no CUDA device; under torchrun that
@@ -107,9 +109,18 @@ def make_accelerator(mixed_precision: str = "auto", log_with: Any = None, projec
     return accelerator
 
 
-TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # --report-to: Accelerate's trackers; none (the default) logs to the log only
+TRACKERS = (
+    "none",
+    "tensorboard",
+    "mlflow",
+    "wandb",
+)  # --report-to: Accelerate's trackers; none (the default) logs to the log only
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
-_TRACKER_INSTALL = {"tensorboard": "pip install 'dakter-scale[tracking]'", "mlflow": "pip install mlflow", "wandb": "pip install wandb"}
+_TRACKER_INSTALL = {
+    "tensorboard": "pip install 'dakter-scale[tracking]'",
+    "mlflow": "pip install mlflow",
+    "wandb": "pip install wandb",
+}
 
 
 def report_to(name: str | None) -> str | None:
@@ -122,7 +133,9 @@ def report_to(name: str | None) -> str | None:
     if name == "none":
         return None
     if not any(importlib.util.find_spec(package) for package in _TRACKER_PACKAGES[name]):
-        raise LaunchError(f"--report-to {name}: {_TRACKER_PACKAGES[name][0]} is not installed ({_TRACKER_INSTALL[name]})")
+        raise LaunchError(
+            f"--report-to {name}: {_TRACKER_PACKAGES[name][0]} is not installed ({_TRACKER_INSTALL[name]})"
+        )
     return name
 
 
@@ -176,7 +189,16 @@ class StepBudget:
     count (``agree``), so the ranks stop together.
     """
 
-    def __init__(self, max_steps: int, max_minutes: float = 0.0, start: int = 0, total: int | None = None, warm_steps: int = 3, timed_steps: int = 20, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        max_steps: int,
+        max_minutes: float = 0.0,
+        start: int = 0,
+        total: int | None = None,
+        warm_steps: int = 3,
+        timed_steps: int = 20,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.max_steps, self.seconds, self.clock = max_steps, 60.0 * max_minutes, clock
         self.start, self.warm_steps, self.timed_steps = start, warm_steps, timed_steps
         self.total = total if total is not None else max_steps
@@ -197,7 +219,9 @@ class StepBudget:
             left = self.seconds - (now - self.t0)
             self.total = agree(min(self.max_steps, done + max(0, int(left / per_step))))
             self.fixed = True
-            log.info("time budget %.3g min: %d steps (%.1f ms/step measured)", self.seconds / 60, self.total, 1000 * per_step)
+            log.info(
+                "time budget %.3g min: %d steps (%.1f ms/step measured)", self.seconds / 60, self.total, 1000 * per_step
+            )
         elif done >= self.max_steps:
             self.fixed = True
 
@@ -262,7 +286,10 @@ def run_steps(
     t0, last_log, i = time.perf_counter(), {}, start
     logged = (start, t0)  # the step and time of the last log: the trackers' steps/s is over the steps since
     while i < budget.total:
-        set_lr(optimizer, spec.lr * lr_factor(i, spec.warmup_steps, budget.schedule_total(), spec.schedule, floor=spec.lr_floor))
+        set_lr(
+            optimizer,
+            spec.lr * lr_factor(i, spec.warmup_steps, budget.schedule_total(), spec.schedule, floor=spec.lr_floor),
+        )
         loss, parts = step(i)
         if spec.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, spec.max_grad_norm)
@@ -276,17 +303,35 @@ def run_steps(
             bar.total = budget.total
         if done % spec.log_every == 0 or done == budget.total:
             # reading the loss is a device sync: only at logging steps
-            last_log = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}, "lr": optimizer.param_groups[0]["lr"]}
+            last_log = {
+                "loss": float(loss.detach()),
+                **{k: float(v) for k, v in parts.items()},
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             now = time.perf_counter()
-            accelerator.log({**last_log, "steps_per_second": (done - logged[0]) / max(now - logged[1], 1e-9)}, step=done)
+            accelerator.log(
+                {**last_log, "steps_per_second": (done - logged[0]) / max(now - logged[1], 1e-9)}, step=done
+            )
             logged = (done, now)
             if bar is not None:
                 bar.set_postfix(loss=f"{last_log['loss']:.4f}", refresh=False)
             elif accelerator.is_main_process:
-                log.info("%s step %d/%d loss %.4f (%.3f s/step)", spec.name, done, budget.total, last_log["loss"], (time.perf_counter() - t0) / max(1, done - start))
+                log.info(
+                    "%s step %d/%d loss %.4f (%.3f s/step)",
+                    spec.name,
+                    done,
+                    budget.total,
+                    last_log["loss"],
+                    (time.perf_counter() - t0) / max(1, done - start),
+                )
         if bar is not None:
             bar.update(1)
-        if checkpoint is not None and spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < budget.total:
+        if (
+            checkpoint is not None
+            and spec.checkpoint_every
+            and done % spec.checkpoint_every == 0
+            and done < budget.total
+        ):
             # a count not yet measured is not recorded: a run resumed from here measures it itself
             checkpoint(done, {"total_steps": budget.total if budget.fixed else None})
         maybe_kill(done, rank)
@@ -294,7 +339,12 @@ def run_steps(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
-    return LoopResult(steps=budget.total, seconds=seconds, steps_per_second=(budget.total - start) / seconds if seconds > 0 else 0.0, last_log=last_log)
+    return LoopResult(
+        steps=budget.total,
+        seconds=seconds,
+        steps_per_second=(budget.total - start) / seconds if seconds > 0 else 0.0,
+        last_log=last_log,
+    )
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -333,7 +383,9 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
     return p
 
 
-def save_checkpoint(accelerator, out: Path, step: int, limit: int, model, optimizer, ema: "EMA | None" = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    accelerator, out: Path, step: int, limit: int, model, optimizer, ema: "EMA | None" = None, extra: dict | None = None
+) -> Path:
     """Write the state needed to continue exactly at `step`, then keep only the newest `limit`."""
     from safetensors.torch import save_file, save_model
 
@@ -348,7 +400,10 @@ def save_checkpoint(accelerator, out: Path, step: int, limit: int, model, optimi
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
         scaler = getattr(accelerator, "scaler", None)
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None},
+            tmp / "optimizer.pt",
+        )
         state = {"step": step, "ema_updates": ema.updates if ema is not None else None, **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():
@@ -384,13 +439,14 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-
 # -- logging, cross-rank records, exit ------------------------------------------------------
 
 
 def setup_logging(is_main: bool = True) -> None:
     level = logging.INFO if is_main else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True
+    )
 
 
 def gather_objects(accelerator, obj: Any) -> list[Any]:
@@ -407,7 +463,9 @@ def check_resume_agrees(accelerator, start: int, out: Path) -> None:
     (OUT not on a shared file system) would otherwise desynchronise the ranks (a collective)."""
     starts = gather_objects(accelerator, start)
     if len(set(starts)) > 1:
-        raise LaunchError(f"ranks would resume at different steps {starts}: {out}/checkpoints must be on a file system every node shares")
+        raise LaunchError(
+            f"ranks would resume at different steps {starts}: {out}/checkpoints must be on a file system every node shares"
+        )
 
 
 def layout_changes(saved: dict, current: dict) -> list[str]:
@@ -443,8 +501,13 @@ def write_train_record(accelerator, out: Path, result: LoopResult) -> None:
     if accelerator.is_main_process:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         record = {
-            "steps": result.steps, "seconds": round(result.seconds, 3), "steps_per_second": round(result.steps_per_second, 3), "processes": accelerator.num_processes,
-            "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision, "last_log": result.last_log,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 3),
+            "steps_per_second": round(result.steps_per_second, 3),
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+            "last_log": result.last_log,
         }
         (out / "logs" / "train.json").write_text(json.dumps(record, indent=2) + "\n")
 

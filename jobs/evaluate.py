@@ -31,16 +31,26 @@ def main() -> None:
         from dakter_scale.data.storage import redact_url
         from dakter_scale.student.evaluate import evaluate_student
 
-        metrics = evaluate_student(args.student, args.data, args.split, EvalConfig(split=args.split, pad_multiple=args.pad_multiple), progress=progress_enabled() and not args.json)
+        metrics = evaluate_student(
+            args.student,
+            args.data,
+            args.split,
+            EvalConfig(split=args.split, pad_multiple=args.pad_multiple),
+            progress=progress_enabled() and not args.json,
+        )
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
         if args.json:
             print(json.dumps(metrics))
         else:
-            print(f"{args.student} on {redact_url(args.data)} [{args.split}, {metrics['images']} images]: mIoU {100 * metrics['miou']:.2f}  mF1 {100 * metrics['mean_f1']:.2f}  acc {100 * metrics['pixel_accuracy']:.2f}")
+            print(
+                f"{args.student} on {redact_url(args.data)} [{args.split}, {metrics['images']} images]: mIoU {100 * metrics['miou']:.2f}  mF1 {100 * metrics['mean_f1']:.2f}  acc {100 * metrics['pixel_accuracy']:.2f}"
+            )
             for name, iou, f1 in zip(metrics["classes"], metrics["iou"], metrics["f1"]):
-                print(f"  {name:12s} IoU {'-' if iou is None else f'{100 * iou:6.2f}'}  F1 {'-' if f1 is None else f'{100 * f1:6.2f}'}")
+                print(
+                    f"  {name:12s} IoU {'-' if iou is None else f'{100 * iou:6.2f}'}  F1 {'-' if f1 is None else f'{100 * f1:6.2f}'}"
+                )
         return 0
 
     run(body)

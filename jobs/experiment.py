@@ -32,12 +32,26 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--out", required=True, help="experiment folder (resumable)")
     p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
-    p.add_argument("--records", metavar="DIR", help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py)")
+    p.add_argument(
+        "--records",
+        metavar="DIR",
+        help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py)",
+    )
     p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
-    p.add_argument("--rescore", metavar="SPEC", help="score the finished students of OUT on the test split of SPEC (OUT's own config)")
-    p.add_argument("--tag", help="with --rescore: the name of that split (students/NAME/metrics_TAG.json, OUT/rescore_TAG.md)")
-    p.add_argument("--students", default="*", metavar="GLOB", help="with --rescore: only the student folders matching GLOB")
-    p.add_argument("--report", action="store_true", help="rewrite OUT/results.md and its figures from OUT/results.json, and exit")
+    p.add_argument(
+        "--rescore",
+        metavar="SPEC",
+        help="score the finished students of OUT on the test split of SPEC (OUT's own config)",
+    )
+    p.add_argument(
+        "--tag", help="with --rescore: the name of that split (students/NAME/metrics_TAG.json, OUT/rescore_TAG.md)"
+    )
+    p.add_argument(
+        "--students", default="*", metavar="GLOB", help="with --rescore: only the student folders matching GLOB"
+    )
+    p.add_argument(
+        "--report", action="store_true", help="rewrite OUT/results.md and its figures from OUT/results.json, and exit"
+    )
     args = p.parse_args()
 
     def body() -> int:

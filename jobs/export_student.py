@@ -16,7 +16,12 @@ from dakter_scale.cli import parser, run
 def main() -> None:
     p = parser(__doc__, config=False)
     p.add_argument("--student", required=True, help="student folder written by jobs/train_student.py")
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx"], help="torchscript (torch.jit.trace) or onnx (opset 17, dynamic batch/height/width; needs onnx, checked with onnxruntime)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["torchscript", "onnx"],
+        help="torchscript (torch.jit.trace) or onnx (opset 17, dynamic batch/height/width; needs onnx, checked with onnxruntime)",
+    )
     p.add_argument("--out", required=True, help="file to write (a .json sidecar is written next to it)")
     args = p.parse_args()
 
@@ -28,7 +33,9 @@ def main() -> None:
 
         out = export_student(args.student, args.format, args.out)
         sidecar = json.loads(Path(str(out) + ".json").read_text())
-        print(f"{out}: {args.format}, classes {', '.join(sidecar['classes'])}; largest logit difference from the eager model {sidecar['max_abs_logit_difference']:.2e} (tolerance {sidecar['tolerance']:g})")
+        print(
+            f"{out}: {args.format}, classes {', '.join(sidecar['classes'])}; largest logit difference from the eager model {sidecar['max_abs_logit_difference']:.2e} (tolerance {sidecar['tolerance']:g})"
+        )
         return 0
 
     run(body)

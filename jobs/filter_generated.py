@@ -17,9 +17,19 @@ from dakter_scale.cli import check_flag, parser, run
 
 def main() -> None:
     p = parser(__doc__, config=False)
-    p.add_argument("--shards", required=True, help="a complete generated set (folder or fsspec URL) written by jobs/synthesize.py")
-    p.add_argument("--segmenter", required=True, help="student folder trained on real data only (jobs/train_student.py with student.ratio=0)")
-    p.add_argument("--out", required=True, help="where to write the kept pairs (folder or fsspec URL); replaced unless it holds this exact selection")
+    p.add_argument(
+        "--shards", required=True, help="a complete generated set (folder or fsspec URL) written by jobs/synthesize.py"
+    )
+    p.add_argument(
+        "--segmenter",
+        required=True,
+        help="student folder trained on real data only (jobs/train_student.py with student.ratio=0)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="where to write the kept pairs (folder or fsspec URL); replaced unless it holds this exact selection",
+    )
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--keep", type=int, help="keep this many pairs, the best-aligned")
     rule.add_argument("--min-alignment", type=float, help="keep every pair whose alignment (0-1) reaches this")
@@ -37,9 +47,19 @@ def main() -> None:
         check_flag("--samples-per-shard", args.samples_per_shard, 1)
         check_flag("--batch-size", args.batch_size, 1)
         setup_logging()
-        info = filter_shards(args.shards, args.out, args.segmenter, keep=args.keep, min_alignment=args.min_alignment, samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
+        info = filter_shards(
+            args.shards,
+            args.out,
+            args.segmenter,
+            keep=args.keep,
+            min_alignment=args.min_alignment,
+            samples_per_shard=args.samples_per_shard,
+            batch_size=args.batch_size,
+        )
         f = info.filter
-        print(f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {redact_url(args.out)}")
+        print(
+            f"kept {f['kept']} of {f['source_count']} pairs (alignment >= {f['threshold']:.3f}; mean {f['alignment_mean_source']:.3f} -> {f['alignment_mean_kept']:.3f}) in {redact_url(args.out)}"
+        )
         return 0
 
     run(body)

@@ -1,8 +1,8 @@
 """Describe a labelled dataset: per split the image count, size and class pixel fractions; b = "auto".
 
-    python jobs/inspect_data.py synthetic:64 --json
-    python jobs/inspect_data.py osd:/data/osd --json
-    python jobs/inspect_data.py sos:/data/sos?sat=palsar
+python jobs/inspect_data.py synthetic:64 --json
+python jobs/inspect_data.py osd:/data/osd --json
+python jobs/inspect_data.py sos:/data/sos?sat=palsar
 """
 
 from __future__ import annotations
@@ -18,9 +18,16 @@ from dakter_scale.data.storage import redact_url
 
 def main() -> None:
     p = parser(__doc__, config=False)
-    p.add_argument("spec", help="data spec: synthetic:N[?size=S&test=M&seed=X], osd:PATH or sos:PATH[?sat=palsar|sentinel]")
+    p.add_argument(
+        "spec", help="data spec: synthetic:N[?size=S&test=M&seed=X], osd:PATH or sos:PATH[?sat=palsar|sentinel]"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else there")
-    p.add_argument("--max-images", type=int, default=None, help="read at most this many evenly spaced images per split for fractions and b (default: all)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="read at most this many evenly spaced images per split for fractions and b (default: all)",
+    )
     args = p.parse_args()
 
     def body() -> int:
@@ -31,7 +38,11 @@ def main() -> None:
         for split in SPLITS:
             stats[split] = split_stats(source, split, args.max_images, progress=progress_enabled() and not args.json)
             s = stats[split]
-            splits[split] = {"images": s.images, "size": list(s.size) if s.size else None, "class_fractions": list(s.class_fractions)}
+            splits[split] = {
+                "images": s.images,
+                "size": list(s.size) if s.size else None,
+                "class_fractions": list(s.class_fractions),
+            }
             if s.read != s.images:
                 splits[split]["images_read"] = s.read
         train = stats["train"].image_stats
@@ -52,7 +63,9 @@ def main() -> None:
             size = "x".join(map(str, s["size"])) if s["size"] else "mixed sizes"
             fr = ", ".join(f"{c} {100 * f:.2f}%" for c, f in zip(source.classes, s["class_fractions"]))
             print(f"  {split}: {s['images']} images, {size}; pixels: {fr}")
-        print(f"  b auto = {result['b_auto']:.4f} (RMS of normalised train images), auto-std = {result['b_auto_std']:.4f}")
+        print(
+            f"  b auto = {result['b_auto']:.4f} (RMS of normalised train images), auto-std = {result['b_auto_std']:.4f}"
+        )
         return 0
 
     run(body)

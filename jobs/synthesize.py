@@ -38,28 +38,52 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--model", required=True, help="model folder written by jobs/train_diffusion.py")
     p.add_argument("--n", help="number of pairs; accepts 1e6 (overrides synthesis.n)")
-    p.add_argument("--out", required=True, help="output folder or URL: ./shards, s3://bucket/prefix, gs://bucket/prefix")
+    p.add_argument(
+        "--out", required=True, help="output folder or URL: ./shards, s3://bucket/prefix, gs://bucket/prefix"
+    )
     p.add_argument("--samples-per-shard", type=int, help="pairs per shard (default 1000)")
-    p.add_argument("--batch-size", type=int, help="pairs sampled together on one device (part of the dataset's identity)")
-    p.add_argument("--sampler", help="reverse process: dpmsolver++ (default, 20 steps), ddim, ddpm or unipc (docs/synthesis.md, Samplers)")
+    p.add_argument(
+        "--batch-size", type=int, help="pairs sampled together on one device (part of the dataset's identity)"
+    )
+    p.add_argument(
+        "--sampler",
+        help="reverse process: dpmsolver++ (default, 20 steps), ddim, ddpm or unipc (docs/synthesis.md, Samplers)",
+    )
     p.add_argument("--steps", type=int, help="denoising steps = network evaluations per pair")
     p.add_argument("--solver-order", type=int, help="dpmsolver++ and unipc: multistep order 1-3 (default 2)")
     p.add_argument("--seed", type=int, help="run seed; pair seeds derive from (seed, shard, index)")
     p.add_argument("--actors", help="number of Ray actors, 'auto' (one per GPU, else cpus / threads), or 0 for no Ray")
     p.add_argument("--threads-per-actor", type=int, help="torch threads per actor (default 1)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="actor device: auto (GPU actors when the cluster has GPUs), cpu, or cuda (GPU actors even before an autoscaler has added GPU nodes)")
-    p.add_argument("--verify", choices=["size", "sha256"], help="how a rerun checks finished shards (default size; sha256 reads every tar)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="actor device: auto (GPU actors when the cluster has GPUs), cpu, or cuda (GPU actors even before an autoscaler has added GPU nodes)",
+    )
+    p.add_argument(
+        "--verify",
+        choices=["size", "sha256"],
+        help="how a rerun checks finished shards (default size; sha256 reads every tar)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
     p.add_argument(
         "--break-lock",
         action="store_true",
         help="take --out's lock from a run that looks alive (one run writes a prefix at a time; a dead run's lock is taken over by itself synthesis.lease_seconds after its last renewal; data/lease.py)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing")
-    p.add_argument("--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (shards, pairs, estimated bytes) and exit; starts no actor, writes nothing",
+    )
+    p.add_argument(
+        "--only-key", metavar="SHARD-INDEX", help="regenerate one pair, e.g. 000003-000017, into OUT/regenerated/"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (plan or summary) on stdout")
     p.add_argument(
-        "--class-target", metavar="CLASS:F[x],...", help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated (synthesis.target.spec)"
+        "--class-target",
+        metavar="CLASS:F[x],...",
+        help="per-class pixel shares to meet: CLASS:3x (3 x the training share) or CLASS:0.05 (a share), comma-separated (synthesis.target.spec)",
     )
     p.add_argument(
         "--target-route",
@@ -68,7 +92,9 @@ def main() -> None:
         "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together onto the sea each pair's first steps drew (docs/RESULTS.md, 'Targeted synthesis')",
     )
     p.add_argument(
-        "--max-draw-factor", type=float, help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (synthesis.target.max_draw_factor, default 20)"
+        "--max-draw-factor",
+        type=float,
+        help="selection: at most this many pairs drawn per pair kept; a target that needs more is refused (synthesis.target.max_draw_factor, default 20)",
     )
     p.add_argument("--draw-out", help="selection: where the larger draw is written (default OUT_all)")
     p.add_argument(
@@ -104,7 +130,12 @@ def main() -> None:
                 raise PlanError(f"--actors must be a number or auto, got {args.actors!r}") from None
             if actors < 0:
                 raise PlanError(f"--actors must be >= 0, got {actors}")
-        for flag, value in (("--samples-per-shard", args.samples_per_shard), ("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads-per-actor", args.threads_per_actor)):
+        for flag, value in (
+            ("--samples-per-shard", args.samples_per_shard),
+            ("--batch-size", args.batch_size),
+            ("--steps", args.steps),
+            ("--threads-per-actor", args.threads_per_actor),
+        ):
             check_flag(flag, value, 1)
         check_flag("--seed", args.seed, 0)
         cfg = config_from(
@@ -126,10 +157,17 @@ def main() -> None:
         from dakter_scale.synth import run as synth
 
         # the flags over synthesis.target, checked by targeted.prepare_target with the flags named
-        flags = {"spec": args.class_target, "route": args.target_route, "max_draw_factor": args.max_draw_factor, "resample": args.resample}
+        flags = {
+            "spec": args.class_target,
+            "route": args.target_route,
+            "max_draw_factor": args.max_draw_factor,
+            "resample": args.resample,
+        }
         target_cfg = dataclasses.replace(cfg.synthesis.target, **{k: v for k, v in flags.items() if v is not None})
         if target_cfg.resample != 1 and not target_cfg.spec:
-            raise PlanError(f"--resample {target_cfg.resample} applies to --class-target ... --target-route conditioned or pasted only")
+            raise PlanError(
+                f"--resample {target_cfg.resample} applies to --class-target ... --target-route conditioned or pasted only"
+            )
         check_model_folder(args.model)
         targeted = None
         if target_cfg.spec:
@@ -137,15 +175,28 @@ def main() -> None:
             from dakter_scale.synth.target import TargetError
 
             if args.only_key:
-                raise TargetError("--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)")
+                raise TargetError(
+                    "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)"
+                )
             target, _, estimate = targeted.prepare_target(args.model, target_cfg, cfg.sampling.sampler)
             if args.dry_run:
                 shares = target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))])
-                plan = {"class_target": target_cfg.spec, "route": target_cfg.route, "shares": shares, "training": target.named(target.training), **estimate}
+                plan = {
+                    "class_target": target_cfg.spec,
+                    "route": target_cfg.route,
+                    "shares": shares,
+                    "training": target.named(target.training),
+                    **estimate,
+                }
                 if args.json:
                     emit(plan)
                 else:
-                    print(f"class target {target_cfg.spec} by {target_cfg.route}: " + ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items()))
+                    print(
+                        f"class target {target_cfg.spec} by {target_cfg.route}: "
+                        + ", ".join(
+                            f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items()
+                        )
+                    )
                     for key, value in estimate.items():
                         print(f"  {key}: {value}")
                 return 0
@@ -171,18 +222,32 @@ def main() -> None:
                     f"{plan['estimated_bytes'] / 1e9:.3f} GB at most ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)",
                 ]
                 if plan["conflict"]:
-                    action = "a run would refuse it (pass --overwrite or a new prefix)" if plan["would_refuse"] else "--overwrite would delete it"
+                    action = (
+                        "a run would refuse it (pass --overwrite or a new prefix)"
+                        if plan["would_refuse"]
+                        else "--overwrite would delete it"
+                    )
                     lines.append(f"  the output holds {plan['conflict']}: {action}")
                 print("\n".join(lines))
             return 0
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-        run_kwargs = dict(overwrite=args.overwrite, progress=progress_enabled(), use_ray=actors != 0, device=args.device, break_lock=args.break_lock)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+        )
+        run_kwargs = dict(
+            overwrite=args.overwrite,
+            progress=progress_enabled(),
+            use_ray=actors != 0,
+            device=args.device,
+            break_lock=args.break_lock,
+        )
         if targeted is None:
             summary = synth.synthesize(args.model, args.out, cfg.synthesis, cfg.sampling, **run_kwargs)
             lines, payload = summary.lines(), summary.to_json()
         else:
             synthesis = dataclasses.replace(cfg.synthesis, target=target_cfg)
-            result = targeted.synthesize_targeted(args.model, args.out, synthesis, cfg.sampling, args.draw_out, **run_kwargs)
+            result = targeted.synthesize_targeted(
+                args.model, args.out, synthesis, cfg.sampling, args.draw_out, **run_kwargs
+            )
             summary = result.summary
             lines, payload = result.lines(), dict(summary.to_json(), dataset=result.info.to_json())
         for line in lines:
@@ -190,7 +255,11 @@ def main() -> None:
         if args.json:
             emit(payload)
         if not summary.ok:
-            print(f"error: {len(summary.failed)} shard(s) failed for good: " + "; ".join(f"{s}: {r}" for s, r in sorted(summary.failed.items())), file=sys.stderr)
+            print(
+                f"error: {len(summary.failed)} shard(s) failed for good: "
+                + "; ".join(f"{s}: {r}" for s, r in sorted(summary.failed.items())),
+                file=sys.stderr,
+            )
             return 1
         return 0
 

@@ -26,7 +26,9 @@ def main() -> None:
         default="none",
         help="send loss, learning rate and steps/s to this Accelerate tracker (OUT/logs for tensorboard and mlflow); tensorboard: pip install 'dakter-scale[tracking]' (default none)",
     )
-    p.add_argument("--resume", help="'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder")
+    p.add_argument(
+        "--resume", help="'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder"
+    )
     args = p.parse_args()
 
     def body() -> int:
@@ -35,7 +37,9 @@ def main() -> None:
 
         check_flag("--max-steps", args.max_steps, 1)
         cfg = config_from(args, {"data.spec": args.data, "diffusion.max_steps": args.max_steps})
-        accelerator = make_accelerator(cfg.diffusion.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs")
+        accelerator = make_accelerator(
+            cfg.diffusion.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs"
+        )
         train_diffusion(cfg, args.out, resume=args.resume, progress=progress_enabled(), accelerator=accelerator)
         finish(accelerator)
         return 0

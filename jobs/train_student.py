@@ -44,8 +44,16 @@ def main() -> None:
     p.add_argument("--labels", choices=["soft", "hard"], help="soft: KD on soft labels (DAKTer); hard: CE on argmax")
     p.add_argument("--arch", help="unet, deeplabv3plus, segformer, fpn, ... (overrides student.arch)")
     p.add_argument("--encoder", help="smp encoder name, or auto")
-    p.add_argument("--copy-paste", metavar="TARGET", help="copy-paste real instances onto real samples, e.g. oil:3x,ship:3x (overrides student.copy_paste)")
-    p.add_argument("--augment", choices=["none", "flip", "d4"], help="geometric augmentation of every sample (overrides student.augment)")
+    p.add_argument(
+        "--copy-paste",
+        metavar="TARGET",
+        help="copy-paste real instances onto real samples, e.g. oil:3x,ship:3x (overrides student.copy_paste)",
+    )
+    p.add_argument(
+        "--augment",
+        choices=["none", "flip", "d4"],
+        help="geometric augmentation of every sample (overrides student.augment)",
+    )
     p.add_argument("--max-steps", type=int, help="training steps (overrides student.max_steps)")
     p.add_argument(
         "--report-to",
@@ -53,7 +61,11 @@ def main() -> None:
         default="none",
         help="send loss, learning rate and steps/s to this Accelerate tracker (OUT/logs for tensorboard and mlflow); tensorboard: pip install 'dakter-scale[tracking]' (default none)",
     )
-    p.add_argument("--evaluate", choices=["test", "train"], help="evaluate the written student on this split of the real data: metrics to the tracker, OUT/logs/eval.json and the card")
+    p.add_argument(
+        "--evaluate",
+        choices=["test", "train"],
+        help="evaluate the written student on this split of the real data: metrics to the tracker, OUT/logs/eval.json and the card",
+    )
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     args = p.parse_args()
 
@@ -76,8 +88,18 @@ def main() -> None:
                 "student.augment": args.augment,
             },
         )
-        accelerator = make_accelerator(cfg.student.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs")
-        train_student(cfg, args.out, synthetic=args.synthetic, resume=args.resume, progress=progress_enabled(), accelerator=accelerator, evaluate=args.evaluate)
+        accelerator = make_accelerator(
+            cfg.student.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs"
+        )
+        train_student(
+            cfg,
+            args.out,
+            synthetic=args.synthetic,
+            resume=args.resume,
+            progress=progress_enabled(),
+            accelerator=accelerator,
+            evaluate=args.evaluate,
+        )
         finish(accelerator)
         return 0
 

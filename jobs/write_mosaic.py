@@ -17,16 +17,28 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256, help="side of each simulated scene in pixels (default 256)")
     p.add_argument("--spacing", type=float, default=10.0, help="metres per pixel of the mosaic's UTM grid (default 10)")
     p.add_argument("--seed", type=int, default=0, help="the simulator's base seed; scenes come from its test split")
-    p.add_argument("--sigma0", action="store_true", help="write linear sigma-nought (float32) instead of 8-bit dB codes")
+    p.add_argument(
+        "--sigma0", action="store_true", help="write linear sigma-nought (float32) instead of 8-bit dB codes"
+    )
     args = p.parse_args()
 
     def body() -> int:
-        for flag, value, low in (("--rows", args.rows, 1), ("--cols", args.cols, 1), ("--size", args.size, 16), ("--spacing", args.spacing, 1e-3), ("--seed", args.seed, 0)):
+        for flag, value, low in (
+            ("--rows", args.rows, 1),
+            ("--cols", args.cols, 1),
+            ("--size", args.size, 16),
+            ("--spacing", args.spacing, 1e-3),
+            ("--seed", args.seed, 0),
+        ):
             check_flag(flag, value, low)
         from dakter_scale.scene.mosaic import write_mosaic
 
-        image, truth = write_mosaic(args.out, args.rows, args.cols, args.size, args.seed, args.spacing, args.sigma0, progress=progress_enabled())
-        print(f"wrote {image} ({args.rows * args.size} x {args.cols * args.size} px at {args.spacing:g} m, EPSG:32631) and {truth}")
+        image, truth = write_mosaic(
+            args.out, args.rows, args.cols, args.size, args.seed, args.spacing, args.sigma0, progress=progress_enabled()
+        )
+        print(
+            f"wrote {image} ({args.rows * args.size} x {args.cols * args.size} px at {args.spacing:g} m, EPSG:32631) and {truth}"
+        )
         return 0
 
     run(body)

@@ -32,7 +32,9 @@ def main() -> None:
             check_flag(flag, side, 16)  # the simulator's smallest scene, as synthetic:N?size=S
         check_flag("--seed", args.seed, 0)
         if args.layout == "osd":
-            write_osd_layout(args.out, args.train, args.test, args.height, args.width, args.seed, progress=progress_enabled())
+            write_osd_layout(
+                args.out, args.train, args.test, args.height, args.width, args.seed, progress=progress_enabled()
+            )
         else:
             write_sos_layout(args.out, args.train, args.test, args.size, args.seed, progress=progress_enabled())
         print(f"wrote {args.train} train and {args.test} test scenes in the {args.layout.upper()} layout to {args.out}")

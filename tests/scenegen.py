@@ -31,13 +31,24 @@ def draw_codes(height: int = 600, width: int = 800, slicks=SLICKS, seed: int = 0
     return codes
 
 
-def write_geotiff(path: Path, data: np.ndarray, spacing: float = 10.0, gcps: bool = False, crs: str = UTM, tags: dict | None = None) -> Path:
+def write_geotiff(
+    path: Path, data: np.ndarray, spacing: float = 10.0, gcps: bool = False, crs: str = UTM, tags: dict | None = None
+) -> Path:
     import rasterio
     from rasterio.control import GroundControlPoint
     from rasterio.transform import from_origin
 
     transform = from_origin(ORIGIN[0], ORIGIN[1], spacing, spacing)
-    profile = dict(driver="GTiff", height=data.shape[0], width=data.shape[1], count=1, dtype=str(data.dtype), tiled=True, blockxsize=256, blockysize=256)
+    profile = dict(
+        driver="GTiff",
+        height=data.shape[0],
+        width=data.shape[1],
+        count=1,
+        dtype=str(data.dtype),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
     if gcps:
         points = []
         for i, r in enumerate(np.linspace(0, data.shape[0], 5)):
@@ -82,8 +93,15 @@ class SmoothSegmenter(torch.nn.Module):
     def __init__(self, classes=CLASSES, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Tanh(),
-                                       torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(8, len(classes), 3, padding=1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1),
+            torch.nn.Tanh(),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.Tanh(),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.Tanh(),
+            torch.nn.Conv2d(8, len(classes), 3, padding=1),
+        )
         with torch.no_grad():
             for p in self.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -93,8 +111,16 @@ class SmoothSegmenter(torch.nn.Module):
 
 
 def info(pixel_spacing: float | None = 10.0, classes=CLASSES) -> dict:
-    return {"arch": "test", "encoder": "none", "classes": list(classes), "resolution": 64, "crop": 0, "real": "synthetic:8",
-            "radiometry": {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX}, "pixel_spacing_m": pixel_spacing}
+    return {
+        "arch": "test",
+        "encoder": "none",
+        "classes": list(classes),
+        "resolution": 64,
+        "crop": 0,
+        "real": "synthetic:8",
+        "radiometry": {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX},
+        "pixel_spacing_m": pixel_spacing,
+    }
 
 
 # -- Sentinel-1 SAFE -----------------------------------------------------------------------------------
@@ -105,19 +131,41 @@ START = "2026-01-01T05:45:12.123456"
 
 def grd_corners(height: int, width: int) -> dict:
     """(lon, lat) of the four image corners: a skewed quadrilateral like a descending pass."""
-    return {(0, 0): (3.00, 45.30), (0, width): (3.40, 45.35), (height, 0): (2.95, 45.00), (height, width): (3.35, 45.05)}
+    return {
+        (0, 0): (3.00, 45.30),
+        (0, width): (3.40, 45.35),
+        (height, 0): (2.95, 45.00),
+        (height, width): (3.35, 45.05),
+    }
 
 
 def corner_lonlat(row: float, col: float, height: int, width: int) -> tuple[float, float]:
     """Bilinear between the corners: the 'truth' the geolocation grid samples."""
     c = grd_corners(height, width)
     u, v = col / width, row / height
-    lon = (1 - u) * (1 - v) * c[(0, 0)][0] + u * (1 - v) * c[(0, width)][0] + (1 - u) * v * c[(height, 0)][0] + u * v * c[(height, width)][0]
-    lat = (1 - u) * (1 - v) * c[(0, 0)][1] + u * (1 - v) * c[(0, width)][1] + (1 - u) * v * c[(height, 0)][1] + u * v * c[(height, width)][1]
+    lon = (
+        (1 - u) * (1 - v) * c[(0, 0)][0]
+        + u * (1 - v) * c[(0, width)][0]
+        + (1 - u) * v * c[(height, 0)][0]
+        + u * v * c[(height, width)][0]
+    )
+    lat = (
+        (1 - u) * (1 - v) * c[(0, 0)][1]
+        + u * (1 - v) * c[(0, width)][1]
+        + (1 - u) * v * c[(height, 0)][1]
+        + u * v * c[(height, width)][1]
+    )
     return lon, lat
 
 
-def write_safe(root: Path, codes, polarisations=("vv", "vh"), a_sigma: float = 400.0, calibration: bool = True, shape: tuple[int, int] | None = None) -> Path:
+def write_safe(
+    root: Path,
+    codes,
+    polarisations=("vv", "vh"),
+    a_sigma: float = 400.0,
+    calibration: bool = True,
+    shape: tuple[int, int] | None = None,
+) -> Path:
     """A SAFE-layout GRD folder: manifest.safe (with the footprint), per polarisation an annotation with a
     geolocation grid, a calibration file with a sigma-nought LUT (a constant A plus a gentle range ramp),
     and a uint16 measurement TIFF of DN = A sqrt(sigma0). ``codes``: the 8-bit codes (H, W), or, for a
@@ -132,7 +180,10 @@ def write_safe(root: Path, codes, polarisations=("vv", "vh"), a_sigma: float = 4
     for sub in ("measurement", "annotation/calibration"):
         (safe / sub).mkdir(parents=True, exist_ok=True)
     corners = grd_corners(height, width)
-    ring = " ".join(f"{lat},{lon}" for lon, lat in (corners[(0, 0)], corners[(0, width)], corners[(height, width)], corners[(height, 0)]))
+    ring = " ".join(
+        f"{lat},{lon}"
+        for lon, lat in (corners[(0, 0)], corners[(0, width)], corners[(height, width)], corners[(height, 0)])
+    )
     (safe / "manifest.safe").write_text(
         '<?xml version="1.0" encoding="UTF-8"?>\n<xfdu:XFDU xmlns:xfdu="urn:ccsds:schema:xfdu:1" xmlns:safe="http://www.esa.int/safe/sentinel-1.0" xmlns:gml="http://www.opengis.net/gml">'
         f'<metadataSection><metadataObject ID="measurementFrameSet"><metadataWrap><xmlData><safe:frameSet><safe:frame><safe:footPrint srsName="http://www.opengis.net/gml/srs/epsg.xml#4326">'
@@ -146,13 +197,15 @@ def write_safe(root: Path, codes, polarisations=("vv", "vh"), a_sigma: float = 4
 
     def dn(r0: int, r1: int) -> np.ndarray:
         return np.clip(np.rint(a_cols * np.sqrt(uint8_to_linear(rows_of(r0, r1)))), 0, 65535).astype(np.uint16)
+
     for pol in polarisations:
         stem = f"s1a-iw-grd-{pol}-20260101t054512-20260101t054537-062000-07c0de-001"
         points = "".join(
             f"<geolocationGridPoint><azimuthTime>{START}</azimuthTime><slantRangeTime>5.3e-03</slantRangeTime><line>{r}</line><pixel>{c}</pixel>"
             f"<latitude>{corner_lonlat(r, c, height, width)[1]:.9f}</latitude><longitude>{corner_lonlat(r, c, height, width)[0]:.9f}</longitude><height>0</height>"
             "<incidenceAngle>35</incidenceAngle><elevationAngle>31</elevationAngle></geolocationGridPoint>"
-            for r in lines for c in pixels
+            for r in lines
+            for c in pixels
         )
         (safe / "annotation" / f"{stem}.xml").write_text(
             f'<?xml version="1.0" encoding="UTF-8"?>\n<product><adsHeader><missionId>S1A</missionId><productType>GRD</productType><polarisation>{pol.upper()}</polarisation>'
@@ -170,10 +223,18 @@ def write_safe(root: Path, codes, polarisations=("vv", "vh"), a_sigma: float = 4
             )
             (safe / "annotation" / "calibration" / f"calibration-{stem}.xml").write_text(
                 f'<?xml version="1.0" encoding="UTF-8"?>\n<calibration><adsHeader><polarisation>{pol.upper()}</polarisation></adsHeader>'
-                f'<calibrationInformation><absoluteCalibrationConstant>1</absoluteCalibrationConstant></calibrationInformation>'
+                f"<calibrationInformation><absoluteCalibrationConstant>1</absoluteCalibrationConstant></calibrationInformation>"
                 f'<calibrationVectorList count="{len(lines)}">{vectors}</calibrationVectorList></calibration>\n'
             )
-        with rasterio.open(safe / "measurement" / f"{stem}.tiff", "w", driver="GTiff", height=height, width=width, count=1, dtype="uint16") as ds:
+        with rasterio.open(
+            safe / "measurement" / f"{stem}.tiff",
+            "w",
+            driver="GTiff",
+            height=height,
+            width=width,
+            count=1,
+            dtype="uint16",
+        ) as ds:
             for r0 in range(0, height, 1024):
                 r1 = min(height, r0 + 1024)
                 ds.write(dn(r0, r1)[None], window=Window(0, r0, width, r1 - r0))

@@ -64,7 +64,11 @@ def write_dataset(
             keys.append(key)
             j += 1
         out.write_shard(shard, samples, rows, f"test-{seed}")
-    out.write_info(DatasetInfo(classes=list(CLASSES), resolution=size, count=sum(counts), status=COMPLETE, fingerprint=f"test-{seed}"))
+    out.write_info(
+        DatasetInfo(
+            classes=list(CLASSES), resolution=size, count=sum(counts), status=COMPLETE, fingerprint=f"test-{seed}"
+        )
+    )
     return keys
 
 
@@ -85,8 +89,17 @@ def remove_shard_tar(url: str, shard: int) -> None:
 # -- running the training jobs in tests -------------------------------------------------------------
 
 TINY_DATA = ["data.spec=synthetic:8?size=32&test=4", "data.resolution=32"]
-TINY_DIFFUSION = TINY_DATA + ["diffusion.unet.block_out_channels=[8,16]", "diffusion.batch_size=4", "diffusion.log_every=1"]
-TINY_STUDENT = TINY_DATA + ["student.batch_size=4", "student.encoder_depth=3", "student.shuffle_buffer=3", "student.log_every=1"]
+TINY_DIFFUSION = TINY_DATA + [
+    "diffusion.unet.block_out_channels=[8,16]",
+    "diffusion.batch_size=4",
+    "diffusion.log_every=1",
+]
+TINY_STUDENT = TINY_DATA + [
+    "student.batch_size=4",
+    "student.encoder_depth=3",
+    "student.shuffle_buffer=3",
+    "student.log_every=1",
+]
 TINY_SAMPLING = ["sampling.steps=3"]
 TINY_PIPELINE = TINY_DIFFUSION + TINY_SAMPLING + TINY_STUDENT[len(TINY_DATA) :]
 
@@ -97,7 +110,9 @@ def job_env(**extra: str) -> dict[str, str]:
 
     env = dict(os.environ, OMP_NUM_THREADS="1", DAKTER_PROGRESS="0")
     env.pop("DAKTER_KILL_AFTER_STEP", None)
-    env.pop("ACCELERATE_USE_CPU", None)  # set in this process by an in-process trainer: a job's launch decides its own mode
+    env.pop(
+        "ACCELERATE_USE_CPU", None
+    )  # set in this process by an in-process trainer: a job's launch decides its own mode
     env.update(extra)
     return env
 
@@ -115,7 +130,17 @@ def torchrun(nproc: int) -> list[str]:
     without CUDA, make_accelerator puts accelerate in CPU mode, so they form one gloo group)."""
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:

@@ -10,12 +10,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_sampler_gpu.py"
-TINY = ["--config", str(ROOT / "configs" / "experiment_demo.yaml"), "--device", "cpu", "--batches", "2", "--steps", "2", "--repeats", "1"]
+TINY = [
+    "--config",
+    str(ROOT / "configs" / "experiment_demo.yaml"),
+    "--device",
+    "cpu",
+    "--batches",
+    "2",
+    "--steps",
+    "2",
+    "--repeats",
+    "1",
+]
 
 
 def test_the_eager_loop_is_timed_against_the_peak_and_recorded(tmp_path):
     out = tmp_path / "sampler.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--only", "eager-fp32", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--only", "eager-fp32", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
     (row,) = record["runs"]
@@ -27,6 +43,11 @@ def test_the_eager_loop_is_timed_against_the_peak_and_recorded(tmp_path):
 
 
 def test_a_setting_this_device_does_not_run_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--only", "graphs-bf16", "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--only", "graphs-bf16", "--out", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0 and not (tmp_path / "x.json").exists()
     assert r.stderr.strip().splitlines()[-1].startswith("--only: graphs-bf16 not among this device's settings")

@@ -78,7 +78,9 @@ def test_ema_update_matches_the_per_tensor_formula():
     model(torch.randn(5, 3))  # changes the BatchNorm running statistics and its step count
     ema.update(model)
     for k, v in model.state_dict().items():
-        want = expected[k].mul(0.9).add(v.float(), alpha=0.1) if v.dtype.is_floating_point else v.float()  # the per-tensor update
+        want = (
+            expected[k].mul(0.9).add(v.float(), alpha=0.1) if v.dtype.is_floating_point else v.float()
+        )  # the per-tensor update
         assert torch.equal(ema.shadow[k], want), k
 
 
@@ -86,7 +88,17 @@ def test_diffusion_with_a_time_budget_records_its_steps(tmp_path):
     """A real run with a budget: it stops on its own long before max_steps, the model folder and
     logs/train.json agree on the count, and a checkpoint records it for a resume."""
     out = tmp_path / "model"
-    argv = job("train_diffusion.py") + ["--out", str(out), "--max-steps", "100000", *TINY_DIFFUSION, "diffusion.max_minutes=0.05", "diffusion.checkpoint_every=5", "diffusion.log_every=10", "diffusion.checkpoints_total_limit=100"]
+    argv = job("train_diffusion.py") + [
+        "--out",
+        str(out),
+        "--max-steps",
+        "100000",
+        *TINY_DIFFUSION,
+        "diffusion.max_minutes=0.05",
+        "diffusion.checkpoint_every=5",
+        "diffusion.log_every=10",
+        "diffusion.checkpoints_total_limit=100",
+    ]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=job_env())
     assert r.returncode == 0, r.stderr
     assert "time budget" in r.stderr
@@ -94,5 +106,8 @@ def test_diffusion_with_a_time_budget_records_its_steps(tmp_path):
     info = json.loads((out / "dakter.json").read_text())
     assert 23 <= record["steps"] < 100000 and info["steps_trained"] == record["steps"]
     # checkpoints before the measurement (3 warm-up + 20 timed steps) record no count, later ones the count
-    totals = {int(p.parent.name.split("-")[1]): json.loads(p.read_text())["total_steps"] for p in (out / "checkpoints").glob("step-*/state.json")}
+    totals = {
+        int(p.parent.name.split("-")[1]): json.loads(p.read_text())["total_steps"]
+        for p in (out / "checkpoints").glob("step-*/state.json")
+    }
     assert totals and all((t is None) if step < 23 else (t == record["steps"]) for step, t in totals.items()), totals

@@ -49,8 +49,24 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
     from huggingface_hub import ModelCard
 
     model, student = tmp_path / "model", tmp_path / "student"
-    run_job("train_diffusion.py", ["--out", str(model), "--max-steps", "2", "--report-to", "tensorboard", *TINY_DIFFUSION])
-    run_job("train_student.py", ["--out", str(student), "--max-steps", "2", "--report-to", "tensorboard", "--evaluate", "test", *TINY_STUDENT, "student.ratio=0"])
+    run_job(
+        "train_diffusion.py", ["--out", str(model), "--max-steps", "2", "--report-to", "tensorboard", *TINY_DIFFUSION]
+    )
+    run_job(
+        "train_student.py",
+        [
+            "--out",
+            str(student),
+            "--max-steps",
+            "2",
+            "--report-to",
+            "tensorboard",
+            "--evaluate",
+            "test",
+            *TINY_STUDENT,
+            "student.ratio=0",
+        ],
+    )
 
     # the generator: TensorBoard events of loss, learning rate and steps/s at both steps
     record = json.loads((model / "logs" / "train.json").read_text())
@@ -65,9 +81,18 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
     meta = card.data.to_dict()
     assert card.data.library_name == "diffusers" and "sar" in card.data.tags
     assert meta["dakter"]["classes"] == info["classes"] and meta["dakter"]["b"] == pytest.approx(info["b"], abs=1e-6)
-    assert meta["dakter"]["training"] == {"steps": 2, "last_loss": pytest.approx(record["last_log"]["loss"], abs=1e-6), "processes": 1}
-    assert meta["dakter"]["data"]["class_shares"] == pytest.approx(dict(zip(info["classes"], info["train_stats"]["class_fractions"])), abs=1e-4)
-    assert meta["dakter"]["evaluations_per_pair"] == info["sampling"]["steps"] and "train_diffusion.py" in meta["dakter"]["command"]
+    assert meta["dakter"]["training"] == {
+        "steps": 2,
+        "last_loss": pytest.approx(record["last_log"]["loss"], abs=1e-6),
+        "processes": 1,
+    }
+    assert meta["dakter"]["data"]["class_shares"] == pytest.approx(
+        dict(zip(info["classes"], info["train_stats"]["class_fractions"])), abs=1e-4
+    )
+    assert (
+        meta["dakter"]["evaluations_per_pair"] == info["sampling"]["steps"]
+        and "train_diffusion.py" in meta["dakter"]["command"]
+    )
     assert "Trained on simulated scenes" in card.text
 
     # the student: its evaluation in the tracker, eval.json and the card's model-index, the same numbers
@@ -78,7 +103,9 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
     card = ModelCard.load(student / CARD_FILE)
     assert card.data.library_name == "segmentation-models-pytorch"
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert results["mIoU"] == pytest.approx(evaluation["miou"], abs=1e-6) and results["IoU sea"] == pytest.approx(evaluation["iou"][0], abs=1e-6)
+    assert results["mIoU"] == pytest.approx(evaluation["miou"], abs=1e-6) and results["IoU sea"] == pytest.approx(
+        evaluation["iou"][0], abs=1e-6
+    )
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
 
 
@@ -87,16 +114,30 @@ def test_trackers_are_off_by_default_and_a_missing_one_is_one_line(tmp_path):
     run_job("train_diffusion.py", ["--out", str(out), "--max-steps", "1", *TINY_DIFFUSION])
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["ranks.json", "train.json"]  # no tracker folder
     assert (out / CARD_FILE).is_file()
-    proc = subprocess.run(job("train_diffusion.py") + ["--out", str(tmp_path / "m2"), "--max-steps", "1", "--report-to", "mlflow", *TINY_DIFFUSION], capture_output=True, text=True, env=job_env())
+    proc = subprocess.run(
+        job("train_diffusion.py")
+        + ["--out", str(tmp_path / "m2"), "--max-steps", "1", "--report-to", "mlflow", *TINY_DIFFUSION],
+        capture_output=True,
+        text=True,
+        env=job_env(),
+    )
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == "error: --report-to mlflow: mlflow is not installed (pip install mlflow)"
+        assert (
+            proc.returncode == 2
+            and proc.stderr.strip().splitlines()[-1]
+            == "error: --report-to mlflow: mlflow is not installed (pip install mlflow)"
+        )
 
 
 def _hashes(url: str) -> dict[str, str]:
     fs, root = storage.url_to_fs(url)
-    return {name: hashlib.sha256(fs.cat_file(storage.join(root, name))).hexdigest() for name in storage.list_dir(fs, root) if name != CARD_FILE}
+    return {
+        name: hashlib.sha256(fs.cat_file(storage.join(root, name))).hexdigest()
+        for name in storage.list_dir(fs, root)
+        if name != CARD_FILE
+    }
 
 
 def test_shard_set_card_lists_finished_shards_and_changes_nothing_else(model, tmp_path):
@@ -108,12 +149,23 @@ def test_shard_set_card_lists_finished_shards_and_changes_nothing_else(model, tm
     info = shards.info()
     card = DatasetCard.load(Path(url) / CARD_FILE)
     meta = card.data.to_dict()
-    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": [shardset.shard_name(s) for s in range(3)]}]}]
+    assert meta["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [{"split": "train", "path": [shardset.shard_name(s) for s in range(3)]}],
+        }
+    ]
     d = meta["dakter"]
     assert d["pairs"] == info.count == 10 and d["shards"] == 3 and d["classes"] == info.classes
-    assert d["class_shares"] == pytest.approx(dict(zip(info.classes, info.generated_stats["class_fractions"])), abs=1e-4)
+    assert d["class_shares"] == pytest.approx(
+        dict(zip(info.classes, info.generated_stats["class_fractions"])), abs=1e-4
+    )
     assert d["mean_confidence"] == pytest.approx(info.generated_stats["mean_confidence"], abs=1e-4)
-    assert (d["sampler"], d["evaluations_per_pair"], d["b"]) == (SAMPLING.sampler, SAMPLING.steps, pytest.approx(info.b, abs=1e-6))
+    assert (d["sampler"], d["evaluations_per_pair"], d["b"]) == (
+        SAMPLING.sampler,
+        SAMPLING.steps,
+        pytest.approx(info.b, abs=1e-6),
+    )
     assert d["model_data"].startswith("synthetic:") and "trained on simulated scenes" in card.text
     # the card is no shard and no stray file to the shard tools: listed, read and checked as before
     assert [i.shard for i in shards.done()] == [0, 1, 2] and shards.read_markers()[1] == {}
@@ -144,5 +196,10 @@ def test_a_set_with_an_unfinished_shard_lists_only_the_finished_ones(tmp_path):
 def test_the_command_is_written_as_typed_from_the_root_without_credentials():
     from dakter_scale.cards import command_line
 
-    assert command_line(["/elsewhere/checkout/jobs/synthesize.py", "--out", "s3://AKIA:secret@bucket/x"]) == "python jobs/synthesize.py --out s3://***@bucket/x"
-    assert command_line(["jobs/train_student.py", "--out", "runs/a b"]) == "python jobs/train_student.py --out 'runs/a b'"
+    assert (
+        command_line(["/elsewhere/checkout/jobs/synthesize.py", "--out", "s3://AKIA:secret@bucket/x"])
+        == "python jobs/synthesize.py --out s3://***@bucket/x"
+    )
+    assert (
+        command_line(["jobs/train_student.py", "--out", "runs/a b"]) == "python jobs/train_student.py --out 'runs/a b'"
+    )

@@ -26,7 +26,10 @@ def readme_policies() -> tuple[dict, list[dict]]:
 
 
 def test_every_node_type_names_a_profile_so_ray_attaches_no_default_role():
-    profiles = {name: node["node_config"].get("IamInstanceProfile", {}).get("Arn", "") for name, node in cluster()["available_node_types"].items()}
+    profiles = {
+        name: node["node_config"].get("IamInstanceProfile", {}).get("Arn", "")
+        for name, node in cluster()["available_node_types"].items()
+    }
     assert profiles == {
         "head": "arn:aws:iam::ACCOUNT:instance-profile/dakter-synth-head",
         "gpu": "arn:aws:iam::ACCOUNT:instance-profile/dakter-synth-writer",
@@ -44,9 +47,15 @@ def test_the_profiles_grant_s3_on_the_output_prefix_alone():
             if any(a.startswith("s3:") for a in actions):
                 assert all(a.startswith("s3:") for a in actions)
                 if actions == ["s3:ListBucket"]:
-                    assert resources == ["arn:aws:s3:::BUCKET"] and st["Condition"] == {"StringLike": {"s3:prefix": ["PREFIX", "PREFIX/*"]}}
+                    assert resources == ["arn:aws:s3:::BUCKET"] and st["Condition"] == {
+                        "StringLike": {"s3:prefix": ["PREFIX", "PREFIX/*"]}
+                    }
                 else:
                     assert resources == ["arn:aws:s3:::BUCKET/PREFIX/*"], st
-    assert not any(a.startswith("ec2:") or a.startswith("iam:") for st in writer["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]))
+    assert not any(
+        a.startswith("ec2:") or a.startswith("iam:")
+        for st in writer["Statement"]
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    )
     passes = [st for st in head if "iam:PassRole" in st["Action"]]
     assert [st["Resource"] for st in passes] == ["arn:aws:iam::ACCOUNT:role/dakter-synth-writer"]

@@ -30,7 +30,9 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_round_trip_through_saved_yaml(tmp_path):
-    cfg = load_config(None, ["student.ratio=2.5", "diffusion.unet.block_out_channels=[8,16]", "diffusion.unet.norm_num_groups=8"])
+    cfg = load_config(
+        None, ["student.ratio=2.5", "diffusion.unet.block_out_channels=[8,16]", "diffusion.unet.norm_num_groups=8"]
+    )
     path = save_config(cfg, tmp_path)
     assert load_config(path) == cfg
     assert "ratio: 2.5" in dump_config(cfg)

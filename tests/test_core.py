@@ -171,7 +171,9 @@ def test_kd_confidence_weighting_hand_computed():
     # uniform confidence: the weighted mean is the plain mean (the sample's total weight is unchanged)
     flat = torch.tensor([[0.8, 0.8], [0.2, 0.2]]).reshape(1, 2, 1, 2)
     rand = torch.randn(1, 2, 1, 2)
-    assert float(kd.kd_loss_per_sample(rand, flat, confidence_power=3)[0]) == pytest.approx(float(kd.kd_loss_per_sample(rand, flat)[0]), rel=1e-6)
+    assert float(kd.kd_loss_per_sample(rand, flat, confidence_power=3)[0]) == pytest.approx(
+        float(kd.kd_loss_per_sample(rand, flat)[0]), rel=1e-6
+    )
     with pytest.raises(ValueError, match="confidence power"):
         kd.kd_loss_per_sample(logits, q, confidence_power=-1)
 
@@ -200,7 +202,9 @@ def test_mixed_loss_soft_vs_hard():
     kd_conf = kd.kd_loss_per_sample(logits[2:], q[2:], confidence_power=2)
     assert float(soft_conf) == pytest.approx(float(torch.cat([ce_real, kd_conf]).mean()), rel=1e-6)
     assert float(soft_conf) != pytest.approx(float(soft), rel=1e-6)
-    assert float(kd.mixed_loss(logits, mask, q, is_gen, labels="hard", confidence_power=2)[0]) == pytest.approx(float(hard), rel=1e-6)
+    assert float(kd.mixed_loss(logits, mask, q, is_gen, labels="hard", confidence_power=2)[0]) == pytest.approx(
+        float(hard), rel=1e-6
+    )
     with pytest.raises(ValueError):
         kd.mixed_loss(logits, mask, q, is_gen, labels="fuzzy")
 
@@ -276,7 +280,9 @@ def test_joint_loss_zero_at_target_and_label_weighting():
     assert float(heavy) > float(plain)
 
 
-@pytest.mark.parametrize("image_type,label_type", [("epsilon", "sample"), ("v_prediction", "sample"), ("epsilon", "v_prediction")])
+@pytest.mark.parametrize(
+    "image_type,label_type", [("epsilon", "sample"), ("v_prediction", "sample"), ("epsilon", "v_prediction")]
+)
 def test_per_modality_parameterisation_round_trip(image_type, label_type):
     gen = torch.Generator().manual_seed(5)
     z0 = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)

@@ -21,8 +21,20 @@ def run(argv: list[str], timeout: int = 600, **env: str) -> subprocess.Completed
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=job_env(**env), cwd=ROOT)
 
 
-def student_2proc(out, synthetic: str, steps: int = 4, ratio: float = 3.0, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    argv = torchrun(2) + [job("train_student.py")[1], "--out", str(out), "--synthetic", synthetic, "--ratio", str(ratio), "--max-steps", str(steps)]
+def student_2proc(
+    out, synthetic: str, steps: int = 4, ratio: float = 3.0, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    argv = torchrun(2) + [
+        job("train_student.py")[1],
+        "--out",
+        str(out),
+        "--synthetic",
+        synthetic,
+        "--ratio",
+        str(ratio),
+        "--max-steps",
+        str(steps),
+    ]
     return run(argv + [*TINY_STUDENT, "student.num_workers=2", "student.checkpoint_every=2", *extra])
 
 
@@ -52,7 +64,15 @@ def test_two_cpu_processes_train_the_student_streaming_from_s3(tmp_path, s3_buck
 @pytest.mark.slow
 def test_two_cpu_processes_train_the_diffusion_model(tmp_path):
     out = tmp_path / "model"
-    argv = torchrun(2) + [job("train_diffusion.py")[1], "--out", str(out), "--max-steps", "3", *TINY_DIFFUSION, "diffusion.num_workers=2"]
+    argv = torchrun(2) + [
+        job("train_diffusion.py")[1],
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        *TINY_DIFFUSION,
+        "diffusion.num_workers=2",
+    ]
     r = run(argv)
     assert r.returncode == 0, r.stderr[-3000:]
     assert ABORT not in r.stderr
@@ -65,7 +85,9 @@ def test_torchrun_that_forms_no_process_group_is_refused(tmp_path):
     mode on a machine without CUDA): two processes that each think they are rank 0. Forced here with
     cpu=False; both must stop with LaunchError rather than train alone."""
     script = tmp_path / "launch.py"
-    script.write_text("from dakter_scale.training import make_accelerator\nmake_accelerator(cpu=False)\nprint('trained alone')\n")
+    script.write_text(
+        "from dakter_scale.training import make_accelerator\nmake_accelerator(cpu=False)\nprint('trained alone')\n"
+    )
     r = run(torchrun(2) + [str(script)], timeout=300)
     assert r.returncode != 0
     assert "trained alone" not in r.stdout
@@ -77,7 +99,14 @@ def test_the_single_process_accelerate_launch_starts_is_recognised(monkeypatch):
     (recorded with accelerate 1.15) is refused; torchrun's (WORLD_SIZE set) and plain python's are not."""
     from dakter_scale.training import LaunchError, check_launch
 
-    for key in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_DYNAMO_BACKEND", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+    for key in (
+        "WORLD_SIZE",
+        "MASTER_ADDR",
+        "ACCELERATE_DYNAMO_BACKEND",
+        "PMI_SIZE",
+        "OMPI_COMM_WORLD_SIZE",
+        "MV2_COMM_WORLD_SIZE",
+    ):
         monkeypatch.delenv(key, raising=False)
     check_launch()
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
@@ -94,7 +123,20 @@ def test_accelerate_launch_cpu_with_several_processes_is_refused(tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts ONE process (accelerate 1.15 wants mpirun
     for multi-CPU; so does `accelerate launch --num_processes 2` on a machine without GPUs): the job
     says so and names the command that works."""
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    argv = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     r = run(argv + [job("train_student.py")[1], "--out", str(tmp_path / "s"), *TINY_STUDENT], timeout=300)
     assert r.returncode != 0
     assert "error: `accelerate launch --num_processes N` started a single process" in r.stderr
@@ -113,7 +155,10 @@ def test_bad_shards_under_two_processes_never_hang(tmp_path):
     r = student_2proc(out, url, steps=8, ratio=4.0, extra=("student.on_bad_shard=warn",))
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((out / "student.json").read_text())
-    assert [b.split(":")[0] for b in info["bad_shards"]] == [f"shard {url}/shard-000001.tar", f"shard {url}/shard-000003.tar"]
+    assert [b.split(":")[0] for b in info["bad_shards"]] == [
+        f"shard {url}/shard-000001.tar",
+        f"shard {url}/shard-000003.tar",
+    ]
     assert "2 bad shard(s) or sample(s) skipped while streaming" in r.stderr
     r = student_2proc(tmp_path / "raise", url, steps=8, ratio=4.0, extra=("student.on_bad_shard=raise",))
     assert r.returncode != 0
@@ -180,6 +225,16 @@ def test_metrics_reach_accelerate_trackers(tmp_path, monkeypatch):
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_one_gpu_trains_the_diffusion_model_in_mixed_precision(tmp_path):
     """mixed_precision=auto picks bf16 (or fp16 on GPUs without bf16) on CUDA."""
-    r = run([sys.executable, job("train_diffusion.py")[1], "--out", str(tmp_path / "m"), "--max-steps", "2", *TINY_DIFFUSION])
+    r = run(
+        [
+            sys.executable,
+            job("train_diffusion.py")[1],
+            "--out",
+            str(tmp_path / "m"),
+            "--max-steps",
+            "2",
+            *TINY_DIFFUSION,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "device cuda" in r.stderr and ("mixed precision bf16" in r.stderr or "mixed precision fp16" in r.stderr)

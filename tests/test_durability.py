@@ -35,10 +35,14 @@ def test_a_shard_is_synced_file_by_file_before_its_marker(tmp_path):
         write_dataset(str(out), [3], size=16)
     names = [re.sub(r"\.tmp-[0-9a-f]{12}$", ".tmp", Path(p).name) if p != str(out) else "FOLDER" for p in synced]
     assert names == [
-        "shard-000000.tar.tmp", "FOLDER",
-        "shard-000000.parquet.tmp", "FOLDER",
-        "shard-000000.json.tmp", "FOLDER",  # the marker, last of the shard
-        "dataset.json.tmp", "FOLDER",
+        "shard-000000.tar.tmp",
+        "FOLDER",
+        "shard-000000.parquet.tmp",
+        "FOLDER",
+        "shard-000000.json.tmp",
+        "FOLDER",  # the marker, last of the shard
+        "dataset.json.tmp",
+        "FOLDER",
     ]
 
 
@@ -61,7 +65,20 @@ def test_a_full_disk_fails_shards_cleanly_and_a_rerun_completes(tmp_path_factory
     out = tmp_path / "out"
 
     def synthesize_to(folder):
-        return job("synthesize.py") + ["--model", model, "--out", str(folder), "--n", "9", "--samples-per-shard", "4", "--steps", "3", "--actors", "0"]
+        return job("synthesize.py") + [
+            "--model",
+            model,
+            "--out",
+            str(folder),
+            "--n",
+            "9",
+            "--samples-per-shard",
+            "4",
+            "--steps",
+            "3",
+            "--actors",
+            "0",
+        ]
 
     argv = synthesize_to(out)
 
@@ -73,16 +90,37 @@ def test_a_full_disk_fails_shards_cleanly_and_a_rerun_completes(tmp_path_factory
         return limit_file_size
 
     # shards of 4 pairs (~30 kB) do not fit, the last one of 1 pair does
-    full = subprocess.run(argv, env=job_env(PYTHONDONTWRITEBYTECODE="1"), preexec_fn=full_disk(20_000), capture_output=True, text=True, timeout=600)
+    full = subprocess.run(
+        argv,
+        env=job_env(PYTHONDONTWRITEBYTECODE="1"),
+        preexec_fn=full_disk(20_000),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert full.returncode == 1 and "Traceback" not in full.stderr
-    assert "shard 0: StorageError: writing" in full.stdout + full.stderr and "(the disk or quota is full)" in full.stderr
+    assert (
+        "shard 0: StorageError: writing" in full.stdout + full.stderr and "(the disk or quota is full)" in full.stderr
+    )
     assert sorted(i.shard for i in ShardSet(str(out)).done()) == [2]  # what fitted is finished
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]  # nothing partial is left
     assert not ShardSet(str(out)).info().complete
     # not even dataset.json fits: one line, exit 2
-    tiny = subprocess.run(synthesize_to(tmp_path / "other"), env=job_env(PYTHONDONTWRITEBYTECODE="1"), preexec_fn=full_disk(500), capture_output=True, text=True, timeout=600)
+    tiny = subprocess.run(
+        synthesize_to(tmp_path / "other"),
+        env=job_env(PYTHONDONTWRITEBYTECODE="1"),
+        preexec_fn=full_disk(500),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     errors = [line for line in tiny.stderr.splitlines() if line.startswith("error:")]
-    assert tiny.returncode == 2 and len(errors) == 1 and "dataset.json failed" in errors[0] and "Traceback" not in tiny.stderr
+    assert (
+        tiny.returncode == 2
+        and len(errors) == 1
+        and "dataset.json failed" in errors[0]
+        and "Traceback" not in tiny.stderr
+    )
     # space freed: the rerun writes only what is missing
     rerun = subprocess.run(argv + ["--json"], env=job_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr

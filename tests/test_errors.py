@@ -40,7 +40,10 @@ def test_every_error_class_of_the_library_is_a_user_error():
                 found[f"{path.relative_to(ROOT)}:{node.name}"] = [ast.unparse(b) for b in node.bases]
     assert len(found) >= 11, found
     user = {"UserError"}  # and every class derived from one (SampleError from ShardError)
-    while new := {name.split(":")[1] for name, bases in found.items() if any(b.split(".")[-1] in user for b in bases)} - user:
+    while (
+        new := {name.split(":")[1] for name, bases in found.items() if any(b.split(".")[-1] in user for b in bases)}
+        - user
+    ):
         user |= new
     assert [name for name in found if name.split(":")[1] not in user] == []
 
@@ -95,7 +98,11 @@ def test_unwritable_output_is_a_user_error(tmp_path, capsys):
 
     (tmp_path / "file").write_text("x")
     code, err = run_body(lambda: storage.check_writable(str(tmp_path / "file" / "sub")), capsys)
-    assert code == 2 and err.startswith(f"error: output {tmp_path / 'file' / 'sub'} is not writable: ") and err.count("\n") == 1
+    assert (
+        code == 2
+        and err.startswith(f"error: output {tmp_path / 'file' / 'sub'} is not writable: ")
+        and err.count("\n") == 1
+    )
 
 
 def test_an_internal_file_not_found_error_keeps_its_traceback(tmp_path):
@@ -105,9 +112,14 @@ def test_an_internal_file_not_found_error_keeps_its_traceback(tmp_path):
         cli.run(lambda: open(tmp_path / "written-by-an-earlier-step.json").read())
     script = "from dakter_scale import cli\ncli.run(lambda: open('/no/such/internal/file.json').read())\n"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=str(ROOT), env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=str(ROOT), env=env
+    )
     assert r.returncode == 1, r.stderr
-    assert "Traceback (most recent call last)" in r.stderr and "FileNotFoundError: [Errno 2] No such file or directory" in r.stderr
+    assert (
+        "Traceback (most recent call last)" in r.stderr
+        and "FileNotFoundError: [Errno 2] No such file or directory" in r.stderr
+    )
     assert not r.stderr.startswith("error: ")
 
 
@@ -115,5 +127,9 @@ def test_cli_imports_no_subsystem():
     """cli.py catches the base class; it need not import the areas that raise (storage only lends it
     redact_url, to hide credentials in what it prints)."""
     tree = ast.parse(Path(cli.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("dakter_scale")}
+    imported = {
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("dakter_scale")
+    }
     assert imported <= {"dakter_scale.config", "dakter_scale.errors", "dakter_scale.data.storage"}, imported

@@ -44,7 +44,9 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     text = path.read_text()
     for name in ("no augmentation", "hard labels", "DAKTer (soft labels + KD)", "b = 1"):
         assert name in text
-    assert "| dakter − hard (soft against hard labels) | unet |" in text  # the verdict: same-seed differences with their interval
+    assert (
+        "| dakter − hard (soft against hard labels) | unet |" in text
+    )  # the verdict: same-seed differences with their interval
     assert "KD weight λ = 1 (unet 0.7)" in text
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["runs"]) == 2 * 4  # seeds x methods
@@ -72,7 +74,10 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
 
 
 def test_plan_sweep_seeds_and_generated_size():
-    cfg = load_config(None, TINY + ["experiment.sweep_archs=[unet]", "experiment.sweep_ratios=[0.5,3.0]", "experiment.sweep_seeds=[1]"])
+    cfg = load_config(
+        None,
+        TINY + ["experiment.sweep_archs=[unet]", "experiment.sweep_ratios=[0.5,3.0]", "experiment.sweep_seeds=[1]"],
+    )
     plan = Plan(cfg, n_train=6)
     sweep = plan.sweep_runs()
     assert {r.seed for r in sweep} == {1}  # sweep_seeds overrides seeds
@@ -86,15 +91,33 @@ def test_plan_sweep_seeds_and_generated_size():
 def test_per_student_kd_weight_and_matched_control():
     from dakter_scale.config import ConfigError
 
-    cfg = load_config(None, TINY + ["experiment.archs=[unet,segformer]", "experiment.methods=[hard,hard_matched,dakter,dakter_b1]", "experiment.kd_weights=[unet:1.0]", "student.kd_weight=0.5"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.archs=[unet,segformer]",
+            "experiment.methods=[hard,hard_matched,dakter,dakter_b1]",
+            "experiment.kd_weights=[unet:1.0]",
+            "student.kd_weight=0.5",
+        ],
+    )
     plan = Plan(cfg, n_train=6)
     assert plan.kd_weight("unet") == 1.0 and plan.kd_weight("segformer") == 0.5
     runs = [r for r in plan.main_runs() if r.seed == 0]
     by = {(r.method, r.arch): r for r in runs}
-    assert by[("dakter", "unet")].weight == 1.0 and by[("dakter_b1", "unet")].weight == 1.0 and by[("dakter", "segformer")].weight == 0.5
+    assert (
+        by[("dakter", "unet")].weight == 1.0
+        and by[("dakter_b1", "unet")].weight == 1.0
+        and by[("dakter", "segformer")].weight == 0.5
+    )
     # segformer: hard labels weighted 0.5 on generated pairs, the same pairs as hard
     matched = by[("hard_matched", "segformer")]
-    assert matched.labels == "hard" and matched.weight == 0.5 and matched.generated == "b_cfg" and matched.name == "hard_matched-segformer-r1-s0"
+    assert (
+        matched.labels == "hard"
+        and matched.weight == 0.5
+        and matched.generated == "b_cfg"
+        and matched.name == "hard_matched-segformer-r1-s0"
+    )
     assert by[("hard", "segformer")].weight is None
     # unet: lambda 1 is the hard baseline's own CE weight, so its control is the hard run itself
     assert ("hard_matched", "unet") not in by and plan.run("hard_matched", "unet", 1.0, 0) == by[("hard", "unet")]
@@ -117,7 +140,17 @@ def test_sweep_table_has_same_seed_differences():
     the same-seed DAKTer - hard difference per ratio."""
     from dakter_scale.study.report import experiment_markdown
 
-    cfg = load_config(None, TINY + ["experiment.methods=[none,hard,dakter]", "experiment.sweep_archs=[unet]", "experiment.sweep_methods=[hard,dakter]", "experiment.sweep_ratios=[1.0,3.0]", "experiment.sweep_seeds=[0,1,5]"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.methods=[none,hard,dakter]",
+            "experiment.sweep_archs=[unet]",
+            "experiment.sweep_methods=[hard,dakter]",
+            "experiment.sweep_ratios=[1.0,3.0]",
+            "experiment.sweep_seeds=[0,1,5]",
+        ],
+    )
     plan = Plan(cfg, n_train=6)
     classes = ["sea", "oil", "look-alike", "ship", "land"]
     runs = {}
@@ -126,7 +159,19 @@ def test_sweep_table_has_same_seed_differences():
         if r.method == "dakter" and r.seed == 5 and r.ratio == 3.0:
             base -= 0.05  # the one seed where hard labels lead
         runs[r.name] = {"miou": base, "mean_f1": base, "iou": [base] * len(classes)}
-    text = experiment_markdown({"runs": runs, "quality": {}, "studies": {}, "timings_s": {"total": 1.0}, "b": {"b_cfg": 0.3}, "generated_pairs": 18, "n_train": 6}, plan, classes)
+    text = experiment_markdown(
+        {
+            "runs": runs,
+            "quality": {},
+            "studies": {},
+            "timings_s": {"total": 1.0},
+            "b": {"b_cfg": 0.3},
+            "generated_pairs": 18,
+            "n_train": 6,
+        },
+        plan,
+        classes,
+    )
     sweep_section = text.split("## Augmentation ratio sweep")[1].split("##")[0]
     rows = {line.split("|")[2].strip(): line for line in sweep_section.splitlines() if line.startswith("| unet |")}
     sweep = rows["DAKTer − hard labels, same seeds (points; seeds ahead)"].split("|")[3:-1]
@@ -135,7 +180,9 @@ def test_sweep_table_has_same_seed_differences():
     assert rows["hard labels (DDPM / SatSynth style)"].split("|")[-2].strip().startswith("54.20")
 
 
-@pytest.mark.parametrize("layout", ["osd", "sos"])
+@pytest.mark.parametrize(
+    "layout", ["osd", pytest.param("sos", marks=pytest.mark.slow)]
+)  # the readers test both layouts
 def test_experiment_command_on_a_folder_layout(tmp_path, layout):
     """The experiment command takes an OSD or SOS folder (JPEG scenes, PNG masks on disk) with no
     code change: the classes, the per-class table and b come from the folder."""
@@ -152,9 +199,18 @@ def test_experiment_command_on_a_folder_layout(tmp_path, layout):
     else:
         S.write_sos_layout(root, n_train=6, n_test=3, size=48, seed=3, progress=False)
         classes = ["background", "oil"]
-    overrides = [o for o in TINY if not o.startswith(("data.spec", "experiment.decode_study"))] + ["experiment.decode_study=[]", "experiment.seeds=[0]", "experiment.methods=[none,hard,dakter]"]
+    overrides = [o for o in TINY if not o.startswith(("data.spec", "experiment.decode_study"))] + [
+        "experiment.decode_study=[]",
+        "experiment.seeds=[0]",
+        "experiment.methods=[none,hard,dakter]",
+    ]
     out = tmp_path / "exp"
-    r = subprocess.run(job("experiment.py") + ["--data", f"{layout}:{root}", "--out", str(out)] + overrides, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        job("experiment.py") + ["--data", f"{layout}:{root}", "--out", str(out)] + overrides,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     text = (out / "results.md").read_text()
     assert f"Data `{layout}:{root}`: 6 training images" in text
@@ -170,14 +226,33 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
     split only, and the main table's students use the best lambda (the grid's student is reused, not
     retrained); --rescore scores every finished student on another split and tabulates them."""
     val = "synthetic:6?size=32&test=3&seed=7"
-    cfg = load_config(None, TINY + ["experiment.seeds=[0]", "experiment.methods=[none,hard,hard_matched,dakter]", "experiment.decode_study=[]", "experiment.kd_weight_grid=[0.5,1.0]", f"experiment.validation_spec={val}"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.seeds=[0]",
+            "experiment.methods=[none,hard,hard_matched,dakter]",
+            "experiment.decode_study=[]",
+            "experiment.kd_weight_grid=[0.5,1.0]",
+            f"experiment.validation_spec={val}",
+        ],
+    )
     exp = Experiment(cfg, tmp_path, progress=False)
-    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == ["dakter-unet-r1-s0-kd0.5", "dakter-unet-r1-s0-kd1"]
+    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == [
+        "dakter-unet-r1-s0-kd0.5",
+        "dakter-unet-r1-s0-kd1",
+    ]
     exp.run()
     payload = json.loads((tmp_path / "results.json").read_text())
     choice = payload["kd_weight_choice"]["unet"]
-    scores = {w: json.loads((tmp_path / "students" / f"dakter-unet-r1-s0-kd{w}" / "metrics_validation.json").read_text()) for w in ("0.5", "1")}
-    assert all(m["data"] == val for m in scores.values()) and not (tmp_path / "students" / "dakter-unet-r1-s0-kd1" / "metrics.json").exists()
+    scores = {
+        w: json.loads((tmp_path / "students" / f"dakter-unet-r1-s0-kd{w}" / "metrics_validation.json").read_text())
+        for w in ("0.5", "1")
+    }
+    assert (
+        all(m["data"] == val for m in scores.values())
+        and not (tmp_path / "students" / "dakter-unet-r1-s0-kd1" / "metrics.json").exists()
+    )
     assert choice["miou"] == {w: {"0": m["miou"]} for w, m in scores.items()}
     chosen = choice["chosen"]
     assert chosen == (0.5 if scores["0.5"]["miou"] >= scores["1"]["miou"] else 1.0)
@@ -206,22 +281,48 @@ def test_ratio_chosen_on_validation(tmp_path):
     scored on the validation split only; the table's hard and DAKTer students run at the best ratio,
     and the generated set covers the largest ratio of the grid."""
     val = "synthetic:6?size=32&test=3&seed=7"
-    cfg = load_config(None, TINY + ["experiment.seeds=[0]", "experiment.methods=[none,hard,dakter]", "experiment.decode_study=[]", "experiment.ratio_grid=[0.5,2.0]", f"experiment.validation_spec={val}"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.seeds=[0]",
+            "experiment.methods=[none,hard,dakter]",
+            "experiment.decode_study=[]",
+            "experiment.ratio_grid=[0.5,2.0]",
+            f"experiment.validation_spec={val}",
+        ],
+    )
     exp = Experiment(cfg, tmp_path, progress=False)
     assert exp.plan.gen_size() == 12  # the grid's largest ratio, 2 x 6 training images
-    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == ["dakter-unet-r0.5-s0-kd1", "dakter-unet-r2-s0-kd1"]
+    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == [
+        "dakter-unet-r0.5-s0-kd1",
+        "dakter-unet-r2-s0-kd1",
+    ]
     exp.run()
     payload = json.loads((tmp_path / "results.json").read_text())
     choice = payload["kd_weight_choice"]["unet"]
-    scores = {r: json.loads((tmp_path / "students" / f"dakter-unet-r{r}-s0-kd1" / "metrics_validation.json").read_text())["miou"] for r in ("0.5", "2")}
+    scores = {
+        r: json.loads((tmp_path / "students" / f"dakter-unet-r{r}-s0-kd1" / "metrics_validation.json").read_text())[
+            "miou"
+        ]
+        for r in ("0.5", "2")
+    }
     assert choice["miou"] == {f"1@{r}": {"0": m} for r, m in scores.items()}
     ratio = 0.5 if scores["0.5"] >= scores["2"] else 2.0
     assert choice["chosen"] == 1.0 and choice["chosen_ratio"] == ratio
     assert set(payload["runs"]) == {"none-unet-r0-s0", f"hard-unet-r{ratio:g}-s0", f"dakter-unet-r{ratio:g}-s0"}
-    main, twin = tmp_path / "students" / f"dakter-unet-r{ratio:g}-s0", tmp_path / "students" / f"dakter-unet-r{ratio:g}-s0-kd1"
-    assert (main / "model.safetensors").read_bytes() == (twin / "model.safetensors").read_bytes()  # reused, not retrained
+    main, twin = (
+        tmp_path / "students" / f"dakter-unet-r{ratio:g}-s0",
+        tmp_path / "students" / f"dakter-unet-r{ratio:g}-s0-kd1",
+    )
+    assert (main / "model.safetensors").read_bytes() == (
+        twin / "model.safetensors"
+    ).read_bytes()  # reused, not retrained
     text = (tmp_path / "results.md").read_text()
-    assert "## Augmentation ratio and KD weight λ, chosen on the validation split" in text and f"## Main comparison at the ratio chosen on the validation split (unet {ratio:g})" in text
+    assert (
+        "## Augmentation ratio and KD weight λ, chosen on the validation split" in text
+        and f"## Main comparison at the ratio chosen on the validation split (unet {ratio:g})" in text
+    )
     # a rerun plans the same students and trains nothing
     again = Experiment(cfg, tmp_path, progress=False)
     again.choose()
@@ -248,7 +349,15 @@ def test_sampler_frontier_plan_table_and_figure(tmp_path):
     from dakter_scale.config import ConfigError
     from dakter_scale.study.report import sampler_frontier_figure, study_tables
 
-    cfg = load_config(None, TINY + ["experiment.sampler_study=[ddim:10,dpmsolver++:10,dpmsolver++:20:3,unipc:20]", "experiment.study_seeds=[]", "experiment.decode_study=[]"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.sampler_study=[ddim:10,dpmsolver++:10,dpmsolver++:20:3,unipc:20]",
+            "experiment.study_seeds=[]",
+            "experiment.decode_study=[]",
+        ],
+    )
     plan = Plan(cfg, n_train=6)
     variants = plan.study_variants()
     assert [dict(v.generated.sampling) for v in variants] == [
@@ -263,10 +372,24 @@ def test_sampler_frontier_plan_table_and_figure(tmp_path):
             load_config(None, TINY + [f"experiment.sampler_study=[{bad}]"])
 
     def quality(miou, enl):
-        return {"label_alignment": {"miou": miou}, "class_fraction_tv": 0.05, "mean_confidence": 0.9, "enl_generated": enl, "enl_real": 2.0, "histogram_distance": {"tv": 0.1, "w1": 3.0}}
+        return {
+            "label_alignment": {"miou": miou},
+            "class_fraction_tv": 0.05,
+            "mean_confidence": 0.9,
+            "enl_generated": enl,
+            "enl_real": 2.0,
+            "histogram_distance": {"tv": 0.1, "w1": 3.0},
+        }
 
     rows = [
-        {"variant": v.entry, "sampling": dict(v.generated.sampling), "pairs_per_second": 1.0, "sampling_pairs_per_second": 2.0, "quality": quality(0.4 + 0.01 * i, 2.0 + i), "miou": []}
+        {
+            "variant": v.entry,
+            "sampling": dict(v.generated.sampling),
+            "pairs_per_second": 1.0,
+            "sampling_pairs_per_second": 2.0,
+            "quality": quality(0.4 + 0.01 * i, 2.0 + i),
+            "miou": [],
+        }
         for i, v in enumerate(variants)
     ]
     text = "\n".join(study_tables({"studies": {"sampler": rows}}, plan))
@@ -282,11 +405,21 @@ def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
 
     with pytest.raises(ConfigError, match="method dakter_target needs a class target"):
         load_config(None, TINY + ["experiment.methods=[dakter,dakter_target]"])
-    overrides = ["experiment.methods=[none,dakter,dakter_target]", "experiment.seeds=[0]", "experiment.decode_study=[]", "experiment.class_target=oil:3x,ship:3x", "experiment.target_route=conditioned"]
+    overrides = [
+        "experiment.methods=[none,dakter,dakter_target]",
+        "experiment.seeds=[0]",
+        "experiment.decode_study=[]",
+        "experiment.class_target=oil:3x,ship:3x",
+        "experiment.target_route=conditioned",
+    ]
     cfg = load_config(None, TINY + overrides)
     plan = Plan(cfg, n_train=6)
     sets = {s.name: s for s in plan.generated_sets()}
-    assert sets["b_cfg_target"].model == "b_cfg" and sets["b_cfg_target"].target == ("oil:3x,ship:3x", "conditioned") and plan.models() == ["b_cfg"]
+    assert (
+        sets["b_cfg_target"].model == "b_cfg"
+        and sets["b_cfg_target"].target == ("oil:3x,ship:3x", "conditioned")
+        and plan.models() == ["b_cfg"]
+    )
     run = Experiment(cfg, tmp_path, progress=False).run()
     payload = json.loads((tmp_path / "results.json").read_text())
     target = payload["generated"]["b_cfg_target"]["target"]
@@ -306,12 +439,23 @@ def test_the_verdict_is_worded_from_the_interval():
     from dakter_scale.study.analyse import Results, paired, t95
     from dakter_scale.study.report import verdict_table
 
-    cfg = load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.archs=[unet,deeplabv3plus,segformer]", "experiment.seeds=[0,1,2]"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.methods=[none,dakter]",
+            "experiment.archs=[unet,deeplabv3plus,segformer]",
+            "experiment.seeds=[0,1,2]",
+        ],
+    )
     plan = Plan(cfg, n_train=6)
     base = (0.60, 0.61, 0.62)
     # unet: +2, +3, +2.5 points (interval above 0); deeplabv3plus: +4, -3, +1 (holds 0); segformer: -2, -3, -2.5
     shift = {"unet": (0.02, 0.03, 0.025), "deeplabv3plus": (0.04, -0.03, 0.01), "segformer": (-0.02, -0.03, -0.025)}
-    runs = {r.name: {"miou": base[r.seed] + (shift[r.arch][r.seed] if r.method == "dakter" else 0.0)} for r in plan.main_runs()}
+    runs = {
+        r.name: {"miou": base[r.seed] + (shift[r.arch][r.seed] if r.method == "dakter" else 0.0)}
+        for r in plan.main_runs()
+    }
     verdicts = Results(runs, plan).verdicts()
     assert {(v["a"], v["b"]) for v in verdicts} == {("dakter", "none")}
     by_arch = {v["arch"]: v for v in verdicts}
@@ -339,15 +483,33 @@ def test_a_study_that_would_choose_on_its_test_split_is_refused(tmp_path):
         assert "\n" not in str(e.value)
         assert not (tmp_path / "study").exists(), "refused before any work"
     r = subprocess.run(
-        job("experiment.py") + ["--out", str(tmp_path / "job")] + TINY + ["experiment.ratio_grid=[1.0,2.0]", "experiment.validation_spec=synthetic:6?size=32&test=3"],
+        job("experiment.py")
+        + ["--out", str(tmp_path / "job")]
+        + TINY
+        + ["experiment.ratio_grid=[1.0,2.0]", "experiment.validation_spec=synthetic:6?size=32&test=3"],
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: experiment.validation_spec") and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and r.stderr.strip().splitlines()[-1].startswith("error: experiment.validation_spec")
+        and "Traceback" not in r.stderr
+    )
     # another seed's scenes are other scenes: accepted, and the splits are recorded with their fingerprints
-    cfg = load_config(None, TINY + ["experiment.validation_spec=synthetic:6?size=32&test=3&seed=7", "experiment.test_spec=synthetic:6?size=32&test=4&seed=31"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7",
+            "experiment.test_spec=synthetic:6?size=32&test=4&seed=31",
+        ],
+    )
     splits = Experiment(cfg, tmp_path / "ok", progress=False).splits()
-    assert splits["test"]["spec"].endswith("seed=31") and splits["test"]["scenes"] == 4 and len(splits["test"]["fingerprint"]) == 64
+    assert (
+        splits["test"]["spec"].endswith("seed=31")
+        and splits["test"]["scenes"] == 4
+        and len(splits["test"]["fingerprint"]) == 64
+    )
     assert splits["validation"]["fingerprint"] != splits["test"]["fingerprint"]
     exp = Experiment(cfg, tmp_path / "ok", progress=False)
     with pytest.raises(ConfigError, match="scored on once"):
@@ -359,17 +521,40 @@ def test_the_eight_arms_and_the_length_grid_in_the_plan():
     every generated pair and no real one; dakter_copy_paste pastes onto real samples beside DAKTer's
     pairs; a length grid gives every validation student a length and, once chosen, every table arm."""
     methods = "[none,copy_paste,hard,hard_matched,dakter,dakter_target,pasted_after,dakter_copy_paste]"
-    extra = [f"experiment.methods={methods}", "experiment.class_target=oil:3x,ship:3x", "experiment.kd_weights=[unet:0.5]", "experiment.copy_paste_share=0.6"]
+    extra = [
+        f"experiment.methods={methods}",
+        "experiment.class_target=oil:3x,ship:3x",
+        "experiment.kd_weights=[unet:0.5]",
+        "experiment.copy_paste_share=0.6",
+    ]
     plan = Plan(load_config(None, TINY + extra), n_train=6)
     runs = {r.method: r for r in plan.main_runs() if r.seed == plan.e.seeds[0]}
     assert runs["copy_paste"].generated is None and runs["copy_paste"].ratio == 0
-    assert dict(runs["copy_paste"].overrides) == {"student.copy_paste": "oil:3x,ship:3x", "student.copy_paste_real": 0.6, "student.copy_paste_generated": 0.0}
-    assert runs["pasted_after"].generated == "b_cfg" and dict(runs["pasted_after"].overrides)["student.copy_paste_generated"] == 1.0
+    assert dict(runs["copy_paste"].overrides) == {
+        "student.copy_paste": "oil:3x,ship:3x",
+        "student.copy_paste_real": 0.6,
+        "student.copy_paste_generated": 0.0,
+    }
+    assert (
+        runs["pasted_after"].generated == "b_cfg"
+        and dict(runs["pasted_after"].overrides)["student.copy_paste_generated"] == 1.0
+    )
     assert dict(runs["pasted_after"].overrides)["student.copy_paste_real"] == 0.0
-    assert runs["dakter_copy_paste"].generated == "b_cfg" and dict(runs["dakter_copy_paste"].overrides)["student.copy_paste_real"] == 0.6
+    assert (
+        runs["dakter_copy_paste"].generated == "b_cfg"
+        and dict(runs["dakter_copy_paste"].overrides)["student.copy_paste_real"] == 0.6
+    )
     assert runs["dakter_target"].generated == "b_cfg_target" and not runs["dakter"].overrides
     assert len({r.name for r in runs.values()}) == 8
-    grid = Plan(load_config(None, TINY + extra + ["experiment.steps_grid=[3,5]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]), n_train=6)
+    grid = Plan(
+        load_config(
+            None,
+            TINY
+            + extra
+            + ["experiment.steps_grid=[3,5]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"],
+        ),
+        n_train=6,
+    )
     assert {dict(r.overrides)["student.max_steps"] for r in grid.selection_runs()} == {3, 5} and grid.pending()
     chosen = Plan(grid.cfg, 6, {"unet": (0.5, 1.0, 5)})
     assert all(dict(r.overrides)["student.max_steps"] == 5 for r in chosen.main_runs())
@@ -386,7 +571,16 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     from dakter_scale.config import ConfigError
     from dakter_scale.study.records import Records
 
-    cfg = load_config(None, TINY + ["experiment.methods=[none,copy_paste,dakter]", "experiment.seeds=[0]", "experiment.decode_study=[]", "experiment.class_target=ship:3x"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.methods=[none,copy_paste,dakter]",
+            "experiment.seeds=[0]",
+            "experiment.decode_study=[]",
+            "experiment.class_target=ship:3x",
+        ],
+    )
     records = tmp_path / "records"
     first = Experiment(cfg, tmp_path / "a", progress=False, records=records)
     first.run()
@@ -399,7 +593,9 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     second = Experiment(cfg, tmp_path / "b", progress=False, records=records)
     payload_path = second.run()
     assert payload_path.is_file()
-    segmenter = second.plan.real_only("unet").name  # its weights score the generated pairs: trained again, to the same bytes
+    segmenter = second.plan.real_only(
+        "unet"
+    ).name  # its weights score the generated pairs: trained again, to the same bytes
     for name in kept:  # restored, not retrained: no weights in the fresh folder
         assert (tmp_path / "b" / "students" / name / "model.safetensors").exists() == (name == segmenter)
     weights = "students/" + segmenter + "/model.safetensors"

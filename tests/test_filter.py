@@ -32,7 +32,9 @@ def test_pair_alignment_values():
 def segmenter(tmp_path):
     torch.manual_seed(0)
     model = build_student("unet", "resnet18", len(CLASSES), None, encoder_depth=3)
-    return save_student(tmp_path / "seg", model, {"arch": "unet", "encoder": "resnet18", "classes": list(CLASSES), "encoder_depth": 3})
+    return save_student(
+        tmp_path / "seg", model, {"arch": "unet", "encoder": "resnet18", "classes": list(CLASSES), "encoder_depth": 3}
+    )
 
 
 def _members(url):
@@ -58,7 +60,9 @@ def test_filter_keeps_the_best_aligned_pairs_byte_for_byte(tmp_path, segmenter):
         assert meta["source_key"] == kept[sorted(out).index(new_key)]
         assert sample["image.png"] == old["image.png"] and sample["soft.png"] == old["soft.png"]
         assert meta["key"] == new_key and meta["seed"] == json.loads(old["json"])["seed"]
-        assert meta["alignment"] == pytest.approx(scores["alignment"][scores["key"].index(meta["source_key"])], abs=1e-5)
+        assert meta["alignment"] == pytest.approx(
+            scores["alignment"][scores["key"].index(meta["source_key"])], abs=1e-5
+        )
     # the stock webdataset reader and the student stream read the result
     tars = [i.tar for i in ShardSet(dst).done()]
     assert sum(1 for _ in wds.WebDataset(tars, shardshuffle=False)) == 7
@@ -67,10 +71,17 @@ def test_filter_keeps_the_best_aligned_pairs_byte_for_byte(tmp_path, segmenter):
     assert len(manifest) == 7
     # the dataset statistics describe the kept pairs, not the source
     assert info.generated_stats["pairs"] == 7
-    np.testing.assert_allclose(info.generated_stats["class_fractions"], np.mean(manifest.column("class_fractions").to_pylist(), axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        info.generated_stats["class_fractions"],
+        np.mean(manifest.column("class_fractions").to_pylist(), axis=0),
+        atol=1e-6,
+    )
     # a rerun with the same source, segmenter and rule reuses the output
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
-    assert filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3).filter["fingerprint"] == info.filter["fingerprint"]
+    assert (
+        filter_shards(src, dst, segmenter, keep=7, samples_per_shard=3).filter["fingerprint"]
+        == info.filter["fingerprint"]
+    )
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst").iterdir()}
     # another rule replaces it
     again = filter_shards(src, dst, segmenter, min_alignment=info.filter["threshold"])
@@ -97,13 +108,30 @@ def test_filter_job_cli(tmp_path, segmenter):
 
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     write_dataset(src, [6], size=32)
-    r = subprocess.run(job("filter_generated.py") + ["--shards", src, "--segmenter", str(segmenter), "--out", dst, "--keep", "4"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        job("filter_generated.py") + ["--shards", src, "--segmenter", str(segmenter), "--out", dst, "--keep", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "kept 4 of 6 pairs" in r.stdout and len(_members(dst)) == 4
-    r = subprocess.run(job("filter_generated.py") + ["--shards", str(tmp_path / "nothing"), "--segmenter", str(segmenter), "--out", dst, "--keep", "4"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        job("filter_generated.py")
+        + ["--shards", str(tmp_path / "nothing"), "--segmenter", str(segmenter), "--out", dst, "--keep", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "not a complete generated set" in r.stderr and "Traceback" not in r.stderr
     before = _tree(tmp_path / "src")
-    r = subprocess.run(job("filter_generated.py") + ["--shards", src, "--segmenter", str(segmenter), "--out", src + "/.", "--keep", "4"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        job("filter_generated.py")
+        + ["--shards", src, "--segmenter", str(segmenter), "--out", src + "/.", "--keep", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "lies inside --shards" in r.stderr
     assert _tree(tmp_path / "src") == before
 
@@ -120,7 +148,13 @@ def test_filter_refuses_an_out_that_overlaps_its_source(tmp_path, segmenter, spe
     write_dataset(str(src), [4], size=32)
     (tmp_path / "x" / "notes.txt").write_text("unrelated")
     (tmp_path / "link").symlink_to(src)
-    out = {"same": src, "dot": f"{src}/.", "inside": src / "filtered", "parent": tmp_path / "x", "symlink": tmp_path / "link"}[spell]
+    out = {
+        "same": src,
+        "dot": f"{src}/.",
+        "inside": src / "filtered",
+        "parent": tmp_path / "x",
+        "symlink": tmp_path / "link",
+    }[spell]
     before = _tree(tmp_path / "x")
     with pytest.raises(FilterError, match="lies inside --shards"):
         filter_shards(str(src), str(out), segmenter, keep=2)

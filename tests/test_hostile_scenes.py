@@ -39,6 +39,7 @@ from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, writ
 MEMORY_MARGIN_MB = 64
 SECONDS_MARGIN = 10.0
 
+
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A student folder as jobs/predict.py reads it (random weights: every case is refused before a tile runs)."""
@@ -46,14 +47,22 @@ def student(tmp_path_factory):
     from dakter_scale.student.models import build_student, save_student
 
     folder = tmp_path_factory.mktemp("student") / "s"
-    return str(save_student(folder, build_student("unet", "resnet18", len(CLASSES), None, 3), dict(info(10.0), arch="unet", encoder="resnet18", encoder_depth=3)))
+    return str(
+        save_student(
+            folder,
+            build_student("unet", "resnet18", len(CLASSES), None, 3),
+            dict(info(10.0), arch="unet", encoder="resnet18", encoder_depth=3),
+        )
+    )
 
 
 def run_predict(args: list[str], work: Path) -> dict:
     """jobs/predict.py in a child process; its exit code, stderr, seconds and peak RSS (MB, its own)."""
     with open(work / "stdout.txt", "w+") as out, open(work / "stderr.txt", "w+") as err:
         t0 = time.monotonic()
-        child = subprocess.Popen(job("predict.py") + args, stdout=out, stderr=err, env=dict(os.environ, DAKTER_PROGRESS="0"))
+        child = subprocess.Popen(
+            job("predict.py") + args, stdout=out, stderr=err, env=dict(os.environ, DAKTER_PROGRESS="0")
+        )
         watchdog = threading.Timer(300, child.kill)
         watchdog.start()
         try:
@@ -68,7 +77,11 @@ def run_predict(args: list[str], work: Path) -> dict:
 
 def snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file under root (the case's inputs and everything beside them)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +105,9 @@ def _annotation(safe: Path) -> Path:
 
 def billion_laughs(levels: int = 9) -> str:
     """A DTD whose top entity expands to 10**levels copies of "lol" (billion laughs)."""
-    entities = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, levels + 1)]
+    entities = ['<!ENTITY lol0 "lol">'] + [
+        f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, levels + 1)
+    ]
     return "<!DOCTYPE product [" + "".join(entities) + "]>"
 
 
@@ -100,9 +115,11 @@ def vrt_behind_tif(root: Path) -> Path:
     """A VRT (XML naming another file) saved as scene.tif: GDAL would read the named file through it."""
     secret = write_geotiff(root / "secret.tif", np.full((64, 64), 77, dtype=np.uint8))
     scene = root / "scene.tif"
-    scene.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32631</SRS><GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>'
-                     f'<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="0">{secret}</SourceFilename><SourceBand>1</SourceBand>'
-                     f"</SimpleSource></VRTRasterBand></VRTDataset>")
+    scene.write_text(
+        f'<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32631</SRS><GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>'
+        f'<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="0">{secret}</SourceFilename><SourceBand>1</SourceBand>'
+        f"</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
     return scene
 
 
@@ -115,7 +132,11 @@ def utf8_dtd(root: Path) -> Path:
     safe = _safe(root)
     ann = _annotation(safe)
     text = ann.read_text()
-    ann.write_text(text.replace("<product>", billion_laughs() + "<product>", 1).replace("<missionId>S1A</missionId>", "<missionId>&lol9;</missionId>", 1))
+    ann.write_text(
+        text.replace("<product>", billion_laughs() + "<product>", 1).replace(
+            "<missionId>S1A</missionId>", "<missionId>&lol9;</missionId>", 1
+        )
+    )
     return safe
 
 
@@ -124,7 +145,9 @@ def utf16_dtd(root: Path) -> Path:
     safe = _safe(root)
     ann = _annotation(safe)
     text = ann.read_text().replace('encoding="UTF-8"', 'encoding="UTF-16"', 1)
-    text = text.replace("<product>", billion_laughs() + "<product>", 1).replace("<missionId>S1A</missionId>", "<missionId>&lol9;</missionId>", 1)
+    text = text.replace("<product>", billion_laughs() + "<product>", 1).replace(
+        "<missionId>S1A</missionId>", "<missionId>&lol9;</missionId>", 1
+    )
     ann.write_bytes(text.encode("utf-16"))
     assert b"<!DOCTYPE" not in ann.read_bytes() and b"<!ENTITY" not in ann.read_bytes()
     return safe
@@ -136,8 +159,22 @@ def forty_gigapixels(root: Path) -> Path:
     from rasterio.transform import from_origin
 
     path = root / "huge.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=200_000, width=200_000, count=1, dtype="uint8", crs="EPSG:32631", transform=from_origin(500000, 5000000, 10, 10),
-                       tiled=True, blockxsize=8192, blockysize=8192, sparse_ok=True, BIGTIFF="YES"):
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=200_000,
+        width=200_000,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000000, 10, 10),
+        tiled=True,
+        blockxsize=8192,
+        blockysize=8192,
+        sparse_ok=True,
+        BIGTIFF="YES",
+    ):
         pass
     assert path.stat().st_size < 100_000
     return path
@@ -152,7 +189,11 @@ def spacing_safe(value: str):
     def write(root: Path) -> Path:
         safe = _safe(root)
         ann = _annotation(safe)
-        ann.write_text(ann.read_text().replace("<rangePixelSpacing>1.0e+01</rangePixelSpacing>", f"<rangePixelSpacing>{value}</rangePixelSpacing>", 1))
+        ann.write_text(
+            ann.read_text().replace(
+                "<rangePixelSpacing>1.0e+01</rangePixelSpacing>", f"<rangePixelSpacing>{value}</rangePixelSpacing>", 1
+            )
+        )
         return safe
 
     return write
@@ -166,7 +207,17 @@ def geotransform(name: str, a: float, b: float, d: float, e: float):
         from affine import Affine
 
         path = root / f"{name}.tif"
-        with rasterio.open(path, "w", driver="GTiff", height=40, width=40, count=1, dtype="uint8", crs="EPSG:32631", transform=Affine(a, b, 500000.0, d, e, 5000000.0)) as ds:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            height=40,
+            width=40,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:32631",
+            transform=Affine(a, b, 500000.0, d, e, 5000000.0),
+        ) as ds:
             ds.write(draw_codes(40, 40)[None])
         return path
 
@@ -191,7 +242,13 @@ def collinear_gcps(root: Path) -> Path:
     path = root / "line.tif"
     codes = draw_codes(64, 64)
     with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint8") as ds:
-        ds.gcps = ([GroundControlPoint(row=i * 16.0, col=i * 16.0, x=500000.0 + 10 * i, y=5000000.0 - 30 * i * i) for i in range(5)], CRS.from_epsg(32631))
+        ds.gcps = (
+            [
+                GroundControlPoint(row=i * 16.0, col=i * 16.0, x=500000.0 + 10 * i, y=5000000.0 - 30 * i * i)
+                for i in range(5)
+            ],
+            CRS.from_epsg(32631),
+        )
         ds.write(codes[None])
     return path
 
@@ -200,9 +257,14 @@ def many_vectors(root: Path) -> Path:
     """A calibration file of 80,000 vectors (15 MB of XML)."""
     safe = _safe(root)
     cal = next((safe / "annotation" / "calibration").glob("*.xml"))
-    vectors = "".join(f'<calibrationVector><azimuthTime>2026-01-01T05:45:12.123456</azimuthTime><line>{i}</line><pixel count="3">0 40 79</pixel>'
-                      f'<sigmaNought count="3">4.0e+02 4.1e+02 4.2e+02</sigmaNought></calibrationVector>' for i in range(80_000))
-    cal.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<calibration><calibrationVectorList count="80000">{vectors}</calibrationVectorList></calibration>\n')
+    vectors = "".join(
+        f'<calibrationVector><azimuthTime>2026-01-01T05:45:12.123456</azimuthTime><line>{i}</line><pixel count="3">0 40 79</pixel>'
+        f'<sigmaNought count="3">4.0e+02 4.1e+02 4.2e+02</sigmaNought></calibrationVector>'
+        for i in range(80_000)
+    )
+    cal.write_text(
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<calibration><calibrationVectorList count="80000">{vectors}</calibrationVectorList></calibration>\n'
+    )
     assert cal.stat().st_size > 14_000_000
     return safe
 
@@ -233,16 +295,34 @@ CASES = {
     "png-that-is-a-gif": (png_that_is_not, r"scene\.png: unreadable image: not a PNG or JPEG"),
     "utf8-dtd": (utf8_dtd, r"s1a-iw-grd-vv.*\.xml: XML with a document type declaration or entities is refused"),
     "utf16-dtd": (utf16_dtd, r"s1a-iw-grd-vv.*\.xml: XML with a document type declaration or entities is refused"),
-    "40-gigapixels": (forty_gigapixels, r"huge\.tif: 200000 x 200000 pixels \(40,000 megapixels\), more than --max-scene-pixels"),
-    "5-km-pixels": (coarse_geotiff, r"coarse\.tif: the model grid needs 0\.002 scene pixels per model pixel .*beyond --max-resample-factor 64"),
+    "40-gigapixels": (
+        forty_gigapixels,
+        r"huge\.tif: 200000 x 200000 pixels \(40,000 megapixels\), more than --max-scene-pixels",
+    ),
+    "5-km-pixels": (
+        coarse_geotiff,
+        r"coarse\.tif: the model grid needs 0\.002 scene pixels per model pixel .*beyond --max-resample-factor 64",
+    ),
     "spacing-absurd": (spacing_safe("1.0e+06"), r"\.xml: imageInformation/rangePixelSpacing is 1000000\.0 m"),
     "spacing-nan": (spacing_safe("NaN"), r"\.xml: imageInformation/rangePixelSpacing is nan m"),
     "spacing-inf": (spacing_safe("INF"), r"\.xml: imageInformation/rangePixelSpacing is inf m"),
     "spacing-zero": (spacing_safe("0"), r"\.xml: imageInformation/rangePixelSpacing is 0\.0 m"),
-    "geotransform-nan": (geotransform("nan", float("nan"), 0, 0, -10), r"nan\.tif: geotransform holds a non-finite value"),
-    "geotransform-inf": (geotransform("inf", float("inf"), 0, 0, -10), r"inf\.tif: geotransform holds a non-finite value"),
-    "geotransform-flat": (geotransform("flat", 10, 0, 20, 0), r"flat\.tif: geotransform is degenerate \(its pixels have no area\)"),
-    "geotransform-1e9": (geotransform("wide", 1e9, 0, 0, -1e9), r"wide\.tif: pixel spacing \(from the georeferencing\) is 1000000000\.0 m"),
+    "geotransform-nan": (
+        geotransform("nan", float("nan"), 0, 0, -10),
+        r"nan\.tif: geotransform holds a non-finite value",
+    ),
+    "geotransform-inf": (
+        geotransform("inf", float("inf"), 0, 0, -10),
+        r"inf\.tif: geotransform holds a non-finite value",
+    ),
+    "geotransform-flat": (
+        geotransform("flat", 10, 0, 20, 0),
+        r"flat\.tif: geotransform is degenerate \(its pixels have no area\)",
+    ),
+    "geotransform-1e9": (
+        geotransform("wide", 1e9, 0, 0, -1e9),
+        r"wide\.tif: pixel spacing \(from the georeferencing\) is 1000000000\.0 m",
+    ),
     "degenerate-grid": (degenerate_grid, r"\.xml: geolocationGrid: the ground positions are degenerate"),
     "collinear-gcps": (collinear_gcps, r"line\.tif: ground control points: the pixel positions are degenerate"),
     "80000-vectors": (many_vectors, r"calibration-s1a-iw-grd-vv.*\.xml: more than 250000 XML elements"),
@@ -302,12 +382,23 @@ def out_cases(root: Path, student: str) -> dict[str, list[str]]:
     write_geotiff(dots / "fine.tif", sigma0_of(draw_codes(40, 40)))
     write_geotiff(dots / "...tif", sigma0_of(draw_codes(40, 40)))  # would be written to "..": beside --out
     scene = ["--student", student, "--scene"]
-    return {"out-is-the-safe": scene + [str(safe), "--out", str(safe)],
-            "out-inside-the-safe": scene + [str(safe), "--out", str(safe / "measurement")],
-            "out-holds-the-scene": scene + [str(tif), "--out", str(inputs)],
-            "out-is-a-file": scene + [str(tif), "--out", str(root / "taken")],
-            "scenes-inside-out": ["--student", student, "--scenes", str(inputs / "*.tif"), "--out", str(inputs), "--actors", "0"],
-            "dot-names": ["--student", student, "--scenes", str(dots), "--out", str(root / "dots-out"), "--actors", "0"]}
+    return {
+        "out-is-the-safe": scene + [str(safe), "--out", str(safe)],
+        "out-inside-the-safe": scene + [str(safe), "--out", str(safe / "measurement")],
+        "out-holds-the-scene": scene + [str(tif), "--out", str(inputs)],
+        "out-is-a-file": scene + [str(tif), "--out", str(root / "taken")],
+        "scenes-inside-out": [
+            "--student",
+            student,
+            "--scenes",
+            str(inputs / "*.tif"),
+            "--out",
+            str(inputs),
+            "--actors",
+            "0",
+        ],
+        "dot-names": ["--student", student, "--scenes", str(dots), "--out", str(root / "dots-out"), "--actors", "0"],
+    }
 
 
 OUT_CASES = {
@@ -335,7 +426,13 @@ def matrix(student, tmp_path_factory):
     argv.update(out_cases(root, student))
     (root / "cases.json").write_text(json.dumps(argv))
     listing = snapshot(root)
-    r = subprocess.run([sys.executable, "-c", CHILD, str(root / "cases.json"), str(ROOT)], capture_output=True, text=True, timeout=600, env=dict(os.environ, DAKTER_PROGRESS="0"))
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root / "cases.json"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, DAKTER_PROGRESS="0"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(r.stdout.strip().splitlines()[-1])
     assert snapshot(root) == listing  # no input byte changed, nothing written anywhere
@@ -359,16 +456,24 @@ def test_a_hostile_scene_is_refused_in_one_line(case, matrix):
     assert baseline["rc"] == 2 and "no such scene" in baseline["stderr"], baseline["stderr"]
     check_refused(r, CASES[case][1], baseline)
     assert r["unchanged"] and not r["out_exists"]
-    print(f"{case}: {r['seconds']:.2f} s, peak +{r['peak_mb']:.0f} MB (baseline {baseline['seconds']:.2f} s, +{baseline['peak_mb']:.0f} MB)")
+    print(
+        f"{case}: {r['seconds']:.2f} s, peak +{r['peak_mb']:.0f} MB (baseline {baseline['seconds']:.2f} s, +{baseline['peak_mb']:.0f} MB)"
+    )
 
 
 def test_a_zip_of_200000_members_is_refused_by_a_process_of_its_own(many_members, student, baseline, tmp_path):
     """As a process of its own, against a baseline process: exit status 2, one line, its peak RSS (wait4)."""
     before = hashlib.sha256(many_members.read_bytes()).hexdigest()
     r = run_predict(["--student", student, "--scene", str(many_members), "--out", str(tmp_path / "out")], tmp_path)
-    check_refused(r, r"members\.zip: the zip declares 200000 members, more than the 1000 allowed", dict(baseline, seconds=baseline["seconds"] + 10))
+    check_refused(
+        r,
+        r"members\.zip: the zip declares 200000 members, more than the 1000 allowed",
+        dict(baseline, seconds=baseline["seconds"] + 10),
+    )
     assert hashlib.sha256(many_members.read_bytes()).hexdigest() == before and not (tmp_path / "out").exists()
-    print(f"200000-member zip: {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB (baseline process {baseline['seconds']:.1f} s, {baseline['peak_mb']:.0f} MB)")
+    print(
+        f"200000-member zip: {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB (baseline process {baseline['seconds']:.1f} s, {baseline['peak_mb']:.0f} MB)"
+    )
 
 
 # -- the readers' own guarantees, in this process ---------------------------------------------------------
@@ -379,8 +484,10 @@ def test_a_sibling_overview_is_never_read(tmp_path):
     with the sibling scan off, the scene's own pixels are what a decimated read returns."""
     write_geotiff(tmp_path / "secret.tif", np.full((32, 32), 200, dtype=np.uint8))
     scene = write_geotiff(tmp_path / "scene.tif", np.full((64, 64), 5, dtype=np.uint8))
-    (tmp_path / "scene.tif.ovr").write_text('<VRTDataset rasterXSize="32" rasterYSize="32"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
-                                            '<SourceFilename relativeToVRT="1">secret.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    (tmp_path / "scene.tif.ovr").write_text(
+        '<VRTDataset rasterXSize="32" rasterYSize="32"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        '<SourceFilename relativeToVRT="1">secret.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>'
+    )
     with open_scene(str(scene)) as s:
         assert s.read(0, 64, 0, 64, out_shape=(32, 32)).max() == 5
         assert s.read(0.5, 63.5, 0.5, 63.5, out_shape=(7, 7), resampling="rms").max() == 5
@@ -413,7 +520,9 @@ def test_decimated_reads_average_what_they_cover(tmp_path):
         got = s.read(0, 96, 0, 120, out_shape=(12, 10))
         assert np.allclose(got, data.reshape(12, 8, 10, 12).mean(axis=(1, 3)), rtol=1e-5)
         rms = s.read(0, 96, 0, 120, out_shape=(12, 10), resampling="rms")
-        assert np.allclose(rms, np.sqrt((data.astype(np.float64) ** 2).reshape(12, 8, 10, 12).mean(axis=(1, 3))), rtol=1e-4)
+        assert np.allclose(
+            rms, np.sqrt((data.astype(np.float64) ** 2).reshape(12, 8, 10, 12).mean(axis=(1, 3))), rtol=1e-4
+        )
 
 
 def test_calibration_is_interpolated_from_the_bracketing_vectors_only():
@@ -442,9 +551,17 @@ def test_calibration_vector_count_is_capped(tmp_path):
     safe = _safe(tmp_path)
     cal = next((safe / "annotation" / "calibration").glob("*.xml"))
     n = CALIBRATION_MAX_VECTORS + 1
-    vectors = "".join(f'<calibrationVector><line>{i}</line><pixel count="2">0 79</pixel><sigmaNought count="2">4.0e+02 4.1e+02</sigmaNought></calibrationVector>' for i in range(n))
-    cal.write_text(f'<?xml version="1.0"?>\n<calibration><calibrationVectorList count="{n}">{vectors}</calibrationVectorList></calibration>\n')
-    with pytest.raises(SceneError, match=rf"calibration-.*\.xml: {n} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed"):
+    vectors = "".join(
+        f'<calibrationVector><line>{i}</line><pixel count="2">0 79</pixel><sigmaNought count="2">4.0e+02 4.1e+02</sigmaNought></calibrationVector>'
+        for i in range(n)
+    )
+    cal.write_text(
+        f'<?xml version="1.0"?>\n<calibration><calibrationVectorList count="{n}">{vectors}</calibrationVectorList></calibration>\n'
+    )
+    with pytest.raises(
+        SceneError,
+        match=rf"calibration-.*\.xml: {n} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed",
+    ):
         open_scene(str(safe))
 
 
@@ -474,14 +591,28 @@ def test_the_grid_caps_name_their_flags(tmp_path):
     from dakter_scale.scene.predict import PredictError, PredictOptions, Predictor
 
     scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(100, 120)))
-    for options, message in (({"max_scene_pixels": 11_999}, r"s\.tif: 100 x 120 pixels .*more than --max-scene-pixels 11999"),
-                             ({"max_grid_pixels": 2_999}, r"s\.tif: a model grid of 50 x 60 pixels \(factor 2\), more than --max-grid-pixels 2999"),
-                             ({"max_resample_factor": 1.5}, r"s\.tif: the model grid needs 2 scene pixels per model pixel .*beyond --max-resample-factor 1\.5")):
+    for options, message in (
+        ({"max_scene_pixels": 11_999}, r"s\.tif: 100 x 120 pixels .*more than --max-scene-pixels 11999"),
+        (
+            {"max_grid_pixels": 2_999},
+            r"s\.tif: a model grid of 50 x 60 pixels \(factor 2\), more than --max-grid-pixels 2999",
+        ),
+        (
+            {"max_resample_factor": 1.5},
+            r"s\.tif: the model grid needs 2 scene pixels per model pixel .*beyond --max-resample-factor 1\.5",
+        ),
+    ):
         with pytest.raises(PredictError, match=message):
-            Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8, **options), device="cpu", info=info(20.0))(str(scene), tmp_path / "out")
+            Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8, **options), device="cpu", info=info(20.0))(
+                str(scene), tmp_path / "out"
+            )
     assert not (tmp_path / "out").exists()
-    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8, max_grid_pixels=3_000), device="cpu", info=info(20.0))(str(scene), tmp_path / "out")
-    assert record["conventions"]["grid"] == {"height": 50, "width": 60} and record["options"]["max_grid_pixels"] == 3_000
+    record = Predictor(
+        DarkIsOil(), PredictOptions(tile=32, overlap=8, max_grid_pixels=3_000), device="cpu", info=info(20.0)
+    )(str(scene), tmp_path / "out")
+    assert (
+        record["conventions"]["grid"] == {"height": 50, "width": 60} and record["options"]["max_grid_pixels"] == 3_000
+    )
 
 
 def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
@@ -491,9 +622,13 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
     scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(64, 64)))
     with Lease(str(tmp_path / "out"), purpose="another predict run").acquire():
         with pytest.raises(LeaseError, match="being written by another run: another predict run"):
-            Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
+            Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(
+                str(scene), tmp_path / "out"
+            )
     assert not (tmp_path / "out" / "predict.json").exists()
-    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
+    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(
+        str(scene), tmp_path / "out"
+    )
     assert (tmp_path / "out" / "predict.json").exists() and record["tiling"]["count"] == 9
 
 
@@ -511,19 +646,29 @@ def test_every_output_is_synced_before_the_record(tmp_path, monkeypatch):
     scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(64, 64)))
     before = snapshot(tmp_path)
     monkeypatch.setattr(os, "fsync", traced)
-    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(str(scene), tmp_path / "out")
+    record = Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(
+        str(scene), tmp_path / "out"
+    )
     out = str(tmp_path / "out")
     record_at = synced.index(f"{out}/predict.json.tmp")
     for name in record["outputs"]:
         assert f"{out}/{name}" in synced[:record_at], name
-    assert out in synced[:record_at] and synced[record_at + 1] == out  # the folder, before and after the rename (then the lease is released)
-    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out/")} == before  # nothing beside the scene (no .aux.xml)
+    assert (
+        out in synced[:record_at] and synced[record_at + 1] == out
+    )  # the folder, before and after the rename (then the lease is released)
+    assert {
+        k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out/")
+    } == before  # nothing beside the scene (no .aux.xml)
 
 
 def test_scene_names_are_made_safe_and_counted_once():
     from dakter_scale.scene.predict import PredictError, scene_folders, scene_name
 
-    assert scene_name("s3://bucket/2026/S1A_X.SAFE.zip") == "S1A_X" and scene_name("/data/a b;c.tif") == "a_b_c" and scene_name("/d/x.y.tiff") == "x.y"
+    assert (
+        scene_name("s3://bucket/2026/S1A_X.SAFE.zip") == "S1A_X"
+        and scene_name("/data/a b;c.tif") == "a_b_c"
+        and scene_name("/d/x.y.tiff") == "x.y"
+    )
     for url in ("/d/...tif", "/d/.tif", "/d/.hidden.png", "/d/...SAFE/"):
         with pytest.raises(PredictError, match="may not be empty or start with a dot"):
             scene_name(url)
@@ -541,7 +686,12 @@ def test_an_annotation_in_utf16_without_a_dtd_is_read(tmp_path):
     ann = _annotation(safe)
     ann.write_bytes(ann.read_text().replace('encoding="UTF-8"', 'encoding="UTF-16"', 1).encode("utf-16"))
     with open_scene(str(safe)) as s:
-        assert s.kind == "safe" and s.native_spacing_m == 10.0 and len(s.gcps) == 42 and s.acquisition_time.startswith("2026-01-01T05:45:12")
+        assert (
+            s.kind == "safe"
+            and s.native_spacing_m == 10.0
+            and len(s.gcps) == 42
+            and s.acquisition_time.startswith("2026-01-01T05:45:12")
+        )
 
 
 def test_a_grid_without_annotated_spacing_is_measured_and_checked(tmp_path):

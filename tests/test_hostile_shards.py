@@ -95,7 +95,12 @@ def png(w: int, h: int, idat: bytes, depth: int = 8, colour: int = 0) -> bytes:
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def zlib_bomb(mib: int) -> bytes:
@@ -215,63 +220,337 @@ SAMPLE, REST, REST_AFTER, SHARD, HEADER = "sample", "rest of shard", "rest after
 TAR1 = "shard-000001.tar"
 CASES = [
     # one sample: the shard's other samples are read
-    ("png-bomb-within-cap", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib_bomb(1)))), SAMPLE, "PNG pixel data inflate to more than the 1056 bytes", TAR1),
-    ("png-header-huge", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(65535, 65535, zlib.compress(b"\0" * 64)))), SAMPLE, "PNG of 65535x65535 pixels is empty or larger", TAR1),
-    ("png-rgb", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", pil_png(np.zeros((SIZE, SIZE, 3), np.uint8), "RGB"))), SAMPLE, "PNG is 8-bit colour type 2", TAR1),
-    ("png-16-bit", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib.compress(bytes(SIZE * (2 * SIZE + 1))), depth=16))), SAMPLE, "PNG is 16-bit colour type 0", TAR1),
+    (
+        "png-bomb-within-cap",
+        lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib_bomb(1)))),
+        SAMPLE,
+        "PNG pixel data inflate to more than the 1056 bytes",
+        TAR1,
+    ),
+    (
+        "png-header-huge",
+        lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(65535, 65535, zlib.compress(b"\0" * 64)))),
+        SAMPLE,
+        "PNG of 65535x65535 pixels is empty or larger",
+        TAR1,
+    ),
+    (
+        "png-rgb",
+        lambda r: rewrite(r, 1, set_member(1, 1, "image.png", pil_png(np.zeros((SIZE, SIZE, 3), np.uint8), "RGB"))),
+        SAMPLE,
+        "PNG is 8-bit colour type 2",
+        TAR1,
+    ),
+    (
+        "png-16-bit",
+        lambda r: rewrite(
+            r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib.compress(bytes(SIZE * (2 * SIZE + 1))), depth=16))
+        ),
+        SAMPLE,
+        "PNG is 16-bit colour type 0",
+        TAR1,
+    ),
     ("png-filter-sub", _filter_type_one, SAMPLE, "PNG rows use a filter other than None", TAR1),
     ("png-corrupt-data", _corrupt_idat, SAMPLE, f"sample {KEY}: PNG", TAR1),
-    ("png-not-a-png", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", b"GIF89a" + bytes(100))), SAMPLE, "not a PNG", TAR1),
-    ("image-other-size", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", shards.encode_png(np.zeros((16, 16), np.uint8)))), SAMPLE, "image.png is 16x16, the set's (32x32 px, 5 classes) is 32x32", TAR1),
-    ("soft-other-size", lambda r: rewrite(r, 1, set_member(1, 1, "soft.png", shards.encode_png(soft_levels(K, SIZE, 16).reshape(K * SIZE, 16)))), SAMPLE, "soft.png is 160x16", TAR1),
-    ("soft-fewer-maps", lambda r: rewrite(r, 1, set_member(1, 1, "soft.png", shards.encode_png(soft_levels(4).reshape(4 * SIZE, SIZE)))), SAMPLE, "soft.png is 128x32", TAR1),
+    (
+        "png-not-a-png",
+        lambda r: rewrite(r, 1, set_member(1, 1, "image.png", b"GIF89a" + bytes(100))),
+        SAMPLE,
+        "not a PNG",
+        TAR1,
+    ),
+    (
+        "image-other-size",
+        lambda r: rewrite(r, 1, set_member(1, 1, "image.png", shards.encode_png(np.zeros((16, 16), np.uint8)))),
+        SAMPLE,
+        "image.png is 16x16, the set's (32x32 px, 5 classes) is 32x32",
+        TAR1,
+    ),
+    (
+        "soft-other-size",
+        lambda r: rewrite(
+            r, 1, set_member(1, 1, "soft.png", shards.encode_png(soft_levels(K, SIZE, 16).reshape(K * SIZE, 16)))
+        ),
+        SAMPLE,
+        "soft.png is 160x16",
+        TAR1,
+    ),
+    (
+        "soft-fewer-maps",
+        lambda r: rewrite(
+            r, 1, set_member(1, 1, "soft.png", shards.encode_png(soft_levels(4).reshape(4 * SIZE, SIZE)))
+        ),
+        SAMPLE,
+        "soft.png is 128x32",
+        TAR1,
+    ),
     ("other-class-count", _four_classes, SAMPLE, "4 classes, the set has 5", TAR1),
     ("levels-not-255", _levels_not_255, SAMPLE, "soft-label levels sum to 254 at pixel (3, 4), not 255", TAR1),
-    ("json-list", lambda r: rewrite(r, 1, set_member(1, 1, "json", b"[1, 2]")), SAMPLE, "json is a JSON list, not an object", TAR1),
-    ("json-invalid", lambda r: rewrite(r, 1, set_member(1, 1, "json", b"{not json")), SAMPLE, "json is not valid JSON", TAR1),
-    ("json-not-utf8", lambda r: rewrite(r, 1, set_member(1, 1, "json", b'{"key": "\xff"}')), SAMPLE, "json is not valid JSON", TAR1),
-    ("json-deep", lambda r: rewrite(r, 1, set_member(1, 1, "json", b"[" * 5000 + b"]" * 5000)), SAMPLE, "json is not valid JSON (nested too deeply)", TAR1),
+    (
+        "json-list",
+        lambda r: rewrite(r, 1, set_member(1, 1, "json", b"[1, 2]")),
+        SAMPLE,
+        "json is a JSON list, not an object",
+        TAR1,
+    ),
+    (
+        "json-invalid",
+        lambda r: rewrite(r, 1, set_member(1, 1, "json", b"{not json")),
+        SAMPLE,
+        "json is not valid JSON",
+        TAR1,
+    ),
+    (
+        "json-not-utf8",
+        lambda r: rewrite(r, 1, set_member(1, 1, "json", b'{"key": "\xff"}')),
+        SAMPLE,
+        "json is not valid JSON",
+        TAR1,
+    ),
+    (
+        "json-deep",
+        lambda r: rewrite(r, 1, set_member(1, 1, "json", b"[" * 5000 + b"]" * 5000)),
+        SAMPLE,
+        "json is not valid JSON (nested too deeply)",
+        TAR1,
+    ),
     ("json-missing-field", json_change(mean_confidence=_DROP), SAMPLE, "json lacks 'mean_confidence'", TAR1),
-    ("json-string-number", json_change(mean_confidence="0.9"), SAMPLE, "field 'mean_confidence' is '0.9', not a finite number", TAR1),
-    ("json-nan", json_change(mean_confidence=float("nan")), SAMPLE, "json is not valid JSON (NaN is not a number)", TAR1),
-    ("json-overflow", lambda r: rewrite(r, 1, set_member(1, 1, "json", json.dumps(record(r)).replace('"mean_entropy": ', '"mean_entropy": 1e999, "x": ').encode())), SAMPLE, "field 'mean_entropy' is inf", TAR1),
+    (
+        "json-string-number",
+        json_change(mean_confidence="0.9"),
+        SAMPLE,
+        "field 'mean_confidence' is '0.9', not a finite number",
+        TAR1,
+    ),
+    (
+        "json-nan",
+        json_change(mean_confidence=float("nan")),
+        SAMPLE,
+        "json is not valid JSON (NaN is not a number)",
+        TAR1,
+    ),
+    (
+        "json-overflow",
+        lambda r: rewrite(
+            r,
+            1,
+            set_member(
+                1, 1, "json", json.dumps(record(r)).replace('"mean_entropy": ', '"mean_entropy": 1e999, "x": ').encode()
+            ),
+        ),
+        SAMPLE,
+        "field 'mean_entropy' is inf",
+        TAR1,
+    ),
     ("json-bool-shard", json_change(shard=True), SAMPLE, "field 'shard' is True, not an integer", TAR1),
     ("json-confidence-range", json_change(mean_confidence=1.5), SAMPLE, "mean_confidence 1.5 or mean_entropy", TAR1),
-    ("json-fractions", json_change(class_fractions=[0.2, "x", 0.2, 0.2, 0.2]), SAMPLE, "class_fractions is not 5 finite numbers", TAR1),
+    (
+        "json-fractions",
+        json_change(class_fractions=[0.2, "x", 0.2, 0.2, 0.2]),
+        SAMPLE,
+        "class_fractions is not 5 finite numbers",
+        TAR1,
+    ),
     ("json-other-key", json_change(key="000001-000003"), SAMPLE, "json names sample '000001-000003'", TAR1),
-    ("member-missing", lambda r: rewrite(r, 1, set_member(1, 1, "soft.png", None)), SAMPLE, f"sample {KEY} lacks soft.png", TAR1),
-    ("member-unexpected", lambda r: rewrite(r, 1, set_member(1, 1, "txt", b"hello")), SAMPLE, f"sample {KEY} holds an unexpected member 'txt'", TAR1),
-    ("key-repeated", lambda r: rewrite(r, 1, lambda s: s[:3] + [s[1]]), SAMPLE, f"sample {KEY}: out of key order", TAR1),
-    ("key-of-another-shard", lambda r: rewrite(r, 1, lambda s: s[:1] + [("000000-000001", s[1][1])] + s[2:]), SAMPLE, "sample 000000-000001: not one of shard 1's 4 keys", TAR1),
-    ("key-past-count", lambda r: rewrite(r, 1, lambda s: s[:3] + [("000001-000007", s[3][1])]), SAMPLE, "sample 000001-000007: not one of shard 1's 4 keys", TAR1),
+    (
+        "member-missing",
+        lambda r: rewrite(r, 1, set_member(1, 1, "soft.png", None)),
+        SAMPLE,
+        f"sample {KEY} lacks soft.png",
+        TAR1,
+    ),
+    (
+        "member-unexpected",
+        lambda r: rewrite(r, 1, set_member(1, 1, "txt", b"hello")),
+        SAMPLE,
+        f"sample {KEY} holds an unexpected member 'txt'",
+        TAR1,
+    ),
+    (
+        "key-repeated",
+        lambda r: rewrite(r, 1, lambda s: s[:3] + [s[1]]),
+        SAMPLE,
+        f"sample {KEY}: out of key order",
+        TAR1,
+    ),
+    (
+        "key-of-another-shard",
+        lambda r: rewrite(r, 1, lambda s: s[:1] + [("000000-000001", s[1][1])] + s[2:]),
+        SAMPLE,
+        "sample 000000-000001: not one of shard 1's 4 keys",
+        TAR1,
+    ),
+    (
+        "key-past-count",
+        lambda r: rewrite(r, 1, lambda s: s[:3] + [("000001-000007", s[3][1])]),
+        SAMPLE,
+        "sample 000001-000007: not one of shard 1's 4 keys",
+        TAR1,
+    ),
     # the rest of the shard, after the samples before the damage
-    ("png-bomb-2GiB", lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib_bomb(BOMB_MIB)))), REST, "tar member 000001-000001.image.png holds 21", TAR1),
-    ("json-oversized", lambda r: rewrite(r, 1, set_member(1, 1, "json", b'{"x": "' + b"a" * (1 << 20) + b'"}')), REST, "tar member 000001-000001.json holds 1048585 bytes, more than the 17664", TAR1),
-    ("member-reserved-name", lambda r: rewrite(r, 1, set_member(1, 1, "__record__", b"{}")), REST, "tar member 000001-000001.__record__ has a reserved extension", TAR1),
-    ("member-twice", lambda r: rewrite(r, 1, lambda s: s[:2] + [s[1]] + s[3:]), REST_AFTER, "tar holds 000001-000001.image.png twice", TAR1),
-    ("tar-size-not-a-number", lambda r: tar_header_patch(r, 1, 3, slice(124, 136), b"zzzzzzzzzzz"), REST, "where a number belongs", TAR1),
-    ("tar-name-not-utf8", lambda r: tar_header_patch(r, 1, 3, slice(0, 100), b"\xff\xfe.json"), REST, "tar member name is not UTF-8", TAR1),
-    ("tar-bit-flip-sha256", lambda r: edit_bytes(r / TAR1, lambda b: b[:3082] + b"X" + b[3083:]), SHARD, "the tar's sha256 differs", TAR1),
+    (
+        "png-bomb-2GiB",
+        lambda r: rewrite(r, 1, set_member(1, 1, "image.png", png(SIZE, SIZE, zlib_bomb(BOMB_MIB)))),
+        REST,
+        "tar member 000001-000001.image.png holds 21",
+        TAR1,
+    ),
+    (
+        "json-oversized",
+        lambda r: rewrite(r, 1, set_member(1, 1, "json", b'{"x": "' + b"a" * (1 << 20) + b'"}')),
+        REST,
+        "tar member 000001-000001.json holds 1048585 bytes, more than the 17664",
+        TAR1,
+    ),
+    (
+        "member-reserved-name",
+        lambda r: rewrite(r, 1, set_member(1, 1, "__record__", b"{}")),
+        REST,
+        "tar member 000001-000001.__record__ has a reserved extension",
+        TAR1,
+    ),
+    (
+        "member-twice",
+        lambda r: rewrite(r, 1, lambda s: s[:2] + [s[1]] + s[3:]),
+        REST_AFTER,
+        "tar holds 000001-000001.image.png twice",
+        TAR1,
+    ),
+    (
+        "tar-size-not-a-number",
+        lambda r: tar_header_patch(r, 1, 3, slice(124, 136), b"zzzzzzzzzzz"),
+        REST,
+        "where a number belongs",
+        TAR1,
+    ),
+    (
+        "tar-name-not-utf8",
+        lambda r: tar_header_patch(r, 1, 3, slice(0, 100), b"\xff\xfe.json"),
+        REST,
+        "tar member name is not UTF-8",
+        TAR1,
+    ),
+    (
+        "tar-bit-flip-sha256",
+        lambda r: edit_bytes(r / TAR1, lambda b: b[:3082] + b"X" + b[3083:]),
+        SHARD,
+        "the tar's sha256 differs",
+        TAR1,
+    ),
     # the whole shard
-    ("tar-truncated", lambda r: edit_bytes(r / TAR1, lambda b: b[:5000]), SHARD, "the tar has 5000 bytes, its marker records", TAR1),
-    ("tar-appended", lambda r: edit_bytes(r / TAR1, lambda b: b + bytes(1024)), SHARD, "bytes, its marker records", TAR1),
+    (
+        "tar-truncated",
+        lambda r: edit_bytes(r / TAR1, lambda b: b[:5000]),
+        SHARD,
+        "the tar has 5000 bytes, its marker records",
+        TAR1,
+    ),
+    (
+        "tar-appended",
+        lambda r: edit_bytes(r / TAR1, lambda b: b + bytes(1024)),
+        SHARD,
+        "bytes, its marker records",
+        TAR1,
+    ),
     ("tar-missing", lambda r: (r / TAR1).unlink(), SHARD, "FileNotFoundError", TAR1),
     ("marker-invalid-json", _with_marker(lambda m: "{broken"), SHARD, "marker is not valid JSON", "shard-000001.json"),
     ("marker-list", _with_marker(lambda m: "[1]"), SHARD, "marker is a JSON list, not an object", "shard-000001.json"),
-    ("marker-count-string", _with_marker(lambda m: json.dumps(dict(m, count="4"))), SHARD, "marker records no pair count", "shard-000001.json"),
-    ("marker-count-negative", _with_marker(lambda m: json.dumps(dict(m, count=-1))), SHARD, "marker records no pair count", "shard-000001.json"),
-    ("marker-no-tar-size", _with_marker(lambda m: json.dumps({k: v for k, v in m.items() if k != "tar_bytes"})), SHARD, "marker records no tar size", "shard-000001.json"),
-    ("marker-sha-not-hex", _with_marker(lambda m: json.dumps(dict(m, sha256=7))), SHARD, "marker records no sha256", "shard-000001.json"),
-    ("marker-other-shard", _with_marker(lambda m: json.dumps(dict(m, shard=2))), SHARD, "marker names shard 2", "shard-000001.json"),
-    ("marker-nan-sum", _with_marker(lambda m: json.dumps(dict(m, sum_mean_confidence=float("nan")))), SHARD, "marker is not valid JSON", "shard-000001.json"),
-    ("marker-sums-strings", _with_marker(lambda m: json.dumps(dict(m, sum_class_fractions=["a"]))), SHARD, "sum_class_fractions is not a list of finite numbers", "shard-000001.json"),
-    ("marker-count-larger", _with_marker(lambda m: json.dumps(dict(m, count=5))), "count", "holds 4 samples, its marker records 5", TAR1),
+    (
+        "marker-count-string",
+        _with_marker(lambda m: json.dumps(dict(m, count="4"))),
+        SHARD,
+        "marker records no pair count",
+        "shard-000001.json",
+    ),
+    (
+        "marker-count-negative",
+        _with_marker(lambda m: json.dumps(dict(m, count=-1))),
+        SHARD,
+        "marker records no pair count",
+        "shard-000001.json",
+    ),
+    (
+        "marker-no-tar-size",
+        _with_marker(lambda m: json.dumps({k: v for k, v in m.items() if k != "tar_bytes"})),
+        SHARD,
+        "marker records no tar size",
+        "shard-000001.json",
+    ),
+    (
+        "marker-sha-not-hex",
+        _with_marker(lambda m: json.dumps(dict(m, sha256=7))),
+        SHARD,
+        "marker records no sha256",
+        "shard-000001.json",
+    ),
+    (
+        "marker-other-shard",
+        _with_marker(lambda m: json.dumps(dict(m, shard=2))),
+        SHARD,
+        "marker names shard 2",
+        "shard-000001.json",
+    ),
+    (
+        "marker-nan-sum",
+        _with_marker(lambda m: json.dumps(dict(m, sum_mean_confidence=float("nan")))),
+        SHARD,
+        "marker is not valid JSON",
+        "shard-000001.json",
+    ),
+    (
+        "marker-sums-strings",
+        _with_marker(lambda m: json.dumps(dict(m, sum_class_fractions=["a"]))),
+        SHARD,
+        "sum_class_fractions is not a list of finite numbers",
+        "shard-000001.json",
+    ),
+    (
+        "marker-count-larger",
+        _with_marker(lambda m: json.dumps(dict(m, count=5))),
+        "count",
+        "holds 4 samples, its marker records 5",
+        TAR1,
+    ),
     # the header: ignored under warn (the shape comes from the shards), named under raise
-    ("dataset-json-invalid", lambda r: (r / "dataset.json").write_text("{not json"), HEADER, "dataset.json: not valid JSON", "dataset.json"),
-    ("dataset-json-list", lambda r: (r / "dataset.json").write_text("[]"), HEADER, "dataset.json: not a JSON object", "dataset.json"),
-    ("dataset-json-resolution-string", lambda r: (r / "dataset.json").write_text(json.dumps(dict(json.loads((r / "dataset.json").read_text()), resolution="32"))), HEADER, "resolution must be int, got '32'", "dataset.json"),
-    ("dataset-json-classes-numbers", lambda r: (r / "dataset.json").write_text(json.dumps(dict(json.loads((r / "dataset.json").read_text()), classes=[1, 2]))), HEADER, "classes must be a non-empty list of names", "dataset.json"),
-    ("dataset-json-nan", lambda r: (r / "dataset.json").write_text('{"b": NaN}'), HEADER, "dataset.json: not valid JSON", "dataset.json"),
+    (
+        "dataset-json-invalid",
+        lambda r: (r / "dataset.json").write_text("{not json"),
+        HEADER,
+        "dataset.json: not valid JSON",
+        "dataset.json",
+    ),
+    (
+        "dataset-json-list",
+        lambda r: (r / "dataset.json").write_text("[]"),
+        HEADER,
+        "dataset.json: not a JSON object",
+        "dataset.json",
+    ),
+    (
+        "dataset-json-resolution-string",
+        lambda r: (r / "dataset.json").write_text(
+            json.dumps(dict(json.loads((r / "dataset.json").read_text()), resolution="32"))
+        ),
+        HEADER,
+        "resolution must be int, got '32'",
+        "dataset.json",
+    ),
+    (
+        "dataset-json-classes-numbers",
+        lambda r: (r / "dataset.json").write_text(
+            json.dumps(dict(json.loads((r / "dataset.json").read_text()), classes=[1, 2]))
+        ),
+        HEADER,
+        "classes must be a non-empty list of names",
+        "dataset.json",
+    ),
+    (
+        "dataset-json-nan",
+        lambda r: (r / "dataset.json").write_text('{"b": NaN}'),
+        HEADER,
+        "dataset.json: not valid JSON",
+        "dataset.json",
+    ),
 ]
 LOST = {SAMPLE: 1, REST: 3, REST_AFTER: 2, SHARD: 4, "count": 0, HEADER: 0}  # pairs of the 12 not delivered
 
@@ -303,7 +582,10 @@ def test_a_hostile_shard_is_skipped_and_counted_under_warn(clean, tmp_path, case
     assert len(notices) == 1 and says in notices[0] and names in notices[0], notices
     assert "\n" not in notices[0]
     if lost == SAMPLE:
-        assert KEY not in keys or name in ("key-repeated", "key-past-count")  # the bad one; the repeat's first copy is good
+        assert KEY not in keys or name in (
+            "key-repeated",
+            "key-past-count",
+        )  # the bad one; the repeat's first copy is good
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -323,7 +605,11 @@ def test_a_same_size_change_passes_the_size_check_and_is_caught_by_sha256(clean,
     keys, notices = read_pass(url, verify="size")
     assert len(keys) == 12 and notices == []  # the documented limit of the size check
     keys, notices = read_pass(url, verify="sha256")
-    assert len(keys) == 8 and len(notices) == 1 and notices[0] == f"shard {url}/{TAR1}: the tar's sha256 differs from its marker's"
+    assert (
+        len(keys) == 8
+        and len(notices) == 1
+        and notices[0] == f"shard {url}/{TAR1}: the tar's sha256 differs from its marker's"
+    )
 
 
 def test_on_object_storage_the_size_and_digest_are_checked_too(s3_bucket):
@@ -336,7 +622,9 @@ def test_on_object_storage_the_size_and_digest_are_checked_too(s3_bucket):
     tar = f"{url}/{TAR1}".removeprefix("s3://")
     data = fs.cat_file(tar)
     start = data.index(b'"mean_entropy": ') + len(b'"mean_entropy": ')
-    fs.pipe_file(tar, data[:start] + (b"0.25" if data[start : start + 4] != b"0.25" else b"0.26") + data[start + 4 :])  # same size
+    fs.pipe_file(
+        tar, data[:start] + (b"0.25" if data[start : start + 4] != b"0.25" else b"0.26") + data[start + 4 :]
+    )  # same size
     keys, notices = read_pass(url)
     assert len(keys) == 12 and notices == []
     keys, notices = read_pass(url, verify="sha256")
@@ -351,7 +639,14 @@ def test_stray_marker_like_names_are_never_read_as_markers(clean, tmp_path):
     it are ignored (the issue's stray file was read as shard 1 again: 48 samples instead of 40)."""
     root = Path(hostile(clean, tmp_path, lambda r: None))
     marker = (root / "shard-000001.json").read_text()
-    for stray in ("old-shard-000001.json", "shard-000001.json.bak", "copy of shard-000001.json", "shard-000001.json.tmp-0123456789ab", "shard-0000001.json.orig", "Shard-000001.json"):
+    for stray in (
+        "old-shard-000001.json",
+        "shard-000001.json.bak",
+        "copy of shard-000001.json",
+        "shard-000001.json.tmp-0123456789ab",
+        "shard-0000001.json.orig",
+        "Shard-000001.json",
+    ):
         (root / stray).write_text(marker)
     (root / "shard-000007.json").mkdir()  # a folder with a marker's name
     (root / "shard-000007.json" / "x").write_text(marker)
@@ -367,7 +662,9 @@ def test_without_dataset_json_the_first_shard_sets_the_shape_and_every_shard_mus
     assert ShardSet(url).sample_shape() == SampleShape(SIZE, SIZE, K)  # from shard 0's first sample and its marker
     keys, notices = read_pass(url, on_bad_shard="warn")
     assert len(keys) == 8 and not any(k.startswith("000002") for k in keys)
-    assert len(notices) == 4 and all("shard-000002.tar" in n and "image.png is 16x16, the set's (32x32 px, 5 classes) is 32x32" in n for n in notices)
+    assert len(notices) == 4 and all(
+        "shard-000002.tar" in n and "image.png is 16x16, the set's (32x32 px, 5 classes) is 32x32" in n for n in notices
+    )
     with pytest.raises(StreamError, match=r"shard-000002\.tar: sample 000002-000000: image\.png is 16x16"):
         read_pass(url, on_bad_shard="raise")
 
@@ -434,7 +731,14 @@ def test_the_2_gib_bomb_stays_within_a_stated_memory_bound(clean, tmp_path):
     assert 2_000_000 < len(bomb) < 2_300_000
     url = hostile(clean, tmp_path, lambda r: rewrite(r, 1, set_member(1, 1, "image.png", bomb)))
     (tmp_path / "bomb.png").write_bytes(bomb)
-    r = subprocess.run([sys.executable, "-c", MEASURE, str(clean), url, str(tmp_path / "bomb.png")], capture_output=True, text=True, timeout=300, check=False, env=job_env(PYTHONPATH=str(ROOT)))
+    r = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(clean), url, str(tmp_path / "bomb.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=job_env(PYTHONPATH=str(ROOT)),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"bomb peak memory: {got}")
@@ -464,7 +768,18 @@ def _zoo(clean_url: str, tmp_path: Path) -> Path:
 
 
 def _student(tmp_path: Path, name: str, synthetic: Path, policy: str) -> subprocess.CompletedProcess:
-    argv = job("train_student.py") + ["--out", str(tmp_path / name), "--synthetic", str(synthetic), "--ratio", "100", "--max-steps", "10", *TINY_STUDENT, f"student.on_bad_shard={policy}"]
+    argv = job("train_student.py") + [
+        "--out",
+        str(tmp_path / name),
+        "--synthetic",
+        str(synthetic),
+        "--ratio",
+        "100",
+        "--max-steps",
+        "10",
+        *TINY_STUDENT,
+        f"student.on_bad_shard={policy}",
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=job_env(), cwd=ROOT)
 
 
@@ -494,10 +809,15 @@ def test_the_student_job_trains_past_every_kind_under_warn_and_stops_with_one_li
     shutil.copy(clean / "dataset.json", zoo / "dataset.json")  # then the markers, before any step
     r = _student(tmp_path, "raise-marker", zoo, "raise")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == f"error: {zoo}/shard-000006.json: marker is not valid JSON (student.on_bad_shard=raise; use warn to skip bad shards)"
+    assert (
+        r.stderr.strip().splitlines()[-1]
+        == f"error: {zoo}/shard-000006.json: marker is not valid JSON (student.on_bad_shard=raise; use warn to skip bad shards)"
+    )
 
     (zoo / "shard-000006.json").unlink()
     r = _student(tmp_path, "raise-sample", zoo, "raise")  # then whichever bad shard or sample the readers meet first
     assert r.returncode == 2 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: shard {zoo}/shard-00000") and last.endswith("(student.on_bad_shard=raise; use warn to skip bad shards)")
+    assert last.startswith(f"error: shard {zoo}/shard-00000") and last.endswith(
+        "(student.on_bad_shard=raise; use warn to skip bad shards)"
+    )

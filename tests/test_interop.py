@@ -73,7 +73,12 @@ def test_hf_datasets_recipe_reads_what_the_toolkit_reads(local_set, tmp_path, hf
 
     reference = toolkit(local_set)
     # the README's recipe, step by step
-    ds = load_dataset("webdataset", data_files={"train": interop.finished_tars(local_set)}, split="train", cache_dir=str(tmp_path / "hf"))
+    ds = load_dataset(
+        "webdataset",
+        data_files={"train": interop.finished_tars(local_set)},
+        split="train",
+        cache_dir=str(tmp_path / "hf"),
+    )
     ds = ds.cast_column("image.png", Image(decode=False)).cast_column("soft.png", Image(decode=False))
     ds = ds.with_transform(interop.hf_transform(local_set, labels="soft"))
     assert len(ds) == 10

@@ -15,7 +15,21 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "dakter_scale"
 # core/: tensors in, tensors out. No files, storage, processes, Ray, accelerate or webdataset.
-CORE_ALLOWED = {"__future__", "math", "dataclasses", "typing", "collections", "functools", "itertools", "numbers", "enum", "abc", "torch", "numpy", "dakter_scale.core"}
+CORE_ALLOWED = {
+    "__future__",
+    "math",
+    "dataclasses",
+    "typing",
+    "collections",
+    "functools",
+    "itertools",
+    "numbers",
+    "enum",
+    "abc",
+    "torch",
+    "numpy",
+    "dakter_scale.core",
+}
 # data/: reading and writing data. Never Ray or accelerate (nor, by LAYERS, anything above it).
 DATA_FORBIDDEN = {"ray", "accelerate"}
 # The layers of docs/architecture.md, bottom to top: a module (a file, or every file of a folder, the
@@ -52,7 +66,12 @@ def imports(path: Path, package: str | None = None) -> set[str]:
 
 def layer(rel: str) -> int:
     """The layer index of a package path (dakter_scale/-relative, e.g. synth/run.py): the longest LAYERS entry that matches it."""
-    matches = [(len(entry), i) for i, (_, entries) in enumerate(LAYERS) for entry in entries if rel == entry or (entry.endswith("/") and rel.startswith(entry))]
+    matches = [
+        (len(entry), i)
+        for i, (_, entries) in enumerate(LAYERS)
+        for entry in entries
+        if rel == entry or (entry.endswith("/") and rel.startswith(entry))
+    ]
     assert matches, f"{rel} has no layer in LAYERS: give it one (and a row in docs/architecture.md's table)"
     return max(matches)[1]
 
@@ -76,7 +95,11 @@ def package_imports(path: Path) -> set[str]:
     (``from dakter_scale.data import storage`` in data/shardset/ names storage.py; Python runs the
     folders' own __init__ first whatever the file imports)."""
     own = str(path.relative_to(PACKAGE))
-    return {p for p in map(module_path, imports(path)) if p is not None and p != own and not (p.endswith("__init__.py") and own.startswith(p[: -len("__init__.py")]))}
+    return {
+        p
+        for p in map(module_path, imports(path))
+        if p is not None and p != own and not (p.endswith("__init__.py") and own.startswith(p[: -len("__init__.py")]))
+    }
 
 
 def within(module: str, prefixes: set[str]) -> bool:
@@ -124,7 +147,13 @@ def violations(rel: str, imported: set[str]) -> list[str]:
     """What is wrong with module `rel` importing the package files `imported`: a higher layer, or an APART rule."""
     own = layer(rel)
     up = [f"{m} (a higher layer: {LAYERS[layer(m)][0]})" for m in sorted(imported) if layer(m) > own]
-    return up + [f"{m} ({prefix} must not import {', '.join(banned)})" for prefix, banned in APART.items() if rel.startswith(prefix) for m in sorted(imported) if m.startswith(banned)]
+    return up + [
+        f"{m} ({prefix} must not import {', '.join(banned)})"
+        for prefix, banned in APART.items()
+        if rel.startswith(prefix)
+        for m in sorted(imported)
+        if m.startswith(banned)
+    ]
 
 
 @pytest.mark.parametrize("path", files(""), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -159,8 +188,16 @@ def test_the_layer_rules_are_not_blind(tmp_path):
     assert layer("diffusion/model.py") < layer("diffusion/train.py") and layer("cli.py") == len(LAYERS) - 1
     with pytest.raises(AssertionError, match="has no layer"):
         layer("newthing.py")
-    assert module_path("dakter_scale.synth.run.Summary") == "synth/run.py" and module_path("dakter_scale.data") == "data/__init__.py"
+    assert (
+        module_path("dakter_scale.synth.run.Summary") == "synth/run.py"
+        and module_path("dakter_scale.data") == "data/__init__.py"
+    )
     assert module_path("numpy") is None
     assert violations("data/real.py", {"training.py", "core/kd.py"}) == ["training.py (a higher layer: orchestration)"]
-    assert violations("scene/predict.py", {"synth/run.py", "dist/driver.py"}) == ["synth/run.py (scene/ must not import synth/)"]
-    assert violations("dist/driver.py", {"scene/read.py"}) == ["scene/read.py (a higher layer: orchestration)", "scene/read.py (dist/ must not import synth/, scene/)"]
+    assert violations("scene/predict.py", {"synth/run.py", "dist/driver.py"}) == [
+        "synth/run.py (scene/ must not import synth/)"
+    ]
+    assert violations("dist/driver.py", {"scene/read.py"}) == [
+        "scene/read.py (a higher layer: orchestration)",
+        "scene/read.py (dist/ must not import synth/, scene/)",
+    ]

@@ -55,7 +55,11 @@ def test_a_held_prefix_refuses_a_second_run_with_one_line_naming_the_holder(pref
         with pytest.raises(LeaseError) as e:
             Lease(prefix, "synthesis of 8 pairs (seed 2)").acquire()
         text = one_line(e.value)
-        assert "synthesis of 8 pairs (seed 1)" in text and f"pid {os.getpid()}" in text and "being written by another run" in text
+        assert (
+            "synthesis of 8 pairs (seed 1)" in text
+            and f"pid {os.getpid()}" in text
+            and "being written by another run" in text
+        )
     finally:
         first.release()
     second = Lease(prefix, "again").acquire()  # released: free again, at the next generation
@@ -253,7 +257,11 @@ def test_a_pid_decides_nothing_a_dead_process_keeps_its_lock_until_its_lease_run
     lock still holds until its deadline has passed by the boot clock."""
     out = tmp_path / "out"
     child = subprocess.run(
-        [sys.executable, "-c", f"import os; from dakter_scale.data.lease import Lease; Lease({str(out)!r}, 'killed run', lease_seconds=2.0).acquire(); os._exit(9)"],
+        [
+            sys.executable,
+            "-c",
+            f"import os; from dakter_scale.data.lease import Lease; Lease({str(out)!r}, 'killed run', lease_seconds=2.0).acquire(); os._exit(9)",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -357,7 +365,9 @@ def test_break_lock_takes_a_live_lease(prefix):
 
 def test_generations_only_grow_so_a_killed_runs_writer_never_mistakes_a_later_lock_for_its_own(tmp_path):
     out = str(tmp_path / "out")
-    killed = Lease(out, "killed", lease_seconds=60, clock=lambda: 0.0, heartbeat=False).acquire()  # its deadline: 45 s after boot
+    killed = Lease(
+        out, "killed", lease_seconds=60, clock=lambda: 0.0, heartbeat=False
+    ).acquire()  # its deadline: 45 s after boot
     ref = killed.ref()
     later = Lease(out, "later", heartbeat=False).acquire()  # takes over the expired lock
     later.release()
@@ -475,7 +485,9 @@ def test_two_synthesis_runs_at_once_in_threads(model, prefix, same_seed):
     def run(i: int) -> None:
         barrier.wait()
         try:
-            outcomes[i] = synth_run.synthesize(model, prefix, cfg(n=12, seed=5 if same_seed else 5 + i), SAMPLING, progress=False, use_ray=False)
+            outcomes[i] = synth_run.synthesize(
+                model, prefix, cfg(n=12, seed=5 if same_seed else 5 + i), SAMPLING, progress=False, use_ray=False
+            )
         except UserError as e:
             outcomes[i] = e
         except BaseException as e:  # anything else fails the test below, with its traceback
@@ -502,7 +514,27 @@ def test_two_synthesis_runs_at_once_in_threads(model, prefix, same_seed):
 def test_two_synthesize_jobs_at_once_as_processes(model, prefix):
     procs = [
         subprocess.Popen(
-            job("synthesize.py") + ["--model", model, "--out", prefix, "--n", "24", "--samples-per-shard", "4", "--steps", "3", "--seed", str(seed), "--actors", "0"], env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            job("synthesize.py")
+            + [
+                "--model",
+                model,
+                "--out",
+                prefix,
+                "--n",
+                "24",
+                "--samples-per-shard",
+                "4",
+                "--steps",
+                "3",
+                "--seed",
+                str(seed),
+                "--actors",
+                "0",
+            ],
+            env=job_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for seed in (1, 2)
     ]
@@ -511,7 +543,11 @@ def test_two_synthesize_jobs_at_once_as_processes(model, prefix):
     assert codes == [0, 2], results
     loser = next(err for code, _, err in results if code == 2)
     errors = [line for line in loser.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in loser and ("being written by another run" in errors[0] or "already holds" in errors[0])
+    assert (
+        len(errors) == 1
+        and "Traceback" not in loser
+        and ("being written by another run" in errors[0] or "already holds" in errors[0])
+    )
     assert len(unique_keys(prefix)) == 24
     only_one_fingerprint(prefix)
 
@@ -521,13 +557,31 @@ def test_a_killed_synthesize_job_leaves_a_lock_that_a_rerun_takes_over_once_its_
     out = tmp_path / "out"
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"shard": 1, "after": 2}))
-    argv = job("synthesize.py") + ["--model", model, "--out", str(out), "--n", "12", "--samples-per-shard", "4", "--steps", "3", "--actors", "0", "synthesis.lease_seconds=10"]
-    killed = subprocess.run(argv, env=job_env(DAKTER_FAULT_FILE=str(fault)), capture_output=True, text=True, timeout=600)
+    argv = job("synthesize.py") + [
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--n",
+        "12",
+        "--samples-per-shard",
+        "4",
+        "--steps",
+        "3",
+        "--actors",
+        "0",
+        "synthesis.lease_seconds=10",
+    ]
+    killed = subprocess.run(
+        argv, env=job_env(DAKTER_FAULT_FILE=str(fault)), capture_output=True, text=True, timeout=600
+    )
     died = time.monotonic()
     assert killed.returncode != 0 and (out / lock_name(1)).exists()  # the process died holding the prefix
     assert any(".tmp-" in p.name for p in out.iterdir())
     early = subprocess.run(argv, env=job_env(), capture_output=True, text=True, timeout=600)
-    if time.monotonic() - died < 7:  # its deadline (L - L/4 after its last renewal) still ahead: refused, whatever its pid
+    if (
+        time.monotonic() - died < 7
+    ):  # its deadline (L - L/4 after its last renewal) still ahead: refused, whatever its pid
         errors = [line for line in early.stderr.splitlines() if line.startswith("error:")]
         assert early.returncode == 2 and len(errors) == 1 and "being written by another run" in errors[0], early.stderr
     time.sleep(max(0.0, 10 - (time.monotonic() - died)))

@@ -77,7 +77,12 @@ def test_osd_reader_counts_and_fractions(tmp_path, colour, index):
 def test_inspect_data_json_matches_files(tmp_path):
     masks = {"train": make_masks(4, seed=3), "test": make_masks(2, seed=4)}
     write_osd(tmp_path, masks)
-    out = subprocess.run([sys.executable, str(ROOT / "jobs/inspect_data.py"), f"osd:{tmp_path}", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/inspect_data.py"), f"osd:{tmp_path}", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout)  # stdout is exactly one JSON object
     assert set(result) >= {"splits", "classes", "b_auto"}
     for split in ("train", "test"):
@@ -144,7 +149,9 @@ def test_osd_missing_folder(tmp_path):
 
 
 def test_sos_reader_counts_and_fractions(tmp_path):
-    masks = write_sos(tmp_path, {("train", "palsar"): 3, ("train", "sentinel"): 2, ("test", "palsar"): 1, ("test", "sentinel"): 2})
+    masks = write_sos(
+        tmp_path, {("train", "palsar"): 3, ("train", "sentinel"): 2, ("test", "palsar"): 1, ("test", "sentinel"): 2}
+    )
     src = open_source(f"sos:{tmp_path}")
     assert src.classes == ("background", "oil")
     for split in ("train", "test"):
@@ -153,7 +160,12 @@ def test_sos_reader_counts_and_fractions(tmp_path):
         assert list(s.class_fractions) == pytest.approx(fractions(masks[split], 2))
     only = open_source(f"sos:{tmp_path}?sat=palsar")
     assert len(only.split_items("train")) == 3
-    out = subprocess.run([sys.executable, str(ROOT / "jobs/inspect_data.py"), f"sos:{tmp_path}", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/inspect_data.py"), f"sos:{tmp_path}", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout)
     assert result["splits"]["train"]["images"] == 5 and result["classes"] == ["background", "oil"]
     assert result["splits"]["test"]["class_fractions"] == pytest.approx(fractions(masks["test"], 2))
@@ -181,7 +193,16 @@ def test_sos_bad_mask_value_and_unknown_satellite(tmp_path):
 # -- specs and patches ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec,match", [("nothing", "no kind"), ("foo:bar", "unknown kind"), ("synthetic:abc", "not a count"), ("synthetic:0", "positive"), ("synthetic:5?colour=red", "unknown option")])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("nothing", "no kind"),
+        ("foo:bar", "unknown kind"),
+        ("synthetic:abc", "not a count"),
+        ("synthetic:0", "positive"),
+        ("synthetic:5?colour=red", "unknown option"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(DataError, match=match):
         open_source(spec)

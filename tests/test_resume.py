@@ -29,7 +29,9 @@ def killed_then_resumed(launch, out, kill_after: int, last_checkpoint: int) -> N
     assert r.returncode != 0, "the run was meant to be killed"
     assert "starting fresh" in r.stderr
     assert not (out / "logs" / "ranks.json").exists(), "the killed run got to the end"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s:08d}" for s in (last_checkpoint - 2, last_checkpoint)]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"step-{s:08d}" for s in (last_checkpoint - 2, last_checkpoint)
+    ]
     r = run(launch() + ["--out", str(out), "--resume", "latest"])
     assert r.returncode == 0, r.stderr
     assert f"at step {last_checkpoint}" in r.stderr
@@ -41,11 +43,23 @@ def test_student_resume_is_exact_with_workers_across_a_pass(tmp_path):
     6 steps, so the resumed readers continue mid-pass and cross into the next pass."""
     shards = tmp_path / "shards"
     write_dataset(str(shards), [4, 3, 5], size=32)
-    argv = job("train_student.py") + ["--synthetic", str(shards), "--ratio", "1.5", "--max-steps", "6", *TINY_STUDENT, "student.num_workers=2", "student.checkpoint_every=2"]
+    argv = job("train_student.py") + [
+        "--synthetic",
+        str(shards),
+        "--ratio",
+        "1.5",
+        "--max-steps",
+        "6",
+        *TINY_STUDENT,
+        "student.num_workers=2",
+        "student.checkpoint_every=2",
+    ]
     r = run(argv + ["--out", str(tmp_path / "whole")])
     assert r.returncode == 0, r.stderr
     killed_then_resumed(lambda: argv, tmp_path / "resumed", kill_after=5, last_checkpoint=4)
-    assert_same_tensors(load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors"))
+    assert_same_tensors(
+        load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors")
+    )
 
 
 @pytest.mark.slow
@@ -66,11 +80,24 @@ def test_two_process_student_resume_is_exact(tmp_path):
     """The same with 2 CPU ranks x 2 workers: the checkpoint holds all four readers' positions."""
     shards = tmp_path / "shards"
     write_dataset(str(shards), [5, 4, 6, 3], size=32)
-    args = [str(job("train_student.py")[1]), "--synthetic", str(shards), "--ratio", "3", "--max-steps", "6", *TINY_STUDENT, "student.num_workers=2", "student.checkpoint_every=2"]
+    args = [
+        str(job("train_student.py")[1]),
+        "--synthetic",
+        str(shards),
+        "--ratio",
+        "3",
+        "--max-steps",
+        "6",
+        *TINY_STUDENT,
+        "student.num_workers=2",
+        "student.checkpoint_every=2",
+    ]
     r = run(torchrun(2) + args + ["--out", str(tmp_path / "whole")])
     assert r.returncode == 0, r.stderr
     killed_then_resumed(lambda: torchrun(2) + args, tmp_path / "resumed", kill_after=5, last_checkpoint=4)
-    assert_same_tensors(load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors"))
+    assert_same_tensors(
+        load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors")
+    )
 
 
 class _OneProcess:
@@ -97,7 +124,9 @@ def test_checkpoints_round_trip_keep_the_newest_and_ignore_partial_ones(tmp_path
         opt.step()
         opt.zero_grad()
         ema.update(model)
-        save_checkpoint(acc, tmp_path, step, limit=2, model=model, optimizer=opt, ema=ema, extra={"layout": {"ranks": 1}})
+        save_checkpoint(
+            acc, tmp_path, step, limit=2, model=model, optimizer=opt, ema=ema, extra={"layout": {"ranks": 1}}
+        )
     (tmp_path / "checkpoints" / "step-00000009.tmp").mkdir()  # a write cut short
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
     latest = resolve_resume(tmp_path, "latest")

@@ -23,9 +23,21 @@ def fp(sampling: dict) -> str:
 
 def test_defaults_keep_the_fingerprints_of_earlier_sets():
     settings = to_dict(SamplingConfig())
-    before = {k: v for k, v in settings.items() if k not in ("precision", "compile")}  # a set written before the settings
+    before = {
+        k: v for k, v in settings.items() if k not in ("precision", "compile")
+    }  # a set written before the settings
     assert fp(settings) == fp(before)
-    assert len({fp(settings), fp(dict(settings, precision="bf16")), fp(dict(settings, precision="fp32")), fp(dict(settings, compile=True))}) == 4
+    assert (
+        len(
+            {
+                fp(settings),
+                fp(dict(settings, precision="bf16")),
+                fp(dict(settings, precision="fp32")),
+                fp(dict(settings, compile=True)),
+            }
+        )
+        == 4
+    )
 
 
 def test_precision_is_validated_in_one_line():
@@ -42,7 +54,9 @@ def test_precision_changes_the_arithmetic_on_the_cpu(model):
     assert torch.equal(auto.images, fp32.images) and torch.equal(auto.q, fp32.q)  # auto is fp32 off CUDA
     assert not torch.equal(bf16.images, fp32.images)  # bf16 autocast ran
     assert torch.isfinite(bf16.images).all() and torch.allclose(bf16.q.sum(1), torch.ones(1), atol=1e-5)
-    assert (bf16.images - fp32.images).abs().mean() < 0.1  # the same pairs, up to bf16 rounding (a few saturated pixels flip)
+    assert (
+        bf16.images - fp32.images
+    ).abs().mean() < 0.1  # the same pairs, up to bf16 rounding (a few saturated pixels flip)
 
 
 @pytest.mark.slow
@@ -51,6 +65,10 @@ def test_a_compiled_writer_writes_a_set_of_its_own(model, tmp_path):
     eager set's, its pairs are close to the eager ones, and a rerun is byte-identical."""
     cfg = SynthesisConfig(n=4, samples_per_shard=4, batch_size=4, actors=0)
     eager = synthesize(model, str(tmp_path / "eager"), cfg, SamplingConfig(steps=3), progress=False, use_ray=False)
-    compiled = synthesize(model, str(tmp_path / "compiled"), cfg, SamplingConfig(steps=3, compile=True), progress=False, use_ray=False)
+    compiled = synthesize(
+        model, str(tmp_path / "compiled"), cfg, SamplingConfig(steps=3, compile=True), progress=False, use_ray=False
+    )
     assert eager.ok and compiled.ok
-    assert ShardSet(str(tmp_path / "eager")).info().fingerprint != ShardSet(str(tmp_path / "compiled")).info().fingerprint
+    assert (
+        ShardSet(str(tmp_path / "eager")).info().fingerprint != ShardSet(str(tmp_path / "compiled")).info().fingerprint
+    )

@@ -13,14 +13,20 @@ import torch
 
 from dakter_scale.data import sar_stats, shardset
 from dakter_scale.data.osd import uint8_to_linear
-from dakter_scale.data.sar_stats import SarCounts, enl_bin_counts, enl_from_counts, histogram_distance_counts, window_enl
+from dakter_scale.data.sar_stats import (
+    SarCounts,
+    enl_bin_counts,
+    enl_from_counts,
+    histogram_distance_counts,
+    window_enl,
+)
 from dakter_scale.data.synthetic_sar import _to_uint8
 
 
 def speckled(looks: float, n: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:
     """uint8 images of a homogeneous sea (-15 dB) with gamma speckle of `looks` looks."""
     rng = np.random.default_rng(seed)
-    return _to_uint8(10 ** -1.5 * rng.gamma(looks, 1 / looks, size=(n, size, size)))
+    return _to_uint8(10**-1.5 * rng.gamma(looks, 1 / looks, size=(n, size, size)))
 
 
 def test_window_enl_hand_computed_and_sea_only():
@@ -54,7 +60,10 @@ def test_binned_median_matches_the_exact_median_and_counts_add():
     merged = a.merge(b)
     assert np.array_equal(merged.histogram, both.histogram) and np.array_equal(merged.enl, both.enl)
     assert SarCounts.from_json(json.loads(json.dumps(merged.to_json()))).to_json() == merged.to_json()
-    assert SarCounts.problem(merged.to_json()) is None and SarCounts.problem({"window": 4, "histogram": [1], "enl_counts": []}) == "histogram is not 256 counts"
+    assert (
+        SarCounts.problem(merged.to_json()) is None
+        and SarCounts.problem({"window": 4, "histogram": [1], "enl_counts": []}) == "histogram is not 256 counts"
+    )
 
 
 def test_histogram_distance_hand_computed():
@@ -68,10 +77,19 @@ def test_divergence_warns_on_enl_and_histogram_drift_and_notes_a_missing_record(
     real = SarCounts(4).add(speckled(1.4), None).to_json()
     smooth = SarCounts(4).add(speckled(12.7), None).to_json()
     base = {"class_fractions": [0.9, 0.1], "mean_confidence": 0.9}
-    div, warnings = shardset.divergence({**base, "sar": smooth}, [0.9, 0.1], 0.1, real, histogram_tv=1.0)  # the ENL alone
-    assert len(warnings) == 1 and "equivalent number of looks" in warnings[0] and "smoothed away" in warnings[0] and div["diverged"]
+    div, warnings = shardset.divergence(
+        {**base, "sar": smooth}, [0.9, 0.1], 0.1, real, histogram_tv=1.0
+    )  # the ENL alone
+    assert (
+        len(warnings) == 1
+        and "equivalent number of looks" in warnings[0]
+        and "smoothed away" in warnings[0]
+        and div["diverged"]
+    )
     assert div["sar"]["enl_generated"] > 5 * div["sar"]["enl_training"]
-    div, warnings = shardset.divergence({**base, "sar": SarCounts(4).add(speckled(1.4, seed=3), None).to_json()}, [0.9, 0.1], 0.1, real)
+    div, warnings = shardset.divergence(
+        {**base, "sar": SarCounts(4).add(speckled(1.4, seed=3), None).to_json()}, [0.9, 0.1], 0.1, real
+    )
     assert warnings == [] and 0.8 < div["sar"]["enl_generated"] / div["sar"]["enl_training"] < 1.25
     bright = SarCounts(4).add(np.clip(speckled(1.4, seed=3).astype(int) + 60, 0, 255).astype(np.uint8), None).to_json()
     div, warnings = shardset.divergence({**base, "sar": bright}, [0.9, 0.1], 0.1, real)
@@ -114,12 +132,19 @@ def test_synthesis_warns_when_the_recorded_training_enl_is_far_from_the_generate
     first = synthesize(model, tmp_path / "own")
     generated = first.dataset["generated_stats"]["sar"]
     assert generated["window"] == sar_stats.enl_window(32) and generated["pixels"] == 8 * 32 * 32
-    assert sum(json.loads((tmp_path / "own" / shardset.shard_name(0, "json")).read_text())["sar"]["histogram"]) == 4 * 32 * 32
+    assert (
+        sum(json.loads((tmp_path / "own" / shardset.shard_name(0, "json")).read_text())["sar"]["histogram"])
+        == 4 * 32 * 32
+    )
 
-    matched = _with_train_sar(model, tmp_path / "matched", {k: generated[k] for k in ("window", "histogram", "enl_counts")})
+    matched = _with_train_sar(
+        model, tmp_path / "matched", {k: generated[k] for k in ("window", "histogram", "enl_counts")}
+    )
     summary = synthesize(matched, tmp_path / "m")
     assert not any("looks" in w or "histogram" in w for w in summary.dataset["warnings"])
-    assert summary.dataset["divergence"]["sar"]["enl_generated"] == pytest.approx(summary.dataset["divergence"]["sar"]["enl_training"])
+    assert summary.dataset["divergence"]["sar"]["enl_generated"] == pytest.approx(
+        summary.dataset["divergence"]["sar"]["enl_training"]
+    )
 
     far = SarCounts(generated["window"])
     far.histogram = np.asarray(generated["histogram"])
@@ -129,4 +154,8 @@ def test_synthesis_warns_when_the_recorded_training_enl_is_far_from_the_generate
     assert any("ENL (sea windows)" in line for line in summary.lines())
 
     old = synthesize(_with_train_sar(model, tmp_path / "old", None), tmp_path / "o")
-    assert old.ok and "note" in old.dataset["divergence"]["sar"] and any("SAR statistics: not checked" in line for line in old.lines())
+    assert (
+        old.ok
+        and "note" in old.dataset["divergence"]["sar"]
+        and any("SAR statistics: not checked" in line for line in old.lines())
+    )

@@ -42,7 +42,9 @@ TO_UTM = Transformer.from_crs("EPSG:4326", "EPSG:32631", always_xy=True)
 
 def predict(tmp_path, scene, model=None, name="out", student_info=None, **options) -> tuple[dict, dict]:
     opts = PredictOptions(**{"tile": 256, "overlap": 32, **options})
-    record = Predictor(model or DarkIsOil(), opts, device="cpu", info=student_info or info())(str(scene), tmp_path / name)
+    record = Predictor(model or DarkIsOil(), opts, device="cpu", info=student_info or info())(
+        str(scene), tmp_path / name
+    )
     return record, json.loads((tmp_path / name / "slicks.geojson").read_text())
 
 
@@ -78,10 +80,14 @@ def test_geotiff_slicks_land_where_drawn_with_their_areas(tmp_path, codes):
     assert np.allclose(areas, drawn, rtol=0.02), (areas, drawn)
     for f in fc["features"]:
         p = f["properties"]
-        assert p["class"] == "oil" and p["pixel_count"] > 0 and 0.6 <= p["mean_probability"] <= p["max_probability"] <= 1.0
+        assert (
+            p["class"] == "oil" and p["pixel_count"] > 0 and 0.6 <= p["mean_probability"] <= p["max_probability"] <= 1.0
+        )
         ring = np.array(f["geometry"]["coordinates"][0])
         # RFC 7946: lon/lat, exterior ring counter-clockwise (positive shoelace area), closed.
-        assert np.all(np.abs(ring[:, 0] - 3) < 1) and np.all(np.abs(ring[:, 1] - 45) < 1) and (ring[0] == ring[-1]).all()
+        assert (
+            np.all(np.abs(ring[:, 0] - 3) < 1) and np.all(np.abs(ring[:, 1] - 45) < 1) and (ring[0] == ring[-1]).all()
+        )
         assert 0.5 * np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1]) > 0
     # The rasters are COGs: internal tiles and overviews, georeferenced like the scene.
     for name, bands in (("probabilities.tif", 5), ("classes.tif", 1)):
@@ -111,7 +117,11 @@ def test_plain_png_uses_pixel_coordinates_and_says_so(tmp_path, codes):
 
     Image.fromarray(codes).save(tmp_path / "scene.png")
     record, fc = predict(tmp_path, tmp_path / "scene.png")
-    assert not record["scene"]["georeferenced"] and "pixel" in fc["coordinates"] and "pixel" in record["conventions"]["coordinates"]
+    assert (
+        not record["scene"]["georeferenced"]
+        and "pixel" in fc["coordinates"]
+        and "pixel" in record["conventions"]["coordinates"]
+    )
     centres = np.array([f["properties"]["centroid"] for f in fc["features"]])
     assert np.all(match(centres, np.array([(cx, cy) for cy, cx, _, _ in DRAWN])) <= 1.0)
     assert all(f["properties"]["area_m2"] is None for f in fc["features"])
@@ -138,13 +148,18 @@ def test_tiled_and_whole_image_agree_in_the_interior(tmp_path, codes, tile, over
 
     def difference(name: str, t: int, v: int) -> np.ndarray:
         predict(tmp_path, scene, model, name=name, tile=t, overlap=v)
-        with rasterio.open(tmp_path / name / "probabilities.tif") as a, rasterio.open(tmp_path / "whole" / "probabilities.tif") as b:
+        with (
+            rasterio.open(tmp_path / name / "probabilities.tif") as a,
+            rasterio.open(tmp_path / "whole" / "probabilities.tif") as b,
+        ):
             margin = 8  # the scene's own border: padding there differs between a tile and the whole image
             return np.abs(a.read().astype(int) - b.read().astype(int))[:, margin:-margin, margin:-margin]
 
     diff = difference("tiled", tile, overlap)
     bound = 255 * math.sin(math.pi * (RECEPTIVE_RADIUS + 0.5) / (2 * overlap)) ** 2 + 1
-    assert diff.max() <= bound, f"max difference {diff.max()}/255 > {bound:.1f} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    assert diff.max() <= bound, (
+        f"max difference {diff.max()}/255 > {bound:.1f} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    )
     assert diff.mean() < 0.1
     if overlap == 32:
         assert difference("seams", tile, 0).max() > 50  # the check sees seams when there is no blending
@@ -154,7 +169,10 @@ def test_a_per_pixel_model_gives_identical_tiled_and_whole_outputs(tmp_path, cod
     scene = write_geotiff(tmp_path / "scene.tif", codes[:300, :400])
     predict(tmp_path, scene, name="whole", tile=512, overlap=0)
     predict(tmp_path, scene, name="tiled", tile=96, overlap=24)
-    with rasterio.open(tmp_path / "tiled" / "probabilities.tif") as a, rasterio.open(tmp_path / "whole" / "probabilities.tif") as b:
+    with (
+        rasterio.open(tmp_path / "tiled" / "probabilities.tif") as a,
+        rasterio.open(tmp_path / "whole" / "probabilities.tif") as b,
+    ):
         assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1  # float rounding of the convex blend
 
 
@@ -163,20 +181,34 @@ def test_safe_grd_is_calibrated_georeferenced_and_keeps_its_footprint(tmp_path, 
 
     safe = write_safe(tmp_path, codes)
     with open_scene(str(safe)) as scene:
-        assert scene.kind == "safe" and scene.polarisation == "VV" and scene.radiometry == "dn" and scene.calibration is not None
+        assert (
+            scene.kind == "safe"
+            and scene.polarisation == "VV"
+            and scene.radiometry == "dn"
+            and scene.calibration is not None
+        )
         assert scene.scene_id.startswith("S1A_IW_GRDH") and scene.acquisition_time.startswith("2026-01-01T05:45:12")
         from dakter_scale.scene.radiometry import default_convention, lut_at, plan_conversion, to_codes
 
         conv = plan_conversion("dn", True, default_convention(info()))
         cal = scene.calibration
-        back = to_codes(scene.read(0, 600, 0, 800), conv, lut_at(cal.lines, cal.pixels, cal.sigma_nought, np.arange(600.0), np.arange(800.0)))
+        back = to_codes(
+            scene.read(0, 600, 0, 800),
+            conv,
+            lut_at(cal.lines, cal.pixels, cal.sigma_nought, np.arange(600.0), np.arange(800.0)),
+        )
         # DN = A sqrt(sigma0) were rounded to integers: at the darkest codes here (~40, DN ~15) that is up to
         # 3 % in amplitude, 0.3 dB, 2 codes; most pixels come back exactly.
         assert np.abs(back.astype(int) - codes.astype(int)).max() <= 2 and np.mean(back == codes) > 0.9
         product = Polygon(scene.footprint)
     record, fc = predict(tmp_path, safe)
-    assert record["scene"]["calibrated"] and record["scene"]["georeferencing"] == "gcps" and record["slicks"] == len(DRAWN)
-    assert all(f["properties"]["scene_id"] == record["scene"]["scene_id"] and f["properties"]["acquisition_time"] for f in fc["features"])
+    assert (
+        record["scene"]["calibrated"] and record["scene"]["georeferencing"] == "gcps" and record["slicks"] == len(DRAWN)
+    )
+    assert all(
+        f["properties"]["scene_id"] == record["scene"]["scene_id"] and f["properties"]["acquisition_time"]
+        for f in fc["features"]
+    )
     with open_scene(str(tmp_path / "out" / "probabilities.tif"), band=1) as out:
         written = Polygon(footprint_lonlat(out))
     assert written.intersection(product).area / written.union(product).area > 0.995
@@ -188,7 +220,9 @@ def test_safe_grd_is_calibrated_georeferenced_and_keeps_its_footprint(tmp_path, 
     zipped = zip_folder(safe, tmp_path / "product.zip")
     record_zip, fc_zip = predict(tmp_path, zipped, name="zip")
     assert record_zip["slicks"] == record["slicks"]
-    assert [f["properties"]["pixel_count"] for f in fc_zip["features"]] == [f["properties"]["pixel_count"] for f in fc["features"]]
+    assert [f["properties"]["pixel_count"] for f in fc_zip["features"]] == [
+        f["properties"]["pixel_count"] for f in fc["features"]
+    ]
     vh, _ = predict(tmp_path, safe, name="vh", polarisation="VH")
     assert vh["scene"]["polarisation"] == "VH"
     with pytest.raises(SceneError, match=r"\.SAFE: no HH polarisation.*holds VH, VV \(--polarisation\)"):
@@ -214,15 +248,33 @@ def test_land_from_the_model_and_from_a_vector_file_with_a_buffer(tmp_path, code
     to_lonlat = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
 
     def box(r0, r1, c0, c1):
-        xs, ys = [500000 + c * SPACING for c in (c0, c1, c1, c0, c0)], [5000000 - r * SPACING for r in (r0, r0, r1, r1, r0)]
+        xs, ys = (
+            [500000 + c * SPACING for c in (c0, c1, c1, c0, c0)],
+            [5000000 - r * SPACING for r in (r0, r0, r1, r1, r0)],
+        )
         return [list(p) for p in zip(*to_lonlat.transform(xs, ys))]
 
     # A small island (2 x 2 pixels) at the centre of the slick at (row 300, col 650; semi-axes 12 x 40 px).
     land = tmp_path / "land.geojson"
-    land.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [box(299, 301, 649, 651)]}}]}))
+    land.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Polygon", "coordinates": [box(299, 301, 649, 651)]},
+                    }
+                ],
+            }
+        )
+    )
     _, island = predict(tmp_path, scene, name="island", land=str(land))
     assert len(island["features"]) == 3  # the island cuts a hole, the slick stays
-    _, buffered = predict(tmp_path, scene, name="buffered", land=str(land), land_buffer_m=450.0)  # 45 px > the 40 px semi-axis
+    _, buffered = predict(
+        tmp_path, scene, name="buffered", land=str(land), land_buffer_m=450.0
+    )  # 45 px > the 40 px semi-axis
     assert len(buffered["features"]) == 2
     with rasterio.open(tmp_path / "buffered" / "classes.tif") as ds:
         assert ds.read(1)[300, 650] == 4 and ds.read(1)[300, 200] == 0  # land in the class map, sea elsewhere
@@ -241,7 +293,9 @@ def test_the_simulated_mosaic_is_a_georeferenced_scene_with_its_truth(tmp_path):
         assert np.array_equal(t.read(1)[32:, 32:64], mask) and scene.scene_id.startswith("simulated-mosaic-2x3")
         from dakter_scale.scene.radiometry import default_convention, plan_conversion, to_codes
 
-        assert np.array_equal(to_codes(scene.read(32, 64, 32, 64), plan_conversion("sigma0", False, default_convention(info()))), codes)
+        assert np.array_equal(
+            to_codes(scene.read(32, 64, 32, 64), plan_conversion("sigma0", False, default_convention(info()))), codes
+        )
 
 
 def test_a_scene_at_an_fsspec_url_is_read_in_place_and_its_credentials_never_recorded(tmp_path, codes):
@@ -253,7 +307,9 @@ def test_a_scene_at_an_fsspec_url_is_read_in_place_and_its_credentials_never_rec
     with fsspec.open(url, "wb") as f:
         f.write(local.read_bytes())
     record, fc = predict(tmp_path, url)
-    assert record["slicks"] == 1 and record["scene"]["georeferencing"] == "geotransform"  # the one slick inside the 300 x 400 crop
+    assert (
+        record["slicks"] == 1 and record["scene"]["georeferencing"] == "geotransform"
+    )  # the one slick inside the 300 x 400 crop
     written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "out").glob("*.json")) + json.dumps(fc)
     assert secret not in written and "memory://***@host" in record["scene"]["source"]
 
@@ -275,7 +331,11 @@ def test_a_failed_write_or_forward_mid_scene_is_raised_and_leaves_no_result(tmp_
     monkeypatch.setattr(outputs.RasterSink, "write", failing_write)
     with pytest.raises(OSError, match="disk full"):
         predict(tmp_path, scene, name="write", tile=96, overlap=24, batch_size=2)
-    assert len(writes) == 3 and not (tmp_path / "write" / "predict.json").exists() and not (tmp_path / "write" / outputs.WORK).exists()
+    assert (
+        len(writes) == 3
+        and not (tmp_path / "write" / "predict.json").exists()
+        and not (tmp_path / "write" / outputs.WORK).exists()
+    )
     monkeypatch.undo()
 
     class FailsOnThirdBatch(DarkIsOil):

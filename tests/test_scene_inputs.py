@@ -12,7 +12,16 @@ import pytest
 
 from dakter_scale.data.osd import DB_MAX, DB_MIN, uint8_to_linear
 from dakter_scale.scene.predict import PredictError, PredictOptions, Predictor
-from dakter_scale.scene.radiometry import RadiometryError, db_to_codes, default_convention, lut_at, plan_conversion, plan_scale, sigma0_to_db, to_codes
+from dakter_scale.scene.radiometry import (
+    RadiometryError,
+    db_to_codes,
+    default_convention,
+    lut_at,
+    plan_conversion,
+    plan_scale,
+    sigma0_to_db,
+    to_codes,
+)
 from dakter_scale.scene.read import SceneError, open_scene
 from dakter_scale.scene.vectorise import VectoriseOptions, find_slicks, hysteresis
 
@@ -51,7 +60,10 @@ def test_conventions_recorded_defaulted_and_refused():
     assert default_convention({"real": "osd:/data/osd"}) == {"kind": "db8"}
     with pytest.raises(RadiometryError, match="unknown radiometric convention"):
         default_convention({"radiometry": {"kind": "gamma0_linear"}})
-    with pytest.raises(RadiometryError, match=r"sigma0.*8-bit dB-scaled images as delivered.*--db-window MIN,MAX.*--allow-radiometry-mismatch"):
+    with pytest.raises(
+        RadiometryError,
+        match=r"sigma0.*8-bit dB-scaled images as delivered.*--db-window MIN,MAX.*--allow-radiometry-mismatch",
+    ):
         plan_conversion("sigma0", False, {"kind": "db8"})
     assert plan_conversion("sigma0", False, {"kind": "db8"}, db_window=(-30.0, 0.0)).window == (-30.0, 0.0)
     with pytest.raises(RadiometryError, match="without a calibration LUT"):
@@ -75,13 +87,22 @@ def test_a_coarser_student_sees_a_resampled_scene_and_polygons_stay_put(tmp_path
     slick can lose up to half a model pixel (10 m) around its outline: 6.2 % of the smallest ellipse (12 x 40 px)."""
     codes = draw_codes()
     scene = write_geotiff(tmp_path / "s.tif", sigma0_of(codes))
-    fine = Predictor(DarkIsOil(), PredictOptions(tile=256, overlap=32), device="cpu", info=info(10.0))(str(scene), tmp_path / "fine")
-    coarse = Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info(20.0))(str(scene), tmp_path / "coarse")
-    assert coarse["conventions"]["scale"]["factor"] == 2.0 and coarse["conventions"]["grid"] == {"height": 300, "width": 400}
+    fine = Predictor(DarkIsOil(), PredictOptions(tile=256, overlap=32), device="cpu", info=info(10.0))(
+        str(scene), tmp_path / "fine"
+    )
+    coarse = Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info(20.0))(
+        str(scene), tmp_path / "coarse"
+    )
+    assert coarse["conventions"]["scale"]["factor"] == 2.0 and coarse["conventions"]["grid"] == {
+        "height": 300,
+        "width": 400,
+    }
     a = json.loads((tmp_path / "fine" / "slicks.geojson").read_text())["features"]
     b = json.loads((tmp_path / "coarse" / "slicks.geojson").read_text())["features"]
     assert fine["slicks"] == coarse["slicks"] == 3
-    for fa, fb in zip(sorted(a, key=lambda f: f["properties"]["centroid"]), sorted(b, key=lambda f: f["properties"]["centroid"])):
+    for fa, fb in zip(
+        sorted(a, key=lambda f: f["properties"]["centroid"]), sorted(b, key=lambda f: f["properties"]["centroid"])
+    ):
         assert np.allclose(fa["properties"]["centroid"], fb["properties"]["centroid"], atol=2e-4)  # ~15 m
         assert fb["properties"]["area_m2"] == pytest.approx(fa["properties"]["area_m2"], rel=0.07)
 
@@ -91,7 +112,11 @@ def test_a_coarser_student_sees_a_resampled_scene_and_polygons_stay_put(tmp_path
 
 def test_hysteresis_by_hand():
     p = np.array([[0.5, 0.5, 0.0, 0.5], [0.0, 0.9, 0.0, 0.5], [0.0, 0.0, 0.0, 0.5]])
-    assert hysteresis(p, 0.8, 0.4).tolist() == [[True, True, False, False], [False, True, False, False], [False, False, False, False]]
+    assert hysteresis(p, 0.8, 0.4).tolist() == [
+        [True, True, False, False],
+        [False, True, False, False],
+        [False, False, False, False],
+    ]
     valid = np.ones_like(p, dtype=bool)
     valid[1, 1] = False  # the seed pixel is land: nothing is left
     assert not hysteresis(p, 0.8, 0.4, valid).any()
@@ -110,9 +135,18 @@ def test_band_wise_components_equal_the_whole_array_rule(band_rows):
     slicks = find_slicks(lambda r0, r1: (codes[r0:r1], valid[r0:r1]), *codes.shape, opts)
     seed_code, outline_code = opts.codes()
     reference = hysteresis(codes, seed_code, outline_code, valid)
-    assert sum(s.pixels for s in slicks) == reference.sum() and len(slicks) == ndimage.label(reference, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])[1]
-    assert sum(s.geometry.area for s in slicks) == pytest.approx(reference.sum())  # pixel-edge polygons: exactly their pixels
-    big = find_slicks(lambda r0, r1: (codes[r0:r1], valid[r0:r1]), *codes.shape, VectoriseOptions(seed=0.8, outline=0.55, band_rows=band_rows, min_area_m2=200))
+    assert (
+        sum(s.pixels for s in slicks) == reference.sum()
+        and len(slicks) == ndimage.label(reference, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])[1]
+    )
+    assert sum(s.geometry.area for s in slicks) == pytest.approx(
+        reference.sum()
+    )  # pixel-edge polygons: exactly their pixels
+    big = find_slicks(
+        lambda r0, r1: (codes[r0:r1], valid[r0:r1]),
+        *codes.shape,
+        VectoriseOptions(seed=0.8, outline=0.55, band_rows=band_rows, min_area_m2=200),
+    )
     assert all(s.pixels >= 200 for s in big) and len(big) < len(slicks)
 
 
@@ -121,7 +155,9 @@ def test_band_wise_components_equal_the_whole_array_rule(band_rows):
 
 def scene_error(tmp_path, path, match, **options):
     with pytest.raises(SceneError, match=match):
-        Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16, **options), device="cpu", info=info())(str(path), tmp_path / "out")
+        Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16, **options), device="cpu", info=info())(
+            str(path), tmp_path / "out"
+        )
 
 
 def test_bad_geotiffs_are_refused_naming_the_file(tmp_path):
@@ -134,8 +170,12 @@ def test_bad_geotiffs_are_refused_naming_the_file(tmp_path):
     scene_error(tmp_path, tmp_path / "cut.tif", r"cut\.tif: not a readable GeoTIFF \(corrupt or truncated\?\)")
     from rasterio.shutil import copy
 
-    copy(good, tmp_path / "cog.tif", driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=128)  # a COG's header comes first: the tiles go
-    (tmp_path / "cutcog.tif").write_bytes((tmp_path / "cog.tif").read_bytes()[: int((tmp_path / "cog.tif").stat().st_size * 0.6)])
+    copy(
+        good, tmp_path / "cog.tif", driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=128
+    )  # a COG's header comes first: the tiles go
+    (tmp_path / "cutcog.tif").write_bytes(
+        (tmp_path / "cog.tif").read_bytes()[: int((tmp_path / "cog.tif").stat().st_size * 0.6)]
+    )
     scene_error(tmp_path, tmp_path / "cutcog.tif", r"cutcog\.tif: unreadable at rows .*\(corrupt or truncated\?\)")
     (tmp_path / "junk.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
     scene_error(tmp_path, tmp_path / "junk.tif", r"junk\.tif: not a readable GeoTIFF")
@@ -147,14 +187,29 @@ def test_bad_geotiffs_are_refused_naming_the_file(tmp_path):
         ds.write(np.zeros((3, 50, 50), dtype=np.uint8))
     scene_error(tmp_path, tmp_path / "rgb.tif", r"rgb\.tif: 3 bands.*--band N")
     scene_error(tmp_path, tmp_path / "none.tif", r"none\.tif: no such scene")
-    scene_error(tmp_path, tmp_path / "good.tif", r"good\.tif: --scene-radiometry db8 needs uint8", scene_radiometry="db8")
+    scene_error(
+        tmp_path, tmp_path / "good.tif", r"good\.tif: --scene-radiometry db8 needs uint8", scene_radiometry="db8"
+    )
 
 
 def test_students_from_another_class_set_or_convention_are_refused(tmp_path):
     from dakter_scale.student.models import build_student, save_student
 
-    sos = save_student(tmp_path / "sos", build_student("unet", "resnet18", 2, None, 3), {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "classes": ["background", "oil-spill"], "resolution": 64, "crop": 0})
-    with pytest.raises(PredictError, match=r"--classes oil: not a class of .*sos, whose classes are background, oil-spill"):
+    sos = save_student(
+        tmp_path / "sos",
+        build_student("unet", "resnet18", 2, None, 3),
+        {
+            "arch": "unet",
+            "encoder": "resnet18",
+            "encoder_depth": 3,
+            "classes": ["background", "oil-spill"],
+            "resolution": 64,
+            "crop": 0,
+        },
+    )
+    with pytest.raises(
+        PredictError, match=r"--classes oil: not a class of .*sos, whose classes are background, oil-spill"
+    ):
         Predictor(sos, PredictOptions())
     odd = dict(info(), radiometry={"kind": "amplitude16"})
     with pytest.raises(RadiometryError, match="unknown radiometric convention"):
@@ -170,7 +225,12 @@ def test_hostile_safe_products_are_refused(tmp_path):
     annotation = next((safe / "annotation").glob("*.xml"))
     text = annotation.read_text()
     annotation.write_text(text.replace("<product>", '<!DOCTYPE product [<!ENTITY a "aaaa">]><product>&a;', 1))
-    scene_error(tmp_path, safe, r"s1a-iw-grd-vh.*\.xml: XML with a document type declaration or entities is refused", polarisation="VH")
+    scene_error(
+        tmp_path,
+        safe,
+        r"s1a-iw-grd-vh.*\.xml: XML with a document type declaration or entities is refused",
+        polarisation="VH",
+    )
     annotation.write_text(text[: len(text) // 2])
     scene_error(tmp_path, safe, r"\.xml: not well-formed XML", polarisation="VH")
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
@@ -181,7 +241,9 @@ def test_hostile_safe_products_are_refused(tmp_path):
     scene_error(tmp_path, tmp_path / "cut.zip", r"cut\.zip: not a readable zip archive")
     nocal = write_safe(tmp_path / "q", codes, calibration=False)
     with pytest.raises(RadiometryError, match="digital numbers without a calibration LUT"):
-        Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info())(str(nocal), tmp_path / "out")
+        Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info())(
+            str(nocal), tmp_path / "out"
+        )
     with open_scene(str(nocal)) as scene:
         assert scene.calibration is None and scene.kind == "safe"
 
@@ -202,8 +264,29 @@ def test_a_trained_student_records_its_convention_and_runs_end_to_end(tmp_path, 
     recorded = json.loads((trained_student / "student.json").read_text())
     assert recorded["radiometry"] == SIM and recorded["pixel_spacing_m"] is None
     scene = write_geotiff(tmp_path / "scene.tif", sigma0_of(draw_codes(300, 400)))
-    r = subprocess.run(job("predict.py") + ["--student", str(trained_student), "--scene", str(scene), "--out", str(tmp_path / "out"), "--tile", "128", "--overlap", "16",
-                                            "--pixel-spacing", "10", "--classes", "oil,look-alike", "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        job("predict.py")
+        + [
+            "--student",
+            str(trained_student),
+            "--scene",
+            str(scene),
+            "--out",
+            str(tmp_path / "out"),
+            "--tile",
+            "128",
+            "--overlap",
+            "16",
+            "--pixel-spacing",
+            "10",
+            "--classes",
+            "oil,look-alike",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(r.stdout)
     assert record["student"]["sha256"] and record["student"]["radiometry"] == SIM and record["tiling"]["count"] == 12
@@ -214,16 +297,23 @@ def test_a_trained_student_records_its_convention_and_runs_end_to_end(tmp_path, 
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == record["slicks"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--scene", "TMP/none.tif"], r"^error: .*none\.tif: no such scene$"),
-    (["--scene", "TMP/scene.png", "--require-georeferencing"], r"^error: .*scene\.png: no georeferencing"),
-    (["--scene", "TMP/scene.png", "--overlap", "600"], r"^error: --overlap must be in \[0, 511\], got 600$"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--scene", "TMP/none.tif"], r"^error: .*none\.tif: no such scene$"),
+        (["--scene", "TMP/scene.png", "--require-georeferencing"], r"^error: .*scene\.png: no georeferencing"),
+        (["--scene", "TMP/scene.png", "--overlap", "600"], r"^error: --overlap must be in \[0, 511\], got 600$"),
+    ],
+)
 def test_the_job_reports_bad_input_in_one_line(tmp_path, trained_student, args, message):
     from PIL import Image
 
     Image.fromarray(draw_codes(64, 64)).save(tmp_path / "scene.png")
-    argv = job("predict.py") + ["--student", str(trained_student), "--out", str(tmp_path / "out")] + [a.replace("TMP", str(tmp_path)) for a in args]
+    argv = (
+        job("predict.py")
+        + ["--student", str(trained_student), "--out", str(tmp_path / "out")]
+        + [a.replace("TMP", str(tmp_path)) for a in args]
+    )
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     import re
@@ -239,8 +329,27 @@ def test_the_jobs_explain_every_flag(name):
     assert r.returncode == 0 and "usage:" in r.stdout
     text = r.stdout.split("\noptions:", 1)[1]  # after the usage lines
     flags = set(re.findall(r"^\s+(--[a-z-]+)", text, re.M))
-    expected = {"--student", "--out"} | ({"--scene", "--scenes", "--tile", "--overlap", "--classes", "--seed-threshold", "--outline-threshold", "--min-area", "--simplify", "--land", "--land-buffer",
-                                         "--db-window", "--pixel-spacing", "--polarisation", "--actors"} if name == "predict.py" else {"--format"})
+    expected = {"--student", "--out"} | (
+        {
+            "--scene",
+            "--scenes",
+            "--tile",
+            "--overlap",
+            "--classes",
+            "--seed-threshold",
+            "--outline-threshold",
+            "--min-area",
+            "--simplify",
+            "--land",
+            "--land-buffer",
+            "--db-window",
+            "--pixel-spacing",
+            "--polarisation",
+            "--actors",
+        }
+        if name == "predict.py"
+        else {"--format"}
+    )
     assert expected <= flags
     for flag in flags - {"--help"}:  # each flag's line, or the one after it, carries its explanation
         line = re.search(rf"^\s+{flag}\b.*(?:\n\s{{20,}}\S.*)?", text, re.M).group(0)

@@ -54,7 +54,13 @@ def outputs(out):
 
 def test_list_scenes_from_a_glob_a_list_file_and_a_prefix(scenes, tmp_path):
     by_prefix = list_scenes(str(scenes))
-    assert [os.path.basename(u) for u in by_prefix] == ["S1A_IW_GRDH_1SDV_20260101T054512_20260101T054537_062000_07C0DE_ABCD.SAFE", "broken.tif", "tile-0.tif", "tile-1.tif", "tile-2.tif"]
+    assert [os.path.basename(u) for u in by_prefix] == [
+        "S1A_IW_GRDH_1SDV_20260101T054512_20260101T054537_062000_07C0DE_ABCD.SAFE",
+        "broken.tif",
+        "tile-0.tif",
+        "tile-1.tif",
+        "tile-2.tif",
+    ]
     assert list_scenes(str(scenes / "tile-*.tif")) == [str(scenes / f"tile-{i}.tif") for i in range(3)]
     listing = tmp_path / "list.txt"
     listing.write_text(f"# scenes\n{scenes / 'tile-1.tif'}\n\n{scenes / 'tile-0.tif'}\n")
@@ -65,7 +71,9 @@ def test_list_scenes_from_a_glob_a_list_file_and_a_prefix(scenes, tmp_path):
 
 def test_many_scenes_in_process_resume_and_report_a_corrupt_one(student, scenes, tmp_path):
     out = tmp_path / "out"
-    summary = predict_many(student, str(scenes), str(out), OPTIONS, settings=RunSettings(retries=1), use_ray=False, progress=False)
+    summary = predict_many(
+        student, str(scenes), str(out), OPTIONS, settings=RunSettings(retries=1), use_ray=False, progress=False
+    )
     assert not summary.ok and list(summary.failed) == ["broken"] and "broken.tif" in summary.failed["broken"]
     assert [r["scene"] for r in summary.retried] == ["broken", "broken"]  # tried, retried, given up
     assert outputs(out) == sorted(summary.written) and len(summary.written) == 4
@@ -73,8 +81,14 @@ def test_many_scenes_in_process_resume_and_report_a_corrupt_one(student, scenes,
     assert records["S1A_IW_GRDH_1SDV_20260101T054512_20260101T054537_062000_07C0DE_ABCD"]["scene"]["kind"] == "safe"
     # The run's lease (out/lock-NNNNNN.json) is the run's own: each run takes the next generation.
     assert [p.name for p in out.glob("lock-*.json")] == ["lock-000001.json"]
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "predict_summary.json" and not p.name.startswith("lock-")}
-    again = predict_many(student, str(scenes), str(out), OPTIONS, settings=RunSettings(retries=0), use_ray=False, progress=False)
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and p.name != "predict_summary.json" and not p.name.startswith("lock-")
+    }
+    again = predict_many(
+        student, str(scenes), str(out), OPTIONS, settings=RunSettings(retries=0), use_ray=False, progress=False
+    )
     assert again.written == [] and len(again.skipped) == 4 and list(again.failed) == ["broken"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a rerun rewrote a finished scene"
 
@@ -85,10 +99,20 @@ def test_many_scenes_on_ray_actors(student, scenes, tmp_path):
     (scenes / "broken.tif").unlink()
     (tmp_path / "bad.tif").write_bytes(b"II*\x00truncated")
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join([*(str(scenes / f"tile-{i}.tif") for i in range(3)), str(tmp_path / "bad.tif")]) + "\n")
+    listing.write_text(
+        "\n".join([*(str(scenes / f"tile-{i}.tif") for i in range(3)), str(tmp_path / "bad.tif")]) + "\n"
+    )
     out = tmp_path / "out"
     try:
-        summary = predict_many(student, str(listing), str(out), OPTIONS, settings=RunSettings(actors=2, retries=0), use_ray=True, progress=False)
+        summary = predict_many(
+            student,
+            str(listing),
+            str(out),
+            OPTIONS,
+            settings=RunSettings(actors=2, retries=0),
+            use_ray=True,
+            progress=False,
+        )
     finally:
         ray.shutdown()
     assert summary.strategy["strategy"] == "ray" and summary.strategy["actors"] == 2
@@ -111,16 +135,50 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     gcs, dash, *ports = (_free_port() for _ in range(7))
-    flags = ["--port", gcs, "--dashboard-port", dash, "--ray-client-server-port", ports[0], "--dashboard-agent-listen-port", ports[1],
-             "--dashboard-agent-grpc-port", ports[2], "--runtime-env-agent-port", ports[3], "--metrics-export-port", ports[4]]
+    flags = [
+        "--port",
+        gcs,
+        "--dashboard-port",
+        dash,
+        "--ray-client-server-port",
+        ports[0],
+        "--dashboard-agent-listen-port",
+        ports[1],
+        "--dashboard-agent-grpc-port",
+        ports[2],
+        "--runtime-env-agent-port",
+        ports[3],
+        "--metrics-export-port",
+        ports[4],
+    ]
     log = open(os.path.join(work, "head.log"), "w")
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--temp-dir={work}/ray", "--num-cpus=2", "--disable-usage-stats",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", *map(str, flags)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--temp-dir={work}/ray",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            *map(str, flags),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 240
-        while subprocess.run([ray_cli, "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
-            assert head.poll() is None and time.time() < deadline, "ray start --head failed:\n" + open(os.path.join(work, "head.log")).read()[-4000:]
+        while (
+            subprocess.run([ray_cli, "job", "list", "--address", address], env=env, capture_output=True).returncode != 0
+        ):
+            assert head.poll() is None and time.time() < deadline, (
+                "ray start --head failed:\n" + open(os.path.join(work, "head.log")).read()[-4000:]
+            )
             time.sleep(1)
         yield address, gcs, env, ray_cli
     finally:
@@ -148,20 +206,71 @@ def test_predict_scenes_as_a_ray_job_submit_entrypoint(student, tmp_path):
     out = tmp_path / "out"
     runtime_env = {"excludes": [".git", ".venv", "runs"], "env_vars": {"DAKTER_PROGRESS": "0"}}
     with ray_head() as (address, gcs, env, ray_cli):
-        submitted = subprocess.run([ray_cli, "job", "submit", "--address", address, "--submission-id", "predict-check", "--working-dir", str(ROOT),
-                                    "--runtime-env-json", json.dumps(runtime_env), "--",
-                                    sys.executable, "jobs/predict.py", "--student", student, "--scenes", str(folder / "*.tif"), "--out", str(out),
-                                    "--tile", "128", "--overlap", "16", "--pixel-spacing", "10", "--no-quicklook", "--actors", "2", "--retries", "0", "--json"],
-                                   env=env, capture_output=True, text=True, timeout=600)
+        submitted = subprocess.run(
+            [
+                ray_cli,
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--submission-id",
+                "predict-check",
+                "--working-dir",
+                str(ROOT),
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                sys.executable,
+                "jobs/predict.py",
+                "--student",
+                student,
+                "--scenes",
+                str(folder / "*.tif"),
+                "--out",
+                str(out),
+                "--tile",
+                "128",
+                "--overlap",
+                "16",
+                "--pixel-spacing",
+                "10",
+                "--no-quicklook",
+                "--actors",
+                "2",
+                "--retries",
+                "0",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         logs = submitted.stdout + submitted.stderr
         assert submitted.returncode == 0, logs[-4000:]
-        status = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient as C; print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)",
-                                 address, "predict-check"], env=env, capture_output=True, text=True)
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from ray.job_submission import JobSubmissionClient as C; print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)",
+                address,
+                "predict-check",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert status.stdout.strip() == "SUCCEEDED", (status.stdout + status.stderr)[-2000:]
     summary = json.loads(next(line for line in logs.splitlines() if line.startswith("{") and '"written"' in line))
-    assert summary["ok"] and sorted(summary["written"]) == ["scene-0", "scene-1"] and outputs(out) == ["scene-0", "scene-1"]
+    assert (
+        summary["ok"]
+        and sorted(summary["written"]) == ["scene-0", "scene-1"]
+        and outputs(out) == ["scene-0", "scene-1"]
+    )
     # The GCS port was picked here and given to the head: a cluster started by the job would have another.
-    assert summary["strategy"]["ray"].rsplit(":", 1)[-1] == str(gcs), f"the job did not run on the head it was submitted to: {summary['strategy']}"
+    assert summary["strategy"]["ray"].rsplit(":", 1)[-1] == str(gcs), (
+        f"the job did not run on the head it was submitted to: {summary['strategy']}"
+    )
     assert summary["strategy"]["actors"] == 2
 
 

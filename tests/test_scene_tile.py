@@ -8,7 +8,10 @@ import pytest
 from dakter_scale.scene.tile import Blender, coverage, ramp, tile_starts
 
 
-@pytest.mark.parametrize("n,tile,overlap", [(1000, 256, 32), (257, 256, 32), (256, 256, 32), (100, 256, 32), (5000, 512, 64), (513, 64, 0), (700, 128, 127)])
+@pytest.mark.parametrize(
+    "n,tile,overlap",
+    [(1000, 256, 32), (257, 256, 32), (256, 256, 32), (100, 256, 32), (5000, 512, 64), (513, 64, 0), (700, 128, 127)],
+)
 def test_grid_covers_the_axis_with_at_least_the_overlap(n, tile, overlap):
     starts = tile_starts(n, tile, overlap)
     t = min(tile, n)
@@ -27,7 +30,9 @@ def test_ramp_is_positive_symmetric_and_a_partition_of_unity_at_the_stride():
     assert np.allclose(s[v:-v], 1.0)
 
 
-@pytest.mark.parametrize("h,w,tile,overlap", [(300, 410, 128, 32), (128, 128, 128, 16), (90, 500, 64, 16), (257, 129, 64, 0)])
+@pytest.mark.parametrize(
+    "h,w,tile,overlap", [(300, 410, 128, 32), (128, 128, 128, 16), (90, 500, 64, 16), (257, 129, 64, 0)]
+)
 def test_normalised_weights_sum_to_one_and_blend_reproduces_a_global_field(h, w, tile, overlap):
     rng = np.random.default_rng(0)
     field = rng.random((3, h, w)).astype(np.float32)

@@ -26,9 +26,15 @@ SECRET = "hunter2"
         ("sftp://user@host/data", "sftp://***@host/data"),
         ("sos:s3://u:p@bucket/sos?sat=palsar", "sos:s3://***@bucket/sos?sat=palsar"),
         ("simplecache::s3://k:s@bucket/p", "simplecache::s3://***@bucket/p"),
-        ("https://h/p?X-Amz-Signature=abc&X-Amz-Credential=c%2Fd&part=1", "https://h/p?X-Amz-Signature=***&X-Amz-Credential=***&part=1"),
+        (
+            "https://h/p?X-Amz-Signature=abc&X-Amz-Credential=c%2Fd&part=1",
+            "https://h/p?X-Amz-Signature=***&X-Amz-Credential=***&part=1",
+        ),
         ("https://h/p?access_token=t;sig=s#f", "https://h/p?access_token=***;sig=***#f"),
-        ("error: output s3://a:b@h/x is not writable (s3://a:b@h/x)", "error: output s3://***@h/x is not writable (s3://***@h/x)"),
+        (
+            "error: output s3://a:b@h/x is not writable (s3://a:b@h/x)",
+            "error: output s3://***@h/x is not writable (s3://***@h/x)",
+        ),
         # nothing to hide: unchanged
         ("synthetic:8?size=32&test=4&seed=1", None),
         ("gs://bucket/key@v1", None),
@@ -68,18 +74,39 @@ def test_cli_hides_credentials_in_errors_logs_and_tracebacks(capsys):
         f"    raise RuntimeError('cannot open https://h/p?token={SECRET}')\n"
         "cli.run(bug)\n"
     )
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=job_env(PYTHONPATH=str(ROOT)), timeout=120)
-    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "RuntimeError: cannot open https://h/p?token=***" in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=job_env(PYTHONPATH=str(ROOT)), timeout=120
+    )
+    assert (
+        r.returncode == 1
+        and "Traceback (most recent call last)" in r.stderr
+        and "RuntimeError: cannot open https://h/p?token=***" in r.stderr
+    ), r.stderr
     assert "reading s3://***@b/p" in r.stderr and SECRET not in r.stderr
 
 
 def test_jobs_never_print_a_password_in_a_url(tmp_path):
     """--synthetic and a data spec with credentials: one line, exit 2, the URL named without them."""
     for argv in (
-        ["train_student.py", "--out", str(tmp_path / "s"), "--synthetic", f"s3://user:{SECRET}@bucket/gen", "--ratio", "1", *TINY_STUDENT],
+        [
+            "train_student.py",
+            "--out",
+            str(tmp_path / "s"),
+            "--synthetic",
+            f"s3://user:{SECRET}@bucket/gen",
+            "--ratio",
+            "1",
+            *TINY_STUDENT,
+        ],
         ["inspect_data.py", f"osd:s3://user:{SECRET}@bucket/osd"],
     ):
-        r = subprocess.run([sys.executable, str(ROOT / "jobs" / argv[0]), *argv[1:]], capture_output=True, text=True, env=job_env(PYTHONPATH=str(ROOT)), timeout=300)
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / argv[0]), *argv[1:]],
+            capture_output=True,
+            text=True,
+            env=job_env(PYTHONPATH=str(ROOT)),
+            timeout=300,
+        )
         assert r.returncode == 2 and SECRET not in r.stderr + r.stdout, r.stderr[-2000:]
         assert r.stderr.splitlines()[-1].startswith("error: ") and "s3://***@bucket" in r.stderr, r.stderr[-2000:]
 

@@ -26,7 +26,14 @@ def _pair(seed, k=5, h=12, w=10):
 def _meta(key, seed, k=5):
     """The JSON record fields every writer gives a pair (shardset.RECORD_FIELDS, less key and num_classes)."""
     shard, index = shardset.parse_key(key)
-    return {"shard": shard, "index": index, "seed": seed, "class_fractions": [1 / k] * k, "mean_entropy": 0.5, "mean_confidence": 0.6}
+    return {
+        "shard": shard,
+        "index": index,
+        "seed": seed,
+        "class_fractions": [1 / k] * k,
+        "mean_entropy": 0.5,
+        "mean_confidence": 0.6,
+    }
 
 
 @settings(max_examples=40, deadline=None)
@@ -94,7 +101,9 @@ def test_stock_webdataset_reads_a_project_shard(tmp_path):
     assert [s["__key__"] for s in samples] == [shardset.sample_key(3, i) for i in range(5)]
     for i, s in enumerate(samples):
         image, q = _pair(i)
-        assert np.array_equal((s["image.png"] * 255).round().astype(np.uint8), image)  # "l" decodes to float gray in [0, 1]
+        assert np.array_equal(
+            (s["image.png"] * 255).round().astype(np.uint8), image
+        )  # "l" decodes to float gray in [0, 1]
         stacked = (s["soft.png"] * 255).round()
         assert stacked.shape == (5 * 12, 10)
         assert np.abs(stacked.reshape(5, 12, 10) / 255 - q.numpy()).max() < 1 / 255
@@ -103,7 +112,18 @@ def test_stock_webdataset_reads_a_project_shard(tmp_path):
 
 def test_manifest_and_done_listing(tmp_path):
     fs, root = storage.url_to_fs(str(tmp_path))
-    rows = [{"key": shardset.sample_key(0, i), "shard": 0, "index": i, "seed": 2**62 + i, "class_fractions": [0.5, 0.5], "mean_entropy": 0.1, "mean_confidence": 0.9} for i in range(3)]
+    rows = [
+        {
+            "key": shardset.sample_key(0, i),
+            "shard": 0,
+            "index": i,
+            "seed": 2**62 + i,
+            "class_fractions": [0.5, 0.5],
+            "mean_entropy": 0.1,
+            "mean_confidence": 0.9,
+        }
+        for i in range(3)
+    ]
     ShardSet(str(tmp_path)).write_parquet("shard-000000.parquet", shardset.manifest_table(rows))
     size, sha = _write(tmp_path / "shard-000000.tar", 3)
     _write(tmp_path / "shard-000001.tar", 3)  # no marker: not done, ignored
@@ -113,7 +133,15 @@ def test_manifest_and_done_listing(tmp_path):
     assert [d.shard for d in done] == [0] and done[0].count == 3
     table = ShardSet(str(tmp_path)).manifest()
     assert table.num_rows == 3 and table.column("seed").to_pylist()[2] == 2**62 + 2
-    assert pq.read_table(tmp_path / "shard-000000.parquet").schema.names == ["key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence"]
+    assert pq.read_table(tmp_path / "shard-000000.parquet").schema.names == [
+        "key",
+        "shard",
+        "index",
+        "seed",
+        "class_fractions",
+        "mean_entropy",
+        "mean_confidence",
+    ]
 
 
 def test_open_atomic_leaves_nothing_on_error(tmp_path):

@@ -72,7 +72,13 @@ def test_dataset_json_errors_name_the_file_and_field(tmp_path):
 def test_marker_pattern_is_anchored_and_names_round_trip(tmp_path):
     assert MARKER_RE.match(shardset.shard_name(12, "json")).group(1) == "000012"
     assert MARKER_RE.match(shardset.shard_name(1234567, "json")).group(1) == "1234567"
-    for name in ("xshard-000001.json", "shard-000001.json.tmp-0123456789ab", "shard-00001.json", "shard-000001.tar", "old/shard-000001.json"):
+    for name in (
+        "xshard-000001.json",
+        "shard-000001.json.tmp-0123456789ab",
+        "shard-00001.json",
+        "shard-000001.tar",
+        "old/shard-000001.json",
+    ):
         assert not MARKER_RE.match(name), name
     write_dataset(str(tmp_path), [2, 2])
     (tmp_path / "xshard-000005.json").write_text("{}")  # not a marker: ignored, never read
@@ -102,17 +108,29 @@ def test_derive_writes_the_bytes_the_previous_filter_wrote(tmp_path):
     """The old filter's selection, written again through derive: the same tar, manifest and marker."""
     alignment = _alignments(OLD_FILTERED)
     fp = json.loads((OLD_FILTERED / "dataset.json").read_text())["fingerprint"]
-    markers = ShardSet(str(OLD)).derive(str(tmp_path / "dst"), lambda key, record: {"source_key": key, "alignment": alignment[key]}, fp, 2, keys=sorted(alignment))
+    markers = ShardSet(str(OLD)).derive(
+        str(tmp_path / "dst"),
+        lambda key, record: {"source_key": key, "alignment": alignment[key]},
+        fp,
+        2,
+        keys=sorted(alignment),
+    )
     assert list(markers) == [0]
     for name in ("shard-000000.tar", "shard-000000.parquet", "shard-000000.json"):
         assert (tmp_path / "dst" / name).read_bytes() == (OLD_FILTERED / name).read_bytes(), name
-    assert ShardSet(str(tmp_path / "dst")).info().status == shardset.IN_PROGRESS  # the caller writes the finished header
+    assert (
+        ShardSet(str(tmp_path / "dst")).info().status == shardset.IN_PROGRESS
+    )  # the caller writes the finished header
 
 
 def test_derive_resumes_per_shard_and_replaces_another_set(tmp_path):
     src, dst = str(tmp_path / "src"), tmp_path / "dst"
     write_dataset(src, [3, 3, 2])
-    keys = [k for i, k in enumerate(shardset.sample_key(s, j) for s, n in enumerate([3, 3, 2]) for j in range(n)) if i % 4 != 1]
+    keys = [
+        k
+        for i, k in enumerate(shardset.sample_key(s, j) for s, n in enumerate([3, 3, 2]) for j in range(n))
+        if i % 4 != 1
+    ]
     calls = []
 
     def transform(key, record):
@@ -122,7 +140,9 @@ def test_derive_resumes_per_shard_and_replaces_another_set(tmp_path):
     markers = ShardSet(src).derive(str(dst), transform, "fp-a", 2, keys=keys)
     assert sorted(markers) == [0, 1, 2] and [m["count"] for m in markers.values()] == [2, 2, 2] and calls == keys
     records = [shardset.read_record(s) for s in ShardSet(str(dst)).samples()]
-    assert [r["source_key"] for r in records] == keys and [r["key"] for r in records] == [shardset.sample_key(s, i) for s in range(3) for i in range(2)]
+    assert [r["source_key"] for r in records] == keys and [r["key"] for r in records] == [
+        shardset.sample_key(s, i) for s in range(3) for i in range(2)
+    ]
     before = {p.name: p.read_bytes() for p in dst.iterdir()}
     mtimes = {p.name: p.stat().st_mtime_ns for p in dst.iterdir() if p.name.startswith("shard-")}
 
@@ -136,7 +156,12 @@ def test_derive_resumes_per_shard_and_replaces_another_set(tmp_path):
 
     calls.clear()
     ShardSet(src).derive(str(dst), transform, "fp-b", 4, keys=keys[:3])  # another derivation: starts over
-    assert calls == keys[:3] and sorted(p.name for p in dst.iterdir()) == ["dataset.json", "shard-000000.json", "shard-000000.parquet", "shard-000000.tar"]
+    assert calls == keys[:3] and sorted(p.name for p in dst.iterdir()) == [
+        "dataset.json",
+        "shard-000000.json",
+        "shard-000000.parquet",
+        "shard-000000.tar",
+    ]
     with pytest.raises(ShardError, match="shard 9 is not finished"):
         ShardSet(src).derive(str(tmp_path / "other"), transform, "fp-c", 2, keys=["000000-000000", "000009-000000"])
     with pytest.raises(ShardError, match="holds no pair 000000-000007"):
@@ -173,9 +198,21 @@ def test_finish_writes_the_count_statistics_and_divergence_of_the_markers(tmp_pa
     write_dataset(url, [3, 2])
     out = ShardSet(url)
     markers = {i.shard: i.marker for i in out.done()}
-    header = DatasetInfo(classes=list(out.info().classes), resolution=32, train_stats={"class_fractions": [1.0, 0, 0, 0, 0]}, warnings=["the source's"])
-    info, warnings = out.finish(header, markers, threshold=0.01, add_warnings=["extra"], samples_per_shard=4, fingerprint="fp")
-    assert info == out.info() and info.status == COMPLETE and info.count == 5 and (info.planned, info.num_shards, info.fingerprint) == (5, 2, "fp")
+    header = DatasetInfo(
+        classes=list(out.info().classes),
+        resolution=32,
+        train_stats={"class_fractions": [1.0, 0, 0, 0, 0]},
+        warnings=["the source's"],
+    )
+    info, warnings = out.finish(
+        header, markers, threshold=0.01, add_warnings=["extra"], samples_per_shard=4, fingerprint="fp"
+    )
+    assert (
+        info == out.info()
+        and info.status == COMPLETE
+        and info.count == 5
+        and (info.planned, info.num_shards, info.fingerprint) == (5, 2, "fp")
+    )
     assert info.generated_stats == marker_stats(markers, 5) and info.divergence["class_fraction_tv"] > 0.01
     assert warnings and info.warnings == warnings + ["extra"]
     kept, _ = out.finish(header, markers, threshold=0.01, keep_warnings=True)
@@ -202,7 +239,13 @@ def test_derive_stops_writing_once_its_lease_check_fails(tmp_path):
         ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lapses_after_two)
     assert sorted(i.shard for i in ShardSet(str(dst)).done()) == [0]
     with pytest.raises(LeaseError):
-        ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-b", 2, check=lambda: (_ for _ in ()).throw(LeaseError("lost")))
+        ShardSet(src).derive(
+            str(dst),
+            lambda key, record: {"source_key": key},
+            "fp-b",
+            2,
+            check=lambda: (_ for _ in ()).throw(LeaseError("lost")),
+        )
     assert sorted(i.shard for i in ShardSet(str(dst)).done()) == [0], "a lapsed holder does not even clear"
     markers = ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lambda: None)
     assert sorted(markers) == [0, 1, 2, 3]

@@ -25,7 +25,25 @@ def test_end_to_end_smoke(tmp_path):
     assert info["classes"] == ["sea", "oil", "look-alike", "ship", "land"] and 0 < info["b"] < 1
     assert (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
-    r = run(job("synthesize.py") + ["--model", str(model), "--n", "8", "--out", str(shards_dir), "--samples-per-shard", "4", "--batch-size", "4", "--actors", "2", "--json"] + TINY)
+    r = run(
+        job("synthesize.py")
+        + [
+            "--model",
+            str(model),
+            "--n",
+            "8",
+            "--out",
+            str(shards_dir),
+            "--samples-per-shard",
+            "4",
+            "--batch-size",
+            "4",
+            "--actors",
+            "2",
+            "--json",
+        ]
+        + TINY
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["ok"] and summary["pairs_written"] == 8 and sorted(summary["written"]) == [0, 1]
@@ -34,7 +52,22 @@ def test_end_to_end_smoke(tmp_path):
     dataset = json.loads((shards_dir / "dataset.json").read_text())
     assert dataset["count"] == 8 and dataset["status"] == "complete" and dataset["b"] == info["b"]
 
-    r = run(job("train_student.py") + ["--out", str(student), "--synthetic", str(shards_dir), "--ratio", "100%", "--labels", "soft", "--max-steps", "2"] + TINY)
+    r = run(
+        job("train_student.py")
+        + [
+            "--out",
+            str(student),
+            "--synthetic",
+            str(shards_dir),
+            "--ratio",
+            "100%",
+            "--labels",
+            "soft",
+            "--max-steps",
+            "2",
+        ]
+        + TINY
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((student / "student.json").read_text())["ratio"] == 1.0
 
@@ -45,7 +78,20 @@ def test_end_to_end_smoke(tmp_path):
     assert sum(map(sum, metrics["confusion_matrix"])) == 4 * 32 * 32
 
 
-@pytest.mark.parametrize("name", ["inspect_data.py", "train_diffusion.py", "synthesize.py", "train_student.py", "evaluate.py", "demo.py", "write_synthetic.py", "filter_generated.py", "experiment.py"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "inspect_data.py",
+        "train_diffusion.py",
+        "synthesize.py",
+        "train_student.py",
+        "evaluate.py",
+        "demo.py",
+        "write_synthetic.py",
+        "filter_generated.py",
+        "experiment.py",
+    ],
+)
 def test_every_job_has_help(name):
     r = run(job(name) + ["--help"])
     assert r.returncode == 0 and "usage:" in r.stdout and len(r.stdout) > 300
@@ -67,6 +113,7 @@ def test_bad_input_is_one_line(argv, message):
     assert message in r.stderr and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
 
 
+@pytest.mark.slow  # 40 s; the runner's resume is in the default suite (test_experiment.py::test_tiny_experiment_runs_and_resumes)
 def test_demo_resumes_after_an_interrupt(tmp_path):
     """jobs/demo.py is the experiment runner on configs/demo.yaml: interrupted (Ctrl-C) once its
     diffusion model is written, the same command continues from the finished units and writes
@@ -78,13 +125,27 @@ def test_demo_resumes_after_an_interrupt(tmp_path):
     from shardgen import job_env
 
     out = tmp_path / "demo"
-    extra = ["diffusion.max_steps=2", "student.max_steps=2", "synthesis.samples_per_shard=4", "synthesis.batch_size=4", "synthesis.actors=1", "experiment.quality_pairs=8", "experiment.figure_samples=2"]
+    extra = [
+        "diffusion.max_steps=2",
+        "student.max_steps=2",
+        "synthesis.samples_per_shard=4",
+        "synthesis.batch_size=4",
+        "synthesis.actors=1",
+        "experiment.quality_pairs=8",
+        "experiment.figure_samples=2",
+    ]
     argv = job("demo.py") + ["--out", str(out)] + TINY + extra
     model = out / "models" / "b_cfg"
     # SIGINT at its default in the job, whatever this test inherited: a shell starts background jobs
     # with SIGINT ignored, and Python then never raises KeyboardInterrupt (a CI started with `&` failed so)
     proc = subprocess.Popen(
-        argv, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+        argv,
+        env=job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 300
@@ -106,11 +167,21 @@ def test_demo_resumes_after_an_interrupt(tmp_path):
     assert "]: model b_cfg" not in r.stderr  # no "experiment [k/N]: model b_cfg" line: it was not to run
     assert "finished earlier" in r.stderr and r.stdout.strip().endswith("report.md")
     text = (out / "report.md").read_text()
-    for section in ("## Balancing factor", "## Generated samples", "8 pairs in 2 shards", "## Students (unet", "| DAKTer (soft labels + KD) |", "## Time per stage (s)"):
+    for section in (
+        "## Balancing factor",
+        "## Generated samples",
+        "8 pairs in 2 shards",
+        "## Students (unet",
+        "| DAKTer (soft labels + KD) |",
+        "## Time per stage (s)",
+    ):
         assert section in text
     assert (out / "samples_b_cfg.png").stat().st_size > 1000
     payload = json.loads((out / "results.json").read_text())
-    assert set(payload["runs"]) == {"none-unet-r0-s0", "hard-unet-r1-s0", "dakter-unet-r1-s0"} and payload["preset"] == "demo"
+    assert (
+        set(payload["runs"]) == {"none-unet-r0-s0", "hard-unet-r1-s0", "dakter-unet-r1-s0"}
+        and payload["preset"] == "demo"
+    )
     assert payload["generated"]["b_cfg"]["count"] == 8 == payload["generated_pairs"]  # ratio 1 x 8 training images
 
     students = {p: p.stat().st_mtime_ns for p in (out / "students").rglob("model.safetensors")}

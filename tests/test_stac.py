@@ -34,7 +34,10 @@ def check_item(folder, scene_path) -> pystac.Item:
     raw = json.loads((folder / "item.json").read_text())
     validate_core(raw, pystac.STACObjectType.ITEM)
     with pytest.raises(pystac.errors.STACValidationError):  # the check can fail: an item without a datetime
-        validate_core({**raw, "properties": {k: v for k, v in raw["properties"].items() if k != "datetime"}}, pystac.STACObjectType.ITEM)
+        validate_core(
+            {**raw, "properties": {k: v for k, v in raw["properties"].items() if k != "datetime"}},
+            pystac.STACObjectType.ITEM,
+        )
     item = pystac.Item.from_dict(raw)
     record = json.loads((folder / "predict.json").read_text())
     # geometry and bbox from the footprint, datetime from the acquisition
@@ -42,7 +45,9 @@ def check_item(folder, scene_path) -> pystac.Item:
         ring = scene.footprint or footprint_lonlat(scene)
     lons, lats = [p[0] for p in ring], [p[1] for p in ring]
     assert item.bbox == pytest.approx([min(lons), min(lats), max(lons), max(lats)])
-    assert item.geometry["type"] == "Polygon" and item.geometry["coordinates"][0][0] == item.geometry["coordinates"][0][-1]
+    assert (
+        item.geometry["type"] == "Polygon" and item.geometry["coordinates"][0][0] == item.geometry["coordinates"][0][-1]
+    )
     assert item.datetime == pystac.utils.str_to_datetime(stac_datetime(record["scene"]["acquisition_time"]))
     # projection: the written COG's grid
     proj = ProjectionExtension.ext(item)
@@ -54,7 +59,11 @@ def check_item(folder, scene_path) -> pystac.Item:
             assert proj.code == f"EPSG:{cog.gcps[1].to_epsg()}" and proj.transform is None
     # raster: one band per class; file: the sizes and sha256 of what is on disk
     bands = RasterExtension.ext(item.assets["probabilities"]).bands
-    assert [b.to_dict()["name"] for b in bands] == record["student"]["classes"] and {b.data_type for b in bands} == {"uint8"} and bands[0].scale == pytest.approx(1 / 255)
+    assert (
+        [b.to_dict()["name"] for b in bands] == record["student"]["classes"]
+        and {b.data_type for b in bands} == {"uint8"}
+        and bands[0].scale == pytest.approx(1 / 255)
+    )
     for key, name in (("probabilities", "probabilities.tif"), ("classes", "classes.tif"), ("slicks", "slicks.geojson")):
         data = (folder / name).read_bytes()
         f = FileExtension.ext(item.assets[key])
@@ -66,7 +75,9 @@ def check_item(folder, scene_path) -> pystac.Item:
 
 
 def test_item_of_a_geotiff_and_of_a_safe(tmp_path):
-    tif = write_geotiff(tmp_path / "scene.tif", sigma0_of(draw_codes(200, 260)), tags={"ACQUISITION_TIME": "2026-03-04T10:11:12"})
+    tif = write_geotiff(
+        tmp_path / "scene.tif", sigma0_of(draw_codes(200, 260)), tags={"ACQUISITION_TIME": "2026-03-04T10:11:12"}
+    )
     Predictor(DarkIsOil(), PredictOptions(**OPTIONS), device="cpu", info=info())(str(tif), tmp_path / "tif")
     item = check_item(tmp_path / "tif", tif)
     assert item.properties["datetime"] == "2026-03-04T10:11:12Z" and item.assets["thumbnail"].roles == ["thumbnail"]
@@ -89,19 +100,37 @@ def test_collection_of_a_many_scene_run(tmp_path):
     folder = tmp_path / "scenes"
     folder.mkdir()
     for i in range(2):
-        write_geotiff(folder / f"tile-{i}.tif", sigma0_of(draw_codes(120, 160, seed=i)), tags={"ACQUISITION_TIME": f"2026-05-0{i + 1}T00:00:00"})
+        write_geotiff(
+            folder / f"tile-{i}.tif",
+            sigma0_of(draw_codes(120, 160, seed=i)),
+            tags={"ACQUISITION_TIME": f"2026-05-0{i + 1}T00:00:00"},
+        )
     write_geotiff(folder / "untimed.tif", sigma0_of(draw_codes(120, 160, seed=5)))
     student = tmp_path / "student"
     from dakter_scale.student.models import build_student, save_student
 
-    save_student(student, build_student("unet", "resnet18", 5, None, 3), {**info(), "arch": "unet", "encoder": "resnet18", "encoder_depth": 3})
+    save_student(
+        student,
+        build_student("unet", "resnet18", 5, None, 3),
+        {**info(), "arch": "unet", "encoder": "resnet18", "encoder_depth": 3},
+    )
     out = tmp_path / "run"
-    summary = predict_many(str(student), str(folder), str(out), PredictOptions(**OPTIONS, pixel_spacing=10.0, quicklook=False), use_ray=False, progress=False)
+    summary = predict_many(
+        str(student),
+        str(folder),
+        str(out),
+        PredictOptions(**OPTIONS, pixel_spacing=10.0, quicklook=False),
+        use_ray=False,
+        progress=False,
+    )
     assert summary.ok and len(summary.written) == 3
     raw = json.loads((out / "collection.json").read_text())
     validate_core(raw, pystac.STACObjectType.COLLECTION)
     collection = pystac.Collection.from_dict(raw)
-    assert [link.href for link in collection.links if link.rel == "item"] == ["./tile-0/item.json", "./tile-1/item.json"]  # the untimed scene has none
+    assert [link.href for link in collection.links if link.rel == "item"] == [
+        "./tile-0/item.json",
+        "./tile-1/item.json",
+    ]  # the untimed scene has none
     items = [pystac.Item.from_dict(json.loads((out / f"tile-{i}" / "item.json").read_text())) for i in range(2)]
     for i, item in enumerate(items):
         check_item(out / f"tile-{i}", folder / f"tile-{i}.tif")
@@ -109,4 +138,11 @@ def test_collection_of_a_many_scene_run(tmp_path):
     interval = collection.extent.temporal.intervals[0]
     assert [t.isoformat() for t in interval] == ["2026-05-01T00:00:00+00:00", "2026-05-02T00:00:00+00:00"]
     box = collection.extent.spatial.bboxes[0]
-    assert box == pytest.approx([min(i.bbox[0] for i in items), min(i.bbox[1] for i in items), max(i.bbox[2] for i in items), max(i.bbox[3] for i in items)])
+    assert box == pytest.approx(
+        [
+            min(i.bbox[0] for i in items),
+            min(i.bbox[1] for i in items),
+            max(i.bbox[2] for i in items),
+            max(i.bbox[3] for i in items),
+        ]
+    )

@@ -178,7 +178,11 @@ def _data_cfg():
 def _mixed(url: str, workers: int, start_batch: int = 0, positions=None) -> MixedBatches:
     source = open_source("synthetic:8?size=32&test=4")
     real_used, gen_used = consumed(start_batch, 4, 1.5)
-    real = stream_loader(RealStream(patch_dataset(source, _data_cfg(), "train", seed=2), seed=2, skip=real_used), workers, consumed=real_used)
+    real = stream_loader(
+        RealStream(patch_dataset(source, _data_cfg(), "train", seed=2), seed=2, skip=real_used),
+        workers,
+        consumed=real_used,
+    )
     gen = stream_loader(GeneratedStream(url, seed=2, shuffle_buffer=3, start=positions), workers, consumed=gen_used)
     return MixedBatches(real, gen, 4, 1.5, source.num_classes, start_batch=start_batch, positions=positions)
 
@@ -223,7 +227,10 @@ def test_bad_shards_are_skipped_counted_and_named_under_warn(damaged, workers):
     assert {k for k in keys if k.startswith(("000000", "000003"))} <= got
     assert not any(k.startswith("000001") for k in got)
     assert len([k for k in got if k.startswith("000002")]) < 4
-    assert sorted(n.split(":")[0] for n in notices) == [f"shard {url}/shard-000001.tar", f"shard {url}/shard-000002.tar"]
+    assert sorted(n.split(":")[0] for n in notices) == [
+        f"shard {url}/shard-000001.tar",
+        f"shard {url}/shard-000002.tar",
+    ]
 
 
 def test_a_bad_shard_stops_the_stream_naming_it_under_raise(damaged):
@@ -272,7 +279,14 @@ def test_a_shard_with_fewer_samples_than_its_marker_records_is_bad(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["a.png", "json", "soft.png", "x.cls"]), st.binary(max_size=1500)), min_size=1, max_size=12), st.booleans())
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a.png", "json", "soft.png", "x.cls"]), st.binary(max_size=1500)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+)
 def test_tar_reader_groups_members_as_webdataset_does(members, long_names):
     """Against the stock webdataset reader, on tars written by the schema's own writer; long
     (GNU / PAX) names too."""
@@ -297,7 +311,10 @@ def test_tar_reader_groups_members_as_webdataset_does(members, long_names):
     else:
         shards.write_tar(buf, samples)
     ours = [{k: v for k, v in s.items() if k != "__url__"} for s in shards.read_tar(io.BytesIO(buf.getvalue()), "u")]
-    stock = [{k: v for k, v in s.items() if k != "__url__"} for s in group_by_keys(tar_file_expander([{"url": "u", "stream": io.BytesIO(buf.getvalue())}]))]
+    stock = [
+        {k: v for k, v in s.items() if k != "__url__"}
+        for s in group_by_keys(tar_file_expander([{"url": "u", "stream": io.BytesIO(buf.getvalue())}]))
+    ]
     assert ours == stock
 
 
@@ -359,4 +376,9 @@ def test_streams_shards_from_s3_with_workers_and_a_missing_object(s3_bucket):
 
     remove_shard_tar(url, 1)
     items, notices = read_one_pass(url, 0, 1, workers=2)
-    assert len(items) == 11 and len(notices) == 1 and "shard-000001.tar" in notices[0] and notices[0].startswith(f"shard {url}/")
+    assert (
+        len(items) == 11
+        and len(notices) == 1
+        and "shard-000001.tar" in notices[0]
+        and notices[0].startswith(f"shard {url}/")
+    )

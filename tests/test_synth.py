@@ -41,7 +41,13 @@ TINY = TINY_DIFFUSION + TINY_SAMPLING
 SAMPLING = SamplingConfig(steps=3)
 # The sampler contract (byte-identical reruns, bit-identical regeneration) holds for every sampler;
 # 4 steps give the order-3 solver a third-order step.
-SAMPLERS = [SAMPLING, SamplingConfig(sampler="ddpm", steps=3), SamplingConfig(sampler="dpmsolver++", steps=4), SamplingConfig(sampler="dpmsolver++", steps=4, solver_order=3), SamplingConfig(sampler="unipc", steps=4)]
+SAMPLERS = [
+    SAMPLING,
+    SamplingConfig(sampler="ddpm", steps=3),
+    SamplingConfig(sampler="dpmsolver++", steps=4),
+    SamplingConfig(sampler="dpmsolver++", steps=4, solver_order=3),
+    SamplingConfig(sampler="unipc", steps=4),
+]
 SAMPLER_IDS = ["ddim", "ddpm", "dpmsolver++2", "dpmsolver++3", "unipc"]
 
 
@@ -100,7 +106,14 @@ def test_fingerprint_of_the_default_plan_is_pinned():
     assert (c.sampling.sampler, c.sampling.steps) == ("dpmsolver++", 20)
 
     def fp(sampling):
-        return fingerprint("0" * 64, to_dict(sampling), c.synthesis.seed, c.synthesis.samples_per_shard, shardset.FORMAT, c.synthesis.batch_size)
+        return fingerprint(
+            "0" * 64,
+            to_dict(sampling),
+            c.synthesis.seed,
+            c.synthesis.samples_per_shard,
+            shardset.FORMAT,
+            c.synthesis.batch_size,
+        )
 
     assert fp(dataclasses.replace(c.sampling, sampler="ddim", steps=50)) == "a733d536e81beb42"
     assert fp(c.sampling) == "205982a9e9e4c549"
@@ -159,7 +172,9 @@ class ScriptedStrategy:
         kind = kinds.pop(0) if kinds else "ok"
         if kind == "unstarted":
             return [Outcome(task, started=False)]
-        return [Outcome(task, result={"shard": task.shard}) if kind == "ok" else Outcome(task, reason=f"boom {task.shard}")]
+        return [
+            Outcome(task, result={"shard": task.shard}) if kind == "ok" else Outcome(task, reason=f"boom {task.shard}")
+        ]
 
     def close(self):
         return {"strategy": "scripted"}
@@ -168,16 +183,37 @@ class ScriptedStrategy:
 def test_driver_loop_retries_failures_and_resubmits_unstarted_shards_uncharged():
     heard = []
     strategy = ScriptedStrategy({1: ["fail", "ok"], 2: ["unstarted", "fail", "fail", "fail"]})
-    info = drive(Plan(12, 4, 0).tasks(), strategy, retries=2, on_result=lambda *a: heard.append((a[0].shard, a[0].attempt, a[1] is not None, a[3])))
+    info = drive(
+        Plan(12, 4, 0).tasks(),
+        strategy,
+        retries=2,
+        on_result=lambda *a: heard.append((a[0].shard, a[0].attempt, a[1] is not None, a[3])),
+    )
     assert info == {"strategy": "scripted"} and strategy.started == 3
     assert (2, 0) in strategy.calls and strategy.calls.count((2, 0)) == 2  # the unstarted call ran again as attempt 0
-    assert sorted(heard) == [(0, 0, True, False), (1, 0, False, True), (1, 1, True, False), (2, 0, False, True), (2, 1, False, True), (2, 2, False, False)]
+    assert sorted(heard) == [
+        (0, 0, True, False),
+        (1, 0, False, True),
+        (1, 1, True, False),
+        (2, 0, False, True),
+        (2, 1, False, True),
+        (2, 2, False, False),
+    ]
 
 
 def test_divergence_thresholds_by_hand():
-    div, warnings = shardset.divergence({"class_fractions": [0.7, 0.3], "mean_confidence": 0.9}, [0.9, 0.1], threshold=0.1)
-    assert div["class_fraction_tv"] == pytest.approx(0.2) and div["diverged"] and len(warnings) == 1 and "0.200 > 0.1" in warnings[0]
-    div, warnings = shardset.divergence({"class_fractions": [0.85, 0.15], "mean_confidence": 0.4}, [0.9, 0.1], threshold=0.1)
+    div, warnings = shardset.divergence(
+        {"class_fractions": [0.7, 0.3], "mean_confidence": 0.9}, [0.9, 0.1], threshold=0.1
+    )
+    assert (
+        div["class_fraction_tv"] == pytest.approx(0.2)
+        and div["diverged"]
+        and len(warnings) == 1
+        and "0.200 > 0.1" in warnings[0]
+    )
+    div, warnings = shardset.divergence(
+        {"class_fractions": [0.85, 0.15], "mean_confidence": 0.4}, [0.9, 0.1], threshold=0.1
+    )
     assert div["class_fraction_tv"] == pytest.approx(0.05) and len(warnings) == 1 and "max-probability" in warnings[0]
 
 
@@ -222,7 +258,9 @@ def test_every_sampler_is_bounded_clipped_and_a_pair_depends_on_its_seed_only(mo
     other = sample.sample_pairs(m, [99, 12], sampling)
     for pair in (alone, other):
         j = len(pair.images) - 1
-        assert torch.allclose(pair.images[j], out.images[1], atol=1e-4) and torch.allclose(pair.q[j], out.q[1], atol=1e-4)
+        assert torch.allclose(pair.images[j], out.images[1], atol=1e-4) and torch.allclose(
+            pair.q[j], out.q[1], atol=1e-4
+        )
     assert not torch.allclose(out.images[0], out.images[1], atol=1e-2)
 
 
@@ -280,11 +318,32 @@ def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
     keys = read_keys([str(out / shardset.shard_name(s)) for s in range(3)])
     assert len(keys) == len(set(keys)) == 10 and keys[0] == "000000-000000" and keys[-1] == "000002-000001"
     manifest = ShardSet(str(out)).manifest()
-    assert manifest.num_rows == 10 and manifest.column_names == ["key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence"]
+    assert manifest.num_rows == 10 and manifest.column_names == [
+        "key",
+        "shard",
+        "index",
+        "seed",
+        "class_fractions",
+        "mean_entropy",
+        "mean_confidence",
+    ]
     assert manifest.column("seed").to_pylist()[5] == pair_seed(5, 1, 1)
     assert all(abs(sum(f) - 1) < 1e-5 for f in manifest.column("class_fractions").to_pylist())
     info = json.loads((out / "dataset.json").read_text())
-    for key in ("model_hash", "b", "classes", "sampler", "steps", "seed", "count", "code_version", "generated_stats", "train_stats", "divergence", "warnings"):
+    for key in (
+        "model_hash",
+        "b",
+        "classes",
+        "sampler",
+        "steps",
+        "seed",
+        "count",
+        "code_version",
+        "generated_stats",
+        "train_stats",
+        "divergence",
+        "warnings",
+    ):
         assert key in info, key
     assert info["count"] == 10 and info["status"] == "complete" and info["seed"] == 5 and info["batch_size"] == 3
     assert len(info["generated_stats"]["class_fractions"]) == 5 and len(info["train_stats"]["class_fractions"]) == 5
@@ -292,8 +351,15 @@ def test_local_run_layout_manifest_and_dataset_json(model, tmp_path):
     for s in range(3):  # the marker is written last and describes the tar exactly
         marker = json.loads((out / shardset.shard_name(s, "json")).read_text())
         tar = out / shardset.shard_name(s)
-        assert marker["tar_bytes"] == tar.stat().st_size and marker["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
-        assert (out / shardset.shard_name(s, "json")).stat().st_mtime_ns >= (out / shardset.shard_name(s, "parquet")).stat().st_mtime_ns >= tar.stat().st_mtime_ns
+        assert (
+            marker["tar_bytes"] == tar.stat().st_size
+            and marker["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
+        )
+        assert (
+            (out / shardset.shard_name(s, "json")).stat().st_mtime_ns
+            >= (out / shardset.shard_name(s, "parquet")).stat().st_mtime_ns
+            >= tar.stat().st_mtime_ns
+        )
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
@@ -314,9 +380,13 @@ def test_same_plan_model_and_seed_give_byte_identical_tars(model, tmp_path, samp
     synthesize(model, tmp_path / "a", sampling=sampling)
     synthesize(model, tmp_path / "b", sampling=sampling)
     for s in range(2):
-        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (
+            tmp_path / "b" / shardset.shard_name(s)
+        ).read_bytes()
     synthesize(model, tmp_path / "c", cfg(seed=6), sampling=sampling)
-    assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() != (tmp_path / "c" / shardset.shard_name(0)).read_bytes()
+    assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() != (
+        tmp_path / "c" / shardset.shard_name(0)
+    ).read_bytes()
 
 
 def test_growing_n_reuses_full_shards_and_rewrites_the_partial_one(model, tmp_path):
@@ -353,7 +423,9 @@ def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path, sam
     assert np.load(folder / "000000-000004.soft.npy").dtype == np.float32 and written["written_to"] == str(folder)
     with pytest.raises(PlanError, match="other settings"):
         regenerate_to(model, "000000-000004", cfg(n=8, samples_per_shard=8, batch_size=4), sampling, str(out))
-    assert synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3), sampling=sampling).skipped == [0]  # regenerated/ is ignored
+    assert synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3), sampling=sampling).skipped == [
+        0
+    ]  # regenerated/ is ignored
 
 
 # -- broken shards and other datasets ----------------------------------------------------------------
@@ -386,7 +458,9 @@ def test_marker_with_corrupt_tar_is_reported_and_rewritten(model, tmp_path, capl
     (out / shardset.shard_name(1)).write_bytes(bytes(flipped))
     assert synthesize(model, out).skipped == [0, 1]  # verify=size (the default) cannot tell
     checked = synthesize(model, out, cfg(verify="sha256"))
-    assert checked.corrupt == {1: "marker present but the tar's sha256 differs from the marker's"} and checked.written == [1]
+    assert checked.corrupt == {
+        1: "marker present but the tar's sha256 differs from the marker's"
+    } and checked.written == [1]
     assert (out / shardset.shard_name(1)).read_bytes() == good
 
 
@@ -399,7 +473,11 @@ def test_another_dataset_in_the_prefix_is_refused_unless_overwrite(model, tmp_pa
     assert plan["would_refuse"] is False and "differs in seed" in plan["conflict"]
     assert json.loads((out / "dataset.json").read_text())["seed"] == 5  # a dry run deletes nothing
     replaced = synthesize(model, out, cfg(seed=6), overwrite=True)
-    assert replaced.ok and sorted(replaced.written) == [0, 1] and json.loads((out / "dataset.json").read_text())["seed"] == 6
+    assert (
+        replaced.ok
+        and sorted(replaced.written) == [0, 1]
+        and json.loads((out / "dataset.json").read_text())["seed"] == 6
+    )
 
 
 def test_dry_run_plans_without_writing(model, tmp_path):
@@ -437,9 +515,15 @@ def cli(argv, capsys, monkeypatch):
         (["--n", "8", "--samples-per-shard", "-2"], "--samples-per-shard must be >= 1, got -2"),
         (["--n", "8", "--actors", "many"], "--actors must be a number or auto, got 'many'"),
         (["--n", "8", "--sampler", "euler"], "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc"),
-        (["--n", "8", "--sampler", "dpmsolver++", "--solver-order", "4"], "sampling.solver_order: must be 1, 2 or 3, got 4"),
+        (
+            ["--n", "8", "--sampler", "dpmsolver++", "--solver-order", "4"],
+            "sampling.solver_order: must be 1, 2 or 3, got 4",
+        ),
         (["--n", "8", "--steps", "1001"], "sampling.steps: 1001 is more than the model's 1000 training timesteps"),
-        (["--n", "8", "--steps", "1001", "--dry-run"], "sampling.steps: 1001 is more than the model's 1000 training timesteps"),
+        (
+            ["--n", "8", "--steps", "1001", "--dry-run"],
+            "sampling.steps: 1001 is more than the model's 1000 training timesteps",
+        ),
     ],
 )
 def test_bad_flags_fail_with_one_line_before_any_worker(model, tmp_path, capsys, monkeypatch, args, message):
@@ -454,24 +538,48 @@ def test_bad_model_folder_fails_with_one_line(model, tmp_path, capsys, monkeypat
     shutil.copytree(model, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     code, err = cli(["--model", str(broken), "--n", "8", "--out", str(tmp_path / "o")], capsys, monkeypatch)
-    assert code == 2 and err == f"error: model folder {broken} has no unet/diffusion_pytorch_model.safetensors; train one with jobs/train_diffusion.py\n"
+    assert (
+        code == 2
+        and err
+        == f"error: model folder {broken} has no unet/diffusion_pytorch_model.safetensors; train one with jobs/train_diffusion.py\n"
+    )
     (broken / "dakter.json").unlink()
     code, err = cli(["--model", str(broken), "--n", "8", "--out", str(tmp_path / "o")], capsys, monkeypatch)
-    assert code == 2 and err == f"error: model folder {broken} has no dakter.json; train one with jobs/train_diffusion.py\n"
+    assert (
+        code == 2
+        and err == f"error: model folder {broken} has no dakter.json; train one with jobs/train_diffusion.py\n"
+    )
 
 
 def test_unwritable_output_fails_with_one_line(model, tmp_path, capsys, monkeypatch, s3_server):
     (tmp_path / "file").write_text("x")
-    code, err = cli(["--model", model, "--n", "8", "--out", str(tmp_path / "file" / "sub"), "--actors", "2"], capsys, monkeypatch)
-    assert code == 2 and err.startswith(f"error: output {tmp_path / 'file' / 'sub'} is not writable: ") and err.count("\n") == 1
-    code, err = cli(["--model", model, "--n", "8", "--out", "s3://no-such-bucket-dakter/run1", "--actors", "2"], capsys, monkeypatch)
-    assert code == 2 and err.startswith("error: output s3://no-such-bucket-dakter/run1 is not writable: ") and err.count("\n") == 1
+    code, err = cli(
+        ["--model", model, "--n", "8", "--out", str(tmp_path / "file" / "sub"), "--actors", "2"], capsys, monkeypatch
+    )
+    assert (
+        code == 2
+        and err.startswith(f"error: output {tmp_path / 'file' / 'sub'} is not writable: ")
+        and err.count("\n") == 1
+    )
+    code, err = cli(
+        ["--model", model, "--n", "8", "--out", "s3://no-such-bucket-dakter/run1", "--actors", "2"], capsys, monkeypatch
+    )
+    assert (
+        code == 2
+        and err.startswith("error: output s3://no-such-bucket-dakter/run1 is not writable: ")
+        and err.count("\n") == 1
+    )
     assert "testing" not in err  # the credentials are never echoed
 
 
 def test_cli_json_dry_run(model, tmp_path):
     """The real CLI in a subprocess: --dry-run --json prints one JSON object and starts nothing."""
-    r = subprocess.run(job("synthesize.py") + ["--model", model, "--n", "1e6", "--out", str(tmp_path / "o"), "--dry-run", "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        job("synthesize.py") + ["--model", model, "--n", "1e6", "--out", str(tmp_path / "o"), "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["pairs"] == 10**6 and plan["shards"] == 1000 and not (tmp_path / "o").exists()
@@ -501,15 +609,46 @@ def test_s3_killed_writer_leaves_no_visible_partial_shard(model, s3_bucket, tmp_
     url = f"{s3_bucket}/run"
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"shard": 1, "after": 3}))
-    args = ["--model", model, "--n", "12", "--out", url, "--samples-per-shard", "4", "--batch-size", "3", "--seed", "5", "--actors", "0"] + TINY
-    r = subprocess.run(job("synthesize.py") + args, capture_output=True, text=True, timeout=300, env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)))
+    args = [
+        "--model",
+        model,
+        "--n",
+        "12",
+        "--out",
+        url,
+        "--samples-per-shard",
+        "4",
+        "--batch-size",
+        "3",
+        "--seed",
+        "5",
+        "--actors",
+        "0",
+    ] + TINY
+    r = subprocess.run(
+        job("synthesize.py") + args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)),
+    )
     assert r.returncode == 17, r.stderr  # died in the middle of shard 1
     fs, root = storage.url_to_fs(url)
     names = set(storage.list_dir(fs, root))
     assert {shardset.shard_name(0, e) for e in ("tar", "parquet", "json")} <= names
     assert not [n for n in names if n.startswith("shard-000001") or n.startswith("shard-000002")]
     assert [d.shard for d in ShardSet(url).done()] == [0]
-    resumed = synth_run.synthesize(model, url, cfg(n=12, samples_per_shard=4, batch_size=3), SAMPLING, progress=False, use_ray=False)
+    # the killed run's lock holds for its lease (data/lease.py: a pid decides nothing): the operator who
+    # knows the run is dead takes the prefix with --break-lock
+    resumed = synth_run.synthesize(
+        model,
+        url,
+        cfg(n=12, samples_per_shard=4, batch_size=3),
+        SAMPLING,
+        progress=False,
+        use_ray=False,
+        break_lock=True,
+    )
     assert resumed.skipped == [0] and sorted(resumed.written) == [1, 2]
     keys = read_keys(presigned(url, 3))
     assert len(keys) == len(set(keys)) == 12
@@ -560,7 +699,9 @@ def test_encoder_pool_writes_the_same_bytes(model, tmp_path):
     pooled = ShardWriter(**dict(args, out_url=str(tmp_path / "b")), device="cpu")
     pooled._pool = ThreadPoolExecutor(3)
     assert pooled(task)["sha256"] == serial["sha256"]
-    assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() == (tmp_path / "b" / shardset.shard_name(0)).read_bytes()
+    assert (tmp_path / "a" / shardset.shard_name(0)).read_bytes() == (
+        tmp_path / "b" / shardset.shard_name(0)
+    ).read_bytes()
 
 
 def test_only_temporaries_nothing_writes_to_are_removed_after_a_run(model, tmp_path):
@@ -600,7 +741,9 @@ def test_ray_cluster_yaml_is_a_valid_autoscaler_config_with_token_auth():
     validate_config(prepare_config(raw))  # Ray's own schema; no cloud is contacted
     assert raw["provider"]["type"] == "aws" and raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     # the project with every extra, so the nodes get pyproject's floors (Ray, s3fs, botocore), not the image's
-    assert [c for c in raw["setup_commands"] if "pip install" in c and "dakter-scale" in c] == ['python3 -m pip install -q "$HOME/dakter-scale[all]"']
+    assert [c for c in raw["setup_commands"] if "pip install" in c and "dakter-scale" in c] == [
+        'python3 -m pip install -q "$HOME/dakter-scale[all]"'
+    ]
     starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert "--dashboard-host=127.0.0.1" in raw["head_start_ray_commands"][-1]

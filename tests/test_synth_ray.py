@@ -28,8 +28,30 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
     url = f"{s3_bucket}/run"
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"shard": 1, "after": 2}))  # the actor writing shard 1 dies after 2 of its 4 pairs
-    args = ["--model", model, "--n", "12", "--out", url, "--samples-per-shard", "4", "--batch-size", "3", "--seed", "5", "--actors", "2", "--json"] + TINY
-    r = subprocess.run(job("synthesize.py") + args, capture_output=True, text=True, timeout=900, env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)))
+    args = [
+        "--model",
+        model,
+        "--n",
+        "12",
+        "--out",
+        url,
+        "--samples-per-shard",
+        "4",
+        "--batch-size",
+        "3",
+        "--seed",
+        "5",
+        "--actors",
+        "2",
+        "--json",
+    ] + TINY
+    r = subprocess.run(
+        job("synthesize.py") + args,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)  # stdout holds the JSON object alone, whatever Ray prints
     strategy = summary["strategy"]
@@ -45,12 +67,17 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
     assert len(keys) == len(set(keys)) == 12
     assert ShardSet(url).manifest().num_rows == 12
     fs, root = storage.url_to_fs(url)
-    assert sorted(storage.list_dir(fs, root)) == ["dataset.json"] + sorted(shardset.shard_name(s, e) for s in range(3) for e in ("json", "parquet", "tar"))
+    assert sorted(storage.list_dir(fs, root)) == ["dataset.json"] + sorted(
+        shardset.shard_name(s, e) for s in range(3) for e in ("json", "parquet", "tar")
+    )
     assert fs.call_s3("list_multipart_uploads", Bucket=root.split("/")[0]).get("Uploads", []) == []
 
     # The same plan, model and seed: byte-identical tars from Ray actors and from the local run.
     for s in range(3):
-        assert fs.cat(storage.join(root, shardset.shard_name(s))) == (tmp_path / "local" / shardset.shard_name(s)).read_bytes()
+        assert (
+            fs.cat(storage.join(root, shardset.shard_name(s)))
+            == (tmp_path / "local" / shardset.shard_name(s)).read_bytes()
+        )
 
     # A rerun writes nothing, starts no actor, and reports every shard as done.
     again = synth_run.synthesize(model, url, config, SAMPLING, progress=False, use_ray=True)
@@ -58,12 +85,16 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("ray") is None and not (ROOT / ".venv" / "bin" / "ray").exists(), reason="the ray CLI is not installed")
+@pytest.mark.skipif(
+    shutil.which("ray") is None and not (ROOT / ".venv" / "bin" / "ray").exists(), reason="the ray CLI is not installed"
+)
 def test_ray_job_submit_against_a_local_head(model, tmp_path):
     """bench/ray_job_check.sh: `ray start --head` (token auth on) in a private temp dir, `ray job submit`
     of a small synthesis with the token, then the head is stopped by its process id."""
     out = tmp_path / "shards"
-    r = subprocess.run(["bash", str(ROOT / "bench" / "ray_job_check.sh"), model, str(out)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        ["bash", str(ROOT / "bench" / "ray_job_check.sh"), model, str(out)], capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "ray job submit: ok" in r.stdout
     info = json.loads((out / "dataset.json").read_text())

@@ -80,7 +80,10 @@ def test_parse_by_hand():
         ("oil:lots", "--class-target entry 'oil:lots': 'lots' is not a factor like 3x or a share like 0.05"),
         ("oil:nanx", "--class-target entry 'oil:nanx': 'nanx' is not a finite number"),
         ("sea:2x", "--class-target: sea:2x asks for a share of 1.780 (training share 0.8900), which must be < 1"),
-        ("oil:0.6,look-alike:0.5", "--class-target: the shares asked for sum to 1.100 > 1 (oil 0.600, look-alike 0.500): no set can hold them"),
+        (
+            "oil:0.6,look-alike:0.5",
+            "--class-target: the shares asked for sum to 1.100 > 1 (oil 0.600, look-alike 0.500): no set can hold them",
+        ),
     ],
 )
 def test_bad_targets_name_the_flag(spec, message):
@@ -129,7 +132,13 @@ def test_parse_properties(training, data):
 
 
 def target_of(goals: dict[int, float], k: int = 5) -> ClassTarget:
-    return ClassTarget("test", CLASSES[:k], tuple([1.0 / k] * k), tuple(sorted(goals.items())), tuple((c, str(s)) for c, s in sorted(goals.items())))
+    return ClassTarget(
+        "test",
+        CLASSES[:k],
+        tuple([1.0 / k] * k),
+        tuple(sorted(goals.items())),
+        tuple((c, str(s)) for c, s in sorted(goals.items())),
+    )
 
 
 def test_select_by_hand():
@@ -139,15 +148,23 @@ def test_select_by_hand():
     assert tgt.select(f, t, 2).tolist() == [0, 2]
     assert tgt.pooled(f, tgt.select(f, t, 2))[1] == pytest.approx(0.3)
     # keep 3: need 0.9; row 2 (0.6), then 0.3 short: row 1 (0.2) beats row 4 (0.1), then row 4 (0.1 short)
-    assert tgt.select(f, t, 3).tolist() == [1, 2, 4] and t.met(tgt.pooled(f, [1, 2, 4])) and not t.met(tgt.pooled(f, [0, 1, 2]))
-    assert tgt.draw_factor(f, t, 10, keep=2) == 1.25  # rows 0-1 miss; rows 0-2 (ceil(1.25 x 2)) hold row 2, two picks' worth
+    assert (
+        tgt.select(f, t, 3).tolist() == [1, 2, 4]
+        and t.met(tgt.pooled(f, [1, 2, 4]))
+        and not t.met(tgt.pooled(f, [0, 1, 2]))
+    )
+    assert (
+        tgt.draw_factor(f, t, 10, keep=2) == 1.25
+    )  # rows 0-1 miss; rows 0-2 (ceil(1.25 x 2)) hold row 2, two picks' worth
     t_hi = ClassTarget("b:0.5", ("a", "b"), (0.9, 0.1), ((1, 0.5),), ((1, "0.5"),))
     assert tgt.draw_factor(f[:2], t_hi, 100, keep=2) is None  # no row of b >= 0.5: no draw can do it
 
 
 fraction_rows = st.integers(2, 40).flatmap(
     lambda n: st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=n, max_size=n).map(
-        lambda rows: np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows])
+        lambda rows: (
+            np.array([[x + 1e-9 for x in r] for r in rows]) / np.array([[sum(x + 1e-9 for x in r)] for r in rows])
+        )
     )
 )
 
@@ -191,7 +208,9 @@ def test_compose_paints_background_only_and_reaches_the_goal():
 
 def test_pair_mask_is_a_function_of_the_seed():
     rng = np.random.default_rng(1)
-    masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)  # mostly sea
+    masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(
+        np.uint8
+    )  # mostly sea
     t = parse_class_target("oil:0.1,ship:0.08", CLASSES, OSD)
     a = [tgt.pair_mask(s, masks, t) for s in (11, 12, 13)]
     assert np.array_equal(a[1], tgt.pair_mask(12, masks, t)) and not np.array_equal(a[0], a[1])
@@ -208,7 +227,9 @@ def test_transform_moves_a_stack_as_it_moves_each_layer(seed):
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, 5, size=(2, 7, 7), dtype=np.uint8)
     stacked = transform(np.stack([a, b]), np.random.default_rng(seed))
-    assert np.array_equal(stacked[0], transform(a, np.random.default_rng(seed))) and np.array_equal(stacked[1], transform(b, np.random.default_rng(seed)))
+    assert np.array_equal(stacked[0], transform(a, np.random.default_rng(seed))) and np.array_equal(
+        stacked[1], transform(b, np.random.default_rng(seed))
+    )
 
 
 def test_paste_gives_real_instances_image_and_label_together():
@@ -219,11 +240,20 @@ def test_paste_gives_real_instances_image_and_label_together():
     ids[2, 2:4] = 3  # a 2-pixel ship
     image = (np.arange(256).reshape(16, 16) % 251).astype(np.uint8)  # every pixel's value names it
     donor = np.stack([image, ids])
-    out_image, out_ids, given, sea = paste_instances({1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0))
-    assert np.all(sea[given] == np.median(image[ids == 0])) and not sea[~given].any()  # each pixel knows its donor's sea level
+    out_image, out_ids, given, sea = paste_instances(
+        {1: [donor], 3: [donor]}, {1: 0.15, 3: 0.02}, np.random.default_rng(0)
+    )
+    assert (
+        np.all(sea[given] == np.median(image[ids == 0])) and not sea[~given].any()
+    )  # each pixel knows its donor's sea level
     assert set(np.unique(out_ids[given])) == {1, 3} and not out_ids[~given].any() and not out_image[~given].any()
-    assert np.count_nonzero(given & (out_ids == 1)) >= 0.15 * 256 and np.count_nonzero(given & (out_ids == 3)) >= 0.02 * 256
-    assert set(out_image[out_ids == 3].tolist()) <= set(image[ids == 3].tolist())  # a ship's pixels bring the ship's image
+    assert (
+        np.count_nonzero(given & (out_ids == 1)) >= 0.15 * 256
+        and np.count_nonzero(given & (out_ids == 3)) >= 0.02 * 256
+    )
+    assert set(out_image[out_ids == 3].tolist()) <= set(
+        image[ids == 3].tolist()
+    )  # a ship's pixels bring the ship's image
     assert set(out_image[out_ids == 1].tolist()) <= set(image[ids == 1].tolist())
     once = paste_instances({1: [donor]}, {1: 0.9}, np.random.default_rng(0), max_pastes=1)
     assert np.count_nonzero(once[2]) == 16 and sorted(once[0][once[2]].tolist()) == sorted(image[ids == 1].tolist())
@@ -280,7 +310,9 @@ def test_paste_by_component_pastes_instances_that_fit_what_is_missing():
     for seed in range(10):
         whole = paste_instances({1: [donor]}, {1: 12 / 256}, np.random.default_rng(seed))
         fit = paste_instances({1: [donor]}, {1: 12 / 256}, np.random.default_rng(seed), by_component=True)
-        assert np.count_nonzero(whole[2]) == 80 and 12 <= np.count_nonzero(fit[2]) <= 24  # (the cyclic shift may cut a slick in two)
+        assert (
+            np.count_nonzero(whole[2]) == 80 and 12 <= np.count_nonzero(fit[2]) <= 24
+        )  # (the cyclic shift may cut a slick in two)
 
 
 def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
@@ -289,12 +321,19 @@ def test_pair_paste_is_a_function_of_the_seed_and_checks_its_reach():
     images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
     t = parse_class_target("oil:0.1,ship:0.08", CLASSES, OSD)
     a = [tgt.pair_paste(s, images, masks, t) for s in (11, 12, 13)]
-    assert all(np.array_equal(x, y) for x, y in zip(a[1], tgt.pair_paste(12, images, masks, t))) and not np.array_equal(a[0][2], a[1][2])
+    assert all(np.array_equal(x, y) for x, y in zip(a[1], tgt.pair_paste(12, images, masks, t))) and not np.array_equal(
+        a[0][2], a[1][2]
+    )
     image, ids, given, _ = a[0]
     assert set(np.unique(ids[given])) <= {1, 3}
-    shares = tgt.check_composable("pasted", images, masks, t, by_component=False)  # whole donors: the probe's reach below is theirs
+    shares = tgt.check_composable(
+        "pasted", images, masks, t, by_component=False
+    )  # whole donors: the probe's reach below is theirs
     assert shares[1] >= 0.1 and shares[3] >= 0.08 and shares[0] == 0  # only the targeted classes are given
-    with pytest.raises(TargetError, match=r"^--class-target oil:0.9 cannot be reached by the pasted route \(8 pasted masks per class at most\): pasted instances reach oil "):
+    with pytest.raises(
+        TargetError,
+        match=r"^--class-target oil:0.9 cannot be reached by the pasted route \(8 pasted masks per class at most\): pasted instances reach oil ",
+    ):
         tgt.check_composable("pasted", images, masks, parse_class_target("oil:0.9", CLASSES, OSD), by_component=False)
 
 
@@ -382,9 +421,13 @@ def test_resampling_takes_each_replaced_step_again_from_its_own_level(model, tmp
     for sampler in ("dpmsolver++", "unipc"):
         with pytest.raises(ValueError, match="ddim or ddpm"):
             sample_pairs(m, seeds, SamplingConfig(sampler=sampler, steps=3), "cpu", given_label=y0, resample=2)
-    with pytest.raises(TargetError, match="conditioned route: resample must be .* got 2 with unipc"):  # before any sampling
+    with pytest.raises(
+        TargetError, match="conditioned route: resample must be .* got 2 with unipc"
+    ):  # before any sampling
         cfg = synth_cfg(n=4, target=TargetConfig(spec="oil:3x", route="conditioned", resample=2))
-        targeted.synthesize_targeted(model, str(tmp_path / "o"), cfg, SamplingConfig(sampler="unipc", steps=3), progress=False, use_ray=False)
+        targeted.synthesize_targeted(
+            model, str(tmp_path / "o"), cfg, SamplingConfig(sampler="unipc", steps=3), progress=False, use_ray=False
+        )
     assert not (tmp_path / "o").exists()
     # u is part of a conditioned set's identity; u = 1 leaves the identity of sets written before it existed
     t, info = targeted.model_target(model, "oil:3x")
@@ -408,11 +451,22 @@ def test_sample_pairs_hooks_listen_without_changing_a_pair(model):
 def test_target_config_is_checked_on_load_naming_the_key():
     from dakter_scale.config import ConfigError, load_config
 
-    assert load_config(None, ["synthesis.target.spec=oil:3x", "synthesis.target.route=pasted"]).synthesis.target == TargetConfig(spec="oil:3x", route="pasted")
+    assert load_config(
+        None, ["synthesis.target.spec=oil:3x", "synthesis.target.route=pasted"]
+    ).synthesis.target == TargetConfig(spec="oil:3x", route="pasted")
     for override, message in (
-        ("synthesis.target.route=painted", "synthesis.target.route: 'painted' is not one of selection, conditioned, pasted"),
-        ("synthesis.target.paste_at=1.0", "synthesis.target.paste_at: must be a share of the sampling steps in [0, 1), got 1.0"),
-        ("synthesis.target.max_draw_factor=0.5", "synthesis.target.max_draw_factor: must be >= 1 (pairs drawn per pair kept), got 0.5"),
+        (
+            "synthesis.target.route=painted",
+            "synthesis.target.route: 'painted' is not one of selection, conditioned, pasted",
+        ),
+        (
+            "synthesis.target.paste_at=1.0",
+            "synthesis.target.paste_at: must be a share of the sampling steps in [0, 1), got 1.0",
+        ),
+        (
+            "synthesis.target.max_draw_factor=0.5",
+            "synthesis.target.max_draw_factor: must be >= 1 (pairs drawn per pair kept), got 0.5",
+        ),
         ("synthesis.target.resample=0", "synthesis.target.resample: must be >= 1, got 0"),
     ):
         with pytest.raises(ConfigError) as e:
@@ -427,7 +481,12 @@ def test_a_condition_is_rebuilt_from_its_sets_record_and_keeps_old_identities():
     masks = np.where(rng.random((6, 16, 16)) < 0.9, 0, rng.integers(1, 5, size=(6, 16, 16))).astype(np.uint8)
     images = rng.integers(0, 256, size=masks.shape, dtype=np.uint8)
     t = parse_class_target("oil:0.1", CLASSES, OSD)
-    for route, knobs in (("conditioned", {}), ("conditioned", {"free_steps": 2}), ("pasted", {}), ("pasted", {"paste_at": 0.0, "by_component": False, "sea": False})):
+    for route, knobs in (
+        ("conditioned", {}),
+        ("conditioned", {"free_steps": 2}),
+        ("pasted", {}),
+        ("pasted", {"paste_at": 0.0, "by_component": False, "sea": False}),
+    ):
         c = condition(t, (images, masks), route, **knobs)
         assert Condition.from_record(dict(c.record(), route=route), t, images, masks).identity() == c.identity()
     plain = condition(t, (images, masks)).identity()
@@ -458,7 +517,11 @@ def test_a_pair_given_at_some_pixels_is_replaced_there_only(model):
     noise = torch.stack([torch.randn((1 + k, r, r), generator=g) for g in gens])
     assert torch.allclose(seen[1][0][left], add_noise(pair, noise, abar[seen[1][1]].expand(2))[left], atol=1e-6)
     assert not torch.allclose(seen[1][0][~left], add_noise(pair, noise, abar[seen[1][1]].expand(2))[~left], atol=1e-2)
-    for kwargs in (dict(given_label=y0, given_image=x0), dict(given_label=y0, given_where=where), dict(given_image=x0, given_where=where)):
+    for kwargs in (
+        dict(given_label=y0, given_image=x0),
+        dict(given_label=y0, given_where=where),
+        dict(given_image=x0, given_where=where),
+    ):
         with pytest.raises(ValueError, match="given_image needs given_where and given_label"):
             sample_pairs(m, seeds, cfg, "cpu", **kwargs)
 
@@ -477,7 +540,11 @@ def test_placing_after_k_steps_draws_them_jointly_and_then_gives_what_place_retu
 
     def nothing(x0):
         calls.append(x0.clone())
-        return {"given_label": y0, "given_image": torch.zeros((2, 1, r, r)), "given_where": torch.zeros((2, 1, r, r), dtype=torch.bool)}
+        return {
+            "given_label": y0,
+            "given_image": torch.zeros((2, 1, r, r)),
+            "given_where": torch.zeros((2, 1, r, r), dtype=torch.bool),
+        }
 
     placed = sample_pairs(m, seeds, cfg, "cpu", given_at=2, place=nothing)
     assert len(calls) == 1 and calls[0].shape == (2, 1 + k, r, r)
@@ -486,15 +553,21 @@ def test_placing_after_k_steps_draws_them_jointly_and_then_gives_what_place_retu
     where = torch.zeros((2, 1, r, r), dtype=torch.bool)
     where[:, :, :, : r // 2] = True
     x0 = torch.full((2, 1, r, r), 0.5)
-    sample_pairs(m, seeds, cfg, "cpu", given_at=2, place=lambda _: {"given_label": y0, "given_image": x0, "given_where": where})
+    sample_pairs(
+        m, seeds, cfg, "cpu", given_at=2, place=lambda _: {"given_label": y0, "given_image": x0, "given_where": where}
+    )
     left = where.expand(-1, 1 + k, -1, -1)
-    assert all(torch.equal(a, b[0]) for a, b in zip(joint_inputs[:2], seen[:2])) and torch.equal(seen[2][0][~left], joint_inputs[2][~left])
+    assert all(torch.equal(a, b[0]) for a, b in zip(joint_inputs[:2], seen[:2])) and torch.equal(
+        seen[2][0][~left], joint_inputs[2][~left]
+    )
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     [torch.randn((1 + k, r, r), generator=g) for g in gens]  # the starting noise
     noise = torch.stack([torch.randn((1 + k, r, r), generator=g) for g in gens])  # the first replacement's
     abar = sampling_scheduler(m, cfg).alphas_cumprod.float()
     pair = torch.cat([x0, y0], dim=1)
-    assert torch.allclose(seen[2][0][left], add_noise(pair, noise, abar[seen[2][1]].expand(2))[left], atol=1e-6)  # step 3 sees what was placed
+    assert torch.allclose(
+        seen[2][0][left], add_noise(pair, noise, abar[seen[2][1]].expand(2))[left], atol=1e-6
+    )  # step 3 sees what was placed
     for bad in (dict(given_at=0), dict(given_at=4), dict(given_at=2, free_steps=2), dict(given_at=1, given_label=y0)):
         with pytest.raises(ValueError, match="place needs no given tensors and 1 <= given_at"):
             sample_pairs(m, seeds, cfg, "cpu", place=nothing, **bad)
@@ -516,7 +589,9 @@ def test_a_pasted_image_is_moved_to_the_sea_level_of_the_pair_being_drawn():
     image = torch.full((2, 1, 4, 4), -0.6)
     given = _Given.of("cpu", torch.zeros((2, 5, 4, 4)), image, where, torch.full((2, 1, 4, 4), -0.5))
     moved = given.values(x0)
-    assert torch.allclose(moved[0, 0], torch.full((4, 4), -0.6 + (-0.3 + 0.5))) and torch.equal(moved[1, 0], image[1, 0])
+    assert torch.allclose(moved[0, 0], torch.full((4, 4), -0.6 + (-0.3 + 0.5))) and torch.equal(
+        moved[1, 0], image[1, 0]
+    )
     assert torch.equal(moved[:, 1:], given.x0[:, 1:]) and torch.equal(given.values(None), given.x0)
     assert given.values(x0 - 5.0)[0, 0].min() == -1.0  # clipped to the image range
 
@@ -532,7 +607,9 @@ def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_byte
     a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run)
     targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run)
     for s in range(2):
-        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (
+            tmp_path / "b" / shardset.shard_name(s)
+        ).read_bytes()
     untargeted = synth_run.synthesize(model, str(tmp_path / "u"), synth_cfg(n=6), SAMPLING, **run)
     assert untargeted.dataset["fingerprint"] != a.info.fingerprint  # the condition is part of the set's identity
     # a pair rebuilt alone from its seed: its composed map and its batch re-run give the same bits
@@ -549,7 +626,11 @@ def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_byte
     assert np.array_equal(shardset.quantise(out.q[0]), (q * 255).round().astype(np.uint8))
     record = a.info.target
     assert record["route"] == "conditioned" and record["spec"] == "oil:3x,ship:3x" and record["version"] == tgt.FORMAT
-    assert record["achieved"] == {name: pytest.approx(v) for name, v in zip(CLASSES, a.info.generated_stats["class_fractions"]) if name in ("oil", "ship")}
+    assert record["achieved"] == {
+        name: pytest.approx(v)
+        for name, v in zip(CLASSES, a.info.generated_stats["class_fractions"])
+        if name in ("oil", "ship")
+    }
     assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
 
 
@@ -561,12 +642,22 @@ def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_pa
     images, masks = pairs = targeted.training_pairs(info)
     assert images.dtype == np.uint8 and images.shape == masks.shape
     run = dict(progress=False, use_ray=False)
-    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", **placed), **run)
-    targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", **placed), **run)
+    a = targeted.by_conditioning(
+        model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", **placed), **run
+    )
+    targeted.by_conditioning(
+        model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", **placed), **run
+    )
     for s in range(2):
-        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
-    conditioned = targeted.by_conditioning(model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run)
-    assert conditioned.info.fingerprint != a.info.fingerprint  # the route, and the images it pastes, are part of the set's identity
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (
+            tmp_path / "b" / shardset.shard_name(s)
+        ).read_bytes()
+    conditioned = targeted.by_conditioning(
+        model, str(tmp_path / "c"), synth_cfg(n=6), SAMPLING, condition(t, pairs), **run
+    )
+    assert (
+        conditioned.info.fingerprint != a.info.fingerprint
+    )  # the route, and the images it pastes, are part of the set's identity
     m = load_model_folder(model, "cpu")
     seeds = [pair_seed(5, 1, i) for i in range(2)]  # shard 1's batch (pairs 4 and 5), rebuilt from the seeds alone
     given = [tgt.pair_paste(s, images, masks, t) for s in seeds]
@@ -577,16 +668,25 @@ def test_pasted_route_rebuilds_pairs_bitwise_and_records_its_route(model, tmp_pa
         seeds,
         SAMPLING,
         "cpu",
-        given_label=m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
+        given_label=m.b
+        * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
         given_image=normalise(np.stack([g[0] for g in given]))[:, None],
         given_where=torch.from_numpy(np.stack([g[2] for g in given]))[:, None],
-        given_sea=torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None] if TargetConfig.sea else None,
+        given_sea=torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None]
+        if TargetConfig.sea
+        else None,
     )
-    stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
+    stored, q, meta = shardset.decode_sample(
+        list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1]
+    )
     assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)
     assert np.array_equal(shardset.quantise(out.q[1]), (q * 255).round().astype(np.uint8))
     record = a.info.target
-    assert record["route"] == "pasted" and record["pasted"].startswith("real training pairs") and "label_maps" not in record
+    assert (
+        record["route"] == "pasted"
+        and record["pasted"].startswith("real training pairs")
+        and "label_maps" not in record
+    )
     assert record["cost"]["pairs_drawn_per_kept_pair"] == 1.0 and ShardSet(str(tmp_path / "a")).info().target == record
 
 
@@ -606,15 +706,33 @@ def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_pat
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
     images, masks = pairs = targeted.training_pairs(info)
     run = dict(progress=False, use_ray=False)
-    a = targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), **run)
+    a = targeted.by_conditioning(
+        model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), **run
+    )
     targeted.by_conditioning(model, str(tmp_path / "b"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), **run)
     for s in range(2):
-        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (tmp_path / "b" / shardset.shard_name(s)).read_bytes()
-    before = targeted.by_conditioning(model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", paste_at=0.0), **run)
-    whole = targeted.by_conditioning(model, str(tmp_path / "w"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", paste_at=0.0, by_component=False), **run)
+        assert (tmp_path / "a" / shardset.shard_name(s)).read_bytes() == (
+            tmp_path / "b" / shardset.shard_name(s)
+        ).read_bytes()
+    before = targeted.by_conditioning(
+        model, str(tmp_path / "p"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted", paste_at=0.0), **run
+    )
+    whole = targeted.by_conditioning(
+        model,
+        str(tmp_path / "w"),
+        synth_cfg(n=6),
+        SAMPLING,
+        condition(t, pairs, "pasted", paste_at=0.0, by_component=False),
+        **run,
+    )
     assert len({a.info.fingerprint, before.info.fingerprint, whole.info.fingerprint}) == 3
     record = a.info.target
-    assert (record["paste_at"], record["by_component"], before.info.target["paste_at"], whole.info.target["by_component"]) == (0.8, True, 0.0, False)
+    assert (
+        record["paste_at"],
+        record["by_component"],
+        before.info.target["paste_at"],
+        whole.info.target["by_component"],
+    ) == (0.8, True, 0.0, False)
     assert Condition.from_record(record, t, images, masks).identity() == condition(t, pairs, "pasted").identity()
     m = load_model_folder(model, "cpu")
     seeds = [pair_seed(5, 1, i) for i in range(2)]
@@ -625,14 +743,17 @@ def test_pasted_route_placed_on_the_layout_rebuilds_pairs_bitwise(model, tmp_pat
         given = [tgt.pair_paste(s, images, masks, t, base=b, by_component=True) for s, b in zip(seeds, bases)]
         assert not any(g[2][b != 0].any() for g, b in zip(given, bases))  # onto the layout's sea only
         return {
-            "given_label": m.b * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
+            "given_label": m.b
+            * (2 * one_hot(torch.from_numpy(np.stack([g[1] for g in given]).astype(np.int64)), m.num_classes) - 1),
             "given_image": normalise(np.stack([g[0] for g in given]))[:, None],
             "given_where": torch.from_numpy(np.stack([g[2] for g in given]))[:, None],
             "given_sea": torch.from_numpy(np.stack([g[3] for g in given]) / 127.5 - 1.0)[:, None],
         }
 
     out = sample_pairs(m, seeds, SAMPLING, "cpu", given_at=tgt.paste_step(0.8, SAMPLING.steps), place=place)
-    stored, q, meta = shardset.decode_sample(list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1])
+    stored, q, meta = shardset.decode_sample(
+        list(wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False))[1]
+    )
     assert meta["seed"] == seeds[1] and np.array_equal(denormalise(out.images[1, 0]).numpy(), stored)
     assert np.array_equal(shardset.quantise(out.q[1]), (q * 255).round().astype(np.uint8))
 
@@ -644,24 +765,36 @@ def test_selection_meets_the_target_from_a_larger_draw(model, tmp_path):
     pool = tmp_path / "pool"
     synth_run.synthesize(model, str(pool), synth_cfg(n=16), SAMPLING, **run)  # the same seeds as the route's draw
     f = np.array(ShardSet(str(pool)).manifest().column("class_fractions").to_pylist())
-    natural, richest = f[:4, 1].mean(), f[:4, 1].max()  # the first draw is n = 4 pairs; its richest pair shows a larger draw can do better
+    natural, richest = (
+        f[:4, 1].mean(),
+        f[:4, 1].max(),
+    )  # the first draw is n = 4 pairs; its richest pair shows a larger draw can do better
     assert richest > natural
     share = round((natural + richest) / 2, 4)
     t = parse_class_target(f"oil:{share}", CLASSES, OSD)
-    result = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4, target=TargetConfig(max_draw_factor=4)), SAMPLING, t, **run)
+    result = targeted.by_selection(
+        model, str(tmp_path / "sel"), synth_cfg(n=4, target=TargetConfig(max_draw_factor=4)), SAMPLING, t, **run
+    )
     record = result.info.target
     assert record["met"] and record["achieved"]["oil"] >= share and record["route"] == "selection"
     assert 4 < record["drawn"] <= 16 and record["cost"]["pairs_drawn_per_kept_pair"] == record["drawn"] / 4
-    drawn = {s["__key__"]: s for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "sel_all").glob("shard-*.tar")), shardshuffle=False)}
+    drawn = {
+        s["__key__"]: s
+        for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "sel_all").glob("shard-*.tar")), shardshuffle=False)
+    }
     kept = list(wds.WebDataset(str(tmp_path / "sel" / shardset.shard_name(0)), shardshuffle=False))
     assert len(kept) == 4
     for sample in kept:
         source = json.loads(sample["json"])["source_key"]
         assert sample["image.png"] == drawn[source]["image.png"] and sample["soft.png"] == drawn[source]["soft.png"]
     info = ShardSet(str(tmp_path / "sel")).info()
-    assert info.complete and info.count == 4 and info.target == record and not any("not met" in w for w in info.warnings)
+    assert (
+        info.complete and info.count == 4 and info.target == record and not any("not met" in w for w in info.warnings)
+    )
     # a rerun keeps what it made
-    again = targeted.by_selection(model, str(tmp_path / "sel"), synth_cfg(n=4, target=TargetConfig(max_draw_factor=4)), SAMPLING, t, **run)
+    again = targeted.by_selection(
+        model, str(tmp_path / "sel"), synth_cfg(n=4, target=TargetConfig(max_draw_factor=4)), SAMPLING, t, **run
+    )
     assert again.info.target["drawn"] == record["drawn"] and again.summary.written == []
 
 
@@ -697,47 +830,137 @@ RESAMPLE_RULE = "--class-target, conditioned route: resample must be an integer 
 def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys, monkeypatch):
     training = json.loads((Path(model) / "dakter.json").read_text())["train_stats"]["class_fractions"]
     cases = [
-        (["--class-target", "oyl:3x"], "--class-target: unknown class 'oyl'; the model's classes are sea, oil, look-alike, ship, land"),
+        (
+            ["--class-target", "oyl:3x"],
+            "--class-target: unknown class 'oyl'; the model's classes are sea, oil, look-alike, ship, land",
+        ),
         (["--class-target", "oil:0x"], "--class-target: the factor of 'oil' must be > 0, got 0x"),
         (["--class-target", "oil:-1x"], "--class-target: the factor of 'oil' must be > 0, got -1x"),
-        (["--class-target", "oil:1.2"], "--class-target: the share of 'oil' must be in (0, 1), got 1.2 (a factor needs an x: oil:1.2x)"),
-        (["--class-target", "oil:0.7,ship:0.4"], "--class-target: the shares asked for sum to 1.100 > 1 (oil 0.700, ship 0.400): no set can hold them"),
-        (["--class-target", "oil:20x"], f"--class-target: oil:20x asks for a share of {20 * training[1]:.3f} (training share {training[1]:.4f}), which must be < 1"),
-        (["--class-target", "oil:3x", "--max-draw-factor", "0.5"], "--max-draw-factor must be a number >= 1 (pairs drawn per pair kept), got 0.5"),
-        (["--class-target", "oil:3x", "--only-key", "000000-000001"], "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)"),
+        (
+            ["--class-target", "oil:1.2"],
+            "--class-target: the share of 'oil' must be in (0, 1), got 1.2 (a factor needs an x: oil:1.2x)",
+        ),
+        (
+            ["--class-target", "oil:0.7,ship:0.4"],
+            "--class-target: the shares asked for sum to 1.100 > 1 (oil 0.700, ship 0.400): no set can hold them",
+        ),
+        (
+            ["--class-target", "oil:20x"],
+            f"--class-target: oil:20x asks for a share of {20 * training[1]:.3f} (training share {training[1]:.4f}), which must be < 1",
+        ),
+        (
+            ["--class-target", "oil:3x", "--max-draw-factor", "0.5"],
+            "--max-draw-factor must be a number >= 1 (pairs drawn per pair kept), got 0.5",
+        ),
+        (
+            ["--class-target", "oil:3x", "--only-key", "000000-000001"],
+            "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)",
+        ),
         (["--resample", "4"], "--resample 4 applies to --class-target ... --target-route conditioned or pasted only"),
-        (["--class-target", "oil:3x", "--resample", "4"], "--resample 4 applies to --target-route conditioned or pasted only (the selection route draws pairs jointly)"),
-        (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "0"], RESAMPLE_RULE + "got 0 with dpmsolver++"),
-        (["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "4", "--sampler", "unipc"], RESAMPLE_RULE + "got 4 with unipc"),
+        (
+            ["--class-target", "oil:3x", "--resample", "4"],
+            "--resample 4 applies to --target-route conditioned or pasted only (the selection route draws pairs jointly)",
+        ),
+        (
+            ["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "0"],
+            RESAMPLE_RULE + "got 0 with dpmsolver++",
+        ),
+        (
+            ["--class-target", "oil:3x", "--target-route", "conditioned", "--resample", "4", "--sampler", "unipc"],
+            RESAMPLE_RULE + "got 4 with unipc",
+        ),
     ]
     for args, message in cases:
-        code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--actors", "0", *args], capsys, monkeypatch)
+        code, out = cli(
+            ["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--actors", "0", *args], capsys, monkeypatch
+        )
         assert (code, out.err) == (2, f"error: {message}\n"), args
     for route, what in (("conditioned", "composed maps"), ("pasted", "pasted instances")):
-        code, out = cli(["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--class-target", "ship:0.9", "--target-route", route], capsys, monkeypatch)
-        assert code == 2 and out.err.startswith(f"error: --class-target ship:0.9 cannot be reached by the {route} route (8 pasted masks per class at most): {what} reach ship ")
+        code, out = cli(
+            [
+                "--model",
+                model,
+                "--n",
+                "4",
+                "--out",
+                str(tmp_path / "o"),
+                "--class-target",
+                "ship:0.9",
+                "--target-route",
+                route,
+            ],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 2 and out.err.startswith(
+            f"error: --class-target ship:0.9 cannot be reached by the {route} route (8 pasted masks per class at most): {what} reach ship "
+        )
         assert out.err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
 def test_selection_refuses_a_target_its_measured_acceptance_cannot_reach(model, tmp_path, capsys, monkeypatch):
-    args = ["--model", model, "--n", "4", "--samples-per-shard", "4", "--batch-size", "4", "--steps", "3", "--seed", "5", "--out", str(tmp_path / "o"), "--actors", "0"]
+    args = [
+        "--model",
+        model,
+        "--n",
+        "4",
+        "--samples-per-shard",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        str(tmp_path / "o"),
+        "--actors",
+        "0",
+    ]
     code, out = cli(args + ["--class-target", "ship:0.9"], capsys, monkeypatch, sampling_allowed=True)
-    assert code == 2 and out.err.splitlines()[-1].startswith("error: --class-target ship:0.9 cannot be reached by selection within --max-draw-factor 20: selecting from the 4 pairs drawn")
+    assert code == 2 and out.err.splitlines()[-1].startswith(
+        "error: --class-target ship:0.9 cannot be reached by selection within --max-draw-factor 20: selecting from the 4 pairs drawn"
+    )
     assert out.err.splitlines()[-1].endswith("; try --target-route pasted") and not (tmp_path / "o").exists()
 
 
 def test_a_missed_target_warns_in_the_summary_and_dataset_json(model, tmp_path):
     """--max-draw-factor 1 keeps the first draw as it is: a target it misses is written with loud warnings."""
     out = tmp_path / "o"
-    args = ["--model", model, "--n", "4", "--samples-per-shard", "4", "--batch-size", "4", "--steps", "3", "--seed", "5", "--out", str(out), "--actors", "0"]
-    r = subprocess.run(job("synthesize.py") + args + ["--class-target", "sea:0.95", "--max-draw-factor", "1", "--json"], capture_output=True, text=True, timeout=300, env=job_env())
+    args = [
+        "--model",
+        model,
+        "--n",
+        "4",
+        "--samples-per-shard",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "--actors",
+        "0",
+    ]
+    r = subprocess.run(
+        job("synthesize.py") + args + ["--class-target", "sea:0.95", "--max-draw-factor", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=job_env(),
+    )
     assert r.returncode == 0, r.stderr
     assert "TARGET NOT MET: class target sea:0.95 not met by selection: sea " in r.stderr and "NOT MET" in r.stderr
     payload = json.loads(r.stdout)
     record = payload["dataset"]["target"]
     assert record["met"] is False and record["shares"] == {"sea": 0.95} and record["achieved"]["sea"] < 0.95
     info = ShardSet(str(out)).info()
-    assert info.target == record and any(w.startswith("class target sea:0.95 not met by selection") for w in info.warnings)
+    assert info.target == record and any(
+        w.startswith("class target sea:0.95 not met by selection") for w in info.warnings
+    )
 
 
 def test_the_bench_rebuilds_what_a_placed_set_was_given(model, tmp_path):
@@ -754,7 +977,15 @@ def test_the_bench_rebuilds_what_a_placed_set_was_given(model, tmp_path):
     # shares above it leave something to paste onto its sea
     t, info = targeted.model_target(model, SPEC)
     pairs = targeted.training_pairs(info)
-    targeted.by_conditioning(model, str(tmp_path / "a"), synth_cfg(n=6), SAMPLING, condition(t, pairs, "pasted"), progress=False, use_ray=False)
+    targeted.by_conditioning(
+        model,
+        str(tmp_path / "a"),
+        synth_cfg(n=6),
+        SAMPLING,
+        condition(t, pairs, "pasted"),
+        progress=False,
+        use_ray=False,
+    )
     target, route, rebuilt = bench.given_pixels(model, str(tmp_path / "a"), SPEC)
     rebuilt = list(rebuilt)
     assert route == "pasted" and len(rebuilt) == 6

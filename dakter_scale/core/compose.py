@@ -100,7 +100,12 @@ def paste_instances(
     than twice the pixels the class still needs (it would overshoot the goal by more than it falls
     short): the share lands closer to the goal."""
     shape = next(iter(pool[0] for pool in donors.values() if pool), np.zeros((2, 0, 0))).shape[-2:]
-    image, ids, given, sea = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, bool), np.zeros(shape, np.float32)
+    image, ids, given, sea = (
+        np.zeros(shape, np.uint8),
+        np.zeros(shape, np.uint8),
+        np.zeros(shape, bool),
+        np.zeros(shape, np.float32),
+    )
     free = np.ones(shape, bool) if base is None else base == 0
     for c in sorted(goals):
         pool = donors.get(c) or ()

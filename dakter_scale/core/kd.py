@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss_per_sample(logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0, confidence_power: float = 0.0) -> torch.Tensor:
+def kd_loss_per_sample(
+    logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0, confidence_power: float = 0.0
+) -> torch.Tensor:
     """T^2 * KL(q_T || softmax(logits / T)) averaged over pixels, one value per sample.
 
     logits: (N, K, H, W) student outputs. q: (N, K, H, W) soft labels (sum to 1 over K).

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """(K, K) int64 counts; entry [i, j] = pixels of true class i predicted as j. Ignored pixels drop out."""
     pred = pred.reshape(-1).long()
     target = target.reshape(-1).long()

@@ -64,14 +64,24 @@ def eps_from_x0(x0: torch.Tensor, z_t: torch.Tensor, alpha_bar_t: torch.Tensor) 
 # sample (x0) for the labels (whose x0 estimate is the soft label itself).
 
 
-def joint_target(z0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, image_type: str, label_type: str) -> torch.Tensor:
+def joint_target(
+    z0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, image_type: str, label_type: str
+) -> torch.Tensor:
     """Training target of the joint tensor: channel 0 by image_type, channels 1.. by label_type."""
     if image_type == label_type:
         return target(z0, eps, alpha_bar_t, image_type)
-    return torch.cat([target(z0[:, :1], eps[:, :1], alpha_bar_t, image_type), target(z0[:, 1:], eps[:, 1:], alpha_bar_t, label_type)], dim=1)
+    return torch.cat(
+        [
+            target(z0[:, :1], eps[:, :1], alpha_bar_t, image_type),
+            target(z0[:, 1:], eps[:, 1:], alpha_bar_t, label_type),
+        ],
+        dim=1,
+    )
 
 
-def joint_to_x0_eps(output: torch.Tensor, z_t: torch.Tensor, alpha_bar_t: torch.Tensor, image_type: str, label_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+def joint_to_x0_eps(
+    output: torch.Tensor, z_t: torch.Tensor, alpha_bar_t: torch.Tensor, image_type: str, label_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) of the joint tensor from a network output with per-modality prediction types."""
     if image_type == label_type:
         return to_x0_eps(output, z_t, alpha_bar_t, image_type)

@@ -42,7 +42,17 @@ import torch
 
 from dakter_scale.data import storage
 from dakter_scale.data.real import normalise
-from dakter_scale.data.shardset import IMAGE, RECORD, SOFT, SampleShape, ShardError, ShardInfo, ShardSet, decode_sample, dequantise
+from dakter_scale.data.shardset import (
+    IMAGE,
+    RECORD,
+    SOFT,
+    SampleShape,
+    ShardError,
+    ShardInfo,
+    ShardSet,
+    decode_sample,
+    dequantise,
+)
 from dakter_scale.data.stream import class_argmax
 
 LABELS = ("soft", "hard")
@@ -66,7 +76,9 @@ def finished(url: str, verify: str = "size") -> tuple[ShardSet, list[ShardInfo],
     header = shards.info()
     listing = shards.listing()
     for info in infos:
-        fingerprint = header.fingerprint if header is not None and header.fingerprint else info.marker.get("fingerprint")
+        fingerprint = (
+            header.fingerprint if header is not None and header.fingerprint else info.marker.get("fingerprint")
+        )
         problem = shards.check(info, listing, fingerprint, verify)
         if problem:
             raise ShardError(f"{storage.redact_url(info.tar)}: {problem}")
@@ -118,7 +130,10 @@ def hf_transform(url_or_shape: str | SampleShape, labels: str = "soft") -> Calla
 
     def transform(batch: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        decoded = [decode({k: _png_bytes(v) if k in (IMAGE, SOFT) else v for k, v in row.items()}, labels, shape) for row in rows]
+        decoded = [
+            decode({k: _png_bytes(v) if k in (IMAGE, SOFT) else v for k, v in row.items()}, labels, shape)
+            for row in rows
+        ]
         return {name: [d[name] for d in decoded] for name in decoded[0]} if decoded else {}
 
     return transform
@@ -128,7 +143,9 @@ def _png_bytes(cell: Any) -> Any:
     """A datasets Image cell left undecoded ({"bytes", "path"}) or raw bytes; a decoded (PIL) image is refused."""
     if isinstance(cell, (dict, bytes, bytearray)):
         return cell
-    raise TypeError("the PNG columns must be left undecoded: cast them with datasets.Image(decode=False) (see hf_dataset)")
+    raise TypeError(
+        "the PNG columns must be left undecoded: cast them with datasets.Image(decode=False) (see hf_dataset)"
+    )
 
 
 def hf_dataset(url: str, labels: str = "soft", verify: str = "size", **load_kwargs: Any):
@@ -151,7 +168,9 @@ def _fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
     return fsspec.open(url, mode).open()
 
 
-def webdataset_pipeline(url: str, labels: str = "soft", verify: str = "size", handler: Callable | None = None, **webdataset_kwargs: Any):
+def webdataset_pipeline(
+    url: str, labels: str = "soft", verify: str = "size", handler: Callable | None = None, **webdataset_kwargs: Any
+):
     """A stock ``webdataset.WebDataset`` over the set's finished shards (``finished``: listed from the done
     markers and checked against them now), mapped through ``decode``; chain ``.shuffle(n)``,
     ``.batched(b)`` etc. as with any WebDataset. `webdataset_kwargs` go to ``WebDataset`` (default
@@ -202,10 +221,21 @@ def checked_pipeline(url: str, labels: str = "soft", verify: str = "size", split
         stages.append(wds.split_by_node)
     stages += [
         wds.split_by_worker,
-        functools.partial(_checked_samples, shards=shards, infos={info.tar: info for info in infos}, shape=shape, verify=verify),
+        functools.partial(
+            _checked_samples, shards=shards, infos={info.tar: info for info in infos}, shape=shape, verify=verify
+        ),
         wds.map(functools.partial(decode, labels=labels, shape=shape)),
     ]
     return wds.DataPipeline(*stages)
 
 
-__all__ = ["LABELS", "checked_pipeline", "decode", "finished", "finished_tars", "hf_dataset", "hf_transform", "webdataset_pipeline"]
+__all__ = [
+    "LABELS",
+    "checked_pipeline",
+    "decode",
+    "finished",
+    "finished_tars",
+    "hf_dataset",
+    "hf_transform",
+    "webdataset_pipeline",
+]

@@ -193,7 +193,13 @@ class Lease:
     ):
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
-        self.url, self.purpose, self.lease_seconds, self.clock, self.wall_clock = url, purpose, float(lease_seconds), clock, wall_clock
+        self.url, self.purpose, self.lease_seconds, self.clock, self.wall_clock = (
+            url,
+            purpose,
+            float(lease_seconds),
+            clock,
+            wall_clock,
+        )
         self.margin = self.lease_seconds * MARGIN_FRACTION
         self.fs, self.root = storage.url_to_fs(url)
         self.token = uuid.uuid4().hex
@@ -215,7 +221,20 @@ class Lease:
 
     def _record(self, generation: int, valid_until: float, released: bool = False) -> bytes:
         now = self.wall_clock()
-        holder = Holder(self.token, self.purpose, self.started or now, now, self.lease_seconds, generation, self.host, self.pid, self._renewal, self.boot_id, valid_until, released)
+        holder = Holder(
+            self.token,
+            self.purpose,
+            self.started or now,
+            now,
+            self.lease_seconds,
+            generation,
+            self.host,
+            self.pid,
+            self._renewal,
+            self.boot_id,
+            valid_until,
+            released,
+        )
         return (json.dumps(asdict(holder), indent=2, sort_keys=True) + "\n").encode()
 
     def holder(self) -> Holder | None:
@@ -262,9 +281,17 @@ class Lease:
                 continue  # another run took this generation first: look again
             except (TypeError, NotImplementedError, ValueError) as e:
                 self.supported = False
-                log.warning("%s: this file system cannot create a file exclusively (%s): no lock; do not run two writers on it at once", self._where, type(e).__name__)
+                log.warning(
+                    "%s: this file system cannot create a file exclusively (%s): no lock; do not run two writers on it at once",
+                    self._where,
+                    type(e).__name__,
+                )
                 return self
-            self.generation, self._version, self.valid_until = generation, version, start + self.lease_seconds - self.margin
+            self.generation, self._version, self.valid_until = (
+                generation,
+                version,
+                start + self.lease_seconds - self.margin,
+            )
             for older in gens:  # dead or released locks: nobody holds them any more
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm(storage.join(self.root, lock_name(older)))
@@ -285,7 +312,12 @@ class Lease:
         holder = _parse(got[0], top)
         if holder is not None and holder.released:
             return True
-        shared = holder is not None and holder.valid_until is not None and bool(holder.boot_id) and holder.boot_id == self.boot_id
+        shared = (
+            holder is not None
+            and holder.valid_until is not None
+            and bool(holder.boot_id)
+            and holder.boot_id == self.boot_id
+        )
         if shared and first_seen < holder.valid_until:
             raise self._refusal(holder, "")  # its own deadline, on this machine's clock, lies ahead
         # The holder's own lease length, not ours, bounds its deadline (unreadable: ours is all we know).
@@ -294,12 +326,22 @@ class Lease:
             raise self._refusal(holder, "")  # wall clocks only ever make a run refuse sooner
         name = holder.describe(self.wall_clock()) if holder else f"{lock_name(top)} (unreadable)"
         wait = holder.valid_until + holder.lease_seconds * MARGIN_FRACTION - first_seen if shared else length
-        log.warning("%s: the lock of %s is not being renewed; watching it for up to %s s before taking it over", self._where, name, _secs(wait))
+        log.warning(
+            "%s: the lock of %s is not being renewed; watching it for up to %s s before taking it over",
+            self._where,
+            name,
+            _secs(wait),
+        )
         poll = max(0.02, min(self.lease_seconds / 16, 2.0))
         while True:
             waited = self.clock() - first_seen
             if waited >= wait:
-                log.warning("%s: taking over the lock of %s (%s)", self._where, name, "its lease ended by this machine's clock" if shared else f"unchanged for {_secs(waited)} s")
+                log.warning(
+                    "%s: taking over the lock of %s (%s)",
+                    self._where,
+                    name,
+                    "its lease ended by this machine's clock" if shared else f"unchanged for {_secs(waited)} s",
+                )
                 return True
             time.sleep(min(poll, wait - waited))
             again = _read(self.fs, self.root, top)
@@ -325,7 +367,12 @@ class Lease:
             except LeaseError:
                 return
             except Exception as e:  # storage hiccup: keep trying until the deadline
-                log.warning("%s: renewing the lock failed (%s: %s); retrying", self._where, type(e).__name__, storage.redact_url(str(e).splitlines()[0][:200]) if str(e) else "")
+                log.warning(
+                    "%s: renewing the lock failed (%s: %s); retrying",
+                    self._where,
+                    type(e).__name__,
+                    storage.redact_url(str(e).splitlines()[0][:200]) if str(e) else "",
+                )
 
     def _lose(self, why: str) -> LeaseError:
         with self._state:
@@ -345,10 +392,14 @@ class Lease:
         if self._lost:
             raise LeaseError(self._lost)
         if self.valid_for() <= 0:
-            raise self._lose(f"its lease lapsed: not renewed within {_secs(self.lease_seconds - self.margin)} s by its own clock")
+            raise self._lose(
+                f"its lease lapsed: not renewed within {_secs(self.lease_seconds - self.margin)} s by its own clock"
+            )
         if not held(self.fs, self.root, self.generation):
             holder = self.holder()
-            raise self._lose(f"the prefix is now held by {holder.describe(self.wall_clock()) if holder else 'nobody (the lock was removed)'}")
+            raise self._lose(
+                f"the prefix is now held by {holder.describe(self.wall_clock()) if holder else 'nobody (the lock was removed)'}"
+            )
 
     def renew(self) -> None:
         """Rewrite our lock with a fresh deadline, conditionally on our last version (after check).
@@ -365,7 +416,9 @@ class Lease:
         except storage.VersionMismatch as e:
             raise self._lose(f"its lock was changed or removed by another run: {e}") from None
         except NotImplementedError:
-            storage.write_bytes(self.fs, path, record)  # no compare-and-set here: self-expiry and the generation check still fence
+            storage.write_bytes(
+                self.fs, path, record
+            )  # no compare-and-set here: self-expiry and the generation check still fence
             version = None
         took = self.clock() - start
         if took > self.margin:
@@ -376,7 +429,12 @@ class Lease:
 
     def ref(self) -> dict[str, Any]:
         """What a shard writer in another process needs to check the lease (``check_ref``)."""
-        return {"url": self.url, "generation": self.generation, "token": self.token, "lease_seconds": self.lease_seconds}
+        return {
+            "url": self.url,
+            "generation": self.generation,
+            "token": self.token,
+            "lease_seconds": self.lease_seconds,
+        }
 
     def release(self) -> None:
         self._stop.set()
@@ -459,14 +517,18 @@ class _Watch:
         if self.local_boot and holder.boot_id == self.local_boot and holder.valid_until is not None:
             if self.clock() < holder.valid_until:
                 return  # the holder's own deadline, on this machine's clock
-            raise LeaseError(f"{self.where}: the run's lease lapsed (not renewed in time by its holder); this shard's marker is not written")
+            raise LeaseError(
+                f"{self.where}: the run's lease lapsed (not renewed in time by its holder); this shard's marker is not written"
+            )
         if self.thread is None:
             self.thread = threading.Thread(target=self._poll, name="lease-watch", daemon=True)
             self.thread.start()
         waited = self.clock()
         while self.clock() >= self.valid_until:
             if self.clock() - waited > self.lease_seconds:
-                raise LeaseError(f"{self.where}: the run's lock was not renewed for {_secs(self.lease_seconds)} s as seen from here; this shard's marker is not written")
+                raise LeaseError(
+                    f"{self.where}: the run's lock was not renewed for {_secs(self.lease_seconds)} s as seen from here; this shard's marker is not written"
+                )
             time.sleep(max(0.02, self.lease_seconds / 32))
             self.read()
 
@@ -475,7 +537,9 @@ _watches: dict[tuple, _Watch] = {}
 _watches_lock = threading.Lock()
 
 
-def check_ref(ref: dict[str, Any] | None, *, local_boot: str | None = None, clock: Callable[[], float] = boot_clock) -> None:
+def check_ref(
+    ref: dict[str, Any] | None, *, local_boot: str | None = None, clock: Callable[[], float] = boot_clock
+) -> None:
     """In a shard writer: raise LeaseError unless the run's lock (ref from Lease.ref) still holds the
     prefix and its lease is provably unexpired now (module docstring). Called before each done
     marker. local_boot: this machine's boot id (tests pass another to act as a remote writer)."""

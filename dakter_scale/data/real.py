@@ -74,7 +74,9 @@ def _open_image(data: bytes, path: str) -> Image.Image:
         raise DataError(f"{path}: unreadable image: not a PNG or JPEG (only those formats are decoded)") from None
     if im.width * im.height > IMAGE_MAX_PIXELS:
         im.close()
-        raise DataError(f"{path}: {im.width} x {im.height} pixels, more than the {IMAGE_MAX_PIXELS} allowed for an image")
+        raise DataError(
+            f"{path}: {im.width} x {im.height} pixels, more than the {IMAGE_MAX_PIXELS} allowed for an image"
+        )
     return im
 
 
@@ -86,7 +88,9 @@ def read_gray(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
             if im.mode in ("L", "P"):
                 arr = np.asarray(im.convert("L"))
             elif im.mode in ("I;16", "I;16B", "I", "F"):
-                raise DataError(f"{path}: {im.mode} images are not 8-bit; convert them to 8-bit grayscale first (radiometry must be explicit)")
+                raise DataError(
+                    f"{path}: {im.mode} images are not 8-bit; convert them to 8-bit grayscale first (radiometry must be explicit)"
+                )
             else:
                 arr = np.asarray(im.convert("RGB"))[..., 0]
     except DataError:
@@ -121,7 +125,9 @@ def colour_to_class(rgb: np.ndarray, colours: Sequence[tuple[int, int, int]], pa
     if bad.any():
         y, x = np.argwhere(bad)[0]
         colour = tuple(int(c) for c in rgb[y, x])
-        raise DataError(f"{path}: colour {colour} at pixel (x={x}, y={y}) is no OSD class; expected one of {list(colours)}")
+        raise DataError(
+            f"{path}: colour {colour} at pixel (x={x}, y={y}) is no OSD class; expected one of {list(colours)}"
+        )
     return mask
 
 
@@ -188,7 +194,10 @@ class SyntheticSource(Source):
         self.classes = CLASSES
 
     def items(self, split: str) -> list[Item]:
-        return [Item(name=f"{split}-{i:05d}", seed=synthetic_sar.scene_seed(self.seed, split, i)) for i in range(self.n[split])]
+        return [
+            Item(name=f"{split}-{i:05d}", seed=synthetic_sar.scene_seed(self.seed, split, i))
+            for i in range(self.n[split])
+        ]
 
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         return _simulated(item.seed, self.size)
@@ -215,7 +224,13 @@ def _stem(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
-def _pair(images: list[str], labels: list[str], where: str, image_key: Callable[[str], str | None], label_key: Callable[[str], str | None]) -> list[Item]:
+def _pair(
+    images: list[str],
+    labels: list[str],
+    where: str,
+    image_key: Callable[[str], str | None],
+    label_key: Callable[[str], str | None],
+) -> list[Item]:
     """Pair images and labels by key; a file on either side without its partner is an error."""
     img_by = {k: p for p in images if (k := image_key(p)) is not None}
     lab_by = {k: p for p in labels if (k := label_key(p)) is not None}
@@ -265,11 +280,15 @@ class OSDSource(Source):
         if posixpath.basename(posixpath.dirname(item.label)) == "labels_1D":
             mask = read_gray(self.fs, item.label)
             if mask.max(initial=0) >= len(self.classes):
-                raise DataError(f"{item.label}: class id {int(mask.max())} is no OSD class (expected 0..{len(self.classes) - 1})")
+                raise DataError(
+                    f"{item.label}: class id {int(mask.max())} is no OSD class (expected 0..{len(self.classes) - 1})"
+                )
         else:
             mask = colour_to_class(read_rgb(self.fs, item.label), OSD_COLOURS, item.label)
         if mask.shape != image.shape:
-            raise DataError(f"{item.label}: label size {mask.shape[::-1]} differs from image {item.image} size {image.shape[::-1]}")
+            raise DataError(
+                f"{item.label}: label size {mask.shape[::-1]} differs from image {item.image} size {image.shape[::-1]}"
+            )
         return image, mask
 
 
@@ -316,10 +335,14 @@ class SOSSource(Source):
         values = np.unique(raw)
         if not set(values.tolist()) <= {0, 1, 255}:
             bad = [int(v) for v in values if v not in (0, 1, 255)][:5]
-            raise DataError(f"{item.label}: mask values {bad} are no SOS class (expected 0 = background, 255 or 1 = oil)")
+            raise DataError(
+                f"{item.label}: mask values {bad} are no SOS class (expected 0 = background, 255 or 1 = oil)"
+            )
         mask = (raw > 0).astype(np.uint8)
         if mask.shape != image.shape:
-            raise DataError(f"{item.label}: mask size {mask.shape[::-1]} differs from image {item.image} size {image.shape[::-1]}")
+            raise DataError(
+                f"{item.label}: mask size {mask.shape[::-1]} differs from image {item.image} size {image.shape[::-1]}"
+            )
         return image, mask
 
 
@@ -420,7 +443,9 @@ def random_patch(
         x = x[..., top : top + side, left : left + side]
         m = m[..., top : top + side, left : left + side]
     if x.shape[-2:] != (resolution, resolution):
-        x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+        x = torch.nn.functional.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+        )
         m = torch.nn.functional.interpolate(m, size=(resolution, resolution), mode="nearest")
     if flip:
         if bool(torch.rand((), generator=gen) < 0.5):
@@ -437,7 +462,16 @@ class PatchDataset(torch.utils.data.Dataset):
     a generator seeded from (seed, epoch, index), so a run is reproducible whatever the workers.
     """
 
-    def __init__(self, source: Source, split: str, resolution: int, crop: int = 0, scale=(1.0, 1.0), flip: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        source: Source,
+        split: str,
+        resolution: int,
+        crop: int = 0,
+        scale=(1.0, 1.0),
+        flip: bool = True,
+        seed: int = 0,
+    ):
         self.source = source
         self.items = source.split_items(split)
         self.resolution, self.crop, self.scale, self.flip, self.seed = resolution, crop, tuple(scale), flip, seed
@@ -453,14 +487,18 @@ class PatchDataset(torch.utils.data.Dataset):
         return random_patch(image, mask, self.resolution, self.crop, self.scale, self.flip, gen)
 
 
-def whole_pairs(source: Source, resolution: int, split: str = "train", max_images: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+def whole_pairs(
+    source: Source, resolution: int, split: str = "train", max_images: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
     """The first max_images pairs of a split as whole images resized to resolution, no flips:
     (images, masks), each (N, R, R) uint8. The donors of pasted instances (the pasted route of
     targeted synthesis, copy-paste augmentation of students)."""
     items = source.split_items(split)[:max_images]
     gen = torch.Generator().manual_seed(0)  # unused without crop and flips
     pairs = [random_patch(*source.load(item), resolution, 0, (1.0, 1.0), False, gen) for item in items]
-    return np.stack([denormalise(x[0]).numpy() for x, _ in pairs]), np.stack([m.numpy().astype(np.uint8) for _, m in pairs])
+    return np.stack([denormalise(x[0]).numpy() for x, _ in pairs]), np.stack(
+        [m.numpy().astype(np.uint8) for _, m in pairs]
+    )
 
 
 def patch_dataset(source: Source, cfg, split: str = "train", seed: int = 0) -> PatchDataset:
@@ -546,6 +584,14 @@ def sar_counts(source: Source, cfg, split: str = "train", max_images: int | None
     counts = SarCounts(enl_window(cfg.resolution))
     for i, item in enumerate(_evenly_spaced(source.split_items(split), max_images)):
         image, mask = source.load(item)
-        x, m = random_patch(image, mask, cfg.resolution, cfg.crop, (cfg.scale_min, cfg.scale_max), False, torch.Generator().manual_seed(i))
+        x, m = random_patch(
+            image,
+            mask,
+            cfg.resolution,
+            cfg.crop,
+            (cfg.scale_min, cfg.scale_max),
+            False,
+            torch.Generator().manual_seed(i),
+        )
         counts.add(denormalise(x[0]).numpy()[None], m.numpy()[None])
     return counts

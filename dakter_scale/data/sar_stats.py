@@ -30,7 +30,9 @@ def enl_window(resolution: int) -> int:
     return 4 if resolution <= 64 else 8
 
 
-def window_enl(images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = SEA_CLASS) -> np.ndarray:
+def window_enl(
+    images: np.ndarray, masks: np.ndarray | None = None, window: int = 8, sea_class: int = SEA_CLASS
+) -> np.ndarray:
     """ENL of every non-overlapping window x window patch that is all sea (all patches when masks is
     None) and not constant, over uint8 images (N, H, W) and class maps (N, H, W)."""
     lin = uint8_to_linear(images).astype(np.float64)
@@ -40,7 +42,11 @@ def window_enl(images: np.ndarray, masks: np.ndarray | None = None, window: int 
     mean, var = patches.mean(axis=(2, 4)), patches.var(axis=(2, 4))
     keep = var > 0
     if masks is not None:
-        sea = (np.asarray(masks)[:, : gh * window, : gw * window] == sea_class).reshape(n, gh, window, gw, window).all(axis=(2, 4))
+        sea = (
+            (np.asarray(masks)[:, : gh * window, : gw * window] == sea_class)
+            .reshape(n, gh, window, gw, window)
+            .all(axis=(2, 4))
+        )
         keep &= sea
     return mean[keep] ** 2 / var[keep]
 
@@ -104,22 +110,39 @@ class SarCounts:
 
     @classmethod
     def from_json(cls, obj: dict) -> "SarCounts":
-        return cls(int(obj["window"]), np.asarray(obj["histogram"], dtype=np.int64), np.asarray(obj["enl_counts"], dtype=np.int64))
+        return cls(
+            int(obj["window"]),
+            np.asarray(obj["histogram"], dtype=np.int64),
+            np.asarray(obj["enl_counts"], dtype=np.int64),
+        )
 
     @staticmethod
     def problem(obj) -> str | None:
         """What makes a recorded SarCounts unusable (a marker or dakter.json field), or None."""
-        if not isinstance(obj, dict) or not isinstance(obj.get("window"), int) or isinstance(obj.get("window"), bool) or obj["window"] < 1:
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("window"), int)
+            or isinstance(obj.get("window"), bool)
+            or obj["window"] < 1
+        ):
             return "not an object with a window >= 1"
         for name, size in (("histogram", 256), ("enl_counts", ENL_BINS)):
             v = obj.get(name)
-            if not isinstance(v, list) or len(v) != size or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+            if (
+                not isinstance(v, list)
+                or len(v) != size
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+            ):
                 return f"{name} is not {size} counts"
         return None
 
     def summary(self) -> dict:
         """The set's ENL (None without a sea window: JSON has no NaN), windows and pixels counted."""
-        return {"enl": finite_or_none(enl_from_counts(self.enl)), "enl_windows": int(self.enl.sum()), "pixels": int(self.histogram.sum())}
+        return {
+            "enl": finite_or_none(enl_from_counts(self.enl)),
+            "enl_windows": int(self.enl.sum()),
+            "pixels": int(self.histogram.sum()),
+        }
 
 
 def finite_or_none(value: float) -> float | None:

@@ -46,7 +46,9 @@ _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s]*@|[^/?#@\s:]
 # credential, sig, auth), e.g. X-Amz-Signature, X-Amz-Security-Token, access_token, Azure's sig.
 # Conservative: any name containing one of those words is hidden; the data specs' size, test, seed
 # and sat parameters are not.
-_SECRET_PARAM_RE = re.compile(r"(?i)([?&;][^=&#\s?;]*(?:token|key|secret|signature|passw|pwd|credential|sig|auth)[^=&#\s?;]*=)[^&#\s;]*")
+_SECRET_PARAM_RE = re.compile(
+    r"(?i)([?&;][^=&#\s?;]*(?:token|key|secret|signature|passw|pwd|credential|sig|auth)[^=&#\s?;]*=)[^&#\s;]*"
+)
 REDACTED = "***"
 
 
@@ -74,7 +76,9 @@ def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSyst
     """(file system, path inside it) for any fsspec URL or local path."""
     scheme, sep, _ = str(url).partition("://")
     if sep and scheme.lower() in _NO_USERINFO and redact_url(url) != url:
-        raise StorageError(f"{redact_url(url)}: credentials in a {scheme}:// URL are not used; give them in the environment (AWS_* variables, ~/.aws, gcloud)")
+        raise StorageError(
+            f"{redact_url(url)}: credentials in a {scheme}:// URL are not used; give them in the environment (AWS_* variables, ~/.aws, gcloud)"
+        )
     fs, path = fsspec.core.url_to_fs(url, **storage_options)
     return fs, path.rstrip("/") or path
 
@@ -151,7 +155,9 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
             with contextlib.suppress(Exception):
                 fs.rm(tmp)
             if isinstance(e, OSError) and e.errno in _FULL:
-                raise StorageError(f"writing {path} failed: {e.strerror or e} (the disk or quota is full): nothing partial is left; free space and rerun") from None
+                raise StorageError(
+                    f"writing {path} failed: {e.strerror or e} (the disk or quota is full): nothing partial is left; free space and rerun"
+                ) from None
             raise
     else:
         # Nothing to sync: the object exists only once its (multipart) upload completes, and the store
@@ -187,7 +193,9 @@ def fsync_folder(folder: str) -> None:
             os.close(fd)
 
 
-def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str, prefixes: tuple[str, ...] = ("",), min_age: float = 0.0) -> list[str]:
+def remove_temporaries(
+    fs: fsspec.AbstractFileSystem, root: str, prefixes: tuple[str, ...] = ("",), min_age: float = 0.0
+) -> list[str]:
     """Remove the ``.tmp-`` files (names starting with one of prefixes) that killed local writers
     left under root and that nothing has written to for min_age seconds; returns their names. A live
     writer keeps its temporary's modification time fresh, so min_age spares it."""
@@ -273,7 +281,9 @@ def _precondition_failed(e: BaseException) -> bool:
     """s3fs turns S3's 412 PreconditionFailed (and 409 ConditionalRequestConflict) into OSError(EINVAL)."""
     cause = e.__cause__ or e.__context__
     code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
-    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (isinstance(e, OSError) and e.errno == errno.EINVAL and "pre-condition" in str(e))
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (
+        isinstance(e, OSError) and e.errno == errno.EINVAL and "pre-condition" in str(e)
+    )
 
 
 def read_versioned(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str | None]:
@@ -336,7 +346,9 @@ def replace_if(fs: fsspec.AbstractFileSystem, path: str, data: bytes, version: s
         raise
     except Exception as e:  # botocore before 1.35.69 refuses the IfMatch parameter itself
         if type(e).__name__ == "ParamValidationError":
-            raise NotImplementedError(f"this botocore cannot send If-Match on PutObject (needs botocore >= 1.35.69): {str(e).splitlines()[0][:120]}") from None
+            raise NotImplementedError(
+                f"this botocore cannot send If-Match on PutObject (needs botocore >= 1.35.69): {str(e).splitlines()[0][:120]}"
+            ) from None
         raise
     return _s3_etag(out)
 

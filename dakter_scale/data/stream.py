@@ -57,7 +57,18 @@ import torch
 
 from dakter_scale.core.steps import StreamPositions, derive_seed
 from dakter_scale.data.real import PatchDataset, normalise
-from dakter_scale.data.shardset import CHECKED, DatasetInfo, SampleError, SampleShape, ShardError, ShardInfo, ShardSet, decode_sample, dequantise, read_record
+from dakter_scale.data.shardset import (
+    CHECKED,
+    DatasetInfo,
+    SampleError,
+    SampleShape,
+    ShardError,
+    ShardInfo,
+    ShardSet,
+    decode_sample,
+    dequantise,
+    read_record,
+)
 from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
@@ -116,7 +127,9 @@ def class_argmax(q: np.ndarray) -> np.ndarray:
         # Integer levels: pack (level, K-1-k) into one number and take the elementwise max over the
         # contiguous class planes; ties go to the lowest k, as np.argmax. About 4x faster again.
         shift = max(1, (k - 1).bit_length())
-        packed = (q.astype(np.uint16 if shift <= 8 else np.uint32) << shift) | np.arange(k - 1, -1, -1, dtype=np.uint16).reshape(k, 1, 1)
+        packed = (q.astype(np.uint16 if shift <= 8 else np.uint32) << shift) | np.arange(
+            k - 1, -1, -1, dtype=np.uint16
+        ).reshape(k, 1, 1)
         return (k - 1) - (packed.max(axis=0) & ((1 << shift) - 1)).astype(np.int64)
     best = q[0].copy()
     index = np.zeros(q.shape[1:], dtype=np.int64)
@@ -149,7 +162,9 @@ def limit_shards(infos: list[ShardInfo], max_samples: int, url: str = "") -> tup
     of the last, partly used one. Fewer pairs than asked: all of them, with a warning."""
     total = sum(i.count for i in infos)
     if total < max_samples:
-        log.warning("%s holds %d generated pairs, fewer than the %d asked for: using all of them", url, total, max_samples)
+        log.warning(
+            "%s holds %d generated pairs, fewer than the %d asked for: using all of them", url, total, max_samples
+        )
         return list(infos), {}
     kept, limits, left = [], {}, max_samples
     for info in sorted(infos, key=lambda i: i.shard):
@@ -214,14 +229,22 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         try:
             header = self.shards.info() or DatasetInfo()
         except ShardError as e:
-            self.start_notices.append(self._bad(str(e) if on_bad_shard == "raise" else f"{e} (ignored: the sample shape is taken from the shards)").reason)
+            self.start_notices.append(
+                self._bad(
+                    str(e) if on_bad_shard == "raise" else f"{e} (ignored: the sample shape is taken from the shards)"
+                ).reason
+            )
             header = DatasetInfo()
         if header.fingerprint:  # a shard another run wrote into this prefix is never read as this set's
             own = []
             for info in self.infos:
                 theirs = info.marker.get("fingerprint")
                 if theirs not in (None, header.fingerprint):
-                    self.start_notices.append(self._bad(f"{self.shards.marker_url(info.shard)}: a shard of another run (fingerprint {theirs}, the set's {header.fingerprint})").reason)
+                    self.start_notices.append(
+                        self._bad(
+                            f"{self.shards.marker_url(info.shard)}: a shard of another run (fingerprint {theirs}, the set's {header.fingerprint})"
+                        ).reason
+                    )
                 else:
                     own.append(info)
             self.infos = own
@@ -330,7 +353,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 yield item
             empty = empty + 1 if index == 0 else 0
             if empty >= EMPTY_PASSES and self.passes is None:
-                raise StreamError(f"{self.url}: reader {slot} of {slots} found no usable sample in {empty} passes in a row (all its shards bad, or every sample filtered out?)")
+                raise StreamError(
+                    f"{self.url}: reader {slot} of {slots} found no usable sample in {empty} passes in a row (all its shards bad, or every sample filtered out?)"
+                )
             pass_, skip = pass_ + 1, 0
         if notices:  # only reachable with a finite number of passes
             yield {"key": None, "worker": worker, BAD_SHARDS: notices}
@@ -358,7 +383,14 @@ class RealStream(torch.utils.data.IterableDataset):
         while True:
             ((index, epoch),) = positions.batch(g)
             x, mask = self.dataset[(index, epoch)]
-            yield {"key": f"real-{index}-{epoch}", "x": x, "mask": mask, "q": None, "generated": False, "worker": worker}
+            yield {
+                "key": f"real-{index}-{epoch}",
+                "x": x,
+                "mask": mask,
+                "q": None,
+                "generated": False,
+                "worker": worker,
+            }
             g += 1
 
 
@@ -373,7 +405,9 @@ class RoundRobin:
     in-order round robin), which makes the order independent of how the DataLoader interleaves.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader | torch.utils.data.IterableDataset, workers: int, consumed: int = 0):
+    def __init__(
+        self, loader: torch.utils.data.DataLoader | torch.utils.data.IterableDataset, workers: int, consumed: int = 0
+    ):
         self.loader = loader
         self.iterator = iter(loader)
         self.workers = max(1, workers)
@@ -460,7 +494,14 @@ def consumed(batches: int, batch_size: int, ratio: float) -> tuple[int, int]:
 def collate(items: list[dict], num_classes: int) -> dict[str, Any]:
     x = torch.stack([it["x"] for it in items])
     mask = torch.stack([it["mask"] for it in items])
-    q = torch.stack([it["q"] if it["q"] is not None else torch.nn.functional.one_hot(it["mask"], num_classes).permute(2, 0, 1).float() for it in items])
+    q = torch.stack(
+        [
+            it["q"]
+            if it["q"] is not None
+            else torch.nn.functional.one_hot(it["mask"], num_classes).permute(2, 0, 1).float()
+            for it in items
+        ]
+    )
     generated = torch.tensor([bool(it["generated"]) for it in items])
     return {"x": x, "mask": mask, "q": q, "generated": generated, "keys": [it["key"] for it in items]}
 

@@ -156,7 +156,12 @@ class _Noise:
         ix, wx = self._ix[x0:x1], self._wx[:, x0:x1]
         k = self._knots[:, ix[0] : ix[-1] + 4] if len(ix) else self._knots[:, :0]
         ix = ix - (ix[0] if len(ix) else 0)
-        rows = wy[0, :, None] * k[iy] + wy[1, :, None] * k[iy + 1] + wy[2, :, None] * k[iy + 2] + wy[3, :, None] * k[iy + 3]
+        rows = (
+            wy[0, :, None] * k[iy]
+            + wy[1, :, None] * k[iy + 1]
+            + wy[2, :, None] * k[iy + 2]
+            + wy[3, :, None] * k[iy + 3]
+        )
         out = rows.take(ix, axis=1)
         out *= wx[0]
         for j in (1, 2, 3):  # in place, same summation order as the plain expression
@@ -166,8 +171,16 @@ class _Noise:
         return out
 
 
-def _fractal_noise(rng: np.random.Generator, h: int, w: int, cell: float, octaves: int = 3, gain: float = 0.5,
-                   stretch: tuple[float, float] = (1.0, 1.0), window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def _fractal_noise(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    cell: float,
+    octaves: int = 3,
+    gain: float = 0.5,
+    stretch: tuple[float, float] = (1.0, 1.0),
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
     """Sum of `octaves` smooth fields with halving cell size and amplitude `gain` ** k; unit variance.
     `stretch` multiplies the (rows, columns) correlation lengths; `window` = (y0, y1, x0, x1) evaluates
     only that part of the h x w field (same random draws either way)."""
@@ -267,8 +280,18 @@ def _width_profile(rng: np.random.Generator, t: np.ndarray, kind: str) -> np.nda
     return prof * wobble
 
 
-def _slick(rng: np.random.Generator, h: int, w: int, cy: float, cx: float, angle: float, length: float,
-           half_width: float, kind: str, edge_noise: _Noise):
+def _slick(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    cy: float,
+    cx: float,
+    angle: float,
+    length: float,
+    half_width: float,
+    kind: str,
+    edge_noise: _Noise,
+):
     """Normalised depth of one elongated slick in its bounding box.
 
     Depth is 1 on the (curved) centre line, 0 on the boundary, negative outside; the boundary is
@@ -329,16 +352,36 @@ def _oil(rng: np.random.Generator, h: int, w: int, ships: list, probability: flo
             kind = str(rng.choice(["lens", "lens", "comet", "fragments"]))
             length = s * rng.uniform(0.3, 0.9)
             half_width = max(1.0, s * rng.uniform(0.025, 0.07) * (0.6 if kind == "fragments" else 1.0))
-            placed = _slick(rng, h, w, rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w,
-                            rng.uniform(0.0, math.pi), length, half_width, kind, edge)
+            placed = _slick(
+                rng,
+                h,
+                w,
+                rng.uniform(0.1, 0.9) * h,
+                rng.uniform(0.1, 0.9) * w,
+                rng.uniform(0.0, math.pi),
+                length,
+                half_width,
+                kind,
+                edge,
+            )
             _stamp_slick(damping, mask, placed, strength(), inner)
     if trail:  # narrow at the ship, spreading behind it
         cy, cx, heading, ship_len, _, _ = ships[int(rng.integers(len(ships)))]
         length = s * rng.uniform(0.25, 0.7)
         back = heading + math.pi
         off = length / 2.0 + ship_len / 2.0
-        placed = _slick(rng, h, w, cy + off * math.sin(back), cx + off * math.cos(back), back, length,
-                        max(1.0, s * rng.uniform(0.015, 0.04)), "comet", edge)
+        placed = _slick(
+            rng,
+            h,
+            w,
+            cy + off * math.sin(back),
+            cx + off * math.cos(back),
+            back,
+            length,
+            max(1.0, s * rng.uniform(0.015, 0.04)),
+            "comet",
+            edge,
+        )
         _stamp_slick(damping, mask, placed, strength(), inner)
     return damping, mask
 
@@ -416,8 +459,18 @@ def _lookalikes(rng: np.random.Generator, h: int, w: int, probability: float = 0
             (y0, y1, x0, x1), d, core = _filaments(rng, h, w, strength() + 1.0)
         else:  # natural elongated slick: same shape model as oil, weaker damping
             edge = _Noise(rng, h, w, cell=max(1.5, s / 25))
-            placed = _slick(rng, h, w, rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w, rng.uniform(0.0, math.pi),
-                            s * rng.uniform(0.3, 0.8), max(1.0, s * rng.uniform(0.02, 0.05)), "lens", edge)
+            placed = _slick(
+                rng,
+                h,
+                w,
+                rng.uniform(0.1, 0.9) * h,
+                rng.uniform(0.1, 0.9) * w,
+                rng.uniform(0.0, math.pi),
+                s * rng.uniform(0.3, 0.8),
+                max(1.0, s * rng.uniform(0.02, 0.05)),
+                "lens",
+                edge,
+            )
             _stamp_slick(damping, mask, placed, strength(), _Noise(rng, h, w, cell=max(2.0, s / 15)))
             continue
         np.maximum(damping[y0:y1, x0:x1], d, out=damping[y0:y1, x0:x1])
@@ -563,8 +616,9 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="scene")
 
 
-def write_osd_layout(root, n_train: int, n_test: int, height: int = 650, width: int = 1250, seed: int = 0,
-                     progress: bool = True) -> None:
+def write_osd_layout(
+    root, n_train: int, n_test: int, height: int = 650, width: int = 1250, seed: int = 0, progress: bool = True
+) -> None:
     """Write scenes in the OSD dataset layout:
        root/{train,test}/images/{i:05d}.jpg   3-channel grayscale JPEG (same gray value in R, G, B), quality 95
        root/{train,test}/labels/{i:05d}.png   RGB colour mask using OSD_COLOURS
@@ -582,7 +636,8 @@ def write_osd_layout(root, n_train: int, n_test: int, height: int = 650, width: 
             for i in range(n):
                 image, mask = simulate_scene(scene_seed(seed, split, i), height, width)
                 Image.fromarray(np.repeat(image[:, :, None], 3, axis=2)).save(
-                    dirs["images"] / f"{i:05d}.jpg", quality=95)
+                    dirs["images"] / f"{i:05d}.jpg", quality=95
+                )
                 Image.fromarray(colour_mask(mask)).save(dirs["labels"] / f"{i:05d}.png")
                 Image.fromarray(mask).save(dirs["labels_1D"] / f"{i:05d}.png")
                 if bar is not None:

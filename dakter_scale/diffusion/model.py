@@ -58,7 +58,9 @@ def build_unet(cfg: UNetConfig, resolution: int, channels: int) -> "UNet2DModel"
     )
 
 
-def build_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str, rescale_zero_terminal_snr: bool = False) -> "DDPMScheduler":
+def build_scheduler(
+    num_train_timesteps: int, beta_schedule: str, prediction_type: str, rescale_zero_terminal_snr: bool = False
+) -> "DDPMScheduler":
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -106,7 +108,20 @@ class JointDiffusion:
         return str(self.info.get("label_prediction_type", self.info["prediction_type"]))
 
 
-def model_info(*, b: float, b_mode: str, classes, resolution: int, prediction_type: str, label_prediction_type: str, data_spec: str, radiometry: str, train_stats: dict, sampling: dict, steps_trained: int) -> dict:
+def model_info(
+    *,
+    b: float,
+    b_mode: str,
+    classes,
+    resolution: int,
+    prediction_type: str,
+    label_prediction_type: str,
+    data_spec: str,
+    radiometry: str,
+    train_stats: dict,
+    sampling: dict,
+    steps_trained: int,
+) -> dict:
     return {
         "format": FORMAT,
         "b": float(b),
@@ -171,7 +186,9 @@ def _load_unet(unet_class: Any, folder: Path) -> Any:
     try:
         unet.load_state_dict(load_file(weights))
     except RuntimeError as e:
-        raise ModelFolderError(f"{weights} does not fit {folder / 'config.json'}: {str(e).splitlines()[0][:200]}") from None
+        raise ModelFolderError(
+            f"{weights} does not fit {folder / 'config.json'}: {str(e).splitlines()[0][:200]}"
+        ) from None
     return unet
 
 
@@ -183,7 +200,9 @@ def load_model_folder(directory: str | Path, device: str | torch.device = "cpu")
     unet = _load_unet(UNet2DModel, d / "unet").to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(d / "scheduler")
     if unet.config.in_channels != 1 + len(info["classes"]):
-        raise ModelFolderError(f"{d}: the UNet has {unet.config.in_channels} channels but dakter.json lists {len(info['classes'])} classes")
+        raise ModelFolderError(
+            f"{d}: the UNet has {unet.config.in_channels} channels but dakter.json lists {len(info['classes'])} classes"
+        )
     return JointDiffusion(unet=unet, scheduler=scheduler, info=info, path=d)
 
 

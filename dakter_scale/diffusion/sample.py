@@ -72,9 +72,13 @@ def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
     elif cfg.sampler == "ddpm":
         sched = DDPMScheduler.from_config(base, prediction_type="epsilon")
     elif cfg.sampler == "dpmsolver++":
-        sched = DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=cfg.solver_order, prediction_type="sample")
+        sched = DPMSolverMultistepScheduler.from_config(
+            base, algorithm_type="dpmsolver++", solver_order=cfg.solver_order, prediction_type="sample"
+        )
     elif cfg.sampler == "unipc":
-        sched = UniPCMultistepScheduler.from_config(base, predict_x0=True, solver_order=cfg.solver_order, prediction_type="sample")
+        sched = UniPCMultistepScheduler.from_config(
+            base, predict_x0=True, solver_order=cfg.solver_order, prediction_type="sample"
+        )
     else:
         raise ValueError(f"unknown sampler {cfg.sampler!r}; expected one of {SAMPLERS}")
     sched.set_timesteps(cfg.steps)
@@ -90,10 +94,21 @@ def check_resample(resample: int, sampler: str) -> None:
     """RePaint's resampling takes a step again from its own level: only samplers whose steps keep no
     state between calls can do that."""
     if resample < 1 or (resample > 1 and sampler not in ("ddim", "ddpm")):
-        raise ValueError(f"resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got {resample} with {sampler}")
+        raise ValueError(
+            f"resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), got {resample} with {sampler}"
+        )
 
 
-def _step(model: JointDiffusion, sched, cfg: SamplingConfig, z: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, gens, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(
+    model: JointDiffusion,
+    sched,
+    cfg: SamplingConfig,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    gens,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One sampler step: z_t (N, 1+K, H, W) -> (z at the next level, the clipped clean estimate x0_hat)."""
     device = z.device
     with _autocast(device, precision):
@@ -125,7 +140,14 @@ class _Given:
     sea: torch.Tensor | None = None  # (N, 1, H, W)
 
     @classmethod
-    def of(cls, device, given_label: torch.Tensor | None, given_image: torch.Tensor | None = None, given_where: torch.Tensor | None = None, given_sea: torch.Tensor | None = None) -> "_Given":
+    def of(
+        cls,
+        device,
+        given_label: torch.Tensor | None,
+        given_image: torch.Tensor | None = None,
+        given_where: torch.Tensor | None = None,
+        given_sea: torch.Tensor | None = None,
+    ) -> "_Given":
         """From sample_pairs' given_* arguments (checked here, for both ways they arrive)."""
         if (given_image is None) != (given_where is None) or (given_image is not None and given_label is None):
             raise ValueError("given_image needs given_where and given_label (a pair given at some pixels)")
@@ -135,7 +157,12 @@ class _Given:
         if given_image is None:
             return cls(label, 1, None)
         sea = None if given_sea is None else given_sea.to(device=device, dtype=torch.float32)
-        return cls(torch.cat([given_image.to(device=device, dtype=torch.float32), label], dim=1), 0, given_where.to(device=device, dtype=torch.bool), sea)
+        return cls(
+            torch.cat([given_image.to(device=device, dtype=torch.float32), label], dim=1),
+            0,
+            given_where.to(device=device, dtype=torch.bool),
+            sea,
+        )
 
     def values(self, x0_hat: torch.Tensor | None) -> torch.Tensor:
         """The clean given channels; with `sea` and an estimate x0_hat (N, C, H, W) of the pair, the
@@ -146,7 +173,9 @@ class _Given:
         shift = torch.where(torch.isnan(level), torch.zeros_like(self.sea), level - self.sea)
         return torch.cat([(self.x0[:, :1] + shift).clamp(-1.0, 1.0), self.x0[:, 1:]], dim=1)
 
-    def replace(self, z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, x0_hat: torch.Tensor | None = None) -> None:
+    def replace(
+        self, z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, x0_hat: torch.Tensor | None = None
+    ) -> None:
         """z's given channels (in place) <- the given values forward-noised to alpha_bar with `noise`."""
         noised = add_noise(self.values(x0_hat), noise, alpha_bar)
         z[:, self.first :] = noised if self.where is None else torch.where(self.where, noised, z[:, self.first :])
@@ -202,7 +231,9 @@ def sample_pairs(
     cfg.precision says (False: in fp32 everywhere)."""
     check_resample(resample, cfg.sampler)
     if place is not None and (given_label is not None or not 1 <= given_at < cfg.steps - free_steps):
-        raise ValueError(f"place needs no given tensors and 1 <= given_at < steps - free_steps (given_at {given_at}, {cfg.steps} steps, free_steps {free_steps})")
+        raise ValueError(
+            f"place needs no given tensors and 1 <= given_at < steps - free_steps (given_at {given_at}, {cfg.steps} steps, free_steps {free_steps})"
+        )
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
     b, k, r = model.b, model.num_classes, model.resolution
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -219,7 +250,9 @@ def sample_pairs(
     for i, t in enumerate(timesteps):
         replaced = given is not None and i + 1 < len(timesteps) - free_steps  # after the last step only x0_hat is read
         for u in range(resample if replaced else 1):
-            if u > 0:  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
+            if (
+                u > 0
+            ):  # back to step t's level from the next one: z_t = sqrt(abar_t / abar_t') z_t' + sqrt(1 - abar_t / abar_t') eps
                 ratio = (alpha_bar[t] / alpha_bar[timesteps[i + 1]]).expand(z.shape[0])
                 z = add_noise(z, _pair_noise(gens, z.shape[1:], device), ratio)
             z, x0 = _step(model, sched, cfg, z, t, alpha_bar, gens, cfg.precision if autocast else "fp32")
@@ -229,11 +262,12 @@ def sample_pairs(
                 given = _Given.of(device, **place(x0))
                 replaced = True
             if replaced:
-                given.replace(z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]), x0)
+                given.replace(
+                    z, _pair_noise(gens, given.x0.shape[1:], device), alpha_bar[timesteps[i + 1]].expand(z.shape[0]), x0
+                )
         if i >= len(timesteps) - cfg.decode_last:
             decoded.append(decode(x0[:, 1:], b, cfg.decode, cfg.decode_tau))
     q = torch.stack(decoded).mean(dim=0)
     q = q / q.sum(dim=1, keepdim=True)
     images = z[:, :1].clamp(-1.0, 1.0)
     return Samples(images=images, q=q)
-

@@ -54,7 +54,9 @@ class _PositionBatches(torch.utils.data.Sampler):
         return self.positions.batches(self.first)
 
 
-def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, progress: bool = True, accelerator=None) -> Path:
+def train_diffusion(
+    cfg: Config, out: str | Path, resume: str | None = None, progress: bool = True, accelerator=None
+) -> Path:
     """Train, checkpoint, and write the model folder to `out`. Returns `out`."""
     out = Path(out)
     d = cfg.diffusion
@@ -70,12 +72,29 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
     k = source.num_classes
     if accelerator.is_main_process:
         save_config(cfg, out)
-        log.info("data %s: %d train images, class fractions %s; b = %.4f (%s)", cfg.data.spec, stats.images, [round(f, 4) for f in stats.class_fractions], b, d.b)
+        log.info(
+            "data %s: %d train images, class fractions %s; b = %.4f (%s)",
+            cfg.data.spec,
+            stats.images,
+            [round(f, 4) for f in stats.class_fractions],
+            b,
+            d.b,
+        )
         # the training patches' ENL and grey-level histogram: synthesis checks its images against them
         sar = sar_counts(source, cfg.data, "train", cfg.data.stats_max_images)
-        log.info("training patches: ENL %.2f over %d sea windows of %d px", enl_from_counts(sar.enl), int(sar.enl.sum()), sar.window)
+        log.info(
+            "training patches: ENL %.2f over %d sea windows of %d px",
+            enl_from_counts(sar.enl),
+            int(sar.enl.sum()),
+            sar.window,
+        )
 
-    log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    log.info(
+        "%d process(es), device %s, mixed precision %s",
+        accelerator.num_processes,
+        accelerator.device,
+        accelerator.mixed_precision,
+    )
     seed_init(d.seed)
     unet = build_unet(d.unet, cfg.data.resolution, 1 + k)
     scheduler = build_scheduler(d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.rescale_zero_terminal_snr)
@@ -86,7 +105,12 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
     ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
 
     # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
-    layout = {"ranks": world, "batch_size": d.batch_size, "gradient_accumulation_steps": d.gradient_accumulation_steps, "seed": d.seed}
+    layout = {
+        "ranks": world,
+        "batch_size": d.batch_size,
+        "gradient_accumulation_steps": d.gradient_accumulation_steps,
+        "seed": d.seed,
+    }
     start, total = 0, None
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
@@ -94,7 +118,10 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
         log.info("resumed from %s at step %d", checkpoint, start)
         changed = layout_changes(state.get("layout", {}), layout)
         if changed:
-            log.warning("resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have", ", ".join(changed))
+            log.warning(
+                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
+                ", ".join(changed),
+            )
     elif resume == "latest":
         log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
     check_resume_agrees(accelerator, start, out)
@@ -125,11 +152,34 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
             with sync:
                 with accelerator.autocast():
                     output = unet(z_t, t).sample
-                loss, parts = joint_denoising_loss(output, z0, eps, z_t, alpha_bar[t], d.prediction_type, b, mask, d.label_loss_weight, d.label_ce_weight, label_type)
+                loss, parts = joint_denoising_loss(
+                    output,
+                    z0,
+                    eps,
+                    z_t,
+                    alpha_bar[t],
+                    d.prediction_type,
+                    b,
+                    mask,
+                    d.label_loss_weight,
+                    d.label_ce_weight,
+                    label_type,
+                )
                 accelerator.backward(loss / accumulation)
         return loss, parts
 
-    spec = LoopSpec("diffusion", d.max_steps, d.max_minutes, d.lr, d.warmup_steps, "constant", 1.0, d.max_grad_norm, d.log_every, d.checkpoint_every)
+    spec = LoopSpec(
+        "diffusion",
+        d.max_steps,
+        d.max_minutes,
+        d.lr,
+        d.warmup_steps,
+        "constant",
+        1.0,
+        d.max_grad_norm,
+        d.log_every,
+        d.checkpoint_every,
+    )
     unet.train()
     result = run_steps(
         accelerator,
@@ -139,7 +189,9 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
         unet.parameters(),
         step,
         after_step=lambda i: ema.update(accelerator.unwrap_model(unet)),
-        checkpoint=lambda done, extra: save_checkpoint(accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema, extra={"layout": layout, **extra}),
+        checkpoint=lambda done, extra: save_checkpoint(
+            accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema, extra={"layout": layout, **extra}
+        ),
         total=total,
         progress=progress,
     )
@@ -173,6 +225,12 @@ def train_diffusion(cfg: Config, out: str | Path, resume: str | None = None, pro
         )
         save_model_folder(out, final, scheduler, info)
         write_model_card(out)
-        log.info("model folder written to %s (b = %.4f, %d steps%s)", out, b, result.steps, f", last loss {result.last_log['loss']:.4f}" if result.last_log else "")
+        log.info(
+            "model folder written to %s (b = %.4f, %d steps%s)",
+            out,
+            b,
+            result.steps,
+            f", last loss {result.last_log['loss']:.4f}" if result.last_log else "",
+        )
     accelerator.wait_for_everyone()
     return out

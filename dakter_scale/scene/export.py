@@ -46,12 +46,32 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
                 import onnx  # noqa: F401 - the exporter needs it
             except ImportError:
                 raise ExportError("--format onnx needs the onnx package: pip install 'dakter-scale[geo]'") from None
-            torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"], opset_version=17, dynamo=False,
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}})
+            torch.onnx.export(
+                model,
+                (example,),
+                str(out),
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={
+                    "image": {0: "batch", 2: "height", 3: "width"},
+                    "logits": {0: "batch", 2: "height", 3: "width"},
+                },
+            )
     worst = check_export(model, out)
-    sidecar = {"format": fmt, "classes": info["classes"], "input": "(B, 1, H, W) float32 in [-1, 1], H and W multiples of 32", "output": "(B, K, H, W) logits",
-               "radiometry": default_convention(info), "pixel_spacing_m": info.get("pixel_spacing_m"), "resolution": info.get("resolution"), "crop": info.get("crop"),
-               "max_abs_logit_difference": worst, "tolerance": EXPORT_ATOL}
+    sidecar = {
+        "format": fmt,
+        "classes": info["classes"],
+        "input": "(B, 1, H, W) float32 in [-1, 1], H and W multiples of 32",
+        "output": "(B, K, H, W) logits",
+        "radiometry": default_convention(info),
+        "pixel_spacing_m": info.get("pixel_spacing_m"),
+        "resolution": info.get("resolution"),
+        "crop": info.get("crop"),
+        "max_abs_logit_difference": worst,
+        "tolerance": EXPORT_ATOL,
+    }
     Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return out
 
@@ -79,9 +99,13 @@ def check_export(model: torch.nn.Module, path: Path) -> float:
             eager = model(x).numpy()
         got = run_exported(path, x.numpy())
         if got.shape != eager.shape:
-            raise ExportError(f"{path}: exported model gives {got.shape} for input {tuple(shape)}, the eager one {eager.shape}")
+            raise ExportError(
+                f"{path}: exported model gives {got.shape} for input {tuple(shape)}, the eager one {eager.shape}"
+            )
         worst = max(worst, float(np.abs(got - eager).max()))
     if worst > EXPORT_ATOL:
         path.unlink(missing_ok=True)
-        raise ExportError(f"{path}: exported logits differ from the eager model's by {worst:.2e} > {EXPORT_ATOL:g}; not written")
+        raise ExportError(
+            f"{path}: exported logits differ from the eager model's by {worst:.2e} > {EXPORT_ATOL:g}; not written"
+        )
     return worst

@@ -21,7 +21,16 @@ ORIGIN = (500000.0, 5000000.0)  # UTM 31N: the open sea west of the Gulf of Lion
 CRS = "EPSG:32631"
 
 
-def write_mosaic(path: str | Path, rows: int, cols: int, size: int = 256, seed: int = 0, spacing: float = 10.0, sigma0: bool = False, progress: bool = False) -> tuple[Path, Path]:
+def write_mosaic(
+    path: str | Path,
+    rows: int,
+    cols: int,
+    size: int = 256,
+    seed: int = 0,
+    spacing: float = 10.0,
+    sigma0: bool = False,
+    progress: bool = False,
+) -> tuple[Path, Path]:
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -29,15 +38,32 @@ def write_mosaic(path: str | Path, rows: int, cols: int, size: int = 256, seed: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     truth = path.with_name(path.stem + ".truth.tif")
-    profile = dict(driver="GTiff", height=rows * size, width=cols * size, count=1, crs=CRS, transform=from_origin(*ORIGIN, spacing, spacing),
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+    profile = dict(
+        driver="GTiff",
+        height=rows * size,
+        width=cols * size,
+        count=1,
+        crs=CRS,
+        transform=from_origin(*ORIGIN, spacing, spacing),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=rows * cols, desc="mosaic", unit="scene")
-    with rasterio.open(path, "w", dtype="float32" if sigma0 else "uint8", **profile) as image, rasterio.open(truth, "w", dtype="uint8", **profile) as labels:
-        image.update_tags(SCENE_ID=f"simulated-mosaic-{rows}x{cols}-{size}-seed{seed}", RADIOMETRY="sigma0" if sigma0 else "db8 [-35, 5] dB")
+    with (
+        rasterio.open(path, "w", dtype="float32" if sigma0 else "uint8", **profile) as image,
+        rasterio.open(truth, "w", dtype="uint8", **profile) as labels,
+    ):
+        image.update_tags(
+            SCENE_ID=f"simulated-mosaic-{rows}x{cols}-{size}-seed{seed}",
+            RADIOMETRY="sigma0" if sigma0 else "db8 [-35, 5] dB",
+        )
         for r in range(rows):
             for c in range(cols):
                 codes, mask = simulate_scene(scene_seed(seed, "test", r * cols + c), size, size)

@@ -24,7 +24,13 @@ import numpy as np
 from dakter_scale.data import storage
 from dakter_scale.data.osd import OSD_COLOURS
 
-PROBABILITIES, CLASSES_FILE, SLICKS, QUICKLOOK, RECORD = "probabilities.tif", "classes.tif", "slicks.geojson", "quicklook.png", "predict.json"
+PROBABILITIES, CLASSES_FILE, SLICKS, QUICKLOOK, RECORD = (
+    "probabilities.tif",
+    "classes.tif",
+    "slicks.geojson",
+    "quicklook.png",
+    "predict.json",
+)
 WORK = ".work"
 
 
@@ -44,7 +50,17 @@ class RasterSink:
         self.out, self.height, self.width, self.classes = out, height, width, classes
         self.work = out / WORK
         self.work.mkdir(parents=True, exist_ok=True)
-        profile = dict(driver="GTiff", height=height, width=width, dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+        profile = dict(
+            driver="GTiff",
+            height=height,
+            width=width,
+            dtype="uint8",
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+            BIGTIFF="IF_SAFER",
+        )
         profile.update(georef_kwargs(crs, transform, gcps))
         self.prob = rasterio.open(self.work / PROBABILITIES, "w", count=len(classes), **profile)
         self.cls = rasterio.open(self.work / CLASSES_FILE, "w", count=1, **profile)
@@ -54,7 +70,10 @@ class RasterSink:
         for i, name in enumerate(classes, 1):
             self.prob.set_band_description(i, f"p({name}) x 255")
         self.cls.set_band_description(1, "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
-        self.cls.write_colormap(1, {i: (*OSD_COLOURS[i], 255) if i < len(OSD_COLOURS) else (255, 255, 255, 255) for i in range(len(classes))})
+        self.cls.write_colormap(
+            1,
+            {i: (*OSD_COLOURS[i], 255) if i < len(OSD_COLOURS) else (255, 255, 255, 255) for i in range(len(classes))},
+        )
 
     def write(self, y0: int, x0: int, probs: np.ndarray, class_map: np.ndarray) -> None:
         from rasterio.windows import Window
@@ -92,8 +111,24 @@ class RasterSink:
 
         self._reader_prob.close()
         self._reader_cls.close()
-        copy(self.work / PROBABILITIES, self.out / PROBABILITIES, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER")
-        copy(self.work / CLASSES_FILE, self.out / CLASSES_FILE, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+        copy(
+            self.work / PROBABILITIES,
+            self.out / PROBABILITIES,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=512,
+            OVERVIEW_RESAMPLING="AVERAGE",
+            BIGTIFF="IF_SAFER",
+        )
+        copy(
+            self.work / CLASSES_FILE,
+            self.out / CLASSES_FILE,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=512,
+            OVERVIEW_RESAMPLING="NEAREST",
+            BIGTIFF="IF_SAFER",
+        )
         shutil.rmtree(self.work, ignore_errors=True)
 
     def abort(self) -> None:

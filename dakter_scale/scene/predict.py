@@ -46,7 +46,16 @@ from dakter_scale.data.real import normalise
 from dakter_scale.dist.driver import Workers
 from dakter_scale.errors import UserError
 from dakter_scale.scene import outputs, stac
-from dakter_scale.scene.radiometry import Conversion, Scale, decimation, default_convention, lut_at, plan_conversion, plan_scale, to_codes
+from dakter_scale.scene.radiometry import (
+    Conversion,
+    Scale,
+    decimation,
+    default_convention,
+    lut_at,
+    plan_conversion,
+    plan_scale,
+    to_codes,
+)
 from dakter_scale.scene.read import Scene, SceneError, open_scene
 from dakter_scale.scene.tile import Blender
 from dakter_scale.scene.vectorise import VectoriseOptions, feature_collection, features, find_slicks, write_geojson
@@ -119,7 +128,14 @@ def student_hash(directory: str | Path) -> str:
 class Predictor:
     """A student loaded once; ``__call__(scene, out)`` predicts one scene into a folder."""
 
-    def __init__(self, student: str | Path | torch.nn.Module, options: PredictOptions, device: str | None = None, info: dict | None = None, progress: bool = False):
+    def __init__(
+        self,
+        student: str | Path | torch.nn.Module,
+        options: PredictOptions,
+        device: str | None = None,
+        info: dict | None = None,
+        progress: bool = False,
+    ):
         from dakter_scale.student.models import load_student
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -139,16 +155,28 @@ class Predictor:
         where = self.student_dir or "the student"
         missing = [c for c in o.classes if c not in self.classes]
         if missing:
-            raise PredictError(f"--classes {','.join(missing)}: not a class of {where}, whose classes are {', '.join(self.classes)} (a student from another class set?)")
-        for name, value, low, high in (("--tile", o.tile, 32, 8192), ("--overlap", o.overlap, 0, o.tile - 1), ("--batch-size", o.batch_size, 1, 4096),
-                                        ("--seed-threshold", o.seed_threshold, 0, 1), ("--outline-threshold", o.outline_threshold, 0, 1),
-                                        ("--min-area", o.min_area_m2, 0, None), ("--simplify", o.simplify_m, 0, None), ("--land-buffer", o.land_buffer_m, 0, None),
-                                        ("--max-scene-pixels", o.max_scene_pixels, 1, None), ("--max-grid-pixels", o.max_grid_pixels, 1, None),
-                                        ("--max-resample-factor", o.max_resample_factor, 1, None)):
+            raise PredictError(
+                f"--classes {','.join(missing)}: not a class of {where}, whose classes are {', '.join(self.classes)} (a student from another class set?)"
+            )
+        for name, value, low, high in (
+            ("--tile", o.tile, 32, 8192),
+            ("--overlap", o.overlap, 0, o.tile - 1),
+            ("--batch-size", o.batch_size, 1, 4096),
+            ("--seed-threshold", o.seed_threshold, 0, 1),
+            ("--outline-threshold", o.outline_threshold, 0, 1),
+            ("--min-area", o.min_area_m2, 0, None),
+            ("--simplify", o.simplify_m, 0, None),
+            ("--land-buffer", o.land_buffer_m, 0, None),
+            ("--max-scene-pixels", o.max_scene_pixels, 1, None),
+            ("--max-grid-pixels", o.max_grid_pixels, 1, None),
+            ("--max-resample-factor", o.max_resample_factor, 1, None),
+        ):
             if not math.isfinite(value) or value < low or (high is not None and value > high):
                 raise PredictError(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
         if o.outline_threshold > o.seed_threshold:
-            raise PredictError(f"--outline-threshold {o.outline_threshold} is above --seed-threshold {o.seed_threshold}; hysteresis needs outline <= seed")
+            raise PredictError(
+                f"--outline-threshold {o.outline_threshold} is above --seed-threshold {o.seed_threshold}; hysteresis needs outline <= seed"
+            )
         if o.pixel_spacing is not None and not (o.pixel_spacing > 0 and math.isfinite(o.pixel_spacing)):
             raise PredictError(f"--pixel-spacing must be a positive number of metres, got {o.pixel_spacing}")
         return o
@@ -171,16 +199,31 @@ class Predictor:
         o = self.options
         t_start = time.time()
         timings: dict[str, float] = {}
-        with open_scene(scene_url, polarisation=o.polarisation, band=o.band, radiometry=o.scene_radiometry) as scene, contextlib.ExitStack() as held:
+        with (
+            open_scene(scene_url, polarisation=o.polarisation, band=o.band, radiometry=o.scene_radiometry) as scene,
+            contextlib.ExitStack() as held,
+        ):
             if o.require_georeferencing and not scene.georeferenced:
-                raise SceneError(f"{scene.source}: no georeferencing (no geotransform, no ground control points) but a georeferenced output was asked for (--require-georeferencing)")
-            conversion = plan_conversion(scene.radiometry, scene.calibration is not None, self.convention, o.db_window, o.allow_radiometry_mismatch)
+                raise SceneError(
+                    f"{scene.source}: no georeferencing (no geotransform, no ground control points) but a georeferenced output was asked for (--require-georeferencing)"
+                )
+            conversion = plan_conversion(
+                scene.radiometry,
+                scene.calibration is not None,
+                self.convention,
+                o.db_window,
+                o.allow_radiometry_mismatch,
+            )
             scale = plan_scale(scene.pixel_spacing(), self.info, o.pixel_spacing)
             grid_h, grid_w = plan_grid(scene, scale, o)
             fy, fx = scene.height / grid_h, scene.width / grid_w  # exact scene pixels per model pixel per axis
             out.mkdir(parents=True, exist_ok=True)
             # One run writes a folder at a time: two would share .work and remove each other's files.
-            lease = held.enter_context(Lease(str(out), purpose=f"predict {scene.source}").acquire()) if lease_ref is None else None
+            lease = (
+                held.enter_context(Lease(str(out), purpose=f"predict {scene.source}").acquire())
+                if lease_ref is None
+                else None
+            )
             (out / outputs.RECORD).unlink(missing_ok=True)  # a rerun into a finished folder starts over
             (out / stac.ITEM_FILE).unlink(missing_ok=True)
             transform, gcps = self._grid_georef(scene, fy, fx)
@@ -209,9 +252,13 @@ class Predictor:
                 self._quicklook(scene, conversion, out, drawn, (fy, fx))
                 timings["quicklook_seconds"] = round(time.time() - t0, 3)
             timings["total_seconds"] = round(time.time() - t_start, 3)
-            timings["tiles_per_second"] = round(tiles["count"] / timings["tiles_seconds"], 3) if timings["tiles_seconds"] > 0 else None
+            timings["tiles_per_second"] = (
+                round(tiles["count"] / timings["tiles_seconds"], 3) if timings["tiles_seconds"] > 0 else None
+            )
             record = self._record(scene, conversion, scale, (grid_h, grid_w), tiles, fc, timings)
-            stac.write_item(out, record, scene)  # item.json (when the scene has an acquisition time), before predict.json
+            stac.write_item(
+                out, record, scene
+            )  # item.json (when the scene has an acquisition time), before predict.json
             outputs.sync(out, record["outputs"])  # every output on disk before the record that says the scene is done
             if lease is not None:
                 lease.check()
@@ -227,10 +274,21 @@ class Predictor:
         if scene.transform is not None:
             return scene.transform * Affine.scale(fx, fy), None
         if scene.gcps:
-            return None, [GroundControlPoint(row=g.row / fy, col=g.col / fx, x=g.x, y=g.y, z=g.z, id=g.id) for g in scene.gcps]
+            return None, [
+                GroundControlPoint(row=g.row / fy, col=g.col / fx, x=g.x, y=g.y, z=g.z, id=g.id) for g in scene.gcps
+            ]
         return None, None
 
-    def _infer(self, scene: Scene, conversion: Conversion, grid: tuple[int, int], f: tuple[float, float], sink, land_mask, land_class) -> dict:
+    def _infer(
+        self,
+        scene: Scene,
+        conversion: Conversion,
+        grid: tuple[int, int],
+        f: tuple[float, float],
+        sink,
+        land_mask,
+        land_class,
+    ) -> dict:
         o = self.options
         grid_h, grid_w = grid
         k = len(self.classes)
@@ -269,8 +327,16 @@ class Predictor:
             writer.stop()
             if bar is not None:
                 bar.close()
-        return {"count": blender.count, "rows": len(blender.ys), "cols": len(blender.xs), "tile": [blender.th, blender.tw], "forward_seconds": round(forward, 3),
-                "read_seconds": round(reader.seconds, 3), "blend_write_seconds": round(writer.seconds, 3), "blend_carry_peak_bytes": writer.peak_carry}
+        return {
+            "count": blender.count,
+            "rows": len(blender.ys),
+            "cols": len(blender.xs),
+            "tile": [blender.th, blender.tw],
+            "forward_seconds": round(forward, 3),
+            "read_seconds": round(reader.seconds, 3),
+            "blend_write_seconds": round(writer.seconds, 3),
+            "blend_carry_peak_bytes": writer.peak_carry,
+        }
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> np.ndarray:
@@ -290,9 +356,13 @@ class Predictor:
 
         return land_rasteriser(self.options.land, self.options.land_buffer_m, scene, fy, fx)
 
-    def _vectorise(self, scene: Scene, sink, grid_h: int, grid_w: int, f: tuple[float, float], scale: Scale, land_class: int | None):
+    def _vectorise(
+        self, scene: Scene, sink, grid_h: int, grid_w: int, f: tuple[float, float], scale: Scale, land_class: int | None
+    ):
         o = self.options
-        vopts = VectoriseOptions(o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w))
+        vopts = VectoriseOptions(
+            o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w)
+        )
         spacing = scene.pixel_spacing()
         model_spacing = spacing * (f[0] + f[1]) / 2 if spacing else None
         pixel_area = model_spacing**2 if model_spacing else 1.0
@@ -311,11 +381,17 @@ class Predictor:
 
             slicks = find_slicks(read_band, grid_h, grid_w, vopts, pixel_area)
             # features() takes one scale for both axes; model pixels are square up to rounding (< 1 / grid side).
-            feats += features(slicks, name, to_lonlat=to_lonlat, scale=(f[0] + f[1]) / 2, simplify_px=simplify_px, extra=extra)
+            feats += features(
+                slicks, name, to_lonlat=to_lonlat, scale=(f[0] + f[1]) / 2, simplify_px=simplify_px, extra=extra
+            )
             drawn += [(name, s.geometry) for s in slicks]
         for i, feat in enumerate(feats):
             feat["id"] = i
-        fc = feature_collection(feats, scene.georeferenced, {"scene": scene.source, "scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time})
+        fc = feature_collection(
+            feats,
+            scene.georeferenced,
+            {"scene": scene.source, "scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time},
+        )
         return fc, drawn
 
     def _quicklook(self, scene: Scene, conversion: Conversion, out: Path, drawn: list, f: tuple[float, float]) -> None:
@@ -331,30 +407,68 @@ class Predictor:
         for q0 in range(0, out_h, band):
             q1 = min(out_h, q0 + band)
             r0, r1 = q0 * sy, min(float(scene.height), q1 * sy)
-            raw = scene.read(r0, r1, 0, scene.width, out_shape=(q1 - q0, out_w), resampling=resampling) if step > 1 else scene.read(q0, q1, 0, scene.width)
+            raw = (
+                scene.read(r0, r1, 0, scene.width, out_shape=(q1 - q0, out_w), resampling=resampling)
+                if step > 1
+                else scene.read(q0, q1, 0, scene.width)
+            )
             image[q0:q1] = to_codes(raw, conversion, _lut(scene, (np.arange(q0, q1) + 0.5) * sy - 0.5, cols))
         outputs.quicklook(out / outputs.QUICKLOOK, image, drawn, ((sy + sx) / 2) / ((f[0] + f[1]) / 2))
 
-    def _record(self, scene: Scene, conversion: Conversion, scale: Scale, grid, tiles: dict, fc: dict, timings: dict) -> dict:
+    def _record(
+        self, scene: Scene, conversion: Conversion, scale: Scale, grid, tiles: dict, fc: dict, timings: dict
+    ) -> dict:
         o = self.options
         return {
             "format": 1,
             "code_version": __version__,
-            "student": {"folder": self.student_dir, "sha256": self.hash, "arch": self.info.get("arch"), "encoder": self.info.get("encoder"), "classes": self.classes,
-                        "resolution": self.info.get("resolution"), "crop": self.info.get("crop"), "radiometry": self.convention, "pixel_spacing_m": self.info.get("pixel_spacing_m")},
-            "scene": {"source": scene.source, "kind": scene.kind, "scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time, "polarisation": scene.polarisation,
-                      "height": scene.height, "width": scene.width, "dtype": scene.dtype, "georeferenced": scene.georeferenced,
-                      "georeferencing": "geotransform" if scene.transform is not None else "gcps" if scene.gcps else None,
-                      "crs": scene.crs.to_string() if scene.crs is not None else None, "calibrated": scene.calibration is not None},
-            "conventions": {"radiometry": conversion.to_json(), "scale": scale.to_json(), "grid": {"height": grid[0], "width": grid[1]},
-                            "coordinates": "EPSG:4326 longitude/latitude (RFC 7946)" if scene.georeferenced else "scene pixels (no georeferencing)",
-                            "area": "geodesic on the WGS84 ellipsoid (pyproj.Geod), m^2" if scene.georeferenced else "pixels",
-                            "probability_codes": "uint8 = round(255 p)"},
+            "student": {
+                "folder": self.student_dir,
+                "sha256": self.hash,
+                "arch": self.info.get("arch"),
+                "encoder": self.info.get("encoder"),
+                "classes": self.classes,
+                "resolution": self.info.get("resolution"),
+                "crop": self.info.get("crop"),
+                "radiometry": self.convention,
+                "pixel_spacing_m": self.info.get("pixel_spacing_m"),
+            },
+            "scene": {
+                "source": scene.source,
+                "kind": scene.kind,
+                "scene_id": scene.scene_id,
+                "acquisition_time": scene.acquisition_time,
+                "polarisation": scene.polarisation,
+                "height": scene.height,
+                "width": scene.width,
+                "dtype": scene.dtype,
+                "georeferenced": scene.georeferenced,
+                "georeferencing": "geotransform" if scene.transform is not None else "gcps" if scene.gcps else None,
+                "crs": scene.crs.to_string() if scene.crs is not None else None,
+                "calibrated": scene.calibration is not None,
+            },
+            "conventions": {
+                "radiometry": conversion.to_json(),
+                "scale": scale.to_json(),
+                "grid": {"height": grid[0], "width": grid[1]},
+                "coordinates": "EPSG:4326 longitude/latitude (RFC 7946)"
+                if scene.georeferenced
+                else "scene pixels (no georeferencing)",
+                "area": "geodesic on the WGS84 ellipsoid (pyproj.Geod), m^2" if scene.georeferenced else "pixels",
+                "probability_codes": "uint8 = round(255 p)",
+            },
             "tiling": {"tile": o.tile, "overlap": o.overlap, "batch_size": o.batch_size, "window": WINDOW, **tiles},
-            "thresholds": {"seed": o.seed_threshold, "outline": o.outline_threshold, "min_area_m2": o.min_area_m2, "simplify_m": o.simplify_m, "classes": list(o.classes)},
+            "thresholds": {
+                "seed": o.seed_threshold,
+                "outline": o.outline_threshold,
+                "min_area_m2": o.min_area_m2,
+                "simplify_m": o.simplify_m,
+                "classes": list(o.classes),
+            },
             "options": o.to_json(),
             "slicks": len(fc["features"]),
-            "outputs": [outputs.PROBABILITIES, outputs.CLASSES_FILE, outputs.SLICKS] + ([outputs.QUICKLOOK] if o.quicklook else []),
+            "outputs": [outputs.PROBABILITIES, outputs.CLASSES_FILE, outputs.SLICKS]
+            + ([outputs.QUICKLOOK] if o.quicklook else []),
             "device": str(self.device) + (" bf16" if self.autocast else ""),
             "timings": timings,
         }
@@ -371,16 +485,28 @@ def plan_grid(scene: Scene, scale: Scale, o: PredictOptions) -> tuple[int, int]:
     the scene and the flag that raises the cap."""
     megapixels = scene.height * scene.width / 1e6
     if scene.height * scene.width > o.max_scene_pixels:
-        raise PredictError(f"{scene.source}: {scene.height} x {scene.width} pixels ({megapixels:,.0f} megapixels), more than --max-scene-pixels {o.max_scene_pixels}")
+        raise PredictError(
+            f"{scene.source}: {scene.height} x {scene.width} pixels ({megapixels:,.0f} megapixels), more than --max-scene-pixels {o.max_scene_pixels}"
+        )
     factor = scale.factor
     if not (math.isfinite(factor) and factor > 0) or max(factor, 1 / factor) > o.max_resample_factor:
-        spacings = f" (scene pixels {scale.scene_spacing_m:g} m, model pixels {scale.model_spacing_m:g} m)" if scale.scene_spacing_m and scale.model_spacing_m else ""
-        raise PredictError(f"{scene.source}: the model grid needs {factor:g} scene pixels per model pixel{spacings}, beyond --max-resample-factor {o.max_resample_factor:g} either way")
+        spacings = (
+            f" (scene pixels {scale.scene_spacing_m:g} m, model pixels {scale.model_spacing_m:g} m)"
+            if scale.scene_spacing_m and scale.model_spacing_m
+            else ""
+        )
+        raise PredictError(
+            f"{scene.source}: the model grid needs {factor:g} scene pixels per model pixel{spacings}, beyond --max-resample-factor {o.max_resample_factor:g} either way"
+        )
     grid_h, grid_w = max(1, round(scene.height / factor)), max(1, round(scene.width / factor))
     if grid_h * grid_w > o.max_grid_pixels:
-        raise PredictError(f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels (factor {factor:g}), more than --max-grid-pixels {o.max_grid_pixels}")
+        raise PredictError(
+            f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels (factor {factor:g}), more than --max-grid-pixels {o.max_grid_pixels}"
+        )
     if max(grid_h, grid_w) > MAX_GRID_SIDE:
-        raise PredictError(f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels; a side of more than {MAX_GRID_SIDE} is not tiled (split the scene)")
+        raise PredictError(
+            f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels; a side of more than {MAX_GRID_SIDE} is not tiled (split the scene)"
+        )
     return grid_h, grid_w
 
 
@@ -388,14 +514,20 @@ def check_out(scene_url: str, out: str | Path) -> None:
     """--out must be a folder (or nothing yet) that neither is, holds nor lies inside the scene: outputs never touch inputs."""
     shown = storage.redact_url(str(scene_url))
     if storage.overlaps(str(scene_url), str(out)):
-        raise PredictError(f"--out {out} is, contains or lies inside the scene {shown}: give the outputs a folder of their own")
+        raise PredictError(
+            f"--out {out} is, contains or lies inside the scene {shown}: give the outputs a folder of their own"
+        )
     if Path(out).exists() and not Path(out).is_dir():
         raise PredictError(f"--out {out}: exists and is not a folder")
 
 
 def _lut(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
     cal = scene.calibration
-    return None if cal is None else lut_at(cal.lines, cal.pixels, cal.sigma_nought, rows.astype(np.float64), cols.astype(np.float64))
+    return (
+        None
+        if cal is None
+        else lut_at(cal.lines, cal.pixels, cal.sigma_nought, rows.astype(np.float64), cols.astype(np.float64))
+    )
 
 
 def _helper_thread(run: Callable[[], None], name: str) -> threading.Thread:
@@ -430,8 +562,14 @@ class _TileReader:
             raw = s.read(y0, y0 + b.th, x0, x0 + b.tw)
         else:
             coarser = fy >= 1.0 and fx >= 1.0
-            raw = s.read(y0 * fy, min(float(s.height), (y0 + b.th) * fy), x0 * fx, min(float(s.width), (x0 + b.tw) * fx),
-                         out_shape=(b.th, b.tw), resampling=self.resampling if coarser else "bilinear")
+            raw = s.read(
+                y0 * fy,
+                min(float(s.height), (y0 + b.th) * fy),
+                x0 * fx,
+                min(float(s.width), (x0 + b.tw) * fx),
+                out_shape=(b.th, b.tw),
+                resampling=self.resampling if coarser else "bilinear",
+            )
         # The LUT at each model pixel's centre, in scene pixel positions.
         rows, cols = (y0 + np.arange(b.th) + 0.5) * fy - 0.5, (x0 + np.arange(b.tw) + 0.5) * fx - 0.5
         codes = to_codes(raw, self.conversion, _lut(s, rows, cols))
@@ -557,14 +695,18 @@ def list_scenes(spec: str) -> list[str]:
             for entry in fs.ls(path, detail=True):
                 name = entry["name"].rstrip("/")
                 low = name.lower()
-                if (entry["type"] == "directory" and low.endswith(".safe")) or (entry["type"] != "directory" and low.endswith(TIFF_EXTS + IMAGE_EXTS + (".zip",))):
+                if (entry["type"] == "directory" and low.endswith(".safe")) or (
+                    entry["type"] != "directory" and low.endswith(TIFF_EXTS + IMAGE_EXTS + (".zip",))
+                ):
                     found.append(full(name))
             return sorted(found)
         if fs.isfile(path):
             with fs.open(path, "r") as f:
                 return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
     except Exception as e:
-        raise PredictError(f"--scenes {storage.redact_url(spec)}: cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise PredictError(
+            f"--scenes {storage.redact_url(spec)}: cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from None
     raise PredictError(f"--scenes {storage.redact_url(spec)}: no such glob match, folder or list file")
 
 
@@ -582,7 +724,9 @@ def scene_name(url: str) -> str:
             break
     name = _UNSAFE_NAME.sub("_", base)
     if not name or name.startswith("."):
-        raise PredictError(f"--scenes: scene {storage.redact_url(url)} would be written to a folder named {name!r}; rename the scene (its name may not be empty or start with a dot)")
+        raise PredictError(
+            f"--scenes: scene {storage.redact_url(url)} would be written to a folder named {name!r}; rename the scene (its name may not be empty or start with a dot)"
+        )
     return name
 
 
@@ -600,7 +744,16 @@ class SceneWorker:
     """A Predictor behind the driver's worker protocol: built once per process or actor (one model load),
     called per scene; returns a small marker (the record's summary) or raises."""
 
-    def __init__(self, student: str | dict[str, bytes], out: str, options: dict, device: str | None = None, threads: int = 1, lease_ref: dict | None = None, **_: Any):
+    def __init__(
+        self,
+        student: str | dict[str, bytes],
+        out: str,
+        options: dict,
+        device: str | None = None,
+        threads: int = 1,
+        lease_ref: dict | None = None,
+        **_: Any,
+    ):
         from dakter_scale.dist.folder import unpack_folder
 
         t0 = time.time()
@@ -619,11 +772,22 @@ class SceneWorker:
     def ready(self) -> dict:
         import os
 
-        return {"device": str(self.predictor.device), "pid": os.getpid(), "load_seconds": round(self.load_seconds, 3), "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
+        return {
+            "device": str(self.predictor.device),
+            "pid": os.getpid(),
+            "load_seconds": round(self.load_seconds, 3),
+            "torch_threads": torch.get_num_threads(),
+            "niceness": os.nice(0),
+        }
 
     def __call__(self, task: SceneTask) -> dict:
         record = self.predictor(task.url, Path(self.out) / task.name, lease_ref=self.lease_ref)
-        return {"scene": task.name, "slicks": record["slicks"], "seconds": record["timings"]["total_seconds"], "tiles": record["tiling"]["count"]}
+        return {
+            "scene": task.name,
+            "slicks": record["slicks"],
+            "seconds": record["timings"]["total_seconds"],
+            "tiles": record["tiling"]["count"],
+        }
 
     @staticmethod
     def pack(args: dict, put) -> dict:
@@ -654,7 +818,11 @@ class ManySummary:
         return dict(asdict(self), ok=self.ok)
 
     def lines(self) -> list[str]:
-        out = [f"predict to {self.out}: {self.scenes} scenes", f"  written: {len(self.written)} scenes ({self.slicks} slicks, {self.seconds:.1f} s)", f"  skipped as already done: {len(self.skipped)} scenes"]
+        out = [
+            f"predict to {self.out}: {self.scenes} scenes",
+            f"  written: {len(self.written)} scenes ({self.slicks} slicks, {self.seconds:.1f} s)",
+            f"  skipped as already done: {len(self.skipped)} scenes",
+        ]
         if self.retried:
             out.append(f"  failed attempts (retried up to the limit): {len(self.retried)}")
             out += [f"    {r['scene']} attempt {r['attempt'] + 1}: {r['reason']}" for r in self.retried[:20]]
@@ -666,7 +834,17 @@ class ManySummary:
 RunSettings = Workers  # actors, threads per actor, calls in flight, retries of a many-scene run
 
 
-def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptions, *, settings: RunSettings = RunSettings(), use_ray: bool = True, device: str = "auto", progress: bool = True) -> ManySummary:
+def predict_many(
+    student: str,
+    scenes_spec: str,
+    out: str,
+    options: PredictOptions,
+    *,
+    settings: RunSettings = RunSettings(),
+    use_ray: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> ManySummary:
     """Every scene of ``scenes_spec`` into ``out/NAME/``; skips scenes whose predict.json exists. Never
     raises for a failed scene: failures are in the summary (summary.ok is False). ``out``'s lease is held
     for the run; each scene checks it before its predict.json."""
@@ -685,7 +863,18 @@ def predict_many(student: str, scenes_spec: str, out: str, options: PredictOptio
         return _predict_many(student, urls, names, out, options, settings, use_ray, device, progress, lease)
 
 
-def _predict_many(student: str, urls: list[str], names: list[str], out: str, options: PredictOptions, settings: RunSettings, use_ray: bool, device: str, progress: bool, lease) -> ManySummary:
+def _predict_many(
+    student: str,
+    urls: list[str],
+    names: list[str],
+    out: str,
+    options: PredictOptions,
+    settings: RunSettings,
+    use_ray: bool,
+    device: str,
+    progress: bool,
+    lease,
+) -> ManySummary:
     from dakter_scale.dist.driver import Progress, drive
     from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
 
@@ -711,10 +900,22 @@ def _predict_many(student: str, urls: list[str], names: list[str], out: str, opt
             return
         summary.retried.append({"scene": task.name, "attempt": task.attempt, "reason": reason})
         failures[task.name] = reason or "unknown error"
-        (log.warning if retrying else log.error)("scene %s attempt %d failed: %s%s", task.name, task.attempt + 1, reason, "; retrying" if retrying else "; giving up")
+        (log.warning if retrying else log.error)(
+            "scene %s attempt %d failed: %s%s",
+            task.name,
+            task.attempt + 1,
+            reason,
+            "; retrying" if retrying else "; giving up",
+        )
 
     if tasks:
-        args = dict(student=str(student), out=str(out), options=options.to_json() | {"land": options.land}, threads=settings.threads_per_actor, lease_ref=lease.ref())
+        args = dict(
+            student=str(student),
+            out=str(out),
+            options=options.to_json() | {"land": options.land},
+            threads=settings.threads_per_actor,
+            lease_ref=lease.ref(),
+        )
         strategy = (RayStrategy if use_ray else LocalStrategy)(SceneWorker, args, settings, device)
         summary.strategy = drive(tasks, strategy, settings.retries, on_result)
     bar.close()

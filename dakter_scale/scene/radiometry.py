@@ -42,9 +42,15 @@ def default_convention(info: dict) -> dict:
     conv = info.get("radiometry")
     if conv is None:
         real = str(info.get("real") or "")
-        return {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX} if real.startswith("synthetic") else {"kind": "db8"}
+        return (
+            {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX}
+            if real.startswith("synthetic")
+            else {"kind": "db8"}
+        )
     if not isinstance(conv, dict) or conv.get("kind") not in KINDS:
-        raise RadiometryError(f"student.json: unknown radiometric convention {conv!r}; expected one of {', '.join(KINDS)}")
+        raise RadiometryError(
+            f"student.json: unknown radiometric convention {conv!r}; expected one of {', '.join(KINDS)}"
+        )
     if conv["kind"] == "sigma0_db8":
         lo, hi = conv.get("db_min"), conv.get("db_max")
         if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
@@ -63,10 +69,22 @@ class Conversion:
     notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict:
-        return {"scene": self.scene, "student": self.student, "window_db": list(self.window) if self.window else None, "steps": list(self.steps), "notes": list(self.notes)}
+        return {
+            "scene": self.scene,
+            "student": self.student,
+            "window_db": list(self.window) if self.window else None,
+            "steps": list(self.steps),
+            "notes": list(self.notes),
+        }
 
 
-def plan_conversion(scene: str, calibrated: bool, student: dict, db_window: tuple[float, float] | None = None, allow_mismatch: bool = False) -> Conversion:
+def plan_conversion(
+    scene: str,
+    calibrated: bool,
+    student: dict,
+    db_window: tuple[float, float] | None = None,
+    allow_mismatch: bool = False,
+) -> Conversion:
     """The steps from a scene's radiometry to the student's convention, or a RadiometryError saying
     what differs. ``calibrated``: a ``dn`` scene has a sigma-nought LUT."""
     if scene not in SCENE_KINDS:
@@ -84,7 +102,11 @@ def plan_conversion(scene: str, calibrated: bool, student: dict, db_window: tupl
     if scene == "dn":
         if not calibrated:
             if not allow_mismatch:
-                raise RadiometryError("the scene holds digital numbers without a calibration LUT, the student expects " + _describe(student) + ": give the product with its calibration, or --allow-radiometry-mismatch to use DN^2 as sigma0")
+                raise RadiometryError(
+                    "the scene holds digital numbers without a calibration LUT, the student expects "
+                    + _describe(student)
+                    + ": give the product with its calibration, or --allow-radiometry-mismatch to use DN^2 as sigma0"
+                )
             notes.append("--allow-radiometry-mismatch: DN^2 used as sigma0 without calibration")
             steps.append("sigma0 = DN^2 (uncalibrated)")
         else:
@@ -94,17 +116,25 @@ def plan_conversion(scene: str, calibrated: bool, student: dict, db_window: tupl
     if kind == "sigma0_db8":
         window = (float(student["db_min"]), float(student["db_max"]))
         if db_window is not None and tuple(db_window) != window:
-            notes.append(f"--db-window {db_window[0]:g},{db_window[1]:g} differs from the student's training window {window[0]:g},{window[1]:g}")
+            notes.append(
+                f"--db-window {db_window[0]:g},{db_window[1]:g} differs from the student's training window {window[0]:g},{window[1]:g}"
+            )
             window = (float(db_window[0]), float(db_window[1]))
     else:  # db8: the student's window is unknown
         if db_window is not None:
             window = (float(db_window[0]), float(db_window[1]))
-            notes.append(f"the student's 8-bit window is unknown; --db-window {window[0]:g},{window[1]:g} chosen by the user")
+            notes.append(
+                f"the student's 8-bit window is unknown; --db-window {window[0]:g},{window[1]:g} chosen by the user"
+            )
         elif allow_mismatch:
             window = (DB_MIN, DB_MAX)
-            notes.append(f"--allow-radiometry-mismatch: the student's 8-bit window is unknown; the simulator's [{DB_MIN:g}, {DB_MAX:g}] dB used")
+            notes.append(
+                f"--allow-radiometry-mismatch: the student's 8-bit window is unknown; the simulator's [{DB_MIN:g}, {DB_MAX:g}] dB used"
+            )
         else:
-            raise RadiometryError(f"the scene is {scene}, the student was trained on {_describe(student)}: no window to convert with; give --db-window MIN,MAX (dB) or --allow-radiometry-mismatch")
+            raise RadiometryError(
+                f"the scene is {scene}, the student was trained on {_describe(student)}: no window to convert with; give --db-window MIN,MAX (dB) or --allow-radiometry-mismatch"
+            )
     steps.append(f"code = round((dB - {window[0]:g}) * 255 / {window[1] - window[0]:g}), clipped to 0..255")
     return Conversion(scene, student, window, tuple(steps), tuple(notes))
 
@@ -130,7 +160,11 @@ def lut_at(lines: np.ndarray, pixels: np.ndarray, values: np.ndarray, rows: np.n
         lines, values = lines[first:last], values[first:last]
     along = np.stack([np.interp(cols, pixels, v) for v in values])  # (L, C)
     r = np.clip(np.asarray(rows, dtype=np.float64), lines[0], lines[-1])
-    i = np.clip(np.searchsorted(lines, r, side="right") - 1, 0, len(lines) - 2) if len(lines) > 1 else np.zeros(len(r), dtype=np.intp)
+    i = (
+        np.clip(np.searchsorted(lines, r, side="right") - 1, 0, len(lines) - 2)
+        if len(lines) > 1
+        else np.zeros(len(r), dtype=np.intp)
+    )
     if len(lines) == 1:
         return np.repeat(along, len(r), axis=0)
     t = ((r - lines[i]) / (lines[i + 1] - lines[i]))[:, None]
@@ -191,7 +225,12 @@ class Scale:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"factor": self.factor, "scene_spacing_m": self.scene_spacing_m, "model_spacing_m": self.model_spacing_m, "notes": list(self.notes)}
+        return {
+            "factor": self.factor,
+            "scene_spacing_m": self.scene_spacing_m,
+            "model_spacing_m": self.model_spacing_m,
+            "notes": list(self.notes),
+        }
 
 
 def plan_scale(scene_spacing: float | None, info: dict, pixel_spacing: float | None = None) -> Scale:
@@ -207,7 +246,11 @@ def plan_scale(scene_spacing: float | None, info: dict, pixel_spacing: float | N
             notes.append(f"--pixel-spacing {pixel_spacing:g} m overrides the recorded training spacing {recorded:g} m")
         train = pixel_spacing
     if train is None or scene_spacing is None:
-        why = "the training data's pixel spacing is unknown (give --pixel-spacing)" if train is None else "the scene has no georeferencing"
+        why = (
+            "the training data's pixel spacing is unknown (give --pixel-spacing)"
+            if train is None
+            else "the scene has no georeferencing"
+        )
         notes.append(f"{why}: scene pixels are taken as training pixels")
         return Scale(zoom, scene_spacing, None if train is None else train * zoom, tuple(notes))
     model = train * zoom

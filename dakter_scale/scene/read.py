@@ -111,14 +111,27 @@ class Scene:
     def georeferenced(self) -> bool:
         return self.crs is not None and (self.transform is not None or bool(self.gcps))
 
-    def read(self, row0: float, row1: float, col0: float, col1: float, out_shape: tuple[int, int] | None = None, resampling: str = "average") -> np.ndarray:
+    def read(
+        self,
+        row0: float,
+        row1: float,
+        col0: float,
+        col1: float,
+        out_shape: tuple[int, int] | None = None,
+        resampling: str = "average",
+    ) -> np.ndarray:
         """Pixels [row0, row1) x [col0, col1) in the native data type; a read error names the file.
 
         With ``out_shape`` (rows, cols) the window (fractional bounds allowed) is resampled to that shape
         by the reader itself (GDAL: ``average``, ``rms`` or ``bilinear``, from the file's overviews where
         it has them), so memory follows ``out_shape``, not the window."""
         assert 0 <= row0 < row1 <= self.height and 0 <= col0 < col1 <= self.width, (row0, row1, col0, col1)
-        assert out_shape is not None or all(float(v).is_integer() for v in (row0, row1, col0, col1)), (row0, row1, col0, col1)
+        assert out_shape is not None or all(float(v).is_integer() for v in (row0, row1, col0, col1)), (
+            row0,
+            row1,
+            col0,
+            col1,
+        )
         assert resampling in RESAMPLINGS, resampling
         try:
             if out_shape is None:
@@ -127,7 +140,9 @@ class Scene:
         except SceneError:
             raise
         except Exception as e:  # rasterio / GDAL / fsspec: a truncated or corrupt file shows up here
-            raise SceneError(f"{self.source}: unreadable at rows {row0}-{row1}, columns {col0}-{col1} (corrupt or truncated?): {_first_line(e)}") from None
+            raise SceneError(
+                f"{self.source}: unreadable at rows {row0}-{row1}, columns {col0}-{col1} (corrupt or truncated?): {_first_line(e)}"
+            ) from None
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -170,7 +185,11 @@ class Scene:
             # A projected grid's nominal spacing (what processing chains and training data quote), not the
             # ellipsoidal distance, which differs by the projection's scale factor (0.9996 on a UTM meridian).
             unit = self.crs.linear_units_factor[1]
-            return float((math.hypot(self.transform.a, self.transform.d) + math.hypot(self.transform.b, self.transform.e)) / 2 * unit)
+            return float(
+                (math.hypot(self.transform.a, self.transform.d) + math.hypot(self.transform.b, self.transform.e))
+                / 2
+                * unit
+            )
         from pyproj import Geod
 
         cx, cy = self.width / 2, self.height / 2
@@ -240,9 +259,13 @@ def open_scene(url: str, *, polarisation: str = "VV", band: int | None = None, r
     if lower.endswith(IMAGE_EXTS):
         return _open_image(fs, stripped, shown, radiometry)
     if lower.endswith(".vrt"):
-        raise SceneError(f"{shown}: VRT scenes are refused: a VRT names other files (any path, or /vsis3/ with this machine's credentials) that GDAL would read; "
-                         "translate it to a GeoTIFF/COG first (gdal_translate -of COG)")
-    raise SceneError(f"{shown}: unknown scene type; expected a GeoTIFF ({', '.join(TIFF_EXTS)}), a SAFE folder or .zip, or a {'/'.join(IMAGE_EXTS)} image")
+        raise SceneError(
+            f"{shown}: VRT scenes are refused: a VRT names other files (any path, or /vsis3/ with this machine's credentials) that GDAL would read; "
+            "translate it to a GeoTIFF/COG first (gdal_translate -of COG)"
+        )
+    raise SceneError(
+        f"{shown}: unknown scene type; expected a GeoTIFF ({', '.join(TIFF_EXTS)}), a SAFE folder or .zip, or a {'/'.join(IMAGE_EXTS)} image"
+    )
 
 
 RADIOMETRY_BY_DTYPE = {"uint8": "db8", "float32": "sigma0", "float64": "sigma0"}
@@ -286,9 +309,13 @@ def _open_tiff(fs, path: str, shown: str):
     except Exception as e:
         raise SceneError(f"{shown}: unreadable: {_first_line(e)}") from None
     if head not in TIFF_MAGIC:
-        raise SceneError(f"{shown}: not a TIFF file (it starts with {head!r}); only GeoTIFF/COG is read as a .tif (GDAL's GTiff driver alone)")
+        raise SceneError(
+            f"{shown}: not a TIFF file (it starts with {head!r}); only GeoTIFF/COG is read as a .tif (GDAL's GTiff driver alone)"
+        )
     try:
-        return rasterio.open(path, driver="GTiff", opener=fs) if not _is_local(fs) else rasterio.open(path, driver="GTiff")
+        return (
+            rasterio.open(path, driver="GTiff", opener=fs) if not _is_local(fs) else rasterio.open(path, driver="GTiff")
+        )
     except (RasterioError, OSError, ValueError) as e:
         raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
 
@@ -304,9 +331,13 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
     dtype = ds.dtypes[band - 1]
     if radiometry == "auto":
         if dtype == "uint16":
-            raise SceneError(f"{shown}: uint16 digital numbers without a calibration: give the SAFE product, or a sigma0 GeoTIFF (float32)")
+            raise SceneError(
+                f"{shown}: uint16 digital numbers without a calibration: give the SAFE product, or a sigma0 GeoTIFF (float32)"
+            )
         if dtype not in RADIOMETRY_BY_DTYPE:
-            raise SceneError(f"{shown}: data type {dtype} is not a SAR band the student can take (uint8 dB codes, or float32 sigma0)")
+            raise SceneError(
+                f"{shown}: data type {dtype} is not a SAR band the student can take (uint8 dB codes, or float32 sigma0)"
+            )
         radiometry = RADIOMETRY_BY_DTYPE[dtype]
     elif radiometry == "db8" and dtype != "uint8":
         raise SceneError(f"{shown}: --scene-radiometry db8 needs uint8 pixels, the file holds {dtype}")
@@ -325,15 +356,25 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
     crs = ds.crs if transform is not None else gcp_crs
     tags = ds.tags()
     scene = Scene(
-        source=shown, kind="geotiff", height=ds.height, width=ds.width, dtype=dtype, radiometry=radiometry,
-        crs=crs, transform=transform, gcps=list(gcps) or None,
-        scene_id=tags.get("SCENE_ID"), acquisition_time=tags.get("ACQUISITION_TIME") or tags.get("TIFFTAG_DATETIME"),
+        source=shown,
+        kind="geotiff",
+        height=ds.height,
+        width=ds.width,
+        dtype=dtype,
+        radiometry=radiometry,
+        crs=crs,
+        transform=transform,
+        gcps=list(gcps) or None,
+        scene_id=tags.get("SCENE_ID"),
+        acquisition_time=tags.get("ACQUISITION_TIME") or tags.get("TIFFTAG_DATETIME"),
     )
     if scene.georeferenced:
         try:
             spacing = scene.pixel_spacing()
         except Exception as e:  # pyproj / GDAL on coordinates no projection accepts
-            raise SceneError(f"{shown}: no pixel spacing can be measured from its georeferencing: {_first_line(e)}") from None
+            raise SceneError(
+                f"{shown}: no pixel spacing can be measured from its georeferencing: {_first_line(e)}"
+            ) from None
         scene.native_spacing_m = check_spacing(spacing, "pixel spacing (from the georeferencing)", shown)
     scene._reader = _band_reader(ds, band)
     scene._closers.append(ds.close)
@@ -345,7 +386,14 @@ def _band_reader(ds, band: int):
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
-    def read(r0: float, r1: float, c0: float, c1: float, out_shape: tuple[int, int] | None = None, resampling: str = "average") -> np.ndarray:
+    def read(
+        r0: float,
+        r1: float,
+        c0: float,
+        c1: float,
+        out_shape: tuple[int, int] | None = None,
+        resampling: str = "average",
+    ) -> np.ndarray:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         if out_shape is None:
             return ds.read(band, window=window)
@@ -377,7 +425,9 @@ def check_gcps(gcps: list, source: str, what: str) -> None:
         xy = values[:, cols] - values[:, cols].mean(axis=0)
         singular = np.linalg.svd(xy, compute_uv=False)
         if singular[0] == 0 or singular[-1] / singular[0] < 1e-9:
-            raise SceneError(f"{source}: {what}: the {name} are degenerate (coincident or on one line); no georeferencing can be fitted")
+            raise SceneError(
+                f"{source}: {what}: the {name} are degenerate (coincident or on one line); no georeferencing can be fitted"
+            )
 
 
 def _is_local(fs) -> bool:
@@ -393,9 +443,18 @@ def _open_image(fs, path: str, shown: str, radiometry: str) -> Scene:
         image = read_gray(fs, path)
     except DataError as e:
         raise SceneError(str(e)) from None
-    scene = Scene(source=shown, kind="image", height=image.shape[0], width=image.shape[1], dtype="uint8", radiometry="db8")
+    scene = Scene(
+        source=shown, kind="image", height=image.shape[0], width=image.shape[1], dtype="uint8", radiometry="db8"
+    )
 
-    def read(r0: float, r1: float, c0: float, c1: float, out_shape: tuple[int, int] | None = None, resampling: str = "average") -> np.ndarray:
+    def read(
+        r0: float,
+        r1: float,
+        c0: float,
+        c1: float,
+        out_shape: tuple[int, int] | None = None,
+        resampling: str = "average",
+    ) -> np.ndarray:
         if out_shape is None:
             return image[r0:r1, c0:c1]
         from PIL import Image
@@ -509,7 +568,9 @@ def _open_safe(fs, path: str, shown: str, polarisation: str) -> Scene:
     for p in fs.find(path, maxdepth=3):  # annotation/calibration/*.xml is the deepest member read
         names.append(posixpath.relpath(p, path))
         if len(names) > SAFE_MAX_MEMBERS:
-            raise SceneError(f"{shown}: more than {SAFE_MAX_MEMBERS} files in the SAFE folder; a GRD product has a few dozen")
+            raise SceneError(
+                f"{shown}: more than {SAFE_MAX_MEMBERS} files in the SAFE folder; a GRD product has a few dozen"
+            )
     return _safe_scene(_SafeFiles(fs, path, shown, names), polarisation)
 
 
@@ -534,9 +595,13 @@ def _zip_directory(handle, shown: str) -> None:
                 members, directory = struct.unpack("<QQ", record[32:48])
     handle.seek(0)
     if members > SAFE_MAX_MEMBERS:
-        raise SceneError(f"{shown}: the zip declares {members} members, more than the {SAFE_MAX_MEMBERS} allowed (a GRD product has a few dozen)")
+        raise SceneError(
+            f"{shown}: the zip declares {members} members, more than the {SAFE_MAX_MEMBERS} allowed (a GRD product has a few dozen)"
+        )
     if directory > ZIP_MAX_DIRECTORY_BYTES:
-        raise SceneError(f"{shown}: the zip's central directory is {directory} bytes, more than the {ZIP_MAX_DIRECTORY_BYTES} allowed")
+        raise SceneError(
+            f"{shown}: the zip's central directory is {directory} bytes, more than the {ZIP_MAX_DIRECTORY_BYTES} allowed"
+        )
 
 
 def _open_safe_zip(fs, path: str, shown: str, polarisation: str) -> Scene:
@@ -575,7 +640,9 @@ def _safe_zip_scene(handle, shown: str, polarisation: str) -> Scene:
             raise SceneError(f"{shown}: member {name!r} has an absolute or parent path; refused")
         tops.add(name.split("/", 1)[0])
         if name.lower().endswith((".xml", ".safe")) and info.file_size > XML_MAX_BYTES:
-            raise SceneError(f"{shown}: member {name} declares {info.file_size} bytes, more than the {XML_MAX_BYTES} allowed for XML")
+            raise SceneError(
+                f"{shown}: member {name} declares {info.file_size} bytes, more than the {XML_MAX_BYTES} allowed for XML"
+            )
     safe_tops = [t for t in tops if t.upper().endswith(".SAFE")]
     if len(safe_tops) != 1:
         raise SceneError(f"{shown}: expected one *.SAFE folder in the zip, found {sorted(tops)[:5]}")
@@ -598,12 +665,28 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
     token = f"-{polarisation.lower()}-"
 
     def member(folder: str, ext: str) -> str:
-        hits = [n for n in files.names if posixpath.dirname(n) == folder and token in posixpath.basename(n).lower() and n.lower().endswith(ext)]
+        hits = [
+            n
+            for n in files.names
+            if posixpath.dirname(n) == folder and token in posixpath.basename(n).lower() and n.lower().endswith(ext)
+        ]
         if not hits:
-            have = sorted({p.upper() for n in files.names if posixpath.dirname(n) == "measurement" for p in POLARISATIONS if f"-{p.lower()}-" in n.lower()})
-            raise SceneError(f"{shown}: no {polarisation} polarisation ({folder}/*{token}*{ext}); the product holds {', '.join(have) or 'none'} (--polarisation)")
+            have = sorted(
+                {
+                    p.upper()
+                    for n in files.names
+                    if posixpath.dirname(n) == "measurement"
+                    for p in POLARISATIONS
+                    if f"-{p.lower()}-" in n.lower()
+                }
+            )
+            raise SceneError(
+                f"{shown}: no {polarisation} polarisation ({folder}/*{token}*{ext}); the product holds {', '.join(have) or 'none'} (--polarisation)"
+            )
         if len(hits) > 1:
-            raise SceneError(f"{shown}: several {polarisation} files in {folder} ({', '.join(sorted(hits)[:3])}); one GRD swath expected")
+            raise SceneError(
+                f"{shown}: several {polarisation} files in {folder} ({', '.join(sorted(hits)[:3])}); one GRD swath expected"
+            )
         return hits[0]
 
     measurement = member("measurement", (".tiff", ".tif"))
@@ -614,22 +697,34 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
     if product_type is not None and (product_type.text or "").strip() != "GRD":
         raise SceneError(f"{src}: product type {(product_type.text or '').strip()}; only GRD products are read")
 
-    points = [p for p in (_find(annotation, "geolocationGrid", "geolocationGridPointList") or []) if _local(p.tag) == "geolocationGridPoint"]
+    points = [
+        p
+        for p in (_find(annotation, "geolocationGrid", "geolocationGridPointList") or [])
+        if _local(p.tag) == "geolocationGridPoint"
+    ]
     if len(points) < 3:
         raise SceneError(f"{src}: a geolocation grid of {len(points)} points; at least 3 are needed to georeference")
     gcps = []
     for i, p in enumerate(points):
         try:
-            gcps.append(GroundControlPoint(
-                row=float(_text(p, "line", source=src)), col=float(_text(p, "pixel", source=src)),
-                x=float(_text(p, "longitude", source=src)), y=float(_text(p, "latitude", source=src)), z=float(_text(p, "height", source=src)), id=str(i),
-            ))
+            gcps.append(
+                GroundControlPoint(
+                    row=float(_text(p, "line", source=src)),
+                    col=float(_text(p, "pixel", source=src)),
+                    x=float(_text(p, "longitude", source=src)),
+                    y=float(_text(p, "latitude", source=src)),
+                    z=float(_text(p, "height", source=src)),
+                    id=str(i),
+                )
+            )
         except ValueError:
             raise SceneError(f"{src}: geolocation grid point {i} holds something other than numbers") from None
     check_gcps(gcps, src, "geolocationGrid")
     bad = next((i for i, g in enumerate(gcps) if not (-180 <= g.x <= 180 and -90 <= g.y <= 90)), None)
     if bad is not None:
-        raise SceneError(f"{src}: geolocationGrid: point {bad} at longitude {gcps[bad].x}, latitude {gcps[bad].y} is off the Earth")
+        raise SceneError(
+            f"{src}: geolocationGrid: point {bad} at longitude {gcps[bad].x}, latitude {gcps[bad].y} is off the Earth"
+        )
     info = _find(annotation, "imageAnnotation", "imageInformation")
     spacing = None
     if info is not None:
@@ -641,14 +736,24 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
             try:
                 value = float(node.text)
             except ValueError:
-                raise SceneError(f"{src}: imageInformation/{name} is {node.text.strip()[:40]!r}, not a number") from None
+                raise SceneError(
+                    f"{src}: imageInformation/{name} is {node.text.strip()[:40]!r}, not a number"
+                ) from None
             spacings.append(check_spacing(value, f"imageInformation/{name}", src))
         spacing = sum(spacings) / 2 if len(spacings) == 2 else None
 
     calibration = None
-    cal_names = [n for n in files.names if posixpath.dirname(n) == "annotation/calibration" and posixpath.basename(n).lower().startswith("calibration") and token in n.lower()]
+    cal_names = [
+        n
+        for n in files.names
+        if posixpath.dirname(n) == "annotation/calibration"
+        and posixpath.basename(n).lower().startswith("calibration")
+        and token in n.lower()
+    ]
     if cal_names:
-        calibration = _read_calibration(parse_xml(files.read(cal_names[0]), f"{shown}/{cal_names[0]}"), f"{shown}/{cal_names[0]}")
+        calibration = _read_calibration(
+            parse_xml(files.read(cal_names[0]), f"{shown}/{cal_names[0]}"), f"{shown}/{cal_names[0]}"
+        )
 
     env = _scene_env()
     try:
@@ -659,27 +764,43 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
     if ds.count != 1 or ds.dtypes[0] != "uint16":
         ds.close()
         env.__exit__(None, None, None)
-        raise SceneError(f"{shown}/{measurement}: {ds.count} band(s) of {ds.dtypes[0]}; a GRD measurement is one band of uint16 digital numbers")
+        raise SceneError(
+            f"{shown}/{measurement}: {ds.count} band(s) of {ds.dtypes[0]}; a GRD measurement is one band of uint16 digital numbers"
+        )
 
     product = posixpath.basename(files.root.rstrip("/"))
     scene = Scene(
-        source=shown, kind="safe", height=ds.height, width=ds.width, dtype="uint16", radiometry="dn",
-        crs=CRS.from_epsg(4326), transform=None, gcps=gcps, calibration=calibration,
+        source=shown,
+        kind="safe",
+        height=ds.height,
+        width=ds.width,
+        dtype="uint16",
+        radiometry="dn",
+        crs=CRS.from_epsg(4326),
+        transform=None,
+        gcps=gcps,
+        calibration=calibration,
         scene_id=product[:-5] if product.upper().endswith(".SAFE") else product,
         acquisition_time=_optional_text(annotation, "adsHeader", "startTime"),
-        footprint=_manifest_footprint(manifest), polarisation=polarisation, native_spacing_m=spacing,
+        footprint=_manifest_footprint(manifest),
+        polarisation=polarisation,
+        native_spacing_m=spacing,
     )
     scene._reader = _band_reader(ds, 1)
     scene._closers += [lambda: env.__exit__(None, None, None), ds.close]
     if spacing is None:
         try:
-            scene.native_spacing_m = check_spacing(scene.pixel_spacing(), "pixel spacing (from the geolocation grid)", src)
+            scene.native_spacing_m = check_spacing(
+                scene.pixel_spacing(), "pixel spacing (from the geolocation grid)", src
+            )
         except SceneError:
             scene.close()
             raise
         except Exception as e:  # GDAL's GCP transformer or pyproj on a grid they cannot use
             scene.close()
-            raise SceneError(f"{src}: no pixel spacing can be measured from the geolocation grid: {_first_line(e)}") from None
+            raise SceneError(
+                f"{src}: no pixel spacing can be measured from the geolocation grid: {_first_line(e)}"
+            ) from None
     return scene
 
 
@@ -693,7 +814,9 @@ def _read_calibration(root: ET.Element, src: str) -> Calibration:
     if not vectors:
         raise SceneError(f"{src}: no calibrationVectorList/calibrationVector")
     if len(vectors) > CALIBRATION_MAX_VECTORS:
-        raise SceneError(f"{src}: {len(vectors)} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed (a GRD slice has a few dozen)")
+        raise SceneError(
+            f"{src}: {len(vectors)} calibration vectors, more than the {CALIBRATION_MAX_VECTORS} allowed (a GRD slice has a few dozen)"
+        )
     lines, pixels, values = [], None, []
     for v in vectors:
         try:
@@ -744,5 +867,3 @@ def footprint_lonlat(scene: Scene, samples: int = 16) -> list[tuple[float, float
     lon, lat = scene.pixel_to_lonlat(cols, rows)
     ring = list(zip(lon.tolist(), lat.tolist()))
     return ring + [ring[0]]
-
-

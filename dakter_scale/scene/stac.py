@@ -44,7 +44,10 @@ def stac_datetime(text: str | None) -> str | None:
     if not text:
         return None
     value = None
-    for parse in (lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00")), lambda s: dt.datetime.strptime(s, "%Y:%m:%d %H:%M:%S")):
+    for parse in (
+        lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00")),
+        lambda s: dt.datetime.strptime(s, "%Y:%m:%d %H:%M:%S"),
+    ):
         try:
             value = parse(text.strip())
             break
@@ -109,20 +112,44 @@ def item(out: Path, record: dict, scene) -> dict | None:
             "type": COG,
             "title": "class probabilities, one band per class, uint8 = round(255 p)",
             "roles": ["data"],
-            "raster:bands": [{"name": c, "description": f"p({c}) x 255", "data_type": "uint8", "scale": 1 / 255, "offset": 0.0} for c in classes],
+            "raster:bands": [
+                {"name": c, "description": f"p({c}) x 255", "data_type": "uint8", "scale": 1 / 255, "offset": 0.0}
+                for c in classes
+            ],
         },
         "classes": {
             "href": f"./{outputs.CLASSES_FILE}",
             "type": COG,
             "title": "class map (argmax), " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)),
             "roles": ["data"],
-            "raster:bands": [{"name": "class", "description": "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)), "data_type": "uint8"}],
+            "raster:bands": [
+                {
+                    "name": "class",
+                    "description": "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)),
+                    "data_type": "uint8",
+                }
+            ],
         },
-        "slicks": {"href": f"./{outputs.SLICKS}", "type": "application/geo+json", "title": f"{record['slicks']} slick polygons (EPSG:4326)", "roles": ["data"]},
+        "slicks": {
+            "href": f"./{outputs.SLICKS}",
+            "type": "application/geo+json",
+            "title": f"{record['slicks']} slick polygons (EPSG:4326)",
+            "roles": ["data"],
+        },
     }
     if (out / outputs.QUICKLOOK).is_file():
-        assets["thumbnail"] = {"href": f"./{outputs.QUICKLOOK}", "type": "image/png", "title": "quick-look with the slick outlines", "roles": ["thumbnail"]}
-    assets["record"] = {"href": f"./{outputs.RECORD}", "type": "application/json", "title": "predict.json: how the outputs were made", "roles": ["metadata"]}
+        assets["thumbnail"] = {
+            "href": f"./{outputs.QUICKLOOK}",
+            "type": "image/png",
+            "title": "quick-look with the slick outlines",
+            "roles": ["thumbnail"],
+        }
+    assets["record"] = {
+        "href": f"./{outputs.RECORD}",
+        "type": "application/json",
+        "title": "predict.json: how the outputs were made",
+        "roles": ["metadata"],
+    }
     for asset in assets.values():
         path = out / asset["href"][2:]
         if path.is_file():
@@ -183,7 +210,11 @@ def collection(out: Path, names: list[str]) -> dict:
         if path.is_file():
             items.append((name, json.loads(path.read_text())))
     boxes = [i["bbox"] for _, i in items if i.get("bbox")]
-    bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)] if boxes else [-180.0, -90.0, 180.0, 90.0]
+    bbox = (
+        [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        if boxes
+        else [-180.0, -90.0, 180.0, 90.0]
+    )
     times = sorted(i["properties"]["datetime"] for _, i in items)
     return {
         "type": "Collection",
@@ -193,8 +224,14 @@ def collection(out: Path, names: list[str]) -> dict:
         "title": f"oil-slick segmentations of {len(items)} SAR scenes",
         "description": "Per scene: class probabilities and the class map as COGs, slick polygons as GeoJSON and a quick-look, made by a DAKTer student (jobs/predict.py --scenes).",
         "license": "other",
-        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[times[0], times[-1]] if times else [None, None]]}},
-        "links": [{"rel": "item", "href": f"./{name}/{ITEM_FILE}", "type": "application/geo+json", "title": name} for name, _ in items],
+        "extent": {
+            "spatial": {"bbox": [bbox]},
+            "temporal": {"interval": [[times[0], times[-1]] if times else [None, None]]},
+        },
+        "links": [
+            {"rel": "item", "href": f"./{name}/{ITEM_FILE}", "type": "application/geo+json", "title": name}
+            for name, _ in items
+        ],
     }
 
 

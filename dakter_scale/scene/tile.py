@@ -68,10 +68,21 @@ class Blender:
     takes p (K, th, tw) float and calls ``emit(y0, x0, block)`` for each finished block (K, h, w) of
     blended probabilities. The emitted blocks tile the scene exactly once."""
 
-    def __init__(self, height: int, width: int, tile: int, overlap: int, channels: int, emit: Callable[[int, int, np.ndarray], None]):
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        tile: int,
+        overlap: int,
+        channels: int,
+        emit: Callable[[int, int, np.ndarray], None],
+    ):
         self.height, self.width, self.channels, self.emit = height, width, channels, emit
         self.th, self.tw = min(tile, height), min(tile, width)
-        self.ys, self.xs = tile_starts(height, tile, min(overlap, self.th - 1)), tile_starts(width, tile, min(overlap, self.tw - 1))
+        self.ys, self.xs = (
+            tile_starts(height, tile, min(overlap, self.th - 1)),
+            tile_starts(width, tile, min(overlap, self.tw - 1)),
+        )
         self.ry, self.rx = ramp(self.th, min(overlap, self.th - 1)), ramp(self.tw, min(overlap, self.tw - 1))
         self.sy, self.sx = coverage(height, self.ys, self.ry), coverage(width, self.xs, self.rx)
         self.top: np.ndarray | None = None  # rows [ys[i], ys[i-1] + th) of the blend so far, all columns
@@ -105,8 +116,14 @@ class Blender:
         fh, fw = y1 - y0, x1 - x0
         if j == 0:
             self.left = None
-            self.new_top = np.zeros((self.channels, y0 + self.th - y1, self.width), dtype=np.float32) if i + 1 < len(self.ys) else None
-        canvas = np.multiply(probs, self.weights(i, j), dtype=np.float32)  # one new array, not a copy and then a product
+            self.new_top = (
+                np.zeros((self.channels, y0 + self.th - y1, self.width), dtype=np.float32)
+                if i + 1 < len(self.ys)
+                else None
+            )
+        canvas = np.multiply(
+            probs, self.weights(i, j), dtype=np.float32
+        )  # one new array, not a copy and then a product
         if self.top is not None:
             # Only this tile's own columns [x0, x1): the rest of the carried rows go to the next tile.
             canvas[:, : self.top.shape[1], :fw] += self.top[:, :, x0:x1]

@@ -97,10 +97,14 @@ class Slick:
     geometry: object = field(repr=False)  # shapely (Multi)Polygon in pixel coordinates
 
 
-BandReader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (row0, row1) -> (codes uint8 (h, W), valid bool (h, W))
+BandReader = Callable[
+    [int, int], tuple[np.ndarray, np.ndarray]
+]  # (row0, row1) -> (codes uint8 (h, W), valid bool (h, W))
 
 
-def find_slicks(read_band: BandReader, height: int, width: int, opts: VectoriseOptions, pixel_area: float = 1.0) -> list[Slick]:
+def find_slicks(
+    read_band: BandReader, height: int, width: int, opts: VectoriseOptions, pixel_area: float = 1.0
+) -> list[Slick]:
     """The slicks of one class over an H x W probability raster read band by band (module docstring).
     ``pixel_area`` (m^2, or 1 in pixels) turns ``min_area_m2`` into a pixel count."""
     from scipy import ndimage
@@ -143,7 +147,17 @@ def find_slicks(read_band: BandReader, height: int, width: int, opts: VectoriseO
     return _polygons(read_band, height, opts, outline_code, offsets, kept_root, root_count, root_sum, root_max)
 
 
-def _polygons(read_band: BandReader, height: int, opts: VectoriseOptions, outline_code: int, offsets, kept_root, root_count, root_sum, root_max) -> list[Slick]:
+def _polygons(
+    read_band: BandReader,
+    height: int,
+    opts: VectoriseOptions,
+    outline_code: int,
+    offsets,
+    kept_root,
+    root_count,
+    root_sum,
+    root_max,
+) -> list[Slick]:
     from affine import Affine
     from rasterio.features import shapes
     from scipy import ndimage
@@ -181,7 +195,9 @@ def _to_crs(geometry, to_xy: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray
     return shapely.transform(geometry, move)
 
 
-def features(slicks: list[Slick], class_name: str, *, to_lonlat: Callable | None, scale: float, simplify_px: float, extra: dict) -> list[dict]:
+def features(
+    slicks: list[Slick], class_name: str, *, to_lonlat: Callable | None, scale: float, simplify_px: float, extra: dict
+) -> list[dict]:
     """GeoJSON features of one class's slicks. ``to_lonlat(cols, rows)`` maps scene pixel-edge
     coordinates to (lon, lat); None keeps pixel coordinates. ``scale``: scene pixels per model pixel."""
     from pyproj import Geod
@@ -211,7 +227,13 @@ def features(slicks: list[Slick], class_name: str, *, to_lonlat: Callable | None
             "centroid": [round(c.x, 7), round(c.y, 7)],
             **extra,
         }
-        out.append({"type": "Feature", "geometry": _rounded(mapping(g), 7 if to_lonlat is not None else 3), "properties": props})
+        out.append(
+            {
+                "type": "Feature",
+                "geometry": _rounded(mapping(g), 7 if to_lonlat is not None else 3),
+                "properties": props,
+            }
+        )
     return out
 
 
@@ -227,7 +249,11 @@ def _orient(g, orient, unary_union):
 
 def _rounded(geometry: dict, digits: int) -> dict:
     def walk(c):
-        return [walk(x) for x in c] if isinstance(c, (list, tuple)) and c and isinstance(c[0], (list, tuple)) else [round(float(v), digits) for v in c]
+        return (
+            [walk(x) for x in c]
+            if isinstance(c, (list, tuple)) and c and isinstance(c[0], (list, tuple))
+            else [round(float(v), digits) for v in c]
+        )
 
     return {"type": geometry["type"], "coordinates": walk(geometry["coordinates"])}
 
@@ -236,7 +262,9 @@ def feature_collection(features_: list[dict], georeferenced: bool, extra: dict |
     fc: dict = {"type": "FeatureCollection", "features": features_}
     if not georeferenced:
         # RFC 7946 allows only WGS84 longitude/latitude; a scene without georeferencing cannot give them.
-        fc["coordinates"] = "pixel (column, row) of the scene, not RFC 7946 longitude/latitude: the scene has no georeferencing"
+        fc["coordinates"] = (
+            "pixel (column, row) of the scene, not RFC 7946 longitude/latitude: the scene has no georeferencing"
+        )
     if extra:
         fc.update(extra)
     return fc

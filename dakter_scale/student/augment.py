@@ -45,7 +45,9 @@ class CopyPaste:
         """item (x (1, H, W) in [-1, 1], mask (H, W), q (K, H, W) or None) -> a new item with instances
         pasted, and "pasted" (H, W) bool: the pixels given. Soft labels become one-hot where pasted."""
         image = denormalise(item["x"][0]).numpy()
-        pasted_image, mask, given = paste_onto(image, item["mask"].numpy(), self.pool, self.target.goals, rng, self.max_pastes)
+        pasted_image, mask, given = paste_onto(
+            image, item["mask"].numpy(), self.pool, self.target.goals, rng, self.max_pastes
+        )
         where = torch.from_numpy(given)
         out = dict(item, x=normalise(pasted_image)[None], mask=torch.from_numpy(mask.astype(np.int64)), pasted=where)
         if item["q"] is not None:

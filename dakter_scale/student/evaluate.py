@@ -28,7 +28,11 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, info: dict, pad_
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
     else:
         size = (resolution, resolution)
-    x = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    x = (
+        image
+        if size == (h, w)
+        else F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    )
     ph = (-x.shape[-2]) % pad_multiple
     pw = (-x.shape[-1]) % pad_multiple
     if ph or pw:
@@ -54,7 +58,14 @@ def _same_size_batches(source, items, batch_size: int):
         yield batch
 
 
-def evaluate_student(student_dir: str, spec: str, split: str = "test", cfg: EvalConfig | None = None, device: str | None = None, progress: bool = False) -> dict:
+def evaluate_student(
+    student_dir: str,
+    spec: str,
+    split: str = "test",
+    cfg: EvalConfig | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict:
     """Metrics of a student folder on a data spec's split (see core.metrics for the definitions)."""
     cfg = cfg or EvalConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -80,7 +91,15 @@ def evaluate_student(student_dir: str, spec: str, split: str = "test", cfg: Eval
     if bar is not None:
         bar.close()
     metrics = metrics_from_confusion(cm, list(source.classes))
-    metrics.update({"student": str(student_dir), "data": spec, "split": split, "images": len(items), "averaging": "one confusion matrix over the split"})
+    metrics.update(
+        {
+            "student": str(student_dir),
+            "data": spec,
+            "split": split,
+            "images": len(items),
+            "averaging": "one confusion matrix over the split",
+        }
+    )
     return metrics
 
 

@@ -32,7 +32,9 @@ def resolve_encoder(arch: str, encoder: str) -> str:
     return DEFAULT_ENCODERS.get(arch, DEFAULT_ENCODER) if encoder == "auto" else encoder
 
 
-def build_student(arch: str, encoder: str = "auto", num_classes: int = 5, encoder_weights: str | None = None, encoder_depth: int = 5) -> torch.nn.Module:
+def build_student(
+    arch: str, encoder: str = "auto", num_classes: int = 5, encoder_weights: str | None = None, encoder_depth: int = 5
+) -> torch.nn.Module:
     """An smp model over 1-channel SAR input in [-1, 1] producing K logits per pixel."""
     if arch not in ARCHS:
         raise StudentError(f"unknown student architecture {arch!r}; expected one of {', '.join(sorted(ARCHS))}")

@@ -44,7 +44,9 @@ from dakter_scale.training import (
 log = logging.getLogger("dakter_scale")
 
 
-def check_generated(url: str, classes: tuple[str, ...], resolution: int, on_bad_shard: str = "raise") -> DatasetInfo | None:
+def check_generated(
+    url: str, classes: tuple[str, ...], resolution: int, on_bad_shard: str = "raise"
+) -> DatasetInfo | None:
     """The generated dataset's header, checked against the real data: same classes, same resolution.
     An unreadable header stops the run under on_bad_shard="raise"; under "warn" it is ignored (the
     stream reports it and checks every sample against the real data's size and classes instead)."""
@@ -62,14 +64,22 @@ def check_generated(url: str, classes: tuple[str, ...], resolution: int, on_bad_
     if list(info.classes or classes) != list(classes):
         raise StreamError(f"--synthetic {url}: its classes {info.classes} differ from the real data's {list(classes)}")
     if (info.resolution or resolution) != resolution:
-        raise StreamError(f"--synthetic {url}: pairs are {info.resolution} px but data.resolution is {resolution}; set data.resolution={info.resolution}")
+        raise StreamError(
+            f"--synthetic {url}: pairs are {info.resolution} px but data.resolution is {resolution}; set data.resolution={info.resolution}"
+        )
     for warning in info.warnings or []:
         log.warning("generated dataset %s: %s", url, warning)
     return info
 
 
 def train_student(
-    cfg: Config, out: str | Path, synthetic: str | None = None, resume: str | None = None, progress: bool = True, accelerator=None, evaluate: str | None = None
+    cfg: Config,
+    out: str | Path,
+    synthetic: str | None = None,
+    resume: str | None = None,
+    progress: bool = True,
+    accelerator=None,
+    evaluate: str | None = None,
 ) -> Path:
     """Train a student on cfg.data.spec (+ generated pairs at cfg.student.ratio); write its folder to `out`.
     evaluate: a split of cfg.data.spec to evaluate the written student on (its metrics go to the trackers,
@@ -84,18 +94,46 @@ def train_student(
         raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
     source = open_source(cfg.data.spec)
     k = source.num_classes
-    gen_info = check_generated(synthetic, source.classes, cfg.data.resolution, s.on_bad_shard) if synthetic and s.ratio > 0 else None
+    gen_info = (
+        check_generated(synthetic, source.classes, cfg.data.resolution, s.on_bad_shard)
+        if synthetic and s.ratio > 0
+        else None
+    )
     gen = None
     if s.ratio > 0:  # lists the finished shards and checks they can feed every reader, before any work
-        shape = SampleShape(cfg.data.resolution, cfg.data.resolution, k)  # every generated sample must match the real data
-        gen = GeneratedStream(synthetic, rank, world, s.seed, s.shuffle_buffer, s.min_confidence, s.on_bad_shard, max_samples=s.max_generated, shape=shape, verify=s.verify_shards)
+        shape = SampleShape(
+            cfg.data.resolution, cfg.data.resolution, k
+        )  # every generated sample must match the real data
+        gen = GeneratedStream(
+            synthetic,
+            rank,
+            world,
+            s.seed,
+            s.shuffle_buffer,
+            s.min_confidence,
+            s.on_bad_shard,
+            max_samples=s.max_generated,
+            shape=shape,
+            verify=s.verify_shards,
+        )
         gen.check_slots(s.num_workers)
     augment = build_augment(cfg, source)  # a copy-paste target no donor can meet stops here, before any work
     if augment is not None and augment.copy_paste is not None:
         cp = augment.copy_paste
         goals = ", ".join(f"{cp.target.classes[c]} {share:.4f}" for c, share in cp.target.shares)
-        log.info("copy-paste %s (per-sample shares %s) onto %g of real and %g of generated samples", s.copy_paste, goals, cp.real, cp.generated)
-    log.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+        log.info(
+            "copy-paste %s (per-sample shares %s) onto %g of real and %g of generated samples",
+            s.copy_paste,
+            goals,
+            cp.real,
+            cp.generated,
+        )
+    log.info(
+        "%d process(es), device %s, mixed precision %s",
+        accelerator.num_processes,
+        accelerator.device,
+        accelerator.mixed_precision,
+    )
     if accelerator.is_main_process:
         save_config(cfg, out)
 
@@ -104,10 +142,20 @@ def train_student(
     unused = freeze_unused(model, torch.zeros(2, 1, cfg.data.resolution, cfg.data.resolution))
     if unused:
         log.info("%d parameter tensors take no part in the forward pass (e.g. %s): frozen", len(unused), unused[0])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
-    layout = {"ranks": world, "num_workers": s.num_workers, "batch_size": s.batch_size, "ratio": s.ratio, "seed": s.seed, "shuffle_buffer": s.shuffle_buffer, "min_confidence": s.min_confidence}
+    layout = {
+        "ranks": world,
+        "num_workers": s.num_workers,
+        "batch_size": s.batch_size,
+        "ratio": s.ratio,
+        "seed": s.seed,
+        "shuffle_buffer": s.shuffle_buffer,
+        "min_confidence": s.min_confidence,
+    }
     start, total, positions, bad_shards = 0, None, {}, set()
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, model, optimizer)
@@ -116,7 +164,10 @@ def train_student(
         positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
         changed = layout_changes(state.get("layout", {}), layout)
         if changed:
-            log.warning("resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have", ", ".join(changed))
+            log.warning(
+                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
+                ", ".join(changed),
+            )
             # Slots no longer match: every reader restarts at the earliest pass any reader was in.
             first_pass = min((p[0] for p in positions.values()), default=0)
             positions = {slot: (first_pass, 0) for slot in range(world * max(1, s.num_workers))}
@@ -133,7 +184,17 @@ def train_student(
     if gen is not None:
         gen.start = dict(positions)
         gen_iter = stream_loader(gen, s.num_workers, consumed=gen_used)
-    batches = MixedBatches(real_iter, gen_iter, s.batch_size, s.ratio, k, start_batch=start, positions=positions, bad_shards=bad_shards, augment=augment)
+    batches = MixedBatches(
+        real_iter,
+        gen_iter,
+        s.batch_size,
+        s.ratio,
+        k,
+        start_batch=start,
+        positions=positions,
+        bad_shards=bad_shards,
+        augment=augment,
+    )
 
     def data_state() -> dict:
         """The streams' state over all ranks (a collective: every rank calls it)."""
@@ -160,13 +221,35 @@ def train_student(
         generated = batch["generated"].to(device)
         with accelerator.autocast():
             logits = model(x)
-        loss, parts = mixed_loss(logits, mask, q, generated, labels=s.labels, ce_weight=s.ce_weight, kd_weight=s.kd_weight, temperature=s.kd_temperature, hard_weight=s.hard_weight, confidence_power=s.kd_confidence_power)
+        loss, parts = mixed_loss(
+            logits,
+            mask,
+            q,
+            generated,
+            labels=s.labels,
+            ce_weight=s.ce_weight,
+            kd_weight=s.kd_weight,
+            temperature=s.kd_temperature,
+            hard_weight=s.hard_weight,
+            confidence_power=s.kd_confidence_power,
+        )
         accelerator.backward(loss)
         seen["generated"] += int(batch["generated"].sum())
         seen["total"] += len(batch["keys"])
         return loss, {**parts, "generated_share": seen["generated"] / seen["total"]}
 
-    spec = LoopSpec(f"student {s.arch}", s.max_steps, s.max_minutes, s.lr, s.warmup_steps, "cosine", 0.01, 1.0, s.log_every, s.checkpoint_every)
+    spec = LoopSpec(
+        f"student {s.arch}",
+        s.max_steps,
+        s.max_minutes,
+        s.lr,
+        s.warmup_steps,
+        "cosine",
+        0.01,
+        1.0,
+        s.log_every,
+        s.checkpoint_every,
+    )
     model.train()
     result = run_steps(
         accelerator,
@@ -175,7 +258,9 @@ def train_student(
         optimizer,
         model.parameters(),
         step,
-        checkpoint=lambda done, extra: save_checkpoint(accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra={**data_state(), **extra}),
+        checkpoint=lambda done, extra: save_checkpoint(
+            accelerator, out, done, s.checkpoints_total_limit, model, optimizer, extra={**data_state(), **extra}
+        ),
         total=total,
         progress=progress,
     )
@@ -187,7 +272,11 @@ def train_student(
     seen_generated, seen_total = sum(g for g, _ in shares), sum(t for _, t in shares)
     bad = final_state["bad_shards"]
     if bad and accelerator.is_main_process:
-        log.warning("%d bad shard(s) or sample(s) skipped while streaming (student.on_bad_shard=warn): %s", len(bad), "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        log.warning(
+            "%d bad shard(s) or sample(s) skipped while streaming (student.on_bad_shard=warn): %s",
+            len(bad),
+            "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+        )
 
     if accelerator.is_main_process:
         info = {
@@ -214,7 +303,11 @@ def train_student(
         }
         if augment is not None:  # recorded only when used: earlier students' records stay as they were
             info["augment"] = s.augment
-            info["copy_paste"] = {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated} if s.copy_paste else None
+            info["copy_paste"] = (
+                {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated}
+                if s.copy_paste
+                else None
+            )
         save_student(out, accelerator.unwrap_model(model), info)
         evaluation = evaluate_written(accelerator, out, cfg, evaluate, result.steps) if evaluate else None
         write_student_card(out, evaluation)
@@ -232,7 +325,9 @@ def evaluate_written(accelerator, out: Path, cfg: Config, split: str, step: int)
 
     metrics = evaluate_student(str(out), cfg.data.spec, split, cfg.eval, device=str(accelerator.device))
     metrics["data"] = redact_url(metrics["data"])
-    scalars = {f"eval/{name}": metrics[name] for name in ("miou", "mean_f1", "pixel_accuracy") if metrics.get(name) is not None}
+    scalars = {
+        f"eval/{name}": metrics[name] for name in ("miou", "mean_f1", "pixel_accuracy") if metrics.get(name) is not None
+    }
     scalars.update({f"eval/iou_{c}": v for c, v in zip(metrics["classes"], metrics["iou"]) if v is not None})
     accelerator.log(scalars, step=step)
     (out / "logs").mkdir(parents=True, exist_ok=True)

@@ -29,13 +29,17 @@ class Results:
     def __init__(self, runs: dict[str, dict], plan: Plan):
         self.runs, self.plan, self.e = runs, plan, plan.e
 
-    def by_seed(self, method: str, arch: str, ratio: float, key: str, seeds: Sequence[int] | None = None) -> dict[int, float]:
+    def by_seed(
+        self, method: str, arch: str, ratio: float, key: str, seeds: Sequence[int] | None = None
+    ) -> dict[int, float]:
         """runs[...][key] of the finished runs of one (method, arch, ratio), by seed (default: the
         main table's seeds)."""
         names = {s: self.plan.run(method, arch, ratio, s).name for s in (self.e.seeds if seeds is None else seeds)}
         return {s: self.runs[n][key] for s, n in names.items() if n in self.runs}
 
-    def cell(self, method: str, arch: str, ratio: float, key: str, seeds: Sequence[int] | None = None) -> tuple[float, float | None]:
+    def cell(
+        self, method: str, arch: str, ratio: float, key: str, seeds: Sequence[int] | None = None
+    ) -> tuple[float, float | None]:
         return mean_std(list(self.by_seed(method, arch, ratio, key, seeds).values()))
 
     def differences(self, a: str, b: str, arch: str, ratio: float, seeds: Sequence[int] | None = None) -> list[float]:
@@ -107,10 +111,20 @@ def paired(differences: Sequence[float]) -> dict:
     if n >= 2:
         half = t95(n - 1) * (std or 0.0) / math.sqrt(n)
         low, high = mean - half, mean + half
-    return {"n": n, "mean": mean if n else None, "std": std, "low": low, "high": high, "ahead": sum(x > 0 for x in d), "verdict": word(low, high) if n else "not run"}
+    return {
+        "n": n,
+        "mean": mean if n else None,
+        "std": std,
+        "low": low,
+        "high": high,
+        "ahead": sum(x > 0 for x in d),
+        "verdict": word(low, high) if n else "not run",
+    }
 
 
-def choose_settings(runs: Sequence[StudentRun], scores: dict[str, dict], ratio_grid: bool = False, steps_grid: bool = False) -> dict[str, dict]:
+def choose_settings(
+    runs: Sequence[StudentRun], scores: dict[str, dict], ratio_grid: bool = False, steps_grid: bool = False
+) -> dict[str, dict]:
     """The validation grid's outcome per student: {arch: {ratio, miou: {setting: {seed: validation
     mIoU}}, chosen, chosen_ratio, chosen_steps}}. A setting is "LAMBDA" (a lambda grid alone, at the
     main ratio), "LAMBDA@RATIO" (with experiment.ratio_grid), and "#STEPS" after it with
@@ -133,5 +147,3 @@ def choose_settings(runs: Sequence[StudentRun], scores: dict[str, dict], ratio_g
         if steps:
             row["chosen_steps"] = int(steps)
     return out
-
-

@@ -59,11 +59,21 @@ def metrics_table(rows: Sequence[tuple[str, dict]], classes: Sequence[str]) -> s
     sep = "|" + "---|" * (4 + len(classes))
     lines = [head, sep]
     for name, m in rows:
-        lines.append(f"| {name} | {pct(m['miou'])} | {pct(m['mean_f1'])} | {pct(m['pixel_accuracy'])} | " + " | ".join(pct(v) for v in m["iou"]) + " |")
+        lines.append(
+            f"| {name} | {pct(m['miou'])} | {pct(m['mean_f1'])} | {pct(m['pixel_accuracy'])} | "
+            + " | ".join(pct(v) for v in m["iou"])
+            + " |"
+        )
     return "\n".join(lines)
 
 
-def curve_figure(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> Path:
+def curve_figure(
+    series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Path:
     """Line plot with optional error bars: {label: (x, y, yerr or None)}."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -78,7 +88,13 @@ def curve_figure(series: dict[str, tuple[Sequence[float], Sequence[float], Seque
     return _save(fig, path)
 
 
-def panel_figure(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str | Path, xlabel: str, logx: bool = True, title: str = "") -> Path:
+def panel_figure(
+    panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]],
+    path: str | Path,
+    xlabel: str,
+    logx: bool = True,
+    title: str = "",
+) -> Path:
     """One panel per metric {panel title: {label: (x, y)}}, side by side, a shared legend."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
@@ -97,7 +113,13 @@ def panel_figure(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[flo
     return _save(fig, path)
 
 
-def bar_figure(groups: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float] | None]], path: str | Path, ylabel: str, title: str = "") -> Path:
+def bar_figure(
+    groups: Sequence[str],
+    series: dict[str, tuple[Sequence[float], Sequence[float] | None]],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+) -> Path:
     """Grouped bars: x = groups (e.g. classes), one bar per series (e.g. method)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(groups) * max(1, len(series)) / 2), 3.8))

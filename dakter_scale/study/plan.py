@@ -173,14 +173,25 @@ class Plan:
         """The (lambda, ratio, student length) settings arch's DAKTer students try on the validation
         split (length None: student.max_steps)."""
         listed = self.e.kd_weight(arch, math.nan)
-        weights = list(self.e.kd_weight_grid) if self.e.kd_weight_grid and math.isnan(listed) else [listed if not math.isnan(listed) else self.cfg.student.kd_weight]
-        return [(w, r, n) for w in weights for r in (self.e.ratio_grid or (self.e.ratio,)) for n in (self.e.steps_grid or (None,))]
+        weights = (
+            list(self.e.kd_weight_grid)
+            if self.e.kd_weight_grid and math.isnan(listed)
+            else [listed if not math.isnan(listed) else self.cfg.student.kd_weight]
+        )
+        return [
+            (w, r, n)
+            for w in weights
+            for r in (self.e.ratio_grid or (self.e.ratio,))
+            for n in (self.e.steps_grid or (None,))
+        ]
 
     def selection_runs(self) -> list[StudentRun]:
         """One DAKTer student per (arch, setting of the grid, seed), named ...-rRATIO-sSEED-kdLAMBDA[-nSTEPS]."""
         seeds = self.e.kd_weight_seeds or self.e.seeds
         return [
-            StudentRun("dakter", arch, r, seed, "b_cfg", "soft", variant=grid_variant(w, n), weight=w, overrides=_length(n))
+            StudentRun(
+                "dakter", arch, r, seed, "b_cfg", "soft", variant=grid_variant(w, n), weight=w, overrides=_length(n)
+            )
             for arch in self.selection_archs()
             for w, r, n in self.grid(arch)
             for seed in seeds
@@ -190,7 +201,11 @@ class Plan:
 
     def copy_paste(self, real: float, generated: float = 0.0) -> tuple[tuple[str, Any], ...]:
         """The student.* overrides of an arm with copy-paste onto those shares of real and generated samples."""
-        return (("student.copy_paste", self.e.class_target), ("student.copy_paste_real", real), ("student.copy_paste_generated", generated))
+        return (
+            ("student.copy_paste", self.e.class_target),
+            ("student.copy_paste_real", real),
+            ("student.copy_paste_generated", generated),
+        )
 
     def run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         """A student of the tables: the method's run, at arch's chosen length (steps_grid) if any."""
@@ -212,7 +227,10 @@ class Plan:
                 return self._run("hard", arch, ratio, seed)  # the same weight: the same run
             return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=weight)
         generated = {"dakter_b1": "b_1", "dakter_target": TARGETED}.get(method, "b_cfg")
-        overrides = {"pasted_after": self.copy_paste(0.0, 1.0), "dakter_copy_paste": self.copy_paste(self.e.copy_paste_share)}.get(method, ())
+        overrides = {
+            "pasted_after": self.copy_paste(0.0, 1.0),
+            "dakter_copy_paste": self.copy_paste(self.e.copy_paste_share),
+        }.get(method, ())
         return StudentRun(method, arch, ratio, seed, generated, "soft", weight=weight, overrides=overrides)
 
     def real_only(self, arch: str) -> StudentRun:
@@ -221,7 +239,12 @@ class Plan:
         return self.run("none", arch, 0, self.e.seeds[0])
 
     def main_runs(self) -> list[StudentRun]:
-        return [self.run(m, arch, self.ratio(arch), seed) for arch in self.e.archs for seed in self.e.seeds for m in self.e.methods]
+        return [
+            self.run(m, arch, self.ratio(arch), seed)
+            for arch in self.e.archs
+            for seed in self.e.seeds
+            for m in self.e.methods
+        ]
 
     def sweep_runs(self) -> list[StudentRun]:
         return [
@@ -240,7 +263,11 @@ class Plan:
 
     def gen_size(self) -> int:
         """Pairs per generated set: the largest ratio of the tables and studies times |D|."""
-        ratios = [self.e.ratio, *self.e.ratio_grid] + (list(self.e.sweep_ratios) if self.e.sweep_archs else []) + ([self.e.study_ratio] if self.study_entries() else [])
+        ratios = (
+            [self.e.ratio, *self.e.ratio_grid]
+            + (list(self.e.sweep_ratios) if self.e.sweep_archs else [])
+            + ([self.e.study_ratio] if self.study_entries() else [])
+        )
         return int(math.ceil(max(ratios) * self.n_train))
 
     def generated_sets(self) -> list[GeneratedSet]:
@@ -249,7 +276,9 @@ class Plan:
         runs = self.main_runs() + self.sweep_runs() + self.selection_runs()
         target = (self.e.class_target, self.e.target_route)
         return [
-            GeneratedSet(tag, "b_cfg", self.gen_size(), target=target) if tag == TARGETED else GeneratedSet(tag, tag, self.gen_size())
+            GeneratedSet(tag, "b_cfg", self.gen_size(), target=target)
+            if tag == TARGETED
+            else GeneratedSet(tag, tag, self.gen_size())
             for tag in sorted({r.generated for r in runs if r.generated})
         ]
 
@@ -262,14 +291,21 @@ class Plan:
     def study_entries(self) -> list[tuple[str, str, dict]]:
         """(kind, entry, sampling overrides) of the sampler and decode studies."""
         out = [("sampler", e, parse_sampler_entry(e)) for e in self.e.sampler_study]
-        return out + [("decode", e, {"decode": e.split(":")[0], "decode_last": int(e.split(":")[1])}) for e in self.e.decode_study]
+        return out + [
+            ("decode", e, {"decode": e.split(":")[0], "decode_last": int(e.split(":")[1])}) for e in self.e.decode_study
+        ]
 
     def study_variants(self) -> list[StudyVariant]:
         n = int(math.ceil(self.e.study_ratio * self.n_train))
         out = []
         for kind, entry, sampling in self.study_entries():
             name = f"{kind}_{entry.replace(':', '_')}"
-            runs = tuple(dataclasses.replace(self.run("dakter", self.e.study_arch, self.e.study_ratio, seed), generated=name, variant=name) for seed in self.e.study_seeds)
+            runs = tuple(
+                dataclasses.replace(
+                    self.run("dakter", self.e.study_arch, self.e.study_ratio, seed), generated=name, variant=name
+                )
+                for seed in self.e.study_seeds
+            )
             out.append(StudyVariant(kind, entry, GeneratedSet(name, "b_cfg", n, tuple(sampling.items())), runs))
         return out
 

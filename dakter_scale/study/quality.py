@@ -38,7 +38,9 @@ def class_fraction_tv(generated: np.ndarray, real: np.ndarray) -> float:
     return float(0.5 * np.abs(np.asarray(generated, dtype=np.float64) - np.asarray(real, dtype=np.float64)).sum())
 
 
-def label_alignment(segmenter: torch.nn.Module, images: np.ndarray, q: np.ndarray, class_names: list[str], batch_size: int = 32) -> dict:
+def label_alignment(
+    segmenter: torch.nn.Module, images: np.ndarray, q: np.ndarray, class_names: list[str], batch_size: int = 32
+) -> dict:
     """Score a real-trained segmenter's prediction on generated images against the generated labels."""
     k = q.shape[1]
     cm = confusion_matrix(segment(segmenter, images, batch_size), torch.from_numpy(q).argmax(dim=1), k)

@@ -16,7 +16,9 @@ from dakter_scale.study.analyse import Results, mean_std, paired
 from dakter_scale.study.figures import bar_figure, curve_figure, metrics_table, panel_figure, pct
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
 
-B_MODES = {"auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"}
+B_MODES = {
+    "auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"
+}
 
 
 def _diff_cell(d: list[float]) -> str:
@@ -51,14 +53,20 @@ def experiment_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
 
 def header(p: dict, plan: Plan) -> list[str]:
     cfg, e = plan.cfg, plan.e
-    other = [f"{arch} {plan.kd_weight(arch):g}" for arch in e.archs if plan.kd_weight(arch) not in (None, cfg.student.kd_weight)]
+    other = [
+        f"{arch} {plan.kd_weight(arch):g}"
+        for arch in e.archs
+        if plan.kd_weight(arch) not in (None, cfg.student.kd_weight)
+    ]
     note = f" ({', '.join(other)})" if other else ""
     return [
         "# DAKTer experiment",
         "",
         f"Data `{redact_url(cfg.data.spec)}`: {p['n_train']} training images, evaluated on the full test split (one confusion matrix per run). "
         f"Models at {cfg.data.resolution} px; {lengths(p, plan)}, KD weight λ = {cfg.student.kd_weight:g}{note}, T = {cfg.student.kd_temperature:g}. {len(e.seeds)} seeds; mean ± std (%) over seeds.",
-        "b: " + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items()) + f". {p['generated_pairs']} generated pairs per model.",
+        "b: "
+        + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items())
+        + f". {p['generated_pairs']} generated pairs per model.",
         "",
     ]
 
@@ -115,16 +123,31 @@ def setting_table(p: dict, choice: dict[str, dict]) -> list[str]:
             head, _, steps = setting.partition("#")
             weight, _, ratio = head.partition("@")
             ratio = ratio or f"{row['ratio']:g}"
-            mark = "chosen" if (float(weight), float(ratio), int(steps) if steps else None) == (row["chosen"], row["chosen_ratio"], row.get("chosen_steps")) else ""
+            mark = (
+                "chosen"
+                if (float(weight), float(ratio), int(steps) if steps else None)
+                == (row["chosen"], row["chosen_ratio"], row.get("chosen_steps"))
+                else ""
+            )
             length = f" {steps} |" if lengths else ""
-            lines.append(f"| {arch} | {weight} | {ratio} |{length} {pct(*mean_std(list(by_seed.values())))} | {len(by_seed)} | {mark} |")
-    return lines + ["", "The test split was not looked at to choose them; the main table uses each student's chosen setting.", ""]
+            lines.append(
+                f"| {arch} | {weight} | {ratio} |{length} {pct(*mean_std(list(by_seed.values())))} | {len(by_seed)} | {mark} |"
+            )
+    return lines + [
+        "",
+        "The test split was not looked at to choose them; the main table uses each student's chosen setting.",
+        "",
+    ]
 
 
 def ratio_text(plan: Plan, percent: bool = True) -> str:
     """'at ratio 2 (200 %)' (or 'at ratio 2'), or each student's ratio where it was chosen on the validation split."""
     if plan.e.ratio_grid and plan.chosen:
-        return "at the ratio chosen on the validation split (" + ", ".join(f"{a} {plan.ratio(a):g}" for a in plan.e.archs) + ")"
+        return (
+            "at the ratio chosen on the validation split ("
+            + ", ".join(f"{a} {plan.ratio(a):g}" for a in plan.e.archs)
+            + ")"
+        )
     return f"at ratio {plan.e.ratio:g}" + (f" ({100 * plan.e.ratio:.0f} %)" if percent else "")
 
 
@@ -161,7 +184,9 @@ def verdict_table(r: Results) -> list[str]:
     ]
     for v in rows:
         interval = f"{100 * v['low']:+.2f} … {100 * v['high']:+.2f}" if v["low"] is not None else "–"
-        lines.append(f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']} |")
+        lines.append(
+            f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']} |"
+        )
     return lines + [""]
 
 
@@ -175,12 +200,18 @@ def per_class_table(r: Results, classes: list[str], figure: bool = True) -> list
     ]
     for arch in e.archs:
         for m in e.methods:
-            lines.append(f"| {arch} | {METHOD_NAMES[m]} | " + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, r.plan.ratio(arch), len(classes))) + " |")
+            lines.append(
+                f"| {arch} | {METHOD_NAMES[m]} | "
+                + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, r.plan.ratio(arch), len(classes)))
+                + " |"
+            )
     return lines + ["", "![per-class IoU](per_class_iou.png)", ""] if figure else lines + [""]
 
 
 def _sweep_seeds(r: Results) -> list[int]:
-    return sorted(set(r.e.seeds) | set(r.e.sweep_seeds or []))  # a sweep ratio equal to e.ratio has the main table's seeds too
+    return sorted(
+        set(r.e.seeds) | set(r.e.sweep_seeds or [])
+    )  # a sweep ratio equal to e.ratio has the main table's seeds too
 
 
 def sweep_table(r: Results, figure: bool = True) -> list[str]:
@@ -198,10 +229,14 @@ def sweep_table(r: Results, figure: bool = True) -> list[str]:
         none = r.cell("none", arch, 0, "miou", seeds)
         for m in e.sweep_methods:
             cells = [r.cell(m, arch, x, "miou", seeds) for x in e.sweep_ratios]
-            lines.append(f"| {arch} | {METHOD_NAMES[m]} | {pct(*none)} | " + " | ".join(pct(mu, sd) for mu, sd in cells) + " |")
+            lines.append(
+                f"| {arch} | {METHOD_NAMES[m]} | {pct(*none)} | " + " | ".join(pct(mu, sd) for mu, sd in cells) + " |"
+            )
         if {"dakter", "hard"} <= set(e.sweep_methods) and len(e.sweep_seeds or e.seeds) > 1:
             diffs = [_diff_cell(r.differences("dakter", "hard", arch, x, seeds)) for x in e.sweep_ratios]
-            lines.append(f"| {arch} | DAKTer − hard labels, same seeds (points; seeds ahead) | – | " + " | ".join(diffs) + " |")
+            lines.append(
+                f"| {arch} | DAKTer − hard labels, same seeds (points; seeds ahead) | – | " + " | ".join(diffs) + " |"
+            )
     for arch in e.sweep_archs if figure else []:
         lines += ["", f"![ratio sweep {arch}](ratio_sweep_{arch}.png)", ""]
     return lines if figure else lines + [""]
@@ -223,7 +258,11 @@ def quality_table(p: dict, plan: Plan) -> list[str]:
             f"| {tag} | {p['b'][model.get(base, base)]:.3f} | {pct(q['label_alignment']['miou'])} | {pct(q['label_alignment']['pixel_agreement'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
             f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
         )
-    lines += ["", f"Label alignment: the real-only {e.archs[0]} student (seed {e.seeds[0]}) segments the generated images; its argmax is scored against the generated labels.", ""]
+    lines += [
+        "",
+        f"Label alignment: the real-only {e.archs[0]} student (seed {e.seeds[0]}) segments the generated images; its argmax is scored against the generated labels.",
+        "",
+    ]
     if e.filter_keep > 0:
         drawn = int(math.ceil(p["generated_pairs"] / e.filter_keep))
         lines += [
@@ -234,7 +273,10 @@ def quality_table(p: dict, plan: Plan) -> list[str]:
     for name, g in p.get("generated", {}).items():
         t = g.get("target")
         if t:
-            achieved = ", ".join(f"{k} {100 * v:.2f} % (target {100 * t['shares'][k]:.2f} %, training {100 * t['training'][k]:.2f} %)" for k, v in t["achieved"].items())
+            achieved = ", ".join(
+                f"{k} {100 * v:.2f} % (target {100 * t['shares'][k]:.2f} %, training {100 * t['training'][k]:.2f} %)"
+                for k, v in t["achieved"].items()
+            )
             lines += [
                 f"Class target of {name}: {t['spec']} by {t['route']}, {'met' if t['met'] else 'NOT MET'}: {achieved}; "
                 f"{t['cost']['pairs_drawn_per_kept_pair']:.2f} pairs drawn per pair kept.",
@@ -253,14 +295,19 @@ def study_tables(p: dict, plan: Plan) -> list[str]:
             continue
         students = any(row["miou"] for row in rows)
         lines += [
-            f"## {title} ({e.study_arch}, DAKTer at ratio {e.study_ratio:g}, seeds {list(e.study_seeds)})" if students else f"## {title} (generation quality only, no students)",
+            f"## {title} ({e.study_arch}, DAKTer at ratio {e.study_ratio:g}, seeds {list(e.study_seeds)})"
+            if students
+            else f"## {title} (generation quality only, no students)",
             "",
-            "| variant | pairs/s (run / sampling loop) | label alignment mIoU | class-fraction TV | mean max-prob. | ENL generated / real | histogram TV / W1 |" + (" student mIoU |" if students else ""),
+            "| variant | pairs/s (run / sampling loop) | label alignment mIoU | class-fraction TV | mean max-prob. | ENL generated / real | histogram TV / W1 |"
+            + (" student mIoU |" if students else ""),
             "|---|---|---|---|---|---|---|" + ("---|" if students else ""),
         ]
         for row in rows:
             q, hd = row["quality"], row["quality"].get("histogram_distance", {})
-            pps = " / ".join(f"{v:.2f}" if v else "–" for v in (row["pairs_per_second"], row.get("sampling_pairs_per_second")))
+            pps = " / ".join(
+                f"{v:.2f}" if v else "–" for v in (row["pairs_per_second"], row.get("sampling_pairs_per_second"))
+            )
             cells = (
                 f"| {row['variant']} | {pps} | {pct(q['label_alignment']['miou'])} | {q['class_fraction_tv']:.3f} | {q['mean_confidence']:.3f} | "
                 f"{q['enl_generated']:.2f} / {q.get('enl_real', float('nan')):.2f} | {hd.get('tv', float('nan')):.3f} / {hd.get('w1', float('nan')):.1f} |"
@@ -268,7 +315,12 @@ def study_tables(p: dict, plan: Plan) -> list[str]:
             lines.append(cells + (f" {pct(*mean_std(row['miou']))} |" if students else ""))
         lines.append("")
         if kind == "sampler":
-            lines += ["Pairs/s: the whole generation run (actor start-up included) / the writers' sampling loops alone (from the shard markers).", "", "![sampler frontier](sampler_frontier.png)", ""]
+            lines += [
+                "Pairs/s: the whole generation run (actor start-up included) / the writers' sampling loops alone (from the shard markers).",
+                "",
+                "![sampler frontier](sampler_frontier.png)",
+                "",
+            ]
     return lines
 
 
@@ -289,7 +341,13 @@ def sampler_frontier_figure(p: dict, path: str | Path) -> Path | None:
         "ENL generated / real": lambda q: q["enl_generated"] / q.get("enl_real", float("nan")),
         "grey-level histogram TV": lambda q: q.get("histogram_distance", {}).get("tv", float("nan")),
     }
-    panels = {title: {name: ([n for n, _ in sorted(pts, key=lambda t: t[0])], [f(q) for _, q in sorted(pts, key=lambda t: t[0])]) for name, pts in curves.items()} for title, f in metrics.items()}
+    panels = {
+        title: {
+            name: ([n for n, _ in sorted(pts, key=lambda t: t[0])], [f(q) for _, q in sorted(pts, key=lambda t: t[0])])
+            for name, pts in curves.items()
+        }
+        for title, f in metrics.items()
+    }
     return panel_figure(panels, path, "network evaluations per pair (NFE)", title="sampler frontier")
 
 
@@ -302,7 +360,14 @@ def time_table(timings: dict[str, float], title: str = "## Time (s)", per_studen
             key = f"students ({len(students)})"
             seconds = columns.get(key, 0.0) + seconds
         columns[key] = seconds
-    return [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), "| " + " | ".join(f"{v:.0f}" for v in columns.values()) + " |", ""]
+    return [
+        title,
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        "| " + " | ".join(f"{v:.0f}" for v in columns.values()) + " |",
+        "",
+    ]
 
 
 def write_figures(p: dict, plan: Plan, classes: list[str], out: str | Path) -> None:
@@ -317,14 +382,30 @@ def write_figures(p: dict, plan: Plan, classes: list[str], out: str | Path) -> N
             for c, (mu, _) in enumerate(r.per_class(m, arch, plan.ratio(arch), len(classes))):
                 means[c] += (0 if math.isnan(mu) else 100 * mu) / len(e.archs)
         bars[METHOD_NAMES[m]] = (means, None)
-    bar_figure(classes, bars, out / "per_class_iou.png", "IoU (%) mean over students and seeds", f"per-class IoU {ratio_text(plan, percent=False)}")
+    bar_figure(
+        classes,
+        bars,
+        out / "per_class_iou.png",
+        "IoU (%) mean over students and seeds",
+        f"per-class IoU {ratio_text(plan, percent=False)}",
+    )
     for arch in e.sweep_archs:
         none = r.cell("none", arch, 0, "miou", _sweep_seeds(r))
         series = {}
         for m in e.sweep_methods:
             cells = [r.cell(m, arch, x, "miou", _sweep_seeds(r)) for x in e.sweep_ratios]
-            series[METHOD_NAMES[m]] = ([0.0] + [100 * x for x in e.sweep_ratios], [100 * none[0]] + [100 * mu for mu, _ in cells], [100 * (none[1] or 0)] + [100 * (sd or 0) for _, sd in cells])
-        curve_figure(series, out / f"ratio_sweep_{arch}.png", "augmentation ratio (%)", "mIoU (%)", f"{arch}: mIoU vs augmentation ratio")
+            series[METHOD_NAMES[m]] = (
+                [0.0] + [100 * x for x in e.sweep_ratios],
+                [100 * none[0]] + [100 * mu for mu, _ in cells],
+                [100 * (none[1] or 0)] + [100 * (sd or 0) for _, sd in cells],
+            )
+        curve_figure(
+            series,
+            out / f"ratio_sweep_{arch}.png",
+            "augmentation ratio (%)",
+            "mIoU (%)",
+            f"{arch}: mIoU vs augmentation ratio",
+        )
 
 
 # -- rescored students -------------------------------------------------------------------------
@@ -340,7 +421,14 @@ def rescore_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
         "(one confusion matrix per run); mean ± std (%) over seeds.",
         "",
     ]
-    sections = [head, main_table(r), [""], verdict_table(r), per_class_table(r, classes, figure=False), sweep_table(r, figure=False)]
+    sections = [
+        head,
+        main_table(r),
+        [""],
+        verdict_table(r),
+        per_class_table(r, classes, figure=False),
+        sweep_table(r, figure=False),
+    ]
     return "\n".join(line for section in sections for line in section)
 
 
@@ -369,19 +457,30 @@ def demo_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
         "",
         "| | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),
-        "| class pixel fractions, real train | " + " | ".join(f"{100 * v:.2f}%" for v in q["class_fractions_real"]) + " |",
-        "| class pixel fractions, generated (argmax) | " + " | ".join(f"{100 * v:.2f}%" for v in q["class_fractions_generated"]) + " |",
+        "| class pixel fractions, real train | "
+        + " | ".join(f"{100 * v:.2f}%" for v in q["class_fractions_real"])
+        + " |",
+        "| class pixel fractions, generated (argmax) | "
+        + " | ".join(f"{100 * v:.2f}%" for v in q["class_fractions_generated"])
+        + " |",
         "",
         f"- mean max-probability of the soft labels: {gen['mean_confidence']:.3f}; total variation between the class fractions: {q['class_fraction_tv']:.3f}",
         f"- label alignment (the real-only student segments the generated images, scored against the generated labels): mIoU {pct(q['label_alignment']['miou'])}, pixel agreement {pct(q['label_alignment']['pixel_agreement'])}",
-        f"- equivalent number of looks over sea: generated {q['enl_generated']:.2f}" + (f", real {q['enl_real']:.2f}" if "enl_real" in q else ""),
+        f"- equivalent number of looks over sea: generated {q['enl_generated']:.2f}"
+        + (f", real {q['enl_real']:.2f}" if "enl_real" in q else ""),
     ]
     if "histogram_distance" in q:
         hd = q["histogram_distance"]
-        lines.append(f"- 8-bit intensity histogram distance to real images: TV {hd['tv']:.3f}, W1 {hd['w1']:.2f} grey levels")
+        lines.append(
+            f"- 8-bit intensity histogram distance to real images: TV {hd['tv']:.3f}, W1 {hd['w1']:.2f} grey levels"
+        )
     lines += [f"- **WARNING**: {w}" for w in gen.get("warnings", [])]
     several = len(e.archs) > 1 or len(e.seeds) > 1
-    rows = [(METHOD_NAMES[run.method] + (f", {run.arch} seed {run.seed}" if several else ""), p["runs"][run.name]) for run in plan.main_runs() if run.name in p["runs"]]
+    rows = [
+        (METHOD_NAMES[run.method] + (f", {run.arch} seed {run.seed}" if several else ""), p["runs"][run.name])
+        for run in plan.main_runs()
+        if run.name in p["runs"]
+    ]
     lines += [
         "",
         f"## Students ({', '.join(e.archs)}, {cfg.student.max_steps} steps of batch {cfg.student.batch_size}, generated ratio {e.ratio:g} = {100 * e.ratio:.0f} %: "

@@ -87,7 +87,17 @@ def score_shards(url: str, segmenter: torch.nn.Module, batch_size: int = 64) -> 
 
 def _fingerprint(src_info: DatasetInfo, segmenter_dir: Path, keep: int | None, min_alignment: float | None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"source": src_info.fingerprint, "source_count": src_info.count, "keep": keep, "min_alignment": min_alignment}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "source": src_info.fingerprint,
+                "source_count": src_info.count,
+                "keep": keep,
+                "min_alignment": min_alignment,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     h.update((segmenter_dir / "model.safetensors").read_bytes())
     return h.hexdigest()[:16]
 
@@ -118,15 +128,21 @@ def filter_shards(
     if batch_size < 1:
         raise FilterError(f"batch_size must be >= 1, got {batch_size}")
     if overlaps(src_url, dst_url):  # writing there would overwrite or mix into the source's shards
-        raise FilterError(f"--out {redact_url(dst_url)} is, contains or lies inside --shards {redact_url(src_url)}: give the filtered set a folder of its own")
+        raise FilterError(
+            f"--out {redact_url(dst_url)} is, contains or lies inside --shards {redact_url(src_url)}: give the filtered set a folder of its own"
+        )
     source, dst = ShardSet(src_url), ShardSet(dst_url)
     src_info = source.info()
     if src_info is None or not src_info.complete:
-        raise FilterError(f"{src_url}: not a complete generated set (dataset.json missing or not complete); finish jobs/synthesize.py first")
+        raise FilterError(
+            f"{src_url}: not a complete generated set (dataset.json missing or not complete); finish jobs/synthesize.py first"
+        )
     segmenter_dir = Path(segmenter_dir)
     seg_info = read_student_info(segmenter_dir)
     if list(seg_info["classes"]) != list(src_info.classes):
-        raise FilterError(f"segmenter {segmenter_dir} has classes {seg_info['classes']}, the generated set {src_info.classes}")
+        raise FilterError(
+            f"segmenter {segmenter_dir} has classes {seg_info['classes']}, the generated set {src_info.classes}"
+        )
     fp = _fingerprint(src_info, segmenter_dir, keep, min_alignment)
     try:
         dst_info = dst.info()
@@ -137,7 +153,19 @@ def filter_shards(
         return dst_info
     lease = Lease(dst_url, f"filter_generated {fp[:12]}").acquire()  # one writer of --out at a time
     try:
-        return _filter_into(source, dst, src_info, segmenter_dir, seg_info, fp, keep, min_alignment, samples_per_shard, batch_size, lease)
+        return _filter_into(
+            source,
+            dst,
+            src_info,
+            segmenter_dir,
+            seg_info,
+            fp,
+            keep,
+            min_alignment,
+            samples_per_shard,
+            batch_size,
+            lease,
+        )
     finally:
         lease.release()
 
@@ -174,7 +202,14 @@ def _filter_into(
 
     per_shard = samples_per_shard or src_info.samples_per_shard or 1000
     alignment = {k: float(a) for k, a, ok in zip(keys, scores, kept) if ok}
-    markers = source.derive(dst_url, lambda key, record: {"source_key": key, "alignment": round(alignment[key], 6)}, fp, per_shard, keys=list(alignment), check=lease.check)
+    markers = source.derive(
+        dst_url,
+        lambda key, record: {"source_key": key, "alignment": round(alignment[key], 6)},
+        fp,
+        per_shard,
+        keys=list(alignment),
+        check=lease.check,
+    )
     written = marker_count(markers.values())
     info, _ = dst.finish(  # checked against the source's training data and thresholds; the source's warnings kept
         src_info,
@@ -199,5 +234,14 @@ def _filter_into(
         },
     )
     write_dataset_card(dst_url)
-    log.info("filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s", written, len(keys), src_url, threshold, info.filter["alignment_mean_source"], info.filter["alignment_mean_kept"], dst_url)
+    log.info(
+        "filter: kept %d of %d pairs of %s (alignment >= %.3f; mean %.3f -> %.3f) in %s",
+        written,
+        len(keys),
+        src_url,
+        threshold,
+        info.filter["alignment_mean_source"],
+        info.filter["alignment_mean_kept"],
+        dst_url,
+    )
     return info

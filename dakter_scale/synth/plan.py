@@ -98,7 +98,15 @@ class Plan:
 UNRECORDED_DEFAULTS = {"precision": "auto", "compile": False}  # sampling settings added after sets existed
 
 
-def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: int, shard_format: str, batch_size: int, condition: dict | None = None) -> str:
+def fingerprint(
+    model_hash: str,
+    sampling: dict,
+    seed: int,
+    samples_per_shard: int,
+    shard_format: str,
+    batch_size: int,
+    condition: dict | None = None,
+) -> str:
     """What determines the bytes of a shard, hashed: two runs with equal fingerprints write equal shards
     (on the same kind of device and torch build). The solver order only changes the bytes of the
     multistep samplers: it is left out for ddim and ddpm, whose sets written before it existed keep
@@ -110,7 +118,14 @@ def fingerprint(model_hash: str, sampling: dict, seed: int, samples_per_shard: i
         sampling = {k: v for k, v in sampling.items() if k != "solver_order"}
     # Settings at the value every earlier set was written with are left out, so those sets keep their fingerprints.
     sampling = {k: v for k, v in sampling.items() if not (k in UNRECORDED_DEFAULTS and v == UNRECORDED_DEFAULTS[k])}
-    fields = {"model": model_hash, "sampling": sampling, "seed": seed, "samples_per_shard": samples_per_shard, "batch_size": batch_size, "format": shard_format}
+    fields = {
+        "model": model_hash,
+        "sampling": sampling,
+        "seed": seed,
+        "samples_per_shard": samples_per_shard,
+        "batch_size": batch_size,
+        "format": shard_format,
+    }
     if condition is not None:
         fields["condition"] = condition
     blob = json.dumps(fields, sort_keys=True)
@@ -131,5 +146,9 @@ def estimate_bytes_per_pair(resolution: int, num_classes: int, typical: bool = F
     """One pair's bytes in a shard: an upper estimate (noisy soft labels of an under-trained model), or
     with typical=True what a trained model's smooth soft labels take."""
     pixels = resolution * resolution
-    image, soft = (TYPICAL_IMAGE_BYTES_PER_PIXEL, TYPICAL_SOFT_BYTES_PER_PIXEL_PER_CLASS) if typical else (MAX_IMAGE_BYTES_PER_PIXEL, MAX_SOFT_BYTES_PER_PIXEL_PER_CLASS)
+    image, soft = (
+        (TYPICAL_IMAGE_BYTES_PER_PIXEL, TYPICAL_SOFT_BYTES_PER_PIXEL_PER_CLASS)
+        if typical
+        else (MAX_IMAGE_BYTES_PER_PIXEL, MAX_SOFT_BYTES_PER_PIXEL_PER_CLASS)
+    )
     return int(pixels * image + pixels * num_classes * soft + TAR_AND_RECORD_BYTES)

@@ -29,7 +29,13 @@ REGENERATED_DIR = "regenerated"
 
 
 def regenerate(
-    model_dir: str | Path, key: str, run_seed: int, sampling: SamplingConfig, batch_size: int, shard_count: int, device: str | None = None
+    model_dir: str | Path,
+    key: str,
+    run_seed: int,
+    sampling: SamplingConfig,
+    batch_size: int,
+    shard_count: int,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(image uint8 (H, W), soft label float32 (K, H, W), manifest record) of the pair with this key,
     from a shard of shard_count pairs sampled in batches of batch_size."""
@@ -47,7 +53,9 @@ def regenerate(
     return denormalise(out.images[j, 0]).cpu().numpy(), q[0].numpy(), record
 
 
-def regenerate_to(model_dir: str | Path, key: str, cfg: SynthesisConfig, sampling: SamplingConfig, out_url: str) -> dict:
+def regenerate_to(
+    model_dir: str | Path, key: str, cfg: SynthesisConfig, sampling: SamplingConfig, out_url: str
+) -> dict:
     """Regenerate `key` of the run (model, cfg, sampling) and write OUT/regenerated/KEY.image.png,
     KEY.soft.npy (float32, unquantised) and KEY.json. When OUT holds that run's dataset.json, the
     flags must match it (else the pair would not be the one in the shard)."""
@@ -55,7 +63,9 @@ def regenerate_to(model_dir: str | Path, key: str, cfg: SynthesisConfig, samplin
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     existing = ShardSet(out_url).info()
     if existing is not None:
-        fp = fingerprint(model_hash(model_dir), to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size)
+        fp = fingerprint(
+            model_hash(model_dir), to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size
+        )
         if existing.fingerprint != fp:
             raise PlanError(
                 f"{out_url} holds a dataset made with other settings (seed {existing.seed}, samples per shard "

@@ -94,7 +94,9 @@ class Summary:
             f"  skipped as already done: {len(self.skipped)} shards",
         ]
         if self.corrupt:
-            out.append(f"  found corrupt (marker kept no longer; rewritten unless failed below): {len(self.corrupt)} shards")
+            out.append(
+                f"  found corrupt (marker kept no longer; rewritten unless failed below): {len(self.corrupt)} shards"
+            )
             out += [f"    shard {s}: {reason}" for s, reason in sorted(self.corrupt.items())]
         if self.retried:
             out.append(f"  failed attempts (retried up to the limit): {len(self.retried)}")
@@ -128,7 +130,9 @@ def _model_info(model_dir: str | Path) -> dict:
     return json.loads((Path(check_model_folder(model_dir)) / "dakter.json").read_text())
 
 
-def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig) -> str | None:
+def _conflict(
+    out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig
+) -> str | None:
     """What other dataset the output holds, if any, described by what differs from this run."""
     if DATASET_FILE not in listing:
         return f"{shards_found} shards of an unknown dataset (no {DATASET_FILE})" if shards_found else None
@@ -138,7 +142,14 @@ def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: s
         return f"an unreadable {DATASET_FILE}"
     if existing.fingerprint == fp:
         return None
-    mine = {"model": mhash, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard, "batch_size": cfg.batch_size, "sampling": to_dict(sampling), "format": FORMAT}
+    mine = {
+        "model": mhash,
+        "seed": cfg.seed,
+        "samples_per_shard": cfg.samples_per_shard,
+        "batch_size": cfg.batch_size,
+        "sampling": to_dict(sampling),
+        "format": FORMAT,
+    }
     theirs = {
         "model": existing.model_hash,
         "seed": existing.seed,
@@ -151,17 +162,33 @@ def _conflict(out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: s
     return f"a dataset from model {str(existing.model_hash or '?')[:12]} that differs in {', '.join(differ)} (fingerprint {existing.fingerprint})"
 
 
-def inspect_output(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, condition: Condition | None = None) -> Prepared:
+def inspect_output(
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    condition: Condition | None = None,
+) -> Prepared:
     """Decide the shards left to write. Reads only: writes, probes and deletes nothing."""
     info = _model_info(model_dir)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     mhash = model_hash(model_dir)
-    fp = fingerprint(mhash, to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size, condition.identity() if condition is not None else None)
+    fp = fingerprint(
+        mhash,
+        to_dict(sampling),
+        cfg.seed,
+        cfg.samples_per_shard,
+        FORMAT,
+        cfg.batch_size,
+        condition.identity() if condition is not None else None,
+    )
     out = ShardSet(out_url)
     try:
         listing = out.listing()
     except Exception as e:  # any backend error: report the URL, never credentials
-        raise storage.StorageError(f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise storage.StorageError(
+            f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from None
     finished, corrupt = out.read_markers(listing)
     conflict = _conflict(out, listing, len(finished) + len(corrupt), fp, mhash, cfg, sampling)
     if conflict:
@@ -200,7 +227,14 @@ def check_inputs(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, samp
     storage.check_writable(out_url)
 
 
-def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: Condition | None = None) -> Prepared:
+def prepare(
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    overwrite: bool = False,
+    condition: Condition | None = None,
+) -> Prepared:
     """Decide the shards left to write (inputs already checked by check_inputs). Refuses, or with
     overwrite deletes, another dataset in the output. Starts nothing."""
     prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
@@ -216,7 +250,14 @@ def prepare(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling:
     return inspect_output(model_dir, out_url, cfg, sampling, condition)
 
 
-def dry_run(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, overwrite: bool = False, condition: Condition | None = None) -> dict:
+def dry_run(
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    overwrite: bool = False,
+    condition: Condition | None = None,
+) -> dict:
     """The plan as a JSON-able dict: shards, pairs, what is already done, estimated bytes. Changes nothing."""
     check_model_folder(model_dir)
     sampling.check_steps(num_train_timesteps(model_dir))
@@ -288,9 +329,27 @@ def _dataset_header(prep: Prepared, cfg: SynthesisConfig, sampling: SamplingConf
 # -- the driver loop (dist/driver.py) ----------------------------------------------------------------
 
 
-def writer_args(model: Any, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, fp: str, lease: dict | None = None, condition: Condition | None = None) -> dict:
+def writer_args(
+    model: Any,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    fp: str,
+    lease: dict | None = None,
+    condition: Condition | None = None,
+) -> dict:
     """The ShardWriter's arguments (all but the device), the same for every strategy."""
-    return dict(model=model, out_url=out_url, sampling=to_dict(sampling), batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads_per_actor, fingerprint=fp, lease=lease, condition=condition)
+    return dict(
+        model=model,
+        out_url=out_url,
+        sampling=to_dict(sampling),
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        threads=cfg.threads_per_actor,
+        fingerprint=fp,
+        lease=lease,
+        condition=condition,
+    )
 
 
 def _own_markers(out: ShardSet, markers: dict[int, dict], fp: str) -> dict[int, dict]:
@@ -300,7 +359,11 @@ def _own_markers(out: ShardSet, markers: dict[int, dict], fp: str) -> dict[int, 
     own = {}
     for shard, marker in markers.items():
         now = stored.get(shard)
-        if now is None or now.marker.get("fingerprint") not in (fp, marker.get("fingerprint")) or now.marker.get("sha256") != marker.get("sha256"):
+        if (
+            now is None
+            or now.marker.get("fingerprint") not in (fp, marker.get("fingerprint"))
+            or now.marker.get("sha256") != marker.get("sha256")
+        ):
             log.warning("shard %d changed under this run (another writer?): not counted; a rerun rewrites it", shard)
             continue
         own[shard] = marker
@@ -338,7 +401,9 @@ def synthesize(
         raise PlanError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if use_ray and importlib.util.find_spec("ray") is None:
         # e.g. an air-gapped GPU image with no Ray wheel: the same worker runs in this process
-        log.warning("Ray is not installed (pip install 'dakter-scale[ray]'): synthesizing in this process instead of with Ray actors")
+        log.warning(
+            "Ray is not installed (pip install 'dakter-scale[ray]'): synthesizing in this process instead of with Ray actors"
+        )
         use_ray = False
     if not use_ray and device == "cuda":
         import torch
@@ -347,21 +412,40 @@ def synthesize(
             raise PlanError("--device cuda with --actors 0: this process sees no CUDA device")
     t0 = time.time()
     check_inputs(model_dir, out_url, cfg, sampling)
-    lease = Lease(out_url, f"synthesis of {cfg.n} pairs (seed {cfg.seed})", cfg.lease_seconds).acquire(break_lock=break_lock)
+    lease = Lease(out_url, f"synthesis of {cfg.n} pairs (seed {cfg.seed})", cfg.lease_seconds).acquire(
+        break_lock=break_lock
+    )
     try:
-        return _synthesize(model_dir, out_url, cfg, sampling, lease, overwrite, progress, use_ray, device, t0, condition, reference)
+        return _synthesize(
+            model_dir, out_url, cfg, sampling, lease, overwrite, progress, use_ray, device, t0, condition, reference
+        )
     finally:
         lease.release()
 
 
 def _synthesize(
-    model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, lease: Lease, overwrite: bool, progress: bool, use_ray: bool, device: str, t0: float,
-    condition: Condition | None, reference: list[float] | None,
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    lease: Lease,
+    overwrite: bool,
+    progress: bool,
+    use_ray: bool,
+    device: str,
+    t0: float,
+    condition: Condition | None,
+    reference: list[float] | None,
 ) -> Summary:
     prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite, condition=condition)
     plan = prep.plan
     summary = Summary(
-        out=storage.redact_url(out_url), planned_pairs=plan.n, planned_shards=plan.num_shards, skipped=list(prep.skipped), corrupt=dict(prep.corrupt), started_at=t0
+        out=storage.redact_url(out_url),
+        planned_pairs=plan.n,
+        planned_shards=plan.num_shards,
+        skipped=list(prep.skipped),
+        corrupt=dict(prep.corrupt),
+        started_at=t0,
     )
     out = ShardSet(out_url)
     header = _dataset_header(prep, cfg, sampling, str(model_dir))
@@ -395,11 +479,23 @@ def _synthesize(
         summary.retried.append({"shard": task.shard, "attempt": task.attempt, "reason": reason})
         final_failures[task.shard] = reason or "unknown error"
         (log.warning if retrying else log.error)(
-            "shard %d attempt %d failed: %s%s", task.shard, task.attempt + 1, reason, "; retrying" if retrying else "; giving up"
+            "shard %d attempt %d failed: %s%s",
+            task.shard,
+            task.attempt + 1,
+            reason,
+            "; retrying" if retrying else "; giving up",
         )
 
     if prep.todo:
-        args = writer_args(str(check_model_folder(model_dir)), out_url, cfg, sampling, prep.fingerprint, lease=lease.ref(), condition=condition)
+        args = writer_args(
+            str(check_model_folder(model_dir)),
+            out_url,
+            cfg,
+            sampling,
+            prep.fingerprint,
+            lease=lease.ref(),
+            condition=condition,
+        )
         workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries)
         strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
         summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
@@ -407,7 +503,9 @@ def _synthesize(
     # (a writer still streaming keeps its file fresh; this run's own have all returned). Without a
     # lease, only those untouched for an hour.
     lease.check()  # removing temporaries is a write too: only while the prefix is still this run's
-    for name in out.remove_temporaries(min_age=max(0.0, time.time() - lease.started) if lease.supported else UNLOCKED_TEMP_AGE):
+    for name in out.remove_temporaries(
+        min_age=max(0.0, time.time() - lease.started) if lease.supported else UNLOCKED_TEMP_AGE
+    ):
         log.info("removed %s left by a killed writer", name)
     bar.close()
     summary.failed = {s: r for s, r in final_failures.items() if s not in markers}
@@ -418,7 +516,8 @@ def _synthesize(
     stalled = sum(m.get("writer_wait_seconds", 0.0) for m in written)
     if busy > 0 and stalled / busy > WRITER_STALL_WARNING:
         log.warning(
-            "the sampler waited for encoding and uploads %.0f %% of the shard time: give each actor more CPU threads (--threads-per-actor)", 100 * stalled / busy
+            "the sampler waited for encoding and uploads %.0f %% of the shard time: give each actor more CPU threads (--threads-per-actor)",
+            100 * stalled / busy,
         )
 
     lease.check()

@@ -34,7 +34,29 @@ DRAWN_ROUTES = ROUTES[1:]  # conditioned, pasted: the routes that draw each pair
 FORMAT = 1  # version of dataset.json's "target" record
 _ENTRY = re.compile(r"^\s*([^:,\s][^:,]*?)\s*:\s*([^,]+?)\s*$")
 # Draw factors the selection route tries, smallest first (pairs drawn per pair kept).
-DRAW_FACTORS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0, 80.0, 100.0)
+DRAW_FACTORS = (
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    6.0,
+    8.0,
+    10.0,
+    12.0,
+    16.0,
+    20.0,
+    25.0,
+    32.0,
+    40.0,
+    50.0,
+    64.0,
+    80.0,
+    100.0,
+)
 
 
 class TargetError(UserError, ValueError):
@@ -76,7 +98,9 @@ class ClassTarget:
         return [goals[c] if c in goals else self.training[c] * scale for c in range(len(self.classes))]
 
 
-def parse_class_target(text: str, classes: Sequence[str], training: Sequence[float], flag: str = "--class-target") -> ClassTarget:
+def parse_class_target(
+    text: str, classes: Sequence[str], training: Sequence[float], flag: str = "--class-target"
+) -> ClassTarget:
     """'oil:3x,ship:0.05' -> ClassTarget. A factor multiplies the class's training share; a plain
     number is an absolute share. Errors (TargetError, one line naming the flag): an empty or
     malformed entry, an unknown class (the model's are listed), a class named twice, a factor <= 0,
@@ -84,7 +108,9 @@ def parse_class_target(text: str, classes: Sequence[str], training: Sequence[flo
     does not hold, a factor that gives a share >= 1."""
     classes, training = tuple(classes), tuple(float(v) for v in training)
     if len(classes) != len(training):
-        raise ValueError(f"{len(classes)} classes but {len(training)} training shares")  # an invariant of the model folder
+        raise ValueError(
+            f"{len(classes)} classes but {len(training)} training shares"
+        )  # an invariant of the model folder
     if not isinstance(text, str) or not text.strip():
         raise TargetError(f"{flag} is empty; give CLASS:FACTORx or CLASS:SHARE entries, e.g. oil:3x,ship:3x")
     goals: dict[int, float] = {}
@@ -92,7 +118,9 @@ def parse_class_target(text: str, classes: Sequence[str], training: Sequence[flo
     for entry in text.split(","):
         match = _ENTRY.match(entry)
         if match is None:
-            raise TargetError(f"{flag} entry {entry.strip()!r} is not CLASS:FACTORx or CLASS:SHARE (e.g. oil:3x or oil:0.05)")
+            raise TargetError(
+                f"{flag} entry {entry.strip()!r} is not CLASS:FACTORx or CLASS:SHARE (e.g. oil:3x or oil:0.05)"
+            )
         name, value = match.group(1), match.group(2).strip()
         if name not in classes:
             raise TargetError(f"{flag}: unknown class {name!r}; the model's classes are {', '.join(classes)}")
@@ -103,25 +131,37 @@ def parse_class_target(text: str, classes: Sequence[str], training: Sequence[flo
         try:
             number = float(factor if factor is not None else value)
         except ValueError:
-            raise TargetError(f"{flag} entry {entry.strip()!r}: {value!r} is not a factor like 3x or a share like 0.05") from None
+            raise TargetError(
+                f"{flag} entry {entry.strip()!r}: {value!r} is not a factor like 3x or a share like 0.05"
+            ) from None
         if not math.isfinite(number):
             raise TargetError(f"{flag} entry {entry.strip()!r}: {value!r} is not a finite number")
         if factor is not None:
             if number <= 0:
                 raise TargetError(f"{flag}: the factor of {name!r} must be > 0, got {value}")
             if training[c] <= 0:
-                raise TargetError(f"{flag}: the training set holds no {name!r} pixels, so a factor of its share means nothing; give a share like {name}:0.05")
+                raise TargetError(
+                    f"{flag}: the training set holds no {name!r} pixels, so a factor of its share means nothing; give a share like {name}:0.05"
+                )
             share = number * training[c]
             if share >= 1:
-                raise TargetError(f"{flag}: {name}:{value} asks for a share of {share:.3f} (training share {training[c]:.4f}), which must be < 1")
+                raise TargetError(
+                    f"{flag}: {name}:{value} asks for a share of {share:.3f} (training share {training[c]:.4f}), which must be < 1"
+                )
         else:
             share = number
             if not 0 < share < 1:
-                raise TargetError(f"{flag}: the share of {name!r} must be in (0, 1), got {value} (a factor needs an x: {name}:{value}x)")
+                raise TargetError(
+                    f"{flag}: the share of {name!r} must be in (0, 1), got {value} (a factor needs an x: {name}:{value}x)"
+                )
         goals[c], written[c] = share, value
     total = sum(goals.values())
     if total > 1:
-        raise TargetError(f"{flag}: the shares asked for sum to {total:.3f} > 1 (" + ", ".join(f"{classes[c]} {s:.3f}" for c, s in sorted(goals.items())) + "): no set can hold them")
+        raise TargetError(
+            f"{flag}: the shares asked for sum to {total:.3f} > 1 ("
+            + ", ".join(f"{classes[c]} {s:.3f}" for c, s in sorted(goals.items()))
+            + "): no set can hold them"
+        )
     return ClassTarget(text.strip(), classes, training, tuple(sorted(goals.items())), tuple(sorted(written.items())))
 
 
@@ -212,14 +252,18 @@ def paste_pool(images: np.ndarray, masks: np.ndarray, target: ClassTarget) -> di
     return donors(masks, target, np.stack([images, masks], axis=1))
 
 
-def pair_mask(seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, pool: dict | None = None) -> np.ndarray:
+def pair_mask(
+    seed: int, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, pool: dict | None = None
+) -> np.ndarray:
     """The composed label map (H, H) of the pair drawn from `seed`: a real mask, chosen by the seed,
     with donors' regions of each targeted class pasted until the class covers its target share
     (core.compose). A function of (seed, masks, target) alone, so a pair can be rebuilt on its own.
     pool: donors(masks, target), when the caller keeps it."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
     base = masks[int(rng.integers(len(masks)))]
-    return compose_mask(base, donors(masks, target) if pool is None else pool, target.goals, rng, background=0, max_pastes=max_pastes)
+    return compose_mask(
+        base, donors(masks, target) if pool is None else pool, target.goals, rng, background=0, max_pastes=max_pastes
+    )
 
 
 def pair_paste(
@@ -240,11 +284,19 @@ def pair_paste(
     ids: the drawn pair's layout so far (TargetConfig.paste_at), pasted onto its sea and counted towards
     the target. by_component: instances one at a time (TargetConfig.by_component)."""
     rng = np.random.default_rng(derive_seed(seed, COMPOSE_STREAM))
-    return paste_instances(paste_pool(images, masks, target) if pool is None else pool, target.goals, rng, max_pastes, base, by_component)
+    return paste_instances(
+        paste_pool(images, masks, target) if pool is None else pool, target.goals, rng, max_pastes, base, by_component
+    )
 
 
 def given_shares(
-    route: str, seeds, images: np.ndarray, masks: np.ndarray, target: ClassTarget, max_pastes: int = MAX_PASTES, by_component: bool = TargetConfig.by_component
+    route: str,
+    seeds,
+    images: np.ndarray,
+    masks: np.ndarray,
+    target: ClassTarget,
+    max_pastes: int = MAX_PASTES,
+    by_component: bool = TargetConfig.by_component,
 ) -> np.ndarray:
     """Pooled per-class shares (K,) of what `route` gives the pairs of `seeds`: the composed maps
     (conditioned), or the pasted pixels alone (pasted: what the model draws around them adds more;
@@ -275,11 +327,17 @@ def check_composable(
     missing = [target.classes[c] for c, pool in donors(masks, target).items() if not pool]
     if missing:
         hint = "; use --target-route selection" if flag == "--class-target" else ""
-        raise TargetError(f"{flag}: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste{hint}")
-    shares = given_shares(route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes, by_component)
+        raise TargetError(
+            f"{flag}: no training mask holds {', '.join(missing)}, so the {route} route has nothing to paste{hint}"
+        )
+    shares = given_shares(
+        route, [derive_seed(i, 2) for i in range(probe)], images, masks, target, max_pastes, by_component
+    )
     if not target.met(shares):
         what = "composed maps" if route == "conditioned" else "pasted instances"
-        raise TargetError(f"{flag} {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}")
+        raise TargetError(
+            f"{flag} {target.spec} cannot be reached by the {route} route ({max_pastes} pasted masks per class at most): {what} reach {', '.join(target.missed(shares))}"
+        )
     return shares
 
 
@@ -296,7 +354,9 @@ class GivenPairs:
     """What a batch of pairs is drawn given, as class ids and pixels (the writer turns it into
     diffusion/sample.py's given_* tensors)."""
 
-    ids: np.ndarray  # (N, H, H) uint8 class ids: the composed maps (conditioned) or the pasted instances' labels (pasted)
+    ids: (
+        np.ndarray
+    )  # (N, H, H) uint8 class ids: the composed maps (conditioned) or the pasted instances' labels (pasted)
     where: np.ndarray | None  # (N, H, H) bool: the pixels given (pasted); None: every pixel (conditioned)
     image: np.ndarray | None = None  # (N, H, H) uint8: the pasted instances' image (pasted)
     sea: np.ndarray | None = None  # (N, H, H) float32: each given pixel's donor sea level (pasted)
@@ -323,7 +383,9 @@ class Condition:
 
     def __post_init__(self):
         if self.route not in DRAWN_ROUTES or (self.route == "pasted") != (self.images is not None):
-            raise ValueError(f"a condition's route is one of {DRAWN_ROUTES}, with the training images for pasted only, got {self.route!r}")
+            raise ValueError(
+                f"a condition's route is one of {DRAWN_ROUTES}, with the training images for pasted only, got {self.route!r}"
+            )
 
     @classmethod
     def from_config(cls, cfg: TargetConfig, target: ClassTarget, images: np.ndarray, masks: np.ndarray) -> "Condition":
@@ -331,7 +393,16 @@ class Condition:
         from the real training pairs (images, masks), each (N, H, H) uint8."""
         settings = dict(max_pastes=cfg.max_pastes, free_steps=cfg.free_steps, resample=cfg.resample)
         if cfg.route == "pasted":
-            return cls("pasted", target, masks, images, sea=cfg.sea, paste_at=cfg.paste_at, by_component=cfg.by_component, **settings)
+            return cls(
+                "pasted",
+                target,
+                masks,
+                images,
+                sea=cfg.sea,
+                paste_at=cfg.paste_at,
+                by_component=cfg.by_component,
+                **settings,
+            )
         return cls(cfg.route, target, masks, **settings)
 
     @classmethod
@@ -355,18 +426,34 @@ class Condition:
         """What of the condition makes the shards' bytes, for the fingerprint (synth/plan.py): the
         arrays by their hash. Settings at the values they had before they existed are left out, so
         those sets keep their fingerprints."""
-        out: dict = {k: v for k, v, old in (("free_steps", self.free_steps, 0), ("resample", self.resample, 1)) if v != old}
+        out: dict = {
+            k: v for k, v, old in (("free_steps", self.free_steps, 0), ("resample", self.resample, 1)) if v != old
+        }
         if self.route == "pasted":
             out.update(images=_array_hash(self.images), sea=bool(self.sea))
-        out.update({k: v for k, v in (("paste_at", float(self.paste_at)), ("by_component", bool(self.by_component))) if v})
-        return {**out, "route": self.route, "spec": self.target.spec, "training": [float(v) for v in self.target.training], "max_pastes": int(self.max_pastes), "masks": _array_hash(self.masks)}
+        out.update(
+            {k: v for k, v in (("paste_at", float(self.paste_at)), ("by_component", bool(self.by_component))) if v}
+        )
+        return {
+            **out,
+            "route": self.route,
+            "spec": self.target.spec,
+            "training": [float(v) for v in self.target.training],
+            "max_pastes": int(self.max_pastes),
+            "masks": _array_hash(self.masks),
+        }
 
     def record(self) -> dict:
         """Its settings in dataset.json's `target` record: what each pair was given, and how."""
         if self.route == "conditioned":
             given = {"label_maps": "real training masks + pasted real regions (synth/target.py pair_mask)"}
         else:
-            given = {"pasted": "real training pairs' regions of the targeted classes, image and label (synth/target.py pair_paste)", "sea": self.sea, "paste_at": self.paste_at, "by_component": self.by_component}
+            given = {
+                "pasted": "real training pairs' regions of the targeted classes, image and label (synth/target.py pair_paste)",
+                "sea": self.sea,
+                "paste_at": self.paste_at,
+                "by_component": self.by_component,
+            }
         return {"max_pastes": self.max_pastes, "free_steps": self.free_steps, "resample": self.resample, **given}
 
     def given_at(self, steps: int) -> int:
@@ -376,14 +463,23 @@ class Condition:
     @cached_property
     def pool(self) -> dict[int, list[np.ndarray]]:
         """The donors every pair draws from (built once per process, on first use)."""
-        return paste_pool(self.images, self.masks, self.target) if self.route == "pasted" else donors(self.masks, self.target)
+        return (
+            paste_pool(self.images, self.masks, self.target)
+            if self.route == "pasted"
+            else donors(self.masks, self.target)
+        )
 
     def given(self, seeds: Sequence[int], bases: np.ndarray | None = None) -> GivenPairs:
         """What the pairs of `seeds` are given: their composed maps (conditioned), or their pasted
         instances (pasted), onto the sea of bases (N, H, H) class ids (their layout so far) if given."""
         if self.route == "conditioned":
-            return GivenPairs(np.stack([pair_mask(s, self.masks, self.target, self.max_pastes, self.pool) for s in seeds]), None)
+            return GivenPairs(
+                np.stack([pair_mask(s, self.masks, self.target, self.max_pastes, self.pool) for s in seeds]), None
+            )
         bases = [None] * len(seeds) if bases is None else bases
-        pasted = (pair_paste(s, self.images, self.masks, self.target, self.max_pastes, self.pool, base, self.by_component) for s, base in zip(seeds, bases))
+        pasted = (
+            pair_paste(s, self.images, self.masks, self.target, self.max_pastes, self.pool, base, self.by_component)
+            for s, base in zip(seeds, bases)
+        )
         image, ids, where, level = (np.stack(a) for a in zip(*pasted))
         return GivenPairs(ids, where, image, level if self.sea else None)

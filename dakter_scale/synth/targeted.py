@@ -62,13 +62,14 @@ from dakter_scale.synth.target import ClassTarget, Condition, TargetError
 log = logging.getLogger("dakter_scale")
 
 
-
 def model_target(model_dir: str | Path, spec: str) -> tuple[ClassTarget, dict]:
     """The parsed target against a model folder's classes and training shares, and its dakter.json."""
     info = json.loads((Path(check_model_folder(model_dir)) / "dakter.json").read_text())
     training = (info.get("train_stats") or {}).get("class_fractions")
     if not training:
-        raise TargetError(f"--class-target: model folder {model_dir} records no training class fractions (train_stats.class_fractions in dakter.json)")
+        raise TargetError(
+            f"--class-target: model folder {model_dir} records no training class fractions (train_stats.class_fractions in dakter.json)"
+        )
     return tgt.parse_class_target(spec, info["classes"], training), info
 
 
@@ -87,7 +88,9 @@ def check_max_draw_factor(value: float) -> float:
 def check_route_resample(resample: int, route: str, sampler: str) -> None:
     """--resample: RePaint's resampling for a route that replaces, with a sampler whose steps keep no state."""
     if resample != 1 and route not in tgt.DRAWN_ROUTES:
-        raise TargetError(f"--resample {resample} applies to --target-route {' or '.join(tgt.DRAWN_ROUTES)} only (the {route} route draws pairs jointly)")
+        raise TargetError(
+            f"--resample {resample} applies to --target-route {' or '.join(tgt.DRAWN_ROUTES)} only (the {route} route draws pairs jointly)"
+        )
     try:
         check_resample(resample, sampler)
     except ValueError as e:
@@ -100,7 +103,9 @@ def check_reachable(condition: Condition) -> np.ndarray:
     return tgt.check_composable(c.route, c.images, c.masks, c.target, c.max_pastes, by_component=c.by_component)
 
 
-def prepare_target(model_dir: str | Path, cfg: TargetConfig, sampler: str = "ddim") -> tuple[ClassTarget, Condition | None, dict]:
+def prepare_target(
+    model_dir: str | Path, cfg: TargetConfig, sampler: str = "ddim"
+) -> tuple[ClassTarget, Condition | None, dict]:
     """Every check of a targeted run (synthesis.target) that needs no sampling: the spec against the
     model, the route, the draw bound, resampling against the route and sampler, and for the conditioned
     and pasted routes whether what they give the pairs reaches the target. Returns (target, what those
@@ -132,9 +137,13 @@ class TargetedResult:
     def lines(self) -> list[str]:
         if self.route != "selection" or not self.info.target:  # drawn given something, or a draw that failed
             return self.summary.lines()
-        return [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())] + [
-            f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
-        ] + stats_lines(self.info)
+        return (
+            [f"selection draw: {line.strip()}" if i == 0 else line for i, line in enumerate(self.summary.lines())]
+            + [
+                f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
+            ]
+            + stats_lines(self.info)
+        )
 
 
 def _record(target: ClassTarget, route: str, achieved: list[float], cost: dict, **extra) -> tuple[dict, list[str]]:
@@ -168,21 +177,35 @@ def _sampling_seconds(markers) -> float:
     return float(sum(m.get("seconds", 0.0) for m in markers))
 
 
-def by_conditioning(model_dir: str | Path, out_url: str, cfg: SynthesisConfig, sampling: SamplingConfig, condition: Condition, **run_kwargs) -> TargetedResult:
+def by_conditioning(
+    model_dir: str | Path,
+    out_url: str,
+    cfg: SynthesisConfig,
+    sampling: SamplingConfig,
+    condition: Condition,
+    **run_kwargs,
+) -> TargetedResult:
     """cfg.n pairs drawn given composed label maps (route conditioned) or pasted real instances
     (route pasted), as `condition` says (module docstring; checked reachable first); dataset.json
     gains `target`."""
     route, target = condition.route, condition.target
     check_route_resample(condition.resample, route, sampling.sampler)
     check_reachable(condition)
-    summary = synthesize(model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs)
+    summary = synthesize(
+        model_dir, out_url, cfg, sampling, condition=condition, reference=target.reference(), **run_kwargs
+    )
     out = ShardSet(out_url)
     info = out.info()
     if not summary.ok or info is None or not info.generated_stats:
         return TargetedResult(route, summary, info or DatasetInfo(), out_url)
     markers = [i.marker for i in out.done()]
     achieved = list(info.generated_stats["class_fractions"])
-    cost = {"pairs_drawn": info.count, "pairs_kept": info.count, "pairs_drawn_per_kept_pair": 1.0, "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count)}
+    cost = {
+        "pairs_drawn": info.count,
+        "pairs_kept": info.count,
+        "pairs_drawn_per_kept_pair": 1.0,
+        "sampling_seconds_per_kept_pair": _sampling_seconds(markers) / max(1, info.count),
+    }
     record, warnings = _record(target, route, achieved, cost, **condition.record())
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
@@ -216,7 +239,9 @@ def by_selection(
         earlier = ShardSet(draw_url).info()
     except ShardError:
         earlier = None
-    if earlier is not None and earlier.planned and earlier.planned > factor * n:  # a rerun after the draw grew: start where it ended
+    if (
+        earlier is not None and earlier.planned and earlier.planned > factor * n
+    ):  # a rerun after the draw grew: start where it ended
         factor = min(max_draw_factor, earlier.planned / n)
     while True:
         drawn_n = int(math.ceil(factor * n))
@@ -231,7 +256,12 @@ def by_selection(
             break
         needed = tgt.draw_factor(fractions, target, max_draw_factor, keep=n)  # the draw's measured acceptance
         if needed is None:
-            best = tgt.pooled(fractions[tgt.select(fractions[np.arange(int(max_draw_factor * n)) % len(fractions)], target, n) % len(fractions)])
+            best = tgt.pooled(
+                fractions[
+                    tgt.select(fractions[np.arange(int(max_draw_factor * n)) % len(fractions)], target, n)
+                    % len(fractions)
+                ]
+            )
             message = (
                 f"--class-target {target.spec} cannot be reached by selection within --max-draw-factor {max_draw_factor:g}: selecting from the "
                 f"{len(keys)} pairs drawn (their measured class fractions, resampled to {max_draw_factor:g} per kept pair) reaches {', '.join(target.missed(best))}"
@@ -241,14 +271,34 @@ def by_selection(
             log.warning("selection: %s; stopping", message)
             break
         factor = min(max_draw_factor, max(needed, next((f for f in tgt.DRAW_FACTORS if f > factor), max_draw_factor)))
-        log.info("selection: %d drawn pairs reach %s; drawing %g x %d (%.1f s so far)", len(keys), ", ".join(target.missed(achieved)), factor, n, time.time() - t0)
+        log.info(
+            "selection: %d drawn pairs reach %s; drawing %g x %d (%.1f s so far)",
+            len(keys),
+            ", ".join(target.missed(achieved)),
+            factor,
+            n,
+            time.time() - t0,
+        )
 
     draw = ShardSet(draw_url)
     src_info = draw.info()
-    fp = hashlib.sha256(json.dumps({"draw": src_info.fingerprint, "drawn": len(keys), "spec": target.spec, "n": n, "samples_per_shard": cfg.samples_per_shard}, sort_keys=True).encode()).hexdigest()[:16]
+    fp = hashlib.sha256(
+        json.dumps(
+            {
+                "draw": src_info.fingerprint,
+                "drawn": len(keys),
+                "spec": target.spec,
+                "n": n,
+                "samples_per_shard": cfg.samples_per_shard,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
     kept_keys = [keys[i] for i in picked]
     with _lease(out_url, cfg, f"targeted synthesis (selection) {fp[:12]}") as lease:  # one writer of --out at a time
-        return _write_selection(draw, out_url, cfg, target, summary, keys, kept_keys, fp, max_draw_factor, draw_url, lease)
+        return _write_selection(
+            draw, out_url, cfg, target, summary, keys, kept_keys, fp, max_draw_factor, draw_url, lease
+        )
 
 
 def _lease(out_url: str, cfg: SynthesisConfig, purpose: str) -> Lease:
@@ -269,7 +319,9 @@ def _write_selection(
     lease: Lease,
 ) -> TargetedResult:
     src_info = draw.info()
-    markers = draw.derive(out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys, check=lease.check)
+    markers = draw.derive(
+        out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys, check=lease.check
+    )
     written = marker_count(markers.values())
     achieved = list(marker_stats(markers, len(target.classes))["class_fractions"])
     cost = {
@@ -278,7 +330,16 @@ def _write_selection(
         "pairs_drawn_per_kept_pair": len(keys) / max(1, written),
         "sampling_seconds_per_kept_pair": _sampling_seconds(i.marker for i in draw.done()) / max(1, written),
     }
-    record, warnings = _record(target, "selection", achieved, cost, source=redact_url(draw_url), source_fingerprint=src_info.fingerprint, drawn=len(keys), max_draw_factor=max_draw_factor)
+    record, warnings = _record(
+        target,
+        "selection",
+        achieved,
+        cost,
+        source=redact_url(draw_url),
+        source_fingerprint=src_info.fingerprint,
+        drawn=len(keys),
+        max_draw_factor=max_draw_factor,
+    )
     _warn(warnings)
     info, div_warnings = ShardSet(out_url).finish(
         src_info,
@@ -312,4 +373,3 @@ def synthesize_targeted(
     if condition is None:
         return by_selection(model_dir, out_url, cfg, sampling, target, draw_url, **run_kwargs)
     return by_conditioning(model_dir, out_url, cfg, sampling, condition, **run_kwargs)
-

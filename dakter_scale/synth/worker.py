@@ -160,7 +160,9 @@ class ShardWriter:
         # compress in parallel (PNG and quantisation release the GIL), so one GPU is not held up by one core.
         torch.set_num_threads(max(1, threads) if self.device.type == "cpu" else 1)
         self.encoder_threads = max(1, threads) if self.device.type != "cpu" else 1
-        self._pool = ThreadPoolExecutor(self.encoder_threads, thread_name_prefix="encode") if self.encoder_threads > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.encoder_threads, thread_name_prefix="encode") if self.encoder_threads > 1 else None
+        )
         if isinstance(model, dict):  # shipped through Ray's object store: unpack, load, remove the copy
             model_dir = unpack_folder(model)
             try:
@@ -177,8 +179,12 @@ class ShardWriter:
         self.out = ShardSet(out_url)
         # targeted synthesis: each pair drawn given its composed label map (conditioned) or pasted real instances (pasted)
         self.condition = condition
-        if condition is not None and list(condition.target.classes) != list(self.model.classes):  # an invariant of targeted.py
-            raise AssertionError(f"the condition's classes {condition.target.classes} are not the model's {self.model.classes}")
+        if condition is not None and list(condition.target.classes) != list(
+            self.model.classes
+        ):  # an invariant of targeted.py
+            raise AssertionError(
+                f"the condition's classes {condition.target.classes} are not the model's {self.model.classes}"
+            )
         self.load_seconds = time.time() - t0
 
     @staticmethod
@@ -190,7 +196,14 @@ class ShardWriter:
     def ready(self) -> dict[str, Any]:
         """Where this writer runs and how long building it took (model load); a cheap call that
         returns once the actor exists."""
-        return {"device": str(self.device), "pid": os.getpid(), "load_seconds": round(self.load_seconds, 3), "torch_threads": torch.get_num_threads(), "encoder_threads": self.encoder_threads, "niceness": os.nice(0)}
+        return {
+            "device": str(self.device),
+            "pid": os.getpid(),
+            "load_seconds": round(self.load_seconds, 3),
+            "torch_threads": torch.get_num_threads(),
+            "encoder_threads": self.encoder_threads,
+            "niceness": os.nice(0),
+        }
 
     def _batches(self, task: ShardTask, timing: dict[str, float]) -> Iterator[_Batch]:
         """The shard's batches, in order; the batches are fixed by the plan (batch_indices), so the
@@ -222,10 +235,14 @@ class ShardWriter:
         given_at = c.given_at(self.sampling.steps)
         if given_at:
 
-            def place(x0_hat: torch.Tensor) -> dict[str, torch.Tensor]:  # onto the layout of the clean estimate (N, 1 + K, H, W) after given_at steps
+            def place(
+                x0_hat: torch.Tensor,
+            ) -> dict[str, torch.Tensor]:  # onto the layout of the clean estimate (N, 1 + K, H, W) after given_at steps
                 return given(x0_hat[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy())
 
-            return sample_pairs(self.model, seeds, self.sampling, self.device, given_at=given_at, place=place, **settings)
+            return sample_pairs(
+                self.model, seeds, self.sampling, self.device, given_at=given_at, place=place, **settings
+            )
         return sample_pairs(self.model, seeds, self.sampling, self.device, **given(), **settings)
 
     def _tensors(self, pairs: GivenPairs) -> dict[str, torch.Tensor]:
@@ -243,7 +260,9 @@ class ShardWriter:
         """Class-id maps (N, H, W) -> clean label channels b * (2 * onehot - 1) (N, K, H, W)."""
         return self.model.b * (2.0 * one_hot(torch.from_numpy(maps.astype(np.int64)), self.model.num_classes) - 1.0)
 
-    def _encode(self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict], sar: SarCounts) -> Iterator[tuple[str, dict[str, bytes]]]:
+    def _encode(
+        self, task: ShardTask, batches: Iterator[_Batch], rows: list[dict], sar: SarCounts
+    ) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Each batch's samples encoded (by the encoder pool when there is one), yielded in key order;
         their SAR statistics counted into `sar` (sea windows from the soft labels' argmax)."""
         classes = self.model.classes
@@ -253,9 +272,13 @@ class ShardWriter:
             batch_rows = manifest_rows([sample_key(task.shard, i) for i in batch.indices], batch.seeds, stats)
 
             def encode(j: int) -> dict[str, bytes]:
-                return encode_sample(batch_rows[j]["key"], batch.images[j], batch.q[j], dict(batch_rows[j], classes=classes))
+                return encode_sample(
+                    batch_rows[j]["key"], batch.images[j], batch.q[j], dict(batch_rows[j], classes=classes)
+                )
 
-            encoded = self._pool.map(encode, range(len(batch_rows))) if self._pool else map(encode, range(len(batch_rows)))
+            encoded = (
+                self._pool.map(encode, range(len(batch_rows))) if self._pool else map(encode, range(len(batch_rows)))
+            )
             for row, members in zip(batch_rows, encoded):
                 rows.append(row)
                 yield row["key"], members
@@ -266,7 +289,10 @@ class ShardWriter:
         rows: list[dict] = []
         timing = {"sample": 0.0}
         sar = SarCounts(enl_window(self.model.resolution))
-        (nbytes, sha), waited = pipelined(self._batches(task, timing), lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows, sar)))
+        (nbytes, sha), waited = pipelined(
+            self._batches(task, timing),
+            lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows, sar)),
+        )
         if len(rows) != task.count:  # an invariant of _encode, not user input
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
         timings = {

@@ -61,4 +61,13 @@ from dakter_scale.data.shardset.set import ShardSet
 # The surface the rest of the toolkit builds on. The names imported "as" themselves above are read here
 # by modules that still reach into the format (synthesis's writer and driver, the student stream, the
 # interop reader, the cards, the tests); each is a candidate to move behind ShardSet.
-__all__ = ["ShardSet", "ShardInfo", "DatasetInfo", "ShardError", "SampleError", "SampleShape", "encode_sample", "decode_sample"]
+__all__ = [
+    "ShardSet",
+    "ShardInfo",
+    "DatasetInfo",
+    "ShardError",
+    "SampleError",
+    "SampleShape",
+    "encode_sample",
+    "decode_sample",
+]

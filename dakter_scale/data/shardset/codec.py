@@ -89,7 +89,12 @@ def encode_png(array: np.ndarray) -> bytes:
     rows = np.zeros((h, w + 1), dtype=np.uint8)  # column 0: the row's filter type, 0 = None
     rows[:, 1:] = array
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, deflate, no interlace
-    return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b"")
+    return (
+        _PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def png_shape(data: bytes) -> tuple[int, int]:
@@ -102,7 +107,9 @@ def png_shape(data: bytes) -> tuple[int, int]:
         raise ShardError("not a PNG (no signature and header)")
     w, h, depth, colour, compression, method, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if (depth, colour, compression, method, interlace) != (8, 0, 0, 0, 0):
-        raise ShardError(f"PNG is {depth}-bit colour type {colour}{' interlaced' if interlace else ''}, not the shard format's 8-bit grayscale (colour type 0)")
+        raise ShardError(
+            f"PNG is {depth}-bit colour type {colour}{' interlaced' if interlace else ''}, not the shard format's 8-bit grayscale (colour type 0)"
+        )
     if not w or not h or h * (w + 1) > MAX_MEMBER_BYTES:
         raise ShardError(f"PNG of {h}x{w} pixels is empty or larger than any shard member may be")
     return h, w
@@ -141,7 +148,9 @@ def decode_png(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray:
         raise ShardError(f"PNG pixel data do not inflate ({e})") from None
     if len(raw) != expected or not inflate.eof:
         more = len(raw) > expected or (not inflate.eof and inflate.unconsumed_tail)
-        raise ShardError(f"PNG pixel data inflate to {'more' if more else 'fewer'} than the {expected} bytes its {h}x{w} header allows")
+        raise ShardError(
+            f"PNG pixel data inflate to {'more' if more else 'fewer'} than the {expected} bytes its {h}x{w} header allows"
+        )
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, w + 1)
     if np.count_nonzero(rows[:, 0]):
         raise ShardError("PNG rows use a filter other than None (not written by the shard writer)")
@@ -238,7 +247,12 @@ def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> 
             if header == _ZERO_BLOCK:
                 break
             # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
-            if _tar_number(header[148:156]) != int(np.add.reduce(np.frombuffer(header, dtype=np.uint8), dtype=np.int64)) - sum(header[148:156]) + 256:
+            if (
+                _tar_number(header[148:156])
+                != int(np.add.reduce(np.frombuffer(header, dtype=np.uint8), dtype=np.int64))
+                - sum(header[148:156])
+                + 256
+            ):
                 error = "tar member header fails its checksum (corrupt data)"
                 break
             size, kind = _tar_number(header[124:136]), header[156:157]
@@ -249,7 +263,11 @@ def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> 
                 if not long_name and header[257:262] == b"ustar" and header[345] != 0:
                     name = _text(header[345:500].split(b"\0", 1)[0], "member name") + "/" + name
                 ext = name.rpartition("/")[2].partition(".")[2].lower()
-                cap = min(limits.get(ext) or limits.get("*", MAX_MEMBER_BYTES), MAX_MEMBER_BYTES) if limits else MAX_MEMBER_BYTES
+                cap = (
+                    min(limits.get(ext) or limits.get("*", MAX_MEMBER_BYTES), MAX_MEMBER_BYTES)
+                    if limits
+                    else MAX_MEMBER_BYTES
+                )
             if size > cap:
                 error = f"tar member {name} holds {size} bytes, more than the {cap} such a member may hold"
                 break

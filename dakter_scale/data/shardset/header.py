@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dakter_scale.data.shardset.codec import ShardError
-from dakter_scale.data.shardset.records import COMPLETE, DATASET_FILE, ENL_RATIO_WARNING, FORMAT, HISTOGRAM_TV_WARNING, SAR
+from dakter_scale.data.shardset.records import (
+    COMPLETE,
+    DATASET_FILE,
+    ENL_RATIO_WARNING,
+    FORMAT,
+    HISTOGRAM_TV_WARNING,
+    SAR,
+)
 
 # -- dataset.json -------------------------------------------------------------------------------
 
@@ -79,7 +86,11 @@ class DatasetInfo:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra" and getattr(self, f.name) is not None}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and getattr(self, f.name) is not None
+        }
         return {**self.extra, **out}
 
     @classmethod
@@ -99,7 +110,9 @@ class DatasetInfo:
             raise ShardError(f"{where}: classes must be a non-empty list of names, got {classes!r}")
         for name in ("resolution", "count", "samples_per_shard", "num_shards"):
             if obj.get(name) is not None and obj[name] < (1 if name == "resolution" else 0):
-                raise ShardError(f"{where}: {name} must be {'>= 1' if name == 'resolution' else '>= 0'}, got {obj[name]}")
+                raise ShardError(
+                    f"{where}: {name} must be {'>= 1' if name == 'resolution' else '>= 0'}, got {obj[name]}"
+                )
         if obj.get("b") is not None and not math.isfinite(obj["b"]):
             raise ShardError(f"{where}: b must be a finite number, got {obj['b']}")
         values = {k: v for k, v in obj.items() if k in known}

@@ -11,7 +11,13 @@ import numpy as np
 
 from dakter_scale.data.sar_stats import SarCounts, enl_from_counts, finite_or_none, histogram_distance_counts
 from dakter_scale.data.shardset.header import DatasetInfo
-from dakter_scale.data.shardset.records import ENL_RATIO_WARNING, HISTOGRAM_TV_WARNING, MIN_MEAN_CONFIDENCE, SAR, marker_count
+from dakter_scale.data.shardset.records import (
+    ENL_RATIO_WARNING,
+    HISTOGRAM_TV_WARNING,
+    MIN_MEAN_CONFIDENCE,
+    SAR,
+    marker_count,
+)
 
 # -- per-set statistics and divergence ----------------------------------------------------------
 
@@ -60,7 +66,11 @@ def divergence(
     if not generated:
         return {}, []
     warnings = []
-    out: dict[str, Any] = {"threshold": threshold, "min_mean_confidence": MIN_MEAN_CONFIDENCE, "mean_confidence": generated["mean_confidence"]}
+    out: dict[str, Any] = {
+        "threshold": threshold,
+        "min_mean_confidence": MIN_MEAN_CONFIDENCE,
+        "mean_confidence": generated["mean_confidence"],
+    }
     if train_fractions:
         name = "training" if against == "the training data's" else "target"
         tv = 0.5 * float(np.abs(np.asarray(generated["class_fractions"]) - np.asarray(train_fractions)).sum())
@@ -81,15 +91,25 @@ def divergence(
     return out, warnings
 
 
-def _sar_divergence(generated: dict | None, train: dict | None, enl_ratio: float, histogram_tv: float) -> tuple[list[str], dict]:
+def _sar_divergence(
+    generated: dict | None, train: dict | None, enl_ratio: float, histogram_tv: float
+) -> tuple[list[str], dict]:
     """The SAR part of the divergence check: (warnings, numbers), or a note saying why it was skipped."""
     if not train or SarCounts.problem(train):
-        return [], {"note": "not checked: the model folder records no training-image SAR statistics (trained before they were recorded)"}
+        return [], {
+            "note": "not checked: the model folder records no training-image SAR statistics (trained before they were recorded)"
+        }
     if not generated:
-        return [], {"note": "not checked: the shards record no SAR statistics (written before they were recorded, or derived)"}
+        return [], {
+            "note": "not checked: the shards record no SAR statistics (written before they were recorded, or derived)"
+        }
     real, gen = SarCounts.from_json(train), SarCounts.from_json(generated)
     enl_real, enl_gen = enl_from_counts(real.enl), enl_from_counts(gen.enl)
-    hist = histogram_distance_counts(gen.histogram, real.histogram) if gen.histogram.sum() and real.histogram.sum() else {"tv": math.nan, "w1": math.nan}
+    hist = (
+        histogram_distance_counts(gen.histogram, real.histogram)
+        if gen.histogram.sum() and real.histogram.sum()
+        else {"tv": math.nan, "w1": math.nan}
+    )
     numbers = {
         "enl_generated": finite_or_none(enl_gen),
         "enl_training": finite_or_none(enl_real),
@@ -109,7 +129,9 @@ def _sar_divergence(generated: dict | None, train: dict | None, enl_ratio: float
             f"(outside a factor {enl_ratio:g}): the speckle was {'smoothed away' if enl_gen > enl_real else 'strengthened'}"
         )
     if math.isfinite(hist["tv"]) and hist["tv"] > histogram_tv:
-        warnings.append(f"generated grey-level histogram differs from the training images' by total variation {hist['tv']:.3f} > {histogram_tv} (1-Wasserstein {hist['w1']:.1f} grey levels)")
+        warnings.append(
+            f"generated grey-level histogram differs from the training images' by total variation {hist['tv']:.3f} > {histogram_tv} (1-Wasserstein {hist['w1']:.1f} grey levels)"
+        )
     return warnings, numbers
 
 
@@ -117,34 +139,57 @@ def _fmt(values) -> str:
     return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
 
 
-
 def stats_lines(info: DatasetInfo) -> list[str]:
     """The set's class fractions and confidence beside the training data's, for a run's summary."""
     gen, train, div = info.generated_stats, info.train_stats or {}, info.divergence or {}
     if not gen:
         return []
-    out = [f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"]
+    out = [
+        f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"
+    ]
     target = info.target or {}
     if target.get("reference"):  # a targeted set is compared with its target's class mix
         out.append(f"                         training  {_fmt(train['class_fractions'])}")
-        out.append(f"                         target    {_fmt(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
+        out.append(
+            f"                         target    {_fmt(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
+        )
     elif train.get("class_fractions"):
-        out.append(f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})")
-    out.append(f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})")
+        out.append(
+            f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
+        )
+    out.append(
+        f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})"
+    )
     sar = div.get(SAR) or {}
     if "enl_generated" in sar:
-        enl = ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in (("generated", sar["enl_generated"]), ("training", sar["enl_training"])))
+        enl = ", ".join(
+            f"{name} {'–' if v is None else f'{v:.2f}'}"
+            for name, v in (("generated", sar["enl_generated"]), ("training", sar["enl_training"]))
+        )
         out.append(f"  ENL (sea windows)      {enl} (warn outside a factor {sar['enl_ratio_threshold']:g})")
         if sar["histogram_tv"] is not None:
-            out.append(f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})")
+            out.append(
+                f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})"
+            )
     if sar.get("note"):
         out.append(f"  SAR statistics: {sar['note']}")
     if target.get("shares"):
         achieved = target.get("achieved") or {}
-        parts = [f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})" for name, share in target["shares"].items()]
-        out.append(f"  class target {target.get('spec')} by {target.get('route')}: " + ", ".join(parts) + ("  met" if target.get("met") else "  NOT MET"))
+        parts = [
+            f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})"
+            for name, share in target["shares"].items()
+        ]
+        out.append(
+            f"  class target {target.get('spec')} by {target.get('route')}: "
+            + ", ".join(parts)
+            + ("  met" if target.get("met") else "  NOT MET")
+        )
         if target.get("cost"):
-            out.append(f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept")
+            out.append(
+                f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept"
+            )
     if info.warnings:
-        out.append(f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)")
+        out.append(
+            f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)"
+        )
     return out

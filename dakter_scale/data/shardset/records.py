@@ -15,7 +15,16 @@ import pyarrow as pa
 import torch
 
 from dakter_scale.data.sar_stats import SarCounts
-from dakter_scale.data.shardset.codec import QUANT_LEVELS, SampleError, ShardError, decode_png, dequantise, encode_png, png_shape, quantise
+from dakter_scale.data.shardset.codec import (
+    QUANT_LEVELS,
+    SampleError,
+    ShardError,
+    decode_png,
+    dequantise,
+    encode_png,
+    png_shape,
+    quantise,
+)
 
 FORMAT = "dakter-shards/1"  # the shard format; part of every plan's fingerprint, so it changes only with the bytes
 DATASET_FILE = "dataset.json"
@@ -52,8 +61,6 @@ def parse_key(key: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-
-
 # -- what every sample of a set is ------------------------------------------------------------------
 
 
@@ -72,7 +79,12 @@ class SampleShape:
         are far smaller), and for the JSON record 16 KiB plus 256 bytes per class. Unknown members
         get the record's cap (and are refused as unexpected)."""
         record = (16 << 10) + 256 * self.num_classes
-        return {IMAGE: 2 * self.height * (self.width + 1) + 4096, SOFT: 2 * self.num_classes * self.height * (self.width + 1) + 4096, RECORD: record, "*": record}
+        return {
+            IMAGE: 2 * self.height * (self.width + 1) + 4096,
+            SOFT: 2 * self.num_classes * self.height * (self.width + 1) + 4096,
+            RECORD: record,
+            "*": record,
+        }
 
     def __str__(self) -> str:
         return f"{self.height}x{self.width} px, {self.num_classes} classes"
@@ -96,7 +108,9 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one decoder: json.lo
 def load_json(data: bytes | str) -> Any:
     """JSON as the shard set reads it (UTF-8): NaN and Infinity refused (ValueError), as is nesting too deep to parse."""
     try:
-        return _DECODER.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)  # UnicodeDecodeError is a ValueError
+        return _DECODER.decode(
+            data.decode() if isinstance(data, (bytes, bytearray)) else data
+        )  # UnicodeDecodeError is a ValueError
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -128,7 +142,11 @@ def parse_record(data: bytes, key: str, shape: SampleShape | None = None) -> dic
     try:  # the common case in one expression (this runs per sample); the loop below names what is wrong
         well_typed = (
             type(record["key"]) is str
-            and type(record["shard"]) is type(record["index"]) is type(record["seed"]) is type(record["num_classes"]) is int
+            and type(record["shard"])
+            is type(record["index"])
+            is type(record["seed"])
+            is type(record["num_classes"])
+            is int
             and type(record["class_fractions"]) is list
             and type(record["mean_entropy"]) in (int, float)
             and type(record["mean_confidence"]) in (int, float)
@@ -143,15 +161,24 @@ def parse_record(data: bytes, key: str, shape: SampleShape | None = None) -> dic
             if not (isinstance(record[name], kind) if isinstance(kind, type) else kind(record[name])):
                 raise SampleError(f"sample {key}: {RECORD} field {name!r} is {record[name]!r}, not {_KINDS[kind]}")
     if record["key"] != key or sample_key(record["shard"], record["index"]) != key:
-        raise SampleError(f"sample {key}: {RECORD} names sample {record['key']!r} (shard {record['shard']}, index {record['index']})")
+        raise SampleError(
+            f"sample {key}: {RECORD} names sample {record['key']!r} (shard {record['shard']}, index {record['index']})"
+        )
     k = record["num_classes"]
     if shape is not None and k != shape.num_classes:
         raise SampleError(f"sample {key}: {k} classes, the set has {shape.num_classes}")
     fractions = record["class_fractions"]
-    if k < 1 or len(fractions) != k or not {type(v) for v in fractions} <= {int, float} or not math.isfinite(math.fsum(fractions)):
+    if (
+        k < 1
+        or len(fractions) != k
+        or not {type(v) for v in fractions} <= {int, float}
+        or not math.isfinite(math.fsum(fractions))
+    ):
         raise SampleError(f"sample {key}: {RECORD} class_fractions is not {k} finite numbers")
     if not 0 <= record["mean_confidence"] <= 1 or record["mean_entropy"] < 0:
-        raise SampleError(f"sample {key}: {RECORD} mean_confidence {record['mean_confidence']} or mean_entropy {record['mean_entropy']} out of range")
+        raise SampleError(
+            f"sample {key}: {RECORD} mean_confidence {record['mean_confidence']} or mean_entropy {record['mean_entropy']} out of range"
+        )
     return record
 
 
@@ -178,7 +205,9 @@ def encode_sample(key: str, image: np.ndarray, q: torch.Tensor | np.ndarray, met
     }
 
 
-def decode_sample(sample: dict[str, Any], levels: bool = False, shape: SampleShape | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode_sample(
+    sample: dict[str, Any], levels: bool = False, shape: SampleShape | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Inverse of encode_sample over a sample dict whose values are bytes (webdataset without a decoder).
 
     Returns image uint8 (H, W), q float32 (K, H, W) summing to 1 (or, with levels=True, the stored
@@ -204,7 +233,9 @@ def decode_sample(sample: dict[str, Any], levels: bool = False, shape: SampleSha
     sums = np.add.reduce(stacked, axis=0, dtype=np.uint16)  # the ufunc itself: ndarray.sum/.any add a Python call each
     if np.count_nonzero(sums != QUANT_LEVELS):
         i, j = np.argwhere(sums != QUANT_LEVELS)[0]
-        raise SampleError(f"sample {key}: soft-label levels sum to {sums[i, j]} at pixel ({i}, {j}), not {QUANT_LEVELS}")
+        raise SampleError(
+            f"sample {key}: soft-label levels sum to {sums[i, j]} at pixel ({i}, {j}), not {QUANT_LEVELS}"
+        )
     return image, (stacked if levels else dequantise(stacked)), meta
 
 
@@ -230,7 +261,10 @@ def check_sample(sample: dict[str, Any], shape: SampleShape) -> dict[str, Any]:
     names = {name for name in sample if not name.startswith("__")} if sample.keys() != _RAW_KEYS else _MEMBER_SET
     if names != _MEMBER_SET:
         missing, extra = sorted(set(MEMBERS) - names), sorted(names - set(MEMBERS))
-        raise SampleError(f"sample {key} " + (f"lacks {', '.join(missing)}" if missing else f"holds an unexpected member {extra[0]!r}"))
+        raise SampleError(
+            f"sample {key} "
+            + (f"lacks {', '.join(missing)}" if missing else f"holds an unexpected member {extra[0]!r}")
+        )
     record = parse_record(sample[RECORD], key, shape)
     for member, want in ((IMAGE, (shape.height, shape.width)), (SOFT, (shape.num_classes * shape.height, shape.width))):
         try:
@@ -238,7 +272,9 @@ def check_sample(sample: dict[str, Any], shape: SampleShape) -> dict[str, Any]:
         except ShardError as e:
             raise SampleError(f"sample {key}: {member}: {e}") from None
         if got != want:
-            raise SampleError(f"sample {key}: {member} is {got[0]}x{got[1]}, the set's ({shape}) is {want[0]}x{want[1]}")
+            raise SampleError(
+                f"sample {key}: {member} is {got[0]}x{got[1]}, the set's ({shape}) is {want[0]}x{want[1]}"
+            )
     return record
 
 
@@ -295,7 +331,14 @@ def manifest_sums(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def shard_marker(shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, sar: SarCounts | None = None) -> dict[str, Any]:
+def shard_marker(
+    shard: int,
+    rows: list[dict[str, Any]],
+    tar_bytes: int,
+    sha256: str,
+    fingerprint: str | None,
+    sar: SarCounts | None = None,
+) -> dict[str, Any]:
     """The done marker of a written shard: what it holds, its tar's size and hash, the manifest sums,
     and the SAR statistics of its images when the writer counted them."""
     marker = {

@@ -118,7 +118,9 @@ class ShardSet:
         if samples_per_shard is not None:
             fields.update(planned=count, samples_per_shard=samples_per_shard, num_shards=-(-count // samples_per_shard))
         kept = header.warnings if keep_warnings else warnings + list(add_warnings)
-        info = header.replace(status=status, count=count, generated_stats=generated, divergence=div, warnings=kept, **fields)
+        info = header.replace(
+            status=status, count=count, generated_stats=generated, divergence=div, warnings=kept, **fields
+        )
         self.write_info(info)
         return info, warnings
 
@@ -126,7 +128,9 @@ class ShardSet:
 
     def _side(self, name: str) -> str:
         if "/" in name or name in (DATASET_FILE, "") or name.startswith((SHARD_PREFIX, "lock-", ".")):
-            raise ValueError(f"{name!r} is not a side file's name: the shard set owns shard-*, dataset.json and lock-*")  # an invariant of the callers
+            raise ValueError(
+                f"{name!r} is not a side file's name: the shard set owns shard-*, dataset.json and lock-*"
+            )  # an invariant of the callers
         return self.path(name)
 
     def write_side(self, name: str, data: bytes) -> None:
@@ -178,7 +182,9 @@ class ShardSet:
             raise ShardError(f"{self.marker_url(shard)}: {reason}")
         return list(done.values())
 
-    def check(self, info: ShardInfo, listing: dict[str, dict], fingerprint: str | None, verify: str = "size") -> str | None:
+    def check(
+        self, info: ShardInfo, listing: dict[str, dict], fingerprint: str | None, verify: str = "size"
+    ) -> str | None:
         """What is wrong with a finished shard against its marker, or None: another fingerprint, a
         missing tar or manifest, a tar of another size (or, with verify="sha256", another hash)."""
         m, tar_name = info.marker, shard_name(info.shard, "tar")
@@ -219,7 +225,9 @@ class ShardSet:
         nothing has written to for min_age seconds (0: all; only when no writer can be active)."""
         if not storage.is_local(self.fs):
             return []
-        return storage.remove_temporaries(self.fs, self.root, prefixes=(SHARD_PREFIX, DATASET_FILE, "lock-"), min_age=min_age)
+        return storage.remove_temporaries(
+            self.fs, self.root, prefixes=(SHARD_PREFIX, DATASET_FILE, "lock-"), min_age=min_age
+        )
 
     # -- writing
 
@@ -229,7 +237,14 @@ class ShardSet:
             return write_tar(f, samples)
 
     def finish_shard(
-        self, shard: int, rows: list[dict[str, Any]], tar_bytes: int, sha256: str, fingerprint: str | None, extra: dict | None = None, sar: SarCounts | None = None
+        self,
+        shard: int,
+        rows: list[dict[str, Any]],
+        tar_bytes: int,
+        sha256: str,
+        fingerprint: str | None,
+        extra: dict | None = None,
+        sar: SarCounts | None = None,
     ) -> dict:
         """After write_tar: the manifest, then, last, the done marker (with `extra` fields and the
         shard's SAR statistics). Returns the marker.
@@ -242,7 +257,13 @@ class ShardSet:
         storage.write_json(self.fs, self.path(shard_name(shard, "json")), marker)
         return marker
 
-    def write_shard(self, shard: int, samples: list[tuple[str, dict[str, bytes]]], rows: list[dict[str, Any]], fingerprint: str | None) -> dict:
+    def write_shard(
+        self,
+        shard: int,
+        samples: list[tuple[str, dict[str, bytes]]],
+        rows: list[dict[str, Any]],
+        fingerprint: str | None,
+    ) -> dict:
         """Write one whole shard of encoded samples: tar, manifest, marker. Returns the marker."""
         nbytes, sha = self.write_tar(shard, samples)
         return self.finish_shard(shard, rows, nbytes, sha, fingerprint)
@@ -276,13 +297,17 @@ class ShardSet:
                 marker_k = len(info.marker.get("sum_class_fractions") or []) or None
                 shard_k = k or marker_k or stacked // h
                 if width != w or stacked != shard_k * h or (marker_k or shard_k) != shard_k:
-                    raise ShardError(f"its first sample's image ({h}x{w}) and soft label ({stacked}x{width}) do not hold {shard_k} class maps")
+                    raise ShardError(
+                        f"its first sample's image ({h}x{w}) and soft label ({stacked}x{width}) do not hold {shard_k} class maps"
+                    )
                 if header and header.resolution and (h, w) != (header.resolution,) * 2:
                     raise ShardError(f"its first sample is {h}x{w}, dataset.json says {header.resolution} px")
                 return SampleShape(h, w, shard_k)
             except Exception as e:  # a missing object, a hostile first sample: try the next shard
                 problems.append(f"shard {info.tar}: {e}")
-        raise ShardError(f"{self.url}: no finished shard to learn the sample size from" + (f" ({problems[0]})" if problems else ""))
+        raise ShardError(
+            f"{self.url}: no finished shard to learn the sample size from" + (f" ({problems[0]})" if problems else "")
+        )
 
     def read_checked(self, info: ShardInfo, shape: SampleShape, verify: str = "size") -> Iterator[dict | SampleError]:
         """The raw samples ({"__key__", "__url__", member: bytes}) of one finished shard, in key order,
@@ -321,7 +346,9 @@ class ShardSet:
                         yield torn
                         torn = None
                     if not _MEMBER_SET <= sample.keys():
-                        torn = SampleError(f"shard {info.tar}: sample {key} lacks {', '.join(m for m in MEMBERS if m not in sample)}")
+                        torn = SampleError(
+                            f"shard {info.tar}: sample {key} lacks {', '.join(m for m in MEMBERS if m not in sample)}"
+                        )
                         continue
                     try:
                         index = previous + 1
@@ -401,7 +428,11 @@ class ShardSet:
         """
         sources = {info.shard: info for info in self.done()}
         shape = self.sample_shape(list(sources.values())) if sources else None
-        keys = list(keys) if keys is not None else [sample_key(i.shard, j) for i in sources.values() for j in range(i.count)]
+        keys = (
+            list(keys)
+            if keys is not None
+            else [sample_key(i.shard, j) for i in sources.values() for j in range(i.count)]
+        )
         layout = [keys[i : i + samples_per_shard] for i in range(0, len(keys), samples_per_shard)]
         dst = ShardSet(destination)
         try:
@@ -413,12 +444,24 @@ class ShardSet:
         if existing is None or existing.fingerprint != fingerprint or existing.samples_per_shard != samples_per_shard:
             dst.clear()
         source = self.info() or DatasetInfo()
-        dst.write_info(DatasetInfo(status=IN_PROGRESS, fingerprint=fingerprint, samples_per_shard=samples_per_shard, classes=source.classes, resolution=source.resolution))
+        dst.write_info(
+            DatasetInfo(
+                status=IN_PROGRESS,
+                fingerprint=fingerprint,
+                samples_per_shard=samples_per_shard,
+                classes=source.classes,
+                resolution=source.resolution,
+            )
+        )
 
         finished, unreadable = dst.read_markers()
         markers: dict[int, dict] = {}
         for shard, info in finished.items():
-            if shard < len(layout) and info.marker.get("fingerprint") == fingerprint and info.count == len(layout[shard]):
+            if (
+                shard < len(layout)
+                and info.marker.get("fingerprint") == fingerprint
+                and info.count == len(layout[shard])
+            ):
                 markers[shard] = info.marker
         for shard in sorted(set(finished) | set(unreadable)):  # stale: not done any more before anything is written
             if shard not in markers:
@@ -428,7 +471,9 @@ class ShardSet:
         waiting: dict[int, dict[str, dict]] = {}
         for source_shard in sorted({parse_key(k)[0] for k in todo}):
             if source_shard not in sources:
-                raise ShardError(f"{self.url}: shard {source_shard} is not finished (no marker), but pairs to derive are in it")
+                raise ShardError(
+                    f"{self.url}: shard {source_shard} is not finished (no marker), but pairs to derive are in it"
+                )
             for sample in self.read(sources[source_shard], shape):
                 shard = todo.get(sample["__key__"])
                 if shard is None:
@@ -436,15 +481,21 @@ class ShardSet:
                 waiting.setdefault(shard, {})[sample["__key__"]] = sample
                 if len(waiting[shard]) == len(layout[shard]):
                     check()
-                    markers[shard] = dst._write_derived(shard, [waiting[shard][k] for k in layout[shard]], transform, fingerprint)
+                    markers[shard] = dst._write_derived(
+                        shard, [waiting[shard][k] for k in layout[shard]], transform, fingerprint
+                    )
                     del waiting[shard]
         if waiting:
             shard = min(waiting)
             missing = [k for k in layout[shard] if k not in waiting[shard]]
-            raise ShardError(f"{self.url} holds no pair {missing[0]} ({len(missing)} of the pairs to derive are missing)")
+            raise ShardError(
+                f"{self.url} holds no pair {missing[0]} ({len(missing)} of the pairs to derive are missing)"
+            )
         return dict(sorted(markers.items()))
 
-    def _write_derived(self, shard: int, samples: list[dict], transform: Callable[[str, dict], dict], fingerprint: str) -> dict:
+    def _write_derived(
+        self, shard: int, samples: list[dict], transform: Callable[[str, dict], dict], fingerprint: str
+    ) -> dict:
         members, rows = [], []
         for index, sample in enumerate(samples):
             key = sample_key(shard, index)
