@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from dakter_scale.data import storage
-from dakter_scale.data.shardset import SAR, DatasetInfo, ShardSet, shard_name
+from dakter_scale.data.sar_stats import SAR
+from dakter_scale.data.shardset import DatasetInfo, ShardSet
 
 CARD_FILE = "README.md"
 TAGS = ["dakter-scale", "sar", "synthetic-aperture-radar", "oil-spill", "remote-sensing"]
@@ -402,7 +403,10 @@ def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = Non
         "task_categories": ["image-segmentation"],
         "size_categories": [_size_category(count)],
         "configs": [
-            {"config_name": "default", "data_files": [{"split": "train", "path": [shard_name(s) for s in shards]}]}
+            {
+                "config_name": "default",
+                "data_files": [{"split": "train", "path": [ShardSet.tar_name(s) for s in shards]}],
+            }
         ]
         if shards
         else [],

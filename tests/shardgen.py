@@ -15,7 +15,8 @@ import torch
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data import shardset, storage
 from dakter_scale.data.osd import CLASSES
-from dakter_scale.data.shardset import COMPLETE, DatasetInfo, ShardSet
+from dakter_scale.data.shardset import DatasetInfo, ShardSet
+from dakter_scale.data.shardset.records import COMPLETE
 from dakter_scale.data.synthetic_sar import simulate_scene
 
 

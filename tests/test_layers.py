@@ -201,3 +201,33 @@ def test_the_layer_rules_are_not_blind(tmp_path):
         "scene/read.py (a higher layer: orchestration)",
         "scene/read.py (dist/ must not import synth/, scene/)",
     ]
+
+
+SHARDSET = "dakter_scale.data.shardset"
+
+
+def shardset_names(path: Path, package: str | None = None) -> set[str]:
+    """What a module outside data/shardset/ takes from the shard set: the names after the package."""
+    return {m[len(SHARDSET) + 1 :] for m in imports(path, package) if m.startswith(SHARDSET + ".")}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in files("") if "data/shardset/" not in str(p.relative_to(PACKAGE))],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_the_library_uses_only_the_shard_sets_surface(path):
+    """The shard set owns its format: the rest of the library imports only the names of its __all__
+    (its constants are ShardSet's attributes), never one of its modules."""
+    from dakter_scale.data import shardset
+
+    bad = sorted(shardset_names(path) - set(shardset.__all__))
+    assert not bad, f"{path.relative_to(ROOT)} reaches into the shard set for {bad}"
+
+
+def test_the_surface_rule_is_not_blind(tmp_path):
+    reach = tmp_path / "reach.py"
+    reach.write_text(
+        "from dakter_scale.data.shardset import ShardSet, shard_name\nfrom dakter_scale.data.shardset.codec import read_tar\n"
+    )
+    assert shardset_names(reach, "dakter_scale.synth") == {"ShardSet", "shard_name", "codec", "codec.read_tar"}

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from dakter_scale.data import shardset
-from dakter_scale.data.shardset import COMPLETE, MARKER_RE, DatasetInfo, ShardError, ShardSet, marker_stats
+from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet
+from dakter_scale.data.shardset.health import marker_stats
+from dakter_scale.data.shardset.records import COMPLETE, MARKER_RE
 from dakter_scale.data.stream import GeneratedStream
 
 from shardgen import write_dataset

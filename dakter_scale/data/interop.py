@@ -43,9 +43,6 @@ import torch
 from dakter_scale.data import storage
 from dakter_scale.data.real import normalise
 from dakter_scale.data.shardset import (
-    IMAGE,
-    RECORD,
-    SOFT,
     SampleShape,
     ShardError,
     ShardInfo,
@@ -54,6 +51,8 @@ from dakter_scale.data.shardset import (
     dequantise,
 )
 from dakter_scale.data.stream import class_argmax
+
+IMAGE, SOFT, RECORD = ShardSet.IMAGE, ShardSet.SOFT, ShardSet.RECORD
 
 LABELS = ("soft", "hard")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from dakter_scale.data.osd import uint8_to_linear
 
+SAR = "sar"  # the key of SarCounts as JSON in a shard marker, a dataset.json and a model folder's training record
 SEA_CLASS = 0  # class 0 is the sea surface (OSD, the simulator) or the background sea (SOS)
 ENL_LOG10_MIN, ENL_LOG10_MAX, ENL_BINS_PER_DECADE = -2.0, 4.0, 48
 ENL_BINS = int((ENL_LOG10_MAX - ENL_LOG10_MIN) * ENL_BINS_PER_DECADE)

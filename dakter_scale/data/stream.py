@@ -58,7 +58,6 @@ import torch
 from dakter_scale.core.steps import StreamPositions, derive_seed
 from dakter_scale.data.real import PatchDataset, normalise
 from dakter_scale.data.shardset import (
-    CHECKED,
     DatasetInfo,
     SampleError,
     SampleShape,
@@ -290,10 +289,11 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 if isinstance(sample, SampleError):
                     yield self._bad(str(sample), "sample")
                     continue
-                index = sample[CHECKED]["index"]  # checked against the key by read_checked
+                record = read_record(sample)  # parsed and checked by read_checked: not parsed again
+                index = record["index"]
                 if index >= limit or index % a.stride != a.offset:
                     continue
-                if self.min_confidence > 0 and read_record(sample)["mean_confidence"] < self.min_confidence:
+                if self.min_confidence > 0 and record["mean_confidence"] < self.min_confidence:
                     continue
                 yield sample
         except ShardError as e:

@@ -21,8 +21,7 @@ from dakter_scale.core.joint import one_hot, pack, resolve_b
 from dakter_scale.core.schedule import add_noise, joint_denoising_loss
 from dakter_scale.core.steps import EMA, StreamPositions
 from dakter_scale.data.real import open_source, patch_dataset, sar_counts, split_stats
-from dakter_scale.data.sar_stats import enl_from_counts
-from dakter_scale.data.shardset import SAR
+from dakter_scale.data.sar_stats import SAR, enl_from_counts
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
 from dakter_scale.training import (

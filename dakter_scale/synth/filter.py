@@ -32,7 +32,7 @@ import torch
 
 from dakter_scale.cards import write_dataset_card
 from dakter_scale.data.lease import Lease
-from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet, decode_sample, marker_count
+from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet, decode_sample
 from dakter_scale.data.storage import overlaps, redact_url
 from dakter_scale.errors import UserError
 from dakter_scale.student.evaluate import segment
@@ -210,7 +210,7 @@ def _filter_into(
         keys=list(alignment),
         check=lease.check,
     )
-    written = marker_count(markers.values())
+    written = ShardSet.pairs(markers)
     info, _ = dst.finish(  # checked against the source's training data and thresholds; the source's warnings kept
         src_info,
         markers,

@@ -20,7 +20,7 @@ from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
 from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data import storage
 from dakter_scale.data.real import denormalise
-from dakter_scale.data.shardset import FORMAT, IMAGE, ShardSet, encode_sample, manifest_rows, parse_key
+from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows
 from dakter_scale.diffusion.model import load_model_folder, model_hash
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, fingerprint, pair_seed
@@ -39,7 +39,7 @@ def regenerate(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(image uint8 (H, W), soft label float32 (K, H, W), manifest record) of the pair with this key,
     from a shard of shard_count pairs sampled in batches of batch_size."""
-    shard, index = parse_key(key)
+    shard, index = ShardSet.parse_key(key)
     if not 0 <= index < shard_count:
         raise PlanError(f"--only-key {key}: shard {shard} holds indices 0..{shard_count - 1}")
     batch = next(b for b in batch_indices(shard_count, batch_size) if index in b)
@@ -49,7 +49,7 @@ def regenerate(
     out = sample_pairs(model, seeds, sampling, device)
     j = batch.index(index)
     q = out.q[j : j + 1].float().cpu()
-    record = manifest_rows([key], [seeds[j]], sample_stats(q))[0]
+    record = manifest_rows(shard, [index], [seeds[j]], sample_stats(q))[0]
     return denormalise(out.images[j, 0]).cpu().numpy(), q[0].numpy(), record
 
 
@@ -59,12 +59,12 @@ def regenerate_to(
     """Regenerate `key` of the run (model, cfg, sampling) and write OUT/regenerated/KEY.image.png,
     KEY.soft.npy (float32, unquantised) and KEY.json. When OUT holds that run's dataset.json, the
     flags must match it (else the pair would not be the one in the shard)."""
-    shard, _ = parse_key(key)
+    shard, _ = ShardSet.parse_key(key)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     existing = ShardSet(out_url).info()
     if existing is not None:
         fp = fingerprint(
-            model_hash(model_dir), to_dict(sampling), cfg.seed, cfg.samples_per_shard, FORMAT, cfg.batch_size
+            model_hash(model_dir), to_dict(sampling), cfg.seed, cfg.samples_per_shard, ShardSet.FORMAT, cfg.batch_size
         )
         if existing.fingerprint != fp:
             raise PlanError(
@@ -78,7 +78,7 @@ def regenerate_to(
     fs, root = storage.url_to_fs(out_url)
     folder = storage.join(root, REGENERATED_DIR)
     members = encode_sample(key, image, q, record)
-    storage.write_bytes(fs, storage.join(folder, f"{key}.{IMAGE}"), members[IMAGE])
+    storage.write_bytes(fs, storage.join(folder, f"{key}.{ShardSet.IMAGE}"), members[ShardSet.IMAGE])
     buf = io.BytesIO()
     np.save(buf, q.astype(np.float32), allow_pickle=False)
     storage.write_bytes(fs, storage.join(folder, f"{key}.soft.npy"), buf.getvalue())

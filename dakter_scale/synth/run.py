@@ -27,19 +27,8 @@ from dakter_scale.cards import write_dataset_card
 from dakter_scale.config import SamplingConfig, SynthesisConfig, to_dict
 from dakter_scale.data import storage
 from dakter_scale.data.lease import Lease
-from dakter_scale.data.shardset import (
-    COMPLETE,
-    DATASET_FILE,
-    FORMAT,
-    IN_PROGRESS,
-    INCOMPLETE,
-    SAR,
-    DatasetInfo,
-    ShardError,
-    ShardSet,
-    marker_count,
-    stats_lines,
-)
+from dakter_scale.data.sar_stats import SAR
+from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet
 from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
 from dakter_scale.dist.driver import Progress, Workers, drive
 from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
@@ -103,7 +92,7 @@ class Summary:
             out += [f"    shard {r['shard']} attempt {r['attempt'] + 1}: {r['reason']}" for r in self.retried[:20]]
         out.append(f"  failed for good: {len(self.failed)} shards")
         out += [f"    shard {s}: {reason}" for s, reason in sorted(self.failed.items())]
-        return out + (stats_lines(DatasetInfo.from_json(self.dataset)) if self.dataset else [])
+        return out + (DatasetInfo.from_json(self.dataset).summary_lines() if self.dataset else [])
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -134,12 +123,12 @@ def _conflict(
     out: ShardSet, listing: dict, shards_found: int, fp: str, mhash: str, cfg: SynthesisConfig, sampling: SamplingConfig
 ) -> str | None:
     """What other dataset the output holds, if any, described by what differs from this run."""
-    if DATASET_FILE not in listing:
-        return f"{shards_found} shards of an unknown dataset (no {DATASET_FILE})" if shards_found else None
+    if ShardSet.HEADER not in listing:
+        return f"{shards_found} shards of an unknown dataset (no {ShardSet.HEADER})" if shards_found else None
     try:
         existing = out.info()
     except ShardError:
-        return f"an unreadable {DATASET_FILE}"
+        return f"an unreadable {ShardSet.HEADER}"
     if existing.fingerprint == fp:
         return None
     mine = {
@@ -148,7 +137,7 @@ def _conflict(
         "samples_per_shard": cfg.samples_per_shard,
         "batch_size": cfg.batch_size,
         "sampling": to_dict(sampling),
-        "format": FORMAT,
+        "format": ShardSet.FORMAT,
     }
     theirs = {
         "model": existing.model_hash,
@@ -178,7 +167,7 @@ def inspect_output(
         to_dict(sampling),
         cfg.seed,
         cfg.samples_per_shard,
-        FORMAT,
+        ShardSet.FORMAT,
         cfg.batch_size,
         condition.identity() if condition is not None else None,
     )
@@ -459,7 +448,7 @@ def _synthesize(
         log.info("%d of %d shards are already done; %d to write", len(prep.skipped), plan.num_shards, len(prep.todo))
     if prep.todo:
         lease.check()  # a run whose lease lapsed while it planned writes nothing
-        out.write_info(header.replace(status=IN_PROGRESS, count=marker_count(prep.markers.values())))
+        out.begin(header, prep.markers)
 
     markers = dict(prep.markers)
     todo_pairs = sum(t.count for t in prep.todo)
@@ -531,7 +520,7 @@ def _synthesize(
         enl_ratio=cfg.enl_ratio_threshold,
         histogram_tv=cfg.histogram_threshold,
         against="the target's class mix" if reference else "the training data's",
-        status=COMPLETE if summary.ok and len(markers) == plan.num_shards else INCOMPLETE,
+        complete=summary.ok and len(markers) == plan.num_shards,
     )
     write_dataset_card(out_url)
     summary.dataset = dataset.to_json()

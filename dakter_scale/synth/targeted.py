@@ -51,7 +51,7 @@ from dakter_scale.cards import write_dataset_card
 from dakter_scale.config import DRAWN_SUFFIX, SamplingConfig, SynthesisConfig, TargetConfig
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.real import open_source, whole_pairs
-from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet, marker_count, marker_stats, stats_lines
+from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import check_model_folder
 from dakter_scale.diffusion.sample import check_resample
@@ -142,7 +142,7 @@ class TargetedResult:
             + [
                 f"targeted set {redact_url(self.out)}: {self.info.count} pairs selected from {self.info.target['drawn']} drawn"
             ]
-            + stats_lines(self.info)
+            + self.info.summary_lines()
         )
 
 
@@ -322,8 +322,8 @@ def _write_selection(
     markers = draw.derive(
         out_url, lambda key, record: {"source_key": key}, fp, cfg.samples_per_shard, keys=kept_keys, check=lease.check
     )
-    written = marker_count(markers.values())
-    achieved = list(marker_stats(markers, len(target.classes))["class_fractions"])
+    written = ShardSet.pairs(markers)
+    achieved = list(ShardSet.stats(markers, len(target.classes))["class_fractions"])
     cost = {
         "pairs_drawn": len(keys),
         "pairs_kept": written,

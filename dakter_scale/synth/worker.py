@@ -32,7 +32,7 @@ from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data.lease import check_ref
 from dakter_scale.data.real import denormalise, normalise
 from dakter_scale.data.sar_stats import SarCounts, enl_window
-from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows, sample_key
+from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import Samples, sample_pairs
 from dakter_scale.dist.folder import pack_folder, unpack_folder
@@ -269,7 +269,7 @@ class ShardWriter:
         for batch in batches:
             stats = sample_stats(batch.q)
             sar.add(batch.images, batch.q.argmax(dim=1).numpy())
-            batch_rows = manifest_rows([sample_key(task.shard, i) for i in batch.indices], batch.seeds, stats)
+            batch_rows = manifest_rows(task.shard, batch.indices, batch.seeds, stats)
 
             def encode(j: int) -> dict[str, bytes]:
                 return encode_sample(

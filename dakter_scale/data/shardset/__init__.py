@@ -29,45 +29,46 @@ level sums are checked. Every failure is a ShardError; one that spoils a single 
 SampleError, and the shard's other samples stay readable.
 """
 
-from dakter_scale.data.shardset.codec import SampleError, ShardError
-from dakter_scale.data.shardset.codec import dequantise as dequantise
-from dakter_scale.data.shardset.codec import quantise as quantise
+from dakter_scale.data.shardset.codec import SampleError, ShardError, dequantise
 from dakter_scale.data.shardset.header import DatasetInfo
-from dakter_scale.data.shardset.health import divergence as divergence
-from dakter_scale.data.shardset.health import marker_stats as marker_stats
-from dakter_scale.data.shardset.health import stats_lines as stats_lines
-from dakter_scale.data.shardset.records import CHECKED as CHECKED
-from dakter_scale.data.shardset.records import COMPLETE as COMPLETE
-from dakter_scale.data.shardset.records import DATASET_FILE as DATASET_FILE
-from dakter_scale.data.shardset.records import FORMAT as FORMAT
-from dakter_scale.data.shardset.records import IMAGE as IMAGE
-from dakter_scale.data.shardset.records import IN_PROGRESS as IN_PROGRESS
-from dakter_scale.data.shardset.records import INCOMPLETE as INCOMPLETE
-from dakter_scale.data.shardset.records import MARKER_RE as MARKER_RE
-from dakter_scale.data.shardset.records import RECORD as RECORD
-from dakter_scale.data.shardset.records import RECORD_FIELDS as RECORD_FIELDS
-from dakter_scale.data.shardset.records import SAR as SAR
-from dakter_scale.data.shardset.records import SOFT as SOFT
-from dakter_scale.data.shardset.records import SampleShape, ShardInfo, decode_sample, encode_sample
-from dakter_scale.data.shardset.records import manifest_rows as manifest_rows
-from dakter_scale.data.shardset.records import manifest_table as manifest_table
-from dakter_scale.data.shardset.records import marker_count as marker_count
-from dakter_scale.data.shardset.records import parse_key as parse_key
-from dakter_scale.data.shardset.records import read_record as read_record
-from dakter_scale.data.shardset.records import sample_key as sample_key
-from dakter_scale.data.shardset.records import shard_name as shard_name
+from dakter_scale.data.shardset.records import (
+    SampleShape,
+    ShardInfo,
+    decode_sample,
+    encode_sample,
+    manifest_rows,
+    read_record,
+)
 from dakter_scale.data.shardset.set import ShardSet
 
-# The surface the rest of the toolkit builds on. The names imported "as" themselves above are read here
-# by modules that still reach into the format (synthesis's writer and driver, the student stream, the
-# interop reader, the cards, the tests); each is a candidate to move behind ShardSet.
+# The surface the rest of the toolkit builds on (tests/test_layers.py checks that the library's modules
+# import nothing else of this package): the set, its header, a shard, a sample's shape, the errors, and
+# one sample's encoding, decoding and record. Constants of the format are ShardSet's (FORMAT, HEADER,
+# IMAGE, SOFT, RECORD); the SAR statistics' key is data/sar_stats.SAR.
 __all__ = [
     "ShardSet",
-    "ShardInfo",
     "DatasetInfo",
+    "ShardInfo",
+    "SampleShape",
     "ShardError",
     "SampleError",
-    "SampleShape",
     "encode_sample",
     "decode_sample",
+    "read_record",
+    "dequantise",
+    "manifest_rows",
 ]
+
+# The format's internals, re-exported for the tests and benchmarks that build or break shards by hand;
+# the library's modules import none of them (tests/test_layers.py).
+from dakter_scale.data.shardset.codec import quantise as quantise  # noqa: E402
+from dakter_scale.data.shardset.health import divergence as divergence  # noqa: E402
+from dakter_scale.data.shardset.records import FORMAT as FORMAT  # noqa: E402
+from dakter_scale.data.shardset.records import IMAGE as IMAGE  # noqa: E402
+from dakter_scale.data.shardset.records import IN_PROGRESS as IN_PROGRESS  # noqa: E402
+from dakter_scale.data.shardset.records import RECORD_FIELDS as RECORD_FIELDS  # noqa: E402
+from dakter_scale.data.shardset.records import SOFT as SOFT  # noqa: E402
+from dakter_scale.data.shardset.records import manifest_table as manifest_table  # noqa: E402
+from dakter_scale.data.shardset.records import parse_key as parse_key  # noqa: E402
+from dakter_scale.data.shardset.records import sample_key as sample_key  # noqa: E402
+from dakter_scale.data.shardset.records import shard_name as shard_name  # noqa: E402

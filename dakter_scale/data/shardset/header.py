@@ -15,6 +15,7 @@ from dakter_scale.data.shardset.records import (
     ENL_RATIO_WARNING,
     FORMAT,
     HISTOGRAM_TV_WARNING,
+    MIN_MEAN_CONFIDENCE,
     SAR,
 )
 
@@ -82,6 +83,61 @@ class DatasetInfo:
             "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING)),
         }
 
+    def summary_lines(self) -> list[str]:
+        """The set's class fractions and confidence beside the training data's, for a run's summary."""
+        gen, train, div = self.generated_stats, self.train_stats or {}, self.divergence or {}
+        if not gen:
+            return []
+        out = [
+            f"  class pixel fractions  generated {format_fractions(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"
+        ]
+        target = self.target or {}
+        if target.get("reference"):  # a targeted set is compared with its target's class mix
+            out.append(f"                         training  {format_fractions(train['class_fractions'])}")
+            out.append(
+                f"                         target    {format_fractions(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
+            )
+        elif train.get("class_fractions"):
+            out.append(
+                f"                         training  {format_fractions(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
+            )
+        out.append(
+            f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})"
+        )
+        sar = div.get(SAR) or {}
+        if "enl_generated" in sar:
+            enl = ", ".join(
+                f"{name} {'–' if v is None else f'{v:.2f}'}"
+                for name, v in (("generated", sar["enl_generated"]), ("training", sar["enl_training"]))
+            )
+            out.append(f"  ENL (sea windows)      {enl} (warn outside a factor {sar['enl_ratio_threshold']:g})")
+            if sar["histogram_tv"] is not None:
+                out.append(
+                    f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})"
+                )
+        if sar.get("note"):
+            out.append(f"  SAR statistics: {sar['note']}")
+        if target.get("shares"):
+            achieved = target.get("achieved") or {}
+            parts = [
+                f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})"
+                for name, share in target["shares"].items()
+            ]
+            out.append(
+                f"  class target {target.get('spec')} by {target.get('route')}: "
+                + ", ".join(parts)
+                + ("  met" if target.get("met") else "  NOT MET")
+            )
+            if target.get("cost"):
+                out.append(
+                    f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept"
+                )
+        if self.warnings:
+            out.append(
+                f"  WARNING: the generated data diverges from the training data ({len(self.warnings)} warning(s) above)"
+            )
+        return out
+
     def replace(self, **changes: Any) -> "DatasetInfo":
         return dataclasses.replace(self, **changes)
 
@@ -140,3 +196,8 @@ _FIELD_TYPES = {
     "filter": (dict,),
     "target": (dict,),
 }
+
+
+def format_fractions(values) -> str:
+    """Class fractions as a short list for a log line: [0.9012, 0.0500, ...]."""
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"

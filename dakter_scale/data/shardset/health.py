@@ -1,6 +1,6 @@
 """A set's health: its statistics from the shard markers (class fractions, confidence, entropy,
-SAR counts), the divergence check against the training data or a target's class mix, and the summary
-lines that show them."""
+SAR counts) and the divergence check against the training data or a target's class mix (the summary
+lines that show them are DatasetInfo.summary_lines)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from dakter_scale.data.sar_stats import SarCounts, enl_from_counts, finite_or_none, histogram_distance_counts
-from dakter_scale.data.shardset.header import DatasetInfo
+from dakter_scale.data.shardset.header import format_fractions
 from dakter_scale.data.shardset.records import (
     ENL_RATIO_WARNING,
     HISTOGRAM_TV_WARNING,
@@ -78,7 +78,7 @@ def divergence(
         if tv > threshold:
             warnings.append(
                 f"generated class pixel fractions differ from {against} by total variation {tv:.3f} > {threshold}: "
-                f"generated {_fmt(generated['class_fractions'])} vs {name} {_fmt(train_fractions)}"
+                f"generated {format_fractions(generated['class_fractions'])} vs {name} {format_fractions(train_fractions)}"
             )
     if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
         warnings.append(
@@ -133,63 +133,3 @@ def _sar_divergence(
             f"generated grey-level histogram differs from the training images' by total variation {hist['tv']:.3f} > {histogram_tv} (1-Wasserstein {hist['w1']:.1f} grey levels)"
         )
     return warnings, numbers
-
-
-def _fmt(values) -> str:
-    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
-
-
-def stats_lines(info: DatasetInfo) -> list[str]:
-    """The set's class fractions and confidence beside the training data's, for a run's summary."""
-    gen, train, div = info.generated_stats, info.train_stats or {}, info.divergence or {}
-    if not gen:
-        return []
-    out = [
-        f"  class pixel fractions  generated {_fmt(gen['class_fractions'])}  (all {gen['pairs']} pairs in the dataset)"
-    ]
-    target = info.target or {}
-    if target.get("reference"):  # a targeted set is compared with its target's class mix
-        out.append(f"                         training  {_fmt(train['class_fractions'])}")
-        out.append(
-            f"                         target    {_fmt(target['reference'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
-        )
-    elif train.get("class_fractions"):
-        out.append(
-            f"                         training  {_fmt(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
-        )
-    out.append(
-        f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})"
-    )
-    sar = div.get(SAR) or {}
-    if "enl_generated" in sar:
-        enl = ", ".join(
-            f"{name} {'–' if v is None else f'{v:.2f}'}"
-            for name, v in (("generated", sar["enl_generated"]), ("training", sar["enl_training"]))
-        )
-        out.append(f"  ENL (sea windows)      {enl} (warn outside a factor {sar['enl_ratio_threshold']:g})")
-        if sar["histogram_tv"] is not None:
-            out.append(
-                f"  grey-level histogram   total variation {sar['histogram_tv']:.3f}, 1-Wasserstein {sar['histogram_w1']:.1f} grey levels (warn > {sar['histogram_tv_threshold']})"
-            )
-    if sar.get("note"):
-        out.append(f"  SAR statistics: {sar['note']}")
-    if target.get("shares"):
-        achieved = target.get("achieved") or {}
-        parts = [
-            f"{name} {achieved.get(name, float('nan')):.4f} (target {share:.4f})"
-            for name, share in target["shares"].items()
-        ]
-        out.append(
-            f"  class target {target.get('spec')} by {target.get('route')}: "
-            + ", ".join(parts)
-            + ("  met" if target.get("met") else "  NOT MET")
-        )
-        if target.get("cost"):
-            out.append(
-                f"  cost: {target['cost'].get('pairs_drawn_per_kept_pair', float('nan')):.2f} pairs drawn per pair kept"
-            )
-    if info.warnings:
-        out.append(
-            f"  WARNING: the generated data diverges from the training data ({len(info.warnings)} warning(s) above)"
-        )
-    return out

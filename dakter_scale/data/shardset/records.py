@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dakter_scale.data.sar_stats import SarCounts
+from dakter_scale.data.sar_stats import SAR, SarCounts
 from dakter_scale.data.shardset.codec import (
     QUANT_LEVELS,
     SampleError,
@@ -43,7 +43,6 @@ MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform th
 # grey-level histograms differ by more than this total variation (synthesis.enl_ratio_threshold,
 # synthesis.histogram_threshold; chosen from the sampler frontier, docs/RESULTS.md)
 ENL_RATIO_WARNING, HISTOGRAM_TV_WARNING = 2.0, 0.25
-SAR = "sar"  # a marker's and a training record's SAR statistics (data/sar_stats.SarCounts as JSON)
 
 
 def shard_name(shard: int, ext: str = "tar") -> str:
@@ -298,14 +297,16 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({name: [r[name] for r in rows] for name in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
 
 
-def manifest_rows(keys: Sequence[str], seeds: Sequence[int], stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """Manifest rows of a batch of pairs from their keys, seeds and soft_labels.sample_stats(q)."""
+def manifest_rows(
+    shard: int, indices: Sequence[int], seeds: Sequence[int], stats: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Manifest rows of a batch of pairs of a shard from their indices in it, their seeds and
+    soft_labels.sample_stats(q); each row's "key" names the sample."""
     rows = []
-    for j, (key, seed) in enumerate(zip(keys, seeds)):
-        shard, index = parse_key(key)
+    for j, (index, seed) in enumerate(zip(indices, seeds)):
         rows.append(
             {
-                "key": key,
+                "key": sample_key(shard, index),
                 "shard": shard,
                 "index": index,
                 "seed": int(seed),

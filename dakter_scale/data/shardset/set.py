@@ -23,9 +23,11 @@ from dakter_scale.data.shardset.records import (
     COMPLETE,
     DATASET_FILE,
     ENL_RATIO_WARNING,
+    FORMAT,
     HISTOGRAM_TV_WARNING,
     IMAGE,
     IN_PROGRESS,
+    INCOMPLETE,
     MANIFEST_RE,
     MARKER_RE,
     MEMBERS,
@@ -55,6 +57,10 @@ class ShardSet:
     """A shard set at an fsspec URL (a local folder, s3://bucket/prefix, ...): its header, its
     finished shards, writing a shard, reading one back with its checks, and deriving a new set."""
 
+    FORMAT = FORMAT  # the shard format's version, part of every set's fingerprint
+    HEADER = DATASET_FILE  # the set's header file
+    IMAGE, SOFT, RECORD = IMAGE, SOFT, RECORD  # the members of every sample (webdataset's extensions)
+
     def __init__(self, url: str):
         self.url = url
         self.fs, self.root = storage.url_to_fs(url)
@@ -67,6 +73,27 @@ class ShardSet:
 
     def tar_url(self, shard: int) -> str:
         return storage.full_url(self.fs, self.path(shard_name(shard, "tar")))
+
+    @staticmethod
+    def tar_name(shard: int) -> str:
+        """A shard's tar, relative to the set (what a dataset card's data_files lists)."""
+        return shard_name(shard, "tar")
+
+    @staticmethod
+    def parse_key(key: str) -> tuple[int, int]:
+        """A sample key "SSSSSS-IIIIII" -> (shard, index); a ShardError names a malformed one."""
+        return parse_key(key)
+
+    @staticmethod
+    def pairs(markers: dict[int, dict] | Iterable[dict]) -> int:
+        """The pairs in the shards of these done markers."""
+        return marker_count(markers.values() if isinstance(markers, dict) else markers)
+
+    @staticmethod
+    def stats(markers: dict[int, dict], num_classes: int) -> dict:
+        """The statistics of the shards of these markers: pairs, class fractions, mean confidence and
+        entropy, SAR statistics (what finish records as generated_stats)."""
+        return marker_stats(markers, num_classes)
 
     # -- dataset.json
 
@@ -86,6 +113,11 @@ class ShardSet:
     def write_info(self, info: DatasetInfo) -> None:
         storage.write_json(self.fs, self.path(DATASET_FILE), info.to_json())
 
+    def begin(self, header: DatasetInfo, markers: dict[int, dict]) -> None:
+        """Mark the set in progress before more shards are written: `header` with the pairs of the
+        shards already done (`markers`); finish writes the final header."""
+        self.write_info(header.replace(status=IN_PROGRESS, count=self.pairs(markers)))
+
     def finish(
         self,
         header: DatasetInfo,
@@ -97,7 +129,7 @@ class ShardSet:
         enl_ratio: float = ENL_RATIO_WARNING,
         histogram_tv: float = HISTOGRAM_TV_WARNING,
         against: str = "the training data's",
-        status: str = COMPLETE,
+        complete: bool = True,
         samples_per_shard: int | None = None,
         add_warnings: Sequence[str] = (),
         keep_warnings: bool = False,
@@ -107,7 +139,7 @@ class ShardSet:
         set (synthesis, the filter, targeted synthesis): `header` with the pair count of `markers` (the
         set's own, trusted), their statistics (marker_stats), the divergence check of those against
         `reference` (default: the header's training class fractions) and `train_sar` (divergence),
-        `status`, the divergence's warnings followed by `add_warnings` (keep_warnings: the header's own
+        complete or incomplete (`complete`: every planned shard written), the divergence's warnings followed by `add_warnings` (keep_warnings: the header's own
         list, as a filtered set has always carried its source's), and `fields`. samples_per_shard: a set
         derived from another, planned as the pairs it holds in shards of this size. Returns (the header
         written, the divergence's warnings)."""
@@ -119,7 +151,12 @@ class ShardSet:
             fields.update(planned=count, samples_per_shard=samples_per_shard, num_shards=-(-count // samples_per_shard))
         kept = header.warnings if keep_warnings else warnings + list(add_warnings)
         info = header.replace(
-            status=status, count=count, generated_stats=generated, divergence=div, warnings=kept, **fields
+            status=COMPLETE if complete else INCOMPLETE,
+            count=count,
+            generated_stats=generated,
+            divergence=div,
+            warnings=kept,
+            **fields,
         )
         self.write_info(info)
         return info, warnings
