@@ -196,6 +196,7 @@ def run(code: Path, work: Path) -> dict:
     where = subprocess.run(
         [sys.executable, "-c", "import dakter_scale; print(dakter_scale.__file__)"],
         env=env,
+        cwd=code,  # python -c puts its working folder first on sys.path: ask from the code's own
         capture_output=True,
         text=True,
         check=True,
