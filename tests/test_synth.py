@@ -71,6 +71,17 @@ def synthesize(model, out, config=None, sampling=SAMPLING, **kw):
     return synth_run.synthesize(model, str(out), config or cfg(), sampling, progress=False, use_ray=False, **kw)
 
 
+def synth_argv(
+    model: str, out: str, n: int, samples_per_shard: int, batch_size: int, actors: int = 0, seed: int = 5
+) -> list[str]:
+    """jobs/synthesize.py's flags for a run of the tiny model."""
+    return [
+        *("--model", model, "--n", str(n), "--out", out),
+        *("--samples-per-shard", str(samples_per_shard), "--batch-size", str(batch_size)),
+        *("--seed", str(seed), "--actors", str(actors)),
+    ]
+
+
 def read_keys(urls: list[str]) -> list[str]:
     """Every sample key, through the stock webdataset reader."""
     return [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
@@ -609,22 +620,7 @@ def test_s3_killed_writer_leaves_no_visible_partial_shard(model, s3_bucket, tmp_
     url = f"{s3_bucket}/run"
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"shard": 1, "after": 3}))
-    args = [
-        "--model",
-        model,
-        "--n",
-        "12",
-        "--out",
-        url,
-        "--samples-per-shard",
-        "4",
-        "--batch-size",
-        "3",
-        "--seed",
-        "5",
-        "--actors",
-        "0",
-    ] + TINY
+    args = synth_argv(model, url, 12, 4, 3) + TINY
     r = subprocess.run(
         job("synthesize.py") + args,
         capture_output=True,

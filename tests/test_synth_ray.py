@@ -10,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_synth import SAMPLING, TINY, cfg, presigned, read_keys
+from test_synth import SAMPLING, TINY, cfg, presigned, read_keys, synth_argv
 
 from dakter_scale.data import shardset, storage
 from dakter_scale.data.shardset import ShardSet
@@ -28,23 +28,7 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
     url = f"{s3_bucket}/run"
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"shard": 1, "after": 2}))  # the actor writing shard 1 dies after 2 of its 4 pairs
-    args = [
-        "--model",
-        model,
-        "--n",
-        "12",
-        "--out",
-        url,
-        "--samples-per-shard",
-        "4",
-        "--batch-size",
-        "3",
-        "--seed",
-        "5",
-        "--actors",
-        "2",
-        "--json",
-    ] + TINY
+    args = synth_argv(model, url, 12, 4, 3, actors=2) + ["--json"] + TINY
     r = subprocess.run(
         job("synthesize.py") + args,
         capture_output=True,

@@ -18,6 +18,7 @@ import torch
 import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_synth import synth_argv
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig, TargetConfig
 from dakter_scale.core.compose import class_shares, components, compose_mask, paste_instances, transform
@@ -899,24 +900,7 @@ def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys,
 
 
 def test_selection_refuses_a_target_its_measured_acceptance_cannot_reach(model, tmp_path, capsys, monkeypatch):
-    args = [
-        "--model",
-        model,
-        "--n",
-        "4",
-        "--samples-per-shard",
-        "4",
-        "--batch-size",
-        "4",
-        "--steps",
-        "3",
-        "--seed",
-        "5",
-        "--out",
-        str(tmp_path / "o"),
-        "--actors",
-        "0",
-    ]
+    args = synth_argv(model, str(tmp_path / "o"), 4, 4, 4) + ["--steps", "3"]
     code, out = cli(args + ["--class-target", "ship:0.9"], capsys, monkeypatch, sampling_allowed=True)
     assert code == 2 and out.err.splitlines()[-1].startswith(
         "error: --class-target ship:0.9 cannot be reached by selection within --max-draw-factor 20: selecting from the 4 pairs drawn"
@@ -927,24 +911,7 @@ def test_selection_refuses_a_target_its_measured_acceptance_cannot_reach(model, 
 def test_a_missed_target_warns_in_the_summary_and_dataset_json(model, tmp_path):
     """--max-draw-factor 1 keeps the first draw as it is: a target it misses is written with loud warnings."""
     out = tmp_path / "o"
-    args = [
-        "--model",
-        model,
-        "--n",
-        "4",
-        "--samples-per-shard",
-        "4",
-        "--batch-size",
-        "4",
-        "--steps",
-        "3",
-        "--seed",
-        "5",
-        "--out",
-        str(out),
-        "--actors",
-        "0",
-    ]
+    args = synth_argv(model, str(out), 4, 4, 4) + ["--steps", "3"]
     r = subprocess.run(
         job("synthesize.py") + args + ["--class-target", "sea:0.95", "--max-draw-factor", "1", "--json"],
         capture_output=True,
