@@ -293,6 +293,34 @@ class TargetConfig:
 
 
 @dataclass(frozen=True)
+class BankConfig:
+    """The instance bank (synth/bank.py; docs/synthesis.md, "Instance bank"): instances of these classes
+    cut from generated pairs (4-connected components of the pixels whose soft label gives the class at
+    least `threshold`, with `edge` pixels of soft edge) and kept where a real-only judge agrees."""
+
+    classes: tuple[str, ...] = ("oil", "ship")  # the classes cut, by name
+    threshold: float = 0.5  # a pixel belongs to a class's confident region where its probability reaches this
+    edge: int = 2  # pixels of soft edge kept around each component, its soft label with it
+    min_pixels: int = 2  # components smaller than this (pixels) are not cut
+    min_agreement: float = 0.5  # the judge's IoU with the component needed to keep it (0: keep every one)
+    max_pairs: int = 1_000_000  # a growing bank (synth/bank.grow_bank) draws at most this many pairs
+
+    def validate(self) -> None:
+        _check(
+            len(self.classes) >= 1 and all(isinstance(c, str) and c for c in self.classes),
+            "synthesis.bank.classes",
+            f"must name at least one class, got {list(self.classes)}",
+        )
+        _check(0 < self.threshold <= 1, "synthesis.bank.threshold", f"must be in (0, 1], got {self.threshold}")
+        _check(0 <= self.edge <= 16, "synthesis.bank.edge", f"must be in [0, 16] pixels, got {self.edge}")
+        _check(self.min_pixels >= 1, "synthesis.bank.min_pixels", f"must be >= 1, got {self.min_pixels}")
+        _check(
+            0 <= self.min_agreement <= 1, "synthesis.bank.min_agreement", f"must be in [0, 1], got {self.min_agreement}"
+        )
+        _check(self.max_pairs >= 1, "synthesis.bank.max_pairs", f"must be >= 1, got {self.max_pairs}")
+
+
+@dataclass(frozen=True)
 class SynthesisConfig:
     """Sharded generation of image / soft-label pairs."""
 
@@ -312,9 +340,11 @@ class SynthesisConfig:
     enl_ratio_threshold: float = 2.0
     histogram_threshold: float = 0.25
     target: TargetConfig = field(default_factory=TargetConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
 
     def validate(self) -> None:
         self.target.validate()
+        self.bank.validate()
         _check(self.n >= 1, "synthesis.n", f"must be a positive count, got {self.n}")
         _check(
             self.samples_per_shard >= 1, "synthesis.samples_per_shard", f"must be >= 1, got {self.samples_per_shard}"
@@ -390,13 +420,20 @@ class StudentConfig:
     copy_paste: str = ""
     copy_paste_real: float = 0.5
     copy_paste_generated: float = 0.0
+    # Copy-paste donors from an instance bank (synth/bank.py) instead of the real pairs: its URL ("" =
+    # real donors), and how many of its instances (the first N in key order; 0 = all): the bank's size.
+    instance_bank: str = ""
+    instance_bank_size: int = 0
+    # A student folder whose weights this student starts from ("" = fresh): fine-tuning a pretrained student.
+    init: str = ""
 
     def validate(self) -> None:
         _check(self.arch in ARCHS, "student.arch", f"{self.arch!r} is not one of {', '.join(ARCHS)}")
         _check(bool(self.encoder), "student.encoder", "must name an smp encoder, or auto")
         _check(self.seed >= 0, "student.seed", f"must be >= 0, got {self.seed}")
         _check(self.labels in ("soft", "hard"), "student.labels", f"{self.labels!r} is not soft or hard")
-        _check(self.ratio >= 0 and math.isfinite(self.ratio), "student.ratio", f"must be >= 0, got {self.ratio}")
+        # inf: generated samples only (pretraining, study/plan.py pretrain_finetune)
+        _check(self.ratio >= 0 and not math.isnan(self.ratio), "student.ratio", f"must be >= 0, got {self.ratio}")
         for key in ("max_steps", "batch_size", "log_every", "checkpoints_total_limit", "shuffle_buffer"):
             _check(getattr(self, key) >= 1, f"student.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "student.lr", "must be > 0")
@@ -438,6 +475,14 @@ class StudentConfig:
                 f"student.{key}",
                 f"is a share of the samples in [0, 1], got {getattr(self, key)}",
             )
+        _check(
+            self.instance_bank_size >= 0, "student.instance_bank_size", f"must be >= 0, got {self.instance_bank_size}"
+        )
+        _check(
+            not self.instance_bank or bool(self.copy_paste),
+            "student.instance_bank",
+            "pastes the instances of a class target: give student.copy_paste too, e.g. oil:3x,ship:3x",
+        )
 
 
 @dataclass(frozen=True)
@@ -513,6 +558,12 @@ class ExperimentConfig:
     # The split every table student is scored on, once: the test split of this spec ("" = data.spec's).
     # A study that chooses anything (a grid) must choose it on validation_spec, which may not be this split.
     test_spec: str = ""
+    # instance_paste: copy-paste of class_target's classes from an instance bank of generated instances
+    # (generated/bank, synth/bank.py, judged by the real-only filter_arch student), one arm per bank size
+    bank_sizes: tuple[int, ...] = ()
+    # pretrain_finetune: this share of the student's steps on generated pairs alone (KD), the rest on real
+    # scenes with copy-paste: the same total steps as every other arm
+    pretrain_share: float = 0.5
 
     def kd_weight(self, arch: str, default: float) -> float:
         """arch's KD weight from kd_weights (validated ARCH:WEIGHT entries), else default."""
@@ -530,6 +581,8 @@ class ExperimentConfig:
             "copy_paste",
             "pasted_after",
             "dakter_copy_paste",
+            "instance_paste",
+            "pretrain_finetune",
         )
         for key in ("archs", "sweep_archs", "study_arch", "filter_arch"):
             value = getattr(self, key)
@@ -559,7 +612,25 @@ class ExperimentConfig:
                 "experiment.class_target",
                 "method dakter_target needs a class target, e.g. oil:3x,ship:3x",
             )
-        pasting = sorted({"copy_paste", "pasted_after", "dakter_copy_paste"} & set(self.methods + self.sweep_methods))
+        pasting = sorted(
+            {"copy_paste", "pasted_after", "dakter_copy_paste", "instance_paste", "pretrain_finetune"}
+            & set(self.methods + self.sweep_methods)
+        )
+        _check(
+            "instance_paste" not in self.methods + self.sweep_methods or bool(self.bank_sizes),
+            "experiment.bank_sizes",
+            "method instance_paste needs the bank sizes to try, e.g. [1000, 10000]",
+        )
+        _check(
+            all(n >= 1 for n in self.bank_sizes),
+            "experiment.bank_sizes",
+            f"bank sizes are instance counts >= 1, got {list(self.bank_sizes)}",
+        )
+        _check(
+            0 < self.pretrain_share < 1,
+            "experiment.pretrain_share",
+            f"is a share of the student's steps in (0, 1), got {self.pretrain_share}",
+        )
         _check(
             not pasting or bool(self.class_target.strip()),
             "experiment.class_target",

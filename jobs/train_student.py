@@ -11,6 +11,9 @@
 --copy-paste oil:3x,ship:3x pastes real instances of those classes onto real samples until each meets its
 share (the grammar of --class-target); student.copy_paste_real / copy_paste_generated set the shares of
 samples pasted (0.5 / 0). --augment d4 flips and turns every sample (real and generated) the same way.
+--instance-bank URL draws the pasted instances from an instance bank of generated instances (jobs/bank_instances.py),
+soft labels and all, instead of the real pairs; --instance-bank-size N uses its first N (the bank's size).
+--init STUDENT starts from a trained student's weights (fine-tuning; the study's pretrain_finetune arm).
 --synthetic takes any fsspec URL (a folder, s3://, gs://); S3 credentials and endpoint come from AWS_* variables.
 Bad shards: student.on_bad_shard=warn (skip, count, name them at the end) or raise. See docs/training.md.
 --report-to tensorboard (pip install 'dakter-scale[tracking]'), mlflow or wandb sends loss, learning rate and steps/s
@@ -50,6 +53,20 @@ def main() -> None:
         help="copy-paste real instances onto real samples, e.g. oil:3x,ship:3x (overrides student.copy_paste)",
     )
     p.add_argument(
+        "--instance-bank",
+        metavar="URL",
+        help="copy-paste draws its donors from this instance bank of generated instances (jobs/bank_instances.py) instead of the real pairs (overrides student.instance_bank)",
+    )
+    p.add_argument(
+        "--instance-bank-size",
+        type=int,
+        metavar="N",
+        help="use the bank's first N instances (overrides student.instance_bank_size; default all)",
+    )
+    p.add_argument(
+        "--init", metavar="STUDENT", help="start from this student folder's weights (overrides student.init)"
+    )
+    p.add_argument(
         "--augment",
         choices=["none", "flip", "d4"],
         help="geometric augmentation of every sample (overrides student.augment)",
@@ -74,6 +91,7 @@ def main() -> None:
         from dakter_scale.training import finish, make_accelerator, report_to
 
         check_flag("--max-steps", args.max_steps, 1)
+        check_flag("--instance-bank-size", args.instance_bank_size, 0)
         ratio = parse_ratio(args.ratio) if args.ratio is not None else None
         cfg = config_from(
             args,
@@ -85,6 +103,9 @@ def main() -> None:
                 "student.encoder": args.encoder,
                 "student.max_steps": args.max_steps,
                 "student.copy_paste": args.copy_paste,
+                "student.instance_bank": args.instance_bank,
+                "student.instance_bank_size": args.instance_bank_size,
+                "student.init": args.init,
                 "student.augment": args.augment,
             },
         )

@@ -166,3 +166,95 @@ def class_shares(masks: np.ndarray, num_classes: int) -> np.ndarray:
     """Pooled pixel share of each class over masks (N, H, W) of class ids -> (K,)."""
     counts = np.bincount(np.asarray(masks).reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
     return counts / max(1, counts.sum())
+
+
+# -- instances of generated pairs: cut with their soft labels, pasted with them ------------------------
+
+
+def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """mask (H, W) bool grown by `steps` 4-neighbour steps (a diamond of radius steps), inside the frame."""
+    out = np.asarray(mask, bool)
+    for _ in range(steps):
+        padded = np.pad(out, 1)
+        out = out | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    return out
+
+
+def instance_regions(q: np.ndarray, c: int, threshold: float, edge: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The instances of class c in a soft label q (K, H, W) (probabilities, or uint8 levels with the
+    threshold in levels): one per 4-connected component of the confident pixels q[c] >= threshold, in
+    raster order of their first pixel, as (core, region), each (H, W) bool. core: the component.
+    region: the component grown by `edge` pixels into its soft edge, the pixels most probable as c or
+    sea (0) that are confident for no component of c: where the instance's soft label is kept."""
+    confident = q[c] >= threshold
+    labels = components(confident)
+    top = np.argmax(q, axis=0)  # the first maximum on ties, as the student stream's class_argmax
+    edge_ok = ((top == c) | (top == 0)) & ~confident
+    out = []
+    for j in range(1, int(labels.max()) + 1):
+        core = labels == j
+        out.append((core, core | (dilate(core, edge) & edge_ok)))
+    return out
+
+
+def paste_soft(
+    image: np.ndarray,
+    q: np.ndarray,
+    donors: Mapping[int, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, float]]],
+    goals: Mapping[int, float],
+    rng: np.random.Generator,
+    max_pastes: int = 8,
+    match_sea: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int, int, int, int]]]:
+    """A sample (image (H, W) uint8, soft label q (K, H, W) float32) -> (image, q, given (H, W) bool,
+    placements) with instances pasted onto its sea, soft labels and all, until each targeted class c
+    covers goals[c] of the pixels (counting what the sample holds: its most probable class).
+
+    donors[c]: instances of class c as (image (h, w) uint8, q (K, h, w) float32, region (h, w) bool,
+    their pair's sea level). For each class in increasing id order, at most max_pastes times: an
+    instance drawn at random, flipped (left-right) and turned by quarter turns at random, placed at a
+    random top-left corner where it fits; its region's pixels that fall on sea not yet given take its
+    image (moved by the sample's sea level minus the instance's, with match_sea) and its soft label.
+    An instance that would bring more than twice the class-c pixels (most probable class c) still
+    missing is skipped, as paste_instances' by_component, unless less than a pixel is missing (so a
+    sample reaches its goal whenever max_pastes allow). placements: (class, instance index, flip,
+    turns, y, x) of each instance pasted, in order: where each landed. The inputs are not changed."""
+    h_img, w_img = image.shape
+    top = np.argmax(q, axis=0)
+    free = top == 0
+    out_image, out_q = image.astype(np.float32), np.array(q, dtype=np.float32, copy=True)
+    given = np.zeros(image.shape, bool)
+    pasted_top = np.zeros(image.shape, np.int64)
+    level = np.float32(np.median(image[free])) if free.any() else None
+    placements = []
+    for c in sorted(goals):
+        pool = donors.get(c) or ()
+        have = np.count_nonzero(top == c)
+
+        def need() -> float:  # pixels class c still lacks
+            return goals[c] * image.size - have - np.count_nonzero(given & (pasted_top == c))
+
+        for _ in range(max_pastes if pool else 0):
+            if need() <= 0:
+                break
+            i = int(rng.integers(len(pool)))
+            flip, turns = int(rng.integers(2)), int(rng.integers(4))
+            piece = [a[..., ::-1] if flip else a for a in pool[i][:3]]
+            piece_image, piece_q, region = (np.rot90(a, turns, axes=(-2, -1)) for a in piece)
+            h, w = region.shape
+            if h > h_img or w > w_img:
+                continue
+            y, x = int(rng.integers(h_img - h + 1)), int(rng.integers(w_img - w + 1))
+            window = (slice(y, y + h), slice(x, x + w))
+            new = region & free[window] & ~given[window]
+            piece_top = np.argmax(piece_q, axis=0)
+            brings = np.count_nonzero(new & (piece_top == c))
+            if not new.any() or (need() >= 1 and brings > 2 * need()):  # under a pixel short: any instance does
+                continue
+            shift = level - np.float32(pool[i][3]) if match_sea and level is not None else np.float32(0)
+            out_image[window][new] = piece_image[new] + shift
+            out_q[(slice(None),) + window][:, new] = piece_q[:, new]
+            given[window] |= new
+            pasted_top[window][new] = piece_top[new]
+            placements.append((c, i, flip, turns, y, x))
+    return np.clip(np.rint(out_image), 0, 255).astype(np.uint8), out_q, given, placements

@@ -82,17 +82,28 @@ def mixed_loss(
     augmentation ratio's weight.
 
     mask: (N, H, W) integer mask (ignored for generated samples). q: (N, K, H, W) soft labels
-    (ignored for real samples). is_generated: (N,) bool.
+    (ignored for real samples, unless one holds soft labels: a real sample with generated instances
+    pasted in, student/augment.py BankPaste). is_generated: (N,) bool.
+
+    A real sample whose q is one-hot at every pixel takes the CE on its mask; one whose q is not
+    (pasted soft labels) takes ce_weight * KL(q || softmax(logits)), the soft CE up to q's entropy:
+    the same gradient as the CE wherever q is one-hot, the soft label's where it is not.
     """
     if labels not in ("soft", "hard"):
         raise ValueError(f"labels must be 'soft' or 'hard', got {labels!r}")
     gen = is_generated.to(torch.bool)
     per_sample = torch.zeros(logits.shape[0], device=logits.device)
     parts: dict[str, float] = {}
-    if (~gen).any():
-        ce_real = ce_loss_per_sample(logits[~gen], mask[~gen])
-        per_sample[~gen] = ce_weight * ce_real
+    soft = ~gen & (q.amax(dim=1) < 1).flatten(1).any(dim=1)
+    hard = ~gen & ~soft
+    if hard.any():
+        ce_real = ce_loss_per_sample(logits[hard], mask[hard])
+        per_sample[hard] = ce_weight * ce_real
         parts["ce_real"] = float(ce_real.detach().mean())
+    if soft.any():
+        soft_real = kd_loss_per_sample(logits[soft], q[soft])
+        per_sample[soft] = ce_weight * soft_real
+        parts["soft_real"] = float(soft_real.detach().mean())
     if gen.any():
         if labels == "soft":
             kd = kd_loss_per_sample(logits[gen], q[gen], temperature, confidence_power)

@@ -23,12 +23,24 @@ import numpy as np
 import torch
 
 from dakter_scale.config import Config
-from dakter_scale.core.compose import paste_onto
+from dakter_scale.core.compose import class_shares, paste_onto, paste_soft
 from dakter_scale.core.steps import derive_seed
+from dakter_scale.data.bank import Instance, read_bank
 from dakter_scale.data.real import Source, denormalise, normalise, split_stats, whole_pairs
-from dakter_scale.synth.target import MAX_PASTES, ClassTarget, check_composable, parse_class_target, paste_pool
+from dakter_scale.synth.target import (
+    MAX_PASTES,
+    ClassTarget,
+    TargetError,
+    check_composable,
+    parse_class_target,
+    paste_pool,
+)
 
 STREAM = 11  # derive_seed(seed, STREAM, batch, place): a sample's augmentation, apart from every other stream
+# Banked instances pasted per class and sample at most: one instance each (a real donor pastes a whole
+# pair's instances at once), so more than MAX_PASTES; bounds the work of a sample whose target a bank
+# of tiny instances cannot reach.
+MAX_INSTANCES = 64
 
 
 @dataclass(frozen=True)
@@ -57,12 +69,46 @@ class CopyPaste:
         return out
 
 
+@dataclass(frozen=True)
+class BankPaste:
+    """Generated instances from an instance bank (data/bank.py) pasted onto a share of the samples until
+    they meet `target` (per sample), their soft labels with them: copy-paste with banked donors."""
+
+    target: ClassTarget
+    pool: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]]  # by class: Instance.donor()
+    real: float
+    generated: float
+    max_pastes: int = MAX_INSTANCES
+
+    def paste(self, item: dict, rng: np.random.Generator) -> dict:
+        """item -> a new item with instances pasted (core.compose.paste_soft), "pasted" (H, W) bool, and
+        "placements": (class, instance, flip, turns, y, x) of each. q takes the instances' soft labels
+        (a real sample gets one, one-hot off them, so the student's loss reads them: core.kd.mixed_loss);
+        the mask is its most probable class."""
+        k = len(self.target.classes)
+        q = (
+            item["q"].numpy()
+            if item["q"] is not None
+            else np.eye(k, dtype=np.float32)[item["mask"].numpy()].transpose(2, 0, 1)
+        )
+        image = denormalise(item["x"][0]).numpy()
+        pasted, q_out, given, placements = paste_soft(image, q, self.pool, self.target.goals, rng, self.max_pastes)
+        if not given.any():
+            return dict(item, pasted=torch.from_numpy(given), placements=placements)
+        mask = item["mask"].clone()
+        where = torch.from_numpy(given)
+        mask[where] = torch.from_numpy(np.argmax(q_out, axis=0))[where]
+        return dict(
+            item, x=normalise(pasted)[None], mask=mask, q=torch.from_numpy(q_out), pasted=where, placements=placements
+        )
+
+
 class Augment:
     """The per-sample augmentation of one student: copy-paste (optional), then the geometry
     (none | flip: a horizontal flip half the time | d4: a flip and a quarter turn, the eight
     symmetries of the square) applied to image, mask, soft label and pasted pixels alike."""
 
-    def __init__(self, seed: int, geometry: str = "none", copy_paste: CopyPaste | None = None):
+    def __init__(self, seed: int, geometry: str = "none", copy_paste: CopyPaste | BankPaste | None = None):
         self.seed, self.geometry, self.copy_paste = seed, geometry, copy_paste
 
     @property
@@ -88,16 +134,48 @@ class Augment:
         return {**item, **{k: move(item.get(k)) for k in ("x", "mask", "q", "pasted") if k in item}}
 
 
-def build_copy_paste(cfg: Config, source: Source) -> CopyPaste:
+def build_copy_paste(cfg: Config, source: Source) -> CopyPaste | BankPaste:
     """student.copy_paste's target against the real training split's classes and pixel shares, and
-    its donors; refused in one line (TargetError) when no training pair holds a targeted class or
-    the donors cannot reach the target."""
+    its donors (the real pairs, or student.instance_bank's instances: build_bank_paste); refused in one
+    line (TargetError) when no training pair holds a targeted class or the donors cannot reach the target."""
     s = cfg.student
     shares = split_stats(source, "train", cfg.data.stats_max_images).class_fractions
     target = parse_class_target(s.copy_paste, source.classes, shares, flag="student.copy_paste")
+    if s.instance_bank:
+        return build_bank_paste(cfg, target, read_bank(s.instance_bank, list(source.classes), s.instance_bank_size))
     images, masks = whole_pairs(source, cfg.data.resolution)
     check_composable("pasted", images, masks, target, flag="student.copy_paste")
     return CopyPaste(target, paste_pool(images, masks, target), s.copy_paste_real, s.copy_paste_generated)
+
+
+def build_bank_paste(cfg: Config, target: ClassTarget, instances: list[Instance], probe: int = 64) -> BankPaste:
+    """The BankPaste of student.copy_paste's target over banked instances, refused in one line
+    (TargetError) when the bank is smaller than student.instance_bank_size, holds no instance of a
+    targeted class, or its instances pasted onto `probe` all-sea samples fall short of the target."""
+    s, size = cfg.student, cfg.data.resolution
+    where = f"student.instance_bank {s.instance_bank}"
+    if s.instance_bank_size and len(instances) < s.instance_bank_size:
+        raise TargetError(
+            f"{where} holds {len(instances)} instances, fewer than student.instance_bank_size {s.instance_bank_size}"
+        )
+    pool = {c: [i.donor() for i in instances if i.cls == c] for c, _ in target.shares}
+    missing = [target.classes[c] for c, donors in pool.items() if not donors]
+    if missing:
+        raise TargetError(
+            f"student.copy_paste {target.spec}: {where} holds no {', '.join(missing)} instance (of its first {len(instances)})"
+        )
+    sea = np.zeros((len(target.classes), size, size), np.float32)
+    sea[0] = 1
+    masks = [
+        np.argmax(paste_soft(np.zeros((size, size), np.uint8), sea, pool, target.goals, rng, MAX_INSTANCES)[1], axis=0)
+        for rng in (np.random.default_rng(derive_seed(i, 2)) for i in range(probe))
+    ]
+    shares = class_shares(np.stack(masks), len(target.classes))
+    if not target.met(shares):
+        raise TargetError(
+            f"student.copy_paste {target.spec} cannot be reached from {where} ({MAX_INSTANCES} instances per class at most): pasted instances reach {', '.join(target.missed(shares))}"
+        )
+    return BankPaste(target, pool, s.copy_paste_real, s.copy_paste_generated)
 
 
 def build_augment(cfg: Config, source: Source) -> Augment | None:

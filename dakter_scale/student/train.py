@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_model
 
 from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, save_config, to_dict
@@ -22,7 +23,14 @@ from dakter_scale.data.shardset import DatasetInfo, SampleShape, ShardError, Sha
 from dakter_scale.data.storage import redact_url
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
 from dakter_scale.student.augment import build_augment
-from dakter_scale.student.models import build_student, resolve_encoder, save_student
+from dakter_scale.student.models import (
+    STUDENT_WEIGHTS,
+    StudentError,
+    build_student,
+    read_student_info,
+    resolve_encoder,
+    save_student,
+)
 from dakter_scale.training import (
     LoopSpec,
     check_resume_agrees,
@@ -70,6 +78,18 @@ def check_generated(
     for warning in info.warnings or []:
         log.warning("generated dataset %s: %s", url, warning)
     return info
+
+
+def start_from(model: torch.nn.Module, folder: str, arch: str, encoder: str, classes: list[str]) -> None:
+    """Load a trained student's weights into `model` (student.init), refused in one line (StudentError)
+    when it is another architecture, encoder or class list."""
+    info = read_student_info(folder)
+    theirs = (info.get("arch"), info.get("encoder"), list(info.get("classes", [])))
+    if theirs != (arch, encoder, classes):
+        raise StudentError(
+            f"student.init {folder} is {theirs[0]} / {theirs[1]} over {theirs[2]}, this student {arch} / {encoder} over {classes}"
+        )
+    load_model(model, str(Path(folder) / STUDENT_WEIGHTS))
 
 
 def train_student(
@@ -139,6 +159,8 @@ def train_student(
 
     seed_init(s.seed)
     model = build_student(s.arch, s.encoder, k, s.encoder_weights, s.encoder_depth)
+    if s.init:  # fine-tuning: start from a trained student's weights (a resumed run's checkpoint replaces them)
+        start_from(model, s.init, s.arch, resolve_encoder(s.arch, s.encoder), list(source.classes))
     unused = freeze_unused(model, torch.zeros(2, 1, cfg.data.resolution, cfg.data.resolution))
     if unused:
         log.info("%d parameter tensors take no part in the forward pass (e.g. %s): frozen", len(unused), unused[0])
@@ -293,7 +315,7 @@ def train_student(
             "real": redact_url(cfg.data.spec),
             "synthetic": redact_url(synthetic) if s.ratio > 0 else None,
             "synthetic_fingerprint": gen_info.fingerprint if gen_info else None,
-            "ratio": s.ratio,
+            "ratio": s.ratio if math.isfinite(s.ratio) else "inf",  # inf: generated samples only (strict JSON)
             "labels": s.labels if s.ratio > 0 else "none",
             "steps": result.steps,
             "batch_size_per_rank": s.batch_size,
@@ -301,6 +323,10 @@ def train_student(
             "generated_share": seen_generated / seen_total if seen_total else 0.0,
             "bad_shards": [redact_url(reason) for reason in bad],
         }
+        if s.init:  # recorded only when used, as below
+            info["init"] = redact_url(s.init)
+        if s.instance_bank:
+            info["instance_bank"] = {"url": redact_url(s.instance_bank), "size": s.instance_bank_size}
         if augment is not None:  # recorded only when used: earlier students' records stay as they were
             info["augment"] = s.augment
             info["copy_paste"] = (

@@ -1,0 +1,364 @@
+"""The instance bank (synth/bank.py, data/bank.py) and copy-paste from it (student/augment.py BankPaste):
+instances are the confident components of generated soft labels with their soft edges, judged by a
+real-only student; the bank is exactly once, resumes after a killed run, reads back through the stock
+webdataset reader, writes the same bytes on Ray as locally; pasted instances land where recorded with
+their soft labels, the same seed gives the same bytes, and a bank that cannot meet a target is one error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from dakter_scale.config import BankConfig, Config, SynthesisConfig
+from dakter_scale.core.compose import components, dilate
+from dakter_scale.core.kd import ce_loss_per_sample, kd_loss_per_sample, mixed_loss
+from dakter_scale.core.soft_labels import sample_stats
+from dakter_scale.data import storage
+from dakter_scale.data.bank import BankError, read_bank
+from dakter_scale.data.osd import CLASSES
+from dakter_scale.data.real import normalise, open_source, whole_pairs
+from dakter_scale.data.shardset import DatasetInfo, ShardSet, decode_sample, encode_sample
+from dakter_scale.data.synthetic_sar import simulate_scene
+from dakter_scale.student.augment import Augment, BankPaste, build_copy_paste
+from dakter_scale.student.evaluate import segment
+from dakter_scale.student.models import build_student, load_student, save_student
+from dakter_scale.synth.bank import EMPTY, agreement, build_bank, cut_pair
+from dakter_scale.synth.target import TargetError
+
+from conftest import job
+
+SPEC = "synthetic:40?size=32&test=8"  # the real data the bank's instances are pasted into
+SIZE, OIL, SHIP = 32, CLASSES.index("oil"), CLASSES.index("ship")
+
+
+def soft_pair(seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """A simulated scene and a soft label with soft edges: its one-hot mask averaged over 3x3 windows."""
+    image, mask = simulate_scene(seed, SIZE, SIZE)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(mask.astype(np.int64)), len(CLASSES)).permute(2, 0, 1)
+    q = torch.nn.functional.avg_pool2d(onehot.float()[None], 3, 1, 1, count_include_pad=False)[0]
+    return image, q / q.sum(0, keepdim=True)
+
+
+def write_source(url: str, counts: list[int]) -> None:
+    """A generated set of soft pairs written through the shard set (what jobs/synthesize.py writes)."""
+    out = ShardSet(url)
+    storage.url_to_fs(url)[0].makedirs(out.root, exist_ok=True)
+    markers = {}
+    for shard, count in enumerate(counts):
+        samples, rows = [], []
+        for index in range(count):
+            key, seed = f"{shard:06d}-{index:06d}", 1000 * shard + index
+            image, q = soft_pair(seed)
+            stats = sample_stats(q[None])
+            row = {
+                "key": key,
+                "shard": shard,
+                "index": index,
+                "seed": seed,
+                "class_fractions": [float(v) for v in stats["class_fractions"][0]],
+                "mean_entropy": float(stats["mean_entropy"][0]),
+                "mean_confidence": float(stats["mean_confidence"][0]),
+            }
+            rows.append(row)
+            samples.append((key, encode_sample(key, image, q, dict(row, classes=list(CLASSES)))))
+        markers[shard] = out.write_shard(shard, samples, rows, "soft-source")
+    out.finish(DatasetInfo(classes=list(CLASSES), resolution=SIZE, fingerprint="soft-source"), markers, threshold=1.0)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("source") / "pairs")
+    write_source(url, [6, 5, 4])
+    return url
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    """A real-only judge: an untrained, seeded unet (its agreements spread over [0, 1))."""
+    torch.manual_seed(0)
+    model = build_student("unet", "resnet18", len(CLASSES), None, encoder_depth=3)
+    info = {"arch": "unet", "encoder": "resnet18", "classes": list(CLASSES), "encoder_depth": 3}
+    return str(save_student(tmp_path_factory.mktemp("judge") / "judge", model, info))
+
+
+@pytest.fixture(scope="module")
+def bank(source, judge, tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("bank") / "bank")
+    summary = build_bank(source, url, judge, BankConfig(min_agreement=0.0), SynthesisConfig(), use_ray=False)
+    assert summary.ok and summary.count > 10 and summary.by_class["oil"] and summary.by_class["ship"]
+    return url
+
+
+def source_pairs(url: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {s["__key__"]: decode_sample(s, levels=True)[:2] for s in ShardSet(url).samples()}
+
+
+def candidates(source: str, judge: str, cfg: BankConfig) -> dict[tuple[str, str, int], float]:
+    """Every instance cut_pair finds, by (source key, class, component), with the judge's agreement."""
+    model, _ = load_student(judge)
+    out = {}
+    for key, (image, levels) in source_pairs(source).items():
+        pred = segment(model, image[None])[0].numpy()
+        for c, j, core, region in cut_pair(levels, [OIL, SHIP], cfg):
+            out[(key, CLASSES[c], j)] = agreement(pred, c, core, region)
+    return out
+
+
+def test_instances_are_confident_components_with_their_soft_edges(source, bank):
+    pairs = source_pairs(source)
+    raw = {s["__key__"]: decode_sample(s, levels=True) for s in ShardSet(bank).samples()}
+    soft_edges = 0
+    for instance in read_bank(bank, list(CLASSES)):
+        rec = instance.record
+        image, levels = pairs[rec["source_key"]]
+        c = instance.cls
+        y0, x0, h, w = rec["bbox"]
+        region = np.zeros((SIZE, SIZE), bool)
+        region[y0 : y0 + h, x0 : x0 + w] = instance.region
+        confident = levels[c] >= 127.5  # q_c >= 0.5
+        labels = components(confident)
+        inside = set(np.unique(labels[region])) - {0}
+        assert len(inside) == 1, "an instance holds one confident component"
+        core = labels == inside.pop()
+        assert rec["core"] == core.sum() and (core <= region).all()
+        assert (region <= dilate(core, BankConfig().edge)).all(), "the region is the component and its edge"
+        # the soft label and image are the source pair's at every pixel of the region, sea and 0 elsewhere
+        stored_image, stored_levels, meta = raw[instance.key]
+        np.testing.assert_array_equal(stored_levels[:, region], levels[:, region])
+        np.testing.assert_array_equal(stored_image[region], image[region])
+        assert (stored_levels[0][~region] == 255).all() and (stored_image[~region] == 0).all()
+        np.testing.assert_allclose(instance.q, stored_levels[:, y0 : y0 + h, x0 : x0 + w] / 255.0, atol=1e-6)
+        soft_edges += int((levels[:, region].max(axis=0) < 255).sum())
+        # provenance: the source pair's seed and key; cutting that pair again gives this region
+        assert meta["seed"] == int(rec["source_key"][:6]) * 1000 + int(rec["source_key"][7:])
+        again = {j: r for cls, j, _, r in cut_pair(levels, [c], BankConfig()) if cls == c}
+        np.testing.assert_array_equal(again[rec["component"]], region)
+    assert soft_edges > 0, "the edges' soft labels are kept"
+
+
+def test_judge_rejected_instances_are_not_in_the_bank(source, judge, tmp_path):
+    scores = candidates(source, judge, BankConfig())
+    threshold = float(np.median(sorted(set(scores.values()))))
+    kept = {k for k, v in scores.items() if v >= threshold}
+    assert kept and len(kept) < len(scores), "the judge keeps some and rejects some"
+    cfg = BankConfig(min_agreement=threshold)
+    summary = build_bank(source, str(tmp_path / "bank"), judge, cfg, SynthesisConfig(), use_ray=False)
+    banked = {
+        (i.record["source_key"], i.record["class"], i.record["component"])
+        for i in read_bank(str(tmp_path / "bank"), list(CLASSES))
+    }
+    assert banked == kept
+    assert summary.rejected == len(scores) - len(kept) and summary.candidates == len(scores)
+    assert all(i.record["judge"] >= threshold - 1e-6 for i in read_bank(str(tmp_path / "bank"), list(CLASSES)))
+
+
+def tars(url: str) -> dict[str, bytes]:
+    fs, root = storage.url_to_fs(url)
+    return {
+        name: fs.cat_file(storage.join(root, name))
+        for name in sorted(storage.list_dir(fs, root))
+        if name.endswith(".tar")
+    }
+
+
+def test_bank_resumes_after_a_killed_run_and_reads_through_the_stock_reader(source, judge, bank, tmp_path):
+    import webdataset as wds
+
+    out, fault = tmp_path / "bank", tmp_path / "fault.json"
+    fault.write_text(json.dumps({"shard": 1, "after": 2}))  # the process dies after 2 instances of shard 1
+    argv = job("bank_instances.py") + [
+        "--shards",
+        source,
+        "--judge",
+        judge,
+        "--out",
+        str(out),
+        "--actors",
+        "0",
+        "synthesis.bank.min_agreement=0",
+    ]
+    killed = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)))
+    assert killed.returncode == 17 and not fault.exists()
+    assert sorted(d.shard for d in ShardSet(str(out)).done()) == [0], "the killed run finished shard 0 only"
+    again = subprocess.run(argv + ["--break-lock"], capture_output=True, text=True)  # the killed run's lease
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cut now: 2, done before: 1" in again.stdout
+    assert tars(str(out)) == tars(bank), "the resumed bank is the uninterrupted one, byte for byte"
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["status"] == "complete" and info["count"] == len(read_bank(bank, list(CLASSES)))
+    # the stock webdataset reader reads every instance once
+    keys = [s["__key__"] for s in wds.WebDataset([str(out / n) for n in tars(str(out))], shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == info["count"]
+    rerun = build_bank(source, str(out), judge, BankConfig(min_agreement=0.0), SynthesisConfig(), use_ray=False)
+    assert rerun.cut == [] and rerun.skipped == [0, 1, 2]
+
+
+def test_a_source_shard_without_instances_is_recorded_and_not_cut_again(judge, tmp_path):
+    src = str(tmp_path / "src")
+    write_source(src, [3, 2])
+    cfg = BankConfig(classes=("land",), min_pixels=10**6)  # no component is that large: nothing is cut
+    first = build_bank(src, str(tmp_path / "bank"), judge, cfg, SynthesisConfig(), use_ray=False)
+    assert first.count == 0 and first.cut == [0, 1]
+    assert set(json.loads(ShardSet(str(tmp_path / "bank")).read_side(EMPTY))) == {"0", "1"}
+    again = build_bank(src, str(tmp_path / "bank"), judge, cfg, SynthesisConfig(), use_ray=False)
+    assert again.cut == [] and again.skipped == [0, 1]
+    with pytest.raises(BankError, match="another set"):
+        build_bank(src, str(tmp_path / "bank"), judge, BankConfig(), SynthesisConfig(), use_ray=False)
+
+
+@pytest.mark.slow
+def test_the_bank_on_a_local_ray_cluster_writes_the_same_bytes(source, judge, bank, tmp_path):
+    url = str(tmp_path / "ray")
+    summary = build_bank(source, url, judge, BankConfig(min_agreement=0.0), SynthesisConfig(actors=2), use_ray=True)
+    assert summary.ok and summary.strategy["strategy"] == "ray" and summary.strategy["actors"] == 2
+    assert tars(url) == tars(bank)
+
+
+# -- copy-paste from the bank -----------------------------------------------------------------------
+
+
+def cfg(bank: str, **student) -> Config:
+    return Config().replace(
+        **{
+            "data.spec": SPEC,
+            "data.resolution": SIZE,
+            "student.copy_paste": "oil:3x,ship:3x",
+            "student.instance_bank": bank,
+            **{f"student.{k}": v for k, v in student.items()},
+        }
+    )
+
+
+def real_item(i: int) -> dict:
+    images, masks = whole_pairs(open_source(SPEC), SIZE)
+    return {
+        "key": "k",
+        "x": normalise(images[i])[None],
+        "mask": torch.from_numpy(masks[i].astype(np.int64)),
+        "q": None,
+        "generated": False,
+    }
+
+
+def test_pasted_instances_land_where_recorded_with_their_soft_labels(bank):
+    cp = build_copy_paste(cfg(bank, copy_paste_real=1.0), open_source(SPEC))
+    assert isinstance(cp, BankPaste)
+    for i in range(6):
+        item = real_item(i)
+        out = Augment(3, "none", cp)(item, i, 0)
+        given, q = out["pasted"].numpy(), out["q"].numpy()
+        assert given.any() and out["placements"]
+        assert (item["mask"].numpy()[given] == 0).all(), "onto the scene's sea only"
+        placed = np.zeros_like(given)
+        for c, index, flip, turns, y, x in out["placements"]:
+            image, iq, region, _ = cp.pool[c][index]
+            iq, region = (np.rot90(a[..., ::-1] if flip else a, turns, axes=(-2, -1)) for a in (iq, region))
+            h, w = region.shape
+            here = np.zeros_like(given)
+            here[y : y + h, x : x + w] = region
+            here &= given & ~placed  # an earlier instance keeps its pixels
+            window = q[:, y : y + h, x : x + w]
+            np.testing.assert_array_equal(window[:, here[y : y + h, x : x + w]], iq[:, here[y : y + h, x : x + w]])
+            placed |= here
+        np.testing.assert_array_equal(placed, given)  # every pasted pixel is a recorded instance's
+        assert (q[:, given].max(axis=0) < 1).any(), "soft labels, not one-hot, where pasted"
+        np.testing.assert_array_equal(out["mask"].numpy()[given], q[:, given].argmax(axis=0))
+        np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-5)
+        assert torch.equal(out["mask"][~out["pasted"]], item["mask"][~out["pasted"]])
+
+
+def test_same_seed_same_bytes(bank):
+    source = open_source(SPEC)
+    a = Augment(7, "d4", build_copy_paste(cfg(bank, copy_paste_real=1.0), source))(real_item(0), 5, 2)
+    b = Augment(7, "d4", build_copy_paste(cfg(bank, copy_paste_real=1.0), source))(real_item(0), 5, 2)
+    for k in ("x", "mask", "q", "pasted"):
+        assert torch.equal(a[k], b[k])
+    other = Augment(7, "d4", build_copy_paste(cfg(bank, copy_paste_real=1.0), source))(real_item(0), 5, 3)
+    assert not torch.equal(a["q"], other["q"])
+
+
+def test_a_bank_that_cannot_meet_a_target_is_one_clear_error(bank, tmp_path):
+    source = open_source(SPEC)
+    with pytest.raises(TargetError, match=r"holds no look-alike instance") as e:
+        build_copy_paste(cfg(bank, copy_paste="look-alike:3x"), source)
+    with pytest.raises(TargetError, match=r"fewer than student.instance_bank_size 100000"):
+        build_copy_paste(cfg(bank, instance_bank_size=100000), source)
+    with pytest.raises(TargetError, match=r"cannot be reached from student.instance_bank"):
+        build_copy_paste(cfg(bank, copy_paste="ship:0.9"), source)
+    assert "\n" not in str(e.value)
+    r = subprocess.run(
+        job("train_student.py")
+        + [
+            "--real",
+            SPEC,
+            "--out",
+            str(tmp_path / "s"),
+            "--max-steps",
+            "1",
+            "--copy-paste",
+            "ship:0.9",
+            "--instance-bank",
+            bank,
+            "data.resolution=32",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: student.copy_paste ship:0.9 cannot be reached from")
+
+
+def test_hostile_bank_records_are_refused_naming_the_sample(bank, tmp_path):
+    import shutil
+
+    for field, value, message in (
+        ("bbox", [30, 30, 8, 8], "not inside"),
+        ("mask", "AAAA", "base64"),
+        ("class", "kraken", "not one of"),
+        ("area", 10**9, "area"),
+    ):
+        url = tmp_path / field
+        shutil.copytree(bank, url)
+        shard = ShardSet(str(url))
+        first = shard.done()[0]
+        samples = list(shard.read(first))
+        record = json.loads(samples[0]["json"])
+        record["instance"][field] = value
+        members = [(s["__key__"], {m: s[m] for m in ("image.png", "soft.png", "json")}) for s in samples]
+        members[0][1]["json"] = json.dumps(record, sort_keys=True).encode()
+        rows = [
+            {
+                k: json.loads(m["json"])[k]
+                for k in ("key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence")
+            }
+            for _, m in members
+        ]
+        shard.write_shard(first.shard, members, rows, first.marker["fingerprint"])
+        with pytest.raises(BankError, match=rf"sample {samples[0]['__key__']}: instance .*{message}"):
+            read_bank(str(url), list(CLASSES))
+
+
+def test_a_real_sample_with_soft_labels_takes_the_soft_cross_entropy():
+    torch.manual_seed(0)
+    logits, mask = torch.randn(3, 4, 5, 5), torch.randint(0, 4, (3, 5, 5))
+    q = torch.nn.functional.one_hot(mask, 4).permute(0, 3, 1, 2).float()
+    q[1, :, 0, 0] = torch.tensor([0.4, 0.3, 0.2, 0.1])  # sample 1 holds a pasted soft pixel
+    loss, parts = mixed_loss(logits, mask, q, torch.zeros(3, dtype=torch.bool), ce_weight=2.0)
+    expected = torch.stack(
+        [
+            ce_loss_per_sample(logits[[0]], mask[[0]])[0],
+            kd_loss_per_sample(logits[[1]], q[[1]])[0],
+            ce_loss_per_sample(logits[[2]], mask[[2]])[0],
+        ]
+    )
+    torch.testing.assert_close(loss, 2.0 * expected.mean())
+    assert set(parts) == {"ce_real", "soft_real"}
+    # one-hot everywhere: the CE on the mask exactly, as before soft labels could reach a real sample
+    plain = torch.nn.functional.one_hot(mask, 4).permute(0, 3, 1, 2).float()
+    loss, parts = mixed_loss(logits, mask, plain, torch.zeros(3, dtype=torch.bool))
+    assert torch.equal(loss, ce_loss_per_sample(logits, mask).mean()) and set(parts) == {"ce_real"}
