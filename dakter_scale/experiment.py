@@ -30,14 +30,17 @@ from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.models import check_students
+from dakter_scale.student.pretrain import pretrain_finetune
 from dakter_scale.student.train import train_student
 from dakter_scale.study import analyse, figures
 from dakter_scale.study import report as study_report
 from dakter_scale.study.folder import StudyFolder
 from dakter_scale.study.plan import (
+    BANK_PAIRS,
     DRAWN_SUFFIX,
     VALIDATION,
     GeneratedSet,
+    InstanceBank,
     Model,
     Plan,
     Selection,
@@ -46,6 +49,7 @@ from dakter_scale.study.plan import (
 )
 from dakter_scale.study.quality import generation_quality, read_generated
 from dakter_scale.study.records import Records, model_digest, set_digest
+from dakter_scale.synth.bank import grow_bank
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
 from dakter_scale.synth.targeted import synthesize_targeted
@@ -143,6 +147,30 @@ class Experiment:
         self.timings[f"generate_{unit.name}"] = time.time() - t
         return url
 
+    def bank(self, unit: InstanceBank) -> str:
+        """The instance bank of `unit` (synth/bank.py grow_bank): pairs from model unit.model drawn into
+        generated/bank_pairs, by whole shards, until the instances they give (judged by the real-only
+        student of unit.judge) number unit.n; kept as generated/bank. Resumes like any set."""
+        url = self.generated_url(unit.name)
+        if self.done(unit):
+            return url
+        cfg = self.cfg.replace(**{"synthesis.n": self.plan.gen_size()})
+        t = time.time()
+        summary = grow_bank(
+            self.model(unit.model),
+            self.generated_url(BANK_PAIRS),
+            url,
+            self.real_only(unit.judge),
+            unit.n,
+            cfg.synthesis,
+            cfg.sampling,
+            first_pairs=self.plan.gen_size(),
+            progress=self.progress,
+        )
+        self.timings[f"bank_{unit.name}"] = time.time() - t
+        log.info("experiment: %s", summary.lines()[0])
+        return url
+
     def drawn_name(self, name: str) -> str:
         """Where the pairs behind generated set `name` were drawn: the set itself, or NAME_all with the filter."""
         return name + DRAWN_SUFFIX if self.e.filter_keep > 0 else name
@@ -227,8 +255,13 @@ class Experiment:
         budget = self.folder.budget(run.arch)
         if self.cfg.student.max_minutes > 0 and budget.is_file():
             overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
+        if "student.instance_bank" in overrides:  # the study's bank, by its name in the plan
+            overrides["student.instance_bank"] = self.generated_url(overrides["student.instance_bank"])
         url = self.generated_url(run.generated) if run.ratio > 0 else None
-        train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
+        if run.method == "pretrain_finetune":
+            pretrain_finetune(self.cfg.replace(**overrides), d, url, self.e.pretrain_share, progress=self.progress)
+        else:
+            train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
         if self.cfg.student.max_minutes > 0 and not budget.is_file():
             # With a time budget the first student of an architecture measures how many steps fit; every
             # later method and seed of it trains that many, so that methods differ in their data only.
@@ -300,6 +333,9 @@ class Experiment:
             return info is not None and info.complete and info.count == unit.n
         if isinstance(unit, Selection):
             return self.folder.metrics(unit.run.name, VALIDATION).is_file()
+        if isinstance(unit, InstanceBank):
+            info = ShardSet(self.generated_url(unit.name)).info()
+            return info is not None and info.complete and (info.count or 0) >= unit.n
         return self.folder.metrics(unit.name, None).is_file()
 
     def execute(self, units: list) -> None:
@@ -318,6 +354,8 @@ class Experiment:
                 self.generated(unit.model, unit.n, unit.name, dict(unit.sampling))
             elif isinstance(unit, Selection):
                 self.selection(unit.run)
+            elif isinstance(unit, InstanceBank):
+                self.bank(unit)
             else:
                 self.student(unit)
             self.keep(unit)
@@ -331,6 +369,8 @@ class Experiment:
             self.records.check("models", unit.tag, model_digest(self.folder.model(unit.tag)))
         elif isinstance(unit, GeneratedSet):
             self.records.check("generated", unit.name, set_digest(self.generated_url(unit.name)))
+        elif isinstance(unit, InstanceBank):
+            return  # its identity is its source's and its judge's, both checked
         else:
             self.records.keep_student((unit.run if isinstance(unit, Selection) else unit).name)
 
@@ -547,6 +587,8 @@ def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
         )
     if isinstance(unit, Selection):
         return f"student {unit.run.name} (validation grid, scored on the validation split)"
+    if isinstance(unit, InstanceBank):
+        return f"instance bank {unit.name}: {unit.n} instances cut from pairs of model {unit.model}, judged by the real-only {unit.judge}"
     weight = (
         ""
         if unit.generated is None or unit.method == "hard"

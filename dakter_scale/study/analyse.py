@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dakter_scale.study.plan import Plan, StudentRun
+from dakter_scale.study.plan import Plan, StudentRun, bank_size
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float | None]:
@@ -56,8 +56,9 @@ class Results:
         """Every comparison of COMPARISONS whose two methods ran, per student: the paired
         differences over seeds (paired) and the claim they ask (what)."""
         out = []
-        for a, b, what in COMPARISONS:
-            if not {a, b} <= set(self.e.methods):
+        arms = [(m, "copy_paste", "generated instances against real ones") for m in self.plan.methods() if bank_size(m)]
+        for a, b, what in COMPARISONS + tuple(arms):
+            if not {a, b} <= set(self.plan.methods()):
                 continue
             for arch in self.e.archs:
                 d = self.differences(a, b, arch, self.plan.ratio(arch))
@@ -78,6 +79,7 @@ COMPARISONS = (
     ("dakter_target", "pasted_after", "drawn around the instances against pasted after sampling"),
     ("dakter_target", "dakter", "class target against untargeted"),
     ("dakter_copy_paste", "copy_paste", "generated pairs on top of copy-paste"),
+    ("pretrain_finetune", "copy_paste", "pretraining on generated pairs before copy-paste"),
     ("dakter_copy_paste", "dakter", "copy-paste on top of generated pairs"),
 )
 

@@ -23,6 +23,13 @@ Methods (one model and one generated set per b, shared by every student):
   pasted_after  dakter's pairs (untargeted) with the same instances pasted onto every generated pair
                 after sampling: what drawing around the instances adds over pasting onto a finished pair
   dakter_copy_paste  dakter, with copy-paste on the real samples as in copy_paste: the practical recipe
+  instance_paste     copy_paste with its donors from an instance bank (generated/bank, synth/bank.py):
+                instances cut from generated pairs, judged by the real-only filter_arch student, pasted
+                with their soft labels; one arm per experiment.bank_sizes entry, named instance_paste_N
+                (the bank's first N instances)
+  pretrain_finetune  a student pretrained on dakter's generated pairs alone (KD) for
+                experiment.pretrain_share of the steps, then trained on the real samples with copy_paste's
+                copy-paste for the rest (student/pretrain.py): the same total steps as every other arm
 Every arm trains with the same per-sample geometry (student.augment).
 
 An augmentation ratio r means r * |D| distinct generated pairs used beside the |D| real images
@@ -40,6 +47,9 @@ from dakter_scale.config import DRAWN_SUFFIX as DRAWN_SUFFIX  # study/report.py 
 from dakter_scale.config import Config, parse_sampler_entry
 
 TARGETED = "b_cfg_target"  # generated/b_cfg_target: dakter_target's pairs (its selection draw: b_cfg_target_all)
+BANK = "bank"  # generated/bank: instance_paste's instance bank, cut from the pairs of generated/bank_pairs
+BANK_PAIRS = "bank_pairs"
+INSTANCE_PASTE = "instance_paste"  # an arm per bank size N: instance_paste_N
 # generated/NAME_all (DRAWN_SUFFIX): the pairs drawn before the label-alignment filter or the selection route kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
 
@@ -53,8 +63,33 @@ METHOD_NAMES = {
     "copy_paste": "copy-paste (real only)",
     "pasted_after": "DAKTer, instances pasted after sampling",
     "dakter_copy_paste": "DAKTer + copy-paste",
+    "instance_paste": "copy-paste of generated instances",
+    "pretrain_finetune": "pretrained on generated, fine-tuned on real + copy-paste",
 }
 METHODS = tuple(METHOD_NAMES)
+
+
+def bank_size(method: str) -> int | None:
+    """N of an instance_paste_N arm, else None."""
+    head, _, size = method.rpartition("_")
+    return int(size) if head == INSTANCE_PASTE and size.isdigit() else None
+
+
+def method_name(method: str) -> str:
+    """What the reports call a method (an instance_paste_N arm by its bank's size)."""
+    n = bank_size(method)
+    return METHOD_NAMES[method] if n is None else f"{METHOD_NAMES[INSTANCE_PASTE]}, bank of {n:,}"
+
+
+@dataclass(frozen=True)
+class InstanceBank:
+    """The instance bank of instance_paste: at least n instances cut from pairs of model `model` (drawn
+    into generated/bank_pairs until the bank holds n), judged by the real-only student of `judge`."""
+
+    name: str
+    model: str
+    n: int
+    judge: str
 
 
 @dataclass(frozen=True)
@@ -213,11 +248,21 @@ class Plan:
         length = _length(self.steps(arch))
         return dataclasses.replace(run, overrides=length + run.overrides) if length else run
 
+    def methods(self, methods: Sequence[str] | None = None) -> list[str]:
+        """The table's methods (default experiment.methods), instance_paste as one instance_paste_N per bank size."""
+        out = []
+        for m in self.e.methods if methods is None else methods:
+            out += [f"{INSTANCE_PASTE}_{n}" for n in self.e.bank_sizes] if m == INSTANCE_PASTE else [m]
+        return out
+
     def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         if method == "none":
             return StudentRun("none", arch, 0.0, seed)
         if method == "copy_paste":
             return StudentRun("copy_paste", arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share))
+        if bank_size(method) is not None:
+            bank = (("student.instance_bank", BANK), ("student.instance_bank_size", bank_size(method)))
+            return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share) + bank)
         if method == "hard":
             return StudentRun("hard", arch, ratio, seed, "b_cfg", "hard")
         weight = self.kd_weight(arch)
@@ -230,6 +275,7 @@ class Plan:
         overrides = {
             "pasted_after": self.copy_paste(0.0, 1.0),
             "dakter_copy_paste": self.copy_paste(self.e.copy_paste_share),
+            "pretrain_finetune": self.copy_paste(self.e.copy_paste_share),  # the fine-tuning's copy-paste
         }.get(method, ())
         return StudentRun(method, arch, ratio, seed, generated, "soft", weight=weight, overrides=overrides)
 
@@ -243,7 +289,7 @@ class Plan:
             self.run(m, arch, self.ratio(arch), seed)
             for arch in self.e.archs
             for seed in self.e.seeds
-            for m in self.e.methods
+            for m in self.methods()
         ]
 
     def sweep_runs(self) -> list[StudentRun]:
@@ -251,7 +297,7 @@ class Plan:
             self.run(m, arch, r, seed)
             for arch in self.e.sweep_archs
             for seed in self.e.sweep_seeds or self.e.seeds
-            for m in self.e.sweep_methods
+            for m in self.methods(self.e.sweep_methods)
             for r in self.e.sweep_ratios
         ]
 
@@ -282,8 +328,15 @@ class Plan:
             for tag in sorted({r.generated for r in runs if r.generated})
         ]
 
+    def banks(self) -> list[InstanceBank]:
+        """The instance bank the instance_paste arms read: as many instances as the largest bank size."""
+        runs = self.main_runs() + self.sweep_runs()
+        if not any(bank_size(r.method) is not None for r in runs):
+            return []
+        return [InstanceBank(BANK, "b_cfg", max(self.e.bank_sizes), self.e.filter_arch)]
+
     def models(self) -> list[str]:
-        sets = self.generated_sets() + [v.generated for v in self.study_variants()]
+        sets = self.generated_sets() + [v.generated for v in self.study_variants()] + self.banks()
         return sorted({s.model for s in sets})
 
     # -- studies -------------------------------------------------------------------------------
@@ -316,9 +369,9 @@ class Plan:
         generated sets, the lambda grid, the table's students, the studies. While a lambda is still
         to be chosen, the plan ends with the grid: the rest depends on its outcome."""
         out: list[Any] = [Model(tag) for tag in self.models()]
-        if self.e.filter_keep > 0:
+        if self.e.filter_keep > 0 or self.banks():  # the filter's and the bank's judge
             out.append(self.real_only(self.e.filter_arch))
-        out += self.generated_sets()
+        out += self.generated_sets() + self.banks()
         out += [Selection(r) for r in self.selection_runs()]
         if self.pending():
             return list(dict.fromkeys(out))

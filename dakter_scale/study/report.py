@@ -14,7 +14,7 @@ from pathlib import Path
 from dakter_scale.data.storage import redact_url
 from dakter_scale.study.analyse import Results, mean_std, paired
 from dakter_scale.study.figures import bar_figure, curve_figure, metrics_table, panel_figure, pct
-from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan
+from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan, method_name
 
 B_MODES = {
     "auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"
@@ -159,13 +159,13 @@ def main_table(r: Results) -> list[str]:
         "| method | " + " | ".join(e.archs) + " |",
         "|---|" + "---|" * len(e.archs),
     ]
-    for m in e.methods:
+    for m in r.plan.methods():
         cells = []
         for arch in e.archs:
             mi, ms = r.cell(m, arch, r.plan.ratio(arch), "miou")
             fi, fs = r.cell(m, arch, r.plan.ratio(arch), "mean_f1")
             cells.append(f"{pct(mi, ms)} / {pct(fi, fs)}")
-        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -199,9 +199,9 @@ def per_class_table(r: Results, classes: list[str], figure: bool = True) -> list
         "|---|---|" + "---|" * len(classes),
     ]
     for arch in e.archs:
-        for m in e.methods:
+        for m in r.plan.methods():
             lines.append(
-                f"| {arch} | {METHOD_NAMES[m]} | "
+                f"| {arch} | {method_name(m)} | "
                 + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, r.plan.ratio(arch), len(classes)))
                 + " |"
             )
@@ -376,12 +376,12 @@ def write_figures(p: dict, plan: Plan, classes: list[str], out: str | Path) -> N
     r, e, out = Results(p["runs"], plan), plan.e, Path(out)
     sampler_frontier_figure(p, out / "sampler_frontier.png")
     bars = {}
-    for m in e.methods:
+    for m in plan.methods():
         means = [0.0] * len(classes)
         for arch in e.archs:
             for c, (mu, _) in enumerate(r.per_class(m, arch, plan.ratio(arch), len(classes))):
                 means[c] += (0 if math.isnan(mu) else 100 * mu) / len(e.archs)
-        bars[METHOD_NAMES[m]] = (means, None)
+        bars[method_name(m)] = (means, None)
     bar_figure(
         classes,
         bars,
@@ -477,7 +477,7 @@ def demo_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
     lines += [f"- **WARNING**: {w}" for w in gen.get("warnings", [])]
     several = len(e.archs) > 1 or len(e.seeds) > 1
     rows = [
-        (METHOD_NAMES[run.method] + (f", {run.arch} seed {run.seed}" if several else ""), p["runs"][run.name])
+        (method_name(run.method) + (f", {run.arch} seed {run.seed}" if several else ""), p["runs"][run.name])
         for run in plan.main_runs()
         if run.name in p["runs"]
     ]

@@ -1,0 +1,142 @@
+"""The study's arms of issue 30: instance_paste (copy-paste from an instance bank, one arm per bank size)
+and pretrain_finetune (generated pairs alone, then real scenes with copy-paste, the same total steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_experiment import TINY
+
+from dakter_scale.config import ConfigError, load_config
+from dakter_scale.student import pretrain
+from dakter_scale.student.pretrain import RECORD, phase_steps, pretrain_finetune, pretrain_folder
+from dakter_scale.study.analyse import Results
+from dakter_scale.study.plan import InstanceBank, Plan, method_name
+
+ARMS = [
+    "experiment.methods=[none,copy_paste,instance_paste,pretrain_finetune]",
+    "experiment.class_target=oil:3x,ship:3x",
+    "experiment.bank_sizes=[1000,10000]",
+    "experiment.seeds=[0]",
+    "experiment.decode_study=[]",
+]
+
+
+def test_the_new_arms_in_the_plan():
+    plan = Plan(load_config(None, TINY + ARMS), n_train=6)
+    runs = {r.method: r for r in plan.main_runs()}
+    assert plan.methods() == ["none", "copy_paste", "instance_paste_1000", "instance_paste_10000", "pretrain_finetune"]
+    for n in (1000, 10000):
+        run = runs[f"instance_paste_{n}"]
+        assert run.name == f"instance_paste_{n}-unet-r0-s0" and run.generated is None and run.ratio == 0
+        assert dict(run.overrides) == {
+            **dict(runs["copy_paste"].overrides),
+            "student.instance_bank": "bank",
+            "student.instance_bank_size": n,
+        }
+    finetune = runs["pretrain_finetune"]
+    assert finetune.generated == "b_cfg" and finetune.ratio == 1.0 and finetune.labels == "soft"
+    assert dict(finetune.overrides) == dict(runs["copy_paste"].overrides)  # the fine-tuning's copy-paste
+    assert plan.banks() == [InstanceBank("bank", "b_cfg", 10000, "unet")]
+    units = plan.units()
+    assert units.index(plan.real_only("unet")) < units.index(plan.banks()[0]), "the judge before the bank"
+    assert method_name("instance_paste_10000") == "copy-paste of generated instances, bank of 10,000"
+    # the verdicts hold each bank size against copy-paste, and pretraining against copy-paste
+    runs_scores = {r.name: {"miou": 0.5} for r in plan.main_runs()}
+    pairs = {(v["a"], v["b"]) for v in Results(runs_scores, plan).verdicts()}
+    assert {("instance_paste_1000", "copy_paste"), ("instance_paste_10000", "copy_paste")} <= pairs
+    assert ("pretrain_finetune", "copy_paste") in pairs
+    with pytest.raises(ConfigError, match="experiment.bank_sizes"):
+        load_config(None, TINY + ["experiment.methods=[instance_paste]", "experiment.class_target=ship:3x"])
+    with pytest.raises(ConfigError, match="experiment.pretrain_share"):
+        load_config(None, TINY + ARMS + ["experiment.pretrain_share=1.0"])
+
+
+def test_phase_steps_add_up_to_the_total():
+    for total in (2, 3, 7, 600, 1200):
+        for share in (0.01, 0.25, 0.5, 0.99):
+            pre, fine = phase_steps(total, share)
+            assert pre + fine == total and pre >= 1 and fine >= 1
+    assert phase_steps(1200, 0.5) == (600, 600)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    from shardgen import write_dataset
+
+    url = str(tmp_path_factory.mktemp("gen") / "set")
+    write_dataset(url, [4, 4], size=32)
+    return url
+
+
+def student_cfg(*extra):
+    return load_config(
+        None,
+        TINY
+        + [
+            "student.max_steps=5",
+            "student.checkpoint_every=1",
+            "student.max_generated=6",
+            "student.copy_paste=oil:3x",
+            "student.augment=d4",
+            *extra,
+        ],
+    )
+
+
+def test_pretrain_finetune_uses_the_same_total_steps_and_resumes_exactly(generated, tmp_path, monkeypatch):
+    cfg = student_cfg()
+    whole = pretrain_finetune(cfg, tmp_path / "whole", generated, 0.4, progress=False)
+    first = json.loads((pretrain_folder(whole) / "student.json").read_text())
+    second = json.loads((whole / "student.json").read_text())
+    record = json.loads((whole / RECORD).read_text())
+    assert first["steps"] + second["steps"] == cfg.student.max_steps == record["total_steps"] == 5  # asserted total
+    assert (first["steps"], second["steps"]) == (2, 3)
+    assert first["ratio"] == "inf" and first["generated_share"] == 1.0 and first["copy_paste"] is None
+    assert second["ratio"] == 0 and second["init"] == str(pretrain_folder(whole))
+    assert second["copy_paste"]["target"] == "oil:3x" and second["generated_share"] == 0.0
+
+    # killed during the fine-tuning (after its second step's checkpoint), then run again: the same bytes
+    calls = {"n": 0}
+    real_loss = pretrain.train_student.__globals__["mixed_loss"]
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 2 pretraining steps, then the fine-tuning's third
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setitem(pretrain.train_student.__globals__, "mixed_loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_finetune(cfg, tmp_path / "killed", generated, 0.4, progress=False)
+    monkeypatch.setitem(pretrain.train_student.__globals__, "mixed_loss", real_loss)
+    assert not (tmp_path / "killed" / "student.json").exists()
+    resumed = pretrain_finetune(cfg, tmp_path / "killed", generated, 0.4, progress=False)
+    for folder in (pretrain_folder, lambda d: d):
+        a, b = folder(whole) / "model.safetensors", folder(resumed) / "model.safetensors"
+        assert a.read_bytes() == b.read_bytes()
+    from safetensors.torch import load_file
+
+    assert not torch.equal(
+        load_file(str(pretrain_folder(whole) / "model.safetensors"))[
+            next(iter(load_file(str(whole / "model.safetensors"))))
+        ],
+        load_file(str(whole / "model.safetensors"))[next(iter(load_file(str(whole / "model.safetensors"))))],
+    ), "the fine-tuning moved the pretrained weights"
+
+
+def test_init_from_another_architecture_is_one_clear_error(generated, tmp_path):
+    from dakter_scale.student.models import StudentError
+    from dakter_scale.student.train import train_student
+
+    first = train_student(student_cfg("student.max_steps=1", "student.copy_paste=''"), tmp_path / "a", progress=False)
+    with pytest.raises(StudentError, match=r"^student.init .* is unet / .*, this student segformer"):
+        train_student(
+            student_cfg(
+                "student.max_steps=1", "student.copy_paste=''", "student.arch=segformer", f"student.init={first}"
+            ),
+            tmp_path / "b",
+            progress=False,
+        )
