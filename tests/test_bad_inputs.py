@@ -36,6 +36,8 @@ def osd_with_huge_image(root: Path) -> Path:
 
 
 # (id, job, arguments (TMP is the test's folder), what the line must name, the path that must not appear)
+# jobs/filter_generated.py's flags but the one each case breaks
+FILTER = ["--shards", "TMP/shards", "--segmenter", "TMP/student", "--out", "TMP/out", "--keep", "1"]
 CASES = [
     (
         "evaluate-pad",
@@ -70,36 +72,14 @@ CASES = [
     (
         "filter-batch",
         "filter_generated.py",
-        [
-            "--shards",
-            "TMP/shards",
-            "--segmenter",
-            "TMP/student",
-            "--out",
-            "TMP/out",
-            "--keep",
-            "1",
-            "--batch-size",
-            "0",
-        ],
+        FILTER + ["--batch-size", "0"],
         "--batch-size",
         "TMP/out",
     ),
     (
         "filter-per-shard",
         "filter_generated.py",
-        [
-            "--shards",
-            "TMP/shards",
-            "--segmenter",
-            "TMP/student",
-            "--out",
-            "TMP/out",
-            "--keep",
-            "1",
-            "--samples-per-shard",
-            "0",
-        ],
+        FILTER + ["--samples-per-shard", "0"],
         "--samples-per-shard",
         "TMP/out",
     ),

@@ -111,24 +111,17 @@ class RasterSink:
 
         self._reader_prob.close()
         self._reader_cls.close()
-        copy(
-            self.work / PROBABILITIES,
-            self.out / PROBABILITIES,
-            driver="COG",
-            COMPRESS="DEFLATE",
-            BLOCKSIZE=512,
-            OVERVIEW_RESAMPLING="AVERAGE",
-            BIGTIFF="IF_SAFER",
-        )
-        copy(
-            self.work / CLASSES_FILE,
-            self.out / CLASSES_FILE,
-            driver="COG",
-            COMPRESS="DEFLATE",
-            BLOCKSIZE=512,
-            OVERVIEW_RESAMPLING="NEAREST",
-            BIGTIFF="IF_SAFER",
-        )
+        # probabilities average into their overviews; class ids must not (a mean of ids is no class)
+        for name, overviews in ((PROBABILITIES, "AVERAGE"), (CLASSES_FILE, "NEAREST")):
+            copy(
+                self.work / name,
+                self.out / name,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=512,
+                OVERVIEW_RESAMPLING=overviews,
+                BIGTIFF="IF_SAFER",
+            )
         shutil.rmtree(self.work, ignore_errors=True)
 
     def abort(self) -> None:
