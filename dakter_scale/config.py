@@ -167,7 +167,9 @@ class DiffusionConfig:
         _check(self.label_loss_weight >= 0 and self.label_ce_weight >= 0, "diffusion.label_*_weight", "must be >= 0")
 
 
-SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")  # diffusion/sample.py builds each one's scheduler
+# diffusion/sample.py builds each one's scheduler; "distilled" is a distilled model folder's own sampler
+# (jobs/distill.py), which such a folder fixes (diffusion/model.sampling_for)
+SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc", "distilled")
 MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
 PRECISIONS = ("auto", "fp32", "bf16")  # sampling.precision (diffusion/sample.py)
 GEOMETRIES = ("none", "flip", "d4")  # student.augment (student/augment.py)
@@ -712,6 +714,58 @@ class ExperimentConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Progressive distillation of a model folder's sampler (jobs/distill.py; docs/synthesis.md,
+    "Distilled samplers"). Each round halves the steps and trains a student that starts from its
+    teacher's weights; the settings below apply to every round."""
+
+    method: str = "progressive"  # progressive (Salimans & Ho 2022); see docs/synthesis.md for why
+    steps: int = 4  # the distilled sampler's steps = network evaluations per pair
+    teacher_steps: int = 0  # DDIM steps of the undistilled teacher (steps * 2^k); 0 = 2 * steps (one round)
+    max_steps: int = 2000  # optimiser steps per round
+    max_minutes: float = 0.0  # wall-clock budget per round (0 = none), as diffusion.max_minutes
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"  # cosine | constant (core/steps.lr_factor)
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "auto"
+    checkpoint_every: int = 0
+    checkpoints_total_limit: int = 2
+    num_workers: int = 0
+    seed: int = 0
+    log_every: int = 50
+
+    def validate(self) -> None:
+        _check(self.method == "progressive", "distill.method", f"{self.method!r} is not progressive")
+        _check(self.steps >= 1, "distill.steps", f"must be >= 1, got {self.steps}")
+        _check(self.teacher_steps >= 0, "distill.teacher_steps", f"must be >= 0, got {self.teacher_steps}")
+        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):
+            _check(getattr(self, key) >= 1, f"distill.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, "distill.lr", "must be > 0")
+        _check(self.warmup_steps >= 0, "distill.warmup_steps", "must be >= 0")
+        _check(self.lr_schedule in ("cosine", "constant"), "distill.lr_schedule", "must be cosine or constant")
+        _check(
+            self.max_minutes >= 0 and math.isfinite(self.max_minutes),
+            "distill.max_minutes",
+            f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
+        )
+        _check(0 <= self.ema_decay < 1, "distill.ema_decay", "must be in [0, 1)")
+        _check(
+            self.checkpoint_every >= 0 and self.num_workers >= 0, "distill.checkpoint_every/num_workers", "must be >= 0"
+        )
+        _check(self.seed >= 0, "distill.seed", f"must be >= 0, got {self.seed}")
+        _check(
+            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            "distill.mixed_precision",
+            f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -720,6 +774,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

@@ -6,6 +6,9 @@ A model folder is a diffusers-format folder plus the DAKTer metadata:
   DIR/dakter.json    b, classes, resolution, prediction type, normalisation, radiometry, data spec,
                      training-set statistics (class fractions, image moments), sampling defaults
   DIR/config.yaml    the resolved config that trained it
+A distilled folder (jobs/distill.py) is the same plus dakter.json "distilled": the teacher (path and
+model_hash), the method, the evaluations per pair and the timesteps of its own sampler, which
+``sampling_for`` makes the only one it runs with.
 Weights are safetensors only: loading a model folder never unpickles anything.
 """
 
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dakter_scale import __version__
-from dakter_scale.config import UNetConfig
+from dakter_scale.config import SamplingConfig, UNetConfig
 from dakter_scale.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,8 +34,16 @@ INFO_FILE = "dakter.json"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
+DISTILLED = "distilled"  # dakter.json's record of a distilled folder, and the sampler it fixes
+
+
 class ModelFolderError(UserError, ValueError):
     """A model folder that cannot be used; the message names the folder and the missing part."""
+
+
+class DistilledSamplerError(ModelFolderError):
+    """A distilled folder asked for a sampler or step count it was not made for, or the distilled sampler
+    asked of a folder that is not distilled; the message names the flag."""
 
 
 def build_unet(cfg: UNetConfig, resolution: int, channels: int) -> "UNet2DModel":
@@ -221,3 +232,42 @@ def model_hash(directory: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def distilled_timesteps(info: dict) -> list[int] | None:
+    """The timesteps a distilled folder's sampler steps from (dakter.json "distilled"), None for a model
+    that is not distilled."""
+    record = info.get(DISTILLED)
+    return None if record is None else [int(t) for t in record["timesteps"]]
+
+
+def sampling_for(directory: str | Path, sampling: SamplingConfig) -> SamplingConfig:
+    """The sampling settings a model folder runs with. A distilled folder fixes its sampler and step
+    count: the defaults become its own (sampler "distilled", its evaluations per pair), the same values
+    pass, anything else is refused in one line naming the flag. The distilled sampler is refused for a
+    folder that is not distilled. Other folders' settings pass unchanged."""
+    import dataclasses
+
+    d = check_model_folder(directory)
+    timesteps = distilled_timesteps(json.loads((d / INFO_FILE).read_text()))
+    if timesteps is None:
+        if sampling.sampler == DISTILLED:
+            raise DistilledSamplerError(
+                f"--sampler {DISTILLED}: {d} is not a distilled model folder (make one with jobs/distill.py)"
+            )
+        return sampling
+    steps, default = len(timesteps), SamplingConfig()
+    if (sampling.sampler, sampling.steps) == (default.sampler, default.steps):
+        sampling = dataclasses.replace(sampling, sampler=DISTILLED, steps=steps)
+    if sampling.sampler != DISTILLED:
+        raise DistilledSamplerError(
+            f"--sampler {sampling.sampler}: {d} is distilled for its own sampler ({DISTILLED}, {steps} steps); drop --sampler (sampling.sampler) or use the teacher's folder"
+        )
+    if sampling.steps != steps:
+        raise DistilledSamplerError(
+            f"--steps {sampling.steps}: {d} is distilled for {steps} steps; drop --steps (sampling.steps) or distil for {sampling.steps} with jobs/distill.py"
+        )
+    if sampling.eta != default.eta:
+        raise DistilledSamplerError(f"sampling.eta {sampling.eta}: {d}'s distilled sampler is deterministic (eta 0)")
+    sampling.validate()
+    return sampling

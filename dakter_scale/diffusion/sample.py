@@ -12,6 +12,11 @@ PAPER.md pitfalls), and handed to the diffusers scheduler:
                       prediction (DPM-Solver++, Lu et al. 2022, Alg. 2; UniPC with predict_x0, Zhao et
                       al. 2023), so handing them x0 makes the clipped estimate exactly what they use,
                       where an eps would be turned back into x0 with their own alpha_t, sigma_t.
+  distilled           a model folder written by jobs/distill.py: deterministic DDIM on the timesteps it
+                      was distilled for (core/distill.py), x0_hat clipped at the last step only (the
+                      distillation target of an inner step is the x0 whose step lands on the teacher's two,
+                      which may lie outside the range); on an undistilled model, DDIM on the distillation grid
+                      clipped at every step: the first round's teacher (``grid_step``).
 The multistep solvers are deterministic: a pair's only randomness is its starting noise. The soft
 label is the decoded label part of x0_hat at the last step, or its average over the last
 ``decode_last`` steps.
@@ -50,10 +55,11 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from dakter_scale.config import SAMPLERS, SamplingConfig
+from dakter_scale.core.distill import ddim_step, distill_timesteps, next_alpha_bar
 from dakter_scale.core.joint import clip_x0
 from dakter_scale.core.schedule import add_noise, eps_from_x0, joint_to_x0_eps
 from dakter_scale.core.soft_labels import decode
-from dakter_scale.diffusion.model import JointDiffusion
+from dakter_scale.diffusion.model import JointDiffusion, distilled_timesteps
 
 
 @dataclass
@@ -62,10 +68,63 @@ class Samples:
     q: torch.Tensor  # (N, K, H, W) probabilities, sum to 1 over K
 
 
+class GridSchedule:
+    """The `distilled` sampler's steps: DDIM (eta 0) on a distillation grid (core.distill), the level each
+    step lands on the next grid point (the clean end, abar = 1, after the last). clip_every_step: clip
+    x0_hat at every step (an undistilled model's DDIM, the first round's teacher) or at the last only (a
+    distilled model's own steps)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor, timesteps: list[int], clip_every_step: bool):
+        self.alphas_cumprod = alphas_cumprod
+        self.timesteps = torch.tensor(timesteps, dtype=torch.long)
+        self.clip_every_step = clip_every_step
+        self._next = dict(zip(timesteps, next_alpha_bar(alphas_cumprod, timesteps).tolist()))
+
+    def next_alpha_bar(self, t: torch.Tensor) -> float:
+        return self._next[int(t)]
+
+
+def grid_schedule(model: JointDiffusion, steps: int) -> GridSchedule:
+    """A distilled folder's own grid (its step count checked), or the undistilled model's DDIM on the
+    distillation grid of `steps` steps."""
+    recorded = distilled_timesteps(model.info)
+    if recorded is not None and len(recorded) != steps:
+        raise ValueError(f"this model was distilled for {len(recorded)} steps, not {steps}")
+    timesteps = recorded or distill_timesteps(model.scheduler.config.num_train_timesteps, steps)
+    return GridSchedule(model.scheduler.alphas_cumprod, timesteps, clip_every_step=recorded is None)
+
+
+def grid_step(
+    model: JointDiffusion,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    alpha_bar_t: torch.Tensor,
+    alpha_bar_s: torch.Tensor,
+    clip_every_step: bool,
+    clip: bool = True,
+    precision: str = "fp32",
+    unet=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step on a distillation grid, per pair: z (N, 1+K, H, W) at timesteps t (N,) with abar
+    alpha_bar_t (N,) -> (z at alpha_bar_s (N,), x0_hat). x0_hat is clipped per modality (with `clip`)
+    at every step, or, without clip_every_step, where the step reaches the clean end (abar_s = 1).
+    The sampler and the distillation's teacher both take their steps here. unet: another network
+    than model.unet (a student being trained) with the model's parameterisation."""
+    with _autocast(z.device, precision):
+        output = (unet or model.unet)(z, t).sample.float()
+    x0, _ = joint_to_x0_eps(output, z, alpha_bar_t, model.prediction_type, model.label_prediction_type)
+    if clip:
+        where = torch.ones_like(alpha_bar_s, dtype=torch.bool) if clip_every_step else alpha_bar_s >= 1.0
+        x0 = torch.where(where.view(-1, 1, 1, 1).to(x0.device), clip_x0(x0, model.b), x0)
+    return ddim_step(z, x0, alpha_bar_t, alpha_bar_s), x0
+
+
 def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
     """A fresh scheduler for one batch (the multistep solvers keep past outputs), with `trailing`
     timesteps: every sampler starts at the last training timestep."""
     cfg.check_steps(model.scheduler.config.num_train_timesteps)
+    if cfg.sampler == "distilled":
+        return grid_schedule(model, cfg.steps)
     base = dict(model.scheduler.config, clip_sample=False, timestep_spacing="trailing")
     if cfg.sampler == "ddim":
         sched = DDIMScheduler.from_config(base, set_alpha_to_one=True, prediction_type="epsilon")
@@ -111,6 +170,11 @@ def _step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One sampler step: z_t (N, 1+K, H, W) -> (z at the next level, the clipped clean estimate x0_hat)."""
     device = z.device
+    if cfg.sampler == "distilled":
+        n = z.shape[0]
+        a_s = torch.full((n,), sched.next_alpha_bar(t), device=device)
+        t_n = t.to(device).expand(n)
+        return grid_step(model, z, t_n, alpha_bar[t_n], a_s, sched.clip_every_step, cfg.clip, precision)
     with _autocast(device, precision):
         output = model.unet(z, t.to(device)).sample.float()
     a = alpha_bar[t].expand(z.shape[0])

@@ -53,6 +53,44 @@ class _PositionBatches(torch.utils.data.Sampler):
         return self.positions.batches(self.first)
 
 
+def patch_batches(
+    dataset, batch_size: int, seed: int, rank: int, world: int, first_micro_batch: int, num_workers: int, device
+):
+    """An endless iterator of (x, mask) batches: this rank's positions of the seeded stream over `dataset`
+    from micro-batch `first_micro_batch` on (a resume continues where the run stopped). Stop its workers
+    with ``getattr(it, "_shutdown_workers", lambda: None)()`` when done."""
+    positions = StreamPositions(len(dataset), batch_size, seed, rank, world)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_PositionBatches(positions, first_micro_batch),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    return iter(loader)
+
+
+def resume_state(
+    accelerator, checkpoint: Path | None, resume: str | None, out: Path, unet, optimizer, ema, layout: dict
+):
+    """(start step, recorded total or None): a checkpoint restored into unet, optimizer and ema, with a
+    warning when the data layout changed; (0, None) without one. Every rank must agree (a collective)."""
+    start, total = 0, None
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
+        start, total = int(state["step"]), state.get("total_steps")
+        log.info("resumed from %s at step %d", checkpoint, start)
+        changed = layout_changes(state.get("layout", {}), layout)
+        if changed:
+            log.warning(
+                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
+                ", ".join(changed),
+            )
+    elif resume == "latest":
+        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
+    check_resume_agrees(accelerator, start, out)
+    return start, total
+
+
 def train_diffusion(
     cfg: Config, out: str | Path, resume: str | None = None, progress: bool = True, accelerator=None
 ) -> Path:
@@ -110,31 +148,11 @@ def train_diffusion(
         "gradient_accumulation_steps": d.gradient_accumulation_steps,
         "seed": d.seed,
     }
-    start, total = 0, None
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
-        start, total = int(state["step"]), state.get("total_steps")
-        log.info("resumed from %s at step %d", checkpoint, start)
-        changed = layout_changes(state.get("layout", {}), layout)
-        if changed:
-            log.warning(
-                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
-                ", ".join(changed),
-            )
-    elif resume == "latest":
-        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
-    check_resume_agrees(accelerator, start, out)
+    start, total = resume_state(accelerator, checkpoint, resume, out, unet, optimizer, ema, layout)
 
     dataset = patch_dataset(source, cfg.data, "train", seed=d.seed)
     accumulation = d.gradient_accumulation_steps
-    positions = StreamPositions(len(dataset), d.batch_size, d.seed, rank, world)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=_PositionBatches(positions, start * accumulation),
-        num_workers=d.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    batches = iter(loader)
+    batches = patch_batches(dataset, d.batch_size, d.seed, rank, world, start * accumulation, d.num_workers, device)
     if accelerator.log_with:
         accelerator.init_trackers("diffusion", config={k_: str(v) for k_, v in to_dict(cfg.diffusion).items()})
 

@@ -21,7 +21,7 @@ from dakter_scale.core.soft_labels import sample_stats
 from dakter_scale.data import storage
 from dakter_scale.data.real import denormalise
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows
-from dakter_scale.diffusion.model import load_model_folder, model_hash
+from dakter_scale.diffusion.model import load_model_folder, model_hash, sampling_for
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, fingerprint, pair_seed
 
@@ -59,6 +59,7 @@ def regenerate_to(
     """Regenerate `key` of the run (model, cfg, sampling) and write OUT/regenerated/KEY.image.png,
     KEY.soft.npy (float32, unquantised) and KEY.json. When OUT holds that run's dataset.json, the
     flags must match it (else the pair would not be the one in the shard)."""
+    sampling = sampling_for(model_dir, sampling)  # a distilled folder's own sampler
     shard, _ = ShardSet.parse_key(key)
     plan = Plan(cfg.n, cfg.samples_per_shard, cfg.seed)
     existing = ShardSet(out_url).info()

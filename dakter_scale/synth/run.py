@@ -29,7 +29,7 @@ from dakter_scale.data import storage
 from dakter_scale.data.lease import Lease
 from dakter_scale.data.sar_stats import SAR
 from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet
-from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps
+from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps, sampling_for
 from dakter_scale.dist.driver import Progress, Workers, drive
 from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
@@ -248,7 +248,7 @@ def dry_run(
     condition: Condition | None = None,
 ) -> dict:
     """The plan as a JSON-able dict: shards, pairs, what is already done, estimated bytes. Changes nothing."""
-    check_model_folder(model_dir)
+    sampling = sampling_for(model_dir, sampling)
     sampling.check_steps(num_train_timesteps(model_dir))
     prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
     info, plan = prep.model_info, prep.plan
@@ -400,6 +400,7 @@ def synthesize(
         if not torch.cuda.is_available():
             raise PlanError("--device cuda with --actors 0: this process sees no CUDA device")
     t0 = time.time()
+    sampling = sampling_for(model_dir, sampling)  # a distilled folder's own sampler
     check_inputs(model_dir, out_url, cfg, sampling)
     lease = Lease(out_url, f"synthesis of {cfg.n} pairs (seed {cfg.seed})", cfg.lease_seconds).acquire(
         break_lock=break_lock

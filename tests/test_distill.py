@@ -1,0 +1,327 @@
+"""Progressive distillation of the joint sampler (core/distill.py, diffusion/distill.py, jobs/distill.py):
+the target's algebra, one round measured against its untrained start, the distilled folder as a model
+folder (round trip, synthesis locally and on Ray with byte-identical reruns, its own fingerprint), the
+refusals, and resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
+from dakter_scale.core.distill import (
+    ddim_step,
+    distill_timesteps,
+    halvings,
+    next_alpha_bar,
+    progressive_target,
+)
+from dakter_scale.data import shardset
+from dakter_scale.diffusion.distill import DistillError, distill, plan_rounds
+from dakter_scale.diffusion.model import (
+    DistilledSamplerError,
+    JointDiffusion,
+    ModelFolderError,
+    load_model_folder,
+    model_hash,
+    sampling_for,
+)
+from dakter_scale.diffusion.sample import sample_pairs
+from dakter_scale.synth import run as synth_run
+
+from conftest import job
+from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors
+
+# The parameterisation of the project's models: v for the image, x0 for the label channels.
+TEACHER = TINY_DIFFUSION + [
+    "diffusion.prediction_type=v_prediction",
+    "diffusion.label_prediction_type=sample",
+    "diffusion.lr=1e-3",
+    "diffusion.warmup_steps=5",
+    "diffusion.log_every=100",
+]
+# 400 steps (about 15 s on one thread): a teacher trained for 200 drew trajectories so unlike its noised
+# training pairs that a round lowered the image's distance but raised the label's (measured).
+TEACHER_STEPS = 400
+ROUND = ["distill.batch_size=4", "distill.lr=1e-3", "distill.ema_decay=0.9", "distill.log_every=10"]
+
+
+# -- the maths ------------------------------------------------------------------------------------
+
+
+def _levels(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n pairs of levels abar_t < abar_s <= 1, the last pair ending at the clean end (abar_s = 1)."""
+    a_t = torch.rand(n, generator=gen, dtype=torch.float64) * 0.9 + 0.01
+    a_s = a_t + (1 - a_t) * torch.rand(n, generator=gen, dtype=torch.float64)
+    a_s[-1] = 1.0
+    return a_t, a_s
+
+
+def test_target_makes_one_step_land_where_the_teacher_landed_for_both_modalities():
+    gen = torch.Generator().manual_seed(0)
+    z_t = torch.randn(6, 1 + 5, 8, 8, generator=gen, dtype=torch.float64)
+    z_s = torch.randn(6, 1 + 5, 8, 8, generator=gen, dtype=torch.float64)  # any point the teacher reached
+    a_t, a_s = _levels(6, gen)
+    x_tilde = progressive_target(z_t, z_s, a_t, a_s)
+    assert torch.allclose(ddim_step(z_t, x_tilde, a_t, a_s), z_s, atol=1e-10)
+    assert torch.equal(x_tilde[-1], z_s[-1])  # at the clean end the target is where the teacher ended
+
+
+def test_a_teacher_whose_two_steps_see_the_same_x0_gives_that_x0_as_the_target():
+    """DDIM with a fixed x0 is its own composition: two steps t -> t' -> t'' equal one t -> t''."""
+    gen = torch.Generator().manual_seed(1)
+    z_t = torch.randn(5, 6, 4, 4, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(5, 6, 4, 4, generator=gen, dtype=torch.float64)
+    a_t, a_end = _levels(5, gen)
+    a_mid = a_t + (a_end - a_t) * 0.5
+    z_end = ddim_step(ddim_step(z_t, x0, a_t, a_mid), x0, a_mid, a_end)
+    assert torch.allclose(progressive_target(z_t, z_end, a_t, a_end), x0, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_train_timesteps", [1000, 1024, 999, 4000])
+def test_grids_nest_for_every_halving(num_train_timesteps):
+    for steps in (1, 2, 3, 4, 5, 8, 16, 25, 50, 64):
+        if 2 * steps > num_train_timesteps:
+            continue
+        grid = distill_timesteps(num_train_timesteps, steps)
+        assert grid == distill_timesteps(num_train_timesteps, 2 * steps)[::2]
+        assert grid[0] == num_train_timesteps - 1 and len(set(grid)) == steps and grid == sorted(grid, reverse=True)
+    assert distill_timesteps(1000, 4) == [999, 749, 499, 249]
+    alpha_bar = torch.linspace(0.99, 0.01, 1000)
+    assert next_alpha_bar(alpha_bar, [999, 499]).tolist() == [pytest.approx(float(alpha_bar[499])), 1.0]
+
+
+def test_rounds_halve_from_the_teacher():
+    assert halvings(16, 1) == [8, 4, 2, 1] and halvings(8, 4) == [4]
+    for teacher, steps in ((8, 8), (6, 4), (12, 2), (8, 3), (4, 8)):
+        with pytest.raises(ValueError, match="power of 2"):
+            halvings(teacher, steps)
+    undistilled = {"b": 0.3}
+    assert plan_rounds(undistilled, 1000, 4, 0) == (8, [4])
+    assert plan_rounds(undistilled, 1000, 1, 16) == (16, [8, 4, 2, 1])
+    assert plan_rounds({"distilled": {"timesteps": [999, 499]}}, 1000, 1, 0) == (2, [1])
+    with pytest.raises(DistillError, match="^--steps 3: .*--teacher-steps"):
+        plan_rounds(undistilled, 1000, 3, 8)
+    with pytest.raises(DistillError, match="^--teacher-steps 8: the teacher is distilled for 2 steps"):
+        plan_rounds({"distilled": {"timesteps": [999, 499]}}, 1000, 1, 8)
+
+
+# -- one round on a tiny model ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from dakter_scale.diffusion.train import train_diffusion
+
+    out = tmp_path_factory.mktemp("distill") / "teacher"
+    threads = torch.get_num_threads()
+    train_diffusion(load_config(None, TEACHER + [f"diffusion.max_steps={TEACHER_STEPS}"]), out, progress=False)
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def student(teacher):
+    """One round, 4 -> 2 steps, 100 optimiser steps (about 6 s)."""
+    cfg = load_config(teacher / "config.yaml", ["distill.steps=2", "distill.max_steps=100"] + ROUND)
+    return distill(cfg, teacher, teacher.parent / "student2", progress=False)
+
+
+def _distance(samples, reference) -> tuple[float, float]:
+    """(image MSE, soft-label mean absolute difference) between two batches drawn from the same seeds."""
+    return (
+        float(((samples.images - reference.images) ** 2).mean()),
+        float((samples.q - reference.q).abs().mean()),
+    )
+
+
+def test_one_round_brings_two_steps_closer_to_the_teachers_four_than_its_untrained_start(teacher, student):
+    seeds = list(range(100, 116))
+    t = load_model_folder(teacher)
+    reference = sample_pairs(t, seeds, SamplingConfig(sampler="distilled", steps=4))  # the teacher's DDIM-4
+    # the untrained student: the teacher's weights as a distilled folder of 2 steps (the distilled
+    # sampler, clipping at its last step), and the teacher's own DDIM-2 (clipping at every step)
+    untrained = JointDiffusion(t.unet, t.scheduler, {**t.info, "distilled": {"timesteps": distill_timesteps(1000, 2)}})
+    before = _distance(sample_pairs(untrained, seeds, SamplingConfig(sampler="distilled", steps=2)), reference)
+    ddim2 = _distance(sample_pairs(t, seeds, SamplingConfig(sampler="distilled", steps=2)), reference)
+    after = _distance(
+        sample_pairs(load_model_folder(student), seeds, SamplingConfig(sampler="distilled", steps=2)), reference
+    )
+    # measured: image 0.0188 -> 0.0115, label 0.0645 -> 0.0474
+    assert after[0] < 0.8 * min(before[0], ddim2[0]), (before, ddim2, after)
+    assert after[1] < 0.9 * min(before[1], ddim2[1]), (before, ddim2, after)
+
+
+def test_the_distilled_folder_round_trips_and_records_its_teacher(teacher, student):
+    s = load_model_folder(student)
+    record = s.info["distilled"]
+    assert record["method"] == "progressive" and record["evaluations_per_pair"] == 2
+    assert record["timesteps"] == [999, 499]
+    assert record["teacher"]["model_hash"] == model_hash(teacher) == record["undistilled_model_hash"]
+    assert record["teacher"]["sampler"] == "ddim" and record["teacher"]["steps"] == 4
+    assert [(r["from_steps"], r["to_steps"], r["optimizer_steps"]) for r in record["rounds"]] == [(4, 2, 100)]
+    assert s.info["sampling"]["sampler"] == "distilled" and s.info["sampling"]["steps"] == 2
+    assert (
+        s.b == load_model_folder(teacher).b and s.info["train_stats"] == load_model_folder(teacher).info["train_stats"]
+    )
+    weights = load_tensors(student / "unet" / "diffusion_pytorch_model.safetensors")
+    assert_same_tensors(weights, {k: v.contiguous() for k, v in s.unet.state_dict().items()})
+    assert not torch.equal(weights["conv_in.weight"], load_model_folder(teacher).unet.state_dict()["conv_in.weight"])
+    assert model_hash(student) != model_hash(teacher)
+
+
+def test_a_distilled_folder_fixes_its_sampler(teacher, student):
+    assert (sampling_for(student, SamplingConfig()).sampler, sampling_for(student, SamplingConfig()).steps) == (
+        "distilled",
+        2,
+    )
+    assert sampling_for(student, SamplingConfig(sampler="distilled", steps=2)).steps == 2
+    assert sampling_for(teacher, SamplingConfig(sampler="ddim", steps=7)) == SamplingConfig(sampler="ddim", steps=7)
+    for sampling, flag in (
+        (SamplingConfig(sampler="ddim", steps=50), "--sampler ddim"),
+        (SamplingConfig(sampler="dpmsolver++", steps=10), "--sampler dpmsolver\\+\\+"),
+        (SamplingConfig(sampler="distilled", steps=4), "--steps 4"),
+        (SamplingConfig(sampler="distilled", steps=2, eta=0.5), "sampling.eta 0.5"),
+    ):
+        with pytest.raises(DistilledSamplerError, match=f"^{flag}"):
+            sampling_for(student, sampling)
+    with pytest.raises(ModelFolderError, match="^--sampler distilled: .* is not a distilled model folder"):
+        sampling_for(teacher, SamplingConfig(sampler="distilled", steps=2))
+
+
+def _synth(model, out, sampling=None, **kw):
+    return synth_run.synthesize(
+        model,
+        str(out),
+        SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3),
+        sampling or SamplingConfig(),
+        progress=False,
+        **kw,
+    )
+
+
+def _tars(out) -> list[bytes]:
+    return [(out / shardset.shard_name(s)).read_bytes() for s in range(2)]
+
+
+def test_it_synthesizes_locally_with_byte_identical_reruns_and_its_own_fingerprint(teacher, student, tmp_path):
+    a = _synth(student, tmp_path / "a", use_ray=False)
+    b = _synth(student, tmp_path / "b", use_ray=False)
+    assert a.ok and b.ok and _tars(tmp_path / "a") == _tars(tmp_path / "b")
+    info = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert (info["sampler"], info["steps"]) == ("distilled", 2)
+    t = _synth(teacher, tmp_path / "t", SamplingConfig(sampler="ddim", steps=4), use_ray=False)
+    assert t.ok
+    teacher_fp = json.loads((tmp_path / "t" / "dataset.json").read_text())["fingerprint"]
+    assert info["fingerprint"] != teacher_fp
+    # the same seeds drawn by the teacher's weights on the distilled sampler's grid: other bytes
+    assert (
+        info["fingerprint"]
+        == synth_run.dry_run(
+            student,
+            str(tmp_path / "a"),
+            SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3),
+            SamplingConfig(),
+        )["fingerprint"]
+    )
+
+
+@pytest.mark.slow  # like the other Ray tests: a local cluster takes ~30-50 s on the shared CPU
+def test_it_synthesizes_on_ray_actors_as_locally(student, tmp_path):
+    ray = pytest.importorskip("ray")
+    try:
+        on_ray = synth_run.synthesize(
+            student,
+            str(tmp_path / "ray"),
+            SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3, actors=2),
+            SamplingConfig(),
+            progress=False,
+            use_ray=True,
+        )
+    finally:
+        ray.shutdown()
+    assert on_ray.ok and on_ray.strategy["strategy"] == "ray"
+    _synth(student, tmp_path / "local", use_ray=False)
+    assert _tars(tmp_path / "ray") == _tars(tmp_path / "local")
+
+
+# -- the jobs -------------------------------------------------------------------------------------------
+
+
+def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=job_env(**env))
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
+    return lines[0]
+
+
+def test_refusals_are_one_line_naming_the_flag(teacher, student, tmp_path):
+    synth = job("synthesize.py") + ["--n", "4", "--out", str(tmp_path / "s"), "--dry-run"]
+    assert "--sampler ddim" in _one_line_error(_run(synth + ["--model", str(student), "--sampler", "ddim"]))
+    assert "--steps 8" in _one_line_error(
+        _run(synth + ["--model", str(student), "--sampler", "distilled", "--steps", "8"])
+    )
+    assert "--sampler distilled" in _one_line_error(_run(synth + ["--model", str(teacher), "--sampler", "distilled"]))
+    r = _run(synth + ["--model", str(student), "--json"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads(r.stdout)
+    assert (plan["sampler"], plan["steps"]) == ("distilled", 2)
+    distill_job = job("distill.py") + ["--model", str(teacher), "--out", str(tmp_path / "d")]
+    assert "--steps 3" in _one_line_error(_run(distill_job + ["--steps", "3", "--teacher-steps", "8"]))
+    assert "--teacher-steps must be >= 2" in _one_line_error(_run(distill_job + ["--teacher-steps", "0"]))
+    assert "data.resolution 64" in _one_line_error(_run(distill_job + ["data.resolution=64"]))
+    assert "does not exist" in _one_line_error(
+        _run(job("distill.py") + ["--model", str(tmp_path / "none"), "--out", str(tmp_path / "d")])
+    )
+
+
+def test_help_explains_the_job():
+    r = _run(job("distill.py") + ["--help"])
+    assert r.returncode == 0
+    for words in ("Progressive distillation", "--teacher-steps", "--resume", "evaluations per pair", "torchrun"):
+        assert words in r.stdout
+
+
+def test_two_rounds_resume_exactly_after_a_kill_and_skip_finished_rounds(teacher, tmp_path):
+    """8 -> 4 -> 2 steps, 6 optimiser steps per round, a checkpoint every 2: killed after step 5 of the
+    first round, resumed with --resume latest, the run ends with the uninterrupted run's weights in both
+    rounds; resumed once more, it finds both rounds finished and trains nothing."""
+    argv = job("distill.py") + [
+        "--model",
+        str(teacher),
+        "--steps",
+        "2",
+        "--teacher-steps",
+        "8",
+        "--max-steps",
+        "6",
+        "distill.checkpoint_every=2",
+        *ROUND,
+    ]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _run(argv + ["--out", str(whole)]).returncode == 0
+    r = _run(argv + ["--out", str(killed), "--resume", "latest"], DAKTER_KILL_AFTER_STEP="5")
+    assert r.returncode != 0 and "starting fresh" in r.stderr and not (killed / "dakter.json").exists()
+    r = _run(argv + ["--out", str(killed), "--resume", "latest"])
+    assert r.returncode == 0 and "at step 4" in r.stderr, r.stderr[-2000:]
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    for folder in ("rounds/steps-0004", "."):
+        assert_same_tensors(load_tensors(whole / folder / weights), load_tensors(killed / folder / weights))
+    before = (killed / weights).stat().st_mtime_ns
+    r = _run(argv + ["--out", str(killed), "--resume", "latest"])
+    assert (
+        r.returncode == 0
+        and r.stderr.count("already finished") == 2
+        and (killed / weights).stat().st_mtime_ns == before
+    )
+    info = json.loads((whole / "dakter.json").read_text())["distilled"]
+    assert info["teacher"]["model_hash"] == model_hash(whole / "rounds" / "steps-0004")
+    assert info["teacher"]["sampler"] == "distilled" and info["undistilled_model_hash"] == model_hash(teacher)
+    assert [(r["from_steps"], r["to_steps"]) for r in info["rounds"]] == [(8, 4), (4, 2)]
