@@ -239,68 +239,27 @@ def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> 
     long_name: str | None = None
     error: str | None = None
     try:
-        while True:
-            header = stream.read(_BLOCK)
-            if len(header) < _BLOCK:
-                error = "tar ends without its end-of-archive block" if not header else "tar ends inside a member header"
-                break
-            if header == _ZERO_BLOCK:
-                break
-            # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
-            if (
-                _tar_number(header[148:156])
-                != int(np.add.reduce(np.frombuffer(header, dtype=np.uint8), dtype=np.int64))
-                - sum(header[148:156])
-                + 256
-            ):
-                error = "tar member header fails its checksum (corrupt data)"
-                break
-            size, kind = _tar_number(header[124:136]), header[156:157]
-            if kind in (b"L", b"x"):
-                name, ext, cap = "a long-name header", "", MAX_HEADER_BYTES
-            else:
-                name = long_name or _text(header[:100].split(b"\0", 1)[0], "member name")
-                if not long_name and header[257:262] == b"ustar" and header[345] != 0:
-                    name = _text(header[345:500].split(b"\0", 1)[0], "member name") + "/" + name
-                ext = name.rpartition("/")[2].partition(".")[2].lower()
-                cap = (
-                    min(limits.get(ext) or limits.get("*", MAX_MEMBER_BYTES), MAX_MEMBER_BYTES)
-                    if limits
-                    else MAX_MEMBER_BYTES
-                )
-            if size > cap:
-                error = f"tar member {name} holds {size} bytes, more than the {cap} such a member may hold"
-                break
-            data = stream.read(size)
-            pad = -size % _BLOCK
-            if len(data) < size or (pad and len(stream.read(pad)) < pad):
-                error = "tar ends inside a member"
-                break
+        while (member := _next_member(stream, limits, long_name)) is not None:
+            kind, name, ext, data = member
             if kind == b"L":  # GNU long name of the next member
                 long_name = _text(data.split(b"\0", 1)[0], "long name")
                 continue
             if kind == b"x":  # PAX extended header: only the path matters here
-                for record in _text(data, "PAX header").splitlines():
-                    key, _, value = record.partition(" ")[2].partition("=")
-                    if key == "path":
-                        long_name = value
+                long_name = _pax_path(data, long_name)
                 continue
             long_name = None
-            if kind not in (b"0", b"\0", b"7"):
+            key = _sample_key(name) if kind in (b"0", b"\0", b"7") else None  # directories, links: skipped
+            if key is None:
                 continue
-            folder, _, base = name.rpartition("/")
-            stem, dot, _ = base.partition(".")
-            if not dot:
-                continue
-            key = f"{folder}/{stem}" if folder else stem
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": url}
             if ext in current or ext.startswith("__"):  # "__key__", "__url__": the reader's own keys
-                error = f"tar holds {name} twice" if ext in current else f"tar member {name} has a reserved extension"
-                break
+                raise ShardError(
+                    f"tar holds {name} twice" if ext in current else f"tar member {name} has a reserved extension"
+                )
             current[ext] = data
     except ShardError as e:
         error = str(e)
@@ -308,3 +267,59 @@ def read_tar(stream: Any, url: str, limits: Mapping[str, int] | None = None) -> 
         yield current  # whole members before any damage; a sample missing some is the caller's to refuse
     if error:
         raise ShardError(error)
+
+
+def _next_member(
+    stream: Any, limits: Mapping[str, int] | None, long_name: str | None
+) -> tuple[bytes, str, str, bytes] | None:
+    """The next member of a tar: (type flag, name, extension, data); None at the end-of-archive block.
+    A torn or corrupt header, an oversized member or one cut short is a ShardError."""
+    header = stream.read(_BLOCK)
+    if len(header) < _BLOCK:
+        raise ShardError(
+            "tar ends without its end-of-archive block" if not header else "tar ends inside a member header"
+        )
+    if header == _ZERO_BLOCK:
+        return None
+    # The checksum counts the 8 checksum bytes as spaces (8 * 32 = 256).
+    if (
+        _tar_number(header[148:156])
+        != int(np.add.reduce(np.frombuffer(header, dtype=np.uint8), dtype=np.int64)) - sum(header[148:156]) + 256
+    ):
+        raise ShardError("tar member header fails its checksum (corrupt data)")
+    size, kind = _tar_number(header[124:136]), header[156:157]
+    if kind in (b"L", b"x"):
+        name, ext, cap = "a long-name header", "", MAX_HEADER_BYTES
+    else:
+        name = long_name or _text(header[:100].split(b"\0", 1)[0], "member name")
+        if not long_name and header[257:262] == b"ustar" and header[345] != 0:
+            name = _text(header[345:500].split(b"\0", 1)[0], "member name") + "/" + name
+        ext = name.rpartition("/")[2].partition(".")[2].lower()
+        cap = (
+            min(limits.get(ext) or limits.get("*", MAX_MEMBER_BYTES), MAX_MEMBER_BYTES) if limits else MAX_MEMBER_BYTES
+        )
+    if size > cap:
+        raise ShardError(f"tar member {name} holds {size} bytes, more than the {cap} such a member may hold")
+    data = stream.read(size)
+    pad = -size % _BLOCK
+    if len(data) < size or (pad and len(stream.read(pad)) < pad):
+        raise ShardError("tar ends inside a member")
+    return kind, name, ext, data
+
+
+def _pax_path(data: bytes, long_name: str | None) -> str | None:
+    """The path a PAX extended header gives the next member, else long_name as it was."""
+    for record in _text(data, "PAX header").splitlines():
+        key, _, value = record.partition(" ")[2].partition("=")
+        if key == "path":
+            long_name = value
+    return long_name
+
+
+def _sample_key(name: str) -> str | None:
+    """A member's sample key: its name up to the first dot of its base name; None without a dot."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, _ = base.partition(".")
+    if not dot:
+        return None
+    return f"{folder}/{stem}" if folder else stem

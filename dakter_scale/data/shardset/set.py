@@ -360,19 +360,8 @@ class ShardSet:
         """
         if verify not in ("size", "sha256"):
             raise ValueError(f"verify must be size or sha256, got {verify!r}")
-        expected = info.marker.get("tar_bytes")
         with fsspec.open(info.tar, "rb") as stream:
-            size = getattr(stream, "size", None)  # local: fstat; object stores: the size the open reported
-            size = size if isinstance(size, int) else self.fs.size(self.path(shard_name(info.shard, "tar")))
-            if expected is not None and size != expected:
-                raise ShardError(f"shard {info.tar}: the tar has {size} bytes, its marker records {expected}")
-            if verify == "sha256":
-                digest = hashlib.sha256()
-                for chunk in iter(lambda: stream.read(1 << 22), b""):
-                    digest.update(chunk)
-                if digest.hexdigest() != info.marker.get("sha256"):
-                    raise ShardError(f"shard {info.tar}: the tar's sha256 differs from its marker's")
-                stream.seek(0)
+            self._check_tar(stream, info, verify)
             seen, previous, error = 0, -1, None  # previous: the index of the last good key
             torn: SampleError | None = None  # a sample lacking members: reported unless the tar's own error explains it
             try:
@@ -388,16 +377,7 @@ class ShardSet:
                         )
                         continue
                     try:
-                        index = previous + 1
-                        if key != sample_key(info.shard, index):  # not the next key, as written: which is it?
-                            shard, index = parse_key(key)
-                            if shard != info.shard or index >= info.count:
-                                raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
-                            if index <= previous:  # a repeated key would train a pair twice
-                                raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
-                        elif index >= info.count:
-                            raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
-                        previous = index
+                        previous = _key_index(key, info, previous)
                         sample[CHECKED] = check_sample(sample, shape)
                     except ShardError as e:
                         yield SampleError(f"shard {info.tar}: {e}")
@@ -411,6 +391,22 @@ class ShardSet:
             error = f"shard {info.tar}: holds {seen} samples, its marker records {info.count}"
         if error:
             raise ShardError(error)
+
+    def _check_tar(self, stream: Any, info: ShardInfo, verify: str) -> None:
+        """Before a shard's tar is read: its size is its marker's tar_bytes, and with verify="sha256"
+        its hash the marker's (a first pass over the object, then back to the start)."""
+        expected = info.marker.get("tar_bytes")
+        size = getattr(stream, "size", None)  # local: fstat; object stores: the size the open reported
+        size = size if isinstance(size, int) else self.fs.size(self.path(shard_name(info.shard, "tar")))
+        if expected is not None and size != expected:
+            raise ShardError(f"shard {info.tar}: the tar has {size} bytes, its marker records {expected}")
+        if verify == "sha256":
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                digest.update(chunk)
+            if digest.hexdigest() != info.marker.get("sha256"):
+                raise ShardError(f"shard {info.tar}: the tar's sha256 differs from its marker's")
+            stream.seek(0)
 
     def read(self, info: ShardInfo, shape: SampleShape | None = None, verify: str = "size") -> Iterator[dict]:
         """The good samples of one finished shard (read_checked; `shape` default: the set's). Bad
@@ -541,3 +537,18 @@ class ShardSet:
             members.append((key, {IMAGE: sample[IMAGE], SOFT: sample[SOFT], RECORD: _record_bytes(record)}))
             rows.append(manifest_row(record))
         return self.write_shard(shard, members, rows, fingerprint)
+
+
+def _key_index(key: str, info: ShardInfo, previous: int) -> int:
+    """The index of a shard's sample `key` read after the one at `previous` (-1 before the first): one
+    of the shard's keys, after the previous one (a repeated key would train a pair twice), else a SampleError."""
+    index = previous + 1
+    if key != sample_key(info.shard, index):  # not the next key, as written: which is it?
+        shard, index = parse_key(key)
+        if shard != info.shard or index >= info.count:
+            raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+        if index <= previous:
+            raise SampleError(f"sample {key}: out of key order (a repeated or misplaced key)")
+    elif index >= info.count:
+        raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
+    return index
