@@ -39,3 +39,24 @@ def test_the_evidence_validation_split_shares_no_scene_with_its_test_split():
     test = set(split_digests(open_source(cfg.experiment.test_spec), "test"))
     train = set(split_digests(open_source(cfg.data.spec), "train"))
     assert len(test) == 500 and not validation & test and not train & test
+
+
+SCARCITY = ROOT / "configs" / "scarcity.yaml"
+
+
+def test_the_scarcity_test_split_is_fresh_and_apart_for_every_training_size():
+    """configs/scarcity.yaml's test split (seed 43) was scored by no committed run but its own records
+    (docs/results/scarcity_N), and shares no scene with the validation split or any |D|'s training scenes."""
+    cfg = load_config(str(SCARCITY), [])
+    test = cfg.experiment.test_spec
+    assert test.endswith("seed=43") and test != load_config(str(CONFIG), []).experiment.test_spec
+    for path in sorted((ROOT / "docs" / "results").rglob("*.json")):
+        if path.relative_to(ROOT / "docs" / "results").parts[0].startswith("scarcity_"):
+            continue
+        assert test not in specs_in(json.loads(path.read_text())), f"{path.relative_to(ROOT)} scored {test}"
+    scenes = set(split_digests(open_source(test), "test"))
+    assert len(scenes) == 500 and not scenes & set(split_digests(open_source(cfg.experiment.validation_spec), "test"))
+    for n in (10, 20, 40, 100):
+        spec = f"synthetic:{n}?size=64&test=500"
+        assert load_config(str(SCARCITY), [f"data.spec={spec}"]).data.spec == spec
+        assert not scenes & set(split_digests(open_source(spec), "train"))

@@ -41,7 +41,17 @@ def test_the_new_arms_in_the_plan():
     assert dict(finetune.overrides) == dict(runs["copy_paste"].overrides)  # the fine-tuning's copy-paste
     assert plan.banks() == [InstanceBank("bank", "b_cfg", 10000, "unet")]
     units = plan.units()
-    assert units.index(plan.real_only("unet")) < units.index(plan.banks()[0]), "the judge before the bank"
+    assert units.index(plan.banks()[0]) < units.index(plan.main_runs()[0]), "the bank before the table"
+    grid = Plan(
+        load_config(
+            None,
+            TINY
+            + ARMS
+            + ["experiment.steps_grid=[3,5]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"],
+        ),
+        n_train=6,
+    )
+    assert grid.pending() and grid.banks()[0] not in grid.units(), "the bank waits for the judge's chosen length"
     assert method_name("instance_paste_10000") == "copy-paste of generated instances, bank of 10,000"
     # the verdicts hold each bank size against copy-paste, and pretraining against copy-paste
     runs_scores = {r.name: {"miou": 0.5} for r in plan.main_runs()}

@@ -50,6 +50,9 @@ TARGETED = "b_cfg_target"  # generated/b_cfg_target: dakter_target's pairs (its 
 BANK = "bank"  # generated/bank: instance_paste's instance bank, cut from the pairs of generated/bank_pairs
 BANK_PAIRS = "bank_pairs"
 INSTANCE_PASTE = "instance_paste"  # an arm per bank size N: instance_paste_N
+BANK = "bank"  # generated/bank: instance_paste's instance bank, cut from the pairs of generated/bank_pairs
+BANK_PAIRS = "bank_pairs"
+INSTANCE_PASTE = "instance_paste"  # an arm per bank size N: instance_paste_N
 # generated/NAME_all (DRAWN_SUFFIX): the pairs drawn before the label-alignment filter or the selection route kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
 
@@ -255,11 +258,21 @@ class Plan:
             out += [f"{INSTANCE_PASTE}_{n}" for n in self.e.bank_sizes] if m == INSTANCE_PASTE else [m]
         return out
 
+    def methods(self, methods: Sequence[str] | None = None) -> list[str]:
+        """The table's methods (default experiment.methods), instance_paste as one instance_paste_N per bank size."""
+        out = []
+        for m in self.e.methods if methods is None else methods:
+            out += [f"{INSTANCE_PASTE}_{n}" for n in self.e.bank_sizes] if m == INSTANCE_PASTE else [m]
+        return out
+
     def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         if method == "none":
             return StudentRun("none", arch, 0.0, seed)
         if method == "copy_paste":
             return StudentRun("copy_paste", arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share))
+        if bank_size(method) is not None:
+            bank = (("student.instance_bank", BANK), ("student.instance_bank_size", bank_size(method)))
+            return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share) + bank)
         if bank_size(method) is not None:
             bank = (("student.instance_bank", BANK), ("student.instance_bank_size", bank_size(method)))
             return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share) + bank)
@@ -369,13 +382,14 @@ class Plan:
         generated sets, the lambda grid, the table's students, the studies. While a lambda is still
         to be chosen, the plan ends with the grid: the rest depends on its outcome."""
         out: list[Any] = [Model(tag) for tag in self.models()]
-        if self.e.filter_keep > 0 or self.banks():  # the filter's and the bank's judge
+        if self.e.filter_keep > 0:
             out.append(self.real_only(self.e.filter_arch))
-        out += self.generated_sets() + self.banks()
+        out += self.generated_sets()
         out += [Selection(r) for r in self.selection_runs()]
         if self.pending():
             return list(dict.fromkeys(out))
-        out += self.table_runs()
+        # the bank once the grid chose: its judge, the real-only student, is trained at its chosen length
+        out += self.banks() + self.table_runs()
         for v in self.study_variants():
             out += [v.generated, *v.runs]
         return list(dict.fromkeys(out))
