@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 
@@ -811,46 +811,57 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: {value!r} matches none of {tp} ({source})")
-    if tp is type(None):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r} ({source})")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({source})")
         inner = typing.get_args(tp)[0]
         return tuple(_coerce(v, inner, key, source) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r} ({source})")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r} ({source})")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                f = math.nan
-            if math.isfinite(f) and f.is_integer():
-                return int(f)
-        raise ConfigError(f"{key}: expected an integer, got {value!r} ({source})")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r} ({source})")
+    if tp not in _SCALARS:
+        raise ConfigError(f"{key}: unsupported config type {tp}")  # an internal error: extend _SCALARS
+    expected, convert = _SCALARS[tp]
+    out = convert(value)
+    if out is _NOT:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r} ({source})")
+    return out
+
+
+_NOT = object()  # a scalar converter's "not of this type" (None is a value: the null type's)
+
+
+def _to_null(value: Any) -> Any:
+    return None if value is None or (isinstance(value, str) and value.lower() in ("none", "null")) else _NOT
+
+
+def _to_int(value: Any) -> Any:
+    if isinstance(value, bool):  # a bool is an int to Python, never to a config
+        return _NOT
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r} ({source})") from None
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r} ({source})")
-    raise ConfigError(f"{key}: unsupported config type {tp}")  # an internal error: extend _coerce
+            value = float(value)
+        except ValueError:
+            return _NOT
+    return int(value) if isinstance(value, float) and math.isfinite(value) and value.is_integer() else _NOT
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, bool):
+        return _NOT
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return _NOT
+
+
+# the scalar types a config field may have: what a wrong value is told it should be, and the converter
+_SCALARS: dict[Any, tuple[str, Callable[[Any], Any]]] = {
+    type(None): ("null", _to_null),
+    bool: ("true or false", lambda v: v if isinstance(v, bool) else _NOT),
+    int: ("an integer", _to_int),
+    float: ("a number", _to_float),
+    str: ("a string", lambda v: str(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else _NOT),
+}
 
 
 def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
