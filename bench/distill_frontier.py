@@ -1,0 +1,230 @@
+"""The frontier below 10 evaluations per pair (issue 31, item 2): a generator's sampler distilled 16 -> 8 -> 4
+-> 2 -> 1 steps, each point's pairs scored with the project's quality measures beside DPM-Solver++-20 and
+DDIM-50 of the undistilled generator.
+
+    OMP_NUM_THREADS=1 nice -n 19 python bench/distill_frontier.py --model runs/evidence64/models/b_cfg \\
+        --out runs/distill/frontier                          (resumable: rerun the same command)
+
+Stages, each kept in OUT and skipped when finished, so a rerun continues:
+  judge/       a real-only student (jobs/train_student.py on the generator's data, --judge-steps steps): the
+               segmenter label alignment and calibration are scored with (or --judge DIR)
+  m8 m4 m2 m1  the distilled folders (jobs/distill.py's rounds, one folder per round, --round-steps optimiser
+               steps each, checkpoints every 50 so a killed round resumes); each round's CPU and wall seconds
+  sets/NAME    --pairs pairs per sampler point (jobs/synthesize.py's writer in this process, one thread)
+  frontier.json, frontier.md   per point: evaluations per pair, label alignment (mIoU, pixel agreement),
+               class-fraction total variation, mean max-probability, expected calibration error of the soft
+               labels against the judge, ENL (real beside), grey-level histogram distance, pairs/s, and the
+               distillation's cost so far
+The --model folder is only read. Nothing here is a test: it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config  # noqa: E402
+
+CHAIN = (8, 4, 2, 1)  # the distilled points, each the next one's teacher
+TEACHER_STEPS = 16  # the undistilled generator's DDIM steps the first round halves
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def record(out: Path) -> dict:
+    path = out / "frontier.json"
+    return json.loads(path.read_text()) if path.is_file() else {"rounds": {}, "points": {}}
+
+
+def save(out: Path, rec: dict) -> None:
+    (out / "frontier.json").write_text(json.dumps(rec, indent=2) + "\n")
+
+
+def train_judge(model: Path, out: Path, steps: int) -> Path:
+    judge = out / "judge"
+    if (judge / "student.json").is_file():
+        return judge
+    log(f"judge: a real-only student, {steps} steps")
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "train_student.py"),
+        "--config",
+        str(model / "config.yaml"),
+        "--out",
+        str(judge),
+        f"student.max_steps={steps}",
+        "student.ratio=0",
+    ]
+    subprocess.run(cmd, check=True)
+    return judge
+
+
+def distil_chain(model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int) -> None:
+    from dakter_scale.diffusion.distill import distill
+    from dakter_scale.training import make_accelerator
+
+    teacher, teacher_steps = model, TEACHER_STEPS
+    for steps in CHAIN:
+        folder = out / f"m{steps}"
+        name = f"{teacher_steps}->{steps}"
+        if name not in rec["rounds"] or not (folder / "dakter.json").is_file():
+            log(f"round {name}: {round_steps} optimiser steps into {folder}")
+            cfg = load_config(
+                model / "config.yaml",
+                [
+                    f"distill.steps={steps}",
+                    f"distill.teacher_steps={teacher_steps if teacher == model else 0}",
+                    f"distill.max_steps={round_steps}",
+                    f"distill.lr={lr}",
+                    f"distill.batch_size={batch}",
+                    "distill.checkpoint_every=50",
+                    "distill.log_every=25",
+                ],
+            )
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            distill(cfg, teacher, folder, resume="latest", progress=False, accelerator=make_accelerator("no"))
+            done = {
+                "optimizer_steps": round_steps,
+                "batch_size": batch,
+                "lr": lr,
+                "cpu_seconds": cpu_seconds() - cpu0,  # of this run; a resumed round counts only its own part
+                "wall_seconds": time.perf_counter() - wall0,
+            }
+            rec["rounds"][name] = {**rec["rounds"].get(name, {}), **done}
+            save(out, rec)
+        teacher, teacher_steps = folder, steps
+
+
+def points(model: Path, out: Path) -> dict[str, tuple[Path, SamplingConfig]]:
+    p = {
+        "ddim-50": (model, SamplingConfig(sampler="ddim", steps=50)),
+        "dpmsolver++-20": (model, SamplingConfig(sampler="dpmsolver++", steps=20)),
+        # the project's DDIM at the first teacher's steps (diffusers' trailing grid, within a timestep of the
+        # distillation grid the first round's teacher steps on)
+        f"ddim-{TEACHER_STEPS}": (model, SamplingConfig(sampler="ddim", steps=TEACHER_STEPS)),
+    }
+    for steps in CHAIN:
+        p[f"distilled-{steps}"] = (out / f"m{steps}", SamplingConfig(sampler="distilled", steps=steps))
+    return p
+
+
+def expected_calibration_error(q: np.ndarray, judged: np.ndarray, bins: int = 15) -> float:
+    """ECE of the soft labels' max-probability against agreement with the judge's segmentation, per pixel.
+    q: (N, K, H, W) probabilities; judged: (N, H, W) class ids."""
+    confidence = q.max(axis=1).ravel()
+    correct = (q.argmax(axis=1) == judged).ravel().astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+    return float(ece)
+
+
+def score(model: Path, out: Path, judge: Path, rec: dict, pairs: int) -> None:
+    from dakter_scale.student.evaluate import segment
+    from dakter_scale.student.models import load_student
+    from dakter_scale.study.quality import generation_quality, read_generated
+    from dakter_scale.synth import run as synth_run
+
+    cfg = load_config(model / "config.yaml")
+    for name, (folder, sampling) in points(model, out).items():
+        if name in rec["points"]:
+            continue
+        url = str(out / "sets" / name)
+        log(f"{name}: {pairs} pairs into {url}")
+        wall0 = time.perf_counter()
+        summary = synth_run.synthesize(
+            str(folder),
+            url,
+            SynthesisConfig(n=pairs, samples_per_shard=50, batch_size=25, seed=11, threads_per_actor=1),
+            sampling,
+            progress=False,
+            use_ray=False,
+        )
+        seconds = time.perf_counter() - wall0
+        if not summary.ok:
+            raise SystemExit(f"{name}: synthesis failed: {summary.failed}")
+        quality = generation_quality(cfg, url, str(judge), n=pairs)
+        images, q = read_generated(url, pairs)
+        segmenter, _ = load_student(str(judge))
+        judged = segment(segmenter, images, 32).numpy()
+        rec["points"][name] = {
+            "evaluations_per_pair": sampling.steps,
+            "model": str(folder),
+            "pairs_per_second": pairs / seconds if summary.pairs_written == pairs else None,
+            "seconds": seconds,
+            "ece": expected_calibration_error(q, judged),
+            **quality,
+        }
+        save(out, rec)
+        write_markdown(out, rec)
+
+
+def write_markdown(out: Path, rec: dict) -> None:
+    lines = [
+        "| point | NFE | label mIoU | pixel agreement | class-fraction TV | mean max-prob | ECE | ENL (real) | histogram TV | pairs/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in rec["points"].items():
+        hist = p.get("histogram_distance", {})
+        hist_tv = hist.get("tv") if isinstance(hist, dict) else hist
+        pps = p["pairs_per_second"]
+        lines.append(
+            f"| {name} | {p['evaluations_per_pair']} | {p['label_alignment']['miou']:.2f} | "
+            f"{p['label_alignment']['pixel_agreement']:.3f} | {p['class_fraction_tv']:.3f} | {p['mean_confidence']:.3f} | "
+            f"{p['ece']:.3f} | {p['enl_generated']:.2f} ({p.get('enl_real', float('nan')):.2f}) | "
+            f"{hist_tv if hist_tv is None else round(float(hist_tv), 3)} | {'-' if pps is None else f'{pps:.2f}'} |"
+        )
+    lines += ["", "| round | optimiser steps | batch | CPU s | wall s |", "|---|---|---|---|---|"]
+    for name, r in rec["rounds"].items():
+        lines.append(
+            f"| {name} | {r['optimizer_steps']} | {r['batch_size']} | {r['cpu_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+        )
+    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="the undistilled generator's folder (only read)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--judge", type=Path, help="a real-only student folder (default: train one in OUT/judge)")
+    p.add_argument("--judge-steps", type=int, default=600)
+    p.add_argument("--round-steps", type=int, default=400, help="optimiser steps per distillation round")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--pairs", type=int, default=200, help="pairs per sampler point")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rec = record(args.out)
+    rec["command"] = " ".join(sys.argv)
+    save(args.out, rec)
+    judge = args.judge or train_judge(args.model, args.out, args.judge_steps)
+    distil_chain(args.model, args.out, rec, args.round_steps, args.lr, args.batch_size)
+    score(args.model, args.out, judge, rec, args.pairs)
+    write_markdown(args.out, rec)
+    log(f"done: {args.out / 'frontier.md'}")
+
+
+if __name__ == "__main__":
+    main()
