@@ -33,7 +33,7 @@ from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth import run as synth_run
 
 from conftest import job
-from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors
+from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors, torchrun
 
 # The parameterisation of the project's models: v for the image, x0 for the label channels.
 TEACHER = TINY_DIFFUSION + [
@@ -217,7 +217,7 @@ def test_it_synthesizes_locally_with_byte_identical_reruns_and_its_own_fingerpri
     assert t.ok
     teacher_fp = json.loads((tmp_path / "t" / "dataset.json").read_text())["fingerprint"]
     assert info["fingerprint"] != teacher_fp
-    # the same seeds drawn by the teacher's weights on the distilled sampler's grid: other bytes
+    # the dry run plans the set the run wrote (the folder's sampler resolved the same way)
     assert (
         info["fingerprint"]
         == synth_run.dry_run(
@@ -325,3 +325,26 @@ def test_two_rounds_resume_exactly_after_a_kill_and_skip_finished_rounds(teacher
     assert info["teacher"]["model_hash"] == model_hash(whole / "rounds" / "steps-0004")
     assert info["teacher"]["sampler"] == "distilled" and info["undistilled_model_hash"] == model_hash(teacher)
     assert [(r["from_steps"], r["to_steps"]) for r in info["rounds"]] == [(8, 4), (4, 2)]
+
+
+def test_two_processes_distil_with_identical_ranks(teacher, tmp_path):
+    out = tmp_path / "two"
+    r = _run(
+        torchrun(2)
+        + [
+            str(job("distill.py")[1]),
+            "--model",
+            str(teacher),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--max-steps",
+            "4",
+            *ROUND,
+        ]
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    ranks = json.loads((out / "logs" / "ranks.json").read_text())
+    assert ranks["ranks"] == 2 and ranks["identical"]
+    assert json.loads((out / "dakter.json").read_text())["distilled"]["rounds"][0]["optimizer_steps"] == 4

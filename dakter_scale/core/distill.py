@@ -77,8 +77,9 @@ def progressive_target(
     z_t: torch.Tensor, z_s: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor
 ) -> torch.Tensor:
     """x~ (N, C, H, W): the clean estimate whose DDIM step from z_t (level abar_t) lands exactly on z_s
-    (level abar_s < ... , reached by the teacher's two steps): ddim_step(z_t, x~, abar_t, abar_s) == z_s.
-    z_t, z_s: (N, C, H, W); alpha_bar_t, alpha_bar_s: (N,) with abar_s > abar_t (s is less noisy)."""
+    (level abar_s, where the teacher's two steps ended): ddim_step(z_t, x~, abar_t, abar_s) == z_s.
+    z_t, z_s: (N, C, H, W); alpha_bar_t, alpha_bar_s: (N,) with abar_s > abar_t (s is less noisy; 1 at
+    the clean end, where x~ = z_s)."""
     a_t, a_s = _expand(torch.as_tensor(alpha_bar_t), z_t), _expand(torch.as_tensor(alpha_bar_s), z_t)
     ratio = (1 - a_s).sqrt() / (1 - a_t).sqrt()  # sigma_s / sigma_t; 0 at the clean end
     return (z_s - ratio * z_t) / (a_s.sqrt() - ratio * a_t.sqrt())
