@@ -50,9 +50,6 @@ TARGETED = "b_cfg_target"  # generated/b_cfg_target: dakter_target's pairs (its 
 BANK = "bank"  # generated/bank: instance_paste's instance bank, cut from the pairs of generated/bank_pairs
 BANK_PAIRS = "bank_pairs"
 INSTANCE_PASTE = "instance_paste"  # an arm per bank size N: instance_paste_N
-BANK = "bank"  # generated/bank: instance_paste's instance bank, cut from the pairs of generated/bank_pairs
-BANK_PAIRS = "bank_pairs"
-INSTANCE_PASTE = "instance_paste"  # an arm per bank size N: instance_paste_N
 # generated/NAME_all (DRAWN_SUFFIX): the pairs drawn before the label-alignment filter or the selection route kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
 
@@ -258,21 +255,11 @@ class Plan:
             out += [f"{INSTANCE_PASTE}_{n}" for n in self.e.bank_sizes] if m == INSTANCE_PASTE else [m]
         return out
 
-    def methods(self, methods: Sequence[str] | None = None) -> list[str]:
-        """The table's methods (default experiment.methods), instance_paste as one instance_paste_N per bank size."""
-        out = []
-        for m in self.e.methods if methods is None else methods:
-            out += [f"{INSTANCE_PASTE}_{n}" for n in self.e.bank_sizes] if m == INSTANCE_PASTE else [m]
-        return out
-
     def _run(self, method: str, arch: str, ratio: float, seed: int) -> StudentRun:
         if method == "none":
             return StudentRun("none", arch, 0.0, seed)
         if method == "copy_paste":
             return StudentRun("copy_paste", arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share))
-        if bank_size(method) is not None:
-            bank = (("student.instance_bank", BANK), ("student.instance_bank_size", bank_size(method)))
-            return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share) + bank)
         if bank_size(method) is not None:
             bank = (("student.instance_bank", BANK), ("student.instance_bank_size", bank_size(method)))
             return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share) + bank)
