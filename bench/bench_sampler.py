@@ -13,8 +13,9 @@ The model is the committed experiment's (configs/experiment_demo.yaml: 32 px, UN
    The matmul peak (fp32 N^3, N = --peak-n) is measured at each thread count right before and after
    that thread count's settings (the median of both is the peak; the machine is shared and noisy).
 3. At the fastest setting, every sampler of the frontier (ddim, ddpm, dpmsolver++ orders 2 and 3, unipc)
-   with --steps steps, in --repeats interleaved rounds with a peak measurement each: pairs/s, seconds
-   per network evaluation, achieved FLOP/s and fraction of peak (medians).
+   with --steps steps, and the distilled sampler (jobs/distill.py's folders) at each of --distilled steps,
+   in --repeats interleaved rounds with a peak measurement each: pairs/s, seconds per network evaluation,
+   achieved FLOP/s and fraction of peak (medians).
 4. Where the time goes at that setting: a torch.profiler table of one sampling call, grouped by op kind.
 5. Projection: GPU-hours per million 256 px pairs for each frontier point, from the H200's measured
    seconds per network evaluation at the paper scale (bench/results/paper_scale_gpu.json) x NFE.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from dakter_scale.config import SamplingConfig, load_config  # noqa: E402
+from dakter_scale.core.distill import distill_timesteps  # noqa: E402
 from dakter_scale.data.osd import CLASSES  # noqa: E402
 from dakter_scale.diffusion.model import JointDiffusion, build_scheduler, build_unet  # noqa: E402
 from dakter_scale.diffusion.sample import sample_pairs  # noqa: E402
@@ -86,6 +88,13 @@ def flops_per_evaluation(model: JointDiffusion, batch: int = 8) -> float:
     z = torch.randn(batch, c, r, r)
     with torch.no_grad():
         return count_flops(lambda: model.unet(z, torch.full((batch,), 500))) / batch
+
+
+def as_distilled(model: JointDiffusion, steps: int) -> JointDiffusion:
+    """The same network as a distilled folder of `steps` steps (dakter.json's "distilled" record): what its
+    sampler costs does not depend on the weights either."""
+    timesteps = distill_timesteps(model.scheduler.config.num_train_timesteps, steps)
+    return JointDiffusion(model.unet, model.scheduler, {**model.info, "distilled": {"timesteps": timesteps}})
 
 
 def time_sampling(model: JointDiffusion, sampling: SamplingConfig, batch: int, repeats: int, inference: bool) -> float:
@@ -139,6 +148,9 @@ def main() -> int:
     p.add_argument("--threads", default="1,2", help="torch thread counts of the settings sweep")
     p.add_argument("--sweep-steps", type=int, default=4, help="DDIM steps of one timed call in the settings sweep")
     p.add_argument("--steps", type=int, default=20, help="steps (= network evaluations) of each sampler's timed call")
+    p.add_argument(
+        "--distilled", default="1,2,4,8", help="step counts of the distilled sampler measured beside them ('' for none)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed calls per setting (median)")
     p.add_argument("--peak-n", type=int, default=2048, help="side of the fp32 matrix product of the peak")
     p.add_argument(
@@ -210,31 +222,35 @@ def main() -> int:
     torch.set_num_threads(best["threads"])
     set_memory_format(model, best["channels_last"])
     configs = {
-        f"{name}:{args.steps}" + (f":{order}" if name in ("dpmsolver++", "unipc") else ""): SamplingConfig(
-            sampler=name, steps=args.steps, solver_order=order
+        f"{name}:{args.steps}" + (f":{order}" if name in ("dpmsolver++", "unipc") else ""): (
+            model,
+            SamplingConfig(sampler=name, steps=args.steps, solver_order=order),
         )
         for name, order in SAMPLERS
     }
+    for steps in [int(n) for n in args.distilled.split(",") if n]:
+        configs[f"distilled:{steps}"] = (as_distilled(model, steps), SamplingConfig(sampler="distilled", steps=steps))
     times: dict[str, list[float]] = {key: [] for key in configs}
     peaks = []
-    for key, sampling in configs.items():  # warm-up
-        time_sampling(model, sampling, best["batch"], 1, best["inference_mode"])
+    for key, (m, sampling) in configs.items():  # warm-up
+        time_sampling(m, sampling, best["batch"], 1, best["inference_mode"])
     for _ in range(args.repeats):
         peaks.append(matmul_peak(torch.device("cpu"), n=args.peak_n)["flops_per_second"])
-        for key, sampling in configs.items():
-            times[key].append(time_sampling(model, sampling, best["batch"], 1, best["inference_mode"]))
+        for key, (m, sampling) in configs.items():
+            times[key].append(time_sampling(m, sampling, best["batch"], 1, best["inference_mode"]))
     peak = statistics.median(peaks)
     record["sampler_peak"] = {"samples": peaks, "flops_per_second": peak, "threads": best["threads"], "n": args.peak_n}
     record["samplers"] = {}
     for key, samples in times.items():
+        steps = configs[key][1].steps
         seconds = statistics.median(samples)
-        per = seconds / (best["batch"] * args.steps)
+        per = seconds / (best["batch"] * steps)
         record["samplers"][key] = {
-            "steps": args.steps,
+            "steps": steps,
             "seconds_samples": samples,
             "pairs_per_second": best["batch"] / seconds,
             "seconds_per_pair_evaluation": per,
-            "flops_per_pair": flops * args.steps,
+            "flops_per_pair": flops * steps,
             "flops_per_second": flops / per,
             "fraction_of_peak": flops / per / peak,
         }
