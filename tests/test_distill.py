@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import torch
+import webdataset as wds
+from PIL import Image
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
 from dakter_scale.core.distill import (
@@ -31,6 +34,7 @@ from dakter_scale.diffusion.model import (
 )
 from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth import run as synth_run
+from dakter_scale.synth.regenerate import regenerate_to
 
 from conftest import job
 from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors, torchrun
@@ -227,6 +231,14 @@ def test_it_synthesizes_locally_with_byte_identical_reruns_and_its_own_fingerpri
             SamplingConfig(),
         )["fingerprint"]
     )
+    # --only-key rebuilds a pair of the set with the folder's own sampler, bit for bit
+    config = SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3)
+    regenerate_to(student, "000001-000002", config, SamplingConfig(), str(tmp_path / "a"))
+    samples = {
+        s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False)
+    }
+    with Image.open(tmp_path / "a" / "regenerated" / "000001-000002.image.png") as im:
+        assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000001-000002"])[0])
 
 
 @pytest.mark.slow  # like the other Ray tests: a local cluster takes ~30-50 s on the shared CPU
