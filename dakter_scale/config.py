@@ -9,6 +9,7 @@ resolved config is written next to every output with ``save_config``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -260,8 +261,8 @@ ARCHS = {
 class TargetConfig:
     """Targeted synthesis (synth/targeted.py; docs/synthesis.md, "Targeted synthesis"): a class target
     and how it is met. jobs/synthesize.py's --class-target, --target-route, --max-draw-factor and
-    --resample set the first four; the study runner sets spec, route and max_draw_factor from its
-    experiment.class_target, experiment.target_route and experiment.max_draw_factor."""
+    --resample set the first four; the study runner reads the same keys (its dakter_target set, and the
+    classes its copy-paste arms paste: study/plan.py)."""
 
     spec: str = ""  # CLASS:FACTORx or CLASS:SHARE entries (oil:3x,ship:3x; oil:0.05); "" = untargeted
     route: str = "selection"  # selection (from a larger draw) | conditioned (given composed maps) | pasted (around pasted real instances)
@@ -544,15 +545,10 @@ class ExperimentConfig:
     # 0 = no filter. The hard and soft students get the same kept pairs.
     filter_keep: float = 0.0
     filter_arch: str = "unet"
-    # Targeted DAKTer (method dakter_target; dakter_scale/synth/targeted.py): the same number of pairs as
-    # dakter, whose pooled class pixel shares meet class_target (e.g. "oil:3x,ship:3x": factors of the
-    # training shares), by target_route (selection from a larger draw, at most max_draw_factor drawn per
-    # kept pair; conditioned: images drawn given composed label maps; pasted: pairs drawn around pasted real
-    # instances of the targeted classes). No alignment filter on it.
-    class_target: str = ""
-    target_route: str = "selection"
-    max_draw_factor: float = MAX_DRAW_FACTOR
-    # copy_paste and dakter_copy_paste paste class_target's instances onto this share of the real samples
+    # Targeted DAKTer (method dakter_target; dakter_scale/synth/targeted.py) takes its class target and
+    # route from synthesis.target (spec, route, max_draw_factor, ...): the same number of pairs as dakter,
+    # whose pooled class pixel shares meet synthesis.target.spec (e.g. "oil:3x,ship:3x"). No alignment filter.
+    # copy_paste and dakter_copy_paste paste synthesis.target.spec's instances onto this share of the real samples
     copy_paste_share: float = 0.5
     # Choosing the student length on the validation split too (a grid of student.max_steps, crossed with
     # ratio_grid and kd_weight_grid); empty = student.max_steps.
@@ -560,7 +556,7 @@ class ExperimentConfig:
     # The split every table student is scored on, once: the test split of this spec ("" = data.spec's).
     # A study that chooses anything (a grid) must choose it on validation_spec, which may not be this split.
     test_spec: str = ""
-    # instance_paste: copy-paste of class_target's classes from an instance bank of generated instances
+    # instance_paste: copy-paste of synthesis.target.spec's classes from an instance bank of generated instances
     # (generated/bank, synth/bank.py, judged by the real-only filter_arch student), one arm per bank size
     bank_sizes: tuple[int, ...] = ()
     # pretrain_finetune: this share of the student's steps on generated pairs alone (KD), the rest on real
@@ -608,16 +604,6 @@ class ExperimentConfig:
         )
         for m in self.methods + self.sweep_methods:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
-        if "dakter_target" in self.methods + self.sweep_methods:
-            _check(
-                bool(self.class_target.strip()),
-                "experiment.class_target",
-                "method dakter_target needs a class target, e.g. oil:3x,ship:3x",
-            )
-        pasting = sorted(
-            {"copy_paste", "pasted_after", "dakter_copy_paste", "instance_paste", "pretrain_finetune"}
-            & set(self.methods + self.sweep_methods)
-        )
         _check(
             "instance_paste" not in self.methods + self.sweep_methods or bool(self.bank_sizes),
             "experiment.bank_sizes",
@@ -634,11 +620,6 @@ class ExperimentConfig:
             f"is a share of the student's steps in (0, 1), got {self.pretrain_share}",
         )
         _check(
-            not pasting or bool(self.class_target.strip()),
-            "experiment.class_target",
-            f"methods {', '.join(pasting)} paste instances of a class target: give one, e.g. oil:3x,ship:3x",
-        )
-        _check(
             0.0 < self.copy_paste_share <= 1.0,
             "experiment.copy_paste_share",
             f"is a share of the real samples in (0, 1], got {self.copy_paste_share}",
@@ -652,16 +633,6 @@ class ExperimentConfig:
             not self.steps_grid or bool(self.validation_spec),
             "experiment.validation_spec",
             "steps_grid chooses the student length on a validation split: give its data spec",
-        )
-        _check(
-            self.target_route in ROUTES,
-            "experiment.target_route",
-            f"{self.target_route!r} is not one of {', '.join(ROUTES)}",
-        )
-        _check(
-            self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor),
-            "experiment.max_draw_factor",
-            f"must be >= 1 (pairs drawn per pair kept), got {self.max_draw_factor}",
         )
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
         _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
@@ -779,6 +750,17 @@ class Config:
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        methods = set(self.experiment.methods + self.experiment.sweep_methods)
+        targeted = sorted(methods & {"dakter_target"})
+        pasting = sorted(
+            methods & {"copy_paste", "pasted_after", "dakter_copy_paste", "instance_paste", "pretrain_finetune"}
+        )
+        _check(
+            not (targeted or pasting) or bool(self.synthesis.target.spec.strip()),
+            "synthesis.target.spec",
+            f"methods {', '.join(targeted + pasting)} need a class target (what dakter_target meets and the"
+            " copy-paste arms paste), e.g. oil:3x,ship:3x",
+        )
         return self
 
     def replace(self, **sections: Any) -> "Config":
@@ -870,12 +852,45 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
+        if f"{where}{unknown[0]}" in MOVED_KEYS:
+            raise ConfigError(f"{where}{unknown[0]} is now {MOVED_KEYS[where + unknown[0]]} ({source})")
         raise ConfigError(f"unknown config key {where}{unknown[0]} ({source}); known keys: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key, source)
     return cls(**kwargs)
+
+
+# Keys that moved: an old config file is told where in one line; a saved config (a study's config.yaml,
+# results.json) is read with them moved (migrate_keys).
+MOVED_KEYS = {
+    "experiment.class_target": "synthesis.target.spec",
+    "experiment.target_route": "synthesis.target.route",
+    "experiment.max_draw_factor": "synthesis.target.max_draw_factor",
+}
+
+
+def migrate_keys(values: dict) -> tuple[dict, list[str]]:
+    """A saved config's values with MOVED_KEYS moved to their new place: a value other than the key's
+    default replaces the new key's, a default one is dropped (saved configs hold every key). Returns
+    (values, the old keys found)."""
+    out, found = copy.deepcopy(values), []
+    for old, new in MOVED_KEYS.items():
+        section, _, key = old.partition(".")
+        if key in (out.get(section) or {}):
+            value = out[section].pop(key)
+            found.append(old)
+            if value != _default(new):
+                out = merge(out, _dotted_to_nested({new: value}))
+    return out, found
+
+
+def _default(dotted: str) -> Any:
+    node: Any = Config()
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def from_dict(values: dict, source: str = "<dict>") -> Config:

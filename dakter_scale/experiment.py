@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from dakter_scale.cards import write_student_card
-from dakter_scale.config import Config, ConfigError, from_dict, save_config, to_dict
+from dakter_scale.config import Config, ConfigError, from_dict, migrate_keys, save_config, to_dict
 from dakter_scale.data.real import open_source, split_digests, split_fingerprint
 from dakter_scale.data.shardset import DatasetInfo, ShardSet
 from dakter_scale.data.storage import redact_url
@@ -123,15 +123,7 @@ class Experiment:
         info = ShardSet(url).info()
         if info is not None and info.complete and info.count == unit.n and info.target:
             return url
-        spec, route = unit.target
-        cfg = self.cfg.replace(
-            **{
-                "synthesis.n": unit.n,
-                "synthesis.target.spec": spec,
-                "synthesis.target.route": route,
-                "synthesis.target.max_draw_factor": self.e.max_draw_factor,
-            }
-        )
+        cfg = self.cfg.replace(**{"synthesis.n": unit.n})  # the target: synthesis.target, as for the job
         t = time.time()
         result = synthesize_targeted(
             self.model(unit.model),
@@ -626,9 +618,11 @@ def describe_plan(cfg: Config, out: str | Path) -> list[str]:
 
 
 def saved_config(values: dict, source: str) -> Config:
-    """A config saved by an earlier run (its config.yaml, its results.json's "config"); keys this
-    version no longer knows (a removed feature's) are dropped with a warning."""
+    """A config saved by an earlier run (its config.yaml, its results.json's "config"): keys that moved
+    are read at their new place (config.MOVED_KEYS); keys this version no longer knows (a removed
+    feature's) are dropped with a warning."""
     dropped: list[str] = []
+    values, _ = migrate_keys(values)
 
     def known(cls: type, values: dict, prefix: str) -> dict:
         hints, fields = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}

@@ -403,14 +403,14 @@ def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
     (here by the conditioned route); its students and the report carry it, and a rerun keeps it."""
     from dakter_scale.config import ConfigError
 
-    with pytest.raises(ConfigError, match="method dakter_target needs a class target"):
+    with pytest.raises(ConfigError, match="methods dakter_target need a class target"):
         load_config(None, TINY + ["experiment.methods=[dakter,dakter_target]"])
     overrides = [
         "experiment.methods=[none,dakter,dakter_target]",
         "experiment.seeds=[0]",
         "experiment.decode_study=[]",
-        "experiment.class_target=oil:3x,ship:3x",
-        "experiment.target_route=conditioned",
+        "synthesis.target.spec=oil:3x,ship:3x",
+        "synthesis.target.route=conditioned",
     ]
     cfg = load_config(None, TINY + overrides)
     plan = Plan(cfg, n_train=6)
@@ -523,7 +523,7 @@ def test_the_eight_arms_and_the_length_grid_in_the_plan():
     methods = "[none,copy_paste,hard,hard_matched,dakter,dakter_target,pasted_after,dakter_copy_paste]"
     extra = [
         f"experiment.methods={methods}",
-        "experiment.class_target=oil:3x,ship:3x",
+        "synthesis.target.spec=oil:3x,ship:3x",
         "experiment.kd_weights=[unet:0.5]",
         "experiment.copy_paste_share=0.6",
     ]
@@ -560,8 +560,29 @@ def test_the_eight_arms_and_the_length_grid_in_the_plan():
     assert all(dict(r.overrides)["student.max_steps"] == 5 for r in chosen.main_runs())
     from dakter_scale.config import ConfigError
 
-    with pytest.raises(ConfigError, match="experiment.class_target"):
+    with pytest.raises(ConfigError, match="synthesis.target.spec"):
         load_config(None, TINY + ["experiment.methods=[none,copy_paste]"])
+
+
+def test_the_class_target_is_one_key_for_the_job_and_the_study(tmp_path):
+    """synthesis.target is what jobs/synthesize.py and the study runner both read. An old config file
+    that sets experiment.class_target is told where it moved, in one line; a study saved with the old
+    keys (its config.yaml, its results.json) reads back with them moved, defaults dropped."""
+    from dakter_scale.config import ConfigError, to_dict
+    from dakter_scale.experiment import saved_config
+
+    cfg = load_config(None, TINY + ["experiment.methods=[dakter_target]", "synthesis.target.spec=ship:3x"])
+    assert Plan(cfg, 6).generated_sets()[-1].target == ("ship:3x", "selection")
+    with pytest.raises(ConfigError, match=r"^experiment.class_target is now synthesis.target.spec \(defaults"):
+        load_config(None, ["experiment.class_target=ship:3x"])
+    old = to_dict(load_config(None, TINY))
+    old["experiment"].update(class_target="oil:3x,ship:3x", target_route="pasted", max_draw_factor=20.0)
+    moved = saved_config(old, "old results.json")
+    assert (moved.synthesis.target.spec, moved.synthesis.target.route) == ("oil:3x,ship:3x", "pasted")
+    assert moved.synthesis.target.max_draw_factor == 20.0 and "class_target" in old["experiment"]  # not mutated
+    old["experiment"].update(class_target="", target_route="selection")
+    old["synthesis"]["target"]["spec"] = "ship:3x"  # a default in the old place does not overwrite the new one
+    assert saved_config(old, "old results.json").synthesis.target.spec == "ship:3x"
 
 
 def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
@@ -578,7 +599,7 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
             "experiment.methods=[none,copy_paste,dakter]",
             "experiment.seeds=[0]",
             "experiment.decode_study=[]",
-            "experiment.class_target=ship:3x",
+            "synthesis.target.spec=ship:3x",
         ],
     )
     records = tmp_path / "records"

@@ -17,7 +17,7 @@ from dakter_scale.study.plan import InstanceBank, Plan, method_name
 
 ARMS = [
     "experiment.methods=[none,copy_paste,instance_paste,pretrain_finetune]",
-    "experiment.class_target=oil:3x,ship:3x",
+    "synthesis.target.spec=oil:3x,ship:3x",
     "experiment.bank_sizes=[1000,10000]",
     "experiment.seeds=[0]",
     "experiment.decode_study=[]",
@@ -59,7 +59,7 @@ def test_the_new_arms_in_the_plan():
     assert {("instance_paste_1000", "copy_paste"), ("instance_paste_10000", "copy_paste")} <= pairs
     assert ("pretrain_finetune", "copy_paste") in pairs
     with pytest.raises(ConfigError, match="experiment.bank_sizes"):
-        load_config(None, TINY + ["experiment.methods=[instance_paste]", "experiment.class_target=ship:3x"])
+        load_config(None, TINY + ["experiment.methods=[instance_paste]", "synthesis.target.spec=ship:3x"])
     with pytest.raises(ConfigError, match="experiment.pretrain_share"):
         load_config(None, TINY + ARMS + ["experiment.pretrain_share=1.0"])
 

@@ -16,8 +16,8 @@ Methods (one model and one generated set per b, shared by every student):
   dakter        + generated pairs, soft labels with KD        (b = the configured b, "auto" by default)
   dakter_b1     + generated pairs from a model trained with b = 1 (the ablation), soft labels with KD
   dakter_target + as many pairs from the b_cfg model whose pooled class pixel shares meet
-                  experiment.class_target (generated/b_cfg_target, synth/targeted.py), soft labels with KD
-  copy_paste    real data only, with real instances of experiment.class_target's classes pasted onto
+                  synthesis.target (generated/b_cfg_target, synth/targeted.py), soft labels with KD
+  copy_paste    real data only, with real instances of synthesis.target.spec's classes pasted onto
                 experiment.copy_paste_share of the real samples (student/augment.py): the control
                 for pasted instances, no generated data
   pasted_after  dakter's pairs (untargeted) with the same instances pasted onto every generated pair
@@ -130,7 +130,7 @@ class GeneratedSet:
     model: str
     n: int
     sampling: tuple[tuple[str, Any], ...] = ()
-    target: tuple[str, str] | None = None  # (experiment.class_target, experiment.target_route)
+    target: tuple[str, str] | None = None  # (synthesis.target.spec, synthesis.target.route)
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ class Plan:
     def copy_paste(self, real: float, generated: float = 0.0) -> tuple[tuple[str, Any], ...]:
         """The student.* overrides of an arm with copy-paste onto those shares of real and generated samples."""
         return (
-            ("student.copy_paste", self.e.class_target),
+            ("student.copy_paste", self.cfg.synthesis.target.spec),
             ("student.copy_paste_real", real),
             ("student.copy_paste_generated", generated),
         )
@@ -320,7 +320,7 @@ class Plan:
         """One set per model the students read (b_cfg, and b_1 for dakter_b1), and the targeted set
         from b_cfg for dakter_target."""
         runs = self.main_runs() + self.sweep_runs() + self.selection_runs()
-        target = (self.e.class_target, self.e.target_route)
+        target = (self.cfg.synthesis.target.spec, self.cfg.synthesis.target.route)
         return [
             GeneratedSet(tag, "b_cfg", self.gen_size(), target=target)
             if tag == TARGETED
