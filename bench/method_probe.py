@@ -208,7 +208,7 @@ def followup_probe(
             weight=weight if ratio > 0 else None,
             overrides=tuple((f"student.{k}", val) for k, val in keys.items()),
         )
-        m = runner.student(run)
+        m = runner.units.student(run)
         rec = {
             "experiment": exp,
             "generated": generated,
@@ -220,7 +220,7 @@ def followup_probe(
             "seconds": time.time() - t,
         }
         if val_spec:
-            val = runner.score(run, re.sub(r"[^A-Za-z0-9]+", "_", val_spec).strip("_"), val_spec)
+            val = runner.units.score(run, re.sub(r"[^A-Za-z0-9]+", "_", val_spec).strip("_"), val_spec)
             rec.update(val_spec=val_spec, val_miou=val["miou"], val_iou=val["iou"])
         out.append(_emit(rec, "students.jsonl"))
     return out

@@ -638,7 +638,7 @@ def test_a_study_students_card_carries_its_test_score(tmp_path):
     cfg = load_config(None, TINY + ["experiment.methods=[none]", "experiment.seeds=[0]", "experiment.decode_study=[]"])
     exp = Experiment(cfg, tmp_path, progress=False)
     run = exp.plan.real_only("unet")
-    metrics = exp.student(run)
+    metrics = exp.units.student(run)
     card = ModelCard.load(tmp_path / "students" / run.name / "README.md")
     evaluation = card.data.to_dict()["dakter"]["evaluation"]
     assert evaluation["data"] == cfg.data.spec and abs(evaluation["miou"] - metrics["miou"]) < 1e-4

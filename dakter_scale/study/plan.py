@@ -398,3 +398,37 @@ def _setting(value: float | Sequence, ratio: float) -> tuple[float, float, int |
         return float(value), ratio, None
     steps = value[2] if len(value) > 2 and value[2] is not None else None
     return float(value[0]), float(value[1]), None if steps is None else int(steps)
+
+
+def chosen_settings(choice: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """{arch: (lambda, ratio, length)} from the validation grid's outcome (results.json's
+    kd_weight_choice; files from before the ratio grid have no chosen_ratio: the main ratio, recorded
+    as ratio; without a length grid the length is None)."""
+    return {
+        arch: (row["chosen"], row.get("chosen_ratio", row["ratio"]), row.get("chosen_steps"))
+        for arch, row in choice.items()
+    }
+
+
+def describe(unit: Model | GeneratedSet | Selection | StudentRun) -> str:
+    """One line naming a unit for the log and --plan."""
+    if isinstance(unit, Model):
+        return f"model {unit.tag}"
+    if isinstance(unit, GeneratedSet):
+        sampling = ", ".join(f"{k} {v}" for k, v in unit.sampling)
+        target = f", class target {unit.target[0]} by {unit.target[1]}" if unit.target else ""
+        return (
+            f"generated set {unit.name}: {unit.n} pairs from model {unit.model}"
+            + (f" ({sampling})" if sampling else "")
+            + target
+        )
+    if isinstance(unit, Selection):
+        return f"student {unit.run.name} (validation grid, scored on the validation split)"
+    if isinstance(unit, InstanceBank):
+        return f"instance bank {unit.name}: {unit.n} instances cut from pairs of model {unit.model}, judged by the real-only {unit.judge}"
+    weight = (
+        ""
+        if unit.generated is None or unit.method == "hard"
+        else (f", weight {unit.weight:g}" if unit.weight is not None else ", lambda to be chosen")
+    )
+    return f"student {unit.name}" + (f" on {unit.generated}" if unit.generated else "") + weight

@@ -1,0 +1,225 @@
+"""The study runner (jobs/experiment.py, jobs/demo.py): plan -> build the units -> results -> report.
+
+The plan (study/plan.py) lists the units a config asks for: models, generated sets, an instance bank,
+students. `Experiment.run` builds them in order (study/units.py), each skipped when its result exists,
+so a stopped run resumes where it stopped; with a validation grid (lambda, ratio, student length),
+the choice is made on the validation split first and the tables' students follow from it. The
+results (study/results.py) then fill results.json, and the report (study/report.py) writes
+results.md -- or report.md for the demo, which is this runner on configs/demo.yaml. `rescore` scores
+the finished students on another split; `write_report` rebuilds a report from its results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import typing
+from pathlib import Path
+
+import yaml
+
+from dakter_scale.config import Config, ConfigError, from_dict, migrate_keys, save_config
+from dakter_scale.data.real import open_source, split_digests, split_fingerprint
+from dakter_scale.data.storage import redact_url
+from dakter_scale.study import report as study_report
+from dakter_scale.study import results
+from dakter_scale.study.folder import StudyFolder
+from dakter_scale.study.plan import (
+    VALIDATION,
+    GeneratedSet,
+    InstanceBank,
+    Model,
+    Plan,
+    Selection,
+    StudentRun,
+    chosen_settings,
+    describe,
+)
+from dakter_scale.study.records import Records, model_digest, set_digest
+from dakter_scale.study.units import Units
+
+log = logging.getLogger("dakter_scale")
+PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
+
+
+class Experiment:
+    """A study folder: its plan, the units that fill it (`units`), its results and report."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        out: str | Path,
+        progress: bool = True,
+        preset: str = "experiment",
+        records: str | Path | None = None,
+    ):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        self.cfg, self.out, self.preset = cfg, Path(out), preset
+        self.folder = StudyFolder(out)  # the layout of OUT
+        self.records = Records(records, out) if records else None  # --records: scores kept beyond this folder
+        self.e = cfg.experiment
+        self.test_spec = self.e.test_spec or cfg.data.spec  # every table student is scored here, once
+        self.source = open_source(cfg.data.spec)
+        n_train = len(self.source.split_items("train"))
+        self.units = Units(cfg, self.folder, Plan(cfg, n_train), n_train, self.test_spec, progress)
+        self.choose()
+
+    @property
+    def plan(self) -> Plan:
+        return self.units.plan
+
+    def execute(self, units: list) -> None:
+        """Build every unit in order; a finished one returns at once."""
+        finished = {u for u in units if self.units.done(u)}
+        todo = [u for u in units if u not in finished]
+        log.info("experiment: %d units planned, %d finished earlier, %d to run", len(units), len(finished), len(todo))
+        for unit in units:
+            if unit not in finished:
+                log.info("experiment [%d/%d]: %s", todo.index(unit) + 1, len(todo), describe(unit))
+            self.units.build(unit)
+            self.keep(unit)
+            self.folder.write_timings(self.units.timings)
+
+    def keep(self, unit: Model | GeneratedSet | Selection | StudentRun) -> None:
+        """With --records: check a model's or set's identity against the kept one, keep a student's scores."""
+        if self.records is None:
+            return
+        if isinstance(unit, Model):
+            self.records.check("models", unit.tag, model_digest(self.folder.model(unit.tag)))
+        elif isinstance(unit, GeneratedSet):
+            self.records.check("generated", unit.name, set_digest(self.units.generated_url(unit.name)))
+        elif isinstance(unit, InstanceBank):
+            return  # its identity is its source's and its judge's, both checked
+        else:
+            self.records.keep_student((unit.run if isinstance(unit, Selection) else unit).name)
+
+    def choose(self) -> None:
+        """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
+        choice = results.kd_weight_choice(self.units) if self.plan.pending() else {}
+        if choice:
+            self.units.plan = Plan(self.cfg, self.units.n_train, chosen_settings(choice))
+
+    def splits(self) -> dict[str, dict]:
+        """The splits this study scores on, each with its spec, scene count and fingerprint
+        (data.real.split_fingerprint); refuses (ConfigError, one line) a validation split that shares a
+        scene with the test split, since whatever is chosen on it would then be chosen on test scenes."""
+        digests = {"test": split_digests(open_source(self.test_spec), "test")}
+        if self.e.validation_spec:
+            digests["validation"] = split_digests(open_source(self.e.validation_spec), "test")
+            shared = set(digests["validation"]) & set(digests["test"])
+            if shared:
+                raise ConfigError(
+                    f"experiment.validation_spec {self.e.validation_spec} shares {len(shared)} scene(s) with the test split of {self.test_spec}: "
+                    "choices must be made on other scenes (give another seed, or set experiment.test_spec)"
+                )
+        specs = {"test": self.test_spec, "validation": self.e.validation_spec}
+        return {
+            name: {"spec": redact_url(specs[name]), "scenes": len(d), "fingerprint": split_fingerprint(d)}
+            for name, d in digests.items()
+        }
+
+    def run(self) -> Path:
+        """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
+        splits = self.splits()  # a validation split that overlaps the test split stops here, before any work
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out)
+        if self.records is not None:
+            restored = self.records.restore()
+            if restored:
+                log.info(
+                    "experiment: restored %d finished students' scores from %s", len(restored), self.records.folder
+                )
+                self.choose()  # the validation grid may be complete already
+        self.execute(self.plan.units())
+        if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
+            self.choose()
+            log.info(
+                "experiment: chosen on the validation split: %s",
+                ", ".join(
+                    f"{a} lambda {w:g} ratio {r:g}" + (f" steps {n}" if n else "")
+                    for a, (w, r, n) in self.plan.chosen.items()
+                ),
+            )
+            self.execute(self.plan.units())
+        payload = results.collect(self.units, list(self.source.classes), self.out, self.preset)
+        payload["splits"] = splits
+        payload["split_of"] = {
+            "runs": "test",
+            "kd_weight_choice": "validation",
+            "quality": "generated pairs, scored by the real-only student",
+        }
+        self.folder.results().write_text(json.dumps(payload, indent=2) + "\n")
+        return write_report(self.out, payload)
+
+    def rescore(self, spec: str, tag: str, pattern: str = "*") -> Path:
+        """Score every finished student whose folder matches `pattern` on the test split of `spec`
+        (students/NAME/metrics_TAG.json), and write the tables over them: OUT/rescore_TAG.md and .json.
+
+        For a validation split (other scenes, to choose settings on) or a larger test split
+        (synthetic scenes are seeded per index: test=1000 holds test=200's scenes and 800 more)."""
+        if tag == VALIDATION and spec != self.e.validation_spec:
+            raise ConfigError(
+                f"--tag {VALIDATION} is the validation grid's split ({self.e.validation_spec or 'none set'}): give this split another tag"
+            )
+        if spec == self.test_spec:
+            raise ConfigError(
+                f"{spec} is this study's test split, which each student is scored on once (metrics.json): rescore on another split"
+            )
+        runs = {}
+        for d in sorted(self.folder.students().glob(pattern)):
+            if self.folder.metrics(d.name, None).is_file():
+                log.info("experiment: scoring %s on %s", d.name, spec)
+                runs[d.name] = self.units.score(d.name, tag, spec)
+        payload = {"spec": spec, "tag": tag, "runs": runs}
+        (self.out / f"rescore_{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        path = self.out / f"rescore_{tag}.md"
+        path.write_text(study_report.rescore_markdown(payload, self.plan, list(self.source.classes)))
+        return path
+
+
+def saved_config(values: dict, source: str) -> Config:
+    """A config saved by an earlier run (its config.yaml, its results.json's "config"): keys that moved
+    are read at their new place (config.MOVED_KEYS); keys this version no longer knows (a removed
+    feature's) are dropped with a warning."""
+    dropped: list[str] = []
+    values, _ = migrate_keys(values)
+
+    def known(cls: type, values: dict, prefix: str) -> dict:
+        hints, fields = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+        dropped.extend(prefix + k for k in values if k not in fields)
+        return {
+            k: known(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else v
+            for k, v in values.items()
+            if k in fields
+        }
+
+    values = known(Config, values, "")
+    if dropped:
+        log.warning("%s: ignoring keys this version does not know: %s", source, ", ".join(dropped))
+    return from_dict(values, source).validate()
+
+
+def read_config(out: str | Path) -> Config:
+    """OUT's own config (OUT/config.yaml, written by the run that made it)."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{out} has no config.yaml: not a study folder")
+    return saved_config(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def write_report(out: str | Path, payload: dict | None = None) -> Path:
+    """OUT/results.md and its figures (or the demo's OUT/report.md) from results.json's payload."""
+    out = Path(out)
+    payload = payload if payload is not None else json.loads((out / "results.json").read_text())
+    cfg = saved_config(payload["config"], str(out / "results.json"))
+    classes = payload.get("classes") or list(open_source(cfg.data.spec).classes)
+    plan = Plan(cfg, payload["n_train"], chosen_settings(payload.get("kd_weight_choice", {})))
+    if payload.get("preset") == "demo":
+        path, text = out / "report.md", study_report.demo_markdown(payload, plan, classes)
+    else:
+        study_report.write_figures(payload, plan, classes, out)
+        path, text = out / "results.md", study_report.experiment_markdown(payload, plan, classes)
+    path.write_text(text)
+    return path

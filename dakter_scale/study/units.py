@@ -1,0 +1,312 @@
+"""The units of a study, each built when it is asked for and kept: the diffusion models, the generated
+sets (plain, filtered, targeted), the instance bank, and the students with their scores.
+
+A unit whose result exists in the study folder (study/folder.py) returns it at once, so a stopped
+study resumes where it stopped; the runner (study/runner.py) asks for them in the plan's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+from dakter_scale.cards import write_student_card
+from dakter_scale.config import Config, ConfigError, to_dict
+from dakter_scale.data.shardset import ShardSet
+from dakter_scale.diffusion.train import train_diffusion
+from dakter_scale.student.evaluate import evaluate_student
+from dakter_scale.student.pretrain import pretrain_finetune
+from dakter_scale.student.train import train_student
+from dakter_scale.study.folder import StudyFolder
+from dakter_scale.study.plan import (
+    BANK_PAIRS,
+    DRAWN_SUFFIX,
+    VALIDATION,
+    GeneratedSet,
+    InstanceBank,
+    Model,
+    Plan,
+    Selection,
+    StudentRun,
+    grid_variant,
+)
+from dakter_scale.synth.bank import grow_bank
+from dakter_scale.synth.filter import filter_shards
+from dakter_scale.synth.run import synthesize
+from dakter_scale.synth.targeted import synthesize_targeted
+
+log = logging.getLogger("dakter_scale")
+THROUGHPUT = "throughput.json"  # a generated set's side file: the run's and the sampling loop's pairs per second
+
+
+class Units:
+    """The units of one study folder under one config and plan; `timings` collects how long each took."""
+
+    def __init__(self, cfg: Config, folder: StudyFolder, plan: Plan, n_train: int, test_spec: str, progress: bool):
+        self.cfg, self.folder, self.plan, self.n_train = cfg, folder, plan, n_train
+        self.e = cfg.experiment
+        self.test_spec = test_spec  # every table student is scored here, once
+        self.progress = progress
+        self.timings: dict[str, float] = folder.read_timings()
+
+    def build(self, unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> None:
+        """Build a unit of the plan (at once when it exists)."""
+        if isinstance(unit, Model):
+            self.model(unit.tag)
+        elif isinstance(unit, GeneratedSet) and unit.target:
+            self.targeted(unit)
+        elif isinstance(unit, GeneratedSet):
+            self.generated(unit.model, unit.n, unit.name, dict(unit.sampling))
+        elif isinstance(unit, Selection):
+            self.selection(unit.run)
+        elif isinstance(unit, InstanceBank):
+            self.bank(unit)
+        else:
+            self.student(unit)
+
+    def model(self, tag: str) -> Path:
+        """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1")."""
+        d = self.folder.model(tag)
+        if self.folder.model_done(tag):
+            return d
+        b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
+        log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
+        t = time.time()
+        train_diffusion(self.cfg.replace(**{"diffusion.b": b}), d, resume="latest", progress=self.progress)
+        self.timings[f"model_{tag}"] = time.time() - t
+        return d
+
+    def generated(self, tag: str, n: int, name: str | None = None, sampling: dict | None = None) -> str:
+        """The n generated pairs from model `tag` that the students use: with experiment.filter_keep,
+        the n best-aligned of ceil(n / filter_keep) drawn pairs (the draw is kept as NAME_all)."""
+        name = name or tag
+        if self.e.filter_keep <= 0:
+            return self.drawn(tag, n, name, sampling)
+        drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), self.drawn_name(name), sampling)
+        url = self.generated_url(name)
+        info = filter_shards(
+            drawn,
+            url,
+            self.real_only(self.e.filter_arch),
+            keep=n,
+            samples_per_shard=self.cfg.synthesis.samples_per_shard,
+        )
+        self.timings[f"filter_{name}"] = info.filter["seconds"]
+        return url
+
+    def targeted(self, unit: GeneratedSet) -> str:
+        """The n pairs of set `unit` that meet its class target (synth/targeted.py), from model
+        unit.model; a selection draw is kept as NAME_all. Not filtered for alignment."""
+        url = self.generated_url(unit.name)
+        info = ShardSet(url).info()
+        if info is not None and info.complete and info.count == unit.n and info.target:
+            return url
+        cfg = self.cfg.replace(**{"synthesis.n": unit.n})  # the target: synthesis.target, as for the job
+        t = time.time()
+        result = synthesize_targeted(
+            self.model(unit.model),
+            url,
+            cfg.synthesis,
+            cfg.sampling,
+            self.generated_url(unit.name + DRAWN_SUFFIX),
+            progress=self.progress,
+            use_ray=True,
+        )
+        if not result.ok:
+            raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
+        self.timings[f"generate_{unit.name}"] = time.time() - t
+        return url
+
+    def bank(self, unit: InstanceBank) -> str:
+        """The instance bank of `unit` (synth/bank.py grow_bank): pairs from model unit.model drawn into
+        generated/bank_pairs, by whole shards, until the instances they give (judged by the real-only
+        student of unit.judge) number unit.n; kept as generated/bank. Resumes like any set."""
+        url = self.generated_url(unit.name)
+        if self.done(unit):
+            return url
+        cfg = self.cfg.replace(**{"synthesis.n": self.plan.gen_size()})
+        t = time.time()
+        summary = grow_bank(
+            self.model(unit.model),
+            self.generated_url(BANK_PAIRS),
+            url,
+            self.real_only(unit.judge),
+            unit.n,
+            cfg.synthesis,
+            cfg.sampling,
+            first_pairs=self.plan.gen_size(),
+            progress=self.progress,
+        )
+        self.timings[f"bank_{unit.name}"] = time.time() - t
+        log.info("experiment: %s", summary.lines()[0])
+        return url
+
+    def drawn_name(self, name: str) -> str:
+        """Where the pairs behind generated set `name` were drawn: the set itself, or NAME_all with the filter."""
+        return name + DRAWN_SUFFIX if self.e.filter_keep > 0 else name
+
+    def generated_url(self, name: str) -> str:
+        return self.folder.generated(name)
+
+    def real_only(self, arch: str) -> Path:
+        """The real-only student of `arch` (first seed), trained here if missing: it scores label
+        alignment for the quality table and for the filter."""
+        return self.trained(self.plan.real_only(arch))
+
+    def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
+        """A complete set of n pairs drawn from model `tag` (resumes a partial set)."""
+        url = self.generated_url(name)
+        info = ShardSet(url).info()
+        if info is not None and info.complete and info.count == n:
+            return url
+        cfg = self.cfg.replace(**{"synthesis.n": n, **{f"sampling.{k}": v for k, v in (sampling or {}).items()}})
+        t = time.time()
+        summary = synthesize(self.model(tag), url, cfg.synthesis, cfg.sampling, progress=self.progress, use_ray=True)
+        if not summary.ok:
+            raise RuntimeError(f"synthesis of {name} failed: {summary.failed}")
+        self.timings[f"generate_{name}"] = time.time() - t
+        # The run's rate counts actor start-up; the sampling rate (pairs per second of one writer's
+        # sampling loop, from the shard markers) is what compares samplers on small sets.
+        sampling_seconds = sum(
+            d.marker.get("sample_seconds", 0.0) for d in ShardSet(url).done() if d.shard in summary.written
+        )
+        throughput = {
+            "pairs": summary.pairs_written,
+            "seconds": summary.seconds,
+            "pairs_per_second": summary.pairs_per_second,
+        }
+        if sampling_seconds > 0:
+            throughput.update(
+                sampling_seconds=sampling_seconds, sampling_pairs_per_second=summary.pairs_written / sampling_seconds
+            )
+        ShardSet(url).write_side(
+            THROUGHPUT, (json.dumps(throughput) + "\n").encode()
+        )  # beside the shards, at any fsspec URL
+        return url
+
+    def student(self, run: StudentRun) -> dict:
+        """run's student, trained (resuming) and scored on the test split: students/NAME/metrics.json."""
+        return self._student(run, None)
+
+    def selection(self, run: StudentRun) -> dict:
+        """A student of the validation grid (lambda, ratio), trained and scored on the validation split only."""
+        return self._student(run, VALIDATION)
+
+    def _student(self, run: StudentRun, tag: str | None) -> dict:
+        d = self.folder.student(run.name)
+        if self.folder.metrics(run.name, tag).is_file():
+            return self.score(run, tag)
+        assert run.weight is not None or run.generated is None or run.method == "hard", (
+            f"{run.name}: its weight lambda is not chosen yet"
+        )
+        t = time.time()
+        twin = self.grid_twin(run)
+        if twin is not None and not self.folder.student_trained(run.name):
+            log.info("experiment: %s is the validation grid's %s (the same training): copying it", run.name, twin.name)
+            shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
+        elif not self.folder.student_trained(run.name):
+            self.train(run, d)
+        metrics = self.score(run, tag)
+        self.timings[f"student_{run.name}"] = time.time() - t
+        return metrics
+
+    def train(self, run: StudentRun, d: Path) -> None:
+        """Train run's student into folder d (resuming a checkpoint there)."""
+        overrides = {
+            "student.arch": run.arch,
+            "student.seed": run.seed,
+            "student.ratio": run.ratio,
+            "student.labels": run.labels,
+            "student.max_generated": int(round(run.ratio * self.n_train)) if run.ratio > 0 else 0,
+        }
+        if run.weight is not None:
+            overrides["student.kd_weight" if run.labels == "soft" else "student.hard_weight"] = run.weight
+        overrides.update(dict(run.overrides))
+        budget = self.folder.budget(run.arch)
+        if self.cfg.student.max_minutes > 0 and budget.is_file():
+            overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
+        if "student.instance_bank" in overrides:  # the study's bank, by its name in the plan
+            overrides["student.instance_bank"] = self.generated_url(overrides["student.instance_bank"])
+        url = self.generated_url(run.generated) if run.ratio > 0 else None
+        if run.method == "pretrain_finetune":
+            pretrain_finetune(self.cfg.replace(**overrides), d, url, self.e.pretrain_share, progress=self.progress)
+        else:
+            train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
+        if self.cfg.student.max_minutes > 0 and not budget.is_file():
+            # With a time budget the first student of an architecture measures how many steps fit; every
+            # later method and seed of it trains that many, so that methods differ in their data only.
+            steps = self.folder.student_info(run.name)["steps"]
+            budget.write_text(
+                json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes})
+                + "\n"
+            )
+            log.info(
+                "experiment: every %s student trains %d steps (what %g min allowed %s)",
+                run.arch,
+                steps,
+                self.cfg.student.max_minutes,
+                run.name,
+            )
+
+    def trained(self, run: StudentRun) -> Path:
+        """run's finished student folder with its weights: a student whose scores were restored from
+        --records is trained again for them (to the same weights: training is deterministic)."""
+        self.student(run)
+        d = self.folder.student(run.name)
+        if not self.folder.student_weights(run.name):
+            log.info("experiment: %s was restored without weights: training it again for them", run.name)
+            self.train(run, d)
+        return d
+
+    def grid_twin(self, run: StudentRun) -> Path | None:
+        """The validation grid's student trained exactly as `run` (a DAKTer student at its chosen lambda
+        and a ratio of the grid), when it is finished."""
+        if run.method != "dakter" or run.variant or run.arch not in self.plan.selection_archs():
+            return None
+        name = dataclasses.replace(run, variant=grid_variant(run.weight, self.plan.steps(run.arch))).name
+        # a twin restored from --records has scores but no weights: the run then trains (to the same weights)
+        return (
+            self.folder.student(name)
+            if self.folder.metrics(name, VALIDATION).is_file() and self.folder.student_weights(name)
+            else None
+        )
+
+    def score(self, run: StudentRun | str, tag: str | None, spec: str | None = None) -> dict:
+        """A trained student's metrics on the test split of `spec`: metrics.json for data.spec (tag
+        None), metrics_validation.json for experiment.validation_spec, metrics_TAG.json for another
+        split; evaluated once and kept."""
+        name = run if isinstance(run, str) else run.name
+        spec = spec or (self.e.validation_spec if tag == VALIDATION else self.test_spec)
+        path = self.folder.metrics(name, tag)
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+            if metrics["data"] != spec:
+                raise ConfigError(f"{path} holds scores on {metrics['data']}, not {spec}: give this split another tag")
+            return metrics
+        metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
+        metrics["run"] = (
+            json.loads(self.folder.metrics(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
+        )
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        if tag is None and self.folder.student_trained(name):
+            write_student_card(self.folder.student(name), metrics)  # the card carries the study's test score
+        return metrics
+
+    def done(self, unit: Model | GeneratedSet | Selection | StudentRun) -> bool:
+        """Whether a unit finished in an earlier run (for the log; each unit checks for itself)."""
+        if isinstance(unit, Model):
+            return self.folder.model_done(unit.tag)
+        if isinstance(unit, GeneratedSet):
+            info = ShardSet(self.generated_url(unit.name)).info()
+            return info is not None and info.complete and info.count == unit.n
+        if isinstance(unit, Selection):
+            return self.folder.metrics(unit.run.name, VALIDATION).is_file()
+        if isinstance(unit, InstanceBank):
+            info = ShardSet(self.generated_url(unit.name)).info()
+            return info is not None and info.complete and (info.count or 0) >= unit.n
+        return self.folder.metrics(unit.name, None).is_file()
