@@ -10,6 +10,7 @@ all three, and in every log line of the job's process (``storage.redact_url``).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import math
@@ -127,6 +128,29 @@ def run(body: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         fail("interrupted", 130)
     sys.exit(code or 0)
+
+
+def script(main: Callable[[], None]) -> None:
+    """A job run as a script (``if __name__ == "__main__": script(main)``): main's exit status, after
+    the atexit handlers (Ray's shutdown among them) but without the interpreter's finalization. Native
+    thread pools torn down there (Arrow's, behind the Parquet manifests) can abort a job that finished
+    its work, with "terminate called without an active exception" and SIGABRT (apache/arrow#34314;
+    seen here once in a few hundred synthesis runs on a loaded machine). Tests call main() itself."""
+    try:
+        main()
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
 
 
 def progress_enabled() -> bool:

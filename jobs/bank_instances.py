@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run
+from dakter_scale.cli import config_from, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -66,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

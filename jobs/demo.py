@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run
+from dakter_scale.cli import config_from, parser, progress_enabled, run, script
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -41,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -84,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

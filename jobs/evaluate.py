@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from dakter_scale.cli import check_flag, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -57,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -25,7 +25,7 @@ Writes OUT/results.md, OUT/results.json and figures.
 
 from __future__ import annotations
 
-from dakter_scale.cli import config_from, fail, parser, progress_enabled, run
+from dakter_scale.cli import config_from, fail, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -82,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

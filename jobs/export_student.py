@@ -10,7 +10,7 @@ radiometric convention, the pixel spacing and the measured largest logit differe
 
 from __future__ import annotations
 
-from dakter_scale.cli import parser, run
+from dakter_scale.cli import parser, run, script
 
 
 def main() -> None:
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

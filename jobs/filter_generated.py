@@ -12,7 +12,7 @@ alignment.parquet with every source pair's score. Train students on the output a
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, parser, run
+from dakter_scale.cli import check_flag, parser, run, script
 
 
 def main() -> None:
@@ -66,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dakter_scale.cli import check_flag, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
 from dakter_scale.core.joint import resolve_b
 from dakter_scale.data.real import SPLITS, open_source, split_stats
 from dakter_scale.data.storage import redact_url
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from dakter_scale.cli import check_flag, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
 from dakter_scale.scene.predict import MAX_GRID_PIXELS, MAX_RESAMPLE_FACTOR, MAX_SCENE_PIXELS
 
 
@@ -227,4 +227,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

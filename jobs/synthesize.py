@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
 from dakter_scale.config import ROUTES
 
 
@@ -267,4 +267,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -12,7 +12,7 @@ The model folder (diffusers format, safetensors weights, dakter.json) is what jo
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -48,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

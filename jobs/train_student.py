@@ -22,7 +22,7 @@ to that tracker; --evaluate test evaluates the written student on the real data'
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
 
 
 def parse_ratio(text: str) -> float:
@@ -128,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -6,7 +6,7 @@ built-in data for trying jobs/predict.py (dakter_scale/scene/mosaic.py).
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -45,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

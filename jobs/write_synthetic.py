@@ -8,7 +8,7 @@ The result reads back with the osd:PATH / sos:PATH specs like the real datasets.
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, parser, progress_enabled, run
+from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)
