@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from dakter_scale.config import MOVED_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 # keys of a JSON file that record when, how long, or where something ran: dropped before hashing
 TIMING = re.compile(
@@ -221,7 +223,7 @@ def run(code: Path, work: Path) -> dict:
 
 def compare(before: dict, after: dict) -> tuple[list[str], list[str]]:
     """(differences, notes): a resolved config.yaml that only gained keys (a new setting at its
-    default) is a note, with the keys; any other difference, or a file only one run wrote, is a difference."""
+    default), its moved keys holding their values at their new place, is a note, with the keys; any other difference, or a file only one run wrote, is a difference."""
     a, b = before["files"], after["files"]
     diff = [f"only before: {k}" for k in sorted(set(a) - set(b))] + [
         f"only after: {k}" for k in sorted(set(b) - set(a))
@@ -231,6 +233,8 @@ def compare(before: dict, after: dict) -> tuple[list[str], list[str]]:
         if a[name] == b[name]:
             continue
         old, new = before.get("configs", {}).get(name), after.get("configs", {}).get(name)
+        if old is not None and new is not None:  # a key that moved (config.MOVED_KEYS) compares at its new place
+            old = {MOVED_KEYS.get(k, k): v for k, v in old.items() if k not in MOVED_KEYS or MOVED_KEYS[k] not in old}
         if old is not None and new is not None and all(new.get(k) == v for k, v in old.items()):
             notes.append(
                 f"{name}: only new keys, every earlier value the same: {', '.join(sorted(set(new) - set(old)))}"
