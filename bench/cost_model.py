@@ -2,6 +2,7 @@
 
     python bench/cost_model.py                        (reads bench/results/paper_scale_gpu.json)
     python bench/cost_model.py --json bench/results/cost_model.json
+    python bench/cost_model.py --sampler-gpu OUT/sampler_gpu.json   (measured sampler points beside the estimates)
 
 Only measured inputs (bench/bench_paper_scale.py wrote them): the seconds of one network evaluation of a
 batch of pairs in the sampling loop (bf16 autocast), its FLOPs, the bf16 matmul peak, and the seconds of
@@ -11,6 +12,13 @@ the GPU-hours per million pairs at each NFE, the NFE that fits a budget at the m
 fraction of the bf16 peak each NFE needs to fit it, and what one distillation optimiser step costs
 (one training step plus the teacher's two evaluations per pair of the batch, each from the measured
 parts; never measured as one step).
+
+Where bench/bench_sampler_gpu.py has written its record (--sampler-gpu, default
+bench/results/sampler_gpu.json when that file exists), each sampler it measured at the model's resolution
+(the distilled sampler at 1, 2, 4, 8 evaluations per pair, the undistilled one) is put beside the
+estimate: its fastest measured point (setting, batch), its seconds per evaluation per pair and
+hours per million pairs on that record's device, against NFE x the paper-scale step time above.
+The two records may come from different devices (the estimate's is the H200): both are named.
 """
 
 from __future__ import annotations
@@ -21,9 +29,49 @@ from pathlib import Path
 
 NFE = (1, 2, 4, 8, 10, 20, 50, 100)
 PAIRS = 1_000_000
+SAMPLER_GPU = "bench/results/sampler_gpu.json"  # bench/bench_sampler_gpu.py's record, once a GPU run has made it
 
 
-def cost_model(measured: dict, budget_gpu_hours: float = 8.0) -> dict:
+def measured_samplers(record: dict, resolution: int, estimate_per_evaluation: float, source: str = "") -> dict:
+    """Per sampler that bench_sampler_gpu.py measured at `resolution`: its fastest point (the setting and
+    batch with the most pairs/s), beside the estimate of NFE x `estimate_per_evaluation` (s per evaluation
+    per pair). Hours per million pairs are on the record's device (GPU-hours on a GPU)."""
+    rows = [r for r in record.get("runs", []) if "failed" not in r and r.get("resolution") == resolution]
+    out = []
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        best = max((r for r in rows if r["sampler"] == name), key=lambda r: r["pairs_per_second"])
+        nfe = best["evaluations_per_pair"]
+        estimate_hours = nfe * estimate_per_evaluation * PAIRS / 3600
+        hours = PAIRS / best["pairs_per_second"] / 3600
+        out.append(
+            {
+                "sampler": name,
+                "distilled": best["distilled"],
+                "evaluations_per_pair": nfe,
+                "setting": best["setting"],
+                "batch": best["batch"],
+                "seconds_per_evaluation_per_pair": best["seconds_per_evaluation_per_pair"],
+                "estimate_seconds_per_evaluation_per_pair": estimate_per_evaluation,
+                "measured_over_estimate": best["seconds_per_evaluation_per_pair"] / estimate_per_evaluation,
+                "hours_per_million_pairs": hours,
+                "estimate_gpu_hours_per_million_pairs": estimate_hours,
+                "fraction_of_bf16_peak": best.get("fraction_of_bf16_peak"),
+            }
+        )
+    out.sort(key=lambda r: (not r["distilled"], r["evaluations_per_pair"]))
+    return {
+        "source": source,
+        "device": record.get("device"),
+        "device_type": record.get("device_type"),
+        "complete": record.get("complete"),
+        "resolution": resolution,
+        "rows": out,
+    }
+
+
+def cost_model(
+    measured: dict, budget_gpu_hours: float = 8.0, sampler_gpu: dict | None = None, sampler_gpu_source: str = ""
+) -> dict:
     sampling, train = measured["sampling"], measured["train"]
     evaluation_per_pair = sampling["seconds_per_evaluation"] / sampling["batch"]  # s per pair per NFE
     flops_per_evaluation = sampling["flops_per_pair"] / _nfe(sampling["sampler"])  # per pair
@@ -42,7 +90,7 @@ def cost_model(measured: dict, budget_gpu_hours: float = 8.0) -> dict:
             }
         )
     teacher_seconds = 2 * evaluation_per_pair * train["batch"]  # two teacher evaluations per pair, no backward
-    return {
+    model = {
         "source": "bench/results/paper_scale_gpu.json",
         "device": measured["device"],
         "resolution": measured["resolution"],
@@ -59,6 +107,11 @@ def cost_model(measured: dict, budget_gpu_hours: float = 8.0) -> dict:
         "distillation_step_seconds_estimate": train["seconds_per_step"] + teacher_seconds,
         "distillation_gpu_hours_per_1000_steps": 1000 * (train["seconds_per_step"] + teacher_seconds) / 3600,
     }
+    if sampler_gpu is not None:
+        model["measured_samplers"] = measured_samplers(
+            sampler_gpu, measured["resolution"], evaluation_per_pair, sampler_gpu_source
+        )
+    return model
 
 
 def _nfe(sampler: str) -> int:
@@ -88,7 +141,33 @@ def markdown(model: dict) -> str:
         f"One distillation optimiser step at batch {m['train_batch']} (a training step plus the teacher's two evaluations per pair): "
         f"about {model['distillation_step_seconds_estimate']:.3f} s, {model['distillation_gpu_hours_per_1000_steps']:.3f} GPU-hours per 1,000 steps.",
     ]
+    if "measured_samplers" in model:
+        lines += ["", *measured_markdown(model["measured_samplers"], model["device"])]
     return "\n".join(lines)
+
+
+def measured_markdown(ms: dict, estimate_device: str) -> list[str]:
+    unit = "GPU-hours" if ms["device_type"] == "cuda" else "device-hours"
+    head = f"Measured samplers ({ms['source']}: {ms['device']}, {ms['resolution']} px"
+    head += "" if ms["complete"] else ", an incomplete run"
+    if not ms["rows"]:
+        return [head + f"): no point at {ms['resolution']} px in it."]
+    lines = [
+        head + f") beside the estimate from {estimate_device}'s step time; each sampler's fastest setting and batch:",
+        "",
+        f"| sampler | evaluations per pair | setting, batch | ms per evaluation per pair (measured / estimate) | {unit} per million pairs (measured) | GPU-hours per million pairs (estimate) | fraction of the bf16 peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ms["rows"]:
+        peak = r["fraction_of_bf16_peak"]
+        lines.append(
+            f"| {r['sampler']} | {r['evaluations_per_pair']} | {r['setting']}, {r['batch']} | "
+            f"{r['seconds_per_evaluation_per_pair'] * 1e3:.3f} / {r['estimate_seconds_per_evaluation_per_pair'] * 1e3:.3f} "
+            f"({r['measured_over_estimate']:.2f}x) | {r['hours_per_million_pairs']:.2f} | {r['estimate_gpu_hours_per_million_pairs']:.2f} | "
+            + ("–" if peak is None else f"{100 * peak:.1f} %")
+            + " |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -96,11 +175,24 @@ def main() -> None:
     p.add_argument("--measured", default="bench/results/paper_scale_gpu.json", help="bench_paper_scale.py's output")
     p.add_argument("--budget", type=float, default=8.0, help="GPU-hours per million pairs to fit (default 8)")
     p.add_argument("--json", help="also write the model to this file")
+    p.add_argument(
+        "--sampler-gpu",
+        help=f"bench/bench_sampler_gpu.py's record, its points put beside the estimates (default: {SAMPLER_GPU} if it exists)",
+    )
     args = p.parse_args()
-    model = cost_model(json.loads(Path(args.measured).read_text()), args.budget)
+    source = args.sampler_gpu or SAMPLER_GPU
+    if args.sampler_gpu and not Path(source).is_file():
+        raise SystemExit(f"--sampler-gpu: {source} does not exist")
+    sampler_gpu = json.loads(Path(source).read_text()) if Path(source).is_file() else None
+    model = cost_model(json.loads(Path(args.measured).read_text()), args.budget, sampler_gpu, source)
     if args.json:
         Path(args.json).write_text(json.dumps(model, indent=2) + "\n")
     print(markdown(model))
+    if sampler_gpu is None:
+        print(
+            f"\nNo measured sampler points: {source} does not exist (no GPU run of bench/bench_sampler_gpu.py yet; "
+            "`bash bench/gpu_run.sh bench/bench_sampler_gpu.py --out OUT/sampler_gpu.json`, then --sampler-gpu OUT/sampler_gpu.json)."
+        )
 
 
 if __name__ == "__main__":

@@ -173,6 +173,7 @@ class DiffusionConfig:
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc", "distilled")
 MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
 PRECISIONS = ("auto", "fp32", "bf16")  # sampling.precision (diffusion/sample.py)
+COMPILE_MODES = ("reduce-overhead",)  # sampling.compile's torch.compile modes beside true and false: CUDA graphs
 GEOMETRIES = ("none", "flip", "d4")  # student.augment (student/augment.py)
 
 
@@ -209,9 +210,9 @@ class SamplingConfig:
     # The network's arithmetic: auto = bf16 autocast on a CUDA device that has it, fp32 elsewhere (what every
     # set before this setting was written with); fp32; bf16 (autocast on any device). Part of a set's fingerprint.
     precision: str = "auto"
-    compile: bool = (
-        False  # torch.compile the network in each writer (faster on a GPU; changes the floats: fingerprinted)
-    )
+    # torch.compile the network in each writer: false | true (torch.compile's default mode) | reduce-overhead
+    # (its CUDA graphs mode: the step's kernels replayed as one graph). Changes the floats: fingerprinted.
+    compile: bool | str = False
 
     def validate(self) -> None:
         _check(self.sampler in SAMPLERS, "sampling.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -225,6 +226,11 @@ class SamplingConfig:
             self.precision in PRECISIONS,
             "sampling.precision",
             f"{self.precision!r} is not one of {', '.join(PRECISIONS)}",
+        )
+        _check(
+            isinstance(self.compile, bool) or self.compile in COMPILE_MODES,
+            "sampling.compile",
+            f"{self.compile!r} is not false, true or {', '.join(COMPILE_MODES)}",
         )
 
     def check_steps(self, num_train_timesteps: int) -> None:

@@ -9,10 +9,10 @@ import dataclasses
 import pytest
 import torch
 
-from dakter_scale.config import ConfigError, SamplingConfig, SynthesisConfig, to_dict
+from dakter_scale.config import ConfigError, SamplingConfig, SynthesisConfig, load_config, to_dict
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.diffusion.model import load_model_folder
-from dakter_scale.diffusion.sample import sample_pairs
+from dakter_scale.diffusion.sample import compile_network, sample_pairs
 from dakter_scale.synth.plan import fingerprint
 from dakter_scale.synth.run import synthesize
 
@@ -34,15 +34,29 @@ def test_defaults_keep_the_fingerprints_of_earlier_sets():
                 fp(dict(settings, precision="bf16")),
                 fp(dict(settings, precision="fp32")),
                 fp(dict(settings, compile=True)),
+                fp(dict(settings, compile="reduce-overhead")),
             }
         )
-        == 4
+        == 5
     )
 
 
 def test_precision_is_validated_in_one_line():
     with pytest.raises(ConfigError, match="sampling.precision"):
         SamplingConfig(precision="fp16").validate()
+
+
+def test_compile_takes_cuda_graphs_as_its_reduce_overhead_mode(tmp_path):
+    """sampling.compile: false, true (torch.compile's default mode) or reduce-overhead (CUDA graphs), read
+    from YAML and overrides as a bool or that string; anything else is one line naming the key."""
+    for raw, value in (("true", True), ("false", False), ("reduce-overhead", "reduce-overhead")):
+        cfg = load_config(None, [f"sampling.compile={raw}"])
+        assert cfg.sampling.compile == value and type(cfg.sampling.compile) is type(value)
+    with pytest.raises(ConfigError, match="sampling.compile") as e:
+        load_config(None, ["sampling.compile=max-autotune"])
+    assert len(str(e.value).splitlines()) == 1
+    unet = torch.nn.Identity()
+    assert compile_network(unet, False) is unet  # the default leaves the network as it is
 
 
 def test_precision_changes_the_arithmetic_on_the_cpu(model):

@@ -253,6 +253,16 @@ def sea_level(x0_hat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return image.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)  # one batched call: no per-pair device sync
 
 
+def compile_network(unet, setting: bool | str):
+    """The network as sampling.compile runs it: unchanged (false), torch.compile'd in its default mode
+    (true), or in its "reduce-overhead" mode (CUDA graphs on a CUDA device: after a warm-up call and a
+    recording call per input shape, each evaluation replays one graph; an output is valid until the
+    next evaluation, which sample_pairs reads it before). The compilation happens on the first call."""
+    if setting is False:
+        return unet
+    return torch.compile(unet) if setting is True else torch.compile(unet, mode=setting)
+
+
 def _autocast(device: torch.device, precision: str = "auto"):
     """The network's arithmetic for sampling.precision: bf16 autocast (bf16; auto on a CUDA device that
     has bf16), else none (fp32)."""

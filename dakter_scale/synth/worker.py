@@ -34,7 +34,7 @@ from dakter_scale.data.real import denormalise, normalise
 from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows
 from dakter_scale.diffusion.model import load_model_folder
-from dakter_scale.diffusion.sample import Samples, sample_pairs
+from dakter_scale.diffusion.sample import Samples, compile_network, sample_pairs
 from dakter_scale.dist.folder import pack_folder, unpack_folder
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
 from dakter_scale.synth.target import Condition, GivenPairs
@@ -173,8 +173,8 @@ class ShardWriter:
             self.model = load_model_folder(model, self.device)
         self.sampling = SamplingConfig(**sampling)
         self.sampling.validate()
-        if self.sampling.compile:  # compiled once per writer, on its first batch; the fingerprint records it
-            self.model.unet = torch.compile(self.model.unet)
+        # compiled once per writer, on its first batch (true, or reduce-overhead: CUDA graphs); the fingerprint records it
+        self.model.unet = compile_network(self.model.unet, self.sampling.compile)
         self.batch_size, self.seed, self.fingerprint, self.lease = batch_size, seed, fingerprint, lease
         self.out = ShardSet(out_url)
         # targeted synthesis: each pair drawn given its composed label map (conditioned) or pasted real instances (pasted)
