@@ -35,7 +35,6 @@ from dakter_scale.config import Config, save_config, to_dict
 from dakter_scale.core.distill import distill_timesteps, halvings, next_alpha_bar, progressive_target
 from dakter_scale.core.joint import one_hot, pack
 from dakter_scale.core.schedule import add_noise, eps_from_x0, joint_denoising_loss
-from dakter_scale.core.steps import EMA
 from dakter_scale.data.real import open_source, patch_dataset
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import (
@@ -48,7 +47,7 @@ from dakter_scale.diffusion.model import (
     save_model_folder,
 )
 from dakter_scale.diffusion.sample import grid_schedule, grid_step
-from dakter_scale.diffusion.train import patch_batches, resume_state
+from dakter_scale.diffusion.train import data_layout, patch_batches, prepare_training
 from dakter_scale.errors import UserError
 from dakter_scale.training import (
     LoopSpec,
@@ -167,16 +166,10 @@ def distill_round(
     if accelerator.is_main_process:
         save_config(cfg, out)
     student = copy.deepcopy(teacher.unet).requires_grad_(True).train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=0.0)
-    student, optimizer = accelerator.prepare(student, optimizer)
-    ema = EMA(accelerator.unwrap_model(student), d.ema_decay, d.ema_warmup)
-    layout = {
-        "ranks": world,
-        "batch_size": d.batch_size,
-        "gradient_accumulation_steps": d.gradient_accumulation_steps,
-        "seed": d.seed,
-    }
-    start, total = resume_state(accelerator, checkpoint, resume, out, student, optimizer, ema, layout)
+    layout = data_layout(d, world)
+    student, optimizer, ema, start, total = prepare_training(
+        accelerator, student, d, 0.0, layout, checkpoint, resume, out
+    )
 
     source = open_source(cfg.data.spec)
     if source.num_classes != teacher.num_classes:

@@ -69,11 +69,27 @@ def patch_batches(
     return iter(loader)
 
 
-def resume_state(
-    accelerator, checkpoint: Path | None, resume: str | None, out: Path, unet, optimizer, ema, layout: dict
+def data_layout(d, world: int) -> dict:
+    """What decides which samples a step reads (a resume with a different layout continues, but not
+    exactly): the ranks and d's batch_size, gradient_accumulation_steps and seed."""
+    return {
+        "ranks": world,
+        "batch_size": d.batch_size,
+        "gradient_accumulation_steps": d.gradient_accumulation_steps,
+        "seed": d.seed,
+    }
+
+
+def prepare_training(
+    accelerator, unet, d, weight_decay: float, layout: dict, checkpoint: Path | None, resume: str | None, out: Path
 ):
-    """(start step, recorded total or None): a checkpoint restored into unet, optimizer and ema, with a
-    warning when the data layout changed; (0, None) without one. Every rank must agree (a collective)."""
+    """The network to train, prepared with its AdamW optimiser and EMA, and where it starts:
+    (unet, optimizer, ema, start step, recorded total or None). `d` holds lr, ema_decay and ema_warmup
+    (DiffusionConfig, DistillConfig). A checkpoint is restored into all three, with a warning when the
+    data layout changed; (0, None) without one. Every rank must agree (a collective)."""
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=weight_decay)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
     start, total = 0, None
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
@@ -88,7 +104,7 @@ def resume_state(
     elif resume == "latest":
         log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
     check_resume_agrees(accelerator, start, out)
-    return start, total
+    return unet, optimizer, ema, start, total
 
 
 def train_diffusion(
@@ -137,18 +153,10 @@ def train_diffusion(
     scheduler = build_scheduler(d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.rescale_zero_terminal_snr)
     label_type = d.prediction_type if d.label_prediction_type == "same" else d.label_prediction_type
     alpha_bar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
-
-    # What decides which samples a step reads: a resume with a different layout continues, but not exactly.
-    layout = {
-        "ranks": world,
-        "batch_size": d.batch_size,
-        "gradient_accumulation_steps": d.gradient_accumulation_steps,
-        "seed": d.seed,
-    }
-    start, total = resume_state(accelerator, checkpoint, resume, out, unet, optimizer, ema, layout)
+    layout = data_layout(d, world)
+    unet, optimizer, ema, start, total = prepare_training(
+        accelerator, unet, d, d.weight_decay, layout, checkpoint, resume, out
+    )
 
     dataset = patch_dataset(source, cfg.data, "train", seed=d.seed)
     accumulation = d.gradient_accumulation_steps
