@@ -122,14 +122,7 @@ def main() -> None:
         from dakter_scale.synth.plan import PlanError, parse_count
 
         n = parse_count(args.n) if args.n is not None else None
-        actors = args.actors
-        if actors is not None and actors != "auto":
-            try:
-                actors = int(actors)
-            except ValueError:
-                raise PlanError(f"--actors must be a number or auto, got {args.actors!r}") from None
-            if actors < 0:
-                raise PlanError(f"--actors must be >= 0, got {actors}")
+        actors = parse_actors(args.actors)
         for flag, value in (
             ("--samples-per-shard", args.samples_per_shard),
             ("--batch-size", args.batch_size),
@@ -188,17 +181,7 @@ def main() -> None:
                     "training": target.named(target.training),
                     **estimate,
                 }
-                if args.json:
-                    emit(plan)
-                else:
-                    print(
-                        f"class target {target_cfg.spec} by {target_cfg.route}: "
-                        + ", ".join(
-                            f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items()
-                        )
-                    )
-                    for key, value in estimate.items():
-                        print(f"  {key}: {value}")
+                emit(plan) if args.json else print("\n".join(target_plan_lines(plan, estimate)))
                 return 0
         if args.only_key:
             from dakter_scale.synth.regenerate import regenerate_to
@@ -211,24 +194,7 @@ def main() -> None:
             return 0
         if args.dry_run:
             plan = synth.dry_run(args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite)
-            if args.json:
-                emit(plan)
-            else:
-                lines = [
-                    f"plan: {plan['pairs']} pairs in {plan['shards']} shards of {plan['samples_per_shard']} -> {plan['out']}",
-                    f"  to write: {plan['shards_to_write']} shards ({plan['pairs_to_write']} pairs); already done: {plan['shards_already_done']}; corrupt: {len(plan['shards_corrupt'])}",
-                    f"  {plan['resolution']} px, {len(plan['classes'])} classes, {plan['sampler']} x {plan['steps']} steps, batch {plan['batch_size']}, seed {plan['seed']}",
-                    f"  estimated size: {plan['typical_bytes'] / 1e9:.3f} GB typical ({plan['typical_bytes_per_pair'] / 1e3:.1f} kB per pair), "
-                    f"{plan['estimated_bytes'] / 1e9:.3f} GB at most ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)",
-                ]
-                if plan["conflict"]:
-                    action = (
-                        "a run would refuse it (pass --overwrite or a new prefix)"
-                        if plan["would_refuse"]
-                        else "--overwrite would delete it"
-                    )
-                    lines.append(f"  the output holds {plan['conflict']}: {action}")
-                print("\n".join(lines))
+            emit(plan) if args.json else print("\n".join(dry_run_lines(plan)))
             return 0
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
@@ -264,6 +230,48 @@ def main() -> None:
         return 0
 
     run(body)
+
+
+def parse_actors(text: str | None) -> int | str | None:
+    """--actors: a count >= 0 (0: no Ray), "auto", or None (the config's)."""
+    from dakter_scale.synth.plan import PlanError
+
+    if text is None or text == "auto":
+        return text
+    try:
+        actors = int(text)
+    except ValueError:
+        raise PlanError(f"--actors must be a number or auto, got {text!r}") from None
+    if actors < 0:
+        raise PlanError(f"--actors must be >= 0, got {actors}")
+    return actors
+
+
+def target_plan_lines(plan: dict, estimate: dict) -> list[str]:
+    """--dry-run of a targeted run: the shares asked for beside the training shares, and the estimate."""
+    shares = ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items())
+    return [f"class target {plan['class_target']} by {plan['route']}: {shares}"] + [
+        f"  {key}: {value}" for key, value in estimate.items()
+    ]
+
+
+def dry_run_lines(plan: dict) -> list[str]:
+    """--dry-run: what a run would write, its size, and what the output already holds."""
+    lines = [
+        f"plan: {plan['pairs']} pairs in {plan['shards']} shards of {plan['samples_per_shard']} -> {plan['out']}",
+        f"  to write: {plan['shards_to_write']} shards ({plan['pairs_to_write']} pairs); already done: {plan['shards_already_done']}; corrupt: {len(plan['shards_corrupt'])}",
+        f"  {plan['resolution']} px, {len(plan['classes'])} classes, {plan['sampler']} x {plan['steps']} steps, batch {plan['batch_size']}, seed {plan['seed']}",
+        f"  estimated size: {plan['typical_bytes'] / 1e9:.3f} GB typical ({plan['typical_bytes_per_pair'] / 1e3:.1f} kB per pair), "
+        f"{plan['estimated_bytes'] / 1e9:.3f} GB at most ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)",
+    ]
+    if plan["conflict"]:
+        action = (
+            "a run would refuse it (pass --overwrite or a new prefix)"
+            if plan["would_refuse"]
+            else "--overwrite would delete it"
+        )
+        lines.append(f"  the output holds {plan['conflict']}: {action}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -512,7 +512,9 @@ def cli(argv, capsys, monkeypatch):
     monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
     monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="job")[
+            "main"
+        ]()  # not __main__: cli.script exits the process
     return exit_.value.code, capsys.readouterr().err
 
 
@@ -525,7 +527,7 @@ def cli(argv, capsys, monkeypatch):
         (["--n", "8", "--samples-per-shard", "0"], "--samples-per-shard must be >= 1, got 0"),
         (["--n", "8", "--samples-per-shard", "-2"], "--samples-per-shard must be >= 1, got -2"),
         (["--n", "8", "--actors", "many"], "--actors must be a number or auto, got 'many'"),
-        (["--n", "8", "--sampler", "euler"], "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc"),
+        (["--n", "8", "--sampler", "euler"], "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc, distilled"),
         (
             ["--n", "8", "--sampler", "dpmsolver++", "--solver-order", "4"],
             "sampling.solver_order: must be 1, 2 or 3, got 4",

@@ -821,7 +821,9 @@ def cli(argv, capsys, monkeypatch, sampling_allowed=False):
         monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
     monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="job")[
+            "main"
+        ]()  # not __main__: cli.script exits the process
     return exit_.value.code, capsys.readouterr()
 
 
