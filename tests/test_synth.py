@@ -527,7 +527,10 @@ def cli(argv, capsys, monkeypatch):
         (["--n", "8", "--samples-per-shard", "0"], "--samples-per-shard must be >= 1, got 0"),
         (["--n", "8", "--samples-per-shard", "-2"], "--samples-per-shard must be >= 1, got -2"),
         (["--n", "8", "--actors", "many"], "--actors must be a number or auto, got 'many'"),
-        (["--n", "8", "--sampler", "euler"], "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc, distilled"),
+        (
+            ["--n", "8", "--sampler", "euler"],
+            "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc, distilled",
+        ),
         (
             ["--n", "8", "--sampler", "dpmsolver++", "--solver-order", "4"],
             "sampling.solver_order: must be 1, 2 or 3, got 4",
