@@ -656,46 +656,39 @@ def _safe_zip_scene(handle, shown: str, polarisation: str) -> Scene:
     return _safe_scene(_SafeFiles(zfs, top, shown, names), polarisation)
 
 
-def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
-    from rasterio.control import GroundControlPoint
-    from rasterio.crs import CRS
-
-    shown = files.shown
-    manifest = parse_xml(files.read("manifest.safe"), f"{shown}/manifest.safe")
+def _safe_member(files: _SafeFiles, polarisation: str, folder: str, ext: str | tuple[str, ...]) -> str:
+    """The one file of `polarisation` in a SAFE folder (measurement/, annotation/), or a SceneError
+    naming the polarisations the product holds, or the several files found."""
     token = f"-{polarisation.lower()}-"
+    hits = [
+        n
+        for n in files.names
+        if posixpath.dirname(n) == folder and token in posixpath.basename(n).lower() and n.lower().endswith(ext)
+    ]
+    if not hits:
+        have = sorted(
+            {
+                p.upper()
+                for n in files.names
+                if posixpath.dirname(n) == "measurement"
+                for p in POLARISATIONS
+                if f"-{p.lower()}-" in n.lower()
+            }
+        )
+        raise SceneError(
+            f"{files.shown}: no {polarisation} polarisation ({folder}/*{token}*{ext}); the product holds {', '.join(have) or 'none'} (--polarisation)"
+        )
+    if len(hits) > 1:
+        raise SceneError(
+            f"{files.shown}: several {polarisation} files in {folder} ({', '.join(sorted(hits)[:3])}); one GRD swath expected"
+        )
+    return hits[0]
 
-    def member(folder: str, ext: str) -> str:
-        hits = [
-            n
-            for n in files.names
-            if posixpath.dirname(n) == folder and token in posixpath.basename(n).lower() and n.lower().endswith(ext)
-        ]
-        if not hits:
-            have = sorted(
-                {
-                    p.upper()
-                    for n in files.names
-                    if posixpath.dirname(n) == "measurement"
-                    for p in POLARISATIONS
-                    if f"-{p.lower()}-" in n.lower()
-                }
-            )
-            raise SceneError(
-                f"{shown}: no {polarisation} polarisation ({folder}/*{token}*{ext}); the product holds {', '.join(have) or 'none'} (--polarisation)"
-            )
-        if len(hits) > 1:
-            raise SceneError(
-                f"{shown}: several {polarisation} files in {folder} ({', '.join(sorted(hits)[:3])}); one GRD swath expected"
-            )
-        return hits[0]
 
-    measurement = member("measurement", (".tiff", ".tif"))
-    annotation_name = member("annotation", ".xml")
-    annotation = parse_xml(files.read(annotation_name), f"{shown}/{annotation_name}")
-    src = f"{shown}/{annotation_name}"
-    product_type = _find(annotation, "adsHeader", "productType")
-    if product_type is not None and (product_type.text or "").strip() != "GRD":
-        raise SceneError(f"{src}: product type {(product_type.text or '').strip()}; only GRD products are read")
+def _grid_gcps(annotation, src: str) -> list:
+    """An annotation's geolocation grid as ground control points, checked (numbers, at least 3, not
+    degenerate, on the Earth), or a SceneError naming the point."""
+    from rasterio.control import GroundControlPoint
 
     points = [
         p
@@ -725,6 +718,24 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
         raise SceneError(
             f"{src}: geolocationGrid: point {bad} at longitude {gcps[bad].x}, latitude {gcps[bad].y} is off the Earth"
         )
+    return gcps
+
+
+def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
+    from rasterio.crs import CRS
+
+    shown = files.shown
+    manifest = parse_xml(files.read("manifest.safe"), f"{shown}/manifest.safe")
+    token = f"-{polarisation.lower()}-"
+    measurement = _safe_member(files, polarisation, "measurement", (".tiff", ".tif"))
+    annotation_name = _safe_member(files, polarisation, "annotation", ".xml")
+    annotation = parse_xml(files.read(annotation_name), f"{shown}/{annotation_name}")
+    src = f"{shown}/{annotation_name}"
+    product_type = _find(annotation, "adsHeader", "productType")
+    if product_type is not None and (product_type.text or "").strip() != "GRD":
+        raise SceneError(f"{src}: product type {(product_type.text or '').strip()}; only GRD products are read")
+
+    gcps = _grid_gcps(annotation, src)
     info = _find(annotation, "imageAnnotation", "imageInformation")
     spacing = None
     if info is not None:

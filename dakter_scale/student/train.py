@@ -92,6 +92,63 @@ def start_from(model: torch.nn.Module, folder: str, arch: str, encoder: str, cla
     load_model(model, str(Path(folder) / STUDENT_WEIGHTS))
 
 
+def generated_stream(
+    cfg: Config, synthetic: str | None, classes: list[str], rank: int, world: int
+) -> tuple[DatasetInfo | None, GeneratedStream | None]:
+    """(the generated set's header, this rank's stream of it) when student.ratio > 0, else (None, None):
+    its finished shards listed and checked to feed every reader, and its classes and size checked
+    against the real data's, before any work."""
+    s = cfg.student
+    if s.ratio <= 0:
+        return None, None
+    if not synthetic:
+        raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
+    info = check_generated(synthetic, classes, cfg.data.resolution, s.on_bad_shard)
+    gen = GeneratedStream(
+        synthetic,
+        rank,
+        world,
+        s.seed,
+        s.shuffle_buffer,
+        s.min_confidence,
+        s.on_bad_shard,
+        max_samples=s.max_generated,
+        shape=SampleShape(cfg.data.resolution, cfg.data.resolution, len(classes)),  # as the real data
+        verify=s.verify_shards,
+    )
+    gen.check_slots(s.num_workers)
+    return info, gen
+
+
+def resume_streams(
+    accelerator, checkpoint: Path | None, resume: str | None, out: Path, model, optimizer, layout: dict
+) -> tuple[int, int | None, dict[int, tuple[int, int]], set[str]]:
+    """(start step, recorded total or None, the generated readers' positions, the bad shards seen):
+    a checkpoint restored into model and optimizer; with a changed data layout (a warning) every
+    reader restarts at the earliest pass any reader was in, since slots no longer match. Every rank
+    must agree (a collective)."""
+    start, total, positions, bad_shards = 0, None, {}, set()
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, model, optimizer)
+        start, total = int(state["step"]), state.get("total_steps")
+        bad_shards = set(state.get("bad_shards", []))
+        positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
+        changed = layout_changes(state.get("layout", {}), layout)
+        if changed:
+            log.warning(
+                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
+                ", ".join(changed),
+            )
+            first_pass = min((p[0] for p in positions.values()), default=0)
+            slots = layout["ranks"] * max(1, layout["num_workers"])
+            positions = {slot: (first_pass, 0) for slot in range(slots)}
+        log.info("resumed from %s at step %d", checkpoint, start)
+    elif resume == "latest":
+        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
+    check_resume_agrees(accelerator, start, out)
+    return start, total, positions, bad_shards
+
+
 def train_student(
     cfg: Config,
     out: str | Path,
@@ -110,33 +167,9 @@ def train_student(
     setup_logging(accelerator.is_main_process)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     checkpoint = resolve_resume(out, resume)  # a bad --resume fails before any work
-    if s.ratio > 0 and not synthetic:
-        raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
     source = open_source(cfg.data.spec)
     k = source.num_classes
-    gen_info = (
-        check_generated(synthetic, source.classes, cfg.data.resolution, s.on_bad_shard)
-        if synthetic and s.ratio > 0
-        else None
-    )
-    gen = None
-    if s.ratio > 0:  # lists the finished shards and checks they can feed every reader, before any work
-        shape = SampleShape(
-            cfg.data.resolution, cfg.data.resolution, k
-        )  # every generated sample must match the real data
-        gen = GeneratedStream(
-            synthetic,
-            rank,
-            world,
-            s.seed,
-            s.shuffle_buffer,
-            s.min_confidence,
-            s.on_bad_shard,
-            max_samples=s.max_generated,
-            shape=shape,
-            verify=s.verify_shards,
-        )
-        gen.check_slots(s.num_workers)
+    gen_info, gen = generated_stream(cfg, synthetic, source.classes, rank, world)
     augment = build_augment(cfg, source)  # a copy-paste target no donor can meet stops here, before any work
     if augment is not None and augment.copy_paste is not None:
         cp = augment.copy_paste
@@ -178,25 +211,7 @@ def train_student(
         "shuffle_buffer": s.shuffle_buffer,
         "min_confidence": s.min_confidence,
     }
-    start, total, positions, bad_shards = 0, None, {}, set()
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, model, optimizer)
-        start, total = int(state["step"]), state.get("total_steps")
-        bad_shards = set(state.get("bad_shards", []))
-        positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
-        changed = layout_changes(state.get("layout", {}), layout)
-        if changed:
-            log.warning(
-                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
-                ", ".join(changed),
-            )
-            # Slots no longer match: every reader restarts at the earliest pass any reader was in.
-            first_pass = min((p[0] for p in positions.values()), default=0)
-            positions = {slot: (first_pass, 0) for slot in range(world * max(1, s.num_workers))}
-        log.info("resumed from %s at step %d", checkpoint, start)
-    elif resume == "latest":
-        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
-    check_resume_agrees(accelerator, start, out)
+    start, total, positions, bad_shards = resume_streams(accelerator, checkpoint, resume, out, model, optimizer, layout)
 
     real_used, gen_used = consumed(start, s.batch_size, s.ratio)
     real_iter = gen_iter = None
