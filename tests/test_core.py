@@ -183,6 +183,7 @@ def test_mixed_loss_soft_vs_hard():
     logits = torch.randn(4, 3, 2, 2, generator=gen)
     mask = torch.randint(0, 3, (4, 2, 2), generator=gen)
     q = torch.softmax(torch.randn(4, 3, 2, 2, generator=gen), dim=1)
+    q[:2] = joint.one_hot(mask[:2], 3)  # real samples carry their mask as one-hot labels (data/stream.collate)
     is_gen = torch.tensor([False, False, True, True])
     soft, parts = kd.mixed_loss(logits, mask, q, is_gen, labels="soft")
     hard, hparts = kd.mixed_loss(logits, mask, q, is_gen, labels="hard")
@@ -210,6 +211,28 @@ def test_mixed_loss_soft_vs_hard():
 
 
 # -- metrics --------------------------------------------------------------------------------------
+
+
+def test_a_real_sample_with_pasted_soft_labels_takes_the_soft_ce():
+    """A real sample whose labels are one-hot takes the CE on its mask; one with soft labels somewhere
+    (generated instances pasted in, student/augment.py) takes ce_weight * KL(q || softmax(logits)),
+    which has the CE's gradient where q is one-hot."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+    mask = torch.randint(0, 3, (2, 4, 4), generator=gen)
+    q = joint.one_hot(mask, 3)
+    q[1, :, 0, 0] = torch.tensor([0.2, 0.5, 0.3])  # one pixel of soft label on the second sample
+    loss, parts = kd.mixed_loss(logits, mask, q, torch.tensor([False, False]), labels="soft", ce_weight=2.0)
+    expected = torch.stack(
+        [kd.ce_loss_per_sample(logits[:1], mask[:1])[0], kd.kd_loss_per_sample(logits[1:], q[1:])[0]]
+    )
+    assert float(loss) == pytest.approx(float(2.0 * expected.mean()), rel=1e-6)
+    assert set(parts) == {"ce_real", "soft_real"}
+    # where q is one-hot the soft CE's gradient is the CE's
+    hard_q = joint.one_hot(mask, 3)
+    g_kl = torch.autograd.grad(kd.kd_loss_per_sample(logits, hard_q).sum(), logits)[0]
+    g_ce = torch.autograd.grad(kd.ce_loss_per_sample(logits, mask).sum(), logits)[0]
+    assert torch.allclose(g_kl, g_ce, atol=1e-6)
 
 
 def test_confusion_matrix_counts_and_ignore():
