@@ -285,6 +285,10 @@ def test_refusals_are_one_line_naming_the_flag(teacher, student, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     plan = json.loads(r.stdout)
     assert (plan["sampler"], plan["steps"]) == ("distilled", 2)
+
+
+@pytest.mark.slow  # four more job start-ups; the synthesis refusals above run by default
+def test_the_distill_job_refuses_bad_flags_in_one_line(teacher, tmp_path):
     distill_job = job("distill.py") + ["--model", str(teacher), "--out", str(tmp_path / "d")]
     assert "--steps 3" in _one_line_error(_run(distill_job + ["--steps", "3", "--teacher-steps", "8"]))
     assert "--teacher-steps must be >= 2" in _one_line_error(_run(distill_job + ["--teacher-steps", "0"]))
@@ -301,6 +305,7 @@ def test_help_explains_the_job():
         assert words in r.stdout
 
 
+@pytest.mark.slow  # as the diffusion trainer's resume and two-rank tests: the default suite's time limit
 def test_two_rounds_resume_exactly_after_a_kill_and_skip_finished_rounds(teacher, tmp_path):
     """8 -> 4 -> 2 steps, 6 optimiser steps per round, a checkpoint every 2: killed after step 5 of the
     first round, resumed with --resume latest, the run ends with the uninterrupted run's weights in both
@@ -339,6 +344,7 @@ def test_two_rounds_resume_exactly_after_a_kill_and_skip_finished_rounds(teacher
     assert [(r["from_steps"], r["to_steps"]) for r in info["rounds"]] == [(8, 4), (4, 2)]
 
 
+@pytest.mark.slow  # as the diffusion trainer's resume and two-rank tests: the default suite's time limit
 def test_two_processes_distil_with_identical_ranks(teacher, tmp_path):
     out = tmp_path / "two"
     r = _run(

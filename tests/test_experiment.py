@@ -181,8 +181,8 @@ def test_sweep_table_has_same_seed_differences():
 
 
 @pytest.mark.parametrize(
-    "layout", ["osd", pytest.param("sos", marks=pytest.mark.slow)]
-)  # the readers test both layouts
+    "layout", [pytest.param("osd", marks=pytest.mark.slow), pytest.param("sos", marks=pytest.mark.slow)]
+)  # the readers test both layouts; the demo and test_tiny_experiment run the command by default
 def test_experiment_command_on_a_folder_layout(tmp_path, layout):
     """The experiment command takes an OSD or SOS folder (JPEG scenes, PNG masks on disk) with no
     code change: the classes, the per-class table and b come from the folder."""
