@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -868,8 +869,8 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-# Keys that moved: an old config file is told where in one line; a saved config (a study's config.yaml,
-# results.json) is read with them moved (migrate_keys).
+# Keys that moved: a config that still holds one (a config file, a model folder's or study's saved
+# config.yaml, results.json) is read with it moved (migrate_keys) and a warning naming the new key.
 MOVED_KEYS = {
     "experiment.class_target": "synthesis.target.spec",
     "experiment.target_route": "synthesis.target.route",
@@ -961,6 +962,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if overrides:
         values = merge(values, parse_overrides(overrides))
         source += " + overrides"
+    values, moved = migrate_keys(values)
+    for key in moved:  # e.g. a model folder's config.yaml saved before the key moved
+        logging.getLogger("dakter_scale").warning("%s: %s is now %s; read there", source, key, MOVED_KEYS[key])
     return from_dict(values, source).validate()
 
 

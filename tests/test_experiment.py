@@ -564,17 +564,26 @@ def test_the_eight_arms_and_the_length_grid_in_the_plan():
         load_config(None, TINY + ["experiment.methods=[none,copy_paste]"])
 
 
-def test_the_class_target_is_one_key_for_the_job_and_the_study(tmp_path):
-    """synthesis.target is what jobs/synthesize.py and the study runner both read. An old config file
-    that sets experiment.class_target is told where it moved, in one line; a study saved with the old
-    keys (its config.yaml, its results.json) reads back with them moved, defaults dropped."""
-    from dakter_scale.config import ConfigError, to_dict
+def test_the_class_target_is_one_key_for_the_job_and_the_study(tmp_path, caplog):
+    """synthesis.target is what jobs/synthesize.py and the study runner both read. A config that still
+    sets experiment.class_target (an old file, a model folder's saved config.yaml) is read with it moved
+    and a warning naming the new key; a study saved with the old keys (its config.yaml, its
+    results.json) reads back with them moved, defaults dropped."""
+    import logging
+
+    from dakter_scale.config import ConfigError, from_dict, to_dict
     from dakter_scale.experiment import saved_config
 
     cfg = load_config(None, TINY + ["experiment.methods=[dakter_target]", "synthesis.target.spec=ship:3x"])
     assert Plan(cfg, 6).generated_sets()[-1].target == ("ship:3x", "selection")
-    with pytest.raises(ConfigError, match=r"^experiment.class_target is now synthesis.target.spec \(defaults"):
-        load_config(None, ["experiment.class_target=ship:3x"])
+    with caplog.at_level(logging.WARNING, logger="dakter_scale"):
+        moved = load_config(None, ["experiment.class_target=ship:3x", "experiment.target_route=selection"])
+    assert (
+        moved.synthesis.target.spec == "ship:3x"
+        and "experiment.class_target is now synthesis.target.spec" in caplog.text
+    )
+    with pytest.raises(ConfigError, match=r"^experiment.class_target is now synthesis.target.spec"):
+        from_dict({"experiment": {"class_target": "ship:3x"}})  # unmigrated: one line naming the new key
     old = to_dict(load_config(None, TINY))
     old["experiment"].update(class_target="oil:3x,ship:3x", target_route="pasted", max_draw_factor=20.0)
     moved = saved_config(old, "old results.json")
