@@ -4,6 +4,7 @@
     python jobs/experiment.py --config configs/experiment_demo.yaml --data osd:/data/osd --out runs/exp_osd
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp experiment.seeds=[0,1,2,3,4]
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --plan     (the units, done or to run)
+    python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --partial  (OUT/partial.md: the tables so far)
 
     # the finished students of runs/exp scored on another split: runs/exp/rescore_val7.md (and .json)
     python jobs/experiment.py --out runs/exp --rescore 'synthetic:40?size=32&test=200&seed=7' --tag val7
@@ -39,6 +40,11 @@ def main() -> None:
     )
     p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
     p.add_argument(
+        "--partial",
+        action="store_true",
+        help="write OUT/partial.md, the tables over the students finished so far (with --records, from the kept scores), training nothing, and exit",
+    )
+    p.add_argument(
         "--rescore",
         metavar="SPEC",
         help="score the finished students of OUT on the test split of SPEC (OUT's own config)",
@@ -73,6 +79,10 @@ def main() -> None:
         cfg = config_from(args, {"data.spec": args.data})
         if args.plan:
             print("\n".join(describe_plan(cfg, args.out)))
+            return 0
+        if args.partial:
+            exp = Experiment(cfg, args.out, progress=False, records=args.records)
+            print(f"partial tables written to {exp.partial()}")
             return 0
         path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records)
         print(f"results written to {path}")

@@ -651,3 +651,24 @@ def test_a_study_students_card_carries_its_test_score(tmp_path):
     card = ModelCard.load(tmp_path / "students" / run.name / "README.md")
     evaluation = card.data.to_dict()["dakter"]["evaluation"]
     assert evaluation["data"] == cfg.data.spec and abs(evaluation["miou"] - metrics["miou"]) < 1e-4
+
+
+def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
+    """--partial writes OUT/partial.md over the scored students alone and trains nothing: constructed
+    scores for two of three seeds of one arm give that arm's cells and a verdict over two seeds."""
+    cfg = load_config(
+        None,
+        TINY + ["experiment.methods=[none,dakter]", "experiment.seeds=[0,1,2]", "experiment.kd_weights=[unet:1.0]"],
+    )
+    exp = Experiment(cfg, tmp_path, progress=False)
+    scores = {("none", 0): 0.50, ("none", 1): 0.52, ("none", 2): 0.51, ("dakter", 0): 0.60, ("dakter", 1): 0.61}
+    for (method, seed), miou in scores.items():
+        run = exp.plan.run(method, "unet", exp.plan.ratio("unet"), seed)
+        path = exp.folder.metrics(run.name, None)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"miou": miou, "mean_f1": miou, "iou": [miou] * 5, "data": cfg.data.spec}))
+    text = exp.partial().read_text()
+    assert "5 of 6 table students" in text and "The table's students wait" not in text
+    verdict = next(line for line in text.splitlines() if line.startswith("| dakter − none"))
+    assert "+9.50" in verdict and "2/2" in verdict and verdict.endswith("| ahead |")  # seeds 0 and 1: (10 + 9) / 2
+    assert not list((tmp_path / "models").glob("*")) and not (tmp_path / "generated").exists()

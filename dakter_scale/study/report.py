@@ -432,6 +432,31 @@ def rescore_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
     return "\n".join(line for section in sections for line in section)
 
 
+def partial_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
+    """A study's tables while it runs (jobs/experiment.py --partial): the validation grid's scores so far,
+    then the main table, verdicts and per-class IoU over the table students scored on the test split
+    (p: {"grid": {name: validation mIoU}, "grid_planned", "runs": {name: metrics}, "planned", "chosen"})."""
+    r = Results(p["runs"], plan)
+    lines = [
+        "# DAKTer study, partial results",
+        "",
+        f"Written while the study runs, from the students finished so far: {len(p['grid'])} of "
+        f"{p['grid_planned']} validation-grid students, {len(p['runs'])} of {p['planned']} table students. "
+        "A verdict needs two seeds of both arms; its interval narrows as seeds finish.",
+        "",
+    ]
+    if p["grid_planned"]:
+        lines += ["## Validation grid (validation mIoU, %)", "", "| student | mIoU |", "|---|---|"]
+        lines += [f"| {name} | {pct(miou)} |" for name, miou in sorted(p["grid"].items())] + [""]
+    if p["chosen"] is None:
+        lines.append("The table's students wait for the validation grid's choice.")
+        return "\n".join(lines) + "\n"
+    lines.append("Chosen on the validation split: " + ", ".join(f"{a} {c}" for a, c in p["chosen"].items()) + ".")
+    lines.append("")
+    sections = [main_table(r), [""], verdict_table(r), per_class_table(r, classes, figure=False)]
+    return "\n".join(lines + [line for section in sections for line in section]) + "\n"
+
+
 # -- the demo's report.md ----------------------------------------------------------------------
 
 

@@ -153,6 +153,35 @@ class Experiment:
         self.folder.results().write_text(json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
 
+    def partial(self) -> Path:
+        """OUT/partial.md: the study's tables over the students finished so far, training nothing (with
+        --records, the kept scores are restored first, so a fresh machine can write it from them)."""
+        if self.records is not None:
+            self.records.restore()
+            self.choose()
+        grid = self.plan.selection_runs()
+        table = self.plan.main_runs() + self.plan.sweep_runs()
+        scored = [r for r in table if self.folder.metrics(r.name, None).is_file()]
+        payload = {
+            "grid": {
+                r.name: json.loads(self.folder.metrics(r.name, VALIDATION).read_text())["miou"]
+                for r in grid
+                if self.folder.metrics(r.name, VALIDATION).is_file()
+            },
+            "grid_planned": len(grid),
+            "runs": {r.name: json.loads(self.folder.metrics(r.name, None).read_text()) for r in scored},
+            "planned": len(table) if not self.plan.pending() else 0,
+            "chosen": None
+            if self.plan.pending()
+            else {
+                a: f"lambda {w:g}, ratio {r:g}" + (f", {n} steps" if n else "")
+                for a, (w, r, n) in self.plan.chosen.items()
+            },
+        }
+        path = self.out / "partial.md"
+        path.write_text(study_report.partial_markdown(payload, self.plan, list(self.source.classes)))
+        return path
+
     def rescore(self, spec: str, tag: str, pattern: str = "*") -> Path:
         """Score every finished student whose folder matches `pattern` on the test split of `spec`
         (students/NAME/metrics_TAG.json), and write the tables over them: OUT/rescore_TAG.md and .json.
