@@ -516,7 +516,7 @@ class ExperimentConfig:
         "hard",
         "dakter",
         "dakter_b1",
-    )  # none | hard | hard_matched | dakter | dakter_b1
+    )  # the arms of study/plan.py's docstring (none | hard | hard_matched | dakter | dakter_b1 | ...)
     # Per-student KD weight lambda, e.g. [unet:1.0]; a student not listed uses the lambda chosen on
     # kd_weight_grid, else student.kd_weight. hard_matched (the control) gives hard labels the same
     # weight on generated data.
@@ -588,6 +588,7 @@ class ExperimentConfig:
             "dakter_copy_paste",
             "instance_paste",
             "pretrain_finetune",
+            "dakter_distilled",
         )
         for key in ("archs", "sweep_archs", "study_arch", "filter_arch"):
             value = getattr(self, key)

@@ -150,3 +150,37 @@ def test_init_from_another_architecture_is_one_clear_error(generated, tmp_path):
             tmp_path / "b",
             progress=False,
         )
+
+
+def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
+    """dakter_distilled (issue 31): b_cfg's sampler distilled by the distill section into
+    models/b_cfg_distilled, its pairs drawn with that sampler, its students paired against dakter's."""
+    from test_experiment import Experiment
+
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.methods=[dakter,dakter_distilled]",
+            "experiment.decode_study=[]",
+            "distill.steps=1",
+            "distill.max_steps=2",
+            "distill.batch_size=2",
+        ],
+    )
+    plan = Plan(cfg, n_train=6)
+    sets = {s.name: s for s in plan.generated_sets()}
+    assert plan.models() == ["b_cfg", "b_cfg_distilled"]
+    assert dict(sets["b_cfg_distilled"].sampling) == {"sampler": "distilled", "steps": 1}
+    assert {r.generated for r in plan.main_runs() if r.method == "dakter_distilled"} == {"b_cfg_distilled"}
+    run = Experiment(cfg, tmp_path, progress=False).run()
+    info = json.loads((tmp_path / "models" / "b_cfg_distilled" / "dakter.json").read_text())
+    assert info["distilled"]["evaluations_per_pair"] == 1 and info["sampling"]["sampler"] == "distilled"
+    drawn = json.loads((tmp_path / "generated" / "b_cfg_distilled" / "dataset.json").read_text())
+    assert drawn["count"] == 6 and drawn["sampling"]["sampler"] == "distilled" and drawn["sampling"]["steps"] == 1
+    student = json.loads((tmp_path / "students" / "dakter_distilled-unet-r1-s0" / "student.json").read_text())
+    assert student["synthetic"].endswith("b_cfg_distilled")
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["steps"]["distillation_rounds"] == {"b_cfg_distilled": [2]}
+    assert set(payload["quality"]) == {"b_cfg", "b_cfg_distilled"}
+    assert "| dakter_distilled − dakter (the distilled sampler against sampling.*) | unet |" in run.read_text()

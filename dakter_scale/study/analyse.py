@@ -81,6 +81,7 @@ COMPARISONS = (
     ("dakter_copy_paste", "copy_paste", "generated pairs on top of copy-paste"),
     ("pretrain_finetune", "copy_paste", "pretraining on generated pairs before copy-paste"),
     ("dakter_copy_paste", "dakter", "copy-paste on top of generated pairs"),
+    ("dakter_distilled", "dakter", "the distilled sampler against sampling.*"),
 )
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (1-30); the normal's beyond.

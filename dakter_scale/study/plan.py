@@ -3,7 +3,8 @@
 A unit is kept in its own folder under the study folder and skipped when finished, so a rerun
 resumes (dakter_scale/experiment.py runs them):
 
-  models/TAG          a joint DDPM: b_cfg (b = diffusion.b) or b_1 (b = 1, the ablation)
+  models/TAG          a joint DDPM: b_cfg (b = diffusion.b) or b_1 (b = 1, the ablation), or b_cfg's
+                      sampler distilled to distill.steps steps (b_cfg_distilled, jobs/distill.py's rounds)
   generated/NAME      a generated shard set drawn from one model (NAME_all: the draw behind the filter)
   students/NAME       a student, trained and scored (metrics.json: the test split of data.spec;
                       metrics_TAG.json: another split, e.g. the validation split that chooses lambda)
@@ -27,6 +28,9 @@ Methods (one model and one generated set per b, shared by every student):
                 instances cut from generated pairs, judged by the real-only filter_arch student, pasted
                 with their soft labels; one arm per experiment.bank_sizes entry, named instance_paste_N
                 (the bank's first N instances)
+  dakter_distilled  dakter, its pairs drawn with b_cfg's sampler distilled to distill.steps network
+                evaluations a pair (models/b_cfg_distilled, generated/b_cfg_distilled, the distill section's
+                settings): what the few-evaluation sampler costs the students against sampling.*
   pretrain_finetune  a student pretrained on dakter's generated pairs alone (KD) for
                 experiment.pretrain_share of the steps, then trained on the real samples with copy_paste's
                 copy-paste for the rest (student/pretrain.py): the same total steps as every other arm
@@ -50,6 +54,7 @@ TARGETED = "b_cfg_target"  # generated/b_cfg_target: dakter_target's pairs (its 
 BANK = "bank"  # generated/bank: instance_paste's instance bank, cut from the pairs of generated/bank_pairs
 BANK_PAIRS = "bank_pairs"
 INSTANCE_PASTE = "instance_paste"  # an arm per bank size N: instance_paste_N
+DISTILLED = "b_cfg_distilled"  # models/ and generated/b_cfg_distilled: dakter_distilled's model and pairs
 # generated/NAME_all (DRAWN_SUFFIX): the pairs drawn before the label-alignment filter or the selection route kept generated/NAME
 VALIDATION = "validation"  # metrics_validation.json: a student's score on experiment.validation_spec
 
@@ -65,6 +70,7 @@ METHOD_NAMES = {
     "dakter_copy_paste": "DAKTer + copy-paste",
     "instance_paste": "copy-paste of generated instances",
     "pretrain_finetune": "pretrained on generated, fine-tuned on real + copy-paste",
+    "dakter_distilled": "DAKTer, distilled sampler",
 }
 METHODS = tuple(METHOD_NAMES)
 
@@ -271,7 +277,7 @@ class Plan:
             if weight is not None and weight == (s.ce_weight if s.hard_weight is None else s.hard_weight):
                 return self._run("hard", arch, ratio, seed)  # the same weight: the same run
             return StudentRun("hard_matched", arch, ratio, seed, "b_cfg", "hard", weight=weight)
-        generated = {"dakter_b1": "b_1", "dakter_target": TARGETED}.get(method, "b_cfg")
+        generated = {"dakter_b1": "b_1", "dakter_target": TARGETED, "dakter_distilled": DISTILLED}.get(method, "b_cfg")
         overrides = {
             "pasted_after": self.copy_paste(0.0, 1.0),
             "dakter_copy_paste": self.copy_paste(self.e.copy_paste_share),
@@ -317,14 +323,15 @@ class Plan:
         return int(math.ceil(max(ratios) * self.n_train))
 
     def generated_sets(self) -> list[GeneratedSet]:
-        """One set per model the students read (b_cfg, and b_1 for dakter_b1), and the targeted set
-        from b_cfg for dakter_target."""
+        """One set per model the students read (b_cfg, b_1 for dakter_b1, b_cfg_distilled with its own
+        sampler for dakter_distilled), and the targeted set from b_cfg for dakter_target."""
         runs = self.main_runs() + self.sweep_runs() + self.selection_runs()
         target = (self.cfg.synthesis.target.spec, self.cfg.synthesis.target.route)
+        distilled = (("sampler", "distilled"), ("steps", self.cfg.distill.steps))
         return [
             GeneratedSet(tag, "b_cfg", self.gen_size(), target=target)
             if tag == TARGETED
-            else GeneratedSet(tag, tag, self.gen_size())
+            else GeneratedSet(tag, tag, self.gen_size(), sampling=distilled if tag == DISTILLED else ())
             for tag in sorted({r.generated for r in runs if r.generated})
         ]
 

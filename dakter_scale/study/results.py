@@ -92,10 +92,14 @@ def steps_trained(units: Units, tags: list[str], names: list[str]) -> dict:
     """The optimiser steps each model and student ran (what a wall-clock budget decided)."""
     infos = {name: units.folder.student_info(name) for name in names}
     students = {name: info["steps"] for name, info in infos.items() if info is not None}
-    return {
-        "diffusion": {tag: units.folder.model_info(tag)["steps_trained"] for tag in sorted(set(tags))},
-        "students": students,
+    models = {tag: units.folder.model_info(tag) for tag in sorted(set(tags))}
+    out = {"diffusion": {tag: info["steps_trained"] for tag, info in models.items()}, "students": students}
+    distilled = {  # a distilled folder keeps its teacher's steps_trained; its own are its rounds'
+        tag: [r["optimizer_steps"] for r in info["distilled"]["rounds"]]
+        for tag, info in models.items()
+        if "distilled" in info
     }
+    return dict(out, distillation_rounds=distilled) if distilled else out
 
 
 def studies(units: Units, segmenter: str) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, ConfigError, to_dict
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.diffusion.distill import distill
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.pretrain import pretrain_finetune
@@ -25,6 +26,7 @@ from dakter_scale.student.train import train_student
 from dakter_scale.study.folder import StudyFolder
 from dakter_scale.study.plan import (
     BANK_PAIRS,
+    DISTILLED,
     DRAWN_SUFFIX,
     VALIDATION,
     GeneratedSet,
@@ -70,9 +72,17 @@ class Units:
             self.student(unit)
 
     def model(self, tag: str) -> Path:
-        """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1")."""
+        """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1"), or b_cfg's sampler
+        distilled by the distill section (DISTILLED; its rounds resume like the trainer)."""
         d = self.folder.model(tag)
         if self.folder.model_done(tag):
+            return d
+        if tag == DISTILLED:
+            teacher = self.model("b_cfg")
+            log.info("experiment: distilling %s to %d steps into %s", teacher, self.cfg.distill.steps, d)
+            t = time.time()
+            distill(self.cfg, teacher, d, resume="latest", progress=self.progress)
+            self.timings[f"model_{tag}"] = time.time() - t
             return d
         b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
         log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
