@@ -209,6 +209,15 @@ def test_a_source_shard_without_instances_is_recorded_and_not_cut_again(judge, t
     assert again.cut == [] and again.skipped == [0, 1]
     with pytest.raises(BankError, match="another set"):
         build_bank(src, str(tmp_path / "bank"), judge, BankConfig(), SynthesisConfig(), use_ray=False)
+    before = ShardSet(str(tmp_path / "bank")).info().fingerprint
+    rebuilt = build_bank(
+        src, str(tmp_path / "bank"), judge, BankConfig(), SynthesisConfig(), use_ray=False, overwrite=True
+    )
+    assert (
+        rebuilt.cut == [0, 1]
+        and rebuilt.skipped == []
+        and ShardSet(str(tmp_path / "bank")).info().fingerprint != before
+    )
 
 
 @pytest.mark.slow

@@ -293,156 +293,173 @@ def build_bank(
     fp = bank_fingerprint(src_info, judge, cfg)
     lease = Lease(out_url, f"instance bank {fp[:12]}", synthesis.lease_seconds).acquire(break_lock=break_lock)
     try:
-        return _build(
-            source_url,
-            out_url,
-            judge,
-            judge_info,
-            cfg,
-            synthesis,
-            src_info,
-            fp,
-            lease,
-            use_ray,
-            progress,
-            overwrite,
-            device,
-            t0,
-        )
+        run = _BankRun(source_url, out_url, judge, judge_info, cfg, synthesis, src_info, fp, lease)
+        summary = run.run(use_ray=use_ray, progress=progress, overwrite=overwrite, device=device)
     finally:
         lease.release()
+    summary.seconds = time.time() - t0
+    return summary
 
 
-def _build(
-    source_url,
-    out_url,
-    judge,
-    judge_info,
-    cfg,
-    synthesis,
-    src_info,
-    fp,
-    lease,
-    use_ray,
-    progress,
-    overwrite,
-    device,
-    t0,
-):
-    source, out = ShardSet(source_url), ShardSet(out_url)
-    summary = BankSummary(redact_url(out_url))
-    try:
-        existing = out.info()
-    except Exception:  # an unreadable dataset.json: another set, or a broken one
-        existing = DatasetInfo(fingerprint="unreadable")
-    if existing is not None and existing.fingerprint != fp:
+@dataclass
+class _BankRun:
+    """One build_bank run under its lease: which shards the bank keeps, cutting the rest, the header."""
+
+    source_url: str
+    out_url: str
+    judge: Path
+    judge_info: dict
+    cfg: BankConfig
+    synthesis: SynthesisConfig
+    source_info: DatasetInfo
+    fingerprint: str
+    lease: Lease
+
+    def __post_init__(self) -> None:
+        self.source, self.out = ShardSet(self.source_url), ShardSet(self.out_url)
+
+    def run(self, *, use_ray: bool, progress: bool, overwrite: bool, device: str) -> BankSummary:
+        summary = BankSummary(redact_url(self.out_url))
+        existing = self.other_set(overwrite)
+        sources, _ = self.source.read_markers()
+        markers, empties = self.kept(sources, existing)
+        todo = [BankTask(info) for shard, info in sources.items() if shard not in markers and shard not in empties]
+        summary.skipped = sorted(set(markers) | set(empties))
+        header = DatasetInfo(
+            fingerprint=self.fingerprint,
+            classes=list(self.source_info.classes),
+            resolution=self.source_info.resolution,
+            num_shards=len(sources),
+            code_version=self.source_info.code_version,
+        )
+        record = self.record(sources)
+        if todo:
+            self.out.begin(header.replace(extra={BANK_FIELD: record}), markers)
+            self.cut(todo, markers, empties, summary, use_ray=use_ray, progress=progress, device=device)
+        for m in list(markers.values()) + list(empties.values()):
+            summary.candidates += int(m["candidates"])
+            summary.rejected += int(m["rejected"])
+        summary.by_class = {c: sum(int(m["by_class"].get(c, 0)) for m in markers.values()) for c in self.cfg.classes}
+        summary.count = sum(int(m["count"]) for m in markers.values())
+        complete = self.source_info.complete and len(markers) + len(empties) == len(sources) and summary.ok
+        record.update(
+            count=summary.count, by_class=summary.by_class, candidates=summary.candidates, rejected=summary.rejected
+        )
+        self.lease.check()
+        self.out.finish(header, markers, threshold=1.0, complete=complete, extra={BANK_FIELD: record})
+        write_dataset_card(self.out_url)
+        return summary
+
+    def other_set(self, overwrite: bool) -> DatasetInfo | None:
+        """The prefix's header; another set or bank there is refused in one line, or removed with overwrite."""
+        try:
+            existing = self.out.info()
+        except Exception:  # an unreadable dataset.json: another set, or a broken one
+            existing = DatasetInfo(fingerprint="unreadable")
+        if existing is None or existing.fingerprint == self.fingerprint:
+            return existing
         if not overwrite:
             what = (existing.extra or {}).get(BANK_FIELD, {}).get("source") if existing.extra else None
             raise BankError(
-                f"--out {redact_url(out_url)} already holds another set (fingerprint {existing.fingerprint}"
+                f"--out {redact_url(self.out_url)} already holds another set (fingerprint {existing.fingerprint}"
                 + (f", a bank of {what}" if what else "")
-                + f"), not this bank ({fp}); choose a new prefix or pass --overwrite"
+                + f"), not this bank ({self.fingerprint}); choose a new prefix or pass --overwrite"
             )
-        log.warning("--overwrite: removing the set in %s", redact_url(out_url))
-        lease.check()
-        out.clear()
-    sources, _ = source.read_markers()
-    done, stale = out.read_markers()
-    empty = json.loads(out.read_side(EMPTY) or b"{}") if existing is not None else {}
-    markers, empties = {}, {}
-    for shard, info in sources.items():
-        mine = done.get(shard)
-        if (
-            mine is not None
-            and mine.marker.get("fingerprint") == fp
-            and mine.marker.get("source_sha256") == info.marker["sha256"]
-            and out.check(mine, out.listing(), fp) is None
-        ):
-            markers[shard] = mine.marker
-        elif (
-            isinstance(empty.get(str(shard)), dict)
-            and empty[str(shard)].get("source_sha256") == info.marker["sha256"]
-            and empty[str(shard)].get("fingerprint") == fp
-        ):
-            empties[shard] = empty[str(shard)]
-    lease.check()
-    for shard in sorted((set(done) | set(stale)) - set(markers)):  # not done any more before anything is written
-        out.remove_marker(shard)
-    todo = [BankTask(info) for shard, info in sources.items() if shard not in markers and shard not in empties]
-    summary.skipped = sorted(set(markers) | set(empties))
-    header = DatasetInfo(
-        fingerprint=fp,
-        classes=list(src_info.classes),
-        resolution=src_info.resolution,
-        num_shards=len(sources),
-        code_version=src_info.code_version,
-    )
-    record = {
-        "format": BANK_FORMAT,
-        "source": redact_url(source_url),
-        "source_fingerprint": src_info.fingerprint,
-        "source_pairs": sum(i.count for i in sources.values()),
-        "judge": str(judge),
-        "judge_arch": judge_info.get("arch"),
-        "settings": {k: v for k, v in to_dict(cfg).items() if k != "max_pairs"},
-        "rule": "instances: 4-connected components of q_c >= threshold with `edge` pixels of soft edge (core.compose.instance_regions); kept where the judge's class-c pixels over the region overlap the component with IoU >= min_agreement",
-    }
-    if todo:
-        out.begin(header.replace(extra={BANK_FIELD: record}), markers)
-    bar = Progress(
-        sum(t.source.count for t in todo), len(todo), bar=progress, name="instance bank", units=("shards", "pairs")
-    )
+        log.warning("--overwrite: removing the set in %s", redact_url(self.out_url))
+        self.lease.check()
+        self.out.clear()
+        return None
 
-    def on_result(task: BankTask, result: dict | None, reason: str | None, retrying: bool) -> None:
-        lease.check()
-        shard = task.source.shard
-        if result is None:
-            summary.failed[shard] = reason or "unknown error"
-            (log.warning if retrying else log.error)(
-                "bank shard %d attempt %d failed: %s", shard, task.attempt + 1, reason
-            )
-            return
-        summary.failed.pop(shard, None)
-        summary.cut.append(shard)
-        if result.get("empty"):
-            empties[shard] = {k: result[k] for k in ("fingerprint", "source_sha256", "candidates", "rejected")}
-            out.write_side(
-                EMPTY, (json.dumps({str(s): e for s, e in sorted(empties.items())}, sort_keys=True) + "\n").encode()
-            )
-        else:
-            markers[shard] = result
-        bar.update(task.source.count)
+    def kept(self, sources: dict[int, ShardInfo], existing: DatasetInfo | None) -> tuple[dict, dict]:
+        """(markers, empties) of the source shards this bank already cut, each for the source shard's
+        current bytes; every other marker is removed before anything is written."""
+        done, stale = self.out.read_markers()
+        empty = json.loads(self.out.read_side(EMPTY) or b"{}") if existing is not None else {}
+        markers, empties = {}, {}
+        for shard, info in sources.items():
+            mine, gave_none = done.get(shard), empty.get(str(shard))
+            if (
+                mine is not None
+                and mine.marker.get("fingerprint") == self.fingerprint
+                and mine.marker.get("source_sha256") == info.marker["sha256"]
+                and self.out.check(mine, self.out.listing(), self.fingerprint) is None
+            ):
+                markers[shard] = mine.marker
+            elif (
+                isinstance(gave_none, dict)
+                and gave_none.get("source_sha256") == info.marker["sha256"]
+                and gave_none.get("fingerprint") == self.fingerprint
+            ):
+                empties[shard] = gave_none
+        self.lease.check()
+        for shard in sorted((set(done) | set(stale)) - set(markers)):
+            self.out.remove_marker(shard)
+        return markers, empties
 
-    if todo:
-        args = dict(
-            judge=str(judge),
-            source_url=source_url,
-            out_url=out_url,
-            classes=list(src_info.classes),
-            bank=to_dict(cfg),
-            resolution=src_info.resolution,
-            fingerprint=fp,
-            threads=synthesis.threads_per_actor,
-            lease=lease.ref(),
+    def record(self, sources: dict[int, ShardInfo]) -> dict:
+        """The bank's record in dataset.json (BANK_FIELD); the counts are added when the run ends."""
+        return {
+            "format": BANK_FORMAT,
+            "source": redact_url(self.source_url),
+            "source_fingerprint": self.source_info.fingerprint,
+            "source_pairs": sum(i.count for i in sources.values()),
+            "judge": str(self.judge),
+            "judge_arch": self.judge_info.get("arch"),
+            "settings": {k: v for k, v in to_dict(self.cfg).items() if k != "max_pairs"},
+            "rule": "instances: 4-connected components of q_c >= threshold with `edge` pixels of soft edge (core.compose.instance_regions); kept where the judge's class-c pixels over the region overlap the component with IoU >= min_agreement",
+        }
+
+    def cut(
+        self,
+        todo: list[BankTask],
+        markers: dict,
+        empties: dict,
+        summary: BankSummary,
+        *,
+        use_ray: bool,
+        progress: bool,
+        device: str,
+    ) -> None:
+        """Cut the shards of `todo` on the synthesis runner, adding to markers, empties and summary."""
+        bar = Progress(
+            sum(t.source.count for t in todo), len(todo), bar=progress, name="instance bank", units=("shards", "pairs")
         )
-        workers = Workers(synthesis.actors, synthesis.threads_per_actor, synthesis.max_in_flight, synthesis.retries)
+
+        def on_result(task: BankTask, result: dict | None, reason: str | None, retrying: bool) -> None:
+            self.lease.check()
+            shard = task.source.shard
+            if result is None:
+                summary.failed[shard] = reason or "unknown error"
+                (log.warning if retrying else log.error)(
+                    "bank shard %d attempt %d failed: %s", shard, task.attempt + 1, reason
+                )
+                return
+            summary.failed.pop(shard, None)
+            summary.cut.append(shard)
+            if result.get("empty"):
+                empties[shard] = {k: result[k] for k in ("fingerprint", "source_sha256", "candidates", "rejected")}
+                listing = {str(s): e for s, e in sorted(empties.items())}
+                self.out.write_side(EMPTY, (json.dumps(listing, sort_keys=True) + "\n").encode())
+            else:
+                markers[shard] = result
+            bar.update(task.source.count)
+
+        args = dict(
+            judge=str(self.judge),
+            source_url=self.source_url,
+            out_url=self.out_url,
+            classes=list(self.source_info.classes),
+            bank=to_dict(self.cfg),
+            resolution=self.source_info.resolution,
+            fingerprint=self.fingerprint,
+            threads=self.synthesis.threads_per_actor,
+            lease=self.lease.ref(),
+        )
+        s = self.synthesis
+        workers = Workers(s.actors, s.threads_per_actor, s.max_in_flight, s.retries)
         strategy = (RayStrategy if use_ray else LocalStrategy)(BankWriter, args, workers, device)
-        summary.strategy = drive(todo, strategy, synthesis.retries, on_result)
-    bar.close()
-    for m in list(markers.values()) + list(empties.values()):
-        summary.candidates += int(m["candidates"])
-        summary.rejected += int(m["rejected"])
-    summary.by_class = {name: sum(int(m["by_class"].get(name, 0)) for m in markers.values()) for name in cfg.classes}
-    summary.count = sum(int(m["count"]) for m in markers.values())
-    complete = src_info.complete and len(markers) + len(empties) == len(sources) and summary.ok
-    record.update(
-        count=summary.count, by_class=summary.by_class, candidates=summary.candidates, rejected=summary.rejected
-    )
-    lease.check()
-    out.finish(header, markers, threshold=1.0, complete=complete, extra={BANK_FIELD: record})
-    write_dataset_card(out_url)
-    summary.seconds = time.time() - t0
-    return summary
+        summary.strategy = drive(todo, strategy, s.retries, on_result)
+        bar.close()
 
 
 def grow_bank(
