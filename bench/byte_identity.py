@@ -7,7 +7,7 @@
 At tiny settings on the CPU (a minute or two), through the jobs' command lines (their flags are the
 stable surface, so the same script drives old and new code): a joint diffusion model, a plain shard
 set, the targeted routes (selection, conditioned, pasted) with the local strategy (--actors 0), a
-real-only student and the label-alignment filter's set, and a student on real + generated pairs.
+sampler distilled in two rounds (4 -> 2 -> 1 steps) and a set drawn with it, a real-only student and the label-alignment filter's set, and a student on real + generated pairs.
 Then the sha256 of every file written: tars, Parquet manifests, done markers, dataset.json, the
 model folder (safetensors, dakter.json), the student folders. (The pasted route's target is an
 absolute share above what the tiny model's own layouts hold, so that instances are pasted at all.) JSON files are hashed with their timing
@@ -121,6 +121,12 @@ def steps(work: Path) -> list[tuple[str, list[str]]]:
                 "pasted",
             ],
         ),
+        (
+            "distill.py",
+            ["--model", str(model), "--out", str(work / "distilled"), "--steps", "1", "--teacher-steps", "4"]
+            + ["--max-steps", "2", "distill.batch_size=2", "distill.seed=4"],
+        ),
+        ("synthesize.py", ["--model", str(work / "distilled"), "--out", str(work / "distilled_set"), *SYNTH]),
         ("train_student.py", ["--out", str(seg), "--max-steps", "2", *STUDENT, "student.ratio=0"]),
         (
             "filter_generated.py",

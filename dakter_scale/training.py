@@ -145,6 +145,30 @@ def seed_step(seed: int, rank: int, step: int, micro: int = 0) -> None:
     torch.manual_seed(s)
 
 
+def accumulate(
+    accelerator,
+    model: torch.nn.Module,
+    batches,
+    accumulation: int,
+    seed: int,
+    rank: int,
+    step: int,
+    device,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+) -> tuple[torch.Tensor, dict]:
+    """One optimiser step's micro-batches of `batches` (image, mask): each moved to `device` and re-seeded
+    (seed_step) before loss_of(x, mask) -> (loss, parts) draws its noise, its gradient synced across ranks
+    on the last micro-batch only. Returns the last micro-batch's (loss, parts)."""
+    for micro in range(accumulation):
+        x, mask = next(batches)
+        x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        seed_step(seed, rank, step, micro)
+        with contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model):
+            loss, parts = loss_of(x, mask)
+            accelerator.backward(loss / accumulation)
+    return loss, parts
+
+
 def seed_init(seed: int) -> None:
     """Seed the global RNGs for building a model: the same seed gives the same initial weights on
     every run and rank (DDP would copy rank 0's anyway; an exact resume test needs them per run)."""

@@ -22,7 +22,6 @@ the last; a resumed run skips the rounds whose folder is finished for its teache
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -51,11 +50,11 @@ from dakter_scale.diffusion.train import data_layout, patch_batches, prepare_tra
 from dakter_scale.errors import UserError
 from dakter_scale.training import (
     LoopSpec,
+    accumulate,
     make_accelerator,
     resolve_resume,
     run_steps,
     save_checkpoint,
-    seed_step,
     setup_logging,
     write_rank_report,
     write_train_record,
@@ -182,38 +181,33 @@ def distill_round(
     b, k = teacher.b, teacher.num_classes
     label_weight = cfg.diffusion.label_loss_weight
 
+    def loss_of(x: torch.Tensor, mask: torch.Tensor):
+        z0 = pack(x, one_hot(mask, k), b)
+        j = torch.randint(0, steps, (z0.shape[0],), device=device)  # a level of the student's grid
+        t, t_mid = student_t[j], middle_t[j]
+        a_t, a_mid, a_end = alpha_bar[t], alpha_bar[t_mid], end_alpha_bar[j]
+        z_t = add_noise(z0, torch.randn_like(z0), a_t)
+        with torch.no_grad():  # Algorithm 2: the teacher's two steps, then the one-step target
+            z_mid, _ = grid_step(teacher, z_t, t, a_t, a_mid, grid.clip_every_step, True, precision)
+            z_end, _ = grid_step(teacher, z_mid, t_mid, a_mid, a_end, grid.clip_every_step, True, precision)
+            x_tilde = progressive_target(z_t, z_end, a_t, a_end)
+            eps_tilde = eps_from_x0(x_tilde, z_t, a_t)
+        with accelerator.autocast():
+            output = student(z_t, t).sample
+        return joint_denoising_loss(
+            output,
+            x_tilde,
+            eps_tilde,
+            z_t,
+            a_t,
+            teacher.prediction_type,
+            b,
+            label_loss_weight=label_weight,
+            label_prediction_type=teacher.label_prediction_type,
+        )
+
     def step(i: int):
-        for micro in range(accumulation):
-            x, mask = next(batches)
-            x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            seed_step(d.seed, rank, i, micro)
-            z0 = pack(x, one_hot(mask, k), b)
-            j = torch.randint(0, steps, (z0.shape[0],), device=device)  # a level of the student's grid
-            t, t_mid = student_t[j], middle_t[j]
-            a_t, a_mid, a_end = alpha_bar[t], alpha_bar[t_mid], end_alpha_bar[j]
-            z_t = add_noise(z0, torch.randn_like(z0), a_t)
-            with torch.no_grad():  # Algorithm 2: the teacher's two steps, then the one-step target
-                z_mid, _ = grid_step(teacher, z_t, t, a_t, a_mid, grid.clip_every_step, True, precision)
-                z_end, _ = grid_step(teacher, z_mid, t_mid, a_mid, a_end, grid.clip_every_step, True, precision)
-                x_tilde = progressive_target(z_t, z_end, a_t, a_end)
-                eps_tilde = eps_from_x0(x_tilde, z_t, a_t)
-            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(student)
-            with sync:
-                with accelerator.autocast():
-                    output = student(z_t, t).sample
-                loss, parts = joint_denoising_loss(
-                    output,
-                    x_tilde,
-                    eps_tilde,
-                    z_t,
-                    a_t,
-                    teacher.prediction_type,
-                    b,
-                    label_loss_weight=label_weight,
-                    label_prediction_type=teacher.label_prediction_type,
-                )
-                accelerator.backward(loss / accumulation)
-        return loss, parts
+        return accumulate(accelerator, student, batches, accumulation, d.seed, rank, i, device, loss_of)
 
     spec = LoopSpec(
         f"distill {2 * steps}->{steps}",

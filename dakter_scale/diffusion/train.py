@@ -8,7 +8,6 @@ model folder. ``resume="latest"`` continues from the newest checkpoint exactly.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
 from dakter_scale.training import (
     LoopSpec,
+    accumulate,
     check_resume_agrees,
     layout_changes,
     load_checkpoint,
@@ -34,7 +34,6 @@ from dakter_scale.training import (
     run_steps,
     save_checkpoint,
     seed_init,
-    seed_step,
     setup_logging,
     write_rank_report,
     write_train_record,
@@ -164,34 +163,29 @@ def train_diffusion(
     if accelerator.log_with:
         accelerator.init_trackers("diffusion", config={k_: str(v) for k_, v in to_dict(cfg.diffusion).items()})
 
+    def loss_of(x: torch.Tensor, mask: torch.Tensor):
+        z0 = pack(x, one_hot(mask, k), b)
+        t = torch.randint(0, d.num_train_timesteps, (z0.shape[0],), device=device)
+        eps = torch.randn_like(z0)
+        z_t = add_noise(z0, eps, alpha_bar[t])
+        with accelerator.autocast():
+            output = unet(z_t, t).sample
+        return joint_denoising_loss(
+            output,
+            z0,
+            eps,
+            z_t,
+            alpha_bar[t],
+            d.prediction_type,
+            b,
+            mask,
+            d.label_loss_weight,
+            d.label_ce_weight,
+            label_type,
+        )
+
     def step(i: int):
-        for micro in range(accumulation):
-            x, mask = next(batches)
-            x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            seed_step(d.seed, rank, i, micro)
-            z0 = pack(x, one_hot(mask, k), b)
-            t = torch.randint(0, d.num_train_timesteps, (z0.shape[0],), device=device)
-            eps = torch.randn_like(z0)
-            z_t = add_noise(z0, eps, alpha_bar[t])
-            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(unet)
-            with sync:
-                with accelerator.autocast():
-                    output = unet(z_t, t).sample
-                loss, parts = joint_denoising_loss(
-                    output,
-                    z0,
-                    eps,
-                    z_t,
-                    alpha_bar[t],
-                    d.prediction_type,
-                    b,
-                    mask,
-                    d.label_loss_weight,
-                    d.label_ce_weight,
-                    label_type,
-                )
-                accelerator.backward(loss / accumulation)
-        return loss, parts
+        return accumulate(accelerator, unet, batches, accumulation, d.seed, rank, i, device, loss_of)
 
     spec = LoopSpec(
         "diffusion",
