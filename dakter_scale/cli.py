@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Callable
 
-from dakter_scale.config import Config, load_config
+from dakter_scale.config import TRACKERS, Config, load_config
 from dakter_scale.data.storage import redact_url
 from dakter_scale.errors import UserError
 
@@ -53,6 +53,17 @@ def parser(description: str, config: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return p
+
+
+def training_flags(p: argparse.ArgumentParser, resume: str) -> None:
+    """--report-to and --resume, as every training job (train_diffusion, distill, train_student) has them."""
+    p.add_argument(
+        "--report-to",
+        choices=TRACKERS,
+        default="none",
+        help="send loss, learning rate and steps/s to this Accelerate tracker (OUT/logs for tensorboard and mlflow); tensorboard: pip install 'dakter-scale[tracking]' (default none)",
+    )
+    p.add_argument("--resume", help=resume)
 
 
 def config_from(args: argparse.Namespace, extra: dict[str, object] | None = None) -> Config:

@@ -175,6 +175,7 @@ SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc", "distilled")
 MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
 PRECISIONS = ("auto", "fp32", "bf16")  # sampling.precision (diffusion/sample.py)
 COMPILE_MODES = ("reduce-overhead",)  # sampling.compile's torch.compile modes beside true and false: CUDA graphs
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # --report-to: Accelerate's; none logs to the log only
 GEOMETRIES = ("none", "flip", "d4")  # student.augment (student/augment.py)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from dakter_scale.config import TRACKERS
 from dakter_scale.core.steps import EMA, derive_seed, lr_factor
 from dakter_scale.errors import UserError
 
@@ -109,12 +110,6 @@ def make_accelerator(
     return accelerator
 
 
-TRACKERS = (
-    "none",
-    "tensorboard",
-    "mlflow",
-    "wandb",
-)  # --report-to: Accelerate's trackers; none (the default) logs to the log only
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
 _TRACKER_INSTALL = {
     "tensorboard": "pip install 'dakter-scale[tracking]'",
@@ -137,6 +132,11 @@ def report_to(name: str | None) -> str | None:
             f"--report-to {name}: {_TRACKER_PACKAGES[name][0]} is not installed ({_TRACKER_INSTALL[name]})"
         )
     return name
+
+
+def tracked_accelerator(mixed_precision: str, report: str | None, out: str | Path):
+    """A training job's Accelerator: its mixed precision, and --report-to's tracker writing to OUT/logs."""
+    return make_accelerator(mixed_precision, log_with=report_to(report), project_dir=f"{out}/logs")
 
 
 def seed_step(seed: int, rank: int, step: int, micro: int = 0) -> None:

@@ -23,7 +23,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
+from dakter_scale.cli import (
+    check_flag,
+    config_from,
+    parser,
+    progress_enabled,
+    run,
+    script,
+    training_flags,
+)
 
 
 def main() -> None:
@@ -42,21 +50,13 @@ def main() -> None:
     )
     p.add_argument("--data", help="training data spec (overrides data.spec; default the teacher's)")
     p.add_argument("--max-steps", type=int, help="optimiser steps per round (overrides distill.max_steps)")
-    p.add_argument(
-        "--report-to",
-        choices=["none", "tensorboard", "mlflow", "wandb"],
-        default="none",
-        help="send loss, learning rate and steps/s to this Accelerate tracker (default none)",
-    )
-    p.add_argument(
-        "--resume", help="'latest' (skip finished rounds, continue from the newest checkpoint) or a checkpoint folder"
-    )
+    training_flags(p, "'latest' (skip finished rounds, continue from the newest checkpoint) or a checkpoint folder")
     args = p.parse_args()
 
     def body() -> int:
         from dakter_scale.diffusion.distill import distill
         from dakter_scale.diffusion.model import check_model_folder
-        from dakter_scale.training import finish, make_accelerator, report_to
+        from dakter_scale.training import finish, tracked_accelerator
 
         check_flag("--steps", args.steps, 1)
         check_flag("--teacher-steps", args.teacher_steps, 2)
@@ -73,9 +73,7 @@ def main() -> None:
                 "distill.max_steps": args.max_steps,
             },
         )
-        accelerator = make_accelerator(
-            cfg.distill.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs"
-        )
+        accelerator = tracked_accelerator(cfg.distill.mixed_precision, args.report_to, args.out)
         distill(cfg, teacher, args.out, resume=args.resume, progress=progress_enabled(), accelerator=accelerator)
         finish(accelerator)
         return 0

@@ -12,7 +12,7 @@ The model folder (diffusers format, safetensors weights, dakter.json) is what jo
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script, training_flags
 
 
 def main() -> None:
@@ -20,26 +20,16 @@ def main() -> None:
     p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
     p.add_argument("--out", required=True, help="model folder to write (checkpoints go to OUT/checkpoints)")
     p.add_argument("--max-steps", type=int, help="training steps (overrides diffusion.max_steps)")
-    p.add_argument(
-        "--report-to",
-        choices=["none", "tensorboard", "mlflow", "wandb"],
-        default="none",
-        help="send loss, learning rate and steps/s to this Accelerate tracker (OUT/logs for tensorboard and mlflow); tensorboard: pip install 'dakter-scale[tracking]' (default none)",
-    )
-    p.add_argument(
-        "--resume", help="'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder"
-    )
+    training_flags(p, "'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder")
     args = p.parse_args()
 
     def body() -> int:
         from dakter_scale.diffusion.train import train_diffusion
-        from dakter_scale.training import finish, make_accelerator, report_to
+        from dakter_scale.training import finish, tracked_accelerator
 
         check_flag("--max-steps", args.max_steps, 1)
         cfg = config_from(args, {"data.spec": args.data, "diffusion.max_steps": args.max_steps})
-        accelerator = make_accelerator(
-            cfg.diffusion.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs"
-        )
+        accelerator = tracked_accelerator(cfg.diffusion.mixed_precision, args.report_to, args.out)
         train_diffusion(cfg, args.out, resume=args.resume, progress=progress_enabled(), accelerator=accelerator)
         finish(accelerator)
         return 0

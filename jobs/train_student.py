@@ -22,7 +22,15 @@ to that tracker; --evaluate test evaluates the written student on the real data'
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
+from dakter_scale.cli import (
+    check_flag,
+    config_from,
+    parser,
+    progress_enabled,
+    run,
+    script,
+    training_flags,
+)
 
 
 def parse_ratio(text: str) -> float:
@@ -73,22 +81,16 @@ def main() -> None:
     )
     p.add_argument("--max-steps", type=int, help="training steps (overrides student.max_steps)")
     p.add_argument(
-        "--report-to",
-        choices=["none", "tensorboard", "mlflow", "wandb"],
-        default="none",
-        help="send loss, learning rate and steps/s to this Accelerate tracker (OUT/logs for tensorboard and mlflow); tensorboard: pip install 'dakter-scale[tracking]' (default none)",
-    )
-    p.add_argument(
         "--evaluate",
         choices=["test", "train"],
         help="evaluate the written student on this split of the real data: metrics to the tracker, OUT/logs/eval.json and the card",
     )
-    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    training_flags(p, "'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder")
     args = p.parse_args()
 
     def body() -> int:
         from dakter_scale.student.train import train_student
-        from dakter_scale.training import finish, make_accelerator, report_to
+        from dakter_scale.training import finish, tracked_accelerator
 
         check_flag("--max-steps", args.max_steps, 1)
         check_flag("--instance-bank-size", args.instance_bank_size, 0)
@@ -109,9 +111,7 @@ def main() -> None:
                 "student.augment": args.augment,
             },
         )
-        accelerator = make_accelerator(
-            cfg.student.mixed_precision, log_with=report_to(args.report_to), project_dir=f"{args.out}/logs"
-        )
+        accelerator = tracked_accelerator(cfg.student.mixed_precision, args.report_to, args.out)
         train_student(
             cfg,
             args.out,
