@@ -26,6 +26,21 @@ def soft_label(mask: np.ndarray, num_classes: int, confidence: float) -> torch.T
     return onehot * confidence + (1 - onehot) * (1 - confidence) / (num_classes - 1)
 
 
+def pair_record(key: str, shard: int, index: int, seed: int, image, q) -> tuple[dict, tuple[str, dict]]:
+    """A generated pair's manifest row and encoded sample, as the synthesis writer makes them."""
+    stats = sample_stats(q[None])
+    row = {
+        "key": key,
+        "shard": shard,
+        "index": index,
+        "seed": seed,
+        "class_fractions": [float(v) for v in stats["class_fractions"][0]],
+        "mean_entropy": float(stats["mean_entropy"][0]),
+        "mean_confidence": float(stats["mean_confidence"][0]),
+    }
+    return row, (key, shardset.encode_sample(key, image, q, dict(row, classes=list(CLASSES))))
+
+
 def write_dataset(
     url: str,
     counts: Sequence[int],
@@ -50,18 +65,9 @@ def write_dataset(
             pair_seed = seed * 1_000_003 + shard * 10_007 + index
             image, mask = simulate_scene(pair_seed, size, size)
             q = soft_label(mask, len(CLASSES), confidences[j % len(confidences)])
-            stats = sample_stats(q[None])
-            row = {
-                "key": key,
-                "shard": shard,
-                "index": index,
-                "seed": pair_seed,
-                "class_fractions": [float(v) for v in stats["class_fractions"][0]],
-                "mean_entropy": float(stats["mean_entropy"][0]),
-                "mean_confidence": float(stats["mean_confidence"][0]),
-            }
+            row, sample = pair_record(key, shard, index, pair_seed, image, q)
             rows.append(row)
-            samples.append((key, shardset.encode_sample(key, image, q, dict(row, classes=list(CLASSES)))))
+            samples.append(sample)
             keys.append(key)
             j += 1
         out.write_shard(shard, samples, rows, f"test-{seed}")
@@ -116,6 +122,26 @@ def job_env(**extra: str) -> dict[str, str]:
     )  # set in this process by an in-process trainer: a job's launch decides its own mode
     env.update(extra)
     return env
+
+
+def run_job(name: str, args: list, timeout: int = 600, **env: str):
+    """jobs/NAME run with `args` in a subprocess (job_env's environment, `env` on top), its output captured."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "jobs" / name
+    argv = [sys.executable, str(script), *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=job_env(**env))
+
+
+def refusal(result, alone: bool = False) -> str:
+    """The line a refused job ended on: exit 2, no traceback, its last line `error: ...` (with alone, its
+    only line)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines and lines[-1].startswith("error: ") and (len(lines) == 1 or not alone), result.stderr[-2000:]
+    return lines[-1]
 
 
 def free_port() -> int:

@@ -4,8 +4,6 @@ same seed and position give the same bytes, and a target no donor can meet is on
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +15,7 @@ from dakter_scale.data.stream import MixedBatches
 from dakter_scale.student.augment import Augment, build_copy_paste
 from dakter_scale.synth.target import TargetError, paste_pool
 
-from conftest import job
+from shardgen import refusal, run_job
 
 SPEC = "synthetic:40?size=32&test=8"
 TARGET = "oil:3x,ship:3x"
@@ -177,25 +175,18 @@ def test_unreachable_target_is_one_clear_error(real):
 
 
 def test_job_refuses_unreachable_target_in_one_line(tmp_path):
-    r = subprocess.run(
-        job("train_student.py")
-        + [
-            "--real",
-            SPEC,
-            "--out",
-            str(tmp_path / "s"),
-            "--max-steps",
-            "1",
-            "--copy-paste",
-            "ship:0.9",
-            "data.resolution=32",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("error: student.copy_paste ship:0.9 cannot be reached")
-    assert "Traceback" not in r.stderr
+    args = [
+        "--real",
+        SPEC,
+        "--out",
+        tmp_path / "s",
+        "--max-steps",
+        "1",
+        "--copy-paste",
+        "ship:0.9",
+        "data.resolution=32",
+    ]
+    assert refusal(run_job("train_student.py", args)).startswith("error: student.copy_paste ship:0.9 cannot be reached")
 
 
 def test_pool_holds_only_pairs_with_the_class(real, default_cp):

@@ -37,7 +37,7 @@ from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.regenerate import regenerate_to
 
 from conftest import job
-from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors, torchrun
+from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors, refusal, torchrun
 
 # The parameterisation of the project's models: v for the image, x0 for the label channels.
 TEACHER = TINY_DIFFUSION + [
@@ -268,10 +268,7 @@ def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 2, r.stderr[-2000:]
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
-    return lines[0]
+    return refusal(r, alone=True)
 
 
 def test_refusals_are_one_line_naming_the_flag(teacher, student, tmp_path):
