@@ -79,7 +79,7 @@ def train_judge(model: Path, out: Path, steps: int) -> Path:
 
 def distil_chain(model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int) -> None:
     from dakter_scale.diffusion.distill import distill
-    from dakter_scale.training import make_accelerator
+    from dakter_scale.training import list_checkpoints, make_accelerator
 
     teacher, teacher_steps = model, TEACHER_STEPS
     for steps in CHAIN:
@@ -99,10 +99,12 @@ def distil_chain(model: Path, out: Path, rec: dict, round_steps: int, lr: float,
                     "distill.log_every=25",
                 ],
             )
+            kept = list_checkpoints(folder)
             cpu0, wall0 = cpu_seconds(), time.perf_counter()
             distill(cfg, teacher, folder, resume="latest", progress=False, accelerator=make_accelerator("no"))
             done = {
                 "optimizer_steps": round_steps,
+                "resumed_at_step": kept[-1][0] if kept else 0,  # the seconds below count from this step on
                 "batch_size": batch,
                 "lr": lr,
                 "cpu_seconds": cpu_seconds() - cpu0,  # of this run; a resumed round counts only its own part
@@ -198,8 +200,10 @@ def write_markdown(out: Path, rec: dict) -> None:
         )
     lines += ["", "| round | optimiser steps | batch | CPU s | wall s |", "|---|---|---|---|---|"]
     for name, r in rec["rounds"].items():
+        resumed = r.get("resumed_at_step", 0)
+        part = f" (steps {resumed}-{r['optimizer_steps']} only: resumed)" if resumed else ""
         lines.append(
-            f"| {name} | {r['optimizer_steps']} | {r['batch_size']} | {r['cpu_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+            f"| {name} | {r['optimizer_steps']} | {r['batch_size']} | {r['cpu_seconds']:.0f}{part} | {r['wall_seconds']:.0f}{part} |"
         )
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
 
