@@ -184,3 +184,8 @@ def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
     assert payload["steps"]["distillation_rounds"] == {"b_cfg_distilled": [2]}
     assert set(payload["quality"]) == {"b_cfg", "b_cfg_distilled"}
     assert "| dakter_distilled − dakter (the distilled sampler against sampling.*) | unet |" in run.read_text()
+    # a kept distilled folder of another generator (or step count) is refused in one line
+    path = tmp_path / "models" / "b_cfg_distilled" / "dakter.json"
+    path.write_text(json.dumps(dict(info, distilled=dict(info["distilled"], undistilled_model_hash="0" * 64))))
+    with pytest.raises(ConfigError, match=r"distilled from model 000000000000\.\.\. to 1 steps, not from models/b_cfg"):
+        Experiment(cfg, tmp_path, progress=False).run()

@@ -19,6 +19,7 @@ from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, ConfigError, to_dict
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.diffusion.distill import distill
+from dakter_scale.diffusion.model import model_hash
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.pretrain import pretrain_finetune
@@ -75,6 +76,8 @@ class Units:
         """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1"), or b_cfg's sampler
         distilled by the distill section (DISTILLED; its rounds resume like the trainer)."""
         d = self.folder.model(tag)
+        if self.folder.model_done(tag) and tag == DISTILLED:
+            return self.check_distilled(d)
         if self.folder.model_done(tag):
             return d
         if tag == DISTILLED:
@@ -90,6 +93,22 @@ class Units:
         train_diffusion(self.cfg.replace(**{"diffusion.b": b}), d, resume="latest", progress=self.progress)
         self.timings[f"model_{tag}"] = time.time() - t
         return d
+
+    def check_distilled(self, folder: Path) -> Path:
+        """A kept distilled folder (e.g. copied in from bench/distill_frontier.py) must come from this study's
+        b_cfg at distill.steps: else one line, since its pairs would describe another generator."""
+        record = self.folder.model_info(DISTILLED).get("distilled") or {}
+        teacher = model_hash(self.model("b_cfg"))
+        if (
+            record.get("undistilled_model_hash") != teacher
+            or record.get("evaluations_per_pair") != self.cfg.distill.steps
+        ):
+            raise ConfigError(
+                f"{folder}: distilled from model {str(record.get('undistilled_model_hash'))[:12]}... to "
+                f"{record.get('evaluations_per_pair')} steps, not from models/b_cfg ({teacher[:12]}...) to distill.steps "
+                f"{self.cfg.distill.steps}: remove it to distil again"
+            )
+        return folder
 
     def generated(self, tag: str, n: int, name: str | None = None, sampling: dict | None = None) -> str:
         """The n generated pairs from model `tag` that the students use: with experiment.filter_keep,
