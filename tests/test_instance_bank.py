@@ -375,3 +375,17 @@ def test_a_banked_instance_is_regenerated_from_its_seed_shard_and_index(model, j
         assert region[y0 : y0 + h, x0 : x0 + w].sum() == region.sum() == instance.region.sum()
         np.testing.assert_array_equal(stored_image[region], image[region])
         np.testing.assert_array_equal(stored_levels[:, region], levels[:, region])
+
+
+def test_the_bank_on_an_s3_api_resumes_and_reads_back(judge, s3_bucket):
+    """Source set and bank on an S3 API server (moto on loopback, s3fs): the same instances as on disk,
+    and a rerun cuts nothing."""
+    source, bank = f"{s3_bucket}/pairs", f"{s3_bucket}/bank"
+    write_source(source, [4, 3])
+    cfg = BankConfig(min_agreement=0.0)
+    first = build_bank(source, bank, judge, cfg, SynthesisConfig(), use_ray=False)
+    assert first.ok and first.count > 0 and first.cut == [0, 1]
+    again = build_bank(source, bank, judge, cfg, SynthesisConfig(), use_ray=False)
+    assert again.cut == [] and again.skipped == [0, 1] and again.count == first.count
+    instances = read_bank(bank, list(CLASSES))
+    assert len(instances) == first.count and ShardSet(bank).info().complete
