@@ -4,6 +4,8 @@ DDIM-50 of the undistilled generator.
 
     OMP_NUM_THREADS=1 nice -n 19 python bench/distill_frontier.py --model runs/evidence64/models/b_cfg \\
         --out runs/distill/frontier                          (resumable: rerun the same command)
+    ... --teacher-steps 32 --chain 16,8,4 --judge runs/distill/frontier/judge --out runs/distill/frontier32
+                                                             (another first teacher, the same judge)
 
 Stages, each kept in OUT and skipped when finished, so a rerun continues:
   judge/       a real-only student (jobs/train_student.py on the generator's data, --judge-steps steps): the
@@ -35,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config  # noqa: E402
 
-CHAIN = (8, 4, 2, 1)  # the distilled points, each the next one's teacher
-TEACHER_STEPS = 16  # the undistilled generator's DDIM steps the first round halves
+CHAIN = (8, 4, 2, 1)  # the distilled points (--chain), each the next one's teacher
+TEACHER_STEPS = 16  # the undistilled generator's DDIM steps the first round halves (--teacher-steps)
 
 
 def log(message: str) -> None:
@@ -77,12 +79,14 @@ def train_judge(model: Path, out: Path, steps: int) -> Path:
     return judge
 
 
-def distil_chain(model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int) -> None:
+def distil_chain(
+    model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
+) -> None:
     from dakter_scale.diffusion.distill import distill
     from dakter_scale.training import list_checkpoints, make_accelerator
 
-    teacher, teacher_steps = model, TEACHER_STEPS
-    for steps in CHAIN:
+    teacher, teacher_steps = model, first
+    for steps in chain:
         folder = out / f"m{steps}"
         name = f"{teacher_steps}->{steps}"
         if name not in rec["rounds"] or not (folder / "dakter.json").is_file():
@@ -115,15 +119,15 @@ def distil_chain(model: Path, out: Path, rec: dict, round_steps: int, lr: float,
         teacher, teacher_steps = folder, steps
 
 
-def points(model: Path, out: Path) -> dict[str, tuple[Path, SamplingConfig]]:
+def points(model: Path, out: Path, first: int, chain: tuple[int, ...]) -> dict[str, tuple[Path, SamplingConfig]]:
     p = {
         "ddim-50": (model, SamplingConfig(sampler="ddim", steps=50)),
         "dpmsolver++-20": (model, SamplingConfig(sampler="dpmsolver++", steps=20)),
         # the project's DDIM at the first teacher's steps (diffusers' trailing grid, within a timestep of the
         # distillation grid the first round's teacher steps on)
-        f"ddim-{TEACHER_STEPS}": (model, SamplingConfig(sampler="ddim", steps=TEACHER_STEPS)),
+        f"ddim-{first}": (model, SamplingConfig(sampler="ddim", steps=first)),
     }
-    for steps in CHAIN:
+    for steps in chain:
         p[f"distilled-{steps}"] = (out / f"m{steps}", SamplingConfig(sampler="distilled", steps=steps))
     return p
 
@@ -143,14 +147,14 @@ def expected_calibration_error(q: np.ndarray, judged: np.ndarray, bins: int = 15
     return float(ece)
 
 
-def score(model: Path, out: Path, judge: Path, rec: dict, pairs: int) -> None:
+def score(model: Path, out: Path, judge: Path, rec: dict, pairs: int, first: int, chain: tuple[int, ...]) -> None:
     from dakter_scale.student.evaluate import segment
     from dakter_scale.student.models import load_student
     from dakter_scale.study.quality import generation_quality, read_generated
     from dakter_scale.synth import run as synth_run
 
     cfg = load_config(model / "config.yaml")
-    for name, (folder, sampling) in points(model, out).items():
+    for name, (folder, sampling) in points(model, out, first, chain).items():
         if name in rec["points"]:
             continue
         url = str(out / "sets" / name)
@@ -218,14 +222,23 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--pairs", type=int, default=200, help="pairs per sampler point")
+    p.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS, help="the DDIM steps the first round halves")
+    p.add_argument(
+        "--chain", default=",".join(map(str, CHAIN)), help="the distilled points, each half the one before (8,4,2,1)"
+    )
     args = p.parse_args()
+    chain = tuple(int(n) for n in args.chain.split(","))
+    if [args.teacher_steps // 2**k for k in range(1, len(chain) + 1)] != list(chain):
+        raise SystemExit(
+            f"--chain {args.chain}: each point halves the one before, from --teacher-steps {args.teacher_steps}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     rec = record(args.out)
     rec["command"] = " ".join(sys.argv)
     save(args.out, rec)
     judge = args.judge or train_judge(args.model, args.out, args.judge_steps)
-    distil_chain(args.model, args.out, rec, args.round_steps, args.lr, args.batch_size)
-    score(args.model, args.out, judge, rec, args.pairs)
+    distil_chain(args.model, args.out, rec, args.round_steps, args.lr, args.batch_size, args.teacher_steps, chain)
+    score(args.model, args.out, judge, rec, args.pairs, args.teacher_steps, chain)
     write_markdown(args.out, rec)
     log(f"done: {args.out / 'frontier.md'}")
 
