@@ -187,5 +187,8 @@ def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
     # a kept distilled folder of another generator (or step count) is refused in one line
     path = tmp_path / "models" / "b_cfg_distilled" / "dakter.json"
     path.write_text(json.dumps(dict(info, distilled=dict(info["distilled"], undistilled_model_hash="0" * 64))))
-    with pytest.raises(ConfigError, match=r"distilled from model 000000000000\.\.\. to 1 steps, not from models/b_cfg"):
+    with pytest.raises(ConfigError, match=r"from model 000000000000\.\.\.'s DDIM-2 to 1 steps, not from models/b_cfg"):
         Experiment(cfg, tmp_path, progress=False).run()
+    path.write_text(json.dumps(info))  # the same model and steps, another first teacher
+    with pytest.raises(ConfigError, match=r"DDIM-2 to 1 steps, not from models/b_cfg \(\w+\.\.\.\)'s DDIM-4 to 1"):
+        Experiment(cfg.replace(**{"distill.teacher_steps": 4}), tmp_path, progress=False).run()

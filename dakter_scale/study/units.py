@@ -96,17 +96,17 @@ class Units:
 
     def check_distilled(self, folder: Path) -> Path:
         """A kept distilled folder (e.g. copied in from bench/distill_frontier.py) must come from this study's
-        b_cfg at distill.steps: else one line, since its pairs would describe another generator."""
+        b_cfg's DDIM at distill.teacher_steps, to distill.steps: else one line, since its pairs would
+        describe another sampler."""
         record = self.folder.model_info(DISTILLED).get("distilled") or {}
-        teacher = model_hash(self.model("b_cfg"))
-        if (
-            record.get("undistilled_model_hash") != teacher
-            or record.get("evaluations_per_pair") != self.cfg.distill.steps
-        ):
+        teacher, d = model_hash(self.model("b_cfg")), self.cfg.distill
+        rounds = record.get("rounds") or [{}]
+        kept = (record.get("undistilled_model_hash"), rounds[0].get("from_steps"), record.get("evaluations_per_pair"))
+        if kept != (teacher, d.teacher_steps or 2 * d.steps, d.steps):
             raise ConfigError(
-                f"{folder}: distilled from model {str(record.get('undistilled_model_hash'))[:12]}... to "
-                f"{record.get('evaluations_per_pair')} steps, not from models/b_cfg ({teacher[:12]}...) to distill.steps "
-                f"{self.cfg.distill.steps}: remove it to distil again"
+                f"{folder}: distilled from model {str(kept[0])[:12]}...'s DDIM-{kept[1]} to {kept[2]} steps, not from "
+                f"models/b_cfg ({teacher[:12]}...)'s DDIM-{d.teacher_steps or 2 * d.steps} to {d.steps} "
+                "(distill.teacher_steps, distill.steps): remove it to distil again"
             )
         return folder
 
