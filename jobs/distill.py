@@ -23,15 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dakter_scale.cli import (
-    check_flag,
-    config_from,
-    parser,
-    progress_enabled,
-    run,
-    script,
-    training_flags,
-)
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script, training_flags
 
 
 def main() -> None:

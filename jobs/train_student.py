@@ -22,15 +22,7 @@ to that tracker; --evaluate test evaluates the written student on the real data'
 
 from __future__ import annotations
 
-from dakter_scale.cli import (
-    check_flag,
-    config_from,
-    parser,
-    progress_enabled,
-    run,
-    script,
-    training_flags,
-)
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script, training_flags
 
 
 def parse_ratio(text: str) -> float:
