@@ -672,3 +672,14 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
     verdict = next(line for line in text.splitlines() if line.startswith("| dakter − none"))
     assert "+9.50" in verdict and "2/2" in verdict and verdict.endswith("| ahead |")  # seeds 0 and 1: (10 + 9) / 2
     assert not list((tmp_path / "models").glob("*")) and not (tmp_path / "generated").exists()
+
+
+def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
+    """diffusion.checkpoint_every 0 (the default): a study's generator still checkpoints, every tenth of
+    its steps and at least every 100 (none at the last step: the model folder is written), so that a
+    stopped study resumes within the model."""
+    from dakter_scale.training import list_checkpoints
+
+    exp = Experiment(load_config(None, TINY + ["diffusion.max_steps=150"]), tmp_path, progress=False)
+    exp.units.model("b_cfg")
+    assert [step for step, _ in list_checkpoints(tmp_path / "models" / "b_cfg")] == [100]

@@ -90,7 +90,11 @@ class Units:
         b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
         log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
         t = time.time()
-        train_diffusion(self.cfg.replace(**{"diffusion.b": b}), d, resume="latest", progress=self.progress)
+        # a study's generator takes hours: without diffusion.checkpoint_every it still checkpoints (every
+        # tenth of its steps, at least 100), so that a stopped study resumes within the model
+        every = self.cfg.diffusion.checkpoint_every or max(100, self.cfg.diffusion.max_steps // 10)
+        cfg = self.cfg.replace(**{"diffusion.b": b, "diffusion.checkpoint_every": every})
+        train_diffusion(cfg, d, resume="latest", progress=self.progress)
         self.timings[f"model_{tag}"] = time.time() - t
         return d
 
