@@ -675,11 +675,17 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
 
 
 def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
-    """diffusion.checkpoint_every 0 (the default): a study's generator still checkpoints, every tenth of
+    """diffusion.checkpoint_every 0 (the default): a study's generator and students still checkpoint, every tenth of
     its steps and at least every 100 (none at the last step: the model folder is written), so that a
     stopped study resumes within the model."""
     from dakter_scale.training import list_checkpoints
 
-    exp = Experiment(load_config(None, TINY + ["diffusion.max_steps=150"]), tmp_path, progress=False)
+    exp = Experiment(
+        load_config(None, TINY + ["diffusion.max_steps=150", "student.max_steps=150", "experiment.methods=[none]"]),
+        tmp_path,
+        progress=False,
+    )
     exp.units.model("b_cfg")
     assert [step for step, _ in list_checkpoints(tmp_path / "models" / "b_cfg")] == [100]
+    exp.units.student(exp.plan.main_runs()[0])  # and so does a student
+    assert [step for step, _ in list_checkpoints(tmp_path / "students" / "none-unet-r0-s0")] == [100]

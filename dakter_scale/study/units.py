@@ -91,7 +91,7 @@ class Units:
         log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
         t = time.time()
         # a study's generator takes hours: without diffusion.checkpoint_every it still checkpoints (every
-        # tenth of its steps, at least 100), so that a stopped study resumes within the model
+        # tenth of its steps, at least 100), so that a stopped study resumes within the model (students: train)
         every = self.cfg.diffusion.checkpoint_every or max(100, self.cfg.diffusion.max_steps // 10)
         cfg = self.cfg.replace(**{"diffusion.b": b, "diffusion.checkpoint_every": every})
         train_diffusion(cfg, d, resume="latest", progress=self.progress)
@@ -263,6 +263,9 @@ class Units:
         budget = self.folder.budget(run.arch)
         if self.cfg.student.max_minutes > 0 and budget.is_file():
             overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
+        steps = int(overrides.get("student.max_steps", self.cfg.student.max_steps))
+        # as the generator (model): a study's student checkpoints even where the config sets no interval
+        overrides["student.checkpoint_every"] = self.cfg.student.checkpoint_every or max(100, steps // 10)
         if "student.instance_bank" in overrides:  # the study's bank, by its name in the plan
             overrides["student.instance_bank"] = self.generated_url(overrides["student.instance_bank"])
         url = self.generated_url(run.generated) if run.ratio > 0 else None
