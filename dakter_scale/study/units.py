@@ -47,6 +47,13 @@ log = logging.getLogger("dakter_scale")
 THROUGHPUT = "throughput.json"  # a generated set's side file: the run's and the sampling loop's pairs per second
 
 
+def checkpoint_every(configured: int, steps: int) -> int:
+    """A study's models and students run for hours beside each other: where the config sets no interval
+    they still checkpoint, every tenth of their steps and at least every 100, so a stopped study resumes
+    within the unit."""
+    return configured or max(100, steps // 10)
+
+
 class Units:
     """The units of one study folder under one config and plan; `timings` collects how long each took."""
 
@@ -76,10 +83,8 @@ class Units:
         """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1"), or b_cfg's sampler
         distilled by the distill section (DISTILLED; its rounds resume like the trainer)."""
         d = self.folder.model(tag)
-        if self.folder.model_done(tag) and tag == DISTILLED:
-            return self.check_distilled(d)
         if self.folder.model_done(tag):
-            return d
+            return self.check_distilled(d) if tag == DISTILLED else d
         if tag == DISTILLED:
             teacher = self.model("b_cfg")
             log.info("experiment: distilling %s to %d steps into %s", teacher, self.cfg.distill.steps, d)
@@ -90,9 +95,7 @@ class Units:
         b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
         log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
         t = time.time()
-        # a study's generator takes hours: without diffusion.checkpoint_every it still checkpoints (every
-        # tenth of its steps, at least 100), so that a stopped study resumes within the model (students: train)
-        every = self.cfg.diffusion.checkpoint_every or max(100, self.cfg.diffusion.max_steps // 10)
+        every = checkpoint_every(self.cfg.diffusion.checkpoint_every, self.cfg.diffusion.max_steps)
         cfg = self.cfg.replace(**{"diffusion.b": b, "diffusion.checkpoint_every": every})
         train_diffusion(cfg, d, resume="latest", progress=self.progress)
         self.timings[f"model_{tag}"] = time.time() - t
@@ -104,12 +107,13 @@ class Units:
         describe another sampler."""
         record = self.folder.model_info(DISTILLED).get("distilled") or {}
         teacher, d = model_hash(self.model("b_cfg")), self.cfg.distill
+        first = d.teacher_steps or 2 * d.steps  # as diffusion/distill.plan_rounds reads it
         rounds = record.get("rounds") or [{}]
         kept = (record.get("undistilled_model_hash"), rounds[0].get("from_steps"), record.get("evaluations_per_pair"))
-        if kept != (teacher, d.teacher_steps or 2 * d.steps, d.steps):
+        if kept != (teacher, first, d.steps):
             raise ConfigError(
                 f"{folder}: distilled from model {str(kept[0])[:12]}...'s DDIM-{kept[1]} to {kept[2]} steps, not from "
-                f"models/b_cfg ({teacher[:12]}...)'s DDIM-{d.teacher_steps or 2 * d.steps} to {d.steps} "
+                f"models/b_cfg ({teacher[:12]}...)'s DDIM-{first} to {d.steps} "
                 "(distill.teacher_steps, distill.steps): remove it to distil again"
             )
         return folder
@@ -264,8 +268,7 @@ class Units:
         if self.cfg.student.max_minutes > 0 and budget.is_file():
             overrides.update({"student.max_steps": json.loads(budget.read_text())["steps"], "student.max_minutes": 0.0})
         steps = int(overrides.get("student.max_steps", self.cfg.student.max_steps))
-        # as the generator (model): a study's student checkpoints even where the config sets no interval
-        overrides["student.checkpoint_every"] = self.cfg.student.checkpoint_every or max(100, steps // 10)
+        overrides["student.checkpoint_every"] = checkpoint_every(self.cfg.student.checkpoint_every, steps)
         if "student.instance_bank" in overrides:  # the study's bank, by its name in the plan
             overrides["student.instance_bank"] = self.generated_url(overrides["student.instance_bank"])
         url = self.generated_url(run.generated) if run.ratio > 0 else None
