@@ -655,10 +655,16 @@ def test_a_study_students_card_carries_its_test_score(tmp_path):
 
 def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
     """--partial writes OUT/partial.md over the scored students alone and trains nothing: constructed
-    scores for two of three seeds of one arm give that arm's cells and a verdict over two seeds."""
+    scores for two of three seeds of one arm give that arm's cells and a verdict over two seeds. At lambda 1
+    hard_matched is the run hard is, so it is counted once."""
     cfg = load_config(
         None,
-        TINY + ["experiment.methods=[none,dakter]", "experiment.seeds=[0,1,2]", "experiment.kd_weights=[unet:1.0]"],
+        TINY
+        + [
+            "experiment.methods=[none,hard,hard_matched,dakter]",
+            "experiment.seeds=[0,1,2]",
+            "experiment.kd_weights=[unet:1.0]",
+        ],
     )
     exp = Experiment(cfg, tmp_path, progress=False)
     scores = {("none", 0): 0.50, ("none", 1): 0.52, ("none", 2): 0.51, ("dakter", 0): 0.60, ("dakter", 1): 0.61}
@@ -668,7 +674,7 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"miou": miou, "mean_f1": miou, "iou": [miou] * 5, "data": cfg.data.spec}))
     text = exp.partial().read_text()
-    assert "5 of 6 table students" in text and "The table's students wait" not in text
+    assert "5 of 9 table students" in text and "The table's students wait" not in text
     verdict = next(line for line in text.splitlines() if line.startswith("| dakter − none"))
     assert "+9.50" in verdict and "2/2" in verdict and verdict.endswith("| ahead |")  # seeds 0 and 1: (10 + 9) / 2
     assert not list((tmp_path / "models").glob("*")) and not (tmp_path / "generated").exists()

@@ -170,7 +170,7 @@ class Experiment:
             },
             "grid_planned": len(grid),
             "runs": {r.name: json.loads(self.folder.metrics(r.name, None).read_text()) for r in scored},
-            "planned": len(table) if not self.plan.pending() else 0,
+            "planned": len({r.name for r in table}) if not self.plan.pending() else 0,  # hard_matched may be hard
             "chosen": None
             if self.plan.pending()
             else {
