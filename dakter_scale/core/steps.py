@@ -102,7 +102,8 @@ class EMA:
         self.updates += 1
 
     def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        state = model.state_dict()  # once: consistency distillation copies its target network every step
+        model.load_state_dict({k: v.to(state[k].dtype) for k, v in self.shadow.items()})
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow, "updates": self.updates, "decay": self.decay}
