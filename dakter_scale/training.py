@@ -408,9 +408,18 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
 
 
 def save_checkpoint(
-    accelerator, out: Path, step: int, limit: int, model, optimizer, ema: "EMA | None" = None, extra: dict | None = None
+    accelerator,
+    out: Path,
+    step: int,
+    limit: int,
+    model,
+    optimizer,
+    ema: "EMA | None" = None,
+    extra: dict | None = None,
+    more_emas: "dict[str, EMA] | None" = None,
 ) -> Path:
-    """Write the state needed to continue exactly at `step`, then keep only the newest `limit`."""
+    """Write the state needed to continue exactly at `step`, then keep only the newest `limit`. more_emas:
+    further averages of the weights by name (consistency distillation's target network), as NAME.safetensors."""
     from safetensors.torch import save_file, save_model
 
     final = checkpoint_dir(out, step)
@@ -423,12 +432,15 @@ def save_checkpoint(
         save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        for name, average in (more_emas or {}).items():
+            save_file({k: v.contiguous() for k, v in average.shadow.items()}, str(tmp / f"{name}.safetensors"))
         scaler = getattr(accelerator, "scaler", None)
         torch.save(
             {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None},
             tmp / "optimizer.pt",
         )
         state = {"step": step, "ema_updates": ema.updates if ema is not None else None, **(extra or {})}
+        state.update({f"{name}_updates": average.updates for name, average in (more_emas or {}).items()})
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -439,7 +451,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, ema: "EMA | None" = None) -> dict:
+def load_checkpoint(
+    accelerator, path: Path, model, optimizer, ema: "EMA | None" = None, more_emas: "dict[str, EMA] | None" = None
+) -> dict:
     """Restore what save_checkpoint wrote; returns state.json (its "step" is where to continue)."""
     from safetensors.torch import load_file, load_model
 
@@ -455,6 +469,11 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, ema: "EMA | None"
     if ema is not None:
         ema.shadow = {k: v.to(accelerator.device) for k, v in load_file(str(path / "ema.safetensors")).items()}
         ema.updates = int(state["ema_updates"])
+    for name, average in (more_emas or {}).items():
+        if not (path / f"{name}.safetensors").is_file():
+            raise ResumeError(f"--resume {path}: the checkpoint has no {name}.safetensors (written by another method?)")
+        average.shadow = {k: v.to(accelerator.device) for k, v in load_file(str(path / f"{name}.safetensors")).items()}
+        average.updates = int(state[f"{name}_updates"])
     return state
 
 

@@ -80,18 +80,27 @@ def data_layout(d, world: int) -> dict:
 
 
 def prepare_training(
-    accelerator, unet, d, weight_decay: float, layout: dict, checkpoint: Path | None, resume: str | None, out: Path
+    accelerator,
+    unet,
+    d,
+    weight_decay: float,
+    layout: dict,
+    checkpoint: Path | None,
+    resume: str | None,
+    out: Path,
+    more_emas: dict | None = None,
 ):
     """The network to train, prepared with its AdamW optimiser and EMA, and where it starts:
     (unet, optimizer, ema, start step, recorded total or None). `d` holds lr, ema_decay and ema_warmup
-    (DiffusionConfig, DistillConfig). A checkpoint is restored into all three, with a warning when the
-    data layout changed; (0, None) without one. Every rank must agree (a collective)."""
+    (DiffusionConfig, DistillConfig). A checkpoint is restored into all three (and into more_emas, the
+    caller's further averages by name: training.save_checkpoint), with a warning when the data layout
+    changed; (0, None) without one. Every rank must agree (a collective)."""
     optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=weight_decay)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
     start, total = 0, None
     if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema)
+        state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema, more_emas)
         start, total = int(state["step"]), state.get("total_steps")
         log.info("resumed from %s at step %d", checkpoint, start)
         changed = layout_changes(state.get("layout", {}), layout)
