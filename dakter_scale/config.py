@@ -172,6 +172,8 @@ class DiffusionConfig:
 # diffusion/sample.py builds each one's scheduler; "distilled" is a distilled model folder's own sampler
 # (jobs/distill.py), which such a folder fixes (diffusion/model.sampling_for)
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc", "distilled")
+# jobs/distill.py's methods (diffusion/distill.py): progressive distillation, consistency distillation
+DISTILL_METHODS = ("progressive", "consistency")
 MULTISTEP_SAMPLERS = ("dpmsolver++", "unipc")  # the ones sampling.solver_order applies to
 PRECISIONS = ("auto", "fp32", "bf16")  # sampling.precision (diffusion/sample.py)
 COMPILE_MODES = ("reduce-overhead",)  # sampling.compile's torch.compile modes beside true and false: CUDA graphs
@@ -695,22 +697,29 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Progressive distillation of a model folder's sampler (jobs/distill.py; docs/synthesis.md,
-    "Distilled samplers"). Each round halves the steps and trains a student that starts from its
-    teacher's weights; the settings below apply to every round."""
+    """Distillation of a model folder's sampler (jobs/distill.py; docs/synthesis.md, "Distilled samplers").
+    progressive: each round halves the steps and trains a student that starts from its teacher's weights;
+    the settings below apply to every round. consistency: one run trains a consistency model, started from
+    the teacher's weights, on the teacher's DDIM grid of teacher_steps levels; it samples at `steps` (and at
+    any step count whose grid lies on that one)."""
 
-    method: str = "progressive"  # progressive (Salimans & Ho 2022); see docs/synthesis.md for why
+    method: str = "progressive"  # progressive (Salimans & Ho 2022) | consistency (Song et al. 2023); docs/synthesis.md
     steps: int = 4  # the distilled sampler's steps = network evaluations per pair
-    teacher_steps: int = 0  # DDIM steps of the undistilled teacher (steps * 2^k); 0 = 2 * steps (one round)
-    max_steps: int = 2000  # optimiser steps per round
+    # DDIM steps of the undistilled teacher, 0 = 2 * steps. progressive: steps * 2^k (one round per halving);
+    # consistency: the grid it learns on, a multiple of steps (Song et al.'s N)
+    teacher_steps: int = 0
+    max_steps: int = 2000  # optimiser steps per round (consistency: of its one run)
     max_minutes: float = 0.0  # wall-clock budget per round (0 = none), as diffusion.max_minutes
     batch_size: int = 32
     lr: float = 5e-5
     warmup_steps: int = 0
     lr_schedule: str = "cosine"  # cosine | constant (core/steps.lr_factor)
     max_grad_norm: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # the EMA of the student's weights: what the distilled folder holds
     ema_warmup: bool = True
+    # consistency only: the target network theta- = this EMA of the student (Song et al. 2023's mu, 0.95 in
+    # their CD runs), without warm-up, from the teacher's weights; 0 = the student itself (stop-gradient)
+    target_ema_decay: float = 0.95
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "auto"
     checkpoint_every: int = 0
@@ -720,7 +729,11 @@ class DistillConfig:
     log_every: int = 50
 
     def validate(self) -> None:
-        _check(self.method == "progressive", "distill.method", f"{self.method!r} is not progressive")
+        _check(
+            self.method in DISTILL_METHODS,
+            "distill.method",
+            f"{self.method!r} is not progressive or consistency",
+        )
         _check(self.steps >= 1, "distill.steps", f"must be >= 1, got {self.steps}")
         _check(self.teacher_steps >= 0, "distill.teacher_steps", f"must be >= 0, got {self.teacher_steps}")
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):
@@ -734,6 +747,7 @@ class DistillConfig:
             f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
         )
         _check(0 <= self.ema_decay < 1, "distill.ema_decay", "must be in [0, 1)")
+        _check(0 <= self.target_ema_decay < 1, "distill.target_ema_decay", "must be in [0, 1)")
         _check(
             self.checkpoint_every >= 0 and self.num_workers >= 0, "distill.checkpoint_every/num_workers", "must be >= 0"
         )

@@ -8,7 +8,8 @@ A model folder is a diffusers-format folder plus the DAKTer metadata:
   DIR/config.yaml    the resolved config that trained it
 A distilled folder (jobs/distill.py) is the same plus dakter.json "distilled": the teacher (path and
 model_hash), the method, the evaluations per pair and the timesteps of its own sampler, which
-``sampling_for`` makes the only one it runs with.
+``sampling_for`` makes the only one it runs with: a progressive folder at its own steps only, a
+consistency folder at any step count whose grid lies on the grid it was trained on ("trained_timesteps").
 Weights are safetensors only: loading a model folder never unpickles anything.
 """
 
@@ -24,6 +25,7 @@ import torch
 
 from dakter_scale import __version__
 from dakter_scale.config import SamplingConfig, UNetConfig
+from dakter_scale.core.distill import distill_timesteps, steps_on_grid
 from dakter_scale.errors import UserError
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
 DISTILLED = "distilled"  # dakter.json's record of a distilled folder, and the sampler it fixes
+# the record's "method" (config.DISTILL_METHODS); records written without one are progressive
+PROGRESSIVE, CONSISTENCY = "progressive", "consistency"
 
 
 class ModelFolderError(UserError, ValueError):
@@ -241,15 +245,38 @@ def distilled_timesteps(info: dict) -> list[int] | None:
     return None if record is None else [int(t) for t in record["timesteps"]]
 
 
+def distilled_method(info: dict) -> str | None:
+    """A distilled folder's method (progressive, consistency), None for a model that is not distilled."""
+    record = info.get(DISTILLED)
+    return None if record is None else str(record.get("method", PROGRESSIVE))
+
+
+def distilled_grid(info: dict, num_train_timesteps: int, steps: int) -> list[int] | None:
+    """The timesteps a distilled folder samples `steps` steps on, None if it cannot: a progressive folder's
+    own (`steps` must be their count); a consistency folder's grid of `steps` steps (core.distill's) where
+    it lies on the grid the folder was trained on. None too for a model that is not distilled."""
+    own = distilled_timesteps(info)
+    if own is None:
+        return None
+    if distilled_method(info) != CONSISTENCY:
+        return own if steps == len(own) else None
+    trained = [int(t) for t in info[DISTILLED]["trained_timesteps"]]
+    return (
+        distill_timesteps(num_train_timesteps, steps) if steps in steps_on_grid(num_train_timesteps, trained) else None
+    )
+
+
 def sampling_for(directory: str | Path, sampling: SamplingConfig) -> SamplingConfig:
     """The sampling settings a model folder runs with. A distilled folder fixes its sampler and step
     count: the defaults become its own (sampler "distilled", its evaluations per pair), the same values
-    pass, anything else is refused in one line naming the flag. The distilled sampler is refused for a
-    folder that is not distilled. Other folders' settings pass unchanged."""
+    pass, anything else is refused in one line naming the flag (a consistency folder also passes every step
+    count distilled_grid allows). The distilled sampler is refused for a folder that is not distilled.
+    Other folders' settings pass unchanged."""
     import dataclasses
 
     d = check_model_folder(directory)
-    timesteps = distilled_timesteps(json.loads((d / INFO_FILE).read_text()))
+    info = json.loads((d / INFO_FILE).read_text())
+    timesteps = distilled_timesteps(info)
     if timesteps is None:
         if sampling.sampler == DISTILLED:
             raise DistilledSamplerError(
@@ -263,7 +290,15 @@ def sampling_for(directory: str | Path, sampling: SamplingConfig) -> SamplingCon
         raise DistilledSamplerError(
             f"--sampler {sampling.sampler}: {d} is distilled for its own sampler ({DISTILLED}, {steps} steps); drop --sampler (sampling.sampler) or use the teacher's folder"
         )
-    if sampling.steps != steps:
+    if distilled_method(info) == CONSISTENCY:
+        num_train = num_train_timesteps(d)
+        if distilled_grid(info, num_train, sampling.steps) is None:
+            trained = info[DISTILLED]["trained_timesteps"]
+            raise DistilledSamplerError(
+                f"--steps {sampling.steps}: {d} is consistency-distilled on a grid of {len(trained)} levels and samples at "
+                f"{', '.join(map(str, steps_on_grid(num_train, trained)))} steps; drop --steps (sampling.steps) for its {steps}"
+            )
+    elif sampling.steps != steps:
         raise DistilledSamplerError(
             f"--steps {sampling.steps}: {d} is distilled for {steps} steps; drop --steps (sampling.steps) or distil for {sampling.steps} with jobs/distill.py"
         )

@@ -12,12 +12,18 @@ PAPER.md pitfalls), and handed to the diffusers scheduler:
                       prediction (DPM-Solver++, Lu et al. 2022, Alg. 2; UniPC with predict_x0, Zhao et
                       al. 2023), so handing them x0 makes the clipped estimate exactly what they use,
                       where an eps would be turned back into x0 with their own alpha_t, sigma_t.
-  distilled           a model folder written by jobs/distill.py: deterministic DDIM on the timesteps it
-                      was distilled for (core/distill.py), x0_hat clipped at the last step only (the
-                      distillation target of an inner step is the x0 whose step lands on the teacher's two,
-                      which may lie outside the range); on an undistilled model, DDIM on the distillation grid
-                      clipped at every step: the first round's teacher (``grid_step``).
-The multistep solvers are deterministic: a pair's only randomness is its starting noise. The soft
+  distilled           a model folder written by jobs/distill.py. Progressive: deterministic DDIM on the
+                      timesteps it was distilled for (core/distill.py), x0_hat clipped at the last step only
+                      (the distillation target of an inner step is the x0 whose step lands on the teacher's
+                      two, which may lie outside the range); on an undistilled model, DDIM on the distillation
+                      grid clipped at every step: the first round's teacher (``grid_step``). Consistency:
+                      multistep consistency sampling (Song et al. 2023, Algorithm 1) on the grid of the
+                      steps asked for (``consistency_step``): x0 = f(z, t), clipped at every step, since each
+                      is a finished sample that the next level starts from (as the paper's sampler clips
+                      it), then z = alpha_s x0 + sigma_s eps at the next level with fresh noise from the
+                      pair's generator; the last step's x0 is the pair.
+The multistep solvers and the progressive distilled sampler are deterministic: a pair's only randomness
+is its starting noise. The soft
 label is the decoded label part of x0_hat at the last step, or its average over the last
 ``decode_last`` steps.
 
@@ -59,7 +65,13 @@ from dakter_scale.core.distill import ddim_step, distill_timesteps, next_alpha_b
 from dakter_scale.core.joint import clip_x0
 from dakter_scale.core.schedule import add_noise, eps_from_x0, joint_to_x0_eps
 from dakter_scale.core.soft_labels import decode
-from dakter_scale.diffusion.model import JointDiffusion, distilled_timesteps
+from dakter_scale.diffusion.model import (
+    CONSISTENCY,
+    JointDiffusion,
+    distilled_grid,
+    distilled_method,
+    distilled_timesteps,
+)
 
 
 @dataclass
@@ -69,15 +81,19 @@ class Samples:
 
 
 class GridSchedule:
-    """The `distilled` sampler's steps: DDIM (eta 0) on a distillation grid (core.distill), the level each
-    step lands on the next grid point (the clean end, abar = 1, after the last). clip_every_step: clip
-    x0_hat at every step (an undistilled model's DDIM, the first round's teacher) or at the last only (a
-    distilled model's own steps)."""
+    """The `distilled` sampler's steps on a distillation grid (core.distill), the level each step lands on
+    the next grid point (the clean end, abar = 1, after the last): DDIM (eta 0), or with `consistency`
+    multistep consistency sampling. clip_every_step: clip x0_hat at every step (an undistilled model's
+    DDIM, the first round's teacher; a consistency model) or at the last only (a progressive folder's own
+    steps)."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor, timesteps: list[int], clip_every_step: bool):
+    def __init__(
+        self, alphas_cumprod: torch.Tensor, timesteps: list[int], clip_every_step: bool, consistency: bool = False
+    ):
         self.alphas_cumprod = alphas_cumprod
         self.timesteps = torch.tensor(timesteps, dtype=torch.long)
         self.clip_every_step = clip_every_step
+        self.consistency = consistency
         self._next = dict(zip(timesteps, next_alpha_bar(alphas_cumprod, timesteps).tolist()))
 
     def next_alpha_bar(self, t: torch.Tensor) -> float:
@@ -85,13 +101,36 @@ class GridSchedule:
 
 
 def grid_schedule(model: JointDiffusion, steps: int) -> GridSchedule:
-    """A distilled folder's own grid (its step count checked), or the undistilled model's DDIM on the
-    distillation grid of `steps` steps."""
+    """A progressive folder's own grid (its step count checked), a consistency folder's grid of `steps`
+    steps (on the grid it was trained on), or the undistilled model's DDIM on the distillation grid of
+    `steps` steps."""
+    num_train = model.scheduler.config.num_train_timesteps
+    if distilled_method(model.info) == CONSISTENCY:
+        timesteps = distilled_grid(model.info, num_train, steps)
+        if timesteps is None:
+            raise ValueError(f"this consistency model's grid has no {steps} steps on the grid it was trained on")
+        return GridSchedule(model.scheduler.alphas_cumprod, timesteps, clip_every_step=True, consistency=True)
     recorded = distilled_timesteps(model.info)
     if recorded is not None and len(recorded) != steps:
         raise ValueError(f"this model was distilled for {len(recorded)} steps, not {steps}")
-    timesteps = recorded or distill_timesteps(model.scheduler.config.num_train_timesteps, steps)
+    timesteps = recorded or distill_timesteps(num_train, steps)
     return GridSchedule(model.scheduler.alphas_cumprod, timesteps, clip_every_step=recorded is None)
+
+
+def clean_estimate(
+    model: JointDiffusion,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    alpha_bar_t: torch.Tensor,
+    precision: str = "fp32",
+    unet=None,
+) -> torch.Tensor:
+    """The network's clean estimate x0_hat (N, 1+K, H, W) of z (N, 1+K, H, W) at timesteps t (N,) with abar
+    alpha_bar_t (N,), unclipped, in the model's parameterisation: a consistency model's f(z, t). unet:
+    another network than model.unet (a student, a target network) with the model's parameterisation."""
+    with _autocast(z.device, precision):
+        output = (unet or model.unet)(z, t).sample.float()
+    return joint_to_x0_eps(output, z, alpha_bar_t, model.prediction_type, model.label_prediction_type)[0]
 
 
 def grid_step(
@@ -110,13 +149,31 @@ def grid_step(
     at every step, or, without clip_every_step, where the step reaches the clean end (abar_s = 1).
     The sampler and the distillation's teacher both take their steps here. unet: another network
     than model.unet (a student being trained) with the model's parameterisation."""
-    with _autocast(z.device, precision):
-        output = (unet or model.unet)(z, t).sample.float()
-    x0, _ = joint_to_x0_eps(output, z, alpha_bar_t, model.prediction_type, model.label_prediction_type)
+    x0 = clean_estimate(model, z, t, alpha_bar_t, precision, unet)
     if clip:
         where = torch.ones_like(alpha_bar_s, dtype=torch.bool) if clip_every_step else alpha_bar_s >= 1.0
         x0 = torch.where(where.view(-1, 1, 1, 1).to(x0.device), clip_x0(x0, model.b), x0)
     return ddim_step(z, x0, alpha_bar_t, alpha_bar_s), x0
+
+
+def consistency_step(
+    model: JointDiffusion,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    alpha_bar_t: torch.Tensor,
+    alpha_bar_s: torch.Tensor,
+    noise: torch.Tensor | None,
+    clip: bool = True,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of multistep consistency sampling (Song et al. 2023, Algorithm 1), per pair: z (N, 1+K, H, W)
+    at timesteps t (N,) with abar alpha_bar_t (N,) -> (z at alpha_bar_s (N,), x0). x0 = f(z, t), clipped per
+    modality with `clip`; the next level's z is x0 forward-noised with `noise` (N, 1+K, H, W), fresh from
+    the pairs' generators, or x0 itself at the clean end (abar_s = 1, where noise may be None)."""
+    x0 = clean_estimate(model, z, t, alpha_bar_t, precision)
+    if clip:
+        x0 = clip_x0(x0, model.b)
+    return (x0 if noise is None else add_noise(x0, noise, alpha_bar_s)), x0
 
 
 def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
@@ -174,6 +231,9 @@ def _step(
         n = z.shape[0]
         a_s = torch.full((n,), sched.next_alpha_bar(t), device=device)
         t_n = t.to(device).expand(n)
+        if sched.consistency:
+            noise = _pair_noise(gens, z.shape[1:], device) if sched.next_alpha_bar(t) < 1.0 else None
+            return consistency_step(model, z, t_n, alpha_bar[t_n], a_s, noise, cfg.clip, precision)
         return grid_step(model, z, t_n, alpha_bar[t_n], a_s, sched.clip_every_step, cfg.clip, precision)
     with _autocast(device, precision):
         output = model.unet(z, t.to(device)).sample.float()
