@@ -6,24 +6,35 @@
     accelerate launch --num_processes 8 jobs/distill.py --model runs/model --out runs/model_4 --steps 4
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 jobs/distill.py ...                                (2 CPU processes, gloo)
     python jobs/distill.py ... distill.checkpoint_every=200 --resume latest                         (continue after a stop)
+    python jobs/distill.py --model runs/model --out runs/model_cd --method consistency --steps 4 --teacher-steps 32 --max-steps 1200
 
-Progressive distillation (Salimans & Ho 2022): each round trains a student with the teacher's architecture,
-started from the teacher's weights, to take in one DDIM step what the teacher's sampler takes in two, on
-the teacher's training data (image as v, the b-scaled label channels as x0, as the teacher learned them).
-The first teacher is the undistilled model's DDIM at --teacher-steps (default 2 x --steps: one round);
-a distilled --model is its own sampler. Every round but the last is kept in OUT/rounds/steps-NNNN.
+--method progressive (the default). Progressive distillation (Salimans & Ho 2022): each round trains a
+student with the teacher's architecture, started from the teacher's weights, to take in one DDIM step what
+the teacher's sampler takes in two, on the teacher's training data (image as v, the b-scaled label channels
+as x0, as the teacher learned them). The first teacher is the undistilled model's DDIM at --teacher-steps
+(default 2 x --steps: one round); a distilled --model is its own sampler. Every round but the last is kept
+in OUT/rounds/steps-NNNN.
+
+--method consistency. Consistency distillation (Song et al. 2023): one run of --max-steps optimiser steps
+trains a consistency model, started from the teacher's weights, on the grid of the undistilled --model's
+DDIM at --teacher-steps (default 2 x --steps; a multiple of --steps): the student's clean estimate at a
+level must match its target network's (an EMA, distill.target_ema_decay) one teacher DDIM step later. It
+samples by multistep consistency sampling at --steps, or at any step count whose grid lies on that grid
+(jobs/synthesize.py --sampler distilled --steps N).
 
 The output is a model folder that jobs/synthesize.py reads as any other: its dakter.json records the teacher
 (path, model_hash), the method, the evaluations per pair and the rounds, and fixes the sampler ("distilled"
-at --steps; any other --sampler or --steps is refused). Without --config the teacher folder's config.yaml
-is the base config (its data and resolution); distill.* keys set the training (--print-config lists them).
+at --steps; any other --sampler, or --steps the folder cannot sample at, is refused). Without --config the
+teacher folder's config.yaml is the base config (its data and resolution); distill.* keys set the training
+(--print-config lists them).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script, training_flags
+from dakter_scale.cli import FlagError, check_flag, config_from, parser, progress_enabled, run, script, training_flags
+from dakter_scale.config import DISTILL_METHODS
 
 
 def main() -> None:
@@ -38,10 +49,18 @@ def main() -> None:
     p.add_argument(
         "--teacher-steps",
         type=int,
-        help="DDIM steps of an undistilled teacher: --steps times a power of 2, one round per halving (distill.teacher_steps; default 2 x --steps)",
+        help="DDIM steps of an undistilled teacher: progressive, --steps times a power of 2, one round per halving; consistency, the grid it learns on, a multiple of --steps (distill.teacher_steps; default 2 x --steps)",
+    )
+    p.add_argument(
+        "--method",
+        help="progressive (rounds halving the steps) or consistency (one run on the --teacher-steps grid) (distill.method; default progressive)",
     )
     p.add_argument("--data", help="training data spec (overrides data.spec; default the teacher's)")
-    p.add_argument("--max-steps", type=int, help="optimiser steps per round (overrides distill.max_steps)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help="optimiser steps per round, or of the consistency run (overrides distill.max_steps)",
+    )
     training_flags(p, "'latest' (skip finished rounds, continue from the newest checkpoint) or a checkpoint folder")
     args = p.parse_args()
 
@@ -53,6 +72,8 @@ def main() -> None:
         check_flag("--steps", args.steps, 1)
         check_flag("--teacher-steps", args.teacher_steps, 2)
         check_flag("--max-steps", args.max_steps, 1)
+        if args.method is not None and args.method not in DISTILL_METHODS:
+            raise FlagError(f"--method {args.method}: expected {' or '.join(DISTILL_METHODS)}")
         teacher = check_model_folder(args.model)
         if args.config is None and (Path(teacher) / "config.yaml").is_file():
             args.config = str(Path(teacher) / "config.yaml")
@@ -63,6 +84,7 @@ def main() -> None:
                 "distill.steps": args.steps,
                 "distill.teacher_steps": args.teacher_steps,
                 "distill.max_steps": args.max_steps,
+                "distill.method": args.method,
             },
         )
         accelerator = tracked_accelerator(cfg.distill.mixed_precision, args.report_to, args.out)

@@ -116,6 +116,11 @@ class Units:
                 f"models/b_cfg ({teacher[:12]}...)'s DDIM-{first} to {d.steps} "
                 "(distill.teacher_steps, distill.steps): remove it to distil again"
             )
+        if record.get("method", "progressive") != d.method:
+            raise ConfigError(
+                f"{folder}: {record.get('method', 'progressive')}-distilled, not by {d.method} (distill.method): "
+                "remove it to distil again"
+            )
         return folder
 
     def generated(self, tag: str, n: int, name: str | None = None, sampling: dict | None = None) -> str:
