@@ -1,7 +1,7 @@
-"""Progressive distillation of the joint sampler (core/distill.py, diffusion/distill.py, jobs/distill.py):
-the target's algebra, one round measured against its untrained start, the distilled folder as a model
-folder (round trip, synthesis locally and on Ray with byte-identical reruns, its own fingerprint), the
-refusals, and resume."""
+"""Distillation of the joint sampler (core/distill.py, diffusion/distill.py, jobs/distill.py), progressive
+and consistency: the targets' algebra, one progressive round and one consistency run measured against their
+untrained start, the distilled folders as model folders (round trip, synthesis locally and on Ray with
+byte-identical reruns, their own fingerprints), the refusals, and resume."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from PIL import Image
 
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
 from dakter_scale.core.distill import (
+    consistency_target,
     ddim_step,
     distill_timesteps,
     halvings,
     next_alpha_bar,
     progressive_target,
+    steps_on_grid,
 )
+from dakter_scale.core.schedule import add_noise, to_x0_eps
 from dakter_scale.data import shardset
 from dakter_scale.diffusion.distill import DistillError, distill, plan_rounds
 from dakter_scale.diffusion.model import (
@@ -140,6 +143,10 @@ def _distance(samples, reference) -> tuple[float, float]:
         float(((samples.images - reference.images) ** 2).mean()),
         float((samples.q - reference.q).abs().mean()),
     )
+
+
+def _shown(distance: tuple[float, float]) -> str:
+    return f"image MSE {distance[0]:.4f}, label L1 {distance[1]:.4f}"
 
 
 def test_one_round_brings_two_steps_closer_to_the_teachers_four_than_its_untrained_start(teacher, student):
@@ -290,6 +297,9 @@ def test_the_distill_job_refuses_bad_flags_in_one_line(teacher, tmp_path):
     assert "--steps 3" in _one_line_error(_run(distill_job + ["--steps", "3", "--teacher-steps", "8"]))
     assert "--teacher-steps must be >= 2" in _one_line_error(_run(distill_job + ["--teacher-steps", "0"]))
     assert "data.resolution 64" in _one_line_error(_run(distill_job + ["data.resolution=64"]))
+    assert _one_line_error(_run(distill_job + ["--method", "nonsense"])) == (
+        "error: --method nonsense: expected progressive or consistency"
+    )
     assert "does not exist" in _one_line_error(
         _run(job("distill.py") + ["--model", str(tmp_path / "none"), "--out", str(tmp_path / "d")])
     )
@@ -298,7 +308,15 @@ def test_the_distill_job_refuses_bad_flags_in_one_line(teacher, tmp_path):
 def test_help_explains_the_job():
     r = _run(job("distill.py") + ["--help"])
     assert r.returncode == 0
-    for words in ("Progressive distillation", "--teacher-steps", "--resume", "evaluations per pair", "torchrun"):
+    for words in (
+        "Progressive distillation",
+        "Consistency distillation",
+        "--method",
+        "--teacher-steps",
+        "--resume",
+        "evaluations per pair",
+        "torchrun",
+    ):
         assert words in r.stdout
 
 
@@ -363,3 +381,217 @@ def test_two_processes_distil_with_identical_ranks(teacher, tmp_path):
     ranks = json.loads((out / "logs" / "ranks.json").read_text())
     assert ranks["ranks"] == 2 and ranks["identical"]
     assert json.loads((out / "dakter.json").read_text())["distilled"]["rounds"][0]["optimizer_steps"] == 4
+
+
+# -- consistency distillation ---------------------------------------------------------------------------
+
+# K = 4 grid levels (the teacher's DDIM-4), sampled at 2 steps by default; 200 optimiser steps (about 10 s)
+CONSISTENCY = ["distill.method=consistency", "distill.steps=2", "distill.teacher_steps=4"] + ROUND
+CONSISTENCY_STEPS = 200
+
+
+def test_the_consistency_target_is_the_point_itself_at_the_clean_end():
+    gen = torch.Generator().manual_seed(2)
+    z_s = torch.randn(6, 6, 4, 4, generator=gen, dtype=torch.float64)
+    x0_s = torch.randn(6, 6, 4, 4, generator=gen, dtype=torch.float64)  # whatever the target network says
+    _, a_s = _levels(6, gen)
+    target = consistency_target(z_s, x0_s, a_s)
+    assert torch.equal(target[-1], z_s[-1])  # f(z, 0) = z
+    assert torch.equal(target[:-1], x0_s[:-1])
+
+
+def test_with_a_perfect_teacher_and_target_network_the_target_is_the_clean_sample_at_every_level():
+    """Data that is one point z0: the exact denoiser's clean estimate is z0 at every level, so the teacher's
+    DDIM step stays on the pair's trajectory and the target is z0 itself, the clean end's included."""
+    gen = torch.Generator().manual_seed(3)
+    z0 = torch.randn(1, 6, 4, 4, generator=gen, dtype=torch.float64).expand(5, -1, -1, -1)
+    eps = torch.randn(5, 6, 4, 4, generator=gen, dtype=torch.float64)
+    a_t, a_s = _levels(5, gen)
+    z_s = ddim_step(add_noise(z0, eps, a_t), z0, a_t, a_s)  # the perfect teacher's step
+    assert torch.allclose(z_s, add_noise(z0, eps, a_s), atol=1e-10)  # on the trajectory of the same noise
+    assert torch.allclose(consistency_target(z_s, z0, a_s), z0, atol=1e-10)
+
+
+def test_the_v_parameterisations_clean_estimate_meets_the_boundary_condition_without_skip_scalings():
+    """f(z, t) = x0_hat = alpha z - sigma v tends to z as sigma -> 0 whatever the network outputs (v), and
+    is z at abar = 1: the consistency function needs no c_skip / c_out."""
+    gen = torch.Generator().manual_seed(4)
+    z, v = torch.randn(2, 3, 6, 4, 4, generator=gen, dtype=torch.float64)
+    errors = []
+    for sigma2 in (1e-2, 1e-4, 1e-6, 0.0):
+        x0, _ = to_x0_eps(v, z, torch.full((3,), 1.0 - sigma2, dtype=torch.float64), "v_prediction")
+        errors.append(float((x0 - z).abs().max()))
+    assert errors == sorted(errors, reverse=True) and errors[-1] == 0.0 and errors[-2] < 1e-2, errors
+
+
+def test_a_consistency_model_samples_at_every_step_count_whose_grid_lies_on_its_own():
+    assert steps_on_grid(1000, distill_timesteps(1000, 32)) == [1, 2, 4, 8, 16, 32]
+    assert steps_on_grid(1000, distill_timesteps(1000, 12)) == [1, 2, 3, 4, 6, 12]
+    grid = distill_timesteps(1000, 40)
+    for n in steps_on_grid(1000, grid):
+        assert set(distill_timesteps(1000, n)) <= set(grid) and 40 % n == 0
+
+
+@pytest.fixture(scope="module")
+def consistency(teacher):
+    """One consistency run on the teacher's DDIM-4 grid, 200 optimiser steps (about 10 s)."""
+    cfg = load_config(teacher / "config.yaml", CONSISTENCY + [f"distill.max_steps={CONSISTENCY_STEPS}"])
+    return distill(cfg, teacher, teacher.parent / "consistency", progress=False)
+
+
+def _as_consistency(model: JointDiffusion, steps: int, teacher_steps: int) -> JointDiffusion:
+    """The model's weights as a consistency folder: the untrained start of a consistency run."""
+    record = {
+        "method": "consistency",
+        "timesteps": distill_timesteps(1000, steps),
+        "trained_timesteps": distill_timesteps(1000, teacher_steps),
+    }
+    return JointDiffusion(model.unet, model.scheduler, {**model.info, "distilled": record})
+
+
+def test_consistency_distillation_brings_one_evaluation_closer_to_the_teachers_ddim_than_its_untrained_start(
+    teacher, consistency
+):
+    """At one evaluation the consistency sampler is the map z_T -> f(z_T, T), which CD trains towards the
+    end of the teacher's DDIM-4 trajectory from z_T: its distance to that end, pair by pair, is what the
+    training lowers. At two and more, each step starts from fresh noise (Song et al.'s Algorithm 1), so
+    a pair leaves its teacher trajectory and its distance is about that of independent samples (printed)."""
+    seeds = list(range(100, 116))
+    t = load_model_folder(teacher)
+    reference = sample_pairs(t, seeds, SamplingConfig(sampler="distilled", steps=4))  # the teacher's DDIM-4
+    untrained, trained = _as_consistency(t, 2, 4), load_model_folder(consistency)
+    rows = {}
+    for steps in (1, 2):
+        sampling = SamplingConfig(sampler="distilled", steps=steps)
+        rows[steps] = (
+            _distance(sample_pairs(untrained, seeds, sampling), reference),
+            _distance(sample_pairs(trained, seeds, sampling), reference),
+        )
+    independent = _distance(
+        sample_pairs(t, list(range(200, 216)), SamplingConfig(sampler="distilled", steps=4)), reference
+    )
+    for steps, (before, after) in rows.items():
+        print(f"\nconsistency, {steps} evaluation(s), to DDIM-4: untrained {_shown(before)}; trained {_shown(after)}")
+    print(f"independent DDIM-4 samples (other seeds): {_shown(independent)}")
+    before, after = rows[1]
+    # measured: image 0.1233 -> 0.0515, label 0.0626 -> 0.0609 (two evaluations: 0.078 / 0.119, independent 0.116)
+    assert after[0] < 0.6 * before[0], rows
+    assert after[1] < before[1], rows
+
+
+def test_the_consistency_folder_round_trips_and_records_its_method_grid_and_teacher(teacher, consistency):
+    c = load_model_folder(consistency)
+    record = c.info["distilled"]
+    assert (record["method"], record["evaluations_per_pair"], record["clip"]) == ("consistency", 2, "every step")
+    assert record["timesteps"] == [999, 499] and record["trained_timesteps"] == distill_timesteps(1000, 4)
+    assert record["teacher"]["model_hash"] == model_hash(teacher) == record["undistilled_model_hash"]
+    assert (record["teacher"]["sampler"], record["teacher"]["steps"]) == ("ddim", 4)
+    assert [
+        (r["from_steps"], r["to_steps"], r["optimizer_steps"], r["target_ema_decay"]) for r in record["rounds"]
+    ] == [(4, 2, CONSISTENCY_STEPS, 0.95)]
+    weights = load_tensors(consistency / "unet" / "diffusion_pytorch_model.safetensors")
+    assert_same_tensors(weights, {k: v.contiguous() for k, v in c.unet.state_dict().items()})
+    assert not torch.equal(weights["conv_in.weight"], load_model_folder(teacher).unet.state_dict()["conv_in.weight"])
+    # its sampler: its own 2 steps by default, and 1 or 4 (the grids on its DDIM-4 grid), nothing else
+    assert (sampling_for(consistency, SamplingConfig()).sampler, sampling_for(consistency, SamplingConfig()).steps) == (
+        "distilled",
+        2,
+    )
+    for steps in (1, 2, 4):
+        assert sampling_for(consistency, SamplingConfig(sampler="distilled", steps=steps)).steps == steps
+    for sampling, flag in (
+        (SamplingConfig(sampler="distilled", steps=3), "--steps 3: .* samples at 1, 2, 4 steps"),
+        (SamplingConfig(sampler="ddim", steps=50), "--sampler ddim"),
+    ):
+        with pytest.raises(DistilledSamplerError, match=f"^{flag}"):
+            sampling_for(consistency, sampling)
+
+
+def test_the_consistency_folder_synthesizes_with_byte_identical_reruns_and_its_own_fingerprint(
+    teacher, student, consistency, tmp_path
+):
+    a = _synth(consistency, tmp_path / "a", use_ray=False)
+    b = _synth(consistency, tmp_path / "b", use_ray=False)
+    assert a.ok and b.ok and _tars(tmp_path / "a") == _tars(tmp_path / "b")
+    info = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert (info["sampler"], info["steps"]) == ("distilled", 2)
+    # the progressive folder of the same steps (and the same teacher) draws another set
+    assert _synth(student, tmp_path / "p", use_ray=False).ok
+    progressive = json.loads((tmp_path / "p" / "dataset.json").read_text())
+    assert (progressive["sampler"], progressive["steps"]) == ("distilled", 2)
+    assert info["fingerprint"] != progressive["fingerprint"] and _tars(tmp_path / "a") != _tars(tmp_path / "p")
+    # one step from the same folder: another set
+    one = _synth(consistency, tmp_path / "one", SamplingConfig(sampler="distilled", steps=1), use_ray=False)
+    assert one.ok and json.loads((tmp_path / "one" / "dataset.json").read_text())["fingerprint"] != info["fingerprint"]
+    # --only-key rebuilds a pair bit for bit: the fresh noise of each step comes from the pair's own generator
+    config = SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3)
+    regenerate_to(consistency, "000001-000002", config, SamplingConfig(), str(tmp_path / "a"))
+    samples = {
+        s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False)
+    }
+    with Image.open(tmp_path / "a" / "regenerated" / "000001-000002.image.png") as im:
+        assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000001-000002"])[0])
+
+
+def test_consistency_distillation_refuses_teachers_and_grids_it_cannot_use(teacher, student, consistency, tmp_path):
+    cfg = load_config(teacher / "config.yaml", CONSISTENCY + ["distill.max_steps=1"])
+    with pytest.raises(DistillError, match="^--model .* is distilled: consistency distillation's teacher"):
+        distill(cfg, student, tmp_path / "x", progress=False)
+    with pytest.raises(DistillError, match="^--model .* is consistency-distilled"):
+        distill(load_config(teacher / "config.yaml", ["distill.steps=1"] + ROUND), consistency, tmp_path / "y")
+    with pytest.raises(DistillError, match="^--steps 3: .*--teacher-steps 8"):
+        distill(cfg.replace(**{"distill.steps": 3, "distill.teacher_steps": 8}), teacher, tmp_path / "z")
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+@pytest.mark.slow  # as the progressive resume test: two job runs and a third that finds the run finished
+def test_a_consistency_run_resumes_exactly_after_a_kill_and_skips_when_finished(teacher, tmp_path):
+    argv = job("distill.py") + [
+        "--model",
+        str(teacher),
+        "--method",
+        "consistency",
+        "--steps",
+        "2",
+        "--teacher-steps",
+        "4",
+        "--max-steps",
+        "6",
+        "distill.checkpoint_every=2",
+        *ROUND,
+    ]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _run(argv + ["--out", str(whole)]).returncode == 0
+    r = _run(argv + ["--out", str(killed), "--resume", "latest"], DAKTER_KILL_AFTER_STEP="5")
+    assert r.returncode != 0 and not (killed / "dakter.json").exists()
+    assert (killed / "checkpoints" / "step-00000004" / "target_ema.safetensors").is_file()
+    r = _run(argv + ["--out", str(killed), "--resume", "latest"])
+    assert r.returncode == 0 and "at step 4" in r.stderr, r.stderr[-2000:]
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert_same_tensors(load_tensors(whole / weights), load_tensors(killed / weights))
+    before = (killed / weights).stat().st_mtime_ns
+    r = _run(argv + ["--out", str(killed), "--resume", "latest"])
+    assert r.returncode == 0 and "already finished" in r.stderr and (killed / weights).stat().st_mtime_ns == before
+
+
+@pytest.mark.slow  # two more progressive rounds (about 12 s)
+def test_at_equal_optimiser_steps_consistency_and_progressive_one_evaluation_samplers_beside_each_other(
+    teacher, consistency, tmp_path
+):
+    """Progressive 4 -> 2 -> 1 in two rounds of 100 optimiser steps beside the consistency run's 200, both at
+    one evaluation against the teacher's DDIM-4, pair by pair (printed; both must beat the untrained start)."""
+    cfg = load_config(
+        teacher / "config.yaml", ["distill.steps=1", "distill.teacher_steps=4", "distill.max_steps=100"] + ROUND
+    )
+    progressive = distill(cfg, teacher, tmp_path / "p1", progress=False)
+    seeds, one = list(range(100, 116)), SamplingConfig(sampler="distilled", steps=1)
+    t = load_model_folder(teacher)
+    reference = sample_pairs(t, seeds, SamplingConfig(sampler="distilled", steps=4))
+    untrained = _distance(sample_pairs(t, seeds, one), reference)
+    p = _distance(sample_pairs(load_model_folder(progressive), seeds, one), reference)
+    c = _distance(sample_pairs(load_model_folder(consistency), seeds, one), reference)
+    print(
+        f"\none evaluation, to DDIM-4: untrained {_shown(untrained)}; progressive {_shown(p)}; consistency {_shown(c)}"
+    )
+    # measured: untrained (0.1233, 0.0626), progressive (0.0383, 0.0621), consistency (0.0515, 0.0609)
+    assert p[0] < untrained[0] and c[0] < untrained[0]

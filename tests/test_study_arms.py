@@ -192,3 +192,5 @@ def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
     path.write_text(json.dumps(info))  # the same model and steps, another first teacher
     with pytest.raises(ConfigError, match=r"DDIM-2 to 1 steps, not from models/b_cfg \(\w+\.\.\.\)'s DDIM-4 to 1"):
         Experiment(cfg.replace(**{"distill.teacher_steps": 4}), tmp_path, progress=False).run()
+    with pytest.raises(ConfigError, match=r"progressive-distilled, not by consistency \(distill.method\)"):
+        Experiment(cfg.replace(**{"distill.method": "consistency"}), tmp_path, progress=False).run()
