@@ -6,17 +6,29 @@ DDIM-50 of the undistilled generator.
         --out runs/distill/frontier                          (resumable: rerun the same command)
     ... --teacher-steps 32 --chain 16,8,4 --judge runs/distill/frontier/judge --out runs/distill/frontier32
                                                              (another first teacher, the same judge)
+    ... --method consistency --teacher-steps 32 --chain 4,2,1 --round-steps 1200 \
+        --judge runs/distill/frontier/judge --beside runs/distill/frontier32 --out runs/distill/consistency32
+                                                             (one consistency model on the DDIM-32 grid, as many
+                                                             optimiser steps as 3 progressive rounds of 400,
+                                                             sampled at 4, 2 and 1 evaluations)
 
 Stages, each kept in OUT and skipped when finished, so a rerun continues:
   judge/       a real-only student (jobs/train_student.py on the generator's data, --judge-steps steps): the
                segmenter label alignment and calibration are scored with (or --judge DIR)
   m8 m4 m2 m1  the distilled folders (jobs/distill.py's rounds, one folder per round, --round-steps optimiser
                steps each, checkpoints every 50 so a killed round resumes); each round's CPU and wall seconds
+  cd           with --method consistency instead: one consistency-distilled folder (--round-steps optimiser
+               steps in one run on the DDIM grid of --teacher-steps), sampled at every --chain step count
+               (each on that grid); its CPU and wall seconds
   sets/NAME    --pairs pairs per sampler point (jobs/synthesize.py's writer in this process, one thread)
   frontier.json, frontier.md   per point: evaluations per pair, label alignment (mIoU, pixel agreement),
                class-fraction total variation, mean max-probability, expected calibration error of the soft
                labels against the judge, ENL (real beside), grey-level histogram distance, pairs/s, and the
                distillation's cost so far
+With --beside DIR (another run's OUT, e.g. the progressive frontier of the same teacher and judge) its points
+and rounds are listed in frontier.md below this run's, and the undistilled samplers are not measured again
+(their rows are DIR's): one table at equal judge and quality columns. Pairs/s of two runs were measured at
+different times, under whatever else the machine ran.
 The --model folder is only read. Nothing here is a test: it measures.
 """
 
@@ -38,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config  # noqa: E402
 
 CHAIN = (8, 4, 2, 1)  # the distilled points (--chain), each the next one's teacher
+CONSISTENCY_CHAIN = (4, 2, 1)  # --method consistency: the step counts one consistency model is sampled at
 TEACHER_STEPS = 16  # the undistilled generator's DDIM steps the first round halves (--teacher-steps)
 
 
@@ -119,16 +132,64 @@ def distil_chain(
         teacher, teacher_steps = folder, steps
 
 
-def points(model: Path, out: Path, first: int, chain: tuple[int, ...]) -> dict[str, tuple[Path, SamplingConfig]]:
-    p = {
-        "ddim-50": (model, SamplingConfig(sampler="ddim", steps=50)),
-        "dpmsolver++-20": (model, SamplingConfig(sampler="dpmsolver++", steps=20)),
-        # the project's DDIM at the first teacher's steps (diffusers' trailing grid, within a timestep of the
-        # distillation grid the first round's teacher steps on)
-        f"ddim-{first}": (model, SamplingConfig(sampler="ddim", steps=first)),
+def distil_consistency(
+    model: Path, out: Path, rec: dict, optimizer_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
+) -> None:
+    """One consistency run (diffusion/distill.py) on the DDIM-`first` grid into OUT/cd, its default sampler
+    at chain[0] steps; its cost in rec["rounds"] as a progressive round's."""
+    from dakter_scale.diffusion.distill import distill
+    from dakter_scale.training import list_checkpoints, make_accelerator
+
+    folder, name = out / "cd", f"consistency DDIM-{first}"
+    if name in rec["rounds"] and (folder / "dakter.json").is_file():
+        return
+    log(f"{name}: {optimizer_steps} optimiser steps into {folder}")
+    cfg = load_config(
+        model / "config.yaml",
+        [
+            "distill.method=consistency",
+            f"distill.steps={chain[0]}",
+            f"distill.teacher_steps={first}",
+            f"distill.max_steps={optimizer_steps}",
+            f"distill.lr={lr}",
+            f"distill.batch_size={batch}",
+            "distill.checkpoint_every=50",
+            "distill.log_every=25",
+        ],
+    )
+    kept = list_checkpoints(folder)
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    distill(cfg, model, folder, resume="latest", progress=False, accelerator=make_accelerator("no"))
+    rec["rounds"][name] = {
+        "method": "consistency",
+        "optimizer_steps": optimizer_steps,
+        "resumed_at_step": kept[-1][0] if kept else 0,  # the seconds below count from this step on
+        "batch_size": batch,
+        "lr": lr,
+        "target_ema_decay": cfg.distill.target_ema_decay,
+        "cpu_seconds": cpu_seconds() - cpu0,  # of this run; a resumed run counts only its own part
+        "wall_seconds": time.perf_counter() - wall0,
     }
+    save(out, rec)
+
+
+def points(
+    model: Path, out: Path, first: int, chain: tuple[int, ...], method: str = "progressive", baselines: bool = True
+) -> dict[str, tuple[Path, SamplingConfig]]:
+    p = {}
+    if baselines:
+        p = {
+            "ddim-50": (model, SamplingConfig(sampler="ddim", steps=50)),
+            "dpmsolver++-20": (model, SamplingConfig(sampler="dpmsolver++", steps=20)),
+            # the project's DDIM at the first teacher's steps (diffusers' trailing grid, within a timestep of the
+            # distillation grid the first round's teacher steps on)
+            f"ddim-{first}": (model, SamplingConfig(sampler="ddim", steps=first)),
+        }
     for steps in chain:
-        p[f"distilled-{steps}"] = (out / f"m{steps}", SamplingConfig(sampler="distilled", steps=steps))
+        if method == "consistency":  # one model, sampled at each step count on its grid
+            p[f"consistency-{steps}"] = (out / "cd", SamplingConfig(sampler="distilled", steps=steps))
+        else:
+            p[f"distilled-{steps}"] = (out / f"m{steps}", SamplingConfig(sampler="distilled", steps=steps))
     return p
 
 
@@ -147,14 +208,25 @@ def expected_calibration_error(q: np.ndarray, judged: np.ndarray, bins: int = 15
     return float(ece)
 
 
-def score(model: Path, out: Path, judge: Path, rec: dict, pairs: int, first: int, chain: tuple[int, ...]) -> None:
+def score(
+    model: Path,
+    out: Path,
+    judge: Path,
+    rec: dict,
+    pairs: int,
+    first: int,
+    chain: tuple[int, ...],
+    method: str = "progressive",
+    baselines: bool = True,
+    beside: Path | None = None,
+) -> None:
     from dakter_scale.student.evaluate import segment
     from dakter_scale.student.models import load_student
     from dakter_scale.study.quality import generation_quality, read_generated
     from dakter_scale.synth import run as synth_run
 
     cfg = load_config(model / "config.yaml")
-    for name, (folder, sampling) in points(model, out, first, chain).items():
+    for name, (folder, sampling) in points(model, out, first, chain, method, baselines).items():
         if name in rec["points"]:
             continue
         url = str(out / "sets" / name)
@@ -184,10 +256,17 @@ def score(model: Path, out: Path, judge: Path, rec: dict, pairs: int, first: int
             **quality,
         }
         save(out, rec)
-        write_markdown(out, rec)
+        write_markdown(out, rec, beside)
 
 
-def write_markdown(out: Path, rec: dict) -> None:
+def write_markdown(out: Path, rec: dict, beside: Path | None = None) -> None:
+    """frontier.md: the points and rounds of rec, then those of the run in `beside` (named "DIR: point")."""
+    if beside is not None:
+        other = record(beside)
+        rec = {
+            "points": {**rec["points"], **{f"{beside.name}: {k}": v for k, v in other["points"].items()}},
+            "rounds": {**rec["rounds"], **{f"{beside.name}: {k}": v for k, v in other["rounds"].items()}},
+        }
     lines = [
         "| point | NFE | label mIoU | pixel agreement | class-fraction TV | mean max-prob | ECE | ENL (real) | histogram TV | pairs/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -218,28 +297,73 @@ def main() -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--judge", type=Path, help="a real-only student folder (default: train one in OUT/judge)")
     p.add_argument("--judge-steps", type=int, default=600)
-    p.add_argument("--round-steps", type=int, default=400, help="optimiser steps per distillation round")
+    p.add_argument(
+        "--method",
+        choices=("progressive", "consistency"),
+        default="progressive",
+        help="progressive: a chain of rounds; consistency: one run of --round-steps optimiser steps, sampled at every --chain step count",
+    )
+    p.add_argument(
+        "--round-steps",
+        type=int,
+        default=400,
+        help="optimiser steps per distillation round (consistency: of its one run)",
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--pairs", type=int, default=200, help="pairs per sampler point")
     p.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS, help="the DDIM steps the first round halves")
     p.add_argument(
-        "--chain", default=",".join(map(str, CHAIN)), help="the distilled points, each half the one before (8,4,2,1)"
+        "--chain",
+        help="the distilled points: progressive, each half the one before (default 8,4,2,1); consistency, the step "
+        "counts its one model is sampled at, each on the --teacher-steps grid, the first its default (default 4,2,1)",
+    )
+    p.add_argument(
+        "--beside",
+        type=Path,
+        help="another run's OUT (its frontier.json) listed in this run's frontier.md; the undistilled samplers are then not measured again",
     )
     args = p.parse_args()
-    chain = tuple(int(n) for n in args.chain.split(","))
-    if [args.teacher_steps // 2**k for k in range(1, len(chain) + 1)] != list(chain):
+    consistency = args.method == "consistency"
+    chain = (
+        tuple(int(n) for n in args.chain.split(",")) if args.chain else (CONSISTENCY_CHAIN if consistency else CHAIN)
+    )
+    if consistency:
+        from dakter_scale.core.distill import distill_timesteps, steps_on_grid
+        from dakter_scale.diffusion.model import num_train_timesteps
+
+        num_train = num_train_timesteps(args.model)
+        on_grid = steps_on_grid(num_train, distill_timesteps(num_train, args.teacher_steps))
+        if not set(chain) <= set(on_grid):
+            raise SystemExit(
+                f"--chain {args.chain}: a consistency model samples at step counts on the --teacher-steps {args.teacher_steps} grid: {on_grid}"
+            )
+    elif [args.teacher_steps // 2**k for k in range(1, len(chain) + 1)] != list(chain):
         raise SystemExit(
             f"--chain {args.chain}: each point halves the one before, from --teacher-steps {args.teacher_steps}"
         )
+    if args.beside is not None and not (args.beside / "frontier.json").is_file():
+        raise SystemExit(f"--beside {args.beside}: no frontier.json there")
     args.out.mkdir(parents=True, exist_ok=True)
     rec = record(args.out)
     rec["command"] = " ".join(sys.argv)
     save(args.out, rec)
     judge = args.judge or train_judge(args.model, args.out, args.judge_steps)
-    distil_chain(args.model, args.out, rec, args.round_steps, args.lr, args.batch_size, args.teacher_steps, chain)
-    score(args.model, args.out, judge, rec, args.pairs, args.teacher_steps, chain)
-    write_markdown(args.out, rec)
+    distil = distil_consistency if consistency else distil_chain
+    distil(args.model, args.out, rec, args.round_steps, args.lr, args.batch_size, args.teacher_steps, chain)
+    score(
+        args.model,
+        args.out,
+        judge,
+        rec,
+        args.pairs,
+        args.teacher_steps,
+        chain,
+        args.method,
+        baselines=args.beside is None,
+        beside=args.beside,
+    )
+    write_markdown(args.out, rec, args.beside)
     log(f"done: {args.out / 'frontier.md'}")
 
 
