@@ -352,6 +352,9 @@ class SynthesisConfig:
     # the model folder), or their grey-level histograms differ by more than this total variation
     enl_ratio_threshold: float = 2.0
     histogram_threshold: float = 0.25
+    # warn when a class holding >= 0.1 % of the training pixels (or the target's) is generated at under
+    # its share divided by this factor: the total variation cannot see a rare class vanish
+    class_share_ratio_threshold: float = 3.0
     target: TargetConfig = field(default_factory=TargetConfig)
     bank: BankConfig = field(default_factory=BankConfig)
 
@@ -388,6 +391,11 @@ class SynthesisConfig:
             0 < self.histogram_threshold <= 1,
             "synthesis.histogram_threshold",
             f"must be in (0, 1] (a total variation), got {self.histogram_threshold}",
+        )
+        _check(
+            self.class_share_ratio_threshold > 1,
+            "synthesis.class_share_ratio_threshold",
+            f"must be > 1 (a factor), got {self.class_share_ratio_threshold}",
         )
 
 

@@ -222,6 +222,29 @@ def test_finish_writes_the_count_statistics_and_divergence_of_the_markers(tmp_pa
     assert header.check_settings()["threshold"] == 0.1 and kept.check_settings()["threshold"] == 0.01
 
 
+def test_a_derived_set_keeps_the_rare_class_factor_through_check_settings(tmp_path):
+    """check_settings carries synthesis.class_share_ratio_threshold: a set derived with its source's
+    settings (the filter) is checked with the source's factor; a dataset.json written before the
+    check existed gets the default 3."""
+    url = str(tmp_path / "set")
+    write_dataset(url, [3, 2])
+    out = ShardSet(url)
+    markers = {i.shard: i.marker for i in out.done()}
+    generated = marker_stats(markers, 5)["class_fractions"]
+    k = int(np.argmin([g if g > 0.01 else 1.0 for g in generated]))
+    reference = list(generated)
+    reference[k] = 4 * generated[k]  # generated at a quarter of its reference share: warns at 3, not at 5
+    header = DatasetInfo(classes=list(out.info().classes), resolution=32, train_stats={"class_fractions": reference})
+    source, warnings = out.finish(header, markers, threshold=1.0, class_share_ratio=5.0)
+    assert warnings == [] and source.check_settings()["class_share_ratio"] == 5.0
+    derived, warnings = ShardSet(str(tmp_path / "derived")).finish(source, markers, **source.check_settings())
+    assert warnings == [] and derived.divergence["class_shares"]["ratio_threshold"] == 5.0
+    _, warnings = ShardSet(str(tmp_path / "unkept")).finish(source, markers, threshold=1.0)  # the default, 3
+    assert len(warnings) == 1 and f"hold {source.classes[k]} at" in warnings[0]
+    old = DatasetInfo.from_json(json.loads((OLD / "dataset.json").read_text()))
+    assert "class_shares" not in old.divergence and old.check_settings()["class_share_ratio"] == 3.0
+
+
 def test_derive_stops_writing_once_its_lease_check_fails(tmp_path):
     """derive calls the caller's lease check before it clears or writes anything and before each shard:
     a holder whose lease lapsed mid-way (the check raises) writes no further shard, and a fresh holder

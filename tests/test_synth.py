@@ -228,6 +228,84 @@ def test_divergence_thresholds_by_hand():
     assert div["class_fraction_tv"] == pytest.approx(0.05) and len(warnings) == 1 and "max-probability" in warnings[0]
 
 
+NAMES = ["sea", "oil", "look-alike", "ship", "land"]
+REAL = [0.78, 0.047, 0.0764, 0.003, 0.0936]  # the 64 px training data's shares, ship 0.30 %
+
+
+def _with_ship(ship: float) -> list[float]:
+    """REAL with ship at `ship`, the difference given to sea (a total variation of |0.003 - ship| only)."""
+    return [REAL[0] + REAL[3] - ship, *REAL[1:3], ship, REAL[4]]
+
+
+def test_rare_class_share_warns_when_a_class_vanishes_and_names_it():
+    """Ship falling from 0.30 % to 0.03 % moves the total variation by 0.0027 only: the share check
+    warns, naming the class; at 0.20 % (within a factor 3) nothing warns."""
+    div, warnings = shardset.divergence(
+        {"class_fractions": _with_ship(0.0003), "mean_confidence": 0.9}, REAL, 0.1, classes=NAMES
+    )
+    assert warnings == [
+        "generated pairs hold ship at 0.03 % of pixels against 0.30 % in the training data (under a factor 3): "
+        "the sampler is losing this class"
+    ]
+    assert div["diverged"] and div["class_fraction_tv"] == pytest.approx(0.0027)
+    shares = div["class_shares"]
+    assert shares["ratio_threshold"] == 3.0 and shares["floor"] == 0.001 and len(shares["checked"]) == 5
+    assert shares["checked"][3] == {"class": 3, "name": "ship", "generated": 0.0003, "reference": 0.003}
+    div, warnings = shardset.divergence({"class_fractions": _with_ship(0.002), "mean_confidence": 0.9}, REAL, 0.1)
+    assert warnings == [] and not div["diverged"]
+    _, warnings = shardset.divergence(  # a target's class mix, classes unnamed: the index
+        {"class_fractions": _with_ship(0.0003), "mean_confidence": 0.9}, REAL, 0.1, against="the target's class mix"
+    )
+    assert len(warnings) == 1 and warnings[0].startswith("generated pairs hold class 3 at 0.03 %")
+    assert "in the target's class mix (under a factor 3)" in warnings[0]
+    _, warnings = shardset.divergence(  # the factor is the caller's
+        {"class_fractions": _with_ship(0.002), "mean_confidence": 0.9}, REAL, 0.1, class_share_ratio=1.2, classes=NAMES
+    )
+    assert len(warnings) == 1 and "ship at 0.20 %" in warnings[0] and "a factor 1.2" in warnings[0]
+
+
+def test_rare_class_share_ignores_classes_below_the_floor_and_over_production():
+    """A class under the floor (0.1 % of the reference) never warns, even at zero; producing more of a
+    rare class (what balancing and class targets do) never warns."""
+    reference = [0.9, 0.0995, 0.0005]
+    div, warnings = shardset.divergence(
+        {"class_fractions": [0.9005, 0.0995, 0.0], "mean_confidence": 0.9}, reference, 0.1
+    )
+    assert warnings == [] and [c["class"] for c in div["class_shares"]["checked"]] == [0, 1]
+    _, warnings = shardset.divergence({"class_fractions": _with_ship(0.03), "mean_confidence": 0.9}, REAL, 0.1)
+    assert warnings == []
+    div, warnings = shardset.divergence({"class_fractions": [1.0, 0.0], "mean_confidence": 0.9}, None, 0.1)
+    assert warnings == [] and div["class_shares"]["checked"] == [] and "not checked" in div["class_shares"]["note"]
+
+
+def test_rare_class_share_in_the_summary_lines():
+    from dakter_scale.data.shardset import DatasetInfo
+
+    generated = {"class_fractions": _with_ship(0.0003), "mean_confidence": 0.9, "pairs": 200}
+    div, warnings = shardset.divergence(generated, REAL, 0.1, classes=NAMES)
+    info = DatasetInfo(
+        classes=NAMES,
+        generated_stats=generated,
+        train_stats={"class_fractions": REAL},
+        divergence=div,
+        warnings=warnings,
+    )
+    assert (
+        "  class share ratio      ship 0.10: generated 0.03 %, reference 0.30 % of pixels "
+        "(the lowest of the classes >= 0.1 %; warn < 1/3)"
+    ) in info.summary_lines()
+
+
+@pytest.mark.parametrize("value", ["1", "0.5", "-3"])
+def test_class_share_ratio_threshold_is_validated(value):
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"synthesis.class_share_ratio_threshold={value}"])
+    assert str(e.value) == f"synthesis.class_share_ratio_threshold: must be > 1 (a factor), got {float(value)}"
+    assert load_config(None, ["synthesis.class_share_ratio_threshold=2.5"]).synthesis.class_share_ratio_threshold == 2.5
+
+
 # -- the sampler contract ---------------------------------------------------------------------------
 
 

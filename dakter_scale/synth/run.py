@@ -520,6 +520,7 @@ def _synthesize(
         train_sar=header.train_stats.get(SAR),
         enl_ratio=cfg.enl_ratio_threshold,
         histogram_tv=cfg.histogram_threshold,
+        class_share_ratio=cfg.class_share_ratio_threshold,
         against="the target's class mix" if reference else "the training data's",
         complete=summary.ok and len(markers) == plan.num_shards,
     )

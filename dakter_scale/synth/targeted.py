@@ -346,6 +346,7 @@ def _write_selection(
         markers,
         threshold=cfg.divergence_threshold,
         reference=target.reference(),
+        class_share_ratio=cfg.class_share_ratio_threshold,
         against="the target's class mix",
         samples_per_shard=cfg.samples_per_shard,
         add_warnings=warnings,

@@ -10,6 +10,7 @@ from typing import Any
 
 from dakter_scale.data.shardset.codec import ShardError
 from dakter_scale.data.shardset.records import (
+    CLASS_SHARE_RATIO_WARNING,
     COMPLETE,
     DATASET_FILE,
     ENL_RATIO_WARNING,
@@ -72,15 +73,18 @@ class DatasetInfo:
         return self.status == COMPLETE
 
     def check_settings(self) -> dict[str, Any]:
-        """How this set's divergence was checked (threshold, the training images' SAR statistics and
-        the SAR limits), as ShardSet.finish's keywords: a set derived from it (filtered) is checked the same way."""
+        """How this set's divergence was checked (threshold, the training images' SAR statistics, the
+        SAR limits and the rare-class factor), as ShardSet.finish's keywords: a set derived from it
+        (filtered) is checked the same way. A set written before a limit was recorded gets its default."""
         div = self.divergence or {}
         sar = div.get(SAR) or {}
+        shares = div.get("class_shares") or {}
         return {
             "threshold": float(div.get("threshold", 0.1)),
             "train_sar": (self.train_stats or {}).get(SAR),
             "enl_ratio": float(sar.get("enl_ratio_threshold", ENL_RATIO_WARNING)),
             "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING)),
+            "class_share_ratio": float(shares.get("ratio_threshold", CLASS_SHARE_RATIO_WARNING)),
         }
 
     def summary_lines(self) -> list[str]:
@@ -100,6 +104,14 @@ class DatasetInfo:
         elif train.get("class_fractions"):
             out.append(
                 f"                         training  {format_fractions(train['class_fractions'])}  total variation {div.get('class_fraction_tv', float('nan')):.3f} (warn > {div.get('threshold')})"
+            )
+        shares = div.get("class_shares") or {}
+        if shares.get("checked"):  # the class furthest under its reference share
+            worst = min(shares["checked"], key=lambda c: c["generated"] / c["reference"])
+            out.append(
+                f"  class share ratio      {worst.get('name') or 'class ' + str(worst['class'])} {worst['generated'] / worst['reference']:.2f}: "
+                f"generated {100 * worst['generated']:.2f} %, reference {100 * worst['reference']:.2f} % of pixels "
+                f"(the lowest of the classes >= {100 * shares['floor']:g} %; warn < 1/{shares['ratio_threshold']:g})"
             )
         out.append(
             f"  mean max-probability   generated {gen['mean_confidence']:.3f}, training 1 (hard labels) (warn < {MIN_MEAN_CONFIDENCE})"

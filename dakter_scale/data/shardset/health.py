@@ -5,13 +5,15 @@ lines that show them are DatasetInfo.summary_lines)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from dakter_scale.data.sar_stats import SarCounts, enl_from_counts, finite_or_none, histogram_distance_counts
 from dakter_scale.data.shardset.header import format_fractions
 from dakter_scale.data.shardset.records import (
+    CLASS_SHARE_FLOOR,
+    CLASS_SHARE_RATIO_WARNING,
     ENL_RATIO_WARNING,
     HISTOGRAM_TV_WARNING,
     MIN_MEAN_CONFIDENCE,
@@ -53,6 +55,9 @@ def divergence(
     enl_ratio: float = ENL_RATIO_WARNING,
     histogram_tv: float = HISTOGRAM_TV_WARNING,
     against: str = "the training data's",
+    *,
+    class_share_ratio: float = CLASS_SHARE_RATIO_WARNING,
+    classes: Sequence[str] | None = None,
 ) -> tuple[dict, list[str]]:
     """Compare the generated set with the training data; return the numbers and loud warnings.
 
@@ -62,7 +67,10 @@ def divergence(
     model folder recorded the training images' SAR statistics (`train_sar`), when the generated
     images' ENL is more than `enl_ratio` times or less than 1 / `enl_ratio` times the training
     images' (speckle smoothed away, or added) or their grey-level histograms differ by total
-    variation above `histogram_tv`."""
+    variation above `histogram_tv`. Every class holding at least CLASS_SHARE_FLOOR of the reference's
+    pixels warns when its generated share is under its reference share divided by `class_share_ratio`:
+    a vanishing rare class moves the total variation by its own small share only (named from
+    `classes` when given, else by index)."""
     if not generated:
         return {}, []
     warnings = []
@@ -80,6 +88,10 @@ def divergence(
                 f"generated class pixel fractions differ from {against} by total variation {tv:.3f} > {threshold}: "
                 f"generated {format_fractions(generated['class_fractions'])} vs {name} {format_fractions(train_fractions)}"
             )
+    share_warnings, out["class_shares"] = _class_share_divergence(
+        generated["class_fractions"], train_fractions, class_share_ratio, classes, against
+    )
+    warnings += share_warnings
     if generated["mean_confidence"] < MIN_MEAN_CONFIDENCE:
         warnings.append(
             f"mean max-probability of the soft labels is {generated['mean_confidence']:.3f} < {MIN_MEAN_CONFIDENCE}: "
@@ -89,6 +101,34 @@ def divergence(
     warnings += sar_warnings
     out["diverged"] = bool(warnings)
     return out, warnings
+
+
+def _class_share_divergence(
+    generated: Sequence[float],
+    reference: Sequence[float] | None,
+    ratio: float,
+    classes: Sequence[str] | None,
+    against: str,
+) -> tuple[list[str], dict]:
+    """The rare-class part of the divergence check: (warnings, numbers). Only a class under-produced
+    warns: producing more of a rare class than the reference is what balancing and class targets do."""
+    numbers: dict[str, Any] = {"ratio_threshold": ratio, "floor": CLASS_SHARE_FLOOR, "checked": []}
+    if not reference:
+        numbers["note"] = "not checked: no reference class fractions"
+        return [], numbers
+    where = against.removesuffix("'s")  # "the training data's" -> "in the training data"
+    warnings = []
+    for k, (gen, ref) in enumerate(zip(generated, reference)):
+        if ref < CLASS_SHARE_FLOOR:
+            continue
+        name = classes[k] if classes and k < len(classes) else None
+        numbers["checked"].append({"class": k, "name": name, "generated": float(gen), "reference": float(ref)})
+        if gen < ref / ratio:
+            warnings.append(
+                f"generated pairs hold {name or f'class {k}'} at {100 * gen:.2f} % of pixels against {100 * ref:.2f} % "
+                f"in {where} (under a factor {ratio:g}): the sampler is losing this class"
+            )
+    return warnings, numbers
 
 
 def _sar_divergence(

@@ -43,6 +43,11 @@ MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform th
 # grey-level histograms differ by more than this total variation (synthesis.enl_ratio_threshold,
 # synthesis.histogram_threshold; chosen from the sampler frontier, docs/RESULTS.md)
 ENL_RATIO_WARNING, HISTOGRAM_TV_WARNING = 2.0, 0.25
+# a class whose generated share is under its reference share divided by this factor warns
+# (synthesis.class_share_ratio_threshold): a total variation cannot see a class of 0.3 % vanish, and
+# progressive distillation erases the rarest class that way (docs/synthesis.md, "Divergence warning").
+# Classes under CLASS_SHARE_FLOOR of the reference's pixels are not checked: their share is too noisy to judge.
+CLASS_SHARE_RATIO_WARNING, CLASS_SHARE_FLOOR = 3.0, 0.001
 
 
 def shard_name(shard: int, ext: str = "tar") -> str:

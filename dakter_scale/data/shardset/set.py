@@ -20,6 +20,7 @@ from dakter_scale.data.shardset.health import divergence, marker_stats
 from dakter_scale.data.shardset.records import (
     _MEMBER_SET,
     CHECKED,
+    CLASS_SHARE_RATIO_WARNING,
     COMPLETE,
     DATASET_FILE,
     ENL_RATIO_WARNING,
@@ -128,6 +129,7 @@ class ShardSet:
         train_sar: dict | None = None,
         enl_ratio: float = ENL_RATIO_WARNING,
         histogram_tv: float = HISTOGRAM_TV_WARNING,
+        class_share_ratio: float = CLASS_SHARE_RATIO_WARNING,
         against: str = "the training data's",
         complete: bool = True,
         samples_per_shard: int | None = None,
@@ -138,7 +140,8 @@ class ShardSet:
         """Write the dataset.json of a set whose shards are written, the one way every tool finishes a
         set (synthesis, the filter, targeted synthesis): `header` with the pair count of `markers` (the
         set's own, trusted), their statistics (marker_stats), the divergence check of those against
-        `reference` (default: the header's training class fractions) and `train_sar` (divergence),
+        `reference` (default: the header's training class fractions; its classes named by the header's
+        `classes`) and `train_sar` (divergence),
         complete or incomplete (`complete`: every planned shard written), the divergence's warnings followed by `add_warnings` (keep_warnings: the header's own
         list, as a filtered set has always carried its source's), and `fields`. samples_per_shard: a set
         derived from another, planned as the pairs it holds in shards of this size. Returns (the header
@@ -146,7 +149,17 @@ class ShardSet:
         count = marker_count(markers.values())
         generated = marker_stats(markers, len(header.classes or []))
         fractions = reference or (header.train_stats or {}).get("class_fractions")
-        div, warnings = divergence(generated, fractions, threshold, train_sar, enl_ratio, histogram_tv, against)
+        div, warnings = divergence(
+            generated,
+            fractions,
+            threshold,
+            train_sar,
+            enl_ratio,
+            histogram_tv,
+            against,
+            class_share_ratio=class_share_ratio,
+            classes=header.classes,
+        )
         if samples_per_shard is not None:
             fields.update(planned=count, samples_per_shard=samples_per_shard, num_shards=-(-count // samples_per_shard))
         kept = header.warnings if keep_warnings else warnings + list(add_warnings)
