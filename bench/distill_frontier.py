@@ -11,6 +11,9 @@ DDIM-50 of the undistilled generator.
                                                              (one consistency model on the DDIM-32 grid, as many
                                                              optimiser steps as 3 progressive rounds of 400,
                                                              sampled at 4, 2 and 1 evaluations)
+    ... --markdown-only --out DIR [--model M | --judge J] [--beside B]
+                                                             (rewrite DIR/frontier.md from DIR/frontier.json,
+                                                             nothing measured; class names from M or J)
 
 Stages, each kept in OUT and skipped when finished, so a rerun continues:
   judge/       a real-only student (jobs/train_student.py on the generator's data, --judge-steps steps): the
@@ -22,9 +25,10 @@ Stages, each kept in OUT and skipped when finished, so a rerun continues:
                (each on that grid); its CPU and wall seconds
   sets/NAME    --pairs pairs per sampler point (jobs/synthesize.py's writer in this process, one thread)
   frontier.json, frontier.md   per point: evaluations per pair, label alignment (mIoU, pixel agreement),
-               class-fraction total variation, mean max-probability, expected calibration error of the soft
-               labels against the judge, ENL (real beside), grey-level histogram distance, pairs/s, and the
-               distillation's cost so far
+               class-fraction total variation, the rarest real class's generated share (the smallest nonzero
+               real share; a total variation cannot see it vanish), mean max-probability, expected calibration
+               error of the soft labels against the judge, ENL (real beside), grey-level histogram distance,
+               pairs/s, and the distillation's cost so far
 With --beside DIR (another run's OUT, e.g. the progressive frontier of the same teacher and judge) its points
 and rounds are listed in frontier.md below this run's, and the undistilled samplers are not measured again
 (their rows are DIR's): one table at equal judge and quality columns. Pairs/s of two runs were measured at
@@ -256,28 +260,59 @@ def score(
             **quality,
         }
         save(out, rec)
-        write_markdown(out, rec, beside)
+        write_markdown(out, rec, beside, model_classes(model, judge))
 
 
-def write_markdown(out: Path, rec: dict, beside: Path | None = None) -> None:
-    """frontier.md: the points and rounds of rec, then those of the run in `beside` (named "DIR: point")."""
+def rarest_class(points: dict) -> tuple[int, float] | None:
+    """(index, real share) of the class with the smallest nonzero real share, from the first point that
+    recorded the real class fractions: the class a sampler loses first (progressive distillation erases it)."""
+    real = next((p["class_fractions_real"] for p in points.values() if p.get("class_fractions_real")), None)
+    shares = [(v, k) for k, v in enumerate(real or []) if v > 0]
+    return (min(shares)[1], min(shares)[0]) if shares else None
+
+
+def model_classes(*folders: Path | None) -> list[str] | None:
+    """The class names of the first folder that records them: a generator's dakter.json, a student's student.json."""
+    for folder in folders:
+        for name in ("dakter.json", "student.json"):
+            path = None if folder is None else folder / name
+            if path is not None and path.is_file() and json.loads(path.read_text()).get("classes"):
+                return list(json.loads(path.read_text())["classes"])
+    return None
+
+
+def write_markdown(out: Path, rec: dict, beside: Path | None = None, classes: list[str] | None = None) -> None:
+    """frontier.md: the points and rounds of rec, then those of the run in `beside` (named "DIR: point").
+    The rarest real class's share is named from `classes` (else by its index)."""
     if beside is not None:
         other = record(beside)
         rec = {
             "points": {**rec["points"], **{f"{beside.name}: {k}": v for k, v in other["points"].items()}},
             "rounds": {**rec["rounds"], **{f"{beside.name}: {k}": v for k, v in other["rounds"].items()}},
         }
+    rare = rarest_class(rec["points"])
+    rare_header = ""
+    if rare is not None:
+        k, real = rare
+        name = classes[k] if classes and k < len(classes) else f"class {k}"
+        rare_header = f" {name} share % (real {100 * real:.2f}) |"
     lines = [
-        "| point | NFE | label mIoU | pixel agreement | class-fraction TV | mean max-prob | ECE | ENL (real) | histogram TV | pairs/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| point | NFE | label mIoU | pixel agreement | class-fraction TV |"
+        + rare_header
+        + " mean max-prob | ECE | ENL (real) | histogram TV | pairs/s |",
+        "|---|---|---|---|---|" + ("---|" if rare_header else "") + "---|---|---|---|---|",
     ]
     for name, p in rec["points"].items():
         hist = p.get("histogram_distance", {})
         hist_tv = hist.get("tv") if isinstance(hist, dict) else hist
         pps = p["pairs_per_second"]
+        generated = p.get("class_fractions_generated")
+        rare_cell = ""
+        if rare is not None:
+            rare_cell = f" {100 * generated[rare[0]]:.2f} |" if generated else " - |"
         lines.append(
             f"| {name} | {p['evaluations_per_pair']} | {p['label_alignment']['miou']:.2f} | "
-            f"{p['label_alignment']['pixel_agreement']:.3f} | {p['class_fraction_tv']:.3f} | {p['mean_confidence']:.3f} | "
+            f"{p['label_alignment']['pixel_agreement']:.3f} | {p['class_fraction_tv']:.3f} |{rare_cell} {p['mean_confidence']:.3f} | "
             f"{p['ece']:.3f} | {p['enl_generated']:.2f} ({p.get('enl_real', float('nan')):.2f}) | "
             f"{hist_tv if hist_tv is None else round(float(hist_tv), 3)} | {'-' if pps is None else f'{pps:.2f}'} |"
         )
@@ -293,7 +328,9 @@ def write_markdown(out: Path, rec: dict, beside: Path | None = None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, help="the undistilled generator's folder (only read)")
+    p.add_argument(
+        "--model", type=Path, help="the undistilled generator's folder (only read; required unless --markdown-only)"
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--judge", type=Path, help="a real-only student folder (default: train one in OUT/judge)")
     p.add_argument("--judge-steps", type=int, default=600)
@@ -323,7 +360,23 @@ def main() -> None:
         type=Path,
         help="another run's OUT (its frontier.json) listed in this run's frontier.md; the undistilled samplers are then not measured again",
     )
+    p.add_argument(
+        "--markdown-only",
+        action="store_true",
+        help="rewrite OUT/frontier.md from OUT/frontier.json (and --beside's) and stop: nothing is measured; the "
+        "class names come from --model or --judge when given",
+    )
     args = p.parse_args()
+    if args.beside is not None and not (args.beside / "frontier.json").is_file():
+        raise SystemExit(f"--beside {args.beside}: no frontier.json there")
+    if args.markdown_only:
+        if not (args.out / "frontier.json").is_file():
+            raise SystemExit(f"--markdown-only: no frontier.json in --out {args.out}")
+        write_markdown(args.out, record(args.out), args.beside, model_classes(args.model, args.judge))
+        log(f"rewritten: {args.out / 'frontier.md'}")
+        return
+    if args.model is None:
+        raise SystemExit("--model is required (the undistilled generator's folder) unless --markdown-only")
     consistency = args.method == "consistency"
     chain = (
         tuple(int(n) for n in args.chain.split(",")) if args.chain else (CONSISTENCY_CHAIN if consistency else CHAIN)
@@ -342,8 +395,6 @@ def main() -> None:
         raise SystemExit(
             f"--chain {args.chain}: each point halves the one before, from --teacher-steps {args.teacher_steps}"
         )
-    if args.beside is not None and not (args.beside / "frontier.json").is_file():
-        raise SystemExit(f"--beside {args.beside}: no frontier.json there")
     args.out.mkdir(parents=True, exist_ok=True)
     rec = record(args.out)
     rec["command"] = " ".join(sys.argv)
@@ -363,7 +414,7 @@ def main() -> None:
         baselines=args.beside is None,
         beside=args.beside,
     )
-    write_markdown(args.out, rec, args.beside)
+    write_markdown(args.out, rec, args.beside, model_classes(args.model, judge))
     log(f"done: {args.out / 'frontier.md'}")
 
 
