@@ -96,65 +96,19 @@ def train_judge(model: Path, out: Path, steps: int) -> Path:
     return judge
 
 
-def distil_chain(
-    model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
-) -> None:
+def timed_distill(
+    model: Path, teacher: Path, folder: Path, settings: list[str], steps: int, lr: float, batch: int
+) -> dict:
+    """One distillation run (diffusion/distill.py) of `teacher` into `folder`, resumed from its newest
+    checkpoint, with the model's config and `settings`; its cost as a round's record."""
     from dakter_scale.diffusion.distill import distill
     from dakter_scale.training import list_checkpoints, make_accelerator
 
-    teacher, teacher_steps = model, first
-    for steps in chain:
-        folder = out / f"m{steps}"
-        name = f"{teacher_steps}->{steps}"
-        if name not in rec["rounds"] or not (folder / "dakter.json").is_file():
-            log(f"round {name}: {round_steps} optimiser steps into {folder}")
-            cfg = load_config(
-                model / "config.yaml",
-                [
-                    f"distill.steps={steps}",
-                    f"distill.teacher_steps={teacher_steps if teacher == model else 0}",
-                    f"distill.max_steps={round_steps}",
-                    f"distill.lr={lr}",
-                    f"distill.batch_size={batch}",
-                    "distill.checkpoint_every=50",
-                    "distill.log_every=25",
-                ],
-            )
-            kept = list_checkpoints(folder)
-            cpu0, wall0 = cpu_seconds(), time.perf_counter()
-            distill(cfg, teacher, folder, resume="latest", progress=False, accelerator=make_accelerator("no"))
-            done = {
-                "optimizer_steps": round_steps,
-                "resumed_at_step": kept[-1][0] if kept else 0,  # the seconds below count from this step on
-                "batch_size": batch,
-                "lr": lr,
-                "cpu_seconds": cpu_seconds() - cpu0,  # of this run; a resumed round counts only its own part
-                "wall_seconds": time.perf_counter() - wall0,
-            }
-            rec["rounds"][name] = {**rec["rounds"].get(name, {}), **done}
-            save(out, rec)
-        teacher, teacher_steps = folder, steps
-
-
-def distil_consistency(
-    model: Path, out: Path, rec: dict, optimizer_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
-) -> None:
-    """One consistency run (diffusion/distill.py) on the DDIM-`first` grid into OUT/cd, its default sampler
-    at chain[0] steps; its cost in rec["rounds"] as a progressive round's."""
-    from dakter_scale.diffusion.distill import distill
-    from dakter_scale.training import list_checkpoints, make_accelerator
-
-    folder, name = out / "cd", f"consistency DDIM-{first}"
-    if name in rec["rounds"] and (folder / "dakter.json").is_file():
-        return
-    log(f"{name}: {optimizer_steps} optimiser steps into {folder}")
     cfg = load_config(
         model / "config.yaml",
         [
-            "distill.method=consistency",
-            f"distill.steps={chain[0]}",
-            f"distill.teacher_steps={first}",
-            f"distill.max_steps={optimizer_steps}",
+            *settings,
+            f"distill.max_steps={steps}",
             f"distill.lr={lr}",
             f"distill.batch_size={batch}",
             "distill.checkpoint_every=50",
@@ -163,17 +117,47 @@ def distil_consistency(
     )
     kept = list_checkpoints(folder)
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
-    distill(cfg, model, folder, resume="latest", progress=False, accelerator=make_accelerator("no"))
-    rec["rounds"][name] = {
-        "method": "consistency",
-        "optimizer_steps": optimizer_steps,
+    distill(cfg, teacher, folder, resume="latest", progress=False, accelerator=make_accelerator("no"))
+    return {
+        "method": cfg.distill.method,
+        "optimizer_steps": steps,
         "resumed_at_step": kept[-1][0] if kept else 0,  # the seconds below count from this step on
         "batch_size": batch,
         "lr": lr,
-        "target_ema_decay": cfg.distill.target_ema_decay,
+        **({"target_ema_decay": cfg.distill.target_ema_decay} if cfg.distill.method == "consistency" else {}),
         "cpu_seconds": cpu_seconds() - cpu0,  # of this run; a resumed run counts only its own part
         "wall_seconds": time.perf_counter() - wall0,
     }
+
+
+def distil_chain(
+    model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
+) -> None:
+    teacher, teacher_steps = model, first
+    for steps in chain:
+        folder = out / f"m{steps}"
+        name = f"{teacher_steps}->{steps}"
+        if name not in rec["rounds"] or not (folder / "dakter.json").is_file():
+            log(f"round {name}: {round_steps} optimiser steps into {folder}")
+            first_teacher = teacher_steps if teacher == model else 0
+            settings = [f"distill.steps={steps}", f"distill.teacher_steps={first_teacher}"]
+            done = timed_distill(model, teacher, folder, settings, round_steps, lr, batch)
+            rec["rounds"][name] = {**rec["rounds"].get(name, {}), **done}
+            save(out, rec)
+        teacher, teacher_steps = folder, steps
+
+
+def distil_consistency(
+    model: Path, out: Path, rec: dict, optimizer_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
+) -> None:
+    """One consistency run on the DDIM-`first` grid into OUT/cd, its default sampler at chain[0] steps; its
+    cost in rec["rounds"] as a progressive round's."""
+    folder, name = out / "cd", f"consistency DDIM-{first}"
+    if name in rec["rounds"] and (folder / "dakter.json").is_file():
+        return
+    log(f"{name}: {optimizer_steps} optimiser steps into {folder}")
+    settings = ["distill.method=consistency", f"distill.steps={chain[0]}", f"distill.teacher_steps={first}"]
+    rec["rounds"][name] = timed_distill(model, model, folder, settings, optimizer_steps, lr, batch)
     save(out, rec)
 
 
