@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,39 +321,53 @@ def test_help_explains_the_job():
         assert words in r.stdout
 
 
-@pytest.mark.slow  # as the diffusion trainer's resume and two-rank tests: the default suite's time limit
-def test_two_rounds_resume_exactly_after_a_kill_and_skip_finished_rounds(teacher, tmp_path):
-    """8 -> 4 -> 2 steps, 6 optimiser steps per round, a checkpoint every 2: killed after step 5 of the
-    first round, resumed with --resume latest, the run ends with the uninterrupted run's weights in both
-    rounds; resumed once more, it finds both rounds finished and trains nothing."""
-    argv = job("distill.py") + [
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+def _resumable_argv(teacher: Path, *flags: str) -> list[str]:
+    """jobs/distill.py on the teacher, 6 optimiser steps, a checkpoint every 2."""
+    return job("distill.py") + [
         "--model",
         str(teacher),
-        "--steps",
-        "2",
-        "--teacher-steps",
-        "8",
+        *flags,
         "--max-steps",
         "6",
         "distill.checkpoint_every=2",
         *ROUND,
     ]
+
+
+def _whole_and_killed_at_step_5(argv: list[str], tmp_path: Path, said: str, kept: str = "") -> tuple[Path, Path]:
+    """An uninterrupted run, and a run killed after step 5 (which wrote `said` and kept the checkpoint file
+    `kept`) then resumed with --resume latest from step 4: their folders."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert _run(argv + ["--out", str(whole)]).returncode == 0
     r = _run(argv + ["--out", str(killed), "--resume", "latest"], DAKTER_KILL_AFTER_STEP="5")
-    assert r.returncode != 0 and "starting fresh" in r.stderr and not (killed / "dakter.json").exists()
+    assert r.returncode != 0 and said in r.stderr and not (killed / "dakter.json").exists()
+    assert not kept or (killed / kept).is_file()
     r = _run(argv + ["--out", str(killed), "--resume", "latest"])
     assert r.returncode == 0 and "at step 4" in r.stderr, r.stderr[-2000:]
-    weights = "unet/diffusion_pytorch_model.safetensors"
-    for folder in ("rounds/steps-0004", "."):
-        assert_same_tensors(load_tensors(whole / folder / weights), load_tensors(killed / folder / weights))
-    before = (killed / weights).stat().st_mtime_ns
+    return whole, killed
+
+
+def _rerun_trains_nothing(argv: list[str], killed: Path) -> str:
+    """Resumed once more, a finished run writes nothing: its stderr."""
+    before = (killed / WEIGHTS).stat().st_mtime_ns
     r = _run(argv + ["--out", str(killed), "--resume", "latest"])
-    assert (
-        r.returncode == 0
-        and r.stderr.count("already finished") == 2
-        and (killed / weights).stat().st_mtime_ns == before
-    )
+    assert r.returncode == 0 and (killed / WEIGHTS).stat().st_mtime_ns == before, r.stderr[-2000:]
+    return r.stderr
+
+
+@pytest.mark.slow  # as the diffusion trainer's resume and two-rank tests: the default suite's time limit
+def test_two_rounds_resume_exactly_after_a_kill_and_skip_finished_rounds(teacher, tmp_path):
+    """8 -> 4 -> 2 steps, 6 optimiser steps per round, a checkpoint every 2: killed after step 5 of the
+    first round, resumed with --resume latest, the run ends with the uninterrupted run's weights in both
+    rounds; resumed once more, it finds both rounds finished and trains nothing."""
+    argv = _resumable_argv(teacher, "--steps", "2", "--teacher-steps", "8")
+    whole, killed = _whole_and_killed_at_step_5(argv, tmp_path, "starting fresh")
+    for folder in ("rounds/steps-0004", "."):
+        assert_same_tensors(load_tensors(whole / folder / WEIGHTS), load_tensors(killed / folder / WEIGHTS))
+    assert _rerun_trains_nothing(argv, killed).count("already finished") == 2
     info = json.loads((whole / "dakter.json").read_text())["distilled"]
     assert info["teacher"]["model_hash"] == model_hash(whole / "rounds" / "steps-0004")
     assert info["teacher"]["sampler"] == "distilled" and info["undistilled_model_hash"] == model_hash(teacher)
@@ -549,32 +564,10 @@ def test_consistency_distillation_refuses_teachers_and_grids_it_cannot_use(teach
 
 @pytest.mark.slow  # as the progressive resume test: two job runs and a third that finds the run finished
 def test_a_consistency_run_resumes_exactly_after_a_kill_and_skips_when_finished(teacher, tmp_path):
-    argv = job("distill.py") + [
-        "--model",
-        str(teacher),
-        "--method",
-        "consistency",
-        "--steps",
-        "2",
-        "--teacher-steps",
-        "4",
-        "--max-steps",
-        "6",
-        "distill.checkpoint_every=2",
-        *ROUND,
-    ]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _run(argv + ["--out", str(whole)]).returncode == 0
-    r = _run(argv + ["--out", str(killed), "--resume", "latest"], DAKTER_KILL_AFTER_STEP="5")
-    assert r.returncode != 0 and not (killed / "dakter.json").exists()
-    assert (killed / "checkpoints" / "step-00000004" / "target_ema.safetensors").is_file()
-    r = _run(argv + ["--out", str(killed), "--resume", "latest"])
-    assert r.returncode == 0 and "at step 4" in r.stderr, r.stderr[-2000:]
-    weights = "unet/diffusion_pytorch_model.safetensors"
-    assert_same_tensors(load_tensors(whole / weights), load_tensors(killed / weights))
-    before = (killed / weights).stat().st_mtime_ns
-    r = _run(argv + ["--out", str(killed), "--resume", "latest"])
-    assert r.returncode == 0 and "already finished" in r.stderr and (killed / weights).stat().st_mtime_ns == before
+    argv = _resumable_argv(teacher, "--method", "consistency", "--steps", "2", "--teacher-steps", "4")
+    whole, killed = _whole_and_killed_at_step_5(argv, tmp_path, "", "checkpoints/step-00000004/target_ema.safetensors")
+    assert_same_tensors(load_tensors(whole / WEIGHTS), load_tensors(killed / WEIGHTS))
+    assert "already finished" in _rerun_trains_nothing(argv, killed)
 
 
 @pytest.mark.slow  # two more progressive rounds (about 12 s)
