@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_sampler_gpu.py"
 sys.path.insert(0, str(ROOT / "bench"))
@@ -62,6 +64,7 @@ def test_the_smoke_run_times_distilled_and_undistilled_samplers_against_the_peak
     assert cost_model.measured_samplers(record, 256, 4e-3)["rows"] == []  # the cost model's 256 px: none here
 
 
+@pytest.mark.slow  # a timed smoke run (~7 s): the default suite's time limit
 def test_a_run_over_its_budget_records_the_groups_it_skipped(tmp_path):
     out = tmp_path / "sampler.json"
     r = bench("--smoke", "--budget-s", "0", "--out", str(out))

@@ -680,6 +680,7 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
     assert not list((tmp_path / "models").glob("*")) and not (tmp_path / "generated").exists()
 
 
+@pytest.mark.slow  # trains a generator and a student past a checkpoint (~12 s): the default suite's time limit
 def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
     """diffusion.checkpoint_every 0 (the default): a study's generator and students still checkpoint, every tenth of
     its steps and at least every 100 (none at the last step: the model folder is written), so that a

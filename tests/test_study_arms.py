@@ -152,6 +152,7 @@ def test_init_from_another_architecture_is_one_clear_error(generated, tmp_path):
         )
 
 
+@pytest.mark.slow  # a study that distils and draws (~17 s); the evidence study runs the arm itself
 def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
     """dakter_distilled (issue 31): b_cfg's sampler distilled by the distill section into
     models/b_cfg_distilled, its pairs drawn with that sampler, its students paired against dakter's."""
