@@ -241,12 +241,7 @@ def test_it_synthesizes_locally_with_byte_identical_reruns_and_its_own_fingerpri
     )
     # --only-key rebuilds a pair of the set with the folder's own sampler, bit for bit
     config = SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3)
-    regenerate_to(student, "000001-000002", config, SamplingConfig(), str(tmp_path / "a"))
-    samples = {
-        s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False)
-    }
-    with Image.open(tmp_path / "a" / "regenerated" / "000001-000002.image.png") as im:
-        assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000001-000002"])[0])
+    _regenerated_pair_matches_its_shard(student, config, tmp_path / "a")
 
 
 @pytest.mark.slow  # like the other Ray tests: a local cluster takes ~30-50 s on the shared CPU
@@ -319,6 +314,14 @@ def test_help_explains_the_job():
         "torchrun",
     ):
         assert words in r.stdout
+
+
+def _regenerated_pair_matches_its_shard(model: Path, config: SynthesisConfig, out: Path) -> None:
+    """--only-key rebuilds pair 000001-000002 of the set in `out` bit for bit."""
+    regenerate_to(model, "000001-000002", config, SamplingConfig(), str(out))
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(out / shardset.shard_name(1)), shardshuffle=False)}
+    with Image.open(out / "regenerated" / "000001-000002.image.png") as im:
+        assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000001-000002"])[0])
 
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -543,12 +546,7 @@ def test_the_consistency_folder_synthesizes_with_byte_identical_reruns_and_its_o
     assert one.ok and json.loads((tmp_path / "one" / "dataset.json").read_text())["fingerprint"] != info["fingerprint"]
     # --only-key rebuilds a pair bit for bit: the fresh noise of each step comes from the pair's own generator
     config = SynthesisConfig(n=6, samples_per_shard=3, batch_size=2, seed=3)
-    regenerate_to(consistency, "000001-000002", config, SamplingConfig(), str(tmp_path / "a"))
-    samples = {
-        s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "a" / shardset.shard_name(1)), shardshuffle=False)
-    }
-    with Image.open(tmp_path / "a" / "regenerated" / "000001-000002.image.png") as im:
-        assert np.array_equal(np.asarray(im), shardset.decode_sample(samples["000001-000002"])[0])
+    _regenerated_pair_matches_its_shard(consistency, config, tmp_path / "a")
 
 
 def test_consistency_distillation_refuses_teachers_and_grids_it_cannot_use(teacher, student, consistency, tmp_path):
