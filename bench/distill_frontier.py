@@ -11,6 +11,10 @@ DDIM-50 of the undistilled generator.
                                                              (one consistency model on the DDIM-32 grid, as many
                                                              optimiser steps as 3 progressive rounds of 400,
                                                              sampled at 4, 2 and 1 evaluations)
+    ... --teacher-steps 32 --chain 16,8,4 --set distill.label_ce_weight=1 --judge runs/distill/frontier/judge \
+        --beside runs/distill/frontier32 --out runs/distill/anchored32
+                                                             (the chain with the teacher's cross-entropy anchor
+                                                             in every round: does it keep the rarest class?)
     ... --markdown-only --out DIR [--model M | --judge J] [--beside B]
                                                              (rewrite DIR/frontier.md from DIR/frontier.json,
                                                              nothing measured; class names from M or J)
@@ -131,7 +135,15 @@ def timed_distill(
 
 
 def distil_chain(
-    model: Path, out: Path, rec: dict, round_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
+    model: Path,
+    out: Path,
+    rec: dict,
+    round_steps: int,
+    lr: float,
+    batch: int,
+    first: int,
+    chain: tuple[int, ...],
+    more: tuple[str, ...] = (),
 ) -> None:
     teacher, teacher_steps = model, first
     for steps in chain:
@@ -140,7 +152,7 @@ def distil_chain(
         if name not in rec["rounds"] or not (folder / "dakter.json").is_file():
             log(f"round {name}: {round_steps} optimiser steps into {folder}")
             first_teacher = teacher_steps if teacher == model else 0
-            settings = [f"distill.steps={steps}", f"distill.teacher_steps={first_teacher}"]
+            settings = [f"distill.steps={steps}", f"distill.teacher_steps={first_teacher}", *more]
             done = timed_distill(model, teacher, folder, settings, round_steps, lr, batch)
             rec["rounds"][name] = {**rec["rounds"].get(name, {}), **done}
             save(out, rec)
@@ -148,7 +160,15 @@ def distil_chain(
 
 
 def distil_consistency(
-    model: Path, out: Path, rec: dict, optimizer_steps: int, lr: float, batch: int, first: int, chain: tuple[int, ...]
+    model: Path,
+    out: Path,
+    rec: dict,
+    optimizer_steps: int,
+    lr: float,
+    batch: int,
+    first: int,
+    chain: tuple[int, ...],
+    more: tuple[str, ...] = (),
 ) -> None:
     """One consistency run on the DDIM-`first` grid into OUT/cd, its default sampler at chain[0] steps; its
     cost in rec["rounds"] as a progressive round's."""
@@ -156,7 +176,7 @@ def distil_consistency(
     if name in rec["rounds"] and (folder / "dakter.json").is_file():
         return
     log(f"{name}: {optimizer_steps} optimiser steps into {folder}")
-    settings = ["distill.method=consistency", f"distill.steps={chain[0]}", f"distill.teacher_steps={first}"]
+    settings = ["distill.method=consistency", f"distill.steps={chain[0]}", f"distill.teacher_steps={first}", *more]
     rec["rounds"][name] = timed_distill(model, model, folder, settings, optimizer_steps, lr, batch)
     save(out, rec)
 
@@ -345,6 +365,14 @@ def main() -> None:
         help="another run's OUT (its frontier.json) listed in this run's frontier.md; the undistilled samplers are then not measured again",
     )
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a distill.* setting for every round (repeatable), e.g. distill.label_ce_weight=1; recorded in "
+        "frontier.json. Give a new --out: a finished round is not redone with other settings",
+    )
+    p.add_argument(
         "--markdown-only",
         action="store_true",
         help="rewrite OUT/frontier.md from OUT/frontier.json (and --beside's) and stop: nothing is measured; the "
@@ -382,10 +410,24 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rec = record(args.out)
     rec["command"] = " ".join(sys.argv)
+    if any(not s.startswith("distill.") or "=" not in s for s in args.set):
+        raise SystemExit(f"--set {args.set}: each is distill.KEY=VALUE")
+    if rec.setdefault("settings", args.set) != args.set:
+        raise SystemExit(f"--set {args.set}: {args.out} was distilled with {rec['settings']}; give a new --out")
     save(args.out, rec)
     judge = args.judge or train_judge(args.model, args.out, args.judge_steps)
     distil = distil_consistency if consistency else distil_chain
-    distil(args.model, args.out, rec, args.round_steps, args.lr, args.batch_size, args.teacher_steps, chain)
+    distil(
+        args.model,
+        args.out,
+        rec,
+        args.round_steps,
+        args.lr,
+        args.batch_size,
+        args.teacher_steps,
+        chain,
+        tuple(args.set),
+    )
     score(
         args.model,
         args.out,

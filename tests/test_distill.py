@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from dakter_scale.config import SamplingConfig, SynthesisConfig, load_config
+from dakter_scale.config import ConfigError, SamplingConfig, SynthesisConfig, load_config
 from dakter_scale.core.distill import (
     consistency_target,
     ddim_step,
@@ -183,6 +183,27 @@ def test_the_distilled_folder_round_trips_and_records_its_teacher(teacher, stude
     assert_same_tensors(weights, {k: v.contiguous() for k, v in s.unet.state_dict().items()})
     assert not torch.equal(weights["conv_in.weight"], load_model_folder(teacher).unet.state_dict()["conv_in.weight"])
     assert model_hash(student) != model_hash(teacher)
+
+
+def test_the_cross_entropy_anchor_enters_the_students_loss_and_its_record_only_when_asked(teacher, student):
+    """distill.label_ce_weight keeps the teacher's auxiliary cross-entropy against the real mask: the same round
+    and seed with it trains other weights, and the round records it; without it nothing is recorded, so folders
+    distilled before the setting existed keep their bytes."""
+    argv = ["distill.steps=2", "distill.max_steps=20"] + ROUND
+    plain = distill(load_config(teacher / "config.yaml", argv), teacher, teacher.parent / "plain20", progress=False)
+    anchored = distill(
+        load_config(teacher / "config.yaml", argv + ["distill.label_ce_weight=1"]),
+        teacher,
+        teacher.parent / "anchored20",
+        progress=False,
+    )
+    rounds = [load_model_folder(f).info["distilled"]["rounds"][-1] for f in (plain, anchored, student)]
+    assert "label_ce_weight" not in rounds[0] and "label_ce_weight" not in rounds[2]
+    assert rounds[1]["label_ce_weight"] == 1.0
+    a, b = (load_tensors(f / "unet" / "diffusion_pytorch_model.safetensors") for f in (plain, anchored))
+    assert not torch.equal(a["conv_out.weight"], b["conv_out.weight"])
+    with pytest.raises(ConfigError, match="distill.label_ce_weight"):
+        load_config(None, ["distill.label_ce_weight=-1"])
 
 
 def test_a_distilled_folder_fixes_its_sampler(teacher, student):
