@@ -689,6 +689,36 @@ def test_the_codec_alone_bounds_a_bomb_and_refuses_other_pngs():
         shards.decode_png(png(4, 4, zlib.compress(bytes(20)), colour=3))
 
 
+@pytest.mark.parametrize("size", [b"-1", b"+1", b"1_0"])
+def test_a_tar_size_that_only_int_parses_never_reads_past_a_member_cap(size):
+    """A size field of "-1" (int() parses it, tar does not) must be refused from the header: read(-1)
+    would pull the rest of the object, however large, into memory past every member cap."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(f"{KEY}.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    data = bytearray(buf.getvalue())
+    header = data[:512]
+    header[124:136] = size.ljust(11, b" ") + b"\0"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    data[:512] = header
+    data += bytes(1 << 20)  # what a read(-1) would take in one call
+
+    class Reads(io.BytesIO):
+        largest = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            Reads.largest = max(Reads.largest, len(out))
+            return out
+
+    with pytest.raises(shards.ShardError, match="where a number belongs"):
+        list(shards.read_tar(Reads(bytes(data)), "x.tar", {"json": 100, "*": 100}))
+    assert Reads.largest <= 512
+
+
 # -- the bomb's peak memory ----------------------------------------------------------------------------
 
 MEASURE = r"""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import tarfile
 import zlib
@@ -203,15 +204,18 @@ def write_tar(f: BinaryIO, samples: Iterable[tuple[str, dict[str, bytes]]]) -> t
 
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
+_OCTAL = re.compile(rb"[0-7]*")
 
 
 def _tar_number(field: bytes) -> int:
     if field[0] & 0x80:  # GNU base-256 (sizes past 8 GiB)
         return int.from_bytes(field[1:], "big")
-    try:
-        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        raise ShardError(f"tar member header holds {field!r} where a number belongs (corrupt data)") from None
+    digits = field.split(b"\0", 1)[0].strip()
+    # Octal digits only: int() would also take "-1" (a size of -1 reads the rest of the stream past
+    # every member cap), "+7" and "7_7".
+    if not _OCTAL.fullmatch(digits):
+        raise ShardError(f"tar member header holds {field!r} where a number belongs (corrupt data)")
+    return int(digits or b"0", 8)
 
 
 def _text(data: bytes, what: str) -> str:
