@@ -100,6 +100,21 @@ def test_geotiff_slicks_land_where_drawn_with_their_areas(tmp_path, codes):
     assert record["conventions"]["radiometry"]["scene"] == "sigma0" and record["timings"]["total_seconds"] > 0
 
 
+def test_a_narrow_scene_with_unequal_pixel_factors_keeps_its_slick_in_place(tmp_path):
+    """40 x 800 scene pixels at 70 m model pixels: the grid is 6 x 114, so a model pixel is 40/6 = 6.67 scene
+    rows by 800/114 = 7.02 scene columns. Polygons are scaled per axis: with one mean factor (6.84) the
+    slick at column 700 moved 16 scene pixels (160 m, more than two model pixels) west."""
+    codes = draw_codes(40, 800, slicks=[(20.0, 700.0, 12.0, 40.0)])
+    record, fc = predict(
+        tmp_path, write_geotiff(tmp_path / "s.tif", sigma0_of(codes)), student_info=info(70.0), tile=64, overlap=8
+    )
+    assert record["conventions"]["grid"] == {"height": 6, "width": 114} and record["slicks"] == 1
+    error = match(utm_centroids(fc), np.array([(500000.0 + 700 * SPACING, 5000000.0 - 20 * SPACING)]))
+    assert error[0] <= 70.0, error  # within one model pixel
+    p = fc["features"][0]["properties"]
+    assert p["area_pixels"] == round(p["pixel_count"] * (40 / 6) * (800 / 114), 1)
+
+
 def test_gcp_scene_gives_the_same_polygons(tmp_path, codes):
     _, affine = predict(tmp_path, write_geotiff(tmp_path / "affine.tif", sigma0_of(codes)), name="a")
     record, gcp = predict(tmp_path, write_geotiff(tmp_path / "gcp.tif", sigma0_of(codes), gcps=True), name="g")

@@ -133,11 +133,13 @@ class RasterSink:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def quicklook(path: Path, image: np.ndarray, polygons: list, scale: float) -> None:
+def quicklook(path: Path, image: np.ndarray, polygons: list, scale: tuple[float, float]) -> None:
     """A grayscale rendering of the scene (8-bit codes, decimated) with slick outlines drawn in cyan
-    (oil) or red (other classes). ``polygons``: (class name, shapely geometry in scene pixels)."""
+    (oil) or red (other classes). ``polygons``: (class name, shapely geometry in model-grid pixels);
+    ``scale``: model pixels per quick-look pixel (rows, cols)."""
     from PIL import Image, ImageDraw
 
+    sy, sx = scale
     rgb = Image.fromarray(np.repeat(image[:, :, None], 3, axis=2))
     draw = ImageDraw.Draw(rgb)
     for name, geometry in polygons:
@@ -145,7 +147,7 @@ def quicklook(path: Path, image: np.ndarray, polygons: list, scale: float) -> No
         parts = geometry.geoms if hasattr(geometry, "geoms") else [geometry]
         for part in parts:
             for ring in [part.exterior, *part.interiors]:
-                xy = [(x / scale, y / scale) for x, y in ring.coords]
+                xy = [(x / sx, y / sy) for x, y in ring.coords]
                 if len(xy) >= 2:
                     draw.line(xy, fill=colour, width=2)
     rgb.save(path)

@@ -364,7 +364,7 @@ class Predictor:
             o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w)
         )
         spacing = scene.pixel_spacing()
-        model_spacing = spacing * (f[0] + f[1]) / 2 if spacing else None
+        model_spacing = spacing * math.sqrt(f[0] * f[1]) if spacing else None  # a square of the model pixel's area
         pixel_area = model_spacing**2 if model_spacing else 1.0
         simplify_px = o.simplify_m / model_spacing if model_spacing else o.simplify_m
         to_lonlat = scene.pixel_to_lonlat if scene.georeferenced else None
@@ -380,10 +380,7 @@ class Predictor:
                 return sink.read_band(c + 1, r0, r1), valid
 
             slicks = find_slicks(read_band, grid_h, grid_w, vopts, pixel_area)
-            # features() takes one scale for both axes; model pixels are square up to rounding (< 1 / grid side).
-            feats += features(
-                slicks, name, to_lonlat=to_lonlat, scale=(f[0] + f[1]) / 2, simplify_px=simplify_px, extra=extra
-            )
+            feats += features(slicks, name, to_lonlat=to_lonlat, scale=f, simplify_px=simplify_px, extra=extra)
             drawn += [(name, s.geometry) for s in slicks]
         for i, feat in enumerate(feats):
             feat["id"] = i
@@ -413,7 +410,7 @@ class Predictor:
                 else scene.read(q0, q1, 0, scene.width)
             )
             image[q0:q1] = to_codes(raw, conversion, _lut(scene, (np.arange(q0, q1) + 0.5) * sy - 0.5, cols))
-        outputs.quicklook(out / outputs.QUICKLOOK, image, drawn, ((sy + sx) / 2) / ((f[0] + f[1]) / 2))
+        outputs.quicklook(out / outputs.QUICKLOOK, image, drawn, (sy / f[0], sx / f[1]))
 
     def _record(
         self, scene: Scene, conversion: Conversion, scale: Scale, grid, tiles: dict, fc: dict, timings: dict

@@ -196,20 +196,28 @@ def _to_crs(geometry, to_xy: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray
 
 
 def features(
-    slicks: list[Slick], class_name: str, *, to_lonlat: Callable | None, scale: float, simplify_px: float, extra: dict
+    slicks: list[Slick],
+    class_name: str,
+    *,
+    to_lonlat: Callable | None,
+    scale: tuple[float, float],
+    simplify_px: float,
+    extra: dict,
 ) -> list[dict]:
     """GeoJSON features of one class's slicks. ``to_lonlat(cols, rows)`` maps scene pixel-edge
-    coordinates to (lon, lat); None keeps pixel coordinates. ``scale``: scene pixels per model pixel."""
+    coordinates to (lon, lat); None keeps pixel coordinates. ``scale``: scene pixels per model pixel
+    (rows, cols), per axis: grid sides are rounded separately, so a narrow scene's differ by percents."""
     from pyproj import Geod
     from shapely.geometry import mapping
     from shapely.geometry.polygon import orient
     from shapely.ops import unary_union
 
+    sy, sx = scale
     geod = Geod(ellps="WGS84")
     out = []
     for s in slicks:
         g = s.geometry.simplify(simplify_px, preserve_topology=True) if simplify_px > 0 else s.geometry
-        g = _to_crs(g, lambda c, r: (c * scale, r * scale))
+        g = _to_crs(g, lambda c, r: (c * sx, r * sy))
         if to_lonlat is not None:
             g = _to_crs(g, to_lonlat)
             area = abs(geod.geometry_area_perimeter(g)[0])
@@ -220,7 +228,7 @@ def features(
         props = {
             "class": class_name,
             "area_m2": round(area, 1) if area is not None else None,
-            "area_pixels": round(float(s.geometry.area) * scale * scale, 1),
+            "area_pixels": round(float(s.geometry.area) * sy * sx, 1),
             "pixel_count": s.pixels,
             "mean_probability": round(s.mean, 4),
             "max_probability": round(s.max, 4),
