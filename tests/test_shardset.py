@@ -274,3 +274,33 @@ def test_derive_stops_writing_once_its_lease_check_fails(tmp_path):
     assert sorted(i.shard for i in ShardSet(str(dst)).done()) == [0], "a lapsed holder does not even clear"
     markers = ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lambda: None)
     assert sorted(markers) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_set_whose_path_holds_glob_characters_reads_and_clears_only_its_own_files(where, tmp_path, request):
+    """fsspec's cat and (on object stores) rm expand [, * and ?: a set at gen[1] read gen1's markers,
+    and clearing it removed gen1's shards. Paths are taken literally."""
+    base = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    own, neighbour = f"{base}/gen[1]", f"{base}/gen1"
+    write_dataset(own, [2])
+    write_dataset(neighbour, [3, 1])
+    assert [(i.shard, i.count) for i in ShardSet(own).done()] == [(0, 2)]
+    assert sum(1 for _ in ShardSet(own).samples()) == 2
+    ShardSet(own).clear()
+    assert ShardSet(own).done() == []
+    assert [(i.shard, i.count) for i in ShardSet(neighbour).done()] == [(0, 3), (1, 1)]
+    assert sorted(ShardSet(neighbour).listing()) == sorted(
+        ["dataset.json", *(f"shard-{s:06d}.{ext}" for s in (0, 1) for ext in ("tar", "parquet", "json"))]
+    )
+
+
+def test_a_marker_removed_between_the_listing_and_its_read_is_not_done(tmp_path):
+    """A rerun retiring a stale marker while a reader lists the set: that shard is simply not done
+    (it was a FileNotFoundError out of the whole read)."""
+    url = str(tmp_path / "set")
+    write_dataset(url, [2, 2])
+    out = ShardSet(url)
+    listing = out.listing()
+    out.remove_marker(1)
+    done, unreadable = out.read_markers(listing)
+    assert sorted(done) == [0] and unreadable == {}

@@ -294,7 +294,7 @@ class Lease:
             )
             for older in gens:  # dead or released locks: nobody holds them any more
                 with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm(storage.join(self.root, lock_name(older)))
+                    storage.remove(self.fs, storage.join(self.root, lock_name(older)))
             if self._heartbeat:
                 self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
                 self._thread.start()

@@ -3,9 +3,9 @@ reading one back with every check, deriving a new set, finishing its dataset.jso
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
-import posixpath
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import fsspec
@@ -204,11 +204,15 @@ class ShardSet:
         whose whole name is a marker's (MARKER_RE), each checked by marker_problem."""
         listing = self.listing() if listing is None else listing
         names = sorted(n for n, entry in listing.items() if MARKER_RE.match(n) and entry.get("type") != "directory")
-        blobs = self.fs.cat([self.path(n) for n in names]) if names else {}
+        blobs = storage.read_files(self.fs, [self.path(n) for n in names])
         done: dict[int, ShardInfo] = {}
         unreadable: dict[int, str] = {}
-        for path, blob in blobs.items():
-            shard = int(MARKER_RE.match(posixpath.basename(path)).group(1))
+        for name, blob in zip(names, blobs):
+            if isinstance(blob, FileNotFoundError):
+                continue  # removed since the listing (a rerun retiring a stale marker): not done
+            if isinstance(blob, Exception):
+                raise blob  # storage trouble is no verdict on the marker
+            shard = int(MARKER_RE.match(name).group(1))
             try:
                 marker = load_json(blob)
             except ValueError:
@@ -259,16 +263,20 @@ class ShardSet:
 
     def remove_marker(self, shard: int) -> None:
         """Make a shard not done (before rewriting it, so that no reader trusts it meanwhile)."""
-        path = self.path(shard_name(shard, "json"))
-        if self.fs.exists(path):
-            self.fs.rm(path)
+        with contextlib.suppress(FileNotFoundError):
+            storage.remove(self.fs, self.path(shard_name(shard, "json")))
 
     def clear(self) -> None:
         """Remove every shard and dataset.json, markers first, so no reader trusts a shard being removed."""
         listing = self.listing()
         for name in sorted(listing, key=lambda n: (not MARKER_RE.match(n), n)):
-            if name.startswith(SHARD_PREFIX) or name == DATASET_FILE:
-                self.fs.rm(self.path(name), recursive=listing[name].get("type") == "directory")
+            if not (name.startswith(SHARD_PREFIX) or name == DATASET_FILE):
+                continue
+            if listing[name].get("type") == "directory":
+                self.fs.rm(self.path(name), recursive=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    storage.remove(self.fs, self.path(name))
 
     def remove_temporaries(self, min_age: float = 0.0) -> list[str]:
         """The temporary files killed local writers left (shards', dataset.json's, the lock's) that
