@@ -16,14 +16,44 @@ skipped, a failed scene is retried and then reported by name while the others fi
 from __future__ import annotations
 
 import json
+import sys
 
-from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
+from dakter_scale.cli import FlagError, check_flag, parser, progress_enabled, run, script
 from dakter_scale.scene.predict import MAX_GRID_PIXELS, MAX_RESAMPLE_FACTOR, MAX_SCENE_PIXELS
+
+# Flags whose value may start with "-": argparse takes such a value for a flag unless it is one plain
+# negative number, and a dB window of sigma-nought starts below zero ("-35,5").
+DASHED_VALUES = ("--db-window",)
 
 
 def window(text: str) -> tuple[float, float]:
     lo, _, hi = text.partition(",")
     return float(lo), float(hi)
+
+
+def join_dashed_values(argv: list[str]) -> list[str]:
+    """``--db-window -35,5`` -> ``--db-window=-35,5`` (DASHED_VALUES), so that argparse reads it as the value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in DASHED_VALUES and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def actor_count(text: str) -> int | str:
+    """--actors: "auto" or a count >= 0 (0: this process, no Ray)."""
+    if text == "auto":
+        return text
+    try:
+        actors = int(text)
+    except ValueError:
+        raise FlagError(f"--actors must be auto or a number >= 0, got {text!r}") from None
+    check_flag("--actors", actors, 0)
+    return actors
 
 
 def main() -> None:
@@ -154,7 +184,7 @@ def main() -> None:
     p.add_argument(
         "--json", action="store_true", help="print the record (or the many-scene summary) as one JSON object on stdout"
     )
-    args = p.parse_args()
+    args = p.parse_args(join_dashed_values(sys.argv[1:]))
 
     def body() -> int:
         for flag, value, low, high in (
@@ -165,6 +195,7 @@ def main() -> None:
             ("--retries", args.retries, 0, 100),
         ):
             check_flag(flag, value, low, high)
+        actors = actor_count(args.actors)
         from dakter_scale.scene.predict import PredictOptions, Predictor, RunSettings, predict_many
 
         options = PredictOptions(
@@ -203,7 +234,6 @@ def main() -> None:
                     f"{record['scene']['source']}: {record['slicks']} slick(s) in {args.out} ({record['tiling']['count']} tiles, {t['tiles_per_second']} tiles/s, {t['total_seconds']} s)"
                 )
             return 0
-        actors = args.actors if args.actors == "auto" else int(args.actors)
         settings = RunSettings(
             actors=actors if actors != 0 else "auto", threads_per_actor=args.threads_per_actor, retries=args.retries
         )

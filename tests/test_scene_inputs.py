@@ -66,6 +66,9 @@ def test_conventions_recorded_defaulted_and_refused():
     ):
         plan_conversion("sigma0", False, {"kind": "db8"})
     assert plan_conversion("sigma0", False, {"kind": "db8"}, db_window=(-30.0, 0.0)).window == (-30.0, 0.0)
+    for bad in ((5.0, -35.0), (float("nan"), 5.0), (float("-inf"), 5.0)):  # -inf: every code NaN, then 0
+        with pytest.raises(RadiometryError, match=r"--db-window needs finite MIN < MAX"):
+            plan_conversion("sigma0", False, SIM, db_window=bad)
     with pytest.raises(RadiometryError, match="without a calibration LUT"):
         plan_conversion("dn", False, SIM)
     assert "DN^2" in plan_conversion("dn", False, SIM, allow_mismatch=True).notes[0]
@@ -354,3 +357,53 @@ def test_the_jobs_explain_every_flag(name):
     for flag in flags - {"--help"}:  # each flag's line, or the one after it, carries its explanation
         line = re.search(rf"^\s+{flag}\b.*(?:\n\s{{20,}}\S.*)?", text, re.M).group(0)
         assert len(line.split(flag, 1)[1].strip()) > 10, f"{flag} has no help: {line!r}"
+
+
+def predict_job(monkeypatch, capsys, argv: list[str]) -> tuple[int, str, dict]:
+    """jobs/predict.py's main() in this process with a recording Predictor: (exit status, stderr, the
+    options the job built). Flags are checked without a student or a scene."""
+    import runpy
+    import sys
+
+    from dakter_scale.scene import predict as predict_module
+
+    from conftest import ROOT
+
+    seen: dict = {}
+
+    class Recording:
+        def __init__(self, student, options, **_):
+            seen["options"] = options
+
+        def __call__(self, scene, out):
+            return {"slicks": 0}
+
+    monkeypatch.setattr(predict_module, "Predictor", Recording)
+    monkeypatch.setattr(sys, "argv", ["predict.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "jobs" / "predict.py"), run_name="job")["main"]()  # not __main__: script() exits
+    return exit_.value.code, capsys.readouterr().err, seen
+
+
+def test_a_db_window_below_zero_is_a_value_not_a_flag(monkeypatch, capsys, tmp_path):
+    """Every dB window of sigma-nought starts below 0: argparse takes '-35,5' for a flag unless the job
+    joins it to --db-window (it reads only plain negative numbers as values)."""
+    args = ["--student", "s", "--scene", "x.tif", "--out", str(tmp_path / "o"), "--json"]
+    for window in (["--db-window", "-35,5"], ["--db-window=-30,-2"]):
+        code, err, seen = predict_job(monkeypatch, capsys, args + window)
+        assert code == 0 and seen["options"].db_window == tuple(
+            float(v) for v in window[-1].split("=")[-1].split(",")
+        ), err
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [("abc", r"--actors must be auto or a number >= 0, got 'abc'"), ("-1", r"--actors must be >= 0, got -1")],
+)
+def test_a_bad_actor_count_is_one_line(monkeypatch, capsys, tmp_path, value, message):
+    import re
+
+    argv = ["--student", "s", "--scenes", str(tmp_path / "*.tif"), "--out", str(tmp_path / "o"), "--actors", value]
+    code, err, _ = predict_job(monkeypatch, capsys, argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), err

@@ -20,6 +20,7 @@ explicitly. Pure numpy: the tables of the 8-bit window come from data.osd, the o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,8 +90,10 @@ def plan_conversion(
     what differs. ``calibrated``: a ``dn`` scene has a sigma-nought LUT."""
     if scene not in SCENE_KINDS:
         raise RadiometryError(f"unknown scene radiometry {scene!r}; expected one of {', '.join(SCENE_KINDS)}")
-    if db_window is not None and not db_window[0] < db_window[1]:
-        raise RadiometryError(f"--db-window needs MIN < MAX, got {db_window[0]:g},{db_window[1]:g}")
+    if db_window is not None and not (
+        math.isfinite(db_window[0]) and math.isfinite(db_window[1]) and db_window[0] < db_window[1]
+    ):
+        raise RadiometryError(f"--db-window needs finite MIN < MAX, got {db_window[0]:g},{db_window[1]:g}")
     kind = student["kind"]
     notes: list[str] = []
     if scene == "db8":
