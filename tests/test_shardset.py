@@ -255,13 +255,13 @@ def test_derive_stops_writing_once_its_lease_check_fails(tmp_path):
     write_dataset(src, [3, 3, 2])
     calls = {"n": 0}
 
-    def lapses_after_two():  # the check before clearing, then the first shard's; the second shard's raises
+    def lapses_after_three():  # before clearing, before shard 0 and before its marker; shard 1's raises
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 3:
             raise LeaseError("lost its lock")
 
     with pytest.raises(LeaseError):
-        ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lapses_after_two)
+        ShardSet(src).derive(str(dst), lambda key, record: {"source_key": key}, "fp-a", 2, check=lapses_after_three)
     assert sorted(i.shard for i in ShardSet(str(dst)).done()) == [0]
     with pytest.raises(LeaseError):
         ShardSet(src).derive(
@@ -304,3 +304,20 @@ def test_a_marker_removed_between_the_listing_and_its_read_is_not_done(tmp_path)
     out.remove_marker(1)
     done, unreadable = out.read_markers(listing)
     assert sorted(done) == [0] and unreadable == {}
+
+
+def test_derive_checks_its_lease_between_a_tar_and_its_marker(tmp_path):
+    """The marker is the commit: a lease that lapses while a shard's tar is written (a slow upload)
+    must stop its marker, or a stale holder marks a shard done after a successor took the prefix."""
+    from dakter_scale.data.lease import LeaseError
+
+    src, dst = str(tmp_path / "src"), tmp_path / "dst"
+    write_dataset(src, [3, 3])
+
+    def lapses_once_a_tar_is_written():
+        if (dst / "shard-000000.tar").exists():
+            raise LeaseError("lost its lock")
+
+    with pytest.raises(LeaseError):
+        ShardSet(src).derive(str(dst), lambda key, record: {}, "fp", 2, check=lapses_once_a_tar_is_written)
+    assert ShardSet(str(dst)).done() == [] and not (dst / "shard-000000.json").exists()

@@ -471,7 +471,7 @@ class ShardSet:
         """Write a new set at `destination` from this set's pairs `keys` (default: all), in that order,
         renumbered into shards of samples_per_shard. Image and soft-label members are copied byte for
         byte; each pair's JSON record gains transform(source_key, record) and its new key. check: called
-        before anything is cleared or written and before each shard (the caller's Lease.check, which
+        before anything is cleared or written, before each shard and before its marker (the caller's Lease.check, which
         raises once the destination's lease may have lapsed: a stalled writer writes nothing more).
 
         Resumable per shard: a destination that holds this derivation (its dataset.json has this
@@ -536,7 +536,7 @@ class ShardSet:
                 if len(waiting[shard]) == len(layout[shard]):
                     check()
                     markers[shard] = dst._write_derived(
-                        shard, [waiting[shard][k] for k in layout[shard]], transform, fingerprint
+                        shard, [waiting[shard][k] for k in layout[shard]], transform, fingerprint, check
                     )
                     del waiting[shard]
         if waiting:
@@ -548,7 +548,12 @@ class ShardSet:
         return dict(sorted(markers.items()))
 
     def _write_derived(
-        self, shard: int, samples: list[dict], transform: Callable[[str, dict], dict], fingerprint: str
+        self,
+        shard: int,
+        samples: list[dict],
+        transform: Callable[[str, dict], dict],
+        fingerprint: str,
+        check: Callable[[], None],
     ) -> dict:
         members, rows = [], []
         for index, sample in enumerate(samples):
@@ -557,7 +562,9 @@ class ShardSet:
             record = dict(record, **transform(sample["__key__"], record), key=key, shard=shard, index=index)
             members.append((key, {IMAGE: sample[IMAGE], SOFT: sample[SOFT], RECORD: _record_bytes(record)}))
             rows.append(manifest_row(record))
-        return self.write_shard(shard, members, rows, fingerprint)
+        nbytes, sha = self.write_tar(shard, members)
+        check()  # again before the marker, the commit: the lease may have lapsed while the tar was written
+        return self.finish_shard(shard, rows, nbytes, sha, fingerprint)
 
 
 def _key_index(key: str, info: ShardInfo, previous: int) -> int:
