@@ -333,6 +333,40 @@ def test_a_writer_on_another_machine_writes_only_after_seeing_a_renewal(prefix):
         check_ref(ref, local_boot="another-machine")
 
 
+def test_a_writers_read_that_returns_late_never_extends_its_deadline(tmp_path, monkeypatch):
+    """A writer's background reader and its check read the lock at once. A read that began at t=10
+    and saw the old record, applied after one that began at t=11 and saw the renewal, is no proof
+    that the renewal landed after t=11: the writer may write until at most 10 + L - m."""
+    from dakter_scale.data import lease as lease_mod
+
+    holder = Lease(str(tmp_path / "out"), "holder", lease_seconds=100.0, heartbeat=False).acquire()
+    now = {"t": 5.0}
+    watch = lease_mod._Watch(holder.ref(), "another-machine", lambda: now["t"])
+    watch.read()  # t=5: the first record
+    first, real_read = lease_mod._read(holder.fs, holder.root, holder.generation), lease_mod._read
+    started, go = threading.Event(), threading.Event()
+
+    def scripted(fs, root, generation):
+        if threading.current_thread().name == "slow-reader":
+            started.set()
+            go.wait(5)
+            return first  # served before the renewal landed, returned after the next read
+        return real_read(fs, root, generation)
+
+    monkeypatch.setattr(lease_mod, "_read", scripted)
+    now["t"] = 10.0
+    slow = threading.Thread(target=watch.read, name="slow-reader")
+    slow.start()
+    assert started.wait(5)
+    holder.renew()
+    now["t"] = 11.0
+    watch.read()  # sees the renewal
+    go.set()
+    slow.join(5)
+    assert watch.valid_until <= 10.0 + 100.0 - 25.0
+    holder.release()
+
+
 def test_the_heartbeat_keeps_a_lease_alive_past_its_length(tmp_path):
     lease = Lease(str(tmp_path / "out"), "long run", lease_seconds=1.5).acquire()
     try:

@@ -497,9 +497,13 @@ class _Watch:
             if self.lost:
                 raise LeaseError(self.lost)
             if self.blob is not None and got[0] != self.blob:
-                # It changed after our previous read started: any taker acts at least L after that.
-                self.valid_until = max(self.valid_until, self.last_read + self.lease_seconds - self.margin)
-            self.blob, self.last_read = got[0], start
+                # Two reads saw different bytes, so a write landed after the earlier of them began (the
+                # poller's and check's reads overlap: either may return last); a taker acts at least L
+                # after that.
+                since = min(start, self.last_read)
+                self.valid_until = max(self.valid_until, since + self.lease_seconds - self.margin)
+            if start >= self.last_read:  # an older read's bytes never replace a newer one's
+                self.blob, self.last_read = got[0], start
             return holder
 
     def _poll(self) -> None:
