@@ -4,17 +4,29 @@ the object store (no shared file system needed), and back into a temporary folde
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+SKIPPED = ("checkpoints", "logs")  # the folder's own subfolders that never travel
 
 
 def pack_folder(directory: str | Path) -> dict[str, bytes]:
     """A model folder's files as {relative path: bytes}, without its checkpoints/ and logs/."""
     d = Path(directory)
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and "checkpoints" not in p.parts and "logs" not in p.parts}
+    files = {}
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d)  # not p.parts: a folder kept under .../logs/ would lose every file
+        if p.is_file() and not set(rel.parts) & set(SKIPPED):
+            files[rel.as_posix()] = p.read_bytes()
+    return files
 
 
 def unpack_folder(files: dict[str, bytes]) -> Path:
-    """pack_folder's files written into a new temporary folder (the caller removes it)."""
+    """pack_folder's files written into a new temporary folder (the caller removes it). A name that is
+    absolute or climbs out with .. is refused before anything is written."""
+    for rel in files:
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+            raise ValueError(f"packed file name {rel!r} is not a relative path inside the folder")
     d = Path(tempfile.mkdtemp(prefix="dakter-model-"))
     for rel, data in files.items():
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
