@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -124,3 +125,72 @@ def test_student_json_records_the_synthetic_url_without_credentials(tmp_path):
     recorded = (out / "student.json").read_text() + (out / "config.yaml").read_text()
     assert SECRET not in recorded
     assert json.loads((out / "student.json").read_text())["synthetic"] == f"memory://***@host/gen-{tmp_path.name}"
+
+
+# A first line long enough that a cut at 200 characters falls inside the password, before its "@":
+# cutting first and redacting after showed the first 16 characters of it.
+SECRET = "hunter2secretpassword"
+LONG = "x" * 170 + f" ftp://alice:{SECRET}@host/p\nsecond line"
+
+
+def test_a_long_error_is_redacted_before_it_is_cut(monkeypatch):
+    import fsspec
+
+    from dakter_scale.data import storage
+
+    assert SECRET[:7] not in storage.error_line(OSError(LONG))
+    assert len(storage.error_line(OSError(LONG))) <= 200 and "\n" not in storage.error_line(OSError(LONG))
+    fs = fsspec.filesystem("memory")
+
+    def refuse(*a, **k):
+        raise OSError(LONG)
+
+    monkeypatch.setattr(fs, "pipe_file", refuse)
+    with pytest.raises(StorageError) as e:
+        check_writable("memory://unwritable")
+    assert SECRET[:7] not in str(e.value)
+
+
+def test_a_failed_tasks_reason_and_a_failed_renewals_log_line_hide_credentials(tmp_path, monkeypatch, caplog):
+    from dakter_scale.data.lease import Lease
+    from dakter_scale.dist.driver import Workers
+    from dakter_scale.dist.strategies import LocalStrategy
+
+    class Fails:
+        def __init__(self, device=None):
+            pass
+
+        def ready(self) -> dict:
+            return {}
+
+        def __call__(self, task):
+            raise OSError(f"fetching https://host/m.pt?X-Amz-Signature={SECRET} failed")
+
+    strategy = LocalStrategy(Fails, {}, Workers())
+    strategy.start(1)
+    strategy.submit("task")
+    (outcome,) = strategy.poll()
+    strategy.close()
+    assert SECRET not in outcome.reason and "X-Amz-Signature=***" in outcome.reason
+
+    lease = Lease(str(tmp_path / "out"), "writer", lease_seconds=0.4).acquire()
+    monkeypatch.setattr(lease, "renew", lambda: (_ for _ in ()).throw(OSError(LONG)))
+    with caplog.at_level("WARNING", logger="dakter_scale"):
+        time.sleep(0.3)
+    lease.release()
+    assert "renewing the lock failed" in caplog.text and SECRET[:7] not in caplog.text
+
+
+def test_a_shard_sets_errors_never_show_a_token_in_its_url(tmp_path):
+    from dakter_scale.data.shardset import ShardError, ShardSet
+
+    url = str(tmp_path / f"set?access_token={SECRET}")
+    write_dataset(str(tmp_path / "src"), [2])
+    for call in (
+        lambda: ShardSet(url).sample_shape(),
+        lambda: ShardSet(url).derive(str(tmp_path / "dst"), lambda k, r: {}, "fp", 2, keys=["000005-000000"]),
+    ):
+        with pytest.raises(ShardError) as e:
+            call()
+        assert SECRET not in str(e.value) and "access_token=***" in str(e.value)
+    assert SECRET not in repr(ShardSet(url))

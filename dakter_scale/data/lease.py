@@ -371,7 +371,7 @@ class Lease:
                     "%s: renewing the lock failed (%s: %s); retrying",
                     self._where,
                     type(e).__name__,
-                    storage.redact_url(str(e).splitlines()[0][:200]) if str(e) else "",
+                    storage.error_line(e),
                 )
 
     def _lose(self, why: str) -> LeaseError:

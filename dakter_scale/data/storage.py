@@ -67,6 +67,13 @@ def redact_url(text: str) -> str:
     return _SECRET_PARAM_RE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
 
 
+def error_line(e: BaseException | str, limit: int = 200) -> str:
+    """An error's first line for a message or a log line: credentials redacted, then cut to `limit`
+    characters (in that order: a cut inside a password, before its "@", left the regex nothing to match)."""
+    text = str(e)
+    return redact_url(text.splitlines()[0])[:limit] if text else ""
+
+
 # Object stores take credentials from the environment only: s3fs and gcsfs would read user:password@
 # as part of the bucket name and echo it in their errors.
 _NO_USERINFO = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
@@ -413,5 +420,4 @@ def check_writable(url: str) -> None:
         fs.pipe_file(probe, b"ok")
         remove(fs, probe)
     except Exception as e:  # any backend error means: not writable
-        text = str(e).splitlines()[0][:200] if str(e) else ""
-        raise StorageError(redact_url(f"output {url} is not writable: {type(e).__name__}: {text}")) from None
+        raise StorageError(f"output {redact_url(url)} is not writable: {type(e).__name__}: {error_line(e)}") from None

@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+from dakter_scale.data.storage import error_line
 from dakter_scale.dist.driver import Outcome, Task, Workers
 
 log = logging.getLogger("dakter_scale")
@@ -20,8 +21,9 @@ NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (mis
 
 
 def _reason(e: BaseException, limit: int = 300) -> str:
-    text = str(e).splitlines()[0][:limit] if str(e) else ""
-    return f"{type(e).__name__}: {text}"
+    """A failed task's reason as logged and recorded: one line, credentials redacted (a worker's error
+    may name a presigned or user:password URL)."""
+    return f"{type(e).__name__}: {error_line(e, limit)}"
 
 
 class LocalStrategy:
@@ -40,7 +42,12 @@ class LocalStrategy:
         self.threads = torch.get_num_threads()
         t0 = time.time()
         self.writer = self.worker(**self.args, device=None if self.device == "auto" else self.device)
-        self.info = {"strategy": "local", "workers": 1, "startup_seconds": round(time.time() - t0, 3), "worker": self.writer.ready()}
+        self.info = {
+            "strategy": "local",
+            "workers": 1,
+            "startup_seconds": round(time.time() - t0, 3),
+            "worker": self.writer.ready(),
+        }
 
     def free(self) -> int:
         return 0 if self.pending else 1
@@ -93,7 +100,10 @@ def _init_ray() -> dict:
     # The dashboard serves only `ray job submit` and the web UI: a cluster started just for this run skips
     # it (a process less to start on small machines). Ray ignores the flag when it connects to a cluster.
     ctx = ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-    return {"ray": getattr(ctx, "address_info", {}).get("gcs_address", "?"), "ray_init_seconds": round(time.time() - t0, 3)}
+    return {
+        "ray": getattr(ctx, "address_info", {}).get("gcs_address", "?"),
+        "ray_init_seconds": round(time.time() - t0, 3),
+    }
 
 
 def _kill(actor) -> None:
@@ -137,9 +147,19 @@ class RayStrategy:
         # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
         # `ray job submit` entrypoints).
         runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
-        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(self.worker)
-        self.info.update(actors=n_actors, resources=self.resources, device=device, in_flight_per_actor=self.per_actor, niceness=os.nice(0))
-        log.info("ray: %d actors, %s each, up to %d tasks in flight", n_actors, self.resources, n_actors * self.per_actor)
+        self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(
+            self.worker
+        )
+        self.info.update(
+            actors=n_actors,
+            resources=self.resources,
+            device=device,
+            in_flight_per_actor=self.per_actor,
+            niceness=os.nice(0),
+        )
+        log.info(
+            "ray: %d actors, %s each, up to %d tasks in flight", n_actors, self.resources, n_actors * self.per_actor
+        )
         # An ObjectRef in the kwargs is resolved by Ray before __init__ runs; ready() answers once the
         # model is loaded.
         self.pending_ready: dict[Any, Any] = {}
@@ -169,7 +189,11 @@ class RayStrategy:
         ready, _ = ray.wait(list(self.pending_ready) + list(self.in_flight), num_returns=1, timeout=2.0)
         if not self.ready_times and not self.warned and time.time() - self.t0 > NO_ACTOR_WARNING_S:
             self.warned = True
-            log.warning("no actor has started after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes)", time.time() - self.t0, self.resources)
+            log.warning(
+                "no actor has started after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes)",
+                time.time() - self.t0,
+                self.resources,
+            )
         outcomes = []
         for ref in ready:
             if ref in self.pending_ready:
@@ -191,7 +215,7 @@ class RayStrategy:
                 outcomes.append(Outcome(task, result=ray.get(ref)))
                 continue
             except RayActorError as e:
-                reason = f"actor died ({type(e).__name__}): {str(e).splitlines()[0][:200]}"
+                reason = f"actor died ({type(e).__name__}): {error_line(e)}"
                 if calls is not None:  # the first failed call seen from this actor: replace the actor
                     older, newer = list(calls)[:position], list(calls)[max(position, 0) :]
                     del self.calls[actor]
@@ -199,7 +223,9 @@ class RayStrategy:
                     self._start_actor()
                     # Calls older than this one stay in flight: the oldest was running and is charged
                     # when its error arrives. Newer calls, and this one if older ones exist, never started.
-                    unstarted = [self.in_flight.pop(r)[1] for r in newer if r in self.in_flight] + ([task] if older else [])
+                    unstarted = [self.in_flight.pop(r)[1] for r in newer if r in self.in_flight] + (
+                        [task] if older else []
+                    )
                     outcomes += [Outcome(t, started=False) for t in unstarted]
                     if older:
                         continue

@@ -64,10 +64,11 @@ class ShardSet:
 
     def __init__(self, url: str):
         self.url = url
+        self.where = storage.redact_url(url)  # what messages show
         self.fs, self.root = storage.url_to_fs(url)
 
     def __repr__(self) -> str:
-        return f"ShardSet({self.url!r})"
+        return f"ShardSet({self.where!r})"
 
     def path(self, name: str) -> str:
         return storage.join(self.root, name)
@@ -364,7 +365,7 @@ class ShardSet:
             except Exception as e:  # a missing object, a hostile first sample: try the next shard
                 problems.append(f"shard {info.tar}: {e}")
         raise ShardError(
-            f"{self.url}: no finished shard to learn the sample size from" + (f" ({problems[0]})" if problems else "")
+            f"{self.where}: no finished shard to learn the sample size from" + (f" ({problems[0]})" if problems else "")
         )
 
     def read_checked(self, info: ShardInfo, shape: SampleShape, verify: str = "size") -> Iterator[dict | SampleError]:
@@ -526,7 +527,7 @@ class ShardSet:
         for source_shard in sorted({parse_key(k)[0] for k in todo}):
             if source_shard not in sources:
                 raise ShardError(
-                    f"{self.url}: shard {source_shard} is not finished (no marker), but pairs to derive are in it"
+                    f"{self.where}: shard {source_shard} is not finished (no marker), but pairs to derive are in it"
                 )
             for sample in self.read(sources[source_shard], shape):
                 shard = todo.get(sample["__key__"])
@@ -543,7 +544,7 @@ class ShardSet:
             shard = min(waiting)
             missing = [k for k in layout[shard] if k not in waiting[shard]]
             raise ShardError(
-                f"{self.url} holds no pair {missing[0]} ({len(missing)} of the pairs to derive are missing)"
+                f"{self.where} holds no pair {missing[0]} ({len(missing)} of the pairs to derive are missing)"
             )
         return dict(sorted(markers.items()))
 
