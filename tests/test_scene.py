@@ -191,6 +191,31 @@ def test_a_per_pixel_model_gives_identical_tiled_and_whole_outputs(tmp_path, cod
         assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1  # float rounding of the convex blend
 
 
+def test_no_data_is_never_a_slick(tmp_path, codes):
+    """A scene's no-data border (NaN sigma-nought, a GRD's zero digital numbers) converts to the darkest
+    code, which is what oil looks like: before it was masked, a 40-column NaN border came out as one more
+    slick (80 ha for 200 x 40 pixels at 10 m). Masked, its probabilities are 0 and its class is 255, the
+    class map's no-data value."""
+    from rasterio.windows import Window
+
+    data = sigma0_of(codes[:300, :400])
+    data[:, :40] = np.nan
+    record, _ = predict(tmp_path, write_geotiff(tmp_path / "nan.tif", data), name="nan")
+    assert record["slicks"] == 1  # the one drawn slick inside the crop
+    with (
+        rasterio.open(tmp_path / "nan" / "classes.tif") as c,
+        rasterio.open(tmp_path / "nan" / "probabilities.tif") as p,
+    ):
+        classes = c.read(1)
+        assert c.nodata == 255 and (classes[:, :40] == 255).all() and (classes[:, 40:] != 255).all()
+        assert p.read()[:, :, :40].max() == 0
+    safe = write_safe(tmp_path, codes[:300, :400], polarisations=("vv",))
+    with rasterio.open(next((safe / "measurement").glob("*.tiff")), "r+") as ds:
+        ds.write(np.zeros((1, 300, 30), dtype=np.uint16), window=Window(370, 0, 30, 300))  # the far-range border
+    record, _ = predict(tmp_path, safe, name="safe")
+    assert record["slicks"] == 1 and record["scene"]["nodata"] == 0
+
+
 def test_safe_grd_is_calibrated_georeferenced_and_keeps_its_footprint(tmp_path, codes):
     from shapely.geometry import Polygon
 

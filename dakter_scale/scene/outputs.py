@@ -32,6 +32,7 @@ PROBABILITIES, CLASSES_FILE, SLICKS, QUICKLOOK, RECORD = (
     "predict.json",
 )
 WORK = ".work"
+NODATA_CLASS = 255  # classes.tif where the scene holds no data (its declared no-data value)
 
 
 def georef_kwargs(crs, transform, gcps) -> dict:
@@ -63,17 +64,19 @@ class RasterSink:
         )
         profile.update(georef_kwargs(crs, transform, gcps))
         self.prob = rasterio.open(self.work / PROBABILITIES, "w", count=len(classes), **profile)
-        self.cls = rasterio.open(self.work / CLASSES_FILE, "w", count=1, **profile)
+        self.cls = rasterio.open(self.work / CLASSES_FILE, "w", count=1, nodata=NODATA_CLASS, **profile)
         if transform is None and gcps:
             self.prob.gcps = (gcps, crs)
             self.cls.gcps = (gcps, crs)
         for i, name in enumerate(classes, 1):
             self.prob.set_band_description(i, f"p({name}) x 255")
-        self.cls.set_band_description(1, "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
-        self.cls.write_colormap(
-            1,
-            {i: (*OSD_COLOURS[i], 255) if i < len(OSD_COLOURS) else (255, 255, 255, 255) for i in range(len(classes))},
+        self.cls.set_band_description(
+            1, "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)) + f"; {NODATA_CLASS} no data"
         )
+        colours = {
+            i: (*OSD_COLOURS[i], 255) if i < len(OSD_COLOURS) else (255, 255, 255, 255) for i in range(len(classes))
+        }
+        self.cls.write_colormap(1, colours | {NODATA_CLASS: (0, 0, 0, 0)})
 
     def write(self, y0: int, x0: int, probs: np.ndarray, class_map: np.ndarray) -> None:
         from rasterio.windows import Window

@@ -294,12 +294,17 @@ class Predictor:
         k = len(self.classes)
 
         def emit(y0: int, x0: int, block: np.ndarray) -> None:
-            class_map = block.argmax(axis=0).astype(np.uint8)
+            probs, valid = block[:k], block[k] >= 0.5
+            class_map = probs.argmax(axis=0).astype(np.uint8)
             if land_mask is not None and land_class is not None:
                 class_map[land_mask(y0, y0 + block.shape[1], x0, x0 + block.shape[2])] = land_class
-            sink.write(y0, x0, block, class_map)
+            if not valid.all():
+                class_map[~valid] = outputs.NODATA_CLASS
+                probs = probs * valid  # a new array: the block is the blender's canvas
+            sink.write(y0, x0, probs, class_map)
 
-        blender = Blender(grid_h, grid_w, o.tile, o.overlap, k, emit)
+        # The blender's last channel is the fraction of the blended tiles that saw data at each pixel.
+        blender = Blender(grid_h, grid_w, o.tile, o.overlap, k + 1, emit)
         reader = _TileReader(scene, conversion, blender, f, depth=2 * o.batch_size)
         writer = _TileWriter(blender)
         bar = None
@@ -316,9 +321,10 @@ class Predictor:
                 if not batch:
                     break
                 t0 = time.perf_counter()
-                probs = self.forward(torch.stack([x for _, _, x in batch]))
+                probs = self.forward(torch.stack([x for _, _, x, _ in batch]))
                 forward += time.perf_counter() - t0
-                writer.put([(i, j) for i, j, _ in batch], probs)
+                valid = np.stack([v for _, _, _, v in batch])[:, None].astype(np.float32)
+                writer.put([(i, j) for i, j, _, _ in batch], np.concatenate([probs, valid], axis=1))
                 if bar is not None:
                     bar.update(len(batch))
             writer.close()
@@ -443,6 +449,7 @@ class Predictor:
                 "georeferencing": "geotransform" if scene.transform is not None else "gcps" if scene.gcps else None,
                 "crs": scene.crs.to_string() if scene.crs is not None else None,
                 "calibrated": scene.calibration is not None,
+                "nodata": scene.nodata,
             },
             "conventions": {
                 "radiometry": conversion.to_json(),
@@ -453,6 +460,7 @@ class Predictor:
                 else "scene pixels (no georeferencing)",
                 "area": "geodesic on the WGS84 ellipsoid (pyproj.Geod), m^2" if scene.georeferenced else "pixels",
                 "probability_codes": "uint8 = round(255 p)",
+                "no_data": f"model pixels whose scene value is NaN or the no-data value: probabilities 0, class {outputs.NODATA_CLASS}",
             },
             "tiling": {"tile": o.tile, "overlap": o.overlap, "batch_size": o.batch_size, "window": WINDOW, **tiles},
             "thresholds": {
@@ -549,8 +557,10 @@ class _TileReader:
         self.stopping = threading.Event()
         self.thread = _helper_thread(self._run, "tile-reader")
 
-    def tile(self, y0: int, x0: int) -> torch.Tensor:
-        """Model-grid tile at (y0, x0): (1, th, tw) float32 in [-1, 1]. Off the scene's own grid the reader
+    def tile(self, y0: int, x0: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Model-grid tile at (y0, x0): (1, th, tw) float32 in [-1, 1], and (th, tw) bool: which pixels
+        hold data (Scene.missing; a decimated pixel holds none where its whole window had none, or where
+        GDAL's average carried a NaN through). Off the scene's own grid the reader
         resamples the tile's exact window to the tile's shape (GDAL decimates from the file, from its
         overviews where it has them): memory and work follow the tile, not the window, at any factor."""
         b, s = self.blender, self.scene
@@ -570,13 +580,13 @@ class _TileReader:
         # The LUT at each model pixel's centre, in scene pixel positions.
         rows, cols = (y0 + np.arange(b.th) + 0.5) * fy - 0.5, (x0 + np.arange(b.tw) + 0.5) * fx - 0.5
         codes = to_codes(raw, self.conversion, _lut(s, rows, cols))
-        return normalise(np.ascontiguousarray(codes))[None]
+        return normalise(np.ascontiguousarray(codes))[None], ~s.missing(raw)
 
     def _run(self) -> None:
         try:
             for i, j, y0, x0 in self.blender.tiles():
                 t0 = time.perf_counter()
-                item = (i, j, self.tile(y0, x0))
+                item = (i, j, *self.tile(y0, x0))
                 self.seconds += time.perf_counter() - t0
                 while not self.stopping.is_set():
                     try:

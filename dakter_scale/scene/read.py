@@ -104,6 +104,7 @@ class Scene:
     footprint: list[tuple[float, float]] | None = None  # (lon, lat) ring from the product, if it has one
     polarisation: str | None = None
     native_spacing_m: float | None = None  # as annotated (SAFE); otherwise measured from the georeferencing
+    nodata: float | None = None  # the band's declared no-data value (a GRD's 0 DN); NaN is no data in any band
     _reader: Any = field(default=None, repr=False)
     _closers: list = field(default_factory=list, repr=False)
 
@@ -143,6 +144,14 @@ class Scene:
             raise SceneError(
                 f"{self.source}: unreadable at rows {row0}-{row1}, columns {col0}-{col1} (corrupt or truncated?): {_first_line(e)}"
             ) from None
+
+    def missing(self, raw: np.ndarray) -> np.ndarray:
+        """Which pixels of ``raw`` (as ``read`` returns them, decimated or not) hold no measurement: NaN or
+        the no-data value. A bool array of raw's shape."""
+        missing = np.isnan(raw) if raw.dtype.kind == "f" else np.zeros(raw.shape, dtype=bool)
+        if self.nodata is not None:
+            missing |= raw == self.nodata
+        return missing
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -354,6 +363,7 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
     if transform is None and gcps:
         check_gcps(gcps, shown, "ground control points")
     crs = ds.crs if transform is not None else gcp_crs
+    nodata = ds.nodatavals[band - 1]
     tags = ds.tags()
     scene = Scene(
         source=shown,
@@ -367,6 +377,7 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
         gcps=list(gcps) or None,
         scene_id=tags.get("SCENE_ID"),
         acquisition_time=tags.get("ACQUISITION_TIME") or tags.get("TIFFTAG_DATETIME"),
+        nodata=None if nodata is None or math.isnan(nodata) else float(nodata),  # NaN is missing anyway
     )
     if scene.georeferenced:
         try:
@@ -796,6 +807,7 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
         footprint=_manifest_footprint(manifest),
         polarisation=polarisation,
         native_spacing_m=spacing,
+        nodata=0.0,  # a GRD's border outside the swath: DN 0 (it calibrates to no sigma-nought)
     )
     scene._reader = _band_reader(ds, 1)
     scene._closers += [lambda: env.__exit__(None, None, None), ds.close]

@@ -127,6 +127,7 @@ def item(out: Path, record: dict, scene) -> dict | None:
                     "name": "class",
                     "description": "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)),
                     "data_type": "uint8",
+                    "nodata": outputs.NODATA_CLASS,
                 }
             ],
         },
