@@ -321,3 +321,16 @@ def test_derive_checks_its_lease_between_a_tar_and_its_marker(tmp_path):
     with pytest.raises(LeaseError):
         ShardSet(src).derive(str(dst), lambda key, record: {}, "fp", 2, check=lapses_once_a_tar_is_written)
     assert ShardSet(str(dst)).done() == [] and not (dst / "shard-000000.json").exists()
+
+
+def test_a_set_is_read_through_its_own_file_system_not_its_shown_urls(tmp_path):
+    """ShardInfo.tar is the URL messages show (credentials redacted): opening it read nothing at a
+    URL with a token, and fsspec.open globbed a "*" in it (gen* opened gen!'s tar first)."""
+    tokened = f"memory://{tmp_path.name}/set?access_token=s3cret"
+    write_dataset(tokened, [2, 1])
+    assert "s3cret" not in ShardSet(tokened).done()[0].tar
+    assert sum(1 for _ in ShardSet(tokened).samples()) == 3
+    starred, neighbour = str(tmp_path / "gen*"), str(tmp_path / "gen!")
+    write_dataset(starred, [2])
+    write_dataset(neighbour, [3])
+    assert sum(1 for _ in ShardSet(starred).samples()) == 2

@@ -8,7 +8,6 @@ import hashlib
 import io
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -347,7 +346,7 @@ class ShardSet:
         problems = []
         for info in self.done() if infos is None else infos:
             try:
-                with fsspec.open(info.tar, "rb") as stream:
+                with self._open_tar(info) as stream:
                     sample = next(read_tar(stream, info.tar), None)
                 if sample is None or IMAGE not in sample or SOFT not in sample:
                     raise ShardError("its first sample lacks an image or a soft label")
@@ -382,7 +381,7 @@ class ShardSet:
         """
         if verify not in ("size", "sha256"):
             raise ValueError(f"verify must be size or sha256, got {verify!r}")
-        with fsspec.open(info.tar, "rb") as stream:
+        with self._open_tar(info) as stream:
             self._check_tar(stream, info, verify)
             seen, previous, error = 0, -1, None  # previous: the index of the last good key
             torn: SampleError | None = None  # a sample lacking members: reported unless the tar's own error explains it
@@ -413,6 +412,11 @@ class ShardSet:
             error = f"shard {info.tar}: holds {seen} samples, its marker records {info.count}"
         if error:
             raise ShardError(error)
+
+    def _open_tar(self, info: ShardInfo) -> Any:
+        """A shard's tar opened through the set's own file system: info.tar is the URL messages show
+        (credentials redacted), and fsspec.open would glob a "*" in it."""
+        return self.fs.open(self.path(shard_name(info.shard, "tar")), "rb")
 
     def _check_tar(self, stream: Any, info: ShardInfo, verify: str) -> None:
         """Before a shard's tar is read: its size is its marker's tar_bytes, and with verify="sha256"
