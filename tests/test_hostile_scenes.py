@@ -672,6 +672,11 @@ def test_scene_names_are_made_safe_and_counted_once():
     for url in ("/d/...tif", "/d/.tif", "/d/.hidden.png", "/d/...SAFE/"):
         with pytest.raises(PredictError, match="may not be empty or start with a dot"):
             scene_name(url)
+    # Folders named like the run's own files: the summary's write_text then met a folder (a traceback
+    # after every scene had run), and a lock-NNNNNN.json folder stands where the lease keeps its locks.
+    for url in ("/d/predict_summary.json.tif", "/d/collection.json.png", "/d/lock-000001.json.tif"):
+        with pytest.raises(PredictError, match="the name of a file of the run itself"):
+            scene_name(url)
     urls = [f"/d/scene-{i}.tif" for i in range(20_000)]
     t0 = time.perf_counter()
     assert len(scene_folders(urls)) == 20_000

@@ -718,12 +718,18 @@ def list_scenes(spec: str) -> list[str]:
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+SUMMARY = "predict_summary.json"
+# What a many-scene run writes beside the scene folders (and data/lease.py's lock-NNNNNN.json, LOCK_RE).
+RUN_FILES = (SUMMARY, stac.COLLECTION_FILE)
 
 
 def scene_name(url: str) -> str:
     """The output sub-folder of a scene: its file or folder name without the extension, every character
     outside letters, digits and ``._+-`` replaced by ``_``. A PredictError when what is left is empty or
-    starts with a dot (``...tif`` would be ``..``: outputs beside --out; ``.x.tif`` a hidden folder)."""
+    starts with a dot (``...tif`` would be ``..``: outputs beside --out; ``.x.tif`` a hidden folder), or
+    is the name of a file the run writes beside the scene folders (RUN_FILES, the lease's locks)."""
+    from dakter_scale.data.lease import LOCK_RE
+
     base = url.rstrip("/").rsplit("/", 1)[-1]
     for ext in (".SAFE.zip", ".safe.zip", ".zip", ".SAFE", ".safe", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
         if base.endswith(ext):
@@ -733,6 +739,10 @@ def scene_name(url: str) -> str:
     if not name or name.startswith("."):
         raise PredictError(
             f"--scenes: scene {storage.redact_url(url)} would be written to a folder named {name!r}; rename the scene (its name may not be empty or start with a dot)"
+        )
+    if name in RUN_FILES or LOCK_RE.match(name):
+        raise PredictError(
+            f"--scenes: scene {storage.redact_url(url)} would be written to a folder named {name!r}, the name of a file of the run itself; rename the scene"
         )
     return name
 
@@ -928,6 +938,6 @@ def _predict_many(
     bar.close()
     summary.failed = {n: r for n, r in failures.items() if n not in summary.written}
     summary.seconds = round(time.time() - t0, 3)
-    (Path(out) / "predict_summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    (Path(out) / SUMMARY).write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     stac.write_collection(Path(out), names)  # last: the catalogue of the scenes' item.json files
     return summary
