@@ -91,12 +91,20 @@ def drive(tasks: list, strategy: Strategy, retries: int, on_result: Callback) ->
     return info
 
 
+def _hms(seconds: float) -> str:
+    """HH:MM:SS, hours past 24 counted on (strftime's %H would wrap a 30 h ETA to 06)."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:{secs:02d}"
+
+
 class Progress:
     """One line: tasks and items done, items/s, ETA. A tqdm bar on a terminal; otherwise (logs, `ray job
     submit`, DAKTER_PROGRESS=0) the same line is logged after each task, at most every `every` seconds.
     units: what a task and an item are called (shards and pairs; scenes and scenes)."""
 
-    def __init__(self, total_items: int, total_tasks: int, bar: bool, name: str, units: tuple[str, str], every: float = 30.0):
+    def __init__(
+        self, total_items: int, total_tasks: int, bar: bool, name: str, units: tuple[str, str], every: float = 30.0
+    ):
         self.total_items, self.total_tasks = total_items, total_tasks
         self.name, self.units = name, units
         self.items = self.tasks = 0
@@ -117,7 +125,7 @@ class Progress:
     def line(self) -> str:
         rate = self.rate()
         eta = (self.total_items - self.items) / rate if rate > 0 else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+        eta_text = _hms(eta) if eta == eta else "?"
         if self.units[0] == self.units[1]:
             return f"{self.name}: {self.units[0]} {self.tasks}/{self.total_tasks}, {rate:.2f} {self.units[1]}/s, ETA {eta_text}"
         return f"{self.name}: {self.units[0]} {self.tasks}/{self.total_tasks}, {self.units[1]} {self.items}/{self.total_items}, {rate:.2f} {self.units[1]}/s, ETA {eta_text}"

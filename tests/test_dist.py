@@ -1,4 +1,4 @@
-"""dist/folder.py: a model folder packed for Ray actors and unpacked there."""
+"""dist/: the progress line (driver.py), a model folder packed for Ray actors and unpacked there (folder.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from dakter_scale.dist.driver import Progress
 from dakter_scale.dist.folder import pack_folder, unpack_folder
 
 
@@ -32,3 +33,11 @@ def test_a_folder_under_a_logs_or_checkpoints_path_is_packed_without_its_own_suc
 def test_unpacking_never_writes_outside_its_folder(name):
     with pytest.raises(ValueError, match="not a relative path inside the folder"):
         unpack_folder({name: b"x"})
+
+
+def test_an_eta_past_a_day_counts_its_hours():
+    """The ETA was strftime("%H:%M:%S") of a time of day: 30 h left showed as 06:00:00."""
+    progress = Progress(total_items=109_000, total_tasks=109, bar=False, name="synthesize", units=("shards", "pairs"))
+    progress.window[0] = (progress.window[0][0] - 1000.0, 0)  # the first 1000 pairs took 1000 s
+    progress.update(1000)
+    assert progress.line().split("ETA ")[1] in ("30:00:00", "29:59:59", "29:59:58")
