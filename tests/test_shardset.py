@@ -334,3 +334,23 @@ def test_a_set_is_read_through_its_own_file_system_not_its_shown_urls(tmp_path):
     write_dataset(starred, [2])
     write_dataset(neighbour, [3])
     assert sum(1 for _ in ShardSet(starred).samples()) == 2
+
+
+def test_a_header_or_side_file_removed_while_it_is_read_is_absent_not_a_crash(tmp_path, monkeypatch):
+    """A rerun clearing the set while a reader looks (here: inside fs.exists, where the look-then-read
+    code crashed): the file is read whole or found absent, never a FileNotFoundError."""
+    url = str(tmp_path / "set")
+    write_dataset(url, [2])
+    out = ShardSet(url)
+    out.write_side("throughput.json", b"{}")
+    real_exists = out.fs.exists
+
+    def exists_then_gone(path, **kw):
+        there = real_exists(path, **kw)
+        (tmp_path / "set" / path.rsplit("/", 1)[-1]).unlink(missing_ok=True)
+        return there
+
+    monkeypatch.setattr(out.fs, "exists", exists_then_gone)
+    header = out.info()
+    assert header is None or header.count == 2
+    assert out.read_side("throughput.json") in (None, b"{}")

@@ -101,12 +101,12 @@ class ShardSet:
     def info(self) -> DatasetInfo | None:
         """The set's dataset.json, or None when it has none."""
         path = self.path(DATASET_FILE)
-        self.fs.invalidate_cache(self.root)
-        if not self.fs.exists(path):
+        blob = self._read_if_there(path)
+        if blob is None:
             return None
         where = storage.full_url(self.fs, path)
         try:
-            obj = load_json(self.fs.cat_file(path))
+            obj = load_json(blob)
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN
             raise ShardError(f"{where}: not valid JSON ({e})") from None
         return DatasetInfo.from_json(obj, where)
@@ -189,9 +189,16 @@ class ShardSet:
 
     def read_side(self, name: str) -> bytes | None:
         """A side file's bytes, or None when the set has none of that name."""
-        path = self._side(name)
+        return self._read_if_there(self._side(name))
+
+    def _read_if_there(self, path: str) -> bytes | None:
+        """A file's bytes read fresh, or None when it is not there. One read, not a look and then a
+        read: a rerun clearing the set between the two made the read a FileNotFoundError."""
         self.fs.invalidate_cache(self.root)
-        return self.fs.cat_file(path) if self.fs.exists(path) else None
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
 
     # -- listing and markers
 
