@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -91,6 +92,11 @@ def test_many_scenes_in_process_resume_and_report_a_corrupt_one(student, scenes,
     )
     assert again.written == [] and len(again.skipped) == 4 and list(again.failed) == ["broken"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a rerun rewrote a finished scene"
+    # Other options (or another student) into the same --out: skipping would report another run's results.
+    with pytest.raises(PredictError, match=r"S1A_IW.* was predicted with other options .*give another --out"):
+        predict_many(
+            student, str(scenes), str(out), replace(OPTIONS, seed_threshold=0.9), use_ray=False, progress=False
+        )
 
 
 @pytest.mark.slow  # like the other Ray tests: a local cluster and two actors take ~50 s on the shared CPU

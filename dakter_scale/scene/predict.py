@@ -757,6 +757,29 @@ def scene_folders(urls: list[str]) -> list[str]:
     return names
 
 
+def _check_done_alike(record: Path, made_by: dict) -> None:
+    """A finished scene is skipped only when this run would make it again: the same student weights and
+    options. Otherwise a PredictError: a skip would leave another run's results under this run's summary."""
+    try:
+        done = json.loads(record.read_text())
+        differs = [
+            what
+            for what, was, now in (
+                ("student weights", done["student"]["sha256"], made_by["sha256"]),
+                ("options", done["options"], made_by["options"]),
+            )
+            if was != now
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PredictError(
+            f"{record}: unreadable ({type(e).__name__}); remove its folder to predict the scene again"
+        ) from None
+    if differs:
+        raise PredictError(
+            f"--out {record.parent.parent}: {record.parent.name} was predicted with other {' and '.join(differs)} (its predict.json); give another --out, or remove {record.parent.name}/ to predict it again"
+        )
+
+
 class SceneWorker:
     """A Predictor behind the driver's worker protocol: built once per process or actor (one model load),
     called per scene; returns a small marker (the record's summary) or raises."""
@@ -862,7 +885,8 @@ def predict_many(
     device: str = "auto",
     progress: bool = True,
 ) -> ManySummary:
-    """Every scene of ``scenes_spec`` into ``out/NAME/``; skips scenes whose predict.json exists. Never
+    """Every scene of ``scenes_spec`` into ``out/NAME/``; skips scenes whose predict.json exists (made by
+    this student with these options; else a PredictError before any scene runs). Never
     raises for a failed scene: failures are in the summary (summary.ok is False). ``out``'s lease is held
     for the run; each scene checks it before its predict.json."""
     from dakter_scale.data.lease import Lease
@@ -897,9 +921,11 @@ def _predict_many(
 
     t0 = time.time()
     summary = ManySummary(out=storage.redact_url(out), scenes=len(urls))
-    tasks = []
+    tasks, made_by = [], {"sha256": student_hash(student), "options": options.to_json()}
     for url, name in zip(urls, names):
-        if (Path(out) / name / outputs.RECORD).exists():
+        record = Path(out) / name / outputs.RECORD
+        if record.exists():
+            _check_done_alike(record, made_by)
             summary.skipped.append(name)
         else:
             tasks.append(SceneTask(url, name))
