@@ -29,6 +29,12 @@ are not caught there. For shards from storage you do not control, use ``checked_
 ``webdataset.DataPipeline`` whose tars are read by the toolkit's reader, ``ShardSet(url).read(info)``
 (sizes checked as each tar is opened, members capped, keys and counts against the marker), as the
 student stream reads them.
+
+Credentials. The tar URLs the stock readers get (``finished_tars``, the pipeline's shard list) are the
+records' URLs, with credentials redacted so that no reader's log or error can show them: a set whose
+URL carries them (``ftp://user:password@host/...``, an https URL with a token parameter) is read through
+``checked_pipeline``, which opens each tar through the set's own file system, or with the credentials in
+the environment or ``storage_options`` instead of the URL (object stores take them only from there).
 """
 
 from __future__ import annotations
