@@ -96,6 +96,18 @@ def check_flag(flag: str, value: int | float | None, low: float | None = None, h
         raise FlagError(f"{flag} must be {wanted}, got {value}")
 
 
+def actor_count(text: str | None) -> int | str | None:
+    """--actors of the Ray jobs: "auto", a count >= 0 (0: this process, no Ray), or None (not given)."""
+    if text is None or text == "auto":
+        return text
+    try:
+        actors = int(text)
+    except ValueError:
+        raise FlagError(f"--actors must be auto or a number >= 0, got {text!r}") from None
+    check_flag("--actors", actors, 0)
+    return actors
+
+
 def fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)

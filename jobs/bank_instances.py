@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from dakter_scale.cli import config_from, parser, progress_enabled, run, script
+from dakter_scale.cli import actor_count, config_from, parser, progress_enabled, run, script
 
 
 def main() -> None:
@@ -35,14 +35,9 @@ def main() -> None:
 
     def body() -> int:
         from dakter_scale.synth.bank import build_bank
-        from dakter_scale.synth.plan import PlanError
         from dakter_scale.training import setup_logging
 
-        actors = args.actors
-        if actors not in (None, "auto"):
-            if not actors.isdigit():
-                raise PlanError(f"--actors must be a number >= 0 or auto, got {args.actors!r}")
-            actors = int(actors)
+        actors = actor_count(args.actors)
         cfg = config_from(args, {"synthesis.actors": actors if actors not in (None, 0) else None})
         setup_logging()
         summary = build_bank(

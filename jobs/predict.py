@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dakter_scale.cli import FlagError, check_flag, parser, progress_enabled, run, script
+from dakter_scale.cli import actor_count, check_flag, parser, progress_enabled, run, script
 from dakter_scale.scene.predict import MAX_GRID_PIXELS, MAX_RESAMPLE_FACTOR, MAX_SCENE_PIXELS
 
 # Flags whose value may start with "-": argparse takes such a value for a flag unless it is one plain
@@ -42,18 +42,6 @@ def join_dashed_values(argv: list[str]) -> list[str]:
             out.append(argv[i])
             i += 1
     return out
-
-
-def actor_count(text: str) -> int | str:
-    """--actors: "auto" or a count >= 0 (0: this process, no Ray)."""
-    if text == "auto":
-        return text
-    try:
-        actors = int(text)
-    except ValueError:
-        raise FlagError(f"--actors must be auto or a number >= 0, got {text!r}") from None
-    check_flag("--actors", actors, 0)
-    return actors
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script
+from dakter_scale.cli import actor_count, check_flag, config_from, parser, progress_enabled, run, script
 from dakter_scale.config import ROUTES
 
 
@@ -122,7 +122,7 @@ def main() -> None:
         from dakter_scale.synth.plan import PlanError, parse_count
 
         n = parse_count(args.n) if args.n is not None else None
-        actors = parse_actors(args.actors)
+        actors = actor_count(args.actors)
         for flag, value in (
             ("--samples-per-shard", args.samples_per_shard),
             ("--batch-size", args.batch_size),
@@ -230,21 +230,6 @@ def main() -> None:
         return 0
 
     run(body)
-
-
-def parse_actors(text: str | None) -> int | str | None:
-    """--actors: a count >= 0 (0: no Ray), "auto", or None (the config's)."""
-    from dakter_scale.synth.plan import PlanError
-
-    if text is None or text == "auto":
-        return text
-    try:
-        actors = int(text)
-    except ValueError:
-        raise PlanError(f"--actors must be a number or auto, got {text!r}") from None
-    if actors < 0:
-        raise PlanError(f"--actors must be >= 0, got {actors}")
-    return actors
 
 
 def target_plan_lines(plan: dict, estimate: dict) -> list[str]:

@@ -604,7 +604,7 @@ def cli(argv, capsys, monkeypatch):
         (["--n", "lots"], "--n must be a positive whole number like 1000 or 1e6, got 'lots'"),
         (["--n", "8", "--samples-per-shard", "0"], "--samples-per-shard must be >= 1, got 0"),
         (["--n", "8", "--samples-per-shard", "-2"], "--samples-per-shard must be >= 1, got -2"),
-        (["--n", "8", "--actors", "many"], "--actors must be a number or auto, got 'many'"),
+        (["--n", "8", "--actors", "many"], "--actors must be auto or a number >= 0, got 'many'"),
         (
             ["--n", "8", "--sampler", "euler"],
             "sampling.sampler: 'euler' is not one of ddim, ddpm, dpmsolver++, unipc, distilled",
