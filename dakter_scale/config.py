@@ -548,6 +548,9 @@ class ExperimentConfig:
     sweep_methods: tuple[str, ...] = ("hard", "dakter")
     sweep_ratios: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 5.0, 10.0)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # More main-table seeds for some students, ARCH:SEED entries (e.g. [unet:3, unet:4]): their students
+    # train after every student's `seeds`, and that student's cells and verdicts are over all its seeds
+    more_seeds: tuple[str, ...] = ()
     sweep_seeds: tuple[int, ...] = ()  # seeds of the ratio sweep; empty = the same as seeds
     quality_pairs: int = 256  # generated pairs scored for label alignment and SAR statistics
     study_arch: str = "unet"  # the student of the sampler and decode studies
@@ -580,6 +583,11 @@ class ExperimentConfig:
     # pretrain_finetune: this share of the student's steps on generated pairs alone (KD), the rest on real
     # scenes with copy-paste: the same total steps as every other arm
     pretrain_share: float = 0.5
+
+    def seeds_of(self, arch: str) -> tuple[int, ...]:
+        """The main table's seeds of `arch`: seeds, then its more_seeds (validated ARCH:SEED entries)."""
+        more = [int(seed) for name, _, seed in (entry.partition(":") for entry in self.more_seeds) if name == arch]
+        return tuple(self.seeds) + tuple(more)
 
     def kd_weight(self, arch: str, default: float) -> float:
         """arch's KD weight from kd_weights (validated ARCH:WEIGHT entries), else default."""
@@ -668,6 +676,23 @@ class ExperimentConfig:
                 "experiment.kd_weights",
                 f"{arch!r} is not a student of this experiment ({', '.join(sorted(students))})",
             )
+        for entry in self.more_seeds:
+            arch, _, seed = entry.partition(":")
+            _check(
+                arch in self.archs and seed.isdigit(),
+                "experiment.more_seeds",
+                f"{entry!r} is not ARCH:SEED with ARCH one of {', '.join(self.archs)} and a seed >= 0 (e.g. unet:3)",
+            )
+            _check(
+                int(seed) not in self.seeds,
+                "experiment.more_seeds",
+                f"{entry!r}: seed {seed} is already one of experiment.seeds {list(self.seeds)}",
+            )
+        _check(
+            len(set(self.more_seeds)) == len(self.more_seeds),
+            "experiment.more_seeds",
+            f"an entry is given twice: {list(self.more_seeds)}",
+        )
         _check(
             all(w >= 0 for w in self.kd_weight_grid),
             "experiment.kd_weight_grid",

@@ -128,6 +128,34 @@ def test_per_student_kd_weight_and_matched_control():
         load_config(None, TINY + ["experiment.kd_weights=[Unet:1.0]"])
 
 
+def test_more_seeds_train_after_every_students_seeds_and_count_in_that_students_verdicts():
+    from dakter_scale.config import ConfigError
+    from dakter_scale.study.analyse import Results
+    from dakter_scale.study.report import seed_counts
+
+    more = ["experiment.archs=[unet,segformer]", "experiment.methods=[none,dakter]", "experiment.more_seeds=[unet:3]"]
+    plan = Plan(load_config(None, TINY + more), n_train=6)
+    order = [(r.arch, r.seed) for r in plan.main_runs()]
+    assert order == [
+        (a, s) for a, s in [("unet", 0), ("unet", 1), ("segformer", 0), ("segformer", 1), ("unet", 3)] for _ in (0, 1)
+    ]
+    assert plan.e.seeds_of("unet") == (0, 1, 3) and plan.e.seeds_of("segformer") == (0, 1)
+    assert seed_counts(plan.e) == "2 seeds (unet: 3)"
+    # unet's verdict is over its three seeds, segformer's over its two
+    miou = {r.name: {"miou": 50.0 + r.seed + (2.0 if r.method == "dakter" else 0.0)} for r in plan.main_runs()}
+    results = Results(miou, plan)
+    assert results.differences("dakter", "none", "unet", plan.ratio("unet")) == [2.0, 2.0, 2.0]
+    assert len(results.differences("dakter", "none", "segformer", plan.ratio("segformer"))) == 2
+    for bad, said in (
+        ("[unet:1]", "already one of experiment.seeds"),
+        ("[deeplabv3plus:3]", "is not ARCH:SEED"),
+        ("[unet:three]", "is not ARCH:SEED"),
+        ("[unet:3,unet:3]", "given twice"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            load_config(None, TINY + more[:2] + [f"experiment.more_seeds={bad}"])
+
+
 def test_filter_keep_is_checked():
     from dakter_scale.config import ConfigError
 

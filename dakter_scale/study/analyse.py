@@ -33,8 +33,9 @@ class Results:
         self, method: str, arch: str, ratio: float, key: str, seeds: Sequence[int] | None = None
     ) -> dict[int, float]:
         """runs[...][key] of the finished runs of one (method, arch, ratio), by seed (default: the
-        main table's seeds)."""
-        names = {s: self.plan.run(method, arch, ratio, s).name for s in (self.e.seeds if seeds is None else seeds)}
+        main table's seeds of arch)."""
+        seeds = self.e.seeds_of(arch) if seeds is None else seeds
+        names = {s: self.plan.run(method, arch, ratio, s).name for s in seeds}
         return {s: self.runs[n][key] for s, n in names.items() if n in self.runs}
 
     def cell(

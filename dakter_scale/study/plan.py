@@ -291,12 +291,10 @@ class Plan:
         return self.run("none", arch, 0, self.e.seeds[0])
 
     def main_runs(self) -> list[StudentRun]:
-        return [
-            self.run(m, arch, self.ratio(arch), seed)
-            for arch in self.e.archs
-            for seed in self.e.seeds
-            for m in self.methods()
-        ]
+        """Every student's `seeds` first, then the students' more_seeds (the table is whole at each stop)."""
+        first = [(arch, seed) for arch in self.e.archs for seed in self.e.seeds]
+        more = [(arch, seed) for arch in self.e.archs for seed in self.e.seeds_of(arch) if seed not in self.e.seeds]
+        return [self.run(m, arch, self.ratio(arch), seed) for arch, seed in first + more for m in self.methods()]
 
     def sweep_runs(self) -> list[StudentRun]:
         return [

@@ -63,12 +63,22 @@ def header(p: dict, plan: Plan) -> list[str]:
         "# DAKTer experiment",
         "",
         f"Data `{redact_url(cfg.data.spec)}`: {p['n_train']} training images, evaluated on the full test split (one confusion matrix per run). "
-        f"Models at {cfg.data.resolution} px; {lengths(p, plan)}, KD weight λ = {cfg.student.kd_weight:g}{note}, T = {cfg.student.kd_temperature:g}. {len(e.seeds)} seeds; mean ± std (%) over seeds.",
+        f"Models at {cfg.data.resolution} px; {lengths(p, plan)}, KD weight λ = {cfg.student.kd_weight:g}{note}, T = {cfg.student.kd_temperature:g}. {seed_counts(e)}; mean ± std (%) over seeds.",
         "b: "
         + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items())
         + f". {p['generated_pairs']} generated pairs per model.",
         "",
     ]
+
+
+def seed_counts(e) -> str:
+    """'3 seeds', or '3 seeds (unet and segformer: 5)' where experiment.more_seeds adds some."""
+    more = {}
+    for arch in e.archs:
+        if len(e.seeds_of(arch)) > len(e.seeds):
+            more.setdefault(len(e.seeds_of(arch)), []).append(arch)
+    extra = "; ".join(f"{' and '.join(archs)}: {n}" for n, archs in more.items())
+    return f"{len(e.seeds)} seeds" + (f" ({extra})" if extra else "")
 
 
 def lengths(p: dict, plan: Plan) -> str:
