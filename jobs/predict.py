@@ -143,14 +143,14 @@ def main() -> None:
         type=float,
         default=0.0,
         metavar="M2",
-        help="drop slicks smaller than this many square metres (pixels without georeferencing)",
+        help="drop slicks smaller than this many square metres (scene pixels, not model pixels, without georeferencing)",
     )
     g.add_argument(
         "--simplify",
         type=float,
         default=0.0,
         metavar="METRES",
-        help="polygon simplification tolerance (default 0: pixel outlines)",
+        help="polygon simplification tolerance (scene pixels without georeferencing; default 0: pixel outlines)",
     )
     g.add_argument(
         "--land",

@@ -115,6 +115,28 @@ def test_a_narrow_scene_with_unequal_pixel_factors_keeps_its_slick_in_place(tmp_
     assert p["area_pixels"] == round(p["pixel_count"] * (40 / 6) * (800 / 114), 1)
 
 
+def test_min_area_without_georeferencing_is_in_scene_pixels_on_a_resampled_grid(tmp_path):
+    """A PNG has no spacing, so --min-area counts scene pixels (jobs/predict.py's help). A student trained on
+    128-pixel crops resized to 64 reads it at factor 2: a 61 x 300 scene on a 30 x 150 grid, a model pixel
+    2.03 x 2 scene pixels. A threshold 2 % under the slick's area keeps it and 2 % over drops it; counted in
+    model pixels (as it was) the threshold was 4.07 times too strict, and both dropped it."""
+    from PIL import Image
+
+    Image.fromarray(draw_codes(61, 300, slicks=[(30.0, 150.0, 18.0, 60.0)])).save(tmp_path / "s.png")
+    student = {**info(None), "crop": 128}
+    record, fc = predict(tmp_path, tmp_path / "s.png", student_info=student, name="all", tile=64, overlap=8)
+    assert record["conventions"]["grid"] == {"height": 30, "width": 150} and record["slicks"] == 1
+    area = fc["features"][0]["properties"]["area_pixels"]  # scene pixels: pixel_count x (61 / 30) x (300 / 150)
+    assert abs(area - ellipse_area(18.0, 60.0)) < 0.05 * area
+    kept, _ = predict(
+        tmp_path, tmp_path / "s.png", student_info=student, name="below", tile=64, overlap=8, min_area_m2=0.98 * area
+    )
+    dropped, _ = predict(
+        tmp_path, tmp_path / "s.png", student_info=student, name="above", tile=64, overlap=8, min_area_m2=1.02 * area
+    )
+    assert (kept["slicks"], dropped["slicks"]) == (1, 0)
+
+
 def test_gcp_scene_gives_the_same_polygons(tmp_path, codes):
     _, affine = predict(tmp_path, write_geotiff(tmp_path / "affine.tif", sigma0_of(codes)), name="a")
     record, gcp = predict(tmp_path, write_geotiff(tmp_path / "gcp.tif", sigma0_of(codes), gcps=True), name="g")

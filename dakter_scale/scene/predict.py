@@ -371,8 +371,10 @@ class Predictor:
         )
         spacing = scene.pixel_spacing()
         model_spacing = spacing * math.sqrt(f[0] * f[1]) if spacing else None  # a square of the model pixel's area
-        pixel_area = model_spacing**2 if model_spacing else 1.0
-        simplify_px = o.simplify_m / model_spacing if model_spacing else o.simplify_m
+        # --min-area and --simplify are metres, or scene pixels when the scene has no spacing (jobs/predict.py's help):
+        # a model pixel is fy x fx scene pixels, so a resampled scene's slicks are measured as area_pixels is.
+        pixel_area = model_spacing**2 if model_spacing else f[0] * f[1]
+        simplify_px = o.simplify_m / (model_spacing if model_spacing else math.sqrt(f[0] * f[1]))
         to_lonlat = scene.pixel_to_lonlat if scene.georeferenced else None
         extra = {"scene_id": scene.scene_id, "acquisition_time": scene.acquisition_time}
         feats, drawn = [], []

@@ -33,8 +33,8 @@ FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 class VectoriseOptions:
     seed: float = 0.6  # a slick holds at least one pixel at or above this probability
     outline: float = 0.4  # ... and is the connected region at or above this one
-    min_area_m2: float = 0.0  # smaller slicks are dropped (pixels x pixel area when georeferenced)
-    simplify_m: float = 0.0  # Douglas-Peucker tolerance in metres (pixels without georeferencing)
+    min_area_m2: float = 0.0  # smaller slicks are dropped (m^2; scene pixels without a pixel spacing)
+    simplify_m: float = 0.0  # Douglas-Peucker tolerance in metres (scene pixels without a pixel spacing)
     band_rows: int = 1024
 
     def codes(self) -> tuple[int, int]:
@@ -106,7 +106,8 @@ def find_slicks(
     read_band: BandReader, height: int, width: int, opts: VectoriseOptions, pixel_area: float = 1.0
 ) -> list[Slick]:
     """The slicks of one class over an H x W probability raster read band by band (module docstring).
-    ``pixel_area`` (m^2, or 1 in pixels) turns ``min_area_m2`` into a pixel count."""
+    ``pixel_area`` (a model pixel's m^2, or its scene pixels without a spacing) turns ``min_area_m2`` into a count
+    of model pixels."""
     from scipy import ndimage
 
     seed_code, outline_code = opts.codes()
