@@ -354,3 +354,58 @@ def test_a_header_or_side_file_removed_while_it_is_read_is_absent_not_a_crash(tm
     header = out.info()
     assert header is None or header.count == 2
     assert out.read_side("throughput.json") in (None, b"{}")
+
+
+def test_a_hostile_threshold_in_a_source_header_is_one_line_naming_the_file_and_field(tmp_path):
+    """check_settings reads thresholds a source's dataset.json carries: a string, a bool, a non-dict
+    section is one ShardError naming the file and the field (it was float()'s bare ValueError)."""
+    url = str(tmp_path / "set")
+    write_dataset(url, [2])
+    out = ShardSet(url)
+    raw = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    where = f"{tmp_path}/set/dataset.json"
+    cases = [
+        ({"threshold": "0.1x"}, r"divergence\.threshold must be a finite number, got '0\.1x'"),
+        ({"threshold": True}, r"divergence\.threshold must be a finite number, got True"),
+        ({"sar": "big"}, r"divergence\.sar must be an object, got 'big'"),
+        ({"sar": {"enl_ratio_threshold": "2"}}, r"divergence\.sar\.enl_ratio_threshold must be a positive"),
+        ({"class_shares": {"ratio_threshold": 0}}, r"divergence\.class_shares\.ratio_threshold must be a positive"),
+    ]
+    for divergence, message in cases:
+        (tmp_path / "set" / "dataset.json").write_text(json.dumps(dict(raw, divergence=divergence)))
+        with pytest.raises(ShardError, match=rf"^{where}: {message}") as e:
+            out.info().check_settings()
+        assert "\n" not in str(e.value)
+    (tmp_path / "set" / "dataset.json").write_text(json.dumps(dict(raw, divergence={"threshold": 0.2})))
+    assert out.info().check_settings()["threshold"] == 0.2
+    assert out.info() == DatasetInfo.from_json(json.loads((tmp_path / "set" / "dataset.json").read_text()))
+
+
+def test_marker_stats_names_the_marker_and_field_of_a_short_class_fraction_sum(tmp_path):
+    """A marker whose sum_class_fractions has another length than the set's classes (or lacks a sum)
+    is one ShardError naming the shard's marker and the field (it was numpy's broadcast error)."""
+    url = str(tmp_path / "set")
+    write_dataset(url, [2, 1])
+    out = ShardSet(url)
+    markers = {i.shard: i.marker for i in out.done()}
+    short = {**markers, 1: dict(markers[1], sum_class_fractions=[0.5, 0.5])}
+    with pytest.raises(
+        ShardError, match=r"^shard-000001\.json: sum_class_fractions has 2 values, not one per class \(5\)$"
+    ):
+        marker_stats(short, 5)
+    with pytest.raises(ShardError, match=rf"^{tmp_path}/set/shard-000001\.json: sum_class_fractions has 2 values"):
+        out.finish(out.info(), short, threshold=0.1)
+    lacking = {**markers, 0: {k: v for k, v in markers[0].items() if k != "sum_mean_entropy"}}
+    with pytest.raises(ShardError, match=r"^shard-000000\.json: sum_mean_entropy is missing"):
+        marker_stats(lacking, 5)
+    old = ShardSet(str(OLD))
+    assert marker_stats({d.shard: d.marker for d in old.done()}, 5) == old.info().generated_stats  # as before
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", None])
+def test_a_marker_naming_its_shard_with_anything_but_an_int_is_unusable(value):
+    from dakter_scale.data.shardset.records import marker_problem
+
+    marker = {"shard": 1, "count": 2, "tar_bytes": 10, "sha256": "0" * 64, "fingerprint": None}
+    assert marker_problem(marker, 1) is None
+    assert marker_problem(dict(marker, shard=value), 1) == f"marker names shard {value!r}"

@@ -67,6 +67,8 @@ class DatasetInfo:
     # "achieved", "met", "cost", ...}; absent in sets written without a target (and before it existed)
     target: dict | None = None
     extra: dict = field(default_factory=dict)
+    # where it was read from, for messages (from_json's `where`); never written, never compared
+    where: str = field(default=DATASET_FILE, compare=False, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -75,17 +77,39 @@ class DatasetInfo:
     def check_settings(self) -> dict[str, Any]:
         """How this set's divergence was checked (threshold, the training images' SAR statistics, the
         SAR limits and the rare-class factor), as ShardSet.finish's keywords: a set derived from it
-        (filtered) is checked the same way. A set written before a limit was recorded gets its default."""
+        (filtered) is checked the same way. A set written before a limit was recorded gets its default.
+        A value of the wrong type (a hostile or hand-edited source) is a ShardError naming the file and field."""
         div = self.divergence or {}
-        sar = div.get(SAR) or {}
-        shares = div.get("class_shares") or {}
+        sar = self._section(div, SAR)
+        shares = self._section(div, "class_shares")
         return {
-            "threshold": float(div.get("threshold", 0.1)),
+            "threshold": self._limit(div, "threshold", 0.1),
             "train_sar": (self.train_stats or {}).get(SAR),
-            "enl_ratio": float(sar.get("enl_ratio_threshold", ENL_RATIO_WARNING)),
-            "histogram_tv": float(sar.get("histogram_tv_threshold", HISTOGRAM_TV_WARNING)),
-            "class_share_ratio": float(shares.get("ratio_threshold", CLASS_SHARE_RATIO_WARNING)),
+            "enl_ratio": self._limit(sar, "enl_ratio_threshold", ENL_RATIO_WARNING, f"{SAR}.", positive=True),
+            "histogram_tv": self._limit(sar, "histogram_tv_threshold", HISTOGRAM_TV_WARNING, f"{SAR}."),
+            "class_share_ratio": self._limit(
+                shares, "ratio_threshold", CLASS_SHARE_RATIO_WARNING, "class_shares.", positive=True
+            ),
         }
+
+    def _section(self, div: dict, name: str) -> dict:
+        value = div.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise ShardError(f"{self.where}: divergence.{name} must be an object, got {value!r}")
+        return value or {}
+
+    def _limit(self, section: dict, name: str, default: float, prefix: str = "", positive: bool = False) -> float:
+        """A threshold of the divergence check as a float; `positive`: a ratio, used as a divisor."""
+        value = section.get(name, default)
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or (positive and value <= 0)
+        ):
+            kind = "a positive finite number" if positive else "a finite number"
+            raise ShardError(f"{self.where}: divergence.{prefix}{name} must be {kind}, got {value!r}")
+        return float(value)
 
     def summary_lines(self) -> list[str]:
         """The set's class fractions and confidence beside the training data's, for a run's summary."""
@@ -157,7 +181,7 @@ class DatasetInfo:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name != "extra" and getattr(self, f.name) is not None
+            if f.name not in ("extra", "where") and getattr(self, f.name) is not None
         }
         return {**self.extra, **out}
 
@@ -168,7 +192,7 @@ class DatasetInfo:
             raise ShardError(f"{where}: not a JSON object")
         if obj.get("format") not in (None, FORMAT):
             raise ShardError(f"{where}: shard format {obj['format']!r} is not {FORMAT!r}, the one this code reads")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "where"}
         for name, types in _FIELD_TYPES.items():
             value = obj.get(name)
             if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
@@ -184,7 +208,7 @@ class DatasetInfo:
         if obj.get("b") is not None and not math.isfinite(obj["b"]):
             raise ShardError(f"{where}: b must be a finite number, got {obj['b']}")
         values = {k: v for k, v in obj.items() if k in known}
-        return cls(**{"format": None, **values}, extra={k: v for k, v in obj.items() if k not in known})
+        return cls(**{"format": None, **values}, extra={k: v for k, v in obj.items() if k not in known}, where=where)
 
 
 _FIELD_TYPES = {

@@ -5,11 +5,12 @@ lines that show them are DatasetInfo.summary_lines)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from dakter_scale.data.sar_stats import SarCounts, enl_from_counts, finite_or_none, histogram_distance_counts
+from dakter_scale.data.shardset.codec import ShardError
 from dakter_scale.data.shardset.header import format_fractions
 from dakter_scale.data.shardset.records import (
     CLASS_SHARE_FLOOR,
@@ -19,16 +20,23 @@ from dakter_scale.data.shardset.records import (
     MIN_MEAN_CONFIDENCE,
     SAR,
     marker_count,
+    shard_name,
 )
 
 # -- per-set statistics and divergence ----------------------------------------------------------
 
 
-def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
-    """Dataset statistics (pairs, class fractions, mean confidence and entropy) from shard markers."""
+def marker_stats(markers: dict[int, dict], num_classes: int, where: Callable[[int], str] | None = None) -> dict:
+    """Dataset statistics (pairs, class fractions, mean confidence and entropy) from shard markers.
+    A marker without the sums, or with one class-fraction sum per class of another class count, is a
+    ShardError naming the marker (where(shard); default its file name) and the field."""
     count = marker_count(markers.values())
     if count == 0:
         return {}
+    for shard, m in markers.items():
+        problem = _sums_problem(m, num_classes)
+        if problem:
+            raise ShardError(f"{where(shard) if where else shard_name(shard, 'json')}: {problem}")
     fractions = np.zeros(num_classes)
     for m in markers.values():
         fractions += np.asarray(m["sum_class_fractions"], dtype=np.float64)
@@ -45,6 +53,23 @@ def marker_stats(markers: dict[int, dict], num_classes: int) -> dict:
             total = total.merge(c)
         out[SAR] = {**total.summary(), **total.to_json()}
     return out
+
+
+def _sums_problem(marker: dict, num_classes: int) -> str | None:
+    """What keeps a marker's sums out of marker_stats, or None (marker_problem has checked their types
+    where present; not that they are present, nor the number of classes)."""
+    for name in ("sum_class_fractions", "sum_mean_confidence", "sum_mean_entropy"):
+        if name not in marker:
+            return f"{name} is missing"
+    sums = marker["sum_class_fractions"]
+    if not isinstance(sums, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sums):
+        return "sum_class_fractions is not a list of numbers"
+    if len(sums) != num_classes:
+        return f"sum_class_fractions has {len(sums)} values, not one per class ({num_classes})"
+    for name in ("sum_mean_confidence", "sum_mean_entropy"):
+        if not isinstance(marker[name], (int, float)) or isinstance(marker[name], bool):
+            return f"{name} is {marker[name]!r}, not a number"
+    return None
 
 
 def divergence(

@@ -364,7 +364,8 @@ def shard_marker(
 
 def marker_problem(marker: Any, shard: int) -> str | None:
     """What makes a done marker unusable, or None: not an object, no pair count, tar size or sha256
-    of the right type, another shard's id, or sums that are not finite numbers."""
+    of the right type, another shard's id (or one that is no int: ``true`` and ``1.0`` equal 1 in
+    Python), or sums that are not finite numbers."""
     if not isinstance(marker, dict):
         return f"marker is a JSON {type(marker).__name__}, not an object"
     if not _integer(marker.get("count")) or marker["count"] < 0:
@@ -373,7 +374,7 @@ def marker_problem(marker: Any, shard: int) -> str | None:
         return f"marker records no tar size (tar_bytes {marker.get('tar_bytes')!r})"
     if not isinstance(marker.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", marker["sha256"]):
         return f"marker records no sha256 (sha256 {marker.get('sha256')!r})"
-    if "shard" in marker and marker["shard"] != shard:
+    if "shard" in marker and (not _integer(marker["shard"]) or marker["shard"] != shard):  # true == 1.0 == 1
         return f"marker names shard {marker['shard']!r}"
     if not isinstance(marker.get("fingerprint"), (str, type(None))):
         return f"marker's fingerprint {marker['fingerprint']!r} is not a string"

@@ -147,7 +147,7 @@ class ShardSet:
         derived from another, planned as the pairs it holds in shards of this size. Returns (the header
         written, the divergence's warnings)."""
         count = marker_count(markers.values())
-        generated = marker_stats(markers, len(header.classes or []))
+        generated = marker_stats(markers, len(header.classes or []), where=self.marker_url)
         fractions = reference or (header.train_stats or {}).get("class_fractions")
         div, warnings = divergence(
             generated,
