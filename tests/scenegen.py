@@ -140,7 +140,8 @@ def grd_corners(height: int, width: int) -> dict:
 
 
 def corner_lonlat(row: float, col: float, height: int, width: int) -> tuple[float, float]:
-    """Bilinear between the corners: the 'truth' the geolocation grid samples."""
+    """Bilinear between the corners at pixel-corner coordinates (row, col) ((0, 0) the first pixel's top-left
+    corner): the 'truth' the geolocation grid samples."""
     c = grd_corners(height, width)
     u, v = col / width, row / height
     lon = (
@@ -167,7 +168,8 @@ def write_safe(
     shape: tuple[int, int] | None = None,
 ) -> Path:
     """A SAFE-layout GRD folder: manifest.safe (with the footprint), per polarisation an annotation with a
-    geolocation grid, a calibration file with a sigma-nought LUT (a constant A plus a gentle range ramp),
+    geolocation grid (line/pixel are sample indices: each point holds the truth at that pixel's centre,
+    corner_lonlat(line + 0.5, pixel + 0.5), as in ESA's products; scene/read.py), a calibration file with a sigma-nought LUT (a constant A plus a gentle range ramp),
     and a uint16 measurement TIFF of DN = A sqrt(sigma0). ``codes``: the 8-bit codes (H, W), or, for a
     scene too large to hold, a function (row0, row1) -> those rows with ``shape`` (H, W): the measurement is
     then written 1,024 rows at a time."""
@@ -202,7 +204,7 @@ def write_safe(
         stem = f"s1a-iw-grd-{pol}-20260101t054512-20260101t054537-062000-07c0de-001"
         points = "".join(
             f"<geolocationGridPoint><azimuthTime>{START}</azimuthTime><slantRangeTime>5.3e-03</slantRangeTime><line>{r}</line><pixel>{c}</pixel>"
-            f"<latitude>{corner_lonlat(r, c, height, width)[1]:.9f}</latitude><longitude>{corner_lonlat(r, c, height, width)[0]:.9f}</longitude><height>0</height>"
+            f"<latitude>{corner_lonlat(r + 0.5, c + 0.5, height, width)[1]:.9f}</latitude><longitude>{corner_lonlat(r + 0.5, c + 0.5, height, width)[0]:.9f}</longitude><height>0</height>"
             "<incidenceAngle>35</incidenceAngle><elevationAngle>31</elevationAngle></geolocationGridPoint>"
             for r in lines
             for c in pixels

@@ -29,6 +29,7 @@ from scenegen import (
     corner_lonlat,
     draw_codes,
     ellipse_area,
+    grd_corners,
     info,
     sigma0_of,
     write_geotiff,
@@ -289,6 +290,31 @@ def test_safe_grd_is_calibrated_georeferenced_and_keeps_its_footprint(tmp_path, 
     assert vh["scene"]["polarisation"] == "VH"
     with pytest.raises(SceneError, match=r"\.SAFE: no HH polarisation.*holds VH, VV \(--polarisation\)"):
         predict(tmp_path, safe, name="hh", polarisation="HH")
+
+
+def test_safe_geolocation_grid_points_are_pixel_centres(tmp_path):
+    """A grid point's line/pixel is a sample index (ESA's product specification; docs/inference.md, "Limits"):
+    its latitude/longitude is that pixel's centre, (pixel + 0.5, line + 0.5) in the pixel-corner coordinates of
+    GDAL's GCPs. Taken as corners (as before), every position moved half a pixel: here 0.0025 degrees of
+    longitude, ~200 m, at the synthetic product's ~400 m pixels."""
+    import re
+
+    height, width = 60, 80
+    safe = write_safe(tmp_path, draw_codes(height, width, slicks=[]), polarisations=("vv",), calibration=False)
+    annotation = next((safe / "annotation").glob("*.xml")).read_text()
+    first = re.search(
+        r"<line>(\d+)</line><pixel>(\d+)</pixel><latitude>([-\d.]+)</latitude><longitude>([-\d.]+)<", annotation
+    )
+    line, pixel, lat, lon = int(first[1]), int(first[2]), float(first[3]), float(first[4])
+    assert (line, pixel) == (0, 0)
+    with open_scene(str(safe)) as scene:
+        assert (scene.gcps[0].row, scene.gcps[0].col) == (0.5, 0.5)
+        assert (scene.gcps[-1].row, scene.gcps[-1].col) == (height - 0.5, width - 0.5)  # the last pixel's centre
+        lons, lats = scene.pixel_to_lonlat(np.array([0.5, 0.0, width]), np.array([0.5, 0.0, height]))
+    assert abs(lons[0] - lon) < 1e-7 and abs(lats[0] - lat) < 1e-7  # the grid point at the first pixel's centre
+    corners = grd_corners(height, width)  # the image's outer corners, where the synthetic truth puts them
+    assert np.allclose([lons[1], lats[1]], corners[(0, 0)], atol=1e-6)
+    assert np.allclose([lons[2], lats[2]], corners[(height, width)], atol=1e-6)
 
 
 class LandOnTheRight(DarkIsOil):

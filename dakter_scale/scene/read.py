@@ -8,7 +8,7 @@ Three kinds, told apart by the path (any fsspec URL; local paths too):
   (digital numbers: only with a calibration, i.e. from a SAFE product).
 - **Sentinel-1 GRD in the SAFE layout** (a ``*.SAFE`` folder, or a ``.zip`` holding one): the
   measurement TIFF of the chosen polarisation (uint16 digital numbers), georeferenced by the
-  annotation's geolocation grid (as GCPs in EPSG:4326), calibrated with the calibration file's
+  annotation's geolocation grid (as GCPs in EPSG:4326, each at its pixel's centre), calibrated with the calibration file's
   sigma-nought LUT (``radiometry.CalibrationLUT``). Product id, acquisition start time and the
   manifest's footprint are kept.
 - **Plain image** (PNG / JPEG, OSD-style 8-bit): no georeferencing; outputs are in pixel units.
@@ -696,9 +696,22 @@ def _safe_member(files: _SafeFiles, polarisation: str, folder: str, ext: str | t
     return hits[0]
 
 
+# A geolocation grid point names an image sample: ESA's product specification (S1-RS-MDA-52-7441, the
+# annotation's geolocationGridPoint) gives ``line``/``pixel`` as the integer "reference image MDS line / sample to
+# which this geolocation grid point applies", with that sample's zero-Doppler azimuth time and slant-range time; a
+# real GRD's grid runs from sample 0 to numberOfSamples - 1 (and line 0 to numberOfLines - 1), first to last pixel;
+# ESA's SNAP (s1tbx Sentinel1Level1Directory.addTiePointGrids) puts the first point at (0.5, 0.5), the first
+# pixel's centre. GDAL's GCPs, which rasterio's GCP transformer reads, are in pixel-corner coordinates (the first
+# pixel's centre is (0.5, 0.5)), so a sample index i is at i + 0.5. GDAL's SAFE driver (frmts/safe/safedataset.cpp)
+# copies line/pixel unshifted, half a pixel (about 5 m on a 10 m GRD) up and left of this reader; see
+# docs/inference.md, "Limits", for the evidence on each side.
+GRID_POINT_AT_PIXEL_CENTRE = 0.5
+
+
 def _grid_gcps(annotation, src: str) -> list:
-    """An annotation's geolocation grid as ground control points, checked (numbers, at least 3, not
-    degenerate, on the Earth), or a SceneError naming the point."""
+    """An annotation's geolocation grid as ground control points in pixel-corner coordinates (line/pixel are
+    sample indices, pixel centres: + 0.5, above), checked (numbers, at least 3, not degenerate, on the Earth),
+    or a SceneError naming the point."""
     from rasterio.control import GroundControlPoint
 
     points = [
@@ -713,8 +726,8 @@ def _grid_gcps(annotation, src: str) -> list:
         try:
             gcps.append(
                 GroundControlPoint(
-                    row=float(_text(p, "line", source=src)),
-                    col=float(_text(p, "pixel", source=src)),
+                    row=float(_text(p, "line", source=src)) + GRID_POINT_AT_PIXEL_CENTRE,
+                    col=float(_text(p, "pixel", source=src)) + GRID_POINT_AT_PIXEL_CENTRE,
                     x=float(_text(p, "longitude", source=src)),
                     y=float(_text(p, "latitude", source=src)),
                     z=float(_text(p, "height", source=src)),
