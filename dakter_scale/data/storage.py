@@ -1,15 +1,24 @@
 """fsspec helpers: one place that knows how to write a file so that a reader never sees half of it.
 
-On a local file system a file is written under a temporary name in the same folder
-(``NAME.tmp-XXXXXXXXXXXX``), synced to the disk, renamed into place (atomic on POSIX), and the folder
-synced, so a file written after it (a shard's done marker after its tar and manifest) never survives
-a power loss that the file itself does not. On object stores (s3://,
-gs://, ...) an object only becomes visible when its upload completes, so it is written directly,
-streaming as it goes: s3fs sends parts of ``default_block_size`` (50 MiB; set e.g.
-``FSSPEC_S3='{"default_block_size": 8388608}'``) as a multipart upload that is completed on close.
-A writer that dies before close leaves no object, only an incomplete multipart upload that is
-invisible to readers but stored (and billed) until it is aborted: give the bucket a lifecycle rule
-that aborts incomplete multipart uploads after a day (docs/synthesis.md).
+Which backend gets which write (``open_atomic``):
+
+- Local file systems (``file://``, plain paths): a file is written under a temporary name in the same
+  folder (``NAME.tmp-XXXXXXXXXXXX``), synced to the disk, renamed into place (atomic on POSIX), and the
+  folder synced, so a file written after it (a shard's done marker after its tar and manifest) never
+  survives a power loss that the file itself does not.
+- Object stores (``OBJECT_STORES``: s3://, gs://, az:// and their aliases): an object only becomes
+  visible when its upload completes, so it is written directly, streaming as it goes: s3fs sends parts
+  of ``default_block_size`` (50 MiB; set e.g. ``FSSPEC_S3='{"default_block_size": 8388608}'``) as a
+  multipart upload that is completed on close. A writer that dies before close leaves no object, only
+  an incomplete multipart upload that is invisible to readers but stored (and billed) until it is
+  aborted: give the bucket a lifecycle rule that aborts incomplete multipart uploads after a day
+  (docs/synthesis.md).
+- Every other backend (sftp://, ftp://, webdav, smb://, hdfs://, memory://, any protocol not listed
+  above): a file written there is visible, partial, while it is written, so it too is written under a
+  ``.tmp-`` name in the same folder and renamed into place after close (the backend's own rename; where
+  that refuses an existing name, as SMB's does, the old file is removed first, so for that moment the
+  name is absent, never partial). Nothing is synced: these backends offer no ``fsync`` here. A killed
+  writer leaves a ``.tmp-`` file, which ``remove_temporaries`` clears as it does locally.
 
 Credentials come from the usual environment (AWS_* variables, ~/.aws, gcloud); nothing here logs them.
 A URL can still carry them (``scheme://user:password@host/...``, a presigned ``?X-Amz-Signature=...``):
@@ -20,6 +29,7 @@ recorded file (student.json, dataset.json, dakter.json, config.yaml) shows.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import hashlib
 import inspect
@@ -77,6 +87,9 @@ def error_line(e: BaseException | str, limit: int = 200) -> str:
 # Object stores take credentials from the environment only: s3fs and gcsfs would read user:password@
 # as part of the bucket name and echo it in their errors.
 _NO_USERINFO = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+# Object stores whose objects become visible only once their upload completes (s3fs, gcsfs, adlfs):
+# open_atomic writes to them directly. Every other non-local protocol writes a temporary and renames it.
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 
 def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -114,6 +127,19 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether a file written to ``fs`` becomes visible only once whole (OBJECT_STORES: an object exists
+    once its upload completes), so that open_atomic writes it directly rather than renaming a temporary."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in OBJECT_STORES for p in protocols)
+
+
+def leaves_temporaries(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether open_atomic writes ``.tmp-`` files here (every backend but an object store), which a
+    killed writer leaves behind for remove_temporaries."""
+    return is_local(fs) or not is_object_store(fs)
+
+
 def join(root: str, *parts: str) -> str:
     return posixpath.join(root, *parts)
 
@@ -143,27 +169,35 @@ def list_dir(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
 def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
     """Open ``path`` for binary writing so that it appears whole or not at all.
 
-    On error the partial file is removed (local) or the multipart upload aborted (object stores).
-    A process killed outright leaves a ``.tmp-`` file (local; ``remove_temporaries`` clears them)
-    or an incomplete multipart upload (object stores; a bucket lifecycle rule clears them).
+    Local and every backend that is no object store (sftp, ftp, webdav, smb, ...): a temporary in the
+    same folder, renamed into place after close (locally synced first, and its folder after). Object
+    stores: the object directly (module docstring). On error the temporary is removed, or the
+    multipart upload aborted. A process killed outright leaves a ``.tmp-`` file (``remove_temporaries``
+    clears them) or an incomplete multipart upload (object stores; a bucket lifecycle rule clears them).
     """
-    if is_local(fs):
+    if leaves_temporaries(fs):
+        local = is_local(fs)
         folder = posixpath.dirname(path) or "."
-        fs.makedirs(folder, exist_ok=True)
+        if local:
+            fs.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         try:
             with fs.open(tmp, "wb") as f:
                 yield f
                 f.flush()
-                fsync(f)
-            fs.mv(tmp, path)
-            fsync_folder(folder)
+                if local:
+                    fsync(f)
+            if local:
+                fs.mv(tmp, path)
+                fsync_folder(folder)
+            else:
+                _rename_over(fs, tmp, path)
         except BaseException as e:
             with contextlib.suppress(Exception):
-                fs.rm(tmp)
+                remove(fs, tmp)
             if isinstance(e, OSError) and e.errno in _FULL:
                 raise StorageError(
-                    f"writing {path} failed: {e.strerror or e} (the disk or quota is full): nothing partial is left; free space and rerun"
+                    f"writing {full_url(fs, path)} failed: {e.strerror or e} (the disk or quota is full): nothing partial is left; free space and rerun"
                 ) from None
             raise
     else:
@@ -180,6 +214,27 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
             raise
         else:
             f.close()
+
+
+def _rename_over(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Rename the finished temporary ``src`` to ``dst`` on a backend that is neither local nor an object
+    store, replacing what is there. The backend's own rename where it has one (sftp, ftp, smb, webdav,
+    hdfs); fsspec's generic ``mv`` copies and removes through ``expand_path``, which expands ``[``,
+    ``*`` and ``?``, so there the one file is copied literally (``cp_file``) and the temporary removed.
+    A rename that refuses an existing name (SMB) gets the old file removed first and is tried again."""
+    if type(fs).mv is fsspec.AbstractFileSystem.mv:
+        fs.cp_file(src, dst)
+        remove(fs, src)
+        return
+    try:
+        fs.mv(src, dst)
+    except Exception:
+        fs.invalidate_cache(posixpath.dirname(dst))
+        if not (fs.exists(src) and fs.exists(dst)):
+            raise
+        remove(fs, dst)
+        fs.mv(src, dst)
+    fs.invalidate_cache(posixpath.dirname(dst))
 
 
 def fsync(f: Any) -> None:
@@ -203,20 +258,46 @@ def fsync_folder(folder: str) -> None:
 def remove_temporaries(
     fs: fsspec.AbstractFileSystem, root: str, prefixes: tuple[str, ...] = ("",), min_age: float = 0.0
 ) -> list[str]:
-    """Remove the ``.tmp-`` files (names starting with one of prefixes) that killed local writers
-    left under root and that nothing has written to for min_age seconds; returns their names. A live
-    writer keeps its temporary's modification time fresh, so min_age spares it."""
+    """Remove the ``.tmp-`` files (names starting with one of prefixes) that killed writers left under
+    root (local, or any backend open_atomic renames on) and that nothing has written to for min_age
+    seconds; returns their names. A live writer keeps its temporary's modification time fresh, so
+    min_age spares it. The age is this machine's wall clock minus the time the storage reports (on
+    NFS, sftp or any shared store, the server's clock): see docs/reliability.md for the skew this
+    assumes. A file whose time cannot be read is kept (unless min_age is 0)."""
     removed = []
     now = time.time()
     for name, entry in list_dir(fs, root).items():
-        modified = entry.get("mtime", entry.get("created"))
-        if min_age > 0 and not (isinstance(modified, (int, float)) and now - modified >= min_age):
+        modified = _modified(entry)
+        if min_age > 0 and not (modified is not None and now - modified >= min_age):
             continue
         if name.startswith(prefixes) and TEMP_RE.search(name):
             with contextlib.suppress(FileNotFoundError):
                 remove(fs, join(root, name))
             removed.append(name)
     return removed
+
+
+def _modified(entry: dict) -> float | None:
+    """A listing entry's modification time as seconds since the epoch, or None. Backends name and type
+    it differently: local and sftp ``mtime`` (seconds), webdav ``modified`` (a datetime), ftp ``modify``
+    (``YYYYMMDDHHMMSS``, UTC), memory only ``created``."""
+    for key in ("mtime", "modified", "LastModified", "last_modified", "modify", "created"):
+        value = entry.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, datetime.datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).timestamp()
+        if isinstance(value, str):
+            for parse in (
+                datetime.datetime.fromisoformat,
+                lambda v: datetime.datetime.strptime(v.split(".")[0], "%Y%m%d%H%M%S"),
+            ):
+                with contextlib.suppress(ValueError):
+                    parsed = parse(value)
+                    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    return None
 
 
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str | None:

@@ -286,9 +286,10 @@ class ShardSet:
                     storage.remove(self.fs, self.path(name))
 
     def remove_temporaries(self, min_age: float = 0.0) -> list[str]:
-        """The temporary files killed local writers left (shards', dataset.json's, the lock's) that
-        nothing has written to for min_age seconds (0: all; only when no writer can be active)."""
-        if not storage.is_local(self.fs):
+        """The temporary files killed writers left (shards', dataset.json's, the lock's) that nothing
+        has written to for min_age seconds (0: all; only when no writer can be active): locally and on
+        every backend that storage.open_atomic writes through a temporary (all but object stores)."""
+        if not storage.leaves_temporaries(self.fs):
             return []
         return storage.remove_temporaries(
             self.fs, self.root, prefixes=(SHARD_PREFIX, DATASET_FILE, "lock-"), min_age=min_age
