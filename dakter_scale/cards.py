@@ -23,6 +23,7 @@ is neither read as a shard nor removed with one; a rerun writes it again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -214,7 +215,9 @@ def write_model_card(folder: str | Path, command: str | None = None) -> Path:
 
 
 def _metric(value: Any) -> float | None:
-    return round(float(value), 6) if isinstance(value, (int, float)) else None
+    """A metric for the card: None when missing or not finite (an empty split's NaN mIoU is no result:
+    the Hub's model-index wants a number, and YAML's .nan is none)."""
+    return round(float(value), 6) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def student_card(
@@ -273,6 +276,7 @@ def student_card(
             "command": command,
         },
     }
+    metrics = []
     if evaluated:
         metrics = [
             {"type": "mean_iou", "name": "mIoU", "value": evaluated["miou"]},
@@ -282,6 +286,8 @@ def student_card(
         metrics += [
             {"type": "iou", "name": f"IoU {c}", "value": v} for c, v in evaluated["iou"].items() if v is not None
         ]
+    metrics = [m for m in metrics if m["value"] is not None]
+    if metrics:  # a model-index result needs at least one metric
         metadata["model-index"] = [
             {
                 "name": name,
@@ -293,7 +299,7 @@ def student_card(
                             "type": str(evaluated["data"]).split(":", 1)[0],
                             "split": evaluated["split"],
                         },
-                        "metrics": [m for m in metrics if m["value"] is not None],
+                        "metrics": metrics,
                     }
                 ],
             }
@@ -374,17 +380,27 @@ def write_student_card(folder: str | Path, evaluation: dict | None = None, comma
 # -- a shard set -------------------------------------------------------------------------------------
 
 
+# The Hub's size_categories values (huggingface_hub DatasetCardData): a count outside them is not
+# accepted as a size category, so the last bins are the Hub's own, not "n>10M".
+SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+)
+
+
 def _size_category(n: int) -> str:
-    for limit, name in (
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-        (10_000_000, "1M<n<10M"),
-    ):
+    for limit, name in SIZE_CATEGORIES:
         if n < limit:
             return name
-    return "n>10M" if n > 10_000_000 else "1M<n<10M"
+    return "n>1T"
 
 
 def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = None, data_spec: str | None = None) -> str:

@@ -203,3 +203,51 @@ def test_the_command_is_written_as_typed_from_the_root_without_credentials():
     assert (
         command_line(["jobs/train_student.py", "--out", "runs/a b"]) == "python jobs/train_student.py --out 'runs/a b'"
     )
+
+
+# The Hub's size_categories values, as huggingface_hub's DatasetCardData lists them.
+HUB_SIZE_CATEGORIES = {
+    "n<1K",
+    "1K<n<10K",
+    "10K<n<100K",
+    "100K<n<1M",
+    "1M<n<10M",
+    "10M<n<100M",
+    "100M<n<1B",
+    "1B<n<10B",
+    "10B<n<100B",
+    "100B<n<1T",
+    "n>1T",
+}
+
+
+def test_a_large_set_gets_one_of_the_hubs_size_categories():
+    from huggingface_hub import DatasetCard
+
+    from dakter_scale.cards import _size_category, dataset_card
+    from dakter_scale.data.shardset import DatasetInfo
+
+    expected = {0: "n<1K", 999: "n<1K", 1_000: "1K<n<10K", 9_999_999: "1M<n<10M", 10_000_000: "10M<n<100M"}
+    expected |= {250_000_000: "100M<n<1B", 10**13: "n>1T"}
+    assert {n: _size_category(n) for n in expected} == expected
+    assert {_size_category(10**k) for k in range(14)} <= HUB_SIZE_CATEGORIES
+    card = DatasetCard(dataset_card(DatasetInfo(classes=["sea", "oil"], resolution=32, count=12_000_000), [0]))
+    assert card.data.size_categories == ["10M<n<100M"]
+
+
+def test_a_student_card_carries_no_nan_metric_into_the_model_index():
+    """An evaluation whose means are undefined (NaN: an empty split, a class absent from truth and
+    prediction) puts no .nan into the model-index the Hub reads; the finite ones stay."""
+    from huggingface_hub import ModelCard
+
+    from dakter_scale.cards import student_card
+
+    info = {"classes": ["sea", "oil"], "arch": "Unet", "encoder": "resnet18", "labels": "soft", "real": "osd:/d"}
+    nan = float("nan")
+    evaluation = {"data": "osd:/d", "split": "test", "images": 0, "miou": nan, "mean_f1": nan, "pixel_accuracy": nan}
+    card = ModelCard(student_card(info, None, dict(evaluation, iou=[None, None]), "python x"))
+    assert "model-index" not in card.data.to_dict() and not card.data.eval_results and ".nan" not in str(card)
+    evaluation |= {"images": 4, "miou": 0.5, "iou": [1.0, None]}
+    card = ModelCard(student_card(info, None, evaluation, "python x", name="s"))
+    assert {(r.metric_name, r.metric_value) for r in card.data.eval_results} == {("mIoU", 0.5), ("IoU sea", 1.0)}
+    assert card.data.model_name == "s" and ".nan" not in str(card)
