@@ -146,3 +146,20 @@ def test_collection_of_a_many_scene_run(tmp_path):
             max(i.bbox[3] for i in items),
         ]
     )
+
+
+def test_links_given_relative_to_the_working_folder_resolve_from_the_item(tmp_path, monkeypatch):
+    """`--scene scene.tif --student runs/student --out runs/scene` (the README's command): a STAC reader
+    resolves a relative href against the item, so the links are written relative to OUT, not as typed."""
+    monkeypatch.chdir(tmp_path)
+    write_geotiff(tmp_path / "scene.tif", sigma0_of(draw_codes(120, 160)), tags={"ACQUISITION_TIME": "2026-03-04"})
+    (tmp_path / "runs" / "student").mkdir(parents=True)
+    (tmp_path / "runs" / "student" / "student.json").write_text("{}")
+    predictor = Predictor(DarkIsOil(), PredictOptions(**OPTIONS, quicklook=False), device="cpu", info=info())
+    predictor.student_dir = "runs/student"  # as a student folder given on the command line is recorded
+    predictor("scene.tif", tmp_path / "runs" / "scene")
+    item = pystac.Item.from_file(str(tmp_path / "runs" / "scene" / "item.json"))
+    scene, student = item.get_single_link("derived_from"), item.get_single_link("related")
+    assert (scene.href, student.href) == ("../../scene.tif", "../student/student.json")
+    assert scene.get_absolute_href() == str(tmp_path / "scene.tif")
+    assert student.get_absolute_href() == str(tmp_path / "runs" / "student" / "student.json")

@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,19 @@ def _projection(path: Path) -> dict:
             t = src.transform
             out["proj:transform"] = [t.a, t.b, t.c, t.d, t.e, t.f]
     return out
+
+
+def _href(target: str, out: Path) -> str:
+    """A link's href to `target` as STAC readers resolve it: a URL or an absolute path as it is; a path
+    relative to the working folder (``--scene scene.tif``, ``--student runs/student``) made relative to the
+    item's folder `out` (written as given, a reader resolved it against the item: OUT/scene.tif)."""
+    target = str(target)
+    if "://" in target or os.path.isabs(target):
+        return target
+    try:
+        return Path(os.path.relpath(os.path.abspath(target), os.path.abspath(out))).as_posix()
+    except ValueError:  # another drive
+        return Path(os.path.abspath(target)).as_posix()
 
 
 def _geometry(scene) -> tuple[dict | None, list[float] | None]:
@@ -166,10 +180,12 @@ def item(out: Path, record: dict, scene) -> dict | None:
     if record["scene"].get("polarisation"):
         properties["dakter:polarisation"] = record["scene"]["polarisation"]
     links = [
-        {"rel": "derived_from", "href": record["scene"]["source"], "title": "the SAR scene"},
+        {"rel": "derived_from", "href": _href(record["scene"]["source"], out), "title": "the SAR scene"},
         {
             "rel": "related",
-            "href": str(Path(student["folder"]) / "student.json") if student.get("folder") else "student.json",
+            "href": _href(os.path.join(student["folder"], "student.json"), out)
+            if student.get("folder")
+            else "student.json",
             "type": "application/json",
             "title": f"the student that produced these: {student.get('arch')} ({student.get('encoder')}), weights sha256 {str(student.get('sha256'))[:16]}",
         },
