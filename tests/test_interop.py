@@ -161,3 +161,22 @@ def test_s3_webdataset_pipeline_and_hf_recipe(model, s3_bucket, tmp_path, monkey
     fs, root = storage.url_to_fs(url)
     card = DatasetCard(fs.cat_file(storage.join(root, "README.md")).decode())
     assert card.data.to_dict()["configs"][0]["data_files"][0]["path"] == [u.rsplit("/", 1)[1] for u in urls]
+
+
+def test_a_decoded_png_column_is_refused_in_one_line_naming_it(tmp_path):
+    """hf_transform over a datasets column Pillow already decoded: one line naming the sample and the column."""
+    from PIL import Image
+
+    from shardgen import write_dataset
+
+    url = str(tmp_path / "set")
+    write_dataset(url, [1])
+    (sample,) = ShardSet(url).samples()
+    transform = interop.hf_transform(url)
+    row = {"__key__": [sample["__key__"]], "image.png": [sample["image.png"]], "json": [sample["json"]]}
+    assert transform(dict(row, **{"soft.png": [sample["soft.png"]]}))["__key__"] == [sample["__key__"]]
+    with pytest.raises(TypeError) as e:
+        transform(dict(row, **{"soft.png": [Image.new("L", (32, 160))]}))
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"sample {sample['__key__']}: column 'soft.png'")
+    assert "Image(decode=False)" in message

@@ -136,7 +136,7 @@ def hf_transform(url_or_shape: str | SampleShape, labels: str = "soft") -> Calla
     def transform(batch: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         decoded = [
-            decode({k: _png_bytes(v) if k in (IMAGE, SOFT) else v for k, v in row.items()}, labels, shape)
+            decode({k: _png_bytes(v, k, row) if k in (IMAGE, SOFT) else v for k, v in row.items()}, labels, shape)
             for row in rows
         ]
         return {name: [d[name] for d in decoded] for name in decoded[0]} if decoded else {}
@@ -144,12 +144,14 @@ def hf_transform(url_or_shape: str | SampleShape, labels: str = "soft") -> Calla
     return transform
 
 
-def _png_bytes(cell: Any) -> Any:
-    """A datasets Image cell left undecoded ({"bytes", "path"}) or raw bytes; a decoded (PIL) image is refused."""
+def _png_bytes(cell: Any, column: str = "", row: dict | None = None) -> Any:
+    """A datasets Image cell left undecoded ({"bytes", "path"}) or raw bytes; a decoded (PIL) image is refused
+    in one line naming the column and the sample."""
     if isinstance(cell, (dict, bytes, bytearray)):
         return cell
     raise TypeError(
-        "the PNG columns must be left undecoded: cast them with datasets.Image(decode=False) (see hf_dataset)"
+        f"sample {(row or {}).get('__key__', '?')}: column {column!r} is a decoded {type(cell).__name__}; the PNG"
+        f" columns must be left undecoded: ds.cast_column({column!r}, datasets.Image(decode=False)) (see hf_dataset)"
     )
 
 
