@@ -418,14 +418,14 @@ def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = Non
         "tags": [*TAGS, "webdataset", "synthetic", "soft-labels", "dakter"],
         "task_categories": ["image-segmentation"],
         "size_categories": [_size_category(count)],
+        # always the default config, an empty list of files while no shard is finished: without one,
+        # load_dataset(THE_SET) guesses the data files and reads the unfinished shards' parquet manifests
         "configs": [
             {
                 "config_name": "default",
                 "data_files": [{"split": "train", "path": [ShardSet.tar_name(s) for s in shards]}],
             }
-        ]
-        if shards
-        else [],
+        ],
         "dakter": {
             "artefact": "shard set of generated (SAR image, soft label) pairs",
             "format": info.format,

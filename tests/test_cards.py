@@ -251,3 +251,23 @@ def test_a_student_card_carries_no_nan_metric_into_the_model_index():
     card = ModelCard(student_card(info, None, evaluation, "python x", name="s"))
     assert {(r.metric_name, r.metric_value) for r in card.data.eval_results} == {("mIoU", 0.5), ("IoU sea", 1.0)}
     assert card.data.model_name == "s" and ".nan" not in str(card)
+
+
+def test_a_set_with_no_finished_shard_is_no_dataset_to_load_dataset(tmp_path, monkeypatch):
+    """No finished shard: the card's default config lists no file, so datasets' load_dataset(THE_SET) finds
+    no data instead of guessing the files (it read the unfinished shards' parquet manifests as the set)."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import DatasetCard
+
+    from shardgen import write_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    url = tmp_path / "set"
+    write_dataset(str(url), [2, 2])
+    for shard in (0, 1):
+        (url / shardset.shard_name(shard, "json")).unlink()
+    write_dataset_card(str(url), command="python make.py")
+    meta = DatasetCard.load(url / CARD_FILE).data.to_dict()
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": []}]}]
+    with pytest.raises(datasets.exceptions.DataFilesNotFoundError):
+        datasets.load_dataset(str(url), cache_dir=str(tmp_path / "hf"))
