@@ -271,3 +271,19 @@ def test_a_set_with_no_finished_shard_is_no_dataset_to_load_dataset(tmp_path, mo
     assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": []}]}]
     with pytest.raises(datasets.exceptions.DataFilesNotFoundError):
         datasets.load_dataset(str(url), cache_dir=str(tmp_path / "hf"))
+
+
+def test_load_dataset_of_the_set_reads_its_finished_shards_through_the_card(tmp_path, monkeypatch):
+    """datasets' load_dataset(THE_SET) follows the card's configs: the finished shards' pairs, not the
+    unfinished shard's nor the parquet manifests."""
+    datasets = pytest.importorskip("datasets")
+    from shardgen import write_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    url = tmp_path / "set"
+    keys = write_dataset(str(url), [3, 3, 2])
+    (url / shardset.shard_name(1, "json")).unlink()
+    write_dataset_card(str(url), command="python make.py")
+    ds = datasets.load_dataset(str(url), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sorted(ds["__key__"]) == [k for k in keys if not k.startswith("000001-")]
+    assert {"image.png", "soft.png", "json"} <= set(ds.column_names)
