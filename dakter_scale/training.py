@@ -139,6 +139,22 @@ def tracked_accelerator(mixed_precision: str, report: str | None, out: str | Pat
     return make_accelerator(mixed_precision, log_with=report_to(report), project_dir=f"{out}/logs")
 
 
+def start_trackers(accelerator, name: str, settings: dict, start: int) -> None:
+    """Accelerate's trackers of the run (report_to), when it has any: `settings` as strings with credentials
+    redacted (hparams files and tracker servers keep them), and on a resume from step `start` TensorBoard's
+    purge_step, so the steps the stopped run logged after its last checkpoint are dropped rather than shown
+    twice (the resumed run logs them again)."""
+    if not accelerator.log_with:
+        return
+    from dakter_scale.data.storage import redact_url
+
+    accelerator.init_trackers(
+        name,
+        config={key: redact_url(str(value)) for key, value in settings.items()},
+        init_kwargs={"tensorboard": {"purge_step": start + 1}} if start else {},
+    )
+
+
 def seed_step(seed: int, rank: int, step: int, micro: int = 0) -> None:
     """Re-seed the global RNGs so that a step's noise depends only on (seed, rank, step, micro)."""
     s = derive_seed(seed, rank, step, micro)

@@ -45,6 +45,31 @@ def run_job(name: str, args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Killed after step 3 (its last checkpoint at 2), resumed to 4: TensorBoard holds steps 1-4 once each
+    (the stopped run's step 3 is purged, not shown twice)."""
+    model = tmp_path / "model"
+    argv = job("train_diffusion.py") + ["--out", str(model), "--max-steps", "4", "--report-to", "tensorboard"]
+    argv += [*TINY_DIFFUSION, "diffusion.checkpoint_every=2"]
+    killed = subprocess.run(argv, capture_output=True, text=True, env=job_env(DAKTER_KILL_AFTER_STEP="3"), timeout=600)
+    assert killed.returncode != 0 and [s for s, _ in scalars(model / "logs" / "diffusion")["loss"]] == [1, 2, 3]
+    resumed = subprocess.run(argv + ["--resume", "latest"], capture_output=True, text=True, env=job_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [step for step, _ in scalars(model / "logs" / "diffusion")["loss"]] == [1, 2, 3, 4]
+
+
+def test_tracked_settings_hold_no_credentials(tmp_path):
+    from accelerate import Accelerator
+
+    from dakter_scale.training import start_trackers
+
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path))
+    start_trackers(accelerator, "student", {"init": "https://alice:hunter2@models.example/student", "steps": 4}, 0)
+    accelerator.end_training()
+    written = b"".join(f.read_bytes() for f in tmp_path.rglob("*") if f.is_file())
+    assert b"models.example" in written and b"hunter2" not in written
+
+
 def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
     from huggingface_hub import ModelCard
 

@@ -35,6 +35,7 @@ from dakter_scale.training import (
     save_checkpoint,
     seed_init,
     setup_logging,
+    start_trackers,
     write_rank_report,
     write_train_record,
 )
@@ -169,8 +170,7 @@ def train_diffusion(
     dataset = patch_dataset(source, cfg.data, "train", seed=d.seed)
     accumulation = d.gradient_accumulation_steps
     batches = patch_batches(dataset, d.batch_size, d.seed, rank, world, start * accumulation, d.num_workers, device)
-    if accelerator.log_with:
-        accelerator.init_trackers("diffusion", config={k_: str(v) for k_, v in to_dict(cfg.diffusion).items()})
+    start_trackers(accelerator, "diffusion", to_dict(cfg.diffusion), start)
 
     def loss_of(x: torch.Tensor, mask: torch.Tensor):
         z0 = pack(x, one_hot(mask, k), b)

@@ -45,6 +45,7 @@ from dakter_scale.training import (
     seed_init,
     seed_step,
     setup_logging,
+    start_trackers,
     write_rank_report,
     write_train_record,
 )
@@ -245,8 +246,7 @@ def train_student(
             "bad_shards": sorted(set().union(*(set(b) for _, b in ranks))),
         }
 
-    if accelerator.log_with:
-        accelerator.init_trackers("student", config={k_: str(v) for k_, v in to_dict(s).items()})
+    start_trackers(accelerator, "student", to_dict(s), start)
     seen = {"generated": 0, "total": 0}
 
     def step(i: int):
