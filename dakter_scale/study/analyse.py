@@ -79,6 +79,9 @@ COMPARISONS = (
     ("dakter_target", "copy_paste", "diffusion against copy-paste"),
     ("dakter_target", "pasted_after", "drawn around the instances against pasted after sampling"),
     ("dakter_target", "dakter", "class target against untargeted"),
+    # the generator's most favourable arm against copy-paste: the same real instances pasted onto generated
+    # scenes beside the real ones, against pasted onto the real scenes alone
+    ("pasted_after", "copy_paste", "generated scenes under the pasted instances against real scenes alone"),
     ("dakter_copy_paste", "copy_paste", "generated pairs on top of copy-paste"),
     ("pretrain_finetune", "copy_paste", "pretraining on generated pairs before copy-paste"),
     ("dakter_copy_paste", "dakter", "copy-paste on top of generated pairs"),
