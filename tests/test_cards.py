@@ -45,6 +45,7 @@ def run_job(name: str, args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # two job runs (~20 s): the default suite runs near CI's 10-minute budget
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """Killed after step 3 (its last checkpoint at 2), resumed to 4: TensorBoard holds steps 1-4 once each
     (the stopped run's step 3 is purged, not shown twice)."""
