@@ -10,8 +10,8 @@
 
 --method progressive (the default). Progressive distillation (Salimans & Ho 2022): each round trains a
 student with the teacher's architecture, started from the teacher's weights, to take in one DDIM step what
-the teacher's sampler takes in two, on the teacher's training data (image as v, the b-scaled label channels
-as x0, as the teacher learned them). The first teacher is the undistilled model's DDIM at --teacher-steps
+the teacher's sampler takes in two, on the teacher's training data, in the teacher's own parameterisation
+(e.g. image as v, the b-scaled label channels as x0). The first teacher is the undistilled model's DDIM at --teacher-steps
 (default 2 x --steps: one round); a distilled --model is its own sampler. Every round but the last is kept
 in OUT/rounds/steps-NNNN.
 

@@ -47,7 +47,7 @@ def main() -> None:
     )
     p.add_argument(
         "--sampler",
-        help="reverse process: dpmsolver++ (default, 20 steps), ddim, ddpm or unipc (docs/synthesis.md, Samplers)",
+        help="reverse process: dpmsolver++ (default, 20 steps), ddim, ddpm, unipc, or distilled (a distilled model folder's own; docs/synthesis.md, Samplers)",
     )
     p.add_argument("--steps", type=int, help="denoising steps = network evaluations per pair")
     p.add_argument("--solver-order", type=int, help="dpmsolver++ and unipc: multistep order 1-3 (default 2)")
@@ -89,7 +89,7 @@ def main() -> None:
         "--target-route",
         choices=ROUTES,
         help="how --class-target is met (synthesis.target.route): selection from a larger draw (default); conditioned: images drawn given composed label maps (worse students so far); "
-        "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together onto the sea each pair's first steps drew (docs/RESULTS.md, 'Targeted synthesis')",
+        "pasted: pairs drawn around real instances of the targeted classes, image and label pasted together onto the sea each pair's first steps drew (docs/journal/results-history.md, 'Targeted synthesis')",
     )
     p.add_argument(
         "--max-draw-factor",
