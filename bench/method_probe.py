@@ -1,6 +1,6 @@
 """Method probes: how the joint DDPM's parameterisation and the student regime change the outcome.
 
-Exploratory runs behind docs/RESULTS.md's "what was tried"; the committed comparison itself is
+Exploratory runs behind docs/journal/results-history.md's "what was tried"; the committed comparison itself is
 jobs/experiment.py. Modes:
 
     # one diffusion variant: train (if missing), synthesize 256 pairs, measure generation quality,

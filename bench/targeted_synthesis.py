@@ -1,5 +1,5 @@
 """Targeted synthesis, measured: achieved class shares, label alignment and cost per kept pair of
-each route against untargeted synthesis (docs/RESULTS.md, "Targeted synthesis").
+each route against untargeted synthesis (docs/journal/results-history.md, "Targeted synthesis").
 
     python bench/targeted_synthesis.py MODEL SEGMENTER CONFIG OUT N SEEDS SPECS [MAX_DRAW_FACTOR [VARIANTS]]
     python bench/targeted_synthesis.py runs/demo/model runs/demo/real-only-unet configs/demo.yaml \

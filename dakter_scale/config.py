@@ -1,7 +1,7 @@
 """Typed, validated configuration for every stage, loaded from YAML with ``key=value`` overrides.
 
 One YAML file holds a section per stage (``data``, ``diffusion``, ``sampling``, ``synthesis``,
-``student``, ``eval``); a job reads the sections it needs. Overrides use dotted paths relative to
+``student``, ``eval``, ``experiment``, ``distill``); a job reads the sections it needs. Overrides use dotted paths relative to
 the root (``student.lr=3e-4``, ``diffusion.unet.block_out_channels=[32,64]``); values are parsed as
 YAML. Unknown keys and ill-typed values raise ``ConfigError`` naming the key and the file. The
 resolved config is written next to every output with ``save_config``.
@@ -200,9 +200,9 @@ class SamplingConfig:
     """How pairs are drawn from a trained model and how soft labels are read out."""
 
     # ddim | ddpm | dpmsolver++ (DPM-Solver++ multistep, Lu et al. 2022) | unipc (UniPC, Zhao et al. 2023);
-    # one network evaluation per step for each (docs/synthesis.md, "Samplers"; the frontier in docs/RESULTS.md)
+    # one network evaluation per step for each (docs/synthesis.md, "Samplers"; the frontier in docs/journal/results-history.md)
     # The default is the cheapest frontier point whose students were not worse than DDIM-50's beyond the
-    # seed noise (docs/RESULTS.md, "Sampler frontier"); configs that name a sampler keep theirs.
+    # seed noise (docs/journal/results-history.md, "Sampler frontier"); configs that name a sampler keep theirs.
     sampler: str = "dpmsolver++"
     steps: int = 20  # denoising steps = network evaluations per pair, at most the model's num_train_timesteps
     solver_order: int = 2  # dpmsolver++ and unipc: order of the multistep solver (1-3); ddim and ddpm ignore it
@@ -282,7 +282,7 @@ class TargetConfig:
     max_pastes: int = 8  # conditioned, pasted: donor masks pasted per class at most
     # pasted: the share of the sampling steps run jointly before the instances are placed, from the layout
     # the pair has by then (its x0_hat label: onto its sea, counting what it holds); 0: before sampling,
-    # anywhere. 0.8 by measurement (docs/RESULTS.md, "Placing the pasted instances"): the label estimate
+    # anywhere. 0.8 by measurement (docs/journal/results-history.md, "Placing the pasted instances"): the label estimate
     # shows oil only after about 60 % of the steps
     paste_at: float = 0.8
     by_component: bool = True  # pasted: a donor's instances one at a time, those that fit what is missing
@@ -557,7 +557,7 @@ class ExperimentConfig:
     study_ratio: float = 2.0
     study_seeds: tuple[int, ...] = (0,)
     # e.g. [ddpm:1000, ddim:50, dpmsolver++:20, dpmsolver++:20:3, unipc:10] (SAMPLER:STEPS[:SOLVER_ORDER]);
-    # study_seeds: [] scores generation quality only (the frontier, docs/RESULTS.md), without students
+    # study_seeds: [] scores generation quality only (the frontier, docs/journal/results-history.md), without students
     sampler_study: tuple[str, ...] = ()
     decode_study: tuple[str, ...] = ()  # e.g. [mean:1, softmax:1, mean:5, softmax:5] (decode:last-N steps)
     figure_samples: int = 6

@@ -1,7 +1,7 @@
 """Targeted synthesis: n generated pairs whose pooled per-class pixel shares meet a class target.
 
 ``jobs/synthesize.py ... --class-target oil:3x,ship:3x`` (the grammar and the arithmetic are
-synth/target.py's). Three routes, compared in docs/RESULTS.md ("Targeted synthesis"):
+synth/target.py's). Three routes, compared in docs/journal/results-history.md ("Targeted synthesis"):
 
 selection    Draw more pairs than needed with the joint model, by the ordinary plan (pair seeds,
              shards, resumable) into a draw set beside the output (OUT_all by default); keep the n
@@ -25,7 +25,7 @@ pasted       Draw exactly n pairs jointly, each given real instances of the targ
              steps, onto the sea of the layout those steps fixed, counting what it holds (sample_pairs
              place). The model draws the rest of the pair around them and harmonises the edges. The
              image shows what the label says at the pasted pixels because both are real there; the
-             conditioned route's images did not show small pasted structures (docs/RESULTS.md).
+             conditioned route's images did not show small pasted structures (docs/journal/results-history.md).
 
 In every route dataset.json's ``target`` records the spec, route, shares asked for, training shares,
 achieved shares (argmax of the soft labels, the manifest's class_fractions), whether it was met, and

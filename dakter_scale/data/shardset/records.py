@@ -41,7 +41,7 @@ IN_PROGRESS, COMPLETE, INCOMPLETE = "in progress", "complete", "incomplete"  # D
 MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform than to a segmentation
 # SAR statistics warn when the generated ENL is outside this factor of the training images' or the
 # grey-level histograms differ by more than this total variation (synthesis.enl_ratio_threshold,
-# synthesis.histogram_threshold; chosen from the sampler frontier, docs/RESULTS.md)
+# synthesis.histogram_threshold; chosen from the sampler frontier, docs/journal/results-history.md)
 ENL_RATIO_WARNING, HISTOGRAM_TV_WARNING = 2.0, 0.25
 # a class whose generated share is under its reference share divided by this factor warns
 # (synthesis.class_share_ratio_threshold): a total variation cannot see a class of 0.3 % vanish, and
