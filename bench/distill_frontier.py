@@ -11,10 +11,10 @@ DDIM-50 of the undistilled generator.
                                                              (one consistency model on the DDIM-32 grid, as many
                                                              optimiser steps as 3 progressive rounds of 400,
                                                              sampled at 4, 2 and 1 evaluations)
-    ... --teacher-steps 32 --chain 16,8,4 --set distill.label_ce_weight=1 --judge runs/distill/frontier/judge \
-        --beside runs/distill/frontier32 --out runs/distill/anchored32
-                                                             (the chain with the teacher's cross-entropy anchor
-                                                             in every round: does it keep the rarest class?)
+    ... --teacher-steps 32 --chain 16,8,4 --set distill.class_balance=0.5 --judge runs/distill/frontier/judge \
+        --beside runs/distill/frontier32 --out runs/distill/balanced32
+                                                             (the chain with class-balanced rounds: does it keep
+                                                             the rarest class?)
     ... --markdown-only --out DIR [--model M | --judge J] [--beside B]
                                                              (rewrite DIR/frontier.md from DIR/frontier.json,
                                                              nothing measured; class names from M or J)
@@ -369,7 +369,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a distill.* setting for every round (repeatable), e.g. distill.label_ce_weight=1; recorded in "
+        help="a distill.* setting for every round (repeatable), e.g. distill.class_balance=0.5; recorded in "
         "frontier.json. Give a new --out: a finished round is not redone with other settings",
     )
     p.add_argument(

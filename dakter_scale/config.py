@@ -753,10 +753,10 @@ class DistillConfig:
     # consistency only: the target network theta- = this EMA of the student (Song et al. 2023's mu, 0.95 in
     # their CD runs), without warm-up, from the teacher's weights; 0 = the student itself (stop-gradient)
     target_ema_decay: float = 0.95
-    # the teacher's auxiliary cross-entropy against the real mask (diffusion.label_ce_weight, abar_t-weighted)
-    # kept in the student's loss: an anchor for classes that matching the teacher's output alone blurs away
-    # (0 = the plain method; docs/synthesis.md, "Distilled samplers")
-    label_ce_weight: float = 0.0
+    # class-balanced distillation: each pixel's squared error weighted by its real class's share f_c of the
+    # training pixels as f_c^-p (normalised to mean 1 over those pixels), so a rare class's pixels count
+    # more; 0 = the plain method (docs/synthesis.md, "Distilled samplers": rare classes fade with each halving)
+    class_balance: float = 0.0
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "auto"
     checkpoint_every: int = 0
@@ -785,7 +785,7 @@ class DistillConfig:
         )
         _check(0 <= self.ema_decay < 1, "distill.ema_decay", "must be in [0, 1)")
         _check(0 <= self.target_ema_decay < 1, "distill.target_ema_decay", "must be in [0, 1)")
-        _check(self.label_ce_weight >= 0, "distill.label_ce_weight", f"must be >= 0, got {self.label_ce_weight}")
+        _check(0 <= self.class_balance <= 1, "distill.class_balance", f"must be in [0, 1], got {self.class_balance}")
         _check(
             self.checkpoint_every >= 0 and self.num_workers >= 0, "distill.checkpoint_every/num_workers", "must be >= 0"
         )

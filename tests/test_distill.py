@@ -25,9 +25,9 @@ from dakter_scale.core.distill import (
     progressive_target,
     steps_on_grid,
 )
-from dakter_scale.core.schedule import add_noise, to_x0_eps
+from dakter_scale.core.schedule import add_noise, joint_denoising_loss, to_x0_eps
 from dakter_scale.data import shardset
-from dakter_scale.diffusion.distill import DistillError, distill, plan_rounds
+from dakter_scale.diffusion.distill import DistillError, class_pixel_weights, distill, plan_rounds
 from dakter_scale.diffusion.model import (
     DistilledSamplerError,
     JointDiffusion,
@@ -185,25 +185,58 @@ def test_the_distilled_folder_round_trips_and_records_its_teacher(teacher, stude
     assert model_hash(student) != model_hash(teacher)
 
 
-def test_the_cross_entropy_anchor_enters_the_students_loss_and_its_record_only_when_asked(teacher, student):
-    """distill.label_ce_weight keeps the teacher's auxiliary cross-entropy against the real mask: the same round
-    and seed with it trains other weights, and the round records it; without it nothing is recorded, so folders
-    distilled before the setting existed keep their bytes."""
+def test_class_pixel_weights_favour_rare_classes_and_keep_the_mean_weight_at_one():
+    info = {"train_stats": {"class_fractions": [0.78, 0.05, 0.077, 0.003, 0.09, 0.0]}}
+    assert class_pixel_weights(info, 0.0, "cpu") is None
+    f = torch.tensor(info["train_stats"]["class_fractions"])
+    for p in (0.5, 1.0):
+        w = class_pixel_weights(info, p, "cpu")
+        assert float((f * w).sum()) == pytest.approx(1.0, rel=1e-6) and float(w[-1]) == 0.0
+        assert torch.equal(torch.argsort(w[:-1]), torch.argsort(f[:-1], descending=True))  # rarer, heavier
+    # p = 1: every present class carries the same total weight
+    assert (f * class_pixel_weights(info, 1.0, "cpu"))[:-1] == pytest.approx([0.2] * 5, rel=1e-6)
+
+
+def test_a_pixel_weight_scales_each_pixels_squared_error():
+    gen = torch.Generator().manual_seed(0)
+    z0, eps, out = (torch.randn(2, 4, 8, 8, generator=gen) for _ in range(3))
+    a = torch.full((2,), 0.5)
+    z_t = add_noise(z0, eps, a)
+    args = (out, z0, eps, z_t, a, "v_prediction", 1.0)
+    plain, _ = joint_denoising_loss(*args, label_prediction_type="sample")
+    ones, _ = joint_denoising_loss(*args, label_prediction_type="sample", pixel_weight=torch.ones(2, 1, 8, 8))
+    twice, _ = joint_denoising_loss(*args, label_prediction_type="sample", pixel_weight=torch.full((2, 1, 8, 8), 2.0))
+    assert float(ones) == pytest.approx(float(plain), rel=1e-6) and float(twice) == pytest.approx(
+        2 * float(plain), rel=1e-6
+    )
+    half = torch.ones(2, 1, 8, 8)
+    half[:, :, :4] = 0.0  # only the lower half counts
+    lower, _ = joint_denoising_loss(*args, label_prediction_type="sample", pixel_weight=half)
+    sliced = [t[:, :, 4:] for t in (out, z0, eps, z_t)]
+    expected, _ = joint_denoising_loss(*sliced, a, "v_prediction", 1.0, label_prediction_type="sample")
+    assert float(lower) == pytest.approx(0.5 * float(expected), rel=1e-6)
+
+
+def test_class_balanced_distillation_trains_other_weights_and_is_recorded_only_when_asked(teacher, student):
+    """distill.class_balance weights rare classes' pixels: the same round and seed with it trains other weights,
+    and the round records it; without it nothing is recorded, so folders distilled before the setting existed
+    keep their bytes."""
     argv = ["distill.steps=2", "distill.max_steps=20"] + ROUND
     plain = distill(load_config(teacher / "config.yaml", argv), teacher, teacher.parent / "plain20", progress=False)
-    anchored = distill(
-        load_config(teacher / "config.yaml", argv + ["distill.label_ce_weight=1"]),
+    balanced = distill(
+        load_config(teacher / "config.yaml", argv + ["distill.class_balance=0.5"]),
         teacher,
-        teacher.parent / "anchored20",
+        teacher.parent / "balanced20",
         progress=False,
     )
-    rounds = [load_model_folder(f).info["distilled"]["rounds"][-1] for f in (plain, anchored, student)]
-    assert "label_ce_weight" not in rounds[0] and "label_ce_weight" not in rounds[2]
-    assert rounds[1]["label_ce_weight"] == 1.0
-    a, b = (load_tensors(f / "unet" / "diffusion_pytorch_model.safetensors") for f in (plain, anchored))
+    rounds = [load_model_folder(f).info["distilled"]["rounds"][-1] for f in (plain, balanced, student)]
+    assert "class_balance" not in rounds[0] and "class_balance" not in rounds[2]
+    assert rounds[1]["class_balance"] == 0.5
+    a, b = (load_tensors(f / "unet" / "diffusion_pytorch_model.safetensors") for f in (plain, balanced))
     assert not torch.equal(a["conv_out.weight"], b["conv_out.weight"])
-    with pytest.raises(ConfigError, match="distill.label_ce_weight"):
-        load_config(None, ["distill.label_ce_weight=-1"])
+    for bad in ("-0.5", "2"):
+        with pytest.raises(ConfigError, match="distill.class_balance"):
+            load_config(None, [f"distill.class_balance={bad}"])
 
 
 def test_a_distilled_folder_fixes_its_sampler(teacher, student):

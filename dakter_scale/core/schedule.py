@@ -102,12 +102,14 @@ def joint_denoising_loss(
     label_loss_weight: float = 1.0,
     label_ce_weight: float = 0.0,
     label_prediction_type: str | None = None,
+    pixel_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The joint DDPM objective on z = [x, y] (1 image channel, K label channels).
 
     MSE to the parameterisation's target (`prediction_type` for the image channel,
     `label_prediction_type` for the label channels, the same when None), the image channel weighted
-    1 and each label channel `label_loss_weight` (1 = the plain joint MSE). With label_ce_weight > 0, an auxiliary
+    1 and each label channel `label_loss_weight` (1 = the plain joint MSE). pixel_weight (B, 1, H, W),
+    when given, weights every channel's squared error per pixel (mean 1 keeps the loss's scale). With label_ce_weight > 0, an auxiliary
     cross-entropy between the clean-label estimate read as logits 2 * y0_hat / b and the true
     mask, weighted per sample by abar_t (at high noise the estimate carries little, and for
     epsilon prediction it is unbounded). Returns the scalar loss and its parts (detached).
@@ -115,6 +117,8 @@ def joint_denoising_loss(
     label_type = label_prediction_type or prediction_type
     tgt = joint_target(z0, eps, alpha_bar_t, prediction_type, label_type)
     sq = (model_output.float() - tgt.float()) ** 2
+    if pixel_weight is not None:
+        sq = sq * pixel_weight.to(sq.dtype)
     loss_x = sq[:, :1].mean()
     loss_y = sq[:, 1:].mean()
     k = z0.shape[1] - 1

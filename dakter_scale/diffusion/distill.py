@@ -32,11 +32,12 @@ and means nothing for the soft-label channels; the pseudo-Huber distance (Song &
 for consistency *training* without a teacher, and brings a scale c that would need tuning per modality;
 squared L2 is the teacher's own objective in x0 and has no setting.
 
-With distill.label_ce_weight > 0 either method adds the teacher's own auxiliary term (the abar_t-weighted
-cross-entropy of the clean-label estimate against the real mask, core.schedule.joint_denoising_loss) to the
-student's loss. Matching the teacher's output alone loses the rarest class a little more with every halving
-(docs/synthesis.md, "Distilled samplers": ship pixels 0.15 % at the DDIM-32 teacher, 0.03 % at 4 steps);
-the real mask is the anchor the teacher itself was trained with.
+With distill.class_balance = p > 0 either method weights each pixel's squared error (every channel) by
+its real class's share f_c of the teacher's training pixels as f_c^-p, normalised to mean 1 over those
+pixels (``class_pixel_weights``). Matching the teacher's output alone loses the rarest class a little
+more with every halving (docs/synthesis.md, "Distilled samplers": ship pixels 0.15 % at the DDIM-32
+teacher, 0.03 % at 4 steps); the weight makes its pixels count as much as their class matters, the
+class-balanced loss of segmentation.
 
 Training runs in the diffusion trainer's pieces: the Accelerator, ``training.run_steps`` (learning-rate
 schedule, clipping, logging, progress, checkpoints, ``max_minutes``), the EMA, the per-step re-seeding
@@ -326,6 +327,17 @@ def _write_folder(run: _Run, out: Path, info: dict) -> None:
     write_model_card(out)
 
 
+def class_pixel_weights(info: dict, power: float, device) -> torch.Tensor | None:
+    """(K,) weights f_c^-power of the classes' shares f_c of the training pixels (dakter.json's train_stats),
+    normalised so that sum_c f_c w_c = 1; None at power 0. A class absent from the training data gets
+    weight 0 (it has no pixels to weight)."""
+    if power <= 0:
+        return None
+    f = torch.tensor(info["train_stats"]["class_fractions"], dtype=torch.float64)
+    w = torch.where(f > 0, f.clamp_min(1e-12) ** -power, torch.zeros_like(f))
+    return (w / (f * w).sum()).to(device=device, dtype=torch.float32)
+
+
 def distill_round(
     cfg: Config, teacher_dir: Path, out: Path, steps: int, resume: str | None, progress: bool, accelerator
 ) -> Path:
@@ -344,6 +356,7 @@ def distill_round(
     end_alpha_bar = next_alpha_bar(alpha_bar.cpu(), timesteps[::2]).to(device=device, dtype=torch.float32)
     b, k, precision = teacher.b, teacher.num_classes, run.precision
     label_weight = cfg.diffusion.label_loss_weight
+    class_weight = class_pixel_weights(teacher.info, cfg.distill.class_balance, device)
 
     def loss_of(x: torch.Tensor, mask: torch.Tensor):
         z0 = pack(x, one_hot(mask, k), b)
@@ -366,10 +379,9 @@ def distill_round(
             a_t,
             teacher.prediction_type,
             b,
-            mask=mask,
             label_loss_weight=label_weight,
-            label_ce_weight=cfg.distill.label_ce_weight,
             label_prediction_type=teacher.label_prediction_type,
+            pixel_weight=None if class_weight is None else class_weight[mask][:, None],
         )
 
     result = _train(cfg, run, out, f"distill {2 * steps}->{steps}", loss_of, progress, accelerator)
@@ -442,6 +454,7 @@ def distill_consistency(
     next_ab = next_alpha_bar(alpha_bar.cpu(), grid_levels).to(device=device, dtype=torch.float32)
     b, k, precision = teacher.b, teacher.num_classes, run.precision
     types = (teacher.prediction_type, teacher.label_prediction_type)
+    class_weight = class_pixel_weights(teacher.info, d.class_balance, device)
 
     def loss_of(x: torch.Tensor, mask: torch.Tensor):
         z0 = pack(x, one_hot(mask, k), b)
@@ -465,10 +478,9 @@ def distill_consistency(
             a_t,
             "sample",
             b,
-            mask=mask,
             label_loss_weight=cfg.diffusion.label_loss_weight,
-            label_ce_weight=cfg.distill.label_ce_weight,
             label_prediction_type="sample",
+            pixel_weight=None if class_weight is None else class_weight[mask][:, None],
         )
 
     result = _train(
@@ -514,7 +526,7 @@ def distilled_info(
             "lr": d.lr,
             "ema_decay": d.ema_decay,
             # only when used, so the plain method's records (and the folders kept by studies) stay as they were
-            **({"label_ce_weight": d.label_ce_weight} if d.label_ce_weight > 0 else {}),
+            **({"class_balance": d.class_balance} if d.class_balance > 0 else {}),
             "last_loss": (result.last_log or {}).get("loss"),
         }
     ]
