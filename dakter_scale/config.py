@@ -603,6 +603,7 @@ class ExperimentConfig:
             "dakter_b1",
             "dakter_target",
             "copy_paste",
+            "copy_paste_matched",
             "pasted_after",
             "dakter_copy_paste",
             "instance_paste",

@@ -64,6 +64,19 @@ def test_the_new_arms_in_the_plan():
         load_config(None, TINY + ARMS + ["experiment.pretrain_share=1.0"])
 
 
+def test_the_matched_copy_paste_control_pastes_as_often_as_pasted_after():
+    arms = ["experiment.methods=[copy_paste,pasted_after,copy_paste_matched]", "experiment.ratio=2.0"]
+    plan = Plan(load_config(None, TINY + ARMS[1:] + arms), n_train=6)
+    runs = {r.method: r for r in plan.main_runs()}
+    matched, after = dict(runs["copy_paste_matched"].overrides), dict(runs["pasted_after"].overrides)
+    assert runs["copy_paste_matched"].generated is None and runs["copy_paste_matched"].ratio == 0
+    # pasted_after's batches are r / (1 + r) generated, every one pasted: the control pastes that share of real ones
+    assert matched["student.copy_paste_real"] == pytest.approx(2 / 3) and after["student.copy_paste_generated"] == 1.0
+    assert matched["student.copy_paste"] == after["student.copy_paste"] == "oil:3x,ship:3x"
+    pairs = {(v["a"], v["b"]) for v in Results({}, plan).verdicts()}
+    assert ("pasted_after", "copy_paste_matched") in pairs and ("pasted_after", "copy_paste") in pairs
+
+
 def test_phase_steps_add_up_to_the_total():
     for total in (2, 3, 7, 600, 1200):
         for share in (0.01, 0.25, 0.5, 0.99):

@@ -82,6 +82,7 @@ COMPARISONS = (
     # the generator's most favourable arm against copy-paste: the same real instances pasted onto generated
     # scenes beside the real ones, against pasted onto the real scenes alone
     ("pasted_after", "copy_paste", "generated scenes under the pasted instances against real scenes alone"),
+    ("pasted_after", "copy_paste_matched", "generated scenes under the pasted instances, pasted as often"),
     ("dakter_copy_paste", "copy_paste", "generated pairs on top of copy-paste"),
     ("pretrain_finetune", "copy_paste", "pretraining on generated pairs before copy-paste"),
     ("dakter_copy_paste", "dakter", "copy-paste on top of generated pairs"),

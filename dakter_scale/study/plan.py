@@ -23,6 +23,9 @@ Methods (one model and one generated set per b, shared by every student):
                 for pasted instances, no generated data
   pasted_after  dakter's pairs (untargeted) with the same instances pasted onto every generated pair
                 after sampling: what drawing around the instances adds over pasting onto a finished pair
+  copy_paste_matched  copy_paste, pasting onto the share r / (1 + r) of the real samples that pasted_after's
+                batches hold pasted (its generated share at the student's ratio r): the control that
+                separates what the generated scenes under the instances add from how often instances are seen
   dakter_copy_paste  dakter, with copy-paste on the real samples as in copy_paste: the practical recipe
   instance_paste     copy_paste with its donors from an instance bank (generated/bank, synth/bank.py):
                 instances cut from generated pairs, judged by the real-only filter_arch student, pasted
@@ -67,6 +70,7 @@ METHOD_NAMES = {
     "dakter_target": "DAKTer, class target",
     "copy_paste": "copy-paste (real only)",
     "pasted_after": "DAKTer, instances pasted after sampling",
+    "copy_paste_matched": "copy-paste, as often as pasted after sampling (control)",
     "dakter_copy_paste": "DAKTer + copy-paste",
     "instance_paste": "copy-paste of generated instances",
     "pretrain_finetune": "pretrained on generated, fine-tuned on real + copy-paste",
@@ -266,6 +270,8 @@ class Plan:
             return StudentRun("none", arch, 0.0, seed)
         if method == "copy_paste":
             return StudentRun("copy_paste", arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share))
+        if method == "copy_paste_matched":  # pasted_after's pasted share of samples, all of them real
+            return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(ratio / (1.0 + ratio)))
         if bank_size(method) is not None:
             bank = (("student.instance_bank", BANK), ("student.instance_bank_size", bank_size(method)))
             return StudentRun(method, arch, 0.0, seed, overrides=self.copy_paste(self.e.copy_paste_share) + bank)
