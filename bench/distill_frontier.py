@@ -135,16 +135,10 @@ def timed_distill(
 
 
 def distil_chain(
-    model: Path,
-    out: Path,
-    rec: dict,
-    round_steps: int,
-    lr: float,
-    batch: int,
-    first: int,
-    chain: tuple[int, ...],
-    more: tuple[str, ...] = (),
+    model: Path, out: Path, rec: dict, round_steps: int, first: int, chain: tuple[int, ...], train
 ) -> None:
+    """The progressive rounds first -> chain[0] -> ..., each by train(teacher, folder, settings, steps)
+    (timed_distill with the run's lr, batch and --set), skipped when finished; their costs in rec["rounds"]."""
     teacher, teacher_steps = model, first
     for steps in chain:
         folder = out / f"m{steps}"
@@ -152,23 +146,16 @@ def distil_chain(
         if name not in rec["rounds"] or not (folder / "dakter.json").is_file():
             log(f"round {name}: {round_steps} optimiser steps into {folder}")
             first_teacher = teacher_steps if teacher == model else 0
-            settings = [f"distill.steps={steps}", f"distill.teacher_steps={first_teacher}", *more]
-            done = timed_distill(model, teacher, folder, settings, round_steps, lr, batch)
+            done = train(
+                teacher, folder, [f"distill.steps={steps}", f"distill.teacher_steps={first_teacher}"], round_steps
+            )
             rec["rounds"][name] = {**rec["rounds"].get(name, {}), **done}
             save(out, rec)
         teacher, teacher_steps = folder, steps
 
 
 def distil_consistency(
-    model: Path,
-    out: Path,
-    rec: dict,
-    optimizer_steps: int,
-    lr: float,
-    batch: int,
-    first: int,
-    chain: tuple[int, ...],
-    more: tuple[str, ...] = (),
+    model: Path, out: Path, rec: dict, optimizer_steps: int, first: int, chain: tuple[int, ...], train
 ) -> None:
     """One consistency run on the DDIM-`first` grid into OUT/cd, its default sampler at chain[0] steps; its
     cost in rec["rounds"] as a progressive round's."""
@@ -176,8 +163,8 @@ def distil_consistency(
     if name in rec["rounds"] and (folder / "dakter.json").is_file():
         return
     log(f"{name}: {optimizer_steps} optimiser steps into {folder}")
-    settings = ["distill.method=consistency", f"distill.steps={chain[0]}", f"distill.teacher_steps={first}", *more]
-    rec["rounds"][name] = timed_distill(model, model, folder, settings, optimizer_steps, lr, batch)
+    settings = ["distill.method=consistency", f"distill.steps={chain[0]}", f"distill.teacher_steps={first}"]
+    rec["rounds"][name] = train(model, folder, settings, optimizer_steps)
     save(out, rec)
 
 
@@ -417,17 +404,11 @@ def main() -> None:
     save(args.out, rec)
     judge = args.judge or train_judge(args.model, args.out, args.judge_steps)
     distil = distil_consistency if consistency else distil_chain
-    distil(
-        args.model,
-        args.out,
-        rec,
-        args.round_steps,
-        args.lr,
-        args.batch_size,
-        args.teacher_steps,
-        chain,
-        tuple(args.set),
-    )
+
+    def train(teacher: Path, folder: Path, settings: list[str], steps: int) -> dict:
+        return timed_distill(args.model, teacher, folder, settings + args.set, steps, args.lr, args.batch_size)
+
+    distil(args.model, args.out, rec, args.round_steps, args.teacher_steps, chain, train)
     score(
         args.model,
         args.out,
