@@ -23,12 +23,19 @@ __all__ = [
 ]
 
 
-def run_experiment(cfg: Config, out: str | Path, progress: bool = True, records: str | Path | None = None) -> Path:
+def run_experiment(
+    cfg: Config,
+    out: str | Path,
+    progress: bool = True,
+    records: str | Path | None = None,
+    only: list[str] | None = None,
+) -> Path:
     """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md. records: a
-    folder that keeps the finished students' scores beyond OUT (study/records.py)."""
+    folder that keeps the finished students' scores beyond OUT (study/records.py); only: glob patterns
+    of the students to train, with what they need (Plan.only; returns OUT/partial.md then)."""
     e = cfg.experiment
     check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
-    return Experiment(cfg, out, progress, records=records).run()
+    return Experiment(cfg, out, progress, records=records, only=only).run()
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
@@ -37,10 +44,17 @@ def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     return Experiment(cfg, out, progress, preset="demo").run()
 
 
-def describe_plan(cfg: Config, out: str | Path) -> list[str]:
-    """The plan as lines, each unit marked done or to run (jobs/experiment.py --plan)."""
-    exp = Experiment(cfg, out, progress=False)
-    lines = [f"{'done' if exp.units.done(u) else 'todo'}  {describe(u)}" for u in exp.plan.units()]
+def describe_plan(
+    cfg: Config, out: str | Path, only: list[str] | None = None, records: str | Path | None = None
+) -> list[str]:
+    """The plan as lines, each unit marked done or to run (jobs/experiment.py --plan; with `only`, the
+    units those students need, Plan.only; with `records`, the kept students restored into OUT first)."""
+    exp = Experiment(cfg, out, progress=False, records=records)
+    if exp.records is not None:
+        exp.records.restore()
+        exp.choose()
+    units = exp.plan.only(exp.plan.units(), only) if only else exp.plan.units()
+    lines = [f"{'done' if exp.units.done(u) else 'todo'}  {describe(u)}" for u in units]
     if exp.plan.pending():
         lines.append(
             "then the students of the tables and studies, with lambda and ratio chosen on the validation split"

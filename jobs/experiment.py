@@ -6,6 +6,10 @@
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --plan     (the units, done or to run)
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --partial  (OUT/partial.md: the tables so far)
 
+    # two runners sharing one study: each trains its students (and what they need) into its own OUT
+    python jobs/experiment.py --config C --out runs/exp_a --records docs/results/exp --only 'none-*,copy_paste*'
+    python jobs/experiment.py --config C --out runs/exp_b --records docs/results/exp --only 'dakter*,hard*,pasted_after*'
+
     # the finished students of runs/exp scored on another split: runs/exp/rescore_val7.md (and .json)
     python jobs/experiment.py --out runs/exp --rescore 'synthetic:40?size=32&test=200&seed=7' --tag val7
     python jobs/experiment.py --out runs/exp --rescore 'synthetic:40?size=32&test=200&seed=7' --tag val7 --students '*-unet-*'
@@ -37,6 +41,13 @@ def main() -> None:
         "--records",
         metavar="DIR",
         help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="GLOBS",
+        help="train only the students whose names match one of these comma-separated globs (e.g. 'none-*,copy_paste*'), "
+        "with the models and sets they need, then write OUT/partial.md: two runners, each with its own OUT and one "
+        "--records, share a study",
     )
     p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
     p.add_argument(
@@ -77,15 +88,18 @@ def main() -> None:
             print(f"rescored tables written to {exp.rescore(args.rescore, args.tag, args.students)}")
             return 0
         cfg = config_from(args, {"data.spec": args.data})
+        only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only is not None else None
+        if only == []:
+            fail("--only needs at least one glob, e.g. --only 'none-*,copy_paste*'")
         if args.plan:
-            print("\n".join(describe_plan(cfg, args.out)))
+            print("\n".join(describe_plan(cfg, args.out, only, args.records)))
             return 0
         if args.partial:
             exp = Experiment(cfg, args.out, progress=False, records=args.records)
             print(f"partial tables written to {exp.partial()}")
             return 0
-        path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records)
-        print(f"results written to {path}")
+        path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records, only=only)
+        print(f"{'partial tables' if only else 'results'} written to {path}")
         return 0
 
     run(body)

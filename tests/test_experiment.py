@@ -724,3 +724,34 @@ def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
     assert [step for step, _ in list_checkpoints(tmp_path / "models" / "b_cfg")] == [100]
     exp.units.student(exp.plan.main_runs()[0])  # and so does a student
     assert [step for step, _ in list_checkpoints(tmp_path / "students" / "none-unet-r0-s0")] == [100]
+
+
+def test_two_runners_share_a_study_through_only_and_one_records_folder(tmp_path):
+    """--only: each runner trains its students and what they need, into its own OUT; the records folder
+    gathers both, and a third runner on a fresh OUT restores every student and trains none."""
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.methods=[none,copy_paste,dakter]",
+            "experiment.seeds=[0]",
+            "experiment.decode_study=[]",
+            "synthesis.target.spec=ship:3x",
+        ],
+    )
+    records = tmp_path / "records"
+    real = Experiment(cfg, tmp_path / "real", progress=False, records=records, only=["none-*", "copy_paste-*"])
+    assert real.run() == tmp_path / "real" / "partial.md"
+    assert not (tmp_path / "real" / "models").exists() and not (tmp_path / "real" / "generated").exists()
+    assert sorted(p.name for p in (records / "students").iterdir()) == ["copy_paste-unet-r0-s0", "none-unet-r0-s0"]
+
+    generated = Experiment(cfg, tmp_path / "gen", progress=False, records=records, only=["dakter-*"])
+    generated.run()
+    assert (tmp_path / "gen" / "models" / "b_cfg").is_dir()
+    assert not (tmp_path / "gen" / "students" / "none-unet-r0-s0" / "model.safetensors").exists()  # the other's
+    assert len(list((records / "students").iterdir())) == 3
+
+    whole = Experiment(cfg, tmp_path / "whole", progress=False, records=records)
+    whole.run()
+    payload = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert set(payload["runs"]) == {"none-unet-r0-s0", "copy_paste-unet-r0-s0", "dakter-unet-r1-s0"}

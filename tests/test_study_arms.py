@@ -208,3 +208,31 @@ def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
         Experiment(cfg.replace(**{"distill.teacher_steps": 4}), tmp_path, progress=False).run()
     with pytest.raises(ConfigError, match=r"progressive-distilled, not by consistency \(distill.method\)"):
         Experiment(cfg.replace(**{"distill.method": "consistency"}), tmp_path, progress=False).run()
+
+
+def test_only_keeps_the_matching_students_and_what_they_read():
+    from dakter_scale.study.plan import GeneratedSet, Model, StudentRun
+
+    arms = ["experiment.methods=[none,copy_paste,dakter,dakter_target,instance_paste]", "experiment.ratio=1.0"]
+    plan = Plan(load_config(None, TINY + ARMS[1:] + arms), n_train=6)
+    units = plan.units()
+
+    def kinds(selected):
+        return sorted(
+            (type(u).__name__, u.tag if isinstance(u, Model) else u.name)
+            for u in selected
+            if not isinstance(u, StudentRun)
+        ), sorted(u.name for u in selected if isinstance(u, StudentRun))
+
+    assert kinds(plan.only(units, ["none-*", "copy_paste-*"])) == ([], ["copy_paste-unet-r0-s0", "none-unet-r0-s0"])
+    support, students = kinds(plan.only(units, ["dakter_target-*"]))
+    assert support == [("GeneratedSet", "b_cfg_target"), ("Model", "b_cfg")] and students == [
+        "dakter_target-unet-r1-s0"
+    ]
+    support, students = kinds(plan.only(units, ["instance_paste_1000-*"]))
+    assert support == [("InstanceBank", "bank"), ("Model", "b_cfg")]
+    assert students == ["instance_paste_1000-unet-r0-s0", plan.real_only("unet").name]  # the bank's judge
+    assert plan.only(units, ["nothing-*"]) == []
+    kept = plan.only(units, ["dakter-*", "none-*"])
+    assert kept == [u for u in units if u in kept]  # the plan's order
+    assert any(isinstance(u, GeneratedSet) and u.name == "b_cfg" for u in kept)

@@ -46,6 +46,7 @@ An augmentation ratio r means r * |D| distinct generated pairs used beside the |
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -391,6 +392,32 @@ class Plan:
         for v in self.study_variants():
             out += [v.generated, *v.runs]
         return list(dict.fromkeys(out))
+
+    def only(self, units: list, patterns: Sequence[str]) -> list:
+        """The units of `units` that the students whose names match one of the glob `patterns` need: those
+        students (table, grid or study), the generated sets and instance bank they read, the models those
+        are drawn from, and the real-only judge where a bank or the filter (experiment.filter_keep) uses it.
+        Several runners can share a study's work this way (jobs/experiment.py --only), each with its own
+        OUT and one --records folder."""
+        matches = lambda unit: any(fnmatch.fnmatchcase(unit.name, p) for p in patterns)  # noqa: E731
+        students = {u for u in units if isinstance(u, (StudentRun, Selection)) and matches(_run_of(u))}
+        reads = {_run_of(u).generated for u in students}
+        sets = {u for u in units if isinstance(u, GeneratedSet) and u.name in reads}
+        banks = {
+            u for u in units if isinstance(u, InstanceBank) and any(bank_size(_run_of(s).method) for s in students)
+        }
+        models = {s.model for s in sets | banks}
+        judged = banks or (sets and self.e.filter_keep > 0)
+        judge = self.real_only(self.e.filter_arch) if judged else None
+        return [
+            u
+            for u in units
+            if u in students or u in sets or u in banks or u == judge or (isinstance(u, Model) and u.tag in models)
+        ]
+
+
+def _run_of(unit: StudentRun | Selection) -> StudentRun:
+    return unit.run if isinstance(unit, Selection) else unit
 
 
 def grid_variant(weight: float, steps: int | None) -> str:

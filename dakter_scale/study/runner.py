@@ -53,12 +53,14 @@ class Experiment:
         progress: bool = True,
         preset: str = "experiment",
         records: str | Path | None = None,
+        only: list[str] | None = None,
     ):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         self.cfg, self.out, self.preset = cfg, Path(out), preset
         self.folder = StudyFolder(out)  # the layout of OUT
         self.records = Records(records, out) if records else None  # --records: scores kept beyond this folder
+        self.only = only  # --only: the glob patterns of the students this runner trains (Plan.only)
         self.e = cfg.experiment
         self.test_spec = self.e.test_spec or cfg.data.spec  # every table student is scored here, once
         self.source = open_source(cfg.data.spec)
@@ -71,7 +73,10 @@ class Experiment:
         return self.units.plan
 
     def execute(self, units: list) -> None:
-        """Build every unit in order; a finished one returns at once."""
+        """Build every unit in order (with --only, those the matching students need); a finished one
+        returns at once."""
+        if self.only:
+            units = self.plan.only(units, self.only)
         finished = {u for u in units if self.units.done(u)}
         todo = [u for u in units if u not in finished]
         log.info("experiment: %d units planned, %d finished earlier, %d to run", len(units), len(finished), len(todo))
@@ -143,6 +148,8 @@ class Experiment:
                 ),
             )
             self.execute(self.plan.units())
+        if self.only:  # the rest of the plan is other runners' work: the tables so far, not results.json
+            return self.partial()
         payload = results.collect(self.units, list(self.source.classes), self.out, self.preset)
         payload["splits"] = splits
         payload["split_of"] = {
