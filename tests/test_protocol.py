@@ -57,6 +57,6 @@ def test_the_scarcity_test_split_is_fresh_and_apart_for_every_training_size():
     scenes = set(split_digests(open_source(test), "test"))
     assert len(scenes) == 500 and not scenes & set(split_digests(open_source(cfg.experiment.validation_spec), "test"))
     for n in (10, 20, 40, 100):
-        spec = f"synthetic:{n}?size=64&test=500"
+        spec = f"synthetic:{n}?size=32&test=500"
         assert load_config(str(SCARCITY), [f"data.spec={spec}"]).data.spec == spec
         assert not scenes & set(split_digests(open_source(spec), "train"))
