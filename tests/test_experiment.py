@@ -622,6 +622,15 @@ def test_the_class_target_is_one_key_for_the_job_and_the_study(tmp_path, caplog)
     assert saved_config(old, "old results.json").synthesis.target.spec == "ship:3x"
 
 
+# a one-seed study of a real-only arm, copy-paste and DAKTer: the --records and --only tests' plan
+RECORDS_STUDY = [
+    "experiment.methods=[none,copy_paste,dakter]",
+    "experiment.seeds=[0]",
+    "experiment.decode_study=[]",
+    "synthesis.target.spec=ship:3x",
+]
+
+
 def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     """--records keeps each finished student's scores; a fresh study folder restores them and trains
     only what is missing, after checking that the rebuilt model and sets are the same bit for bit
@@ -629,16 +638,7 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     from dakter_scale.config import ConfigError
     from dakter_scale.study.records import Records
 
-    cfg = load_config(
-        None,
-        TINY
-        + [
-            "experiment.methods=[none,copy_paste,dakter]",
-            "experiment.seeds=[0]",
-            "experiment.decode_study=[]",
-            "synthesis.target.spec=ship:3x",
-        ],
-    )
+    cfg = load_config(None, TINY + RECORDS_STUDY)
     records = tmp_path / "records"
     first = Experiment(cfg, tmp_path / "a", progress=False, records=records)
     first.run()
@@ -729,16 +729,7 @@ def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
 def test_two_runners_share_a_study_through_only_and_one_records_folder(tmp_path):
     """--only: each runner trains its students and what they need, into its own OUT; the records folder
     gathers both, and a third runner on a fresh OUT restores every student and trains none."""
-    cfg = load_config(
-        None,
-        TINY
-        + [
-            "experiment.methods=[none,copy_paste,dakter]",
-            "experiment.seeds=[0]",
-            "experiment.decode_study=[]",
-            "synthesis.target.spec=ship:3x",
-        ],
-    )
+    cfg = load_config(None, TINY + RECORDS_STUDY)
     records = tmp_path / "records"
     real = Experiment(cfg, tmp_path / "real", progress=False, records=records, only=["none-*", "copy_paste-*"])
     assert real.run() == tmp_path / "real" / "partial.md"
