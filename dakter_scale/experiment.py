@@ -50,9 +50,7 @@ def describe_plan(
     """The plan as lines, each unit marked done or to run (jobs/experiment.py --plan; with `only`, the
     units those students need, Plan.only; with `records`, the kept students restored into OUT first)."""
     exp = Experiment(cfg, out, progress=False, records=records)
-    if exp.records is not None:
-        exp.records.restore()
-        exp.choose()
+    exp.restore()
     units = exp.plan.only(exp.plan.units(), only) if only else exp.plan.units()
     lines = [f"{'done' if exp.units.done(u) else 'todo'}  {describe(u)}" for u in units]
     if exp.plan.pending():

@@ -400,11 +400,11 @@ class Plan:
         Several runners can share a study's work this way (jobs/experiment.py --only), each with its own
         OUT and one --records folder."""
         matches = lambda unit: any(fnmatch.fnmatchcase(unit.name, p) for p in patterns)  # noqa: E731
-        students = {u for u in units if isinstance(u, (StudentRun, Selection)) and matches(_run_of(u))}
-        reads = {_run_of(u).generated for u in students}
+        students = {u for u in units if isinstance(u, (StudentRun, Selection)) and matches(student_of(u))}
+        reads = {student_of(u).generated for u in students}
         sets = {u for u in units if isinstance(u, GeneratedSet) and u.name in reads}
         banks = {
-            u for u in units if isinstance(u, InstanceBank) and any(bank_size(_run_of(s).method) for s in students)
+            u for u in units if isinstance(u, InstanceBank) and any(bank_size(student_of(s).method) for s in students)
         }
         models = {s.model for s in sets | banks}
         judged = banks or (sets and self.e.filter_keep > 0)
@@ -416,7 +416,8 @@ class Plan:
         ]
 
 
-def _run_of(unit: StudentRun | Selection) -> StudentRun:
+def student_of(unit: StudentRun | Selection) -> StudentRun:
+    """The student a table or grid unit trains."""
     return unit.run if isinstance(unit, Selection) else unit
 
 

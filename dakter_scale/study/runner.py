@@ -35,6 +35,7 @@ from dakter_scale.study.plan import (
     StudentRun,
     chosen_settings,
     describe,
+    student_of,
 )
 from dakter_scale.study.records import Records, model_digest, set_digest
 from dakter_scale.study.units import Units
@@ -98,7 +99,16 @@ class Experiment:
         elif isinstance(unit, InstanceBank):
             return  # its identity is its source's and its judge's, both checked
         else:
-            self.records.keep_student((unit.run if isinstance(unit, Selection) else unit).name)
+            self.records.keep_student(student_of(unit).name)
+
+    def restore(self) -> list[str]:
+        """With --records: the kept students' scores copied into OUT, and the plan chosen from them where the
+        validation grid is complete; returns the names restored."""
+        if self.records is None:
+            return []
+        restored = self.records.restore()
+        self.choose()
+        return restored
 
     def choose(self) -> None:
         """Plan the tables' students with the lambdas the grid chose, once every grid student is scored."""
@@ -130,13 +140,9 @@ class Experiment:
         splits = self.splits()  # a validation split that overlaps the test split stops here, before any work
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
-        if self.records is not None:
-            restored = self.records.restore()
-            if restored:
-                log.info(
-                    "experiment: restored %d finished students' scores from %s", len(restored), self.records.folder
-                )
-                self.choose()  # the validation grid may be complete already
+        restored = self.restore()
+        if restored:
+            log.info("experiment: restored %d finished students' scores from %s", len(restored), self.records.folder)
         self.execute(self.plan.units())
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
@@ -163,9 +169,7 @@ class Experiment:
     def partial(self) -> Path:
         """OUT/partial.md: the study's tables over the students finished so far, training nothing (with
         --records, the kept scores are restored first, so a fresh machine can write it from them)."""
-        if self.records is not None:
-            self.records.restore()
-            self.choose()
+        self.restore()
         grid = self.plan.selection_runs()
         table = self.plan.main_runs() + self.plan.sweep_runs()
         scored = [r for r in table if self.folder.metrics(r.name, None).is_file()]
