@@ -29,13 +29,15 @@ def run_experiment(
     progress: bool = True,
     records: str | Path | None = None,
     only: list[str] | None = None,
+    wait: float | None = None,
 ) -> Path:
     """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md. records: a
     folder that keeps the finished students' scores beyond OUT (study/records.py); only: glob patterns
-    of the students to train, with what they need (Plan.only; returns OUT/partial.md then)."""
+    of the students to train, with what they need (Plan.only; returns OUT/partial.md then); wait: with
+    only, seconds between looks at the records while another runner's validation grid is unfinished."""
     e = cfg.experiment
     check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
-    return Experiment(cfg, out, progress, records=records, only=only).run()
+    return Experiment(cfg, out, progress, records=records, only=only).run(wait)
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:

@@ -9,6 +9,8 @@
     # two runners sharing one study: each trains its students (and what they need) into its own OUT
     python jobs/experiment.py --config C --out runs/exp_a --records docs/results/exp --only 'none-*,copy_paste*'
     python jobs/experiment.py --config C --out runs/exp_b --records docs/results/exp --only 'dakter*,hard*,pasted_after*'
+    # where a validation grid sets the students' length, a runner without the grid's students waits for it
+    python jobs/experiment.py --config C --out runs/exp_a --records docs/results/exp --only 'none-*' --wait
 
     # the finished students of runs/exp scored on another split: runs/exp/rescore_val7.md (and .json)
     python jobs/experiment.py --out runs/exp --rescore 'synthetic:40?size=32&test=200&seed=7' --tag val7
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 from dakter_scale.cli import config_from, fail, parser, progress_enabled, run, script
 
+WAIT_POLL_S = 60  # --wait: seconds between looks at the records
+
 
 def main() -> None:
     p = parser(__doc__)
@@ -48,6 +52,12 @@ def main() -> None:
         help="train only the students whose names match one of these comma-separated globs (e.g. 'none-*,copy_paste*'), "
         "with the models and sets they need, then write OUT/partial.md: two runners, each with its own OUT and one "
         "--records, share a study",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --only and --records: where the students' settings wait on a validation grid that another runner "
+        "trains, look in the records every minute until it is complete, then train them",
     )
     p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
     p.add_argument(
@@ -98,7 +108,10 @@ def main() -> None:
             exp = Experiment(cfg, args.out, progress=False, records=args.records)
             print(f"partial tables written to {exp.partial()}")
             return 0
-        path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records, only=only)
+        if args.wait and not (only and args.records):
+            fail("--wait needs --only and --records: it waits for another runner's validation grid in the records")
+        wait = WAIT_POLL_S if args.wait else None
+        path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records, only=only, wait=wait)
         print(f"{'partial tables' if only else 'results'} written to {path}")
         return 0
 

@@ -746,3 +746,35 @@ def test_two_runners_share_a_study_through_only_and_one_records_folder(tmp_path)
     whole.run()
     payload = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert set(payload["runs"]) == {"none-unet-r0-s0", "copy_paste-unet-r0-s0", "dakter-unet-r1-s0"}
+
+
+def test_a_runner_waits_for_the_grid_that_another_runner_trains(tmp_path, caplog):
+    """Where a validation grid sets every student's length, a runner whose --only holds none of the grid
+    trains nothing and says why in one warning; with --wait it looks in the records until the other
+    runner has kept the grid's students, then trains its own at the chosen length. --wait without --only
+    and --records is refused."""
+    import logging
+    import threading
+
+    from dakter_scale.config import ConfigError
+
+    grid = ["experiment.steps_grid=[2,3]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]
+    cfg = load_config(None, TINY + RECORDS_STUDY + grid)
+    records = tmp_path / "records"
+    real = Experiment(cfg, tmp_path / "real", progress=False, records=records, only=["none-*"])
+    with caplog.at_level(logging.WARNING, logger="dakter_scale"):
+        assert real.run() == tmp_path / "real" / "partial.md"
+    assert "the validation grid is unfinished (0 of 2 students scored)" in caplog.text
+    assert not (tmp_path / "real" / "students").exists() and not (records / "students").exists()
+    with pytest.raises(ConfigError, match="^--wait needs --only and --records"):
+        Experiment(cfg, tmp_path / "whole", progress=False).run(wait=0.05)
+
+    waiter = threading.Thread(target=real.run, kwargs={"wait": 0.05})
+    waiter.start()
+    Experiment(cfg, tmp_path / "grid", progress=False, records=records, only=["*-kd*"]).run()  # the grid alone
+    waiter.join(timeout=300)
+    assert not waiter.is_alive()
+    chosen = real.plan.chosen["unet"][2]
+    assert chosen in (2, 3)
+    trained = json.loads((tmp_path / "real" / "students" / "none-unet-r0-s0" / "student.json").read_text())
+    assert trained["steps"] == chosen and (records / "students" / "none-unet-r0-s0" / "metrics.json").is_file()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import typing
 from pathlib import Path
 
@@ -135,8 +136,14 @@ class Experiment:
             for name, d in digests.items()
         }
 
-    def run(self) -> Path:
-        """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path."""
+    def run(self, wait: float | None = None) -> Path:
+        """Plan, run every unit (finished ones are kept), analyse, report. Returns the report's path.
+
+        wait: with --only and --records, where the validation grid is another runner's work, look in
+        the records every `wait` seconds until it is complete, then train the students its choice sets
+        (None: write the partial tables and return)."""
+        if wait is not None and not (self.only and self.records):
+            raise ConfigError("--wait needs --only and --records: it waits for another runner's validation grid")
         splits = self.splits()  # a validation split that overlaps the test split stops here, before any work
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
@@ -146,14 +153,24 @@ class Experiment:
         self.execute(self.plan.units())
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
-            log.info(
-                "experiment: chosen on the validation split: %s",
-                ", ".join(
-                    f"{a} lambda {w:g} ratio {r:g}" + (f" steps {n}" if n else "")
-                    for a, (w, r, n) in self.plan.chosen.items()
-                ),
-            )
-            self.execute(self.plan.units())
+            if self.plan.pending() and wait is not None:
+                self.wait_for_grid(wait)
+            if self.plan.pending():  # --only without the grid's students: another runner trains them
+                log.warning(
+                    "experiment: the validation grid is unfinished (%d of %d students scored) and its choice sets "
+                    "the students of --only: run the runner that trains the grid, or give --wait",
+                    self.grid_scored(),
+                    len(self.plan.selection_runs()),
+                )
+            else:
+                log.info(
+                    "experiment: chosen on the validation split: %s",
+                    ", ".join(
+                        f"{a} lambda {w:g} ratio {r:g}" + (f" steps {n}" if n else "")
+                        for a, (w, r, n) in self.plan.chosen.items()
+                    ),
+                )
+                self.execute(self.plan.units())
         if self.only:  # the rest of the plan is other runners' work: the tables so far, not results.json
             return self.partial()
         payload = results.collect(self.units, list(self.source.classes), self.out, self.preset)
@@ -165,6 +182,25 @@ class Experiment:
         }
         self.folder.results().write_text(json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
+
+    def grid_scored(self) -> int:
+        """How many students of the validation grid are scored in OUT."""
+        return sum(self.folder.metrics(r.name, VALIDATION).is_file() for r in self.plan.selection_runs())
+
+    def wait_for_grid(self, poll: float) -> None:
+        """Restore the records every `poll` seconds until the grid's choice can be made from them."""
+        seen = -1
+        while self.plan.pending():
+            if self.grid_scored() != seen:
+                seen = self.grid_scored()
+                log.info(
+                    "experiment: waiting for the validation grid in %s (%d of %d students scored)",
+                    self.records.folder,
+                    seen,
+                    len(self.plan.selection_runs()),
+                )
+            time.sleep(poll)
+            self.restore()
 
     def partial(self) -> Path:
         """OUT/partial.md: the study's tables over the students finished so far, training nothing (with
