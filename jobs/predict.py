@@ -184,7 +184,8 @@ def main() -> None:
         ):
             check_flag(flag, value, low, high)
         actors = actor_count(args.actors)
-        from dakter_scale.scene.predict import PredictOptions, Predictor, RunSettings, predict_many
+        from dakter_scale.scene.many import RunSettings, predict_many
+        from dakter_scale.scene.predict import PredictOptions, Predictor
 
         options = PredictOptions(
             tile=args.tile,

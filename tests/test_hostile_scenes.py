@@ -662,7 +662,8 @@ def test_every_output_is_synced_before_the_record(tmp_path, monkeypatch):
 
 
 def test_scene_names_are_made_safe_and_counted_once():
-    from dakter_scale.scene.predict import PredictError, scene_folders, scene_name
+    from dakter_scale.scene.many import scene_folders, scene_name
+    from dakter_scale.scene.predict import PredictError
 
     assert (
         scene_name("s3://bucket/2026/S1A_X.SAFE.zip") == "S1A_X"

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from dakter_scale.scene.predict import PredictError, PredictOptions, RunSettings, list_scenes, predict_many
+from dakter_scale.scene.many import RunSettings, list_scenes, predict_many
+from dakter_scale.scene.predict import PredictError, PredictOptions
 
 from conftest import ROOT, _free_port
 from scenegen import draw_codes, sigma0_of, write_geotiff, write_safe

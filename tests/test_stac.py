@@ -16,7 +16,8 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
 from pystac.validation import validate_dict
 
-from dakter_scale.scene.predict import PredictOptions, Predictor, predict_many
+from dakter_scale.scene.many import predict_many
+from dakter_scale.scene.predict import PredictOptions, Predictor
 from dakter_scale.scene.read import footprint_lonlat, open_scene
 from dakter_scale.scene.stac import stac_datetime
 

@@ -10,8 +10,8 @@ extension), assets for the two COGs, the GeoJSON and the quick-look (role thumbn
 source scene (derived_from) and the student that made them (related). A scene without an acquisition
 time gets no Item (STAC requires a datetime; the toolkit will not invent one): ``write_item`` says why.
 
-Written by scene/predict.py: the Item before predict.json (which stays the last file of a scene, the
-sign it is done), the Collection after a many-scene run's summary, last.
+Written by scene/predict.py (the Item, before predict.json, which stays the last file of a scene, the
+sign it is done) and scene/many.py (the Collection after a many-scene run's summary, last).
 """
 
 from __future__ import annotations
