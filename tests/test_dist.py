@@ -1,12 +1,13 @@
-"""dist/: the progress line (driver.py), a model folder packed for Ray actors and unpacked there (folder.py)."""
+"""dist/: the retry rule and the progress line (driver.py), a model folder packed for Ray actors and unpacked there (folder.py)."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, replace
 
 import pytest
 
-from dakter_scale.dist.driver import Progress
+from dakter_scale.dist.driver import Progress, Workers, drive
 from dakter_scale.dist.folder import pack_folder, unpack_folder
 
 
@@ -41,3 +42,59 @@ def test_an_eta_past_a_day_counts_its_hours():
     progress.window[0] = (progress.window[0][0] - 1000.0, 0)  # the first 1000 pairs took 1000 s
     progress.update(1000)
     assert progress.line().split("ETA ")[1] in ("30:00:00", "29:59:59", "29:59:58")
+
+
+@dataclass(frozen=True)
+class Attempted:
+    key: int
+    attempt: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"item {self.key}"
+
+    def retry(self) -> "Attempted":
+        return replace(self, attempt=self.attempt + 1)
+
+
+class FailsTwiceOnOdd:
+    """Odd tasks fail their first two attempts; even ones succeed at once."""
+
+    def __init__(self, device=None):
+        pass
+
+    def ready(self) -> dict:
+        return {}
+
+    def __call__(self, task: Attempted) -> dict:
+        if task.key % 2 and task.attempt < 2:
+            raise RuntimeError(f"odd {task.key}")
+        return {"key": task.key}
+
+
+@pytest.mark.parametrize("retries", [1, 2])
+def test_drive_retries_a_failed_task_up_to_the_limit_and_logs_each_failed_attempt_once(retries, caplog):
+    """Each failed attempt is one log line naming the task (a warning while it will be retried, an error at
+    the last); the callback hears every attempt; a task that fails retries + 1 times is given up."""
+    from dakter_scale.dist.strategies import LocalStrategy
+
+    heard = []
+    with caplog.at_level("WARNING", logger="dakter_scale"):
+        drive(
+            [Attempted(k) for k in range(4)],
+            LocalStrategy(FailsTwiceOnOdd, {}, Workers()),
+            retries,
+            lambda task, result, reason, retrying: heard.append((task.key, task.attempt, result is not None, retrying)),
+        )
+    failed = [r for r in caplog.records if "attempt" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in failed if "item 1 " in r.getMessage()] == [
+        ("WARNING", "item 1 attempt 1 failed: RuntimeError: odd 1; retrying"),
+        (
+            "WARNING" if retries == 2 else "ERROR",
+            f"item 1 attempt 2 failed: RuntimeError: odd 1; {'retrying' if retries == 2 else 'giving up'}",
+        ),
+    ]
+    assert len(failed) == 4  # two odd tasks, two failed attempts each
+    succeeded = sorted(k for k, _, ok, _ in heard if ok)
+    assert succeeded == ([0, 1, 2, 3] if retries == 2 else [0, 2])
+    assert len(heard) == 2 + 2 * (retries + 1)  # each even task once, each odd one at every attempt

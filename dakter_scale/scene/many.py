@@ -31,11 +31,16 @@ log = logging.getLogger("dakter_scale")
 
 @dataclass(frozen=True)
 class SceneTask:
-    """One scene of a many-scene run (a dist.driver Task: its name is what the driver logs)."""
+    """One scene of a many-scene run (a dist.driver Task), written to the folder OUT/``folder``."""
 
     url: str
-    name: str
+    folder: str
     attempt: int = 0
+
+    @property
+    def name(self) -> str:
+        """What the driver's log lines call it."""
+        return f"scene {self.folder}"
 
     def retry(self) -> "SceneTask":
         return replace(self, attempt=self.attempt + 1)
@@ -179,9 +184,9 @@ class SceneWorker:
         }
 
     def __call__(self, task: SceneTask) -> dict:
-        record = self.predictor(task.url, Path(self.out) / task.name, lease_ref=self.lease_ref)
+        record = self.predictor(task.url, Path(self.out) / task.folder, lease_ref=self.lease_ref)
         return {
-            "scene": task.name,
+            "scene": task.folder,
             "slicks": record["slicks"],
             "seconds": record["timings"]["total_seconds"],
             "tiles": record["tiling"]["count"],
@@ -294,20 +299,13 @@ def _predict_many(
 
     def on_result(task: SceneTask, marker: dict | None, reason: str | None, retrying: bool) -> None:
         if marker is not None:
-            summary.written.append(task.name)
+            summary.written.append(task.folder)
             summary.slicks += int(marker.get("slicks", 0))
-            failures.pop(task.name, None)
+            failures.pop(task.folder, None)
             bar.update(1)
             return
-        summary.retried.append({"scene": task.name, "attempt": task.attempt, "reason": reason})
-        failures[task.name] = reason or "unknown error"
-        (log.warning if retrying else log.error)(
-            "scene %s attempt %d failed: %s%s",
-            task.name,
-            task.attempt + 1,
-            reason,
-            "; retrying" if retrying else "; giving up",
-        )
+        summary.retried.append({"scene": task.folder, "attempt": task.attempt, "reason": reason})
+        failures[task.folder] = reason or "unknown error"
 
     if tasks:
         args = dict(

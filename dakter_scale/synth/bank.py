@@ -106,7 +106,7 @@ class BankTask:
 
     @property
     def name(self) -> str:
-        return f"shard {self.source.shard}"
+        return f"bank shard {self.source.shard}"
 
     def retry(self) -> "BankTask":
         return BankTask(self.source, self.attempt + 1)
@@ -430,9 +430,6 @@ class _BankRun:
             shard = task.source.shard
             if result is None:
                 summary.failed[shard] = reason or "unknown error"
-                (log.warning if retrying else log.error)(
-                    "bank shard %d attempt %d failed: %s", shard, task.attempt + 1, reason
-                )
                 return
             summary.failed.pop(shard, None)
             summary.cut.append(shard)

@@ -468,13 +468,6 @@ def _synthesize(
             return
         summary.retried.append({"shard": task.shard, "attempt": task.attempt, "reason": reason})
         final_failures[task.shard] = reason or "unknown error"
-        (log.warning if retrying else log.error)(
-            "shard %d attempt %d failed: %s%s",
-            task.shard,
-            task.attempt + 1,
-            reason,
-            "; retrying" if retrying else "; giving up",
-        )
 
     if prep.todo:
         args = writer_args(
