@@ -162,7 +162,6 @@ def main() -> None:
                 f"--resample {target_cfg.resample} applies to --class-target ... --target-route conditioned or pasted only"
             )
         check_model_folder(args.model)
-        targeted = None
         if target_cfg.spec:
             from dakter_scale.synth import targeted
             from dakter_scale.synth.target import TargetError
@@ -171,18 +170,11 @@ def main() -> None:
                 raise TargetError(
                     "--only-key regenerates pairs of an untargeted run; drop --class-target (a selected pair is its draw's pair: see its source_key)"
                 )
-            target, _, estimate = targeted.prepare_target(args.model, target_cfg, cfg.sampling.sampler)
             if args.dry_run:
-                shares = target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))])
-                plan = {
-                    "class_target": target_cfg.spec,
-                    "route": target_cfg.route,
-                    "shares": shares,
-                    "training": target.named(target.training),
-                    **estimate,
-                }
-                emit(plan) if args.json else print("\n".join(target_plan_lines(plan, estimate)))
+                plan = targeted.dry_run(args.model, target_cfg, cfg.sampling.sampler)
+                emit(plan) if args.json else print("\n".join(targeted.dry_run_lines(plan)))
                 return 0
+            targeted.prepare_target(args.model, target_cfg, cfg.sampling.sampler)  # its checks, before any work
         if args.only_key:
             from dakter_scale.synth.regenerate import regenerate_to
 
@@ -194,7 +186,7 @@ def main() -> None:
             return 0
         if args.dry_run:
             plan = synth.dry_run(args.model, args.out, cfg.synthesis, cfg.sampling, overwrite=args.overwrite)
-            emit(plan) if args.json else print("\n".join(dry_run_lines(plan)))
+            emit(plan) if args.json else print("\n".join(synth.dry_run_lines(plan)))
             return 0
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
@@ -206,7 +198,7 @@ def main() -> None:
             device=args.device,
             break_lock=args.break_lock,
         )
-        if targeted is None:
+        if not target_cfg.spec:
             summary = synth.synthesize(args.model, args.out, cfg.synthesis, cfg.sampling, **run_kwargs)
             lines, payload = summary.lines(), summary.to_json()
         else:
@@ -230,33 +222,6 @@ def main() -> None:
         return 0
 
     run(body)
-
-
-def target_plan_lines(plan: dict, estimate: dict) -> list[str]:
-    """--dry-run of a targeted run: the shares asked for beside the training shares, and the estimate."""
-    shares = ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items())
-    return [f"class target {plan['class_target']} by {plan['route']}: {shares}"] + [
-        f"  {key}: {value}" for key, value in estimate.items()
-    ]
-
-
-def dry_run_lines(plan: dict) -> list[str]:
-    """--dry-run: what a run would write, its size, and what the output already holds."""
-    lines = [
-        f"plan: {plan['pairs']} pairs in {plan['shards']} shards of {plan['samples_per_shard']} -> {plan['out']}",
-        f"  to write: {plan['shards_to_write']} shards ({plan['pairs_to_write']} pairs); already done: {plan['shards_already_done']}; corrupt: {len(plan['shards_corrupt'])}",
-        f"  {plan['resolution']} px, {len(plan['classes'])} classes, {plan['sampler']} x {plan['steps']} steps, batch {plan['batch_size']}, seed {plan['seed']}",
-        f"  estimated size: {plan['typical_bytes'] / 1e9:.3f} GB typical ({plan['typical_bytes_per_pair'] / 1e3:.1f} kB per pair), "
-        f"{plan['estimated_bytes'] / 1e9:.3f} GB at most ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)",
-    ]
-    if plan["conflict"]:
-        action = (
-            "a run would refuse it (pass --overwrite or a new prefix)"
-            if plan["would_refuse"]
-            else "--overwrite would delete it"
-        )
-        lines.append(f"  the output holds {plan['conflict']}: {action}")
-    return lines
 
 
 if __name__ == "__main__":

@@ -901,6 +901,28 @@ def test_bad_targets_fail_with_one_line_before_any_work(model, tmp_path, capsys,
         assert out.err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
+def test_a_targeted_dry_run_prints_the_shares_asked_for_and_samples_nothing(model, tmp_path, capsys, monkeypatch):
+    """--dry-run with --class-target: the shares asked for beside the training data's and what the
+    route's check found (the pasted route: the shares its instances give); no worker starts and nothing
+    is written. (--json prints targeted.dry_run's dict: tests/test_synth.py runs --json in a subprocess.)"""
+    from dakter_scale.synth import targeted
+
+    training = json.loads((Path(model) / "dakter.json").read_text())["train_stats"]["class_fractions"]
+    plan = targeted.dry_run(model, TargetConfig(spec="oil:2x", route="pasted"))
+    assert (plan["class_target"], plan["route"]) == ("oil:2x", "pasted")
+    assert plan["shares"] == {"oil": pytest.approx(2 * training[1])} and plan["training"] == {"oil": training[1]}
+    assert set(plan["given_shares"]) == {"oil"}
+    argv = ["--model", model, "--n", "4", "--out", str(tmp_path / "o"), "--actors", "0", "--dry-run"]
+    code, out = cli(argv + ["--class-target", "oil:2x", "--target-route", "pasted"], capsys, monkeypatch)
+    assert code == 0 and out.out.splitlines() == targeted.dry_run_lines(plan)
+    assert (
+        out.out.splitlines()[0]
+        == f"class target oil:2x by pasted: oil {2 * training[1]:.4f} (training {training[1]:.4f})"
+    )
+    assert out.out.splitlines()[1].startswith("  given_shares: {'oil': ") and len(out.out.splitlines()) == 2
+    assert not (tmp_path / "o").exists()
+
+
 def test_selection_refuses_a_target_its_measured_acceptance_cannot_reach(model, tmp_path, capsys, monkeypatch):
     args = synth_argv(model, str(tmp_path / "o"), 4, 4, 4) + ["--steps", "3"]
     code, out = cli(args + ["--class-target", "ship:0.9"], capsys, monkeypatch, sampling_allowed=True)

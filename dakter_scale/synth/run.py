@@ -281,6 +281,25 @@ def dry_run(
     }
 
 
+def dry_run_lines(plan: dict) -> list[str]:
+    """--dry-run: what a run would write, its size, and what the output already holds."""
+    lines = [
+        f"plan: {plan['pairs']} pairs in {plan['shards']} shards of {plan['samples_per_shard']} -> {plan['out']}",
+        f"  to write: {plan['shards_to_write']} shards ({plan['pairs_to_write']} pairs); already done: {plan['shards_already_done']}; corrupt: {len(plan['shards_corrupt'])}",
+        f"  {plan['resolution']} px, {len(plan['classes'])} classes, {plan['sampler']} x {plan['steps']} steps, batch {plan['batch_size']}, seed {plan['seed']}",
+        f"  estimated size: {plan['typical_bytes'] / 1e9:.3f} GB typical ({plan['typical_bytes_per_pair'] / 1e3:.1f} kB per pair), "
+        f"{plan['estimated_bytes'] / 1e9:.3f} GB at most ({plan['estimated_bytes_per_pair'] / 1e3:.1f} kB per pair)",
+    ]
+    if plan["conflict"]:
+        action = (
+            "a run would refuse it (pass --overwrite or a new prefix)"
+            if plan["would_refuse"]
+            else "--overwrite would delete it"
+        )
+        lines.append(f"  the output holds {plan['conflict']}: {action}")
+    return lines
+
+
 def _train_stats(recorded: dict) -> dict:
     """What the divergence check compares against: the training class fractions, max-probability 1
     (one-hot labels), and the training images' SAR statistics when the model folder recorded them."""

@@ -120,6 +120,28 @@ def prepare_target(
     return target, condition, {"given_shares": target.named(check_reachable(condition))}
 
 
+def dry_run(model_dir: str | Path, cfg: TargetConfig, sampler: str = "ddim") -> dict:
+    """--dry-run of a targeted run (prepare_target's checks): the shares asked for, the training data's,
+    and what the checks estimate. Samples nothing."""
+    target, _, estimate = prepare_target(model_dir, cfg, sampler)
+    return {
+        "class_target": cfg.spec,
+        "route": cfg.route,
+        "shares": target.named([dict(target.shares).get(c, 0.0) for c in range(len(target.classes))]),
+        "training": target.named(target.training),
+        **estimate,
+    }
+
+
+def dry_run_lines(plan: dict) -> list[str]:
+    """dry_run's plan as lines: the shares asked for beside the training shares, then the estimate."""
+    shares = ", ".join(f"{k} {v:.4f} (training {plan['training'][k]:.4f})" for k, v in plan["shares"].items())
+    fixed = ("class_target", "route", "shares", "training")
+    return [f"class target {plan['class_target']} by {plan['route']}: {shares}"] + [
+        f"  {key}: {value}" for key, value in plan.items() if key not in fixed
+    ]
+
+
 @dataclass
 class TargetedResult:
     """What a targeted run did: the sampling run's summary (the draw's, for selection) and the
