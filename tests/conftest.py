@@ -68,6 +68,26 @@ def job(name: str) -> list[str]:
     return [sys.executable, str(ROOT / "jobs" / name)]
 
 
+def synthesize_in_process(argv: list[str], capsys, monkeypatch, sampling_allowed: bool = False):
+    """jobs/synthesize.py's main() in this process (no interpreter start-up): (exit status, captured
+    output). Unless allowed, no worker may start: a check that should refuse before any work fails the
+    test if sampling begins. Not for --json, which moves file descriptor 1 (a subprocess test does that)."""
+    import runpy
+
+    from dakter_scale.synth import run as synth_run
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker started")
+
+    if not sampling_allowed:
+        monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
+        monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
+    monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="job")["main"]()  # not __main__: script() exits
+    return exit_.value.code, capsys.readouterr()
+
+
 @pytest.fixture(scope="session")
 def model(tmp_path_factory):
     """The tiny joint model of the synthesis tests (test_synth.tiny_model: trained once per session)."""

@@ -40,7 +40,7 @@ from dakter_scale.diffusion.sample import sample_pairs
 from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.regenerate import regenerate_to
 
-from conftest import job
+from conftest import job, synthesize_in_process
 from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors, refusal, torchrun
 
 # The parameterisation of the project's models: v for the image, x0 for the label channels.
@@ -328,14 +328,18 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
     return refusal(r, alone=True)
 
 
-def test_refusals_are_one_line_naming_the_flag(teacher, student, tmp_path):
-    synth = job("synthesize.py") + ["--n", "4", "--out", str(tmp_path / "s"), "--dry-run"]
-    assert "--sampler ddim" in _one_line_error(_run(synth + ["--model", str(student), "--sampler", "ddim"]))
-    assert "--steps 8" in _one_line_error(
-        _run(synth + ["--model", str(student), "--sampler", "distilled", "--steps", "8"])
-    )
-    assert "--sampler distilled" in _one_line_error(_run(synth + ["--model", str(teacher), "--sampler", "distilled"]))
-    r = _run(synth + ["--model", str(student), "--json"])
+def test_refusals_are_one_line_naming_the_flag(teacher, student, tmp_path, capsys, monkeypatch):
+    synth = ["--n", "4", "--out", str(tmp_path / "s"), "--dry-run"]
+    for argv, named in (
+        (["--model", str(student), "--sampler", "ddim"], "--sampler ddim"),
+        (["--model", str(student), "--sampler", "distilled", "--steps", "8"], "--steps 8"),
+        (["--model", str(teacher), "--sampler", "distilled"], "--sampler distilled"),
+    ):
+        code, out = synthesize_in_process(synth + argv, capsys, monkeypatch)
+        assert code == 2 and out.err.startswith("error: ") and out.err.count("\n") == 1 and named in out.err, argv
+    r = _run(
+        job("synthesize.py") + synth + ["--model", str(student), "--json"]
+    )  # --json moves fd 1: a process of its own
     assert r.returncode == 0, r.stderr[-2000:]
     plan = json.loads(r.stdout)
     assert (plan["sampler"], plan["steps"]) == ("distilled", 2)

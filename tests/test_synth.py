@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import runpy
 import subprocess
 import sys
 import tarfile
@@ -34,7 +33,7 @@ from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, p
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
 from dakter_scale.synth.worker import pipelined
 
-from conftest import ROOT, job
+from conftest import ROOT, job, synthesize_in_process
 from shardgen import TINY_DIFFUSION, TINY_SAMPLING
 
 TINY = TINY_DIFFUSION + TINY_SAMPLING
@@ -581,19 +580,9 @@ def test_dry_run_plans_without_writing(model, tmp_path):
 
 
 def cli(argv, capsys, monkeypatch):
-    """Run jobs/synthesize.py in this process; no worker may start."""
-
-    def no_worker(*args, **kwargs):
-        raise AssertionError("a worker started")
-
-    monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
-    monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
-    monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="job")[
-            "main"
-        ]()  # not __main__: cli.script exits the process
-    return exit_.value.code, capsys.readouterr().err
+    """Run jobs/synthesize.py in this process; no worker may start. Returns (exit status, stderr)."""
+    code, out = synthesize_in_process(argv, capsys, monkeypatch)
+    return code, out.err
 
 
 @pytest.mark.parametrize(

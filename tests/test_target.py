@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from dakter_scale.synth import targeted
 from dakter_scale.synth.plan import pair_seed
 from dakter_scale.synth.target import ClassTarget, Condition, TargetError, parse_class_target
 
-from conftest import ROOT, job
+from conftest import ROOT, job, synthesize_in_process
 from shardgen import job_env
 
 CLASSES = ("sea", "oil", "look-alike", "ship", "land")
@@ -810,21 +809,7 @@ def test_old_dataset_json_reads_without_a_target_and_a_bad_target_is_refused():
 # -- the job ----------------------------------------------------------------------------------------
 
 
-def cli(argv, capsys, monkeypatch, sampling_allowed=False):
-    """jobs/synthesize.py in this process; unless allowed, no worker may start."""
-
-    def no_worker(*args, **kwargs):
-        raise AssertionError("a worker started")
-
-    if not sampling_allowed:
-        monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
-        monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
-    monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="job")[
-            "main"
-        ]()  # not __main__: cli.script exits the process
-    return exit_.value.code, capsys.readouterr()
+cli = synthesize_in_process
 
 
 RESAMPLE_RULE = "--class-target, conditioned route: resample must be an integer >= 1, and > 1 only with the ddim or ddpm sampler (the multistep solvers keep past steps), "
