@@ -8,18 +8,9 @@ heartbeat) on a local folder and on a moto S3 server on loopback, with N shard m
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import socket
 import statistics
 import tempfile
 import time
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -30,26 +21,12 @@ def main() -> None:
     if args.markers < 0 or args.calls < 1:
         p.error("--markers must be >= 0 and --calls >= 1")
 
-    from moto.server import ThreadedMotoServer
+    from measure import start_s3
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ENDPOINT_URL_S3=endpoint,
-    )
-    import fsspec
-
+    server, _ = start_s3()
     from dakter_scale.data import storage
     from dakter_scale.data.lease import Lease, check_ref
 
-    fsspec.filesystem("s3").mkdir("bench")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name, url in (("local", f"{tmp}/out"), ("moto-s3", "s3://bench/out")):

@@ -150,7 +150,6 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from moto.server import ThreadedMotoServer
 
     from shardgen import write_dataset
 
@@ -161,21 +160,12 @@ def main() -> None:
         write_dataset(local, [per_shard] * 4, size=args.size)
         write_folder(local, tmp / "folder")
 
-        from shardgen import free_port
+        from measure import start_s3
 
-        host, port = "127.0.0.1", free_port()
-        server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        server.start()
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_ENDPOINT_URL=f"http://{host}:{port}",
-        )
+        server, _ = start_s3()
         import fsspec
 
         fs = fsspec.filesystem("s3")
-        fs.mkdir("bench")
         fs.put(local + "/", "bench/shards/", recursive=True)
         s3 = "s3://bench/shards"
 

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tarfile
@@ -45,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from measure import start_s3  # noqa: E402
 
 BENCH_UNET = [
     "data.spec=synthetic:8?size=32&test=4",
@@ -69,30 +70,6 @@ def ensure_model(path: Path) -> Path:
 
         train_diffusion(load_config(None, BENCH_UNET + ["diffusion.max_steps=2"]), path, progress=False)
     return path
-
-
-def start_s3() -> tuple[object, str]:
-    """A moto S3 server on loopback; the environment points s3fs (here and in subprocesses) at it."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ENDPOINT_URL_S3=endpoint,
-    )
-    import fsspec
-
-    fsspec.filesystem("s3").mkdir("bench")
-    return server, endpoint
 
 
 def bare_loop(

@@ -1,9 +1,12 @@
 """Measurement helpers shared by the benchmarks: the device, its matrix-multiply peak measured in
-the same run, and FLOPs counted with torch.utils.flop_counter."""
+the same run, FLOPs counted with torch.utils.flop_counter, and an S3 API server on loopback."""
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
+import socket
 import statistics
 import time
 from typing import Callable
@@ -59,3 +62,27 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def start_s3(bucket: str = "bench") -> tuple[object, str]:
+    """A moto S3 server on a free loopback port, the environment pointing s3fs at it (here and in
+    subprocesses), and `bucket` made; returns (server, endpoint). server.stop() ends it."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ENDPOINT_URL_S3=endpoint,
+    )
+    fsspec.filesystem("s3").mkdir(bucket)
+    return server, endpoint
