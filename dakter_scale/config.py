@@ -662,6 +662,13 @@ class ExperimentConfig:
             "experiment.validation_spec",
             "steps_grid chooses the student length on a validation split: give its data spec",
         )
+        # the filter's judge (the real-only student, a table student too) trains before the grid has chosen
+        # the length, so the table would reuse it at student.max_steps, not at the length chosen
+        _check(
+            not (self.steps_grid and self.filter_keep > 0),
+            "experiment.filter_keep",
+            "the filter's judge is trained before steps_grid chooses the student length: use one of the two",
+        )
         _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
         _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
         students = set(self.archs) | set(self.sweep_archs) | {self.study_arch}

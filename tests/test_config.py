@@ -52,11 +52,15 @@ def test_round_trip_through_saved_yaml(tmp_path):
         ("synthesis.n=0", r"synthesis\.n"),
         ("data.flip=maybe", r"data\.flip: expected true or false"),
         ("nokey", "not key=value"),
+        (
+            "experiment.filter_keep=0.5 experiment.steps_grid=[600,1200] experiment.validation_spec=synthetic:8?seed=7",
+            r"^experiment\.filter_keep: the filter's judge is trained before steps_grid chooses the student length",
+        ),
     ],
 )
 def test_errors_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(None, [override])
+        load_config(None, override.split(" "))
 
 
 def test_missing_and_bad_files(tmp_path):
