@@ -499,6 +499,36 @@ def test_the_verdict_is_worded_from_the_interval():
     assert "| ahead |" in text and "| tie |" in text and "| behind |" in text
 
 
+def test_one_set_of_students_is_one_arm_and_the_grid_seed_is_left_out_once_more():
+    """hard_matched at lambda 1 is hard's students: one row of the tables (labelled with both) and one
+    verdict, not a second control. Where the validation grid trains on a table seed, DAKTer's verdicts are
+    given again without it (its winner is DAKTer's student there); a grid on its own seed adds nothing."""
+    from dakter_scale.study.analyse import Results
+    from dakter_scale.study.report import main_table, verdict_table
+
+    extra = ["experiment.methods=[none,hard,hard_matched,dakter]", "experiment.seeds=[0,1,2]"]
+    grid = ["experiment.steps_grid=[3,5]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]
+    cfg = load_config(None, TINY + extra + grid + ["experiment.kd_weight_seeds=[0]"])
+    plan = Plan(cfg, 6, {"unet": (1.0, 1.0, 5)})
+    shift = {"none": 0.0, "hard": 0.01, "dakter": 0.02}
+    runs = {r.name: {"miou": 0.6 + 0.01 * r.seed + shift[r.method], "mean_f1": 0.7} for r in plan.main_runs()}
+    r = Results(runs, plan)
+    assert r.same_as("hard_matched") == "hard" and r.same_as("hard") is None
+    assert r.methods() == ["none", "hard", "dakter"]
+    assert [(v["a"], v["b"]) for v in r.verdicts()] == [("dakter", "none"), ("hard", "none"), ("dakter", "hard")]
+    table = "\n".join(main_table(r))
+    assert table.count("| hard labels") == 1 and "(= hard labels, weight λ (control): the same students)" in table
+    text = "\n".join(verdict_table(r))
+    assert "## DAKTer's verdicts without seed 0, the validation grid's" in text
+    after = text.split("without seed 0")[1]
+    assert "| dakter − none (generated pairs against none) | unet | +2.00 |" in after and "| 2/2 |" in after
+    assert "hard − none" not in after  # only DAKTer's verdicts lean on the grid's seed
+    apart = Plan(
+        load_config(None, TINY + extra + grid + ["experiment.kd_weight_seeds=[100]"]), 6, {"unet": (1.0, 1.0, 5)}
+    )
+    assert apart.grid_seeds() == [100] and "without seed" not in "\n".join(verdict_table(Results(runs, apart)))
+
+
 def test_a_study_that_would_choose_on_its_test_split_is_refused(tmp_path):
     """A validation split that shares scenes with the test split (the same spec, or the same simulator
     seed with more scenes) is refused in one line before any work; so is rescoring the test split."""
@@ -542,6 +572,31 @@ def test_a_study_that_would_choose_on_its_test_split_is_refused(tmp_path):
     exp = Experiment(cfg, tmp_path / "ok", progress=False)
     with pytest.raises(ConfigError, match="scored on once"):
         exp.rescore("synthetic:6?size=32&test=4&seed=31", "again")
+
+
+def test_a_study_whose_test_split_holds_a_training_scene_is_refused(tmp_path):
+    """A test split that holds a copy of a training scene (an OSD folder with a scene in both) is refused
+    in one line before any work, whatever its file name; the splits recorded in results.json include the
+    training split's fingerprint."""
+    import shutil
+
+    from dakter_scale.config import ConfigError
+    from dakter_scale.data.synthetic_sar import write_osd_layout
+
+    apart, shared = tmp_path / "apart", tmp_path / "shared"
+    write_osd_layout(apart, 4, 3, height=32, width=32, progress=False)
+    shutil.copytree(apart, shared)
+    for kind in ("images", "labels", "labels_1D"):  # a training scene again in the test split, renamed
+        ext = "jpg" if kind == "images" else "png"
+        shutil.copy(shared / "train" / kind / f"00002.{ext}", shared / "test" / kind / f"00007.{ext}")
+    splits = Experiment(load_config(None, TINY + [f"data.spec=osd:{apart}"]), tmp_path / "a", progress=False).splits()
+    assert splits["training"]["scenes"] == 4 and splits["test"]["scenes"] == 3
+    base = TINY + [f"data.spec=osd:{shared}"]
+    with pytest.raises(
+        ConfigError, match=r"^data\.spec osd:.*: its training split shares 1 scene\(s\) with the test split"
+    ) as e:
+        Experiment(load_config(None, base), tmp_path / "study", progress=False).run()
+    assert "\n" not in str(e.value) and not (tmp_path / "study").exists()
 
 
 def test_the_eight_arms_and_the_length_grid_in_the_plan():

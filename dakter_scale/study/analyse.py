@@ -48,21 +48,49 @@ class Results:
         first, second = self.by_seed(a, arch, ratio, "miou", seeds), self.by_seed(b, arch, ratio, "miou", seeds)
         return [first[s] - second[s] for s in first if s in second]
 
+    def _names(self, method: str) -> tuple[str, ...]:
+        """The students of a method across the table (every arch and seed, at arch's ratio)."""
+        return tuple(
+            self.plan.run(method, arch, self.plan.ratio(arch), s).name
+            for arch in self.e.archs
+            for s in self.e.seeds_of(arch)
+        )
+
+    def same_as(self, method: str) -> str | None:
+        """The earlier method of the table whose students are method's own (hard_matched at lambda 1 is
+        hard), or None: such a method is one arm, not a second control."""
+        for m in self.plan.methods():
+            if m == method:
+                return None
+            if self._names(m) == self._names(method):
+                return m
+        return None
+
+    def methods(self) -> list[str]:
+        """The table's methods, each set of students once (plan.methods without the aliases of same_as)."""
+        return [m for m in self.plan.methods() if self.same_as(m) is None]
+
     def per_class(self, method: str, arch: str, ratio: float, num_classes: int) -> list[tuple[float, float | None]]:
         """Per-class IoU, mean +- std over the main table's seeds."""
         ious = list(self.by_seed(method, arch, ratio, "iou").values())
         return [mean_std([iou[c] for iou in ious]) for c in range(num_classes)]
 
-    def verdicts(self) -> list[dict]:
+    def verdicts(self, without_seeds: Sequence[int] = ()) -> list[dict]:
         """Every comparison of COMPARISONS whose two methods ran, per student: the paired
-        differences over seeds (paired) and the claim they ask (what)."""
-        out = []
+        differences over seeds (paired) and the claim they ask (what). A comparison whose arms are the
+        students of one already listed (same_as) is left out; without_seeds: over the other seeds."""
+        out, listed = [], set()
         arms = [(m, "copy_paste", "generated instances against real ones") for m in self.plan.methods() if bank_size(m)]
         for a, b, what in COMPARISONS + tuple(arms):
             if not {a, b} <= set(self.plan.methods()):
                 continue
+            pair = (self.same_as(a) or a, self.same_as(b) or b)
+            if pair in listed:
+                continue
+            listed.add(pair)
             for arch in self.e.archs:
-                d = self.differences(a, b, arch, self.plan.ratio(arch))
+                seeds = [s for s in self.e.seeds_of(arch) if s not in without_seeds]
+                d = self.differences(a, b, arch, self.plan.ratio(arch), seeds)
                 out.append({"a": a, "b": b, "claim": what, "arch": arch, **paired(d)})
         return out
 

@@ -231,6 +231,10 @@ class Plan:
             for n in (self.e.steps_grid or (None,))
         ]
 
+    def grid_seeds(self) -> list[int]:
+        """The seeds the validation grid's students train on (none without a grid)."""
+        return sorted({r.seed for r in self.selection_runs()})
+
     def selection_runs(self) -> list[StudentRun]:
         """One DAKTer student per (arch, setting of the grid, seed), named ...-rRATIO-sSEED-kdLAMBDA[-nSTEPS]."""
         seeds = self.e.kd_weight_seeds or self.e.seeds

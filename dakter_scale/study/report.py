@@ -169,25 +169,46 @@ def main_table(r: Results) -> list[str]:
         "| method | " + " | ".join(e.archs) + " |",
         "|---|" + "---|" * len(e.archs),
     ]
-    for m in r.plan.methods():
+    for m in r.methods():
         cells = []
         for arch in e.archs:
             mi, ms = r.cell(m, arch, r.plan.ratio(arch), "miou")
             fi, fs = r.cell(m, arch, r.plan.ratio(arch), "mean_f1")
             cells.append(f"{pct(mi, ms)} / {pct(fi, fs)}")
-        lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labelled(r, m)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def labelled(r: Results, method: str) -> str:
+    """A method's name, with the methods whose students are its own (Results.same_as)."""
+    aliases = [method_name(m) for m in r.plan.methods() if r.same_as(m) == method]
+    return method_name(method) + (f" (= {', '.join(aliases)}: the same students)" if aliases else "")
 
 
 def verdict_table(r: Results) -> list[str]:
     """The verdicts: per comparison and student, the same-seed differences a − b in mIoU (mean, its
     95 % t-interval, the seeds where a is ahead) and the word the interval allows (analyse.word):
-    "ahead" only where the interval excludes 0."""
-    rows = [v for v in r.verdicts() if v["n"]]
+    "ahead" only where the interval excludes 0. Where the validation grid trained on a table seed, its
+    winner is the DAKTer arm's student at that seed (units.grid_twin): the best of the grid's trainings
+    on validation, where the other arms' students are not chosen; DAKTer's verdicts follow again
+    without that seed."""
+    lines = _verdict_rows(r.verdicts(), "## Verdicts: same-seed differences in mIoU (points), 95 % t-interval")
+    shared = sorted(set(r.plan.grid_seeds()) & set(r.e.seeds))
+    if lines and shared and "dakter" in r.plan.methods():
+        seeds = ", ".join(map(str, shared))
+        title = (
+            f"## DAKTer's verdicts without seed {seeds}, the validation grid's (its winner is DAKTer's student there)"
+        )
+        lines += _verdict_rows([v for v in r.verdicts(shared) if "dakter" in (v["a"], v["b"])], title)
+    return lines
+
+
+def _verdict_rows(verdicts: list[dict], title: str) -> list[str]:
+    rows = [v for v in verdicts if v["n"]]
     if not rows:
         return []
     lines = [
-        "## Verdicts: same-seed differences in mIoU (points), 95 % t-interval",
+        title,
         "",
         "| comparison | student | a − b | 95 % interval | a ahead | verdict |",
         "|---|---|---|---|---|---|",
@@ -209,7 +230,7 @@ def per_class_table(r: Results, classes: list[str], figure: bool = True) -> list
         "|---|---|" + "---|" * len(classes),
     ]
     for arch in e.archs:
-        for m in r.plan.methods():
+        for m in r.methods():
             lines.append(
                 f"| {arch} | {method_name(m)} | "
                 + " | ".join(pct(mu) for mu, _ in r.per_class(m, arch, r.plan.ratio(arch), len(classes)))

@@ -118,19 +118,26 @@ class Experiment:
             self.units.plan = Plan(self.cfg, self.units.n_train, chosen_settings(choice))
 
     def splits(self) -> dict[str, dict]:
-        """The splits this study scores on, each with its spec, scene count and fingerprint
+        """The splits this study trains on and scores on, each with its spec, scene count and fingerprint
         (data.real.split_fingerprint); refuses (ConfigError, one line) a validation split that shares a
-        scene with the test split, since whatever is chosen on it would then be chosen on test scenes."""
-        digests = {"test": split_digests(open_source(self.test_spec), "test")}
+        scene with the test split, since whatever is chosen on it would then be chosen on test scenes,
+        and a training split that shares a scene with either."""
+        digests = {
+            "training": split_digests(self.source, "train"),
+            "test": split_digests(open_source(self.test_spec), "test"),
+        }
         if self.e.validation_spec:
             digests["validation"] = split_digests(open_source(self.e.validation_spec), "test")
-            shared = set(digests["validation"]) & set(digests["test"])
+        specs = {"training": self.cfg.data.spec, "test": self.test_spec, "validation": self.e.validation_spec}
+        keys = {"training": "data.spec", "test": "experiment.test_spec", "validation": "experiment.validation_spec"}
+        for a, b in (("validation", "test"), ("training", "test"), ("training", "validation")):
+            shared = set(digests.get(a, ())) & set(digests.get(b, ()))
             if shared:
                 raise ConfigError(
-                    f"experiment.validation_spec {self.e.validation_spec} shares {len(shared)} scene(s) with the test split of {self.test_spec}: "
-                    "choices must be made on other scenes (give another seed, or set experiment.test_spec)"
+                    f"{keys[a]} {redact_url(specs[a])}: its {a} split shares {len(shared)} scene(s) with the {b} split of "
+                    f"{redact_url(specs[b])}: choices and scores must be made on scenes no student trained on, and choices on "
+                    "scenes apart from the test split (give another seed, or set experiment.test_spec / validation_spec)"
                 )
-        specs = {"test": self.test_spec, "validation": self.e.validation_spec}
         return {
             name: {"spec": redact_url(specs[name]), "scenes": len(d), "fingerprint": split_fingerprint(d)}
             for name, d in digests.items()
