@@ -761,6 +761,12 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
     verdict = next(line for line in text.splitlines() if line.startswith("| dakter − none"))
     assert "+9.50" in verdict and "2/2" in verdict and verdict.endswith("| ahead |")  # seeds 0 and 1: (10 + 9) / 2
     assert not list((tmp_path / "models").glob("*")) and not (tmp_path / "generated").exists()
+    # a kept score made on another split is refused, as the run refuses it, not tabled
+    from dakter_scale.config import ConfigError
+
+    path.write_text(json.dumps({"miou": 0.9, "mean_f1": 0.9, "iou": [0.9] * 5, "data": "synthetic:6?seed=5"}))
+    with pytest.raises(ConfigError, match="holds scores on synthetic:6\\?seed=5, not "):
+        exp.partial()
 
 
 @pytest.mark.slow  # trains a generator and a student past a checkpoint (~12 s): the default suite's time limit

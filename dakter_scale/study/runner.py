@@ -216,14 +216,14 @@ class Experiment:
         grid = self.plan.selection_runs()
         table = self.plan.main_runs() + self.plan.sweep_runs()
         scored = [r for r in table if self.folder.metrics(r.name, None).is_file()]
-        payload = {
+        payload = {  # through units.score, which refuses a kept score made on another split
             "grid": {
-                r.name: json.loads(self.folder.metrics(r.name, VALIDATION).read_text())["miou"]
+                r.name: self.units.score(r, VALIDATION)["miou"]
                 for r in grid
                 if self.folder.metrics(r.name, VALIDATION).is_file()
             },
             "grid_planned": len(grid),
-            "runs": {r.name: json.loads(self.folder.metrics(r.name, None).read_text()) for r in scored},
+            "runs": {r.name: self.units.score(r, None) for r in scored},
             "planned": len({r.name for r in table}) if not self.plan.pending() else 0,  # hard_matched may be hard
             "chosen": None
             if self.plan.pending()
