@@ -227,6 +227,18 @@ print(json.dumps({{"model_spacing_m": {spacing}, "factor": r["conventions"]["sca
 """
 
 
+def run_child(code: str) -> dict:
+    """Run `code` in a fresh interpreter (its peak memory its own) and return the JSON of its last line."""
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, DAKTER_PROGRESS="0"),
+    )
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def resample(spacings: list[float], tile: int, overlap: int, batch: int, work: Path) -> dict:
     t0 = time.time()
     subprocess.run(
@@ -249,14 +261,7 @@ def resample(spacings: list[float], tile: int, overlap: int, batch: int, work: P
             scene=str(safe),
             out=str(out),
         )
-        r = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=dict(os.environ, DAKTER_PROGRESS="0"),
-        )
-        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row = run_child(code)
         row = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -313,14 +318,7 @@ def memory(size: int, tile: int, overlap: int, batch: int, work: Path) -> dict:
         scene=str(scene),
         out=str(work / f"mem-{size}"),
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=dict(os.environ, DAKTER_PROGRESS="0"),
-    )
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    result = run_child(code)
     scene.unlink()
     return {
         "scene": size,
