@@ -111,3 +111,4 @@ def test_diffusion_with_a_time_budget_records_its_steps(tmp_path):
         for p in (out / "checkpoints").glob("step-*/state.json")
     }
     assert totals and all((t is None) if step < 23 else (t == record["steps"]) for step, t in totals.items()), totals
+    assert any(step >= 25 for step in totals), totals  # a checkpoint after the measurement was checked

@@ -621,7 +621,9 @@ def test_consistency_distillation_refuses_teachers_and_grids_it_cannot_use(teach
 @pytest.mark.slow  # as the progressive resume test: two job runs and a third that finds the run finished
 def test_a_consistency_run_resumes_exactly_after_a_kill_and_skips_when_finished(teacher, tmp_path):
     argv = _resumable_argv(teacher, "--method", "consistency", "--steps", "2", "--teacher-steps", "4")
-    whole, killed = _whole_and_killed_at_step_5(argv, tmp_path, "", "checkpoints/step-00000004/target_ema.safetensors")
+    whole, killed = _whole_and_killed_at_step_5(
+        argv, tmp_path, "starting fresh", "checkpoints/step-00000004/target_ema.safetensors"
+    )
     assert_same_tensors(load_tensors(whole / WEIGHTS), load_tensors(killed / WEIGHTS))
     assert "already finished" in _rerun_trains_nothing(argv, killed)
 

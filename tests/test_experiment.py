@@ -288,6 +288,8 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
     assert load_config(main / "config.yaml").student.kd_weight == chosen
     twin = tmp_path / "students" / f"dakter-unet-r1-s0-kd{chosen:g}"
     assert (main / "model.safetensors").read_bytes() == (twin / "model.safetensors").read_bytes()
+    # copied with its time stamp, not trained again (training is deterministic: equal bytes alone would not tell)
+    assert (main / "model.safetensors").stat().st_mtime_ns == (twin / "model.safetensors").stat().st_mtime_ns
     # the control follows the chosen lambda: at 1.0 it is the hard run itself
     assert ("hard_matched-unet-r1-s0" in payload["runs"]) == (chosen != 1.0)
     assert "## KD weight λ, chosen on the validation split" in (tmp_path / "results.md").read_text()

@@ -163,23 +163,32 @@ def test_imports_point_down_the_layers(path):
     assert not bad, f"{rel} ({LAYERS[layer(rel)][0]}) imports {bad}"
 
 
-def test_no_module_imports_itself_through_a_circle():
-    graph = {str(p.relative_to(PACKAGE)): package_imports(p) for p in files("")}
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """The first import circle of a module graph (a depth-first walk), as its modules in order with the
+    first again at the end, or None."""
     done: set[str] = set()
     path: list[str] = []
 
-    def visit(node: str) -> None:
+    def visit(node: str) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
-            assert nxt not in path, "import circle: " + " -> ".join(path[path.index(nxt) :] + [nxt])
-            if nxt not in done:
-                visit(nxt)
+            if nxt in path:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in done and (circle := visit(nxt)):
+                return circle
         path.pop()
         done.add(node)
+        return None
 
     for node in sorted(graph):
-        if node not in done:
-            visit(node)
+        if node not in done and (circle := visit(node)):
+            return circle
+    return None
+
+
+def test_no_module_imports_itself_through_a_circle():
+    circle = find_circle({str(p.relative_to(PACKAGE)): package_imports(p) for p in files("")})
+    assert circle is None, "import circle: " + " -> ".join(circle)
 
 
 def test_the_layer_rules_are_not_blind(tmp_path):
@@ -188,6 +197,8 @@ def test_the_layer_rules_are_not_blind(tmp_path):
     assert layer("diffusion/model.py") < layer("diffusion/train.py") and layer("cli.py") == len(LAYERS) - 1
     with pytest.raises(AssertionError, match="has no layer"):
         layer("newthing.py")
+    assert find_circle({"a.py": {"b.py"}, "b.py": {"c.py"}, "c.py": {"a.py"}}) == ["a.py", "b.py", "c.py", "a.py"]
+    assert find_circle({"a.py": {"b.py"}, "b.py": set(), "c.py": {"a.py", "b.py"}}) is None
     assert (
         module_path("dakter_scale.synth.run.Summary") == "synth/run.py"
         and module_path("dakter_scale.data") == "data/__init__.py"

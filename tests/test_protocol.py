@@ -59,7 +59,7 @@ def test_the_evidence_test_split_was_never_scored_by_another_committed_run():
     cfg = load_config(str(CONFIG), [])
     test = cfg.experiment.test_spec
     assert test and test != cfg.data.spec
-    assert not scored_elsewhere(test, lambda path: OWN in path.parents)
+    assert scenes_of(test) is not None and not scored_elsewhere(test, lambda path: OWN in path.parents)
 
 
 def test_the_evidence_validation_split_shares_no_scene_with_its_test_split():
@@ -80,7 +80,7 @@ def test_the_scarcity_test_split_is_fresh_and_apart_for_every_training_size():
     test = cfg.experiment.test_spec
     assert test.endswith("seed=43") and test != load_config(str(CONFIG), []).experiment.test_spec
     own = lambda path: path.relative_to(ROOT / "docs" / "results").parts[0].startswith("scarcity_")  # noqa: E731
-    assert not scored_elsewhere(test, own)
+    assert scenes_of(test) is not None and not scored_elsewhere(test, own)
     scenes = set(split_digests(open_source(test), "test"))
     assert len(scenes) == 500 and not scenes & set(split_digests(open_source(cfg.experiment.validation_spec), "test"))
     for n in (10, 20, 40, 100):

@@ -140,7 +140,9 @@ def test_checkpoints_round_trip_keep_the_newest_and_ignore_partial_ones(tmp_path
     assert state["step"] == 3 and state["layout"] == {"ranks": 1} and ema2.updates == 3
     assert_same_tensors(model.state_dict(), model2.state_dict())
     assert_same_tensors(ema.shadow, ema2.shadow)
-    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+    saved, restored = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert saved and saved.keys() == restored.keys()  # restored, not empty: zip would check nothing
+    for a, b in zip(saved.values(), restored.values()):
         assert_same_tensors(a, b)
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         resolve_resume(tmp_path, str(tmp_path / "nowhere"))

@@ -69,5 +69,5 @@ def test_blender_carries_only_the_overlap_band():
 
 def test_tiles_out_of_order_are_refused():
     b = Blender(100, 100, 64, 8, 1, lambda *a: None)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="row-major"):  # an internal invariant: the predictor's own order
         b.add(0, 1, np.zeros((1, 64, 64), dtype=np.float32))

@@ -47,6 +47,7 @@ def test_end_to_end_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["ok"] and summary["pairs_written"] == 8 and sorted(summary["written"]) == [0, 1]
+    assert summary["strategy"]["strategy"] == "ray"  # two actors of a local Ray cluster, not the in-process fallback
     keys = [s["__key__"] for s in wds.WebDataset(str(shards_dir / "shard-{000000..000001}.tar"), shardshuffle=False)]
     assert sorted(keys) == [f"{s:06d}-{i:06d}" for s in range(2) for i in range(4)]
     dataset = json.loads((shards_dir / "dataset.json").read_text())

@@ -131,7 +131,7 @@ def test_fingerprint_of_the_default_plan_is_pinned():
 
 def test_pipelined_passes_items_in_order_and_raises_either_sides_error():
     got, waited = pipelined(iter(range(50)), lambda items: list(items), depth=2)
-    assert got == list(range(50)) and waited >= 0
+    assert got == list(range(50)) and isinstance(waited, float)  # seconds the consumer waited
 
     def bad_producer():
         yield 1
