@@ -337,23 +337,23 @@ def test_a_set_is_read_through_its_own_file_system_not_its_shown_urls(tmp_path):
 
 
 def test_a_header_or_side_file_removed_while_it_is_read_is_absent_not_a_crash(tmp_path, monkeypatch):
-    """A rerun clearing the set while a reader looks (here: inside fs.exists, where the look-then-read
-    code crashed): the file is read whole or found absent, never a FileNotFoundError."""
+    """A rerun clearing the set while a reader looks (the look-then-read code crashed when a file went
+    between the two): a file removed just before the read is found absent, never a FileNotFoundError."""
     url = str(tmp_path / "set")
     write_dataset(url, [2])
     out = ShardSet(url)
     out.write_side("throughput.json", b"{}")
-    real_exists = out.fs.exists
+    assert out.info().count == 2 and out.read_side("throughput.json") == b"{}"
+    real_cat, removed = out.fs.cat_file, []
 
-    def exists_then_gone(path, **kw):
-        there = real_exists(path, **kw)
-        (tmp_path / "set" / path.rsplit("/", 1)[-1]).unlink(missing_ok=True)
-        return there
+    def gone_then_read(path, *args, **kw):
+        removed.append(path.rsplit("/", 1)[-1])
+        (tmp_path / "set" / removed[-1]).unlink(missing_ok=True)
+        return real_cat(path, *args, **kw)
 
-    monkeypatch.setattr(out.fs, "exists", exists_then_gone)
-    header = out.info()
-    assert header is None or header.count == 2
-    assert out.read_side("throughput.json") in (None, b"{}")
+    monkeypatch.setattr(out.fs, "cat_file", gone_then_read)
+    assert out.info() is None and out.read_side("throughput.json") is None
+    assert removed == ["dataset.json", "throughput.json"]  # the race ran, on the reads themselves
 
 
 def test_a_hostile_threshold_in_a_source_header_is_one_line_naming_the_file_and_field(tmp_path):
