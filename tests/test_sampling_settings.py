@@ -46,7 +46,7 @@ def test_precision_is_validated_in_one_line():
         SamplingConfig(precision="fp16").validate()
 
 
-def test_compile_takes_cuda_graphs_as_its_reduce_overhead_mode(tmp_path):
+def test_compile_takes_cuda_graphs_as_its_reduce_overhead_mode(tmp_path, monkeypatch):
     """sampling.compile: false, true (torch.compile's default mode) or reduce-overhead (CUDA graphs), read
     from YAML and overrides as a bool or that string; anything else is one line naming the key."""
     for raw, value in (("true", True), ("false", False), ("reduce-overhead", "reduce-overhead")):
@@ -57,6 +57,10 @@ def test_compile_takes_cuda_graphs_as_its_reduce_overhead_mode(tmp_path):
     assert len(str(e.value).splitlines()) == 1
     unet = torch.nn.Identity()
     assert compile_network(unet, False) is unet  # the default leaves the network as it is
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: asked.append(kw) or ("compiled", net))
+    assert compile_network(unet, True) == ("compiled", unet) and compile_network(unet, "reduce-overhead")[1] is unet
+    assert asked == [{}, {"mode": "reduce-overhead"}]  # true: torch.compile's default mode; the string: that mode
 
 
 def test_precision_changes_the_arithmetic_on_the_cpu(model):
