@@ -377,7 +377,7 @@ def test_a_banked_instance_is_regenerated_from_its_seed_shard_and_index(model, j
         np.testing.assert_array_equal(stored_levels[:, region], levels[:, region])
 
 
-def test_the_bank_on_an_s3_api_resumes_and_reads_back(judge, s3_bucket):
+def test_the_bank_on_an_s3_api_resumes_and_reads_back(judge, s3_bucket, tmp_path):
     """Source set and bank on an S3 API server (moto on loopback, s3fs): the same instances as on disk,
     and a rerun cuts nothing."""
     source, bank = f"{s3_bucket}/pairs", f"{s3_bucket}/bank"
@@ -389,3 +389,9 @@ def test_the_bank_on_an_s3_api_resumes_and_reads_back(judge, s3_bucket):
     assert again.cut == [] and again.skipped == [0, 1] and again.count == first.count
     instances = read_bank(bank, list(CLASSES))
     assert len(instances) == first.count and ShardSet(bank).info().complete
+    local_source, local_bank = str(tmp_path / "pairs"), tmp_path / "bank"
+    write_source(local_source, [4, 3])
+    assert build_bank(local_source, str(local_bank), judge, cfg, SynthesisConfig(), use_ray=False).count == first.count
+    fs, root = storage.url_to_fs(bank)
+    tars = sorted(p.name for p in local_bank.glob("*.tar"))
+    assert tars and all(fs.cat_file(f"{root}/{name}") == (local_bank / name).read_bytes() for name in tars)
