@@ -101,6 +101,7 @@ def test_filter_errors(tmp_path, segmenter):
         filter_shards(str(tmp_path / "missing"), str(tmp_path / "a"), segmenter, keep=1)
 
 
+@pytest.mark.slow  # three job start-ups (~13 s): the filter, its errors and refusals run in-process by default
 def test_filter_job_cli(tmp_path, segmenter):
     import subprocess
 

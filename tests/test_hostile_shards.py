@@ -813,6 +813,7 @@ def _student(tmp_path: Path, name: str, synthetic: Path, policy: str) -> subproc
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=job_env(), cwd=ROOT)
 
 
+@pytest.mark.slow  # two student job runs (~15 s): each kind, under warn and raise, is checked in-process by default
 def test_the_student_job_trains_past_every_kind_under_warn_and_stops_with_one_line_under_raise(clean, tmp_path):
     zoo = _zoo(str(clean), tmp_path)
     (zoo / "dataset.json").write_text("{not json")

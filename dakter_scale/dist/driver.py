@@ -67,7 +67,8 @@ Callback = Callable[[Any, "dict | None", "str | None", bool], None]
 def drive(tasks: list, strategy: Strategy, retries: int, on_result: Callback) -> dict:
     """Run tasks on a strategy until each has a result or has failed retries + 1 times: the one place
     that keeps the queue and the retry rule, and logs each failed attempt (a warning while it will be
-    retried, an error at the last). on_result(task, result, reason, retrying) hears every attempt. Returns what the strategy reports about where the tasks ran."""
+    retried, an error at the last). on_result(task, result, reason, retrying) hears every attempt.
+    Returns what the strategy reports about where the tasks ran."""
     queue, running = collections.deque(tasks), 0
     try:
         strategy.start(len(tasks))

@@ -151,7 +151,7 @@ class Experiment:
         (None: write the partial tables and return)."""
         if wait is not None and not (self.only and self.records):
             raise ConfigError("--wait needs --only and --records: it waits for another runner's validation grid")
-        splits = self.splits()  # a validation split that overlaps the test split stops here, before any work
+        splits = self.splits()  # splits that share a scene stop here, before any work
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
         restored = self.restore()
