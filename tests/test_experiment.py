@@ -208,6 +208,31 @@ def test_sweep_table_has_same_seed_differences():
     assert rows["hard labels (DDPM / SatSynth style)"].split("|")[-2].strip().startswith("54.20")
 
 
+def test_the_header_names_the_test_split_and_the_lengths_chosen_on_validation():
+    """A study with a length grid says which length each student got, and results.json's test split
+    is named in the header, not the data's own split."""
+    from dakter_scale.study.report import header
+
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "experiment.archs=[unet,segformer]",
+            "experiment.steps_grid=[600,1200]",
+            "experiment.ratio_grid=[2.0,4.0]",
+            "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7",
+        ],
+    )
+    plan = Plan(cfg, n_train=6, chosen={"unet": (1.0, 2.0, 600), "segformer": (1.0, 4.0, 1200)})
+    payload = {"n_train": 6, "b": {"b_cfg": 0.3}, "generated_pairs": 24}
+    splits = {"test": {"spec": "synthetic:6?size=32&test=5&seed=43", "scenes": 5, "fingerprint": "x"}}
+    text = "\n".join(header({**payload, "splits": splits}, plan))
+    assert "scored on the test split `synthetic:6?size=32&test=5&seed=43` (5 scenes)" in text
+    assert "students' steps of batch 4 chosen on the validation split: unet 600, segformer 1200" in text
+    assert "students 2 steps" not in text
+    assert "evaluated on the full test split" in "\n".join(header(payload, Plan(cfg, n_train=6)))
+
+
 @pytest.mark.parametrize(
     "layout", [pytest.param("osd", marks=pytest.mark.slow), pytest.param("sos", marks=pytest.mark.slow)]
 )  # the readers test both layouts; the demo and test_tiny_experiment run the command by default

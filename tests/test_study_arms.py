@@ -64,6 +64,35 @@ def test_the_new_arms_in_the_plan():
         load_config(None, TINY + ARMS + ["experiment.pretrain_share=1.0"])
 
 
+@pytest.mark.slow  # a study that trains a judge, draws pairs and cuts a bank (~40 s); the scarcity study runs it
+def test_a_study_with_instance_paste_records_its_bank(tmp_path):
+    """The instance_paste arms end to end: the judge, the bank grown from drawn pairs, one student per
+    bank size, and the bank's counts in results.json and results.md."""
+    from test_experiment import Experiment
+
+    cfg = load_config(
+        None,
+        TINY
+        + ARMS[3:]
+        + [
+            "experiment.methods=[none,copy_paste,instance_paste]",
+            "synthesis.target.spec=oil:3x",
+            "experiment.bank_sizes=[2,4]",
+            "synthesis.bank.classes=[oil]",
+            "synthesis.bank.min_agreement=0.0",  # the 2-step judge agrees with nothing: keep every instance
+            "synthesis.bank.max_pairs=48",
+        ],
+    )
+    report = Experiment(cfg, tmp_path, progress=False).run().read_text()
+    payload = json.loads((tmp_path / "results.json").read_text())
+    bank = payload["banks"]["bank"]
+    kept = json.loads((tmp_path / "generated" / "bank" / "dataset.json").read_text())["instances"]
+    assert bank["count"] == kept["count"] >= 4 and bank["by_class"] == {"oil": bank["count"]}
+    assert bank["candidates"] == bank["count"] + bank["rejected"] and bank["judge_arch"] == "unet"
+    assert {"instance_paste_2-unet-r0-s0", "instance_paste_4-unet-r0-s0"} <= set(payload["runs"])
+    assert f"Instance bank `bank`: {bank['count']:,} instances (oil {bank['count']:,})" in report
+
+
 def test_the_matched_copy_paste_control_pastes_as_often_as_pasted_after():
     arms = ["experiment.methods=[copy_paste,pasted_after,copy_paste_matched]", "experiment.ratio=2.0"]
     plan = Plan(load_config(None, TINY + ARMS[1:] + arms), n_train=6)

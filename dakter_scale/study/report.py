@@ -62,13 +62,33 @@ def header(p: dict, plan: Plan) -> list[str]:
     return [
         "# DAKTer experiment",
         "",
-        f"Data `{redact_url(cfg.data.spec)}`: {p['n_train']} training images, evaluated on the full test split (one confusion matrix per run). "
+        f"Data `{redact_url(cfg.data.spec)}`: {p['n_train']} training images, {scored_on(p)} (one confusion matrix per run). "
         f"Models at {cfg.data.resolution} px; {lengths(p, plan)}, KD weight λ = {cfg.student.kd_weight:g}{note}, T = {cfg.student.kd_temperature:g}. {seed_counts(e)}; mean ± std (%) over seeds.",
         "b: "
         + ", ".join(f"{tag} = {b:.4f}" for tag, b in p["b"].items())
         + f". {p['generated_pairs']} generated pairs per model.",
+        *bank_lines(p),
         "",
     ]
+
+
+def bank_lines(p: dict) -> list[str]:
+    """The instance banks the instance_paste arms drew from, with what their judge rejected."""
+    return [
+        f"Instance bank `{name}`: {b['count']:,} instances ({', '.join(f'{c} {n:,}' for c, n in b['by_class'].items())}) "
+        f"cut from {b['source_pairs']:,} generated pairs; its judge ({b['judge_arch']}, the real-only student) rejected "
+        f"{b['rejected']:,} of {b['candidates']:,}."
+        for name, b in p.get("banks", {}).items()
+    ]
+
+
+def scored_on(p: dict) -> str:
+    """Where the table's students are scored: the test split results.json names (payloads older than
+    `splits` were scored on the data's own test split)."""
+    test = p.get("splits", {}).get("test")
+    if not test:
+        return "evaluated on the full test split"
+    return f"scored on the test split `{test['spec']}` ({test['scenes']} scenes)"
 
 
 def seed_counts(e) -> str:
@@ -92,6 +112,9 @@ def lengths(p: dict, plan: Plan) -> str:
     if s.max_minutes > 0 and steps.get("students"):
         counts = sorted(set(steps["students"].values()))
         students = f"students {', '.join(map(str, counts))} steps of batch {s.batch_size} ({s.max_minutes:g} min budget, measured once per architecture)"
+    elif plan.e.steps_grid and plan.chosen:
+        chosen = ", ".join(f"{arch} {plan.steps(arch)}" for arch in plan.e.archs if plan.steps(arch))
+        students = f"students' steps of batch {s.batch_size} chosen on the validation split: {chosen}"
     else:
         students = f"students {s.max_steps} steps of batch {s.batch_size}"
     return f"{diffusion}; sampler {plan.cfg.sampling.sampler} x {plan.cfg.sampling.steps}, decode {plan.cfg.sampling.decode}; {students}"

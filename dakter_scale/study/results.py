@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from dakter_scale.config import to_dict
+from dakter_scale.data.bank import BANK_FIELD, bank_info
 from dakter_scale.data.shardset import DatasetInfo, ShardSet
 from dakter_scale.study import analyse, figures
 from dakter_scale.study.plan import VALIDATION
@@ -69,6 +70,9 @@ def collect(units: Units, classes: list[str], out: Path, preset: str) -> dict:
         ),
         "preset": preset,
     }
+    banks = {b.name: bank_summary(units, b.name) for b in units.plan.banks()}
+    if banks:
+        payload["banks"] = banks
     if units.plan.selection_runs():
         payload.update(validation_spec=units.e.validation_spec, kd_weight_choice=kd_weight_choice(units))
     return payload
@@ -86,6 +90,14 @@ def generated_summary(units: Units, name: str) -> dict:
         "warnings": info.warnings or [],
         "target": info.target,  # a targeted set's record (synth/targeted.py), else None
     }
+
+
+def bank_summary(units: Units, name: str) -> dict:
+    """An instance bank's record (synth/bank.py): its instances per class, how many the judge saw and
+    rejected, the pairs they were cut from and the judge that kept them."""
+    record = bank_info(units.generated_url(name))[BANK_FIELD]
+    keys = ("count", "by_class", "candidates", "rejected", "source_pairs", "judge_arch", "settings")
+    return {k: record.get(k) for k in keys}
 
 
 def steps_trained(units: Units, tags: list[str], names: list[str]) -> dict:
