@@ -9,9 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from dakter_scale.experiment import chosen_settings, saved_config
 from dakter_scale.study.analyse import Results
-from dakter_scale.study.plan import Plan
+from dakter_scale.study.runner import payload_plan
 
 
 def rows(folder: Path) -> list[str]:
@@ -20,8 +19,7 @@ def rows(folder: Path) -> list[str]:
         payload = json.loads(path.read_text())
         if "config" not in payload:  # a summary file of another shape (e.g. a bench's), not a study
             continue
-        cfg = saved_config(payload["config"], str(path))
-        plan = Plan(cfg, payload["n_train"], chosen_settings(payload.get("kd_weight_choice", {})))
+        plan = payload_plan(payload, str(path))
         for v in Results(payload["runs"], plan).verdicts():
             if v["n"] >= 2:
                 interval = f"{100 * v['low']:+.2f} … {100 * v['high']:+.2f}"

@@ -292,13 +292,18 @@ def read_config(out: str | Path) -> Config:
     return saved_config(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
+def payload_plan(payload: dict, source: str) -> Plan:
+    """The plan of the study a results.json payload came from, with its validation grid's choice."""
+    cfg = saved_config(payload["config"], source)
+    return Plan(cfg, payload["n_train"], chosen_settings(payload.get("kd_weight_choice", {})))
+
+
 def write_report(out: str | Path, payload: dict | None = None) -> Path:
     """OUT/results.md and its figures (or the demo's OUT/report.md) from results.json's payload."""
     out = Path(out)
     payload = payload if payload is not None else json.loads((out / "results.json").read_text())
-    cfg = saved_config(payload["config"], str(out / "results.json"))
-    classes = payload.get("classes") or list(open_source(cfg.data.spec).classes)
-    plan = Plan(cfg, payload["n_train"], chosen_settings(payload.get("kd_weight_choice", {})))
+    plan = payload_plan(payload, str(out / "results.json"))
+    classes = payload.get("classes") or list(open_source(plan.cfg.data.spec).classes)
     if payload.get("preset") == "demo":
         path, text = out / "report.md", study_report.demo_markdown(payload, plan, classes)
     else:

@@ -1,0 +1,174 @@
+"""One table across studies that differ only in how many real training scenes they had (|D|): the
+scarcity study's rows (configs/scarcity.yaml, one study per |D|). Each study's numbers and verdicts
+are its own results.json's (study/analyse.py); this module lays them side by side.
+
+    python jobs/across.py docs/results/scarcity_10 docs/results/scarcity_20 ... --out docs/results/scarcity.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from dakter_scale.config import ConfigError
+from dakter_scale.study.analyse import Results, paired
+from dakter_scale.study.plan import Plan, method_name
+from dakter_scale.study.runner import payload_plan
+
+CLASSES = ("oil", "look-alike", "ship")  # the rare classes the per-class table shows, where a study has them
+BASELINE = "copy_paste"  # every arm with the generator is held against pasting real instances
+
+
+@dataclass
+class Study:
+    """One study's results.json, read through its own plan."""
+
+    where: str
+    payload: dict
+    plan: Plan
+
+    @property
+    def n_train(self) -> int:
+        return int(self.payload["n_train"])
+
+    @property
+    def results(self) -> Results:
+        return Results(self.payload["runs"], self.plan)
+
+
+def read_study(folder: str | Path) -> Study:
+    """A study folder's results.json (ConfigError naming the file when it is missing or not a study's)."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no results.json (a study writes it when every student is done)")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(payload, dict) or not {"config", "n_train", "runs"} <= set(payload):
+        raise ConfigError(f"{path}: not a study's results.json (no config, n_train or runs)")
+    return Study(str(path), payload, payload_plan(payload, str(path)))
+
+
+def check_comparable(studies: list[Study]) -> None:
+    """Studies that may share a table: one test split, one set of students and arms, distinct |D|."""
+    first = studies[0]
+    for s in studies[1:]:
+        for what, a, b in (
+            ("test split", test_split(first), test_split(s)),
+            ("students (experiment.archs)", first.plan.e.archs, s.plan.e.archs),
+            ("arms (experiment.methods)", first.plan.methods(), s.plan.methods()),
+        ):
+            if a != b:
+                raise ConfigError(f"{s.where}: its {what} {b} is not {first.where}'s {a}: one table needs the same")
+    sizes = [s.n_train for s in studies]
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"two studies with the same |D| ({sizes}): one row per |D|")
+
+
+def test_split(study: Study) -> dict | None:
+    """The test split's spec and fingerprint (results.json "splits"), None for studies older than it."""
+    test = study.payload.get("splits", {}).get("test")
+    return None if test is None else {"spec": test["spec"], "fingerprint": test["fingerprint"]}
+
+
+def markdown(studies: list[Study]) -> str:
+    """The tables: settings and banks per |D|, mIoU per arm, each generator arm against copy-paste
+    (the verdicts), and the rare classes' IoU."""
+    studies = sorted(studies, key=lambda s: s.n_train)
+    check_comparable(studies)
+    columns = " | ".join(f"|D| = {s.n_train}" for s in studies)
+    rule = "|---" * (len(studies) + 2) + "|"
+    test = test_split(studies[0])
+    lines = [
+        "# The scarcity study: every |D| side by side",
+        "",
+        (
+            f"Students scored on the test split `{test['spec']}`"
+            if test
+            else "Students scored on each study's test split"
+        )
+        + " (mean ± std over seeds, %); verdicts from the 95 % t-interval of same-seed differences. Studies: "
+        + ", ".join(f"`{s.where}`" for s in studies)
+        + ".",
+        "",
+        "## Chosen on the validation split (ratio, student steps) and the instance bank",
+        "",
+        f"| student | setting | {columns} |",
+        rule,
+    ]
+    for arch in studies[0].plan.e.archs:
+        cells = [f"{s.plan.ratio(arch):g}, {s.plan.steps(arch) or s.plan.cfg.student.max_steps}" for s in studies]
+        lines.append(f"| {arch} | ratio, steps | {' | '.join(cells)} |")
+    if any(s.payload.get("banks") for s in studies):
+        cells = [bank_cell(s) for s in studies]
+        lines.append(f"| | instance bank | {' | '.join(cells)} |")
+    for title, rows in (
+        ("mIoU", miou_rows(studies)),
+        (
+            f"Against {BASELINE}: same-seed differences in mIoU, points [95 % interval] (seeds ahead) verdict",
+            verdict_rows(studies),
+        ),
+        (f"Per-class IoU ({' / '.join(CLASSES)})", class_rows(studies)),
+    ):
+        lines += ["", f"## {title}", "", f"| student | arm | {columns} |", rule, *rows]
+    return "\n".join(lines) + "\n"
+
+
+def bank_cell(study: Study) -> str:
+    banks = study.payload.get("banks") or {}
+    return (
+        "; ".join(
+            f"{b['count']:,} ({', '.join(f'{c} {n:,}' for c, n in b['by_class'].items())}) from {b['source_pairs']:,} pairs"
+            for b in banks.values()
+        )
+        or "–"
+    )
+
+
+def miou_rows(studies: list[Study]) -> list[str]:
+    rows = []
+    for arch in studies[0].plan.e.archs:
+        for m in studies[0].results.methods():
+            cells = []
+            for s in studies:
+                mean, std = s.results.cell(m, arch, s.plan.ratio(arch), "miou")
+                cells.append(
+                    "–" if math.isnan(mean) else f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+                )
+            rows.append(f"| {arch} | {method_name(m)} | {' | '.join(cells)} |")
+    return rows
+
+
+def verdict_rows(studies: list[Study]) -> list[str]:
+    rows = []
+    arms = [m for m in studies[0].results.methods() if m not in ("none", BASELINE)]
+    for arch in studies[0].plan.e.archs:
+        for m in arms:
+            cells = []
+            for s in studies:
+                v = paired(s.results.differences(m, BASELINE, arch, s.plan.ratio(arch)))
+                if not v["n"]:
+                    cells.append("–")
+                    continue
+                interval = "" if v["low"] is None else f" [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
+                cells.append(f"{100 * v['mean']:+.2f}{interval} ({v['ahead']}/{v['n']}) {v['verdict']}")
+            rows.append(f"| {arch} | {m} − {BASELINE} | {' | '.join(cells)} |")
+    return rows
+
+
+def class_rows(studies: list[Study]) -> list[str]:
+    rows = []
+    for arch in studies[0].plan.e.archs:
+        for m in studies[0].results.methods():
+            cells = []
+            for s in studies:
+                classes = s.payload.get("classes") or []
+                per_class = s.results.per_class(m, arch, s.plan.ratio(arch), len(classes))
+                means = [per_class[classes.index(c)][0] for c in CLASSES if c in classes]
+                shown = ["–" if math.isnan(v) else f"{100 * v:.1f}" for v in means]
+                cells.append(" / ".join(shown) if shown else "–")
+            rows.append(f"| {arch} | {method_name(m)} | {' | '.join(cells)} |")
+    return rows

@@ -1,0 +1,87 @@
+"""One table across studies of different |D| (study/across.py, jobs/across.py), on constructed scores:
+each cell is its own study's number and verdict, and studies that cannot share a table are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from test_experiment import TINY
+
+from dakter_scale.config import ConfigError, load_config, to_dict
+from dakter_scale.study.across import markdown, read_study
+from dakter_scale.study.plan import Plan
+
+from conftest import job
+
+CLASSES = ["sea", "oil", "look-alike", "ship", "land"]
+ARMS = TINY + [
+    "experiment.methods=[none,copy_paste,dakter_target]",
+    "experiment.seeds=[0,1,2]",
+    "synthesis.target.spec=oil:3x,ship:3x",
+]
+TEST = {"spec": "synthetic:100?size=32&test=500&seed=43", "scenes": 500, "fingerprint": "f43"}
+
+
+def write_study(folder, n_train: int, lead: list[float], test: dict = TEST) -> None:
+    """A results.json of |D| = n_train in which dakter_target leads copy_paste by lead[seed]."""
+    cfg = load_config(None, ARMS)
+    plan = Plan(cfg, n_train=n_train)
+    runs = {}
+    for r in plan.main_runs():
+        base = {"none": 0.40, "copy_paste": 0.50, "dakter_target": 0.50 + lead[r.seed]}[r.method]
+        runs[r.name] = {"miou": base, "iou": [0.9, base, 0.3, 0.1 * r.seed, 0.8]}
+    folder.mkdir(parents=True)
+    payload = {"config": to_dict(cfg), "n_train": n_train, "runs": runs, "classes": CLASSES, "splits": {"test": test}}
+    (folder / "results.json").write_text(json.dumps(payload))
+
+
+def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
+    write_study(tmp_path / "d10", 10, [0.01, 0.011, 0.012])
+    write_study(tmp_path / "d20", 20, [0.01, -0.01, 0.0])
+    text = markdown([read_study(tmp_path / "d20"), read_study(tmp_path / "d10")])
+    assert "| student | arm | |D| = 10 | |D| = 20 |" in text, "columns in |D| order"
+    assert f"Students scored on the test split `{TEST['spec']}`" in text
+
+    def rows(section: str) -> dict[str, str]:
+        lines = text.split(f"## {section}")[1].split("\n## ")[0].splitlines()
+        return {line.split("|")[2].strip(): line for line in lines if line.startswith("| unet |")}
+
+    cells = [c.strip() for c in rows("Against copy_paste")["dakter_target − copy_paste"].split("|")[3:-1]]
+    assert cells[0].startswith("+1.10 [+0.85, +1.35] (3/3) ahead")
+    assert cells[1] == "+0.00 [-2.48, +2.48] (1/3) tie"
+    assert "none − copy_paste" not in text, "only arms against copy-paste, not the baselines"
+    assert [c.strip() for c in rows("mIoU")["copy-paste (real only)"].split("|")[3:-1]] == ["50.00 ± 0.00"] * 2
+    # oil / look-alike / ship, the seeds' mean (ship IoU 0, 10 and 20 % over seeds 0-2)
+    assert [c.strip() for c in rows("Per-class IoU")["no augmentation"].split("|")[3:-1]] == ["40.0 / 30.0 / 10.0"] * 2
+
+
+def test_studies_that_cannot_share_a_table_are_refused(tmp_path):
+    write_study(tmp_path / "d10", 10, [0.0, 0.0, 0.0])
+    write_study(tmp_path / "other", 20, [0.0, 0.0, 0.0], dict(TEST, fingerprint="f31"))
+    write_study(tmp_path / "again", 10, [0.0, 0.0, 0.0])
+    with pytest.raises(ConfigError, match=r"other/results.json: its test split .* is not .*d10/results.json's"):
+        markdown([read_study(tmp_path / "d10"), read_study(tmp_path / "other")])
+    with pytest.raises(ConfigError, match=r"the same \|D\|"):
+        markdown([read_study(tmp_path / "d10"), read_study(tmp_path / "again")])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"broken/results.json: not JSON"):
+        read_study(tmp_path / "broken")
+
+
+def test_the_job_writes_the_table_and_names_a_missing_study(tmp_path):
+    write_study(tmp_path / "d10", 10, [0.01, 0.011, 0.012])
+    write_study(tmp_path / "d20", 20, [0.01, -0.01, 0.0])
+    out = tmp_path / "scarcity.md"
+    r = subprocess.run(
+        job("across.py") + [str(tmp_path / "d10"), str(tmp_path / "d20"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.read_text() == markdown([read_study(tmp_path / "d10"), read_study(tmp_path / "d20")])
+    r = subprocess.run(job("across.py") + [str(tmp_path / "d40")], capture_output=True, text=True)
+    assert r.returncode != 0 and "d40/results.json: no results.json" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
