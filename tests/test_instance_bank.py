@@ -377,6 +377,27 @@ def test_a_banked_instance_is_regenerated_from_its_seed_shard_and_index(model, j
         np.testing.assert_array_equal(stored_levels[:, region], levels[:, region])
 
 
+def test_a_bank_its_yield_cannot_fill_stops_after_the_first_round(model, judge, tmp_path):
+    """grow_bank measures instances per pair on its first round and refuses, in one line naming the
+    yield and the key, a bank that would need more than synthesis.bank.max_pairs, before drawing them."""
+    from dakter_scale.synth.bank import grow_bank
+
+    cfg = SynthesisConfig(
+        samples_per_shard=3, batch_size=3, seed=5, bank=BankConfig(min_agreement=0.0, min_pixels=1, max_pairs=30)
+    )
+    pairs, out = str(tmp_path / "pairs"), str(tmp_path / "bank")
+    with pytest.raises(BankError, match=r"instances from 3 pairs \(.* a pair.*max_pairs 30: raise it") as e:
+        grow_bank(
+            model, pairs, out, judge, 10**6, cfg, SamplingConfig(steps=2), first_pairs=3, use_ray=False, progress=False
+        )
+    assert "\n" not in str(e.value)
+    assert ShardSet(pairs).info().count == 3, "no second round was drawn"
+    summary = grow_bank(
+        model, pairs, out, judge, 1, cfg, SamplingConfig(steps=2), first_pairs=3, use_ray=False, progress=False
+    )
+    assert summary.count >= 1 and summary.cut == [] and summary.skipped == [0], "the first round's bank is kept"
+
+
 def test_the_bank_on_an_s3_api_resumes_and_reads_back(judge, s3_bucket, tmp_path):
     """Source set and bank on an S3 API server (moto on loopback, s3fs): the same instances as on disk,
     and a rerun cuts nothing."""

@@ -474,7 +474,8 @@ def grow_bank(
 ) -> BankSummary:
     """A bank of at least n instances: synthesize pairs into pairs_url (the plan of synthesis.seed,
     growing by whole shards), cut them into out_url, and draw more until the bank holds n, at most
-    synthesis.bank.max_pairs pairs (then a BankError in one line). Each round reuses every finished
+    synthesis.bank.max_pairs pairs (then a BankError in one line, as soon as a round's yield says n
+    needs more). Each round reuses every finished
     shard of both sets, so a stopped run resumes and a larger n adds to a smaller one's bank."""
     cfg, per_shard = synthesis.bank, synthesis.samples_per_shard
     pairs = min(cfg.max_pairs, per_shard * math.ceil(max(1, first_pairs) / per_shard))
@@ -493,6 +494,14 @@ def grow_bank(
             raise BankError(
                 f"instance bank {redact_url(out_url)}: {summary.count} instances from {pairs} pairs, fewer than the {n} asked for, "
                 f"and synthesis.bank.max_pairs is {cfg.max_pairs}"
+            )
+        if summary.count and math.ceil(n * pairs / summary.count) > cfg.max_pairs:
+            # stop at the measured yield rather than draw up to max_pairs (hours at scale) and fail then
+            raise BankError(
+                f"instance bank {redact_url(out_url)}: {summary.count} instances from {pairs} pairs "
+                f"({summary.count / pairs:.2f} a pair, {summary.rejected} of {summary.candidates} rejected by the judge); "
+                f"{n} need about {math.ceil(n * pairs / summary.count)} pairs, more than synthesis.bank.max_pairs "
+                f"{cfg.max_pairs}: raise it, ask for fewer instances, or lower synthesis.bank.min_agreement ({cfg.min_agreement:g})"
             )
         wanted = 4 * pairs if summary.count == 0 else math.ceil(1.1 * n * pairs / summary.count)
         pairs = min(cfg.max_pairs, per_shard * math.ceil(max(wanted, pairs + 1) / per_shard))
