@@ -7,7 +7,7 @@ import pytest
 
 from dakter_scale.config import load_config
 from dakter_scale.experiment import Experiment
-from dakter_scale.study.plan import Plan
+from dakter_scale.study.plan import Plan, student_of
 
 from conftest import job
 
@@ -291,9 +291,11 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
         ],
     )
     exp = Experiment(cfg, tmp_path, progress=False)
-    assert exp.plan.pending() and [u.run.name for u in exp.plan.units()[2:]] == [
+    assert exp.plan.pending() and [student_of(u).name for u in exp.plan.units()[2:]] == [
         "dakter-unet-r1-s0-kd0.5",
         "dakter-unet-r1-s0-kd1",
+        "none-unet-r0-s0",  # the students that no lambda changes: they need not wait for the grid
+        "hard-unet-r1-s0",
     ]
     exp.run()
     payload = json.loads((tmp_path / "results.json").read_text())

@@ -93,6 +93,34 @@ def test_a_study_with_instance_paste_records_its_bank(tmp_path):
     assert f"Instance bank `bank`: {bank['count']:,} instances (oil {bank['count']:,})" in report
 
 
+def test_students_every_grid_outcome_trains_alike_do_not_wait_for_it():
+    """With a ratio grid alone, the real-only arms (but copy_paste_matched, whose paste share follows the
+    ratio) and the bank with its judge are planned before the choice, as the students the choice then
+    plans; with a length grid every student waits."""
+    from dakter_scale.study.plan import StudentRun
+
+    val = "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"
+    arms = [
+        "experiment.methods=[none,copy_paste,copy_paste_matched,dakter,instance_paste]",
+        "experiment.ratio_grid=[1.0,2.0]",
+    ]
+    cfg = load_config(None, TINY + ARMS[1:] + arms + [val])
+    plan = Plan(cfg, n_train=6)
+    early = [u for u in plan.units() if isinstance(u, StudentRun)]
+    assert plan.pending() and [r.name for r in early] == [
+        "none-unet-r0-s0",
+        "copy_paste-unet-r0-s0",
+        "instance_paste_1000-unet-r0-s0",
+        "instance_paste_10000-unet-r0-s0",
+    ]
+    assert plan.banks()[0] in plan.units()
+    for ratio in (1.0, 2.0):
+        chosen = Plan(cfg, n_train=6, chosen={"unet": (1.0, ratio, None)})
+        assert set(early) < set(chosen.units()), "the same students, settings and all, after either choice"
+    lengths = Plan(load_config(None, TINY + ARMS[1:] + arms + [val, "experiment.steps_grid=[3,5]"]), n_train=6)
+    assert not [u for u in lengths.units() if isinstance(u, StudentRun)] and lengths.banks()[0] not in lengths.units()
+
+
 def test_the_matched_copy_paste_control_pastes_as_often_as_pasted_after():
     arms = ["experiment.methods=[copy_paste,pasted_after,copy_paste_matched]", "experiment.ratio=2.0"]
     plan = Plan(load_config(None, TINY + ARMS[1:] + arms), n_train=6)

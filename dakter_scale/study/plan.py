@@ -307,6 +307,23 @@ class Plan:
         more = [(arch, seed) for arch in self.e.archs for seed in self.e.seeds_of(arch) if seed not in self.e.seeds]
         return [self.run(m, arch, self.ratio(arch), seed) for arch, seed in first + more for m in self.methods()]
 
+    def settled_runs(self) -> list[StudentRun]:
+        """While the grid is pending: the table's students that every outcome of it trains alike, so a
+        runner trains them before the choice or while it waits for another runner's grid. With a ratio
+        grid alone these are the real-only arms but copy_paste_matched (its paste share follows the
+        ratio); with a length grid, none."""
+        outcomes = {
+            arch: [Plan(self.cfg, self.n_train, {**self.chosen, arch: g}) for g in self.grid(arch)]
+            for arch in self.selection_archs()
+            if arch not in self.chosen
+        }
+        out = []
+        for run in self.main_runs() + [self.real_only(self.e.archs[0])]:
+            alike = {p.run(run.method, run.arch, p.ratio(run.arch), run.seed) for p in outcomes.get(run.arch, [self])}
+            if len(alike) == 1:
+                out.append(alike.pop())
+        return list(dict.fromkeys(out))
+
     def sweep_runs(self) -> list[StudentRun]:
         return [
             self.run(m, arch, r, seed)
@@ -382,15 +399,18 @@ class Plan:
 
     def units(self) -> list[Model | GeneratedSet | Selection | StudentRun]:
         """Every unit in the order the runner takes them: models, the filter's real-only student,
-        generated sets, the lambda grid, the table's students, the studies. While a lambda is still
-        to be chosen, the plan ends with the grid: the rest depends on its outcome."""
+        generated sets, the lambda grid, the table's students, the studies. While the grid is still to
+        choose, the plan ends with it and the students no outcome of it changes (settled_runs)."""
         out: list[Any] = [Model(tag) for tag in self.models()]
         if self.e.filter_keep > 0:
             out.append(self.real_only(self.e.filter_arch))
         out += self.generated_sets()
         out += [Selection(r) for r in self.selection_runs()]
-        if self.pending():
-            return list(dict.fromkeys(out))
+        if self.pending():  # what every outcome of the grid trains alike need not wait for it
+            settled = self.settled_runs()
+            judged = self.real_only(self.e.filter_arch) in settled
+            banks = [b for b in self.banks() if judged and any(bank_size(r.method) for r in settled)]
+            return list(dict.fromkeys(out + banks + settled))
         # the bank once the grid chose: its judge, the real-only student, is trained at its chosen length
         out += self.banks() + self.table_runs()
         for v in self.study_variants():
