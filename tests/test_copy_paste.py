@@ -163,6 +163,26 @@ def test_mixed_batches_resume_with_augmentation(real):
         assert torch.equal(got["x"], expected["x"]) and torch.equal(got["mask"], expected["mask"])
 
 
+def test_each_rank_augments_its_samples_at_their_place_in_the_global_batch(real):
+    """Two ranks of one batch index draw apart: rank 1's samples are augmented at places B..2B-1, so
+    the same images come out differently on the two ranks, and rank 0 draws what one process draws."""
+    source, images, masks = real
+    augment = Augment(2, "d4", build_copy_paste(cfg(copy_paste_real=0.5), source))
+    seen = []
+
+    def batches(first_place):
+        def recorded(it, batch, place):
+            seen.append((first_place, batch, place))
+            return augment(it, batch, place)
+
+        same = (item(images[i % 4], masks[i % 4]) for i in range(100))
+        return MixedBatches(same, None, 4, 0.0, source.num_classes, augment=recorded, first_place=first_place)
+
+    one, rank0, rank1 = next(batches(0)), next(batches(0)), next(batches(4))
+    assert [p for r, _, p in seen if r == 4] == [4, 5, 6, 7] and [p for r, _, p in seen if r == 0] == [0, 1, 2, 3] * 2
+    assert torch.equal(one["x"], rank0["x"]) and not torch.equal(rank0["x"], rank1["x"])
+
+
 def test_unreachable_target_is_one_clear_error(real):
     source, _, _ = real
     with pytest.raises(TargetError, match=r"^student.copy_paste ship:0.9 cannot be reached"):

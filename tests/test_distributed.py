@@ -50,10 +50,11 @@ def test_two_cpu_processes_train_the_student_streaming_from_s3(tmp_path, s3_buck
     url = f"{s3_bucket}/gen"
     write_dataset(url, [5, 4, 6, 3, 5], size=32)
     out = tmp_path / "student"
-    r = student_2proc(out, url)
+    r = student_2proc(out, url, extra=("--evaluate", "test"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert ABORT not in r.stderr
     check_two_ranks(out)
+    assert json.loads((out / "logs" / "eval.json").read_text())["miou"] >= 0  # the device was "cpu:0" here
     info = json.loads((out / "student.json").read_text())
     assert info["ranks"] == 2 and info["bad_shards"] == []
     assert info["generated_share"] == consumed(4, 4, 3.0)[1] / 16  # 12 of 16 per rank: rho = 0.75

@@ -509,8 +509,9 @@ def collate(items: list[dict], num_classes: int) -> dict[str, Any]:
 class MixedBatches:
     """Batches of real + generated samples at a ratio.
 
-    augment: called on every sample with its batch index and place in the batch, so that what it
-    does is a function of the position (a resumed run continues exactly).
+    augment: called on every sample with its batch index and place in the global batch (this rank's
+    samples start at first_place, rank * batch_size), so that what it does is a function of the
+    position: a resumed run continues exactly, and ranks draw apart.
     Keeps what a checkpoint needs: the (pass, index) each generated slot reached, and the bad
     shards the stream reported (a set of reasons: a bad shard met again in a later pass counts once).
     """
@@ -526,6 +527,7 @@ class MixedBatches:
         positions: dict[int, tuple[int, int]] | None = None,
         bad_shards: set[str] | None = None,
         augment: Callable[[dict, int, int], dict] | None = None,
+        first_place: int = 0,
     ):
         if ratio > 0 and generated is None:
             raise StreamError(f"ratio {ratio} needs generated data (--synthetic URL)")
@@ -536,7 +538,8 @@ class MixedBatches:
         self.index = start_batch
         self.positions: dict[int, tuple[int, int]] = dict(positions or {})
         self.bad_shards: set[str] = set(bad_shards or ())
-        self.augment = augment  # (item, batch index, place in the batch) -> item (student/augment.py)
+        self.augment = augment  # (item, batch index, place in the global batch) -> item (student/augment.py)
+        self.first_place = first_place
 
     def _next_generated(self) -> dict:
         while True:
@@ -554,7 +557,7 @@ class MixedBatches:
         items = [next(self.real) for _ in range(self.batch_size - n_gen)]
         items += [self._next_generated() for _ in range(n_gen)]
         if self.augment is not None:
-            items = [self.augment(item, self.index, place) for place, item in enumerate(items)]
+            items = [self.augment(item, self.index, self.first_place + i) for i, item in enumerate(items)]
         self.index += 1
         return collate(items, self.num_classes)
 

@@ -82,5 +82,6 @@ def load_student(directory: str | Path, device: str | torch.device = "cpu") -> t
     d = Path(directory)
     info = read_student_info(d)
     model = build_student(info["arch"], info["encoder"], len(info["classes"]), None, info.get("encoder_depth", 5))
-    load_model(model, str(d / STUDENT_WEIGHTS), device=str(device))
+    # read on the CPU, then moved: safetensors refuses "cpu:0", the device of a multi-process CPU run
+    load_model(model, str(d / STUDENT_WEIGHTS), device="cpu")
     return model.to(device).eval(), info

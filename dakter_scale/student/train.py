@@ -232,6 +232,7 @@ def train_student(
         positions=positions,
         bad_shards=bad_shards,
         augment=augment,
+        first_place=rank * s.batch_size,  # rank 0 draws what one process draws; the others apart
     )
 
     def data_state() -> dict:
