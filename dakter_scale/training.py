@@ -39,7 +39,7 @@ class LaunchError(UserError, RuntimeError):
 
 
 class ResumeError(UserError, FileNotFoundError):
-    """--resume names a folder that holds no checkpoint."""
+    """--resume names a folder that holds no checkpoint, or a fresh start would mix with an earlier run's."""
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -411,8 +411,17 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
 
 
 def resolve_resume(out: Path, resume: str | None) -> Path | None:
-    """--resume latest | PATH | None -> a checkpoint folder (None: start fresh; latest with none found too)."""
+    """--resume latest | PATH | None -> a checkpoint folder (None: start fresh; latest with none found too).
+    Starting fresh in an OUT that holds an earlier run's checkpoints is refused: the checkpoint rotation
+    would keep the old run's newer steps and delete the new run's, and a later --resume latest would
+    continue the old run."""
     if not resume:
+        found = list_checkpoints(out)
+        if found:
+            raise ResumeError(
+                f"{out / 'checkpoints'} holds an earlier run's checkpoints (up to step {found[-1][0]}): give --resume latest "
+                "to continue it, or another --out (or remove that folder) to start fresh"
+            )
         return None
     if resume == "latest":
         found = list_checkpoints(out)

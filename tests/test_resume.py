@@ -146,3 +146,22 @@ def test_checkpoints_round_trip_keep_the_newest_and_ignore_partial_ones(tmp_path
         assert_same_tensors(a, b)
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         resolve_resume(tmp_path, str(tmp_path / "nowhere"))
+
+
+def test_a_fresh_start_into_an_earlier_runs_checkpoints_is_refused_in_one_line(tmp_path):
+    """Without --resume, an OUT holding an earlier run's checkpoints is refused before any work: the
+    rotation would keep the old run's newer steps and delete the new run's."""
+    from dakter_scale.training import ResumeError
+
+    assert resolve_resume(tmp_path, None) is None  # nothing there: a fresh start
+    (tmp_path / "checkpoints" / "step-00001000").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-00001000" / "state.json").write_text("{}")
+    with pytest.raises(
+        ResumeError, match=r"holds an earlier run's checkpoints \(up to step 1000\): give --resume latest"
+    ):
+        resolve_resume(tmp_path, None)
+    assert resolve_resume(tmp_path, "latest").name == "step-00001000"
+    r = run(job("train_student.py") + ["--out", str(tmp_path), *TINY_STUDENT, "student.max_steps=2"])
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith("to start fresh"), r.stderr[-2000:]
+    assert len([line for line in r.stderr.splitlines() if "earlier run's checkpoints" in line]) == 1
+    assert not (tmp_path / "model.safetensors").exists()
