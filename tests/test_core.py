@@ -159,6 +159,20 @@ def test_kd_loss_zero_probability_classes_are_fine():
     assert float(kd.kd_loss(logits, q)) == pytest.approx(float(ce), rel=1e-5)  # one-hot teacher: KD == CE
 
 
+def test_kd_tempered_teacher_keeps_ruled_out_classes_at_zero():
+    """With T = 4 the target is q^(1/T) normalised: a one-hot teacher stays one-hot (KD == T^2 * CE at
+    logits / T), and a class with q = 0 gets no mass (a clamp before the log gave it about 1 % a class)."""
+    q = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1)
+    logits = torch.tensor([2.0, 0.0, -1.0]).reshape(1, 3, 1, 1)
+    ce = torch.nn.functional.cross_entropy(logits / 4, torch.zeros(1, 1, 1, dtype=torch.long))
+    assert float(kd.kd_loss(logits, q, 4.0)) == pytest.approx(16 * float(ce), rel=1e-5)
+    half = torch.tensor([0.64, 0.36, 0.0]).reshape(1, 3, 1, 1)  # q^(1/2) = 0.8, 0.6, 0 -> 4/7, 3/7, 0
+    target = torch.tensor([4 / 7, 3 / 7])
+    log_p = torch.log_softmax(logits / 2, dim=1).flatten()[:2]
+    expected = 4 * float((target * (target.log() - log_p)).sum())
+    assert float(kd.kd_loss(logits, half, 2.0)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_kd_confidence_weighting_hand_computed():
     # two pixels: a confident teacher (0.9) and an unsure one (0.5); weights 0.9^2 and 0.5^2
     q = torch.tensor([[0.9, 0.5], [0.1, 0.5]]).reshape(1, 2, 1, 2)

@@ -35,8 +35,8 @@ def kd_loss_per_sample(
     # Weights from the untempered teacher: tempering changes the target, not which pixels to trust.
     w = q.amax(dim=1).pow(confidence_power).flatten(1) if confidence_power > 0 else None
     log_p = F.log_softmax(logits.float() / temperature, dim=1)
-    if temperature != 1.0:
-        q = F.softmax(q.clamp_min(1e-8).log() / temperature, dim=1)
+    if temperature != 1.0:  # q^(1/T), normalised: a class the teacher rules out (q = 0) stays at 0
+        q = F.softmax(torch.where(q > 0, q.log() / temperature, float("-inf")), dim=1)
     # xlogy gives 0 * log 0 = 0 for classes the teacher rules out.
     kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
     if w is None:
