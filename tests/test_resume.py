@@ -6,12 +6,14 @@ step after the last checkpoint), so the resumed run redoes lost work from the ch
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 import torch
 
 from dakter_scale.core.steps import EMA
+from dakter_scale.data.stream import consumed
 from dakter_scale.training import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 
 from conftest import job
@@ -60,6 +62,9 @@ def test_student_resume_is_exact_with_workers_across_a_pass(tmp_path):
     assert_same_tensors(
         load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors")
     )
+    # the run's record too: the generated share is the whole run's (14 of 24 after 6 steps), not the resumed part's
+    shares = [json.loads((tmp_path / d / "student.json").read_text())["generated_share"] for d in ("whole", "resumed")]
+    assert shares == [consumed(6, 4, 1.5)[1] / 24] * 2
 
 
 @pytest.mark.slow

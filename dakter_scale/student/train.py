@@ -248,7 +248,11 @@ def train_student(
         }
 
     start_trackers(accelerator, "student", to_dict(s), start)
-    seen = {"generated": 0, "total": 0}
+
+    def generated_share(batches_done: int) -> float:
+        """The share of generated samples in the run's first batches (exact: the mix is deterministic), so a
+        resumed run records what an uninterrupted one does."""
+        return consumed(batches_done, s.batch_size, s.ratio)[1] / max(1, batches_done * s.batch_size)
 
     def step(i: int):
         batch = next(batches)
@@ -272,9 +276,7 @@ def train_student(
             confidence_power=s.kd_confidence_power,
         )
         accelerator.backward(loss)
-        seen["generated"] += int(batch["generated"].sum())
-        seen["total"] += len(batch["keys"])
-        return loss, {**parts, "generated_share": seen["generated"] / seen["total"]}
+        return loss, {**parts, "generated_share": generated_share(i + 1)}
 
     spec = LoopSpec(
         f"student {s.arch}",
@@ -306,8 +308,6 @@ def train_student(
     final_state = data_state()
     write_rank_report(accelerator, out, model)
     write_train_record(accelerator, out, result)
-    shares = gather_objects(accelerator, (seen["generated"], seen["total"]))
-    seen_generated, seen_total = sum(g for g, _ in shares), sum(t for _, t in shares)
     bad = final_state["bad_shards"]
     if bad and accelerator.is_main_process:
         log.warning(
@@ -336,7 +336,7 @@ def train_student(
             "steps": result.steps,
             "batch_size_per_rank": s.batch_size,
             "ranks": world,
-            "generated_share": seen_generated / seen_total if seen_total else 0.0,
+            "generated_share": generated_share(result.steps),
             "bad_shards": [redact_url(reason) for reason in bad],
         }
         if s.init:  # recorded only when used, as below
