@@ -133,3 +133,17 @@ def test_cli_imports_no_subsystem():
         if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("dakter_scale")
     }
     assert imported <= {"dakter_scale.config", "dakter_scale.errors", "dakter_scale.data.storage"}, imported
+
+
+def test_a_student_folder_missing_a_field_or_with_broken_json_is_one_line_naming_it(tmp_path):
+    from dakter_scale.student.evaluate import evaluate_student
+    from dakter_scale.student.models import StudentError, build_student, load_student, save_student
+
+    info = {"arch": "unet", "encoder": "resnet18", "classes": ["sea", "oil"], "encoder_depth": 3}
+    folder = save_student(tmp_path / "s", build_student("unet", "resnet18", 2, None, encoder_depth=3), info)
+    load_student(folder)  # what building needs is there
+    with pytest.raises(StudentError, match=r"student.json lacks the field\(s\) resolution; train one"):
+        evaluate_student(str(folder), "synthetic:2?size=32&test=2", "test")
+    (folder / "student.json").write_text('{"arch": "unet"')
+    with pytest.raises(StudentError, match=r"student.json is not valid JSON"):
+        load_student(folder)

@@ -194,3 +194,31 @@ def test_a_shard_sets_errors_never_show_a_token_in_its_url(tmp_path):
             call()
         assert SECRET not in str(e.value) and "access_token=***" in str(e.value)
     assert SECRET not in repr(ShardSet(url))
+
+
+def test_evaluation_records_and_refuses_its_data_without_credentials(tmp_path):
+    """A student scored on an OSD folder at a URL with userinfo (memory:// reads it from there): the
+    metrics name the data redacted, and a class mismatch names it redacted too."""
+    import fsspec
+
+    from dakter_scale.data import synthetic_sar as S
+    from dakter_scale.student.evaluate import evaluate_student
+    from dakter_scale.student.models import build_student, save_student
+
+    local = tmp_path / "osd"
+    S.write_osd_layout(local, n_train=2, n_test=2, height=32, width=32, seed=3, progress=False)
+    url = f"memory://user:{SECRET}@host/osd-{tmp_path.name}"
+    fsspec.filesystem("memory").put(str(local), url.removeprefix("memory://"), recursive=True)
+    classes = ["sea", "oil", "look-alike", "ship", "land"]
+    info = {"arch": "unet", "encoder": "resnet18", "classes": classes, "encoder_depth": 3, "resolution": 32}
+    student = save_student(tmp_path / "student", build_student("unet", "resnet18", 5, None, encoder_depth=3), info)
+    metrics = evaluate_student(str(student), f"osd:{url}", "test")
+    assert SECRET not in json.dumps(metrics) and metrics["data"] == f"osd:memory://***@host/osd-{tmp_path.name}"
+    other = save_student(
+        tmp_path / "other",
+        build_student("unet", "resnet18", 2, None, encoder_depth=3),
+        {**info, "classes": ["sea", "oil"]},
+    )
+    with pytest.raises(Exception, match=r"osd:memory://\*\*\*@host") as e:
+        evaluate_student(str(other), f"osd:{url}", "test")
+    assert SECRET not in str(e.value)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from dakter_scale.config import EvalConfig
 from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
 from dakter_scale.data.real import DataError, normalise, open_source
-from dakter_scale.student.models import load_student
+from dakter_scale.data.storage import redact_url
+from dakter_scale.student.models import load_student, read_student_info
 
 
 @torch.no_grad()
@@ -69,10 +70,13 @@ def evaluate_student(
     """Metrics of a student folder on a data spec's split (see core.metrics for the definitions)."""
     cfg = cfg or EvalConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    read_student_info(student_dir, ("arch", "encoder", "classes", "resolution"))  # scoring needs its input size
     model, info = load_student(student_dir, device)
     source = open_source(spec)
     if list(source.classes) != list(info["classes"]):
-        raise DataError(f"{spec}: classes {list(source.classes)} differ from the student's {info['classes']}")
+        raise DataError(
+            f"{redact_url(spec)}: classes {list(source.classes)} differ from the student's {info['classes']}"
+        )
     k = source.num_classes
     cm = torch.zeros(k, k, dtype=torch.int64)
     items = source.split_items(split)
@@ -94,7 +98,7 @@ def evaluate_student(
     metrics.update(
         {
             "student": str(student_dir),
-            "data": spec,
+            "data": redact_url(spec),  # metrics files are shared and logged: never a credential
             "split": split,
             "images": len(items),
             "averaging": "one confusion matrix over the split",

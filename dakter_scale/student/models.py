@@ -69,13 +69,23 @@ def save_student(directory: str | Path, model: torch.nn.Module, info: dict) -> P
     return d
 
 
-def read_student_info(directory: str | Path) -> dict:
-    """A student folder's student.json, once the folder is known to hold its weights too."""
+def read_student_info(directory: str | Path, required: Iterable[str] = ("arch", "encoder", "classes")) -> dict:
+    """A student folder's student.json, once the folder is known to hold its weights too, with the
+    `required` fields (a StudentError naming the file otherwise)."""
     d = Path(directory)
     for part in (STUDENT_FILE, STUDENT_WEIGHTS):
         if not (d / part).is_file():
             raise StudentError(f"student folder {d} has no {part}; train one with jobs/train_student.py")
-    return json.loads((d / STUDENT_FILE).read_text())
+    try:
+        info = json.loads((d / STUDENT_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise StudentError(f"{d / STUDENT_FILE} is not valid JSON: {e}") from None
+    missing = [k for k in required if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise StudentError(
+            f"{d / STUDENT_FILE} lacks the field(s) {', '.join(missing)}; train one with jobs/train_student.py"
+        )
+    return info
 
 
 def load_student(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

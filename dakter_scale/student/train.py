@@ -366,7 +366,6 @@ def evaluate_written(accelerator, out: Path, cfg: Config, split: str, step: int)
     from dakter_scale.student.evaluate import evaluate_student
 
     metrics = evaluate_student(str(out), cfg.data.spec, split, cfg.eval, device=str(accelerator.device))
-    metrics["data"] = redact_url(metrics["data"])
     scalars = {
         f"eval/{name}": metrics[name] for name in ("miou", "mean_f1", "pixel_accuracy") if metrics.get(name) is not None
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, ConfigError, to_dict
 from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.distill import distill
 from dakter_scale.diffusion.model import model_hash
 from dakter_scale.diffusion.train import train_diffusion
@@ -329,8 +330,10 @@ class Units:
         path = self.folder.metrics(name, tag)
         if path.is_file():
             metrics = json.loads(path.read_text())
-            if metrics["data"] != spec:
-                raise ConfigError(f"{path} holds scores on {metrics['data']}, not {spec}: give this split another tag")
+            if metrics["data"] != redact_url(spec):  # evaluate_student records the spec redacted
+                raise ConfigError(
+                    f"{path} holds scores on {metrics['data']}, not {redact_url(spec)}: give this split another tag"
+                )
             return metrics
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
         metrics["run"] = (
