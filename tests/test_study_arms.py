@@ -206,6 +206,22 @@ def test_pretrain_finetune_uses_the_same_total_steps_and_resumes_exactly(generat
         load_file(str(whole / "model.safetensors"))[next(iter(load_file(str(whole / "model.safetensors"))))],
     ), "the fine-tuning moved the pretrained weights"
 
+    # both phases finished: a rerun trains nothing; a time budget is split between them as the steps are
+    def no_training(cfg, out, **kwargs):
+        raise AssertionError(f"{out} trained again")
+
+    monkeypatch.setattr(pretrain, "train_student", no_training)
+    assert pretrain_finetune(cfg, whole, generated, 0.4, progress=False) == whole
+    minutes = []
+
+    def budgeted(c, out, **kwargs):
+        minutes.append(c.student.max_minutes)
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(pretrain, "train_student", budgeted)
+    pretrain_finetune(cfg.replace(**{"student.max_minutes": 10.0}), tmp_path / "budget", generated, 0.4, progress=False)
+    assert minutes == [pytest.approx(4.0), pytest.approx(6.0)]
+
 
 def test_init_from_another_architecture_is_one_clear_error(generated, tmp_path):
     from dakter_scale.student.models import StudentError

@@ -49,25 +49,36 @@ def pretrain_finetune(
         **{
             "student.ratio": math.inf,
             "student.max_steps": pre,
+            "student.max_minutes": share * s.max_minutes,  # a time budget is split as the steps are
             "student.copy_paste": "",
             "student.instance_bank": "",
             "student.instance_bank_size": 0,
             "student.init": "",
         }
     )
-    if not _finished(first, pre):
+    if not _finished(first, pre, s.max_minutes):
         train_student(pretrain, first, synthetic=synthetic, resume=resume, progress=progress)
     finetune = cfg.replace(
-        **{"student.ratio": 0.0, "student.max_generated": 0, "student.max_steps": fine, "student.init": str(first)}
+        **{
+            "student.ratio": 0.0,
+            "student.max_generated": 0,
+            "student.max_steps": fine,
+            "student.max_minutes": s.max_minutes - share * s.max_minutes,
+            "student.init": str(first),
+        }
     )
-    train_student(finetune, out, resume=resume, progress=progress)
+    if not _finished(out, fine, s.max_minutes):
+        train_student(finetune, out, resume=resume, progress=progress)
     record = {"total_steps": s.max_steps, "pretrain_steps": pre, "finetune_steps": fine, "share": share}
     (out / RECORD).write_text(json.dumps(dict(record, pretrain=str(first)), indent=2) + "\n")
     return out
 
 
-def _finished(folder: Path, steps: int) -> bool:
+def _finished(folder: Path, steps: int, minutes: float) -> bool:
+    """Whether a phase's student is written (student.json comes last), at its step count unless a time
+    budget set the count."""
     try:
-        return read_student_info(folder).get("steps") == steps
+        trained = read_student_info(folder).get("steps")
     except StudentError:
         return False
+    return trained is not None and (minutes > 0 or trained == steps)
