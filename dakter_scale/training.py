@@ -511,10 +511,12 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 def setup_logging(is_main: bool = True) -> None:
-    level = logging.INFO if is_main else logging.WARNING
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True
-    )
+    """This package's log at INFO on the main process and WARNING on the others. A handler on stderr is
+    added only where the application has none: a notebook's or a service's own logging (and pytest's
+    capture) is left as it was, where replacing the root handlers would silence it."""
+    logging.getLogger("dakter_scale").setLevel(logging.INFO if is_main else logging.WARNING)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
 
 def gather_objects(accelerator, obj: Any) -> list[Any]:

@@ -170,3 +170,23 @@ def test_a_fresh_start_into_an_earlier_runs_checkpoints_is_refused_in_one_line(t
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith("to start fresh"), r.stderr[-2000:]
     assert len([line for line in r.stderr.splitlines() if "earlier run's checkpoints" in line]) == 1
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_resume_onto_other_generated_shards_says_it_is_not_exact(tmp_path, caplog):
+    """The generated shards a run reads (how many, max_generated) are part of its data layout: a resume
+    after the set grew, or with another cap, warns that it continues but not exactly."""
+    import logging
+
+    from dakter_scale.config import load_config
+    from dakter_scale.student.train import train_student
+
+    shards = str(tmp_path / "shards")
+    write_dataset(shards, [4, 4, 4], size=32)
+    base = [*TINY_STUDENT, "student.ratio=1", "student.checkpoint_every=1"]
+    train_student(load_config(None, base + ["student.max_steps=2"]), tmp_path / "s", synthetic=shards, progress=False)
+    state = json.loads((tmp_path / "s" / "checkpoints" / "step-00000001" / "state.json").read_text())
+    assert state["layout"]["generated_shards"] == 3 and state["layout"]["max_generated"] == 0
+    with caplog.at_level(logging.WARNING, logger="dakter_scale"):
+        cfg = load_config(None, base + ["student.max_steps=3", "student.max_generated=4"])
+        train_student(cfg, tmp_path / "s", synthetic=shards, resume="latest", progress=False)
+    assert "different data layout (generated_shards 3 -> 1, max_generated 0 -> 4)" in caplog.text

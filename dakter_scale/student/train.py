@@ -211,6 +211,9 @@ def train_student(
         "seed": s.seed,
         "shuffle_buffer": s.shuffle_buffer,
         "min_confidence": s.min_confidence,
+        # the generated shards read: a set that grew (or a new max_generated) reorders every pass
+        "max_generated": s.max_generated,
+        "generated_shards": len(gen.infos) if gen is not None else 0,
     }
     start, total, positions, bad_shards = resume_streams(accelerator, checkpoint, resume, out, model, optimizer, layout)
 
