@@ -59,7 +59,11 @@ def main() -> None:
         help="with --only and --records: where the students' settings wait on a validation grid that another runner "
         "trains, look in the records every minute until it is complete, then train them",
     )
-    p.add_argument("--plan", action="store_true", help="print the units of the plan, done or to run, and exit")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the units of the plan, done or to run, and exit (with --records, the kept scores are restored into OUT first)",
+    )
     p.add_argument(
         "--partial",
         action="store_true",

@@ -2,7 +2,7 @@
 
 python jobs/inspect_data.py synthetic:64 --json
 python jobs/inspect_data.py osd:/data/osd --json
-python jobs/inspect_data.py sos:/data/sos?sat=palsar
+python jobs/inspect_data.py 'sos:/data/sos?sat=palsar'
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train a segmentation student on real data plus generated pairs (KD on soft labels, or CE on hard labels).
 
-    python jobs/train_student.py --real synthetic:64 --out runs/student --config configs/demo.yaml
+    python jobs/train_student.py --real synthetic:64 --ratio 0 --out runs/student --config configs/demo.yaml
     python jobs/train_student.py --real osd:/data/osd --synthetic s3://bucket/dakter/v1 --ratio 2 --labels soft --arch segformer --out runs/s
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 jobs/train_student.py ...            (2 CPU processes, gloo)
     accelerate launch --num_processes 8 jobs/train_student.py ... student.num_workers=4 (8 GPUs)
