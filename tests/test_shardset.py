@@ -409,3 +409,14 @@ def test_a_marker_naming_its_shard_with_anything_but_an_int_is_unusable(value):
     marker = {"shard": 1, "count": 2, "tar_bytes": 10, "sha256": "0" * 64, "fingerprint": None}
     assert marker_problem(marker, 1) is None
     assert marker_problem(dict(marker, shard=value), 1) == f"marker names shard {value!r}"
+
+
+@pytest.mark.parametrize("key", ["000001-000002\n", "000001-000002/../x", "1-2", "000001_000002", 7])
+def test_a_sample_key_is_matched_whole(key):
+    """A key from a tar is a file name: anything beyond SHARD-INDEX (a trailing newline, which `$`
+    let through, or a path) is refused in one line naming it."""
+    from dakter_scale.data.shardset import parse_key
+
+    assert parse_key("000001-000002") == (1, 2) and parse_key("1234567-000002") == (1234567, 2)
+    with pytest.raises(ShardError, match="is not SHARD-INDEX"):
+        parse_key(key)

@@ -552,6 +552,23 @@ def test_marker_with_corrupt_tar_is_reported_and_rewritten(model, tmp_path, capl
     assert (out / shardset.shard_name(1)).read_bytes() == good
 
 
+def test_a_marker_with_sums_of_another_class_count_is_rewritten_at_the_start(model, tmp_path):
+    """A marker whose class-fraction sums the set's statistics cannot read (one per class of another
+    class count) is found when the run plans, and its shard rewritten; it used to be skipped as done
+    and stop the run at its end, with every shard written and dataset.json left in progress."""
+    out = tmp_path / "shards"
+    synthesize(model, out)
+    marker_path = out / shardset.shard_name(1, "json")
+    marker = json.loads(marker_path.read_text())
+    marker_path.write_text(json.dumps(dict(marker, sum_class_fractions=marker["sum_class_fractions"][:2])))
+    again = synthesize(model, out)
+    assert again.ok and again.written == [1] and again.skipped == [0]
+    assert "sum_class_fractions has 2 values, not one per class" in again.corrupt[1]
+    timing = ("seconds", "cpu_seconds", "sample_seconds")
+    rewritten = {k: v for k, v in json.loads(marker_path.read_text()).items() if k not in timing}
+    assert rewritten == {k: v for k, v in marker.items() if k not in timing} and ShardSet(str(out)).info().complete
+
+
 def test_another_dataset_in_the_prefix_is_refused_unless_overwrite(model, tmp_path):
     out = tmp_path / "shards"
     synthesize(model, out)

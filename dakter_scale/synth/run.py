@@ -197,7 +197,7 @@ def inspect_output(
         elif done.count != task.count:  # --n changed: the last shard grows or shrinks
             resized.append(task.shard)
             todo.append(task)
-        elif problem := out.check(done, listing, fp, cfg.verify):
+        elif problem := out.check(done, listing, fp, cfg.verify, num_classes=len(info["classes"])):
             corrupt[task.shard] = problem
             todo.append(task)
         else:

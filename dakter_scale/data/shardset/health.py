@@ -34,7 +34,7 @@ def marker_stats(markers: dict[int, dict], num_classes: int, where: Callable[[in
     if count == 0:
         return {}
     for shard, m in markers.items():
-        problem = _sums_problem(m, num_classes)
+        problem = sums_problem(m, num_classes)
         if problem:
             raise ShardError(f"{where(shard) if where else shard_name(shard, 'json')}: {problem}")
     fractions = np.zeros(num_classes)
@@ -55,7 +55,7 @@ def marker_stats(markers: dict[int, dict], num_classes: int, where: Callable[[in
     return out
 
 
-def _sums_problem(marker: dict, num_classes: int) -> str | None:
+def sums_problem(marker: dict, num_classes: int) -> str | None:
     """What keeps a marker's sums out of marker_stats, or None (marker_problem has checked their types
     where present; not that they are present, nor the number of classes)."""
     for name in ("sum_class_fractions", "sum_mean_confidence", "sum_mean_entropy"):

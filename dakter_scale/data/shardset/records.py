@@ -35,7 +35,7 @@ _RAW_KEYS = frozenset(("__key__", "__url__", *MEMBERS))  # a raw sample as read_
 MARKER_RE = re.compile(r"^shard-(\d{6,})\.json$")  # a done marker's file name: shard_name(s, "json")
 MANIFEST_RE = re.compile(r"^shard-(\d{6,})\.parquet$")  # a shard's manifest: shard_name(s, "parquet")
 CHECKED = "__record__"  # a sample's parsed, checked record, as ShardSet.read_checked leaves it in the sample
-KEY_RE = re.compile(r"^(\d{6,})-(\d{6,})$")  # a sample key: sample_key(shard, index)
+KEY_RE = re.compile(r"(\d{6,})-(\d{6,})")  # a sample key: sample_key(shard, index), matched whole (fullmatch)
 SHARD_PREFIX = "shard-"
 IN_PROGRESS, COMPLETE, INCOMPLETE = "in progress", "complete", "incomplete"  # DatasetInfo.status
 MIN_MEAN_CONFIDENCE = 0.5  # below this the soft labels are closer to uniform than to a segmentation
@@ -59,7 +59,7 @@ def sample_key(shard: int, index: int) -> str:
 
 
 def parse_key(key: str) -> tuple[int, int]:
-    match = KEY_RE.match(key) if isinstance(key, str) else None
+    match = KEY_RE.fullmatch(key) if isinstance(key, str) else None
     if match is None:
         raise ShardError(f"sample key {key!r} is not SHARD-INDEX")
     return int(match.group(1)), int(match.group(2))

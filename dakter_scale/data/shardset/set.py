@@ -16,7 +16,7 @@ from dakter_scale.data import storage
 from dakter_scale.data.sar_stats import SarCounts
 from dakter_scale.data.shardset.codec import SampleError, ShardError, png_shape, read_tar, write_tar
 from dakter_scale.data.shardset.header import DatasetInfo
-from dakter_scale.data.shardset.health import divergence, marker_stats
+from dakter_scale.data.shardset.health import divergence, marker_stats, sums_problem
 from dakter_scale.data.shardset.records import (
     _MEMBER_SET,
     CHECKED,
@@ -255,13 +255,21 @@ class ShardSet:
         return list(done.values())
 
     def check(
-        self, info: ShardInfo, listing: dict[str, dict], fingerprint: str | None, verify: str = "size"
+        self,
+        info: ShardInfo,
+        listing: dict[str, dict],
+        fingerprint: str | None,
+        verify: str = "size",
+        num_classes: int | None = None,
     ) -> str | None:
         """What is wrong with a finished shard against its marker, or None: another fingerprint, a
-        missing tar or manifest, a tar of another size (or, with verify="sha256", another hash)."""
+        missing tar or manifest, a tar of another size (or, with verify="sha256", another hash), or,
+        given num_classes, sums the set's statistics cannot read (found now, not when a run ends)."""
         m, tar_name = info.marker, shard_name(info.shard, "tar")
         if m.get("fingerprint") not in (None, fingerprint):
             return f"marker's fingerprint {m.get('fingerprint')} is not the dataset's {fingerprint}"
+        if num_classes is not None and (problem := sums_problem(m, num_classes)):
+            return f"marker's {problem}"
         if tar_name not in listing:
             return "marker present but the tar is missing"
         if int(listing[tar_name].get("size", -1)) != int(m["tar_bytes"]):
