@@ -23,7 +23,7 @@ from test_synth import SAMPLING, cfg, synthesize
 
 from dakter_scale.data import storage
 from dakter_scale.data.lease import Lease, LeaseError, boot_clock, check_ref, generations, held, lock_name
-from dakter_scale.data.shardset import ShardSet
+from dakter_scale.data.shardset import ShardSet, shard_name
 from dakter_scale.data.stream import GeneratedStream, StreamError
 from dakter_scale.errors import UserError
 from dakter_scale.synth import run as synth_run
@@ -631,7 +631,7 @@ def test_a_run_that_loses_its_prefix_stops_and_keeps_its_finished_shards(model, 
 
     def rival_takes_over_after_the_first_shard(ref):
         calls.append(ref)
-        if len(calls) == 2:
+        if len(calls) == 3:  # a shard's writer checks twice: before its tar lands and before its marker
             Lease(out, "a rival with --break-lock", heartbeat=False).acquire(break_lock=True)
         return real(ref)
 
@@ -661,3 +661,31 @@ def test_a_reader_never_counts_a_shard_of_another_run(model, tmp_path):
     summary = synthesize(model, a, cfg(n=8, seed=1))
     assert summary.corrupt and summary.written == [1]
     assert only_one_fingerprint(str(a))
+
+
+def test_a_writer_whose_fence_fails_before_the_commit_lands_no_tar_and_no_marker(prefix):
+    """The fence runs right before a tar becomes visible (the rename, or the upload's completion) and
+    right before the marker: a writer that lost its prefix while it streamed leaves nothing, locally or
+    on the S3 API, not even a temporary."""
+    import numpy as np
+    import torch
+
+    from dakter_scale.data.shardset import sample_key
+
+    from shardgen import pair_record
+
+    shards = ShardSet(prefix)
+
+    def lost():
+        raise LeaseError("the prefix is another run's now")
+
+    q = torch.full((5, 8, 8), 0.2)
+    rows, samples = zip(*(pair_record(sample_key(0, i), 0, i, i, np.zeros((8, 8), np.uint8), q) for i in range(3)))
+    with pytest.raises(LeaseError):
+        shards.write_tar(0, samples, before_commit=lost)
+    fs, root = storage.url_to_fs(prefix)
+    assert not fs.exists(root) or not storage.list_dir(fs, root)
+    nbytes, sha = shards.write_tar(0, samples, before_commit=lambda: None)
+    with pytest.raises(LeaseError):
+        shards.finish_shard(0, rows, nbytes, sha, "fp", before_marker=lost)
+    assert shard_name(0, "json") not in storage.list_dir(fs, root) and shards.done() == []

@@ -569,6 +569,24 @@ def test_a_marker_with_sums_of_another_class_count_is_rewritten_at_the_start(mod
     assert rewritten == {k: v for k, v in marker.items() if k not in timing} and ShardSet(str(out)).info().complete
 
 
+def test_a_shard_another_writer_replaced_during_the_run_fails_the_run(model, tmp_path, monkeypatch):
+    """A shard whose marker changed under the run (another writer finished it between this run's write
+    and its end) is not counted, and the run says so: not ok, the shard among the failures, the set
+    incomplete. It used to end ok with the set incomplete."""
+    out = tmp_path / "shards"
+    read_back = synth_run._own_markers
+
+    def another_writer(shards, markers, fp):
+        path = out / shardset.shard_name(1, "json")
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), sha256="0" * 64)))
+        return read_back(shards, markers, fp)
+
+    monkeypatch.setattr(synth_run, "_own_markers", another_writer)
+    summary = synthesize(model, out)
+    assert not summary.ok and list(summary.failed) == [1] and "changed under this run" in summary.failed[1]
+    assert not ShardSet(str(out)).info().complete
+
+
 def test_another_dataset_in_the_prefix_is_refused_unless_overwrite(model, tmp_path):
     out = tmp_path / "shards"
     synthesize(model, out)

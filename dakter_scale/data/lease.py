@@ -43,7 +43,8 @@ renewed within L/2 of the reader's wall clock is refused at once, naming its hol
 live-looking lock is watched for up to L (refused as soon as it changes).
 
 Writers in other processes (Ray actors) cannot see the holder's deadline in its memory. ``check_ref``
-reads the lock before each done marker: a higher generation, a missing lock, another token or a
+reads the lock before each tar lands (the rename, or the upload's completion) and before each done
+marker: a higher generation, a missing lock, another token or a
 released lock raise; on the holder's machine the record's ``valid_until`` (boot clock) must lie
 ahead; elsewhere the writer must itself have seen the lock change, at most L - m ago by its own
 clock (a background reader per lease and process keeps that fresh; the first check waits for a
@@ -491,9 +492,9 @@ class _Watch:
                 raise LeaseError(self.lost)
             holder = _parse(got[0], self.generation) if got else None
             if got is None or gens[-1:] != [self.generation]:
-                self.lost = f"{self.where}: the run lost its lock to another run; this shard's marker is not written"
+                self.lost = f"{self.where}: the run lost its lock to another run; this shard is not written"
             elif holder is None or (self.token and holder.token != self.token) or holder.released:
-                self.lost = f"{self.where}: the run's lock was replaced or released; this shard's marker is not written"
+                self.lost = f"{self.where}: the run's lock was replaced or released; this shard is not written"
             if self.lost:
                 raise LeaseError(self.lost)
             if self.blob is not None and got[0] != self.blob:
@@ -522,7 +523,7 @@ class _Watch:
             if self.clock() < holder.valid_until:
                 return  # the holder's own deadline, on this machine's clock
             raise LeaseError(
-                f"{self.where}: the run's lease lapsed (not renewed in time by its holder); this shard's marker is not written"
+                f"{self.where}: the run's lease lapsed (not renewed in time by its holder); this shard is not written"
             )
         if self.thread is None:
             self.thread = threading.Thread(target=self._poll, name="lease-watch", daemon=True)
@@ -531,7 +532,7 @@ class _Watch:
         while self.clock() >= self.valid_until:
             if self.clock() - waited > self.lease_seconds:
                 raise LeaseError(
-                    f"{self.where}: the run's lock was not renewed for {_secs(self.lease_seconds)} s as seen from here; this shard's marker is not written"
+                    f"{self.where}: the run's lock was not renewed for {_secs(self.lease_seconds)} s as seen from here; this shard is not written"
                 )
             time.sleep(max(0.02, self.lease_seconds / 32))
             self.read()
@@ -545,8 +546,8 @@ def check_ref(
     ref: dict[str, Any] | None, *, local_boot: str | None = None, clock: Callable[[], float] = boot_clock
 ) -> None:
     """In a shard writer: raise LeaseError unless the run's lock (ref from Lease.ref) still holds the
-    prefix and its lease is provably unexpired now (module docstring). Called before each done
-    marker. local_boot: this machine's boot id (tests pass another to act as a remote writer)."""
+    prefix and its lease is provably unexpired now (module docstring). Called right before each tar
+    becomes visible and before each done marker. local_boot: this machine's boot id (tests pass another to act as a remote writer)."""
     if not ref or ref.get("generation") is None:
         return
     local_boot = boot_id() if local_boot is None else local_boot

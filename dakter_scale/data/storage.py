@@ -40,7 +40,7 @@ import posixpath
 import re
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import fsspec
 import fsspec.asyn
@@ -166,8 +166,14 @@ def list_dir(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
 
 
 @contextlib.contextmanager
-def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
+def open_atomic(
+    fs: fsspec.AbstractFileSystem, path: str, before_commit: Callable[[], None] | None = None
+) -> Iterator[Any]:
     """Open ``path`` for binary writing so that it appears whole or not at all.
+
+    before_commit: called once the bytes are written, right before they become visible (the rename,
+    or the upload's completion); if it raises, nothing appears (a writer's lease check: a writer that
+    lost its prefix while it streamed never lands the file).
 
     Local and every backend that is no object store (sftp, ftp, webdav, smb, ...): a temporary in the
     same folder, renamed into place after close (locally synced first, and its folder after). Object
@@ -187,6 +193,8 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
                 f.flush()
                 if local:
                     fsync(f)
+            if before_commit is not None:
+                before_commit()
             if local:
                 fs.mv(tmp, path)
                 fsync_folder(folder)
@@ -206,6 +214,8 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
         f = fs.open(path, "wb")
         try:
             yield f
+            if before_commit is not None:
+                before_commit()
         except BaseException:
             # Buffered object-store files upload on close(); discard() aborts a started multipart upload.
             with contextlib.suppress(Exception):

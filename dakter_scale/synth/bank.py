@@ -27,6 +27,7 @@ instances (the source set grows by whole shards, each kept).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -201,11 +202,14 @@ class BankWriter:
             "by_class": by_class,
             "seconds": round(time.time() - t0, 3),
         }
-        check_ref(self.lease)  # a run that lost its prefix never marks a shard done there
+        fence = functools.partial(check_ref, self.lease)  # a run that lost its prefix never writes there
+        fence()
         if not samples:
             return {"empty": True, "shard": source.shard, "fingerprint": self.fingerprint, **extra}
-        nbytes, sha = self.out.write_tar(source.shard, samples)
-        return self.out.finish_shard(source.shard, rows, nbytes, sha, self.fingerprint, extra=extra)
+        nbytes, sha = self.out.write_tar(source.shard, samples, before_commit=fence)
+        return self.out.finish_shard(
+            source.shard, rows, nbytes, sha, self.fingerprint, extra=extra, before_marker=fence
+        )
 
 
 # -- the driver ------------------------------------------------------------------------------------

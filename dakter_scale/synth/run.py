@@ -523,7 +523,10 @@ def _synthesize(
         )
 
     lease.check()
-    markers = _own_markers(out, markers, prep.fingerprint)
+    own = _own_markers(out, markers, prep.fingerprint)
+    for shard in sorted(set(markers) - set(own)):  # the run did not deliver these: it must not end as if it had
+        summary.failed[shard] = "changed under this run (another writer?): not counted; a rerun rewrites it"
+    markers = own
     dataset, warnings = out.finish(
         header,
         markers,

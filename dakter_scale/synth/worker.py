@@ -11,6 +11,7 @@ device waits for neither compression nor uploads. Zlib and network I/O release t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -289,9 +290,11 @@ class ShardWriter:
         rows: list[dict] = []
         timing = {"sample": 0.0}
         sar = SarCounts(enl_window(self.model.resolution))
+        # a run that lost its prefix to another never lands a tar or marks a shard done there
+        fence = functools.partial(check_ref, self.lease)
         (nbytes, sha), waited = pipelined(
             self._batches(task, timing),
-            lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows, sar)),
+            lambda batches: self.out.write_tar(task.shard, self._encode(task, batches, rows, sar), before_commit=fence),
         )
         if len(rows) != task.count:  # an invariant of _encode, not user input
             raise AssertionError(f"shard {task.shard}: wrote {len(rows)} samples, planned {task.count}")
@@ -302,5 +305,6 @@ class ShardWriter:
             "cpu_seconds": round(time.process_time() - cpu0, 3),  # this process, all threads
             "device": str(self.device),
         }
-        check_ref(self.lease)  # a run that lost its prefix to another never marks a shard done there
-        return self.out.finish_shard(task.shard, rows, nbytes, sha, self.fingerprint, extra=timings, sar=sar)
+        return self.out.finish_shard(
+            task.shard, rows, nbytes, sha, self.fingerprint, extra=timings, sar=sar, before_marker=fence
+        )

@@ -316,9 +316,15 @@ class ShardSet:
 
     # -- writing
 
-    def write_tar(self, shard: int, samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
-        """Stream a shard's encoded samples (key order) into its tar; (bytes, sha256). Not done yet: see finish_shard."""
-        with storage.open_atomic(self.fs, self.path(shard_name(shard, "tar"))) as f:
+    def write_tar(
+        self,
+        shard: int,
+        samples: Iterable[tuple[str, dict[str, bytes]]],
+        before_commit: Callable[[], None] | None = None,
+    ) -> tuple[int, str]:
+        """Stream a shard's encoded samples (key order) into its tar; (bytes, sha256). Not done yet: see
+        finish_shard. before_commit: the writer's fence, run right before the tar becomes visible."""
+        with storage.open_atomic(self.fs, self.path(shard_name(shard, "tar")), before_commit) as f:
             return write_tar(f, samples)
 
     def finish_shard(
@@ -330,15 +336,19 @@ class ShardSet:
         fingerprint: str | None,
         extra: dict | None = None,
         sar: SarCounts | None = None,
+        before_marker: Callable[[], None] | None = None,
     ) -> dict:
         """After write_tar: the manifest, then, last, the done marker (with `extra` fields and the
-        shard's SAR statistics). Returns the marker.
+        shard's SAR statistics). Returns the marker. before_marker: the writer's fence, run right
+        before the marker is written (after the manifest's upload, which may be slow).
 
         Locally each file is fsynced, and its folder after the rename, before the next is written
         (storage.open_atomic), so after a power loss a marker never stands beside a short tar or
         manifest; on object stores a completed upload is already durable."""
         self.write_parquet(shard_name(shard, "parquet"), manifest_table(rows))
         marker = {**shard_marker(shard, rows, tar_bytes, sha256, fingerprint, sar), **(extra or {})}
+        if before_marker is not None:
+            before_marker()
         storage.write_json(self.fs, self.path(shard_name(shard, "json")), marker)
         return marker
 
