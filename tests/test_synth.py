@@ -28,6 +28,7 @@ from dakter_scale.data import shardset, storage
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.data.shardset import codec as shards
 from dakter_scale.dist.driver import Outcome, Progress, drive
+from dakter_scale.synth import regenerate as synth_regenerate
 from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, pair_seed, parse_count
 from dakter_scale.synth.regenerate import regenerate, regenerate_to
@@ -514,6 +515,24 @@ def test_only_key_regenerates_the_pair_in_the_shard_bitwise(model, tmp_path, sam
     assert synthesize(model, out, cfg(n=8, samples_per_shard=8, batch_size=3), sampling=sampling).skipped == [
         0
     ]  # regenerated/ is ignored
+
+
+def test_only_key_takes_the_shards_size_from_its_marker(model, tmp_path, monkeypatch):
+    """Without dataset.json and with another --n, the shard's own marker gives its size, so the last,
+    partial batch is made up as the writer made it; the batch re-run is the writer's ([6], not [6, 7])."""
+    out = tmp_path / "shards"
+    synthesize(model, out, cfg(n=7, samples_per_shard=8, batch_size=3))
+    (out / "dataset.json").unlink()
+    stored = {s["__key__"]: s for s in wds.WebDataset(str(out / shardset.shard_name(0)), shardshuffle=False)}
+    seen = []
+    real = synth_regenerate.sample_pairs
+    monkeypatch.setattr(
+        synth_regenerate, "sample_pairs", lambda m, seeds, *a: seen.append(len(seeds)) or real(m, seeds, *a)
+    )
+    regenerate_to(model, "000000-000006", cfg(n=16, samples_per_shard=8, batch_size=3), SAMPLING, str(out))
+    with Image.open(out / "regenerated" / "000000-000006.image.png") as im:
+        assert np.array_equal(np.asarray(im), shardset.decode_sample(stored["000000-000006"])[0])
+    assert seen == [1]
 
 
 # -- broken shards and other datasets ----------------------------------------------------------------

@@ -22,7 +22,7 @@ from dakter_scale.data import storage
 from dakter_scale.data.real import denormalise
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows
 from dakter_scale.diffusion.model import load_model_folder, model_hash, sampling_for
-from dakter_scale.diffusion.sample import sample_pairs
+from dakter_scale.diffusion.sample import compile_network, sample_pairs
 from dakter_scale.synth.plan import Plan, PlanError, batch_indices, fingerprint, pair_seed
 
 REGENERATED_DIR = "regenerated"
@@ -45,6 +45,7 @@ def regenerate(
     batch = next(b for b in batch_indices(shard_count, batch_size) if index in b)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model_folder(model_dir, device)
+    model.unet = compile_network(model.unet, sampling.compile)  # as the shard's writer ran it
     seeds = [pair_seed(run_seed, shard, i) for i in batch]
     out = sample_pairs(model, seeds, sampling, device)
     j = batch.index(index)
@@ -74,7 +75,9 @@ def regenerate_to(
                 f"{existing.steps} steps, model {str(existing.model_hash)[:12]}): pass the flags of the run that made it"
             )
         plan = Plan(existing.planned or cfg.n, cfg.samples_per_shard, cfg.seed)  # the shard sizes of that run
-    count = plan.task(shard).count
+    written, _ = ShardSet(out_url).read_markers()
+    # the shard's own marker knows its size, where --n or a missing dataset.json would guess it
+    count = written[shard].count if shard in written else plan.task(shard).count
     image, q, record = regenerate(model_dir, key, cfg.seed, sampling, cfg.batch_size, count)
     fs, root = storage.url_to_fs(out_url)
     folder = storage.join(root, REGENERATED_DIR)
