@@ -657,6 +657,27 @@ def test_stray_marker_like_names_are_never_read_as_markers(clean, tmp_path):
     assert [d.shard for d in ShardSet(str(root)).done()] == [0, 1, 2]
 
 
+def test_an_oversized_marker_or_header_is_refused_unread(clean, tmp_path):
+    """A marker above MAX_MARKER_BYTES is an unreadable shard named with its size (the others are read);
+    a dataset.json above MAX_HEADER_BYTES is one ShardError; neither is loaded whole."""
+    from dakter_scale.data.shardset import ShardError
+    from dakter_scale.data.shardset.records import MAX_HEADER_BYTES, MAX_MARKER_BYTES
+
+    root = Path(hostile(clean, tmp_path, lambda r: None))
+    marker = json.loads((root / "shard-000001.json").read_text())
+    (root / "shard-000001.json").write_text(json.dumps(dict(marker, padding="x" * MAX_MARKER_BYTES)))
+    done, unreadable = ShardSet(str(root)).read_markers()
+    size = (root / "shard-000001.json").stat().st_size
+    assert (
+        sorted(done) == [0, 2]
+        and unreadable[1] == f"marker is {size} bytes, more than a marker holds ({MAX_MARKER_BYTES}): not read"
+    )
+    header = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(dict(header, padding="x" * MAX_HEADER_BYTES)))
+    with pytest.raises(ShardError, match=f"more than {MAX_HEADER_BYTES} bytes, more than a dataset.json holds"):
+        ShardSet(str(root)).info()
+
+
 def test_without_dataset_json_the_first_shard_sets_the_shape_and_every_shard_must_agree(clean, tmp_path):
     url = hostile(clean, tmp_path, _other_resolution)
     assert ShardSet(url).sample_shape() == SampleShape(SIZE, SIZE, K)  # from shard 0's first sample and its marker

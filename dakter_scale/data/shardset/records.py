@@ -33,6 +33,10 @@ MEMBERS = (IMAGE, SOFT, RECORD)  # what every sample of a shard holds
 _MEMBER_SET = frozenset(MEMBERS)
 _RAW_KEYS = frozenset(("__key__", "__url__", *MEMBERS))  # a raw sample as read_tar yields it
 MARKER_RE = re.compile(r"^shard-(\d{6,})\.json$")  # a done marker's file name: shard_name(s, "json")
+# The most a marker and a header can hold (about 6 KB and 17 KB at 64 px): a set from elsewhere with a
+# larger one is refused unread, not loaded whole into memory.
+MAX_MARKER_BYTES = 1 << 20
+MAX_HEADER_BYTES = 16 << 20
 MANIFEST_RE = re.compile(r"^shard-(\d{6,})\.parquet$")  # a shard's manifest: shard_name(s, "parquet")
 CHECKED = "__record__"  # a sample's parsed, checked record, as ShardSet.read_checked leaves it in the sample
 KEY_RE = re.compile(r"(\d{6,})-(\d{6,})")  # a sample key: sample_key(shard, index), matched whole (fullmatch)

@@ -31,6 +31,8 @@ from dakter_scale.data.shardset.records import (
     INCOMPLETE,
     MANIFEST_RE,
     MARKER_RE,
+    MAX_HEADER_BYTES,
+    MAX_MARKER_BYTES,
     MEMBERS,
     RECORD,
     SHARD_PREFIX,
@@ -112,10 +114,12 @@ class ShardSet:
     def info(self) -> DatasetInfo | None:
         """The set's dataset.json, or None when it has none."""
         path = self.path(DATASET_FILE)
-        blob = self._read_if_there(path)
+        blob = self._read_if_there(path, limit=MAX_HEADER_BYTES)
         if blob is None:
             return None
         where = storage.full_url(self.fs, path)
+        if len(blob) > MAX_HEADER_BYTES:
+            raise ShardError(f"{where}: more than {MAX_HEADER_BYTES} bytes, more than a dataset.json holds: not read")
         try:
             obj = load_json(blob)
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN
@@ -202,12 +206,13 @@ class ShardSet:
         """A side file's bytes, or None when the set has none of that name."""
         return self._read_if_there(self._side(name))
 
-    def _read_if_there(self, path: str) -> bytes | None:
+    def _read_if_there(self, path: str, limit: int | None = None) -> bytes | None:
         """A file's bytes read fresh, or None when it is not there. One read, not a look and then a
-        read: a rerun clearing the set between the two made the read a FileNotFoundError."""
+        read: a rerun clearing the set between the two made the read a FileNotFoundError. With a
+        limit, at most limit + 1 bytes are read (more than limit: the file is larger)."""
         self.fs.invalidate_cache(self.root)
         try:
-            return self.fs.cat_file(path)
+            return self.fs.cat_file(path) if limit is None else self.fs.cat_file(path, start=0, end=limit + 1)
         except FileNotFoundError:
             return None
 
@@ -222,9 +227,14 @@ class ShardSet:
         whose whole name is a marker's (MARKER_RE), each checked by marker_problem."""
         listing = self.listing() if listing is None else listing
         names = sorted(n for n, entry in listing.items() if MARKER_RE.match(n) and entry.get("type") != "directory")
-        blobs = storage.read_files(self.fs, [self.path(n) for n in names])
         done: dict[int, ShardInfo] = {}
         unreadable: dict[int, str] = {}
+        for name in [n for n in names if int(listing[n].get("size") or 0) > MAX_MARKER_BYTES]:
+            unreadable[int(MARKER_RE.match(name).group(1))] = (
+                f"marker is {listing[name]['size']} bytes, more than a marker holds ({MAX_MARKER_BYTES}): not read"
+            )
+            names.remove(name)
+        blobs = storage.read_files(self.fs, [self.path(n) for n in names])
         for name, blob in zip(names, blobs):
             if isinstance(blob, FileNotFoundError):
                 continue  # removed since the listing (a rerun retiring a stale marker): not done
