@@ -606,6 +606,23 @@ def test_a_shard_another_writer_replaced_during_the_run_fails_the_run(model, tmp
     assert not ShardSet(str(out)).info().complete
 
 
+def test_overwrite_deletes_nothing_once_the_run_has_lost_its_lease(model, tmp_path):
+    """--overwrite's delete is a write: planning that outlasted the lease (check raises) leaves the other
+    dataset whole."""
+    from dakter_scale.data.lease import LeaseError
+
+    out = tmp_path / "shards"
+    synthesize(model, out)
+    before = sorted(p.name for p in out.iterdir())
+
+    def lost():
+        raise LeaseError("lost")
+
+    with pytest.raises(LeaseError):
+        synth_run.prepare(model, str(out), cfg(seed=6), SAMPLING, overwrite=True, check=lost)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_another_dataset_in_the_prefix_is_refused_unless_overwrite(model, tmp_path):
     out = tmp_path / "shards"
     synthesize(model, out)

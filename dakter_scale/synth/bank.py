@@ -351,6 +351,7 @@ class _BankRun:
         )
         self.lease.check()
         self.out.finish(header, markers, threshold=1.0, complete=complete, extra={BANK_FIELD: record})
+        self.lease.check()
         write_dataset_card(self.out_url)
         return summary
 

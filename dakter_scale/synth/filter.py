@@ -198,6 +198,7 @@ def _filter_into(
         if not kept.any():
             raise FilterError(f"no pair of {src_url} reaches alignment {min_alignment} (best {scores.max():.3f})")
     threshold = float(scores[kept].min())
+    lease.check()  # scoring is long: the scores are written only while the prefix is still this run's
     dst.write_parquet(SCORES_FILE, pa.table({"key": keys, "alignment": scores.astype(np.float32), "kept": kept}))
 
     per_shard = samples_per_shard or src_info.samples_per_shard or 1000

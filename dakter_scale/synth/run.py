@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dakter_scale import __version__
 from dakter_scale.cards import write_dataset_card
@@ -223,9 +223,10 @@ def prepare(
     sampling: SamplingConfig,
     overwrite: bool = False,
     condition: Condition | None = None,
+    check: Callable[[], None] = lambda: None,
 ) -> Prepared:
     """Decide the shards left to write (inputs already checked by check_inputs). Refuses, or with
-    overwrite deletes, another dataset in the output. Starts nothing."""
+    overwrite deletes, another dataset in the output (after `check`, the run's lease). Starts nothing."""
     prep = inspect_output(model_dir, out_url, cfg, sampling, condition)
     if prep.conflict is None:
         return prep
@@ -235,6 +236,7 @@ def prepare(
             "Choose a new prefix, or pass --overwrite to delete it and write this one."
         )
     log.warning("--overwrite: removing %s from %s", prep.conflict, out_url)
+    check()  # planning may have outlasted the lease: deleting is a write too
     ShardSet(out_url).clear()
     return inspect_output(model_dir, out_url, cfg, sampling, condition)
 
@@ -446,7 +448,7 @@ def _synthesize(
     condition: Condition | None,
     reference: list[float] | None,
 ) -> Summary:
-    prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite, condition=condition)
+    prep = prepare(model_dir, out_url, cfg, sampling, overwrite=overwrite, condition=condition, check=lease.check)
     plan = prep.plan
     summary = Summary(
         out=storage.redact_url(out_url),
@@ -462,6 +464,8 @@ def _synthesize(
         log.warning("shard %d is corrupt (%s): removing its marker and regenerating it", shard, problem)
     for shard in prep.resized:
         log.info("shard %d changes size with --n %d: rewriting it", shard, plan.n)
+    if prep.stale_markers:
+        lease.check()  # removing markers is a write: only while the prefix is this run's
     for shard in prep.stale_markers:  # before any rewrite, so no reader trusts a shard being replaced
         out.remove_marker(shard)
     if prep.skipped:
@@ -539,6 +543,7 @@ def _synthesize(
         against="the target's class mix" if reference else "the training data's",
         complete=summary.ok and len(markers) == plan.num_shards,
     )
+    lease.check()
     write_dataset_card(out_url)
     summary.dataset = dataset.to_json()
     for w in warnings:
