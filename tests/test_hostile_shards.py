@@ -873,3 +873,27 @@ def test_the_student_job_trains_past_every_kind_under_warn_and_stops_with_one_li
     assert last.startswith(f"error: shard {zoo}/shard-00000") and last.endswith(
         "(student.on_bad_shard=raise; use warn to skip bad shards)"
     )
+
+
+def test_a_manifest_that_is_not_its_shards_is_one_line_naming_it(clean, tmp_path):
+    """Selection reads the class fractions from the manifest: one of another row count, another
+    shard's keys, or none at all is refused naming the file, not read as the shard's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dakter_scale.data.shardset import ShardError
+
+    root = Path(hostile(clean, tmp_path, lambda r: None))
+    whole = ShardSet(str(root)).manifest()
+    assert whole.num_rows == 12
+    table = pq.read_table(root / "shard-000001.parquet")
+    pq.write_table(table.slice(0, 3), root / "shard-000001.parquet")
+    with pytest.raises(ShardError, match=r"shard-000001.parquet: 3 rows, the marker counts 4 pairs"):
+        ShardSet(str(root)).manifest()
+    keys = pa.array([k.replace("000001-", "000002-") for k in table.column("key").to_pylist()])
+    pq.write_table(table.set_column(table.column_names.index("key"), "key", keys), root / "shard-000001.parquet")
+    with pytest.raises(ShardError, match=r"shard-000001.parquet: holds key 000002-000000 of another shard"):
+        ShardSet(str(root)).manifest()
+    (root / "shard-000001.parquet").unlink()
+    with pytest.raises(ShardError, match=r"shard-000001.parquet: missing"):
+        ShardSet(str(root)).manifest()

@@ -502,11 +502,30 @@ class ShardSet:
             yield from self.read(info, shape)
 
     def manifest(self) -> pa.Table:
-        """The per-sample manifest of all finished shards as one Arrow table."""
+        """The per-sample manifest of all finished shards as one Arrow table. Each shard's table must be
+        its shard's: one row per pair its marker counts, every key of that shard (selection reads the
+        class fractions from here, so a manifest of other rows would choose other pairs)."""
         tables = []
         for info in self.done():
-            with self.fs.open(self.path(shard_name(info.shard, "parquet")), "rb") as f:
-                tables.append(pq.read_table(f))
+            path = self.path(shard_name(info.shard, "parquet"))
+            where = storage.full_url(self.fs, path)
+            try:
+                with self.fs.open(path, "rb") as f:
+                    table = pq.read_table(f)
+            except FileNotFoundError:
+                raise ShardError(f"{where}: missing, though the shard's marker is there") from None
+            except (pa.ArrowException, OSError) as e:
+                raise ShardError(f"{where}: not a readable manifest ({storage.error_line(e)})") from None
+            keys = table.column("key").to_pylist() if "key" in table.column_names else None
+            if keys is None or len(keys) != info.count:
+                raise ShardError(f"{where}: {table.num_rows} rows, the marker counts {info.count} pairs")
+            try:
+                foreign = [k for k in keys if parse_key(k)[0] != info.shard]
+            except ShardError as e:
+                raise ShardError(f"{where}: {e}") from None
+            if foreign:
+                raise ShardError(f"{where}: holds key {foreign[0]} of another shard")
+            tables.append(table)
         return pa.concat_tables(tables) if tables else manifest_table([])
 
     # -- a set made from this one
