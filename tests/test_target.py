@@ -639,6 +639,36 @@ def test_a_pasted_image_is_moved_to_the_sea_level_of_the_pair_being_drawn():
 # -- the routes on real shard sets -----------------------------------------------------------------
 
 
+def test_the_target_record_is_not_written_over_a_run_that_took_the_prefix_between(model, tmp_path, monkeypatch):
+    """synthesize gives the prefix back before the target record is added: a run that took it in
+    between (its dataset.json of another fingerprint) keeps its header, and this run says so."""
+    from dakter_scale.data.lease import LeaseError
+
+    t, info = targeted.model_target(model, "oil:3x,ship:3x")
+    out = tmp_path / "a"
+    draw = targeted.synthesize
+
+    def another_run_between(*args, **kwargs):
+        summary = draw(*args, **kwargs)
+        header = json.loads((out / "dataset.json").read_text())
+        (out / "dataset.json").write_text(json.dumps(dict(header, fingerprint="another-run")))
+        return summary
+
+    monkeypatch.setattr(targeted, "synthesize", another_run_between)
+    with pytest.raises(LeaseError, match="another run wrote this prefix after the draw finished"):
+        targeted.by_conditioning(
+            model,
+            str(out),
+            synth_cfg(n=6),
+            SAMPLING,
+            condition(t, targeted.training_pairs(info)),
+            progress=False,
+            use_ray=False,
+        )
+    header = json.loads((out / "dataset.json").read_text())
+    assert header["fingerprint"] == "another-run" and "target" not in header
+
+
 def test_conditioned_route_rebuilds_pairs_bitwise_and_reruns_write_the_same_bytes(model, tmp_path):
     t, info = targeted.model_target(model, "oil:3x,ship:3x")
     pairs = targeted.training_pairs(info)

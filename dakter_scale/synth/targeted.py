@@ -49,7 +49,7 @@ import numpy as np
 
 from dakter_scale.cards import write_dataset_card
 from dakter_scale.config import DRAWN_SUFFIX, SamplingConfig, SynthesisConfig, TargetConfig
-from dakter_scale.data.lease import Lease
+from dakter_scale.data.lease import Lease, LeaseError
 from dakter_scale.data.real import open_source, whole_pairs
 from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet
 from dakter_scale.data.storage import redact_url
@@ -231,7 +231,14 @@ def by_conditioning(
     record, warnings = _record(target, route, achieved, cost, **condition.record())
     _warn(warnings)
     info = info.replace(target=record, warnings=(info.warnings or []) + warnings)
-    with _lease(out_url, cfg, f"targeted synthesis ({route}): the target record"):  # synthesize gave the prefix back
+    with _lease(out_url, cfg, f"targeted synthesis ({route}): the target record") as lease:  # synthesize gave it back
+        now = out.info()  # another run may have taken the prefix since this run's draw gave it back
+        if now is None or now.fingerprint != summary.dataset.get("fingerprint") or info.fingerprint != now.fingerprint:
+            raise LeaseError(
+                f"{redact_url(out_url)}: another run wrote this prefix after the draw finished (its dataset.json is "
+                f"{'gone' if now is None else 'of fingerprint ' + str(now.fingerprint)}): the target record is not written"
+            )
+        lease.check()
         out.write_info(info)
         write_dataset_card(out_url)
     summary.dataset = info.to_json()
