@@ -175,9 +175,11 @@ def test_bank_resumes_after_a_killed_run_and_reads_through_the_stock_reader(sour
     killed = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, DAKTER_FAULT_FILE=str(fault)))
     assert killed.returncode == 17 and not fault.exists()
     assert sorted(d.shard for d in ShardSet(str(out)).done()) == [0], "the killed run finished shard 0 only"
+    (out / "shard-000001.tar.tmp-0123456789ab").write_bytes(b"half a tar")  # what a writer killed mid-upload leaves
     again = subprocess.run(argv + ["--break-lock"], capture_output=True, text=True)  # the killed run's lease
     assert again.returncode == 0, again.stderr[-2000:]
     assert "cut now: 2, done before: 1" in again.stdout
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name], "the dead writer's temporary is removed"
     assert tars(str(out)) == tars(bank), "the resumed bank is the uninterrupted one, byte for byte"
     info = json.loads((out / "dataset.json").read_text())
     assert info["status"] == "complete" and info["count"] == len(read_bank(bank, list(CLASSES)))
@@ -197,6 +199,15 @@ def test_a_source_shard_without_instances_is_recorded_and_not_cut_again(judge, t
     assert set(json.loads(ShardSet(str(tmp_path / "bank")).read_side(EMPTY))) == {"0", "1"}
     again = build_bank(src, str(tmp_path / "bank"), judge, cfg, SynthesisConfig(), use_ray=False)
     assert again.cut == [] and again.skipped == [0, 1]
+    # a broken side file, or an entry without its counts, is no record: those shards are cut again
+    side = tmp_path / "bank" / EMPTY
+    recorded = json.loads(side.read_text())
+    side.write_text(
+        json.dumps({"0": {k: v for k, v in recorded["0"].items() if k != "candidates"}, "1": recorded["1"]})
+    )
+    assert build_bank(src, str(tmp_path / "bank"), judge, cfg, SynthesisConfig(), use_ray=False).cut == [0]
+    side.write_text("[1, 2")
+    assert build_bank(src, str(tmp_path / "bank"), judge, cfg, SynthesisConfig(), use_ray=False).cut == [0, 1]
     with pytest.raises(BankError, match="another set"):
         build_bank(src, str(tmp_path / "bank"), judge, BankConfig(), SynthesisConfig(), use_ray=False)
     before = ShardSet(str(tmp_path / "bank")).info().fingerprint

@@ -59,7 +59,7 @@ from dakter_scale.dist.folder import pack_folder, unpack_folder
 from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
 from dakter_scale.student.evaluate import segment
 from dakter_scale.student.models import STUDENT_WEIGHTS, load_student, read_student_info
-from dakter_scale.synth.run import synthesize
+from dakter_scale.synth.run import remove_dead_temporaries, synthesize
 from dakter_scale.synth.worker import _maybe_fault
 
 log = logging.getLogger("dakter_scale")
@@ -340,6 +340,7 @@ class _BankRun:
         if todo:
             self.out.begin(header.replace(extra={BANK_FIELD: record}), markers)
             self.cut(todo, markers, empties, summary, use_ray=use_ray, progress=progress, device=device)
+            remove_dead_temporaries(self.out, self.lease)
         for m in list(markers.values()) + list(empties.values()):
             summary.candidates += int(m["candidates"])
             summary.rejected += int(m["rejected"])
@@ -375,11 +376,24 @@ class _BankRun:
         self.out.clear()
         return None
 
+    def empties(self) -> dict:
+        """The side file of source shards that gave no instance; one that is not a JSON object (broken,
+        or written by something else) counts as none, so those shards are cut again."""
+        try:
+            empty = json.loads(self.out.read_side(EMPTY) or b"{}")
+        except ValueError:
+            empty = None
+        if not isinstance(empty, dict):
+            log.warning("instance bank %s: %s is unreadable: its shards are cut again", redact_url(self.out_url), EMPTY)
+            return {}
+        return empty
+
     def kept(self, sources: dict[int, ShardInfo], existing: DatasetInfo | None) -> tuple[dict, dict]:
         """(markers, empties) of the source shards this bank already cut, each for the source shard's
         current bytes; every other marker is removed before anything is written."""
-        done, stale = self.out.read_markers()
-        empty = json.loads(self.out.read_side(EMPTY) or b"{}") if existing is not None else {}
+        listing = self.out.listing()  # once: a resume over S shards lists the prefix once, not S times
+        done, stale = self.out.read_markers(listing)
+        empty = self.empties() if existing is not None else {}
         markers, empties = {}, {}
         for shard, info in sources.items():
             mine, gave_none = done.get(shard), empty.get(str(shard))
@@ -387,13 +401,14 @@ class _BankRun:
                 mine is not None
                 and mine.marker.get("fingerprint") == self.fingerprint
                 and mine.marker.get("source_sha256") == info.marker["sha256"]
-                and self.out.check(mine, self.out.listing(), self.fingerprint) is None
+                and self.out.check(mine, listing, self.fingerprint) is None
             ):
                 markers[shard] = mine.marker
             elif (
                 isinstance(gave_none, dict)
                 and gave_none.get("source_sha256") == info.marker["sha256"]
                 and gave_none.get("fingerprint") == self.fingerprint
+                and all(isinstance(gave_none.get(k), int) for k in ("candidates", "rejected"))
             ):
                 empties[shard] = gave_none
         self.lease.check()

@@ -380,6 +380,17 @@ def _own_markers(out: ShardSet, markers: dict[int, dict], fp: str) -> dict[int, 
     return own
 
 
+def remove_dead_temporaries(out: ShardSet, lease: Lease) -> None:
+    """What killed writers left, once a run's writers have all returned: only temporaries nothing has
+    written to since this run took the prefix (a writer still streaming keeps its file fresh). Without
+    a lease, only those untouched for an hour."""
+    lease.check()  # removing temporaries is a write too: only while the prefix is still this run's
+    for name in out.remove_temporaries(
+        min_age=max(0.0, time.time() - lease.started) if lease.supported else UNLOCKED_TEMP_AGE
+    ):
+        log.info("removed %s left by a killed writer", name)
+
+
 # -- the whole run -----------------------------------------------------------------------------
 
 
@@ -505,14 +516,7 @@ def _synthesize(
         workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries)
         strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
         summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
-    # What killed writers left: only temporaries nothing has written to since this run took the prefix
-    # (a writer still streaming keeps its file fresh; this run's own have all returned). Without a
-    # lease, only those untouched for an hour.
-    lease.check()  # removing temporaries is a write too: only while the prefix is still this run's
-    for name in out.remove_temporaries(
-        min_age=max(0.0, time.time() - lease.started) if lease.supported else UNLOCKED_TEMP_AGE
-    ):
-        log.info("removed %s left by a killed writer", name)
+    remove_dead_temporaries(out, lease)
     bar.close()
     summary.failed = {s: r for s, r in final_failures.items() if s not in markers}
     summary.seconds = time.time() - t0
