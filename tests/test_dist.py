@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,48 @@ def test_drive_retries_a_failed_task_up_to_the_limit_and_logs_each_failed_attemp
     succeeded = sorted(k for k, _, ok, _ in heard if ok)
     assert succeeded == ([0, 1, 2, 3] if retries == 2 else [0, 2])
     assert len(heard) == 2 + 2 * (retries + 1)  # each even task once, each odd one at every attempt
+
+
+class CannotLoad:
+    """A worker no node can build (its model fails to load): every actor dies while starting."""
+
+    @staticmethod
+    def pack(args: dict, put) -> dict:
+        return dict(args)
+
+    def __init__(self, device=None):
+        raise RuntimeError("this node cannot load the model")
+
+    def ready(self) -> dict:
+        return {}
+
+    def __call__(self, task: Attempted) -> dict:
+        return {"key": task.key}
+
+
+@pytest.mark.slow  # a local Ray cluster (~15 s); the synthesis Ray tests run the strategy itself
+def test_a_run_whose_actors_all_die_while_starting_stops_with_one_line(tmp_path, monkeypatch):
+    """Every actor dies while starting: after START_FAILURES per planned actor, none ever ready, the run
+    stops with the reason in one line, instead of replacing actors once per task and attempt."""
+    import ray
+
+    from dakter_scale.dist.strategies import START_FAILURES, RayStrategy, WorkersCannotStart
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the actors import this module's worker
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        heard = []
+        with pytest.raises(
+            WorkersCannotStart,
+            match=r"^no Ray actor could start \(\d+ died while starting, none ready\): .*cannot load the model",
+        ):
+            drive(
+                [Attempted(k) for k in range(50)],
+                RayStrategy(CannotLoad, {}, Workers(actors=2, retries=2)),
+                2,
+                lambda task, result, reason, retrying: heard.append(task.key),
+            )
+        assert len(heard) < 50, "it stopped long before charging every task's every attempt"
+    finally:
+        ray.shutdown()
+    assert START_FAILURES >= 2

@@ -9,15 +9,31 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import time
 from typing import Any
 
 from dakter_scale.data.storage import error_line
 from dakter_scale.dist.driver import Outcome, Task, Workers
+from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
 
 NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
+START_FAILURES = 3  # actors that died while starting, none ever ready, before a run stops (per actor planned)
+
+
+class WorkersCannotStart(UserError, RuntimeError):
+    """No worker could be built: every actor died while starting (a model its node cannot load, say).
+    Replacing them without end would only repeat it, once per task and attempt."""
+
+
+def _start_reason(e: BaseException) -> str:
+    """Why an actor died while starting, in one line: where its __init__ raised, the exception's own last
+    line (Ray's message holds the whole remote traceback, in colour), else the message's first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return error_line(lines[-1] if getattr(e, "actor_init_failed", False) and lines else text)
 
 
 def _reason(e: BaseException, limit: int = 300) -> str:
@@ -131,6 +147,7 @@ class RayStrategy:
         self.calls: dict[Any, collections.deque] = {}
         self.ready_times: list[float] = []
         self.ready_info: list[dict] = []
+        self.start_failures: list[str] = []  # why actors died while starting
 
     def start(self, tasks: int) -> None:
         import ray
@@ -203,8 +220,13 @@ class RayStrategy:
                     self.ready_times.append(time.time() - self.t0)
                     self.ready_info.append(dict(where, ready_seconds=round(self.ready_times[-1], 3)))
                     log.info("actor ready after %.1f s: %s", self.ready_times[-1], where)
-                except RayError:
-                    pass  # it died while starting: its calls fail and it is replaced below
+                except RayError as e:  # it died while starting: its calls fail and it is replaced below
+                    self.start_failures.append(_start_reason(e))
+                    if not self.ready_times and len(self.start_failures) >= START_FAILURES * self.info["actors"]:
+                        raise WorkersCannotStart(
+                            f"no Ray actor could start ({len(self.start_failures)} died while starting, none ready): "
+                            f"{self.start_failures[-1]}"
+                        ) from None
                 continue
             actor, task = self.in_flight.pop(ref)
             calls = self.calls.get(actor)
@@ -215,7 +237,7 @@ class RayStrategy:
                 outcomes.append(Outcome(task, result=ray.get(ref)))
                 continue
             except RayActorError as e:
-                reason = f"actor died ({type(e).__name__}): {error_line(e)}"
+                reason = f"actor died ({type(e).__name__}): {_start_reason(e)}"
                 if calls is not None:  # the first failed call seen from this actor: replace the actor
                     older, newer = list(calls)[:position], list(calls)[max(position, 0) :]
                     del self.calls[actor]
