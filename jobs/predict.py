@@ -155,7 +155,7 @@ def main() -> None:
     g.add_argument(
         "--land",
         metavar="VECTOR_FILE",
-        help="land polygons (any format GDAL/OGR reads): no slicks there, marked land in the class map",
+        help="land polygons (any format GDAL/OGR reads): no slicks there, marked land in the class map (certain background for a student without a land class)",
     )
     g.add_argument(
         "--land-buffer", type=float, default=0.0, metavar="METRES", help="grow the land polygons by this many metres"

@@ -368,6 +368,18 @@ def test_land_from_the_model_and_from_a_vector_file_with_a_buffer(tmp_path, code
         assert ds.read(1)[300, 650] == 4 and ds.read(1)[300, 200] == 0  # land in the class map, sea elsewhere
     with pytest.raises(SceneError, match=r"--land .*nothing\.gpkg: not a readable vector file"):
         predict(tmp_path, scene, name="bad", land=str(tmp_path / "nothing.gpkg"))
+    # a student without a land class (SOS: background, oil): the land file still removes the slick, as
+    # certain background (it was read, then ignored)
+    two = ("background", "oil")
+    _, sos = predict(
+        tmp_path, scene, DarkIsOil(two), name="sos", student_info=info(classes=two), land=str(land), land_buffer_m=450.0
+    )
+    _, sos_sea = predict(tmp_path, scene, DarkIsOil(two), name="sos_sea", student_info=info(classes=two))
+    assert len(sos_sea["features"]) == 3 and len(sos["features"]) == 2
+    with rasterio.open(tmp_path / "sos" / "classes.tif") as ds:
+        assert ds.read(1)[300, 650] == 0
+    with rasterio.open(tmp_path / "sos" / "probabilities.tif") as ds:
+        assert ds.read(2)[300, 650] == 0 and ds.read(1)[300, 650] == 255  # probabilities in 1/255
 
 
 def test_the_simulated_mosaic_is_a_georeferenced_scene_with_its_truth(tmp_path):

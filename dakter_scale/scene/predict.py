@@ -290,8 +290,15 @@ class Predictor:
         def emit(y0: int, x0: int, block: np.ndarray) -> None:
             probs, valid = block[:k], block[k] >= 0.5
             class_map = probs.argmax(axis=0).astype(np.uint8)
-            if land_mask is not None and land_class is not None:
-                class_map[land_mask(y0, y0 + block.shape[1], x0, x0 + block.shape[2])] = land_class
+            if land_mask is not None:
+                on_land = land_mask(y0, y0 + block.shape[1], x0, x0 + block.shape[2])
+                if land_class is not None:
+                    class_map[on_land] = land_class
+                else:  # a student without a land class (SOS: background, oil): land is certain background
+                    probs = probs.copy()  # a new array: the block is the blender's canvas
+                    probs[:, on_land] = 0.0
+                    probs[0, on_land] = 1.0
+                    class_map[on_land] = 0
             if not valid.all():
                 class_map[~valid] = outputs.NODATA_CLASS
                 probs = probs * valid  # a new array: the block is the blender's canvas
