@@ -493,6 +493,30 @@ def test_a_sibling_overview_is_never_read(tmp_path):
         assert s.read(0.5, 63.5, 0.5, 63.5, out_shape=(7, 7), resampling="rms").max() == 5
 
 
+def test_a_tiff_whose_blocks_inflate_past_the_cap_is_refused_unread(tmp_path):
+    """A few-hundred-kB deflated GeoTIFF holding one 4200 x 4200 float32 strip (71 MB) would inflate the
+    whole strip for every tile read: refused in one line naming the block and what to do."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from dakter_scale.scene.read import TIFF_MAX_BLOCK_BYTES
+
+    path = tmp_path / "one-strip.tif"
+    profile = dict(driver="GTiff", width=4200, height=4200, count=1, dtype="float32", crs="EPSG:32631")
+    profile.update(transform=from_origin(500000, 5000000, 10, 10), compress="deflate", blockysize=4200)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.zeros((1, 4200, 4200), dtype=np.float32))
+    assert path.stat().st_size < 1 << 20 and 4200 * 4200 * 4 > TIFF_MAX_BLOCK_BYTES
+    with pytest.raises(SceneError, match=r"one-strip.tif: a 4200 x 4200 float32 block, more than 64 MiB .*re-tile it"):
+        open_scene(str(path))
+    path.unlink()
+    profile.update(tiled=True, blockxsize=512, blockysize=512)  # the same pixels, tiled: read as usual
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.zeros((1, 4200, 4200), dtype=np.float32))
+    with open_scene(str(path)) as scene:
+        assert scene.read(0, 16, 0, 16).shape == (16, 16)
+
+
 def test_decimated_reads_use_the_files_own_overviews(tmp_path):
     """A 2x2 checkerboard of 0 and 200 averages to 100; its overview, built by nearest neighbour, holds 0:
     a decimated read returning 0 was read from the overview."""

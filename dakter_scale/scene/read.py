@@ -61,6 +61,7 @@ XML_MAX_ELEMENTS = 250_000
 SAFE_MAX_MEMBERS = 1_000  # files in a SAFE folder, members of a SAFE zip
 ZIP_MAX_DIRECTORY_BYTES = SAFE_MAX_MEMBERS * 1024  # a zip's central directory: 1 kB an entry (46 bytes and its names)
 CALIBRATION_MAX_VECTORS = 2_000
+TIFF_MAX_BLOCK_BYTES = 64 << 20  # a TIFF tile or strip, inflated: GDAL decodes whole blocks
 SPACING_RANGE_M = (0.01, 10_000.0)  # a pixel spacing outside this is no SAR scene's
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 TIFF_EXTS = (".tif", ".tiff")
@@ -322,11 +323,21 @@ def _open_tiff(fs, path: str, shown: str):
             f"{shown}: not a TIFF file (it starts with {head!r}); only GeoTIFF/COG is read as a .tif (GDAL's GTiff driver alone)"
         )
     try:
-        return (
+        ds = (
             rasterio.open(path, driver="GTiff", opener=fs) if not _is_local(fs) else rasterio.open(path, driver="GTiff")
         )
     except (RasterioError, OSError, ValueError) as e:
         raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
+    # Every window read inflates the whole blocks it touches: a file of a few MB holding one deflated
+    # 8000 x 8000 strip costs 256 MB a tile read, however small the tile (a decompression bomb).
+    for (bh, bw), dtype in zip(ds.block_shapes, ds.dtypes):
+        if bh * bw * np.dtype(dtype).itemsize > TIFF_MAX_BLOCK_BYTES:
+            ds.close()
+            raise SceneError(
+                f"{shown}: a {bh} x {bw} {dtype} block, more than {TIFF_MAX_BLOCK_BYTES >> 20} MiB inflated per read; "
+                "re-tile it (gdal_translate -co TILED=YES or -of COG) and give that file"
+            )
+    return ds
 
 
 def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
