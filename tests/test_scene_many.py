@@ -301,3 +301,28 @@ def test_exported_student_logits_equal_the_eager_ones(student, tmp_path, fmt):
             eager = model(x).numpy()
         exported = run_exported(path, x.numpy())
         assert exported.shape == eager.shape and np.abs(exported - eager).max() <= EXPORT_ATOL
+
+
+def test_an_export_that_fails_its_check_is_removed_with_one_line(tmp_path):
+    """check_export against a file of other logits, or of another output shape: one line naming the
+    file, and the file is gone (a half-checked export is never left to be deployed)."""
+    from dakter_scale.scene.export import ExportError, check_export
+
+    class Scale(torch.nn.Module):
+        def __init__(self, factor: float, classes: int = 2):
+            super().__init__()
+            self.factor, self.classes = factor, classes
+
+        def forward(self, x):
+            return torch.cat([x * self.factor] * self.classes, dim=1)
+
+    x = torch.zeros(1, 1, 64, 64)
+    for name, exported, message in (
+        ("other.pt", Scale(2.0), r"exported logits differ from the eager model's by .* not written"),
+        ("shape.pt", Scale(1.0, classes=3), r"exported model gives \(1, 3, 64, 64\) .* not written"),
+    ):
+        path = tmp_path / name
+        torch.jit.trace(exported, x).save(str(path))
+        with pytest.raises(ExportError, match=message):
+            check_export(Scale(1.0), path)
+        assert not path.exists()

@@ -1,6 +1,7 @@
 """A student for deployment without this toolkit: TorchScript (torch.jit.trace) or ONNX (opset 17,
 dynamic batch, height and width), checked against the eager model on test images before it is
-written: the exported logits must equal the eager ones within EXPORT_ATOL.
+written for good: the exported logits must equal the eager ones within EXPORT_ATOL, or the file is
+removed.
 
 Input: (B, 1, H, W) float32 in [-1, 1] (8-bit codes u -> u / 127.5 - 1, data.real.normalise), H and W
 multiples of 32; output: (B, K, H, W) logits in the order of student.json's classes. A JSON sidecar
@@ -97,10 +98,15 @@ def check_export(model: torch.nn.Module, path: Path) -> float:
         x = torch.rand(shape, generator=g) * 2 - 1
         with torch.no_grad():
             eager = model(x).numpy()
-        got = run_exported(path, x.numpy())
+        try:
+            got = run_exported(path, x.numpy())
+        except Exception:
+            path.unlink(missing_ok=True)  # an export its runtime cannot run is not left to be used
+            raise
         if got.shape != eager.shape:
+            path.unlink(missing_ok=True)  # a file that fails its check is not left to be used
             raise ExportError(
-                f"{path}: exported model gives {got.shape} for input {tuple(shape)}, the eager one {eager.shape}"
+                f"{path}: exported model gives {got.shape} for input {tuple(shape)}, the eager one {eager.shape}; not written"
             )
         worst = max(worst, float(np.abs(got - eager).max()))
     if worst > EXPORT_ATOL:

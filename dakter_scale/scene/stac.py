@@ -61,7 +61,11 @@ def stac_datetime(text: str | None) -> str | None:
 
 
 def _file_fields(path: Path) -> dict:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with path.open("rb") as f:  # in chunks: a full IW probability raster is hundreds of MB
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
     return {"file:size": path.stat().st_size, "file:checksum": "1220" + digest}  # multihash: sha2-256, 32 bytes
 
 
