@@ -656,6 +656,33 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
     assert (tmp_path / "out" / "predict.json").exists() and record["tiling"]["count"] == 9
 
 
+def test_a_run_that_loses_its_folder_after_inference_writes_no_output(tmp_path, monkeypatch):
+    """The lease is checked before each write into OUT, not only before predict.json: a run that lost the
+    folder while it inferred lands none of its rasters, slicks or record there."""
+    from dakter_scale.data.lease import Lease, LeaseError
+    from dakter_scale.scene.predict import PredictOptions, Predictor
+
+    scene = write_geotiff(tmp_path / "s.tif", sigma0_of(draw_codes(64, 64)))
+    vectorise = Predictor._vectorise
+
+    def lost_while_vectorising(self, *args, **kwargs):
+        result = vectorise(self, *args, **kwargs)
+
+        def lost(lease):
+            raise LeaseError("the folder is another run's now")
+
+        monkeypatch.setattr(Lease, "check", lost)
+        return result
+
+    monkeypatch.setattr(Predictor, "_vectorise", lost_while_vectorising)
+    with pytest.raises(LeaseError, match="another run's now"):
+        Predictor(DarkIsOil(), PredictOptions(tile=32, overlap=8), device="cpu", info=info(10.0))(
+            str(scene), tmp_path / "out"
+        )
+    written = {p.name for p in (tmp_path / "out").iterdir()} - {".work"}
+    assert not written & {"probabilities.tif", "classes.tif", "slicks.geojson", "predict.json", "item.json"}, written
+
+
 def test_every_output_is_synced_before_the_record(tmp_path, monkeypatch):
     """After a power loss predict.json never stands beside a truncated COG: each output's bytes, then the
     folder, are fsynced before the record's temporary is (the descriptors read through /proc/self/fd)."""

@@ -218,6 +218,14 @@ class Predictor:
                 if lease_ref is None
                 else None
             )
+
+            def fence() -> None:
+                """Before each write into OUT (data/lease.py): a run that lost the folder writes nothing more."""
+                if lease is not None:
+                    lease.check()
+                else:
+                    check_ref(lease_ref)
+
             (out / outputs.RECORD).unlink(missing_ok=True)  # a rerun into a finished folder starts over
             (out / stac.ITEM_FILE).unlink(missing_ok=True)
             transform, gcps = self._grid_georef(scene, fy, fx)
@@ -235,14 +243,17 @@ class Predictor:
                 fc, drawn = self._vectorise(scene, sink, grid_h, grid_w, (fy, fx), scale, land_class)
                 timings["vectorise_seconds"] = round(time.time() - t0, 3)
                 t0 = time.time()
+                fence()  # the rasters move from .work into the folder: only while it is still this run's
                 sink.finish()
                 timings["cog_seconds"] = round(time.time() - t0, 3)
             except BaseException:
                 sink.abort()
                 raise
+            fence()
             write_geojson(out / outputs.SLICKS, fc)
             if o.quicklook:
                 t0 = time.time()
+                fence()
                 self._quicklook(scene, conversion, out, drawn, (fy, fx))
                 timings["quicklook_seconds"] = round(time.time() - t0, 3)
             timings["total_seconds"] = round(time.time() - t_start, 3)
@@ -250,14 +261,12 @@ class Predictor:
                 round(tiles["count"] / timings["tiles_seconds"], 3) if timings["tiles_seconds"] > 0 else None
             )
             record = self._record(scene, conversion, scale, (grid_h, grid_w), tiles, fc, timings)
+            fence()
             stac.write_item(
                 out, record, scene
             )  # item.json (when the scene has an acquisition time), before predict.json
             outputs.sync(out, record["outputs"])  # every output on disk before the record that says the scene is done
-            if lease is not None:
-                lease.check()
-            else:
-                check_ref(lease_ref)
+            fence()
             outputs.write_record(out, record)
         return record
 
