@@ -4,6 +4,7 @@ exit 2, naming the file or flag), and one real trained student end to end throug
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import zipfile
 
@@ -407,3 +408,33 @@ def test_a_bad_actor_count_is_one_line(monkeypatch, capsys, tmp_path, value, mes
     code, err, _ = predict_job(monkeypatch, capsys, argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), err
+
+
+def test_pixels_that_are_not_square_or_not_their_nominal_size_on_the_ground_are_named(tmp_path):
+    """Square-degree pixels at 60 N are half as wide as tall on the ground, and Web Mercator's nominal
+    metres are twice the ground's there: each is a warning in the scale notes of predict.json (the scene
+    still runs); a UTM scene of square metric pixels has none."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from dakter_scale.scene.predict import geometry_notes
+
+    def scene_at(name, crs, x0, y0, step):
+        path = tmp_path / name
+        profile = dict(driver="GTiff", width=64, height=64, count=1, dtype="float32", crs=crs)
+        with rasterio.open(path, "w", transform=from_origin(x0, y0, step, step), **profile) as ds:
+            ds.write(np.full((1, 64, 64), 0.01, dtype=np.float32))
+        return path
+
+    cases = {
+        "degrees.tif": ("EPSG:4326", 10.0, 60.0, 1e-4, r"pixels are 11.1 x 5.58 m on the ground .* not square"),
+        "mercator.tif": ("EPSG:3857", 1113194.9, 8399737.9, 10.0, r"nominal 10 m pixels are 5.01 m on the ground"),
+        "utm.tif": ("EPSG:32631", 500000.0, 5000000.0, 10.0, None),
+    }
+    for name, (crs, x0, y0, step, expected) in cases.items():
+        with open_scene(str(scene_at(name, crs, x0, y0, step))) as scene:
+            notes = geometry_notes(scene)
+        if expected is None:
+            assert notes == []
+        else:
+            assert len(notes) == 1 and re.search(expected, notes[0]), notes

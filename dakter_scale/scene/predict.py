@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import logging
 import math
@@ -209,6 +210,7 @@ class Predictor:
                 o.allow_radiometry_mismatch,
             )
             scale = plan_scale(scene.pixel_spacing(), self.info, o.pixel_spacing)
+            scale = dataclasses.replace(scale, notes=scale.notes + tuple(geometry_notes(scene)))
             grid_h, grid_w = plan_grid(scene, scale, o)
             fy, fx = scene.height / grid_h, scene.width / grid_w  # exact scene pixels per model pixel per axis
             out.mkdir(parents=True, exist_ok=True)
@@ -494,6 +496,34 @@ class Predictor:
 def band_rows(most: int, width: int) -> int:
     """Rows per band: at most ``most``, and at most BAND_PIXELS pixels (never fewer than 16 rows)."""
     return max(16, min(most, BAND_PIXELS // max(1, width)))
+
+
+GROUND_MISMATCH = 0.1  # pixels 10 % off square, or off their nominal size, on the ground: a warning
+
+
+def geometry_notes(scene: Scene) -> list[str]:
+    """Warnings (logged, and in predict.json's scale notes) where the grid is not what its spacing says:
+    pixels that are not square on the ground (degree pixels away from the equator: the student sees the
+    scene stretched), or a projection whose nominal metres are not ground metres (Web Mercator, 2x at
+    60 degrees). The scene is still run; reprojecting it is the fix."""
+    if not scene.georeferenced:
+        return []
+    dy, dx = scene.ground_spacing()
+    notes = []
+    if max(dy, dx) > (1 + GROUND_MISMATCH) * min(dy, dx):
+        notes.append(
+            f"pixels are {dy:.3g} x {dx:.3g} m on the ground (rows x columns), not square: the student sees the "
+            "scene stretched; reproject it to square metric pixels (gdalwarp -t_srs EPSG:326NN -tr S S)"
+        )
+    nominal = scene.pixel_spacing()
+    if scene.crs.is_projected and scene.transform is not None and abs(nominal / ((dy + dx) / 2) - 1) > GROUND_MISMATCH:
+        notes.append(
+            f"the CRS's nominal {nominal:.3g} m pixels are {(dy + dx) / 2:.3g} m on the ground (its scale factor "
+            "here): scale and --min-area follow the nominal size; reproject to a local metric CRS (UTM)"
+        )
+    for note in notes:
+        log.warning("%s: %s", scene.source, note)
+    return notes
 
 
 def plan_grid(scene: Scene, scale: Scale, o: PredictOptions) -> tuple[int, int]:

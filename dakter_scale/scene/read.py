@@ -200,6 +200,14 @@ class Scene:
                 / 2
                 * unit
             )
+        dy, dx = self.ground_spacing()
+        return (dy + dx) / 2
+
+    def ground_spacing(self) -> tuple[float, float]:
+        """(dy, dx): ground metres along a column and along a row at the scene centre, on the WGS84
+        ellipsoid (georeferenced scenes). Where they differ (degree pixels away from the equator) or
+        differ from the grid's nominal spacing (Web Mercator's scale factor), the student sees the scene
+        stretched or at another scale."""
         from pyproj import Geod
 
         cx, cy = self.width / 2, self.height / 2
@@ -207,7 +215,7 @@ class Scene:
         geod = Geod(ellps="WGS84")
         _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
         _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
-        return float((abs(dx) + abs(dy)) / 2)
+        return float(abs(dy)), float(abs(dx))
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
