@@ -450,3 +450,20 @@ def test_a_failed_write_or_forward_mid_scene_is_raised_and_leaves_no_result(tmp_
     with pytest.raises(RuntimeError, match="out of memory"):
         predict(tmp_path, scene, model=FailsOnThirdBatch(), name="forward", tile=96, overlap=24, batch_size=2)
     assert not (tmp_path / "forward" / "predict.json").exists() and not (tmp_path / "forward" / outputs.WORK).exists()
+
+
+def test_a_zero_filled_border_of_linear_sigma0_is_no_data_not_oil(tmp_path, codes):
+    """A terrain-corrected GeoTIFF of linear sigma-nought, zero outside the swath and no no-data tag: the
+    zeros (the darkest pixels in dB, oil to a dark-spot model) are no data, 255 in the class map, no slick."""
+    data = sigma0_of(codes).copy()
+    data[:, :60] = 0.0  # the border, wider than a slick
+    scene = write_geotiff(tmp_path / "border.tif", data)
+    record, fc = predict(tmp_path, scene, name="border")
+    with rasterio.open(tmp_path / "border" / "classes.tif") as ds:
+        classes = ds.read(1)
+    assert (classes[:, :60] == 255).all() and (classes[:, 70:] != 255).all()
+    with open_scene(str(scene)) as s:
+        assert s.nodata == 0.0
+    lonlat = np.array([f["properties"]["centroid"] for f in fc["features"]])
+    x, _ = TO_UTM.transform(lonlat[:, 0], lonlat[:, 1])
+    assert ((x - 500000.0) / SPACING > 60).all(), "no slick in the border"

@@ -383,6 +383,10 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
         check_gcps(gcps, shown, "ground control points")
     crs = ds.crs if transform is not None else gcp_crs
     nodata = ds.nodatavals[band - 1]
+    if (nodata is None or math.isnan(nodata)) and radiometry == "sigma0":
+        # linear sigma-nought is positive wherever something was measured: an exact 0 is a zero-filled
+        # border (terrain-corrected products), which in dB would be the darkest pixel, read as oil
+        nodata = 0.0
     tags = ds.tags()
     scene = Scene(
         source=shown,
