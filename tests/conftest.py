@@ -72,8 +72,6 @@ def synthesize_in_process(argv: list[str], capsys, monkeypatch, sampling_allowed
     """jobs/synthesize.py's main() in this process (no interpreter start-up): (exit status, captured
     output). Unless allowed, no worker may start: a check that should refuse before any work fails the
     test if sampling begins. Not for --json, which moves file descriptor 1 (a subprocess test does that)."""
-    import runpy
-
     from dakter_scale.synth import run as synth_run
 
     def no_worker(*args, **kwargs):
@@ -82,9 +80,17 @@ def synthesize_in_process(argv: list[str], capsys, monkeypatch, sampling_allowed
     if not sampling_allowed:
         monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
         monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
-    monkeypatch.setattr(sys, "argv", ["synthesize.py", *argv])
+    return job_in_process("synthesize.py", argv, capsys, monkeypatch)
+
+
+def job_in_process(name: str, argv: list[str], capsys, monkeypatch):
+    """A job's main() in this process, as `python jobs/NAME ARGV` runs it but without an interpreter's
+    start-up: (exit status, captured output)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [name, *argv])
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(ROOT / "jobs" / "synthesize.py"), run_name="job")["main"]()  # not __main__: script() exits
+        runpy.run_path(str(ROOT / "jobs" / name), run_name="job")["main"]()  # not __main__: script() exits
     return exit_.value.code, capsys.readouterr()
 
 

@@ -4,7 +4,6 @@ each cell is its own study's number and verdict, and studies that cannot share a
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from test_experiment import TINY
@@ -13,7 +12,7 @@ from dakter_scale.config import ConfigError, load_config, to_dict
 from dakter_scale.study.across import markdown, read_study
 from dakter_scale.study.plan import Plan
 
-from conftest import job
+from conftest import job_in_process
 
 CLASSES = ["sea", "oil", "look-alike", "ship", "land"]
 ARMS = TINY + [
@@ -71,17 +70,15 @@ def test_studies_that_cannot_share_a_table_are_refused(tmp_path):
         read_study(tmp_path / "broken")
 
 
-def test_the_job_writes_the_table_and_names_a_missing_study(tmp_path):
+def test_the_job_writes_the_table_and_names_a_missing_study(tmp_path, capsys, monkeypatch):
     write_study(tmp_path / "d10", 10, [0.01, 0.011, 0.012])
     write_study(tmp_path / "d20", 20, [0.01, -0.01, 0.0])
     out = tmp_path / "scarcity.md"
-    r = subprocess.run(
-        job("across.py") + [str(tmp_path / "d10"), str(tmp_path / "d20"), "--out", str(out)],
-        capture_output=True,
-        text=True,
+    code, captured = job_in_process(
+        "across.py", [str(tmp_path / "d10"), str(tmp_path / "d20"), "--out", str(out)], capsys, monkeypatch
     )
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert code == 0, captured.err[-2000:]
     assert out.read_text() == markdown([read_study(tmp_path / "d10"), read_study(tmp_path / "d20")])
-    r = subprocess.run(job("across.py") + [str(tmp_path / "d40")], capture_output=True, text=True)
-    assert r.returncode != 0 and "d40/results.json: no results.json" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, captured = job_in_process("across.py", [str(tmp_path / "d40")], capsys, monkeypatch)
+    assert code == 2 and "d40/results.json: no results.json" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err

@@ -455,6 +455,7 @@ def test_sampler_frontier_plan_table_and_figure(tmp_path):
     assert sampler_frontier_figure({"studies": {"sampler": rows}}, tmp_path / "f.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a study with a targeted set (~17 s); the evidence study runs the arm itself, test_target.py its routes
 def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
     """dakter_target: the same number of pairs as dakter from the same model, meeting the class target
     (here by the conditioned route); its students and the report carry it, and a rerun keeps it."""

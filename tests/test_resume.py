@@ -16,7 +16,7 @@ from dakter_scale.core.steps import EMA
 from dakter_scale.data.stream import consumed
 from dakter_scale.training import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 
-from conftest import job
+from conftest import job, job_in_process
 from shardgen import TINY_DIFFUSION, TINY_STUDENT, assert_same_tensors, job_env, load_tensors, torchrun, write_dataset
 
 
@@ -153,7 +153,7 @@ def test_checkpoints_round_trip_keep_the_newest_and_ignore_partial_ones(tmp_path
         resolve_resume(tmp_path, str(tmp_path / "nowhere"))
 
 
-def test_a_fresh_start_into_an_earlier_runs_checkpoints_is_refused_in_one_line(tmp_path):
+def test_a_fresh_start_into_an_earlier_runs_checkpoints_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
     """Without --resume, an OUT holding an earlier run's checkpoints is refused before any work: the
     rotation would keep the old run's newer steps and delete the new run's."""
     from dakter_scale.training import ResumeError
@@ -166,9 +166,9 @@ def test_a_fresh_start_into_an_earlier_runs_checkpoints_is_refused_in_one_line(t
     ):
         resolve_resume(tmp_path, None)
     assert resolve_resume(tmp_path, "latest").name == "step-00001000"
-    r = run(job("train_student.py") + ["--out", str(tmp_path), *TINY_STUDENT, "student.max_steps=2"])
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith("to start fresh"), r.stderr[-2000:]
-    assert len([line for line in r.stderr.splitlines() if "earlier run's checkpoints" in line]) == 1
+    code, captured = job_in_process("train_student.py", ["--out", str(tmp_path), *TINY_STUDENT], capsys, monkeypatch)
+    assert code == 2 and captured.err.strip().splitlines()[-1].endswith("to start fresh"), captured.err[-2000:]
+    assert len([line for line in captured.err.splitlines() if "earlier run's checkpoints" in line]) == 1
     assert not (tmp_path / "model.safetensors").exists()
 
 
