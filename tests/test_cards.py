@@ -17,7 +17,7 @@ from dakter_scale.data import shardset, storage
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.synth import run as synth_run
 
-from conftest import job
+from conftest import job, job_in_process
 from shardgen import TINY_DIFFUSION, TINY_STUDENT, job_env
 
 
@@ -135,28 +135,23 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
 
 
-def test_trackers_are_off_by_default_and_a_missing_one_is_one_line(tmp_path):
+def test_trackers_are_off_by_default_and_a_missing_one_is_one_line(tmp_path, capsys, monkeypatch):
     out = tmp_path / "model"
     run_job("train_diffusion.py", ["--out", str(out), "--max-steps", "1", *TINY_DIFFUSION])
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["ranks.json", "train.json"]  # no tracker folder
     assert (out / CARD_FILE).is_file()
-    proc = subprocess.run(
-        job("train_diffusion.py")
-        + ["--out", str(tmp_path / "m2"), "--max-steps", "1", "--report-to", "mlflow", *TINY_DIFFUSION],
-        capture_output=True,
-        text=True,
-        env=job_env(),
-    )
+    argv = ["--out", str(tmp_path / "m2"), "--max-steps", "1", "--report-to", "mlflow", *TINY_DIFFUSION]
+    code, captured = job_in_process("train_diffusion.py", argv, capsys, monkeypatch)
     try:
         import mlflow  # noqa: F401
     except ImportError:
         assert (
-            proc.returncode == 2
-            and proc.stderr.strip().splitlines()[-1]
+            code == 2
+            and captured.err.strip().splitlines()[-1]
             == "error: --report-to mlflow: mlflow is not installed (pip install mlflow)"
         )
     else:  # installed: the run reports to it and ends well
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert code == 0, captured.err[-2000:]
 
 
 def _hashes(url: str) -> dict[str, str]:
