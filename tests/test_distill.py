@@ -525,6 +525,7 @@ def _as_consistency(model: JointDiffusion, steps: int, teacher_steps: int) -> Jo
     return JointDiffusion(model.unet, model.scheduler, {**model.info, "distilled": record})
 
 
+@pytest.mark.slow  # the consistency model fixture (~15 s); its maths runs by default above
 def test_consistency_distillation_brings_one_evaluation_closer_to_the_teachers_ddim_than_its_untrained_start(
     teacher, consistency
 ):
@@ -558,6 +559,7 @@ def test_consistency_distillation_brings_one_evaluation_closer_to_the_teachers_d
     assert after[1] < 1.05 * before[1], rows
 
 
+@pytest.mark.slow  # the consistency model fixture (~15 s); its maths runs by default above
 def test_the_consistency_folder_round_trips_and_records_its_method_grid_and_teacher(teacher, consistency):
     c = load_model_folder(consistency)
     record = c.info["distilled"]
@@ -586,6 +588,7 @@ def test_the_consistency_folder_round_trips_and_records_its_method_grid_and_teac
             sampling_for(consistency, sampling)
 
 
+@pytest.mark.slow  # the consistency model fixture (~15 s); its maths runs by default above
 def test_the_consistency_folder_synthesizes_with_byte_identical_reruns_and_its_own_fingerprint(
     teacher, student, consistency, tmp_path
 ):
@@ -607,6 +610,7 @@ def test_the_consistency_folder_synthesizes_with_byte_identical_reruns_and_its_o
     _regenerated_pair_matches_its_shard(consistency, config, tmp_path / "a")
 
 
+@pytest.mark.slow  # the consistency model fixture (~15 s); its maths runs by default above
 def test_consistency_distillation_refuses_teachers_and_grids_it_cannot_use(teacher, student, consistency, tmp_path):
     cfg = load_config(teacher / "config.yaml", CONSISTENCY + ["distill.max_steps=1"])
     with pytest.raises(DistillError, match="^--model .* is distilled: consistency distillation's teacher"):

@@ -817,6 +817,7 @@ def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
     assert [step for step, _ in list_checkpoints(tmp_path / "students" / "none-unet-r0-s0")] == [100]
 
 
+@pytest.mark.slow  # ~17 s; test_a_runner_waits_for_the_grid_that_another_runner_trains runs two runners on one records folder by default
 def test_two_runners_share_a_study_through_only_and_one_records_folder(tmp_path):
     """--only: each runner trains its students and what they need, into its own OUT; the records folder
     gathers both, and a third runner on a fresh OUT restores every student and trains none."""
