@@ -16,7 +16,7 @@ from dakter_scale.config import EvalConfig
 from dakter_scale.core.metrics import confusion_matrix, metrics_from_confusion
 from dakter_scale.data.real import DataError, normalise, open_source
 from dakter_scale.data.storage import redact_url
-from dakter_scale.student.models import load_student, read_student_info
+from dakter_scale.student.models import load_student
 
 
 @torch.no_grad()
@@ -70,8 +70,7 @@ def evaluate_student(
     """Metrics of a student folder on a data spec's split (see core.metrics for the definitions)."""
     cfg = cfg or EvalConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    read_student_info(student_dir, ("arch", "encoder", "classes", "resolution"))  # scoring needs its input size
-    model, info = load_student(student_dir, device)
+    model, info = load_student(student_dir, device, ("arch", "encoder", "classes", "resolution"))  # scoring: its size
     source = open_source(spec)
     if list(source.classes) != list(info["classes"]):
         raise DataError(

@@ -88,9 +88,12 @@ def read_student_info(directory: str | Path, required: Iterable[str] = ("arch", 
     return info
 
 
-def load_student(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_student(
+    directory: str | Path, device: str | torch.device = "cpu", required: Iterable[str] = ("arch", "encoder", "classes")
+) -> tuple[torch.nn.Module, dict]:
+    """A student folder's model (eval mode, on device) and its student.json, which must hold `required`."""
     d = Path(directory)
-    info = read_student_info(d)
+    info = read_student_info(d, required)
     model = build_student(info["arch"], info["encoder"], len(info["classes"]), None, info.get("encoder_depth", 5))
     # read on the CPU, then moved: safetensors refuses "cpu:0", the device of a multi-process CPU run
     load_model(model, str(d / STUDENT_WEIGHTS), device="cpu")
