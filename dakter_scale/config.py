@@ -345,6 +345,7 @@ class SynthesisConfig:
     threads_per_actor: int = 1
     max_in_flight: int = 0  # shards submitted at once; 0 = 2 per actor
     retries: int = 2  # extra attempts per shard after a failure
+    call_timeout_s: float = 0.0  # Ray: a shard still being written after this long is presumed hung (0: no limit)
     verify: str = "size"  # how a rerun checks finished shards: size | sha256
     divergence_threshold: float = 0.1  # warn when generated class fractions or confidence drift past this
     lease_seconds: float = 120.0  # a run's lock on its --out lapses this long after its last renewal (data/lease.py)
@@ -375,6 +376,7 @@ class SynthesisConfig:
         _check(self.threads_per_actor >= 1, "synthesis.threads_per_actor", "must be >= 1")
         _check(self.retries >= 0, "synthesis.retries", "must be >= 0")
         _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
+        _check(self.call_timeout_s >= 0, "synthesis.call_timeout_s", f"must be >= 0 (0: no limit), got {self.call_timeout_s}")
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
         _check(

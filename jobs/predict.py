@@ -169,6 +169,13 @@ def main() -> None:
     )
     g.add_argument("--threads-per-actor", type=int, default=1, help="CPU threads per actor (default 1)")
     g.add_argument("--retries", type=int, default=1, help="extra attempts for a failed scene (default 1)")
+    g.add_argument(
+        "--call-timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="Ray: a scene still running after S seconds is presumed hung; its actor is killed and replaced and the scene retried (default 0: no limit)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the record (or the many-scene summary) as one JSON object on stdout"
     )
@@ -181,6 +188,7 @@ def main() -> None:
             ("--batch-size", args.batch_size, 1, 4096),
             ("--threads-per-actor", args.threads_per_actor, 1, None),
             ("--retries", args.retries, 0, 100),
+            ("--call-timeout", args.call_timeout, 0, None),
         ):
             check_flag(flag, value, low, high)
         actors = actor_count(args.actors)
@@ -224,7 +232,10 @@ def main() -> None:
                 )
             return 0
         settings = RunSettings(
-            actors=actors if actors != 0 else "auto", threads_per_actor=args.threads_per_actor, retries=args.retries
+            actors=actors if actors != 0 else "auto",
+            threads_per_actor=args.threads_per_actor,
+            retries=args.retries,
+            call_timeout=args.call_timeout,
         )
         summary = predict_many(
             args.student,

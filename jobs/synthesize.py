@@ -55,6 +55,12 @@ def main() -> None:
     p.add_argument("--actors", help="number of Ray actors, 'auto' (one per GPU, else cpus / threads), or 0 for no Ray")
     p.add_argument("--threads-per-actor", type=int, help="torch threads per actor (default 1)")
     p.add_argument(
+        "--call-timeout",
+        type=float,
+        metavar="S",
+        help="Ray: a shard still being written after S seconds is presumed hung; its actor is killed and replaced and the shard retried (synthesis.call_timeout_s, default 0: no limit)",
+    )
+    p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
@@ -131,6 +137,7 @@ def main() -> None:
         ):
             check_flag(flag, value, 1)
         check_flag("--seed", args.seed, 0)
+        check_flag("--call-timeout", args.call_timeout, 0)
         cfg = config_from(
             args,
             {
@@ -140,6 +147,7 @@ def main() -> None:
                 "synthesis.seed": args.seed,
                 "synthesis.actors": actors if actors not in (None, 0) else None,
                 "synthesis.threads_per_actor": args.threads_per_actor,
+                "synthesis.call_timeout_s": args.call_timeout,
                 "synthesis.verify": args.verify,
                 "sampling.sampler": args.sampler,
                 "sampling.steps": args.steps,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,3 +146,59 @@ def test_a_run_whose_actors_all_die_while_starting_stops_with_one_line(tmp_path,
     finally:
         ray.shutdown()
     assert START_FAILURES >= 2
+
+
+class HangsOnce:
+    """Task 3's first attempt never returns (a stalled mount, say); everything else answers at once."""
+
+    @staticmethod
+    def pack(args: dict, put) -> dict:
+        return dict(args)
+
+    def __init__(self, device=None):
+        pass
+
+    def ready(self) -> dict:
+        return {}
+
+    def __call__(self, task: Attempted) -> dict:
+        if task.key == 3 and task.attempt == 0:
+            time.sleep(60)  # long past the timeout; without one the run would wait for it
+        return {"key": task.key, "attempt": task.attempt}
+
+
+@pytest.mark.slow  # a local Ray cluster (~15 s)
+def test_a_hung_call_times_out_its_actor_is_replaced_and_the_task_is_retried(monkeypatch):
+    """With a call timeout, a call that never returns fails as one charged attempt (its reason says it timed
+    out), its actor is killed and replaced, calls queued behind it run uncharged, and the run ends with
+    every task done instead of waiting forever."""
+    import ray
+
+    from dakter_scale.dist.strategies import RayStrategy
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the actors import this module's worker
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        heard = []
+        t0 = time.time()
+        drive(
+            [Attempted(k) for k in range(8)],
+            RayStrategy(HangsOnce, {}, Workers(actors=2, retries=1, call_timeout=3.0)),
+            1,
+            lambda task, result, reason, retrying: heard.append((task.key, task.attempt, result, reason)),
+        )
+        assert time.time() - t0 < 45
+    finally:
+        ray.shutdown()
+    failed = [(k, a, reason) for k, a, result, reason in heard if result is None]
+    assert len(failed) == 1 and failed[0][:2] == (3, 0)
+    assert re.fullmatch(r"timed out: still running after \d+ s \(call timeout 3 s\); its actor was killed", failed[0][2])
+    done = sorted((k, a) for k, a, result, _ in heard if result is not None)
+    assert done == [(k, 1 if k == 3 else 0) for k in range(8)]
+
+
+def test_a_call_timeout_below_zero_is_refused_naming_its_field():
+    from dakter_scale.config import ConfigError, SynthesisConfig
+
+    with pytest.raises(ConfigError, match=r"synthesis\.call_timeout_s.*>= 0"):
+        SynthesisConfig(call_timeout_s=-1).validate()

@@ -48,6 +48,8 @@ class LocalStrategy:
 
     def __init__(self, worker: type, args: dict, workers: Workers, device: str = "auto"):
         self.worker, self.args, self.device = worker, args, device
+        if workers.call_timeout:
+            log.warning("the call timeout applies to Ray actors only: a local run cannot stop a call in its own process")
         self.pending: Task | None = None
         self.info: dict = {"strategy": "local"}
         self.threads: int | None = None
@@ -138,7 +140,9 @@ class RayStrategy:
 
     When an actor dies, the task it was running (its oldest unfinished call: an actor runs its calls
     in order) fails and is charged an attempt; calls queued behind it never started (Outcome.started
-    is False) and are resubmitted uncharged."""
+    is False) and are resubmitted uncharged. With ``Workers.call_timeout``, a call that has run that long
+    (timed from when its actor finished the call before it) is presumed hung: the actor is killed and
+    replaced, the call is charged a failed attempt and the calls queued behind it are resubmitted."""
 
     def __init__(self, worker: type, args: dict, workers: Workers, device: str = "auto"):
         self.worker, self.args, self.cfg, self.device = worker, args, workers, device
@@ -148,6 +152,8 @@ class RayStrategy:
         self.ready_times: list[float] = []
         self.ready_info: list[dict] = []
         self.start_failures: list[str] = []  # why actors died while starting
+        # Per ready actor: when its oldest unfinished call began running (None: idle).
+        self.head_since: dict[Any, float | None] = {}
 
     def start(self, tasks: int) -> None:
         import ray
@@ -195,6 +201,8 @@ class RayStrategy:
 
     def submit(self, task: Task) -> None:
         actor = min(self.calls, key=lambda a: len(self.calls[a]))
+        if actor in self.head_since and not self.calls[actor]:
+            self.head_since[actor] = time.time()
         ref = actor.__call__.remote(task)
         self.in_flight[ref] = (actor, task)
         self.calls[actor].append(ref)
@@ -214,9 +222,11 @@ class RayStrategy:
         outcomes = []
         for ref in ready:
             if ref in self.pending_ready:
-                self.pending_ready.pop(ref)
+                actor = self.pending_ready.pop(ref)
                 try:
                     where = ray.get(ref)
+                    if actor in self.calls:
+                        self.head_since[actor] = time.time() if self.calls[actor] else None
                     self.ready_times.append(time.time() - self.t0)
                     self.ready_info.append(dict(where, ready_seconds=round(self.ready_times[-1], 3)))
                     log.info("actor ready after %.1f s: %s", self.ready_times[-1], where)
@@ -233,6 +243,8 @@ class RayStrategy:
             position = calls.index(ref) if calls is not None and ref in calls else -1
             if position >= 0:
                 del calls[position]
+                if position == 0 and actor in self.head_since:  # the next queued call starts now
+                    self.head_since[actor] = time.time() if calls else None
             try:
                 outcomes.append(Outcome(task, result=ray.get(ref)))
                 continue
@@ -241,6 +253,7 @@ class RayStrategy:
                 if calls is not None:  # the first failed call seen from this actor: replace the actor
                     older, newer = list(calls)[:position], list(calls)[max(position, 0) :]
                     del self.calls[actor]
+                    self.head_since.pop(actor, None)
                     _kill(actor)
                     self._start_actor()
                     # Calls older than this one stay in flight: the oldest was running and is charged
@@ -256,6 +269,27 @@ class RayStrategy:
             except RayError as e:
                 reason = _reason(e)
             outcomes.append(Outcome(task, reason=reason))
+        return outcomes + self._timed_out()
+
+    def _timed_out(self) -> list[Outcome]:
+        """Kill and replace each actor whose running call has passed call_timeout: that call fails (one
+        attempt charged), the calls queued behind it never started."""
+        limit = self.cfg.call_timeout
+        if not limit:
+            return []
+        outcomes, now = [], time.time()
+        for actor, since in list(self.head_since.items()):
+            if since is None or now - since <= limit or not self.calls.get(actor):
+                continue
+            refs = list(self.calls.pop(actor))
+            del self.head_since[actor]
+            _kill(actor)
+            self._start_actor()
+            tasks = [self.in_flight.pop(r)[1] for r in refs if r in self.in_flight]
+            if tasks:
+                reason = f"timed out: still running after {now - since:.0f} s (call timeout {limit:g} s); its actor was killed"
+                outcomes.append(Outcome(tasks[0], reason=reason))
+                outcomes += [Outcome(t, started=False) for t in tasks[1:]]
         return outcomes
 
     def close(self) -> dict:

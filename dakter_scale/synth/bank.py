@@ -473,7 +473,7 @@ class _BankRun:
             lease=self.lease.ref(),
         )
         s = self.synthesis
-        workers = Workers(s.actors, s.threads_per_actor, s.max_in_flight, s.retries)
+        workers = Workers(s.actors, s.threads_per_actor, s.max_in_flight, s.retries, s.call_timeout_s)
         strategy = (RayStrategy if use_ray else LocalStrategy)(BankWriter, args, workers, device)
         summary.strategy = drive(todo, strategy, s.retries, on_result)
         bar.close()

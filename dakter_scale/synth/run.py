@@ -513,7 +513,7 @@ def _synthesize(
             lease=lease.ref(),
             condition=condition,
         )
-        workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries)
+        workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries, cfg.call_timeout_s)
         strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
         summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
     remove_dead_temporaries(out, lease)
