@@ -277,7 +277,7 @@ class Predictor:
         from rasterio.control import GroundControlPoint
 
         if scene.transform is not None:
-            return scene.transform * Affine.scale(fx, fy), None
+            return scene.transform @ Affine.scale(fx, fy), None
         if scene.gcps:
             return None, [
                 GroundControlPoint(row=g.row / fy, col=g.col / fx, x=g.x, y=g.y, z=g.z, id=g.id) for g in scene.gcps
