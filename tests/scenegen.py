@@ -166,8 +166,9 @@ def write_safe(
     a_sigma: float = 400.0,
     calibration: bool = True,
     shape: tuple[int, int] | None = None,
+    spacing: tuple[float, float] = (10.0, 10.0),
 ) -> Path:
-    """A SAFE-layout GRD folder: manifest.safe (with the footprint), per polarisation an annotation with a
+    """A SAFE-layout GRD folder (``spacing``: the annotated azimuth and range pixel spacing, metres): manifest.safe (with the footprint), per polarisation an annotation with a
     geolocation grid (line/pixel are sample indices: each point holds the truth at that pixel's centre,
     corner_lonlat(line + 0.5, pixel + 0.5), as in ESA's products; scene/read.py), a calibration file with a sigma-nought LUT (a constant A plus a gentle range ramp),
     and a uint16 measurement TIFF of DN = A sqrt(sigma0). ``codes``: the 8-bit codes (H, W), or, for a
@@ -212,7 +213,7 @@ def write_safe(
         (safe / "annotation" / f"{stem}.xml").write_text(
             f'<?xml version="1.0" encoding="UTF-8"?>\n<product><adsHeader><missionId>S1A</missionId><productType>GRD</productType><polarisation>{pol.upper()}</polarisation>'
             f"<mode>IW</mode><swath>IW</swath><startTime>{START}</startTime><stopTime>2026-01-01T05:45:37.000000</stopTime></adsHeader>"
-            f"<imageAnnotation><imageInformation><rangePixelSpacing>1.0e+01</rangePixelSpacing><azimuthPixelSpacing>1.0e+01</azimuthPixelSpacing>"
+            f"<imageAnnotation><imageInformation><rangePixelSpacing>{spacing[1]:.6e}</rangePixelSpacing><azimuthPixelSpacing>{spacing[0]:.6e}</azimuthPixelSpacing>"
             f"<numberOfSamples>{width}</numberOfSamples><numberOfLines>{height}</numberOfLines></imageInformation></imageAnnotation>"
             f'<geolocationGrid><geolocationGridPointList count="{len(lines) * len(pixels)}">{points}</geolocationGridPointList></geolocationGrid></product>\n'
         )

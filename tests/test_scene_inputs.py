@@ -111,6 +111,52 @@ def test_a_coarser_student_sees_a_resampled_scene_and_polygons_stay_put(tmp_path
         assert fb["properties"]["area_m2"] == pytest.approx(fa["properties"]["area_m2"], rel=0.07)
 
 
+def test_degree_pixels_at_60_north_are_resampled_per_axis_to_square_model_pixels(tmp_path):
+    """A disc of 300 m radius on the ground, in a scene of square-degree pixels at 60 N (11.1 x 5.6 m):
+    the model grid has square 10 m pixels (factors ~0.9 down a column, ~1.8 along a row), so the disc is
+    round for the student and holds pi * 30^2 model pixels. One mean factor would have made it a 2:1
+    ellipse of 12 % more pixels."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    h, w, step = 120, 240, 1e-4
+    rows, cols = np.mgrid[0:h, 0:w]
+    path = tmp_path / "degrees.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", height=h, width=w, count=1, dtype="float32", crs="EPSG:4326",
+        transform=from_origin(10.0, 60.006, step, step),
+    ) as ds:
+        pass
+    with open_scene(str(path)) as scene:
+        dy, dx = scene.ground_spacing()
+    inside = ((rows + 0.5 - h / 2) * dy) ** 2 + ((cols + 0.5 - w / 2) * dx) ** 2 <= 300.0**2
+    codes = np.where(inside, 60, 170).astype(np.uint8)
+    with rasterio.open(path, "r+") as ds:
+        ds.write(sigma0_of(codes)[None])
+    record = Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info(10.0))(
+        str(path), tmp_path / "out"
+    )
+    scale, grid = record["conventions"]["scale"], record["conventions"]["grid"]
+    assert scale["factors"] == pytest.approx([10.0 / dy, 10.0 / dx])
+    assert grid == {"height": round(h * dy / 10.0), "width": round(w * dx / 10.0)}
+    (slick,) = json.loads((tmp_path / "out" / "slicks.geojson").read_text())["features"]
+    assert slick["properties"]["pixel_count"] == pytest.approx(np.pi * 30.0**2, rel=0.05)
+    assert slick["properties"]["area_m2"] == pytest.approx(np.pi * 300.0**2, rel=0.05)
+
+
+def test_a_safe_product_with_unequal_annotated_spacings_is_resampled_per_axis(tmp_path):
+    """Azimuth pixels of 20 m and range pixels of 10 m, as annotated: a 10 m student's grid doubles the
+    rows (each 20 m row becomes two 10 m ones) and keeps the columns; the annotation sets this, not the grid."""
+    codes = draw_codes()[:300, :400]
+    safe = write_safe(tmp_path, codes, polarisations=("vv",), spacing=(20.0, 10.0))
+    record = Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info(10.0))(
+        str(safe), tmp_path / "out"
+    )
+    assert record["conventions"]["scale"]["factors"] == [0.5, 1.0]
+    assert record["conventions"]["grid"] == {"height": 600, "width": 400}
+    assert any("pixels are 20 x 10 m (rows x columns), not square: resampled" in n for n in record["conventions"]["scale"]["notes"])
+
+
 # -- hysteresis and band-wise components ----------------------------------------------------------------------
 
 
@@ -411,13 +457,14 @@ def test_a_bad_actor_count_is_one_line(monkeypatch, capsys, tmp_path, value, mes
 
 
 def test_pixels_that_are_not_square_or_not_their_nominal_size_on_the_ground_are_named(tmp_path):
-    """Square-degree pixels at 60 N are half as wide as tall on the ground, and Web Mercator's nominal
-    metres are twice the ground's there: each is a warning in the scale notes of predict.json (the scene
-    still runs); a UTM scene of square metric pixels has none."""
+    """Square-degree pixels at 60 N are half as wide as tall on the ground: resampled per axis to square
+    model pixels (a note), or, without a training spacing, a warning; Web Mercator's nominal metres are
+    twice the ground's there: a warning. A UTM scene of square metric pixels has none."""
     import rasterio
     from rasterio.transform import from_origin
 
-    from dakter_scale.scene.predict import geometry_notes
+    from dakter_scale.scene.predict import plan_geometry
+    from dakter_scale.scene.radiometry import plan_scale
 
     def scene_at(name, crs, x0, y0, step):
         path = tmp_path / name
@@ -427,14 +474,20 @@ def test_pixels_that_are_not_square_or_not_their_nominal_size_on_the_ground_are_
         return path
 
     cases = {
-        "degrees.tif": ("EPSG:4326", 10.0, 60.0, 1e-4, r"pixels are 11.1 x 5.58 m on the ground .* not square"),
+        "degrees.tif": ("EPSG:4326", 10.0, 60.0, 1e-4, r"pixels are 11.1 x 5.58 m on the ground .* not square: resampled along each axis"),
         "mercator.tif": ("EPSG:3857", 1113194.9, 8399737.9, 10.0, r"nominal 10 m pixels are 5.01 m on the ground"),
         "utm.tif": ("EPSG:32631", 500000.0, 5000000.0, 10.0, None),
     }
     for name, (crs, x0, y0, step, expected) in cases.items():
         with open_scene(str(scene_at(name, crs, x0, y0, step))) as scene:
-            notes = geometry_notes(scene)
+            scale = plan_geometry(scene, plan_scale(scene.pixel_spacing(), info()))
+            notes = [n for n in scale.notes if "ground" in n]
+            unknown = plan_geometry(scene, plan_scale(scene.pixel_spacing(), info(pixel_spacing=None)))
+            dy, dx = scene.ground_spacing()
         if expected is None:
-            assert notes == []
+            assert notes == [] and scale.axes is None
         else:
             assert len(notes) == 1 and re.search(expected, notes[0]), notes
+        if name == "degrees.tif":
+            assert scale.axes == pytest.approx((10.0 / dy, 10.0 / dx)) and 1.99 < dy / dx < 2.01
+            assert unknown.axes is None and re.search(r"not square: the student sees the scene stretched", unknown.notes[-1])

@@ -209,8 +209,7 @@ class Predictor:
                 o.db_window,
                 o.allow_radiometry_mismatch,
             )
-            scale = plan_scale(scene.pixel_spacing(), self.info, o.pixel_spacing)
-            scale = dataclasses.replace(scale, notes=scale.notes + tuple(geometry_notes(scene)))
+            scale = plan_geometry(scene, plan_scale(scene.pixel_spacing(), self.info, o.pixel_spacing))
             grid_h, grid_w = plan_grid(scene, scale, o)
             fy, fx = scene.height / grid_h, scene.width / grid_w  # exact scene pixels per model pixel per axis
             out.mkdir(parents=True, exist_ok=True)
@@ -381,8 +380,12 @@ class Predictor:
         vopts = VectoriseOptions(
             o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w)
         )
-        spacing = scene.pixel_spacing()
-        model_spacing = spacing * math.sqrt(f[0] * f[1]) if spacing else None  # a square of the model pixel's area
+        if scale.axes is not None:  # scene pixels not square: the model pixel's sides from theirs
+            dy, dx = scene.annotated_spacing_m or scene.ground_spacing()
+            model_spacing = math.sqrt(dy * f[0] * dx * f[1])
+        else:
+            spacing = scene.pixel_spacing()
+            model_spacing = spacing * math.sqrt(f[0] * f[1]) if spacing else None  # a square of the model pixel's area
         # --min-area and --simplify are metres, or scene pixels when the scene has no spacing (jobs/predict.py's help):
         # a model pixel is fy x fx scene pixels, so a resampled scene's slicks are measured as area_pixels is.
         pixel_area = model_spacing**2 if model_spacing else f[0] * f[1]
@@ -498,32 +501,47 @@ def band_rows(most: int, width: int) -> int:
     return max(16, min(most, BAND_PIXELS // max(1, width)))
 
 
-GROUND_MISMATCH = 0.1  # pixels 10 % off square, or off their nominal size, on the ground: a warning
+GROUND_MISMATCH = 0.1  # pixels 10 % off square, or off their nominal size, on the ground
 
 
-def geometry_notes(scene: Scene) -> list[str]:
-    """Warnings (logged, and in predict.json's scale notes) where the grid is not what its spacing says:
-    pixels that are not square on the ground (degree pixels away from the equator: the student sees the
-    scene stretched), or a projection whose nominal metres are not ground metres (Web Mercator, 2x at
-    60 degrees). The scene is still run; reprojecting it is the fix."""
+def plan_geometry(scene: Scene, scale: Scale) -> Scale:
+    """The scale, fitted to pixels that are not what the grid's spacing says.
+
+    Pixels that are not square on the ground (degree pixels away from the equator, a grid of unequal
+    steps) are resampled along each axis to the model's square pixels, from their size as annotated
+    (SAFE) or on the ground at the scene centre (a note); without a training spacing to aim at, the student sees the scene stretched
+    (a warning). A projection whose nominal metres are not ground metres (Web Mercator, 2x at 60
+    degrees) is a warning: the scale follows the nominal size. Warnings are logged; every note goes to
+    predict.json's scale notes."""
     if not scene.georeferenced:
-        return []
+        return scale
     dy, dx = scene.ground_spacing()
-    notes = []
-    if max(dy, dx) > (1 + GROUND_MISMATCH) * min(dy, dx):
-        notes.append(
-            f"pixels are {dy:.3g} x {dx:.3g} m on the ground (rows x columns), not square: the student sees the "
-            "scene stretched; reproject it to square metric pixels (gdalwarp -t_srs EPSG:326NN -tr S S)"
-        )
+    sy, sx = scene.annotated_spacing_m or (dy, dx)
+    notes, warnings = [], []
+    if max(sy, sx) > (1 + GROUND_MISMATCH) * min(sy, sx):
+        shape = f"pixels are {sy:.3g} x {sx:.3g} m{'' if scene.annotated_spacing_m else ' on the ground'} (rows x columns), not square"
+        if scale.model_spacing_m:
+            model = scale.model_spacing_m
+            # the note that scene and training spacing agree spoke of their mean; the axes differ
+            kept = tuple(n for n in scale.notes if not n.startswith("scene and training spacing within"))
+            notes.append(f"{shape}: resampled along each axis to square {model:.3g} m model pixels")
+            scale = dataclasses.replace(scale, notes=kept, axes=(model / sy, model / sx))
+        else:
+            warnings.append(
+                f"{shape}: the student sees the scene stretched (the training spacing is unknown; give "
+                "--pixel-spacing, or reproject to square metric pixels: gdalwarp -t_srs EPSG:326NN -tr S S)"
+            )
     nominal = scene.pixel_spacing()
     if scene.crs.is_projected and scene.transform is not None and abs(nominal / ((dy + dx) / 2) - 1) > GROUND_MISMATCH:
-        notes.append(
+        warnings.append(
             f"the CRS's nominal {nominal:.3g} m pixels are {(dy + dx) / 2:.3g} m on the ground (its scale factor "
             "here): scale and --min-area follow the nominal size; reproject to a local metric CRS (UTM)"
         )
-    for note in notes:
+    for note in warnings:
         log.warning("%s: %s", scene.source, note)
-    return notes
+    for note in notes:
+        log.info("%s: %s", scene.source, note)
+    return dataclasses.replace(scale, notes=scale.notes + tuple(notes + warnings))
 
 
 def plan_grid(scene: Scene, scale: Scale, o: PredictOptions) -> tuple[int, int]:
@@ -535,20 +553,22 @@ def plan_grid(scene: Scene, scale: Scale, o: PredictOptions) -> tuple[int, int]:
         raise PredictError(
             f"{scene.source}: {scene.height} x {scene.width} pixels ({megapixels:,.0f} megapixels), more than --max-scene-pixels {o.max_scene_pixels}"
         )
-    factor = scale.factor
-    if not (math.isfinite(factor) and factor > 0) or max(factor, 1 / factor) > o.max_resample_factor:
-        spacings = (
-            f" (scene pixels {scale.scene_spacing_m:g} m, model pixels {scale.model_spacing_m:g} m)"
-            if scale.scene_spacing_m and scale.model_spacing_m
-            else ""
-        )
-        raise PredictError(
-            f"{scene.source}: the model grid needs {factor:g} scene pixels per model pixel{spacings}, beyond --max-resample-factor {o.max_resample_factor:g} either way"
-        )
-    grid_h, grid_w = max(1, round(scene.height / factor)), max(1, round(scene.width / factor))
+    for factor in scale.factors:
+        if not (math.isfinite(factor) and factor > 0) or max(factor, 1 / factor) > o.max_resample_factor:
+            spacings = (
+                f" (scene pixels {scale.scene_spacing_m:g} m, model pixels {scale.model_spacing_m:g} m)"
+                if scale.scene_spacing_m and scale.model_spacing_m
+                else ""
+            )
+            raise PredictError(
+                f"{scene.source}: the model grid needs {factor:g} scene pixels per model pixel{spacings}, beyond --max-resample-factor {o.max_resample_factor:g} either way"
+            )
+    fy, fx = scale.factors
+    grid_h, grid_w = max(1, round(scene.height / fy)), max(1, round(scene.width / fx))
     if grid_h * grid_w > o.max_grid_pixels:
+        factors = f"{fy:g}" if fy == fx else f"{fy:g} x {fx:g}"
         raise PredictError(
-            f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels (factor {factor:g}), more than --max-grid-pixels {o.max_grid_pixels}"
+            f"{scene.source}: a model grid of {grid_h} x {grid_w} pixels (factor {factors}), more than --max-grid-pixels {o.max_grid_pixels}"
         )
     if max(grid_h, grid_w) > MAX_GRID_SIDE:
         raise PredictError(

@@ -220,16 +220,25 @@ def to_codes(raw: np.ndarray, conversion: Conversion, a_sigma: np.ndarray | None
 
 @dataclass(frozen=True)
 class Scale:
-    """The model grid: ``factor`` scene pixels per model pixel (> 1: the scene is resampled coarser)."""
+    """The model grid: ``factor`` scene pixels per model pixel (> 1: the scene is resampled coarser);
+    ``axes``, where the scene's pixels are not square on the ground, the factor along rows and along
+    columns that make the model's pixels square."""
 
     factor: float
     scene_spacing_m: float | None
     model_spacing_m: float | None
     notes: tuple[str, ...] = ()
+    axes: tuple[float, float] | None = None
+
+    @property
+    def factors(self) -> tuple[float, float]:
+        """(scene pixels per model pixel down a column, along a row)."""
+        return self.axes if self.axes is not None else (self.factor, self.factor)
 
     def to_json(self) -> dict:
         return {
             "factor": self.factor,
+            "factors": list(self.factors),
             "scene_spacing_m": self.scene_spacing_m,
             "model_spacing_m": self.model_spacing_m,
             "notes": list(self.notes),

@@ -105,6 +105,8 @@ class Scene:
     footprint: list[tuple[float, float]] | None = None  # (lon, lat) ring from the product, if it has one
     polarisation: str | None = None
     native_spacing_m: float | None = None  # as annotated (SAFE); otherwise measured from the georeferencing
+    # (down a column, along a row) as annotated (SAFE: azimuth, range); None: measured on the ground
+    annotated_spacing_m: tuple[float, float] | None = None
     nodata: float | None = None  # the band's declared no-data value (a GRD's 0 DN); NaN is no data in any band
     _reader: Any = field(default=None, repr=False)
     _closers: list = field(default_factory=list, repr=False)
@@ -799,6 +801,7 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
                 ) from None
             spacings.append(check_spacing(value, f"imageInformation/{name}", src))
         spacing = sum(spacings) / 2 if len(spacings) == 2 else None
+        annotated = (spacings[1], spacings[0]) if len(spacings) == 2 else None  # (azimuth, range)
 
     calibration = None
     cal_names = [
@@ -843,6 +846,7 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
         footprint=_manifest_footprint(manifest),
         polarisation=polarisation,
         native_spacing_m=spacing,
+        annotated_spacing_m=annotated,
         nodata=0.0,  # a GRD's border outside the swath: DN 0 (it calibrates to no sigma-nought)
     )
     scene._reader = _band_reader(ds, 1)
