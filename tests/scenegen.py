@@ -159,6 +159,22 @@ def corner_lonlat(row: float, col: float, height: int, width: int) -> tuple[floa
     return lon, lat
 
 
+def track_lonlat(lat0: float, heading: float, rows, cols, lines: int, samples: int, spacing: float):
+    """(lon, lat) of pixel (row, col) of a GRD-like footprint centred at (10 E, lat0) on the WGS84
+    ellipsoid: from its first pixel, rows along a track of the given heading, then columns across it (to
+    the right), each a geodesic step of ``spacing`` metres per pixel (bench/gcp_accuracy.py's truth)."""
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    lon_a, lat_a, _ = geod.fwd(10.0, lat0, heading + 180.0, lines * spacing / 2)
+    lon_0, lat_0, _ = geod.fwd(lon_a, lat_a, heading - 90.0, samples * spacing / 2)
+    rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+    full = np.ones(rows.shape)
+    lon_r, lat_r, back = geod.fwd(lon_0 * full, lat_0 * full, heading * full, rows * spacing)
+    lon, lat, _ = geod.fwd(lon_r, lat_r, np.asarray(back) + 270.0, cols * spacing)  # back + 180: the track's heading
+    return np.asarray(lon), np.asarray(lat)
+
+
 def write_safe(
     root: Path,
     codes,

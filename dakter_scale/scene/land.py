@@ -172,9 +172,9 @@ def land_rasteriser(
         inverse = ~(scene.transform @ Affine.scale(fx, fy))
         pixels = shapely.transform(land, lambda c: np.column_stack(inverse @ (c[:, 0], c[:, 1])))
     else:
-        from rasterio.transform import GCPTransformer
+        from dakter_scale.scene.read import gcp_transformer
 
-        with GCPTransformer(scene.gcps) as t:
+        with gcp_transformer(scene.gcps) as t:
 
             def to_pixels(c):
                 rows, cols = t.rowcol(c[:, 0], c[:, 1], op=lambda v: v)
