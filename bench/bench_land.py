@@ -30,8 +30,9 @@ def world_land(path: Path, cells: int, vertices: int, coast_lon: float) -> int:
     except near the scene (1.5-4.5 E, 43.5-46.5 N), where one polygon's coast runs north-south at
     coast_lon, so that the scene is part land, part sea."""
     import numpy as np
-    import pyogrio.raw
     import shapely
+
+    from scenegen import write_vector
 
     ny = max(1, int(round((cells / 2) ** 0.5)))
     nx = max(1, cells // ny)
@@ -46,15 +47,7 @@ def world_land(path: Path, cells: int, vertices: int, coast_lon: float) -> int:
     near = shapely.box(1.5, 43.5, 4.5, 46.5)
     geoms = [g for g in geoms if not g.intersects(near)]
     geoms.append(shapely.segmentize(shapely.box(2.0, 44.0, coast_lon, 46.0), 0.01))
-    pyogrio.raw.write(
-        str(path),
-        np.array(shapely.to_wkb(geoms), dtype=object),
-        field_data=[],
-        fields=[],
-        driver="GPKG",
-        geometry_type="Polygon",
-        crs="EPSG:4326",
-    )
+    write_vector(path, geoms, "EPSG:4326")
     return len(geoms)
 
 

@@ -175,6 +175,23 @@ def track_lonlat(lat0: float, heading: float, rows, cols, lines: int, samples: i
     return np.asarray(lon), np.asarray(lat)
 
 
+def write_vector(path, geoms, crs: str) -> str:
+    """A GeoPackage (with its spatial index) of shapely geometries in ``crs``: a --land file."""
+    import pyogrio.raw
+    import shapely
+
+    pyogrio.raw.write(
+        str(path),
+        np.array(shapely.to_wkb(list(geoms)), dtype=object),
+        field_data=[],
+        fields=[],
+        driver="GPKG",
+        geometry_type="Unknown",
+        crs=crs,
+    )
+    return str(path)
+
+
 def write_safe(
     root: Path,
     codes,

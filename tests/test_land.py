@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from dakter_scale.scene import land
 from dakter_scale.scene.read import SceneError, open_scene
 
-from scenegen import ORIGIN, UTM, write_geotiff
+from scenegen import ORIGIN, UTM, write_geotiff, write_vector
 
 SPACING = 10.0
 H, W = 120, 160
@@ -23,21 +23,6 @@ BUFFER_M = 300.0  # 30 px
 def utm_box(r0, r1, c0, c1):
     """A box of scene pixels (rows r0..r1, columns c0..c1; outside the scene too) in UTM metres."""
     return shapely.box(ORIGIN[0] + c0 * SPACING, ORIGIN[1] - r1 * SPACING, ORIGIN[0] + c1 * SPACING, ORIGIN[1] - r0 * SPACING)
-
-
-def write_vector(path, geoms, crs: str) -> str:
-    import pyogrio.raw
-
-    pyogrio.raw.write(
-        str(path),
-        np.array(shapely.to_wkb(geoms), dtype=object),
-        field_data=[],
-        fields=[],
-        driver="GPKG",
-        geometry_type="Unknown",
-        crs=crs,
-    )
-    return str(path)
 
 
 def in_crs(geoms, crs: str):
