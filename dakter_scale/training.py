@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -345,7 +346,8 @@ def run_steps(
             # reading the loss is a device sync: only at logging steps
             last_log = {
                 "loss": float(loss.detach()),
-                **{k: float(v) for k, v in parts.items()},
+                # a part no sample of this batch took is NaN (core/kd.py mixed_loss): left out
+                **{k: v for k, v in ((k, float(v)) for k, v in parts.items()) if not math.isnan(v)},
                 "lr": optimizer.param_groups[0]["lr"],
             }
             now = time.perf_counter()

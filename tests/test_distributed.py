@@ -219,6 +219,8 @@ def test_metrics_reach_accelerate_trackers(tmp_path, monkeypatch):
         GradientState._reset_state()
     assert [step for step, _ in tracker.logged] == [1, 2]
     assert all("loss" in values and "ce_real" in values for _, values in tracker.logged)
+    # a term no sample of the batch took (soft_real, kd: no pasted or generated samples) is left out, not NaN
+    assert all(v == v and k not in ("soft_real", "kd") for _, values in tracker.logged for k, v in values.items())
     assert tracker.config["max_steps"] == "2" and tracker.finished
 
 

@@ -71,7 +71,7 @@ def mixed_loss(
     temperature: float = 1.0,
     hard_weight: float | None = None,
     confidence_power: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The student's loss over a batch mixing real and generated samples.
 
     Real sample: ce_weight * CE(logits, mask). Generated sample: kd_weight * KD(logits, q) with
@@ -91,26 +91,28 @@ def mixed_loss(
     """
     if labels not in ("soft", "hard"):
         raise ValueError(f"labels must be 'soft' or 'hard', got {labels!r}")
-    gen = is_generated.to(torch.bool)
-    per_sample = torch.zeros(logits.shape[0], device=logits.device)
-    parts: dict[str, float] = {}
+    # Every term is computed on the whole batch and selected per sample with torch.where: indexing by a
+    # boolean mask, or asking whether any sample takes a term, would make the host wait for the device
+    # each step. Parts are tensors (NaN where no sample took the term), read at logging steps only.
+    gen = is_generated.to(device=logits.device, dtype=torch.bool)
     soft = ~gen & (q.amax(dim=1) < 1).flatten(1).any(dim=1)
     hard = ~gen & ~soft
-    if hard.any():
-        ce_real = ce_loss_per_sample(logits[hard], mask[hard])
-        per_sample[hard] = ce_weight * ce_real
-        parts["ce_real"] = float(ce_real.detach().mean())
-    if soft.any():
-        soft_real = kd_loss_per_sample(logits[soft], q[soft])
-        per_sample[soft] = ce_weight * soft_real
-        parts["soft_real"] = float(soft_real.detach().mean())
-    if gen.any():
-        if labels == "soft":
-            kd = kd_loss_per_sample(logits[gen], q[gen], temperature, confidence_power)
-            per_sample[gen] = kd_weight * kd
-            parts["kd"] = float(kd.detach().mean())
-        else:
-            ce_gen = ce_loss_per_sample(logits[gen], q[gen].argmax(dim=1))
-            per_sample[gen] = (ce_weight if hard_weight is None else hard_weight) * ce_gen
-            parts["ce_generated"] = float(ce_gen.detach().mean())
+    ce_real = ce_loss_per_sample(logits, mask)
+    soft_real = kd_loss_per_sample(logits, q)
+    if labels == "soft":
+        generated = kd_loss_per_sample(logits, q, temperature, confidence_power)
+        generated_weight, generated_part = kd_weight, "kd"
+    else:
+        generated = ce_loss_per_sample(logits, q.argmax(dim=1))
+        generated_weight, generated_part = (ce_weight if hard_weight is None else hard_weight), "ce_generated"
+    zero = logits.new_zeros((), dtype=torch.float32)
+    per_sample = torch.where(
+        hard, ce_weight * ce_real, torch.where(soft, ce_weight * soft_real, torch.where(gen, generated_weight * generated, zero))
+    )
+
+    def part(values: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+        values = values.detach()
+        return torch.where(taken, values, 0).sum() / taken.sum()  # 0 / 0: NaN where no sample took it
+
+    parts = {"ce_real": part(ce_real, hard), "soft_real": part(soft_real, soft), generated_part: part(generated, gen)}
     return per_sample.mean(), parts
