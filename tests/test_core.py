@@ -350,3 +350,40 @@ def test_the_mixed_loss_is_one_graph_with_no_host_sync_and_matches_eager(labels)
     eager, eager_parts = kd.mixed_loss(logits, mask, q, is_gen, labels=labels, temperature=2.0)
     assert torch.equal(loss, eager) and parts.keys() == eager_parts.keys()
     assert torch.isnan(parts["soft_real"]) and not torch.isnan(parts["ce_real"])  # no real sample has soft labels
+
+
+def indexed_mixed_loss(logits, mask, q, is_generated, *, labels, ce_weight, kd_weight, temperature, confidence_power):
+    """The loss as it was before it stopped asking the device which samples take which term: boolean
+    indexing, one term per subset (the reference the evidence study's students trained with)."""
+    gen = is_generated.to(torch.bool)
+    per_sample = torch.zeros(logits.shape[0])
+    soft = ~gen & (q.amax(dim=1) < 1).flatten(1).any(dim=1)
+    hard = ~gen & ~soft
+    if hard.any():
+        per_sample[hard] = ce_weight * kd.ce_loss_per_sample(logits[hard], mask[hard])
+    if soft.any():
+        per_sample[soft] = ce_weight * kd.kd_loss_per_sample(logits[soft], q[soft])
+    if gen.any():
+        if labels == "soft":
+            per_sample[gen] = kd_weight * kd.kd_loss_per_sample(logits[gen], q[gen], temperature, confidence_power)
+        else:
+            per_sample[gen] = ce_weight * kd.ce_loss_per_sample(logits[gen], q[gen].argmax(dim=1))
+    return per_sample.mean()
+
+
+def test_the_mixed_loss_gives_the_indexed_losses_and_gradients_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(12):
+        logits = torch.randn(8, 5, 8, 8, generator=gen)
+        mask = torch.randint(0, 5, (8, 8, 8), generator=gen)
+        q = torch.softmax(3 * torch.randn(8, 5, 8, 8, generator=gen), dim=1)
+        is_gen = torch.rand(8, generator=gen) < 0.5
+        q[~is_gen] = joint.one_hot(mask[~is_gen], 5)
+        q[int(torch.argmin(is_gen.int())), :, 0, 0] = torch.tensor([0.2, 0.3, 0.5, 0.0, 0.0])  # pasted soft labels
+        for labels in ("soft", "hard"):
+            kw = dict(labels=labels, ce_weight=1.3, kd_weight=0.7, temperature=(1.0, 2.0)[trial % 2], confidence_power=(0.0, 1.0)[trial // 6])
+            a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+            expected, got = indexed_mixed_loss(a, mask, q, is_gen, **kw), kd.mixed_loss(b, mask, q, is_gen, **kw)[0]
+            expected.backward()
+            got.backward()
+            assert torch.equal(got, expected) and torch.equal(b.grad, a.grad)
