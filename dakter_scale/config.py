@@ -585,6 +585,9 @@ class ExperimentConfig:
     # pretrain_finetune: this share of the student's steps on generated pairs alone (KD), the rest on real
     # scenes with copy-paste: the same total steps as every other arm
     pretrain_share: float = 0.5
+    # Comparisons ("A-B", methods of COMPARISONS in study/analyse.py) added after this study's test scores
+    # were read: their verdicts are marked exploratory in results.json and the reports, never confirmatory
+    exploratory: tuple[str, ...] = ()
 
     def seeds_of(self, arch: str) -> tuple[int, ...]:
         """The main table's seeds of `arch`: seeds, then its more_seeds (validated ARCH:SEED entries)."""
@@ -634,6 +637,13 @@ class ExperimentConfig:
         )
         for m in self.methods + self.sweep_methods:
             _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
+        for entry in self.exploratory:
+            a, _, b = entry.partition("-")
+            _check(
+                a in self.methods and b in self.methods,
+                "experiment.exploratory",
+                f"{entry!r} is not A-B with A and B among experiment.methods",
+            )
         _check(
             "instance_paste" not in self.methods + self.sweep_methods or bool(self.bank_sizes),
             "experiment.bank_sizes",

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from dakter_scale.config import load_config
+from dakter_scale.config import ConfigError, load_config
 from dakter_scale.experiment import Experiment
 from dakter_scale.study.plan import Plan, student_of
 
@@ -89,7 +89,6 @@ def test_plan_sweep_seeds_and_generated_size():
 
 
 def test_per_student_kd_weight_and_matched_control():
-    from dakter_scale.config import ConfigError
 
     cfg = load_config(
         None,
@@ -129,7 +128,6 @@ def test_per_student_kd_weight_and_matched_control():
 
 
 def test_more_seeds_train_after_every_students_seeds_and_count_in_that_students_verdicts():
-    from dakter_scale.config import ConfigError
     from dakter_scale.study.analyse import Results
     from dakter_scale.study.report import seed_counts
 
@@ -157,7 +155,6 @@ def test_more_seeds_train_after_every_students_seeds_and_count_in_that_students_
 
 
 def test_filter_keep_is_checked():
-    from dakter_scale.config import ConfigError
 
     with pytest.raises(ConfigError, match="experiment.filter_keep"):
         load_config(None, TINY + ["experiment.filter_keep=1.0"])
@@ -321,15 +318,14 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
     assert ("hard_matched-unet-r1-s0" in payload["runs"]) == (chosen != 1.0)
     assert "## KD weight λ, chosen on the validation split" in (tmp_path / "results.md").read_text()
 
-    path = Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=5", "test5")
+    path = Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=5&seed=11", "test5")
     rescored = json.loads((tmp_path / "rescore_test5.json").read_text())
     assert set(rescored["runs"]) == set(payload["runs"]) and all(m["images"] == 5 for m in rescored["runs"].values())
     assert (tmp_path / "students" / "hard-unet-r1-s0" / "metrics_test5.json").is_file()
     assert "## Main comparison at ratio 1 (100 %)" in path.read_text()
-    from dakter_scale.config import ConfigError
 
     with pytest.raises(ConfigError, match="another tag"):
-        Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4", "test5")
+        Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4&seed=12", "test5")
 
 
 @pytest.mark.slow  # trains a tiny generator and 5 students (~2 min)
@@ -403,7 +399,6 @@ def test_sampler_frontier_plan_table_and_figure(tmp_path):
     """Sampler study entries SAMPLER:STEPS[:ORDER] become generated sets with those sampling settings;
     with study_seeds [] no student is planned, and the report shows generation quality, both rates
     and the frontier figure."""
-    from dakter_scale.config import ConfigError
     from dakter_scale.study.report import sampler_frontier_figure, study_tables
 
     cfg = load_config(
@@ -459,7 +454,6 @@ def test_sampler_frontier_plan_table_and_figure(tmp_path):
 def test_targeted_dakter_method_runs_on_a_tiny_config(tmp_path):
     """dakter_target: the same number of pairs as dakter from the same model, meeting the class target
     (here by the conditioned route); its students and the report carry it, and a rerun keeps it."""
-    from dakter_scale.config import ConfigError
 
     with pytest.raises(ConfigError, match="methods dakter_target need a class target"):
         load_config(None, TINY + ["experiment.methods=[dakter,dakter_target]"])
@@ -527,6 +521,36 @@ def test_the_verdict_is_worded_from_the_interval():
     text = "\n".join(verdict_table(Results(runs, plan)))
     assert "| dakter − none (generated pairs against none) | unet | +2.50 |" in text
     assert "| ahead |" in text and "| tie |" in text and "| behind |" in text
+    # a score that is not a number is not a seed: one real difference is "one seed", not a zero-width "ahead";
+    # two real of three give t(1) over those two
+    nan = float("nan")
+    assert paired([0.01, nan])["verdict"] == "one seed" and paired([0.01, None])["n"] == 1
+    two = paired([0.01, 0.02, nan])
+    assert two["n"] == 2 and abs(two["high"] - (0.015 + t95(1) * (0.005 * 2**0.5) / 2**0.5)) < 1e-12
+    # a comparison named exploratory is marked so, in results and in the table
+    explored = load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.exploratory=[dakter-none]"])
+    marked = Results(runs, Plan(explored, n_train=6)).verdicts()
+    assert all(v["exploratory"] for v in marked)
+    assert "(exploratory) |" in "\n".join(verdict_table(Results(runs, Plan(explored, n_train=6))))
+    with pytest.raises(ConfigError, match=r"experiment\.exploratory.*'dakter-hard' is not A-B"):
+        load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.exploratory=[dakter-hard]"])
+
+
+def test_a_validation_setting_whose_scores_are_not_numbers_cannot_be_chosen():
+    """NaN compares greater than nothing, so max() kept a NaN first setting: with scores [nan, .70, .71,
+    .72] the grid chose the NaN one. Such a setting is passed over; a grid of no numbers is refused."""
+    from dakter_scale.study.analyse import choose_settings
+    from dakter_scale.study.plan import StudentRun
+
+    def run(ratio, steps, seed=0):
+        return StudentRun("dakter", "unet", ratio, seed, variant=f"n{steps}", weight=1.0, overrides=(("student.max_steps", steps),))
+
+    runs = [run(2.0, 600), run(2.0, 1200), run(4.0, 600), run(4.0, 1200)]
+    scores = {r.name: {"miou": m} for r, m in zip(runs, [float("nan"), 0.70, 0.71, 0.72])}
+    chosen = choose_settings(runs, scores, ratio_grid=True, steps_grid=True)["unet"]
+    assert (chosen["chosen_ratio"], chosen["chosen_steps"]) == (4.0, 1200)
+    with pytest.raises(ValueError, match="no validation score of the grid is a number"):
+        choose_settings(runs, {r.name: {"miou": float("nan")} for r in runs}, ratio_grid=True, steps_grid=True)
 
 
 def test_one_set_of_students_is_one_arm_and_the_grid_seed_is_left_out_once_more():
@@ -562,7 +586,6 @@ def test_one_set_of_students_is_one_arm_and_the_grid_seed_is_left_out_once_more(
 def test_a_study_that_would_choose_on_its_test_split_is_refused(tmp_path):
     """A validation split that shares scenes with the test split (the same spec, or the same simulator
     seed with more scenes) is refused in one line before any work; so is rescoring the test split."""
-    from dakter_scale.config import ConfigError
 
     for validation in ("synthetic:6?size=32&test=3", "synthetic:6?size=32&test=5"):
         cfg = load_config(None, TINY + ["experiment.ratio_grid=[1.0,2.0]", f"experiment.validation_spec={validation}"])
@@ -602,6 +625,10 @@ def test_a_study_that_would_choose_on_its_test_split_is_refused(tmp_path):
     exp = Experiment(cfg, tmp_path / "ok", progress=False)
     with pytest.raises(ConfigError, match="scored on once"):
         exp.rescore("synthetic:6?size=32&test=4&seed=31", "again")
+    # by scene, not by text: a larger split of the same seed, or the parameters reordered, holds the test scenes
+    for spec in ("synthetic:6?size=32&test=9&seed=31", "synthetic:6?seed=31&test=4&size=32"):
+        with pytest.raises(ConfigError, match=r"holds 4 scene\(s\) of this study's test split.*scored on once"):
+            exp.rescore(spec, "again")
 
 
 def test_a_study_whose_test_split_holds_a_training_scene_is_refused(tmp_path):
@@ -610,7 +637,6 @@ def test_a_study_whose_test_split_holds_a_training_scene_is_refused(tmp_path):
     training split's fingerprint."""
     import shutil
 
-    from dakter_scale.config import ConfigError
     from dakter_scale.data.synthetic_sar import write_osd_layout
 
     apart, shared = tmp_path / "apart", tmp_path / "shared"
@@ -671,7 +697,6 @@ def test_the_eight_arms_and_the_length_grid_in_the_plan():
     assert {dict(r.overrides)["student.max_steps"] for r in grid.selection_runs()} == {3, 5} and grid.pending()
     chosen = Plan(grid.cfg, 6, {"unet": (0.5, 1.0, 5)})
     assert all(dict(r.overrides)["student.max_steps"] == 5 for r in chosen.main_runs())
-    from dakter_scale.config import ConfigError
 
     with pytest.raises(ConfigError, match="synthesis.target.spec"):
         load_config(None, TINY + ["experiment.methods=[none,copy_paste]"])
@@ -720,7 +745,6 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     """--records keeps each finished student's scores; a fresh study folder restores them and trains
     only what is missing, after checking that the rebuilt model and sets are the same bit for bit
     (training and sampling are deterministic). A kept identity that differs is refused in one line."""
-    from dakter_scale.config import ConfigError
     from dakter_scale.study.records import Records
 
     cfg = load_config(None, TINY + RECORDS_STUDY)
@@ -792,7 +816,6 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
     assert "+9.50" in verdict and "2/2" in verdict and verdict.endswith("| ahead |")  # seeds 0 and 1: (10 + 9) / 2
     assert not list((tmp_path / "models").glob("*")) and not (tmp_path / "generated").exists()
     # a kept score made on another split is refused, as the run refuses it, not tabled
-    from dakter_scale.config import ConfigError
 
     path.write_text(json.dumps({"miou": 0.9, "mean_f1": 0.9, "iou": [0.9] * 5, "data": "synthetic:6?seed=5"}))
     with pytest.raises(ConfigError, match="holds scores on synthetic:6\\?seed=5, not "):
@@ -848,7 +871,6 @@ def test_a_runner_waits_for_the_grid_that_another_runner_trains(tmp_path, caplog
     import logging
     import threading
 
-    from dakter_scale.config import ConfigError
 
     grid = ["experiment.steps_grid=[2,3]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]
     cfg = load_config(None, TINY + RECORDS_STUDY + grid)

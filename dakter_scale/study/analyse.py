@@ -81,6 +81,7 @@ class Results:
         students of one already listed (same_as) is left out; without_seeds: over the other seeds."""
         out, listed = [], set()
         arms = [(m, "copy_paste", "generated instances against real ones") for m in self.plan.methods() if bank_size(m)]
+        exploratory = set(self.e.exploratory)
         for a, b, what in COMPARISONS + tuple(arms):
             if not {a, b} <= set(self.plan.methods()):
                 continue
@@ -91,7 +92,8 @@ class Results:
             for arch in self.e.archs:
                 seeds = [s for s in self.e.seeds_of(arch) if s not in without_seeds]
                 d = self.differences(a, b, arch, self.plan.ratio(arch), seeds)
-                out.append({"a": a, "b": b, "claim": what, "arch": arch, **paired(d)})
+                row = {"a": a, "b": b, "claim": what, "arch": arch, **paired(d)}
+                out.append(dict(row, exploratory=True) if f"{a}-{b}" in exploratory else row)
         return out
 
 
@@ -139,8 +141,9 @@ def word(low: float | None, high: float | None) -> str:
 
 def paired(differences: Sequence[float]) -> dict:
     """Same-seed differences -> {n, mean, std, low, high (the 95 % t-interval of the mean), ahead (how
-    many are > 0), verdict (word)}; low and high None for fewer than two."""
-    d = [float(x) for x in differences]
+    many are > 0), verdict (word)}; low and high None for fewer than two. A difference that is not a
+    number (a score missing or NaN) is not a seed: n counts the others, and the interval is theirs."""
+    d = [float(x) for x in differences if x is not None and math.isfinite(float(x))]
     n = len(d)
     mean, std = mean_std(d)
     low = high = None
@@ -174,8 +177,11 @@ def choose_settings(
         if steps_grid:
             setting += f"#{dict(run.overrides)['student.max_steps']}"
         row["miou"].setdefault(setting, {})[str(run.seed)] = scores[run.name]["miou"]
-    for row in out.values():
-        means = {w: mean_std(list(by_seed.values()))[0] for w, by_seed in row["miou"].items()}
+    for arch, row in out.items():
+        # a setting whose scores are all missing or NaN cannot win (NaN compares greater than nothing)
+        means = {w: m for w, m in ((w, mean_std(list(v.values()))[0]) for w, v in row["miou"].items()) if math.isfinite(m)}
+        if not means:
+            raise ValueError(f"{arch}: no validation score of the grid is a number, so no setting can be chosen")
         best, _, steps = max(means, key=means.__getitem__).partition("#")  # max keeps the first of equals
         weight, _, ratio = best.partition("@")
         row["chosen"] = float(weight)

@@ -189,7 +189,10 @@ def main_table(r: Results) -> list[str]:
     lines = [
         f"## Main comparison {ratio_text(r.plan)}: mIoU / mean F1",
         "",
-        "| method | " + " | ".join(e.archs) + " |",
+        "Mean ± standard deviation (ddof 1) over the seeds each cell holds (the column's seeds, or n = the "
+        "fewer that have finished); the verdicts below are over same-seed differences, not these cells.",
+        "",
+        "| method | " + " | ".join(f"{arch} ({len(e.seeds_of(arch))} seeds)" for arch in e.archs) + " |",
         "|---|" + "---|" * len(e.archs),
     ]
     for m in r.methods():
@@ -197,7 +200,9 @@ def main_table(r: Results) -> list[str]:
         for arch in e.archs:
             mi, ms = r.cell(m, arch, r.plan.ratio(arch), "miou")
             fi, fs = r.cell(m, arch, r.plan.ratio(arch), "mean_f1")
-            cells.append(f"{pct(mi, ms)} / {pct(fi, fs)}")
+            n = len(r.by_seed(m, arch, r.plan.ratio(arch), "miou"))
+            fewer = f" (n = {n})" if 0 < n < len(e.seeds_of(arch)) else ""
+            cells.append(f"{pct(mi, ms)} / {pct(fi, fs)}{fewer}")
         lines.append(f"| {labelled(r, m)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -239,8 +244,10 @@ def _verdict_rows(verdicts: list[dict], title: str) -> list[str]:
     for v in rows:
         interval = f"{100 * v['low']:+.2f} … {100 * v['high']:+.2f}" if v["low"] is not None else "–"
         lines.append(
-            f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']} |"
+            f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']}{' (exploratory)' if v.get('exploratory') else ''} |"
         )
+    if any(v.get("exploratory") for v in rows):
+        lines += ["", "Exploratory: comparisons added after this study's test scores were read (experiment.exploratory)."]
     return lines + [""]
 
 

@@ -240,15 +240,18 @@ class Experiment:
         """Score every finished student whose folder matches `pattern` on the test split of `spec`
         (students/NAME/metrics_TAG.json), and write the tables over them: OUT/rescore_TAG.md and .json.
 
-        For a validation split (other scenes, to choose settings on) or a larger test split
-        (synthetic scenes are seeded per index: test=1000 holds test=200's scenes and 800 more)."""
+        For a validation split (other scenes, to choose settings on) or another test split; one that holds
+        any of this study's test scenes is refused (synthetic scenes are seeded per index: test=1000 of
+        the same seed holds test=200's scenes), since each student is scored on those once."""
         if tag == VALIDATION and spec != self.e.validation_spec:
             raise ConfigError(
                 f"--tag {VALIDATION} is the validation grid's split ({self.e.validation_spec or 'none set'}): give this split another tag"
             )
-        if spec == self.test_spec:
+        shared = set(split_digests(open_source(spec), "test")) & set(split_digests(open_source(self.test_spec), "test"))
+        if shared:  # by scene, not by spec: test=600, or the same parameters reordered, hold the test scenes too
             raise ConfigError(
-                f"{spec} is this study's test split, which each student is scored on once (metrics.json): rescore on another split"
+                f"{redact_url(spec)}: its test split holds {len(shared)} scene(s) of this study's test split, which each "
+                "student is scored on once (metrics.json): rescore on scenes apart from it"
             )
         runs = {}
         for d in sorted(self.folder.students().glob(pattern)):
