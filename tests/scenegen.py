@@ -246,7 +246,7 @@ def write_safe(
         (safe / "annotation" / f"{stem}.xml").write_text(
             f'<?xml version="1.0" encoding="UTF-8"?>\n<product><adsHeader><missionId>S1A</missionId><productType>GRD</productType><polarisation>{pol.upper()}</polarisation>'
             f"<mode>IW</mode><swath>IW</swath><startTime>{START}</startTime><stopTime>2026-01-01T05:45:37.000000</stopTime></adsHeader>"
-            f"<imageAnnotation><imageInformation><rangePixelSpacing>{spacing[1]:.6e}</rangePixelSpacing><azimuthPixelSpacing>{spacing[0]:.6e}</azimuthPixelSpacing>"
+            f"<imageAnnotation><imageInformation><rangePixelSpacing>{spacing[1]:.1e}</rangePixelSpacing><azimuthPixelSpacing>{spacing[0]:.1e}</azimuthPixelSpacing>"
             f"<numberOfSamples>{width}</numberOfSamples><numberOfLines>{height}</numberOfLines></imageInformation></imageAnnotation>"
             f'<geolocationGrid><geolocationGridPointList count="{len(lines) * len(pixels)}">{points}</geolocationGridPointList></geolocationGrid></product>\n'
         )

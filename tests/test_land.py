@@ -132,3 +132,21 @@ def test_a_world_wide_land_file_places_the_coast_and_nothing_from_the_far_side_o
         mask = land.land_rasteriser(url, buffer_m, scene, 1.0, 1.0)(0, H, 0, W)
     edge = W / 2 + buffer_m / SPACING
     assert mask[:, : int(edge) - 1].all() and not mask[:, int(edge) + 1 :].any()
+
+
+def test_land_across_the_antimeridian_within_the_buffer_of_a_scene_that_stops_short_of_it(tmp_path, monkeypatch):
+    """The scene ends 0.006 degrees west of 180 and the buffer is 1 km: land starting 0.002 degrees east
+    of 180 lies within it. The window wraps round to take it, as the whole file does."""
+    from pyproj import CRS
+
+    lat0 = 10.0
+    x_edge, y0 = Transformer.from_crs("EPSG:4326", "EPSG:32660", always_xy=True).transform(179.994, lat0)
+    scene_path = write_scene(tmp_path / "s.tif", "EPSG:32660", x_edge - SPACING * W, y0, SPACING)
+    url = write_vector(tmp_path / "land.gpkg", [shapely.segmentize(shapely.box(-179.998, 9.9, -179.9, 10.1), 0.001)], "EPSG:4326")
+    with open_scene(scene_path) as scene:
+        windows = land.footprint_windows(scene, 1000.0, CRS("EPSG:4326"))
+        assert len(windows) == 2 and windows[1][0] == -180.0
+        mask = land.land_rasteriser(url, 1000.0, scene, 1.0, 1.0)(0, H, 0, W)
+        monkeypatch.setattr(land, "footprint_windows", lambda *a: None)
+        whole = land.land_rasteriser(url, 1000.0, scene, 1.0, 1.0)(0, H, 0, W)
+    assert mask.any() and np.array_equal(mask, whole)

@@ -185,6 +185,65 @@ def test_a_geolocation_grid_places_pixels_between_its_points_at_high_latitude(tm
     assert np.median(np.abs(d)) < 3.0
 
 
+def test_a_safe_product_without_image_information_takes_its_spacing_from_the_grid(tmp_path):
+    """No imageInformation in the annotation: the spacing is measured from the geolocation grid, as
+    before per-axis spacings were read (the annotated pair was then left unset and the product failed)."""
+    import re as _re
+
+    safe = write_safe(tmp_path, draw_codes()[:60, :80], polarisations=("vv",))
+    ann = next((safe / "annotation").glob("*.xml"))
+    ann.write_text(_re.sub(r"<imageInformation>.*?</imageInformation>", "", ann.read_text(), flags=_re.S))
+    with open_scene(str(safe)) as scene:
+        assert scene.annotated_spacing_m is None and scene.pixel_spacing() == pytest.approx(sum(scene.ground_spacing()) / 2)
+
+
+def test_contradicting_gcps_fall_back_to_the_polynomial_and_the_transformer_is_built_once(tmp_path, monkeypatch):
+    """Two GCPs at one pixel a metre apart make the spline singular (NaN everywhere); the polynomial fits
+    through them, so such a set gets it. A scene builds its transformer once, however often it is asked."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    from dakter_scale.scene import read
+
+    grid = [(r, c) for r in (0, 32, 64) for c in (0, 32, 64)]
+    gcps = [GroundControlPoint(row=r, col=c, x=10.0 + c * 1e-4, y=60.0 - r * 1e-4) for r, c in grid]
+    gcps.append(GroundControlPoint(row=32, col=32, x=10.0 + 32e-4 + 1e-5, y=60.0 - 32e-4))  # ~0.6 m off the other
+    path = tmp_path / "gcps.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="float32") as ds:
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
+        ds.write(np.full((1, 64, 64), 0.05, dtype=np.float32))
+    built = []
+    real = read.gcp_transformer
+    monkeypatch.setattr(read, "gcp_transformer", lambda g: built.append(1) or real(g))
+    with open_scene(str(path)) as scene:
+        for _ in range(3):
+            lon, lat = scene.pixel_to_lonlat(np.array([16.0, 48.0]), np.array([16.0, 48.0]))
+            assert np.isfinite(lon).all() and np.isfinite(lat).all()
+        assert lon[0] == pytest.approx(10.0016, abs=1e-5) and lat[1] == pytest.approx(60.0 - 48e-4, abs=1e-5)
+    assert len(built) == 1
+
+
+def test_a_projected_grid_of_unequal_steps_is_resampled_by_its_nominal_steps(tmp_path):
+    """Web Mercator at 60 N with 10 x 12 m nominal steps: the factors follow the nominal steps, as the
+    scale of a square grid does (not the ground's, which differ by the projection's scale factor)."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    from dakter_scale.scene.predict import plan_geometry
+    from dakter_scale.scene.radiometry import plan_scale
+
+    path = tmp_path / "merc.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", height=64, width=64, count=1, dtype="float32", crs="EPSG:3857",
+        transform=Affine(12.0, 0.0, 1113194.9, 0.0, -10.0, 8399737.9),
+    ) as ds:
+        ds.write(np.full((1, 64, 64), 0.01, dtype=np.float32))
+    with open_scene(str(path)) as scene:
+        assert scene.axis_spacing() == (10.0, 12.0)
+        scale = plan_geometry(scene, plan_scale(scene.pixel_spacing(), info(10.0)))
+    assert scale.axes == pytest.approx((1.0, 10.0 / 12.0))
+
+
 # -- hysteresis and band-wise components ----------------------------------------------------------------------
 
 

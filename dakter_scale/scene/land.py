@@ -72,6 +72,16 @@ def read_vector(url: str, windows: list[Box] | None = None):
     return geoms, crs
 
 
+def _wrap(w: float, s: float, e: float, n: float) -> list[Box]:
+    """A lon/lat box as boxes within [-180, 180]: what lies past one side comes in at the other."""
+    out = [(max(w, -180.0), s, min(e, 180.0), n)]
+    if w < -180.0:
+        out.append((w + 360.0, s, 180.0, n))
+    if e > 180.0:
+        out.append((-180.0, s, e - 360.0, n))
+    return out
+
+
 def footprint_windows(scene: Scene, grow_m: float, crs) -> list[Box] | None:
     """Boxes in `crs` (a pyproj CRS) that together hold every point within grow_m metres of the scene: its
     border, sampled, taken to longitude and latitude, grown by grow_m + MARGIN_M as degrees at the highest
@@ -102,7 +112,8 @@ def footprint_windows(scene: Scene, grow_m: float, crs) -> list[Box] | None:
             east_side = lon % 360.0
             west, east = float(east_side.min()) - dlon, float(east_side.max()) + dlon - 360.0
             boxes = [(west, south, 180.0, north), (-180.0, south, east, north)]
-    boxes = [(max(w, -180.0), s, min(e, 180.0), n) for w, s, e, n in boxes]
+    # a box grown past +-180 (the buffer crosses the antimeridian, the scene does not) wraps round
+    boxes = [wrapped for box in boxes for wrapped in _wrap(*box)]
     if crs.is_geographic:
         return boxes
     to_crs = Transformer.from_crs(CRS.from_epsg(4326), crs, always_xy=True)
@@ -172,17 +183,13 @@ def land_rasteriser(
         inverse = ~(scene.transform @ Affine.scale(fx, fy))
         pixels = shapely.transform(land, lambda c: np.column_stack(inverse @ (c[:, 0], c[:, 1])))
     else:
-        from dakter_scale.scene.read import gcp_transformer
+        t = scene.gcp_transformer()
 
-        with gcp_transformer(scene.gcps) as t:
+        def to_pixels(c):
+            rows, cols = t.rowcol(c[:, 0], c[:, 1], op=lambda v: v)
+            return np.column_stack([np.asarray(cols, dtype=np.float64) / fx, np.asarray(rows, dtype=np.float64) / fy])
 
-            def to_pixels(c):
-                rows, cols = t.rowcol(c[:, 0], c[:, 1], op=lambda v: v)
-                return np.column_stack(
-                    [np.asarray(cols, dtype=np.float64) / fx, np.asarray(rows, dtype=np.float64) / fy]
-                )
-
-            pixels = shapely.transform(land, to_pixels)
+        pixels = shapely.transform(land, to_pixels)
     pixels = pixels.intersection(shapely.box(0, 0, scene.width / fx + 1, scene.height / fy + 1))
     if pixels.is_empty:
         return lambda r0, r1, c0, c1: np.zeros((r1 - r0, c1 - c0), dtype=bool)

@@ -381,7 +381,7 @@ class Predictor:
             o.seed_threshold, o.outline_threshold, o.min_area_m2, o.simplify_m, band_rows(o.band_rows, grid_w)
         )
         if scale.axes is not None:  # scene pixels not square: the model pixel's sides from theirs
-            dy, dx = scene.annotated_spacing_m or scene.ground_spacing()
+            dy, dx = scene.axis_spacing()
             model_spacing = math.sqrt(dy * f[0] * dx * f[1])
         else:
             spacing = scene.pixel_spacing()
@@ -508,18 +508,19 @@ def plan_geometry(scene: Scene, scale: Scale) -> Scale:
     """The scale, fitted to pixels that are not what the grid's spacing says.
 
     Pixels that are not square on the ground (degree pixels away from the equator, a grid of unequal
-    steps) are resampled along each axis to the model's square pixels, from their size as annotated
-    (SAFE) or on the ground at the scene centre (a note); without a training spacing to aim at, the student sees the scene stretched
+    steps) are resampled along each axis to the model's square pixels, from their size as the scale
+    reads it (Scene.axis_spacing: annotated, a projected grid's nominal steps, else on the ground at the
+    scene centre; a note); without a training spacing to aim at, the student sees the scene stretched
     (a warning). A projection whose nominal metres are not ground metres (Web Mercator, 2x at 60
     degrees) is a warning: the scale follows the nominal size. Warnings are logged; every note goes to
     predict.json's scale notes."""
     if not scene.georeferenced:
         return scale
     dy, dx = scene.ground_spacing()
-    sy, sx = scene.annotated_spacing_m or (dy, dx)
+    sy, sx = scene.axis_spacing()  # the convention the scale follows: annotated, nominal, else on the ground
     notes, warnings = [], []
     if max(sy, sx) > (1 + GROUND_MISMATCH) * min(sy, sx):
-        shape = f"pixels are {sy:.3g} x {sx:.3g} m{'' if scene.annotated_spacing_m else ' on the ground'} (rows x columns), not square"
+        shape = f"pixels are {sy:.3g} x {sx:.3g} m{' on the ground' if (sy, sx) == (dy, dx) else ''} (rows x columns), not square"
         if scale.model_spacing_m:
             model = scale.model_spacing_m
             # the note that scene and training spacing agree spoke of their mean; the axes differ

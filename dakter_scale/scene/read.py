@@ -110,6 +110,7 @@ class Scene:
     nodata: float | None = None  # the band's declared no-data value (a GRD's 0 DN); NaN is no data in any band
     _reader: Any = field(default=None, repr=False)
     _closers: list = field(default_factory=list, repr=False)
+    _gcp: Any = field(default=None, repr=False)  # the GCP transformer, built once (a spline solve) and kept
 
     @property
     def georeferenced(self) -> bool:
@@ -163,6 +164,7 @@ class Scene:
             except Exception:  # closing a handle that already failed
                 pass
         self._closers.clear()
+        self._gcp = None  # georeferencing after close builds it again
 
     def __enter__(self) -> "Scene":
         return self
@@ -180,30 +182,42 @@ class Scene:
             return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
         if not self.gcps:
             raise SceneError(f"{self.source}: no georeferencing (neither a geotransform nor ground control points)")
-        return _gcp_transform(self.gcps, cols, rows)
+        xs, ys = self.gcp_transformer().xy(rows.ravel(), cols.ravel(), offset="ul")
+        shape = cols.shape
+        return np.asarray(xs, dtype=np.float64).reshape(shape), np.asarray(ys, dtype=np.float64).reshape(shape)
+
+    def gcp_transformer(self):
+        """The scene's GCP transformer (gcp_transformer), built on first use and closed with the scene:
+        a spline over a few thousand points takes seconds to solve."""
+        if self._gcp is None:
+            self._gcp = gcp_transformer(self.gcps)
+            self._closers.append(self._gcp.close)
+        return self._gcp
 
     def pixel_to_lonlat(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.pixel_to_crs(cols, rows)
         return to_lonlat(self.crs, x, y)
 
     def pixel_spacing(self) -> float | None:
-        """Ground metres per pixel (mean of the two axes) at the scene centre: the annotated spacing for
-        SAFE products, else measured on the WGS84 ellipsoid from the georeferencing; None without one."""
+        """Metres per pixel, the mean of the two axes (axis_spacing); None without georeferencing."""
         if self.native_spacing_m:
             return self.native_spacing_m
         if not self.georeferenced:
             return None
-        if self.transform is not None and self.crs.is_projected:
-            # A projected grid's nominal spacing (what processing chains and training data quote), not the
-            # ellipsoidal distance, which differs by the projection's scale factor (0.9996 on a UTM meridian).
-            unit = self.crs.linear_units_factor[1]
-            return float(
-                (math.hypot(self.transform.a, self.transform.d) + math.hypot(self.transform.b, self.transform.e))
-                / 2
-                * unit
-            )
-        dy, dx = self.ground_spacing()
+        dy, dx = self.axis_spacing()
         return (dy + dx) / 2
+
+    def axis_spacing(self) -> tuple[float, float]:
+        """(dy, dx): metres per pixel down a column and along a row: as annotated (SAFE: azimuth, range);
+        a projected grid's nominal steps (what processing chains and training data quote, not the
+        ellipsoidal distance, which differs by the projection's scale factor: 0.9996 on a UTM meridian);
+        else measured on the WGS84 ellipsoid at the scene centre (ground_spacing)."""
+        if self.annotated_spacing_m:
+            return self.annotated_spacing_m
+        if self.transform is not None and self.crs.is_projected:
+            t, unit = self.transform, self.crs.linear_units_factor[1]
+            return float(math.hypot(t.b, t.e) * unit), float(math.hypot(t.a, t.d) * unit)
+        return self.ground_spacing()
 
     def ground_spacing(self) -> tuple[float, float]:
         """(dy, dx): ground metres along a column and along a row at the scene centre, on the WGS84
@@ -229,17 +243,18 @@ def gcp_transformer(gcps: list):
     """GDAL's GCP transformer as a thin-plate spline: it passes through every point of a geolocation grid.
     GDAL's default least-squares polynomial cannot follow an IW grid's curvature in longitude and
     latitude: against a synthetic IW footprint it was off by a median 30 m at 70 N and 119 m at 80 N, the
-    spline by 0.4 m (bench/gcp_accuracy.py; docs/BENCHMARKS.md)."""
+    spline by 0.4 m (bench/gcp_accuracy.py; docs/BENCHMARKS.md). Points that contradict each other (two
+    at one pixel, a metre apart on the ground) make the spline singular (NaN everywhere), where the
+    polynomial fits through them: such a set gets the polynomial. The caller closes the transformer."""
     from rasterio.transform import GCPTransformer
 
-    return GCPTransformer(gcps, tps=len(gcps) >= 3)
-
-
-def _gcp_transform(gcps: list, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    shape = cols.shape
-    with gcp_transformer(gcps) as t:
-        xs, ys = t.xy(rows.ravel(), cols.ravel(), offset="ul")
-    return np.asarray(xs, dtype=np.float64).reshape(shape), np.asarray(ys, dtype=np.float64).reshape(shape)
+    if len(gcps) >= 3:
+        spline = GCPTransformer(gcps, tps=True)
+        xs, ys = spline.xy([g.row for g in gcps], [g.col for g in gcps], offset="ul")
+        if np.isfinite(np.asarray(xs, dtype=np.float64)).all() and np.isfinite(np.asarray(ys, dtype=np.float64)).all():
+            return spline
+        spline.close()
+    return GCPTransformer(gcps)
 
 
 def to_lonlat(crs: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -792,7 +807,7 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
 
     gcps = _grid_gcps(annotation, src)
     info = _find(annotation, "imageAnnotation", "imageInformation")
-    spacing = None
+    spacing = annotated = None
     if info is not None:
         spacings = []
         for name in ("rangePixelSpacing", "azimuthPixelSpacing"):
