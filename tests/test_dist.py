@@ -134,7 +134,7 @@ def test_a_run_whose_actors_all_die_while_starting_stops_with_one_line(tmp_path,
         heard = []
         with pytest.raises(
             WorkersCannotStart,
-            match=r"^no Ray actor could start \(\d+ died while starting, none ready\): .*cannot load the model",
+            match=r"^no Ray actor could start \(\d+ failed while starting, none ready\): .*cannot load the model",
         ):
             drive(
                 [Attempted(k) for k in range(50)],
@@ -202,3 +202,49 @@ def test_a_call_timeout_below_zero_is_refused_naming_its_field():
 
     with pytest.raises(ConfigError, match=r"synthesis\.call_timeout_s.*>= 0"):
         SynthesisConfig(call_timeout_s=-1).validate()
+
+
+class StallsWhileStartingOnce:
+    """The first actor built stalls in __init__ (a model load hung on a mount); the rest start at once.
+    The flag file says who was first, across actor processes."""
+
+    @staticmethod
+    def pack(args: dict, put) -> dict:
+        return dict(args)
+
+    def __init__(self, flag: str, device=None):
+        import os
+
+        try:
+            os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+            time.sleep(60)
+        except FileExistsError:
+            pass
+
+    def ready(self) -> dict:
+        return {}
+
+    def __call__(self, task: Attempted) -> dict:
+        return {"key": task.key}
+
+
+@pytest.mark.slow  # a local Ray cluster (~15 s)
+def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_path, monkeypatch):
+    """An actor that never finishes starting holds the calls queued on it: with a call timeout it is
+    killed and replaced, its calls run elsewhere uncharged, and the run ends."""
+    import ray
+
+    from dakter_scale.dist.strategies import RayStrategy
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        heard = []
+        t0 = time.time()
+        strategy = RayStrategy(StallsWhileStartingOnce, {"flag": str(tmp_path / "first")}, Workers(actors=2, retries=0, call_timeout=3.0))
+        drive([Attempted(k) for k in range(6)], strategy, 0, lambda task, result, reason, retrying: heard.append((task.key, result)))
+        assert time.time() - t0 < 45
+    finally:
+        ray.shutdown()
+    assert sorted(k for k, result in heard if result is not None) == list(range(6)) and len(heard) == 6
+    assert strategy.start_failures == ["did not start within the call timeout (3 s)"]

@@ -154,6 +154,7 @@ class RayStrategy:
         self.start_failures: list[str] = []  # why actors died while starting
         # Per ready actor: when its oldest unfinished call began running (None: idle).
         self.head_since: dict[Any, float | None] = {}
+        self.started_at: dict[Any, float] = {}  # per actor: when it was asked to start
 
     def start(self, tasks: int) -> None:
         import ray
@@ -195,6 +196,7 @@ class RayStrategy:
         actor = self.Remote.remote(**self.packed)
         self.calls[actor] = collections.deque()
         self.pending_ready[actor.ready.remote()] = actor
+        self.started_at[actor] = time.time()
 
     def free(self) -> int:
         return sum(self.per_actor - len(calls) for calls in self.calls.values())
@@ -231,12 +233,7 @@ class RayStrategy:
                     self.ready_info.append(dict(where, ready_seconds=round(self.ready_times[-1], 3)))
                     log.info("actor ready after %.1f s: %s", self.ready_times[-1], where)
                 except RayError as e:  # it died while starting: its calls fail and it is replaced below
-                    self.start_failures.append(_start_reason(e))
-                    if not self.ready_times and len(self.start_failures) >= START_FAILURES * self.info["actors"]:
-                        raise WorkersCannotStart(
-                            f"no Ray actor could start ({len(self.start_failures)} died while starting, none ready): "
-                            f"{self.start_failures[-1]}"
-                        ) from None
+                    self._start_failed(_start_reason(e))
                 continue
             actor, task = self.in_flight.pop(ref)
             calls = self.calls.get(actor)
@@ -254,6 +251,7 @@ class RayStrategy:
                     older, newer = list(calls)[:position], list(calls)[max(position, 0) :]
                     del self.calls[actor]
                     self.head_since.pop(actor, None)
+                    self.started_at.pop(actor, None)
                     _kill(actor)
                     self._start_actor()
                     # Calls older than this one stay in flight: the oldest was running and is charged
@@ -271,21 +269,46 @@ class RayStrategy:
             outcomes.append(Outcome(task, reason=reason))
         return outcomes + self._timed_out()
 
+    def _start_failed(self, reason: str) -> None:
+        """Count an actor that could not start; stop the run once START_FAILURES per planned actor have
+        failed and none was ever ready (replacing them would only repeat it)."""
+        self.start_failures.append(reason)
+        if not self.ready_times and len(self.start_failures) >= START_FAILURES * self.info["actors"]:
+            raise WorkersCannotStart(
+                f"no Ray actor could start ({len(self.start_failures)} failed while starting, none ready): {reason}"
+            )
+
+    def _replace(self, actor) -> list[Task]:
+        """Kill an actor, start another in its place; its unfinished calls' tasks, oldest first."""
+        refs = list(self.calls.pop(actor, ()))
+        self.head_since.pop(actor, None)
+        self.started_at.pop(actor, None)
+        _kill(actor)
+        self._start_actor()
+        return [self.in_flight.pop(r)[1] for r in refs if r in self.in_flight]
+
     def _timed_out(self) -> list[Outcome]:
-        """Kill and replace each actor whose running call has passed call_timeout: that call fails (one
-        attempt charged), the calls queued behind it never started."""
+        """With call_timeout: kill and replace each actor whose running call has passed it (that call
+        fails, one attempt charged; the calls queued behind it never started), and each actor that has
+        not started within it (a model load stalled on a mount: its queued calls never started)."""
+        import ray
+
         limit = self.cfg.call_timeout
         if not limit:
             return []
         outcomes, now = [], time.time()
+        for ref, actor in list(self.pending_ready.items()):
+            if now - self.started_at.get(actor, now) > limit:
+                del self.pending_ready[ref]
+                outcomes += [Outcome(t, started=False) for t in self._replace(actor)]
+                self._start_failed(f"did not start within the call timeout ({limit:g} s)")
         for actor, since in list(self.head_since.items()):
-            if since is None or now - since <= limit or not self.calls.get(actor):
+            calls = self.calls.get(actor)
+            if since is None or now - since <= limit or not calls:
                 continue
-            refs = list(self.calls.pop(actor))
-            del self.head_since[actor]
-            _kill(actor)
-            self._start_actor()
-            tasks = [self.in_flight.pop(r)[1] for r in refs if r in self.in_flight]
+            if ray.wait([calls[0]], timeout=0)[0]:  # finished, not yet collected: the next poll takes it
+                continue
+            tasks = self._replace(actor)
             if tasks:
                 reason = f"timed out: still running after {now - since:.0f} s (call timeout {limit:g} s); its actor was killed"
                 outcomes.append(Outcome(tasks[0], reason=reason))
