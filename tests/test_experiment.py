@@ -326,6 +326,13 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
 
     with pytest.raises(ConfigError, match="another tag"):
         Experiment(cfg, tmp_path, progress=False).rescore("synthetic:6?size=32&test=4&seed=12", "test5")
+    # the same names with another setting behind one (lambda set by hand, not the grid's choice): the kept
+    # scores are refused, naming what changed, instead of standing for a student that was never trained
+    other = 1.0 if chosen == 0.5 else 0.5
+    changed = load_config(None, [*TINY, "experiment.seeds=[0]", "experiment.methods=[none,hard,hard_matched,dakter]",
+                                 "experiment.decode_study=[]", f"experiment.kd_weights=[unet:{other:g}]"])
+    with pytest.raises(ConfigError, match=rf"dakter-unet-r1-s0/metrics\.json: kept for another run of dakter-unet-r1-s0 \(weight {chosen!r} now {other!r}\)"):
+        Experiment(changed, tmp_path, progress=False).run()
 
 
 @pytest.mark.slow  # trains a tiny generator and 5 students (~2 min)

@@ -334,6 +334,19 @@ class Units:
                 raise ConfigError(
                     f"{path} holds scores on {metrics['data']}, not {redact_url(spec)}: give this split another tag"
                 )
+            planned = None if isinstance(run, str) else json.loads(json.dumps(to_dict(run)))
+            if planned is not None and "run" in metrics and metrics["run"] != planned:
+                # the name does not hold every setting (a length or paste share chosen on validation)
+                kept = metrics["run"]
+                changed = ", ".join(
+                    f"{k} {kept.get(k)!r} now {planned.get(k)!r}"
+                    for k in sorted(planned.keys() | kept.keys())
+                    if planned.get(k) != kept.get(k)
+                )
+                raise ConfigError(
+                    f"{path}: kept for another run of {name} ({changed}): the config changed since; "
+                    "use another --records folder and study folder"
+                )
             return metrics
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
         metrics["run"] = (
