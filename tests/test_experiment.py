@@ -527,6 +527,12 @@ def test_the_verdict_is_worded_from_the_interval():
     assert paired([0.01])["verdict"] == "one seed" and paired([])["verdict"] == "not run"
     text = "\n".join(verdict_table(Results(runs, plan)))
     assert "| dakter − none (generated pairs against none) | unet | +2.50 |" in text
+    from dakter_scale.study.report import answer_table
+
+    answer = "\n".join(answer_table(Results(runs, plan)))
+    assert "| a − b | unet | deeplabv3plus | segformer |" in answer
+    assert f"| dakter − none (generated pairs against none) | +2.50 [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **ahead** |" in answer
+    assert "**tie** | -2.50 [" in answer and answer.rstrip().endswith("**behind** |")
     assert "| ahead |" in text and "| tie |" in text and "| behind |" in text
     # a score that is not a number is not a seed: one real difference is "one seed", not a zero-width "ahead";
     # two real of three give t(1) over those two

@@ -38,6 +38,7 @@ def experiment_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
     r = Results(p["runs"], plan)
     sections = [
         header(p, plan),
+        answer_table(r),
         kd_weight_table(p),
         main_table(r),
         [""],
@@ -211,6 +212,38 @@ def labelled(r: Results, method: str) -> str:
     """A method's name, with the methods whose students are its own (Results.same_as)."""
     aliases = [method_name(m) for m in r.plan.methods() if r.same_as(m) == method]
     return method_name(method) + (f" (= {', '.join(aliases)}: the same students)" if aliases else "")
+
+
+def answer_table(r: Results) -> list[str]:
+    """The verdicts at a glance: one row per comparison, one column per student, each cell the mean
+    same-seed difference a − b in mIoU points, its 95 % interval and the word it allows (the verdict
+    table's numbers, laid out to be read first)."""
+    verdicts = [v for v in r.verdicts() if v["n"]]
+    if not verdicts:
+        return []
+    archs = list(r.e.archs)
+    rows: dict[tuple[str, str], dict] = {}
+    for v in verdicts:
+        rows.setdefault((v["a"], v["b"]), {"claim": v["claim"], "exploratory": v.get("exploratory", False)})[v["arch"]] = v
+    lines = [
+        "## The answer: same-seed differences in mIoU (points), 95 % t-interval, and the verdict it allows",
+        "",
+        "| a − b | " + " | ".join(archs) + " |",
+        "|---|" + "---|" * len(archs),
+    ]
+    for (a, b), row in rows.items():
+        cells = []
+        for arch in archs:
+            v = row.get(arch)
+            if v is None:
+                cells.append("–")
+            elif v["low"] is None:
+                cells.append(f"{100 * v['mean']:+.2f} ({v['verdict']})")
+            else:
+                cells.append(f"{100 * v['mean']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **{v['verdict']}**")
+        mark = ", exploratory" if row["exploratory"] else ""
+        lines.append(f"| {a} − {b} ({row['claim']}{mark}) | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def verdict_table(r: Results) -> list[str]:
@@ -514,7 +547,7 @@ def partial_markdown(p: dict, plan: Plan, classes: list[str]) -> str:
         return "\n".join(lines) + "\n"
     lines.append("Chosen on the validation split: " + ", ".join(f"{a} {c}" for a, c in p["chosen"].items()) + ".")
     lines.append("")
-    sections = [main_table(r), [""], verdict_table(r), per_class_table(r, classes, figure=False)]
+    sections = [answer_table(r), main_table(r), [""], verdict_table(r), per_class_table(r, classes, figure=False)]
     return "\n".join(lines + [line for section in sections for line in section]) + "\n"
 
 
