@@ -167,6 +167,15 @@ class DiffusionConfig:
             f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
         )
         _check(self.label_loss_weight >= 0 and self.label_ce_weight >= 0, "diffusion.label_*_weight", "must be >= 0")
+        # Zero terminal SNR makes alpha_bar_T exactly 0: an epsilon prediction then gives no clean
+        # estimate there (x0 = (z - sqrt(1 - a) eps) / sqrt(a) divides by 0; Lin et al. 2023 pair it with v)
+        label = self.prediction_type if self.label_prediction_type == "same" else self.label_prediction_type
+        _check(
+            not self.rescale_zero_terminal_snr or "epsilon" not in (self.prediction_type, label),
+            "diffusion.rescale_zero_terminal_snr",
+            "needs v_prediction or sample for both modalities (prediction_type, label_prediction_type): "
+            "with epsilon the clean estimate at the last timestep divides by alpha_bar_T = 0",
+        )
 
 
 # diffusion/sample.py builds each one's scheduler; "distilled" is a distilled model folder's own sampler

@@ -891,3 +891,29 @@ def test_ray_cluster_yaml_is_a_valid_autoscaler_config_with_token_auth():
     assert all(node["node_config"].get("SecurityGroupIds") for node in raw["available_node_types"].values())
     assert "." not in raw["file_mounts"].values() and "./" not in raw["file_mounts"].values()
     assert {"./dakter_scale", "./jobs", "./pyproject.toml"} <= set(raw["file_mounts"].values())
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver++", "unipc"])
+def test_every_sampler_starts_at_the_last_training_timestep_for_a_scheduler_built_in_memory(sampler):
+    """timestep_spacing="trailing" went in as a key of the scheduler's config, which from_config drops for
+    a scheduler built in memory (it lists the key as defaulted): DDIM and DDPM then ran "leading" (950
+    ... 0) and the solvers "linspace". Only models loaded from a folder started at 999."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from dakter_scale.diffusion.sample import sampling_scheduler
+
+    model = SimpleNamespace(scheduler=DDPMScheduler(num_train_timesteps=1000))
+    sched = sampling_scheduler(model, SamplingConfig(sampler=sampler, steps=20))
+    assert sched.timesteps[0].item() == 999 and sched.timesteps[-1].item() == 49 and not sched.config.get("clip_sample", False)
+
+
+def test_zero_terminal_snr_with_an_epsilon_prediction_is_refused():
+    from dakter_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"diffusion\.rescale_zero_terminal_snr: needs v_prediction or sample"):
+        load_config(None, ["diffusion.rescale_zero_terminal_snr=true"])
+    with pytest.raises(ConfigError, match=r"rescale_zero_terminal_snr"):
+        load_config(None, ["diffusion.rescale_zero_terminal_snr=true", "diffusion.prediction_type=v_prediction", "diffusion.label_prediction_type=epsilon"])
+    load_config(None, ["diffusion.rescale_zero_terminal_snr=true", "diffusion.prediction_type=v_prediction"])

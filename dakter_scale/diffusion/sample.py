@@ -182,18 +182,21 @@ def sampling_scheduler(model: JointDiffusion, cfg: SamplingConfig):
     cfg.check_steps(model.scheduler.config.num_train_timesteps)
     if cfg.sampler == "distilled":
         return grid_schedule(model, cfg.steps)
-    base = dict(model.scheduler.config, clip_sample=False, timestep_spacing="trailing")
+    # As keyword arguments, not keys of the config: from_config drops the keys a scheduler built in memory
+    # lists as defaulted (_use_default_values), timestep_spacing among them, so only loaded ones kept them.
+    base = model.scheduler.config
+    fixed = dict(clip_sample=False, timestep_spacing="trailing")
     if cfg.sampler == "ddim":
-        sched = DDIMScheduler.from_config(base, set_alpha_to_one=True, prediction_type="epsilon")
+        sched = DDIMScheduler.from_config(base, set_alpha_to_one=True, prediction_type="epsilon", **fixed)
     elif cfg.sampler == "ddpm":
-        sched = DDPMScheduler.from_config(base, prediction_type="epsilon")
+        sched = DDPMScheduler.from_config(base, prediction_type="epsilon", **fixed)
     elif cfg.sampler == "dpmsolver++":
         sched = DPMSolverMultistepScheduler.from_config(
-            base, algorithm_type="dpmsolver++", solver_order=cfg.solver_order, prediction_type="sample"
+            base, algorithm_type="dpmsolver++", solver_order=cfg.solver_order, prediction_type="sample", **fixed
         )
     elif cfg.sampler == "unipc":
         sched = UniPCMultistepScheduler.from_config(
-            base, predict_x0=True, solver_order=cfg.solver_order, prediction_type="sample"
+            base, predict_x0=True, solver_order=cfg.solver_order, prediction_type="sample", **fixed
         )
     else:
         raise ValueError(f"unknown sampler {cfg.sampler!r}; expected one of {SAMPLERS}")
