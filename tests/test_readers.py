@@ -60,6 +60,24 @@ def fractions(masks, k):
 # -- OSD ------------------------------------------------------------------------------------------
 
 
+def test_a_class_id_mask_saved_with_a_palette_is_read_by_its_indices(tmp_path):
+    """A labels_1D mask saved as a palette image: its pixels are the ids. Read through the palette's grey,
+    OSD colours gave "class id 179 is no OSD class", and a dark palette moved oil to look-alike."""
+    masks = {"train": make_masks(2, seed=3), "test": make_masks(1, seed=4)}
+    write_osd(tmp_path, masks, colour=False, index=True)
+    for split, ms in masks.items():
+        for i, m in enumerate(ms):
+            im = Image.fromarray(m.astype(np.uint8), mode="L").convert("P")
+            im.putpalette([c for rgb in OSD_COLOURS for c in rgb] + [0] * (768 - 3 * len(OSD_COLOURS)))
+            im.putdata(m.reshape(-1).tolist())
+            im.save(tmp_path / split / "labels_1D" / f"{i:04d}.png")
+            assert Image.open(tmp_path / split / "labels_1D" / f"{i:04d}.png").mode == "P"
+    src = open_source(f"osd:{tmp_path}")
+    for split, ms in masks.items():
+        for item, m in zip(src.split_items(split), ms):
+            assert np.array_equal(src.load(item)[1], m)
+
+
 @pytest.mark.parametrize("colour,index", [(True, True), (True, False), (False, True)])
 def test_osd_reader_counts_and_fractions(tmp_path, colour, index):
     masks = {"train": make_masks(5, seed=1), "test": make_masks(3, seed=2)}

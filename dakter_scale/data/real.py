@@ -80,12 +80,16 @@ def _open_image(data: bytes, path: str) -> Image.Image:
     return im
 
 
-def read_gray(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
-    """An image file as uint8 (H, W) grayscale (a 3-channel grayscale JPEG keeps its first channel)."""
+def read_gray(fs: fsspec.AbstractFileSystem, path: str, indices: bool = False) -> np.ndarray:
+    """An image file as uint8 (H, W) grayscale (a 3-channel grayscale JPEG keeps its first channel).
+    indices: a palette ("P") image gives its palette indices, not their colours' grey (a class-id mask
+    saved with a palette, as OSD's labels_1D may be: the ids are the indices)."""
     try:
         with _open_image(_read_image_bytes(fs, path), path) as im:
             im.load()
-            if im.mode in ("L", "P"):
+            if indices and im.mode == "P":
+                arr = np.asarray(im)
+            elif im.mode in ("L", "P"):
                 arr = np.asarray(im.convert("L"))
             elif im.mode in ("I;16", "I;16B", "I", "F"):
                 raise DataError(
@@ -278,7 +282,7 @@ class OSDSource(Source):
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         image = read_gray(self.fs, item.image)
         if posixpath.basename(posixpath.dirname(item.label)) == "labels_1D":
-            mask = read_gray(self.fs, item.label)
+            mask = read_gray(self.fs, item.label, indices=True)
             if mask.max(initial=0) >= len(self.classes):
                 raise DataError(
                     f"{item.label}: class id {int(mask.max())} is no OSD class (expected 0..{len(self.classes) - 1})"
@@ -331,7 +335,7 @@ class SOSSource(Source):
 
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         image = read_gray(self.fs, item.image)
-        raw = read_gray(self.fs, item.label)
+        raw = read_gray(self.fs, item.label, indices=True)
         values = np.unique(raw)
         if not set(values.tolist()) <= {0, 1, 255}:
             bad = [int(v) for v in values if v not in (0, 1, 255)][:5]

@@ -132,9 +132,10 @@ class SarCounts:
             if (
                 not isinstance(v, list)
                 or len(v) != size
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+                # below 2**53: a count numpy's int64 sums and float means hold exactly (a hostile 2**70 overflowed)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53 for x in v)
             ):
-                return f"{name} is not {size} counts"
+                return f"{name} is not {size} counts (integers in [0, 2**53))"
         return None
 
     def summary(self) -> dict:

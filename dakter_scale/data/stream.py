@@ -298,6 +298,8 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 yield sample
         except ShardError as e:
             yield self._bad(str(e))
+        except StreamError:  # _bad's own, under "raise": already worded
+            raise
         except Exception as e:  # opening or reading failed (missing object, permissions, network)
             yield self._bad(f"shard {info.tar}: {type(e).__name__}: {e}")
 
