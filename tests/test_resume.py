@@ -82,7 +82,8 @@ def test_diffusion_resume_is_exact_with_ema_accumulation_and_workers(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_student_resume_is_exact(tmp_path):
-    """The same with 2 CPU ranks x 2 workers: the checkpoint holds all four readers' positions."""
+    """The same with 2 CPU ranks x 2 workers, killed twice: the checkpoints hold all four readers'
+    positions, those of a resumed run too."""
     shards = tmp_path / "shards"
     write_dataset(str(shards), [5, 4, 6, 3], size=32)
     args = [
@@ -99,7 +100,17 @@ def test_two_process_student_resume_is_exact(tmp_path):
     ]
     r = run(torchrun(2) + args + ["--out", str(tmp_path / "whole")])
     assert r.returncode == 0, r.stderr
-    killed_then_resumed(lambda: torchrun(2) + args, tmp_path / "resumed", kill_after=5, last_checkpoint=4)
+    # killed twice: the second checkpoint is written by a run that itself resumed. Each rank carried every
+    # slot's position from the first, and the last rank's stale copies undid the others' progress.
+    out = tmp_path / "resumed"
+    for kill_after, at in ((3, None), (5, 2)):
+        r = run(torchrun(2) + args + ["--out", str(out), "--resume", "latest"], DAKTER_KILL_AFTER_STEP=str(kill_after))
+        assert r.returncode != 0 and (at is None or f"at step {at}" in r.stderr), r.stderr[-2000:]
+    r = run(torchrun(2) + args + ["--out", str(out), "--resume", "latest"])
+    assert r.returncode == 0 and "at step 4" in r.stderr, r.stderr[-2000:]
+    whole = json.loads((tmp_path / "whole" / "checkpoints" / "step-00000004" / "state.json").read_text())
+    resumed = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert resumed["generated_positions"] == whole["generated_positions"]
     assert_same_tensors(
         load_tensors(tmp_path / "whole" / "model.safetensors"), load_tensors(tmp_path / "resumed" / "model.safetensors")
     )

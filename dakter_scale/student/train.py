@@ -232,7 +232,9 @@ def train_student(
         s.ratio,
         k,
         start_batch=start,
-        positions=positions,
+        # this rank's own readers (slot = rank x workers + worker): a rank that carried the others' slots
+        # from the checkpoint would report them unchanged, and the merge below would undo their progress
+        positions={slot: p for slot, p in positions.items() if slot // max(1, s.num_workers) == rank},
         bad_shards=bad_shards,
         augment=augment,
         first_place=rank * s.batch_size,  # rank 0 draws what one process draws; the others apart
