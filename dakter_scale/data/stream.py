@@ -30,7 +30,9 @@ of rho, and the share over the first n batches within 1 / (n B).
 
 Bad shards and samples follow ``on_bad_shard``: "raise" stops with StreamError naming the shard
 (and the sample); "warn" logs it, skips it, and reports it on the next item it delivers
-(``item["bad_shards"]``) so the trainer can count it and name it in its final log. Every check
+(``item["bad_shards"]``) so the trainer can count it and name it in its final log. An endless reader
+stops (StreamError) after EMPTY_PASSES passes in a row without a usable sample only when none of the
+shards it has read gave one when last read. Every check
 the shard set makes on read is one (ShardSet.read_checked, decode_sample; docs/reliability.md):
   * the whole shard is skipped for an unreadable marker, a missing object, a tar of another size
     (or sha256, with verify="sha256") than its marker records;
@@ -74,8 +76,9 @@ log = logging.getLogger("dakter_scale")
 
 BAD_SHARDS = "bad_shards"  # item key: bad shards met since the previous item (a list of reasons)
 POLICIES = ("warn", "raise")
-# An endless reader gives up after this many passes in a row without a usable sample instead of
-# spinning: one bad shard among few can leave a reader empty for a pass, rarely for 8 in a row.
+# An endless reader gives up after this many passes in a row without a usable sample, instead of
+# spinning, once no shard it has read gave a usable sample when last read: one bad shard among few
+# leaves a reader empty for a pass now and then, and by chance for 8 in a row over a long run.
 EMPTY_PASSES = 8
 
 
@@ -274,11 +277,19 @@ class GeneratedStream(torch.utils.data.IterableDataset):
             )
 
     # A pass of one slot: its shards in the pass's order, filtered, with bad-shard notices in line.
-    def _pass_samples(self, slot: int, slots: int, pass_: int) -> Iterator[dict | _BadShard]:
+    def _pass_samples(
+        self, slot: int, slots: int, pass_: int, usable: dict[int, bool] | None = None
+    ) -> Iterator[dict | _BadShard]:
+        """usable: filled with, per shard read, whether it gave a sample this time."""
         order = list(range(len(self.infos)))
         random.Random(derive_seed(self.seed, pass_)).shuffle(order)
         for a in assign_shards(len(order), slots, slot):
-            yield from self._read_shard(self.infos[order[a.shard]], a)
+            gave = False
+            for item in self._read_shard(self.infos[order[a.shard]], a):
+                gave = gave or not isinstance(item, _BadShard)
+                yield item
+            if usable is not None:
+                usable[order[a.shard]] = gave
 
     def _read_shard(self, info: ShardInfo, a: Assignment) -> Iterator[dict | _BadShard]:
         """This slot's samples of a shard, a notice in line for each bad sample (ShardSet.read_checked);
@@ -309,7 +320,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         log.warning("skipping bad %s: %s", what, reason)
         return _BadShard(reason)
 
-    def _shuffled_pass(self, slot: int, slots: int, pass_: int) -> Iterator[dict | _BadShard]:
+    def _shuffled_pass(
+        self, slot: int, slots: int, pass_: int, usable: dict[int, bool] | None = None
+    ) -> Iterator[dict | _BadShard]:
         """The pass through a shuffle buffer, drained at the end (so a pass's order depends on it alone)."""
         rng = random.Random(derive_seed(self.seed, 7, slot, pass_))
         buffer: list[dict] = []
@@ -319,7 +332,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
             buffer[i], buffer[-1] = buffer[-1], buffer[i]
             return buffer.pop()
 
-        for raw in self._pass_samples(slot, slots, pass_):
+        for raw in self._pass_samples(slot, slots, pass_, usable):
             if isinstance(raw, _BadShard):
                 yield raw
                 continue
@@ -335,9 +348,10 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         pass_, skip = self.start.get(slot, (0, 0))
         notices: list[str] = list(self.start_notices) if slot == 0 else []
         empty = 0  # passes in a row without a usable sample
+        usable: dict[int, bool] = {}  # per shard this reader has read: whether it gave a sample when last read
         while self.passes is None or pass_ < self.passes:
             index = 0
-            for raw in self._shuffled_pass(slot, slots, pass_):
+            for raw in self._shuffled_pass(slot, slots, pass_, usable):
                 if isinstance(raw, _BadShard):
                     notices.append(raw.reason)
                     continue
@@ -354,7 +368,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                     item[BAD_SHARDS], notices = notices, []
                 yield item
             empty = empty + 1 if index == 0 else 0
-            if empty >= EMPTY_PASSES and self.passes is None:
+            if empty >= EMPTY_PASSES and self.passes is None and not any(usable.values()):
                 raise StreamError(
                     f"{self.url}: reader {slot} of {slots} found no usable sample in {empty} passes in a row (all its shards bad, or every sample filtered out?)"
                 )
