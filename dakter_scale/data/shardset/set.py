@@ -30,6 +30,7 @@ from dakter_scale.data.shardset.records import (
     IN_PROGRESS,
     INCOMPLETE,
     MANIFEST_RE,
+    MANIFEST_SCHEMA,
     MARKER_RE,
     MAX_HEADER_BYTES,
     MAX_MARKER_BYTES,
@@ -525,7 +526,11 @@ class ShardSet:
                 raise ShardError(f"{where}: {e}") from None
             if foreign:
                 raise ShardError(f"{where}: holds key {foreign[0]} of another shard")
-            tables.append(table)
+            tables.append(_checked_manifest(table, keys, info.count, where))
+        if tables:
+            widths = {len(t.column("class_fractions")[0]) for t in tables if t.num_rows}
+            if len(widths) > 1:
+                raise ShardError(f"{self.where}: the manifests' class fractions have {sorted(widths)} classes")
         return pa.concat_tables(tables) if tables else manifest_table([])
 
     # -- a set made from this one
@@ -613,6 +618,8 @@ class ShardSet:
         if waiting:
             shard = min(waiting)
             missing = [k for k in layout[shard] if k not in waiting[shard]]
+            if not missing:  # every key read, yet the shard is short: its layout names a pair twice
+                raise ShardError(f"{self.where}: the pairs to derive into shard {shard} name a pair more than once")
             raise ShardError(
                 f"{self.where} holds no pair {missing[0]} ({len(missing)} of the pairs to derive are missing)"
             )
@@ -651,3 +658,32 @@ def _key_index(key: str, info: ShardInfo, previous: int) -> int:
     elif index >= info.count:
         raise SampleError(f"sample {key}: not one of shard {info.shard}'s {info.count} keys")
     return index
+
+
+def _checked_manifest(table: pa.Table, keys: list[str], count: int, where: str) -> pa.Table:
+    """A shard's manifest as written (records.MANIFEST_SCHEMA), or a ShardError naming what is wrong:
+    a column missing or of another type, a key repeated or past the shard's count, class fractions of
+    rows of unequal length or not finite and >= 0, a mean that is not finite. Selection and statistics
+    read these numbers: a hostile manifest must not steer them."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    try:
+        table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+    except (KeyError, pa.ArrowException) as e:
+        raise ShardError(f"{where}: not a manifest of this format ({storage.error_line(e)})") from None
+    indices = [parse_key(k)[1] for k in keys]
+    if len(set(indices)) != len(indices) or (indices and max(indices) >= count):
+        raise ShardError(f"{where}: its keys are not the shard's {count} keys, each once")
+    fractions = table.column("class_fractions")
+    widths = pc.unique(pc.list_value_length(fractions)).to_pylist()
+    if len(widths) > 1 or None in widths:
+        raise ShardError(f"{where}: class fractions of rows of {sorted(w for w in widths if w is not None)} classes")
+    values = np.asarray(pc.list_flatten(fractions).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise ShardError(f"{where}: class fractions that are not finite and >= 0")
+    for name in ("mean_entropy", "mean_confidence"):
+        column = np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not np.isfinite(column).all():
+            raise ShardError(f"{where}: a {name} that is not a finite number")
+    return table
