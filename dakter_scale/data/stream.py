@@ -14,6 +14,12 @@ Generated shards -> slots (``assign_shards``), per pass (epoch) over the dataset
     otherwise (it never hangs waiting for data a slot cannot get).
 Each slot shuffles its pass in a buffer of ``shuffle_buffer`` samples, drained at the end of the
 pass, and then starts the next pass (a new seeded shard order), so training length is set in steps.
+Slots' passes differ in length where the shards do not divide evenly among them (10 shards on 4 slots:
+3, 3, 2, 2; 2 shards shared by 3 slots: halves and a whole), and every slot delivers at the same rate,
+so a slot of fewer samples starts its next pass sooner: over a run its samples are read up to (k + 1) / k
+as often as the others' (k: the smaller count), though the shard order, redrawn each pass, moves which
+shards those are. One slot (one process, num_workers 0, as in every committed study) has no such
+difference. Equal passes would split shards between slots, each reading whole tars for a part of them.
 
 Real patches: slot s reads positions s, s + slots, ... of a seeded permutation stream
 (``core.steps.StreamPositions``): ranks and workers never read the same position.
