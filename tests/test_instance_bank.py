@@ -99,6 +99,16 @@ def candidates(source: str, judge: str, cfg: BankConfig) -> dict[tuple[str, str,
     return out
 
 
+def test_a_bank_of_another_resolution_is_refused(bank):
+    """Its instances would be pasted at another scale: refused in one line, naming both."""
+    from dakter_scale.data.bank import bank_info
+
+    size = bank_info(bank)["resolution"]
+    assert read_bank(bank, list(CLASSES), 2, resolution=size)
+    with pytest.raises(BankError, match=rf"was cut from {size} px pairs, the data is {2 * size} px"):
+        read_bank(bank, list(CLASSES), resolution=2 * size)
+
+
 def test_instances_are_confident_components_with_their_soft_edges(source, bank):
     pairs = source_pairs(source)
     raw = {s["__key__"]: decode_sample(s, levels=True) for s in ShardSet(bank).samples()}

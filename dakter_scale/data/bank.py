@@ -216,13 +216,19 @@ def bank_info(url: str) -> dict:
     return info.to_json()
 
 
-def read_bank(url: str, classes: list[str], limit: int = 0) -> list[Instance]:
+def read_bank(url: str, classes: list[str], limit: int = 0, resolution: int | None = None) -> list[Instance]:
     """The first `limit` instances of a bank in key order (0: all), each checked (parse_instance).
-    A bank of other classes, a bad shard or a bad record is a BankError naming it: a bank is read
-    whole before training, so it is refused rather than partly used."""
+    A bank of other classes or (given) another resolution than the data's, a bad shard or a bad record
+    is a BankError naming it: a bank is read whole before training, so it is refused rather than partly
+    used, and its instances would be pasted at another scale."""
     info = bank_info(url)
     if list(info["classes"]) != list(classes):
         raise BankError(f"instance bank {url} has classes {info['classes']}, the data {list(classes)}")
+    if resolution is not None and info["resolution"] != resolution:
+        raise BankError(
+            f"instance bank {url} was cut from {info['resolution']} px pairs, the data is {resolution} px: "
+            "its instances would be pasted at another scale"
+        )
     bank = ShardSet(url)
     shape = SampleShape(info["resolution"], info["resolution"], len(classes))
     out: list[Instance] = []
