@@ -65,6 +65,7 @@ def main() -> None:
 
     from dakter_scale.scene import land
     from dakter_scale.scene.read import open_scene
+
     from scenegen import write_geotiff
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +76,9 @@ def main() -> None:
         from scenegen import ORIGIN, UTM
 
         # the coast at the scene's middle column
-        coast_lon, _ = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(ORIGIN[0] + args.size * 5.0, ORIGIN[1])
+        coast_lon, _ = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(
+            ORIGIN[0] + args.size * 5.0, ORIGIN[1]
+        )
         n = world_land(Path(url), args.cells, args.vertices, coast_lon)
         written = time.perf_counter() - t0
         scene_path = write_geotiff(Path(tmp) / "scene.tif", np.full((args.size, args.size), 0.05, dtype=np.float32))

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from scenegen import track_lonlat  # noqa: E402
+
 LINES, SAMPLES, SPACING = 25_000, 16_700, 10.0
 GRID = (10, 21)  # geolocation grid points along lines and samples, as an IW GRD annotation has
 
@@ -67,16 +68,26 @@ def errors(lat0: float, heading: float, points: int, seed: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latitudes", default="0,40,60,70,80", help="scene-centre latitudes, comma-separated")
-    p.add_argument("--heading", type=float, default=-12.0, help="track heading, degrees from north (ascending IW: about -12)")
+    p.add_argument(
+        "--heading", type=float, default=-12.0, help="track heading, degrees from north (ascending IW: about -12)"
+    )
     p.add_argument("--points", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gcp_accuracy.json"))
     args = p.parse_args()
     result = {
         "machine": platform.processor() or platform.machine(),
-        "scene": {"lines": LINES, "samples": SAMPLES, "spacing_m": SPACING, "grid": list(GRID), "heading": args.heading},
+        "scene": {
+            "lines": LINES,
+            "samples": SAMPLES,
+            "spacing_m": SPACING,
+            "grid": list(GRID),
+            "heading": args.heading,
+        },
         "points": args.points,
-        "by_latitude": {lat: errors(float(lat), args.heading, args.points, args.seed) for lat in args.latitudes.split(",")},
+        "by_latitude": {
+            lat: errors(float(lat), args.heading, args.points, args.seed) for lat in args.latitudes.split(",")
+        },
         "command": "python bench/gcp_accuracy.py " + " ".join(sys.argv[1:]),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

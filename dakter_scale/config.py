@@ -385,7 +385,11 @@ class SynthesisConfig:
         _check(self.threads_per_actor >= 1, "synthesis.threads_per_actor", "must be >= 1")
         _check(self.retries >= 0, "synthesis.retries", "must be >= 0")
         _check(self.max_in_flight >= 0, "synthesis.max_in_flight", "must be >= 0")
-        _check(self.call_timeout_s >= 0, "synthesis.call_timeout_s", f"must be >= 0 (0: no limit), got {self.call_timeout_s}")
+        _check(
+            self.call_timeout_s >= 0,
+            "synthesis.call_timeout_s",
+            f"must be >= 0 (0: no limit), got {self.call_timeout_s}",
+        )
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
         _check(

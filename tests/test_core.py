@@ -242,7 +242,10 @@ def test_a_real_sample_with_pasted_soft_labels_takes_the_soft_ce():
         [kd.ce_loss_per_sample(logits[:1], mask[:1])[0], kd.kd_loss_per_sample(logits[1:], q[1:])[0]]
     )
     assert float(loss) == pytest.approx(float(2.0 * expected.mean()), rel=1e-6)
-    assert {k for k, v in parts.items() if not torch.isnan(v)} == {"ce_real", "soft_real"}  # kd: NaN, no generated sample
+    assert {k for k, v in parts.items() if not torch.isnan(v)} == {
+        "ce_real",
+        "soft_real",
+    }  # kd: NaN, no generated sample
     # where q is one-hot the soft CE's gradient is the CE's
     hard_q = joint.one_hot(mask, 3)
     g_kl = torch.autograd.grad(kd.kd_loss_per_sample(logits, hard_q).sum(), logits)[0]
@@ -381,7 +384,13 @@ def test_the_mixed_loss_gives_the_indexed_losses_and_gradients_bit_for_bit():
         q[~is_gen] = joint.one_hot(mask[~is_gen], 5)
         q[int(torch.argmin(is_gen.int())), :, 0, 0] = torch.tensor([0.2, 0.3, 0.5, 0.0, 0.0])  # pasted soft labels
         for labels in ("soft", "hard"):
-            kw = dict(labels=labels, ce_weight=1.3, kd_weight=0.7, temperature=(1.0, 2.0)[trial % 2], confidence_power=(0.0, 1.0)[trial // 6])
+            kw = dict(
+                labels=labels,
+                ce_weight=1.3,
+                kd_weight=0.7,
+                temperature=(1.0, 2.0)[trial % 2],
+                confidence_power=(0.0, 1.0)[trial // 6],
+            )
             a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
             expected, got = indexed_mixed_loss(a, mask, q, is_gen, **kw), kd.mixed_loss(b, mask, q, is_gen, **kw)[0]
             expected.backward()

@@ -192,7 +192,9 @@ def test_a_hung_call_times_out_its_actor_is_replaced_and_the_task_is_retried(mon
         ray.shutdown()
     failed = [(k, a, reason) for k, a, result, reason in heard if result is None]
     assert len(failed) == 1 and failed[0][:2] == (3, 0)
-    assert re.fullmatch(r"timed out: still running after \d+ s \(call timeout 3 s\); its actor was killed", failed[0][2])
+    assert re.fullmatch(
+        r"timed out: still running after \d+ s \(call timeout 3 s\); its actor was killed", failed[0][2]
+    )
     done = sorted((k, a) for k, a, result, _ in heard if result is not None)
     assert done == [(k, 1 if k == 3 else 0) for k in range(8)]
 
@@ -241,8 +243,15 @@ def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_
     try:
         heard = []
         t0 = time.time()
-        strategy = RayStrategy(StallsWhileStartingOnce, {"flag": str(tmp_path / "first")}, Workers(actors=2, retries=0, call_timeout=3.0))
-        drive([Attempted(k) for k in range(6)], strategy, 0, lambda task, result, reason, retrying: heard.append((task.key, result)))
+        strategy = RayStrategy(
+            StallsWhileStartingOnce, {"flag": str(tmp_path / "first")}, Workers(actors=2, retries=0, call_timeout=3.0)
+        )
+        drive(
+            [Attempted(k) for k in range(6)],
+            strategy,
+            0,
+            lambda task, result, reason, retrying: heard.append((task.key, result)),
+        )
         assert time.time() - t0 < 45
     finally:
         ray.shutdown()

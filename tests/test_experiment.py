@@ -329,9 +329,20 @@ def test_kd_weight_chosen_on_validation_then_rescored(tmp_path):
     # the same names with another setting behind one (lambda set by hand, not the grid's choice): the kept
     # scores are refused, naming what changed, instead of standing for a student that was never trained
     other = 1.0 if chosen == 0.5 else 0.5
-    changed = load_config(None, [*TINY, "experiment.seeds=[0]", "experiment.methods=[none,hard,hard_matched,dakter]",
-                                 "experiment.decode_study=[]", f"experiment.kd_weights=[unet:{other:g}]"])
-    with pytest.raises(ConfigError, match=rf"dakter-unet-r1-s0/metrics\.json: kept for another run of dakter-unet-r1-s0 \(weight {chosen!r} now {other!r}\)"):
+    changed = load_config(
+        None,
+        [
+            *TINY,
+            "experiment.seeds=[0]",
+            "experiment.methods=[none,hard,hard_matched,dakter]",
+            "experiment.decode_study=[]",
+            f"experiment.kd_weights=[unet:{other:g}]",
+        ],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"dakter-unet-r1-s0/metrics\.json: kept for another run of dakter-unet-r1-s0 \(weight {chosen!r} now {other!r}\)",
+    ):
         Experiment(changed, tmp_path, progress=False).run()
 
 
@@ -531,7 +542,10 @@ def test_the_verdict_is_worded_from_the_interval():
 
     answer = "\n".join(answer_table(Results(runs, plan)))
     assert "| a − b | unet | deeplabv3plus | segformer |" in answer
-    assert f"| dakter − none (generated pairs against none) | +2.50 [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **ahead** |" in answer
+    assert (
+        f"| dakter − none (generated pairs against none) | +2.50 [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **ahead** |"
+        in answer
+    )
     assert "**tie** | -2.50 [" in answer and answer.rstrip().endswith("**behind** |")
     assert "| ahead |" in text and "| tie |" in text and "| behind |" in text
     # a score that is not a number is not a seed: one real difference is "one seed", not a zero-width "ahead";
@@ -556,7 +570,9 @@ def test_a_validation_setting_whose_scores_are_not_numbers_cannot_be_chosen():
     from dakter_scale.study.plan import StudentRun
 
     def run(ratio, steps, seed=0):
-        return StudentRun("dakter", "unet", ratio, seed, variant=f"n{steps}", weight=1.0, overrides=(("student.max_steps", steps),))
+        return StudentRun(
+            "dakter", "unet", ratio, seed, variant=f"n{steps}", weight=1.0, overrides=(("student.max_steps", steps),)
+        )
 
     runs = [run(2.0, 600), run(2.0, 1200), run(4.0, 600), run(4.0, 1200)]
     scores = {r.name: {"miou": m} for r, m in zip(runs, [float("nan"), 0.70, 0.71, 0.72])}
@@ -883,7 +899,6 @@ def test_a_runner_waits_for_the_grid_that_another_runner_trains(tmp_path, caplog
     and --records is refused."""
     import logging
     import threading
-
 
     grid = ["experiment.steps_grid=[2,3]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]
     cfg = load_config(None, TINY + RECORDS_STUDY + grid)

@@ -916,15 +916,32 @@ def test_a_manifest_whose_rows_lie_is_one_line_naming_it(clean, tmp_path):
     fractions = table.column("class_fractions").to_pylist()
 
     def with_column(name, values, kind=None):
-        return table.set_column(table.column_names.index(name), name, pa.array(values, type=kind or table.schema.field(name).type))
+        return table.set_column(
+            table.column_names.index(name), name, pa.array(values, type=kind or table.schema.field(name).type)
+        )
 
     cases = {
         "repeated key": (with_column("key", [keys[0]] + keys[:-1]), r"its keys are not the shard's 4 keys, each once"),
-        "key past the count": (with_column("key", keys[:-1] + ["000001-000009"]), r"its keys are not the shard's 4 keys"),
-        "NaN fraction": (with_column("class_fractions", [[np.nan] + f[1:] for f in fractions]), r"class fractions that are not finite and >= 0"),
-        "negative fraction": (with_column("class_fractions", [[-0.5] + f[1:] for f in fractions]), r"class fractions that are not finite and >= 0"),
-        "ragged row": (with_column("class_fractions", [fractions[0][:2]] + fractions[1:]), r"class fractions of rows of \[2, \d\] classes"),
-        "NaN confidence": (with_column("mean_confidence", [np.nan] * 4), r"a mean_confidence that is not a finite number"),
+        "key past the count": (
+            with_column("key", keys[:-1] + ["000001-000009"]),
+            r"its keys are not the shard's 4 keys",
+        ),
+        "NaN fraction": (
+            with_column("class_fractions", [[np.nan] + f[1:] for f in fractions]),
+            r"class fractions that are not finite and >= 0",
+        ),
+        "negative fraction": (
+            with_column("class_fractions", [[-0.5] + f[1:] for f in fractions]),
+            r"class fractions that are not finite and >= 0",
+        ),
+        "ragged row": (
+            with_column("class_fractions", [fractions[0][:2]] + fractions[1:]),
+            r"class fractions of rows of \[2, \d\] classes",
+        ),
+        "NaN confidence": (
+            with_column("mean_confidence", [np.nan] * 4),
+            r"a mean_confidence that is not a finite number",
+        ),
         "text seeds": (with_column("seed", ["a", "b", "c", "d"], pa.string()), r"not a manifest of this format"),
     }
     for name, (bad, message) in cases.items():

@@ -22,12 +22,17 @@ BUFFER_M = 300.0  # 30 px
 
 def utm_box(r0, r1, c0, c1):
     """A box of scene pixels (rows r0..r1, columns c0..c1; outside the scene too) in UTM metres."""
-    return shapely.box(ORIGIN[0] + c0 * SPACING, ORIGIN[1] - r1 * SPACING, ORIGIN[0] + c1 * SPACING, ORIGIN[1] - r0 * SPACING)
+    return shapely.box(
+        ORIGIN[0] + c0 * SPACING, ORIGIN[1] - r1 * SPACING, ORIGIN[0] + c1 * SPACING, ORIGIN[1] - r0 * SPACING
+    )
 
 
 def in_crs(geoms, crs: str):
     t = Transformer.from_crs(UTM, crs, always_xy=True)
-    return [shapely.transform(shapely.segmentize(g, 50.0), lambda c: np.column_stack(t.transform(c[:, 0], c[:, 1]))) for g in geoms]
+    return [
+        shapely.transform(shapely.segmentize(g, 50.0), lambda c: np.column_stack(t.transform(c[:, 0], c[:, 1])))
+        for g in geoms
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,9 @@ def scene_path(tmp_path_factory):
 
 
 @pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", UTM])
-def test_the_window_reads_only_land_near_the_scene_and_gives_the_whole_files_mask(scene_path, tmp_path, crs, monkeypatch):
+def test_the_window_reads_only_land_near_the_scene_and_gives_the_whole_files_mask(
+    scene_path, tmp_path, crs, monkeypatch
+):
     """An island inside the scene, a coast 20 px past its east edge (inside the 30 px buffer), a large
     polygon over its first 10 columns that reaches 30 km west, a coast 5 km south and land 600 km away: the
     window reads the first three (the large one cut to the window), and the mask is the one the whole
@@ -47,7 +54,9 @@ def test_the_window_reads_only_land_near_the_scene_and_gives_the_whole_files_mas
     south = utm_box(H + 500, H + 540, 0, W)
     far = shapely.segmentize(shapely.box(10.0, 50.0, 12.0, 52.0), 0.01)  # lon/lat, in Germany
     to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    geoms = in_crs(near + [south], crs) + [shapely.transform(far, lambda c: np.column_stack(to_crs.transform(c[:, 0], c[:, 1])))]
+    geoms = in_crs(near + [south], crs) + [
+        shapely.transform(far, lambda c: np.column_stack(to_crs.transform(c[:, 0], c[:, 1])))
+    ]
     url = write_vector(tmp_path / "land.gpkg", geoms, crs)
     with open_scene(str(scene_path)) as scene:
         window = land.footprint_windows(scene, BUFFER_M, CRS(crs))
@@ -68,7 +77,14 @@ def test_the_window_reads_only_land_near_the_scene_and_gives_the_whole_files_mas
 
 def write_scene(path, crs: str, x0: float, y0: float, step: float) -> str:
     with rasterio.open(
-        path, "w", driver="GTiff", height=H, width=W, count=1, dtype="float32", crs=crs,
+        path,
+        "w",
+        driver="GTiff",
+        height=H,
+        width=W,
+        count=1,
+        dtype="float32",
+        crs=crs,
         transform=from_origin(x0, y0, step, step),
     ) as ds:
         ds.write(np.full((1, H, W), 0.05, dtype=np.float32))
@@ -84,7 +100,9 @@ def test_a_scene_across_the_antimeridian_reads_land_on_both_sides(tmp_path, monk
     x180, y0 = Transformer.from_crs("EPSG:4326", "EPSG:32660", always_xy=True).transform(180.0, lat0)
     scene_path = write_scene(tmp_path / "s.tif", "EPSG:32660", x180 - SPACING * W / 2, y0, SPACING)
     # densified, so that the meridians stay the same curves in UTM whether clipped to a window or not
-    west, east = (shapely.segmentize(shapely.box(*b), 0.001) for b in ((179.9, 9.9, 179.996, 10.1), (-179.996, 9.9, -179.9, 10.1)))
+    west, east = (
+        shapely.segmentize(shapely.box(*b), 0.001) for b in ((179.9, 9.9, 179.996, 10.1), (-179.996, 9.9, -179.9, 10.1))
+    )
     url = write_vector(tmp_path / "land.gpkg", [west, east], "EPSG:4326")
     with open_scene(scene_path) as scene:
         windows = land.footprint_windows(scene, 0.0, CRS("EPSG:4326"))
@@ -103,7 +121,7 @@ def test_a_window_near_a_pole_runs_to_the_pole(tmp_path):
     from pyproj import CRS
 
     with open_scene(write_scene(tmp_path / "s.tif", "EPSG:4326", 10.0, 89.5, 0.002)) as scene:
-        (w, s, e, n), = land.footprint_windows(scene, BUFFER_M, CRS("EPSG:4326"))
+        ((w, s, e, n),) = land.footprint_windows(scene, BUFFER_M, CRS("EPSG:4326"))
     assert (w, e, n) == (-180.0, 180.0, 90.0) and 89.2 < s < 89.5 - H * 0.002
 
 
@@ -118,12 +136,16 @@ def test_a_land_file_with_no_features_is_refused_and_one_with_none_near_the_scen
 
 
 @pytest.mark.parametrize("buffer_m", [0.0, BUFFER_M])
-def test_a_world_wide_land_file_places_the_coast_and_nothing_from_the_far_side_of_the_globe(scene_path, tmp_path, buffer_m):
+def test_a_world_wide_land_file_places_the_coast_and_nothing_from_the_far_side_of_the_globe(
+    scene_path, tmp_path, buffer_m
+):
     """Reading a world-wide file whole put every polygon through the scene's UTM zone or an equidistant
     projection centred on it; far from the scene those fold, and the whole scene came out land (or GEOS
     raised). Read within the scene's window, the mask is the coast drawn down its middle column, grown by
     the buffer."""
-    lon_mid, _ = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(ORIGIN[0] + W * SPACING / 2, ORIGIN[1])
+    lon_mid, _ = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(
+        ORIGIN[0] + W * SPACING / 2, ORIGIN[1]
+    )
     world = [shapely.box(x, y, x + 6.0, y + 6.0) for x in range(-180, 180, 10) for y in range(-60, 80, 10)]
     world = [g for g in world if not g.intersects(shapely.box(-10.0, 35.0, 15.0, 55.0))]
     coast = shapely.segmentize(shapely.box(2.0, 44.0, lon_mid, 46.0), 0.001)
@@ -142,7 +164,9 @@ def test_land_across_the_antimeridian_within_the_buffer_of_a_scene_that_stops_sh
     lat0 = 10.0
     x_edge, y0 = Transformer.from_crs("EPSG:4326", "EPSG:32660", always_xy=True).transform(179.994, lat0)
     scene_path = write_scene(tmp_path / "s.tif", "EPSG:32660", x_edge - SPACING * W, y0, SPACING)
-    url = write_vector(tmp_path / "land.gpkg", [shapely.segmentize(shapely.box(-179.998, 9.9, -179.9, 10.1), 0.001)], "EPSG:4326")
+    url = write_vector(
+        tmp_path / "land.gpkg", [shapely.segmentize(shapely.box(-179.998, 9.9, -179.9, 10.1), 0.001)], "EPSG:4326"
+    )
     with open_scene(scene_path) as scene:
         windows = land.footprint_windows(scene, 1000.0, CRS("EPSG:4326"))
         assert len(windows) == 2 and windows[1][0] == -180.0

@@ -60,10 +60,9 @@ def test_binned_median_matches_the_exact_median_and_counts_add():
     merged = a.merge(b)
     assert np.array_equal(merged.histogram, both.histogram) and np.array_equal(merged.enl, both.enl)
     assert SarCounts.from_json(json.loads(json.dumps(merged.to_json()))).to_json() == merged.to_json()
-    assert (
-        SarCounts.problem(merged.to_json()) is None
-        and SarCounts.problem({"window": 4, "histogram": [1], "enl_counts": []}).startswith("histogram is not 256 counts")
-    )
+    assert SarCounts.problem(merged.to_json()) is None and SarCounts.problem(
+        {"window": 4, "histogram": [1], "enl_counts": []}
+    ).startswith("histogram is not 256 counts")
     # a hostile count past int64 (a marker from elsewhere) is refused when read, not an OverflowError when summed
     huge = dict(merged.to_json(), histogram=[2**70] + [0] * 255)
     assert SarCounts.problem(huge) == "histogram is not 256 counts (integers in [0, 2**53))"

@@ -123,7 +123,14 @@ def test_degree_pixels_at_60_north_are_resampled_per_axis_to_square_model_pixels
     rows, cols = np.mgrid[0:h, 0:w]
     path = tmp_path / "degrees.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", height=h, width=w, count=1, dtype="float32", crs="EPSG:4326",
+        path,
+        "w",
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
         transform=from_origin(10.0, 60.006, step, step),
     ) as ds:
         pass
@@ -154,7 +161,10 @@ def test_a_safe_product_with_unequal_annotated_spacings_is_resampled_per_axis(tm
     )
     assert record["conventions"]["scale"]["factors"] == [0.5, 1.0]
     assert record["conventions"]["grid"] == {"height": 600, "width": 400}
-    assert any("pixels are 20 x 10 m (rows x columns), not square: resampled" in n for n in record["conventions"]["scale"]["notes"])
+    assert any(
+        "pixels are 20 x 10 m (rows x columns), not square: resampled" in n
+        for n in record["conventions"]["scale"]["notes"]
+    )
 
 
 def test_a_geolocation_grid_places_pixels_between_its_points_at_high_latitude(tmp_path):
@@ -171,7 +181,10 @@ def test_a_geolocation_grid_places_pixels_between_its_points_at_high_latitude(tm
     lines, samples, spacing = 250, 167, 1000.0  # the IW footprint in 1 km pixels
     R, C = np.meshgrid(np.linspace(0, lines - 1, 10), np.linspace(0, samples - 1, 21), indexing="ij")
     lon, lat = track_lonlat(70.0, -12.0, R + 0.5, C + 0.5, lines, samples, spacing)
-    gcps = [GroundControlPoint(row=r + 0.5, col=c + 0.5, x=x, y=y, z=0.0) for r, c, x, y in zip(R.ravel(), C.ravel(), lon.ravel(), lat.ravel())]
+    gcps = [
+        GroundControlPoint(row=r + 0.5, col=c + 0.5, x=x, y=y, z=0.0)
+        for r, c, x, y in zip(R.ravel(), C.ravel(), lon.ravel(), lat.ravel())
+    ]
     path = tmp_path / "grid.tif"
     with rasterio.open(path, "w", driver="GTiff", height=lines, width=samples, count=1, dtype="float32") as ds:
         ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
@@ -194,7 +207,9 @@ def test_a_safe_product_without_image_information_takes_its_spacing_from_the_gri
     ann = next((safe / "annotation").glob("*.xml"))
     ann.write_text(_re.sub(r"<imageInformation>.*?</imageInformation>", "", ann.read_text(), flags=_re.S))
     with open_scene(str(safe)) as scene:
-        assert scene.annotated_spacing_m is None and scene.pixel_spacing() == pytest.approx(sum(scene.ground_spacing()) / 2)
+        assert scene.annotated_spacing_m is None and scene.pixel_spacing() == pytest.approx(
+            sum(scene.ground_spacing()) / 2
+        )
 
 
 def test_contradicting_gcps_fall_back_to_the_polynomial_and_the_transformer_is_built_once(tmp_path, monkeypatch):
@@ -234,7 +249,14 @@ def test_a_projected_grid_of_unequal_steps_is_resampled_by_its_nominal_steps(tmp
 
     path = tmp_path / "merc.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", height=64, width=64, count=1, dtype="float32", crs="EPSG:3857",
+        path,
+        "w",
+        driver="GTiff",
+        height=64,
+        width=64,
+        count=1,
+        dtype="float32",
+        crs="EPSG:3857",
         transform=Affine(12.0, 0.0, 1113194.9, 0.0, -10.0, 8399737.9),
     ) as ds:
         ds.write(np.full((1, 64, 64), 0.01, dtype=np.float32))
@@ -561,7 +583,13 @@ def test_pixels_that_are_not_square_or_not_their_nominal_size_on_the_ground_are_
         return path
 
     cases = {
-        "degrees.tif": ("EPSG:4326", 10.0, 60.0, 1e-4, r"pixels are 11.1 x 5.58 m on the ground .* not square: resampled along each axis"),
+        "degrees.tif": (
+            "EPSG:4326",
+            10.0,
+            60.0,
+            1e-4,
+            r"pixels are 11.1 x 5.58 m on the ground .* not square: resampled along each axis",
+        ),
         "mercator.tif": ("EPSG:3857", 1113194.9, 8399737.9, 10.0, r"nominal 10 m pixels are 5.01 m on the ground"),
         "utm.tif": ("EPSG:32631", 500000.0, 5000000.0, 10.0, None),
     }
@@ -577,4 +605,6 @@ def test_pixels_that_are_not_square_or_not_their_nominal_size_on_the_ground_are_
             assert len(notes) == 1 and re.search(expected, notes[0]), notes
         if name == "degrees.tif":
             assert scale.axes == pytest.approx((10.0 / dy, 10.0 / dx)) and 1.99 < dy / dx < 2.01
-            assert unknown.axes is None and re.search(r"not square: the student sees the scene stretched", unknown.notes[-1])
+            assert unknown.axes is None and re.search(
+                r"not square: the student sees the scene stretched", unknown.notes[-1]
+            )

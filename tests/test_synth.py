@@ -906,7 +906,11 @@ def test_every_sampler_starts_at_the_last_training_timestep_for_a_scheduler_buil
 
     model = SimpleNamespace(scheduler=DDPMScheduler(num_train_timesteps=1000))
     sched = sampling_scheduler(model, SamplingConfig(sampler=sampler, steps=20))
-    assert sched.timesteps[0].item() == 999 and sched.timesteps[-1].item() == 49 and not sched.config.get("clip_sample", False)
+    assert (
+        sched.timesteps[0].item() == 999
+        and sched.timesteps[-1].item() == 49
+        and not sched.config.get("clip_sample", False)
+    )
 
 
 def test_zero_terminal_snr_with_an_epsilon_prediction_is_refused():
@@ -915,5 +919,12 @@ def test_zero_terminal_snr_with_an_epsilon_prediction_is_refused():
     with pytest.raises(ConfigError, match=r"diffusion\.rescale_zero_terminal_snr: needs v_prediction or sample"):
         load_config(None, ["diffusion.rescale_zero_terminal_snr=true"])
     with pytest.raises(ConfigError, match=r"rescale_zero_terminal_snr"):
-        load_config(None, ["diffusion.rescale_zero_terminal_snr=true", "diffusion.prediction_type=v_prediction", "diffusion.label_prediction_type=epsilon"])
+        load_config(
+            None,
+            [
+                "diffusion.rescale_zero_terminal_snr=true",
+                "diffusion.prediction_type=v_prediction",
+                "diffusion.label_prediction_type=epsilon",
+            ],
+        )
     load_config(None, ["diffusion.rescale_zero_terminal_snr=true", "diffusion.prediction_type=v_prediction"])

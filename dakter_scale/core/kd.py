@@ -107,7 +107,9 @@ def mixed_loss(
         generated_weight, generated_part = (ce_weight if hard_weight is None else hard_weight), "ce_generated"
     zero = logits.new_zeros((), dtype=torch.float32)
     per_sample = torch.where(
-        hard, ce_weight * ce_real, torch.where(soft, ce_weight * soft_real, torch.where(gen, generated_weight * generated, zero))
+        hard,
+        ce_weight * ce_real,
+        torch.where(soft, ce_weight * soft_real, torch.where(gen, generated_weight * generated, zero)),
     )
 
     def part(values: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,6 @@ import numpy as np
 from dakter_scale.data import storage
 from dakter_scale.scene.read import Scene, SceneError
 
-
 log = logging.getLogger("dakter_scale")
 
 MARGIN_M = 1000.0  # added to the buffer when bounding the window: the footprint's edges are sampled, not exact

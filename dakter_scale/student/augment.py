@@ -142,7 +142,9 @@ def build_copy_paste(cfg: Config, source: Source) -> CopyPaste | BankPaste:
     shares = split_stats(source, "train", cfg.data.stats_max_images).class_fractions
     target = parse_class_target(s.copy_paste, source.classes, shares, flag="student.copy_paste")
     if s.instance_bank:
-        return build_bank_paste(cfg, target, read_bank(s.instance_bank, list(source.classes), s.instance_bank_size, cfg.data.resolution))
+        return build_bank_paste(
+            cfg, target, read_bank(s.instance_bank, list(source.classes), s.instance_bank_size, cfg.data.resolution)
+        )
     images, masks = whole_pairs(source, cfg.data.resolution)
     check_composable("pasted", images, masks, target, flag="student.copy_paste")
     return CopyPaste(target, paste_pool(images, masks, target), s.copy_paste_real, s.copy_paste_generated)

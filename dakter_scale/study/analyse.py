@@ -179,7 +179,9 @@ def choose_settings(
         row["miou"].setdefault(setting, {})[str(run.seed)] = scores[run.name]["miou"]
     for arch, row in out.items():
         # a setting whose scores are all missing or NaN cannot win (NaN compares greater than nothing)
-        means = {w: m for w, m in ((w, mean_std(list(v.values()))[0]) for w, v in row["miou"].items()) if math.isfinite(m)}
+        means = {
+            w: m for w, m in ((w, mean_std(list(v.values()))[0]) for w, v in row["miou"].items()) if math.isfinite(m)
+        }
         if not means:
             raise ValueError(f"{arch}: no validation score of the grid is a number, so no setting can be chosen")
         best, _, steps = max(means, key=means.__getitem__).partition("#")  # max keeps the first of equals

@@ -224,7 +224,9 @@ def answer_table(r: Results) -> list[str]:
     archs = list(r.e.archs)
     rows: dict[tuple[str, str], dict] = {}
     for v in verdicts:
-        rows.setdefault((v["a"], v["b"]), {"claim": v["claim"], "exploratory": v.get("exploratory", False)})[v["arch"]] = v
+        rows.setdefault((v["a"], v["b"]), {"claim": v["claim"], "exploratory": v.get("exploratory", False)})[
+            v["arch"]
+        ] = v
     lines = [
         "## The answer: same-seed differences in mIoU (points), 95 % t-interval, and the verdict it allows",
         "",
@@ -240,7 +242,9 @@ def answer_table(r: Results) -> list[str]:
             elif v["low"] is None:
                 cells.append(f"{100 * v['mean']:+.2f} ({v['verdict']})")
             else:
-                cells.append(f"{100 * v['mean']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **{v['verdict']}**")
+                cells.append(
+                    f"{100 * v['mean']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **{v['verdict']}**"
+                )
         mark = ", exploratory" if row["exploratory"] else ""
         lines.append(f"| {a} − {b} ({row['claim']}{mark}) | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -280,7 +284,10 @@ def _verdict_rows(verdicts: list[dict], title: str) -> list[str]:
             f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']}{' (exploratory)' if v.get('exploratory') else ''} |"
         )
     if any(v.get("exploratory") for v in rows):
-        lines += ["", "Exploratory: comparisons added after this study's test scores were read (experiment.exploratory)."]
+        lines += [
+            "",
+            "Exploratory: comparisons added after this study's test scores were read (experiment.exploratory).",
+        ]
     return lines + [""]
 
 
