@@ -57,6 +57,7 @@ def test_a_file_system_without_fsync_still_writes(tmp_path):
     assert (tmp_path / "x.json").read_text().strip().startswith("{")
 
 
+@pytest.mark.slow  # ~16 s: a synthesis run under a file-size limit, then its rerun
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
 def test_a_full_disk_fails_shards_cleanly_and_a_rerun_completes(tmp_path_factory, tmp_path):
     """A disk that fills up, as a file-size limit on the job's process (RLIMIT_FSIZE with SIGXFSZ

@@ -166,6 +166,7 @@ def tars(url: str) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow  # ~13 s: a killed bank run and its resume; exactly-once is tested by default above
 def test_bank_resumes_after_a_killed_run_and_reads_through_the_stock_reader(source, judge, bank, tmp_path):
     import webdataset as wds
 
