@@ -60,6 +60,15 @@ def fractions(masks, k):
 # -- OSD ------------------------------------------------------------------------------------------
 
 
+def test_a_tiff_image_in_a_split_is_refused_when_listed_not_when_first_drawn(tmp_path):
+    from dakter_scale.data.real import DataError
+
+    write_osd(tmp_path, {"train": make_masks(2), "test": make_masks(1)}, colour=False)
+    Image.fromarray(np.zeros((16, 24), dtype=np.uint8)).save(tmp_path / "train" / "images" / "0009.tif")
+    with pytest.raises(DataError, match=r"0009\.tif: TIFF images are not read here \(PNG or JPEG only\)"):
+        open_source(f"osd:{tmp_path}").split_items("train")
+
+
 def test_a_class_id_mask_saved_with_a_palette_is_read_by_its_indices(tmp_path):
     """A labels_1D mask saved as a palette image: its pixels are the ids. Read through the palette's grey,
     OSD colours gave "class id 179 is no OSD class", and a dark palette moved oil to look-alike."""

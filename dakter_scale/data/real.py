@@ -38,7 +38,7 @@ from dakter_scale.errors import UserError
 
 SOS_CLASSES = ("background", "oil")
 SPLITS = ("train", "test")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # IMAGE_FORMATS' files; a TIFF in a split is refused when listed
 
 
 class DataError(UserError, ValueError):
@@ -266,7 +266,11 @@ class OSDSource(Source):
         if split in self._cache:
             return self._cache[split]
         base = posixpath.join(self.root, split)
-        images = [p for p in _list_files(self.fs, posixpath.join(base, "images")) if p.lower().endswith(IMAGE_EXTS)]
+        files = _list_files(self.fs, posixpath.join(base, "images"))
+        tiffs = [p for p in files if p.lower().endswith((".tif", ".tiff"))]
+        if tiffs:  # listed, they failed mid-training when first drawn (only PNG and JPEG are decoded)
+            raise DataError(f"{tiffs[0]}: TIFF images are not read here (PNG or JPEG only): convert them to 8-bit PNG")
+        images = [p for p in files if p.lower().endswith(IMAGE_EXTS)]
         # Class-id masks (labels_1D) when there are any, else the RGB colour masks (labels).
         label_dir = posixpath.join(base, "labels_1D")
         labels = [p for p in _list_files(self.fs, label_dir) if p.lower().endswith(".png")]
