@@ -393,9 +393,9 @@ class SynthesisConfig:
         _check(self.verify in ("size", "sha256"), "synthesis.verify", f"{self.verify!r} is not size or sha256")
         _check(self.divergence_threshold > 0, "synthesis.divergence_threshold", "must be > 0")
         _check(
-            self.lease_seconds >= 10,
+            10 <= self.lease_seconds <= 7 * 86400,
             "synthesis.lease_seconds",
-            f"must be >= 10 (the lock is renewed every quarter of it), got {self.lease_seconds}",
+            f"must be in [10, 604800] (the lock is renewed every quarter of it; data/lease.py MAX_LEASE_SECONDS), got {self.lease_seconds}",
         )
         _check(
             self.enl_ratio_threshold > 1,

@@ -365,7 +365,9 @@ def test_a_real_sample_with_soft_labels_takes_the_soft_cross_entropy():
     # one-hot everywhere: the CE on the mask exactly, as before soft labels could reach a real sample
     plain = torch.nn.functional.one_hot(mask, 4).permute(0, 3, 1, 2).float()
     loss, parts = mixed_loss(logits, mask, plain, torch.zeros(3, dtype=torch.bool))
-    assert torch.equal(loss, ce_loss_per_sample(logits, mask).mean()) and {k for k, v in parts.items() if not torch.isnan(v)} == {"ce_real"}
+    assert torch.equal(loss, ce_loss_per_sample(logits, mask).mean()) and {
+        k for k, v in parts.items() if not torch.isnan(v)
+    } == {"ce_real"}
 
 
 def test_a_banked_instance_is_regenerated_from_its_seed_shard_and_index(model, judge, tmp_path):

@@ -389,6 +389,22 @@ def test_an_unreadable_lock_is_taken_over_after_a_lease_unchanged(tmp_path):
     lease.release()
 
 
+@pytest.mark.parametrize("lease_seconds", ["Infinity", "1e300", "-5", "NaN"])
+def test_a_lock_claiming_an_unbelievable_lease_is_read_as_unreadable(tmp_path, lease_seconds):
+    """A lock of another machine whose lease is endless (JSON's Infinity parses) would have made a
+    takeover watch it for ever; its numbers are not believed, and the reader's own lease bounds the wait."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = time.time() - 3600
+    (out / lock_name(3)).write_text(
+        f'{{"token": "t", "started": {old}, "renewed": {old}, "lease_seconds": {lease_seconds}, "host": "elsewhere"}}'
+    )
+    t0 = time.monotonic()
+    lease = Lease(str(out), "x", lease_seconds=0.5, heartbeat=False).acquire()
+    assert 0.5 <= time.monotonic() - t0 < 30 and lease.generation == 4
+    lease.release()
+
+
 def test_break_lock_takes_a_live_lease(prefix):
     holder = Lease(prefix, "stuck", heartbeat=False).acquire()
     taker = Lease(prefix, "forced", heartbeat=False).acquire(break_lock=True)

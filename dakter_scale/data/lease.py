@@ -63,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -133,10 +134,16 @@ class Holder:
         return f"{self.purpose} on {self.host} (pid {self.pid}), started {started}, renewed {_secs(max(0.0, now - self.renewed))} s ago by its clock"
 
 
+# a lock claiming a longer lease is read as unreadable (a hostile one could block a prefix for ever)
+MAX_LEASE_SECONDS = 7 * 86400.0
+
+
 def _parse(blob: bytes, generation: int) -> Holder | None:
+    """The lock's holder, or None where it cannot be read or its numbers are not believable (not
+    finite, a lease outside (0, MAX_LEASE_SECONDS]): then only the reader's own lease bounds the wait."""
     try:
         obj = json.loads(blob.decode())
-        return Holder(
+        holder = Holder(
             token=str(obj["token"]),
             purpose=str(obj.get("purpose", "")),
             started=float(obj["started"]),
@@ -150,8 +157,14 @@ def _parse(blob: bytes, generation: int) -> Holder | None:
             valid_until=float(obj["valid_until"]) if obj.get("valid_until") is not None else None,
             released=obj.get("released") is True,
         )
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError):
         return None
+    numbers = (holder.started, holder.renewed, holder.lease_seconds) + (
+        (holder.valid_until,) if holder.valid_until is not None else ()
+    )
+    if not all(math.isfinite(v) for v in numbers) or not 0 < holder.lease_seconds <= MAX_LEASE_SECONDS:
+        return None
+    return holder
 
 
 def generations(fs: Any, root: str) -> list[int]:
