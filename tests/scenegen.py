@@ -175,6 +175,27 @@ def track_lonlat(lat0: float, heading: float, rows, cols, lines: int, samples: i
     return np.asarray(lon), np.asarray(lat)
 
 
+def write_raster(path, data: np.ndarray, crs: str | None = None, transform=None, gcps: list | None = None) -> str:
+    """A one-band GeoTIFF of `data` placed by a CRS and an affine transform, or by GCPs (in EPSG:4326)."""
+    import rasterio
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[0],
+        width=data.shape[1],
+        count=1,
+        dtype=str(data.dtype),
+        crs=crs,
+        transform=transform,
+    ) as ds:
+        if gcps is not None:
+            ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
+        ds.write(data[None])
+    return str(path)
+
+
 def write_vector(path, geoms, crs: str) -> str:
     """A GeoPackage (with its spatial index) of shapely geometries in ``crs``: a --land file."""
     import pyogrio.raw

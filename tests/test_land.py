@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
 import shapely
 from pyproj import Transformer
 from rasterio.transform import from_origin
@@ -13,7 +12,7 @@ from rasterio.transform import from_origin
 from dakter_scale.scene import land
 from dakter_scale.scene.read import SceneError, open_scene
 
-from scenegen import ORIGIN, UTM, write_geotiff, write_vector
+from scenegen import ORIGIN, UTM, write_geotiff, write_raster, write_vector
 
 SPACING = 10.0
 H, W = 120, 160
@@ -76,19 +75,7 @@ def test_the_window_reads_only_land_near_the_scene_and_gives_the_whole_files_mas
 
 
 def write_scene(path, crs: str, x0: float, y0: float, step: float) -> str:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=H,
-        width=W,
-        count=1,
-        dtype="float32",
-        crs=crs,
-        transform=from_origin(x0, y0, step, step),
-    ) as ds:
-        ds.write(np.full((1, H, W), 0.05, dtype=np.float32))
-    return str(path)
+    return write_raster(path, np.full((H, W), 0.05, dtype=np.float32), crs, from_origin(x0, y0, step, step))
 
 
 def test_a_scene_across_the_antimeridian_reads_land_on_both_sides(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from dakter_scale.scene.read import SceneError, open_scene
 from dakter_scale.scene.vectorise import VectoriseOptions, find_slicks, hysteresis
 
 from conftest import job
-from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_safe, zip_folder
+from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_raster, write_safe, zip_folder
 from shardgen import TINY_STUDENT
 
 SIM = {"kind": "sigma0_db8", "db_min": DB_MIN, "db_max": DB_MAX}
@@ -116,30 +116,16 @@ def test_degree_pixels_at_60_north_are_resampled_per_axis_to_square_model_pixels
     the model grid has square 10 m pixels (factors ~0.9 down a column, ~1.8 along a row), so the disc is
     round for the student and holds pi * 30^2 model pixels. One mean factor would have made it a 2:1
     ellipse of 12 % more pixels."""
-    import rasterio
     from rasterio.transform import from_origin
 
     h, w, step = 120, 240, 1e-4
     rows, cols = np.mgrid[0:h, 0:w]
-    path = tmp_path / "degrees.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=h,
-        width=w,
-        count=1,
-        dtype="float32",
-        crs="EPSG:4326",
-        transform=from_origin(10.0, 60.006, step, step),
-    ) as ds:
-        pass
-    with open_scene(str(path)) as scene:
+    transform = from_origin(10.0, 60.006, step, step)
+    path = write_raster(tmp_path / "degrees.tif", np.zeros((h, w), dtype=np.float32), "EPSG:4326", transform)
+    with open_scene(path) as scene:
         dy, dx = scene.ground_spacing()
     inside = ((rows + 0.5 - h / 2) * dy) ** 2 + ((cols + 0.5 - w / 2) * dx) ** 2 <= 300.0**2
-    codes = np.where(inside, 60, 170).astype(np.uint8)
-    with rasterio.open(path, "r+") as ds:
-        ds.write(sigma0_of(codes)[None])
+    write_raster(path, sigma0_of(np.where(inside, 60, 170).astype(np.uint8)), "EPSG:4326", transform)
     record = Predictor(DarkIsOil(), PredictOptions(tile=128, overlap=16), device="cpu", info=info(10.0))(
         str(path), tmp_path / "out"
     )
@@ -172,7 +158,6 @@ def test_a_geolocation_grid_places_pixels_between_its_points_at_high_latitude(tm
     has): pixels between the grid's points land within metres of the truth. GDAL's default least-squares
     polynomial put them a median 30 m off there (bench/gcp_accuracy.py); the thin-plate spline follows
     the grid."""
-    import rasterio
     from pyproj import Geod
     from rasterio.control import GroundControlPoint
 
@@ -185,10 +170,7 @@ def test_a_geolocation_grid_places_pixels_between_its_points_at_high_latitude(tm
         GroundControlPoint(row=r + 0.5, col=c + 0.5, x=x, y=y, z=0.0)
         for r, c, x, y in zip(R.ravel(), C.ravel(), lon.ravel(), lat.ravel())
     ]
-    path = tmp_path / "grid.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=lines, width=samples, count=1, dtype="float32") as ds:
-        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
-        ds.write(np.full((1, lines, samples), 0.05, dtype=np.float32))
+    path = write_raster(tmp_path / "grid.tif", np.full((lines, samples), 0.05, dtype=np.float32), gcps=gcps)
     rng = np.random.default_rng(0)
     rows, cols = rng.uniform(0, lines, 500), rng.uniform(0, samples, 500)
     with open_scene(str(path)) as scene:
@@ -215,7 +197,6 @@ def test_a_safe_product_without_image_information_takes_its_spacing_from_the_gri
 def test_contradicting_gcps_fall_back_to_the_polynomial_and_the_transformer_is_built_once(tmp_path, monkeypatch):
     """Two GCPs at one pixel a metre apart make the spline singular (NaN everywhere); the polynomial fits
     through them, so such a set gets it. A scene builds its transformer once, however often it is asked."""
-    import rasterio
     from rasterio.control import GroundControlPoint
 
     from dakter_scale.scene import read
@@ -223,10 +204,7 @@ def test_contradicting_gcps_fall_back_to_the_polynomial_and_the_transformer_is_b
     grid = [(r, c) for r in (0, 32, 64) for c in (0, 32, 64)]
     gcps = [GroundControlPoint(row=r, col=c, x=10.0 + c * 1e-4, y=60.0 - r * 1e-4) for r, c in grid]
     gcps.append(GroundControlPoint(row=32, col=32, x=10.0 + 32e-4 + 1e-5, y=60.0 - 32e-4))  # ~0.6 m off the other
-    path = tmp_path / "gcps.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="float32") as ds:
-        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
-        ds.write(np.full((1, 64, 64), 0.05, dtype=np.float32))
+    path = write_raster(tmp_path / "gcps.tif", np.full((64, 64), 0.05, dtype=np.float32), gcps=gcps)
     built = []
     real = read.gcp_transformer
     monkeypatch.setattr(read, "gcp_transformer", lambda g: built.append(1) or real(g))
@@ -241,25 +219,13 @@ def test_contradicting_gcps_fall_back_to_the_polynomial_and_the_transformer_is_b
 def test_a_projected_grid_of_unequal_steps_is_resampled_by_its_nominal_steps(tmp_path):
     """Web Mercator at 60 N with 10 x 12 m nominal steps: the factors follow the nominal steps, as the
     scale of a square grid does (not the ground's, which differ by the projection's scale factor)."""
-    import rasterio
     from rasterio.transform import Affine
 
     from dakter_scale.scene.predict import plan_geometry
     from dakter_scale.scene.radiometry import plan_scale
 
-    path = tmp_path / "merc.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=64,
-        width=64,
-        count=1,
-        dtype="float32",
-        crs="EPSG:3857",
-        transform=Affine(12.0, 0.0, 1113194.9, 0.0, -10.0, 8399737.9),
-    ) as ds:
-        ds.write(np.full((1, 64, 64), 0.01, dtype=np.float32))
+    merc = Affine(12.0, 0.0, 1113194.9, 0.0, -10.0, 8399737.9)
+    path = write_raster(tmp_path / "merc.tif", np.full((64, 64), 0.01, dtype=np.float32), "EPSG:3857", merc)
     with open_scene(str(path)) as scene:
         assert scene.axis_spacing() == (10.0, 12.0)
         scale = plan_geometry(scene, plan_scale(scene.pixel_spacing(), info(10.0)))
