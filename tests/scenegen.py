@@ -34,36 +34,21 @@ def draw_codes(height: int = 600, width: int = 800, slicks=SLICKS, seed: int = 0
 def write_geotiff(
     path: Path, data: np.ndarray, spacing: float = 10.0, gcps: bool = False, crs: str = UTM, tags: dict | None = None
 ) -> Path:
-    import rasterio
+    """A tiled one-band GeoTIFF at ORIGIN with square `spacing` pixels in `crs`, or placed by a 5 x 5 grid
+    of GCPs made from that transform (gcps=True; the CRS is then the GCPs')."""
     from rasterio.control import GroundControlPoint
     from rasterio.transform import from_origin
 
     transform = from_origin(ORIGIN[0], ORIGIN[1], spacing, spacing)
-    profile = dict(
-        driver="GTiff",
-        height=data.shape[0],
-        width=data.shape[1],
-        count=1,
-        dtype=str(data.dtype),
-        tiled=True,
-        blockxsize=256,
-        blockysize=256,
-    )
-    if gcps:
-        points = []
-        for i, r in enumerate(np.linspace(0, data.shape[0], 5)):
-            for j, c in enumerate(np.linspace(0, data.shape[1], 5)):
-                x, y = transform * (c, r)
-                points.append(GroundControlPoint(row=r, col=c, x=x, y=y, z=0.0, id=f"{i}-{j}"))
-        with rasterio.open(path, "w", **profile) as ds:
-            ds.gcps = (points, rasterio.crs.CRS.from_string(crs))
-            ds.write(data[None])
-            ds.update_tags(**(tags or {}))
-    else:
-        with rasterio.open(path, "w", crs=crs, transform=transform, **profile) as ds:
-            ds.write(data[None])
-            ds.update_tags(**(tags or {}))
-    return path
+    tiling = dict(tiled=True, blockxsize=256, blockysize=256, tags=tags)
+    if not gcps:
+        return Path(write_raster(path, data, crs, transform, **tiling))
+    points = []
+    for i, r in enumerate(np.linspace(0, data.shape[0], 5)):
+        for j, c in enumerate(np.linspace(0, data.shape[1], 5)):
+            x, y = transform * (c, r)
+            points.append(GroundControlPoint(row=r, col=c, x=x, y=y, z=0.0, id=f"{i}-{j}"))
+    return Path(write_raster(path, data, gcps=points, gcp_crs=crs, **tiling))
 
 
 def sigma0_of(codes: np.ndarray) -> np.ndarray:
@@ -175,8 +160,18 @@ def track_lonlat(lat0: float, heading: float, rows, cols, lines: int, samples: i
     return np.asarray(lon), np.asarray(lat)
 
 
-def write_raster(path, data: np.ndarray, crs: str | None = None, transform=None, gcps: list | None = None) -> str:
-    """A one-band GeoTIFF of `data` placed by a CRS and an affine transform, or by GCPs (in EPSG:4326)."""
+def write_raster(
+    path,
+    data: np.ndarray,
+    crs: str | None = None,
+    transform=None,
+    gcps: list | None = None,
+    gcp_crs: str = "EPSG:4326",
+    tags: dict | None = None,
+    **profile,
+) -> str:
+    """A one-band GeoTIFF of `data` placed by a CRS and an affine transform, or by GCPs (in gcp_crs);
+    profile: further creation options (tiled, blockxsize, ...)."""
     import rasterio
 
     with rasterio.open(
@@ -189,10 +184,12 @@ def write_raster(path, data: np.ndarray, crs: str | None = None, transform=None,
         dtype=str(data.dtype),
         crs=crs,
         transform=transform,
+        **profile,
     ) as ds:
         if gcps is not None:
-            ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
+            ds.gcps = (gcps, rasterio.crs.CRS.from_string(gcp_crs))
         ds.write(data[None])
+        ds.update_tags(**(tags or {}))
     return str(path)
 
 
