@@ -49,6 +49,9 @@ def check_item(folder, scene_path) -> pystac.Item:
     assert (
         item.geometry["type"] == "Polygon" and item.geometry["coordinates"][0][0] == item.geometry["coordinates"][0][-1]
     )
+    import shapely.geometry
+
+    assert shapely.geometry.shape(item.geometry).exterior.is_ccw  # RFC 7946: outer rings counter-clockwise
     assert item.datetime == pystac.utils.str_to_datetime(stac_datetime(record["scene"]["acquisition_time"]))
     # projection: the written COG's grid
     proj = ProjectionExtension.ext(item)
@@ -164,3 +167,45 @@ def test_links_given_relative_to_the_working_folder_resolve_from_the_item(tmp_pa
     assert (scene.href, student.href) == ("../../scene.tif", "../student/student.json")
     assert scene.get_absolute_href() == str(tmp_path / "scene.tif")
     assert student.get_absolute_href() == str(tmp_path / "runs" / "student" / "student.json")
+
+
+def test_an_item_names_its_own_outputs_and_no_absolute_path_and_has_an_id_for_dot(tmp_path, monkeypatch):
+    """A rerun without a quick-look into a folder that holds an earlier one lists no thumbnail (it listed
+    the earlier scene's); the scene given as an absolute path is linked relative to the item; --out .
+    gives the folder's name as the id (an empty id failed STAC's schema)."""
+    first = write_geotiff(tmp_path / "a.tif", sigma0_of(draw_codes(120, 160)), tags={"ACQUISITION_TIME": "2026-03-04"})
+    second = write_geotiff(tmp_path / "b.tif", sigma0_of(draw_codes(120, 160)), tags={"ACQUISITION_TIME": "2026-03-05"})
+    out = tmp_path / "runs" / "scene"
+    Predictor(DarkIsOil(), PredictOptions(**OPTIONS), device="cpu", info=info())(str(first), out)
+    assert (out / "quicklook.png").is_file()
+    monkeypatch.chdir(out)
+    Predictor(DarkIsOil(), PredictOptions(**OPTIONS, quicklook=False), device="cpu", info=info())(str(second), ".")
+    raw = json.loads((out / "item.json").read_text())
+    validate_core(raw, pystac.STACObjectType.ITEM)
+    assert raw["id"] == "scene" and "thumbnail" not in raw["assets"]
+    assert [link["href"] for link in raw["links"] if link["rel"] == "derived_from"] == ["../../b.tif"]
+
+
+def test_a_footprint_across_the_antimeridian_is_two_polygons_and_a_west_east_box():
+    from types import SimpleNamespace
+
+    import shapely.geometry
+
+    from dakter_scale.scene.stac import _geometry
+
+    ring = [(179.5, 60.0), (-179.5, 60.0), (-179.5, 61.0), (179.5, 61.0), (179.5, 60.0)]  # clockwise as given
+    geometry, bbox = _geometry(SimpleNamespace(georeferenced=True, footprint=ring))
+    shape = shapely.geometry.shape(geometry)
+    assert geometry["type"] == "MultiPolygon" and shape.is_valid and all(p.exterior.is_ccw for p in shape.geoms)
+    assert bbox == pytest.approx([179.5, 60.0, -179.5, 61.0]) and shape.area == pytest.approx(1.0)
+
+
+def test_a_collections_time_span_is_ordered_by_time_not_text(tmp_path):
+    from dakter_scale.scene.stac import collection
+
+    for name, when in (("a", "2026-05-01T10:00:00.500000Z"), ("b", "2026-05-01T10:00:00Z")):
+        (tmp_path / name).mkdir()
+        item = {"bbox": [0, 0, 1, 1], "properties": {"datetime": when}}
+        (tmp_path / name / "item.json").write_text(json.dumps(item))
+    interval = collection(tmp_path, ["a", "b"])["extent"]["temporal"]["interval"][0]
+    assert interval == ["2026-05-01T10:00:00Z", "2026-05-01T10:00:00.500000Z"]

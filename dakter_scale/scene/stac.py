@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dakter_scale.data import storage
 from dakter_scale.scene import outputs
 
@@ -95,8 +97,9 @@ def _href(target: str, out: Path) -> str:
     relative to the working folder (``--scene scene.tif``, ``--student runs/student``) made relative to the
     item's folder `out` (written as given, a reader resolved it against the item: OUT/scene.tif)."""
     target = str(target)
-    if "://" in target or os.path.isabs(target):
+    if "://" in target:
         return target
+    # absolute local paths too: an item names no folder of the machine that wrote it (/home/NAME/...)
     try:
         return Path(os.path.relpath(os.path.abspath(target), os.path.abspath(out))).as_posix()
     except ValueError:  # another drive
@@ -106,13 +109,28 @@ def _href(target: str, out: Path) -> str:
 def _geometry(scene) -> tuple[dict | None, list[float] | None]:
     from dakter_scale.scene.read import footprint_lonlat
 
+    """The footprint as RFC 7946 GeoJSON (outer rings counter-clockwise) and its bbox. A footprint across
+    the antimeridian is two polygons, one each side, and its bbox runs west > east (RFC 7946 5.2)."""
+    import shapely
+    from shapely.affinity import translate
+    from shapely.geometry import mapping
+    from shapely.geometry.polygon import orient
+
     if not scene.georeferenced:
         return None, None
-    ring = [list(p) for p in (scene.footprint or footprint_lonlat(scene))]
-    if ring[0] != ring[-1]:
-        ring.append(ring[0])
-    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
-    return {"type": "Polygon", "coordinates": [ring]}, [min(lons), min(lats), max(lons), max(lats)]
+    ring = np.asarray(scene.footprint or footprint_lonlat(scene), dtype=np.float64)
+    lons = (ring[:, 0] + 180.0) % 360.0 - 180.0
+    if lons.max() - lons.min() <= 180.0:
+        polygon = orient(shapely.Polygon(np.column_stack([lons, ring[:, 1]])), 1.0)
+        return mapping(polygon), list(polygon.bounds)
+    east = np.where(lons < 0, lons + 360.0, lons)  # continuous across 180: cut there, bring the east part back
+    whole = shapely.Polygon(np.column_stack([east, ring[:, 1]]))
+    west_part = whole.intersection(shapely.box(-180.0, -90.0, 180.0, 90.0))
+    east_part = translate(whole.intersection(shapely.box(180.0, -90.0, 540.0, 90.0)), -360.0)
+    parts = [orient(p, 1.0) for g in (west_part, east_part) for p in getattr(g, "geoms", [g]) if p.area > 0]
+    geometry = mapping(shapely.MultiPolygon(parts))
+    (w, s, _, n), (_, s2, e, n2) = west_part.bounds, east_part.bounds
+    return geometry, [w, min(s, s2), e, max(n, n2)]
 
 
 def item(out: Path, record: dict, scene) -> dict | None:
@@ -156,7 +174,7 @@ def item(out: Path, record: dict, scene) -> dict | None:
             "roles": ["data"],
         },
     }
-    if (out / outputs.QUICKLOOK).is_file():
+    if outputs.QUICKLOOK in record.get("outputs", []):  # this run's own (an earlier run's may still lie there)
         assets["thumbnail"] = {
             "href": f"./{outputs.QUICKLOOK}",
             "type": "image/png",
@@ -198,7 +216,7 @@ def item(out: Path, record: dict, scene) -> dict | None:
         "type": "Feature",
         "stac_version": STAC_VERSION,
         "stac_extensions": list(EXTENSIONS.values()),
-        "id": out.name,
+        "id": out.resolve().name,  # "--out ." has no name of its own
         "geometry": geometry,
         "properties": properties,
         "links": links,
@@ -231,12 +249,19 @@ def collection(out: Path, names: list[str]) -> dict:
         if path.is_file():
             items.append((name, json.loads(path.read_text())))
     boxes = [i["bbox"] for _, i in items if i.get("bbox")]
-    bbox = (
-        [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
-        if boxes
-        else [-180.0, -90.0, 180.0, 90.0]
+    if any(b[0] > b[2] for b in boxes):  # an item across the antimeridian: its west > east box is not a min/max
+        bbox = [-180.0, min(b[1] for b in boxes), 180.0, max(b[3] for b in boxes)]
+    else:
+        bbox = (
+            [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+            if boxes
+            else [-180.0, -90.0, 180.0, 90.0]
+        )
+    # by time, not text: "...00Z" sorts after "...00.500000Z"
+    times = sorted(
+        (i["properties"]["datetime"] for _, i in items),
+        key=lambda t: dt.datetime.fromisoformat(t.replace("Z", "+00:00")),
     )
-    times = sorted(i["properties"]["datetime"] for _, i in items)
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
