@@ -44,16 +44,24 @@ HOMEPAGE = "DAKTer (arXiv 2412.08116)"
 def command_line(argv: list[str] | None = None) -> str:
     """The command that is running, as a user would type it from the repository's root (a job as
     ``jobs/NAME.py`` wherever the checkout is, so that the same run in two checkouts writes the same card;
-    other absolute paths relative to the working folder), credentials in URLs redacted."""
+    other absolute local paths, also after ``--flag=``, relative to the working folder: a card names no
+    folder of the machine that wrote it), each argument's credentials redacted before quoting (redacting
+    the quoted line took the closing quote with a secret)."""
     argv = list(sys.argv if argv is None else argv)
     if argv and os.path.basename(os.path.dirname(os.path.abspath(argv[0]))) == "jobs":
         argv[0] = "jobs/" + os.path.basename(argv[0])
-    elif argv and os.path.isabs(argv[0]):
-        try:
-            argv[0] = os.path.relpath(argv[0])
-        except ValueError:  # another drive
-            pass
-    return storage.redact_url(shlex.join(["python", *argv]))
+    return shlex.join(["python", *(storage.redact_url(_relative(a)) for a in argv)])
+
+
+def _relative(arg: str) -> str:
+    """An absolute local path (or --flag=PATH) relative to the working folder; anything else as given."""
+    flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    if "://" in value or not os.path.isabs(value):
+        return arg
+    try:
+        return f"{flag}{eq}{os.path.relpath(value)}"
+    except ValueError:  # another drive
+        return arg
 
 
 def render(metadata: dict[str, Any], body: str) -> str:

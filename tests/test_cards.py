@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -221,11 +223,18 @@ def test_the_command_is_written_as_typed_from_the_root_without_credentials():
 
     assert (
         command_line(["/elsewhere/checkout/jobs/synthesize.py", "--out", "s3://AKIA:secret@bucket/x"])
-        == "python jobs/synthesize.py --out s3://***@bucket/x"
+        == "python jobs/synthesize.py --out 's3://***@bucket/x'"  # quoted: * is a shell pattern
     )
     assert (
         command_line(["jobs/train_student.py", "--out", "runs/a b"]) == "python jobs/train_student.py --out 'runs/a b'"
     )
+    # a secret parameter in a quoted argument keeps its closing quote: the line still splits as typed
+    line = command_line(["jobs/synthesize.py", "--data", "https://host/x y?token=abc", "--out", "runs/x"])
+    assert "abc" not in line and shlex.split(line)[-2:] == ["--out", "runs/x"]
+    # absolute local paths, also after --flag=, relative to the working folder: no /home/NAME in a card
+    here = os.getcwd()
+    line = command_line(["jobs/synthesize.py", "--model", os.path.join(here, "runs", "m"), f"--out={here}/runs/x"])
+    assert line == "python jobs/synthesize.py --model runs/m --out=runs/x"
 
 
 # The Hub's size_categories values, as huggingface_hub's DatasetCardData lists them.
