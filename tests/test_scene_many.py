@@ -303,6 +303,22 @@ def test_exported_student_logits_equal_the_eager_ones(student, tmp_path, fmt):
         assert exported.shape == eager.shape and np.abs(exported - eager).max() <= EXPORT_ATOL
 
 
+def test_the_format_is_the_flags_and_a_failed_reexport_keeps_the_good_one(student, tmp_path, monkeypatch):
+    """--format onnx into s.model ran the check as TorchScript (and deleted a good export); a re-export
+    that fails its check left the earlier file deleted and its sidecar claiming a pass."""
+    from dakter_scale.scene import export
+
+    pytest.importorskip("onnxruntime")
+    path = export.export_student(student, "onnx", tmp_path / "s.model")
+    assert path.is_file() and json.loads((tmp_path / "s.model.json").read_text())["format"] == "onnx"
+    good, sidecar = path.read_bytes(), (tmp_path / "s.model.json").read_text()
+    monkeypatch.setattr(export, "EXPORT_ATOL", -1.0)  # no export can pass
+    with pytest.raises(export.ExportError, match=r"s\.model: exported logits differ .* not written"):
+        export.export_student(student, "onnx", tmp_path / "s.model")
+    assert path.read_bytes() == good and (tmp_path / "s.model.json").read_text() == sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.model", "s.model.json"]
+
+
 def test_an_export_that_fails_its_check_is_removed_with_one_line(tmp_path):
     """check_export against a file of other logits, or of another output shape: one line naming the
     file, and the file is gone (a half-checked export is never left to be deployed)."""

@@ -11,6 +11,7 @@ multiples of 32; output: (B, K, H, W) logits in the order of student.json's clas
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,14 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
     model = model.float().eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside OUT under another name, checked, then renamed with its sidecar: an earlier good
+    # export stays until this one passes, and no sidecar describes a file that is not there.
+    partial = out.with_name(f".{out.name}.partial")
     example = torch.zeros(1, 1, 64, 64)
     with torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(model, example, check_trace=False)
-            traced.save(str(out))
+            traced.save(str(partial))
         else:
             try:
                 import onnx  # noqa: F401 - the exporter needs it
@@ -50,7 +54,7 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
             torch.onnx.export(
                 model,
                 (example,),
-                str(out),
+                str(partial),
                 input_names=["image"],
                 output_names=["logits"],
                 opset_version=17,
@@ -60,7 +64,7 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
                     "logits": {0: "batch", 2: "height", 3: "width"},
                 },
             )
-    worst = check_export(model, out)
+    worst = check_export(model, partial, fmt, shown=out)
     sidecar = {
         "format": fmt,
         "classes": info["classes"],
@@ -73,14 +77,18 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
         "max_abs_logit_difference": worst,
         "tolerance": EXPORT_ATOL,
     }
-    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    sidecar_partial = partial.with_name(partial.name + ".json")
+    sidecar_partial.write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(partial, out)
+    os.replace(sidecar_partial, Path(str(out) + ".json"))
     return out
 
 
-def run_exported(path: str | Path, x: np.ndarray) -> np.ndarray:
-    """Logits of an exported file on x (B, 1, H, W) float32."""
+def run_exported(path: str | Path, x: np.ndarray, fmt: str | None = None) -> np.ndarray:
+    """Logits of an exported file on x (B, 1, H, W) float32; fmt (onnx | torchscript) None: from the
+    file's suffix (.onnx, else TorchScript)."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    if (fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")) == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -90,8 +98,10 @@ def run_exported(path: str | Path, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def check_export(model: torch.nn.Module, path: Path) -> float:
-    """The largest |exported - eager| logit over seeded test images of two sizes; refuses above EXPORT_ATOL."""
+def check_export(model: torch.nn.Module, path: Path, fmt: str | None = None, shown: Path | None = None) -> float:
+    """The largest |exported - eager| logit over seeded test images of two sizes; refuses above EXPORT_ATOL,
+    removing the file. fmt: as run_exported; shown: the name errors give (the file's own by default)."""
+    shown = shown or path
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     for shape in CHECK_SHAPES:
@@ -99,19 +109,19 @@ def check_export(model: torch.nn.Module, path: Path) -> float:
         with torch.no_grad():
             eager = model(x).numpy()
         try:
-            got = run_exported(path, x.numpy())
+            got = run_exported(path, x.numpy(), fmt)
         except Exception:
             path.unlink(missing_ok=True)  # an export its runtime cannot run is not left to be used
             raise
         if got.shape != eager.shape:
             path.unlink(missing_ok=True)  # a file that fails its check is not left to be used
             raise ExportError(
-                f"{path}: exported model gives {got.shape} for input {tuple(shape)}, the eager one {eager.shape}; not written"
+                f"{shown}: exported model gives {got.shape} for input {tuple(shape)}, the eager one {eager.shape}; not written"
             )
         worst = max(worst, float(np.abs(got - eager).max()))
     if worst > EXPORT_ATOL:
         path.unlink(missing_ok=True)
         raise ExportError(
-            f"{path}: exported logits differ from the eager model's by {worst:.2e} > {EXPORT_ATOL:g}; not written"
+            f"{shown}: exported logits differ from the eager model's by {worst:.2e} > {EXPORT_ATOL:g}; not written"
         )
     return worst
