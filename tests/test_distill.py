@@ -654,3 +654,28 @@ def test_at_equal_optimiser_steps_consistency_and_progressive_one_evaluation_sam
     )
     # measured: untrained (0.1233, 0.0626), progressive (0.0383, 0.0621), consistency (0.0515, 0.0609)
     assert p[0] < untrained[0] and c[0] < untrained[0]
+
+
+def test_report_to_tensorboard_logs_the_distillation(teacher, tmp_path, monkeypatch):
+    """--report-to tensorboard made the accelerator a tracker, but distillation never started it: its
+    logs held no events. Now each round is a tracker run named by its folder, with the loss at each log."""
+    from accelerate.state import AcceleratorState, GradientState
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dakter_scale.training import tracked_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    out = tmp_path / "distilled"
+    try:
+        accelerator = tracked_accelerator("no", "tensorboard", out)
+        cfg = load_config(teacher / "config.yaml", ["distill.steps=2", "distill.max_steps=2"] + ROUND)
+        distill(cfg, teacher, out, progress=False, accelerator=accelerator)
+        accelerator.end_training()
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    runs = [p for p in (out / "logs").iterdir() if p.is_dir()]
+    assert [p.name for p in runs] == ["distill-distilled"]
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [2]

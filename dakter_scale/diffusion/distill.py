@@ -97,6 +97,7 @@ from dakter_scale.training import (
     run_steps,
     save_checkpoint,
     setup_logging,
+    start_trackers,
     write_rank_report,
     write_train_record,
 )
@@ -237,6 +238,8 @@ def _start(
     student, optimizer, ema, start, total = prepare_training(
         accelerator, student, d, 0.0, layout, checkpoint, resume, out, averages or None
     )
+    # --report-to: each round (or the consistency run) is one tracker run, named by its folder
+    start_trackers(accelerator, f"distill-{out.name}", {**to_dict(d), "teacher": str(teacher_dir)}, start)
     source = open_source(cfg.data.spec)
     if source.num_classes != teacher.num_classes:
         raise DistillError(
