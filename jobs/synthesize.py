@@ -182,7 +182,9 @@ def main() -> None:
                 plan = targeted.dry_run(args.model, target_cfg, cfg.sampling.sampler)
                 emit(plan) if args.json else print("\n".join(targeted.dry_run_lines(plan)))
                 return 0
-            targeted.prepare_target(args.model, target_cfg, cfg.sampling.sampler)  # its checks, before any work
+            targeted.prepare_target(
+                args.model, target_cfg, cfg.sampling.sampler, cfg.sampling.steps
+            )  # its checks, before any work
         if args.only_key:
             from dakter_scale.synth.regenerate import regenerate_to
 

@@ -92,6 +92,26 @@ def test_bad_targets_name_the_flag(spec, message):
     assert str(e.value) == message
 
 
+def test_shares_that_add_to_exactly_one_are_accepted():
+    """0.33 + 0.56 + 0.11 is 1.0000000000000002 in floats: refused as "sum to 1.000 > 1" before."""
+    target = parse_class_target("oil:0.33,ship:0.56,land:0.11", CLASSES, OSD)
+    assert sum(share for _, share in target.shares) == pytest.approx(1.0)
+
+
+def test_free_steps_that_leave_no_step_to_replace_are_refused_before_sampling(model):
+    """paste_step kept one replaced step only nominally: free_steps >= steps - 1 failed in every
+    sampling batch, in the worker. prepare_target now refuses it, naming the key."""
+    from dakter_scale.config import TargetConfig
+    from dakter_scale.synth.targeted import prepare_target
+
+    for route in ("conditioned", "pasted"):
+        cfg = TargetConfig(spec="oil:2x", route=route, free_steps=9)
+        with pytest.raises(
+            TargetError, match=r"synthesis\.target\.free_steps 9 leaves no step of the 10 sampling steps"
+        ):
+            prepare_target(model, cfg, "ddim", 10)
+
+
 def test_a_factor_of_a_class_the_training_set_lacks_is_refused():
     with pytest.raises(TargetError, match="holds no 'ship' pixels"):
         parse_class_target("ship:3x", CLASSES, (0.9, 0.05, 0.05, 0.0, 0.0))
@@ -1039,3 +1059,21 @@ def test_the_bench_rebuilds_what_a_placed_set_was_given(model, tmp_path):
     assert all(np.array_equal(image, s) for (image, *_), s in zip(rebuilt, stored))
     given_classes = np.concatenate([ids[given] for _, _, ids, given in rebuilt])
     assert given_classes.size > 0 and set(np.unique(given_classes)) <= {CLASSES.index("oil"), CLASSES.index("ship")}
+
+
+def test_a_rerun_after_the_draw_grew_draws_that_draws_own_count(monkeypatch, tmp_path):
+    """An earlier draw grew to 27 pairs for 21 kept: the rerun started at factor 27 / 21, and
+    ceil(27 / 21 * 21) is 28 in floats, so it resized and redrew the last shard (and rewrote the set)."""
+    from types import SimpleNamespace
+
+    from dakter_scale.config import SamplingConfig, SynthesisConfig, TargetConfig
+    from dakter_scale.synth import targeted
+
+    asked = []
+    monkeypatch.setattr(targeted, "ShardSet", lambda url: SimpleNamespace(info=lambda: SimpleNamespace(planned=27)))
+    monkeypatch.setattr(
+        targeted, "synthesize", lambda m, url, cfg, s, **kw: asked.append(cfg.n) or SimpleNamespace(ok=False)
+    )
+    cfg = SynthesisConfig(n=21, target=TargetConfig(spec="oil:2x", route="selection", max_draw_factor=4.0))
+    targeted.by_selection("model", str(tmp_path / "out"), cfg, SamplingConfig(), target=None)
+    assert asked == [27]

@@ -156,8 +156,8 @@ def parse_class_target(
                     f"{flag}: the share of {name!r} must be in (0, 1), got {value} (a factor needs an x: {name}:{value}x)"
                 )
         goals[c], written[c] = share, value
-    total = sum(goals.values())
-    if total > 1:
+    total = math.fsum(goals.values())
+    if total > 1 + 1e-9:  # 0.33 + 0.56 + 0.11 adds to 1.0000000000000002 in floats
         raise TargetError(
             f"{flag}: the shares asked for sum to {total:.3f} > 1 ("
             + ", ".join(f"{classes[c]} {s:.3f}" for c, s in sorted(goals.items()))
@@ -176,12 +176,14 @@ def check_route(route: str, flag: str = "--target-route") -> str:
 
 
 def select(fractions: np.ndarray, target: ClassTarget, keep: int) -> np.ndarray:
-    """Indices (increasing) of `keep` rows of fractions (N, K) whose pooled mean meets the target where
-    this pool allows it. Greedy and deterministic: each pick is the row that most reduces the
+    """Indices (increasing) of `keep` rows of fractions (N, K) whose pooled mean comes as close to the
+    target as a greedy choice gets. Greedy and deterministic: each pick is the row that most reduces the
     shortfall of the kept set, sum_c max(0, share_c * keep - sum of picked f_c) / share_c; ties (e.g.
     once nothing is short) go to the lowest index, i.e. to the pairs in key order, so the classes not
     targeted keep the draw's mix as far as the target allows. For one targeted class it meets the
-    target whenever the `keep` rows richest in that class do.
+    target whenever the `keep` rows richest in that class do; for two or more it can miss a choice the
+    pool allows (target oil 0.45, ship 0.45 from rows (0, 1, 0), (0, 0, 1), (0, .55, .45), keep 2: it
+    takes the last two, short of oil, where the first two meet both), and the route then draws more.
 
     A row's gain only falls as rows are picked (what is still short only shrinks), so the greedy is
     run lazily: a heap of gains last computed, each recomputed when it reaches the top and taken when

@@ -104,7 +104,7 @@ def check_reachable(condition: Condition) -> np.ndarray:
 
 
 def prepare_target(
-    model_dir: str | Path, cfg: TargetConfig, sampler: str = "ddim"
+    model_dir: str | Path, cfg: TargetConfig, sampler: str = "ddim", steps: int | None = None
 ) -> tuple[ClassTarget, Condition | None, dict]:
     """Every check of a targeted run (synthesis.target) that needs no sampling: the spec against the
     model, the route, the draw bound, resampling against the route and sampler, and for the conditioned
@@ -113,6 +113,12 @@ def prepare_target(
     tgt.check_route(cfg.route)
     check_max_draw_factor(cfg.max_draw_factor)
     check_route_resample(cfg.resample, cfg.route, sampler)
+    if cfg.route in tgt.DRAWN_ROUTES and steps is not None and cfg.free_steps >= steps - 1:
+        # otherwise each sampling batch failed in its worker: at least one step must replace what is given
+        raise TargetError(
+            f"synthesis.target.free_steps {cfg.free_steps} leaves no step of the {steps} sampling steps to replace "
+            f"what the {cfg.route} route gives (free_steps must be < steps - 1)"
+        )
     target, info = model_target(model_dir, cfg.spec)
     if cfg.route == "selection":
         return target, None, {"draw_factor": "measured on the first draw of n pairs"}
@@ -268,12 +274,16 @@ def by_selection(
         earlier = ShardSet(draw_url).info()
     except ShardError:
         earlier = None
+    first = None
     if (
         earlier is not None and earlier.planned and earlier.planned > factor * n
     ):  # a rerun after the draw grew: start where it ended
         factor = min(max_draw_factor, earlier.planned / n)
+        # that draw's own count: ceil(factor * n) of the ratio can round one past it (27 / 21 * 21 -> 28)
+        first = min(earlier.planned, int(math.ceil(factor * n)))
     while True:
-        drawn_n = int(math.ceil(factor * n))
+        drawn_n = first if first is not None else int(math.ceil(factor * n))
+        first = None
         t0 = time.time()
         summary = synthesize(model_dir, draw_url, dataclasses.replace(cfg, n=drawn_n), sampling, **run_kwargs)
         if not summary.ok:
@@ -399,7 +409,7 @@ def synthesize_targeted(
     """cfg.n pairs meeting the class target cfg.target.spec by cfg.target.route (module docstring;
     config.TargetConfig). Bad input, and a target the route cannot reach, raise TargetError before
     any sampling. draw_url: where the selection route draws (default OUT_all)."""
-    target, condition, _ = prepare_target(model_dir, cfg.target, sampling.sampler)
+    target, condition, _ = prepare_target(model_dir, cfg.target, sampling.sampler, sampling.steps)
     if condition is None:
         return by_selection(model_dir, out_url, cfg, sampling, target, draw_url, **run_kwargs)
     return by_conditioning(model_dir, out_url, cfg, sampling, condition, **run_kwargs)
