@@ -20,7 +20,13 @@ import torch
 
 
 def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from non-negative integers, stable across machines and Python versions."""
+    """A 63-bit seed from non-negative integers, stable across machines and Python versions.
+
+    SeedSequence pads its entropy with zeros, so trailing zeros do not count: (s, 11, b, 0) gives the
+    seed of (s, 11, b). Callers keep their streams apart by a leading tag (augment.STREAM,
+    target.COMPOSE_STREAM); the coincidences left (a real epoch's permutation and a generated pass's
+    shard order both from (seed, n)) seed different generators (torch's, Python's). Changing the rule
+    would change every seed of every committed run."""
     state = np.random.SeedSequence([int(p) % (1 << 64) for p in parts]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) | (int(state[1]) << 32)) & ((1 << 63) - 1)
 
