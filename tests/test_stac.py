@@ -85,6 +85,7 @@ def test_item_of_a_geotiff_and_of_a_safe(tmp_path):
     Predictor(DarkIsOil(), PredictOptions(**OPTIONS), device="cpu", info=info())(str(tif), tmp_path / "tif")
     item = check_item(tmp_path / "tif", tif)
     assert item.properties["datetime"] == "2026-03-04T10:11:12Z" and item.assets["thumbnail"].roles == ["thumbnail"]
+    assert item.properties["dakter:datetime_source"] == "ACQUISITION_TIME"
     assert item.properties["dakter:slicks"] == json.loads((tmp_path / "tif" / "predict.json").read_text())["slicks"] > 0
 
     safe = write_safe(tmp_path, draw_codes(120, 150))
@@ -98,6 +99,13 @@ def test_a_scene_without_an_acquisition_time_gets_no_item(tmp_path):
     Predictor(DarkIsOil(), PredictOptions(**OPTIONS), device="cpu", info=info())(str(tif), tmp_path / "out")
     assert (tmp_path / "out" / "predict.json").is_file() and not (tmp_path / "out" / "item.json").exists()
     assert stac_datetime("2026:01:02 03:04:05") == "2026-01-02T03:04:05Z" and stac_datetime("not a time") is None
+    # a TIFF's own date (when the file was written) still dates the item, and says so
+    dated = write_geotiff(
+        tmp_path / "dated.tif", sigma0_of(draw_codes(120, 160)), tags={"TIFFTAG_DATETIME": "2026:01:02 03:04:05"}
+    )
+    Predictor(DarkIsOil(), PredictOptions(**OPTIONS), device="cpu", info=info())(str(dated), tmp_path / "dated")
+    item = json.loads((tmp_path / "dated" / "item.json").read_text())
+    assert item["properties"]["dakter:datetime_source"] == "TIFFTAG_DATETIME (when the file was written)"
 
 
 def test_collection_of_a_many_scene_run(tmp_path):

@@ -458,6 +458,7 @@ class Predictor:
                 "kind": scene.kind,
                 "scene_id": scene.scene_id,
                 "acquisition_time": scene.acquisition_time,
+                "time_source": scene.time_source,
                 "polarisation": scene.polarisation,
                 "height": scene.height,
                 "width": scene.width,

@@ -102,6 +102,9 @@ class Scene:
     calibration: Calibration | None = None
     scene_id: str | None = None
     acquisition_time: str | None = None
+    # where the time came from: ACQUISITION_TIME, the SAFE's startTime, or TIFFTAG_DATETIME, which the TIFF
+    # spec defines as when the file was written (a re-exported scene carries its processing time there)
+    time_source: str | None = None
     footprint: list[tuple[float, float]] | None = None  # (lon, lat) ring from the product, if it has one
     polarisation: str | None = None
     native_spacing_m: float | None = None  # as annotated (SAFE); otherwise measured from the georeferencing
@@ -423,6 +426,11 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
         gcps=list(gcps) or None,
         scene_id=tags.get("SCENE_ID"),
         acquisition_time=tags.get("ACQUISITION_TIME") or tags.get("TIFFTAG_DATETIME"),
+        time_source="ACQUISITION_TIME"
+        if tags.get("ACQUISITION_TIME")
+        else "TIFFTAG_DATETIME (when the file was written)"
+        if tags.get("TIFFTAG_DATETIME")
+        else None,
         nodata=None if nodata is None or math.isnan(nodata) else float(nodata),  # NaN is missing anyway
     )
     if scene.georeferenced:
@@ -864,6 +872,7 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
         calibration=calibration,
         scene_id=product[:-5] if product.upper().endswith(".SAFE") else product,
         acquisition_time=_optional_text(annotation, "adsHeader", "startTime"),
+        time_source="annotation adsHeader/startTime",
         footprint=_manifest_footprint(manifest),
         polarisation=polarisation,
         native_spacing_m=spacing,

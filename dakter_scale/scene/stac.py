@@ -201,6 +201,8 @@ def item(out: Path, record: dict, scene) -> dict | None:
     }
     if record["scene"].get("polarisation"):
         properties["dakter:polarisation"] = record["scene"]["polarisation"]
+    if record["scene"].get("time_source"):  # a TIFF's own time is the file's, not always the acquisition's
+        properties["dakter:datetime_source"] = record["scene"]["time_source"]
     links = [
         {"rel": "derived_from", "href": _href(record["scene"]["source"], out), "title": "the SAR scene"},
         {
