@@ -115,6 +115,22 @@ def _data_limit(spec: str | None) -> str:
     return f"Trained on `{spec}` only: scenes of another sensor, polarisation, incidence range or radiometric convention are outside what it has seen."
 
 
+def _license(stated: str | None) -> dict[str, str]:
+    """The card's licence metadata: the training data's (data.license) or, unstated, the Hub's "other"
+    with a name that says whose terms apply: an artefact made from data carries the data's terms."""
+    return {"license": stated} if stated else {"license": "other", "license_name": "training-data-terms"}
+
+
+def _license_limit(stated: str | None, spec: str | None) -> str:
+    if stated:
+        return f"Licence: `{stated}`, the training data's as its maker stated it (`data.license`)."
+    source = f"`{spec}`" if spec else "its model's training data"
+    return (
+        f"Licence: not stated. It is made from {source}, whose terms apply; state them with `data.license=ID` "
+        "(an SPDX or Hub licence id) when it is made."
+    )
+
+
 def _last_loss(record: dict | None) -> float | None:
     loss = ((record or {}).get("last_log") or {}).get("loss")
     return round(float(loss), 6) if isinstance(loss, (int, float)) else None
@@ -140,6 +156,7 @@ def model_card(info: dict, record: dict | None = None, command: str | None = Non
 
     enl = finite_or_none(enl_from_counts(SarCounts.from_json(sar).enl)) if sar and not SarCounts.problem(sar) else None
     metadata = {
+        **_license(info.get("data_license")),
         "library_name": "diffusers",
         "pipeline_tag": "unconditional-image-generation",
         "tags": [*TAGS, "joint-diffusion", "soft-labels", "dakter"],
@@ -202,6 +219,7 @@ Draw pairs into a shard set (default sampler {sampling.get("sampler")}, {samplin
 
 ## Limits
 - {_data_limit(info.get("data_spec"))}
+- {_license_limit(info.get("data_license"), info.get("data_spec"))}
 - Draws {info.get("resolution")} px patches in the radiometry of its training data ({info.get("radiometry")}); it is a data generator for training segmentation students, not a segmenter.
 - Generated labels are soft and can disagree with the image; check a set's divergence warnings (dataset.json) before training on it.
 """
@@ -250,6 +268,7 @@ def student_card(
             "iou": {c: _metric(v) for c, v in zip(classes, evaluation.get("iou") or [])},
         }
     metadata: dict[str, Any] = {
+        **_license(info.get("data_license")),
         "library_name": "segmentation-models-pytorch",
         "pipeline_tag": "image-segmentation",
         "tags": [
@@ -363,6 +382,7 @@ A segmentation-models-pytorch `{info.get("arch")}` that segments SAR patches int
 
 ## Limits
 - {_data_limit(info.get("real"))}
+- {_license_limit(info.get("data_license"), info.get("real"))}
 - Expects 8-bit SAR patches in the radiometric convention recorded in student.json ("radiometry"); jobs/predict.py converts scenes to it or refuses them.
 """
     return render(metadata, body)
@@ -411,9 +431,16 @@ def _size_category(n: int) -> str:
     return "n>1T"
 
 
-def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = None, data_spec: str | None = None) -> str:
+def dataset_card(
+    info: DatasetInfo,
+    shards: list[int],
+    command: str | None = None,
+    data_spec: str | None = None,
+    data_license: str | None = None,
+) -> str:
     """The card of a shard set from its dataset.json (`info`), its finished shards' ids and the data its
-    model was trained on (`data_spec`, from the model folder's dakter.json when it can be read)."""
+    model was trained on (`data_spec` and its `data_license`, from the model folder's dakter.json when it
+    can be read)."""
     classes = list(info.classes or [])
     gen = info.generated_stats or {}
     div = info.divergence or {}
@@ -423,6 +450,7 @@ def dataset_card(info: DatasetInfo, shards: list[int], command: str | None = Non
     evaluations = info.steps * int(target.get("resample", 1)) if info.steps else None
     count = int(info.count or 0)
     metadata = {
+        **_license(data_license),
         "tags": [*TAGS, "webdataset", "synthetic", "soft-labels", "dakter"],
         "task_categories": ["image-segmentation"],
         "size_categories": [_size_category(count)],
@@ -532,6 +560,7 @@ the stock readers' pipelines check the sizes once, when built (README, "Reading 
 
 ## Limits
 - Generated pairs, not observations: labels are the model's soft estimates and can disagree with the image.
+- {_license_limit(data_license, data_spec)}
 - {"The model behind them was trained on simulated scenes (`synthetic:`), not on real SAR acquisitions." if _simulated(data_spec) else "They inherit the limits of the model that drew them (its card)."}
 """
     return render(metadata, body)
@@ -546,8 +575,13 @@ def write_dataset_card(url: str, command: str | None = None) -> str:
         raise FileNotFoundError(f"{storage.redact_url(url)}: no dataset.json to describe")
     finished, _ = shards.read_markers()
     model_info = _read_json(Path(info.model) / "dakter.json") if info.model and "://" not in info.model else None
+    model_info = model_info or {}
     text = dataset_card(
-        info, sorted(finished), command_line() if command is None else command, (model_info or {}).get("data_spec")
+        info,
+        sorted(finished),
+        command_line() if command is None else command,
+        model_info.get("data_spec"),
+        model_info.get("data_license"),
     )
     storage.write_bytes(shards.fs, shards.path(CARD_FILE), text.encode())
     return storage.full_url(shards.fs, shards.path(CARD_FILE))

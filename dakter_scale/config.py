@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class DataConfig:
     scale_max: float = 1.0
     flip: bool = True  # random horizontal and vertical flips
     stats_max_images: int = 2000  # images read to compute b = "auto" and the class fractions
+    # The training data's licence (an SPDX or Hugging Face id, e.g. cc-by-4.0), stated in the cards of the
+    # models, students and shard sets made from it; empty: "other", not stated (their terms are the data's).
+    license: str = ""
 
     def validate(self) -> None:
         _check(bool(self.spec), "data.spec", "must name a dataset, e.g. synthetic:64 or osd:/path")
@@ -67,6 +71,11 @@ class DataConfig:
             f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}",
         )
         _check(self.stats_max_images > 0, "data.stats_max_images", "must be > 0")
+        _check(
+            re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,63}", self.license) is not None or not self.license,
+            "data.license",
+            f"must be a licence id in lower case (e.g. cc-by-4.0, apache-2.0, other), got {self.license!r}",
+        )
 
 
 @dataclass(frozen=True)

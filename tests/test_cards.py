@@ -93,6 +93,7 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
             "test",
             *TINY_STUDENT,
             "student.ratio=0",
+            "data.license=cc-by-4.0",
         ],
     )
 
@@ -122,6 +123,9 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
         and "train_diffusion.py" in meta["dakter"]["command"]
     )
     assert "Trained on simulated scenes" in card.text
+    # no data.license: the Hub's "other", named as the training data's terms, and said in the limits
+    assert (meta["license"], meta["license_name"]) == ("other", "training-data-terms") and "data_license" not in info
+    assert "Licence: not stated" in card.text
 
     # the student: its evaluation in the tracker, eval.json and the card's model-index, the same numbers
     evaluation = json.loads((student / "logs" / "eval.json").read_text())
@@ -135,6 +139,9 @@ def test_trainers_report_to_tensorboard_and_write_cards(tmp_path):
         evaluation["iou"][0], abs=1e-6
     )
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    # data.license stated: the student's card carries it, and student.json records it
+    assert card.data.license == "cc-by-4.0" and "license_name" not in card.data.to_dict()
+    assert json.loads((student / "student.json").read_text())["data_license"] == "cc-by-4.0"
 
 
 def test_trackers_are_off_by_default_and_a_missing_one_is_one_line(tmp_path, capsys, monkeypatch):
@@ -319,3 +326,21 @@ def test_load_dataset_of_the_set_reads_its_finished_shards_through_the_card(tmp_
     ds = datasets.load_dataset(str(url), split="train", cache_dir=str(tmp_path / "hf"))
     assert sorted(ds["__key__"]) == [k for k in keys if not k.startswith("000001-")]
     assert {"image.png", "soft.png", "json"} <= set(ds.column_names)
+
+
+def test_a_set_carries_its_models_data_licence_and_a_bad_licence_is_refused():
+    from huggingface_hub import DatasetCard
+
+    from dakter_scale.cards import dataset_card
+    from dakter_scale.config import Config, ConfigError
+    from dakter_scale.data.shardset import DatasetInfo
+
+    info = DatasetInfo(classes=["sea", "oil"], resolution=32, count=10)
+    card = DatasetCard(dataset_card(info, [0], "python x", "osd:/d", "cc-by-sa-4.0"))
+    assert card.data.license == "cc-by-sa-4.0" and "`cc-by-sa-4.0`" in card.text
+    card = DatasetCard(dataset_card(info, [0], "python x"))
+    assert card.data.license == "other" and "made from its model's training data" in card.text
+    for bad in ("CC BY 4.0", "mit\nlicense_name: x", "-x"):
+        with pytest.raises(ConfigError, match="data.license"):
+            Config().replace(**{"data.license": bad}).validate()
+    Config().replace(**{"data.license": "apache-2.0"}).validate()

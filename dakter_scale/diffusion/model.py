@@ -136,6 +136,7 @@ def model_info(
     train_stats: dict,
     sampling: dict,
     steps_trained: int,
+    data_license: str = "",
 ) -> dict:
     return {
         "format": FORMAT,
@@ -149,6 +150,7 @@ def model_info(
         "normalisation": {"image": "x = uint8 / 127.5 - 1", "label": "y = b * (2 * onehot - 1)"},
         "radiometry": radiometry,
         "data_spec": data_spec,
+        **({"data_license": data_license} if data_license else {}),  # only when stated: older folders stay as they were
         "train_stats": train_stats,
         "sampling": sampling,
         "steps_trained": int(steps_trained),

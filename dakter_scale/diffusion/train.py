@@ -239,6 +239,7 @@ def train_diffusion(
             prediction_type=d.prediction_type,
             label_prediction_type=label_type,
             data_spec=redact_url(cfg.data.spec),
+            data_license=cfg.data.license,
             radiometry=source.radiometry,
             train_stats={
                 "images": stats.images,

@@ -343,6 +343,7 @@ def train_student(
             "ranks": world,
             "generated_share": generated_share(result.steps),
             "bad_shards": [redact_url(reason) for reason in bad],
+            **({"data_license": cfg.data.license} if cfg.data.license else {}),  # only when stated
         }
         if s.init:  # recorded only when used, as below
             info["init"] = redact_url(s.init)
