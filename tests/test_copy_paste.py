@@ -131,6 +131,29 @@ def test_generated_soft_labels_become_one_hot_where_pasted(real):
     assert torch.equal(out["q"][:, ~where], q[:, ~where])
 
 
+def test_pixels_not_pasted_keep_their_exact_values(real):
+    """A generated image is not on the uint8 grid: pasting writes the given pixels only and leaves every
+    other pixel bitwise as it was, and a sample that needs nothing pasted comes back unchanged."""
+    source, images, masks = real
+    k = source.num_classes
+    q = torch.zeros((k, 32, 32))
+    q[0] = 1.0
+    cp = build_copy_paste(cfg(copy_paste_generated=1.0), source)
+    sample = item(images[1], np.zeros((32, 32), np.uint8), q)
+    sample["x"] = (sample["x"] + 0.37 / 255).clamp(-1, 1)  # off the grid normalise() maps uint8 levels to
+    out = Augment(1, "none", cp)(sample, 0, 0)
+    where = out["pasted"]
+    assert where.any() and not where.all()
+    assert torch.equal(out["x"][0][~where], sample["x"][0][~where])
+    assert not torch.equal(out["x"][0][where], sample["x"][0][where])
+    # a sample already past the target: nothing pasted, nothing changed
+    full = np.ones((32, 32), np.uint8)
+    same = item(images[1], full, q)
+    same["x"] = sample["x"]
+    got = cp.paste(same, np.random.default_rng(0))
+    assert not got["pasted"].any() and got["x"] is same["x"] and got["mask"] is same["mask"]
+
+
 def test_share_of_samples_pasted(real):
     source, images, masks = real
     cp = build_copy_paste(cfg(copy_paste_real=0.5), source)

@@ -291,6 +291,10 @@ def test_pasted_instances_land_where_recorded_with_their_soft_labels(bank):
         np.testing.assert_array_equal(out["mask"].numpy()[given], q[:, given].argmax(axis=0))
         np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-5)
         assert torch.equal(out["mask"][~out["pasted"]], item["mask"][~out["pasted"]])
+        # an image off the uint8 grid (a generated one) keeps every pixel not pasted bitwise
+        item["x"] = (item["x"] + 0.37 / 255).clamp(-1, 1)
+        moved = Augment(3, "none", cp)(item, i, 0)
+        assert torch.equal(moved["x"][0][~moved["pasted"]], item["x"][0][~moved["pasted"]])
 
 
 def test_same_seed_same_bytes(bank):

@@ -43,6 +43,14 @@ STREAM = 11  # derive_seed(seed, STREAM, batch, place): a sample's augmentation,
 MAX_INSTANCES = 64
 
 
+def _write(x: torch.Tensor, image: np.ndarray, where: torch.Tensor) -> torch.Tensor:
+    """x (1, H, W) in [-1, 1] with the pasted pixels `where` (H, W) of image (H, W) uint8 written in: the
+    pixels not given keep their exact values (a generated image is not quantised to uint8 levels)."""
+    out = x.clone()
+    out[0][where] = normalise(image)[where]
+    return out
+
+
 @dataclass(frozen=True)
 class CopyPaste:
     """Real instances pasted onto a share of the samples until they meet `target` (per sample)."""
@@ -61,7 +69,9 @@ class CopyPaste:
             image, item["mask"].numpy(), self.pool, self.target.goals, rng, self.max_pastes
         )
         where = torch.from_numpy(given)
-        out = dict(item, x=normalise(pasted_image)[None], mask=torch.from_numpy(mask.astype(np.int64)), pasted=where)
+        if not given.any():
+            return dict(item, pasted=where)
+        out = dict(item, x=_write(item["x"], pasted_image, where), mask=torch.from_numpy(mask.astype(np.int64)), pasted=where)
         if item["q"] is not None:
             q = item["q"].clone()
             q[:, where] = torch.nn.functional.one_hot(out["mask"][where], q.shape[0]).T.to(q.dtype)
@@ -99,7 +109,7 @@ class BankPaste:
         where = torch.from_numpy(given)
         mask[where] = torch.from_numpy(np.argmax(q_out, axis=0))[where]
         return dict(
-            item, x=normalise(pasted)[None], mask=mask, q=torch.from_numpy(q_out), pasted=where, placements=placements
+            item, x=_write(item["x"], pasted, where), mask=mask, q=torch.from_numpy(q_out), pasted=where, placements=placements
         )
 
 
