@@ -71,7 +71,9 @@ class CopyPaste:
         where = torch.from_numpy(given)
         if not given.any():
             return dict(item, pasted=where)
-        out = dict(item, x=_write(item["x"], pasted_image, where), mask=torch.from_numpy(mask.astype(np.int64)), pasted=where)
+        out = dict(
+            item, x=_write(item["x"], pasted_image, where), mask=torch.from_numpy(mask.astype(np.int64)), pasted=where
+        )
         if item["q"] is not None:
             q = item["q"].clone()
             q[:, where] = torch.nn.functional.one_hot(out["mask"][where], q.shape[0]).T.to(q.dtype)
@@ -109,7 +111,12 @@ class BankPaste:
         where = torch.from_numpy(given)
         mask[where] = torch.from_numpy(np.argmax(q_out, axis=0))[where]
         return dict(
-            item, x=_write(item["x"], pasted, where), mask=mask, q=torch.from_numpy(q_out), pasted=where, placements=placements
+            item,
+            x=_write(item["x"], pasted, where),
+            mask=mask,
+            q=torch.from_numpy(q_out),
+            pasted=where,
+            placements=placements,
         )
 
 
