@@ -6,7 +6,11 @@
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --plan     (the units, done or to run)
     python jobs/experiment.py --config configs/experiment_demo.yaml --out runs/exp --partial  (OUT/partial.md: the tables so far)
 
-    # two runners sharing one study: each trains its students (and what they need) into its own OUT
+    # runners sharing one study folder: start the same command twice (two cores, or two machines on one
+    # shared folder); each unit is claimed (OUT/claims/), so each is built once and the students split
+    python jobs/experiment.py --config C --out runs/exp &  python jobs/experiment.py --config C --out runs/exp
+
+    # runners sharing one study through --records: each trains its students (and what they need) into its own OUT
     python jobs/experiment.py --config C --out runs/exp_a --records docs/results/exp --only 'none-*,copy_paste*'
     python jobs/experiment.py --config C --out runs/exp_b --records docs/results/exp --only 'dakter*,hard*,pasted_after*'
     # where a validation grid sets the students' length, a runner without the grid's students waits for it

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -922,3 +923,31 @@ def test_a_runner_waits_for_the_grid_that_another_runner_trains(tmp_path, caplog
     assert chosen in (2, 3)
     trained = json.loads((tmp_path / "real" / "students" / "none-unet-r0-s0" / "student.json").read_text())
     assert trained["steps"] == chosen and (records / "students" / "none-unet-r0-s0" / "metrics.json").is_file()
+
+
+def test_two_runners_share_one_study_folder(tmp_path):
+    """Two runners started at once on one OUT: each unit is built by exactly one of them (its claim,
+    OUT/claims/KEY), the students are split between them, and both write the same results.json."""
+    from shardgen import job_env
+
+    out = tmp_path / "out"
+    argv = job("experiment.py") + ["--out", str(out), *TINY, *RECORDS_STUDY, "experiment.seeds=[0,1,2]"]
+    argv += ["student.max_steps=30"]  # a few seconds a student: long enough for the second runner to join
+    runners = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job_env())
+        for _ in range(2)
+    ]
+    logs = [r.communicate(timeout=900)[0] for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], logs
+    written = [
+        [line.split("student written to ")[1].split()[0] for line in log.splitlines() if "student written to " in line]
+        for log in logs
+    ]
+    trained = sorted(Path(p).name for w in written for p in w)
+    students = sorted(p.name for p in (out / "students").iterdir() if p.is_dir())
+    assert trained == students and len(students) == 3 * 3, logs  # every student once, by one runner
+    assert all(written), f"one runner trained every student: {[len(w) for w in written]}"
+    assert sum("training the diffusion model b_cfg" in log for log in logs) == 1
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["runs"]) == set(students)
+    assert set(json.loads((out / "timings.json").read_text())) >= {f"student_{s}" for s in students}

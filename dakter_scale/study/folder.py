@@ -6,7 +6,9 @@
   students/NAME/          a student folder (student/models.py owns student.json and the weights),
                           plus metrics.json (its score on the test split) and metrics_TAG.json (others)
   students/steps_ARCH.json  the steps a wall-clock budget allowed ARCH's first student
-  timings.json            seconds per finished unit, kept over reruns
+  timings.json            seconds per finished unit, kept over reruns (and merged between runners)
+  claims/KEY/             the lease of the runner building unit KEY (data/lease.py): several runners
+                          can share one folder, each unit built by one of them (study/units.py)
   results.json            the analysis; results.md (report.md for the demo) and figures beside it
 
 What is inside a model or student folder is its owner's: finished means the owner's file exists.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dakter_scale.data import storage
 from dakter_scale.diffusion.model import INFO_FILE
 from dakter_scale.student.models import STUDENT_FILE, STUDENT_WEIGHTS
 
@@ -80,7 +83,18 @@ class StudyFolder:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_timings(self, timings: dict[str, float]) -> None:
-        (self.root / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
+        """Merged over what is there: another runner of the folder may have written its units' since."""
+        self.write_text(self.root / TIMINGS, json.dumps(self.read_timings() | timings, indent=2) + "\n")
+
+    def claim(self, key: str) -> str:
+        return str(self.root / "claims" / key)
+
+    @staticmethod
+    def write_text(path: Path, text: str) -> None:
+        """Whole or not at all (a temporary renamed over it): runners sharing the folder write the same
+        files, and a reader never sees half of one."""
+        fs, _ = storage.url_to_fs(str(path))
+        storage.write_bytes(fs, str(path), text.encode())
 
     def results(self) -> Path:
         return self.root / RESULTS

@@ -39,7 +39,7 @@ from dakter_scale.study.plan import (
     student_of,
 )
 from dakter_scale.study.records import Records, model_digest, set_digest
-from dakter_scale.study.units import Units
+from dakter_scale.study.units import Busy, Units, claim_key
 
 log = logging.getLogger("dakter_scale")
 PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
@@ -76,18 +76,33 @@ class Experiment:
 
     def execute(self, units: list) -> None:
         """Build every unit in order (with --only, those the matching students need); a finished one
-        returns at once."""
+        returns at once. A student that another runner of this folder is building is passed over and
+        built (found done, or taken over from a dead runner) after the rest: runners share the work."""
         if self.only:
             units = self.plan.only(units, self.only)
         finished = {u for u in units if self.units.done(u)}
         todo = [u for u in units if u not in finished]
         log.info("experiment: %d units planned, %d finished earlier, %d to run", len(units), len(finished), len(todo))
+        later = []
         for unit in units:
             if unit not in finished:
                 log.info("experiment [%d/%d]: %s", todo.index(unit) + 1, len(todo), describe(unit))
-            self.units.build(unit)
-            self.keep(unit)
-            self.folder.write_timings(self.units.timings)
+            if isinstance(unit, (StudentRun, Selection)) and unit not in finished:
+                try:  # held for the build: the student's own claim inside is the same, re-entered
+                    with self.units.claim(claim_key(unit), describe(unit), wait=False):
+                        self.build(unit)
+                except Busy:
+                    log.info("experiment: another runner is building %s; this one goes on", describe(unit))
+                    later.append(unit)
+                continue
+            self.build(unit)
+        for unit in later:
+            self.build(unit)
+
+    def build(self, unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> None:
+        self.units.build(unit)
+        self.keep(unit)
+        self.folder.write_timings(self.units.timings)
 
     def keep(self, unit: Model | GeneratedSet | Selection | StudentRun) -> None:
         """With --records: check a model's or set's identity against the kept one, keep a student's scores."""
@@ -187,7 +202,7 @@ class Experiment:
             "kd_weight_choice": "validation",
             "quality": "generated pairs, scored by the real-only student",
         }
-        self.folder.results().write_text(json.dumps(payload, indent=2) + "\n")
+        self.folder.write_text(self.folder.results(), json.dumps(payload, indent=2) + "\n")
         return write_report(self.out, payload)
 
     def grid_scored(self) -> int:
@@ -233,7 +248,7 @@ class Experiment:
             },
         }
         path = self.out / "partial.md"
-        path.write_text(study_report.partial_markdown(payload, self.plan, list(self.source.classes)))
+        self.folder.write_text(path, study_report.partial_markdown(payload, self.plan, list(self.source.classes)))
         return path
 
     def rescore(self, spec: str, tag: str, pattern: str = "*") -> Path:
@@ -312,5 +327,5 @@ def write_report(out: str | Path, payload: dict | None = None) -> Path:
     else:
         study_report.write_figures(payload, plan, classes, out)
         path, text = out / "results.md", study_report.experiment_markdown(payload, plan, classes)
-    path.write_text(text)
+    StudyFolder.write_text(path, text)
     return path

@@ -3,20 +3,29 @@ sets (plain, filtered, targeted), the instance bank, and the students with their
 
 A unit whose result exists in the study folder (study/folder.py) returns it at once, so a stopped
 study resumes where it stopped; the runner (study/runner.py) asks for them in the plan's order.
+
+Several runners may share one study folder (two cores, two machines on one NFS folder): a unit is
+built under its claim, the lease OUT/claims/KEY (data/lease.py), so each is built by one runner. A
+runner that needs a unit another is building waits for it, then finds it done; the runner passes over
+students that others hold and comes back to them at the end (study/runner.py). A killed runner's claim
+is taken over CLAIM_SECONDS after its last renewal, and its unit resumes from its checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, ConfigError, to_dict
+from dakter_scale.data.lease import Lease, LeaseError
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.distill import distill
@@ -46,6 +55,22 @@ from dakter_scale.synth.targeted import synthesize_targeted
 
 log = logging.getLogger("dakter_scale")
 THROUGHPUT = "throughput.json"  # a generated set's side file: the run's and the sampling loop's pairs per second
+# A claim's lease. Longer than a runner is paused to free the cores for a while (SIGSTOP stops its
+# renewals too): a paused holder keeps its units; a killed one's are taken over after this long.
+CLAIM_SECONDS = 1800.0
+
+
+class Busy(Exception):
+    """Another live runner of the study folder holds this unit's claim."""
+
+
+def claim_key(unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> str:
+    """The name of a unit's claim: what it writes (a model, a generated set, a student folder)."""
+    if isinstance(unit, Model):
+        return f"model-{unit.tag}"
+    if isinstance(unit, (GeneratedSet, InstanceBank)):
+        return f"generated-{unit.name}"
+    return f"student-{unit.run.name if isinstance(unit, Selection) else unit.name}"
 
 
 def checkpoint_every(configured: int, steps: int) -> int:
@@ -64,6 +89,30 @@ class Units:
         self.test_spec = test_spec  # every table student is scored here, once
         self.progress = progress
         self.timings: dict[str, float] = folder.read_timings()
+        self._held: set[str] = set()
+
+    @contextlib.contextmanager
+    def claim(self, key: str, what: str, wait: bool = True) -> Iterator[None]:
+        """Hold OUT/claims/KEY while building what it names. Held by another live runner: wait until it
+        is free (wait), or raise Busy at once. Re-entrant within this runner (a student built for the
+        bank that claims it)."""
+        if key in self._held:
+            yield
+            return
+        lease = Lease(self.folder.claim(key), f"a study runner building {what}", lease_seconds=CLAIM_SECONDS)
+        try:
+            lease.acquire()
+        except LeaseError:
+            if not wait:
+                raise Busy(what) from None
+            log.info("experiment: another runner is building %s; waiting for it", what)
+            lease.acquire(wait=math.inf)
+        self._held.add(key)
+        try:
+            yield
+        finally:
+            self._held.discard(key)
+            lease.release()
 
     def build(self, unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> None:
         """Build a unit of the plan (at once when it exists)."""
@@ -84,15 +133,20 @@ class Units:
         """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1"), or b_cfg's sampler
         distilled by the distill section (DISTILLED; its rounds resume like the trainer)."""
         d = self.folder.model(tag)
-        if self.folder.model_done(tag):
-            return self.check_distilled(d) if tag == DISTILLED else d
+        if not self.folder.model_done(tag):
+            with self.claim(f"model-{tag}", f"the model {tag}"):
+                if not self.folder.model_done(tag):
+                    self._train_model(tag, d)
+        return self.check_distilled(d) if tag == DISTILLED else d
+
+    def _train_model(self, tag: str, d: Path) -> None:
         if tag == DISTILLED:
             teacher = self.model("b_cfg")
             log.info("experiment: distilling %s to %d steps into %s", teacher, self.cfg.distill.steps, d)
             t = time.time()
             distill(self.cfg, teacher, d, resume="latest", progress=self.progress)
             self.timings[f"model_{tag}"] = time.time() - t
-            return d
+            return
         b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
         log.info("experiment: training the diffusion model %s (b = %s)", tag, b)
         t = time.time()
@@ -100,7 +154,6 @@ class Units:
         cfg = self.cfg.replace(**{"diffusion.b": b, "diffusion.checkpoint_every": every})
         train_diffusion(cfg, d, resume="latest", progress=self.progress)
         self.timings[f"model_{tag}"] = time.time() - t
-        return d
 
     def check_distilled(self, folder: Path) -> Path:
         """A kept distilled folder (e.g. copied in from bench/distill_frontier.py) must come from this study's
@@ -132,13 +185,9 @@ class Units:
             return self.drawn(tag, n, name, sampling)
         drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), self.drawn_name(name), sampling)
         url = self.generated_url(name)
-        info = filter_shards(
-            drawn,
-            url,
-            self.real_only(self.e.filter_arch),
-            keep=n,
-            samples_per_shard=self.cfg.synthesis.samples_per_shard,
-        )
+        judge = self.real_only(self.e.filter_arch)
+        with self.claim(f"generated-{name}", f"the generated set {name}"):
+            info = filter_shards(drawn, url, judge, keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
         self.timings[f"filter_{name}"] = info.filter["seconds"]
         return url
 
@@ -146,23 +195,31 @@ class Units:
         """The n pairs of set `unit` that meet its class target (synth/targeted.py), from model
         unit.model; a selection draw is kept as NAME_all. Not filtered for alignment."""
         url = self.generated_url(unit.name)
-        info = ShardSet(url).info()
-        if info is not None and info.complete and info.count == unit.n and info.target:
+
+        def done() -> bool:
+            info = ShardSet(url).info()
+            return info is not None and info.complete and info.count == unit.n and bool(info.target)
+
+        if done():
             return url
-        cfg = self.cfg.replace(**{"synthesis.n": unit.n})  # the target: synthesis.target, as for the job
-        t = time.time()
-        result = synthesize_targeted(
-            self.model(unit.model),
-            url,
-            cfg.synthesis,
-            cfg.sampling,
-            self.generated_url(unit.name + DRAWN_SUFFIX),
-            progress=self.progress,
-            use_ray=True,
-        )
-        if not result.ok:
-            raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
-        self.timings[f"generate_{unit.name}"] = time.time() - t
+        model = self.model(unit.model)
+        with self.claim(f"generated-{unit.name}", f"the generated set {unit.name}"):
+            if done():
+                return url
+            cfg = self.cfg.replace(**{"synthesis.n": unit.n})  # the target: synthesis.target, as for the job
+            t = time.time()
+            result = synthesize_targeted(
+                model,
+                url,
+                cfg.synthesis,
+                cfg.sampling,
+                self.generated_url(unit.name + DRAWN_SUFFIX),
+                progress=self.progress,
+                use_ray=True,
+            )
+            if not result.ok:
+                raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
+            self.timings[f"generate_{unit.name}"] = time.time() - t
         return url
 
     def bank(self, unit: InstanceBank) -> str:
@@ -172,21 +229,25 @@ class Units:
         url = self.generated_url(unit.name)
         if self.done(unit):
             return url
-        cfg = self.cfg.replace(**{"synthesis.n": self.plan.gen_size()})
-        t = time.time()
-        summary = grow_bank(
-            self.model(unit.model),
-            self.generated_url(BANK_PAIRS),
-            url,
-            self.real_only(unit.judge),
-            unit.n,
-            cfg.synthesis,
-            cfg.sampling,
-            first_pairs=self.plan.gen_size(),
-            progress=self.progress,
-        )
-        self.timings[f"bank_{unit.name}"] = time.time() - t
-        log.info("experiment: %s", summary.lines()[0])
+        model, judge = self.model(unit.model), self.real_only(unit.judge)
+        with self.claim(f"generated-{unit.name}", f"the instance bank {unit.name}"):
+            if self.done(unit):
+                return url
+            cfg = self.cfg.replace(**{"synthesis.n": self.plan.gen_size()})
+            t = time.time()
+            summary = grow_bank(
+                model,
+                self.generated_url(BANK_PAIRS),
+                url,
+                judge,
+                unit.n,
+                cfg.synthesis,
+                cfg.sampling,
+                first_pairs=self.plan.gen_size(),
+                progress=self.progress,
+            )
+            self.timings[f"bank_{unit.name}"] = time.time() - t
+            log.info("experiment: %s", summary.lines()[0])
         return url
 
     def drawn_name(self, name: str) -> str:
@@ -204,32 +265,41 @@ class Units:
     def drawn(self, tag: str, n: int, name: str, sampling: dict | None = None) -> str:
         """A complete set of n pairs drawn from model `tag` (resumes a partial set)."""
         url = self.generated_url(name)
-        info = ShardSet(url).info()
-        if info is not None and info.complete and info.count == n:
+
+        def done() -> bool:
+            info = ShardSet(url).info()
+            return info is not None and info.complete and info.count == n
+
+        if done():
             return url
-        cfg = self.cfg.replace(**{"synthesis.n": n, **{f"sampling.{k}": v for k, v in (sampling or {}).items()}})
-        t = time.time()
-        summary = synthesize(self.model(tag), url, cfg.synthesis, cfg.sampling, progress=self.progress, use_ray=True)
-        if not summary.ok:
-            raise RuntimeError(f"synthesis of {name} failed: {summary.failed}")
-        self.timings[f"generate_{name}"] = time.time() - t
-        # The run's rate counts actor start-up; the sampling rate (pairs per second of one writer's
-        # sampling loop, from the shard markers) is what compares samplers on small sets.
-        sampling_seconds = sum(
-            d.marker.get("sample_seconds", 0.0) for d in ShardSet(url).done() if d.shard in summary.written
-        )
-        throughput = {
-            "pairs": summary.pairs_written,
-            "seconds": summary.seconds,
-            "pairs_per_second": summary.pairs_per_second,
-        }
-        if sampling_seconds > 0:
-            throughput.update(
-                sampling_seconds=sampling_seconds, sampling_pairs_per_second=summary.pairs_written / sampling_seconds
+        model = self.model(tag)
+        with self.claim(f"generated-{name}", f"the generated set {name}"):
+            if done():
+                return url
+            cfg = self.cfg.replace(**{"synthesis.n": n, **{f"sampling.{k}": v for k, v in (sampling or {}).items()}})
+            t = time.time()
+            summary = synthesize(model, url, cfg.synthesis, cfg.sampling, progress=self.progress, use_ray=True)
+            if not summary.ok:
+                raise RuntimeError(f"synthesis of {name} failed: {summary.failed}")
+            self.timings[f"generate_{name}"] = time.time() - t
+            # The run's rate counts actor start-up; the sampling rate (pairs per second of one writer's
+            # sampling loop, from the shard markers) is what compares samplers on small sets.
+            sampling_seconds = sum(
+                d.marker.get("sample_seconds", 0.0) for d in ShardSet(url).done() if d.shard in summary.written
             )
-        ShardSet(url).write_side(
-            THROUGHPUT, (json.dumps(throughput) + "\n").encode()
-        )  # beside the shards, at any fsspec URL
+            throughput = {
+                "pairs": summary.pairs_written,
+                "seconds": summary.seconds,
+                "pairs_per_second": summary.pairs_per_second,
+            }
+            if sampling_seconds > 0:
+                throughput.update(
+                    sampling_seconds=sampling_seconds,
+                    sampling_pairs_per_second=summary.pairs_written / sampling_seconds,
+                )
+            ShardSet(url).write_side(
+                THROUGHPUT, (json.dumps(throughput) + "\n").encode()
+            )  # beside the shards, at any fsspec URL
         return url
 
     def student(self, run: StudentRun) -> dict:
@@ -241,8 +311,14 @@ class Units:
         return self._student(run, VALIDATION)
 
     def _student(self, run: StudentRun, tag: str | None) -> dict:
+        if not self.folder.metrics(run.name, tag).is_file():
+            with self.claim(f"student-{run.name}", f"the student {run.name}"):
+                return self._build_student(run, tag)
+        return self.score(run, tag)
+
+    def _build_student(self, run: StudentRun, tag: str | None) -> dict:
         d = self.folder.student(run.name)
-        if self.folder.metrics(run.name, tag).is_file():
+        if self.folder.metrics(run.name, tag).is_file():  # another runner built it while this one waited
             return self.score(run, tag)
         assert run.weight is not None or run.generated is None or run.method == "hard", (
             f"{run.name}: its weight lambda is not chosen yet"
@@ -304,8 +380,10 @@ class Units:
         self.student(run)
         d = self.folder.student(run.name)
         if not self.folder.student_weights(run.name):
-            log.info("experiment: %s was restored without weights: training it again for them", run.name)
-            self.train(run, d)
+            with self.claim(f"student-{run.name}", f"the student {run.name}"):
+                if not self.folder.student_weights(run.name):
+                    log.info("experiment: %s was restored without weights: training it again for them", run.name)
+                    self.train(run, d)
         return d
 
     def grid_twin(self, run: StudentRun) -> Path | None:
