@@ -951,3 +951,34 @@ def test_two_runners_share_one_study_folder(tmp_path):
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["runs"]) == set(students)
     assert set(json.loads((out / "timings.json").read_text())) >= {f"student_{s}" for s in students}
+
+
+def test_a_runner_builds_what_does_not_wait_on_a_unit_another_runner_holds(tmp_path):
+    """While another runner holds the model's claim, a runner trains the students that do not read the
+    model (the real-only arms), then waits; once the claim is free it builds the model itself (the other
+    runner died, or gave it back) and finishes the study."""
+    import threading
+    import time
+
+    from dakter_scale.data.lease import Lease
+    from dakter_scale.study.folder import StudyFolder
+
+    cfg = load_config(None, TINY + RECORDS_STUDY)
+    out = tmp_path / "out"
+    other = Lease(StudyFolder(out).claim("model-b_cfg"), "another runner").acquire()
+    runner = Experiment(cfg, out, progress=False)
+    thread = threading.Thread(target=runner.run, daemon=True)  # daemon: a failing test does not hang on it
+    thread.start()
+    real_only = [out / "students" / name / "metrics.json" for name in ("none-unet-r0-s0", "copy_paste-unet-r0-s0")]
+    deadline = time.monotonic() + 300
+    try:
+        while not all(p.is_file() for p in real_only) and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.5)
+        assert all(p.is_file() for p in real_only), "the real-only students were not trained while the model was held"
+        assert thread.is_alive() and not (out / "models" / "b_cfg").exists()  # it waits; it left the model alone
+    finally:
+        other.release()
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["runs"]) == {"none-unet-r0-s0", "copy_paste-unet-r0-s0", "dakter-unet-r1-s0"}

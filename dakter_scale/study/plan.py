@@ -417,27 +417,41 @@ class Plan:
             out += [v.generated, *v.runs]
         return list(dict.fromkeys(out))
 
+    def needs(self, unit: Any, units: Sequence) -> list:
+        """The units of `units` that `unit` reads, to be built before it: a student's generated set and
+        instance bank, the model a set or bank is drawn from, the real-only judge of a bank or of the
+        filter (experiment.filter_keep), b_cfg for the distilled model."""
+        sets = {u.name: u for u in units if isinstance(u, (GeneratedSet, InstanceBank))}
+        models = {u.tag: u for u in units if isinstance(u, Model)}
+        out: list = []
+        if isinstance(unit, (StudentRun, Selection)):
+            run = student_of(unit)
+            out += [sets[run.generated]] if run.generated in sets else []
+            out += [u for u in units if isinstance(u, InstanceBank)] if bank_size(run.method) else []
+        elif isinstance(unit, (GeneratedSet, InstanceBank)):
+            out += [models[unit.model]] if unit.model in models else []
+            if isinstance(unit, InstanceBank):
+                out.append(self.real_only(unit.judge))
+            elif self.e.filter_keep > 0 and not unit.target:
+                out.append(self.real_only(self.e.filter_arch))
+        elif isinstance(unit, Model) and unit.tag == DISTILLED and "b_cfg" in models:
+            out.append(models["b_cfg"])
+        return [u for u in out if u in units]
+
     def only(self, units: list, patterns: Sequence[str]) -> list:
         """The units of `units` that the students whose names match one of the glob `patterns` need: those
-        students (table, grid or study), the generated sets and instance bank they read, the models those
-        are drawn from, and the real-only judge where a bank or the filter (experiment.filter_keep) uses it.
-        Several runners can share a study's work this way (jobs/experiment.py --only), each with its own
-        OUT and one --records folder."""
+        students (table, grid or study) and, transitively, what they read (`needs`). Several runners can
+        share a study's work this way (jobs/experiment.py --only), each with its own OUT and one --records
+        folder."""
         matches = lambda unit: any(fnmatch.fnmatchcase(unit.name, p) for p in patterns)  # noqa: E731
-        students = {u for u in units if isinstance(u, (StudentRun, Selection)) and matches(student_of(u))}
-        reads = {student_of(u).generated for u in students}
-        sets = {u for u in units if isinstance(u, GeneratedSet) and u.name in reads}
-        banks = {
-            u for u in units if isinstance(u, InstanceBank) and any(bank_size(student_of(s).method) for s in students)
-        }
-        models = {s.model for s in sets | banks}
-        judged = banks or (sets and self.e.filter_keep > 0)
-        judge = self.real_only(self.e.filter_arch) if judged else None
-        return [
-            u
-            for u in units
-            if u in students or u in sets or u in banks or u == judge or (isinstance(u, Model) and u.tag in models)
-        ]
+        wanted = {u for u in units if isinstance(u, (StudentRun, Selection)) and matches(student_of(u))}
+        frontier = list(wanted)
+        while frontier:
+            for need in self.needs(frontier.pop(), units):
+                if need not in wanted:
+                    wanted.add(need)
+                    frontier.append(need)
+        return [u for u in units if u in wanted]
 
 
 def student_of(unit: StudentRun | Selection) -> StudentRun:

@@ -43,6 +43,7 @@ from dakter_scale.study.units import Busy, Units, claim_key
 
 log = logging.getLogger("dakter_scale")
 PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
+CLAIM_POLL_S = 10.0  # seconds between looks while every unit left is another runner's
 
 
 class Experiment:
@@ -75,29 +76,45 @@ class Experiment:
         return self.units.plan
 
     def execute(self, units: list) -> None:
-        """Build every unit in order (with --only, those the matching students need); a finished one
-        returns at once. A student that another runner of this folder is building is passed over and
-        built (found done, or taken over from a dead runner) after the rest: runners share the work."""
+        """Build every unit (with --only, those the matching students need); a finished one returns at
+        once. Units are taken in the plan's order, each once what it reads is built (`Plan.needs`) and
+        while no other runner of this folder holds its claim: runners that share a folder split the work,
+        and one waits (polling) only when every unit left is held by another or reads one that is."""
         if self.only:
             units = self.plan.only(units, self.only)
-        finished = {u for u in units if self.units.done(u)}
-        todo = [u for u in units if u not in finished]
-        log.info("experiment: %d units planned, %d finished earlier, %d to run", len(units), len(finished), len(todo))
-        later = []
-        for unit in units:
-            if unit not in finished:
-                log.info("experiment [%d/%d]: %s", todo.index(unit) + 1, len(todo), describe(unit))
-            if isinstance(unit, (StudentRun, Selection)) and unit not in finished:
-                try:  # held for the build: the student's own claim inside is the same, re-entered
-                    with self.units.claim(claim_key(unit), describe(unit), wait=False):
-                        self.build(unit)
-                except Busy:
-                    log.info("experiment: another runner is building %s; this one goes on", describe(unit))
-                    later.append(unit)
+        finished = [u for u in units if self.units.done(u)]
+        pending = [u for u in units if u not in finished]
+        log.info(
+            "experiment: %d units planned, %d finished earlier, %d to run", len(units), len(finished), len(pending)
+        )
+        for unit in finished:
+            self.build(unit)  # returns at once; keeps it (--records) and checks a kept identity
+        count, waiting = len(pending), None
+        while pending:
+            unit = self.next_unit(pending, count)
+            if unit is None:  # a unit another runner finishes is built (found done, kept) in the next pass
+                held = [describe(u) for u in pending if not self.units.done(u)]
+                if held != waiting:
+                    waiting = held
+                    log.info("experiment: waiting for other runners of %s: %s", self.out, "; ".join(held[:3]))
+                time.sleep(CLAIM_POLL_S)
                 continue
-            self.build(unit)
-        for unit in later:
-            self.build(unit)
+            pending.remove(unit)
+
+    def next_unit(self, pending: list, count: int):
+        """Build the first pending unit whose reads are built and that no other runner holds, and return
+        it; None when there is none. count: the units this runner had to run, for the log."""
+        for unit in pending:
+            if self.plan.needs(unit, pending):
+                continue
+            try:
+                with self.units.claim(claim_key(unit), describe(unit), wait=False):
+                    log.info("experiment [%d/%d]: %s", count - len(pending) + 1, count, describe(unit))
+                    self.build(unit)
+            except Busy:
+                continue
+            return unit
+        return None
 
     def build(self, unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> None:
         self.units.build(unit)
