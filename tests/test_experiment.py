@@ -960,12 +960,13 @@ def test_a_runner_builds_what_does_not_wait_on_a_unit_another_runner_holds(tmp_p
     import threading
     import time
 
-    from dakter_scale.data.lease import Lease
+    from dakter_scale.study.claims import Claim
     from dakter_scale.study.folder import StudyFolder
 
     cfg = load_config(None, TINY + RECORDS_STUDY)
     out = tmp_path / "out"
-    other = Lease(StudyFolder(out).claim("model-b_cfg"), "another runner").acquire()
+    other = Claim(StudyFolder(out).claim("model-b_cfg"), "another runner")
+    assert other.take() and not Claim(other.path, "this runner").take()  # a lock per open file, even in one process
     runner = Experiment(cfg, out, progress=False)
     thread = threading.Thread(target=runner.run, daemon=True)  # daemon: a failing test does not hang on it
     thread.start()

@@ -5,7 +5,7 @@ clean-up removes the other's files in flight, shards of two seeds end up side by
 that finishes last decides what ``dataset.json`` counts. A run therefore takes the prefix's lease
 before it looks at what the prefix holds, and holds it until it has written what it writes.
 Synthesis, the filter and targeted synthesis hold their ``--out``'s lease; any other writer of a
-prefix (scene inference's output folder; each unit of a study folder, study/units.py) uses the same class: ``Lease(url, purpose).acquire()``
+prefix (scene inference's output folder) uses the same class: ``Lease(url, purpose).acquire()``
 (``wait=`` seconds to keep trying while another run holds it), ``check()`` before each write (or
 ``valid_for()``, the seconds left by the holder's clock), ``ref()`` for writers in other processes,
 which call ``check_ref(ref)``; ``release()``, or use it as a context manager. Liveness is the lease

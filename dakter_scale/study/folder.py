@@ -7,7 +7,7 @@
                           plus metrics.json (its score on the test split) and metrics_TAG.json (others)
   students/steps_ARCH.json  the steps a wall-clock budget allowed ARCH's first student
   timings.json            seconds per finished unit, kept over reruns (and merged between runners)
-  claims/KEY/             the lease of the runner building unit KEY (data/lease.py): several runners
+  claims/KEY.lock         the lock of the runner building unit KEY (study/claims.py): several runners
                           can share one folder, each unit built by one of them (study/units.py)
   results.json            the analysis; results.md (report.md for the demo) and figures beside it
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from dakter_scale.data import storage
 from dakter_scale.diffusion.model import INFO_FILE
 from dakter_scale.student.models import STUDENT_FILE, STUDENT_WEIGHTS
+from dakter_scale.study.claims import held
 
 TIMINGS = "timings.json"
 RESULTS = "results.json"
@@ -84,10 +85,11 @@ class StudyFolder:
 
     def write_timings(self, timings: dict[str, float]) -> None:
         """Merged over what is there: another runner of the folder may have written its units' since."""
-        self.write_text(self.root / TIMINGS, json.dumps(self.read_timings() | timings, indent=2) + "\n")
+        with held(self.claim("timings")):
+            self.write_text(self.root / TIMINGS, json.dumps(self.read_timings() | timings, indent=2) + "\n")
 
-    def claim(self, key: str) -> str:
-        return str(self.root / "claims" / key)
+    def claim(self, key: str) -> Path:
+        return self.root / "claims" / f"{key}.lock"
 
     @staticmethod
     def write_text(path: Path, text: str) -> None:

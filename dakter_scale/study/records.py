@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dakter_scale.config import ConfigError
 from dakter_scale.diffusion.model import WEIGHTS
+from dakter_scale.study.claims import held
 from dakter_scale.study.folder import StudyFolder
 
 STUDENT_FILES = ("student.json", "metrics.json", "metrics_*.json")
@@ -70,18 +71,19 @@ class Records:
             for f in source.glob(pattern):
                 target.mkdir(parents=True, exist_ok=True)
                 if not (target / f.name).is_file() or (target / f.name).read_bytes() != f.read_bytes():
-                    shutil.copy2(f, target / f.name)
+                    StudyFolder.write_text(target / f.name, f.read_text())  # whole: another runner may restore it now
 
     def check(self, kind: str, name: str, digest: str) -> None:
         """Record the hash of a model (kind "model": its weights) or generated set ("generated": its
         tars) the first time; refuse a different one later (ConfigError, one line)."""
-        identity = self.identity()
-        kept = identity.get(kind, {}).get(name)
-        if kept is None:
-            identity.setdefault(kind, {})[name] = digest
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.identity_file.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-        elif kept != digest:
+        with held(StudyFolder(self.study).claim("records-identity")):  # runners of one folder add to it at once
+            identity = self.identity()
+            kept = identity.get(kind, {}).get(name)
+            if kept is None:
+                identity.setdefault(kind, {})[name] = digest
+                self.folder.mkdir(parents=True, exist_ok=True)
+                StudyFolder.write_text(self.identity_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        if kept is not None and kept != digest:
             raise ConfigError(
                 f"{self.study / kind / name}: rebuilt with sha256 {digest[:12]}..., but the students kept in {self.folder} were trained on {kept[:12]}... "
                 "(another config, code or machine): use another --records folder"

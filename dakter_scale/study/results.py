@@ -52,7 +52,7 @@ def collect(units: Units, classes: list[str], out: Path, preset: str) -> dict:
         )
     variants = studies(units, segmenter)
     models = {s.model: units.folder.model_info(s.model) for s in sets}
-    timings = dict(units.timings, analysis=time.time() - t)
+    timings = dict(units.folder.read_timings() | units.timings, analysis=time.time() - t)  # every runner's units
     payload = {
         "config": to_dict(units.cfg),
         "n_train": units.n_train,

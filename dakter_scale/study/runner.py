@@ -39,11 +39,10 @@ from dakter_scale.study.plan import (
     student_of,
 )
 from dakter_scale.study.records import Records, model_digest, set_digest
-from dakter_scale.study.units import Busy, Units, claim_key
+from dakter_scale.study.units import CLAIM_POLL_S, Busy, Units, claim_key
 
 log = logging.getLogger("dakter_scale")
 PRESETS = ("experiment", "demo")  # experiment: results.md; demo: report.md (jobs/demo.py)
-CLAIM_POLL_S = 10.0  # seconds between looks while every unit left is another runner's
 
 
 class Experiment:
@@ -107,6 +106,9 @@ class Experiment:
         for unit in pending:
             if self.plan.needs(unit, pending):
                 continue
+            if self.units.done(unit):  # another runner built it: keep it here too, without its claim
+                self.build(unit)
+                return unit
             try:
                 with self.units.claim(claim_key(unit), describe(unit), wait=False):
                     log.info("experiment [%d/%d]: %s", count - len(pending) + 1, count, describe(unit))

@@ -2,13 +2,13 @@
 sets (plain, filtered, targeted), the instance bank, and the students with their scores.
 
 A unit whose result exists in the study folder (study/folder.py) returns it at once, so a stopped
-study resumes where it stopped; the runner (study/runner.py) asks for them in the plan's order.
+study resumes where it stopped; the runner (study/runner.py) asks for them as their inputs are built.
 
-Several runners may share one study folder (two cores, two machines on one NFS folder): a unit is
-built under its claim, the lease OUT/claims/KEY (data/lease.py), so each is built by one runner. A
-runner that needs a unit another is building waits for it, then finds it done; the runner passes over
-students that others hold and comes back to them at the end (study/runner.py). A killed runner's claim
-is taken over CLAIM_SECONDS after its last renewal, and its unit resumes from its checkpoints.
+Several runners may share one study folder (one per core, or machines on one network folder): a unit
+is built under its claim, OUT/claims/KEY.lock (study/claims.py), so each is built by one runner. A
+runner that needs a unit another is building waits for it, then finds it done; the runner's scheduler
+(study/runner.py) takes units no other runner holds. A killed runner's claims are free at once, and its
+units resume from their checkpoints.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 
 from dakter_scale.cards import write_student_card
 from dakter_scale.config import Config, ConfigError, to_dict
-from dakter_scale.data.lease import Lease, LeaseError
 from dakter_scale.data.shardset import ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.distill import distill
@@ -34,6 +33,7 @@ from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.pretrain import pretrain_finetune
 from dakter_scale.student.train import train_student
+from dakter_scale.study.claims import Claim
 from dakter_scale.study.folder import StudyFolder
 from dakter_scale.study.plan import (
     BANK_PAIRS,
@@ -55,9 +55,7 @@ from dakter_scale.synth.targeted import synthesize_targeted
 
 log = logging.getLogger("dakter_scale")
 THROUGHPUT = "throughput.json"  # a generated set's side file: the run's and the sampling loop's pairs per second
-# A claim's lease. Longer than a runner is paused to free the cores for a while (SIGSTOP stops its
-# renewals too): a paused holder keeps its units; a killed one's are taken over after this long.
-CLAIM_SECONDS = 1800.0
+CLAIM_POLL_S = 10.0  # seconds between looks at a claim another runner holds
 
 
 class Busy(Exception):
@@ -99,20 +97,20 @@ class Units:
         if key in self._held:
             yield
             return
-        lease = Lease(self.folder.claim(key), f"a study runner building {what}", lease_seconds=CLAIM_SECONDS)
-        try:
-            lease.acquire()
-        except LeaseError:
+        claim = Claim(self.folder.claim(key), what)
+        if not claim.take():
             if not wait:
-                raise Busy(what) from None
-            log.info("experiment: another runner is building %s; waiting for it", what)
-            lease.acquire(wait=math.inf)
+                raise Busy(what)
+            holder = claim.holder() or {}
+            log.info("experiment: waiting for %s, which another runner builds (pid %s)", what, holder.get("pid", "?"))
+            while not claim.take():
+                time.sleep(CLAIM_POLL_S)
         self._held.add(key)
         try:
             yield
         finally:
             self._held.discard(key)
-            lease.release()
+            claim.release()
 
     def build(self, unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> None:
         """Build a unit of the plan (at once when it exists)."""
@@ -335,7 +333,16 @@ class Units:
         return metrics
 
     def train(self, run: StudentRun, d: Path) -> None:
-        """Train run's student into folder d (resuming a checkpoint there)."""
+        """Train run's student into folder d (resuming a checkpoint there). With a time budget, the first
+        student of an architecture measures its steps under the budget's claim: a second runner's student
+        of it waits for the measure instead of measuring again beside it."""
+        if self.cfg.student.max_minutes > 0 and not self.folder.budget(run.arch).is_file():
+            with self.claim(f"budget-{run.arch}", f"the {run.arch} students' step budget"):
+                self._train(run, d)
+        else:
+            self._train(run, d)
+
+    def _train(self, run: StudentRun, d: Path) -> None:
         overrides = {
             "student.arch": run.arch,
             "student.seed": run.seed,
@@ -362,10 +369,8 @@ class Units:
             # With a time budget the first student of an architecture measures how many steps fit; every
             # later method and seed of it trains that many, so that methods differ in their data only.
             steps = self.folder.student_info(run.name)["steps"]
-            budget.write_text(
-                json.dumps({"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes})
-                + "\n"
-            )
+            record = {"steps": steps, "measured_by": run.name, "max_minutes": self.cfg.student.max_minutes}
+            self.folder.write_text(budget, json.dumps(record) + "\n")
             log.info(
                 "experiment: every %s student trains %d steps (what %g min allowed %s)",
                 run.arch,
@@ -430,7 +435,7 @@ class Units:
         metrics["run"] = (
             json.loads(self.folder.metrics(name, None).read_text())["run"] if isinstance(run, str) else to_dict(run)
         )
-        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        self.folder.write_text(path, json.dumps(metrics, indent=2) + "\n")  # whole: its presence marks the unit done
         if tag is None and self.folder.student_trained(name):
             write_student_card(self.folder.student(name), metrics)  # the card carries the study's test score
         return metrics
