@@ -67,10 +67,13 @@ def pretrain_finetune(
             "student.init": str(first),
         }
     )
+    # Written before the fine-tuning: a run killed after it finished would otherwise be found trained
+    # (student.json) and never write the record of its phases.
+    record = {"total_steps": s.max_steps, "pretrain_steps": pre, "finetune_steps": fine, "share": share}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECORD).write_text(json.dumps(dict(record, pretrain=str(first)), indent=2) + "\n")
     if not _finished(out, fine, s.max_minutes):
         train_student(finetune, out, resume=resume, progress=progress)
-    record = {"total_steps": s.max_steps, "pretrain_steps": pre, "finetune_steps": fine, "share": share}
-    (out / RECORD).write_text(json.dumps(dict(record, pretrain=str(first)), indent=2) + "\n")
     return out
 
 
