@@ -193,7 +193,7 @@ def test_pretrain_finetune_uses_the_same_total_steps_and_resumes_exactly(generat
         pretrain_finetune(cfg, tmp_path / "killed", generated, 0.4, progress=False)
     monkeypatch.setitem(pretrain.train_student.__globals__, "mixed_loss", real_loss)
     assert not (tmp_path / "killed" / "student.json").exists()
-    assert json.loads((tmp_path / "killed" / RECORD).read_text()) == record  # the phases' record comes first
+    assert json.loads((tmp_path / "killed" / RECORD).read_text())["finetune_steps"] == 3  # the record comes first
     resumed = pretrain_finetune(cfg, tmp_path / "killed", generated, 0.4, progress=False)
     for folder in (pretrain_folder, lambda d: d):
         a, b = folder(whole) / "model.safetensors", folder(resumed) / "model.safetensors"
