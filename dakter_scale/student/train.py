@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_model
 
 from dakter_scale.cards import write_student_card
-from dakter_scale.config import Config, save_config, to_dict
+from dakter_scale.config import Config, StudentConfig, save_config, to_dict
 from dakter_scale.core.kd import mixed_loss
 from dakter_scale.data.real import open_source, patch_dataset
 from dakter_scale.data.shardset import DatasetInfo, SampleShape, ShardError, ShardSet
 from dakter_scale.data.storage import redact_url
 from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
-from dakter_scale.student.augment import build_augment
+from dakter_scale.student.augment import Augment, build_augment
 from dakter_scale.student.models import (
     STUDENT_WEIGHTS,
     StudentError,
@@ -345,22 +345,34 @@ def train_student(
             "bad_shards": [redact_url(reason) for reason in bad],
             **({"data_license": cfg.data.license} if cfg.data.license else {}),  # only when stated
         }
-        if s.init:  # recorded only when used, as below
-            info["init"] = redact_url(s.init)
-        if s.instance_bank:
-            info["instance_bank"] = {"url": redact_url(s.instance_bank), "size": s.instance_bank_size}
-        if augment is not None:  # recorded only when used: earlier students' records stay as they were
-            info["augment"] = s.augment
-            info["copy_paste"] = (
-                {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated}
-                if s.copy_paste
-                else None
-            )
+        info.update(_used_only(s, augment))
         save_student(out, accelerator.unwrap_model(model), info)
         evaluation = evaluate_written(accelerator, out, cfg, evaluate, result.steps) if evaluate else None
         write_student_card(out, evaluation)
         log.info("student written to %s (generated share %.3f)", out, info["generated_share"])
     accelerator.wait_for_everyone()
+    return out
+
+
+def _used_only(s: StudentConfig, augment: Augment | None) -> dict:
+    """student.json's entries recorded only when used, so that earlier students' records stay as they were:
+    the init weights, the instance bank (with its reach where it falls short of student.copy_paste:
+    augment.REACH_FLOOR), the augmentation and copy-paste."""
+    out: dict = {}
+    if s.init:
+        out["init"] = redact_url(s.init)
+    if s.instance_bank:
+        out["instance_bank"] = {"url": redact_url(s.instance_bank), "size": s.instance_bank_size}
+        short = getattr(augment.copy_paste if augment is not None else None, "short", None)
+        if short:
+            out["instance_bank"]["reach"] = short
+    if augment is not None:
+        out["augment"] = s.augment
+        out["copy_paste"] = (
+            {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated}
+            if s.copy_paste
+            else None
+        )
     return out
 
 
