@@ -43,7 +43,12 @@ WAIT_POLL_S = 60  # --wait: seconds between looks at the records
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--out", required=True, help="experiment folder (resumable)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="experiment folder (resumable); several runners of one command may share it, one per core or machine "
+        "(each unit is built by the runner that claims it: OUT/claims/)",
+    )
     p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
     p.add_argument(
         "--records",
