@@ -110,7 +110,7 @@ class Experiment:
                 self.build(unit)
                 return unit
             try:
-                with self.units.claim(claim_key(unit), describe(unit), wait=False):
+                with self.units.claim(*claim_key(unit), describe(unit), wait=False):
                     log.info("experiment [%d/%d]: %s", count - len(pending) + 1, count, describe(unit))
                     self.build(unit)
             except Busy:

@@ -62,13 +62,13 @@ class Busy(Exception):
     """Another live runner of the study folder holds this unit's claim."""
 
 
-def claim_key(unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> str:
-    """The name of a unit's claim: what it writes (a model, a generated set, a student folder)."""
+def claim_key(unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> tuple[str, str]:
+    """(kind, name) of a unit's claim: what it writes (a model, a generated set, a student folder)."""
     if isinstance(unit, Model):
-        return f"model-{unit.tag}"
+        return "model", unit.tag
     if isinstance(unit, (GeneratedSet, InstanceBank)):
-        return f"generated-{unit.name}"
-    return f"student-{unit.run.name if isinstance(unit, Selection) else unit.name}"
+        return "generated", unit.name
+    return "student", unit.run.name if isinstance(unit, Selection) else unit.name
 
 
 def checkpoint_every(configured: int, steps: int) -> int:
@@ -90,10 +90,11 @@ class Units:
         self._held: set[str] = set()
 
     @contextlib.contextmanager
-    def claim(self, key: str, what: str, wait: bool = True) -> Iterator[None]:
-        """Hold OUT/claims/KEY while building what it names. Held by another live runner: wait until it
+    def claim(self, kind: str, name: str, what: str, wait: bool = True) -> Iterator[None]:
+        """Hold OUT/claims/KIND-NAME.lock while building what it names. Held by another live runner: wait until it
         is free (wait), or raise Busy at once. Re-entrant within this runner (a student built for the
         bank that claims it)."""
+        key = f"{kind}-{name}"
         if key in self._held:
             yield
             return
@@ -132,7 +133,7 @@ class Units:
         distilled by the distill section (DISTILLED; its rounds resume like the trainer)."""
         d = self.folder.model(tag)
         if not self.folder.model_done(tag):
-            with self.claim(f"model-{tag}", f"the model {tag}"):
+            with self.claim("model", tag, f"the model {tag}"):
                 if not self.folder.model_done(tag):
                     self._train_model(tag, d)
         return self.check_distilled(d) if tag == DISTILLED else d
@@ -184,7 +185,7 @@ class Units:
         drawn = self.drawn(tag, int(math.ceil(n / self.e.filter_keep)), self.drawn_name(name), sampling)
         url = self.generated_url(name)
         judge = self.real_only(self.e.filter_arch)
-        with self.claim(f"generated-{name}", f"the generated set {name}"):
+        with self.claim("generated", name, f"the generated set {name}"):
             info = filter_shards(drawn, url, judge, keep=n, samples_per_shard=self.cfg.synthesis.samples_per_shard)
         self.timings[f"filter_{name}"] = info.filter["seconds"]
         return url
@@ -201,7 +202,7 @@ class Units:
         if done():
             return url
         model = self.model(unit.model)
-        with self.claim(f"generated-{unit.name}", f"the generated set {unit.name}"):
+        with self.claim("generated", unit.name, f"the generated set {unit.name}"):
             if done():
                 return url
             cfg = self.cfg.replace(**{"synthesis.n": unit.n})  # the target: synthesis.target, as for the job
@@ -228,7 +229,7 @@ class Units:
         if self.done(unit):
             return url
         model, judge = self.model(unit.model), self.real_only(unit.judge)
-        with self.claim(f"generated-{unit.name}", f"the instance bank {unit.name}"):
+        with self.claim("generated", unit.name, f"the instance bank {unit.name}"):
             if self.done(unit):
                 return url
             cfg = self.cfg.replace(**{"synthesis.n": self.plan.gen_size()})
@@ -271,7 +272,7 @@ class Units:
         if done():
             return url
         model = self.model(tag)
-        with self.claim(f"generated-{name}", f"the generated set {name}"):
+        with self.claim("generated", name, f"the generated set {name}"):
             if done():
                 return url
             cfg = self.cfg.replace(**{"synthesis.n": n, **{f"sampling.{k}": v for k, v in (sampling or {}).items()}})
@@ -310,7 +311,7 @@ class Units:
 
     def _student(self, run: StudentRun, tag: str | None) -> dict:
         if not self.folder.metrics(run.name, tag).is_file():
-            with self.claim(f"student-{run.name}", f"the student {run.name}"):
+            with self.claim("student", run.name, f"the student {run.name}"):
                 return self._build_student(run, tag)
         return self.score(run, tag)
 
@@ -337,7 +338,7 @@ class Units:
         student of an architecture measures its steps under the budget's claim: a second runner's student
         of it waits for the measure instead of measuring again beside it."""
         if self.cfg.student.max_minutes > 0 and not self.folder.budget(run.arch).is_file():
-            with self.claim(f"budget-{run.arch}", f"the {run.arch} students' step budget"):
+            with self.claim("budget", run.arch, f"the {run.arch} students' step budget"):
                 self._train(run, d)
         else:
             self._train(run, d)
@@ -385,7 +386,7 @@ class Units:
         self.student(run)
         d = self.folder.student(run.name)
         if not self.folder.student_weights(run.name):
-            with self.claim(f"student-{run.name}", f"the student {run.name}"):
+            with self.claim("student", run.name, f"the student {run.name}"):
                 if not self.folder.student_weights(run.name):
                     log.info("experiment: %s was restored without weights: training it again for them", run.name)
                     self.train(run, d)
