@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dakter_scale.cards import write_student_card
@@ -113,6 +113,15 @@ class Units:
             self._held.discard(key)
             claim.release()
 
+    def once(self, kind: str, name: str, what: str, done: Callable[[], bool], build: Callable[[], None]) -> None:
+        """Build a unit under its claim unless it is done: looked at before the claim (a unit another runner
+        finished costs no wait) and again under it (another runner may have finished it meanwhile)."""
+        if done():
+            return
+        with self.claim(kind, name, what):
+            if not done():
+                build()
+
     def build(self, unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun) -> None:
         """Build a unit of the plan (at once when it exists)."""
         if isinstance(unit, Model):
@@ -132,10 +141,9 @@ class Units:
         """The diffusion model for b = cfg.diffusion.b ("b_cfg") or b = 1 ("b_1"), or b_cfg's sampler
         distilled by the distill section (DISTILLED; its rounds resume like the trainer)."""
         d = self.folder.model(tag)
-        if not self.folder.model_done(tag):
-            with self.claim("model", tag, f"the model {tag}"):
-                if not self.folder.model_done(tag):
-                    self._train_model(tag, d)
+        self.once(
+            "model", tag, f"the model {tag}", lambda: self.folder.model_done(tag), lambda: self._train_model(tag, d)
+        )
         return self.check_distilled(d) if tag == DISTILLED else d
 
     def _train_model(self, tag: str, d: Path) -> None:
@@ -199,13 +207,9 @@ class Units:
             info = ShardSet(url).info()
             return info is not None and info.complete and info.count == unit.n and bool(info.target)
 
-        if done():
-            return url
-        model = self.model(unit.model)
-        with self.claim("generated", unit.name, f"the generated set {unit.name}"):
-            if done():
-                return url
+        def build() -> None:
             cfg = self.cfg.replace(**{"synthesis.n": unit.n})  # the target: synthesis.target, as for the job
+            model = self.model(unit.model)  # built already when the runner schedules this set (Plan.needs)
             t = time.time()
             result = synthesize_targeted(
                 model,
@@ -219,6 +223,8 @@ class Units:
             if not result.ok:
                 raise RuntimeError(f"targeted synthesis of {unit.name} failed: {result.summary.failed}")
             self.timings[f"generate_{unit.name}"] = time.time() - t
+
+        self.once("generated", unit.name, f"the generated set {unit.name}", done, build)
         return url
 
     def bank(self, unit: InstanceBank) -> str:
@@ -226,13 +232,10 @@ class Units:
         generated/bank_pairs, by whole shards, until the instances they give (judged by the real-only
         student of unit.judge) number unit.n; kept as generated/bank. Resumes like any set."""
         url = self.generated_url(unit.name)
-        if self.done(unit):
-            return url
-        model, judge = self.model(unit.model), self.real_only(unit.judge)
-        with self.claim("generated", unit.name, f"the instance bank {unit.name}"):
-            if self.done(unit):
-                return url
+
+        def build() -> None:
             cfg = self.cfg.replace(**{"synthesis.n": self.plan.gen_size()})
+            model, judge = self.model(unit.model), self.real_only(unit.judge)
             t = time.time()
             summary = grow_bank(
                 model,
@@ -247,6 +250,8 @@ class Units:
             )
             self.timings[f"bank_{unit.name}"] = time.time() - t
             log.info("experiment: %s", summary.lines()[0])
+
+        self.once("generated", unit.name, f"the instance bank {unit.name}", lambda: self.done(unit), build)
         return url
 
     def drawn_name(self, name: str) -> str:
@@ -269,13 +274,9 @@ class Units:
             info = ShardSet(url).info()
             return info is not None and info.complete and info.count == n
 
-        if done():
-            return url
-        model = self.model(tag)
-        with self.claim("generated", name, f"the generated set {name}"):
-            if done():
-                return url
+        def build() -> None:
             cfg = self.cfg.replace(**{"synthesis.n": n, **{f"sampling.{k}": v for k, v in (sampling or {}).items()}})
+            model = self.model(tag)
             t = time.time()
             summary = synthesize(model, url, cfg.synthesis, cfg.sampling, progress=self.progress, use_ray=True)
             if not summary.ok:
@@ -299,6 +300,8 @@ class Units:
             ShardSet(url).write_side(
                 THROUGHPUT, (json.dumps(throughput) + "\n").encode()
             )  # beside the shards, at any fsspec URL
+
+        self.once("generated", name, f"the generated set {name}", done, build)
         return url
 
     def student(self, run: StudentRun) -> dict:
@@ -385,11 +388,14 @@ class Units:
         --records is trained again for them (to the same weights: training is deterministic)."""
         self.student(run)
         d = self.folder.student(run.name)
-        if not self.folder.student_weights(run.name):
-            with self.claim("student", run.name, f"the student {run.name}"):
-                if not self.folder.student_weights(run.name):
-                    log.info("experiment: %s was restored without weights: training it again for them", run.name)
-                    self.train(run, d)
+
+        def build() -> None:
+            log.info("experiment: %s was restored without weights: training it again for them", run.name)
+            self.train(run, d)
+
+        self.once(
+            "student", run.name, f"the student {run.name}", lambda: bool(self.folder.student_weights(run.name)), build
+        )
         return d
 
     def grid_twin(self, run: StudentRun) -> Path | None:
