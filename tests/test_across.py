@@ -33,6 +33,13 @@ def write_study(folder, n_train: int, lead: list[float], test: dict = TEST) -> N
         runs[r.name] = {"miou": base, "iou": [0.9, base, 0.3, 0.1 * r.seed, 0.8]}
     folder.mkdir(parents=True)
     payload = {"config": to_dict(cfg), "n_train": n_train, "runs": runs, "classes": CLASSES, "splits": {"test": test}}
+    timings = {"model_b_cfg": 60.0 * n_train, "generate_b_cfg": 9.0, "student_not-in-the-table": 1e6}
+    timings.update({f"student_{name}": 60.0 * (i + 1) for i, name in enumerate(runs)})
+    payload["timings_s"] = timings
+    payload["generated"] = {
+        "b_cfg": {"pairs_per_second": 4.0},
+        "b_cfg_target": {"target": {"cost": {"sampling_seconds_per_kept_pair": 0.5}}},
+    }
     (folder / "results.json").write_text(json.dumps(payload))
 
 
@@ -51,9 +58,24 @@ def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
     assert cells[0].startswith("+1.10 [+0.85, +1.35] (3/3) ahead")
     assert cells[1] == "+0.00 [-2.48, +2.48] (1/3) tie"
     assert "none − copy_paste" not in text, "only arms against copy-paste, not the baselines"
+    against_none = [c.strip() for c in rows("Against none")["copy_paste − none"].split("|")[3:-1]]
+    assert against_none == ["+10.00 [+10.00, +10.00] (3/3) ahead"] * 2, "every arm is held against none too"
+    assert "dakter_target − none" in rows("Against none") and "none − none" not in text
     assert [c.strip() for c in rows("mIoU")["copy-paste (real only)"].split("|")[3:-1]] == ["50.00 ± 0.00"] * 2
     # oil / look-alike / ship, the seeds' mean (ship IoU 0, 10 and 20 % over seeds 0-2)
     assert [c.strip() for c in rows("Per-class IoU")["no augmentation"].split("|")[3:-1]] == ["40.0 / 30.0 / 10.0"] * 2
+    cost = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.split("## What")[1].splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
+    assert cost["generator training (2 steps), min"] == ["10.0", "20.0"], "the study's own timings, in |D| order"
+    assert cost["a generated pair, s (set b_cfg)"] == ["0.25", "0.25"]
+    assert cost["a targeted pair, sampling s per kept pair"] == ["0.50", "0.50"]
+    # the median over the table's 9 students (1 ... 9 min), not the stray timing outside the table
+    assert cost["a table student, median min"] == ["5.0", "5.0"] and cost[
+        "instance bank, min (s per 1,000 instances)"
+    ] == ["–", "–"]
 
 
 def test_studies_that_cannot_share_a_table_are_refused(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dakter_scale.study.runner import payload_plan
 
 CLASSES = ("oil", "look-alike", "ship")  # the rare classes the per-class table shows, where a study has them
 BASELINE = "copy_paste"  # every arm with the generator is held against pasting real instances
+NONE = "none"  # and every arm against no augmentation: the recipe a user should pick beats doing nothing
 
 
 @dataclass
@@ -76,7 +78,8 @@ def test_split(study: Study) -> dict | None:
 
 def markdown(studies: list[Study]) -> str:
     """The tables: settings and banks per |D|, mIoU per arm, each generator arm against copy-paste
-    (the verdicts), and the rare classes' IoU."""
+    and every arm against no augmentation (the verdicts), the rare classes' IoU, and what the generator
+    cost."""
     studies = sorted(studies, key=lambda s: s.n_train)
     check_comparable(studies)
     columns = " | ".join(f"|D| = {s.n_train}" for s in studies)
@@ -109,12 +112,71 @@ def markdown(studies: list[Study]) -> str:
         ("mIoU", miou_rows(studies)),
         (
             f"Against {BASELINE}: same-seed differences in mIoU, points [95 % interval] (seeds ahead) verdict",
-            verdict_rows(studies),
+            verdict_rows(studies, BASELINE),
+        ),
+        (
+            f"Against {NONE}: same-seed differences in mIoU, points [95 % interval] (seeds ahead) verdict",
+            verdict_rows(studies, NONE),
         ),
         (f"Per-class IoU ({' / '.join(CLASSES)})", class_rows(studies)),
     ):
         lines += ["", f"## {title}", "", f"| student | arm | {columns} |", rule, *rows]
+    lines += [
+        "",
+        "## What the generator cost (measured by each study on its machine; timings_s and generated in results.json)",
+        "",
+        f"| cost | {columns} |",
+        "|---" * (len(studies) + 1) + "|",
+        *cost_rows(studies),
+    ]
     return "\n".join(lines) + "\n"
+
+
+def cost_rows(studies: list[Study]) -> list[str]:
+    """Minutes to train the generator and build the bank, seconds per generated pair (untargeted: the
+    set's rate with actor start-up; targeted: sampling seconds per kept pair), a table student's median."""
+
+    def cell(value: float | None, form: str) -> str:
+        return "–" if value is None else format(value, form)
+
+    def per_pair(s: Study) -> float | None:
+        rate = (s.payload.get("generated") or {}).get("b_cfg", {}).get("pairs_per_second")
+        return 1 / rate if rate else None
+
+    def per_kept_pair(s: Study) -> float | None:
+        target = (s.payload.get("generated") or {}).get("b_cfg_target", {}).get("target") or {}
+        return (target.get("cost") or {}).get("sampling_seconds_per_kept_pair")
+
+    def bank(s: Study) -> str:
+        banks, timings = s.payload.get("banks") or {}, s.payload.get("timings_s") or {}
+        cells = [
+            f"{timings[f'bank_{name}'] / 60:.1f} ({timings[f'bank_{name}'] / b['count'] * 1000:.0f} s per 1,000)"
+            for name, b in banks.items()
+            if f"bank_{name}" in timings and b.get("count")
+        ]
+        return "; ".join(cells) or "–"
+
+    def student(s: Study) -> float | None:
+        t = s.payload.get("timings_s") or {}
+        table = [t[f"student_{name}"] for name in s.payload["runs"] if f"student_{name}" in t]
+        return statistics.median(table) / 60 if table else None
+
+    def generator(s: Study) -> float | None:
+        seconds = (s.payload.get("timings_s") or {}).get("model_b_cfg")
+        return None if seconds is None else seconds / 60
+
+    steps = {s.plan.cfg.diffusion.max_steps for s in studies}
+    return [
+        f"| generator training ({'/'.join(map(str, sorted(steps)))} steps), min | "
+        + " | ".join(cell(generator(s), ".1f") for s in studies)
+        + " |",
+        "| a generated pair, s (set b_cfg) | " + " | ".join(cell(per_pair(s), ".2f") for s in studies) + " |",
+        "| a targeted pair, sampling s per kept pair | "
+        + " | ".join(cell(per_kept_pair(s), ".2f") for s in studies)
+        + " |",
+        "| instance bank, min (s per 1,000 instances) | " + " | ".join(bank(s) for s in studies) + " |",
+        "| a table student, median min | " + " | ".join(cell(student(s), ".1f") for s in studies) + " |",
+    ]
 
 
 def bank_cell(study: Study) -> str:
@@ -142,20 +204,21 @@ def miou_rows(studies: list[Study]) -> list[str]:
     return rows
 
 
-def verdict_rows(studies: list[Study]) -> list[str]:
+def verdict_rows(studies: list[Study], baseline: str) -> list[str]:
+    """Each arm but the baselines (against none: each arm but none) held against `baseline`."""
     rows = []
-    arms = [m for m in studies[0].results.methods() if m not in ("none", BASELINE)]
+    arms = [m for m in studies[0].results.methods() if m not in {NONE, baseline}]
     for arch in studies[0].plan.e.archs:
         for m in arms:
             cells = []
             for s in studies:
-                v = paired(s.results.differences(m, BASELINE, arch, s.plan.ratio(arch)))
+                v = paired(s.results.differences(m, baseline, arch, s.plan.ratio(arch)))
                 if not v["n"]:
                     cells.append("–")
                     continue
                 interval = "" if v["low"] is None else f" [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
                 cells.append(f"{100 * v['mean']:+.2f}{interval} ({v['ahead']}/{v['n']}) {v['verdict']}")
-            rows.append(f"| {arch} | {m} − {BASELINE} | {' | '.join(cells)} |")
+            rows.append(f"| {arch} | {m} − {baseline} | {' | '.join(cells)} |")
     return rows
 
 
