@@ -47,7 +47,7 @@ def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
     write_study(tmp_path / "d10", 10, [0.01, 0.011, 0.012])
     write_study(tmp_path / "d20", 20, [0.01, -0.01, 0.0])
     text = markdown([read_study(tmp_path / "d20"), read_study(tmp_path / "d10")])
-    assert "| student | arm | |D| = 10 | |D| = 20 |" in text, "columns in |D| order"
+    assert "| student | arm | \\|D\\| = 10 | \\|D\\| = 20 |" in text, "columns in |D| order, the bars escaped"
     assert f"Students scored on the test split `{TEST['spec']}`" in text
 
     def rows(section: str) -> dict[str, str]:
@@ -58,6 +58,8 @@ def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
     assert cells[0].startswith("+1.10 [+0.85, +1.35] (3/3) ahead")
     assert cells[1] == "+0.00 [-2.48, +2.48] (1/3) tie"
     assert "none − copy_paste" not in text, "only arms against copy-paste, not the baselines"
+    where = rows("Where an arm beats copy_paste")["dakter_target − copy_paste"]
+    assert [c.strip() for c in where.split("|")[3:-1]] == ["10", "20", "–"], "ahead at |D| 10, a tie at 20"
     against_none = [c.strip() for c in rows("Against none")["copy_paste − none"].split("|")[3:-1]]
     assert against_none == ["+10.00 [+10.00, +10.00] (3/3) ahead"] * 2, "every arm is held against none too"
     assert "dakter_target − none" in rows("Against none") and "none − none" not in text

@@ -82,7 +82,7 @@ def markdown(studies: list[Study]) -> str:
     cost."""
     studies = sorted(studies, key=lambda s: s.n_train)
     check_comparable(studies)
-    columns = " | ".join(f"|D| = {s.n_train}" for s in studies)
+    columns = " | ".join(f"\\|D\\| = {s.n_train}" for s in studies)  # escaped: a bare | splits a table cell
     rule = "|---" * (len(studies) + 2) + "|"
     test = test_split(studies[0])
     lines = [
@@ -96,6 +96,12 @@ def markdown(studies: list[Study]) -> str:
         + " (mean ± std over seeds, %); verdicts from the 95 % t-interval of same-seed differences. Studies: "
         + ", ".join(f"`{s.where}`" for s in studies)
         + ".",
+        "",
+        f"## Where an arm beats {BASELINE}: the |D| of each verdict",
+        "",
+        "| student | arm | ahead at | tie at | behind at |",
+        "|---|---|---|---|---|",
+        *where_rows(studies, BASELINE),
         "",
         "## Chosen on the validation split (ratio, student steps) and the instance bank",
         "",
@@ -201,6 +207,21 @@ def miou_rows(studies: list[Study]) -> list[str]:
                     "–" if math.isnan(mean) else f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
                 )
             rows.append(f"| {arch} | {method_name(m)} | {' | '.join(cells)} |")
+    return rows
+
+
+def where_rows(studies: list[Study], baseline: str) -> list[str]:
+    """Per student and arm, the |D| at which its verdict against `baseline` is ahead, tie and behind."""
+    rows = []
+    arms = [m for m in studies[0].results.methods() if m not in {NONE, baseline}]
+    for arch in studies[0].plan.e.archs:
+        for m in arms:
+            by = {"ahead": [], "tie": [], "behind": []}
+            for s in studies:
+                v = paired(s.results.differences(m, baseline, arch, s.plan.ratio(arch)))
+                if v["n"] and v["verdict"] in by:
+                    by[v["verdict"]].append(str(s.n_train))
+            rows.append(f"| {arch} | {m} − {baseline} | " + " | ".join(", ".join(by[k]) or "–" for k in by) + " |")
     return rows
 
 
