@@ -256,4 +256,6 @@ def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_
     finally:
         ray.shutdown()
     assert sorted(k for k, result in heard if result is not None) == list(range(6)) and len(heard) == 6
-    assert strategy.start_failures == ["did not start within the call timeout (3 s)"]
+    # the stalled actor, and on a loaded machine perhaps a replacement slower than 3 s to start (seen beside
+    # two training runs): each one killed and replaced, none charged to the items
+    assert strategy.start_failures and set(strategy.start_failures) == {"did not start within the call timeout (3 s)"}

@@ -51,7 +51,7 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
     assert len(keys) == len(set(keys)) == 12
     assert ShardSet(url).manifest().num_rows == 12
     fs, root = storage.url_to_fs(url)
-    assert sorted(storage.list_dir(fs, root)) == ["dataset.json"] + sorted(
+    assert sorted(storage.list_dir(fs, root)) == ["README.md", "dataset.json"] + sorted(  # README.md: its card
         shardset.shard_name(s, e) for s in range(3) for e in ("json", "parquet", "tar")
     )
     assert fs.call_s3("list_multipart_uploads", Bucket=root.split("/")[0]).get("Uploads", []) == []
