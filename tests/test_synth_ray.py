@@ -51,7 +51,8 @@ def test_ray_actors_write_n_pairs_to_s3_exactly_once_with_a_killed_actor(model, 
     assert len(keys) == len(set(keys)) == 12
     assert ShardSet(url).manifest().num_rows == 12
     fs, root = storage.url_to_fs(url)
-    assert sorted(storage.list_dir(fs, root)) == ["README.md", "dataset.json"] + sorted(  # README.md: its card
+    # README.md is the set's card; lock-000001.json the run's lease, released, never deleted (data/lease.py)
+    assert sorted(storage.list_dir(fs, root)) == ["README.md", "dataset.json", "lock-000001.json"] + sorted(
         shardset.shard_name(s, e) for s in range(3) for e in ("json", "parquet", "tar")
     )
     assert fs.call_s3("list_multipart_uploads", Bucket=root.split("/")[0]).get("Uploads", []) == []
