@@ -5,8 +5,8 @@ scarcity study's rows. Reads each folder's results.json; writes markdown to --ou
         docs/results/scarcity_40 docs/results/scarcity_100 --out docs/results/scarcity.md
 
 The tables: the ratio and length each |D| chose on validation, its instance bank, mIoU per arm, every
-generator arm against copy-paste and every arm against no augmentation (paired differences over seeds,
-95 % interval, the verdict), the rare classes' IoU, and what the generator cost (training, seconds per
+generator arm against copy-paste, every arm against no augmentation and each instance bank against the next
+smaller one (paired differences over seeds, 95 % interval, the verdict), the rare classes' IoU, and what the generator cost (training, seconds per
 generated pair, the bank, a student). Studies with another test split, other students or other arms are refused.
 """
 

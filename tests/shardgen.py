@@ -126,13 +126,11 @@ def job_env(**extra: str) -> dict[str, str]:
 
 def run_job(name: str, args: list, timeout: int = 600, **env: str):
     """jobs/NAME run with `args` in a subprocess (job_env's environment, `env` on top), its output captured."""
-    import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "jobs" / name
-    argv = [sys.executable, str(script), *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=job_env(**env))
+    return run_argv([sys.executable, str(script), *map(str, args)], timeout, **env)
 
 
 def refusal(result, alone: bool = False) -> str:
@@ -150,6 +148,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_argv(argv: list[str], timeout: float = 600, cwd=None, **env: str):
+    """A job's subprocess in job_env(**env), its output captured. Started in its own session, so that a
+    timeout kills the whole group: torchrun's ranks and their data workers too, which a plain
+    subprocess.run timeout would leave running (seen once beside two training runs: a two-rank run
+    stalled after resuming, its orphans held 2 GB)."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=job_env(**env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(argv, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def torchrun(nproc: int) -> list[str]:

@@ -16,7 +16,8 @@ from conftest import job_in_process
 
 CLASSES = ["sea", "oil", "look-alike", "ship", "land"]
 ARMS = TINY + [
-    "experiment.methods=[none,copy_paste,dakter_target]",
+    "experiment.methods=[none,copy_paste,dakter_target,instance_paste]",
+    "experiment.bank_sizes=[1000,10000]",
     "experiment.seeds=[0,1,2]",
     "synthesis.target.spec=oil:3x,ship:3x",
 ]
@@ -29,7 +30,13 @@ def write_study(folder, n_train: int, lead: list[float], test: dict = TEST) -> N
     plan = Plan(cfg, n_train=n_train)
     runs = {}
     for r in plan.main_runs():
-        base = {"none": 0.40, "copy_paste": 0.50, "dakter_target": 0.50 + lead[r.seed]}[r.method]
+        base = {
+            "none": 0.40,
+            "copy_paste": 0.50,
+            "dakter_target": 0.50 + lead[r.seed],
+            "instance_paste_1000": 0.45,
+            "instance_paste_10000": 0.45 + 0.01 * r.seed,  # +0, +1, +2 points over the smaller bank
+        }[r.method]
         runs[r.name] = {"miou": base, "iou": [0.9, base, 0.3, 0.1 * r.seed, 0.8]}
     folder.mkdir(parents=True)
     payload = {"config": to_dict(cfg), "n_train": n_train, "runs": runs, "classes": CLASSES, "splits": {"test": test}}
@@ -60,6 +67,11 @@ def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
     assert "none − copy_paste" not in text, "only arms against copy-paste, not the baselines"
     where = rows("Where an arm beats copy_paste")["dakter_target − copy_paste"]
     assert [c.strip() for c in where.split("|")[3:-1]] == ["10", "20", "–"], "ahead at |D| 10, a tie at 20"
+    banks = rows("The bank's size")["instance_paste_10000 − instance_paste_1000"]
+    assert [c.strip() for c in banks.split("|")[3:-1]] == ["+1.00 [-1.48, +3.48] (2/3) tie"] * 2, (
+        "the larger bank against the smaller"
+    )
+    assert "instance_paste_1000 − instance_paste_10000" not in text
     against_none = [c.strip() for c in rows("Against none")["copy_paste − none"].split("|")[3:-1]]
     assert against_none == ["+10.00 [+10.00, +10.00] (3/3) ahead"] * 2, "every arm is held against none too"
     assert "dakter_target − none" in rows("Against none") and "none − none" not in text
@@ -74,8 +86,8 @@ def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
     assert cost["generator training (2 steps), min"] == ["10.0", "20.0"], "the study's own timings, in |D| order"
     assert cost["a generated pair, s (set b_cfg)"] == ["0.25", "0.25"]
     assert cost["a targeted pair, sampling s per kept pair"] == ["0.50", "0.50"]
-    # the median over the table's 9 students (1 ... 9 min), not the stray timing outside the table
-    assert cost["a table student, median min"] == ["5.0", "5.0"] and cost[
+    # the median over the table's 15 students (1 ... 15 min), not the stray timing outside the table
+    assert cost["a table student, median min"] == ["8.0", "8.0"] and cost[
         "instance bank, min (s per 1,000 instances)"
     ] == ["–", "–"]
 

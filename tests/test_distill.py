@@ -41,7 +41,7 @@ from dakter_scale.synth import run as synth_run
 from dakter_scale.synth.regenerate import regenerate_to
 
 from conftest import job, synthesize_in_process
-from shardgen import TINY_DIFFUSION, assert_same_tensors, job_env, load_tensors, refusal, torchrun
+from shardgen import TINY_DIFFUSION, assert_same_tensors, load_tensors, refusal, run_argv, torchrun
 
 # The parameterisation of the project's models: v for the image, x0 for the label channels.
 TEACHER = TINY_DIFFUSION + [
@@ -321,7 +321,7 @@ def test_it_synthesizes_on_ray_actors_as_locally(student, tmp_path):
 
 
 def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=job_env(**env))
+    return run_argv(argv, **env)
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:

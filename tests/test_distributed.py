@@ -12,13 +12,13 @@ import pytest
 from dakter_scale.data.stream import consumed
 
 from conftest import ROOT, job
-from shardgen import TINY_DIFFUSION, TINY_STUDENT, job_env, remove_shard_tar, torchrun, truncate_shard, write_dataset
+from shardgen import TINY_DIFFUSION, TINY_STUDENT, remove_shard_tar, run_argv, torchrun, truncate_shard, write_dataset
 
 ABORT = "terminate called"  # what an unclean exit of a gloo run prints (see training.finish)
 
 
 def run(argv: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=job_env(**env), cwd=ROOT)
+    return run_argv(argv, timeout, ROOT, **env)
 
 
 def student_2proc(

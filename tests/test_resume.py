@@ -17,11 +17,11 @@ from dakter_scale.data.stream import consumed
 from dakter_scale.training import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 
 from conftest import job, job_in_process
-from shardgen import TINY_DIFFUSION, TINY_STUDENT, assert_same_tensors, job_env, load_tensors, torchrun, write_dataset
+from shardgen import TINY_DIFFUSION, TINY_STUDENT, assert_same_tensors, load_tensors, run_argv, torchrun, write_dataset
 
 
 def run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=job_env(**env))
+    return run_argv(argv, **env)
 
 
 def killed_then_resumed(launch, out, kill_after: int, last_checkpoint: int) -> None:

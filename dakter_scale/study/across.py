@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dakter_scale.config import ConfigError
 from dakter_scale.study.analyse import Results, paired
-from dakter_scale.study.plan import Plan, method_name
+from dakter_scale.study.plan import Plan, bank_size, method_name
 from dakter_scale.study.runner import payload_plan
 
 CLASSES = ("oil", "look-alike", "ship")  # the rare classes the per-class table shows, where a study has them
@@ -97,11 +97,11 @@ def markdown(studies: list[Study]) -> str:
         + ", ".join(f"`{s.where}`" for s in studies)
         + ".",
         "",
-        f"## Where an arm beats {BASELINE}: the |D| of each verdict",
+        f"## Where an arm beats {BASELINE} (and a larger bank a smaller one): the |D| of each verdict",
         "",
         "| student | arm | ahead at | tie at | behind at |",
         "|---|---|---|---|---|",
-        *where_rows(studies, BASELINE),
+        *where_rows(studies, against(studies, BASELINE) + bank_sizes(studies)),
         "",
         "## Chosen on the validation split (ratio, student steps) and the instance bank",
         "",
@@ -118,11 +118,15 @@ def markdown(studies: list[Study]) -> str:
         ("mIoU", miou_rows(studies)),
         (
             f"Against {BASELINE}: same-seed differences in mIoU, points [95 % interval] (seeds ahead) verdict",
-            verdict_rows(studies, BASELINE),
+            verdict_rows(studies, against(studies, BASELINE)),
         ),
         (
             f"Against {NONE}: same-seed differences in mIoU, points [95 % interval] (seeds ahead) verdict",
-            verdict_rows(studies, NONE),
+            verdict_rows(studies, against(studies, NONE)),
+        ),
+        (
+            "The bank's size: each bank against the next smaller one, as above",
+            verdict_rows(studies, bank_sizes(studies)),
         ),
         (f"Per-class IoU ({' / '.join(CLASSES)})", class_rows(studies)),
     ):
@@ -210,12 +214,11 @@ def miou_rows(studies: list[Study]) -> list[str]:
     return rows
 
 
-def where_rows(studies: list[Study], baseline: str) -> list[str]:
-    """Per student and arm, the |D| at which its verdict against `baseline` is ahead, tie and behind."""
+def where_rows(studies: list[Study], pairs: list[tuple[str, str]]) -> list[str]:
+    """Per student and pair (a, b), the |D| at which a − b is ahead, tie and behind."""
     rows = []
-    arms = [m for m in studies[0].results.methods() if m not in {NONE, baseline}]
     for arch in studies[0].plan.e.archs:
-        for m in arms:
+        for m, baseline in pairs:
             by = {"ahead": [], "tie": [], "behind": []}
             for s in studies:
                 v = paired(s.results.differences(m, baseline, arch, s.plan.ratio(arch)))
@@ -225,12 +228,22 @@ def where_rows(studies: list[Study], baseline: str) -> list[str]:
     return rows
 
 
-def verdict_rows(studies: list[Study], baseline: str) -> list[str]:
+def against(studies: list[Study], baseline: str) -> list[tuple[str, str]]:
     """Each arm but the baselines (against none: each arm but none) held against `baseline`."""
+    return [(m, baseline) for m in studies[0].results.methods() if m not in {NONE, baseline}]
+
+
+def bank_sizes(studies: list[Study]) -> list[tuple[str, str]]:
+    """Each instance-paste arm held against the one of the next smaller bank (10,000 against 1,000)."""
+    arms = sorted((m for m in studies[0].results.methods() if bank_size(m)), key=bank_size)
+    return list(zip(arms[1:], arms[:-1]))
+
+
+def verdict_rows(studies: list[Study], pairs: list[tuple[str, str]]) -> list[str]:
+    """Per student and pair (a, b), each study's same-seed difference a − b and its verdict."""
     rows = []
-    arms = [m for m in studies[0].results.methods() if m not in {NONE, baseline}]
     for arch in studies[0].plan.e.archs:
-        for m in arms:
+        for m, baseline in pairs:
             cells = []
             for s in studies:
                 v = paired(s.results.differences(m, baseline, arch, s.plan.ratio(arch)))
