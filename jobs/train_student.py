@@ -1,7 +1,7 @@
 """Train a segmentation student on real data plus generated pairs (KD on soft labels, or CE on hard labels).
 
-    python jobs/train_student.py --real synthetic:64 --ratio 0 --out runs/student --config configs/demo.yaml
-    python jobs/train_student.py --real osd:/data/osd --synthetic s3://bucket/dakter/v1 --ratio 2 --labels soft --arch segformer --out runs/s
+    python jobs/train_student.py --data synthetic:64 --ratio 0 --out runs/student --config configs/demo.yaml
+    python jobs/train_student.py --data osd:/data/osd --synthetic s3://bucket/dakter/v1 --ratio 2 --labels soft --arch segformer --out runs/s
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 jobs/train_student.py ...            (2 CPU processes, gloo)
     accelerate launch --num_processes 8 jobs/train_student.py ... student.num_workers=4 (8 GPUs)
     python jobs/train_student.py ... student.checkpoint_every=200 --resume latest     (continue after a stop)
@@ -40,7 +40,9 @@ def parse_ratio(text: str) -> float:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--real", help="real data spec (overrides data.spec)")
+    p.add_argument(
+        "--data", "--real", dest="real", help="real data spec (overrides data.spec), as --data of the other jobs"
+    )
     p.add_argument("--out", required=True, help="student folder to write")
     p.add_argument("--synthetic", help="folder or URL of generated shards (jobs/synthesize.py --out)")
     p.add_argument("--ratio", help="generated per real sample, e.g. 2 or 200%% (overrides student.ratio)")

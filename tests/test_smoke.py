@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import webdataset as wds
 
-from conftest import job
+from conftest import job, job_in_process
 from shardgen import TINY_PIPELINE
 
 TINY = TINY_PIPELINE
@@ -96,6 +96,15 @@ def test_end_to_end_smoke(tmp_path):
 def test_every_job_has_help(name):
     r = run(job(name) + ["--help"])
     assert r.returncode == 0 and "usage:" in r.stdout and len(r.stdout) > 300
+
+
+@pytest.mark.parametrize("flag", ["--data", "--real"])
+def test_every_training_job_takes_its_data_as_data(flag, tmp_path, capsys, monkeypatch):
+    """--data names the real data in every job that reads it; the student's --real stays as its alias."""
+    code, captured = job_in_process(
+        "train_student.py", [flag, "synthetic:7?size=32", "--out", str(tmp_path), "--print-config"], capsys, monkeypatch
+    )
+    assert code == 0 and "spec: synthetic:7?size=32" in captured.out
 
 
 @pytest.mark.parametrize(
