@@ -448,6 +448,36 @@ def test_a_bank_its_yield_cannot_fill_stops_after_the_first_round(model, judge, 
     assert summary.count >= 1 and summary.cut == [] and summary.skipped == [0], "the first round's bank is kept"
 
 
+def test_a_bank_grown_in_two_rounds_is_run_again_and_grown_from_where_it_was(model, judge, tmp_path):
+    """A bank whose second round drew more shards: the same call again (a study restarted after it)
+    cuts nothing and draws nothing, and a larger n adds to it; before, each call restarted at
+    first_pairs, which synthesize refuses on a prefix holding more shards."""
+    from dakter_scale.synth.bank import grow_bank
+
+    cfg = SynthesisConfig(
+        samples_per_shard=3, batch_size=3, seed=5, bank=BankConfig(min_agreement=0.0, min_pixels=1, max_pairs=60)
+    )
+    pairs, out = str(tmp_path / "pairs"), str(tmp_path / "bank")
+
+    def grow(n: int):
+        return grow_bank(
+            model, pairs, out, judge, n, cfg, SamplingConfig(steps=2), first_pairs=3, use_ray=False, progress=False
+        )
+
+    one_round = grow(1).count
+    assert ShardSet(pairs).info().count == 3 and one_round >= 1
+    grown = grow(one_round + 1)
+    drawn = ShardSet(pairs).info().count
+    assert drawn > 3 and grown.count > one_round, "a second round drew more pairs"
+    keys = [i.key for i in read_bank(out, list(CLASSES))]
+    again = grow(one_round + 1)
+    assert again.cut == [] and ShardSet(pairs).info().count == drawn, "run again: nothing cut, nothing drawn"
+    assert [i.key for i in read_bank(out, list(CLASSES))] == keys
+    more = grow(grown.count + 1)
+    assert more.count > grown.count and ShardSet(pairs).info().count > drawn
+    assert [i.key for i in read_bank(out, list(CLASSES))][: len(keys)] == keys, "grown, its first instances kept"
+
+
 def test_the_bank_on_an_s3_api_resumes_and_reads_back(judge, s3_bucket, tmp_path):
     """Source set and bank on an S3 API server (moto on loopback, s3fs): the same instances as on disk,
     and a rerun cuts nothing."""

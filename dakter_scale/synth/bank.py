@@ -496,9 +496,14 @@ def grow_bank(
     growing by whole shards), cut them into out_url, and draw more until the bank holds n, at most
     synthesis.bank.max_pairs pairs (then a BankError in one line, as soon as a round's yield says n
     needs more). Each round reuses every finished
-    shard of both sets, so a stopped run resumes and a larger n adds to a smaller one's bank."""
+    shard of both sets, so a stopped run resumes and a larger n adds to a smaller one's bank: the first
+    round covers every shard pairs_url already holds (a plan smaller than them is refused by synthesize),
+    so a run stopped in a later round resumes from where it was. The pairs of a shard, and so its
+    instances, do not depend on the round that drew it: the bank's first n instances are the same."""
     cfg, per_shard = synthesis.bank, synthesis.samples_per_shard
-    pairs = min(cfg.max_pairs, per_shard * math.ceil(max(1, first_pairs) / per_shard))
+    finished, corrupt = ShardSet(pairs_url).read_markers()
+    present = max([*finished, *corrupt], default=-1) + 1  # shards of an earlier run's later rounds
+    pairs = min(cfg.max_pairs, per_shard * max(math.ceil(max(1, first_pairs) / per_shard), present))
     while True:
         drawn = synthesize(
             model_dir, pairs_url, dataclasses.replace(synthesis, n=pairs), sampling, progress=progress, use_ray=use_ray
