@@ -373,6 +373,31 @@ def test_hostile_bank_records_are_refused_naming_the_sample(bank, tmp_path):
             read_bank(str(url), list(CLASSES))
 
 
+def test_a_bad_sample_before_the_limit_refuses_the_bank(bank, tmp_path):
+    """An undecodable image in the first instance: read_bank(limit=1) refuses the bank naming it, rather
+    than skip it and hand back the next instance as the first (the shard reader reports a bad sample
+    only after the shard's last one)."""
+    import shutil
+
+    url = tmp_path / "bad"
+    shutil.copytree(bank, url)
+    shard = ShardSet(str(url))
+    first = shard.done()[0]
+    samples = list(shard.read(first))
+    members = [(s["__key__"], {m: s[m] for m in ("image.png", "soft.png", "json")}) for s in samples]
+    members[0][1]["image.png"] = b"\x89PNG not an image"
+    rows = [
+        {
+            k: json.loads(m["json"])[k]
+            for k in ("key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence")
+        }
+        for _, m in members
+    ]
+    shard.write_shard(first.shard, members, rows, first.marker["fingerprint"])
+    with pytest.raises(BankError, match=rf"instance bank .*{samples[0]['__key__']}"):
+        read_bank(str(url), list(CLASSES), limit=1)
+
+
 def test_a_real_sample_with_soft_labels_takes_the_soft_cross_entropy():
     torch.manual_seed(0)
     logits, mask = torch.randn(3, 4, 5, 5), torch.randint(0, 4, (3, 5, 5))
