@@ -39,9 +39,10 @@ from dakter_scale.synth.target import (
 
 log = logging.getLogger("dakter_scale")
 STREAM = 11  # derive_seed(seed, STREAM, batch, place): a sample's augmentation, apart from every other stream
-# Banked instances pasted per class and sample at most: one instance each (a real donor pastes a whole
-# pair's instances at once), so more than MAX_PASTES; bounds the work of a sample whose target a bank
-# of tiny instances cannot reach.
+# Banked instances drawn per class and sample at most (a draw that does not fit, or brings none of its
+# class where it lands, counts too): one instance each (a real donor pastes a whole pair's instances at
+# once), so more than MAX_PASTES; bounds the work of a sample whose target a bank of tiny instances
+# cannot reach.
 MAX_INSTANCES = 64
 # A bank whose probe reaches less than this share of a class's goal is refused: the target is not what
 # it pastes. Above it, whole instances under MAX_INSTANCES fall a little short (ship at 32 px from ten
@@ -102,7 +103,8 @@ class BankPaste:
 
     def paste(self, item: dict, rng: np.random.Generator) -> dict:
         """item -> a new item with instances pasted (core.compose.paste_soft), "pasted" (H, W) bool, and
-        "placements": (class, instance, flip, turns, y, x) of each. q takes the instances' soft labels
+        "placements": (class, instance, flip, turns, y, x) of each, in the sample's coordinates before
+        Augment's geometry moves it. q takes the instances' soft labels
         (a real sample gets one, one-hot off them, so the student's loss reads them: core.kd.mixed_loss);
         the mask is its most probable class."""
         k = len(self.target.classes)
