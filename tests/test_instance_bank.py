@@ -343,49 +343,16 @@ def test_a_bank_a_little_short_of_its_target_warns_and_records_its_reach(bank, t
     assert record["reach"] == cp.short
 
 
-def test_hostile_bank_records_are_refused_naming_the_sample(bank, tmp_path):
+def with_first_sample_changed(bank, url, change) -> str:
+    """A copy of `bank` at url whose first sample's members (a dict) went through change(members); its key."""
     import shutil
 
-    for field, value, message in (
-        ("bbox", [30, 30, 8, 8], "not inside"),
-        ("mask", "AAAA", "base64"),
-        ("class", "kraken", "not one of"),
-        ("area", 10**9, "area"),
-    ):
-        url = tmp_path / field
-        shutil.copytree(bank, url)
-        shard = ShardSet(str(url))
-        first = shard.done()[0]
-        samples = list(shard.read(first))
-        record = json.loads(samples[0]["json"])
-        record["instance"][field] = value
-        members = [(s["__key__"], {m: s[m] for m in ("image.png", "soft.png", "json")}) for s in samples]
-        members[0][1]["json"] = json.dumps(record, sort_keys=True).encode()
-        rows = [
-            {
-                k: json.loads(m["json"])[k]
-                for k in ("key", "shard", "index", "seed", "class_fractions", "mean_entropy", "mean_confidence")
-            }
-            for _, m in members
-        ]
-        shard.write_shard(first.shard, members, rows, first.marker["fingerprint"])
-        with pytest.raises(BankError, match=rf"sample {samples[0]['__key__']}: instance .*{message}"):
-            read_bank(str(url), list(CLASSES))
-
-
-def test_a_bad_sample_before_the_limit_refuses_the_bank(bank, tmp_path):
-    """An undecodable image in the first instance: read_bank(limit=1) refuses the bank naming it, rather
-    than skip it and hand back the next instance as the first (the shard reader reports a bad sample
-    only after the shard's last one)."""
-    import shutil
-
-    url = tmp_path / "bad"
     shutil.copytree(bank, url)
     shard = ShardSet(str(url))
     first = shard.done()[0]
     samples = list(shard.read(first))
     members = [(s["__key__"], {m: s[m] for m in ("image.png", "soft.png", "json")}) for s in samples]
-    members[0][1]["image.png"] = b"\x89PNG not an image"
+    change(members[0][1])
     rows = [
         {
             k: json.loads(m["json"])[k]
@@ -394,8 +361,36 @@ def test_a_bad_sample_before_the_limit_refuses_the_bank(bank, tmp_path):
         for _, m in members
     ]
     shard.write_shard(first.shard, members, rows, first.marker["fingerprint"])
-    with pytest.raises(BankError, match=rf"instance bank .*{samples[0]['__key__']}"):
-        read_bank(str(url), list(CLASSES), limit=1)
+    return samples[0]["__key__"]
+
+
+def test_hostile_bank_records_are_refused_naming_the_sample(bank, tmp_path):
+    for field, value, message in (
+        ("bbox", [30, 30, 8, 8], "not inside"),
+        ("mask", "AAAA", "base64"),
+        ("class", "kraken", "not one of"),
+        ("area", 10**9, "area"),
+    ):
+
+        def change(members, field=field, value=value):
+            record = json.loads(members["json"])
+            record["instance"][field] = value
+            members["json"] = json.dumps(record, sort_keys=True).encode()
+
+        key = with_first_sample_changed(bank, tmp_path / field, change)
+        with pytest.raises(BankError, match=rf"sample {key}: instance .*{message}"):
+            read_bank(str(tmp_path / field), list(CLASSES))
+
+
+def test_a_bad_sample_before_the_limit_refuses_the_bank(bank, tmp_path):
+    """An undecodable image in the first instance: read_bank(limit=1) refuses the bank naming it, rather
+    than skip it and hand back the next instance as the first (the shard reader reports a bad sample
+    only after the shard's last one)."""
+    key = with_first_sample_changed(
+        bank, tmp_path / "bad", lambda members: members.update({"image.png": b"\x89PNG not an image"})
+    )
+    with pytest.raises(BankError, match=rf"instance bank .*{key}"):
+        read_bank(str(tmp_path / "bad"), list(CLASSES), limit=1)
 
 
 def test_a_real_sample_with_soft_labels_takes_the_soft_cross_entropy():
