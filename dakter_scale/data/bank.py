@@ -236,7 +236,8 @@ def read_bank(url: str, classes: list[str], limit: int = 0, resolution: int | No
         for shard in bank.done():
             if shard.marker.get("fingerprint") != info.get("fingerprint"):
                 raise BankError(f"instance bank {url}: shard {shard.shard} is not this bank's (another fingerprint)")
-            for sample in bank.read_checked(shard, shape):  # not read(): it reports a bad sample only at the shard's end
+            # read_checked, not read: read reports a bad sample only at the shard's end, after the limit
+            for sample in bank.read_checked(shard, shape):
                 if isinstance(sample, SampleError):
                     raise sample
                 out.append(parse_instance(sample, shape, list(classes)))
