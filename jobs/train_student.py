@@ -41,7 +41,11 @@ def parse_ratio(text: str) -> float:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument(
-        "--data", "--real", dest="real", help="real data spec (overrides data.spec), as --data of the other jobs"
+        "--data",
+        "--real",
+        dest="real",
+        metavar="SPEC",
+        help="real data spec (overrides data.spec), as --data of the other jobs",
     )
     p.add_argument("--out", required=True, help="student folder to write")
     p.add_argument("--synthetic", help="folder or URL of generated shards (jobs/synthesize.py --out)")

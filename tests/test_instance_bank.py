@@ -18,7 +18,7 @@ from dakter_scale.config import BankConfig, Config, SamplingConfig, SynthesisCon
 from dakter_scale.core.compose import components, dilate
 from dakter_scale.core.kd import ce_loss_per_sample, kd_loss_per_sample, mixed_loss
 from dakter_scale.data import storage
-from dakter_scale.data.bank import BankError, read_bank
+from dakter_scale.data.bank import BankError, bank_info, read_bank
 from dakter_scale.data.osd import CLASSES
 from dakter_scale.data.real import normalise, open_source, whole_pairs
 from dakter_scale.data.shardset import DatasetInfo, ShardSet, decode_sample
@@ -341,6 +341,26 @@ def test_a_bank_a_little_short_of_its_target_warns_and_records_its_reach(bank, t
     assert run_job("train_student.py", args + ["--instance-bank", bank, "data.resolution=32"]).returncode == 0
     record = json.loads((tmp_path / "s" / "student.json").read_text())["instance_bank"]
     assert record["reach"] == cp.short
+
+
+def test_which_instances_a_student_pasted_is_recorded_and_a_resume_on_others_warns(bank, tmp_path):
+    """student.json names the instances read (the bank's fingerprint, their count, the last key): a bank
+    grows at its URL under one fingerprint. A run killed after a checkpoint and resumed on other
+    instances (here a larger prefix) warns that it does not continue exactly."""
+    keys = [i.key for i in read_bank(bank, list(CLASSES))]
+    args = ["--real", SPEC, "--copy-paste", "oil:2x,ship:2x", "--instance-bank", bank, "--max-steps", "3"]
+    fixed = ["data.resolution=32", "student.checkpoint_every=1"]
+    whole = run_job("train_student.py", args + ["--out", tmp_path / "whole", *fixed, "student.instance_bank_size=10"])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    record = json.loads((tmp_path / "whole" / "student.json").read_text())["instance_bank"]
+    assert (record["instances"], record["last_key"]) == (10, keys[9])
+    assert record["fingerprint"] == bank_info(bank)["fingerprint"]
+    out = ["--out", tmp_path / "s", "--resume", "latest", *fixed]
+    killed = run_job("train_student.py", args + out + ["student.instance_bank_size=10"], DAKTER_KILL_AFTER_STEP="2")
+    assert killed.returncode != 0
+    again = run_job("train_student.py", args + out + ["student.instance_bank_size=12"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming with a different data layout (instance_bank" in again.stderr, again.stderr[-2000:]
 
 
 def with_first_sample_changed(bank, url, change) -> str:

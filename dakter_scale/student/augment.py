@@ -17,6 +17,7 @@ place in the batch), so the same seed gives the same bytes and a resumed run con
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import torch
 from dakter_scale.config import Config
 from dakter_scale.core.compose import class_shares, paste_onto, paste_soft
 from dakter_scale.core.steps import derive_seed
-from dakter_scale.data.bank import Instance, read_bank
+from dakter_scale.data.bank import Instance, bank_info, read_bank
 from dakter_scale.data.real import Source, denormalise, normalise, split_stats, whole_pairs
 from dakter_scale.synth.target import (
     MAX_PASTES,
@@ -100,6 +101,9 @@ class BankPaste:
     generated: float
     max_pastes: int = MAX_INSTANCES
     short: dict[str, float] | None = None  # {class: share its probe reached} where that falls short of the goal
+    # which instances: the bank's fingerprint, how many were read and the last one's key (a bank grows at
+    # its URL under one fingerprint, so the count and last key tell a grown bank's prefix apart)
+    read: dict | None = None
 
     def paste(self, item: dict, rng: np.random.Generator) -> dict:
         """item -> a new item with instances pasted (core.compose.paste_soft), "pasted" (H, W) bool, and
@@ -169,9 +173,13 @@ def build_copy_paste(cfg: Config, source: Source) -> CopyPaste | BankPaste:
     shares = split_stats(source, "train", cfg.data.stats_max_images).class_fractions
     target = parse_class_target(s.copy_paste, source.classes, shares, flag="student.copy_paste")
     if s.instance_bank:
-        return build_bank_paste(
-            cfg, target, read_bank(s.instance_bank, list(source.classes), s.instance_bank_size, cfg.data.resolution)
-        )
+        instances = read_bank(s.instance_bank, list(source.classes), s.instance_bank_size, cfg.data.resolution)
+        read = {
+            "fingerprint": bank_info(s.instance_bank).get("fingerprint"),
+            "instances": len(instances),
+            "last_key": instances[-1].key if instances else None,
+        }
+        return dataclasses.replace(build_bank_paste(cfg, target, instances), read=read)
     images, masks = whole_pairs(source, cfg.data.resolution)
     check_composable("pasted", images, masks, target, flag="student.copy_paste")
     return CopyPaste(target, paste_pool(images, masks, target), s.copy_paste_real, s.copy_paste_generated)

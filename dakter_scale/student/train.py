@@ -215,6 +215,8 @@ def train_student(
         "max_generated": s.max_generated,
         "generated_shards": len(gen.infos) if gen is not None else 0,
     }
+    if augment is not None and getattr(augment.copy_paste, "read", None):
+        layout["instance_bank"] = augment.copy_paste.read  # a bank grown or rebuilt since pastes other instances
     start, total, positions, bad_shards = resume_streams(accelerator, checkpoint, resume, out, model, optimizer, layout)
 
     real_used, gen_used = consumed(start, s.batch_size, s.ratio)
@@ -363,7 +365,9 @@ def _used_only(s: StudentConfig, augment: Augment | None) -> dict:
         out["init"] = redact_url(s.init)
     if s.instance_bank:
         out["instance_bank"] = {"url": redact_url(s.instance_bank), "size": s.instance_bank_size}
-        short = getattr(augment.copy_paste if augment is not None else None, "short", None)
+        paste = augment.copy_paste if augment is not None else None
+        out["instance_bank"].update(getattr(paste, "read", None) or {})  # fingerprint, instances, last_key
+        short = getattr(paste, "short", None)
         if short:
             out["instance_bank"]["reach"] = short
     if augment is not None:
