@@ -557,6 +557,24 @@ def test_the_verdict_is_worded_from_the_interval():
     assert paired([0.01, nan])["verdict"] == "one seed" and paired([0.01, None])["n"] == 1
     two = paired([0.01, 0.02, nan])
     assert two["n"] == 2 and abs(two["high"] - (0.015 + t95(1) * (0.005 * 2**0.5) / 2**0.5)) < 1e-12
+    # ... also where a run's score is missing (None) or NaN: the seed drops out of its cell and every difference
+    ratio = plan.ratio("unet")
+    gaps = dict(runs, **{plan.run("dakter", "unet", ratio, 0).name: {"miou": None}})
+    gaps[plan.run("none", "unet", ratio, 1).name] = {"miou": nan}
+    assert Results(gaps, plan).differences("dakter", "none", "unet", ratio) == pytest.approx([0.025])
+    assert Results(gaps, plan).cell("dakter", "unet", ratio, "miou")[0] == pytest.approx((0.64 + 0.645) / 2)
+    # beyond 30 degrees of freedom, the quantile at 30 (wider than the normal's 1.96: errs toward a tie)
+    assert t95(30) == t95(100) == 2.042
+    # a bound that 2 decimals would show as +0.00 gets a third: "ahead" never reads [+0.00, ...]
+    from dakter_scale.study.analyse import interval, points
+
+    assert (points(0.0000466), points(-0.0000466), points(0.0), points(0.0123)) == (
+        "+0.005",
+        "-0.005",
+        "+0.00",
+        "+1.23",
+    )
+    assert interval({"low": 0.0000466, "high": 0.0122}) == "+0.005, +1.22" and interval({"low": None}) == ""
     # a comparison named exploratory is marked so, in results and in the table
     explored = load_config(None, TINY + ["experiment.methods=[none,dakter]", "experiment.exploratory=[dakter-none]"])
     marked = Results(runs, Plan(explored, n_train=6)).verdicts()

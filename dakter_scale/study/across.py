@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dakter_scale.config import ConfigError
-from dakter_scale.study.analyse import Results, paired
+from dakter_scale.study.analyse import Results, diff_cell, paired
 from dakter_scale.study.plan import Plan, bank_size, method_name
 from dakter_scale.study.runner import payload_plan
 
@@ -245,13 +245,7 @@ def verdict_rows(studies: list[Study], pairs: list[tuple[str, str]]) -> list[str
     for arch in studies[0].plan.e.archs:
         for m, baseline in pairs:
             cells = []
-            for s in studies:
-                v = paired(s.results.differences(m, baseline, arch, s.plan.ratio(arch)))
-                if not v["n"]:
-                    cells.append("–")
-                    continue
-                interval = "" if v["low"] is None else f" [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
-                cells.append(f"{100 * v['mean']:+.2f}{interval} ({v['ahead']}/{v['n']}) {v['verdict']}")
+            cells = [diff_cell(s.results.differences(m, baseline, arch, s.plan.ratio(arch))) for s in studies]
             rows.append(f"| {arch} | {m} − {baseline} | {' | '.join(cells)} |")
     return rows
 

@@ -36,7 +36,8 @@ class Results:
         main table's seeds of arch)."""
         seeds = self.e.seeds_of(arch) if seeds is None else seeds
         names = {s: self.plan.run(method, arch, ratio, s).name for s in seeds}
-        return {s: self.runs[n][key] for s, n in names.items() if n in self.runs}
+        # a score missing or not finite is not a finished seed: cells, n and differences leave it out alike
+        return {s: v for s, n in names.items() if n in self.runs and _scored(v := self.runs[n].get(key))}
 
     def cell(
         self, method: str, arch: str, ratio: float, key: str, seeds: Sequence[int] | None = None
@@ -119,7 +120,14 @@ COMPARISONS = (
     ("dakter_distilled", "dakter", "the distilled sampler against sampling.*"),
 )
 
-# Two-sided 95 % quantiles of Student's t by degrees of freedom (1-30); the normal's beyond.
+
+def _scored(v) -> bool:
+    """A kept score: present, and finite where it is a number (a per-class list is kept as it is)."""
+    return v is not None and not (isinstance(v, float) and not math.isfinite(v))
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (1-30); beyond, the value at 30 (wider
+# than the true quantile, so a verdict errs toward a tie).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
 
@@ -128,7 +136,29 @@ def t95(df: int) -> float:
     """The two-sided 95 % quantile of Student's t with df >= 1 degrees of freedom."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return _T95[df - 1] if df <= len(_T95) else 1.96
+    return _T95[min(df, len(_T95)) - 1]
+
+
+def points(x: float) -> str:
+    """A fraction as signed points with 2 decimals, or 3 where 2 would show a bound that is not 0 as
+    ±0.00 (an interval read as [+0.00, ...] and "ahead" has a lower end above 0: +0.005)."""
+    p = 100 * x
+    return f"{p:+.3f}" if p != 0 and abs(p) < 0.005 else f"{p:+.2f}"
+
+
+def interval(v: dict, sep: str = ", ") -> str:
+    """paired()'s 95 % interval in points, its bounds joined by sep; '' for fewer than two seeds."""
+    return "" if v["low"] is None else f"{points(v['low'])}{sep}{points(v['high'])}"
+
+
+def diff_cell(d: list[float]) -> str:
+    """Same-seed differences in mIoU: 'mean [95 % interval] (seeds where the first is ahead / seeds)
+    verdict', in points; '–' for none."""
+    v = paired(d)
+    if not v["n"]:
+        return "–"
+    bounds = interval(v)
+    return f"{100 * v['mean']:+.2f}{f' [{bounds}]' if bounds else ''} ({v['ahead']}/{v['n']}) {v['verdict']}"
 
 
 def word(low: float | None, high: float | None) -> str:

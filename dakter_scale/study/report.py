@@ -12,23 +12,13 @@ import math
 from pathlib import Path
 
 from dakter_scale.data.storage import redact_url
-from dakter_scale.study.analyse import Results, mean_std, paired
+from dakter_scale.study.analyse import Results, diff_cell, interval, mean_std
 from dakter_scale.study.figures import bar_figure, curve_figure, metrics_table, panel_figure, pct
 from dakter_scale.study.plan import DRAWN_SUFFIX, METHOD_NAMES, Plan, method_name
 
 B_MODES = {
     "auto": "RMS of the normalised training images, so the image and label modalities have equal SNR at every timestep"
 }
-
-
-def _diff_cell(d: list[float]) -> str:
-    """Same-seed differences in mIoU: 'mean [95 % interval] (seeds where the first is ahead / seeds)
-    verdict', in points."""
-    if not d:
-        return "–"
-    v = paired(d)
-    interval = f" [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]" if v["low"] is not None else ""
-    return f"{100 * v['mean']:+.2f}{interval} ({v['ahead']}/{v['n']}) {v['verdict']}"
 
 
 # -- results.md --------------------------------------------------------------------------------
@@ -242,9 +232,7 @@ def answer_table(r: Results) -> list[str]:
             elif v["low"] is None:
                 cells.append(f"{100 * v['mean']:+.2f} ({v['verdict']})")
             else:
-                cells.append(
-                    f"{100 * v['mean']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] **{v['verdict']}**"
-                )
+                cells.append(f"{100 * v['mean']:+.2f} [{interval(v)}] **{v['verdict']}**")
         mark = ", exploratory" if row["exploratory"] else ""
         lines.append(f"| {a} − {b} ({row['claim']}{mark}) | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -279,9 +267,8 @@ def _verdict_rows(verdicts: list[dict], title: str) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for v in rows:
-        interval = f"{100 * v['low']:+.2f} … {100 * v['high']:+.2f}" if v["low"] is not None else "–"
         lines.append(
-            f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval} | {v['ahead']}/{v['n']} | {v['verdict']}{' (exploratory)' if v.get('exploratory') else ''} |"
+            f"| {v['a']} − {v['b']} ({v['claim']}) | {v['arch']} | {100 * v['mean']:+.2f} | {interval(v, ' … ') or '–'} | {v['ahead']}/{v['n']} | {v['verdict']}{' (exploratory)' if v.get('exploratory') else ''} |"
         )
     if any(v.get("exploratory") for v in rows):
         lines += [
@@ -334,7 +321,7 @@ def sweep_table(r: Results, figure: bool = True) -> list[str]:
                 f"| {arch} | {METHOD_NAMES[m]} | {pct(*none)} | " + " | ".join(pct(mu, sd) for mu, sd in cells) + " |"
             )
         if {"dakter", "hard"} <= set(e.sweep_methods) and len(e.sweep_seeds or e.seeds) > 1:
-            diffs = [_diff_cell(r.differences("dakter", "hard", arch, x, seeds)) for x in e.sweep_ratios]
+            diffs = [diff_cell(r.differences("dakter", "hard", arch, x, seeds)) for x in e.sweep_ratios]
             lines.append(
                 f"| {arch} | DAKTer − hard labels, same seeds (points; seeds ahead) | – | " + " | ".join(diffs) + " |"
             )
