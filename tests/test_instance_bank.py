@@ -349,18 +349,15 @@ def test_which_instances_a_student_pasted_is_recorded_and_a_resume_on_others_war
     instances (here a larger prefix) warns that it does not continue exactly."""
     keys = [i.key for i in read_bank(bank, list(CLASSES))]
     args = ["--real", SPEC, "--copy-paste", "oil:2x,ship:2x", "--instance-bank", bank, "--max-steps", "3"]
-    fixed = ["data.resolution=32", "student.checkpoint_every=1"]
-    whole = run_job("train_student.py", args + ["--out", tmp_path / "whole", *fixed, "student.instance_bank_size=10"])
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    record = json.loads((tmp_path / "whole" / "student.json").read_text())["instance_bank"]
-    assert (record["instances"], record["last_key"]) == (10, keys[9])
-    assert record["fingerprint"] == bank_info(bank)["fingerprint"]
-    out = ["--out", tmp_path / "s", "--resume", "latest", *fixed]
-    killed = run_job("train_student.py", args + out + ["student.instance_bank_size=10"], DAKTER_KILL_AFTER_STEP="2")
-    assert killed.returncode != 0
-    again = run_job("train_student.py", args + out + ["student.instance_bank_size=12"])
+    args += ["--out", tmp_path / "s", "--resume", "latest", "data.resolution=32", "student.checkpoint_every=1"]
+    killed = run_job("train_student.py", args + ["student.instance_bank_size=10"], DAKTER_KILL_AFTER_STEP="2")
+    assert killed.returncode != 0 and not (tmp_path / "s" / "student.json").exists()
+    again = run_job("train_student.py", args + ["student.instance_bank_size=12"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming with a different data layout (instance_bank" in again.stderr, again.stderr[-2000:]
+    record = json.loads((tmp_path / "s" / "student.json").read_text())["instance_bank"]
+    assert (record["instances"], record["last_key"]) == (12, keys[11])
+    assert record["fingerprint"] == bank_info(bank)["fingerprint"]
 
 
 def with_first_sample_changed(bank, url, change) -> str:
