@@ -307,14 +307,17 @@ def test_a_taker_with_a_shorter_lease_waits_the_holders_lease(tmp_path):
 def test_clock_skew_never_lets_a_run_take_a_live_lease(prefix, skew):
     """Skew over 90 s took a live lease. Wall clocks now only make a run refuse sooner: a holder on
     another machine whose clock is 1000 s off is watched, seen to renew, and refused."""
-    live = Lease(prefix, "skewed holder", lease_seconds=2.0, wall_clock=lambda: time.time() + skew)
+    # a 6 s lease: with 2 s, a loaded CI machine once let 2 s pass without the holder's renewal (every L/4,
+    # through the one fsspec event loop this process shares with the taker's watch and the S3 server), and
+    # the taker rightly took a lease its holder had lost
+    live = Lease(prefix, "skewed holder", lease_seconds=6.0, wall_clock=lambda: time.time() + skew)
     live.boot_id = "another-machine"
     live.acquire()
     try:
         t0 = time.monotonic()
         with pytest.raises(LeaseError, match="renewed while this run watched"):
-            Lease(prefix, "taker", lease_seconds=2.0).acquire()
-        assert time.monotonic() - t0 < 2.0  # refused at its first renewal (every 0.5 s), not after a lease
+            Lease(prefix, "taker", lease_seconds=6.0).acquire()
+        assert time.monotonic() - t0 < 6.0  # refused at its first renewal (every 1.5 s), not after a lease
         live.check()
     finally:
         live.release()
