@@ -53,7 +53,8 @@ def main() -> None:
     p.add_argument(
         "--records",
         metavar="DIR",
-        help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py)",
+        help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py); "
+        "at the end results.json, results.md and the figures are kept there too",
     )
     p.add_argument(
         "--only",

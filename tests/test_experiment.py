@@ -806,9 +806,17 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     identity = json.loads((records / "identity.json").read_text())
     assert set(identity) == {"models", "generated"} and set(identity["generated"]) == {"b_cfg"}
     scores = {n: json.loads((records / "students" / n / "metrics.json").read_text())["miou"] for n in kept}
+    # the finished study's answer is kept beside its students, figures as 256-colour PNGs
+    for name in ("results.json", "results.md", "per_class_iou.png"):
+        assert (records / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
+    from PIL import Image
+
+    assert Image.open(records / "per_class_iou.png").mode == "P"
+    (records / "partial.md").write_text("the tables so far\n")
 
     second = Experiment(cfg, tmp_path / "b", progress=False, records=records)
     payload_path = second.run()
+    assert not (records / "partial.md").exists()  # an unfinished study's tables are not the answer
     assert payload_path.is_file()
     segmenter = second.plan.real_only(
         "unet"

@@ -95,8 +95,13 @@ class StudyFolder:
     def write_text(path: Path, text: str) -> None:
         """Whole or not at all (a temporary renamed over it): runners sharing the folder write the same
         files, and a reader never sees half of one."""
+        StudyFolder.write_bytes(path, text.encode())
+
+    @staticmethod
+    def write_bytes(path: Path, data: bytes) -> None:
+        """As write_text."""
         fs, _ = storage.url_to_fs(str(path))
-        storage.write_bytes(fs, str(path), text.encode())
+        storage.write_bytes(fs, str(path), data)
 
     def results(self) -> Path:
         return self.root / RESULTS

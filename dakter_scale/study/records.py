@@ -24,6 +24,7 @@ from dakter_scale.study.claims import held
 from dakter_scale.study.folder import StudyFolder
 
 STUDENT_FILES = ("student.json", "metrics.json", "metrics_*.json")
+RESULT_FILES = ("results.json", "results.md", "*.png")  # a finished study's answer and its figures
 
 
 def file_sha256(paths: list[Path]) -> str:
@@ -72,6 +73,19 @@ class Records:
                 target.mkdir(parents=True, exist_ok=True)
                 if not (target / f.name).is_file() or (target / f.name).read_bytes() != f.read_bytes():
                     StudyFolder.write_text(target / f.name, f.read_text())  # whole: another runner may restore it now
+
+    def keep_results(self) -> list[str]:
+        """Copy the finished study's results.json, results.md and figures into the records folder, to be
+        committed beside its students; a partial.md there (the tables of an unfinished study) is
+        removed, since it is no longer the answer. Returns the names copied."""
+        kept = []
+        for pattern in RESULT_FILES:
+            for f in sorted(self.study.glob(pattern)):
+                self.folder.mkdir(parents=True, exist_ok=True)
+                StudyFolder.write_bytes(self.folder / f.name, f.read_bytes())
+                kept.append(f.name)
+        (self.folder / "partial.md").unlink(missing_ok=True)
+        return kept
 
     def check(self, kind: str, name: str, digest: str) -> None:
         """Record the hash of a model (kind "model": its weights) or generated set ("generated": its

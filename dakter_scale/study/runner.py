@@ -222,7 +222,10 @@ class Experiment:
             "quality": "generated pairs, scored by the real-only student",
         }
         self.folder.write_text(self.folder.results(), json.dumps(payload, indent=2) + "\n")
-        return write_report(self.out, payload)
+        path = write_report(self.out, payload)
+        if self.records is not None:
+            log.info("experiment: kept %s in %s", ", ".join(self.records.keep_results()), self.records.folder)
+        return path
 
     def grid_scored(self) -> int:
         """How many students of the validation grid are scored in OUT."""
