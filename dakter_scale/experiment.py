@@ -30,14 +30,17 @@ def run_experiment(
     records: str | Path | None = None,
     only: list[str] | None = None,
     wait: float | None = None,
+    retrain_rebuilt: bool = False,
 ) -> Path:
     """jobs/experiment.py: the study of cfg.experiment in OUT; returns OUT/results.md. records: a
     folder that keeps the finished students' scores beyond OUT (study/records.py); only: glob patterns
     of the students to train, with what they need (Plan.only; returns OUT/partial.md then); wait: with
-    only, seconds between looks at the records while another runner's validation grid is unfinished."""
+    only, seconds between looks at the records while another runner's validation grid is unfinished;
+    retrain_rebuilt: a model or set rebuilt to other bytes than the records' drops the kept students
+    that read it, to be trained again, instead of being refused."""
     e = cfg.experiment
     check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
-    return Experiment(cfg, out, progress, records=records, only=only).run(wait)
+    return Experiment(cfg, out, progress, records=records, only=only, retrain_rebuilt=retrain_rebuilt).run(wait)
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:

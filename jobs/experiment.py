@@ -57,6 +57,13 @@ def main() -> None:
         "at the end results.json, results.md and the figures are kept there too",
     )
     p.add_argument(
+        "--retrain-rebuilt",
+        action="store_true",
+        help="with --records: where a model or generated set rebuilt here differs bit for bit from the one the kept "
+        "students read (another machine sums in another order), drop those students from the records and train them "
+        "again, instead of refusing; the real-only students are kept",
+    )
+    p.add_argument(
         "--only",
         metavar="GLOBS",
         help="train only the students whose names match one of these comma-separated globs (e.g. 'none-*,copy_paste*'), "
@@ -124,8 +131,18 @@ def main() -> None:
             return 0
         if args.wait and not (only and args.records):
             fail("--wait needs --only and --records: it waits for another runner's validation grid in the records")
+        if args.retrain_rebuilt and not args.records:
+            fail("--retrain-rebuilt needs --records: it drops kept students whose generator was rebuilt to other bytes")
         wait = WAIT_POLL_S if args.wait else None
-        path = run_experiment(cfg, args.out, progress=progress_enabled(), records=args.records, only=only, wait=wait)
+        path = run_experiment(
+            cfg,
+            args.out,
+            progress=progress_enabled(),
+            records=args.records,
+            only=only,
+            wait=wait,
+            retrain_rebuilt=args.retrain_rebuilt,
+        )
         print(f"{'partial tables' if only else 'results'} written to {path}")
         return 0
 

@@ -137,6 +137,13 @@ CASES = [
         "experiment.seeds",
         "TMP/out",
     ),
+    (
+        "experiment-retrain-rebuilt",
+        "experiment.py",
+        ["--out", "TMP/out", "--retrain-rebuilt"],
+        "--retrain-rebuilt",
+        "TMP/out",
+    ),
 ]
 
 

@@ -804,7 +804,8 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     kept = sorted(p.name for p in (records / "students").iterdir())
     assert kept == sorted(r.name for r in first.plan.table_runs())
     identity = json.loads((records / "identity.json").read_text())
-    assert set(identity) == {"models", "generated"} and set(identity["generated"]) == {"b_cfg"}
+    assert set(identity) == {"models", "generated", "machines"} and set(identity["generated"]) == {"b_cfg"}
+    assert identity["machines"]["models/b_cfg"].startswith("torch ")  # what the bytes depend on beyond the code
     scores = {n: json.loads((records / "students" / n / "metrics.json").read_text())["miou"] for n in kept}
     # the finished study's answer is kept beside its students, figures as 256-colour PNGs
     for name in ("results.json", "results.md", "per_class_iou.png"):
@@ -830,9 +831,47 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     assert json.loads((records / "identity.json").read_text()) == identity  # the rebuilt model and set hashed the same
 
     Records(records, tmp_path / "c").check("models", "b_cfg", identity["models"]["b_cfg"])  # the same: accepted
-    with pytest.raises(ConfigError, match="use another --records folder") as e:
+    with pytest.raises(ConfigError, match="use another --records folder, or give --retrain-rebuilt") as e:
         Records(records, tmp_path / "c").check("models", "b_cfg", "0" * 64)
     assert "\n" not in str(e.value)
+
+    # kept on another machine, whose generator summed to other bytes: --retrain-rebuilt drops the students
+    # that read it and trains them again; the real-only students are kept
+    other = {**identity, "models": {"b_cfg": "0" * 64}, "generated": {"b_cfg": "1" * 64}}
+    (records / "identity.json").write_text(json.dumps(other))
+    generated = [n for n in kept if n.startswith("dakter-")]
+    for name in generated:  # a score no training here gives, to see that it is replaced
+        metrics = records / "students" / name / "metrics.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "miou": -1.0}))
+    third = Experiment(cfg, tmp_path / "c", progress=False, records=records, retrain_rebuilt=True)
+    third.run()
+    assert json.loads((records / "identity.json").read_text())["models"] == identity["models"]
+    assert json.loads((records / "identity.json").read_text())["generated"] == identity["generated"]
+    for name in kept:
+        trained = (tmp_path / "c" / "students" / name / "model.safetensors").exists()
+        assert trained == (name in generated or name == segmenter), name
+        assert json.loads((records / "students" / name / "metrics.json").read_text())["miou"] == scores[name]
+
+
+def test_a_runner_plans_again_when_another_runner_dropped_the_students_it_planned_from(tmp_path):
+    """Two runners of one folder: when one rebuilds the generator to other bytes and drops the kept
+    students that read it (--retrain-rebuilt), the other, whose plan came from those students, plans
+    again (Rebuilt) rather than training the rest of the old plan; a mismatch it finds itself is refused
+    without the flag, naming it."""
+    from dakter_scale.study.plan import Model
+    from dakter_scale.study.records import Rebuilt
+
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "identity.json").write_text(json.dumps({"models": {"b_cfg": "new"}}))
+    runner = Experiment(load_config(None, TINY + RECORDS_STUDY), tmp_path / "out", progress=False, records=records)
+    runner.identity_seen = {"models": {"b_cfg": "old"}}  # what it planned from
+    with pytest.raises(Rebuilt, match="rebuilt by another runner"):
+        runner.check_identity(Model("b_cfg"), "models", "b_cfg", "new")
+    runner.identity_seen = {"models": {"b_cfg": "new"}}
+    runner.check_identity(Model("b_cfg"), "models", "b_cfg", "new")  # the same bytes: nothing to do
+    with pytest.raises(ConfigError, match="give --retrain-rebuilt"):
+        runner.check_identity(Model("b_cfg"), "models", "b_cfg", "other")
 
 
 def test_a_study_students_card_carries_its_test_score(tmp_path):

@@ -438,6 +438,19 @@ class Plan:
             out.append(models["b_cfg"])
         return [u for u in out if u in units]
 
+    def readers(self, unit: Any, units: Sequence) -> list:
+        """The units of `units` that read `unit`, directly or through others (`needs` turned round): a
+        model's sets and bank and every student, grid or table, that reads them."""
+        found: list = []
+        frontier = [unit]
+        while frontier:
+            read = frontier.pop()
+            for u in units:
+                if u not in found and read in self.needs(u, units):
+                    found.append(u)
+                    frontier.append(u)
+        return [u for u in units if u in found]
+
     def only(self, units: list, patterns: Sequence[str]) -> list:
         """The units of `units` that the students whose names match one of the glob `patterns` need: those
         students (table, grid or study) and, transitively, what they read (`needs`). Several runners can

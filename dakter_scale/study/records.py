@@ -6,9 +6,13 @@ student's scores and record (students/NAME/metrics*.json, student.json), and wha
 generator and the generated sets those students were trained on (sha256 of the model's weights, of
 each set's tars). `jobs/experiment.py --records DIR` keeps them in DIR (a folder committed beside the
 results) as units finish, and restores them into a fresh study folder before it runs: a restored
-student is not trained again. Training is deterministic from the config and seeds, so the model and
-sets are rebuilt bit for bit; `check` refuses (one line) a rebuilt model or set whose hash differs
-from the kept one, since the kept students would then describe another generator.
+student is not trained again. Training is deterministic from the config and seeds, so on the same
+machine the model and sets are rebuilt bit for bit; `check` refuses (one line) a rebuilt model or set
+whose hash differs from the kept one, since the kept students would then describe another generator.
+On another machine they may differ: a CPU with other vector instructions sums in another order (the
+|D| = 20 generator of the scarcity study did, 2026-12-07), so identity.json names the machine that made
+each, and `supersede` (jobs/experiment.py --retrain-rebuilt) keeps the new bytes and drops the kept
+students that read the old ones, to be trained again; the real-only students stay.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dakter_scale.study.claims import held
 from dakter_scale.study.folder import StudyFolder
 
 STUDENT_FILES = ("student.json", "metrics.json", "metrics_*.json")
+KINDS = ("models", "generated")  # what identity.json names: a model's weights, a generated set's tars
 RESULT_FILES = ("results.json", "results.md", "*.png")  # a finished study's answer and its figures
 
 
@@ -35,6 +40,11 @@ def file_sha256(paths: list[Path]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+class Rebuilt(Exception):
+    """A model or set was rebuilt to other bytes than the kept students read, and those students were
+    dropped (Records.supersede): the runner plans again from what the records still hold."""
 
 
 class Records:
@@ -88,20 +98,64 @@ class Records:
         return kept
 
     def check(self, kind: str, name: str, digest: str) -> None:
-        """Record the hash of a model (kind "model": its weights) or generated set ("generated": its
-        tars) the first time; refuse a different one later (ConfigError, one line)."""
-        with held(StudyFolder(self.study).claim("records-identity")):  # runners of one folder add to it at once
+        """Record the hash of a model (kind "models": its weights) or generated set ("generated": its
+        tars) the first time, with the machine that made it; refuse a different one later (ConfigError,
+        one line)."""
+        with held(self._claim()):  # runners of one folder add to it at once
             identity = self.identity()
             kept = identity.get(kind, {}).get(name)
             if kept is None:
                 identity.setdefault(kind, {})[name] = digest
-                self.folder.mkdir(parents=True, exist_ok=True)
-                StudyFolder.write_text(self.identity_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+                identity.setdefault("machines", {})[f"{kind}/{name}"] = machine()
+                self._write(identity)
         if kept is not None and kept != digest:
+            made = self.identity().get("machines", {}).get(f"{kind}/{name}")
             raise ConfigError(
-                f"{self.study / kind / name}: rebuilt with sha256 {digest[:12]}..., but the students kept in {self.folder} were trained on {kept[:12]}... "
-                "(another config, code or machine): use another --records folder"
+                f"{self.study / kind / name}: rebuilt with sha256 {digest[:12]}... on {machine()}, but the students kept in "
+                f"{self.folder} were trained on {kept[:12]}...{f' made on {made}' if made else ''} (another config, code or "
+                "machine): use another --records folder, or give --retrain-rebuilt to train the students that read it again"
             )
+
+    def supersede(
+        self, kind: str, name: str, digest: str, built: list[tuple[str, str]], students: list[str]
+    ) -> list[str]:
+        """Keep digest as kind/name's identity in place of the kept one, forget the identities of what was
+        built from it (built: (kind, name) pairs) and drop the kept students that read it from the records
+        and the study folder: they describe the old bytes, and are trained again. Returns those dropped."""
+        with held(self._claim()):
+            identity = self.identity()
+            for k, n in [(kind, name), *built]:
+                identity.get(k, {}).pop(n, None)
+                identity.get("machines", {}).pop(f"{k}/{n}", None)
+            identity.setdefault(kind, {})[name] = digest
+            identity.setdefault("machines", {})[f"{kind}/{name}"] = machine()
+            dropped = []
+            for student in students:
+                kept, here = self.folder / "students" / student, StudyFolder(self.study).student(student)
+                if kept.is_dir():
+                    dropped.append(student)
+                    shutil.rmtree(kept)
+                shutil.rmtree(here, ignore_errors=True)  # its scores, weights and checkpoints of the old bytes
+            self._write(identity)
+        return dropped
+
+    def _claim(self) -> Path:
+        return StudyFolder(self.study).claim("records-identity")
+
+    def _write(self, identity: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        StudyFolder.write_text(self.identity_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+
+def machine() -> str:
+    """What a model's bytes depend on beyond the code and config: the torch build and the CPU's vector
+    instructions that its kernels use (a CPU with other instructions sums in another order)."""
+    import platform
+
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"torch {torch.__version__}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}{gpu}"
 
 
 def model_digest(folder: str | Path) -> str:

@@ -38,7 +38,7 @@ from dakter_scale.study.plan import (
     describe,
     student_of,
 )
-from dakter_scale.study.records import Records, model_digest, set_digest
+from dakter_scale.study.records import Rebuilt, Records, model_digest, set_digest
 from dakter_scale.study.units import CLAIM_POLL_S, Busy, Units, claim_key
 
 log = logging.getLogger("dakter_scale")
@@ -56,6 +56,7 @@ class Experiment:
         preset: str = "experiment",
         records: str | Path | None = None,
         only: list[str] | None = None,
+        retrain_rebuilt: bool = False,
     ):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
@@ -63,6 +64,10 @@ class Experiment:
         self.folder = StudyFolder(out)  # the layout of OUT
         self.records = Records(records, out) if records else None  # --records: scores kept beyond this folder
         self.only = only  # --only: the glob patterns of the students this runner trains (Plan.only)
+        # --retrain-rebuilt: a model or set rebuilt to other bytes than the kept one (another machine) drops
+        # the kept students that read it, to be trained again, rather than being refused
+        self.retrain_rebuilt = retrain_rebuilt
+        self.identity_seen: dict = {}  # the records' identities when this runner last planned from them
         self.e = cfg.experiment
         self.test_spec = self.e.test_spec or cfg.data.spec  # every table student is scored here, once
         self.source = open_source(cfg.data.spec)
@@ -128,13 +133,34 @@ class Experiment:
         if self.records is None:
             return
         if isinstance(unit, Model):
-            self.records.check("models", unit.tag, model_digest(self.folder.model(unit.tag)))
+            self.check_identity(unit, "models", unit.tag, model_digest(self.folder.model(unit.tag)))
         elif isinstance(unit, GeneratedSet):
-            self.records.check("generated", unit.name, set_digest(self.units.generated_url(unit.name)))
+            self.check_identity(unit, "generated", unit.name, set_digest(self.units.generated_url(unit.name)))
         elif isinstance(unit, InstanceBank):
             return  # its identity is its source's and its judge's, both checked
         else:
             self.records.keep_student(student_of(unit).name)
+
+    def check_identity(self, unit: Model | GeneratedSet, kind: str, name: str, digest: str) -> None:
+        """The kept identity of a model or set against its bytes here (Records.check). With
+        --retrain-rebuilt, other bytes replace it and the kept students that read them are dropped; either
+        way, a runner whose plan came from students another runner has dropped since plans again (Rebuilt)."""
+        seen = self.identity_seen.get(kind, {}).get(name)
+        if seen is not None and seen != digest == self.records.identity().get(kind, {}).get(name):
+            raise Rebuilt(f"{kind}/{name} was rebuilt by another runner, which dropped the students that read it")
+        try:
+            self.records.check(kind, name, digest)
+        except ConfigError:
+            if not self.retrain_rebuilt:
+                raise
+            readers = self.plan.readers(unit, self.plan.units())
+            built = [("generated", u.name) for u in readers if isinstance(u, GeneratedSet)]
+            students = [student_of(u).name for u in readers if isinstance(u, (StudentRun, Selection))]
+            dropped = self.records.supersede(kind, name, digest, built, students)
+            raise Rebuilt(
+                f"{kind}/{name} rebuilt to other bytes than the kept ones: {len(dropped)} kept students that read it "
+                "are dropped and trained again (--retrain-rebuilt)"
+            ) from None
 
     def restore(self) -> list[str]:
         """With --records: the kept students' scores copied into OUT, and the plan chosen from them where the
@@ -142,6 +168,7 @@ class Experiment:
         if self.records is None:
             return []
         restored = self.records.restore()
+        self.identity_seen = self.records.identity()
         self.choose()
         return restored
 
@@ -188,10 +215,18 @@ class Experiment:
         splits = self.splits()  # splits that share a scene stop here, before any work
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
-        restored = self.restore()
-        if restored:
-            log.info("experiment: restored %d finished students' scores from %s", len(restored), self.records.folder)
-        self.execute(self.plan.units())
+        while True:
+            restored = self.restore()
+            if restored:
+                log.info(
+                    "experiment: restored %d finished students' scores from %s", len(restored), self.records.folder
+                )
+            try:
+                self.execute(self.plan.units())
+                break
+            except Rebuilt as e:  # the grid's choice may have gone with the students: plan from the records again
+                log.warning("experiment: %s; planning again", e)
+                self.units.plan = Plan(self.cfg, self.units.n_train)
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
             if self.plan.pending() and wait is not None:
