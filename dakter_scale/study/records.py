@@ -147,15 +147,23 @@ class Records:
         StudyFolder.write_text(self.identity_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
 
+# The kernel libraries' own instruction caps: each changes a model's bytes (measured, docs/journal/scarcity-run.md)
+KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+
+
 def machine() -> str:
-    """What a model's bytes depend on beyond the code and config: the torch build and the CPU's vector
-    instructions that its kernels use (a CPU with other instructions sums in another order)."""
+    """What a model's bytes depend on beyond the code and config: the torch build, the CPU vector
+    instructions its kernels use (ATEN_CPU_CAPABILITY sets them) and the kernel libraries' caps where
+    set. Measured with one thread: 30 steps of the scarcity generator hash the same run to run, and
+    otherwise with ATen at AVX2 than at AVX512, and otherwise again with oneDNN and MKL capped too."""
+    import os
     import platform
 
     import torch
 
+    caps = "".join(f", {k}={os.environ[k]}" for k in KERNEL_CAPS if os.environ.get(k))
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"torch {torch.__version__}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}{gpu}"
+    return f"torch {torch.__version__}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}{caps}{gpu}"
 
 
 def model_digest(folder: str | Path) -> str:
