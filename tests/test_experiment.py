@@ -10,7 +10,7 @@ from dakter_scale.config import ConfigError, load_config
 from dakter_scale.experiment import Experiment
 from dakter_scale.study.plan import Plan, Selection, student_of
 
-from conftest import job
+from conftest import ROOT, job
 
 TINY = [
     "data.spec=synthetic:6?size=32&test=3",
@@ -872,6 +872,59 @@ def test_a_runner_plans_again_when_another_runner_dropped_the_students_it_planne
     runner.check_identity(Model("b_cfg"), "models", "b_cfg", "new")  # the same bytes: nothing to do
     with pytest.raises(ConfigError, match="give --retrain-rebuilt"):
         runner.check_identity(Model("b_cfg"), "models", "b_cfg", "other")
+
+
+def test_what_is_drawn_from_the_generator_is_named_whatever_the_grid_chooses():
+    """Plan.drawn_from: a model's sets, its bank and the models trained from it (the distilled one), so
+    that --retrain-rebuilt drops every student that read any of them, the grid's choice made or not."""
+    from dakter_scale.study.plan import GeneratedSet, Model
+
+    scarcity = Plan(load_config(ROOT / "configs" / "scarcity.yaml", []), 20)
+    assert scarcity.pending()  # no choice yet: the table's students are not among the plan's units
+    assert scarcity.drawn_from(Model("b_cfg")) == {"b_cfg", "b_cfg_target", "bank"}
+    assert scarcity.drawn_from(GeneratedSet("b_cfg_target", "b_cfg", 200)) == {"b_cfg_target"}
+    evidence = Plan(load_config(ROOT / "configs" / "evidence_64.yaml", []), 100)
+    assert {"b_cfg_distilled", "b_cfg_target"} <= evidence.drawn_from(Model("b_cfg"))
+
+
+def test_a_rebuilt_generator_drops_the_students_that_read_it_in_every_study_folder(tmp_path):
+    """Records.check with drawn (--retrain-rebuilt): the kept students whose run read a set or bank drawn
+    from the rebuilt model are dropped from the records and this study folder, the real-only ones stay,
+    and a study folder of another runner that restored them sheds their scores at its next restore
+    (not the folder: it may be training them again), but not a student trained again since."""
+    from dakter_scale.study.records import Rebuilt, Records
+
+    records, ours, theirs = tmp_path / "records", tmp_path / "ours", tmp_path / "theirs"
+    runs = {
+        "none-unet-r0-s0": {"method": "none", "generated": None, "overrides": []},
+        "dakter_target-unet-r10-s0": {"method": "dakter_target", "generated": "b_cfg_target", "overrides": []},
+        "instance_paste_1000-unet-r0-s0": {
+            "method": "instance_paste_1000",
+            "generated": None,
+            "overrides": [["student.instance_bank", "bank"]],
+        },
+    }
+    for name, run in runs.items():
+        (records / "students" / name).mkdir(parents=True)
+        (records / "students" / name / "metrics.json").write_text(json.dumps({"miou": 0.5, "run": run}))
+        (records / "students" / name / "student.json").write_text(json.dumps({"old": name}))
+    (records / "identity.json").write_text(json.dumps({"models": {"b_cfg": "old"}}))
+    assert Records(records, theirs).restore() == sorted(runs)
+    Records(records, ours).restore()
+    with pytest.raises(Rebuilt, match="2 kept students that read it are dropped"):
+        Records(records, ours).check("models", "b_cfg", "new", "old", {"b_cfg", "b_cfg_target", "bank"})
+    assert sorted(p.name for p in (records / "students").iterdir()) == ["none-unet-r0-s0"]
+    assert sorted(p.name for p in (ours / "students").iterdir()) == ["none-unet-r0-s0"]
+    identity = json.loads((records / "identity.json").read_text())
+    assert identity["models"]["b_cfg"] == "new" and set(identity["dropped"]) == set(runs) - {"none-unet-r0-s0"}
+
+    # the other runner's folder: one student trained again there since (another record), one stale
+    (theirs / "students" / "dakter_target-unet-r10-s0" / "student.json").write_text(json.dumps({"new": 1}))
+    Records(records, theirs).restore()
+    assert (theirs / "students" / "dakter_target-unet-r10-s0" / "metrics.json").is_file()
+    assert list((theirs / "students" / "instance_paste_1000-unet-r0-s0").iterdir()) == []
+    with pytest.raises(Rebuilt, match="rebuilt by another runner"):  # it planned from the old bytes
+        Records(records, theirs).check("models", "b_cfg", "new", "old")
 
 
 def test_a_study_students_card_carries_its_test_score(tmp_path):

@@ -368,9 +368,12 @@ class Plan:
             return []
         return [InstanceBank(BANK, "b_cfg", max(self.e.bank_sizes), self.e.filter_arch)]
 
+    def products(self) -> list[GeneratedSet | InstanceBank]:
+        """Every set and bank the plan draws from a model, whatever the grid chooses."""
+        return self.generated_sets() + [v.generated for v in self.study_variants()] + self.banks()
+
     def models(self) -> list[str]:
-        sets = self.generated_sets() + [v.generated for v in self.study_variants()] + self.banks()
-        return sorted({s.model for s in sets})
+        return sorted({s.model for s in self.products()})
 
     # -- studies -------------------------------------------------------------------------------
 
@@ -438,18 +441,15 @@ class Plan:
             out.append(models["b_cfg"])
         return [u for u in out if u in units]
 
-    def readers(self, unit: Any, units: Sequence) -> list:
-        """The units of `units` that read `unit`, directly or through others (`needs` turned round): a
-        model's sets and bank and every student, grid or table, that reads them."""
-        found: list = []
-        frontier = [unit]
-        while frontier:
-            read = frontier.pop()
-            for u in units:
-                if u not in found and read in self.needs(u, units):
-                    found.append(u)
-                    frontier.append(u)
-        return [u for u in units if u in found]
+    def drawn_from(self, unit: Model | GeneratedSet) -> set[str]:
+        """The names of what holds bytes made from `unit`, itself among them, whatever the grid chooses: a
+        model's own tag, the models trained from it (the distilled one), and the sets and banks drawn
+        from those; a set alone for a set."""
+        if isinstance(unit, GeneratedSet):
+            return {unit.name}
+        every = [Model(tag) for tag in self.models()]
+        models = {unit.tag} | {m.tag for m in every if unit in self.needs(m, every)}
+        return models | {p.name for p in self.products() if p.model in models}
 
     def only(self, units: list, patterns: Sequence[str]) -> list:
         """The units of `units` that the students whose names match one of the glob `patterns` need: those

@@ -29,6 +29,7 @@ from dakter_scale.study.folder import StudyFolder
 
 STUDENT_FILES = ("student.json", "metrics.json", "metrics_*.json")
 KINDS = ("models", "generated")  # what identity.json names: a model's weights, a generated set's tars
+LOCK = ".records.lock"  # held by every runner sharing the records while it reads and changes identity.json
 RESULT_FILES = ("results.json", "results.md", "*.png")  # a finished study's answer and its figures
 
 
@@ -58,8 +59,16 @@ class Records:
         return json.loads(self.identity_file.read_text()) if self.identity_file.is_file() else {}
 
     def restore(self) -> list[str]:
-        """Copy the kept students' scores and records into the study folder where it lacks them;
-        returns the names restored."""
+        """Copy the kept students' scores and records into the study folder where it lacks them, after
+        removing there the scores of students dropped since (supersede: a study folder of its own holds
+        them yet); returns the names restored."""
+        with held(self.lock):
+            for name, record in self.identity().get("dropped", {}).items():
+                here = StudyFolder(self.study).student(name)
+                if (here / "student.json").is_file() and file_sha256([here / "student.json"]) == record:
+                    for pattern in STUDENT_FILES:  # not the folder: a runner may be training it again there
+                        for f in here.glob(pattern):
+                            f.unlink()
         restored = []
         for kept in sorted((self.folder / "students").glob("*")):
             target = StudyFolder(self.study).student(kept.name)
@@ -89,62 +98,86 @@ class Records:
         committed beside its students; a partial.md there (the tables of an unfinished study) is
         removed, since it is no longer the answer. Returns the names copied."""
         kept = []
-        for pattern in RESULT_FILES:
-            for f in sorted(self.study.glob(pattern)):
-                self.folder.mkdir(parents=True, exist_ok=True)
-                StudyFolder.write_bytes(self.folder / f.name, f.read_bytes())
-                kept.append(f.name)
-        (self.folder / "partial.md").unlink(missing_ok=True)
+        with held(self.lock):  # one runner's results whole: another keeps its own before or after
+            for pattern in RESULT_FILES:
+                for f in sorted(self.study.glob(pattern)):
+                    StudyFolder.write_bytes(self.folder / f.name, f.read_bytes())
+                    kept.append(f.name)
+            (self.folder / "partial.md").unlink(missing_ok=True)
         return kept
 
-    def check(self, kind: str, name: str, digest: str) -> None:
+    def check(self, kind: str, name: str, digest: str, seen: str | None = None, drawn: set[str] | None = None) -> None:
         """Record the hash of a model (kind "models": its weights) or generated set ("generated": its
         tars) the first time, with the machine that made it; refuse a different one later (ConfigError,
-        one line)."""
-        with held(self._claim()):  # runners of one folder add to it at once
+        one line). seen: the hash the runner planned from; where another runner has since replaced it
+        (supersede), Rebuilt. drawn (--retrain-rebuilt): the names of the sets and banks whose bytes come
+        from this one, itself among them; a different hash then replaces the kept one (supersede), and
+        Rebuilt says which students were dropped."""
+        with held(self.lock):  # every runner sharing these records, whatever its study folder
             identity = self.identity()
             kept = identity.get(kind, {}).get(name)
             if kept is None:
                 identity.setdefault(kind, {})[name] = digest
                 identity.setdefault("machines", {})[f"{kind}/{name}"] = machine()
                 self._write(identity)
-        if kept is not None and kept != digest:
-            made = self.identity().get("machines", {}).get(f"{kind}/{name}")
-            raise ConfigError(
-                f"{self.study / kind / name}: rebuilt with sha256 {digest[:12]}... on {machine()}, but the students kept in "
-                f"{self.folder} were trained on {kept[:12]}...{f' made on {made}' if made else ''} (another config, code or "
-                "machine): use another --records folder, or give --retrain-rebuilt to train the students that read it again"
-            )
+                return
+            if kept == digest:
+                if seen is not None and seen != digest:
+                    raise Rebuilt(
+                        f"{kind}/{name} was rebuilt by another runner, which dropped the students that read it"
+                    )
+                return
+            made = identity.get("machines", {}).get(f"{kind}/{name}")
+            if drawn is None:
+                raise ConfigError(
+                    f"{self.study / kind / name}: rebuilt with sha256 {digest[:12]}... on {machine()}, but the students kept in "
+                    f"{self.folder} were trained on {kept[:12]}...{f' made on {made}' if made else ''} (another config, code or "
+                    "machine): use another --records folder, or give --retrain-rebuilt to train the students that read it again"
+                )
+            dropped = self._supersede(identity, kind, name, digest, drawn)
+        raise Rebuilt(
+            f"{kind}/{name} rebuilt on {machine()} to other bytes than the kept ones (made on {made or 'an unnamed machine'}): "
+            f"{len(dropped)} kept students that read it are dropped and trained again (--retrain-rebuilt)"
+        )
 
-    def supersede(
-        self, kind: str, name: str, digest: str, built: list[tuple[str, str]], students: list[str]
-    ) -> list[str]:
-        """Keep digest as kind/name's identity in place of the kept one, forget the identities of what was
-        built from it (built: (kind, name) pairs) and drop the kept students that read it from the records
-        and the study folder: they describe the old bytes, and are trained again. Returns those dropped."""
-        with held(self._claim()):
-            identity = self.identity()
-            for k, n in [(kind, name), *built]:
-                identity.get(k, {}).pop(n, None)
+    def _supersede(self, identity: dict, kind: str, name: str, digest: str, drawn: set[str]) -> list[str]:
+        """Keep digest as kind/name's identity, forget the identities of the sets drawn from it and drop
+        the kept students that read any of `drawn` (their run's generated set or instance bank) from the
+        records and the study folder: they describe the old bytes. Returns those dropped."""
+        for k in KINDS:
+            for n in drawn & set(identity.get(k, {})):
+                del identity[k][n]
                 identity.get("machines", {}).pop(f"{k}/{n}", None)
-            identity.setdefault(kind, {})[name] = digest
-            identity.setdefault("machines", {})[f"{kind}/{name}"] = machine()
-            dropped = []
-            for student in students:
-                kept, here = self.folder / "students" / student, StudyFolder(self.study).student(student)
-                if kept.is_dir():
-                    dropped.append(student)
-                    shutil.rmtree(kept)
-                shutil.rmtree(here, ignore_errors=True)  # its scores, weights and checkpoints of the old bytes
-            self._write(identity)
+        identity.setdefault(kind, {})[name] = digest
+        identity.setdefault("machines", {})[f"{kind}/{name}"] = machine()
+        dropped = []
+        for kept in sorted((self.folder / "students").glob("*")):
+            if not drawn & reads(kept):
+                continue
+            # a study folder of another runner may hold its scores yet: restore removes them by this
+            identity.setdefault("dropped", {})[kept.name] = file_sha256([kept / "student.json"])
+            dropped.append(kept.name)
+            shutil.rmtree(kept)
+            shutil.rmtree(StudyFolder(self.study).student(kept.name), ignore_errors=True)
+        self._write(identity)
         return dropped
 
-    def _claim(self) -> Path:
-        return StudyFolder(self.study).claim("records-identity")
+    @property
+    def lock(self) -> Path:
+        return self.folder / LOCK
 
     def _write(self, identity: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         StudyFolder.write_text(self.identity_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+
+def reads(kept: Path) -> set[str]:
+    """The generated set and instance bank a kept student read, from its metrics' run."""
+    out: set[str] = set()
+    for f in kept.glob("metrics*.json"):
+        run = json.loads(f.read_text()).get("run") or {}
+        out |= {run.get("generated"), dict(run.get("overrides") or ()).get("student.instance_bank")} - {None}
+    return out
 
 
 # The kernel libraries' own instruction caps: each changes a model's bytes (measured, docs/journal/scarcity-run.md)

@@ -25,6 +25,7 @@ from dakter_scale.data.real import open_source, split_digests, split_fingerprint
 from dakter_scale.data.storage import redact_url
 from dakter_scale.study import report as study_report
 from dakter_scale.study import results
+from dakter_scale.study.claims import held
 from dakter_scale.study.folder import StudyFolder
 from dakter_scale.study.plan import (
     VALIDATION,
@@ -142,33 +143,20 @@ class Experiment:
             self.records.keep_student(student_of(unit).name)
 
     def check_identity(self, unit: Model | GeneratedSet, kind: str, name: str, digest: str) -> None:
-        """The kept identity of a model or set against its bytes here (Records.check). With
-        --retrain-rebuilt, other bytes replace it and the kept students that read them are dropped; either
-        way, a runner whose plan came from students another runner has dropped since plans again (Rebuilt)."""
+        """The kept identity of a model or set against its bytes here (Records.check): refused where they
+        differ, or with --retrain-rebuilt kept in place of the old ones, the students that read those
+        dropped; Rebuilt then, and where another runner did so since this one planned."""
         seen = self.identity_seen.get(kind, {}).get(name)
-        if seen is not None and seen != digest == self.records.identity().get(kind, {}).get(name):
-            raise Rebuilt(f"{kind}/{name} was rebuilt by another runner, which dropped the students that read it")
-        try:
-            self.records.check(kind, name, digest)
-        except ConfigError:
-            if not self.retrain_rebuilt:
-                raise
-            readers = self.plan.readers(unit, self.plan.units())
-            built = [("generated", u.name) for u in readers if isinstance(u, GeneratedSet)]
-            students = [student_of(u).name for u in readers if isinstance(u, (StudentRun, Selection))]
-            dropped = self.records.supersede(kind, name, digest, built, students)
-            raise Rebuilt(
-                f"{kind}/{name} rebuilt to other bytes than the kept ones: {len(dropped)} kept students that read it "
-                "are dropped and trained again (--retrain-rebuilt)"
-            ) from None
+        drawn = self.plan.drawn_from(unit) if self.retrain_rebuilt else None
+        self.records.check(kind, name, digest, seen, drawn)
 
     def restore(self) -> list[str]:
         """With --records: the kept students' scores copied into OUT, and the plan chosen from them where the
         validation grid is complete; returns the names restored."""
         if self.records is None:
             return []
+        self.identity_seen = self.records.identity()  # before the copy: a drop made during it is seen later
         restored = self.records.restore()
-        self.identity_seen = self.records.identity()
         self.choose()
         return restored
 
@@ -216,17 +204,35 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
         while True:
-            restored = self.restore()
-            if restored:
-                log.info(
-                    "experiment: restored %d finished students' scores from %s", len(restored), self.records.folder
-                )
             try:
-                self.execute(self.plan.units())
+                self.build_all(wait)
                 break
             except Rebuilt as e:  # the grid's choice may have gone with the students: plan from the records again
                 log.warning("experiment: %s; planning again", e)
                 self.units.plan = Plan(self.cfg, self.units.n_train)
+        if self.only:  # the rest of the plan is other runners' work: the tables so far, not results.json
+            return self.partial()
+        payload = results.collect(self.units, list(self.source.classes), self.out, self.preset)
+        payload["splits"] = splits
+        payload["split_of"] = {
+            "runs": "test",
+            "kd_weight_choice": "validation",
+            "quality": "generated pairs, scored by the real-only student",
+        }
+        with held(self.folder.claim("results")):  # the other runner's results.json and report are whole, not mixed
+            self.folder.write_text(self.folder.results(), json.dumps(payload, indent=2) + "\n")
+            path = write_report(self.out, payload)
+            if self.records is not None:
+                log.info("experiment: kept %s in %s", ", ".join(self.records.keep_results()), self.records.folder)
+        return path
+
+    def build_all(self, wait: float | None) -> None:
+        """Restore the records, build the plan's units, choose on the validation grid and build the
+        students its choice sets (run)."""
+        restored = self.restore()
+        if restored:
+            log.info("experiment: restored %d finished students' scores from %s", len(restored), self.records.folder)
+        self.execute(self.plan.units())
         if self.plan.pending():  # the grid's students are done now: the rest of the plan follows from them
             self.choose()
             if self.plan.pending() and wait is not None:
@@ -247,20 +253,6 @@ class Experiment:
                     ),
                 )
                 self.execute(self.plan.units())
-        if self.only:  # the rest of the plan is other runners' work: the tables so far, not results.json
-            return self.partial()
-        payload = results.collect(self.units, list(self.source.classes), self.out, self.preset)
-        payload["splits"] = splits
-        payload["split_of"] = {
-            "runs": "test",
-            "kd_weight_choice": "validation",
-            "quality": "generated pairs, scored by the real-only student",
-        }
-        self.folder.write_text(self.folder.results(), json.dumps(payload, indent=2) + "\n")
-        path = write_report(self.out, payload)
-        if self.records is not None:
-            log.info("experiment: kept %s in %s", ", ".join(self.records.keep_results()), self.records.folder)
-        return path
 
     def grid_scored(self) -> int:
         """How many students of the validation grid are scored in OUT."""
