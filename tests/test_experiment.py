@@ -854,9 +854,9 @@ def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
 
 
 def test_a_runner_plans_again_when_another_runner_dropped_the_students_it_planned_from(tmp_path):
-    """Two runners of one folder: when one rebuilds the generator to other bytes and drops the kept
-    students that read it (--retrain-rebuilt), the other, whose plan came from those students, plans
-    again (Rebuilt) rather than training the rest of the old plan; a mismatch it finds itself is refused
+    """The second runner's side, its state set by hand: where the identity it planned from (identity_seen)
+    has since been replaced by another runner (--retrain-rebuilt), its check raises Rebuilt, so that it
+    plans again rather than training the rest of the old plan; a mismatch it finds itself is refused
     without the flag, naming it."""
     from dakter_scale.study.plan import Model
     from dakter_scale.study.records import Rebuilt
