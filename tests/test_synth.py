@@ -583,9 +583,9 @@ def test_a_marker_with_sums_of_another_class_count_is_rewritten_at_the_start(mod
     again = synthesize(model, out)
     assert again.ok and again.written == [1] and again.skipped == [0]
     assert "sum_class_fractions has 2 values, not one per class" in again.corrupt[1]
-    timing = ("seconds", "cpu_seconds", "sample_seconds")
-    rewritten = {k: v for k, v in json.loads(marker_path.read_text()).items() if k not in timing}
-    assert rewritten == {k: v for k, v in marker.items() if k not in timing} and ShardSet(str(out)).info().complete
+    untimed = lambda m: {k: v for k, v in m.items() if not k.endswith("seconds")}  # noqa: E731 (timings differ run to run)
+    rewritten = untimed(json.loads(marker_path.read_text()))
+    assert rewritten == untimed(marker) and ShardSet(str(out)).info().complete
 
 
 def test_a_shard_another_writer_replaced_during_the_run_fails_the_run(model, tmp_path, monkeypatch):
