@@ -1043,6 +1043,40 @@ def test_a_runner_waits_for_the_grid_that_another_runner_trains(tmp_path, caplog
     assert trained["steps"] == chosen and (records / "students" / "none-unet-r0-s0" / "metrics.json").is_file()
 
 
+def test_a_runner_whose_grid_is_scored_trains_the_chosen_students_while_another_holds_the_rest(tmp_path):
+    """Where every unit left before the grid's choice is held by another runner (here a real-only student;
+    in the scarcity study the instance bank, for half an hour), a runner whose grid is scored chooses and
+    trains the students the choice sets meanwhile; it used to wait for the held unit first."""
+    import threading
+    import time
+
+    from dakter_scale.study.claims import Claim
+    from dakter_scale.study.folder import StudyFolder
+
+    grid = ["experiment.kd_weight_grid=[0.5,1.0]", "experiment.validation_spec=synthetic:6?size=32&test=3&seed=7"]
+    cfg = load_config(None, TINY + RECORDS_STUDY + grid)
+    out = tmp_path / "out"
+    other = Claim(StudyFolder(out).claim("student-none-unet-r0-s0"), "another runner")
+    assert other.take()
+    runner = Experiment(cfg, out, progress=False)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    try:
+        while not runner.plan.chosen and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.5)
+        table = runner.plan.run("dakter", "unet", runner.plan.ratio("unet"), 0).name
+        chosen = out / "students" / table / "metrics.json"
+        while not chosen.is_file() and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.5)
+        assert chosen.is_file(), "the chosen student was not trained while a unit of the first pass was held"
+        assert not (out / "students" / "none-unet-r0-s0" / "metrics.json").exists()
+    finally:
+        other.release()
+    thread.join(timeout=300)
+    assert not thread.is_alive() and (out / "results.json").is_file()
+
+
 def test_two_runners_share_one_study_folder(tmp_path):
     """Two runners started at once on one OUT: each unit is built by exactly one of them (its claim,
     OUT/claims/KEY), the students are split between them, and both write the same results.json."""

@@ -84,7 +84,8 @@ class Experiment:
         """Build every unit (with --only, those the matching students need); a finished one returns at
         once. Units are taken in the plan's order, each once what it reads is built (`Plan.needs`) and
         while no other runner of this folder holds its claim: runners that share a folder split the work,
-        and one waits (polling) only when every unit left is held by another or reads one that is."""
+        and one waits (polling) only when every unit left is held by another or reads one that is, and
+        returns early when the validation grid is scored then, so that the choice plans more work."""
         if self.only:
             units = self.plan.only(units, self.only)
         finished = [u for u in units if self.units.done(u)]
@@ -97,6 +98,8 @@ class Experiment:
         count, waiting = len(pending), None
         while pending:
             unit = self.next_unit(pending, count)
+            if unit is None and self.plan.pending() and self.grid_scored() == len(self.plan.selection_runs()):
+                return  # the grid is scored: plan the students its choice sets (build_all) rather than wait
             if unit is None:  # a unit another runner finishes is built (found done, kept) in the next pass
                 held = [describe(u) for u in pending if not self.units.done(u)]
                 if held != waiting:
