@@ -23,7 +23,7 @@ def _save(fig, path: str | Path) -> Path:
     a third the size of the RGBA one with no visible loss."""
     from PIL import Image
 
-    from dakter_scale.data import storage
+    from dakter_scale.study.folder import StudyFolder
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +32,7 @@ def _save(fig, path: str | Path) -> Path:
     _plt().close(fig)
     drawn.seek(0)
     Image.open(drawn).convert("RGB").quantize(256, Image.Quantize.MAXCOVERAGE).save(palette, "PNG", optimize=True)
-    fs, _ = storage.url_to_fs(str(path))
-    storage.write_bytes(fs, str(path), palette.getvalue())  # whole: a runner sharing the folder may copy it now
+    StudyFolder.write_bytes(path, palette.getvalue())  # whole: a runner sharing the folder may copy it now
     return path
 
 

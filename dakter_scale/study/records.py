@@ -66,19 +66,17 @@ class Records:
             for name, record in self.identity().get("dropped", {}).items():
                 here = StudyFolder(self.study).student(name)
                 if (here / "student.json").is_file() and file_sha256([here / "student.json"]) == record:
-                    for pattern in STUDENT_FILES:  # not the folder: a runner may be training it again there
-                        for f in here.glob(pattern):
-                            f.unlink()
+                    for f in student_files(here):  # not the folder: a runner may be training it again there
+                        f.unlink()
         restored = []
         for kept in sorted((self.folder / "students").glob("*")):
             target = StudyFolder(self.study).student(kept.name)
             copied = False
-            for pattern in STUDENT_FILES:
-                for f in kept.glob(pattern):
-                    if not (target / f.name).is_file():
-                        target.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(f, target / f.name)
-                        copied = True
+            for f in student_files(kept):
+                if not (target / f.name).is_file():
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target / f.name)
+                    copied = True
             if copied:
                 restored.append(kept.name)
         return restored
@@ -87,11 +85,10 @@ class Records:
         """Copy a finished student's scores and record into the records folder."""
         source = StudyFolder(self.study).student(name)
         target = self.folder / "students" / name
-        for pattern in STUDENT_FILES:
-            for f in source.glob(pattern):
-                target.mkdir(parents=True, exist_ok=True)
-                if not (target / f.name).is_file() or (target / f.name).read_bytes() != f.read_bytes():
-                    StudyFolder.write_text(target / f.name, f.read_text())  # whole: another runner may restore it now
+        for f in student_files(source):
+            target.mkdir(parents=True, exist_ok=True)
+            if not (target / f.name).is_file() or (target / f.name).read_bytes() != f.read_bytes():
+                StudyFolder.write_text(target / f.name, f.read_text())  # whole: another runner may restore it now
 
     def keep_results(self) -> list[str]:
         """Copy the finished study's results.json, results.md and figures into the records folder, to be
@@ -169,6 +166,11 @@ class Records:
     def _write(self, identity: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         StudyFolder.write_text(self.identity_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+
+def student_files(folder: Path) -> list[Path]:
+    """A student's scores and record in folder (STUDENT_FILES), the files the records keep of it."""
+    return [f for pattern in STUDENT_FILES for f in sorted(folder.glob(pattern))]
 
 
 def reads(kept: Path) -> set[str]:
