@@ -72,6 +72,10 @@ def test_each_cell_is_its_studys_own_number_and_verdict(tmp_path):
         "the larger bank against the smaller"
     )
     assert "instance_paste_1000 − instance_paste_10000" not in text
+    route = rows("The generator's routes")["dakter_target − instance_paste_10000"]
+    assert [c.strip() for c in route.split("|")[3:-1]][1] == "+4.00 [-0.30, +8.30] (3/3) tie", (
+        "targeted pairs against the largest bank: 6, 3, 3 points at |D| = 20, t(2) interval"
+    )
     against_none = [c.strip() for c in rows("Against none")["copy_paste − none"].split("|")[3:-1]]
     assert against_none == ["+10.00 [+10.00, +10.00] (3/3) ahead"] * 2, "every arm is held against none too"
     assert "dakter_target − none" in rows("Against none") and "none − none" not in text

@@ -21,6 +21,7 @@ from dakter_scale.study.runner import payload_plan
 CLASSES = ("oil", "look-alike", "ship")  # the rare classes the per-class table shows, where a study has them
 BASELINE = "copy_paste"  # every arm with the generator is held against pasting real instances
 NONE = "none"  # and every arm against no augmentation: the recipe a user should pick beats doing nothing
+TARGETED = "dakter_target"  # pairs drawn around pasted real instances, held against the bank's pasting too
 
 
 @dataclass
@@ -127,6 +128,11 @@ def markdown(studies: list[Study]) -> str:
         (
             "The bank's size: each bank against the next smaller one, as above",
             verdict_rows(studies, bank_sizes(studies)),
+        ),
+        (
+            "The generator's routes: pairs drawn around real instances against pasting the largest bank, as above "
+            "(exploratory: added after |D| = 20)",
+            verdict_rows(studies, routes(studies)),
         ),
         (f"Per-class IoU ({' / '.join(CLASSES)})", class_rows(studies)),
     ):
@@ -239,12 +245,19 @@ def bank_sizes(studies: list[Study]) -> list[tuple[str, str]]:
     return list(zip(arms[1:], arms[:-1]))
 
 
+def routes(studies: list[Study]) -> list[tuple[str, str]]:
+    """Targeted DAKTer held against the largest bank's instance paste, where a study has both: which of
+    the generator's two ways to a rare class the recipe should name."""
+    methods = studies[0].results.methods()
+    banks = sorted((m for m in methods if bank_size(m)), key=bank_size)
+    return [(TARGETED, banks[-1])] if TARGETED in methods and banks else []
+
+
 def verdict_rows(studies: list[Study], pairs: list[tuple[str, str]]) -> list[str]:
     """Per student and pair (a, b), each study's same-seed difference a − b and its verdict."""
     rows = []
     for arch in studies[0].plan.e.archs:
         for m, baseline in pairs:
-            cells = []
             cells = [diff_cell(s.results.differences(m, baseline, arch, s.plan.ratio(arch))) for s in studies]
             rows.append(f"| {arch} | {m} − {baseline} | {' | '.join(cells)} |")
     return rows
