@@ -9,6 +9,7 @@ from dakter_scale.config import Config
 from dakter_scale.student.models import check_students
 from dakter_scale.study.plan import chosen_settings, describe
 from dakter_scale.study.runner import Experiment, read_config, saved_config, write_report
+from dakter_scale.training import check_one_precision
 
 __all__ = [
     "Experiment",
@@ -40,12 +41,14 @@ def run_experiment(
     that read it, to be trained again, instead of being refused."""
     e = cfg.experiment
     check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
+    check_one_precision(cfg)
     return Experiment(cfg, out, progress, records=records, only=only, retrain_rebuilt=retrain_rebuilt).run(wait)
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """jobs/demo.py: the same runner on the demo's one-student plan (configs/demo.yaml); returns OUT/report.md."""
     check_students(cfg.student, list(cfg.experiment.archs))  # before any work
+    check_one_precision(cfg)
     return Experiment(cfg, out, progress, preset="demo").run()
 
 

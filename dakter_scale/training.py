@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +41,13 @@ class LaunchError(UserError, RuntimeError):
 
 
 class ResumeError(UserError, FileNotFoundError):
-    """--resume names a folder that holds no checkpoint, or a fresh start would mix with an earlier run's."""
+    """--resume names a folder that holds no checkpoint, or one this run cannot continue (another network or
+    length), or a fresh start would mix with an earlier run's."""
+
+
+class DivergedError(UserError, FloatingPointError):
+    """Training diverged: the weights are no longer finite. Nothing more is written, so the checkpoints
+    already written (finite) are kept."""
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -54,6 +61,30 @@ def resolve_mixed_precision(setting: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
+
+
+def check_one_precision(cfg) -> None:
+    """A study (jobs/experiment.py, jobs/demo.py) trains its diffusion models, students and distilled sampler
+    in one process, where accelerate keeps the first Accelerator's mixed precision: refuse, before any work,
+    settings that resolve differently here (a later trainer would stop with accelerate's ValueError after
+    the earlier ones trained). ConfigError naming the keys."""
+    from dakter_scale.config import ConfigError
+
+    e = cfg.experiment
+    keys = {
+        "diffusion.mixed_precision": cfg.diffusion.mixed_precision,
+        "student.mixed_precision": cfg.student.mixed_precision,
+    }
+    if "dakter_distilled" in e.methods + e.sweep_methods:  # only that arm distils
+        keys["distill.mixed_precision"] = cfg.distill.mixed_precision
+    resolved = {key: resolve_mixed_precision(value) for key, value in keys.items()}
+    if len(set(resolved.values())) > 1:
+        settings = ", ".join(
+            f"{key}={keys[key]}" + (f" ({resolved[key]})" if keys[key] != resolved[key] else "") for key in keys
+        )
+        raise ConfigError(
+            f"{settings}: a study trains them in one process, which takes one mixed precision: set them alike"
+        )
 
 
 LAUNCH_HELP = (
@@ -133,6 +164,16 @@ def report_to(name: str | None) -> str | None:
             f"--report-to {name}: {_TRACKER_PACKAGES[name][0]} is not installed ({_TRACKER_INSTALL[name]})"
         )
     return name
+
+
+def log_launch(accelerator) -> None:
+    """The trainers' line on how the run was launched."""
+    log.info(
+        "%d process(es), device %s, mixed precision %s",
+        accelerator.num_processes,
+        accelerator.device,
+        accelerator.mixed_precision,
+    )
 
 
 def tracked_accelerator(mixed_precision: str, report: str | None, out: str | Path):
@@ -312,8 +353,10 @@ def run_steps(
     step(i) runs the forward and backward passes of step i (micro-batches included) and returns the
     loss and the values to log; the loop then clips the gradients, steps the optimiser, calls
     after_step(i) (the EMA update), logs every spec.log_every steps, shows progress, and calls
-    checkpoint(done, {"total_steps": ...}) every spec.checkpoint_every steps before the last
-    (total_steps None while a time budget is still being measured).
+    checkpoint(done, {"total_steps": ..., "max_steps": ..., "max_minutes": ...}) every spec.checkpoint_every
+    steps before the last (total_steps None while a time budget is still being measured; the other two are
+    spec's, which a resume must keep: restore). Weights no longer finite are refused (DivergedError) before a
+    checkpoint and at the end, before the caller writes its model, so a diverged run overwrites nothing.
     `total` is the step count a resumed run recorded (its budget is not measured again).
     """
     rank = accelerator.process_index
@@ -374,12 +417,15 @@ def run_steps(
             and done % spec.checkpoint_every == 0
             and done < budget.total
         ):
+            check_finite(params, spec.name, done)
             # a count not yet measured is not recorded: a run resumed from here measures it itself
-            checkpoint(done, {"total_steps": budget.total if budget.fixed else None})
+            total_steps = budget.total if budget.fixed else None
+            checkpoint(done, {"total_steps": total_steps, "max_steps": spec.max_steps, "max_minutes": spec.max_minutes})
         maybe_kill(done, rank)
         i = done
     if bar is not None:
         bar.close()
+    check_finite(params, spec.name, i)
     seconds = time.perf_counter() - t0
     return LoopResult(
         steps=budget.total,
@@ -387,6 +433,16 @@ def run_steps(
         steps_per_second=(budget.total - start) / seconds if seconds > 0 else 0.0,
         last_log=last_log,
     )
+
+
+def check_finite(params: list[torch.Tensor], name: str, step: int) -> None:
+    """Refuse weights with a NaN or inf (DivergedError): the parameters, not the loss, since a mixed-precision
+    scaler skips the steps whose gradients overflow. Every rank holds the same weights, so all refuse."""
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise DivergedError(
+            f"{name} step {step}: the weights are no longer finite (NaN or inf): training diverged; nothing more is "
+            "written, the checkpoints before are kept; lower the learning rate or raise warmup_steps"
+        )
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -487,9 +543,18 @@ def load_checkpoint(
     state = json.loads((path / "state.json").read_text())
     # safetensors refuses "cpu:0", the device accelerate reports for a multi-process CPU run.
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
-    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), device=device)
-    blob = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    # another network: torch's report of the mismatch runs over many lines (and smp warns of each key first)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), device=device)
+        blob = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(blob["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        raise ResumeError(
+            f"--resume {path}: its weights do not fit this run's network (was the architecture changed?): "
+            f"{str(e).strip().splitlines()[0].rstrip(':')}"
+        ) from None
     scaler = getattr(accelerator, "scaler", None)
     if scaler is not None and blob.get("scaler") is not None:
         scaler.load_state_dict(blob["scaler"])
@@ -502,6 +567,47 @@ def load_checkpoint(
         average.shadow = {k: v.to(accelerator.device) for k, v in load_file(str(path / f"{name}.safetensors")).items()}
         average.updates = int(state[f"{name}_updates"])
     return state
+
+
+def restore(
+    accelerator,
+    checkpoint: Path | None,
+    resume: str | None,
+    out: Path,
+    model,
+    optimizer,
+    layout: dict,
+    section: str,
+    length: tuple[int, float],
+    ema: "EMA | None" = None,
+    more_emas: "dict[str, EMA] | None" = None,
+) -> tuple[dict, list[str]]:
+    """The trainers' resume: resolve_resume's checkpoint (None: a fresh start) restored into model, optimizer
+    and the averages; returns (its state.json, {} without one; the data layout's changes, with a warning).
+    A checkpoint written with another SECTION.max_steps or max_minutes (length) is refused (ResumeError):
+    the run would silently keep the recorded count and learning-rate schedule (one written before those
+    were recorded resumes as before). Every rank must agree (a collective)."""
+    state: dict = {}
+    changed: list[str] = []
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, model, optimizer, ema, more_emas)
+        for key, value in zip(("max_steps", "max_minutes"), length):
+            if key in state and state[key] != value:
+                raise ResumeError(
+                    f"--resume {checkpoint}: its run has {section}.{key}={state[key]}, this one {value}: "
+                    f"a resumed run keeps its length; give {section}.{key}={state[key]}, or start afresh in another --out"
+                )
+        log.info("resumed from %s at step %d", checkpoint, int(state["step"]))
+        changed = layout_changes(state.get("layout", {}), layout)
+        if changed:
+            log.warning(
+                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
+                ", ".join(changed),
+            )
+    elif resume == "latest":
+        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
+    check_resume_agrees(accelerator, int(state.get("step", 0)), out)
+    return state, changed
 
 
 def set_lr(optimizer, lr: float) -> None:

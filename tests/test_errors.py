@@ -58,7 +58,7 @@ def test_area_errors_keep_their_second_base():
     from dakter_scale.student.models import StudentError
     from dakter_scale.synth.filter import FilterError
     from dakter_scale.synth.plan import PlanError
-    from dakter_scale.training import LaunchError, ResumeError
+    from dakter_scale.training import DivergedError, LaunchError, ResumeError
 
     for cls, second in [
         (ConfigError, ValueError),
@@ -72,6 +72,7 @@ def test_area_errors_keep_their_second_base():
         (PlanError, ValueError),
         (LaunchError, RuntimeError),
         (ResumeError, FileNotFoundError),
+        (DivergedError, FloatingPointError),
     ]:
         assert issubclass(cls, UserError) and issubclass(cls, second), cls
         assert str(cls("a message")) == "a message"

@@ -7,6 +7,7 @@ step after the last checkpoint), so the resumed run redoes lost work from the ch
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -198,6 +199,87 @@ def test_a_resume_onto_other_generated_shards_says_it_is_not_exact(tmp_path, cap
     state = json.loads((tmp_path / "s" / "checkpoints" / "step-00000001" / "state.json").read_text())
     assert state["layout"]["generated_shards"] == 3 and state["layout"]["max_generated"] == 0
     with caplog.at_level(logging.WARNING, logger="dakter_scale"):
-        cfg = load_config(None, base + ["student.max_steps=3", "student.max_generated=4"])
+        cfg = load_config(None, base + ["student.max_steps=2", "student.max_generated=4"])
         train_student(cfg, tmp_path / "s", synthetic=shards, resume="latest", progress=False)
     assert "different data layout (generated_shards 3 -> 1, max_generated 0 -> 4)" in caplog.text
+
+
+def test_a_resume_with_another_length_or_network_is_refused_in_one_line_before_the_config_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    """A checkpoint records max_steps and max_minutes: a resume with others is refused (the run would keep the
+    recorded count and schedule), one written before they were recorded resumes as before. A checkpoint of
+    another network is refused in one line too; OUT/config.yaml stays the run's until a restore succeeds."""
+    from dakter_scale.config import load_config
+    from dakter_scale.student.train import train_student
+    from dakter_scale.training import ResumeError
+
+    out = tmp_path / "s"
+    base = [*TINY_STUDENT, "student.checkpoint_every=1"]
+    train_student(load_config(None, base + ["student.max_steps=2"]), out, progress=False)
+    state_file = out / "checkpoints" / "step-00000001" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert (state["max_steps"], state["max_minutes"]) == (2, 0.0)
+    config = (out / "config.yaml").read_text()
+    for override, says in (
+        ("student.max_steps=3", "its run has student.max_steps=2, this one 3"),
+        ("student.max_minutes=1", "its run has student.max_minutes=0.0, this one 1.0"),
+        ("student.encoder_depth=4", "its weights do not fit this run's network (was the architecture changed?)"),
+    ):
+        with pytest.raises(ResumeError, match=re.escape(says)) as refused:
+            train_student(load_config(None, base + ["student.max_steps=2", override]), out, resume="latest")
+        assert "\n" not in str(refused.value)
+        assert (out / "config.yaml").read_text() == config, override
+    code, captured = job_in_process(
+        "train_student.py",
+        ["--out", str(out), "--resume", "latest", "student.encoder_depth=4", *base],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2 and captured.err.splitlines()[-1].startswith("error: --resume"), captured.err[-2000:]
+    assert "Traceback" not in captured.err and "Mismatched keys" not in captured.err
+    # written before the length was recorded: resumed as before, at the recorded count
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("max_steps", "max_minutes")}))
+    train_student(load_config(None, base + ["student.max_steps=3"]), out, resume="latest", progress=False)
+    assert json.loads((out / "student.json").read_text())["steps"] == 2
+
+
+def test_a_diffusion_resume_onto_another_network_is_refused_in_one_line(tmp_path):
+    from dakter_scale.config import load_config
+    from dakter_scale.diffusion.train import train_diffusion
+    from dakter_scale.training import ResumeError
+
+    out = tmp_path / "m"
+    base = [*TINY_DIFFUSION, "diffusion.max_steps=2", "diffusion.checkpoint_every=1"]
+    train_diffusion(load_config(None, base), out, progress=False)
+    config = (out / "config.yaml").read_text()
+    wider = load_config(None, base + ["diffusion.unet.block_out_channels=[8,24]"])
+    with pytest.raises(ResumeError, match="its weights do not fit this run's network") as refused:
+        train_diffusion(wider, out, resume="latest", progress=False)
+    assert "\n" not in str(refused.value) and (out / "config.yaml").read_text() == config
+
+
+def test_weights_no_longer_finite_are_refused_and_the_checkpoints_before_them_kept(tmp_path):
+    """A diverged run (NaN gradients from step 3 on, so NaN weights) stops at its next checkpoint with one
+    line, writing nothing: the checkpoint of step 2 is kept. Without checkpoints it stops at the end, before
+    the trainer writes its model."""
+    from dakter_scale.training import DivergedError, LoopSpec, make_accelerator, run_steps
+
+    accelerator = make_accelerator("no", cpu=True)
+    for every, stops in ((2, 4), (0, 6)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+        def step(i: int):
+            loss = model(torch.randn(8, 4)).square().mean() * (float("nan") if i >= 2 else 1.0)
+            loss.backward()
+            return loss, {}
+
+        def checkpoint(done: int, extra: dict) -> None:
+            save_checkpoint(accelerator, tmp_path / str(every), done, 2, model, optimizer, extra=extra)
+
+        spec = LoopSpec("diverging", 6, 0.0, 1e-2, 0, "constant", 1.0, 1.0, 1, every)
+        with pytest.raises(DivergedError, match=f"^diverging step {stops}: the weights are no longer finite"):
+            run_steps(accelerator, spec, 0, optimizer, model.parameters(), step, checkpoint=checkpoint, progress=False)
+        assert [s for s, _ in list_checkpoints(tmp_path / str(every))] == ([2] if every else [])

@@ -230,14 +230,14 @@ def _start(
     checkpoint = resolve_resume(out, resume)
     teacher = load_model_folder(teacher_dir, device)
     teacher.unet.requires_grad_(False)
-    if accelerator.is_main_process:
-        save_config(cfg, out)
     student = copy.deepcopy(teacher.unet).requires_grad_(True).train()
     averages = more_emas(teacher.unet) if more_emas is not None else {}
     layout = data_layout(d, world)
     student, optimizer, ema, start, total = prepare_training(
-        accelerator, student, d, 0.0, layout, checkpoint, resume, out, averages or None
+        accelerator, student, d, 0.0, layout, checkpoint, resume, out, "distill", averages or None
     )
+    if accelerator.is_main_process:  # after the restore: a checkpoint this run cannot continue leaves it as it was
+        save_config(cfg, out)
     # --report-to: each round (or the consistency run) is one tracker run, named by its folder
     start_trackers(accelerator, f"distill-{out.name}", {**to_dict(d), "teacher": str(teacher_dir)}, start)
     source = open_source(cfg.data.spec)

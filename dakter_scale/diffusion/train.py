@@ -26,11 +26,10 @@ from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info
 from dakter_scale.training import (
     LoopSpec,
     accumulate,
-    check_resume_agrees,
-    layout_changes,
-    load_checkpoint,
+    log_launch,
     make_accelerator,
     resolve_resume,
+    restore,
     run_steps,
     save_checkpoint,
     seed_init,
@@ -89,31 +88,20 @@ def prepare_training(
     checkpoint: Path | None,
     resume: str | None,
     out: Path,
+    section: str,
     more_emas: dict | None = None,
 ):
     """The network to train, prepared with its AdamW optimiser and EMA, and where it starts:
-    (unet, optimizer, ema, start step, recorded total or None). `d` holds lr, ema_decay and ema_warmup
-    (DiffusionConfig, DistillConfig). A checkpoint is restored into all three (and into more_emas, the
-    caller's further averages by name: training.save_checkpoint), with a warning when the data layout
-    changed; (0, None) without one. Every rank must agree (a collective)."""
+    (unet, optimizer, ema, start step, recorded total or None). `d` holds lr, ema_decay, ema_warmup,
+    max_steps and max_minutes (DiffusionConfig, DistillConfig: `section` names it). A checkpoint is
+    restored into all three (and into more_emas, the caller's further averages by name:
+    training.save_checkpoint) by training.restore; (0, None) without one. Every rank must agree (a collective)."""
     optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=weight_decay)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema = EMA(accelerator.unwrap_model(unet), d.ema_decay, d.ema_warmup)
-    start, total = 0, None
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, unet, optimizer, ema, more_emas)
-        start, total = int(state["step"]), state.get("total_steps")
-        log.info("resumed from %s at step %d", checkpoint, start)
-        changed = layout_changes(state.get("layout", {}), layout)
-        if changed:
-            log.warning(
-                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
-                ", ".join(changed),
-            )
-    elif resume == "latest":
-        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
-    check_resume_agrees(accelerator, start, out)
-    return unet, optimizer, ema, start, total
+    length = (d.max_steps, d.max_minutes)
+    state, _ = restore(accelerator, checkpoint, resume, out, unet, optimizer, layout, section, length, ema, more_emas)
+    return unet, optimizer, ema, int(state.get("step", 0)), state.get("total_steps")
 
 
 def train_diffusion(
@@ -133,7 +121,6 @@ def train_diffusion(
     b = resolve_b(d.b, stats.image_stats)
     k = source.num_classes
     if accelerator.is_main_process:
-        save_config(cfg, out)
         log.info(
             "data %s: %d train images, class fractions %s; b = %.4f (%s)",
             cfg.data.spec,
@@ -151,12 +138,7 @@ def train_diffusion(
             sar.window,
         )
 
-    log.info(
-        "%d process(es), device %s, mixed precision %s",
-        accelerator.num_processes,
-        accelerator.device,
-        accelerator.mixed_precision,
-    )
+    log_launch(accelerator)
     seed_init(d.seed)
     unet = build_unet(d.unet, cfg.data.resolution, 1 + k)
     scheduler = build_scheduler(d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.rescale_zero_terminal_snr)
@@ -164,8 +146,10 @@ def train_diffusion(
     alpha_bar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     layout = data_layout(d, world)
     unet, optimizer, ema, start, total = prepare_training(
-        accelerator, unet, d, d.weight_decay, layout, checkpoint, resume, out
+        accelerator, unet, d, d.weight_decay, layout, checkpoint, resume, out, "diffusion"
     )
+    if accelerator.is_main_process:  # after the restore: a checkpoint this run cannot continue leaves it as it was
+        save_config(cfg, out)
 
     dataset = patch_dataset(source, cfg.data, "train", seed=d.seed)
     accumulation = d.gradient_accumulation_steps

@@ -33,13 +33,12 @@ from dakter_scale.student.models import (
 )
 from dakter_scale.training import (
     LoopSpec,
-    check_resume_agrees,
     freeze_unused,
     gather_objects,
-    layout_changes,
-    load_checkpoint,
+    log_launch,
     make_accelerator,
     resolve_resume,
+    restore,
     run_steps,
     save_checkpoint,
     seed_init,
@@ -122,32 +121,28 @@ def generated_stream(
 
 
 def resume_streams(
-    accelerator, checkpoint: Path | None, resume: str | None, out: Path, model, optimizer, layout: dict
+    accelerator,
+    checkpoint: Path | None,
+    resume: str | None,
+    out: Path,
+    model,
+    optimizer,
+    layout: dict,
+    s: StudentConfig,
 ) -> tuple[int, int | None, dict[int, tuple[int, int]], set[str]]:
     """(start step, recorded total or None, the generated readers' positions, the bad shards seen):
-    a checkpoint restored into model and optimizer; with a changed data layout (a warning) every
+    a checkpoint restored into model and optimizer (training.restore); with a changed data layout every
     reader restarts at the earliest pass any reader was in, since slots no longer match. Every rank
     must agree (a collective)."""
-    start, total, positions, bad_shards = 0, None, {}, set()
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, model, optimizer)
-        start, total = int(state["step"]), state.get("total_steps")
-        bad_shards = set(state.get("bad_shards", []))
-        positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
-        changed = layout_changes(state.get("layout", {}), layout)
-        if changed:
-            log.warning(
-                "resuming with a different data layout (%s): training continues, but not exactly as the interrupted run would have",
-                ", ".join(changed),
-            )
-            first_pass = min((p[0] for p in positions.values()), default=0)
-            slots = layout["ranks"] * max(1, layout["num_workers"])
-            positions = {slot: (first_pass, 0) for slot in range(slots)}
-        log.info("resumed from %s at step %d", checkpoint, start)
-    elif resume == "latest":
-        log.info("--resume latest: no checkpoint in %s, starting fresh", out / "checkpoints")
-    check_resume_agrees(accelerator, start, out)
-    return start, total, positions, bad_shards
+    state, changed = restore(
+        accelerator, checkpoint, resume, out, model, optimizer, layout, "student", (s.max_steps, s.max_minutes)
+    )
+    positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
+    if changed:
+        first_pass = min((p[0] for p in positions.values()), default=0)
+        slots = layout["ranks"] * max(1, layout["num_workers"])
+        positions = {slot: (first_pass, 0) for slot in range(slots)}
+    return int(state.get("step", 0)), state.get("total_steps"), positions, set(state.get("bad_shards", []))
 
 
 def train_student(
@@ -182,14 +177,7 @@ def train_student(
             cp.real,
             cp.generated,
         )
-    log.info(
-        "%d process(es), device %s, mixed precision %s",
-        accelerator.num_processes,
-        accelerator.device,
-        accelerator.mixed_precision,
-    )
-    if accelerator.is_main_process:
-        save_config(cfg, out)
+    log_launch(accelerator)
 
     seed_init(s.seed)
     model = build_student(s.arch, s.encoder, k, s.encoder_weights, s.encoder_depth)
@@ -217,7 +205,11 @@ def train_student(
     }
     if augment is not None and getattr(augment.copy_paste, "read", None):
         layout["instance_bank"] = augment.copy_paste.read  # a bank grown or rebuilt since pastes other instances
-    start, total, positions, bad_shards = resume_streams(accelerator, checkpoint, resume, out, model, optimizer, layout)
+    start, total, positions, bad_shards = resume_streams(
+        accelerator, checkpoint, resume, out, model, optimizer, layout, s
+    )
+    if accelerator.is_main_process:  # after the restore: a checkpoint this run cannot continue leaves it as it was
+        save_config(cfg, out)
 
     real_used, gen_used = consumed(start, s.batch_size, s.ratio)
     real_iter = gen_iter = None
