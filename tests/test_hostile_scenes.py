@@ -761,3 +761,11 @@ def test_a_grid_without_annotated_spacing_is_measured_and_checked(tmp_path):
     ann.write_text(text)
     with open_scene(str(safe)) as s:
         assert s.native_spacing_m == pytest.approx(475, rel=0.02)
+
+
+def test_error_lines_are_redacted_before_they_are_cut():
+    """A password whose "@" falls past the 200-character cut was cut, then left unredacted (storage.error_line)."""
+    from dakter_scale.scene.read import _first_line
+
+    line = _first_line(OSError("x" * 180 + " https://user:hunter2hunter2@host/scene.tif: 403"))
+    assert "hunter" not in line and line.startswith("OSError: xxx")

@@ -75,7 +75,7 @@ def list_scenes(spec: str) -> list[str]:
                 return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
     except Exception as e:
         raise PredictError(
-            f"--scenes {storage.redact_url(spec)}: cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            f"--scenes {storage.redact_url(spec)}: cannot be listed: {type(e).__name__}: {storage.error_line(e)}"
         ) from None
     raise PredictError(f"--scenes {storage.redact_url(spec)}: no such glob match, folder or list file")
 

@@ -237,8 +237,9 @@ class Scene:
         return float(abs(dy)), float(abs(dx))
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    text = str(e).splitlines()[0][:limit] if str(e) else ""
+def _first_line(e: BaseException) -> str:
+    """The error's type and first line, credentials redacted (storage.error_line): fsspec errors name the URL."""
+    text = storage.error_line(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
