@@ -289,6 +289,61 @@ def png_that_is_not(root: Path) -> Path:
     return path
 
 
+def many_gcps(root: Path) -> Path:
+    """A GeoTIFF placed by GCP_MAX_POINTS + 1 ground control points: a spline over them solves a 5001 x 5001 system."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from dakter_scale.scene.read import GCP_MAX_POINTS
+
+    path = root / "gcps.tif"
+    n = GCP_MAX_POINTS + 1
+    side = int(np.ceil(np.sqrt(n)))
+    points = [
+        GroundControlPoint(
+            row=i // side * 0.5, col=i % side * 0.5, x=500000.0 + 5 * (i % side), y=5000000.0 - 5 * (i // side)
+        )
+        for i in range(n)
+    ]
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint8") as ds:
+        ds.gcps = (points, CRS.from_epsg(32631))
+        ds.write(draw_codes(64, 64)[None])
+    return path
+
+
+def many_grid_points(root: Path) -> Path:
+    """A SAFE annotation whose geolocation grid has GCP_MAX_POINTS + 1 points (1.6 MB of XML)."""
+    from dakter_scale.scene.read import GCP_MAX_POINTS
+
+    safe = _safe(root)
+    ann = _annotation(safe)
+    text = ann.read_text()
+    first = re.search(r"<geolocationGridPoint>.*?</geolocationGridPoint>", text).group(0)
+    ann.write_text(text.replace(first, first * (GCP_MAX_POINTS + 1 - 41), 1))  # the grid has 42 points
+    return safe
+
+
+def gcps_off_the_earth(root: Path) -> Path:
+    """EPSG:4326 GCPs at latitudes 95 to 95.06."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    path = root / "polar.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint8") as ds:
+        ds.gcps = (
+            [
+                GroundControlPoint(row=r, col=c, x=3.0 + c * 1e-4, y=95.0 + r * 1e-3)
+                for r in (0.0, 64.0)
+                for c in (0.0, 64.0)
+            ],
+            CRS.from_epsg(4326),
+        )
+        ds.write(draw_codes(64, 64)[None])
+    return path
+
+
 CASES = {
     "vrt-behind-tif": (vrt_behind_tif, r"scene\.tif: not a TIFF file .*GTiff driver alone"),
     "vrt": (vrt_scene, r"scene\.vrt: VRT scenes are refused"),
@@ -326,6 +381,12 @@ CASES = {
     "degenerate-grid": (degenerate_grid, r"\.xml: geolocationGrid: the ground positions are degenerate"),
     "collinear-gcps": (collinear_gcps, r"line\.tif: ground control points: the pixel positions are degenerate"),
     "80000-vectors": (many_vectors, r"calibration-s1a-iw-grd-vv.*\.xml: more than 250000 XML elements"),
+    "5001-gcps": (many_gcps, r"gcps\.tif: ground control points: 5001 points, more than the 5000 allowed"),
+    "5001-grid-points": (many_grid_points, r"\.xml: geolocationGrid: 5001 points, more than the 5000 allowed"),
+    "gcps-off-the-earth": (
+        gcps_off_the_earth,
+        r"polar\.tif: ground control points: point 0 at longitude 3\.0, latitude 95\.0 is off the Earth",
+    ),
 }
 
 

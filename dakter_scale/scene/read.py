@@ -61,6 +61,9 @@ XML_MAX_ELEMENTS = 250_000
 SAFE_MAX_MEMBERS = 1_000  # files in a SAFE folder, members of a SAFE zip
 ZIP_MAX_DIRECTORY_BYTES = SAFE_MAX_MEMBERS * 1024  # a zip's central directory: 1 kB an entry (46 bytes and its names)
 CALIBRATION_MAX_VECTORS = 2_000
+# A thin-plate spline over n GCPs solves an n x n system (O(n^3) time, O(n^2) memory); an IW GRD's
+# geolocation grid has about 200 points.
+GCP_MAX_POINTS = 5_000
 TIFF_MAX_BLOCK_BYTES = 64 << 20  # a TIFF tile or strip, inflated: GDAL decodes whole blocks
 SPACING_RANGE_M = (0.01, 10_000.0)  # a pixel spacing outside this is no SAR scene's
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -407,7 +410,7 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
             raise SceneError(f"{shown}: geotransform is degenerate (its pixels have no area): {coefficients}")
     gcps, gcp_crs = ds.gcps if ds.gcps else ([], None)
     if transform is None and gcps:
-        check_gcps(gcps, shown, "ground control points")
+        check_gcps(gcps, shown, "ground control points", geographic=gcp_crs is not None and gcp_crs.is_geographic)
     crs = ds.crs if transform is not None else gcp_crs
     nodata = ds.nodatavals[band - 1]
     if (nodata is None or math.isnan(nodata)) and radiometry == "sigma0":
@@ -478,15 +481,26 @@ def check_spacing(value: float | None, what: str, source: str) -> float | None:
     return float(value)
 
 
-def check_gcps(gcps: list, source: str, what: str) -> None:
-    """Ground control points that can place a scene: at least 3, every coordinate finite, neither the
-    pixel positions nor the ground positions all on one line (GDAL's fit would be singular or wild)."""
+def check_gcps(gcps: list, source: str, what: str, geographic: bool = False) -> None:
+    """Ground control points that can place a scene: at least 3 and at most GCP_MAX_POINTS, every coordinate
+    finite, on the Earth when ``geographic`` (x longitude, y latitude), neither the pixel positions nor the
+    ground positions all on one line (GDAL's fit would be singular or wild)."""
     if len(gcps) < 3:
         raise SceneError(f"{source}: {what}: {len(gcps)} point(s); at least 3 are needed to georeference")
+    if len(gcps) > GCP_MAX_POINTS:
+        raise SceneError(
+            f"{source}: {what}: {len(gcps)} points, more than the {GCP_MAX_POINTS} allowed (a GRD's geolocation grid has a few hundred)"
+        )
     values = np.array([(g.col, g.row, g.x, g.y, g.z or 0.0) for g in gcps], dtype=np.float64)
     if not np.all(np.isfinite(values)):
         bad = int(np.argwhere(~np.isfinite(values))[0, 0])
         raise SceneError(f"{source}: {what}: point {bad} holds a non-finite coordinate")
+    if geographic:
+        bad = next((i for i, g in enumerate(gcps) if not (-180 <= g.x <= 180 and -90 <= g.y <= 90)), None)
+        if bad is not None:
+            raise SceneError(
+                f"{source}: {what}: point {bad} at longitude {gcps[bad].x}, latitude {gcps[bad].y} is off the Earth"
+            )
     for cols, name in (((0, 1), "pixel positions"), ((2, 3), "ground positions")):
         xy = values[:, cols] - values[:, cols].mean(axis=0)
         singular = np.linalg.svd(xy, compute_uv=False)
@@ -765,8 +779,8 @@ GRID_POINT_AT_PIXEL_CENTRE = 0.5
 
 def _grid_gcps(annotation, src: str) -> list:
     """An annotation's geolocation grid as ground control points in pixel-corner coordinates (line/pixel are
-    sample indices, pixel centres: + 0.5, above), checked (numbers, at least 3, not degenerate, on the Earth),
-    or a SceneError naming the point."""
+    sample indices, pixel centres: + 0.5, above), checked (numbers, then check_gcps), or a SceneError naming
+    the point."""
     from rasterio.control import GroundControlPoint
 
     points = [
@@ -774,8 +788,6 @@ def _grid_gcps(annotation, src: str) -> list:
         for p in (_find(annotation, "geolocationGrid", "geolocationGridPointList") or [])
         if _local(p.tag) == "geolocationGridPoint"
     ]
-    if len(points) < 3:
-        raise SceneError(f"{src}: a geolocation grid of {len(points)} points; at least 3 are needed to georeference")
     gcps = []
     for i, p in enumerate(points):
         try:
@@ -791,12 +803,7 @@ def _grid_gcps(annotation, src: str) -> list:
             )
         except ValueError:
             raise SceneError(f"{src}: geolocation grid point {i} holds something other than numbers") from None
-    check_gcps(gcps, src, "geolocationGrid")
-    bad = next((i for i, g in enumerate(gcps) if not (-180 <= g.x <= 180 and -90 <= g.y <= 90)), None)
-    if bad is not None:
-        raise SceneError(
-            f"{src}: geolocationGrid: point {bad} at longitude {gcps[bad].x}, latitude {gcps[bad].y} is off the Earth"
-        )
+    check_gcps(gcps, src, "geolocationGrid", geographic=True)
     return gcps
 
 
