@@ -324,6 +324,15 @@ def many_grid_points(root: Path) -> Path:
     return safe
 
 
+def outside_its_projection(root: Path) -> Path:
+    """10 m UTM pixels a million kilometres east: the projection's inverse gives inf, which every comparison lets by."""
+    from rasterio.transform import from_origin
+
+    from scenegen import write_raster
+
+    return Path(write_raster(root / "far.tif", draw_codes(64, 64), "EPSG:32631", from_origin(1e9, 5e6, 10, 10)))
+
+
 def gcps_off_the_earth(root: Path) -> Path:
     """EPSG:4326 GCPs at latitudes 95 to 95.06."""
     import rasterio
@@ -383,6 +392,7 @@ CASES = {
     "80000-vectors": (many_vectors, r"calibration-s1a-iw-grd-vv.*\.xml: more than 250000 XML elements"),
     "5001-gcps": (many_gcps, r"gcps\.tif: ground control points: 5001 points, more than the 5000 allowed"),
     "5001-grid-points": (many_grid_points, r"\.xml: geolocationGrid: 5001 points, more than the 5000 allowed"),
+    "outside-its-projection": (outside_its_projection, r"far\.tif: its georeferencing places pixels off the Earth"),
     "gcps-off-the-earth": (
         gcps_off_the_earth,
         r"polar\.tif: ground control points: point 0 at longitude 3\.0, latitude 95\.0 is off the Earth",
@@ -822,6 +832,62 @@ def test_a_grid_without_annotated_spacing_is_measured_and_checked(tmp_path):
     ann.write_text(text)
     with open_scene(str(safe)) as s:
         assert s.native_spacing_m == pytest.approx(475, rel=0.02)
+
+
+def test_an_off_earth_manifest_footprint_is_not_used(tmp_path):
+    """A footprint holding NaN or a latitude of 95 is taken as absent: the item's geometry is the pixels' outline."""
+    from dakter_scale.scene import stac
+
+    for bad in ("nan,3.0", "95.0,3.0", "45.0,181.0"):
+        safe = _safe(tmp_path / bad.replace(",", "_"))
+        manifest = safe / "manifest.safe"
+        text = manifest.read_text()
+        ring = re.search(r"<gml:coordinates>([^<]*)</gml:coordinates>", text).group(1)
+        manifest.write_text(text.replace(ring, " ".join([bad] + ring.split()[1:]), 1))
+        with open_scene(str(safe)) as s:
+            geometry, bbox = stac._geometry(s)
+            assert s.footprint is None and np.all(np.isfinite(bbox)) and -90 <= bbox[1] <= bbox[3] <= 90
+    with open_scene(str(_safe(tmp_path / "good"))) as s:
+        assert s.footprint is not None and len(s.footprint) == 4
+
+
+def test_scenes_at_the_poles_and_across_the_antimeridian_are_on_the_earth(tmp_path):
+    """The on-Earth check leaves real places alone: a grid whose last edge computes to -90.00000000000003 (180 / 2062
+    degree pixels from 90 N) and an EPSG:4326 grid running past 180 in continuous longitudes."""
+    from rasterio.transform import from_origin
+
+    from scenegen import write_raster
+
+    pole = write_raster(
+        tmp_path / "pole.tif",
+        np.ones((2062, 4), np.float32),
+        "EPSG:4326",
+        from_origin(-180, 90, 180 / 2062, 180 / 2062),
+    )
+    east = write_raster(
+        tmp_path / "east.tif", np.ones((64, 64), np.float32), "EPSG:4326", from_origin(179.999, 45, 1e-4, 1e-4)
+    )
+    with open_scene(pole) as s, open_scene(east) as t:
+        assert s.pixel_to_lonlat(np.array([0.0]), np.array([2062.0]))[1][0] < -90
+        assert t.pixel_to_lonlat(np.array([64.0]), np.array([0.0]))[0][0] > 180
+
+
+def test_a_refused_geotiff_leaves_no_handle_open(tmp_path):
+    """The file's dataset is closed on refusal, not held until the exception (and its traceback's frames) is collected."""
+
+    def handles(path: Path) -> int:
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(path.resolve()) for fd in os.listdir("/proc/self/fd"))
+
+    stack = tmp_path / "stack.tif"
+    import rasterio
+
+    with rasterio.open(stack, "w", driver="GTiff", height=32, width=32, count=2, dtype="uint8") as ds:
+        ds.write(np.zeros((2, 32, 32), dtype=np.uint8))
+    far = outside_its_projection(tmp_path)
+    for path, message in ((stack, r"stack\.tif: 2 bands"), (far, r"far\.tif: its georeferencing places pixels off")):
+        with pytest.raises(SceneError, match=message) as refused:
+            open_scene(str(path))
+        assert refused.value is not None and handles(path) == 0, path
 
 
 def test_error_lines_are_redacted_before_they_are_cut():

@@ -325,10 +325,13 @@ def _open_geotiff(fs, path: str, shown: str, band: int | None, radiometry: str) 
     if radiometry not in SCENE_RADIOMETRIES:
         raise SceneError(f"--scene-radiometry must be one of {', '.join(SCENE_RADIOMETRIES)}, got {radiometry!r}")
     env = _scene_env()
+    ds = None
     try:
         ds = _open_tiff(fs, path, shown)
         scene = _geotiff_scene(ds, shown, band, radiometry)
     except BaseException:
+        if ds is not None:
+            ds.close()  # a refused file's handle, held until collected otherwise
         env.__exit__(None, None, None)
         raise
     scene._closers.insert(0, lambda: env.__exit__(None, None, None))
@@ -439,12 +442,11 @@ def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
     )
     if scene.georeferenced:
         try:
-            spacing = scene.pixel_spacing()
-        except Exception as e:  # pyproj / GDAL on coordinates no projection accepts
-            raise SceneError(
-                f"{shown}: no pixel spacing can be measured from its georeferencing: {_first_line(e)}"
-            ) from None
-        scene.native_spacing_m = check_spacing(spacing, "pixel spacing (from the georeferencing)", shown)
+            scene.native_spacing_m = _measured_spacing(scene, shown, "the georeferencing")
+            check_placement(scene)
+        except BaseException:
+            scene.close()  # the GCP transformer, if one was built (the caller closes ds)
+            raise
     scene._reader = _band_reader(ds, band)
     scene._closers.append(ds.close)
     return scene
@@ -469,6 +471,15 @@ def _band_reader(ds, band: int):
         return ds.read(band, window=window, out_shape=out_shape, resampling=Resampling[resampling])
 
     return read
+
+
+def _measured_spacing(scene: Scene, source: str, what: str) -> float | None:
+    """The pixel spacing measured from the scene's georeferencing (``what``), checked by check_spacing."""
+    try:
+        spacing = scene.pixel_spacing()
+    except Exception as e:  # GDAL's GCP transformer or pyproj on coordinates they cannot use
+        raise SceneError(f"{source}: no pixel spacing can be measured from {what}: {_first_line(e)}") from None
+    return check_spacing(spacing, f"pixel spacing (from {what})", source)
 
 
 def check_spacing(value: float | None, what: str, source: str) -> float | None:
@@ -889,19 +900,13 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
     )
     scene._reader = _band_reader(ds, 1)
     scene._closers += [lambda: env.__exit__(None, None, None), ds.close]
-    if spacing is None:
-        try:
-            scene.native_spacing_m = check_spacing(
-                scene.pixel_spacing(), "pixel spacing (from the geolocation grid)", src
-            )
-        except SceneError:
-            scene.close()
-            raise
-        except Exception as e:  # GDAL's GCP transformer or pyproj on a grid they cannot use
-            scene.close()
-            raise SceneError(
-                f"{src}: no pixel spacing can be measured from the geolocation grid: {_first_line(e)}"
-            ) from None
+    try:
+        if spacing is None:
+            scene.native_spacing_m = _measured_spacing(scene, src, "the geolocation grid")
+        check_placement(scene)
+    except BaseException:
+        scene.close()
+        raise
     return scene
 
 
@@ -945,16 +950,45 @@ def _read_calibration(root: ET.Element, src: str) -> Calibration:
 
 
 def _manifest_footprint(manifest: ET.Element) -> list[tuple[float, float]] | None:
-    """The product footprint, ``lat,lon lat,lon ...`` in the manifest's gml:coordinates, as (lon, lat)."""
+    """The product footprint, ``lat,lon lat,lon ...`` in the manifest's gml:coordinates, as (lon, lat); None
+    (the outline of the pixels is used instead) when it is not there or not on the Earth: a NaN or a
+    latitude of 95 would reach item.json, or fail in shapely after the whole scene has run."""
     for node in manifest.iter():
         if _local(node.tag) == "coordinates" and node.text:
             try:
                 pairs = [tuple(float(v) for v in item.split(",")) for item in node.text.split()]
             except ValueError:
                 return None
-            if len(pairs) >= 3 and all(len(p) == 2 for p in pairs):
+            if (
+                len(pairs) >= 3
+                and all(len(p) == 2 for p in pairs)
+                and all(-90 <= lat <= 90 and -180 <= lon <= 180 for lat, lon in pairs)
+            ):
                 return [(lon, lat) for lat, lon in pairs]
     return None
+
+
+def check_placement(scene: Scene) -> None:
+    """A georeferenced scene whose outline (footprint_lonlat) is on the Earth: finite, latitudes within
+    +-90 and longitudes within +-360 (past 180 is still a place: a grid across the antimeridian in
+    continuous longitudes, which stac._geometry wraps), else a SceneError naming the file. A projected
+    grid placed outside its projection maps to inf or NaN, which every later comparison lets through and
+    write_geojson writes as Infinity."""
+    try:
+        ring = np.asarray(footprint_lonlat(scene), dtype=np.float64)
+    except SceneError:
+        raise
+    except Exception as e:  # GDAL's GCP transformer or pyproj on coordinates they cannot use
+        raise SceneError(f"{scene.source}: its outline cannot be placed on the Earth: {_first_line(e)}") from None
+    lon, lat = ring[:, 0], ring[:, 1]
+    # a millionth of a degree of slack: a grid ending at 90 S can compute its last edge as -90.00000000000003
+    off = ~(np.isfinite(ring).all(axis=1) & (np.abs(lat) <= 90 + 1e-6) & (np.abs(lon) <= 360))
+    if off.any():
+        i = int(np.argmax(off))
+        raise SceneError(
+            f"{scene.source}: its georeferencing places pixels off the Earth (an outline point at longitude {lon[i]}, "
+            f"latitude {lat[i]}); check its CRS and geotransform or GCPs"
+        )
 
 
 def footprint_lonlat(scene: Scene, samples: int = 16) -> list[tuple[float, float]]:
