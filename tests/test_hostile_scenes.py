@@ -834,6 +834,18 @@ def test_a_grid_without_annotated_spacing_is_measured_and_checked(tmp_path):
         assert s.native_spacing_m == pytest.approx(475, rel=0.02)
 
 
+def test_a_sigma0_db_border_of_minus_inf_is_missing(tmp_path):
+    """10 log10(0) = -inf: a dB scene's zero-filled border would otherwise be the darkest code, read as oil."""
+    data = np.full((64, 64), -8.0, dtype=np.float32)
+    data[:, :8] = -np.inf
+    data[0, 20] = np.inf
+    data[1, 20] = np.nan
+    scene = write_geotiff(tmp_path / "db.tif", data)
+    with open_scene(str(scene), radiometry="sigma0_db") as s:
+        raw = s.read(0, 64, 0, 64)
+        assert np.array_equal(s.missing(raw), ~np.isfinite(data))
+
+
 def test_an_off_earth_manifest_footprint_is_not_used(tmp_path):
     """A footprint holding NaN or a latitude of 95 is taken as absent: the item's geometry is the pixels' outline."""
     from dakter_scale.scene import stac

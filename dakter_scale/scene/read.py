@@ -113,7 +113,7 @@ class Scene:
     native_spacing_m: float | None = None  # as annotated (SAFE); otherwise measured from the georeferencing
     # (down a column, along a row) as annotated (SAFE: azimuth, range); None: measured on the ground
     annotated_spacing_m: tuple[float, float] | None = None
-    nodata: float | None = None  # the band's declared no-data value (a GRD's 0 DN); NaN is no data in any band
+    nodata: float | None = None  # the band's declared no-data value (a GRD's 0 DN); NaN and inf are no data in any band
     _reader: Any = field(default=None, repr=False)
     _closers: list = field(default_factory=list, repr=False)
     _gcp: Any = field(default=None, repr=False)  # the GCP transformer, built once (a spline solve) and kept
@@ -156,9 +156,10 @@ class Scene:
             ) from None
 
     def missing(self, raw: np.ndarray) -> np.ndarray:
-        """Which pixels of ``raw`` (as ``read`` returns them, decimated or not) hold no measurement: NaN or
-        the no-data value. A bool array of raw's shape."""
-        missing = np.isnan(raw) if raw.dtype.kind == "f" else np.zeros(raw.shape, dtype=bool)
+        """Which pixels of ``raw`` (as ``read`` returns them, decimated or not) hold no measurement: NaN, an
+        infinity (a sigma0_db border of -inf, which would otherwise be the darkest code: oil) or the no-data
+        value. A bool array of raw's shape."""
+        missing = ~np.isfinite(raw) if raw.dtype.kind == "f" else np.zeros(raw.shape, dtype=bool)
         if self.nodata is not None:
             missing |= raw == self.nodata
         return missing
