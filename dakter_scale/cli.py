@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import logging
 import math
 import os
@@ -68,11 +67,9 @@ def training_flags(p: argparse.ArgumentParser, resume: str) -> None:
 
 def config_from(args: argparse.Namespace, extra: dict[str, object] | None = None) -> Config:
     """Config file <- positional overrides <- the job's explicit flags (given as dotted keys)."""
-    overrides = list(args.overrides or [])
-    for key, value in (extra or {}).items():
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    cfg = load_config(args.config, overrides)
+    # the flags' values as they are, not through YAML (which would cut `--data "osd:/data/run #2"` at its comment)
+    flags = {key: value for key, value in (extra or {}).items() if value is not None}
+    cfg = load_config(args.config, list(args.overrides or []), flags)
     if getattr(args, "print_config", False):
         from dakter_scale.config import dump_config
 
@@ -106,6 +103,21 @@ def actor_count(text: str | None) -> int | str | None:
         raise FlagError(f"--actors must be auto or a number >= 0, got {text!r}") from None
     check_flag("--actors", actors, 0)
     return actors
+
+
+def ratio_flag(text: str | None) -> float | None:
+    """--ratio of jobs/train_student.py: generated samples per real sample, 2 or 200%, >= 0 and finite
+    (student.ratio's inf, generated samples only, is the pretraining arm's); None when not given."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise FlagError(f"--ratio must be a number like 2 or 200%, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise FlagError(f"--ratio must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -3,7 +3,7 @@
 One YAML file holds a section per stage (``data``, ``diffusion``, ``sampling``, ``synthesis``,
 ``student``, ``eval``, ``experiment``, ``distill``); a job reads the sections it needs. Overrides use dotted paths relative to
 the root (``student.lr=3e-4``, ``diffusion.unet.block_out_channels=[32,64]``); values are parsed as
-YAML. Unknown keys and ill-typed values raise ``ConfigError`` naming the key and the file. The
+YAML (1.2's booleans: only true and false; ``no`` is a string). Unknown keys and ill-typed values raise ``ConfigError`` naming the key and the file. The
 resolved config is written next to every output with ``save_config``.
 """
 
@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,26 @@ class ConfigError(UserError, ValueError):
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
+
+
+# the trainers' mixed precision (diffusion, student, distill; training.resolve_mixed_precision reads auto)
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+def _check_mixed_precision(value: str, key: str) -> None:
+    _check(
+        value in MIXED_PRECISIONS, key, f"{value!r} is not {', '.join(MIXED_PRECISIONS[:-1])} or {MIXED_PRECISIONS[-1]}"
+    )
+
+
+def _check_budget(minutes: float, key: str) -> None:
+    """A trainer's max_minutes: a wall-clock budget, 0 = none."""
+    _check(minutes >= 0 and math.isfinite(minutes), key, f"must be >= 0 (0 = no time budget), got {minutes}")
+
+
+def _check_grad_norm(norm: float, key: str) -> None:
+    # training.run_steps clips only when > 0: a negative or NaN value would turn clipping off unseen
+    _check(norm >= 0 and math.isfinite(norm), key, f"must be >= 0 (0 = no gradient clipping), got {norm}")
 
 
 def _is_number(text: str) -> bool:
@@ -90,6 +111,8 @@ class UNetConfig:
 
     def validate(self) -> None:
         _check(len(self.block_out_channels) >= 1, "diffusion.unet.block_out_channels", "needs at least one level")
+        # first: the channel check below divides by it
+        _check(self.norm_num_groups >= 1, "diffusion.unet.norm_num_groups", f"must be >= 1, got {self.norm_num_groups}")
         for c in self.block_out_channels:
             _check(
                 c > 0 and c % self.norm_num_groups == 0,
@@ -97,6 +120,7 @@ class UNetConfig:
                 f"{c} is not a positive multiple of norm_num_groups={self.norm_num_groups}",
             )
         _check(self.layers_per_block >= 1, "diffusion.unet.layers_per_block", "must be >= 1")
+        _check(0 <= self.dropout < 1, "diffusion.unet.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -120,9 +144,9 @@ class DiffusionConfig:
     lr: float = 2e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = none
     ema_decay: float = 0.999
-    ema_warmup: bool = True  # decay grows as 1 - (1 + step) / (10 + step) until ema_decay
+    ema_warmup: bool = True  # decay grows as (1 + u) / (10 + u) after u updates until ema_decay (core/steps.EMA)
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else no) | no | bf16 | fp16
     checkpoint_every: int = 0  # steps; 0 = only the final model folder
@@ -162,20 +186,21 @@ class DiffusionConfig:
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoints_total_limit"):
             _check(getattr(self, key) >= 1, f"diffusion.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "diffusion.lr", "must be > 0")
-        _check(self.warmup_steps >= 0 and self.weight_decay >= 0, "diffusion.warmup_steps/weight_decay", "must be >= 0")
         _check(
-            self.max_minutes >= 0 and math.isfinite(self.max_minutes),
-            "diffusion.max_minutes",
-            f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
+            self.warmup_steps >= 0 and self.weight_decay >= 0,
+            "diffusion.warmup_steps/weight_decay",
+            f"must be >= 0, got {self.warmup_steps}, {self.weight_decay}",
         )
+        _check_budget(self.max_minutes, "diffusion.max_minutes")
         _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
+        _check_grad_norm(self.max_grad_norm, "diffusion.max_grad_norm")
         _check(self.checkpoint_every >= 0, "diffusion.checkpoint_every", "must be >= 0")
+        _check_mixed_precision(self.mixed_precision, "diffusion.mixed_precision")
         _check(
-            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-            "diffusion.mixed_precision",
-            f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
+            self.label_loss_weight >= 0 and self.label_ce_weight >= 0,
+            "diffusion.label_loss_weight/label_ce_weight",
+            f"must be >= 0, got {self.label_loss_weight}, {self.label_ce_weight}",
         )
-        _check(self.label_loss_weight >= 0 and self.label_ce_weight >= 0, "diffusion.label_*_weight", "must be >= 0")
         # Zero terminal SNR makes alpha_bar_T exactly 0: an epsilon prediction then gives no clean
         # estimate there (x0 = (z - sqrt(1 - a) eps) / sqrt(a) divides by 0; Lin et al. 2023 pair it with v)
         label = self.prediction_type if self.label_prediction_type == "same" else self.label_prediction_type
@@ -307,6 +332,8 @@ class TargetConfig:
     sea: bool = True  # pasted: each pasted image moved to the sea level of the pair being drawn
 
     def validate(self) -> None:
+        if self.spec.strip():
+            self._check_spec()
         _check(self.route in ROUTES, "synthesis.target.route", f"{self.route!r} is not one of {', '.join(ROUTES)}")
         _check(
             self.max_draw_factor >= 1 and math.isfinite(self.max_draw_factor),
@@ -321,6 +348,18 @@ class TargetConfig:
             "synthesis.target.paste_at",
             f"must be a share of the sampling steps in [0, 1), got {self.paste_at}",
         )
+
+    def _check_spec(self) -> None:
+        """The spec's grammar, by synth/target's parser (imported here: it imports this module). The model's
+        classes and training shares are known only with a model folder: the classes are the spec's own and
+        each share is the least positive float, so what is refused here is refused with any model."""
+        from dakter_scale.synth.target import TargetError, parse_class_target
+
+        names = [entry.partition(":")[0].strip() for entry in self.spec.split(",")]
+        try:
+            parse_class_target(self.spec, names, [sys.float_info.min] * len(names), "synthesis.target.spec")
+        except TargetError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -482,13 +521,13 @@ class StudentConfig:
         for key in ("max_steps", "batch_size", "log_every", "checkpoints_total_limit", "shuffle_buffer"):
             _check(getattr(self, key) >= 1, f"student.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, "student.lr", "must be > 0")
-        _check(
-            self.max_minutes >= 0 and math.isfinite(self.max_minutes),
-            "student.max_minutes",
-            f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
-        )
+        _check_budget(self.max_minutes, "student.max_minutes")
         _check(self.kd_temperature > 0, "student.kd_temperature", "must be > 0")
-        _check(self.kd_weight >= 0 and self.ce_weight >= 0, "student.kd_weight/ce_weight", "must be >= 0")
+        _check(
+            self.kd_weight >= 0 and self.ce_weight >= 0,
+            "student.kd_weight/ce_weight",
+            f"must be >= 0, got {self.kd_weight}, {self.ce_weight}",
+        )
         _check(self.hard_weight is None or self.hard_weight >= 0, "student.hard_weight", "must be >= 0 or null")
         _check(self.kd_confidence_power >= 0, "student.kd_confidence_power", "must be >= 0")
         _check(0 <= self.min_confidence <= 1, "student.min_confidence", "must be in [0, 1]")
@@ -503,11 +542,7 @@ class StudentConfig:
             "student.verify_shards",
             f"{self.verify_shards!r} is not size or sha256",
         )
-        _check(
-            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-            "student.mixed_precision",
-            f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
-        )
+        _check_mixed_precision(self.mixed_precision, "student.mixed_precision")
         _check(self.num_workers >= 0, "student.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.checkpoint_every >= 0, "student.checkpoint_every", "must be >= 0")
         _check(self.warmup_steps >= 0, "student.warmup_steps", "must be >= 0")
@@ -641,7 +676,7 @@ class ExperimentConfig:
             value = getattr(self, key)
             for arch in (value,) if isinstance(value, str) else value:
                 _check(arch in ARCHS, f"experiment.{key}", f"{arch!r} is not one of {', '.join(ARCHS)}")
-        for key in ("seeds", "sweep_seeds", "study_seeds"):
+        for key in ("seeds", "sweep_seeds", "study_seeds", "kd_weight_seeds"):
             _check(
                 all(s >= 0 for s in getattr(self, key)),
                 f"experiment.{key}",
@@ -650,15 +685,16 @@ class ExperimentConfig:
         _check(
             self.quality_pairs >= 1 and self.figure_samples >= 1,
             "experiment.quality_pairs/figure_samples",
-            "must be >= 1",
+            f"must be >= 1, got {self.quality_pairs}, {self.figure_samples}",
         )
         _check(
             0.0 <= self.filter_keep < 1.0,
             "experiment.filter_keep",
             f"{self.filter_keep} is not in [0, 1) (0 = no filter, 0.5 = keep the best-aligned half)",
         )
-        for m in self.methods + self.sweep_methods:
-            _check(m in known, "experiment.methods", f"{m!r} is not one of {known}")
+        for key in ("methods", "sweep_methods"):
+            for m in getattr(self, key):
+                _check(m in known, f"experiment.{key}", f"{m!r} is not one of {known}")
         for entry in self.exploratory:
             a, _, b = entry.partition("-")
             _check(
@@ -703,8 +739,16 @@ class ExperimentConfig:
             "experiment.filter_keep",
             "the filter's judge is trained before steps_grid chooses the student length: use one of the two",
         )
-        _check(len(self.seeds) >= 1 and len(self.archs) >= 1, "experiment.seeds/archs", "need at least one")
-        _check(self.ratio > 0 and all(r > 0 for r in self.sweep_ratios), "experiment.ratio/sweep_ratios", "must be > 0")
+        _check(
+            len(self.seeds) >= 1 and len(self.archs) >= 1,
+            "experiment.seeds/archs",
+            f"need at least one, got {list(self.seeds)}, {list(self.archs)}",
+        )
+        _check(
+            self.ratio > 0 and all(r > 0 for r in self.sweep_ratios),
+            "experiment.ratio/sweep_ratios",
+            f"must be > 0, got {self.ratio}, {list(self.sweep_ratios)}",
+        )
         students = set(self.archs) | set(self.sweep_archs) | {self.study_arch}
         for entry in self.kd_weights:
             arch, _, weight = entry.partition(":")
@@ -789,7 +833,7 @@ class DistillConfig:
     lr: float = 5e-5
     warmup_steps: int = 0
     lr_schedule: str = "cosine"  # cosine | constant (core/steps.lr_factor)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = none
     ema_decay: float = 0.999  # the EMA of the student's weights: what the distilled folder holds
     ema_warmup: bool = True
     # consistency only: the target network theta- = this EMA of the student (Song et al. 2023's mu, 0.95 in
@@ -820,23 +864,18 @@ class DistillConfig:
         _check(self.lr > 0, "distill.lr", "must be > 0")
         _check(self.warmup_steps >= 0, "distill.warmup_steps", "must be >= 0")
         _check(self.lr_schedule in ("cosine", "constant"), "distill.lr_schedule", "must be cosine or constant")
-        _check(
-            self.max_minutes >= 0 and math.isfinite(self.max_minutes),
-            "distill.max_minutes",
-            f"must be >= 0 (0 = no time budget), got {self.max_minutes}",
-        )
+        _check_budget(self.max_minutes, "distill.max_minutes")
         _check(0 <= self.ema_decay < 1, "distill.ema_decay", "must be in [0, 1)")
+        _check_grad_norm(self.max_grad_norm, "distill.max_grad_norm")
         _check(0 <= self.target_ema_decay < 1, "distill.target_ema_decay", "must be in [0, 1)")
         _check(0 <= self.class_balance <= 1, "distill.class_balance", f"must be in [0, 1], got {self.class_balance}")
         _check(
-            self.checkpoint_every >= 0 and self.num_workers >= 0, "distill.checkpoint_every/num_workers", "must be >= 0"
+            self.checkpoint_every >= 0 and self.num_workers >= 0,
+            "distill.checkpoint_every/num_workers",
+            f"must be >= 0, got {self.checkpoint_every}, {self.num_workers}",
         )
         _check(self.seed >= 0, "distill.seed", f"must be >= 0, got {self.seed}")
-        _check(
-            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-            "distill.mixed_precision",
-            f"{self.mixed_precision!r} is not auto, no, bf16 or fp16",
-        )
+        _check_mixed_precision(self.mixed_precision, "distill.mixed_precision")
 
 
 @dataclass(frozen=True)
@@ -1021,6 +1060,24 @@ def _dotted_to_nested(flat: dict) -> dict:
     return nested
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader with only true and false as booleans, as in YAML 1.2: YAML 1.1's yes, no, on
+    and off would turn diffusion.mixed_precision=no into False. yaml.safe_dump quotes those strings, so a
+    saved config reads the same either way."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     """["student.lr=1e-3", "data.flip=false"] -> nested dict; values parsed as YAML."""
     flat = {}
@@ -1032,15 +1089,17 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         flat[key] = value
     return _dotted_to_nested(flat)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- overrides, validated."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | None = None
+) -> Config:
+    """Defaults <- YAML file <- overrides <- flags ({dotted key: value}, a job's flags: values as given), validated."""
     values: dict = {}
     source = "defaults"
     if path is not None:
@@ -1048,7 +1107,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = _load_yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -1058,6 +1117,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if overrides:
         values = merge(values, parse_overrides(overrides))
         source += " + overrides"
+    if flags:
+        values = merge(values, _dotted_to_nested(flags))
+        source += " + flags"
     values, moved = migrate_keys(values)
     for key in moved:  # e.g. a model folder's config.yaml saved before the key moved
         logging.getLogger("dakter_scale").warning("%s: %s is now %s; read there", source, key, MOVED_KEYS[key])

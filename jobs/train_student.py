@@ -22,20 +22,7 @@ to that tracker; --evaluate test evaluates the written student on the real data'
 
 from __future__ import annotations
 
-from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, run, script, training_flags
-
-
-def parse_ratio(text: str) -> float:
-    from dakter_scale.config import ConfigError
-
-    t = text.strip()
-    try:
-        value = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
-    except ValueError:
-        raise ConfigError(f"--ratio must be a number like 2 or 200%, got {text!r}") from None
-    if value < 0:
-        raise ConfigError(f"--ratio must be >= 0, got {text!r}")
-    return value
+from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, ratio_flag, run, script, training_flags
 
 
 def main() -> None:
@@ -92,12 +79,11 @@ def main() -> None:
 
         check_flag("--max-steps", args.max_steps, 1)
         check_flag("--instance-bank-size", args.instance_bank_size, 0)
-        ratio = parse_ratio(args.ratio) if args.ratio is not None else None
         cfg = config_from(
             args,
             {
                 "data.spec": args.real,
-                "student.ratio": ratio,
+                "student.ratio": ratio_flag(args.ratio),
                 "student.labels": args.labels,
                 "student.arch": args.arch,
                 "student.encoder": args.encoder,

@@ -121,6 +121,7 @@ CASES = [
     ),
     ("train-student-steps", "train_student.py", ["--out", "TMP/out", "--max-steps", "0"], "--max-steps", "TMP/out"),
     ("train-student-arch", "train_student.py", ["--out", "TMP/out", "--arch", "nosuch"], "student.arch", "TMP/out"),
+    ("train-student-ratio", "train_student.py", ["--out", "TMP/out", "--ratio", "nan"], "--ratio", "TMP/out"),
     ("demo-arch", "demo.py", ["--out", "TMP/out", "student.arch=nosuch"], "student.arch", "TMP/out"),
     ("demo-encoder", "demo.py", ["--out", "TMP/out", "student.encoder=nosuch"], "encoder", "TMP/out"),
     (
@@ -135,6 +136,13 @@ CASES = [
         "experiment.py",
         ["--out", "TMP/out", "experiment.seeds=[0,-1]"],
         "experiment.seeds",
+        "TMP/out",
+    ),
+    (
+        "experiment-mixed-precisions",
+        "experiment.py",
+        ["--out", "TMP/out", "diffusion.mixed_precision=fp16", "student.mixed_precision=no"],
+        "diffusion.mixed_precision=fp16, student.mixed_precision=no",
         "TMP/out",
     ),
     (

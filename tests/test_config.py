@@ -52,6 +52,20 @@ def test_round_trip_through_saved_yaml(tmp_path):
         ("synthesis.n=0", r"synthesis\.n"),
         ("data.flip=maybe", r"data\.flip: expected true or false"),
         ("nokey", "not key=value"),
+        ("data.flip=no", r"data\.flip: expected true or false, got 'no'"),  # YAML 1.2: no is a string
+        ("diffusion.unet.norm_num_groups=0", r"^diffusion\.unet\.norm_num_groups: must be >= 1, got 0"),
+        ("diffusion.unet.norm_num_groups=-8", r"^diffusion\.unet\.norm_num_groups: must be >= 1, got -8"),
+        ("diffusion.unet.dropout=1", r"^diffusion\.unet\.dropout: must be in \[0, 1\), got 1"),
+        ("diffusion.max_grad_norm=-1", r"^diffusion\.max_grad_norm: must be >= 0 \(0 = no gradient clipping\)"),
+        ("distill.max_grad_norm=nan", r"^distill\.max_grad_norm: must be >= 0 .*got nan"),
+        ("diffusion.warmup_steps=-1", r"^diffusion\.warmup_steps/weight_decay: must be >= 0, got -1, 0\.0"),
+        ("student.kd_weight=-1", r"^student\.kd_weight/ce_weight: must be >= 0, got -1\.0, 1\.0"),
+        ("distill.num_workers=-1", r"^distill\.checkpoint_every/num_workers: must be >= 0, got 0, -1"),
+        ("experiment.sweep_ratios=[0]", r"^experiment\.ratio/sweep_ratios: must be > 0, got 2\.0, \[0\.0\]"),
+        ("experiment.sweep_methods=[nosuch]", r"^experiment\.sweep_methods: 'nosuch' is not one of"),
+        ("experiment.kd_weight_seeds=[-1]", r"^experiment\.kd_weight_seeds: seeds must be >= 0, got \[-1\]"),
+        ("synthesis.target.spec=oil:3", r"^synthesis\.target\.spec: the share of 'oil' must be in \(0, 1\), got 3"),
+        ("synthesis.target.spec=oil:3x,oil:2x", r"^synthesis\.target\.spec: class 'oil' is named twice"),
         (
             "experiment.filter_keep=0.5 experiment.steps_grid=[600,1200] experiment.validation_spec=synthetic:8?seed=7",
             r"^experiment\.filter_keep: the filter's judge is trained before steps_grid chooses the student length",
@@ -79,3 +93,47 @@ def test_missing_and_bad_files(tmp_path):
 def test_replace():
     cfg = load_config().replace(**{"student.ratio": 3.0, "student.labels": "hard"})
     assert cfg.student.ratio == 3.0 and cfg.student.labels == "hard"
+
+
+def test_booleans_are_yaml_1_2s_true_and_false(tmp_path):
+    """no, yes, on and off are strings (YAML 1.1 read them as booleans): mixed_precision: no is "no"."""
+    p = tmp_path / "c.yaml"
+    p.write_text("diffusion:\n  mixed_precision: no\ndata:\n  flip: False\n")
+    cfg = load_config(p, ["student.mixed_precision=no", "distill.mixed_precision=no", "data.license=on"])
+    assert (cfg.diffusion.mixed_precision, cfg.student.mixed_precision, cfg.distill.mixed_precision) == ("no",) * 3
+    assert cfg.data.flip is False and cfg.data.license == "on"
+    assert load_config(save_config(cfg, tmp_path / "saved")) == cfg  # safe_dump quotes 'no'
+
+
+def test_a_jobs_flags_are_taken_as_given():
+    """A string flag is the exact string (through YAML, `#` would start a comment), a number stays a number."""
+    import argparse
+
+    from dakter_scale.cli import config_from
+
+    args = argparse.Namespace(config=None, overrides=["student.lr=0.1", "data.spec=synthetic:4"])
+    cfg = config_from(args, {"data.spec": "osd:/data/run #2", "student.max_steps": 7, "student.ratio": None})
+    assert (cfg.data.spec, cfg.student.max_steps, cfg.student.lr) == ("osd:/data/run #2", 7, 0.1)
+    assert load_config(None, flags={"data.spec": "no", "student.ratio": float("inf")}).data.spec == "no"
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "-50%", "two"])
+def test_a_bad_ratio_flag_is_a_flag_error(text):
+    from dakter_scale.cli import FlagError, ratio_flag
+
+    assert (ratio_flag("2"), ratio_flag("200%"), ratio_flag(None)) == (2.0, 2.0, None)
+    with pytest.raises(FlagError, match=r"^--ratio must be"):
+        ratio_flag(text)
+
+
+def test_a_study_refuses_mixed_precisions_that_differ():
+    """A study trains every model in one process, and accelerate keeps the first mixed precision."""
+    from dakter_scale.training import check_one_precision
+
+    check_one_precision(load_config(None, ["diffusion.mixed_precision=bf16", "student.mixed_precision=bf16"]))
+    check_one_precision(load_config(None, ["distill.mixed_precision=fp16"]))  # no dakter_distilled arm: not trained
+    with pytest.raises(ConfigError, match=r"^diffusion\.mixed_precision=fp16, student\.mixed_precision=no: a study"):
+        check_one_precision(load_config(None, ["diffusion.mixed_precision=fp16", "student.mixed_precision=no"]))
+    arms = ["experiment.methods=[dakter,dakter_distilled]", "distill.mixed_precision=fp16"]
+    with pytest.raises(ConfigError, match=r"distill\.mixed_precision=fp16: a study"):
+        check_one_precision(load_config(None, ["diffusion.mixed_precision=no", "student.mixed_precision=no", *arms]))
