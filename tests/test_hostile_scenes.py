@@ -353,6 +353,22 @@ def gcps_off_the_earth(root: Path) -> Path:
     return path
 
 
+def overview_of_big_blocks(root: Path) -> Path:
+    """A tiled float64 GeoTIFF (256 x 256 blocks) whose internal overview GDAL wrote in 4096 x 4096 tiles (128 MiB each)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+
+    path = root / "ovr.tif"
+    profile = dict(driver="GTiff", width=1024, height=1024, count=1, dtype="float64", crs="EPSG:32631")
+    profile.update(transform=from_origin(500000, 5000000, 10, 10), compress="deflate", tiled=True)
+    with rasterio.open(path, "w", blockxsize=256, blockysize=256, **profile) as ds:
+        ds.write(np.ones((1, 1024, 1024)))
+    with rasterio.Env(GDAL_TIFF_OVR_BLOCKSIZE=4096), rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2], Resampling.nearest)
+    return path
+
+
 CASES = {
     "vrt-behind-tif": (vrt_behind_tif, r"scene\.tif: not a TIFF file .*GTiff driver alone"),
     "vrt": (vrt_scene, r"scene\.vrt: VRT scenes are refused"),
@@ -396,6 +412,10 @@ CASES = {
     "gcps-off-the-earth": (
         gcps_off_the_earth,
         r"polar\.tif: ground control points: point 0 at longitude 3\.0, latitude 95\.0 is off the Earth",
+    ),
+    "overview-blocks": (
+        overview_of_big_blocks,
+        r"ovr\.tif: a 4096 x 4096 float64 block in overview 1, more than 64 MiB",
     ),
 }
 

@@ -364,22 +364,44 @@ def _open_tiff(fs, path: str, shown: str):
         raise SceneError(
             f"{shown}: not a TIFF file (it starts with {head!r}); only GeoTIFF/COG is read as a .tif (GDAL's GTiff driver alone)"
         )
-    try:
-        ds = (
-            rasterio.open(path, driver="GTiff", opener=fs) if not _is_local(fs) else rasterio.open(path, driver="GTiff")
+
+    def gtiff(**options):
+        return (
+            rasterio.open(path, driver="GTiff", opener=fs, **options)
+            if not storage.is_local(fs)
+            else rasterio.open(path, driver="GTiff", **options)
         )
+
+    try:
+        ds = gtiff()
     except (RasterioError, OSError, ValueError) as e:
         raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
     # Every window read inflates the whole blocks it touches: a file of a few MB holding one deflated
-    # 8000 x 8000 strip costs 256 MB a tile read, however small the tile (a decompression bomb).
+    # 8000 x 8000 strip costs 256 MB a tile read, however small the tile (a decompression bomb). A
+    # decimated read does the same in an internal overview, whose blocks are its own (GDAL writes them
+    # up to 4096 x 4096: 128 MiB of float64).
+    try:
+        _check_blocks(ds, shown, "")
+        for level in range(max((len(ds.overviews(b)) for b in ds.indexes), default=0)):
+            with gtiff(overview_level=level) as overview:
+                _check_blocks(overview, shown, f" in overview {level + 1}")
+    except SceneError:
+        ds.close()
+        raise
+    except (RasterioError, OSError, ValueError) as e:
+        ds.close()
+        raise SceneError(f"{shown}: not a readable GeoTIFF (corrupt or truncated?): {_first_line(e)}") from None
+    return ds
+
+
+def _check_blocks(ds, shown: str, where: str) -> None:
+    """Every block of ``ds`` (the file, or one of its overviews: ``where``) at most TIFF_MAX_BLOCK_BYTES inflated."""
     for (bh, bw), dtype in zip(ds.block_shapes, ds.dtypes):
         if bh * bw * np.dtype(dtype).itemsize > TIFF_MAX_BLOCK_BYTES:
-            ds.close()
             raise SceneError(
-                f"{shown}: a {bh} x {bw} {dtype} block, more than {TIFF_MAX_BLOCK_BYTES >> 20} MiB inflated per read; "
+                f"{shown}: a {bh} x {bw} {dtype} block{where}, more than {TIFF_MAX_BLOCK_BYTES >> 20} MiB inflated per read; "
                 "re-tile it (gdal_translate -co TILED=YES or -of COG) and give that file"
             )
-    return ds
 
 
 def _geotiff_scene(ds, shown: str, band: int | None, radiometry: str) -> Scene:
@@ -520,10 +542,6 @@ def check_gcps(gcps: list, source: str, what: str, geographic: bool = False) -> 
             raise SceneError(
                 f"{source}: {what}: the {name} are degenerate (coincident or on one line); no georeferencing can be fitted"
             )
-
-
-def _is_local(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def _open_image(fs, path: str, shown: str, radiometry: str) -> Scene:
