@@ -922,6 +922,49 @@ def test_a_refused_geotiff_leaves_no_handle_open(tmp_path):
         assert refused.value is not None and handles(path) == 0, path
 
 
+def test_the_safe_folder_listing_stops_at_the_cap(tmp_path, monkeypatch):
+    """A SAFE folder with three folders of 600 files: the listing stops in the second it walks (past 1,000
+    files), the third is never listed."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    safe = _safe(tmp_path)
+    for name in ("a", "b", "c"):
+        (safe / name).mkdir()
+        for i in range(600):
+            (safe / name / f"{i}.xml").write_bytes(b"")
+    listed = []
+    ls = LocalFileSystem.ls
+    monkeypatch.setattr(
+        LocalFileSystem, "ls", lambda self, path, *a, **k: listed.append(path) or ls(self, path, *a, **k)
+    )
+    with pytest.raises(SceneError, match=r"\.SAFE: more than 1000 files in the SAFE folder"):
+        open_scene(str(safe))
+    assert sum(p.rstrip("/").rsplit("/", 1)[-1] in ("a", "b", "c") for p in listed) == 2, listed
+
+
+def test_safe_members_are_one_a_polarisation_and_safe_flags_are_refused(tmp_path):
+    """Two calibration files of one polarisation are refused, as two measurements are (noise-*.xml beside
+    them is not a calibration); --band and --scene-radiometry, which a SAFE product would ignore, are refused."""
+    from scenegen import zip_folder
+
+    safe = _safe(tmp_path)
+    cal = next((safe / "annotation" / "calibration").glob("*.xml"))
+    (cal.parent / cal.name.replace("calibration-", "noise-")).write_text("<noise/>")
+    with open_scene(str(safe)) as s:
+        assert s.calibration is not None
+    zipped = zip_folder(safe, tmp_path / "p.zip")
+    for scene in (safe, zipped):
+        with pytest.raises(SceneError, match=r"(SAFE|zip): --band is for GeoTIFFs; .*--polarisation"):
+            open_scene(str(scene), band=1)
+        with pytest.raises(SceneError, match=r"(SAFE|zip): --scene-radiometry sigma0_db is for GeoTIFFs"):
+            open_scene(str(scene), radiometry="sigma0_db")
+    (cal.parent / cal.name.replace("-001.xml", "-002.xml")).write_text(cal.read_text())
+    with pytest.raises(
+        SceneError, match=r"\.SAFE: several VV files in annotation/calibration \(annotation/calibration/calibration-"
+    ):
+        open_scene(str(safe))
+
+
 def test_error_lines_are_redacted_before_they_are_cut():
     """A password whose "@" falls past the 200-character cut was cut, then left unredacted (storage.error_line)."""
     from dakter_scale.scene.read import _first_line

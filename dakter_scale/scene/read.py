@@ -297,9 +297,18 @@ def open_scene(url: str, *, polarisation: str = "VV", band: int | None = None, r
         raise SceneError(f"{shown}: cannot be reached: {_first_line(e)}") from None
     if not exists:
         raise SceneError(f"{shown}: no such scene")
+    if is_dir and not fs.exists(posixpath.join(stripped, "manifest.safe")):
+        raise SceneError(f"{shown}: a folder but no SAFE product (no manifest.safe)")
+    if is_dir or lower.endswith(".zip"):
+        # A SAFE's one band is its polarisation, calibrated from its digital numbers: these flags would be
+        # ignored. (--band defaults to None and --scene-radiometry to auto: any other value was given.)
+        if band is not None:
+            raise SceneError(f"{shown}: --band is for GeoTIFFs; a SAFE product's band is chosen with --polarisation")
+        if radiometry != "auto":
+            raise SceneError(
+                f"{shown}: --scene-radiometry {radiometry} is for GeoTIFFs; a SAFE product holds digital numbers, calibrated by its LUT"
+            )
     if is_dir:
-        if not fs.exists(posixpath.join(stripped, "manifest.safe")):
-            raise SceneError(f"{shown}: a folder but no SAFE product (no manifest.safe)")
         return _open_safe(fs, stripped, shown, polarisation.upper())
     if lower.endswith(".zip"):
         return _open_safe_zip(fs, stripped, shown, polarisation.upper())
@@ -675,13 +684,15 @@ class _SafeFiles:
 
 def _open_safe(fs, path: str, shown: str, polarisation: str) -> Scene:
     names = []
-    for p in fs.find(path, maxdepth=3):  # annotation/calibration/*.xml is the deepest member read
-        names.append(posixpath.relpath(p, path))
+    # walked, not found, so the cap stops the listing: fs.find lists the whole tree before returning.
+    # annotation/calibration/*.xml is the deepest member read.
+    for _, _, files in fs.walk(path, maxdepth=3, detail=True):
+        names += [posixpath.relpath(info["name"], path) for info in files.values()]
         if len(names) > SAFE_MAX_MEMBERS:
             raise SceneError(
                 f"{shown}: more than {SAFE_MAX_MEMBERS} files in the SAFE folder; a GRD product has a few dozen"
             )
-    return _safe_scene(_SafeFiles(fs, path, shown, names), polarisation)
+    return _safe_scene(_SafeFiles(fs, path, shown, sorted(names)), polarisation)
 
 
 def _zip_directory(handle, shown: str) -> None:
@@ -766,15 +777,28 @@ def _safe_zip_scene(handle, shown: str, polarisation: str) -> Scene:
     return _safe_scene(_SafeFiles(zfs, top, shown, names), polarisation)
 
 
-def _safe_member(files: _SafeFiles, polarisation: str, folder: str, ext: str | tuple[str, ...]) -> str:
-    """The one file of `polarisation` in a SAFE folder (measurement/, annotation/), or a SceneError
-    naming the polarisations the product holds, or the several files found."""
+def _safe_member(
+    files: _SafeFiles,
+    polarisation: str,
+    folder: str,
+    ext: str | tuple[str, ...],
+    prefix: str = "",
+    optional: bool = False,
+) -> str | None:
+    """The one file of `polarisation` in a SAFE folder (measurement/, annotation/, annotation/calibration/:
+    ``prefix`` tells calibration-*.xml from noise-*.xml), or a SceneError naming the polarisations the
+    product holds (None if ``optional``), or the several files found."""
     token = f"-{polarisation.lower()}-"
     hits = [
         n
         for n in files.names
-        if posixpath.dirname(n) == folder and token in posixpath.basename(n).lower() and n.lower().endswith(ext)
+        if posixpath.dirname(n) == folder
+        and token in posixpath.basename(n).lower()
+        and posixpath.basename(n).lower().startswith(prefix)
+        and n.lower().endswith(ext)
     ]
+    if not hits and optional:
+        return None
     if not hits:
         have = sorted(
             {
@@ -842,7 +866,6 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
 
     shown = files.shown
     manifest = parse_xml(files.read("manifest.safe"), f"{shown}/manifest.safe")
-    token = f"-{polarisation.lower()}-"
     measurement = _safe_member(files, polarisation, "measurement", (".tiff", ".tif"))
     annotation_name = _safe_member(files, polarisation, "annotation", ".xml")
     annotation = parse_xml(files.read(annotation_name), f"{shown}/{annotation_name}")
@@ -871,17 +894,9 @@ def _safe_scene(files: _SafeFiles, polarisation: str) -> Scene:
         annotated = (spacings[1], spacings[0]) if len(spacings) == 2 else None  # (azimuth, range)
 
     calibration = None
-    cal_names = [
-        n
-        for n in files.names
-        if posixpath.dirname(n) == "annotation/calibration"
-        and posixpath.basename(n).lower().startswith("calibration")
-        and token in n.lower()
-    ]
-    if cal_names:
-        calibration = _read_calibration(
-            parse_xml(files.read(cal_names[0]), f"{shown}/{cal_names[0]}"), f"{shown}/{cal_names[0]}"
-        )
+    cal_name = _safe_member(files, polarisation, "annotation/calibration", ".xml", prefix="calibration", optional=True)
+    if cal_name is not None:
+        calibration = _read_calibration(parse_xml(files.read(cal_name), f"{shown}/{cal_name}"), f"{shown}/{cal_name}")
 
     env = _scene_env()
     try:
