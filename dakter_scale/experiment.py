@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dakter_scale.config import Config
+from dakter_scale.config import Config, ConfigError
 from dakter_scale.student.models import check_students
 from dakter_scale.study.plan import chosen_settings, describe
 from dakter_scale.study.runner import Experiment, read_config, saved_config, write_report
+from dakter_scale.synth.target import TargetError, check_spec_grammar
 from dakter_scale.training import check_one_precision
 
 __all__ = [
@@ -40,16 +41,25 @@ def run_experiment(
     retrain_rebuilt: a model or set rebuilt to other bytes than the records' drops the kept students
     that read it, to be trained again, instead of being refused."""
     e = cfg.experiment
-    check_students(cfg.student, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])  # before any work
-    check_one_precision(cfg)
+    check_before_work(cfg, [*e.archs, *e.sweep_archs, e.study_arch, e.filter_arch])
     return Experiment(cfg, out, progress, records=records, only=only, retrain_rebuilt=retrain_rebuilt).run(wait)
 
 
 def run_demo(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """jobs/demo.py: the same runner on the demo's one-student plan (configs/demo.yaml); returns OUT/report.md."""
-    check_students(cfg.student, list(cfg.experiment.archs))  # before any work
-    check_one_precision(cfg)
+    check_before_work(cfg, list(cfg.experiment.archs))
     return Experiment(cfg, out, progress, preset="demo").run()
+
+
+def check_before_work(cfg: Config, archs: list[str]) -> None:
+    """What a study would otherwise refuse only after its generator trained: the students' architectures,
+    one mixed precision for its one process, and the class target's grammar."""
+    check_students(cfg.student, archs)
+    check_one_precision(cfg)
+    try:
+        check_spec_grammar(cfg.synthesis.target.spec)
+    except TargetError as e:
+        raise ConfigError(str(e)) from None
 
 
 def describe_plan(

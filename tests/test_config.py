@@ -64,8 +64,6 @@ def test_round_trip_through_saved_yaml(tmp_path):
         ("experiment.sweep_ratios=[0]", r"^experiment\.ratio/sweep_ratios: must be > 0, got 2\.0, \[0\.0\]"),
         ("experiment.sweep_methods=[nosuch]", r"^experiment\.sweep_methods: 'nosuch' is not one of"),
         ("experiment.kd_weight_seeds=[-1]", r"^experiment\.kd_weight_seeds: seeds must be >= 0, got \[-1\]"),
-        ("synthesis.target.spec=oil:3", r"^synthesis\.target\.spec: the share of 'oil' must be in \(0, 1\), got 3"),
-        ("synthesis.target.spec=oil:3x,oil:2x", r"^synthesis\.target\.spec: class 'oil' is named twice"),
         (
             "experiment.filter_keep=0.5 experiment.steps_grid=[600,1200] experiment.validation_spec=synthetic:8?seed=7",
             r"^experiment\.filter_keep: the filter's judge is trained before steps_grid chooses the student length",
@@ -124,6 +122,22 @@ def test_a_bad_ratio_flag_is_a_flag_error(text):
     assert (ratio_flag("2"), ratio_flag("200%"), ratio_flag(None)) == (2.0, 2.0, None)
     with pytest.raises(FlagError, match=r"^--ratio must be"):
         ratio_flag(text)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("oil:3", r"^synthesis\.target\.spec: the share of 'oil' must be in \(0, 1\), got 3"),
+        ("oil:3x,oil:2x", r"^synthesis\.target\.spec: class 'oil' is named twice"),
+    ],
+)
+def test_a_study_refuses_a_bad_class_target_before_any_work(spec, match, tmp_path):
+    from dakter_scale.experiment import check_before_work
+
+    cfg = load_config(None, [f"synthesis.target.spec={spec}"])  # the model's classes are not known at load
+    with pytest.raises(ConfigError, match=match):
+        check_before_work(cfg, ["unet"])
+    check_before_work(load_config(None, ["synthesis.target.spec=oil:3x,ship:0.05"]), ["unet"])
 
 
 def test_a_study_refuses_mixed_precisions_that_differ():

@@ -18,6 +18,7 @@ import hashlib
 import heapq
 import math
 import re
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -164,6 +165,15 @@ def parse_class_target(
             + "): no set can hold them"
         )
     return ClassTarget(text.strip(), classes, training, tuple(sorted(goals.items())), tuple(sorted(written.items())))
+
+
+def check_spec_grammar(text: str, flag: str = "synthesis.target.spec") -> None:
+    """A spec's grammar before any work (TargetError naming flag), where the model's classes and training
+    shares are not known yet: the classes are the spec's own and each share the least positive float, so
+    what is refused here is refused with any model. An empty spec (no target) passes."""
+    if text.strip():
+        names = [entry.partition(":")[0].strip() for entry in text.split(",")]
+        parse_class_target(text, names, [sys.float_info.min] * len(names), flag)
 
 
 def check_route(route: str, flag: str = "--target-route") -> str:
