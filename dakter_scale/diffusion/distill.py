@@ -87,19 +87,13 @@ from dakter_scale.diffusion.model import (
     save_model_folder,
 )
 from dakter_scale.diffusion.sample import clean_estimate, grid_schedule, grid_step
-from dakter_scale.diffusion.train import data_layout, patch_batches, prepare_training
+from dakter_scale.diffusion.train import data_layout, patch_batches, prepare_training, train_steps
 from dakter_scale.errors import UserError
 from dakter_scale.training import (
-    LoopSpec,
-    accumulate,
     make_accelerator,
     resolve_resume,
-    run_steps,
-    save_checkpoint,
     setup_logging,
     start_trackers,
-    write_rank_report,
-    write_train_record,
 )
 
 log = logging.getLogger("dakter_scale")
@@ -263,62 +257,28 @@ def _train(
     after_update: Callable[[torch.nn.Module], None] | None = None,
 ):
     """Train run.student on loss_of(x, mask) for distill.max_steps optimiser steps (or distill.max_minutes)
-    in training.run_steps, the EMAs updated after every step (then after_update(the student)), with its
-    checkpoints in OUT/checkpoints and its records in OUT/logs. Returns run_steps' LoopResult."""
-    d = cfg.distill
-    rank, device = accelerator.process_index, accelerator.device
-
-    def step(i: int):
-        return accumulate(
-            accelerator, run.student, run.batches, d.gradient_accumulation_steps, d.seed, rank, i, device, loss_of
-        )
-
-    def updated(i: int) -> None:
-        student = accelerator.unwrap_model(run.student)
-        run.ema.update(student)
-        for average in run.more_emas.values():
-            average.update(student)
-        if after_update is not None:
-            after_update(student)
-
-    spec = LoopSpec(
-        name,
-        d.max_steps,
-        d.max_minutes,
-        d.lr,
-        d.warmup_steps,
-        d.lr_schedule,
-        0.0,
-        d.max_grad_norm,
-        d.log_every,
-        d.checkpoint_every,
-    )
-    result = run_steps(
+    in train.train_steps at distill.lr_schedule (a cosine decays to 0), the EMAs updated after every step
+    (then after_update(the student)), with its checkpoints in OUT/checkpoints and its records in OUT/logs.
+    Returns run_steps' LoopResult."""
+    return train_steps(
         accelerator,
-        spec,
-        run.start,
+        cfg.distill,
+        out,
+        name,
+        cfg.distill.lr_schedule,
+        0.0,
+        run.student,
         run.optimizer,
-        run.student.parameters(),
-        step,
-        after_step=updated,
-        checkpoint=lambda done, extra: save_checkpoint(
-            accelerator,
-            out,
-            done,
-            d.checkpoints_total_limit,
-            run.student,
-            run.optimizer,
-            run.ema,
-            extra={"layout": run.layout, **extra},
-            more_emas=run.more_emas or None,
-        ),
-        total=run.total,
-        progress=progress,
+        run.ema,
+        run.start,
+        run.total,
+        run.layout,
+        run.batches,
+        loss_of,
+        progress,
+        more_emas=run.more_emas,
+        after_update=after_update,
     )
-    getattr(run.batches, "_shutdown_workers", lambda: None)()
-    write_rank_report(accelerator, out, run.student)
-    write_train_record(accelerator, out, result)
-    return result
 
 
 def _write_folder(run: _Run, out: Path, info: dict) -> None:

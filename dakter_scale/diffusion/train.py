@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,6 +25,7 @@ from dakter_scale.data.sar_stats import SAR, enl_from_counts
 from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.model import build_scheduler, build_unet, model_info, save_model_folder
 from dakter_scale.training import (
+    LoopResult,
     LoopSpec,
     accumulate,
     log_launch,
@@ -104,6 +106,86 @@ def prepare_training(
     return unet, optimizer, ema, int(state.get("step", 0)), state.get("total_steps")
 
 
+def train_steps(
+    accelerator,
+    d,
+    out: Path,
+    name: str,
+    schedule: str,
+    lr_floor: float,
+    unet,
+    optimizer,
+    ema: EMA,
+    start: int,
+    total: int | None,
+    layout: dict,
+    batches,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    progress: bool,
+    more_emas: dict[str, EMA] | None = None,
+    after_update: Callable[[torch.nn.Module], None] | None = None,
+) -> LoopResult:
+    """Train `unet` (from prepare_training, with its optimizer, ema, start and total) on loss_of(x, mask) over
+    `batches` (patch_batches) in training.run_steps, for d's budget and settings (DiffusionConfig,
+    DistillConfig); `name` labels the progress, `schedule` and `lr_floor` shape the learning rate. After
+    every step the EMA, then more_emas, are updated, then after_update(the unwrapped network). Checkpoints
+    (with `layout` and more_emas) go to OUT/checkpoints, the rank report and the training record to
+    OUT/logs. Stops the data workers. Returns run_steps' LoopResult."""
+    rank, device = accelerator.process_index, accelerator.device
+    averages = more_emas or {}
+
+    def step(i: int):
+        return accumulate(accelerator, unet, batches, d.gradient_accumulation_steps, d.seed, rank, i, device, loss_of)
+
+    def updated(i: int) -> None:
+        network = accelerator.unwrap_model(unet)
+        ema.update(network)
+        for average in averages.values():
+            average.update(network)
+        if after_update is not None:
+            after_update(network)
+
+    spec = LoopSpec(
+        name,
+        d.max_steps,
+        d.max_minutes,
+        d.lr,
+        d.warmup_steps,
+        schedule,
+        lr_floor,
+        d.max_grad_norm,
+        d.log_every,
+        d.checkpoint_every,
+    )
+    result = run_steps(
+        accelerator,
+        spec,
+        start,
+        optimizer,
+        unet.parameters(),
+        step,
+        after_step=updated,
+        checkpoint=lambda done, extra: save_checkpoint(
+            accelerator,
+            out,
+            done,
+            d.checkpoints_total_limit,
+            unet,
+            optimizer,
+            ema,
+            extra={"layout": layout, **extra},
+            more_emas=averages or None,
+        ),
+        total=total,
+        progress=progress,
+    )
+    # Worker processes stop now rather than at garbage collection: a multi-process run ends in os._exit.
+    getattr(batches, "_shutdown_workers", lambda: None)()
+    write_rank_report(accelerator, out, unet)
+    write_train_record(accelerator, out, result)
+    return result
+
+
 def train_diffusion(
     cfg: Config, out: str | Path, resume: str | None = None, progress: bool = True, accelerator=None
 ) -> Path:
@@ -177,40 +259,25 @@ def train_diffusion(
             label_type,
         )
 
-    def step(i: int):
-        return accumulate(accelerator, unet, batches, accumulation, d.seed, rank, i, device, loss_of)
-
-    spec = LoopSpec(
+    unet.train()
+    # a constant learning rate after the warm-up: the floor (1.0) only shapes a cosine decay
+    result = train_steps(
+        accelerator,
+        d,
+        out,
         "diffusion",
-        d.max_steps,
-        d.max_minutes,
-        d.lr,
-        d.warmup_steps,
         "constant",
         1.0,
-        d.max_grad_norm,
-        d.log_every,
-        d.checkpoint_every,
-    )
-    unet.train()
-    result = run_steps(
-        accelerator,
-        spec,
-        start,
+        unet,
         optimizer,
-        unet.parameters(),
-        step,
-        after_step=lambda i: ema.update(accelerator.unwrap_model(unet)),
-        checkpoint=lambda done, extra: save_checkpoint(
-            accelerator, out, done, d.checkpoints_total_limit, unet, optimizer, ema, extra={"layout": layout, **extra}
-        ),
-        total=total,
-        progress=progress,
+        ema,
+        start,
+        total,
+        layout,
+        batches,
+        loss_of,
+        progress,
     )
-    # Worker processes stop now rather than at garbage collection: a multi-process run ends in os._exit.
-    getattr(batches, "_shutdown_workers", lambda: None)()
-    write_rank_report(accelerator, out, unet)
-    write_train_record(accelerator, out, result)
 
     if accelerator.is_main_process:
         final = build_unet(d.unet, cfg.data.resolution, 1 + k)
