@@ -486,8 +486,32 @@ def test_growing_n_reuses_full_shards_and_rewrites_the_partial_one(model, tmp_pa
     assert grown.skipped == [0] and grown.written == [1] and (out / shardset.shard_name(0)).read_bytes() == first
     keys = read_keys([str(out / shardset.shard_name(s)) for s in range(2)])
     assert sorted(keys) == [shardset.sample_key(s, i) for s in range(2) for i in range(4)]
-    with pytest.raises(PlanError, match="plans only 1"):
+    with pytest.raises(PlanError, match="plans only 1.*--overwrite"):
         synthesize(model, out, cfg(n=3))
+
+
+def test_a_smaller_n_is_a_conflict_that_overwrite_clears(model, tmp_path):
+    """The fingerprint leaves out n: shards beyond a smaller --n are a conflict, so the --overwrite the
+    refusal suggests deletes them and writes this plan, instead of refusing again."""
+    out = tmp_path / "shards"
+    synthesize(model, out, cfg(n=8))
+    assert "plans only 1" in synth_run.dry_run(model, str(out), cfg(n=3), SAMPLING)["conflict"]
+    shrunk = synthesize(model, out, cfg(n=3), overwrite=True)
+    assert shrunk.ok and shrunk.written == [0] and not (out / shardset.shard_name(1)).exists()
+    assert ShardSet(str(out)).info().complete
+
+
+def test_an_output_that_cannot_be_listed_is_named_without_its_password(model, monkeypatch):
+    secret = "hunter2secretpassword"
+    url = f"memory://alice:{secret}@host/gen"
+
+    def refuse(self):
+        raise OSError("x" * 170 + f" {url}: 403\nsecond line")  # a cut at 200 falls inside the password
+
+    monkeypatch.setattr(ShardSet, "listing", refuse)
+    with pytest.raises(storage.StorageError, match=r"memory://\*\*\*@host/gen cannot be listed") as e:
+        synth_run.inspect_output(model, url, cfg(), SAMPLING)
+    assert secret[:7] not in str(e.value)
 
 
 @pytest.mark.parametrize("sampling", SAMPLERS, ids=SAMPLER_IDS)
@@ -928,3 +952,16 @@ def test_zero_terminal_snr_with_an_epsilon_prediction_is_refused():
             ],
         )
     load_config(None, ["diffusion.rescale_zero_terminal_snr=true", "diffusion.prediction_type=v_prediction"])
+
+
+def test_a_run_stopped_by_an_error_closes_its_progress_bar(model, tmp_path, monkeypatch):
+    closed = []
+    monkeypatch.setattr(Progress, "close", lambda self: closed.append(True))
+
+    def fails(*a, **k):
+        raise RuntimeError("no actor could start")
+
+    monkeypatch.setattr(synth_run, "drive", fails)
+    with pytest.raises(RuntimeError, match="no actor could start"):
+        synthesize(model, tmp_path / "shards")
+    assert closed == [True]

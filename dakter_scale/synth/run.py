@@ -176,18 +176,18 @@ def inspect_output(
         listing = out.listing()
     except Exception as e:  # any backend error: report the URL, never credentials
         raise storage.StorageError(
-            f"output {out_url} cannot be listed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            f"output {storage.redact_url(out_url)} cannot be listed: {type(e).__name__}: {storage.error_line(e)}"
         ) from None
     finished, corrupt = out.read_markers(listing)
     conflict = _conflict(out, listing, len(finished) + len(corrupt), fp, mhash, cfg, sampling)
+    beyond = sorted(s for s in list(finished) + list(corrupt) if s >= plan.num_shards)
+    if conflict is None and beyond:  # a conflict, so --overwrite clears it: the fingerprint leaves out n
+        conflict = (
+            f"shards up to {max(beyond)} from a larger --n (--n {cfg.n} plans only {plan.num_shards}, and a "
+            "smaller --n would leave extra pairs readable; the original --n resumes it)"
+        )
     if conflict:
         return Prepared(plan, fp, mhash, info, plan.tasks(), [], {}, [], {}, conflict, [])
-    beyond = sorted(s for s in list(finished) + list(corrupt) if s >= plan.num_shards)
-    if beyond:
-        raise PlanError(
-            f"{out_url} holds shards up to {max(beyond)} but --n {cfg.n} plans only {plan.num_shards}: "
-            "a smaller --n would leave extra pairs readable. Use the original --n, a new prefix, or --overwrite."
-        )
 
     todo, skipped, resized, markers = [], [], [], {}
     for task in plan.tasks():
@@ -232,10 +232,10 @@ def prepare(
         return prep
     if not overwrite:
         raise PlanError(
-            f"{out_url} already holds {prep.conflict}, not this run's (fingerprint {prep.fingerprint}). "
+            f"{storage.redact_url(out_url)} already holds {prep.conflict}, not this run's (fingerprint {prep.fingerprint}). "
             "Choose a new prefix, or pass --overwrite to delete it and write this one."
         )
-    log.warning("--overwrite: removing %s from %s", prep.conflict, out_url)
+    log.warning("--overwrite: removing %s from %s", prep.conflict, storage.redact_url(out_url))
     check()  # planning may have outlasted the lease: deleting is a write too
     ShardSet(out_url).clear()
     return inspect_output(model_dir, out_url, cfg, sampling, condition)
@@ -503,21 +503,23 @@ def _synthesize(
         summary.retried.append({"shard": task.shard, "attempt": task.attempt, "reason": reason})
         final_failures[task.shard] = reason or "unknown error"
 
-    if prep.todo:
-        args = writer_args(
-            str(check_model_folder(model_dir)),
-            out_url,
-            cfg,
-            sampling,
-            prep.fingerprint,
-            lease=lease.ref(),
-            condition=condition,
-        )
-        workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries, cfg.call_timeout_s)
-        strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
-        summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
-    remove_dead_temporaries(out, lease)
-    bar.close()
+    try:
+        if prep.todo:
+            args = writer_args(
+                str(check_model_folder(model_dir)),
+                out_url,
+                cfg,
+                sampling,
+                prep.fingerprint,
+                lease=lease.ref(),
+                condition=condition,
+            )
+            workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries, cfg.call_timeout_s)
+            strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
+            summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
+        remove_dead_temporaries(out, lease)
+    finally:  # a run stopped by an error (no actor could start, a lost lease) leaves no bar on the terminal
+        bar.close()
     summary.failed = {s: r for s, r in final_failures.items() if s not in markers}
     summary.seconds = time.time() - t0
 
