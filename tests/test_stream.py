@@ -407,3 +407,104 @@ def test_one_bad_shard_of_two_never_ends_an_endless_reader(tmp_path):
                 assert sum(1 for _ in zip(range(1500), stream)) == 1500
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _undecodable_dataset(url: str, counts: list[int], size: int = 16) -> None:
+    """Shards whose samples pass read_checked (record, sizes, PNG headers) but fail decoding: the soft
+    labels' levels sum to 0, not 255, at every pixel."""
+    import numpy as np
+
+    from dakter_scale.data import shardset
+    from dakter_scale.data.osd import CLASSES
+    from dakter_scale.data.shardset import DatasetInfo, ShardSet
+    from dakter_scale.data.shardset.codec import encode_png
+    from dakter_scale.data.shardset.records import COMPLETE
+    from dakter_scale.data.synthetic_sar import simulate_scene
+
+    from shardgen import pair_record, soft_label
+
+    out = ShardSet(url)
+    out.fs.makedirs(out.root, exist_ok=True)
+    for shard, count in enumerate(counts):
+        rows, samples = [], []
+        for index in range(count):
+            image, mask = simulate_scene(shard * 100 + index, size, size)
+            key = shardset.sample_key(shard, index)
+            row, (key, sample) = pair_record(key, shard, index, index, image, soft_label(mask, len(CLASSES), 0.9))
+            sample[shardset.SOFT] = encode_png(np.zeros((len(CLASSES) * size, size), np.uint8))
+            rows.append(row)
+            samples.append((key, sample))
+        out.write_shard(shard, samples, rows, "test-0")
+    out.write_info(
+        DatasetInfo(classes=list(CLASSES), resolution=size, count=sum(counts), status=COMPLETE, fingerprint="test-0")
+    )
+
+
+def test_a_set_whose_every_sample_fails_decoding_stops_instead_of_spinning(tmp_path):
+    """read_checked yields these samples (it does not inflate the PNGs); only decoding refuses them. The
+    reader counted them as read and their shards as usable, so it looped forever without an item."""
+    import logging
+
+    url = str(tmp_path / "shards")
+    _undecodable_dataset(url, [3, 2])
+    logging.disable(logging.WARNING)
+    try:
+        with deadline(60), pytest.raises(StreamError, match=r"found no usable sample in 8 passes in a row"):
+            next(iter(GeneratedStream(url, shuffle_buffer=2, on_bad_shard="warn")))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_a_failed_read_names_the_shard_without_the_credentials_in_its_error(tmp_path, monkeypatch):
+    from dakter_scale.data.shardset import ShardSet
+
+    url = str(tmp_path / "shards")
+    write_dataset(url, [3], size=16)
+
+    def refused(self, info):
+        raise OSError("GET https://AKIAKEY:s3cr3t/pass@store.example/b/shard-000000.tar: 403\nrequest id ...")
+
+    monkeypatch.setattr(ShardSet, "_open_tar", refused)
+    _, notices = read_one_pass(url, 0, 1, workers=0, on_bad_shard="warn")
+    assert len(notices) == 1 and "s3cr3t" not in notices[0] and "AKIAKEY" not in notices[0]
+    assert "store.example" in notices[0] and "\n" not in notices[0]
+
+
+def test_bad_shard_reasons_are_capped_and_counted_per_shard():
+    """A set with many bad samples: the checkpoint keeps the first MAX_BAD_REASONS reasons and a count per
+    shard, not every reason (state.json and student.json stay small); a reason met again counts once."""
+    from dakter_scale.data.stream import MAX_BAD_REASONS
+
+    reasons = [f"shard /d/shard-{i % 3:06d}.tar: sample {i:06d}: levels sum to 0" for i in range(90)]
+    real = iter(
+        lambda: {
+            "key": "r",
+            "x": torch.zeros(1, 4, 4),
+            "mask": torch.zeros(4, 4, dtype=torch.long),
+            "q": None,
+            "generated": False,
+        },
+        None,
+    )
+
+    def generated():
+        for reason in reasons + reasons[:10]:  # the next pass meets the first ten again
+            yield {"key": None, BAD_SHARDS: [reason]}
+        while True:
+            yield {
+                "key": "g",
+                "slot": 0,
+                "pass": 1,
+                "index": 1,
+                "x": torch.zeros(1, 4, 4),
+                "mask": torch.zeros(4, 4, dtype=torch.long),
+                "q": None,
+                "generated": True,
+            }
+
+    batches = MixedBatches(real, generated(), 4, 1.0, 5)
+    next(batches)
+    assert len(batches.bad_shards) == MAX_BAD_REASONS and batches.bad_shards <= set(reasons)
+    assert batches.bad_counts == {"shard-000000": 30, "shard-000001": 30, "shard-000002": 30}
+    resumed = MixedBatches(real, generated(), 4, 1.0, 5, bad_shards=set(reasons), bad_counts=batches.bad_counts)
+    assert len(resumed.bad_shards) == MAX_BAD_REASONS

@@ -56,6 +56,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -64,6 +65,7 @@ import numpy as np
 import torch
 
 from dakter_scale.core.steps import StreamPositions, derive_seed
+from dakter_scale.data import storage
 from dakter_scale.data.real import PatchDataset, normalise
 from dakter_scale.data.shardset import (
     DatasetInfo,
@@ -86,6 +88,10 @@ POLICIES = ("warn", "raise")
 # spinning, once no shard it has read gave a usable sample when last read: one bad shard among few
 # leaves a reader empty for a pass now and then, and by chance for 8 in a row over a long run.
 EMPTY_PASSES = 8
+# Bad-shard bookkeeping stays bounded (a set of bad samples can be large): the trainer keeps the first
+# MAX_BAD_REASONS distinct reasons and a count per shard; a reader holds at most MAX_NOTICES unreported.
+MAX_BAD_REASONS = 20
+MAX_NOTICES = 1000
 
 
 class StreamError(UserError, RuntimeError):
@@ -233,7 +239,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
             infos = list(done.values())
         self.infos = infos
         if not self.infos:
-            raise StreamError(f"{url}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first")
+            raise StreamError(
+                f"{self.shards.where}: no finished shards (no shard-*.json markers); run jobs/synthesize.py first"
+            )
         try:
             header = self.shards.info() or DatasetInfo()
         except ShardError as e:
@@ -257,7 +265,9 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                     own.append(info)
             self.infos = own
             if not self.infos:
-                raise StreamError(f"{url}: no finished shard of this set (fingerprint {header.fingerprint})")
+                raise StreamError(
+                    f"{self.shards.where}: no finished shard of this set (fingerprint {header.fingerprint})"
+                )
         if shape is None:
             try:
                 shape = self.shards.sample_shape(self.infos, header)
@@ -266,7 +276,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         self.shape = shape
         self.limits: dict[int, int] = {}  # shard id -> samples with index below this are used
         if max_samples > 0:
-            self.infos, self.limits = limit_shards(self.infos, max_samples, url)
+            self.infos, self.limits = limit_shards(self.infos, max_samples, self.shards.where)
         self.url, self.rank, self.world, self.seed = url, rank, world, seed
         self.shuffle_buffer, self.min_confidence = shuffle_buffer, min_confidence
         self.start = dict(start or {})
@@ -278,7 +288,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         smallest = min(self.limits.get(i.shard, i.count) for i in self.infos)
         if len(self.infos) < slots and smallest < math.ceil(slots / len(self.infos)):
             raise StreamError(
-                f"{self.url}: {len(self.infos)} shard(s) of as few as {smallest} samples cannot feed {slots} readers "
+                f"{self.shards.where}: {len(self.infos)} shard(s) of as few as {smallest} samples cannot feed {slots} readers "
                 f"(ranks x workers); use fewer DataLoader workers or generate more pairs"
             )
 
@@ -286,7 +296,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
     def _pass_samples(
         self, slot: int, slots: int, pass_: int, usable: dict[int, bool] | None = None
     ) -> Iterator[dict | _BadShard]:
-        """usable: filled with, per shard read, whether it gave a sample this time."""
+        """usable: filled with, per shard read (by shard id), whether it gave a checked sample this time."""
         order = list(range(len(self.infos)))
         random.Random(derive_seed(self.seed, pass_)).shuffle(order)
         for a in assign_shards(len(order), slots, slot):
@@ -295,7 +305,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
                 gave = gave or not isinstance(item, _BadShard)
                 yield item
             if usable is not None:
-                usable[order[a.shard]] = gave
+                usable[self.infos[order[a.shard]].shard] = gave
 
     def _read_shard(self, info: ShardInfo, a: Assignment) -> Iterator[dict | _BadShard]:
         """This slot's samples of a shard, a notice in line for each bad sample (ShardSet.read_checked);
@@ -318,7 +328,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         except StreamError:  # _bad's own, under "raise": already worded
             raise
         except Exception as e:  # opening or reading failed (missing object, permissions, network)
-            yield self._bad(f"shard {info.tar}: {type(e).__name__}: {e}")
+            yield self._bad(f"shard {info.tar}: {type(e).__name__}: {storage.error_line(e)}")
 
     def _bad(self, reason: str, what: str = "shard") -> _BadShard:
         if self.on_bad_shard == "raise":
@@ -355,28 +365,39 @@ class GeneratedStream(torch.utils.data.IterableDataset):
         notices: list[str] = list(self.start_notices) if slot == 0 else []
         empty = 0  # passes in a row without a usable sample
         usable: dict[int, bool] = {}  # per shard this reader has read: whether it gave a sample when last read
+
+        def notice(reason: str) -> None:  # a pass whose samples all fail decoding delivers none to carry them
+            if len(notices) < MAX_NOTICES:
+                notices.append(reason)
+
         while self.passes is None or pass_ < self.passes:
-            index = 0
-            for raw in self._shuffled_pass(slot, slots, pass_, usable):
+            index = 0  # position in the pass (what a checkpoint records), decodable or not
+            read: dict[int, bool] = {}  # this pass's shards: whether read_checked gave a sample
+            delivered: set[int] = set()  # shards a sample was delivered from (or before the checkpoint)
+            for raw in self._shuffled_pass(slot, slots, pass_, read):
                 if isinstance(raw, _BadShard):
-                    notices.append(raw.reason)
+                    notice(raw.reason)
                     continue
                 index += 1
                 if index <= skip:
+                    delivered.add(ShardSet.parse_key(raw["__key__"])[0])
                     continue  # consumed before the checkpoint: not decoded again
                 try:
                     item = decode_generated(raw, self.shape)
                 except ShardError as e:
-                    notices.append(self._bad(f"shard {raw.get('__url__', '?')}: {e}", "sample").reason)
+                    notice(self._bad(f"shard {raw.get('__url__', '?')}: {e}", "sample").reason)
                     continue
+                delivered.add(ShardSet.parse_key(raw["__key__"])[0])
                 item.update(slot=slot, worker=worker, index=index, **{"pass": pass_})
                 if notices:
                     item[BAD_SHARDS], notices = notices, []
                 yield item
-            empty = empty + 1 if index == 0 else 0
+            # usable: a shard whose checked samples all fail decoding gave nothing (it spun forever before)
+            usable.update({shard: gave and shard in delivered for shard, gave in read.items()})
+            empty = empty + 1 if not delivered else 0
             if empty >= EMPTY_PASSES and self.passes is None and not any(usable.values()):
                 raise StreamError(
-                    f"{self.url}: reader {slot} of {slots} found no usable sample in {empty} passes in a row (all its shards bad, or every sample filtered out?)"
+                    f"{self.shards.where}: reader {slot} of {slots} found no usable sample in {empty} passes in a row (all its shards bad, or every sample filtered out?)"
                 )
             pass_, skip = pass_ + 1, 0
         if notices:  # only reachable with a finite number of passes
@@ -528,6 +549,15 @@ def collate(items: list[dict], num_classes: int) -> dict[str, Any]:
     return {"x": x, "mask": mask, "q": q, "generated": generated, "keys": [it["key"] for it in items]}
 
 
+def bad_shard_name(reason: str) -> str:
+    """The shard a bad-shard reason names ("shard-000001"), or "set" for the set's own (its header)."""
+    found = _SHARD_NAME.search(reason)
+    return found.group(0) if found else "set"
+
+
+_SHARD_NAME = re.compile(r"shard-\d+(?=\.(?:tar|json))")
+
+
 class MixedBatches:
     """Batches of real + generated samples at a ratio.
 
@@ -535,7 +565,9 @@ class MixedBatches:
     samples start at first_place, rank * batch_size), so that what it does is a function of the
     position: a resumed run continues exactly, and ranks draw apart.
     Keeps what a checkpoint needs: the (pass, index) each generated slot reached, and the bad
-    shards the stream reported (a set of reasons: a bad shard met again in a later pass counts once).
+    shards the stream reported: the first MAX_BAD_REASONS distinct reasons (a bad shard met again in a
+    later pass counts once) and, per shard, how many distinct reasons named it (bad_counts; reasons
+    past the first MAX_BAD_REASONS that a resumed run meets again are counted again).
     """
 
     def __init__(
@@ -548,6 +580,7 @@ class MixedBatches:
         start_batch: int = 0,
         positions: dict[int, tuple[int, int]] | None = None,
         bad_shards: set[str] | None = None,
+        bad_counts: dict[str, int] | None = None,
         augment: Callable[[dict, int, int], dict] | None = None,
         first_place: int = 0,
     ):
@@ -559,17 +592,29 @@ class MixedBatches:
         self.batch_size, self.ratio, self.num_classes = batch_size, ratio, num_classes
         self.index = start_batch
         self.positions: dict[int, tuple[int, int]] = dict(positions or {})
-        self.bad_shards: set[str] = set(bad_shards or ())
+        self.bad_shards: set[str] = set(sorted(bad_shards or ())[:MAX_BAD_REASONS])
+        self.bad_counts: dict[str, int] = dict(bad_counts or {})
+        self._seen: set[str] = set(self.bad_shards)  # in memory only: repeats in later passes count once
         self.augment = augment  # (item, batch index, place in the global batch) -> item (student/augment.py)
         self.first_place = first_place
 
     def _next_generated(self) -> dict:
         while True:
             item = next(self.generated)
-            self.bad_shards.update(item.get(BAD_SHARDS, ()))
+            for reason in item.get(BAD_SHARDS, ()):
+                self.add_bad(reason)
             if item["key"] is not None:
                 self.positions[item["slot"]] = (item["pass"], item["index"])
                 return item
+
+    def add_bad(self, reason: str) -> None:
+        if reason in self._seen:
+            return
+        self._seen.add(reason)
+        shard = bad_shard_name(reason)
+        self.bad_counts[shard] = self.bad_counts.get(shard, 0) + 1
+        if len(self.bad_shards) < MAX_BAD_REASONS:
+            self.bad_shards.add(reason)
 
     def __iter__(self):
         return self

@@ -21,7 +21,15 @@ from dakter_scale.core.kd import mixed_loss
 from dakter_scale.data.real import open_source, patch_dataset
 from dakter_scale.data.shardset import DatasetInfo, SampleShape, ShardError, ShardSet
 from dakter_scale.data.storage import redact_url
-from dakter_scale.data.stream import GeneratedStream, MixedBatches, RealStream, StreamError, consumed, stream_loader
+from dakter_scale.data.stream import (
+    MAX_BAD_REASONS,
+    GeneratedStream,
+    MixedBatches,
+    RealStream,
+    StreamError,
+    consumed,
+    stream_loader,
+)
 from dakter_scale.student.augment import Augment, build_augment
 from dakter_scale.student.models import (
     STUDENT_WEIGHTS,
@@ -59,6 +67,7 @@ def check_generated(
     An unreadable header stops the run under on_bad_shard="raise"; under "warn" it is ignored (the
     stream reports it and checks every sample against the real data's size and classes instead)."""
     generated = ShardSet(url)
+    where = generated.where  # messages and logs: the URL with credentials hidden
     try:
         info = generated.info()
     except ShardError:
@@ -67,16 +76,18 @@ def check_generated(
         info = None
     if info is None:
         if not generated.read_markers()[0]:
-            raise StreamError(f"--synthetic {url}: no generated dataset there (no dataset.json, no finished shards)")
+            raise StreamError(f"--synthetic {where}: no generated dataset there (no dataset.json, no finished shards)")
         return None
     if list(info.classes or classes) != list(classes):
-        raise StreamError(f"--synthetic {url}: its classes {info.classes} differ from the real data's {list(classes)}")
+        raise StreamError(
+            f"--synthetic {where}: its classes {info.classes} differ from the real data's {list(classes)}"
+        )
     if (info.resolution or resolution) != resolution:
         raise StreamError(
-            f"--synthetic {url}: pairs are {info.resolution} px but data.resolution is {resolution}; set data.resolution={info.resolution}"
+            f"--synthetic {where}: pairs are {info.resolution} px but data.resolution is {resolution}; set data.resolution={info.resolution}"
         )
     for warning in info.warnings or []:
-        log.warning("generated dataset %s: %s", url, warning)
+        log.warning("generated dataset %s: %s", where, warning)
     return info
 
 
@@ -129,8 +140,9 @@ def resume_streams(
     optimizer,
     layout: dict,
     s: StudentConfig,
-) -> tuple[int, int | None, dict[int, tuple[int, int]], set[str]]:
-    """(start step, recorded total or None, the generated readers' positions, the bad shards seen):
+) -> tuple[int, int | None, dict[int, tuple[int, int]], set[str], dict[str, int]]:
+    """(start step, recorded total or None, the generated readers' positions, the bad shards seen and
+    their count per shard):
     a checkpoint restored into model and optimizer (training.restore); with a changed data layout every
     reader restarts at the earliest pass any reader was in, since slots no longer match. Every rank
     must agree (a collective)."""
@@ -142,7 +154,13 @@ def resume_streams(
         first_pass = min((p[0] for p in positions.values()), default=0)
         slots = layout["ranks"] * max(1, layout["num_workers"])
         positions = {slot: (first_pass, 0) for slot in range(slots)}
-    return int(state.get("step", 0)), state.get("total_steps"), positions, set(state.get("bad_shards", []))
+    return (
+        int(state.get("step", 0)),
+        state.get("total_steps"),
+        positions,
+        set(state.get("bad_shards", [])),
+        dict(state.get("bad_counts", {})),
+    )
 
 
 def train_student(
@@ -205,7 +223,7 @@ def train_student(
     }
     if augment is not None and getattr(augment.copy_paste, "read", None):
         layout["instance_bank"] = augment.copy_paste.read  # a bank grown or rebuilt since pastes other instances
-    start, total, positions, bad_shards = resume_streams(
+    start, total, positions, bad_shards, bad_counts = resume_streams(
         accelerator, checkpoint, resume, out, model, optimizer, layout, s
     )
     if accelerator.is_main_process:  # after the restore: a checkpoint this run cannot continue leaves it as it was
@@ -230,20 +248,25 @@ def train_student(
         # from the checkpoint would report them unchanged, and the merge below would undo their progress
         positions={slot: p for slot, p in positions.items() if slot // max(1, s.num_workers) == rank},
         bad_shards=bad_shards,
+        bad_counts=bad_counts,
         augment=augment,
         first_place=rank * s.batch_size,  # rank 0 draws what one process draws; the others apart
     )
 
     def data_state() -> dict:
         """The streams' state over all ranks (a collective: every rank calls it)."""
-        ranks = gather_objects(accelerator, (batches.positions, sorted(batches.bad_shards)))
+        ranks = gather_objects(accelerator, (batches.positions, sorted(batches.bad_shards), batches.bad_counts))
         merged: dict[int, tuple[int, int]] = {}
-        for rank_positions, _ in ranks:
+        counts: dict[str, int] = {}
+        for rank_positions, _, rank_counts in ranks:
             merged.update(rank_positions)
+            for shard, n in rank_counts.items():  # ranks read disjoint samples; a shard they share counts twice
+                counts[shard] = counts.get(shard, 0) + n
         return {
             "layout": layout,
             "generated_positions": {str(slot): list(p) for slot, p in sorted(merged.items())},
-            "bad_shards": sorted(set().union(*(set(b) for _, b in ranks))),
+            "bad_shards": sorted(set().union(*(set(b) for _, b, _ in ranks)))[:MAX_BAD_REASONS],
+            "bad_counts": dict(sorted(counts.items())),
         }
 
     start_trackers(accelerator, "student", to_dict(s), start)
@@ -307,12 +330,13 @@ def train_student(
     final_state = data_state()
     write_rank_report(accelerator, out, model)
     write_train_record(accelerator, out, result)
-    bad = final_state["bad_shards"]
+    bad, bad_counts = final_state["bad_shards"], final_state["bad_counts"]
     if bad and accelerator.is_main_process:
         log.warning(
-            "%d bad shard(s) or sample(s) skipped while streaming (student.on_bad_shard=warn): %s",
-            len(bad),
-            "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+            "%d bad shard(s) or sample(s) skipped while streaming, in %d shard(s) (student.on_bad_shard=warn): %s",
+            sum(bad_counts.values()),
+            len(bad_counts),
+            "; ".join(bad[:5]) + (" ..." if sum(bad_counts.values()) > 5 else ""),
         )
 
     if accelerator.is_main_process:
@@ -336,7 +360,8 @@ def train_student(
             "batch_size_per_rank": s.batch_size,
             "ranks": world,
             "generated_share": generated_share(result.steps),
-            "bad_shards": [redact_url(reason) for reason in bad],
+            "bad_shards": [redact_url(reason) for reason in bad],  # the first MAX_BAD_REASONS
+            "bad_counts": bad_counts,
             **({"data_license": cfg.data.license} if cfg.data.license else {}),  # only when stated
         }
         info.update(_used_only(s, augment))
