@@ -256,3 +256,39 @@ def test_osd_layout_written_by_simulator_reads_back(tmp_path):
     ref_image, ref_mask = simulate_scene(scene_seed(5, "train", 1), 40, 72)
     assert np.array_equal(mask, ref_mask)
     assert np.abs(image.astype(int) - ref_image.astype(int)).mean() < 3  # JPEG, quality 95
+
+
+def test_a_tiff_image_in_an_sos_split_is_refused_when_listed(tmp_path):
+    write_sos(tmp_path, {("train", "palsar"): 2, ("test", "palsar"): 1})
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "train" / "palsar" / "7_sat.tif")
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "train" / "palsar" / "7_mask.png")
+    with pytest.raises(DataError, match=r"7_sat\.tif: TIFF images are not read here \(PNG or JPEG only\)"):
+        open_source(f"sos:{tmp_path}?sat=palsar").split_items("train")
+
+
+def test_two_images_of_one_name_are_refused_naming_both(tmp_path):
+    """0001.jpg and 0001.png pair with one label: one of them was dropped without a word."""
+    write_osd(tmp_path, {"train": make_masks(2), "test": make_masks(1)}, colour=False)
+    Image.fromarray(np.zeros((16, 24), dtype=np.uint8)).save(tmp_path / "train" / "images" / "0001.png")
+    with pytest.raises(DataError, match=r"0001\.jpg and .*0001\.png: two images named '0001'"):
+        open_source(f"osd:{tmp_path}").split_items("train")
+
+
+def test_osd_data_on_s3_streams_through_a_forked_dataloader_worker(tmp_path, s3_bucket):
+    """s3fs refuses, in a forked DataLoader worker, the instance the parent used ("not fork-safe"): the
+    source opens its file system again there (storage.ForkSafeFS)."""
+    import fsspec
+
+    from dakter_scale.data.stream import RealStream, stream_loader
+
+    write_osd(tmp_path / "osd", {"train": make_masks(3), "test": make_masks(1)}, colour=False)
+    fsspec.filesystem("s3").put(str(tmp_path / "osd"), f"{s3_bucket}/osd", recursive=True)
+    source = open_source(f"osd:{s3_bucket}/osd")
+    dataset = real.PatchDataset(source, "train", 16)
+    x, _ = dataset[0]  # the parent reads first: its s3fs instance and event loop are in use
+    loader = stream_loader(RealStream(dataset, seed=0), num_workers=1)
+    try:
+        items = [next(loader) for _ in range(4)]
+    finally:
+        loader.close()
+    assert all(it["x"].shape == (1, 16, 16) for it in items)

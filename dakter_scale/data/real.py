@@ -33,7 +33,7 @@ from dakter_scale.core.joint import ImageStats
 from dakter_scale.data import synthetic_sar
 from dakter_scale.data.osd import CLASSES, DB_MAX, DB_MIN, OSD_COLOURS
 from dakter_scale.data.sar_stats import SarCounts, enl_window
-from dakter_scale.data.storage import url_to_fs
+from dakter_scale.data.storage import ForkSafeFS
 from dakter_scale.errors import UserError
 
 SOS_CLASSES = ("background", "oil")
@@ -228,6 +228,17 @@ def _stem(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
+def _by_key(paths: list[str], key: Callable[[str], str | None], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in paths:
+        if (k := key(p)) is None:
+            continue
+        if k in out:
+            raise DataError(f"{out[k]} and {p}: two {what} named {k!r}; keep one")
+        out[k] = p
+    return out
+
+
 def _pair(
     images: list[str],
     labels: list[str],
@@ -235,9 +246,10 @@ def _pair(
     image_key: Callable[[str], str | None],
     label_key: Callable[[str], str | None],
 ) -> list[Item]:
-    """Pair images and labels by key; a file on either side without its partner is an error."""
-    img_by = {k: p for p in images if (k := image_key(p)) is not None}
-    lab_by = {k: p for p in labels if (k := label_key(p)) is not None}
+    """Pair images and labels by key; a file on either side without its partner, or two files of one
+    key (a.jpg and a.png: one was dropped unseen), is an error."""
+    img_by = _by_key(images, image_key, "images")
+    lab_by = _by_key(labels, label_key, "labels")
     for k in sorted(img_by):
         if k not in lab_by:
             raise DataError(f"{img_by[k]}: image without a label (looked for its label in {where})")
@@ -251,11 +263,31 @@ def _pair(
     return [Item(name=k, image=img_by[k], label=lab_by[k]) for k in sorted(img_by, key=order)]
 
 
-class OSDSource(Source):
+class _Stored(Source):
+    """A source whose files are at an fsspec URL: ``fs`` is opened again in a forked DataLoader worker
+    (storage.ForkSafeFS), where s3fs and gcsfs refuse the parent's instance."""
+
+    _opened: ForkSafeFS
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._opened.fs
+
+
+def _refuse_tiffs(files: list[str]) -> None:
+    """Refuse a split holding TIFF images when listed: listed, they failed mid-training when first drawn
+    (only PNG and JPEG are decoded)."""
+    tiffs = [p for p in files if p.lower().endswith((".tif", ".tiff"))]
+    if tiffs:
+        raise DataError(f"{tiffs[0]}: TIFF images are not read here (PNG or JPEG only): convert them to 8-bit PNG")
+
+
+class OSDSource(_Stored):
     """``{train,test}/images/*.jpg`` with ``labels_1D/*.png`` (class ids) or ``labels/*.png`` (RGB colours)."""
 
     def __init__(self, root: str, spec: str):
-        self.fs, self.root = url_to_fs(root)
+        self._opened = ForkSafeFS(root)
+        self.root = self._opened.root
         self.spec = spec
         self.classes = CLASSES
         if not self.fs.isdir(self.root):
@@ -267,9 +299,7 @@ class OSDSource(Source):
             return self._cache[split]
         base = posixpath.join(self.root, split)
         files = _list_files(self.fs, posixpath.join(base, "images"))
-        tiffs = [p for p in files if p.lower().endswith((".tif", ".tiff"))]
-        if tiffs:  # listed, they failed mid-training when first drawn (only PNG and JPEG are decoded)
-            raise DataError(f"{tiffs[0]}: TIFF images are not read here (PNG or JPEG only): convert them to 8-bit PNG")
+        _refuse_tiffs(files)
         images = [p for p in files if p.lower().endswith(IMAGE_EXTS)]
         # Class-id masks (labels_1D) when there are any, else the RGB colour masks (labels).
         label_dir = posixpath.join(base, "labels_1D")
@@ -304,13 +334,14 @@ _SOS_IMAGE = re.compile(r"^(.*)_sat\.(jpg|jpeg|png|tif|tiff)$", re.IGNORECASE)
 _SOS_MASK = re.compile(r"^(.*)_mask\.png$", re.IGNORECASE)
 
 
-class SOSSource(Source):
+class SOSSource(_Stored):
     """``{train,test}/{palsar,sentinel}/N_sat.jpg`` with ``N_mask.png`` (0 background, 255 or 1 oil)."""
 
     SATELLITES = ("palsar", "sentinel")
 
     def __init__(self, root: str, spec: str, satellites: Sequence[str] = SATELLITES):
-        self.fs, self.root = url_to_fs(root)
+        self._opened = ForkSafeFS(root)
+        self.root = self._opened.root
         self.spec = spec
         self.classes = SOS_CLASSES
         self.satellites = tuple(satellites)
@@ -326,6 +357,7 @@ class SOSSource(Source):
             folder = posixpath.join(self.root, split, sat)
             files = _list_files(self.fs, folder)
             images = [p for p in files if _SOS_IMAGE.match(posixpath.basename(p))]
+            _refuse_tiffs(images)
             masks = [p for p in files if _SOS_MASK.match(posixpath.basename(p))]
             for item in _pair(
                 images,

@@ -103,6 +103,24 @@ def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSyst
     return fs, path.rstrip("/") or path
 
 
+class ForkSafeFS:
+    """A URL's file system (``fs``) and the path inside it (``root``), opened again in a forked process (a
+    DataLoader worker): async file systems (s3fs, gcsfs) refuse an instance made before the fork ("This
+    class is not fork-safe")."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._fs, self.root = url_to_fs(url)
+        self._pid = os.getpid()
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self._pid != os.getpid():
+            self._fs, _ = url_to_fs(self.url)
+            self._pid = os.getpid()
+        return self._fs
+
+
 def location(url: str) -> tuple[str, str]:
     """(protocol, normalised absolute path) of a URL or local path: symlinks and `.`/`..` resolved
     locally, `.`/`..` and repeated slashes folded on object stores, so two spellings of one place compare equal."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
@@ -68,17 +67,13 @@ class ShardSet:
     def __init__(self, url: str):
         self.url = url
         self.where = storage.redact_url(url)  # what messages show
-        self._fs, self.root = storage.url_to_fs(url)
-        self._pid = os.getpid()
+        self._opened = storage.ForkSafeFS(url)
+        self.root = self._opened.root
 
     @property
     def fs(self) -> Any:
-        """The set's file system, opened again in a forked process (a DataLoader worker): async file systems
-        (s3fs, gcsfs) refuse an instance made before the fork ("This class is not fork-safe")."""
-        if self._pid != os.getpid():
-            self._fs, _ = storage.url_to_fs(self.url)
-            self._pid = os.getpid()
-        return self._fs
+        """The set's file system, opened again in a forked process (storage.ForkSafeFS)."""
+        return self._opened.fs
 
     def __repr__(self) -> str:
         return f"ShardSet({self.where!r})"
