@@ -259,3 +259,60 @@ def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_
     # the stalled actor, and on a loaded machine perhaps a replacement slower than 3 s to start (seen beside
     # two training runs): each one killed and replaced, none charged to the items
     assert strategy.start_failures and set(strategy.start_failures) == {"did not start within the call timeout (3 s)"}
+
+
+class DiesOnce:
+    """The first actor built dies in __init__ (flag file, across actor processes); task 3's first attempt
+    kills its actor mid-call (a segfault, an OOM kill); everything else answers at once."""
+
+    @staticmethod
+    def pack(args: dict, put) -> dict:
+        return dict(args)
+
+    def __init__(self, flag: str, device=None):
+        import os
+
+        try:
+            os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        raise RuntimeError("this node cannot load the model")
+
+    def ready(self) -> dict:
+        return {}
+
+    def __call__(self, task: Attempted) -> dict:
+        if task.key == 3 and task.attempt == 0:
+            import os
+
+            os._exit(1)
+        return {"key": task.key, "attempt": task.attempt}
+
+
+@pytest.mark.slow  # a local Ray cluster (~15 s)
+def test_only_the_call_an_actor_was_running_is_charged_when_it_dies(tmp_path, monkeypatch):
+    """An actor that dies in __init__ ran none of its queued calls: its start is counted, its calls are
+    resubmitted uncharged. An actor that dies mid-call: that call alone is charged; those queued behind
+    it, or behind the call it was running, never ran."""
+    import ray
+
+    from dakter_scale.dist.strategies import RayStrategy
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        heard = []
+        strategy = RayStrategy(DiesOnce, {"flag": str(tmp_path / "first")}, Workers(actors=2, max_in_flight=8))
+        drive(
+            [Attempted(k) for k in range(12)],
+            strategy,
+            1,
+            lambda task, result, reason, retrying: heard.append((task.key, task.attempt, result, reason)),
+        )
+    finally:
+        ray.shutdown()
+    assert len(strategy.start_failures) == 1 and "cannot load the model" in strategy.start_failures[0]
+    assert [(k, a) for k, a, result, _ in heard if result is None] == [(3, 0)]
+    assert sorted((k, a) for k, a, result, _ in heard if result is not None) == [
+        (k, 1 if k == 3 else 0) for k in range(12)
+    ]

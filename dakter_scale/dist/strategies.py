@@ -49,7 +49,9 @@ class LocalStrategy:
     def __init__(self, worker: type, args: dict, workers: Workers, device: str = "auto"):
         self.worker, self.args, self.device = worker, args, device
         if workers.call_timeout:
-            log.warning("the call timeout applies to Ray actors only: a local run cannot stop a call in its own process")
+            log.warning(
+                "the call timeout applies to Ray actors only: a local run cannot stop a call in its own process"
+            )
         self.pending: Task | None = None
         self.info: dict = {"strategy": "local"}
         self.threads: int | None = None
@@ -133,6 +135,22 @@ def _kill(actor) -> None:
         pass
 
 
+def _returned(ref) -> bool:
+    """Whether a call has already returned, with its result or its worker's error, not its actor's death."""
+    import ray
+    from ray.exceptions import RayActorError, RayError
+
+    if not ray.wait([ref], timeout=0)[0]:
+        return False
+    try:
+        ray.get(ref)
+    except RayActorError:
+        return False
+    except RayError:  # the worker raised: the call ran
+        pass
+    return True
+
+
 class RayStrategy:
     """Workers on Ray actors, one build (model load) per actor, a bounded number of calls per actor,
     crashed actors replaced. The worker class's ``pack(args, put)`` turns its arguments into what
@@ -142,7 +160,8 @@ class RayStrategy:
     in order) fails and is charged an attempt; calls queued behind it never started (Outcome.started
     is False) and are resubmitted uncharged. With ``Workers.call_timeout``, a call that has run that long
     (timed from when its actor finished the call before it) is presumed hung: the actor is killed and
-    replaced, the call is charged a failed attempt and the calls queued behind it are resubmitted."""
+    replaced, the call is charged a failed attempt and the calls queued behind it are resubmitted. An actor
+    that dies while starting ran none of its calls: all are resubmitted uncharged, its start counted."""
 
     def __init__(self, worker: type, args: dict, workers: Workers, device: str = "auto"):
         self.worker, self.args, self.cfg, self.device = worker, args, workers, device
@@ -232,7 +251,11 @@ class RayStrategy:
                     self.ready_times.append(time.time() - self.t0)
                     self.ready_info.append(dict(where, ready_seconds=round(self.ready_times[-1], 3)))
                     log.info("actor ready after %.1f s: %s", self.ready_times[-1], where)
-                except RayError as e:  # it died while starting: its calls fail and it is replaced below
+                except RayActorError as e:  # it died while starting: none of its calls ran; it is replaced
+                    self._start_failed(_start_reason(e))
+                    if actor in self.calls:
+                        outcomes += [Outcome(t, started=False) for t in self._replace(actor)]
+                except RayError as e:
                     self._start_failed(_start_reason(e))
                 continue
             actor, task = self.in_flight.pop(ref)
@@ -246,6 +269,9 @@ class RayStrategy:
                 outcomes.append(Outcome(task, result=ray.get(ref)))
                 continue
             except RayActorError as e:
+                if getattr(e, "actor_init_failed", False):  # it never ran: its failed ready counts, replaces it
+                    outcomes.append(Outcome(task, started=False))
+                    continue
                 reason = f"actor died ({type(e).__name__}): {_start_reason(e)}"
                 if calls is not None:  # the first failed call seen from this actor: replace the actor
                     older, newer = list(calls)[:position], list(calls)[max(position, 0) :]
@@ -254,13 +280,15 @@ class RayStrategy:
                     self.started_at.pop(actor, None)
                     _kill(actor)
                     self._start_actor()
-                    # Calls older than this one stay in flight: the oldest was running and is charged
-                    # when its error arrives. Newer calls, and this one if older ones exist, never started.
-                    unstarted = [self.in_flight.pop(r)[1] for r in newer if r in self.in_flight] + (
-                        [task] if older else []
+                    # Older calls that finished stay in flight, collected with their results; of the rest,
+                    # the oldest was running and is charged when its error arrives. Every other unfinished
+                    # call, and this one if an older one was running, never started.
+                    running = [r for r in older if not _returned(r)]
+                    unstarted = [self.in_flight.pop(r)[1] for r in running[1:] + newer if r in self.in_flight] + (
+                        [task] if running else []
                     )
                     outcomes += [Outcome(t, started=False) for t in unstarted]
-                    if older:
+                    if running:
                         continue
             except RayTaskError as e:
                 reason = _reason(e.cause if getattr(e, "cause", None) is not None else e)
