@@ -316,3 +316,24 @@ def test_only_the_call_an_actor_was_running_is_charged_when_it_dies(tmp_path, mo
     assert sorted((k, a) for k, a, result, _ in heard if result is not None) == [
         (k, 1 if k == 3 else 0) for k in range(12)
     ]
+
+
+def test_actors_not_started_are_named_once_each_even_while_others_run(caplog):
+    """--actors 4 on 2 slots: two actors never start and the calls queued on them wait; the warning says
+    so although other actors are ready, once per actor."""
+    from dakter_scale.dist.strategies import NO_ACTOR_WARNING_S, RayStrategy
+
+    strategy = RayStrategy(HangsOnce, {}, Workers(actors=4))
+    late = time.time() - NO_ACTOR_WARNING_S - 1
+    strategy.info.update(actors=4)
+    strategy.resources, strategy.ready_times, strategy.warned = {"num_cpus": 1}, [1.0], set()
+    strategy.pending_ready = {"ref-c": "c", "ref-d": "d"}
+    strategy.started_at = {"a": late, "b": late, "c": late, "d": time.time()}
+    with caplog.at_level("WARNING", logger="dakter_scale"):
+        strategy._warn_not_started()
+        strategy._warn_not_started()  # the same actor again: no second line
+        strategy.started_at["d"] = late
+        strategy._warn_not_started()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith(f"1 of 4 actors have not started after {NO_ACTOR_WARNING_S:.0f} s")
+    assert lines[1].startswith("2 of 4 actors have not started") and "calls queued on them wait" in lines[1]

@@ -19,7 +19,7 @@ from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
 
-NO_ACTOR_WARNING_S = 60.0  # warn when no actor has started after this long (missing resources?)
+NO_ACTOR_WARNING_S = 60.0  # warn when an actor has not started after this long (missing resources?)
 START_FAILURES = 3  # actors that died while starting, none ever ready, before a run stops (per actor planned)
 
 
@@ -207,7 +207,7 @@ class RayStrategy:
         # model is loaded.
         self.pending_ready: dict[Any, Any] = {}
         self.in_flight: dict[Any, tuple[Any, Task]] = {}
-        self.warned = False
+        self.warned: set = set()  # actors already named in a not-started warning
         for _ in range(n_actors):
             self._start_actor()
 
@@ -233,13 +233,7 @@ class RayStrategy:
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
         ready, _ = ray.wait(list(self.pending_ready) + list(self.in_flight), num_returns=1, timeout=2.0)
-        if not self.ready_times and not self.warned and time.time() - self.t0 > NO_ACTOR_WARNING_S:
-            self.warned = True
-            log.warning(
-                "no actor has started after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes)",
-                time.time() - self.t0,
-                self.resources,
-            )
+        self._warn_not_started()
         outcomes = []
         for ref in ready:
             if ref in self.pending_ready:
@@ -296,6 +290,25 @@ class RayStrategy:
                 reason = _reason(e)
             outcomes.append(Outcome(task, reason=reason))
         return outcomes + self._timed_out()
+
+    def _warn_not_started(self) -> None:
+        """Warn once per actor not started after NO_ACTOR_WARNING_S, also while others run: calls are
+        queued on it all the same (--actors above the slots the cluster has would wait silently)."""
+        now = time.time()
+        waiting = [a for a in self.pending_ready.values() if now - self.started_at.get(a, now) > NO_ACTOR_WARNING_S]
+        if not set(waiting) - self.warned:
+            return
+        self.warned.update(waiting)
+        log.warning(
+            "%s after %.0f s; the cluster may lack %s per actor (an autoscaler may still be adding nodes), "
+            "and the calls queued on %s wait",
+            f"{len(waiting)} of {self.info['actors']} actors have not started"
+            if self.ready_times
+            else "no actor has started",
+            NO_ACTOR_WARNING_S,
+            self.resources,
+            "them" if len(waiting) > 1 else "it",
+        )
 
     def _start_failed(self, reason: str) -> None:
         """Count an actor that could not start; stop the run once START_FAILURES per planned actor have
