@@ -121,6 +121,12 @@ def assign_shards(num_shards: int, slots: int, slot: int) -> list[Assignment]:
     return [Assignment(shard, len(sharing), sharing.index(slot))]
 
 
+def slot_of(rank: int, worker: int, workers: int) -> int:
+    """The slot of a rank's DataLoader worker (workers = 0: the main process, one reader). A rank's slots
+    are slot_of(rank, 0, workers) up to slot_of(rank + 1, 0, workers); world ranks have slot_of(world, 0, workers)."""
+    return rank * max(1, workers) + worker
+
+
 def slot_info() -> tuple[int, int]:
     """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()
@@ -284,7 +290,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
 
     def check_slots(self, workers: int) -> None:
         """Refuse a layout in which some slot would get no sample (the few-shards rule's limit)."""
-        slots = self.world * max(1, workers)
+        slots = slot_of(self.world, 0, workers)
         smallest = min(self.limits.get(i.shard, i.count) for i in self.infos)
         if len(self.infos) < slots and smallest < math.ceil(slots / len(self.infos)):
             raise StreamError(
@@ -360,7 +366,7 @@ class GeneratedStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = slot_info()
-        slot, slots = self.rank * workers + worker, self.world * workers
+        slot, slots = slot_of(self.rank, worker, workers), slot_of(self.world, 0, workers)
         pass_, skip = self.start.get(slot, (0, 0))
         notices: list[str] = list(self.start_notices) if slot == 0 else []
         empty = 0  # passes in a row without a usable sample
@@ -420,7 +426,7 @@ class RealStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = slot_info()
-        slot, slots = self.rank * workers + worker, self.world * workers
+        slot, slots = slot_of(self.rank, worker, workers), slot_of(self.world, 0, workers)
         positions = StreamPositions(len(self.dataset), 1, self.seed, slot, slots)
         g = self.skip // workers + (1 if worker < self.skip % workers else 0)
         while True:
@@ -515,12 +521,7 @@ def _identity(item):
 def generated_count(batch_index: int, batch_size: int, ratio: float) -> int:
     """Generated samples in batch i for augmentation ratio R (generated per real): deterministic,
     share R / (1 + R) over any run of batches, within one sample per batch."""
-    if ratio <= 0:
-        return 0
-    if math.isinf(ratio):
-        return batch_size
-    rho = ratio / (1.0 + ratio)
-    return math.floor((batch_index + 1) * batch_size * rho) - math.floor(batch_index * batch_size * rho)
+    return consumed(batch_index + 1, batch_size, ratio)[1] - consumed(batch_index, batch_size, ratio)[1]
 
 
 def consumed(batches: int, batch_size: int, ratio: float) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from dakter_scale.data.stream import (
     RealStream,
     StreamError,
     consumed,
+    slot_of,
     stream_loader,
 )
 from dakter_scale.student.augment import Augment, build_augment
@@ -152,7 +153,7 @@ def resume_streams(
     positions = {int(slot): tuple(p) for slot, p in state.get("generated_positions", {}).items()}
     if changed:
         first_pass = min((p[0] for p in positions.values()), default=0)
-        slots = layout["ranks"] * max(1, layout["num_workers"])
+        slots = slot_of(layout["ranks"], 0, layout["num_workers"])
         positions = {slot: (first_pass, 0) for slot in range(slots)}
     return (
         int(state.get("step", 0)),
@@ -246,7 +247,11 @@ def train_student(
         start_batch=start,
         # this rank's own readers (slot = rank x workers + worker): a rank that carried the others' slots
         # from the checkpoint would report them unchanged, and the merge below would undo their progress
-        positions={slot: p for slot, p in positions.items() if slot // max(1, s.num_workers) == rank},
+        positions={
+            slot: p
+            for slot, p in positions.items()
+            if slot_of(rank, 0, s.num_workers) <= slot < slot_of(rank + 1, 0, s.num_workers)
+        },
         bad_shards=bad_shards,
         bad_counts=bad_counts,
         augment=augment,
