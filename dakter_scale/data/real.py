@@ -14,6 +14,7 @@ class, or an empty split. Images are read as 8-bit grayscale and normalised to [
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import io
 import math
@@ -21,7 +22,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 from urllib.parse import parse_qsl
 
 import fsspec
@@ -80,42 +81,41 @@ def _open_image(data: bytes, path: str) -> Image.Image:
     return im
 
 
+@contextlib.contextmanager
+def _reading(path: str, what: str = "image") -> Iterator[None]:
+    """Pillow's errors while reading `path` as one-line DataErrors naming it."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's size limit: refused before any pixel is decoded
+        raise DataError(f"{path}: {what} too large to read ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable {what} ({e})") from None
+
+
 def read_gray(fs: fsspec.AbstractFileSystem, path: str, indices: bool = False) -> np.ndarray:
     """An image file as uint8 (H, W) grayscale (a 3-channel grayscale JPEG keeps its first channel).
     indices: a palette ("P") image gives its palette indices, not their colours' grey (a class-id mask
     saved with a palette, as OSD's labels_1D may be: the ids are the indices)."""
-    try:
-        with _open_image(_read_image_bytes(fs, path), path) as im:
-            im.load()
-            if indices and im.mode == "P":
-                arr = np.asarray(im)
-            elif im.mode in ("L", "P"):
-                arr = np.asarray(im.convert("L"))
-            elif im.mode in ("I;16", "I;16B", "I", "F"):
-                raise DataError(
-                    f"{path}: {im.mode} images are not 8-bit; convert them to 8-bit grayscale first (radiometry must be explicit)"
-                )
-            else:
-                arr = np.asarray(im.convert("RGB"))[..., 0]
-    except DataError:
-        raise
-    except Image.DecompressionBombError as e:  # Pillow's size limit: refused before any pixel is decoded
-        raise DataError(f"{path}: image too large to read ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+    with _reading(path), _open_image(_read_image_bytes(fs, path), path) as im:
+        im.load()
+        if indices and im.mode == "P":
+            arr = np.asarray(im)
+        elif im.mode in ("L", "P"):
+            arr = np.asarray(im.convert("L"))
+        elif im.mode in ("I;16", "I;16B", "I", "F"):
+            raise DataError(
+                f"{path}: {im.mode} images are not 8-bit; convert them to 8-bit grayscale first (radiometry must be explicit)"
+            )
+        else:
+            arr = np.asarray(im.convert("RGB"))[..., 0]
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def read_rgb(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
-    try:
-        with _open_image(_read_image_bytes(fs, path), path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: label image too large to read ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable label image ({e})") from None
+    with _reading(path, "label image"), _open_image(_read_image_bytes(fs, path), path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def colour_to_class(rgb: np.ndarray, colours: Sequence[tuple[int, int, int]], path: str) -> np.ndarray:
