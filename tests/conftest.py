@@ -78,8 +78,7 @@ def synthesize_in_process(argv: list[str], capsys, monkeypatch, sampling_allowed
         raise AssertionError("a worker started")
 
     if not sampling_allowed:
-        monkeypatch.setattr(synth_run, "RayStrategy", no_worker)
-        monkeypatch.setattr(synth_run, "LocalStrategy", no_worker)
+        monkeypatch.setattr(synth_run, "run_tasks", no_worker)
     return job_in_process("synthesize.py", argv, capsys, monkeypatch)
 
 

@@ -961,7 +961,7 @@ def test_a_run_stopped_by_an_error_closes_its_progress_bar(model, tmp_path, monk
     def fails(*a, **k):
         raise RuntimeError("no actor could start")
 
-    monkeypatch.setattr(synth_run, "drive", fails)
+    monkeypatch.setattr(synth_run, "run_tasks", fails)
     with pytest.raises(RuntimeError, match="no actor could start"):
         synthesize(model, tmp_path / "shards")
     assert closed == [True]

@@ -58,7 +58,7 @@ class Workers:
     actors: int | str = "auto"  # Ray actors: a number, or auto (one per GPU, else cpus // threads_per_actor)
     threads_per_actor: int = 1
     max_in_flight: int = 0  # tasks submitted at once; 0 = 2 per actor
-    retries: int = 1  # extra attempts per task after a failure
+    retries: int = 1  # extra attempts per task after a failure (strategies.run_tasks gives it to drive)
     # A call that has run this many seconds is presumed hung (a stalled mount or object-store write, a wedged
     # GPU): Ray kills its actor, the call is a failed attempt, its actor is replaced. 0: no limit.
     call_timeout: float = 0.0

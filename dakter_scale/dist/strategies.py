@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from dakter_scale.data.storage import error_line
-from dakter_scale.dist.driver import Outcome, Task, Workers
+from dakter_scale.dist.driver import Callback, Outcome, Task, Workers, drive
 from dakter_scale.errors import UserError
 
 log = logging.getLogger("dakter_scale")
@@ -362,3 +362,12 @@ class RayStrategy:
         self.info["first_actor_ready_seconds"] = round(self.ready_times[0], 3) if self.ready_times else None
         self.info["actors_started"] = self.ready_info
         return self.info
+
+
+def run_tasks(
+    tasks: list, worker: type, args: dict, workers: Workers, use_ray: bool, device: str, on_result: Callback
+) -> dict:
+    """drive() the tasks on Ray actors (use_ray) or in this process, each failed task tried again up to
+    workers.retries times: the one place that picks the strategy and reads the retry count."""
+    strategy = (RayStrategy if use_ray else LocalStrategy)(worker, args, workers, device)
+    return drive(tasks, strategy, workers.retries, on_result)

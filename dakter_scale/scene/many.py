@@ -279,8 +279,8 @@ def _predict_many(
     progress: bool,
     lease,
 ) -> ManySummary:
-    from dakter_scale.dist.driver import Progress, drive
-    from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
+    from dakter_scale.dist.driver import Progress
+    from dakter_scale.dist.strategies import run_tasks
 
     t0 = time.time()
     summary = ManySummary(out=storage.redact_url(out), scenes=len(urls))
@@ -315,8 +315,7 @@ def _predict_many(
             threads=settings.threads_per_actor,
             lease_ref=lease.ref(),
         )
-        strategy = (RayStrategy if use_ray else LocalStrategy)(SceneWorker, args, settings, device)
-        summary.strategy = drive(tasks, strategy, settings.retries, on_result)
+        summary.strategy = run_tasks(tasks, SceneWorker, args, settings, use_ray, device, on_result)
     bar.close()
     summary.failed = {n: r for n, r in failures.items() if n not in summary.written}
     summary.seconds = round(time.time() - t0, 3)

@@ -54,9 +54,9 @@ from dakter_scale.data.shardset import (
     decode_sample,
 )
 from dakter_scale.data.storage import redact_url
-from dakter_scale.dist.driver import Progress, Workers, drive
+from dakter_scale.dist.driver import Progress, Workers
 from dakter_scale.dist.folder import pack_folder, unpack_folder
-from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
+from dakter_scale.dist.strategies import run_tasks
 from dakter_scale.student.evaluate import segment
 from dakter_scale.student.models import STUDENT_WEIGHTS, load_student, read_student_info
 from dakter_scale.synth.run import remove_dead_temporaries, synthesize
@@ -474,8 +474,7 @@ class _BankRun:
         )
         s = self.synthesis
         workers = Workers(s.actors, s.threads_per_actor, s.max_in_flight, s.retries, s.call_timeout_s)
-        strategy = (RayStrategy if use_ray else LocalStrategy)(BankWriter, args, workers, device)
-        summary.strategy = drive(todo, strategy, s.retries, on_result)
+        summary.strategy = run_tasks(todo, BankWriter, args, workers, use_ray, device, on_result)
         bar.close()
 
 

@@ -30,8 +30,8 @@ from dakter_scale.data.lease import Lease
 from dakter_scale.data.sar_stats import SAR
 from dakter_scale.data.shardset import DatasetInfo, ShardError, ShardSet
 from dakter_scale.diffusion.model import check_model_folder, model_hash, num_train_timesteps, sampling_for
-from dakter_scale.dist.driver import Progress, Workers, drive
-from dakter_scale.dist.strategies import LocalStrategy, RayStrategy
+from dakter_scale.dist.driver import Progress, Workers
+from dakter_scale.dist.strategies import run_tasks
 from dakter_scale.synth.plan import Plan, PlanError, ShardTask, estimate_bytes_per_pair, fingerprint
 from dakter_scale.synth.target import Condition
 from dakter_scale.synth.worker import ShardWriter
@@ -515,8 +515,7 @@ def _synthesize(
                 condition=condition,
             )
             workers = Workers(cfg.actors, cfg.threads_per_actor, cfg.max_in_flight, cfg.retries, cfg.call_timeout_s)
-            strategy = (RayStrategy if use_ray else LocalStrategy)(ShardWriter, args, workers, device)
-            summary.strategy = drive(prep.todo, strategy, cfg.retries, on_result)
+            summary.strategy = run_tasks(prep.todo, ShardWriter, args, workers, use_ray, device, on_result)
         remove_dead_temporaries(out, lease)
     finally:  # a run stopped by an error (no actor could start, a lost lease) leaves no bar on the terminal
         bar.close()
