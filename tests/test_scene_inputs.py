@@ -428,6 +428,7 @@ def test_a_trained_student_records_its_convention_and_runs_end_to_end(tmp_path, 
         (["--scene", "TMP/none.tif"], r"^error: .*none\.tif: no such scene$"),
         (["--scene", "TMP/scene.png", "--require-georeferencing"], r"^error: .*scene\.png: no georeferencing"),
         (["--scene", "TMP/scene.png", "--overlap", "600"], r"^error: --overlap must be in \[0, 511\], got 600$"),
+        (["--scene", "TMP/scene.png", "--band", "2"], r"^error: .*scene\.png: --band is for GeoTIFFs; a PNG or JPEG"),
     ],
 )
 def test_the_job_reports_bad_input_in_one_line(tmp_path, trained_student, args, message):

@@ -315,6 +315,8 @@ def open_scene(url: str, *, polarisation: str = "VV", band: int | None = None, r
     if lower.endswith(TIFF_EXTS):
         return _open_geotiff(fs, stripped, shown, band, radiometry)
     if lower.endswith(IMAGE_EXTS):
+        if band is not None:  # an image is read as one gray band: the flag would be ignored
+            raise SceneError(f"{shown}: --band is for GeoTIFFs; a PNG or JPEG scene is read as one gray band")
         return _open_image(fs, stripped, shown, radiometry)
     if lower.endswith(".vrt"):
         raise SceneError(
