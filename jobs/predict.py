@@ -194,6 +194,9 @@ def main() -> None:
         actors = actor_count(args.actors)
         from dakter_scale.scene.many import RunSettings, predict_many
         from dakter_scale.scene.predict import PredictOptions, Predictor
+        from dakter_scale.training import setup_logging
+
+        setup_logging()  # the scene's notes and "no STAC item" reach stderr, as the other jobs' log lines do
 
         options = PredictOptions(
             tile=args.tile,

@@ -418,6 +418,9 @@ def test_a_trained_student_records_its_convention_and_runs_end_to_end(tmp_path, 
     assert record["thresholds"]["classes"] == ["oil", "look-alike"]
     for name in ("probabilities.tif", "classes.tif", "slicks.geojson", "quicklook.png", "predict.json"):
         assert (tmp_path / "out" / name).is_file()
+    # the scene has no acquisition time: no STAC item, and the job's log (stderr) says so
+    assert record["scene"]["acquisition_time"] is None and not (tmp_path / "out" / "item.json").exists()
+    assert re.search(r"scene\.tif: no acquisition time, so no STAC item", r.stderr), r.stderr[-2000:]
     fc = json.loads((tmp_path / "out" / "slicks.geojson").read_text())
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == record["slicks"]
 
