@@ -35,8 +35,14 @@ def main() -> None:
         help="real data spec (overrides data.spec), as --data of the other jobs",
     )
     p.add_argument("--out", required=True, help="student folder to write")
-    p.add_argument("--synthetic", help="folder or URL of generated shards (jobs/synthesize.py --out)")
-    p.add_argument("--ratio", help="generated per real sample, e.g. 2 or 200%% (overrides student.ratio)")
+    p.add_argument(
+        "--synthetic",
+        help="folder or URL of generated shards (jobs/synthesize.py --out); read only with a ratio above 0 (--ratio)",
+    )
+    p.add_argument(
+        "--ratio",
+        help="generated per real sample, e.g. 2 or 200%% (overrides student.ratio, 0 unless the config sets it: real data only, --synthetic not read)",
+    )
     p.add_argument("--labels", choices=["soft", "hard"], help="soft: KD on soft labels (DAKTer); hard: CE on argmax")
     p.add_argument("--arch", help="unet, deeplabv3plus, segformer, fpn, ... (overrides student.arch)")
     p.add_argument("--encoder", help="smp encoder name, or auto")

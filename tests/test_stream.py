@@ -508,3 +508,22 @@ def test_bad_shard_reasons_are_capped_and_counted_per_shard():
     assert batches.bad_counts == {"shard-000000": 30, "shard-000001": 30, "shard-000002": 30}
     resumed = MixedBatches(real, generated(), 4, 1.0, 5, bad_shards=set(reasons), bad_counts=batches.bad_counts)
     assert len(resumed.bad_shards) == MAX_BAD_REASONS
+
+
+def test_generated_pairs_given_at_ratio_0_are_not_read_and_the_log_says_so(caplog):
+    """--synthetic without --ratio (student.ratio 0) trains on real data only: a warning, once (rank 0),
+    naming the set without its credentials."""
+    import logging
+
+    from dakter_scale.config import load_config
+    from dakter_scale.student.train import generated_stream
+
+    cfg = load_config(None, ["student.ratio=0"])
+    url = "s3://user:secret@bucket/gen"
+    with caplog.at_level(logging.WARNING, logger="dakter_scale"):
+        assert generated_stream(cfg, url, ["sea", "oil"], 1, 2) == (None, None)
+        assert not caplog.records
+        assert generated_stream(cfg, url, ["sea", "oil"], 0, 2) == (None, None)
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING
+    assert "are not read: student.ratio is 0" in caplog.text and "give --ratio" in caplog.text
+    assert "secret" not in caplog.text

@@ -112,6 +112,11 @@ def generated_stream(
     against the real data's, before any work."""
     s = cfg.student
     if s.ratio <= 0:
+        if synthetic and rank == 0:
+            log.warning(
+                "generated pairs %s are not read: student.ratio is 0 (real data only); give --ratio (e.g. 2 or 200%%) to train on them",
+                redact_url(synthetic),
+            )
         return None, None
     if not synthetic:
         raise StreamError(f"student.ratio={s.ratio} needs --synthetic URL (generated pairs)")
