@@ -49,7 +49,10 @@ def main() -> None:
         help="experiment folder (resumable); several runners of one command may share it, one per core or machine "
         "(each unit is built by the runner that claims it: OUT/claims/)",
     )
-    p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
+    p.add_argument(
+        "--data",
+        help="data spec (overrides data.spec): synthetic:N[?size=S&test=M&seed=X], osd:PATH, sos:PATH; default the config's data.spec, else synthetic:64 (the built-in simulator)",
+    )
     p.add_argument(
         "--records",
         metavar="DIR",

@@ -17,7 +17,10 @@ from dakter_scale.cli import check_flag, config_from, parser, progress_enabled, 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--data", help="data spec (overrides data.spec): synthetic:N, osd:PATH, sos:PATH")
+    p.add_argument(
+        "--data",
+        help="data spec (overrides data.spec): synthetic:N[?size=S&test=M&seed=X], osd:PATH, sos:PATH; default the config's data.spec, else synthetic:64 (the built-in simulator)",
+    )
     p.add_argument("--out", required=True, help="model folder to write (checkpoints go to OUT/checkpoints)")
     p.add_argument("--max-steps", type=int, help="training steps (overrides diffusion.max_steps)")
     training_flags(p, "'latest' (newest checkpoint in OUT, or a fresh start if none) or a checkpoint folder")

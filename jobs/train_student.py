@@ -32,7 +32,7 @@ def main() -> None:
         "--real",
         dest="real",
         metavar="SPEC",
-        help="real data spec (overrides data.spec), as --data of the other jobs",
+        help="real data spec (overrides data.spec), as --data of the other jobs; default the config's data.spec, else synthetic:64 (the built-in simulator)",
     )
     p.add_argument("--out", required=True, help="student folder to write")
     p.add_argument(
