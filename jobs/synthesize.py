@@ -31,28 +31,48 @@ import os
 import sys
 
 from dakter_scale.cli import actor_count, check_flag, config_from, parser, progress_enabled, run, script
-from dakter_scale.config import ROUTES
+from dakter_scale.config import ROUTES, SamplingConfig, SynthesisConfig
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--model", required=True, help="model folder written by jobs/train_diffusion.py")
-    p.add_argument("--n", help="number of pairs; accepts 1e6 (overrides synthesis.n)")
+    p.add_argument(
+        "--n",
+        help=f"number of pairs; accepts 1e6 (overrides synthesis.n; default the config's, else {SynthesisConfig.n})",
+    )
     p.add_argument(
         "--out", required=True, help="output folder or URL: ./shards, s3://bucket/prefix, gs://bucket/prefix"
     )
-    p.add_argument("--samples-per-shard", type=int, help="pairs per shard (default 1000)")
     p.add_argument(
-        "--batch-size", type=int, help="pairs sampled together on one device (part of the dataset's identity)"
+        "--samples-per-shard",
+        type=int,
+        help=f"pairs per shard (overrides synthesis.samples_per_shard; default the config's, else {SynthesisConfig.samples_per_shard})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"pairs sampled together on one device, part of the dataset's identity (overrides synthesis.batch_size; default the config's, else {SynthesisConfig.batch_size})",
     )
     p.add_argument(
         "--sampler",
         help="reverse process: dpmsolver++ (default, 20 steps), ddim, ddpm, unipc, or distilled (a distilled model folder's own; docs/synthesis.md, Samplers)",
     )
-    p.add_argument("--steps", type=int, help="denoising steps = network evaluations per pair")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"denoising steps = network evaluations per pair (overrides sampling.steps; default the config's, else {SamplingConfig.steps}; a distilled folder's own count)",
+    )
     p.add_argument("--solver-order", type=int, help="dpmsolver++ and unipc: multistep order 1-3 (default 2)")
-    p.add_argument("--seed", type=int, help="run seed; pair seeds derive from (seed, shard, index)")
-    p.add_argument("--actors", help="number of Ray actors, 'auto' (one per GPU, else cpus / threads), or 0 for no Ray")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help=f"run seed; pair seeds derive from (seed, shard, index) (overrides synthesis.seed; default the config's, else {SynthesisConfig.seed})",
+    )
+    p.add_argument(
+        "--actors",
+        help=f"number of Ray actors, 'auto' (one per GPU, else cpus / threads), or 0 for no Ray (overrides synthesis.actors; default the config's, else {SynthesisConfig.actors})",
+    )
     p.add_argument("--threads-per-actor", type=int, help="torch threads per actor (default 1)")
     p.add_argument(
         "--call-timeout",
