@@ -29,7 +29,8 @@ class FlagError(UserError, ValueError):
 
 EPILOG = (
     "Any config key can be overridden as key=value after the flags, e.g. student.lr=3e-4 "
-    "diffusion.unet.block_out_channels=[32,64]. Run with --print-config to see every key."
+    "diffusion.unet.block_out_channels=[32,64]. Add --print-config to a full command (its required flags "
+    "included) to see every key."
 )
 
 
