@@ -73,7 +73,7 @@ def claim_key(unit: Model | GeneratedSet | Selection | InstanceBank | StudentRun
 
 def checkpoint_every(configured: int, steps: int) -> int:
     """A study's models and students run for hours beside each other: where the config sets no interval
-    they still checkpoint, every tenth of their steps and at least every 100, so a stopped study resumes
+    they still checkpoint, every tenth of their steps but no more often than every 100, so a stopped study resumes
     within the unit."""
     return configured or max(100, steps // 10)
 
