@@ -23,9 +23,10 @@
     # rewrite runs/exp/results.md and its figures from runs/exp/results.json
     python jobs/experiment.py --out runs/exp --report
 
-Methods: no augmentation; generated pairs as hard labels (DDPM / SatSynth style); DAKTer (soft
-labels + KD); DAKTer with b = 1 (the ablation); optionally `hard_matched`, hard labels with the
-same weight on generated pairs as DAKTer's KD weight λ (the control). λ per student is set in
+Methods: the arms experiment.methods accepts, listed at the end (their definitions: study/plan.py), among
+them no augmentation; generated pairs as hard labels (DDPM / SatSynth style); DAKTer (soft labels + KD);
+DAKTer with b = 1 (the ablation); `hard_matched`, hard labels with the same weight on generated pairs
+as DAKTer's KD weight λ (the control). λ per student is set in
 `experiment.kd_weights` (e.g. [unet:1.0]) or chosen on a validation split before the main table
 (`experiment.validation_spec` + `experiment.kd_weight_grid`, e.g. [0.5,1.0,2.0]; recorded in
 results.json). Students, ratios, seeds and the optional sampler and decode studies come from the
@@ -41,8 +42,18 @@ from dakter_scale.cli import config_from, fail, parser, progress_enabled, run, s
 WAIT_POLL_S = 60  # --wait: seconds between looks at the records
 
 
+def methods_help() -> str:
+    """Every method the study plan accepts (study/plan.py's registry), with what the reports call it."""
+    from dakter_scale.study.plan import INSTANCE_PASTE, METHOD_NAMES
+
+    width = max(map(len, METHOD_NAMES)) + 2
+    lines = [f"  {m:<{width}}{name}" for m, name in METHOD_NAMES.items()]
+    note = f"({INSTANCE_PASTE}: one arm per experiment.bank_sizes entry, {INSTANCE_PASTE}_N)"
+    return "\nMethods (experiment.methods):\n" + "\n".join(lines) + "\n" + note + "\n"
+
+
 def main() -> None:
-    p = parser(__doc__)
+    p = parser(__doc__ + methods_help())
     p.add_argument(
         "--out",
         required=True,

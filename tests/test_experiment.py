@@ -1135,3 +1135,21 @@ def test_a_runner_builds_what_does_not_wait_on_a_unit_another_runner_holds(tmp_p
     assert not thread.is_alive()
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["runs"]) == {"none-unet-r0-s0", "copy_paste-unet-r0-s0", "dakter-unet-r1-s0"}
+
+
+def test_the_jobs_help_lists_every_method_the_config_accepts(capsys, monkeypatch):
+    """jobs/experiment.py --help lists study/plan.py's registry, which is what experiment.methods accepts."""
+    import re
+
+    from dakter_scale.study.plan import METHODS
+
+    from conftest import job_in_process
+
+    code, captured = job_in_process("experiment.py", ["--help"], capsys, monkeypatch)
+    assert code == 0
+    listed = captured.out.split("Methods (experiment.methods):", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"^  (\w+) ", listed, re.M) == list(METHODS)
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["experiment.methods=[nope]"])
+    accepted = set(re.findall(r"'(\w+)'", str(refused.value))) - {"nope"}
+    assert accepted == set(METHODS)
