@@ -16,8 +16,12 @@ def main() -> None:
     p = parser(__doc__, config=False)
     p.add_argument("--student", required=True, help="student folder written by jobs/train_student.py")
     p.add_argument("--data", required=True, help="data spec to evaluate on")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--pad-multiple", type=int, default=32, help="reflect-pad full images to a multiple of this")
+    p.add_argument(
+        "--split", default="test", choices=["train", "test"], help="the data spec's split to score (default test)"
+    )
+    p.add_argument(
+        "--pad-multiple", type=int, default=32, help="reflect-pad full images to a multiple of this (default 32)"
+    )
     p.add_argument("--out", help="also write the metrics JSON to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else there")
     args = p.parse_args()

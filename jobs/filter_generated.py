@@ -34,7 +34,7 @@ def main() -> None:
     rule.add_argument("--keep", type=int, help="keep this many pairs, the best-aligned")
     rule.add_argument("--min-alignment", type=float, help="keep every pair whose alignment (0-1) reaches this")
     p.add_argument("--samples-per-shard", type=int, help="pairs per output shard (default: the source's)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per segmenter forward pass")
+    p.add_argument("--batch-size", type=int, default=64, help="images per segmenter forward pass (default 64)")
     args = p.parse_args()
 
     def body() -> int:
