@@ -16,7 +16,9 @@ def main() -> None:
     p.add_argument("--cols", type=int, default=4, help="simulated scenes across (default 4)")
     p.add_argument("--size", type=int, default=256, help="side of each simulated scene in pixels (default 256)")
     p.add_argument("--spacing", type=float, default=10.0, help="metres per pixel of the mosaic's UTM grid (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="the simulator's base seed; scenes come from its test split")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the simulator's base seed (default 0); scenes come from its test split"
+    )
     p.add_argument(
         "--sigma0", action="store_true", help="write linear sigma-nought (float32) instead of 8-bit dB codes"
     )

@@ -13,14 +13,27 @@ from dakter_scale.cli import check_flag, parser, progress_enabled, run, script
 
 def main() -> None:
     p = parser(__doc__, config=False)
-    p.add_argument("--layout", choices=["osd", "sos"], required=True)
+    p.add_argument(
+        "--layout",
+        choices=["osd", "sos"],
+        required=True,
+        help="osd: {train,test}/images/*.jpg with labels/ (RGB colours) and labels_1D/ (class ids), 5 classes; "
+        "sos: {train,test}/{palsar,sentinel}/N_sat.jpg + N_mask.png, oil against background (half the scenes each)",
+    )
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--train", type=int, required=True, help="training scenes")
     p.add_argument("--test", type=int, required=True, help="test scenes")
     p.add_argument("--height", type=int, default=650, help="OSD scene height (default 650, as OSD)")
     p.add_argument("--width", type=int, default=1250, help="OSD scene width (default 1250, as OSD)")
     p.add_argument("--size", type=int, default=256, help="SOS patch side (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the simulator's base seed (default 0). osd: scene i of a split is drawn from the seed that "
+        "synthetic:N?size=S&seed=SEED gives scene i of that split, so with --height and --width S it is the same "
+        "scene, stored as JPEG; sos: a stream of its own per satellite",
+    )
     args = p.parse_args()
 
     def body() -> int:
