@@ -76,7 +76,7 @@ def main() -> None:
         "--scene-radiometry",
         default="auto",
         choices=["auto", "db8", "sigma0", "sigma0_db"],
-        help="what a GeoTIFF's pixels are (auto: uint8 = 8-bit dB codes, float = linear sigma0; SAFE: calibrated DN)",
+        help="what a GeoTIFF's pixels are: db8 = 8-bit codes of dB (uint8), used as read and assumed to be in the student's window (--db-window ignored); sigma0 = linear sigma-nought (float); sigma0_db = sigma-nought already in dB (float); both converted to codes over the student's window or --db-window; auto (default) = db8 for uint8, sigma0 for float (SAFE products: DN calibrated with their LUT)",
     )
     g.add_argument(
         "--db-window",
@@ -143,7 +143,7 @@ def main() -> None:
         type=float,
         default=0.0,
         metavar="M2",
-        help="drop slicks smaller than this many square metres (scene pixels, not model pixels, without georeferencing)",
+        help="drop slicks smaller than this many square metres (scene pixels, not model pixels, without georeferencing; default 0: keep all)",
     )
     g.add_argument(
         "--simplify",
@@ -158,14 +158,18 @@ def main() -> None:
         help="land polygons (any format GDAL/OGR reads): no slicks there, marked land in the class map (certain background for a student without a land class)",
     )
     g.add_argument(
-        "--land-buffer", type=float, default=0.0, metavar="METRES", help="grow the land polygons by this many metres"
+        "--land-buffer",
+        type=float,
+        default=0.0,
+        metavar="METRES",
+        help="grow the land polygons by this many metres (default 0)",
     )
     g.add_argument("--no-quicklook", action="store_true", help="skip quicklook.png")
     g = p.add_argument_group("many scenes (--scenes)")
     g.add_argument(
         "--actors",
         default="auto",
-        help="Ray actors: auto (one per GPU, else CPUs / --threads-per-actor), a number, or 0 to run in this process without Ray",
+        help="Ray actors: auto (default; one per GPU, else CPUs / --threads-per-actor), a number, or 0 to run in this process without Ray; with --scenes anything but 0, auto included, starts Ray (or joins RAY_ADDRESS / a running `ray start`)",
     )
     g.add_argument("--threads-per-actor", type=int, default=1, help="CPU threads per actor (default 1)")
     g.add_argument("--retries", type=int, default=1, help="extra attempts for a failed scene (default 1)")
