@@ -59,9 +59,12 @@ def main() -> None:
     p.add_argument(
         "--max-steps",
         type=int,
-        help="optimiser steps per round, or of the consistency run (overrides distill.max_steps)",
+        help="optimiser steps per round, or of the consistency run (overrides distill.max_steps; default the config's, without --config the teacher folder's, else 2000)",
     )
-    training_flags(p, "'latest' (skip finished rounds, continue from the newest checkpoint) or a checkpoint folder")
+    training_flags(
+        p,
+        "'latest' (skip finished rounds, continue from the newest checkpoint; none found: start fresh) or a checkpoint folder",
+    )
     args = p.parse_args()
 
     def body() -> int:
