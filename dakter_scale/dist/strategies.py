@@ -126,6 +126,25 @@ def _init_ray() -> dict:
     }
 
 
+def _at_niceness(worker: type, niceness: int) -> type:
+    """The worker class, for ray.remote, whose constructor first raises its actor's niceness to the given
+    one (the driver's), so that the model load, the calls (run on the same thread) and the threads they
+    start (torch's) run at it. One place for every worker class; each reports os.nice(0) in its ready info."""
+
+    class AtNiceness(worker):
+        def __init__(self, *args, **kwargs):
+            # One already nicer keeps its own: an unprivileged process may raise its niceness, never lower
+            # it. Nothing from this module but os: the class travels by value, its actor does not import it.
+            try:
+                os.nice(max(0, niceness - os.nice(0)))
+            except OSError:  # a priority is no reason to lose the actor; its ready info reports what it has
+                pass
+            super().__init__(*args, **kwargs)
+
+    AtNiceness.__name__ = AtNiceness.__qualname__ = worker.__name__  # Ray names the actor by it (ray::Name)
+    return AtNiceness
+
+
 def _kill(actor) -> None:
     import ray
 
@@ -188,17 +207,20 @@ class RayStrategy:
         # Ray starts workers at niceness 15 so that its own processes stay responsive; an actor is this run's
         # main work, and at nice 15 on a shared machine it gets a sliver of a core (4.7x slower here beside two
         # busy processes: bench/bench_synthesis.py). Actors run at the driver's niceness instead (0 for
-        # `ray job submit` entrypoints).
-        runtime_env = {"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
+        # `ray job submit` entrypoints). Ray adds RAY_worker_niceness to its raylet's niceness, which is the
+        # driver's when the driver started the cluster (passing the driver's own doubled it) and its own when
+        # the driver joined one: workers start at the raylet's (0 added), each actor raises its own.
+        niceness = os.nice(0)
+        runtime_env = {"env_vars": {"RAY_worker_niceness": "0"}}
         self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(
-            self.worker
+            _at_niceness(self.worker, niceness)
         )
         self.info.update(
             actors=n_actors,
             resources=self.resources,
             device=device,
             in_flight_per_actor=self.per_actor,
-            niceness=os.nice(0),
+            niceness=niceness,
         )
         log.info(
             "ray: %d actors, %s each, up to %d tasks in flight", n_actors, self.resources, n_actors * self.per_actor
@@ -263,8 +285,14 @@ class RayStrategy:
                 outcomes.append(Outcome(task, result=ray.get(ref)))
                 continue
             except RayActorError as e:
-                if getattr(e, "actor_init_failed", False):  # it never ran: its failed ready counts, replaces it
+                if getattr(e, "actor_init_failed", False):  # it never ran: its actor died in __init__
                     outcomes.append(Outcome(task, started=False))
+                    if calls is not None:  # its first failed call seen: its start counts once, it is replaced
+                        # now, not on its failed ready: that one may stay pending for minutes (Ray 2.60) while
+                        # each call resubmitted to it fails at once, a busy loop on the same task.
+                        self.pending_ready = {r: a for r, a in self.pending_ready.items() if a != actor}
+                        self._start_failed(_start_reason(e))
+                        outcomes += [Outcome(t, started=False) for t in self._replace(actor)]
                     continue
                 reason = f"actor died ({type(e).__name__}): {_start_reason(e)}"
                 if calls is not None:  # the first failed call seen from this actor: replace the actor
