@@ -261,9 +261,8 @@ def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_
     assert strategy.start_failures and set(strategy.start_failures) == {"did not start within the call timeout (3 s)"}
 
 
-class DiesOnce:
-    """The first actor built dies in __init__ (flag file, across actor processes); task 3's first attempt
-    kills its actor mid-call (a segfault, an OOM kill); everything else answers at once."""
+class DiesWhileStartingOnce:
+    """The first actor built dies in __init__ (flag file, across actor processes); the rest answer at once."""
 
     @staticmethod
     def pack(args: dict, put) -> dict:
@@ -280,6 +279,14 @@ class DiesOnce:
 
     def ready(self) -> dict:
         return {}
+
+    def __call__(self, task: Attempted) -> dict:
+        return {"key": task.key}
+
+
+class DiesOnce(DiesWhileStartingOnce):
+    """The first actor built dies in __init__ (flag file, across actor processes); task 3's first attempt
+    kills its actor mid-call (a segfault, an OOM kill); everything else answers at once."""
 
     def __call__(self, task: Attempted) -> dict:
         if task.key == 3 and task.attempt == 0:
@@ -319,29 +326,6 @@ def test_only_the_call_an_actor_was_running_is_charged_when_it_dies(tmp_path, mo
     assert sorted((k, a) for k, a, result, _ in heard if result is not None) == [
         (k, 1 if k == 3 else 0) for k in range(12)
     ]
-
-
-class DiesWhileStartingOnce:
-    """The first actor built dies in __init__ (flag file, across actor processes); the rest answer at once."""
-
-    @staticmethod
-    def pack(args: dict, put) -> dict:
-        return dict(args)
-
-    def __init__(self, flag: str, device=None):
-        import os
-
-        try:
-            os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return
-        raise RuntimeError("this node cannot load the model")
-
-    def ready(self) -> dict:
-        return {}
-
-    def __call__(self, task: Attempted) -> dict:
-        return {"key": task.key}
 
 
 @pytest.mark.slow  # a local Ray cluster (~15 s)
