@@ -2,9 +2,7 @@ r"""One table across studies that differ only in |D| (how many real training sce
 scarcity study's rows. Reads each folder's results.json; writes markdown to --out (or stdout):
 
     python jobs/across.py docs/results/scarcity_10 docs/results/scarcity_20 \
-        docs/results/scarcity_40 --out docs/results/scarcity.md
-
-(the finished studies; docs/results/scarcity_100 joins the list when it finishes).
+        docs/results/scarcity_40 docs/results/scarcity_100 --out docs/results/scarcity.md
 
 The tables: the ratio and length each |D| chose on validation, its instance bank, mIoU per arm, every
 generator arm against copy-paste, every arm against no augmentation and each instance bank against the next

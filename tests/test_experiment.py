@@ -401,7 +401,7 @@ def test_ratio_chosen_on_validation(tmp_path):
     assert all(again.units.done(u) for u in again.plan.units())
 
 
-@pytest.mark.parametrize("run", ["cpu", "evidence_64", "scarcity_10", "scarcity_20", "scarcity_40"])
+@pytest.mark.parametrize("run", ["cpu", "evidence_64", "scarcity_10", "scarcity_20", "scarcity_40", "scarcity_100"])
 def test_committed_results_regenerate(tmp_path, run):
     """The report code rebuilds each committed run's results.md byte for byte from its results.json."""
     import shutil
