@@ -1,11 +1,12 @@
 """What each copy-paste arm of a study pastes onto the real training scenes: the pixel share of each
 targeted class in a pasted sample, against the per-sample goal all arms are given.
 
-The arms share one class target (synthesis.target.spec), but not one rule for meeting it: real donors
-paste until every sample meets it (or MAX_PASTES), banked instances paste one instance at a time up to
-MAX_INSTANCES per class, and a bank whose all-sea probe reaches half its goal trains (augment.REACH_FLOOR).
-So arms with the same target may give a student different doses; this measures them on the scenes the
-students train on, each scene pasted --draws times with seeded draws (no training, a minute on a CPU):
+The arms share one class target (synthesis.target.spec) and one rule for meeting it (core.compose.
+paste_toward: instances pasted until each sample meets it, a placement that brings no pixel of its class
+skipped, augment.MAX_INSTANCES and MAX_DRAWS; donors refused that fall short of it on the training scenes,
+augment.check_reach), but not one kind of instance: real components, or generated ones with soft edges.
+This measures the dose each arm gives on the scenes the students train on, each scene pasted --draws
+times with seeded draws (no training, a minute on a CPU; before the one rule, docs/journal/paste-reach.md):
 
     OMP_NUM_THREADS=1 python bench/paste_dose.py --config configs/scarcity.yaml \
         'data.spec=synthetic:10?size=32&test=500' --bank runs/scarcity_10/generated/bank \

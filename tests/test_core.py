@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dakter_scale.core import joint, kd, metrics, schedule, soft_labels
+from dakter_scale.core import compose, joint, kd, metrics, schedule, soft_labels
 
 
 def _alpha_bar(n=1000):
@@ -396,3 +396,77 @@ def test_the_mixed_loss_gives_the_indexed_losses_and_gradients_bit_for_bit():
             expected.backward()
             got.backward()
             assert torch.equal(got, expected) and torch.equal(b.grad, a.grad)
+
+
+# -- copy-paste toward a goal (core.compose.paste_toward, paste_onto, paste_soft) -------------------
+
+SEA, SHIP, LAND = 0, 3, 4
+
+
+def _donors(core: np.ndarray, size: int = 16):
+    """The one instance `core` (h, w) bool of class SHIP as both kinds of donor: a real pair (2, size,
+    size) holding it at the centre (paste_onto), and a banked instance cropped to it (paste_soft)."""
+    h, w = core.shape
+    pair = np.zeros((2, size, size), np.uint8)
+    pair[0] = 100
+    y, x = (size - h) // 2, (size - w) // 2
+    pair[1, y : y + h, x : x + w][core] = SHIP
+    pair[0, y : y + h, x : x + w][core] = 200
+    q = np.zeros((5, h, w), np.float32)
+    q[SHIP][core], q[SEA][~core] = 1, 1
+    return {SHIP: [pair]}, {SHIP: [(np.where(core, 200, 0).astype(np.uint8), q, core.copy(), 100.0)]}
+
+
+def _both(image, mask, goal, seed, max_pastes, max_draws=256, core=None):
+    """Ship pixels after pasting toward `goal` (a share) with each kind of donor: (real, banked)."""
+    real, banked = _donors(np.ones((1, 1), bool) if core is None else core, mask.shape[0])
+    goals = {SHIP: goal}
+    _, out, _ = compose.paste_onto(image, mask, real, goals, np.random.default_rng(seed), max_pastes, max_draws)
+    q = np.eye(5, dtype=np.float32)[mask].transpose(2, 0, 1)
+    _, q_out, _, _ = compose.paste_soft(image, q, banked, goals, np.random.default_rng(seed), max_pastes, max_draws)
+    return int((out == SHIP).sum()), int((q_out.argmax(0) == SHIP).sum())
+
+
+def test_both_kinds_of_donor_stop_at_the_goal_by_one_rule():
+    """Single-pixel instances onto an all-sea sample, the goal 30.5 pixels: real pairs and banked
+    instances alike paste until the goal is met and stop there (31 pixels), one instance a paste under
+    the same cap, whatever one real pair would have held."""
+    image, mask = np.full((16, 16), 90, np.uint8), np.zeros((16, 16), np.uint8)
+    for seed in range(5):
+        assert _both(image, mask, 30.5 / 256, seed, max_pastes=64) == (31, 31)
+        assert _both(image, mask, 30.5 / 256, seed, max_pastes=20) == (20, 20)  # the cap counts instances
+
+
+def test_a_placement_that_brings_nothing_of_its_class_uses_up_no_paste():
+    """A sample all land but a 4x4 corner of sea: most placements of a 2x2 ship fall on land and bring
+    nothing. They are drawn again (up to max_draws), not counted against max_pastes, so four pastes
+    reach a goal of four pixels with either kind of donor."""
+    image, mask = np.full((16, 16), 90, np.uint8), np.full((16, 16), LAND, np.uint8)
+    mask[:4, :4] = SEA
+    for seed in range(10):
+        real, banked = _both(image, mask, 4 / 256, seed, max_pastes=4, core=np.ones((2, 2), bool))
+        assert real >= 4 and banked >= 4, (seed, real, banked)
+
+
+def test_a_sample_that_cannot_reach_its_goal_stops_after_max_draws():
+    """A draw whose piece brings nothing (on land, or fitting nowhere) counts as a draw: the loop stops
+    after max_draws; a sample without sea stops before drawing."""
+    image, mask = np.full((8, 8), 90, np.uint8), np.full((8, 8), LAND, np.uint8)
+    mask[0, 0] = SEA
+    region = np.zeros((8, 8), bool)
+    region[4, 4] = True  # always lands on land
+    draws = []
+
+    def draw(c):
+        draws.append(c)
+        yield compose.Piece(0, 0, image, np.full((8, 8), SHIP), region, None, 90.0, (c,))
+
+    out = compose.paste_toward(image, mask, {SHIP: 0.5}, draw, max_pastes=3, max_draws=17)
+    assert len(draws) == 17 and not out[3].any() and out[4] == []
+    draws.clear()
+    compose.paste_toward(image, np.full((8, 8), LAND), {SHIP: 0.5}, draw, max_pastes=3, max_draws=17)
+    assert draws == []
+    big = {SHIP: [(np.zeros((9, 9), np.uint8), np.zeros((5, 9, 9), np.float32), np.ones((9, 9), bool), 0.0)]}
+    q = np.eye(5, dtype=np.float32)[np.zeros((8, 8), np.int64)].transpose(2, 0, 1)
+    _, _, given, _ = compose.paste_soft(image, q, big, {SHIP: 0.5}, np.random.default_rng(0), 3, 17)
+    assert not given.any()  # an instance that fits nowhere: 17 draws, nothing pasted

@@ -12,15 +12,17 @@ model draw the rest. Real donor pairs (image and mask, moved by one transform) g
 each targeted class, image and class id, until the class covers its goal; given the layout of the
 pair being drawn (`base`), only onto its sea, counting what it already holds.
 
-paste_onto: copy-paste augmentation (Simple Copy-Paste, Ghiasi et al. 2021) with the pasted route's
-donors and placement: instances pasted onto a finished pair's sea, their image moved to its sea level.
+paste_toward: copy-paste augmentation (Simple Copy-Paste, Ghiasi et al. 2021): instances pasted onto a
+finished sample's sea toward a per-class goal, their image moved to its sea level, by one rule whatever
+the donors: paste_onto draws real pairs with the pasted route's placement, paste_soft draws banked
+instances with their soft labels.
 
 Pure numpy: the randomness is a ``numpy.random.Generator`` passed in.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -134,31 +136,113 @@ def paste_instances(
     return image, ids, given, sea
 
 
+class Piece(NamedTuple):
+    """One placed instance, what paste_toward may paste: over its window (h, w) of the sample, at top-left
+    (y, x), the image (h, w) uint8, labels (h, w) class ids (the most probable class), region (h, w) bool
+    (the pixels it gives where they fall on sea), soft label q (K, h, w) float32 (None where the sample's
+    labels are hard), its donor's sea level, and `record`, what paste_toward lists once it is pasted."""
+
+    y: int
+    x: int
+    image: np.ndarray
+    labels: np.ndarray
+    region: np.ndarray
+    q: np.ndarray | None
+    level: float
+    record: tuple
+
+
+def paste_toward(
+    image: np.ndarray,
+    labels: np.ndarray,
+    goals: Mapping[int, float],
+    draw: Callable[[int], Iterable[Piece]],
+    max_pastes: int,
+    max_draws: int,
+    q: np.ndarray | None = None,
+    match_sea: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list[tuple]]:
+    """A sample (image (H, W) uint8, labels (H, W) class ids, soft label q (K, H, W) float32 or None) ->
+    (image uint8, labels, q, given (H, W) bool, placements) with instances pasted onto its sea (label 0)
+    until each class c of goals covers goals[c] of the pixels, counting what the sample holds: the one
+    rule of copy-paste, whatever the donors.
+
+    For each class in increasing id order, draw(c) draws donors (its randomness is the caller's) and
+    gives the pieces of one draw in order. A piece's region pixels that fall on sea not given yet are
+    pasted, image (moved by the sample's sea level minus the donor's, with match_sea), labels and q,
+    when they bring at least one pixel of class c and at most twice the class-c pixels still missing
+    (any number, when less than a pixel is missing, so that a sample reaches its goal whenever the caps
+    allow). A piece that brings no pixel of c (it falls on land or on earlier pastes, or only its soft
+    edge lands) or too many is skipped and uses up no paste. Class c stops when it covers its goal,
+    after max_pastes pieces pasted, after max_draws draws (a draw that brings nothing counts: the bound
+    on a sample that cannot reach its goal), or when no sea is left. placements: the record of each
+    piece pasted, in order. The inputs are not changed."""
+    free = labels == 0
+    out_image, out_labels = image.astype(np.float32), np.array(labels, copy=True)
+    out_q = None if q is None else np.array(q, dtype=np.float32, copy=True)
+    given = np.zeros(labels.shape, bool)
+    level = np.float32(np.median(image[free])) if free.any() else None
+    placements: list[tuple] = []
+    for c in sorted(goals):
+        have = np.count_nonzero(labels == c)
+
+        def need() -> float:  # pixels class c still lacks
+            return goals[c] * labels.size - have - np.count_nonzero(given & (out_labels == c))
+
+        pastes = draws = 0
+        while draws < max_draws and pastes < max_pastes and need() > 0 and (free & ~given).any():
+            draws += 1
+            for piece in draw(c):
+                missing = need()
+                if missing <= 0 or pastes >= max_pastes:
+                    break
+                h, w = piece.region.shape
+                window = (slice(piece.y, piece.y + h), slice(piece.x, piece.x + w))
+                new = piece.region & free[window] & ~given[window]
+                brings = np.count_nonzero(new & (piece.labels == c))
+                if brings == 0 or (missing >= 1 and brings > 2 * missing):
+                    continue
+                shift = level - np.float32(piece.level) if match_sea and level is not None else np.float32(0)
+                out_image[window][new] = piece.image[new] + shift
+                out_labels[window][new] = piece.labels[new]
+                if out_q is not None:
+                    out_q[(slice(None),) + window][:, new] = piece.q[:, new]
+                given[window] |= new
+                placements.append(piece.record)
+                pastes += 1
+    return np.clip(np.rint(out_image), 0, 255).astype(np.uint8), out_labels, out_q, given, placements
+
+
 def paste_onto(
     image: np.ndarray,
     mask: np.ndarray,
     donors: Mapping[int, Sequence[np.ndarray]],
     goals: Mapping[int, float],
     rng: np.random.Generator,
-    max_pastes: int = 8,
-    by_component: bool = True,
+    max_pastes: int,
+    max_draws: int,
     match_sea: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A pair (image (H, H) uint8, mask (H, H) class ids) -> (image, mask, given (H, H) bool) with
-    real instances of the targeted classes pasted onto its sea until each class covers goals[c] of
-    the pixels (paste_instances with base=mask: the pasted route's placement, counting what the pair
-    already holds). match_sea: each pasted pixel is moved by the pair's sea level (median over its
-    sea pixels not given) minus its donor's, as the pasted route moves given images (a pair without
-    sea keeps the donors' levels). The inputs are not changed."""
-    pasted, ids, given, level = paste_instances(donors, goals, rng, max_pastes, base=mask, by_component=by_component)
-    out_image, out_mask = np.array(image, copy=True), np.array(mask, copy=True)
-    if given.any():
-        values = pasted[given].astype(np.float32)
-        sea = (mask == 0) & ~given
-        if match_sea and sea.any():
-            values += np.float32(np.median(image[sea])) - level[given]
-        out_image[given] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        out_mask[given] = ids[given]
+    """A pair (image (H, H) uint8, mask (H, H) class ids) -> (image, mask, given (H, H) bool) with real
+    instances of the targeted classes pasted onto its sea toward goals (paste_toward's rule). donors[c]:
+    real pairs (2, H, H) uint8, image over class ids, that hold class c. A draw is the pasted route's
+    placement (paste_instances, by_component): a donor drawn at random and moved by transform, its
+    instances (4-connected components of class c) its pieces in random order, at the donor's sea level
+    (the median of its image over its sea, or over all of it). The inputs are not changed."""
+
+    def draw(c: int) -> Iterable[Piece]:
+        pool = donors[c]
+        i = int(rng.integers(len(pool)))
+        donor = transform(pool[i], rng)
+        level = float(np.median(donor[0][donor[1] == 0] if (donor[1] == 0).any() else donor[0]))
+        labels = components(donor[1] == c)
+        for j in rng.permutation(np.arange(1, labels.max() + 1)):
+            yield Piece(0, 0, donor[0], donor[1], labels == j, None, level, (c, i, int(j)))
+
+    reachable = {c: goal for c, goal in goals.items() if donors.get(c)}
+    out_image, out_mask, _, given, _ = paste_toward(
+        image, mask, reachable, draw, max_pastes, max_draws, None, match_sea
+    )
     return out_image, out_mask, given
 
 
@@ -203,58 +287,38 @@ def paste_soft(
     donors: Mapping[int, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, float]]],
     goals: Mapping[int, float],
     rng: np.random.Generator,
-    max_pastes: int = 8,
+    max_pastes: int,
+    max_draws: int,
     match_sea: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int, int, int, int]]]:
     """A sample (image (H, W) uint8, soft label q (K, H, W) float32) -> (image, q, given (H, W) bool,
-    placements) with instances pasted onto its sea, soft labels and all, until each targeted class c
-    covers goals[c] of the pixels (counting what the sample holds: its most probable class).
+    placements) with instances pasted onto its sea, soft labels and all, toward goals (paste_toward's
+    rule; what the sample holds is its most probable class).
 
     donors[c]: instances of class c as (image (h, w) uint8, q (K, h, w) float32, region (h, w) bool,
-    their pair's sea level). For each class in increasing id order, at most max_pastes times: an
-    instance drawn at random, flipped (left-right) and turned by quarter turns at random, placed at a
-    random top-left corner where it fits; its region's pixels that fall on sea not yet given take its
-    image (moved by the sample's sea level minus the instance's, with match_sea) and its soft label.
-    An instance that would bring more than twice the class-c pixels (most probable class c) still
-    missing is skipped, as paste_instances' by_component, unless less than a pixel is missing (so a
-    sample reaches its goal whenever max_pastes allow). placements: (class, instance index, flip,
-    turns, y, x) of each instance pasted, in order: where each landed. The inputs are not changed."""
+    their pair's sea level). A draw: an instance drawn at random, flipped (left-right) and turned by
+    quarter turns at random, placed at a random top-left corner where it fits (one that fits nowhere
+    gives no piece); its region's pixels take its image and soft label. placements: (class, instance
+    index, flip, turns, y, x) of each instance pasted, in order: where each landed. The inputs are not
+    changed."""
     h_img, w_img = image.shape
-    top = np.argmax(q, axis=0)
-    free = top == 0
-    out_image, out_q = image.astype(np.float32), np.array(q, dtype=np.float32, copy=True)
-    given = np.zeros(image.shape, bool)
-    pasted_top = np.zeros(image.shape, np.int64)
-    level = np.float32(np.median(image[free])) if free.any() else None
-    placements = []
-    for c in sorted(goals):
-        pool = donors.get(c) or ()
-        have = np.count_nonzero(top == c)
 
-        def need() -> float:  # pixels class c still lacks
-            return goals[c] * image.size - have - np.count_nonzero(given & (pasted_top == c))
+    def draw(c: int) -> Iterable[Piece]:
+        pool = donors[c]
+        i = int(rng.integers(len(pool)))
+        flip, turns = int(rng.integers(2)), int(rng.integers(4))
+        piece = [a[..., ::-1] if flip else a for a in pool[i][:3]]
+        piece_image, piece_q, region = (np.rot90(a, turns, axes=(-2, -1)) for a in piece)
+        h, w = region.shape
+        if h > h_img or w > w_img:
+            return
+        y, x = int(rng.integers(h_img - h + 1)), int(rng.integers(w_img - w + 1))
+        yield Piece(
+            y, x, piece_image, np.argmax(piece_q, axis=0), region, piece_q, pool[i][3], (c, i, flip, turns, y, x)
+        )
 
-        for _ in range(max_pastes if pool else 0):
-            if need() <= 0:
-                break
-            i = int(rng.integers(len(pool)))
-            flip, turns = int(rng.integers(2)), int(rng.integers(4))
-            piece = [a[..., ::-1] if flip else a for a in pool[i][:3]]
-            piece_image, piece_q, region = (np.rot90(a, turns, axes=(-2, -1)) for a in piece)
-            h, w = region.shape
-            if h > h_img or w > w_img:
-                continue
-            y, x = int(rng.integers(h_img - h + 1)), int(rng.integers(w_img - w + 1))
-            window = (slice(y, y + h), slice(x, x + w))
-            new = region & free[window] & ~given[window]
-            piece_top = np.argmax(piece_q, axis=0)
-            brings = np.count_nonzero(new & (piece_top == c))
-            if not new.any() or (need() >= 1 and brings > 2 * need()):  # under a pixel short: any instance does
-                continue
-            shift = level - np.float32(pool[i][3]) if match_sea and level is not None else np.float32(0)
-            out_image[window][new] = piece_image[new] + shift
-            out_q[(slice(None),) + window][:, new] = piece_q[:, new]
-            given[window] |= new
-            pasted_top[window][new] = piece_top[new]
-            placements.append((c, i, flip, turns, y, x))
-    return np.clip(np.rint(out_image), 0, 255).astype(np.uint8), out_q, given, placements
+    reachable = {c: goal for c, goal in goals.items() if donors.get(c)}
+    out_image, _, out_q, given, placements = paste_toward(
+        image, np.argmax(q, axis=0), reachable, draw, max_pastes, max_draws, q, match_sea
+    )
+    return out_image, out_q, given, placements

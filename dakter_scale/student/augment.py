@@ -9,7 +9,11 @@ sea with the pasted route's placement (``core.compose.paste_onto``: one 4-connec
 time, only where it fits what the class still lacks, moved to the sample's sea level), until each
 class covers its target share of the sample. A share of the real samples (``copy_paste_real``) and of
 the generated ones (``copy_paste_generated``: soft label and image together, the pasted pixels one-hot)
-is pasted.
+is pasted. Generated instances from an instance bank (``student.instance_bank``) are the other kind of
+donor (``core.compose.paste_soft``). Both paste by one rule (``core.compose.paste_toward``: the same
+stopping rule, MAX_INSTANCES and MAX_DRAWS), and both are probed on the training scenes the student
+trains on and refused where they fall short of the target there (``check_reach``), so arms given one
+target get one dose.
 
 Everything is a function of the student's seed and the sample's position in the stream (batch index,
 place in the batch), so the same seed gives the same bytes and a resumed run continues exactly.
@@ -18,7 +22,6 @@ place in the batch), so the same seed gives the same bytes and a resumed run con
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,27 +32,17 @@ from dakter_scale.core.compose import class_shares, paste_onto, paste_soft
 from dakter_scale.core.steps import derive_seed
 from dakter_scale.data.bank import Instance, bank_info, read_bank
 from dakter_scale.data.real import Source, denormalise, normalise, split_stats, whole_pairs
-from dakter_scale.synth.target import (
-    MAX_PASTES,
-    ClassTarget,
-    TargetError,
-    check_composable,
-    parse_class_target,
-    paste_pool,
-)
+from dakter_scale.synth.target import ClassTarget, TargetError, parse_class_target, paste_pool
 
-log = logging.getLogger("dakter_scale")
 STREAM = 11  # derive_seed(seed, STREAM, batch, place): a sample's augmentation, apart from every other stream
-# Banked instances drawn per class and sample at most (a draw that does not fit, or brings none of its
-# class where it lands, counts too): one instance each (a real donor pastes a whole pair's instances at
-# once), so more than MAX_PASTES; bounds the work of a sample whose target a bank of tiny instances
-# cannot reach.
+# Instances pasted per class and sample at most, real or banked (core.compose.paste_toward): a placement
+# that brings no pixel of its class does not count.
 MAX_INSTANCES = 64
-# A bank whose probe reaches less than this share of a class's goal is refused: the target is not what
-# it pastes. Above it, whole instances under MAX_INSTANCES fall a little short (ship at 32 px from ten
-# training scenes: 96 % of its goal), as the targeted route's unmet targets do: the run goes on with a
-# warning and the reach in student.json.
-REACH_FLOOR = 0.5
+# Draws per class and sample at most, real or banked: a draw counts whatever it brings (a real donor
+# drawn with its instances, or one banked instance), so that a sample that cannot reach its goal (little
+# sea, instances that fit nowhere) stops.
+MAX_DRAWS = 4 * MAX_INSTANCES
+PROBE = 64  # pastes of the training scenes that tell whether the donors reach the target (check_reach)
 
 
 def _write(x: torch.Tensor, image: np.ndarray, where: torch.Tensor) -> torch.Tensor:
@@ -68,14 +61,15 @@ class CopyPaste:
     pool: dict[int, list[np.ndarray]]  # by targeted class: real pairs (2, R, R) uint8 that hold it
     real: float  # share of real samples pasted
     generated: float  # share of generated samples pasted
-    max_pastes: int = MAX_PASTES
+    max_pastes: int = MAX_INSTANCES
+    max_draws: int = MAX_DRAWS
 
     def paste(self, item: dict, rng: np.random.Generator) -> dict:
         """item (x (1, H, W) in [-1, 1], mask (H, W), q (K, H, W) or None) -> a new item with instances
         pasted, and "pasted" (H, W) bool: the pixels given. Soft labels become one-hot where pasted."""
         image = denormalise(item["x"][0]).numpy()
         pasted_image, mask, given = paste_onto(
-            image, item["mask"].numpy(), self.pool, self.target.goals, rng, self.max_pastes
+            image, item["mask"].numpy(), self.pool, self.target.goals, rng, self.max_pastes, self.max_draws
         )
         where = torch.from_numpy(given)
         if not given.any():
@@ -100,7 +94,7 @@ class BankPaste:
     real: float
     generated: float
     max_pastes: int = MAX_INSTANCES
-    short: dict[str, float] | None = None  # {class: share its probe reached} where that falls short of the goal
+    max_draws: int = MAX_DRAWS
     # which instances: the bank's fingerprint, how many were read and the last one's key (a bank grows at
     # its URL under one fingerprint, so the count and last key tell a grown bank's prefix apart)
     read: dict | None = None
@@ -118,7 +112,9 @@ class BankPaste:
             else np.eye(k, dtype=np.float32)[item["mask"].numpy()].transpose(2, 0, 1)
         )
         image = denormalise(item["x"][0]).numpy()
-        pasted, q_out, given, placements = paste_soft(image, q, self.pool, self.target.goals, rng, self.max_pastes)
+        pasted, q_out, given, placements = paste_soft(
+            image, q, self.pool, self.target.goals, rng, self.max_pastes, self.max_draws
+        )
         if not given.any():
             return dict(item, pasted=torch.from_numpy(given), placements=placements)
         mask = item["mask"].clone()
@@ -168,10 +164,12 @@ class Augment:
 def build_copy_paste(cfg: Config, source: Source) -> CopyPaste | BankPaste:
     """student.copy_paste's target against the real training split's classes and pixel shares, and
     its donors (the real pairs, or student.instance_bank's instances: build_bank_paste); refused in one
-    line (TargetError) when no training pair holds a targeted class or the donors cannot reach the target."""
+    line (TargetError) when no donor holds a targeted class or the donors cannot reach the target on the
+    training scenes (check_reach): the same rule for both kinds of donor."""
     s = cfg.student
     shares = split_stats(source, "train", cfg.data.stats_max_images).class_fractions
     target = parse_class_target(s.copy_paste, source.classes, shares, flag="student.copy_paste")
+    images, masks = whole_pairs(source, cfg.data.resolution)
     if s.instance_bank:
         instances = read_bank(s.instance_bank, list(source.classes), s.instance_bank_size, cfg.data.resolution)
         read = {
@@ -179,17 +177,23 @@ def build_copy_paste(cfg: Config, source: Source) -> CopyPaste | BankPaste:
             "instances": len(instances),
             "last_key": instances[-1].key if instances else None,
         }
-        return dataclasses.replace(build_bank_paste(cfg, target, instances), read=read)
-    images, masks = whole_pairs(source, cfg.data.resolution)
-    check_composable("pasted", images, masks, target, flag="student.copy_paste")
-    return CopyPaste(target, paste_pool(images, masks, target), s.copy_paste_real, s.copy_paste_generated)
+        paste = dataclasses.replace(build_bank_paste(cfg, target, instances), read=read)
+        where = f"student.instance_bank {s.instance_bank}"
+    else:
+        pool = paste_pool(images, masks, target)
+        missing = [target.classes[c] for c, pairs in pool.items() if not pairs]
+        if missing:
+            raise TargetError(f"student.copy_paste {target.spec}: no training pair holds {', '.join(missing)}")
+        paste, where = CopyPaste(target, pool, s.copy_paste_real, s.copy_paste_generated), "the real training pairs"
+    check_reach(paste, images, masks, where)
+    return paste
 
 
-def build_bank_paste(cfg: Config, target: ClassTarget, instances: list[Instance], probe: int = 64) -> BankPaste:
+def build_bank_paste(cfg: Config, target: ClassTarget, instances: list[Instance]) -> BankPaste:
     """The BankPaste of student.copy_paste's target over banked instances, refused in one line
-    (TargetError) when the bank is smaller than student.instance_bank_size, holds no instance of a
-    targeted class, or its instances pasted onto `probe` all-sea samples fall short of the target."""
-    s, size = cfg.student, cfg.data.resolution
+    (TargetError) when the bank is smaller than student.instance_bank_size or holds no instance of a
+    targeted class (whether it reaches the target: check_reach)."""
+    s = cfg.student
     where = f"student.instance_bank {s.instance_bank}"
     if s.instance_bank_size and len(instances) < s.instance_bank_size:
         raise TargetError(
@@ -201,21 +205,32 @@ def build_bank_paste(cfg: Config, target: ClassTarget, instances: list[Instance]
         raise TargetError(
             f"student.copy_paste {target.spec}: {where} holds no {', '.join(missing)} instance (of its first {len(instances)})"
         )
-    sea = np.zeros((len(target.classes), size, size), np.float32)
-    sea[0] = 1
-    masks = [
-        np.argmax(paste_soft(np.zeros((size, size), np.uint8), sea, pool, target.goals, rng, MAX_INSTANCES)[1], axis=0)
-        for rng in (np.random.default_rng(derive_seed(i, 2)) for i in range(probe))
-    ]
-    shares = class_shares(np.stack(masks), len(target.classes))
-    reach = f"({MAX_INSTANCES} instances per class at most): pasted instances reach {', '.join(target.missed(shares))}"
-    if any(shares[c] < REACH_FLOOR * goal for c, goal in target.shares):
-        raise TargetError(f"student.copy_paste {target.spec} cannot be reached from {where} {reach}")
-    short = None
-    if not target.met(shares):
-        log.warning("student.copy_paste %s falls short from %s %s: pasting toward it", target.spec, where, reach)
-        short = {target.classes[c]: round(float(shares[c]), 6) for c, goal in target.shares if shares[c] < goal}
-    return BankPaste(target, pool, s.copy_paste_real, s.copy_paste_generated, short=short)
+    return BankPaste(target, pool, s.copy_paste_real, s.copy_paste_generated)
+
+
+def reach(paste: CopyPaste | BankPaste, images: np.ndarray, masks: np.ndarray, probe: int = PROBE) -> np.ndarray:
+    """Pooled class shares (K,) of `probe` pastes of the training scenes (images, masks: (N, H, W) uint8),
+    scene i * N // probe (every scene about equally often) with the generator derive_seed(i, 2): the dose the
+    student's pasted samples get."""
+    out = []
+    for i in range(probe):
+        scene = i * len(masks) // probe
+        item = {"x": normalise(images[scene])[None], "mask": torch.from_numpy(masks[scene].astype(np.int64)), "q": None}
+        out.append(paste.paste(item, np.random.default_rng(derive_seed(i, 2)))["mask"].numpy())
+    return class_shares(np.stack(out), len(paste.target.classes))
+
+
+def check_reach(paste: CopyPaste | BankPaste, images: np.ndarray, masks: np.ndarray, where: str) -> np.ndarray:
+    """Refuse (TargetError, one line naming student.copy_paste) donors (`where`) whose pastes of the
+    training scenes fall short of the target, pooled (reach): real pairs and banked instances alike, so
+    that every arm that trains gets its target. Returns the shares reached (K,)."""
+    shares = reach(paste, images, masks)
+    if not paste.target.met(shares):
+        raise TargetError(
+            f"student.copy_paste {paste.target.spec} cannot be reached from {where} ({paste.max_pastes} instances"
+            f" per class at most): pasted training scenes reach {', '.join(paste.target.missed(shares))}"
+        )
+    return shares
 
 
 def build_augment(cfg: Config, source: Source) -> Augment | None:

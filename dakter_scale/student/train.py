@@ -385,8 +385,7 @@ def train_student(
 
 def _used_only(s: StudentConfig, augment: Augment | None) -> dict:
     """student.json's entries recorded only when used, so that earlier students' records stay as they were:
-    the init weights, the instance bank (with its reach where it falls short of student.copy_paste:
-    augment.REACH_FLOOR), the augmentation and copy-paste."""
+    the init weights, the instance bank, the augmentation and copy-paste."""
     out: dict = {}
     if s.init:
         out["init"] = redact_url(s.init)
@@ -394,9 +393,6 @@ def _used_only(s: StudentConfig, augment: Augment | None) -> dict:
         out["instance_bank"] = {"url": redact_url(s.instance_bank), "size": s.instance_bank_size}
         paste = augment.copy_paste if augment is not None else None
         out["instance_bank"].update(getattr(paste, "read", None) or {})  # fingerprint, instances, last_key
-        short = getattr(paste, "short", None)
-        if short:
-            out["instance_bank"]["reach"] = short
     if augment is not None:
         out["augment"] = s.augment
         out["copy_paste"] = (
