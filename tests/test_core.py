@@ -470,3 +470,33 @@ def test_a_sample_that_cannot_reach_its_goal_stops_after_max_draws():
     q = np.eye(5, dtype=np.float32)[np.zeros((8, 8), np.int64)].transpose(2, 0, 1)
     _, _, given, _ = compose.paste_soft(image, q, big, {SHIP: 0.5}, np.random.default_rng(0), 3, 17)
     assert not given.any()  # an instance that fits nowhere: 17 draws, nothing pasted
+
+
+def test_a_soft_edge_most_probably_sea_is_sea_to_later_instances():
+    """An oil instance whose soft edge covers all the sea of an 8x8 sample: the ship pasted after it
+    lands on that edge (it is most probably sea), not nowhere; the oil's own pixels stay oil."""
+    OIL = 1
+    image, q = np.full((8, 8), 90, np.uint8), np.zeros((5, 8, 8), np.float32)
+    q[SEA] = 1
+    oil_q = np.zeros((5, 8, 8), np.float32)
+    oil_q[SEA], oil_q[OIL] = 0.7, 0.3  # the edge: most probably sea
+    oil_q[:, :2, :2] = 0
+    oil_q[OIL, :2, :2] = 1  # the core, 4 pixels
+    donors = {
+        OIL: [(np.full((8, 8), 50, np.uint8), oil_q, np.ones((8, 8), bool), 90.0)],
+        SHIP: [
+            (
+                np.full((1, 1), 200, np.uint8),
+                np.eye(5, dtype=np.float32)[[SHIP]].reshape(5, 1, 1),
+                np.ones((1, 1), bool),
+                90.0,
+            )
+        ],
+    }
+    for seed in range(5):
+        _, out, given, placements = compose.paste_soft(
+            image, q, donors, {OIL: 4 / 64, SHIP: 3 / 64}, np.random.default_rng(seed), 64, 256
+        )
+        top = out.argmax(0)
+        assert given.all() and (top == OIL).sum() == 4 and (top == SHIP).sum() == 3, seed
+        assert [p[0] for p in placements] == [OIL, SHIP, SHIP, SHIP]

@@ -275,23 +275,20 @@ def test_pasted_instances_land_where_recorded_with_their_soft_labels(bank):
         given, q = out["pasted"].numpy(), out["q"].numpy()
         assert given.any() and out["placements"]
         assert (item["mask"].numpy()[given] == 0).all(), "onto the scene's sea only"
-        placed = np.zeros_like(given)
+        # replayed in order: each lands on what is sea then (the scene's, or an earlier soft edge most
+        # probably sea), with its soft label, and brings a pixel of its class
+        labels, rebuilt, placed = item["mask"].numpy().copy(), np.zeros_like(q), np.zeros_like(given)
         for c, index, flip, turns, y, x in out["placements"]:
-            image, iq, region, _ = cp.pool[c][index]
-            iq, region = (np.rot90(a[..., ::-1] if flip else a, turns, axes=(-2, -1)) for a in (iq, region))
-            h, w = region.shape
-            here = np.zeros_like(given)
-            here[y : y + h, x : x + w] = region
-            here &= given & ~placed  # an earlier instance keeps its pixels
-            window = q[:, y : y + h, x : x + w]
-            np.testing.assert_array_equal(window[:, here[y : y + h, x : x + w]], iq[:, here[y : y + h, x : x + w]])
-            placed |= here
-        np.testing.assert_array_equal(placed, given)  # every pasted pixel is a recorded instance's
-        for c, index, flip, turns, y, x in out["placements"]:  # each brings a pixel of its class
             iq, region = (np.rot90(a[..., ::-1] if flip else a, turns, axes=(-2, -1)) for a in cp.pool[c][index][1:3])
             h, w = region.shape
-            landed = given[y : y + h, x : x + w] & region & (iq.argmax(axis=0) == c)
-            assert (out["mask"].numpy()[y : y + h, x : x + w][landed] == c).any(), (i, c, index)
+            window = (slice(y, y + h), slice(x, x + w))
+            here = region & (labels[window] == 0)
+            assert (iq.argmax(axis=0)[here] == c).any(), (i, c, index)
+            labels[window][here] = iq.argmax(axis=0)[here]
+            rebuilt[(slice(None),) + window][:, here] = iq[:, here]
+            placed[window] |= here
+        np.testing.assert_array_equal(placed, given)  # every pasted pixel is a recorded instance's
+        np.testing.assert_array_equal(q[:, given], rebuilt[:, given])
         assert (q[:, given].max(axis=0) < 1).any(), "soft labels, not one-hot, where pasted"
         np.testing.assert_array_equal(out["mask"].numpy()[given], q[:, given].argmax(axis=0))
         np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-5)

@@ -168,20 +168,22 @@ def paste_toward(
     rule of copy-paste, whatever the donors.
 
     For each class in increasing id order, draw(c) draws donors (its randomness is the caller's) and
-    gives the pieces of one draw in order. A piece's region pixels that fall on sea not given yet are
-    pasted, image (moved by the sample's sea level minus the donor's, with match_sea), labels and q,
-    when they bring at least one pixel of class c and at most twice the class-c pixels still missing
-    (any number, when less than a pixel is missing, so that a sample reaches its goal whenever the caps
-    allow). A piece that brings no pixel of c (it falls on land or on earlier pastes, or only its soft
-    edge lands) or too many is skipped and uses up no paste. Class c stops when it covers its goal,
-    after max_pastes pieces pasted, after max_draws draws (a draw that brings nothing counts: the bound
-    on a sample that cannot reach its goal), or when no sea is left. placements: the record of each
-    piece pasted, in order. The inputs are not changed."""
-    free = labels == 0
+    gives the pieces of one draw in order. A piece's region pixels that fall on sea are pasted, image
+    (moved by the sample's sea level minus the donor's, with match_sea), labels and q, when they bring
+    at least one pixel of class c and at most twice the class-c pixels still missing (any number, when
+    less than a pixel is missing, so that a sample reaches its goal whenever the caps allow). Sea is
+    what is labelled sea now: the sample's, and an earlier piece's soft edge where sea is its most
+    probable class (a banked instance's edge does not take the sea from later instances; an earlier
+    piece keeps the pixels it labels otherwise). A piece that brings no pixel of c (it falls on land or
+    on earlier instances, or only its soft edge lands) or too many is skipped and uses up no paste.
+    Class c stops when it covers its goal, after max_pastes pieces pasted, after max_draws draws (a draw
+    that brings nothing counts: the bound on a sample that cannot reach its goal), or when no sea is
+    left. placements: the record of each piece pasted, in order. The inputs are not changed."""
+    sea = labels == 0
     out_image, out_labels = image.astype(np.float32), np.array(labels, copy=True)
     out_q = None if q is None else np.array(q, dtype=np.float32, copy=True)
     given = np.zeros(labels.shape, bool)
-    level = np.float32(np.median(image[free])) if free.any() else None
+    level = np.float32(np.median(image[sea])) if sea.any() else None
     placements: list[tuple] = []
     for c in sorted(goals):
         have = np.count_nonzero(labels == c)
@@ -190,7 +192,7 @@ def paste_toward(
             return goals[c] * labels.size - have - np.count_nonzero(given & (out_labels == c))
 
         pastes = draws = 0
-        while draws < max_draws and pastes < max_pastes and need() > 0 and (free & ~given).any():
+        while draws < max_draws and pastes < max_pastes and need() > 0 and (out_labels == 0).any():
             draws += 1
             for piece in draw(c):
                 missing = need()
@@ -198,7 +200,7 @@ def paste_toward(
                     break
                 h, w = piece.region.shape
                 window = (slice(piece.y, piece.y + h), slice(piece.x, piece.x + w))
-                new = piece.region & free[window] & ~given[window]
+                new = piece.region & (out_labels[window] == 0)
                 brings = np.count_nonzero(new & (piece.labels == c))
                 if brings == 0 or (missing >= 1 and brings > 2 * missing):
                     continue
