@@ -65,18 +65,22 @@ def components(mask: np.ndarray) -> np.ndarray:
     the label of the pixel its label names), so long thin slicks settle in a few rounds; no scipy."""
     h, w = mask.shape
     big = h * w + 1
-    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), big)
+    index = np.arange(1, h * w + 1).reshape(h, w)
+    labels = np.where(mask, index, big)
+    padded = np.full((h + 2, w + 2), big, labels.dtype)
     while True:
-        padded = np.pad(labels, 1, constant_values=big)
-        nearest = np.minimum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
-        nearest = np.where(mask, nearest, big)
+        padded[1:-1, 1:-1] = labels
+        nearest = np.minimum(np.minimum(labels, padded[:-2, 1:-1]), np.minimum(padded[2:, 1:-1], padded[1:-1, :-2]))
+        nearest = np.where(mask, np.minimum(nearest, padded[1:-1, 2:]), big)
         flat = nearest.ravel()
         nearest = np.where(mask, flat[np.minimum(nearest, big - 1) - 1], big)  # jump: a label's own pixel's label
         if np.array_equal(nearest, labels):
             break
         labels = nearest
-    _, out = np.unique(np.concatenate([[0], np.where(mask, labels, 0).ravel()]), return_inverse=True)
-    return out[1:].reshape(h, w)
+    # Settled, each pixel holds its component's first pixel's label; that pixel alone holds its own, and
+    # counting those in raster order numbers the components (a sort, as np.unique does, is slower).
+    number = np.cumsum(mask & (labels == index)).reshape(h, w)
+    return np.where(mask, number.ravel()[np.minimum(labels, big - 1) - 1], 0)
 
 
 def paste_instances(
@@ -187,12 +191,16 @@ def paste_toward(
     placements: list[tuple] = []
     for c in sorted(goals):
         have = np.count_nonzero(labels == c)
+        # Kept as running counts, not recounted over the image per piece: a paste changes only pixels
+        # labelled sea, so `got` (given pixels labelled c) and `sea_left` move by what it brings, exactly.
+        got = np.count_nonzero(given & (out_labels == c))
+        sea_left = np.count_nonzero(out_labels == 0)
 
         def need() -> float:  # pixels class c still lacks
-            return goals[c] * labels.size - have - np.count_nonzero(given & (out_labels == c))
+            return goals[c] * labels.size - have - got
 
         pastes = draws = 0
-        while draws < max_draws and pastes < max_pastes and need() > 0 and (out_labels == 0).any():
+        while draws < max_draws and pastes < max_pastes and need() > 0 and sea_left > 0:
             draws += 1
             for piece in draw(c):
                 missing = need()
@@ -204,6 +212,9 @@ def paste_toward(
                 brings = np.count_nonzero(new & (piece.labels == c))
                 if brings == 0 or (missing >= 1 and brings > 2 * missing):
                     continue
+                # a given sea pixel pasted over leaves the count of class c only when c is sea
+                got += brings - (np.count_nonzero(new & given[window]) if c == 0 else 0)
+                sea_left -= np.count_nonzero(new & (piece.labels != 0))
                 shift = level - np.float32(piece.level) if match_sea and level is not None else np.float32(0)
                 out_image[window][new] = piece.image[new] + shift
                 out_labels[window][new] = piece.labels[new]
@@ -232,14 +243,18 @@ def paste_onto(
     instances (4-connected components of class c) its pieces in random order, at the donor's sea level
     (the median of its image over its sea, or over all of it). The inputs are not changed."""
 
+    levels: dict[tuple[int, int], float] = {}  # by (class, donor)
+
     def draw(c: int) -> Iterable[Piece]:
         pool = donors[c]
         i = int(rng.integers(len(pool)))
+        if (c, i) not in levels:  # transform only moves pixels, so the median is the untransformed donor's
+            sea = pool[i][1] == 0
+            levels[c, i] = float(np.median(pool[i][0][sea] if sea.any() else pool[i][0]))
         donor = transform(pool[i], rng)
-        level = float(np.median(donor[0][donor[1] == 0] if (donor[1] == 0).any() else donor[0]))
         labels = components(donor[1] == c)
         for j in rng.permutation(np.arange(1, labels.max() + 1)):
-            yield Piece(0, 0, donor[0], donor[1], labels == j, None, level, (c, i, int(j)))
+            yield Piece(0, 0, donor[0], donor[1], labels == j, None, levels[c, i], (c, i, int(j)))
 
     reachable = {c: goal for c, goal in goals.items() if donors.get(c)}
     out_image, out_mask, _, given, _ = paste_toward(
