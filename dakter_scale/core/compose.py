@@ -173,16 +173,17 @@ def paste_toward(
 
     For each class in increasing id order, draw(c) draws donors (its randomness is the caller's) and
     gives the pieces of one draw in order. A piece's region pixels that fall on sea are pasted, image
-    (moved by the sample's sea level minus the donor's, with match_sea), labels and q, when they bring
-    at least one pixel of class c and at most twice the class-c pixels still missing (any number, when
-    less than a pixel is missing, so that a sample reaches its goal whenever the caps allow). Sea is
-    what is labelled sea now: the sample's, and an earlier piece's soft edge where sea is its most
-    probable class (a banked instance's edge does not take the sea from later instances; an earlier
-    piece keeps the pixels it labels otherwise). A piece that brings no pixel of c (it falls on land or
-    on earlier instances, or only its soft edge lands) or too many is skipped and uses up no paste.
-    Class c stops when it covers its goal, after max_pastes pieces pasted, after max_draws draws (a draw
-    that brings nothing counts: the bound on a sample that cannot reach its goal), or when no sea is
-    left. placements: the record of each piece pasted, in order. The inputs are not changed."""
+    (with match_sea, moved by the sample's sea level minus the donor's; the sample's is the median of its
+    image over its sea before any paste, and a sample without sea keeps the donors' levels), labels and
+    q, when they bring at least one pixel of class c and at most twice the class-c pixels still missing
+    (any number, when less than a pixel is missing, so that a sample reaches its goal whenever the caps
+    allow). Sea is what is labelled sea now: the sample's, and an earlier piece's soft edge where sea is
+    its most probable class (a banked instance's edge does not take the sea from later instances; an
+    earlier piece keeps the pixels it labels otherwise). A piece that brings no pixel of c (it falls on
+    land or on earlier instances, or only its soft edge lands) or too many is skipped and uses up no
+    paste. Class c stops when it covers its goal, after max_pastes pieces pasted, after max_draws draws
+    (a draw that brings nothing counts: the bound on a sample that cannot reach its goal), or when no
+    sea is left. placements: the record of each piece pasted, in order. The inputs are not changed."""
     sea = labels == 0
     out_image, out_labels = image.astype(np.float32), np.array(labels, copy=True)
     out_q = None if q is None else np.array(q, dtype=np.float32, copy=True)
@@ -241,7 +242,8 @@ def paste_onto(
     real pairs (2, H, H) uint8, image over class ids, that hold class c. A draw is the pasted route's
     placement (paste_instances, by_component): a donor drawn at random and moved by transform, its
     instances (4-connected components of class c) its pieces in random order, at the donor's sea level
-    (the median of its image over its sea, or over all of it). The inputs are not changed."""
+    (the median of its image over its sea, or over all of it), moved to the pair's (paste_toward: the
+    median over its sea before any paste). The inputs are not changed."""
 
     levels: dict[tuple[int, int], float] = {}  # by (class, donor)
 
