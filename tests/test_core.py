@@ -448,6 +448,43 @@ def test_a_placement_that_brings_nothing_of_its_class_uses_up_no_paste():
         assert real >= 4 and banked >= 4, (seed, real, banked)
 
 
+def test_less_than_a_pixel_missing_takes_any_instance_that_brings_one():
+    """A 1x3 ship onto an all-sea 16x16 sample, the goal 3.25 pixels: after the first instance a quarter
+    pixel is missing, and no instance brings at most twice that. The exception for the last fraction of
+    a pixel lets a second one in (1 to 3 pixels, 4 to 6 in all), so the sample meets its goal with
+    either kind of donor; without it the sample would stop short at 3."""
+    image, mask = np.full((16, 16), 90, np.uint8), np.zeros((16, 16), np.uint8)
+    for seed in range(10):
+        real, banked = _both(image, mask, 3.25 / 256, seed, max_pastes=64, core=np.ones((1, 3), bool))
+        assert 4 <= real <= 6 and 4 <= banked <= 6, (seed, real, banked)
+
+
+def test_an_instance_that_brings_more_than_twice_what_is_missing_is_skipped():
+    """A 1x3 ship onto an all-sea sample. One pixel missing: 3 > 2, so the banked instance is never
+    pasted (0 pixels after max_draws), and the real pair only as the 1- or 2-pixel pieces its cyclic
+    shift sometimes cuts it into. A pixel and a half missing: 3 <= 3, the boundary is pasted."""
+    image, mask = np.full((16, 16), 90, np.uint8), np.zeros((16, 16), np.uint8)
+    ship = np.ones((1, 3), bool)
+    for seed in range(10):
+        real, banked = _both(image, mask, 1 / 256, seed, max_pastes=64, core=ship)
+        assert 1 <= real <= 2 and banked == 0, (seed, real, banked)
+        assert _both(image, mask, 1.5 / 256, seed, max_pastes=64, core=ship)[1] == 3, seed
+
+
+def test_a_draw_stops_in_the_middle_when_the_class_is_done():
+    """A real pair with four 1-pixel ships apart: one draw gives four pieces, but pasting stops within
+    it at max_pastes (2), and at a goal of 2 pixels."""
+    image, mask = np.full((16, 16), 90, np.uint8), np.zeros((16, 16), np.uint8)
+    pair = np.zeros((2, 16, 16), np.uint8)
+    pair[1, 2::8, 2::8] = SHIP
+    for seed in range(5):
+        for goal, max_pastes in ((0.5, 2), (2 / 256, 64)):
+            _, out, _ = compose.paste_onto(
+                image, mask, {SHIP: [pair]}, {SHIP: goal}, np.random.default_rng(seed), max_pastes, 256
+            )
+            assert (out == SHIP).sum() == 2, (seed, goal)
+
+
 def test_a_sample_that_cannot_reach_its_goal_stops_after_max_draws():
     """A draw whose piece brings nothing (on land, or fitting nowhere) counts as a draw: the loop stops
     after max_draws; a sample without sea stops before drawing."""
