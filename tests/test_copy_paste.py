@@ -261,12 +261,25 @@ def test_the_reach_is_probed_on_the_training_scenes(real, monkeypatch):
         build_copy_paste(cfg(), source)
 
 
-def test_both_kinds_of_donor_have_one_rule(default_cp):
-    """Real pairs and banked instances paste by one rule (core.compose.paste_toward) under one cap on
-    instances pasted and one on draws."""
-    from dakter_scale.student.augment import MAX_DRAWS, MAX_INSTANCES, BankPaste
+def test_both_kinds_of_donor_stop_at_one_cap_of_instances(real):
+    """CopyPaste and BankPaste as built (their default caps), each with one single-pixel ship, onto an
+    all-sea sample toward a share out of reach: both stop after MAX_INSTANCES instances, one pixel each
+    (a placement onto an earlier one brings nothing and does not count)."""
+    from dakter_scale.student.augment import MAX_INSTANCES, BankPaste, CopyPaste
+    from dakter_scale.synth.target import parse_class_target
 
-    bank = BankPaste(default_cp.target, {}, 0.5, 0.0)
-    assert (
-        (default_cp.max_pastes, default_cp.max_draws) == (bank.max_pastes, bank.max_draws) == (MAX_INSTANCES, MAX_DRAWS)
+    source = real[0]
+    k, ship = len(source.classes), source.classes.index("ship")
+    target = parse_class_target("ship:0.5", source.classes, [1 / k] * k)
+    pair = np.zeros((2, 32, 32), np.uint8)
+    pair[1, 16, 16] = ship
+    instance = (
+        np.zeros((1, 1), np.uint8),
+        np.eye(k, dtype=np.float32)[[ship]].reshape(k, 1, 1),
+        np.ones((1, 1), bool),
+        0.0,
     )
+    sea = item(np.full((32, 32), 90, np.uint8), np.zeros((32, 32), np.uint8))
+    for paste in (CopyPaste(target, {ship: [pair]}, 1.0, 0.0), BankPaste(target, {ship: [instance]}, 1.0, 0.0)):
+        out = paste.paste(sea, np.random.default_rng(0))
+        assert (out["mask"] == ship).sum() == MAX_INSTANCES, type(paste).__name__
