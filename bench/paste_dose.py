@@ -5,8 +5,8 @@ The arms share one class target (synthesis.target.spec) and one rule for meeting
 paste_toward: instances pasted until each sample meets it, a placement that brings no pixel of its class
 skipped, augment.MAX_INSTANCES and MAX_DRAWS; donors refused that fall short of it on the training scenes,
 augment.check_reach), but not one kind of instance: real components, or generated ones with soft edges.
-This measures the dose each arm gives on the scenes the students train on, each scene pasted --draws
-times with seeded draws (no training, a minute on a CPU; before the one rule, docs/journal/paste-reach.md):
+This measures the dose each arm gives on the real training scenes, whole (whole_pairs), each pasted
+--draws times with seeded draws (no training, a minute on a CPU; before the one rule, docs/journal/paste-reach.md):
 
     OMP_NUM_THREADS=1 python bench/paste_dose.py --config configs/scarcity.yaml \
         'data.spec=synthetic:10?size=32&test=500' --bank runs/scarcity_10/generated/bank \

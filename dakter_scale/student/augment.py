@@ -11,9 +11,10 @@ class covers its target share of the sample. A share of the real samples (``copy
 the generated ones (``copy_paste_generated``: soft label and image together, the pasted pixels one-hot)
 is pasted. Generated instances from an instance bank (``student.instance_bank``) are the other kind of
 donor (``core.compose.paste_soft``). Both paste by one rule (``core.compose.paste_toward``: the same
-stopping rule, MAX_INSTANCES and MAX_DRAWS), and both are probed on the training scenes the student
-trains on and refused where they fall short of the target there (``check_reach``), so arms given one
-target get one dose.
+stopping rule, MAX_INSTANCES and MAX_DRAWS), and both are probed on the real training scenes
+(``whole_pairs``: the first 2,000 real training pairs, whole images at data.resolution; with data.crop
+the student trains on crops of them) and refused where they fall short of the target there
+(``check_reach``), so arms given one target get one dose.
 
 Everything is a function of the student's seed and the sample's position in the stream (batch index,
 place in the batch), so the same seed gives the same bytes and a resumed run continues exactly.
@@ -165,7 +166,7 @@ def build_copy_paste(cfg: Config, source: Source) -> CopyPaste | BankPaste:
     """student.copy_paste's target against the real training split's classes and pixel shares, and
     its donors (the real pairs, or student.instance_bank's instances: build_bank_paste); refused in one
     line (TargetError) when no donor holds a targeted class or the donors cannot reach the target on the
-    training scenes (check_reach): the same rule for both kinds of donor."""
+    real training scenes, whole (whole_pairs, check_reach): the same rule for both kinds of donor."""
     s = cfg.student
     shares = split_stats(source, "train", cfg.data.stats_max_images).class_fractions
     target = parse_class_target(s.copy_paste, source.classes, shares, flag="student.copy_paste")
@@ -209,9 +210,10 @@ def build_bank_paste(cfg: Config, target: ClassTarget, instances: list[Instance]
 
 
 def reach(paste: CopyPaste | BankPaste, images: np.ndarray, masks: np.ndarray, probe: int = PROBE) -> np.ndarray:
-    """Pooled class shares (K,) of `probe` pastes of the training scenes (images, masks: (N, H, W) uint8),
-    scene i * N // probe (every scene about equally often) with the generator derive_seed(i, 2): the dose the
-    student's pasted samples get."""
+    """Pooled class shares (K,) of `probe` pastes of the training scenes (images, masks: (N, H, W) uint8;
+    build_copy_paste gives whole_pairs, whole images, not the crops a student with data.crop trains on),
+    scene i * N // probe (every scene about equally often) with the generator derive_seed(i, 2): the dose
+    the student's pasted samples get, whole scenes standing for them."""
     out = []
     for i in range(probe):
         scene = i * len(masks) // probe
@@ -222,8 +224,8 @@ def reach(paste: CopyPaste | BankPaste, images: np.ndarray, masks: np.ndarray, p
 
 def check_reach(paste: CopyPaste | BankPaste, images: np.ndarray, masks: np.ndarray, where: str) -> np.ndarray:
     """Refuse (TargetError, one line naming student.copy_paste) donors (`where`) whose pastes of the
-    training scenes fall short of the target, pooled (reach): real pairs and banked instances alike, so
-    that every arm that trains gets its target. Returns the shares reached (K,)."""
+    training scenes (images, masks: whole_pairs) fall short of the target, pooled (reach): real pairs and
+    banked instances alike, so that every arm that trains gets its target. Returns the shares reached (K,)."""
     shares = reach(paste, images, masks)
     if not paste.target.met(shares):
         raise TargetError(
