@@ -791,6 +791,43 @@ RECORDS_STUDY = [
 ]
 
 
+def test_a_kept_copy_paste_student_of_another_paste_rule_is_refused(tmp_path):
+    """A copy-paste student kept (--records) before student.json recorded the paste rule was pasted by
+    rule 1: restored, its scores are refused in one line, as a run of other settings is; one of this
+    rule, and a student without copy-paste, are scored as kept."""
+    from dakter_scale.config import to_dict
+    from dakter_scale.data.storage import redact_url
+    from dakter_scale.student.augment import PASTE_RULE
+    from dakter_scale.study.folder import StudyFolder
+    from dakter_scale.study.records import Records
+    from dakter_scale.study.units import Units
+
+    cfg = load_config(None, TINY + RECORDS_STUDY)
+    plan = Plan(cfg, n_train=6)
+    runs = {r.method: r for r in plan.table_runs()}
+    block = {"target": "oil:3x,ship:3x", "real": 0.5, "generated": 0.0}
+
+    def restored(study: str, kept: dict) -> Units:
+        """A study folder with `kept` (run -> student.json's copy_paste) restored from its records."""
+        for run, copy_paste in kept.items():
+            folder = tmp_path / study / "records" / "students" / run.name
+            folder.mkdir(parents=True)
+            metrics = {"data": redact_url(cfg.data.spec), "run": to_dict(run), "miou": 0.5}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            (folder / "student.json").write_text(json.dumps({"augment": "none", "copy_paste": copy_paste}))
+        Records(tmp_path / study / "records", tmp_path / study / "out").restore()
+        return Units(cfg, StudyFolder(tmp_path / study / "out"), plan, 6, cfg.data.spec, progress=False)
+
+    units = restored("old", {runs["copy_paste"]: block})
+    with pytest.raises(
+        ConfigError, match=rf"copy-paste rule 1, this code pastes by rule {PASTE_RULE}; use another"
+    ) as e:
+        units.score(runs["copy_paste"], None)
+    assert "\n" not in str(e.value) and runs["copy_paste"].name in str(e.value)
+    units = restored("new", {runs["copy_paste"]: {**block, "rule": PASTE_RULE}, runs["none"]: None})
+    assert units.score(runs["copy_paste"], None)["miou"] == units.score(runs["none"], None)["miou"] == 0.5
+
+
 def test_records_carry_a_study_to_a_fresh_folder(tmp_path):
     """--records keeps each finished student's scores; a fresh study folder restores them and trains
     only what is missing, after checking that the rebuilt model and sets are the same bit for bit

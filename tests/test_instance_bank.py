@@ -373,18 +373,29 @@ def test_banked_and_real_donors_give_one_dose(bank):
 def test_which_instances_a_student_pasted_is_recorded_and_a_resume_on_others_warns(bank, tmp_path):
     """student.json names the instances read (the bank's fingerprint, their count, the last key): a bank
     grows at its URL under one fingerprint. A run killed after a checkpoint and resumed on other
-    instances (here a larger prefix) warns that it does not continue exactly."""
+    instances (here a larger prefix) warns that it does not continue exactly, as one written under
+    another paste rule does; student.json records the rule (augment.PASTE_RULE)."""
+    from dakter_scale.student.augment import PASTE_RULE
+
     keys = [i.key for i in read_bank(bank, list(CLASSES))]
     args = ["--real", SPEC, "--copy-paste", "oil:2x,ship:2x", "--instance-bank", bank, "--max-steps", "3"]
     args += ["--out", tmp_path / "s", "--resume", "latest", "data.resolution=32", "student.checkpoint_every=1"]
     killed = run_job("train_student.py", args + ["student.instance_bank_size=10"], DAKTER_KILL_AFTER_STEP="2")
     assert killed.returncode != 0 and not (tmp_path / "s" / "student.json").exists()
+    for state in (tmp_path / "s" / "checkpoints").glob("step-*/state.json"):  # as if written under rule 1
+        saved = json.loads(state.read_text())
+        assert saved["layout"]["paste_rule"] == PASTE_RULE
+        saved["layout"]["paste_rule"] = 1
+        state.write_text(json.dumps(saved))
     again = run_job("train_student.py", args + ["student.instance_bank_size=12"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming with a different data layout (instance_bank" in again.stderr, again.stderr[-2000:]
-    record = json.loads((tmp_path / "s" / "student.json").read_text())["instance_bank"]
+    assert f"paste_rule 1 -> {PASTE_RULE}" in again.stderr, again.stderr[-2000:]
+    written = json.loads((tmp_path / "s" / "student.json").read_text())
+    record = written["instance_bank"]
     assert (record["instances"], record["last_key"]) == (12, keys[11])
     assert record["fingerprint"] == bank_info(bank)["fingerprint"]
+    assert written["copy_paste"]["rule"] == PASTE_RULE
 
 
 def with_first_sample_changed(bank, url, change) -> str:

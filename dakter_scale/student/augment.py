@@ -44,6 +44,10 @@ MAX_INSTANCES = 64
 # sea, instances that fit nowhere) stops.
 MAX_DRAWS = 4 * MAX_INSTANCES
 PROBE = 64  # pastes of the training scenes that tell whether the donors reach the target (check_reach)
+# The copy-paste rule's version, in student.json's copy_paste block: a kept student pasted by another rule
+# is not this one's (study.units refuses it). 1: the rule before paste_toward, real donors capped at 8
+# pairs per class, their reach probed on all-sea canvases. 2: paste_toward, above.
+PASTE_RULE = 2
 
 
 def _write(x: torch.Tensor, image: np.ndarray, where: torch.Tensor) -> torch.Tensor:

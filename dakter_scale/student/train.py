@@ -31,7 +31,7 @@ from dakter_scale.data.stream import (
     slot_of,
     stream_loader,
 )
-from dakter_scale.student.augment import Augment, build_augment
+from dakter_scale.student.augment import PASTE_RULE, Augment, build_augment
 from dakter_scale.student.models import (
     STUDENT_WEIGHTS,
     StudentError,
@@ -229,6 +229,8 @@ def train_student(
     }
     if augment is not None and getattr(augment.copy_paste, "read", None):
         layout["instance_bank"] = augment.copy_paste.read  # a bank grown or rebuilt since pastes other instances
+    if augment is not None and augment.copy_paste is not None:
+        layout["paste_rule"] = PASTE_RULE  # (a checkpoint written before the rule was recorded is not told apart)
     start, total, positions, bad_shards, bad_counts = resume_streams(
         accelerator, checkpoint, resume, out, model, optimizer, layout, s
     )
@@ -396,7 +398,7 @@ def _used_only(s: StudentConfig, augment: Augment | None) -> dict:
     if augment is not None:
         out["augment"] = s.augment
         out["copy_paste"] = (
-            {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated}
+            {"target": s.copy_paste, "real": s.copy_paste_real, "generated": s.copy_paste_generated, "rule": PASTE_RULE}
             if s.copy_paste
             else None
         )

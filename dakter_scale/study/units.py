@@ -30,6 +30,7 @@ from dakter_scale.data.storage import redact_url
 from dakter_scale.diffusion.distill import distill
 from dakter_scale.diffusion.model import model_hash
 from dakter_scale.diffusion.train import train_diffusion
+from dakter_scale.student.augment import PASTE_RULE
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.pretrain import pretrain_finetune
 from dakter_scale.student.train import train_student
@@ -436,6 +437,14 @@ class Units:
                 raise ConfigError(
                     f"{path}: kept for another run of {name} ({changed}): the config changed since; "
                     "use another --records folder and study folder"
+                )
+            record = self.folder.student(name) / "student.json"
+            # the paste rule is not in the run (its name and settings are the same under either rule)
+            paste = json.loads(record.read_text()).get("copy_paste") if planned and record.is_file() else None
+            if paste and paste.get("rule", 1) != PASTE_RULE:
+                raise ConfigError(
+                    f"{record}: {name} was trained by copy-paste rule {paste.get('rule', 1)}, this code pastes by rule "
+                    f"{PASTE_RULE}; use another --records folder, or remove the kept copy-paste students"
                 )
             return metrics
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
