@@ -68,7 +68,9 @@ def main() -> None:
         "--records",
         metavar="DIR",
         help="keep the finished students' scores in DIR and restore them from it (a study over several machines; study/records.py); "
-        "at the end results.json, results.md and the figures are kept there too",
+        "at the end results.json, results.md and the figures are kept there too; a kept copy-paste student of "
+        "another paste rule (student.augment.PASTE_RULE) is refused: the committed studies are rule 1, "
+        "git tag paste-rule-1",
     )
     p.add_argument(
         "--retrain-rebuilt",
@@ -98,7 +100,8 @@ def main() -> None:
     p.add_argument(
         "--partial",
         action="store_true",
-        help="write OUT/partial.md, the tables over the students finished so far (with --records, from the kept scores), training nothing, and exit",
+        help="write OUT/partial.md, the tables over the students finished so far (with --records, from the kept scores, "
+        "of any paste rule), training nothing, and exit",
     )
     p.add_argument(
         "--rescore",

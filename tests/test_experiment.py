@@ -794,7 +794,7 @@ RECORDS_STUDY = [
 def test_a_kept_copy_paste_student_of_another_paste_rule_is_refused(tmp_path):
     """A copy-paste student kept (--records) before student.json recorded the paste rule was pasted by
     rule 1: restored, its scores are refused in one line, as a run of other settings is; one of this
-    rule, and a student without copy-paste, are scored as kept."""
+    rule, and a student without copy-paste, are scored as kept; --partial (any_rule) reads the old one."""
     from dakter_scale.config import to_dict
     from dakter_scale.data.storage import redact_url
     from dakter_scale.student.augment import PASTE_RULE
@@ -824,6 +824,7 @@ def test_a_kept_copy_paste_student_of_another_paste_rule_is_refused(tmp_path):
     ) as e:
         units.score(runs["copy_paste"], None)
     assert "\n" not in str(e.value) and runs["copy_paste"].name in str(e.value)
+    assert units.score(runs["copy_paste"], None, any_rule=True)["miou"] == 0.5  # --partial reads it as kept
     units = restored("new", {runs["copy_paste"]: {**block, "rule": PASTE_RULE}, runs["none"]: None})
     assert units.score(runs["copy_paste"], None)["miou"] == units.score(runs["none"], None)["miou"] == 0.5
 

@@ -283,14 +283,16 @@ class Experiment:
         grid = self.plan.selection_runs()
         table = self.plan.main_runs() + self.plan.sweep_runs()
         scored = [r for r in table if self.folder.metrics(r.name, None).is_file()]
-        payload = {  # through units.score, which refuses a kept score made on another split
+        # through units.score, which refuses a kept score made on another split; the kept scores of an
+        # older paste rule are read as they are (this trains nothing beside them)
+        payload = {
             "grid": {
-                r.name: self.units.score(r, VALIDATION)["miou"]
+                r.name: self.units.score(r, VALIDATION, any_rule=True)["miou"]
                 for r in grid
                 if self.folder.metrics(r.name, VALIDATION).is_file()
             },
             "grid_planned": len(grid),
-            "runs": {r.name: self.units.score(r, None) for r in scored},
+            "runs": {r.name: self.units.score(r, None, any_rule=True) for r in scored},
             "planned": len({r.name for r in table}) if not self.plan.pending() else 0,  # hard_matched may be hard
             "chosen": None
             if self.plan.pending()

@@ -412,10 +412,11 @@ class Units:
             else None
         )
 
-    def score(self, run: StudentRun | str, tag: str | None, spec: str | None = None) -> dict:
+    def score(self, run: StudentRun | str, tag: str | None, spec: str | None = None, any_rule: bool = False) -> dict:
         """A trained student's metrics on the test split of `spec`: metrics.json for data.spec (tag
         None), metrics_validation.json for experiment.validation_spec, metrics_TAG.json for another
-        split; evaluated once and kept."""
+        split; evaluated once and kept. A kept copy-paste student of another paste rule is refused
+        unless `any_rule` (a read-only table of kept scores: --partial)."""
         name = run if isinstance(run, str) else run.name
         spec = spec or (self.e.validation_spec if tag == VALIDATION else self.test_spec)
         path = self.folder.metrics(name, tag)
@@ -441,7 +442,7 @@ class Units:
             record = self.folder.student(name) / "student.json"
             # the paste rule is not in the run (its name and settings are the same under either rule)
             paste = json.loads(record.read_text()).get("copy_paste") if planned and record.is_file() else None
-            if paste and paste.get("rule", 1) != PASTE_RULE:
+            if paste and paste.get("rule", 1) != PASTE_RULE and not any_rule:
                 raise ConfigError(
                     f"{record}: {name} was trained by copy-paste rule {paste.get('rule', 1)}, this code pastes by rule "
                     f"{PASTE_RULE}; use another --records folder, or remove the kept copy-paste students"
