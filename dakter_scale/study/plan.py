@@ -26,7 +26,7 @@ Methods (one model and one generated set per b, shared by every student):
   copy_paste_matched  copy_paste, pasting onto the share r / (1 + r) of the real samples that pasted_after's
                 batches hold pasted (its generated share at the student's ratio r): the control that
                 separates what the generated scenes under the instances add from how often instances are seen
-  dakter_copy_paste  dakter, with copy-paste on the real samples as in copy_paste: the practical recipe
+  dakter_copy_paste  dakter, with copy-paste on the real samples as in copy_paste
   instance_paste     copy_paste with its donors from an instance bank (generated/bank, synth/bank.py):
                 instances cut from generated pairs, judged by the real-only filter_arch student, pasted
                 with their soft labels; one arm per experiment.bank_sizes entry, named instance_paste_N
