@@ -198,3 +198,37 @@ def test_demo_resumes_after_an_interrupt(tmp_path):
     r = run(argv, env=job_env())
     assert r.returncode == 0 and "5 units planned, 5 finished earlier, 0 to run" in r.stderr, r.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in (out / "students").rglob("model.safetensors")} == students
+
+
+def test_the_readme_recipe_trains_the_studied_pasted_after_arm(tmp_path, capsys, monkeypatch):
+    """README's recommended student command resolves to the settings of the studies' pasted_after arm
+    (the arm whose verdicts it cites): real instances pasted onto every generated sample, none onto real
+    ones, soft labels, the studied config's target."""
+    import re
+    import shlex
+
+    import yaml
+
+    from dakter_scale.config import load_config
+    from dakter_scale.study.plan import Plan
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    recipe = readme.split("## The recipe the evidence supports", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = re.search(r"python jobs/train_student\.py .*?(?=\n(?:python|$))", recipe, re.S).group(0)
+    argv = shlex.split(command.replace("\\\n", " "), comments=True)[2:]
+    argv[argv.index("--data") + 1] = "synthetic:7?size=32"
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    code, captured = job_in_process("train_student.py", [*argv, "--print-config"], capsys, monkeypatch)
+    assert code == 0, captured.err
+    student = yaml.safe_load(captured.out)["student"]
+
+    config = argv[argv.index("--config") + 1]
+    plan = Plan(load_config(str(ROOT / config)), n_train=10)
+    arms = [r for r in plan.table_runs() if r.method == "pasted_after" and r.arch == student["arch"]]
+    pasting = {(k, v) for r in arms for k, v in r.overrides if k.startswith("student.copy_paste")}
+    assert arms and len(pasting) == 3  # every seed pastes alike: target, real share, generated share
+    for key, value in pasting:
+        assert student[key.removeprefix("student.")] == value, key
+    assert {r.labels for r in arms} == {student["labels"]} == {"soft"} and "--synthetic" in argv
