@@ -32,6 +32,7 @@ from dakter_scale.diffusion.model import model_hash
 from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.augment import PASTE_RULE
 from dakter_scale.student.evaluate import evaluate_student
+from dakter_scale.student.models import STUDENT_FILE
 from dakter_scale.student.pretrain import pretrain_finetune
 from dakter_scale.student.train import train_student
 from dakter_scale.study.claims import Claim
@@ -439,13 +440,13 @@ class Units:
                     f"{path}: kept for another run of {name} ({changed}): the config changed since; "
                     "use another --records folder and study folder"
                 )
-            record = self.folder.student(name) / "student.json"
             # the paste rule is not in the run (its name and settings are the same under either rule)
-            paste = json.loads(record.read_text()).get("copy_paste") if planned and record.is_file() else None
-            if paste and paste.get("rule", 1) != PASTE_RULE and not any_rule:
+            paste = (self.folder.student_info(name) or {}).get("copy_paste") if planned and not any_rule else None
+            if paste and paste.get("rule", 1) != PASTE_RULE:
                 raise ConfigError(
-                    f"{record}: {name} was trained by copy-paste rule {paste.get('rule', 1)}, this code pastes by rule "
-                    f"{PASTE_RULE}; use another --records folder, or remove the kept copy-paste students"
+                    f"{self.folder.student(name) / STUDENT_FILE}: {name} was trained by copy-paste rule "
+                    f"{paste.get('rule', 1)}, this code pastes by rule {PASTE_RULE}; use another --records "
+                    "folder, or remove the kept copy-paste students"
                 )
             return metrics
         metrics = evaluate_student(str(path.parent), spec, "test", self.cfg.eval)
