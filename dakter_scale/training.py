@@ -468,6 +468,12 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def drop_checkpoints(out: Path) -> None:
+    """Remove a finished run's checkpoints/: they serve only a resume, which a finished run does not need
+    (a study's 64 students kept 40 GB of them)."""
+    shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)
+
+
 def resolve_resume(out: Path, resume: str | None) -> Path | None:
     """--resume latest | PATH | None -> a checkpoint folder (None: start fresh; latest with none found too).
     Starting fresh in an OUT that holds an earlier run's checkpoints is refused: the checkpoint rotation

@@ -38,7 +38,10 @@ TINY = [
 
 
 def test_tiny_experiment_runs_and_resumes(tmp_path):
-    cfg = load_config(None, TINY + ["experiment.filter_keep=0.5", "experiment.kd_weights=[unet:0.7]"])
+    # students checkpoint every step here, so that a finished one has checkpoints to drop
+    cfg = load_config(
+        None, TINY + ["experiment.filter_keep=0.5", "experiment.kd_weights=[unet:0.7]", "student.checkpoint_every=1"]
+    )
     exp = Experiment(cfg, tmp_path, progress=False)
     assert exp.plan.gen_size() == 6  # ratio 1 x 6 training images
     path = exp.run()
@@ -67,6 +70,8 @@ def test_tiny_experiment_runs_and_resumes(tmp_path):
     # the per-student lambda reached the DAKTer students' config, not the hard-label ones
     for name, weight in (("dakter-unet-r1-s0", 0.7), ("dakter_b1-unet-r1-s1", 0.7), ("hard-unet-r1-s0", 1.0)):
         assert load_config(tmp_path / "students" / name / "config.yaml").student.kd_weight == weight
+    # a finished student keeps its weights and scores, not the checkpoints that only a resume reads
+    assert not list((tmp_path / "students").glob("*/checkpoints"))
     # A rerun finds every unit done: nothing is retrained.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "students").rglob("model.safetensors")}
     Experiment(cfg, tmp_path, progress=False).run()

@@ -14,12 +14,14 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dakter_scale.scene.many import RunSettings, list_scenes, predict_many
+from dakter_scale.scene.outputs import RECORD
 from dakter_scale.scene.predict import PredictError, PredictOptions
 
 from conftest import ROOT, _free_port
@@ -110,6 +112,7 @@ def test_many_scenes_on_ray_actors(student, scenes, tmp_path):
         "\n".join([*(str(scenes / f"tile-{i}.tif") for i in range(3)), str(tmp_path / "bad.tif")]) + "\n"
     )
     out = tmp_path / "out"
+    copies = set(Path(tempfile.gettempdir()).glob("dakter-model-*"))
     try:
         summary = predict_many(
             student,
@@ -122,6 +125,11 @@ def test_many_scenes_on_ray_actors(student, scenes, tmp_path):
         )
     finally:
         ray.shutdown()
+    # the student travelled through the object store: each actor's unpacked copy is removed once loaded,
+    # and the records name the folder the run was given
+    assert set(Path(tempfile.gettempdir()).glob("dakter-model-*")) <= copies
+    record = json.loads((out / "tile-0" / RECORD).read_text())
+    assert record["student"]["folder"] == str(student)
     assert summary.strategy["strategy"] == "ray" and summary.strategy["actors"] == 2
     assert sorted(summary.written) == ["tile-0", "tile-1", "tile-2"] and outputs(out) == ["tile-0", "tile-1", "tile-2"]
     assert list(summary.failed) == ["bad"] and "bad.tif" in summary.failed["bad"]

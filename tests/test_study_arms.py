@@ -67,7 +67,7 @@ def test_the_new_arms_in_the_plan():
 @pytest.mark.slow  # a study that trains a judge, draws pairs and cuts a bank (~40 s); the scarcity study runs it
 def test_a_study_with_instance_paste_records_its_bank(tmp_path):
     """The instance_paste arms end to end: the judge, the bank grown from drawn pairs, one student per
-    bank size, and the bank's counts in results.json and results.md."""
+    bank size, and the bank's counts in results.json and results.md; and a pretrain_finetune student."""
     from test_experiment import Experiment
 
     cfg = load_config(
@@ -75,12 +75,13 @@ def test_a_study_with_instance_paste_records_its_bank(tmp_path):
         TINY
         + ARMS[3:]
         + [
-            "experiment.methods=[none,copy_paste,instance_paste]",
+            "experiment.methods=[none,copy_paste,instance_paste,pretrain_finetune]",
             "synthesis.target.spec=oil:3x",
             "experiment.bank_sizes=[2,4]",
             "synthesis.bank.classes=[oil]",
             "synthesis.bank.min_agreement=0.0",  # the 2-step judge agrees with nothing: keep every instance
             "synthesis.bank.max_pairs=48",
+            "student.checkpoint_every=1",  # so that there are checkpoints to drop
         ],
     )
     report = Experiment(cfg, tmp_path, progress=False).run().read_text()
@@ -91,6 +92,9 @@ def test_a_study_with_instance_paste_records_its_bank(tmp_path):
     assert bank["candidates"] == bank["count"] + bank["rejected"] and bank["judge_arch"] == "unet"
     assert {"instance_paste_2-unet-r0-s0", "instance_paste_4-unet-r0-s0"} <= set(payload["runs"])
     assert f"Instance bank `bank`: {bank['count']:,} instances (oil {bank['count']:,})" in report
+    # finished students, the pretraining phase's included, keep no checkpoints
+    assert (tmp_path / "students" / "pretrain_finetune-unet-r1-s0-pretrain" / "model.safetensors").is_file()
+    assert not list((tmp_path / "students").glob("*/checkpoints"))
 
 
 def test_students_every_grid_outcome_trains_alike_do_not_wait_for_it():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -155,6 +156,7 @@ class SceneWorker:
         device: str | None = None,
         threads: int = 1,
         lease_ref: dict | None = None,
+        student_folder: str | None = None,
         **_: Any,
     ):
         from dakter_scale.dist.folder import unpack_folder
@@ -162,13 +164,19 @@ class SceneWorker:
         t0 = time.time()
         if device == "cpu" or (device is None and not torch.cuda.is_available()):
             torch.set_num_threads(max(1, threads))
-        self._unpacked = None
-        if isinstance(student, dict):  # shipped through Ray's object store
-            self._unpacked = student = str(unpack_folder(student))
         opts = dict(options)
         opts["classes"] = tuple(opts["classes"])
         opts["db_window"] = tuple(opts["db_window"]) if opts.get("db_window") else None
-        self.predictor = Predictor(student, PredictOptions(**opts), device=device)
+        if isinstance(student, dict):  # shipped through Ray's object store: unpack, load, remove the copy
+            unpacked = unpack_folder(student)
+            try:
+                self.predictor = Predictor(str(unpacked), PredictOptions(**opts), device=device)
+            finally:
+                shutil.rmtree(unpacked, ignore_errors=True)
+            # records name the folder the driver was given, not this node's removed copy
+            self.predictor.student_dir = student_folder or self.predictor.student_dir
+        else:
+            self.predictor = Predictor(student, PredictOptions(**opts), device=device)
         self.out, self.lease_ref = out, lease_ref
         self.load_seconds = time.time() - t0
 
@@ -198,7 +206,7 @@ class SceneWorker:
         store (``put``: ray.put), so worker nodes need no shared file system."""
         from dakter_scale.dist.folder import pack_folder
 
-        return dict(args, student=put(pack_folder(args["student"])))
+        return dict(args, student=put(pack_folder(args["student"])), student_folder=str(args["student"]))
 
 
 @dataclass

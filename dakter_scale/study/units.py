@@ -33,7 +33,7 @@ from dakter_scale.diffusion.train import train_diffusion
 from dakter_scale.student.augment import PASTE_RULE
 from dakter_scale.student.evaluate import evaluate_student
 from dakter_scale.student.models import STUDENT_FILE
-from dakter_scale.student.pretrain import pretrain_finetune
+from dakter_scale.student.pretrain import pretrain_finetune, pretrain_folder
 from dakter_scale.student.train import train_student
 from dakter_scale.study.claims import Claim
 from dakter_scale.study.folder import StudyFolder
@@ -54,6 +54,7 @@ from dakter_scale.synth.bank import grow_bank
 from dakter_scale.synth.filter import filter_shards
 from dakter_scale.synth.run import synthesize
 from dakter_scale.synth.targeted import synthesize_targeted
+from dakter_scale.training import drop_checkpoints
 
 log = logging.getLogger("dakter_scale")
 THROUGHPUT = "throughput.json"  # a generated set's side file: the run's and the sampling loop's pairs per second
@@ -331,7 +332,7 @@ class Units:
         twin = self.grid_twin(run)
         if twin is not None and not self.folder.student_trained(run.name):
             log.info("experiment: %s is the validation grid's %s (the same training): copying it", run.name, twin.name)
-            shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json"))
+            shutil.copytree(twin, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics*.json", "checkpoints"))
         elif not self.folder.student_trained(run.name):
             self.train(run, d)
         metrics = self.score(run, tag)
@@ -369,8 +370,10 @@ class Units:
         url = self.generated_url(run.generated) if run.ratio > 0 else None
         if run.method == "pretrain_finetune":
             pretrain_finetune(self.cfg.replace(**overrides), d, url, self.e.pretrain_share, progress=self.progress)
+            drop_checkpoints(pretrain_folder(d))
         else:
             train_student(self.cfg.replace(**overrides), d, synthetic=url, resume="latest", progress=self.progress)
+        drop_checkpoints(d)  # finished: the study keeps weights and scores, not what a resume would need
         if self.cfg.student.max_minutes > 0 and not budget.is_file():
             # With a time budget the first student of an architecture measures how many steps fit; every
             # later method and seed of it trains that many, so that methods differ in their data only.
