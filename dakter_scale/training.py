@@ -470,7 +470,7 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
 
 def drop_checkpoints(out: Path) -> None:
     """Remove a finished run's checkpoints/: they serve only a resume, which a finished run does not need
-    (a study's 64 students kept 40 GB of them)."""
+    (213 students of the scarcity studies kept 40 GB of them)."""
     shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)
 
 
