@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,32 @@ def test_a_folder_under_a_logs_or_checkpoints_path_is_packed_without_its_own_suc
             assert (there / "sub" / "weights.pt").read_bytes() == b"w"
         finally:
             shutil.rmtree(there)
+
+
+def test_a_distilled_models_earlier_rounds_do_not_travel(tmp_path):
+    """Actors load the last round only (the folder's own unet/); each earlier round is a model as large."""
+    model = tmp_path / "distilled"
+    for part in ("unet/w.safetensors", "rounds/steps-0016/unet/w.safetensors", "dakter.json"):
+        (model / part).parent.mkdir(parents=True, exist_ok=True)
+        (model / part).write_bytes(b"w")
+    assert sorted(pack_folder(model)) == ["dakter.json", "unet/w.safetensors"]
+
+
+def test_an_unpack_that_fails_midway_removes_its_folder(monkeypatch):
+    """A full disk at the second file: the caller's cleanup only starts once unpack_folder returns."""
+    before = set(Path(tempfile.gettempdir()).glob("dakter-model-*"))
+    written, real = [], Path.write_bytes
+
+    def full_disk(self, data):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(self)
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        unpack_folder({"a.json": b"{}", "unet/w.safetensors": b"w"})
+    assert written and set(Path(tempfile.gettempdir()).glob("dakter-model-*")) == before
 
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped-abs", "a/../../escaped", ""])
@@ -219,6 +246,7 @@ class StallsWhileStartingOnce:
 
         try:
             os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+            unpack_folder({"model.safetensors": b"w"})  # as a worker unpacks its model, then stalls loading it
             time.sleep(60)
         except FileExistsError:
             pass
@@ -239,6 +267,7 @@ def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_
     from dakter_scale.dist.strategies import RayStrategy
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    unpacked = set(Path(tempfile.gettempdir()).glob("dakter-model-*"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         heard = []
@@ -259,6 +288,9 @@ def test_an_actor_stalled_while_starting_is_replaced_after_the_call_timeout(tmp_
     # the stalled actor, and on a loaded machine perhaps a replacement slower than 3 s to start (seen beside
     # two training runs): each one killed and replaced, none charged to the items
     assert strategy.start_failures and set(strategy.start_failures) == {"did not start within the call timeout (3 s)"}
+    # the killed actor's unpacked folder went with the run's temp folder
+    assert (tmp_path / "first").is_file() and not (Path(tempfile.gettempdir()) / strategy.scratch).exists()
+    assert set(Path(tempfile.gettempdir()).glob("dakter-model-*")) <= unpacked
 
 
 class DiesWhileStartingOnce:
@@ -461,10 +493,11 @@ def test_actors_run_at_the_niceness_of_a_driver_that_started_its_own_cluster():
     assert {x["niceness"] for x in out["results"]} == {driver}
 
 
-def test_an_actor_raises_its_niceness_to_the_drivers_and_one_already_nicer_keeps_its_own():
+def test_an_actor_raises_its_niceness_to_the_drivers_and_one_already_nicer_keeps_its_own(tmp_path):
     """In a process at nice base+3 (a child, since niceness cannot be lowered again): a worker wrapped for
     base+5 is built at it, under its own name; one wrapped for base+1 keeps base+3. The wrapper travels by
-    value and its actor imports only the worker's module, not dist/strategies.py."""
+    value and its actor imports only the worker's module, not dist/strategies.py. Its temporary files go
+    into the run's folder under the node's temp dir."""
     import os
     import subprocess
     import sys
@@ -477,22 +510,25 @@ from ray import cloudpickle
 from dakter_scale.dist.strategies import _at_niceness
 from test_dist import ReportsNiceness
 
-kept, raised = (cloudpickle.dumps(_at_niceness(ReportsNiceness, n)) for n in ({base + 1}, {base + 5}))
+kept, raised = (cloudpickle.dumps(_at_niceness(ReportsNiceness, n, "run-x")) for n in ({base + 1}, {base + 5}))
 for name in [m for m in sys.modules if m.startswith(("dakter_scale", "test_dist"))]:
     del sys.modules[name]
 w = cloudpickle.loads(kept)()
 print(w.built_at, "dakter_scale.dist.strategies" in sys.modules)
 w = cloudpickle.loads(raised)()
 print(w.built_at, os.nice(0), type(w).__name__, type(w).__mro__[1].__module__)
+import tempfile
+print(tempfile.mkdtemp())
 """
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent), TMPDIR=str(tmp_path)),
         preexec_fn=lambda: os.nice(3),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     kept, reached = min(19, base + 3), min(19, base + 5)
     assert r.stdout.split("\n")[:2] == [f"{kept} False", f"{reached} {reached} ReportsNiceness test_dist"]
+    assert Path(r.stdout.split("\n")[2]).parent == tmp_path / "run-x"

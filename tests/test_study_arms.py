@@ -258,6 +258,8 @@ def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
             "distill.steps=1",
             "distill.max_steps=2",
             "distill.batch_size=2",
+            "distill.checkpoint_every=1",  # checkpoints for the study to drop once each model is done
+            "diffusion.checkpoint_every=1",
         ],
     )
     plan = Plan(cfg, n_train=6)
@@ -276,6 +278,7 @@ def test_the_distilled_arm_draws_its_pairs_with_the_distilled_sampler(tmp_path):
     assert payload["steps"]["distillation_rounds"] == {"b_cfg_distilled": [2]}
     assert set(payload["quality"]) == {"b_cfg", "b_cfg_distilled"}
     assert "| dakter_distilled − dakter (the distilled sampler against sampling.*) | unet |" in run.read_text()
+    assert (tmp_path / "models" / "b_cfg" / "unet").is_dir() and not list(tmp_path.glob("models/*/checkpoints"))
     # a kept distilled folder of another generator (or step count) is refused in one line
     path = tmp_path / "models" / "b_cfg_distilled" / "dakter.json"
     path.write_text(json.dumps(dict(info, distilled=dict(info["distilled"], undistilled_model_hash="0" * 64))))

@@ -3,10 +3,12 @@ the object store (no shared file system needed), and back into a temporary folde
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-SKIPPED = ("checkpoints", "logs")  # the folder's own subfolders that never travel
+# the folder's own subfolders that never travel: resume state, logs, and a distilled model's earlier rounds
+SKIPPED = ("checkpoints", "logs", "rounds")
 
 
 def pack_folder(directory: str | Path) -> dict[str, bytes]:
@@ -28,7 +30,11 @@ def unpack_folder(files: dict[str, bytes]) -> Path:
         if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
             raise ValueError(f"packed file name {rel!r} is not a relative path inside the folder")
     d = Path(tempfile.mkdtemp(prefix="dakter-model-"))
-    for rel, data in files.items():
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        (d / rel).write_bytes(data)
+    try:
+        for rel, data in files.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_bytes(data)
+    except BaseException:  # a full disk: the caller's cleanup starts only once this returns
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     return d

@@ -10,7 +10,10 @@ import collections
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
+import uuid
 from typing import Any
 
 from dakter_scale.data.storage import error_line
@@ -126,13 +129,21 @@ def _init_ray() -> dict:
     }
 
 
-def _at_niceness(worker: type, niceness: int) -> type:
+def _at_niceness(worker: type, niceness: int, scratch: str) -> type:
     """The worker class, for ray.remote, whose constructor first raises its actor's niceness to the given
     one (the driver's), so that the model load, the calls (run on the same thread) and the threads they
-    start (torch's) run at it. One place for every worker class; each reports os.nice(0) in its ready info."""
+    start (torch's) run at it; and points the actor's temporary files (a model folder it unpacks) into
+    the run's folder `scratch` under the node's temp dir, which the driver removes at the end: an actor
+    killed while loading (a call timeout, a stop) cannot remove its own. One place for every worker class;
+    each reports os.nice(0) in its ready info."""
 
     class AtNiceness(worker):
         def __init__(self, *args, **kwargs):
+            import tempfile
+
+            if os.path.basename(tempfile.gettempdir()) != scratch:  # once per process
+                tempfile.tempdir = os.path.join(tempfile.gettempdir(), scratch)
+            os.makedirs(tempfile.tempdir, exist_ok=True)
             # One already nicer keeps its own: an unprivileged process may raise its niceness, never lower
             # it. Nothing from this module but os: the class travels by value, its actor does not import it.
             try:
@@ -193,6 +204,7 @@ class RayStrategy:
         # Per ready actor: when its oldest unfinished call began running (None: idle).
         self.head_since: dict[Any, float | None] = {}
         self.started_at: dict[Any, float] = {}  # per actor: when it was asked to start
+        self.scratch = f"dakter-run-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the actors' temp folder (_at_niceness)
 
     def start(self, tasks: int) -> None:
         import ray
@@ -213,7 +225,7 @@ class RayStrategy:
         niceness = os.nice(0)
         runtime_env = {"env_vars": {"RAY_worker_niceness": "0"}}
         self.Remote = ray.remote(max_restarts=0, max_task_retries=0, runtime_env=runtime_env, **self.resources)(
-            _at_niceness(self.worker, niceness)
+            _at_niceness(self.worker, niceness, self.scratch)
         )
         self.info.update(
             actors=n_actors,
@@ -387,6 +399,9 @@ class RayStrategy:
     def close(self) -> dict:
         for actor in list(self.calls):
             _kill(actor)
+        # what killed actors left in the run's temp folder, on this node (a cluster's other nodes keep
+        # theirs in their temp dir, named by the run)
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), self.scratch), ignore_errors=True)
         self.info["first_actor_ready_seconds"] = round(self.ready_times[0], 3) if self.ready_times else None
         self.info["actors_started"] = self.ready_info
         return self.info

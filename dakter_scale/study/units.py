@@ -155,6 +155,8 @@ class Units:
             log.info("experiment: distilling %s to %d steps into %s", teacher, self.cfg.distill.steps, d)
             t = time.time()
             distill(self.cfg, teacher, d, resume="latest", progress=self.progress)
+            for folder in (d, *d.glob("rounds/*")):  # finished: its rounds' weights stay, their checkpoints go
+                drop_checkpoints(folder)
             self.timings[f"model_{tag}"] = time.time() - t
             return
         b = self.cfg.diffusion.b if tag == "b_cfg" else 1.0
@@ -163,6 +165,7 @@ class Units:
         every = checkpoint_every(self.cfg.diffusion.checkpoint_every, self.cfg.diffusion.max_steps)
         cfg = self.cfg.replace(**{"diffusion.b": b, "diffusion.checkpoint_every": every})
         train_diffusion(cfg, d, resume="latest", progress=self.progress)
+        drop_checkpoints(d)
         self.timings[f"model_{tag}"] = time.time() - t
 
     def check_distilled(self, folder: Path) -> Path:
