@@ -63,20 +63,24 @@ class RasterSink:
             BIGTIFF="IF_SAFER",
         )
         profile.update(georef_kwargs(crs, transform, gcps))
-        self.prob = rasterio.open(self.work / PROBABILITIES, "w", count=len(classes), **profile)
-        self.cls = rasterio.open(self.work / CLASSES_FILE, "w", count=1, nodata=NODATA_CLASS, **profile)
-        if transform is None and gcps:
-            self.prob.gcps = (gcps, crs)
-            self.cls.gcps = (gcps, crs)
-        for i, name in enumerate(classes, 1):
-            self.prob.set_band_description(i, f"p({name}) x 255")
-        self.cls.set_band_description(
-            1, "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)) + f"; {NODATA_CLASS} no data"
-        )
-        colours = {
-            i: (*OSD_COLOURS[i], 255) if i < len(OSD_COLOURS) else (255, 255, 255, 255) for i in range(len(classes))
-        }
-        self.cls.write_colormap(1, colours | {NODATA_CLASS: (0, 0, 0, 0)})
+        try:
+            self.prob = rasterio.open(self.work / PROBABILITIES, "w", count=len(classes), **profile)
+            self.cls = rasterio.open(self.work / CLASSES_FILE, "w", count=1, nodata=NODATA_CLASS, **profile)
+            if transform is None and gcps:
+                self.prob.gcps = (gcps, crs)
+                self.cls.gcps = (gcps, crs)
+            for i, name in enumerate(classes, 1):
+                self.prob.set_band_description(i, f"p({name}) x 255")
+            self.cls.set_band_description(
+                1, "class index: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)) + f"; {NODATA_CLASS} no data"
+            )
+            colours = {
+                i: (*OSD_COLOURS[i], 255) if i < len(OSD_COLOURS) else (255, 255, 255, 255) for i in range(len(classes))
+            }
+            self.cls.write_colormap(1, colours | {NODATA_CLASS: (0, 0, 0, 0)})
+        except BaseException:
+            self.abort()  # the caller never gets a sink to abort: the first raster would stay in .work
+            raise
 
     def write(self, y0: int, x0: int, probs: np.ndarray, class_map: np.ndarray) -> None:
         from rasterio.windows import Window
@@ -168,9 +172,13 @@ def sync(out: Path, names: list[str]) -> None:
 def write_record(out: Path, record: dict) -> None:
     """predict.json, atomically (temporary file, fsync, rename, folder fsync): a scene is done when it exists."""
     tmp = out / (RECORD + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(record, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / RECORD)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / RECORD)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a failed rename leaves no half-written record behind
+        raise
     storage.fsync_folder(str(out))

@@ -1,0 +1,38 @@
+"""What scene inference leaves behind when something fails: a sink whose second raster cannot be
+created, a record whose write fails. Real files throughout (tests/scenegen.py); a failure is forced
+only where it is what is under test."""
+
+from __future__ import annotations
+
+import pytest
+
+from dakter_scale.scene import outputs
+from dakter_scale.scene.predict import PredictOptions, Predictor
+
+from scenegen import DarkIsOil, draw_codes, info, write_geotiff
+
+
+def test_a_sink_whose_second_raster_cannot_be_created_leaves_no_work_folder(tmp_path, monkeypatch):
+    import rasterio
+
+    scene = write_geotiff(tmp_path / "scene.tif", draw_codes(128, 160))
+    real_open = rasterio.open
+
+    def no_class_raster(path, mode="r", *args, **kwargs):
+        if mode == "w" and str(path).endswith(outputs.CLASSES_FILE):
+            raise rasterio.errors.RasterioIOError("classes.tif: No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", no_class_raster)
+    with pytest.raises(rasterio.errors.RasterioIOError, match="No space left"):
+        Predictor(DarkIsOil(), PredictOptions(tile=64, overlap=16), device="cpu", info=info())(
+            str(scene), tmp_path / "out"
+        )
+    assert not (tmp_path / "out" / outputs.WORK).exists()
+
+
+def test_a_record_that_cannot_be_written_leaves_no_temporary(tmp_path):
+    (tmp_path / outputs.RECORD).mkdir()  # a folder in its place: the rename onto it fails
+    with pytest.raises(IsADirectoryError):
+        outputs.write_record(tmp_path, {"scene": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [outputs.RECORD]
