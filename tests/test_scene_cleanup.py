@@ -1,10 +1,12 @@
 """What scene inference leaves behind when something fails: a sink whose second raster cannot be
-created, a record whose write fails. Real files throughout (tests/scenegen.py); a failure is forced
-only where it is what is under test."""
+created, a record or an export whose write fails. Real files throughout (tests/scenegen.py); a failure
+is forced only where it is what is under test."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+from test_scene_many import student  # noqa: F401 - the module's trained student fixture
 
 from dakter_scale.scene import outputs
 from dakter_scale.scene.predict import PredictOptions, Predictor
@@ -36,3 +38,29 @@ def test_a_record_that_cannot_be_written_leaves_no_temporary(tmp_path):
     with pytest.raises(IsADirectoryError):
         outputs.write_record(tmp_path, {"scene": "x"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [outputs.RECORD]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_that_fails_midway_leaves_no_partial_file(student, tmp_path, monkeypatch, fmt):  # noqa: F811
+    """The exporter writes part of its file, then fails (a full disk): the partial file goes, and an
+    earlier good export stays as it was."""
+    from dakter_scale.scene import export
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    good = export.export_student(student, "torchscript", tmp_path / "s.model")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def half_written(path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(b"half an export")
+        raise OSError(28, "No space left on device")
+
+    if fmt == "torchscript":
+        traced = type("Traced", (), {"save": lambda self, path: half_written(path)})()
+        monkeypatch.setattr(torch.jit, "trace", lambda *args, **kwargs: traced)
+    else:
+        monkeypatch.setattr(torch.onnx, "export", lambda model, args, path, **kwargs: half_written(path))
+    with pytest.raises(OSError, match="No space left"):
+        export.export_student(student, fmt, good)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

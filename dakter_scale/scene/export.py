@@ -34,6 +34,11 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401 - the exporter needs it
+        except ImportError:
+            raise ExportError("--format onnx needs the onnx package: pip install 'dakter-scale[geo]'") from None
     model, info = load_student(student)
     model = model.float().eval()
     out = Path(out)
@@ -41,46 +46,48 @@ def export_student(student: str | Path, fmt: str, out: str | Path) -> Path:
     # Written beside OUT under another name, checked, then renamed with its sidecar: an earlier good
     # export stays until this one passes, and no sidecar describes a file that is not there.
     partial = out.with_name(f".{out.name}.partial")
-    example = torch.zeros(1, 1, 64, 64)
-    with torch.no_grad():
-        if fmt == "torchscript":
-            traced = torch.jit.trace(model, example, check_trace=False)
-            traced.save(str(partial))
-        else:
-            try:
-                import onnx  # noqa: F401 - the exporter needs it
-            except ImportError:
-                raise ExportError("--format onnx needs the onnx package: pip install 'dakter-scale[geo]'") from None
-            torch.onnx.export(
-                model,
-                (example,),
-                str(partial),
-                input_names=["image"],
-                output_names=["logits"],
-                opset_version=17,
-                dynamo=False,
-                dynamic_axes={
-                    "image": {0: "batch", 2: "height", 3: "width"},
-                    "logits": {0: "batch", 2: "height", 3: "width"},
-                },
-            )
-    worst = check_export(model, partial, fmt, shown=out)
-    sidecar = {
-        "format": fmt,
-        "classes": info["classes"],
-        "input": "(B, 1, H, W) float32 in [-1, 1], H and W multiples of 32",
-        "output": "(B, K, H, W) logits",
-        "radiometry": default_convention(info),
-        "pixel_spacing_m": info.get("pixel_spacing_m"),
-        "resolution": info.get("resolution"),
-        "crop": info.get("crop"),
-        "max_abs_logit_difference": worst,
-        "tolerance": EXPORT_ATOL,
-    }
     sidecar_partial = partial.with_name(partial.name + ".json")
-    sidecar_partial.write_text(json.dumps(sidecar, indent=2) + "\n")
-    os.replace(partial, out)
-    os.replace(sidecar_partial, Path(str(out) + ".json"))
+    try:
+        example = torch.zeros(1, 1, 64, 64)
+        with torch.no_grad():
+            if fmt == "torchscript":
+                traced = torch.jit.trace(model, example, check_trace=False)
+                traced.save(str(partial))
+            else:
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(partial),
+                    input_names=["image"],
+                    output_names=["logits"],
+                    opset_version=17,
+                    dynamo=False,
+                    dynamic_axes={
+                        "image": {0: "batch", 2: "height", 3: "width"},
+                        "logits": {0: "batch", 2: "height", 3: "width"},
+                    },
+                )
+        worst = check_export(model, partial, fmt, shown=out)
+        sidecar = {
+            "format": fmt,
+            "classes": info["classes"],
+            "input": "(B, 1, H, W) float32 in [-1, 1], H and W multiples of 32",
+            "output": "(B, K, H, W) logits",
+            "radiometry": default_convention(info),
+            "pixel_spacing_m": info.get("pixel_spacing_m"),
+            "resolution": info.get("resolution"),
+            "crop": info.get("crop"),
+            "max_abs_logit_difference": worst,
+            "tolerance": EXPORT_ATOL,
+        }
+        sidecar_partial.write_text(json.dumps(sidecar, indent=2) + "\n")
+        os.replace(partial, out)
+        os.replace(sidecar_partial, Path(str(out) + ".json"))
+    except BaseException:
+        # a failed trace, export or check, or a full disk, leaves neither temporary beside OUT
+        partial.unlink(missing_ok=True)
+        sidecar_partial.unlink(missing_ok=True)
+        raise
     return out
 
 
