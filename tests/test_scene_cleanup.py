@@ -1,17 +1,46 @@
-"""What scene inference leaves behind when something fails: a sink whose second raster cannot be
-created, a record or an export whose write fails. Real files throughout (tests/scenegen.py); a failure
-is forced only where it is what is under test."""
+"""What scene inference leaves behind when something fails: a failed scene's work rasters and
+temporaries (a killed actor runs no Python cleanup), a sink whose second raster cannot be created, a
+record or an export whose write fails. Real files throughout (tests/scenegen.py); a failure is forced
+only where it is what is under test."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_scene_many import student  # noqa: F401 - the module's trained student fixture
+from test_scene_many import OPTIONS, student  # noqa: F401 - the module's trained student fixture
 
 from dakter_scale.scene import outputs
+from dakter_scale.scene.many import RunSettings, predict_many
 from dakter_scale.scene.predict import PredictOptions, Predictor
 
-from scenegen import DarkIsOil, draw_codes, info, write_geotiff
+from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff
+
+
+def test_a_failed_scene_loses_what_a_killed_writer_left_and_finished_scenes_keep_theirs(student, tmp_path):  # noqa: F811
+    """An actor killed mid-scene runs no RasterSink.abort: its .work rasters and predict.json.tmp (and a
+    storage temporary) stay. The run removes them from each scene that failed for good, keeps whatever
+    else the folder holds, and never touches a finished scene."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_geotiff(scenes / "tile-0.tif", sigma0_of(draw_codes(160, 200)))
+    (scenes / "broken.tif").write_bytes(b"II*\x00not a tiff at all")
+    out = tmp_path / "out"
+    run = lambda: predict_many(  # noqa: E731
+        student, str(scenes), str(out), OPTIONS, settings=RunSettings(retries=0), use_ray=False, progress=False
+    )
+    assert list(run().failed) == ["broken"]
+    finished = {p: p.stat().st_mtime_ns for p in (out / "tile-0").rglob("*")}
+    assert (out / "tile-0" / outputs.RECORD) in finished
+    left = out / "broken"
+    (left / outputs.WORK).mkdir(parents=True)
+    write_geotiff(left / outputs.WORK / outputs.PROBABILITIES, draw_codes(64, 64))
+    (left / (outputs.RECORD + ".tmp")).write_text("{")
+    (left / "item.json.tmp-0123456789ab").write_text("{")
+    (left / "notes.txt").write_text("the operator's")
+    again = run()
+    assert again.skipped == ["tile-0"] and list(again.failed) == ["broken"]
+    assert sorted(p.name for p in left.iterdir()) == ["notes.txt"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "tile-0").rglob("*")} == finished
 
 
 def test_a_sink_whose_second_raster_cannot_be_created_leaves_no_work_folder(tmp_path, monkeypatch):

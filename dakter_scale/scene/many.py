@@ -144,6 +144,20 @@ def _check_done_alike(record: Path, made_by: dict) -> None:
         )
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """What a failed scene's writer left in its folder when it could not clean up (RasterSink.abort runs
+    on a Python exception, not when an actor is killed): the work rasters, predict.json.tmp and storage's
+    NAME.tmp-XXXXXXXXXXXX temporaries. Called once every attempt has returned; anything else stays."""
+    work = folder / outputs.WORK
+    if not work.is_symlink():  # a link is never followed out of --out
+        shutil.rmtree(work, ignore_errors=True)
+    for tmp in folder.glob("*.tmp"):
+        if tmp.is_file() or tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+    fs, path = storage.url_to_fs(str(folder))
+    storage.remove_temporaries(fs, path)
+
+
 class SceneWorker:
     """A Predictor behind the driver's worker protocol: built once per process or actor (one model load),
     called per scene; returns a small marker (the record's summary) or raises."""
@@ -326,6 +340,10 @@ def _predict_many(
         summary.strategy = run_tasks(tasks, SceneWorker, args, settings, use_ray, device, on_result)
     bar.close()
     summary.failed = {n: r for n, r in failures.items() if n not in summary.written}
+    if summary.failed:
+        lease.check()  # removing is a write too: only while --out is still this run's
+        for name in summary.failed:
+            _remove_leftovers(Path(out) / name)
     summary.seconds = round(time.time() - t0, 3)
     (Path(out) / SUMMARY).write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     stac.write_collection(Path(out), names)  # last: the catalogue of the scenes' item.json files
