@@ -1,7 +1,7 @@
 """What scene inference leaves behind when something fails: a failed scene's work rasters and
 temporaries (a killed actor runs no Python cleanup), a sink whose second raster cannot be created, a
-record or an export whose write fails. Real files throughout (tests/scenegen.py); a failure is forced
-only where it is what is under test."""
+record or an export whose write fails, and the listings s3fs caches for every SAFE folder it reads.
+Real files throughout (tests/scenegen.py); a failure is forced only where it is what is under test."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from test_scene_many import OPTIONS, student  # noqa: F401 - the module's traine
 from dakter_scale.scene import outputs
 from dakter_scale.scene.many import RunSettings, predict_many
 from dakter_scale.scene.predict import PredictOptions, Predictor
+from dakter_scale.scene.read import SceneError, open_scene
 
-from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff
+from scenegen import DarkIsOil, draw_codes, info, sigma0_of, write_geotiff, write_safe
 
 
 def test_a_failed_scene_loses_what_a_killed_writer_left_and_finished_scenes_keep_theirs(student, tmp_path):  # noqa: F811
@@ -93,3 +94,34 @@ def test_an_export_that_fails_midway_leaves_no_partial_file(student, tmp_path, m
     with pytest.raises(OSError, match="No space left"):
         export.export_student(student, fmt, good)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_safe_scenes_read_from_s3_leave_no_listings_cached(tmp_path, s3_bucket):
+    """s3fs keeps every listing on its one filesystem instance for the life of the process: a long run
+    over SAFE folders cached four more folders per scene, for good. The cache stays the same size
+    however many scenes are read, opened as a Predictor opens them or refused."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    safe = write_safe(tmp_path, draw_codes(96, 128), polarisations=("vv",))
+    urls = []
+    for i in range(5):
+        urls.append(f"{s3_bucket}/scene-{i}/{safe.name}")
+        fs.put(str(safe), urls[-1], recursive=True)
+    fs.rm(f"{urls[4]}/manifest.safe")
+    fs.invalidate_cache()
+    sizes = []
+    for url in urls[:3]:
+        with open_scene(url) as scene:
+            scene.read(0, 32, 0, 32)
+        sizes.append(len(fs.dircache))
+    record = Predictor(DarkIsOil(), PredictOptions(tile=64, overlap=16, quicklook=False), device="cpu", info=info())(
+        urls[3], tmp_path / "out"
+    )
+    assert record["scene"]["kind"] == "safe"
+    sizes.append(len(fs.dircache))
+    with pytest.raises(SceneError, match="no manifest.safe"):
+        open_scene(urls[4])
+    sizes.append(len(fs.dircache))
+    assert sizes == [sizes[0]] * len(sizes), sizes
+    assert not [path for path in fs.dircache if ".SAFE" in path], sorted(fs.dircache)

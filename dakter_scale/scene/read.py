@@ -298,6 +298,7 @@ def open_scene(url: str, *, polarisation: str = "VV", band: int | None = None, r
     if not exists:
         raise SceneError(f"{shown}: no such scene")
     if is_dir and not fs.exists(posixpath.join(stripped, "manifest.safe")):
+        fs.invalidate_cache(stripped)  # isdir listed it (see _open_safe)
         raise SceneError(f"{shown}: a folder but no SAFE product (no manifest.safe)")
     if is_dir or lower.endswith(".zip"):
         # A SAFE's one band is its polarisation, calibrated from its digital numbers: these flags would be
@@ -685,16 +686,31 @@ class _SafeFiles:
 
 
 def _open_safe(fs, path: str, shown: str, polarisation: str) -> Scene:
-    names = []
-    # walked, not found, so the cap stops the listing: fs.find lists the whole tree before returning.
-    # annotation/calibration/*.xml is the deepest member read.
-    for _, _, files in fs.walk(path, maxdepth=3, detail=True):
-        names += [posixpath.relpath(info["name"], path) for info in files.values()]
-        if len(names) > SAFE_MAX_MEMBERS:
-            raise SceneError(
-                f"{shown}: more than {SAFE_MAX_MEMBERS} files in the SAFE folder; a GRD product has a few dozen"
-            )
-    return _safe_scene(_SafeFiles(fs, path, shown, sorted(names)), polarisation)
+    names, listed = [], []
+
+    def forget_listings() -> None:
+        # Object-store file systems (s3fs, gcsfs) keep every listing on their one instance per process
+        # for good: four folders per SAFE scene of a long run. invalidate_cache drops a folder and its
+        # parents, not its subfolders, so each listed folder is dropped.
+        for folder in listed:
+            fs.invalidate_cache(folder)
+
+    try:
+        # walked, not found, so the cap stops the listing: fs.find lists the whole tree before returning.
+        # annotation/calibration/*.xml is the deepest member read.
+        for folder, _, files in fs.walk(path, maxdepth=3, detail=True):
+            listed.append(folder)
+            names += [posixpath.relpath(info["name"], path) for info in files.values()]
+            if len(names) > SAFE_MAX_MEMBERS:
+                raise SceneError(
+                    f"{shown}: more than {SAFE_MAX_MEMBERS} files in the SAFE folder; a GRD product has a few dozen"
+                )
+        scene = _safe_scene(_SafeFiles(fs, path, shown, sorted(names)), polarisation)
+    except BaseException:
+        forget_listings()
+        raise
+    scene._closers.append(forget_listings)  # kept while the scene is open: its members' sizes come from them
+    return scene
 
 
 def _zip_directory(handle, shown: str) -> None:
