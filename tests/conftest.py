@@ -1,11 +1,13 @@
 """Shared fixtures: a real S3 API server on loopback (moto's ThreadedMotoServer) reached through s3fs,
-as s3fs's own test suite does; quiet progress bars; the repository root."""
+as s3fs's own test suite does; quiet progress bars; the repository root; one temp folder per session."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -99,6 +101,24 @@ def model(tmp_path_factory):
     from test_synth import tiny_model
 
     return tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_temp_folder(tmp_path_factory):
+    """What the suite's processes put in the temp dir outside any tmp_path (Ray's sessions, torchrun's
+    logs, multiprocessing's folders, in this process and the jobs it starts) goes into one folder, removed
+    at the end: CI shares its disk. pytest's own folders stay where they are (failed tests' are kept)."""
+    tmp_path_factory.getbasetemp()
+    scratch = tempfile.mkdtemp(prefix="dk-")  # short: Ray's socket paths under it must stay under 108 bytes
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = scratch, None
+    yield
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ and the launches that must be refused instead of silently training one process p
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -160,7 +161,8 @@ def test_bad_shards_under_two_processes_never_hang(tmp_path):
         f"shard {url}/shard-000001.tar",
         f"shard {url}/shard-000003.tar",
     ]
-    assert "2 bad shard(s) or sample(s) skipped while streaming" in r.stderr
+    # a truncated shard can fail more than once (a bad sample, then its end): the shards are counted once
+    assert re.search(r"\d+ bad shard\(s\) or sample\(s\) skipped while streaming, in 2 shard\(s\)", r.stderr)
     r = student_2proc(tmp_path / "raise", url, steps=8, ratio=4.0, extra=("student.on_bad_shard=raise",))
     assert r.returncode != 0
     assert "error: shard" in r.stderr and ("shard-000001.tar" in r.stderr or "shard-000003.tar" in r.stderr)

@@ -142,7 +142,7 @@ def ray_head():
     bench/ray_job_check.sh: token authentication on with its own token file, free ports, stopped by its
     process id (never `ray stop`, which stops every Ray cluster on the machine). Yields (job server
     address, GCS port, the environment a client needs, the ray CLI)."""
-    work = tempfile.mkdtemp(prefix="dakter-ray-")  # short: Ray's socket paths must stay under 108 bytes
+    work = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must stay under 108 bytes
     token = os.path.join(work, "auth_token")
     with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(os.urandom(32).hex())
