@@ -1016,21 +1016,28 @@ def test_partial_tables_come_from_the_students_finished_so_far(tmp_path):
 
 
 @pytest.mark.slow  # trains a generator and a student past a checkpoint (~12 s): the default suite's time limit
-def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path):
+def test_a_study_generator_checkpoints_when_the_config_does_not(tmp_path, monkeypatch):
     """diffusion.checkpoint_every 0 (the default): a study's generator and students still checkpoint, every tenth of
-    its steps and at least every 100 (none at the last step: the model folder is written), so that a
-    stopped study resumes within the model."""
-    from dakter_scale.training import list_checkpoints
+    its steps and at least every 100, so that a stopped study resumes within the model; once finished,
+    the checkpoints go (the model and student folders hold the weights)."""
+    from dakter_scale import training
 
     exp = Experiment(
         load_config(None, TINY + ["diffusion.max_steps=150", "student.max_steps=150", "experiment.methods=[none]"]),
         tmp_path,
         progress=False,
     )
+    seen = []
+
+    def look_then_drop(out):  # what a stopped study would have resumed from
+        seen.append((out.name, [step for step, _ in training.list_checkpoints(out)]))
+        training.drop_checkpoints(out)
+
+    monkeypatch.setattr("dakter_scale.study.units.drop_checkpoints", look_then_drop)
     exp.units.model("b_cfg")
-    assert [step for step, _ in list_checkpoints(tmp_path / "models" / "b_cfg")] == [100]
     exp.units.student(exp.plan.main_runs()[0])  # and so does a student
-    assert [step for step, _ in list_checkpoints(tmp_path / "students" / "none-unet-r0-s0")] == [100]
+    assert seen == [("b_cfg", [100]), ("none-unet-r0-s0", [100])]
+    assert not list(tmp_path.glob("*/*/checkpoints"))
 
 
 @pytest.mark.slow  # ~17 s; test_a_runner_waits_for_the_grid_that_another_runner_trains runs two runners on one records folder by default
