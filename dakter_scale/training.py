@@ -518,19 +518,23 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-        for name, average in (more_emas or {}).items():
-            save_file({k: v.contiguous() for k, v in average.shadow.items()}, str(tmp / f"{name}.safetensors"))
-        scaler = getattr(accelerator, "scaler", None)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None},
-            tmp / "optimizer.pt",
-        )
-        state = {"step": step, "ema_updates": ema.updates if ema is not None else None, **(extra or {})}
-        state.update({f"{name}_updates": average.updates for name, average in (more_emas or {}).items()})
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        try:
+            save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+            if ema is not None:
+                save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+            for name, average in (more_emas or {}).items():
+                save_file({k: v.contiguous() for k, v in average.shadow.items()}, str(tmp / f"{name}.safetensors"))
+            scaler = getattr(accelerator, "scaler", None)
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None},
+                tmp / "optimizer.pt",
+            )
+            state = {"step": step, "ema_updates": ema.updates if ema is not None else None, **(extra or {})}
+            state.update({f"{name}_updates": average.updates for name, average in (more_emas or {}).items()})
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        except BaseException:  # a full disk: the half-written checkpoint would hold the space until that step again
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

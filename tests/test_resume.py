@@ -165,6 +165,20 @@ def test_checkpoints_round_trip_keep_the_newest_and_ignore_partial_ones(tmp_path
         resolve_resume(tmp_path, str(tmp_path / "nowhere"))
 
 
+def test_a_checkpoint_cut_short_by_a_full_disk_leaves_nothing_and_the_last_one_stands(tmp_path, monkeypatch):
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    save_checkpoint(_OneProcess(), tmp_path, 1, limit=2, model=model, optimizer=opt)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)  # the optimiser state, after the weights were written
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(_OneProcess(), tmp_path, 2, limit=2, model=model, optimizer=opt)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+
+
 def test_a_fresh_start_into_an_earlier_runs_checkpoints_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
     """Without --resume, an OUT holding an earlier run's checkpoints is refused before any work: the
     rotation would keep the old run's newer steps and delete the new run's."""
