@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # the folder's own subfolders that never travel: resume state, logs, and a distilled model's earlier rounds
 SKIPPED = ("checkpoints", "logs", "rounds")
@@ -38,3 +42,15 @@ def unpack_folder(files: dict[str, bytes]) -> Path:
         shutil.rmtree(d, ignore_errors=True)
         raise
     return d
+
+
+def load_shipped(folder: str | Path | dict[str, bytes], load: Callable[[str], T]) -> T:
+    """load(path) of a folder given by path, or of pack_folder's files unpacked into a temporary folder
+    that is removed once loaded (an actor's copy of a model it has in memory would stay for its life)."""
+    if not isinstance(folder, dict):
+        return load(str(folder))
+    unpacked = unpack_folder(folder)
+    try:
+        return load(str(unpacked))
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)

@@ -173,7 +173,7 @@ class SceneWorker:
         student_folder: str | None = None,
         **_: Any,
     ):
-        from dakter_scale.dist.folder import unpack_folder
+        from dakter_scale.dist.folder import load_shipped
 
         t0 = time.time()
         if device == "cpu" or (device is None and not torch.cuda.is_available()):
@@ -181,16 +181,9 @@ class SceneWorker:
         opts = dict(options)
         opts["classes"] = tuple(opts["classes"])
         opts["db_window"] = tuple(opts["db_window"]) if opts.get("db_window") else None
-        if isinstance(student, dict):  # shipped through Ray's object store: unpack, load, remove the copy
-            unpacked = unpack_folder(student)
-            try:
-                self.predictor = Predictor(str(unpacked), PredictOptions(**opts), device=device)
-            finally:
-                shutil.rmtree(unpacked, ignore_errors=True)
-            # records name the folder the driver was given, not this node's removed copy
+        self.predictor = load_shipped(student, lambda d: Predictor(d, PredictOptions(**opts), device=device))
+        if isinstance(student, dict):  # shipped through Ray: records name the driver's folder, not the copy
             self.predictor.student_dir = student_folder or self.predictor.student_dir
-        else:
-            self.predictor = Predictor(student, PredictOptions(**opts), device=device)
         self.out, self.lease_ref = out, lease_ref
         self.load_seconds = time.time() - t0
 

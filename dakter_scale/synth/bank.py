@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from dakter_scale.data.shardset import (
 )
 from dakter_scale.data.storage import redact_url
 from dakter_scale.dist.driver import Progress, Workers
-from dakter_scale.dist.folder import pack_folder, unpack_folder
+from dakter_scale.dist.folder import load_shipped, pack_folder
 from dakter_scale.dist.strategies import run_tasks
 from dakter_scale.student.evaluate import segment
 from dakter_scale.student.models import STUDENT_WEIGHTS, load_student, read_student_info
@@ -132,14 +131,7 @@ class BankWriter:
         t0 = time.time()
         self.device = torch.device(device or "cpu")
         torch.set_num_threads(max(1, threads))
-        if isinstance(judge, dict):  # shipped through Ray's object store
-            folder = unpack_folder(judge)
-            try:
-                self.judge, _ = load_student(folder, self.device)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        else:
-            self.judge, _ = load_student(judge, self.device)
+        self.judge, _ = load_shipped(judge, lambda d: load_student(d, self.device))  # a dict: through Ray
         self.cfg = BankConfig(**{**bank, "classes": tuple(bank["classes"])})
         self.classes, self.resolution = list(classes), resolution
         self.cut = [self.classes.index(name) for name in self.cfg.classes]

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from dakter_scale.data.sar_stats import SarCounts, enl_window
 from dakter_scale.data.shardset import ShardSet, encode_sample, manifest_rows
 from dakter_scale.diffusion.model import load_model_folder
 from dakter_scale.diffusion.sample import Samples, compile_network, sample_pairs
-from dakter_scale.dist.folder import pack_folder, unpack_folder
+from dakter_scale.dist.folder import load_shipped, pack_folder
 from dakter_scale.synth.plan import ShardTask, batch_indices, pair_seed
 from dakter_scale.synth.target import Condition, GivenPairs
 
@@ -164,14 +163,7 @@ class ShardWriter:
         self._pool = (
             ThreadPoolExecutor(self.encoder_threads, thread_name_prefix="encode") if self.encoder_threads > 1 else None
         )
-        if isinstance(model, dict):  # shipped through Ray's object store: unpack, load, remove the copy
-            model_dir = unpack_folder(model)
-            try:
-                self.model = load_model_folder(model_dir, self.device)
-            finally:
-                shutil.rmtree(model_dir, ignore_errors=True)
-        else:
-            self.model = load_model_folder(model, self.device)
+        self.model = load_shipped(model, lambda d: load_model_folder(d, self.device))  # a dict: through Ray
         self.sampling = SamplingConfig(**sampling)
         self.sampling.validate()
         # compiled once per writer, on its first batch (true, or reduce-overhead: CUDA graphs); the fingerprint records it
